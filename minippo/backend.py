@@ -1,0 +1,136 @@
+"""The one switch between array backends: ``MINIPPO_BACKEND``.
+
+Values: ``numpy`` (default), ``numba`` (Numba CPU kernels for the hot loops), ``cupy`` (arrays
+and kernels on a CUDA GPU) and ``auto`` (cupy if a device works, else numba if installed, else
+numpy). The variable is read once, at first use of :data:`name` or :data:`xp`, never at import.
+This module is the only place that imports numba or cupy.
+
+Usage::
+
+    from minippo import backend
+    backend.name          # "numpy" | "numba" | "cupy"
+    backend.xp            # the array module: numpy, or cupy for the GPU backend
+    backend.to_device(a)  # host numpy array -> backend array (no copy on CPU backends)
+    backend.asnumpy(a)    # backend array -> host numpy array
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+ALLOWED = ("numpy", "numba", "cupy", "auto")
+ENV_VAR = "MINIPPO_BACKEND"
+
+log = logging.getLogger("minippo")
+
+_resolved: tuple[str, ModuleType] | None = None
+
+
+def _numba_ok() -> None:
+    try:
+        import numba  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"{ENV_VAR}=numba but numba is not installed ({e}); "
+            "install it with: pip install 'minippo[numba]'"
+        ) from e
+
+
+def _cupy_module() -> ModuleType:
+    try:
+        import cupy
+    except ImportError as e:
+        raise ImportError(
+            f"{ENV_VAR}=cupy but cupy is not installed ({e}); "
+            "install it with: pip install 'minippo[cuda]' (needs a CUDA 12 driver)"
+        ) from e
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError when no driver is present
+        raise RuntimeError(
+            f"{ENV_VAR}=cupy but no CUDA device is usable ({type(e).__name__}: {e}); "
+            f"use {ENV_VAR}=numpy or numba on this machine"
+        ) from e
+    if n < 1:
+        raise RuntimeError(f"{ENV_VAR}=cupy but no CUDA device was found; use numpy or numba")
+    return cupy
+
+
+def resolve(value: str | None = None) -> tuple[str, ModuleType]:
+    """Turn a backend request into ``(name, array_module)``; raises if it cannot load.
+
+    ``value`` defaults to the environment variable. Only ``auto`` falls back.
+    """
+    raw = os.environ.get(ENV_VAR, "numpy") if value is None else value
+    choice = raw.strip().lower() or "numpy"
+    if choice not in ALLOWED:
+        raise ValueError(f"{ENV_VAR}={raw!r} is not a backend; allowed values: {', '.join(ALLOWED)}")
+    if choice == "numpy":
+        return "numpy", np
+    if choice == "numba":
+        _numba_ok()
+        return "numba", np
+    if choice == "cupy":
+        return "cupy", _cupy_module()
+    # auto: try the fastest first, say what was picked and why the others were not.
+    try:
+        cp = _cupy_module()
+        log.info("%s=auto picked cupy", ENV_VAR)
+        return "cupy", cp
+    except (ImportError, RuntimeError) as e:
+        reason = str(e)
+    try:
+        _numba_ok()
+        log.info("%s=auto picked numba (cupy unavailable: %s)", ENV_VAR, reason)
+        return "numba", np
+    except ImportError:
+        log.info("%s=auto picked numpy (neither cupy nor numba is usable)", ENV_VAR)
+        return "numpy", np
+
+
+def _get() -> tuple[str, ModuleType]:
+    global _resolved
+    if _resolved is None:
+        _resolved = resolve()
+    return _resolved
+
+
+def reset() -> None:
+    """Forget the resolved backend so the next use reads ``MINIPPO_BACKEND`` again (tests)."""
+    global _resolved
+    _resolved = None
+
+
+def asnumpy(a: Any) -> np.ndarray:
+    """Backend array (or scalar) -> host ``numpy.ndarray``; a no-op for numpy arrays."""
+    if isinstance(a, np.ndarray):
+        return a
+    get = getattr(a, "get", None)  # cupy.ndarray.get() copies device -> host
+    if callable(get) and type(a).__module__.startswith("cupy"):
+        return get()
+    return np.asarray(a)
+
+
+def to_device(a: Any, dtype: Any = None) -> Any:
+    """Host array -> backend array (``cupy.asarray`` on the GPU backend, else ``numpy.asarray``)."""
+    return _get()[1].asarray(a, dtype=dtype)
+
+
+def array_module(a: Any) -> ModuleType:
+    """The array module that owns ``a`` (cupy for cupy arrays, numpy otherwise), without importing cupy."""
+    if type(a).__module__.startswith("cupy"):
+        return _get()[1]
+    return np
+
+
+def __getattr__(attr: str) -> Any:
+    if attr == "name":
+        return _get()[0]
+    if attr == "xp":
+        return _get()[1]
+    raise AttributeError(f"module 'minippo.backend' has no attribute {attr!r}")
