@@ -1,0 +1,105 @@
+"""Advantage estimators over a rollout: GAE(gamma, lambda), Monte Carlo rewards-to-go, TD(0).
+
+Arrays are time-major ``(T, N)``. ``dones[t] = 1`` when the transition at step t ended its
+episode (terminated or truncated; truncation was already bootstrapped into the reward), so
+``V(s_{t+1})`` is cut there. In the seeds' notation (GAE paper, Schulman et al. 2016):
+
+    delta_t = r_t + gamma * V(s_{t+1}) * (1 - d_t) - V(s_t)                (TD error, 时序差分误差)
+    A^{GAE}_t = delta_t + gamma * lambda * (1 - d_t) * A^{GAE}_{t+1}       with V(s_T) = last_values
+    returns R_t = A^{GAE}_t + V(s_t)                                      (the value target)
+
+lambda = 1 gives the discounted reward-to-go minus V (Monte Carlo, REINFORCE with baseline);
+lambda = 0 gives the one-step TD error (A2C). The hot loop dispatches on ``MINIPPO_BACKEND``:
+numpy (a loop over T, vectorised over N), numba (``kernels/cpu.py``), cupy (``kernels/gae.cu``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from minippo import backend
+
+Array = Any
+ESTIMATORS = ("gae", "mc", "td")
+
+
+def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, gamma: float, lam: float) -> None:
+    if rewards.ndim != 2:
+        raise ValueError(f"rewards must have shape (T, N), got {tuple(rewards.shape)}")
+    for name, a in (("values", values), ("dones", dones)):
+        if a.shape != rewards.shape:
+            raise ValueError(f"{name} must have shape {tuple(rewards.shape)} like rewards, got {tuple(a.shape)}")
+    if last_values.shape != rewards.shape[1:]:
+        raise ValueError(f"last_values must have shape ({rewards.shape[1]},), got {tuple(last_values.shape)}")
+    if not (0.0 < gamma <= 1.0):
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    if not (0.0 <= lam <= 1.0):
+        raise ValueError(f"gae_lambda must be in [0, 1], got {lam}")
+
+
+def gae_numpy(
+    rewards: Array, values: Array, dones: Array, last_values: Array, gamma: float, lam: float
+) -> tuple[Array, Array]:
+    """The numpy backend: backward loop over T, each step vectorised over the N envs."""
+    T = rewards.shape[0]
+    adv = np.empty_like(rewards)
+    next_adv = np.zeros_like(last_values)
+    next_value = last_values
+    for t in range(T - 1, -1, -1):
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_value * not_done - values[t]
+        next_adv = delta + (gamma * lam) * not_done * next_adv
+        adv[t] = next_adv
+        next_value = values[t]
+    return adv, adv + values
+
+
+def compute_gae(
+    rewards: Array,
+    values: Array,
+    dones: Array,
+    last_values: Array,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+) -> tuple[Array, Array]:
+    """GAE advantages and returns.
+
+    rewards, values, dones: (T, N) floats (dones 0/1); last_values: (N,) = V(s_T).
+    Returns (advantages (T, N), returns (T, N) = advantages + values), same dtype as rewards.
+    """
+    _validate(rewards, values, dones, last_values, gamma, lam)
+    dones = dones.astype(rewards.dtype, copy=False)
+    name = backend.name
+    if name == "numba":
+        from minippo.kernels import cpu
+
+        return cpu.gae(rewards, values, dones, last_values, gamma, lam)
+    if name == "cupy":
+        from minippo.kernels import gpu
+
+        return gpu.gae(rewards, values, dones, last_values, gamma, lam)
+    return gae_numpy(rewards, values, dones, last_values, gamma, lam)
+
+
+def compute_advantages(
+    estimator: str,
+    rewards: Array,
+    values: Array,
+    dones: Array,
+    last_values: Array,
+    gamma: float,
+    lam: float,
+) -> tuple[Array, Array]:
+    """Dispatch by name: ``gae`` (lambda as given), ``mc`` (lambda = 1: G_t - V(s_t), returns G_t),
+    ``td`` (lambda = 0: delta_t, returns r_t + gamma V(s_{t+1})). Same shapes as :func:`compute_gae`.
+
+    All three share the GAE recursion: mc and td are its lambda = 1 and lambda = 0 ends. A rollout
+    that stops mid-episode bootstraps the Monte Carlo return from V(s_T), as every finite-horizon
+    implementation must.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator={estimator!r} is not allowed; use one of {ESTIMATORS}")
+    lam = {"gae": lam, "mc": 1.0, "td": 0.0}[estimator]
+    return compute_gae(rewards, values, dones, last_values, gamma, lam)

@@ -1,0 +1,241 @@
+"""PPOConfig: every hyperparameter in one dataclass, a docstring under each field, validation
+that names the field, the bad value and what is allowed, and named presets.
+
+Defaults are the PPO paper's MuJoCo settings (Schulman et al. 2017, Table 3) plus the
+implementation details the paper's code used (Huang et al. 2022).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+OBJECTIVES = ("clip", "kl_penalty", "surrogate", "a2c", "reinforce")
+ADVANTAGES = ("auto", "gae", "mc", "td")
+SCHEDULE_KINDS = ("constant", "linear", "exponential")
+ACTIVATIONS = ("tanh", "relu")
+VECTOR_MODES = ("sync", "async")
+AUTORESET_MODES = ("same_step", "next_step")
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class PPOConfig:
+    """Hyperparameters of one training run (see README for the objective ladder)."""
+
+    env_id: str = "CartPole-v1"
+    """gymnasium environment id."""
+    objective: str = "clip"
+    """policy objective: clip (PPO-clip), kl_penalty (PPO with adaptive KL penalty), surrogate
+    (importance-sampled, unclipped), a2c (policy gradient with TD(0) advantage), reinforce
+    (policy gradient with Monte Carlo return minus value baseline)."""
+    advantage: str = "auto"
+    """advantage estimator: gae (GAE(gamma, lambda)), mc (reward-to-go G_t - V), td (TD(0) error
+    delta_t); auto = gae for clip/kl_penalty/surrogate, td for a2c, mc for reinforce."""
+    total_timesteps: int = 1_000_000
+    """environment steps to train for (summed over the vector envs)."""
+    seed: int = 0
+    """seeds the network init, the env resets and every sampling Generator."""
+    n_envs: int = 1
+    """parallel environments N in each rollout."""
+    n_steps: int = 2048
+    """steps T per environment per rollout; the batch is T * N transitions."""
+    batch_size: int = 64
+    """minibatch size; must divide n_envs * n_steps (every sample is used once per epoch)."""
+    n_epochs: int = 10
+    """passes over the rollout per update (K in the paper)."""
+    learning_rate: float = 3e-4
+    """Adam step size at the start of training."""
+    lr_schedule: str = "constant"
+    """constant | linear (to lr_end) | exponential (to lr_end) over training progress."""
+    lr_end: float = 0.0
+    """learning rate reached at the end of training for linear/exponential schedules."""
+    adam_eps: float = 1e-5
+    """Adam epsilon (PPO detail #3)."""
+    gamma: float = 0.99
+    """discount factor, in (0, 1]."""
+    gae_lambda: float = 0.95
+    """GAE lambda, in [0, 1]; 1 gives Monte Carlo returns minus V, 0 gives TD(0)."""
+    clip_eps: float = 0.2
+    """clip range epsilon of PPO-clip, > 0."""
+    clip_schedule: str = "constant"
+    """constant | linear (to 0) schedule of clip_eps."""
+    clip_vloss: bool = False
+    """clip the value update around the old value by clip_eps (PPO detail #9)."""
+    vf_coef: float = 0.5
+    """c_1, weight of the value loss in the total loss."""
+    ent_coef: float = 0.0
+    """c_2, weight of the entropy bonus at the start of training."""
+    ent_schedule: str = "constant"
+    """constant | linear (to ent_end) | exponential (to ent_end) decay of ent_coef."""
+    ent_end: float = 0.0
+    """entropy coefficient reached at the end of training for non-constant schedules."""
+    kl_target: float = 0.01
+    """d_targ of the adaptive KL penalty: beta halves below d_targ/1.5, doubles above 1.5 d_targ."""
+    kl_beta: float = 1.0
+    """initial beta of the KL penalty."""
+    target_kl: float | None = None
+    """stop the epochs of an update early once approx_kl exceeds this (None: never)."""
+    normalize_advantages: bool = True
+    """normalise advantages per minibatch to zero mean, unit std (PPO detail #7)."""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clip (PPO detail #11); <= 0 disables it."""
+    hidden: tuple[int, ...] = (64, 64)
+    """hidden layer widths of the actor and critic MLPs."""
+    activation: str = "tanh"
+    """hidden activation: tanh | relu."""
+    shared: bool = False
+    """share one trunk between actor and critic (separate is the paper's choice)."""
+    log_std_init: float = 0.0
+    """initial log standard deviation of Gaussian policies."""
+    temperature: float = 1.0
+    """softmax temperature of discrete policies, used both for acting and in the update."""
+    norm_obs: bool = False
+    """running mean/std observation normalisation, clipped to +-10."""
+    norm_reward: bool = False
+    """scale rewards by the running std of the discounted return, clipped to +-10."""
+    vector: str = "sync"
+    """gymnasium vector env: sync | async (subprocesses)."""
+    autoreset: str = "same_step"
+    """same_step (final obs in info) | next_step (gymnasium's vectorised envs; reset steps masked)."""
+    dtype: str = "float32"
+    """training dtype: float32 | float64."""
+    eval_episodes: int = 10
+    """episodes used by evaluate() after training when asked."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """extra keyword arguments for gymnasium.make."""
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.validate()
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> PPOConfig:
+        """Raise ValueError naming the field, its value and what is allowed; returns self."""
+
+        def bad(name: str, allowed: str) -> ValueError:
+            return ValueError(f"PPOConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
+
+        for name, choices in (
+            ("objective", OBJECTIVES),
+            ("advantage", ADVANTAGES),
+            ("lr_schedule", SCHEDULE_KINDS),
+            ("clip_schedule", ("constant", "linear")),
+            ("ent_schedule", SCHEDULE_KINDS),
+            ("activation", ACTIVATIONS),
+            ("vector", VECTOR_MODES),
+            ("autoreset", AUTORESET_MODES),
+            ("dtype", DTYPES),
+        ):
+            if getattr(self, name) not in choices:
+                raise bad(name, f"allowed values are {', '.join(choices)}")
+        for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_episodes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(name, "must be an integer >= 1")
+        if self.batch_size < 2 and self.normalize_advantages:
+            raise bad("batch_size", "must be >= 2 when normalize_advantages (std of one sample is undefined)")
+        n_batch = self.n_envs * self.n_steps
+        if n_batch % self.batch_size:
+            raise bad("batch_size", f"must divide n_envs * n_steps = {n_batch}")
+        finite_pos = ("learning_rate", "adam_eps", "clip_eps", "kl_target", "kl_beta", "temperature")
+        for name in finite_pos:
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise bad(name, "must be a finite number > 0")
+        for name in ("vf_coef", "ent_coef", "ent_end", "lr_end"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise bad(name, "must be a finite number >= 0")
+        for name in ("max_grad_norm", "log_std_init"):
+            if not isinstance(getattr(self, name), (int, float)) or not math.isfinite(getattr(self, name)):
+                raise bad(name, "must be a finite number")
+        if not (0.0 < self.gamma <= 1.0):
+            raise bad("gamma", "must be in (0, 1]")
+        if not (0.0 <= self.gae_lambda <= 1.0):
+            raise bad("gae_lambda", "must be in [0, 1]")
+        if self.target_kl is not None and not (self.target_kl > 0):
+            raise bad("target_kl", "must be > 0 or None")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise bad("hidden", "must list at least one positive width")
+        if self.lr_schedule == "exponential" and self.lr_end <= 0:
+            raise bad("lr_end", "must be > 0 for an exponential lr_schedule")
+        if self.ent_schedule == "exponential" and (self.ent_end <= 0 or self.ent_coef <= 0):
+            raise bad("ent_end", "must be > 0 (and ent_coef > 0) for an exponential ent_schedule")
+        if not isinstance(self.env_id, str) or not self.env_id:
+            raise bad("env_id", "must be a non-empty gymnasium id")
+        if not isinstance(self.env_kwargs, dict):
+            raise bad("env_kwargs", "must be a dict")
+        return self
+
+    @property
+    def advantage_estimator(self) -> str:
+        """The estimator actually used (resolves ``auto``)."""
+        if self.advantage != "auto":
+            return self.advantage
+        return {"a2c": "td", "reinforce": "mc"}.get(self.objective, "gae")
+
+    # ------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PPOConfig:
+        """Build from a dict; unknown keys raise a ValueError that lists the known ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown PPOConfig field(s) {unknown}; known fields: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> PPOConfig:
+        """A validated copy with ``changes`` applied (unknown names raise ValueError)."""
+        d = self.to_dict()
+        d.update(changes)
+        return PPOConfig.from_dict(d)
+
+    def set_from_string(self, assignment: str) -> PPOConfig:
+        """``"key=value"`` (as in ``--set``): value parsed as JSON when it can be, else a string."""
+        if "=" not in assignment:
+            raise ValueError(f"--set expects key=value, got {assignment!r}")
+        key, raw = assignment.split("=", 1)
+        key = key.strip()
+        names = {f.name: f for f in dataclasses.fields(self)}
+        if key not in names:
+            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(names))}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = {"none": None, "true": True, "false": False}.get(raw.strip().lower(), raw)
+        if isinstance(getattr(self, key), float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        return self.replace(**{key: value})
+
+
+# rl-baselines3-zoo tuned PPO hyperparameters (the published ones; see PPO_NOTES).
+PRESETS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": dict(
+        env_id="CartPole-v1", n_envs=8, total_timesteps=100_000, n_steps=32, batch_size=256,
+        gae_lambda=0.8, gamma=0.98, n_epochs=20, ent_coef=0.0, learning_rate=1e-3,
+        lr_schedule="linear", lr_end=0.0, clip_eps=0.2, clip_schedule="linear",
+    ),
+    "Pendulum-v1": dict(
+        env_id="Pendulum-v1", n_envs=4, total_timesteps=100_000, n_steps=1024, batch_size=64,
+        gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0, learning_rate=1e-3, clip_eps=0.2,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> PPOConfig:
+    """The named preset (``"CartPole-v1"``, ``"Pendulum-v1"``) with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available presets: {', '.join(sorted(PRESETS))}")
+    return PPOConfig.from_dict({**PRESETS[name], **overrides})

@@ -1,0 +1,194 @@
+"""Action distributions and the gradients of their log-prob, entropy and KL.
+
+Each gradient method takes the upstream gradient ``g`` (dL/d(quantity), one value per sample)
+and returns dL/d(distribution parameters) as a dict: ``{"logits": (B, n)}`` for
+:class:`Categorical`, ``{"mean": (B, d), "log_std": (B, d)}`` for :class:`DiagGaussian`.
+Vector-Jacobian products throughout: no per-sample softmax Jacobian is ever built.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _check_finite(name: str, a: Array) -> None:
+    if not bool(np.isfinite(a).all()):
+        raise FloatingPointError(f"{name} contains NaN or inf")
+
+
+class Categorical:
+    """Softmax policy ``pi(a|s) = softmax(logits / T)_a`` (softmax with temperature ``T``).
+
+    logits (B, n). ``T < 1`` sharpens, ``T > 1`` flattens; the same ``T`` must be used for the
+    behaviour policy and in the update so that the ratio r_t(theta) stays exact.
+    With ``z = logits / T`` and ``p = softmax(z)``: ``log p = z - logsumexp(z)`` (stable).
+    """
+
+    def __init__(self, logits: Array, temperature: float = 1.0) -> None:
+        if logits.ndim != 2:
+            raise ValueError(f"logits must have shape (B, n_actions), got {tuple(logits.shape)}")
+        if not temperature > 0 or not math.isfinite(temperature):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        _check_finite("logits", logits)
+        self.logits = logits
+        self.temperature = float(temperature)
+        z = logits / self.temperature
+        z = z - z.max(axis=1, keepdims=True)
+        self.log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (B, n)
+        self.probs = np.exp(self.log_probs)
+
+    @property
+    def n(self) -> int:
+        return int(self.logits.shape[1])
+
+    def _index(self, a: Array) -> Array:
+        if a.shape != (self.logits.shape[0],):
+            raise ValueError(f"actions must have shape ({self.logits.shape[0]},), got {tuple(a.shape)}")
+        idx = a.astype(np.int64)
+        if bool((idx != a).any()) or bool(((idx < 0) | (idx >= self.n)).any()):
+            raise ValueError(f"actions must be integers in [0, {self.n}), got {a}")
+        return idx
+
+    def _onehot(self, a: Array) -> Array:
+        idx = self._index(a)
+        return (np.arange(self.n)[None, :] == idx[:, None]).astype(self.probs.dtype)
+
+    # log pi(a|s) = z_a - logsumexp(z)
+    def log_prob(self, a: Array) -> Array:
+        """a (B,) integer actions -> log pi(a|s) (B,)."""
+        return (self.log_probs * self._onehot(a)).sum(axis=1)
+
+    def log_prob_grad(self, a: Array, g: Array) -> dict[str, Array]:
+        """d log p_a / d logits = (onehot(a) - p) / T, times ``g`` (B,)."""
+        return {"logits": g[:, None] * (self._onehot(a) - self.probs) / self.temperature}
+
+    # H = -sum_a p_a log p_a
+    def entropy(self) -> Array:
+        """Entropy per sample (B,)."""
+        return -(self.probs * self.log_probs).sum(axis=1)
+
+    def entropy_grad(self, g: Array) -> dict[str, Array]:
+        """dH/dz_j = -p_j (log p_j + H), and dz/dlogits = 1/T; times ``g`` (B,)."""
+        h = self.entropy()
+        return {"logits": -g[:, None] * self.probs * (self.log_probs + h[:, None]) / self.temperature}
+
+    # KL(self || other) = sum_a p_a (log p_a - log q_a)
+    def kl(self, other: Categorical) -> Array:
+        """KL(self || other) per sample (B,); both must have the same shape."""
+        return (self.probs * (self.log_probs - other.log_probs)).sum(axis=1)
+
+    def kl_grad(self, other: Categorical, g: Array) -> tuple[dict[str, Array], dict[str, Array]]:
+        """Gradients of KL(p || q) w.r.t. (self.logits, other.logits), times ``g`` (B,).
+
+        dKL/dz_p = p * (log p - log q - KL);  dKL/dz_q = q - p  (then / T of each side).
+        """
+        c = self.log_probs - other.log_probs
+        kl = (self.probs * c).sum(axis=1, keepdims=True)
+        d_self = g[:, None] * self.probs * (c - kl) / self.temperature
+        d_other = g[:, None] * (other.probs - self.probs) / other.temperature
+        return {"logits": d_self}, {"logits": d_other}
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """Draw one action per row with ``rng`` (inverse CDF on host) -> (B,) int64."""
+        p = np.asarray(_host(self.probs), dtype=np.float64)
+        u = rng.random((p.shape[0], 1))
+        cdf = np.cumsum(p, axis=1)
+        return np.minimum((u > cdf).sum(axis=1), p.shape[1] - 1).astype(np.int64)
+
+    def mode(self) -> Array:
+        """Most probable action per row (B,)."""
+        return self.logits.argmax(axis=1)
+
+
+class DiagGaussian:
+    """Diagonal Gaussian ``N(mean, diag(exp(log_std)^2))``; mean (B, d), log_std (d,) or (B, d).
+
+    Log-probs and entropies are summed over the d action dimensions (one number per sample).
+    """
+
+    def __init__(self, mean: Array, log_std: Array) -> None:
+        if mean.ndim != 2:
+            raise ValueError(f"mean must have shape (B, action_dim), got {tuple(mean.shape)}")
+        if log_std.shape not in ((mean.shape[1],), tuple(mean.shape)):
+            raise ValueError(
+                f"log_std must have shape ({mean.shape[1]},) or {tuple(mean.shape)}, "
+                f"got {tuple(log_std.shape)}"
+            )
+        _check_finite("mean", mean)
+        _check_finite("log_std", log_std)
+        self.mean = mean
+        self.log_std = log_std + np.zeros_like(mean)  # (B, d), broadcast once
+        self.std = np.exp(self.log_std)
+
+    def _check(self, a: Array) -> None:
+        if a.shape != self.mean.shape:
+            raise ValueError(f"actions must have shape {tuple(self.mean.shape)}, got {tuple(a.shape)}")
+
+    # log N(a; mu, sigma) = sum_i [-(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2]
+    def log_prob(self, a: Array) -> Array:
+        """a (B, d) -> log pi(a|s) (B,)."""
+        self._check(a)
+        u = (a - self.mean) / self.std
+        return (-0.5 * u * u - self.log_std - 0.5 * LOG_2PI).sum(axis=1)
+
+    def log_prob_grad(self, a: Array, g: Array) -> dict[str, Array]:
+        """d log p / d mu = u / sigma;  d log p / d log sigma = u^2 - 1, with u = (a - mu)/sigma."""
+        self._check(a)
+        u = (a - self.mean) / self.std
+        return {"mean": g[:, None] * u / self.std, "log_std": g[:, None] * (u * u - 1.0)}
+
+    # H = sum_i [log sigma_i + (1 + log 2 pi) / 2]
+    def entropy(self) -> Array:
+        """Entropy per sample (B,)."""
+        return (self.log_std + 0.5 * (1.0 + LOG_2PI)).sum(axis=1)
+
+    def entropy_grad(self, g: Array) -> dict[str, Array]:
+        """dH/d mu = 0;  dH/d log sigma_i = 1; times ``g`` (B,)."""
+        ones = np.ones_like(self.log_std)
+        return {"mean": np.zeros_like(self.mean), "log_std": g[:, None] * ones}
+
+    # KL(p||q) = sum_i [log s_q - log s_p + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2]
+    def kl(self, other: DiagGaussian) -> Array:
+        """KL(self || other) per sample (B,)."""
+        var_q = other.std * other.std
+        t = (self.std * self.std + (self.mean - other.mean) ** 2) / (2.0 * var_q)
+        return (other.log_std - self.log_std + t - 0.5).sum(axis=1)
+
+    def kl_grad(
+        self, other: DiagGaussian, g: Array
+    ) -> tuple[dict[str, Array], dict[str, Array]]:
+        """Gradients of KL(p || q) w.r.t. p's and q's (mean, log_std), times ``g`` (B,).
+
+        d/dm_p = (m_p - m_q)/s_q^2 = -d/dm_q;  d/dlog s_p = s_p^2/s_q^2 - 1;
+        d/dlog s_q = 1 - (s_p^2 + (m_p - m_q)^2)/s_q^2.
+        """
+        var_q = other.std * other.std
+        var_p = self.std * self.std
+        diff = self.mean - other.mean
+        gg = g[:, None]
+        d_self = {"mean": gg * diff / var_q, "log_std": gg * (var_p / var_q - 1.0)}
+        d_other = {"mean": -gg * diff / var_q, "log_std": gg * (1.0 - (var_p + diff * diff) / var_q)}
+        return d_self, d_other
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """One draw per row with ``rng`` (host) -> (B, d), same dtype as the mean."""
+        mean = np.asarray(_host(self.mean))
+        eps = rng.standard_normal(mean.shape)
+        return (mean + np.asarray(_host(self.std)) * eps).astype(mean.dtype)
+
+    def mode(self) -> Array:
+        """The mean (B, d)."""
+        return self.mean
+
+
+def _host(a: Array) -> np.ndarray:
+    from minippo.backend import asnumpy
+
+    return asnumpy(a)

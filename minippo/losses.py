@@ -1,0 +1,174 @@
+"""Policy objectives of the ladder PG -> A2C -> IS surrogate -> PPO-penalty -> PPO-clip, plus the
+value loss and the entropy bonus. Each is written as a loss to *minimise* (the negative of the
+objective the paper maximises) and returns ``(loss, d_inputs, stats)``, where ``d_inputs`` is the
+derivative of the loss with respect to the per-sample inputs (``logp``, ``values``, ...), already
+divided by the batch size B. Notation follows the paper and the seeds:
+``r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t) = exp(logp - logp_old)`` (ratio),
+``A_t`` the advantage estimate (优势函数), ``epsilon`` the clip range, ``beta`` the KL coefficient.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+
+def _check(first: Array, _name: str = "logp", **others: Array) -> int:
+    """Validate (B,) inputs: same shape, non-empty, finite. Returns B."""
+    if first.ndim != 1:
+        raise ValueError(f"{_name} must have shape (B,), got {tuple(first.shape)}")
+    b = int(first.shape[0])
+    if b == 0:
+        raise ValueError(f"{_name} is empty: a loss needs at least one sample")
+    for name, a in others.items():
+        if a.shape != first.shape:
+            raise ValueError(f"{name} must have shape ({b},) like {_name}, got {tuple(a.shape)}")
+    for name, a in {_name: first, **others}.items():
+        if not bool(np.isfinite(a).all()):
+            raise FloatingPointError(f"{name} contains NaN or inf")
+    return b
+
+
+def ratio_stats(logp: Array, logp_old: Array, clip_eps: float | None = None) -> dict[str, float]:
+    """Diagnostics of r_t: ``approx_kl`` = mean((r - 1) - log r) (the k3 estimator of
+    KL(pi_old || pi_theta), unbiased and >= 0), ``clipfrac`` = fraction with |r - 1| > epsilon."""
+    log_ratio = logp - logp_old
+    ratio = np.exp(log_ratio)
+    stats = {"approx_kl": float(((ratio - 1.0) - log_ratio).mean())}
+    if clip_eps is not None:
+        stats["clipfrac"] = float((np.abs(ratio - 1.0) > clip_eps).mean())
+    return stats
+
+
+# ---------------------------------------------------------------- 1. REINFORCE / A2C
+def pg_objective(logp: Array, adv: Array) -> tuple[float, Array, dict[str, float]]:
+    """Vanilla policy gradient: L = -mean_t[ log pi_theta(a_t|s_t) * A_t ].
+
+    With ``A_t = G_t - b(s_t)`` (discounted reward-to-go minus a baseline) this is REINFORCE with
+    baseline; with the TD error ``A_t = r_t + gamma V(s_{t+1}) - V(s_t)`` it is the A2C actor loss.
+    dL/dlogp_t = -A_t / B.
+    """
+    b = _check(logp, adv=adv)
+    return float(-(logp * adv).mean()), -adv / b, {}
+
+
+# ---------------------------------------------------------------- 2. importance-sampled surrogate
+def surrogate_objective(
+    logp: Array, logp_old: Array, adv: Array
+) -> tuple[float, Array, dict[str, float]]:
+    """Importance-sampled surrogate (重要性采样): L = -mean_t[ r_t(theta) A_t ].
+
+    Its gradient at theta = theta_old equals the policy gradient; unconstrained, repeated steps
+    on it move the policy too far (paper Table 1: -0.39). dL/dlogp_t = -r_t A_t / B.
+    """
+    b = _check(logp, logp_old=logp_old, adv=adv)
+    ratio = np.exp(logp - logp_old)
+    return float(-(ratio * adv).mean()), -ratio * adv / b, ratio_stats(logp, logp_old)
+
+
+# ---------------------------------------------------------------- 3. PPO-clip
+def clip_objective(
+    logp: Array, logp_old: Array, adv: Array, clip_eps: float
+) -> tuple[float, Array, dict[str, float]]:
+    """PPO-clip (paper eq. 7): L = -mean_t[ min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t) ].
+
+    logp, logp_old, adv: (B,). Where the clipped term is strictly smaller it is the active one and
+    is constant in theta, so the gradient there is exactly 0; elsewhere dL/dlogp_t = -r_t A_t / B.
+    """
+    if not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    b = _check(logp, logp_old=logp_old, adv=adv)
+    ratio = np.exp(logp - logp_old)
+    unclipped = ratio * adv
+    clipped = np.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
+    take_clipped = clipped < unclipped
+    loss = float(-np.where(take_clipped, clipped, unclipped).mean())
+    dlogp = np.where(take_clipped, 0.0, -unclipped / b).astype(logp.dtype)
+    return loss, dlogp, ratio_stats(logp, logp_old, clip_eps)
+
+
+# ---------------------------------------------------------------- 4. PPO-penalty
+def kl_penalty_objective(
+    logp: Array, logp_old: Array, adv: Array, kl: Array, beta: float
+) -> tuple[float, tuple[Array, Array], dict[str, float]]:
+    """PPO with KL penalty (paper eq. 8): L = -mean_t[ r_t A_t - beta KL[pi_old(.|s_t), pi_theta(.|s_t)] ].
+
+    ``kl`` (B,) is the exact per-state KL(pi_old || pi_theta). Returns d_inputs = (dL/dlogp,
+    dL/dkl) = (-r_t A_t / B, beta / B).
+    """
+    if not beta >= 0 or not math.isfinite(beta):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    b = _check(logp, logp_old=logp_old, adv=adv, kl=kl)
+    ratio = np.exp(logp - logp_old)
+    loss = float(-(ratio * adv).mean() + beta * kl.mean())
+    stats = ratio_stats(logp, logp_old)
+    stats.update(kl=float(kl.mean()), beta=float(beta))
+    return loss, (-ratio * adv / b, np.full_like(kl, beta / b)), stats
+
+
+class AdaptiveKL:
+    """The paper's adaptive KL coefficient (Section 4), in the seeds' words KL_min/KL_max.
+
+    After each policy update with mean KL ``d``: if ``d < kl_target / 1.5`` then ``beta /= 2``
+    (penalty too strong); if ``d > kl_target * 1.5`` then ``beta *= 2`` (too weak).
+    """
+
+    def __init__(self, kl_target: float = 0.01, beta: float = 1.0) -> None:
+        if not kl_target > 0:
+            raise ValueError(f"kl_target must be > 0, got {kl_target}")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.kl_target = float(kl_target)
+        self.beta = float(beta)
+
+    def update(self, kl: float) -> float:
+        """Apply the rule for the measured mean KL; returns the new beta."""
+        if not math.isfinite(kl):
+            raise FloatingPointError(f"kl is {kl}: cannot adapt beta")
+        if kl < self.kl_target / 1.5:
+            self.beta /= 2.0
+        elif kl > self.kl_target * 1.5:
+            self.beta *= 2.0
+        return self.beta
+
+
+# ---------------------------------------------------------------- value loss and entropy bonus
+def value_loss(
+    values: Array,
+    returns: Array,
+    values_old: Array | None = None,
+    clip_eps: float | None = None,
+) -> tuple[float, Array, dict[str, float]]:
+    """L^VF = 0.5 * mean((V - R)^2), or with clipping (PPO detail #9)
+    0.5 * mean(max((V - R)^2, (V_clip - R)^2)), V_clip = V_old + clip(V - V_old, -eps, eps).
+
+    values, returns, values_old: (B,). dL/dV = (V - R)/B on the unclipped branch,
+    (V_clip - R)/B * [|V - V_old| < eps] on the clipped one.
+    """
+    b = _check(values, "values", returns=returns)
+    err = values - returns
+    if clip_eps is None:
+        return float(0.5 * (err * err).mean()), err / b, {}
+    if values_old is None:
+        raise ValueError("values_old is required when clip_eps is given (clipped value loss)")
+    if not clip_eps > 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    _check(values, "values", values_old=values_old)
+    delta = values - values_old
+    v_clip = values_old + np.clip(delta, -clip_eps, clip_eps)
+    err_c = v_clip - returns
+    take_clipped = err_c * err_c > err * err
+    loss = float(0.5 * np.where(take_clipped, err_c * err_c, err * err).mean())
+    inside = np.abs(delta) < clip_eps
+    dv = np.where(take_clipped, err_c * inside, err) / b
+    return loss, dv.astype(values.dtype), {"vclipfrac": float(take_clipped.mean())}
+
+
+def entropy_bonus(entropy: Array, coef: float) -> tuple[float, Array, dict[str, float]]:
+    """Entropy bonus as a loss: L^S = -c_ent * mean(H); dL/dH = -c_ent / B."""
+    b = _check(entropy, "entropy")
+    return float(-coef * entropy.mean()), np.full_like(entropy, -coef / b), {}

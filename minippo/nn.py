@@ -1,0 +1,143 @@
+"""Layers with their hand-written backward passes beside them, and the MLP built from them.
+
+Conventions: a linear layer computes ``y = x @ W + b`` with ``W`` of shape ``(fan_in, fan_out)``.
+``forward`` returns ``(out, cache)``; ``backward(dout, cache)`` returns ``(din, grads)``. Nothing is
+kept on the object between the two calls, so the same network can run forward several times
+(PPO does: acting, then every minibatch of every epoch) without bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+Array = Any  # numpy.ndarray, or cupy.ndarray on the GPU backend
+
+
+# ---------------------------------------------------------------- linear: y = x W + b
+def linear_forward(x: Array, W: Array, b: Array) -> Array:
+    """``y = x @ W + b``; x (B, fan_in), W (fan_in, fan_out), b (fan_out,) -> y (B, fan_out)."""
+    return x @ W + b
+
+
+def linear_backward(dy: Array, x: Array, W: Array) -> tuple[Array, Array, Array]:
+    """Vector-Jacobian products of ``y = x W + b``.
+
+    dL/dx = dy W^T (B, fan_in);  dL/dW = x^T dy (fan_in, fan_out);  dL/db = sum_B dy (fan_out,).
+    """
+    return dy @ W.T, x.T @ dy, dy.sum(axis=0)
+
+
+# ---------------------------------------------------------------- activations
+def tanh_forward(z: Array) -> Array:
+    """``h = tanh(z)``, elementwise."""
+    return np.tanh(z)
+
+
+def tanh_backward(dh: Array, h: Array) -> Array:
+    """dL/dz = dL/dh * (1 - tanh(z)^2), written with the saved output ``h``."""
+    return dh * (1.0 - h * h)
+
+
+def relu_forward(z: Array) -> Array:
+    """``h = max(z, 0)``, elementwise."""
+    return np.maximum(z, 0)
+
+
+def relu_backward(dh: Array, h: Array) -> Array:
+    """dL/dz = dL/dh * [z > 0] (= [h > 0]); the subgradient at 0 is taken as 0."""
+    return dh * (h > 0)
+
+
+ACTIVATIONS = {
+    "tanh": (tanh_forward, tanh_backward),
+    "relu": (relu_forward, relu_backward),
+}
+
+
+# ---------------------------------------------------------------- initialisation
+def orthogonal(
+    shape: tuple[int, int], gain: float, rng: np.random.Generator, dtype: Any = np.float32
+) -> np.ndarray:
+    """Orthogonal matrix of ``shape`` scaled by ``gain`` (Saxe et al. 2013; PPO detail #2).
+
+    Rows or columns (whichever are fewer) are orthonormal: QR of a Gaussian matrix with the sign
+    of R's diagonal folded in, so the result is uniformly distributed over orthogonal matrices.
+    """
+    rows, cols = shape
+    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return np.ascontiguousarray(gain * q, dtype=dtype)
+
+
+# ---------------------------------------------------------------- MLP
+class MLP:
+    """Multi-layer perceptron ``sizes[0] -> ... -> sizes[-1]`` with manual backprop.
+
+    Hidden layers use ``activation``; the last layer is linear unless ``activate_output``
+    (used for a shared trunk whose heads follow). Orthogonal init with gain ``sqrt(2)`` for hidden
+    layers and ``out_gain`` for the last one; biases zero (PPO implementation detail #2).
+
+    ``params``: ``{"W0", "b0", "W1", "b1", ...}``, ``W_i`` of shape ``(sizes[i], sizes[i+1])``.
+    Parameters are updated in place by the optimizer, so other dicts may hold the same arrays.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "tanh",
+        out_gain: float = 1.0,
+        seed: int | np.random.Generator = 0,
+        dtype: Any = np.float32,
+        hidden_gain: float = float(np.sqrt(2.0)),
+        activate_output: bool = False,
+    ) -> None:
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or any(s < 1 for s in sizes):
+            raise ValueError(f"sizes must list at least 2 positive layer widths, got {sizes}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r} is not allowed; use one of {sorted(ACTIVATIONS)}")
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.sizes = sizes
+        self.activation = activation
+        self.activate_output = activate_output
+        self.n_layers = len(sizes) - 1
+        self.params: dict[str, Array] = {}
+        for i in range(self.n_layers):
+            last = i == self.n_layers - 1
+            gain = out_gain if last and not activate_output else hidden_gain
+            self.params[f"W{i}"] = orthogonal((sizes[i], sizes[i + 1]), gain, rng, dtype)
+            self.params[f"b{i}"] = np.zeros(sizes[i + 1], dtype=dtype)
+
+    def _activated(self, i: int) -> bool:
+        return i < self.n_layers - 1 or self.activate_output
+
+    def forward(self, x: Array) -> tuple[Array, list[Array]]:
+        """x (B, sizes[0]) -> y (B, sizes[-1]); cache = the input of every layer plus the output."""
+        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"x must have shape (B, {self.sizes[0]}), got {tuple(x.shape)}")
+        act, _ = ACTIVATIONS[self.activation]
+        h = x
+        cache = [h]
+        for i in range(self.n_layers):
+            h = linear_forward(h, self.params[f"W{i}"], self.params[f"b{i}"])
+            if self._activated(i):
+                h = act(h)
+            cache.append(h)
+        return h, cache
+
+    def backward(self, dy: Array, cache: list[Array]) -> tuple[Array, dict[str, Array]]:
+        """dy (B, sizes[-1]) -> (dx (B, sizes[0]), grads keyed exactly like ``params``)."""
+        _, act_back = ACTIVATIONS[self.activation]
+        grads: dict[str, Array] = {}
+        d = dy
+        for i in reversed(range(self.n_layers)):
+            if self._activated(i):
+                d = act_back(d, cache[i + 1])
+            d, grads[f"W{i}"], grads[f"b{i}"] = linear_backward(d, cache[i], self.params[f"W{i}"])
+        return d, {k: grads[k] for k in self.params}

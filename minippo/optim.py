@@ -1,0 +1,131 @@
+"""Adam over parameter dicts, global-norm gradient clipping, and schedules.
+
+Params and grads are dicts with identical keys; updates are in place, so every other holder of
+a parameter array (the MLPs inside an ActorCritic) sees them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) with the textbook bias correction.
+
+    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  m_hat = m / (1 - b1^t);
+    v_hat = v / (1 - b2^t);  theta <- theta - lr * m_hat / (sqrt(v_hat) + eps).
+    eps defaults to 1e-5 (PPO implementation detail #3, not the paper's 1e-8).
+    """
+
+    def __init__(
+        self,
+        params: dict[str, Array],
+        lr: float = 3e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-5,
+    ) -> None:
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.params = params
+        self.lr = float(lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        self.t = 0
+        self.m = {k: np.zeros_like(p) for k, p in params.items()}
+        self.v = {k: np.zeros_like(p) for k, p in params.items()}
+
+    def step(self, grads: dict[str, Array], lr: float | None = None) -> None:
+        """One in-place update of every parameter from ``grads`` (same keys as params)."""
+        if grads.keys() != self.params.keys():
+            missing = sorted(set(self.params) ^ set(grads))
+            raise KeyError(f"grads and params must have the same keys; differing: {missing}")
+        lr = self.lr if lr is None else float(lr)
+        b1, b2 = self.betas
+        self.t += 1
+        c1 = 1.0 - b1**self.t
+        c2 = 1.0 - b2**self.t
+        for k, p in self.params.items():
+            g = grads[k]
+            m, v = self.m[k], self.v[k]
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * (g * g)
+            p -= (lr / c1) * m / (np.sqrt(v / c2) + self.eps)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Moments and step count (arrays keyed ``m.<name>``, ``v.<name>``) for checkpoints."""
+        out: dict[str, Any] = {"t": self.t}
+        out.update({f"m.{k}": a for k, a in self.m.items()})
+        out.update({f"v.{k}": a for k, a in self.v.items()})
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` produced (in place, shapes checked)."""
+        for k in self.params:
+            for prefix, store in (("m", self.m), ("v", self.v)):
+                src = state[f"{prefix}.{k}"]
+                if src.shape != store[k].shape:
+                    raise ValueError(f"Adam {prefix}.{k} has shape {src.shape}, expected {store[k].shape}")
+                store[k][...] = src
+        self.t = int(state["t"])
+
+
+def global_norm(grads: dict[str, Array]) -> float:
+    """sqrt(sum over every array of sum(g^2))."""
+    return math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+
+
+def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:
+    """Scale all grads in place so that their global norm is at most ``max_norm`` (PPO detail #11).
+
+    Returns the norm before clipping. The direction of the concatenated gradient is unchanged.
+    """
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    norm = global_norm(grads)
+    if not math.isfinite(norm):
+        raise FloatingPointError(f"gradient norm is {norm}")
+    if norm > max_norm:
+        scale = max_norm / (norm + 1e-12)
+        for g in grads.values():
+            g *= scale
+    return norm
+
+
+SCHEDULES = ("constant", "linear", "exponential")
+
+
+class Schedule:
+    """A coefficient as a function of training progress ``p`` in [0, 1].
+
+    ``constant``: start.  ``linear``: start + (end - start) p (annealing to end, PPO detail #4).
+    ``exponential``: start * (end / start) ** p, a geometric decay from start to end (both > 0).
+    """
+
+    def __init__(self, kind: str = "constant", start: float = 1.0, end: float = 0.0) -> None:
+        if kind not in SCHEDULES:
+            raise ValueError(f"schedule kind={kind!r} is not allowed; use one of {SCHEDULES}")
+        if kind == "exponential" and not (start > 0 and end > 0):
+            raise ValueError(f"exponential schedule needs start > 0 and end > 0, got {start}, {end}")
+        self.kind, self.start, self.end = kind, float(start), float(end)
+
+    def __call__(self, progress: float) -> float:
+        p = min(max(float(progress), 0.0), 1.0)
+        if self.kind == "constant":
+            return self.start
+        if self.kind == "linear":
+            return self.start + (self.end - self.start) * p
+        return self.start * (self.end / self.start) ** p
+
+    def __repr__(self) -> str:
+        return f"Schedule({self.kind!r}, start={self.start}, end={self.end})"

@@ -1,0 +1,232 @@
+"""Actor-critic: a policy network pi_theta(a|s) and a value network V_phi(s), separate or on a
+shared trunk, with one ``backward`` that returns every parameter gradient.
+
+Usage (what ``minippo.ppo.loss_and_grads`` does)::
+
+    logp, entropy, values, cache = policy.evaluate(obs, actions)
+    kl = policy.kl_old(dist_old, cache)          # only for the KL-penalty objective
+    grads = policy.backward(cache, dlogp=..., dentropy=..., dvalue=..., dkl=...)
+
+``grads`` has exactly the keys of ``policy.params``: ``actor.W0 ...``, ``critic.W0 ...``,
+``trunk.W0 ...`` (shared only) and ``log_std`` (continuous only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from minippo.distributions import Categorical, DiagGaussian
+from minippo.nn import MLP
+from minippo.spaces import Box, Discrete, as_space
+
+Array = Any
+
+# log-std outside this range makes sigma 2e-9 or 7.4: a drifting log-std is clamped rather than
+# allowed to reach inf/NaN (SB3 #1593); the gradient is zero where the clamp is active.
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class ActorCritic:
+    """Policy and value function for a Discrete (softmax) or Box (diagonal Gaussian) action space.
+
+    obs (B, obs_dim) -> distribution over actions, V(s) (B,). Separate actor and critic MLPs by
+    default (PPO detail #13); ``shared=True`` puts one trunk under two linear heads.
+    Gaussian policies use a state-independent ``log_std`` parameter of shape (action_dim,).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_space: Any,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        shared: bool = False,
+        log_std_init: float = 0.0,
+        seed: int = 0,
+        dtype: Any = np.float32,
+        temperature: float = 1.0,
+    ) -> None:
+        if int(obs_dim) < 1:
+            raise ValueError(f"obs_dim must be >= 1, got {obs_dim}")
+        hidden = [int(h) for h in hidden]
+        if shared and not hidden:
+            raise ValueError("shared=True needs at least one hidden layer (hidden=())")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.obs_dim = int(obs_dim)
+        self.action_space = as_space(action_space)
+        self.discrete = isinstance(self.action_space, Discrete)
+        self.act_dim = self.action_space.n if self.discrete else self.action_space.shape[0]
+        self.hidden = hidden
+        self.activation = activation
+        self.shared = bool(shared)
+        self.temperature = float(temperature)
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        kw = {"activation": activation, "seed": rng, "dtype": dtype}
+        if shared:
+            self.trunk: MLP | None = MLP([obs_dim, *hidden], activate_output=True, **kw)
+            first = hidden[-1]
+            self.actor = MLP([first, self.act_dim], out_gain=0.01, **kw)
+        else:
+            self.trunk = None
+            first = obs_dim
+            self.actor = MLP([obs_dim, *hidden, self.act_dim], out_gain=0.01, **kw)
+        self.critic = MLP([first, *([] if shared else hidden), 1], out_gain=1.0, **kw)
+        # Params: one flat dict holding the very arrays of the sub-networks (updates are in place).
+        self.params: dict[str, Array] = {}
+        for prefix, net in self._nets():
+            self.params.update({f"{prefix}.{k}": v for k, v in net.params.items()})
+        if not self.discrete:
+            self.params["log_std"] = np.full(self.act_dim, log_std_init, dtype=dtype)
+
+    def _nets(self) -> list[tuple[str, MLP]]:
+        nets = [("trunk", self.trunk)] if self.trunk is not None else []
+        return [*nets, ("actor", self.actor), ("critic", self.critic)]
+
+    def to(self, to_device: Any) -> ActorCritic:
+        """Move every parameter with ``to_device`` (e.g. ``backend.to_device``), keeping the links."""
+        for prefix, net in self._nets():
+            for k in list(net.params):
+                net.params[k] = to_device(net.params[k])
+                self.params[f"{prefix}.{k}"] = net.params[k]
+        if "log_std" in self.params:
+            self.params["log_std"] = to_device(self.params["log_std"])
+        return self
+
+    # ------------------------------------------------------------ forward
+    def make_dist(self, dist_params: Array) -> Categorical | DiagGaussian:
+        """Distribution from its stored parameters: logits (B, n), or [mean, log_std] (B, 2d)."""
+        if self.discrete:
+            return Categorical(dist_params, self.temperature)
+        d = self.act_dim
+        return DiagGaussian(dist_params[:, :d], dist_params[:, d:])
+
+    @staticmethod
+    def dist_params(dist: Categorical | DiagGaussian) -> Array:
+        """The inverse of :meth:`make_dist`: (B, n) logits or (B, 2d) [mean, log_std]."""
+        if isinstance(dist, Categorical):
+            return dist.logits
+        return np.concatenate([dist.mean, dist.log_std], axis=1)
+
+    def forward(self, obs: Array) -> tuple[Categorical | DiagGaussian, Array, dict[str, Any]]:
+        """obs (B, obs_dim) -> (distribution, values (B,), cache)."""
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs must have shape (B, {self.obs_dim}), got {tuple(obs.shape)}")
+        obs = obs.astype(self.dtype, copy=False)
+        cache: dict[str, Any] = {}
+        feat = obs
+        if self.trunk is not None:
+            feat, cache["trunk"] = self.trunk.forward(obs)
+        out, cache["actor"] = self.actor.forward(feat)
+        v, cache["critic"] = self.critic.forward(feat)
+        if self.discrete:
+            dist: Categorical | DiagGaussian = Categorical(out, self.temperature)
+        else:
+            log_std = np.clip(self.params["log_std"], LOG_STD_MIN, LOG_STD_MAX)
+            dist = DiagGaussian(out, log_std)
+        cache["dist"] = dist
+        return dist, v[:, 0], cache
+
+    def evaluate(self, obs: Array, actions: Array) -> tuple[Array, Array, Array, dict[str, Any]]:
+        """obs (B, obs_dim), actions (B,) or (B, d) -> logp (B,), entropy (B,), values (B,), cache."""
+        dist, values, cache = self.forward(obs)
+        cache["actions"] = actions
+        return dist.log_prob(actions), dist.entropy(), values, cache
+
+    def kl_old(self, dist_old: Array, cache: dict[str, Any]) -> Array:
+        """KL(pi_old(.|s) || pi_theta(.|s)) per sample (B,), from stored old dist params."""
+        old = self.make_dist(dist_old)
+        cache["dist_old"] = old
+        return old.kl(cache["dist"])
+
+    def act(
+        self, obs: Array, rng: np.random.Generator, deterministic: bool = False
+    ) -> tuple[np.ndarray, Array, Array, Array]:
+        """Sample (or take the mode of) pi(.|obs): returns actions (B,)|(B, d) on the host,
+        their logp (B,), values (B,) and the dist params (see :meth:`dist_params`)."""
+        dist, values, _ = self.forward(obs)
+        if deterministic:
+            from minippo.backend import asnumpy
+
+            actions = asnumpy(dist.mode())
+        else:
+            actions = dist.sample(rng)
+        from minippo.backend import array_module
+
+        a_dev = array_module(values).asarray(actions)
+        return actions, dist.log_prob(a_dev), values, self.dist_params(dist)
+
+    def predict(self, obs: Array, deterministic: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Actions for a single observation (obs_dim,) or a batch (B, obs_dim), numpy in and out."""
+        obs = np.asarray(obs, dtype=self.dtype)
+        single = obs.ndim == 1
+        batch = obs[None] if single else obs
+        if not deterministic and rng is None:
+            raise ValueError("rng is required when deterministic=False")
+        actions, *_ = self.act(batch, rng if rng is not None else np.random.default_rng(0), deterministic)
+        return actions[0] if single else actions
+
+    # ------------------------------------------------------------ backward
+    def backward(
+        self,
+        cache: dict[str, Any],
+        dlogp: Array | None = None,
+        dentropy: Array | None = None,
+        dvalue: Array | None = None,
+        dkl: Array | None = None,
+    ) -> dict[str, Array]:
+        """Chain rule from the per-sample upstream gradients (each (B,), any may be None) to
+        every parameter. dkl needs a preceding :meth:`kl_old` on the same cache."""
+        dist = cache["dist"]
+        key = "logits" if self.discrete else "mean"
+        dd: dict[str, Array] = {}
+
+        def add(g: dict[str, Array]) -> None:
+            for k, v in g.items():
+                dd[k] = dd[k] + v if k in dd else v
+
+        if dlogp is not None:
+            add(dist.log_prob_grad(cache["actions"], dlogp))
+        if dentropy is not None:
+            add(dist.entropy_grad(dentropy))
+        if dkl is not None:
+            if "dist_old" not in cache:
+                raise ValueError("dkl given but kl_old() was not called on this cache")
+            add(cache["dist_old"].kl_grad(dist, dkl)[1])
+        out_a = cache["actor"][-1]
+        d_out = dd.get(key, np.zeros_like(out_a))
+        v_out = cache["critic"][-1]
+        d_v = dvalue[:, None].astype(v_out.dtype) if dvalue is not None else np.zeros_like(v_out)
+        dfeat_a, g_actor = self.actor.backward(d_out.astype(out_a.dtype, copy=False), cache["actor"])
+        dfeat_v, g_critic = self.critic.backward(d_v, cache["critic"])
+        grads: dict[str, Array] = {}
+        if self.trunk is not None:
+            _, g_trunk = self.trunk.backward(dfeat_a + dfeat_v, cache["trunk"])
+            grads.update({f"trunk.{k}": v for k, v in g_trunk.items()})
+        grads.update({f"actor.{k}": v for k, v in g_actor.items()})
+        grads.update({f"critic.{k}": v for k, v in g_critic.items()})
+        if not self.discrete:
+            log_std = self.params["log_std"]
+            g = dd["log_std"].sum(axis=0) if "log_std" in dd else np.zeros_like(log_std)
+            inside = (log_std >= LOG_STD_MIN) & (log_std <= LOG_STD_MAX)
+            grads["log_std"] = (g * inside).astype(log_std.dtype)
+        return {k: grads[k] for k in self.params}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able constructor arguments (used by checkpoints)."""
+        return {
+            "obs_dim": self.obs_dim,
+            "action_space": self.action_space.to_dict(),
+            "hidden": list(self.hidden),
+            "activation": self.activation,
+            "shared": self.shared,
+            "temperature": self.temperature,
+            "dtype": self.dtype.name,
+        }
+
+
+__all__ = ["ActorCritic", "Box", "Discrete", "LOG_STD_MIN", "LOG_STD_MAX"]

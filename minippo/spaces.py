@@ -1,0 +1,75 @@
+"""Light stand-ins for gymnasium's ``Discrete`` and ``Box`` so that nothing in the core needs
+gymnasium; :func:`as_space` converts a gymnasium space (or one of these) by its attributes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Discrete:
+    """``n`` actions ``start, ..., start + n - 1`` (the policy works with ``0 .. n-1``)."""
+
+    n: int
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        if int(self.n) < 1:
+            raise ValueError(f"Discrete n must be >= 1, got {self.n}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "discrete", "n": int(self.n), "start": int(self.start)}
+
+
+@dataclass(frozen=True, eq=False)
+class Box:
+    """Continuous actions in ``[low, high]`` (elementwise), shape ``low.shape`` (1-D)."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    def __post_init__(self) -> None:
+        low = np.asarray(self.low, dtype=np.float64).reshape(-1)
+        high = np.asarray(self.high, dtype=np.float64).reshape(-1)
+        if low.shape != high.shape or low.size == 0:
+            raise ValueError(f"Box low and high must be non-empty and of one shape, got {low.shape}, {high.shape}")
+        if bool((low > high).any()):
+            raise ValueError("Box low must be <= high elementwise")
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (int(self.low.size),)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "box", "low": self.low.tolist(), "high": self.high.tolist()}
+
+
+Space = Discrete | Box
+
+
+def as_space(space: Any) -> Space:
+    """A minippo space from a gymnasium ``Discrete``/``Box``, a minippo space, or its dict form."""
+    if isinstance(space, (Discrete, Box)):
+        return space
+    if isinstance(space, dict):
+        kind = space.get("kind")
+        if kind == "discrete":
+            return Discrete(int(space["n"]), int(space.get("start", 0)))
+        if kind == "box":
+            return Box(np.asarray(space["low"]), np.asarray(space["high"]))
+        raise ValueError(f"action_space dict kind must be 'discrete' or 'box', got {kind!r}")
+    cls = type(space).__name__
+    if cls == "Discrete" and hasattr(space, "n"):
+        return Discrete(int(space.n), int(getattr(space, "start", 0)))
+    if cls == "Box" and hasattr(space, "low") and hasattr(space, "high"):
+        if len(space.shape) != 1:
+            raise ValueError(f"Box action spaces must be 1-D, got shape {space.shape}")
+        return Box(np.asarray(space.low), np.asarray(space.high))
+    raise TypeError(
+        f"action_space must be a Discrete or Box space (gymnasium or minippo.spaces), got {cls}"
+    )
