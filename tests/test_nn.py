@@ -1,0 +1,185 @@
+"""minippo.nn: linear/activation backward passes and the MLP, checked by central differences.
+
+Tolerance: every check asks for a norm-wise relative error < 1e-6 (minippo.gradcheck.rel_error,
+floor 1e-3). In float64 with h = 1e-6 the central-difference error is O(h^2 * f''') + O(eps/h),
+about 1e-10 relative for these smooth, O(1)-sized functions, so 1e-6 leaves four orders of
+margin while a wrong derivative shows as an error of order 1.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from minippo import nn
+from minippo.gradcheck import check_grads, numerical_grads, rel_error
+
+TOL = 1e-6
+FAST = settings(max_examples=30, deadline=None)
+
+
+def _pre_activations(net, x):
+    """Every hidden pre-activation z of ``net`` on ``x`` (to keep relu inputs off the kink)."""
+    zs, h = [], x
+    for i in range(net.n_layers):
+        z = h @ net.params[f"W{i}"] + net.params[f"b{i}"]
+        if net._activated(i):
+            zs.append(z)
+            h = np.maximum(z, 0) if net.activation == "relu" else np.tanh(z)
+        else:
+            h = z
+    return zs
+
+
+@st.composite
+def mlp_case(draw, activations=("tanh", "relu")):
+    n_hidden = draw(st.integers(0, 2))
+    sizes = [draw(st.integers(1, 4)) for _ in range(n_hidden + 2)]
+    batch = draw(st.integers(1, 4))
+    activation = draw(st.sampled_from(activations))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return sizes, batch, activation, seed
+
+
+@FAST
+@given(mlp_case())
+def test_mlp_grads_match_finite_differences(case):
+    sizes, batch, activation, seed = case
+    rng = np.random.default_rng(seed)
+    net = nn.MLP(sizes, activation=activation, out_gain=1.0, seed=seed, dtype=np.float64)
+    for k in net.params:  # non-zero biases, so the bias path is exercised off zero
+        if k.startswith("b"):
+            net.params[k][...] = rng.normal(size=net.params[k].shape)
+    x = rng.normal(size=(batch, sizes[0]))
+    w = rng.normal(size=(batch, sizes[-1]))  # random upstream gradient dL/dy
+    if activation == "relu":
+        # The relu kink at z = 0 is not differentiable; a perturbation of h = 1e-6 in any weight
+        # moves z by at most ~1e-6 * |input|, so 1e-3 keeps every difference on one side.
+        assume(all(np.abs(z).min() > 1e-3 for z in _pre_activations(net, x)))
+
+    def loss():
+        return float((net.forward(x)[0] * w).sum())
+
+    y, cache = net.forward(x)
+    dx, grads = net.backward(w, cache)
+    assert list(grads) == list(net.params)
+    assert check_grads(loss, net.params, grads) < TOL
+    num_dx = numerical_grads(loss, {"x": x})["x"]
+    assert rel_error(dx, num_dx) < TOL
+
+
+@FAST
+@given(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_linear_backward(batch, fan_in, fan_out, seed):
+    rng = np.random.default_rng(seed)
+    p = {"x": rng.normal(size=(batch, fan_in)), "W": rng.normal(size=(fan_in, fan_out)),
+         "b": rng.normal(size=fan_out)}
+    dy = rng.normal(size=(batch, fan_out))
+
+    def loss():
+        return float((nn.linear_forward(p["x"], p["W"], p["b"]) * dy).sum())
+
+    dx, dW, db = nn.linear_backward(dy, p["x"], p["W"])
+    assert dx.shape == p["x"].shape and dW.shape == p["W"].shape and db.shape == p["b"].shape
+    assert check_grads(loss, p, {"x": dx, "W": dW, "b": db}) < TOL
+
+
+@FAST
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["tanh", "relu"]))
+def test_activation_backward(seed, name):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(3, 4))
+    z[np.abs(z) < 1e-3] = 0.5  # off the relu kink
+    fwd, bwd = nn.ACTIVATIONS[name]
+    dh = rng.normal(size=z.shape)
+    p = {"z": z}
+
+    def loss():
+        return float((fwd(p["z"]) * dh).sum())
+
+    assert check_grads(loss, p, {"z": bwd(dh, fwd(z))}) < TOL
+
+
+def test_relu_subgradient_at_zero_is_zero():
+    z = np.array([[-1.0, 0.0, 2.0]])
+    assert nn.relu_backward(np.ones_like(z), nn.relu_forward(z)).tolist() == [[0.0, 0.0, 1.0]]
+
+
+# ---------------------------------------------------------------- initialisation
+@FAST
+@given(st.integers(1, 8), st.integers(1, 8), st.floats(0.01, 3.0), st.integers(0, 2**31 - 1))
+def test_orthogonal_is_orthogonal_with_gain(rows, cols, gain, seed):
+    w = nn.orthogonal((rows, cols), gain, np.random.default_rng(seed), np.float64)
+    assert w.shape == (rows, cols)
+    if rows >= cols:  # orthonormal columns
+        np.testing.assert_allclose(w.T @ w, gain**2 * np.eye(cols), atol=1e-10)
+    else:  # orthonormal rows
+        np.testing.assert_allclose(w @ w.T, gain**2 * np.eye(rows), atol=1e-10)
+
+
+def test_mlp_init_gains_zero_biases_shapes_dtype():
+    net = nn.MLP([5, 7, 6, 3], out_gain=0.01, seed=1)
+    assert list(net.params) == ["W0", "b0", "W1", "b1", "W2", "b2"]
+    for i, (a, b) in enumerate([(5, 7), (7, 6), (6, 3)]):
+        assert net.params[f"W{i}"].shape == (a, b)
+        assert net.params[f"W{i}"].dtype == np.float32
+        assert not net.params[f"b{i}"].any()
+    # hidden gain sqrt(2): singular values of an orthogonal (a, b) matrix all equal the gain
+    for i, gain in [(0, np.sqrt(2)), (1, np.sqrt(2)), (2, 0.01)]:
+        s = np.linalg.svd(net.params[f"W{i}"].astype(np.float64), compute_uv=False)
+        np.testing.assert_allclose(s, gain, rtol=1e-5)
+
+
+def test_mlp_same_seed_same_params_and_generator_seed():
+    a, b = nn.MLP([3, 4, 2], seed=7), nn.MLP([3, 4, 2], seed=7)
+    c = nn.MLP([3, 4, 2], seed=np.random.default_rng(7))
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+        np.testing.assert_array_equal(a.params[k], c.params[k])
+    assert not np.array_equal(a.params["W0"], nn.MLP([3, 4, 2], seed=8).params["W0"])
+
+
+def test_forward_is_stateless():
+    """Two forwards, then the backward of the first: still its gradient (no hidden state)."""
+    rng = np.random.default_rng(0)
+    net = nn.MLP([3, 4, 2], dtype=np.float64, seed=0)
+    x1, x2 = rng.normal(size=(2, 3)), rng.normal(size=(5, 3))
+    _, c1 = net.forward(x1)
+    _, c1_again = net.forward(x1)
+    net.forward(x2)
+    dy = np.ones((2, 2))
+    g1 = net.backward(dy, c1)[1]
+    g2 = net.backward(dy, c1_again)[1]
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k])
+
+
+def test_activate_output_applies_activation_to_last_layer():
+    net = nn.MLP([2, 3], activation="tanh", activate_output=True, seed=0, dtype=np.float64)
+    y, _ = net.forward(np.full((1, 2), 10.0))
+    assert np.all(np.abs(y) <= 1.0)
+
+
+def test_float32_forward_keeps_dtype():
+    net = nn.MLP([3, 4, 2], seed=0)
+    y, _ = net.forward(np.ones((2, 3), dtype=np.float32))
+    assert y.dtype == np.float32
+
+
+# ---------------------------------------------------------------- bad inputs
+def test_bad_activation_named():
+    with pytest.raises(ValueError, match=r"activation='sigmoid'.*relu.*tanh"):
+        nn.MLP([2, 2], activation="sigmoid")
+
+
+@pytest.mark.parametrize("sizes", [[3], [3, 0, 2], [], [-1, 2]])
+def test_bad_sizes_named(sizes):
+    with pytest.raises(ValueError, match="sizes"):
+        nn.MLP(sizes)
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 5), (2, 3, 1)])
+def test_forward_wrong_shape_named(shape):
+    net = nn.MLP([3, 2])
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3\)"):
+        net.forward(np.zeros(shape, dtype=np.float32))
