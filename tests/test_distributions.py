@@ -1,0 +1,305 @@
+"""minippo.distributions: values against tests/reference.py, gradients against central
+differences, properties (KL(p||p) = 0, KL >= 0, entropies), sampling and bad inputs.
+
+Gradient tolerance: norm-wise relative error < 1e-6 (minippo.gradcheck.rel_error, floor 1e-3).
+The functions are smooth with O(1) derivatives on the drawn ranges (|logits / T| <= 10,
+|log_std| <= 1), so central differences with h = 1e-6 in float64 are accurate to ~1e-9.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from minippo.distributions import Categorical, DiagGaussian
+from minippo.gradcheck import check_grads
+
+TOL = 1e-6
+FAST = settings(max_examples=30, deadline=None)
+
+shapes = st.tuples(st.integers(1, 5), st.integers(1, 5))
+temperatures = st.floats(0.3, 3.0)
+seeds = st.integers(0, 2**31 - 1)
+
+
+def _f64(elements_max):
+    return st.floats(-elements_max, elements_max, allow_nan=False, width=64)
+
+
+@st.composite
+def logits_arrays(draw, n_min=1, n_max=5):
+    b = draw(st.integers(1, 5))
+    n = draw(st.integers(n_min, n_max))
+    return draw(hnp.arrays(np.float64, (b, n), elements=_f64(3.0)))
+
+
+# ---------------------------------------------------------------- Categorical: values
+@FAST
+@given(logits_arrays(), temperatures, seeds)
+def test_categorical_values_match_reference(logits, temperature, seed):
+    rng = np.random.default_rng(seed)
+    b, n = logits.shape
+    actions = rng.integers(0, n, size=b)
+    d = Categorical(logits, temperature)
+    np.testing.assert_allclose(d.probs.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(
+        d.log_prob(actions), ref.categorical_log_prob(logits, actions, temperature), atol=1e-10
+    )
+    expected_h = ref.categorical_entropy(logits, temperature)
+    np.testing.assert_allclose(d.entropy(), expected_h, atol=1e-10)
+    other = rng.normal(size=logits.shape)
+    expected_kl = ref.categorical_kl(logits, other, temperature, 1.3)
+    np.testing.assert_allclose(d.kl(Categorical(other, 1.3)), expected_kl, atol=1e-10)
+
+
+@FAST
+@given(logits_arrays(), temperatures, seeds)
+def test_categorical_kl_properties(logits, temperature, seed):
+    d = Categorical(logits, temperature)
+    np.testing.assert_allclose(d.kl(Categorical(logits.copy(), temperature)), 0.0, atol=1e-12)
+    other = Categorical(np.random.default_rng(seed).normal(size=logits.shape) * 2, temperature)
+    assert np.all(d.kl(other) >= -1e-12)
+
+
+@FAST
+@given(st.integers(1, 5), st.integers(1, 10), _f64(50.0), temperatures)
+def test_uniform_categorical_entropy_is_log_n(b, n, c, temperature):
+    d = Categorical(np.full((b, n), c), temperature)
+    np.testing.assert_allclose(d.entropy(), math.log(n), atol=1e-12)
+
+
+def test_temperature_flattens_and_sharpens():
+    logits = np.array([[2.0, 0.0, -1.0]])
+    h = [Categorical(logits, t).entropy()[0] for t in (0.5, 1.0, 2.0, 100.0)]
+    assert h[0] < h[1] < h[2] < h[3] < math.log(3)
+    np.testing.assert_allclose(Categorical(logits, 2.0).probs, Categorical(logits / 2.0).probs)
+
+
+def test_categorical_stable_for_huge_logits():
+    d = Categorical(np.array([[1000.0, 0.0, -1000.0]]))
+    assert np.isfinite(d.log_probs).all()
+    np.testing.assert_allclose(d.log_prob(np.array([0])), 0.0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- Categorical: gradients
+@FAST
+@given(logits_arrays(), temperatures, seeds)
+def test_categorical_log_prob_grad(logits, temperature, seed):
+    rng = np.random.default_rng(seed)
+    b, n = logits.shape
+    actions = rng.integers(0, n, size=b)
+    g = rng.normal(size=b)
+    p = {"logits": logits}
+
+    def f():
+        return float((g * Categorical(p["logits"], temperature).log_prob(actions)).sum())
+
+    grads = Categorical(logits, temperature).log_prob_grad(actions, g)
+    assert check_grads(f, p, grads) < TOL
+
+
+@FAST
+@given(logits_arrays(), temperatures, seeds)
+def test_categorical_entropy_grad(logits, temperature, seed):
+    g = np.random.default_rng(seed).normal(size=logits.shape[0])
+    p = {"logits": logits}
+
+    def f():
+        return float((g * Categorical(p["logits"], temperature).entropy()).sum())
+
+    assert check_grads(f, p, Categorical(logits, temperature).entropy_grad(g)) < TOL
+
+
+@FAST
+@given(logits_arrays(), temperatures, temperatures, seeds)
+def test_categorical_kl_grad_both_sides(logits, t_p, t_q, seed):
+    rng = np.random.default_rng(seed)
+    q_logits = rng.normal(size=logits.shape) * 2
+    g = rng.normal(size=logits.shape[0])
+    p = {"p": logits, "q": q_logits}
+
+    def f():
+        return float((g * Categorical(p["p"], t_p).kl(Categorical(p["q"], t_q))).sum())
+
+    d_p, d_q = Categorical(logits, t_p).kl_grad(Categorical(q_logits, t_q), g)
+    assert check_grads(f, p, {"p": d_p["logits"], "q": d_q["logits"]}) < TOL
+
+
+def test_categorical_kl_grad_zero_at_equal_distributions():
+    logits = np.random.default_rng(0).normal(size=(4, 3))
+    d_p, d_q = Categorical(logits).kl_grad(Categorical(logits.copy()), np.ones(4))
+    np.testing.assert_allclose(d_p["logits"], 0.0, atol=1e-15)
+    np.testing.assert_allclose(d_q["logits"], 0.0, atol=1e-15)
+
+
+# ---------------------------------------------------------------- DiagGaussian
+@st.composite
+def gaussian_case(draw):
+    b, d = draw(shapes)
+    mean = draw(hnp.arrays(np.float64, (b, d), elements=_f64(2.0)))
+    log_std = draw(hnp.arrays(np.float64, (b, d), elements=_f64(1.0)))
+    seed = draw(seeds)
+    return mean, log_std, seed
+
+
+@FAST
+@given(gaussian_case())
+def test_gaussian_values_match_reference(case):
+    mean, log_std, seed = case
+    rng = np.random.default_rng(seed)
+    actions = mean + rng.normal(size=mean.shape)
+    d = DiagGaussian(mean, log_std)
+    np.testing.assert_allclose(d.log_prob(actions), ref.gaussian_log_prob(mean, log_std, actions),
+                               atol=1e-10)
+    np.testing.assert_allclose(d.entropy(), ref.gaussian_entropy(log_std), atol=1e-10)
+    mq, lq = rng.normal(size=mean.shape), rng.normal(size=mean.shape) * 0.5
+    np.testing.assert_allclose(d.kl(DiagGaussian(mq, lq)), ref.gaussian_kl(mean, log_std, mq, lq),
+                               atol=1e-10)
+
+
+@FAST
+@given(gaussian_case())
+def test_gaussian_entropy_formula_and_kl_properties(case):
+    mean, log_std, seed = case
+    d = DiagGaussian(mean, log_std)
+    # H = sum_i (1/2) log(2 pi e sigma_i^2), independent of the mean
+    expected = 0.5 * np.log(2 * np.pi * np.e * np.exp(2 * log_std)).sum(axis=1)
+    np.testing.assert_allclose(d.entropy(), expected, atol=1e-12)
+    np.testing.assert_allclose(DiagGaussian(mean + 5.0, log_std).entropy(), d.entropy())
+    np.testing.assert_allclose(d.kl(DiagGaussian(mean.copy(), log_std.copy())), 0.0, atol=1e-12)
+    rng = np.random.default_rng(seed)
+    other = DiagGaussian(rng.normal(size=mean.shape), rng.normal(size=mean.shape))
+    assert np.all(d.kl(other) >= -1e-12)
+
+
+def test_gaussian_state_independent_log_std_broadcasts():
+    mean = np.zeros((3, 2))
+    d = DiagGaussian(mean, np.array([0.1, -0.3]))
+    assert d.log_std.shape == (3, 2)
+    per_row = DiagGaussian(mean, np.tile([0.1, -0.3], (3, 1)))
+    np.testing.assert_allclose(d.entropy(), per_row.entropy())
+
+
+@FAST
+@given(gaussian_case())
+def test_gaussian_log_prob_grad(case):
+    mean, log_std, seed = case
+    rng = np.random.default_rng(seed)
+    actions = mean + np.exp(log_std) * rng.normal(size=mean.shape)
+    g = rng.normal(size=mean.shape[0])
+    p = {"mean": mean, "log_std": log_std}
+
+    def f():
+        return float((g * DiagGaussian(p["mean"], p["log_std"]).log_prob(actions)).sum())
+
+    assert check_grads(f, p, DiagGaussian(mean, log_std).log_prob_grad(actions, g)) < TOL
+
+
+@FAST
+@given(gaussian_case())
+def test_gaussian_entropy_grad(case):
+    mean, log_std, seed = case
+    g = np.random.default_rng(seed).normal(size=mean.shape[0])
+    p = {"mean": mean, "log_std": log_std}
+
+    def f():
+        return float((g * DiagGaussian(p["mean"], p["log_std"]).entropy()).sum())
+
+    # d/dmean is exactly 0: compared with the floor (absolute), see rel_error
+    assert check_grads(f, p, DiagGaussian(mean, log_std).entropy_grad(g)) < TOL
+
+
+@FAST
+@given(gaussian_case())
+def test_gaussian_kl_grad_both_sides(case):
+    mean, log_std, seed = case
+    rng = np.random.default_rng(seed)
+    mq, lq = rng.normal(size=mean.shape), rng.normal(size=mean.shape) * 0.5
+    g = rng.normal(size=mean.shape[0])
+    p = {"mp": mean, "lp": log_std, "mq": mq, "lq": lq}
+
+    def f():
+        kl = DiagGaussian(p["mp"], p["lp"]).kl(DiagGaussian(p["mq"], p["lq"]))
+        return float((g * kl).sum())
+
+    d_p, d_q = DiagGaussian(mean, log_std).kl_grad(DiagGaussian(mq, lq), g)
+    grads = {"mp": d_p["mean"], "lp": d_p["log_std"], "mq": d_q["mean"], "lq": d_q["log_std"]}
+    assert check_grads(f, p, grads) < TOL
+
+
+def test_gaussian_shared_log_std_grad_sums_over_batch():
+    """With a (d,) log_std the per-row gradient summed over the batch is d/d log_std."""
+    rng = np.random.default_rng(3)
+    mean, actions, g = rng.normal(size=(4, 2)), rng.normal(size=(4, 2)), rng.normal(size=4)
+    p = {"log_std": np.array([0.2, -0.4])}
+
+    def f():
+        return float((g * DiagGaussian(mean, p["log_std"]).log_prob(actions)).sum())
+
+    per_row = DiagGaussian(mean, p["log_std"]).log_prob_grad(actions, g)["log_std"]
+    assert check_grads(f, p, {"log_std": per_row.sum(axis=0)}) < TOL
+
+
+# ---------------------------------------------------------------- sampling and mode
+def test_categorical_sample_frequencies_and_mode():
+    logits = np.log(np.array([[0.2, 0.5, 0.3]]))
+    d = Categorical(np.repeat(logits, 20000, axis=0))
+    a = d.sample(np.random.default_rng(0))
+    assert a.dtype == np.int64 and a.shape == (20000,)
+    np.testing.assert_allclose(np.bincount(a, minlength=3) / 20000, [0.2, 0.5, 0.3], atol=0.015)
+    assert d.mode()[0] == 1
+    a2 = d.sample(np.random.default_rng(0))
+    np.testing.assert_array_equal(a, a2)  # same Generator seed, same draws
+
+
+def test_gaussian_sample_moments_and_mode():
+    mean = np.tile([1.0, -2.0], (20000, 1))
+    d = DiagGaussian(mean, np.log(np.array([0.5, 2.0])))
+    a = d.sample(np.random.default_rng(1))
+    assert a.shape == mean.shape and a.dtype == np.float64
+    np.testing.assert_allclose(a.mean(axis=0), [1.0, -2.0], atol=0.05)
+    np.testing.assert_allclose(a.std(axis=0), [0.5, 2.0], rtol=0.03)
+    np.testing.assert_array_equal(d.mode(), mean)
+
+
+# ---------------------------------------------------------------- bad inputs
+def test_categorical_bad_inputs():
+    with pytest.raises(ValueError, match=r"logits must have shape \(B, n_actions\)"):
+        Categorical(np.zeros(3))
+    for t in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            Categorical(np.zeros((2, 3)), t)
+    for bad in (np.nan, np.inf, -np.inf):
+        logits = np.zeros((2, 3))
+        logits[1, 2] = bad
+        with pytest.raises(FloatingPointError, match="logits contains NaN or inf"):
+            Categorical(logits)
+    d = Categorical(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"actions must have shape \(2,\)"):
+        d.log_prob(np.zeros((2, 1)))
+    with pytest.raises(ValueError, match=r"actions must be integers in \[0, 3\)"):
+        d.log_prob(np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"actions must be integers in \[0, 3\)"):
+        d.log_prob(np.array([-1, 0]))
+    with pytest.raises(ValueError, match=r"actions must be integers in \[0, 3\)"):
+        d.log_prob(np.array([0.5, 1.0]))
+
+
+def test_gaussian_bad_inputs():
+    with pytest.raises(ValueError, match=r"mean must have shape \(B, action_dim\)"):
+        DiagGaussian(np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match=r"log_std must have shape \(2,\) or \(3, 2\)"):
+        DiagGaussian(np.zeros((3, 2)), np.zeros(3))
+    with pytest.raises(FloatingPointError, match="mean contains NaN or inf"):
+        DiagGaussian(np.array([[np.nan, 0.0]]), np.zeros(2))
+    with pytest.raises(FloatingPointError, match="log_std contains NaN or inf"):
+        DiagGaussian(np.zeros((1, 2)), np.array([0.0, np.inf]))
+    d = DiagGaussian(np.zeros((3, 2)), np.zeros(2))
+    with pytest.raises(ValueError, match=r"actions must have shape \(3, 2\)"):
+        d.log_prob(np.zeros((3,)))
+    with pytest.raises(ValueError, match=r"actions must have shape \(3, 2\)"):
+        d.log_prob_grad(np.zeros((2, 2)), np.ones(3))
