@@ -1,20 +1,29 @@
-"""The PPO loss for one minibatch and all of its gradients (the trainer is added below it).
+"""PPO: the loss of one minibatch with all of its gradients, and the trainer around it.
 
 ``loss_and_grads`` is the one call a student uses to look at PPO's gradients::
 
     stats, grads = loss_and_grads(policy, batch, config)
 
 total loss  L = L^policy + c_1 L^VF - c_2 H   (paper eq. 9, written as a loss to minimise)
+
+``PPO`` runs the loop of the paper's Algorithm 1: collect T steps from N envs with pi_theta_old,
+compute advantages, then K epochs of shuffled minibatch Adam steps on the loss above.
 """
 
 from __future__ import annotations
 
+import math
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from minippo import losses
+from minippo import backend, losses
+from minippo.buffer import RolloutBuffer
 from minippo.config import PPOConfig
+from minippo.optim import Adam, Schedule, clip_grad_norm
 from minippo.policy import ActorCritic
 
 Array = Any
@@ -90,4 +99,268 @@ def loss_and_grads(
     return stats, grads
 
 
-__all__ = ["loss_and_grads", "normalize", "BATCH_KEYS", "np"]
+
+
+def explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
+    """1 - Var[y_true - y_pred] / Var[y_true] (1: perfect, 0: no better than a constant)."""
+    var = float(np.var(y_true))
+    return float("nan") if var == 0 else 1.0 - float(np.var(y_true - y_pred)) / var
+
+
+class PPO:
+    """Proximal Policy Optimization on a gymnasium vector env.
+
+    Example::
+
+        from minippo import PPO
+        from minippo.config import preset
+        model = PPO(preset("CartPole-v1")).learn()
+        print(model.evaluate(10))
+        model.save("cartpole.npz")
+
+    ``config.objective`` picks the rung of the ladder (reinforce, a2c, surrogate, kl_penalty, clip);
+    all share this loop. ``env`` may be passed (a gymnasium VectorEnv); otherwise it is made from
+    ``config.env_id``.
+    """
+
+    def __init__(self, config: PPOConfig | None = None, env: Any = None, **overrides: Any) -> None:
+        from minippo.envs import ObsNormalizer, RewardScaler, is_next_step, make_vec_env
+        from minippo.losses import AdaptiveKL
+        from minippo.spaces import as_space
+
+        config = (config or PPOConfig()).replace(**overrides) if overrides else (config or PPOConfig())
+        self.config = config
+        self.backend = backend.name
+        self.xp = backend.xp
+        self.dtype = np.dtype(config.dtype)
+        self.env = env if env is not None else make_vec_env(
+            config.env_id, config.n_envs, config.vector, config.autoreset, config.env_kwargs
+        )
+        if self.env.num_envs != config.n_envs:
+            raise ValueError(f"env has {self.env.num_envs} sub-envs but config.n_envs={config.n_envs}")
+        obs_space = self.env.single_observation_space
+        if len(obs_space.shape) != 1:
+            raise ValueError(f"observations must be 1-D vectors, got shape {obs_space.shape}")
+        self.obs_dim = int(obs_space.shape[0])
+        self.action_space = as_space(self.env.single_action_space)
+        self.policy = ActorCritic(
+            self.obs_dim, self.action_space, config.hidden, config.activation, config.shared,
+            config.log_std_init, config.seed, self.dtype, config.temperature,
+        ).to(backend.to_device)
+        self.optimizer = Adam(self.policy.params, config.learning_rate, eps=config.adam_eps)
+        self.rng = np.random.default_rng(config.seed)
+        self.obs_norm = ObsNormalizer(self.obs_dim) if config.norm_obs else None
+        self.reward_scaler = RewardScaler(config.n_envs, config.gamma) if config.norm_reward else None
+        self.kl_coef = AdaptiveKL(config.kl_target, config.kl_beta)
+        self.lr_schedule = Schedule(config.lr_schedule, config.learning_rate, config.lr_end)
+        self.clip_schedule = Schedule(config.clip_schedule, config.clip_eps, 0.0)
+        self.ent_schedule = Schedule(config.ent_schedule, config.ent_coef, config.ent_end)
+        discrete = self.policy.discrete
+        self.buffer = RolloutBuffer(
+            config.n_steps, config.n_envs, self.obs_dim, () if discrete else (self.policy.act_dim,),
+            self.policy.act_dim if discrete else 2 * self.policy.act_dim, self.dtype, discrete, self.xp,
+        )
+        self.next_step = is_next_step(self.env)
+        self.num_timesteps = 0
+        self.iteration = 0
+        self.total_timesteps = config.total_timesteps
+        self.episode_returns: deque[float] = deque(maxlen=100)
+        self.episode_lengths: deque[int] = deque(maxlen=100)
+        self._obs: np.ndarray | None = None
+        n = config.n_envs
+        self._ep_ret = np.zeros(n)
+        self._ep_len = np.zeros(n, dtype=np.int64)
+        self._fake_next = np.zeros(n, dtype=bool)  # NEXT_STEP: the next step of this env is a reset
+        self._pending_boot = np.zeros(n, dtype=bool)  # NEXT_STEP: truncated, bootstrap not yet added
+
+    # ------------------------------------------------------------ acting
+    def _prep_obs(self, obs: np.ndarray, update: bool) -> Any:
+        obs = np.asarray(obs, dtype=self.dtype).reshape(len(obs), self.obs_dim)
+        if self.obs_norm is not None:
+            obs = self.obs_norm(obs, update=update)
+        return backend.to_device(obs)
+
+    def _env_actions(self, actions: np.ndarray) -> np.ndarray:
+        space = self.action_space
+        if self.policy.discrete:
+            return actions + space.start if space.start else actions
+        # Clip only what the env sees; the buffer keeps the sampled action so logp stays exact.
+        return np.clip(actions, space.low, space.high).astype(np.float32)
+
+    def _values(self, obs_dev: Any) -> Any:
+        return self.policy.forward(obs_dev)[1]
+
+    def collect_rollout(self) -> None:
+        """Run the behaviour policy pi_theta_old for T steps in all N envs and fill the buffer."""
+        cfg, buf, xp = self.config, self.buffer, self.xp
+        if self._obs is None:
+            self._obs, _ = self.env.reset(seed=cfg.seed + self.num_timesteps)
+        buf.reset()
+        for t in range(cfg.n_steps):
+            obs_dev = self._prep_obs(self._obs, update=True)
+            actions, logp, values, dist = self.policy.act(obs_dev, self.rng)
+            valid = ~self._fake_next
+            if self._pending_boot.any():  # V(final obs) is this step's value (NEXT_STEP mode)
+                idx = np.flatnonzero(self._pending_boot)
+                buf.rewards[t - 1, idx] += cfg.gamma * values[idx]
+                self._pending_boot[:] = False
+            next_obs, reward, term, trunc, info = self.env.step(self._env_actions(actions))
+            reward = np.asarray(reward, dtype=np.float64)
+            term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)
+            done = term | trunc
+            self._track_episodes(reward, done, valid)
+            if self.reward_scaler is not None:
+                reward = self.reward_scaler(reward, done, valid)
+            boot = trunc & ~term & valid  # a step both terminated and truncated is terminated
+            if boot.any():
+                if self.next_step:
+                    self._pending_boot |= boot
+                else:
+                    idx = np.flatnonzero(boot)
+                    final = np.stack([info["final_obs"][i] for i in idx])
+                    v_final = backend.asnumpy(self._values(self._prep_obs(final, update=False)))
+                    reward[idx] += cfg.gamma * v_final
+            buf.add(
+                obs_dev, xp.asarray(actions), logp, values, dist,
+                xp.asarray(reward, dtype=self.dtype), xp.asarray(done, dtype=self.dtype),
+                xp.asarray(valid, dtype=self.dtype),
+            )
+            if self.next_step:
+                self._fake_next = done & valid
+            self._obs = next_obs
+            self.num_timesteps += cfg.n_envs
+        last_values = self._values(self._prep_obs(self._obs, update=False))
+        if self._pending_boot.any():
+            idx = np.flatnonzero(self._pending_boot)
+            buf.rewards[cfg.n_steps - 1, idx] += cfg.gamma * last_values[idx]
+            self._pending_boot[:] = False
+        buf.compute_returns(last_values, cfg.gamma, cfg.gae_lambda, cfg.advantage_estimator)
+
+    def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
+        self._ep_ret += reward * valid
+        self._ep_len += valid
+        for i in np.flatnonzero(done & valid):
+            self.episode_returns.append(float(self._ep_ret[i]))
+            self.episode_lengths.append(int(self._ep_len[i]))
+            self._ep_ret[i] = 0.0
+            self._ep_len[i] = 0
+
+    # ------------------------------------------------------------ learning
+    def update(self, progress: float) -> dict[str, float]:
+        """K epochs of minibatch Adam steps on the rollout; ``progress`` in [0, 1) drives schedules."""
+        cfg = self.config
+        lr = self.lr_schedule(progress)
+        clip_eps = self.clip_schedule(progress)
+        ent_coef = self.ent_schedule(progress)
+        sums: dict[str, float] = {}
+        n_updates = 0
+        stopped_early = False
+        for _epoch in range(cfg.n_epochs):
+            for mb in self.buffer.minibatches(cfg.batch_size, self.rng):
+                if cfg.normalize_advantages and mb["advantages"].shape[0] < 2:
+                    continue
+                try:
+                    stats, grads = loss_and_grads(
+                        self.policy, mb, cfg, beta=self.kl_coef.beta, clip_eps=clip_eps, ent_coef=ent_coef
+                    )
+                    if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
+                        stopped_early = True  # checked before the step (PPO detail: target_kl)
+                        break
+                    stats["grad_norm"] = (
+                        clip_grad_norm(grads, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else math.nan
+                    )
+                    if not math.isfinite(stats["loss"]):
+                        raise FloatingPointError(f"loss is {stats['loss']}")
+                except FloatingPointError as e:
+                    raise FloatingPointError(
+                        f"iteration {self.iteration}: {e} (no parameter was updated with it)"
+                    ) from e
+                self.optimizer.step(grads, lr)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n_updates += 1
+            if stopped_early:
+                break
+        out = {k: v / max(n_updates, 1) for k, v in sums.items()}
+        if cfg.objective == "kl_penalty":
+            out["kl"] = self._rollout_kl()
+            out["beta"] = self.kl_coef.update(out["kl"])
+        buf = self.buffer
+        valid = backend.asnumpy(buf.valid).reshape(-1) > 0
+        out["explained_variance"] = explained_variance(
+            backend.asnumpy(buf.values).reshape(-1)[valid], backend.asnumpy(buf.returns).reshape(-1)[valid]
+        )
+        out.update(lr=lr, clip_eps=clip_eps, ent_coef=ent_coef, n_updates=n_updates,
+                   stopped_early=float(stopped_early))
+        return out
+
+    def _rollout_kl(self) -> float:
+        """Mean KL(pi_old || pi_theta) over the rollout, after the update (adaptive beta rule)."""
+        buf = self.buffer
+        n = buf.T * buf.N
+        dist_new, _, _ = self.policy.forward(buf.obs.reshape(n, -1))
+        kl = self.policy.make_dist(buf.dist.reshape(n, -1)).kl(dist_new)
+        valid = buf.valid.reshape(n)
+        return float((kl * valid).sum() / valid.sum())
+
+    def learn(
+        self,
+        total_timesteps: int | None = None,
+        callback: Callable[[dict[str, float]], bool | None] | None = None,
+    ) -> PPO:
+        """Train until ``total_timesteps`` env steps (default: config.total_timesteps).
+
+        ``callback(row)`` is called after every iteration with the logged values (the columns of
+        progress.csv); returning ``False`` stops training.
+        """
+        if total_timesteps is not None:
+            if total_timesteps < 1:
+                raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
+            self.total_timesteps = int(total_timesteps)
+        start = time.perf_counter()
+        steps_at_start = self.num_timesteps
+        while self.num_timesteps < self.total_timesteps:
+            progress = self.num_timesteps / self.total_timesteps
+            self.collect_rollout()
+            stats = self.update(progress)
+            self.iteration += 1
+            elapsed = time.perf_counter() - start
+            row = {
+                "iteration": self.iteration,
+                "timesteps": self.num_timesteps,
+                "time": elapsed,
+                "fps": (self.num_timesteps - steps_at_start) / max(elapsed, 1e-9),
+                "mean_return": float(np.mean(self.episode_returns)) if self.episode_returns else math.nan,
+                "mean_length": float(np.mean(self.episode_lengths)) if self.episode_lengths else math.nan,
+                "beta": self.kl_coef.beta,
+                **stats,
+            }
+            if callback is not None and callback(row) is False:
+                break
+        return self
+
+    # ------------------------------------------------------------ evaluation and files
+    def evaluate(
+        self, n_episodes: int = 10, deterministic: bool = True, seed: int | None = None
+    ) -> dict[str, Any]:
+        """Run ``n_episodes`` full episodes in a fresh single env; returns mean/std and every return."""
+        from minippo.checkpoint import evaluate_policy
+
+        return evaluate_policy(
+            self.policy, self.config.env_id, n_episodes, deterministic,
+            seed=self.config.seed + 100_000 if seed is None else seed,
+            obs_norm=self.obs_norm, env_kwargs=self.config.env_kwargs, rng=np.random.default_rng(seed),
+        )
+
+    def save(self, path: str) -> None:
+        """Write everything needed to act and to resume to one pickle-free ``.npz`` (atomic)."""
+        from minippo.checkpoint import save_checkpoint
+
+        save_checkpoint(self, path)
+
+    @classmethod
+    def load(cls, path: str, env: Any = None, **overrides: Any) -> PPO:
+        """Rebuild a trainer from :meth:`save`'s file, ready to ``learn`` further (resume)."""
+        from minippo.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, env=env, **overrides)

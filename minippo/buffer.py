@@ -1,0 +1,114 @@
+"""RolloutBuffer: preallocated time-major ``(T, N, ...)`` arrays and shuffled minibatches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from minippo.advantages import compute_advantages
+
+Array = Any
+
+
+class RolloutBuffer:
+    """Storage for one rollout of T steps from N envs, allocated once and reused.
+
+    Fields (T, N, ...): ``obs`` (obs_dim), ``actions`` (() or (d,)), ``logp``, ``values``,
+    ``rewards``, ``dones``, ``dist`` (the behaviour distribution's parameters, for the exact KL of
+    the penalty objective), ``valid`` (0 for the fake reset steps of NEXT_STEP autoreset).
+    ``xp`` is the array module (numpy, or cupy so that the rollout lives on the GPU).
+    """
+
+    def __init__(
+        self,
+        n_steps: int,
+        n_envs: int,
+        obs_dim: int,
+        action_shape: tuple[int, ...],
+        dist_dim: int,
+        dtype: Any = np.float32,
+        discrete: bool = True,
+        xp: Any = np,
+    ) -> None:
+        T, N = n_steps, n_envs
+        self.T, self.N, self.xp = T, N, xp
+        self.obs = xp.zeros((T, N, obs_dim), dtype=dtype)
+        self.actions = xp.zeros((T, N, *action_shape), dtype=np.int64 if discrete else dtype)
+        self.dist = xp.zeros((T, N, dist_dim), dtype=dtype)
+        for name in ("logp", "values", "rewards", "dones", "valid", "advantages", "returns"):
+            setattr(self, name, xp.zeros((T, N), dtype=dtype))
+        self.pos = 0
+
+    def add(
+        self,
+        obs: Array,
+        actions: Array,
+        logp: Array,
+        values: Array,
+        dist: Array,
+        rewards: Array,
+        dones: Array,
+        valid: Array,
+    ) -> None:
+        """Store step ``pos`` for all N envs (each argument has leading dim N)."""
+        if self.pos >= self.T:
+            raise IndexError(f"buffer is full ({self.T} steps); call reset() after the update")
+        t = self.pos
+        self.obs[t] = obs
+        self.actions[t] = actions
+        self.logp[t] = logp
+        self.values[t] = values
+        self.dist[t] = dist
+        self.rewards[t] = rewards
+        self.dones[t] = dones
+        self.valid[t] = valid
+        self.pos += 1
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def compute_returns(self, last_values: Array, gamma: float, lam: float, estimator: str = "gae") -> None:
+        """Fill ``advantages`` and ``returns`` (T, N) from the full rollout; last_values (N,)."""
+        if self.pos != self.T:
+            raise RuntimeError(f"rollout incomplete: {self.pos} of {self.T} steps stored")
+        self.advantages[...], self.returns[...] = compute_advantages(
+            estimator, self.rewards, self.values, self.dones, last_values, gamma, lam
+        )
+
+    def minibatches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict[str, Array]]:
+        """Yield dicts of flat (B, ...) arrays covering every valid transition exactly once.
+
+        The T*N transitions are flattened, permuted once with ``rng`` and cut into
+        ``T*N // batch_size`` minibatches (permute-then-slice); masked reset steps are dropped
+        first, so a minibatch may then be a few samples smaller than ``batch_size``.
+        """
+        n = self.T * self.N
+        n_minibatches = n // batch_size
+        if n_minibatches < 1 or n % batch_size:
+            raise ValueError(f"batch_size={batch_size} must divide T*N = {n}")
+        flat = {
+            "obs": self.obs.reshape(n, -1),
+            "actions": self.actions.reshape(n, *self.actions.shape[2:]),
+            "logp_old": self.logp.reshape(n),
+            "values_old": self.values.reshape(n),
+            "advantages": self.advantages.reshape(n),
+            "returns": self.returns.reshape(n),
+            "dist_old": self.dist.reshape(n, -1),
+        }
+        idx = rng.permutation(n)
+        valid = np.asarray(_host(self.valid)).reshape(n)
+        if not valid.all():
+            idx = idx[valid[idx] > 0]
+        for part in np.array_split(idx, n_minibatches):
+            if part.size == 0:
+                continue
+            sel = self.xp.asarray(part)
+            yield {k: v[sel] for k, v in flat.items()}
+
+
+def _host(a: Array) -> np.ndarray:
+    from minippo.backend import asnumpy
+
+    return asnumpy(a)

@@ -1,0 +1,280 @@
+"""Checkpoints: one pickle-free ``.npz`` with every array, plus a JSON entry for the rest.
+
+Arrays: ``param/<name>`` (policy parameters), ``adam/m.<name>``, ``adam/v.<name>``,
+``obs_rms.*`` and ``ret_rms.*`` (normaliser statistics), ``ret_acc`` (per-env discounted
+returns of the reward scaler). ``meta`` is a JSON string: format version, minippo/numpy
+versions, backend, config, policy description, counters, beta, RNG state. Writes go to a temp
+file in the same folder, fsync, then ``os.replace``: a crash mid-save leaves the old file intact.
+``load_policy`` needs numpy only: it is what runs a trained policy on a small machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from minippo import __version__
+from minippo.policy import ActorCritic
+
+FORMAT = 1
+Array = Any
+
+
+class CheckpointError(ValueError):
+    """The file is not a minippo checkpoint, is corrupted, or does not match what loads it."""
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return rng.bit_generator.state
+
+
+def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to ``path`` through a temp file + fsync + rename (never half-written)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(algo: Any, path: str) -> None:
+    """Save a :class:`minippo.ppo.PPO` (parameters, Adam, normalisers, counters, RNG) to ``path``."""
+    from minippo.backend import asnumpy
+
+    arrays: dict[str, np.ndarray] = {}
+    for k, v in algo.policy.params.items():
+        arrays[f"param/{k}"] = asnumpy(v)
+    opt = algo.optimizer.state_dict()
+    for k, v in opt.items():
+        if k != "t":
+            arrays[f"adam/{k}"] = asnumpy(v)
+    if algo.obs_norm is not None:
+        arrays.update(algo.obs_norm.rms.state("obs_rms"))
+    if algo.reward_scaler is not None:
+        arrays.update(algo.reward_scaler.rms.state("ret_rms"))
+        arrays["ret_acc"] = algo.reward_scaler.ret
+    meta = {
+        "format": FORMAT,
+        "minippo": __version__,
+        "numpy": np.__version__,
+        "backend": algo.backend,
+        "config": algo.config.to_dict(),
+        "policy": algo.policy.describe(),
+        "num_timesteps": algo.num_timesteps,
+        "iteration": algo.iteration,
+        "total_timesteps": algo.total_timesteps,
+        "adam_t": opt["t"],
+        "beta": algo.kl_coef.beta,
+        "rng": _rng_state(algo.rng),
+        "episode_returns": list(algo.episode_returns),
+        "episode_lengths": list(algo.episode_lengths),
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
+    atomic_savez(path, arrays)
+
+
+def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(meta, arrays) from a checkpoint file, with clear errors for anything wrong."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise CheckpointError(f"{path!r} is not a readable minippo checkpoint (.npz): {e}") from e
+    if "meta" not in arrays:
+        raise CheckpointError(f"{path!r} has no 'meta' entry: not a minippo checkpoint")
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path!r}: the 'meta' entry is not valid JSON ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path!r}: checkpoint format {meta.get('format')!r}, this minippo reads {FORMAT}")
+    for key in ("config", "policy", "num_timesteps"):
+        if key not in meta:
+            raise CheckpointError(f"{path!r}: meta is missing {key!r}")
+    return meta, arrays
+
+
+def _load_into(target: dict[str, Array], arrays: dict[str, np.ndarray], prefix: str, path: str) -> None:
+    from minippo.backend import to_device
+
+    for k, dst in target.items():
+        name = f"{prefix}{k}"
+        if name not in arrays:
+            raise CheckpointError(f"{path!r} is missing array {name!r}")
+        src = arrays[name]
+        if src.shape != tuple(dst.shape):
+            raise CheckpointError(f"{path!r}: array {name!r} has shape {src.shape}, expected {tuple(dst.shape)}")
+        dst[...] = to_device(src.astype(dst.dtype))
+    extra = sorted(a for a in arrays if a.startswith(prefix) and a[len(prefix):] not in target)
+    if extra:
+        raise CheckpointError(f"{path!r} has unexpected arrays {extra}: it belongs to another network")
+
+
+def _policy_from_meta(meta: dict[str, Any]) -> ActorCritic:
+    p = meta["policy"]
+    cfg = meta["config"]
+    return ActorCritic(
+        p["obs_dim"], p["action_space"], p["hidden"], p["activation"], p["shared"],
+        cfg.get("log_std_init", 0.0), cfg.get("seed", 0), np.dtype(p["dtype"]), p["temperature"],
+    )
+
+
+def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
+    """A :class:`minippo.ppo.PPO` restored from ``path``, ready to resume ``learn``."""
+    from minippo.config import PPOConfig
+    from minippo.ppo import PPO
+
+    meta, arrays = read_checkpoint(path)
+    config = PPOConfig.from_dict(meta["config"])
+    if overrides:
+        config = config.replace(**overrides)
+    algo = PPO(config, env=env)
+    _load_into(algo.policy.params, arrays, "param/", path)
+    state = {k[len("adam/"):]: v for k, v in arrays.items() if k.startswith("adam/")}
+    missing = [f"adam/{p}.{k}" for k in algo.policy.params for p in "mv" if f"{p}.{k}" not in state]
+    if missing:
+        raise CheckpointError(f"{path!r} is missing Adam moments {missing[:3]}")
+    try:
+        algo.optimizer.load_state_dict({**state, "t": meta.get("adam_t", 0)})
+    except ValueError as e:
+        raise CheckpointError(f"{path!r}: {e}") from e
+    for norm, prefix in ((algo.obs_norm, "obs_rms"), (algo.reward_scaler, "ret_rms")):
+        if norm is None:
+            continue
+        if f"{prefix}.mean" not in arrays:
+            raise CheckpointError(f"{path!r} is missing the {prefix} normaliser statistics")
+        try:
+            norm.rms.load(prefix, arrays)
+        except ValueError as e:
+            raise CheckpointError(f"{path!r}: {e}") from e
+    if algo.reward_scaler is not None and "ret_acc" in arrays and arrays["ret_acc"].shape == algo.reward_scaler.ret.shape:
+        algo.reward_scaler.ret = arrays["ret_acc"].astype(np.float64)
+    algo.num_timesteps = int(meta["num_timesteps"])
+    algo.iteration = int(meta.get("iteration", 0))
+    algo.total_timesteps = int(meta.get("total_timesteps", config.total_timesteps))
+    algo.kl_coef.beta = float(meta.get("beta", config.kl_beta))
+    algo.rng.bit_generator.state = meta["rng"]
+    algo.episode_returns.extend(meta.get("episode_returns", []))
+    algo.episode_lengths.extend(meta.get("episode_lengths", []))
+    return algo
+
+
+class Policy:
+    """A trained policy for deployment: numpy only, no gymnasium, no trainer.
+
+    ``predict(obs)`` takes one observation (obs_dim,) or a batch (B, obs_dim) of raw env
+    observations (normalised here with the saved statistics) and returns actions ready for
+    the env (discrete offset applied, continuous clipped to the bounds).
+    """
+
+    def __init__(self, policy: ActorCritic, obs_mean: np.ndarray | None, obs_var: np.ndarray | None,
+                 env_id: str = "", meta: dict[str, Any] | None = None) -> None:
+        self.policy = policy
+        self.obs_mean, self.obs_var = obs_mean, obs_var
+        self.env_id = env_id
+        self.meta = meta or {}
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, dtype=self.policy.dtype)
+        if self.obs_mean is None:
+            return obs
+        return np.clip((obs - self.obs_mean) / np.sqrt(self.obs_var + 1e-8), -10.0, 10.0).astype(self.policy.dtype)
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
+        """obs (obs_dim,) or (B, obs_dim) -> env actions () / (d,) or (B,) / (B, d)."""
+        a = self.policy.predict(self.normalize(obs), deterministic, rng)
+        space = self.policy.action_space
+        if self.policy.discrete:
+            return a + space.start
+        return np.clip(a, space.low, space.high).astype(np.float32)
+
+
+def load_policy(path: str) -> Policy:
+    """Load just what is needed to act from a checkpoint (numpy only)."""
+    meta, arrays = read_checkpoint(path)
+    policy = _policy_from_meta(meta)
+    params = {k: v for k, v in policy.params.items()}
+    for k, dst in params.items():
+        name = f"param/{k}"
+        if name not in arrays:
+            raise CheckpointError(f"{path!r} is missing array {name!r}")
+        if arrays[name].shape != dst.shape:
+            raise CheckpointError(f"{path!r}: array {name!r} has shape {arrays[name].shape}, expected {dst.shape}")
+        dst[...] = arrays[name]
+    mean = arrays.get("obs_rms.mean")
+    var = arrays.get("obs_rms.var")
+    return Policy(policy, mean, var, meta["config"].get("env_id", ""), meta)
+
+
+def evaluate_policy(
+    policy: ActorCritic | Policy,
+    env_id: str,
+    n_episodes: int = 10,
+    deterministic: bool = True,
+    seed: int = 0,
+    obs_norm: Any = None,
+    env_kwargs: dict[str, Any] | None = None,
+    rng: np.random.Generator | None = None,
+) -> dict[str, Any]:
+    """Play ``n_episodes`` episodes in one gymnasium env; returns env_id, episodes, mean_return,
+    std_return, returns, lengths. ``obs_norm`` (frozen) normalises observations for a trainer's
+    ActorCritic; a loaded :class:`Policy` normalises itself."""
+    from minippo.envs import _gym, check_env_id
+
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    gym = _gym()
+    check_env_id(env_id)
+    env = gym.make(env_id, **(env_kwargs or {}))
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    if isinstance(policy, ActorCritic):
+        from minippo.backend import to_device
+
+        def act(o: np.ndarray) -> np.ndarray:
+            o = np.asarray(o, dtype=policy.dtype)[None]
+            if obs_norm is not None:
+                o = obs_norm(o, update=False)
+            a = policy.act(to_device(o), rng, deterministic)[0][0]
+            space = policy.action_space
+            return a + space.start if policy.discrete else np.clip(a, space.low, space.high).astype(np.float32)
+    else:
+        def act(o: np.ndarray) -> np.ndarray:
+            return policy.predict(o, deterministic, rng)
+
+    returns, lengths = [], []
+    try:
+        for ep in range(n_episodes):
+            obs, _ = env.reset(seed=seed + ep)
+            total, length, done = 0.0, 0, False
+            while not done:
+                obs, r, term, trunc, _ = env.step(act(obs))
+                total += float(r)
+                length += 1
+                done = bool(term or trunc)
+            returns.append(total)
+            lengths.append(length)
+    finally:
+        env.close()
+    return {
+        "env_id": env_id,
+        "episodes": n_episodes,
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "returns": returns,
+        "lengths": lengths,
+    }

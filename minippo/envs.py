@@ -1,0 +1,146 @@
+"""Gymnasium vector environments and the running normalisers (imports gymnasium lazily).
+
+Time-limit truncation is bootstrapped by the trainer, which needs the true last observation of
+every ended episode. Two gymnasium autoreset modes deliver it:
+
+* ``same_step`` (``SyncVectorEnv``/``AsyncVectorEnv`` with ``AutoresetMode.SAME_STEP``): the step that
+  ends an episode returns the reset observation and puts the last one in ``info["final_obs"]``.
+* ``next_step`` (gymnasium's numpy-vectorised envs, e.g. CartPole, several times faster): the
+  ending step returns the true last observation; the *next* step is a reset step whose action is
+  ignored, so that transition is not real and the trainer masks it out of the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+
+def _gym() -> Any:
+    try:
+        import gymnasium
+    except ImportError as e:
+        raise ImportError(
+            f"gymnasium is needed for environments ({e}); install it with: pip install 'minippo[gym]'"
+        ) from e
+    return gymnasium
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ValueError if ``env_id`` is not registered in gymnasium."""
+    gym = _gym()
+    if env_id not in gym.registry:
+        close = [k for k in gym.registry if k.lower().startswith(env_id.split("-")[0].lower()[:4])]
+        hint = f"; did you mean {', '.join(sorted(close)[:5])}?" if close else ""
+        raise ValueError(f"unknown env id {env_id!r}: not registered in gymnasium{hint}")
+
+
+def make_vec_env(
+    env_id: str,
+    n_envs: int,
+    vector: str = "sync",
+    autoreset: str = "same_step",
+    env_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """A gymnasium ``VectorEnv`` of ``n_envs`` copies of ``env_id`` in the requested autoreset mode.
+
+    ``vector``: ``sync`` | ``async``. ``autoreset="next_step"`` prefers gymnasium's own
+    numpy-vectorised implementation (``vectorization_mode="vector_entry_point"``) when the env has
+    one, else a sync/async vector env in NEXT_STEP mode. The mode actually used is in
+    ``env.metadata["autoreset_mode"]``.
+    """
+    gym = _gym()
+    from gymnasium.vector import AutoresetMode
+
+    check_env_id(env_id)
+    if vector not in ("sync", "async"):
+        raise ValueError(f"vector={vector!r} is not allowed; use 'sync' or 'async'")
+    if autoreset not in ("same_step", "next_step"):
+        raise ValueError(f"autoreset={autoreset!r} is not allowed; use 'same_step' or 'next_step'")
+    kwargs = dict(env_kwargs or {})
+    if autoreset == "next_step" and gym.registry[env_id].vector_entry_point is not None:
+        return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
+    mode = AutoresetMode.SAME_STEP if autoreset == "same_step" else AutoresetMode.NEXT_STEP
+    return gym.make_vec(
+        env_id, num_envs=n_envs, vectorization_mode=vector, vector_kwargs={"autoreset_mode": mode}, **kwargs
+    )
+
+
+def is_next_step(env: Any) -> bool:
+    """True when ``env`` autoresets on the step after an episode ends (gymnasium NEXT_STEP)."""
+    mode = env.metadata.get("autoreset_mode")
+    return getattr(mode, "name", str(mode)).upper().endswith("NEXT_STEP")
+
+
+class RunningMeanStd:
+    """Running mean and variance over a stream of batches (Chan et al. parallel update).
+
+    shape: the shape of one sample; ``update(x)`` takes x (B, *shape). float64 statistics.
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = float(epsilon)
+
+    def update(self, x: np.ndarray) -> None:
+        """Fold the batch ``x`` (B, *shape) into the statistics."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape[0] == 0:
+            return
+        b_mean, b_var, b_count = x.mean(axis=0), x.var(axis=0), x.shape[0]
+        delta = b_mean - self.mean
+        total = self.count + b_count
+        self.mean = self.mean + delta * (b_count / total)
+        m2 = self.var * self.count + b_var * b_count + delta * delta * (self.count * b_count / total)
+        self.var = m2 / total
+        self.count = total
+
+    def state(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}.mean": self.mean, f"{prefix}.var": self.var, f"{prefix}.count": np.array(self.count)}
+
+    def load(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
+        for name in ("mean", "var"):
+            a = arrays[f"{prefix}.{name}"]
+            if a.shape != self.mean.shape:
+                raise ValueError(f"{prefix}.{name} has shape {a.shape}, expected {self.mean.shape}")
+        self.mean = arrays[f"{prefix}.mean"].astype(np.float64)
+        self.var = arrays[f"{prefix}.var"].astype(np.float64)
+        self.count = float(arrays[f"{prefix}.count"])
+
+
+class ObsNormalizer:
+    """(obs - mean) / sqrt(var + eps), clipped to +-clip, with running statistics (PPO detail,
+    continuous control). ``update=False`` (evaluation, final observations) freezes them."""
+
+    def __init__(self, obs_dim: int, clip: float = 10.0, eps: float = 1e-8) -> None:
+        self.rms = RunningMeanStd((obs_dim,))
+        self.clip, self.eps = clip, eps
+
+    def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
+        """obs (B, obs_dim) -> normalised obs (B, obs_dim) float32/64 like the input."""
+        if update:
+            self.rms.update(obs)
+        out = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.eps)
+        return np.clip(out, -self.clip, self.clip).astype(obs.dtype if obs.dtype.kind == "f" else np.float32)
+
+
+class RewardScaler:
+    """Divide rewards by the running std of the discounted return G <- gamma G + r (reset at episode
+    ends), clipped to +-clip (PPO detail, continuous control). Keeps one G per env."""
+
+    def __init__(self, n_envs: int, gamma: float, clip: float = 10.0, eps: float = 1e-8) -> None:
+        self.rms = RunningMeanStd(())
+        self.ret = np.zeros(n_envs, dtype=np.float64)
+        self.gamma, self.clip, self.eps = gamma, clip, eps
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """rewards (N,), dones (N,) bool -> scaled rewards (N,). ``valid`` masks fake reset steps."""
+        keep = np.ones_like(dones, dtype=bool) if valid is None else valid
+        self.ret = np.where(keep, self.ret * self.gamma + rewards, self.ret)
+        self.rms.update(self.ret[keep])
+        self.ret = np.where(keep & dones, 0.0, self.ret)
+        return np.clip(rewards / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)
