@@ -1,0 +1,295 @@
+"""minippo.losses: values against tests/reference.py, d_inputs against central differences, the
+clip boundary cases (exactly zero gradient on the clipped side), value-loss clipping, AdaptiveKL,
+statistics and bad inputs.
+
+Gradient tolerance: norm-wise relative error < 1e-6 (minippo.gradcheck.rel_error, floor 1e-3).
+Every loss here is piecewise smooth with O(1) curvature; samples are kept at least 1e-3 (in
+ratio or value) away from every kink, so a step of h = 1e-6 never crosses one and the central
+differences are accurate to ~1e-9 in float64.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from minippo import losses
+from minippo.gradcheck import check_grads
+
+TOL = 1e-6
+MARGIN = 1e-3  # distance kept from kinks, >> h = 1e-6
+FAST = settings(max_examples=40, deadline=None)
+
+eps_values = st.floats(0.05, 0.4)
+
+
+@st.composite
+def batches(draw, n_arrays=3, lo=-1.0, hi=1.0):
+    """n_arrays float64 arrays of one shape (B,), B in [1, 8]."""
+    b = draw(st.integers(1, 8))
+    elems = st.floats(lo, hi, allow_nan=False, width=64)
+    return [draw(hnp.arrays(np.float64, (b,), elements=elems)) for _ in range(n_arrays)]
+
+
+def _grad_err(loss_fn, inputs, d_inputs):
+    """check_grads over a dict of (B,) inputs; loss_fn reads the dict."""
+    return check_grads(lambda: loss_fn(inputs), inputs, d_inputs)
+
+
+# ---------------------------------------------------------------- PPO-clip
+@FAST
+@given(batches(), eps_values)
+def test_clip_value_and_grad(arrays, clip_eps):
+    logp, logp_old, adv = arrays
+    ratio = np.exp(logp - logp_old)
+    # keep r_t away from the kinks at 1 +- eps (the min switches branch there)
+    assume(np.all(np.abs(ratio - (1 + clip_eps)) > MARGIN))
+    assume(np.all(np.abs(ratio - (1 - clip_eps)) > MARGIN))
+    loss, dlogp, stats = losses.clip_objective(logp, logp_old, adv, clip_eps)
+    assert loss == pytest.approx(ref.clip_loss(logp, logp_old, adv, clip_eps), abs=1e-12)
+    assert stats["approx_kl"] == pytest.approx(ref.approx_kl_k3(logp, logp_old), abs=1e-12)
+    assert stats["clipfrac"] == pytest.approx(float(np.mean(np.abs(ratio - 1) > clip_eps)))
+    inp = {"logp": logp}
+    err = _grad_err(lambda p: losses.clip_objective(p["logp"], logp_old, adv, clip_eps)[0],
+                    inp, {"logp": dlogp})
+    assert err < TOL
+
+
+@pytest.mark.parametrize(
+    ("adv", "ratio", "zero"),
+    [
+        (1.0, 1.5, True),  # A > 0, r > 1 + eps: clipped, no incentive to push r further up
+        (2.0, 1.21, True),
+        (-1.0, 0.5, True),  # A < 0, r < 1 - eps: clipped, no incentive to push r further down
+        (-3.0, 0.79, True),
+        (1.0, 0.5, False),  # A > 0, r < 1 - eps: the min keeps the unclipped term
+        (-1.0, 1.5, False),  # A < 0, r > 1 + eps: likewise (the pessimistic bound)
+        (1.0, 1.1, False),  # inside [1 - eps, 1 + eps]
+        (-1.0, 0.9, False),
+        (0.5, 1.0, False),
+    ],
+)
+def test_clip_boundary_cases(adv, ratio, zero):
+    clip_eps = 0.2
+    logp_old = np.array([-0.7, -1.2])
+    logp = logp_old + math.log(ratio)
+    a = np.array([adv, adv])
+    _, dlogp, _ = losses.clip_objective(logp, logp_old, a, clip_eps)
+    if zero:
+        assert np.all(dlogp == 0.0)  # exactly zero, not merely small
+    else:
+        np.testing.assert_allclose(dlogp, -ratio * a / 2, rtol=1e-12)
+        assert np.all(dlogp != 0.0)
+
+
+@FAST
+@given(batches(), eps_values)
+def test_clip_zero_gradient_region_property(arrays, clip_eps):
+    """Hypothesis version: exactly zero gradient iff (A>0 & r>1+eps) or (A<0 & r<1-eps)."""
+    logp, logp_old, adv = arrays
+    ratio = np.exp(logp - logp_old)
+    _, dlogp, _ = losses.clip_objective(logp, logp_old, adv, clip_eps)
+    clipped = ((adv > 0) & (ratio > 1 + clip_eps)) | ((adv < 0) & (ratio < 1 - clip_eps))
+    assert np.all(dlogp[clipped] == 0.0)
+    live = ~clipped & (adv != 0)
+    np.testing.assert_allclose(dlogp[live], -ratio[live] * adv[live] / len(adv), rtol=1e-12)
+
+
+@FAST
+@given(batches(n_arrays=2), eps_values)
+def test_at_theta_old_clip_surrogate_and_pg_share_the_gradient(arrays, clip_eps):
+    """r_t = 1 at theta = theta^k: every rung of the ladder gives dL/dlogp = -A/B."""
+    logp, adv = arrays
+    expected = -adv / len(adv)
+    for d in (
+        losses.clip_objective(logp, logp.copy(), adv, clip_eps)[1],
+        losses.surrogate_objective(logp, logp.copy(), adv)[1],
+        losses.pg_objective(logp, adv)[1],
+        losses.kl_penalty_objective(logp, logp.copy(), adv, np.zeros_like(adv), 1.0)[1][0],
+    ):
+        np.testing.assert_allclose(d, expected, rtol=1e-12)
+
+
+def test_clip_dtype_float32_kept():
+    logp = np.zeros(3, dtype=np.float32)
+    _, d, _ = losses.clip_objective(logp, logp, np.ones(3, dtype=np.float32), 0.2)
+    assert d.dtype == np.float32
+
+
+# ---------------------------------------------------------------- other rungs of the ladder
+@FAST
+@given(batches())
+def test_surrogate_value_and_grad(arrays):
+    logp, logp_old, adv = arrays
+    loss, dlogp, stats = losses.surrogate_objective(logp, logp_old, adv)
+    assert loss == pytest.approx(ref.surrogate_loss(logp, logp_old, adv), abs=1e-12)
+    assert stats["approx_kl"] == pytest.approx(ref.approx_kl_k3(logp, logp_old), abs=1e-12)
+    assert stats["approx_kl"] >= 0
+    err = _grad_err(lambda p: losses.surrogate_objective(p["logp"], logp_old, adv)[0],
+                    {"logp": logp}, {"logp": dlogp})
+    assert err < TOL
+
+
+@FAST
+@given(batches(n_arrays=2))
+def test_pg_value_and_grad(arrays):
+    logp, adv = arrays
+    loss, dlogp, _ = losses.pg_objective(logp, adv)
+    assert loss == pytest.approx(ref.pg_loss(logp, adv), abs=1e-12)
+    err = _grad_err(lambda p: losses.pg_objective(p["logp"], adv)[0], {"logp": logp},
+                    {"logp": dlogp})
+    assert err < TOL
+
+
+@FAST
+@given(batches(n_arrays=4), st.floats(0.0, 5.0))
+def test_kl_penalty_value_and_grads(arrays, beta):
+    logp, logp_old, adv, kl = arrays
+    kl = np.abs(kl)
+    loss, (dlogp, dkl), stats = losses.kl_penalty_objective(logp, logp_old, adv, kl, beta)
+    assert loss == pytest.approx(ref.kl_penalty_loss(logp, logp_old, adv, kl, beta), abs=1e-12)
+    assert stats["kl"] == pytest.approx(kl.mean()) and stats["beta"] == beta
+    inp = {"logp": logp, "kl": kl}
+    err = _grad_err(
+        lambda p: losses.kl_penalty_objective(p["logp"], logp_old, adv, p["kl"], beta)[0],
+        inp, {"logp": dlogp, "kl": dkl},
+    )
+    assert err < TOL
+
+
+# ---------------------------------------------------------------- AdaptiveKL
+@pytest.mark.parametrize(
+    ("kl", "factor"),
+    [(0.0, 0.5), (0.006, 0.5), (0.0066, 0.5), (0.0067, 1.0), (0.01, 1.0), (0.015, 1.0),
+     (0.0151, 2.0), (1.0, 2.0)],
+)
+def test_adaptive_kl_rule(kl, factor):
+    """beta /= 2 below d_targ/1.5 (= 0.00667), *= 2 above 1.5 d_targ (= 0.015), else kept."""
+    ak = losses.AdaptiveKL(kl_target=0.01, beta=0.8)
+    assert ak.update(kl) == pytest.approx(0.8 * factor)
+    assert ak.beta == pytest.approx(0.8 * factor)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(1e-4, 1.0), st.floats(1e-3, 10.0), st.floats(0.0, 10.0))
+def test_adaptive_kl_rule_property(target, beta, kl):
+    ak = losses.AdaptiveKL(kl_target=target, beta=beta)
+    new = ak.update(kl)
+    if kl < target / 1.5:
+        assert new == beta / 2
+    elif kl > 1.5 * target:
+        assert new == beta * 2
+    else:
+        assert new == beta
+
+
+def test_adaptive_kl_bad_inputs():
+    with pytest.raises(ValueError, match="kl_target must be > 0"):
+        losses.AdaptiveKL(kl_target=0.0)
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        losses.AdaptiveKL(beta=-1.0)
+    with pytest.raises(FloatingPointError, match="kl is nan"):
+        losses.AdaptiveKL().update(float("nan"))
+
+
+# ---------------------------------------------------------------- value loss and entropy
+@FAST
+@given(batches(n_arrays=2, lo=-3, hi=3))
+def test_value_loss_unclipped(arrays):
+    values, returns = arrays
+    loss, dv, stats = losses.value_loss(values, returns)
+    assert loss == pytest.approx(ref.value_loss(values, returns), abs=1e-12)
+    assert stats == {}
+    err = _grad_err(lambda p: losses.value_loss(p["v"], returns)[0], {"v": values}, {"v": dv})
+    assert err < TOL
+
+
+@FAST
+@given(batches(n_arrays=3, lo=-2, hi=2), eps_values)
+def test_value_loss_clipped(arrays, clip_eps):
+    values, returns, values_old = arrays
+    delta = values - values_old
+    assume(np.all(np.abs(np.abs(delta) - clip_eps) > MARGIN))  # off the clip kink
+    v_clip = values_old + np.clip(delta, -clip_eps, clip_eps)
+    assume(np.all(np.abs(np.abs(v_clip - returns) - np.abs(values - returns)) > MARGIN))  # max
+    loss, dv, stats = losses.value_loss(values, returns, values_old, clip_eps)
+    assert loss == pytest.approx(ref.value_loss(values, returns, values_old, clip_eps), abs=1e-12)
+    take = (v_clip - returns) ** 2 > (values - returns) ** 2
+    assert stats["vclipfrac"] == pytest.approx(take.mean())
+    # where the clipped error is the larger one, V_clip is constant in V: exactly zero gradient
+    assert np.all(dv[take] == 0.0)
+    err = _grad_err(lambda p: losses.value_loss(p["v"], returns, values_old, clip_eps)[0],
+                    {"v": values}, {"v": dv})
+    assert err < TOL
+
+
+def test_value_loss_clipped_examples():
+    values_old = np.array([0.0, 0.0, 0.0])
+    returns = np.array([1.0, 1.0, -1.0])
+    values = np.array([0.5, -0.5, 0.1])  # beyond eps=0.2 upward (clip is closer to R: unclipped)
+    loss, dv, _ = losses.value_loss(values, returns, values_old, 0.2)
+    # sample 0: V=0.5, V_clip=0.2; (0.5-1)^2=0.25 < (0.2-1)^2=0.64 -> clipped, zero grad
+    # sample 1: V=-0.5, V_clip=-0.2; 2.25 > 1.44 -> unclipped, grad (V-R)/B
+    # sample 2: inside the clip range -> unclipped
+    np.testing.assert_allclose(dv, [0.0, -1.5 / 3, 1.1 / 3])
+    assert loss == pytest.approx(0.5 * (0.64 + 2.25 + 1.21) / 3)
+
+
+@FAST
+@given(batches(n_arrays=1, lo=0, hi=3), st.floats(0.0, 0.1))
+def test_entropy_bonus(arrays, coef):
+    (entropy,) = arrays
+    loss, dh, _ = losses.entropy_bonus(entropy, coef)
+    assert loss == pytest.approx(-coef * entropy.mean())
+    err = _grad_err(lambda p: losses.entropy_bonus(p["h"], coef)[0], {"h": entropy}, {"h": dh})
+    assert err < TOL
+
+
+# ---------------------------------------------------------------- bad inputs
+def test_losses_bad_shapes_named():
+    ok = np.zeros(3)
+    with pytest.raises(ValueError, match=r"logp must have shape \(B,\)"):
+        losses.clip_objective(np.zeros((3, 1)), ok, ok, 0.2)
+    with pytest.raises(ValueError, match=r"adv must have shape \(3,\) like logp"):
+        losses.clip_objective(ok, ok, np.zeros(4), 0.2)
+    with pytest.raises(ValueError, match=r"logp_old must have shape \(3,\)"):
+        losses.surrogate_objective(ok, np.zeros(2), ok)
+    with pytest.raises(ValueError, match=r"kl must have shape \(3,\)"):
+        losses.kl_penalty_objective(ok, ok, ok, np.zeros(2), 1.0)
+    with pytest.raises(ValueError, match=r"returns must have shape \(3,\) like values"):
+        losses.value_loss(ok, np.zeros(2))
+    with pytest.raises(ValueError, match=r"values_old must have shape \(3,\) like values"):
+        losses.value_loss(ok, ok, np.zeros(2), 0.2)
+    with pytest.raises(ValueError, match="logp is empty"):
+        losses.pg_objective(np.zeros(0), np.zeros(0))
+    with pytest.raises(ValueError, match=r"entropy must have shape \(B,\)"):
+        losses.entropy_bonus(np.zeros((2, 2)), 0.01)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("which", ["logp", "logp_old", "adv"])
+def test_losses_nonfinite_named(bad, which):
+    arrs = {"logp": np.zeros(3), "logp_old": np.zeros(3), "adv": np.ones(3)}
+    arrs[which][1] = bad
+    with pytest.raises(FloatingPointError, match=f"{which} contains NaN or inf"):
+        losses.clip_objective(arrs["logp"], arrs["logp_old"], arrs["adv"], 0.2)
+
+
+def test_losses_bad_scalars_named():
+    ok = np.zeros(3)
+    for eps in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="clip_eps must be > 0"):
+            losses.clip_objective(ok, ok, ok, eps)
+        with pytest.raises(ValueError, match="clip_eps must be > 0"):
+            losses.value_loss(ok, ok, ok, eps)
+    for beta in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="beta must be a finite number >= 0"):
+            losses.kl_penalty_objective(ok, ok, ok, ok, beta)
+    with pytest.raises(ValueError, match="values_old is required"):
+        losses.value_loss(ok, ok, None, 0.2)
+    with pytest.raises(FloatingPointError, match="values contains NaN or inf"):
+        losses.value_loss(np.array([np.nan]), np.zeros(1))
