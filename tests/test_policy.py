@@ -1,0 +1,249 @@
+"""minippo.policy.ActorCritic: backward() against central differences for discrete and
+continuous heads, separate and shared trunk, every upstream gradient (logp, entropy, value,
+KL to an old policy); parameter layout; acting; bad inputs.
+
+Gradient tolerance: norm-wise relative error < 1e-6 (minippo.gradcheck.rel_error, floor 1e-3),
+float64 parameters, h = 1e-6. The network is smooth (tanh), or relu with every pre-activation
+kept >= 1e-3 from the kink, so central differences are accurate to ~1e-9.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from minippo.distributions import Categorical, DiagGaussian
+from minippo.gradcheck import check_grads
+from minippo.policy import LOG_STD_MAX, ActorCritic
+from minippo.spaces import Box, Discrete
+
+TOL = 1e-6
+FAST = settings(max_examples=25, deadline=None)
+
+
+def relu_margin(policy, cache):
+    """Smallest |pre-activation| over every activated layer of every network in ``cache``."""
+    smallest = np.inf
+    for prefix, net in policy._nets():
+        layer_inputs = cache[prefix]
+        for i in range(net.n_layers):
+            if net._activated(i):
+                z = layer_inputs[i] @ net.params[f"W{i}"] + net.params[f"b{i}"]
+                smallest = min(smallest, float(np.abs(z).min()))
+    return smallest
+
+
+@st.composite
+def policy_case(draw, activations=("tanh",)):
+    discrete = draw(st.booleans())
+    shared = draw(st.booleans())
+    obs_dim = draw(st.integers(1, 3))
+    act_dim = draw(st.integers(1, 3)) if not discrete else draw(st.integers(2, 4))
+    hidden = tuple(draw(st.lists(st.integers(1, 4), min_size=1 if shared else 0, max_size=2)))
+    batch = draw(st.integers(1, 4))
+    activation = draw(st.sampled_from(activations))
+    temperature = draw(st.sampled_from([1.0, 0.7, 1.8])) if discrete else 1.0
+    seed = draw(st.integers(0, 2**31 - 1))
+    return discrete, shared, obs_dim, act_dim, hidden, batch, activation, temperature, seed
+
+
+def build(case):
+    discrete, shared, obs_dim, act_dim, hidden, batch, activation, temperature, seed = case
+    space = Discrete(act_dim) if discrete else Box(-np.ones(act_dim), np.ones(act_dim))
+    policy = ActorCritic(obs_dim, space, hidden=hidden, activation=activation, shared=shared,
+                         log_std_init=-0.3, seed=seed, dtype=np.float64, temperature=temperature)
+    rng = np.random.default_rng(seed)
+    # Init gives a 0.01-gain policy head and zero biases: perturb every parameter so that each
+    # gradient is O(1) and the biases and log_std are exercised away from their init values.
+    for p in policy.params.values():
+        p += 0.5 * rng.normal(size=p.shape)
+    obs = rng.normal(size=(batch, obs_dim))
+    if discrete:
+        actions = rng.integers(0, act_dim, size=batch)
+        dist_old = rng.normal(size=(batch, act_dim))
+    else:
+        actions = rng.normal(size=(batch, act_dim))
+        dist_old = np.concatenate([rng.normal(size=(batch, act_dim)),
+                                   0.3 * rng.normal(size=(batch, act_dim))], axis=1)
+    g = {k: rng.normal(size=batch) for k in ("logp", "entropy", "value", "kl")}
+    return policy, obs, actions, dist_old, g
+
+
+def weighted_sum(policy, obs, actions, dist_old, g):
+    logp, entropy, values, cache = policy.evaluate(obs, actions)
+    kl = policy.kl_old(dist_old, cache)
+    total = (g["logp"] * logp + g["entropy"] * entropy + g["value"] * values + g["kl"] * kl).sum()
+    return float(total), cache
+
+
+@FAST
+@given(policy_case())
+def test_backward_all_terms(case):
+    policy, obs, actions, dist_old, g = build(case)
+    _, cache = weighted_sum(policy, obs, actions, dist_old, g)
+    grads = policy.backward(cache, dlogp=g["logp"], dentropy=g["entropy"], dvalue=g["value"],
+                            dkl=g["kl"])
+    assert list(grads) == list(policy.params)
+    for k in grads:
+        assert grads[k].shape == policy.params[k].shape and grads[k].dtype == np.float64
+    err = check_grads(lambda: weighted_sum(policy, obs, actions, dist_old, g)[0],
+                      policy.params, grads)
+    assert err < TOL
+
+
+@FAST
+@given(policy_case(activations=("relu",)))
+def test_backward_relu(case):
+    policy, obs, actions, dist_old, g = build(case)
+    _, cache = weighted_sum(policy, obs, actions, dist_old, g)
+    # relu is not differentiable at 0; a 1e-6 step moves each pre-activation by ~1e-6
+    assume(relu_margin(policy, cache) > 1e-3)
+    grads = policy.backward(cache, dlogp=g["logp"], dentropy=g["entropy"], dvalue=g["value"],
+                            dkl=g["kl"])
+    err = check_grads(lambda: weighted_sum(policy, obs, actions, dist_old, g)[0],
+                      policy.params, grads)
+    assert err < TOL
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("term", ["logp", "entropy", "value", "kl"])
+def test_backward_each_term_alone(discrete, shared, term):
+    """One upstream gradient at a time (the others None): each path is right on its own, and an
+    unused network gets exactly zero gradient (e.g. the critic for a policy term)."""
+    act_dim = 3 if discrete else 2
+    case = (discrete, shared, 3, act_dim, (4, 3), 4, "tanh", 1.3 if discrete else 1.0, 11)
+    policy, obs, actions, dist_old, g = build(case)
+    g = {k: (v if k == term else np.zeros_like(v)) for k, v in g.items()}
+    _, cache = weighted_sum(policy, obs, actions, dist_old, g)
+    kwargs = {"dlogp": "logp", "dentropy": "entropy", "dvalue": "value", "dkl": "kl"}
+    grads = policy.backward(cache, **{kw: g[t] for kw, t in kwargs.items() if t == term})
+    err = check_grads(lambda: weighted_sum(policy, obs, actions, dist_old, g)[0],
+                      policy.params, grads)
+    assert err < TOL
+    for k, v in grads.items():
+        if term == "value" and (k.startswith("actor.") or k == "log_std"):
+            assert not v.any(), k
+        if term != "value" and k.startswith("critic."):
+            assert not v.any(), k
+
+
+def test_log_std_clamp_gives_zero_gradient_outside():
+    policy = ActorCritic(2, Box(-np.ones(2), np.ones(2)), hidden=(3,), seed=0, dtype=np.float64)
+    policy.params["log_std"][...] = [LOG_STD_MAX + 1.0, 0.5]
+    obs, actions = np.ones((3, 2)), np.zeros((3, 2))
+    logp, _, _, cache = policy.evaluate(obs, actions)
+    assert np.isfinite(logp).all()
+    np.testing.assert_allclose(cache["dist"].log_std[0], [LOG_STD_MAX, 0.5])
+    grads = policy.backward(cache, dlogp=np.ones(3))
+    assert grads["log_std"][0] == 0.0 and grads["log_std"][1] != 0.0
+
+
+# ---------------------------------------------------------------- layout and init
+def test_param_keys_and_shapes_separate_and_shared():
+    sep = ActorCritic(4, Discrete(2), hidden=(8, 8))
+    assert list(sep.params) == [
+        "actor.W0", "actor.b0", "actor.W1", "actor.b1", "actor.W2", "actor.b2",
+        "critic.W0", "critic.b0", "critic.W1", "critic.b1", "critic.W2", "critic.b2",
+    ]
+    assert sep.params["actor.W2"].shape == (8, 2) and sep.params["critic.W2"].shape == (8, 1)
+    sh = ActorCritic(4, Box(-np.ones(3), np.ones(3)), hidden=(8, 6), shared=True)
+    assert list(sh.params) == ["trunk.W0", "trunk.b0", "trunk.W1", "trunk.b1",
+                               "actor.W0", "actor.b0", "critic.W0", "critic.b0", "log_std"]
+    assert sh.params["actor.W0"].shape == (6, 3) and sh.params["critic.W0"].shape == (6, 1)
+    assert sh.params["log_std"].shape == (3,)
+    for p in (*sep.params.values(), *sh.params.values()):
+        assert p.dtype == np.float32
+
+
+def test_init_gains_heads_and_log_std():
+    pol = ActorCritic(5, Box(-np.ones(2), np.ones(2)), hidden=(16, 16), log_std_init=-0.5, seed=3)
+    sv = lambda k: np.linalg.svd(pol.params[k].astype(np.float64), compute_uv=False)  # noqa: E731
+    np.testing.assert_allclose(sv("actor.W0"), np.sqrt(2), rtol=1e-5)
+    np.testing.assert_allclose(sv("actor.W2"), 0.01, rtol=1e-5)  # policy head gain 0.01
+    np.testing.assert_allclose(sv("critic.W2"), 1.0, rtol=1e-5)  # value head gain 1
+    assert all(not pol.params[k].any() for k in pol.params if ".b" in k)
+    np.testing.assert_array_equal(pol.params["log_std"], [-0.5, -0.5])
+
+
+def test_params_are_shared_with_subnetworks():
+    """Adam updates params in place: the sub-MLPs must see the change."""
+    pol = ActorCritic(3, Discrete(2), hidden=(4,), shared=True)
+    pol.params["trunk.W0"] += 1.0
+    assert pol.trunk.params["W0"] is pol.params["trunk.W0"]
+    assert pol.actor.params["W0"] is pol.params["actor.W0"]
+
+
+def test_accepts_gymnasium_spaces():
+    gym = pytest.importorskip("gymnasium")
+    d = ActorCritic(3, gym.spaces.Discrete(4))
+    assert d.discrete and d.act_dim == 4
+    c = ActorCritic(3, gym.spaces.Box(-1.0, 1.0, shape=(2,)))
+    assert not c.discrete and c.act_dim == 2
+
+
+# ---------------------------------------------------------------- acting
+@pytest.mark.parametrize("discrete", [True, False])
+def test_act_consistent_with_evaluate(discrete):
+    space = Discrete(3) if discrete else Box(-np.ones(2), np.ones(2))
+    pol = ActorCritic(4, space, hidden=(8,), seed=1, dtype=np.float64)
+    obs = np.random.default_rng(0).normal(size=(5, 4))
+    actions, logp, values, dist_params = pol.act(obs, np.random.default_rng(1))
+    logp2, _, values2, cache = pol.evaluate(obs, actions)
+    np.testing.assert_allclose(logp, logp2)
+    np.testing.assert_allclose(values, values2)
+    assert values.shape == (5,)
+    old = pol.make_dist(dist_params)
+    np.testing.assert_allclose(old.kl(cache["dist"]), 0.0, atol=1e-12)
+    a1 = pol.act(obs, np.random.default_rng(7))[0]
+    a2 = pol.act(obs, np.random.default_rng(7))[0]
+    np.testing.assert_array_equal(a1, a2)
+    det = pol.predict(obs[0])
+    assert np.shape(det) == (() if discrete else (2,))
+
+
+def test_make_dist_roundtrip():
+    pol = ActorCritic(2, Box(-np.ones(3), np.ones(3)), dtype=np.float64)
+    d = pol.forward(np.ones((2, 2)))[0]
+    params = pol.dist_params(d)
+    assert params.shape == (2, 6)
+    back = pol.make_dist(params)
+    assert isinstance(back, DiagGaussian)
+    np.testing.assert_array_equal(back.mean, d.mean)
+    assert isinstance(ActorCritic(2, Discrete(3)).make_dist(np.zeros((1, 3))), Categorical)
+
+
+# ---------------------------------------------------------------- bad inputs
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="obs_dim must be >= 1"):
+        ActorCritic(0, Discrete(2))
+    with pytest.raises(ValueError, match="shared=True needs at least one hidden layer"):
+        ActorCritic(3, Discrete(2), hidden=(), shared=True)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        ActorCritic(3, Discrete(2), temperature=0.0)
+    with pytest.raises(ValueError, match="activation='gelu'"):
+        ActorCritic(3, Discrete(2), activation="gelu")
+    with pytest.raises(TypeError, match="action_space must be a Discrete or Box space"):
+        ActorCritic(3, "discrete")
+    with pytest.raises(ValueError, match="Discrete n must be >= 1"):
+        ActorCritic(3, Discrete(0))
+
+
+def test_bad_obs_and_actions():
+    pol = ActorCritic(3, Discrete(2), hidden=(4,))
+    with pytest.raises(ValueError, match=r"obs must have shape \(B, 3\)"):
+        pol.forward(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"obs must have shape \(B, 3\)"):
+        pol.evaluate(np.zeros(3), np.zeros(1))
+    with pytest.raises(ValueError, match=r"actions must be integers in \[0, 2\)"):
+        pol.evaluate(np.zeros((2, 3)), np.array([0, 5]))
+    with pytest.raises(FloatingPointError, match="logits contains NaN or inf"):
+        pol.evaluate(np.array([[np.nan, 0.0, 0.0]]), np.array([0]))
+    cont = ActorCritic(3, Box(-np.ones(2), np.ones(2)), hidden=(4,))
+    with pytest.raises(ValueError, match=r"actions must have shape \(2, 2\)"):
+        cont.evaluate(np.zeros((2, 3)), np.zeros(2))
+    _, _, _, cache = pol.evaluate(np.zeros((2, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="dkl given but kl_old"):
+        pol.backward(cache, dkl=np.ones(2))
+    with pytest.raises(ValueError, match="rng is required"):
+        pol.predict(np.zeros(3), deterministic=False)
