@@ -1,0 +1,163 @@
+"""minippo.optim: Adam against its closed form, global-norm clipping, schedules, bad inputs."""
+
+import math
+
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from minippo.optim import Adam, Schedule, clip_grad_norm, global_norm
+
+FAST = settings(max_examples=40, deadline=None)
+finite = st.floats(-10, 10, allow_nan=False, width=64)
+
+
+# ---------------------------------------------------------------- Adam
+@FAST
+@given(
+    st.lists(finite, min_size=1, max_size=6),
+    finite,
+    st.floats(1e-4, 1e-1),
+    st.floats(0.0, 0.99),
+    st.floats(0.9, 0.9999),
+    st.sampled_from([1e-8, 1e-5, 1e-3]),
+)
+def test_adam_matches_closed_form(grads_seq, theta0, lr, b1, b2, eps):
+    """Scalar parameters, a few steps: the library equals both the recursive textbook update and
+    the closed form m_t = (1-b1) sum_k b1^(t-k) g_k (and likewise v_t), with bias correction."""
+    rec = ref.adam_steps(theta0, grads_seq, lr, b1, b2, eps)
+    closed = ref.adam_closed_form(theta0, grads_seq, lr, b1, b2, eps)
+    np.testing.assert_allclose(rec, closed, rtol=1e-9, atol=1e-12)
+    params = {"w": np.array([theta0])}
+    opt = Adam(params, lr=lr, betas=(b1, b2), eps=eps)
+    for t, g in enumerate(grads_seq):
+        opt.step({"w": np.array([g])})
+        assert opt.t == t + 1
+        assert params["w"][0] == pytest.approx(closed[t], rel=1e-9, abs=1e-12)
+
+
+def test_adam_first_step_is_lr_times_sign():
+    """With bias correction the first step is lr * g / (|g| + eps) ~ lr * sign(g)."""
+    params = {"a": np.array([1.0, 1.0, 1.0]), "b": np.zeros((2, 2))}
+    Adam(params, lr=0.1, eps=1e-12).step({"a": np.array([3.0, -0.01, 0.0]), "b": np.ones((2, 2))})
+    np.testing.assert_allclose(params["a"], [0.9, 1.1, 1.0])
+    np.testing.assert_allclose(params["b"], -0.1)
+
+
+def test_adam_updates_in_place_and_lr_override():
+    w = np.zeros(3)
+    params = {"w": w}
+    opt = Adam(params, lr=1.0)
+    opt.step({"w": np.ones(3)}, lr=0.01)
+    assert params["w"] is w
+    np.testing.assert_allclose(w, -0.01, rtol=1e-4)
+
+
+def test_adam_default_eps_is_ppo_detail():
+    assert Adam({"w": np.zeros(1)}).eps == 1e-5
+
+
+def test_adam_state_roundtrip():
+    rng = np.random.default_rng(0)
+    p1 = {"w": rng.normal(size=(2, 3))}
+    p2 = {"w": p1["w"].copy()}
+    a1, a2 = Adam(p1, lr=0.01), Adam(p2, lr=0.01)
+    a1.step({"w": np.ones((2, 3))})
+    a2.load_state_dict(a1.state_dict())
+    p2["w"][...] = p1["w"]
+    g = rng.normal(size=(2, 3))
+    a1.step({"w": g})
+    a2.step({"w": g.copy()})
+    np.testing.assert_array_equal(p1["w"], p2["w"])
+    bad = a1.state_dict()
+    bad["m.w"] = np.zeros(4)
+    with pytest.raises(ValueError, match=r"Adam m.w has shape \(4,\), expected \(2, 3\)"):
+        a2.load_state_dict(bad)
+
+
+def test_adam_bad_inputs():
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        Adam({"w": np.zeros(1)}, lr=-1.0)
+    with pytest.raises(ValueError, match=r"betas must be two numbers in \[0, 1\)"):
+        Adam({"w": np.zeros(1)}, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        Adam({"w": np.zeros(1)}, eps=0.0)
+    with pytest.raises(KeyError, match=r"differing: \['v'\]"):
+        Adam({"w": np.zeros(1)}).step({"w": np.zeros(1), "v": np.zeros(1)})
+
+
+# ---------------------------------------------------------------- gradient clipping
+@st.composite
+def grad_dicts(draw):
+    n = draw(st.integers(1, 4))
+    out = {}
+    for i in range(n):
+        shape = draw(hnp.array_shapes(min_dims=1, max_dims=2, max_side=4))
+        out[f"g{i}"] = draw(hnp.arrays(np.float64, shape, elements=finite))
+    return out
+
+
+@FAST
+@given(grad_dicts(), st.floats(1e-3, 20.0))
+def test_clip_grad_norm_caps_norm_and_keeps_direction(grads, max_norm):
+    before = {k: v.copy() for k, v in grads.items()}
+    norm = clip_grad_norm(grads, max_norm)
+    flat_before = np.concatenate([v.ravel() for v in before.values()])
+    flat_after = np.concatenate([v.ravel() for v in grads.values()])
+    assert norm == pytest.approx(np.linalg.norm(flat_before), rel=1e-12, abs=1e-300)
+    if norm <= max_norm:
+        np.testing.assert_array_equal(flat_after, flat_before)  # small grads untouched
+    else:
+        # clip_grad_norm divides by (norm + 1e-12): relative offset <= 1e-9 for norm >= 1e-3
+        assert global_norm(grads) == pytest.approx(max_norm, rel=1e-8)
+        assert global_norm(grads) <= max_norm * (1 + 1e-12)
+        # same direction: a positive multiple of the original vector
+        scale = max_norm / norm
+        np.testing.assert_allclose(flat_after, flat_before * scale, rtol=1e-8, atol=1e-300)
+
+
+def test_clip_grad_norm_in_place_and_errors():
+    g = {"a": np.array([3.0, 4.0])}
+    arr = g["a"]
+    assert clip_grad_norm(g, 1.0) == 5.0
+    assert g["a"] is arr
+    np.testing.assert_allclose(arr, [0.6, 0.8])
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="max_norm must be > 0"):
+            clip_grad_norm({"a": np.ones(2)}, bad)
+    with pytest.raises(FloatingPointError, match="gradient norm is nan"):
+        clip_grad_norm({"a": np.array([np.nan])}, 1.0)
+    with pytest.raises(FloatingPointError, match="gradient norm is inf"):
+        clip_grad_norm({"a": np.array([np.inf])}, 1.0)
+
+
+# ---------------------------------------------------------------- schedules
+@FAST
+@given(st.floats(1e-4, 10.0), st.floats(1e-4, 10.0), st.floats(0.0, 1.0))
+def test_schedules(start, end, p):
+    assert Schedule("constant", start, end)(p) == start
+    lin = Schedule("linear", start, end)
+    assert lin(0.0) == start and lin(1.0) == pytest.approx(end)
+    assert lin(p) == pytest.approx(start + (end - start) * p)
+    ex = Schedule("exponential", start, end)
+    assert ex(0.0) == pytest.approx(start) and ex(1.0) == pytest.approx(end)
+    assert ex(p) == pytest.approx(start * (end / start) ** p)
+    # geometric: log-linear in progress
+    assert math.log(ex(0.5)) == pytest.approx(0.5 * (math.log(start) + math.log(end)))
+    lo, hi = min(start, end), max(start, end)
+    assert lo - 1e-12 <= lin(p) <= hi + 1e-12 and lo * (1 - 1e-12) <= ex(p) <= hi * (1 + 1e-12)
+
+
+def test_schedule_clamps_progress_and_anneals_to_zero():
+    lin = Schedule("linear", 3e-4, 0.0)
+    assert lin(1.5) == 0.0 and lin(-1.0) == 3e-4 and lin(0.5) == pytest.approx(1.5e-4)
+
+
+def test_schedule_bad_inputs():
+    with pytest.raises(ValueError, match=r"kind='cosine' is not allowed.*constant"):
+        Schedule("cosine")
+    with pytest.raises(ValueError, match="exponential schedule needs start > 0 and end > 0"):
+        Schedule("exponential", 1.0, 0.0)
