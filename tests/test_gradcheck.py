@@ -1,0 +1,68 @@
+"""minippo.gradcheck: the finite-difference checker itself, on functions with known gradients."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from minippo.gradcheck import check_grads, numerical_grads, rel_error
+
+FAST = settings(max_examples=30, deadline=None)
+small = st.floats(-2, 2, allow_nan=False, width=64)
+
+
+@FAST
+@given(hnp.arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 4)), elements=small),
+       hnp.arrays(np.float64, st.integers(1, 5), elements=small))
+def test_numerical_grads_of_known_function(a, b):
+    """f = sum(sin(A)) + 0.5 |b|^2 * sum(A): df/dA = cos(A) + 0.5|b|^2, df/db = b sum(A)."""
+    params = {"A": a.copy(), "b": b.copy()}
+
+    def f():
+        return float(np.sin(params["A"]).sum() + 0.5 * (params["b"] ** 2).sum() * params["A"].sum())
+
+    num = numerical_grads(f, params)
+    exact = {"A": np.cos(a) + 0.5 * (b**2).sum(), "b": b * a.sum()}
+    for k in params:
+        np.testing.assert_array_equal(params[k], {"A": a, "b": b}[k])  # restored exactly
+        assert rel_error(num[k], exact[k]) < 1e-8
+    assert check_grads(f, params, exact) < 1e-8
+
+
+def test_numerical_grads_non_contiguous_view():
+    base = np.arange(12, dtype=np.float64).reshape(3, 4)
+    view = base[:, ::2]
+    params = {"v": view}
+    num = numerical_grads(lambda: float((params["v"] ** 2).sum()), params)
+    np.testing.assert_allclose(num["v"], 2 * view, rtol=1e-8)
+
+
+def test_check_grads_detects_a_wrong_gradient():
+    params = {"x": np.array([1.0, -2.0, 0.5])}
+
+    def f():
+        return float((params["x"] ** 3).sum())
+
+    right = {"x": 3 * params["x"] ** 2}
+    wrong = {"x": 2 * params["x"] ** 2}  # a typical slip: wrong power-rule factor
+    assert check_grads(f, params, right) < 1e-8
+    assert check_grads(f, params, wrong) > 0.1
+
+
+def test_rel_error_definition_and_floor():
+    a, b = np.array([3.0, 4.0]), np.array([3.0, 4.5])
+    assert rel_error(a, b) == pytest.approx(0.5 / np.linalg.norm(b))
+    # both tiny: compared absolutely against the floor
+    assert rel_error(np.array([1e-12]), np.array([0.0])) == pytest.approx(1e-9)
+    assert rel_error(np.array([1e-12]), np.array([0.0]), floor=1e-12) == pytest.approx(1.0)
+    assert rel_error(np.zeros(3), np.zeros(3)) == 0.0
+
+
+def test_gradcheck_bad_inputs():
+    with pytest.raises(TypeError, match=r"params\['w'\] is float32; .* need float64"):
+        numerical_grads(lambda: 0.0, {"w": np.zeros(2, dtype=np.float32)})
+    with pytest.raises(KeyError, match=r"grads keys differ from params: \['extra'\]"):
+        check_grads(lambda: 0.0, {"w": np.zeros(2)}, {"w": np.zeros(2), "extra": np.zeros(1)})
+    with pytest.raises(ValueError, match="shapes differ"):
+        rel_error(np.zeros(2), np.zeros(3))
