@@ -109,7 +109,13 @@ class PPOConfig:
     """extra keyword arguments for gymnasium.make."""
 
     def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
+        # A bare int or a string ("64" would silently become (6, 4)) is not a list of widths.
+        h = self.hidden
+        if isinstance(h, (str, bytes)) or not hasattr(h, "__iter__") or not all(
+            hasattr(w, "__index__") and not isinstance(w, bool) for w in h
+        ):
+            raise ValueError(f"PPOConfig.hidden={h!r} is invalid: must be a list of integer widths")
+        self.hidden = tuple(int(w) for w in h)
         self.validate()
 
     # ------------------------------------------------------------ validation

@@ -1,0 +1,212 @@
+"""minippo.config.PPOConfig: every validation names the field, the bad value and what is
+allowed; documentation of every field; serialisation, overrides and presets."""
+
+import ast
+import dataclasses
+import inspect
+import json
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minippo import config as config_module
+from minippo.config import (
+    ACTIVATIONS,
+    ADVANTAGES,
+    AUTORESET_MODES,
+    DTYPES,
+    OBJECTIVES,
+    PRESETS,
+    SCHEDULE_KINDS,
+    VECTOR_MODES,
+    PPOConfig,
+    preset,
+)
+
+CHOICES = {
+    "objective": OBJECTIVES,
+    "advantage": ADVANTAGES,
+    "lr_schedule": SCHEDULE_KINDS,
+    "clip_schedule": ("constant", "linear"),
+    "ent_schedule": SCHEDULE_KINDS,
+    "activation": ACTIVATIONS,
+    "vector": VECTOR_MODES,
+    "autoreset": AUTORESET_MODES,
+    "dtype": DTYPES,
+}
+
+
+def _err(field, value):
+    """Regex for the common message: names the field and the bad value."""
+    return rf"PPOConfig\.{field}={re.escape(repr(value))} is invalid"
+
+
+def test_defaults_are_valid_and_match_the_paper():
+    c = PPOConfig()
+    assert c.validate() is c
+    paper = (c.clip_eps, c.gamma, c.gae_lambda, c.n_epochs, c.batch_size)
+    assert paper == (0.2, 0.99, 0.95, 10, 64)
+    assert c.objective == "clip" and c.adam_eps == 1e-5 and c.hidden == (64, 64)
+
+
+def test_every_field_has_a_docstring():
+    """A string literal right under every field of the dataclass (STYLE: per-field docstrings)."""
+    tree = ast.parse(inspect.getsource(config_module))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PPOConfig")
+    documented, body = set(), cls.body
+    for stmt, nxt in zip(body, body[1:], strict=False):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                documented.add(stmt.target.id)
+    fields = {f.name for f in dataclasses.fields(PPOConfig)}
+    assert fields - documented == set()
+
+
+@pytest.mark.parametrize("field", sorted(CHOICES))
+def test_choice_fields_name_field_value_and_allowed(field):
+    with pytest.raises(ValueError, match=_err(field, "bogus")) as info:
+        PPOConfig(**{field: "bogus"})
+    msg = str(info.value)
+    assert "allowed values are " + ", ".join(CHOICES[field]) in msg
+
+
+@pytest.mark.parametrize("field", ["total_timesteps", "n_envs", "n_steps", "n_epochs",
+                                   "eval_episodes", "batch_size"])
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_positive_integer_fields(field, value):
+    with pytest.raises(ValueError, match=_err(field, value) + ": must be an integer >= 1"):
+        PPOConfig(**{field: value})
+
+
+def test_batch_size_must_divide_rollout():
+    msg = _err("batch_size", 48) + r": must divide n_envs \* n_steps = 128"
+    with pytest.raises(ValueError, match=msg):
+        PPOConfig(n_envs=4, n_steps=32, batch_size=48)
+    PPOConfig(n_envs=4, n_steps=32, batch_size=64)
+
+
+def test_batch_size_one_needs_no_advantage_normalisation():
+    with pytest.raises(ValueError, match=_err("batch_size", 1) + ".*normalize_advantages"):
+        PPOConfig(n_steps=8, batch_size=1)
+    PPOConfig(n_steps=8, batch_size=1, normalize_advantages=False)
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "adam_eps", "clip_eps", "kl_target",
+                                   "kl_beta", "temperature"])
+@pytest.mark.parametrize("value", [0.0, -0.1, float("nan"), float("inf"), "0.1"])
+def test_finite_positive_fields(field, value):
+    with pytest.raises(ValueError, match=_err(field, value) + ": must be a finite number > 0"):
+        PPOConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["vf_coef", "ent_coef", "ent_end", "lr_end"])
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf")])
+def test_finite_nonnegative_fields(field, value):
+    with pytest.raises(ValueError, match=_err(field, value) + ": must be a finite number >= 0"):
+        PPOConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["max_grad_norm", "log_std_init"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), None])
+def test_finite_fields(field, value):
+    with pytest.raises(ValueError, match=_err(field, value) + ": must be a finite number"):
+        PPOConfig(**{field: value})
+
+
+@pytest.mark.parametrize("value", [0.0, -0.5, 1.01, float("nan")])
+def test_gamma_range(value):
+    with pytest.raises(ValueError, match=_err("gamma", value) + r": must be in \(0, 1\]"):
+        PPOConfig(gamma=value)
+
+
+@pytest.mark.parametrize("value", [-0.01, 1.01, float("nan")])
+def test_gae_lambda_range(value):
+    with pytest.raises(ValueError, match=_err("gae_lambda", value) + r": must be in \[0, 1\]"):
+        PPOConfig(gae_lambda=value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.0, 1.0, exclude_min=True), st.floats(0.0, 1.0))
+def test_gamma_lambda_accepted_ranges(gamma, lam):
+    c = PPOConfig(gamma=gamma, gae_lambda=lam)
+    assert (c.gamma, c.gae_lambda) == (gamma, lam)
+
+
+def test_other_validations():
+    with pytest.raises(ValueError, match=_err("target_kl", 0.0) + ": must be > 0 or None"):
+        PPOConfig(target_kl=0.0)
+    PPOConfig(target_kl=None)
+    PPOConfig(target_kl=0.02)
+    with pytest.raises(ValueError, match=_err("hidden", ()) + ": must list at least one"):
+        PPOConfig(hidden=())
+    with pytest.raises(ValueError, match=_err("hidden", (64, 0))):
+        PPOConfig(hidden=[64, 0])
+    with pytest.raises(ValueError, match=_err("lr_end", 0.0) + ".*exponential lr_schedule"):
+        PPOConfig(lr_schedule="exponential", lr_end=0.0)
+    with pytest.raises(ValueError, match=_err("ent_end", 0.0) + ".*exponential ent_schedule"):
+        PPOConfig(ent_schedule="exponential", ent_coef=0.01, ent_end=0.0)
+    with pytest.raises(ValueError, match=_err("env_id", "") + ": must be a non-empty"):
+        PPOConfig(env_id="")
+    with pytest.raises(ValueError, match=_err("env_kwargs", []) + ": must be a dict"):
+        PPOConfig(env_kwargs=[])
+
+
+@pytest.mark.parametrize("value", [64, "64", None, (64, 32.5), (64, "32")])
+def test_hidden_not_a_sequence_of_ints_is_named(value):
+    with pytest.raises(ValueError, match=r"PPOConfig\.hidden"):
+        PPOConfig(hidden=value)
+
+
+def test_advantage_estimator_resolves_auto():
+    assert PPOConfig(objective="clip").advantage_estimator == "gae"
+    assert PPOConfig(objective="kl_penalty").advantage_estimator == "gae"
+    assert PPOConfig(objective="surrogate").advantage_estimator == "gae"
+    assert PPOConfig(objective="a2c").advantage_estimator == "td"
+    assert PPOConfig(objective="reinforce").advantage_estimator == "mc"
+    assert PPOConfig(objective="a2c", advantage="gae").advantage_estimator == "gae"
+
+
+def test_serialisation_roundtrip_and_replace():
+    c = PPOConfig(objective="kl_penalty", hidden=(32,), env_kwargs={"g": 9.8}, target_kl=0.05)
+    d = json.loads(c.to_json())
+    assert d["hidden"] == [32]
+    assert PPOConfig.from_dict(d) == c
+    c2 = c.replace(clip_eps=0.1)
+    assert c2.clip_eps == 0.1 and c.clip_eps == 0.2
+    with pytest.raises(ValueError, match=r"unknown PPOConfig field\(s\) \['clip_range'\]; known"):
+        c.replace(clip_range=0.1)
+    with pytest.raises(ValueError, match=_err("clip_eps", -1.0)):
+        c.replace(clip_eps=-1.0)
+
+
+def test_set_from_string():
+    c = PPOConfig()
+    assert c.set_from_string("gamma=1").gamma == 1.0
+    assert isinstance(c.set_from_string("gamma=1").gamma, float)
+    assert c.set_from_string("objective=a2c").objective == "a2c"
+    assert c.set_from_string("target_kl=none").target_kl is None
+    assert c.set_from_string("shared=true").shared is True
+    assert c.set_from_string("hidden=[32, 16]").hidden == (32, 16)
+    with pytest.raises(ValueError, match="--set expects key=value, got 'gamma'"):
+        c.set_from_string("gamma")
+    with pytest.raises(ValueError, match="unknown config key 'gama'; known keys"):
+        c.set_from_string("gama=0.9")
+    with pytest.raises(ValueError, match=_err("objective", "ppo")):
+        c.set_from_string("objective=ppo")
+
+
+def test_presets():
+    for name in PRESETS:
+        c = preset(name)
+        assert c.env_id == name
+        assert (c.n_envs * c.n_steps) % c.batch_size == 0
+    cp = preset("CartPole-v1", seed=3)
+    assert (cp.n_envs, cp.n_steps, cp.batch_size, cp.gae_lambda, cp.gamma, cp.n_epochs) == (
+        8, 32, 256, 0.8, 0.98, 20)
+    assert cp.learning_rate == 1e-3 and cp.lr_schedule == "linear" and cp.seed == 3
+    pd = preset("Pendulum-v1")
+    assert (pd.n_envs, pd.n_steps, pd.batch_size, pd.gamma) == (4, 1024, 64, 0.9)
+    with pytest.raises(ValueError, match="unknown preset 'Hopper'; available presets: "):
+        preset("Hopper")
