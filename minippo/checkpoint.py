@@ -71,6 +71,8 @@ def save_checkpoint(algo: Any, path: str) -> None:
         "minippo": __version__,
         "numpy": np.__version__,
         "backend": algo.backend,
+        # BLAS thread count changes summation order, so results are bit-identical only for the same value.
+        "blas_threads": {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")},
         "config": algo.config.to_dict(),
         "policy": algo.policy.describe(),
         "num_timesteps": algo.num_timesteps,

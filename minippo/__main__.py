@@ -1,0 +1,7 @@
+"""``python -m minippo`` = the ``minippo`` command."""
+
+import sys
+
+from minippo.cli import main
+
+sys.exit(main())

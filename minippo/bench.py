@@ -1,0 +1,55 @@
+"""Training speed vs env stepping alone, measured in one run (``minippo bench``,
+``benchmarks/train_speed.py``). Prints numbers and ratios; asserts nothing."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+
+def env_stepping(config: Any, timesteps: int) -> float:
+    """Seconds to step ``config``'s vector env ``timesteps`` times (summed over envs) with random actions."""
+    from minippo.envs import make_vec_env
+
+    env = make_vec_env(config.env_id, config.n_envs, config.vector, config.autoreset, config.env_kwargs)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    actions = [env.action_space.sample() for _ in range(64)]
+    n_calls = -(-timesteps // config.n_envs)
+    t0 = time.perf_counter()
+    for i in range(n_calls):
+        env.step(actions[i % 64])
+    dt = time.perf_counter() - t0
+    env.close()
+    return dt
+
+
+def train_speed(timesteps: int = 100_000, env_id: str = "CartPole-v1", **overrides: Any) -> dict[str, float]:
+    """Train the preset of ``env_id`` for ``timesteps`` and time env stepping alone; print both."""
+    from minippo import backend
+    from minippo.config import preset
+    from minippo.ppo import PPO
+
+    cfg = preset(env_id, total_timesteps=timesteps, **overrides)
+    t0 = time.perf_counter()
+    algo = PPO(cfg)
+    algo.learn()
+    train_s = time.perf_counter() - t0
+    env_s = env_stepping(cfg, timesteps)
+    ev = algo.evaluate(10)["mean_return"]
+    res = {
+        "train_s": train_s,
+        "train_steps_per_s": algo.num_timesteps / train_s,
+        "env_only_s": env_s,
+        "env_only_steps_per_s": timesteps / env_s,
+        "ratio_train_over_env": train_s / env_s,
+        "eval_mean_return": ev,
+    }
+    print(f"backend {backend.name}, {env_id} preset, {algo.num_timesteps} steps, autoreset {cfg.autoreset}, "
+          f"numpy {np.__version__}")
+    print(f"  training         {train_s:7.2f} s  {res['train_steps_per_s']:9.0f} steps/s  (eval return {ev:.1f})")
+    print(f"  env stepping     {env_s:7.2f} s  {res['env_only_steps_per_s']:9.0f} steps/s  (random actions)")
+    print(f"  ratio training / env stepping: {res['ratio_train_over_env']:.1f}x")
+    return res

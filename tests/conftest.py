@@ -1,0 +1,10 @@
+"""Shared test setup.
+
+BLAS is pinned to one thread (if the caller did not choose) before numpy is imported, as the CLI
+does: the learning tests compare bit-identical runs, and thread count changes summation order.
+"""
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
