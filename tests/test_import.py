@@ -2,15 +2,18 @@
 and it must stay quick. Run in a fresh interpreter so other tests' imports do not leak in."""
 
 import json
+import os
 import subprocess
 import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HEAVY = ("gymnasium", "gym", "numba", "cupy", "matplotlib", "torch")
 
 
 def _run(code):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True)
+                         timeout=60, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

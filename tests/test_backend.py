@@ -1,0 +1,117 @@
+"""minippo.backend: the MINIPPO_BACKEND switch, its errors, and the host/device helpers.
+
+The resolved backend is module state: every test resets it before and after, so that the
+environment variable set with monkeypatch is the one read and nothing leaks to other tests.
+"""
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minippo import backend
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
+
+
+@pytest.fixture(autouse=True)
+def fresh_backend(monkeypatch):
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    backend.reset()
+    yield
+    backend.reset()
+
+
+def test_default_is_numpy():
+    assert backend.name == "numpy"
+    assert backend.xp is np
+
+
+@pytest.mark.parametrize("value", ["numpy", " NumPy ", ""])
+def test_numpy_spellings(monkeypatch, value):
+    monkeypatch.setenv(backend.ENV_VAR, value)
+    assert backend.name == "numpy"
+
+
+@pytest.mark.parametrize("value", ["torch", "gpu", "numpyy"])
+def test_unknown_backend_lists_allowed(monkeypatch, value):
+    monkeypatch.setenv(backend.ENV_VAR, value)
+    msg = rf"MINIPPO_BACKEND='{value}' is not a backend; allowed values: numpy, numba, cupy, auto"
+    with pytest.raises(ValueError, match=msg):
+        _ = backend.name
+    with pytest.raises(ValueError, match="allowed values"):
+        backend.resolve(value)
+
+
+def test_unknown_backend_in_a_fresh_process():
+    code = "import minippo.backend as b; b.name"
+    env = {**os.environ, "MINIPPO_BACKEND": "tensorflow"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60, cwd=root)
+    assert out.returncode != 0
+    assert "ValueError: MINIPPO_BACKEND='tensorflow' is not a backend" in out.stderr
+
+
+def test_read_once_until_reset(monkeypatch):
+    assert backend.name == "numpy"
+    monkeypatch.setenv(backend.ENV_VAR, "bogus")
+    assert backend.name == "numpy"  # already resolved: the variable is read once
+    backend.reset()
+    with pytest.raises(ValueError, match="bogus"):
+        _ = backend.name
+
+
+def test_numba_choice(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "numba")
+    if HAS_NUMBA:
+        assert backend.name == "numba" and backend.xp is np
+    else:
+        with pytest.raises(ImportError, match=r"MINIPPO_BACKEND=numba but numba is not installed"):
+            _ = backend.name
+
+
+def test_missing_numba_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)  # makes `import numba` raise ImportError
+    with pytest.raises(ImportError, match=r"pip install 'minippo\[numba\]'"):
+        backend.resolve("numba")
+
+
+def test_cupy_choice_without_gpu_explains(monkeypatch):
+    if HAS_CUPY:
+        pytest.skip("cupy installed: covered by the GPU tests")
+    with pytest.raises(ImportError, match=r"MINIPPO_BACKEND=cupy but cupy is not installed.*"
+                                          r"pip install 'minippo\[cuda\]'"):
+        backend.resolve("cupy")
+
+
+def test_auto_falls_back_and_logs(monkeypatch, caplog):
+    if HAS_CUPY:
+        pytest.skip("cupy installed: auto may pick it")
+    monkeypatch.setenv(backend.ENV_VAR, "auto")
+    with caplog.at_level(logging.INFO, logger="minippo"):
+        name = backend.name
+    assert name == ("numba" if HAS_NUMBA else "numpy")
+    assert f"picked {name}" in caplog.text
+    monkeypatch.setitem(sys.modules, "numba", None)
+    assert backend.resolve("auto") == ("numpy", np)
+
+
+def test_asnumpy_and_to_device_on_cpu():
+    a = np.arange(3.0)
+    assert backend.asnumpy(a) is a
+    np.testing.assert_array_equal(backend.asnumpy([1, 2]), [1, 2])
+    assert backend.asnumpy(np.float64(2.0)) == 2.0
+    d = backend.to_device(a, dtype=np.float32)
+    assert isinstance(d, np.ndarray) and d.dtype == np.float32
+    assert backend.array_module(a) is np
+
+
+def test_unknown_attribute():
+    with pytest.raises(AttributeError, match="has no attribute 'nme'"):
+        _ = backend.nme
