@@ -38,7 +38,9 @@ def ratio_stats(logp: Array, logp_old: Array, clip_eps: float | None = None) -> 
     KL(pi_old || pi_theta), unbiased and >= 0), ``clipfrac`` = fraction with |r - 1| > epsilon."""
     log_ratio = logp - logp_old
     ratio = np.exp(log_ratio)
-    stats = {"approx_kl": float(((ratio - 1.0) - log_ratio).mean())}
+    # expm1(x) - x, not (exp(x) - 1) - x: for r near 1 the naive form cancels catastrophically
+    # and can come out negative (e.g. -5e-48 for log r = 5e-48); expm1(x) >= x holds in floats.
+    stats = {"approx_kl": float((np.expm1(log_ratio) - log_ratio).mean())}
     if clip_eps is not None:
         stats["clipfrac"] = float((np.abs(ratio - 1.0) > clip_eps).mean())
     return stats

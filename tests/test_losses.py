@@ -114,6 +114,16 @@ def test_at_theta_old_clip_surrogate_and_pg_share_the_gradient(arrays, clip_eps)
         np.testing.assert_allclose(d, expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_approx_kl_nonnegative_near_ratio_one(dtype):
+    """Regression: (exp(x) - 1) - x cancels for tiny x; it once gave -5e-48 (hypothesis)."""
+    logp = np.array([5.12526768e-48, 1e-20, -1e-12, 1e-7, -3e-4], dtype=dtype)
+    stats = losses.ratio_stats(logp, np.zeros_like(logp))
+    assert stats["approx_kl"] >= 0.0
+    # k3 ~ x^2 / 2 for small x
+    assert stats["approx_kl"] == pytest.approx(np.mean(logp.astype(np.float64) ** 2 / 2), rel=1e-3)
+
+
 def test_clip_dtype_float32_kept():
     logp = np.zeros(3, dtype=np.float32)
     _, d, _ = losses.clip_objective(logp, logp, np.ones(3, dtype=np.float32), 0.2)
