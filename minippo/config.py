@@ -142,6 +142,9 @@ class PPOConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise bad(name, "must be an integer >= 1")
+        for name in ("clip_vloss", "normalize_advantages", "shared", "norm_obs", "norm_reward"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
         if self.batch_size < 2 and self.normalize_advantages:
             raise bad("batch_size", "must be >= 2 when normalize_advantages (std of one sample is undefined)")
         n_batch = self.n_envs * self.n_steps

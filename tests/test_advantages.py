@@ -1,0 +1,160 @@
+"""GAE / rewards-to-go / TD(0) against the plain-loop reference, their limiting properties, and
+time-limit truncation bootstrapping on a tiny env whose returns can be written down."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minippo.advantages import compute_advantages, compute_gae, gae_numpy
+from minippo.config import PPOConfig
+from minippo.kernels import reference
+
+gym = pytest.importorskip("gymnasium")
+from envs_for_tests import COUNTER_ID, COUNTER_TERM_ID, register  # noqa: E402
+
+
+@st.composite
+def rollouts(draw, dtype=np.float64):
+    T = draw(st.integers(1, 12))
+    N = draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2**32 - 1))
+    p_done = draw(st.sampled_from([0.0, 0.2, 1.0]))  # no-done, some, all-done columns
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal((T, N)).astype(dtype)
+    v = rng.standard_normal((T, N)).astype(dtype)
+    d = (rng.random((T, N)) < p_done).astype(dtype)
+    last = rng.standard_normal(N).astype(dtype)
+    return r, v, d, last
+
+
+coef = st.floats(0.5, 1.0)
+lam_s = st.floats(0.0, 1.0)
+
+
+# float64 throughout: both sides do the same O(T) multiply-adds in different orders, so they
+# agree to a few ulps of the largest partial sum (|A| <= T * max|delta| ~ 50); 1e-10 is ample.
+@settings(max_examples=60, deadline=None)
+@given(rollouts(), coef, lam_s)
+def test_gae_matches_reference(data, gamma, lam):
+    r, v, d, last = data
+    adv, ret = compute_gae(r, v, d, last, gamma, lam)
+    adv_ref, ret_ref = reference.gae(r, v, d, last, gamma, lam)
+    np.testing.assert_allclose(adv, adv_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ret, ret_ref, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rollouts(), coef)
+def test_lambda_one_is_monte_carlo_minus_value(data, gamma):
+    r, v, d, last = data
+    adv, ret = compute_gae(r, v, d, last, gamma, 1.0)
+    g = reference.rewards_to_go(r, d, last, gamma)
+    np.testing.assert_allclose(ret, g, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(adv, g - v, rtol=1e-10, atol=1e-10)
+    adv_mc, _ = compute_advantages("mc", r, v, d, last, gamma, 0.3)
+    np.testing.assert_array_equal(adv_mc, adv)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rollouts(), coef)
+def test_lambda_zero_is_td0(data, gamma):
+    r, v, d, last = data
+    adv, _ = compute_gae(r, v, d, last, gamma, 0.0)
+    np.testing.assert_allclose(adv, reference.td0(r, v, d, last, gamma), rtol=1e-12, atol=1e-12)
+    adv_td, _ = compute_advantages("td", r, v, d, last, gamma, 0.9)
+    np.testing.assert_array_equal(adv_td, adv)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rollouts(np.float32), coef, lam_s)
+def test_float32_stays_float32_and_close(data, gamma, lam):
+    r, v, d, last = data
+    adv, ret = gae_numpy(r, v, d, last, gamma, lam)
+    assert adv.dtype == np.float32 and ret.dtype == np.float32
+    adv_ref, _ = reference.gae(r.astype(np.float64), v.astype(np.float64), d, last.astype(np.float64), gamma, lam)
+    # float32: relative rounding 6e-8 per op over <= 12 steps of magnitude <= ~40.
+    np.testing.assert_allclose(adv, adv_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gae_bad_inputs():
+    z = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="values must have shape"):
+        compute_gae(z, np.zeros((3, 3)), z, np.zeros(2), 0.9, 0.9)
+    with pytest.raises(ValueError, match="last_values must have shape"):
+        compute_gae(z, z, z, np.zeros(3), 0.9, 0.9)
+    with pytest.raises(ValueError, match="gamma"):
+        compute_gae(z, z, z, np.zeros(2), 1.5, 0.9)
+    with pytest.raises(ValueError, match="gae_lambda"):
+        compute_gae(z, z, z, np.zeros(2), 0.9, -0.1)
+    with pytest.raises(ValueError, match="estimator='x'"):
+        compute_advantages("x", z, z, z, np.zeros(2), 0.9, 0.9)
+
+
+# ---------------------------------------------------------------- truncation bootstrap
+def _algo(env_id, autoreset, n_steps, c=2.0, gamma=0.9):
+    from minippo.ppo import PPO
+
+    register()
+    cfg = PPOConfig(env_id=env_id, n_envs=1, n_steps=n_steps, batch_size=n_steps, gamma=gamma,
+                    gae_lambda=1.0, autoreset=autoreset, dtype="float64", hidden=(4,))
+    algo = PPO(cfg)
+    # A critic that outputs exactly c everywhere: V(s) = c.
+    for k in algo.policy.critic.params:
+        algo.policy.critic.params[k][...] = 0.0
+    algo.policy.critic.params["b1"][...] = c
+    return algo
+
+
+def _episode_returns(steps_left, truncated, gamma, c):
+    """Discounted return from a state with ``steps_left`` rewards of 1 before the episode ends."""
+    g = sum(gamma**i for i in range(steps_left))
+    return g + (gamma**steps_left * c if truncated else 0.0)
+
+
+@pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
+def test_truncation_is_bootstrapped(autoreset):
+    gamma, c = 0.9, 2.0
+    algo = _algo(COUNTER_ID, autoreset, n_steps=8, c=c, gamma=gamma)
+    algo.collect_rollout()
+    buf = algo.buffer
+    rew, done, valid, ret = (a[:, 0] for a in (buf.rewards, buf.dones, buf.valid, buf.returns))
+    if autoreset == "same_step":
+        # episodes: steps 0-2 (truncated), 3-5 (truncated), 6-7 (cut by the rollout end)
+        np.testing.assert_allclose(rew, [1, 1, 1 + gamma * c, 1, 1, 1 + gamma * c, 1, 1])
+        np.testing.assert_array_equal(done, [0, 0, 1, 0, 0, 1, 0, 0])
+        np.testing.assert_array_equal(valid, np.ones(8))
+        left = [3, 2, 1, 3, 2, 1]
+        expected = [_episode_returns(k, True, gamma, c) for k in left]
+        expected += [1 + gamma * (1 + gamma * c), 1 + gamma * c]  # bootstrapped from last_values = c
+        np.testing.assert_allclose(ret, expected, rtol=1e-12)
+    else:
+        # NEXT_STEP: steps 0-2 episode, step 3 is the reset step (masked), 4-6 episode, 7 reset
+        np.testing.assert_allclose(rew[[0, 1, 2, 4, 5, 6]], [1, 1, 1 + gamma * c, 1, 1, 1 + gamma * c])
+        np.testing.assert_array_equal(valid, [1, 1, 1, 0, 1, 1, 1, 0])
+        np.testing.assert_array_equal(done[[2, 6]], [1, 1])
+        expected = [_episode_returns(k, True, gamma, c) for k in (3, 2, 1)]
+        np.testing.assert_allclose(ret[[0, 1, 2]], expected, rtol=1e-12)
+        np.testing.assert_allclose(ret[[4, 5, 6]], expected, rtol=1e-12)
+        # the masked step never enters a minibatch
+        mbs = list(buf.minibatches(8, np.random.default_rng(0)))
+        assert sum(len(mb["returns"]) for mb in mbs) == 6
+
+
+def test_termination_is_not_bootstrapped():
+    gamma, c = 0.9, 2.0
+    algo = _algo(COUNTER_TERM_ID, "same_step", n_steps=6, c=c, gamma=gamma)
+    algo.collect_rollout()
+    ret = algo.buffer.returns[:, 0]
+    np.testing.assert_allclose(algo.buffer.rewards[:, 0], np.ones(6))
+    expected = [_episode_returns(k, False, gamma, c) for k in (3, 2, 1, 3, 2, 1)]
+    np.testing.assert_allclose(ret, expected, rtol=1e-12)
+
+
+def test_next_step_truncation_at_rollout_end_bootstraps_from_last_value():
+    gamma, c = 0.9, 2.0
+    algo = _algo(COUNTER_ID, "next_step", n_steps=3, c=c, gamma=gamma)
+    algo.collect_rollout()  # steps 0-2: a whole episode, truncated at the last step
+    np.testing.assert_allclose(algo.buffer.rewards[:, 0], [1, 1, 1 + gamma * c])
+    algo.collect_rollout()  # step 0 is the reset step of the previous episode
+    np.testing.assert_array_equal(algo.buffer.valid[:, 0], [0, 1, 1])
