@@ -1,0 +1,173 @@
+"""The trainer end to end on tiny budgets: determinism, checkpoints and resume, error paths."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+gym = pytest.importorskip("gymnasium")
+
+from minippo import PPO, load_policy  # noqa: E402
+from minippo.checkpoint import CheckpointError, atomic_savez, evaluate_policy, read_checkpoint  # noqa: E402
+from minippo.config import PPOConfig, preset  # noqa: E402
+
+TINY = dict(n_envs=2, n_steps=16, batch_size=16, n_epochs=2, total_timesteps=96, hidden=(8,))
+
+
+def _rows(cfg):
+    rows = []
+    PPO(cfg).learn(callback=rows.append)
+    return [{k: v for k, v in r.items() if k not in ("time", "fps")} for r in rows]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(env_id="CartPole-v1"),
+        dict(env_id="CartPole-v1", autoreset="next_step", objective="kl_penalty", shared=True),
+        dict(env_id="Pendulum-v1", norm_obs=True, norm_reward=True, clip_vloss=True, ent_coef=0.01,
+             ent_schedule="linear", lr_schedule="linear"),
+    ],
+)
+def test_same_seed_is_bit_identical(overrides):
+    cfg = PPOConfig(**TINY, **overrides)
+    a, b = _rows(cfg), _rows(cfg)
+    assert len(a) == 3
+    assert json.dumps(a) == json.dumps(b)
+    c = _rows(cfg.replace(seed=1))
+    assert json.dumps(a) != json.dumps(c)
+
+
+@pytest.mark.parametrize("objective", ["clip", "kl_penalty", "surrogate", "a2c", "reinforce"])
+def test_every_objective_runs_and_logs(objective):
+    rows = []
+    PPO(PPOConfig(**TINY, objective=objective, target_kl=0.5)).learn(callback=rows.append)
+    r = rows[-1]
+    for key in ("loss", "policy_loss", "value_loss", "entropy", "approx_kl", "explained_variance", "lr"):
+        assert np.isfinite(r[key]), key
+    assert r["timesteps"] == 96
+    if objective == "kl_penalty":
+        assert r["beta"] in {1.0 * 2.0**k for k in range(-6, 7)}
+        assert r["kl"] >= 0
+
+
+def test_target_kl_stops_epochs_early():
+    rows = []
+    PPO(PPOConfig(**{**TINY, "n_epochs": 50}, learning_rate=0.05, target_kl=1e-4)).learn(callback=rows.append)
+    assert any(r["stopped_early"] for r in rows)
+    assert min(r["n_updates"] for r in rows) < 50
+
+
+def test_continuous_actions_are_clipped_only_for_the_env():
+    algo = PPO(PPOConfig(env_id="Pendulum-v1", **{**TINY, "total_timesteps": 32}, log_std_init=1.5))
+    algo.collect_rollout()
+    acts = algo.buffer.actions
+    assert np.abs(acts).max() > 2.0  # the buffer keeps the sampled, unclipped action
+    np.testing.assert_array_equal(algo._env_actions(acts[0]), np.clip(acts[0], -2, 2))
+
+
+def test_save_load_evaluate_same_returns(tmp_path):
+    algo = PPO(preset("CartPole-v1", total_timesteps=2048, norm_obs=True)).learn()
+    path = str(tmp_path / "m.npz")
+    algo.save(path)
+    r1 = algo.evaluate(3, deterministic=True, seed=5)
+    r2 = PPO.load(path).evaluate(3, deterministic=True, seed=5)
+    r3 = evaluate_policy(load_policy(path), "CartPole-v1", 3, True, seed=5)
+    assert r1["returns"] == r2["returns"] == r3["returns"]
+    with np.load(path, allow_pickle=False) as z:  # loadable without pickle
+        assert "param/actor.W0" in z.files and "obs_rms.mean" in z.files
+
+
+def test_resume_restores_state_and_continues(tmp_path):
+    cfg = preset("CartPole-v1", total_timesteps=4096, norm_obs=True, norm_reward=True, objective="kl_penalty")
+    algo = PPO(cfg).learn(1024)
+    path = str(tmp_path / "m.npz")
+    algo.save(path)
+    back = PPO.load(path)
+    assert back.num_timesteps == algo.num_timesteps == 1024
+    assert back.iteration == algo.iteration and back.total_timesteps == 1024
+    assert back.optimizer.t == algo.optimizer.t
+    assert back.kl_coef.beta == algo.kl_coef.beta
+    for k, v in algo.policy.params.items():
+        np.testing.assert_array_equal(back.policy.params[k], v)
+        np.testing.assert_array_equal(back.optimizer.m[k], algo.optimizer.m[k])
+        np.testing.assert_array_equal(back.optimizer.v[k], algo.optimizer.v[k])
+    np.testing.assert_array_equal(back.obs_norm.rms.mean, algo.obs_norm.rms.mean)
+    np.testing.assert_array_equal(back.reward_scaler.rms.var, algo.reward_scaler.rms.var)
+    assert back.rng.bit_generator.state == algo.rng.bit_generator.state
+    # schedules continue from the saved progress, not from the start
+    rows = []
+    back.learn(2048, callback=rows.append)
+    assert rows[0]["timesteps"] == 1024 + 256 and back.num_timesteps == 2048
+    assert rows[0]["lr"] == pytest.approx(1e-3 * (1 - 1024 / 2048))
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = str(tmp_path / "m.npz")
+    atomic_savez(path, {"a": np.arange(3)})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_savez(path, {"a": np.arange(5)})
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["a"], np.arange(3))
+    assert os.listdir(tmp_path) == ["m.npz"]  # no temp file left behind
+
+
+def _tamper(src, dst, drop=None, reshape=None):
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    if drop:
+        del arrays[drop]
+    if reshape:
+        arrays[reshape] = np.zeros((3, 3), np.float32)
+    np.savez(dst, **arrays)
+
+
+def test_bad_checkpoints_are_rejected_with_names(tmp_path):
+    algo = PPO(PPOConfig(**TINY))
+    good = str(tmp_path / "good.npz")
+    algo.save(good)
+    missing, shaped = str(tmp_path / "missing.npz"), str(tmp_path / "shaped.npz")
+    _tamper(good, missing, drop="param/critic.W1")
+    _tamper(good, shaped, reshape="param/actor.W0")
+    with pytest.raises(CheckpointError, match="missing array 'param/critic.W1'"):
+        PPO.load(missing)
+    with pytest.raises(CheckpointError, match="missing array 'param/critic.W1'"):
+        load_policy(missing)
+    with pytest.raises(CheckpointError, match=r"'param/actor.W0' has shape \(3, 3\), expected \(4, 8\)"):
+        PPO.load(shaped)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(CheckpointError, match="not a readable minippo checkpoint"):
+        read_checkpoint(str(garbage))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_checkpoint(str(tmp_path / "nope.npz"))
+    other = str(tmp_path / "other.npz")
+    np.savez(other, x=np.zeros(2))
+    with pytest.raises(CheckpointError, match="no 'meta' entry"):
+        read_checkpoint(other)
+
+
+def test_nan_raises_before_any_update():
+    algo = PPO(PPOConfig(**TINY))
+    algo.collect_rollout()
+    algo.buffer.advantages[3, 1] = np.nan
+    before = {k: v.copy() for k, v in algo.policy.params.items()}
+    with pytest.raises(FloatingPointError, match="iteration 0: .*NaN"):
+        algo.update(0.0)
+    for k, v in before.items():
+        np.testing.assert_array_equal(algo.policy.params[k], v)
+
+
+def test_bad_env_and_config_errors():
+    with pytest.raises(ValueError, match="unknown env id 'NoSuchEnv-v9'"):
+        PPO(PPOConfig(env_id="NoSuchEnv-v9"))
+    with pytest.raises(ValueError, match="unknown PPOConfig field"):
+        PPO(PPOConfig(**TINY), not_a_field=1)
+    with pytest.raises(ValueError, match="unknown preset 'Nope'"):
+        preset("Nope")
