@@ -83,11 +83,8 @@ def _make_config(args: argparse.Namespace) -> Any:
         k: v for k, v in (("total_timesteps", args.timesteps), ("seed", args.seed),
                           ("n_envs", args.n_envs), ("objective", args.objective)) if v is not None
     }
-    if changes:
-        cfg = cfg.replace(**changes)
-    for assignment in args.set:
-        cfg = cfg.set_from_string(assignment)
-    return cfg
+    sets = dict(cfg.parse_assignment(a) for a in args.set)
+    return cfg.replace(**changes, **sets) if changes or sets else cfg
 
 
 class _Progress:

@@ -211,13 +211,14 @@ class PPOConfig:
         d.update(changes)
         return PPOConfig.from_dict(d)
 
-    def set_from_string(self, assignment: str) -> PPOConfig:
-        """``"key=value"`` (as in ``--set``): value parsed as JSON when it can be, else a string."""
+    def parse_assignment(self, assignment: str) -> tuple[str, Any]:
+        """``"key=value"`` (as in ``--set``) -> (key, value); the value is parsed as JSON when it
+        can be (numbers, true/false, null, lists), else kept as a string. Not yet validated."""
         if "=" not in assignment:
             raise ValueError(f"--set expects key=value, got {assignment!r}")
         key, raw = assignment.split("=", 1)
         key = key.strip()
-        names = {f.name: f for f in dataclasses.fields(self)}
+        names = {f.name for f in dataclasses.fields(self)}
         if key not in names:
             raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(names))}")
         try:
@@ -226,7 +227,16 @@ class PPOConfig:
             value = {"none": None, "true": True, "false": False}.get(raw.strip().lower(), raw)
         if isinstance(getattr(self, key), float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        return self.replace(**{key: value})
+        return key, value
+
+    def set_from_string(self, assignment: str) -> PPOConfig:
+        """A validated copy with one ``key=value`` applied."""
+        return self.set_from_strings([assignment])
+
+    def set_from_strings(self, assignments: list[str]) -> PPOConfig:
+        """A validated copy with every ``key=value`` applied together (validated once, at the end,
+        so that e.g. n_steps and batch_size can change in the same call)."""
+        return self.replace(**dict(self.parse_assignment(a) for a in assignments))
 
 
 # rl-baselines3-zoo tuned PPO hyperparameters (the published ones; see PPO_NOTES).
