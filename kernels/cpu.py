@@ -99,7 +99,10 @@ def gae(
 def rewards_to_go(
     rewards: np.ndarray, dones: np.ndarray, last_values: np.ndarray, gamma: float
 ) -> np.ndarray:
-    """Discounted return G_t = r_t + gamma (1 - d_t) G_{t+1}, G_T = last_values; (T, N) -> (T, N)."""
+    """Discounted return G_t = r_t + gamma (1 - d_t) G_{t+1}, G_T = last_values; (T, N) -> (T, N).
+
+    rewards, dones (T, N) float32/float64, last_values (N,); result in the dtype of rewards.
+    """
     dt = _float_dtype(rewards)
     r, d = (np.ascontiguousarray(a, dtype=dt) for a in (rewards, dones))
     lv = np.ascontiguousarray(last_values, dtype=dt)

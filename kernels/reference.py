@@ -1,4 +1,4 @@
-"""Plain-loop versions of every kernel: the oracle the numpy, Numba and CUDA versions are tested against.
+"""Plain-loop versions of every kernel: the oracle the fast versions are tested against.
 
 Written for the reader, not for speed: one Python loop per index, one scalar formula per line,
 accumulation in Python floats (float64) and a single rounding to the input dtype at the end. Use
@@ -62,7 +62,11 @@ def rewards_to_go(
 
 
 def td0(
-    rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_values: np.ndarray, gamma: float
+    rewards: np.ndarray,
+    values: np.ndarray,
+    dones: np.ndarray,
+    last_values: np.ndarray,
+    gamma: float,
 ) -> np.ndarray:
     """One-step TD error delta_t (T, N): what GAE gives at lambda = 0."""
     T, N = rewards.shape
@@ -93,7 +97,10 @@ def linear_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
 def linear_backward(
     dy: np.ndarray, x: np.ndarray, W: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dx[r, k] = sum_j dy[r, j] W[k, j]; dW[k, j] = sum_r x[r, k] dy[r, j]; db[j] = sum_r dy[r, j]."""
+    """Vector-Jacobian products of y = x W + b; dy (B, fan_out), x (B, fan_in), W (fan_in, fan_out).
+
+    dx[r, k] = sum_j dy[r, j] W[k, j];  dW[k, j] = sum_r x[r, k] dy[r, j];  db[j] = sum_r dy[r, j].
+    """
     B, fan_in = x.shape
     fan_out = W.shape[1]
     dx = np.zeros((B, fan_in), dtype=np.float64)
@@ -112,7 +119,8 @@ def linear_backward(
 
 # ---------------------------------------------------------------- activations
 def _map(f, a: np.ndarray) -> np.ndarray:
-    return np.array([f(float(v)) for v in a.ravel()], dtype=np.float64).reshape(a.shape).astype(a.dtype)
+    out = np.array([f(float(v)) for v in a.ravel()], dtype=np.float64)
+    return out.reshape(a.shape).astype(a.dtype)
 
 
 def tanh_forward(z: np.ndarray) -> np.ndarray:
@@ -122,7 +130,8 @@ def tanh_forward(z: np.ndarray) -> np.ndarray:
 
 def tanh_backward(dh: np.ndarray, h: np.ndarray) -> np.ndarray:
     """dz = dh * (1 - h^2), with h = tanh(z) the saved output."""
-    out = [float(g) * (1.0 - float(v) * float(v)) for g, v in zip(dh.ravel(), h.ravel())]
+    pairs = zip(dh.ravel(), h.ravel(), strict=True)
+    out = [float(g) * (1.0 - float(v) * float(v)) for g, v in pairs]
     return np.array(out, dtype=np.float64).reshape(dh.shape).astype(dh.dtype)
 
 
@@ -133,7 +142,8 @@ def relu_forward(z: np.ndarray) -> np.ndarray:
 
 def relu_backward(dh: np.ndarray, h: np.ndarray) -> np.ndarray:
     """dz = dh * [h > 0] (subgradient 0 at 0)."""
-    out = [float(g) * (1.0 if float(v) > 0.0 else 0.0) for g, v in zip(dh.ravel(), h.ravel())]
+    pairs = zip(dh.ravel(), h.ravel(), strict=True)
+    out = [float(g) * (1.0 if float(v) > 0.0 else 0.0) for g, v in pairs]
     return np.array(out, dtype=np.float64).reshape(dh.shape).astype(dh.dtype)
 
 
@@ -147,7 +157,7 @@ def mlp_forward(
     activation: str = "tanh",
     activate_output: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """x (B, sizes[0]) -> (y (B, sizes[-1]), cache [x, h_1, ..., h_L = y]) like ``minippo.nn.MLP``."""
+    """x (B, sizes[0]) -> (y (B, sizes[-1]), cache [x, h_1, ..., h_L = y]), like ``nn.MLP``."""
     act, _ = ACTIVATIONS[activation]
     n_layers = len(params) // 2
     h = x

@@ -126,7 +126,9 @@ class MLP:
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"sizes must list at least 2 positive layer widths, got {sizes}")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation={activation!r} is not allowed; use one of {sorted(ACTIVATIONS)}")
+            raise ValueError(
+                f"activation={activation!r} is not allowed; use one of {sorted(ACTIVATIONS)}"
+            )
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self.sizes = sizes
         self.activation = activation
