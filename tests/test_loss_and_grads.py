@@ -74,12 +74,22 @@ def config_for(objective, clip_vloss=True, normalize=True, ent_coef=0.02, vf_coe
                      kl_beta=0.8, dtype="float64")
 
 
+@st.composite
+def sizes(draw):
+    return {
+        "batch": draw(st.integers(2, 8)),
+        "obs_dim": draw(st.integers(1, 4)),
+        "act_dim": draw(st.integers(1, 3)),
+        "hidden": tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=2))),
+    }
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.sampled_from(OBJECTIVES), st.booleans(), st.booleans(), st.booleans(), st.booleans(),
-       st.integers(0, 2**31 - 1))
+       sizes(), st.integers(0, 2**31 - 1))
 def test_loss_and_grads_match_finite_differences(objective, discrete, shared, clip_vloss,
-                                                 normalize, seed):
-    policy, batch = make_case(discrete, shared, seed)
+                                                 normalize, shape, seed):
+    policy, batch = make_case(discrete, shared, seed, **shape)
     values = policy.evaluate(batch["obs"], batch["actions"])[2]
     assume(value_clip_margin(values, batch) > 1e-3)
     cfg = config_for(objective, clip_vloss=clip_vloss, normalize=normalize)
