@@ -247,3 +247,20 @@ def test_bad_obs_and_actions():
         pol.backward(cache, dkl=np.ones(2))
     with pytest.raises(ValueError, match="rng is required"):
         pol.predict(np.zeros(3), deterministic=False)
+
+
+# ---------------------------------------------------------------- spaces
+def test_spaces_roundtrip_and_errors():
+    from minippo.spaces import as_space
+
+    d, b = Discrete(4), Box([-1.0, -2.0], [1.0, 2.0])
+    assert as_space(d.to_dict()) == d
+    back = as_space(b.to_dict())
+    np.testing.assert_array_equal(back.low, b.low)
+    assert back.shape == (2,)
+    with pytest.raises(ValueError, match="Box low must be <= high"):
+        Box([1.0], [0.0])
+    with pytest.raises(ValueError, match="Box low and high must be non-empty and of one shape"):
+        Box([0.0, 0.0], [1.0])
+    with pytest.raises(ValueError, match="action_space dict kind must be 'discrete' or 'box'"):
+        as_space({"kind": "multi"})
