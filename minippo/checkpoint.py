@@ -164,8 +164,9 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
             norm.rms.load(prefix, arrays)
         except ValueError as e:
             raise CheckpointError(f"{path!r}: {e}") from e
-    if algo.reward_scaler is not None and "ret_acc" in arrays and arrays["ret_acc"].shape == algo.reward_scaler.ret.shape:
-        algo.reward_scaler.ret = arrays["ret_acc"].astype(np.float64)
+    scaler = algo.reward_scaler
+    if scaler is not None and "ret_acc" in arrays and arrays["ret_acc"].shape == scaler.ret.shape:
+        scaler.ret = arrays["ret_acc"].astype(np.float64)
     algo.num_timesteps = int(meta["num_timesteps"])
     algo.iteration = int(meta.get("iteration", 0))
     algo.total_timesteps = int(meta.get("total_timesteps", config.total_timesteps))
@@ -197,7 +198,9 @@ class Policy:
             return obs
         return np.clip((obs - self.obs_mean) / np.sqrt(self.obs_var + 1e-8), -10.0, 10.0).astype(self.policy.dtype)
 
-    def predict(self, obs: np.ndarray, deterministic: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
+    def predict(
+        self, obs: np.ndarray, deterministic: bool = True, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         """obs (obs_dim,) or (B, obs_dim) -> env actions () / (d,) or (B,) / (B, d)."""
         a = self.policy.predict(self.normalize(obs), deterministic, rng)
         space = self.policy.action_space

@@ -242,7 +242,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: res[k] for k in ("env_id", "episodes", "mean_return", "std_return")}))
     else:
-        print(f"{res['env_id']}: {res['episodes']} episodes, return {res['mean_return']:.2f} +- {res['std_return']:.2f}")
+        print(f"{res['env_id']}: {res['episodes']} episodes, "
+              f"return {res['mean_return']:.2f} +- {res['std_return']:.2f}")
     return 0
 
 

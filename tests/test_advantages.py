@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from minippo.kernels import reference
 
 from minippo.advantages import compute_advantages, compute_gae, gae_numpy
 from minippo.config import PPOConfig
-from minippo.kernels import reference
 
 gym = pytest.importorskip("gymnasium")
 from envs_for_tests import COUNTER_ID, COUNTER_TERM_ID, register  # noqa: E402
