@@ -99,3 +99,25 @@ def test_console_entry_point_and_module(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "backend numpy" in r.stderr  # the backend in use is printed
     assert "iter     1" in r.stderr  # not a terminal: one plain line per iteration
+
+
+def test_ctrl_c_saves_the_model(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minippo", "train", "CartPole-v1", "--timesteps", "10000000", "--out", str(out)],
+        stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 60
+    while not (out / "progress.csv").exists() or len(_rows(out / "progress.csv")) < 2:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "model saved" in err
+    from minippo import load_policy
+
+    assert load_policy(str(out / "model.npz")).env_id == "CartPole-v1"
