@@ -1,0 +1,201 @@
+"""kernels/cpu.py (Numba) against kernels/reference.py, and the numba dispatch in nn.MLP.
+
+Tolerances, and why:
+- GAE / rewards-to-go: the kernel does the numpy loop's operations in the same order and dtype,
+  so it must equal ``advantages.gae_numpy`` bit for bit; against the float64-accumulating
+  reference it is within a few float32 roundings of a T <= 16 recursion (rtol 1e-5, atol 1e-5)
+  and 1e-12 in float64.
+- MLP: sums run in another order than BLAS, and float32 tanh is a rational approximation <= 8 ulp
+  (checked below): 2e-5 absolute on O(1) activations in float32, 1e-12 in float64 (libm tanh).
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+
+from minippo.kernels import cpu  # noqa: E402
+from minippo.kernels import reference as ref  # noqa: E402
+
+from minippo import advantages, backend, nn  # noqa: E402
+
+GAE_TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+MLP_TOL = {np.float32: dict(rtol=1e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+SLOW = settings(max_examples=30, deadline=None)  # deadline=None: the first example compiles
+
+
+@pytest.fixture
+def numba_backend(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "numba")
+    backend.reset()
+    yield
+    backend.reset()
+
+
+@st.composite
+def rollouts(draw):
+    T = draw(st.sampled_from([1, 2, 3, 7, 16]))
+    N = draw(st.sampled_from([1, 2, 5]))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rewards = rng.normal(size=(T, N)).astype(dtype)
+    values = rng.normal(size=(T, N)).astype(dtype)
+    dones = (rng.random((T, N)) < 0.3).astype(dtype)
+    dones[:, 0] = 1.0  # an all-done column
+    if N > 1:
+        dones[:, 1] = 0.0  # a no-done column
+    last_values = rng.normal(size=N).astype(dtype)
+    gamma = draw(st.floats(0.5, 1.0))
+    lam = draw(st.floats(0.0, 1.0))
+    return rewards, values, dones, last_values, gamma, lam
+
+
+@SLOW
+@given(rollouts())
+def test_gae_matches_reference_and_numpy(data):
+    adv, ret = cpu.gae(*data)
+    adv_ref, ret_ref = ref.gae(*data)
+    dtype = data[0].dtype
+    assert adv.dtype == ret.dtype == dtype and adv.shape == data[0].shape
+    np.testing.assert_allclose(adv, adv_ref, **GAE_TOL[dtype.type])
+    np.testing.assert_allclose(ret, ret_ref, **GAE_TOL[dtype.type])
+    adv_np, ret_np = advantages.gae_numpy(*data)
+    np.testing.assert_array_equal(adv, adv_np)  # same operations, same order: bit-identical
+    np.testing.assert_array_equal(ret, ret_np)
+
+
+@SLOW
+@given(rollouts())
+def test_rewards_to_go_and_gae_properties(data):
+    rewards, values, dones, last_values, gamma, _ = data
+    tol = GAE_TOL[rewards.dtype.type]
+    g = cpu.rewards_to_go(rewards, dones, last_values, gamma)
+    np.testing.assert_allclose(g, ref.rewards_to_go(rewards, dones, last_values, gamma), **tol)
+    adv1, ret1 = cpu.gae(rewards, values, dones, last_values, gamma, 1.0)  # lambda=1: MC - V
+    np.testing.assert_allclose(ret1, g, **tol)
+    np.testing.assert_allclose(adv1, g - values, **tol)
+    adv0, _ = cpu.gae(rewards, values, dones, last_values, gamma, 0.0)  # lambda=0: TD(0)
+    np.testing.assert_allclose(adv0, ref.td0(rewards, values, dones, last_values, gamma), **tol)
+
+
+def test_gae_non_contiguous_and_bool_dones():
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(6, 8)).astype(np.float32)[:, ::2]
+    v = rng.normal(size=(6, 4)).astype(np.float32)
+    d = rng.random((6, 4)) < 0.5
+    lv = rng.normal(size=4).astype(np.float32)
+    adv, ret = cpu.gae(r, v, d, lv, 0.99, 0.95)
+    adv_ref, ret_ref = ref.gae(r, v, d.astype(np.float32), lv, 0.99, 0.95)
+    np.testing.assert_allclose(adv, adv_ref, **GAE_TOL[np.float32])
+
+
+def test_compute_gae_dispatches_to_numba(numba_backend, monkeypatch):
+    calls = []
+    real = cpu.gae
+    monkeypatch.setattr(cpu, "gae", lambda *a: calls.append(1) or real(*a))
+    z = np.zeros((3, 2), np.float32)
+    adv, _ = advantages.compute_gae(z + 1, z, z, np.zeros(2, np.float32), 0.9, 0.9)
+    assert calls and adv.dtype == np.float32
+    np.testing.assert_allclose(adv[-1], 1.0)
+
+
+def test_fast_tanh_f32_accuracy():
+    x = np.concatenate([
+        np.linspace(-12, 12, 400_001, dtype=np.float32),
+        np.geomspace(1e-30, 1, 20_000, dtype=np.float32),
+        -np.geomspace(1e-30, 1, 20_000, dtype=np.float32),
+        np.array([0.0, -0.0, np.inf, -np.inf, 3e38, -3e38], np.float32),
+    ]).reshape(1, -1)
+    h = x.copy()
+    cpu._activate(h, cpu.ACT_TANH_F32)
+    exact = np.tanh(x.astype(np.float64))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(h - exact) / ulp) <= 8.0
+    assert h[0, -4] == 1.0 and h[0, -3] == -1.0
+    nan = np.full((1, 3), np.nan, np.float32)
+    cpu._activate(nan, cpu.ACT_TANH_F32)
+    assert np.isnan(nan).all()
+
+
+@st.composite
+def mlps(draw):
+    n_layers = draw(st.integers(1, 3))
+    sizes = draw(st.lists(st.integers(1, 9), min_size=n_layers + 1, max_size=n_layers + 1))
+    return (sizes, draw(st.sampled_from(["tanh", "relu"])), draw(st.booleans()),
+            draw(st.sampled_from([np.float32, np.float64])),
+            draw(st.integers(1, cpu.FORWARD_MAX_BATCH)), draw(st.integers(0, 2**32 - 1)))
+
+
+@settings(SLOW, suppress_health_check=[HealthCheck.function_scoped_fixture])  # env set once
+@given(mlps())
+def test_fused_mlp_matches_reference_and_numpy(numba_backend, case):
+    sizes, activation, activate_output, dtype, B, seed = case
+    rng = np.random.default_rng(seed)
+    mlp = nn.MLP(sizes, activation=activation, seed=seed % 1000, dtype=dtype,
+                 activate_output=activate_output)
+    for k in mlp.params:  # nonzero biases, so that a dropped bias would show
+        mlp.params[k] += rng.normal(scale=0.5, size=mlp.params[k].shape).astype(dtype)
+    x = rng.normal(size=(B, sizes[0])).astype(dtype)
+    dy = rng.normal(size=(B, sizes[-1])).astype(dtype)
+    tol = MLP_TOL[dtype]
+
+    cache = cpu.mlp_forward(mlp, x)
+    assert cache is not None
+    dx, grads = cpu.mlp_backward(mlp, dy, cache)
+    y_ref, cache_ref = ref.mlp_forward(mlp.params, x, activation, activate_output)
+    dx_ref, grads_ref = ref.mlp_backward(mlp.params, dy, cache_ref, activation, activate_output)
+    y_np, cache_np = nn.MLP.forward(mlp, x) if False else (None, None)
+    assert len(cache) == len(cache_ref) == mlp.n_layers + 1 and cache[0] is x
+    for h, h_ref in zip(cache, cache_ref, strict=True):
+        assert h.shape == h_ref.shape and h.dtype == dtype
+        np.testing.assert_allclose(h, h_ref, **tol)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    assert dx.dtype == dtype and list(grads) == list(mlp.params)
+    for k in grads:
+        assert grads[k].shape == mlp.params[k].shape and grads[k].dtype == dtype
+        np.testing.assert_allclose(grads[k], grads_ref[k], **tol)
+
+    y, cache_mlp = mlp.forward(x)  # through nn.MLP's dispatch: the same kernel
+    np.testing.assert_array_equal(y, cache[-1])
+    dx_mlp, grads_mlp = mlp.backward(dy, cache_mlp)
+    np.testing.assert_array_equal(dx_mlp, dx)
+
+
+def test_mlp_dispatch_by_size_and_dtype(numba_backend, monkeypatch):
+    mlp = nn.MLP([4, 8, 2], seed=0)
+    calls = []
+    real = cpu._mlp_forward_kernel
+    monkeypatch.setattr(cpu, "_mlp_forward_kernel", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(0)
+    mlp.forward(rng.normal(size=(cpu.FORWARD_MAX_BATCH, 4)).astype(np.float32))
+    assert len(calls) == 1
+    mlp.forward(rng.normal(size=(cpu.FORWARD_MAX_BATCH + 1, 4)).astype(np.float32))
+    y64, cache64 = mlp.forward(rng.normal(size=(2, 4)))  # float64 input, float32 params: numpy
+    x_strided = rng.normal(size=(2, 8)).astype(np.float32)[:, ::2]  # not contiguous: numpy
+    mlp.forward(x_strided)
+    assert len(calls) == 1 and y64.dtype == np.float64
+    dx, grads = mlp.backward(np.ones((2, 2)), cache64)  # falls back too, like numpy promotes
+    assert dx.dtype == np.float64 and grads["W0"].dtype == np.float64
+
+
+def test_numpy_backend_never_loads_the_kernels(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "numpy")
+    backend.reset()
+    assert nn._fused_kernels() is None
+    monkeypatch.setenv(backend.ENV_VAR, "numba")
+    backend.reset()
+    assert nn._fused_kernels() is cpu
+    backend.reset()
+
+
+def test_import_compiles_nothing():
+    code = ("import minippo, minippo.nn, minippo.kernels.cpu as c; "
+            "print(len(c._gae_kernel.signatures) + len(c._mlp_forward_kernel.signatures))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"

@@ -1,0 +1,115 @@
+"""kernels/reference.py: the plain-loop oracle, checked against hand-worked values, GAE's
+lambda = 1 / lambda = 0 identities, and the numpy implementations it is the oracle for.
+
+Tolerances: the reference accumulates in float64 and rounds once; numpy works in the input dtype,
+so results differ by a few roundings: rtol 1e-5 (float32, eps 1.2e-7, sums of <= 64 terms) and
+1e-12 (float64).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from minippo.kernels import reference as ref
+
+from minippo import nn
+from minippo.advantages import gae_numpy
+
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+@st.composite
+def rollouts(draw, dtype=None):
+    T = draw(st.integers(1, 12))
+    N = draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2**32 - 1))
+    dtype = dtype or draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(seed)
+    rewards = rng.normal(size=(T, N)).astype(dtype)
+    values = rng.normal(size=(T, N)).astype(dtype)
+    dones = (rng.random((T, N)) < draw(st.sampled_from([0.0, 0.2, 1.0]))).astype(dtype)
+    last_values = rng.normal(size=N).astype(dtype)
+    gamma = draw(st.floats(0.5, 1.0))
+    lam = draw(st.floats(0.0, 1.0))
+    return rewards, values, dones, last_values, gamma, lam
+
+
+def test_gae_by_hand():
+    # T=2, N=1, gamma=0.5, lam=0.5, episode ends at t=0.
+    r = np.array([[1.0], [2.0]])
+    v = np.array([[0.5], [1.0]])
+    d = np.array([[1.0], [0.0]])
+    adv, ret = ref.gae(r, v, d, np.array([4.0]), 0.5, 0.5)
+    # t=1: delta = 2 + 0.5*4 - 1 = 3 -> A_1 = 3; t=0: delta = 1 - 0.5 = 0.5, cut -> A_0 = 0.5
+    np.testing.assert_allclose(adv, [[0.5], [3.0]])
+    np.testing.assert_allclose(ret, [[1.0], [4.0]])
+    np.testing.assert_allclose(ref.rewards_to_go(r, d, np.array([4.0]), 0.5), [[1.0], [4.0]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(rollouts())
+def test_lambda_one_is_monte_carlo_minus_value(data):
+    rewards, values, dones, last_values, gamma, _ = data
+    adv, ret = ref.gae(rewards, values, dones, last_values, gamma, 1.0)
+    g = ref.rewards_to_go(rewards, dones, last_values, gamma)
+    tol = TOL[rewards.dtype.type]
+    np.testing.assert_allclose(ret, g, **tol)
+    np.testing.assert_allclose(adv, g.astype(np.float64) - values, **tol)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rollouts())
+def test_lambda_zero_is_td0(data):
+    rewards, values, dones, last_values, gamma, _ = data
+    adv, _ = ref.gae(rewards, values, dones, last_values, gamma, 0.0)
+    np.testing.assert_allclose(adv, ref.td0(rewards, values, dones, last_values, gamma),
+                               **TOL[rewards.dtype.type])
+
+
+@settings(max_examples=40, deadline=None)
+@given(rollouts())
+def test_numpy_gae_matches_reference(data):
+    adv, ret = gae_numpy(*data)
+    adv_ref, ret_ref = ref.gae(*data)
+    tol = TOL[adv_ref.dtype.type]
+    np.testing.assert_allclose(adv, adv_ref, **tol)
+    np.testing.assert_allclose(ret, ret_ref, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["tanh", "relu"])
+def test_layers_and_activations_match_numpy(dtype, name):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5)).astype(dtype)
+    W = rng.normal(size=(5, 4)).astype(dtype)
+    b = rng.normal(size=4).astype(dtype)
+    dy = rng.normal(size=(3, 4)).astype(dtype)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(ref.linear_forward(x, W, b), nn.linear_forward(x, W, b), **tol)
+    for mine, theirs in zip(ref.linear_backward(dy, x, W), nn.linear_backward(dy, x, W),
+                            strict=True):
+        np.testing.assert_allclose(mine, theirs, **tol)
+    (f_ref, b_ref), (f_np, b_np) = ref.ACTIVATIONS[name], nn.ACTIVATIONS[name]
+    h = f_np(x)
+    np.testing.assert_allclose(f_ref(x), h, **tol)
+    np.testing.assert_allclose(b_ref(x, h), b_np(x, h), **tol)
+
+
+@pytest.mark.parametrize("activate_output", [False, True])
+@pytest.mark.parametrize("name", ["tanh", "relu"])
+def test_mlp_matches_nn(name, activate_output):
+    mlp = nn.MLP([3, 6, 5, 2], activation=name, seed=1, dtype=np.float64,
+                 activate_output=activate_output)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 3))
+    dy = rng.normal(size=(4, 2))
+    y, cache = mlp.forward(x)
+    y_ref, cache_ref = ref.mlp_forward(mlp.params, x, name, activate_output)
+    np.testing.assert_allclose(y_ref, y, rtol=1e-12)
+    assert len(cache_ref) == len(cache)
+    dx, grads = mlp.backward(dy, cache)
+    dx_ref, grads_ref = ref.mlp_backward(mlp.params, dy, cache_ref, name, activate_output)
+    np.testing.assert_allclose(dx_ref, dx, rtol=1e-12, atol=1e-14)
+    assert list(grads_ref) == list(grads) == list(mlp.params)
+    for k in grads:
+        np.testing.assert_allclose(grads_ref[k], grads[k], rtol=1e-12, atol=1e-14)
