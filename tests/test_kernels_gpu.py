@@ -1,0 +1,258 @@
+"""The CUDA path without a GPU: kernels/gae.cu compiled by nvcc, executed on the CPU through a host
+shim, and kernels/gpu.py run against a numpy stand-in for the few cupy calls it makes. Tests that
+need a real device are marked ``gpu`` and skipped without one.
+
+Tolerances: the kernel performs the numpy loop's operations in the same order and dtype (gpu.py
+compiles with --fmad=false; the host shim is built with -ffp-contract=off), so results must equal
+``advantages.gae_numpy`` exactly; against the float64 reference, rtol 1e-5 (float32) / 1e-12.
+"""
+
+import ctypes
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from minippo.kernels import gpu
+from minippo.kernels import reference as ref
+
+from minippo import advantages, backend
+
+CU = Path(gpu.__file__).with_name(gpu.SOURCE)
+NVCC = shutil.which("nvcc")
+CXX = shutil.which("g++") or shutil.which("c++")
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+SHIM_H = """\
+// Just enough of CUDA's names to compile a __global__ kernel as a host function; the caller
+// sets the indices and calls the kernel once per (block, thread) of the grid.
+#pragma once
+struct dim3 { unsigned int x, y, z; };
+extern dim3 blockIdx, threadIdx, blockDim, gridDim;
+#define __global__
+#define __device__ inline
+"""
+
+SHIM_CPP = """\
+#include "cuda_host_shim.h"
+dim3 blockIdx, threadIdx, blockDim, gridDim;
+#include "gae.cu"
+extern "C" void shim_set_index(unsigned grid, unsigned block, unsigned bx, unsigned tx) {
+    gridDim = {grid, 1, 1}; blockDim = {block, 1, 1};
+    blockIdx = {bx, 0, 0}; threadIdx = {tx, 0, 0};
+}
+"""
+
+CTYPES = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int}
+NUMPY_SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32}
+
+
+def kernel_params(name: str) -> list[tuple[str, bool]]:
+    """[(base type, is_pointer), ...] of ``extern "C" __global__ void name(...)`` in gae.cu."""
+    m = re.search(rf"__global__\s+void\s+{name}\s*\(([^)]*)\)", CU.read_text())
+    assert m, f"{name} not found in {CU}"
+    params = []
+    for p in m.group(1).split(","):
+        words = p.replace("*", " * ").split()
+        base = [w for w in words[:-1] if w in CTYPES][0]
+        params.append((base, "*" in words))
+    return params
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no C++ compiler on PATH")
+    d = tmp_path_factory.mktemp("shim")
+    (d / "cuda_host_shim.h").write_text(SHIM_H)
+    (d / "shim.cpp").write_text(SHIM_CPP)
+    lib = d / "libgae_shim.so"
+    cmd = [CXX, "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++14", f"-I{d}",
+           f"-I{CU.parent}", str(d / "shim.cpp"), "-o", str(lib)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    return ctypes.CDLL(str(lib))
+
+
+def launch(lib, name, grid, block, args):
+    """Run kernel ``name`` over the grid, checking args like CUDA's ABI would need them."""
+    params = kernel_params(name)
+    assert len(args) == len(params), f"{name} takes {len(params)} args, got {len(args)}"
+    c_args = []
+    for a, (base, pointer) in zip(args, params, strict=True):
+        if pointer:
+            assert isinstance(a, np.ndarray) and a.flags.c_contiguous
+            assert a.dtype == NUMPY_SCALARS[base], f"{name}: {a.dtype} array for {base}*"
+            c_args.append(a.ctypes.data_as(ctypes.c_void_p))
+        else:  # a Python float would reach a float kernel as 8 bytes: demand the exact type
+            assert type(a) is NUMPY_SCALARS[base], f"{name}: {type(a).__name__} for {base}"
+            c_args.append(CTYPES[base](a))
+    fn = getattr(lib, name)
+    fn.restype = None
+    (gx,), (bx,) = tuple(grid), tuple(block)
+    for b in range(gx):
+        for t in range(bx):
+            lib.shim_set_index(gx, bx, b, t)
+            fn(*c_args)
+
+
+def rollout(T, N, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    dones = (rng.random((T, N)) < 0.3).astype(dtype)
+    dones[:, 0] = 1.0
+    if N > 1:
+        dones[:, 1] = 0.0
+    return (rng.normal(size=(T, N)).astype(dtype), rng.normal(size=(T, N)).astype(dtype), dones,
+            rng.normal(size=N).astype(dtype))
+
+
+# ---------------------------------------------------------------- nvcc
+def nvcc_archs() -> list[str]:
+    out = subprocess.run([NVCC, "--list-gpu-arch"], capture_output=True, text=True, timeout=60)
+    archs = [a.replace("compute_", "sm_") for a in out.stdout.split()]
+    return [a for a in ("sm_75", "sm_80", "sm_90") if a in archs] or archs[:1]
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+def test_nvcc_compiles_gae_to_ptx(tmp_path):
+    for arch in nvcc_archs()[:2]:  # the oldest two this nvcc still targets (CUDA 13: sm_75+)
+        ptx = tmp_path / f"gae_{arch}.ptx"
+        subprocess.run([NVCC, "-ptx", f"-arch={arch}", "--fmad=false", str(CU), "-o", str(ptx)],
+                       check=True, capture_output=True, timeout=120)
+        text = ptx.read_text()
+        assert ".entry gae_f32" in text and ".entry gae_f64" in text  # extern "C": unmangled
+        assert "fma.rn" not in text  # --fmad=false keeps numpy's rounding
+
+
+# ---------------------------------------------------------------- host shim
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T,N", [(1, 1), (1, 5), (9, 1), (13, 7)])
+def test_cuda_source_on_cpu_matches_reference(shim, dtype, T, N):
+    r, v, d, lv = rollout(T, N, dtype, seed=T * 100 + N)
+    gamma, lam = 0.97, 0.9
+    adv, ret = np.empty_like(r), np.empty_like(r)
+    name = gpu.KERNEL_NAMES[np.dtype(dtype)]
+    block = 4  # several blocks and idle threads past N
+    args = (r, v, d, lv, dtype(gamma), dtype(gamma * lam), np.int32(T), np.int32(N), adv, ret)
+    launch(shim, name, ((N + block - 1) // block,), (block,), args)
+    adv_ref, ret_ref = ref.gae(r, v, d, lv, gamma, lam)
+    np.testing.assert_allclose(adv, adv_ref, **TOL[dtype])
+    np.testing.assert_allclose(ret, ret_ref, **TOL[dtype])
+    adv_np, ret_np = advantages.gae_numpy(r, v, d, lv, gamma, lam)
+    np.testing.assert_array_equal(adv, adv_np)
+    np.testing.assert_array_equal(ret, ret_np)
+
+
+# ---------------------------------------------------------------- gpu.py against a fake cupy
+def fake_cupy(lib, devices=1):
+    """The cupy calls gpu.py makes, on numpy arrays; RawModule runs gae.cu through the shim."""
+    cp = types.ModuleType("cupy")
+    compiled = []
+
+    class RawModule:
+        def __init__(self, code, options=()):
+            assert "gae_f32" in code and all(isinstance(o, str) for o in options)
+            compiled.append(tuple(options))
+
+        def get_function(self, name):
+            kernel_params(name)  # KeyError-like failure if the name is not in the source
+            return lambda grid, block, args: launch(lib, name, grid, block, args)
+
+    def count():
+        return devices
+
+    cp.RawModule = RawModule
+    cp.asarray = np.asarray
+    cp.ascontiguousarray = np.ascontiguousarray
+    cp.empty = np.empty
+    cp.matmul = np.matmul
+    cp.ndarray = np.ndarray
+    cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=count))
+    cp.compiled = compiled
+    return cp
+
+
+@pytest.fixture
+def cupy_standin(shim, monkeypatch):
+    cp = fake_cupy(shim)
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setattr(gpu, "_module", None)
+    yield cp
+    backend.reset()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wrapper_against_standin(cupy_standin, dtype):
+    r, v, d, lv = rollout(300, 130, dtype)  # N > BLOCK: two blocks
+    adv, ret = gpu.gae(r, v, d, lv, 0.99, 0.95)
+    assert adv.dtype == ret.dtype == dtype
+    adv_np, ret_np = advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)
+    np.testing.assert_array_equal(adv, adv_np)
+    np.testing.assert_array_equal(ret, ret_np)
+    gpu.gae(r, v, d, lv, 0.9, 0.5)
+    assert cupy_standin.compiled == [gpu.NVRTC_OPTIONS]  # compiled once, lazily
+
+
+def test_wrapper_casts_and_empty(cupy_standin):
+    r, v, d, lv = rollout(4, 3, np.float32)
+    adv, _ = gpu.gae(r, v.astype(np.float64), d > 0, lv, 0.99, 0.95)  # mixed dtypes, bool dones
+    np.testing.assert_allclose(adv, ref.gae(r, v, d, lv, 0.99, 0.95)[0], **TOL[np.float32])
+    adv, ret = gpu.gae(r[:0], v[:0], d[:0], lv, 0.99, 0.95)  # T = 0: no launch
+    assert adv.shape == (0, 3)
+
+
+def test_compute_gae_on_cupy_backend(cupy_standin, monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "cupy")
+    backend.reset()
+    assert backend.name == "cupy" and backend.xp is cupy_standin
+    r, v, d, lv = rollout(5, 2, np.float32)
+    adv, _ = advantages.compute_gae(r, v, d, lv, 0.99, 0.95)
+    np.testing.assert_array_equal(adv, advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)[0])
+
+
+def test_matmul_helpers(cupy_standin):
+    rng = np.random.default_rng(0)
+    x, W, b, dy = (rng.normal(size=s) for s in ((3, 4), (4, 2), (2,), (3, 2)))
+    np.testing.assert_allclose(gpu.linear_forward(x, W, b), ref.linear_forward(x, W, b))
+    for mine, theirs in zip(gpu.linear_backward(dy, x, W), ref.linear_backward(dy, x, W),
+                            strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_source_is_package_data_and_import_needs_no_cupy():
+    assert "extern \"C\" __global__ void gae_f32" in gpu.source()
+    code = ("import sys; sys.modules['cupy'] = None; import minippo.kernels.gpu as g; "
+            "print(g._module is None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+
+
+# ---------------------------------------------------------------- a real device
+def _has_device() -> bool:
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_device(), reason="needs cupy and a CUDA device")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_real_device_matches_numpy(dtype):
+    import cupy
+
+    r, v, d, lv = rollout(257, 200, dtype)
+    adv, ret = gpu.gae(*(cupy.asarray(a) for a in (r, v, d, lv)), 0.99, 0.95)
+    adv_np, ret_np = advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)
+    np.testing.assert_array_equal(cupy.asnumpy(adv), adv_np)
+    np.testing.assert_array_equal(cupy.asnumpy(ret), ret_np)
+    x, W, b = (cupy.asarray(np.ones(s, dtype)) for s in ((2, 3), (3, 4), (4,)))
+    np.testing.assert_allclose(cupy.asnumpy(gpu.linear_forward(x, W, b)), 4.0)
