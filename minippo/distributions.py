@@ -56,18 +56,20 @@ class Categorical:
             raise ValueError(f"actions must be integers in [0, {self.n}), got {a}")
         return idx
 
-    def _onehot(self, a: Array) -> Array:
-        idx = self._index(a)
-        return (np.arange(self.n)[None, :] == idx[:, None]).astype(self.probs.dtype)
-
     # log pi(a|s) = z_a - logsumexp(z)
     def log_prob(self, a: Array) -> Array:
         """a (B,) integer actions -> log pi(a|s) (B,)."""
-        return (self.log_probs * self._onehot(a)).sum(axis=1)
+        idx = self._index(a)
+        return np.take_along_axis(self.log_probs, idx[:, None], axis=1)[:, 0]
 
     def log_prob_grad(self, a: Array, g: Array) -> dict[str, Array]:
         """d log p_a / d logits = (onehot(a) - p) / T, times ``g`` (B,)."""
-        return {"logits": g[:, None] * (self._onehot(a) - self.probs) / self.temperature}
+        idx = self._index(a)
+        gs = (g / self.temperature).astype(self.probs.dtype, copy=False)
+        d = self.probs * -gs[:, None]
+        rows = _xp(d).arange(d.shape[0])
+        d[rows, idx] += gs
+        return {"logits": d}
 
     # H = -sum_a p_a log p_a
     def entropy(self) -> Array:
@@ -186,6 +188,12 @@ class DiagGaussian:
     def mode(self) -> Array:
         """The mean (B, d)."""
         return self.mean
+
+
+def _xp(a: Array) -> Any:
+    from minippo.backend import array_module
+
+    return array_module(a)
 
 
 def _host(a: Array) -> np.ndarray:

@@ -24,12 +24,15 @@ def linear_forward(x: Array, W: Array, b: Array) -> Array:
     return x @ W + b
 
 
-def linear_backward(dy: Array, x: Array, W: Array) -> tuple[Array, Array, Array]:
+def linear_backward(
+    dy: Array, x: Array, W: Array, need_dx: bool = True
+) -> tuple[Array | None, Array, Array]:
     """Vector-Jacobian products of ``y = x W + b``.
 
     dL/dx = dy W^T (B, fan_in);  dL/dW = x^T dy (fan_in, fan_out);  dL/db = sum_B dy (fan_out,).
+    ``need_dx=False`` returns None for dL/dx (the first layer's input gradient is never used).
     """
-    return dy @ W.T, x.T @ dy, dy.sum(axis=0)
+    return (dy @ W.T if need_dx else None), x.T @ dy, dy.sum(axis=0)
 
 
 # ---------------------------------------------------------------- activations
@@ -163,8 +166,14 @@ class MLP:
             cache.append(h)
         return h, cache
 
-    def backward(self, dy: Array, cache: list[Array]) -> tuple[Array, dict[str, Array]]:
-        """dy (B, sizes[-1]) -> (dx (B, sizes[0]), grads keyed exactly like ``params``)."""
+    def backward(
+        self, dy: Array, cache: list[Array], need_dx: bool = True
+    ) -> tuple[Array | None, dict[str, Array]]:
+        """dy (B, sizes[-1]) -> (dx (B, sizes[0]), grads keyed exactly like ``params``).
+
+        ``need_dx=False`` skips the input gradient (dx is then None): a network fed by raw
+        observations never needs it, and it is a whole matmul per minibatch.
+        """
         fused = _fused_kernels()
         if fused is not None and dy.shape[0] <= fused.BACKWARD_MAX_BATCH:
             out = fused.mlp_backward(self, dy, cache)
@@ -176,5 +185,7 @@ class MLP:
         for i in reversed(range(self.n_layers)):
             if self._activated(i):
                 d = act_back(d, cache[i + 1])
-            d, grads[f"W{i}"], grads[f"b{i}"] = linear_backward(d, cache[i], self.params[f"W{i}"])
+            d, grads[f"W{i}"], grads[f"b{i}"] = linear_backward(
+                d, cache[i], self.params[f"W{i}"], need_dx=i > 0 or need_dx
+            )
         return d, {k: grads[k] for k in self.params}

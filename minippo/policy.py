@@ -201,11 +201,12 @@ class ActorCritic:
         d_out = dd.get(key, np.zeros_like(out_a))
         v_out = cache["critic"][-1]
         d_v = dvalue[:, None].astype(v_out.dtype) if dvalue is not None else np.zeros_like(v_out)
-        dfeat_a, g_actor = self.actor.backward(d_out.astype(out_a.dtype, copy=False), cache["actor"])
-        dfeat_v, g_critic = self.critic.backward(d_v, cache["critic"])
+        shared = self.trunk is not None  # only a trunk needs the heads' input gradients
+        dfeat_a, g_actor = self.actor.backward(d_out.astype(out_a.dtype, copy=False), cache["actor"], shared)
+        dfeat_v, g_critic = self.critic.backward(d_v, cache["critic"], shared)
         grads: dict[str, Array] = {}
         if self.trunk is not None:
-            _, g_trunk = self.trunk.backward(dfeat_a + dfeat_v, cache["trunk"])
+            _, g_trunk = self.trunk.backward(dfeat_a + dfeat_v, cache["trunk"], need_dx=False)
             grads.update({f"trunk.{k}": v for k, v in g_trunk.items()})
         grads.update({f"actor.{k}": v for k, v in g_actor.items()})
         grads.update({f"critic.{k}": v for k, v in g_critic.items()})
