@@ -346,9 +346,11 @@ class PPO:
         """Run ``n_episodes`` full episodes in a fresh single env; returns mean/std and every return."""
         from minippo.checkpoint import evaluate_policy
 
+        # Evaluation seeds are disjoint from training's and evaluation has its own Generator, so
+        # evaluating never changes the training run.
+        seed = self.config.seed + 100_000 if seed is None else seed
         return evaluate_policy(
-            self.policy, self.config.env_id, n_episodes, deterministic,
-            seed=self.config.seed + 100_000 if seed is None else seed,
+            self.policy, self.config.env_id, n_episodes, deterministic, seed=seed,
             obs_norm=self.obs_norm, env_kwargs=self.config.env_kwargs, rng=np.random.default_rng(seed),
         )
 
