@@ -1,0 +1,129 @@
+"""Kernel speed per backend, measured in one run on the same data. Prints ratios, asserts nothing.
+
+    python benchmarks/kernels.py            # numpy and numba (and cupy when a device works)
+
+GAE at (T=2048, N=64) and (T=128, N=8) float32: time, speed-up over a plain Python loop, and the
+ratio to a memory floor (numpy copying the 3 input arrays: as many bytes read as GAE reads, a
+few more written). Targets (issue 4): numba >= 100x over the Python loop and within 3x of the floor.
+
+MLP 4-64-64-2 and 17-64-64-6 (tanh, float32) forward and forward+backward at batch 1, 8, 64, 256,
+2048 through ``minippo.nn.MLP``: time per call and numpy/numba speed-up. Target: >= 3x at B <= 8.
+"""
+
+from __future__ import annotations
+
+import os
+import timeit
+
+import numpy as np
+
+from minippo import backend
+from minippo.advantages import compute_gae
+from minippo.nn import MLP
+
+
+def best(f, min_time: float = 0.2) -> float:
+    """Seconds per call: best of 5 repeats of a loop long enough to take ~min_time / 5."""
+    f()
+    n = 1
+    while timeit.timeit(f, number=n) < min_time / 5:
+        n *= 2
+    return min(timeit.repeat(f, number=n, repeat=5)) / n
+
+
+def python_gae(r, v, d, lv, gamma, lam):
+    T, N = len(r), len(r[0])
+    adv = [[0.0] * N for _ in range(T)]
+    for n in range(N):
+        a, nv = 0.0, float(lv[n])
+        for t in range(T - 1, -1, -1):
+            nd = 1.0 - d[t][n]
+            a = r[t][n] + gamma * nv * nd - v[t][n] + gamma * lam * nd * a
+            adv[t][n] = a
+            nv = v[t][n]
+    return adv
+
+
+def use(name: str) -> bool:
+    os.environ[backend.ENV_VAR] = name
+    backend.reset()
+    try:
+        _ = backend.name
+        return True
+    except (ImportError, RuntimeError) as e:
+        print(f"  {name}: unavailable ({e})")
+        return False
+
+
+def bench_gae(backends: list[str]) -> None:
+    print("GAE float32                time      vs Python loop   vs memory floor")
+    rng = np.random.default_rng(0)
+    for T, N in ((2048, 64), (128, 8)):
+        host = [rng.normal(size=(T, N)).astype(np.float32) for _ in range(2)]
+        host.append((rng.random((T, N)) < 0.01).astype(np.float32))
+        lv = rng.normal(size=N).astype(np.float32)
+        lists = [a.tolist() for a in host]
+        t_py = best(lambda: python_gae(*lists, lv, 0.99, 0.95), 0.5)  # noqa: B023
+        # Memory floor: copy the 3 input arrays (GAE reads 3 (T, N) arrays and writes 2).
+        src = np.concatenate(host).ravel()
+        dst = np.empty_like(src)
+        t_mem = best(lambda: np.copyto(dst, src))  # noqa: B023
+        print(f"  T={T:5d} N={N:3d}  python loop {t_py * 1e6:10.1f} us   memory floor "
+              f"{t_mem * 1e6:8.2f} us")
+        for name in backends:
+            if not use(name):
+                continue
+            xp = backend.xp
+            dev = [xp.asarray(a) for a in (*host, lv)]
+            sync = _sync(xp)
+            t = best(lambda: (compute_gae(*dev, 0.99, 0.95), sync()))  # noqa: B023
+            print(f"    {name:6s} {t * 1e6:10.2f} us   {t_py / t:9.0f}x        {t / t_mem:6.2f}x")
+
+
+def _sync(xp):
+    if xp is np:
+        return lambda: None
+    return xp.cuda.Device().synchronize
+
+
+def bench_mlp(backends: list[str]) -> None:
+    print("MLP tanh float32, us per call (numpy / numba = speed-up of numba)")
+    rng = np.random.default_rng(0)
+    for sizes in ([4, 64, 64, 2], [17, 64, 64, 6]):
+        mlp = MLP(sizes, activation="tanh", seed=0)
+        for B in (1, 8, 64, 256, 2048):
+            x = rng.normal(size=(B, sizes[0])).astype(np.float32)
+            row = {}
+            for name in backends:
+                if not use(name):
+                    continue
+                xb = backend.xp.asarray(x)
+                if name == "cupy":
+                    mlp_b = MLP(sizes, activation="tanh", seed=0)
+                    mlp_b.params = {k: backend.xp.asarray(v) for k, v in mlp.params.items()}
+                else:
+                    mlp_b = mlp
+                y, cache = mlp_b.forward(xb)
+                dy = backend.xp.ones_like(y)
+                sync = _sync(backend.xp)
+                fwd = best(lambda: (mlp_b.forward(xb), sync()))  # noqa: B023
+                both = best(lambda: (mlp_b.backward(dy, mlp_b.forward(xb)[1]), sync()))  # noqa: B023
+                row[name] = (fwd, both)
+            cells = "  ".join(f"{n} fwd {f * 1e6:8.2f} fwd+bwd {b * 1e6:8.2f}"
+                              for n, (f, b) in row.items())
+            ratio = ""
+            if "numpy" in row and "numba" in row:
+                ratio = (f"  numba speed-up fwd {row['numpy'][0] / row['numba'][0]:5.2f}x "
+                         f"fwd+bwd {row['numpy'][1] / row['numba'][1]:5.2f}x")
+            print(f"  {'-'.join(map(str, sizes)):11s} B={B:5d}  {cells}{ratio}")
+
+
+def main() -> None:
+    backends = ["numpy", "numba", "cupy"]
+    bench_gae(backends)
+    bench_mlp(backends)
+    backend.reset()
+
+
+if __name__ == "__main__":
+    main()
