@@ -119,7 +119,7 @@ def bench_mlp(backends: list[str]) -> None:
 
 
 def main() -> None:
-    backends = ["numpy", "numba", "cupy"]
+    backends = [name for name in ("numpy", "numba", "cupy") if use(name)]
     bench_gae(backends)
     bench_mlp(backends)
     backend.reset()
