@@ -178,7 +178,7 @@ class MLP:
         if fused is not None and dy.shape[0] <= fused.BACKWARD_MAX_BATCH:
             out = fused.mlp_backward(self, dy, cache)
             if out is not None:
-                return out
+                return (out[0] if need_dx else None), out[1]
         _, act_back = ACTIVATIONS[self.activation]
         grads: dict[str, Array] = {}
         d = dy
