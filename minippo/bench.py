@@ -33,23 +33,28 @@ def train_speed(timesteps: int = 100_000, env_id: str = "CartPole-v1", **overrid
     from minippo.ppo import PPO
 
     cfg = preset(env_id, total_timesteps=timesteps, **overrides)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     algo = PPO(cfg)
     algo.learn()
-    train_s = time.perf_counter() - t0
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     env_s = env_stepping(cfg, timesteps)
     ev = algo.evaluate(10)["mean_return"]
     res = {
         "train_s": train_s,
+        "train_cpu_s": train_cpu,
         "train_steps_per_s": algo.num_timesteps / train_s,
         "env_only_s": env_s,
         "env_only_steps_per_s": timesteps / env_s,
         "ratio_train_over_env": train_s / env_s,
         "eval_mean_return": ev,
     }
-    print(f"backend {backend.name}, {env_id} preset, {algo.num_timesteps} steps, autoreset {cfg.autoreset}, "
+    import os
+
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    print(f"backend {backend.name}, OPENBLAS_NUM_THREADS={threads}, {env_id} preset, {algo.num_timesteps} steps, autoreset {cfg.autoreset}, "
           f"numpy {np.__version__}")
-    print(f"  training         {train_s:7.2f} s  {res['train_steps_per_s']:9.0f} steps/s  (eval return {ev:.1f})")
+    print(f"  training         {train_s:7.2f} s  {res['train_steps_per_s']:9.0f} steps/s  "
+          f"(process CPU {train_cpu:.2f} s; eval return {ev:.1f})")
     print(f"  env stepping     {env_s:7.2f} s  {res['env_only_steps_per_s']:9.0f} steps/s  (random actions)")
     print(f"  ratio training / env stepping: {res['ratio_train_over_env']:.1f}x")
     return res
