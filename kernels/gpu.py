@@ -1,4 +1,4 @@
-"""CuPy kernels behind ``MINIPPO_BACKEND=cupy``: the ``gae.cu`` RawKernel and cuBLAS matmuls.
+"""CuPy kernels behind ``MINIPPO_BACKEND=cupy``: the ``gae.cu`` RawKernel (matmuls are cuBLAS via ``@``).
 
 Nothing here touches CUDA at import: cupy is imported, ``gae.cu`` read and compiled (NVRTC, cached
 by CuPy on disk) on the first call. Inputs and outputs are ``cupy.ndarray`` on the current device;
@@ -75,13 +75,5 @@ def gae(
     return adv, returns
 
 
-# ---------------------------------------------------------------- matmuls (cuBLAS through CuPy)
-def linear_forward(x: Array, W: Array, b: Array) -> Array:
-    """``y = x W + b``: x (B, fan_in), W (fan_in, fan_out), b (fan_out,) -> y (B, fan_out)."""
-    return _cupy().matmul(x, W) + b
-
-
-def linear_backward(dy: Array, x: Array, W: Array) -> tuple[Array, Array, Array]:
-    """dx = dy W^T (B, fan_in); dW = x^T dy (fan_in, fan_out); db = sum_B dy (fan_out,)."""
-    cp = _cupy()
-    return cp.matmul(dy, W.T), cp.matmul(x.T, dy), dy.sum(axis=0)
+# Matmuls need no wrapper: on cupy arrays ``minippo.nn.linear_forward``/``linear_backward``
+# evaluate ``x @ W`` with cuBLAS, so the MLP code is the same on every backend.
