@@ -51,8 +51,8 @@ def train_speed(timesteps: int = 100_000, env_id: str = "CartPole-v1", **overrid
     import os
 
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
-    print(f"backend {backend.name}, OPENBLAS_NUM_THREADS={threads}, {env_id} preset, {algo.num_timesteps} steps, autoreset {cfg.autoreset}, "
-          f"numpy {np.__version__}")
+    print(f"backend {backend.name}, OPENBLAS_NUM_THREADS={threads}, {env_id} preset, {algo.num_timesteps} steps, "
+          f"autoreset {cfg.autoreset}, numpy {np.__version__}")
     print(f"  training         {train_s:7.2f} s  {res['train_steps_per_s']:9.0f} steps/s  "
           f"(process CPU {train_cpu:.2f} s; eval return {ev:.1f})")
     print(f"  env stepping     {env_s:7.2f} s  {res['env_only_steps_per_s']:9.0f} steps/s  (random actions)")
