@@ -19,27 +19,25 @@ float64 gradient checks see the exact function.
 
 from __future__ import annotations
 
+from operator import is_ as _is
 from typing import Any
 
 import numpy as np
 from numba import njit
-from numba.core.errors import TypingError
 
 FORWARD_MAX_BATCH = 8
 """Largest batch for which ``MLP.forward`` uses :func:`mlp_forward` (measured crossover)."""
 BACKWARD_MAX_BATCH = 8
 """Largest batch for which ``MLP.backward`` uses :func:`mlp_backward` (measured crossover)."""
 
-ACT_TANH, ACT_TANH_F32, ACT_RELU = 0, 1, 2
+ACT_TANH, ACT_TANH_F32, ACT_RELU, ACT_NONE = 0, 1, 2, 3
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_W_KEYS = tuple(f"W{i}" for i in range(64))
-_B_KEYS = tuple(f"b{i}" for i in range(64))
 
 # Why error_model="numpy": Python semantics add a zero check before every float division, which
 # stops LLVM from vectorising the tanh loop. Why fastmath={"reassoc"} (MLP only): lets the dot
 # products of dx = d W^T vectorise (4x faster at batch 8); it keeps NaN/inf semantics, unlike
 # fastmath=True. The GAE kernels use neither, to stay bit-identical with numpy.
-_MLP_JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc"}}
+_MLP_JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc", "contract"}}
 
 
 # ---------------------------------------------------------------- GAE and rewards-to-go
@@ -138,25 +136,8 @@ def _tanh_f32(x):
 
 
 @njit(**_MLP_JIT)
-def _linear_rows(x, W, b, out):
-    # out = x W + b, four rows of W per pass: one load/store of out per 4 multiply-adds.
-    fan_in, fan_out = W.shape
-    k4 = fan_in - fan_in % 4
-    for r in range(x.shape[0]):
-        for j in range(fan_out):
-            out[r, j] = b[j]
-        for k in range(0, k4, 4):
-            x0, x1, x2, x3 = x[r, k], x[r, k + 1], x[r, k + 2], x[r, k + 3]
-            for j in range(fan_out):
-                out[r, j] += x0 * W[k, j] + x1 * W[k + 1, j] + x2 * W[k + 2, j] + x3 * W[k + 3, j]
-        for k in range(k4, fan_in):
-            xv = x[r, k]
-            for j in range(fan_out):
-                out[r, j] += xv * W[k, j]
-
-
-@njit(**_MLP_JIT)
 def _activate(h, act):
+    """h <- act(h) in place, for act in ACT_TANH / ACT_TANH_F32 / ACT_RELU (ACT_NONE: no-op)."""
     B, F = h.shape
     for r in range(B):
         if act == ACT_TANH_F32:
@@ -165,122 +146,286 @@ def _activate(h, act):
         elif act == ACT_TANH:
             for j in range(F):
                 h[r, j] = np.tanh(h[r, j])
-        else:
+        elif act == ACT_RELU:
             for j in range(F):
                 v = h[r, j]
                 h[r, j] = 0 if v < 0 else v  # NaN stays NaN, like np.maximum
 
 
 @njit(**_MLP_JIT)
-def _mlp_forward_kernel(x, Ws, bs, hs, act, activate_output):
-    n = len(Ws)
-    inp = x
-    for i in range(n):
-        _linear_rows(inp, Ws[i], bs[i], hs[i])
-        if i < n - 1 or activate_output:
-            _activate(hs[i], act)
-        inp = hs[i]
+def _dense(x, W, b, out, act):
+    """out = act(x W + b). Register blocking for small B: four rows of x times four rows of W per
+    pass over out's columns, so each loaded W element feeds four rows (16 multiply-adds per 4 loads
+    of W, 4 loads and 4 stores of out); leftover rows go one at a time, leftover k one at a time."""
+    B = x.shape[0]
+    K, F = W.shape
+    K4 = K - K % 4
+    r = 0
+    while r + 4 <= B:
+        for j in range(F):
+            bj = b[j]
+            out[r, j] = bj
+            out[r + 1, j] = bj
+            out[r + 2, j] = bj
+            out[r + 3, j] = bj
+        for k in range(0, K4, 4):
+            a0, a1, a2, a3 = x[r, k], x[r, k + 1], x[r, k + 2], x[r, k + 3]
+            b0, b1, b2, b3 = x[r + 1, k], x[r + 1, k + 1], x[r + 1, k + 2], x[r + 1, k + 3]
+            c0, c1, c2, c3 = x[r + 2, k], x[r + 2, k + 1], x[r + 2, k + 2], x[r + 2, k + 3]
+            e0, e1, e2, e3 = x[r + 3, k], x[r + 3, k + 1], x[r + 3, k + 2], x[r + 3, k + 3]
+            for j in range(F):
+                w0, w1, w2, w3 = W[k, j], W[k + 1, j], W[k + 2, j], W[k + 3, j]
+                out[r, j] += a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3
+                out[r + 1, j] += b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3
+                out[r + 2, j] += c0 * w0 + c1 * w1 + c2 * w2 + c3 * w3
+                out[r + 3, j] += e0 * w0 + e1 * w1 + e2 * w2 + e3 * w3
+        for k in range(K4, K):
+            a0, b0, c0, e0 = x[r, k], x[r + 1, k], x[r + 2, k], x[r + 3, k]
+            for j in range(F):
+                w0 = W[k, j]
+                out[r, j] += a0 * w0
+                out[r + 1, j] += b0 * w0
+                out[r + 2, j] += c0 * w0
+                out[r + 3, j] += e0 * w0
+        r += 4
+    for q in range(r, B):
+        for j in range(F):
+            out[q, j] = b[j]
+        for k in range(0, K4, 4):
+            a0, a1, a2, a3 = x[q, k], x[q, k + 1], x[q, k + 2], x[q, k + 3]
+            for j in range(F):
+                out[q, j] += a0 * W[k, j] + a1 * W[k + 1, j] + a2 * W[k + 2, j] + a3 * W[k + 3, j]
+        for k in range(K4, K):
+            a0 = x[q, k]
+            for j in range(F):
+                out[q, j] += a0 * W[k, j]
+    _activate(out, act)
 
 
 @njit(**_MLP_JIT)
-def _mlp_backward_kernel(dy, hs, Ws, dWs, dbs, act, activate_output):
-    n = len(Ws)
-    d = dy.copy()
-    for i in range(n - 1, -1, -1):
-        W, x, dW, db = Ws[i], hs[i], dWs[i], dbs[i]
-        B = d.shape[0]
-        fan_in, fan_out = W.shape
-        if i < n - 1 or activate_output:  # d <- d * act'(z), written with the saved output h
-            h = hs[i + 1]
-            one, zero = np.float32(1), np.float32(0)  # exact in float64 too; no int promotion
-            if act == ACT_RELU:
-                for r in range(B):
-                    for j in range(fan_out):
-                        d[r, j] *= one if h[r, j] > 0 else zero
-            else:
-                for r in range(B):
-                    for j in range(fan_out):
-                        d[r, j] *= one - h[r, j] * h[r, j]
-        dW[:] = 0
-        db[:] = 0
-        dx = np.empty((B, fan_in), dy.dtype)
-        B4 = B - B % 4
-        for k in range(fan_in):  # dW = x^T d, four rows of d per pass (as in _linear_rows)
-            for r in range(0, B4, 4):
-                x0, x1, x2, x3 = x[r, k], x[r + 1, k], x[r + 2, k], x[r + 3, k]
-                for j in range(fan_out):
-                    dW[k, j] += x0 * d[r, j] + x1 * d[r + 1, j] + x2 * d[r + 2, j] + x3 * d[r + 3, j]
-            for r in range(B4, B):
-                xv = x[r, k]
-                for j in range(fan_out):
-                    dW[k, j] += xv * d[r, j]
+def _act_back(d, h, act):
+    """d <- d * act'(z) in place, written with the saved output h (ACT_NONE: no-op)."""
+    B, F = d.shape
+    one, zero = np.float32(1), np.float32(0)  # exact in float64 too; no int promotion
+    if act == ACT_RELU:
         for r in range(B):
-            for j in range(fan_out):
-                db[j] += d[r, j]
-            for k in range(fan_in):
-                acc = d[r, 0] * W[k, 0]
-                for j in range(1, fan_out):
-                    acc += d[r, j] * W[k, j]
-                dx[r, k] = acc
-        d = dx
+            for j in range(F):
+                d[r, j] *= one if h[r, j] > 0 else zero
+    elif act != ACT_NONE:
+        for r in range(B):
+            for j in range(F):
+                d[r, j] *= one - h[r, j] * h[r, j]
+
+
+@njit(**_MLP_JIT)
+def _dense_back(d, x, W, dW, db, dx, want_dx):
+    """Given d = dL/dz (B, F) of z = x W + b: dW = x^T d, db = sum_B d, and (if want_dx) dx = d W^T."""
+    B, F = d.shape
+    K = W.shape[0]
+    for j in range(F):
+        db[j] = d[0, j]
+    for q in range(1, B):
+        for j in range(F):
+            db[j] += d[q, j]
+    for k in range(K):  # dW[k] = sum_r x[r, k] d[r]: four rows of d per pass over dW[k]
+        r = 0
+        if B >= 4:
+            a0, a1, a2, a3 = x[0, k], x[1, k], x[2, k], x[3, k]
+            for j in range(F):
+                dW[k, j] = a0 * d[0, j] + a1 * d[1, j] + a2 * d[2, j] + a3 * d[3, j]
+            r = 4
+        else:
+            a0 = x[0, k]
+            for j in range(F):
+                dW[k, j] = a0 * d[0, j]
+            r = 1
+        while r + 4 <= B:
+            a0, a1, a2, a3 = x[r, k], x[r + 1, k], x[r + 2, k], x[r + 3, k]
+            for j in range(F):
+                dW[k, j] += a0 * d[r, j] + a1 * d[r + 1, j] + a2 * d[r + 2, j] + a3 * d[r + 3, j]
+            r += 4
+        for q in range(r, B):
+            a0 = x[q, k]
+            for j in range(F):
+                dW[k, j] += a0 * d[q, j]
+    if not want_dx:
+        return
+    r = 0
+    while r + 4 <= B:  # dx[r, k] = d[r] . W[k]: four rows share each load of W[k]
+        for k in range(K):
+            s0 = d[r, 0] * W[k, 0]
+            s1 = d[r + 1, 0] * W[k, 0]
+            s2 = d[r + 2, 0] * W[k, 0]
+            s3 = d[r + 3, 0] * W[k, 0]
+            for j in range(1, F):
+                w = W[k, j]
+                s0 += d[r, j] * w
+                s1 += d[r + 1, j] * w
+                s2 += d[r + 2, j] * w
+                s3 += d[r + 3, j] * w
+            dx[r, k] = s0
+            dx[r + 1, k] = s1
+            dx[r + 2, k] = s2
+            dx[r + 3, k] = s3
+        r += 4
+    for q in range(r, B):
+        for k in range(K):
+            s0 = d[q, 0] * W[k, 0]
+            for j in range(1, F):
+                s0 += d[q, j] * W[k, j]
+            dx[q, k] = s0
+
+
+# One entry point per depth, taking the parameters as the tuple (W0, b0, W1, b1, ...) straight
+# from ``mlp.params.values()``: no per-call tuple building, one dispatch, loops over layers inlined.
+@njit(**_MLP_JIT)
+def _forward1(x, p, h1, act, act_out):
+    _dense(x, p[0], p[1], h1, act_out)
+
+
+@njit(**_MLP_JIT)
+def _forward2(x, p, h1, h2, act, act_out):
+    _dense(x, p[0], p[1], h1, act)
+    _dense(h1, p[2], p[3], h2, act_out)
+
+
+@njit(**_MLP_JIT)
+def _forward3(x, p, h1, h2, h3, act, act_out):
+    _dense(x, p[0], p[1], h1, act)
+    _dense(h1, p[2], p[3], h2, act)
+    _dense(h2, p[4], p[5], h3, act_out)
+
+
+@njit(**_MLP_JIT)
+def _forward4(x, p, h1, h2, h3, h4, act, act_out):
+    _dense(x, p[0], p[1], h1, act)
+    _dense(h1, p[2], p[3], h2, act)
+    _dense(h2, p[4], p[5], h3, act)
+    _dense(h3, p[6], p[7], h4, act_out)
+
+
+@njit(**_MLP_JIT)
+def _top(dy, h, act_out):
+    """dL/dz of the last layer: dy itself when it is linear, else a scaled copy."""
+    if act_out == ACT_NONE:
+        return dy
+    d = dy.copy()
+    _act_back(d, h, act_out)
     return d
 
 
-def _act_code(activation: str, dtype: np.dtype) -> int:
-    if activation == "relu":
-        return ACT_RELU
-    return ACT_TANH_F32 if dtype == np.float32 else ACT_TANH
+@njit(**_MLP_JIT)
+def _hidden_back(d, x, W, dW, db, act):
+    """Backward through a hidden layer whose input x = act(previous z): returns dL/d(previous z)."""
+    dx = np.empty((d.shape[0], W.shape[0]), d.dtype)
+    _dense_back(d, x, W, dW, db, dx, True)
+    _act_back(dx, x, act)
+    return dx
+
+
+@njit(**_MLP_JIT)
+def _backward1(dy, x, h1, p, g, dx, want_dx, act, act_out):
+    d = _top(dy, h1, act_out)
+    _dense_back(d, x, p[0], g[0], g[1], dx, want_dx)
+
+
+@njit(**_MLP_JIT)
+def _backward2(dy, x, h1, h2, p, g, dx, want_dx, act, act_out):
+    d = _top(dy, h2, act_out)
+    d = _hidden_back(d, h1, p[2], g[2], g[3], act)
+    _dense_back(d, x, p[0], g[0], g[1], dx, want_dx)
+
+
+@njit(**_MLP_JIT)
+def _backward3(dy, x, h1, h2, h3, p, g, dx, want_dx, act, act_out):
+    d = _top(dy, h3, act_out)
+    d = _hidden_back(d, h2, p[4], g[4], g[5], act)
+    d = _hidden_back(d, h1, p[2], g[2], g[3], act)
+    _dense_back(d, x, p[0], g[0], g[1], dx, want_dx)
+
+
+@njit(**_MLP_JIT)
+def _backward4(dy, x, h1, h2, h3, h4, p, g, dx, want_dx, act, act_out):
+    d = _top(dy, h4, act_out)
+    d = _hidden_back(d, h3, p[6], g[6], g[7], act)
+    d = _hidden_back(d, h2, p[4], g[4], g[5], act)
+    d = _hidden_back(d, h1, p[2], g[2], g[3], act)
+    _dense_back(d, x, p[0], g[0], g[1], dx, want_dx)
+
+
+_FORWARD = (None, _forward1, _forward2, _forward3, _forward4)
+_BACKWARD = (None, _backward1, _backward2, _backward3, _backward4)
+MAX_LAYERS = 4
+"""Deepest MLP with a fused kernel; deeper ones keep the numpy path."""
+_F32, _F64 = _FLOATS
+_ACT_CODES = {("tanh", True): ACT_TANH_F32, ("tanh", False): ACT_TANH,
+              ("relu", True): ACT_RELU, ("relu", False): ACT_RELU}
+_NO_DX = {_F32: np.empty((0, 0), _F32), _F64: np.empty((0, 0), _F64)}  # never written
+
+
+def _layout(mlp: Any, dt: np.dtype) -> tuple | None:
+    """The parameters as the tuple (W0, b0, W1, ...), or None when the kernels do not fit them.
+
+    The tuple is rebuilt on every call (0.1 us), so parameters rebound in ``mlp.params`` are seen;
+    the layout checks (keys, dtypes, C order) run again only when an array was rebound.
+    """
+    p = tuple(mlp.params.values())
+    seen = mlp.__dict__.get("_numba_layout")  # (params tuple, dtype, verdict) of the last check
+    if seen is None or seen[1] is not dt or len(seen[0]) != len(p) or not all(map(_is, p, seen[0])):
+        n = mlp.n_layers
+        good = n <= MAX_LAYERS and list(mlp.params) == [k for i in range(n) for k in (f"W{i}", f"b{i}")]
+        shapes = [s for i in range(n) for s in ((mlp.sizes[i], mlp.sizes[i + 1]), (mlp.sizes[i + 1],))]
+        # boundscheck is off in the kernels: shapes are checked here, so they cannot read out of bounds
+        good = good and all(
+            a.dtype is dt and a.flags.c_contiguous and a.shape == s for a, s in zip(p, shapes, strict=True))
+        mlp.__dict__["_numba_layout"] = seen = (p, dt, good)
+    return p if seen[2] else None
 
 
 def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
     """Fused forward of a ``minippo.nn.MLP``: x (B, sizes[0]) -> cache [x, h_1, ..., h_L = y].
 
     Returns ``None`` (the caller falls back to numpy) unless x and all parameters share one float
-    dtype and are C-contiguous, the layout the compiled kernel is specialised for. Only x is
-    checked here (parameters are made that way by ``MLP`` and updated in place); numba's own
-    dispatch rejects anything else, at the cost of a failed compile.
+    dtype and are C-contiguous, and the MLP has at most :data:`MAX_LAYERS` layers. The cache arrays
+    are freshly allocated on every call (never reused): callers keep several caches alive at once.
     """
-    p = mlp.params
-    n = mlp.n_layers
     dt = x.dtype
-    Ws = tuple([p[k] for k in _W_KEYS[:n]])
-    if dt != Ws[0].dtype or dt not in _FLOATS or not x.flags.c_contiguous:
+    if not (dt is _F32 or dt is _F64) or not x.flags.c_contiguous:
         return None
-    bs = tuple([p[k] for k in _B_KEYS[:n]])
+    p = _layout(mlp, dt)
+    if p is None:
+        return None
     B = x.shape[0]
-    hs = tuple([np.empty((B, W.shape[1]), dt) for W in Ws])
-    try:
-        _mlp_forward_kernel(x, Ws, bs, hs, _act_code(mlp.activation, dt), mlp.activate_output)
-    except TypingError:  # mixed dtypes or layouts among the parameters
-        return None
+    act = _ACT_CODES[mlp.activation, dt is _F32]
+    act_out = act if mlp.activate_output else ACT_NONE
+    hs = [np.empty((B, s), dt) for s in mlp.sizes[1:]]
+    _FORWARD[len(hs)](x, p, *hs, act, act_out)
     return [x, *hs]
 
 
 def mlp_backward(
-    mlp: Any, dy: np.ndarray, cache: list[np.ndarray]
-) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
-    """Fused backward of a ``minippo.nn.MLP``: dy (B, sizes[-1]) -> (dx (B, sizes[0]), grads).
+    mlp: Any, dy: np.ndarray, cache: list[np.ndarray], need_dx: bool = True
+) -> tuple[np.ndarray | None, dict[str, np.ndarray]] | None:
+    """Fused backward of a ``minippo.nn.MLP``: dy (B, sizes[-1]) -> (dx (B, sizes[0]) or None, grads).
 
-    ``grads`` is keyed like ``mlp.params`` (W0, b0, W1, ...). ``None`` when the dtypes or layouts
-    do not fit the kernel (see :func:`mlp_forward`).
+    ``grads`` is keyed like ``mlp.params`` (W0, b0, W1, ...); dx is None (and not computed) unless
+    ``need_dx``. ``None`` when dtypes or layouts do not fit the kernel (see :func:`mlp_forward`).
     """
-    p = mlp.params
-    n = mlp.n_layers
     dt = dy.dtype
-    Ws = tuple([p[k] for k in _W_KEYS[:n]])
-    if dt != Ws[0].dtype or dt not in _FLOATS or cache[0].dtype != dt:
+    if not (dt is _F32 or dt is _F64) or not dy.flags.c_contiguous:
         return None
-    if not (dy.flags.c_contiguous and cache[0].flags.c_contiguous):
+    B = dy.shape[0]
+    if dy.ndim != 2 or len(cache) != len(mlp.sizes) or dy.shape[1] != mlp.sizes[-1]:
         return None
-    dWs = tuple([np.empty_like(W) for W in Ws])
-    dbs = tuple([np.empty(W.shape[1], dt) for W in Ws])
-    try:
-        dx = _mlp_backward_kernel(dy, tuple(cache), Ws, dWs, dbs, _act_code(mlp.activation, dt),
-                                  mlp.activate_output)
-    except TypingError:
+    for h, s in zip(cache, mlp.sizes, strict=True):
+        if h.dtype is not dt or not h.flags.c_contiguous or h.shape != (B, s):
+            return None  # the numpy path then raises (or broadcasts) as it always did
+    p = _layout(mlp, dt)
+    if p is None:
         return None
-    grads: dict[str, np.ndarray] = {}
-    for i in range(n):
-        grads[_W_KEYS[i]] = dWs[i]
-        grads[_B_KEYS[i]] = dbs[i]
-    return dx, grads
+    act = _ACT_CODES[mlp.activation, dt is _F32]
+    act_out = act if mlp.activate_output else ACT_NONE
+    g = tuple([np.empty(a.shape, dt) for a in p])
+    dx = np.empty(cache[0].shape, dt) if need_dx else _NO_DX[dt]
+    _BACKWARD[len(cache) - 1](dy, *cache, p, g, dx, need_dx, act, act_out)
+    return (dx if need_dx else None), dict(zip(mlp.params, g, strict=True))

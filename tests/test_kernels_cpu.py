@@ -124,8 +124,10 @@ def test_fast_tanh_f32_accuracy():
 
 @st.composite
 def mlps(draw):
-    n_layers = draw(st.integers(1, 3))
-    sizes = draw(st.lists(st.integers(1, 9), min_size=n_layers + 1, max_size=n_layers + 1))
+    n_layers = draw(st.integers(1, cpu.MAX_LAYERS))
+    # Small odd widths hit every remainder loop (k % 4, rows % 4); 16/33/64 hit the vector bodies.
+    width = st.one_of(st.integers(1, 9), st.sampled_from([16, 33, 64]))
+    sizes = draw(st.lists(width, min_size=n_layers + 1, max_size=n_layers + 1))
     return (sizes, draw(st.sampled_from(["tanh", "relu"])), draw(st.booleans()),
             draw(st.sampled_from([np.float32, np.float64])),
             draw(st.integers(1, cpu.FORWARD_MAX_BATCH)), draw(st.integers(0, 2**32 - 1)))
@@ -149,7 +151,6 @@ def test_fused_mlp_matches_reference_and_numpy(numba_backend, case):
     dx, grads = cpu.mlp_backward(mlp, dy, cache)
     y_ref, cache_ref = ref.mlp_forward(mlp.params, x, activation, activate_output)
     dx_ref, grads_ref = ref.mlp_backward(mlp.params, dy, cache_ref, activation, activate_output)
-    y_np, cache_np = nn.MLP.forward(mlp, x) if False else (None, None)
     assert len(cache) == len(cache_ref) == mlp.n_layers + 1 and cache[0] is x
     for h, h_ref in zip(cache, cache_ref, strict=True):
         assert h.shape == h_ref.shape and h.dtype == dtype
@@ -164,13 +165,31 @@ def test_fused_mlp_matches_reference_and_numpy(numba_backend, case):
     np.testing.assert_array_equal(y, cache[-1])
     dx_mlp, grads_mlp = mlp.backward(dy, cache_mlp)
     np.testing.assert_array_equal(dx_mlp, dx)
+    none, grads_nodx = mlp.backward(dy, cache_mlp, need_dx=False)  # skips dx, same grads
+    assert none is None
+    for k in grads:
+        np.testing.assert_array_equal(grads_nodx[k], grads[k])
+    assert all(h is not h2 for h, h2 in zip(cache[1:], cache_mlp[1:], strict=True))  # never reused
+    np.testing.assert_array_equal(cache[-1], y)  # the first cache is still intact
+
+
+def test_fused_mlp_rebound_params_are_seen(numba_backend):
+    mlp = nn.MLP([3, 5, 2], seed=0)
+    x = np.ones((2, 3), np.float32)
+    y0, _ = mlp.forward(x)
+    mlp.params["b1"] = mlp.params["b1"] + 1.0  # rebound, not written in place
+    y1, cache = mlp.forward(x)
+    np.testing.assert_allclose(y1, y0 + 1.0, rtol=1e-6)
+    mlp.params["W0"] = mlp.params["W0"].astype(np.float64)  # mixed dtypes: the numpy path
+    y2, _ = mlp.forward(x)
+    assert y2.dtype == np.float64
 
 
 def test_mlp_dispatch_by_size_and_dtype(numba_backend, monkeypatch):
     mlp = nn.MLP([4, 8, 2], seed=0)
     calls = []
-    real = cpu._mlp_forward_kernel
-    monkeypatch.setattr(cpu, "_mlp_forward_kernel", lambda *a: calls.append(1) or real(*a))
+    real = cpu._FORWARD[2]
+    monkeypatch.setattr(cpu, "_FORWARD", (None, None, lambda *a: calls.append(1) or real(*a)))
     rng = np.random.default_rng(0)
     mlp.forward(rng.normal(size=(cpu.FORWARD_MAX_BATCH, 4)).astype(np.float32))
     assert len(calls) == 1
@@ -195,7 +214,7 @@ def test_numpy_backend_never_loads_the_kernels(monkeypatch):
 
 def test_import_compiles_nothing():
     code = ("import minippo, minippo.nn, minippo.kernels.cpu as c; "
-            "print(len(c._gae_kernel.signatures) + len(c._mlp_forward_kernel.signatures))")
+            "print(len(c._gae_kernel.signatures) + sum(len(f.signatures) for f in c._FORWARD[1:] + c._BACKWARD[1:]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
