@@ -32,6 +32,7 @@ BACKWARD_MAX_BATCH = 8
 
 ACT_TANH, ACT_TANH_F32, ACT_RELU, ACT_NONE = 0, 1, 2, 3
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_F32, _F64 = _FLOATS
 
 # Why error_model="numpy": Python semantics add a zero check before every float division, which
 # stops LLVM from vectorising the tanh loop. Why fastmath={"reassoc"} (MLP only): lets the dot
@@ -42,17 +43,28 @@ _MLP_JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc", "cont
 
 # ---------------------------------------------------------------- GAE and rewards-to-go
 @njit(cache=True)
-def _gae_kernel(rewards, values, dones, last_values, gamma, gamma_lam, one, adv, returns):
+def _gae_kernel(rewards, values, dones, last_values, gamma, gamma_lam, adv, returns):
     T, N = rewards.shape
-    next_adv = np.zeros_like(last_values)
-    next_value = last_values.copy()
-    for t in range(T - 1, -1, -1):
+    # gamma, gamma * lam (Python floats: no re-dispatch per numpy scalar type) and 1, rounded to the
+    # array dtype as numpy rounds them, by a store into the output that is overwritten below.
+    adv[0, 0] = gamma
+    g = adv[0, 0]
+    adv[0, 0] = gamma_lam
+    gl = adv[0, 0]
+    adv[0, 0] = 1.0
+    one = adv[0, 0]
+    zero = one - one
+    t = T - 1  # the last step bootstraps from last_values; the others read row t + 1 of the outputs
+    for n in range(N):
+        not_done = one - dones[t, n]
+        a = rewards[t, n] + g * last_values[n] * not_done - values[t, n] + gl * not_done * zero
+        adv[t, n] = a
+        returns[t, n] = a + values[t, n]
+    for t in range(T - 2, -1, -1):
         for n in range(N):
             not_done = one - dones[t, n]
-            delta = rewards[t, n] + gamma * next_value[n] * not_done - values[t, n]
-            a = delta + gamma_lam * not_done * next_adv[n]
-            next_adv[n] = a
-            next_value[n] = values[t, n]
+            delta = rewards[t, n] + g * values[t + 1, n] * not_done - values[t, n]
+            a = delta + gl * not_done * adv[t + 1, n]
             adv[t, n] = a
             returns[t, n] = a + values[t, n]
 
@@ -78,19 +90,35 @@ def gae(
     last_values: np.ndarray,
     gamma: float,
     lam: float,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """GAE(gamma, lambda) over a rollout (see ``minippo.advantages.compute_gae``).
 
     rewards, values, dones (T, N) float32/float64 (dones 0/1), last_values (N,) = V(s_T)
     -> (advantages (T, N), returns (T, N) = advantages + values), in the dtype of rewards.
+    ``out=(adv, returns)``: arrays of that shape and dtype to write into (and return) instead of
+    allocating. Inputs already in the right dtype are used as they are (any strides).
     """
-    dt = _float_dtype(rewards)
-    r, v, d = (np.ascontiguousarray(a, dtype=dt) for a in (rewards, values, dones))
-    lv = np.ascontiguousarray(last_values, dtype=dt)
-    adv = np.empty_like(r)
-    returns = np.empty_like(r)
-    # Scalars in the array dtype, rounded as numpy rounds them (gamma * lam first, in Python).
-    _gae_kernel(r, v, d, lv, dt.type(gamma), dt.type(gamma * lam), dt.type(1), adv, returns)
+    dt = rewards.dtype
+    if not (dt is _F32 or dt is _F64):
+        dt = _float_dtype(rewards)
+        rewards = rewards.astype(dt)
+    if values.dtype is not dt:
+        values = values.astype(dt)
+    if dones.dtype is not dt:
+        dones = dones.astype(dt)
+    if last_values.dtype is not dt:
+        last_values = last_values.astype(dt)
+    if out is None:
+        adv, returns = np.empty(rewards.shape, dt), np.empty(rewards.shape, dt)
+    else:
+        adv, returns = out
+        if adv.shape != rewards.shape or returns.shape != rewards.shape or adv.dtype is not dt \
+                or returns.dtype is not dt:
+            raise ValueError(f"out must be two {dt} arrays of shape {rewards.shape}, got "
+                             f"{[(a.dtype, a.shape) for a in out]}")
+    if rewards.size:
+        _gae_kernel(rewards, values, dones, last_values, float(gamma), float(gamma * lam), adv, returns)
     return adv, returns
 
 
@@ -357,7 +385,6 @@ _FORWARD = (None, _forward1, _forward2, _forward3, _forward4)
 _BACKWARD = (None, _backward1, _backward2, _backward3, _backward4)
 MAX_LAYERS = 4
 """Deepest MLP with a fused kernel; deeper ones keep the numpy path."""
-_F32, _F64 = _FLOATS
 _ACT_CODES = {("tanh", True): ACT_TANH_F32, ("tanh", False): ACT_TANH,
               ("relu", True): ACT_RELU, ("relu", False): ACT_RELU}
 _NO_DX = {_F32: np.empty((0, 0), _F32), _F64: np.empty((0, 0), _F64)}  # never written

@@ -63,24 +63,46 @@ def compute_gae(
     last_values: Array,
     gamma: float = 0.99,
     lam: float = 0.95,
+    out: tuple[Array, Array] | None = None,
 ) -> tuple[Array, Array]:
     """GAE advantages and returns.
 
     rewards, values, dones: (T, N) floats (dones 0/1); last_values: (N,) = V(s_T).
     Returns (advantages (T, N), returns (T, N) = advantages + values), same dtype as rewards.
+    ``out=(adv, returns)`` writes into (and returns) those arrays; the numba backend then allocates
+    nothing (the RolloutBuffer passes its own arrays).
     """
-    _validate(rewards, values, dones, last_values, gamma, lam)
-    dones = dones.astype(rewards.dtype, copy=False)
-    name = backend.name
+    s = rewards.shape  # the cheap checks first; _validate says what is wrong
+    if len(s) != 2 or values.shape != s or dones.shape != s or last_values.shape != s[1:] \
+            or not (0.0 < gamma <= 1.0) or not (0.0 <= lam <= 1.0):
+        _validate(rewards, values, dones, last_values, gamma, lam)
+    name = backend.resolved()[0]
     if name == "numba":
-        from minippo.kernels import cpu
-
-        return cpu.gae(rewards, values, dones, last_values, gamma, lam)
+        cpu = _cpu or _load_cpu()
+        return cpu.gae(rewards, values, dones, last_values, gamma, lam, out)
+    if dones.dtype != rewards.dtype:
+        dones = dones.astype(rewards.dtype)
     if name == "cupy":
         from minippo.kernels import gpu
 
-        return gpu.gae(rewards, values, dones, last_values, gamma, lam)
-    return gae_numpy(rewards, values, dones, last_values, gamma, lam)
+        res = gpu.gae(rewards, values, dones, last_values, gamma, lam)
+    else:
+        res = gae_numpy(rewards, values, dones, last_values, gamma, lam)
+    if out is None:
+        return res
+    out[0][...], out[1][...] = res
+    return out
+
+
+_cpu: Any = None
+
+
+def _load_cpu() -> Any:
+    global _cpu
+    from minippo.kernels import cpu
+
+    _cpu = cpu
+    return cpu
 
 
 def compute_advantages(
@@ -91,6 +113,7 @@ def compute_advantages(
     last_values: Array,
     gamma: float,
     lam: float,
+    out: tuple[Array, Array] | None = None,
 ) -> tuple[Array, Array]:
     """Dispatch by name: ``gae`` (lambda as given), ``mc`` (lambda = 1: G_t - V(s_t), returns G_t),
     ``td`` (lambda = 0: delta_t, returns r_t + gamma V(s_{t+1})). Same shapes as :func:`compute_gae`.
@@ -102,4 +125,4 @@ def compute_advantages(
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator={estimator!r} is not allowed; use one of {ESTIMATORS}")
     lam = {"gae": lam, "mc": 1.0, "td": 0.0}[estimator]
-    return compute_gae(rewards, values, dones, last_values, gamma, lam)
+    return compute_gae(rewards, values, dones, last_values, gamma, lam, out)

@@ -100,6 +100,12 @@ def _get() -> tuple[str, ModuleType]:
     return _resolved
 
 
+def resolved() -> tuple[str, ModuleType]:
+    """``(name, array module)`` of the backend in use (resolved on first call); a cheap accessor for
+    hot paths (~0.1 us, vs ~0.4 us for the module attribute ``name``). Same object until reset()."""
+    return _resolved if _resolved is not None else _get()
+
+
 def reset() -> None:
     """Forget the resolved backend so the next use reads ``MINIPPO_BACKEND`` again (tests)."""
     global _resolved

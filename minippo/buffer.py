@@ -73,8 +73,9 @@ class RolloutBuffer:
         """Fill ``advantages`` and ``returns`` (T, N) from the full rollout; last_values (N,)."""
         if self.pos != self.T:
             raise RuntimeError(f"rollout incomplete: {self.pos} of {self.T} steps stored")
-        self.advantages[...], self.returns[...] = compute_advantages(
-            estimator, self.rewards, self.values, self.dones, last_values, gamma, lam
+        compute_advantages(
+            estimator, self.rewards, self.values, self.dones, last_values, gamma, lam,
+            out=(self.advantages, self.returns),
         )
 
     def minibatches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict[str, Array]]:

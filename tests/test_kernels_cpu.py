@@ -218,3 +218,37 @@ def test_import_compiles_nothing():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
+
+
+@SLOW
+@given(rollouts())
+def test_gae_out_writes_in_place_bit_identical(data):
+    adv_np, ret_np = advantages.gae_numpy(*data)
+    out = (np.full_like(data[0], np.nan), np.full_like(data[0], np.nan))
+    res = cpu.gae(*data, out=out)
+    assert res[0] is out[0] and res[1] is out[1]
+    np.testing.assert_array_equal(out[0], adv_np)
+    np.testing.assert_array_equal(out[1], ret_np)
+
+
+def test_compute_gae_out_on_both_backends(monkeypatch):
+    rng = np.random.default_rng(1)
+    r, v = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    d = (rng.random((5, 3)) < 0.3).astype(np.float32)
+    lv = rng.normal(size=3).astype(np.float32)
+    want = advantages.gae_numpy(r, v, d, lv, 0.9, 0.8)
+    for name in ("numpy", "numba"):
+        monkeypatch.setenv(backend.ENV_VAR, name)
+        backend.reset()
+        out = (np.empty_like(r), np.empty_like(r))
+        res = advantages.compute_gae(r, v, d, lv, 0.9, 0.8, out=out)
+        assert res[0] is out[0] and res[1] is out[1]
+        np.testing.assert_array_equal(out[0], want[0])
+        np.testing.assert_array_equal(out[1], want[1])
+        with pytest.raises(ValueError, match="gamma"):
+            advantages.compute_gae(r, v, d, lv, 1.5, 0.8, out=out)
+    with pytest.raises(ValueError, match="out must be"):
+        cpu.gae(r, v, d, lv, 0.9, 0.8, out=(np.empty((5, 3)), np.empty((5, 3))))
+    empty = np.zeros((0, 3), np.float32)
+    assert cpu.gae(empty, empty, empty, lv, 0.9, 0.8)[0].shape == (0, 3)
+    backend.reset()
