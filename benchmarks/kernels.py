@@ -15,11 +15,14 @@ from __future__ import annotations
 import os
 import timeit
 
-import numpy as np
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy loads BLAS
+    os.environ.setdefault(_var, "1")
 
-from minippo import backend
-from minippo.advantages import compute_gae
-from minippo.nn import MLP
+import numpy as np  # noqa: E402
+
+from minippo import backend  # noqa: E402
+from minippo.advantages import compute_gae  # noqa: E402
+from minippo.nn import MLP  # noqa: E402
 
 
 def best(f, min_time: float = 0.2) -> float:
@@ -78,6 +81,10 @@ def bench_gae(backends: list[str]) -> None:
             sync = _sync(xp)
             t = best(lambda: (compute_gae(*dev, 0.99, 0.95), sync()))  # noqa: B023
             print(f"    {name:6s} {t * 1e6:10.2f} us   {t_py / t:9.0f}x        {t / t_mem:6.2f}x")
+            if xp is np:  # as RolloutBuffer calls it: writing into its own arrays
+                out = (np.empty_like(host[0]), np.empty_like(host[0]))
+                t = best(lambda: compute_gae(*dev, 0.99, 0.95, out=out))  # noqa: B023
+                print(f"    {name + ' out=':11s} {t * 1e6:5.2f} us   {t_py / t:9.0f}x        {t / t_mem:6.2f}x")
 
 
 def _sync(xp):
@@ -119,6 +126,8 @@ def bench_mlp(backends: list[str]) -> None:
 
 
 def main() -> None:
+    print(f"BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}; "
+          "times are the best of 5 repeats")
     backends = [name for name in ("numpy", "numba", "cupy") if use(name)]
     bench_gae(backends)
     bench_mlp(backends)
