@@ -67,8 +67,14 @@ def check_grads(
     floor: float = 1e-3,
 ) -> float:
     """Largest (over parameter arrays) relative error between analytic ``grads`` and central
-    differences of ``f`` (see :func:`rel_error`). Keys must match exactly."""
+    differences of ``f`` (see :func:`rel_error`). Keys must match exactly.
+
+    The floor is scaled by max(1, |f|): the rounding noise of a central difference is
+    proportional to |f| (eps_mach * |f| / h), so a loss of 100 carries 100x the noise of a loss
+    of 1, and the floor keeps the same noise-to-floor ratio (~1e-7) at any loss scale.
+    """
     if params.keys() != grads.keys():
         raise KeyError(f"grads keys differ from params: {sorted(set(params) ^ set(grads))}")
+    scaled_floor = floor * max(1.0, abs(float(f())))
     num = numerical_grads(f, params, h)
-    return max(rel_error(np.asarray(grads[k]), num[k], floor) for k in params)
+    return max(rel_error(np.asarray(grads[k]), num[k], scaled_floor) for k in params)
