@@ -39,36 +39,42 @@ class Categorical:
         _check_finite("logits", logits)
         self.logits = logits
         self.temperature = float(temperature)
-        z = logits / self.temperature
+        z = logits / self.temperature if self.temperature != 1.0 else logits
         z = z - z.max(axis=1, keepdims=True)
         self.log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (B, n)
         self.probs = np.exp(self.log_probs)
+        self._checked: tuple[Array, Array] | None = None  # (actions, their validated indices)
 
     @property
     def n(self) -> int:
         return int(self.logits.shape[1])
 
     def _index(self, a: Array) -> Array:
+        # log_prob and log_prob_grad see the same actions array: validate it once.
+        if self._checked is not None and self._checked[0] is a:
+            return self._checked[1]
         if a.shape != (self.logits.shape[0],):
             raise ValueError(f"actions must have shape ({self.logits.shape[0]},), got {tuple(a.shape)}")
-        idx = a.astype(np.int64)
+        idx = a.astype(np.int64, copy=False)
         if bool((idx != a).any()) or bool(((idx < 0) | (idx >= self.n)).any()):
             raise ValueError(f"actions must be integers in [0, {self.n}), got {a}")
+        self._checked = (a, idx)
         return idx
+
+    def _rows(self) -> Array:
+        return _xp(self.log_probs).arange(self.log_probs.shape[0])
 
     # log pi(a|s) = z_a - logsumexp(z)
     def log_prob(self, a: Array) -> Array:
         """a (B,) integer actions -> log pi(a|s) (B,)."""
-        idx = self._index(a)
-        return np.take_along_axis(self.log_probs, idx[:, None], axis=1)[:, 0]
+        return self.log_probs[self._rows(), self._index(a)]
 
     def log_prob_grad(self, a: Array, g: Array) -> dict[str, Array]:
         """d log p_a / d logits = (onehot(a) - p) / T, times ``g`` (B,)."""
         idx = self._index(a)
         gs = (g / self.temperature).astype(self.probs.dtype, copy=False)
         d = self.probs * -gs[:, None]
-        rows = _xp(d).arange(d.shape[0])
-        d[rows, idx] += gs
+        d[self._rows(), idx] += gs
         return {"logits": d}
 
     # H = -sum_a p_a log p_a

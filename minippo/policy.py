@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from minippo.backend import array_module, asnumpy
 from minippo.distributions import Categorical, DiagGaussian
 from minippo.nn import MLP
 from minippo.spaces import Box, Discrete, as_space
@@ -149,14 +150,7 @@ class ActorCritic:
         """Sample (or take the mode of) pi(.|obs): returns actions (B,)|(B, d) on the host,
         their logp (B,), values (B,) and the dist params (see :meth:`dist_params`)."""
         dist, values, _ = self.forward(obs)
-        if deterministic:
-            from minippo.backend import asnumpy
-
-            actions = asnumpy(dist.mode())
-        else:
-            actions = dist.sample(rng)
-        from minippo.backend import array_module
-
+        actions = asnumpy(dist.mode()) if deterministic else dist.sample(rng)
         a_dev = array_module(values).asarray(actions)
         return actions, dist.log_prob(a_dev), values, self.dist_params(dist)
 
