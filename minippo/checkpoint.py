@@ -169,7 +169,9 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
         scaler.ret = arrays["ret_acc"].astype(np.float64)
     algo.num_timesteps = int(meta["num_timesteps"])
     algo.iteration = int(meta.get("iteration", 0))
-    algo.total_timesteps = int(meta.get("total_timesteps", config.total_timesteps))
+    # An explicit total_timesteps override wins over the saved budget (resume with a new target).
+    saved_total = int(meta.get("total_timesteps", config.total_timesteps))
+    algo.total_timesteps = config.total_timesteps if "total_timesteps" in overrides else saved_total
     algo.kl_coef.beta = float(meta.get("beta", config.kl_beta))
     algo.rng.bit_generator.state = meta["rng"]
     algo.episode_returns.extend(meta.get("episode_returns", []))
