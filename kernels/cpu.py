@@ -19,6 +19,8 @@ float64 gradient checks see the exact function.
 
 from __future__ import annotations
 
+import sys
+from operator import attrgetter
 from operator import is_ as _is
 from typing import Any
 
@@ -388,45 +390,117 @@ MAX_LAYERS = 4
 _ACT_CODES = {("tanh", True): ACT_TANH_F32, ("tanh", False): ACT_TANH,
               ("relu", True): ACT_RELU, ("relu", False): ACT_RELU}
 _NO_DX = {_F32: np.empty((0, 0), _F32), _F64: np.empty((0, 0), _F64)}  # never written
+_META = attrgetter("__class__", "dtype", "shape", "strides")  # what the kernels rely on, per array
+_REFS = sys.getrefcount
+# Reference count of a pooled array that nobody outside the pool holds, as ``max(map(_REFS, pool))``
+# reports it (the pool's list, plus the call's own reference); measured, not assumed.
+_FREE = max(map(_REFS, [np.empty(1), np.empty(1)]))
 
 
-def _layout(mlp: Any, dt: np.dtype) -> tuple | None:
-    """The parameters as the tuple (W0, b0, W1, ...), or None when the kernels do not fit them.
+class _State:
+    """Per-MLP (and dtype) dispatch state, kept in ``mlp.__dict__["_numba_state"]``.
 
-    The tuple is rebuilt on every call (0.1 us), so parameters rebound in ``mlp.params`` are seen;
-    the layout checks (keys, dtypes, C order) run again only when an array was rebound.
+    Built when the parameter arrays change identity (rebinding, ``ActorCritic.to``, a new dict);
+    the optimiser and checkpoint loading write parameters in place, which keeps it valid. Holds the
+    layout verdict, the compiled entry points, and pools of output arrays (see :func:`_take`).
     """
-    p = tuple(mlp.params.values())
-    seen = mlp.__dict__.get("_numba_layout")  # (params tuple, dtype, verdict) of the last check
-    if seen is None or seen[1] is not dt or len(seen[0]) != len(p) or not all(map(_is, p, seen[0])):
-        n = mlp.n_layers
-        good = n <= MAX_LAYERS and list(mlp.params) == [k for i in range(n) for k in (f"W{i}", f"b{i}")]
+
+    __slots__ = ("p", "dt", "ok", "keys", "sizes", "act", "act_out", "fwd", "bwd", "fpool", "gpool",
+                 "dxpool", "meta", "xmeta", "ymeta")
+
+    def __init__(self, mlp: Any, p: tuple, dt: np.dtype) -> None:
+        self.p, self.dt, n = p, dt, mlp.n_layers
+        self.keys = tuple(mlp.params)
+        self.sizes = tuple(mlp.sizes)
+        ok = n <= MAX_LAYERS and list(self.keys) == [k for i in range(n) for k in (f"W{i}", f"b{i}")]
         shapes = [s for i in range(n) for s in ((mlp.sizes[i], mlp.sizes[i + 1]), (mlp.sizes[i + 1],))]
         # boundscheck is off in the kernels: shapes are checked here, so they cannot read out of bounds
-        good = good and all(
-            a.dtype is dt and a.flags.c_contiguous and a.shape == s for a, s in zip(p, shapes, strict=True))
-        mlp.__dict__["_numba_layout"] = seen = (p, dt, good)
-    return p if seen[2] else None
+        self.ok = ok and all(type(a) is np.ndarray and a.dtype is dt and a.flags.c_contiguous and a.shape == s
+                             for a, s in zip(p, shapes, strict=True))
+        if not self.ok:
+            return
+        self.act = _ACT_CODES[mlp.activation, dt is _F32]
+        self.act_out = self.act if mlp.activate_output else ACT_NONE
+        self.fwd, self.bwd = _FORWARD[n], _BACKWARD[n]  # dispatchers until the first call
+        self.fpool, self.dxpool, self.meta = {}, {}, {}
+        self.gpool = None
+        isz = dt.itemsize
+        self.xmeta = (self.sizes[0] * isz, isz)  # C-order row strides of x and dy
+        self.ymeta = (self.sizes[-1] * isz, isz)
+
+    def cache_meta(self, B: int) -> tuple:
+        """What ``map(_META, cache)`` gives for a C-ordered cache of batch B in this dtype."""
+        m = self.meta.get(B)
+        if m is None:
+            isz = self.dt.itemsize
+            m = self.meta[B] = tuple((np.ndarray, self.dt, (B, s), (s * isz, isz)) for s in self.sizes)
+        return m
+
+
+def _state(mlp: Any, dt: np.dtype) -> _State | None:
+    """The dispatch state for the current parameters, or None when the kernels do not fit them.
+
+    The parameter tuple is rebuilt on every call (0.1 us), so parameters rebound in ``mlp.params``
+    are seen; the layout checks run again only when an array was rebound.
+    """
+    p = tuple(mlp.params.values())
+    st = mlp.__dict__.get("_numba_state")
+    if st is None or st.dt is not dt or len(st.p) != len(p) or not all(map(_is, p, st.p)):
+        mlp.__dict__["_numba_state"] = st = _State(mlp, p, dt)
+    return st if st.ok else None
+
+
+def _entry(dispatcher: Any, args: tuple) -> Any:
+    """The compiled overload's entry point for exactly these argument types (after a first call
+    through ``dispatcher``), or the dispatcher itself when there is none.
+
+    Calling the entry point skips numba's per-call type dispatch (~0.3 us). It does not check
+    argument types (numba's array unboxing checks only that it gets an ndarray of the right itemsize),
+    so callers may use it only for arguments whose class, dtype, ndim and C layout they have checked
+    to be the ones typed here; the parameters are the very arrays typed here (identity-checked).
+    Flags that can differ between calls without a type check (readonly, aligned) do not change the
+    machine code's behaviour: the kernels never write their inputs, and loads are unaligned-safe.
+    """
+    from numba import typeof
+
+    ov = getattr(dispatcher, "overloads", {}).get(tuple(typeof(a) for a in args))
+    return dispatcher if ov is None else ov.entry_point
+
+
+def _take(pool: Any, make: Any) -> Any:
+    """A pooled group of output arrays when nobody else still holds any of them, else new ones.
+
+    Every array a call returns (cache arrays, gradients) is either freshly allocated or a pooled one
+    whose reference count shows that only the pool holds it: the caller dropped it together with
+    any view of it (a view keeps its base alive, so it counts), so no cache still alive is ever
+    written. PPO keeps several caches alive at once; those simply get new arrays.
+    """
+    if pool is None or max(map(_REFS, pool)) > _FREE:
+        return make()
+    return pool
 
 
 def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
     """Fused forward of a ``minippo.nn.MLP``: x (B, sizes[0]) -> cache [x, h_1, ..., h_L = y].
 
     Returns ``None`` (the caller falls back to numpy) unless x and all parameters share one float
-    dtype and are C-contiguous, and the MLP has at most :data:`MAX_LAYERS` layers. The cache arrays
-    are freshly allocated on every call (never reused): callers keep several caches alive at once.
+    dtype and are C-contiguous, B >= 1, and the MLP has at most :data:`MAX_LAYERS` layers. The cache
+    arrays are never ones a caller still holds (see :func:`_take`).
     """
     dt = x.dtype
-    if not (dt is _F32 or dt is _F64) or not x.flags.c_contiguous:
-        return None
-    p = _layout(mlp, dt)
-    if p is None:
+    st = _state(mlp, dt)
+    if st is None or type(x) is not np.ndarray or x.strides != st.xmeta or x.shape[1] != st.sizes[0]:
         return None
     B = x.shape[0]
-    act = _ACT_CODES[mlp.activation, dt is _F32]
-    act_out = act if mlp.activate_output else ACT_NONE
-    hs = [np.empty((B, s), dt) for s in mlp.sizes[1:]]
-    _FORWARD[len(hs)](x, p, *hs, act, act_out)
+    if B < 1:
+        return None
+    hs = _take(st.fpool.get(B), lambda: [np.empty((B, s), dt) for s in st.sizes[1:]])
+    if st.fwd is _FORWARD[len(hs)]:
+        st.fwd(x, st.p, *hs, st.act, st.act_out)
+        st.fwd = _entry(st.fwd, (x, st.p, *hs, st.act, st.act_out))
+    else:  # x checked above (class, dtype, 2-d C order); hs are ours; st.p is the typed tuple
+        st.fwd(x, st.p, *hs, st.act, st.act_out)
+    st.fpool[B] = hs
     return [x, *hs]
 
 
@@ -439,20 +513,22 @@ def mlp_backward(
     ``need_dx``. ``None`` when dtypes or layouts do not fit the kernel (see :func:`mlp_forward`).
     """
     dt = dy.dtype
-    if not (dt is _F32 or dt is _F64) or not dy.flags.c_contiguous:
+    st = _state(mlp, dt)
+    if st is None or type(dy) is not np.ndarray or dy.strides != st.ymeta or dy.shape[1] != st.sizes[-1]:
         return None
     B = dy.shape[0]
-    if dy.ndim != 2 or len(cache) != len(mlp.sizes) or dy.shape[1] != mlp.sizes[-1]:
-        return None
-    for h, s in zip(cache, mlp.sizes, strict=True):
-        if h.dtype is not dt or not h.flags.c_contiguous or h.shape != (B, s):
-            return None  # the numpy path then raises (or broadcasts) as it always did
-    p = _layout(mlp, dt)
-    if p is None:
-        return None
-    act = _ACT_CODES[mlp.activation, dt is _F32]
-    act_out = act if mlp.activate_output else ACT_NONE
-    g = tuple([np.empty(a.shape, dt) for a in p])
-    dx = np.empty(cache[0].shape, dt) if need_dx else _NO_DX[dt]
-    _BACKWARD[len(cache) - 1](dy, *cache, p, g, dx, need_dx, act, act_out)
-    return (dx if need_dx else None), dict(zip(mlp.params, g, strict=True))
+    if B < 1 or tuple(map(_META, cache)) != st.cache_meta(B):
+        return None  # the numpy path then raises (or broadcasts) as it always did
+    g = st.gpool = _take(st.gpool, lambda: tuple([np.empty(a.shape, dt) for a in st.p]))
+    if need_dx:
+        dx = _take(st.dxpool.get(B), lambda: [np.empty((B, st.sizes[0]), dt)])
+        st.dxpool[B] = dx
+        dx = dx[0]
+    else:
+        dx = _NO_DX[dt]
+    if st.bwd is _BACKWARD[len(cache) - 1]:
+        st.bwd(dy, *cache, st.p, g, dx, need_dx, st.act, st.act_out)  # _NO_DX has dx's type
+        st.bwd = _entry(st.bwd, (dy, *cache, st.p, g, dx, need_dx, st.act, st.act_out))
+    else:  # dy and cache checked above (class, dtype, shape, C strides); g, dx ours; st.p typed
+        st.bwd(dy, *cache, st.p, g, dx, need_dx, st.act, st.act_out)
+    return (dx if need_dx else None), dict(zip(st.keys, g, strict=True))

@@ -252,3 +252,71 @@ def test_compute_gae_out_on_both_backends(monkeypatch):
     empty = np.zeros((0, 3), np.float32)
     assert cpu.gae(empty, empty, empty, lv, 0.9, 0.8)[0].shape == (0, 3)
     backend.reset()
+
+
+def test_fused_outputs_reused_only_when_nobody_holds_them(numba_backend):
+    """Pooled cache / gradient arrays: reused once dropped, never while a reference (or a view) lives."""
+    mlp = nn.MLP([3, 8, 2], seed=0)
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    y1, cache1 = mlp.forward(x1)
+    want1 = y1.copy()
+    y2, cache2 = mlp.forward(x2)  # cache1 alive: new arrays
+    assert all(a is not b for a, b in zip(cache1[1:], cache2[1:], strict=True))
+    np.testing.assert_array_equal(y1, want1)
+    view = cache2[1][:, :2]  # a view keeps its base busy
+    ids2 = [id(h) for h in cache2[1:]]
+    del y2, cache2
+    _, cache3 = mlp.forward(x1)
+    assert id(cache3[1]) not in ids2
+    np.testing.assert_allclose(cache3[-1], want1, rtol=1e-6)
+    del view
+    ids3 = [id(h) for h in cache3[1:]]
+    dy = np.ones((4, 2), np.float32)
+    dx, grads = mlp.backward(dy, cache3)
+    want = {k: g.copy() for k, g in grads.items()}
+    held = grads["W1"]
+    _, grads2 = mlp.backward(dy * 2, cache3, need_dx=False)  # grads still held: new arrays
+    assert grads2["W1"] is not held
+    np.testing.assert_array_equal(held, want["W1"])
+    for k in want:
+        np.testing.assert_allclose(grads2[k], 2 * want[k], rtol=1e-6)
+    del cache3, _, held, grads, grads2, dx
+    _, cache4 = mlp.forward(x2)  # everything dropped: the pooled arrays come back, recomputed
+    assert [id(h) for h in cache4[1:]] == ids3
+    ref_y, _ = ref.mlp_forward(mlp.params, x2, "tanh", False)
+    np.testing.assert_allclose(cache4[-1], ref_y, **MLP_TOL[np.float32])
+
+
+def test_fused_entry_point_path_checks_inputs(numba_backend):
+    """After the first call the compiled entry point is called directly: inputs it cannot take
+    (other dtype, strides, class, shape) must still go to numpy, and read-only inputs still work."""
+    mlp = nn.MLP([4, 6, 2], seed=0)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 4)).astype(np.float32)
+    y0, cache0 = mlp.forward(x)
+    st = mlp.__dict__["_numba_state"]
+    assert st.fwd is not cpu._FORWARD[2]  # the entry point
+    ro = x.copy()
+    ro.flags.writeable = False
+    np.testing.assert_array_equal(mlp.forward(ro)[0], y0)
+    assert cpu.mlp_forward(mlp, x.astype(np.float64)) is None
+    assert cpu.mlp_forward(mlp, np.asfortranarray(rng.normal(size=(3, 4)).astype(np.float32))) is None
+    assert cpu.mlp_forward(mlp, np.ones((3, 5), np.float32)[:, :4]) is None
+    assert cpu.mlp_forward(mlp, np.ones((0, 4), np.float32)) is None
+    assert cpu.mlp_forward(mlp, np.ones((2, 4), np.float32).view(np.recarray)) is None
+    dy = np.ones((3, 2), np.float32)
+    dx, grads = mlp.backward(dy, cache0)
+    assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1].astype(np.float64), cache0[2]]) is None
+    assert cpu.mlp_backward(mlp, dy, [cache0[0], np.asfortranarray(cache0[1]), cache0[2]]) is None
+    assert cpu.mlp_backward(mlp, dy, cache0[:2]) is None
+    assert cpu.mlp_backward(mlp, np.ones((3, 3), np.float32), cache0) is None
+    assert cpu.mlp_backward(mlp, dy[:2], cache0) is None
+    dx_ref, grads_ref = ref.mlp_backward(mlp.params, dy, ref.mlp_forward(mlp.params, x, "tanh", False)[1],
+                                         "tanh", False)
+    np.testing.assert_allclose(dx, dx_ref, **MLP_TOL[np.float32])
+    for k in grads:
+        np.testing.assert_allclose(grads[k], grads_ref[k], **MLP_TOL[np.float32])
+    mlp.params = {k: v.copy() for k, v in mlp.params.items()}  # a new dict (ActorCritic.to): a new state
+    mlp.forward(x)
+    assert mlp.__dict__["_numba_state"] is not st
