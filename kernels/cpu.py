@@ -280,6 +280,20 @@ def _dense_back(d, x, W, dW, db, dx, want_dx):
                 dW[k, j] += a0 * d[q, j]
     if not want_dx:
         return
+    if F < 8:  # rows too short to vectorise a dot product: dx[r] = sum_j d[r, j] W[:, j], over k
+        WT = np.empty((F, K), W.dtype)  # W's columns made contiguous (F * K elements, small)
+        for k in range(K):
+            for j in range(F):
+                WT[j, k] = W[k, j]
+        for q in range(B):
+            e = d[q, 0]
+            for k in range(K):
+                dx[q, k] = e * WT[0, k]
+            for j in range(1, F):
+                e = d[q, j]
+                for k in range(K):
+                    dx[q, k] += e * WT[j, k]
+        return
     r = 0
     while r + 4 <= B:  # dx[r, k] = d[r] . W[k]: four rows share each load of W[k]
         for k in range(K):
