@@ -19,7 +19,6 @@ float64 gradient checks see the exact function.
 
 from __future__ import annotations
 
-import sys
 from operator import attrgetter
 from operator import is_ as _is
 from typing import Any
@@ -405,10 +404,6 @@ _ACT_CODES = {("tanh", True): ACT_TANH_F32, ("tanh", False): ACT_TANH,
               ("relu", True): ACT_RELU, ("relu", False): ACT_RELU}
 _NO_DX = {_F32: np.empty((0, 0), _F32), _F64: np.empty((0, 0), _F64)}  # never written
 _META = attrgetter("__class__", "dtype", "shape", "strides")  # what the kernels rely on, per array
-_REFS = sys.getrefcount
-# Reference count of a pooled array that nobody outside the pool holds, as ``max(map(_REFS, pool))``
-# reports it (the pool's list, plus the call's own reference); measured, not assumed.
-_FREE = max(map(_REFS, [np.empty(1), np.empty(1)]))
 
 
 class _State:
@@ -416,11 +411,12 @@ class _State:
 
     Built when the parameter arrays change identity (rebinding, ``ActorCritic.to``, a new dict);
     the optimiser and checkpoint loading write parameters in place, which keeps it valid. Holds the
-    layout verdict, the compiled entry points, and pools of output arrays (see :func:`_take`).
+    layout verdict and the compiled entry points. Output arrays are allocated fresh on every call:
+    PPO keeps several caches alive at once, and reusing memory safely would need reference-count
+    tricks that free-threaded Python does not guarantee (~1 us per forward+backward, measured).
     """
 
-    __slots__ = ("p", "dt", "ok", "keys", "sizes", "act", "act_out", "fwd", "bwd", "fpool", "gpool",
-                 "dxpool", "meta", "xmeta", "ymeta")
+    __slots__ = ("p", "dt", "ok", "keys", "sizes", "act", "act_out", "fwd", "bwd", "meta", "xmeta", "ymeta")
 
     def __init__(self, mlp: Any, p: tuple, dt: np.dtype) -> None:
         self.p, self.dt, n = p, dt, mlp.n_layers
@@ -436,8 +432,7 @@ class _State:
         self.act = _ACT_CODES[mlp.activation, dt is _F32]
         self.act_out = self.act if mlp.activate_output else ACT_NONE
         self.fwd, self.bwd = _FORWARD[n], _BACKWARD[n]  # dispatchers until the first call
-        self.fpool, self.dxpool, self.meta = {}, {}, {}
-        self.gpool = None
+        self.meta = {}
         isz = dt.itemsize
         self.xmeta = (self.sizes[0] * isz, isz)  # C-order row strides of x and dy
         self.ymeta = (self.sizes[-1] * isz, isz)
@@ -481,25 +476,12 @@ def _entry(dispatcher: Any, args: tuple) -> Any:
     return dispatcher if ov is None else ov.entry_point
 
 
-def _take(pool: Any, make: Any) -> Any:
-    """A pooled group of output arrays when nobody else still holds any of them, else new ones.
-
-    Every array a call returns (cache arrays, gradients) is either freshly allocated or a pooled one
-    whose reference count shows that only the pool holds it: the caller dropped it together with
-    any view of it (a view keeps its base alive, so it counts), so no cache still alive is ever
-    written. PPO keeps several caches alive at once; those simply get new arrays.
-    """
-    if pool is None or max(map(_REFS, pool)) > _FREE:
-        return make()
-    return pool
-
-
 def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
     """Fused forward of a ``minippo.nn.MLP``: x (B, sizes[0]) -> cache [x, h_1, ..., h_L = y].
 
     Returns ``None`` (the caller falls back to numpy) unless x and all parameters share one float
     dtype and are C-contiguous, B >= 1, and the MLP has at most :data:`MAX_LAYERS` layers. The cache
-    arrays are never ones a caller still holds (see :func:`_take`).
+    arrays are new on every call.
     """
     dt = x.dtype
     st = _state(mlp, dt)
@@ -508,13 +490,12 @@ def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
     B = x.shape[0]
     if B < 1:
         return None
-    hs = _take(st.fpool.get(B), lambda: [np.empty((B, s), dt) for s in st.sizes[1:]])
+    hs = [np.empty((B, s), dt) for s in st.sizes[1:]]
     if st.fwd is _FORWARD[len(hs)]:
         st.fwd(x, st.p, *hs, st.act, st.act_out)
         st.fwd = _entry(st.fwd, (x, st.p, *hs, st.act, st.act_out))
     else:  # x checked above (class, dtype, 2-d C order); hs are ours; st.p is the typed tuple
         st.fwd(x, st.p, *hs, st.act, st.act_out)
-    st.fpool[B] = hs
     return [x, *hs]
 
 
@@ -533,13 +514,8 @@ def mlp_backward(
     B = dy.shape[0]
     if B < 1 or tuple(map(_META, cache)) != st.cache_meta(B):
         return None  # the numpy path then raises (or broadcasts) as it always did
-    g = st.gpool = _take(st.gpool, lambda: tuple([np.empty(a.shape, dt) for a in st.p]))
-    if need_dx:
-        dx = _take(st.dxpool.get(B), lambda: [np.empty((B, st.sizes[0]), dt)])
-        st.dxpool[B] = dx
-        dx = dx[0]
-    else:
-        dx = _NO_DX[dt]
+    g = tuple([np.empty(a.shape, dt) for a in st.p])
+    dx = np.empty((B, st.sizes[0]), dt) if need_dx else _NO_DX[dt]
     if st.bwd is _BACKWARD[len(cache) - 1]:
         st.bwd(dy, *cache, st.p, g, dx, need_dx, st.act, st.act_out)  # _NO_DX has dx's type
         st.bwd = _entry(st.bwd, (dy, *cache, st.p, g, dx, need_dx, st.act, st.act_out))
