@@ -67,6 +67,7 @@ class RolloutBuffer:
         self.pos += 1
 
     def reset(self) -> None:
+        """Start filling from step 0 again (the arrays are reused, not cleared)."""
         self.pos = 0
 
     def compute_returns(self, last_values: Array, gamma: float, lam: float, estimator: str = "gae") -> None:

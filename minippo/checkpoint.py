@@ -195,6 +195,7 @@ class Policy:
         self.meta = meta or {}
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
+        """Raw obs (..., obs_dim) -> what the network saw in training (saved statistics, clip +-10)."""
         obs = np.asarray(obs, dtype=self.policy.dtype)
         if self.obs_mean is None:
             return obs

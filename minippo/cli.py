@@ -33,6 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``minippo`` argument parser (its errors raise :class:`UsageError`)."""
     p = _Parser(prog="minippo", description="PPO from scratch in NumPy")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -163,6 +164,7 @@ def _write_json_atomic(path: str, obj: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``minippo train``: train, log progress.csv, save config.json and model.npz; returns the exit code."""
     from minippo import backend
     from minippo.envs import check_env_id
     from minippo.ppo import PPO
@@ -228,6 +230,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ eval, plot, bench
 def cmd_eval(args: argparse.Namespace) -> int:
+    """``minippo eval``: evaluate a saved model (numpy-only policy); returns the exit code."""
     from minippo.checkpoint import CheckpointError, evaluate_policy, load_policy
 
     if args.episodes < 1:
@@ -258,6 +261,7 @@ def read_progress(folder: str) -> dict[str, list[float]]:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """``minippo plot``: learning curves of one or more run folders to a PNG; returns the exit code."""
     if args.y not in CSV_COLUMNS:
         raise UsageError(f"--y {args.y!r} is not a progress.csv column; use one of {', '.join(CSV_COLUMNS)}")
     runs = {d: read_progress(d) for d in args.dirs}
@@ -283,6 +287,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``minippo bench``: training speed against env stepping alone; returns the exit code."""
     from minippo.bench import train_speed
 
     train_speed(args.timesteps)
@@ -306,6 +311,7 @@ def pin_blas_threads() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``minippo`` command; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit code."""
     pin_blas_threads()
     parser = build_parser()
     try:

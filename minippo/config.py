@@ -189,11 +189,13 @@ class PPOConfig:
 
     # ------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
 
     def to_json(self) -> str:
+        """The fields as a JSON string (sorted keys)."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod

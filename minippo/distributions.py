@@ -47,6 +47,7 @@ class Categorical:
 
     @property
     def n(self) -> int:
+        """Number of actions."""
         return int(self.logits.shape[1])
 
     def _index(self, a: Array) -> Array:

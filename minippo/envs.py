@@ -100,9 +100,11 @@ class RunningMeanStd:
         self.count = total
 
     def state(self, prefix: str) -> dict[str, np.ndarray]:
+        """Statistics as arrays named ``<prefix>.mean``, ``.var``, ``.count`` (for checkpoints)."""
         return {f"{prefix}.mean": self.mean, f"{prefix}.var": self.var, f"{prefix}.count": np.array(self.count)}
 
     def load(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state` wrote; a shape mismatch raises ValueError naming the array."""
         for name in ("mean", "var"):
             a = arrays[f"{prefix}.{name}"]
             if a.shape != self.mean.shape:

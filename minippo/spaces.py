@@ -21,6 +21,7 @@ class Discrete:
             raise ValueError(f"Discrete n must be >= 1, got {self.n}")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able description (checkpoints); :func:`as_space` reads it back."""
         return {"kind": "discrete", "n": int(self.n), "start": int(self.start)}
 
 
@@ -43,9 +44,11 @@ class Box:
 
     @property
     def shape(self) -> tuple[int]:
+        """(action_dim,)."""
         return (int(self.low.size),)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able description (checkpoints); :func:`as_space` reads it back."""
         return {"kind": "box", "low": self.low.tolist(), "high": self.high.tolist()}
 
 
