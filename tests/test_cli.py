@@ -121,3 +121,9 @@ def test_ctrl_c_saves_the_model(tmp_path):
     from minippo import load_policy
 
     assert load_policy(str(out / "model.npz")).env_id == "CartPole-v1"
+
+
+def test_bench_command(capsys):
+    assert main(["bench", "--timesteps", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "training" in out and "env stepping" in out and "ratio training / env stepping" in out

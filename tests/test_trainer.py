@@ -177,3 +177,25 @@ def test_async_vector_env_matches_sync():
     # Subprocess envs step the same seeded envs: the run must be identical to the sync one.
     cfg = PPOConfig(**{**TINY, "total_timesteps": 64})
     assert json.dumps(_rows(cfg)) == json.dumps(_rows(cfg.replace(vector="async")))
+
+
+def test_saved_policy_runs_with_numpy_alone(tmp_path):
+    """The embedded use: load and act with gymnasium, numba, cupy and matplotlib unavailable."""
+    import subprocess
+    import sys
+
+    for env_id in ("CartPole-v1", "Pendulum-v1"):
+        path = str(tmp_path / f"{env_id}.npz")
+        PPO(PPOConfig(env_id=env_id, **TINY, norm_obs=True)).learn(32).save(path)
+        code = (
+            "import sys\n"
+            "for m in ('gymnasium', 'numba', 'cupy', 'matplotlib'): sys.modules[m] = None\n"
+            "import numpy as np\n"
+            "from minippo import load_policy\n"
+            f"p = load_policy({path!r})\n"
+            "obs = np.zeros(p.policy.obs_dim, np.float32)\n"
+            "print(p.predict(obs), p.predict(np.stack([obs, obs])).shape)\n"
+        )
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    assert "(2, 1)" in r.stdout  # Pendulum: one continuous action per row, clipped to the bounds
