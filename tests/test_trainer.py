@@ -196,6 +196,7 @@ def test_saved_policy_runs_with_numpy_alone(tmp_path):
             "obs = np.zeros(p.policy.obs_dim, np.float32)\n"
             "print(p.predict(obs), p.predict(np.stack([obs, obs])).shape)\n"
         )
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        env = {k: v for k, v in os.environ.items() if k != "MINIPPO_BACKEND"}  # the default: numpy
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
         assert r.returncode == 0, r.stderr
     assert "(2, 1)" in r.stdout  # Pendulum: one continuous action per row, clipped to the bounds
