@@ -242,13 +242,14 @@ def evaluate_policy(
     """Play ``n_episodes`` episodes in one gymnasium env; returns env_id, episodes, mean_return,
     std_return, returns, lengths. ``obs_norm`` (frozen) normalises observations for a trainer's
     ActorCritic; a loaded :class:`Policy` normalises itself."""
-    from minippo.envs import _gym, check_env_id
+    from minippo.envs import _gym, check_env_id, dependency_errors
 
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     gym = _gym()
     check_env_id(env_id)
-    env = gym.make(env_id, **(env_kwargs or {}))
+    with dependency_errors(env_id):
+        env = gym.make(env_id, **(env_kwargs or {}))
     rng = rng if rng is not None else np.random.default_rng(seed)
     if isinstance(policy, ActorCritic):
         from minippo.backend import to_device

@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "bench": cmd_bench}[args.command](args)
-    except UsageError as e:
+    except (UsageError, ImportError) as e:  # ImportError: a missing optional dependency
         print(f"minippo: error: {e}", file=sys.stderr)
         return 2
 

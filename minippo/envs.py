@@ -12,6 +12,8 @@ every ended episode. Two gymnasium autoreset modes deliver it:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -61,12 +63,26 @@ def make_vec_env(
     if autoreset not in ("same_step", "next_step"):
         raise ValueError(f"autoreset={autoreset!r} is not allowed; use 'same_step' or 'next_step'")
     kwargs = dict(env_kwargs or {})
-    if autoreset == "next_step" and gym.registry[env_id].vector_entry_point is not None:
-        return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
-    mode = AutoresetMode.SAME_STEP if autoreset == "same_step" else AutoresetMode.NEXT_STEP
-    return gym.make_vec(
-        env_id, num_envs=n_envs, vectorization_mode=vector, vector_kwargs={"autoreset_mode": mode}, **kwargs
-    )
+    with dependency_errors(env_id):
+        if autoreset == "next_step" and gym.registry[env_id].vector_entry_point is not None:
+            return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
+        mode = AutoresetMode.SAME_STEP if autoreset == "same_step" else AutoresetMode.NEXT_STEP
+        return gym.make_vec(
+            env_id, num_envs=n_envs, vectorization_mode=vector, vector_kwargs={"autoreset_mode": mode}, **kwargs
+        )
+
+
+@contextmanager
+def dependency_errors(env_id: str) -> Iterator[None]:
+    """Turn gymnasium's DependencyNotInstalled (e.g. Box2D missing) into an ImportError that names
+    the env and the extra to install."""
+    from gymnasium.error import DependencyNotInstalled
+
+    try:
+        yield
+    except DependencyNotInstalled as e:
+        raise ImportError(f"{env_id} needs a package that is not installed ({e}); "
+                          "pip install 'minippo[gym]' installs classic-control and box2d") from e
 
 
 def is_next_step(env: Any) -> bool:

@@ -127,3 +127,17 @@ def test_bench_command(capsys):
     assert main(["bench", "--timesteps", "512"]) == 0
     out = capsys.readouterr().out
     assert "training" in out and "env stepping" in out and "ratio training / env stepping" in out
+
+
+def test_missing_env_dependency_is_one_line(capsys):
+    import gymnasium as gym
+    from gymnasium.error import DependencyNotInstalled
+
+    def needs_box2d(**kwargs):
+        raise DependencyNotInstalled("Box2D is not installed")
+
+    if "minippo-test/NeedsBox2D-v0" not in gym.registry:
+        gym.register("minippo-test/NeedsBox2D-v0", entry_point=needs_box2d)
+    assert main(["train", "minippo-test/NeedsBox2D-v0", "--timesteps", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs a package that is not installed" in err and "minippo[gym]" in err
