@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from minippo.backend import array_module, asnumpy
+
 Array = Any
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -63,7 +65,7 @@ class Categorical:
         return idx
 
     def _rows(self) -> Array:
-        return _xp(self.log_probs).arange(self.log_probs.shape[0])
+        return array_module(self.log_probs).arange(self.log_probs.shape[0])
 
     # log pi(a|s) = z_a - logsumexp(z)
     def log_prob(self, a: Array) -> Array:
@@ -106,10 +108,12 @@ class Categorical:
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """Draw one action per row with ``rng`` (inverse CDF on host) -> (B,) int64."""
-        p = np.asarray(_host(self.probs), dtype=np.float64)
+        p = np.asarray(asnumpy(self.probs), dtype=np.float64)
         u = rng.random((p.shape[0], 1))
         cdf = np.cumsum(p, axis=1)
-        return np.minimum((u > cdf).sum(axis=1), p.shape[1] - 1).astype(np.int64)
+        a = np.minimum((u > cdf).sum(axis=1), p.shape[1] - 1).astype(np.int64)
+        self._checked = (a, a)  # valid by construction: log_prob(a) need not check it again
+        return a
 
     def mode(self) -> Array:
         """Most probable action per row (B,)."""
@@ -188,22 +192,10 @@ class DiagGaussian:
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """One draw per row with ``rng`` (host) -> (B, d), same dtype as the mean."""
-        mean = np.asarray(_host(self.mean))
+        mean = np.asarray(asnumpy(self.mean))
         eps = rng.standard_normal(mean.shape)
-        return (mean + np.asarray(_host(self.std)) * eps).astype(mean.dtype)
+        return (mean + np.asarray(asnumpy(self.std)) * eps).astype(mean.dtype)
 
     def mode(self) -> Array:
         """The mean (B, d)."""
         return self.mean
-
-
-def _xp(a: Array) -> Any:
-    from minippo.backend import array_module
-
-    return array_module(a)
-
-
-def _host(a: Array) -> np.ndarray:
-    from minippo.backend import asnumpy
-
-    return asnumpy(a)
