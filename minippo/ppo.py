@@ -255,27 +255,37 @@ class PPO:
         sums: dict[str, float] = {}
         n_updates = 0
         stopped_early = False
+        # --- fused numba step (kernels/cpu_update.py): None unless it supports this setup. It computes
+        # what loss_and_grads + clip_grad_norm + Adam compute, to rounding, in two compiled calls.
+        fused = self._fused_update()
         for _epoch in range(cfg.n_epochs):
             for mb in self.buffer.minibatches(cfg.batch_size, self.rng):
                 if cfg.normalize_advantages and mb["advantages"].shape[0] < 2:
                     continue
                 try:
-                    stats, grads = loss_and_grads(
-                        self.policy, mb, cfg, beta=self.kl_coef.beta, clip_eps=clip_eps, ent_coef=ent_coef
-                    )
+                    if fused is None:
+                        stats, grads = loss_and_grads(
+                            self.policy, mb, cfg, beta=self.kl_coef.beta, clip_eps=clip_eps, ent_coef=ent_coef
+                        )
+                    else:  # the gradients stay inside `fused`, in a flat vector laid out like Adam's
+                        stats = fused.loss_and_grads(mb, clip_eps, ent_coef)
                     if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
                         stopped_early = True  # checked before the step (PPO detail: target_kl)
                         break
-                    stats["grad_norm"] = (
-                        clip_grad_norm(grads, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else math.nan
-                    )
+                    if fused is None:
+                        stats["grad_norm"] = (
+                            clip_grad_norm(grads, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else math.nan
+                        )
                     if not math.isfinite(stats["loss"]):
                         raise FloatingPointError(f"loss is {stats['loss']}")
+                    if fused is not None:  # clip_grad_norm + Adam in place; raises before writing anything
+                        stats["grad_norm"] = fused.step(lr, cfg.max_grad_norm)
                 except FloatingPointError as e:
                     raise FloatingPointError(
                         f"iteration {self.iteration}: {e} (no parameter was updated with it)"
                     ) from e
-                self.optimizer.step(grads, lr)
+                if fused is None:
+                    self.optimizer.step(grads, lr)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n_updates += 1
@@ -293,6 +303,17 @@ class PPO:
         out.update(lr=lr, clip_eps=clip_eps, ent_coef=ent_coef, n_updates=n_updates,
                    stopped_early=float(stopped_early))
         return out
+
+    def _fused_update(self) -> Any:
+        """``minippo.kernels.cpu_update.FusedUpdate`` for this policy and Adam when the backend is numba
+        and the fused kernels support the setup (clip objective, separate networks, see its ``make``);
+        else None, and ``update`` runs ``loss_and_grads`` and numpy's Adam. Built per update (~20 us),
+        so parameters rebound in between (checkpoint loading, ``policy.to``) are always seen."""
+        if backend.resolved()[0] != "numba":
+            return None
+        from minippo.kernels import cpu_update
+
+        return cpu_update.make(self.policy, self.optimizer, self.config)
 
     def _rollout_kl(self) -> float:
         """Mean KL(pi_old || pi_theta) over the rollout, after the update (adaptive beta rule)."""

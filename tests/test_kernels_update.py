@@ -1,0 +1,262 @@
+"""kernels/cpu_update.py (the fused numba minibatch step) against minippo.ppo.loss_and_grads and
+minippo.optim, and its use by the trainer.
+
+Tolerances, and why:
+- float64: both paths use libm tanh/exp/log and differ only in summation order (BLAS vs the kernel's
+  loops; stats accumulate in float64 in both): 1e-9 relative, 1e-12 absolute.
+- float32: the kernel's tanh is the rational approximation of kernels/cpu.py (<= 8 ulp), matmul
+  sums run in another order, and the loss part runs in float64 where numpy stays in float32. Each
+  is a few float32 roundings (~1e-7 relative) of O(1) activations, accumulated over B <= 300
+  samples: gradients within 2e-5 of max|g| (plus rtol 1e-4). Stats are means of per-sample terms of
+  size up to ~10 (a Gaussian log-prob is a sum over action dims of terms ~1.4), each carrying
+  ~1e-7 relative float32 rounding in numpy: 1e-5 relative and 1e-5 absolute, the absolute part
+  times (1 + max|logp_old|) because r_t = exp(logp - logp_old) carries ~1e-7 |logp| of rounding.
+- Branch decisions (ratio clipped or not, value clipped or not) are discontinuous; rounding could flip
+  a sample sitting within ~1e-6 of a boundary, so drawn batches keep every sample 1e-3 away from one.
+  vclipfrac is compared up to the fraction of samples inside the value clip range: there the numpy
+  rule sees V_old + (V - V_old) vs V, equal up to one rounding, so its "clipped" count includes
+  rounding ties whose outcome depends on the last bit of V (the gradient is the same either way).
+- Adam without clipping does numpy's float operations in numpy's order and dtype: bit-identical.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+
+from minippo.kernels import cpu_update  # noqa: E402
+
+from minippo import backend  # noqa: E402
+from minippo.config import PPOConfig  # noqa: E402
+from minippo.optim import Adam, clip_grad_norm  # noqa: E402
+from minippo.policy import ActorCritic  # noqa: E402
+from minippo.ppo import loss_and_grads  # noqa: E402
+from minippo.spaces import Box, Discrete  # noqa: E402
+
+SLOW = settings(max_examples=40, deadline=None)  # deadline=None: the first example compiles
+STAT_TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-9, atol=1e-12)}
+
+
+def _policy(dtype, discrete, hidden, activation, seed, temperature=1.0, n_actions=3):
+    space = Discrete(n_actions) if discrete else Box(-np.ones(n_actions), np.ones(n_actions))
+    pol = ActorCritic(5, space, hidden, activation, False, -0.3, seed, dtype, temperature)
+    rng = np.random.default_rng(seed)
+    for p in pol.params.values():  # move off the zero-bias, tiny-head init
+        p += (0.1 * rng.normal(size=p.shape)).astype(dtype)
+    return pol
+
+
+def _batch(pol, B, seed, clip_eps, dtype):
+    """A minibatch whose logp_old / values_old keep every sample 1e-3 away from a clip boundary."""
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(B, pol.obs_dim)).astype(dtype)
+    if pol.discrete:
+        actions = rng.integers(0, pol.act_dim, B)
+    else:
+        actions = rng.normal(size=(B, pol.act_dim)).astype(dtype)
+    dist, values, _ = pol.forward(obs)
+    logp = dist.log_prob(actions).astype(np.float64)
+    logp_old = logp + 0.4 * rng.normal(size=B)
+    ratio = np.exp(logp - logp_old)
+    near = (np.abs(ratio - (1 - clip_eps)) < 1e-3) | (np.abs(ratio - (1 + clip_eps)) < 1e-3)
+    logp_old[near] = logp[near]  # ratio 1: inside
+    values = values.astype(np.float64)
+    returns = values + rng.normal(size=B)
+    values_old = values + 0.4 * rng.normal(size=B)
+    delta = values - values_old
+    err = values - returns
+    err_c = values_old + np.clip(delta, -clip_eps, clip_eps) - returns
+    near_v = (np.abs(np.abs(delta) - clip_eps) < 1e-3) | (np.abs(np.abs(err_c) - np.abs(err)) < 1e-3)
+    values_old[near_v] = values[near_v]
+    return {
+        "obs": obs, "actions": actions, "logp_old": logp_old.astype(dtype),
+        "advantages": rng.normal(size=B).astype(dtype), "returns": returns.astype(dtype),
+        "values_old": values_old.astype(dtype),
+    }
+
+
+def _assert_grads_close(g_fused, g_ref, dtype):
+    for k, ref in g_ref.items():
+        scale = float(np.abs(ref).max()) if ref.size else 0.0
+        if dtype == np.float64:
+            np.testing.assert_allclose(g_fused[k], ref, rtol=1e-9, atol=1e-12 * max(scale, 1.0), err_msg=k)
+        else:
+            np.testing.assert_allclose(g_fused[k], ref, rtol=1e-4, atol=2e-5 * max(scale, 1e-3), err_msg=k)
+
+
+@SLOW
+@given(
+    dtype=st.sampled_from([np.float32, np.float64]),
+    discrete=st.booleans(),
+    hidden=st.sampled_from([(64, 64), (8,), (16, 9, 7), ()]),
+    activation=st.sampled_from(["tanh", "relu"]),
+    B=st.sampled_from([2, 3, 17, 64, 257]),
+    temperature=st.sampled_from([1.0, 0.5, 2.0]),
+    clip_vloss=st.booleans(),
+    normalize=st.booleans(),
+    ent_coef=st.sampled_from([0.0, 0.01]),
+    clip_eps=st.sampled_from([0.1, 0.2]),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_grads_and_stats_match_loss_and_grads(
+    dtype, discrete, hidden, activation, B, temperature, clip_vloss, normalize, ent_coef, clip_eps, seed
+):
+    pol = _policy(dtype, discrete, hidden, activation, seed, temperature)
+    cfg = PPOConfig(clip_vloss=clip_vloss, normalize_advantages=normalize, ent_coef=ent_coef, vf_coef=0.7,
+                    dtype=np.dtype(dtype).name)
+    batch = _batch(pol, B, seed + 1, clip_eps, dtype)
+    ref_stats, ref_grads = loss_and_grads(pol, batch, cfg, clip_eps=clip_eps, ent_coef=ent_coef)
+    fu = cpu_update.make(pol, Adam(pol.params), cfg, only_if_faster=False)
+    assert fu is not None
+    stats = fu.loss_and_grads(batch, clip_eps, ent_coef)
+    assert list(stats) == list(ref_stats)  # same keys, same order: progress.csv columns
+    tol = dict(STAT_TOL[dtype])
+    if dtype == np.float32:  # r_t = exp(logp - logp_old) carries logp's rounding, ~1e-7 |logp|
+        tol["atol"] *= 1.0 + float(np.abs(batch["logp_old"]).max())
+    for k, v in ref_stats.items():
+        if k == "vclipfrac":
+            delta = batch["values_old"] - pol.forward(batch["obs"])[1]
+            assert abs(stats[k] - v) <= np.mean(np.abs(delta) < clip_eps) + 1e-12
+        else:
+            np.testing.assert_allclose(stats[k], v, **tol, err_msg=k)
+    _assert_grads_close(fu.grads(), ref_grads, dtype)
+    assert set(fu.grads()) == set(pol.params)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clipped_samples_have_exactly_zero_policy_gradient(discrete, dtype):
+    # ratio = e > 1 + eps and A > 0 for every sample: the clipped term is strictly smaller, so it is the
+    # active one everywhere; with no entropy bonus nothing else reaches the actor.
+    pol = _policy(dtype, discrete, (16, 16), "tanh", 3)
+    cfg = PPOConfig(ent_coef=0.0, normalize_advantages=False, dtype=np.dtype(dtype).name)
+    batch = _batch(pol, 40, 4, 0.2, dtype)
+    dist, _, _ = pol.forward(batch["obs"])
+    batch["logp_old"] = (dist.log_prob(batch["actions"]) - 1.0).astype(dtype)
+    batch["advantages"] = np.abs(batch["advantages"]) + dtype(0.1)
+    fu = cpu_update.make(pol, Adam(pol.params), cfg, only_if_faster=False)
+    stats = fu.loss_and_grads(batch, 0.2, 0.0)
+    assert stats["clipfrac"] == 1.0
+    for k, g in fu.grads().items():
+        if not k.startswith("critic."):
+            assert np.all(g == 0), k
+    assert any(np.any(g != 0) for k, g in fu.grads().items() if k.startswith("critic."))
+
+
+@pytest.mark.parametrize("max_norm", [0.0, 0.05, 1e9])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_clip_and_adam_match_optim(max_norm, dtype):
+    pol_ref = _policy(dtype, True, (16, 8), "tanh", 5)
+    pol = _policy(dtype, True, (16, 8), "tanh", 5)
+    adam_ref, adam = Adam(pol_ref.params, eps=1e-5), Adam(pol.params, eps=1e-5)
+    fu = cpu_update.make(pol, adam, PPOConfig(), only_if_faster=False)
+    rng = np.random.default_rng(0)
+    for step in range(6):
+        grads = {k: (0.1 * rng.normal(size=p.shape)).astype(dtype) for k, p in pol.params.items()}
+        for k, g in grads.items():
+            fu.grads()[k][...] = g
+        lr = 1e-3 * (1 - step / 10)
+        norm_ref = clip_grad_norm(grads, max_norm) if max_norm > 0 else float("nan")
+        adam_ref.step(grads, lr)
+        norm = fu.step(lr, max_norm)
+        assert adam.t == adam_ref.t == step + 1
+        if max_norm > 0:
+            assert norm == pytest.approx(norm_ref, rel=1e-6 if dtype == np.float32 else 1e-12)
+        else:
+            assert np.isnan(norm)
+        for k in pol.params:
+            if max_norm == 0.05:  # clipped: the norm (and so the scale) may differ in its last bit
+                tol = dict(rtol=1e-5, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
+                np.testing.assert_allclose(pol.params[k], pol_ref.params[k], **tol)
+                np.testing.assert_allclose(adam.m[k], adam_ref.m[k], **tol)
+                np.testing.assert_allclose(adam.v[k], adam_ref.v[k], **tol)
+            else:  # numpy's operations in numpy's order and dtype
+                np.testing.assert_array_equal(pol.params[k], pol_ref.params[k])
+                np.testing.assert_array_equal(adam.m[k], adam_ref.m[k])
+                np.testing.assert_array_equal(adam.v[k], adam_ref.v[k])
+
+
+def test_non_finite_gradient_raises_before_any_update():
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    adam = Adam(pol.params)
+    fu = cpu_update.make(pol, adam, PPOConfig())
+    before = {k: p.copy() for k, p in pol.params.items()}
+    fu.grads()["actor.W0"][0, 0] = np.nan
+    with pytest.raises(FloatingPointError, match="gradient norm"):
+        fu.step(1e-3, 0.5)
+    assert adam.t == 0
+    for k, p in pol.params.items():
+        np.testing.assert_array_equal(p, before[k])
+
+
+def test_bad_actions_raise():
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    fu = cpu_update.make(pol, Adam(pol.params), PPOConfig())
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    batch["actions"] = batch["actions"].copy()
+    batch["actions"][3] = pol.act_dim
+    with pytest.raises(ValueError, match="actions"):
+        fu.loss_and_grads(batch, 0.2, 0.0)
+
+
+def test_unsupported_setups_fall_back():
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    adam = Adam(pol.params)
+    assert cpu_update.make(pol, adam, PPOConfig()) is not None
+    for objective in ("kl_penalty", "surrogate", "a2c", "reinforce"):
+        assert cpu_update.make(pol, adam, PPOConfig(objective=objective)) is None
+    shared = ActorCritic(5, Discrete(3), (8,), "tanh", True)
+    assert cpu_update.make(shared, Adam(shared.params), PPOConfig()) is None
+    pol64 = _policy(np.float64, True, (8,), "tanh", 1)
+    assert cpu_update.make(pol64, Adam(pol64.params), PPOConfig()) is None  # slower than numpy there
+    assert cpu_update.make(pol64, Adam(pol64.params), PPOConfig(), only_if_faster=False) is not None
+    other = Adam({k: v.copy() for k, v in pol.params.items()})
+    assert cpu_update.make(pol, other, PPOConfig()) is None  # an Adam over other arrays
+
+
+@pytest.fixture
+def numba_backend(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "numba")
+    backend.reset()
+    yield
+    backend.reset()
+
+
+def _train_rows(cfg):
+    from minippo import PPO
+
+    rows = []
+    algo = PPO(cfg)
+    algo.learn(callback=rows.append)
+    return algo, [{k: v for k, v in r.items() if k not in ("time", "fps")} for r in rows]
+
+
+TINY = dict(n_envs=4, n_steps=16, batch_size=32, n_epochs=3, total_timesteps=192, hidden=(16, 16))
+
+
+@pytest.mark.parametrize("overrides", [dict(env_id="CartPole-v1", autoreset="next_step", target_kl=0.02),
+                                       dict(env_id="Pendulum-v1", clip_vloss=True, ent_coef=0.01)])
+def test_numba_training_run_is_bit_identical_and_uses_the_fused_step(numba_backend, overrides):
+    pytest.importorskip("gymnasium")
+    import json
+
+    cfg = PPOConfig(**TINY, **overrides)
+    algo, a = _train_rows(cfg)
+    assert algo._fused_update() is not None
+    _, b = _train_rows(cfg)
+    assert len(a) == 3
+    assert json.dumps(a) == json.dumps(b)
+
+
+def test_numpy_backend_never_uses_the_fused_step(monkeypatch):
+    pytest.importorskip("gymnasium")
+    from minippo import PPO
+
+    monkeypatch.setenv(backend.ENV_VAR, "numpy")
+    backend.reset()
+    try:
+        assert PPO(PPOConfig(**TINY))._fused_update() is None
+    finally:
+        backend.reset()
