@@ -101,6 +101,29 @@ def loss_and_grads(
 
 
 
+class NumpyStep:
+    """One minibatch update the readable way: :func:`loss_and_grads`, then global-norm clipping
+    and Adam (the fused numba step in ``kernels/cpu_update.py`` has the same two methods)."""
+
+    def __init__(self, policy: ActorCritic, optimizer: Adam, config: PPOConfig, beta: float) -> None:
+        self.policy, self.optimizer, self.config, self.beta = policy, optimizer, config, beta
+        self.grads: dict[str, Any] = {}
+
+    def loss_and_grads(self, batch: dict[str, Array], clip_eps: float, ent_coef: float) -> dict[str, float]:
+        """Stats of the minibatch loss; the gradients are kept for :meth:`step`."""
+        stats, self.grads = loss_and_grads(
+            self.policy, batch, self.config, beta=self.beta, clip_eps=clip_eps, ent_coef=ent_coef
+        )
+        return stats
+
+    def step(self, lr: float, max_grad_norm: float) -> float:
+        """Clip the gradients' global norm (if max_grad_norm > 0) and take one Adam step; returns the
+        norm before clipping (NaN when not clipping). A non-finite norm raises before any update."""
+        norm = clip_grad_norm(self.grads, max_grad_norm) if max_grad_norm > 0 else math.nan
+        self.optimizer.step(self.grads, lr)
+        return norm
+
+
 def explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
     """1 - Var[y_true - y_pred] / Var[y_true] (1: perfect, 0: no better than a constant)."""
     var = float(np.var(y_true))
@@ -255,37 +278,23 @@ class PPO:
         sums: dict[str, float] = {}
         n_updates = 0
         stopped_early = False
-        # --- fused numba step (kernels/cpu_update.py): None unless it supports this setup. It computes
-        # what loss_and_grads + clip_grad_norm + Adam compute, to rounding, in two compiled calls.
-        fused = self._fused_update()
+        step = self._minibatch_step()
         for _epoch in range(cfg.n_epochs):
             for mb in self.buffer.minibatches(cfg.batch_size, self.rng):
                 if cfg.normalize_advantages and mb["advantages"].shape[0] < 2:
                     continue
                 try:
-                    if fused is None:
-                        stats, grads = loss_and_grads(
-                            self.policy, mb, cfg, beta=self.kl_coef.beta, clip_eps=clip_eps, ent_coef=ent_coef
-                        )
-                    else:  # the gradients stay inside `fused`, in a flat vector laid out like Adam's
-                        stats = fused.loss_and_grads(mb, clip_eps, ent_coef)
+                    stats = step.loss_and_grads(mb, clip_eps, ent_coef)
                     if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
                         stopped_early = True  # checked before the step (PPO detail: target_kl)
                         break
-                    if fused is None:
-                        stats["grad_norm"] = (
-                            clip_grad_norm(grads, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else math.nan
-                        )
                     if not math.isfinite(stats["loss"]):
                         raise FloatingPointError(f"loss is {stats['loss']}")
-                    if fused is not None:  # clip_grad_norm + Adam in place; raises before writing anything
-                        stats["grad_norm"] = fused.step(lr, cfg.max_grad_norm)
+                    stats["grad_norm"] = step.step(lr, cfg.max_grad_norm)  # raises before writing on inf/NaN
                 except FloatingPointError as e:
                     raise FloatingPointError(
                         f"iteration {self.iteration}: {e} (no parameter was updated with it)"
                     ) from e
-                if fused is None:
-                    self.optimizer.step(grads, lr)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n_updates += 1
@@ -304,16 +313,21 @@ class PPO:
                    stopped_early=float(stopped_early))
         return out
 
-    def _fused_update(self) -> Any:
-        """``minippo.kernels.cpu_update.FusedUpdate`` for this policy and Adam when the backend is numba
-        and the fused kernels support the setup (clip objective, separate networks, see its ``make``);
-        else None, and ``update`` runs ``loss_and_grads`` and numpy's Adam. Built per update (~20 us),
-        so parameters rebound in between (checkpoint loading, ``policy.to``) are always seen."""
-        if backend.resolved()[0] != "numba":
-            return None
-        from minippo.kernels import cpu_update
+    def _minibatch_step(self) -> Any:
+        """What one minibatch update runs: ``loss_and_grads(mb, clip_eps, ent_coef) -> stats`` then
+        ``step(lr, max_grad_norm) -> grad_norm`` (global-norm clip + Adam, in place).
 
-        return cpu_update.make(self.policy, self.optimizer, self.config)
+        On the numba backend, when ``kernels/cpu_update.py`` supports the setup (clip objective,
+        separate networks; see its ``make``), both are fused compiled calls computing the same thing
+        to rounding; otherwise :class:`NumpyStep`, the readable path. Built per update (~20 us), so
+        parameters rebound in between (checkpoint loading, ``policy.to``) are always seen."""
+        if backend.resolved()[0] == "numba":
+            from minippo.kernels import cpu_update
+
+            fused = cpu_update.make(self.policy, self.optimizer, self.config)
+            if fused is not None:
+                return fused
+        return NumpyStep(self.policy, self.optimizer, self.config, self.kl_coef.beta)
 
     def _rollout_kl(self) -> float:
         """Mean KL(pi_old || pi_theta) over the rollout, after the update (adaptive beta rule)."""

@@ -244,7 +244,7 @@ def test_numba_training_run_is_bit_identical_and_uses_the_fused_step(numba_backe
 
     cfg = PPOConfig(**TINY, **overrides)
     algo, a = _train_rows(cfg)
-    assert algo._fused_update() is not None
+    assert isinstance(algo._minibatch_step(), cpu_update.FusedUpdate)
     _, b = _train_rows(cfg)
     assert len(a) == 3
     assert json.dumps(a) == json.dumps(b)
@@ -253,10 +253,11 @@ def test_numba_training_run_is_bit_identical_and_uses_the_fused_step(numba_backe
 def test_numpy_backend_never_uses_the_fused_step(monkeypatch):
     pytest.importorskip("gymnasium")
     from minippo import PPO
+    from minippo.ppo import NumpyStep
 
     monkeypatch.setenv(backend.ENV_VAR, "numpy")
     backend.reset()
     try:
-        assert PPO(PPOConfig(**TINY))._fused_update() is None
+        assert isinstance(PPO(PPOConfig(**TINY))._minibatch_step(), NumpyStep)
     finally:
         backend.reset()
