@@ -1,0 +1,272 @@
+"""Numba kernel for ``ActorCritic.act`` at small batch (``MINIPPO_BACKEND=numba``): the rollout's
+per-step policy call in one compiled call.
+
+numpy spends ``policy.act(obs, rng)`` at batch 8 (CartPole preset, two 4-64-64-x tanh MLPs) in ~35
+small calls (two MLP forwards, softmax, the inverse-CDF sample, log-prob, dist params), ~35-45 us
+of per-call overhead for ~2 us of arithmetic. :func:`act` does it all in one call:
+
+- actor and critic forward through ``kernels.cpu._dense`` (the fused small-batch MLP's layer, any
+  depth, tanh or relu, float32 or float64), the actor's output written straight into the returned
+  dist params;
+- Categorical (softmax with temperature) or diagonal Gaussian (state-independent log_std clamped to
+  ``policy.LOG_STD_MIN/MAX``), in float64, rounded once to the policy's dtype at the end;
+- the action: the random numbers are drawn in Python from the caller's Generator with exactly the
+  calls of ``Categorical.sample`` (``rng.random((B, 1))``) and ``DiagGaussian.sample``
+  (``rng.standard_normal((B, d))``), so the stream is consumed identically; the kernel does the
+  inverse CDF (count of float64 CDF entries below u, capped at n - 1) or ``mean + std * eps`` (in
+  float64, rounded to the dtype, as numpy does). ``deterministic`` takes the mode and draws nothing.
+
+Results equal the numpy path to rounding: the MLP is the fused kernel's (the numba backend's
+``MLP.forward`` at B <= 8 runs the same code; against BLAS only summation order differs, and float32
+tanh is ``kernels.cpu._tanh_f32``, <= 8 ulp); the distribution runs in float64 where numpy stays in
+float32 (logp within a few float32 ulp). Actions are identical except where u lands within rounding
+(~1e-7 relative) of a CDF boundary, a measure-zero event for a continuous u; Gaussian actions can
+differ in the last float32 bit when numpy's float32 exp and the kernel's float64 exp round the
+std differently.
+
+Importing this module compiles nothing: each kernel is compiled on its first call (per dtype,
+activation-independent, per depth-agnostic tuple type) and cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from operator import is_ as _is
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
+
+from .cpu import _F32, _F64, _MLP_JIT, ACT_NONE, ACT_RELU, ACT_TANH, ACT_TANH_F32, _dense, _entry
+
+MAX_BATCH = 64
+"""Largest batch for which ``ActorCritic.act`` uses :func:`act` (measured, see ``docs/kernels.md``)."""
+
+LOG_2PI = math.log(2.0 * math.pi)
+# The distribution part does numpy's float64 operations in numpy's order, without reassociation or
+# FMA contraction: the CDF is a running sum compared against u, as np.cumsum then (u > cdf).sum() do
+# it, and mean + std * eps is rounded as numpy rounds it. fastmath=False is explicit because numba
+# compiles a callee that leaves fastmath unset with its caller's flags (Flags.inherit_if_not_set).
+_JIT_EXACT = {"cache": True, "error_model": "numpy", "fastmath": False}
+
+
+# ---------------------------------------------------------------- kernels
+@njit(**_MLP_JIT)
+def _mlp_into(x, Ws, bs, act, y):
+    """y = W_L(act(... act(x W_0 + b_0) ...)) + b_L, hidden layers through ``cpu._dense``."""
+    n = len(Ws)
+    if n == 1:
+        _dense(x, Ws[0], bs[0], y, ACT_NONE)
+        return
+    B = x.shape[0]
+    h = np.empty((B, Ws[0].shape[1]), y.dtype)
+    _dense(x, Ws[0], bs[0], h, act)
+    for i in range(1, n - 1):
+        out = np.empty((B, Ws[i].shape[1]), y.dtype)
+        _dense(h, Ws[i], bs[i], out, act)
+        h = out
+    _dense(h, Ws[n - 1], bs[n - 1], y, ACT_NONE)
+
+
+@njit(**_JIT_EXACT)
+def _categorical(logits, temperature, u, deterministic, actions, logp):
+    """Softmax(logits / T) per row in float64: the action (inverse CDF at u[i, 0], or the argmax of
+    the logits) and its log-prob. Returns 1 when a logit is not finite (nothing sampled), else 0."""
+    B, n = logits.shape
+    for i in range(B):
+        for j in range(n):
+            if not np.isfinite(logits[i, j]):
+                return 1
+    lp = np.empty(n, np.float64)
+    for i in range(B):
+        zmax = -np.inf
+        for j in range(n):
+            lp[j] = np.float64(logits[i, j]) / temperature if temperature != 1.0 else np.float64(logits[i, j])
+            zmax = max(zmax, lp[j])
+        s = 0.0
+        for j in range(n):
+            lp[j] -= zmax
+            s += math.exp(lp[j])
+        lse = math.log(s)
+        if deterministic:  # np.argmax: the first maximum
+            a = 0
+            for j in range(1, n):
+                if logits[i, j] > logits[i, a]:
+                    a = j
+        else:  # Categorical.sample: min(#{j : u > cdf_j}, n - 1), cdf = cumsum(p) in float64
+            ui = u[i, 0]
+            cdf = 0.0
+            a = 0
+            for j in range(n):
+                cdf += math.exp(lp[j] - lse)
+                if ui > cdf:
+                    a += 1
+            a = min(a, n - 1)
+        actions[i] = a
+        logp[i] = lp[a] - lse
+    return 0
+
+
+@njit(**_JIT_EXACT)
+def _gaussian(mean, ls, std, eps, deterministic, actions, logp, params):
+    """N(mean, std^2) with std = exp(ls) (d,) given in the dtype: the action (mean + std * eps[i] in
+    float64, stored in the dtype as DiagGaussian.sample's astype rounds it, or the mean), its
+    log-prob, and params = [mean, ls] (B, 2d).
+    Returns 1 when a mean is not finite, 2 when ls is NaN (nothing written), else 0."""
+    B, d = mean.shape
+    for i in range(B):
+        for k in range(d):
+            if not np.isfinite(mean[i, k]):
+                return 1
+    c = 0.0
+    for k in range(d):
+        if np.isnan(ls[k]):
+            return 2
+        c += np.float64(ls[k]) + 0.5 * LOG_2PI
+    for i in range(B):
+        s = 0.0
+        for k in range(d):
+            m = mean[i, k]
+            if deterministic:
+                actions[i, k] = m
+            else:
+                actions[i, k] = np.float64(m) + np.float64(std[k]) * eps[i, k]
+            z = (np.float64(actions[i, k]) - np.float64(m)) / np.float64(std[k])
+            s += z * z
+            params[i, k] = m
+            params[i, d + k] = ls[k]
+        logp[i] = -0.5 * s - c
+    return 0
+
+
+@njit(**_JIT_EXACT)
+def _act_categorical(obs, a_Ws, a_bs, c_Ws, c_bs, act, temperature, u, deterministic, actions, logp, v, logits):
+    """Both MLPs, then :func:`_categorical`; logits (B, n) and v (B, 1) are outputs too."""
+    _mlp_into(obs, c_Ws, c_bs, act, v)
+    _mlp_into(obs, a_Ws, a_bs, act, logits)
+    return _categorical(logits, temperature, u, deterministic, actions, logp)
+
+
+@njit(**_JIT_EXACT)
+def _act_gaussian(obs, a_Ws, a_bs, c_Ws, c_bs, act, ls, std, eps, deterministic, actions, logp, v, params):
+    """Both MLPs, then :func:`_gaussian`; v (B, 1) and params (B, 2d) are outputs too."""
+    _mlp_into(obs, c_Ws, c_bs, act, v)
+    mean = np.empty((obs.shape[0], ls.shape[0]), obs.dtype)
+    _mlp_into(obs, a_Ws, a_bs, act, mean)
+    return _gaussian(mean, ls, std, eps, deterministic, actions, logp, params)
+
+
+# ---------------------------------------------------------------- Python side
+_NO_DRAWS = np.empty((0, 0), np.float64)  # deterministic: nothing drawn (never read)
+_LO, _HI = float(LOG_STD_MIN), float(LOG_STD_MAX)
+
+
+class _State:
+    """Per-policy dispatch state, kept in ``policy.__dict__["_numba_act_state"]``.
+
+    Built when any parameter array changes identity (rebinding, ``ActorCritic.to``, a new dict);
+    Adam and checkpoint loading write in place and keep it. Holds the layout verdict, the weight and
+    bias tuples the kernel takes, and the compiled entry point once known.
+    """
+
+    __slots__ = ("p", "ok", "dt", "act", "a_Ws", "a_bs", "c_Ws", "c_bs", "log_std", "n", "fn", "entry")
+
+    def __init__(self, policy: Any, p: tuple) -> None:
+        self.p, self.ok, self.entry = p, False, None
+        if getattr(policy, "trunk", None) is not None or policy.activation not in ("tanh", "relu"):
+            return
+        dt = policy.dtype
+        if dt not in (_F32, _F64) or not p:
+            return
+        dt = _F32 if dt == _F32 else _F64
+        if not all(type(a) is np.ndarray and a.dtype is dt and a.flags.c_contiguous for a in p):
+            return
+        params = policy.params
+        nets = {}
+        for prefix, net, out in (("actor", policy.actor, policy.act_dim), ("critic", policy.critic, 1)):
+            sizes = net.sizes
+            if sizes[0] != policy.obs_dim or sizes[-1] != out or net.activate_output:
+                return
+            Ws = tuple(params.get(f"{prefix}.W{i}") for i in range(net.n_layers))
+            bs = tuple(params.get(f"{prefix}.b{i}") for i in range(net.n_layers))
+            # boundscheck is off in the kernels: shapes are checked here, so they cannot read out of bounds
+            if any(W is None or W.shape != (sizes[i], sizes[i + 1]) for i, W in enumerate(Ws)):
+                return
+            if any(b is None or b.shape != (sizes[i + 1],) for i, b in enumerate(bs)):
+                return
+            nets[prefix] = (Ws, bs)
+        n_keys = 2 * (policy.actor.n_layers + policy.critic.n_layers) + (0 if policy.discrete else 1)
+        if len(params) != n_keys:
+            return
+        if not policy.discrete:
+            self.log_std = params.get("log_std")
+            if self.log_std is None or self.log_std.shape != (policy.act_dim,):
+                return
+        (self.a_Ws, self.a_bs), (self.c_Ws, self.c_bs) = nets["actor"], nets["critic"]
+        self.dt, self.n = dt, policy.act_dim
+        self.act = ACT_RELU if policy.activation == "relu" else (ACT_TANH_F32 if dt is _F32 else ACT_TANH)
+        self.fn = _act_categorical if policy.discrete else _act_gaussian
+        self.ok = True
+
+
+def _state(policy: Any) -> _State | None:
+    """The dispatch state for the policy's current parameters, or None when the kernel does not fit."""
+    p = tuple(policy.params.values())
+    st = policy.__dict__.get("_numba_act_state")
+    if st is None or len(st.p) != len(p) or not all(map(_is, p, st.p)):
+        policy.__dict__["_numba_act_state"] = st = _State(policy, p)
+    return st if st.ok else None
+
+
+def act(
+    policy: Any, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``policy.act(obs, rng, deterministic)`` in one compiled call: (actions, logp, values, dist params).
+
+    Returns None (the caller runs the numpy path) unless ``policy`` has separate tanh/relu actor and
+    critic MLPs whose parameters (and log_std) are C-contiguous numpy arrays of the policy's float
+    dtype with the expected shapes, and obs is a numpy (B, obs_dim) array with 1 <= B <= MAX_BATCH.
+    Raises FloatingPointError, as the numpy path does, on non-finite logits / mean / log_std (the
+    random numbers for that call have then already been drawn).
+    """
+    if type(obs) is not np.ndarray or obs.ndim != 2:
+        return None
+    B = obs.shape[0]
+    if not 1 <= B <= MAX_BATCH or obs.shape[1] != policy.obs_dim:
+        return None
+    st = _state(policy)
+    if st is None:
+        return None
+    dt = st.dt
+    if obs.dtype is not dt or not obs.flags.c_contiguous or not obs.flags.writeable:
+        obs = np.array(obs, dtype=dt, order="C")  # what forward's astype does (plus the layout)
+    v = np.empty((B, 1), dt)
+    logp = np.empty(B, dt)
+    deterministic = bool(deterministic)
+    if st.fn is _act_categorical:
+        u = _NO_DRAWS if deterministic else rng.random((B, 1))  # as Categorical.sample draws
+        actions = np.empty(B, np.int64)
+        params = np.empty((B, st.n), dt)
+        args = (obs, st.a_Ws, st.a_bs, st.c_Ws, st.c_bs, st.act, float(policy.temperature), u,
+                deterministic, actions, logp, v, params)
+        bad = ("logits",)
+    else:
+        # numpy's own clip and exp (its float32 exp need not round as libm's does): same std, same actions
+        ls = np.minimum(np.maximum(st.log_std, _LO), _HI)  # np.clip's result (NaN stays), 3x cheaper
+        std = np.exp(ls)
+        eps = _NO_DRAWS if deterministic else rng.standard_normal((B, st.n))  # as DiagGaussian.sample
+        actions = np.empty((B, st.n), dt)
+        params = np.empty((B, 2 * st.n), dt)
+        args = (obs, st.a_Ws, st.a_bs, st.c_Ws, st.c_bs, st.act, ls, std, eps, deterministic,
+                actions, logp, v, params)
+        bad = ("mean", "log_std")
+    if st.entry is None:
+        status = st.fn(*args)
+        st.entry = _entry(st.fn, args)
+    else:  # every array argument checked above or made here, of the typed class/dtype/ndim/layout
+        status = st.entry(*args)
+    if status:
+        raise FloatingPointError(f"{bad[status - 1]} contains NaN or inf")
+    return actions, logp, v[:, 0], params

@@ -1,0 +1,280 @@
+"""kernels/cpu_act.py (the fused numba ``ActorCritic.act``) against ``ActorCritic.act`` on the numpy path,
+and its dispatch from ``ActorCritic.act``.
+
+Two references, each drawing from a Generator with the same seed as the kernel's:
+- the numpy backend (BLAS matmuls, numpy tanh, float32 softmax): values and dist params to rounding,
+  logp to rounding, actions identical except where u lies within rounding of a CDF boundary
+  (Categorical) or to rounding (Gaussian: the mean itself differs by rounding);
+- the numba backend with the fused act switched off (``cpu_act.MAX_BATCH = 0``): the MLPs then run
+  through the same ``kernels.cpu._dense`` code, so values, dist params and actions are identical
+  (Gaussian actions too: the kernel rounds mean + std * eps as numpy does, with numpy's std).
+
+Tolerances: float64 differs only in summation order and libm vs numpy exp/log: 1e-12 relative (absolute
+for logp, times 1 + |logp|). float32: the kernel's tanh is the rational approximation of kernels/cpu.py
+(<= 8 ulp), BLAS sums in another order, and the distribution runs in float64 where numpy stays in
+float32: a few float32 roundings of O(1) numbers, 2e-6 relative, 2e-6 (1 + |logp|) for logp.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+
+from minippo.kernels import cpu_act  # noqa: E402
+
+from minippo import backend  # noqa: E402
+from minippo.policy import ActorCritic  # noqa: E402
+from minippo.spaces import Box, Discrete  # noqa: E402
+
+SLOW = settings(max_examples=60, deadline=None)  # deadline=None: the first examples compile
+TOL = {np.float32: 2e-6, np.float64: 1e-12}
+OBS_DIM = 5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_backend():
+    before = os.environ.get(backend.ENV_VAR)
+    yield
+    if before is None:
+        os.environ.pop(backend.ENV_VAR, None)
+    else:
+        os.environ[backend.ENV_VAR] = before
+    backend.reset()
+
+
+def use_backend(name):
+    """Switch MINIPPO_BACKEND for this module's tests (restored after the module)."""
+    os.environ[backend.ENV_VAR] = name
+    backend.reset()
+
+
+def _policy(dtype, discrete, hidden, activation, seed, temperature=1.0, n_actions=3, shared=False):
+    space = Discrete(n_actions) if discrete else Box(-np.ones(n_actions), np.ones(n_actions))
+    pol = ActorCritic(OBS_DIM, space, hidden, activation, shared, -0.3, seed, dtype, temperature)
+    rng = np.random.default_rng(seed)
+    for p in pol.params.values():  # move off the zero-bias, tiny-head init: spread-out probabilities
+        p += (0.3 * rng.normal(size=p.shape)).astype(dtype)
+    return pol
+
+
+def _obs(B, seed, dtype):
+    return np.random.default_rng(seed + 7).normal(size=(B, OBS_DIM)).astype(dtype)
+
+
+def _act(pol, obs, seed, deterministic):
+    """policy.act with a fresh Generator(seed); also returns the Generator's next draw."""
+    rng = np.random.default_rng(seed)
+    out = pol.act(obs, rng, deterministic)
+    return out, rng.random()
+
+
+def _unfused_act(pol, obs, seed, deterministic):
+    """_act with the fused act switched off: the numpy path (its MLPs still through kernels/cpu.py)."""
+    saved = cpu_act.MAX_BATCH
+    cpu_act.MAX_BATCH = 0
+    try:
+        return _act(pol, obs, seed, deterministic)
+    finally:
+        cpu_act.MAX_BATCH = saved
+
+
+def _cdf_gap(pol, obs, seed):
+    """Per sample: distance of the drawn u from the nearest CDF boundary (numpy path's probabilities)."""
+    u = np.random.default_rng(seed).random((obs.shape[0], 1))
+    cdf = np.cumsum(pol.forward(obs)[0].probs.astype(np.float64), axis=1)
+    return np.abs(u - cdf).min(axis=1)
+
+
+def _assert_close(fused, ref, dtype, what):
+    tol = TOL[dtype]
+    scale = max(float(np.abs(ref).max()) if ref.size else 0.0, 1.0)
+    np.testing.assert_allclose(fused, ref, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+@SLOW
+@given(
+    dtype=st.sampled_from([np.float32, np.float64]),
+    discrete=st.booleans(),
+    hidden=st.sampled_from([(64, 64), (8,), (16, 9, 7), ()]),
+    activation=st.sampled_from(["tanh", "relu"]),
+    B=st.sampled_from([1, 2, 5, 8, 64]),
+    temperature=st.sampled_from([1.0, 0.5, 2.0]),
+    n_actions=st.sampled_from([1, 2, 3, 6]),
+    deterministic=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_act_matches_numpy_act(
+    dtype, discrete, hidden, activation, B, temperature, n_actions, deterministic, seed
+):
+    pol = _policy(dtype, discrete, hidden, activation, seed, temperature, n_actions)
+    obs = _obs(B, seed, dtype)
+    use_backend("numpy")
+    (a_ref, lp_ref, v_ref, d_ref), next_ref = _act(pol, obs, seed, deterministic)
+    gap = _cdf_gap(pol, obs, seed) if discrete else None
+    use_backend("numba")
+    assert cpu_act.act(pol, obs, np.random.default_rng(seed), deterministic) is not None  # it applies
+    (a, lp, v, d), next_fused = _act(pol, obs, seed, deterministic)
+    assert next_fused == next_ref  # the random stream was consumed identically
+    for got, ref in ((a, a_ref), (lp, lp_ref), (v, v_ref), (d, d_ref)):
+        assert type(got) is np.ndarray and got.dtype == ref.dtype and got.shape == ref.shape
+    if discrete:
+        # identical but where u sits within rounding of a CDF boundary (or, for the mode, logits tie)
+        differ = a != a_ref
+        assert not deterministic or not differ.any()
+        assert np.all(gap[differ] < 1e-5), (a, a_ref, gap)
+        if differ.any():
+            return  # its logp is another action's
+    else:
+        _assert_close(a, a_ref, dtype, "actions")
+    _assert_close(v, v_ref, dtype, "values")
+    _assert_close(d, d_ref, dtype, "dist params")
+    tol = TOL[dtype]
+    np.testing.assert_allclose(lp, lp_ref, rtol=tol, atol=tol * (1.0 + float(np.abs(lp_ref).max())), err_msg="logp")
+
+
+@SLOW
+@given(
+    dtype=st.sampled_from([np.float32, np.float64]),
+    discrete=st.booleans(),
+    hidden=st.sampled_from([(64, 64), (8,), ()]),
+    activation=st.sampled_from(["tanh", "relu"]),
+    B=st.sampled_from([1, 3, 8]),
+    temperature=st.sampled_from([1.0, 0.7]),
+    deterministic=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_act_matches_the_unfused_numba_path_exactly(
+    dtype, discrete, hidden, activation, B, temperature, deterministic, seed
+):
+    use_backend("numba")
+    pol = _policy(dtype, discrete, hidden, activation, seed, temperature)
+    obs = _obs(B, seed, dtype)
+    (a, lp, v, d), next_fused = _act(pol, obs, seed, deterministic)
+    (a_ref, lp_ref, v_ref, d_ref), next_ref = _unfused_act(pol, obs, seed, deterministic)
+    assert next_fused == next_ref
+    np.testing.assert_array_equal(a, a_ref)  # a CDF-boundary tie would need u within ~1e-16 of it
+    np.testing.assert_array_equal(v, v_ref)
+    np.testing.assert_array_equal(d, d_ref)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(lp, lp_ref, rtol=tol, atol=tol * (1.0 + float(np.abs(lp_ref).max())))
+
+
+def test_in_place_updates_are_seen_and_rebinding_rebuilds_the_state():
+    use_backend("numba")
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    obs = _obs(4, 1, np.float32)
+    v0 = pol.act(obs, np.random.default_rng(0))[2]
+    state = pol.__dict__["_numba_act_state"]
+    pol.params["critic.b1"] += np.float32(1.0)  # as Adam writes: in place
+    v1 = pol.act(obs, np.random.default_rng(0))[2]
+    assert pol.__dict__["_numba_act_state"] is state
+    np.testing.assert_allclose(v1, v0 + 1.0, rtol=1e-6)
+    new = pol.params["critic.b1"] + np.float32(1.0)  # rebound: a new array object
+    pol.params["critic.b1"] = pol.critic.params["b1"] = new
+    v2 = pol.act(obs, np.random.default_rng(0))[2]
+    assert pol.__dict__["_numba_act_state"] is not state
+    np.testing.assert_allclose(v2, v0 + 2.0, rtol=1e-6)
+
+
+def _assert_same_as_numpy_path(pol, obs, seed=3):
+    (a, lp, v, d), n1 = _act(pol, obs, seed, False)
+    (a2, lp2, v2, d2), n2 = _unfused_act(pol, obs, seed, False)
+    assert n1 == n2
+    np.testing.assert_array_equal(a, a2)
+    # (a Fortran-order obs sends the unfused path's MLPs to BLAS: to rounding only)
+    for x, y, what in ((lp, lp2, "logp"), (v, v2, "values"), (d, d2, "dist params")):
+        _assert_close(x, y, pol.dtype.type, what)
+
+
+def test_unsupported_setups_fall_back_to_the_numpy_path(monkeypatch):
+    use_backend("numba")
+    obs = _obs(4, 0, np.float32)
+    rng = np.random.default_rng(0)
+    ok = _policy(np.float32, True, (8,), "tanh", 1)
+    assert cpu_act.act(ok, obs, rng) is not None
+    assert cpu_act.act(ok, _obs(cpu_act.MAX_BATCH + 1, 0, np.float32), rng) is None  # large batch: BLAS
+    assert cpu_act.act(ok, obs[:0], rng) is None
+    assert cpu_act.act(ok, obs.tolist(), rng) is None
+    assert cpu_act.act(ok, obs[:, :3], rng) is None  # wrong width: the numpy path raises
+    with pytest.raises(ValueError, match="obs must have shape"):
+        ok.act(obs[:, :3], rng)
+    shared = _policy(np.float32, True, (8,), "tanh", 1, shared=True)
+    assert cpu_act.act(shared, obs, rng) is None
+    mixed = _policy(np.float32, False, (8,), "tanh", 1)
+    mixed.params["log_std"] = mixed.params["log_std"].astype(np.float64)  # unsupported dtype mix
+    assert cpu_act.act(mixed, obs, rng) is None
+    fortran = _policy(np.float32, True, (8,), "relu", 1)
+    w = np.asfortranarray(fortran.params["actor.W0"])  # unsupported layout
+    fortran.params["actor.W0"] = fortran.actor.params["W0"] = w
+    assert cpu_act.act(fortran, obs, rng) is None
+    f16 = _policy(np.float16, True, (8,), "tanh", 1)  # unsupported dtype
+    assert cpu_act.act(f16, obs, rng) is None
+    with monkeypatch.context() as m:  # policy.act still works, through numpy
+        m.setattr(cpu_act, "_act_gaussian", None)
+        m.setattr(cpu_act, "_act_categorical", None)
+        for pol in (shared, mixed, fortran):  # (f16 not: kernels/cpu.py's MLP forward would try to compile it)
+            pol.act(obs, np.random.default_rng(0))
+    # obs of another dtype or layout is converted, as forward's astype does
+    _assert_same_as_numpy_path(ok, np.asfortranarray(obs.astype(np.float64)))
+    ro = obs.copy()
+    ro.flags.writeable = False
+    _assert_same_as_numpy_path(ok, ro)
+
+
+def test_numpy_backend_never_uses_the_fused_act(monkeypatch):
+    use_backend("numpy")
+    monkeypatch.setattr(cpu_act, "act", lambda *a, **k: pytest.fail("fused act ran on the numpy backend"))
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    pol.act(_obs(4, 0, np.float32), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_non_finite_raises_like_the_numpy_path(discrete):
+    use_backend("numba")
+    pol = _policy(np.float32, discrete, (8,), "tanh", 1)
+    pol.params["actor.b1"][0] = np.nan
+    name = "logits" if discrete else "mean"
+    with pytest.raises(FloatingPointError, match=f"{name} contains NaN or inf"):
+        pol.act(_obs(4, 0, np.float32), np.random.default_rng(0))
+    if not discrete:
+        pol = _policy(np.float32, False, (8,), "tanh", 1)
+        pol.params["log_std"][1] = np.nan
+        with pytest.raises(FloatingPointError, match="log_std contains NaN or inf"):
+            pol.act(_obs(4, 0, np.float32), np.random.default_rng(0))
+        pol.params["log_std"][1] = np.inf  # clamped to LOG_STD_MAX, as np.clip does: finite
+        a, lp, _, d = pol.act(_obs(4, 0, np.float32), np.random.default_rng(0))
+        assert np.all(d[:, pol.act_dim + 1] == np.float32(2.0)) and np.isfinite(lp).all()
+
+
+# ---------------------------------------------------------------- in training
+TINY = dict(n_envs=4, n_steps=16, batch_size=32, n_epochs=3, total_timesteps=192, hidden=(16, 16))
+
+
+def _train_rows(cfg):
+    from minippo import PPO
+
+    rows = []
+    algo = PPO(cfg)
+    algo.learn(callback=rows.append)
+    return algo, [{k: v for k, v in r.items() if k not in ("time", "fps")} for r in rows]
+
+
+@pytest.mark.parametrize("overrides", [dict(env_id="CartPole-v1", autoreset="next_step"),
+                                       dict(env_id="Pendulum-v1", ent_coef=0.01)])
+def test_numba_training_run_is_bit_identical_and_uses_the_fused_act(overrides):
+    pytest.importorskip("gymnasium")
+    import json
+
+    from minippo.config import PPOConfig
+
+    use_backend("numba")
+    cfg = PPOConfig(**TINY, **overrides)
+    algo, a = _train_rows(cfg)
+    assert algo.policy.__dict__["_numba_act_state"].ok  # the rollout went through the fused act
+    _, b = _train_rows(cfg)
+    assert len(a) == 3
+    assert json.dumps(a) == json.dumps(b)
