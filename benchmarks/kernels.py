@@ -8,6 +8,10 @@ few more written). Targets (issue 4): numba >= 100x over the Python loop and wit
 
 MLP 4-64-64-2 and 17-64-64-6 (tanh, float32) forward and forward+backward at batch 1, 8, 64, 256,
 2048 through ``minippo.nn.MLP``: time per call and numpy/numba speed-up. Target: >= 3x at B <= 8.
+
+``ActorCritic.act`` (the rollout's per-step call: both MLPs, distribution, sample, log-prob) for the
+CartPole preset policy (4-64-64, Discrete(2)) and a 17-64-64 Gaussian (6-d) at batch 1, 8, 64: numpy,
+numba with the fused act (``kernels/cpu_act.py``), and numba without it (MLPs through ``kernels/cpu.py``).
 """
 
 from __future__ import annotations
@@ -125,12 +129,40 @@ def bench_mlp(backends: list[str]) -> None:
             print(f"  {'-'.join(map(str, sizes)):11s} B={B:5d}  {cells}{ratio}")
 
 
+def bench_act(backends: list[str]) -> None:
+    from minippo.policy import ActorCritic
+    from minippo.spaces import Box, Discrete
+
+    print("ActorCritic.act float32 tanh, us per call (speed-up of the fused numba act over numpy)")
+    for obs_dim, space, label in ((4, Discrete(2), "4-64-64 Discrete(2)"),
+                                  (17, Box(-np.ones(6), np.ones(6)), "17-64-64 Gaussian(6)")):
+        pol = ActorCritic(obs_dim, space, (64, 64))
+        for B in (1, 8, 64):
+            obs = np.random.default_rng(0).normal(size=(B, obs_dim)).astype(np.float32)
+            rng = np.random.default_rng(0)
+            row = {}
+            for name in backends:
+                if name == "cupy" or not use(name):
+                    continue
+                row[name] = best(lambda: pol.act(obs, rng))  # noqa: B023
+                if name == "numba":
+                    from minippo.kernels import cpu_act
+
+                    saved, cpu_act.MAX_BATCH = cpu_act.MAX_BATCH, 0
+                    row["numba unfused"] = best(lambda: pol.act(obs, rng))  # noqa: B023
+                    cpu_act.MAX_BATCH = saved
+            cells = "  ".join(f"{n} {t * 1e6:7.2f}" for n, t in row.items())
+            ratio = f"  fused speed-up {row['numpy'] / row['numba']:5.2f}x" if {"numpy", "numba"} <= set(row) else ""
+            print(f"  {label:21s} B={B:3d}  {cells}{ratio}")
+
+
 def main() -> None:
     print(f"BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}; "
           "times are the best of 5 repeats")
     backends = [name for name in ("numpy", "numba", "cupy") if use(name)]
     bench_gae(backends)
     bench_mlp(backends)
+    bench_act(backends)
     backend.reset()
 
 
