@@ -9,7 +9,7 @@ of per-call overhead for ~2 us of arithmetic. :func:`act` does it all in one cal
   depth, tanh or relu, float32 or float64), the actor's output written straight into the returned
   dist params;
 - Categorical (softmax with temperature) or diagonal Gaussian (state-independent log_std clamped to
-  ``policy.LOG_STD_MIN/MAX``), in float64, rounded once to the policy's dtype at the end;
+  ``policy.LOG_STD_MIN/MAX``), log-probs in float64, rounded once to the policy's dtype at the end;
 - the action: the random numbers are drawn in Python from the caller's Generator with exactly the
   calls of ``Categorical.sample`` (``rng.random((B, 1))``) and ``DiagGaussian.sample``
   (``rng.standard_normal((B, d))``), so the stream is consumed identically; the kernel does the
@@ -19,13 +19,14 @@ of per-call overhead for ~2 us of arithmetic. :func:`act` does it all in one cal
 Results equal the numpy path to rounding: the MLP is the fused kernel's (the numba backend's
 ``MLP.forward`` at B <= 8 runs the same code; against BLAS only summation order differs, and float32
 tanh is ``kernels.cpu._tanh_f32``, <= 8 ulp); the distribution runs in float64 where numpy stays in
-float32 (logp within a few float32 ulp). Actions are identical except where u lands within rounding
-(~1e-7 relative) of a CDF boundary, a measure-zero event for a continuous u; Gaussian actions can
-differ in the last float32 bit when numpy's float32 exp and the kernel's float64 exp round the
-std differently.
+float32 (logp within a few float32 ulp). Categorical actions are identical except where u lands
+within rounding (~1e-7 relative) of a CDF boundary, a measure-zero event for a continuous u. Gaussian
+actions: the std is numpy's own ``exp(clip(log_std))`` (computed in Python: numpy's float32 exp need
+not round as libm's does), so given the same mean they are identical; against BLAS the mean itself
+differs by rounding.
 
-Importing this module compiles nothing: each kernel is compiled on its first call (per dtype,
-activation-independent, per depth-agnostic tuple type) and cached on disk (``cache=True``).
+Importing this module compiles nothing: each kernel is compiled on its first call (per dtype and
+network depth, as the weight tuples' types differ) and cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
