@@ -422,7 +422,7 @@ class _State:
         self.p, self.dt, n = p, dt, mlp.n_layers
         self.keys = tuple(mlp.params)
         self.sizes = tuple(mlp.sizes)
-        ok = n <= MAX_LAYERS and list(self.keys) == [k for i in range(n) for k in (f"W{i}", f"b{i}")]
+        ok = dt in _FLOATS and n <= MAX_LAYERS and list(self.keys) == [k for i in range(n) for k in (f"W{i}", f"b{i}")]
         shapes = [s for i in range(n) for s in ((mlp.sizes[i], mlp.sizes[i + 1]), (mlp.sizes[i + 1],))]
         # boundscheck is off in the kernels: shapes are checked here, so they cannot read out of bounds
         self.ok = ok and all(type(a) is np.ndarray and a.dtype is dt and a.flags.c_contiguous and a.shape == s

@@ -33,7 +33,8 @@ from .cpu import ACT_RELU, ACT_TANH, ACT_TANH_F32, _tanh_f32
 # are kept (no "nnan"/"ninf"), so a NaN loss still reaches the trainer's check.
 _JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc", "contract"}}
 # The optimizer kernel does numpy's float operations in numpy's order and dtype (no contraction).
-_JIT_EXACT = {"cache": True, "error_model": "numpy"}
+# fastmath=False explicitly: numba otherwise inlines a callee with its caller's fastmath flags.
+_JIT_EXACT = {"cache": True, "error_model": "numpy", "fastmath": False}
 
 N_STATS = 8
 STAT_KEYS = ("approx_kl", "clipfrac", "vclipfrac", "loss", "policy_loss", "value_loss", "entropy")

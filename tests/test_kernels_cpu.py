@@ -309,3 +309,11 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     mlp.params = {k: v.copy() for k, v in mlp.params.items()}  # a new dict (ActorCritic.to): a new state
     mlp.forward(x)
     assert mlp.__dict__["_numba_state"] is not st
+
+
+def test_float16_mlp_falls_back_to_numpy(numba_backend):
+    mlp = nn.MLP([3, 8, 2], seed=0, dtype=np.float16)
+    x = np.ones((4, 3), np.float16)
+    y, cache = mlp.forward(x)  # no fused kernel for float16: the numpy path, no compile error
+    dx, grads = mlp.backward(np.ones_like(y), cache)
+    assert y.dtype == np.float16 and grads["W0"].dtype == np.float16
