@@ -182,26 +182,24 @@ def _activate(h, act):
 
 
 @njit(**_MLP_JIT)
-def _dense(x, W, b, out, act):
-    """out = act(x W + b). Register blocking for small B: four rows of x times four rows of W per
-    pass over out's columns, so each loaded W element feeds four rows (16 multiply-adds per 4 loads
-    of W, 4 loads and 4 stores of out); leftover rows go one at a time, leftover k one at a time."""
-    B = x.shape[0]
-    K, F = W.shape
+def _mm_acc(A, W, out):
+    """out += A @ W; A (M, K), W (K, F), out (M, F), all row-major. The one matmul building block
+    of the fused kernels (also used by kernels/cpu_update.py).
+
+    Vectorised along out's contiguous rows (out[r, :] += A[r, k] * W[k, :]) with register blocking:
+    four rows of A times four rows of W per pass over out's columns, so each loaded W element feeds
+    four rows (16 multiply-adds per 4 loads of W, 4 loads and 4 stores of out); leftover rows go one
+    at a time (k still unrolled by 4), leftover k one at a time."""
+    M, K = A.shape
+    F = W.shape[1]
     K4 = K - K % 4
     r = 0
-    while r + 4 <= B:
-        for j in range(F):
-            bj = b[j]
-            out[r, j] = bj
-            out[r + 1, j] = bj
-            out[r + 2, j] = bj
-            out[r + 3, j] = bj
+    while r + 4 <= M:
         for k in range(0, K4, 4):
-            a0, a1, a2, a3 = x[r, k], x[r, k + 1], x[r, k + 2], x[r, k + 3]
-            b0, b1, b2, b3 = x[r + 1, k], x[r + 1, k + 1], x[r + 1, k + 2], x[r + 1, k + 3]
-            c0, c1, c2, c3 = x[r + 2, k], x[r + 2, k + 1], x[r + 2, k + 2], x[r + 2, k + 3]
-            e0, e1, e2, e3 = x[r + 3, k], x[r + 3, k + 1], x[r + 3, k + 2], x[r + 3, k + 3]
+            a0, a1, a2, a3 = A[r, k], A[r, k + 1], A[r, k + 2], A[r, k + 3]
+            b0, b1, b2, b3 = A[r + 1, k], A[r + 1, k + 1], A[r + 1, k + 2], A[r + 1, k + 3]
+            c0, c1, c2, c3 = A[r + 2, k], A[r + 2, k + 1], A[r + 2, k + 2], A[r + 2, k + 3]
+            e0, e1, e2, e3 = A[r + 3, k], A[r + 3, k + 1], A[r + 3, k + 2], A[r + 3, k + 3]
             for j in range(F):
                 w0, w1, w2, w3 = W[k, j], W[k + 1, j], W[k + 2, j], W[k + 3, j]
                 out[r, j] += a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3
@@ -209,7 +207,7 @@ def _dense(x, W, b, out, act):
                 out[r + 2, j] += c0 * w0 + c1 * w1 + c2 * w2 + c3 * w3
                 out[r + 3, j] += e0 * w0 + e1 * w1 + e2 * w2 + e3 * w3
         for k in range(K4, K):
-            a0, b0, c0, e0 = x[r, k], x[r + 1, k], x[r + 2, k], x[r + 3, k]
+            a0, b0, c0, e0 = A[r, k], A[r + 1, k], A[r + 2, k], A[r + 3, k]
             for j in range(F):
                 w0 = W[k, j]
                 out[r, j] += a0 * w0
@@ -217,17 +215,25 @@ def _dense(x, W, b, out, act):
                 out[r + 2, j] += c0 * w0
                 out[r + 3, j] += e0 * w0
         r += 4
-    for q in range(r, B):
-        for j in range(F):
-            out[q, j] = b[j]
+    for q in range(r, M):
         for k in range(0, K4, 4):
-            a0, a1, a2, a3 = x[q, k], x[q, k + 1], x[q, k + 2], x[q, k + 3]
+            a0, a1, a2, a3 = A[q, k], A[q, k + 1], A[q, k + 2], A[q, k + 3]
             for j in range(F):
                 out[q, j] += a0 * W[k, j] + a1 * W[k + 1, j] + a2 * W[k + 2, j] + a3 * W[k + 3, j]
         for k in range(K4, K):
-            a0 = x[q, k]
+            a0 = A[q, k]
             for j in range(F):
                 out[q, j] += a0 * W[k, j]
+
+
+@njit(**_MLP_JIT)
+def _dense(x, W, b, out, act):
+    """out = act(x W + b): the bias, then :func:`_mm_acc`, then the activation in place."""
+    B, F = out.shape
+    for r in range(B):
+        for j in range(F):
+            out[r, j] = b[j]
+    _mm_acc(x, W, out)
     _activate(out, act)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from .cpu import ACT_RELU, ACT_TANH, ACT_TANH_F32, _tanh_f32
+from .cpu import ACT_RELU, ACT_TANH, ACT_TANH_F32, _mm_acc, _tanh_f32
 
 # As in kernels/cpu.py: error_model="numpy" drops per-division zero checks (they block
 # vectorisation); reassoc + contract let the matmul loops vectorise and use FMA. NaN/inf semantics
@@ -43,45 +43,6 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 # ---------------------------------------------------------------- matmul building blocks
-@njit(**_JIT)
-def _mm_acc(A, W, out):
-    """out += A @ W; A (M, K), W (K, F), out (M, F), all row-major.
-
-    Vectorised along out's contiguous rows (out[r, :] += A[r, k] * W[k, :]); four rows of A per
-    pass, so each loaded row chunk of W feeds four rows of out, and k unrolled by 4 so each
-    load/store of out carries 4 multiply-adds per row."""
-    M, K = A.shape
-    F = W.shape[1]
-    K4 = K - K % 4
-    r = 0
-    while r + 4 <= M:
-        for k in range(0, K4, 4):
-            a0, a1, a2, a3 = A[r, k], A[r, k + 1], A[r, k + 2], A[r, k + 3]
-            b0, b1, b2, b3 = A[r + 1, k], A[r + 1, k + 1], A[r + 1, k + 2], A[r + 1, k + 3]
-            c0, c1, c2, c3 = A[r + 2, k], A[r + 2, k + 1], A[r + 2, k + 2], A[r + 2, k + 3]
-            e0, e1, e2, e3 = A[r + 3, k], A[r + 3, k + 1], A[r + 3, k + 2], A[r + 3, k + 3]
-            for j in range(F):
-                w0, w1, w2, w3 = W[k, j], W[k + 1, j], W[k + 2, j], W[k + 3, j]
-                out[r, j] += a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3
-                out[r + 1, j] += b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3
-                out[r + 2, j] += c0 * w0 + c1 * w1 + c2 * w2 + c3 * w3
-                out[r + 3, j] += e0 * w0 + e1 * w1 + e2 * w2 + e3 * w3
-        for k in range(K4, K):
-            a0, b0, c0, e0 = A[r, k], A[r + 1, k], A[r + 2, k], A[r + 3, k]
-            for j in range(F):
-                w0 = W[k, j]
-                out[r, j] += a0 * w0
-                out[r + 1, j] += b0 * w0
-                out[r + 2, j] += c0 * w0
-                out[r + 3, j] += e0 * w0
-        r += 4
-    for q in range(r, M):
-        for k in range(K):
-            a0 = A[q, k]
-            for j in range(F):
-                out[q, j] += a0 * W[k, j]
-
-
 @njit(**_JIT)
 def _mm_tn(A, D, out):
     """out = A^T @ D; A (B, K), D (B, F), out (K, F): the weight gradient x^T dL/dz.
