@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from .cpu import ACT_RELU, ACT_TANH, ACT_TANH_F32, _mm_acc, _tanh_f32
+from .cpu import ACT_RELU, ACT_TANH, ACT_TANH_F32, _activate, _mm_acc
 
 # As in kernels/cpu.py: error_model="numpy" drops per-division zero checks (they block
 # vectorisation); reassoc + contract let the matmul loops vectorise and use FMA. NaN/inf semantics
@@ -80,23 +80,6 @@ def _mm_tn(A, D, out):
             a0 = A[r, q]
             for j in range(F):
                 out[q, j] += a0 * D[r, j]
-
-
-@njit(**_JIT)
-def _activate(h, act):
-    """h <- act(h) in place (the forward epilogue, on rows still in L1)."""
-    B, F = h.shape
-    for r in range(B):
-        if act == ACT_TANH_F32:
-            for j in range(F):
-                h[r, j] = _tanh_f32(h[r, j])
-        elif act == ACT_TANH:
-            for j in range(F):
-                h[r, j] = np.tanh(h[r, j])
-        elif act == ACT_RELU:
-            for j in range(F):
-                v = h[r, j]
-                h[r, j] = 0 if v < 0 else v
 
 
 @njit(**_JIT)
