@@ -85,24 +85,9 @@ def orthogonal(
 
 
 # ---------------------------------------------------------------- MLP
-_fused_for: Any = None  # the backend resolution _fused_kernels() last looked at
-_fused: Any = None  # minippo.kernels.cpu when that resolution is numba, else None
-
-
 def _fused_kernels() -> Any:
-    """``minippo.kernels.cpu`` when ``MINIPPO_BACKEND`` resolved to numba, else None.
-
-    Checked on every forward/backward, so it is cached against the backend's resolved state
-    (~0.1 us instead of ~0.4 us for ``backend.name``); ``backend.reset()`` still takes effect.
-    """
-    global _fused_for, _fused
-    resolved = backend.resolved()  # raises on a bad MINIPPO_BACKEND
-    if resolved is not _fused_for:
-        _fused = None
-        if resolved[0] == "numba":
-            from minippo.kernels import cpu as _fused
-        _fused_for = resolved
-    return _fused
+    """``minippo.kernels.cpu`` on the numba backend, else None (checked on every forward/backward)."""
+    return backend.numba_kernels("cpu")
 
 
 class MLP:

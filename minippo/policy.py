@@ -30,23 +30,6 @@ Array = Any
 # allowed to reach inf/NaN (SB3 #1593); the gradient is zero where the clamp is active.
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
-_act_for: Any = None  # the backend resolution _fused_act() last looked at
-_act_kernel: Any = None  # minippo.kernels.cpu_act when that resolution is numba, else None
-
-
-def _fused_act() -> Any:
-    """``minippo.kernels.cpu_act`` when ``MINIPPO_BACKEND`` resolved to numba, else None (cached
-    against the resolved state, ~0.1 us, as ``minippo.nn`` does for the MLP kernels)."""
-    global _act_for, _act_kernel
-    resolved = backend.resolved()
-    if resolved is not _act_for:
-        _act_kernel = None
-        if resolved[0] == "numba":
-            from minippo.kernels import cpu_act as _act_kernel
-        _act_for = resolved
-    return _act_kernel
-
-
 class ActorCritic:
     """Policy and value function for a Discrete (softmax) or Box (diagonal Gaussian) action space.
 
@@ -168,7 +151,7 @@ class ActorCritic:
         their logp (B,), values (B,) and the dist params (see :meth:`dist_params`)."""
         # Numba backend: forward, distribution, sampling (from this rng, same draws) and log-prob in one
         # compiled call for small batches (kernels/cpu_act.py); None -> not supported, the code below.
-        fused = _fused_act()
+        fused = backend.numba_kernels("cpu_act")
         if fused is not None:
             out = fused.act(self, obs, rng, deterministic)
             if out is not None:
