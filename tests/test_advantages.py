@@ -139,6 +139,10 @@ def test_truncation_is_bootstrapped(autoreset):
         # the masked step never enters a minibatch
         mbs = list(buf.minibatches(8, np.random.default_rng(0)))
         assert sum(len(mb["returns"]) for mb in mbs) == 6
+        np.testing.assert_array_equal(mbs[0]["returns"], ret[[0, 1, 2, 4, 5, 6]])  # time order
+        assert next(buf.minibatches(8, np.random.default_rng(1)))["returns"] is mbs[0]["returns"]  # built once
+        buf.reset()
+        assert buf._full_batch is None  # rebuilt for the next rollout
 
 
 def test_termination_is_not_bootstrapped():
