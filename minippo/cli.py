@@ -310,9 +310,22 @@ def pin_blas_threads() -> None:
             os.environ.setdefault(var, "1")
 
 
+def _show_library_log() -> None:
+    """Print the library's INFO messages (e.g. which backend MINIPPO_BACKEND=auto picked) on stderr."""
+    import logging
+
+    log = logging.getLogger("minippo")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("minippo: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``minippo`` command; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit code."""
     pin_blas_threads()
+    _show_library_log()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -141,3 +141,11 @@ def test_missing_env_dependency_is_one_line(capsys):
     assert main(["train", "minippo-test/NeedsBox2D-v0", "--timesteps", "64"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs a package that is not installed" in err and "minippo[gym]" in err
+
+
+def test_auto_backend_choice_is_shown(tmp_path):
+    env = {**os.environ, "MINIPPO_BACKEND": "auto"}
+    r = subprocess.run([sys.executable, "-m", "minippo", "train", "CartPole-v1", "--timesteps", "32",
+                        "--out", str(tmp_path / "r"), *TINY], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "MINIPPO_BACKEND=auto picked" in r.stderr and "on backend " in r.stderr
