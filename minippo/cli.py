@@ -199,7 +199,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"minippo: training {cfg.env_id} ({cfg.objective}) for {algo.total_timesteps} steps "
               f"on backend {backend.name}; writing {out}", file=sys.stderr)
     log = CsvLog(os.path.join(out, "progress.csv"), append=bool(args.resume))
-    progress = _Progress(algo.total_timesteps, algo.num_timesteps, args.quiet)
+    per_iteration = cfg.n_envs * cfg.n_steps  # the last rollout runs to completion past the budget
+    steps_to_run = -(-algo.total_timesteps // per_iteration) * per_iteration
+    progress = _Progress(max(steps_to_run, algo.num_timesteps), algo.num_timesteps, args.quiet)
 
     def on_iteration(row: dict[str, Any]) -> None:
         log(row)
