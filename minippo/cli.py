@@ -282,8 +282,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(args.output, dpi=120)
-    plt.close(fig)
+    tmp = f"{args.output}.tmp{os.getpid()}"  # written whole, then renamed: never a half-written PNG
+    try:
+        fig.savefig(tmp, dpi=120, format=os.path.splitext(args.output)[1].lstrip(".") or "png")
+        os.replace(tmp, args.output)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     print(f"minippo: wrote {args.output}")
     return 0
 
