@@ -200,3 +200,14 @@ def test_saved_policy_runs_with_numpy_alone(tmp_path):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
         assert r.returncode == 0, r.stderr
     assert "(2, 1)" in r.stdout  # Pendulum: one continuous action per row, clipped to the bounds
+
+
+def test_schedules_follow_training_progress():
+    rows = []
+    cfg = PPOConfig(**TINY, learning_rate=1e-3, lr_schedule="linear", lr_end=1e-4, clip_eps=0.2,
+                    clip_schedule="linear", ent_coef=0.01, ent_schedule="exponential", ent_end=0.001)
+    PPO(cfg).learn(callback=rows.append)
+    progress = [r["timesteps"] / 96 - 32 / 96 for r in rows]  # progress at the start of each iteration
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3 + (1e-4 - 1e-3) * p for p in progress])
+    assert [r["clip_eps"] for r in rows] == pytest.approx([0.2 * (1 - p) for p in progress])
+    assert [r["ent_coef"] for r in rows] == pytest.approx([0.01 * 0.1**p for p in progress])
