@@ -211,3 +211,19 @@ def test_schedules_follow_training_progress():
     assert [r["lr"] for r in rows] == pytest.approx([1e-3 + (1e-4 - 1e-3) * p for p in progress])
     assert [r["clip_eps"] for r in rows] == pytest.approx([0.2 * (1 - p) for p in progress])
     assert [r["ent_coef"] for r in rows] == pytest.approx([0.01 * 0.1**p for p in progress])
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_temperature_keeps_the_ratio_exact(temperature):
+    # The behaviour policy samples from softmax(logits / T) and the update evaluates the same
+    # distribution, so before any step r_t(theta) = 1 exactly (logp == logp_old).
+    algo = PPO(PPOConfig(**TINY, temperature=temperature))
+    algo.collect_rollout()
+    mb = next(algo.buffer.minibatches(16, np.random.default_rng(0)))
+    logp, *_ = algo.policy.evaluate(mb["obs"], mb["actions"])
+    from minippo import backend
+
+    if backend.name == "numpy":
+        np.testing.assert_array_equal(logp, mb["logp_old"])
+    else:  # the fused numba act sums in another order (float32 tanh within 8 ulp): equal to rounding
+        np.testing.assert_allclose(logp, mb["logp_old"], rtol=0, atol=1e-6)
