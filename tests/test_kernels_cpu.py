@@ -26,6 +26,16 @@ from minippo import advantages, backend, nn  # noqa: E402
 
 GAE_TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 MLP_TOL = {np.float32: dict(rtol=1e-5, atol=2e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+def assert_mlp_close(a, a_ref, dtype):
+    """Fused vs reference MLP arrays. The kernels sum up to 64 products in another order than the
+    float64 reference, so the error of an entry is ~ (terms) x eps x (size of the partial sums):
+    the absolute tolerance scales with the array's largest magnitude (hypothesis found a relu net
+    with |entries| ~ 3 where a fixed 2e-5 failed by 1e-5)."""
+    tol = MLP_TOL[dtype]
+    scale = max(1.0, float(np.abs(a_ref).max(initial=0.0)))
+    np.testing.assert_allclose(a, a_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
 SLOW = settings(max_examples=30, deadline=None)  # deadline=None: the first example compiles
 
 
@@ -144,7 +154,6 @@ def test_fused_mlp_matches_reference_and_numpy(numba_backend, case):
         mlp.params[k] += rng.normal(scale=0.5, size=mlp.params[k].shape).astype(dtype)
     x = rng.normal(size=(B, sizes[0])).astype(dtype)
     dy = rng.normal(size=(B, sizes[-1])).astype(dtype)
-    tol = MLP_TOL[dtype]
 
     cache = cpu.mlp_forward(mlp, x)
     assert cache is not None
@@ -154,12 +163,12 @@ def test_fused_mlp_matches_reference_and_numpy(numba_backend, case):
     assert len(cache) == len(cache_ref) == mlp.n_layers + 1 and cache[0] is x
     for h, h_ref in zip(cache, cache_ref, strict=True):
         assert h.shape == h_ref.shape and h.dtype == dtype
-        np.testing.assert_allclose(h, h_ref, **tol)
-    np.testing.assert_allclose(dx, dx_ref, **tol)
+        assert_mlp_close(h, h_ref, dtype)
+    assert_mlp_close(dx, dx_ref, dtype)
     assert dx.dtype == dtype and list(grads) == list(mlp.params)
     for k in grads:
         assert grads[k].shape == mlp.params[k].shape and grads[k].dtype == dtype
-        np.testing.assert_allclose(grads[k], grads_ref[k], **tol)
+        assert_mlp_close(grads[k], grads_ref[k], dtype)
 
     y, cache_mlp = mlp.forward(x)  # through nn.MLP's dispatch: the same kernel
     np.testing.assert_array_equal(y, cache[-1])
