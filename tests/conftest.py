@@ -8,3 +8,17 @@ import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+
+
+import pytest  # noqa: E402  (after the BLAS pinning above)
+
+
+@pytest.fixture
+def numba_backend(monkeypatch):
+    """MINIPPO_BACKEND=numba for one test (the backend is re-read, then forgotten again)."""
+    from minippo import backend
+
+    monkeypatch.setenv(backend.ENV_VAR, "numba")
+    backend.reset()
+    yield
+    backend.reset()

@@ -39,14 +39,6 @@ def assert_mlp_close(a, a_ref, dtype):
 SLOW = settings(max_examples=30, deadline=None)  # deadline=None: the first example compiles
 
 
-@pytest.fixture
-def numba_backend(monkeypatch):
-    monkeypatch.setenv(backend.ENV_VAR, "numba")
-    backend.reset()
-    yield
-    backend.reset()
-
-
 @st.composite
 def rollouts(draw):
     T = draw(st.sampled_from([1, 2, 3, 7, 16]))

@@ -216,14 +216,6 @@ def test_unsupported_setups_fall_back():
     assert cpu_update.make(pol, other, PPOConfig()) is None  # an Adam over other arrays
 
 
-@pytest.fixture
-def numba_backend(monkeypatch):
-    monkeypatch.setenv(backend.ENV_VAR, "numba")
-    backend.reset()
-    yield
-    backend.reset()
-
-
 def _train_rows(cfg):
     from minippo import PPO
 
