@@ -81,13 +81,14 @@ def bench_gae(backends: list[str]) -> None:
             if not use(name):
                 continue
             xp = backend.xp
-            dev = [xp.asarray(a) for a in (*host, lv)]
+            r, v, d, lv_ = (xp.asarray(a) for a in (*host, lv))
             sync = _sync(xp)
-            t = best(lambda: (compute_gae(*dev, 0.99, 0.95), sync()))  # noqa: B023
+            # Arguments spelled out (no *args unpacking), as the floor's np.copyto(dst, src) is called.
+            t = best(lambda: (compute_gae(r, v, d, lv_, 0.99, 0.95), sync()))  # noqa: B023
             print(f"    {name:6s} {t * 1e6:10.2f} us   {t_py / t:9.0f}x        {t / t_mem:6.2f}x")
-            if xp is np:  # as RolloutBuffer calls it: writing into its own arrays
+            if xp is np:  # as RolloutBuffer calls it: writing into its own arrays (as the floor's copy does)
                 out = (np.empty_like(host[0]), np.empty_like(host[0]))
-                t = best(lambda: compute_gae(*dev, 0.99, 0.95, out=out))  # noqa: B023
+                t = best(lambda: compute_gae(r, v, d, lv_, 0.99, 0.95, out=out))  # noqa: B023
                 print(f"    {name + ' out=':11s} {t * 1e6:5.2f} us   {t_py / t:9.0f}x        {t / t_mem:6.2f}x")
 
 

@@ -43,31 +43,104 @@ _MLP_JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc", "cont
 
 
 # ---------------------------------------------------------------- GAE and rewards-to-go
-@njit(cache=True)
-def _gae_kernel(rewards, values, dones, last_values, gamma, gamma_lam, adv, returns):
+# Two loop orders, the same arithmetic (so both equal numpy bit for bit):
+# - _gae_lanes: 8 envs at a time, the 8 running advantages and next values held in registers across
+#   the backward pass over t. Compiled with LLVM's SLP vectoriser on (see _compile_with_slp), the 8
+#   lanes become one SIMD vector: the pass costs ~8 cycles per t (the mul+add latency of the
+#   recursion). Unsigned indices: numba adds a negative-index wraparound to signed ones, and the
+#   resulting selects hide the consecutive addresses the SLP vectoriser needs.
+# - _gae_rows: row by row over t, inner loop over the envs (LLVM's loop vectoriser takes the inner
+#   loop once it is long: N >= 32 float32). Used from N = 64 on (the lanes walk each (T, N) array 8
+#   columns at a time, 2x slower there: measured) and for the N % 8 columns the lanes leave.
+LANES_MAX_N = 64
+"""Below this many envs the GAE kernel runs 8-env register lanes (measured crossover, T = 2048)."""
+
+
+@njit(inline="always")
+def _lane(rewards, values, dones, t, n, next_value, next_adv, g, gl, one):
+    not_done = one - dones[t, n]
+    return rewards[t, n] + g * next_value * not_done - values[t, n] + gl * not_done * next_adv
+
+
+@njit(inline="always")
+def _gae_lanes(rewards, values, dones, last_values, g, gl, zero, one, adv, returns, c):
+    """Columns c .. c + 7: all loads of a row first, then all stores (no aliasing in between)."""
+    T = rewards.shape[0]
+    u = np.uint64
+    n0, n1, n2, n3 = u(c), u(c + 1), u(c + 2), u(c + 3)
+    n4, n5, n6, n7 = u(c + 4), u(c + 5), u(c + 6), u(c + 7)
+    v0, v1, v2, v3 = last_values[n0], last_values[n1], last_values[n2], last_values[n3]
+    v4, v5, v6, v7 = last_values[n4], last_values[n5], last_values[n6], last_values[n7]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
+    for s in range(T):
+        t = u(T - 1 - s)
+        a0 = _lane(rewards, values, dones, t, n0, v0, a0, g, gl, one)
+        a1 = _lane(rewards, values, dones, t, n1, v1, a1, g, gl, one)
+        a2 = _lane(rewards, values, dones, t, n2, v2, a2, g, gl, one)
+        a3 = _lane(rewards, values, dones, t, n3, v3, a3, g, gl, one)
+        a4 = _lane(rewards, values, dones, t, n4, v4, a4, g, gl, one)
+        a5 = _lane(rewards, values, dones, t, n5, v5, a5, g, gl, one)
+        a6 = _lane(rewards, values, dones, t, n6, v6, a6, g, gl, one)
+        a7 = _lane(rewards, values, dones, t, n7, v7, a7, g, gl, one)
+        v0, v1, v2, v3 = values[t, n0], values[t, n1], values[t, n2], values[t, n3]
+        v4, v5, v6, v7 = values[t, n4], values[t, n5], values[t, n6], values[t, n7]
+        adv[t, n0], adv[t, n1], adv[t, n2], adv[t, n3] = a0, a1, a2, a3
+        adv[t, n4], adv[t, n5], adv[t, n6], adv[t, n7] = a4, a5, a6, a7
+        returns[t, n0], returns[t, n1], returns[t, n2], returns[t, n3] = a0 + v0, a1 + v1, a2 + v2, a3 + v3
+        returns[t, n4], returns[t, n5], returns[t, n6], returns[t, n7] = a4 + v4, a5 + v5, a6 + v6, a7 + v7
+
+
+@njit(inline="always")
+def _gae_rows(rewards, values, dones, last_values, g, gl, zero, one, adv, returns, c):
+    """Columns c .. N - 1; the last step bootstraps from last_values, the others read row t + 1."""
     T, N = rewards.shape
-    # gamma, gamma * lam (Python floats: no re-dispatch per numpy scalar type) and 1, rounded to the
-    # array dtype as numpy rounds them, by a store into the output that is overwritten below.
-    adv[0, 0] = gamma
-    g = adv[0, 0]
-    adv[0, 0] = gamma_lam
-    gl = adv[0, 0]
-    adv[0, 0] = 1.0
-    one = adv[0, 0]
-    zero = one - one
-    t = T - 1  # the last step bootstraps from last_values; the others read row t + 1 of the outputs
-    for n in range(N):
+    t = T - 1
+    for n in range(c, N):
         not_done = one - dones[t, n]
         a = rewards[t, n] + g * last_values[n] * not_done - values[t, n] + gl * not_done * zero
         adv[t, n] = a
         returns[t, n] = a + values[t, n]
     for t in range(T - 2, -1, -1):
-        for n in range(N):
+        for n in range(c, N):
             not_done = one - dones[t, n]
             delta = rewards[t, n] + g * values[t + 1, n] * not_done - values[t, n]
             a = delta + gl * not_done * adv[t + 1, n]
             adv[t, n] = a
             returns[t, n] = a + values[t, n]
+
+
+@njit(cache=True)
+def _gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, returns):
+    """Returns 0, or 1 when a shape does not match rewards' (T, N), 2 when gamma or lam is out of
+    range: the checks cost nanoseconds here and ~0.35 us in Python (see ``gae``)."""
+    T, N = rewards.shape
+    # (spelled out: a loop over a tuple of the arrays costs 0.1 us of reference counting)
+    if values.shape != (T, N) or dones.shape != (T, N) or adv.shape != (T, N) or returns.shape != (T, N) \
+            or last_values.shape[0] != N:
+        return 1
+    if not (0.0 < gamma <= 1.0) or not (0.0 <= lam <= 1.0):
+        return 2
+    if T == 0 or N == 0:
+        return 0
+    # gamma, gamma * lam (both float64, as Python computes them) and 1, rounded to the array dtype
+    # as numpy rounds them, by a store into the output that is overwritten below.
+    adv[0, 0] = gamma
+    g = adv[0, 0]
+    adv[0, 0] = gamma * lam
+    gl = adv[0, 0]
+    adv[0, 0] = 1.0
+    one = adv[0, 0]
+    zero = one - one
+    c = 0
+    if N < LANES_MAX_N:
+        while c + 8 <= N:
+            _gae_lanes(rewards, values, dones, last_values, g, gl, zero, one, adv, returns, c)
+            c += 8
+    if c == 0:  # a literal start column: the loop vectoriser then keeps its fast path (1.4x at N = 64)
+        _gae_rows(rewards, values, dones, last_values, g, gl, zero, one, adv, returns, 0)
+    elif c < N:
+        _gae_rows(rewards, values, dones, last_values, g, gl, zero, one, adv, returns, c)
+    return 0
 
 
 @njit(cache=True)
@@ -78,6 +151,40 @@ def _rewards_to_go_kernel(rewards, dones, last_values, gamma, one, out):
         for n in range(N):
             g[n] = rewards[t, n] + gamma * (one - dones[t, n]) * g[n]
             out[t, n] = g[n]
+
+
+def _compile_with_slp(dispatcher: Any, signature: tuple) -> None:
+    """Compile (or load from numba's disk cache) one signature with LLVM's SLP vectoriser on.
+
+    numba runs the SLP vectoriser only when ``numba.core.config.SLP_VECTORIZE`` is set, which it
+    reads while optimising a module. It is set here for this one compilation, under numba's own
+    compiler lock, so no other compilation in the process sees it. SLP packs independent scalar
+    operations into vector ones; it neither reorders nor contracts float operations, so results
+    are unchanged (tested bit-identical to numpy).
+    """
+    from numba.core import config
+    from numba.core.compiler_lock import global_compiler_lock
+
+    with global_compiler_lock:
+        saved = config.SLP_VECTORIZE
+        config.SLP_VECTORIZE = 1
+        dispatcher.disable_compile(False)
+        try:
+            dispatcher.compile(signature)
+        finally:
+            config.SLP_VECTORIZE = saved
+            dispatcher.disable_compile(True)
+
+
+def _gae_prepare(dt: np.dtype) -> None:
+    """Compile the one signature gae() calls for dtype dt: C-contiguous writable arrays, float64
+    gamma and lambda. The dispatcher compiles nothing else (compilation stays disabled, so no
+    signature is ever built without SLP, nor cached that way, nor for mixed dtypes, whose casts
+    would differ from numpy's); other argument types raise TypeError and take gae()'s slow path."""
+    from numba import from_dtype, types
+
+    arr2, arr1 = types.Array(from_dtype(dt), 2, "C"), types.Array(from_dtype(dt), 1, "C")
+    _compile_with_slp(_gae_kernel, (arr2, arr2, arr2, arr1, types.float64, types.float64, arr2, arr2))
 
 
 def _float_dtype(a: np.ndarray) -> np.dtype:
@@ -98,29 +205,61 @@ def gae(
     rewards, values, dones (T, N) float32/float64 (dones 0/1), last_values (N,) = V(s_T)
     -> (advantages (T, N), returns (T, N) = advantages + values), in the dtype of rewards.
     ``out=(adv, returns)``: arrays of that shape and dtype to write into (and return) instead of
-    allocating. Inputs already in the right dtype are used as they are (any strides).
+    allocating. Any dtype (cast to rewards' float dtype), strides, or read-only inputs are accepted.
+
+    Fast path (~0.9 us at (128, 8)): C-contiguous arrays of one float dtype go straight to the
+    compiled kernel, which checks the shapes and gamma/lambda itself; everything else (a cast, a
+    copy, a bad argument) goes through :func:`_gae_slow`.
     """
-    dt = rewards.dtype
-    if not (dt is _F32 or dt is _F64):
-        dt = _float_dtype(rewards)
-        rewards = rewards.astype(dt)
-    if values.dtype is not dt:
-        values = values.astype(dt)
-    if dones.dtype is not dt:
-        dones = dones.astype(dt)
-    if last_values.dtype is not dt:
-        last_values = last_values.astype(dt)
-    if out is None:
-        adv, returns = np.empty(rewards.shape, dt), np.empty(rewards.shape, dt)
-    else:
-        adv, returns = out
-        if adv.shape != rewards.shape or returns.shape != rewards.shape or adv.dtype is not dt \
-                or returns.dtype is not dt:
-            raise ValueError(f"out must be two {dt} arrays of shape {rewards.shape}, got "
-                             f"{[(a.dtype, a.shape) for a in out]}")
-    if rewards.size:
-        _gae_kernel(rewards, values, dones, last_values, float(gamma), float(gamma * lam), adv, returns)
-    return adv, returns
+    own = out is None
+    if not _GAE_READY:  # nothing compiled yet (the kernel compiles only through _gae_prepare)
+        return _gae_slow(rewards, values, dones, last_values, gamma, lam, out, own)
+    if own:
+        out = (np.empty(rewards.shape, rewards.dtype), np.empty(rewards.shape, rewards.dtype))
+    try:  # gamma, lam as given: Python and numpy float64 (or int) match the float64 signature
+        status = _gae_kernel(rewards, values, dones, last_values, gamma, lam, out[0], out[1])
+    except TypeError:  # not the compiled signature: other dtypes or layouts, float32 scalars
+        return _gae_slow(rewards, values, dones, last_values, gamma, lam, out, own)
+    if status:
+        _gae_raise(rewards, values, dones, last_values, gamma, lam, out)
+    return out
+
+
+def _gae_slow(rewards, values, dones, last_values, gamma, lam, out, own):
+    """gae() for anything but C-contiguous arrays of one prepared float dtype: validate, cast or copy
+    to that form, run the kernel, copy back into out if it had to be copied."""
+    from minippo.advantages import _validate
+
+    _validate(rewards, values, dones, last_values, gamma, lam)
+    dt = _float_dtype(rewards)
+    if dt not in _GAE_READY:
+        _gae_prepare(dt)
+        _GAE_READY.add(dt)
+    r, v, d, lv = (np.require(a, dt, ["C", "W"]) for a in (rewards, values, dones, last_values))
+    if own:
+        out = (np.empty(r.shape, dt), np.empty(r.shape, dt))
+    adv, ret = out
+    if adv.shape != r.shape or ret.shape != r.shape or adv.dtype != dt or ret.dtype != dt:
+        raise ValueError(f"out must be two {dt} arrays of shape {r.shape}, got "
+                         f"{[(a.dtype, a.shape) for a in out]}")
+    a, b = np.require(adv, dt, ["C", "W"]), np.require(ret, dt, ["C", "W"])
+    _gae_kernel(r, v, d, lv, float(gamma), float(lam), a, b)
+    if a is not adv:
+        adv[...] = a
+    if b is not ret:
+        ret[...] = b
+    return out
+
+
+def _gae_raise(rewards, values, dones, last_values, gamma, lam, out):
+    from minippo.advantages import _validate
+
+    _validate(rewards, values, dones, last_values, gamma, lam)  # raises for the inputs
+    raise ValueError(f"out must be two {rewards.dtype} arrays of shape {rewards.shape}, got "
+                     f"{[(a.dtype, a.shape) for a in out]}")
+
+
+_GAE_READY: set = set()  # dtypes for which _gae_prepare ran in this process
 
 
 def rewards_to_go(

@@ -72,14 +72,13 @@ def compute_gae(
     ``out=(adv, returns)`` writes into (and returns) those arrays; the numba backend then allocates
     nothing (the RolloutBuffer passes its own arrays).
     """
+    name = backend.resolved()[0]
+    if name == "numba":  # the kernel checks shapes, gamma and lambda itself (0.35 us less than here)
+        return (_cpu or _load_cpu()).gae(rewards, values, dones, last_values, gamma, lam, out)
     s = rewards.shape  # the cheap checks first; _validate says what is wrong
     if len(s) != 2 or values.shape != s or dones.shape != s or last_values.shape != s[1:] \
             or not (0.0 < gamma <= 1.0) or not (0.0 <= lam <= 1.0):
         _validate(rewards, values, dones, last_values, gamma, lam)
-    name = backend.resolved()[0]
-    if name == "numba":
-        cpu = _cpu or _load_cpu()
-        return cpu.gae(rewards, values, dones, last_values, gamma, lam, out)
     if dones.dtype != rewards.dtype:
         dones = dones.astype(rewards.dtype)
     if name == "cupy":

@@ -42,7 +42,8 @@ SLOW = settings(max_examples=30, deadline=None)  # deadline=None: the first exam
 @st.composite
 def rollouts(draw):
     T = draw(st.sampled_from([1, 2, 3, 7, 16]))
-    N = draw(st.sampled_from([1, 2, 5]))
+    # N: below 8 (rows only), multiples of 8 (register lanes), 8k + r (lanes + rows), >= 64 (rows)
+    N = draw(st.sampled_from([1, 2, 5, 8, 13, 16, 24, 64, 67]))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     rewards = rng.normal(size=(T, N)).astype(dtype)
@@ -94,6 +95,82 @@ def test_gae_non_contiguous_and_bool_dones():
     adv, ret = cpu.gae(r, v, d, lv, 0.99, 0.95)
     adv_ref, ret_ref = ref.gae(r, v, d.astype(np.float32), lv, 0.99, 0.95)
     np.testing.assert_allclose(adv, adv_ref, **GAE_TOL[np.float32])
+
+
+def test_gae_slow_path_inputs_match_numpy():
+    """Anything but C-contiguous arrays of one float dtype and float64 scalars takes gae()'s slow
+    path (cast / copy, then the same compiled kernel): results still equal numpy's loop."""
+    rng = np.random.default_rng(3)
+    r, v = rng.normal(size=(2, 9, 16)).astype(np.float32)
+    d = rng.random((9, 16)) < 0.2
+    lv = rng.normal(size=16).astype(np.float32)
+    want = advantages.gae_numpy(r, v, d.astype(np.float32), lv, 0.99, 0.95)
+    ro = r.copy()
+    ro.flags.writeable = False
+    wide = np.zeros((9, 32), np.float32)
+    strided_out = (wide[:, ::2], np.zeros((9, 16), np.float32))
+    cases = {
+        "bool dones": dict(dones=d),
+        "read-only rewards": dict(rewards=ro),
+        "float32 scalars": dict(gamma=np.float32(0.99), lam=np.float32(0.95)),
+        "non-contiguous out": dict(out=strided_out),
+    }
+    for name, kw in cases.items():
+        args = dict(rewards=r, values=v, dones=d.astype(np.float32), last_values=lv, gamma=0.99, lam=0.95)
+        args.update(kw)
+        adv, ret = cpu.gae(**args)
+        if name == "float32 scalars":  # float(np.float32(0.99)) is not 0.99: compare with the same numbers
+            want_s = advantages.gae_numpy(r, v, d.astype(np.float32), lv, float(args["gamma"]), float(args["lam"]))
+            np.testing.assert_array_equal(adv, want_s[0], err_msg=name)
+            continue
+        np.testing.assert_array_equal(adv, want[0], err_msg=name)
+        np.testing.assert_array_equal(ret, want[1], err_msg=name)
+        if name == "non-contiguous out":
+            assert adv is strided_out[0]
+    adv64, _ = cpu.gae(r.astype(np.float64), v, d, lv, 0.99, 0.95)  # mixed dtypes: rewards' dtype wins
+    assert adv64.dtype == np.float64
+    np.testing.assert_allclose(adv64, want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_gae_errors_name_the_argument():
+    """The fast path leaves shape and range checks to the kernel (status code); the messages are
+    the same as the numpy backend's."""
+    z = np.zeros((4, 3), np.float32)
+    lv = np.zeros(3, np.float32)
+    cpu.gae(z, z, z, lv, 0.9, 0.9)  # compiled: the checks below run on the fast path
+    bad = [
+        (dict(values=np.zeros((4, 2), np.float32)), "values must have shape"),
+        (dict(dones=np.zeros((5, 3), np.float32)), "dones must have shape"),
+        (dict(last_values=np.zeros(4, np.float32)), "last_values must have shape"),
+        (dict(gamma=1.5), "gamma must be in"),
+        (dict(gamma=float("nan")), "gamma must be in"),
+        (dict(lam=-0.1), "gae_lambda must be in"),
+        (dict(rewards=np.zeros(4, np.float32)), "rewards must have shape"),
+        (dict(out=(np.zeros((4, 2), np.float32), z.copy())), "out must be"),
+        (dict(out=(np.zeros((4, 3), np.float64), z.copy())), "out must be"),
+    ]
+    for kw, msg in bad:
+        args = dict(rewards=z, values=z, dones=z, last_values=lv, gamma=0.9, lam=0.9)
+        args.update(kw)
+        with pytest.raises(ValueError, match=msg):
+            cpu.gae(**args)
+
+
+def test_gae_compiles_only_its_own_signatures():
+    """_gae_kernel compiles only through _gae_prepare (SLP on, numba's config restored after), one
+    C-contiguous signature per float dtype; other inputs are cast, never compiled."""
+    from numba.core import config
+
+    before = config.SLP_VECTORIZE
+    z = np.zeros((3, 8), np.float32)
+    cpu.gae(z, z, z, np.zeros(8, np.float32), 0.9, 0.9)
+    cpu.gae(z, z, z.astype(bool), np.zeros(8, np.float32), 0.9, 0.9)
+    cpu.gae(z[:, ::2], z[:, ::2], z[:, ::2], np.zeros(4, np.float32), 0.9, 0.9)
+    cpu.gae(z.astype(np.float64), z, z, np.zeros(8), 0.9, 0.9)
+    assert config.SLP_VECTORIZE == before
+    sigs = cpu._gae_kernel.signatures
+    assert len(sigs) == 2 and all(a.layout == "C" for sig in sigs for a in sig if hasattr(a, "layout"))
+    assert {sig[0].dtype.name for sig in sigs} == {"float32", "float64"}
 
 
 def test_compute_gae_dispatches_to_numba(numba_backend, monkeypatch):
