@@ -3,9 +3,10 @@
 Importing this module imports numba but compiles nothing: every ``@njit(cache=True)`` kernel is
 compiled on its first call (per dtype) and cached on disk next to this file.
 
-- :func:`gae`, :func:`rewards_to_go`: one pass backward over T, inner loop over the N envs of a
-  row-major (T, N) array (contiguous, so it vectorises). Same operation order and dtype as the numpy
-  loop in ``minippo.advantages``, so float32 results match it bit for bit.
+- :func:`gae`: one pass backward over T, either 8 envs at a time in registers (vectorised by LLVM's
+  SLP vectoriser, below 64 envs) or row by row with the inner loop over envs; shape and gamma/lambda
+  checks inside the kernel. :func:`rewards_to_go`: row by row. Same operation order and dtype as the
+  numpy loop in ``minippo.advantages``, so float32 results match it bit for bit.
 - :func:`mlp_forward`, :func:`mlp_backward`: a whole tanh/relu MLP in one call. At batch 1..8
   numpy spends most of its time in per-call overhead (~1 us per ufunc or matmul); one compiled call
   removes it. ``minippo.nn.MLP`` dispatches here for batches up to :data:`FORWARD_MAX_BATCH` /
