@@ -177,6 +177,9 @@ def _compile_with_slp(dispatcher: Any, signature: tuple) -> None:
             dispatcher.disable_compile(True)
 
 
+_GAE_READY: set = set()  # dtypes for which _gae_prepare ran in this process
+
+
 def _gae_prepare(dt: np.dtype) -> None:
     """Compile the one signature gae() calls for dtype dt: C-contiguous writable arrays, float64
     gamma and lambda. The dispatcher compiles nothing else (compilation stays disabled, so no
@@ -186,6 +189,7 @@ def _gae_prepare(dt: np.dtype) -> None:
 
     arr2, arr1 = types.Array(from_dtype(dt), 2, "C"), types.Array(from_dtype(dt), 1, "C")
     _compile_with_slp(_gae_kernel, (arr2, arr2, arr2, arr1, types.float64, types.float64, arr2, arr2))
+    _GAE_READY.add(dt)
 
 
 def _float_dtype(a: np.ndarray) -> np.dtype:
@@ -235,7 +239,6 @@ def _gae_slow(rewards, values, dones, last_values, gamma, lam, out, own):
     dt = _float_dtype(rewards)
     if dt not in _GAE_READY:
         _gae_prepare(dt)
-        _GAE_READY.add(dt)
     r, v, d, lv = (np.require(a, dt, ["C", "W"]) for a in (rewards, values, dones, last_values))
     if own:
         out = (np.empty(r.shape, dt), np.empty(r.shape, dt))
@@ -258,9 +261,6 @@ def _gae_raise(rewards, values, dones, last_values, gamma, lam, out):
     _validate(rewards, values, dones, last_values, gamma, lam)  # raises for the inputs
     raise ValueError(f"out must be two {rewards.dtype} arrays of shape {rewards.shape}, got "
                      f"{[(a.dtype, a.shape) for a in out]}")
-
-
-_GAE_READY: set = set()  # dtypes for which _gae_prepare ran in this process
 
 
 def rewards_to_go(
