@@ -40,7 +40,7 @@ from numba import njit
 
 from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
 
-from .cpu import _F32, _F64, _MLP_JIT, ACT_NONE, ACT_RELU, ACT_TANH, ACT_TANH_F32, _dense, _entry
+from .cpu import _F32, _F64, _MLP_JIT, ACT_NONE, ACT_RELU, ACT_TANH, ACT_TANH_F32, _dense, _entry, _prepare
 
 MAX_BATCH = 64
 """Largest batch for which ``ActorCritic.act`` uses :func:`act` (measured, see ``docs/kernels.md``)."""
@@ -209,6 +209,7 @@ class _State:
         self.dt, self.n = dt, policy.act_dim
         self.act = ACT_RELU if policy.activation == "relu" else (ACT_TANH_F32 if dt is _F32 else ACT_TANH)
         self.fn = _act_categorical if policy.discrete else _act_gaussian
+        _prepare(dt)  # the heads' SLP-vectorised layer, before the act kernel is compiled
         self.ok = True
 
 

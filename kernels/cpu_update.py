@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from .cpu import ACT_RELU, ACT_TANH, ACT_TANH_F32, _activate, _mm_acc
+from .cpu import ACT_RELU, ACT_TANH, ACT_TANH_F32, _activate, _mm_acc, _mm_tn, _transposed
 
 # As in kernels/cpu.py: error_model="numpy" drops per-division zero checks (they block
 # vectorisation); reassoc + contract let the matmul loops vectorise and use FMA. NaN/inf semantics
@@ -40,56 +40,6 @@ N_STATS = 8
 STAT_KEYS = ("approx_kl", "clipfrac", "vclipfrac", "loss", "policy_loss", "value_loss", "entropy")
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-# ---------------------------------------------------------------- matmul building blocks
-@njit(**_JIT)
-def _mm_tn(A, D, out):
-    """out = A^T @ D; A (B, K), D (B, F), out (K, F): the weight gradient x^T dL/dz.
-
-    Same shape of loop as :func:`_mm_acc` with out's row k = sum_r A[r, k] D[r, :]: four rows of
-    out per pass over r, r unrolled by 4."""
-    B, K = A.shape
-    F = D.shape[1]
-    B4 = B - B % 4
-    out[:] = 0
-    k = 0
-    while k + 4 <= K:
-        for r in range(0, B4, 4):
-            a0, a1, a2, a3 = A[r, k], A[r + 1, k], A[r + 2, k], A[r + 3, k]
-            b0, b1, b2, b3 = A[r, k + 1], A[r + 1, k + 1], A[r + 2, k + 1], A[r + 3, k + 1]
-            c0, c1, c2, c3 = A[r, k + 2], A[r + 1, k + 2], A[r + 2, k + 2], A[r + 3, k + 2]
-            e0, e1, e2, e3 = A[r, k + 3], A[r + 1, k + 3], A[r + 2, k + 3], A[r + 3, k + 3]
-            for j in range(F):
-                d0, d1, d2, d3 = D[r, j], D[r + 1, j], D[r + 2, j], D[r + 3, j]
-                out[k, j] += a0 * d0 + a1 * d1 + a2 * d2 + a3 * d3
-                out[k + 1, j] += b0 * d0 + b1 * d1 + b2 * d2 + b3 * d3
-                out[k + 2, j] += c0 * d0 + c1 * d1 + c2 * d2 + c3 * d3
-                out[k + 3, j] += e0 * d0 + e1 * d1 + e2 * d2 + e3 * d3
-        for r in range(B4, B):
-            a0, b0, c0, e0 = A[r, k], A[r, k + 1], A[r, k + 2], A[r, k + 3]
-            for j in range(F):
-                d0 = D[r, j]
-                out[k, j] += a0 * d0
-                out[k + 1, j] += b0 * d0
-                out[k + 2, j] += c0 * d0
-                out[k + 3, j] += e0 * d0
-        k += 4
-    for q in range(k, K):
-        for r in range(B):
-            a0 = A[r, q]
-            for j in range(F):
-                out[q, j] += a0 * D[r, j]
-
-
-@njit(**_JIT)
-def _transposed(W):
-    K, F = W.shape
-    WT = np.empty((F, K), W.dtype)
-    for k in range(K):
-        for j in range(F):
-            WT[j, k] = W[k, j]
-    return WT
 
 
 @njit(**_JIT)

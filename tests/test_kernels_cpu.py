@@ -173,6 +173,35 @@ def test_gae_compiles_only_its_own_signatures():
     assert {sig[0].dtype.name for sig in sigs} == {"float32", "float64"}
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_narrow_layer_is_prepared_with_slp_and_sums_in_a_fixed_order(dtype):
+    """_prepare compiles the head layer (fewer than 8 outputs) for writable and read-only x with
+    numba's SLP setting restored and compilation left on; its fixed-order sums give the same bits
+    for either x and stay within rounding of float64, also with K % 8 leftover terms."""
+    from numba.core import config
+
+    before = config.SLP_VECTORIZE
+    cpu._prepare(np.dtype(dtype))
+    assert config.SLP_VECTORIZE == before
+    readonly = {not sig[0].mutable for sig in cpu._dense_narrow.signatures if sig[0].dtype.name == np.dtype(dtype).name}
+    assert readonly == {False, True}
+    assert cpu._dense_narrow._can_compile  # other signatures still compile (without SLP)
+    rng = np.random.default_rng(0)
+    for K, F in ((64, 6), (67, 2), (5, 1)):
+        x = rng.normal(size=(8, K)).astype(dtype)
+        W, b = rng.normal(size=(K, F)).astype(dtype), rng.normal(size=F).astype(dtype)
+        out, out_ro = np.empty((8, F), dtype), np.empty((8, F), dtype)
+        cpu._dense_narrow(x, W, b, out)
+        ro = x.copy()
+        ro.flags.writeable = False
+        cpu._dense_narrow(ro, W, b, out_ro)
+        np.testing.assert_array_equal(out, out_ro)
+        exact = x.astype(np.float64) @ W.astype(np.float64) + b
+        # K products summed in float: error <= K * eps * sum |x W| (standard dot-product bound)
+        bound = K * np.finfo(dtype).eps * (np.abs(x).astype(np.float64) @ np.abs(W) + np.abs(b))
+        assert (np.abs(out - exact) <= bound).all()
+
+
 def test_compute_gae_dispatches_to_numba(numba_backend, monkeypatch):
     calls = []
     real = cpu.gae
