@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from .cpu import ACT_RELU, ACT_TANH, ACT_TANH_F32, _activate, _mm_acc, _mm_tn, _transposed
+from .cpu import ACT_NONE, ACT_RELU, ACT_TANH, ACT_TANH_F32, _dense, _mm_acc, _mm_tn, _prepare, _transposed
 
 # As in kernels/cpu.py: error_model="numpy" drops per-division zero checks (they block
 # vectorisation); reassoc + contract let the matmul loops vectorise and use FMA. NaN/inf semantics
@@ -53,22 +53,7 @@ def _mlp_forward(x, Ws, bs, act):
         W, b = Ws[i], bs[i]
         F = W.shape[1]
         out = np.empty((B, F), x.dtype)
-        if F < 8:  # too short to vectorise along out's rows (a policy/value head): dot products over k
-            WT = _transposed(W)
-            K = W.shape[0]
-            for r in range(B):
-                for j in range(F):
-                    s = b[j] - b[j]
-                    for k in range(K):
-                        s += h[r, k] * WT[j, k]
-                    out[r, j] = s + b[j]
-        else:
-            for r in range(B):
-                for j in range(F):
-                    out[r, j] = b[j]
-            _mm_acc(h, W, out)
-        if i < n - 1:
-            _activate(out, act)
+        _dense(h, W, b, out, act if i < n - 1 else ACT_NONE)  # heads: cpu._dense_narrow
         hs.append(out)
         h = out
     return hs
@@ -348,6 +333,7 @@ class FusedUpdate:
         params = policy.params
         self.discrete = policy.discrete
         self.act = {"tanh": ACT_TANH_F32 if dt is _F32 else ACT_TANH, "relu": ACT_RELU}[policy.activation]
+        _prepare(dt)  # the heads' SLP-vectorised layer, before the update kernel is compiled
         self.g = np.zeros(optimizer._m.shape, dt)
         slices = optimizer._slices
         self._grads = {k: self.g[sl].reshape(shape) for k, (sl, shape) in slices.items()}
