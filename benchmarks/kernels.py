@@ -38,6 +38,26 @@ def best(f, min_time: float = 0.2) -> float:
     return min(timeit.repeat(f, number=n, repeat=5)) / n
 
 
+def best_interleaved(calls: dict, min_time: float = 0.2, rounds: int = 7) -> dict:
+    """Seconds per call for each backend's callable, timed in alternating rounds (backend A, then B,
+    then A ...) and keeping each one's best round: a slow spell of this shared VM then hits both
+    sides of a ratio alike, instead of whichever happened to be timed during it."""
+    loops = {}
+    for name, f in calls.items():
+        use(name)
+        f()
+        n = 1
+        while timeit.timeit(f, number=n) < min_time / rounds:
+            n *= 2
+        loops[name] = n
+    times = dict.fromkeys(calls, float("inf"))
+    for _ in range(rounds):
+        for name, f in calls.items():
+            use(name)
+            times[name] = min(times[name], timeit.timeit(f, number=loops[name]) / loops[name])
+    return times
+
+
 def python_gae(r, v, d, lv, gamma, lam):
     T, N = len(r), len(r[0])
     adv = [[0.0] * N for _ in range(T)]
@@ -99,13 +119,14 @@ def _sync(xp):
 
 
 def bench_mlp(backends: list[str]) -> None:
-    print("MLP tanh float32, us per call (numpy / numba = speed-up of numba)")
+    print("MLP tanh float32, us per call (numpy / numba = speed-up of numba; the two timed in "
+          "alternating rounds)")
     rng = np.random.default_rng(0)
     for sizes in ([4, 64, 64, 2], [17, 64, 64, 6]):
         mlp = MLP(sizes, activation="tanh", seed=0)
         for B in (1, 8, 64, 256, 2048):
             x = rng.normal(size=(B, sizes[0])).astype(np.float32)
-            row = {}
+            fwd, both = {}, {}
             for name in backends:
                 if not use(name):
                     continue
@@ -118,15 +139,14 @@ def bench_mlp(backends: list[str]) -> None:
                 y, cache = mlp_b.forward(xb)
                 dy = backend.xp.ones_like(y)
                 sync = _sync(backend.xp)
-                fwd = best(lambda: (mlp_b.forward(xb), sync()))  # noqa: B023
-                both = best(lambda: (mlp_b.backward(dy, mlp_b.forward(xb)[1]), sync()))  # noqa: B023
-                row[name] = (fwd, both)
-            cells = "  ".join(f"{n} fwd {f * 1e6:8.2f} fwd+bwd {b * 1e6:8.2f}"
-                              for n, (f, b) in row.items())
+                fwd[name] = lambda m=mlp_b, xb=xb, sync=sync: (m.forward(xb), sync())
+                both[name] = lambda m=mlp_b, xb=xb, dy=dy, sync=sync: (m.backward(dy, m.forward(xb)[1]), sync())
+            t_fwd, t_both = best_interleaved(fwd), best_interleaved(both)
+            cells = "  ".join(f"{n} fwd {t_fwd[n] * 1e6:8.2f} fwd+bwd {t_both[n] * 1e6:8.2f}" for n in t_fwd)
             ratio = ""
-            if "numpy" in row and "numba" in row:
-                ratio = (f"  numba speed-up fwd {row['numpy'][0] / row['numba'][0]:5.2f}x "
-                         f"fwd+bwd {row['numpy'][1] / row['numba'][1]:5.2f}x")
+            if "numpy" in t_fwd and "numba" in t_fwd:
+                ratio = (f"  numba speed-up fwd {t_fwd['numpy'] / t_fwd['numba']:5.2f}x "
+                         f"fwd+bwd {t_both['numpy'] / t_both['numba']:5.2f}x")
             print(f"  {'-'.join(map(str, sizes)):11s} B={B:5d}  {cells}{ratio}")
 
 

@@ -20,8 +20,6 @@ float64 gradient checks see the exact function.
 
 from __future__ import annotations
 
-from operator import attrgetter
-from operator import is_ as _is
 from typing import Any
 
 import numpy as np
@@ -31,6 +29,12 @@ FORWARD_MAX_BATCH = 8
 """Largest batch for which ``MLP.forward`` uses :func:`mlp_forward` (measured crossover)."""
 BACKWARD_MAX_BATCH = 8
 """Largest batch for which ``MLP.backward`` uses :func:`mlp_backward` (measured crossover)."""
+NARROW_MIN_BATCH = 8
+"""From this batch on, a layer with fewer than 8 outputs goes through :func:`_dense_narrow`; below,
+through :func:`_mm_acc` like the others (measured crossover, 64 -> 2 and 64 -> 6)."""
+DX_MM_MIN_BATCH = 4
+"""From this batch on, dx = d W^T goes through a transposed W and :func:`_mm_acc`; below, through
+:func:`_dots` against W's rows (measured crossover, 64 x 64)."""
 
 ACT_TANH, ACT_TANH_F32, ACT_RELU, ACT_NONE = 0, 1, 2, 3
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -431,20 +435,18 @@ def _transposed(W):
 # MLP.forward agree bit for bit. (With reassociation the vectoriser picked a different summation
 # order depending on the caller: the act's bit-identity test caught it.)
 @njit(cache=True, error_model="numpy", fastmath=False)
-def _dense_narrow(x, W, b, out):
-    """out = x W + b for a layer with fewer than 8 outputs (a policy or value head).
+def _dots(x, V, out):
+    """out[r, j] = x[r, :] . V[j, :] for x (B, K), V (F, K): dot products along contiguous rows.
 
-    Rows of out that short do not vectorise along j, so each output is a dot product over k,
-    against W^T so that both operands are contiguous in k. The dot product is kept as 8 partial
-    sums (lane l adds the terms k = l mod 8 in order, up to the last multiple of 8), stored
-    together and added as a fixed tree, then the leftover terms and the bias. When :func:`_prepare`
-    compiled this function, the SLP vectoriser turns the 8 lanes into one SIMD accumulator: 64 -> 6
-    at batch 8 takes 0.36 us, against 0.87 us through :func:`_mm_acc` (measured, W^T included).
-    Indices are unsigned: numba's wraparound for negative ones would hide the consecutive
-    addresses from the vectoriser."""
+    Used where out's rows are too short to vectorise along j: a layer with fewer than 8 outputs
+    (V = W^T) and dx = d W^T at batch < 4 (V = W, no transpose). Each dot product is kept as 8
+    partial sums (lane l adds the terms k = l mod 8 in order, up to the last multiple of 8), stored
+    together and added as a fixed tree, then the leftover terms. When :func:`_prepare` compiled
+    this function, the SLP vectoriser turns the 8 lanes into one SIMD accumulator. Indices are
+    unsigned: numba's wraparound for negative ones would hide the consecutive addresses from the
+    vectoriser."""
     B, K = x.shape
-    F = W.shape[1]
-    WT = _transposed(W)
+    F = V.shape[0]
     K8 = K - K % 8
     zero = out.dtype.type(0)
     u = np.uint64
@@ -456,28 +458,40 @@ def _dense_narrow(x, W, b, out):
             s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
             for k0 in range(0, K8, 8):
                 k = u(k0)
-                s0 += x[ur, k] * WT[uj, k]
-                s1 += x[ur, k + u(1)] * WT[uj, k + u(1)]
-                s2 += x[ur, k + u(2)] * WT[uj, k + u(2)]
-                s3 += x[ur, k + u(3)] * WT[uj, k + u(3)]
-                s4 += x[ur, k + u(4)] * WT[uj, k + u(4)]
-                s5 += x[ur, k + u(5)] * WT[uj, k + u(5)]
-                s6 += x[ur, k + u(6)] * WT[uj, k + u(6)]
-                s7 += x[ur, k + u(7)] * WT[uj, k + u(7)]
+                s0 += x[ur, k] * V[uj, k]
+                s1 += x[ur, k + u(1)] * V[uj, k + u(1)]
+                s2 += x[ur, k + u(2)] * V[uj, k + u(2)]
+                s3 += x[ur, k + u(3)] * V[uj, k + u(3)]
+                s4 += x[ur, k + u(4)] * V[uj, k + u(4)]
+                s5 += x[ur, k + u(5)] * V[uj, k + u(5)]
+                s6 += x[ur, k + u(6)] * V[uj, k + u(6)]
+                s7 += x[ur, k + u(7)] * V[uj, k + u(7)]
             P[0], P[1], P[2], P[3], P[4], P[5], P[6], P[7] = s0, s1, s2, s3, s4, s5, s6, s7
             s = ((P[0] + P[1]) + (P[2] + P[3])) + ((P[4] + P[5]) + (P[6] + P[7]))
             t = zero  # the K % 8 leftover terms, summed apart (folded into s, they stop the SLP)
             for k in range(K8, K):
-                t += x[r, k] * WT[j, k]
-            out[r, j] = s + t + b[j]
+                t += x[r, k] * V[j, k]
+            out[r, j] = s + t
+
+
+@njit(cache=True, error_model="numpy", fastmath=False)
+def _dense_narrow(x, W, b, out):
+    """out = x W + b for a layer with fewer than 8 outputs (a policy or value head): :func:`_dots`
+    against W^T, then the bias (64 -> 6 at batch 8: 0.36 us, against 0.87 us through
+    :func:`_mm_acc`, measured with the transpose)."""
+    _dots(x, _transposed(W), out)
+    B, F = out.shape
+    for r in range(B):
+        for j in range(F):
+            out[r, j] += b[j]
 
 
 _PREPARED: set = set()  # dtypes for which _prepare ran in this process
 
 
 def _prepare(dt: np.dtype) -> None:
-    """Compile :func:`_dense_narrow` for dtype dt with the SLP vectoriser on, before any kernel that
-    calls it is compiled (a callee's machine code is built once, with the setting of its own
+    """Compile :func:`_dots` for dtype dt with the SLP vectoriser on, before any kernel that calls
+    it is compiled (a callee's machine code is built once, with the setting of its own
     compilation). Called by the MLP and act dispatch states. Signatures: C-ordered arrays, x
     writable or read-only. Any other signature still compiles (same results, without SLP)."""
     if dt in _PREPARED:
@@ -485,18 +499,18 @@ def _prepare(dt: np.dtype) -> None:
     from numba import from_dtype, types
 
     f = from_dtype(dt)
-    W, b = types.Array(f, 2, "C"), types.Array(f, 1, "C")
+    W = types.Array(f, 2, "C")
     for ro in (False, True):
-        _compile_with_slp(_dense_narrow, (types.Array(f, 2, "C", readonly=ro), W, b, W), keep_enabled=True)
+        _compile_with_slp(_dots, (types.Array(f, 2, "C", readonly=ro), W, W), keep_enabled=True)
     _PREPARED.add(dt)
 
 
 @njit(**_MLP_JIT)
 def _dense(x, W, b, out, act):
     """out = act(x W + b): the bias, then :func:`_mm_acc`, then the activation in place (a layer
-    with fewer than 8 outputs goes through :func:`_dense_narrow`)."""
+    with fewer than 8 outputs goes through :func:`_dense_narrow` from batch :data:`NARROW_MIN_BATCH`)."""
     B, F = out.shape
-    if F < 8:
+    if F < 8 and B >= NARROW_MIN_BATCH:
         _dense_narrow(x, W, b, out)
     else:
         for r in range(B):
@@ -526,9 +540,9 @@ def _dense_back(d, x, W, dW, db, dx, want_dx):
     """Given d = dL/dz (B, F) of z = x W + b: dW = x^T d, db = sum_B d, and (if want_dx) dx = d W^T.
 
     dW: :func:`_mm_tn` from batch 4 up; below, a sum of B outer products (1.4x faster at batch 1).
-    dx: W^T made contiguous, then :func:`_mm_acc` vectorised along k (the transpose plus the
-    product are 2x faster than dot products over j at 64 x 64, batch 8: measured); dot products
-    over j when dx has fewer than 8 columns (the input layer of a small observation)."""
+    dx: from batch :data:`DX_MM_MIN_BATCH` up (and K >= 8), W^T made contiguous, then
+    :func:`_mm_acc` vectorised along k (2x faster than dot products at 64 x 64, batch 8: measured);
+    else :func:`_dots` over j against the rows of W, which needs no transpose."""
     B, F = d.shape
     K = W.shape[0]
     for j in range(F):
@@ -549,44 +563,56 @@ def _dense_back(d, x, W, dW, db, dx, want_dx):
                     dW[k, j] += a0 * d[q, j]
     if not want_dx:
         return
-    if K >= 8:
+    if K >= 8 and B >= DX_MM_MIN_BATCH:
         dx[:] = 0
         _mm_acc(d, _transposed(W), dx)
-        return
-    for q in range(B):  # rows of dx too short to vectorise: dx[q, k] = d[q] . W[k], over j
-        for k in range(K):
-            s0 = d[q, 0] * W[k, 0]
-            for j in range(1, F):
-                s0 += d[q, j] * W[k, j]
-            dx[q, k] = s0
+    else:
+        _dots(d, W, dx)
 
 
-# One entry point per depth, taking the parameters as the tuple (W0, b0, W1, b1, ...) straight
-# from ``mlp.params.values()``: no per-call tuple building, one dispatch, loops over layers inlined.
+# The parameters come as the MLP's one flat buffer P (nn.MLP.flat: W0, b0, W1, b1, ... packed in
+# that order) and the gradients go to a buffer G of the same layout: two arguments instead of one per
+# array (numba unboxes each array argument, ~0.05 us apiece). Layer widths come from the shapes of
+# x and the outputs. One entry point per depth, loops over layers inlined.
 @njit(**_MLP_JIT)
-def _forward1(x, p, h1, act, act_out):
-    _dense(x, p[0], p[1], h1, act_out)
-
-
-@njit(**_MLP_JIT)
-def _forward2(x, p, h1, h2, act, act_out):
-    _dense(x, p[0], p[1], h1, act)
-    _dense(h1, p[2], p[3], h2, act_out)
+def _wb(P, o, K, F):
+    """Views of W (K, F) and b (F,) packed at P[o:], and the offset of the next layer."""
+    n = o + K * F
+    return P[o:n].reshape((K, F)), P[n:n + F], n + F
 
 
 @njit(**_MLP_JIT)
-def _forward3(x, p, h1, h2, h3, act, act_out):
-    _dense(x, p[0], p[1], h1, act)
-    _dense(h1, p[2], p[3], h2, act)
-    _dense(h2, p[4], p[5], h3, act_out)
+def _layer(x, P, o, out, act):
+    """out = act(x W + b) for the layer packed at P[o:]; returns the next layer's offset."""
+    W, b, o = _wb(P, o, x.shape[1], out.shape[1])
+    _dense(x, W, b, out, act)
+    return o
 
 
 @njit(**_MLP_JIT)
-def _forward4(x, p, h1, h2, h3, h4, act, act_out):
-    _dense(x, p[0], p[1], h1, act)
-    _dense(h1, p[2], p[3], h2, act)
-    _dense(h2, p[4], p[5], h3, act)
-    _dense(h3, p[6], p[7], h4, act_out)
+def _forward1(x, P, h1, act, act_out):
+    _layer(x, P, 0, h1, act_out)
+
+
+@njit(**_MLP_JIT)
+def _forward2(x, P, h1, h2, act, act_out):
+    o = _layer(x, P, 0, h1, act)
+    _layer(h1, P, o, h2, act_out)
+
+
+@njit(**_MLP_JIT)
+def _forward3(x, P, h1, h2, h3, act, act_out):
+    o = _layer(x, P, 0, h1, act)
+    o = _layer(h1, P, o, h2, act)
+    _layer(h2, P, o, h3, act_out)
+
+
+@njit(**_MLP_JIT)
+def _forward4(x, P, h1, h2, h3, h4, act, act_out):
+    o = _layer(x, P, 0, h1, act)
+    o = _layer(h1, P, o, h2, act)
+    o = _layer(h2, P, o, h3, act)
+    _layer(h3, P, o, h4, act_out)
 
 
 @njit(**_MLP_JIT)
@@ -600,42 +626,79 @@ def _top(dy, h, act_out):
 
 
 @njit(**_MLP_JIT)
-def _hidden_back(d, x, W, dW, db, act):
+def _after(o, x, h):
+    """Offset of the layer after the one packed at o, whose input is x and output h."""
+    return o + x.shape[1] * h.shape[1] + h.shape[1]
+
+
+@njit(**_MLP_JIT)
+def _layer_back(d, x, P, G, o, dx, want_dx):
+    """Backward through the layer packed at P[o:] (gradients to G[o:]), given d = dL/dz."""
+    K, F = x.shape[1], d.shape[1]
+    W, _, _ = _wb(P, o, K, F)
+    dW, db, _ = _wb(G, o, K, F)
+    _dense_back(d, x, W, dW, db, dx, want_dx)
+
+
+@njit(**_MLP_JIT)
+def _hidden_back(d, x, P, G, o, act):
     """Backward through a hidden layer whose input x = act(previous z): returns dL/d(previous z)."""
-    dx = np.empty((d.shape[0], W.shape[0]), d.dtype)
-    _dense_back(d, x, W, dW, db, dx, True)
+    dx = np.empty((d.shape[0], x.shape[1]), d.dtype)
+    _layer_back(d, x, P, G, o, dx, True)
     _act_back(dx, x, act)
     return dx
 
 
+# The backward entry points are called through numba's dispatcher, which types every argument (a
+# cache in another layout gets its own compiled version); they return False, computing nothing, when
+# an array's dtype differs from the parameters' (the caller then falls back to numpy).
 @njit(**_MLP_JIT)
-def _backward1(dy, x, h1, p, g, dx, want_dx, act, act_out):
-    d = _top(dy, h1, act_out)
-    _dense_back(d, x, p[0], g[0], g[1], dx, want_dx)
-
-
-@njit(**_MLP_JIT)
-def _backward2(dy, x, h1, h2, p, g, dx, want_dx, act, act_out):
-    d = _top(dy, h2, act_out)
-    d = _hidden_back(d, h1, p[2], g[2], g[3], act)
-    _dense_back(d, x, p[0], g[0], g[1], dx, want_dx)
+def _same_dtype(P, a, b, c):
+    return a.dtype == P.dtype and b.dtype == P.dtype and c.dtype == P.dtype
 
 
 @njit(**_MLP_JIT)
-def _backward3(dy, x, h1, h2, h3, p, g, dx, want_dx, act, act_out):
-    d = _top(dy, h3, act_out)
-    d = _hidden_back(d, h2, p[4], g[4], g[5], act)
-    d = _hidden_back(d, h1, p[2], g[2], g[3], act)
-    _dense_back(d, x, p[0], g[0], g[1], dx, want_dx)
+def _backward1(dy, x, h1, P, G, dx, want_dx, act, act_out):
+    if not _same_dtype(P, dy, x, h1):
+        return False
+    _layer_back(_top(dy, h1, act_out), x, P, G, 0, dx, want_dx)
+    return True
 
 
 @njit(**_MLP_JIT)
-def _backward4(dy, x, h1, h2, h3, h4, p, g, dx, want_dx, act, act_out):
-    d = _top(dy, h4, act_out)
-    d = _hidden_back(d, h3, p[6], g[6], g[7], act)
-    d = _hidden_back(d, h2, p[4], g[4], g[5], act)
-    d = _hidden_back(d, h1, p[2], g[2], g[3], act)
-    _dense_back(d, x, p[0], g[0], g[1], dx, want_dx)
+def _backward2(dy, x, h1, h2, P, G, dx, want_dx, act, act_out):
+    if not _same_dtype(P, dy, x, h1) or not _same_dtype(P, h2, h2, h2):
+        return False
+    o1 = _after(0, x, h1)
+    d = _hidden_back(_top(dy, h2, act_out), h1, P, G, o1, act)
+    _layer_back(d, x, P, G, 0, dx, want_dx)
+    return True
+
+
+@njit(**_MLP_JIT)
+def _backward3(dy, x, h1, h2, h3, P, G, dx, want_dx, act, act_out):
+    if not _same_dtype(P, dy, x, h1) or not _same_dtype(P, h2, h3, h3):
+        return False
+    o1 = _after(0, x, h1)
+    o2 = _after(o1, h1, h2)
+    d = _hidden_back(_top(dy, h3, act_out), h2, P, G, o2, act)
+    d = _hidden_back(d, h1, P, G, o1, act)
+    _layer_back(d, x, P, G, 0, dx, want_dx)
+    return True
+
+
+@njit(**_MLP_JIT)
+def _backward4(dy, x, h1, h2, h3, h4, P, G, dx, want_dx, act, act_out):
+    if not _same_dtype(P, dy, x, h1) or not _same_dtype(P, h2, h3, h4):
+        return False
+    o1 = _after(0, x, h1)
+    o2 = _after(o1, h1, h2)
+    o3 = _after(o2, h2, h3)
+    d = _hidden_back(_top(dy, h4, act_out), h3, P, G, o3, act)
+    d = _hidden_back(d, h2, P, G, o2, act)
+    d = _hidden_back(d, h1, P, G, o1, act)
+    _layer_back(d, x, P, G, 0, dx, want_dx)
+    return True
 
 
 _FORWARD = (None, _forward1, _forward2, _forward3, _forward4)
@@ -645,73 +708,99 @@ MAX_LAYERS = 4
 _ACT_CODES = {("tanh", True): ACT_TANH_F32, ("tanh", False): ACT_TANH,
               ("relu", True): ACT_RELU, ("relu", False): ACT_RELU}
 _NO_DX = {_F32: np.empty((0, 0), _F32), _F64: np.empty((0, 0), _F64)}  # never written
-_META = attrgetter("__class__", "dtype", "shape", "strides")  # what the kernels rely on, per array
+
+
+def _packed(mlp: Any) -> np.ndarray | None:
+    """``mlp.flat`` when every parameter is still the view of it that ``nn.MLP`` made (same place,
+    shape, dtype, C order), so that the kernels may read the parameters there; else None."""
+    P, params, sizes = getattr(mlp, "flat", None), mlp.params, mlp.sizes
+    n = mlp.n_layers
+    if type(P) is not np.ndarray or P.ndim != 1 or not P.flags.c_contiguous:
+        return None
+    if list(params) != [k for i in range(n) for k in (f"W{i}", f"b{i}")]:
+        return None
+    shapes = [s for i in range(n) for s in ((sizes[i], sizes[i + 1]), (sizes[i + 1],))]
+    at, o = P.ctypes.data, 0
+    for a, s in zip(params.values(), shapes, strict=True):
+        if (type(a) is not np.ndarray or a.dtype is not P.dtype or a.shape != s or not a.flags.c_contiguous
+                or a.ctypes.data != at + o * P.itemsize):
+            return None
+        o += a.size
+    return P if o == P.size else None
 
 
 class _State:
-    """Per-MLP (and dtype) dispatch state, kept in ``mlp.__dict__["_numba_state"]``.
+    """Per-MLP dispatch state, kept in ``mlp.__dict__["_numba_state"]``.
 
-    Built when the parameter arrays change identity (rebinding, ``ActorCritic.to``, a new dict);
-    the optimiser and checkpoint loading write parameters in place, which keeps it valid. Holds the
-    layout verdict and the compiled entry points. Output arrays are allocated fresh on every call:
-    PPO keeps several caches alive at once, and reusing memory safely would need reference-count
-    tricks that free-threaded Python does not guarantee (~1 us per forward+backward, measured).
+    Valid while ``mlp.params`` is the same :class:`minippo.nn.Params` dict at the same ``version``
+    (no name rebound since); the optimiser and checkpoint loading write parameters in place, which
+    keeps it valid. Holds the layout verdict (parameters packed in ``mlp.flat``), the act codes and
+    the compiled entry points. Outputs are allocated fresh on every call: PPO keeps several caches
+    alive at once, and reusing memory safely would need reference-count tricks that free-threaded
+    Python does not guarantee (~1 us per forward+backward, measured).
     """
 
-    __slots__ = ("p", "dt", "ok", "keys", "sizes", "act", "act_out", "fwd", "bwd", "meta", "xmeta", "ymeta")
+    __slots__ = ("params", "version", "P", "dt", "keys", "sizes", "grads", "act", "act_out", "fwd",
+                 "bwd", "shapes", "outputs", "dts", "xmeta")
 
-    def __init__(self, mlp: Any, p: tuple, dt: np.dtype) -> None:
-        self.p, self.dt, n = p, dt, mlp.n_layers
+    def __init__(self, mlp: Any) -> None:
+        self.params = mlp.params
+        self.version = getattr(mlp.params, "version", None)  # a plain dict: never valid (None)
+        P = _packed(mlp) if self.version is not None and mlp.n_layers <= MAX_LAYERS else None
+        self.P = P
+        if P is None or P.dtype not in _FLOATS:
+            self.dt = None  # matches no input dtype: numpy
+            return
+        dt = self.dt = P.dtype
         self.keys = tuple(mlp.params)
         self.sizes = tuple(mlp.sizes)
-        ok = dt in _FLOATS and n <= MAX_LAYERS and list(self.keys) == [k for i in range(n) for k in (f"W{i}", f"b{i}")]
-        shapes = [s for i in range(n) for s in ((mlp.sizes[i], mlp.sizes[i + 1]), (mlp.sizes[i + 1],))]
-        # boundscheck is off in the kernels: shapes are checked here, so they cannot read out of bounds
-        self.ok = ok and all(type(a) is np.ndarray and a.dtype is dt and a.flags.c_contiguous and a.shape == s
-                             for a, s in zip(p, shapes, strict=True))
-        if not self.ok:
-            return
+        self.grads = _grads_dtype(mlp.params, P)
         self.act = _ACT_CODES[mlp.activation, dt is _F32]
         self.act_out = self.act if mlp.activate_output else ACT_NONE
-        self.fwd, self.bwd = _FORWARD[n], _BACKWARD[n]  # dispatchers until the first call
+        n = mlp.n_layers
+        self.fwd, self.bwd = _FORWARD[n], _BACKWARD[n]  # fwd: the dispatcher until the first call
         _prepare(dt)  # the heads' SLP-vectorised layer, before these kernels are compiled
-        self.meta = {}
-        isz = dt.itemsize
-        self.xmeta = (self.sizes[0] * isz, isz)  # C-order row strides of x and dy
-        self.ymeta = (self.sizes[-1] * isz, isz)
-
-    def cache_meta(self, B: int) -> tuple:
-        """What ``map(_META, cache)`` gives for a C-ordered cache of batch B in this dtype."""
-        m = self.meta.get(B)
-        if m is None:
-            isz = self.dt.itemsize
-            m = self.meta[B] = tuple((np.ndarray, self.dt, (B, s), (s * isz, isz)) for s in self.sizes)
-        return m
+        self.shapes = [[(B, s) for s in self.sizes] for B in range(max(FORWARD_MAX_BATCH, BACKWARD_MAX_BATCH) + 1)]
+        self.outputs = [shapes[1:] for shapes in self.shapes]  # of the forward, per batch size
+        self.dts = [dt] * n
+        self.xmeta = (self.sizes[0] * dt.itemsize, dt.itemsize)  # C-order row strides of x
 
 
-def _state(mlp: Any, dt: np.dtype) -> _State | None:
-    """The dispatch state for the current parameters, or None when the kernels do not fit them.
+def _grads_dtype(params: dict, P: np.ndarray) -> np.dtype:
+    """A structured dtype laid out like P: field ``"flat"`` is the whole buffer (what the kernel
+    writes), and one field per parameter name overlaps its part of it, with its shape.
 
-    The parameter tuple is rebuilt on every call (0.1 us), so parameters rebound in ``mlp.params``
-    are seen; the layout checks run again only when an array was rebound.
-    """
-    p = tuple(mlp.params.values())
+    Indexing a 0-d array of this dtype by field name is the cheapest way numpy has to make a view
+    of a given shape: ``np.empty((), dt)`` plus one field per parameter takes ~0.9 us for an MLP of
+    3 layers, against ~2 us for slicing and reshaping a flat buffer (measured)."""
+    names, formats, offsets, o = ["flat"], [(P.dtype, P.shape)], [0], 0
+    for k, a in params.items():
+        names.append(k)
+        formats.append((P.dtype, a.shape))
+        offsets.append(o * P.itemsize)
+        o += a.size
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": P.nbytes})
+
+
+def _state(mlp: Any) -> _State:
+    """The dispatch state for the current parameters (rebuilt after a rebinding write)."""
     st = mlp.__dict__.get("_numba_state")
-    if st is None or st.dt is not dt or len(st.p) != len(p) or not all(map(_is, p, st.p)):
-        mlp.__dict__["_numba_state"] = st = _State(mlp, p, dt)
-    return st if st.ok else None
+    p = mlp.params
+    if st is None or st.params is not p or st.version != getattr(p, "version", None):
+        mlp.__dict__["_numba_state"] = st = _State(mlp)
+    return st
 
 
 def _entry(dispatcher: Any, args: tuple) -> Any:
     """The compiled overload's entry point for exactly these argument types (after a first call
     through ``dispatcher``), or the dispatcher itself when there is none.
 
-    Calling the entry point skips numba's per-call type dispatch (~0.3 us). It does not check
-    argument types (numba's array unboxing checks only that it gets an ndarray of the right itemsize),
-    so callers may use it only for arguments whose class, dtype, ndim and C layout they have checked
-    to be the ones typed here; the parameters are the very arrays typed here (identity-checked).
-    Flags that can differ between calls without a type check (readonly, aligned) do not change the
-    machine code's behaviour: the kernels never write their inputs, and loads are unaligned-safe.
+    Calling the entry point skips numba's per-call type dispatch (~0.15 us for a forward). It does
+    not check argument types (numba's array unboxing checks only that it gets an ndarray of the right
+    itemsize), so callers may use it only for arguments whose class, dtype, ndim and C layout they
+    have checked to be the ones typed here. Flags that can differ between calls without a type check (readonly,
+    aligned) do not change the machine code's behaviour: the kernels never write their inputs, and
+    loads are unaligned-safe.
     """
     from numba import typeof
 
@@ -722,23 +811,23 @@ def _entry(dispatcher: Any, args: tuple) -> Any:
 def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
     """Fused forward of a ``minippo.nn.MLP``: x (B, sizes[0]) -> cache [x, h_1, ..., h_L = y].
 
-    Returns ``None`` (the caller falls back to numpy) unless x and all parameters share one float
-    dtype and are C-contiguous, B >= 1, and the MLP has at most :data:`MAX_LAYERS` layers. The cache
+    Returns ``None`` (the caller falls back to numpy) unless 1 <= B <= :data:`FORWARD_MAX_BATCH`,
+    the parameters are packed in ``mlp.flat`` (see :func:`_packed`), x is a C-contiguous 2-d
+    ndarray of their float dtype, and the MLP has at most :data:`MAX_LAYERS` layers. The cache
     arrays are new on every call.
     """
-    dt = x.dtype
-    st = _state(mlp, dt)
-    if st is None or type(x) is not np.ndarray or x.strides != st.xmeta or x.shape[1] != st.sizes[0]:
+    st = _state(mlp)
+    if x.dtype is not st.dt or type(x) is not np.ndarray or x.strides != st.xmeta or x.shape[1] != st.sizes[0]:
         return None
     B = x.shape[0]
-    if B < 1:
+    if not 1 <= B <= FORWARD_MAX_BATCH:
         return None
-    hs = [np.empty((B, s), dt) for s in st.sizes[1:]]
+    hs = list(map(np.empty, st.outputs[B], st.dts))
     if st.fwd is _FORWARD[len(hs)]:
-        st.fwd(x, st.p, *hs, st.act, st.act_out)
-        st.fwd = _entry(st.fwd, (x, st.p, *hs, st.act, st.act_out))
-    else:  # x checked above (class, dtype, 2-d C order); hs are ours; st.p is the typed tuple
-        st.fwd(x, st.p, *hs, st.act, st.act_out)
+        st.fwd(x, st.P, *hs, st.act, st.act_out)
+        st.fwd = _entry(st.fwd, (x, st.P, *hs, st.act, st.act_out))
+    else:  # x checked above (class, dtype, 2-d C order); hs are ours; st.P is the typed buffer
+        st.fwd(x, st.P, *hs, st.act, st.act_out)
     return [x, *hs]
 
 
@@ -747,21 +836,20 @@ def mlp_backward(
 ) -> tuple[np.ndarray | None, dict[str, np.ndarray]] | None:
     """Fused backward of a ``minippo.nn.MLP``: dy (B, sizes[-1]) -> (dx (B, sizes[0]) or None, grads).
 
-    ``grads`` is keyed like ``mlp.params`` (W0, b0, W1, ...); dx is None (and not computed) unless
-    ``need_dx``. ``None`` when dtypes or layouts do not fit the kernel (see :func:`mlp_forward`).
+    ``grads`` is keyed like ``mlp.params`` (W0, b0, W1, ...): views of one new buffer packed like
+    ``mlp.flat``. dx is None (and not computed) unless ``need_dx``. ``None`` (numpy then runs) for
+    B > :data:`BACKWARD_MAX_BATCH`, or when shapes or dtypes do not fit (see :func:`mlp_forward`).
+    Any memory layout of dy and the cache works: the dispatcher compiles a version per layout.
     """
+    st = _state(mlp)
     dt = dy.dtype
-    st = _state(mlp, dt)
-    if st is None or type(dy) is not np.ndarray or dy.strides != st.ymeta or dy.shape[1] != st.sizes[-1]:
+    if dt is not st.dt or type(dy) is not np.ndarray or dy.ndim != 2 or dy.shape[1] != st.sizes[-1]:
         return None
     B = dy.shape[0]
-    if B < 1 or tuple(map(_META, cache)) != st.cache_meta(B):
+    if not 1 <= B <= BACKWARD_MAX_BATCH or [a.shape for a in cache] != st.shapes[B]:
         return None  # the numpy path then raises (or broadcasts) as it always did
-    g = tuple([np.empty(a.shape, dt) for a in st.p])
+    grads = np.empty((), st.grads)
     dx = np.empty((B, st.sizes[0]), dt) if need_dx else _NO_DX[dt]
-    if st.bwd is _BACKWARD[len(cache) - 1]:
-        st.bwd(dy, *cache, st.p, g, dx, need_dx, st.act, st.act_out)  # _NO_DX has dx's type
-        st.bwd = _entry(st.bwd, (dy, *cache, st.p, g, dx, need_dx, st.act, st.act_out))
-    else:  # dy and cache checked above (class, dtype, shape, C strides); g, dx ours; st.p typed
-        st.bwd(dy, *cache, st.p, g, dx, need_dx, st.act, st.act_out)
-    return (dx if need_dx else None), dict(zip(st.keys, g, strict=True))
+    if not st.bwd(dy, *cache, st.P, grads["flat"], dx, need_dx, st.act, st.act_out):
+        return None  # a cache array of another dtype
+    return (dx if need_dx else None), {k: grads[k] for k in st.keys}

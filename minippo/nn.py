@@ -85,9 +85,43 @@ def orthogonal(
 
 
 # ---------------------------------------------------------------- MLP
-def _fused_kernels() -> Any:
-    """``minippo.kernels.cpu`` on the numba backend, else None (checked on every forward/backward)."""
-    return backend.numba_kernels("cpu")
+class Params(dict):
+    """``{name: array}`` that counts the writes which may rebind a name to another array (``version``).
+
+    The numba kernels check ``version`` (and the dict's identity) instead of the identity of every
+    array on each call; in-place writes to the arrays (the optimiser, checkpoint loading) do not
+    rebind anything and need no count.
+    """
+
+    __slots__ = ("version",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.version = 0
+
+    def _bump(name: str) -> Any:  # noqa: N805 (wraps a dict method at class creation)
+        method = getattr(dict, name)
+
+        def rebinding(self: Params, *args: Any, **kwargs: Any) -> Any:
+            self.version += 1
+            return method(self, *args, **kwargs)
+
+        rebinding.__name__ = name
+        return rebinding
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if dict.get(self, key) is not value:  # ``params[k] -= g`` rebinds k to the same array
+            self.version += 1
+        dict.__setitem__(self, key, value)
+
+    __delitem__ = _bump("__delitem__")
+    __ior__ = _bump("__ior__")
+    update = _bump("update")
+    setdefault = _bump("setdefault")
+    pop = _bump("pop")
+    popitem = _bump("popitem")
+    clear = _bump("clear")
+    del _bump
 
 
 class MLP:
@@ -97,8 +131,10 @@ class MLP:
     (used for a shared trunk whose heads follow). Orthogonal init with gain ``sqrt(2)`` for hidden
     layers and ``out_gain`` for the last one; biases zero (PPO implementation detail #2).
 
-    ``params``: ``{"W0", "b0", "W1", "b1", ...}``, ``W_i`` of shape ``(sizes[i], sizes[i+1])``.
-    Parameters are updated in place by the optimizer, so other dicts may hold the same arrays.
+    ``params``: ``{"W0", "b0", "W1", "b1", ...}``, ``W_i`` of shape ``(sizes[i], sizes[i+1])``,
+    all views of the one buffer ``flat`` (what the numba kernels read). Parameters are updated in
+    place by the optimizer, so other dicts may hold the same arrays. A parameter rebound to an array
+    outside ``flat`` (or a new ``params`` dict) is still used, by the numpy path.
     """
 
     def __init__(
@@ -123,25 +159,33 @@ class MLP:
         self.activation = activation
         self.activate_output = activate_output
         self.n_layers = len(sizes) - 1
-        self.params: dict[str, Array] = {}
+        n = sum(k * f + f for k, f in zip(sizes[:-1], sizes[1:], strict=False))
+        self.flat = np.zeros(n, dtype=dtype)
+        """Every parameter in one buffer, packed in the order of ``params`` (W0, b0, W1, b1, ...)."""
+        self.params: dict[str, Array] = Params()
+        o = 0
         for i in range(self.n_layers):
             last = i == self.n_layers - 1
             gain = out_gain if last and not activate_output else hidden_gain
-            self.params[f"W{i}"] = orthogonal((sizes[i], sizes[i + 1]), gain, rng, dtype)
-            self.params[f"b{i}"] = np.zeros(sizes[i + 1], dtype=dtype)
+            k, f = sizes[i], sizes[i + 1]
+            W = self.flat[o:o + k * f].reshape(k, f)
+            W[...] = orthogonal((k, f), gain, rng, dtype)
+            self.params[f"W{i}"] = W
+            self.params[f"b{i}"] = self.flat[o + k * f:o + k * f + f]  # zeros
+            o += k * f + f
 
     def _activated(self, i: int) -> bool:
         return i < self.n_layers - 1 or self.activate_output
 
     def forward(self, x: Array) -> tuple[Array, list[Array]]:
         """x (B, sizes[0]) -> y (B, sizes[-1]); cache = the input of every layer plus the output."""
-        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
-            raise ValueError(f"x must have shape (B, {self.sizes[0]}), got {tuple(x.shape)}")
-        fused = _fused_kernels()
-        if fused is not None and x.shape[0] <= fused.FORWARD_MAX_BATCH:
-            cache = fused.mlp_forward(self, x)  # one compiled call; None if dtypes do not fit
+        fused = backend.numba_kernels("cpu")
+        if fused is not None:
+            cache = fused.mlp_forward(self, x)  # one compiled call; None when it does not apply
             if cache is not None:
                 return cache[-1], cache
+        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"x must have shape (B, {self.sizes[0]}), got {tuple(x.shape)}")
         act, _ = ACTIVATIONS[self.activation]
         h = x
         cache = [h]
@@ -160,9 +204,9 @@ class MLP:
         ``need_dx=False`` skips the input gradient (dx is then None): a network fed by raw
         observations never needs it, and it is a whole matmul per minibatch.
         """
-        fused = _fused_kernels()
-        if fused is not None and dy.shape[0] <= fused.BACKWARD_MAX_BATCH:
-            out = fused.mlp_backward(self, dy, cache, need_dx)
+        fused = backend.numba_kernels("cpu")
+        if fused is not None:
+            out = fused.mlp_backward(self, dy, cache, need_dx)  # None when it does not apply
             if out is not None:
                 return out
         _, act_back = ACTIVATIONS[self.activation]

@@ -175,18 +175,25 @@ def test_gae_compiles_only_its_own_signatures():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_narrow_layer_is_prepared_with_slp_and_sums_in_a_fixed_order(dtype):
-    """_prepare compiles the head layer (fewer than 8 outputs) for writable and read-only x with
-    numba's SLP setting restored and compilation left on; its fixed-order sums give the same bits
-    for either x and stay within rounding of float64, also with K % 8 leftover terms."""
+    """_prepare compiles the fixed-order dot products (heads with fewer than 8 outputs, dx at small
+    batch) for writable and read-only x with numba's SLP setting restored and compilation left on;
+    the sums give the same bits for either x and stay within rounding of float64, also with K % 8
+    leftover terms."""
     from numba.core import config
 
     before = config.SLP_VECTORIZE
     cpu._prepare(np.dtype(dtype))
     assert config.SLP_VECTORIZE == before
-    readonly = {not sig[0].mutable for sig in cpu._dense_narrow.signatures if sig[0].dtype.name == np.dtype(dtype).name}
+    readonly = {not sig[0].mutable for sig in cpu._dots.signatures if sig[0].dtype.name == np.dtype(dtype).name}
     assert readonly == {False, True}
-    assert cpu._dense_narrow._can_compile  # other signatures still compile (without SLP)
+    assert cpu._dots._can_compile  # other signatures still compile (without SLP)
     rng = np.random.default_rng(0)
+    for B, K, F in ((1, 64, 64), (3, 17, 64), (2, 7, 5)):  # _dots alone: V (F, K) as dx uses W
+        x, V = rng.normal(size=(B, K)).astype(dtype), rng.normal(size=(F, K)).astype(dtype)
+        out = np.empty((B, F), dtype)
+        cpu._dots(x, V, out)
+        exact = x.astype(np.float64) @ V.T.astype(np.float64)
+        assert (np.abs(out - exact) <= K * np.finfo(dtype).eps * (np.abs(x).astype(np.float64) @ np.abs(V.T))).all()
     for K, F in ((64, 6), (67, 2), (5, 1)):
         x = rng.normal(size=(8, K)).astype(dtype)
         W, b = rng.normal(size=(K, F)).astype(dtype), rng.normal(size=F).astype(dtype)
@@ -312,10 +319,10 @@ def test_mlp_dispatch_by_size_and_dtype(numba_backend, monkeypatch):
 def test_numpy_backend_never_loads_the_kernels(monkeypatch):
     monkeypatch.setenv(backend.ENV_VAR, "numpy")
     backend.reset()
-    assert nn._fused_kernels() is None
+    assert backend.numba_kernels("cpu") is None
     monkeypatch.setenv(backend.ENV_VAR, "numba")
     backend.reset()
-    assert nn._fused_kernels() is cpu
+    assert backend.numba_kernels("cpu") is cpu
     backend.reset()
 
 
@@ -385,8 +392,10 @@ def test_fused_outputs_are_new_arrays_every_call(numba_backend):
 
 
 def test_fused_entry_point_path_checks_inputs(numba_backend):
-    """After the first call the compiled entry point is called directly: inputs it cannot take
-    (other dtype, strides, class, shape) must still go to numpy, and read-only inputs still work."""
+    """After the first call the forward's compiled entry point is called directly: inputs it cannot
+    take (other dtype, strides, class, shape) must still go to numpy, and read-only inputs still
+    work. The backward goes through numba's dispatcher: any layout of dy and the cache gives the same
+    result, another dtype or shape goes to numpy."""
     mlp = nn.MLP([4, 6, 2], seed=0)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3, 4)).astype(np.float32)
@@ -400,22 +409,58 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     assert cpu.mlp_forward(mlp, np.asfortranarray(rng.normal(size=(3, 4)).astype(np.float32))) is None
     assert cpu.mlp_forward(mlp, np.ones((3, 5), np.float32)[:, :4]) is None
     assert cpu.mlp_forward(mlp, np.ones((0, 4), np.float32)) is None
+    assert cpu.mlp_forward(mlp, np.ones((cpu.FORWARD_MAX_BATCH + 1, 4), np.float32)) is None
     assert cpu.mlp_forward(mlp, np.ones((2, 4), np.float32).view(np.recarray)) is None
     dy = np.ones((3, 2), np.float32)
     dx, grads = mlp.backward(dy, cache0)
     assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1].astype(np.float64), cache0[2]]) is None
-    assert cpu.mlp_backward(mlp, dy, [cache0[0], np.asfortranarray(cache0[1]), cache0[2]]) is None
+    assert cpu.mlp_backward(mlp, dy.astype(np.float64), cache0) is None
     assert cpu.mlp_backward(mlp, dy, cache0[:2]) is None
     assert cpu.mlp_backward(mlp, np.ones((3, 3), np.float32), cache0) is None
     assert cpu.mlp_backward(mlp, dy[:2], cache0) is None
+    assert cpu.mlp_backward(mlp, np.ones((0, 2), np.float32), [c[:0] for c in cache0]) is None
+    f_dx, f_grads = cpu.mlp_backward(mlp, np.asfortranarray(dy), [cache0[0], np.asfortranarray(cache0[1]),
+                                                                    cache0[2][::-1][::-1]])
+    np.testing.assert_array_equal(f_dx, dx)
+    for k in grads:
+        np.testing.assert_array_equal(f_grads[k], grads[k])
     dx_ref, grads_ref = ref.mlp_backward(mlp.params, dy, ref.mlp_forward(mlp.params, x, "tanh", False)[1],
                                          "tanh", False)
     np.testing.assert_allclose(dx, dx_ref, **MLP_TOL[np.float32])
     for k in grads:
         np.testing.assert_allclose(grads[k], grads_ref[k], **MLP_TOL[np.float32])
-    mlp.params = {k: v.copy() for k, v in mlp.params.items()}  # a new dict (ActorCritic.to): a new state
+    assert [g.shape for g in grads.values()] == [p.shape for p in mlp.params.values()]
+    assert all(g.flags.c_contiguous for g in grads.values())
+
+
+def test_rebinding_a_parameter_is_seen_and_leaves_the_fused_path(numba_backend):
+    """The kernels read ``mlp.flat``; ``Params`` counts rebinding writes, so a parameter rebound to an
+    array outside ``flat`` (or a new dict) is used, through numpy; in-place writes stay fused."""
+    mlp = nn.MLP([4, 8, 3], seed=0)
+    x = np.random.default_rng(2).normal(size=(2, 4)).astype(np.float32)
     mlp.forward(x)
-    assert mlp.__dict__["_numba_state"] is not st
+    st = mlp.__dict__["_numba_state"]
+    mlp.params["W1"] *= 2.0  # in place (rebinds W1 to itself): the same state, the new values
+    mlp.params["b1"][:] = 0.25
+    expected = ref.mlp_forward(mlp.params, x, "tanh", False)[0]
+    np.testing.assert_allclose(mlp.forward(x)[0], expected, **MLP_TOL[np.float32])
+    assert mlp.__dict__["_numba_state"] is st
+    version = mlp.params.version
+    for rebind in (lambda p: p.__setitem__("W1", p["W1"] + 1), lambda p: p.update(b1=p["b1"] - 1),
+                   lambda p: p.setdefault("W0", p["W0"]), lambda p: p.__ior__({"b0": p["b0"] + 0.5})):
+        rebind(mlp.params)
+        assert mlp.params.version > version
+        version = mlp.params.version
+        y, cache = mlp.forward(x)
+        assert cpu._state(mlp).P is None  # W1 is no longer in flat: numpy
+        np.testing.assert_allclose(y, ref.mlp_forward(mlp.params, x, "tanh", False)[0], **MLP_TOL[np.float32])
+    assert cpu.mlp_forward(mlp, x) is None and cpu.mlp_backward(mlp, np.ones((2, 3), np.float32), cache) is None
+    fresh = nn.MLP([4, 8, 3], seed=0)
+    fresh.params = dict(fresh.params)  # a plain dict (ActorCritic.to on a GPU gives new arrays too)
+    assert cpu.mlp_forward(fresh, x) is None
+    again = nn.MLP([4, 8, 3], seed=0)
+    again.params["W0"] = again.params["W0"]  # rebound to the same view: still packed, still fused
+    assert cpu.mlp_forward(again, x) is not None
 
 
 def test_float16_mlp_falls_back_to_numpy(numba_backend):
