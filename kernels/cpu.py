@@ -649,48 +649,31 @@ def _hidden_back(d, x, P, G, o, act):
     return dx
 
 
-# The backward entry points are called through numba's dispatcher, which types every argument (a
-# cache in another layout gets its own compiled version); they return False, computing nothing, when
-# an array's dtype differs from the parameters' (the caller then falls back to numpy).
-@njit(**_MLP_JIT)
-def _same_dtype(P, a, b, c):
-    return a.dtype == P.dtype and b.dtype == P.dtype and c.dtype == P.dtype
-
-
+# The backward entry points are called through numba's dispatcher, which types every argument: a
+# cache in another memory layout gets its own compiled version.
 @njit(**_MLP_JIT)
 def _backward1(dy, x, h1, P, G, dx, want_dx, act, act_out):
-    if not _same_dtype(P, dy, x, h1):
-        return False
     _layer_back(_top(dy, h1, act_out), x, P, G, 0, dx, want_dx)
-    return True
 
 
 @njit(**_MLP_JIT)
 def _backward2(dy, x, h1, h2, P, G, dx, want_dx, act, act_out):
-    if not _same_dtype(P, dy, x, h1) or not _same_dtype(P, h2, h2, h2):
-        return False
     o1 = _after(0, x, h1)
     d = _hidden_back(_top(dy, h2, act_out), h1, P, G, o1, act)
     _layer_back(d, x, P, G, 0, dx, want_dx)
-    return True
 
 
 @njit(**_MLP_JIT)
 def _backward3(dy, x, h1, h2, h3, P, G, dx, want_dx, act, act_out):
-    if not _same_dtype(P, dy, x, h1) or not _same_dtype(P, h2, h3, h3):
-        return False
     o1 = _after(0, x, h1)
     o2 = _after(o1, h1, h2)
     d = _hidden_back(_top(dy, h3, act_out), h2, P, G, o2, act)
     d = _hidden_back(d, h1, P, G, o1, act)
     _layer_back(d, x, P, G, 0, dx, want_dx)
-    return True
 
 
 @njit(**_MLP_JIT)
 def _backward4(dy, x, h1, h2, h3, h4, P, G, dx, want_dx, act, act_out):
-    if not _same_dtype(P, dy, x, h1) or not _same_dtype(P, h2, h3, h4):
-        return False
     o1 = _after(0, x, h1)
     o2 = _after(o1, h1, h2)
     o3 = _after(o2, h2, h3)
@@ -698,7 +681,6 @@ def _backward4(dy, x, h1, h2, h3, h4, P, G, dx, want_dx, act, act_out):
     d = _hidden_back(d, h2, P, G, o2, act)
     d = _hidden_back(d, h1, P, G, o1, act)
     _layer_back(d, x, P, G, 0, dx, want_dx)
-    return True
 
 
 _FORWARD = (None, _forward1, _forward2, _forward3, _forward4)
@@ -741,7 +723,7 @@ class _State:
     """
 
     __slots__ = ("params", "version", "P", "dt", "keys", "sizes", "grads", "act", "act_out", "fwd",
-                 "bwd", "shapes", "outputs", "dts", "xmeta")
+                 "bwd", "outputs", "cache", "dts", "xmeta")
 
     def __init__(self, mlp: Any) -> None:
         self.params = mlp.params
@@ -760,8 +742,9 @@ class _State:
         n = mlp.n_layers
         self.fwd, self.bwd = _FORWARD[n], _BACKWARD[n]  # fwd: the dispatcher until the first call
         _prepare(dt)  # the heads' SLP-vectorised layer, before these kernels are compiled
-        self.shapes = [[(B, s) for s in self.sizes] for B in range(max(FORWARD_MAX_BATCH, BACKWARD_MAX_BATCH) + 1)]
-        self.outputs = [shapes[1:] for shapes in self.shapes]  # of the forward, per batch size
+        batches = range(max(FORWARD_MAX_BATCH, BACKWARD_MAX_BATCH) + 1)
+        self.outputs = [[(B, s) for s in self.sizes[1:]] for B in batches]  # of the forward
+        self.cache = [[((B, s), dt) for s in self.sizes] for B in batches]  # (shape, dtype) per array
         self.dts = [dt] * n
         self.xmeta = (self.sizes[0] * dt.itemsize, dt.itemsize)  # C-order row strides of x
 
@@ -839,17 +822,17 @@ def mlp_backward(
     ``grads`` is keyed like ``mlp.params`` (W0, b0, W1, ...): views of one new buffer packed like
     ``mlp.flat``. dx is None (and not computed) unless ``need_dx``. ``None`` (numpy then runs) for
     B > :data:`BACKWARD_MAX_BATCH`, or when shapes or dtypes do not fit (see :func:`mlp_forward`).
-    Any memory layout of dy and the cache works: the dispatcher compiles a version per layout.
+    Any memory layout of dy and the cache works: the dispatcher compiles a version per layout, so
+    Python checks only shapes and dtypes.
     """
     st = _state(mlp)
     dt = dy.dtype
     if dt is not st.dt or type(dy) is not np.ndarray or dy.ndim != 2 or dy.shape[1] != st.sizes[-1]:
         return None
     B = dy.shape[0]
-    if not 1 <= B <= BACKWARD_MAX_BATCH or [a.shape for a in cache] != st.shapes[B]:
+    if not 1 <= B <= BACKWARD_MAX_BATCH or [(a.shape, a.dtype) for a in cache] != st.cache[B]:
         return None  # the numpy path then raises (or broadcasts) as it always did
     grads = np.empty((), st.grads)
     dx = np.empty((B, st.sizes[0]), dt) if need_dx else _NO_DX[dt]
-    if not st.bwd(dy, *cache, st.P, grads["flat"], dx, need_dx, st.act, st.act_out):
-        return None  # a cache array of another dtype
+    st.bwd(dy, *cache, st.P, grads["flat"], dx, need_dx, st.act, st.act_out)
     return (dx if need_dx else None), {k: grads[k] for k in st.keys}

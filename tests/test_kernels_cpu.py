@@ -414,6 +414,7 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     dy = np.ones((3, 2), np.float32)
     dx, grads = mlp.backward(dy, cache0)
     assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1].astype(np.float64), cache0[2]]) is None
+    assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1].astype(np.float16), cache0[2]]) is None
     assert cpu.mlp_backward(mlp, dy.astype(np.float64), cache0) is None
     assert cpu.mlp_backward(mlp, dy, cache0[:2]) is None
     assert cpu.mlp_backward(mlp, np.ones((3, 3), np.float32), cache0) is None
