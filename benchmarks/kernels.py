@@ -7,7 +7,8 @@ ratio to a memory floor (numpy copying the 3 input arrays: as many bytes read as
 few more written). Targets (issue 4): numba >= 100x over the Python loop and within 3x of the floor.
 
 MLP 4-64-64-2 and 17-64-64-6 (tanh, float32) forward and forward+backward at batch 1, 8, 64, 256,
-2048 through ``minippo.nn.MLP``: time per call and numpy/numba speed-up. Target: >= 3x at B <= 8.
+2048 through ``minippo.nn.MLP``: time per call and numpy/numba speed-up, the two timed in alternating
+rounds (``best_interleaved``). Target: >= 3x at B <= 8.
 
 ``ActorCritic.act`` (the rollout's per-step call: both MLPs, distribution, sample, log-prob) for the
 CartPole preset policy (4-64-64, Discrete(2)) and a 17-64-64 Gaussian (6-d) at batch 1, 8, 64: numpy,
