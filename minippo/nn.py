@@ -99,6 +99,9 @@ class Params(dict):
         super().__init__(*args, **kwargs)
         self.version = 0
 
+    def __reduce__(self) -> tuple:  # copy and pickle: through __init__, so version exists
+        return (Params, (dict(self),))
+
     def _bump(name: str) -> Any:  # noqa: N805 (wraps a dict method at class creation)
         method = getattr(dict, name)
 
@@ -173,6 +176,15 @@ class MLP:
             self.params[f"W{i}"] = W
             self.params[f"b{i}"] = self.flat[o + k * f:o + k * f + f]  # zeros
             o += k * f + f
+
+    def __getstate__(self) -> dict:
+        """For copy and pickle: without the numba dispatch state (compiled code, rebuilt on use).
+
+        A copy's parameters are separate arrays (numpy copies each view alone), so a copy runs
+        the numpy path; its values and its links to a copied ``ActorCritic.params`` are kept."""
+        state = self.__dict__.copy()
+        state.pop("_numba_state", None)
+        return state
 
     def _activated(self, i: int) -> bool:
         return i < self.n_layers - 1 or self.activate_output

@@ -464,6 +464,27 @@ def test_rebinding_a_parameter_is_seen_and_leaves_the_fused_path(numba_backend):
     assert cpu.mlp_forward(again, x) is not None
 
 
+def test_mlp_copies_and_pickles_after_a_fused_call(numba_backend):
+    """The dispatch state (compiled code) is left out of copies; a copy gives the same outputs and
+    keeps its ``Params`` (with a version) and, inside a copied policy, the links to its arrays."""
+    import copy
+    import pickle
+
+    from minippo.policy import ActorCritic
+    from minippo.spaces import Discrete
+
+    mlp = nn.MLP([4, 8, 2], seed=0)
+    x = np.random.default_rng(3).normal(size=(2, 4)).astype(np.float32)
+    y, _ = mlp.forward(x)
+    for twin in (copy.deepcopy(mlp), pickle.loads(pickle.dumps(mlp))):
+        assert type(twin.params) is nn.Params and twin.params.version == 0
+        np.testing.assert_allclose(twin.forward(x)[0], y, **MLP_TOL[np.float32])
+    pol = ActorCritic(4, Discrete(2), (8, 8), seed=0)
+    pol.actor.forward(x)
+    twin = copy.deepcopy(pol)
+    assert twin.params["actor.W0"] is twin.actor.params["W0"]
+
+
 def test_float16_mlp_falls_back_to_numpy(numba_backend):
     mlp = nn.MLP([3, 8, 2], seed=0, dtype=np.float16)
     x = np.ones((4, 3), np.float16)
