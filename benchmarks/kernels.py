@@ -8,7 +8,9 @@ few more written). Targets (issue 4): numba >= 100x over the Python loop and wit
 
 MLP 4-64-64-2 and 17-64-64-6 (tanh, float32) forward and forward+backward at batch 1, 8, 64, 256,
 2048 through ``minippo.nn.MLP``: time per call and numpy/numba speed-up, the two timed in alternating
-rounds (``best_interleaved``). Target: >= 3x at B <= 8.
+rounds (``best_interleaved``). Target: >= 3x at B <= 8. At B <= 8 a second line times the numba
+kernels alone (preallocated outputs, no Python checks): numpy over that bounds what any Python
+around the kernels could reach.
 
 ``ActorCritic.act`` (the rollout's per-step call: both MLPs, distribution, sample, log-prob) for the
 CartPole preset policy (4-64-64, Discrete(2)) and a 17-64-64 Gaussian (6-d) at batch 1, 8, 64: numpy,
@@ -149,6 +151,30 @@ def bench_mlp(backends: list[str]) -> None:
                 ratio = (f"  numba speed-up fwd {t_fwd['numpy'] / t_fwd['numba']:5.2f}x "
                          f"fwd+bwd {t_both['numpy'] / t_both['numba']:5.2f}x")
             print(f"  {'-'.join(map(str, sizes)):11s} B={B:5d}  {cells}{ratio}")
+            if "numba" in t_fwd and B <= 8:
+                dy = np.ones((B, sizes[-1]), np.float32)
+                print(kernels_alone(mlp, x, dy, t_fwd["numpy"], t_both["numpy"]))
+
+
+def kernels_alone(mlp: MLP, x: np.ndarray, dy: np.ndarray, t_np_fwd: float, t_np_both: float) -> str:
+    """The numba kernels called with preallocated outputs and no Python checks: what is left of a
+    fused forward and forward+backward when the Python around them (state and input checks, fresh
+    output arrays, the gradient views, the MLP methods) is taken away, and numpy's time over that:
+    the highest speed-up any Python wrapper of these kernels could reach."""
+    use("numba")
+    from minippo.kernels import cpu
+
+    cache = cpu.mlp_forward(mlp, x)
+    st = cpu._state(mlp)
+    hs, G, dx = cache[1:], np.empty_like(st.P), np.empty_like(x)
+    def fwd():
+        st.fwd(x, st.P, *hs, st.act, st.act_out)
+    def both():
+        st.fwd(x, st.P, *hs, st.act, st.act_out)
+        st.bwd(dy, *cache, st.P, G, dx, True, st.act, st.act_out, st.S)
+    f, b = best(fwd), best(both)
+    return (f"  {'':11s} {'':7s}  numba kernels alone fwd {f * 1e6:6.2f} fwd+bwd {b * 1e6:6.2f}  "
+            f"(numpy / kernels alone: fwd {t_np_fwd / f:5.2f}x fwd+bwd {t_np_both / b:5.2f}x)")
 
 
 def bench_act(backends: list[str]) -> None:

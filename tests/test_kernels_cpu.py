@@ -395,7 +395,7 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     """After the first call the forward's compiled entry point is called directly: inputs it cannot
     take (other dtype, strides, class, shape) must still go to numpy, and read-only inputs still
     work. The backward goes through numba's dispatcher: any layout of dy and the cache gives the same
-    result, another dtype or shape goes to numpy."""
+    result, another dtype, ndim (checked in Python) or shape (checked by the kernel) goes to numpy."""
     mlp = nn.MLP([4, 6, 2], seed=0)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3, 4)).astype(np.float32)
@@ -420,6 +420,9 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     assert cpu.mlp_backward(mlp, np.ones((3, 3), np.float32), cache0) is None
     assert cpu.mlp_backward(mlp, dy[:2], cache0) is None
     assert cpu.mlp_backward(mlp, np.ones((0, 2), np.float32), [c[:0] for c in cache0]) is None
+    assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1][:, :5], cache0[2]]) is None  # width
+    assert cpu.mlp_backward(mlp, dy, [cache0[0][:2], cache0[1], cache0[2]]) is None  # batch
+    assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1].ravel(), cache0[2]]) is None  # ndim
     f_dx, f_grads = cpu.mlp_backward(mlp, np.asfortranarray(dy), [cache0[0], np.asfortranarray(cache0[1]),
                                                                     cache0[2][::-1][::-1]])
     np.testing.assert_array_equal(f_dx, dx)
