@@ -764,8 +764,9 @@ class _State:
         dt = self.dt = P.dtype
         self.sizes = tuple(mlp.sizes)
         # (name, slice of the gradient buffer, shape or None for a 1-d bias) per parameter: a plain
-        # loop of slices and reshapes is the cheapest numpy way to make the views (~1.3 us for 3
-        # layers, measured; a 0-d structured array indexed by field took ~1.4 us)
+        # loop of slices and reshapes is the cheapest numpy way we found to make the views: 1.5 us
+        # with the buffer for 3 layers, against 1.6 us for a 0-d structured array indexed by field
+        # and 1.8 us for a dict comprehension of the same slices (measured in one run)
         self.views, o = [], 0
         for k, a in mlp.params.items():
             self.views.append((k, slice(o, o + a.size), a.shape if a.ndim > 1 else None))
