@@ -23,7 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array, populate_array
 
 FORWARD_MAX_BATCH = 8
 """Largest batch for which ``MLP.forward`` uses :func:`mlp_forward` (measured crossover)."""
@@ -505,7 +508,7 @@ def _prepare(dt: np.dtype) -> None:
     _PREPARED.add(dt)
 
 
-@njit(**_MLP_JIT)
+@njit(**_MLP_JIT, inline="always")
 def _dense(x, W, b, out, act):
     """out = act(x W + b): the bias, then :func:`_mm_acc`, then the activation in place (a layer
     with fewer than 8 outputs goes through :func:`_dense_narrow` from batch :data:`NARROW_MIN_BATCH`)."""
@@ -574,14 +577,40 @@ def _dense_back(d, x, W, dW, db, dx, want_dx):
 # that order) and the gradients go to a buffer G of the same layout: two arguments instead of one per
 # array (numba unboxes each array argument, ~0.05 us apiece). Layer widths come from the shapes of
 # x and the outputs. One entry point per depth, loops over layers inlined.
-@njit(**_MLP_JIT)
+@intrinsic
+def _view_at(typingctx, P, o, K, F):
+    """The C-ordered (K, F) view of P[o:o + K * F], P a 1-d C-ordered array; callers check bounds.
+
+    Unlike ``P[o:n].reshape((K, F))``, the view is untracked (no meminfo): creating and dropping it
+    takes no reference-count operations and no call to numba's reshape helper. It must not outlive
+    the call that holds P."""
+    if not (isinstance(P, types.Array) and P.ndim == 1 and P.layout == "C"):
+        return None
+    out = P.copy(ndim=2, layout="C")
+
+    def codegen(context, builder, sig, args):
+        o_, K_, F_ = (context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:], strict=True))
+        src = make_array(sig.args[0])(context, builder, args[0])
+        view = make_array(out)(context, builder)
+        populate_array(view, data=builder.gep(src.data, [o_]),
+                       shape=cgutils.pack_array(builder, [K_, F_]),
+                       strides=cgutils.pack_array(builder, [builder.mul(F_, src.itemsize), src.itemsize]),
+                       itemsize=src.itemsize, meminfo=None, parent=None)
+        return view._getvalue()
+
+    return out(P, o, K, F), codegen
+
+
+@njit(**_MLP_JIT, inline="always")
 def _wb(P, o, K, F):
     """Views of W (K, F) and b (F,) packed at P[o:], and the offset of the next layer."""
     n = o + K * F
-    return P[o:n].reshape((K, F)), P[n:n + F], n + F
+    if o < 0 or K < 0 or F < 0 or n + F > P.shape[0]:
+        raise IndexError("layer outside the parameter buffer")
+    return _view_at(P, o, K, F), _view_at(P, n, 1, F)[0], n + F
 
 
-@njit(**_MLP_JIT)
+@njit(**_MLP_JIT, inline="always")
 def _layer(x, P, o, out, act):
     """out = act(x W + b) for the layer packed at P[o:]; returns the next layer's offset."""
     W, b, o = _wb(P, o, x.shape[1], out.shape[1])
@@ -615,7 +644,7 @@ def _forward4(x, P, h1, h2, h3, h4, act, act_out):
     _layer(h3, P, o, h4, act_out)
 
 
-@njit(**_MLP_JIT)
+@njit(**_MLP_JIT, inline="always")
 def _top(dy, h, act_out):
     """dL/dz of the last layer: dy itself when it is linear, else a scaled copy."""
     if act_out == ACT_NONE:
@@ -625,13 +654,13 @@ def _top(dy, h, act_out):
     return d
 
 
-@njit(**_MLP_JIT)
+@njit(**_MLP_JIT, inline="always")
 def _after(o, x, h):
     """Offset of the layer after the one packed at o, whose input is x and output h."""
     return o + x.shape[1] * h.shape[1] + h.shape[1]
 
 
-@njit(**_MLP_JIT)
+@njit(**_MLP_JIT, inline="always")
 def _layer_back(d, x, P, G, o, dx, want_dx):
     """Backward through the layer packed at P[o:] (gradients to G[o:]), given d = dL/dz."""
     K, F = x.shape[1], d.shape[1]
@@ -640,7 +669,7 @@ def _layer_back(d, x, P, G, o, dx, want_dx):
     _dense_back(d, x, W, dW, db, dx, want_dx)
 
 
-@njit(**_MLP_JIT)
+@njit(**_MLP_JIT, inline="always")
 def _hidden_back(d, x, P, G, o, act):
     """Backward through a hidden layer whose input x = act(previous z): returns dL/d(previous z)."""
     dx = np.empty((d.shape[0], x.shape[1]), d.dtype)

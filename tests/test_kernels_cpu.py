@@ -494,3 +494,29 @@ def test_float16_mlp_falls_back_to_numpy(numba_backend):
     y, cache = mlp.forward(x)  # no fused kernel for float16: the numpy path, no compile error
     dx, grads = mlp.backward(np.ones_like(y), cache)
     assert y.dtype == np.float16 and grads["W0"].dtype == np.float16
+
+
+def _wb_views(P, o, K, F):
+    """Copies of the views ``cpu._wb`` makes (the views themselves are untracked: they must not
+    leave the compiled call that holds P)."""
+    W, b, n = cpu._wb(P, o, K, F)
+    return W.copy(), b.copy(), n
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_untracked_layer_views_are_the_reshaped_slices_and_check_bounds(dtype):
+    """``_wb`` builds W and b with ``_view_at`` (no reshape helper, no reference counting): the same
+    elements as slicing and reshaping, and a layer that does not fit in P raises instead of reading
+    past it."""
+    from numba import njit
+
+    views = njit(_wb_views)
+    P = np.arange(40, dtype=dtype)
+    for o, K, F in ((0, 3, 4), (5, 2, 7), (0, 1, 1), (28, 3, 3), (7, 0, 2)):  # (28, 3, 3) fills P
+        W, b, n = views(P, o, K, F)
+        np.testing.assert_array_equal(W, P[o:o + K * F].reshape(K, F))
+        np.testing.assert_array_equal(b, P[o + K * F:o + K * F + F])
+        assert n == o + K * F + F and W.dtype == b.dtype == dtype
+    for o, K, F in ((30, 3, 4), (-1, 2, 2), (0, 40, 1)):
+        with pytest.raises(IndexError, match="parameter buffer"):
+            views(P, o, K, F)
