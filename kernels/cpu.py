@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numba import njit, types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
@@ -780,7 +781,7 @@ class _State:
     """
 
     __slots__ = ("params", "version", "P", "dt", "sizes", "views", "act", "act_out", "fwd",
-                 "bwd", "by_shape", "S", "cache_meta", "dts", "xmeta")
+                 "bwd", "by_shape", "S", "cache_meta", "strict", "dts", "xmeta")
 
     def __init__(self, mlp: Any) -> None:
         self.params = mlp.params
@@ -810,6 +811,7 @@ class _State:
                          for B in range(1, FORWARD_MAX_BATCH + 1)}
         self.S = np.array(self.sizes, np.int64)  # the widths the backward checks the cache against
         self.cache_meta = [(dt, 2)] * (n + 1)  # (dtype, ndim) of x, h_1, ..., h_n in a cache
+        self.strict = False  # check cache_meta in Python (after a cache numba could not type)
         self.dts = [dt] * n
         self.xmeta = (self.sizes[0] * dt.itemsize, dt.itemsize)  # C-order row strides of x
 
@@ -874,22 +876,30 @@ def mlp_backward(
     ``grads`` is keyed like ``mlp.params`` (W0, b0, W1, ...): views of one new buffer packed like
     ``mlp.flat``. dx is None (and not computed) unless ``need_dx``. ``None`` (numpy then runs) for
     B > :data:`BACKWARD_MAX_BATCH`, or when shapes or dtypes do not fit (see :func:`mlp_forward`).
-    Any memory layout of dy and the cache works: the dispatcher compiles a version per layout.
-    Python checks dtypes and ndims (what numba types); the kernel checks the shapes against the
-    MLP's widths (:func:`_fits`) and returns False, computing nothing, when they do not fit.
+    Any memory layout of dy and the cache works: the dispatcher compiles a version per layout. The
+    kernel checks the cache's shapes and dtypes against the MLP's (:func:`_fits`) and returns False,
+    computing nothing, when they do not fit. A cache numba cannot type at all (a 1-d or float16
+    array, an object) fails in the dispatcher; that falls back too, and from then on this MLP checks
+    each cache's dtypes and ndims in Python first (0.4 us a call, saved until then).
     """
     st = _state(mlp)
     dt = dy.dtype
-    if (dt is not st.dt or type(dy) is not np.ndarray or dy.ndim != 2
-            or [(a.dtype, a.ndim) for a in cache] != st.cache_meta):
-        return None  # numba could not type these; the shapes are checked by the kernel
+    if dt is not st.dt or type(dy) is not np.ndarray or dy.ndim != 2:
+        return None
     B = dy.shape[0]
     if not 1 <= B <= BACKWARD_MAX_BATCH:
         return None
+    if st.strict and [(a.dtype, a.ndim) for a in cache] != st.cache_meta:
+        return None
     G = np.empty(st.P.size, dt)
     dx = np.empty((B, st.sizes[0]), dt) if need_dx else _NO_DX[dt]
-    if not st.bwd(dy, *cache, st.P, G, dx, need_dx, st.act, st.act_out, st.S):
-        return None  # shapes not those of this MLP: the numpy path raises or broadcasts
+    try:
+        fits = st.bwd(dy, *cache, st.P, G, dx, need_dx, st.act, st.act_out, st.S)
+    except (TypingError, NotImplementedError):  # numba cannot type a cache array (1-d, float16, ...)
+        st.strict = True  # from now on check the cache in Python first rather than retry compiling
+        return None
+    if not fits:  # shapes or dtypes not those of this MLP: the numpy path raises or broadcasts
+        return None
     grads = {}
     for k, part, shape in st.views:
         grads[k] = G[part] if shape is None else G[part].reshape(shape)

@@ -395,7 +395,8 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     """After the first call the forward's compiled entry point is called directly: inputs it cannot
     take (other dtype, strides, class, shape) must still go to numpy, and read-only inputs still
     work. The backward goes through numba's dispatcher: any layout of dy and the cache gives the same
-    result, another dtype, ndim (checked in Python) or shape (checked by the kernel) goes to numpy."""
+    result; another dtype or shape (checked by the kernel) or a cache numba cannot type (the dispatcher
+    raises; Python checks dtypes and ndims from then on) goes to numpy."""
     mlp = nn.MLP([4, 6, 2], seed=0)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3, 4)).astype(np.float32)
@@ -414,7 +415,14 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     dy = np.ones((3, 2), np.float32)
     dx, grads = mlp.backward(dy, cache0)
     assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1].astype(np.float64), cache0[2]]) is None
+    assert not st.strict  # numba typed that one: the kernel's _fits said no
     assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1].astype(np.float16), cache0[2]]) is None
+    assert st.strict  # numba could not type float16: from now on Python checks dtypes and ndims first
+    fresh = nn.MLP([4, 6, 2], seed=0)
+    _, cache_f = fresh.forward(x)
+    assert cpu.mlp_backward(fresh, dy, [cache_f[0], cache_f[1].ravel(), cache_f[2]]) is None  # 1-d
+    assert fresh.__dict__["_numba_state"].strict
+    assert cpu.mlp_backward(fresh, dy, cache_f) is not None  # good caches stay fused
     assert cpu.mlp_backward(mlp, dy.astype(np.float64), cache0) is None
     assert cpu.mlp_backward(mlp, dy, cache0[:2]) is None
     assert cpu.mlp_backward(mlp, np.ones((3, 3), np.float32), cache0) is None
