@@ -451,8 +451,16 @@ def _dots(x, V, out):
     vectoriser."""
     B, K = x.shape
     F = V.shape[0]
-    K8 = K - K % 8
     zero = out.dtype.type(0)
+    if K < 8:  # no 8-lane block: the leftover loop alone, the same sum as below (zero + t)
+        for r in range(B):
+            for j in range(F):
+                t = zero
+                for k in range(K):
+                    t += x[r, k] * V[j, k]
+                out[r, j] = zero + t
+        return
+    K8 = K - K % 8
     u = np.uint64
     P = np.empty(8, out.dtype)
     for r in range(B):

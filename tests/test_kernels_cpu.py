@@ -194,6 +194,15 @@ def test_narrow_layer_is_prepared_with_slp_and_sums_in_a_fixed_order(dtype):
         cpu._dots(x, V, out)
         exact = x.astype(np.float64) @ V.T.astype(np.float64)
         assert (np.abs(out - exact) <= K * np.finfo(dtype).eps * (np.abs(x).astype(np.float64) @ np.abs(V.T))).all()
+        if K < 8:  # no 8-lane block: a plain left-to-right sum in the dtype, bit for bit
+            plain = np.empty_like(out)
+            for r in range(B):
+                for j in range(F):
+                    t = dtype(0)
+                    for k in range(K):
+                        t = t + x[r, k] * V[j, k]
+                    plain[r, j] = t
+            np.testing.assert_array_equal(out, plain)
     for K, F in ((64, 6), (67, 2), (5, 1)):
         x = rng.normal(size=(8, K)).astype(dtype)
         W, b = rng.normal(size=(K, F)).astype(dtype), rng.normal(size=F).astype(dtype)
