@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from .cpu import ACT_NONE, ACT_RELU, ACT_TANH, ACT_TANH_F32, _dense, _mm_acc, _mm_tn, _prepare, _transposed
+from .cpu import ACT_NONE, ACT_RELU, ACT_TANH, ACT_TANH_F32, _dense, _mm_acc, _prepare, _transposed, _weight_grad
 
 # As in kernels/cpu.py: error_model="numpy" drops per-division zero checks (they block
 # vectorisation); reassoc + contract let the matmul loops vectorise and use FMA. NaN/inf semantics
@@ -73,14 +73,7 @@ def _mlp_backward(dy, hs, Ws, gWs, gbs, act):
             for j in range(F):
                 gb[j] += d[r, j]
         K = W.shape[0]
-        if F < 8:  # dW^T = d^T x has rows of length K: vectorises where dW's rows (length F) do not
-            gWT = np.empty((F, K), gW.dtype)
-            _mm_tn(d, hs[i], gWT)
-            for k in range(K):
-                for j in range(F):
-                    gW[k, j] = gWT[j, k]
-        else:
-            _mm_tn(hs[i], d, gW)
+        _weight_grad(hs[i], d, gW)
         if i == 0:
             break
         WT = _transposed(W)  # W's columns made rows: dx = d W^T vectorises along k
