@@ -1,0 +1,144 @@
+"""Explicit 64-byte SIMD vectors inside numba kernels: the register-blocked matmul tiles of ``cpu.py``.
+
+LLVM's loop vectoriser only vectorises innermost loops, so numba code such as ``cpu._mm_acc``'s
+reads and writes ``out`` in memory once per pass over k, and on x86 it uses 256-bit vectors
+(LLVM's tuning for recent Intel cores prefers them). A matmul tile wants the opposite: the
+accumulators of a block of ``out`` kept in registers for the whole k loop, and the widest vectors.
+These intrinsics give numba code a vector value of 64 bytes (16 float32 or 8 float64, ``Vec``) that
+lives in registers:
+
+- :func:`vload` / :func:`vstore`: ``a[i, j:j + L]`` of a C-ordered 2-d array as one vector;
+- :func:`vsplat`: a scalar in every lane (of the vector type that matches an array's dtype);
+- :func:`vfma`: ``a * b + c`` lane by lane, one rounding (``llvm.fma``);
+- :func:`lanes`: ``L`` for an array's dtype, a compile-time constant.
+
+LLVM lowers a 64-byte vector to one AVX-512 register where the CPU has them (numba does not set the
+``min-legal-vector-width`` attribute that would narrow it), and to 2 x AVX2 / 4 x SSE / 4 x NEON
+registers elsewhere: same results, no CPU check needed. Callers check bounds: the loads and stores
+index the array's data directly.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+from numba.np.arrayobj import make_array
+
+VECTOR_BYTES = 64
+
+
+class Vec(types.Type):
+    """numba type of a 64-byte vector of ``dtype`` (float32 or float64): ``n`` lanes."""
+
+    def __init__(self, dtype: types.Float) -> None:
+        self.dtype = dtype
+        self.n = VECTOR_BYTES * 8 // dtype.bitwidth
+        super().__init__(name=f"Vec({dtype} x {self.n})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        elt = ir.FloatType() if fe_type.dtype == types.float32 else ir.DoubleType()
+        super().__init__(dmm, fe_type, ir.VectorType(elt, fe_type.n))
+
+
+def vec_type(arr: types.Type) -> Vec | None:
+    """The vector type for a C-ordered 2-d float32/float64 array type, else None: the typing-time
+    test of whether :func:`vload` / :func:`vstore` accept an array."""
+    if (isinstance(arr, types.Array) and arr.ndim == 2 and arr.layout == "C"
+            and arr.dtype in (types.float32, types.float64)):
+        return Vec(arr.dtype)
+    return None
+
+
+def _element_ptr(context, builder, arrty, arr, i, j):
+    """Pointer to arr[i, j] (C order: data + i * ncols + j), no bounds check."""
+    a = make_array(arrty)(context, builder, arr)
+    ncols = builder.extract_value(a.shape, 1)
+    return builder.gep(a.data, [builder.add(builder.mul(i, ncols), j)])
+
+
+def _intp(context, builder, sig, args, first):
+    return [context.cast(builder, v, t, types.intp) for v, t in zip(args[first:first + 2], sig.args[first:first + 2],
+                                                                      strict=True)]
+
+
+@intrinsic
+def lanes(typingctx, arr):
+    """Number of lanes of arr's vector type (16 for float32, 8 for float64), a compile-time constant;
+    0 for an array these vectors cannot load (not C-ordered 2-d float32/float64): callers take their
+    scalar loops for all of it then."""
+    if not isinstance(arr, types.Array):
+        return None
+    vt = vec_type(arr)
+    n = 0 if vt is None else vt.n
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, n)
+
+    return types.intp(arr), codegen
+
+
+@intrinsic
+def vload(typingctx, arr, i, j):
+    """arr[i, j:j + L] as one vector (unaligned load; the caller checks j + L <= ncols)."""
+    vt = vec_type(arr)
+    if vt is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _element_ptr(context, builder, sig.args[0], args[0], *_intp(context, builder, sig, args, 1))
+        vty = context.get_value_type(vt)
+        return builder.load(builder.bitcast(p, vty.as_pointer()), align=sig.args[0].dtype.bitwidth // 8)
+
+    return vt(arr, i, j), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, i, j, v):
+    """arr[i, j:j + L] = v (unaligned store; the caller checks bounds)."""
+    vt = vec_type(arr)
+    if vt is None or v != vt:
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _element_ptr(context, builder, sig.args[0], args[0], *_intp(context, builder, sig, args, 1))
+        builder.store(args[3], builder.bitcast(p, args[3].type.as_pointer()), align=sig.args[0].dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(arr, i, j, v), codegen
+
+
+@intrinsic
+def vsplat(typingctx, arr, x):
+    """x (cast to arr's dtype) in every lane of arr's vector type."""
+    vt = vec_type(arr)
+    if vt is None or not isinstance(x, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(vt)
+        x_ = context.cast(builder, args[1], sig.args[1], vt.dtype)
+        one = builder.insert_element(ir.Constant(vty, ir.Undefined), x_, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), vt.n), [0] * vt.n))
+
+    return vt(arr, x), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c lane by lane with one rounding (llvm.fma), for three vectors of one type."""
+    if not (isinstance(a, Vec) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vty = args[0].type
+        name = f"llvm.fma.v{vty.count}f{sig.args[0].dtype.bitwidth}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), name)
+        return builder.call(fn, args)
+
+    return a(a, b, c), codegen
