@@ -9,8 +9,9 @@ compiled on its first call (per dtype) and cached on disk next to this file.
   numpy loop in ``minippo.advantages``, so float32 results match it bit for bit.
 - :func:`mlp_forward`, :func:`mlp_backward`: a whole tanh/relu MLP in one call. At batch 1..8
   numpy spends most of its time in per-call overhead (~1 us per ufunc or matmul); one compiled call
-  removes it. ``minippo.nn.MLP`` dispatches here for batches up to :data:`FORWARD_MAX_BATCH` /
-  :data:`BACKWARD_MAX_BATCH` (measured crossovers, see ``docs/kernels.md``); above them BLAS wins.
+  removes it. Matmuls go through register tiles of 64-byte vectors (``kernels/simd.py``), which
+  also beat BLAS at larger batches when every layer is narrow. ``minippo.nn.MLP`` dispatches here
+  up to :func:`max_batch` (measured crossovers, see ``docs/kernels.md``); above it BLAS wins.
 
 float32 tanh uses a vectorisable rational approximation (the 13/6 minimax fit used by Eigen), <= 7
 ulp from the correctly rounded tanh (measured on 2M points in [-10, 10]); libm ``tanhf`` does not
@@ -31,10 +32,22 @@ from numba.np.arrayobj import make_array, populate_array
 
 from .simd import lanes, vec_type, vfma, vload, vsplat, vstore
 
-FORWARD_MAX_BATCH = 8
-"""Largest batch for which ``MLP.forward`` uses :func:`mlp_forward` (measured crossover)."""
-BACKWARD_MAX_BATCH = 8
-"""Largest batch for which ``MLP.backward`` uses :func:`mlp_backward` (measured crossover)."""
+MAX_BATCH = 8
+"""Largest batch for which ``MLP.forward`` / ``MLP.backward`` use :func:`mlp_forward` /
+:func:`mlp_backward`, for an MLP with a layer wider than :data:`SMALL_WIDTH` (measured crossover
+with BLAS: 17-256-256-6 is 1.1-1.2x faster fused at batch 8, 0.8-1.0x at 64)."""
+SMALL_WIDTH = 64
+"""An MLP whose widths are all at most this uses the fused kernels up to :data:`SMALL_MAX_BATCH`."""
+SMALL_MAX_BATCH = 256
+"""Largest fused batch for an MLP of widths <= :data:`SMALL_WIDTH`. The register tiles beat
+OpenBLAS on one or two threads at every batch measured up to 1024 for 4-32-32-2 ... 17-64-64-6
+(forward+backward 1.4-1.8x at 64-1024); capped at PPO's minibatch sizes, beyond which BLAS threads
+on a machine with many cores may win."""
+
+
+def max_batch(sizes: list[int]) -> int:
+    """Largest batch that an MLP with layer widths ``sizes`` runs through the fused kernels."""
+    return SMALL_MAX_BATCH if max(sizes) <= SMALL_WIDTH else MAX_BATCH
 NARROW_MIN_BATCH = 8
 """From this batch on, a layer with fewer than 8 outputs goes through :func:`_dense_narrow`; below,
 through :func:`_mm_acc` like the others (measured crossover, 64 -> 2 and 64 -> 6)."""
@@ -961,7 +974,7 @@ class _State:
     """
 
     __slots__ = ("params", "version", "P", "dt", "sizes", "views", "act", "act_out", "fwd",
-                 "bwd", "by_shape", "S", "cache_meta", "strict", "dts", "xmeta")
+                 "bwd", "max_batch", "by_shape", "S", "cache_meta", "strict", "dts", "xmeta")
 
     def __init__(self, mlp: Any) -> None:
         self.params = mlp.params
@@ -987,8 +1000,9 @@ class _State:
         self.fwd, self.bwd = _FORWARD[n], _BACKWARD[n]  # fwd: the dispatcher until the first call
         _prepare(dt)  # the heads' SLP-vectorised layer, before these kernels are compiled
         # x.shape -> the forward's output shapes, for the batch sizes it takes
+        self.max_batch = max_batch(self.sizes)
         self.by_shape = {(B, self.sizes[0]): [(B, s) for s in self.sizes[1:]]
-                         for B in range(1, FORWARD_MAX_BATCH + 1)}
+                         for B in range(1, self.max_batch + 1)}
         self.S = np.array(self.sizes, np.int64)  # the widths the backward checks the cache against
         self.cache_meta = [(dt, 2)] * (n + 1)  # (dtype, ndim) of x, h_1, ..., h_n in a cache
         self.strict = False  # check cache_meta in Python (after a cache numba could not type)
@@ -1025,7 +1039,7 @@ def _entry(dispatcher: Any, args: tuple) -> Any:
 def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
     """Fused forward of a ``minippo.nn.MLP``: x (B, sizes[0]) -> cache [x, h_1, ..., h_L = y].
 
-    Returns ``None`` (the caller falls back to numpy) unless 1 <= B <= :data:`FORWARD_MAX_BATCH`,
+    Returns ``None`` (the caller falls back to numpy) unless 1 <= B <= :func:`max_batch`,
     the parameters are packed in ``mlp.flat`` (see :func:`_packed`), x is a C-contiguous 2-d
     ndarray of their float dtype, and the MLP has at most :data:`MAX_LAYERS` layers. The cache
     arrays are new on every call.
@@ -1036,7 +1050,7 @@ def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
         st = _state(mlp)
     if type(x) is not np.ndarray or x.dtype is not st.dt or x.strides != st.xmeta:
         return None
-    shapes = st.by_shape.get(x.shape)  # None unless x has 1 .. FORWARD_MAX_BATCH rows of sizes[0]
+    shapes = st.by_shape.get(x.shape)  # None unless x has 1 .. max_batch rows of sizes[0]
     if shapes is None:
         return None
     hs = list(map(np.empty, shapes, st.dts))
@@ -1055,7 +1069,7 @@ def mlp_backward(
 
     ``grads`` is keyed like ``mlp.params`` (W0, b0, W1, ...): views of one new buffer packed like
     ``mlp.flat``. dx is None (and not computed) unless ``need_dx``. ``None`` (numpy then runs) for
-    B > :data:`BACKWARD_MAX_BATCH`, or when shapes or dtypes do not fit (see :func:`mlp_forward`).
+    B > :func:`max_batch`, or when shapes or dtypes do not fit (see :func:`mlp_forward`).
     Any memory layout of dy and the cache works: the dispatcher compiles a version per layout. The
     kernel checks the cache's shapes and dtypes against the MLP's (:func:`_fits`) and returns False,
     computing nothing, when they do not fit. A cache numba cannot type at all (a 1-d or float16
@@ -1067,7 +1081,7 @@ def mlp_backward(
     if dt is not st.dt or type(dy) is not np.ndarray or dy.ndim != 2:
         return None
     B = dy.shape[0]
-    if not 1 <= B <= BACKWARD_MAX_BATCH:
+    if not 1 <= B <= st.max_batch:
         return None
     if st.strict and [(a.dtype, a.ndim) for a in cache] != st.cache_meta:
         return None

@@ -254,7 +254,8 @@ def mlps(draw):
     sizes = draw(st.lists(width, min_size=n_layers + 1, max_size=n_layers + 1))
     return (sizes, draw(st.sampled_from(["tanh", "relu"])), draw(st.booleans()),
             draw(st.sampled_from([np.float32, np.float64])),
-            draw(st.integers(1, cpu.FORWARD_MAX_BATCH)), draw(st.integers(0, 2**32 - 1)))
+            draw(st.one_of(st.integers(1, 9), st.sampled_from([16, 33, 64, cpu.SMALL_MAX_BATCH]))),
+            draw(st.integers(0, 2**32 - 1)))
 
 
 @settings(SLOW, suppress_health_check=[HealthCheck.function_scoped_fixture])  # env set once
@@ -309,14 +310,25 @@ def test_fused_mlp_rebound_params_are_seen(numba_backend):
 
 
 def test_mlp_dispatch_by_size_and_dtype(numba_backend, monkeypatch):
-    mlp = nn.MLP([4, 8, 2], seed=0)
     calls = []
     real = cpu._FORWARD[2]
     monkeypatch.setattr(cpu, "_FORWARD", (None, None, lambda *a: calls.append(1) or real(*a)))
     rng = np.random.default_rng(0)
-    mlp.forward(rng.normal(size=(cpu.FORWARD_MAX_BATCH, 4)).astype(np.float32))
+    wide = nn.MLP([4, cpu.SMALL_WIDTH + 1, 2], seed=0)  # a layer wider than 64: fused up to batch 8
+    assert cpu.max_batch(wide.sizes) == cpu.MAX_BATCH
+    wide.forward(rng.normal(size=(cpu.MAX_BATCH, 4)).astype(np.float32))
     assert len(calls) == 1
-    mlp.forward(rng.normal(size=(cpu.FORWARD_MAX_BATCH + 1, 4)).astype(np.float32))
+    y, cache = wide.forward(rng.normal(size=(cpu.MAX_BATCH + 1, 4)).astype(np.float32))
+    assert len(calls) == 1 and cpu.mlp_backward(wide, np.ones_like(y), cache) is None
+    calls.clear()
+    mlp = nn.MLP([4, 8, 2], seed=0)  # every width <= 64: fused up to SMALL_MAX_BATCH
+    assert cpu.max_batch(mlp.sizes) == cpu.SMALL_MAX_BATCH
+    y, cache = mlp.forward(rng.normal(size=(cpu.SMALL_MAX_BATCH, 4)).astype(np.float32))
+    assert len(calls) == 1 and cpu.mlp_backward(mlp, np.ones_like(y), cache) is not None
+    y, cache = mlp.forward(rng.normal(size=(cpu.SMALL_MAX_BATCH + 1, 4)).astype(np.float32))
+    assert len(calls) == 1 and cpu.mlp_backward(mlp, np.ones_like(y), cache) is None
+    calls.clear()
+    mlp.forward(rng.normal(size=(cpu.MAX_BATCH, 4)).astype(np.float32))
     y64, cache64 = mlp.forward(rng.normal(size=(2, 4)))  # float64 input, float32 params: numpy
     x_strided = rng.normal(size=(2, 8)).astype(np.float32)[:, ::2]  # not contiguous: numpy
     mlp.forward(x_strided)
@@ -419,7 +431,7 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     assert cpu.mlp_forward(mlp, np.asfortranarray(rng.normal(size=(3, 4)).astype(np.float32))) is None
     assert cpu.mlp_forward(mlp, np.ones((3, 5), np.float32)[:, :4]) is None
     assert cpu.mlp_forward(mlp, np.ones((0, 4), np.float32)) is None
-    assert cpu.mlp_forward(mlp, np.ones((cpu.FORWARD_MAX_BATCH + 1, 4), np.float32)) is None
+    assert cpu.mlp_forward(mlp, np.ones((cpu.max_batch(mlp.sizes) + 1, 4), np.float32)) is None
     assert cpu.mlp_forward(mlp, np.ones((2, 4), np.float32).view(np.recarray)) is None
     dy = np.ones((3, 2), np.float32)
     dx, grads = mlp.backward(dy, cache0)
