@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("numba")
@@ -549,3 +549,69 @@ def test_untracked_layer_views_are_the_reshaped_slices_and_check_bounds(dtype):
     for o, K, F in ((30, 3, 4), (-1, 2, 2), (0, 40, 1)):
         with pytest.raises(IndexError, match="parameter buffer"):
             views(P, o, K, F)
+
+
+# ---------------------------------------------------------------- register tiles (kernels/simd.py)
+@st.composite
+def matmuls(draw):
+    """Shapes that hit the tiles (rows in 4s, columns in whole vectors) and every remainder around
+    them, in both dtypes, with A (and D) C-ordered or strided (strided ones skip the tiles)."""
+    dim = st.one_of(st.integers(1, 9), st.sampled_from([15, 16, 17, 31, 32, 33, 48, 64, 65]))
+    M, K, F = draw(dim), draw(dim), draw(dim)
+    return M, K, F, draw(st.sampled_from([np.float32, np.float64])), draw(st.booleans()), draw(
+        st.integers(0, 2**32 - 1))
+
+
+def _maybe_strided(a, strided):
+    """a itself, or a copy of it as a view with a column stride of 2 (not C-ordered)."""
+    if not strided:
+        return a
+    wide = np.zeros((a.shape[0], 2 * a.shape[1]), a.dtype)
+    wide[:, ::2] = a
+    return wide[:, ::2]
+
+
+@settings(SLOW)
+@given(matmuls())
+@example((8, 64, 64, np.float32, False, 0))  # the 64 x 64 layer at batch 8: 4 x 2-vector tiles only
+@example((7, 33, 40, np.float64, False, 1))  # tiles (rows 0-3), a 1-vector tile, leftover rows/columns
+def test_matmul_tiles_match_reference(case):
+    M, K, F, dtype, strided, seed = case
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(M, K)).astype(dtype)
+    W = rng.normal(size=(K, F)).astype(dtype)
+    out0 = rng.normal(size=(M, F)).astype(dtype)
+    out = out0.copy()
+    cpu._mm_acc(_maybe_strided(A, strided), W, out)  # out += A W
+    expect = out0.astype(np.float64) + ref.linear_forward(A.astype(np.float64), W.astype(np.float64), np.zeros(F))
+    assert_mlp_close(out, expect, dtype)
+
+    D = rng.normal(size=(M, F)).astype(dtype)
+    dW = np.full((K, F), np.nan, dtype)  # every entry must be written
+    cpu._mm_tn(A, _maybe_strided(D, strided), dW)  # dW = A^T D
+    _, dW_ref, _ = ref.linear_backward(D.astype(np.float64), A.astype(np.float64), W.astype(np.float64))
+    assert_mlp_close(dW, dW_ref, dtype)
+
+
+def test_simd_vectors_load_store_splat_fma():
+    from minippo.kernels import simd
+    from numba import njit
+
+    @njit
+    def lanes_of(a):
+        return simd.lanes(a)
+
+    @njit
+    def axpy_row(a, x, i, j, out):  # out[i, j:j + L] = a * x[i, j:j + L] + out[i, j:j + L]
+        simd.vstore(out, i, j, simd.vfma(simd.vsplat(out, a), simd.vload(x, i, j), simd.vload(out, i, j)))
+
+    for dtype, n in ((np.float32, 16), (np.float64, 8)):
+        assert lanes_of(np.zeros((2, 3), dtype)) == n == 64 // np.dtype(dtype).itemsize
+        assert lanes_of(np.zeros((2, 6), dtype)[:, ::2]) == 0  # not C-ordered: no vectors
+        x = np.arange(3 * 40, dtype=dtype).reshape(3, 40)
+        out = np.ones((3, 40), dtype)
+        axpy_row(dtype(0.5), x, 1, 3, out)  # an unaligned run of lanes in the middle row
+        expect = np.ones((3, 40), dtype)
+        expect[1, 3:3 + n] += 0.5 * x[1, 3:3 + n]
+        np.testing.assert_array_equal(out, expect)
+    assert lanes_of(np.zeros((2, 3), np.int64)) == 0
