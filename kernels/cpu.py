@@ -345,10 +345,33 @@ def _activate(h, act):
                 h[r, j] = 0 if v < 0 else v  # NaN stays NaN, like np.maximum
 
 
-# ---- register tiles: out's 4 rows x 2 vectors (8 accumulators) stay in registers for the whole sum
-# over k; 64-byte vectors (kernels/simd.py). At 8 x 64 x 64 float32 the tiled _mm_acc takes
-# 0.39-0.43 us against 0.66-0.74 us for the loop-vectorised version below it (measured), which keeps
-# out in memory and gets 256-bit vectors from LLVM.
+# ---- register tiles: a block of out (4 rows x 4, 2 or 1 vectors of 64 bytes, kernels/simd.py) stays
+# in registers for the whole sum over k (over the batch for _tn_tiles), then is stored once. The
+# loop-vectorised code below the tiles keeps out in memory (a load and a store per pass over k) and
+# gets 256-bit vectors from LLVM. Measured (float32, 2-core AVX-512 VM): 8 x 64 x 64 _mm_acc 0.66-0.74
+# -> 0.41-0.48 us and _mm_tn 1.0 -> 0.55 us; (256 x 64) x (64 x 64) _mm_acc ~140-150 -> 165-185
+# GFLOP/s with the 4-vector tile (OpenBLAS: 100-115), _mm_tn ~100 -> 120-155.
+@njit(inline="always")
+def _row4(a, i, j, L):
+    """a[i, j:j + 4 L] as four vectors of L lanes."""
+    return vload(a, i, j), vload(a, i, j + L), vload(a, i, j + 2 * L), vload(a, i, j + 3 * L)
+
+
+@njit(inline="always")
+def _fma4(s, w, c):
+    """s * w + c for one vector s and four-vector tuples w, c."""
+    return vfma(s, w[0], c[0]), vfma(s, w[1], c[1]), vfma(s, w[2], c[2]), vfma(s, w[3], c[3])
+
+
+@njit(inline="always")
+def _store4(a, i, j, L, c):
+    """a[i, j:j + 4 L] = the four vectors c."""
+    vstore(a, i, j, c[0])
+    vstore(a, i, j + L, c[1])
+    vstore(a, i, j + 2 * L, c[2])
+    vstore(a, i, j + 3 * L, c[3])
+
+
 def _acc_tiles(A, W, out, M4, F1):
     """out[:M4, :F1] += A[:M4] @ W[:, :F1], M4 a multiple of 4 and F1 of the vector's lanes.
 
@@ -362,6 +385,20 @@ def _acc_tiles_impl(A, W, out, M4, F1):
     L = lanes(out)
     for r in range(0, M4, 4):
         j = 0
+        while j + 4 * L <= F1:  # 4 rows x 4 vectors: 16 accumulators, 4 loads of W per 16 FMAs
+            c0, c1 = _row4(out, r, j, L), _row4(out, r + 1, j, L)
+            c2, c3 = _row4(out, r + 2, j, L), _row4(out, r + 3, j, L)
+            for k in range(K):
+                w = _row4(W, k, j, L)
+                c0 = _fma4(vsplat(out, A[r, k]), w, c0)
+                c1 = _fma4(vsplat(out, A[r + 1, k]), w, c1)
+                c2 = _fma4(vsplat(out, A[r + 2, k]), w, c2)
+                c3 = _fma4(vsplat(out, A[r + 3, k]), w, c3)
+            _store4(out, r, j, L, c0)
+            _store4(out, r + 1, j, L, c1)
+            _store4(out, r + 2, j, L, c2)
+            _store4(out, r + 3, j, L, c3)
+            j += 4 * L
         while j + 2 * L <= F1:
             c00, c01 = vload(out, r, j), vload(out, r, j + L)
             c10, c11 = vload(out, r + 1, j), vload(out, r + 1, j + L)
@@ -420,6 +457,19 @@ def _tn_tiles_impl(A, D, out, K4, F1):
     z = vsplat(out, 0)
     for k in range(0, K4, 4):
         j = 0
+        while j + 4 * L <= F1:  # 4 rows x 4 vectors: 16 accumulators, 4 loads of D per 16 FMAs
+            c0 = c1 = c2 = c3 = (z, z, z, z)
+            for r in range(B):
+                d = _row4(D, r, j, L)
+                c0 = _fma4(vsplat(out, A[r, k]), d, c0)
+                c1 = _fma4(vsplat(out, A[r, k + 1]), d, c1)
+                c2 = _fma4(vsplat(out, A[r, k + 2]), d, c2)
+                c3 = _fma4(vsplat(out, A[r, k + 3]), d, c3)
+            _store4(out, k, j, L, c0)
+            _store4(out, k + 1, j, L, c1)
+            _store4(out, k + 2, j, L, c2)
+            _store4(out, k + 3, j, L, c3)
+            j += 4 * L
         while j + 2 * L <= F1:
             c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
             for r in range(B):

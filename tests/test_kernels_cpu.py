@@ -573,8 +573,9 @@ def _maybe_strided(a, strided):
 
 @settings(SLOW)
 @given(matmuls())
-@example((8, 64, 64, np.float32, False, 0))  # the 64 x 64 layer at batch 8: 4 x 2-vector tiles only
-@example((7, 33, 40, np.float64, False, 1))  # tiles (rows 0-3), a 1-vector tile, leftover rows/columns
+@example((8, 64, 64, np.float32, False, 0))  # the 64 x 64 layer at batch 8: 4-vector tiles only
+@example((4, 9, 48, np.float32, False, 1))  # a 2-vector and a 1-vector tile
+@example((7, 33, 41, np.float64, False, 2))  # 4- and 1-vector tiles, leftover rows, k and a column
 def test_matmul_tiles_match_reference(case):
     M, K, F, dtype, strided, seed = case
     rng = np.random.default_rng(seed)
