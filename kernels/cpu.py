@@ -930,11 +930,13 @@ def _fits(a, B, width, P):
 
 
 # The backward entry points are called through numba's dispatcher, which types every argument: a
-# cache in another memory layout gets its own compiled version. S holds the MLP's layer widths;
-# each entry point returns False, computing nothing, unless dy and the cache fit them.
+# cache in another memory layout gets its own compiled version. S holds the MLP's layer widths, then
+# its two act codes (hidden, output); each entry point returns False, computing nothing, unless dy
+# and the cache fit those widths.
 @njit(**_MLP_JIT)
-def _backward1(dy, x, h1, P, G, dx, want_dx, act, act_out, S):
+def _backward1(dy, x, h1, P, G, dx, want_dx, S):
     B = dy.shape[0]
+    act_out = S[3]
     if not (_fits(dy, B, S[1], P) and _fits(x, B, S[0], P) and _fits(h1, B, S[1], P)):
         return False
     _layer_back(_top(dy, h1, act_out), x, P, G, 0, dx, want_dx)
@@ -942,8 +944,9 @@ def _backward1(dy, x, h1, P, G, dx, want_dx, act, act_out, S):
 
 
 @njit(**_MLP_JIT)
-def _backward2(dy, x, h1, h2, P, G, dx, want_dx, act, act_out, S):
+def _backward2(dy, x, h1, h2, P, G, dx, want_dx, S):
     B = dy.shape[0]
+    act, act_out = S[3], S[4]
     if not (_fits(dy, B, S[2], P) and _fits(x, B, S[0], P) and _fits(h1, B, S[1], P)
             and _fits(h2, B, S[2], P)):
         return False
@@ -954,8 +957,9 @@ def _backward2(dy, x, h1, h2, P, G, dx, want_dx, act, act_out, S):
 
 
 @njit(**_MLP_JIT)
-def _backward3(dy, x, h1, h2, h3, P, G, dx, want_dx, act, act_out, S):
+def _backward3(dy, x, h1, h2, h3, P, G, dx, want_dx, S):
     B = dy.shape[0]
+    act, act_out = S[4], S[5]
     if not (_fits(dy, B, S[3], P) and _fits(x, B, S[0], P) and _fits(h1, B, S[1], P)
             and _fits(h2, B, S[2], P) and _fits(h3, B, S[3], P)):
         return False
@@ -968,8 +972,9 @@ def _backward3(dy, x, h1, h2, h3, P, G, dx, want_dx, act, act_out, S):
 
 
 @njit(**_MLP_JIT)
-def _backward4(dy, x, h1, h2, h3, h4, P, G, dx, want_dx, act, act_out, S):
+def _backward4(dy, x, h1, h2, h3, h4, P, G, dx, want_dx, S):
     B = dy.shape[0]
+    act, act_out = S[5], S[6]
     if not (_fits(dy, B, S[4], P) and _fits(x, B, S[0], P) and _fits(h1, B, S[1], P)
             and _fits(h2, B, S[2], P) and _fits(h3, B, S[3], P) and _fits(h4, B, S[4], P)):
         return False
@@ -1053,7 +1058,9 @@ class _State:
         self.max_batch = max_batch(self.sizes)
         self.by_shape = {(B, self.sizes[0]): [(B, s) for s in self.sizes[1:]]
                          for B in range(1, self.max_batch + 1)}
-        self.S = np.array(self.sizes, np.int64)  # the widths the backward checks the cache against
+        # the widths the backward checks the cache against, then the two act codes (one array
+        # argument instead of three: numba unboxes each argument, ~0.04 us per scalar)
+        self.S = np.array([*self.sizes, self.act, self.act_out], np.int64)
         self.cache_meta = [(dt, 2)] * (n + 1)  # (dtype, ndim) of x, h_1, ..., h_n in a cache
         self.strict = False  # check cache_meta in Python (after a cache numba could not type)
         self.dts = [dt] * n
@@ -1126,7 +1133,10 @@ def mlp_backward(
     array, an object) fails in the dispatcher; that falls back too, and from then on this MLP checks
     each cache's dtypes and ndims in Python first (0.4 us a call, saved until then).
     """
-    st = _state(mlp)
+    st = mlp.__dict__.get("_numba_state")  # _state(mlp), inlined as in mlp_forward
+    p = mlp.params
+    if st is None or st.params is not p or st.version != getattr(p, "version", None):
+        st = _state(mlp)
     dt = dy.dtype
     if dt is not st.dt or type(dy) is not np.ndarray or dy.ndim != 2:
         return None
@@ -1138,7 +1148,7 @@ def mlp_backward(
     G = np.empty(st.P.size, dt)
     dx = np.empty((B, st.sizes[0]), dt) if need_dx else _NO_DX[dt]
     try:
-        fits = st.bwd(dy, *cache, st.P, G, dx, need_dx, st.act, st.act_out, st.S)
+        fits = st.bwd(dy, *cache, st.P, G, dx, need_dx, st.S)
     except (TypingError, NotImplementedError):  # numba cannot type a cache array (1-d, float16, ...)
         st.strict = True  # from now on check the cache in Python first rather than retry compiling
         return None
