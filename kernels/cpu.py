@@ -30,7 +30,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
-from .simd import lanes, vec_type, vfma, vload, vsplat, vstore, vsum
+from .simd import lanes, vec_type, vfma, vload, vsplat, vstore
 
 MAX_BATCH = 8
 """Largest batch for which ``MLP.forward`` / ``MLP.backward`` use :func:`mlp_forward` /
@@ -512,40 +512,6 @@ def _tn_tiles_overload(A, D, out, K4, F1):
     return _tn_tiles_impl
 
 
-def _dot_rows(x, V, out):
-    """out[r, j] = x[r, :] . V[j, :] for x (B, K), V (F, K) with K >= the vector's lanes: vector FMAs
-    along the rows, one reduction per dot product (:func:`_dots` without SIMD lanes of its own).
-    Returns False, doing nothing, for shorter rows or arrays the vectors cannot load."""
-    raise NotImplementedError("numba kernels only")
-
-
-def _dot_rows_impl(x, V, out):
-    B, K = x.shape
-    F = V.shape[0]
-    L = lanes(out)
-    if K < L:
-        return False
-    K1 = K - K % L
-    z = vsplat(out, 0)
-    for r in range(B):
-        for j in range(F):
-            acc = z
-            for k in range(0, K1, L):
-                acc = vfma(vload(x, r, k), vload(V, j, k), acc)
-            s = vsum(acc)
-            for k in range(K1, K):
-                s += x[r, k] * V[j, k]
-            out[r, j] = s
-    return True
-
-
-@overload(_dot_rows)
-def _dot_rows_overload(x, V, out):
-    if vec_type(x) is None or not vec_type(x) == vec_type(V) == vec_type(out):
-        return lambda x, V, out: False
-    return _dot_rows_impl
-
-
 @njit(**_MLP_JIT)
 def _vector_cols(F, X, out):
     """How many of F columns the register tiles take: whole vectors, when both X and out are arrays
@@ -632,10 +598,8 @@ def _mm_tn(A, D, out):
     if F1 > 0:
         _tn_tiles(A, D, out, K4, F1)
     B4 = B - B % 4
-    if F1 < F:  # (tested: numba builds the slice views even when they are empty)
-        out[:K4, F1:] = 0
-    if K4 < K:
-        out[K4:, :] = 0
+    out[:K4, F1:] = 0
+    out[K4:, :] = 0
     k = 0
     while k + 4 <= K:
         for r in range(0, B4, 4):
@@ -849,7 +813,7 @@ def _dense_back(d, x, W, dW, db, dx, want_dx):
     if K >= 8 and B >= DX_MM_MIN_BATCH:
         dx[:] = 0
         _mm_acc(d, _transposed(W), dx)
-    elif not _dot_rows(d, W, dx):  # rows of d shorter than a vector, or not vector-loadable
+    else:
         _dots(d, W, dx)
 
 

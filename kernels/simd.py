@@ -10,7 +10,6 @@ lives in registers:
 - :func:`vload` / :func:`vstore`: ``a[i, j:j + L]`` of a C-ordered 2-d array as one vector;
 - :func:`vsplat`: a scalar in every lane (of the vector type that matches an array's dtype);
 - :func:`vfma`: ``a * b + c`` lane by lane, one rounding (``llvm.fma``);
-- :func:`vsum`: the sum of the lanes (a fixed reduction tree);
 - :func:`lanes`: ``L`` for an array's dtype, a compile-time constant.
 
 LLVM lowers a 64-byte vector to one AVX-512 register where the CPU has them (numba does not set the
@@ -143,20 +142,3 @@ def vfma(typingctx, a, b, c):
         return builder.call(fn, args)
 
     return a(a, b, c), codegen
-
-
-@intrinsic
-def vsum(typingctx, v):
-    """The sum of v's lanes as a scalar of its dtype (``llvm.vector.reduce.fadd`` with reassociation:
-    a fixed tree of shuffles and adds, not a left-to-right sum)."""
-    if not isinstance(v, Vec):
-        return None
-
-    def codegen(context, builder, sig, args):
-        vty = args[0].type
-        ety = vty.element
-        name = f"llvm.vector.reduce.fadd.v{vty.count}f{sig.args[0].dtype.bitwidth}"
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ety, [ety, vty]), name)
-        return builder.call(fn, [ir.Constant(ety, -0.0), args[0]], fastmath=("reassoc",))
-
-    return v.dtype(v), codegen

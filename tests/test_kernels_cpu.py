@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-numba = pytest.importorskip("numba")
+pytest.importorskip("numba")
 
 from minippo.kernels import cpu  # noqa: E402
 from minippo.kernels import reference as ref  # noqa: E402
@@ -571,11 +571,6 @@ def _maybe_strided(a, strided):
     return wide[:, ::2]
 
 
-@numba.njit
-def _dot_rows(x, V, out):
-    return cpu._dot_rows(x, V, out)
-
-
 @settings(SLOW)
 @given(matmuls())
 @example((8, 64, 64, np.float32, False, 0))  # the 64 x 64 layer at batch 8: 4-vector tiles only
@@ -595,19 +590,11 @@ def test_matmul_tiles_match_reference(case):
     D = rng.normal(size=(M, F)).astype(dtype)
     dW = np.full((K, F), np.nan, dtype)  # every entry must be written
     cpu._mm_tn(A, _maybe_strided(D, strided), dW)  # dW = A^T D
-    dx_ref, dW_ref, _ = ref.linear_backward(D.astype(np.float64), A.astype(np.float64), W.astype(np.float64))
+    _, dW_ref, _ = ref.linear_backward(D.astype(np.float64), A.astype(np.float64), W.astype(np.float64))
     assert_mlp_close(dW, dW_ref, dtype)
 
-    dx = np.full((M, K), np.nan, dtype)  # dx = D W^T: dot products along the rows of D and W
-    done = _dot_rows(_maybe_strided(D, strided), W, dx)  # compiled from numba code only
-    assert done == (not strided and F >= 64 // np.dtype(dtype).itemsize)  # else the caller's _dots
-    if done:
-        assert_mlp_close(dx, dx_ref, dtype)
-    else:
-        assert np.isnan(dx).all()
 
-
-def test_simd_vectors_load_store_splat_fma_sum():
+def test_simd_vectors_load_store_splat_fma():
     from minippo.kernels import simd
     from numba import njit
 
@@ -619,10 +606,6 @@ def test_simd_vectors_load_store_splat_fma_sum():
     def axpy_row(a, x, i, j, out):  # out[i, j:j + L] = a * x[i, j:j + L] + out[i, j:j + L]
         simd.vstore(out, i, j, simd.vfma(simd.vsplat(out, a), simd.vload(x, i, j), simd.vload(out, i, j)))
 
-    @njit
-    def lane_sum(x, i, j):
-        return simd.vsum(simd.vload(x, i, j))
-
     for dtype, n in ((np.float32, 16), (np.float64, 8)):
         assert lanes_of(np.zeros((2, 3), dtype)) == n == 64 // np.dtype(dtype).itemsize
         assert lanes_of(np.zeros((2, 6), dtype)[:, ::2]) == 0  # not C-ordered: no vectors
@@ -632,5 +615,4 @@ def test_simd_vectors_load_store_splat_fma_sum():
         expect = np.ones((3, 40), dtype)
         expect[1, 3:3 + n] += 0.5 * x[1, 3:3 + n]
         np.testing.assert_array_equal(out, expect)
-        assert lane_sum(x, 2, 5) == x[2, 5:5 + n].sum()  # small integers: exact in any order
     assert lanes_of(np.zeros((2, 3), np.int64)) == 0
