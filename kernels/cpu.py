@@ -598,8 +598,10 @@ def _mm_tn(A, D, out):
     if F1 > 0:
         _tn_tiles(A, D, out, K4, F1)
     B4 = B - B % 4
-    out[:K4, F1:] = 0
-    out[K4:, :] = 0
+    if F1 < F:  # (numba builds the slice views even when they are empty)
+        out[:K4, F1:] = 0
+    if K4 < K:
+        out[K4:, :] = 0
     k = 0
     while k + 4 <= K:
         for r in range(0, B4, 4):
