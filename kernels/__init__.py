@@ -1,6 +1,8 @@
 """Hot loops, one file per kernel family and backend (installed as ``minippo.kernels``).
 
 - ``reference``: plain loops, the oracle every other kernel is tested against.
-- ``cpu``: Numba ``@njit`` kernels (compiled lazily on first use).
+- ``cpu``: Numba ``@njit`` kernels (compiled lazily on first use); ``cpu_act`` and ``cpu_update``
+  fuse a whole rollout step's act and a whole PPO minibatch update from its pieces; ``simd``: the
+  explicit 64-byte vectors of ``cpu``'s register-tiled matmuls.
 - ``gpu``: CuPy wrappers around ``gae.cu`` and cuBLAS matmuls.
 """
