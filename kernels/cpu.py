@@ -346,9 +346,9 @@ def _activate(h, act):
 
 
 # ---- register tiles: a block of out (4 rows x 4, 2 or 1 vectors of 64 bytes, kernels/simd.py) stays
-# in registers for the whole sum over k (over the batch for _tn_tiles), then is stored once. The
-# loop-vectorised code below the tiles keeps out in memory (a load and a store per pass over k) and
-# gets 256-bit vectors from LLVM. Measured (float32, 2-core AVX-512 VM): 8 x 64 x 64 _mm_acc 0.66-0.74
+# in registers for the whole sum over k (over the batch for _mm_tn, which runs them on A^T), then is
+# stored once. The loop-vectorised code below the tiles keeps out in memory (a load and a store per
+# pass over k) and gets 256-bit vectors from LLVM. Measured (float32, 2-core AVX-512 VM): 8 x 64 x 64 _mm_acc 0.66-0.74
 # -> 0.41-0.48 us and _mm_tn 1.0 -> 0.55 us; (256 x 64) x (64 x 64) _mm_acc ~140-150 -> 165-185
 # GFLOP/s with the 4-vector tile (OpenBLAS: 100-115), _mm_tn ~100 -> 120-155.
 @njit(inline="always")
@@ -372,22 +372,43 @@ def _store4(a, i, j, L, c):
     vstore(a, i, j + 3 * L, c[3])
 
 
-def _acc_tiles(A, W, out, M4, F1):
-    """out[:M4, :F1] += A[:M4] @ W[:, :F1], M4 a multiple of 4 and F1 of the vector's lanes.
+@njit(inline="always")
+def _row2(a, i, j, L):
+    return vload(a, i, j), vload(a, i, j + L)
 
-    Only numba code calls it: compiled through the overload below, as a no-op for arrays the
+
+@njit(inline="always")
+def _fma2(s, w, c):
+    return vfma(s, w[0], c[0]), vfma(s, w[1], c[1])
+
+
+@njit(inline="always")
+def _store2(a, i, j, L, c):
+    vstore(a, i, j, c[0])
+    vstore(a, i, j + L, c[1])
+
+
+def _tiles(A, W, out, M4, F1, acc):
+    """out[:M4, :F1] (+)= A[:M4] @ W[:, :F1] (added to out when ``acc``, else written), M4 a multiple
+    of 4 and F1 of the vector's lanes; A may have any layout (it is read one scalar at a time).
+
+    Only numba code calls it: compiled through the overload below, as a no-op for W or out that the
     vectors cannot load (callers then pass F1 = 0 anyway: ``lanes`` is 0 for them)."""
     raise NotImplementedError("numba kernels only")
 
 
-def _acc_tiles_impl(A, W, out, M4, F1):
+def _tiles_impl(A, W, out, M4, F1, acc):
     K = A.shape[1]
     L = lanes(out)
+    z = vsplat(out, 0)
     for r in range(0, M4, 4):
         j = 0
         while j + 4 * L <= F1:  # 4 rows x 4 vectors: 16 accumulators, 4 loads of W per 16 FMAs
-            c0, c1 = _row4(out, r, j, L), _row4(out, r + 1, j, L)
-            c2, c3 = _row4(out, r + 2, j, L), _row4(out, r + 3, j, L)
+            if acc:
+                c0, c1 = _row4(out, r, j, L), _row4(out, r + 1, j, L)
+                c2, c3 = _row4(out, r + 2, j, L), _row4(out, r + 3, j, L)
+            else:
+                c0 = c1 = c2 = c3 = (z, z, z, z)
             for k in range(K):
                 w = _row4(W, k, j, L)
                 c0 = _fma4(vsplat(out, A[r, k]), w, c0)
@@ -399,117 +420,45 @@ def _acc_tiles_impl(A, W, out, M4, F1):
             _store4(out, r + 2, j, L, c2)
             _store4(out, r + 3, j, L, c3)
             j += 4 * L
-        while j + 2 * L <= F1:
-            c00, c01 = vload(out, r, j), vload(out, r, j + L)
-            c10, c11 = vload(out, r + 1, j), vload(out, r + 1, j + L)
-            c20, c21 = vload(out, r + 2, j), vload(out, r + 2, j + L)
-            c30, c31 = vload(out, r + 3, j), vload(out, r + 3, j + L)
+        while j + 2 * L <= F1:  # 8 accumulators
+            if acc:
+                c0, c1 = _row2(out, r, j, L), _row2(out, r + 1, j, L)
+                c2, c3 = _row2(out, r + 2, j, L), _row2(out, r + 3, j, L)
+            else:
+                c0 = c1 = c2 = c3 = (z, z)
             for k in range(K):
-                w0, w1 = vload(W, k, j), vload(W, k, j + L)
-                a = vsplat(out, A[r, k])
-                c00, c01 = vfma(a, w0, c00), vfma(a, w1, c01)
-                a = vsplat(out, A[r + 1, k])
-                c10, c11 = vfma(a, w0, c10), vfma(a, w1, c11)
-                a = vsplat(out, A[r + 2, k])
-                c20, c21 = vfma(a, w0, c20), vfma(a, w1, c21)
-                a = vsplat(out, A[r + 3, k])
-                c30, c31 = vfma(a, w0, c30), vfma(a, w1, c31)
-            vstore(out, r, j, c00)
-            vstore(out, r, j + L, c01)
-            vstore(out, r + 1, j, c10)
-            vstore(out, r + 1, j + L, c11)
-            vstore(out, r + 2, j, c20)
-            vstore(out, r + 2, j + L, c21)
-            vstore(out, r + 3, j, c30)
-            vstore(out, r + 3, j + L, c31)
+                w = _row2(W, k, j, L)
+                c0 = _fma2(vsplat(out, A[r, k]), w, c0)
+                c1 = _fma2(vsplat(out, A[r + 1, k]), w, c1)
+                c2 = _fma2(vsplat(out, A[r + 2, k]), w, c2)
+                c3 = _fma2(vsplat(out, A[r + 3, k]), w, c3)
+            _store2(out, r, j, L, c0)
+            _store2(out, r + 1, j, L, c1)
+            _store2(out, r + 2, j, L, c2)
+            _store2(out, r + 3, j, L, c3)
             j += 2 * L
         if j < F1:  # one vector of columns left: 4 accumulators
-            c0, c1, c2, c3 = vload(out, r, j), vload(out, r + 1, j), vload(out, r + 2, j), vload(out, r + 3, j)
+            if acc:
+                e0, e1, e2, e3 = vload(out, r, j), vload(out, r + 1, j), vload(out, r + 2, j), vload(out, r + 3, j)
+            else:
+                e0 = e1 = e2 = e3 = z
             for k in range(K):
                 w0 = vload(W, k, j)
-                c0 = vfma(vsplat(out, A[r, k]), w0, c0)
-                c1 = vfma(vsplat(out, A[r + 1, k]), w0, c1)
-                c2 = vfma(vsplat(out, A[r + 2, k]), w0, c2)
-                c3 = vfma(vsplat(out, A[r + 3, k]), w0, c3)
-            vstore(out, r, j, c0)
-            vstore(out, r + 1, j, c1)
-            vstore(out, r + 2, j, c2)
-            vstore(out, r + 3, j, c3)
+                e0 = vfma(vsplat(out, A[r, k]), w0, e0)
+                e1 = vfma(vsplat(out, A[r + 1, k]), w0, e1)
+                e2 = vfma(vsplat(out, A[r + 2, k]), w0, e2)
+                e3 = vfma(vsplat(out, A[r + 3, k]), w0, e3)
+            vstore(out, r, j, e0)
+            vstore(out, r + 1, j, e1)
+            vstore(out, r + 2, j, e2)
+            vstore(out, r + 3, j, e3)
 
 
-@overload(_acc_tiles)
-def _acc_tiles_overload(A, W, out, M4, F1):
+@overload(_tiles)
+def _tiles_overload(A, W, out, M4, F1, acc):
     if vec_type(W) is None or vec_type(out) is None or vec_type(W) != vec_type(out):
-        return lambda A, W, out, M4, F1: None
-    return _acc_tiles_impl
-
-
-def _tn_tiles(A, D, out, K4, F1):
-    """out[:K4, :F1] = A[:, :K4]^T @ D[:, :F1], K4 a multiple of 4 and F1 of the vector's lanes (the
-    weight gradient x^T d): out's 4 rows x 2 vectors summed over the batch in registers, then stored
-    once. Compiled through the overload below (a no-op where the vectors cannot load D or out)."""
-    raise NotImplementedError("numba kernels only")
-
-
-def _tn_tiles_impl(A, D, out, K4, F1):
-    B = A.shape[0]
-    L = lanes(out)
-    z = vsplat(out, 0)
-    for k in range(0, K4, 4):
-        j = 0
-        while j + 4 * L <= F1:  # 4 rows x 4 vectors: 16 accumulators, 4 loads of D per 16 FMAs
-            c0 = c1 = c2 = c3 = (z, z, z, z)
-            for r in range(B):
-                d = _row4(D, r, j, L)
-                c0 = _fma4(vsplat(out, A[r, k]), d, c0)
-                c1 = _fma4(vsplat(out, A[r, k + 1]), d, c1)
-                c2 = _fma4(vsplat(out, A[r, k + 2]), d, c2)
-                c3 = _fma4(vsplat(out, A[r, k + 3]), d, c3)
-            _store4(out, k, j, L, c0)
-            _store4(out, k + 1, j, L, c1)
-            _store4(out, k + 2, j, L, c2)
-            _store4(out, k + 3, j, L, c3)
-            j += 4 * L
-        while j + 2 * L <= F1:
-            c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
-            for r in range(B):
-                d0, d1 = vload(D, r, j), vload(D, r, j + L)
-                a = vsplat(out, A[r, k])
-                c00, c01 = vfma(a, d0, c00), vfma(a, d1, c01)
-                a = vsplat(out, A[r, k + 1])
-                c10, c11 = vfma(a, d0, c10), vfma(a, d1, c11)
-                a = vsplat(out, A[r, k + 2])
-                c20, c21 = vfma(a, d0, c20), vfma(a, d1, c21)
-                a = vsplat(out, A[r, k + 3])
-                c30, c31 = vfma(a, d0, c30), vfma(a, d1, c31)
-            vstore(out, k, j, c00)
-            vstore(out, k, j + L, c01)
-            vstore(out, k + 1, j, c10)
-            vstore(out, k + 1, j + L, c11)
-            vstore(out, k + 2, j, c20)
-            vstore(out, k + 2, j + L, c21)
-            vstore(out, k + 3, j, c30)
-            vstore(out, k + 3, j + L, c31)
-            j += 2 * L
-        if j < F1:
-            c0 = c1 = c2 = c3 = z
-            for r in range(B):
-                d0 = vload(D, r, j)
-                c0 = vfma(vsplat(out, A[r, k]), d0, c0)
-                c1 = vfma(vsplat(out, A[r, k + 1]), d0, c1)
-                c2 = vfma(vsplat(out, A[r, k + 2]), d0, c2)
-                c3 = vfma(vsplat(out, A[r, k + 3]), d0, c3)
-            vstore(out, k, j, c0)
-            vstore(out, k + 1, j, c1)
-            vstore(out, k + 2, j, c2)
-            vstore(out, k + 3, j, c3)
-
-
-@overload(_tn_tiles)
-def _tn_tiles_overload(A, D, out, K4, F1):
-    if vec_type(D) is None or vec_type(out) is None or vec_type(D) != vec_type(out):
-        return lambda A, D, out, K4, F1: None
-    return _tn_tiles_impl
+        return lambda A, W, out, M4, F1, acc: None
+    return _tiles_impl
 
 
 @njit(**_MLP_JIT)
@@ -526,7 +475,7 @@ def _mm_acc(A, W, out):
     of the fused kernels (also used by kernels/cpu_update.py).
 
     Rows in blocks of 4 times whole 64-byte vectors of columns go through the register tiles
-    (:func:`_acc_tiles`). The rest (the last F % L columns of those rows, the leftover rows, all of
+    (:func:`_tiles`). The rest (the last F % L columns of those rows, the leftover rows, all of
     it for arrays the vectors cannot load) goes through loops that LLVM vectorises along out's rows
     (out[r, :] += A[r, k] * W[k, :]), with register blocking: four rows of A times four rows of W
     per pass over out's columns, so each loaded W element feeds four rows (16 multiply-adds per 4
@@ -537,7 +486,7 @@ def _mm_acc(A, W, out):
     M4 = M - M % 4
     F1 = _vector_cols(F, W, out) if M4 > 0 else 0
     if F1 > 0:
-        _acc_tiles(A, W, out, M4, F1)
+        _tiles(A, W, out, M4, F1, True)
     K4 = K - K % 4
     r = 0
     while r + 4 <= M:
@@ -589,14 +538,14 @@ def _mm_tn(A, D, out):
     kernels/cpu_update.py).
 
     Rows of out in blocks of 4 times whole vectors of columns: the register tiles
-    (:func:`_tn_tiles`). The rest: the shape of loop of :func:`_mm_acc` with out's row
+    (:func:`_tiles` on A^T, writing). The rest: the shape of loop of :func:`_mm_acc` with out's row
     k = sum_r A[r, k] D[r, :], four rows of out per pass over r, r unrolled by 4."""
     B, K = A.shape
     F = D.shape[1]
     K4 = K - K % 4
     F1 = _vector_cols(F, D, out) if K4 > 0 else 0
     if F1 > 0:
-        _tn_tiles(A, D, out, K4, F1)
+        _tiles(A.T, D, out, K4, F1, False)  # out's row k = sum_r A[r, k] D[r, :]
     B4 = B - B % 4
     if F1 < F:  # (numba builds the slice views even when they are empty)
         out[:K4, F1:] = 0
