@@ -113,8 +113,10 @@ def numba_kernels(family: str) -> ModuleType | None:
     """``minippo.kernels.<family>`` (e.g. ``"cpu"``, ``"cpu_act"``) when the backend resolved to
     numba, else None. For hot paths: cached against the resolved state (~0.1 us), and
     :func:`reset` still takes effect. Importing the module compiles nothing (numba is lazy)."""
-    state = resolved()  # raises on a bad MINIPPO_BACKEND
     hit = _numba_kernels.get(family)
+    if hit is not None and hit[0] is _resolved:  # the hot path: resolved, and nothing reset since
+        return hit[1]
+    state = resolved()  # raises on a bad MINIPPO_BACKEND
     if hit is None or hit[0] is not state:
         module = None
         if state[0] == "numba":
