@@ -43,17 +43,18 @@ SMALL_MAX_BATCH = 256
 OpenBLAS on one or two threads at every batch measured up to 1024 for 4-32-32-2 ... 17-64-64-6
 (forward+backward 1.4-1.8x at 64-1024); capped at PPO's minibatch sizes, beyond which BLAS threads
 on a machine with many cores may win."""
-
-
-def max_batch(sizes: list[int]) -> int:
-    """Largest batch that an MLP with layer widths ``sizes`` runs through the fused kernels."""
-    return SMALL_MAX_BATCH if max(sizes) <= SMALL_WIDTH else MAX_BATCH
 NARROW_MIN_BATCH = 8
 """From this batch on, a layer with fewer than 8 outputs goes through :func:`_dense_narrow`; below,
 through :func:`_mm_acc` like the others (measured crossover, 64 -> 2 and 64 -> 6)."""
 DX_MM_MIN_BATCH = 4
 """From this batch on, dx = d W^T goes through a transposed W and :func:`_mm_acc`; below, through
 :func:`_dots` against W's rows (measured crossover, 64 x 64)."""
+
+
+def max_batch(sizes: list[int]) -> int:
+    """Largest batch that an MLP with layer widths ``sizes`` runs through the fused kernels."""
+    return SMALL_MAX_BATCH if max(sizes) <= SMALL_WIDTH else MAX_BATCH
+
 
 ACT_TANH, ACT_TANH_F32, ACT_RELU, ACT_NONE = 0, 1, 2, 3
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -348,9 +349,10 @@ def _activate(h, act):
 # ---- register tiles: a block of out (4 rows x 4, 2 or 1 vectors of 64 bytes, kernels/simd.py) stays
 # in registers for the whole sum over k (over the batch for _mm_tn, which runs them on A^T), then is
 # stored once. The loop-vectorised code below the tiles keeps out in memory (a load and a store per
-# pass over k) and gets 256-bit vectors from LLVM. Measured (float32, 2-core AVX-512 VM): 8 x 64 x 64 _mm_acc 0.66-0.74
-# -> 0.41-0.48 us and _mm_tn 1.0 -> 0.55 us; (256 x 64) x (64 x 64) _mm_acc ~140-150 -> 165-185
-# GFLOP/s with the 4-vector tile (OpenBLAS: 100-115), _mm_tn ~100 -> 120-155.
+# pass over k) and gets 256-bit vectors from LLVM. Measured (float32, 2-core AVX-512 VM):
+# 8 x 64 x 64 _mm_acc 0.66-0.74 -> 0.41-0.48 us and _mm_tn 1.0 -> 0.55 us; (256 x 64) x (64 x 64)
+# _mm_acc ~140-150 -> 140-185 GFLOP/s with the 4-vector tile, _mm_tn ~100 -> 110-155 (OpenBLAS on
+# one thread 95-115 in the same runs).
 @njit(inline="always")
 def _row4(a, i, j, L):
     """a[i, j:j + 4 L] as four vectors of L lanes."""
@@ -374,16 +376,19 @@ def _store4(a, i, j, L, c):
 
 @njit(inline="always")
 def _row2(a, i, j, L):
+    """a[i, j:j + 2 L] as two vectors."""
     return vload(a, i, j), vload(a, i, j + L)
 
 
 @njit(inline="always")
 def _fma2(s, w, c):
+    """s * w + c for one vector s and two-vector tuples w, c."""
     return vfma(s, w[0], c[0]), vfma(s, w[1], c[1])
 
 
 @njit(inline="always")
 def _store2(a, i, j, L, c):
+    """a[i, j:j + 2 L] = the two vectors c."""
     vstore(a, i, j, c[0])
     vstore(a, i, j + L, c[1])
 
