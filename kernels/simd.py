@@ -62,8 +62,9 @@ def _element_ptr(context, builder, arrty, arr, i, j):
 
 
 def _intp(context, builder, sig, args, first):
-    return [context.cast(builder, v, t, types.intp) for v, t in zip(args[first:first + 2], sig.args[first:first + 2],
-                                                                      strict=True)]
+    """The index arguments args[first], args[first + 1] cast to intp."""
+    pairs = zip(args[first:first + 2], sig.args[first:first + 2], strict=True)
+    return [context.cast(builder, v, t, types.intp) for v, t in pairs]
 
 
 @intrinsic
