@@ -493,7 +493,7 @@ def _mm_acc(A, W, out):
     if F1 > 0:
         _tiles(A, W, out, M4, F1, True)
     K4 = K - K % 4
-    r = 0
+    r = M4 if F1 == F else 0  # (the tiles did every column of rows 0 .. M4: skip their empty loops)
     while r + 4 <= M:
         for k in range(0, K4, 4):
             a0, a1, a2, a3 = A[r, k], A[r, k + 1], A[r, k + 2], A[r, k + 3]
@@ -556,7 +556,7 @@ def _mm_tn(A, D, out):
         out[:K4, F1:] = 0
     if K4 < K:
         out[K4:, :] = 0
-    k = 0
+    k = K4 if F1 == F else 0  # (the tiles wrote every column of rows 0 .. K4)
     while k + 4 <= K:
         for r in range(0, B4, 4):
             a0, a1, a2, a3 = A[r, k], A[r + 1, k], A[r + 2, k], A[r + 3, k]
