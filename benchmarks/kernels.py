@@ -166,12 +166,13 @@ def kernels_alone(mlp: MLP, x: np.ndarray, dy: np.ndarray, t_np_fwd: float, t_np
 
     cache = cpu.mlp_forward(mlp, x)
     st = cpu._state(mlp)
-    hs, G, dx = cache[1:], np.empty_like(st.P), np.empty_like(x)
+    hs, dx = cache[1:], np.empty_like(x)
+    G = [np.empty(s, st.dt) for s in st.blocks]
     def fwd():
         st.fwd(x, st.P, *hs, st.act, st.act_out)
     def both():
         st.fwd(x, st.P, *hs, st.act, st.act_out)
-        st.bwd(dy, *cache, st.P, G, dx, True, st.S)
+        st.bwd(dy, *cache, st.P, *G, dx, True, st.S)
     f, b = best(fwd), best(both)
     return (f"  {'':11s} {'':7s}  numba kernels alone fwd {f * 1e6:6.2f} fwd+bwd {b * 1e6:6.2f}  "
             f"(numpy / kernels alone: fwd {t_np_fwd / f:5.2f}x fwd+bwd {t_np_both / b:5.2f}x)")

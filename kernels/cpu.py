@@ -774,17 +774,20 @@ def _dense_back(d, x, W, dW, db, dx, want_dx):
 
 
 # The parameters come as the MLP's one flat buffer P (nn.MLP.flat: W0, b0, W1, b1, ... packed in
-# that order) and the gradients go to a buffer G of the same layout: two arguments instead of one per
-# array (numba unboxes each array argument, ~0.05 us apiece). Layer widths come from the shapes of
-# x and the outputs. One entry point per depth, loops over layers inlined.
+# that order): one argument instead of one per array (numba unboxes each array argument, ~0.035 us
+# apiece). The gradients go to one (K + 1, F) block per layer, dW then db as in P: Python gets the
+# two gradient arrays from it as G[:K] and G[K], plain slices (0.13 us), where views of one flat
+# buffer need a reshape for each dW (0.25 us). Layer widths come from the shapes of x and the
+# outputs. One entry point per depth, loops over layers inlined.
 @intrinsic
 def _view_at(typingctx, P, o, K, F):
-    """The C-ordered (K, F) view of P[o:o + K * F], P a 1-d C-ordered array; callers check bounds.
+    """The C-ordered (K, F) view of elements o .. o + K * F of P, a C-ordered array of any number
+    of dimensions (read flat); callers check bounds.
 
     Unlike ``P[o:n].reshape((K, F))``, the view is untracked (no meminfo): creating and dropping it
     takes no reference-count operations and no call to numba's reshape helper. It must not outlive
     the call that holds P."""
-    if not (isinstance(P, types.Array) and P.ndim == 1 and P.layout == "C"):
+    if not (isinstance(P, types.Array) and P.layout == "C"):
         return None
     out = P.copy(ndim=2, layout="C")
 
@@ -803,9 +806,9 @@ def _view_at(typingctx, P, o, K, F):
 
 @njit(**_MLP_JIT, inline="always")
 def _wb(P, o, K, F):
-    """Views of W (K, F) and b (F,) packed at P[o:], and the offset of the next layer."""
+    """Views of W (K, F) and b (F,) packed at P[o:] (P read flat), and the offset of the next layer."""
     n = o + K * F
-    if o < 0 or K < 0 or F < 0 or n + F > P.shape[0]:
+    if o < 0 or K < 0 or F < 0 or n + F > P.size:
         raise IndexError("layer outside the parameter buffer")
     return _view_at(P, o, K, F), _view_at(P, n, 1, F)[0], n + F
 
@@ -862,10 +865,11 @@ def _after(o, x, h):
 
 @njit(**_MLP_JIT, inline="always")
 def _layer_back(d, x, P, G, o, dx, want_dx):
-    """Backward through the layer packed at P[o:] (gradients to G[o:]), given d = dL/dz."""
+    """Backward through the layer packed at P[o:], given d = dL/dz: dW to G[:K] and db to G[K], G the
+    layer's (K + 1, F) gradient block (W then b, packed as in P)."""
     K, F = x.shape[1], d.shape[1]
     W, _, _ = _wb(P, o, K, F)
-    dW, db, _ = _wb(G, o, K, F)
+    dW, db, _ = _wb(G, 0, K, F)
     _dense_back(d, x, W, dW, db, dx, want_dx)
 
 
@@ -886,34 +890,35 @@ def _fits(a, B, width, P):
 
 
 # The backward entry points are called through numba's dispatcher, which types every argument: a
-# cache in another memory layout gets its own compiled version. S holds the MLP's layer widths, then
-# its two act codes (hidden, output); each entry point returns False, computing nothing, unless dy
-# and the cache fit those widths.
+# cache in another memory layout gets its own compiled version. G0, G1, ... are the layers' gradient
+# blocks, (K + 1, F) each (dW, then db). S holds the MLP's layer widths, then its two act codes
+# (hidden, output); each entry point returns False, computing nothing, unless dy and the cache fit
+# those widths.
 @njit(**_MLP_JIT)
-def _backward1(dy, x, h1, P, G, dx, want_dx, S):
+def _backward1(dy, x, h1, P, G0, dx, want_dx, S):
     B = dy.shape[0]
     act_out = S[3]
     if not (_fits(dy, B, S[1], P) and _fits(x, B, S[0], P) and _fits(h1, B, S[1], P)):
         return False
-    _layer_back(_top(dy, h1, act_out), x, P, G, 0, dx, want_dx)
+    _layer_back(_top(dy, h1, act_out), x, P, G0, 0, dx, want_dx)
     return True
 
 
 @njit(**_MLP_JIT)
-def _backward2(dy, x, h1, h2, P, G, dx, want_dx, S):
+def _backward2(dy, x, h1, h2, P, G0, G1, dx, want_dx, S):
     B = dy.shape[0]
     act, act_out = S[3], S[4]
     if not (_fits(dy, B, S[2], P) and _fits(x, B, S[0], P) and _fits(h1, B, S[1], P)
             and _fits(h2, B, S[2], P)):
         return False
     o1 = _after(0, x, h1)
-    d = _hidden_back(_top(dy, h2, act_out), h1, P, G, o1, act)
-    _layer_back(d, x, P, G, 0, dx, want_dx)
+    d = _hidden_back(_top(dy, h2, act_out), h1, P, G1, o1, act)
+    _layer_back(d, x, P, G0, 0, dx, want_dx)
     return True
 
 
 @njit(**_MLP_JIT)
-def _backward3(dy, x, h1, h2, h3, P, G, dx, want_dx, S):
+def _backward3(dy, x, h1, h2, h3, P, G0, G1, G2, dx, want_dx, S):
     B = dy.shape[0]
     act, act_out = S[4], S[5]
     if not (_fits(dy, B, S[3], P) and _fits(x, B, S[0], P) and _fits(h1, B, S[1], P)
@@ -921,14 +926,14 @@ def _backward3(dy, x, h1, h2, h3, P, G, dx, want_dx, S):
         return False
     o1 = _after(0, x, h1)
     o2 = _after(o1, h1, h2)
-    d = _hidden_back(_top(dy, h3, act_out), h2, P, G, o2, act)
-    d = _hidden_back(d, h1, P, G, o1, act)
-    _layer_back(d, x, P, G, 0, dx, want_dx)
+    d = _hidden_back(_top(dy, h3, act_out), h2, P, G2, o2, act)
+    d = _hidden_back(d, h1, P, G1, o1, act)
+    _layer_back(d, x, P, G0, 0, dx, want_dx)
     return True
 
 
 @njit(**_MLP_JIT)
-def _backward4(dy, x, h1, h2, h3, h4, P, G, dx, want_dx, S):
+def _backward4(dy, x, h1, h2, h3, h4, P, G0, G1, G2, G3, dx, want_dx, S):
     B = dy.shape[0]
     act, act_out = S[5], S[6]
     if not (_fits(dy, B, S[4], P) and _fits(x, B, S[0], P) and _fits(h1, B, S[1], P)
@@ -937,10 +942,10 @@ def _backward4(dy, x, h1, h2, h3, h4, P, G, dx, want_dx, S):
     o1 = _after(0, x, h1)
     o2 = _after(o1, h1, h2)
     o3 = _after(o2, h2, h3)
-    d = _hidden_back(_top(dy, h4, act_out), h3, P, G, o3, act)
-    d = _hidden_back(d, h2, P, G, o2, act)
-    d = _hidden_back(d, h1, P, G, o1, act)
-    _layer_back(d, x, P, G, 0, dx, want_dx)
+    d = _hidden_back(_top(dy, h4, act_out), h3, P, G3, o3, act)
+    d = _hidden_back(d, h2, P, G2, o2, act)
+    d = _hidden_back(d, h1, P, G1, o1, act)
+    _layer_back(d, x, P, G0, 0, dx, want_dx)
     return True
 
 
@@ -978,14 +983,15 @@ class _State:
     Valid while ``mlp.params`` is the same :class:`minippo.nn.Params` dict at the same ``version``
     (no name rebound since); the optimiser and checkpoint loading write parameters in place, which
     keeps it valid. Holds the layout verdict (parameters packed in ``mlp.flat``), the act codes, the
-    forward's compiled entry point and the backward's dispatcher. Outputs are allocated fresh on
-    every call: PPO keeps several caches alive at once, and reusing memory safely would need
-    reference-count tricks that free-threaded Python does not guarantee (~1 us per
-    forward+backward, measured).
+    forward's compiled entry point, the backward's dispatcher and the Python that calls them for this
+    depth. Outputs are allocated fresh on every call: PPO keeps several caches alive at once, and
+    reusing memory safely would need reference-count tricks that free-threaded Python does not
+    guarantee (~1 us per forward+backward, measured).
     """
 
-    __slots__ = ("params", "version", "P", "dt", "sizes", "views", "act", "act_out", "fwd",
-                 "bwd", "max_batch", "by_shape", "S", "cache_meta", "strict", "dts", "xmeta")
+    __slots__ = ("params", "version", "P", "dt", "sizes", "blocks", "act", "act_out", "fwd", "bwd",
+                 "run_forward", "run_backward", "max_batch", "by_shape", "S", "cache_meta", "strict",
+                 "xmeta")
 
     def __init__(self, mlp: Any) -> None:
         self.params = mlp.params
@@ -996,31 +1002,25 @@ class _State:
             self.dt = None  # matches no input dtype: numpy
             return
         dt = self.dt = P.dtype
-        self.sizes = tuple(mlp.sizes)
-        # (name, slice of the gradient buffer, shape or None for a 1-d bias) per parameter: a plain
-        # loop of slices and reshapes is the cheapest numpy way we found to make the views: 1.5 us
-        # with the buffer for 3 layers, against 1.6 us for a 0-d structured array indexed by field
-        # and 1.8 us for a dict comprehension of the same slices (measured in one run)
-        self.views, o = [], 0
-        for k, a in mlp.params.items():
-            self.views.append((k, slice(o, o + a.size), a.shape if a.ndim > 1 else None))
-            o += a.size
+        sizes = self.sizes = tuple(mlp.sizes)
+        self.blocks = tuple((k + 1, f) for k, f in zip(sizes[:-1], sizes[1:], strict=True))  # W; b
         self.act = _ACT_CODES[mlp.activation, dt is _F32]
         self.act_out = self.act if mlp.activate_output else ACT_NONE
         n = mlp.n_layers
-        self.fwd, self.bwd = _FORWARD[n], _BACKWARD[n]  # fwd: the dispatcher until the first call
+        self.fwd = _entry_after_first_call(self, _FORWARD[n])
+        self.bwd = _BACKWARD[n]
+        self.run_forward, self.run_backward = _RUN_FORWARD[n], _RUN_BACKWARD[n]
         _prepare(dt)  # the heads' SLP-vectorised layer, before these kernels are compiled
         # x.shape -> the forward's output shapes, for the batch sizes it takes
-        self.max_batch = max_batch(self.sizes)
-        self.by_shape = {(B, self.sizes[0]): [(B, s) for s in self.sizes[1:]]
+        self.max_batch = max_batch(sizes)
+        self.by_shape = {(B, sizes[0]): tuple((B, s) for s in sizes[1:])
                          for B in range(1, self.max_batch + 1)}
         # the widths the backward checks the cache against, then the two act codes (one array
         # argument instead of three: numba unboxes each argument, ~0.04 us per scalar)
-        self.S = np.array([*self.sizes, self.act, self.act_out], np.int64)
+        self.S = np.array([*sizes, self.act, self.act_out], np.int64)
         self.cache_meta = [(dt, 2)] * (n + 1)  # (dtype, ndim) of x, h_1, ..., h_n in a cache
         self.strict = False  # check cache_meta in Python (after a cache numba could not type)
-        self.dts = [dt] * n
-        self.xmeta = (self.sizes[0] * dt.itemsize, dt.itemsize)  # C-order row strides of x
+        self.xmeta = (sizes[0] * dt.itemsize, dt.itemsize)  # C-order row strides of x
 
 
 def _state(mlp: Any) -> _State:
@@ -1049,6 +1049,83 @@ def _entry(dispatcher: Any, args: tuple) -> Any:
     return dispatcher if ov is None else ov.entry_point
 
 
+def _entry_after_first_call(st: _State, dispatcher: Any) -> Any:
+    """What ``st.fwd`` starts as: calls ``dispatcher`` (which compiles, or loads from the disk
+    cache), then puts the compiled entry point (:func:`_entry`) in its own place on ``st``."""
+
+    def first_call(*args: Any) -> None:
+        dispatcher(*args)
+        st.fwd = _entry(dispatcher, args)
+
+    return first_call
+
+
+# The Python around the kernels, one function per depth with the arrays named one by one:
+# at depth 3 this costs 0.3 us less per forward than allocating in a loop and calling with *args
+# (list(map(np.empty, ...)) alone is 0.15 us slower than three named np.empty calls, measured).
+def _forward_run1(st: _State, x: np.ndarray, s: tuple) -> list[np.ndarray]:
+    h1 = np.empty(s[0], st.dt)
+    st.fwd(x, st.P, h1, st.act, st.act_out)
+    return [x, h1]
+
+
+def _forward_run2(st: _State, x: np.ndarray, s: tuple) -> list[np.ndarray]:
+    dt = st.dt
+    h1, h2 = np.empty(s[0], dt), np.empty(s[1], dt)
+    st.fwd(x, st.P, h1, h2, st.act, st.act_out)
+    return [x, h1, h2]
+
+
+def _forward_run3(st: _State, x: np.ndarray, s: tuple) -> list[np.ndarray]:
+    dt = st.dt
+    h1, h2, h3 = np.empty(s[0], dt), np.empty(s[1], dt), np.empty(s[2], dt)
+    st.fwd(x, st.P, h1, h2, h3, st.act, st.act_out)
+    return [x, h1, h2, h3]
+
+
+def _forward_run4(st: _State, x: np.ndarray, s: tuple) -> list[np.ndarray]:
+    dt = st.dt
+    h1, h2, h3, h4 = np.empty(s[0], dt), np.empty(s[1], dt), np.empty(s[2], dt), np.empty(s[3], dt)
+    st.fwd(x, st.P, h1, h2, h3, h4, st.act, st.act_out)
+    return [x, h1, h2, h3, h4]
+
+
+def _backward_run1(st: _State, dy: np.ndarray, cache: list, dx: np.ndarray, want_dx: bool) -> dict | None:
+    G0 = np.empty(st.blocks[0], st.dt)
+    if not st.bwd(dy, *cache, st.P, G0, dx, want_dx, st.S):
+        return None
+    return {"W0": G0[:-1], "b0": G0[-1]}
+
+
+def _backward_run2(st: _State, dy: np.ndarray, cache: list, dx: np.ndarray, want_dx: bool) -> dict | None:
+    dt, (s0, s1) = st.dt, st.blocks
+    G0, G1 = np.empty(s0, dt), np.empty(s1, dt)
+    if not st.bwd(dy, *cache, st.P, G0, G1, dx, want_dx, st.S):
+        return None
+    return {"W0": G0[:-1], "b0": G0[-1], "W1": G1[:-1], "b1": G1[-1]}
+
+
+def _backward_run3(st: _State, dy: np.ndarray, cache: list, dx: np.ndarray, want_dx: bool) -> dict | None:
+    dt, (s0, s1, s2) = st.dt, st.blocks
+    G0, G1, G2 = np.empty(s0, dt), np.empty(s1, dt), np.empty(s2, dt)
+    if not st.bwd(dy, *cache, st.P, G0, G1, G2, dx, want_dx, st.S):
+        return None
+    return {"W0": G0[:-1], "b0": G0[-1], "W1": G1[:-1], "b1": G1[-1], "W2": G2[:-1], "b2": G2[-1]}
+
+
+def _backward_run4(st: _State, dy: np.ndarray, cache: list, dx: np.ndarray, want_dx: bool) -> dict | None:
+    dt, (s0, s1, s2, s3) = st.dt, st.blocks
+    G0, G1, G2, G3 = np.empty(s0, dt), np.empty(s1, dt), np.empty(s2, dt), np.empty(s3, dt)
+    if not st.bwd(dy, *cache, st.P, G0, G1, G2, G3, dx, want_dx, st.S):
+        return None
+    return {"W0": G0[:-1], "b0": G0[-1], "W1": G1[:-1], "b1": G1[-1], "W2": G2[:-1], "b2": G2[-1],
+            "W3": G3[:-1], "b3": G3[-1]}
+
+
+_RUN_FORWARD = (None, _forward_run1, _forward_run2, _forward_run3, _forward_run4)
+_RUN_BACKWARD = (None, _backward_run1, _backward_run2, _backward_run3, _backward_run4)
+
+
 def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
     """Fused forward of a ``minippo.nn.MLP``: x (B, sizes[0]) -> cache [x, h_1, ..., h_L = y].
 
@@ -1061,18 +1138,13 @@ def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
     p = mlp.params
     if st is None or st.params is not p or st.version != getattr(p, "version", None):
         st = _state(mlp)
+    # x checked here (class, dtype, 2-d C order) for the compiled entry point, which does not
     if type(x) is not np.ndarray or x.dtype is not st.dt or x.strides != st.xmeta:
         return None
     shapes = st.by_shape.get(x.shape)  # None unless x has 1 .. max_batch rows of sizes[0]
     if shapes is None:
         return None
-    hs = list(map(np.empty, shapes, st.dts))
-    if st.fwd is _FORWARD[len(hs)]:
-        st.fwd(x, st.P, *hs, st.act, st.act_out)
-        st.fwd = _entry(st.fwd, (x, st.P, *hs, st.act, st.act_out))
-    else:  # x checked above (class, dtype, 2-d C order); hs are ours; st.P is the typed buffer
-        st.fwd(x, st.P, *hs, st.act, st.act_out)
-    return [x, *hs]
+    return st.run_forward(st, x, shapes)
 
 
 def mlp_backward(
@@ -1080,9 +1152,10 @@ def mlp_backward(
 ) -> tuple[np.ndarray | None, dict[str, np.ndarray]] | None:
     """Fused backward of a ``minippo.nn.MLP``: dy (B, sizes[-1]) -> (dx (B, sizes[0]) or None, grads).
 
-    ``grads`` is keyed like ``mlp.params`` (W0, b0, W1, ...): views of one new buffer packed like
-    ``mlp.flat``. dx is None (and not computed) unless ``need_dx``. ``None`` (numpy then runs) for
-    B > :func:`max_batch`, or when shapes or dtypes do not fit (see :func:`mlp_forward`).
+    ``grads`` is keyed like ``mlp.params`` (W0, b0, W1, ...): ``W_i`` and ``b_i`` are the rows of one
+    new (sizes[i] + 1, sizes[i + 1]) array per layer. dx is None (and not computed) unless
+    ``need_dx``. ``None`` (numpy then runs) for B > :func:`max_batch`, or when shapes or dtypes do
+    not fit (see :func:`mlp_forward`).
     Any memory layout of dy and the cache works: the dispatcher compiles a version per layout. The
     kernel checks the cache's shapes and dtypes against the MLP's (:func:`_fits`) and returns False,
     computing nothing, when they do not fit. A cache numba cannot type at all (a 1-d or float16
@@ -1101,16 +1174,12 @@ def mlp_backward(
         return None
     if st.strict and [(a.dtype, a.ndim) for a in cache] != st.cache_meta:
         return None
-    G = np.empty(st.P.size, dt)
     dx = np.empty((B, st.sizes[0]), dt) if need_dx else _NO_DX[dt]
     try:
-        fits = st.bwd(dy, *cache, st.P, G, dx, need_dx, st.S)
+        grads = st.run_backward(st, dy, cache, dx, need_dx)
     except (TypingError, NotImplementedError):  # numba cannot type a cache array (1-d, float16, ...)
         st.strict = True  # from now on check the cache in Python first rather than retry compiling
         return None
-    if not fits:  # shapes or dtypes not those of this MLP: the numpy path raises or broadcasts
+    if grads is None:  # shapes or dtypes not those of this MLP: the numpy path raises or broadcasts
         return None
-    grads = {}
-    for k, part, shape in st.views:
-        grads[k] = G[part] if shape is None else G[part].reshape(shape)
     return (dx if need_dx else None), grads

@@ -423,7 +423,7 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     x = rng.normal(size=(3, 4)).astype(np.float32)
     y0, cache0 = mlp.forward(x)
     st = mlp.__dict__["_numba_state"]
-    assert st.fwd is not cpu._FORWARD[2]  # the entry point
+    assert type(st.fwd).__name__ == "builtin_function_or_method"  # the compiled entry point
     ro = x.copy()
     ro.flags.writeable = False
     np.testing.assert_array_equal(mlp.forward(ro)[0], y0)
