@@ -10,6 +10,8 @@ lives in registers:
 - :func:`vload` / :func:`vstore`: ``a[i, j:j + L]`` of a C-ordered 2-d array as one vector;
 - :func:`vsplat`: a scalar in every lane (of the vector type that matches an array's dtype);
 - :func:`vfma`: ``a * b + c`` lane by lane, one rounding (``llvm.fma``);
+- :func:`vfold`: one level of a tree of horizontal sums over several vectors (the dot-product
+  tiles of ``cpu._dx_fold``);
 - :func:`lanes`: ``L`` for an array's dtype, a compile-time constant.
 
 LLVM lowers a 64-byte vector to one AVX-512 register where the CPU has them (numba does not set the
@@ -143,3 +145,31 @@ def vfma(typingctx, a, b, c):
         return builder.call(fn, args)
 
     return a(a, b, c), codegen
+
+
+@intrinsic
+def vfold(typingctx, a, b, level):
+    """One level of a horizontal-sum tree: a and b each hold L / h groups of 2 h lanes (h = L >> level,
+    ``level`` a literal 1 .. log2 L), each group the partial sums of one dot product; the result holds
+    the 2 L / h groups of h lanes made by adding each group's two halves, a's groups then b's.
+
+    Lane i of the result, in group g = i // h at p = i % h, is c[2 h g + p] + c[2 h g + h + p] for
+    c = a | b (the 2 L lanes of a then b). Level 1 on two whole-vector sums gives [a folded | b
+    folded]; after log2 L levels over L vectors v_0 .. v_{L-1} (paired in order), lane i is the sum
+    of v_i's lanes. Two shuffles and an add per call."""
+    if not (isinstance(a, Vec) and a == b and isinstance(level, types.IntegerLiteral)):
+        return None
+    n, lv = a.n, level.literal_value
+    if not (1 <= lv and (n >> lv) >= 1 and n % (1 << lv) == 0):
+        raise ValueError(f"vfold level must be 1 .. log2({n}), got {lv}")
+    h = n >> lv
+    first = [(i // h) * 2 * h + i % h for i in range(n)]
+    second = [f + h for f in first]
+
+    def codegen(context, builder, sig, args):
+        mask = ir.VectorType(ir.IntType(32), n)
+        lo = builder.shuffle_vector(args[0], args[1], ir.Constant(mask, first))
+        hi = builder.shuffle_vector(args[0], args[1], ir.Constant(mask, second))
+        return builder.fadd(lo, hi)
+
+    return a(a, b, level), codegen

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("numba")
-
 from minippo.kernels import cpu  # noqa: E402
 from minippo.kernels import reference as ref  # noqa: E402
+from numba import njit  # noqa: E402
 
 from minippo import advantages, backend, nn  # noqa: E402
 
@@ -594,6 +594,33 @@ def test_matmul_tiles_match_reference(case):
     assert_mlp_close(dW, dW_ref, dtype)
 
 
+@njit
+def _dx_fold_call(d, W, dx):
+    cpu._dx_fold(d, W, dx)
+
+
+@settings(SLOW)
+@given(st.integers(1, 33), st.one_of(st.integers(1, 9), st.sampled_from([15, 16, 17, 32, 33, 48, 64, 65])),
+       st.integers(1, 4), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
+@example(8, 64, 4, np.float32, 0)  # the 64 x 64 hidden layer at batch 8
+@example(1, 17, 1, np.float64, 1)  # one block of 16 and one scalar dot product
+def test_dx_fold_matches_reference(B, K, m, dtype, seed):
+    """dx = d W^T through the shuffle tree, F = m whole vectors: K from 1 (only the scalar tail) to
+    65 (four blocks of 16 and a tail), and the same through _dense_back's dispatch."""
+    F = m * 64 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(seed)
+    d = rng.normal(size=(B, F)).astype(dtype)
+    W = rng.normal(size=(K, F)).astype(dtype)
+    dx = np.full((B, K), np.nan, dtype)  # every entry must be written
+    _dx_fold_call(d, W, dx)
+    d64, W64 = d.astype(np.float64), W.astype(np.float64)
+    dx_ref, _, _ = ref.linear_backward(d64, np.zeros((B, K)), W64)
+    assert_mlp_close(dx, dx_ref, dtype)
+    dx2, dW, db = np.full((B, K), np.nan, dtype), np.empty((K, F), dtype), np.empty(F, dtype)
+    cpu._dense_back(d, np.ones((B, K), dtype), W, dW, db, dx2, True)
+    assert_mlp_close(dx2, dx_ref, dtype)
+
+
 def test_simd_vectors_load_store_splat_fma():
     from minippo.kernels import simd
     from numba import njit
@@ -616,3 +643,22 @@ def test_simd_vectors_load_store_splat_fma():
         expect[1, 3:3 + n] += 0.5 * x[1, 3:3 + n]
         np.testing.assert_array_equal(out, expect)
     assert lanes_of(np.zeros((2, 3), np.int64)) == 0
+
+    @njit
+    def folds(a, out):  # rows 0 .. 3 of a as vectors; out row l - 1 = vfold(row 0, row 1, l), ...
+        v0, v1 = simd.vload(a, 0, 0), simd.vload(a, 1, 0)
+        simd.vstore(out, 0, 0, simd.vfold(v0, v1, 1))
+        simd.vstore(out, 1, 0, simd.vfold(v0, v1, 2))
+        simd.vstore(out, 2, 0, simd.vfold(v0, v1, 3))
+        return simd.lanes(a)
+
+    for dtype in (np.float32, np.float64):
+        a = np.random.default_rng(0).integers(-99, 99, size=(2, 16)).astype(dtype)  # sums exact
+        out = np.zeros((3, 16), dtype)
+        n = folds(a, out)
+        c = np.concatenate([a[0, :n], a[1, :n]])  # the 2 L lanes of a then b
+        for level in (1, 2, 3):
+            h = n >> level
+            i = np.arange(n)
+            first = (i // h) * 2 * h + i % h
+            np.testing.assert_array_equal(out[level - 1, :n], c[first] + c[first + h])
