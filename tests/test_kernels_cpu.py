@@ -621,6 +621,38 @@ def test_dx_fold_matches_reference(B, K, m, dtype, seed):
     assert_mlp_close(dx2, dx_ref, dtype)
 
 
+@njit
+def _dot_pairs_call(x, V, out):
+    cpu._dot_pairs(x, V, out)
+
+
+@settings(SLOW)
+@given(st.integers(1, 17), st.one_of(st.integers(1, 9), st.sampled_from([16, 17, 32, 40, 64, 65])),
+       st.integers(1, 19), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
+@example(8, 64, 2, np.float32, 0)  # a 64 -> 2 head at batch 8: one block of 16 pairs
+@example(8, 64, 6, np.float64, 1)  # 64 -> 6: three blocks, rows split across them
+@example(3, 40, 7, np.float32, 2)  # a K % L tail on each block, and 5 scalar pairs after
+def test_dot_pairs_matches_reference(B, K, F, dtype, seed):
+    """out = x V^T as blocks of 16 dot products in out's order (pairs across rows), against the
+    reference; and through _dense_narrow (a head) and _dense_back (dx of a layer with few inputs)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(B, K)).astype(dtype)
+    V = rng.normal(size=(F, K)).astype(dtype)
+    out = np.full((B, F), np.nan, dtype)  # every entry must be written
+    _dot_pairs_call(x, V, out)
+    W = np.ascontiguousarray(V.T)  # (K, F): out = x W
+    b = rng.normal(size=F).astype(dtype)
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    expect = ref.linear_forward(x64, W64, np.zeros(F))
+    assert_mlp_close(out, expect, dtype)
+    head = np.full((B, F), np.nan, dtype)
+    cpu._dense_narrow(x, W, b, head)
+    assert_mlp_close(head, expect + b, dtype)
+    dx = np.full((B, F), np.nan, dtype)  # dx = x V^T with x as dL/dz (B, K) and V as W (F, K)
+    cpu._dense_back(x, np.ones((B, F), dtype), V, np.empty((F, K), dtype), np.empty(K, dtype), dx, True)
+    assert_mlp_close(dx, expect, dtype)
+
+
 def test_simd_vectors_load_store_splat_fma():
     from minippo.kernels import simd
     from numba import njit
