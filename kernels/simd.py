@@ -12,6 +12,7 @@ lives in registers:
 - :func:`vfma`: ``a * b + c`` lane by lane, one rounding (``llvm.fma``);
 - :func:`vfold`: one level of a tree of horizontal sums over several vectors (the dot-product
   tiles of ``cpu._dx_fold``);
+- :func:`vsum`: the sum of one vector's lanes, as a scalar (a fixed tree of halves);
 - :func:`lanes`: ``L`` for an array's dtype, a compile-time constant.
 
 LLVM lowers a 64-byte vector to one AVX-512 register where the CPU has them (numba does not set the
@@ -173,3 +174,22 @@ def vfold(typingctx, a, b, level):
         return builder.fadd(lo, hi)
 
     return a(a, b, level), codegen
+
+
+@intrinsic
+def vsum(typingctx, a):
+    """The sum of a vector's lanes as a scalar, in a fixed order: the upper half added to the lower
+    half, then again on the half vector, down to one lane (log2 L shuffles and adds)."""
+    if not isinstance(a, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v, h = args[0], a.n // 2
+        while h >= 1:
+            mask = ir.VectorType(ir.IntType(32), h)
+            lo = builder.shuffle_vector(v, v, ir.Constant(mask, list(range(h))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(mask, list(range(h, 2 * h))))
+            v, h = builder.fadd(lo, hi), h // 2
+        return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+    return a.dtype(a), codegen

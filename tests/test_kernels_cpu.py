@@ -684,6 +684,10 @@ def test_simd_vectors_load_store_splat_fma():
         simd.vstore(out, 2, 0, simd.vfold(v0, v1, 3))
         return simd.lanes(a)
 
+    @njit
+    def vsum_row(a, i):
+        return simd.vsum(simd.vload(a, i, 0))
+
     for dtype in (np.float32, np.float64):
         a = np.random.default_rng(0).integers(-99, 99, size=(2, 16)).astype(dtype)  # sums exact
         out = np.zeros((3, 16), dtype)
@@ -694,3 +698,6 @@ def test_simd_vectors_load_store_splat_fma():
             i = np.arange(n)
             first = (i // h) * 2 * h + i % h
             np.testing.assert_array_equal(out[level - 1, :n], c[first] + c[first + h])
+        assert vsum_row(a, 1) == a[1, :n].sum()  # small integers: every order gives the exact sum
+    halves = np.array([[1.0, 2.0**-60, 3.0, 0.0, -1.0, 2.0**-60, -3.0, 0.0]])  # float64, one vector
+    assert vsum_row(halves, 0) == 2.0**-59  # (1 + -1) + ... first: a sequential sum would round it off
