@@ -30,7 +30,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
-from .simd import lanes, vec_type, vfma, vfold, vload, vsplat, vstore, vsum
+from .simd import lanes, vadd, vec_type, vfma, vfold, vload, vmul, vsplat, vstore, vsub, vsum
 
 MAX_BATCH = 8
 """Largest batch for which ``MLP.forward`` / ``MLP.backward`` use :func:`mlp_forward` /
@@ -72,17 +72,21 @@ _MLP_JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc", "cont
 
 
 # ---------------------------------------------------------------- GAE and rewards-to-go
-# Two loop orders, the same arithmetic (so both equal numpy bit for bit):
-# - _gae_lanes: 8 envs at a time, the 8 running advantages and next values held in registers across
-#   the backward pass over t. Compiled with LLVM's SLP vectoriser on (see _compile_with_slp), the 8
-#   lanes become one SIMD vector: the pass costs ~8 cycles per t (the mul+add latency of the
-#   recursion). Unsigned indices: numba adds a negative-index wraparound to signed ones, and the
-#   resulting selects hide the consecutive addresses the SLP vectoriser needs.
-# - _gae_rows: row by row over t, inner loop over the envs (LLVM's loop vectoriser takes the inner
-#   loop once it is long: N >= 32 float32). Used from N = 64 on (the lanes walk each (T, N) array 8
-#   columns at a time, 2x slower there: measured) and for the N % 8 columns the lanes leave.
+# Three loop orders, the same arithmetic (so all equal numpy bit for bit):
+# - _gae_vectors (session 8): the columns that fill whole 64-byte vectors, 4 vectors at a time, the
+#   running advantages and next values in registers across the backward pass over t (explicit
+#   vectors, kernels/simd.py; lane by lane the scalar operations, unfused). (2048, 64) float32:
+#   ~30 us, about the memory floor, where the row loop below took ~120 us on this VM.
+# - _gae_lanes: 8 envs at a time, the same idea on scalars. Compiled with LLVM's SLP vectoriser on
+#   (see _compile_with_slp), the 8 lanes become one SIMD vector: the pass costs ~8 cycles per t (the
+#   mul+add latency of the recursion). Unsigned indices: numba adds a negative-index wraparound to
+#   signed ones, and the resulting selects hide the consecutive addresses the SLP vectoriser needs.
+#   Used for the columns the vectors leave (8 of them at a time) and when N < 16 float32 / 8 float64.
+# - _gae_rows: row by row over t, inner loop over the envs, for the last N % 8 columns (and all of a
+#   wide array whose layout the vectors cannot load, which gae() never passes: it copies to C order).
 LANES_MAX_N = 64
-"""Below this many envs the GAE kernel runs 8-env register lanes (measured crossover, T = 2048)."""
+"""Without vector blocks, below this many envs the GAE kernel runs 8-env register lanes, from it on
+rows (measured crossover, T = 2048, before the vector blocks)."""
 
 
 @njit(inline="always")
@@ -117,6 +121,75 @@ def _gae_lanes(rewards, values, dones, last_values, g, gl, zero, one, adv, retur
         adv[t, n4], adv[t, n5], adv[t, n6], adv[t, n7] = a4, a5, a6, a7
         returns[t, n0], returns[t, n1], returns[t, n2], returns[t, n3] = a0 + v0, a1 + v1, a2 + v2, a3 + v3
         returns[t, n4], returns[t, n5], returns[t, n6], returns[t, n7] = a4 + v4, a5 + v5, a6 + v6, a7 + v7
+
+
+@njit(inline="always")
+def _gae_step(rewards, values, dones, t, j, next_value, next_adv, g, gl, one):
+    """:func:`_lane` on one vector of columns j .. j + L - 1 of row t: the same operations in the
+    same order, each rounded as numpy rounds it (no contraction into FMAs); returns the advantages
+    and values[t] (the next step's next value)."""
+    not_done = vsub(one, vload(dones, t, j))
+    v = vload(values, t, j)
+    delta = vsub(vadd(vload(rewards, t, j), vmul(vmul(g, next_value), not_done)), v)
+    return vadd(delta, vmul(vmul(gl, not_done), next_adv)), v
+
+
+@njit(inline="always")
+def _gae_store(adv, returns, t, j, a, v):
+    vstore(adv, t, j, a)
+    vstore(returns, t, j, vadd(a, v))
+
+
+def _gae_vectors(rewards, values, dones, last_values, g, gl, adv, returns):
+    """The columns 0 .. c - 1 that fill whole 64-byte vectors, 4 vectors (64 float32 / 32 float64
+    columns) at a time, then one at a time; returns c. Each block keeps its running advantages and
+    next values in registers over the whole backward pass, so a row's loads never wait for the
+    previous row's stores. (The row loop, which reads adv[t + 1] back from memory, takes ~120 us at
+    (2048, 64) float32 against ~30 us this way, measured; software prefetching helped that loop,
+    120 -> 68 us, but made this one slower.) Only numba code calls it; returns 0 for arrays the
+    vectors cannot load."""
+    raise NotImplementedError("numba kernels only")
+
+
+def _gae_vectors_impl(rewards, values, dones, last_values, g, gl, adv, returns):
+    T, N = rewards.shape
+    L = lanes(adv)
+    gv, glv, one, z = vsplat(adv, g), vsplat(adv, gl), vsplat(adv, 1), vsplat(adv, 0)
+    lv = last_values.reshape((1, N))
+    c = 0
+    while c + 4 * L <= N:
+        j1, j2, j3 = c + L, c + 2 * L, c + 3 * L
+        v0, v1, v2, v3 = vload(lv, 0, c), vload(lv, 0, j1), vload(lv, 0, j2), vload(lv, 0, j3)
+        a0 = a1 = a2 = a3 = z  # the last step's next advantage (multiplied by 1 - done: as _lane)
+        for s in range(T):
+            t = T - 1 - s
+            a0, v0 = _gae_step(rewards, values, dones, t, c, v0, a0, gv, glv, one)
+            a1, v1 = _gae_step(rewards, values, dones, t, j1, v1, a1, gv, glv, one)
+            a2, v2 = _gae_step(rewards, values, dones, t, j2, v2, a2, gv, glv, one)
+            a3, v3 = _gae_step(rewards, values, dones, t, j3, v3, a3, gv, glv, one)
+            _gae_store(adv, returns, t, c, a0, v0)
+            _gae_store(adv, returns, t, j1, a1, v1)
+            _gae_store(adv, returns, t, j2, a2, v2)
+            _gae_store(adv, returns, t, j3, a3, v3)
+        c += 4 * L
+    while c + L <= N:
+        v0, a0 = vload(lv, 0, c), z
+        for s in range(T):
+            t = T - 1 - s
+            a0, v0 = _gae_step(rewards, values, dones, t, c, v0, a0, gv, glv, one)
+            _gae_store(adv, returns, t, c, a0, v0)
+        c += L
+    return c
+
+
+@overload(_gae_vectors)
+def _gae_vectors_overload(rewards, values, dones, last_values, g, gl, adv, returns):
+    vt = vec_type(adv)
+    if (vt is None or any(vec_type(a) != vt for a in (rewards, values, dones, returns))
+            or not (isinstance(last_values, types.Array) and last_values.layout == "C"
+                    and last_values.dtype == vt.dtype)):
+        return lambda rewards, values, dones, last_values, g, gl, adv, returns: 0
+    return _gae_vectors_impl
 
 
 @njit(inline="always")
@@ -160,8 +233,8 @@ def _gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, returns):
     adv[0, 0] = 1.0
     one = adv[0, 0]
     zero = one - one
-    c = 0
-    if N < LANES_MAX_N:
+    c = _gae_vectors(rewards, values, dones, last_values, g, gl, adv, returns)
+    if N - c < LANES_MAX_N:
         while c + 8 <= N:
             _gae_lanes(rewards, values, dones, last_values, g, gl, zero, one, adv, returns, c)
             c += 8

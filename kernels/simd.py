@@ -10,6 +10,8 @@ lives in registers:
 - :func:`vload` / :func:`vstore`: ``a[i, j:j + L]`` of a C-ordered 2-d array as one vector;
 - :func:`vsplat`: a scalar in every lane (of the vector type that matches an array's dtype);
 - :func:`vfma`: ``a * b + c`` lane by lane, one rounding (``llvm.fma``);
+- :func:`vadd` / :func:`vsub` / :func:`vmul`: lane by lane, each rounded as the scalar operation
+  (the GAE rows, which must equal numpy bit for bit);
 - :func:`vfold`: one level of a tree of horizontal sums over several vectors (the dot-product
   tiles of ``cpu._dx_fold``);
 - :func:`vsum`: the sum of one vector's lanes, as a scalar (a fixed tree of halves);
@@ -22,6 +24,8 @@ index the array's data directly.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from llvmlite import ir
 from numba import types
@@ -148,6 +152,29 @@ def vfma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+def _lanewise(op: str, doc: str) -> Any:
+    """An intrinsic applying the LLVM float instruction ``op`` lane by lane to two vectors of one
+    type, without fast-math flags: each lane rounds exactly as the scalar operation does."""
+
+    def typer(typingctx, a, b):
+        if not (isinstance(a, Vec) and a == b):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+
+        return a(a, b), codegen
+
+    typer.__name__ = typer.__qualname__ = f"v{op[1:]}"
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+vadd = _lanewise("fadd", "a + b lane by lane.")
+vsub = _lanewise("fsub", "a - b lane by lane.")
+vmul = _lanewise("fmul", "a * b lane by lane.")
+
+
 @intrinsic
 def vfold(typingctx, a, b, level):
     """One level of a horizontal-sum tree: a and b each hold L / h groups of 2 h lanes (h = L >> level,
@@ -193,3 +220,4 @@ def vsum(typingctx, a):
         return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
 
     return a.dtype(a), codegen
+

@@ -42,8 +42,10 @@ SLOW = settings(max_examples=30, deadline=None)  # deadline=None: the first exam
 @st.composite
 def rollouts(draw):
     T = draw(st.sampled_from([1, 2, 3, 7, 16]))
-    # N: below 8 (rows only), multiples of 8 (register lanes), 8k + r (lanes + rows), >= 64 (rows)
-    N = draw(st.sampled_from([1, 2, 5, 8, 13, 16, 24, 64, 67]))
+    # N: whole 64-byte vectors first (16 float32 / 8 float64 columns each; blocks of 4 of them,
+    # then single ones), then 8-column register lanes, then rows: below 8 rows only; 13 lanes (or
+    # a vector) + rows; 31 vector + lanes + rows (float32); 96 a block of 4 + 2 vectors (float32)
+    N = draw(st.sampled_from([1, 2, 5, 8, 13, 16, 24, 31, 40, 64, 67, 96]))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     rewards = rng.normal(size=(T, N)).astype(dtype)
@@ -683,6 +685,20 @@ def test_simd_vectors_load_store_splat_fma():
         simd.vstore(out, 1, 0, simd.vfold(v0, v1, 2))
         simd.vstore(out, 2, 0, simd.vfold(v0, v1, 3))
         return simd.lanes(a)
+
+    @njit
+    def lanewise(x, out):  # out rows 0, 1, 2 = x0 + x1, x0 - x1, x0 * x1 on one vector
+        a, b = simd.vload(x, 0, 0), simd.vload(x, 1, 0)
+        simd.vstore(out, 0, 0, simd.vadd(a, b))
+        simd.vstore(out, 1, 0, simd.vsub(a, b))
+        simd.vstore(out, 2, 0, simd.vmul(a, b))
+
+    for dtype in (np.float32, np.float64):  # each lane rounded once, as numpy's scalar operation
+        x = np.random.default_rng(1).normal(size=(2, 16)).astype(dtype)
+        out = np.zeros((3, 16), dtype)
+        lanewise(x, out)
+        n = 64 // np.dtype(dtype).itemsize
+        np.testing.assert_array_equal(out[:, :n], [x[0, :n] + x[1, :n], x[0, :n] - x[1, :n], x[0, :n] * x[1, :n]])
 
     @njit
     def vsum_row(a, i):
