@@ -245,12 +245,63 @@ def _gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, returns):
     return 0
 
 
+@njit(inline="always")
+def _rtg_step(rewards, dones, t, j, g, gamma, one):
+    """One vector of G_t = r_t + gamma (1 - d_t) G_{t+1}, the scalar loop's operations in its order."""
+    return vadd(vload(rewards, t, j), vmul(vmul(gamma, vsub(one, vload(dones, t, j))), g))
+
+
+def _rtg_vectors(rewards, dones, last_values, gamma, one, out):
+    """Rewards-to-go over the columns 0 .. c - 1 that fill whole vectors, as :func:`_gae_vectors`
+    does GAE (4 vectors at a time, then one; the running returns in registers); returns c."""
+    raise NotImplementedError("numba kernels only")
+
+
+def _rtg_vectors_impl(rewards, dones, last_values, gamma, one, out):
+    T, N = rewards.shape
+    L = lanes(out)
+    gv, o = vsplat(out, gamma), vsplat(out, one)
+    lv = last_values.reshape((1, N))
+    c = 0
+    while c + 4 * L <= N:
+        j1, j2, j3 = c + L, c + 2 * L, c + 3 * L
+        g0, g1, g2, g3 = vload(lv, 0, c), vload(lv, 0, j1), vload(lv, 0, j2), vload(lv, 0, j3)
+        for s in range(T):
+            t = T - 1 - s
+            g0, g1 = _rtg_step(rewards, dones, t, c, g0, gv, o), _rtg_step(rewards, dones, t, j1, g1, gv, o)
+            g2, g3 = _rtg_step(rewards, dones, t, j2, g2, gv, o), _rtg_step(rewards, dones, t, j3, g3, gv, o)
+            vstore(out, t, c, g0)
+            vstore(out, t, j1, g1)
+            vstore(out, t, j2, g2)
+            vstore(out, t, j3, g3)
+        c += 4 * L
+    while c + L <= N:
+        g0 = vload(lv, 0, c)
+        for s in range(T):
+            t = T - 1 - s
+            g0 = _rtg_step(rewards, dones, t, c, g0, gv, o)
+            vstore(out, t, c, g0)
+        c += L
+    return c
+
+
+@overload(_rtg_vectors)
+def _rtg_vectors_overload(rewards, dones, last_values, gamma, one, out):
+    vt = vec_type(out)
+    if (vt is None or vec_type(rewards) != vt or vec_type(dones) != vt
+            or not (isinstance(last_values, types.Array) and last_values.layout == "C"
+                    and last_values.dtype == vt.dtype)):
+        return lambda rewards, dones, last_values, gamma, one, out: 0
+    return _rtg_vectors_impl
+
+
 @njit(cache=True)
 def _rewards_to_go_kernel(rewards, dones, last_values, gamma, one, out):
     T, N = rewards.shape
+    c = _rtg_vectors(rewards, dones, last_values, gamma, one, out)
     g = last_values.copy()
     for t in range(T - 1, -1, -1):
-        for n in range(N):
+        for n in range(c, N):
             g[n] = rewards[t, n] + gamma * (one - dones[t, n]) * g[n]
             out[t, n] = g[n]
 
