@@ -731,6 +731,16 @@ def _weight_grad(x, d, dW):
 
 
 @njit(inline="always")
+def _tree16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    """Three levels of the horizontal-sum tree (``simd.vfold``): 16 vectors -> 2, whose lane groups
+    hold the lane sums of a0 .. a15 in order (:func:`_store16` finishes and stores them)."""
+    t0, t1, t2, t3 = vfold(a0, a1, 1), vfold(a2, a3, 1), vfold(a4, a5, 1), vfold(a6, a7, 1)
+    t4, t5, t6, t7 = vfold(a8, a9, 1), vfold(a10, a11, 1), vfold(a12, a13, 1), vfold(a14, a15, 1)
+    u0, u1, u2, u3 = vfold(t0, t1, 2), vfold(t2, t3, 2), vfold(t4, t5, 2), vfold(t6, t7, 2)
+    return vfold(u0, u1, 3), vfold(u2, u3, 3)
+
+
+@njit(inline="always")
 def _dots16(d, W, r, k, F, L, z):
     """16 vectors whose lanes sum to the dot products d[r, :F] . W[k + i, :F], i = 0 .. 15: each
     loaded piece of d's row feeds 16 FMAs (F a multiple of the lanes L)."""
@@ -745,11 +755,7 @@ def _dots16(d, W, r, k, F, L, z):
         a10, a11 = vfma(x, vload(W, k + 10, f), a10), vfma(x, vload(W, k + 11, f), a11)
         a12, a13 = vfma(x, vload(W, k + 12, f), a12), vfma(x, vload(W, k + 13, f), a13)
         a14, a15 = vfma(x, vload(W, k + 14, f), a14), vfma(x, vload(W, k + 15, f), a15)
-    # three levels of the horizontal-sum tree: 16 vectors -> 2, each lane group one dot product
-    t0, t1, t2, t3 = vfold(a0, a1, 1), vfold(a2, a3, 1), vfold(a4, a5, 1), vfold(a6, a7, 1)
-    t4, t5, t6, t7 = vfold(a8, a9, 1), vfold(a10, a11, 1), vfold(a12, a13, 1), vfold(a14, a15, 1)
-    u0, u1, u2, u3 = vfold(t0, t1, 2), vfold(t2, t3, 2), vfold(t4, t5, 2), vfold(t6, t7, 2)
-    return vfold(u0, u1, 3), vfold(u2, u3, 3)
+    return _tree16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15)
 
 
 def _store16(out, r, k, v0, v1):
@@ -867,26 +873,24 @@ def _dot_pairs_impl(x, V, out):
         x15, v15, r, j = _pair_at(r, j, F, K)
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = a12 = a13 = a14 = a15 = z
         for f in range(0, KL, L):
-            a0, a1 = (vfma(vload(x, 0, x0 + f), vload(V, 0, v0 + f), a0),
-                      vfma(vload(x, 0, x1 + f), vload(V, 0, v1 + f), a1))
-            a2, a3 = (vfma(vload(x, 0, x2 + f), vload(V, 0, v2 + f), a2),
-                      vfma(vload(x, 0, x3 + f), vload(V, 0, v3 + f), a3))
-            a4, a5 = (vfma(vload(x, 0, x4 + f), vload(V, 0, v4 + f), a4),
-                      vfma(vload(x, 0, x5 + f), vload(V, 0, v5 + f), a5))
-            a6, a7 = (vfma(vload(x, 0, x6 + f), vload(V, 0, v6 + f), a6),
-                      vfma(vload(x, 0, x7 + f), vload(V, 0, v7 + f), a7))
-            a8, a9 = (vfma(vload(x, 0, x8 + f), vload(V, 0, v8 + f), a8),
-                      vfma(vload(x, 0, x9 + f), vload(V, 0, v9 + f), a9))
-            a10, a11 = (vfma(vload(x, 0, x10 + f), vload(V, 0, v10 + f), a10),
-                      vfma(vload(x, 0, x11 + f), vload(V, 0, v11 + f), a11))
-            a12, a13 = (vfma(vload(x, 0, x12 + f), vload(V, 0, v12 + f), a12),
-                      vfma(vload(x, 0, x13 + f), vload(V, 0, v13 + f), a13))
-            a14, a15 = (vfma(vload(x, 0, x14 + f), vload(V, 0, v14 + f), a14),
-                      vfma(vload(x, 0, x15 + f), vload(V, 0, v15 + f), a15))
-        t0, t1, t2, t3 = vfold(a0, a1, 1), vfold(a2, a3, 1), vfold(a4, a5, 1), vfold(a6, a7, 1)
-        t4, t5, t6, t7 = vfold(a8, a9, 1), vfold(a10, a11, 1), vfold(a12, a13, 1), vfold(a14, a15, 1)
-        u0, u1, u2, u3 = vfold(t0, t1, 2), vfold(t2, t3, 2), vfold(t4, t5, 2), vfold(t6, t7, 2)
-        _store16(out, 0, p0, vfold(u0, u1, 3), vfold(u2, u3, 3))  # out read flat: pairs p0 .. p0 + 15
+            a0 = vfma(vload(x, 0, x0 + f), vload(V, 0, v0 + f), a0)
+            a1 = vfma(vload(x, 0, x1 + f), vload(V, 0, v1 + f), a1)
+            a2 = vfma(vload(x, 0, x2 + f), vload(V, 0, v2 + f), a2)
+            a3 = vfma(vload(x, 0, x3 + f), vload(V, 0, v3 + f), a3)
+            a4 = vfma(vload(x, 0, x4 + f), vload(V, 0, v4 + f), a4)
+            a5 = vfma(vload(x, 0, x5 + f), vload(V, 0, v5 + f), a5)
+            a6 = vfma(vload(x, 0, x6 + f), vload(V, 0, v6 + f), a6)
+            a7 = vfma(vload(x, 0, x7 + f), vload(V, 0, v7 + f), a7)
+            a8 = vfma(vload(x, 0, x8 + f), vload(V, 0, v8 + f), a8)
+            a9 = vfma(vload(x, 0, x9 + f), vload(V, 0, v9 + f), a9)
+            a10 = vfma(vload(x, 0, x10 + f), vload(V, 0, v10 + f), a10)
+            a11 = vfma(vload(x, 0, x11 + f), vload(V, 0, v11 + f), a11)
+            a12 = vfma(vload(x, 0, x12 + f), vload(V, 0, v12 + f), a12)
+            a13 = vfma(vload(x, 0, x13 + f), vload(V, 0, v13 + f), a13)
+            a14 = vfma(vload(x, 0, x14 + f), vload(V, 0, v14 + f), a14)
+            a15 = vfma(vload(x, 0, x15 + f), vload(V, 0, v15 + f), a15)
+        s0, s1 = _tree16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15)
+        _store16(out, 0, p0, s0, s1)  # out read flat: pairs p0 .. p0 + 15
     if KL < K:  # the leftover terms of the vector blocks' dot products
         for p in range(n16):
             q, i = p // F, p % F
