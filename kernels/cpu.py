@@ -45,7 +45,10 @@ OpenBLAS on one or two threads at every batch measured up to 1024 for 4-32-32-2 
 on a machine with many cores may win."""
 NARROW_MIN_BATCH = 8
 """From this batch on, a layer with fewer than 8 outputs goes through :func:`_dense_narrow`; below,
-through :func:`_mm_acc` like the others (measured crossover, 64 -> 2 and 64 -> 6)."""
+through :func:`_mm_acc` like the others (measured crossover, 64 -> 2 and 64 -> 6, with scalar dot
+products). Where :func:`_dot_pairs` applies, from batch 2 (64 -> 2 at batch 2 / 3 / 5 / 7: 0.13 /
+0.15 / 0.17 / 0.19 us against 0.22 / 0.31 / 0.29 / 0.48 through :func:`_mm_acc`; at batch 1 the
+single-row loop is as fast or faster)."""
 DX_MM_MIN_BATCH = 4
 """From this batch on, dx = d W^T goes through a transposed W and :func:`_mm_acc`; below, through
 :func:`_dots` against W's rows (measured crossover, 64 x 64)."""
@@ -1029,9 +1032,10 @@ def _prepare(dt: np.dtype) -> None:
 @njit(**_MLP_JIT, inline="always")
 def _dense(x, W, b, out, act):
     """out = act(x W + b): the bias, then :func:`_mm_acc`, then the activation in place (a layer
-    with fewer than 8 outputs goes through :func:`_dense_narrow` from batch :data:`NARROW_MIN_BATCH`)."""
+    with fewer than 8 outputs goes through :func:`_dense_narrow` from batch :data:`NARROW_MIN_BATCH`, or
+    from batch 2 where its vector dot products apply)."""
     B, F = out.shape
-    if F < 8 and B >= NARROW_MIN_BATCH:
+    if F < 8 and (B >= NARROW_MIN_BATCH or (B >= 2 and _pairs_apply(x, out, x.shape[1]))):
         _dense_narrow(x, W, b, out)
     else:
         for r in range(B):
