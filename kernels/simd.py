@@ -1,4 +1,5 @@
-"""Explicit 64-byte SIMD vectors inside numba kernels: the register-blocked matmul tiles of ``cpu.py``.
+"""Explicit 64-byte SIMD vectors inside numba kernels: ``cpu.py``'s register-blocked matmul tiles,
+its dot products summed by shuffles, and its GAE blocks.
 
 LLVM's loop vectoriser only vectorises innermost loops, so numba code such as ``cpu._mm_acc``'s
 reads and writes ``out`` in memory once per pass over k, and on x86 it uses 256-bit vectors
@@ -11,9 +12,9 @@ lives in registers:
 - :func:`vsplat`: a scalar in every lane (of the vector type that matches an array's dtype);
 - :func:`vfma`: ``a * b + c`` lane by lane, one rounding (``llvm.fma``);
 - :func:`vadd` / :func:`vsub` / :func:`vmul`: lane by lane, each rounded as the scalar operation
-  (the GAE rows, which must equal numpy bit for bit);
-- :func:`vfold`: one level of a tree of horizontal sums over several vectors (the dot-product
-  tiles of ``cpu._dx_fold``);
+  (the GAE blocks, which must equal numpy bit for bit);
+- :func:`vfold`: one level of a tree of horizontal sums over several vectors (the dot products of
+  ``cpu._dx_fold`` and ``cpu._dot_pairs``);
 - :func:`vsum`: the sum of one vector's lanes, as a scalar (a fixed tree of halves);
 - :func:`lanes`: ``L`` for an array's dtype, a compile-time constant.
 
