@@ -557,7 +557,8 @@ def test_untracked_layer_views_are_the_reshaped_slices_and_check_bounds(dtype):
 @st.composite
 def matmuls(draw):
     """Shapes that hit the tiles (rows in 4s, columns in whole vectors) and every remainder around
-    them, in both dtypes, with A (and D) C-ordered or strided (strided ones skip the tiles)."""
+    them, in both dtypes, with A (and D) C-ordered or strided (strided ones skip the tiles). In
+    _mm_tn, out's K % 4 leftover rows go through the single-row tiles (_tile_rows)."""
     dim = st.one_of(st.integers(1, 9), st.sampled_from([15, 16, 17, 31, 32, 33, 48, 64, 65]))
     M, K, F = draw(dim), draw(dim), draw(dim)
     return M, K, F, draw(st.sampled_from([np.float32, np.float64])), draw(st.booleans()), draw(
@@ -578,6 +579,8 @@ def _maybe_strided(a, strided):
 @example((8, 64, 64, np.float32, False, 0))  # the 64 x 64 layer at batch 8: 4-vector tiles only
 @example((4, 9, 48, np.float32, False, 1))  # a 2-vector and a 1-vector tile
 @example((7, 33, 41, np.float64, False, 2))  # 4- and 1-vector tiles, leftover rows, k and a column
+@example((8, 2, 64, np.float32, False, 3))  # a 64 -> 2 head's dW^T in _mm_tn: two single-row tiles
+@example((5, 17, 40, np.float64, False, 4))  # dW's 17th row: a single-row tile, then 0 columns left
 def test_matmul_tiles_match_reference(case):
     M, K, F, dtype, strided, seed = case
     rng = np.random.default_rng(seed)
