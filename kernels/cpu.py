@@ -1095,6 +1095,55 @@ def _act_back(d, h, act):
                 d[r, j] *= one - h[r, j] * h[r, j]
 
 
+def _col_sums(d, out):
+    """out[j] = d[0, j] + d[1, j] + ... + d[B - 1, j], added in that order: a bias gradient (also
+    used by kernels/cpu_update.py).
+
+    Only numba code calls it. Whole vectors of columns (d C-ordered 2-d, out a C-ordered row of its
+    dtype) are summed in registers, 4 vectors at a time, the rest by a loop over rows that keeps out
+    in memory: the same additions in the same order either way."""
+    raise NotImplementedError("numba kernels only")
+
+
+def _col_sums_vectors(d, out):
+    B, F = d.shape
+    L = lanes(d)
+    o = _view_at(out, 0, 1, F)  # out as a (1, F) row, which the vectors store to
+    j = 0
+    while j + 4 * L <= F:
+        c = _row4(d, 0, j, L)
+        for q in range(1, B):
+            w = _row4(d, q, j, L)
+            c = vadd(c[0], w[0]), vadd(c[1], w[1]), vadd(c[2], w[2]), vadd(c[3], w[3])
+        _store4(o, 0, j, L, c)
+        j += 4 * L
+    while j + L <= F:
+        e = vload(d, 0, j)
+        for q in range(1, B):
+            e = vadd(e, vload(d, q, j))
+        vstore(o, 0, j, e)
+        j += L
+    _col_sums_loop(d, out, j)
+
+
+@njit(inline="always")
+def _col_sums_loop(d, out, j0):
+    """Columns j0 .. F of :func:`_col_sums`, by a loop over rows."""
+    B, F = d.shape
+    for j in range(j0, F):
+        out[j] = d[0, j]
+    for q in range(1, B):
+        for j in range(j0, F):
+            out[j] += d[q, j]
+
+
+@overload(_col_sums)
+def _col_sums_overload(d, out):
+    if _vectors_load(d) and _row_of(out, d):
+        return _col_sums_vectors
+    return lambda d, out: _col_sums_loop(d, out, 0)
+
+
 @njit(**_MLP_JIT)
 def _dense_back(d, x, W, dW, db, dx, want_dx):
     """Given d = dL/dz (B, F) of z = x W + b: dW = x^T d, db = sum_B d, and (if want_dx) dx = d W^T.
@@ -1109,11 +1158,7 @@ def _dense_back(d, x, W, dW, db, dx, want_dx):
     for :func:`_dots`, measured)."""
     B, F = d.shape
     K = W.shape[0]
-    for j in range(F):
-        db[j] = d[0, j]
-    for q in range(1, B):
-        for j in range(F):
-            db[j] += d[q, j]
+    _col_sums(d, db)
     if B >= 4:
         _weight_grad(x, d, dW)
     else:

@@ -26,7 +26,18 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from .cpu import ACT_NONE, ACT_RELU, ACT_TANH, ACT_TANH_F32, _dense, _mm_acc, _prepare, _transposed, _weight_grad
+from .cpu import (
+    ACT_NONE,
+    ACT_RELU,
+    ACT_TANH,
+    ACT_TANH_F32,
+    _col_sums,
+    _dense,
+    _mm_acc,
+    _prepare,
+    _transposed,
+    _weight_grad,
+)
 
 # As in kernels/cpu.py: error_model="numpy" drops per-division zero checks (they block
 # vectorisation); reassoc + contract let the matmul loops vectorise and use FMA. NaN/inf semantics
@@ -66,12 +77,8 @@ def _mlp_backward(dy, hs, Ws, gWs, gbs, act):
     one = np.float32(1)
     for i in range(len(Ws) - 1, -1, -1):
         W, gW, gb = Ws[i], gWs[i], gbs[i]
-        B, F = d.shape
-        for j in range(F):
-            gb[j] = 0
-        for r in range(B):
-            for j in range(F):
-                gb[j] += d[r, j]
+        B = d.shape[0]
+        _col_sums(d, gb)
         K = W.shape[0]
         _weight_grad(hs[i], d, gW)
         if i == 0:

@@ -627,6 +627,36 @@ def test_dx_fold_matches_reference(B, K, m, dtype, seed):
 
 
 @njit
+def _col_sums_call(d, out):
+    cpu._col_sums(d, out)
+
+
+@settings(SLOW)
+@given(st.integers(1, 33), st.one_of(st.integers(1, 9), st.sampled_from([15, 16, 17, 31, 64, 65, 72, 80])),
+       st.sampled_from([np.float32, np.float64]), st.booleans(), st.integers(0, 2**32 - 1))
+@example(8, 64, np.float32, False, 0)  # a hidden layer's db at batch 8: one block of 4 vectors
+@example(5, 72, np.float32, False, 1)  # a block of 4 vectors, a single vector, 8 columns by the loop
+@example(3, 17, np.float64, True, 2)  # d strided: the loop alone
+def test_col_sums_is_the_row_by_row_sum(B, F, dtype, strided, seed):
+    """The bias gradient sum_B d: bit for bit the sum of d's rows added in order (vectors or loop),
+    and equal to the reference's db; also through _dense_back."""
+    rng = np.random.default_rng(seed)
+    d = _maybe_strided(rng.normal(size=(B, F)).astype(dtype), strided)
+    out = np.full(F, np.nan, dtype)  # every entry must be written
+    _col_sums_call(d, out)
+    expect = d[0].copy()
+    for q in range(1, B):
+        expect += d[q]
+    np.testing.assert_array_equal(out, expect)
+    _, _, db_ref = ref.linear_backward(d.astype(np.float64), np.zeros((B, 1)), np.zeros((1, F)))
+    assert_mlp_close(out, db_ref, dtype)
+    db = np.full(F, np.nan, dtype)
+    cpu._dense_back(np.ascontiguousarray(d), np.ones((B, 1), dtype), np.ones((1, F), dtype),
+                    np.empty((1, F), dtype), db, np.empty((B, 1), dtype), False)
+    np.testing.assert_array_equal(db, expect)
+
+
+@njit
 def _dot_pairs_call(x, V, out):
     cpu._dot_pairs(x, V, out)
 
