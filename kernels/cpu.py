@@ -602,10 +602,10 @@ def _tiles_overload(A, W, out, M4, F1, acc):
 
 
 def _tile_rows(A, W, out, r0, M, F1, acc):
-    """out[r0:M, :F1] (+)= A[r0:M] @ W[:, :F1] one row at a time (the rows a block of 4 leaves), the
-    row's 4, 2 or 1 vectors of accumulators in registers over the whole sum; F1 a multiple of the
+    """out[r0:M, :F1] (+)= A[r0:M] @ W[:, :F1] one row at a time (the rows a block of 4 leaves), 4
+    vectors of the row's accumulators (then 1) in registers over the whole sum; F1 a multiple of the
     lanes. Same contract as :func:`_tiles` (numba code only, a no-op for arrays the vectors cannot
-    load). A head's dW^T (2 or 6 rows) in :func:`_mm_tn`: 64 -> 2 at batch 8, 0.13 -> 0.03 us."""
+    load). A 64 -> 2 head's dW^T (2 rows) in :func:`_mm_tn` at batch 8: 0.18 -> 0.06 us."""
     raise NotImplementedError("numba kernels only")
 
 
@@ -759,9 +759,9 @@ def _weight_grad(x, d, dW):
     """dW = x^T d for x (B, K), d (B, F), dW (K, F), through :func:`_mm_tn`. A layer with fewer than
     8 outputs (a head) computes dW^T = d^T x instead, whose rows (length K) vectorise where dW's
     (length F) do not, and copies it transposed into dW (64 -> 2 at batch 8: 0.18 against 0.38 us,
-    measured; also used by kernels/cpu_update.py). With dW^T's rows in single-row register tiles
-    (:func:`_tile_rows`, session 9): 64 -> 2 / 6 at batch 8 0.13 / 0.26 us, at batch 256 1.4 / 2.7
-    us, against 0.20 / 0.38 and 2.6 / 3.8 us before, measured in one run."""
+    measured; also used by kernels/cpu_update.py). dW^T's rows then go through the single-row
+    register tiles (:func:`_tile_rows`): 64 -> 2 / 6 at batch 256 1.3 / 2.6-2.7 us against
+    2.4-2.8 / 3.7-4.0 through the loops (batch 8: 0.13 / 0.25-0.28 against 0.16-0.23 / 0.27-0.37)."""
     F, K = d.shape[1], x.shape[1]
     if F < 8:
         dWT = np.empty((F, K), dW.dtype)
