@@ -601,28 +601,29 @@ def _tiles_overload(A, W, out, M4, F1, acc):
     return _tiles_impl if _vectors_load(W, out) else (lambda A, W, out, M4, F1, acc: None)
 
 
-def _tile_rows(A, W, out, r0, M, F1, acc):
-    """out[r0:M, :F1] (+)= A[r0:M] @ W[:, :F1] one row at a time (the rows a block of 4 leaves), 4
+def _tile_rows(A, W, out, r0, M, F1):
+    """out[r0:M, :F1] = A[r0:M] @ W[:, :F1] one row at a time (the rows a block of 4 leaves), 4
     vectors of the row's accumulators (then 1) in registers over the whole sum; F1 a multiple of the
-    lanes. Same contract as :func:`_tiles` (numba code only, a no-op for arrays the vectors cannot
-    load). A 64 -> 2 head's dW^T (2 rows) in :func:`_mm_tn` at batch 8: 0.18 -> 0.06 us."""
+    lanes (out written, not added to). Otherwise the contract of :func:`_tiles` (numba code only,
+    a no-op for arrays the vectors cannot load). A 64 -> 2 head's dW^T (2 rows) in :func:`_mm_tn`
+    at batch 8: 0.18 -> 0.06 us."""
     raise NotImplementedError("numba kernels only")
 
 
-def _tile_rows_impl(A, W, out, r0, M, F1, acc):
+def _tile_rows_impl(A, W, out, r0, M, F1):
     K = A.shape[1]
     L = lanes(out)
     z = vsplat(out, 0)
     for r in range(r0, M):
         j = 0
         while j + 4 * L <= F1:
-            c = _row4(out, r, j, L) if acc else (z, z, z, z)
+            c = (z, z, z, z)
             for k in range(K):
                 c = _fma4(vsplat(out, A[r, k]), _row4(W, k, j, L), c)
             _store4(out, r, j, L, c)
             j += 4 * L
         while j < F1:
-            e = vload(out, r, j) if acc else z
+            e = z
             for k in range(K):
                 e = vfma(vsplat(out, A[r, k]), vload(W, k, j), e)
             vstore(out, r, j, e)
@@ -630,8 +631,8 @@ def _tile_rows_impl(A, W, out, r0, M, F1, acc):
 
 
 @overload(_tile_rows)
-def _tile_rows_overload(A, W, out, r0, M, F1, acc):
-    return _tile_rows_impl if _vectors_load(W, out) else (lambda A, W, out, r0, M, F1, acc: None)
+def _tile_rows_overload(A, W, out, r0, M, F1):
+    return _tile_rows_impl if _vectors_load(W, out) else (lambda A, W, out, r0, M, F1: None)
 
 
 @njit(**_MLP_JIT)
@@ -720,7 +721,7 @@ def _mm_tn(A, D, out):
     F1 = _vector_cols(F, D, out)
     if F1 > 0:
         _tiles(A.T, D, out, K4, F1, False)  # out's row k = sum_r A[r, k] D[r, :]
-        _tile_rows(A.T, D, out, K4, K, F1, False)
+        _tile_rows(A.T, D, out, K4, K, F1)
     if F1 == F:
         return
     out[:, F1:] = 0
