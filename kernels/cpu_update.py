@@ -399,7 +399,8 @@ class FusedUpdate:
         return out
 
     def step(self, lr: float, max_grad_norm: float) -> float:
-        """clip_grad_norm(max_grad_norm) (skipped when <= 0) + one Adam step at ``lr``, in place.
+        """clip_grad_norm(max_grad_norm) (skipped when <= 0) + one Adam step at ``lr``, in place, then
+        ``policy.clamp_log_std()``.
 
         Returns the gradient norm before clipping (NaN when not clipping, as the trainer logs it).
         Raises FloatingPointError, with nothing updated, when the norm is not finite."""
@@ -413,6 +414,7 @@ class FusedUpdate:
         if not math.isfinite(norm):
             raise FloatingPointError(f"gradient norm is {norm}")
         opt.t = t
+        self.policy.clamp_log_std()  # as NumpyStep.step does
         return norm if max_grad_norm > 0 else math.nan
 
 

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
+
 OBJECTIVES = ("clip", "kl_penalty", "surrogate", "a2c", "reinforce")
 ADVANTAGES = ("auto", "gae", "mc", "td")
 SCHEDULE_KINDS = ("constant", "linear", "exponential")
@@ -90,7 +92,7 @@ class PPOConfig:
     shared: bool = False
     """share one trunk between actor and critic (separate is the paper's choice)."""
     log_std_init: float = 0.0
-    """initial log standard deviation of Gaussian policies."""
+    """initial log standard deviation of Gaussian policies, in [LOG_STD_MIN, LOG_STD_MAX] = [-20, 2]."""
     temperature: float = 1.0
     """softmax temperature of discrete policies, used both for acting and in the update."""
     norm_obs: bool = False
@@ -162,6 +164,8 @@ class PPOConfig:
         for name in ("max_grad_norm", "log_std_init"):
             if not isinstance(getattr(self, name), (int, float)) or not math.isfinite(getattr(self, name)):
                 raise bad(name, "must be a finite number")
+        if not LOG_STD_MIN <= self.log_std_init <= LOG_STD_MAX:
+            raise bad("log_std_init", f"must be in [{LOG_STD_MIN}, {LOG_STD_MAX}] (the policy's log-std range)")
         if not (0.0 < self.gamma <= 1.0):
             raise bad("gamma", "must be in (0, 1]")
         if not (0.0 <= self.gae_lambda <= 1.0):

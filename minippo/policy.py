@@ -27,7 +27,9 @@ from minippo.spaces import Box, Discrete, as_space
 Array = Any
 
 # log-std outside this range makes sigma 2e-9 or 7.4: a drifting log-std is clamped rather than
-# allowed to reach inf/NaN (SB3 #1593); the gradient is zero where the clamp is active.
+# allowed to reach inf/NaN (SB3 #1593). The trainer projects the parameter back into the range after
+# every optimiser step (:meth:`ActorCritic.clamp_log_std`), so it can always move back inside; a
+# value set from outside is clamped in the forward pass, with zero gradient where the clamp is active.
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 class ActorCritic:
@@ -57,6 +59,10 @@ class ActorCritic:
             raise ValueError("shared=True needs at least one hidden layer (hidden=())")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not LOG_STD_MIN <= log_std_init <= LOG_STD_MAX:
+            raise ValueError(
+                f"log_std_init must be in [{LOG_STD_MIN}, {LOG_STD_MAX}], got {log_std_init}"
+            )
         self.obs_dim = int(obs_dim)
         self.action_space = as_space(action_space)
         self.discrete = isinstance(self.action_space, Discrete)
@@ -83,6 +89,16 @@ class ActorCritic:
             self.params.update({f"{prefix}.{k}": v for k, v in net.params.items()})
         if not self.discrete:
             self.params["log_std"] = np.full(self.act_dim, log_std_init, dtype=dtype)
+
+    def clamp_log_std(self) -> None:
+        """Project the Gaussian ``log_std`` (d,) back into [LOG_STD_MIN, LOG_STD_MAX], in place.
+
+        Called after every optimiser step. Without it a log-std that one step pushes past a bound
+        would stay there: the forward pass clamps it, so its gradient is zero from then on. On the
+        bound itself the gradient flows. A no-op for a Discrete policy."""
+        log_std = self.params.get("log_std")
+        if log_std is not None:
+            np.clip(log_std, LOG_STD_MIN, LOG_STD_MAX, out=log_std)
 
     def _nets(self) -> list[tuple[str, MLP]]:
         nets = [("trunk", self.trunk)] if self.trunk is not None else []

@@ -117,10 +117,12 @@ class NumpyStep:
         return stats
 
     def step(self, lr: float, max_grad_norm: float) -> float:
-        """Clip the gradients' global norm (if max_grad_norm > 0) and take one Adam step; returns the
-        norm before clipping (NaN when not clipping). A non-finite norm raises before any update."""
+        """Clip the gradients' global norm (if max_grad_norm > 0), take one Adam step and project
+        log_std back into its range; returns the norm before clipping (NaN when not clipping). A
+        non-finite norm raises before any update."""
         norm = clip_grad_norm(self.grads, max_grad_norm) if max_grad_norm > 0 else math.nan
         self.optimizer.step(self.grads, lr)
+        self.policy.clamp_log_std()
         return norm
 
 

@@ -115,6 +115,14 @@ def test_finite_fields(field, value):
         PPOConfig(**{field: value})
 
 
+@pytest.mark.parametrize("value", [-20.5, 2.01, 3.0])
+def test_log_std_init_range(value):
+    with pytest.raises(ValueError, match=_err("log_std_init", value) + r": must be in \[-20.0, 2.0\]"):
+        PPOConfig(log_std_init=value)
+    PPOConfig(log_std_init=-20.0)  # the bounds themselves are allowed
+    PPOConfig(log_std_init=2.0)
+
+
 @pytest.mark.parametrize("value", [0.0, -0.5, 1.01, float("nan")])
 def test_gamma_range(value):
     with pytest.raises(ValueError, match=_err("gamma", value) + r": must be in \(0, 1\]"):

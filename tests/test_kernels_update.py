@@ -31,8 +31,8 @@ from minippo.kernels import cpu_update  # noqa: E402
 from minippo import backend  # noqa: E402
 from minippo.config import PPOConfig  # noqa: E402
 from minippo.optim import Adam, clip_grad_norm  # noqa: E402
-from minippo.policy import ActorCritic  # noqa: E402
-from minippo.ppo import loss_and_grads  # noqa: E402
+from minippo.policy import LOG_STD_MAX, LOG_STD_MIN, ActorCritic  # noqa: E402
+from minippo.ppo import NumpyStep, loss_and_grads  # noqa: E402
 from minippo.spaces import Box, Discrete  # noqa: E402
 
 SLOW = settings(max_examples=40, deadline=None)  # deadline=None: the first example compiles
@@ -176,6 +176,33 @@ def test_fused_clip_and_adam_match_optim(max_norm, dtype):
                 np.testing.assert_array_equal(pol.params[k], pol_ref.params[k])
                 np.testing.assert_array_equal(adam.m[k], adam_ref.m[k])
                 np.testing.assert_array_equal(adam.v[k], adam_ref.v[k])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_both_steps_project_log_std_back_into_its_range(dtype):
+    """A step that pushes log_std past a bound leaves it on the bound (fused and numpy steps alike),
+    where its gradient is not zero: without the projection it would stay outside, frozen."""
+    pols = [_policy(dtype, False, (8,), "tanh", 3) for _ in range(2)]
+    for pol in pols:
+        pol.params["log_std"][...] = [LOG_STD_MAX - 1e-4, LOG_STD_MIN + 1e-4, 0.5]
+    adams = [Adam(pol.params) for pol in pols]
+    fu = cpu_update.make(pols[0], adams[0], PPOConfig(), only_if_faster=False)
+    ref = NumpyStep(pols[1], adams[1], PPOConfig(), beta=1.0)
+    g = {k: np.zeros_like(p) for k, p in pols[1].params.items()}
+    g["log_std"][...] = [-1.0, 1.0, 1.0]  # Adam's first step moves each entry by lr = 1e-2
+    for k, v in g.items():
+        fu.grads()[k][...] = v
+    ref.grads = g
+    fu.step(1e-2, 0.0)
+    ref.step(1e-2, 0.0)
+    expected = np.array([LOG_STD_MAX, LOG_STD_MIN, 0.5 - 1e-2], dtype)
+    for pol in pols:
+        np.testing.assert_allclose(pol.params["log_std"], expected, rtol=1e-6)
+        assert pol.params["log_std"][0] == LOG_STD_MAX and pol.params["log_std"][1] == LOG_STD_MIN
+    np.testing.assert_array_equal(pols[0].params["log_std"], pols[1].params["log_std"])
+    batch = _batch(pols[0], 8, 4, 0.2, dtype)
+    fu.loss_and_grads(batch, 0.2, 0.0)
+    assert (fu.grads()["log_std"][:2] != 0).all()
 
 
 def test_non_finite_gradient_raises_before_any_update():

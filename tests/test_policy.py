@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from minippo.distributions import Categorical, DiagGaussian
 from minippo.gradcheck import check_grads
-from minippo.policy import LOG_STD_MAX, ActorCritic
+from minippo.policy import LOG_STD_MAX, LOG_STD_MIN, ActorCritic
 from minippo.spaces import Box, Discrete
 
 TOL = 1e-6
@@ -137,6 +137,19 @@ def test_log_std_clamp_gives_zero_gradient_outside():
     np.testing.assert_allclose(cache["dist"].log_std[0], [LOG_STD_MAX, 0.5])
     grads = policy.backward(cache, dlogp=np.ones(3))
     assert grads["log_std"][0] == 0.0 and grads["log_std"][1] != 0.0
+
+
+def test_log_std_on_the_bound_has_a_gradient_and_init_outside_is_rejected():
+    policy = ActorCritic(2, Box(-np.ones(2), np.ones(2)), hidden=(3,), seed=0, dtype=np.float64,
+                         log_std_init=LOG_STD_MAX)
+    obs, actions = np.ones((3, 2)), np.zeros((3, 2))
+    _, _, _, cache = policy.evaluate(obs, actions)
+    assert (policy.backward(cache, dlogp=np.ones(3))["log_std"] != 0).all()
+    policy.params["log_std"][...] = [LOG_STD_MAX + 1.0, LOG_STD_MIN - 1.0]
+    policy.clamp_log_std()
+    np.testing.assert_array_equal(policy.params["log_std"], [LOG_STD_MAX, LOG_STD_MIN])
+    with pytest.raises(ValueError, match=r"log_std_init must be in \[-20.0, 2.0\], got 2.5"):
+        ActorCritic(2, Box(-np.ones(2), np.ones(2)), log_std_init=2.5)
 
 
 # ---------------------------------------------------------------- layout and init
