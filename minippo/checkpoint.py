@@ -33,6 +33,15 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return rng.bit_generator.state
 
 
+def _chmod_like_open(fd: int) -> None:
+    """Give a ``mkstemp`` file (created 0600) the mode ``open()`` would: 0666 less the umask, so a
+    saved model can be read by whoever reads the rest of the run folder."""
+    if hasattr(os, "fchmod"):  # POSIX
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+
+
 def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` to ``path`` through a temp file + fsync + rename (never half-written)."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -40,6 +49,7 @@ def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
+            _chmod_like_open(f.fileno())
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
@@ -93,8 +103,13 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file: one bare array
+            raise CheckpointError(f"{path!r} holds a single array (.npy), not a minippo checkpoint (.npz)")
+        with z:
             arrays = {k: z[k] for k in z.files}
+    except CheckpointError:
+        raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise CheckpointError(f"{path!r} is not a readable minippo checkpoint (.npz): {e}") from e
     if "meta" not in arrays:

@@ -163,6 +163,21 @@ def _write_json_atomic(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _check_backend() -> None:
+    """Resolve MINIPPO_BACKEND now, so that a bad value is one line (ImportError: see :func:`main`)."""
+    from minippo import backend
+
+    try:
+        backend.resolved()
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(str(e)) from e
+
+
+# train's flags that choose the config: a resumed run keeps the saved one
+_CONFIG_FLAGS = (("--preset", "preset"), ("--seed", "seed"), ("--n-envs", "n_envs"),
+                 ("--objective", "objective"), ("--set", "set"))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``minippo train``: train, log progress.csv, save config.json and model.npz; returns the exit code."""
     from minippo import backend
@@ -173,13 +188,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_env_id(args.env_id)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    _check_backend()
     if args.resume:
         if not os.path.isfile(args.resume):
             raise UsageError(f"--resume: no such file {args.resume!r}")
+        given = [flag for flag, name in _CONFIG_FLAGS if getattr(args, name) not in (None, [])]
+        if given:
+            raise UsageError(f"--resume continues with the saved config; {', '.join(given)} cannot be "
+                             "combined with it (only --timesteps, --out and --quiet can)")
         overrides = {}
         if args.timesteps is not None:
             overrides["total_timesteps"] = args.timesteps
-        algo = PPO.load(args.resume, **overrides)
+        try:
+            algo = PPO.load(args.resume, **overrides)
+        except ValueError as e:  # CheckpointError, or a --timesteps the config rejects
+            raise UsageError(f"--resume {args.resume}: {e}") from e
         if algo.config.env_id != args.env_id:
             raise UsageError(f"--resume model was trained on {algo.config.env_id}, not {args.env_id}")
         if args.timesteps is not None:
@@ -190,7 +213,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = _make_config(args)
         except ValueError as e:
             raise UsageError(str(e)) from e
-        algo = PPO(cfg)
+        try:
+            algo = PPO(cfg)
+        except ValueError as e:  # what the env's spaces or env_kwargs do not allow
+            raise UsageError(str(e)) from e
     out = args.out or os.path.join("runs", f"{cfg.env_id}-s{cfg.seed}")
     os.makedirs(out, exist_ok=True)
     _write_json_atomic(os.path.join(out, "config.json"), cfg.to_dict())
@@ -234,13 +260,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``minippo eval``: evaluate a saved model (numpy-only policy); returns the exit code."""
     from minippo.checkpoint import CheckpointError, evaluate_policy, load_policy
+    from minippo.envs import check_env_id
 
     if args.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    _check_backend()
     try:
         policy = load_policy(args.model)
     except (FileNotFoundError, CheckpointError) as e:
         raise UsageError(str(e)) from e
+    try:
+        check_env_id(policy.env_id)
+    except ValueError as e:
+        raise UsageError(f"{args.model} was trained on {policy.env_id!r}, which cannot be made here: {e}") from e
     cfg = policy.meta["config"]
     res = evaluate_policy(policy, policy.env_id, args.episodes, args.deterministic, seed=args.seed,
                           env_kwargs=cfg.get("env_kwargs"))
@@ -274,7 +308,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise UsageError(f"plot needs matplotlib ({e}): pip install 'minippo[plot]'") from e
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--output {args.output!r}: folder {folder!r} does not exist")
+    fmt = os.path.splitext(args.output)[1].lstrip(".").lower() or "png"
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    formats = fig.canvas.get_supported_filetypes()
+    if fmt not in formats:
+        plt.close(fig)
+        raise UsageError(f"--output {args.output!r}: {fmt!r} is not an image format matplotlib writes; "
+                         f"use one of {', '.join(sorted(formats))}")
     for d, cols in runs.items():
         ax.plot(cols["timesteps"], cols[args.y], label=os.path.basename(os.path.normpath(d)))
     ax.set_xlabel("timesteps")
@@ -284,7 +327,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     fig.tight_layout()
     tmp = f"{args.output}.tmp{os.getpid()}"  # written whole, then renamed: never a half-written PNG
     try:
-        fig.savefig(tmp, dpi=120, format=os.path.splitext(args.output)[1].lstrip(".") or "png")
+        fig.savefig(tmp, dpi=120, format=fmt)
         os.replace(tmp, args.output)
     finally:
         plt.close(fig)
@@ -298,6 +341,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """``minippo bench``: training speed against env stepping alone; returns the exit code."""
     from minippo.bench import train_speed
 
+    if args.timesteps < 1:
+        raise UsageError(f"--timesteps must be >= 1, got {args.timesteps}")
+    _check_backend()
     train_speed(args.timesteps)
     return 0
 

@@ -152,26 +152,35 @@ class PPOConfig:
         n_batch = self.n_envs * self.n_steps
         if n_batch % self.batch_size:
             raise bad("batch_size", f"must divide n_envs * n_steps = {n_batch}")
-        finite_pos = ("learning_rate", "adam_eps", "clip_eps", "kl_target", "kl_beta", "temperature")
-        for name in finite_pos:
+        def number(name: str) -> float | None:
+            """The field's value if it is a finite real number (not a bool), else None."""
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            return v if ok else None
+
+        for name in ("learning_rate", "adam_eps", "clip_eps", "kl_target", "kl_beta", "temperature"):
+            v = number(name)
+            if v is None or v <= 0:
                 raise bad(name, "must be a finite number > 0")
         for name in ("vf_coef", "ent_coef", "ent_end", "lr_end"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            v = number(name)
+            if v is None or v < 0:
                 raise bad(name, "must be a finite number >= 0")
         for name in ("max_grad_norm", "log_std_init"):
-            if not isinstance(getattr(self, name), (int, float)) or not math.isfinite(getattr(self, name)):
+            if number(name) is None:
                 raise bad(name, "must be a finite number")
         if not LOG_STD_MIN <= self.log_std_init <= LOG_STD_MAX:
             raise bad("log_std_init", f"must be in [{LOG_STD_MIN}, {LOG_STD_MAX}] (the policy's log-std range)")
-        if not (0.0 < self.gamma <= 1.0):
+        v = number("gamma")
+        if v is None or not 0.0 < v <= 1.0:
             raise bad("gamma", "must be in (0, 1]")
-        if not (0.0 <= self.gae_lambda <= 1.0):
+        v = number("gae_lambda")
+        if v is None or not 0.0 <= v <= 1.0:
             raise bad("gae_lambda", "must be in [0, 1]")
-        if self.target_kl is not None and not (self.target_kl > 0):
-            raise bad("target_kl", "must be > 0 or None")
+        if self.target_kl is not None and (number("target_kl") or 0) <= 0:
+            raise bad("target_kl", "must be a finite number > 0, or None")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise bad("seed", "must be an integer >= 0")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise bad("hidden", "must list at least one positive width")
         if self.lr_schedule == "exponential" and self.lr_end <= 0:

@@ -78,6 +78,11 @@ def test_same_seed_same_csv(tmp_path):
         (["eval", "x.npz", "--episodes", "0"], "--episodes must be >= 1"),
         (["plot", "/nonexistent-dir"], "has no progress.csv"),
         (["fly"], "invalid choice: 'fly'"),
+        (["train", "CartPole-v1", "--seed", "-1"], r"PPOConfig.seed=-1 is invalid: must be an integer >= 0"),
+        (["train", "CartPole-v1", "--set", "learning_rate=true"], "PPOConfig.learning_rate=True is invalid"),
+        (["train", "CartPole-v1", "--set", "gamma=abc"], r"PPOConfig.gamma='abc' is invalid: must be in \(0, 1\]"),
+        (["eval", "x.npz", "--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["bench", "--timesteps", "0"], "--timesteps must be >= 1, got 0"),
     ],
 )
 def test_bad_arguments_one_line_exit_2(argv, message, capsys):
@@ -87,6 +92,51 @@ def test_bad_arguments_one_line_exit_2(argv, message, capsys):
     import re
 
     assert re.search(message, err), err
+
+
+def test_bad_files_and_flags_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    """Errors that need a file or the environment: still one line and exit code 2, no traceback."""
+    import gymnasium as gym
+
+    from minippo import backend
+
+    gym.register("minippo-test/Cart-v0", entry_point="gymnasium.envs.classic_control:CartPoleEnv",
+                 max_episode_steps=50)
+    run = tmp_path / "run"
+    assert main(["train", "minippo-test/Cart-v0", "--timesteps", "64", "--n-envs", "2", "--out", str(run), "--quiet",
+                 *TINY]) == 0
+    model = str(run / "model.npz")
+    np.save(tmp_path / "arr.npy", np.zeros(3))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    cases = [
+        (["eval", str(tmp_path / "arr.npy")], "holds a single array"),
+        (["train", "minippo-test/Cart-v0", "--resume", str(tmp_path / "junk.npz")],
+         "not a readable minippo checkpoint"),
+        (["train", "minippo-test/Cart-v0", "--resume", model, "--seed", "7", "--set", "gamma=0.9"],
+         "--seed, --set cannot be combined with it"),
+        (["train", "minippo-test/Cart-v0", "--resume", model, "--timesteps", "0"], "total_timesteps=0 is invalid"),
+        (["plot", str(run), "-o", str(tmp_path / "nodir" / "c.png")], "does not exist"),
+        (["plot", str(run), "-o", str(tmp_path / "c.xyz")], "'xyz' is not an image format"),
+    ]
+    for argv, message in cases:
+        if argv[0] == "plot":
+            pytest.importorskip("matplotlib")
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("minippo: error: ") and message in err, (argv, err)
+    del gym.registry["minippo-test/Cart-v0"]  # a model of an env this process cannot make
+    assert main(["eval", model]) == 2
+    assert "trained on 'minippo-test/Cart-v0', which cannot be made here" in capsys.readouterr().err
+    monkeypatch.setenv("MINIPPO_BACKEND", "bogus")
+    backend.reset()
+    try:
+        for argv in (["train", "CartPole-v1"], ["eval", model], ["bench", "--timesteps", "64"]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "MINIPPO_BACKEND='bogus' is not a backend" in err, err
+    finally:
+        monkeypatch.undo()
+        backend.reset()
 
 
 def test_console_entry_point_and_module(tmp_path):

@@ -95,24 +95,31 @@ def test_batch_size_one_needs_no_advantage_normalisation():
 
 @pytest.mark.parametrize("field", ["learning_rate", "adam_eps", "clip_eps", "kl_target",
                                    "kl_beta", "temperature"])
-@pytest.mark.parametrize("value", [0.0, -0.1, float("nan"), float("inf"), "0.1"])
+@pytest.mark.parametrize("value", [0.0, -0.1, float("nan"), float("inf"), "0.1", True])
 def test_finite_positive_fields(field, value):
     with pytest.raises(ValueError, match=_err(field, value) + ": must be a finite number > 0"):
         PPOConfig(**{field: value})
 
 
 @pytest.mark.parametrize("field", ["vf_coef", "ent_coef", "ent_end", "lr_end"])
-@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf")])
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), "abc", True])
 def test_finite_nonnegative_fields(field, value):
     with pytest.raises(ValueError, match=_err(field, value) + ": must be a finite number >= 0"):
         PPOConfig(**{field: value})
 
 
 @pytest.mark.parametrize("field", ["max_grad_norm", "log_std_init"])
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), None])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), None, "abc", False])
 def test_finite_fields(field, value):
     with pytest.raises(ValueError, match=_err(field, value) + ": must be a finite number"):
         PPOConfig(**{field: value})
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "3"])
+def test_seed_must_be_a_nonnegative_integer(value):
+    with pytest.raises(ValueError, match=_err("seed", value) + ": must be an integer >= 0"):
+        PPOConfig(seed=value)
+    assert PPOConfig(seed=7).seed == 7
 
 
 @pytest.mark.parametrize("value", [-20.5, 2.01, 3.0])
@@ -123,13 +130,13 @@ def test_log_std_init_range(value):
     PPOConfig(log_std_init=2.0)
 
 
-@pytest.mark.parametrize("value", [0.0, -0.5, 1.01, float("nan")])
+@pytest.mark.parametrize("value", [0.0, -0.5, 1.01, float("nan"), "abc", True, [1]])
 def test_gamma_range(value):
     with pytest.raises(ValueError, match=_err("gamma", value) + r": must be in \(0, 1\]"):
         PPOConfig(gamma=value)
 
 
-@pytest.mark.parametrize("value", [-0.01, 1.01, float("nan")])
+@pytest.mark.parametrize("value", [-0.01, 1.01, float("nan"), "abc", True, [1]])
 def test_gae_lambda_range(value):
     with pytest.raises(ValueError, match=_err("gae_lambda", value) + r": must be in \[0, 1\]"):
         PPOConfig(gae_lambda=value)
@@ -143,8 +150,9 @@ def test_gamma_lambda_accepted_ranges(gamma, lam):
 
 
 def test_other_validations():
-    with pytest.raises(ValueError, match=_err("target_kl", 0.0) + ": must be > 0 or None"):
-        PPOConfig(target_kl=0.0)
+    for bad_kl in (0.0, "abc", True, float("inf")):
+        with pytest.raises(ValueError, match=_err("target_kl", bad_kl) + ": must be a finite number > 0, or None"):
+            PPOConfig(target_kl=bad_kl)
     PPOConfig(target_kl=None)
     PPOConfig(target_kl=0.02)
     with pytest.raises(ValueError, match=_err("hidden", ()) + ": must list at least one"):

@@ -118,6 +118,18 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.npz"]  # no temp file left behind
 
 
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_checkpoint_file_mode_follows_the_umask(tmp_path, umask):
+    """mkstemp creates 0600; the saved model gets what open() would give (0666 less the umask)."""
+    old = os.umask(umask)
+    try:
+        atomic_savez(str(tmp_path / "m.npz"), {"a": np.arange(3)})
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == 0o666 & ~umask
+
+
 def _tamper(src, dst, drop=None, reshape=None):
     with np.load(src, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
