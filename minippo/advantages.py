@@ -42,7 +42,8 @@ def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, g
 def gae_numpy(
     rewards: Array, values: Array, dones: Array, last_values: Array, gamma: float, lam: float
 ) -> tuple[Array, Array]:
-    """The numpy backend: backward loop over T, each step vectorised over the N envs."""
+    """The numpy backend of :func:`compute_gae`: rewards, values, dones (T, N), last_values (N,) ->
+    (advantages, returns), both (T, N); a backward loop over T, each step vectorised over the N envs."""
     T = rewards.shape[0]
     adv = np.empty_like(rewards)
     next_adv = np.zeros_like(last_values)

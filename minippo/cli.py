@@ -143,10 +143,12 @@ class CsvLog:
         os.write(self.fd, buf.getvalue().encode())
 
     def __call__(self, row: dict[str, Any]) -> None:
+        """Append one iteration's row (missing columns and NaN are written as empty cells)."""
         self._write(["" if isinstance(row.get(c), float) and math.isnan(row[c]) else _fmt(row.get(c, ""))
                      for c in CSV_COLUMNS])
 
     def close(self) -> None:
+        """Close the file (every row is already written)."""
         os.close(self.fd)
 
 

@@ -152,7 +152,8 @@ class DiagGaussian:
         return (-0.5 * u * u - self.log_std - 0.5 * LOG_2PI).sum(axis=1)
 
     def log_prob_grad(self, a: Array, g: Array) -> dict[str, Array]:
-        """d log p / d mu = u / sigma;  d log p / d log sigma = u^2 - 1, with u = (a - mu)/sigma."""
+        """g (B,) times d log p / d mu = u / sigma and d log p / d log sigma = u^2 - 1, with
+        u = (a - mu)/sigma; a (B, d) -> {"mean": (B, d), "log_std": (B, d)}."""
         self._check(a)
         u = (a - self.mean) / self.std
         return {"mean": g[:, None] * u / self.std, "log_std": g[:, None] * (u * u - 1.0)}

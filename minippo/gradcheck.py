@@ -1,6 +1,7 @@
 """Central finite differences: check any hand-written gradient in this package.
 
-Example (every gradient of the PPO loss for one minibatch, in float64)::
+Example (every gradient of the PPO loss for one minibatch; the policy is built with
+``dtype=np.float64``, since finite differences in float32 would only measure rounding)::
 
     from minippo.gradcheck import check_grads
     err = check_grads(lambda: loss_and_grads(policy, batch, cfg)[0]["loss"],
@@ -23,8 +24,9 @@ def numerical_grads(
 ) -> dict[str, np.ndarray]:
     """dF/dparams by central differences (f(p + h) - f(p - h)) / 2h, one coordinate at a time.
 
-    ``f`` takes no argument and reads ``params`` (perturbed in place and restored exactly).
-    Use float64 parameters: the truncation error is O(h^2) and the rounding error O(eps/h).
+    ``f`` takes no argument and reads ``params`` (perturbed in place and restored exactly, also
+    when ``f`` raises). Each array must be float64 (TypeError otherwise): the truncation error is
+    O(h^2) and the rounding error O(eps/h). Returns a dict of arrays shaped like ``params``.
     """
     out: dict[str, np.ndarray] = {}
     for k, p in params.items():
@@ -33,18 +35,20 @@ def numerical_grads(
         g = np.zeros_like(p)
         for i in np.ndindex(p.shape):  # works for non-contiguous arrays too
             old = p[i]
-            p[i] = old + h
-            fp = f()
-            p[i] = old - h
-            fm = f()
-            p[i] = old
+            try:
+                p[i] = old + h
+                fp = f()
+                p[i] = old - h
+                fm = f()
+            finally:
+                p[i] = old
             g[i] = (fp - fm) / (2.0 * h)
         out[k] = g
     return out
 
 
 def rel_error(a: Array, b: Array, floor: float = 1e-3) -> float:
-    """Norm-wise relative error ||a - b|| / max(||a||, ||b||, floor).
+    """Norm-wise relative error ||a - b|| / max(||a||, ||b||, floor) of two same-shape arrays.
 
     Why a floor: central differences in float64 carry rounding noise of about
     eps_mach * |f| / h ~ 1e-10 per entry (h = 1e-6). Arrays whose true gradient is ~0 (a clipped
@@ -67,7 +71,9 @@ def check_grads(
     floor: float = 1e-3,
 ) -> float:
     """Largest (over parameter arrays) relative error between analytic ``grads`` and central
-    differences of ``f`` (see :func:`rel_error`). Keys must match exactly.
+    differences of ``f`` (see :func:`rel_error`). Keys must match exactly and ``grads[k]`` has
+    ``params[k]``'s shape; ``params`` must be float64 (see :func:`numerical_grads`), ``grads`` may
+    be any float dtype.
 
     The floor is scaled by max(1, |f|): the rounding noise of a central difference is
     proportional to |f| (eps_mach * |f| / h), so a loss of 100 carries 100x the noise of a loss

@@ -34,8 +34,9 @@ def _check(first: Array, _name: str = "logp", **others: Array) -> int:
 
 
 def ratio_stats(logp: Array, logp_old: Array, clip_eps: float | None = None) -> dict[str, float]:
-    """Diagnostics of r_t: ``approx_kl`` = mean((r - 1) - log r) (the k3 estimator of
-    KL(pi_old || pi_theta), unbiased and >= 0), ``clipfrac`` = fraction with |r - 1| > epsilon."""
+    """Diagnostics of r_t = exp(logp - logp_old), logp and logp_old (B,): ``approx_kl`` =
+    mean((r - 1) - log r) (the k3 estimator of KL(pi_old || pi_theta), unbiased and >= 0) and, when
+    ``clip_eps`` is given, ``clipfrac`` = fraction with |r - 1| > epsilon."""
     log_ratio = logp - logp_old
     ratio = np.exp(log_ratio)
     # expm1(x) - x, not (exp(x) - 1) - x: for r near 1 the naive form cancels catastrophically
@@ -48,7 +49,8 @@ def ratio_stats(logp: Array, logp_old: Array, clip_eps: float | None = None) -> 
 
 # ---------------------------------------------------------------- 1. REINFORCE / A2C
 def pg_objective(logp: Array, adv: Array) -> tuple[float, Array, dict[str, float]]:
-    """Vanilla policy gradient: L = -mean_t[ log pi_theta(a_t|s_t) * A_t ].
+    """Vanilla policy gradient: L = -mean_t[ log pi_theta(a_t|s_t) * A_t ]; logp, adv (B,) ->
+    (L, dL/dlogp (B,), stats).
 
     With ``A_t = G_t - b(s_t)`` (discounted reward-to-go minus a baseline) this is REINFORCE with
     baseline; with the TD error ``A_t = r_t + gamma V(s_{t+1}) - V(s_t)`` it is the A2C actor loss.
@@ -62,7 +64,8 @@ def pg_objective(logp: Array, adv: Array) -> tuple[float, Array, dict[str, float
 def surrogate_objective(
     logp: Array, logp_old: Array, adv: Array
 ) -> tuple[float, Array, dict[str, float]]:
-    """Importance-sampled surrogate (重要性采样): L = -mean_t[ r_t(theta) A_t ].
+    """Importance-sampled surrogate (重要性采样): L = -mean_t[ r_t(theta) A_t ]; logp, logp_old,
+    adv (B,) -> (L, dL/dlogp (B,), stats).
 
     Its gradient at theta = theta_old equals the policy gradient; unconstrained, repeated steps
     on it move the policy too far (paper Table 1: -0.39). dL/dlogp_t = -r_t A_t / B.
@@ -171,6 +174,6 @@ def value_loss(
 
 
 def entropy_bonus(entropy: Array, coef: float) -> tuple[float, Array, dict[str, float]]:
-    """Entropy bonus as a loss: L^S = -c_ent * mean(H); dL/dH = -c_ent / B."""
+    """Entropy bonus as a loss: L^S = -c_ent * mean(H); entropy (B,) -> (L^S, dL/dH (B,) = -c_ent / B, {})."""
     b = _check(entropy, "entropy")
     return float(-coef * entropy.mean()), np.full_like(entropy, -coef / b), {}

@@ -41,22 +41,22 @@ def linear_backward(
 
 # ---------------------------------------------------------------- activations
 def tanh_forward(z: Array) -> Array:
-    """``h = tanh(z)``, elementwise."""
+    """``h = tanh(z)``, elementwise: z (B, F) -> h (B, F)."""
     return np.tanh(z)
 
 
 def tanh_backward(dh: Array, h: Array) -> Array:
-    """dL/dz = dL/dh * (1 - tanh(z)^2), written with the saved output ``h``."""
+    """dL/dz = dL/dh * (1 - tanh(z)^2), written with the saved output ``h``; dh, h (B, F) -> (B, F)."""
     return dh * (1.0 - h * h)
 
 
 def relu_forward(z: Array) -> Array:
-    """``h = max(z, 0)``, elementwise."""
+    """``h = max(z, 0)``, elementwise: z (B, F) -> h (B, F)."""
     return np.maximum(z, 0)
 
 
 def relu_backward(dh: Array, h: Array) -> Array:
-    """dL/dz = dL/dh * [z > 0] (= [h > 0]); the subgradient at 0 is taken as 0."""
+    """dL/dz = dL/dh * [z > 0] (= [h > 0]); the subgradient at 0 is taken as 0. dh, h (B, F) -> (B, F)."""
     return dh * (h > 0)
 
 

@@ -56,7 +56,8 @@ class Adam:
         self.v = {k: self._v[sl].reshape(shape) for k, (sl, shape) in self._slices.items()}
 
     def step(self, grads: dict[str, Array], lr: float | None = None) -> None:
-        """One in-place update of every parameter from ``grads`` (same keys as params)."""
+        """One in-place update of every parameter from ``grads`` (same keys and shapes as params);
+        ``lr`` overrides the constructor's learning rate for this step."""
         if grads.keys() != self.params.keys():
             missing = sorted(set(self.params) ^ set(grads))
             raise KeyError(f"grads and params must have the same keys; differing: {missing}")
@@ -100,12 +101,13 @@ class Adam:
 
 
 def global_norm(grads: dict[str, Array]) -> float:
-    """sqrt(sum over every array of sum(g^2))."""
+    """sqrt(sum over every array of sum(g^2)) for a dict of arrays of any shapes."""
     return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))  # vdot: BLAS, no temporary
 
 
 def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:
-    """Scale all grads in place so that their global norm is at most ``max_norm`` (PPO detail #11).
+    """Scale all grads (a dict of arrays of any shapes) in place so that their global norm is at
+    most ``max_norm`` (PPO detail #11).
 
     Returns the norm before clipping. The direction of the concatenated gradient is unchanged.
     """
@@ -139,6 +141,7 @@ class Schedule:
         self.kind, self.start, self.end = kind, float(start), float(end)
 
     def __call__(self, progress: float) -> float:
+        """The coefficient at ``progress`` (clamped to [0, 1])."""
         p = min(max(float(progress), 0.0), 1.0)
         if self.kind == "constant":
             return self.start

@@ -32,7 +32,7 @@ BATCH_KEYS = ("obs", "actions", "logp_old", "advantages", "returns", "values_old
 
 
 def normalize(adv: Array, eps: float = 1e-8) -> Array:
-    """(A - mean A) / (std A + eps) over the minibatch (PPO detail #7); needs >= 2 samples."""
+    """(A - mean A) / (std A + eps) over the minibatch (PPO detail #7): adv (B,) -> (B,); needs B >= 2."""
     if adv.shape[0] < 2:
         raise ValueError("advantage normalisation needs a minibatch of at least 2 samples")
     return (adv - adv.mean()) / (adv.std() + eps)
@@ -127,7 +127,8 @@ class NumpyStep:
 
 
 def explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
-    """1 - Var[y_true - y_pred] / Var[y_true] (1: perfect, 0: no better than a constant)."""
+    """1 - Var[y_true - y_pred] / Var[y_true] over same-shape arrays (1: perfect, 0: no better than a
+    constant; NaN when y_true is constant)."""
     var = float(np.var(y_true))
     return float("nan") if var == 0 else 1.0 - float(np.var(y_true - y_pred)) / var
 

@@ -69,3 +69,18 @@ def test_gradcheck_bad_inputs():
         check_grads(lambda: 0.0, {"w": np.zeros(2)}, {"w": np.zeros(2), "extra": np.zeros(1)})
     with pytest.raises(ValueError, match="shapes differ"):
         rel_error(np.zeros(2), np.zeros(3))
+
+
+def test_params_are_restored_when_f_raises():
+    w = np.array([1.0, 2.0])
+    calls = []
+
+    def f():
+        calls.append(w.copy())
+        if len(calls) == 2:  # f(w - h e_0) fails part-way through the first coordinate
+            raise RuntimeError("env crashed")
+        return float(w @ w)
+
+    with pytest.raises(RuntimeError, match="env crashed"):
+        numerical_grads(f, {"w": w})
+    np.testing.assert_array_equal(w, [1.0, 2.0])  # bit-exact: the perturbed entry was put back
