@@ -69,9 +69,10 @@ def compute_gae(
     """GAE advantages and returns.
 
     rewards, values, dones: (T, N) floats (dones 0/1); last_values: (N,) = V(s_T).
-    Returns (advantages (T, N), returns (T, N) = advantages + values), same dtype as rewards.
-    ``out=(adv, returns)`` writes into (and returns) those arrays; the numba backend then allocates
-    nothing (the RolloutBuffer passes its own arrays).
+    Returns (advantages (T, N), returns (T, N) = advantages + values) in rewards' dtype when it is
+    float32 or float64, else float64; the other inputs are cast to it. ``out=(adv, returns)``: two
+    arrays of that shape and dtype to write into (and return); the numba backend then allocates
+    nothing (the RolloutBuffer passes its own arrays). They may share memory with the inputs.
     """
     name = backend.resolved()[0]
     if name == "numba":  # the kernel checks shapes, gamma and lambda itself (0.35 us less than here)
@@ -80,8 +81,10 @@ def compute_gae(
     if len(s) != 2 or values.shape != s or dones.shape != s or last_values.shape != s[1:] \
             or not (0.0 < gamma <= 1.0) or not (0.0 <= lam <= 1.0):
         _validate(rewards, values, dones, last_values, gamma, lam)
-    if dones.dtype != rewards.dtype:
-        dones = dones.astype(rewards.dtype)
+    dt = rewards.dtype if rewards.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    rewards, values, dones, last_values = (a.astype(dt, copy=False) for a in (rewards, values, dones, last_values))
+    if out is not None and any(a.shape != s or a.dtype != dt for a in out):
+        raise ValueError(f"out must be two {dt} arrays of shape {s}, got {[(a.dtype, a.shape) for a in out]}")
     if name == "cupy":
         from minippo.kernels import gpu
 

@@ -391,6 +391,61 @@ def test_compute_gae_out_on_both_backends(monkeypatch):
     backend.reset()
 
 
+@SLOW
+@given(rollouts(), st.sampled_from(["rewards", "values", "dones", None]),
+       st.sampled_from(["rewards", "values", "dones", None]), st.booleans())
+def test_gae_out_may_share_memory_with_the_inputs(data, adv_into, ret_into, view):
+    """out=(adv, returns) written over the inputs themselves (or views of them) gives what separate
+    arrays give, on both backends: the kernel sees the overlap and computes into new memory first."""
+    if adv_into is not None and adv_into == ret_into:
+        return  # both outputs in one array: numpy's answer is then returns, the last one written
+    want = advantages.gae_numpy(*data)
+    names = ("rewards", "values", "dones")
+    for gae in (cpu.gae, lambda *a, out: advantages.compute_gae(*a, out=out)):  # numba, then numpy
+        arrays = {k: a.copy() for k, a in zip(names, data[:3], strict=True)}
+        args = (*arrays.values(), data[3], *data[4:])
+        out = tuple(np.full_like(data[0], np.nan) if k is None else (arrays[k][:] if view else arrays[k])
+                    for k in (adv_into, ret_into))
+        res = gae(*args, out=out)
+        assert res[0] is out[0] and res[1] is out[1]
+        np.testing.assert_array_equal(out[0], want[0])
+        np.testing.assert_array_equal(out[1], want[1])
+
+
+def test_gae_dtype_rule_is_the_same_on_both_backends(monkeypatch):
+    """Result in rewards' dtype if float32/float64, else float64; the other inputs cast to it."""
+    rng = np.random.default_rng(2)
+    r = rng.integers(-3, 3, (6, 4))
+    v, d, lv = rng.normal(size=(6, 4)), (rng.random((6, 4)) < 0.3), rng.normal(size=4)
+    cases = [((r, v, d, lv), np.float64),  # int rewards: float64, not truncated to int
+             ((r.astype(np.float16), v, d, lv), np.float64),
+             ((r.astype(np.float32), v, d, lv), np.float32)]  # float64 values cast to float32
+    for args, dt in cases:
+        want = advantages.gae_numpy(*(np.asarray(a, dt) for a in args), 0.9, 0.8)
+        for name in ("numpy", "numba"):
+            monkeypatch.setenv(backend.ENV_VAR, name)
+            backend.reset()
+            adv, ret = advantages.compute_gae(*args, 0.9, 0.8)
+            assert adv.dtype == ret.dtype == dt, (name, args[0].dtype)
+            np.testing.assert_array_equal(adv, want[0])
+            np.testing.assert_array_equal(ret, want[1])
+            with pytest.raises(ValueError, match="out must be two"):
+                other = np.float32 if dt == np.float64 else np.float64
+                advantages.compute_gae(*args, 0.9, 0.8, out=(np.empty((6, 4), other), np.empty((6, 4), other)))
+    backend.reset()
+
+
+def test_rewards_to_go_checks_shapes_and_gamma():
+    r, lv = np.ones((8, 4), np.float32), np.zeros(4, np.float32)
+    for d, lv_, gamma, msg in ((np.ones((1, 4)), lv, 0.9, "one shape"),
+                               (np.ones((8, 4)), np.zeros(3), 0.9, "one shape"),
+                               (np.ones((8, 4)), lv, 1.5, "gamma must be in")):
+        with pytest.raises(ValueError, match=msg):
+            cpu.rewards_to_go(r, d, lv_, gamma)
+    with pytest.raises(ValueError, match="one shape"):
+        cpu.rewards_to_go(np.ones(8), np.ones(8), lv, 0.9)
+
+
 def test_fused_outputs_are_new_arrays_every_call(numba_backend):
     """PPO keeps several caches alive (acting, then every minibatch): a call never writes an array
     that an earlier call returned."""
