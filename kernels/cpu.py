@@ -1612,7 +1612,7 @@ def mlp_backward(
     if dt is not st.dt or type(dy) is not np.ndarray or dy.ndim != 2:
         return None
     B = dy.shape[0]
-    if not 1 <= B <= st.max_batch:
+    if not 1 <= B <= st.max_batch or len(cache) != len(st.sizes):  # [x, h_1, ..., h_L]
         return None
     if st.strict and [(a.dtype, a.ndim) for a in cache] != st.cache_meta:
         return None

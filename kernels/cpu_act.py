@@ -167,16 +167,21 @@ _LO, _HI = float(LOG_STD_MIN), float(LOG_STD_MAX)
 class _State:
     """Per-policy dispatch state, kept in ``policy.__dict__["_numba_act_state"]``.
 
-    Built when any parameter array changes identity (rebinding, ``ActorCritic.to``, a new dict);
-    Adam and checkpoint loading write in place and keep it. Holds the layout verdict, the weight and
-    bias tuples the kernel takes, and the compiled entry point once known.
+    Built when any parameter array changes identity (rebinding in ``policy.params`` or in an MLP's
+    own ``params``, ``ActorCritic.to``, a new dict); Adam and checkpoint loading write in place and
+    keep it. Holds the layout verdict, the weight and bias tuples the kernel takes, and the compiled
+    entry point once known. The kernel reads the arrays the numpy path reads: the MLPs' own
+    ``params``, which must be the very arrays in ``policy.params`` (else the numpy path runs).
     """
 
-    __slots__ = ("p", "ok", "dt", "act", "a_Ws", "a_bs", "c_Ws", "c_bs", "log_std", "n", "fn", "entry")
+    __slots__ = ("p", "nets", "ok", "dt", "act", "a_Ws", "a_bs", "c_Ws", "c_bs", "log_std", "n", "fn",
+                 "entry")
 
     def __init__(self, policy: Any, p: tuple) -> None:
-        self.p, self.ok, self.entry = p, False, None
+        self.p, self.nets, self.ok, self.entry = p, _nets_key(policy), False, None
         if getattr(policy, "trunk", None) is not None or policy.activation not in ("tanh", "relu"):
+            return
+        if None in self.nets:  # an MLP's params is a plain dict: its rebinding cannot be seen
             return
         dt = policy.dtype
         if dt not in (_F32, _F64) or not p:
@@ -190,8 +195,10 @@ class _State:
             sizes = net.sizes
             if sizes[0] != policy.obs_dim or sizes[-1] != out or net.activate_output:
                 return
-            Ws = tuple(params.get(f"{prefix}.W{i}") for i in range(net.n_layers))
-            bs = tuple(params.get(f"{prefix}.b{i}") for i in range(net.n_layers))
+            Ws = tuple(net.params.get(f"W{i}") for i in range(net.n_layers))
+            bs = tuple(net.params.get(f"b{i}") for i in range(net.n_layers))
+            if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):
+                return  # the policy's dict and the MLP's disagree (a rebinding in one of them)
             # boundscheck is off in the kernels: shapes are checked here, so they cannot read out of bounds
             if any(W is None or W.shape != (sizes[i], sizes[i + 1]) for i, W in enumerate(Ws)):
                 return
@@ -213,11 +220,25 @@ class _State:
         self.ok = True
 
 
+def _nets_key(policy: Any) -> tuple:
+    """What changes when an MLP's own parameter is rebound: its params dict and that dict's
+    ``version`` (None for a plain dict), for the actor and the critic."""
+    a, c = policy.actor.params, policy.critic.params
+    return a, getattr(a, "version", None), c, getattr(c, "version", None)
+
+
+def _same_nets(key: tuple, policy: Any) -> bool:
+    """Whether :func:`_nets_key` is still ``key`` (the dicts by identity, the versions by value)."""
+    a, c = policy.actor.params, policy.critic.params
+    return (key[0] is a and key[2] is c and key[1] == getattr(a, "version", None)
+            and key[3] == getattr(c, "version", None))
+
+
 def _state(policy: Any) -> _State | None:
     """The dispatch state for the policy's current parameters, or None when the kernel does not fit."""
     p = tuple(policy.params.values())
     st = policy.__dict__.get("_numba_act_state")
-    if st is None or len(st.p) != len(p) or not all(map(_is, p, st.p)):
+    if st is None or len(st.p) != len(p) or not all(map(_is, p, st.p)) or not _same_nets(st.nets, policy):
         policy.__dict__["_numba_act_state"] = st = _State(policy, p)
     return st if st.ok else None
 

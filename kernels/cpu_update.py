@@ -363,6 +363,10 @@ class FusedUpdate:
         vec = [np.ascontiguousarray(batch[k], dt) for k in ("logp_old", "advantages", "returns", "values_old")]
         if any(a.shape != (B,) for a in vec):
             raise ValueError(f"logp_old, advantages, returns, values_old must have shape ({B},)")
+        if not clip_eps > 0:  # the checks of the numpy path's losses, same messages
+            raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+        if cfg.normalize_advantages and B < 2:
+            raise ValueError("advantage normalisation needs a minibatch of at least 2 samples")
         logp_old, adv, returns, values_old = vec
         vclip = self.vclip
         vclip[0] = clip_eps if self.vclip_on else -1.0  # rounded to the dtype, as numpy rounds it
@@ -450,6 +454,9 @@ def make(policy: Any, optimizer: Any, config: Any, only_if_faster: bool = True) 
         return None
     if getattr(optimizer, "params", None) is not params or list(getattr(optimizer, "_slices", {})) != list(params):
         return None
+    for prefix, net in (("actor", policy.actor), ("critic", policy.critic)):  # the arrays numpy's forward reads
+        if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):
+            return None
     for a in (optimizer._m, optimizer._v):
         if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous or a.ndim != 1:
             return None

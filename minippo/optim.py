@@ -101,8 +101,14 @@ class Adam:
 
 
 def global_norm(grads: dict[str, Array]) -> float:
-    """sqrt(sum over every array of sum(g^2)) for a dict of arrays of any shapes."""
-    return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))  # vdot: BLAS, no temporary
+    """sqrt(sum over every array of sum(g^2)) for a dict of arrays of any shapes, summed in float64:
+    a float32 sum of squares overflows to inf from a norm of ~1.8e19, which would stop training
+    where the norm is finite (the fused numba step sums in float64 too)."""
+    total = 0.0
+    for g in grads.values():
+        g64 = g.astype(np.float64, copy=False)
+        total += float(np.vdot(g64, g64))  # vdot: BLAS
+    return math.sqrt(total)
 
 
 def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:

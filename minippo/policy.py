@@ -90,6 +90,12 @@ class ActorCritic:
         if not self.discrete:
             self.params["log_std"] = np.full(self.act_dim, log_std_init, dtype=dtype)
 
+    def __getstate__(self) -> dict:
+        """For copy and pickle: without the fused act's dispatch state (compiled code, rebuilt on use)."""
+        state = self.__dict__.copy()
+        state.pop("_numba_act_state", None)
+        return state
+
     def clamp_log_std(self) -> None:
         """Project the Gaussian ``log_std`` (d,) back into [LOG_STD_MIN, LOG_STD_MAX], in place.
 

@@ -178,6 +178,15 @@ def test_in_place_updates_are_seen_and_rebinding_rebuilds_the_state():
     v2 = pol.act(obs, np.random.default_rng(0))[2]
     assert pol.__dict__["_numba_act_state"] is not state
     np.testing.assert_allclose(v2, v0 + 2.0, rtol=1e-6)
+    pol.critic.params["b1"] = new + np.float32(1.0)  # rebound in the MLP alone: read as numpy reads it
+    v3 = pol.act(obs, np.random.default_rng(0))[2]
+    np.testing.assert_allclose(v3, v0 + 3.0, rtol=1e-6)
+    np.testing.assert_array_equal(v3, _unfused_act(pol, obs, 0, False)[0][2])
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(pol))  # the compiled dispatch state is not pickled
+    assert "_numba_act_state" not in clone.__dict__
+    np.testing.assert_array_equal(clone.act(obs, np.random.default_rng(0))[2], v3)
 
 
 def _assert_same_as_numpy_path(pol, obs, seed=3):

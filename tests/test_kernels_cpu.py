@@ -503,6 +503,7 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     assert cpu.mlp_backward(fresh, dy, cache_f) is not None  # good caches stay fused
     assert cpu.mlp_backward(mlp, dy.astype(np.float64), cache0) is None
     assert cpu.mlp_backward(mlp, dy, cache0[:2]) is None
+    assert cpu.mlp_backward(mlp, dy, [*cache0, cache0[-1]]) is None  # one entry too many
     assert cpu.mlp_backward(mlp, np.ones((3, 3), np.float32), cache0) is None
     assert cpu.mlp_backward(mlp, dy[:2], cache0) is None
     assert cpu.mlp_backward(mlp, np.ones((0, 2), np.float32), [c[:0] for c in cache0]) is None

@@ -228,6 +228,21 @@ def test_bad_actions_raise():
         fu.loss_and_grads(batch, 0.2, 0.0)
 
 
+def test_bad_clip_eps_and_single_sample_normalisation_raise_like_numpy():
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    one = {k: v[:1] for k, v in batch.items()}
+    for cfg, mb, clip_eps, msg in ((PPOConfig(), batch, 0.0, "clip_eps must be > 0"),
+                                   (PPOConfig(), one, 0.2, "at least 2 samples")):
+        fu = cpu_update.make(pol, Adam(pol.params), cfg)
+        ref = NumpyStep(pol, Adam(pol.params), cfg, beta=1.0)
+        for step in (fu, ref):
+            with pytest.raises(ValueError, match=msg):
+                step.loss_and_grads(mb, clip_eps, 0.0)
+    fu = cpu_update.make(pol, Adam(pol.params), PPOConfig(normalize_advantages=False))
+    assert np.isfinite(fu.loss_and_grads(one, 0.2, 0.0)["loss"])  # one sample is fine unnormalised
+
+
 def test_unsupported_setups_fall_back():
     pol = _policy(np.float32, True, (8,), "tanh", 1)
     adam = Adam(pol.params)
@@ -241,6 +256,8 @@ def test_unsupported_setups_fall_back():
     assert cpu_update.make(pol64, Adam(pol64.params), PPOConfig(), only_if_faster=False) is not None
     other = Adam({k: v.copy() for k, v in pol.params.items()})
     assert cpu_update.make(pol, other, PPOConfig()) is None  # an Adam over other arrays
+    pol.critic.params["b1"] = pol.critic.params["b1"] + 1  # the MLP's dict and the policy's disagree
+    assert cpu_update.make(pol, adam, PPOConfig()) is None
 
 
 def _train_rows(cfg):

@@ -132,6 +132,11 @@ def test_clip_grad_norm_in_place_and_errors():
         clip_grad_norm({"a": np.array([np.nan])}, 1.0)
     with pytest.raises(FloatingPointError, match="gradient norm is inf"):
         clip_grad_norm({"a": np.array([np.inf])}, 1.0)
+    big = {"a": np.full(4, 1e20, np.float32), "b": np.float32([3e19])}  # squares overflow float32
+    want = math.sqrt(4 * float(np.float32(1e20)) ** 2 + float(np.float32(3e19)) ** 2)
+    assert global_norm(big) == pytest.approx(want, rel=1e-12)
+    assert clip_grad_norm(big, 1.0) == pytest.approx(want, rel=1e-12)
+    assert np.isfinite(big["a"]).all() and global_norm(big) == pytest.approx(1.0, rel=1e-6)
 
 
 # ---------------------------------------------------------------- schedules
