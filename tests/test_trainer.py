@@ -93,14 +93,26 @@ def test_resume_restores_state_and_continues(tmp_path):
         np.testing.assert_array_equal(back.policy.params[k], v)
         np.testing.assert_array_equal(back.optimizer.m[k], algo.optimizer.m[k])
         np.testing.assert_array_equal(back.optimizer.v[k], algo.optimizer.v[k])
-    np.testing.assert_array_equal(back.obs_norm.rms.mean, algo.obs_norm.rms.mean)
-    np.testing.assert_array_equal(back.reward_scaler.rms.var, algo.reward_scaler.rms.var)
+    for name, new, old in (("obs_rms", back.obs_norm.rms, algo.obs_norm.rms),
+                           ("ret_rms", back.reward_scaler.rms, algo.reward_scaler.rms)):
+        saved, restored = old.state(name), new.state(name)  # mean, var and count
+        assert saved.keys() == restored.keys()
+        for k in saved:
+            np.testing.assert_array_equal(restored[k], saved[k], err_msg=k)
+    assert algo.obs_norm.rms.count > 1000  # the statistics really were updated before saving
+    np.testing.assert_array_equal(back.reward_scaler.ret, algo.reward_scaler.ret)  # running return
+    assert algo.reward_scaler.ret.any()
     assert back.rng.bit_generator.state == algo.rng.bit_generator.state
     # schedules continue from the saved progress, not from the start
     rows = []
     back.learn(2048, callback=rows.append)
     assert rows[0]["timesteps"] == 1024 + 256 and back.num_timesteps == 2048
     assert rows[0]["lr"] == pytest.approx(1e-3 * (1 - 1024 / 2048))
+    again = []  # a second resume from the same file continues identically
+    PPO.load(path).learn(2048, callback=again.append)
+    drop = ("time", "fps")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in again] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
