@@ -224,7 +224,7 @@ class Policy:
         space = self.policy.action_space
         if self.policy.discrete:
             return a + space.start
-        return np.clip(a, space.low, space.high).astype(np.float32)
+        return space.clip(a)
 
 
 def load_policy(path: str) -> Policy:
@@ -244,6 +244,10 @@ def load_policy(path: str) -> Policy:
     return Policy(policy, mean, var, meta["config"].get("env_id", ""), meta)
 
 
+EVAL_MAX_STEPS = 100_000
+"""Longest evaluation episode of an env without a time limit of its own."""
+
+
 def evaluate_policy(
     policy: ActorCritic | Policy,
     env_id: str,
@@ -253,10 +257,15 @@ def evaluate_policy(
     obs_norm: Any = None,
     env_kwargs: dict[str, Any] | None = None,
     rng: np.random.Generator | None = None,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Play ``n_episodes`` episodes in one gymnasium env; returns env_id, episodes, mean_return,
-    std_return, returns, lengths. ``obs_norm`` (frozen) normalises observations for a trainer's
-    ActorCritic; a loaded :class:`Policy` normalises itself."""
+    std_return, returns, lengths, cut (episodes ended by ``max_steps``). ``obs_norm`` (frozen)
+    normalises observations for a trainer's ActorCritic; a loaded :class:`Policy` normalises itself.
+
+    ``max_steps`` caps an episode (default: the env's own time limit, else :data:`EVAL_MAX_STEPS`),
+    so that an env without a time limit cannot keep evaluation running for ever; an episode cut
+    there counts with the return it had."""
     from minippo.envs import _gym, check_env_id, dependency_errors
 
     if n_episodes < 1:
@@ -265,6 +274,11 @@ def evaluate_policy(
     check_env_id(env_id)
     with dependency_errors(env_id):
         env = gym.make(env_id, **(env_kwargs or {}))
+    if max_steps is None:
+        max_steps = getattr(env.spec, "max_episode_steps", None) or EVAL_MAX_STEPS
+    if max_steps < 1:
+        env.close()
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     rng = rng if rng is not None else np.random.default_rng(seed)
     if isinstance(policy, ActorCritic):
         from minippo.backend import to_device
@@ -275,12 +289,12 @@ def evaluate_policy(
                 o = obs_norm(o, update=False)
             a = policy.act(to_device(o), rng, deterministic)[0][0]
             space = policy.action_space
-            return a + space.start if policy.discrete else np.clip(a, space.low, space.high).astype(np.float32)
+            return a + space.start if policy.discrete else space.clip(a)
     else:
         def act(o: np.ndarray) -> np.ndarray:
             return policy.predict(o, deterministic, rng)
 
-    returns, lengths = [], []
+    returns, lengths, cut = [], [], 0
     try:
         for ep in range(n_episodes):
             obs, _ = env.reset(seed=seed + ep)
@@ -290,6 +304,9 @@ def evaluate_policy(
                 total += float(r)
                 length += 1
                 done = bool(term or trunc)
+                if not done and length >= max_steps:
+                    cut += 1
+                    break
             returns.append(total)
             lengths.append(length)
     finally:
@@ -301,4 +318,5 @@ def evaluate_policy(
         "std_return": float(np.std(returns)),
         "returns": returns,
         "lengths": lengths,
+        "cut": cut,
     }

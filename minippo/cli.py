@@ -217,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from e
         try:
             algo = PPO(cfg)
-        except ValueError as e:  # what the env's spaces or env_kwargs do not allow
+        except (ValueError, TypeError) as e:  # what the env's spaces or env_kwargs do not allow
             raise UsageError(str(e)) from e
     out = args.out or os.path.join("runs", f"{cfg.env_id}-s{cfg.seed}")
     os.makedirs(out, exist_ok=True)
@@ -283,8 +283,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({k: res[k] for k in ("env_id", "episodes", "mean_return", "std_return")}))
     else:
+        cut = f" ({res['cut']} cut at the step cap: the env has no time limit)" if res["cut"] else ""
         print(f"{res['env_id']}: {res['episodes']} episodes, "
-              f"return {res['mean_return']:.2f} +- {res['std_return']:.2f}")
+              f"return {res['mean_return']:.2f} +- {res['std_return']:.2f}{cut}")
     return 0
 
 

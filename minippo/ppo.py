@@ -165,8 +165,13 @@ class PPO:
         if self.env.num_envs != config.n_envs:
             raise ValueError(f"env has {self.env.num_envs} sub-envs but config.n_envs={config.n_envs}")
         obs_space = self.env.single_observation_space
-        if len(obs_space.shape) != 1:
-            raise ValueError(f"observations must be 1-D vectors, got shape {obs_space.shape}")
+        shape = getattr(obs_space, "shape", None)
+        if type(obs_space).__name__ not in ("Box", "MultiBinary") or shape is None or len(shape) != 1:
+            raise ValueError(
+                f"observation space {obs_space} is not supported: minippo takes 1-D Box (or MultiBinary) "
+                "observations; wrap the env in gymnasium.wrappers.FlattenObservation (one-hot for Discrete "
+                "and MultiDiscrete) and pass the vector env as PPO(config, env=...)"
+            )
         self.obs_dim = int(obs_space.shape[0])
         self.action_space = as_space(self.env.single_action_space)
         self.policy = ActorCritic(
@@ -211,7 +216,7 @@ class PPO:
         if self.policy.discrete:
             return actions + space.start if space.start else actions
         # Clip only what the env sees; the buffer keeps the sampled action so logp stays exact.
-        return np.clip(actions, space.low, space.high).astype(np.float32)
+        return space.clip(actions)
 
     def _values(self, obs_dev: Any) -> Any:
         return self.policy.forward(obs_dev)[1]
@@ -232,6 +237,8 @@ class PPO:
                 self._pending_boot[:] = False
             next_obs, reward, term, trunc, info = self.env.step(self._env_actions(actions))
             reward = np.asarray(reward, dtype=np.float64)
+            if not (np.isfinite(reward).all() and np.isfinite(next_obs).all()):
+                self._raise_non_finite(next_obs, reward)
             term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)
             done = term | trunc
             self._track_episodes(reward, done, valid)
@@ -261,6 +268,13 @@ class PPO:
             buf.rewards[cfg.n_steps - 1, idx] += cfg.gamma * last_values[idx]
             self._pending_boot[:] = False
         buf.compute_returns(last_values, cfg.gamma, cfg.gae_lambda, cfg.advantage_estimator)
+
+    def _raise_non_finite(self, obs: np.ndarray, reward: np.ndarray) -> None:
+        """A NaN or inf from the env stops training before it reaches the normalisers or the buffer."""
+        what, a = ("reward", reward) if not np.isfinite(reward).all() else ("observation", np.asarray(obs))
+        bad = np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))
+        raise ValueError(f"env {self.config.env_id!r} returned a non-finite {what} in sub-env(s) "
+                         f"{bad.tolist()} at step {self.num_timesteps}: {a[bad[0]]}")
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
         self._ep_ret += reward * valid

@@ -27,12 +27,17 @@ class Discrete:
 
 @dataclass(frozen=True, eq=False)
 class Box:
-    """Continuous actions in ``[low, high]`` (elementwise), shape ``low.shape`` (1-D)."""
+    """Continuous actions in ``[low, high]`` (elementwise), shape ``low.shape`` (1-D), sent to the env
+    as ``dtype`` (float16, float32 or float64: the env's own action dtype)."""
 
     low: np.ndarray
     high: np.ndarray
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        dt = np.dtype(self.dtype)
+        if dt.kind != "f":
+            raise TypeError(f"Box action dtype must be a float type, got {dt} (integer actions: use a Discrete space)")
         low = np.asarray(self.low, dtype=np.float64).reshape(-1)
         high = np.asarray(self.high, dtype=np.float64).reshape(-1)
         if low.shape != high.shape or low.size == 0:
@@ -41,6 +46,13 @@ class Box:
             raise ValueError("Box low must be <= high elementwise")
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
+        object.__setattr__(self, "dtype", dt.name)
+
+    def clip(self, actions: np.ndarray) -> np.ndarray:
+        """Actions (..., d) as the env takes them: cast to ``dtype``, then clipped to the bounds in
+        that dtype (clipping first could round a bound outward: float32(0.1) > 0.1)."""
+        dt = np.dtype(self.dtype)
+        return np.clip(np.asarray(actions).astype(dt), self.low.astype(dt), self.high.astype(dt))
 
     @property
     def shape(self) -> tuple[int]:
@@ -49,7 +61,7 @@ class Box:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description (checkpoints); :func:`as_space` reads it back."""
-        return {"kind": "box", "low": self.low.tolist(), "high": self.high.tolist()}
+        return {"kind": "box", "low": self.low.tolist(), "high": self.high.tolist(), "dtype": self.dtype}
 
 
 Space = Discrete | Box
@@ -64,7 +76,7 @@ def as_space(space: Any) -> Space:
         if kind == "discrete":
             return Discrete(int(space["n"]), int(space.get("start", 0)))
         if kind == "box":
-            return Box(np.asarray(space["low"]), np.asarray(space["high"]))
+            return Box(np.asarray(space["low"]), np.asarray(space["high"]), space.get("dtype", "float32"))
         raise ValueError(f"action_space dict kind must be 'discrete' or 'box', got {kind!r}")
     cls = type(space).__name__
     if cls == "Discrete" and hasattr(space, "n"):
@@ -72,7 +84,7 @@ def as_space(space: Any) -> Space:
     if cls == "Box" and hasattr(space, "low") and hasattr(space, "high"):
         if len(space.shape) != 1:
             raise ValueError(f"Box action spaces must be 1-D, got shape {space.shape}")
-        return Box(np.asarray(space.low), np.asarray(space.high))
+        return Box(np.asarray(space.low), np.asarray(space.high), np.dtype(getattr(space, "dtype", np.float32)).name)
     raise TypeError(
         f"action_space must be a Discrete or Box space (gymnasium or minippo.spaces), got {cls}"
     )

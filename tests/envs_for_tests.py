@@ -33,3 +33,39 @@ def register():
         gym.register(COUNTER_ID, entry_point=Counter, max_episode_steps=3)
         gym.register(COUNTER_TERM_ID, entry_point=Counter, max_episode_steps=100,
                      kwargs={"terminate_after": 3})
+
+
+class Probe(gym.Env):
+    """An env with the given spaces: observations are zeros of the observation space's shape (NaN
+    from step ``nan_at`` on, if given), reward 1, never terminates; records whether every action
+    it was sent lay in its action space (``Probe.log``, shared by all instances)."""
+
+    log: list = []
+
+    def __init__(self, observation_space=None, action_space=None, nan_at=None):
+        self.observation_space = observation_space or gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = action_space or gym.spaces.Discrete(2)
+        self.nan_at, self.t = nan_at, 0
+
+    def _obs(self):
+        obs = self.observation_space.sample() * 0
+        if self.nan_at is not None and self.t >= self.nan_at:
+            obs = np.full(obs.shape, np.nan, np.float32)
+        return obs
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        Probe.log.append(bool(self.action_space.contains(action)))
+        self.t += 1
+        return self._obs(), 1.0, False, False, {}
+
+
+def register_probe(env_id, max_episode_steps=None, **kwargs):
+    """Register (or re-register) a :class:`Probe` env under ``env_id``."""
+    if env_id in gym.registry:
+        del gym.registry[env_id]
+    gym.register(env_id, entry_point=Probe, max_episode_steps=max_episode_steps, kwargs=kwargs)

@@ -124,6 +124,11 @@ def test_bad_files_and_flags_one_line_exit_2(tmp_path, capsys, monkeypatch):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("minippo: error: ") and message in err, (argv, err)
+    from envs_for_tests import register_probe
+
+    register_probe("minippo-test/MultiAct-v0", 8, action_space=gym.spaces.MultiDiscrete([2, 3]))
+    assert main(["train", "minippo-test/MultiAct-v0", "--n-envs", "2", *TINY]) == 2
+    assert "action_space must be a Discrete or Box space" in capsys.readouterr().err
     del gym.registry["minippo-test/Cart-v0"]  # a model of an env this process cannot make
     assert main(["eval", model]) == 2
     assert "trained on 'minippo-test/Cart-v0', which cannot be made here" in capsys.readouterr().err

@@ -8,6 +8,8 @@ import pytest
 
 gym = pytest.importorskip("gymnasium")
 
+from envs_for_tests import Probe, register_probe  # noqa: E402
+
 from minippo import PPO, load_policy  # noqa: E402
 from minippo.checkpoint import CheckpointError, atomic_savez, evaluate_policy, read_checkpoint  # noqa: E402
 from minippo.config import PPOConfig, preset  # noqa: E402
@@ -65,6 +67,60 @@ def test_continuous_actions_are_clipped_only_for_the_env():
     acts = algo.buffer.actions
     assert np.abs(acts).max() > 2.0  # the buffer keeps the sampled, unclipped action
     np.testing.assert_array_equal(algo._env_actions(acts[0]), np.clip(acts[0], -2, 2))
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(4), gym.spaces.MultiDiscrete([3, 2]),
+                                   gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(3))),
+                                   gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (2,))}),
+                                   gym.spaces.Box(-1, 1, (2, 3))])
+def test_unsupported_observation_spaces_say_how_to_wrap_them(space):
+    register_probe("minippo-test/Probe-v0", 8, observation_space=space)
+    with pytest.raises(ValueError, match=r"observation space .* is not supported: .*FlattenObservation"):
+        PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY))
+    register_probe("minippo-test/Probe-v0", 8, observation_space=gym.spaces.MultiBinary(3))  # 0/1 features
+    PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY)).collect_rollout()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_actions_sent_to_the_env_lie_in_its_box_in_its_dtype(dtype, tmp_path):
+    """Cast to the env's dtype, then clipped there: clipping first let float32(0.1) > 0.1 through."""
+    space = gym.spaces.Box(-0.1, 0.1, (2,), dtype)
+    register_probe("minippo-test/Probe-v0", 8, action_space=space)
+    Probe.log.clear()
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, log_std_init=1.0))
+    algo.collect_rollout()
+    res = algo.evaluate(2)
+    assert res["lengths"] == [8, 8]
+    algo.save(str(tmp_path / "m.npz"))
+    a = load_policy(str(tmp_path / "m.npz")).predict(np.zeros(2), False, np.random.default_rng(0))
+    assert a.dtype == dtype and space.contains(a)
+    assert len(Probe.log) == 2 * 16 + 16 and all(Probe.log)
+    register_probe("minippo-test/Probe-v0", 8, action_space=gym.spaces.Box(0, 4, (2,), np.int64))
+    with pytest.raises(TypeError, match="Box action dtype must be a float type, got int64"):
+        PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY))
+
+
+def test_non_finite_env_output_stops_training_with_the_env_named():
+    register_probe("minippo-test/Probe-v0", 8, nan_at=3)
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, norm_obs=True))
+    with pytest.raises(ValueError, match=r"'minippo-test/Probe-v0' returned a non-finite observation "
+                                         r"in sub-env\(s\) \[0, 1\] at step 4"):
+        algo.collect_rollout()
+    assert np.isfinite(algo.obs_norm.rms.mean).all()  # stopped before the statistics saw it
+
+
+def test_evaluation_of_an_env_without_a_time_limit_ends(monkeypatch):
+    from minippo import checkpoint
+
+    register_probe("minippo-test/Endless-v0")  # never terminates, no TimeLimit
+    algo = PPO(PPOConfig(env_id="minippo-test/Endless-v0", **TINY))
+    res = checkpoint.evaluate_policy(algo.policy, "minippo-test/Endless-v0", 2, max_steps=40)
+    assert res["lengths"] == [40, 40] and res["cut"] == 2 and res["mean_return"] == 40.0
+    monkeypatch.setattr(checkpoint, "EVAL_MAX_STEPS", 25)
+    assert algo.evaluate(1)["lengths"] == [25]
+    register_probe("minippo-test/Probe-v0", 8)
+    res = checkpoint.evaluate_policy(algo.policy, "minippo-test/Probe-v0", 1)
+    assert res["lengths"] == [8] and res["cut"] == 0  # the env's own limit ends it first
 
 
 def test_save_load_evaluate_same_returns(tmp_path):
