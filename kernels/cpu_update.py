@@ -125,8 +125,9 @@ def _value_terms(values, returns, values_old, vclip, vf_coef, dvalues, stats):
     """0.5 mean((V - R)^2), or clipped (vclip[0] > 0), as losses.value_loss; dvalues = vf_coef dL/dV.
 
     vclip is a 1-element array in the values' dtype, and the clipped branch runs in that dtype
-    without reassociation: V_old + (V - V_old) is then rounded as numpy rounds it, so the tie rule
-    (clipped only when its square is strictly larger) sees the same numbers as the numpy path."""
+    without reassociation: V_old + clip(V - V_old) is then rounded as numpy rounds it, so the tie
+    rule (clipped only outside the range and when its square is strictly larger) sees the same
+    numbers as the numpy path."""
     B = values.shape[0]
     eps = vclip[0]
     vsum = 0.0
@@ -138,10 +139,10 @@ def _value_terms(values, returns, values_old, vclip, vf_coef, dvalues, stats):
         if eps > 0:
             delta = V - values_old[i]
             err_c = (values_old[i] + min(max(delta, -eps), eps)) - returns[i]
-            if err_c * err_c > err * err:
+            if not abs(delta) < eps and err_c * err_c > err * err:  # V_clip does not depend on V
                 vsum += np.float64(err_c) * np.float64(err_c)
                 vclipped += 1.0
-                dv = np.float64(err_c) if abs(delta) < eps else 0.0
+                dv = 0.0
             else:
                 vsum += np.float64(err) * np.float64(err)
         else:

@@ -83,13 +83,17 @@ class RolloutBuffer:
             out=(self.advantages, self.returns),
         )
 
-    def minibatches(self, batch_size: int, rng: np.random.Generator) -> Iterator[dict[str, Array]]:
+    def minibatches(
+        self, batch_size: int, rng: np.random.Generator, min_size: int = 1
+    ) -> Iterator[dict[str, Array]]:
         """Yield dicts of flat (B, ...) arrays covering every valid transition exactly once.
 
         The T*N transitions are flattened, permuted once with ``rng`` and cut into
         ``T*N // batch_size`` minibatches (permute-then-slice); masked reset steps are dropped
-        first, so a minibatch may then be a few samples smaller than ``batch_size``. When one
-        minibatch covers the whole rollout it is yielded in time order, built once per rollout.
+        first, so a minibatch may then be a few samples smaller than ``batch_size``, and there are
+        fewer minibatches where that would leave one under ``min_size`` samples (2 when advantages
+        are normalised per minibatch). When one minibatch covers the whole rollout it is yielded in
+        time order, built once per rollout.
         """
         n = self.T * self.N
         n_minibatches = n // batch_size
@@ -117,7 +121,7 @@ class RolloutBuffer:
         idx = rng.permutation(n)
         if not valid.all():
             idx = idx[valid[idx] > 0]
-        for part in np.array_split(idx, n_minibatches):
+        for part in np.array_split(idx, max(1, min(n_minibatches, idx.size // min_size))):
             if part.size == 0:
                 continue
             sel = self.xp.asarray(part)

@@ -33,7 +33,9 @@ class PPOConfig:
     objective: str = "clip"
     """policy objective: clip (PPO-clip), kl_penalty (PPO with adaptive KL penalty), surrogate
     (importance-sampled, unclipped), a2c (policy gradient with TD(0) advantage), reinforce
-    (policy gradient with Monte Carlo return minus value baseline)."""
+    (policy gradient with Monte Carlo return minus value baseline). a2c and reinforce are on-policy:
+    for the textbook one gradient step per rollout set n_epochs=1 and batch_size=n_envs*n_steps
+    (examples/ladder.py does); with the defaults they take n_epochs * minibatches steps on it."""
     advantage: str = "auto"
     """advantage estimator: gae (GAE(gamma, lambda)), mc (reward-to-go G_t - V), td (TD(0) error
     delta_t); auto = gae for clip/kl_penalty/surrogate, td for a2c, mc for reinforce."""
@@ -46,7 +48,7 @@ class PPOConfig:
     n_steps: int = 2048
     """steps T per environment per rollout; the batch is T * N transitions."""
     batch_size: int = 64
-    """minibatch size; must divide n_envs * n_steps (every sample is used once per epoch)."""
+    """minibatch size; must divide n_envs * n_steps (every valid sample is used once per epoch)."""
     n_epochs: int = 10
     """passes over the rollout per update (K in the paper)."""
     learning_rate: float = 3e-4
@@ -60,11 +62,12 @@ class PPOConfig:
     gamma: float = 0.99
     """discount factor, in (0, 1]."""
     gae_lambda: float = 0.95
-    """GAE lambda, in [0, 1]; 1 gives Monte Carlo returns minus V, 0 gives TD(0)."""
+    """GAE lambda, in [0, 1]; 1 gives Monte Carlo returns minus V, 0 gives TD(0). Used only by the
+    gae estimator (advantage=gae, or auto with clip/kl_penalty/surrogate)."""
     clip_eps: float = 0.2
-    """clip range epsilon of PPO-clip, > 0."""
+    """clip range epsilon, > 0: of the ratio (objective=clip only) and of the value (clip_vloss)."""
     clip_schedule: str = "constant"
-    """constant | linear (to 0) schedule of clip_eps."""
+    """constant | linear (to 0) schedule of clip_eps (where clip_eps is used)."""
     clip_vloss: bool = False
     """clip the value update around the old value by clip_eps (PPO detail #9)."""
     vf_coef: float = 0.5
@@ -76,9 +79,10 @@ class PPOConfig:
     ent_end: float = 0.0
     """entropy coefficient reached at the end of training for non-constant schedules."""
     kl_target: float = 0.01
-    """d_targ of the adaptive KL penalty: beta halves below d_targ/1.5, doubles above 1.5 d_targ."""
+    """d_targ of the adaptive KL penalty: beta halves below d_targ/1.5, doubles above 1.5 d_targ
+    (objective=kl_penalty only)."""
     kl_beta: float = 1.0
-    """initial beta of the KL penalty."""
+    """initial beta of the KL penalty (objective=kl_penalty only; the logged beta is empty otherwise)."""
     target_kl: float | None = None
     """stop the epochs of an update early once approx_kl exceeds this (None: never)."""
     normalize_advantages: bool = True
@@ -92,7 +96,7 @@ class PPOConfig:
     shared: bool = False
     """share one trunk between actor and critic (separate is the paper's choice)."""
     log_std_init: float = 0.0
-    """initial log standard deviation of Gaussian policies, in [LOG_STD_MIN, LOG_STD_MAX] = [-20, 2]."""
+    """initial log standard deviation of Gaussian policies, in [LOG_STD_MIN, LOG_STD_MAX] = [-10, 2]."""
     temperature: float = 1.0
     """softmax temperature of discrete policies, used both for acting and in the update."""
     norm_obs: bool = False

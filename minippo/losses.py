@@ -151,8 +151,10 @@ def value_loss(
     """L^VF = 0.5 * mean((V - R)^2), or with clipping (PPO detail #9)
     0.5 * mean(max((V - R)^2, (V_clip - R)^2)), V_clip = V_old + clip(V - V_old, -eps, eps).
 
-    values, returns, values_old: (B,). dL/dV = (V - R)/B on the unclipped branch,
-    (V_clip - R)/B * [|V - V_old| < eps] on the clipped one.
+    values, returns, values_old: (B,). The clipped branch is taken where |V - V_old| >= eps and
+    its square is strictly larger; there V_clip does not depend on V and dL/dV = 0. Elsewhere
+    dL/dV = (V - R)/B. (Inside the range V_clip = V in exact arithmetic, so the max is the unclipped
+    term: comparing the rounded V_old + (V - V_old) with V there would count rounding as clipping.)
     """
     b = _check(values, "values", returns=returns)
     err = values - returns
@@ -166,10 +168,9 @@ def value_loss(
     delta = values - values_old
     v_clip = values_old + np.clip(delta, -clip_eps, clip_eps)
     err_c = v_clip - returns
-    take_clipped = err_c * err_c > err * err
+    take_clipped = (err_c * err_c > err * err) & ~(np.abs(delta) < clip_eps)
     loss = float(0.5 * np.where(take_clipped, err_c * err_c, err * err).mean())
-    inside = np.abs(delta) < clip_eps
-    dv = np.where(take_clipped, err_c * inside, err) / b
+    dv = np.where(take_clipped, 0.0, err) / b
     return loss, dv.astype(values.dtype), {"vclipfrac": float(take_clipped.mean())}
 
 

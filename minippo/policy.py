@@ -26,11 +26,15 @@ from minippo.spaces import Box, Discrete, as_space
 
 Array = Any
 
-# log-std outside this range makes sigma 2e-9 or 7.4: a drifting log-std is clamped rather than
-# allowed to reach inf/NaN (SB3 #1593). The trainer projects the parameter back into the range after
-# every optimiser step (:meth:`ActorCritic.clamp_log_std`), so it can always move back inside; a
-# value set from outside is clamped in the forward pass, with zero gradient where the clamp is active.
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+# log-std outside this range makes sigma 4.5e-5 or 7.4: a drifting log-std is clamped rather than
+# allowed to reach inf/NaN (SB3 #1593). The floor is float32's: the mean is rounded to ~1e-7 of its
+# size, so a smaller sigma turns that rounding into log-prob noise. Recomputing the rollout's
+# log-probs in minibatches (theta = theta_old, Pendulum, float32) gave |log r| up to 8e-5 at -10,
+# 4e-3 at -14 and 2.0 at -20 (a ratio of 7 before any update), measured. The trainer projects the
+# parameter back into the range after every optimiser step (:meth:`ActorCritic.clamp_log_std`), so
+# it can always move back inside; a value set from outside is clamped in the forward pass, with zero
+# gradient where the clamp is active.
+LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
 
 class ActorCritic:
     """Policy and value function for a Discrete (softmax) or Box (diagonal Gaussian) action space.

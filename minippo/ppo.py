@@ -297,8 +297,8 @@ class PPO:
         stopped_early = False
         step = self._minibatch_step()
         for _epoch in range(cfg.n_epochs):
-            for mb in self.buffer.minibatches(cfg.batch_size, self.rng):
-                if cfg.normalize_advantages and mb["advantages"].shape[0] < 2:
+            for mb in self.buffer.minibatches(cfg.batch_size, self.rng, 2 if cfg.normalize_advantages else 1):
+                if cfg.normalize_advantages and mb["advantages"].shape[0] < 2:  # a single valid sample
                     continue
                 try:
                     stats = step.loss_and_grads(mb, clip_eps, ent_coef)
@@ -384,7 +384,7 @@ class PPO:
                 "fps": (self.num_timesteps - steps_at_start) / max(elapsed, 1e-9),
                 "mean_return": float(np.mean(self.episode_returns)) if self.episode_returns else math.nan,
                 "mean_length": float(np.mean(self.episode_lengths)) if self.episode_lengths else math.nan,
-                "beta": self.kl_coef.beta,
+                "beta": self.kl_coef.beta if self.config.objective == "kl_penalty" else math.nan,
                 **stats,
             }
             if callback is not None and callback(row) is False:

@@ -141,6 +141,14 @@ def test_truncation_is_bootstrapped(autoreset):
         assert sum(len(mb["returns"]) for mb in mbs) == 6
         np.testing.assert_array_equal(mbs[0]["returns"], ret[[0, 1, 2, 4, 5, 6]])  # time order
         assert next(buf.minibatches(8, np.random.default_rng(1)))["returns"] is mbs[0]["returns"]  # built once
+        # 6 valid samples in minibatches of 2: each valid sample once; with min_size=2 (normalised
+        # advantages) no minibatch of one, which would have to be skipped
+        for min_size in (1, 2):
+            for seed in range(20):
+                sizes = [len(mb["returns"]) for mb in buf.minibatches(2, np.random.default_rng(seed), min_size)]
+                assert sum(sizes) == 6 and min(sizes) >= min_size
+            sizes = [len(mb["returns"]) for mb in buf.minibatches(1, np.random.default_rng(0), min_size)]
+            assert sizes == [1] * 6 if min_size == 1 else sizes == [2] * 3
         buf.reset()
         assert buf._full_batch is None  # rebuilt for the next rollout
 

@@ -237,6 +237,21 @@ def test_value_loss_clipped(arrays, clip_eps):
     assert err < TOL
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_value_loss_inside_the_clip_range_is_never_clipped(dtype):
+    """|V - V_old| < eps: V_clip = V in exact arithmetic; the rounded V_old + (V - V_old) may differ
+    from V by an ulp, which must count neither as clipping nor change the gradient."""
+    rng = np.random.default_rng(0)
+    values, returns = rng.normal(size=(2, 4096)).astype(dtype)
+    values_old = (values - rng.uniform(-0.19, 0.19, 4096)).astype(dtype)
+    v_clip = values_old + (values - values_old)
+    assert (v_clip != values).any()  # the rounding case really occurs in this batch
+    loss, dv, stats = losses.value_loss(values, returns, values_old, 0.2)
+    assert stats["vclipfrac"] == 0.0
+    np.testing.assert_array_equal(dv, ((values - returns) / 4096).astype(dtype))
+    assert loss == pytest.approx(losses.value_loss(values, returns)[0], rel=1e-12)
+
+
 def test_value_loss_clipped_examples():
     values_old = np.array([0.0, 0.0, 0.0])
     returns = np.array([1.0, 1.0, -1.0])

@@ -52,6 +52,8 @@ def test_every_objective_runs_and_logs(objective):
     if objective == "kl_penalty":
         assert r["beta"] in {1.0 * 2.0**k for k in range(-6, 7)}
         assert r["kl"] >= 0
+    else:  # no penalty: no beta to log (an empty progress.csv cell)
+        assert all(np.isnan(row["beta"]) for row in rows)
 
 
 def test_target_kl_stops_epochs_early():
