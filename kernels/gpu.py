@@ -76,4 +76,4 @@ def gae(
 
 
 # Matmuls need no wrapper: on cupy arrays ``minippo.nn.linear_forward``/``linear_backward``
-# evaluate ``x @ W`` with cuBLAS, so the MLP code is the same on every backend.
+# evaluate ``np.dot(x, W)`` with cuBLAS, so the MLP code is the same on every backend.

@@ -40,6 +40,8 @@ class RolloutBuffer:
         self.dist = xp.zeros((T, N, dist_dim), dtype=dtype)
         for name in ("logp", "values", "rewards", "dones", "valid", "advantages", "returns"):
             setattr(self, name, xp.zeros((T, N), dtype=dtype))
+        # the mask again on the host, as the env gave it: minibatches() selects with it, no device copy
+        self.valid_host = np.zeros((T, N), dtype=bool)
         self.pos = 0
         self._full_batch: dict[str, Array] | None = None  # see minibatches(); rebuilt per rollout
 
@@ -54,7 +56,8 @@ class RolloutBuffer:
         dones: Array,
         valid: Array,
     ) -> None:
-        """Store step ``pos`` for all N envs (each argument has leading dim N)."""
+        """Store step ``pos`` for all N envs (each argument has leading dim N; ``valid`` best on the
+        host, where the env loop has it)."""
         if self.pos >= self.T:
             raise IndexError(f"buffer is full ({self.T} steps); call reset() after the update")
         t = self.pos
@@ -65,7 +68,8 @@ class RolloutBuffer:
         self.dist[t] = dist
         self.rewards[t] = rewards
         self.dones[t] = dones
-        self.valid[t] = valid
+        self.valid[t] = self.xp.asarray(valid, dtype=self.valid.dtype)
+        self.valid_host[t] = asnumpy(valid) > 0
         self.pos += 1
 
     def reset(self) -> None:
@@ -108,7 +112,7 @@ class RolloutBuffer:
             "returns": self.returns.reshape(n),
             "dist_old": self.dist.reshape(n, -1),
         }
-        valid = np.asarray(asnumpy(self.valid)).reshape(n)
+        valid = self.valid_host.reshape(n)
         if n_minibatches == 1:
             # One minibatch is the whole rollout: its mean loss does not depend on the order, so
             # no permutation, and the valid transitions are gathered once per rollout, not per

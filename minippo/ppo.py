@@ -126,7 +126,7 @@ class NumpyStep:
         return norm
 
 
-def explained_variance(y_pred: np.ndarray, y_true: np.ndarray) -> float:
+def explained_variance(y_pred: Array, y_true: Array) -> float:
     """1 - Var[y_true - y_pred] / Var[y_true] over same-shape arrays (1: perfect, 0: no better than a
     constant; NaN when y_true is constant)."""
     var = float(np.var(y_true))
@@ -255,8 +255,7 @@ class PPO:
                     reward[idx] += cfg.gamma * v_final
             buf.add(
                 obs_dev, xp.asarray(actions), logp, values, dist,
-                xp.asarray(reward, dtype=self.dtype), xp.asarray(done, dtype=self.dtype),
-                xp.asarray(valid, dtype=self.dtype),
+                xp.asarray(reward, dtype=self.dtype), xp.asarray(done, dtype=self.dtype), valid,
             )
             if self.next_step:
                 self._fake_next = done & valid
@@ -322,10 +321,8 @@ class PPO:
             out["kl"] = self._rollout_kl()
             out["beta"] = self.kl_coef.update(out["kl"])
         buf = self.buffer
-        valid = backend.asnumpy(buf.valid).reshape(-1) > 0
-        out["explained_variance"] = explained_variance(
-            backend.asnumpy(buf.values).reshape(-1)[valid], backend.asnumpy(buf.returns).reshape(-1)[valid]
-        )
+        valid = buf.valid.reshape(-1) > 0  # on the backend's device: only the two variances come back
+        out["explained_variance"] = explained_variance(buf.values.reshape(-1)[valid], buf.returns.reshape(-1)[valid])
         out.update(lr=lr, clip_eps=clip_eps, ent_coef=ent_coef, n_updates=n_updates,
                    stopped_early=float(stopped_early))
         return out
