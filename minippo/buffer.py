@@ -60,6 +60,15 @@ class RolloutBuffer:
         host, where the env loop has it)."""
         if self.pos >= self.T:
             raise IndexError(f"buffer is full ({self.T} steps); call reset() after the update")
+        N = self.N
+        for name, a, store in (("obs", obs, self.obs), ("actions", actions, self.actions), ("logp", logp, self.logp),
+                               ("values", values, self.values), ("dist", dist, self.dist),
+                               ("rewards", rewards, self.rewards), ("dones", dones, self.dones),
+                               ("valid", valid, self.valid)):
+            if tuple(a.shape) != (N, *store.shape[2:]):  # checked before anything is written
+                raise ValueError(f"{name} must have shape {(N, *store.shape[2:])}, got {tuple(a.shape)}")
+        if self.actions.dtype.kind == "i" and actions.dtype.kind not in "iu":
+            raise TypeError(f"discrete actions must be integers, got dtype {actions.dtype}")
         t = self.pos
         self.obs[t] = obs
         self.actions[t] = actions
@@ -99,6 +108,8 @@ class RolloutBuffer:
         are normalised per minibatch). When one minibatch covers the whole rollout it is yielded in
         time order, built once per rollout.
         """
+        if batch_size < 1 or min_size < 1:
+            raise ValueError(f"batch_size and min_size must be >= 1, got {batch_size}, {min_size}")
         n = self.T * self.N
         n_minibatches = n // batch_size
         if n_minibatches < 1 or n % batch_size:

@@ -210,8 +210,12 @@ class Policy:
         self.meta = meta or {}
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
-        """Raw obs (..., obs_dim) -> what the network saw in training (saved statistics, clip +-10)."""
+        """Raw obs (obs_dim,) or (B, obs_dim) -> what the network saw in training (saved statistics,
+        clip +-10)."""
         obs = np.asarray(obs, dtype=self.policy.dtype)
+        dim = self.policy.obs_dim
+        if obs.ndim not in (1, 2) or obs.shape[-1] != dim:
+            raise ValueError(f"obs must have shape ({dim},) or (B, {dim}), got {obs.shape}")
         if self.obs_mean is None:
             return obs
         return np.clip((obs - self.obs_mean) / np.sqrt(self.obs_var + 1e-8), -10.0, 10.0).astype(self.policy.dtype)

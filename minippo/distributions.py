@@ -25,6 +25,13 @@ def _check_finite(name: str, a: Array) -> None:
         raise FloatingPointError(f"{name} contains NaN or inf")
 
 
+def _check_g(g: Array, b: int) -> Array:
+    """The upstream gradient of a per-sample quantity: shape (B,), or it would broadcast silently."""
+    if tuple(g.shape) != (b,):
+        raise ValueError(f"g must have shape ({b},) (one upstream gradient per sample), got {tuple(g.shape)}")
+    return g
+
+
 class Categorical:
     """Softmax policy ``pi(a|s) = softmax(logits / T)_a`` (softmax with temperature ``T``).
 
@@ -34,14 +41,18 @@ class Categorical:
     """
 
     def __init__(self, logits: Array, temperature: float = 1.0) -> None:
-        if logits.ndim != 2:
-            raise ValueError(f"logits must have shape (B, n_actions), got {tuple(logits.shape)}")
+        if logits.ndim != 2 or logits.shape[1] < 1:
+            raise ValueError(f"logits must have shape (B, n_actions) with n_actions >= 1, got {tuple(logits.shape)}")
+        if logits.dtype.kind != "f":
+            raise TypeError(f"logits must be a float array, got dtype {logits.dtype}")
         if not temperature > 0 or not math.isfinite(temperature):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         _check_finite("logits", logits)
         self.logits = logits
         self.temperature = float(temperature)
         z = logits / self.temperature if self.temperature != 1.0 else logits
+        if self.temperature < 1.0:  # dividing can overflow finite logits
+            _check_finite("logits / temperature", z)
         z = z - z.max(axis=1, keepdims=True)
         self.log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (B, n)
         self.probs = np.exp(self.log_probs)
@@ -75,7 +86,7 @@ class Categorical:
     def log_prob_grad(self, a: Array, g: Array) -> dict[str, Array]:
         """d log p_a / d logits = (onehot(a) - p) / T, times ``g`` (B,)."""
         idx = self._index(a)
-        gs = (g / self.temperature).astype(self.probs.dtype, copy=False)
+        gs = (_check_g(g, len(idx)) / self.temperature).astype(self.probs.dtype, copy=False)
         d = self.probs * -gs[:, None]
         d[self._rows(), idx] += gs
         return {"logits": d}
@@ -88,11 +99,13 @@ class Categorical:
     def entropy_grad(self, g: Array) -> dict[str, Array]:
         """dH/dz_j = -p_j (log p_j + H), and dz/dlogits = 1/T; times ``g`` (B,)."""
         h = self.entropy()
+        _check_g(g, h.shape[0])
         return {"logits": -g[:, None] * self.probs * (self.log_probs + h[:, None]) / self.temperature}
 
     # KL(self || other) = sum_a p_a (log p_a - log q_a)
     def kl(self, other: Categorical) -> Array:
         """KL(self || other) per sample (B,); both must have the same shape."""
+        self._same(other)
         return (self.probs * (self.log_probs - other.log_probs)).sum(axis=1)
 
     def kl_grad(self, other: Categorical, g: Array) -> tuple[dict[str, Array], dict[str, Array]]:
@@ -100,11 +113,18 @@ class Categorical:
 
         dKL/dz_p = p * (log p - log q - KL);  dKL/dz_q = q - p  (then / T of each side).
         """
+        self._same(other)
+        _check_g(g, self.probs.shape[0])
         c = self.log_probs - other.log_probs
         kl = (self.probs * c).sum(axis=1, keepdims=True)
         d_self = g[:, None] * self.probs * (c - kl) / self.temperature
         d_other = g[:, None] * (other.probs - self.probs) / other.temperature
         return {"logits": d_self}, {"logits": d_other}
+
+    def _same(self, other: Categorical) -> None:
+        if other.logits.shape != self.logits.shape:
+            raise ValueError(f"the other distribution's logits have shape {tuple(other.logits.shape)}, "
+                             f"expected {tuple(self.logits.shape)}")
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """Draw one action per row with ``rng`` (inverse CDF on host) -> (B,) int64."""
@@ -143,6 +163,12 @@ class DiagGaussian:
     def _check(self, a: Array) -> None:
         if a.shape != self.mean.shape:
             raise ValueError(f"actions must have shape {tuple(self.mean.shape)}, got {tuple(a.shape)}")
+        _check_finite("actions", a)
+
+    def _same(self, other: DiagGaussian) -> None:
+        if other.mean.shape != self.mean.shape:
+            raise ValueError(f"the other distribution's mean has shape {tuple(other.mean.shape)}, "
+                             f"expected {tuple(self.mean.shape)}")
 
     # log N(a; mu, sigma) = sum_i [-(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2]
     def log_prob(self, a: Array) -> Array:
@@ -155,6 +181,7 @@ class DiagGaussian:
         """g (B,) times d log p / d mu = u / sigma and d log p / d log sigma = u^2 - 1, with
         u = (a - mu)/sigma; a (B, d) -> {"mean": (B, d), "log_std": (B, d)}."""
         self._check(a)
+        _check_g(g, a.shape[0])
         u = (a - self.mean) / self.std
         return {"mean": g[:, None] * u / self.std, "log_std": g[:, None] * (u * u - 1.0)}
 
@@ -165,12 +192,14 @@ class DiagGaussian:
 
     def entropy_grad(self, g: Array) -> dict[str, Array]:
         """dH/d mu = 0;  dH/d log sigma_i = 1; times ``g`` (B,)."""
+        _check_g(g, self.mean.shape[0])
         ones = np.ones_like(self.log_std)
         return {"mean": np.zeros_like(self.mean), "log_std": g[:, None] * ones}
 
     # KL(p||q) = sum_i [log s_q - log s_p + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2]
     def kl(self, other: DiagGaussian) -> Array:
-        """KL(self || other) per sample (B,)."""
+        """KL(self || other) per sample (B,); both must have the same shape."""
+        self._same(other)
         var_q = other.std * other.std
         t = (self.std * self.std + (self.mean - other.mean) ** 2) / (2.0 * var_q)
         return (other.log_std - self.log_std + t - 0.5).sum(axis=1)
@@ -183,6 +212,8 @@ class DiagGaussian:
         d/dm_p = (m_p - m_q)/s_q^2 = -d/dm_q;  d/dlog s_p = s_p^2/s_q^2 - 1;
         d/dlog s_q = 1 - (s_p^2 + (m_p - m_q)^2)/s_q^2.
         """
+        self._same(other)
+        _check_g(g, self.mean.shape[0])
         var_q = other.std * other.std
         var_p = self.std * self.std
         diff = self.mean - other.mean

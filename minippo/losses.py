@@ -37,6 +37,7 @@ def ratio_stats(logp: Array, logp_old: Array, clip_eps: float | None = None) -> 
     """Diagnostics of r_t = exp(logp - logp_old), logp and logp_old (B,): ``approx_kl`` =
     mean((r - 1) - log r) (the k3 estimator of KL(pi_old || pi_theta), unbiased and >= 0) and, when
     ``clip_eps`` is given, ``clipfrac`` = fraction with |r - 1| > epsilon."""
+    _check(logp, "logp", logp_old=logp_old)
     log_ratio = logp - logp_old
     ratio = np.exp(log_ratio)
     # expm1(x) - x, not (exp(x) - 1) - x: for r near 1 the naive form cancels catastrophically
@@ -177,4 +178,6 @@ def value_loss(
 def entropy_bonus(entropy: Array, coef: float) -> tuple[float, Array, dict[str, float]]:
     """Entropy bonus as a loss: L^S = -c_ent * mean(H); entropy (B,) -> (L^S, dL/dH (B,) = -c_ent / B, {})."""
     b = _check(entropy, "entropy")
+    if not math.isfinite(coef):
+        raise ValueError(f"coef must be a finite number, got {coef}")
     return float(-coef * entropy.mean()), np.full_like(entropy, -coef / b), {}

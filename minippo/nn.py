@@ -150,9 +150,14 @@ class MLP:
         hidden_gain: float = float(np.sqrt(2.0)),
         activate_output: bool = False,
     ) -> None:
+        if isinstance(sizes, (str, bytes)) or not all(hasattr(s, "__index__") and not isinstance(s, bool)
+                                                       for s in sizes):
+            raise ValueError(f"sizes must be a list of integer layer widths, got {sizes!r}")
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"sizes must list at least 2 positive layer widths, got {sizes}")
+        if np.dtype(dtype).kind != "f":
+            raise ValueError(f"dtype must be a float type (float32 or float64), got {np.dtype(dtype)}")
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation={activation!r} is not allowed; use one of {sorted(ACTIVATIONS)}"
@@ -221,6 +226,9 @@ class MLP:
             out = fused.mlp_backward(self, dy, cache, need_dx)  # None when it does not apply
             if out is not None:
                 return out
+        if dy.ndim != 2 or dy.shape[1] != self.sizes[-1] or dy.shape[0] != cache[0].shape[0]:
+            raise ValueError(f"dy must have shape ({cache[0].shape[0]}, {self.sizes[-1]}) like the forward's "
+                             f"output, got {tuple(dy.shape)}")
         _, act_back = ACTIVATIONS[self.activation]
         grads: dict[str, Array] = {}
         d = dy

@@ -35,6 +35,8 @@ class Adam:
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
+        if not params:
+            raise ValueError("params is empty: Adam needs at least one parameter array")
         self.params = params
         self.lr = float(lr)
         self.betas = (float(betas[0]), float(betas[1]))
@@ -62,13 +64,18 @@ class Adam:
             missing = sorted(set(self.params) ^ set(grads))
             raise KeyError(f"grads and params must have the same keys; differing: {missing}")
         lr = self.lr if lr is None else float(lr)
+        if not (lr >= 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a finite number >= 0, got {lr}")
+        g = self._g
+        for k, (_, shape) in self._slices.items():  # every check before anything changes
+            if grads[k].shape != shape:
+                raise ValueError(f"grads[{k!r}] has shape {tuple(grads[k].shape)}, expected {shape}")
+        for k, (sl, _) in self._slices.items():
+            g[sl] = grads[k].reshape(-1)
         b1, b2 = self.betas
         self.t += 1
         c1 = 1.0 - b1**self.t
         c2 = 1.0 - b2**self.t
-        g = self._g
-        for k, (sl, _) in self._slices.items():
-            g[sl] = grads[k].reshape(-1)
         m, v = self._m, self._v
         m *= b1
         m += (1.0 - b1) * g
@@ -119,6 +126,9 @@ def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
+    for k, g in grads.items():  # scaled in place below: a real float array each
+        if g.dtype.kind != "f":
+            raise TypeError(f"grads[{k!r}] must be a float array, got dtype {g.dtype}")
     norm = global_norm(grads)
     if not math.isfinite(norm):
         raise FloatingPointError(f"gradient norm is {norm}")
@@ -147,7 +157,9 @@ class Schedule:
         self.kind, self.start, self.end = kind, float(start), float(end)
 
     def __call__(self, progress: float) -> float:
-        """The coefficient at ``progress`` (clamped to [0, 1])."""
+        """The coefficient at ``progress`` (clamped to [0, 1]; NaN raises ValueError)."""
+        if math.isnan(progress):
+            raise ValueError("progress must be a number in [0, 1], got nan")
         p = min(max(float(progress), 0.0), 1.0)
         if self.kind == "constant":
             return self.start

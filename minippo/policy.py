@@ -13,6 +13,7 @@ Usage (what ``minippo.ppo.loss_and_grads`` does)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,13 +57,13 @@ class ActorCritic:
         dtype: Any = np.float32,
         temperature: float = 1.0,
     ) -> None:
-        if int(obs_dim) < 1:
-            raise ValueError(f"obs_dim must be >= 1, got {obs_dim}")
+        if not hasattr(obs_dim, "__index__") or isinstance(obs_dim, bool) or int(obs_dim) < 1:
+            raise ValueError(f"obs_dim must be an integer >= 1, got {obs_dim!r}")
         hidden = [int(h) for h in hidden]
         if shared and not hidden:
             raise ValueError("shared=True needs at least one hidden layer (hidden=())")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         if not LOG_STD_MIN <= log_std_init <= LOG_STD_MAX:
             raise ValueError(
                 f"log_std_init must be in [{LOG_STD_MIN}, {LOG_STD_MAX}], got {log_std_init}"
@@ -190,6 +191,8 @@ class ActorCritic:
     def predict(self, obs: Array, deterministic: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
         """Actions for a single observation (obs_dim,) or a batch (B, obs_dim), numpy in and out."""
         obs = np.asarray(obs, dtype=self.dtype)
+        if obs.ndim not in (1, 2) or obs.shape[-1] != self.obs_dim:
+            raise ValueError(f"obs must have shape ({self.obs_dim},) or (B, {self.obs_dim}), got {obs.shape}")
         single = obs.ndim == 1
         batch = obs[None] if single else obs
         if not deterministic and rng is None:

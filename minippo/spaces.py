@@ -17,6 +17,10 @@ class Discrete:
     start: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("n", "start"):
+            v = getattr(self, name)
+            if not hasattr(v, "__index__") or isinstance(v, bool):
+                raise ValueError(f"Discrete {name} must be an integer, got {v!r}")
         if int(self.n) < 1:
             raise ValueError(f"Discrete n must be >= 1, got {self.n}")
 

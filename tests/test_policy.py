@@ -228,12 +228,16 @@ def test_make_dist_roundtrip():
 
 # ---------------------------------------------------------------- bad inputs
 def test_bad_constructor_arguments():
-    with pytest.raises(ValueError, match="obs_dim must be >= 1"):
-        ActorCritic(0, Discrete(2))
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="obs_dim must be an integer >= 1"):
+            ActorCritic(bad, Discrete(2))
     with pytest.raises(ValueError, match="shared=True needs at least one hidden layer"):
         ActorCritic(3, Discrete(2), hidden=(), shared=True)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        ActorCritic(3, Discrete(2), temperature=0.0)
+    for bad in (0.0, float("inf"), float("nan")):  # inf: numba's act would have sampled from it
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            ActorCritic(3, Discrete(2), temperature=bad)
+    with pytest.raises(ValueError, match="Discrete n must be an integer"):
+        Discrete(2.5)
     with pytest.raises(ValueError, match="activation='gelu'"):
         ActorCritic(3, Discrete(2), activation="gelu")
     with pytest.raises(TypeError, match="action_space must be a Discrete or Box space"):
