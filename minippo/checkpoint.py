@@ -118,17 +118,33 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta = json.loads(str(arrays.pop("meta")))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path!r}: the 'meta' entry is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path!r}: the 'meta' entry is not a JSON object")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path!r}: checkpoint format {meta.get('format')!r}, this minippo reads {FORMAT}")
     for key in ("config", "policy", "num_timesteps"):
         if key not in meta:
             raise CheckpointError(f"{path!r}: meta is missing {key!r}")
+    if not isinstance(meta["config"], dict) or not isinstance(meta["policy"], dict):
+        raise CheckpointError(f"{path!r}: meta's 'config' and 'policy' must be JSON objects")
+    missing = [k for k in _POLICY_KEYS if k not in meta["policy"]]
+    if missing:
+        raise CheckpointError(f"{path!r}: meta's policy description is missing {missing}")
+    if meta["policy"]["dtype"] != meta["config"].get("dtype", meta["policy"]["dtype"]):
+        raise CheckpointError(f"{path!r}: policy dtype {meta['policy']['dtype']!r} differs from the config's "
+                              f"{meta['config']['dtype']!r}")
     return meta, arrays
 
 
-def _load_into(target: dict[str, Array], arrays: dict[str, np.ndarray], prefix: str, path: str) -> None:
-    from minippo.backend import to_device
+_POLICY_KEYS = ("obs_dim", "action_space", "hidden", "activation", "shared", "temperature", "dtype")
 
+
+def _load_into(
+    target: dict[str, Array], arrays: dict[str, np.ndarray], prefix: str, path: str, to_device: Any = None
+) -> None:
+    """Copy ``arrays[prefix + k]`` into each ``target[k]`` in place, after checking all of them: present,
+    same shape and dtype (a float64 array is not silently rounded into a float32 network), and no
+    unexpected ``prefix`` entries. ``to_device`` moves a host array to the targets' device."""
     for k, dst in target.items():
         name = f"{prefix}{k}"
         if name not in arrays:
@@ -136,32 +152,56 @@ def _load_into(target: dict[str, Array], arrays: dict[str, np.ndarray], prefix: 
         src = arrays[name]
         if src.shape != tuple(dst.shape):
             raise CheckpointError(f"{path!r}: array {name!r} has shape {src.shape}, expected {tuple(dst.shape)}")
-        dst[...] = to_device(src.astype(dst.dtype))
+        if src.dtype != dst.dtype:
+            raise CheckpointError(f"{path!r}: array {name!r} is {src.dtype}, the network is {dst.dtype}")
     extra = sorted(a for a in arrays if a.startswith(prefix) and a[len(prefix):] not in target)
     if extra:
         raise CheckpointError(f"{path!r} has unexpected arrays {extra}: it belongs to another network")
+    for k, dst in target.items():
+        src = arrays[f"{prefix}{k}"]
+        dst[...] = to_device(src) if to_device is not None else src
 
 
-def _policy_from_meta(meta: dict[str, Any]) -> ActorCritic:
+def _policy_from_meta(meta: dict[str, Any], path: str) -> ActorCritic:
     p = meta["policy"]
     cfg = meta["config"]
-    return ActorCritic(
-        p["obs_dim"], p["action_space"], p["hidden"], p["activation"], p["shared"],
-        cfg.get("log_std_init", 0.0), cfg.get("seed", 0), np.dtype(p["dtype"]), p["temperature"],
-    )
+    try:
+        return ActorCritic(
+            p["obs_dim"], p["action_space"], p["hidden"], p["activation"], p["shared"],
+            cfg.get("log_std_init", 0.0), cfg.get("seed", 0), np.dtype(p["dtype"]), p["temperature"],
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path!r}: meta's policy description is invalid: {e}") from e
+
+
+def _config_from_meta(meta: dict[str, Any], path: str) -> Any:
+    from minippo.config import PPOConfig
+
+    try:
+        return PPOConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path!r}: the saved config is invalid: {e}") from e
 
 
 def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     """A :class:`minippo.ppo.PPO` restored from ``path``, ready to resume ``learn``."""
-    from minippo.config import PPOConfig
+    from minippo.backend import to_device
     from minippo.ppo import PPO
 
     meta, arrays = read_checkpoint(path)
-    config = PPOConfig.from_dict(meta["config"])
+    config = _config_from_meta(meta, path)
     if overrides:
         config = config.replace(**overrides)
+    if "rng" not in meta:
+        raise CheckpointError(f"{path!r}: meta is missing 'rng' (the trainer's random state)")
     algo = PPO(config, env=env)
-    _load_into(algo.policy.params, arrays, "param/", path)
+    saved = _policy_from_meta(meta, path).describe()
+    if saved != algo.policy.describe():
+        differ = sorted(k for k in saved if saved[k] != algo.policy.describe()[k])
+        raise CheckpointError(f"{path!r}: the saved policy does not fit this env/config ({', '.join(differ)} "
+                              f"differ: saved {[saved[k] for k in differ]}, here "
+                              f"{[algo.policy.describe()[k] for k in differ]})")
+    _load_into(algo.policy.params, arrays, "param/", path, to_device)
     state = {k[len("adam/"):]: v for k, v in arrays.items() if k.startswith("adam/")}
     missing = [f"adam/{p}.{k}" for k in algo.policy.params for p in "mv" if f"{p}.{k}" not in state]
     if missing:
@@ -179,16 +219,18 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
             norm.rms.load(prefix, arrays)
         except ValueError as e:
             raise CheckpointError(f"{path!r}: {e}") from e
-    scaler = algo.reward_scaler
-    if scaler is not None and "ret_acc" in arrays and arrays["ret_acc"].shape == scaler.ret.shape:
-        scaler.ret = arrays["ret_acc"].astype(np.float64)
+    # The reward scaler's running discounted returns (saved as ret_acc) belong to the episodes in
+    # progress; the envs restart from a fresh reset on resume, so they restart at 0 (as at the start).
+    try:
+        algo.rng.bit_generator.state = meta["rng"]
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path!r}: meta's 'rng' is not a generator state: {e}") from e
     algo.num_timesteps = int(meta["num_timesteps"])
     algo.iteration = int(meta.get("iteration", 0))
     # An explicit total_timesteps override wins over the saved budget (resume with a new target).
     saved_total = int(meta.get("total_timesteps", config.total_timesteps))
     algo.total_timesteps = config.total_timesteps if "total_timesteps" in overrides else saved_total
     algo.kl_coef.beta = float(meta.get("beta", config.kl_beta))
-    algo.rng.bit_generator.state = meta["rng"]
     algo.episode_returns.extend(meta.get("episode_returns", []))
     algo.episode_lengths.extend(meta.get("episode_lengths", []))
     return algo
@@ -234,17 +276,19 @@ class Policy:
 def load_policy(path: str) -> Policy:
     """Load just what is needed to act from a checkpoint (numpy only)."""
     meta, arrays = read_checkpoint(path)
-    policy = _policy_from_meta(meta)
-    params = {k: v for k, v in policy.params.items()}
-    for k, dst in params.items():
-        name = f"param/{k}"
-        if name not in arrays:
-            raise CheckpointError(f"{path!r} is missing array {name!r}")
-        if arrays[name].shape != dst.shape:
-            raise CheckpointError(f"{path!r}: array {name!r} has shape {arrays[name].shape}, expected {dst.shape}")
-        dst[...] = arrays[name]
-    mean = arrays.get("obs_rms.mean")
-    var = arrays.get("obs_rms.var")
+    _config_from_meta(meta, path)  # the checks PPO.load makes, so both refuse the same files
+    policy = _policy_from_meta(meta, path)
+    _load_into(policy.params, arrays, "param/", path)
+    mean = var = None
+    if "obs_rms.mean" in arrays:
+        from minippo.envs import RunningMeanStd
+
+        rms = RunningMeanStd((policy.obs_dim,))
+        try:
+            rms.load("obs_rms", arrays)
+        except ValueError as e:
+            raise CheckpointError(f"{path!r}: {e}") from e
+        mean, var = rms.mean, rms.var
     return Policy(policy, mean, var, meta["config"].get("env_id", ""), meta)
 
 

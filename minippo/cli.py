@@ -231,25 +231,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     steps_to_run = -(-algo.total_timesteps // per_iteration) * per_iteration
     progress = _Progress(max(steps_to_run, algo.num_timesteps), algo.num_timesteps, args.quiet)
 
-    def on_iteration(row: dict[str, Any]) -> None:
+    # Ctrl-C or SIGTERM: finish the iteration in progress, then save and exit. Saving at once would
+    # store half an iteration (steps counted, the update not done), and a resumed run's schedules
+    # and counters would then drift from an uninterrupted one. A second signal stops at once and
+    # saves nothing (the last saved model, if any, is left as it was).
+    stop: list[int] = []
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+        print("\nminippo: stopping after this iteration (press Ctrl-C again to stop now without saving)",
+              file=sys.stderr, flush=True)
+
+    def on_iteration(row: dict[str, Any]) -> bool | None:
         log(row)
         progress(row)
+        return False if stop else None  # False ends learn() at this iteration boundary
 
-    # SIGTERM behaves like Ctrl-C: stop, save the model, exit.
-    old_term = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    interrupted = False
+    old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    aborted = False
     t0 = time.perf_counter()
     try:
         algo.learn(callback=on_iteration)
     except KeyboardInterrupt:
-        interrupted = True
+        aborted = True
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
         progress.close()
         log.close()
-        algo.save(model_path)
+    if aborted:
+        print(f"minippo: stopped mid-iteration at {algo.num_timesteps} steps; model not saved", file=sys.stderr)
+        return 130
+    algo.save(model_path)
     wall = time.perf_counter() - t0
-    if interrupted:
+    if stop:
         print(f"minippo: interrupted at {algo.num_timesteps} steps; model saved to {model_path}", file=sys.stderr)
         return 130
     if not args.quiet:

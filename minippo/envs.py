@@ -120,11 +120,18 @@ class RunningMeanStd:
         return {f"{prefix}.mean": self.mean, f"{prefix}.var": self.var, f"{prefix}.count": np.array(self.count)}
 
     def load(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
-        """Restore what :meth:`state` wrote; a shape mismatch raises ValueError naming the array."""
-        for name in ("mean", "var"):
-            a = arrays[f"{prefix}.{name}"]
-            if a.shape != self.mean.shape:
-                raise ValueError(f"{prefix}.{name} has shape {a.shape}, expected {self.mean.shape}")
+        """Restore what :meth:`state` wrote; a missing, misshapen or impossible entry (non-finite,
+        negative variance, count <= 0) raises ValueError naming it, and nothing is changed."""
+        for name, shape in (("mean", self.mean.shape), ("var", self.mean.shape), ("count", ())):
+            a = arrays.get(f"{prefix}.{name}")
+            if a is None:
+                raise ValueError(f"{prefix}.{name} is missing")
+            if a.shape != shape or a.dtype.kind != "f":
+                raise ValueError(f"{prefix}.{name} must be a float array of shape {shape}, got {a.dtype} {a.shape}")
+            if not np.isfinite(a).all():
+                raise ValueError(f"{prefix}.{name} is not finite")
+        if (arrays[f"{prefix}.var"] < 0).any() or not arrays[f"{prefix}.count"] > 0:
+            raise ValueError(f"{prefix}: a variance is negative or the count is not positive")
         self.mean = arrays[f"{prefix}.mean"].astype(np.float64)
         self.var = arrays[f"{prefix}.var"].astype(np.float64)
         self.count = float(arrays[f"{prefix}.count"])

@@ -101,8 +101,9 @@ class Adam:
         for k in self.params:
             for prefix, store in (("m", self.m), ("v", self.v)):
                 src = state[f"{prefix}.{k}"]
-                if src.shape != store[k].shape:
-                    raise ValueError(f"Adam {prefix}.{k} has shape {src.shape}, expected {store[k].shape}")
+                if src.shape != store[k].shape or src.dtype != store[k].dtype:
+                    raise ValueError(f"Adam {prefix}.{k} is {src.dtype} {src.shape}, expected "
+                                     f"{store[k].dtype} {store[k].shape}")
                 store[k][...] = src
         self.t = int(state["t"])
 

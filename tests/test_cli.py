@@ -156,26 +156,61 @@ def test_console_entry_point_and_module(tmp_path):
     assert "iter     1" in r.stderr  # not a terminal: one plain line per iteration
 
 
-def test_ctrl_c_saves_the_model(tmp_path):
-    import signal
+def _train_until_rows(out, n_rows, extra=()):
     import time
 
-    out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "minippo", "train", "CartPole-v1", "--timesteps", "10000000", "--out", str(out)],
-        stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "minippo", "train", "CartPole-v1", "--timesteps", "10000000", "--out", str(out),
+         *extra], stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 60
-    while not (out / "progress.csv").exists() or len(_rows(out / "progress.csv")) < 2:
+    while not (out / "progress.csv").exists() or len(_rows(out / "progress.csv")) < n_rows:
         assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.1)
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_the_model_at_an_iteration_boundary(tmp_path, sig):
+    """The signal lets the iteration in progress finish: the saved counters are those of a whole
+    number of iterations (a run resumed from it follows the uninterrupted run's schedules)."""
+    import signal
+
+    from minippo import load_policy
+    from minippo.checkpoint import read_checkpoint
+
+    out = tmp_path / "run"
+    proc = _train_until_rows(out, 2)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopping after this iteration" in err and "interrupted" in err and "model saved" in err
+    assert load_policy(str(out / "model.npz")).env_id == "CartPole-v1"
+    meta, _ = read_checkpoint(str(out / "model.npz"))
+    per_iteration = meta["config"]["n_envs"] * meta["config"]["n_steps"]
+    assert meta["num_timesteps"] == meta["iteration"] * per_iteration
+    assert meta["adam_t"] == meta["iteration"] * meta["config"]["n_epochs"] * per_iteration // meta["config"][
+        "batch_size"]
+    rows = _rows(out / "progress.csv")
+    assert int(rows[-1]["timesteps"]) == meta["num_timesteps"]  # the last logged iteration is the saved one
+
+
+def test_second_ctrl_c_stops_at_once_without_saving(tmp_path):
+    import signal
+
+    out = tmp_path / "run"
+    # a long iteration (4 envs x 16384 steps) so that both signals land inside it
+    import time
+
+    proc = _train_until_rows(out, 0, ["--preset", "none", "--n-envs", "4", "--set", "n_steps=16384"])
+    time.sleep(1.0)  # progress.csv exists: the handlers go in just after it, well before this
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "model saved" in err
-    from minippo import load_policy
-
-    assert load_policy(str(out / "model.npz")).env_id == "CartPole-v1"
+    assert "stopped mid-iteration" in err and "model not saved" in err
+    assert not (out / "model.npz").exists()
 
 
 def test_bench_command(capsys):

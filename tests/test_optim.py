@@ -74,7 +74,10 @@ def test_adam_state_roundtrip():
     np.testing.assert_array_equal(p1["w"], p2["w"])
     bad = a1.state_dict()
     bad["m.w"] = np.zeros(4)
-    with pytest.raises(ValueError, match=r"Adam m.w has shape \(4,\), expected \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"Adam m.w is float64 \(4,\), expected float64 \(2, 3\)"):
+        a2.load_state_dict(bad)
+    bad["m.w"] = np.zeros((2, 3), np.float32)  # not rounded silently into the float64 moments
+    with pytest.raises(ValueError, match=r"Adam m.w is float32 \(2, 3\), expected float64 \(2, 3\)"):
         a2.load_state_dict(bad)
 
 
