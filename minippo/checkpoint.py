@@ -195,12 +195,11 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     if "rng" not in meta:
         raise CheckpointError(f"{path!r}: meta is missing 'rng' (the trainer's random state)")
     algo = PPO(config, env=env)
-    saved = _policy_from_meta(meta, path).describe()
-    if saved != algo.policy.describe():
-        differ = sorted(k for k in saved if saved[k] != algo.policy.describe()[k])
+    saved, here = _policy_from_meta(meta, path).describe(), algo.policy.describe()
+    if saved != here:
+        differ = sorted(k for k in saved if saved[k] != here[k])
         raise CheckpointError(f"{path!r}: the saved policy does not fit this env/config ({', '.join(differ)} "
-                              f"differ: saved {[saved[k] for k in differ]}, here "
-                              f"{[algo.policy.describe()[k] for k in differ]})")
+                              f"differ: saved {[saved[k] for k in differ]}, here {[here[k] for k in differ]})")
     _load_into(algo.policy.params, arrays, "param/", path, to_device)
     state = {k[len("adam/"):]: v for k, v in arrays.items() if k.startswith("adam/")}
     missing = [f"adam/{p}.{k}" for k in algo.policy.params for p in "mv" if f"{p}.{k}" not in state]

@@ -39,7 +39,11 @@ def ratio_stats(logp: Array, logp_old: Array, clip_eps: float | None = None) -> 
     ``clip_eps`` is given, ``clipfrac`` = fraction with |r - 1| > epsilon."""
     _check(logp, "logp", logp_old=logp_old)
     log_ratio = logp - logp_old
-    ratio = np.exp(log_ratio)
+    return _ratio_stats(log_ratio, np.exp(log_ratio), clip_eps)
+
+
+def _ratio_stats(log_ratio: Array, ratio: Array, clip_eps: float | None) -> dict[str, float]:
+    """:func:`ratio_stats` on the log-ratio and ratio an objective has already computed and checked."""
     # expm1(x) - x, not (exp(x) - 1) - x: for r near 1 the naive form cancels catastrophically
     # and can come out negative (e.g. -5e-48 for log r = 5e-48); expm1(x) >= x holds in floats.
     stats = {"approx_kl": float((np.expm1(log_ratio) - log_ratio).mean())}
@@ -72,8 +76,9 @@ def surrogate_objective(
     on it move the policy too far (paper Table 1: -0.39). dL/dlogp_t = -r_t A_t / B.
     """
     b = _check(logp, logp_old=logp_old, adv=adv)
-    ratio = np.exp(logp - logp_old)
-    return float(-(ratio * adv).mean()), -ratio * adv / b, ratio_stats(logp, logp_old)
+    log_ratio = logp - logp_old
+    ratio = np.exp(log_ratio)
+    return float(-(ratio * adv).mean()), -ratio * adv / b, _ratio_stats(log_ratio, ratio, None)
 
 
 # ---------------------------------------------------------------- 3. PPO-clip
@@ -88,13 +93,14 @@ def clip_objective(
     if not clip_eps > 0:
         raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
     b = _check(logp, logp_old=logp_old, adv=adv)
-    ratio = np.exp(logp - logp_old)
+    log_ratio = logp - logp_old
+    ratio = np.exp(log_ratio)
     unclipped = ratio * adv
     clipped = np.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
     take_clipped = clipped < unclipped
     loss = float(-np.where(take_clipped, clipped, unclipped).mean())
     dlogp = np.where(take_clipped, 0.0, -unclipped / b).astype(logp.dtype)
-    return loss, dlogp, ratio_stats(logp, logp_old, clip_eps)
+    return loss, dlogp, _ratio_stats(log_ratio, ratio, clip_eps)
 
 
 # ---------------------------------------------------------------- 4. PPO-penalty
@@ -109,9 +115,10 @@ def kl_penalty_objective(
     if not beta >= 0 or not math.isfinite(beta):
         raise ValueError(f"beta must be a finite number >= 0, got {beta}")
     b = _check(logp, logp_old=logp_old, adv=adv, kl=kl)
-    ratio = np.exp(logp - logp_old)
+    log_ratio = logp - logp_old
+    ratio = np.exp(log_ratio)
     loss = float(-(ratio * adv).mean() + beta * kl.mean())
-    stats = ratio_stats(logp, logp_old)
+    stats = _ratio_stats(log_ratio, ratio, None)
     stats.update(kl=float(kl.mean()), beta=float(beta))
     return loss, (-ratio * adv / b, np.full_like(kl, beta / b)), stats
 
