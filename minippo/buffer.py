@@ -13,6 +13,9 @@ from minippo.backend import asnumpy
 Array = Any
 
 
+_ADD_NAMES = ("obs", "actions", "logp", "values", "dist", "rewards", "dones", "valid")
+
+
 class RolloutBuffer:
     """Storage for one rollout of T steps from N envs, allocated once and reused.
 
@@ -42,6 +45,9 @@ class RolloutBuffer:
             setattr(self, name, xp.zeros((T, N), dtype=dtype))
         # the mask again on the host, as the env gave it: minibatches() selects with it, no device copy
         self.valid_host = np.zeros((T, N), dtype=bool)
+        # add()'s argument shapes, in its order (one tuple comparison per step)
+        self._step_shapes = tuple((N, *a.shape[2:]) for a in (self.obs, self.actions, self.logp, self.values,
+                                                              self.dist, self.rewards, self.dones, self.valid))
         self.pos = 0
         self._full_batch: dict[str, Array] | None = None  # see minibatches(); rebuilt per rollout
 
@@ -60,13 +66,12 @@ class RolloutBuffer:
         host, where the env loop has it)."""
         if self.pos >= self.T:
             raise IndexError(f"buffer is full ({self.T} steps); call reset() after the update")
-        N = self.N
-        for name, a, store in (("obs", obs, self.obs), ("actions", actions, self.actions), ("logp", logp, self.logp),
-                               ("values", values, self.values), ("dist", dist, self.dist),
-                               ("rewards", rewards, self.rewards), ("dones", dones, self.dones),
-                               ("valid", valid, self.valid)):
-            if tuple(a.shape) != (N, *store.shape[2:]):  # checked before anything is written
-                raise ValueError(f"{name} must have shape {(N, *store.shape[2:])}, got {tuple(a.shape)}")
+        shapes = (obs.shape, actions.shape, logp.shape, values.shape, dist.shape, rewards.shape, dones.shape,
+                  valid.shape)
+        if shapes != self._step_shapes:  # checked before anything is written
+            for name, shape, want in zip(_ADD_NAMES, shapes, self._step_shapes, strict=True):
+                if tuple(shape) != want:
+                    raise ValueError(f"{name} must have shape {want}, got {tuple(shape)}")
         if self.actions.dtype.kind == "i" and actions.dtype.kind not in "iu":
             raise TypeError(f"discrete actions must be integers, got dtype {actions.dtype}")
         t = self.pos
@@ -77,8 +82,9 @@ class RolloutBuffer:
         self.dist[t] = dist
         self.rewards[t] = rewards
         self.dones[t] = dones
-        self.valid[t] = self.xp.asarray(valid, dtype=self.valid.dtype)
-        self.valid_host[t] = asnumpy(valid) > 0
+        host = type(valid) is np.ndarray
+        self.valid[t] = valid if host and self.xp is np else self.xp.asarray(valid, dtype=self.valid.dtype)
+        self.valid_host[t] = valid if host else asnumpy(valid)  # (a float mask: nonzero is True)
         self.pos += 1
 
     def reset(self) -> None:

@@ -11,6 +11,7 @@ file in the same folder, fsync, then ``os.replace``: a crash mid-save leaves the
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -162,9 +163,21 @@ def _load_into(
         dst[...] = to_device(src) if to_device is not None else src
 
 
+def _saved_config(meta: dict[str, Any]) -> dict[str, Any]:
+    """meta's config, with log_std_init clamped to today's range: it only sets the initial value,
+    which the saved log_std array replaces (versions before 0.1's range change allowed -20)."""
+    from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
+
+    cfg = dict(meta["config"])
+    v = cfg.get("log_std_init")
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        cfg["log_std_init"] = min(max(float(v), LOG_STD_MIN), LOG_STD_MAX)
+    return cfg
+
+
 def _policy_from_meta(meta: dict[str, Any], path: str) -> ActorCritic:
     p = meta["policy"]
-    cfg = meta["config"]
+    cfg = _saved_config(meta)
     try:
         return ActorCritic(
             p["obs_dim"], p["action_space"], p["hidden"], p["activation"], p["shared"],
@@ -178,7 +191,7 @@ def _config_from_meta(meta: dict[str, Any], path: str) -> Any:
     from minippo.config import PPOConfig
 
     try:
-        return PPOConfig.from_dict(meta["config"])
+        return PPOConfig.from_dict(_saved_config(meta))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path!r}: the saved config is invalid: {e}") from e
 
@@ -196,6 +209,9 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
         raise CheckpointError(f"{path!r}: meta is missing 'rng' (the trainer's random state)")
     algo = PPO(config, env=env)
     saved, here = _policy_from_meta(meta, path).describe(), algo.policy.describe()
+    space = meta["policy"]["action_space"]
+    if isinstance(space, dict) and space.get("kind") == "box" and "dtype" not in space:
+        saved["action_space"]["dtype"] = here["action_space"].get("dtype")  # saved before dtypes were
     if saved != here:
         differ = sorted(k for k in saved if saved[k] != here[k])
         raise CheckpointError(f"{path!r}: the saved policy does not fit this env/config ({', '.join(differ)} "

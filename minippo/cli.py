@@ -203,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides["total_timesteps"] = args.timesteps
         try:
             algo = PPO.load(args.resume, **overrides)
-        except ValueError as e:  # CheckpointError, or a --timesteps the config rejects
+        except (ValueError, TypeError) as e:  # CheckpointError, a --timesteps or env space refused
             raise UsageError(f"--resume {args.resume}: {e}") from e
         if algo.config.env_id != args.env_id:
             raise UsageError(f"--resume model was trained on {algo.config.env_id}, not {args.env_id}")
@@ -250,21 +250,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         return False if stop else None  # False ends learn() at this iteration boundary
 
     old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    aborted = False
+    aborted = None  # or what was going on when a second signal stopped it
     t0 = time.perf_counter()
     try:
-        algo.learn(callback=on_iteration)
-    except KeyboardInterrupt:
-        aborted = True
+        try:
+            algo.learn(callback=on_iteration)
+        except KeyboardInterrupt:
+            aborted = "mid-iteration"
+        finally:
+            progress.close()
+            log.close()
+        if aborted is None:
+            try:
+                algo.save(model_path)  # atomic: a signal here leaves the previous file as it was
+            except KeyboardInterrupt:
+                aborted = "during the save"
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
-        progress.close()
-        log.close()
-    if aborted:
-        print(f"minippo: stopped mid-iteration at {algo.num_timesteps} steps; model not saved", file=sys.stderr)
+    if aborted is not None:
+        print(f"minippo: stopped {aborted} at {algo.num_timesteps} steps; model not saved", file=sys.stderr)
         return 130
-    algo.save(model_path)
     wall = time.perf_counter() - t0
     if stop:
         print(f"minippo: interrupted at {algo.num_timesteps} steps; model saved to {model_path}", file=sys.stderr)

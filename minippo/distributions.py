@@ -159,11 +159,13 @@ class DiagGaussian:
         self.mean = mean
         self.log_std = log_std + np.zeros_like(mean)  # (B, d), broadcast once
         self.std = np.exp(self.log_std)
+        self._sampled: Array | None = None  # the last sample(): finite by construction
 
     def _check(self, a: Array) -> None:
         if a.shape != self.mean.shape:
             raise ValueError(f"actions must have shape {tuple(self.mean.shape)}, got {tuple(a.shape)}")
-        _check_finite("actions", a)
+        if a is not self._sampled:
+            _check_finite("actions", a)
 
     def _same(self, other: DiagGaussian) -> None:
         if other.mean.shape != self.mean.shape:
@@ -226,7 +228,8 @@ class DiagGaussian:
         """One draw per row with ``rng`` (host) -> (B, d), same dtype as the mean."""
         mean = np.asarray(asnumpy(self.mean))
         eps = rng.standard_normal(mean.shape)
-        return (mean + np.asarray(asnumpy(self.std)) * eps).astype(mean.dtype)
+        self._sampled = (mean + np.asarray(asnumpy(self.std)) * eps).astype(mean.dtype)
+        return self._sampled
 
     def mode(self) -> Array:
         """The mean (B, d)."""

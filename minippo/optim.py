@@ -97,14 +97,15 @@ class Adam:
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` produced (in place, shapes checked)."""
-        for k in self.params:
-            for prefix, store in (("m", self.m), ("v", self.v)):
-                src = state[f"{prefix}.{k}"]
-                if src.shape != store[k].shape or src.dtype != store[k].dtype:
-                    raise ValueError(f"Adam {prefix}.{k} is {src.dtype} {src.shape}, expected "
-                                     f"{store[k].dtype} {store[k].shape}")
-                store[k][...] = src
+        """Restore what :meth:`state_dict` produced (in place; every shape and dtype is checked before
+        anything is written)."""
+        pairs = [(state[f"{prefix}.{k}"], store[k], f"{prefix}.{k}")
+                 for k in self.params for prefix, store in (("m", self.m), ("v", self.v))]
+        for src, dst, name in pairs:
+            if src.shape != dst.shape or src.dtype != dst.dtype:
+                raise ValueError(f"Adam {name} is {src.dtype} {src.shape}, expected {dst.dtype} {dst.shape}")
+        for src, dst, _ in pairs:
+            dst[...] = src
         self.t = int(state["t"])
 
 

@@ -144,6 +144,34 @@ def test_bad_files_and_flags_one_line_exit_2(tmp_path, capsys, monkeypatch):
         backend.reset()
 
 
+def test_resume_of_an_env_whose_space_changed_and_a_signal_during_the_save(tmp_path, capsys, monkeypatch):
+    import gymnasium as gym
+    from envs_for_tests import register_probe
+
+    from minippo.ppo import PPO
+
+    run = tmp_path / "run"
+    register_probe("minippo-test/Probe-v0", 8, action_space=gym.spaces.Box(-1, 1, (2,), np.float32))
+    assert main(["train", "minippo-test/Probe-v0", "--timesteps", "64", "--n-envs", "2", "--out", str(run),
+                 "--quiet", *TINY]) == 0
+    register_probe("minippo-test/Probe-v0", 8, action_space=gym.spaces.Box(0, 4, (2,), np.int64))
+    capsys.readouterr()
+    assert main(["train", "minippo-test/Probe-v0", "--resume", str(run / "model.npz"), "--timesteps", "128"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Box action dtype must be a float type" in err
+    register_probe("minippo-test/Probe-v0", 8, action_space=gym.spaces.Box(-1, 1, (2,), np.float32))
+    before = (run / "model.npz").read_bytes()
+
+    def interrupted_save(self, path):
+        raise KeyboardInterrupt  # a second Ctrl-C while the model is being written
+
+    monkeypatch.setattr(PPO, "save", interrupted_save)
+    assert main(["train", "minippo-test/Probe-v0", "--resume", str(run / "model.npz"), "--timesteps", "128",
+                 "--out", str(run), "--quiet"]) == 130
+    assert "stopped during the save" in capsys.readouterr().err
+    assert (run / "model.npz").read_bytes() == before  # the previous model is left as it was
+
+
 def test_console_entry_point_and_module(tmp_path):
     env = {**os.environ, "MINIPPO_BACKEND": "numpy"}
     r = subprocess.run([sys.executable, "-m", "minippo", "train", "NoSuchEnv-v0"], capture_output=True,

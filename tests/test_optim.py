@@ -79,6 +79,12 @@ def test_adam_state_roundtrip():
     bad["m.w"] = np.zeros((2, 3), np.float32)  # not rounded silently into the float64 moments
     with pytest.raises(ValueError, match=r"Adam m.w is float32 \(2, 3\), expected float64 \(2, 3\)"):
         a2.load_state_dict(bad)
+    good, m_before = a1.state_dict(), a2.m["w"].copy()
+    good["m.w"] = np.full((2, 3), 7.0)
+    good["v.w"] = np.zeros(4)  # checked after m.w: m.w must not be written either
+    with pytest.raises(ValueError, match="Adam v.w"):
+        a2.load_state_dict(good)
+    np.testing.assert_array_equal(a2.m["w"], m_before)
 
 
 def test_adam_bad_inputs():

@@ -259,6 +259,17 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
         PPO.load(no_rng)
     from minippo.envs import make_vec_env
 
+    # written before action dtypes and the [-10, 2] log-std range: still loads
+    def older(a, m):
+        m["config"]["log_std_init"] = -20.0
+    for load in (PPO.load, load_policy):
+        load(_rewrite(good, tmp_path / "older.npz", older))
+    register_probe("minippo-test/Probe-v0", 8, action_space=gym.spaces.Box(-1, 1, (2,), np.float64))
+    probe = PPO(PPOConfig(**TINY, env_id="minippo-test/Probe-v0"))
+    probe.save(str(tmp_path / "box.npz"))
+    old_box = _rewrite(tmp_path / "box.npz", tmp_path / "old_box.npz",
+                       lambda a, m: m["policy"]["action_space"].pop("dtype") and None)
+    assert PPO.load(old_box).policy.action_space.dtype == "float64"
     pendulum = make_vec_env("Pendulum-v1", 2, "sync", "same_step", {})  # a Box env for a Discrete policy
     with pytest.raises(CheckpointError, match="the saved policy does not fit this env/config .*action_space"):
         PPO.load(good, env=pendulum)
