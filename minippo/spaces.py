@@ -51,12 +51,14 @@ class Box:
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
         object.__setattr__(self, "dtype", dt.name)
+        # the bounds in the env's dtype, for clip() on every env step
+        object.__setattr__(self, "_bounds", (dt, low.astype(dt), high.astype(dt)))
 
     def clip(self, actions: np.ndarray) -> np.ndarray:
         """Actions (..., d) as the env takes them: cast to ``dtype``, then clipped to the bounds in
         that dtype (clipping first could round a bound outward: float32(0.1) > 0.1)."""
-        dt = np.dtype(self.dtype)
-        return np.clip(np.asarray(actions).astype(dt), self.low.astype(dt), self.high.astype(dt))
+        dt, low, high = self._bounds
+        return np.clip(np.asarray(actions).astype(dt), low, high)
 
     @property
     def shape(self) -> tuple[int]:
