@@ -32,7 +32,21 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
-from .simd import lanes, vadd, vec_type, vfma, vfold, vload, vmul, vsplat, vstore, vsub, vsum
+from .simd import (
+    lanes,
+    vadd,
+    vec_type,
+    vfma,
+    vfold,
+    vload,
+    vload_first,
+    vmul,
+    vsplat,
+    vstore,
+    vstore_first,
+    vsub,
+    vsum,
+)
 
 MAX_BATCH = 8
 """Largest batch for which ``MLP.forward`` / ``MLP.backward`` use :func:`mlp_forward` /
@@ -987,6 +1001,69 @@ def _dot_pairs_overload(x, V, out):
     return _dot_pairs_impl if _vectors_load(x, V, out) else (lambda x, V, out: None)
 
 
+def _narrow_rows(x, W, out):
+    """out = x W for x (B, K), W (K, F) with F < L (a head): W's rows read as they are, no
+    transposed copy. Each row of out is one vector whose first F lanes are used; for each k, one
+    masked load of W's row k and x[r, k] in every lane, one FMA. Four rows at a time (four
+    accumulator chains, and each load of W used four times); a leftover row keeps four partial sums
+    over k mod 4 instead, added ((s0 + s1) + (s2 + s3)), so that its chain of FMAs is not one long
+    dependency. The cost grows with B K whatever F is, where :func:`_dot_pairs` needs B F / 16
+    blocks but a transposed W (see :func:`_rows_apply` for where each is used). Only numba code
+    calls it; a no-op for arrays the vectors cannot load (callers check :func:`_rows_apply`)."""
+    raise NotImplementedError("numba kernels only")
+
+
+def _narrow_rows_impl(x, W, out):
+    B, K = x.shape
+    F = W.shape[1]
+    z = vsplat(out, 0)
+    r = 0
+    while r + 4 <= B:
+        a0 = a1 = a2 = a3 = z
+        for k in range(K):
+            w = vload_first(W, k, 0, F)
+            a0 = vfma(vsplat(out, x[r, k]), w, a0)
+            a1 = vfma(vsplat(out, x[r + 1, k]), w, a1)
+            a2 = vfma(vsplat(out, x[r + 2, k]), w, a2)
+            a3 = vfma(vsplat(out, x[r + 3, k]), w, a3)
+        vstore_first(out, r, 0, a0, F)
+        vstore_first(out, r + 1, 0, a1, F)
+        vstore_first(out, r + 2, 0, a2, F)
+        vstore_first(out, r + 3, 0, a3, F)
+        r += 4
+    K4 = K - K % 4
+    for q in range(r, B):
+        a0 = a1 = a2 = a3 = z
+        for k in range(0, K4, 4):
+            a0 = vfma(vsplat(out, x[q, k]), vload_first(W, k, 0, F), a0)
+            a1 = vfma(vsplat(out, x[q, k + 1]), vload_first(W, k + 1, 0, F), a1)
+            a2 = vfma(vsplat(out, x[q, k + 2]), vload_first(W, k + 2, 0, F), a2)
+            a3 = vfma(vsplat(out, x[q, k + 3]), vload_first(W, k + 3, 0, F), a3)
+        a0 = vadd(vadd(a0, a1), vadd(a2, a3))
+        for k in range(K4, K):
+            a0 = vfma(vsplat(out, x[q, k]), vload_first(W, k, 0, F), a0)
+        vstore_first(out, q, 0, a0, F)
+
+
+@njit(inline="always")
+def _rows_apply(W, out):
+    """Whether :func:`_narrow_rows` takes out = x W: vectors load W and out, out's rows fit in one
+    vector, W has 8 rows or more, and (from batch :data:`NARROW_MIN_BATCH`) out has 3 columns or
+    more. Measured, us, the layer with its bias (``_dense``), before -> after:
+    64 -> 1 / 2 / 6 at batch 1 0.13 / 0.13 / 0.13 -> 0.08 / 0.08 / 0.08, at batch 8 64 -> 6 0.46
+    -> 0.21, 17 -> 6 0.23-0.29 -> 0.10; at batch 8 64 -> 1 / 2 :func:`_dot_pairs` stays faster
+    (rows 0.19 / 0.19 against 0.16 / 0.20, and 4.9 / 5.0 against 1.7 / 3.0 at batch 256, where
+    64 -> 6 is 5.7 against 8.5); for K = 4 inputs, at batch 1 0.03 -> 0.05, so those keep the
+    old paths."""
+    B, F = out.shape
+    return lanes(W) > 0 and lanes(out) > F and W.shape[0] >= 8 and (F >= 3 or B < NARROW_MIN_BATCH)
+
+
+@overload(_narrow_rows)
+def _narrow_rows_overload(x, W, out):
+    return _narrow_rows_impl if _vectors_load(W, out) else (lambda x, W, out: None)
+
+
 @njit(**_MLP_JIT)
 def _transposed(W):
     """W (K, F) -> a new C-ordered W^T (F, K). Four rows of W per pass, so each row of W^T gets four
@@ -1065,7 +1142,9 @@ def _dense_narrow(x, W, b, out):
     against W^T, then the bias (64 -> 6 at batch 8: 0.36 us, against 0.87 us through
     :func:`_mm_acc`, measured with the transpose); :func:`_dot_pairs` instead where it applies
     (64 -> 2 at batch 8: 0.09 us against 0.32 for :func:`_dots`, after the transpose)."""
-    if _pairs_apply(x, out, x.shape[1]):
+    if _rows_apply(W, out):
+        _narrow_rows(x, W, out)
+    elif _pairs_apply(x, out, x.shape[1]):
         _dot_pairs(x, _transposed(W), out)
     else:
         _dots(x, _transposed(W), out)
@@ -1100,7 +1179,7 @@ def _dense(x, W, b, out, act):
     with fewer than 8 outputs goes through :func:`_dense_narrow` from batch :data:`NARROW_MIN_BATCH`, or
     from batch 2 where its vector dot products apply)."""
     B, F = out.shape
-    if F < 8 and (B >= NARROW_MIN_BATCH or (B >= 2 and _pairs_apply(x, out, x.shape[1]))):
+    if F < 8 and (B >= NARROW_MIN_BATCH or _rows_apply(W, out) or (B >= 2 and _pairs_apply(x, out, x.shape[1]))):
         _dense_narrow(x, W, b, out)
     else:
         for r in range(B):

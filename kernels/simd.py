@@ -9,6 +9,8 @@ These intrinsics give numba code a vector value of 64 bytes (16 float32 or 8 flo
 lives in registers:
 
 - :func:`vload` / :func:`vstore`: ``a[i, j:j + L]`` of a C-ordered 2-d array as one vector;
+- :func:`vload_first` / :func:`vstore_first`: ``a[i, j:j + n]`` for n <= L, in the first n lanes
+  (masked: nothing past them is read or written);
 - :func:`vsplat`: a scalar in every lane (of the vector type that matches an array's dtype);
 - :func:`vfma`: ``a * b + c`` lane by lane, one rounding (``llvm.fma``);
 - :func:`vadd` / :func:`vsub` / :func:`vmul`: lane by lane, each rounded as the scalar operation
@@ -119,6 +121,58 @@ def vstore(typingctx, arr, i, j, v):
         return context.get_dummy_value()
 
     return types.none(arr, i, j, v), codegen
+
+
+def _first_lanes(builder, n_lanes, n):
+    """The mask <lane < n> for lanes 0 .. n_lanes - 1 (n an i64)."""
+    i64 = ir.IntType(64)
+    one = builder.insert_element(ir.Constant(ir.VectorType(i64, n_lanes), ir.Undefined), n,
+                                 ir.Constant(ir.IntType(32), 0))
+    nv = builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), n_lanes), [0] * n_lanes))
+    return builder.icmp_unsigned("<", ir.Constant(ir.VectorType(i64, n_lanes), list(range(n_lanes))), nv)
+
+
+@intrinsic
+def vload_first(typingctx, arr, i, j, n):
+    """arr[i, j:j + n] in the first n lanes of a vector, zeros in the others (``llvm.masked.load``:
+    the masked-off lanes are not read, so a row shorter than a vector may end the array).
+    0 <= n <= L; the caller checks j + n <= ncols."""
+    vt = vec_type(arr)
+    if vt is None or not isinstance(n, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _element_ptr(context, builder, sig.args[0], args[0], *_intp(context, builder, sig, args, 1))
+        vty = context.get_value_type(vt)
+        mask = _first_lanes(builder, vt.n, context.cast(builder, args[3], sig.args[3], types.int64))
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [p.type, ir.IntType(32), mask.type, vty]),
+            f"llvm.masked.load.v{vt.n}f{vt.dtype.bitwidth}.p0")
+        align = ir.Constant(ir.IntType(32), vt.dtype.bitwidth // 8)
+        return builder.call(fn, [p, align, mask, ir.Constant(vty, None)])
+
+    return vt(arr, i, j, n), codegen
+
+
+@intrinsic
+def vstore_first(typingctx, arr, i, j, v, n):
+    """arr[i, j:j + n] = the first n lanes of v (``llvm.masked.store``: nothing else is written).
+    0 <= n <= L; the caller checks j + n <= ncols."""
+    vt = vec_type(arr)
+    if vt is None or v != vt or not isinstance(n, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _element_ptr(context, builder, sig.args[0], args[0], *_intp(context, builder, sig, args, 1))
+        mask = _first_lanes(builder, vt.n, context.cast(builder, args[4], sig.args[4], types.int64))
+        vty = args[3].type
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vty, p.type, ir.IntType(32), mask.type]),
+            f"llvm.masked.store.v{vt.n}f{vt.dtype.bitwidth}.p0")
+        builder.call(fn, [args[3], p, ir.Constant(ir.IntType(32), vt.dtype.bitwidth // 8), mask])
+        return context.get_dummy_value()
+
+    return types.none(arr, i, j, v, n), codegen
 
 
 @intrinsic

@@ -893,6 +893,64 @@ def test_dot_pairs_matches_reference(B, K, F, dtype, seed):
     assert_mlp_close(dx, expect, dtype)
 
 
+@njit
+def _narrow_rows_call(x, W, out):
+    cpu._narrow_rows(x, W, out)
+
+
+@settings(SLOW)
+@given(st.integers(1, 17), st.one_of(st.integers(1, 9), st.sampled_from([16, 17, 64, 67])),
+       st.integers(1, 7), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
+@example(8, 64, 6, np.float32, 0)  # a 64 -> 6 head at batch 8: two blocks of 4 rows
+@example(3, 67, 2, np.float64, 1)  # three leftover rows, each with a K % 4 tail
+def test_narrow_rows_matches_reference(B, K, F, dtype, seed):
+    """out = x W with W's rows loaded masked to F lanes: against the reference, writing nothing past
+    out (a sentinel right after it), and through _dense_narrow and _dense (where _rows_apply picks
+    it) with the bias."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(B, K)).astype(dtype)
+    flat = rng.normal(size=K * F + 3).astype(dtype)
+    W = flat[3:].reshape(K, F)  # W ends where its buffer ends: the masked loads stop at F lanes
+    buf = np.full(B * F + 16, np.nan, dtype)
+    out = buf[: B * F].reshape(B, F)
+    _narrow_rows_call(x, W, out)
+    expect = ref.linear_forward(x.astype(np.float64), W.astype(np.float64), np.zeros(F))
+    assert_mlp_close(out, expect, dtype)
+    assert np.isnan(buf[B * F:]).all()
+    b = rng.normal(size=F).astype(dtype)
+    for dense in (cpu._dense_narrow, lambda x, W, b, o: _dense_call(x, W, b, o)):
+        head = np.full((B, F), np.nan, dtype)
+        dense(x, W, b, head)
+        assert_mlp_close(head, expect + b, dtype)
+
+
+@njit
+def _dense_call(x, W, b, out):
+    cpu._dense(x, W, b, out, cpu.ACT_NONE)
+
+
+def test_simd_masked_first_lanes():
+    """vload_first reads n lanes and zeros the rest; vstore_first writes n lanes and nothing else."""
+    from minippo.kernels import simd
+
+    @njit
+    def copy_first(a, i, j, n, out, oi, oj):
+        v = simd.vload_first(a, i, j, n)
+        simd.vstore_first(out, oi, oj, simd.vadd(v, simd.vsplat(out, 1)), n)
+        simd.vstore(out, oi + 1, 0, v)  # the whole loaded vector: lanes n .. L - 1 are zero
+
+    for dtype, L in ((np.float32, 16), (np.float64, 8)):
+        a = np.arange(3 * 20, dtype=dtype).reshape(3, 20)
+        for n in (0, 1, 5, L):
+            out = np.full((3, 20), -7, dtype)
+            copy_first(a, 1, 2, n, out, 0, 3)
+            expect = np.full((3, 20), -7, dtype)
+            expect[0, 3:3 + n] = a[1, 2:2 + n] + 1
+            expect[1, :L] = 0
+            expect[1, :n] = a[1, 2:2 + n]
+            np.testing.assert_array_equal(out, expect)
+
+
 def test_simd_vectors_load_store_splat_fma():
     from minippo.kernels import simd
     from numba import njit
