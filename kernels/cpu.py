@@ -1729,7 +1729,8 @@ def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
     Returns ``None`` (the caller falls back to numpy) unless 1 <= B <= :func:`max_batch`,
     the parameters are packed in ``mlp.flat`` (see :func:`_packed`), x is a C-contiguous 2-d
     ndarray of their float dtype, and the MLP has at most :data:`MAX_LAYERS` layers. The cache
-    arrays are new on every call.
+    arrays are never ones the caller still holds: the last call's, if nothing else refers to them
+    any more (see :func:`_count_one`), else new ones.
     """
     st = mlp.__dict__.get("_numba_state")  # _state(mlp), inlined: this is the hottest call
     p = mlp.params
@@ -1750,7 +1751,8 @@ def mlp_backward(
     """Fused backward of a ``minippo.nn.MLP``: dy (B, sizes[-1]) -> (dx (B, sizes[0]) or None, grads).
 
     ``grads`` is keyed like ``mlp.params`` (W0, b0, W1, ...): ``W_i`` and ``b_i`` are the rows of one
-    new (sizes[i] + 1, sizes[i + 1]) array per layer. dx is None (and not computed) unless
+    (sizes[i] + 1, sizes[i + 1]) array per layer, the last call's (with its dict) when nothing else
+    refers to them any more, else new ones. dx is new on every call. dx is None (and not computed) unless
     ``need_dx``. ``None`` (numpy then runs) for B > :func:`max_batch`, or when shapes or dtypes do
     not fit (see :func:`mlp_forward`).
     Any memory layout of dy and the cache works: the dispatcher compiles a version per layout. The
