@@ -22,7 +22,6 @@ float64 gradient checks see the exact function.
 
 from __future__ import annotations
 
-from sys import getrefcount
 from typing import Any
 
 import numpy as np
@@ -1507,13 +1506,14 @@ class _State:
     (no name rebound since); the optimiser and checkpoint loading write parameters in place, which
     keeps it valid. Holds the layout verdict (parameters packed in ``mlp.flat``), the act codes, the
     forward's compiled entry point, the backward's dispatcher and the Python that calls them for this
-    depth, and the spare outputs of the last calls, which the next call reuses when nothing else
-    holds them any more (see ``_count_one`` above the run functions).
+    depth. Outputs are allocated fresh on every call: PPO keeps several caches alive at once, and
+    reusing memory safely would need reference-count tricks that free-threaded Python does not
+    guarantee (~1 us per forward+backward, measured).
     """
 
     __slots__ = ("params", "version", "P", "dt", "sizes", "blocks", "act", "act_out", "fwd", "bwd",
                  "run_forward", "run_backward", "max_batch", "by_shape", "S", "cache_meta", "strict",
-                 "xmeta", "spare_fwd", "spare_bwd")
+                 "xmeta")
 
     def __init__(self, mlp: Any) -> None:
         self.params = mlp.params
@@ -1543,8 +1543,6 @@ class _State:
         self.cache_meta = [(dt, 2)] * (n + 1)  # (dtype, ndim) of x, h_1, ..., h_n in a cache
         self.strict = False  # check cache_meta in Python (after a cache numba could not type)
         self.xmeta = (sizes[0] * dt.itemsize, dt.itemsize)  # C-order row strides of x
-        self.spare_fwd = (None,) * (n + 1)  # (output shapes, h_1, ..., h_n) once a forward ran
-        self.spare_bwd = (None,) * (3 * n + 1)  # (grads, W_0, b_0, ..., G_0, ...) once a backward ran
 
 
 def _state(mlp: Any) -> _State:
@@ -1584,139 +1582,66 @@ def _entry_after_first_call(st: _State, dispatcher: Any) -> Any:
     return first_call
 
 
-# Output reuse. The forward's outputs (h_1 .. h_L) and the backward's gradient blocks, with their
-# views and dict, are kept on the state as "spares". The next call writes into them again only when
-# nothing but the spare holds them any more: every spare object is first unpacked into a local (so a
-# second thread in here sees this one's reference), then its reference count must equal _ONE (held
-# by the spare tuple and the local), plus one per view or dict of ours that holds it. A caller who
-# kept an output, a view of it (numpy views hold their base), a gradient or the dict gets fresh
-# arrays; one who dropped them (the rollout's act, a minibatch step) gets the same memory back,
-# which saves numpy's allocations: ~0.45 us per forward and ~1.5 us per forward+backward at batch 8
-# (measured, session 11). Results are identical either way: the kernels write every element.
-# _ONE comes from the same code shape (_count_one) and _reuse_self_test checks the run functions
-# themselves at import; on a free-threaded build, or if that check fails, _ONE is -1: never reused.
-# (A weakref does not count: a weakref to an output dropped by the caller sees it overwritten.)
-
-
-def _count_one() -> int:
-    """getrefcount of an object held by one tuple and one local, as in the run functions below."""
-    spare = (None, np.empty(0))
-    _, h = spare
-    return getrefcount(h)
-
-
-_ONE = -1  # set at the end of this module (_reuse_self_test)
-
-
 # The Python around the kernels, one function per depth with the arrays named one by one:
 # at depth 3 this costs 0.3 us less per forward than allocating in a loop and calling with *args
 # (list(map(np.empty, ...)) alone is 0.15 us slower than three named np.empty calls, measured).
 def _forward_run1(st: _State, x: np.ndarray, s: tuple) -> list[np.ndarray]:
-    s_, h1 = st.spare_fwd
-    if s_ is not s or getrefcount(h1) != _ONE:
-        h1 = np.empty(s[0], st.dt)
-        st.spare_fwd = (s, h1)
+    h1 = np.empty(s[0], st.dt)
     st.fwd(x, st.P, h1, st.act, st.act_out)
     return [x, h1]
 
 
 def _forward_run2(st: _State, x: np.ndarray, s: tuple) -> list[np.ndarray]:
-    s_, h1, h2 = st.spare_fwd
-    if s_ is not s or getrefcount(h1) != _ONE or getrefcount(h2) != _ONE:
-        dt = st.dt
-        h1, h2 = np.empty(s[0], dt), np.empty(s[1], dt)
-        st.spare_fwd = (s, h1, h2)
+    dt = st.dt
+    h1, h2 = np.empty(s[0], dt), np.empty(s[1], dt)
     st.fwd(x, st.P, h1, h2, st.act, st.act_out)
     return [x, h1, h2]
 
 
 def _forward_run3(st: _State, x: np.ndarray, s: tuple) -> list[np.ndarray]:
-    s_, h1, h2, h3 = st.spare_fwd
-    if s_ is not s or getrefcount(h1) != _ONE or getrefcount(h2) != _ONE or getrefcount(h3) != _ONE:
-        dt = st.dt
-        h1, h2, h3 = np.empty(s[0], dt), np.empty(s[1], dt), np.empty(s[2], dt)
-        st.spare_fwd = (s, h1, h2, h3)
+    dt = st.dt
+    h1, h2, h3 = np.empty(s[0], dt), np.empty(s[1], dt), np.empty(s[2], dt)
     st.fwd(x, st.P, h1, h2, h3, st.act, st.act_out)
     return [x, h1, h2, h3]
 
 
 def _forward_run4(st: _State, x: np.ndarray, s: tuple) -> list[np.ndarray]:
-    s_, h1, h2, h3, h4 = st.spare_fwd
-    if (s_ is not s or getrefcount(h1) != _ONE or getrefcount(h2) != _ONE or getrefcount(h3) != _ONE
-            or getrefcount(h4) != _ONE):
-        dt = st.dt
-        h1, h2, h3, h4 = np.empty(s[0], dt), np.empty(s[1], dt), np.empty(s[2], dt), np.empty(s[3], dt)
-        st.spare_fwd = (s, h1, h2, h3, h4)
+    dt = st.dt
+    h1, h2, h3, h4 = np.empty(s[0], dt), np.empty(s[1], dt), np.empty(s[2], dt), np.empty(s[3], dt)
     st.fwd(x, st.P, h1, h2, h3, h4, st.act, st.act_out)
     return [x, h1, h2, h3, h4]
 
 
-# Backward spares: (grads dict, its views W_i and b_i, the blocks G_i they view). A view is held by
-# the spare and the dict (_ONE + 1), a block by the spare and its two views (_ONE + 2). len(g) catches
-# keys the caller added to the dict; a value it replaced leaves that view one reference short.
 def _backward_run1(st: _State, dy: np.ndarray, cache: list, dx: np.ndarray, want_dx: bool) -> dict | None:
-    g, w0, b0, G0 = st.spare_bwd
-    one = _ONE
-    if (getrefcount(g) != one or len(g) != 2 or getrefcount(w0) != one + 1 or getrefcount(b0) != one + 1
-            or getrefcount(G0) != one + 2):
-        G0 = np.empty(st.blocks[0], st.dt)
-        w0, b0 = G0[:-1], G0[-1]
-        g = {"W0": w0, "b0": b0}
-        st.spare_bwd = (g, w0, b0, G0)
+    G0 = np.empty(st.blocks[0], st.dt)
     if not st.bwd(dy, *cache, st.P, G0, dx, want_dx, st.S):
         return None
-    return g
+    return {"W0": G0[:-1], "b0": G0[-1]}
 
 
 def _backward_run2(st: _State, dy: np.ndarray, cache: list, dx: np.ndarray, want_dx: bool) -> dict | None:
-    g, w0, b0, w1, b1, G0, G1 = st.spare_bwd
-    one, two, three = _ONE, _ONE + 1, _ONE + 2
-    if (getrefcount(g) != one or len(g) != 4 or getrefcount(w0) != two or getrefcount(b0) != two
-            or getrefcount(w1) != two or getrefcount(b1) != two or getrefcount(G0) != three
-            or getrefcount(G1) != three):
-        dt, (s0, s1) = st.dt, st.blocks
-        G0, G1 = np.empty(s0, dt), np.empty(s1, dt)
-        w0, b0, w1, b1 = G0[:-1], G0[-1], G1[:-1], G1[-1]
-        g = {"W0": w0, "b0": b0, "W1": w1, "b1": b1}
-        st.spare_bwd = (g, w0, b0, w1, b1, G0, G1)
+    dt, (s0, s1) = st.dt, st.blocks
+    G0, G1 = np.empty(s0, dt), np.empty(s1, dt)
     if not st.bwd(dy, *cache, st.P, G0, G1, dx, want_dx, st.S):
         return None
-    return g
+    return {"W0": G0[:-1], "b0": G0[-1], "W1": G1[:-1], "b1": G1[-1]}
 
 
 def _backward_run3(st: _State, dy: np.ndarray, cache: list, dx: np.ndarray, want_dx: bool) -> dict | None:
-    g, w0, b0, w1, b1, w2, b2, G0, G1, G2 = st.spare_bwd
-    one, two, three = _ONE, _ONE + 1, _ONE + 2
-    if (getrefcount(g) != one or len(g) != 6 or getrefcount(w0) != two or getrefcount(b0) != two
-            or getrefcount(w1) != two or getrefcount(b1) != two or getrefcount(w2) != two
-            or getrefcount(b2) != two or getrefcount(G0) != three or getrefcount(G1) != three
-            or getrefcount(G2) != three):
-        dt, (s0, s1, s2) = st.dt, st.blocks
-        G0, G1, G2 = np.empty(s0, dt), np.empty(s1, dt), np.empty(s2, dt)
-        w0, b0, w1, b1, w2, b2 = G0[:-1], G0[-1], G1[:-1], G1[-1], G2[:-1], G2[-1]
-        g = {"W0": w0, "b0": b0, "W1": w1, "b1": b1, "W2": w2, "b2": b2}
-        st.spare_bwd = (g, w0, b0, w1, b1, w2, b2, G0, G1, G2)
+    dt, (s0, s1, s2) = st.dt, st.blocks
+    G0, G1, G2 = np.empty(s0, dt), np.empty(s1, dt), np.empty(s2, dt)
     if not st.bwd(dy, *cache, st.P, G0, G1, G2, dx, want_dx, st.S):
         return None
-    return g
+    return {"W0": G0[:-1], "b0": G0[-1], "W1": G1[:-1], "b1": G1[-1], "W2": G2[:-1], "b2": G2[-1]}
 
 
 def _backward_run4(st: _State, dy: np.ndarray, cache: list, dx: np.ndarray, want_dx: bool) -> dict | None:
-    g, w0, b0, w1, b1, w2, b2, w3, b3, G0, G1, G2, G3 = st.spare_bwd
-    one, two, three = _ONE, _ONE + 1, _ONE + 2
-    if (getrefcount(g) != one or len(g) != 8 or getrefcount(w0) != two or getrefcount(b0) != two
-            or getrefcount(w1) != two or getrefcount(b1) != two or getrefcount(w2) != two
-            or getrefcount(b2) != two or getrefcount(w3) != two or getrefcount(b3) != two
-            or getrefcount(G0) != three or getrefcount(G1) != three or getrefcount(G2) != three
-            or getrefcount(G3) != three):
-        dt, (s0, s1, s2, s3) = st.dt, st.blocks
-        G0, G1, G2, G3 = np.empty(s0, dt), np.empty(s1, dt), np.empty(s2, dt), np.empty(s3, dt)
-        w0, b0, w1, b1, w2, b2, w3, b3 = G0[:-1], G0[-1], G1[:-1], G1[-1], G2[:-1], G2[-1], G3[:-1], G3[-1]
-        g = {"W0": w0, "b0": b0, "W1": w1, "b1": b1, "W2": w2, "b2": b2, "W3": w3, "b3": b3}
-        st.spare_bwd = (g, w0, b0, w1, b1, w2, b2, w3, b3, G0, G1, G2, G3)
+    dt, (s0, s1, s2, s3) = st.dt, st.blocks
+    G0, G1, G2, G3 = np.empty(s0, dt), np.empty(s1, dt), np.empty(s2, dt), np.empty(s3, dt)
     if not st.bwd(dy, *cache, st.P, G0, G1, G2, G3, dx, want_dx, st.S):
         return None
-    return g
+    return {"W0": G0[:-1], "b0": G0[-1], "W1": G1[:-1], "b1": G1[-1], "W2": G2[:-1], "b2": G2[-1],
+            "W3": G3[:-1], "b3": G3[-1]}
 
 
 _RUN_FORWARD = (None, _forward_run1, _forward_run2, _forward_run3, _forward_run4)
@@ -1729,8 +1654,7 @@ def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
     Returns ``None`` (the caller falls back to numpy) unless 1 <= B <= :func:`max_batch`,
     the parameters are packed in ``mlp.flat`` (see :func:`_packed`), x is a C-contiguous 2-d
     ndarray of their float dtype, and the MLP has at most :data:`MAX_LAYERS` layers. The cache
-    arrays are never ones the caller still holds: the last call's, if nothing else refers to them
-    any more (see :func:`_count_one`), else new ones.
+    arrays are new on every call.
     """
     st = mlp.__dict__.get("_numba_state")  # _state(mlp), inlined: this is the hottest call
     p = mlp.params
@@ -1751,8 +1675,7 @@ def mlp_backward(
     """Fused backward of a ``minippo.nn.MLP``: dy (B, sizes[-1]) -> (dx (B, sizes[0]) or None, grads).
 
     ``grads`` is keyed like ``mlp.params`` (W0, b0, W1, ...): ``W_i`` and ``b_i`` are the rows of one
-    (sizes[i] + 1, sizes[i + 1]) array per layer, the last call's (with its dict) when nothing else
-    refers to them any more, else new ones. dx is new on every call. dx is None (and not computed) unless
+    new (sizes[i] + 1, sizes[i + 1]) array per layer. dx is None (and not computed) unless
     ``need_dx``. ``None`` (numpy then runs) for B > :func:`max_batch`, or when shapes or dtypes do
     not fit (see :func:`mlp_forward`).
     Any memory layout of dy and the cache works: the dispatcher compiles a version per layout. The
@@ -1782,41 +1705,3 @@ def mlp_backward(
     if grads is None:  # shapes or dtypes not those of this MLP: the numpy path raises or broadcasts
         return None
     return (dx if need_dx else None), grads
-
-
-def _reuse_self_test() -> int:
-    """The count the run functions compare with (:func:`_count_one`), checked on those functions
-    themselves (no kernel runs: the state's kernels are stand-ins): an output or gradient the caller
-    still holds must never be handed out again, a dropped one must be. -1 (never reuse) on a
-    free-threaded build or when the check fails, say on a Python that counts references differently."""
-    import sysconfig
-    from types import SimpleNamespace
-
-    global _ONE
-    if sysconfig.get_config_var("Py_GIL_DISABLED"):
-        return -1
-    _ONE = _count_one()
-    try:
-        n = 2
-        st = SimpleNamespace(fwd=lambda *a: None, bwd=lambda *a: True, P=None, dt=_F32, act=0, act_out=0,
-                             blocks=((2, 1), (2, 1)), S=None, spare_fwd=(None,) * (n + 1),
-                             spare_bwd=(None,) * (3 * n + 1))
-        x, s = np.empty((1, 1), _F32), ((1, 1), (1, 1))
-        held = _forward_run2(st, x, s)[2]
-        reused = _forward_run2(st, x, s)[2] is held  # held: must be fresh
-        dropped = id(_forward_run2(st, x, s)[2])  # the spare now; dropped at once
-        ok = not reused and id(_forward_run2(st, x, s)[2]) == dropped
-        view = _backward_run2(st, None, [], x, False)["W1"][:1]  # a view of a block keeps it
-        g = _backward_run2(st, None, [], x, False)
-        ok = ok and g["W1"].base is not view.base
-        g["extra"] = 0
-        ok = ok and _backward_run2(st, None, [], x, False) is not g  # a key added to a dropped dict
-        del g
-        g_id = id(_backward_run2(st, None, [], x, False))
-        ok = ok and id(_backward_run2(st, None, [], x, False)) == g_id
-    except Exception:  # noqa: BLE001 - any surprise here only turns reuse off
-        ok = False
-    return _ONE if ok else -1
-
-
-_ONE = _reuse_self_test()

@@ -195,12 +195,7 @@ class MLP:
         return i < self.n_layers - 1 or self.activate_output
 
     def forward(self, x: Array) -> tuple[Array, list[Array]]:
-        """x (B, sizes[0]) -> y (B, sizes[-1]); cache = the input of every layer plus the output.
-
-        The arrays returned are never ones the caller still holds. On the numba backend they may be
-        the memory of an earlier call's outputs that nothing refers to any more (docs/kernels.md,
-        "Outputs"); numpy allocates new ones.
-        """
+        """x (B, sizes[0]) -> y (B, sizes[-1]); cache = the input of every layer plus the output."""
         fused = backend.numba_kernels("cpu")
         if fused is not None:
             cache = fused.mlp_forward(self, x)  # one compiled call; None when it does not apply
@@ -224,8 +219,7 @@ class MLP:
         """dy (B, sizes[-1]) -> (dx (B, sizes[0]), grads keyed exactly like ``params``).
 
         ``need_dx=False`` skips the input gradient (dx is then None): a network fed by raw
-        observations never needs it, and it is a whole matmul per minibatch. As in
-        :meth:`forward`, the gradients (and their dict) are never ones the caller still holds.
+        observations never needs it, and it is a whole matmul per minibatch.
         """
         fused = backend.numba_kernels("cpu")
         if fused is not None:
