@@ -1137,10 +1137,11 @@ def _dots(x, V, out):
 
 @njit(cache=True, error_model="numpy", fastmath=False)
 def _dense_narrow(x, W, b, out):
-    """out = x W + b for a layer with fewer than 8 outputs (a policy or value head): :func:`_dots`
-    against W^T, then the bias (64 -> 6 at batch 8: 0.36 us, against 0.87 us through
-    :func:`_mm_acc`, measured with the transpose); :func:`_dot_pairs` instead where it applies
-    (64 -> 2 at batch 8: 0.09 us against 0.32 for :func:`_dots`, after the transpose)."""
+    """out = x W + b for a layer with fewer than 8 outputs (a policy or value head), the bias added
+    last: :func:`_narrow_rows` on W as it is where :func:`_rows_apply` says so (64 -> 6 at batch 8:
+    0.21 us with the bias); else :func:`_dot_pairs` against W^T where it applies (64 -> 2 at batch 8:
+    0.09 us against 0.32 for :func:`_dots`, after the transpose); else :func:`_dots` against W^T
+    (64 -> 6 at batch 8: 0.36 us, against 0.87 us through :func:`_mm_acc`, with the transpose)."""
     if _rows_apply(W, out):
         _narrow_rows(x, W, out)
     elif _pairs_apply(x, out, x.shape[1]):
@@ -1175,10 +1176,11 @@ def _prepare(dt: np.dtype) -> None:
 @njit(**_MLP_JIT, inline="always")
 def _dense(x, W, b, out, act):
     """out = act(x W + b): the bias, then :func:`_mm_acc`, then the activation in place (a layer
-    with fewer than 8 outputs goes through :func:`_dense_narrow` from batch :data:`NARROW_MIN_BATCH`, or
-    from batch 2 where its vector dot products apply)."""
+    with fewer than 8 outputs goes through :func:`_dense_narrow` from batch :data:`NARROW_MIN_BATCH`,
+    wherever :func:`_narrow_rows` applies, or from batch 2 where its vector dot products apply)."""
     B, F = out.shape
-    if F < 8 and (B >= NARROW_MIN_BATCH or _rows_apply(W, out) or (B >= 2 and _pairs_apply(x, out, x.shape[1]))):
+    if F < 8 and (B >= NARROW_MIN_BATCH or _rows_apply(W, out)
+                  or (B >= 2 and _pairs_apply(x, out, x.shape[1]))):
         _dense_narrow(x, W, b, out)
     else:
         for r in range(B):
