@@ -1,10 +1,12 @@
 """Checkpoints: one pickle-free ``.npz`` with every array, plus a JSON entry for the rest.
 
 Arrays: ``param/<name>`` (policy parameters), ``adam/m.<name>``, ``adam/v.<name>``,
-``obs_rms.*`` and ``ret_rms.*`` (normaliser statistics), ``ret_acc`` (per-env discounted
-returns of the reward scaler). ``meta`` is a JSON string: format version, minippo/numpy
-versions, backend, config, policy description, counters, beta, RNG state. Writes go to a temp
-file in the same folder, fsync, then ``os.replace``: a crash mid-save leaves the old file intact.
+``obs_rms.*`` and ``ret_rms.*`` (normaliser statistics). ``meta`` is a JSON string: format
+version, minippo/numpy versions, backend, config, policy description, counters, beta, RNG state.
+Writes go to a temp file in the same folder, fsync, ``os.replace``, then an fsync of the folder:
+a crash mid-save leaves the old file intact, and a finished save survives a power loss.
+(Checkpoints before session 11 also hold ``ret_acc``, the reward scaler's running returns; they
+belong to the episodes in progress, which restart on resume, so it is not saved and is ignored.)
 ``load_policy`` needs numpy only: it is what runs a trained policy on a small machine.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 import zipfile
 from typing import Any
 
@@ -34,23 +36,44 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return rng.bit_generator.state
 
 
-def _chmod_like_open(fd: int) -> None:
-    """Give a ``mkstemp`` file (created 0600) the mode ``open()`` would: 0666 less the umask, so a
-    saved model can be read by whoever reads the rest of the run folder."""
-    if hasattr(os, "fchmod"):  # POSIX
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+def _new_temp(path: str) -> tuple[int, str]:
+    """A new file beside ``path`` (``<name>.<random>.tmp``), open for writing. Created with mode
+    0666, which the OS reduces by the umask as for ``open()``, so a saved model can be read by
+    whoever reads the rest of the run folder (``mkstemp`` would make it 0600, and reading the umask
+    means setting it, which races with other threads)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path!r}")
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened or synced)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder: the rename is done, only its durability is weaker
+    finally:
+        os.close(fd)
 
 
 def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to ``path`` through a temp file + fsync + rename (never half-written)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """``np.savez`` to ``path`` through a temp file + fsync + rename + folder fsync (never
+    half-written; durable once it returns)."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    fd, tmp = _new_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            _chmod_like_open(f.fileno())
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
@@ -59,6 +82,7 @@ def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_folder(folder)
 
 
 def save_checkpoint(algo: Any, path: str) -> None:
@@ -76,7 +100,6 @@ def save_checkpoint(algo: Any, path: str) -> None:
         arrays.update(algo.obs_norm.rms.state("obs_rms"))
     if algo.reward_scaler is not None:
         arrays.update(algo.reward_scaler.rms.state("ret_rms"))
-        arrays["ret_acc"] = algo.reward_scaler.ret
     meta = {
         "format": FORMAT,
         "minippo": __version__,
@@ -234,8 +257,9 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
             norm.rms.load(prefix, arrays)
         except ValueError as e:
             raise CheckpointError(f"{path!r}: {e}") from e
-    # The reward scaler's running discounted returns (saved as ret_acc) belong to the episodes in
-    # progress; the envs restart from a fresh reset on resume, so they restart at 0 (as at the start).
+    # The reward scaler's running discounted returns belong to the episodes in progress; the envs
+    # restart from a fresh reset on resume, so they restart at 0 (as at the start) and are not saved
+    # (a ret_acc array in a checkpoint from before session 11 is ignored).
     try:
         algo.rng.bit_generator.state = meta["rng"]
     except (TypeError, ValueError, KeyError) as e:

@@ -191,13 +191,55 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
 @pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_checkpoint_file_mode_follows_the_umask(tmp_path, umask):
-    """mkstemp creates 0600; the saved model gets what open() would give (0666 less the umask)."""
+    """The saved model gets what open() would give (0666 less the umask), and saving never sets the
+    umask (which would race with other threads creating files)."""
     old = os.umask(umask)
     try:
         atomic_savez(str(tmp_path / "m.npz"), {"a": np.arange(3)})
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_write_syncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
+    """fsync of the data before the rename, of the folder after it (so the rename survives a power
+    loss); the umask is never touched."""
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd)
+        real_fsync(fd)
+
+    def no_umask(mask):
+        raise AssertionError("atomic_savez set the umask")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "umask", no_umask)
+    path = tmp_path / "m.npz"
+    atomic_savez(str(path), {"a": np.arange(3)})
+    assert len(synced) == 2
+    if os.path.exists("/proc/self/fd"):
+        assert synced[0].startswith(str(path) + ".") and synced[0].endswith(".tmp")
+        assert synced[1] == os.path.realpath(tmp_path)
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_checkpoints_with_the_old_ret_acc_array_still_load(tmp_path):
+    """Checkpoints before session 11 saved the reward scaler's running returns (ret_acc); they are
+    no longer saved (they restart with the envs) and an old file holding them loads as before."""
+    good = str(tmp_path / "good.npz")
+    PPO(PPOConfig(**TINY, norm_reward=True)).save(good)
+    with np.load(good, allow_pickle=False) as z:
+        assert "ret_acc" not in z.files
+
+    def add(a, m):
+        a["ret_acc"] = np.full(TINY.get("n_envs", 1), 3.0)
+
+    old = _rewrite(good, tmp_path / "old.npz", add)
+    algo = PPO.load(old)
+    assert np.all(algo.reward_scaler.ret == 0)
+    load_policy(old)
 
 
 def _tamper(src, dst, drop=None, reshape=None):
