@@ -12,8 +12,13 @@ from minippo import PPO
 from minippo.config import preset
 
 RUNGS = {
-    # REINFORCE and A2C are on-policy: one pass over each batch, one gradient step.
-    "reinforce": dict(objective="reinforce", n_epochs=1, batch_size=256, lr_schedule="constant"),
+    # REINFORCE and A2C are on-policy: one pass over each batch, each sample in one gradient step of
+    # 256 samples. REINFORCE gets 256-step rollouts (8 steps of 256 per rollout), so that its returns
+    # run to the episode's end wherever the episode ends inside the rollout (the `mc` estimator
+    # bootstraps an episode still running at the rollout's end from V(s_T)); with the preset's 32
+    # steps most of them would be bootstrapped. Both rungs take the same number of gradient steps.
+    "reinforce": dict(objective="reinforce", n_epochs=1, batch_size=256, n_steps=256,
+                      lr_schedule="constant"),
     "a2c": dict(objective="a2c", n_epochs=1, batch_size=256, lr_schedule="constant"),
     "surrogate": dict(objective="surrogate"),
     "kl_penalty": dict(objective="kl_penalty"),
