@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from minippo.backend import array_module
+
 Array = Any
 
 
@@ -105,7 +107,7 @@ class Adam:
             if src.shape != dst.shape or src.dtype != dst.dtype:
                 raise ValueError(f"Adam {name} is {src.dtype} {src.shape}, expected {dst.dtype} {dst.shape}")
         for src, dst, _ in pairs:
-            dst[...] = src
+            dst[...] = array_module(dst).asarray(src)  # a checkpoint's host arrays go to the moments' device
         self.t = int(state["t"])
 
 
@@ -116,8 +118,8 @@ def global_norm(grads: dict[str, Array]) -> float:
     total = 0.0
     for g in grads.values():
         g64 = g.astype(np.float64, copy=False)
-        total += float(np.vdot(g64, g64))  # vdot: BLAS
-    return math.sqrt(total)
+        total = total + np.vdot(g64, g64)  # vdot: BLAS; on cupy the sum stays on the device
+    return math.sqrt(float(total))  # one read back, not one per array
 
 
 def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:

@@ -195,6 +195,7 @@ class ActorCritic:
             raise ValueError(f"obs must have shape ({self.obs_dim},) or (B, {self.obs_dim}), got {obs.shape}")
         single = obs.ndim == 1
         batch = obs[None] if single else obs
+        batch = array_module(next(iter(self.params.values()))).asarray(batch)  # to the parameters' device
         if not deterministic and rng is None:
             raise ValueError("rng is required when deterministic=False")
         actions, *_ = self.act(batch, rng if rng is not None else np.random.default_rng(0), deterministic)

@@ -1,0 +1,199 @@
+"""A strict numpy-backed stand-in for the CuPy calls minippo makes, for tests on machines without a GPU.
+
+``tests/test_kernels_gpu.py``'s stand-in checks the GAE wrapper; this one runs the whole trainer on
+the cupy backend and holds it to the rules of real CuPy that plain numpy arrays would let pass:
+
+- a device array (``ndarray``: a host array behind numpy's dispatch protocols, its class's module
+  ``cupy``) never turns into a host array implicitly: ``np.asarray(dev)`` raises TypeError, as
+  ``cupy.ndarray.__array__`` does; only ``.get()`` / ``cupy.asnumpy`` copy to the host;
+- numpy functions and ufuncs that mix a device array with a non-scalar host array raise TypeError,
+  as CuPy's ``__array_ufunc__`` / ``__array_function__`` do;
+- ``dev[basic index] = host_array`` raises ValueError: CuPy sends a value that is not a cupy array to
+  ``ndarray.fill``, which takes scalars only (``dev[...] = cupy.asarray(host)`` is the way);
+- ``RawModule(...).get_function(name)(grid, block, args)`` checks the argument types that
+  ``kernels/gae.cu`` declares and runs ``minippo.advantages.gae_numpy`` in its place.
+
+``STATS`` counts the copies each way and the implicit syncs (``bool``, ``float``) for tests that
+want to see them.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
+
+STATS = {"get": 0, "upload": 0, "bool": 0, "float": 0}
+
+
+def _host(x: Any, where: str) -> Any:
+    """A device array's data; a non-scalar host array is refused (CuPy's rule)."""
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, np.ndarray) and x.ndim > 0:
+        raise TypeError(f"Unsupported type <class 'numpy.ndarray'> in {where}")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_host(y, where) for y in x)
+    return x
+
+
+def _dev(r: Any) -> Any:
+    if isinstance(r, np.ndarray):
+        return ndarray(r)
+    if isinstance(r, np.generic):  # CuPy's reductions return 0-d device arrays
+        return ndarray(np.asarray(r))
+    if isinstance(r, tuple):
+        return tuple(_dev(y) for y in r)
+    return r
+
+
+def _index(key: Any) -> Any:
+    if isinstance(key, tuple):
+        return tuple(k._a if isinstance(k, ndarray) else k for k in key)
+    return key._a if isinstance(key, ndarray) else key
+
+
+class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
+    """Device array stand-in: a host array behind the rules in the module docstring. Not a
+    ``numpy.ndarray`` (neither is ``cupy.ndarray``): ``isinstance(x, np.ndarray)`` is False."""
+
+    __slots__ = ("_a",)
+
+    def __init__(self, a: np.ndarray) -> None:
+        self._a = a
+
+    def get(self) -> np.ndarray:
+        STATS["get"] += 1
+        return self._a.copy()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. "
+                        "Please use `.get()` to construct a NumPy array explicitly.")
+
+    def __bool__(self) -> bool:
+        STATS["bool"] += 1
+        return bool(self._a)
+
+    def __float__(self) -> float:
+        STATS["float"] += 1
+        return float(self._a)
+
+    def __int__(self) -> int:
+        STATS["float"] += 1
+        return int(self._a)
+
+    def __index__(self) -> int:
+        STATS["float"] += 1
+        return self._a.__index__()
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    def __iter__(self) -> Any:
+        return (_dev(r) for r in self._a)
+
+    def __repr__(self) -> str:
+        return f"cupy-standin({self._a!r})"
+
+    def __format__(self, spec: str) -> str:
+        STATS["float"] += 1
+        return format(self._a, spec)
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        where = f"ufunc {ufunc.__name__}"
+        out = kwargs.get("out")
+        if out is not None:
+            kwargs["out"] = tuple(_host(o, where) for o in out)
+        r = getattr(ufunc, method)(*(_host(x, where) for x in inputs), **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _dev(r)
+
+    def __array_function__(self, func: Any, types_: Any, args: Any, kwargs: Any) -> Any:
+        where = f"numpy.{func.__name__}"
+        r = func(*_host(list(args), where), **{k: _host(v, where) for k, v in kwargs.items()})
+        out = kwargs.get("out")
+        return out if out is not None else _dev(r)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(value, np.ndarray):
+            keys = key if isinstance(key, tuple) else (key,)
+            basic = all(k is None or k is Ellipsis or isinstance(k, (slice, int, np.integer)) for k in keys)
+            if basic and value.ndim > 0:
+                raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+            STATS["upload"] += 1
+        self._a[_index(key)] = value._a if isinstance(value, ndarray) else value
+
+    def __getitem__(self, key: Any) -> Any:
+        return _dev(self._a[_index(key)])
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # __array_interface__ and the like would convert implicitly
+            raise AttributeError(name)
+        attr = getattr(self._a, name)  # shape, dtype, ndim, size, T, flags, sum, max, astype, ...
+        if callable(attr):
+            def method(*args: Any, **kwargs: Any) -> Any:
+                return _dev(attr(*_host(list(args), name), **{k: _host(v, name) for k, v in kwargs.items()}))
+            return method
+        return _dev(attr) if isinstance(attr, np.ndarray) else attr
+
+
+ndarray.__module__ = "cupy"
+
+
+def asarray(a: Any, dtype: Any = None) -> ndarray:
+    if isinstance(a, ndarray):
+        return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+    STATS["upload"] += 1
+    return ndarray(np.array(a, dtype=dtype, copy=True))
+
+
+def ascontiguousarray(a: Any, dtype: Any = None) -> ndarray:
+    a = asarray(a, dtype)
+    return a if a._a.flags.c_contiguous else ndarray(np.ascontiguousarray(a._a))
+
+
+def _made(fn: Any) -> Any:
+    return lambda *args, **kwargs: ndarray(fn(*args, **kwargs))
+
+
+class RawModule:
+    def __init__(self, code: str, options: tuple = ()) -> None:
+        assert "gae_f32" in code and "gae_f64" in code
+        self.options = options
+
+    def get_function(self, name: str) -> Any:
+        from minippo.advantages import gae_numpy
+
+        def launch(grid: tuple, block: tuple, args: tuple) -> None:
+            r, v, d, lv, g, gl, T, N, adv, ret = args
+            for a in (r, v, d, lv, adv, ret):
+                assert type(a) is ndarray and a._a.flags.c_contiguous, type(a)
+            want = np.float32 if name == "gae_f32" else np.float64
+            assert type(g) is want and type(gl) is want, (type(g), type(gl))
+            assert type(T) is np.int32 and type(N) is np.int32
+            assert grid[0] * block[0] >= int(N)
+            lam = float(gl) / float(g) if g else 0.0
+            a, rr = gae_numpy(*(x._a for x in (r, v, d, lv)), float(g), lam)
+            adv._a[...] = a
+            ret._a[...] = rr
+
+        return launch
+
+
+def make() -> types.ModuleType:
+    """A fresh ``cupy`` module stand-in (put it in ``sys.modules["cupy"]``)."""
+    cp = types.ModuleType("cupy")
+    cp.ndarray = ndarray
+    cp.asarray = asarray
+    cp.ascontiguousarray = ascontiguousarray
+    cp.zeros, cp.empty, cp.arange = _made(np.zeros), _made(np.empty), _made(np.arange)
+    cp.asnumpy = lambda a: a.get() if isinstance(a, ndarray) else np.asarray(a)
+    cp.RawModule = RawModule
+    device = types.SimpleNamespace(synchronize=lambda: None)
+    cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+                                    Device=lambda *a: device)
+    cp.STATS = STATS
+    return cp

@@ -1,0 +1,96 @@
+"""The whole trainer on ``MINIPPO_BACKEND=cupy``, against the strict CuPy stand-in (tests/strict_cupy.py).
+
+No GPU here: the stand-in keeps device arrays apart from host arrays as real CuPy does (no implicit
+conversion either way, no host array assigned into a device array), so a host/device mix-up anywhere
+on the cupy path (rollout, GAE, update, checkpoint save and resume, predict, evaluate) fails here.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+import strict_cupy
+
+from minippo import PPO, backend, load_policy
+from minippo.config import PPOConfig
+from minippo.optim import Adam
+
+TINY = dict(n_envs=2, n_steps=16, batch_size=16, n_epochs=2, total_timesteps=64, hidden=(8,))
+
+
+@pytest.fixture
+def strict_cupy_backend(monkeypatch):
+    cp = strict_cupy.make()
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setenv(backend.ENV_VAR, "cupy")
+    backend.reset()
+    assert backend.name == "cupy"
+    yield cp
+    backend.reset()
+
+
+def _on_device(a):
+    return type(a).__module__ == "cupy"
+
+
+def test_standin_refuses_what_cupy_refuses(strict_cupy_backend):
+    cp = strict_cupy_backend
+    dev, host = cp.asarray(np.ones(3, np.float32)), np.ones(3, np.float32)
+    with pytest.raises(TypeError):
+        np.asarray(dev)
+    with pytest.raises(TypeError):
+        dev + host
+    with pytest.raises(ValueError, match="fill"):
+        dev[...] = host
+    dev[...] = cp.asarray(host)
+    dev[...] = 2.0
+    assert backend.asnumpy(dev).tolist() == [2.0, 2.0, 2.0]
+
+
+def test_adam_state_loads_onto_the_device(strict_cupy_backend):
+    """Adam.load_state_dict gets host arrays from the checkpoint file: they go to the moments' device."""
+    cp = strict_cupy_backend
+    params = {"w": cp.asarray(np.zeros((2, 3), np.float32))}
+    opt = Adam(params, lr=0.1)
+    state = {"t": 5, "m.w": np.full((2, 3), 0.5, np.float32), "v.w": np.full((2, 3), 0.25, np.float32)}
+    opt.load_state_dict(state)
+    assert _on_device(opt.m["w"]) and opt.t == 5
+    np.testing.assert_array_equal(backend.asnumpy(opt.m["w"]), state["m.w"])
+    np.testing.assert_array_equal(backend.asnumpy(opt.v["w"]), state["v.w"])
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(env_id="CartPole-v1", objective="clip", norm_obs=True),
+    dict(env_id="CartPole-v1", objective="kl_penalty", shared=True, norm_reward=True),
+    dict(env_id="Pendulum-v1", objective="clip", clip_vloss=True, target_kl=0.5),
+])
+def test_train_save_resume_predict_on_the_cupy_path(strict_cupy_backend, tmp_path, cfg):
+    algo = PPO(PPOConfig(**TINY, **cfg)).learn()
+    assert all(_on_device(p) for p in algo.policy.params.values())
+    path = str(tmp_path / "m.npz")
+    algo.save(path)
+    resumed = PPO.load(path)  # parameters and Adam moments go back to the device
+    assert all(_on_device(p) for p in resumed.policy.params.values())
+    assert all(_on_device(m) for m in resumed.optimizer.m.values())
+    for k, p in algo.policy.params.items():
+        np.testing.assert_array_equal(backend.asnumpy(resumed.policy.params[k]), backend.asnumpy(p))
+    resumed.learn(total_timesteps=resumed.num_timesteps + 32)
+    obs = np.zeros(algo.policy.obs_dim, np.float32)  # host in, host out
+    action = resumed.policy.predict(obs)
+    assert isinstance(action, (np.ndarray, np.generic)) and not _on_device(action)
+    batch = resumed.policy.predict(np.zeros((3, algo.policy.obs_dim), np.float32))
+    assert isinstance(batch, np.ndarray) and len(batch) == 3
+    assert np.isfinite(resumed.evaluate(1)["mean_return"])
+    assert load_policy(path).predict(obs).shape == np.shape(action)  # numpy-only loader, same file
+
+
+def test_gradient_norm_is_one_sync_per_clip(strict_cupy_backend):
+    """global_norm sums the squares on the device and reads one number back, not one per array."""
+    from minippo.optim import global_norm
+
+    cp = strict_cupy_backend
+    grads = {f"g{i}": cp.asarray(np.full(4, i, np.float32)) for i in range(6)}
+    before = cp.STATS["float"]
+    norm = global_norm(grads)
+    assert cp.STATS["float"] - before == 1
+    assert norm == pytest.approx(np.sqrt(4 * sum(i * i for i in range(6))))
