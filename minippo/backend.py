@@ -58,7 +58,30 @@ def _cupy_module() -> ModuleType:
         ) from e
     if n < 1:
         raise RuntimeError(f"{ENV_VAR}=cupy but no CUDA device was found; use numpy or numba")
+    try:
+        _probe(cupy)
+    except Exception as e:  # NVRTC or cuBLAS missing or not matching the driver, an unusable device
+        raise RuntimeError(
+            f"{ENV_VAR}=cupy: a CUDA device was found but CuPy cannot run on it ({type(e).__name__}: {e}); "
+            "the CUDA libraries it needs (NVRTC, cuBLAS) are missing or do not match the driver: "
+            "pip install 'cupy-cuda12x[ctk]' (or install the CUDA Toolkit), "
+            f"else use {ENV_VAR}=numpy or numba"
+        ) from e
     return cupy
+
+
+PROBE_SOURCE = 'extern "C" __global__ void minippo_probe(float* x) { x[0] = 2.0f; }'
+
+
+def _probe(cupy: ModuleType) -> None:
+    """What minippo does on the device, once, small: an NVRTC-compiled kernel (GAE is one) and a
+    cuBLAS product (the MLPs), read back. A machine with a driver but without the CUDA libraries
+    passes ``getDeviceCount`` and fails only here, so ``auto`` can still fall back."""
+    x = cupy.asarray(np.ones((2, 2), np.float32))
+    cupy.RawModule(code=PROBE_SOURCE).get_function("minippo_probe")((1,), (1,), (x,))  # x = [[2, 1], [1, 1]]
+    got = float(np.dot(x, x).sum())
+    if got != 13.0:
+        raise RuntimeError(f"a 2 x 2 product on the device gave {got}, expected 13")
 
 
 def resolve(value: str | None = None) -> tuple[str, ModuleType]:

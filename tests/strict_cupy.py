@@ -161,11 +161,18 @@ def _made(fn: Any) -> Any:
 
 class RawModule:
     def __init__(self, code: str, options: tuple = ()) -> None:
-        assert "gae_f32" in code and "gae_f64" in code
+        from minippo.backend import PROBE_SOURCE
+
+        assert ("gae_f32" in code and "gae_f64" in code) or code == PROBE_SOURCE
         self.options = options
 
     def get_function(self, name: str) -> Any:
         from minippo.advantages import gae_numpy
+
+        if name == "minippo_probe":  # the backend's check that kernels compile and run
+            def probe(grid: tuple, block: tuple, args: tuple) -> None:
+                args[0]._a.flat[0] = 2.0
+            return probe
 
         def launch(grid: tuple, block: tuple, args: tuple) -> None:
             r, v, d, lv, g, gl, T, N, adv, ret = args

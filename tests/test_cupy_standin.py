@@ -94,3 +94,23 @@ def test_gradient_norm_is_one_sync_per_clip(strict_cupy_backend):
     norm = global_norm(grads)
     assert cp.STATS["float"] - before == 1
     assert norm == pytest.approx(np.sqrt(4 * sum(i * i for i in range(6))))
+
+
+def test_a_device_that_cannot_compile_is_refused_and_auto_falls_back(monkeypatch, caplog):
+    """A driver without the CUDA libraries passes getDeviceCount; the backend's probe (an NVRTC
+    kernel and a cuBLAS product) finds out: explicit cupy says what is missing, auto moves on."""
+    cp = strict_cupy.make()
+
+    class NoNvrtc:
+        def __init__(self, code, options=()):
+            raise OSError("libnvrtc.so.12: cannot open shared object file")
+
+    cp.RawModule = NoNvrtc
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    with pytest.raises(RuntimeError, match=r"a CUDA device was found but CuPy cannot run on it "
+                                           r"\(OSError: libnvrtc.*pip install 'cupy-cuda12x\[ctk\]'"):
+        backend.resolve("cupy")
+    with caplog.at_level("INFO", logger="minippo"):
+        name, xp = backend.resolve("auto")
+    assert name in ("numba", "numpy") and xp is np
+    assert "cupy unavailable" in caplog.text or "neither cupy nor numba" in caplog.text

@@ -155,10 +155,14 @@ def fake_cupy(lib, devices=1):
 
     class RawModule:
         def __init__(self, code, options=()):
-            assert "gae_f32" in code and all(isinstance(o, str) for o in options)
-            compiled.append(tuple(options))
+            self.probe = code == backend.PROBE_SOURCE  # the backend's check that kernels run
+            assert self.probe or "gae_f32" in code and all(isinstance(o, str) for o in options)
+            if not self.probe:
+                compiled.append(tuple(options))
 
         def get_function(self, name):
+            if self.probe:
+                return lambda grid, block, args: args[0].flat.__setitem__(0, 2.0)
             kernel_params(name)  # KeyError-like failure if the name is not in the source
             return lambda grid, block, args: launch(lib, name, grid, block, args)
 
