@@ -43,7 +43,12 @@ def gae_numpy(
     rewards: Array, values: Array, dones: Array, last_values: Array, gamma: float, lam: float
 ) -> tuple[Array, Array]:
     """The numpy backend of :func:`compute_gae`: rewards, values, dones (T, N), last_values (N,) ->
-    (advantages, returns), both (T, N); a backward loop over T, each step vectorised over the N envs."""
+    (advantages, returns), both (T, N); a backward loop over T, each step vectorised over the N envs.
+
+    gamma and lam are taken as Python floats: a numpy float64 scalar would make numpy compute a
+    float32 rollout in float64 (NEP 50), unlike the numba and CUDA kernels, which cast them to the
+    arrays' dtype."""
+    gamma, lam = float(gamma), float(lam)
     T = rewards.shape[0]
     adv = np.empty_like(rewards)
     next_adv = np.zeros_like(last_values)

@@ -435,6 +435,25 @@ def test_gae_dtype_rule_is_the_same_on_both_backends(monkeypatch):
     backend.reset()
 
 
+def test_gae_gamma_as_numpy_scalar_is_the_same_on_both_backends(monkeypatch):
+    """gamma / lambda given as np.float64 (or np.float32) scalars give the bits of Python floats on
+    both backends: numpy alone would otherwise compute a float32 rollout in float64 (NEP 50)."""
+    rng = np.random.default_rng(3)
+    r, v = rng.normal(size=(2, 40, 5)).astype(np.float32)
+    d = (rng.random((40, 5)) < 0.2).astype(np.float32)
+    lv = rng.normal(size=5).astype(np.float32)
+    want = advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)
+    for name in ("numpy", "numba"):
+        monkeypatch.setenv(backend.ENV_VAR, name)
+        backend.reset()
+        for g, lam in ((np.float64(0.99), np.float64(0.95)), (np.float32(0.99), 0.95), (0.99, np.float64(0.95))):
+            adv, ret = advantages.compute_gae(r, v, d, lv, g, lam)
+            want_g = want if type(g) is not np.float32 else advantages.gae_numpy(r, v, d, lv, float(g), 0.95)
+            np.testing.assert_array_equal(adv, want_g[0], err_msg=f"{name} {type(g).__name__}")
+            np.testing.assert_array_equal(ret, want_g[1])
+    backend.reset()
+
+
 def test_rewards_to_go_checks_shapes_and_gamma():
     r, lv = np.ones((8, 4), np.float32), np.zeros(4, np.float32)
     for d, lv_, gamma, msg in ((np.ones((1, 4)), lv, 0.9, "one shape"),
