@@ -123,6 +123,17 @@ def vstore(typingctx, arr, i, j, v):
     return types.none(arr, i, j, v), codegen
 
 
+def _ptr_suffix(ptr_type: ir.PointerType, vt: Vec) -> str:
+    """The pointer part of a masked load/store intrinsic's name, for the vector pointer it is given:
+    ``p0`` where LLVM has only opaque pointers (LLVM >= 17: llvmlite >= 0.45, numba >= 0.62),
+    ``p0v16f32`` and the like with the typed pointers of LLVM 14/15 (numba 0.59-0.61)."""
+    from llvmlite import binding
+
+    if binding.llvm_version_info[0] >= 17:
+        return "p0"
+    return f"p0v{vt.n}f{vt.dtype.bitwidth}"
+
+
 def _first_lanes(builder, n_lanes, n):
     """The mask <lane < n> for lanes 0 .. n_lanes - 1 (n an i64)."""
     i64 = ir.IntType(64)
@@ -144,10 +155,11 @@ def vload_first(typingctx, arr, i, j, n):
     def codegen(context, builder, sig, args):
         p = _element_ptr(context, builder, sig.args[0], args[0], *_intp(context, builder, sig, args, 1))
         vty = context.get_value_type(vt)
+        p = builder.bitcast(p, vty.as_pointer())
         mask = _first_lanes(builder, vt.n, context.cast(builder, args[3], sig.args[3], types.int64))
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vty, [p.type, ir.IntType(32), mask.type, vty]),
-            f"llvm.masked.load.v{vt.n}f{vt.dtype.bitwidth}.p0")
+            f"llvm.masked.load.v{vt.n}f{vt.dtype.bitwidth}.{_ptr_suffix(p.type, vt)}")
         align = ir.Constant(ir.IntType(32), vt.dtype.bitwidth // 8)
         return builder.call(fn, [p, align, mask, ir.Constant(vty, None)])
 
@@ -164,11 +176,12 @@ def vstore_first(typingctx, arr, i, j, v, n):
 
     def codegen(context, builder, sig, args):
         p = _element_ptr(context, builder, sig.args[0], args[0], *_intp(context, builder, sig, args, 1))
-        mask = _first_lanes(builder, vt.n, context.cast(builder, args[4], sig.args[4], types.int64))
         vty = args[3].type
+        p = builder.bitcast(p, vty.as_pointer())
+        mask = _first_lanes(builder, vt.n, context.cast(builder, args[4], sig.args[4], types.int64))
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [vty, p.type, ir.IntType(32), mask.type]),
-            f"llvm.masked.store.v{vt.n}f{vt.dtype.bitwidth}.p0")
+            f"llvm.masked.store.v{vt.n}f{vt.dtype.bitwidth}.{_ptr_suffix(p.type, vt)}")
         builder.call(fn, [args[3], p, ir.Constant(ir.IntType(32), vt.dtype.bitwidth // 8), mask])
         return context.get_dummy_value()
 

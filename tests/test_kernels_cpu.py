@@ -795,6 +795,24 @@ def test_narrow_rows_matches_reference(B, K, F, dtype, seed):
 
 
 @njit
+def _rows_apply_call(W, out):
+    return cpu._rows_apply(W, out)
+
+
+def test_rows_apply_needs_one_dtype_and_short_rows():
+    """_narrow_rows compiles to a no-op for arrays its vectors cannot load together: _rows_apply must
+    then say no, so that out is written by another path."""
+    W32, W64 = np.ones((64, 6), np.float32), np.ones((64, 6), np.float64)
+    assert _rows_apply_call(W32, np.empty((8, 6), np.float32))
+    assert not _rows_apply_call(W32, np.empty((8, 6), np.float64))
+    assert not _rows_apply_call(W64, np.empty((8, 6), np.float32))
+    assert not _rows_apply_call(W64, np.empty((8, 8), np.float64))  # a row as long as a vector
+    assert not _rows_apply_call(np.ones((6, 64), np.float32).T, np.empty((8, 6), np.float32))  # not C
+    assert _rows_apply_call(W32, np.empty((2, 1), np.float32))
+    assert not _rows_apply_call(W32, np.empty((3, 1), np.float32))
+
+
+@njit
 def _dense_call(x, W, b, out):
     cpu._dense(x, W, b, out, cpu.ACT_NONE)
 
