@@ -48,7 +48,10 @@ def gae_numpy(
     gamma and lam are taken as Python floats: a numpy float64 scalar would make numpy compute a
     float32 rollout in float64 (NEP 50), unlike the numba and CUDA kernels, which cast them to the
     arrays' dtype."""
-    gamma, lam = float(gamma), float(lam)
+    try:
+        gamma, lam = float(gamma), float(lam)
+    except TypeError as e:
+        raise TypeError(f"gamma and lam must be real scalars, got {gamma!r} and {lam!r}") from e
     T = rewards.shape[0]
     adv = np.empty_like(rewards)
     next_adv = np.zeros_like(last_values)

@@ -47,7 +47,7 @@ def _cupy_module() -> ModuleType:
     except ImportError as e:
         raise ImportError(
             f"{ENV_VAR}=cupy but cupy is not installed ({e}); "
-            "install it with: pip install 'minippo[cuda]' (needs a CUDA 12 driver)"
+            "install it with: pip install 'minippo[cuda]' (needs an NVIDIA driver for CUDA 12)"
         ) from e
     try:
         n = cupy.cuda.runtime.getDeviceCount()
@@ -64,7 +64,8 @@ def _cupy_module() -> ModuleType:
         raise RuntimeError(
             f"{ENV_VAR}=cupy: a CUDA device was found but CuPy cannot run on it ({type(e).__name__}: {e}); "
             "the CUDA libraries it needs (NVRTC, cuBLAS) are missing or do not match the driver: "
-            "pip install 'cupy-cuda12x[ctk]' (or install the CUDA Toolkit), "
+            "install the CUDA Toolkit, or the toolkit wheels with your CuPy package "
+            "(pip install 'cupy-cuda12x[ctk]>=14', which minippo[cuda] installs), "
             f"else use {ENV_VAR}=numpy or numba"
         ) from e
     return cupy

@@ -68,10 +68,11 @@ def _fsync_folder(folder: str) -> None:
 def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` to ``path`` through a temp file + fsync + rename + folder fsync (never
     half-written; durable once it returns)."""
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
+    # The temp file goes in the folder the OS resolves ``path`` into (symlinks and "..", as open()
+    # would), so the rename stays in one folder; the rename itself is onto ``path`` as given.
+    folder = os.path.realpath(os.path.dirname(path) or ".")
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = _new_temp(path)
+    fd, tmp = _new_temp(os.path.join(folder, os.path.basename(path)))
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

@@ -116,9 +116,10 @@ def global_norm(grads: dict[str, Array]) -> float:
     a float32 sum of squares overflows to inf from a norm of ~1.8e19, which would stop training
     where the norm is finite (the fused numba step sums in float64 too)."""
     total = 0.0
-    for g in grads.values():
-        g64 = g.astype(np.float64, copy=False)
-        total = total + np.vdot(g64, g64)  # vdot: BLAS; on cupy the sum stays on the device
+    with np.errstate(over="ignore"):  # a total past float64's range is inf, silently, as a float sum is
+        for g in grads.values():
+            g64 = g.astype(np.float64, copy=False)
+            total = total + np.vdot(g64, g64)  # vdot: BLAS; on cupy the sum stays on the device
     return math.sqrt(float(total))  # one read back, not one per array
 
 

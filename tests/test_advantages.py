@@ -170,3 +170,11 @@ def test_next_step_truncation_at_rollout_end_bootstraps_from_last_value():
     np.testing.assert_allclose(algo.buffer.rewards[:, 0], [1, 1, 1 + gamma * c])
     algo.collect_rollout()  # step 0 is the reset step of the previous episode
     np.testing.assert_array_equal(algo.buffer.valid[:, 0], [0, 1, 1])
+
+
+def test_gae_numpy_wants_scalar_gamma_and_lambda():
+    z = np.zeros((3, 2))
+    with pytest.raises(TypeError, match="gamma and lam must be real scalars"):
+        gae_numpy(z, z, z, np.zeros(2), np.array([0.9, 0.9]), 0.95)
+    a, _ = gae_numpy(z + 1, z, z, np.zeros(2), np.array(0.5), np.float32(0.5))  # 0-d: fine
+    np.testing.assert_allclose(a[:, 0], [1 + 0.25 + 0.0625, 1.25, 1.0])

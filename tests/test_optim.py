@@ -175,3 +175,11 @@ def test_schedule_bad_inputs():
         Schedule("cosine")
     with pytest.raises(ValueError, match="exponential schedule needs start > 0 and end > 0"):
         Schedule("exponential", 1.0, 0.0)
+
+
+def test_global_norm_past_float64_range_is_inf_without_a_warning():
+    """Each array's sum of squares is finite, the total is not: inf, silently (clip_grad_norm then
+    raises its own error), also under np.seterr(all="raise")."""
+    big = np.full(1, 1.2e154)  # each sum of squares 1.44e308 is finite, their total is not
+    with np.errstate(all="raise"):
+        assert global_norm({"a": big, "b": big.copy()}) == float("inf")

@@ -225,6 +225,20 @@ def test_atomic_write_syncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.npz"]
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symlinks")
+def test_atomic_write_goes_where_the_os_resolves_the_path(tmp_path, monkeypatch):
+    """'link/../m.npz' with link -> real/deep is real/m.npz for open() and np.load: the save lands
+    there too (not where a textual clean-up of '..' would put it)."""
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    os.symlink(tmp_path / "real" / "deep", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    atomic_savez(os.path.join("link", "..", "m.npz"), {"a": np.arange(3)})
+    assert sorted(os.listdir(tmp_path / "real")) == ["deep", "m.npz"]
+    assert not (tmp_path / "m.npz").exists()
+    with np.load(os.path.join("link", "..", "m.npz")) as z:
+        np.testing.assert_array_equal(z["a"], np.arange(3))
+
+
 def test_checkpoints_with_the_old_ret_acc_array_still_load(tmp_path):
     """Checkpoints before session 11 saved the reward scaler's running returns (ret_acc); they are
     no longer saved (they restart with the envs) and an old file holding them loads as before."""
