@@ -368,11 +368,16 @@ def test_gae_out_writes_in_place_bit_identical(data):
     np.testing.assert_array_equal(out[1], ret_np)
 
 
+def _f32_rollout(seed, T, N, p_done):
+    """rewards, values, dones (T, N) and last values (N,), float32."""
+    rng = np.random.default_rng(seed)
+    r, v = rng.normal(size=(2, T, N)).astype(np.float32)
+    d = (rng.random((T, N)) < p_done).astype(np.float32)
+    return r, v, d, rng.normal(size=N).astype(np.float32)
+
+
 def test_compute_gae_out_on_both_backends(monkeypatch):
-    rng = np.random.default_rng(1)
-    r, v = rng.normal(size=(2, 5, 3)).astype(np.float32)
-    d = (rng.random((5, 3)) < 0.3).astype(np.float32)
-    lv = rng.normal(size=3).astype(np.float32)
+    r, v, d, lv = _f32_rollout(1, 5, 3, 0.3)
     want = advantages.gae_numpy(r, v, d, lv, 0.9, 0.8)
     for name in ("numpy", "numba"):
         monkeypatch.setenv(backend.ENV_VAR, name)
@@ -438,10 +443,7 @@ def test_gae_dtype_rule_is_the_same_on_both_backends(monkeypatch):
 def test_gae_gamma_as_numpy_scalar_is_the_same_on_both_backends(monkeypatch):
     """gamma / lambda given as np.float64 (or np.float32) scalars give the bits of Python floats on
     both backends: numpy alone would otherwise compute a float32 rollout in float64 (NEP 50)."""
-    rng = np.random.default_rng(3)
-    r, v = rng.normal(size=(2, 40, 5)).astype(np.float32)
-    d = (rng.random((40, 5)) < 0.2).astype(np.float32)
-    lv = rng.normal(size=5).astype(np.float32)
+    r, v, d, lv = _f32_rollout(3, 40, 5, 0.2)
     want = advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)
     for name in ("numpy", "numba"):
         monkeypatch.setenv(backend.ENV_VAR, name)
