@@ -123,8 +123,8 @@ def vstore(typingctx, arr, i, j, v):
     return types.none(arr, i, j, v), codegen
 
 
-def _ptr_suffix(ptr_type: ir.PointerType, vt: Vec) -> str:
-    """The pointer part of a masked load/store intrinsic's name, for the vector pointer it is given:
+def _ptr_suffix(vt: Vec) -> str:
+    """The pointer part of a masked load/store intrinsic's name, for a pointer to a ``vt`` vector:
     ``p0`` where LLVM has only opaque pointers (LLVM >= 17: llvmlite >= 0.45, numba >= 0.62),
     ``p0v16f32`` and the like with the typed pointers of LLVM 14/15 (numba 0.59-0.61)."""
     from llvmlite import binding
@@ -159,7 +159,7 @@ def vload_first(typingctx, arr, i, j, n):
         mask = _first_lanes(builder, vt.n, context.cast(builder, args[3], sig.args[3], types.int64))
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vty, [p.type, ir.IntType(32), mask.type, vty]),
-            f"llvm.masked.load.v{vt.n}f{vt.dtype.bitwidth}.{_ptr_suffix(p.type, vt)}")
+            f"llvm.masked.load.v{vt.n}f{vt.dtype.bitwidth}.{_ptr_suffix(vt)}")
         align = ir.Constant(ir.IntType(32), vt.dtype.bitwidth // 8)
         return builder.call(fn, [p, align, mask, ir.Constant(vty, None)])
 
@@ -181,7 +181,7 @@ def vstore_first(typingctx, arr, i, j, v, n):
         mask = _first_lanes(builder, vt.n, context.cast(builder, args[4], sig.args[4], types.int64))
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [vty, p.type, ir.IntType(32), mask.type]),
-            f"llvm.masked.store.v{vt.n}f{vt.dtype.bitwidth}.{_ptr_suffix(p.type, vt)}")
+            f"llvm.masked.store.v{vt.n}f{vt.dtype.bitwidth}.{_ptr_suffix(vt)}")
         builder.call(fn, [args[3], p, ir.Constant(ir.IntType(32), vt.dtype.bitwidth // 8), mask])
         return context.get_dummy_value()
 
