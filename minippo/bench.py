@@ -37,14 +37,14 @@ def train_speed(timesteps: int = 100_000, env_id: str = "CartPole-v1", **overrid
     algo = PPO(cfg)
     algo.learn()
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-    env_s = env_stepping(cfg, timesteps)
+    env_s = env_stepping(cfg, algo.num_timesteps)  # as many steps as training took (whole rollouts)
     ev = algo.evaluate(10)["mean_return"]
     res = {
         "train_s": train_s,
         "train_cpu_s": train_cpu,
         "train_steps_per_s": algo.num_timesteps / train_s,
         "env_only_s": env_s,
-        "env_only_steps_per_s": timesteps / env_s,
+        "env_only_steps_per_s": algo.num_timesteps / env_s,
         "ratio_train_over_env": train_s / env_s,
         "eval_mean_return": ev,
     }

@@ -17,12 +17,13 @@ import math
 import os
 import secrets
 import zipfile
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from minippo import __version__
-from minippo.policy import ActorCritic
+from minippo.policy import ActorCritic, check_obs
 
 FORMAT = 1
 Array = Any
@@ -30,6 +31,10 @@ Array = Any
 
 class CheckpointError(ValueError):
     """The file is not a minippo checkpoint, is corrupted, or does not match what loads it."""
+
+
+class EnvMismatchError(ValueError):
+    """The env a policy is evaluated in does not have the spaces the policy was trained for."""
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
@@ -65,9 +70,10 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to ``path`` through a temp file + fsync + rename + folder fsync (never
-    half-written; durable once it returns)."""
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through ``write(f)`` on a temp file beside ``path``, then fsync, rename onto
+    ``path`` and fsync the folder: ``path`` is never half-written (the old file stays until the new
+    one is whole), and the new file is durable once this returns. A failure removes the temp file."""
     # The temp file goes in the folder the OS resolves ``path`` into (symlinks and "..", as open()
     # would), so the rename stays in one folder; the rename itself is onto ``path`` as given.
     folder = os.path.realpath(os.path.dirname(path) or ".")
@@ -75,7 +81,7 @@ def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
     fd, tmp = _new_temp(os.path.join(folder, os.path.basename(path)))
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -84,6 +90,12 @@ def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
             os.unlink(tmp)
         raise
     _fsync_folder(folder)
+
+
+def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to ``path`` through :func:`atomic_write` (never half-written; durable once it
+    returns)."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def save_checkpoint(algo: Any, path: str) -> None:
@@ -125,8 +137,17 @@ def save_checkpoint(algo: Any, path: str) -> None:
 
 def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(meta, arrays) from a checkpoint file, with clear errors for anything wrong."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path!r} is a folder, not a checkpoint file (a run folder's is model.npz)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"{path!r} cannot be read: {e}") from e
+    if magic != b"PK\x03\x04" and magic != b"\x93NUM":  # an .npz is a zip file; .npy is handled below
+        raise CheckpointError(f"{path!r} is not a readable minippo checkpoint (.npz): it is not a zip file")
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file: one bare array
@@ -155,6 +176,19 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     missing = [k for k in _POLICY_KEYS if k not in meta["policy"]]
     if missing:
         raise CheckpointError(f"{path!r}: meta's policy description is missing {missing}")
+    for key in ("num_timesteps", "iteration", "total_timesteps", "adam_t"):
+        v = meta.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CheckpointError(f"{path!r}: meta's {key!r} must be an integer >= 0, got {v!r}")
+    beta = meta.get("beta", 1.0)
+    # beta >= 0, not only > 0: a long kl_penalty run can halve it down to 0.0 (or double it to inf)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+        raise CheckpointError(f"{path!r}: meta's 'beta' must be a number >= 0, got {beta!r}")
+    for key in ("episode_returns", "episode_lengths"):
+        v = meta.get(key, [])
+        if not isinstance(v, list) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+            raise CheckpointError(f"{path!r}: meta's {key!r} must be a list of finite numbers")
     if meta["policy"]["dtype"] != meta["config"].get("dtype", meta["policy"]["dtype"]):
         raise CheckpointError(f"{path!r}: policy dtype {meta['policy']['dtype']!r} differs from the config's "
                               f"{meta['config']['dtype']!r}")
@@ -179,6 +213,8 @@ def _load_into(
             raise CheckpointError(f"{path!r}: array {name!r} has shape {src.shape}, expected {tuple(dst.shape)}")
         if src.dtype != dst.dtype:
             raise CheckpointError(f"{path!r}: array {name!r} is {src.dtype}, the network is {dst.dtype}")
+        if not np.isfinite(src).all():
+            raise CheckpointError(f"{path!r}: array {name!r} holds NaN or inf")
     extra = sorted(a for a in arrays if a.startswith(prefix) and a[len(prefix):] not in target)
     if extra:
         raise CheckpointError(f"{path!r} has unexpected arrays {extra}: it belongs to another network")
@@ -245,6 +281,10 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     missing = [f"adam/{p}.{k}" for k in algo.policy.params for p in "mv" if f"{p}.{k}" not in state]
     if missing:
         raise CheckpointError(f"{path!r} is missing Adam moments {missing[:3]}")
+    bad = sorted(k for k, v in state.items() if not (np.isfinite(v).all() and (k[0] != "v" or (v >= 0).all())))
+    if bad:
+        raise CheckpointError(f"{path!r}: Adam moments {['adam/' + k for k in bad[:3]]} hold NaN, inf or "
+                              "(second moments) negative values")
     try:
         algo.optimizer.load_state_dict({**state, "t": meta.get("adam_t", 0)})
     except ValueError as e:
@@ -294,10 +334,7 @@ class Policy:
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         """Raw obs (obs_dim,) or (B, obs_dim) -> what the network saw in training (saved statistics,
         clip +-10)."""
-        obs = np.asarray(obs, dtype=self.policy.dtype)
-        dim = self.policy.obs_dim
-        if obs.ndim not in (1, 2) or obs.shape[-1] != dim:
-            raise ValueError(f"obs must have shape ({dim},) or (B, {dim}), got {obs.shape}")
+        obs = check_obs(obs, self.policy.obs_dim, self.policy.dtype)
         if self.obs_mean is None:
             return obs
         return np.clip((obs - self.obs_mean) / np.sqrt(self.obs_var + 1e-8), -10.0, 10.0).astype(self.policy.dtype)
@@ -336,9 +373,28 @@ EVAL_MAX_STEPS = 100_000
 """Longest evaluation episode of an env without a time limit of its own."""
 
 
+def check_env_fits(policy: ActorCritic, env: Any, name: str) -> None:
+    """Raise :class:`EnvMismatchError` unless the single (not vector) gymnasium ``env`` has the
+    observation shape (obs_dim,) and the action space ``policy`` was built for."""
+    from minippo.spaces import as_space
+
+    shape = getattr(env.observation_space, "shape", None)
+    try:  # the action dtype is left out: actions are cast to the env's (and old checkpoints lack it)
+        action = {k: v for k, v in as_space(env.action_space).to_dict().items() if k != "dtype"}
+    except (TypeError, ValueError) as e:
+        action = f"{env.action_space} ({e})"
+    want = {k: v for k, v in policy.action_space.to_dict().items() if k != "dtype"}
+    if shape != (policy.obs_dim,) or action != want:
+        raise EnvMismatchError(
+            f"env {name} does not fit the policy: observations {env.observation_space} and actions "
+            f"{env.action_space}, the policy takes observations of shape ({policy.obs_dim},) and actions "
+            f"{want} (a policy trained through wrappers is evaluated with evaluate_policy(..., env=<wrapped env>))"
+        )
+
+
 def evaluate_policy(
     policy: ActorCritic | Policy,
-    env_id: str,
+    env_id: str | None,
     n_episodes: int = 10,
     deterministic: bool = True,
     seed: int = 0,
@@ -346,10 +402,15 @@ def evaluate_policy(
     env_kwargs: dict[str, Any] | None = None,
     rng: np.random.Generator | None = None,
     max_steps: int | None = None,
+    env: Any = None,
 ) -> dict[str, Any]:
     """Play ``n_episodes`` episodes in one gymnasium env; returns env_id, episodes, mean_return,
     std_return, returns, lengths, cut (episodes ended by ``max_steps``). ``obs_norm`` (frozen)
     normalises observations for a trainer's ActorCritic; a loaded :class:`Policy` normalises itself.
+
+    The env is ``gymnasium.make(env_id, **env_kwargs)``, or ``env`` when given: a single (not
+    vector) gymnasium env, e.g. wrapped as the policy was in training; it is reset with the
+    evaluation seeds and left open. Its spaces must be the policy's (:class:`EnvMismatchError`).
 
     ``max_steps`` caps an episode (default: the env's own time limit, else :data:`EVAL_MAX_STEPS`),
     so that an env without a time limit cannot keep evaluation running for ever; an episode cut
@@ -358,15 +419,28 @@ def evaluate_policy(
 
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    gym = _gym()
-    check_env_id(env_id)
-    with dependency_errors(env_id):
-        env = gym.make(env_id, **(env_kwargs or {}))
-    if max_steps is None:
-        max_steps = getattr(env.spec, "max_episode_steps", None) or EVAL_MAX_STEPS
-    if max_steps < 1:
-        env.close()
-        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    own = env is None
+    if own:
+        if env_id is None:
+            raise ValueError("evaluate_policy needs env_id or env")
+        gym = _gym()
+        check_env_id(env_id)
+        with dependency_errors(env_id, env_kwargs):
+            env = gym.make(env_id, **(env_kwargs or {}))
+    elif hasattr(env, "num_envs"):
+        raise ValueError("env must be a single gymnasium env, not a vector env")
+    spec_id = getattr(getattr(env, "spec", None), "id", None)
+    env_id = env_id if env_id is not None else spec_id or type(env).__name__
+    try:
+        check_env_fits(policy.policy if isinstance(policy, Policy) else policy, env, env_id)
+        if max_steps is None:
+            max_steps = getattr(env.spec, "max_episode_steps", None) or EVAL_MAX_STEPS
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    except BaseException:
+        if own:
+            env.close()
+        raise
     rng = rng if rng is not None else np.random.default_rng(seed)
     if isinstance(policy, ActorCritic):
         from minippo.backend import to_device
@@ -398,7 +472,8 @@ def evaluate_policy(
             returns.append(total)
             lengths.append(length)
     finally:
-        env.close()
+        if own:
+            env.close()
     return {
         "env_id": env_id,
         "episodes": n_episodes,

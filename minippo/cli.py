@@ -45,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--n-envs", type=int, default=None)
     t.add_argument("--objective", choices=("clip", "kl_penalty", "surrogate", "a2c", "reinforce"), default=None)
-    t.add_argument("--out", default=None, help="run folder (default runs/ENV_ID-sSEED)")
-    t.add_argument("--resume", default=None, metavar="MODEL", help="continue training from this model.npz")
+    t.add_argument("--out", default=None,
+                   help="run folder (default runs/ENV_ID-sSEED; with --resume, the resumed model.npz's folder)")
+    t.add_argument("--resume", default=None, metavar="MODEL",
+                   help="continue training from this model.npz (the run's progress.csv is continued)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any PPOConfig field")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -85,6 +87,9 @@ def _make_config(args: argparse.Namespace) -> Any:
                           ("n_envs", args.n_envs), ("objective", args.objective)) if v is not None
     }
     sets = dict(cfg.parse_assignment(a) for a in args.set)
+    if "env_id" in sets and sets["env_id"] != args.env_id:
+        raise UsageError(f"--set env_id={sets['env_id']} differs from ENV_ID {args.env_id}: the env is "
+                         "given once, as ENV_ID")
     return cfg.replace(**changes, **sets) if changes or sets else cfg
 
 
@@ -129,13 +134,43 @@ class _Progress:
 
 class CsvLog:
     """progress.csv, one row per iteration; each row goes out in a single O_APPEND write, so a crash
-    never leaves a partial line."""
+    never leaves a partial line.
 
-    def __init__(self, path: str, append: bool) -> None:
-        new = not (append and os.path.exists(path))
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if new else 0), 0o644)
-        if new:
-            self._write(CSV_COLUMNS)
+    ``keep_through=None`` starts a new file. A resumed run passes the iteration its checkpoint was
+    saved at: the rows logged after it (by a run that stopped without saving: a crash, a kill, a
+    second Ctrl-C) are dropped first, rewriting the file atomically, so the iterations the resumed
+    run logs again appear once. A file with other columns raises ValueError (appending would mix
+    two layouts).
+    """
+
+    def __init__(self, path: str, keep_through: int | None = None) -> None:
+        if keep_through is not None and os.path.exists(path):
+            self._keep_rows(path, keep_through)
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            return
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+        self._write(CSV_COLUMNS)
+
+    @staticmethod
+    def _keep_rows(path: str, keep_through: int) -> None:
+        from minippo.checkpoint import atomic_write
+
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or tuple(rows[0]) != CSV_COLUMNS:
+            raise ValueError(f"{path} does not have minippo's progress.csv columns; move it away to resume here")
+        keep = [rows[0]]
+        for n, row in enumerate(rows[1:], start=2):
+            try:
+                it = int(row[0])
+            except (ValueError, IndexError):
+                raise ValueError(f"{path}, line {n}: iteration {row[:1]} is not an integer") from None
+            if it <= keep_through:
+                keep.append(row)
+        if len(keep) < len(rows):
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerows(keep)
+            atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
     def _write(self, values: Any) -> None:
         buf = io.StringIO()
@@ -157,12 +192,10 @@ def _fmt(v: Any) -> str:
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from minippo.checkpoint import atomic_write
+
+    text = json.dumps(obj, indent=2, sort_keys=True)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _check_backend() -> None:
@@ -178,6 +211,33 @@ def _check_backend() -> None:
 # train's flags that choose the config: a resumed run keeps the saved one
 _CONFIG_FLAGS = (("--preset", "preset"), ("--seed", "seed"), ("--n-envs", "n_envs"),
                  ("--objective", "objective"), ("--set", "set"))
+
+
+def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tuple[str, str, CsvLog]:
+    """The run folder made and checked before training: (folder, model.npz path, progress log),
+    config.json written. Resuming, the default folder is the resumed model's own, and progress.csv
+    keeps the rows up to the checkpoint's ``iteration``. Anything that cannot be written is a
+    UsageError now, not a lost model after training."""
+    if args.out is not None:
+        out = args.out
+    elif args.resume:
+        out = os.path.dirname(args.resume) or "."
+        if os.path.basename(args.resume) != "model.npz":
+            raise UsageError(f"--resume {args.resume!r} is not a run folder's model.npz: give --out, the "
+                             "folder to write model.npz, config.json and progress.csv in")
+    else:
+        out = os.path.join("runs", f"{cfg.env_id}-s{cfg.seed}")
+    model_path = os.path.join(out, "model.npz")
+    try:
+        os.makedirs(out, exist_ok=True)
+        for name in ("model.npz", "config.json", "progress.csv"):
+            if os.path.isdir(os.path.join(out, name)):
+                raise IsADirectoryError(f"{os.path.join(out, name)!r} is a folder")
+        _write_json_atomic(os.path.join(out, "config.json"), cfg.to_dict())
+        log = CsvLog(os.path.join(out, "progress.csv"), keep_through=iteration if args.resume else None)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--out {out!r}: cannot write the run there: {e}") from e
+    return out, model_path, log
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -209,6 +269,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume model was trained on {algo.config.env_id}, not {args.env_id}")
         if args.timesteps is not None:
             algo.total_timesteps = args.timesteps
+        if algo.num_timesteps >= algo.total_timesteps:
+            said = f"--timesteps {args.timesteps}" if args.timesteps is not None else "--resume"
+            raise UsageError(f"{said}: the model has already run {algo.num_timesteps} steps; pass --timesteps "
+                             f"above {algo.num_timesteps} to train further")
         cfg = algo.config
     else:
         try:
@@ -219,14 +283,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             algo = PPO(cfg)
         except (ValueError, TypeError) as e:  # what the env's spaces or env_kwargs do not allow
             raise UsageError(str(e)) from e
-    out = args.out or os.path.join("runs", f"{cfg.env_id}-s{cfg.seed}")
-    os.makedirs(out, exist_ok=True)
-    _write_json_atomic(os.path.join(out, "config.json"), cfg.to_dict())
-    model_path = os.path.join(out, "model.npz")
+    out, model_path, log = _open_run_folder(args, cfg, algo.iteration)
     if not args.quiet:
         print(f"minippo: training {cfg.env_id} ({cfg.objective}) for {algo.total_timesteps} steps "
               f"on backend {backend.name}; writing {out}", file=sys.stderr)
-    log = CsvLog(os.path.join(out, "progress.csv"), append=bool(args.resume))
     per_iteration = cfg.n_envs * cfg.n_steps  # the last rollout runs to completion past the budget
     steps_to_run = -(-algo.total_timesteps // per_iteration) * per_iteration
     progress = _Progress(max(steps_to_run, algo.num_timesteps), algo.num_timesteps, args.quiet)
@@ -284,7 +344,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ eval, plot, bench
 def cmd_eval(args: argparse.Namespace) -> int:
     """``minippo eval``: evaluate a saved model (numpy-only policy); returns the exit code."""
-    from minippo.checkpoint import CheckpointError, evaluate_policy, load_policy
+    from minippo.checkpoint import CheckpointError, EnvMismatchError, evaluate_policy, load_policy
     from minippo.envs import check_env_id
 
     if args.episodes < 1:
@@ -301,8 +361,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"{args.model} was trained on {policy.env_id!r}, which cannot be made here: {e}") from e
     cfg = policy.meta["config"]
-    res = evaluate_policy(policy, policy.env_id, args.episodes, args.deterministic, seed=args.seed,
-                          env_kwargs=cfg.get("env_kwargs"))
+    try:
+        res = evaluate_policy(policy, policy.env_id, args.episodes, args.deterministic, seed=args.seed,
+                              env_kwargs=cfg.get("env_kwargs"))
+    except EnvMismatchError as e:
+        raise UsageError(f"{args.model}: {e}") from e
     if args.json:
         print(json.dumps({k: res[k] for k in ("env_id", "episodes", "mean_return", "std_return")}))
     else:
@@ -317,9 +380,20 @@ def read_progress(folder: str) -> dict[str, list[float]]:
     path = os.path.join(folder, "progress.csv")
     if not os.path.isfile(path):
         raise UsageError(f"{folder!r} has no progress.csv (is it a minippo run folder?)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {c: [float(r[c]) if r.get(c) not in (None, "") else math.nan for r in rows] for c in CSV_COLUMNS}
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"{path}: cannot read it: {e}") from e
+    cols: dict[str, list[float]] = {c: [] for c in CSV_COLUMNS}
+    for n, r in enumerate(rows, start=2):  # line 1 is the header
+        for c in CSV_COLUMNS:
+            v = r.get(c)
+            try:
+                cols[c].append(math.nan if v in (None, "") else float(v))
+            except (TypeError, ValueError):
+                raise UsageError(f"{path}, line {n}: {c} {v!r} is not a number") from None
+    return cols
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -334,6 +408,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise UsageError(f"plot needs matplotlib ({e}): pip install 'minippo[plot]'") from e
+    if not args.output or os.path.isdir(args.output):
+        raise UsageError(f"--output {args.output!r} must name an image file")
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):
         raise UsageError(f"--output {args.output!r}: folder {folder!r} does not exist")
@@ -351,14 +427,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = f"{args.output}.tmp{os.getpid()}"  # written whole, then renamed: never a half-written PNG
-    try:
-        fig.savefig(tmp, dpi=120, format=fmt)
-        os.replace(tmp, args.output)
+    from minippo.checkpoint import atomic_write
+
+    try:  # written whole, then renamed: never a half-written image
+        atomic_write(args.output, lambda f: fig.savefig(f, dpi=120, format=fmt))
+    except OSError as e:
+        raise UsageError(f"--output {args.output!r}: cannot write it: {e}") from e
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     print(f"minippo: wrote {args.output}")
     return 0
 

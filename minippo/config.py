@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,16 @@ class PPOConfig:
         ):
             raise ValueError(f"PPOConfig.hidden={h!r} is invalid: must be a list of integer widths")
         self.hidden = tuple(int(w) for w in h)
+        # numpy scalars (a sweep over np.arange, a value read from an array) are plain numbers here:
+        # ints stay exact, and every stored value is a Python int or float that to_json can write
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                continue
+            if f.type == "int" and isinstance(v, numbers.Integral):
+                setattr(self, f.name, int(v))
+            elif f.type in ("float", "float | None"):
+                setattr(self, f.name, float(v))
         self.validate()
 
     # ------------------------------------------------------------ validation

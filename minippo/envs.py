@@ -63,7 +63,7 @@ def make_vec_env(
     if autoreset not in ("same_step", "next_step"):
         raise ValueError(f"autoreset={autoreset!r} is not allowed; use 'same_step' or 'next_step'")
     kwargs = dict(env_kwargs or {})
-    with dependency_errors(env_id):
+    with dependency_errors(env_id, kwargs):
         if autoreset == "next_step" and gym.registry[env_id].vector_entry_point is not None:
             return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
         mode = AutoresetMode.SAME_STEP if autoreset == "same_step" else AutoresetMode.NEXT_STEP
@@ -73,9 +73,10 @@ def make_vec_env(
 
 
 @contextmanager
-def dependency_errors(env_id: str) -> Iterator[None]:
-    """Turn gymnasium's DependencyNotInstalled (e.g. Box2D missing) into an ImportError that names
-    the env and the extra to install."""
+def dependency_errors(env_id: str, env_kwargs: dict[str, Any] | None = None) -> Iterator[None]:
+    """Around making ``env_id``: gymnasium's DependencyNotInstalled (e.g. Box2D missing) becomes an
+    ImportError that names the env and the extra to install; with ``env_kwargs`` given, a TypeError
+    (the env's constructor refusing one) becomes a ValueError that names env_kwargs."""
     from gymnasium.error import DependencyNotInstalled
 
     try:
@@ -83,6 +84,10 @@ def dependency_errors(env_id: str) -> Iterator[None]:
     except DependencyNotInstalled as e:
         raise ImportError(f"{env_id} needs a package that is not installed ({e}); "
                           "pip install 'minippo[gym]' installs classic-control and box2d") from e
+    except TypeError as e:
+        if not env_kwargs:
+            raise
+        raise ValueError(f"env_kwargs={env_kwargs!r} are not accepted by {env_id}: {e}") from e
 
 
 def is_next_step(env: Any) -> bool:

@@ -37,6 +37,19 @@ Array = Any
 # gradient where the clamp is active.
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
 
+def check_obs(obs: Any, obs_dim: int, dtype: np.dtype) -> np.ndarray:
+    """obs (obs_dim,) or (B, obs_dim) of real numbers -> a ``dtype`` array; a wrong shape, a complex
+    or non-numeric value, NaN or inf raises (TypeError / ValueError) naming the observation."""
+    a = np.asarray(obs)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"obs must hold real numbers, got dtype {a.dtype}")
+    if a.ndim not in (1, 2) or a.shape[-1] != obs_dim:
+        raise ValueError(f"obs must have shape ({obs_dim},) or (B, {obs_dim}), got {a.shape}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"obs holds NaN or inf: {a}")
+    return a.astype(dtype, copy=False)
+
+
 class ActorCritic:
     """Policy and value function for a Discrete (softmax) or Box (diagonal Gaussian) action space.
 
@@ -189,10 +202,14 @@ class ActorCritic:
         return actions, dist.log_prob(a_dev), values, self.dist_params(dist)
 
     def predict(self, obs: Array, deterministic: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Actions for a single observation (obs_dim,) or a batch (B, obs_dim), numpy in and out."""
-        obs = np.asarray(obs, dtype=self.dtype)
-        if obs.ndim not in (1, 2) or obs.shape[-1] != self.obs_dim:
-            raise ValueError(f"obs must have shape ({self.obs_dim},) or (B, {self.obs_dim}), got {obs.shape}")
+        """Actions for a single observation (obs_dim,) or a batch (B, obs_dim), numpy in and out.
+
+        obs must be real numbers (bool, int or float), finite; ``rng`` a numpy Generator (needed
+        when ``deterministic=False``)."""
+        obs = check_obs(obs, self.obs_dim, self.dtype)
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise TypeError("rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
+                            f"got {type(rng).__name__}")
         single = obs.ndim == 1
         batch = obs[None] if single else obs
         batch = array_module(next(iter(self.params.values()))).asarray(batch)  # to the parameters' device

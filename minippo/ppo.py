@@ -145,8 +145,9 @@ class PPO:
         model.save("cartpole.npz")
 
     ``config.objective`` picks the rung of the ladder (reinforce, a2c, surrogate, kl_penalty, clip);
-    all share this loop. ``env`` may be passed (a gymnasium VectorEnv); otherwise it is made from
-    ``config.env_id``.
+    all share this loop. ``env`` may be passed (a gymnasium VectorEnv, e.g. with wrappers); otherwise
+    it is made from ``config.env_id``. A given env whose spec names another id than ``config.env_id``
+    is refused, because checkpoints record ``config.env_id`` and evaluation makes that env.
     """
 
     def __init__(self, config: PPOConfig | None = None, env: Any = None, **overrides: Any) -> None:
@@ -162,6 +163,12 @@ class PPO:
         self.env = env if env is not None else make_vec_env(
             config.env_id, config.n_envs, config.vector, config.autoreset, config.env_kwargs
         )
+        spec_id = getattr(getattr(self.env, "spec", None), "id", None)
+        if env is not None and spec_id is not None and spec_id != config.env_id:
+            raise ValueError(f"env is {spec_id} but config.env_id={config.env_id!r}: set env_id={spec_id!r} "
+                             "(checkpoints and evaluation use config.env_id)")
+        # the env's name in messages: a custom env without a spec is not config.env_id's
+        self.env_name = config.env_id if env is None or spec_id is not None else type(self.env).__name__
         if self.env.num_envs != config.n_envs:
             raise ValueError(f"env has {self.env.num_envs} sub-envs but config.n_envs={config.n_envs}")
         obs_space = self.env.single_observation_space
@@ -272,7 +279,7 @@ class PPO:
         """A NaN or inf from the env stops training before it reaches the normalisers or the buffer."""
         what, a = ("reward", reward) if not np.isfinite(reward).all() else ("observation", np.asarray(obs))
         bad = np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))
-        raise ValueError(f"env {self.config.env_id!r} returned a non-finite {what} in sub-env(s) "
+        raise ValueError(f"env {self.env_name!r} returned a non-finite {what} in sub-env(s) "
                          f"{bad.tolist()} at step {self.num_timesteps}: {a[bad[0]]}")
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
@@ -390,9 +397,11 @@ class PPO:
 
     # ------------------------------------------------------------ evaluation and files
     def evaluate(
-        self, n_episodes: int = 10, deterministic: bool = True, seed: int | None = None
+        self, n_episodes: int = 10, deterministic: bool = True, seed: int | None = None, env: Any = None
     ) -> dict[str, Any]:
-        """Run ``n_episodes`` full episodes in a fresh single env; returns mean/std and every return."""
+        """Run ``n_episodes`` full episodes in a fresh single env of ``config.env_id``, or in ``env``
+        (a single gymnasium env, e.g. wrapped as the training env was); returns mean/std and every
+        return (see :func:`minippo.checkpoint.evaluate_policy`)."""
         from minippo.checkpoint import evaluate_policy
 
         # Evaluation seeds are disjoint from training's and evaluation has its own Generator, so
@@ -400,7 +409,7 @@ class PPO:
         seed = self.config.seed + 100_000 if seed is None else seed
         return evaluate_policy(
             self.policy, self.config.env_id, n_episodes, deterministic, seed=seed,
-            obs_norm=self.obs_norm, env_kwargs=self.config.env_kwargs, rng=np.random.default_rng(seed),
+            obs_norm=self.obs_norm, env_kwargs=self.config.env_kwargs, rng=np.random.default_rng(seed), env=env,
         )
 
     def save(self, path: str) -> None:

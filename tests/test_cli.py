@@ -267,3 +267,114 @@ def test_auto_backend_choice_is_shown(tmp_path):
                         "--out", str(tmp_path / "r"), *TINY], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "MINIPPO_BACKEND=auto picked" in r.stderr and "on backend " in r.stderr
+
+
+def _iterations(path):
+    return [int(r["iteration"]) for r in _rows(path)]
+
+
+def test_resume_writes_to_the_models_own_run_and_trims_what_a_dead_run_logged(tmp_path, monkeypatch, capsys):
+    """Without --out a resume continues the resumed model's folder (never the default run folder of
+    its env and seed, which may hold another run), and progress.csv loses the rows logged after the
+    checkpoint by a run that died unsaved, so no iteration is logged twice."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "CartPole-v1", "--timesteps", "128", "--n-envs", "2", "--quiet", *TINY]) == 0  # runs/..-s0
+    other = (tmp_path / "runs" / "CartPole-v1-s0" / "model.npz").read_bytes()
+    assert main(["train", "CartPole-v1", "--timesteps", "128", "--n-envs", "2", "--out", "runB", "--quiet", *TINY]) == 0
+    assert _iterations("runB/progress.csv") == [1, 2, 3, 4]
+    with open("runB/progress.csv", "a") as f:  # what a killed resume had logged past the checkpoint
+        f.write("".join(f"{i},{32 * i}" + "," * (len(CSV_COLUMNS) - 2) + "\n" for i in range(5, 40)))
+    assert main(["train", "CartPole-v1", "--resume", "runB/model.npz", "--timesteps", "192", "--quiet"]) == 0
+    assert (tmp_path / "runs" / "CartPole-v1-s0" / "model.npz").read_bytes() == other
+    assert _iterations("runB/progress.csv") == [1, 2, 3, 4, 5, 6]
+    assert [r["timesteps"] for r in _rows("runB/progress.csv")][-2:] == ["160", "192"]
+    from minippo.checkpoint import read_checkpoint
+
+    assert read_checkpoint("runB/model.npz")[0]["num_timesteps"] == 192
+    assert not [p for p in os.listdir("runB") if p.endswith(".tmp")]
+    capsys.readouterr()
+    os.replace("runB/model.npz", "saved.npz")
+    cases = [
+        (["train", "CartPole-v1", "--resume", "saved.npz", "--timesteps", "256"],
+         "'saved.npz' is not a run folder's model.npz: give --out"),
+        (["train", "CartPole-v1", "--resume", "saved.npz", "--out", "runB", "--timesteps", "192"],
+         "--timesteps 192: the model has already run 192 steps; pass --timesteps above 192"),
+        (["train", "CartPole-v1", "--resume", "saved.npz", "--out", "runB"], "--resume: the model has already run"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    (tmp_path / "runB" / "progress.csv").write_text("step,return\n1,2\n")  # not minippo's columns
+    assert main(["train", "CartPole-v1", "--resume", "saved.npz", "--out", "runB", "--timesteps", "256"]) == 2
+    assert "does not have minippo's progress.csv columns" in capsys.readouterr().err
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
+    """Every unwritable place is one line and exit code 2 before any step is taken (a folder in the
+    way of model.npz used to surface only at the save, losing the trained model)."""
+    (tmp_path / "afile").write_text("")
+    for name in ("model.npz", "config.json", "progress.csv"):
+        (tmp_path / name.split(".")[0] / name).mkdir(parents=True)
+    cases = [(tmp_path / "afile", "File exists"), (tmp_path / "afile" / "sub", "Not a directory")]
+    cases += [(tmp_path / name.split(".")[0], f"{name}' is a folder")
+              for name in ("model.npz", "config.json", "progress.csv")]
+    for out, message in cases:
+        assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), *TINY]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot write the run there" in err and message in err, err
+        assert "training CartPole-v1" not in err
+    for folder in ("model", "config", "progress"):
+        assert sorted(os.listdir(tmp_path / folder)) == [f for f in ("config.json", "model.npz", "progress.csv")
+                                                          if f.startswith(folder)]  # nothing else written
+
+
+def test_set_env_id_and_plot_and_eval_mistakes_are_one_line(tmp_path, capsys):
+    import gymnasium as gym
+    from envs_for_tests import register_probe
+
+    assert main(["train", "CartPole-v1", "--set", "env_id=Pendulum-v1", *TINY]) == 2
+    assert "--set env_id=Pendulum-v1 differs from ENV_ID CartPole-v1" in capsys.readouterr().err
+    run = tmp_path / "run"
+    register_probe("minippo-test/Fit-v0", 8, action_space=gym.spaces.Box(-1, 1, (2,), np.float32))
+    assert main(["train", "minippo-test/Fit-v0", "--timesteps", "64", "--n-envs", "2", "--out", str(run),
+                 "--quiet", *TINY]) == 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "progress.csv").write_text("iteration,timesteps\n1,64\n2,abc\n")
+    cases = [
+        (["eval", str(run / "config.json")], "is not a readable minippo checkpoint (.npz): it is not a zip file"),
+        (["eval", str(run)], "is a folder, not a checkpoint file"),
+        (["plot", str(bad)], "progress.csv, line 3: timesteps 'abc' is not a number"),
+        (["plot", str(run), "-o", str(run)], "must name an image file"),
+        (["plot", str(run), "-o", ""], "must name an image file"),
+    ]
+    if os.path.isdir("/proc/self"):  # a folder nobody can create files in
+        cases.append((["plot", str(run), "-o", "/proc/c.png"], "--output '/proc/c.png': cannot write it"))
+    for argv, message in cases:
+        if argv[0] == "plot":
+            pytest.importorskip("matplotlib")
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (argv, err)
+    # the env id now names an env with other spaces: evaluation says so instead of failing in gymnasium
+    register_probe("minippo-test/Fit-v0", 8, action_space=gym.spaces.Discrete(3))
+    try:
+        assert main(["eval", str(run / "model.npz")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "env minippo-test/Fit-v0 does not fit the policy" in err, err
+    finally:
+        del gym.registry["minippo-test/Fit-v0"]
+
+
+def test_bench_times_env_stepping_over_the_steps_training_took(monkeypatch, capsys):
+    """With a budget below one rollout, training still runs a whole rollout: the env-only timing
+    must step as many times, or the ratio compares different amounts of work."""
+    from minippo import bench
+
+    seen = []
+    real = bench.env_stepping
+    monkeypatch.setattr(bench, "env_stepping", lambda cfg, steps: seen.append(steps) or real(cfg, steps))
+    res = bench.train_speed(1)
+    assert seen == [256]  # the CartPole preset's rollout: 8 envs x 32 steps
+    assert res["env_only_steps_per_s"] == pytest.approx(256 / res["env_only_s"])

@@ -117,6 +117,46 @@ def test_saved_policy_predict_checks_the_observation(tmp_path):
             pol.predict(obs)
 
 
+def test_predict_refuses_non_finite_complex_and_non_numeric_observations_and_a_bad_rng():
+    """Both predict paths (a trainer's ActorCritic, a loaded Policy) say what is wrong with the
+    observation instead of failing in the network (NaN logits) or dropping an imaginary part."""
+    from minippo.checkpoint import Policy
+
+    ac = ActorCritic(4, Discrete(2))
+    for pol in (ac, Policy(ac, np.zeros(4), np.ones(4))):
+        for bad in (np.array([0.0, np.nan, 0, 0]), np.full((2, 4), np.inf)):
+            with pytest.raises(ValueError, match="obs holds NaN or inf"):
+                pol.predict(bad)
+        for bad in (np.zeros(4, complex), np.array(["a", "b", "c", "d"]), [None] * 4):
+            with pytest.raises(TypeError, match="obs must hold real numbers, got dtype"):
+                pol.predict(bad)
+        with pytest.raises(TypeError, match="rng must be a numpy.random.Generator .* got int"):
+            pol.predict(np.zeros(4), deterministic=False, rng=1)
+        assert pol.predict(np.zeros(4, np.int64)) in (0, 1) and pol.predict([True, False, 0, 1]) in (0, 1)
+
+
+def test_config_takes_numpy_scalars_as_the_numbers_they_are():
+    """A sweep over np.arange or values read from arrays: numpy ints and floats are accepted and
+    stored as Python numbers (to_json writes them); non-integral values for int fields still fail."""
+    import json
+
+    from minippo.config import PPOConfig
+
+    cfg = PPOConfig(n_steps=np.int64(64), batch_size=np.int32(64), seed=np.uint8(3),
+                    learning_rate=np.float32(0.5), gamma=np.float64(0.9), target_kl=np.float16(0.25))
+    assert (cfg.n_steps, cfg.batch_size, cfg.seed, cfg.learning_rate, cfg.gamma, cfg.target_kl) == \
+        (64, 64, 3, 0.5, 0.9, 0.25)
+    assert all(type(getattr(cfg, k)) is int for k in ("n_steps", "batch_size", "seed"))
+    assert all(type(getattr(cfg, k)) is float for k in ("learning_rate", "gamma", "target_kl"))
+    assert json.loads(cfg.to_json())["seed"] == 3
+    for field, value, msg in (("n_steps", np.float64(64), "must be an integer >= 1"),
+                              ("seed", np.int64(-1), "must be an integer >= 0"),
+                              ("learning_rate", np.float32("nan"), "must be a finite number > 0"),
+                              ("norm_obs", np.int64(1), "must be true or false")):
+        with pytest.raises(ValueError, match=f"PPOConfig.{field}=.* is invalid: {msg}"):
+            PPOConfig(**{field: value})
+
+
 def test_rollout_buffer_add_checks_before_writing():
     buf = RolloutBuffer(2, 3, 4, (), 2, np.float32, discrete=True)
     good = dict(obs=np.ones((3, 4)), actions=np.zeros(3, np.int64), logp=np.zeros(3), values=np.zeros(3),

@@ -111,6 +111,50 @@ def test_non_finite_env_output_stops_training_with_the_env_named():
     assert np.isfinite(algo.obs_norm.rms.mean).all()  # stopped before the statistics saw it
 
 
+def test_a_custom_env_is_named_by_its_class_not_by_config_env_id():
+    """An env without a gymnasium spec is not config.env_id's: messages name its class."""
+    from envs_for_tests import Probe
+
+    venv = gym.vector.SyncVectorEnv([lambda: Probe(nan_at=3)] * 2)
+    algo = PPO(PPOConfig(**TINY), env=venv)
+    with pytest.raises(ValueError, match=r"env 'SyncVectorEnv' returned a non-finite observation"):
+        algo.collect_rollout()
+
+
+def test_a_policy_trained_through_wrappers_is_evaluated_in_the_wrapped_env(tmp_path):
+    """The README's route for a Discrete-observation env (FlattenObservation, PPO(config, env=...)):
+    training, PPO.evaluate(env=...), save, load_policy and evaluate_policy(env=...) all work, and the
+    bare env is refused with the fix named instead of failing inside the network."""
+    from gymnasium.wrappers import FlattenObservation
+
+    from minippo.checkpoint import EnvMismatchError
+
+    venv = gym.make_vec("FrozenLake-v1", num_envs=2, vectorization_mode="sync", wrappers=[FlattenObservation])
+    algo = PPO(PPOConfig(**TINY, env_id="FrozenLake-v1"), env=venv).learn()
+    lake = FlattenObservation(gym.make("FrozenLake-v1"))
+    res = algo.evaluate(2, env=lake)
+    assert res["episodes"] == 2 and res["env_id"] == "FrozenLake-v1"
+    algo.save(str(tmp_path / "lake.npz"))
+    pol = load_policy(str(tmp_path / "lake.npz"))
+    assert evaluate_policy(pol, None, 2, seed=100_000, env=lake)["returns"] == res["returns"]
+    lake.close()
+    with pytest.raises(EnvMismatchError, match=r"env FrozenLake-v1 does not fit the policy: observations "
+                                               r"Discrete\(16\).*shape \(16,\).*env=<wrapped env>"):
+        evaluate_policy(pol, "FrozenLake-v1", 1)
+    with pytest.raises(EnvMismatchError, match="env CartPole-v1 does not fit the policy"):
+        evaluate_policy(pol, "CartPole-v1", 1)  # same observation width would be needed; actions differ too
+    with pytest.raises(ValueError, match="env must be a single gymnasium env, not a vector env"):
+        evaluate_policy(pol, None, 1, env=venv)
+
+
+def test_env_kwargs_an_env_refuses_are_named():
+    with pytest.raises(ValueError, match=r"env_kwargs=\{'foo': 1\} are not accepted by CartPole-v1"):
+        PPO(PPOConfig(**TINY, env_kwargs={"foo": 1}))
+    algo = PPO(PPOConfig(**TINY))
+    with pytest.raises(ValueError, match=r"env_kwargs=\{'foo': 1\} are not accepted by CartPole-v1"):
+        evaluate_policy(algo.policy, "CartPole-v1", 1, env_kwargs={"foo": 1})
+
+
 def test_evaluation_of_an_env_without_a_time_limit_ends(monkeypatch):
     from minippo import checkpoint
 
@@ -304,12 +348,25 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
              (no_hidden, r"policy description is missing \['hidden'\]"),
              (lambda a, m: [1, 2], "the 'meta' entry is not a JSON object"),
              (neg_var, "a variance is negative"),
-             (no_var, "obs_rms.var is missing")]
+             (no_var, "obs_rms.var is missing"),
+             (lambda a, m: m.update(num_timesteps="abc"), "meta's 'num_timesteps' must be an integer >= 0, got 'abc'"),
+             (lambda a, m: m.update(iteration=None), "meta's 'iteration' must be an integer >= 0, got None"),
+             (lambda a, m: m.update(adam_t=-3), "meta's 'adam_t' must be an integer >= 0, got -3"),
+             (lambda a, m: m.update(total_timesteps=1.5), "meta's 'total_timesteps' must be an integer"),
+             (lambda a, m: m.update(beta="abc"), "meta's 'beta' must be a number >= 0, got 'abc'"),
+             (lambda a, m: m.update(episode_returns=5), "meta's 'episode_returns' must be a list of finite"),
+             (lambda a, m: m.update(episode_lengths=[1, None]), "meta's 'episode_lengths' must be a list"),
+             (lambda a, m: a["param/critic.b0"].fill(np.nan), "'param/critic.b0' holds NaN or inf")]
     for i, (change, msg) in enumerate(cases):
         path = _rewrite(good, tmp_path / f"bad{i}.npz", change)
         for load in (PPO.load, load_policy):
             with pytest.raises(CheckpointError, match=msg):
                 load(path)
+    for change in (lambda a, m: a["adam/v.actor.W0"].fill(-1.0), lambda a, m: a["adam/m.critic.b0"].fill(np.inf)):
+        with pytest.raises(CheckpointError, match="Adam moments .* hold NaN, inf or .*negative values"):
+            PPO.load(_rewrite(good, tmp_path / "bad_adam.npz", change))
+    zero_beta = _rewrite(good, tmp_path / "beta0.npz", lambda a, m: m.update(beta=0.0))  # halved to 0.0 by
+    assert PPO.load(zero_beta).kl_coef.beta == 0.0  # ~1075 iterations of tiny KL: a state that resumes
     no_rng = _rewrite(good, tmp_path / "no_rng.npz", lambda a, m: m.pop("rng") and None)
     with pytest.raises(CheckpointError, match="meta is missing 'rng'"):
         PPO.load(no_rng)
@@ -327,8 +384,10 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
                        lambda a, m: m["policy"]["action_space"].pop("dtype") and None)
     assert PPO.load(old_box).policy.action_space.dtype == "float64"
     pendulum = make_vec_env("Pendulum-v1", 2, "sync", "same_step", {})  # a Box env for a Discrete policy
+    with pytest.raises(ValueError, match="env is Pendulum-v1 but config.env_id='CartPole-v1'"):
+        PPO.load(good, env=pendulum)  # the checkpoint would record the wrong env
     with pytest.raises(CheckpointError, match="the saved policy does not fit this env/config .*action_space"):
-        PPO.load(good, env=pendulum)
+        PPO.load(good, env=pendulum, env_id="Pendulum-v1")
 
 
 def test_bad_checkpoints_are_rejected_with_names(tmp_path):
