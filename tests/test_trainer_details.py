@@ -1,0 +1,343 @@
+"""Trainer details that a wrong line would change silently: which steps are bootstrapped, what is
+logged, which KL adapts beta, which learning rate Adam gets, the target_kl threshold, how
+minibatches are drawn, and the running normalisers and orthogonal init against plain references.
+
+Every expected value comes from a plain loop or a hand calculation, not from the library. The
+trainer runs are tiny (at most 256 env steps), so the whole file takes a few seconds.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import reference as ref
+from envs_for_tests import COUNTER_ID, Counter, register
+
+from minippo import backend
+from minippo.buffer import RolloutBuffer
+from minippo.config import PPOConfig
+from minippo.envs import RewardScaler, RunningMeanStd
+from minippo.nn import orthogonal
+from minippo.ppo import PPO, NumpyStep, explained_variance
+
+try:
+    import gymnasium as gym
+except ImportError:  # the pure-numpy tests below still run
+    gym = None
+
+needs_gym = pytest.mark.skipif(gym is None, reason="gymnasium is not installed")
+
+# Counter (reward 1 per step) that terminates at step 3 *and* is truncated there by its TimeLimit
+TERM_AT_LIMIT_ID = "minippo-test/TermAtLimit-v0"
+
+
+@pytest.fixture
+def numpy_backend(monkeypatch):
+    """MINIPPO_BACKEND=numpy for one test: tests that patch NumpyStep need the readable path."""
+    monkeypatch.setenv(backend.ENV_VAR, "numpy")
+    backend.reset()
+    yield
+    backend.reset()
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def any_backend(request):
+    """The test once on the numpy backend and once on numba (skipped if numba is missing)."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+        request.getfixturevalue("numba_backend")  # from conftest.py
+    else:
+        request.getfixturevalue("numpy_backend")
+    return request.param
+
+
+def _constant_critic_algo(env_id, autoreset, n_steps, c, gamma):
+    """One env, float64, GAE(lambda=1) (plain discounted returns), critic outputting exactly c."""
+    algo = PPO(PPOConfig(env_id=env_id, n_envs=1, n_steps=n_steps, batch_size=n_steps, gamma=gamma,
+                         gae_lambda=1.0, autoreset=autoreset, dtype="float64", hidden=(4,)))
+    for k in algo.policy.critic.params:
+        algo.policy.critic.params[k][...] = 0.0
+    algo.policy.critic.params["b1"][...] = c  # output bias of the (4,)-hidden critic: V(s) = c
+    return algo
+
+
+# ---------------------------------------------------------------- truncation bootstrap (P10)
+@needs_gym
+@pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
+def test_step_both_terminated_and_truncated_is_not_bootstrapped(autoreset):
+    """A step that is terminated and truncated at once is terminal: no gamma * V(final obs) added."""
+    if TERM_AT_LIMIT_ID not in gym.registry:
+        gym.register(TERM_AT_LIMIT_ID, entry_point=Counter, max_episode_steps=3,
+                     kwargs={"terminate_after": 3})
+    env = gym.make(TERM_AT_LIMIT_ID)
+    env.reset(seed=0)
+    flags = [tuple(bool(x) for x in env.step(0)[2:4]) for _ in range(3)]
+    assert flags == [(False, False), (False, False), (True, True)]  # the case under test occurs
+
+    gamma, c = 0.9, 2.0
+    n_steps = 6 if autoreset == "same_step" else 8  # two whole episodes (+ 2 reset steps in next_step)
+    algo = _constant_critic_algo(TERM_AT_LIMIT_ID, autoreset, n_steps, c, gamma)
+    algo.collect_rollout()
+    buf = algo.buffer
+    valid = buf.valid[:, 0] > 0
+    if autoreset == "next_step":
+        np.testing.assert_array_equal(valid, [1, 1, 1, 0, 1, 1, 1, 0])
+    assert valid.sum() == 6
+    np.testing.assert_array_equal(buf.dones[:, 0][valid], [0, 0, 1, 0, 0, 1])
+    # a bootstrapped terminal step would carry 1 + gamma * c = 2.8
+    np.testing.assert_array_equal(buf.rewards[:, 0][valid], np.ones(6))
+    # discounted returns of rewards 1, 1, 1 that simply stop at the episode end
+    expected = [sum(gamma**i for i in range(left)) for left in (3, 2, 1)] * 2
+    np.testing.assert_allclose(buf.returns[:, 0][valid], expected, rtol=1e-12)  # float64, 3 terms
+
+
+# ---------------------------------------------------------------- logged returns (P13)
+@needs_gym
+def test_logged_episode_returns_are_raw_with_norm_reward():
+    """With norm_reward=True the logged episode returns are the env's raw returns, not scaled ones."""
+    register()  # Counter: reward 1 per step, truncated after 3 steps: every return is 3
+    algo = PPO(PPOConfig(env_id=COUNTER_ID, n_envs=2, n_steps=12, batch_size=8, norm_reward=True, hidden=(4,)))
+    algo.collect_rollout()
+    assert not np.allclose(algo.buffer.rewards, 1.0)  # the buffer did get scaled rewards
+    assert list(algo.episode_returns) == [3.0] * 8
+    assert list(algo.episode_lengths) == [3] * 8
+
+
+# ---------------------------------------------------------------- adaptive-KL rollout KL (P14)
+@needs_gym
+def test_rollout_kl_for_adaptive_beta_averages_valid_steps_only(numpy_backend):
+    """out["kl"] (which adapts beta) is the mean KL(pi_old || pi_new) over unmasked steps only."""
+    algo = PPO(PPOConfig(env_id="CartPole-v1", autoreset="next_step", objective="kl_penalty", n_envs=4,
+                         n_steps=64, batch_size=64, n_epochs=4, hidden=(8,), learning_rate=0.05,
+                         dtype="float64", seed=1))
+    algo.collect_rollout()
+    buf = algo.buffer
+    n = buf.T * buf.N
+    valid = buf.valid.reshape(n) > 0
+    assert 0 < (~valid).sum() < n  # the rollout has masked reset steps
+    out = algo.update(progress=0.0)
+
+    old_logits = buf.dist.reshape(n, -1)
+    new_logits = algo.policy.forward(buf.obs.reshape(n, -1))[0].logits
+    t = algo.config.temperature
+    kl = ref.categorical_kl(old_logits.tolist(), new_logits.tolist(), t, t)  # plain loops
+    want = math.fsum(k for k, v in zip(kl, valid, strict=True) if v) / int(valid.sum())
+    mean_all = math.fsum(kl) / n
+    # the masked steps' KL moves the mean well beyond the tolerance below (else: no test)
+    assert abs(mean_all - want) > 1e-3 * want
+    # float64; the reference's log p - log q loses ~|log p| / KL ~ 1e3 ulps to cancellation: 1e-10 is ample
+    assert out["kl"] == pytest.approx(want, rel=1e-10)
+
+
+# ---------------------------------------------------------------- scheduled learning rate (P16)
+@needs_gym
+def test_scheduled_lr_is_the_one_adam_uses(any_backend):
+    """A linear lr schedule to 0 gives lr=0 at progress 1, and Adam then leaves every parameter as is."""
+    from minippo.kernels import cpu_update
+
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=16, n_epochs=2, hidden=(8,),
+                         learning_rate=1e-2, lr_schedule="linear", lr_end=0.0))
+    want_step = cpu_update.FusedUpdate if any_backend == "numba" else NumpyStep
+    assert isinstance(algo._minibatch_step(), want_step)  # the path this parametrisation means to test
+    algo.collect_rollout()
+    before = {k: v.copy() for k, v in algo.policy.params.items()}
+    out = algo.update(progress=1.0)
+    assert out["lr"] == 0.0 and out["n_updates"] == 4 and algo.optimizer.t == 4  # Adam did step
+    for k, v in before.items():  # p - 0 * m / (sqrt(v) + eps) is p exactly
+        np.testing.assert_array_equal(algo.policy.params[k], v, err_msg=k)
+    algo.update(progress=0.0)  # control: at lr=1e-2 the same update does move them
+    assert any(not np.array_equal(algo.policy.params[k], v) for k, v in before.items())
+
+
+# ---------------------------------------------------------------- explained variance (P19)
+def test_explained_variance_exact_values():
+    """explained_variance = 1 - Var[y - y_pred] / Var[y]: 1 perfect, 0 for the mean, hand-computed else."""
+    y = np.array([1.0, 2.0, 3.0, 4.0])  # mean 2.5, Var = (2.25 + 0.25 + 0.25 + 2.25) / 4 = 1.25
+    assert explained_variance(y, y) == 1.0
+    assert explained_variance(y + 3.0, y) == 1.0  # a constant offset is not penalised (variance only)
+    assert explained_variance(np.full(4, 2.5), y) == 0.0  # predicting the mean: no better than a constant
+    # y - p = [0, 0, 0, -1]: mean -0.25, Var = (3 * 0.0625 + 0.5625) / 4 = 0.1875; 1 - 0.1875 / 1.25
+    assert explained_variance(np.array([1.0, 2.0, 3.0, 5.0]), y) == pytest.approx(0.85, abs=1e-15)
+    # p = 2y: y - p = -y has Var 1.25 too: 1 - 1.25 / 1.25 = 0
+    assert explained_variance(2 * y, y) == 0.0
+    assert math.isnan(explained_variance(y, np.full(4, 7.0)))  # constant target: undefined
+
+
+# ---------------------------------------------------------------- target_kl threshold (P20)
+@needs_gym
+@pytest.mark.parametrize(("kl_over_target", "n_updates"), [(1.2, 1), (1.0, 8)])
+def test_target_kl_stops_at_the_first_minibatch_above_it(numpy_backend, monkeypatch, kl_over_target, n_updates):
+    """Epochs stop, before stepping, at the first minibatch whose approx_kl > target_kl (strictly, no 1.5x)."""
+    target = 0.01
+    calls = []
+    orig = NumpyStep.loss_and_grads
+
+    def fake_kl(self, batch, clip_eps, ent_coef):
+        stats = orig(self, batch, clip_eps, ent_coef)
+        calls.append(1)
+        stats["approx_kl"] = 0.0 if len(calls) == 1 else kl_over_target * target
+        return stats
+
+    monkeypatch.setattr(NumpyStep, "loss_and_grads", fake_kl)
+    # 32 transitions in minibatches of 8, 2 epochs: 8 minibatches if nothing stops
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=8, n_epochs=2, hidden=(8,),
+                         target_kl=target))
+    algo.collect_rollout()
+    out = algo.update(0.0)
+    assert out["n_updates"] == n_updates and algo.optimizer.t == n_updates
+    assert out["stopped_early"] == float(n_updates < 8)
+    assert len(calls) == min(n_updates + 1, 8)  # nothing is evaluated after the stop
+
+
+# ---------------------------------------------------------------- minibatches (B1, B2, B6)
+def _id_buffer(T, N, masked):
+    """A full buffer whose every field holds each transition's flat index t * N + i (float64)."""
+    buf = RolloutBuffer(T, N, 3, (), 2, np.float64)
+    for t in range(T):
+        ids = t * N + np.arange(N)
+        f = ids.astype(np.float64)
+        valid = np.array([not (masked and i == 0 and t % 4 == 3) for i in range(N)])  # env 0: every 4th step
+        buf.add(np.repeat(f[:, None], 3, axis=1), ids, f, f, np.repeat(f[:, None], 2, axis=1), f, f * 0, valid)
+    buf.advantages[...] = np.arange(T * N).reshape(T, N)
+    buf.returns[...] = np.arange(T * N).reshape(T, N)
+    return buf
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_minibatches_are_permute_then_slice_over_valid_transitions(masked):
+    """Each valid transition once per epoch, masked ones never, in rng.permutation's order, fields aligned."""
+    T, N, batch_size = 8, 2, 4
+    buf = _id_buffer(T, N, masked)
+    valid = [not (masked and i % N == 0 and (i // N) % 4 == 3) for i in range(T * N)]
+    assert sum(valid) == (14 if masked else 16)
+    for seed in range(10):
+        parts = list(buf.minibatches(batch_size, np.random.default_rng(seed)))
+        assert len(parts) == T * N // batch_size and all(0 < len(p["returns"]) <= batch_size for p in parts)
+        for p in parts:  # every field of a row belongs to the same transition
+            for key in ("obs", "dist_old"):
+                for col in range(p[key].shape[1]):
+                    np.testing.assert_array_equal(p[key][:, col], p["returns"], err_msg=key)
+            for key in ("actions", "logp_old", "values_old", "advantages"):
+                np.testing.assert_array_equal(p[key], p["returns"], err_msg=key)
+        got = [int(x) for p in parts for x in p["returns"]]
+        perm = np.random.default_rng(seed).permutation(T * N).tolist()
+        want = [i for i in perm if valid[i]]  # the permutation, masked steps dropped
+        assert got == want, seed
+        if not masked:  # then exactly consecutive slices of the permutation
+            assert [[int(x) for x in p["returns"]] for p in parts] == [
+                perm[k:k + batch_size] for k in range(0, T * N, batch_size)]
+
+
+@needs_gym
+def test_minibatches_are_reshuffled_every_epoch(numpy_backend, monkeypatch):
+    """Every epoch (and every update) draws a new partition of the rollout into minibatches."""
+    seen = []
+    orig = NumpyStep.loss_and_grads
+
+    def record(self, batch, clip_eps, ent_coef):
+        seen.append(frozenset(np.asarray(batch["values_old"]).tolist()))
+        return orig(self, batch, clip_eps, ent_coef)
+
+    monkeypatch.setattr(NumpyStep, "loss_and_grads", record)
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=8, n_epochs=3, hidden=(8,),
+                         clip_vloss=False))
+    algo.collect_rollout()
+    # values_old enters no loss term without clip_vloss: use it to carry each transition's id
+    algo.buffer.values[...] = np.arange(32).reshape(16, 2)
+    algo.update(0.0)
+    algo.update(0.0)
+    assert len(seen) == 2 * 3 * 4
+    epochs = [frozenset(seen[k:k + 4]) for k in range(0, len(seen), 4)]
+    for part in epochs:  # each epoch partitions all 32 transitions
+        assert sorted(x for mb in part for x in mb) == list(range(32))
+    # the chance that two uniform shuffles give the same partition into 4 blocks of 8 is ~1e-16
+    assert len(set(epochs)) == len(epochs)
+
+
+# ---------------------------------------------------------------- obs normaliser (P23)
+@needs_gym
+def test_final_obs_for_bootstrap_does_not_update_obs_normaliser():
+    """Only the observations acted on update the obs statistics, not the final obs of truncated episodes."""
+    register()  # Counter, truncated every 3 steps: final observations are used at steps 2 and 5
+    algo = PPO(PPOConfig(env_id=COUNTER_ID, n_envs=2, n_steps=8, batch_size=8, norm_obs=True, hidden=(4,)))
+    algo.collect_rollout()
+    assert algo.buffer.dones.sum() == 4  # the bootstrap path ran (2 truncations in each env)
+    # 8 steps x 2 envs acted on, plus RunningMeanStd's prior count of 1e-4; the sum of 9 floats is
+    # exact to ~1e-15
+    assert algo.obs_norm.rms.count == pytest.approx(16 + 1e-4, abs=1e-9)
+
+
+# ---------------------------------------------------------------- running statistics (E1, E2, E3, E5)
+def test_running_mean_std_over_chunks_equals_whole_data():
+    """RunningMeanStd fed in uneven chunks gives the pooled mean/var of all data (and its 1e-4 prior)."""
+    rng = np.random.default_rng(0)
+    # a drifting mean, so that the chunks' means differ and the between-chunk term matters
+    x = rng.normal(0.0, 1.0, size=(1000, 3)) * [1.0, 5.0, 0.1] + np.linspace(0, 20, 1000)[:, None]
+    rms = RunningMeanStd((3,))
+    for chunk in np.split(x, [1, 1, 200, 201, 650]):  # sizes 1, 0, 199, 1, 449, 350
+        rms.update(chunk)
+    # the prior: 1e-4 pseudo-samples with mean 0 and variance 1, pooled with the data (two-pass)
+    prior = 1e-4
+    total = x.shape[0] + prior
+    mean = x.sum(axis=0) / total
+    var = (prior * (1.0 + mean**2) + ((x - mean) ** 2).sum(axis=0)) / total
+    assert rms.count == pytest.approx(total, rel=1e-15)
+    # float64 both ways, 6 pooling steps of a stable update: agreement to ~1e-14 relative
+    np.testing.assert_allclose(rms.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(rms.var, var, rtol=1e-12)
+
+
+def _reward_scaler_reference(rewards, dones, valid, gamma, clip=10.0, eps=1e-8, prior=1e-4):
+    """Plain loops: G_i <- gamma G_i + r_i (valid steps), reset after a done; r / sqrt(Var[all G] + eps)
+    (not centred), clipped to +-clip; Var pools the history with RunningMeanStd's prior (1e-4
+    pseudo-samples, mean 0, variance 1)."""
+    T, N = len(rewards), len(rewards[0])
+    g, hist, out = [0.0] * N, [], []
+    for t in range(T):
+        for i in range(N):
+            if valid[t][i]:
+                g[i] = gamma * g[i] + rewards[t][i]
+                hist.append(g[i])
+        n = len(hist) + prior
+        m = math.fsum(hist) / n
+        var = (prior * (1.0 + m * m) + math.fsum((h - m) ** 2 for h in hist)) / n
+        out.append([min(max(rewards[t][i] / math.sqrt(var + eps), -clip), clip) for i in range(N)])
+        for i in range(N):
+            if valid[t][i] and dones[t][i]:
+                g[i] = 0.0
+    return out
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_reward_scaler_matches_plain_loop(with_mask):
+    """RewardScaler divides by the running std of the discounted return (reset at done, not centred, clipped)."""
+    rng = np.random.default_rng(0)
+    T, N, gamma = 200, 3, 0.9
+    r = rng.normal(1.0, 1.0, (T, N))
+    r[150, 1], r[190, 2] = -1000.0, 1000.0  # single huge rewards: the clip at -10 and +10
+    d = rng.random((T, N)) < 0.1
+    v = np.ones((T, N), dtype=bool)
+    if with_mask:  # next_step autoreset: the step after an episode's end is a masked reset step
+        v[1:] = ~d[:-1]
+        d &= v
+    sc = RewardScaler(N, gamma)
+    got = [sc(r[t], d[t], v[t] if with_mask else None) for t in range(T)]
+    want = _reward_scaler_reference(r.tolist(), d.tolist(), v.tolist(), gamma)
+    assert want[150][1] == -10.0 and want[190][2] == 10.0  # the clip is exercised both ways
+    assert sum(x == 0 for x in d.sum(axis=0)) == 0  # every env has episode ends
+    # float64 both ways; Chan's update over 200 batches vs a two-pass sum: ~1e-13 relative
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=0)
+
+
+# ---------------------------------------------------------------- orthogonal init (N4)
+@pytest.mark.parametrize("shape", [(4, 3), (3, 4)])
+def test_orthogonal_init_is_sign_symmetric(shape):
+    """orthogonal() is Haar-distributed: each entry is as likely positive as negative (QR sign fix)."""
+    rng = np.random.default_rng(0)
+    qs = np.array([orthogonal(shape, 1.0, rng, np.float64) for _ in range(2000)])
+    frac_pos = (qs > 0).mean(axis=0)
+    # under Haar each entry is symmetric: frac ~ Binomial(2000, 1/2) / 2000, sd 0.011; +-0.1 is 9 sd.
+    # Without the fix LAPACK's Householder QR gives Q[0, 0] < 0 always (frac 0).
+    np.testing.assert_array_less(np.abs(frac_pos - 0.5), 0.1)
+    # E[Q] = 0: each entry has variance 1/4 (a unit column of length 4), mean's sd 0.011; 0.1 is 9 sd
+    np.testing.assert_array_less(np.abs(qs.mean(axis=0)), 0.1)
