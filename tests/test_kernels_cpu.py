@@ -417,6 +417,24 @@ def test_gae_out_may_share_memory_with_the_inputs(data, adv_into, ret_into, view
         np.testing.assert_array_equal(out[1], want[1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T, N", [(6, 5), (6, 40), (4, 96)])  # the row loop, lanes + rows, vector blocks
+def test_gae_out_partly_overlapping_an_input(dtype, T, N):
+    """out that overlaps an input without starting where it starts (adv row t lies on rewards row
+    t - 1, written before the recursion reads it) is detected like a whole-array alias."""
+    rng = np.random.default_rng(T * N)
+    buf = rng.normal(size=(T + 1, N)).astype(dtype)
+    rewards, adv = buf[1:], buf[:-1]  # both C-contiguous, T - 1 rows shared
+    v = rng.normal(size=(T, N)).astype(dtype)
+    d = (rng.random((T, N)) < 0.3).astype(dtype)
+    lv = rng.normal(size=N).astype(dtype)
+    want = advantages.gae_numpy(rewards.copy(), v, d, lv, 0.99, 0.95)
+    ret = np.empty((T, N), dtype)
+    cpu.gae(rewards, v, d, lv, 0.99, 0.95, out=(adv, ret))
+    np.testing.assert_array_equal(adv, want[0])
+    np.testing.assert_array_equal(ret, want[1])
+
+
 def test_gae_dtype_rule_is_the_same_on_both_backends(monkeypatch):
     """Result in rewards' dtype if float32/float64, else float64; the other inputs cast to it."""
     rng = np.random.default_rng(2)
@@ -543,6 +561,21 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
         np.testing.assert_allclose(grads[k], grads_ref[k], **MLP_TOL[np.float32])
     assert [g.shape for g in grads.values()] == [p.shape for p in mlp.params.values()]
     assert all(g.flags.c_contiguous for g in grads.values())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_layers", [1, 2, 3, 4])
+def test_backward_refuses_a_misshapen_output_when_the_output_is_activated(dtype, n_layers):
+    """With activate_output the backward reads h_L (the act's derivative) in loops over dy's shape:
+    a cache whose h_L is narrower or shorter must make it fall back, not read out of bounds."""
+    mlp = nn.MLP([4] + [6] * (n_layers - 1) + [3], seed=0, activate_output=True, dtype=dtype)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(dtype)
+    cache = cpu.mlp_forward(mlp, x)
+    dy = np.ones((3, 3), dtype)
+    assert cpu.mlp_backward(mlp, dy, cache) is not None
+    h = cache[-1]
+    for bad in (h[:, :1], np.ascontiguousarray(h[:, :1]), h[:2]):
+        assert cpu.mlp_backward(mlp, dy, [*cache[:-1], bad]) is None, bad.shape
 
 
 def test_rebinding_a_parameter_is_seen_and_leaves_the_fused_path(numba_backend):

@@ -200,6 +200,18 @@ def test_wrapper_against_standin(cupy_standin, dtype):
     assert cupy_standin.compiled == [gpu.NVRTC_OPTIONS]  # compiled once, lazily
 
 
+@pytest.mark.parametrize("gamma, lam", [(0.9, 0.9), (0.99, 0.99), (0.95, 0.9)])
+def test_wrapper_rounds_gamma_lambda_once_like_numpy(cupy_standin, gamma, lam):
+    """gamma * lambda is rounded to float32 once, as numpy does: for these pairs that differs from
+    float32(gamma) * float32(lambda) (0.81 against 0.80999994 for 0.9, 0.9); 0.99, 0.95 does not."""
+    assert np.float32(gamma * lam) != np.float32(gamma) * np.float32(lam)
+    r, v, d, lv = rollout(40, 5, np.float32)
+    adv, ret = gpu.gae(r, v, d, lv, gamma, lam)
+    want = advantages.gae_numpy(r, v, d, lv, gamma, lam)
+    np.testing.assert_array_equal(adv, want[0])
+    np.testing.assert_array_equal(ret, want[1])
+
+
 def test_wrapper_casts_and_empty(cupy_standin):
     r, v, d, lv = rollout(4, 3, np.float32)
     adv, _ = gpu.gae(r, v.astype(np.float64), d > 0, lv, 0.99, 0.95)  # mixed dtypes, bool dones

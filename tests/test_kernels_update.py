@@ -67,7 +67,10 @@ def _batch(pol, B, seed, clip_eps, dtype):
     delta = values - values_old
     err = values - returns
     err_c = values_old + np.clip(delta, -clip_eps, clip_eps) - returns
-    near_v = (np.abs(np.abs(delta) - clip_eps) < 1e-3) | (np.abs(np.abs(err_c) - np.abs(err)) < 1e-3)
+    # near the clip edge, or outside it with the two errors nearly equal; inside the range (where
+    # err_c = err up to one rounding) V_old stays at its distance, so the |delta| < eps rule is used
+    outside = np.abs(delta) >= clip_eps
+    near_v = (np.abs(np.abs(delta) - clip_eps) < 1e-3) | (outside & (np.abs(np.abs(err_c) - np.abs(err)) < 1e-3))
     values_old[near_v] = values[near_v]
     return {
         "obs": obs, "actions": actions, "logp_old": logp_old.astype(dtype),
@@ -201,6 +204,40 @@ def test_both_steps_project_log_std_back_into_its_range(dtype):
     batch = _batch(pols[0], 8, 4, 0.2, dtype)
     fu.loss_and_grads(batch, 0.2, 0.0)
     assert (fu.grads()["log_std"][:2] != 0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_std_outside_its_range_gets_no_gradient_on_both_paths(dtype):
+    """Where the clamp is active (log_std above LOG_STD_MAX: loaded or set by hand) the fused step's
+    log_std gradient is 0, as numpy's; the entries inside get numpy's gradient."""
+    pol = _policy(dtype, False, (8,), "tanh", 3)
+    pol.params["log_std"][...] = [LOG_STD_MAX + 1.0, -0.5, 0.5]
+    cfg = PPOConfig(ent_coef=0.01, dtype=np.dtype(dtype).name)
+    batch = _batch(pol, 16, 4, 0.2, dtype)
+    _, ref_grads = loss_and_grads(pol, batch, cfg, clip_eps=0.2, ent_coef=0.01)
+    fu = cpu_update.make(pol, Adam(pol.params), cfg, only_if_faster=False)
+    fu.loss_and_grads(batch, 0.2, 0.01)
+    assert fu.grads()["log_std"][0] == 0 == ref_grads["log_std"][0]
+    assert (ref_grads["log_std"][1:] != 0).all()
+    _assert_grads_close(fu.grads(), ref_grads, dtype)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_values_inside_the_clip_range_are_never_counted_as_clipped(discrete, dtype):
+    """Every V_old strictly inside (V - eps, V + eps) at a nonzero distance: V_clip equals V only up
+    to one rounding, which must not count as clipping (vclipfrac 0 on both paths, numpy's critic
+    gradient). 2048 samples: enough that rounding would flip some if the |delta| < eps rule were lost."""
+    pol = _policy(dtype, discrete, (16,), "tanh", 7)
+    cfg = PPOConfig(clip_vloss=True, ent_coef=0.0, dtype=np.dtype(dtype).name)
+    batch = _batch(pol, 2048, 8, 0.2, dtype)
+    values = pol.forward(batch["obs"])[1]
+    batch["values_old"] = (values + np.random.default_rng(1).uniform(-0.19, 0.19, 2048)).astype(dtype)
+    ref_stats, ref_grads = loss_and_grads(pol, batch, cfg, clip_eps=0.2, ent_coef=0.0)
+    fu = cpu_update.make(pol, Adam(pol.params), cfg, only_if_faster=False)
+    stats = fu.loss_and_grads(batch, 0.2, 0.0)
+    assert stats["vclipfrac"] == ref_stats["vclipfrac"] == 0.0
+    _assert_grads_close(fu.grads(), ref_grads, dtype)
 
 
 def test_non_finite_gradient_raises_before_any_update():
