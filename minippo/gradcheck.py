@@ -50,11 +50,15 @@ def numerical_grads(
 def rel_error(a: Array, b: Array, floor: float = 1e-3) -> float:
     """Norm-wise relative error ||a - b|| / max(||a||, ||b||, floor) of two same-shape arrays.
 
-    Why a floor: central differences in float64 carry rounding noise of about
-    eps_mach * |f| / h ~ 1e-10 per entry (h = 1e-6). Arrays whose true gradient is ~0 (a clipped
-    sample, an unused head) are therefore compared absolutely, against ``floor``; 1e-10 / 1e-3
-    is 1e-7, far under the 1e-6 the tests demand, while a wrong gradient of norm >= 1e-3 still
-    shows as an error of order 1.
+    Why a floor: central differences in float64 carry rounding noise of up to about
+    eps_mach * S / h per entry (h = 1e-6), where S is the size of the terms summed into f: |f|
+    itself when they do not cancel, ~1e-10 for S ~ 1. Arrays whose true gradient is ~0 (a clipped
+    sample, an unused head) are therefore compared absolutely, against ``floor``: the noise of a
+    few entries is ~1e-7 of 1e-3, under the 1e-6 the tests demand, while a wrong gradient of norm
+    >= 1e-3 still shows as an error of order 1. The noise's norm grows like sqrt(entries), and S
+    can be much larger than |f| when f is a sum that cancels (an entropy weighted by upstream
+    gradients of both signs): callers checking such a gradient, or thousands of entries of it
+    near zero, scale ``floor`` to S * sqrt(entries) (tests/test_distributions.py does).
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
