@@ -340,7 +340,8 @@ class Policy:
         return np.clip((obs - self.obs_mean) / np.sqrt(self.obs_var + 1e-8), -10.0, 10.0).astype(self.policy.dtype)
 
     def predict(
-        self, obs: np.ndarray, deterministic: bool = True, rng: np.random.Generator | None = None
+        self, obs: np.ndarray, deterministic: bool = True,
+        rng: np.random.Generator | np.random.RandomState | None = None,
     ) -> np.ndarray:
         """obs (obs_dim,) or (B, obs_dim) -> env actions () / (d,) or (B,) / (B, d)."""
         a = self.policy.predict(self.normalize(obs), deterministic, rng)

@@ -144,21 +144,30 @@ class CsvLog:
     """
 
     def __init__(self, path: str, keep_through: int | None = None) -> None:
-        if keep_through is not None and os.path.exists(path):
-            self._keep_rows(path, keep_through)
+        rows = self.read_rows(path) if keep_through is not None else None
+        if rows:
+            self._keep_rows(path, rows, keep_through)
             self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             return
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
         self._write(CSV_COLUMNS)
 
     @staticmethod
-    def _keep_rows(path: str, keep_through: int) -> None:
-        from minippo.checkpoint import atomic_write
-
+    def read_rows(path: str) -> list[list[str]]:
+        """The rows of an existing progress.csv (header first; [] for a missing or empty file), or
+        ValueError if its header is not minippo's."""
+        if not os.path.exists(path):
+            return []
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
-        if not rows or tuple(rows[0]) != CSV_COLUMNS:
+        if rows and tuple(rows[0]) != CSV_COLUMNS:
             raise ValueError(f"{path} does not have minippo's progress.csv columns; move it away to resume here")
+        return rows
+
+    @staticmethod
+    def _keep_rows(path: str, rows: list[list[str]], keep_through: int) -> None:
+        from minippo.checkpoint import atomic_write
+
         keep = [rows[0]]
         for n, row in enumerate(rows[1:], start=2):
             try:
@@ -213,30 +222,47 @@ _CONFIG_FLAGS = (("--preset", "preset"), ("--seed", "seed"), ("--n-envs", "n_env
                  ("--objective", "objective"), ("--set", "set"))
 
 
+def _is_run_folder(folder: str, env_id: str) -> bool:
+    """True when ``folder`` holds a minippo run of ``env_id``: a config.json that is a JSON object
+    with that env_id (what ``minippo train`` writes beside model.npz)."""
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and saved.get("env_id") == env_id
+
+
 def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tuple[str, str, CsvLog]:
     """The run folder made and checked before training: (folder, model.npz path, progress log),
-    config.json written. Resuming, the default folder is the resumed model's own, and progress.csv
-    keeps the rows up to the checkpoint's ``iteration``. Anything that cannot be written is a
-    UsageError now, not a lost model after training."""
+    config.json written. Resuming, the default folder is the resumed model's own run folder (it must
+    be one: model.npz beside the run's config.json; anywhere else --out is required, so that no
+    file of the user's is overwritten), and progress.csv keeps the rows up to the checkpoint's
+    ``iteration``. Anything that cannot be written is a UsageError now, not a lost model after
+    training, and nothing is written when something is refused."""
     if args.out is not None:
         out = args.out
     elif args.resume:
         out = os.path.dirname(args.resume) or "."
-        if os.path.basename(args.resume) != "model.npz":
-            raise UsageError(f"--resume {args.resume!r} is not a run folder's model.npz: give --out, the "
-                             "folder to write model.npz, config.json and progress.csv in")
+        if os.path.basename(args.resume) != "model.npz" or not _is_run_folder(out, cfg.env_id):
+            raise UsageError(f"--resume {args.resume!r} is not the model.npz of a minippo run folder (beside "
+                             "the run's config.json): give --out, the folder to write model.npz, config.json "
+                             "and progress.csv in")
     else:
         out = os.path.join("runs", f"{cfg.env_id}-s{cfg.seed}")
-    model_path = os.path.join(out, "model.npz")
+    model_path, csv_path = os.path.join(out, "model.npz"), os.path.join(out, "progress.csv")
+    where = f"--out {out!r}" if args.out is not None else f"run folder {out!r}"
     try:
         os.makedirs(out, exist_ok=True)
         for name in ("model.npz", "config.json", "progress.csv"):
             if os.path.isdir(os.path.join(out, name)):
                 raise IsADirectoryError(f"{os.path.join(out, name)!r} is a folder")
+        if args.resume:
+            CsvLog.read_rows(csv_path)  # a foreign progress.csv is refused before anything is written
         _write_json_atomic(os.path.join(out, "config.json"), cfg.to_dict())
-        log = CsvLog(os.path.join(out, "progress.csv"), keep_through=iteration if args.resume else None)
+        log = CsvLog(csv_path, keep_through=iteration if args.resume else None)
     except (OSError, ValueError) as e:
-        raise UsageError(f"--out {out!r}: cannot write the run there: {e}") from e
+        raise UsageError(f"{where}: cannot write the run there: {e}") from e
     return out, model_path, log
 
 
@@ -345,7 +371,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``minippo eval``: evaluate a saved model (numpy-only policy); returns the exit code."""
     from minippo.checkpoint import CheckpointError, EnvMismatchError, evaluate_policy, load_policy
-    from minippo.envs import check_env_id
+    from minippo.envs import EnvKwargsError, check_env_id
 
     if args.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
@@ -364,7 +390,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         res = evaluate_policy(policy, policy.env_id, args.episodes, args.deterministic, seed=args.seed,
                               env_kwargs=cfg.get("env_kwargs"))
-    except EnvMismatchError as e:
+    except (EnvMismatchError, EnvKwargsError) as e:
         raise UsageError(f"{args.model}: {e}") from e
     if args.json:
         print(json.dumps({k: res[k] for k in ("env_id", "episodes", "mean_return", "std_return")}))

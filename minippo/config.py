@@ -127,6 +127,9 @@ class PPOConfig:
         # ints stay exact, and every stored value is a Python int or float that to_json can write
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.type == "bool" and type(v).__name__ == "bool" and type(v).__module__ == "numpy":
+                setattr(self, f.name, bool(v))  # np.bool_ (np.True_): not a numbers.Real
+                continue
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 continue
             if f.type == "int" and isinstance(v, numbers.Integral):

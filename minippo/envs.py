@@ -72,11 +72,15 @@ def make_vec_env(
         )
 
 
+class EnvKwargsError(ValueError):
+    """The env's constructor refused a keyword of ``env_kwargs``."""
+
+
 @contextmanager
 def dependency_errors(env_id: str, env_kwargs: dict[str, Any] | None = None) -> Iterator[None]:
     """Around making ``env_id``: gymnasium's DependencyNotInstalled (e.g. Box2D missing) becomes an
     ImportError that names the env and the extra to install; with ``env_kwargs`` given, a TypeError
-    (the env's constructor refusing one) becomes a ValueError that names env_kwargs."""
+    (the env's constructor refusing one) becomes an :class:`EnvKwargsError` that names env_kwargs."""
     from gymnasium.error import DependencyNotInstalled
 
     try:
@@ -87,7 +91,7 @@ def dependency_errors(env_id: str, env_kwargs: dict[str, Any] | None = None) -> 
     except TypeError as e:
         if not env_kwargs:
             raise
-        raise ValueError(f"env_kwargs={env_kwargs!r} are not accepted by {env_id}: {e}") from e
+        raise EnvKwargsError(f"env_kwargs={env_kwargs!r} are not accepted by {env_id}: {e}") from e
 
 
 def is_next_step(env: Any) -> bool:

@@ -201,13 +201,15 @@ class ActorCritic:
         a_dev = array_module(values).asarray(actions)
         return actions, dist.log_prob(a_dev), values, self.dist_params(dist)
 
-    def predict(self, obs: Array, deterministic: bool = True, rng: np.random.Generator | None = None) -> np.ndarray:
+    def predict(
+        self, obs: Array, deterministic: bool = True, rng: np.random.Generator | np.random.RandomState | None = None
+    ) -> np.ndarray:
         """Actions for a single observation (obs_dim,) or a batch (B, obs_dim), numpy in and out.
 
-        obs must be real numbers (bool, int or float), finite; ``rng`` a numpy Generator (needed
-        when ``deterministic=False``)."""
+        obs must be real numbers (bool, int or float), finite; ``rng`` a numpy Generator (or a
+        legacy RandomState), needed when ``deterministic=False``."""
         obs = check_obs(obs, self.obs_dim, self.dtype)
-        if rng is not None and not isinstance(rng, np.random.Generator):
+        if rng is not None and not isinstance(rng, (np.random.Generator, np.random.RandomState)):
             raise TypeError("rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
                             f"got {type(rng).__name__}")
         single = obs.ndim == 1

@@ -296,7 +296,7 @@ def test_resume_writes_to_the_models_own_run_and_trims_what_a_dead_run_logged(tm
     os.replace("runB/model.npz", "saved.npz")
     cases = [
         (["train", "CartPole-v1", "--resume", "saved.npz", "--timesteps", "256"],
-         "'saved.npz' is not a run folder's model.npz: give --out"),
+         "'saved.npz' is not the model.npz of a minippo run folder (beside the run's config.json): give --out"),
         (["train", "CartPole-v1", "--resume", "saved.npz", "--out", "runB", "--timesteps", "192"],
          "--timesteps 192: the model has already run 192 steps; pass --timesteps above 192"),
         (["train", "CartPole-v1", "--resume", "saved.npz", "--out", "runB"], "--resume: the model has already run"),
@@ -305,12 +305,29 @@ def test_resume_writes_to_the_models_own_run_and_trims_what_a_dead_run_logged(tm
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+    config_b = (tmp_path / "runB" / "config.json").read_text()
     (tmp_path / "runB" / "progress.csv").write_text("step,return\n1,2\n")  # not minippo's columns
-    assert main(["train", "CartPole-v1", "--resume", "saved.npz", "--out", "runB", "--timesteps", "256"]) == 2
-    assert "does not have minippo's progress.csv columns" in capsys.readouterr().err
+    os.replace("saved.npz", "runB/model.npz")
+    assert main(["train", "CartPole-v1", "--resume", "runB/model.npz", "--timesteps", "256"]) == 2
+    err = capsys.readouterr().err
+    assert "run folder 'runB': cannot write the run there" in err and "--out" not in err, err
+    assert "does not have minippo's progress.csv columns" in err
+    assert (tmp_path / "runB" / "config.json").read_text() == config_b  # refused: nothing written
+    # a model.npz saved from Python beside a config.json of the user's is not a run folder: --out needed
+    os.mkdir("project")
+    os.replace("runB/model.npz", "project/model.npz")
+    (tmp_path / "project" / "config.json").write_text('{"my": "settings"}')
+    assert main(["train", "CartPole-v1", "--resume", "project/model.npz", "--timesteps", "256"]) == 2
+    assert "is not the model.npz of a minippo run folder" in capsys.readouterr().err
+    assert sorted(os.listdir("project")) == ["config.json", "model.npz"]
+    assert (tmp_path / "project" / "config.json").read_text() == '{"my": "settings"}'
+    (tmp_path / "project" / "progress.csv").write_text("")  # empty: started afresh, with the header
+    assert main(["train", "CartPole-v1", "--resume", "project/model.npz", "--out", "project", "--timesteps",
+                 "256", "--quiet"]) == 0
+    assert _iterations("project/progress.csv") == [7, 8]
 
 
-def test_a_run_folder_that_cannot_be_written_is_refused_before_training(tmp_path, capsys):
+def test_a_run_folder_that_cannot_be_written_is_refused_before_training(tmp_path, capsys, monkeypatch):
     """Every unwritable place is one line and exit code 2 before any step is taken (a folder in the
     way of model.npz used to surface only at the save, losing the trained model)."""
     (tmp_path / "afile").write_text("")
@@ -324,6 +341,11 @@ def test_a_run_folder_that_cannot_be_written_is_refused_before_training(tmp_path
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "cannot write the run there" in err and message in err, err
         assert "training CartPole-v1" not in err
+    os.makedirs(tmp_path / "cwd" / "runs" / "CartPole-v1-s0" / "model.npz")
+    monkeypatch.chdir(tmp_path / "cwd")  # the default folder: named as the run folder, not as --out
+    assert main(["train", "CartPole-v1", "--timesteps", "64", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minippo: error: run folder 'runs/CartPole-v1-s0': cannot write the run there"), err
     for folder in ("model", "config", "progress"):
         assert sorted(os.listdir(tmp_path / folder)) == [f for f in ("config.json", "model.npz", "progress.csv")
                                                           if f.startswith(folder)]  # nothing else written
@@ -357,6 +379,15 @@ def test_set_env_id_and_plot_and_eval_mistakes_are_one_line(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (argv, err)
+    # env_kwargs the env no longer takes: one line, as for training
+    with np.load(run / "model.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    meta["config"]["env_kwargs"] = {"foo": 1}
+    np.savez(tmp_path / "kw.npz", meta=np.array(json.dumps(meta)), **arrays)
+    assert main(["eval", str(tmp_path / "kw.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "env_kwargs={'foo': 1} are not accepted by minippo-test/Fit-v0" in err, err
     # the env id now names an env with other spaces: evaluation says so instead of failing in gymnasium
     register_probe("minippo-test/Fit-v0", 8, action_space=gym.spaces.Discrete(3))
     try:

@@ -132,6 +132,7 @@ def test_predict_refuses_non_finite_complex_and_non_numeric_observations_and_a_b
                 pol.predict(bad)
         with pytest.raises(TypeError, match="rng must be a numpy.random.Generator .* got int"):
             pol.predict(np.zeros(4), deterministic=False, rng=1)
+        assert pol.predict(np.zeros(4), deterministic=False, rng=np.random.RandomState(0)) in (0, 1)  # legacy
         assert pol.predict(np.zeros(4, np.int64)) in (0, 1) and pol.predict([True, False, 0, 1]) in (0, 1)
 
 
@@ -149,6 +150,8 @@ def test_config_takes_numpy_scalars_as_the_numbers_they_are():
     assert all(type(getattr(cfg, k)) is int for k in ("n_steps", "batch_size", "seed"))
     assert all(type(getattr(cfg, k)) is float for k in ("learning_rate", "gamma", "target_kl"))
     assert json.loads(cfg.to_json())["seed"] == 3
+    flags = PPOConfig(norm_obs=np.True_, clip_vloss=np.bool_(False))
+    assert flags.norm_obs is True and flags.clip_vloss is False
     for field, value, msg in (("n_steps", np.float64(64), "must be an integer >= 1"),
                               ("seed", np.int64(-1), "must be an integer >= 0"),
                               ("learning_rate", np.float32("nan"), "must be a finite number > 0"),
