@@ -13,12 +13,23 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import pytest  # noqa: E402  (after the BLAS pinning above)
 
 
-@pytest.fixture
-def numba_backend(monkeypatch):
-    """MINIPPO_BACKEND=numba for one test (the backend is re-read, then forgotten again)."""
+def _use_backend(monkeypatch, name):
+    """MINIPPO_BACKEND=name for one test (the backend is re-read, then forgotten again)."""
     from minippo import backend
 
-    monkeypatch.setenv(backend.ENV_VAR, "numba")
+    monkeypatch.setenv(backend.ENV_VAR, name)
     backend.reset()
     yield
     backend.reset()
+
+
+@pytest.fixture
+def numba_backend(monkeypatch):
+    """MINIPPO_BACKEND=numba for one test."""
+    yield from _use_backend(monkeypatch, "numba")
+
+
+@pytest.fixture
+def numpy_backend(monkeypatch):
+    """MINIPPO_BACKEND=numpy for one test (e.g. one that patches NumpyStep: the readable path)."""
+    yield from _use_backend(monkeypatch, "numpy")

@@ -13,7 +13,6 @@ import pytest
 import reference as ref
 from envs_for_tests import COUNTER_ID, Counter, register
 
-from minippo import backend
 from minippo.buffer import RolloutBuffer
 from minippo.config import PPOConfig
 from minippo.envs import RewardScaler, RunningMeanStd
@@ -31,21 +30,12 @@ needs_gym = pytest.mark.skipif(gym is None, reason="gymnasium is not installed")
 TERM_AT_LIMIT_ID = "minippo-test/TermAtLimit-v0"
 
 
-@pytest.fixture
-def numpy_backend(monkeypatch):
-    """MINIPPO_BACKEND=numpy for one test: tests that patch NumpyStep need the readable path."""
-    monkeypatch.setenv(backend.ENV_VAR, "numpy")
-    backend.reset()
-    yield
-    backend.reset()
-
-
 @pytest.fixture(params=["numpy", "numba"])
 def any_backend(request):
     """The test once on the numpy backend and once on numba (skipped if numba is missing)."""
     if request.param == "numba":
         pytest.importorskip("numba")
-        request.getfixturevalue("numba_backend")  # from conftest.py
+        request.getfixturevalue("numba_backend")  # both from conftest.py
     else:
         request.getfixturevalue("numpy_backend")
     return request.param
