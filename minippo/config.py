@@ -14,6 +14,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
 
 OBJECTIVES = ("clip", "kl_penalty", "surrogate", "a2c", "reinforce")
@@ -127,8 +129,8 @@ class PPOConfig:
         # ints stay exact, and every stored value is a Python int or float that to_json can write
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.type == "bool" and type(v).__name__ == "bool" and type(v).__module__ == "numpy":
-                setattr(self, f.name, bool(v))  # np.bool_ (np.True_): not a numbers.Real
+            if f.type == "bool" and isinstance(v, np.bool_):
+                setattr(self, f.name, bool(v))  # np.True_: not a numbers.Real
                 continue
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 continue

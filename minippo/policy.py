@@ -37,6 +37,7 @@ Array = Any
 # gradient where the clamp is active.
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
 
+
 def check_obs(obs: Any, obs_dim: int, dtype: np.dtype) -> np.ndarray:
     """obs (obs_dim,) or (B, obs_dim) of real numbers -> a ``dtype`` array; a wrong shape, a complex
     or non-numeric value, NaN or inf raises (TypeError / ValueError) naming the observation."""
