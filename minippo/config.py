@@ -113,7 +113,7 @@ class PPOConfig:
     dtype: str = "float32"
     """training dtype: float32 | float64."""
     eval_episodes: int = 10
-    """episodes used by evaluate() after training when asked."""
+    """episodes PPO.evaluate() plays when not told how many."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """extra keyword arguments for gymnasium.make."""
 

@@ -163,6 +163,9 @@ class PPO:
         self.env = env if env is not None else make_vec_env(
             config.env_id, config.n_envs, config.vector, config.autoreset, config.env_kwargs
         )
+        if not hasattr(self.env, "num_envs"):
+            raise TypeError(f"env must be a gymnasium vector env (gym.make_vec(..., wrappers=[...]) or "
+                            f"minippo.envs.make_vec_env), got {type(self.env).__name__}")
         spec_id = getattr(getattr(self.env, "spec", None), "id", None)
         if env is not None and spec_id is not None and spec_id != config.env_id:
             raise ValueError(f"env is {spec_id} but config.env_id={config.env_id!r}: set env_id={spec_id!r} "
@@ -397,9 +400,10 @@ class PPO:
 
     # ------------------------------------------------------------ evaluation and files
     def evaluate(
-        self, n_episodes: int = 10, deterministic: bool = True, seed: int | None = None, env: Any = None
+        self, n_episodes: int | None = None, deterministic: bool = True, seed: int | None = None, env: Any = None
     ) -> dict[str, Any]:
-        """Run ``n_episodes`` full episodes in a fresh single env of ``config.env_id``, or in ``env``
+        """Run ``n_episodes`` (default ``config.eval_episodes``) full episodes in a fresh single env of
+        ``config.env_id``, or in ``env``
         (a single gymnasium env, e.g. wrapped as the training env was); returns mean/std and every
         return (see :func:`minippo.checkpoint.evaluate_policy`)."""
         from minippo.checkpoint import evaluate_policy
@@ -407,6 +411,7 @@ class PPO:
         # Evaluation seeds are disjoint from training's and evaluation has its own Generator, so
         # evaluating never changes the training run.
         seed = self.config.seed + 100_000 if seed is None else seed
+        n_episodes = self.config.eval_episodes if n_episodes is None else n_episodes
         return evaluate_policy(
             self.policy, self.config.env_id, n_episodes, deterministic, seed=seed,
             obs_norm=self.obs_norm, env_kwargs=self.config.env_kwargs, rng=np.random.default_rng(seed), env=env,

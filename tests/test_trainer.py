@@ -129,10 +129,12 @@ def test_a_policy_trained_through_wrappers_is_evaluated_in_the_wrapped_env(tmp_p
 
     from minippo.checkpoint import EnvMismatchError
 
-    venv = gym.make_vec("FrozenLake-v1", num_envs=2, vectorization_mode="sync", wrappers=[FlattenObservation])
-    algo = PPO(PPOConfig(**TINY, env_id="FrozenLake-v1"), env=venv).learn()
     lake = FlattenObservation(gym.make("FrozenLake-v1"))
-    res = algo.evaluate(2, env=lake)
+    with pytest.raises(TypeError, match="env must be a gymnasium vector env .* got FlattenObservation"):
+        PPO(PPOConfig(**TINY, env_id="FrozenLake-v1"), env=lake)
+    venv = gym.make_vec("FrozenLake-v1", num_envs=2, vectorization_mode="sync", wrappers=[FlattenObservation])
+    algo = PPO(PPOConfig(**TINY, env_id="FrozenLake-v1", eval_episodes=2), env=venv).learn()
+    res = algo.evaluate(env=lake)  # config.eval_episodes episodes
     assert res["episodes"] == 2 and res["env_id"] == "FrozenLake-v1"
     algo.save(str(tmp_path / "lake.npz"))
     pol = load_policy(str(tmp_path / "lake.npz"))
