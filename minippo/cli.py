@@ -143,9 +143,11 @@ class CsvLog:
     two layouts).
     """
 
-    def __init__(self, path: str, keep_through: int | None = None) -> None:
-        rows = self.read_rows(path) if keep_through is not None else None
-        if rows:
+    def __init__(self, path: str, keep_through: int | None = None, rows: list[list[str]] | None = None) -> None:
+        """``rows``: what :meth:`read_rows` returned for ``path``, if the caller has read it already."""
+        if keep_through is not None and rows is None:
+            rows = self.read_rows(path)
+        if keep_through is not None and rows:
             self._keep_rows(path, rows, keep_through)
             self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             return
@@ -257,10 +259,10 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tupl
         for name in ("model.npz", "config.json", "progress.csv"):
             if os.path.isdir(os.path.join(out, name)):
                 raise IsADirectoryError(f"{os.path.join(out, name)!r} is a folder")
-        if args.resume:
-            CsvLog.read_rows(csv_path)  # a foreign progress.csv is refused before anything is written
+        # a foreign progress.csv is refused before anything is written
+        rows = CsvLog.read_rows(csv_path) if args.resume else None
         _write_json_atomic(os.path.join(out, "config.json"), cfg.to_dict())
-        log = CsvLog(csv_path, keep_through=iteration if args.resume else None)
+        log = CsvLog(csv_path, keep_through=iteration if args.resume else None, rows=rows)
     except (OSError, ValueError) as e:
         raise UsageError(f"{where}: cannot write the run there: {e}") from e
     return out, model_path, log
