@@ -94,7 +94,8 @@ def _make_config(args: argparse.Namespace) -> Any:
 
 
 class _Progress:
-    """tqdm bar on a terminal (plain text bar if tqdm is missing); one line per iteration otherwise."""
+    """tqdm bar on a terminal (a plain text bar if tqdm is missing or older than 4.16, which lacks
+    ``set_postfix_str``); one line per iteration otherwise."""
 
     def __init__(self, total: int, start: int, quiet: bool) -> None:
         self.quiet, self.total, self.bar = quiet, total, None
@@ -103,10 +104,10 @@ class _Progress:
             return
         try:
             from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
         except ImportError:
-            self.bar = None
+            tqdm = None
+        if tqdm is not None and hasattr(tqdm, "set_postfix_str"):
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
         self.last = start
 
     def __call__(self, row: dict[str, Any]) -> None:

@@ -409,3 +409,81 @@ def test_bench_times_env_stepping_over_the_steps_training_took(monkeypatch, caps
     res = bench.train_speed(1)
     assert seen == [256]  # the CartPole preset's rollout: 8 envs x 32 steps
     assert res["env_only_steps_per_s"] == pytest.approx(256 / res["env_only_s"])
+
+
+class _Tty:
+    """A stderr that says it is a terminal and keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def _rows_for(n: int) -> list[dict]:
+    return [{"iteration": i + 1, "timesteps": 100 * (i + 1), "mean_return": 10.0 * i, "fps": 5000.0}
+            for i in range(n)]
+
+
+def _progress_text(monkeypatch, quiet: bool = False, tty: bool = True, tqdm_module=...) -> str:
+    """Drive cli._Progress over three iterations (300 steps), return what reached stderr."""
+    from minippo import cli
+
+    err = _Tty() if tty else type("NoTty", (_Tty,), {"isatty": lambda self: False})()
+    monkeypatch.setattr(sys, "stderr", err)
+    if tqdm_module is not ...:
+        monkeypatch.setitem(sys.modules, "tqdm", tqdm_module)
+    p = cli._Progress(300, 0, quiet)
+    for row in _rows_for(3):
+        p(row)
+    p.close()
+    return err.text
+
+
+def test_progress_plain_bar_without_tqdm(monkeypatch):
+    text = _progress_text(monkeypatch, tqdm_module=None)  # None in sys.modules: import fails
+    assert text.startswith("\r[") and text.endswith("\n")
+    assert "300/300" in text and "return    20.00" in text and "#" * 30 in text
+
+
+def test_progress_old_tqdm_without_set_postfix_str_falls_back(monkeypatch):
+    """tqdm < 4.16 has no set_postfix_str: the plain bar, not an AttributeError mid-training."""
+    import types
+
+    made = []
+
+    class OldTqdm:
+        def __init__(self, *a, **k):
+            made.append(self)
+
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    text = _progress_text(monkeypatch, tqdm_module=types.SimpleNamespace(tqdm=OldTqdm))
+    assert made == [] and "300/300" in text
+
+
+def test_progress_tqdm_bar_on_a_terminal(monkeypatch):
+    tqdm = pytest.importorskip("tqdm")
+    if not hasattr(tqdm.tqdm, "set_postfix_str"):
+        pytest.skip("tqdm < 4.16")
+    text = _progress_text(monkeypatch)
+    assert "300/300" in text and "return    20.00" in text and "steps/s" in text
+
+
+def test_progress_lines_when_piped_and_nothing_when_quiet(monkeypatch):
+    lines = _progress_text(monkeypatch, tty=False).splitlines()
+    assert [ln.split()[:4] for ln in lines] == [["iter", "1", "steps", "100"], ["iter", "2", "steps", "200"],
+                                                 ["iter", "3", "steps", "300"]]
+    assert _progress_text(monkeypatch, quiet=True) == ""
