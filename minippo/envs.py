@@ -28,6 +28,11 @@ def _gym() -> Any:
         raise ImportError(
             f"gymnasium is needed for environments ({e}); install it with: pip install 'minippo[gym]'"
         ) from e
+    if not hasattr(gymnasium.vector, "AutoresetMode"):  # added in gymnasium 1.1
+        raise ImportError(
+            f"gymnasium {gymnasium.__version__} is too old: minippo needs gymnasium >= 1.1 (its vector "
+            "envs' autoreset modes); upgrade with: pip install -U 'minippo[gym]'"
+        )
     return gymnasium
 
 

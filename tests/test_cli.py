@@ -261,6 +261,19 @@ def test_missing_env_dependency_is_one_line(capsys):
     assert err.count("\n") == 1 and "needs a package that is not installed" in err and "minippo[gym]" in err
 
 
+def test_too_old_gymnasium_is_one_line(monkeypatch, capsys, tmp_path):
+    """gymnasium 1.0 has no vector AutoresetMode (added in 1.1): named with the upgrade, not an
+    ImportError from inside minippo.envs."""
+    import gymnasium as gym
+
+    monkeypatch.delattr(gym.vector, "AutoresetMode")
+    monkeypatch.setattr(gym, "__version__", "1.0.0")
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "gymnasium 1.0.0 is too old" in err and ">= 1.1" in err
+    assert "pip install -U 'minippo[gym]'" in err
+
+
 def test_auto_backend_choice_is_shown(tmp_path):
     env = {**os.environ, "MINIPPO_BACKEND": "auto"}
     r = subprocess.run([sys.executable, "-m", "minippo", "train", "CartPole-v1", "--timesteps", "32",
