@@ -22,6 +22,7 @@ float64 gradient checks see the exact function.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,9 @@ from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
 from .simd import (
+    VECTOR_BYTES,
     lanes,
+    native_vector_bytes,
     vadd,
     vec_type,
     vfma,
@@ -584,66 +587,80 @@ def _tiles(A, W, out, M4, F1, acc):
     raise NotImplementedError("numba kernels only")
 
 
-def _tiles_impl(A, W, out, M4, F1, acc):
-    K = A.shape[1]
-    L = lanes(out)
-    z = vsplat(out, 0)
-    for r in range(0, M4, 4):
-        j = 0
-        while j + 4 * L <= F1:  # 4 rows x 4 vectors: 16 accumulators, 4 loads of W per 16 FMAs
-            if acc:
-                c0, c1 = _row4(out, r, j, L), _row4(out, r + 1, j, L)
-                c2, c3 = _row4(out, r + 2, j, L), _row4(out, r + 3, j, L)
-            else:
-                c0 = c1 = c2 = c3 = (z, z, z, z)
-            for k in range(K):
-                w = _row4(W, k, j, L)
-                c0 = _fma4(vsplat(out, A[r, k]), w, c0)
-                c1 = _fma4(vsplat(out, A[r + 1, k]), w, c1)
-                c2 = _fma4(vsplat(out, A[r + 2, k]), w, c2)
-                c3 = _fma4(vsplat(out, A[r + 3, k]), w, c3)
-            _store4(out, r, j, L, c0)
-            _store4(out, r + 1, j, L, c1)
-            _store4(out, r + 2, j, L, c2)
-            _store4(out, r + 3, j, L, c3)
-            j += 4 * L
-        while j + 2 * L <= F1:  # 8 accumulators
-            if acc:
-                c0, c1 = _row2(out, r, j, L), _row2(out, r + 1, j, L)
-                c2, c3 = _row2(out, r + 2, j, L), _row2(out, r + 3, j, L)
-            else:
-                c0 = c1 = c2 = c3 = (z, z)
-            for k in range(K):
-                w = _row2(W, k, j, L)
-                c0 = _fma2(vsplat(out, A[r, k]), w, c0)
-                c1 = _fma2(vsplat(out, A[r + 1, k]), w, c1)
-                c2 = _fma2(vsplat(out, A[r + 2, k]), w, c2)
-                c3 = _fma2(vsplat(out, A[r + 3, k]), w, c3)
-            _store2(out, r, j, L, c0)
-            _store2(out, r + 1, j, L, c1)
-            _store2(out, r + 2, j, L, c2)
-            _store2(out, r + 3, j, L, c3)
-            j += 2 * L
-        if j < F1:  # one vector of columns left: 4 accumulators
-            if acc:
-                e0, e1, e2, e3 = vload(out, r, j), vload(out, r + 1, j), vload(out, r + 2, j), vload(out, r + 3, j)
-            else:
-                e0 = e1 = e2 = e3 = z
-            for k in range(K):
-                w0 = vload(W, k, j)
-                e0 = vfma(vsplat(out, A[r, k]), w0, e0)
-                e1 = vfma(vsplat(out, A[r + 1, k]), w0, e1)
-                e2 = vfma(vsplat(out, A[r + 2, k]), w0, e2)
-                e3 = vfma(vsplat(out, A[r + 3, k]), w0, e3)
-            vstore(out, r, j, e0)
-            vstore(out, r + 1, j, e1)
-            vstore(out, r + 2, j, e2)
-            vstore(out, r + 3, j, e3)
+@functools.cache
+def _make_tiles_impl(wide: bool) -> Any:
+    """:func:`_tiles` for one register budget. ``wide`` (64-byte registers, AVX-512): 4 rows x 4,
+    then 2, then 1 vectors of accumulators (16, 8, 4 registers). Otherwise only 4 rows x 1 vector: a
+    Vec is 2 ymm (AVX2) or 4 xmm / NEON registers there, and the wider tiles need 32-64 of them, so
+    LLVM spills the accumulators (AVX2: 8 x 64 x 64 1.33-2.09 -> 0.88-0.90 us, 256 x 64 x 64
+    35-58 -> 20 us). Every output element is the same chain of FMAs over k in either case, so the
+    results do not depend on the tile width."""
+
+    def _tiles_impl(A, W, out, M4, F1, acc):
+        K = A.shape[1]
+        L = lanes(out)
+        z = vsplat(out, 0)
+        for r in range(0, M4, 4):
+            j = 0
+            while wide and j + 4 * L <= F1:  # 4 rows x 4 vectors: 16 accumulators, 4 W loads / 16 FMAs
+                if acc:
+                    c0, c1 = _row4(out, r, j, L), _row4(out, r + 1, j, L)
+                    c2, c3 = _row4(out, r + 2, j, L), _row4(out, r + 3, j, L)
+                else:
+                    c0 = c1 = c2 = c3 = (z, z, z, z)
+                for k in range(K):
+                    w = _row4(W, k, j, L)
+                    c0 = _fma4(vsplat(out, A[r, k]), w, c0)
+                    c1 = _fma4(vsplat(out, A[r + 1, k]), w, c1)
+                    c2 = _fma4(vsplat(out, A[r + 2, k]), w, c2)
+                    c3 = _fma4(vsplat(out, A[r + 3, k]), w, c3)
+                _store4(out, r, j, L, c0)
+                _store4(out, r + 1, j, L, c1)
+                _store4(out, r + 2, j, L, c2)
+                _store4(out, r + 3, j, L, c3)
+                j += 4 * L
+            while wide and j + 2 * L <= F1:  # 8 accumulators
+                if acc:
+                    c0, c1 = _row2(out, r, j, L), _row2(out, r + 1, j, L)
+                    c2, c3 = _row2(out, r + 2, j, L), _row2(out, r + 3, j, L)
+                else:
+                    c0 = c1 = c2 = c3 = (z, z)
+                for k in range(K):
+                    w = _row2(W, k, j, L)
+                    c0 = _fma2(vsplat(out, A[r, k]), w, c0)
+                    c1 = _fma2(vsplat(out, A[r + 1, k]), w, c1)
+                    c2 = _fma2(vsplat(out, A[r + 2, k]), w, c2)
+                    c3 = _fma2(vsplat(out, A[r + 3, k]), w, c3)
+                _store2(out, r, j, L, c0)
+                _store2(out, r + 1, j, L, c1)
+                _store2(out, r + 2, j, L, c2)
+                _store2(out, r + 3, j, L, c3)
+                j += 2 * L
+            while j < F1:  # one vector of columns (the last one when wide): 4 accumulators
+                if acc:
+                    e0, e1, e2, e3 = vload(out, r, j), vload(out, r + 1, j), vload(out, r + 2, j), vload(out, r + 3, j)
+                else:
+                    e0 = e1 = e2 = e3 = z
+                for k in range(K):
+                    w0 = vload(W, k, j)
+                    e0 = vfma(vsplat(out, A[r, k]), w0, e0)
+                    e1 = vfma(vsplat(out, A[r + 1, k]), w0, e1)
+                    e2 = vfma(vsplat(out, A[r + 2, k]), w0, e2)
+                    e3 = vfma(vsplat(out, A[r + 3, k]), w0, e3)
+                vstore(out, r, j, e0)
+                vstore(out, r + 1, j, e1)
+                vstore(out, r + 2, j, e2)
+                vstore(out, r + 3, j, e3)
+                j += L
+
+    return _tiles_impl
 
 
 @overload(_tiles)
 def _tiles_overload(A, W, out, M4, F1, acc):
-    return _tiles_impl if _vectors_load(W, out) else (lambda A, W, out, M4, F1, acc: None)
+    if not _vectors_load(W, out):
+        return lambda A, W, out, M4, F1, acc: None
+    return _make_tiles_impl(native_vector_bytes() >= VECTOR_BYTES)
 
 
 def _tile_rows(A, W, out, r0, M, F1):

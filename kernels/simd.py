@@ -12,7 +12,7 @@ lives in registers:
 - :func:`vload_first` / :func:`vstore_first`: ``a[i, j:j + n]`` for n <= L, in the first n lanes
   (masked: nothing past them is read or written);
 - :func:`vsplat`: a scalar in every lane (of the vector type that matches an array's dtype);
-- :func:`vfma`: ``a * b + c`` lane by lane, one rounding (``llvm.fma``);
+- :func:`vfma`: ``a * b + c`` lane by lane, one rounding where the CPU has FMA (``llvm.fmuladd``);
 - :func:`vadd` / :func:`vsub` / :func:`vmul`: lane by lane, each rounded as the scalar operation
   (the GAE blocks, which must equal numpy bit for bit);
 - :func:`vfold`: one level of a tree of horizontal sums over several vectors (the dot products of
@@ -22,12 +22,14 @@ lives in registers:
 
 LLVM lowers a 64-byte vector to one AVX-512 register where the CPU has them (numba does not set the
 ``min-legal-vector-width`` attribute that would narrow it), and to 2 x AVX2 / 4 x SSE / 4 x NEON
-registers elsewhere: same results, no CPU check needed. Callers check bounds: the loads and stores
-index the array's data directly.
+registers elsewhere, where a tile of many vectors spills (:func:`native_vector_bytes` tells callers
+which). Results are the same on every CPU with FMA; without FMA, :func:`vfma` rounds twice. Callers
+check bounds: the loads and stores index the array's data directly.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from llvmlite import ir
@@ -53,6 +55,35 @@ class _VecModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
         elt = ir.FloatType() if fe_type.dtype == types.float32 else ir.DoubleType()
         super().__init__(dmm, fe_type, ir.VectorType(elt, fe_type.n))
+
+
+@functools.cache
+def native_vector_bytes() -> int:
+    """Width in bytes of the widest vector register of the CPU numba compiles for (honouring
+    ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` as numba does): 64 with AVX-512, 32 with AVX/AVX2,
+    16 otherwise (SSE, NEON). Found once, at the first compilation that asks, by compiling a 64-byte
+    vector add for that target and reading which registers LLVM picked. Callers size register tiles
+    with it: a ``Vec`` is 64 / native_vector_bytes() registers."""
+    import llvmlite.binding as ll
+    from numba.core import codegen, config
+
+    cpu = config.CPU_NAME or ll.get_host_cpu_name()
+    feats = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
+    codegen.initialize_llvm()  # (idempotent; numba has done it already when it compiles)
+    mod = ir.Module(name="probe")
+    mod.triple = ll.get_process_triple()
+    vty = ir.VectorType(ir.FloatType(), 16)
+    fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [vty.as_pointer()]), name="probe")
+    b = ir.IRBuilder(fn.append_basic_block())
+    v = b.load(fn.args[0])
+    b.store(b.fadd(v, v), fn.args[0])
+    b.ret_void()
+    try:
+        tm = ll.Target.from_default_triple().create_target_machine(cpu=cpu, features=feats, opt=2)
+        asm = tm.emit_assembly(ll.parse_assembly(str(mod)))
+    except Exception:  # unknown CPU name or features: assume the widest, as before this probe
+        return VECTOR_BYTES
+    return 64 if "zmm" in asm else 32 if "ymm" in asm else 16
 
 
 def vec_type(arr: types.Type) -> Vec | None:
@@ -207,13 +238,16 @@ def vsplat(typingctx, arr, x):
 
 @intrinsic
 def vfma(typingctx, a, b, c):
-    """a * b + c lane by lane with one rounding (llvm.fma), for three vectors of one type."""
+    """a * b + c lane by lane, for three vectors of one type: one rounding where the target CPU has
+    FMA instructions, else a multiply and an add (``llvm.fmuladd``; ``llvm.fma`` would be exact on
+    every CPU, but without FMA hardware LLVM lowers it to one libm ``fmaf``/``fma`` call per lane).
+    The vector width does not change results (AVX-512 and AVX2+FMA targets give the same bits)."""
     if not (isinstance(a, Vec) and a == b == c):
         return None
 
     def codegen(context, builder, sig, args):
         vty = args[0].type
-        name = f"llvm.fma.v{vty.count}f{sig.args[0].dtype.bitwidth}"
+        name = f"llvm.fmuladd.v{vty.count}f{sig.args[0].dtype.bitwidth}"
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), name)
         return builder.call(fn, args)
 
