@@ -934,7 +934,9 @@ def _dot_pairs(x, V, out):
     not fit, a narrow output: a policy head's 8 x 2 or 8 x 6 (V = W^T), dx of a first layer with
     K < 16 (V = W). The last B F % 16 dot products go one at a time (``simd.vsum``), the K % L
     leftover terms of each are scalar loops.
-    A fixed order of operations (no fast-math), so every caller gets the same bits. Only numba
+    The vector part is a fixed order of operations; the scalar leftover loops inherit the caller's
+    fast-math flags (``reassoc`` in the MLP kernels), so LLVM may vectorise them at the target's own
+    width: the same bits on CPUs of one vector width, ~1 ulp apart between widths. Only numba
     code calls it; a no-op for arrays the vectors cannot load (callers check ``lanes`` first)."""
     raise NotImplementedError("numba kernels only")
 

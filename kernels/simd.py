@@ -66,7 +66,14 @@ def native_vector_bytes() -> int:
     with it: a ``Vec`` is 64 / native_vector_bytes() registers."""
     import llvmlite.binding as ll
     from numba.core import codegen, config
+    from numba.core.compiler_lock import global_compiler_lock
 
+    with global_compiler_lock:  # LLVM's global context: numba's own compilations hold this lock
+        return _probe_vector_bytes(ll, codegen, config)
+
+
+def _probe_vector_bytes(ll: Any, codegen: Any, config: Any) -> int:
+    """:func:`native_vector_bytes` under numba's compiler lock."""
     cpu = config.CPU_NAME or ll.get_host_cpu_name()
     feats = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
     codegen.initialize_llvm()  # (idempotent; numba has done it already when it compiles)
@@ -81,7 +88,7 @@ def native_vector_bytes() -> int:
     try:
         tm = ll.Target.from_default_triple().create_target_machine(cpu=cpu, features=feats, opt=2)
         asm = tm.emit_assembly(ll.parse_assembly(str(mod)))
-    except Exception:  # unknown CPU name or features: assume the widest, as before this probe
+    except Exception:  # no target machine or assembly for this triple: assume the widest (the old tiles)
         return VECTOR_BYTES
     return 64 if "zmm" in asm else 32 if "ymm" in asm else 16
 
@@ -238,10 +245,12 @@ def vsplat(typingctx, arr, x):
 
 @intrinsic
 def vfma(typingctx, a, b, c):
-    """a * b + c lane by lane, for three vectors of one type: one rounding where the target CPU has
-    FMA instructions, else a multiply and an add (``llvm.fmuladd``; ``llvm.fma`` would be exact on
-    every CPU, but without FMA hardware LLVM lowers it to one libm ``fmaf``/``fma`` call per lane).
-    The vector width does not change results (AVX-512 and AVX2+FMA targets give the same bits)."""
+    """a * b + c lane by lane, for three vectors of one type (``llvm.fmuladd``): in practice one
+    rounding where the target CPU has FMA instructions (LLVM fuses it on x86 and AArch64, though its
+    reference does not promise to; tests check x86's vfmadd), else a multiply and an add.
+    ``llvm.fma`` would round once on every CPU, but without FMA hardware LLVM lowers it to one libm
+    ``fmaf``/``fma`` call per lane. The vector width does not change vfma's results (AVX-512 and
+    AVX2+FMA targets give the same bits)."""
     if not (isinstance(a, Vec) and a == b == c):
         return None
 

@@ -733,8 +733,7 @@ def test_tile_width_does_not_change_results(M, K, F, dtype, acc):
 
 
 _TARGET_PROBE = """
-import numpy as np
-from numba import njit
+from numba import float32, njit
 from numba.core import config
 from minippo.kernels import simd
 
@@ -743,10 +742,9 @@ def fma_rows(a, w, out):
     out_v = simd.vfma(simd.vload(a, 0, 0), simd.vload(w, 0, 0), simd.vload(out, 0, 0))
     simd.vstore(out, 0, 0, out_v)
 
-x = np.ones((1, 16), np.float32)
-fma_rows(x, x, x)
+fma_rows.compile((float32[:, ::1],) * 3)  # compiled only: the host may lack the target's instructions
 asm = fma_rows.inspect_asm(fma_rows.signatures[0])
-print(config.CPU_NAME, simd.native_vector_bytes(), "fmaf" in asm, "vfmadd" in asm, float(x[0, 0]))
+print(config.CPU_NAME, simd.native_vector_bytes(), "fmaf" in asm, "vfmadd" in asm)
 """
 
 
@@ -762,8 +760,8 @@ def test_other_cpu_targets(cpu, width, fused, tmp_path):
     out = subprocess.run([sys.executable, "-c", _TARGET_PROBE], capture_output=True, text=True, timeout=120,
                          env=env)
     assert out.returncode == 0, out.stderr
-    name, w, calls_fmaf, has_fma, value = out.stdout.split()
-    assert (name, int(w), calls_fmaf, has_fma, float(value)) == (cpu, width, "False", str(fused), 2.0)
+    name, w, calls_fmaf, has_fma = out.stdout.split()
+    assert (name, int(w), calls_fmaf, has_fma) == (cpu, width, "False", str(fused))
 
 
 @njit
