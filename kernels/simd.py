@@ -23,8 +23,8 @@ lives in registers:
 LLVM lowers a 64-byte vector to one AVX-512 register where the CPU has them (numba does not set the
 ``min-legal-vector-width`` attribute that would narrow it), and to 2 x AVX2 / 4 x SSE / 4 x NEON
 registers elsewhere, where a tile of many vectors spills (:func:`native_vector_bytes` tells callers
-which). Results are the same on every CPU with FMA; without FMA, :func:`vfma` rounds twice. Callers
-check bounds: the loads and stores index the array's data directly.
+which). These intrinsics give the same results on every CPU with FMA; without FMA, :func:`vfma`
+rounds twice. Callers check bounds: the loads and stores index the array's data directly.
 """
 
 from __future__ import annotations
@@ -68,15 +68,8 @@ def native_vector_bytes() -> int:
     from numba.core import codegen, config
     from numba.core.compiler_lock import global_compiler_lock
 
-    with global_compiler_lock:  # LLVM's global context: numba's own compilations hold this lock
-        return _probe_vector_bytes(ll, codegen, config)
-
-
-def _probe_vector_bytes(ll: Any, codegen: Any, config: Any) -> int:
-    """:func:`native_vector_bytes` under numba's compiler lock."""
     cpu = config.CPU_NAME or ll.get_host_cpu_name()
     feats = config.CPU_FEATURES if config.CPU_FEATURES is not None else codegen.get_host_cpu_features()
-    codegen.initialize_llvm()  # (idempotent; numba has done it already when it compiles)
     mod = ir.Module(name="probe")
     mod.triple = ll.get_process_triple()
     vty = ir.VectorType(ir.FloatType(), 16)
@@ -85,11 +78,13 @@ def _probe_vector_bytes(ll: Any, codegen: Any, config: Any) -> int:
     v = b.load(fn.args[0])
     b.store(b.fadd(v, v), fn.args[0])
     b.ret_void()
-    try:
-        tm = ll.Target.from_default_triple().create_target_machine(cpu=cpu, features=feats, opt=2)
-        asm = tm.emit_assembly(ll.parse_assembly(str(mod)))
-    except Exception:  # no target machine or assembly for this triple: assume the widest (the old tiles)
-        return VECTOR_BYTES
+    with global_compiler_lock:  # LLVM's global context: numba's own compilations hold this lock
+        codegen.initialize_llvm()  # (idempotent; numba has done it already when it compiles)
+        try:
+            tm = ll.Target.from_default_triple().create_target_machine(cpu=cpu, features=feats, opt=2)
+            asm = tm.emit_assembly(ll.parse_assembly(str(mod)))
+        except Exception:  # no target machine or assembly for this triple: the widest (the old tiles)
+            return VECTOR_BYTES
     return 64 if "zmm" in asm else 32 if "ymm" in asm else 16
 
 
