@@ -68,6 +68,7 @@ def test_adam_state_loads_onto_the_device(strict_cupy_backend):
     dict(env_id="Pendulum-v1", objective="clip", clip_vloss=True, target_kl=0.5),
 ])
 def test_train_save_resume_predict_on_the_cupy_path(strict_cupy_backend, tmp_path, cfg):
+    pytest.importorskip("gymnasium")
     algo = PPO(PPOConfig(**TINY, **cfg)).learn()
     assert all(_on_device(p) for p in algo.policy.params.values())
     path = str(tmp_path / "m.npz")
