@@ -93,21 +93,42 @@ def _make_config(args: argparse.Namespace) -> Any:
     return cfg.replace(**changes, **sets) if changes or sets else cfg
 
 
+def _usable_tqdm() -> Any:
+    """The tqdm class, or None if tqdm is missing, lacks ``set_postfix_str`` (< 4.16) or is older
+    than 4.21 on Python 3.12+ (its first bar raises there: it matched the text of ``max()``'s error,
+    which 3.12 changed)."""
+    try:
+        import tqdm as module
+    except ImportError:
+        return None
+    cls = getattr(module, "tqdm", None)
+    if cls is None or not hasattr(cls, "set_postfix_str"):
+        return None
+    try:
+        version = tuple(int(p) for p in str(module.__version__).split(".")[:2])
+    except (AttributeError, ValueError):
+        version = None  # unknown: try it, __init__ falls back if it raises
+    if version is not None and version < (4, 21) and sys.version_info >= (3, 12):
+        return None
+    return cls
+
+
 class _Progress:
-    """tqdm bar on a terminal (a plain text bar if tqdm is missing or older than 4.16, which lacks
-    ``set_postfix_str``); one line per iteration otherwise."""
+    """tqdm bar on a terminal (a plain text bar if tqdm is missing, older than 4.16 (no
+    ``set_postfix_str``) or fails to start, as tqdm 4.16-4.20 do on Python 3.12+); one line per
+    iteration otherwise."""
 
     def __init__(self, total: int, start: int, quiet: bool) -> None:
         self.quiet, self.total, self.bar = quiet, total, None
         self.tty = sys.stderr.isatty()
         if quiet or not self.tty:
             return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            tqdm = None
-        if tqdm is not None and hasattr(tqdm, "set_postfix_str"):
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+        tqdm = _usable_tqdm()
+        if tqdm is not None:
+            try:
+                self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+            except Exception:  # a progress bar never stops training: the plain bar instead
+                self.bar = None
         self.last = start
 
     def __call__(self, row: dict[str, Any]) -> None:

@@ -487,6 +487,50 @@ def test_progress_old_tqdm_without_set_postfix_str_falls_back(monkeypatch):
     assert made == [] and "300/300" in text
 
 
+class _FakeTqdm:
+    """A tqdm stand-in that records its bars (and can fail to start, like tqdm 4.16-4.20 on 3.12+)."""
+
+    made: list = []
+    fail = False
+
+    def __init__(self, *a, **k):
+        if self.fail:
+            raise ValueError("max() iterable argument is empty")
+        self.made.append(self)
+
+    def update(self, n):
+        pass
+
+    def set_postfix_str(self, s):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("version, python, bar", [("4.20.0", (3, 12, 0), False), ("4.20.0", (3, 11, 9), True),
+                                                  ("4.21.0", (3, 12, 0), True), ("5.0", (3, 13, 0), True)])
+def test_progress_skips_tqdm_before_4_21_on_python_3_12(monkeypatch, version, python, bar):
+    """tqdm < 4.21 raises on its first bar on Python 3.12+: the plain bar is used without trying it."""
+    import types
+
+    made = []
+    monkeypatch.setattr(_FakeTqdm, "made", made)
+    monkeypatch.setattr(sys, "version_info", python)
+    text = _progress_text(monkeypatch, tqdm_module=types.SimpleNamespace(tqdm=_FakeTqdm, __version__=version))
+    monkeypatch.undo()
+    assert len(made) == int(bar)
+    assert ("#" * 30 in text) is not bar
+
+
+def test_progress_falls_back_when_tqdm_fails_to_start(monkeypatch):
+    import types
+
+    monkeypatch.setattr(_FakeTqdm, "fail", True)
+    text = _progress_text(monkeypatch, tqdm_module=types.SimpleNamespace(tqdm=_FakeTqdm, __version__="9.9"))
+    assert "300/300" in text and "#" * 30 in text
+
+
 def test_progress_tqdm_bar_on_a_terminal(monkeypatch):
     tqdm = pytest.importorskip("tqdm")
     if not hasattr(tqdm.tqdm, "set_postfix_str"):
