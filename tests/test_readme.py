@@ -1,6 +1,7 @@
 """The README's Python examples run as printed: the training API block (train CartPole-v1 with its
 preset, evaluate, save, load, resume to 200k steps), then the embedded block on the model it saved."""
 
+import ast
 import json
 import os
 import re
@@ -49,7 +50,7 @@ def test_readme_python_examples_run(tmp_path):
     out = _run(training + report, tmp_path, backend).splitlines()
     per_rollout = 8 * 32  # the preset's n_envs x n_steps: learn() runs whole rollouts
     assert json.loads(out[-1]) == {"steps": -(-200_000 // per_rollout) * per_rollout, "total": 200_000}
-    evaluation = eval(out[-2])  # the dict that model.evaluate printed
+    evaluation = ast.literal_eval(out[-2])  # the dict that model.evaluate printed
     assert evaluation["episodes"] == 10 and evaluation["mean_return"] >= 475  # the preset solves CartPole
     rows = [line.split() for line in out[:-2]]  # the callback's "timesteps mean_return" rows, first run
     assert [int(r[0]) for r in rows] == list(range(per_rollout, 100_000 + per_rollout, per_rollout))
