@@ -32,6 +32,8 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
+from minippo._checks import real
+
 from .simd import (
     VECTOR_BYTES,
     lanes,
@@ -248,11 +250,27 @@ def _overlap(a, b):
     return pa < pb + b.size * b.itemsize and pb < pa + a.size * a.itemsize
 
 
+@njit(inline="always")
+def _binary(d):
+    """Whether every entry of the C-contiguous (T, N) array d is 0 or 1 (NaN is neither). One
+    vectorised pass, row by row; it brings dones into cache for the recursion that follows."""
+    T, N = d.shape
+    for t in range(T):
+        bad = False
+        for j in range(N):
+            x = d[t, j]
+            bad |= (x != 0) & (x != 1)  # exact in either dtype
+        if bad:
+            return False
+    return True
+
+
 @njit(cache=True)
 def _gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, returns):
     """Returns 0, or 1 when a shape does not match rewards' (T, N), 2 when gamma or lam is out of
-    range, 3 (computing nothing) when adv or returns overlaps an input or the other: the recursion
-    writes row t before it reads row t - 1, so it needs separate memory. The checks cost nanoseconds
+    range, 3 when adv or returns overlaps an input or the other (the recursion writes row t before
+    it reads row t - 1, so it needs separate memory), 4 when a done is neither 0 nor 1; for 1-4 it
+    computes and writes nothing. The checks cost nanoseconds
     here and ~0.35 us (shapes) to ~2.3 us (overlaps) in Python (see ``gae``)."""
     T, N = rewards.shape
     # (spelled out: a loop over a tuple of the arrays costs 0.1 us of reference counting)
@@ -267,6 +285,8 @@ def _gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, returns):
             or _overlap(adv, last_values) or _overlap(returns, rewards) or _overlap(returns, values) \
             or _overlap(returns, dones) or _overlap(returns, last_values):
         return 3
+    if not _binary(dones):
+        return 4
     # gamma, gamma * lam (both float64, as Python computes them) and 1, rounded to the array dtype
     # as numpy rounds them, by a store into the output that is overwritten below.
     adv[0, 0] = gamma
@@ -478,8 +498,9 @@ def rewards_to_go(
     if rewards.ndim != 2 or dones.shape != rewards.shape or last_values.shape != rewards.shape[1:]:
         raise ValueError(f"rewards and dones must have one shape (T, N) and last_values (N,), got "
                          f"{tuple(rewards.shape)}, {tuple(dones.shape)}, {tuple(last_values.shape)}")
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    gamma = real("gamma", gamma, 0.0, 1.0, low_open=True)
+    if ((dones != 0) & (dones != 1)).any():
+        raise ValueError("dones must hold only 0 and 1 (episode-end flags)")
     dt = _float_dtype(rewards)
     r, d = (np.ascontiguousarray(a, dtype=dt) for a in (rewards, dones))
     lv = np.ascontiguousarray(last_values, dtype=dt)

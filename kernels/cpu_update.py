@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from minippo._checks import real
+
 from .cpu import (
     ACT_NONE,
     ACT_RELU,
@@ -364,8 +366,7 @@ class FusedUpdate:
         vec = [np.ascontiguousarray(batch[k], dt) for k in ("logp_old", "advantages", "returns", "values_old")]
         if any(a.shape != (B,) for a in vec):
             raise ValueError(f"logp_old, advantages, returns, values_old must have shape ({B},)")
-        if not clip_eps > 0:  # the checks of the numpy path's losses, same messages
-            raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+        clip_eps = real("clip_eps", clip_eps, 0.0, low_open=True)  # the numpy path's checks and messages
         if cfg.normalize_advantages and B < 2:
             raise ValueError("advantage normalisation needs a minibatch of at least 2 samples")
         logp_old, adv, returns, values_old = vec

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from minippo import backend
+from minippo._checks import real
 
 Array = Any
 ESTIMATORS = ("gae", "mc", "td")
@@ -33,10 +34,18 @@ def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, g
             raise ValueError(f"{name} must have shape {tuple(rewards.shape)} like rewards, got {tuple(a.shape)}")
     if last_values.shape != rewards.shape[1:]:
         raise ValueError(f"last_values must have shape ({rewards.shape[1]},), got {tuple(last_values.shape)}")
-    if not (0.0 < gamma <= 1.0):
-        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-    if not (0.0 <= lam <= 1.0):
-        raise ValueError(f"gae_lambda must be in [0, 1], got {lam}")
+    real("gamma", gamma, 0.0, 1.0, low_open=True)
+    real("gae_lambda", lam, 0.0, 1.0)
+    if not _binary(dones):
+        bad = (dones != 0) & (dones != 1)
+        t, n = (int(i) for i in np.unravel_index(int(bad.argmax()), bad.shape))
+        raise ValueError(f"dones must hold only 0 and 1 (episode-end flags), got {float(dones[t, n])} "
+                         f"at (t, n) = ({t}, {n})")
+
+
+def _binary(dones: Array) -> bool:
+    """Whether every entry of dones (numpy or cupy, any dtype) is 0 or 1; NaN is neither."""
+    return not bool(((dones != 0) & (dones != 1)).any())
 
 
 def gae_numpy(
@@ -76,7 +85,8 @@ def compute_gae(
 ) -> tuple[Array, Array]:
     """GAE advantages and returns.
 
-    rewards, values, dones: (T, N) floats (dones 0/1); last_values: (N,) = V(s_T).
+    rewards, values, dones: (T, N) floats (dones 0/1: any other value raises ValueError);
+    last_values: (N,) = V(s_T).
     Returns (advantages (T, N), returns (T, N) = advantages + values) in rewards' dtype when it is
     float32 or float64, else float64; the other inputs are cast to it. ``out=(adv, returns)``: two
     arrays of that shape and dtype to write into (and return); the numba backend then allocates
@@ -86,8 +96,12 @@ def compute_gae(
     if name == "numba":  # the kernel checks shapes, gamma and lambda itself (0.35 us less than here)
         return (_cpu or _load_cpu()).gae(rewards, values, dones, last_values, gamma, lam, out)
     s = rewards.shape  # the cheap checks first; _validate says what is wrong
-    if len(s) != 2 or values.shape != s or dones.shape != s or last_values.shape != s[1:] \
-            or not (0.0 < gamma <= 1.0) or not (0.0 <= lam <= 1.0):
+    try:
+        ok = len(s) == 2 and values.shape == s and dones.shape == s and last_values.shape == s[1:] \
+            and 0.0 < gamma <= 1.0 and 0.0 <= lam <= 1.0 and _binary(dones)
+    except TypeError:  # gamma or lam not a number
+        ok = False
+    if not ok:
         _validate(rewards, values, dones, last_values, gamma, lam)
     dt = rewards.dtype if rewards.dtype in (np.float32, np.float64) else np.dtype(np.float64)
     rewards, values, dones, last_values = (a.astype(dt, copy=False) for a in (rewards, values, dones, last_values))

@@ -201,8 +201,11 @@ class PPOConfig:
             raise bad("target_kl", "must be a finite number > 0, or None")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", "must be an integer >= 0")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise bad("hidden", "must list at least one positive width")
+        h = self.hidden
+        if not isinstance(h, (tuple, list)) or not h or not all(
+            hasattr(w, "__index__") and not isinstance(w, (bool, np.bool_)) and w >= 1 for w in h
+        ):
+            raise bad("hidden", "must list at least one positive integer width")
         if self.lr_schedule == "exponential" and self.lr_end <= 0:
             raise bad("lr_end", "must be > 0 for an exponential lr_schedule")
         if self.ent_schedule == "exponential" and (self.ent_end <= 0 or self.ent_coef <= 0):

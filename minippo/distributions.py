@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from minippo._checks import real
 from minippo.backend import array_module, asnumpy
 
 Array = Any
@@ -45,11 +46,10 @@ class Categorical:
             raise ValueError(f"logits must have shape (B, n_actions) with n_actions >= 1, got {tuple(logits.shape)}")
         if logits.dtype.kind != "f":
             raise TypeError(f"logits must be a float array, got dtype {logits.dtype}")
-        if not temperature > 0 or not math.isfinite(temperature):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        temperature = real("temperature", temperature, 0.0, low_open=True)
         _check_finite("logits", logits)
         self.logits = logits
-        self.temperature = float(temperature)
+        self.temperature = temperature
         z = logits / self.temperature if self.temperature != 1.0 else logits
         if self.temperature < 1.0:  # dividing can overflow finite logits
             _check_finite("logits / temperature", z)

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from minippo._checks import real
+
 Array = Any
 
 
@@ -90,8 +92,7 @@ def clip_objective(
     logp, logp_old, adv: (B,). Where the clipped term is strictly smaller it is the active one and
     is constant in theta, so the gradient there is exactly 0; elsewhere dL/dlogp_t = -r_t A_t / B.
     """
-    if not clip_eps > 0:
-        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    clip_eps = real("clip_eps", clip_eps, 0.0, low_open=True)
     b = _check(logp, logp_old=logp_old, adv=adv)
     log_ratio = logp - logp_old
     ratio = np.exp(log_ratio)
@@ -112,8 +113,7 @@ def kl_penalty_objective(
     ``kl`` (B,) is the exact per-state KL(pi_old || pi_theta). Returns d_inputs = (dL/dlogp,
     dL/dkl) = (-r_t A_t / B, beta / B).
     """
-    if not beta >= 0 or not math.isfinite(beta):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    beta = real("beta", beta, 0.0)
     b = _check(logp, logp_old=logp_old, adv=adv, kl=kl)
     log_ratio = logp - logp_old
     ratio = np.exp(log_ratio)
@@ -131,12 +131,8 @@ class AdaptiveKL:
     """
 
     def __init__(self, kl_target: float = 0.01, beta: float = 1.0) -> None:
-        if not kl_target > 0:
-            raise ValueError(f"kl_target must be > 0, got {kl_target}")
-        if not beta > 0:
-            raise ValueError(f"beta must be > 0, got {beta}")
-        self.kl_target = float(kl_target)
-        self.beta = float(beta)
+        self.kl_target = real("kl_target", kl_target, 0.0, low_open=True)
+        self.beta = real("beta", beta, 0.0, low_open=True)
 
     def update(self, kl: float) -> float:
         """Apply the rule for the measured mean KL; returns the new beta."""
@@ -170,8 +166,7 @@ def value_loss(
         return float(0.5 * (err * err).mean()), err / b, {}
     if values_old is None:
         raise ValueError("values_old is required when clip_eps is given (clipped value loss)")
-    if not clip_eps > 0:
-        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    clip_eps = real("clip_eps", clip_eps, 0.0, low_open=True)
     _check(values, "values", values_old=values_old)
     delta = values - values_old
     v_clip = values_old + np.clip(delta, -clip_eps, clip_eps)
@@ -185,6 +180,5 @@ def value_loss(
 def entropy_bonus(entropy: Array, coef: float) -> tuple[float, Array, dict[str, float]]:
     """Entropy bonus as a loss: L^S = -c_ent * mean(H); entropy (B,) -> (L^S, dL/dH (B,) = -c_ent / B, {})."""
     b = _check(entropy, "entropy")
-    if not math.isfinite(coef):
-        raise ValueError(f"coef must be a finite number, got {coef}")
+    coef = real("coef", coef)
     return float(-coef * entropy.mean()), np.full_like(entropy, -coef / b), {}

@@ -13,13 +13,13 @@ Usage (what ``minippo.ppo.loss_and_grads`` does)::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from minippo import backend
+from minippo._checks import real
 from minippo.backend import array_module, asnumpy
 from minippo.distributions import Categorical, DiagGaussian
 from minippo.nn import MLP
@@ -73,15 +73,17 @@ class ActorCritic:
     ) -> None:
         if not hasattr(obs_dim, "__index__") or isinstance(obs_dim, bool) or int(obs_dim) < 1:
             raise ValueError(f"obs_dim must be an integer >= 1, got {obs_dim!r}")
-        hidden = [int(h) for h in hidden]
+        # a bare int, a string ("64" would become (6, 4)), bools or floats are not a list of widths
+        widths = None if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__") else list(hidden)
+        if widths is None or not all(
+            hasattr(h, "__index__") and not isinstance(h, (bool, np.bool_)) and int(h) >= 1 for h in widths
+        ):
+            raise ValueError(f"hidden must be a sequence of integer layer widths >= 1, got {hidden!r}")
+        hidden = [int(h) for h in widths]
         if shared and not hidden:
             raise ValueError("shared=True needs at least one hidden layer (hidden=())")
-        if not (temperature > 0 and math.isfinite(temperature)):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        if not LOG_STD_MIN <= log_std_init <= LOG_STD_MAX:
-            raise ValueError(
-                f"log_std_init must be in [{LOG_STD_MIN}, {LOG_STD_MAX}], got {log_std_init}"
-            )
+        temperature = real("temperature", temperature, 0.0, low_open=True)
+        log_std_init = real("log_std_init", log_std_init, LOG_STD_MIN, LOG_STD_MAX)
         self.obs_dim = int(obs_dim)
         self.action_space = as_space(action_space)
         self.discrete = isinstance(self.action_space, Discrete)

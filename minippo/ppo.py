@@ -22,7 +22,7 @@ import numpy as np
 
 from minippo import backend, losses
 from minippo.buffer import RolloutBuffer
-from minippo.config import PPOConfig
+from minippo.config import OBJECTIVES, PPOConfig
 from minippo.optim import Adam, Schedule, clip_grad_norm
 from minippo.policy import ActorCritic
 
@@ -55,11 +55,10 @@ def loss_and_grads(
     Returns (stats, grads): stats has loss, policy_loss, value_loss, entropy, approx_kl,
     clipfrac (clip only), kl and beta (kl_penalty only); grads is keyed like ``policy.params``.
     """
-    missing = [k for k in BATCH_KEYS if k not in batch]
-    if config.objective == "kl_penalty" and "dist_old" not in batch:
-        missing.append("dist_old")
+    needed = (*BATCH_KEYS, "dist_old") if config.objective == "kl_penalty" else BATCH_KEYS
+    missing = [k for k in needed if k not in batch]
     if missing:
-        raise KeyError(f"batch is missing {missing}; it needs {list(BATCH_KEYS)}")
+        raise KeyError(f"batch is missing {missing}; objective={config.objective!r} needs {list(needed)}")
     clip_eps = config.clip_eps if clip_eps is None else clip_eps
     ent_coef = config.ent_coef if ent_coef is None else ent_coef
     adv = batch["advantages"]
@@ -78,9 +77,11 @@ def loss_and_grads(
         pl, (dlogp, dkl), stats = losses.kl_penalty_objective(logp, logp_old, adv, kl, beta)
     elif objective == "surrogate":
         pl, dlogp, stats = losses.surrogate_objective(logp, logp_old, adv)
-    else:  # a2c, reinforce: the plain policy gradient, on-policy
+    elif objective in ("a2c", "reinforce"):  # the plain policy gradient, on-policy
         pl, dlogp, stats = losses.pg_objective(logp, adv)
         stats = {**stats, **losses.ratio_stats(logp, logp_old)}
+    else:  # PPOConfig is mutable: a field set after construction was never validated
+        raise ValueError(f"config.objective={objective!r} is not allowed; use one of {OBJECTIVES}")
     vl, dv, vstats = losses.value_loss(
         values, batch["returns"], batch["values_old"], clip_eps if config.clip_vloss else None
     )
@@ -156,6 +157,7 @@ class PPO:
         from minippo.spaces import as_space
 
         config = (config or PPOConfig()).replace(**overrides) if overrides else (config or PPOConfig())
+        config.validate()  # again: PPOConfig is mutable, and a field set after construction is unchecked
         self.config = config
         self.backend = backend.name
         self.xp = backend.xp

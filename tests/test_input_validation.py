@@ -177,3 +177,160 @@ def test_rollout_buffer_add_checks_before_writing():
         buf.add(**good)
     with pytest.raises(ValueError, match="batch_size and min_size must be >= 1"):
         next(buf.minibatches(0, np.random.default_rng(0)))
+
+
+# ---------------------------------------------------------------- scalars, config mutated later, dones
+@pytest.mark.parametrize("value, kw, err, msg", [
+    (0.5, dict(low=0.0, high=1.0), None, None),
+    (np.float32(0.25), dict(low=0.0), None, None),
+    (3, dict(), None, None),
+    (None, dict(low=0.0, low_open=True), TypeError, r"x must be a finite number > 0, got None"),
+    ("0.9", dict(), TypeError, r"x must be a finite number, got '0.9'"),
+    (True, dict(), TypeError, r"x must be a finite number, got True"),
+    (float("nan"), dict(high=1.0), ValueError, r"x must be a finite number <= 1, got nan"),
+    (float("inf"), dict(low=0.0), ValueError, r"x must be a finite number >= 0, got inf"),
+    (1.0, dict(low=0.0, high=1.0, high_open=True), ValueError, r"x must be a finite number in \[0, 1\), got 1.0"),
+    (0.0, dict(low=0.0, high=1.0, low_open=True), ValueError, r"x must be a finite number in \(0, 1\], got 0.0"),
+])
+def test_real_names_the_argument_and_the_allowed_range(value, kw, err, msg):
+    from minippo._checks import real
+
+    if err is None:
+        assert real("x", value, **kw) == float(value) and type(real("x", value, **kw)) is float
+    else:
+        with pytest.raises(err, match=msg):
+            real("x", value, **kw)
+
+
+def test_scalar_arguments_are_named_when_not_finite_numbers():
+    """None, strings and infinities used to give raw TypeErrors ('<' not supported ...) or be taken
+    silently (Adam eps=inf never moves; an exponential Schedule to inf returns nan)."""
+    lp = np.zeros(4)
+    cases = [
+        (lambda: losses.clip_objective(lp, lp, lp, None), TypeError, "clip_eps must be a finite number > 0"),
+        (lambda: losses.value_loss(lp, lp, lp, float("inf")), ValueError, "clip_eps must be a finite number > 0"),
+        (lambda: losses.kl_penalty_objective(lp, lp, lp, lp, "1"), TypeError, "beta must be a finite number >= 0"),
+        (lambda: losses.entropy_bonus(lp, None), TypeError, "coef must be a finite number"),
+        (lambda: losses.AdaptiveKL(kl_target=float("inf")), ValueError, "kl_target must be a finite number > 0"),
+        (lambda: losses.AdaptiveKL(beta=float("inf")), ValueError, "beta must be a finite number > 0"),
+        (lambda: Categorical(np.zeros((2, 3)), temperature=None), TypeError, "temperature must be a finite number > 0"),
+        (lambda: clip_grad_norm({"a": np.ones(2)}, None), TypeError, "max_norm must be a finite number > 0"),
+        (lambda: Schedule("linear", float("nan"), 0.0), ValueError, "start must be a finite number, got nan"),
+        (lambda: Schedule("exponential", 1.0, float("inf")), ValueError, "end must be a finite number, got inf"),
+        (lambda: ActorCritic(2, Discrete(2), temperature="2"), TypeError, "temperature must be a finite number > 0"),
+    ]
+    for call, err, msg in cases:
+        with pytest.raises(err, match=msg):
+            call()
+
+
+@pytest.mark.parametrize("hidden", ["64", (True,), (64.7,), 64, (0,), (64, -1), None])
+def test_policy_refuses_hidden_that_is_not_a_list_of_widths(hidden):
+    # "64" used to build layers (6, 4), (True,) one of width 1, (64.7,) one of 64
+    with pytest.raises(ValueError, match="hidden must be a sequence of integer layer widths >= 1"):
+        ActorCritic(3, Discrete(2), hidden=hidden)
+
+
+def test_policy_takes_hidden_from_any_iterable_of_integers():
+    pol = ActorCritic(3, Discrete(2), hidden=(w for w in (np.int64(5), 4)))  # a generator, numpy ints
+    assert pol.hidden == [5, 4] and pol.actor.sizes == [3, 5, 4, 2]
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("gamma, lam, err, msg", [
+    (None, 0.95, TypeError, "gamma must be a finite number in"),
+    ("0.9", 0.95, TypeError, "gamma must be a finite number in"),
+    (0.99, None, TypeError, "gae_lambda must be a finite number in"),
+])
+def test_compute_gae_names_gamma_and_lambda(monkeypatch, backend_name, gamma, lam, err, msg):
+    from minippo import backend
+    from minippo.advantages import compute_gae
+
+    if backend_name == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("MINIPPO_BACKEND", backend_name)
+    backend.reset()
+    try:
+        z = np.zeros((4, 2), np.float32)
+        with pytest.raises(err, match=msg):
+            compute_gae(z, z, z, np.zeros(2, np.float32), gamma, lam)
+    finally:
+        monkeypatch.delenv("MINIPPO_BACKEND")
+        backend.reset()
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("bad", [2.0, -1.0, 0.5, float("nan")])
+@pytest.mark.parametrize("with_out", [False, True])
+def test_compute_gae_refuses_dones_other_than_0_and_1(monkeypatch, backend_name, bad, with_out):
+    """dones = 2 used to flip the bootstrap's sign (1 - d = -1) and give wrong advantages silently."""
+    from minippo import backend
+    from minippo.advantages import compute_gae
+
+    if backend_name == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("MINIPPO_BACKEND", backend_name)
+    backend.reset()
+    try:
+        for dt in (np.float32, np.float64):
+            r = np.ones((5, 3), dt)
+            d = np.zeros((5, 3), dt)
+            d[1, 0] = 1.0
+            d[3, 2] = bad
+            out = (np.full((5, 3), 7, dt), np.full((5, 3), 7, dt))
+            with pytest.raises(ValueError, match=r"dones must hold only 0 and 1 \(episode-end flags\), got "
+                                                 r".* at \(t, n\) = \(3, 2\)"):
+                compute_gae(r, r, d, np.ones(3, dt), 0.9, 0.95, out if with_out else None)
+            assert (out[0] == 7).all() and (out[1] == 7).all()  # nothing written
+            d[3, 2] = 1.0  # 0/1 floats and bools are fine
+            for dd in (d, d.astype(bool)):
+                adv, _ = compute_gae(r, r, dd, np.ones(3, dt), 0.9, 0.95)
+                assert np.isfinite(adv).all()
+    finally:
+        monkeypatch.delenv("MINIPPO_BACKEND")
+        backend.reset()
+
+
+def test_numba_rewards_to_go_refuses_dones_other_than_0_and_1():
+    cpu = pytest.importorskip("minippo.kernels.cpu")
+    d = np.zeros((4, 2))
+    d[2, 1] = 2.0
+    with pytest.raises(ValueError, match=r"dones must hold only 0 and 1"):
+        cpu.rewards_to_go(np.ones((4, 2)), d, np.zeros(2), 0.9)
+
+
+def test_objective_set_after_construction_is_refused_not_trained_as_plain_pg():
+    """PPOConfig is mutable: objective="Clip" set on a built config used to fall through to the
+    plain policy gradient of a2c/reinforce without a word."""
+    from minippo.config import PPOConfig
+    from minippo.ppo import loss_and_grads
+
+    pol = ActorCritic(3, Discrete(2), hidden=(4,), dtype=np.float64)
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.standard_normal((4, 3)), "actions": np.array([0, 1, 1, 0]),
+             "logp_old": np.full(4, -0.69), "advantages": rng.standard_normal(4),
+             "returns": np.zeros(4), "values_old": np.zeros(4)}
+    cfg = PPOConfig()
+    cfg.objective = "Clip"
+    with pytest.raises(ValueError, match=r"config.objective='Clip' is not allowed; use one of \('clip'"):
+        loss_and_grads(pol, batch, cfg)
+    with pytest.raises(ValueError, match=r"PPOConfig.objective='Clip' is invalid: allowed values are clip"):
+        cfg.validate()
+    cfg.objective = "kl_penalty"  # the KeyError lists what this objective needs, dist_old included
+    with pytest.raises(KeyError, match=r"batch is missing \['dist_old'\]; objective='kl_penalty' needs "
+                                       r"\[.*'values_old', 'dist_old'\]"):
+        loss_and_grads(pol, batch, cfg)
+
+
+def test_ppo_validates_a_config_changed_after_construction():
+    pytest.importorskip("gymnasium")
+    from minippo import PPO
+    from minippo.config import PPOConfig
+
+    for field, value, msg in (("objective", "kl-penalty", "PPOConfig.objective='kl-penalty' is invalid"),
+                              ("hidden", "64", "PPOConfig.hidden='64' is invalid"),
+                              ("n_steps", "128", "PPOConfig.n_steps='128' is invalid")):
+        cfg = PPOConfig(n_steps=64, batch_size=32)
+        setattr(cfg, field, value)
+        with pytest.raises(ValueError, match=msg):
+            PPO(cfg)

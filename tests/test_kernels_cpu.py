@@ -146,9 +146,9 @@ def test_gae_errors_name_the_argument():
         (dict(values=np.zeros((4, 2), np.float32)), "values must have shape"),
         (dict(dones=np.zeros((5, 3), np.float32)), "dones must have shape"),
         (dict(last_values=np.zeros(4, np.float32)), "last_values must have shape"),
-        (dict(gamma=1.5), "gamma must be in"),
-        (dict(gamma=float("nan")), "gamma must be in"),
-        (dict(lam=-0.1), "gae_lambda must be in"),
+        (dict(gamma=1.5), "gamma must be a finite number in"),
+        (dict(gamma=float("nan")), "gamma must be a finite number in"),
+        (dict(lam=-0.1), "gae_lambda must be a finite number in"),
         (dict(rewards=np.zeros(4, np.float32)), "rewards must have shape"),
         (dict(out=(np.zeros((4, 2), np.float32), z.copy())), "out must be"),
         (dict(out=(np.zeros((4, 3), np.float64), z.copy())), "out must be"),
@@ -480,7 +480,7 @@ def test_rewards_to_go_checks_shapes_and_gamma():
     r, lv = np.ones((8, 4), np.float32), np.zeros(4, np.float32)
     for d, lv_, gamma, msg in ((np.ones((1, 4)), lv, 0.9, "one shape"),
                                (np.ones((8, 4)), np.zeros(3), 0.9, "one shape"),
-                               (np.ones((8, 4)), lv, 1.5, "gamma must be in")):
+                               (np.ones((8, 4)), lv, 1.5, "gamma must be a finite number in")):
         with pytest.raises(ValueError, match=msg):
             cpu.rewards_to_go(r, d, lv_, gamma)
     with pytest.raises(ValueError, match="one shape"):

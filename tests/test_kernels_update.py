@@ -267,7 +267,7 @@ def test_bad_clip_eps_and_single_sample_normalisation_raise_like_numpy():
     pol = _policy(np.float32, True, (8,), "tanh", 1)
     batch = _batch(pol, 8, 2, 0.2, np.float32)
     one = {k: v[:1] for k, v in batch.items()}
-    for cfg, mb, clip_eps, msg in ((PPOConfig(), batch, 0.0, "clip_eps must be > 0"),
+    for cfg, mb, clip_eps, msg in ((PPOConfig(), batch, 0.0, "clip_eps must be a finite number > 0"),
                                    (PPOConfig(), one, 0.2, "at least 2 samples")):
         fu = cpu_update.make(pol, Adam(pol.params), cfg)
         ref = NumpyStep(pol, Adam(pol.params), cfg, beta=1.0)

@@ -198,9 +198,9 @@ def test_adaptive_kl_rule_property(target, beta, kl):
 
 
 def test_adaptive_kl_bad_inputs():
-    with pytest.raises(ValueError, match="kl_target must be > 0"):
+    with pytest.raises(ValueError, match="kl_target must be a finite number > 0"):
         losses.AdaptiveKL(kl_target=0.0)
-    with pytest.raises(ValueError, match="beta must be > 0"):
+    with pytest.raises(ValueError, match="beta must be a finite number > 0"):
         losses.AdaptiveKL(beta=-1.0)
     with pytest.raises(FloatingPointError, match="kl is nan"):
         losses.AdaptiveKL().update(float("nan"))
@@ -307,9 +307,9 @@ def test_losses_nonfinite_named(bad, which):
 def test_losses_bad_scalars_named():
     ok = np.zeros(3)
     for eps in (0.0, -0.1, float("nan")):
-        with pytest.raises(ValueError, match="clip_eps must be > 0"):
+        with pytest.raises(ValueError, match="clip_eps must be a finite number > 0"):
             losses.clip_objective(ok, ok, ok, eps)
-        with pytest.raises(ValueError, match="clip_eps must be > 0"):
+        with pytest.raises(ValueError, match="clip_eps must be a finite number > 0"):
             losses.value_loss(ok, ok, ok, eps)
     for beta in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="beta must be a finite number >= 0"):

@@ -88,11 +88,21 @@ def test_adam_state_roundtrip():
 
 
 def test_adam_bad_inputs():
-    with pytest.raises(ValueError, match="lr must be >= 0"):
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0, got -1.0"):
         Adam({"w": np.zeros(1)}, lr=-1.0)
-    with pytest.raises(ValueError, match=r"betas must be two numbers in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"lr must be a finite number >= 0, got inf"):
+        Adam({"w": np.zeros(1)}, lr=float("inf"))  # was accepted, then refused only at step()
+    with pytest.raises(ValueError, match=r"betas\[1\] must be a finite number in \[0, 1\), got 1.0"):
         Adam({"w": np.zeros(1)}, betas=(0.9, 1.0))
-    with pytest.raises(ValueError, match="eps must be > 0"):
+    with pytest.raises(TypeError, match=r"betas must be two numbers in \[0, 1\), got 0.9"):
+        Adam({"w": np.zeros(1)}, betas=0.9)
+    with pytest.raises(TypeError, match="betas\\[0\\] must be a finite number in \\[0, 1\\), got None"):
+        Adam({"w": np.zeros(1)}, betas=(None, 0.999))
+    with pytest.raises(ValueError, match="eps must be a finite number > 0, got inf"):
+        Adam({"w": np.zeros(1)}, eps=float("inf"))  # every step would be 0
+    with pytest.raises(TypeError, match="lr must be a finite number >= 0, got '1e-3'"):
+        Adam({"w": np.zeros(1)}).step({"w": np.zeros(1)}, lr="1e-3")
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         Adam({"w": np.zeros(1)}, eps=0.0)
     with pytest.raises(KeyError, match=r"differing: \['v'\]"):
         Adam({"w": np.zeros(1)}).step({"w": np.zeros(1), "v": np.zeros(1)})
@@ -135,7 +145,7 @@ def test_clip_grad_norm_in_place_and_errors():
     assert g["a"] is arr
     np.testing.assert_allclose(arr, [0.6, 0.8])
     for bad in (0.0, -1.0):
-        with pytest.raises(ValueError, match="max_norm must be > 0"):
+        with pytest.raises(ValueError, match="max_norm must be a finite number > 0"):
             clip_grad_norm({"a": np.ones(2)}, bad)
     with pytest.raises(FloatingPointError, match="gradient norm is nan"):
         clip_grad_norm({"a": np.array([np.nan])}, 1.0)

@@ -148,8 +148,10 @@ def test_log_std_on_the_bound_has_a_gradient_and_init_outside_is_rejected():
     policy.params["log_std"][...] = [LOG_STD_MAX + 1.0, LOG_STD_MIN - 1.0]
     policy.clamp_log_std()
     np.testing.assert_array_equal(policy.params["log_std"], [LOG_STD_MAX, LOG_STD_MIN])
-    with pytest.raises(ValueError, match=r"log_std_init must be in \[-10.0, 2.0\], got 2.5"):
+    with pytest.raises(ValueError, match=r"log_std_init must be a finite number in \[-10, 2\], got 2.5"):
         ActorCritic(2, Box(-np.ones(2), np.ones(2)), log_std_init=2.5)
+    with pytest.raises(TypeError, match=r"log_std_init must be a finite number in \[-10, 2\], got None"):
+        ActorCritic(2, Box(-np.ones(2), np.ones(2)), log_std_init=None)
 
 
 # ---------------------------------------------------------------- layout and init

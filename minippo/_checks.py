@@ -1,0 +1,42 @@
+"""Argument checks shared by the public functions: one place that turns a bad scalar into an error
+naming the argument, the value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+
+def real(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a Python float, if it is a finite real number (not a bool) in the range.
+
+    ``low`` / ``high``: bounds (None: unbounded), inclusive unless ``low_open`` / ``high_open``.
+    Raises TypeError for a non-number (None, a string, a bool) and ValueError for NaN, an infinity
+    or a value out of range; both messages name ``name`` and the allowed values.
+    """
+    ok_type = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    v = float(value) if ok_type else math.nan
+    ok = ok_type and math.isfinite(v) \
+        and (low is None or (v > low if low_open else v >= low)) \
+        and (high is None or (v < high if high_open else v <= high))
+    if ok:
+        return v
+    if low is not None and high is not None:
+        allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        allowed = f"{'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        allowed = f"{'<' if high_open else '<='} {high:g}"
+    else:
+        allowed = ""
+    msg = f"{name} must be a finite number {allowed}".rstrip() + f", got {value!r}"
+    raise ValueError(msg) if ok_type else TypeError(msg)
