@@ -178,8 +178,8 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise CheckpointError(f"{path!r}: meta's policy description is missing {missing}")
     for key in ("num_timesteps", "iteration", "total_timesteps", "adam_t"):
         v = meta.get(key, 0)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise CheckpointError(f"{path!r}: meta's {key!r} must be an integer >= 0, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:  # (int64's range)
+            raise CheckpointError(f"{path!r}: meta's {key!r} must be an integer in [0, 2**63), got {v!r}")
     beta = meta.get("beta", 1.0)
     # beta >= 0, not only > 0: a long kl_penalty run can halve it down to 0.0 (or double it to inf)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
@@ -281,6 +281,9 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     missing = [f"adam/{p}.{k}" for k in algo.policy.params for p in "mv" if f"{p}.{k}" not in state]
     if missing:
         raise CheckpointError(f"{path!r} is missing Adam moments {missing[:3]}")
+    extra = sorted(f"adam/{k}" for k in state if k[2:] not in algo.policy.params or k[:2] not in ("m.", "v."))
+    if extra:
+        raise CheckpointError(f"{path!r} has unexpected arrays {extra[:3]}: it belongs to another network")
     bad = sorted(k for k, v in state.items() if not (np.isfinite(v).all() and (k[0] != "v" or (v >= 0).all())))
     if bad:
         raise CheckpointError(f"{path!r}: Adam moments {['adam/' + k for k in bad[:3]]} hold NaN, inf or "
@@ -303,7 +306,7 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     # (a ret_acc array in a checkpoint from before session 11 is ignored).
     try:
         algo.rng.bit_generator.state = meta["rng"]
-    except (TypeError, ValueError, KeyError) as e:
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
         raise CheckpointError(f"{path!r}: meta's 'rng' is not a generator state: {e}") from e
     algo.num_timesteps = int(meta["num_timesteps"])
     algo.iteration = int(meta.get("iteration", 0))

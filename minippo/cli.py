@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, metavar="MODEL",
                    help="continue training from this model.npz (the run's progress.csv is continued)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any PPOConfig field")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run folder that already holds model.npz, config.json or progress.csv")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("eval", help="evaluate a saved model")
@@ -87,6 +89,11 @@ def _make_config(args: argparse.Namespace) -> Any:
                           ("n_envs", args.n_envs), ("objective", args.objective)) if v is not None
     }
     sets = dict(cfg.parse_assignment(a) for a in args.set)
+    both = sorted(set(changes) & set(sets))
+    if both:
+        flags = {"total_timesteps": "--timesteps", "seed": "--seed", "n_envs": "--n-envs", "objective": "--objective"}
+        raise UsageError(" and ".join(f"{flags[k]} and --set {k}=" for k in both)
+                         + " both given: set each field once")
     if "env_id" in sets and sets["env_id"] != args.env_id:
         raise UsageError(f"--set env_id={sets['env_id']} differs from ENV_ID {args.env_id}: the env is "
                          "given once, as ENV_ID")
@@ -182,8 +189,11 @@ class CsvLog:
         ValueError if its header is not minippo's."""
         if not os.path.exists(path):
             return []
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
+        try:
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))
+        except (csv.Error, UnicodeDecodeError) as e:  # a huge field, NUL bytes after a power loss (<= 3.10)
+            raise ValueError(f"{path} cannot be read as CSV ({e}); move it away to resume here") from None
         if rows and tuple(rows[0]) != CSV_COLUMNS:
             raise ValueError(f"{path} does not have minippo's progress.csv columns; move it away to resume here")
         return rows
@@ -243,7 +253,7 @@ def _check_backend() -> None:
 
 # train's flags that choose the config: a resumed run keeps the saved one
 _CONFIG_FLAGS = (("--preset", "preset"), ("--seed", "seed"), ("--n-envs", "n_envs"),
-                 ("--objective", "objective"), ("--set", "set"))
+                 ("--objective", "objective"), ("--set", "set"), ("--overwrite", "overwrite"))
 
 
 def _is_run_folder(folder: str, env_id: str) -> bool:
@@ -276,11 +286,24 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tupl
         out = os.path.join("runs", f"{cfg.env_id}-s{cfg.seed}")
     model_path, csv_path = os.path.join(out, "model.npz"), os.path.join(out, "progress.csv")
     where = f"--out {out!r}" if args.out is not None else f"run folder {out!r}"
+    held = [] if args.resume else [  # resuming continues the folder's run; a fresh run must not mix with one
+        n for n in ("model.npz", "config.json", "progress.csv")
+        if os.path.isfile(os.path.join(out, n)) or os.path.islink(os.path.join(out, n))
+    ]
+    if held and not args.overwrite:
+        # a fresh run would replace config.json and progress.csv but keep an older model.npz until its
+        # first save: stopped before that, the folder mixes two runs (and a file of the user's is lost)
+        hint = f"continue it with --resume {os.path.join(out, 'model.npz')}, " if "model.npz" in held else ""
+        raise UsageError(f"{where} already holds {', '.join(held)}: {hint}choose another --out, "
+                         "or pass --overwrite to start afresh there")
     try:
         os.makedirs(out, exist_ok=True)
         for name in ("model.npz", "config.json", "progress.csv"):
             if os.path.isdir(os.path.join(out, name)):
                 raise IsADirectoryError(f"{os.path.join(out, name)!r} is a folder")
+        if held:  # --overwrite: the old model goes first, so no file is left from the old run
+            for name in held:
+                os.remove(os.path.join(out, name))
         # a foreign progress.csv is refused before anything is written
         rows = CsvLog.read_rows(csv_path) if args.resume else None
         _write_json_atomic(os.path.join(out, "config.json"), cfg.to_dict())
@@ -304,7 +327,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not os.path.isfile(args.resume):
             raise UsageError(f"--resume: no such file {args.resume!r}")
-        given = [flag for flag, name in _CONFIG_FLAGS if getattr(args, name) not in (None, [])]
+        given = [flag for flag, name in _CONFIG_FLAGS if getattr(args, name) not in (None, [], False)]
         if given:
             raise UsageError(f"--resume continues with the saved config; {', '.join(given)} cannot be "
                              "combined with it (only --timesteps, --out and --quiet can)")
@@ -361,16 +384,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     aborted = None  # or what was going on when a second signal stopped it
+    diverged = None  # or the FloatingPointError that stopped training (NaN/inf loss, logits, data)
     t0 = time.perf_counter()
     try:
         try:
             algo.learn(callback=on_iteration)
         except KeyboardInterrupt:
             aborted = "mid-iteration"
+        except FloatingPointError as e:
+            diverged = e
         finally:
             progress.close()
             log.close()
-        if aborted is None:
+        if aborted is None and diverged is None:
             try:
                 algo.save(model_path)  # atomic: a signal here leaves the previous file as it was
             except KeyboardInterrupt:
@@ -381,6 +407,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if aborted is not None:
         print(f"minippo: stopped {aborted} at {algo.num_timesteps} steps; model not saved", file=sys.stderr)
         return 130
+    if diverged is not None:
+        print(f"minippo: error: training stopped at {algo.num_timesteps} steps: {diverged}; model not saved "
+              "(a smaller learning_rate, max_grad_norm or a larger temperature may help)", file=sys.stderr)
+        return 1
     wall = time.perf_counter() - t0
     if stop:
         print(f"minippo: interrupted at {algo.num_timesteps} steps; model saved to {model_path}", file=sys.stderr)

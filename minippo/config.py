@@ -214,6 +214,11 @@ class PPOConfig:
             raise bad("env_id", "must be a non-empty gymnasium id")
         if not isinstance(self.env_kwargs, dict):
             raise bad("env_kwargs", "must be a dict")
+        try:  # checkpoints and config.json record it: refused now, not at the save after training
+            json.dumps(self.env_kwargs)
+        except (TypeError, ValueError) as e:
+            raise bad("env_kwargs",
+                      f"must hold JSON values only (str, int, float, bool, None, lists, dicts): {e}") from None
         return self
 
     @property

@@ -83,6 +83,13 @@ def test_same_seed_same_csv(tmp_path):
         (["train", "CartPole-v1", "--set", "gamma=abc"], r"PPOConfig.gamma='abc' is invalid: must be in \(0, 1\]"),
         (["eval", "x.npz", "--seed", "-1"], "--seed must be >= 0, got -1"),
         (["bench", "--timesteps", "0"], "--timesteps must be >= 1, got 0"),
+        # a flag and --set of the same field used to raise TypeError from PPOConfig.replace
+        (["train", "CartPole-v1", "--seed", "1", "--set", "seed=2"],
+         "--seed and --set seed= both given: set each field once"),
+        (["train", "CartPole-v1", "--timesteps", "64", "--set", "total_timesteps=128"],
+         "--timesteps and --set total_timesteps= both given"),
+        (["train", "CartPole-v1", "--set", "env_kwargs={\"x\": NaN}", "--set", "objective=a2c", "--objective", "clip"],
+         "--objective and --set objective= both given"),
     ],
 )
 def test_bad_arguments_one_line_exit_2(argv, message, capsys):
@@ -546,3 +553,67 @@ def test_progress_lines_when_piped_and_nothing_when_quiet(monkeypatch):
     assert [ln.split()[:4] for ln in lines] == [["iter", "1", "steps", "100"], ["iter", "2", "steps", "200"],
                                                  ["iter", "3", "steps", "300"]]
     assert _progress_text(monkeypatch, quiet=True) == ""
+
+
+def test_a_fresh_run_does_not_mix_with_a_run_already_in_its_folder(tmp_path, capsys, monkeypatch):
+    """A fresh run into a run folder used to rewrite config.json and empty progress.csv at once but
+    keep the old model.npz until its first save: stopped before that, the folder held two runs, and
+    --resume then continued the old model under the new run's log."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", "r", "--quiet", *TINY]) == 0
+    before = {n: (tmp_path / "r" / n).read_bytes() for n in ("model.npz", "config.json", "progress.csv")}
+    capsys.readouterr()
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--seed", "1", "--out", "r", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out 'r' already holds model.npz, config.json, progress.csv: continue it " \
+        "with --resume r/model.npz, choose another --out, or pass --overwrite to start afresh there" in err, err
+    assert {n: (tmp_path / "r" / n).read_bytes() for n in before} == before  # nothing written
+    # a config.json of the user's in --out is not overwritten either
+    os.mkdir("project")
+    (tmp_path / "project" / "config.json").write_text('{"my": "settings"}')
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", "project", *TINY]) == 2
+    assert "--out 'project' already holds config.json: choose another --out" in capsys.readouterr().err
+    assert (tmp_path / "project" / "config.json").read_text() == '{"my": "settings"}'
+    # --overwrite: the old model is removed before anything else, so a run stopped before its first
+    # save leaves no model of the old run beside the new config
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--seed", "1", "--out", "r", "--overwrite",
+                 "--quiet", *TINY]) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["seed"] == 1
+    assert [r["iteration"] for r in _rows(tmp_path / "r" / "progress.csv")] == ["1"]  # its own rows only
+    from minippo.checkpoint import read_checkpoint
+
+    assert read_checkpoint(str(tmp_path / "r" / "model.npz"))[0]["config"]["seed"] == 1
+    capsys.readouterr()
+    assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--overwrite"]) == 2
+    assert "--overwrite cannot be combined with it" in capsys.readouterr().err
+    monkeypatch.setattr("minippo.ppo.PPO.learn", lambda self, callback=None: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--seed", "2", "--out", "r", "--overwrite",
+                 "--quiet", *TINY]) == 130
+    assert sorted(os.listdir("r")) == ["config.json", "progress.csv"]  # the old model is gone, not mixed in
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["seed"] == 2
+
+
+def test_an_unreadable_progress_csv_on_resume_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--quiet", *TINY]) == 0
+    config = (out / "config.json").read_bytes()
+    with open(out / "progress.csv", "a") as f:  # one field past the csv module's limit (131072)
+        f.write("9," + "x" * 200_000 + "\n")
+    capsys.readouterr()
+    assert main(["train", "CartPole-v1", "--resume", str(out / "model.npz"), "--timesteps", "512", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "progress.csv cannot be read as CSV (field larger than field limit" in err, err
+    assert (out / "config.json").read_bytes() == config
+
+
+def test_training_that_diverges_is_one_line_exit_1(tmp_path, capsys):
+    """A FloatingPointError from training (here logits / temperature overflows) used to be a traceback."""
+    out = tmp_path / "run"
+    with np.errstate(all="ignore"):
+        rc = main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--quiet", *TINY,
+                   "--set", "temperature=1e-320"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "minippo: error: training stopped at 0 steps: logits / temperature contains " \
+        "NaN or inf; model not saved" in err, err
+    assert not (out / "model.npz").exists()

@@ -7,6 +7,7 @@ import inspect
 import json
 import re
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -167,6 +168,14 @@ def test_other_validations():
         PPOConfig(env_id="")
     with pytest.raises(ValueError, match=_err("env_kwargs", []) + ": must be a dict"):
         PPOConfig(env_kwargs=[])
+    # np.bool_ used to pass, train, and then fail the save (json) with the trained model lost
+    kw = {"sutton_barto_reward": np.bool_(False)}
+    with pytest.raises(ValueError, match=_err("env_kwargs", kw) + ": must hold JSON values only .*bool"):
+        PPOConfig(env_kwargs=kw)
+    c = PPOConfig()
+    c.env_kwargs = {"render_mode": object()}  # set later: PPO re-validates
+    with pytest.raises(ValueError, match="PPOConfig.env_kwargs=.* is invalid: must hold JSON values only"):
+        c.validate()
 
 
 @pytest.mark.parametrize("value", [64, "64", None, (64, 32.5), (64, "32")])

@@ -351,9 +351,13 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
              (lambda a, m: [1, 2], "the 'meta' entry is not a JSON object"),
              (neg_var, "a variance is negative"),
              (no_var, "obs_rms.var is missing"),
-             (lambda a, m: m.update(num_timesteps="abc"), "meta's 'num_timesteps' must be an integer >= 0, got 'abc'"),
-             (lambda a, m: m.update(iteration=None), "meta's 'iteration' must be an integer >= 0, got None"),
-             (lambda a, m: m.update(adam_t=-3), "meta's 'adam_t' must be an integer >= 0, got -3"),
+             (lambda a, m: m.update(num_timesteps="abc"),
+              r"meta's 'num_timesteps' must be an integer in \[0, 2\*\*63\), got 'abc'"),
+             (lambda a, m: m.update(iteration=None),
+              r"meta's 'iteration' must be an integer in \[0, 2\*\*63\), got None"),
+             (lambda a, m: m.update(adam_t=-3), r"meta's 'adam_t' must be an integer in \[0, 2\*\*63\), got -3"),
+             # accepted until the first Adam step: OverflowError: int too large to convert to float
+             (lambda a, m: m.update(adam_t=10**400), "meta's 'adam_t' must be an integer in"),
              (lambda a, m: m.update(total_timesteps=1.5), "meta's 'total_timesteps' must be an integer"),
              (lambda a, m: m.update(beta="abc"), "meta's 'beta' must be a number >= 0, got 'abc'"),
              (lambda a, m: m.update(episode_returns=5), "meta's 'episode_returns' must be a list of finite"),
@@ -367,6 +371,16 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
     for change in (lambda a, m: a["adam/v.actor.W0"].fill(-1.0), lambda a, m: a["adam/m.critic.b0"].fill(np.inf)):
         with pytest.raises(CheckpointError, match="Adam moments .* hold NaN, inf or .*negative values"):
             PPO.load(_rewrite(good, tmp_path / "bad_adam.npz", change))
+    for name in ("adam/m.bogus", "adam/w.actor.W0"):  # were ignored, where unexpected param/ arrays are refused
+        def extra_adam(a, m, name=name):
+            a[name] = np.zeros(2, np.float32)
+        with pytest.raises(CheckpointError, match=rf"unexpected arrays \['{name}'\]: it belongs to another network"):
+            PPO.load(_rewrite(good, tmp_path / "extra_adam.npz", extra_adam))
+
+    def rng_out_of_range(a, m):  # an OverflowError from numpy used to escape as a traceback
+        m["rng"]["state"]["state"] = -1
+    with pytest.raises(CheckpointError, match="meta's 'rng' is not a generator state"):
+        PPO.load(_rewrite(good, tmp_path / "bad_rng.npz", rng_out_of_range))
     zero_beta = _rewrite(good, tmp_path / "beta0.npz", lambda a, m: m.update(beta=0.0))  # halved to 0.0 by
     assert PPO.load(zero_beta).kl_coef.beta == 0.0  # ~1075 iterations of tiny KL: a state that resumes
     no_rng = _rewrite(good, tmp_path / "no_rng.npz", lambda a, m: m.pop("rng") and None)
