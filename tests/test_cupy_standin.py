@@ -118,3 +118,17 @@ def test_a_device_that_cannot_compile_is_refused_and_auto_falls_back(monkeypatch
         name, xp = backend.resolve("auto")
     assert name in ("numba", "numpy") and xp is np
     assert "cupy unavailable" in caplog.text or "neither cupy nor numba" in caplog.text
+
+
+def test_compute_gae_refuses_bad_dones_on_the_device(strict_cupy_backend):
+    from minippo.advantages import compute_gae
+
+    cp = strict_cupy_backend
+    r = cp.asarray(np.ones((4, 3), np.float32))
+    d = np.zeros((4, 3), np.float32)
+    d[2, 1] = 2.0
+    with pytest.raises(ValueError, match=r"dones must hold only 0 and 1 .*, got 2.0 at \(t, n\) = \(2, 1\)"):
+        compute_gae(r, r, cp.asarray(d), cp.asarray(np.zeros(3, np.float32)), 0.9, 0.95)
+    d[2, 1] = 1.0
+    adv, _ = compute_gae(r, r, cp.asarray(d), cp.asarray(np.zeros(3, np.float32)), 0.9, 0.95)
+    assert _on_device(adv)
