@@ -142,6 +142,114 @@ def test_scheduled_lr_is_the_one_adam_uses(any_backend):
     assert any(not np.array_equal(algo.policy.params[k], v) for k, v in before.items())
 
 
+@needs_gym
+def test_scheduled_clip_range_and_entropy_coefficient_reach_the_loss(any_backend, monkeypatch):
+    """The logged clip_eps / ent_coef are the scheduled ones (test_trainer); here the minibatch step
+    is shown to receive them, and on numpy the loss functions too (a trainer that passed the
+    config's constants instead would log the schedule and still learn CartPole)."""
+    from minippo import losses
+    from minippo.optim import Schedule
+
+    cfg = PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=16, n_epochs=2, hidden=(8,),
+                    clip_eps=0.3, clip_schedule="linear", ent_coef=0.05, ent_schedule="linear", ent_end=0.01)
+    algo = PPO(cfg)
+    seen = []
+    make_step = algo._minibatch_step
+
+    def spying_step():
+        step = make_step()
+        inner = step.loss_and_grads
+
+        def loss_and_grads(mb, clip_eps, ent_coef):
+            seen.append(("step", clip_eps, ent_coef))
+            return inner(mb, clip_eps, ent_coef)
+        step.loss_and_grads = loss_and_grads
+        return step
+    monkeypatch.setattr(algo, "_minibatch_step", spying_step)
+    if any_backend == "numpy":
+        clip, bonus = losses.clip_objective, losses.entropy_bonus
+        monkeypatch.setattr(losses, "clip_objective", lambda *a: seen.append(("clip", a[3])) or clip(*a))
+        monkeypatch.setattr(losses, "entropy_bonus", lambda h, c: seen.append(("ent", c)) or bonus(h, c))
+    algo.collect_rollout()
+    p = 0.75
+    want_clip, want_ent = Schedule("linear", 0.3, 0.0)(p), Schedule("linear", 0.05, 0.01)(p)
+    assert want_clip != cfg.clip_eps and want_ent != cfg.ent_coef
+    out = algo.update(progress=p)
+    assert out["n_updates"] == 4
+    assert [x for x in seen if x[0] == "step"] == [("step", want_clip, want_ent)] * 4
+    if any_backend == "numpy":
+        assert [x for x in seen if x[0] == "clip"] == [("clip", want_clip)] * 4
+        assert [x for x in seen if x[0] == "ent"] == [("ent", want_ent)] * 4
+
+
+@needs_gym
+@pytest.mark.parametrize("max_grad_norm", [1e-3, 0.0])
+def test_max_grad_norm_clips_what_adam_gets(any_backend, max_grad_norm):
+    """One minibatch, one Adam step from zero moments: m = (1 - b1) g, so |m| / (1 - b1) is the norm of
+    the gradient Adam got. Clipped, it is max_grad_norm (the raw norm, logged, is far above); with
+    max_grad_norm = 0 nothing is clipped and the norm is logged as NaN."""
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=32, n_epochs=1, hidden=(8,),
+                         max_grad_norm=max_grad_norm, dtype="float64"))
+    algo.collect_rollout()
+    out = algo.update(progress=0.0)
+    assert out["n_updates"] == 1 and algo.optimizer.t == 1
+    b1 = algo.optimizer.betas[0]
+    got = float(np.linalg.norm(algo.optimizer._m)) / (1.0 - b1)
+    if max_grad_norm:
+        assert out["grad_norm"] > 100 * max_grad_norm  # the clip is active
+        # clip_grad_norm scales by max_norm / (norm + 1e-12): max_norm to 1e-12 relative, plus rounding
+        assert got == pytest.approx(max_grad_norm, rel=1e-9)
+    else:
+        assert math.isnan(out["grad_norm"]) and got > 0.1
+
+
+@needs_gym
+@pytest.mark.parametrize("objective, lam", [("clip", 0.5), ("a2c", 0.0), ("reinforce", 1.0)])
+def test_the_rollout_uses_the_configured_lambda_and_estimator(objective, lam):
+    """gae_lambda = 0.5 for every objective: clip's GAE uses it, a2c's TD(0) is lambda 0 and
+    reinforce's Monte Carlo return lambda 1 whatever gae_lambda says. Checked against the plain-loop
+    GAE on the buffer's own rewards, values and dones (a constant critic V = c, so V(s_T) = c)."""
+    from minippo.kernels import reference as kref
+
+    register()
+    gamma, c = 0.9, 2.0
+    algo = PPO(PPOConfig(env_id=COUNTER_ID, n_envs=1, n_steps=8, batch_size=8, gamma=gamma, gae_lambda=0.5,
+                         objective=objective, dtype="float64", hidden=(4,)))
+    for k in algo.policy.critic.params:
+        algo.policy.critic.params[k][...] = 0.0
+    algo.policy.critic.params["b1"][...] = c
+    algo.collect_rollout()
+    buf = algo.buffer
+    adv, ret = kref.gae(buf.rewards, buf.values, buf.dones, np.full(1, c), gamma, lam)
+    np.testing.assert_allclose(buf.advantages, adv, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(buf.returns, ret, rtol=1e-12, atol=1e-12)
+    other = kref.gae(buf.rewards, buf.values, buf.dones, np.full(1, c), gamma, 0.5 if lam != 0.5 else 1.0)[0]
+    assert not np.allclose(other, adv)  # the three lambdas give different advantages on this rollout
+
+
+@needs_gym
+def test_the_adapted_kl_coefficient_is_the_one_the_loss_uses(monkeypatch, tmp_path):
+    """kl_penalty: the loss takes beta from the adaptive rule's current value (not config.kl_beta),
+    also after a checkpoint round trip."""
+    from minippo import losses
+
+    algo = PPO(PPOConfig(env_id="CartPole-v1", objective="kl_penalty", n_envs=2, n_steps=16, batch_size=16,
+                         n_epochs=1, hidden=(8,), kl_beta=1.0))
+    betas = []
+    orig = losses.kl_penalty_objective
+    monkeypatch.setattr(losses, "kl_penalty_objective", lambda *a: betas.append(a[4]) or orig(*a))
+    algo.collect_rollout()
+    algo.kl_coef.beta = 7.0
+    out = algo.update(progress=0.0)
+    assert betas == [7.0, 7.0] and out["beta"] in (3.5, 7.0, 14.0)  # adapted after the update
+    algo.save(str(tmp_path / "m.npz"))
+    loaded = PPO.load(str(tmp_path / "m.npz"))
+    betas.clear()
+    loaded.collect_rollout()
+    loaded.update(progress=0.5)
+    assert betas == [out["beta"]] * 2
+
+
 # ---------------------------------------------------------------- explained variance (P19)
 def test_explained_variance_exact_values():
     """explained_variance = 1 - Var[y - y_pred] / Var[y]: 1 perfect, 0 for the mean, hand-computed else."""
