@@ -164,8 +164,8 @@ class MLP:
             )
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self.sizes = sizes
-        self.activation = activation
-        self.activate_output = activate_output
+        self._activation = activation
+        self._activate_output = bool(activate_output)
         self.n_layers = len(sizes) - 1
         n = sum(k * f + f for k, f in zip(sizes[:-1], sizes[1:], strict=False))
         self.flat = np.zeros(n, dtype=dtype)
@@ -190,6 +190,26 @@ class MLP:
         state = self.__dict__.copy()
         state.pop("_numba_state", None)
         return state
+
+    @property
+    def activation(self) -> str:
+        """``tanh`` or ``relu``, fixed at construction (the numba path compiles it into its dispatch
+        state, and the init gains were chosen for it): build a new MLP for another."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, value: str) -> None:
+        raise AttributeError(f"MLP.activation is fixed at construction ({self._activation!r}); build a new MLP")
+
+    @property
+    def activate_output(self) -> bool:
+        """Whether the last layer is activated too; fixed at construction, like :attr:`activation`."""
+        return self._activate_output
+
+    @activate_output.setter
+    def activate_output(self, value: bool) -> None:
+        raise AttributeError(f"MLP.activate_output is fixed at construction ({self._activate_output}); "
+                             "build a new MLP")
 
     def _activated(self, i: int) -> bool:
         return i < self.n_layers - 1 or self.activate_output

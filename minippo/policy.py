@@ -89,7 +89,7 @@ class ActorCritic:
         self.discrete = isinstance(self.action_space, Discrete)
         self.act_dim = self.action_space.n if self.discrete else self.action_space.shape[0]
         self.hidden = hidden
-        self.activation = activation
+        self._activation = activation
         self.shared = bool(shared)
         self.temperature = float(temperature)
         self.dtype = np.dtype(dtype)
@@ -126,6 +126,17 @@ class ActorCritic:
         log_std = self.params.get("log_std")
         if log_std is not None:
             np.clip(log_std, LOG_STD_MIN, LOG_STD_MAX, out=log_std)
+
+    @property
+    def activation(self) -> str:
+        """The networks' activation, fixed at construction (each MLP holds it too): build a new
+        policy for another."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, value: str) -> None:
+        raise AttributeError(f"ActorCritic.activation is fixed at construction ({self._activation!r}); "
+                             "build a new policy")
 
     def _nets(self) -> list[tuple[str, MLP]]:
         nets = [("trunk", self.trunk)] if self.trunk is not None else []

@@ -183,3 +183,20 @@ def test_forward_wrong_shape_named(shape):
     net = nn.MLP([3, 2])
     with pytest.raises(ValueError, match=r"x must have shape \(B, 3\)"):
         net.forward(np.zeros(shape, dtype=np.float32))
+
+
+def test_activation_is_fixed_at_construction():
+    """numpy read activation / activate_output on every call, the numba path once into its dispatch
+    state: changed later, the two backends computed different functions. Now they cannot change."""
+    from minippo.policy import ActorCritic
+    from minippo.spaces import Discrete
+
+    m = nn.MLP([3, 4, 2])
+    with pytest.raises(AttributeError, match=r"MLP.activation is fixed at construction \('tanh'\)"):
+        m.activation = "relu"
+    with pytest.raises(AttributeError, match=r"MLP.activate_output is fixed at construction \(False\)"):
+        m.activate_output = True
+    p = ActorCritic(3, Discrete(2), hidden=(4,), activation="relu")
+    with pytest.raises(AttributeError, match=r"ActorCritic.activation is fixed at construction \('relu'\)"):
+        p.activation = "tanh"
+    assert (m.activation, m.activate_output, p.activation, p.actor.activation) == ("tanh", False, "relu", "relu")
