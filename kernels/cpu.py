@@ -252,17 +252,15 @@ def _overlap(a, b):
 
 @njit(inline="always")
 def _binary(d):
-    """Whether every entry of the C-contiguous (T, N) array d is 0 or 1 (NaN is neither). One
-    vectorised pass, row by row; it brings dones into cache for the recursion that follows."""
-    T, N = d.shape
-    for t in range(T):
-        bad = False
-        for j in range(N):
-            x = d[t, j]
-            bad |= (x != 0) & (x != 1)  # exact in either dtype
-        if bad:
-            return False
-    return True
+    """Whether every entry of the C-contiguous (T, N) array d is 0 or 1 (NaN is neither): one
+    vectorised pass over the flat array without an early exit (an exit per row kept the loop
+    scalar: 0.25 us at (128, 8) against 0.07 us); it brings dones into cache for the recursion."""
+    f = d.reshape(d.size)
+    bad = False
+    for i in range(f.size):
+        x = f[i]
+        bad |= (x != 0) & (x != 1)  # exact in either dtype
+    return not bad
 
 
 @njit(cache=True)
