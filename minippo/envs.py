@@ -100,9 +100,19 @@ def dependency_errors(env_id: str, env_kwargs: dict[str, Any] | None = None) -> 
 
 
 def is_next_step(env: Any) -> bool:
-    """True when ``env`` autoresets on the step after an episode ends (gymnasium NEXT_STEP)."""
-    mode = env.metadata.get("autoreset_mode")
-    return getattr(mode, "name", str(mode)).upper().endswith("NEXT_STEP")
+    """True when ``env`` autoresets on the step after an episode ends (gymnasium NEXT_STEP), False
+    for SAME_STEP (reset within the step, the final observation in ``info["final_obs"]``).
+
+    Read from ``env.metadata["autoreset_mode"]``; any other mode (DISABLED) or none raises
+    ValueError: the rollout would otherwise train on the wrong transitions without a word."""
+    metadata = getattr(env, "metadata", None)
+    mode = metadata.get("autoreset_mode") if isinstance(metadata, dict) else None
+    name = getattr(mode, "name", str(mode)).upper()
+    if name.endswith("NEXT_STEP") or name.endswith("SAME_STEP"):
+        return name.endswith("NEXT_STEP")
+    raise ValueError(f"env.metadata['autoreset_mode'] is {mode!r}: minippo needs AutoresetMode.NEXT_STEP or "
+                     "SAME_STEP (set it in the vector env's metadata, or make the env with "
+                     "minippo.envs.make_vec_env or gym.make_vec(..., vector_kwargs={'autoreset_mode': ...}))")
 
 
 class RunningMeanStd:

@@ -217,9 +217,15 @@ class PPO:
         self._pending_boot = np.zeros(n, dtype=bool)  # NEXT_STEP: truncated, bootstrap not yet added
 
     # ------------------------------------------------------------ acting
-    def _prep_obs(self, obs: np.ndarray, update: bool) -> Any:
+    def _prep_obs(self, obs: np.ndarray, update: bool | np.ndarray) -> Any:
+        """obs (N, ...) -> normalised (N, obs_dim) on the device. ``update``: whether the observation
+        normaliser learns from them, or a (N,) mask of the rows it learns from."""
         obs = np.asarray(obs, dtype=self.dtype).reshape(len(obs), self.obs_dim)
         if self.obs_norm is not None:
+            if isinstance(update, np.ndarray):
+                mask, update = update, bool(update.all())
+                if not update and mask.any():
+                    self.obs_norm.rms.update(obs[mask])
             obs = self.obs_norm(obs, update=update)
         return backend.to_device(obs)
 
@@ -240,9 +246,11 @@ class PPO:
             self._obs, _ = self.env.reset(seed=cfg.seed + self.num_timesteps)
         buf.reset()
         for t in range(cfg.n_steps):
-            obs_dev = self._prep_obs(self._obs, update=True)
-            actions, logp, values, dist = self.policy.act(obs_dev, self.rng)
             valid = ~self._fake_next
+            # NEXT_STEP: an env's row at its reset step is the final observation of the episode that
+            # ended (only bootstrapped): the normaliser learns from acted-on observations alone
+            obs_dev = self._prep_obs(self._obs, update=valid)
+            actions, logp, values, dist = self.policy.act(obs_dev, self.rng)
             if self._pending_boot.any():  # V(final obs) is this step's value (NEXT_STEP mode)
                 idx = np.flatnonzero(self._pending_boot)
                 buf.rewards[t - 1, idx] += cfg.gamma * values[idx]
@@ -253,6 +261,11 @@ class PPO:
                 self._raise_non_finite(next_obs, reward)
             term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)
             done = term | trunc
+            if not self.next_step and done.any():  # SAME_STEP: the final observations are in info
+                ends = np.flatnonzero(done)
+                finals = np.asarray(np.stack([info["final_obs"][i] for i in ends]), dtype=np.float64)
+                if not np.isfinite(finals).all():
+                    self._raise_non_finite(finals, np.zeros(len(ends)), ends, "final observation")
             self._track_episodes(reward, done, valid)
             if self.reward_scaler is not None:
                 reward = self.reward_scaler(reward, done, valid)
@@ -262,7 +275,7 @@ class PPO:
                     self._pending_boot |= boot
                 else:
                     idx = np.flatnonzero(boot)
-                    final = np.stack([info["final_obs"][i] for i in idx])
+                    final = finals[np.searchsorted(ends, idx)]  # boot is a subset of done
                     v_final = backend.asnumpy(self._values(self._prep_obs(final, update=False)))
                     reward[idx] += cfg.gamma * v_final
             buf.add(
@@ -280,12 +293,15 @@ class PPO:
             self._pending_boot[:] = False
         buf.compute_returns(last_values, cfg.gamma, cfg.gae_lambda, cfg.advantage_estimator)
 
-    def _raise_non_finite(self, obs: np.ndarray, reward: np.ndarray) -> None:
-        """A NaN or inf from the env stops training before it reaches the normalisers or the buffer."""
-        what, a = ("reward", reward) if not np.isfinite(reward).all() else ("observation", np.asarray(obs))
+    def _raise_non_finite(self, obs: np.ndarray, reward: np.ndarray, envs: np.ndarray | None = None,
+                          what_obs: str = "observation") -> None:
+        """A NaN or inf from the env stops training before it reaches the normalisers or the buffer.
+        obs (M, ...), reward (M,): rows of the sub-envs ``envs`` (default: all, in order)."""
+        what, a = ("reward", reward) if not np.isfinite(reward).all() else (what_obs, np.asarray(obs))
         bad = np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))
+        ids = bad if envs is None else envs[bad]
         raise ValueError(f"env {self.env_name!r} returned a non-finite {what} in sub-env(s) "
-                         f"{bad.tolist()} at step {self.num_timesteps}: {a[bad[0]]}")
+                         f"{ids.tolist()} at step {self.num_timesteps}: {a[bad[0]]}")
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
         self._ep_ret += reward * valid

@@ -111,6 +111,35 @@ def test_non_finite_env_output_stops_training_with_the_env_named():
     assert np.isfinite(algo.obs_norm.rms.mean).all()  # stopped before the statistics saw it
 
 
+@pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
+def test_a_non_finite_final_observation_stops_training_in_both_autoreset_modes(autoreset):
+    """SAME_STEP keeps a truncated episode's final observation in info: a NaN there used to reach the
+    critic and fail later as 'logits contains NaN', where NEXT_STEP (it comes as next_obs) named the env."""
+    register_probe("minippo-test/Probe-v0", 3, nan_at=3)  # truncated at t = 3 with a NaN observation
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, norm_obs=True, autoreset=autoreset))
+    what = "final observation" if autoreset == "same_step" else "observation"
+    with pytest.raises(ValueError, match=rf"'minippo-test/Probe-v0' returned a non-finite {what} "
+                                         r"in sub-env\(s\) \[0, 1\] at step 4: \[nan nan\]"):
+        algo.collect_rollout()
+    assert np.isfinite(algo.obs_norm.rms.mean).all()
+
+
+def test_a_vector_env_without_a_usable_autoreset_mode_is_refused():
+    """The mode used to be guessed: anything not marked NEXT_STEP ran as SAME_STEP, so a custom
+    next-step env without the metadata trained on its reset steps as real transitions, and a
+    DISABLED one crashed mid-rollout (AssertionError or KeyError 'final_obs')."""
+    from envs_for_tests import Probe
+
+    venv = gym.vector.SyncVectorEnv([Probe] * 2, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    with pytest.raises(ValueError, match=r"env.metadata\['autoreset_mode'\] is <AutoresetMode.DISABLED.*: "
+                                         r"minippo needs AutoresetMode.NEXT_STEP or SAME_STEP"):
+        PPO(PPOConfig(**TINY), env=venv)
+    venv = gym.vector.SyncVectorEnv([Probe] * 2)
+    venv.metadata = {}  # a custom vector env that does not say
+    with pytest.raises(ValueError, match=r"env.metadata\['autoreset_mode'\] is None: minippo needs"):
+        PPO(PPOConfig(**TINY), env=venv)
+
+
 def test_a_custom_env_is_named_by_its_class_not_by_config_env_id():
     """An env without a gymnasium spec is not config.env_id's: messages name its class."""
     from envs_for_tests import Probe
@@ -203,7 +232,9 @@ def test_resume_restores_state_and_continues(tmp_path):
         assert saved.keys() == restored.keys()
         for k in saved:
             np.testing.assert_array_equal(restored[k], saved[k], err_msg=k)
-    assert algo.obs_norm.rms.count > 1000  # the statistics really were updated before saving
+    # the statistics really were updated before saving: 1024 steps less one reset step per finished
+    # episode (next_step, the preset's autoreset, masks them), plus the prior's 1e-4
+    assert algo.config.autoreset == "next_step" and 900 < algo.obs_norm.rms.count < 1024
     # the running discounted return belongs to the episodes in progress: the envs restart on resume
     assert algo.reward_scaler.ret.any() and not back.reward_scaler.ret.any()
     assert back.rng.bit_generator.state == algo.rng.bit_generator.state

@@ -357,15 +357,21 @@ def test_minibatches_are_reshuffled_every_epoch(numpy_backend, monkeypatch):
 
 # ---------------------------------------------------------------- obs normaliser (P23)
 @needs_gym
-def test_final_obs_for_bootstrap_does_not_update_obs_normaliser():
-    """Only the observations acted on update the obs statistics, not the final obs of truncated episodes."""
-    register()  # Counter, truncated every 3 steps: final observations are used at steps 2 and 5
-    algo = PPO(PPOConfig(env_id=COUNTER_ID, n_envs=2, n_steps=8, batch_size=8, norm_obs=True, hidden=(4,)))
+@needs_gym
+@pytest.mark.parametrize("autoreset, acted", [("same_step", 16), ("next_step", 12)])
+def test_final_obs_for_bootstrap_does_not_update_obs_normaliser(autoreset, acted):
+    """Only the observations acted on update the obs statistics, not the final obs of truncated
+    episodes. In NEXT_STEP mode the final obs is an env's observation at its reset step (steps 3
+    and 7 here, masked): it used to be fed to the statistics there (count 16, not 12)."""
+    register()  # Counter, truncated every 3 steps
+    algo = PPO(PPOConfig(env_id=COUNTER_ID, n_envs=2, n_steps=8, batch_size=8, norm_obs=True, hidden=(4,),
+                         autoreset=autoreset))
     algo.collect_rollout()
     assert algo.buffer.dones.sum() == 4  # the bootstrap path ran (2 truncations in each env)
-    # 8 steps x 2 envs acted on, plus RunningMeanStd's prior count of 1e-4; the sum of 9 floats is
+    assert algo.buffer.valid.sum() == acted
+    # the steps acted on, plus RunningMeanStd's prior count of 1e-4; a sum of <= 9 floats is
     # exact to ~1e-15
-    assert algo.obs_norm.rms.count == pytest.approx(16 + 1e-4, abs=1e-9)
+    assert algo.obs_norm.rms.count == pytest.approx(acted + 1e-4, abs=1e-9)
 
 
 # ---------------------------------------------------------------- running statistics (E1, E2, E3, E5)
