@@ -447,13 +447,17 @@ def evaluate_policy(
         raise
     rng = rng if rng is not None else np.random.default_rng(seed)
     if isinstance(policy, ActorCritic):
-        from minippo.backend import to_device
+        from minippo.backend import array_module
+
+        # the observation goes where the parameters are (not to MINIPPO_BACKEND's device: a policy
+        # loaded with load_policy keeps host parameters on every backend)
+        xp = array_module(next(iter(policy.params.values())))
 
         def act(o: np.ndarray) -> np.ndarray:
             o = np.asarray(o, dtype=policy.dtype)[None]
             if obs_norm is not None:
                 o = obs_norm(o, update=False)
-            a = policy.act(to_device(o), rng, deterministic)[0][0]
+            a = policy.act(xp.asarray(o), rng, deterministic)[0][0]
             space = policy.action_space
             return a + space.start if policy.discrete else space.clip(a)
     else:

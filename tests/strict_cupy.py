@@ -6,10 +6,10 @@ the cupy backend and holds it to the rules of real CuPy that plain numpy arrays 
 - a device array (``ndarray``: a host array behind numpy's dispatch protocols, its class's module
   ``cupy``) never turns into a host array implicitly: ``np.asarray(dev)`` raises TypeError, as
   ``cupy.ndarray.__array__`` does; only ``.get()`` / ``cupy.asnumpy`` copy to the host;
-- numpy functions and ufuncs that mix a device array with a non-scalar host array raise TypeError,
-  as CuPy's ``__array_ufunc__`` / ``__array_function__`` do;
-- ``dev[basic index] = host_array`` raises ValueError: CuPy sends a value that is not a cupy array to
-  ``ndarray.fill``, which takes scalars only (``dev[...] = cupy.asarray(host)`` is the way);
+- numpy functions and ufuncs that mix a device array with a host array raise TypeError, as CuPy's
+  ``__array_ufunc__`` / ``__array_function__`` do (a 0-d one too, except in comparisons);
+- ``dev[basic index] = host_array`` (or a list) raises: CuPy sends a value that is not a cupy array
+  to ``ndarray.fill``, which takes scalars only (``dev[...] = cupy.asarray(host)`` is the way);
 - ``RawModule(...).get_function(name)(grid, block, args)`` checks the argument types that
   ``kernels/gae.cu`` declares and runs ``minippo.advantages.gae_numpy`` in its place.
 
@@ -28,15 +28,20 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 STATS = {"get": 0, "upload": 0, "bool": 0, "float": 0}
 
 
-def _host(x: Any, where: str) -> Any:
-    """A device array's data; a non-scalar host array is refused (CuPy's rule)."""
+def _host(x: Any, where: str, allow_0d: bool = False) -> Any:
+    """A device array's data; a host array is refused, even a 0-d one (CuPy's rule: its argument
+    preprocessing takes Python and numpy scalars only), except, with ``allow_0d``, a 0-d one in a
+    comparison ufunc (which CuPy unwraps with ``.item()``)."""
     if isinstance(x, ndarray):
         return x._a
-    if isinstance(x, np.ndarray) and x.ndim > 0:
+    if isinstance(x, np.ndarray) and (x.ndim > 0 or not allow_0d):
         raise TypeError(f"Unsupported type <class 'numpy.ndarray'> in {where}")
     if isinstance(x, (list, tuple)):
-        return type(x)(_host(y, where) for y in x)
+        return type(x)(_host(y, where, allow_0d) for y in x)
     return x
+
+
+_COMPARISONS = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
 
 
 def _dev(r: Any) -> Any:
@@ -106,7 +111,8 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
         out = kwargs.get("out")
         if out is not None:
             kwargs["out"] = tuple(_host(o, where) for o in out)
-        r = getattr(ufunc, method)(*(_host(x, where) for x in inputs), **kwargs)
+        cmp = ufunc.__name__ in _COMPARISONS
+        r = getattr(ufunc, method)(*(_host(x, where, cmp) for x in inputs), **kwargs)
         if out is not None:
             return out[0] if len(out) == 1 else out
         return _dev(r)
@@ -118,12 +124,15 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
         return out if out is not None else _dev(r)
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        keys = key if isinstance(key, tuple) else (key,)
+        basic = all(k is None or k is Ellipsis or isinstance(k, (slice, int, np.integer)) for k in keys)
         if isinstance(value, np.ndarray):
-            keys = key if isinstance(key, tuple) else (key,)
-            basic = all(k is None or k is Ellipsis or isinstance(k, (slice, int, np.integer)) for k in keys)
             if basic and value.ndim > 0:
                 raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
             STATS["upload"] += 1
+        elif basic and not isinstance(value, (ndarray, int, float, complex, bool, np.generic)):
+            # a list or tuple goes to fill too, which takes scalars only
+            raise TypeError(f"Unsupported type {type(value)}")
         self._a[_index(key)] = value._a if isinstance(value, ndarray) else value
 
     def __getitem__(self, key: Any) -> Any:

@@ -45,9 +45,16 @@ def test_standin_refuses_what_cupy_refuses(strict_cupy_backend):
         dev + host
     with pytest.raises(ValueError, match="fill"):
         dev[...] = host
+    with pytest.raises(TypeError, match="Unsupported type"):
+        dev + np.array(2.0)  # a 0-d host array is not a scalar to CuPy
+    with pytest.raises(TypeError, match="Unsupported type"):
+        dev[...] = [1.0, 2.0, 3.0]  # fill takes scalars only
+    assert backend.asnumpy(dev == np.array(1.0)).all()  # comparisons unwrap a 0-d array (.item())
     dev[...] = cp.asarray(host)
     dev[...] = 2.0
-    assert backend.asnumpy(dev).tolist() == [2.0, 2.0, 2.0]
+    dev[...] = np.array(2.0)  # fill takes a 0-d numpy array
+    dev[np.array([0, 2])] = np.array([5.0, 6.0])  # advanced indexing uploads the values
+    assert backend.asnumpy(dev).tolist() == [5.0, 2.0, 6.0]
 
 
 def test_adam_state_loads_onto_the_device(strict_cupy_backend):
@@ -86,6 +93,16 @@ def test_train_save_resume_predict_on_the_cupy_path(strict_cupy_backend, tmp_pat
     assert isinstance(batch, np.ndarray) and len(batch) == 3
     assert np.isfinite(resumed.evaluate(1)["mean_return"])
     assert load_policy(path).predict(obs).shape == np.shape(action)  # numpy-only loader, same file
+    # evaluate_policy with a host-parameter ActorCritic (what load_policy holds): the observations go
+    # where the parameters are, not to the backend's device (np.dot(device obs, host W) raised)
+    from minippo.checkpoint import evaluate_policy
+
+    host = load_policy(path)
+    assert not _on_device(next(iter(host.policy.params.values())))
+    res = evaluate_policy(host.policy, cfg["env_id"], 1, True, seed=3)
+    assert np.isfinite(res["mean_return"])
+    if not cfg.get("norm_obs"):  # (Policy normalises with its saved statistics, the bare network not)
+        assert res["returns"] == evaluate_policy(host, cfg["env_id"], 1, True, seed=3)["returns"]
 
 
 def test_gradient_norm_is_one_sync_per_clip(strict_cupy_backend):
