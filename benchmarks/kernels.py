@@ -108,11 +108,16 @@ def bench_gae(backends: list[str]) -> None:
             sync = _sync(xp)
             # Arguments spelled out (no *args unpacking), as the floor's np.copyto(dst, src) is called.
             t = best(lambda: (compute_gae(r, v, d, lv_, 0.99, 0.95), sync()))  # noqa: B023
-            print(f"    {name:6s} {t * 1e6:10.2f} us   {t_py / t:9.0f}x        {t / t_mem:6.2f}x")
+            print(f"    {name:6s} {t * 1e6:10.2f} us   {_times(t_py / t)}        {t / t_mem:6.2f}x")
             if xp is np:  # as RolloutBuffer calls it: writing into its own arrays (as the floor's copy does)
                 out = (np.empty_like(host[0]), np.empty_like(host[0]))
                 t = best(lambda: compute_gae(r, v, d, lv_, 0.99, 0.95, out=out))  # noqa: B023
-                print(f"    {name + ' out=':11s} {t * 1e6:5.2f} us   {t_py / t:9.0f}x        {t / t_mem:6.2f}x")
+                print(f"    {name + ' out=':11s} {t * 1e6:5.2f} us   {_times(t_py / t)}        {t / t_mem:6.2f}x")
+
+
+def _times(ratio: float) -> str:
+    """A speed-up as printed in the table: whole numbers from 10x, two digits below (0.33x, not 0x)."""
+    return f"{ratio:9.0f}x" if ratio >= 10 else f"{ratio:9.2g}x"
 
 
 def _sync(xp):

@@ -55,3 +55,21 @@ def test_sdist_then_wheel_layout_and_requirements(tmp_path):
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert len(requires) == 1 and requires[0].split()[1].startswith("numpy")
     assert "[console_scripts]" in entry and "minippo = minippo.cli:main" in entry
+
+
+def test_the_checkout_imports_minippo_kernels_without_an_editable_install():
+    """Run from the checkout's root, Python imports the source minippo/ (the current folder leads
+    sys.path), not an installed copy. After a plain (non-editable) install, minippo.kernels, which
+    setup.cfg maps to the top-level kernels/, was then not found: the README's test command failed
+    in its import of kernels.reference. Here no site-packages are processed (-S: no editable finder)
+    and only numpy's folder is added, so the checkout alone must provide the package."""
+    import numpy
+
+    numpy_parent = os.path.dirname(os.path.dirname(numpy.__file__))
+    code = ("import sys; sys.path[1:1] = [sys.argv[1]]; import minippo.kernels.reference as r, minippo.kernels.gpu; "
+            "print(r.__file__); print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('gymnasium', 'numba', 'cupy', 'matplotlib')))")
+    out = subprocess.run([sys.executable, "-S", "-c", code, numpy_parent], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [os.path.join(ROOT, "kernels", "reference.py"), "[]"]
