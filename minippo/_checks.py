@@ -7,6 +7,8 @@ import math
 import numbers
 from typing import Any
 
+import numpy as np
+
 
 def real(
     name: str,
@@ -40,3 +42,14 @@ def real(
         allowed = ""
     msg = f"{name} must be a finite number {allowed}".rstrip() + f", got {value!r}"
     raise ValueError(msg) if ok_type else TypeError(msg)
+
+
+def int_list(value: Any) -> list[int] | None:
+    """``value`` as a list of Python ints if it is an iterable of integers (numpy ints included, bools
+    not) other than a string, else None. (A string "64" would iterate as (6, 4), a bare 64 not at all.)"""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return None
+    items = list(value)
+    if not all(hasattr(v, "__index__") and not isinstance(v, (bool, np.bool_)) for v in items):
+        return None
+    return [int(v) for v in items]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from minippo._checks import int_list
 from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
 
 OBJECTIVES = ("clip", "kl_penalty", "surrogate", "a2c", "reinforce")
@@ -119,12 +120,10 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         # A bare int or a string ("64" would silently become (6, 4)) is not a list of widths.
-        h = self.hidden
-        if isinstance(h, (str, bytes)) or not hasattr(h, "__iter__") or not all(
-            hasattr(w, "__index__") and not isinstance(w, bool) for w in h
-        ):
-            raise ValueError(f"PPOConfig.hidden={h!r} is invalid: must be a list of integer widths")
-        self.hidden = tuple(int(w) for w in h)
+        widths = int_list(self.hidden)
+        if widths is None:
+            raise ValueError(f"PPOConfig.hidden={self.hidden!r} is invalid: must be a list of integer widths")
+        self.hidden = tuple(widths)
         # numpy scalars (a sweep over np.arange, a value read from an array) are plain numbers here:
         # ints stay exact, and every stored value is a Python int or float that to_json can write
         for f in dataclasses.fields(self):
@@ -201,10 +200,8 @@ class PPOConfig:
             raise bad("target_kl", "must be a finite number > 0, or None")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", "must be an integer >= 0")
-        h = self.hidden
-        if not isinstance(h, (tuple, list)) or not h or not all(
-            hasattr(w, "__index__") and not isinstance(w, (bool, np.bool_)) and w >= 1 for w in h
-        ):
+        widths = int_list(self.hidden) if isinstance(self.hidden, (tuple, list)) else None
+        if not widths or any(w < 1 for w in widths):
             raise bad("hidden", "must list at least one positive integer width")
         if self.lr_schedule == "exponential" and self.lr_end <= 0:
             raise bad("lr_end", "must be > 0 for an exponential lr_schedule")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from minippo import backend
+from minippo._checks import int_list
 
 Array = Any  # numpy.ndarray, or cupy.ndarray on the GPU backend
 
@@ -150,10 +151,10 @@ class MLP:
         hidden_gain: float = float(np.sqrt(2.0)),
         activate_output: bool = False,
     ) -> None:
-        if isinstance(sizes, (str, bytes)) or not all(hasattr(s, "__index__") and not isinstance(s, bool)
-                                                       for s in sizes):
+        widths = int_list(sizes)
+        if widths is None:
             raise ValueError(f"sizes must be a list of integer layer widths, got {sizes!r}")
-        sizes = [int(s) for s in sizes]
+        sizes = widths
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"sizes must list at least 2 positive layer widths, got {sizes}")
         if np.dtype(dtype).kind != "f":

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from minippo import backend
-from minippo._checks import real
+from minippo._checks import int_list, real
 from minippo.backend import array_module, asnumpy
 from minippo.distributions import Categorical, DiagGaussian
 from minippo.nn import MLP
@@ -73,13 +73,10 @@ class ActorCritic:
     ) -> None:
         if not hasattr(obs_dim, "__index__") or isinstance(obs_dim, bool) or int(obs_dim) < 1:
             raise ValueError(f"obs_dim must be an integer >= 1, got {obs_dim!r}")
-        # a bare int, a string ("64" would become (6, 4)), bools or floats are not a list of widths
-        widths = None if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__") else list(hidden)
-        if widths is None or not all(
-            hasattr(h, "__index__") and not isinstance(h, (bool, np.bool_)) and int(h) >= 1 for h in widths
-        ):
+        widths = int_list(hidden)  # not a bare int, a string ("64" would become (6, 4)), bools or floats
+        if widths is None or any(h < 1 for h in widths):
             raise ValueError(f"hidden must be a sequence of integer layer widths >= 1, got {hidden!r}")
-        hidden = [int(h) for h in widths]
+        hidden = widths
         if shared and not hidden:
             raise ValueError("shared=True needs at least one hidden layer (hidden=())")
         temperature = real("temperature", temperature, 0.0, low_open=True)
