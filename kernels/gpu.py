@@ -4,8 +4,8 @@ wrapper: ``minippo.nn`` calls ``np.dot``, which dispatches to cuBLAS for cupy ar
 Nothing here touches CUDA at import: cupy is imported, ``gae.cu`` read and compiled (NVRTC, cached
 by CuPy on disk) on the first call. Inputs and outputs are ``cupy.ndarray`` on the current device;
 rollout tensors, parameters and Adam state stay there. Data crosses to the host at the env boundary
-(``backend.to_device`` / ``backend.asnumpy``) and for a few scalars per minibatch (the logged stats,
-the target-KL test, the gradient norm): docs/kernels.md lists every copy.
+(``backend.to_device`` / ``backend.asnumpy``) and for 7 syncs per minibatch (finiteness tests, the
+logged stats read back in one copy, the gradient norm): docs/kernels.md lists every copy.
 
 The CUDA source is also compiled by ``nvcc -ptx`` and executed on the CPU through a host shim in
 ``tests/test_kernels_gpu.py``, and this wrapper is tested against a numpy stand-in for cupy, so the

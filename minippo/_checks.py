@@ -53,3 +53,15 @@ def int_list(value: Any) -> list[int] | None:
     if not all(hasattr(v, "__index__") and not isinstance(v, (bool, np.bool_)) for v in items):
         return None
     return [int(v) for v in items]
+
+
+def finite(**arrays: Any) -> None:
+    """FloatingPointError naming the first of ``arrays`` (name=array) that holds NaN or inf. One test
+    for all of them: on a GPU each ``bool`` of a device array is a device sync."""
+    ok = None
+    for a in arrays.values():
+        f = np.isfinite(a).all()
+        ok = f if ok is None else ok & f
+    if not bool(ok):
+        bad = next(name for name, a in arrays.items() if not bool(np.isfinite(a).all()))
+        raise FloatingPointError(f"{bad} contains NaN or inf")

@@ -91,6 +91,8 @@ def compute_gae(
     float32 or float64, else float64; the other inputs are cast to it. ``out=(adv, returns)``: two
     arrays of that shape and dtype to write into (and return); the numba backend then allocates
     nothing (the RolloutBuffer passes its own arrays). They may share memory with the inputs.
+    On the cupy backend the results are where rewards is: cupy arrays (the CUDA kernel) for a cupy
+    ``rewards``, numpy arrays (computed on the host) for a numpy one; ``out`` must be on that side.
     """
     name = backend.resolved()[0]
     if name == "numba":  # the kernel checks shapes, gamma and lambda itself (0.35 us less than here)
@@ -107,7 +109,11 @@ def compute_gae(
     rewards, values, dones, last_values = (a.astype(dt, copy=False) for a in (rewards, values, dones, last_values))
     if out is not None and any(a.shape != s or a.dtype != dt for a in out):
         raise ValueError(f"out must be two {dt} arrays of shape {s}, got {[(a.dtype, a.shape) for a in out]}")
-    if name == "cupy":
+    on_device = name == "cupy" and backend.array_module(rewards) is not np
+    if out is not None and any((backend.array_module(a) is not np) != on_device for a in out):
+        raise ValueError(f"out must be two {'cupy' if on_device else 'numpy'} arrays like rewards (the results "
+                         f"are where the inputs are), got {[type(a).__module__ for a in out]}")
+    if on_device:
         from minippo.kernels import gpu
 
         res = gpu.gae(rewards, values, dones, last_values, gamma, lam)

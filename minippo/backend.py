@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -44,10 +45,15 @@ def _numba_ok() -> None:
 def _cupy_module() -> ModuleType:
     try:
         import cupy
-    except ImportError as e:
+    except ModuleNotFoundError as e:
         raise ImportError(
             f"{ENV_VAR}=cupy but cupy is not installed ({e}); "
             "install it with: pip install 'minippo[cuda]' (needs an NVIDIA driver for CUDA 12)"
+        ) from e
+    except ImportError as e:  # installed but broken: CuPy raises this when its CUDA libraries fail to load
+        raise ImportError(
+            f"{ENV_VAR}=cupy: cupy is installed but cannot be imported ({e}); reinstall it with "
+            "pip install 'minippo[cuda]' (CuPy for CUDA 12 with its library wheels; needs an NVIDIA driver)"
         ) from e
     try:
         n = cupy.cuda.runtime.getDeviceCount()
@@ -173,9 +179,10 @@ def to_device(a: Any, dtype: Any = None) -> Any:
 
 
 def array_module(a: Any) -> ModuleType:
-    """The array module that owns ``a`` (cupy for cupy arrays, numpy otherwise), without importing cupy."""
+    """The array module that owns ``a`` (cupy for cupy arrays, numpy otherwise), whatever the backend,
+    without importing cupy or resolving the backend (a cupy array means cupy is imported)."""
     if type(a).__module__.startswith("cupy"):
-        return _get()[1]
+        return sys.modules["cupy"]
     return np
 
 

@@ -110,7 +110,9 @@ class PPOConfig:
     vector: str = "sync"
     """gymnasium vector env: sync | async (subprocesses)."""
     autoreset: str = "same_step"
-    """same_step (final obs in info) | next_step (gymnasium's vectorised envs; reset steps masked)."""
+    """same_step (final obs in info) | next_step (gymnasium's vectorised envs; reset steps masked).
+    The mode of the env minippo makes; an env given as ``PPO(config, env=...)`` is read in its own
+    mode (``env.metadata["autoreset_mode"]``)."""
     dtype: str = "float32"
     """training dtype: float32 | float64."""
     eval_episodes: int = 10

@@ -13,17 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import real
+from minippo._checks import finite, real
 from minippo.backend import array_module, asnumpy
 
 Array = Any
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _check_finite(name: str, a: Array) -> None:
-    if not bool(np.isfinite(a).all()):
-        raise FloatingPointError(f"{name} contains NaN or inf")
 
 
 def _check_g(g: Array, b: int) -> Array:
@@ -47,12 +42,12 @@ class Categorical:
         if logits.dtype.kind != "f":
             raise TypeError(f"logits must be a float array, got dtype {logits.dtype}")
         temperature = real("temperature", temperature, 0.0, low_open=True)
-        _check_finite("logits", logits)
+        finite(logits=logits)
         self.logits = logits
         self.temperature = temperature
         z = logits / self.temperature if self.temperature != 1.0 else logits
         if self.temperature < 1.0:  # dividing can overflow finite logits
-            _check_finite("logits / temperature", z)
+            finite(**{"logits / temperature": z})
         z = z - z.max(axis=1, keepdims=True)
         self.log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (B, n)
         self.probs = np.exp(self.log_probs)
@@ -70,7 +65,7 @@ class Categorical:
         if a.shape != (self.logits.shape[0],):
             raise ValueError(f"actions must have shape ({self.logits.shape[0]},), got {tuple(a.shape)}")
         idx = a.astype(np.int64, copy=False)
-        if bool((idx != a).any()) or bool(((idx < 0) | (idx >= self.n)).any()):
+        if bool(((idx != a) | (idx < 0) | (idx >= self.n)).any()):  # one test: one device sync on a GPU
             raise ValueError(f"actions must be integers in [0, {self.n}), got {a}")
         self._checked = (a, idx)
         return idx
@@ -139,6 +134,11 @@ class Categorical:
         """Most probable action per row (B,)."""
         return self.logits.argmax(axis=1)
 
+    def trust(self, a: Array) -> None:
+        """Mark ``a`` (B,) as actions this distribution produced (:meth:`sample` or :meth:`mode`, maybe
+        copied to its device): :meth:`log_prob` then takes them without checking (a device sync)."""
+        self._checked = (a, a.astype(np.int64, copy=False))
+
 
 class DiagGaussian:
     """Diagonal Gaussian ``N(mean, diag(exp(log_std)^2))``; mean (B, d), log_std (d,) or (B, d).
@@ -154,18 +154,18 @@ class DiagGaussian:
                 f"log_std must have shape ({mean.shape[1]},) or {tuple(mean.shape)}, "
                 f"got {tuple(log_std.shape)}"
             )
-        _check_finite("mean", mean)
-        _check_finite("log_std", log_std)
+        finite(mean=mean, log_std=log_std)
         self.mean = mean
         self.log_std = log_std + np.zeros_like(mean)  # (B, d), broadcast once
         self.std = np.exp(self.log_std)
-        self._sampled: Array | None = None  # the last sample(): finite by construction
+        self._sampled: Array | None = None  # the last sample() (finite by construction) or checked actions
 
     def _check(self, a: Array) -> None:
         if a.shape != self.mean.shape:
             raise ValueError(f"actions must have shape {tuple(self.mean.shape)}, got {tuple(a.shape)}")
         if a is not self._sampled:
-            _check_finite("actions", a)
+            finite(actions=a)
+            self._sampled = a  # log_prob and log_prob_grad see the same actions: check them once
 
     def _same(self, other: DiagGaussian) -> None:
         if other.mean.shape != self.mean.shape:
@@ -234,3 +234,8 @@ class DiagGaussian:
     def mode(self) -> Array:
         """The mean (B, d)."""
         return self.mean
+
+    def trust(self, a: Array) -> None:
+        """Mark ``a`` (B, d) as actions this distribution produced (:meth:`sample` or :meth:`mode`, maybe
+        copied to its device): :meth:`log_prob` then takes them without the finiteness check (a sync)."""
+        self._sampled = a

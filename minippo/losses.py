@@ -5,6 +5,10 @@ derivative of the loss with respect to the per-sample inputs (``logp``, ``values
 divided by the batch size B. Notation follows the paper and the seeds:
 ``r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t) = exp(logp - logp_old)`` (ratio),
 ``A_t`` the advantage estimate (优势函数), ``epsilon`` the clip range, ``beta`` the KL coefficient.
+
+The loss and the stats are Python floats for numpy inputs. For cupy inputs they stay 0-d device
+arrays (reading each back would be one device sync each); :func:`to_floats` reads a dict of them back
+in one copy, as ``minippo.ppo.loss_and_grads`` does.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import real
+from minippo._checks import finite, real
 
 Array = Any
 
@@ -29,10 +33,27 @@ def _check(first: Array, _name: str = "logp", **others: Array) -> int:
     for name, a in others.items():
         if a.shape != first.shape:
             raise ValueError(f"{name} must have shape ({b},) like {_name}, got {tuple(a.shape)}")
-    for name, a in {_name: first, **others}.items():
-        if not bool(np.isfinite(a).all()):
-            raise FloatingPointError(f"{name} contains NaN or inf")
+    finite(**{_name: first}, **others)
     return b
+
+
+def _scalar(x: Array) -> Any:
+    """A 0-d result: a Python float for numpy; on a device (cupy) the 0-d device array itself, so that
+    a minibatch's scalars come back in one copy (:func:`to_floats`) rather than one sync each."""
+    return x if type(x).__module__.startswith("cupy") else float(x)
+
+
+def to_floats(stats: dict[str, Any]) -> dict[str, float]:
+    """``stats`` with every value a Python float: 0-d device arrays (what the losses return for cupy
+    inputs) are read back together, in one device-to-host copy."""
+    dev = [k for k, v in stats.items() if type(v).__module__.startswith("cupy")]
+    if not dev:
+        return {k: float(v) for k, v in stats.items()}
+    from minippo.backend import asnumpy
+
+    host = asnumpy(np.stack([stats[k].astype(np.float64) for k in dev]))  # cupy.stack, by dispatch
+    got = dict(zip(dev, host.tolist(), strict=True))
+    return {k: got[k] if k in got else float(v) for k, v in stats.items()}
 
 
 def ratio_stats(logp: Array, logp_old: Array, clip_eps: float | None = None) -> dict[str, float]:
@@ -48,9 +69,9 @@ def _ratio_stats(log_ratio: Array, ratio: Array, clip_eps: float | None) -> dict
     """:func:`ratio_stats` on the log-ratio and ratio an objective has already computed and checked."""
     # expm1(x) - x, not (exp(x) - 1) - x: for r near 1 the naive form cancels catastrophically
     # and can come out negative (e.g. -5e-48 for log r = 5e-48); expm1(x) >= x holds in floats.
-    stats = {"approx_kl": float((np.expm1(log_ratio) - log_ratio).mean())}
+    stats = {"approx_kl": _scalar((np.expm1(log_ratio) - log_ratio).mean())}
     if clip_eps is not None:
-        stats["clipfrac"] = float((np.abs(ratio - 1.0) > clip_eps).mean())
+        stats["clipfrac"] = _scalar((np.abs(ratio - 1.0) > clip_eps).mean())
     return stats
 
 
@@ -64,7 +85,7 @@ def pg_objective(logp: Array, adv: Array) -> tuple[float, Array, dict[str, float
     dL/dlogp_t = -A_t / B.
     """
     b = _check(logp, adv=adv)
-    return float(-(logp * adv).mean()), -adv / b, {}
+    return _scalar(-(logp * adv).mean()), -adv / b, {}
 
 
 # ---------------------------------------------------------------- 2. importance-sampled surrogate
@@ -80,7 +101,7 @@ def surrogate_objective(
     b = _check(logp, logp_old=logp_old, adv=adv)
     log_ratio = logp - logp_old
     ratio = np.exp(log_ratio)
-    return float(-(ratio * adv).mean()), -ratio * adv / b, _ratio_stats(log_ratio, ratio, None)
+    return _scalar(-(ratio * adv).mean()), -ratio * adv / b, _ratio_stats(log_ratio, ratio, None)
 
 
 # ---------------------------------------------------------------- 3. PPO-clip
@@ -99,7 +120,7 @@ def clip_objective(
     unclipped = ratio * adv
     clipped = np.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
     take_clipped = clipped < unclipped
-    loss = float(-np.where(take_clipped, clipped, unclipped).mean())
+    loss = _scalar(-np.where(take_clipped, clipped, unclipped).mean())
     dlogp = np.where(take_clipped, 0.0, -unclipped / b).astype(logp.dtype)
     return loss, dlogp, _ratio_stats(log_ratio, ratio, clip_eps)
 
@@ -117,9 +138,9 @@ def kl_penalty_objective(
     b = _check(logp, logp_old=logp_old, adv=adv, kl=kl)
     log_ratio = logp - logp_old
     ratio = np.exp(log_ratio)
-    loss = float(-(ratio * adv).mean() + beta * kl.mean())
+    loss = _scalar(-(ratio * adv).mean() + beta * kl.mean())
     stats = _ratio_stats(log_ratio, ratio, None)
-    stats.update(kl=float(kl.mean()), beta=float(beta))
+    stats.update(kl=_scalar(kl.mean()), beta=float(beta))
     return loss, (-ratio * adv / b, np.full_like(kl, beta / b)), stats
 
 
@@ -160,25 +181,24 @@ def value_loss(
     dL/dV = (V - R)/B. (Inside the range V_clip = V in exact arithmetic, so the max is the unclipped
     term: comparing the rounded V_old + (V - V_old) with V there would count rounding as clipping.)
     """
-    b = _check(values, "values", returns=returns)
+    if clip_eps is not None and values_old is None:
+        raise ValueError("values_old is required when clip_eps is given (clipped value loss)")
+    b = _check(values, "values", returns=returns, **({} if clip_eps is None else {"values_old": values_old}))
     err = values - returns
     if clip_eps is None:
-        return float(0.5 * (err * err).mean()), err / b, {}
-    if values_old is None:
-        raise ValueError("values_old is required when clip_eps is given (clipped value loss)")
+        return _scalar(0.5 * (err * err).mean()), err / b, {}
     clip_eps = real("clip_eps", clip_eps, 0.0, low_open=True)
-    _check(values, "values", values_old=values_old)
     delta = values - values_old
     v_clip = values_old + np.clip(delta, -clip_eps, clip_eps)
     err_c = v_clip - returns
     take_clipped = (err_c * err_c > err * err) & ~(np.abs(delta) < clip_eps)
-    loss = float(0.5 * np.where(take_clipped, err_c * err_c, err * err).mean())
+    loss = _scalar(0.5 * np.where(take_clipped, err_c * err_c, err * err).mean())
     dv = np.where(take_clipped, 0.0, err) / b
-    return loss, dv.astype(values.dtype), {"vclipfrac": float(take_clipped.mean())}
+    return loss, dv.astype(values.dtype), {"vclipfrac": _scalar(take_clipped.mean())}
 
 
 def entropy_bonus(entropy: Array, coef: float) -> tuple[float, Array, dict[str, float]]:
     """Entropy bonus as a loss: L^S = -c_ent * mean(H); entropy (B,) -> (L^S, dL/dH (B,) = -c_ent / B, {})."""
     b = _check(entropy, "entropy")
     coef = real("coef", coef)
-    return float(-coef * entropy.mean()), np.full_like(entropy, -coef / b), {}
+    return _scalar(-coef * entropy.mean()), np.full_like(entropy, -coef / b), {}

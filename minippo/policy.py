@@ -210,6 +210,7 @@ class ActorCritic:
         dist, values, _ = self.forward(obs)
         actions = asnumpy(dist.mode()) if deterministic else dist.sample(rng)
         a_dev = array_module(values).asarray(actions)
+        dist.trust(a_dev)  # its own sample (or mode): valid, and on a GPU not worth a sync to check
         return actions, dist.log_prob(a_dev), values, self.dist_params(dist)
 
     def predict(

@@ -95,9 +95,9 @@ def loss_and_grads(
         "loss": pl + config.vf_coef * vl + el,
         "policy_loss": pl,
         "value_loss": vl,
-        "entropy": float(entropy.mean()),
+        "entropy": entropy.mean(),
     }
-    return stats, grads
+    return losses.to_floats(stats), grads  # on a GPU: one copy back for all of them
 
 
 
@@ -256,7 +256,7 @@ class PPO:
                 buf.rewards[t - 1, idx] += cfg.gamma * values[idx]
                 self._pending_boot[:] = False
             next_obs, reward, term, trunc, info = self.env.step(self._env_actions(actions))
-            reward = np.asarray(reward, dtype=np.float64)
+            reward = np.array(reward, dtype=np.float64)  # a copy: the bootstrap below writes into it
             if not (np.isfinite(reward).all() and np.isfinite(next_obs).all()):
                 self._raise_non_finite(next_obs, reward)
             term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)

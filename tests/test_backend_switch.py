@@ -53,6 +53,21 @@ def test_cupy_missing_names_the_extra():
     assert "pip install 'minippo[cuda]'" in out.stderr
 
 
+def test_a_broken_cupy_install_is_not_called_missing():
+    """CuPy raises ImportError itself when its CUDA libraries fail to load: that is not 'not installed'."""
+    prelude = ("import sys, importlib.abc, importlib.machinery\n"
+               "class Broken(importlib.abc.MetaPathFinder):\n"
+               "    def find_spec(self, name, path, target=None):\n"
+               "        if name == 'cupy':\n"
+               "            raise ImportError('CuPy is not correctly installed: libcudart.so.12 not found')\n"
+               "sys.meta_path.insert(0, Broken())\n")
+    out = run("cupy", prelude)
+    assert out.returncode != 0
+    assert "MINIPPO_BACKEND=cupy: cupy is installed but cannot be imported (CuPy is not correctly " \
+           "installed: libcudart.so.12 not found)" in out.stderr
+    assert "pip install 'minippo[cuda]'" in out.stderr
+
+
 def test_cupy_without_device_says_so():
     out = run("cupy", FAKE_CUPY_NO_DEVICE)
     assert out.returncode != 0

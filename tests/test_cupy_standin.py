@@ -149,3 +149,71 @@ def test_compute_gae_refuses_bad_dones_on_the_device(strict_cupy_backend):
     d[2, 1] = 1.0
     adv, _ = compute_gae(r, r, cp.asarray(d), cp.asarray(np.zeros(3, np.float32)), 0.9, 0.95)
     assert _on_device(adv)
+
+
+def test_compute_gae_results_are_where_the_inputs_are(strict_cupy_backend):
+    """On the cupy backend, device inputs run the CUDA kernel (device results); host inputs stay on
+    the host. A host out= for device results (or the other way) is refused by name: real CuPy would
+    raise 'Implicit conversion to a NumPy array is not allowed' at the copy."""
+    from minippo.advantages import compute_gae, gae_numpy
+
+    cp = strict_cupy_backend
+    rng = np.random.default_rng(0)
+    r, v = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    d = (rng.random((6, 3)) < 0.3).astype(np.float32)
+    lv = rng.normal(size=3).astype(np.float32)
+    want = gae_numpy(r, v, d, lv, 0.99, 0.95)
+    host = compute_gae(r, v, d, lv, 0.99, 0.95)
+    assert not any(_on_device(a) for a in host)
+    dev_in = [cp.asarray(a) for a in (r, v, d, lv)]
+    dev = compute_gae(*dev_in, 0.99, 0.95)
+    assert all(_on_device(a) for a in dev)
+    for got_h, got_d, w in zip(host, dev, want, strict=True):
+        np.testing.assert_array_equal(got_h, w)
+        np.testing.assert_array_equal(backend.asnumpy(got_d), w)
+    host_out = (np.empty((6, 3), np.float32), np.empty((6, 3), np.float32))
+    with pytest.raises(ValueError, match=r"out must be two cupy arrays like rewards .*\['numpy', 'numpy'\]"):
+        compute_gae(*dev_in, 0.99, 0.95, out=host_out)
+    with pytest.raises(ValueError, match=r"out must be two numpy arrays like rewards"):
+        compute_gae(r, v, d, lv, 0.99, 0.95, out=tuple(cp.asarray(a) for a in host_out))
+    dev_out = tuple(cp.asarray(a) for a in host_out)
+    assert compute_gae(*dev_in, 0.99, 0.95, out=dev_out) is dev_out
+    np.testing.assert_array_equal(backend.asnumpy(dev_out[0]), want[0])
+
+
+def test_array_module_follows_the_array_not_the_backend(monkeypatch):
+    """A cupy array is cupy's whatever MINIPPO_BACKEND says (ActorCritic.to(cupy.asarray) under numpy:
+    Adam's state and evaluation must go to the device), and asking does not resolve the backend."""
+    cp = strict_cupy.make()
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setenv(backend.ENV_VAR, "bogus")  # resolving would raise
+    backend.reset()
+    try:
+        assert backend.array_module(cp.asarray(np.ones(2))) is cp
+        assert backend.array_module(np.ones(2)) is np
+    finally:
+        monkeypatch.delenv(backend.ENV_VAR)
+        backend.reset()
+
+
+@pytest.mark.parametrize("env_id, per_step", [("CartPole-v1", 2), ("Pendulum-v1", 3)])
+def test_device_syncs_stay_within_budget(strict_cupy_backend, env_id, per_step):
+    """Each bool/float of a device array and each read-back stalls the GPU. A minibatch makes 7: one
+    finiteness test per loss (policy, value, entropy), one for the distribution, one for the actions,
+    the stats read back together, the gradient norm. It was ~20 (one test per array, a read-back per
+    stat). A rollout step reads back what it samples from and tests the network's output once."""
+    pytest.importorskip("gymnasium")
+    cp = strict_cupy_backend
+    algo = PPO(PPOConfig(env_id=env_id, n_envs=4, n_steps=32, batch_size=32, n_epochs=1, total_timesteps=128,
+                         hidden=(8,), clip_vloss=True, ent_coef=0.01))
+
+    def syncs():
+        return cp.STATS["bool"] + cp.STATS["float"] + cp.STATS["get"]
+
+    before = syncs()
+    algo.collect_rollout()  # (+ 2: the last observation's value, GAE's dones check)
+    assert syncs() - before <= per_step * 32 + 2
+    before = syncs()
+    out = algo.update(0.0)
+    assert out["n_updates"] == 4
+    assert syncs() - before <= 7 * 4 + 2  # (+ 2: the explained variance, once per update)

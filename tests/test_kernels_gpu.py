@@ -220,15 +220,6 @@ def test_wrapper_casts_and_empty(cupy_standin):
     assert adv.shape == (0, 3)
 
 
-def test_compute_gae_on_cupy_backend(cupy_standin, monkeypatch):
-    monkeypatch.setenv(backend.ENV_VAR, "cupy")
-    backend.reset()
-    assert backend.name == "cupy" and backend.xp is cupy_standin
-    r, v, d, lv = rollout(5, 2, np.float32)
-    adv, _ = advantages.compute_gae(r, v, d, lv, 0.99, 0.95)
-    np.testing.assert_array_equal(adv, advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)[0])
-
-
 def test_source_is_package_data_and_import_needs_no_cupy():
     assert "extern \"C\" __global__ void gae_f32" in gpu.source()
     code = ("import sys; sys.modules['cupy'] = None; import minippo.kernels.gpu as g; "

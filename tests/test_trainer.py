@@ -140,6 +140,29 @@ def test_a_vector_env_without_a_usable_autoreset_mode_is_refused():
         PPO(PPOConfig(**TINY), env=venv)
 
 
+def test_the_rewards_an_env_returned_are_not_written_to():
+    """The truncation bootstrap (SAME_STEP) was added in place to the env's own float64 reward array:
+    a vector wrapper keeping what it returned saw gamma * V(final obs) on truncated steps."""
+
+    class Keep(gym.vector.VectorWrapper):
+        kept: list = []
+
+        def step(self, actions):
+            out = self.env.step(actions)
+            Keep.kept.append((out[1], out[1].copy()))
+            return out
+
+    venv = Keep(gym.vector.SyncVectorEnv([lambda: gym.wrappers.TimeLimit(Probe(), 3)] * 2,
+                                         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP))
+    algo = PPO(PPOConfig(**TINY), env=venv)
+    assert not algo.next_step
+    algo.policy.critic.params["b1"][...] = 2.0  # V = 2 everywhere (Probe's observations are zeros)
+    algo.collect_rollout()
+    assert any(r.dtype == np.float64 for r, _ in Keep.kept)  # the case where np.asarray did not copy
+    assert all(np.array_equal(r, c) for r, c in Keep.kept)
+    assert algo.buffer.rewards.max() == np.float32(1 + 0.99 * 2)  # the bootstrap reached the stored rewards
+
+
 def test_a_custom_env_is_named_by_its_class_not_by_config_env_id():
     """An env without a gymnasium spec is not config.env_id's: messages name its class."""
     from envs_for_tests import Probe
@@ -210,6 +233,18 @@ def test_save_load_evaluate_same_returns(tmp_path):
     assert r1["returns"] == r2["returns"] == r3["returns"]
     with np.load(path, allow_pickle=False) as z:  # loadable without pickle
         assert "param/actor.W0" in z.files and "obs_rms.mean" in z.files
+
+
+def test_checkpoints_record_the_blas_thread_settings(tmp_path, monkeypatch):
+    """Results are bit-identical only for the same BLAS thread count: the checkpoint says what it was
+    set to (all three variables the CLI pins) and, for unset ones (BLAS's default), the core count."""
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    algo = PPO(PPOConfig(**TINY))
+    algo.save(str(tmp_path / "m.npz"))
+    meta, _ = read_checkpoint(str(tmp_path / "m.npz"))
+    assert meta["blas_threads"]["MKL_NUM_THREADS"] == "3" and meta["blas_threads"]["OMP_NUM_THREADS"] is None
+    assert meta["cpu_count"] == os.cpu_count()
 
 
 def test_resume_restores_state_and_continues(tmp_path):
