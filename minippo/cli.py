@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
 import json
 import math
@@ -97,7 +98,17 @@ def _make_config(args: argparse.Namespace) -> Any:
     if "env_id" in sets and sets["env_id"] != args.env_id:
         raise UsageError(f"--set env_id={sets['env_id']} differs from ENV_ID {args.env_id}: the env is "
                          "given once, as ENV_ID")
-    return cfg.replace(**changes, **sets) if changes or sets else cfg
+    try:
+        return cfg.replace(**changes, **sets) if changes or sets else cfg
+    except ValueError as e:
+        # a field the user never set may be the preset's: say so, and how to change it
+        given = set(changes) | set(sets)
+        named = [k for k in PRESETS.get(name, {}) if k not in given and k != "env_id" and f"{k}=" in str(e)]
+        if not named:
+            raise
+        values = ", ".join(f"{k}={getattr(cfg, k)}" for k in named)
+        raise UsageError(f"{e} ({values} comes from the {name} preset: change it with --set, or start "
+                         "from the paper's defaults with --preset none)") from e
 
 
 def _usable_tqdm() -> Any:
@@ -218,7 +229,19 @@ class CsvLog:
     def _write(self, values: Any) -> None:
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow(values)
-        os.write(self.fd, buf.getvalue().encode())
+        data = buf.getvalue().encode()
+        end = os.lseek(self.fd, 0, os.SEEK_END)  # where this row starts (the file is O_APPEND)
+        try:
+            n = os.write(self.fd, data)
+            if n != len(data):  # a full disk can take part of a row before it fails
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: progress.csv took {n} of {len(data)} "
+                              "bytes of a row")
+        except OSError:
+            try:
+                os.ftruncate(self.fd, end)  # no partial row is left behind
+            except OSError:
+                pass
+            raise
 
     def __call__(self, row: dict[str, Any]) -> None:
         """Append one iteration's row (missing columns and NaN are written as empty cells)."""
@@ -286,16 +309,25 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tupl
         out = os.path.join("runs", f"{cfg.env_id}-s{cfg.seed}")
     model_path, csv_path = os.path.join(out, "model.npz"), os.path.join(out, "progress.csv")
     where = f"--out {out!r}" if args.out is not None else f"run folder {out!r}"
-    held = [] if args.resume else [  # resuming continues the folder's run; a fresh run must not mix with one
+    # resuming continues the resumed model's own folder; a fresh run, or a resumed one sent elsewhere,
+    # must not mix with a run already there
+    own = bool(args.resume) and os.path.realpath(out) == os.path.realpath(os.path.dirname(args.resume) or ".")
+    held = [] if own else [
         n for n in ("model.npz", "config.json", "progress.csv")
         if os.path.isfile(os.path.join(out, n)) or os.path.islink(os.path.join(out, n))
     ]
+    if held and args.resume:
+        raise UsageError(f"{where} already holds {', '.join(held)} of another run: resume into the model's own "
+                         "folder (leave out --out) or into an empty --out")
     if held and not args.overwrite:
         # a fresh run would replace config.json and progress.csv but keep an older model.npz until its
         # first save: stopped before that, the folder mixes two runs (and a file of the user's is lost)
         hint = f"continue it with --resume {os.path.join(out, 'model.npz')}, " if "model.npz" in held else ""
         raise UsageError(f"{where} already holds {', '.join(held)}: {hint}choose another --out, "
                          "or pass --overwrite to start afresh there")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"{where} is a file, not a folder: choose a folder for model.npz, config.json and "
+                         "progress.csv")
     try:
         os.makedirs(out, exist_ok=True)
         for name in ("model.npz", "config.json", "progress.csv"):
@@ -325,6 +357,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     _check_backend()
     if args.resume:
+        if os.path.isdir(args.resume):
+            raise UsageError(f"--resume {args.resume!r} is a folder; a run folder's model is "
+                             f"{os.path.join(args.resume, 'model.npz')!r}")
         if not os.path.isfile(args.resume):
             raise UsageError(f"--resume: no such file {args.resume!r}")
         given = [flag for flag, name in _CONFIG_FLAGS if getattr(args, name) not in (None, [], False)]
@@ -385,6 +420,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     aborted = None  # or what was going on when a second signal stopped it
     diverged = None  # or the FloatingPointError that stopped training (NaN/inf loss, logits, data)
+    failed = None  # or what could not be written (progress.csv, model.npz)
     t0 = time.perf_counter()
     try:
         try:
@@ -393,20 +429,28 @@ def cmd_train(args: argparse.Namespace) -> int:
             aborted = "mid-iteration"
         except FloatingPointError as e:
             diverged = e
+        except OSError as e:  # progress.csv could not be written (a full disk): the run stops here
+            failed = f"training stopped at {algo.num_timesteps} steps: {e}"
         finally:
             progress.close()
             log.close()
-        if aborted is None and diverged is None:
+        if aborted is None and diverged is None and failed is None:
             try:
                 algo.save(model_path)  # atomic: a signal here leaves the previous file as it was
             except KeyboardInterrupt:
                 aborted = "during the save"
+            except OSError as e:  # a full disk, the folder removed: atomic, so no half-written file
+                failed = f"cannot save {model_path} after {algo.num_timesteps} steps: {e}"
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
     if aborted is not None:
         print(f"minippo: stopped {aborted} at {algo.num_timesteps} steps; model not saved", file=sys.stderr)
         return 130
+    if failed is not None:
+        print(f"minippo: error: {failed}; model not saved (the previous model.npz, if any, is as it was)",
+              file=sys.stderr)
+        return 1
     if diverged is not None:
         print(f"minippo: error: training stopped at {algo.num_timesteps} steps: {diverged}; model not saved "
               "(a smaller learning_rate, max_grad_norm or a larger temperature may help)", file=sys.stderr)
@@ -465,6 +509,8 @@ def read_progress(folder: str) -> dict[str, list[float]]:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UsageError(f"{path}: cannot read it: {e}") from e
+    if not rows:  # an empty plot, exit code 0, said nothing
+        raise UsageError(f"{path} has no rows yet: no iteration of that run has finished")
     cols: dict[str, list[float]] = {c: [] for c in CSV_COLUMNS}
     for n, r in enumerate(rows, start=2):  # line 1 is the header
         for c in CSV_COLUMNS:
@@ -569,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ImportError) as e:  # ImportError: a missing optional dependency
         print(f"minippo: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training (starting up, eval, plot, bench): no traceback
+        print("\nminippo: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ every ended episode. Two gymnasium autoreset modes deliver it:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -36,13 +37,32 @@ def _gym() -> Any:
     return gymnasium
 
 
+def _registry_key(env_id: str) -> str:
+    """``env_id``'s key in gymnasium's registry. A ``"module:EnvId"`` id (as ``gymnasium.make`` takes it)
+    imports ``module`` first, which registers ``EnvId``: the way to train a custom or third-party env."""
+    if ":" not in env_id:
+        return env_id
+    module, _, name = env_id.partition(":")
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"env id {env_id!r}: cannot import module {module!r} ({e})") from e
+    return name
+
+
 def check_env_id(env_id: str) -> None:
-    """Raise ValueError if ``env_id`` is not registered in gymnasium."""
+    """Raise ValueError if ``env_id`` is not registered in gymnasium (``"module:EnvId"``: after
+    importing ``module``)."""
     gym = _gym()
-    if env_id not in gym.registry:
-        close = [k for k in gym.registry if k.lower().startswith(env_id.split("-")[0].lower()[:4])]
+    if not isinstance(env_id, str):
+        raise ValueError(f"env id must be a string, got {env_id!r}")
+    key = _registry_key(env_id)
+    if key not in gym.registry:
+        close = [k for k in gym.registry if k.lower().startswith(key.split("-")[0].lower()[:4])]
         hint = f"; did you mean {', '.join(sorted(close)[:5])}?" if close else ""
-        raise ValueError(f"unknown env id {env_id!r}: not registered in gymnasium{hint}")
+        where = f"module {env_id.partition(':')[0]!r} did not register {key!r}" if key != env_id else \
+            "not registered in gymnasium"
+        raise ValueError(f"unknown env id {env_id!r}: {where}{hint}")
 
 
 def make_vec_env(
@@ -54,9 +74,9 @@ def make_vec_env(
 ) -> Any:
     """A gymnasium ``VectorEnv`` of ``n_envs`` copies of ``env_id`` in the requested autoreset mode.
 
-    ``vector``: ``sync`` | ``async``. ``autoreset="next_step"`` prefers gymnasium's own
-    numpy-vectorised implementation (``vectorization_mode="vector_entry_point"``) when the env has
-    one, else a sync/async vector env in NEXT_STEP mode. The mode actually used is in
+    ``vector``: ``sync`` | ``async`` (subprocesses). With ``vector="sync"``, ``autoreset="next_step"``
+    prefers gymnasium's own numpy-vectorised implementation (``vectorization_mode="vector_entry_point"``)
+    when the env has one, else a sync/async vector env in NEXT_STEP mode. The mode actually used is in
     ``env.metadata["autoreset_mode"]``.
     """
     gym = _gym()
@@ -69,12 +89,25 @@ def make_vec_env(
         raise ValueError(f"autoreset={autoreset!r} is not allowed; use 'same_step' or 'next_step'")
     kwargs = dict(env_kwargs or {})
     with dependency_errors(env_id, kwargs):
-        if autoreset == "next_step" and gym.registry[env_id].vector_entry_point is not None:
+        # vector="async" asks for subprocesses: gymnasium's own vectorised env runs in this one
+        numpy_vectorised = gym.registry[_registry_key(env_id)].vector_entry_point is not None
+        if autoreset == "next_step" and vector == "sync" and numpy_vectorised:
             return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
         mode = AutoresetMode.SAME_STEP if autoreset == "same_step" else AutoresetMode.NEXT_STEP
         return gym.make_vec(
-            env_id, num_envs=n_envs, vectorization_mode=vector, vector_kwargs={"autoreset_mode": mode}, **kwargs
+            env_id, num_envs=n_envs, vectorization_mode=vector, vector_kwargs={"autoreset_mode": mode},
+            wrappers=[_ignore_sigint] if vector == "async" else None, **kwargs
         )
+
+
+def _ignore_sigint(env: Any) -> Any:
+    """Applied to each env in its AsyncVectorEnv worker process: the worker ignores SIGINT. A terminal's
+    Ctrl-C goes to the whole process group; a worker stopped by it broke the run the trainer was about
+    to finish and save (``minippo train`` handles Ctrl-C in the main process)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return env
 
 
 class EnvKwargsError(ValueError):

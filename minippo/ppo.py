@@ -337,7 +337,7 @@ class PPO:
                     stats["grad_norm"] = step.step(lr, cfg.max_grad_norm)  # raises before writing on inf/NaN
                 except FloatingPointError as e:
                     raise FloatingPointError(
-                        f"iteration {self.iteration}: {e} (no parameter was updated with it)"
+                        f"iteration {self.iteration + 1}: {e} (no parameter was updated with it)"  # as logged
                     ) from e
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v)

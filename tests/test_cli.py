@@ -191,12 +191,12 @@ def test_console_entry_point_and_module(tmp_path):
     assert "iter     1" in r.stderr  # not a terminal: one plain line per iteration
 
 
-def _train_until_rows(out, n_rows, extra=()):
+def _train_until_rows(out, n_rows, extra=(), **popen):
     import time
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "minippo", "train", "CartPole-v1", "--timesteps", "10000000", "--out", str(out),
-         *extra], stderr=subprocess.PIPE, text=True,
+         *extra], stderr=subprocess.PIPE, text=True, **popen,
     )
     deadline = time.time() + 60
     while not (out / "progress.csv").exists() or len(_rows(out / "progress.csv")) < n_rows:
@@ -228,6 +228,19 @@ def test_ctrl_c_saves_the_model_at_an_iteration_boundary(tmp_path, sig):
         "batch_size"]
     rows = _rows(out / "progress.csv")
     assert int(rows[-1]["timesteps"]) == meta["num_timesteps"]  # the last logged iteration is the saved one
+
+
+def test_ctrl_c_to_the_process_group_saves_an_async_run(tmp_path):
+    """As a terminal sends it: to every process of the group, the env workers too (they ignore it)."""
+    import signal
+
+    out = tmp_path / "run"
+    proc = _train_until_rows(out, 2, ["--set", "vector=async", "--set", "autoreset=same_step"], start_new_session=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "model saved" in err and "Traceback" not in err and "Received the following error" not in err, err
+    assert (out / "model.npz").exists()
 
 
 def test_second_ctrl_c_stops_at_once_without_saving(tmp_path):
@@ -353,7 +366,7 @@ def test_a_run_folder_that_cannot_be_written_is_refused_before_training(tmp_path
     (tmp_path / "afile").write_text("")
     for name in ("model.npz", "config.json", "progress.csv"):
         (tmp_path / name.split(".")[0] / name).mkdir(parents=True)
-    cases = [(tmp_path / "afile", "File exists"), (tmp_path / "afile" / "sub", "Not a directory")]
+    cases = [(tmp_path / "afile" / "sub", "Not a directory")]
     cases += [(tmp_path / name.split(".")[0], f"{name}' is a folder")
               for name in ("model.npz", "config.json", "progress.csv")]
     for out, message in cases:
@@ -617,3 +630,115 @@ def test_training_that_diverges_is_one_line_exit_1(tmp_path, capsys):
     assert err.count("\n") == 1 and "minippo: error: training stopped at 0 steps: logits / temperature contains " \
         "NaN or inf; model not saved" in err, err
     assert not (out / "model.npz").exists()
+
+
+def test_an_out_that_is_a_file_and_a_resume_that_is_a_folder_are_named(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(tmp_path / "afile"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder" in err, err
+    assert main(["train", "CartPole-v1", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--resume {str(tmp_path)!r} is a folder; a run folder's model is" in err, err
+
+
+def test_resume_into_another_runs_folder_is_refused(tmp_path, capsys):
+    """--resume B/model.npz --out A replaced A's model, rewrote its config.json and spliced B's rows
+    into A's progress.csv: one folder, two runs."""
+    a, b, c = tmp_path / "A", tmp_path / "B", tmp_path / "C"
+    for out, seed in ((a, "1"), (b, "2")):
+        assert main(["train", "CartPole-v1", "--timesteps", "64", "--seed", seed, "--out", str(out), "--quiet",
+                     *TINY]) == 0
+    before = {n: (a / n).read_bytes() for n in ("model.npz", "config.json", "progress.csv")}
+    capsys.readouterr()
+    assert main(["train", "CartPole-v1", "--resume", str(b / "model.npz"), "--timesteps", "256",
+                 "--out", str(a), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds model.npz, config.json, progress.csv of another run" in err, err
+    assert {n: (a / n).read_bytes() for n in before} == before
+    # its own folder (named or not) and an empty one are fine
+    assert main(["train", "CartPole-v1", "--resume", str(b / "model.npz"), "--timesteps", "256",
+                 "--out", str(tmp_path / "B" / "."), "--quiet"]) == 0
+    assert main(["train", "CartPole-v1", "--resume", str(b / "model.npz"), "--timesteps", "384",
+                 "--out", str(c), "--quiet"]) == 0
+    assert json.loads((c / "config.json").read_text())["seed"] == 2
+
+
+def test_ctrl_c_outside_training_is_one_line_exit_130(monkeypatch, capsys):
+    from minippo import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_eval", interrupted)
+    assert main(["eval", "model.npz"]) == 130
+    assert capsys.readouterr().err == "\nminippo: interrupted\n"
+
+
+def test_a_full_disk_is_one_line_exit_1_and_leaves_no_partial_row(tmp_path, capsys, monkeypatch):
+    """ENOSPC used to be a traceback (at the save: the trained model lost without a word), and a short
+    write left half a row in progress.csv, which plot then read."""
+    import errno
+
+    from minippo import cli
+    from minippo.ppo import PPO
+
+    def no_space(self, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PPO, "save", no_space)
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--quiet", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"minippo: error: cannot save {out / 'model.npz'} after 128 steps: " \
+        "[Errno 28] No space left on device; model not saved" in err, err
+    monkeypatch.undo()
+
+    real_write, rows_written = os.write, []
+
+    def short_write(fd, data):  # the header and 2 rows go through; the 3rd row gets 10 bytes, like a full disk
+        if len(rows_written) == 3:
+            return real_write(fd, data[:10])
+        rows_written.append(data)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(cli.os, "write", short_write)
+    out = tmp_path / "run2"
+    assert main(["train", "CartPole-v1", "--timesteps", "1024", "--out", str(out), "--quiet", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "minippo: error: training stopped at 384 steps: [Errno 28] No space left on " \
+        "device: progress.csv took 10 of" in err, err
+    assert (out / "progress.csv").read_bytes() == b"".join(rows_written)  # whole rows only
+    assert not (out / "model.npz").exists()
+
+
+def test_an_env_from_a_module_trains_and_evaluates_from_the_command_line(tmp_path, capsys):
+    """gymnasium's "module:EnvId" (the module registers the id on import) was refused as unregistered."""
+    env_id = "gymnasium.envs.classic_control.cartpole:CartPole-v1"
+    out = tmp_path / "run"
+    assert main(["train", env_id, "--timesteps", "64", "--n-envs", "2", "--out", str(out), "--quiet", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out / "model.npz"), "--episodes", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["env_id"] == env_id
+    assert main(["train", "no_such_module_here:CartPole-v1", "--timesteps", "64", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot import module 'no_such_module_here'" in err, err
+
+
+def test_plot_of_a_run_with_no_rows_is_one_line(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "progress.csv").write_text(",".join(CSV_COLUMNS) + "\n")
+    assert main(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "progress.csv has no rows yet" in err, err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_a_preset_value_that_no_longer_fits_is_named_as_the_presets(tmp_path, capsys):
+    """--n-envs 3 with the CartPole preset blamed batch_size=256, which the user never set."""
+    assert main(["train", "CartPole-v1", "--n-envs", "3", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "PPOConfig.batch_size=256 is invalid: must divide n_envs * n_steps = 96 " \
+        "(batch_size=256 comes from the CartPole-v1 preset: change it with --set" in err, err
