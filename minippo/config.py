@@ -71,7 +71,8 @@ class PPOConfig:
     clip_eps: float = 0.2
     """clip range epsilon, > 0: of the ratio (objective=clip only) and of the value (clip_vloss)."""
     clip_schedule: str = "constant"
-    """constant | linear (to 0) schedule of clip_eps (where clip_eps is used)."""
+    """constant | linear (to 0) schedule of clip_eps (where clip_eps is used: with clip_vloss the value's
+    clip range anneals too, as in OpenAI baselines' ppo2, so late updates barely move the critic)."""
     clip_vloss: bool = False
     """clip the value update around the old value by clip_eps (PPO detail #9)."""
     vf_coef: float = 0.5
