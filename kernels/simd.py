@@ -30,6 +30,7 @@ rounds twice. Callers check bounds: the loads and stores index the array's data 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from llvmlite import ir
@@ -39,6 +40,10 @@ from numba.extending import intrinsic, models, register_model
 from numba.np.arrayobj import make_array
 
 VECTOR_BYTES = 64
+
+# What the typing function of an @intrinsic returns: (signature, codegen), or None when the argument
+# types do not fit (numba then reports a typing error). Its arguments are numba types.
+Typed = tuple[Any, Callable[..., Any]] | None
 
 
 class Vec(types.Type):
@@ -111,7 +116,7 @@ def _intp(context, builder, sig, args, first):
 
 
 @intrinsic
-def lanes(typingctx, arr):
+def lanes(typingctx: Any, arr: types.Type) -> Typed:
     """Number of lanes of arr's vector type (16 for float32, 8 for float64), a compile-time constant;
     0 for an array these vectors cannot load (not C-ordered 2-d float32/float64): callers take their
     scalar loops for all of it then."""
@@ -127,7 +132,7 @@ def lanes(typingctx, arr):
 
 
 @intrinsic
-def vload(typingctx, arr, i, j):
+def vload(typingctx: Any, arr: types.Type, i: types.Type, j: types.Type) -> Typed:
     """arr[i, j:j + L] as one vector (unaligned load; the caller checks j + L <= ncols)."""
     vt = vec_type(arr)
     if vt is None:
@@ -142,7 +147,7 @@ def vload(typingctx, arr, i, j):
 
 
 @intrinsic
-def vstore(typingctx, arr, i, j, v):
+def vstore(typingctx: Any, arr: types.Type, i: types.Type, j: types.Type, v: types.Type) -> Typed:
     """arr[i, j:j + L] = v (unaligned store; the caller checks bounds)."""
     vt = vec_type(arr)
     if vt is None or v != vt:
@@ -177,7 +182,7 @@ def _first_lanes(builder, n_lanes, n):
 
 
 @intrinsic
-def vload_first(typingctx, arr, i, j, n):
+def vload_first(typingctx: Any, arr: types.Type, i: types.Type, j: types.Type, n: types.Type) -> Typed:
     """arr[i, j:j + n] in the first n lanes of a vector, zeros in the others (``llvm.masked.load``:
     the masked-off lanes are not read, so a row shorter than a vector may end the array).
     0 <= n <= L; the caller checks j + n <= ncols."""
@@ -200,7 +205,7 @@ def vload_first(typingctx, arr, i, j, n):
 
 
 @intrinsic
-def vstore_first(typingctx, arr, i, j, v, n):
+def vstore_first(typingctx: Any, arr: types.Type, i: types.Type, j: types.Type, v: types.Type, n: types.Type) -> Typed:
     """arr[i, j:j + n] = the first n lanes of v (``llvm.masked.store``: nothing else is written).
     0 <= n <= L; the caller checks j + n <= ncols."""
     vt = vec_type(arr)
@@ -222,7 +227,7 @@ def vstore_first(typingctx, arr, i, j, v, n):
 
 
 @intrinsic
-def vsplat(typingctx, arr, x):
+def vsplat(typingctx: Any, arr: types.Type, x: types.Type) -> Typed:
     """x (cast to arr's dtype) in every lane of arr's vector type."""
     vt = vec_type(arr)
     if vt is None or not isinstance(x, (types.Float, types.Integer)):
@@ -239,7 +244,7 @@ def vsplat(typingctx, arr, x):
 
 
 @intrinsic
-def vfma(typingctx, a, b, c):
+def vfma(typingctx: Any, a: types.Type, b: types.Type, c: types.Type) -> Typed:
     """a * b + c lane by lane, for three vectors of one type (``llvm.fmuladd``): in practice one
     rounding where the target CPU has FMA instructions (LLVM fuses it on x86 and AArch64, though its
     reference does not promise to; tests check x86's vfmadd), else a multiply and an add.
@@ -282,7 +287,7 @@ vmul = _lanewise("fmul", "a * b lane by lane.")
 
 
 @intrinsic
-def vfold(typingctx, a, b, level):
+def vfold(typingctx: Any, a: types.Type, b: types.Type, level: types.Type) -> Typed:
     """One level of a horizontal-sum tree: a and b each hold L / h groups of 2 h lanes (h = L >> level,
     ``level`` a literal 1 .. log2 L), each group the partial sums of one dot product; the result holds
     the 2 L / h groups of h lanes made by adding each group's two halves, a's groups then b's.
@@ -310,7 +315,7 @@ def vfold(typingctx, a, b, level):
 
 
 @intrinsic
-def vsum(typingctx, a):
+def vsum(typingctx: Any, a: types.Type) -> Typed:
     """The sum of a vector's lanes as a scalar, in a fixed order: the upper half added to the lower
     half, then again on the half vector, down to one lane (log2 L shuffles and adds)."""
     if not isinstance(a, Vec):

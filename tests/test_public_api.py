@@ -1,0 +1,44 @@
+"""Every public function and method of minippo/ and kernels/ carries type hints and a docstring
+(read from the source, so optional dependencies need not be installed)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _is_setter(fn: ast.FunctionDef) -> bool:
+    return any(isinstance(d, ast.Attribute) and d.attr in ("setter", "deleter") for d in fn.decorator_list)
+
+
+def _problems(fn: ast.FunctionDef, where: str) -> list[str]:
+    a = fn.args
+    params = [p for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")]
+    params += [p for p in (a.vararg, a.kwarg) if p is not None]
+    out = [f"{where}: argument {p.arg} has no type hint" for p in params if p.annotation is None]
+    if fn.returns is None and fn.name != "__init__":
+        out.append(f"{where}: no return type")
+    if not ast.get_docstring(fn) and not fn.name.startswith("__"):
+        out.append(f"{where}: no docstring")
+    return out
+
+
+def test_public_functions_have_type_hints_and_docstrings():
+    problems, n = [], 0
+    for path in sorted([*ROOT.joinpath("minippo").glob("*.py"), *ROOT.joinpath("kernels").glob("*.py")]):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                n += 1
+                problems += _problems(node, f"{path.name}:{node.name}")
+            elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                if not ast.get_docstring(node):
+                    problems.append(f"{path.name}:{node.name}: class without a docstring")
+                for m in node.body:
+                    public = not m.name.startswith("_") or m.name in ("__init__", "__call__") \
+                        if isinstance(m, ast.FunctionDef) else False
+                    if public and not _is_setter(m):
+                        n += 1
+                        problems += _problems(m, f"{path.name}:{node.name}.{m.name}")
+    assert n > 150  # the walk found the API
+    assert not problems, "\n".join(problems)
