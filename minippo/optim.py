@@ -56,9 +56,23 @@ class Adam:
         self._m = np.zeros_like(first, shape=(offset,))
         self._v = np.zeros_like(first, shape=(offset,))
         self._g = np.zeros_like(first, shape=(offset,))
-        # Per-parameter views of the flat moments (for inspection and checkpoints).
+        self._views()
+
+    def _views(self) -> None:
+        """Per-parameter views of the flat moments (for inspection and checkpoints)."""
         self.m = {k: self._m[sl].reshape(shape) for k, (sl, shape) in self._slices.items()}
         self.v = {k: self._v[sl].reshape(shape) for k, (sl, shape) in self._slices.items()}
+
+    def __getstate__(self) -> dict:
+        """For copy and pickle: without the views ``m`` and ``v`` (copied one by one they would be cut
+        off from the flat moments the step updates); :meth:`__setstate__` makes them again."""
+        state = self.__dict__.copy()
+        del state["m"], state["v"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._views()
 
     def step(self, grads: dict[str, Array], lr: float | None = None) -> None:
         """One in-place update of every parameter from ``grads`` (same keys and shapes as params);

@@ -156,8 +156,9 @@ class PPO:
         from minippo.losses import AdaptiveKL
         from minippo.spaces import as_space
 
-        config = (config or PPOConfig()).replace(**overrides) if overrides else (config or PPOConfig())
-        config.validate()  # again: PPOConfig is mutable, and a field set after construction is unchecked
+        # A validated copy: PPOConfig is mutable, so a field set after construction is unchecked, and
+        # the caller's object may change later (a sweep editing one config) under a running instance.
+        config = (config or PPOConfig()).replace(**overrides)
         self.config = config
         self.backend = backend.name
         self.xp = backend.xp

@@ -476,6 +476,33 @@ def test_gae_gamma_as_numpy_scalar_is_the_same_on_both_backends(monkeypatch):
     backend.reset()
 
 
+def test_gae_in_a_thread_while_another_dtype_compiles(tmp_path):
+    """While _gae_prepare compiles one dtype it enables compiling for a moment; a gae() call for a dtype
+    not yet prepared then tried to compile and raised 'compilation disabled' (3-39 of 40 threads)."""
+    code = """if True:
+    import threading, time
+    import numpy as np
+    from numba.core.compiler_lock import global_compiler_lock
+    from minippo.kernels import cpu
+    z = np.zeros((4, 3), np.float32)
+    cpu.gae(z, z, z, z[0], 0.9, 0.9)  # float32 prepared; float64 not
+    z = z.astype(np.float64)
+    got = []
+    with global_compiler_lock:  # as _compile_with_slp holds it, compiling enabled
+        cpu._gae_kernel.disable_compile(False)
+        t = threading.Thread(target=lambda: got.append(cpu.gae(z + 1, z, z, z[0], 0.9, 0.9)[0]))
+        t.start()
+        time.sleep(0.5)  # the thread now waits for the lock to compile float64
+        cpu._gae_kernel.disable_compile(True)
+    t.join()
+    from minippo.advantages import gae_numpy
+    print(len(got), np.array_equal(got[0], gae_numpy(z + 1, z, z, z[0], 0.9, 0.9)[0]))
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "1 True", r.stderr[-2000:]
+
+
 def test_rewards_to_go_checks_shapes_and_gamma():
     r, lv = np.ones((8, 4), np.float32), np.zeros(4, np.float32)
     for d, lv_, gamma, msg in ((np.ones((1, 4)), lv, 0.9, "one shape"),

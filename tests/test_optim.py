@@ -87,6 +87,28 @@ def test_adam_state_roundtrip():
     np.testing.assert_array_equal(a2.m["w"], m_before)
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_adam_reports_and_loads_the_moments_it_uses(how):
+    """m and v are views of the flat moments; copied one by one they were cut off from them, so a
+    copy's state_dict reported stale moments and load_state_dict set moments the step never read."""
+    import copy
+    import pickle
+
+    params = {"w": np.zeros(3), "b": np.zeros(2)}
+    opt = Adam(params, lr=0.1)
+    opt.step({"w": np.ones(3), "b": np.ones(2)})
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    twin.step({"w": np.ones(3), "b": np.ones(2)})
+    assert np.shares_memory(twin.m["w"], twin._m) and not np.shares_memory(twin._m, opt._m)
+    np.testing.assert_array_equal(twin.state_dict()["m.w"], twin._m[:3])
+    state = twin.state_dict()
+    state["m.w"] = np.full(3, 7.0)
+    twin.load_state_dict(state)
+    assert twin._m[:3].tolist() == [7.0, 7.0, 7.0]
+    np.testing.assert_allclose(opt.m["w"], 0.1)  # the original is its own
+    assert opt.t == 1
+
+
 def test_adam_bad_inputs():
     with pytest.raises(ValueError, match="lr must be a finite number >= 0, got -1.0"):
         Adam({"w": np.zeros(1)}, lr=-1.0)

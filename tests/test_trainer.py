@@ -235,6 +235,17 @@ def test_save_load_evaluate_same_returns(tmp_path):
         assert "param/actor.W0" in z.files and "obs_rms.mean" in z.files
 
 
+def test_ppo_keeps_its_own_copy_of_the_config():
+    """PPO kept the caller's PPOConfig: a sweep editing it changed gamma or n_epochs under an instance
+    already training (n_steps overran its buffer), while learning_rate, read once, did not change."""
+    cfg = PPOConfig(**TINY)
+    algo = PPO(cfg)
+    cfg.gamma, cfg.n_steps, cfg.env_kwargs = 0.5, 64, {"render_mode": None}
+    assert algo.config is not cfg and algo.config.gamma == 0.99 and algo.config.n_steps == 16
+    assert algo.config.env_kwargs == {}
+    algo.learn()
+
+
 def test_checkpoints_record_the_blas_thread_settings(tmp_path, monkeypatch):
     """Results are bit-identical only for the same BLAS thread count: the checkpoint says what it was
     set to (all three variables the CLI pins) and, for unset ones (BLAS's default), the core count."""
