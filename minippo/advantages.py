@@ -91,8 +91,8 @@ def compute_gae(
     float32 or float64, else float64; the other inputs are cast to it. ``out=(adv, returns)``: two
     arrays of that shape and dtype to write into (and return); the numba backend then allocates
     nothing (the RolloutBuffer passes its own arrays). They may share memory with the inputs.
-    On the cupy backend the results are where rewards is: cupy arrays (the CUDA kernel) for a cupy
-    ``rewards``, numpy arrays (computed on the host) for a numpy one; ``out`` must be on that side.
+    On the cupy backend the results are cupy arrays (the CUDA kernel) when any input is one, numpy
+    arrays (computed on the host) when all are numpy; ``out`` must be on that side.
     """
     name = backend.resolved()[0]
     if name == "numba":  # the kernel checks shapes, gamma and lambda itself (0.35 us less than here)
@@ -109,10 +109,10 @@ def compute_gae(
     rewards, values, dones, last_values = (a.astype(dt, copy=False) for a in (rewards, values, dones, last_values))
     if out is not None and any(a.shape != s or a.dtype != dt for a in out):
         raise ValueError(f"out must be two {dt} arrays of shape {s}, got {[(a.dtype, a.shape) for a in out]}")
-    on_device = name == "cupy" and backend.array_module(rewards) is not np
+    on_device = name == "cupy" and any(backend.array_module(a) is not np for a in (rewards, values, dones, last_values))
     if out is not None and any((backend.array_module(a) is not np) != on_device for a in out):
-        raise ValueError(f"out must be two {'cupy' if on_device else 'numpy'} arrays like rewards (the results "
-                         f"are where the inputs are), got {[type(a).__module__ for a in out]}")
+        raise ValueError(f"out must be two {'cupy' if on_device else 'numpy'} arrays (the results are where the "
+                         f"inputs are), got {[type(a).__module__ for a in out]}")
     if on_device:
         from minippo.kernels import gpu
 

@@ -46,6 +46,9 @@ def _cupy_module() -> ModuleType:
     try:
         import cupy
     except ModuleNotFoundError as e:
+        if e.name not in (None, "cupy"):  # cupy is there, one of its own imports is missing
+            raise ImportError(f"{ENV_VAR}=cupy: cupy is installed but cannot be imported ({e}); reinstall "
+                              "it with pip install 'minippo[cuda]'") from e
         raise ImportError(
             f"{ENV_VAR}=cupy but cupy is not installed ({e}); "
             "install it with: pip install 'minippo[cuda]' (needs an NVIDIA driver for CUDA 12)"

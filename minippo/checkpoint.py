@@ -120,10 +120,10 @@ def save_checkpoint(algo: Any, path: str) -> None:
         "backend": algo.backend,
         # BLAS thread count changes summation order, so results are bit-identical only for the same value.
         # Unset variables (the Python API does not pin them; the CLI does) mean BLAS's default, which
-        # follows the core count: so that is recorded too.
+        # follows the cores this process may run on: so that is recorded too.
         "blas_threads": {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                          "MKL_NUM_THREADS")},
-        "cpu_count": os.cpu_count(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "config": algo.config.to_dict(),
         "policy": algo.policy.describe(),
         "num_timesteps": algo.num_timesteps,

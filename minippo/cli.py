@@ -77,8 +77,9 @@ def _make_config(args: argparse.Namespace) -> Any:
     from minippo.config import PRESETS, PPOConfig, preset
 
     name = args.preset
-    if name is None:
-        name = args.env_id if args.env_id in PRESETS else "none"
+    if name is None:  # "module:EnvId" is EnvId's preset
+        registered = args.env_id.rpartition(":")[2]
+        name = registered if registered in PRESETS else "none"
     if name.lower() == "none":
         cfg = PPOConfig(env_id=args.env_id)
     else:
@@ -234,8 +235,7 @@ class CsvLog:
         try:
             n = os.write(self.fd, data)
             if n != len(data):  # a full disk can take part of a row before it fails
-                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: progress.csv took {n} of {len(data)} "
-                              "bytes of a row")
+                raise OSError(errno.EIO, f"short write: {n} of {len(data)} bytes of a row (is the disk full?)")
         except OSError:
             try:
                 os.ftruncate(self.fd, end)  # no partial row is left behind
@@ -306,7 +306,7 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tupl
                              "the run's config.json): give --out, the folder to write model.npz, config.json "
                              "and progress.csv in")
     else:
-        out = os.path.join("runs", f"{cfg.env_id}-s{cfg.seed}")
+        out = os.path.join("runs", f"{cfg.env_id.rpartition(':')[2]}-s{cfg.seed}")  # no module: part in a path
     model_path, csv_path = os.path.join(out, "model.npz"), os.path.join(out, "progress.csv")
     where = f"--out {out!r}" if args.out is not None else f"run folder {out!r}"
     # resuming continues the resumed model's own folder; a fresh run, or a resumed one sent elsewhere,
@@ -317,8 +317,8 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tupl
         if os.path.isfile(os.path.join(out, n)) or os.path.islink(os.path.join(out, n))
     ]
     if held and args.resume:
-        raise UsageError(f"{where} already holds {', '.join(held)} of another run: resume into the model's own "
-                         "folder (leave out --out) or into an empty --out")
+        raise UsageError(f"{where} already holds {', '.join(held)} (a run): resume into the model's own folder "
+                         "(leave out --out), or into an --out without these files (move them away first)")
     if held and not args.overwrite:
         # a fresh run would replace config.json and progress.csv but keep an older model.npz until its
         # first save: stopped before that, the folder mixes two runs (and a file of the user's is lost)
@@ -412,8 +412,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("\nminippo: stopping after this iteration (press Ctrl-C again to stop now without saving)",
               file=sys.stderr, flush=True)
 
+    log_failed: list[OSError] = []  # progress.csv could not be written (a full disk, a quota)
+
     def on_iteration(row: dict[str, Any]) -> bool | None:
-        log(row)
+        try:
+            log(row)
+        except OSError as e:  # stop at this boundary and still try to save the model
+            log_failed.append(e)
+            return False
         progress(row)
         return False if stop else None  # False ends learn() at this iteration boundary
 
@@ -429,12 +435,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             aborted = "mid-iteration"
         except FloatingPointError as e:
             diverged = e
-        except OSError as e:  # progress.csv could not be written (a full disk): the run stops here
-            failed = f"training stopped at {algo.num_timesteps} steps: {e}"
         finally:
             progress.close()
             log.close()
-        if aborted is None and diverged is None and failed is None:
+        if aborted is None and diverged is None:
             try:
                 algo.save(model_path)  # atomic: a signal here leaves the previous file as it was
             except KeyboardInterrupt:
@@ -447,6 +451,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if aborted is not None:
         print(f"minippo: stopped {aborted} at {algo.num_timesteps} steps; model not saved", file=sys.stderr)
         return 130
+    if log_failed:
+        csv_path = os.path.join(out, "progress.csv")
+        saved = f"model not saved ({failed})" if failed is not None else f"model saved to {model_path}"
+        print(f"minippo: error: cannot write {csv_path}: {log_failed[0]}; training stopped at "
+              f"{algo.num_timesteps} steps; {saved}", file=sys.stderr)
+        return 1
     if failed is not None:
         print(f"minippo: error: {failed}; model not saved (the previous model.npz, if any, is as it was)",
               file=sys.stderr)
@@ -509,8 +519,6 @@ def read_progress(folder: str) -> dict[str, list[float]]:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UsageError(f"{path}: cannot read it: {e}") from e
-    if not rows:  # an empty plot, exit code 0, said nothing
-        raise UsageError(f"{path} has no rows yet: no iteration of that run has finished")
     cols: dict[str, list[float]] = {c: [] for c in CSV_COLUMNS}
     for n, r in enumerate(rows, start=2):  # line 1 is the header
         for c in CSV_COLUMNS:
@@ -527,6 +535,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if args.y not in CSV_COLUMNS:
         raise UsageError(f"--y {args.y!r} is not a progress.csv column; use one of {', '.join(CSV_COLUMNS)}")
     runs = {d: read_progress(d) for d in args.dirs}
+    empty = [d for d, cols in runs.items() if not cols["timesteps"]]  # no iteration finished yet
+    if len(empty) == len(runs):  # an empty plot, exit code 0, said nothing
+        raise UsageError(f"no rows yet in {', '.join(os.path.join(d, 'progress.csv') for d in empty)}: "
+                         "no iteration has finished")
+    for d in empty:
+        print(f"minippo: skipping {d!r}: its progress.csv has no rows yet", file=sys.stderr)
+        del runs[d]
     try:
         import matplotlib
 

@@ -12,7 +12,9 @@ every ended episode. Two gymnasium autoreset modes deliver it:
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -96,17 +98,20 @@ def make_vec_env(
         mode = AutoresetMode.SAME_STEP if autoreset == "same_step" else AutoresetMode.NEXT_STEP
         return gym.make_vec(
             env_id, num_envs=n_envs, vectorization_mode=vector, vector_kwargs={"autoreset_mode": mode},
-            wrappers=[_ignore_sigint] if vector == "async" else None, **kwargs
+            wrappers=[functools.partial(_ignore_sigint, os.getpid())] if vector == "async" else None, **kwargs
         )
 
 
-def _ignore_sigint(env: Any) -> Any:
-    """Applied to each env in its AsyncVectorEnv worker process: the worker ignores SIGINT. A terminal's
-    Ctrl-C goes to the whole process group; a worker stopped by it broke the run the trainer was about
-    to finish and save (``minippo train`` handles Ctrl-C in the main process)."""
+def _ignore_sigint(main_pid: int, env: Any) -> Any:
+    """Applied to each env of an AsyncVectorEnv: in its worker process SIGINT is ignored from then on. A
+    terminal's Ctrl-C goes to the whole process group; a worker stopped by it broke the run the trainer
+    was about to finish and save (``minippo train`` handles Ctrl-C in the main process). Not in the main
+    process (``main_pid``), where AsyncVectorEnv makes one env to read the spaces: Ctrl-C must still
+    stop a Python script there."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getpid() != main_pid:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return env
 
 

@@ -170,7 +170,8 @@ class PPO:
             raise TypeError(f"env must be a gymnasium vector env (gym.make_vec(..., wrappers=[...]) or "
                             f"minippo.envs.make_vec_env), got {type(self.env).__name__}")
         spec_id = getattr(getattr(self.env, "spec", None), "id", None)
-        if env is not None and spec_id is not None and spec_id != config.env_id:
+        # ("module:EnvId" names the env EnvId, after importing the module that registers it)
+        if env is not None and spec_id is not None and spec_id != config.env_id.rpartition(":")[2]:
             raise ValueError(f"env is {spec_id} but config.env_id={config.env_id!r}: set env_id={spec_id!r} "
                              "(checkpoints and evaluation use config.env_id)")
         # the env's name in messages: a custom env without a spec is not config.env_id's

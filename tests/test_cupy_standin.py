@@ -172,10 +172,13 @@ def test_compute_gae_results_are_where_the_inputs_are(strict_cupy_backend):
         np.testing.assert_array_equal(got_h, w)
         np.testing.assert_array_equal(backend.asnumpy(got_d), w)
     host_out = (np.empty((6, 3), np.float32), np.empty((6, 3), np.float32))
-    with pytest.raises(ValueError, match=r"out must be two cupy arrays like rewards .*\['numpy', 'numpy'\]"):
+    with pytest.raises(ValueError, match=r"out must be two cupy arrays \(the results .*\['numpy', 'numpy'\]"):
         compute_gae(*dev_in, 0.99, 0.95, out=host_out)
-    with pytest.raises(ValueError, match=r"out must be two numpy arrays like rewards"):
+    with pytest.raises(ValueError, match=r"out must be two numpy arrays \(the results are where"):
         compute_gae(r, v, d, lv, 0.99, 0.95, out=tuple(cp.asarray(a) for a in host_out))
+    mixed = compute_gae(r, dev_in[1], d, dev_in[3], 0.99, 0.95)  # any device input: on the device
+    assert all(_on_device(a) for a in mixed)
+    np.testing.assert_array_equal(backend.asnumpy(mixed[0]), want[0])
     dev_out = tuple(cp.asarray(a) for a in host_out)
     assert compute_gae(*dev_in, 0.99, 0.95, out=dev_out) is dev_out
     np.testing.assert_array_equal(backend.asnumpy(dev_out[0]), want[0])

@@ -163,6 +163,21 @@ def test_the_rewards_an_env_returned_are_not_written_to():
     assert algo.buffer.rewards.max() == np.float32(1 + 0.99 * 2)  # the bootstrap reached the stored rewards
 
 
+def test_a_module_env_id_names_the_env_it_registers():
+    """config.env_id "module:EnvId" and an env made from it (spec id EnvId) were refused as different
+    envs, and the id suggested instead broke evaluation in a fresh process (no module imported)."""
+    from minippo.envs import make_vec_env
+
+    env_id = "gymnasium.envs.classic_control.cartpole:CartPole-v1"
+    algo = PPO(PPOConfig(**TINY, env_id=env_id), env=make_vec_env(env_id, 2))
+    algo.learn()
+    assert np.isfinite(algo.evaluate(1)["mean_return"])
+    with pytest.raises(ValueError, match="env is CartPole-v1 but config.env_id='gymnasium.envs.classic_control"
+                                         ".cartpole:Acrobot-v1'"):
+        PPO(PPOConfig(**TINY, env_id="gymnasium.envs.classic_control.cartpole:Acrobot-v1"),
+            env=make_vec_env(env_id, 2))
+
+
 def test_a_custom_env_is_named_by_its_class_not_by_config_env_id():
     """An env without a gymnasium spec is not config.env_id's: messages name its class."""
     from envs_for_tests import Probe
@@ -255,7 +270,7 @@ def test_checkpoints_record_the_blas_thread_settings(tmp_path, monkeypatch):
     algo.save(str(tmp_path / "m.npz"))
     meta, _ = read_checkpoint(str(tmp_path / "m.npz"))
     assert meta["blas_threads"]["MKL_NUM_THREADS"] == "3" and meta["blas_threads"]["OMP_NUM_THREADS"] is None
-    assert meta["cpu_count"] == os.cpu_count()
+    assert meta["cpus"] == (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
 
 
 def test_resume_restores_state_and_continues(tmp_path):
@@ -547,6 +562,9 @@ def test_async_workers_ignore_ctrl_c_and_async_is_honoured_in_next_step_mode():
 
     for autoreset in ("same_step", "next_step"):
         env = make_vec_env("CartPole-v1", 2, "async", autoreset)
+        # not this process: AsyncVectorEnv makes one env here too (for the spaces), and Ctrl-C must
+        # still stop a script that trains with vector="async"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         try:
             assert type(env).__name__ == "AsyncVectorEnv"
             env.reset(seed=0)
