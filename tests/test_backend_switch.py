@@ -66,6 +66,11 @@ def test_a_broken_cupy_install_is_not_called_missing():
     assert "MINIPPO_BACKEND=cupy: cupy is installed but cannot be imported (CuPy is not correctly " \
            "installed: libcudart.so.12 not found)" in out.stderr
     assert "pip install 'minippo[cuda]'" in out.stderr
+    # a ModuleNotFoundError for one of cupy's own dependencies is not cupy missing either
+    out = run("cupy", prelude.replace("raise ImportError('CuPy is not correctly installed: libcudart.so.12 not "
+                                      "found')", "raise ModuleNotFoundError('No module named fastrlock', "
+                                                 "name='fastrlock')"))
+    assert "cupy is installed but cannot be imported (No module named fastrlock)" in out.stderr, out.stderr
 
 
 def test_cupy_without_device_says_so():
