@@ -156,9 +156,12 @@ class PPO:
         from minippo.losses import AdaptiveKL
         from minippo.spaces import as_space
 
-        # A validated copy: PPOConfig is mutable, so a field set after construction is unchecked, and
-        # the caller's object may change later (a sweep editing one config) under a running instance.
-        config = (config or PPOConfig()).replace(**overrides)
+        # A validated copy: PPOConfig is mutable, so a field set after construction is unchecked (checked
+        # first, so that the message shows the value as set), and the caller's object may change later (a
+        # sweep editing one config) under a running instance.
+        config = config or PPOConfig()
+        config.validate()
+        config = config.replace(**overrides)
         self.config = config
         self.backend = backend.name
         self.xp = backend.xp
