@@ -6,15 +6,16 @@ compiled on its first call (per dtype) and cached on disk next to this file.
 - :func:`gae`: one pass backward over T, either 8 envs at a time in registers (vectorised by LLVM's
   SLP vectoriser, below 64 envs) or row by row with the inner loop over envs; shape and gamma/lambda
   checks inside the kernel; whole 64-byte vectors of envs first (``kernels/simd.py``).
-  :func:`rewards_to_go`: the same vector blocks, then row by row. Same operation order and dtype as
-  the numpy loop in ``minippo.advantages``, so float32 results match it bit for bit.
+  :func:`rewards_to_go`: the same vector blocks, then row by row, in rewards' dtype; tested against
+  ``kernels/reference.py``. The trainer does not call it: its Monte Carlo estimator (``mc``) is GAE
+  with lambda = 1, which gives the same returns.
 - :func:`mlp_forward`, :func:`mlp_backward`: a whole tanh/relu MLP in one call. At batch 1..8
   numpy spends most of its time in per-call overhead (~1 us per ufunc or matmul); one compiled call
   removes it. Matmuls go through register tiles of 64-byte vectors (``kernels/simd.py``), which
   also beat BLAS at larger batches when every layer is narrow. ``minippo.nn.MLP`` dispatches here
   up to :func:`max_batch` (measured crossovers, see ``docs/kernels.md``); above it BLAS wins.
 
-float32 tanh uses a vectorisable rational approximation (the 13/6 minimax fit used by Eigen), <= 7
+float32 tanh uses a vectorisable rational approximation (the 13/6 minimax fit used by Eigen), <= 8
 ulp from the correctly rounded tanh (measured on 2M points in [-10, 10]); libm ``tanhf`` does not
 vectorise and cost 10 ns per element, more than the rest of the layer. float64 keeps libm tanh, so
 float64 gradient checks see the exact function.

@@ -3,7 +3,8 @@
 Values: ``numpy`` (default), ``numba`` (Numba CPU kernels for the hot loops), ``cupy`` (arrays
 and kernels on a CUDA GPU) and ``auto`` (cupy if a device works, else numba if installed, else
 numpy). The variable is read once, at first use of :data:`name` or :data:`xp`, never at import.
-This module is the only place that imports numba or cupy.
+In ``minippo/`` this module is the only place that imports numba or cupy; the kernels it selects
+(``kernels/cpu*.py``, ``kernels/gpu.py``) import them when they are first loaded.
 
 Usage::
 

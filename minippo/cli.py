@@ -349,7 +349,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``minippo train``: train, log progress.csv, save config.json and model.npz; returns the exit code."""
     from minippo import backend
     from minippo.envs import check_env_id
-    from minippo.ppo import PPO
+    from minippo.ppo import PPO, NonFiniteEnvError
 
     try:
         check_env_id(args.env_id)
@@ -433,7 +433,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             algo.learn(callback=on_iteration)
         except KeyboardInterrupt:
             aborted = "mid-iteration"
-        except FloatingPointError as e:
+        except (FloatingPointError, NonFiniteEnvError) as e:
             diverged = e
         finally:
             progress.close()
@@ -462,8 +462,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     if diverged is not None:
-        print(f"minippo: error: training stopped at {algo.num_timesteps} steps: {diverged}; model not saved "
-              "(a smaller learning_rate, max_grad_norm or a larger temperature may help)", file=sys.stderr)
+        hint = "" if isinstance(diverged, NonFiniteEnvError) else \
+            " (a smaller learning_rate, max_grad_norm or a larger temperature may help)"
+        print(f"minippo: error: training stopped at {algo.num_timesteps} steps: {diverged}; model not saved{hint}",
+              file=sys.stderr)
         return 1
     wall = time.perf_counter() - t0
     if stop:
@@ -611,9 +613,13 @@ def _show_library_log() -> None:
     """Print the library's INFO messages (e.g. which backend MINIPPO_BACKEND=auto picked) on stderr."""
     import logging
 
+    class ToStderr(logging.Handler):  # sys.stderr as it is at each message, not at the first main() call
+        def emit(self, record: logging.LogRecord) -> None:
+            print(self.format(record), file=sys.stderr, flush=True)
+
     log = logging.getLogger("minippo")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = ToStderr()
         handler.setFormatter(logging.Formatter("minippo: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

@@ -39,7 +39,8 @@ class PPOConfig:
     (importance-sampled, unclipped), a2c (policy gradient with TD(0) advantage), reinforce
     (policy gradient with Monte Carlo return minus value baseline). a2c and reinforce are on-policy:
     for the textbook one gradient step per rollout set n_epochs=1 and batch_size=n_envs*n_steps
-    (examples/ladder.py does); with the defaults they take n_epochs * minibatches steps on it."""
+    (examples/ladder.py's a2c rung does; its reinforce rung takes one pass in steps of 256); with the
+    defaults they take n_epochs * minibatches steps on it."""
     advantage: str = "auto"
     """advantage estimator: gae (GAE(gamma, lambda)), mc (reward-to-go G_t - V), td (TD(0) error
     delta_t); auto = gae for clip/kl_penalty/surrogate, td for a2c, mc for reinforce."""

@@ -2,7 +2,8 @@
 
 Each gradient method takes the upstream gradient ``g`` (dL/d(quantity), one value per sample)
 and returns dL/d(distribution parameters) as a dict: ``{"logits": (B, n)}`` for
-:class:`Categorical`, ``{"mean": (B, d), "log_std": (B, d)}`` for :class:`DiagGaussian`.
+:class:`Categorical`, ``{"mean": (B, d), "log_std": (B, d)}`` for :class:`DiagGaussian`
+(``kl_grad`` returns two such dicts, one per side of the KL).
 Vector-Jacobian products throughout: no per-sample softmax Jacobian is ever built.
 """
 

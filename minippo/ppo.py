@@ -31,6 +31,10 @@ Array = Any
 BATCH_KEYS = ("obs", "actions", "logp_old", "advantages", "returns", "values_old")
 
 
+class NonFiniteEnvError(ValueError):
+    """The env returned a NaN or inf observation or reward (training stops before it is used)."""
+
+
 def normalize(adv: Array, eps: float = 1e-8) -> Array:
     """(A - mean A) / (std A + eps) over the minibatch (PPO detail #7): adv (B,) -> (B,); needs B >= 2."""
     if adv.shape[0] < 2:
@@ -305,7 +309,7 @@ class PPO:
         what, a = ("reward", reward) if not np.isfinite(reward).all() else (what_obs, np.asarray(obs))
         bad = np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))
         ids = bad if envs is None else envs[bad]
-        raise ValueError(f"env {self.env_name!r} returned a non-finite {what} in sub-env(s) "
+        raise NonFiniteEnvError(f"env {self.env_name!r} returned a non-finite {what} in sub-env(s) "
                          f"{ids.tolist()} at step {self.num_timesteps}: {a[bad[0]]}")
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:

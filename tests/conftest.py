@@ -33,3 +33,14 @@ def numba_backend(monkeypatch):
 def numpy_backend(monkeypatch):
     """MINIPPO_BACKEND=numpy for one test (e.g. one that patches NumpyStep: the readable path)."""
     yield from _use_backend(monkeypatch, "numpy")
+
+
+@pytest.fixture(autouse=True)
+def _forget_the_backend():
+    """Every test starts from MINIPPO_BACKEND as it is, whatever the test before it resolved: a test that
+    switched backends and failed before its own reset left the next tests on that backend."""
+    from minippo import backend
+
+    backend.reset()
+    yield
+    backend.reset()

@@ -766,3 +766,40 @@ def test_a_preset_value_that_no_longer_fits_is_named_as_the_presets(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "PPOConfig.batch_size=256 is invalid: must divide n_envs * n_steps = 96 " \
         "(batch_size=256 comes from the CartPole-v1 preset: change it with --set" in err, err
+
+
+def test_the_library_log_goes_to_stderr_as_it_is_now(capsys):
+    """The CLI's handler kept the sys.stderr of the first main() call: under pytest a closed capture
+    stream ("Logging error ... I/O operation on closed file"), and anywhere a stale one."""
+    import io
+    import logging
+
+    log = logging.getLogger("minippo")
+    saved = log.handlers[:], log.level
+    log.handlers.clear()
+    try:
+        old = sys.stderr
+        sys.stderr = first = io.StringIO()  # the stream at the first main() call
+        try:
+            main(["eval", "no-such-model.npz"])  # installs the handler (and fails: no such file)
+        finally:
+            sys.stderr = old
+        log.info("hello")
+        assert capsys.readouterr().err == "minippo: hello\n" and "hello" not in first.getvalue()
+    finally:
+        log.handlers[:] = saved[0]
+        log.setLevel(saved[1])
+
+
+def test_an_env_returning_nan_is_one_line_exit_1(tmp_path, capsys):
+    """The env's NaN was named (ValueError) but came out of `minippo train` as a traceback."""
+    from envs_for_tests import register_probe
+
+    register_probe("minippo-test/Probe-v0", 8, nan_at=3)
+    out = tmp_path / "run"
+    assert main(["train", "minippo-test/Probe-v0", "--timesteps", "64", "--n-envs", "2", "--out", str(out),
+                 "--quiet", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "minippo: error: training stopped at 4 steps: env 'minippo-test/Probe-v0' " \
+        "returned a non-finite observation in sub-env(s) [0, 1] at step 4: [nan nan]; model not saved\n" in err, err
+    assert not (out / "model.npz").exists()
