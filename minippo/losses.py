@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from minippo._checks import finite, real
+from minippo.backend import array_module, asnumpy
 
 Array = Any
 
@@ -40,17 +41,15 @@ def _check(first: Array, _name: str = "logp", **others: Array) -> int:
 def _scalar(x: Array) -> Any:
     """A 0-d result: a Python float for numpy; on a device (cupy) the 0-d device array itself, so that
     a minibatch's scalars come back in one copy (:func:`to_floats`) rather than one sync each."""
-    return x if type(x).__module__.startswith("cupy") else float(x)
+    return float(x) if array_module(x) is np else x
 
 
 def to_floats(stats: dict[str, Any]) -> dict[str, float]:
     """``stats`` with every value a Python float: 0-d device arrays (what the losses return for cupy
     inputs) are read back together, in one device-to-host copy."""
-    dev = [k for k, v in stats.items() if type(v).__module__.startswith("cupy")]
+    dev = [k for k, v in stats.items() if array_module(v) is not np]
     if not dev:
         return {k: float(v) for k, v in stats.items()}
-    from minippo.backend import asnumpy
-
     host = asnumpy(np.stack([stats[k].astype(np.float64) for k in dev]))  # cupy.stack, by dispatch
     got = dict(zip(dev, host.tolist(), strict=True))
     return {k: got[k] if k in got else float(v) for k, v in stats.items()}
