@@ -162,7 +162,7 @@ def _clip_term(logp, logp_old, adv, clip_eps, B, stats):
     unclipped = ratio * adv
     clipped = min(max(ratio, 1.0 - clip_eps), 1.0 + clip_eps) * adv
     stats[0] += math.expm1(log_ratio) - log_ratio
-    if abs(ratio - 1.0) > clip_eps:
+    if ratio < 1.0 - clip_eps or ratio > 1.0 + clip_eps:  # the bounds of the clip above
         stats[1] += 1.0
     if clipped < unclipped:  # the clipped term is strictly smaller: active, constant in theta
         stats[4] += clipped

@@ -58,7 +58,8 @@ def to_floats(stats: dict[str, Any]) -> dict[str, float]:
 def ratio_stats(logp: Array, logp_old: Array, clip_eps: float | None = None) -> dict[str, float]:
     """Diagnostics of r_t = exp(logp - logp_old), logp and logp_old (B,): ``approx_kl`` =
     mean((r - 1) - log r) (the k3 estimator of KL(pi_old || pi_theta), unbiased and >= 0) and, when
-    ``clip_eps`` is given, ``clipfrac`` = fraction with |r - 1| > epsilon."""
+    ``clip_eps`` is given, ``clipfrac`` = fraction with r outside [1 - epsilon, 1 + epsilon] (compared
+    with the bounds :func:`clip_objective` clips to, so a ratio counted here is one the clip moved)."""
     _check(logp, "logp", logp_old=logp_old)
     log_ratio = logp - logp_old
     return _ratio_stats(log_ratio, np.exp(log_ratio), clip_eps)
@@ -70,7 +71,7 @@ def _ratio_stats(log_ratio: Array, ratio: Array, clip_eps: float | None) -> dict
     # and can come out negative (e.g. -5e-48 for log r = 5e-48); expm1(x) >= x holds in floats.
     stats = {"approx_kl": _scalar((np.expm1(log_ratio) - log_ratio).mean())}
     if clip_eps is not None:
-        stats["clipfrac"] = _scalar((np.abs(ratio - 1.0) > clip_eps).mean())
+        stats["clipfrac"] = _scalar(((ratio < 1.0 - clip_eps) | (ratio > 1.0 + clip_eps)).mean())
     return stats
 
 

@@ -18,6 +18,8 @@ Tolerances, and why:
 - Adam without clipping does numpy's float operations in numpy's order and dtype: bit-identical.
 """
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -144,6 +146,22 @@ def test_clipped_samples_have_exactly_zero_policy_gradient(discrete, dtype):
         if not k.startswith("critic."):
             assert np.all(g == 0), k
     assert any(np.any(g != 0) for k, g in fu.grads().items() if k.startswith("critic."))
+
+
+def test_fused_clipfrac_counts_what_the_clip_moves_at_the_tie():
+    """The kernel's per-sample term (float64, as it runs for both dtypes) at ratio == fl(1.1)
+    exactly: unclipped (gradient -r A / B) and not counted; one ulp further: clipped and counted.
+    (numpy's clip_objective at the same tie: tests/test_losses.py.)"""
+    eps, hi = 0.1, 1.0 + 0.1
+    x = np.log(hi)
+    while np.exp(x) != hi:
+        x = np.nextafter(x, np.inf if np.exp(x) < hi else -np.inf)
+    for lr, clipped in [(x, False), (np.log(np.nextafter(hi, 2.0)) + 1e-16, True)]:
+        stats = np.zeros(8)
+        dlogp = cpu_update._clip_term(lr, 0.0, 1.0, eps, 4, stats)
+        assert (math.exp(lr) > hi) == clipped
+        assert (dlogp == 0.0) == clipped
+        assert stats[1] == float(clipped)
 
 
 @pytest.mark.parametrize("max_norm", [0.0, 0.05, 1e9])

@@ -52,7 +52,7 @@ def test_clip_value_and_grad(arrays, clip_eps):
     loss, dlogp, stats = losses.clip_objective(logp, logp_old, adv, clip_eps)
     assert loss == pytest.approx(ref.clip_loss(logp, logp_old, adv, clip_eps), abs=1e-12)
     assert stats["approx_kl"] == pytest.approx(ref.approx_kl_k3(logp, logp_old), abs=1e-12)
-    assert stats["clipfrac"] == pytest.approx(float(np.mean(np.abs(ratio - 1) > clip_eps)))
+    assert stats["clipfrac"] == pytest.approx(float(np.mean((ratio < 1 - clip_eps) | (ratio > 1 + clip_eps))))
     inp = {"logp": logp}
     err = _grad_err(lambda p: losses.clip_objective(p["logp"], logp_old, adv, clip_eps)[0],
                     inp, {"logp": dlogp})
@@ -84,6 +84,33 @@ def test_clip_boundary_cases(adv, ratio, zero):
     else:
         np.testing.assert_allclose(dlogp, -ratio * a / 2, rtol=1e-12)
         assert np.all(dlogp != 0.0)
+
+
+def log_on(target, dtype):
+    """A log-ratio x of the given dtype with exp(x) == target exactly (a neighbour of log(target))."""
+    x = np.log(np.array(target, dtype=dtype))
+    for _ in range(64):
+        if np.exp(x) == target:
+            return x
+        x = np.nextafter(x, dtype(np.inf) if np.exp(x) < target else dtype(-np.inf))
+    raise AssertionError(f"no {dtype.__name__} log lands on {target!r}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clipfrac_counts_what_the_clip_moves_at_the_tie(dtype):
+    """A ratio exactly on the rounded bound fl(1 + eps) (eps = 0.1: fl(1.1) > 1.1 in both dtypes)
+    is not clipped (its gradient is -r A / B), so clipfrac must not count it; |r - 1| > eps did.
+    One ulp past the bound it is clipped and counted."""
+    eps = 0.1
+    hi = dtype(1.0 + eps)
+    x = log_on(hi, dtype)
+    assert abs(np.exp(x) - 1) > eps  # the tie as |r - 1| > eps sees it
+    logp_old, adv = np.zeros(2, dtype=dtype), np.ones(2, dtype=dtype)
+    for logp0, clipped in [(x, False), (log_on(np.nextafter(hi, dtype(2)), dtype), True)]:
+        logp = np.array([logp0, 0.0], dtype=dtype)
+        _, dlogp, stats = losses.clip_objective(logp, logp_old, adv, eps)
+        assert (dlogp[0] == 0.0) == clipped
+        assert stats["clipfrac"] == losses.ratio_stats(logp, logp_old, eps)["clipfrac"] == clipped / 2
 
 
 @FAST

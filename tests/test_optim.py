@@ -47,6 +47,14 @@ def test_adam_first_step_is_lr_times_sign():
     np.testing.assert_allclose(params["b"], -0.1)
 
 
+def test_adam_first_step_shrinks_for_gradients_below_eps():
+    """docs/derivations.md section 11: the first step is lr * g / (|g| + eps), so with the default
+    eps = 1e-5 a gradient of 1e-5 moves half a step and one of 1e-7 about a hundredth."""
+    w = np.zeros(3)
+    Adam({"w": w}, lr=1.0).step({"w": np.array([1.0, 1e-5, 1e-7])})
+    np.testing.assert_allclose(w, [-1.0 / (1.0 + 1e-5), -0.5, -1e-7 / (1e-7 + 1e-5)], rtol=1e-6)
+
+
 def test_adam_updates_in_place_and_lr_override():
     w = np.zeros(3)
     params = {"w": w}
