@@ -199,6 +199,7 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return meta, arrays
 
 
+_TRAINER_KEYS = ("iteration", "total_timesteps", "adam_t", "beta", "episode_returns", "episode_lengths")
 _POLICY_KEYS = ("obs_dim", "action_space", "hidden", "activation", "shared", "temperature", "dtype")
 
 
@@ -252,8 +253,15 @@ def _policy_from_meta(meta: dict[str, Any], path: str) -> ActorCritic:
 
 
 def _config_from_meta(meta: dict[str, Any], path: str) -> Any:
+    import dataclasses
+
     from minippo.config import PPOConfig
 
+    # Every format-1 checkpoint has stored every field (PPOConfig.to_dict): one missing is a damaged
+    # or hand-edited file, whose run would silently continue on today's default.
+    missing = sorted(f.name for f in dataclasses.fields(PPOConfig) if f.name not in meta["config"])
+    if missing:
+        raise CheckpointError(f"{path!r}: the saved config is missing {missing}")
     try:
         return PPOConfig.from_dict(_saved_config(meta))
     except (KeyError, TypeError, ValueError) as e:
@@ -271,6 +279,12 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
         config = config.replace(**overrides)
     if "rng" not in meta:
         raise CheckpointError(f"{path!r}: meta is missing 'rng' (the trainer's random state)")
+    # The trainer's state, written by every format-1 save; read_checkpoint's defaults serve load_policy,
+    # which needs none of it. Resumed without them, Adam's bias correction would restart under old
+    # moments and the CLI would cut progress.csv back to iteration 0.
+    missing = [k for k in _TRAINER_KEYS if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path!r}: meta is missing {missing} (the trainer's state a resume needs)")
     algo = PPO(config, env=env)
     saved, here = _policy_from_meta(meta, path).describe(), algo.policy.describe()
     space = meta["policy"]["action_space"]
@@ -293,7 +307,7 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
         raise CheckpointError(f"{path!r}: Adam moments {['adam/' + k for k in bad[:3]]} hold NaN, inf or "
                               "(second moments) negative values")
     try:
-        algo.optimizer.load_state_dict({**state, "t": meta.get("adam_t", 0)})
+        algo.optimizer.load_state_dict({**state, "t": meta["adam_t"]})
     except ValueError as e:
         raise CheckpointError(f"{path!r}: {e}") from e
     for norm, prefix in ((algo.obs_norm, "obs_rms"), (algo.reward_scaler, "ret_rms")):
@@ -313,13 +327,13 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     except (TypeError, ValueError, KeyError, OverflowError) as e:
         raise CheckpointError(f"{path!r}: meta's 'rng' is not a generator state: {e}") from e
     algo.num_timesteps = int(meta["num_timesteps"])
-    algo.iteration = int(meta.get("iteration", 0))
+    algo.iteration = int(meta["iteration"])
     # An explicit total_timesteps override wins over the saved budget (resume with a new target).
-    saved_total = int(meta.get("total_timesteps", config.total_timesteps))
+    saved_total = int(meta["total_timesteps"])
     algo.total_timesteps = config.total_timesteps if "total_timesteps" in overrides else saved_total
-    algo.kl_coef.beta = float(meta.get("beta", config.kl_beta))
-    algo.episode_returns.extend(meta.get("episode_returns", []))
-    algo.episode_lengths.extend(meta.get("episode_lengths", []))
+    algo.kl_coef.beta = float(meta["beta"])
+    algo.episode_returns.extend(meta["episode_returns"])
+    algo.episode_lengths.extend(meta["episode_lengths"])
     return algo
 
 

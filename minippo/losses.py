@@ -25,7 +25,14 @@ Array = Any
 
 
 def _check(first: Array, _name: str = "logp", **others: Array) -> int:
-    """Validate (B,) inputs: same shape, non-empty, finite. Returns B."""
+    """Validate (B,) inputs: floating-point arrays (numpy or cupy), same shape, non-empty, finite.
+    Returns B."""
+    for name, a in ((_name, first), *others.items()):
+        kind = getattr(getattr(a, "dtype", None), "kind", None)
+        if kind is None or not hasattr(a, "ndim"):
+            raise TypeError(f"{name} must be a float32 or float64 array of shape (B,), got {type(a).__name__}")
+        if kind != "f":  # integer gradients would be truncated to 0, complex ones meaningless
+            raise TypeError(f"{name} must be a float32 or float64 array, got dtype {a.dtype}")
     if first.ndim != 1:
         raise ValueError(f"{_name} must have shape (B,), got {tuple(first.shape)}")
     b = int(first.shape[0])
@@ -61,8 +68,15 @@ def ratio_stats(logp: Array, logp_old: Array, clip_eps: float | None = None) -> 
     ``clip_eps`` is given, ``clipfrac`` = fraction with r outside [1 - epsilon, 1 + epsilon] (compared
     with the bounds :func:`clip_objective` clips to, so a ratio counted here is one the clip moved)."""
     _check(logp, "logp", logp_old=logp_old)
-    log_ratio = logp - logp_old
-    return _ratio_stats(log_ratio, np.exp(log_ratio), clip_eps)
+    return _ratio_stats(*_log_ratio(logp, logp_old), clip_eps)
+
+
+def _log_ratio(logp: Array, logp_old: Array) -> tuple[Array, Array]:
+    """log r_t and r_t = exp(log r_t), (B,) each, in float64 whatever the inputs' dtype: in float32
+    r_t overflows from log r_t = 88.7 (the fused numba step, which works in float64, went on
+    where numpy stopped at an inf loss), and the ratio terms round once, not twice."""
+    log_ratio = logp.astype(np.float64, copy=False) - logp_old.astype(np.float64, copy=False)
+    return log_ratio, np.exp(log_ratio)
 
 
 def _ratio_stats(log_ratio: Array, ratio: Array, clip_eps: float | None) -> dict[str, float]:
@@ -99,9 +113,9 @@ def surrogate_objective(
     on it move the policy too far (paper Table 1: -0.39). dL/dlogp_t = -r_t A_t / B.
     """
     b = _check(logp, logp_old=logp_old, adv=adv)
-    log_ratio = logp - logp_old
-    ratio = np.exp(log_ratio)
-    return _scalar(-(ratio * adv).mean()), -ratio * adv / b, _ratio_stats(log_ratio, ratio, None)
+    log_ratio, ratio = _log_ratio(logp, logp_old)
+    return (_scalar(-(ratio * adv).mean()), (-ratio * adv / b).astype(logp.dtype),
+            _ratio_stats(log_ratio, ratio, None))
 
 
 # ---------------------------------------------------------------- 3. PPO-clip
@@ -115,8 +129,7 @@ def clip_objective(
     """
     clip_eps = real("clip_eps", clip_eps, 0.0, low_open=True)
     b = _check(logp, logp_old=logp_old, adv=adv)
-    log_ratio = logp - logp_old
-    ratio = np.exp(log_ratio)
+    log_ratio, ratio = _log_ratio(logp, logp_old)
     unclipped = ratio * adv
     clipped = np.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
     take_clipped = clipped < unclipped
@@ -136,12 +149,11 @@ def kl_penalty_objective(
     """
     beta = real("beta", beta, 0.0)
     b = _check(logp, logp_old=logp_old, adv=adv, kl=kl)
-    log_ratio = logp - logp_old
-    ratio = np.exp(log_ratio)
+    log_ratio, ratio = _log_ratio(logp, logp_old)
     loss = _scalar(-(ratio * adv).mean() + beta * kl.mean())
     stats = _ratio_stats(log_ratio, ratio, None)
     stats.update(kl=_scalar(kl.mean()), beta=float(beta))
-    return loss, (-ratio * adv / b, np.full_like(kl, beta / b)), stats
+    return loss, ((-ratio * adv / b).astype(logp.dtype), np.full_like(kl, beta / b)), stats
 
 
 class AdaptiveKL:

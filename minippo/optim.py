@@ -40,6 +40,14 @@ class Adam:
         eps = real("eps", eps, 0.0, low_open=True)
         if not params:
             raise ValueError("params is empty: Adam needs at least one parameter array")
+        first = next(iter(params.values()))
+        for k, p in params.items():  # the flat moments take the first array's dtype
+            if getattr(getattr(p, "dtype", None), "kind", None) != "f":
+                raise TypeError(f"params[{k!r}] must be a float32 or float64 array, got "
+                                f"{getattr(p, 'dtype', type(p).__name__)}")
+            if p.dtype != first.dtype:
+                raise TypeError(f"params[{k!r}] is {p.dtype}, the first parameter {first.dtype}: "
+                                "Adam's moments need one dtype for all")
         self.params = params
         self.lr = lr
         self.betas = betas
@@ -52,7 +60,6 @@ class Adam:
         for k, p in params.items():
             self._slices[k] = (slice(offset, offset + p.size), p.shape)
             offset += p.size
-        first = next(iter(params.values()))
         self._m = np.zeros_like(first, shape=(offset,))
         self._v = np.zeros_like(first, shape=(offset,))
         self._g = np.zeros_like(first, shape=(offset,))

@@ -48,7 +48,12 @@ def check_obs(obs: Any, obs_dim: int, dtype: np.dtype) -> np.ndarray:
         raise ValueError(f"obs must have shape ({obs_dim},) or (B, {obs_dim}), got {a.shape}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ValueError(f"obs holds NaN or inf: {a}")
-    return a.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # an overflow is reported just below, by name
+        out = a.astype(dtype, copy=False)
+    if out.dtype.itemsize < a.dtype.itemsize and not np.isfinite(out).all():  # finite, but not in dtype
+        raise ValueError(f"obs holds values beyond the policy's {np.dtype(dtype)} range "
+                         f"(|x| <= {np.finfo(dtype).max:.4g}): {a}")
+    return out
 
 
 class ActorCritic:

@@ -36,10 +36,16 @@ class NonFiniteEnvError(ValueError):
 
 
 def normalize(adv: Array, eps: float = 1e-8) -> Array:
-    """(A - mean A) / (std A + eps) over the minibatch (PPO detail #7): adv (B,) -> (B,); needs B >= 2."""
+    """(A - mean A) / (std A + eps) over the minibatch (PPO detail #7): adv (B,) -> (B,) in adv's
+    dtype; needs B >= 2. Computed in float64: in float32 the mean of B equal advantages is off by an
+    ulp, and that rounding divided by a std of the same size came out as +-0.4..0.96 instead of 0
+    (the fused numba step, in float64, gave 0)."""
+    if getattr(adv, "ndim", None) != 1:
+        raise ValueError(f"adv must have shape (B,), got {getattr(adv, 'shape', type(adv).__name__)}")
     if adv.shape[0] < 2:
         raise ValueError("advantage normalisation needs a minibatch of at least 2 samples")
-    return (adv - adv.mean()) / (adv.std() + eps)
+    a = adv.astype(np.float64, copy=False)
+    return ((a - a.mean()) / (a.std() + eps)).astype(adv.dtype, copy=False)
 
 
 def loss_and_grads(
@@ -163,6 +169,10 @@ class PPO:
         # A validated copy: PPOConfig is mutable, so a field set after construction is unchecked (checked
         # first, so that the message shows the value as set), and the caller's object may change later (a
         # sweep editing one config) under a running instance.
+        if config is not None and not isinstance(config, PPOConfig):
+            hint = f" (for an env id: PPO(preset({config!r})) or PPO(PPOConfig(env_id={config!r})))" \
+                if isinstance(config, str) else ""
+            raise TypeError(f"config must be a PPOConfig or None, got {type(config).__name__}{hint}")
         config = config or PPOConfig()
         config.validate()
         config = config.replace(**overrides)

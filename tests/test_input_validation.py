@@ -33,6 +33,17 @@ def test_adam_checks_everything_before_it_changes_anything():
         Adam({})
 
 
+def test_adam_refuses_parameters_it_cannot_update():
+    """Integer parameters failed at the first step (a ufunc casting error naming nothing, after
+    counting the step); mixed dtypes ran with moments in the first array's dtype."""
+    for params, msg in (({"w": np.zeros(2, int)}, r"params\['w'\] must be a float32 or float64 array, got int64"),
+                        ({"w": [1.0]}, r"params\['w'\] must be a float32 or float64 array, got list"),
+                        ({"a": np.zeros(2), "b": np.zeros(2, np.float32)},
+                         r"params\['b'\] is float32, the first parameter float64")):
+        with pytest.raises(TypeError, match=msg):
+            Adam(params)
+
+
 def test_clip_grad_norm_refuses_non_float_arrays_before_scaling():
     g = {"a": np.array([3.0, 4.0]), "b": np.array([1, 2])}
     with pytest.raises(TypeError, match=r"grads\['b'\] must be a float array, got dtype int64"):
@@ -86,6 +97,56 @@ def test_loss_helpers_check_their_inputs():
         losses.ratio_stats(np.zeros(0), np.zeros(0))
     with pytest.raises(ValueError, match="coef must be a finite number"):
         losses.entropy_bonus(np.ones(3), float("nan"))
+    # integer inputs gave all-zero gradients (cast back to int), a list an AttributeError
+    z, i = np.zeros(4), np.zeros(4, int)
+    f = "must be a float32 or float64 array"
+    for call, msg in ((lambda: losses.clip_objective(i, z, z + 1, 0.2), f"logp {f}, got dtype int64"),
+                      (lambda: losses.clip_objective(z, z, i, 0.2), f"adv {f}, got dtype int64"),
+                      (lambda: losses.value_loss(i, z + 1, z, 0.5), f"values {f}"),
+                      (lambda: losses.value_loss(z, z + 1, i, 0.5), f"values_old {f}"),
+                      (lambda: losses.surrogate_objective(z.astype(complex), z, z), "got dtype complex128"),
+                      (lambda: losses.clip_objective([0.0], [0.0], [1.0], 0.2), rf"logp {f} of shape \(B,\), got list"),
+                      ):
+        with pytest.raises(TypeError, match=msg):
+            call()
+
+
+def test_normalize_checks_its_input_and_gives_zero_for_equal_advantages():
+    from minippo.ppo import normalize
+
+    with pytest.raises(ValueError, match=r"adv must have shape \(B,\), got \(\)"):
+        normalize(np.float64(1.0))
+    with pytest.raises(ValueError, match=r"adv must have shape \(B,\), got \(2, 2\)"):
+        normalize(np.ones((2, 2)))
+    # float32 gave -0.43 (B=64) and -0.60 (B=256) for 0.1s. Computed in float64, float32 values sum
+    # exactly (24 + 8 bits < 53), so the result is 0; float64 values leave a mean off by an ulp or two,
+    # ~2e-16 |A|, over std + 1e-8: at most ~1e-7 here.
+    for b, value in ((64, 0.1), (256, 0.1), (256, 0.7), (256, -2.3)):
+        out = normalize(np.full(b, value, np.float32))
+        assert out.dtype == np.float32 and np.all(out == 0.0)
+        out = normalize(np.full(b, value, np.float64))
+        assert out.dtype == np.float64 and np.all(np.abs(out) <= 1e-7)
+
+
+def test_ppo_names_a_config_that_is_not_one():
+    from minippo import PPO
+
+    with pytest.raises(TypeError, match=r"config must be a PPOConfig or None, got str \(for an env id: "
+                                        r"PPO\(preset\('CartPole-v1'\)\)"):
+        PPO("CartPole-v1")
+    with pytest.raises(TypeError, match="config must be a PPOConfig or None, got dict$"):
+        PPO({"gamma": 0.9})
+
+
+def test_running_statistics_refuse_a_batch_of_the_wrong_shape():
+    """A lone (obs_dim,) observation was folded in as obs_dim samples of a scalar."""
+    from minippo.envs import ObsNormalizer
+
+    norm = ObsNormalizer(2)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 2\), got \(2,\)"):
+        norm(np.array([1.0, 2.0]), update=True)
+    assert norm.rms.count < 1e-3  # nothing folded in
+    np.testing.assert_allclose(norm(np.array([[1.0, 2.0]]), update=True).shape, (1, 2))
 
 
 def test_mlp_and_policy_constructors_and_shapes():
@@ -134,6 +195,9 @@ def test_predict_refuses_non_finite_complex_and_non_numeric_observations_and_a_b
             pol.predict(np.zeros(4), deterministic=False, rng=1)
         assert pol.predict(np.zeros(4), deterministic=False, rng=np.random.RandomState(0)) in (0, 1)  # legacy
         assert pol.predict(np.zeros(4, np.int64)) in (0, 1) and pol.predict([True, False, 0, 1]) in (0, 1)
+    # finite in float64 but not in the float32 policy: blamed the logits ("logits contains NaN or inf")
+    with pytest.raises(ValueError, match=r"obs holds values beyond the policy's float32 range \(\|x\| <= 3.403e\+38\)"):
+        ac.predict(np.full(4, 1e39))
 
 
 def test_config_takes_numpy_scalars_as_the_numbers_they_are():

@@ -478,6 +478,17 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
     no_rng = _rewrite(good, tmp_path / "no_rng.npz", lambda a, m: m.pop("rng") and None)
     with pytest.raises(CheckpointError, match="meta is missing 'rng'"):
         PPO.load(no_rng)
+    # Every format-1 save writes the trainer's state and every config field; one missing was read as a
+    # default (Adam t = 0 under old moments, iteration 0, today's gamma) and resumed wrongly.
+    for key in ("iteration", "total_timesteps", "adam_t", "beta", "episode_returns", "episode_lengths"):
+        path = _rewrite(good, tmp_path / f"no_{key}.npz", lambda a, m, key=key: m.pop(key) and None)
+        with pytest.raises(CheckpointError, match=rf"meta is missing \['{key}'\] \(the trainer's state"):
+            PPO.load(path)
+        assert load_policy(path).policy is not None  # the embedded loader needs none of it
+    path = _rewrite(good, tmp_path / "no_gamma.npz", lambda a, m: m["config"].pop("gamma") and None)
+    for load in (PPO.load, load_policy):
+        with pytest.raises(CheckpointError, match=r"the saved config is missing \['gamma'\]"):
+            load(path)
     from minippo.envs import make_vec_env
 
     # written before action dtypes and the [-10, 2] log-std range: still loads
