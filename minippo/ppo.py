@@ -234,6 +234,8 @@ class PPO:
         self._ep_len = np.zeros(n, dtype=np.int64)
         self._fake_next = np.zeros(n, dtype=bool)  # NEXT_STEP: the next step of this env is a reset
         self._pending_boot = np.zeros(n, dtype=bool)  # NEXT_STEP: truncated, bootstrap not yet added
+        self._all_valid = np.ones(n, dtype=bool)  # SAME_STEP's mask, one array shared by every step:
+        self._all_valid.flags.writeable = False  # a consumer writing to it raises instead of corrupting it
 
     # ------------------------------------------------------------ acting
     def _prep_obs(self, obs: np.ndarray, update: bool | np.ndarray) -> Any:
@@ -264,13 +266,15 @@ class PPO:
         if self._obs is None:
             self._obs, _ = self.env.reset(seed=cfg.seed + self.num_timesteps)
         buf.reset()
+        next_step = self.next_step
         for t in range(cfg.n_steps):
-            valid = ~self._fake_next
+            # SAME_STEP: every step is real (_fake_next stays all False): one shared all-True mask
+            valid = ~self._fake_next if next_step else self._all_valid
             # NEXT_STEP: an env's row at its reset step is the final observation of the episode that
             # ended (only bootstrapped): the normaliser learns from acted-on observations alone
             obs_dev = self._prep_obs(self._obs, update=valid)
             actions, logp, values, dist = self.policy.act(obs_dev, self.rng)
-            if self._pending_boot.any():  # V(final obs) is this step's value (NEXT_STEP mode)
+            if next_step and self._pending_boot.any():  # V(final obs) is this step's value (NEXT_STEP mode)
                 idx = np.flatnonzero(self._pending_boot)
                 buf.rewards[t - 1, idx] += cfg.gamma * values[idx]
                 self._pending_boot[:] = False
@@ -280,28 +284,30 @@ class PPO:
                 self._raise_non_finite(next_obs, reward)
             term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)
             done = term | trunc
-            if not self.next_step and done.any():  # SAME_STEP: the final observations are in info
+            any_done = bool(done.any())  # most steps end no episode: the per-episode work below is skipped
+            if not next_step and any_done:  # SAME_STEP: the final observations are in info
                 ends = np.flatnonzero(done)
                 finals = np.asarray(np.stack([info["final_obs"][i] for i in ends]), dtype=np.float64)
                 if not np.isfinite(finals).all():
                     self._raise_non_finite(finals, np.zeros(len(ends)), ends, "final observation")
-            self._track_episodes(reward, done, valid)
+            self._track_episodes(reward, done, valid, any_done, next_step)
             if self.reward_scaler is not None:
                 reward = self.reward_scaler(reward, done, valid)
-            boot = trunc & ~term & valid  # a step both terminated and truncated is terminated
-            if boot.any():
-                if self.next_step:
-                    self._pending_boot |= boot
-                else:
-                    idx = np.flatnonzero(boot)
-                    final = finals[np.searchsorted(ends, idx)]  # boot is a subset of done
-                    v_final = backend.asnumpy(self._values(self._prep_obs(final, update=False)))
-                    reward[idx] += cfg.gamma * v_final
+            if any_done:  # boot is a subset of done
+                boot = trunc & ~term & valid  # a step both terminated and truncated is terminated
+                if boot.any():
+                    if next_step:
+                        self._pending_boot |= boot
+                    else:
+                        idx = np.flatnonzero(boot)
+                        final = finals[np.searchsorted(ends, idx)]  # boot is a subset of done
+                        v_final = backend.asnumpy(self._values(self._prep_obs(final, update=False)))
+                        reward[idx] += cfg.gamma * v_final
             buf.add(
                 obs_dev, xp.asarray(actions), logp, values, dist,
                 xp.asarray(reward, dtype=self.dtype), xp.asarray(done, dtype=self.dtype), valid,
             )
-            if self.next_step:
+            if next_step:
                 self._fake_next = done & valid
             self._obs = next_obs
             self.num_timesteps += cfg.n_envs
@@ -322,9 +328,18 @@ class PPO:
         raise NonFiniteEnvError(f"env {self.env_name!r} returned a non-finite {what} in sub-env(s) "
                          f"{ids.tolist()} at step {self.num_timesteps}: {a[bad[0]]}")
 
-    def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray) -> None:
-        self._ep_ret += reward * valid
-        self._ep_len += valid
+    def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray,
+                        any_done: bool = True, masked: bool = True) -> None:
+        """Episode returns and lengths. ``any_done=False``: no env's episode ended at this step;
+        ``masked=False``: every row is valid (SAME_STEP), so no masking is needed."""
+        if masked:
+            self._ep_ret += reward * valid
+            self._ep_len += valid
+        else:  # reward * True is reward, bit for bit
+            self._ep_ret += reward
+            self._ep_len += 1
+        if not any_done:
+            return
         for i in np.flatnonzero(done & valid):
             self.episode_returns.append(float(self._ep_ret[i]))
             self.episode_lengths.append(int(self._ep_len[i]))
