@@ -305,6 +305,10 @@ def test_policy_takes_hidden_from_any_iterable_of_integers():
     (None, 0.95, TypeError, "gamma must be a finite number in"),
     ("0.9", 0.95, TypeError, "gamma must be a finite number in"),
     (0.99, None, TypeError, "gae_lambda must be a finite number in"),
+    (0.0, 0.95, ValueError, r"gamma must be a finite number in \(0, 1\], got 0.0"),  # numpy's fast check
+    (1.5, 0.95, ValueError, r"gamma must be a finite number in \(0, 1\], got 1.5"),
+    (0.9, -0.1, ValueError, r"gae_lambda must be a finite number in \[0, 1\], got -0.1"),
+    (0.9, 1.1, ValueError, r"gae_lambda must be a finite number in \[0, 1\], got 1.1"),
 ])
 def test_compute_gae_names_gamma_and_lambda(monkeypatch, backend_name, gamma, lam, err, msg):
     from minippo import backend

@@ -1,8 +1,17 @@
 """PPO must actually learn: real gymnasium envs, the presets' budgets, thresholds from the issue.
 
-These run in CI (about a minute in all). Select them alone with ``pytest -m slow``, skip them with
+These run in CI (a few minutes in all). Select them alone with ``pytest -m slow``, skip them with
 ``-m "not slow"``. Evaluation is deterministic (the policy's mode) over 20 episodes with seeds
 disjoint from training, so the thresholds test the policy, not evaluation luck.
+
+Seeds: a threshold must hold for the preset, not for one trajectory. A trajectory depends on the
+machine's rounding (BLAS kernels, numba's vector width: the same seed gives other bits on Zen 3 and
+Zen 4), so a single seed is a draw, and a different machine draws again. Measured per seed on a
+2-core Zen 3 VM (session 17, seeds 0-7 of each, numpy and numba): CartPole clip preset >= 475 in
+15 of 16 runs (the 16th 442.8), kl_penalty 15 of 16 (one collapse to 67 at 85k steps), Pendulum
+>= -250 in 16 of 16 (worst -225). So each test needs 2 of the seeds 0, 1, 2 to pass (it stops as
+soon as the outcome is decided): with a 1-in-16 failure rate per seed that fails ~1% of the time,
+where one seed failed ~6%.
 """
 
 import os
@@ -18,6 +27,19 @@ from minippo.config import preset  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
+SEEDS = (0, 1, 2)
+
+
+def _two_of_three(train_eval, threshold):
+    """Run ``train_eval(seed)`` for seeds 0, 1, 2 until two reach ``threshold`` (pass) or two miss it."""
+    results = {}
+    for seed in SEEDS:
+        results[seed] = train_eval(seed)
+        hits = sum(r >= threshold for r in results.values())
+        if hits == 2 or len(results) - hits == 2:
+            break
+    assert sum(r >= threshold for r in results.values()) >= 2, f"eval mean return by seed: {results}"
+
 
 def _train_eval(cfg, episodes=20):
     algo = PPO(cfg).learn()
@@ -25,34 +47,51 @@ def _train_eval(cfg, episodes=20):
     return algo.evaluate(episodes, deterministic=True)["mean_return"]
 
 
+def test_two_of_three_stops_when_decided_and_fails_on_two_misses():
+    calls = []
+
+    def fake(values):
+        return lambda seed: calls.append(seed) or values[seed]
+
+    _two_of_three(fake({0: 500, 1: 500, 2: 0}), 475)
+    assert calls == [0, 1]
+    calls.clear()
+    _two_of_three(fake({0: 500, 1: 400, 2: 480}), 475)
+    assert calls == [0, 1, 2]
+    calls.clear()
+    with pytest.raises(AssertionError, match=r"by seed: \{0: 400, 1: 500, 2: 474\}"):
+        _two_of_three(fake({0: 400, 1: 500, 2: 474}), 475)
+
+
 def test_cartpole_clip_preset_solves_within_100k():
-    cfg = preset("CartPole-v1")
-    assert cfg.total_timesteps == 100_000
-    assert _train_eval(cfg) >= 475
+    assert preset("CartPole-v1").total_timesteps == 100_000
+    _two_of_three(lambda seed: _train_eval(preset("CartPole-v1", seed=seed)), 475)
 
 
 def test_cartpole_kl_penalty_solves():
-    cfg = preset("CartPole-v1", objective="kl_penalty")
-    assert _train_eval(cfg) >= 475
+    _two_of_three(lambda seed: _train_eval(preset("CartPole-v1", objective="kl_penalty", seed=seed)), 475)
 
 
 def test_pendulum_preset_reaches_minus_250():
-    cfg = preset("Pendulum-v1")
-    assert _train_eval(cfg) >= -250
+    _two_of_three(lambda seed: _train_eval(preset("Pendulum-v1", seed=seed)), -250)
 
 
 @pytest.mark.parametrize("env_id, threshold", [("CartPole-v1", 475), ("Pendulum-v1", -250)])
 def test_numba_backend_learns_too(env_id, threshold):
     # The numba backend runs the fused act and minibatch-update kernels (Categorical and Gaussian).
     pytest.importorskip("numba")
-    code = (
-        "from minippo import PPO, backend\n"
-        "from minippo.config import preset\n"
-        "assert backend.name == 'numba'\n"
-        f"algo = PPO(preset({env_id!r})).learn()\n"
-        "print(algo.evaluate(20, deterministic=True)['mean_return'])\n"
-    )
-    env = {**os.environ, "MINIPPO_BACKEND": "numba"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert float(r.stdout.strip().splitlines()[-1]) >= threshold
+
+    def train_eval(seed):
+        code = (
+            "from minippo import PPO, backend\n"
+            "from minippo.config import preset\n"
+            "assert backend.name == 'numba'\n"
+            f"algo = PPO(preset({env_id!r}, seed={seed})).learn()\n"
+            "print(algo.evaluate(20, deterministic=True)['mean_return'])\n"
+        )
+        env = {**os.environ, "MINIPPO_BACKEND": "numba"}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr
+        return float(r.stdout.strip().splitlines()[-1])
+
+    _two_of_three(train_eval, threshold)

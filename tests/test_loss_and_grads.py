@@ -160,6 +160,18 @@ def test_overrides_beta_clip_eps_ent_coef():
     assert check_grads(f, policy.params, grads) < TOL
 
 
+def test_value_clip_follows_the_clip_range_passed_in():
+    """The trainer passes the scheduled clip range; the value clip must use it, not config.clip_eps
+    (a mutant reading the config was caught only by the numba-vs-numpy comparison)."""
+    policy, batch = make_case(False, False, seed=4, batch=40)
+    _, values, _ = policy.forward(batch["obs"])
+    batch["values_old"] = (values + np.linspace(-0.3, 0.3, 40)).astype(values.dtype)  # |V - V_old| up to 0.3
+    wide, narrow = config_for("clip").replace(clip_eps=0.5), config_for("clip").replace(clip_eps=0.02)
+    passed = loss_and_grads(policy, batch, wide, clip_eps=0.02)[0]
+    assert passed["vclipfrac"] == loss_and_grads(policy, batch, narrow)[0]["vclipfrac"] > 0
+    assert loss_and_grads(policy, batch, wide)[0]["vclipfrac"] == 0  # 0.5 clips none of them
+
+
 def test_fully_clipped_batch_has_zero_policy_gradient():
     """All samples on the clipped side: only the value loss moves the parameters, so every actor
     gradient is exactly 0 (separate networks, no entropy bonus)."""
