@@ -571,6 +571,19 @@ def test_async_workers_ignore_ctrl_c_and_async_is_honoured_in_next_step_mode():
 
     from minippo.envs import make_vec_env
 
+    # Python's own handler, whatever this process inherited: a shell's background job starts with
+    # SIGINT ignored, and Python then leaves it so (CI run as `... &` failed the check below).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _workers_ignore_ctrl_c(make_vec_env, signal, time)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    env = make_vec_env("CartPole-v1", 2, "sync", "next_step")
+    assert type(env).__name__ != "AsyncVectorEnv"  # gymnasium's own vectorised CartPole
+    env.close()
+
+
+def _workers_ignore_ctrl_c(make_vec_env, signal, time):
     for autoreset in ("same_step", "next_step"):
         env = make_vec_env("CartPole-v1", 2, "async", autoreset)
         # not this process: AsyncVectorEnv makes one env here too (for the spaces), and Ctrl-C must
@@ -586,9 +599,6 @@ def test_async_workers_ignore_ctrl_c_and_async_is_honoured_in_next_step_mode():
             assert reward.tolist() == [1.0, 1.0]
         finally:
             env.close()
-    env = make_vec_env("CartPole-v1", 2, "sync", "next_step")
-    assert type(env).__name__ != "AsyncVectorEnv"  # gymnasium's own vectorised CartPole
-    env.close()
 
 
 def test_saved_policy_runs_with_numpy_alone(tmp_path):
