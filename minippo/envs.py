@@ -168,7 +168,7 @@ class RunningMeanStd:
         """Fold the batch ``x`` (B, *shape) into the statistics."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim == 0 or x.shape[1:] != self.mean.shape:  # a lone (obs_dim,) would count as obs_dim samples
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, self.mean.shape))}), got {x.shape}")
+            raise ValueError(f"x must have shape {('B', *self.mean.shape)}, got {x.shape}".replace("'B'", "B"))
         if x.shape[0] == 0:
             return
         b_mean, b_var, b_count = x.mean(axis=0), x.var(axis=0), x.shape[0]

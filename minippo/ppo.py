@@ -42,6 +42,8 @@ def normalize(adv: Array, eps: float = 1e-8) -> Array:
     (the fused numba step, in float64, gave 0)."""
     if getattr(adv, "ndim", None) != 1:
         raise ValueError(f"adv must have shape (B,), got {getattr(adv, 'shape', type(adv).__name__)}")
+    if adv.dtype.kind != "f":  # the result keeps adv's dtype: integers would round the z-scores
+        raise TypeError(f"adv must be a float32 or float64 array, got dtype {adv.dtype}")
     if adv.shape[0] < 2:
         raise ValueError("advantage normalisation needs a minibatch of at least 2 samples")
     a = adv.astype(np.float64, copy=False)

@@ -118,6 +118,9 @@ def test_normalize_checks_its_input_and_gives_zero_for_equal_advantages():
         normalize(np.float64(1.0))
     with pytest.raises(ValueError, match=r"adv must have shape \(B,\), got \(2, 2\)"):
         normalize(np.ones((2, 2)))
+    for bad in (np.array([1, 2, 3]), np.array([True, False])):  # came back as [-1 0 1], [True True]
+        with pytest.raises(TypeError, match=f"adv must be a float32 or float64 array, got dtype {bad.dtype}"):
+            normalize(bad)
     # float32 gave -0.43 (B=64) and -0.60 (B=256) for 0.1s. Computed in float64, float32 values sum
     # exactly (24 + 8 bits < 53), so the result is 0; float64 values leave a mean off by an ulp or two,
     # ~2e-16 |A|, over std + 1e-8: at most ~1e-7 here.
@@ -146,6 +149,10 @@ def test_running_statistics_refuse_a_batch_of_the_wrong_shape():
     with pytest.raises(ValueError, match=r"x must have shape \(B, 2\), got \(2,\)"):
         norm(np.array([1.0, 2.0]), update=True)
     assert norm.rms.count < 1e-3  # nothing folded in
+    from minippo.envs import RunningMeanStd
+
+    with pytest.raises(ValueError, match=r"x must have shape \(B,\), got \(3, 1\)"):
+        RunningMeanStd(()).update(np.zeros((3, 1)))
     np.testing.assert_allclose(norm(np.array([[1.0, 2.0]]), update=True).shape, (1, 2))
 
 

@@ -6,7 +6,8 @@ Tolerances, and why:
   loops; stats accumulate in float64 in both): 1e-9 relative, 1e-12 absolute.
 - float32: the kernel's tanh is the rational approximation of kernels/cpu.py (<= 8 ulp), matmul
   sums run in another order, and the value errors run in float64 where numpy stays in float32 (both
-  compute log-ratios and advantage normalisation in float64). Each
+  compute log-ratios and advantage normalisation in float64; numpy rounds the normalised advantages
+  back to float32, the kernel keeps them in float64). Each
   is a few float32 roundings (~1e-7 relative) of O(1) activations, accumulated over B <= 300
   samples: gradients within 2e-5 of max|g| (plus rtol 1e-4). Stats are means of per-sample terms of
   size up to ~10 (a Gaussian log-prob is a sum over action dims of terms ~1.4), each carrying
