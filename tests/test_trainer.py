@@ -567,7 +567,6 @@ def test_async_workers_ignore_ctrl_c_and_async_is_honoured_in_next_step_mode():
     CLI was finishing to save (5 of 6 tries lost it). And vector="async" with next_step used to give
     CartPole's in-process numpy-vectorised env while config.json said async."""
     import signal
-    import time
 
     from minippo.envs import make_vec_env
 
@@ -575,7 +574,7 @@ def test_async_workers_ignore_ctrl_c_and_async_is_honoured_in_next_step_mode():
     # SIGINT ignored, and Python then leaves it so (CI run as `... &` failed the check below).
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        _workers_ignore_ctrl_c(make_vec_env, signal, time)
+        _workers_ignore_ctrl_c()
     finally:
         signal.signal(signal.SIGINT, inherited)
     env = make_vec_env("CartPole-v1", 2, "sync", "next_step")
@@ -583,7 +582,12 @@ def test_async_workers_ignore_ctrl_c_and_async_is_honoured_in_next_step_mode():
     env.close()
 
 
-def _workers_ignore_ctrl_c(make_vec_env, signal, time):
+def _workers_ignore_ctrl_c():
+    import signal
+    import time
+
+    from minippo.envs import make_vec_env
+
     for autoreset in ("same_step", "next_step"):
         env = make_vec_env("CartPole-v1", 2, "async", autoreset)
         # not this process: AsyncVectorEnv makes one env here too (for the spaces), and Ctrl-C must
