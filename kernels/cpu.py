@@ -907,17 +907,92 @@ def _store16_overload(out, r, k, v0, v1):
     return store_f64
 
 
-def _dx_fold(d, W, dx):
-    """dx = d W^T for d (B, F), W (K, F), dx (B, K), with F a multiple of the vector's lanes L: the
-    dot products of d's rows with W's rows, 16 of W's rows at a time (:func:`_dots16`), on 64-byte
-    vectors, summed across lanes by shuffles (``simd.vfold``); no transposed copy of W. The last
-    K % 16 dot products one at a time, on vectors too (``simd.vsum``; scalar loops there took dx of
-    a 17 -> 64 layer at batch 8 from 0.21 to 0.50 us, measured). Only numba code calls it; a no-op
-    for arrays the vectors cannot load (callers check ``lanes`` first)."""
+@njit(inline="always")
+def _dots8(d, W, r, k, F, L, z):
+    """:func:`_dots16` for 8 of W's rows, folded (three levels of the same tree) into one vector
+    whose lane groups hold the 8 sums in order: the block of :func:`_dx_fold` for 32-byte registers
+    (AVX2) in float32, where 16 accumulators are 32 registers of the 16 there and spill."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = z
+    for f in range(0, F, L):
+        x = vload(d, r, f)
+        a0, a1 = vfma(x, vload(W, k, f), a0), vfma(x, vload(W, k + 1, f), a1)
+        a2, a3 = vfma(x, vload(W, k + 2, f), a2), vfma(x, vload(W, k + 3, f), a3)
+        a4, a5 = vfma(x, vload(W, k + 4, f), a4), vfma(x, vload(W, k + 5, f), a5)
+        a6, a7 = vfma(x, vload(W, k + 6, f), a6), vfma(x, vload(W, k + 7, f), a7)
+    t0, t1, t2, t3 = vfold(a0, a1, 1), vfold(a2, a3, 1), vfold(a4, a5, 1), vfold(a6, a7, 1)
+    return vfold(vfold(t0, t1, 2), vfold(t2, t3, 2), 3)
+
+
+@njit(inline="always")
+def _dots4(d, W, r, k, F, L, z):
+    """:func:`_dots16` for 4 of W's rows, folded (two levels) into one vector whose lane groups
+    hold the 4 sums in order: the block of :func:`_dx_fold` in float64 below 64-byte registers."""
+    a0 = a1 = a2 = a3 = z
+    for f in range(0, F, L):
+        x = vload(d, r, f)
+        a0, a1 = vfma(x, vload(W, k, f), a0), vfma(x, vload(W, k + 1, f), a1)
+        a2, a3 = vfma(x, vload(W, k + 2, f), a2), vfma(x, vload(W, k + 3, f), a3)
+    return vfold(vfold(a0, a1, 1), vfold(a2, a3, 1), 2)
+
+
+def _store_sums(out, r, k, v, n):
+    """out[r, k:k + n] = the n sums whose partial sums v's lane groups hold (n = 4 or 8, a literal),
+    as :func:`_dots8` / :func:`_dots4` leave them: the tree's remaining levels fold v with itself
+    (each sum then comes first, in its lane order, exactly as the 16-row block adds it), and the
+    first n lanes are stored."""
     raise NotImplementedError("numba kernels only")
 
 
-def _dx_fold_impl(d, W, dx):
+@overload(_store_sums)
+def _store_sums_overload(out, r, k, v, n):
+    vt = vec_type(out)
+    if vt is None or v != vt or not isinstance(n, types.IntegerLiteral):
+        return None
+    # v's groups hold L >> log2(n) lanes each: the levels log2(n) + 1 .. log2(L) are left
+    levels = tuple(range(n.literal_value.bit_length(), vt.n.bit_length()))
+    if len(levels) == 0:  # float64 in blocks of 8: one sum per lane already
+        def store(out, r, k, v, n):
+            vstore_first(out, r, k, v, n)
+    elif len(levels) == 1:
+        (l0,) = levels
+
+        def store(out, r, k, v, n):
+            vstore_first(out, r, k, vfold(v, v, l0), n)
+    else:
+        l0, l1 = levels
+
+        def store(out, r, k, v, n):
+            w = vfold(v, v, l0)
+            vstore_first(out, r, k, vfold(w, w, l1), n)
+    return store
+
+
+def _dx_fold(d, W, dx):
+    """dx = d W^T for d (B, F), W (K, F), dx (B, K), with F a multiple of the vector's lanes L: the
+    dot products of d's rows with W's rows, a block of W's rows at a time (:func:`_dots16`; where
+    registers are narrower than 64 bytes (AVX2, SSE, NEON) the 16 accumulators spill, so 8 rows in
+    float32 (:func:`_dots8`) and 4 in float64 (:func:`_dots4`): 8 x 64 x 64 float32 2.3-3.4 us in
+    blocks of 16 against 1.3-1.5 in blocks of 8 on a Zen 3), on
+    64-byte vectors, summed across lanes by shuffles (``simd.vfold``); no transposed copy of W. Every
+    dot product is the same chain of FMAs and the same tree of lane sums whatever the block, so the
+    results do not depend on it. The last K % block dot products one at a time, on vectors too
+    (``simd.vsum``; scalar loops there took dx of a 17 -> 64 layer at batch 8 from 0.21 to 0.50 us,
+    measured). Only numba code calls it; a no-op for arrays the vectors cannot load (callers check
+    ``lanes`` first)."""
+    raise NotImplementedError("numba kernels only")
+
+
+@njit(inline="always")
+def _dx_leftover(d, W, dx, r, k0, K, F, L, z):
+    """dx[r, k0:K] one dot product at a time, on vectors, the lanes summed (``simd.vsum``)."""
+    for k in range(k0, K):
+        a = z
+        for f in range(0, F, L):
+            a = vfma(vload(d, r, f), vload(W, k, f), a)
+        dx[r, k] = vsum(a)
+
+
+def _dx_fold16(d, W, dx):
     B, F = d.shape
     K = W.shape[0]
     L = lanes(dx)
@@ -927,16 +1002,49 @@ def _dx_fold_impl(d, W, dx):
         for k in range(0, K16, 16):
             v0, v1 = _dots16(d, W, r, k, F, L, z)
             _store16(dx, r, k, v0, v1)
-        for k in range(K16, K):  # one dot product on vectors, its lanes summed
-            a = z
-            for f in range(0, F, L):
-                a = vfma(vload(d, r, f), vload(W, k, f), a)
-            dx[r, k] = vsum(a)
+    if K16 < K:  # (a separate loop: in the one above it cost ~0.1-0.2 us at 8 x 64 x 64)
+        for r in range(B):
+            _dx_leftover(d, W, dx, r, K16, K, F, L, z)
+
+
+def _dx_fold8(d, W, dx):
+    B, F = d.shape
+    K = W.shape[0]
+    L = lanes(dx)
+    z = vsplat(dx, 0)
+    K8 = K - K % 8
+    for r in range(B):
+        for k in range(0, K8, 8):
+            _store_sums(dx, r, k, _dots8(d, W, r, k, F, L, z), 8)
+    if K8 < K:  # (a separate loop: in the one above it cost ~0.1-0.2 us at 8 x 64 x 64)
+        for r in range(B):
+            _dx_leftover(d, W, dx, r, K8, K, F, L, z)
+
+
+def _dx_fold4(d, W, dx):
+    B, F = d.shape
+    K = W.shape[0]
+    L = lanes(dx)
+    z = vsplat(dx, 0)
+    K4 = K - K % 4
+    for r in range(B):
+        for k in range(0, K4, 4):
+            _store_sums(dx, r, k, _dots4(d, W, r, k, F, L, z), 4)
+    if K4 < K:  # (a separate loop: in the one above it cost ~0.1-0.2 us at 8 x 64 x 64)
+        for r in range(B):
+            _dx_leftover(d, W, dx, r, K4, K, F, L, z)
 
 
 @overload(_dx_fold)
 def _dx_fold_overload(d, W, dx):
-    return _dx_fold_impl if _vectors_load(d, W, dx) else (lambda d, W, dx: None)
+    if not _vectors_load(d, W, dx):
+        return lambda d, W, dx: None
+    if native_vector_bytes() >= VECTOR_BYTES:
+        return _dx_fold16
+    # Narrower registers: blocks of half a vector's lanes (measured, 64 x 64 at batch 8 for AVX2
+    # (haswell, Zen 3) / SSE (x86-64), us: float32 blocks of 16 / 8 / 4 2.4-2.8 / 1.5-1.65 / 1.6-1.8
+    # and 3.7 / 3.1 / 3.4; float64 5.0-7.4 / 2.6-4.3 / 2.0-3.8 and 7.3 / 7.5 / 6.2)
+    return _dx_fold8 if vec_type(dx).n == 16 else _dx_fold4
 
 
 @njit(inline="always")

@@ -818,6 +818,32 @@ def test_dx_fold_matches_reference(B, K, m, dtype, seed):
     assert_mlp_close(dx2, dx_ref, dtype)
 
 
+_DX_FOLDS = {n: njit(getattr(cpu, f"_dx_fold{n}")) for n in (16, 8, 4)}
+
+
+@settings(SLOW)
+@given(st.integers(1, 12), st.one_of(st.integers(1, 9), st.sampled_from([15, 16, 17, 31, 33, 64, 65])),
+       st.integers(1, 3), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
+@example(8, 64, 4, np.float32, 0)
+@example(3, 17, 1, np.float64, 1)
+def test_dx_fold_block_does_not_change_results(B, K, m, dtype, seed):
+    """_dx_fold takes 16 of W's rows per block with 64-byte registers; on narrower ones (AVX2, SSE,
+    NEON), where 16 accumulators spill, 8 in float32 and 4 in float64. Each dot product is the same
+    chain of FMAs and the same tree of lane sums in every block, so all three give the same bits
+    (and each matches the reference), whichever one this CPU compiles."""
+    F = m * 64 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(seed)
+    d, W = rng.normal(size=(B, F)).astype(dtype), rng.normal(size=(K, F)).astype(dtype)
+    out = {}
+    for n, fold in _DX_FOLDS.items():
+        out[n] = np.full((B, K), np.nan, dtype)  # every entry must be written
+        fold(d, W, out[n])
+    np.testing.assert_array_equal(out[8], out[16])
+    np.testing.assert_array_equal(out[4], out[16])
+    dx_ref, _, _ = ref.linear_backward(d.astype(np.float64), np.zeros((B, K)), W.astype(np.float64))
+    assert_mlp_close(out[16], dx_ref, dtype)
+
+
 @njit
 def _col_sums_call(d, out):
     cpu._col_sums(d, out)
