@@ -1058,7 +1058,8 @@ def _pair_at(r, j, F, K):
 
 def _dot_pairs(x, V, out):
     """out[r, j] = x[r, :] . V[j, :] for x (B, K), V (F, K), out (B, F), all C-ordered: the B F dot
-    products taken 16 at a time in out's (row-major) order, whatever B and F are, each on 64-byte
+    products taken 16 at a time (8 where registers are narrower than 64 bytes,
+    :func:`_dot_pairs8_impl`) in out's (row-major) order, whatever B and F are, each on 64-byte
     vectors (two loads per FMA), summed across lanes by the shuffle tree of :func:`_dots16` and
     stored as one run of out. Where :func:`_dx_fold`'s blocks of 16 dot products along one row do
     not fit, a narrow output: a policy head's 8 x 2 or 8 x 6 (V = W^T), dx of a first layer with
@@ -1078,6 +1079,33 @@ def _pairs_apply(x, out, K):
     leftovers dominate: :func:`_dots` is faster, measured)."""
     L = min(lanes(x), lanes(out))
     return L > 0 and K >= 2 * L
+
+
+@njit(inline="always")
+def _pairs_tail(x, V, out, nb, KL, z):
+    """What :func:`_dot_pairs`' blocks leave: the K % L leftover terms of the first ``nb`` dot
+    products (scalar loops), then the dot products from ``nb`` on one at a time, on vectors
+    (``simd.vsum``), with their leftover terms. Either way a dot product is its vector part's tree
+    of lane sums plus its leftover terms' sum, so the block size does not change any result."""
+    K = x.shape[1]
+    F = V.shape[0]
+    L = lanes(out)
+    if KL < K:
+        for p in range(nb):
+            q, i = p // F, p % F
+            t = out.dtype.type(0)
+            for k in range(KL, K):
+                t += x[q, k] * V[i, k]
+            out[q, i] += t
+    for p in range(nb, x.shape[0] * F):
+        q, i = p // F, p % F
+        a = z
+        for f in range(0, KL, L):
+            a = vfma(vload(x, q, f), vload(V, i, f), a)
+        t = out.dtype.type(0)  # the leftover terms summed apart and added last, as for the blocks
+        for k in range(KL, K):
+            t += x[q, k] * V[i, k]
+        out[q, i] = vsum(a) + t
 
 
 def _dot_pairs_impl(x, V, out):
@@ -1126,27 +1154,50 @@ def _dot_pairs_impl(x, V, out):
             a15 = vfma(vload(x, 0, x15 + f), vload(V, 0, v15 + f), a15)
         s0, s1 = _tree16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15)
         _store16(out, 0, p0, s0, s1)  # out read flat: pairs p0 .. p0 + 15
-    if KL < K:  # the leftover terms of the vector blocks' dot products
-        for p in range(n16):
-            q, i = p // F, p % F
-            t = out.dtype.type(0)
-            for k in range(KL, K):
-                t += x[q, k] * V[i, k]
-            out[q, i] += t
-    for p in range(n16, n):  # the last n % 16 one at a time, on vectors too, then their tails
-        q, i = p // F, p % F
-        a = z
+    _pairs_tail(x, V, out, n16, KL, z)
+
+
+def _dot_pairs8_impl(x, V, out):
+    """:func:`_dot_pairs` in blocks of 8 dot products (8 accumulators, three levels of the same
+    tree, :func:`_store_sums`), where a 64-byte vector is several registers (AVX2, SSE, NEON) and
+    16 accumulators spill: the same bits, 1.25-1.6x faster on a Zen 3 (float32, K = 64: 8 x 2
+    0.14 -> 0.10 us, 256 x 2 3.5 -> 2.7, 256 x 6 10.7 -> 8.2)."""
+    B, K = x.shape
+    F = V.shape[0]
+    L = lanes(out)
+    KL = K - K % L
+    n8 = B * F - B * F % 8
+    z = vsplat(out, 0)
+    r = j = 0  # the next block's first pair
+    for p0 in range(0, n8, 8):
+        x0, v0, r, j = _pair_at(r, j, F, K)
+        x1, v1, r, j = _pair_at(r, j, F, K)
+        x2, v2, r, j = _pair_at(r, j, F, K)
+        x3, v3, r, j = _pair_at(r, j, F, K)
+        x4, v4, r, j = _pair_at(r, j, F, K)
+        x5, v5, r, j = _pair_at(r, j, F, K)
+        x6, v6, r, j = _pair_at(r, j, F, K)
+        x7, v7, r, j = _pair_at(r, j, F, K)
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = z
         for f in range(0, KL, L):
-            a = vfma(vload(x, q, f), vload(V, i, f), a)
-        t = vsum(a)
-        for k in range(KL, K):
-            t += x[q, k] * V[i, k]
-        out[q, i] = t
+            a0 = vfma(vload(x, 0, x0 + f), vload(V, 0, v0 + f), a0)
+            a1 = vfma(vload(x, 0, x1 + f), vload(V, 0, v1 + f), a1)
+            a2 = vfma(vload(x, 0, x2 + f), vload(V, 0, v2 + f), a2)
+            a3 = vfma(vload(x, 0, x3 + f), vload(V, 0, v3 + f), a3)
+            a4 = vfma(vload(x, 0, x4 + f), vload(V, 0, v4 + f), a4)
+            a5 = vfma(vload(x, 0, x5 + f), vload(V, 0, v5 + f), a5)
+            a6 = vfma(vload(x, 0, x6 + f), vload(V, 0, v6 + f), a6)
+            a7 = vfma(vload(x, 0, x7 + f), vload(V, 0, v7 + f), a7)
+        t0, t1, t2, t3 = vfold(a0, a1, 1), vfold(a2, a3, 1), vfold(a4, a5, 1), vfold(a6, a7, 1)
+        _store_sums(out, 0, p0, vfold(vfold(t0, t1, 2), vfold(t2, t3, 2), 3), 8)  # out read flat
+    _pairs_tail(x, V, out, n8, KL, z)
 
 
 @overload(_dot_pairs)
 def _dot_pairs_overload(x, V, out):
-    return _dot_pairs_impl if _vectors_load(x, V, out) else (lambda x, V, out: None)
+    if not _vectors_load(x, V, out):
+        return lambda x, V, out: None
+    return _dot_pairs_impl if native_vector_bytes() >= VECTOR_BYTES else _dot_pairs8_impl
 
 
 def _narrow_rows(x, W, out):

@@ -844,6 +844,27 @@ def test_dx_fold_block_does_not_change_results(B, K, m, dtype, seed):
     assert_mlp_close(out[16], dx_ref, dtype)
 
 
+_PAIRS = {16: njit(cpu._dot_pairs_impl), 8: njit(cpu._dot_pairs8_impl)}
+
+
+@settings(SLOW)
+@given(st.integers(1, 20), st.integers(1, 9), st.sampled_from([16, 17, 31, 32, 64, 65]),
+       st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
+@example(8, 2, 64, np.float32, 0)  # a policy head at batch 8: one block of 16, two of 8
+@example(3, 5, 17, np.float64, 1)  # blocks, a tail of single dot products, leftover terms
+def test_dot_pairs_block_does_not_change_results(B, F, K, dtype, seed):
+    """_dot_pairs in blocks of 8 (narrower registers than 64 bytes) gives the bits of the blocks of
+    16: the same FMA chain and lane-sum tree per dot product, the same leftover terms."""
+    rng = np.random.default_rng(seed)
+    x, V = rng.normal(size=(B, K)).astype(dtype), rng.normal(size=(F, K)).astype(dtype)
+    out = {}
+    for n, pairs in _PAIRS.items():
+        out[n] = np.full((B, F), np.nan, dtype)
+        pairs(x, V, out[n])
+    np.testing.assert_array_equal(out[8], out[16])
+    assert_mlp_close(out[16], x.astype(np.float64) @ V.astype(np.float64).T, dtype)
+
+
 @njit
 def _col_sums_call(d, out):
     cpu._col_sums(d, out)
