@@ -1102,10 +1102,13 @@ def _pairs_tail(x, V, out, nb, KL, z):
         a = z
         for f in range(0, KL, L):
             a = vfma(vload(x, q, f), vload(V, i, f), a)
-        t = out.dtype.type(0)  # the leftover terms summed apart and added last, as for the blocks
-        for k in range(KL, K):
-            t += x[q, k] * V[i, k]
-        out[q, i] = vsum(a) + t
+        s = vsum(a)
+        if KL < K:  # the leftover terms summed apart and added last, as for the blocks
+            t = out.dtype.type(0)
+            for k in range(KL, K):
+                t += x[q, k] * V[i, k]
+            s += t
+        out[q, i] = s
 
 
 def _dot_pairs_impl(x, V, out):
