@@ -910,8 +910,8 @@ def _store16_overload(out, r, k, v0, v1):
 @njit(inline="always")
 def _dots8(d, W, r, k, F, L, z):
     """:func:`_dots16` for 8 of W's rows, folded (three levels of the same tree) into one vector
-    whose lane groups hold the 8 sums in order: the block of :func:`_dx_fold` for 32-byte registers
-    (AVX2) in float32, where 16 accumulators are 32 registers of the 16 there and spill."""
+    whose lane groups hold the 8 sums in order: the block of :func:`_dx_fold` in float32 below 64-byte
+    registers (AVX2: 16 accumulators are 32 of its 16 registers and spill; SSE, NEON)."""
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = z
     for f in range(0, F, L):
         x = vload(d, r, f)
@@ -972,13 +972,13 @@ def _dx_fold(d, W, dx):
     dot products of d's rows with W's rows, a block of W's rows at a time (:func:`_dots16`; where
     registers are narrower than 64 bytes (AVX2, SSE, NEON) the 16 accumulators spill, so 8 rows in
     float32 (:func:`_dots8`) and 4 in float64 (:func:`_dots4`): 8 x 64 x 64 float32 2.3-3.4 us in
-    blocks of 16 against 1.3-1.5 in blocks of 8 on a Zen 3), on
-    64-byte vectors, summed across lanes by shuffles (``simd.vfold``); no transposed copy of W. Every
-    dot product is the same chain of FMAs and the same tree of lane sums whatever the block, so the
-    results do not depend on it. The last K % block dot products one at a time, on vectors too
-    (``simd.vsum``; scalar loops there took dx of a 17 -> 64 layer at batch 8 from 0.21 to 0.50 us,
-    measured). Only numba code calls it; a no-op for arrays the vectors cannot load (callers check
-    ``lanes`` first)."""
+    blocks of 16 against 1.3-1.65 in blocks of 8 on a Zen 3), on 64-byte vectors, summed across
+    lanes by shuffles (``simd.vfold``); no transposed copy of W. Every dot product is the same chain
+    of FMAs and the same tree of lane sums whatever the block, so the results do not depend on it (a
+    NaN's sign bit may: which NaN operand an add keeps is LLVM's). The last K % block dot products
+    one at a time, on vectors too (``simd.vsum``; scalar loops there took dx of a 17 -> 64 layer at
+    batch 8 from 0.21 to 0.50 us, measured). Only numba code calls it; a no-op for arrays the
+    vectors cannot load (callers check ``lanes`` first)."""
     raise NotImplementedError("numba kernels only")
 
 
@@ -1042,7 +1042,7 @@ def _dx_fold_overload(d, W, dx):
     if native_vector_bytes() >= VECTOR_BYTES:
         return _dx_fold16
     # Narrower registers: blocks of half a vector's lanes (measured, 64 x 64 at batch 8 for AVX2
-    # (haswell, Zen 3) / SSE (x86-64), us: float32 blocks of 16 / 8 / 4 2.4-2.8 / 1.5-1.65 / 1.6-1.8
+    # (haswell, Zen 3) / SSE (x86-64), us: float32 blocks of 16 / 8 / 4 2.3-3.4 / 1.3-1.65 / 1.6-1.8
     # and 3.7 / 3.1 / 3.4; float64 5.0-7.4 / 2.6-4.3 / 2.0-3.8 and 7.3 / 7.5 / 6.2)
     return _dx_fold8 if vec_type(dx).n == 16 else _dx_fold4
 
@@ -1063,7 +1063,7 @@ def _dot_pairs(x, V, out):
     vectors (two loads per FMA), summed across lanes by the shuffle tree of :func:`_dots16` and
     stored as one run of out. Where :func:`_dx_fold`'s blocks of 16 dot products along one row do
     not fit, a narrow output: a policy head's 8 x 2 or 8 x 6 (V = W^T), dx of a first layer with
-    K < 16 (V = W). The last B F % 16 dot products go one at a time (``simd.vsum``), the K % L
+    K < 16 (V = W). The B F dot products a whole block does not take go one at a time (``simd.vsum``), the K % L
     leftover terms of each are scalar loops.
     The vector part is a fixed order of operations; the scalar leftover loops inherit the caller's
     fast-math flags (``reassoc`` in the MLP kernels), so LLVM may vectorise them at the target's own

@@ -836,8 +836,10 @@ def test_dx_fold_block_does_not_change_results(B, K, m, dtype, seed):
     d, W = rng.normal(size=(B, F)).astype(dtype), rng.normal(size=(K, F)).astype(dtype)
     out = {}
     for n, fold in _DX_FOLDS.items():
-        out[n] = np.full((B, K), np.nan, dtype)  # every entry must be written
+        buf = np.full(B * K + 64, np.nan, dtype)  # every entry must be written, nothing past them
+        out[n] = buf[:B * K].reshape(B, K)
         fold(d, W, out[n])
+        assert np.isnan(buf[B * K:]).all(), f"blocks of {n} wrote past dx"
     np.testing.assert_array_equal(out[8], out[16])
     np.testing.assert_array_equal(out[4], out[16])
     dx_ref, _, _ = ref.linear_backward(d.astype(np.float64), np.zeros((B, K)), W.astype(np.float64))
@@ -852,15 +854,19 @@ _PAIRS = {16: njit(cpu._dot_pairs_impl), 8: njit(cpu._dot_pairs8_impl)}
        st.sampled_from([np.float32, np.float64]), st.integers(0, 2**32 - 1))
 @example(8, 2, 64, np.float32, 0)  # a policy head at batch 8: one block of 16, two of 8
 @example(3, 5, 17, np.float64, 1)  # blocks, a tail of single dot products, leftover terms
+@example(3, 4, 31, np.float32, 0)  # 15 leftover terms: their sum is added last in the tail too
 def test_dot_pairs_block_does_not_change_results(B, F, K, dtype, seed):
     """_dot_pairs in blocks of 8 (narrower registers than 64 bytes) gives the bits of the blocks of
-    16: the same FMA chain and lane-sum tree per dot product, the same leftover terms."""
+    16 (NaNs aside, whose sign bit may differ): the same FMA chain and lane-sum tree per dot
+    product, the same leftover terms."""
     rng = np.random.default_rng(seed)
     x, V = rng.normal(size=(B, K)).astype(dtype), rng.normal(size=(F, K)).astype(dtype)
     out = {}
     for n, pairs in _PAIRS.items():
-        out[n] = np.full((B, F), np.nan, dtype)
+        buf = np.full(B * F + 64, np.nan, dtype)  # every entry must be written, nothing past them
+        out[n] = buf[:B * F].reshape(B, F)
         pairs(x, V, out[n])
+        assert np.isnan(buf[B * F:]).all(), f"blocks of {n} wrote past out"
     np.testing.assert_array_equal(out[8], out[16])
     assert_mlp_close(out[16], x.astype(np.float64) @ V.astype(np.float64).T, dtype)
 
