@@ -937,7 +937,8 @@ def _dots4(d, W, r, k, F, L, z):
 
 def _store_sums(out, r, k, v, n):
     """out[r, k:k + n] = the n sums whose partial sums v's lane groups hold (n = 4 or 8, a literal),
-    as :func:`_dots8` / :func:`_dots4` leave them: the tree's remaining levels fold v with itself
+    as :func:`_dots8` / :func:`_dots4` leave them (n = 16: the two vectors of :func:`_dots16`, through
+    :func:`_store16`): the tree's remaining levels fold v with itself
     (each sum then comes first, in its lane order, exactly as the 16-row block adds it), and the
     first n lanes are stored."""
     raise NotImplementedError("numba kernels only")
@@ -946,7 +947,13 @@ def _store_sums(out, r, k, v, n):
 @overload(_store_sums)
 def _store_sums_overload(out, r, k, v, n):
     vt = vec_type(out)
-    if vt is None or v != vt or not isinstance(n, types.IntegerLiteral):
+    if vt is None or not isinstance(n, types.IntegerLiteral):
+        return None
+    if n.literal_value == 16 and v == types.UniTuple(vt, 2):  # _dots16's two vectors
+        def store16(out, r, k, v, n):
+            _store16(out, r, k, v[0], v[1])
+        return store16
+    if v != vt:
         return None
     # v's groups hold L >> log2(n) lanes each: the levels log2(n) + 1 .. log2(L) are left
     levels = tuple(range(n.literal_value.bit_length(), vt.n.bit_length()))
@@ -992,47 +999,26 @@ def _dx_leftover(d, W, dx, r, k0, K, F, L, z):
         dx[r, k] = vsum(a)
 
 
-def _dx_fold16(d, W, dx):
-    B, F = d.shape
-    K = W.shape[0]
-    L = lanes(dx)
-    z = vsplat(dx, 0)
-    K16 = K - K % 16
-    for r in range(B):
-        for k in range(0, K16, 16):
-            v0, v1 = _dots16(d, W, r, k, F, L, z)
-            _store16(dx, r, k, v0, v1)
-    if K16 < K:  # (a separate loop: in the one above it cost ~0.1-0.2 us at 8 x 64 x 64)
+@functools.cache
+def _make_dx_fold_impl(n: int) -> Any:
+    """:func:`_dx_fold` in blocks of n = 16, 8 or 4 of W's rows (:func:`_dots16`, :func:`_dots8`,
+    :func:`_dots4`), then the K % n dot products left one at a time."""
+    dots = {16: _dots16, 8: _dots8, 4: _dots4}[n]
+
+    def _dx_fold_impl(d, W, dx):
+        B, F = d.shape
+        K = W.shape[0]
+        L = lanes(dx)
+        z = vsplat(dx, 0)
+        Kn = K - K % n
         for r in range(B):
-            _dx_leftover(d, W, dx, r, K16, K, F, L, z)
+            for k in range(0, Kn, n):
+                _store_sums(dx, r, k, dots(d, W, r, k, F, L, z), n)
+        if Kn < K:  # (a separate loop: in the one above it cost ~0.1-0.2 us at 8 x 64 x 64)
+            for r in range(B):
+                _dx_leftover(d, W, dx, r, Kn, K, F, L, z)
 
-
-def _dx_fold8(d, W, dx):
-    B, F = d.shape
-    K = W.shape[0]
-    L = lanes(dx)
-    z = vsplat(dx, 0)
-    K8 = K - K % 8
-    for r in range(B):
-        for k in range(0, K8, 8):
-            _store_sums(dx, r, k, _dots8(d, W, r, k, F, L, z), 8)
-    if K8 < K:  # (a separate loop: in the one above it cost ~0.1-0.2 us at 8 x 64 x 64)
-        for r in range(B):
-            _dx_leftover(d, W, dx, r, K8, K, F, L, z)
-
-
-def _dx_fold4(d, W, dx):
-    B, F = d.shape
-    K = W.shape[0]
-    L = lanes(dx)
-    z = vsplat(dx, 0)
-    K4 = K - K % 4
-    for r in range(B):
-        for k in range(0, K4, 4):
-            _store_sums(dx, r, k, _dots4(d, W, r, k, F, L, z), 4)
-    if K4 < K:  # (a separate loop: in the one above it cost ~0.1-0.2 us at 8 x 64 x 64)
-        for r in range(B):
-            _dx_leftover(d, W, dx, r, K4, K, F, L, z)
+    return _dx_fold_impl
 
 
 @overload(_dx_fold)
@@ -1040,11 +1026,11 @@ def _dx_fold_overload(d, W, dx):
     if not _vectors_load(d, W, dx):
         return lambda d, W, dx: None
     if native_vector_bytes() >= VECTOR_BYTES:
-        return _dx_fold16
+        return _make_dx_fold_impl(16)
     # Narrower registers: blocks of half a vector's lanes (measured, 64 x 64 at batch 8 for AVX2
     # (haswell, Zen 3) / SSE (x86-64), us: float32 blocks of 16 / 8 / 4 2.3-3.4 / 1.3-1.65 / 1.6-1.8
     # and 3.7 / 3.1 / 3.4; float64 5.0-7.4 / 2.6-4.3 / 2.0-3.8 and 7.3 / 7.5 / 6.2)
-    return _dx_fold8 if vec_type(dx).n == 16 else _dx_fold4
+    return _make_dx_fold_impl(8 if vec_type(dx).n == 16 else 4)
 
 
 @njit(inline="always")

@@ -818,7 +818,20 @@ def test_dx_fold_matches_reference(B, K, m, dtype, seed):
     assert_mlp_close(dx2, dx_ref, dtype)
 
 
-_DX_FOLDS = {n: njit(getattr(cpu, f"_dx_fold{n}")) for n in (16, 8, 4)}
+def _same_bits_in_every_block(impls: dict, a: np.ndarray, b: np.ndarray, shape: tuple) -> dict:
+    """Run each block size's kernel impls[n](a, b, out) into a NaN-filled out with 64 guard entries
+    after it: every entry must be written, nothing past them, and every block give the same bits."""
+    out = {}
+    for n, impl in impls.items():
+        buf = np.full(shape[0] * shape[1] + 64, np.nan, a.dtype)
+        out[n] = buf[:shape[0] * shape[1]].reshape(shape)
+        impl(a, b, out[n])
+        assert np.isnan(buf[out[n].size:]).all(), f"blocks of {n} wrote past the output"
+        np.testing.assert_array_equal(out[n], out[16], err_msg=f"blocks of {n} against 16")
+    return out
+
+
+_DX_FOLDS = {n: njit(cpu._make_dx_fold_impl(n)) for n in (16, 8, 4)}
 
 
 @settings(SLOW)
@@ -834,14 +847,7 @@ def test_dx_fold_block_does_not_change_results(B, K, m, dtype, seed):
     F = m * 64 // np.dtype(dtype).itemsize
     rng = np.random.default_rng(seed)
     d, W = rng.normal(size=(B, F)).astype(dtype), rng.normal(size=(K, F)).astype(dtype)
-    out = {}
-    for n, fold in _DX_FOLDS.items():
-        buf = np.full(B * K + 64, np.nan, dtype)  # every entry must be written, nothing past them
-        out[n] = buf[:B * K].reshape(B, K)
-        fold(d, W, out[n])
-        assert np.isnan(buf[B * K:]).all(), f"blocks of {n} wrote past dx"
-    np.testing.assert_array_equal(out[8], out[16])
-    np.testing.assert_array_equal(out[4], out[16])
+    out = _same_bits_in_every_block(_DX_FOLDS, d, W, (B, K))
     dx_ref, _, _ = ref.linear_backward(d.astype(np.float64), np.zeros((B, K)), W.astype(np.float64))
     assert_mlp_close(out[16], dx_ref, dtype)
 
@@ -861,13 +867,7 @@ def test_dot_pairs_block_does_not_change_results(B, F, K, dtype, seed):
     product, the same leftover terms."""
     rng = np.random.default_rng(seed)
     x, V = rng.normal(size=(B, K)).astype(dtype), rng.normal(size=(F, K)).astype(dtype)
-    out = {}
-    for n, pairs in _PAIRS.items():
-        buf = np.full(B * F + 64, np.nan, dtype)  # every entry must be written, nothing past them
-        out[n] = buf[:B * F].reshape(B, F)
-        pairs(x, V, out[n])
-        assert np.isnan(buf[B * F:]).all(), f"blocks of {n} wrote past out"
-    np.testing.assert_array_equal(out[8], out[16])
+    out = _same_bits_in_every_block(_PAIRS, x, V, (B, F))
     assert_mlp_close(out[16], x.astype(np.float64) @ V.astype(np.float64).T, dtype)
 
 
