@@ -937,10 +937,10 @@ def _dots4(d, W, r, k, F, L, z):
 
 def _store_sums(out, r, k, v, n):
     """out[r, k:k + n] = the n sums whose partial sums v's lane groups hold (n = 4 or 8, a literal),
-    as :func:`_dots8` / :func:`_dots4` leave them (n = 16: the two vectors of :func:`_dots16`, through
-    :func:`_store16`): the tree's remaining levels fold v with itself
+    as :func:`_dots8` / :func:`_dots4` leave them: the tree's remaining levels fold v with itself
     (each sum then comes first, in its lane order, exactly as the 16-row block adds it), and the
-    first n lanes are stored."""
+    first n lanes are stored. n = 16: v is the two vectors of :func:`_dots16`, through
+    :func:`_store16`."""
     raise NotImplementedError("numba kernels only")
 
 
@@ -1049,8 +1049,8 @@ def _dot_pairs(x, V, out):
     vectors (two loads per FMA), summed across lanes by the shuffle tree of :func:`_dots16` and
     stored as one run of out. Where :func:`_dx_fold`'s blocks of 16 dot products along one row do
     not fit, a narrow output: a policy head's 8 x 2 or 8 x 6 (V = W^T), dx of a first layer with
-    K < 16 (V = W). The B F dot products a whole block does not take go one at a time (``simd.vsum``), the K % L
-    leftover terms of each are scalar loops.
+    K < 16 (V = W). The dot products that do not fill a whole block go one at a time
+    (``simd.vsum``); the K % L leftover terms of each are scalar loops, summed apart and added last.
     The vector part is a fixed order of operations; the scalar leftover loops inherit the caller's
     fast-math flags (``reassoc`` in the MLP kernels), so LLVM may vectorise them at the target's own
     width: the same bits on CPUs of one vector width, ~1 ulp apart between widths. Only numba
