@@ -205,18 +205,27 @@ class ActorCritic:
     ) -> tuple[np.ndarray, Array, Array, Array]:
         """Sample (or take the mode of) pi(.|obs): returns actions (B,)|(B, d) on the host,
         their logp (B,), values (B,) and the dist params (see :meth:`dist_params`)."""
+        actions, _, logp, values, dist = self.act_with_device_actions(obs, rng, deterministic)
+        return actions, logp, values, dist
+
+    def act_with_device_actions(
+        self, obs: Array, rng: np.random.Generator, deterministic: bool = False
+    ) -> tuple[np.ndarray, Array, Array, Array, Array]:
+        """:meth:`act`, with the actions also on the parameters' device: (actions on the host, the same
+        on the device, logp, values, dist params). On the CPU backends the two are one array. The
+        rollout stores the device copy, so the actions cross to the GPU once per step."""
         # Numba backend: forward, distribution, sampling (from this rng, same draws) and log-prob in one
         # compiled call for small batches (kernels/cpu_act.py); None -> not supported, the code below.
         fused = backend.numba_kernels("cpu_act")
         if fused is not None:
             out = fused.act(self, obs, rng, deterministic)
             if out is not None:
-                return out
+                return out[0], out[0], out[1], out[2], out[3]
         dist, values, _ = self.forward(obs)
         actions = asnumpy(dist.mode()) if deterministic else dist.sample(rng)
         a_dev = array_module(values).asarray(actions)
         dist.trust(a_dev)  # its own sample (or mode): valid, and on a GPU not worth a sync to check
-        return actions, dist.log_prob(a_dev), values, self.dist_params(dist)
+        return actions, a_dev, dist.log_prob(a_dev), values, self.dist_params(dist)
 
     def predict(
         self, obs: Array, deterministic: bool = True, rng: np.random.Generator | np.random.RandomState | None = None

@@ -275,7 +275,7 @@ class PPO:
             # NEXT_STEP: an env's row at its reset step is the final observation of the episode that
             # ended (only bootstrapped): the normaliser learns from acted-on observations alone
             obs_dev = self._prep_obs(self._obs, update=valid)
-            actions, logp, values, dist = self.policy.act(obs_dev, self.rng)
+            actions, actions_dev, logp, values, dist = self.policy.act_with_device_actions(obs_dev, self.rng)
             if next_step and self._pending_boot.any():  # V(final obs) is this step's value (NEXT_STEP mode)
                 idx = np.flatnonzero(self._pending_boot)
                 buf.rewards[t - 1, idx] += cfg.gamma * values[idx]
@@ -306,7 +306,7 @@ class PPO:
                         v_final = backend.asnumpy(self._values(self._prep_obs(final, update=False)))
                         reward[idx] += cfg.gamma * v_final
             buf.add(
-                obs_dev, xp.asarray(actions), logp, values, dist,
+                obs_dev, actions_dev, logp, values, dist,
                 xp.asarray(reward, dtype=self.dtype), xp.asarray(done, dtype=self.dtype), valid,
             )
             if next_step:

@@ -220,3 +220,18 @@ def test_device_syncs_stay_within_budget(strict_cupy_backend, env_id, per_step):
     out = algo.update(0.0)
     assert out["n_updates"] == 4
     assert syncs() - before <= 7 * 4 + 2  # (+ 2: the explained variance, once per update)
+
+
+def test_a_rollout_step_uploads_each_array_once(strict_cupy_backend):
+    """The host -> device copies of a rollout step are the env boundary's five: the observations, the
+    sampled actions, rewards, dones and the valid mask. The actions went up twice (once to take their
+    log-prob, once more for the buffer) until the policy handed its device copy to the rollout."""
+    pytest.importorskip("gymnasium")
+    cp = strict_cupy_backend
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=4, n_steps=32, batch_size=32, n_epochs=1,
+                         total_timesteps=128, hidden=(8,)))
+    algo.collect_rollout()  # the first one also resets the envs
+    before = cp.STATS["upload"]
+    algo.collect_rollout()
+    # (+ 1 after the loop: the last observations, for their values)
+    assert cp.STATS["upload"] - before == 5 * 32 + 1
