@@ -472,10 +472,10 @@ def evaluate_policy(
         xp = array_module(next(iter(policy.params.values())))
 
         def act(o: np.ndarray) -> np.ndarray:
-            o = np.asarray(o, dtype=policy.dtype)[None]
+            o = np.asarray(o, dtype=policy.dtype).reshape(1, -1)  # (not [None]: row stride 0, see predict)
             if obs_norm is not None:
                 o = obs_norm(o, update=False)
-            a = policy.act(xp.asarray(o), rng, deterministic)[0][0]
+            a = policy._actions_only(xp.asarray(o), rng, deterministic)[0]
             space = policy.action_space
             return a + space.start if policy.discrete else space.clip(a)
     else:

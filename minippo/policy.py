@@ -178,15 +178,34 @@ class ActorCritic:
         feat = obs
         if self.trunk is not None:
             feat, cache["trunk"] = self.trunk.forward(obs)
-        out, cache["actor"] = self.actor.forward(feat)
+        dist, cache["actor"] = self._policy_head(feat)
         v, cache["critic"] = self.critic.forward(feat)
-        if self.discrete:
-            dist: Categorical | DiagGaussian = Categorical(out, self.temperature)
-        else:
-            log_std = np.clip(self.params["log_std"], LOG_STD_MIN, LOG_STD_MAX)
-            dist = DiagGaussian(out, log_std)
         cache["dist"] = dist
         return dist, v[:, 0], cache
+
+    def _policy_head(self, feat: Array) -> tuple[Categorical | DiagGaussian, list[Array]]:
+        """The actor on the (trunk's) features (B, F): the distribution and the actor's cache."""
+        out, actor_cache = self.actor.forward(feat)
+        if self.discrete:
+            return Categorical(out, self.temperature), actor_cache
+        return DiagGaussian(out, np.clip(self.params["log_std"], LOG_STD_MIN, LOG_STD_MAX)), actor_cache
+
+    def _actions_only(self, obs: Array, rng: Any, deterministic: bool) -> np.ndarray:
+        """The actions of :meth:`act` (same draws from ``rng``; none when ``deterministic``, where rng
+        may be None) and nothing else, on the host: no value head, log-prob or dist params. What
+        deployment needs; the fused numba act, where it applies, is faster still."""
+        fused = backend.numba_kernels("cpu_act")
+        if fused is not None:
+            out = fused.act(self, obs, rng, deterministic)
+            if out is not None:
+                return out[0]
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs must have shape (B, {self.obs_dim}), got {tuple(obs.shape)}")
+        feat = obs.astype(self.dtype, copy=False)
+        if self.trunk is not None:
+            feat = self.trunk.forward(feat)[0]
+        dist = self._policy_head(feat)[0]
+        return asnumpy(dist.mode()) if deterministic else dist.sample(rng)
 
     def evaluate(self, obs: Array, actions: Array) -> tuple[Array, Array, Array, dict[str, Any]]:
         """obs (B, obs_dim), actions (B,) or (B, d) -> logp (B,), entropy (B,), values (B,), cache."""
@@ -239,11 +258,11 @@ class ActorCritic:
             raise TypeError("rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
                             f"got {type(rng).__name__}")
         single = obs.ndim == 1
-        batch = obs[None] if single else obs
+        batch = obs.reshape(1, -1) if single else obs  # (obs[None] has row stride 0: numba takes the slow path)
         batch = array_module(next(iter(self.params.values()))).asarray(batch)  # to the parameters' device
         if not deterministic and rng is None:
             raise ValueError("rng is required when deterministic=False")
-        actions, *_ = self.act(batch, rng if rng is not None else np.random.default_rng(0), deterministic)
+        actions = self._actions_only(batch, rng, deterministic)  # (no draws when deterministic)
         return actions[0] if single else actions
 
     # ------------------------------------------------------------ backward

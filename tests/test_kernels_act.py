@@ -287,3 +287,27 @@ def test_numba_training_run_is_bit_identical_and_uses_the_fused_act(overrides):
     _, b = _train_rows(cfg)
     assert len(a) == 3
     assert json.dumps(a) == json.dumps(b)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_predict_one_observation_runs_the_fused_kernels(shared, monkeypatch):
+    """predict on one observation makes a (1, obs_dim) batch with a proper row stride: obs[None]
+    has row stride 0, which the fused MLP's layout check refuses, so a shared-trunk policy (no fused
+    act) fell back to numpy for deployment's most common call. Every MLP forward it makes is fused."""
+    from minippo.kernels import cpu
+
+    use_backend("numba")
+    pol = _policy(np.float32, False, (16, 16), "tanh", 0, shared=shared)
+    calls = []
+    real = cpu.mlp_forward
+
+    def spy(mlp, x):
+        out = real(mlp, x)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(cpu, "mlp_forward", spy)
+    obs = np.random.default_rng(0).normal(size=OBS_DIM).astype(np.float32)
+    monkeypatch.setattr(cpu_act, "MAX_BATCH", 0)  # the fused act off: the MLPs' own path
+    pol.predict(obs)
+    assert calls and all(calls), calls

@@ -217,6 +217,26 @@ def test_act_consistent_with_evaluate(discrete):
     assert np.shape(det) == (() if discrete else (2,))
 
 
+@pytest.mark.parametrize("discrete, shared, temperature", [(True, False, 1.0), (True, True, 0.5),
+                                                        (False, False, 1.0), (False, True, 1.0)])
+def test_predict_gives_act_actions_without_the_value_head(discrete, shared, temperature, monkeypatch):
+    """predict (deployment) takes the actions exactly as act does, the same draws from the same rng
+    (or the mode), but runs only the actor: no value head, log-prob or dist params (on numpy 2-3x
+    less time at batch 1). Deterministic, it needs no rng and draws none."""
+    space = Discrete(3) if discrete else Box(-np.ones(2), np.ones(2))
+    pol = ActorCritic(4, space, hidden=(8,), seed=1, shared=shared, temperature=temperature)
+    obs = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    expect = {det: pol.act(obs, np.random.default_rng(3), det)[0] for det in (True, False)}
+    one = pol.act(obs[2:3], None, True)[0][0]  # a batch of one (BLAS may round 1 and 6 rows apart)
+    monkeypatch.setattr(pol.critic, "forward", lambda *a: pytest.fail("predict ran the value head"))
+    np.testing.assert_array_equal(pol.predict(obs), expect[True])
+    np.testing.assert_array_equal(pol.predict(obs, False, np.random.default_rng(3)), expect[False])
+    np.testing.assert_array_equal(pol.predict(obs[2]), one)  # one observation
+    rng = np.random.default_rng(5)
+    pol.predict(obs, True, rng)
+    assert rng.random() == np.random.default_rng(5).random()  # nothing drawn
+
+
 def test_make_dist_roundtrip():
     pol = ActorCritic(2, Box(-np.ones(3), np.ones(3)), dtype=np.float64)
     d = pol.forward(np.ones((2, 2)))[0]
