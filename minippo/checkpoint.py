@@ -472,7 +472,8 @@ def evaluate_policy(
         xp = array_module(next(iter(policy.params.values())))
 
         def act(o: np.ndarray) -> np.ndarray:
-            o = np.asarray(o, dtype=policy.dtype).reshape(1, -1)  # (not [None]: row stride 0, see predict)
+            o = np.asarray(o, dtype=policy.dtype)
+            o = np.ascontiguousarray(o.reshape(1, *o.shape))  # (not o[None]: row stride 0, see predict)
             if obs_norm is not None:
                 o = obs_norm(o, update=False)
             a = policy._actions_only(xp.asarray(o), rng, deterministic)[0]

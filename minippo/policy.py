@@ -258,7 +258,8 @@ class ActorCritic:
             raise TypeError("rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
                             f"got {type(rng).__name__}")
         single = obs.ndim == 1
-        batch = obs.reshape(1, -1) if single else obs  # (obs[None] has row stride 0: numba takes the slow path)
+        # C order with real row strides (obs[None] has row stride 0): what the fused numba kernels take
+        batch = np.ascontiguousarray(obs.reshape(1, -1) if single else obs)
         batch = array_module(next(iter(self.params.values()))).asarray(batch)  # to the parameters' device
         if not deterministic and rng is None:
             raise ValueError("rng is required when deterministic=False")

@@ -291,9 +291,10 @@ def test_numba_training_run_is_bit_identical_and_uses_the_fused_act(overrides):
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_predict_one_observation_runs_the_fused_kernels(shared, monkeypatch):
-    """predict on one observation makes a (1, obs_dim) batch with a proper row stride: obs[None]
-    has row stride 0, which the fused MLP's layout check refuses, so a shared-trunk policy (no fused
-    act) fell back to numpy for deployment's most common call. Every MLP forward it makes is fused."""
+    """predict on one observation makes a C-ordered (1, obs_dim) batch with a real row stride:
+    obs[None] has row stride 0, which the fused MLP's layout check refuses, so a shared-trunk policy
+    (no fused act) fell back to numpy for deployment's most common call; a strided view, likewise.
+    Every MLP forward it makes is fused."""
     from minippo.kernels import cpu
 
     use_backend("numba")
@@ -309,5 +310,7 @@ def test_predict_one_observation_runs_the_fused_kernels(shared, monkeypatch):
     monkeypatch.setattr(cpu, "mlp_forward", spy)
     obs = np.random.default_rng(0).normal(size=OBS_DIM).astype(np.float32)
     monkeypatch.setattr(cpu_act, "MAX_BATCH", 0)  # the fused act off: the MLPs' own path
-    pol.predict(obs)
+    a = pol.predict(obs)
+    strided = np.repeat(obs, 2)[::2]  # the same values in a non-contiguous view: made C-ordered
+    np.testing.assert_array_equal(pol.predict(strided), a)
     assert calls and all(calls), calls

@@ -653,3 +653,18 @@ def test_temperature_keeps_the_ratio_exact(temperature):
         np.testing.assert_array_equal(logp, mb["logp_old"])
     else:  # the fused numba act sums in another order (float32 tanh within 8 ulp): equal to rounding
         np.testing.assert_allclose(logp, mb["logp_old"], rtol=0, atol=1e-6)
+
+
+def test_evaluate_refuses_observations_of_another_shape_than_declared():
+    """An env whose observations do not have the shape its space declares is refused, not flattened
+    into a batch of one (evaluate_policy adds the batch axis in front, keeping every other axis)."""
+    from minippo.policy import ActorCritic
+    from minippo.spaces import Discrete
+
+    class Liar(Probe):
+        def _obs(self):
+            return np.zeros((2, 1), np.float32)  # the space says (2,)
+
+    pol = ActorCritic(2, Discrete(2), hidden=(4,))
+    with pytest.raises(ValueError, match=r"obs must have shape \(B, 2\), got \(1, 2, 1\)"):
+        evaluate_policy(pol, None, 1, env=Liar(), max_steps=3)
