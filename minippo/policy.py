@@ -171,24 +171,24 @@ class ActorCritic:
 
     def forward(self, obs: Array) -> tuple[Categorical | DiagGaussian, Array, dict[str, Any]]:
         """obs (B, obs_dim) -> (distribution, values (B,), cache)."""
-        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
-            raise ValueError(f"obs must have shape (B, {self.obs_dim}), got {tuple(obs.shape)}")
-        obs = obs.astype(self.dtype, copy=False)
         cache: dict[str, Any] = {}
-        feat = obs
-        if self.trunk is not None:
-            feat, cache["trunk"] = self.trunk.forward(obs)
-        dist, cache["actor"] = self._policy_head(feat)
+        dist, feat = self._policy_head(obs, cache)
         v, cache["critic"] = self.critic.forward(feat)
         cache["dist"] = dist
         return dist, v[:, 0], cache
 
-    def _policy_head(self, feat: Array) -> tuple[Categorical | DiagGaussian, list[Array]]:
-        """The actor on the (trunk's) features (B, F): the distribution and the actor's cache."""
-        out, actor_cache = self.actor.forward(feat)
+    def _policy_head(self, obs: Array, cache: dict[str, Any]) -> tuple[Categorical | DiagGaussian, Array]:
+        """obs (B, obs_dim) -> (the distribution, the (trunk's) features (B, F) the value head takes);
+        the trunk's and the actor's caches go into ``cache``."""
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs must have shape (B, {self.obs_dim}), got {tuple(obs.shape)}")
+        feat = obs.astype(self.dtype, copy=False)
+        if self.trunk is not None:
+            feat, cache["trunk"] = self.trunk.forward(feat)
+        out, cache["actor"] = self.actor.forward(feat)
         if self.discrete:
-            return Categorical(out, self.temperature), actor_cache
-        return DiagGaussian(out, np.clip(self.params["log_std"], LOG_STD_MIN, LOG_STD_MAX)), actor_cache
+            return Categorical(out, self.temperature), feat
+        return DiagGaussian(out, np.clip(self.params["log_std"], LOG_STD_MIN, LOG_STD_MAX)), feat
 
     def _actions_only(self, obs: Array, rng: Any, deterministic: bool) -> np.ndarray:
         """The actions of :meth:`act` (same draws from ``rng``; none when ``deterministic``, where rng
@@ -199,12 +199,7 @@ class ActorCritic:
             out = fused.act(self, obs, rng, deterministic)
             if out is not None:
                 return out[0]
-        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
-            raise ValueError(f"obs must have shape (B, {self.obs_dim}), got {tuple(obs.shape)}")
-        feat = obs.astype(self.dtype, copy=False)
-        if self.trunk is not None:
-            feat = self.trunk.forward(feat)[0]
-        dist = self._policy_head(feat)[0]
+        dist, _ = self._policy_head(obs, {})
         return asnumpy(dist.mode()) if deterministic else dist.sample(rng)
 
     def evaluate(self, obs: Array, actions: Array) -> tuple[Array, Array, Array, dict[str, Any]]:
