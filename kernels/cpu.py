@@ -431,13 +431,14 @@ def gae(
     own = out is None
     if not _GAE_READY:  # nothing compiled yet (the kernel compiles only through _gae_prepare)
         return _gae_slow(rewards, values, dones, last_values, gamma, lam, out, own)
-    if own:
-        out = (np.empty(rewards.shape, rewards.dtype), np.empty(rewards.shape, rewards.dtype))
     try:  # gamma, lam as given: Python and numpy float64 (or int) match the float64 signature
+        if own:
+            out = (np.empty(rewards.shape, rewards.dtype), np.empty(rewards.shape, rewards.dtype))
         status = _gae_kernel(rewards, values, dones, last_values, gamma, lam, out[0], out[1])
-    except (TypeError, RuntimeError):  # not the compiled signature: other dtypes or layouts, float32
-        # scalars. RuntimeError: another thread's _gae_prepare enabled compiling for a moment, so this
-        # call tried to compile its signature and found compiling disabled again once it had the lock
+    except (TypeError, RuntimeError, AttributeError):  # not the compiled signature: other dtypes or
+        # layouts, float32 scalars, not arrays (AttributeError: a list has no shape). RuntimeError:
+        # another thread's _gae_prepare enabled compiling for a moment, so this call tried to compile
+        # its signature and found compiling disabled again once it had the lock
         return _gae_slow(rewards, values, dones, last_values, gamma, lam, out, own)
     if status == 3:
         return _gae_copied(rewards, values, dones, last_values, gamma, lam, out)

@@ -44,6 +44,57 @@ def real(
     raise ValueError(msg) if ok_type else TypeError(msg)
 
 
+def integer(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as a Python int, if it is an integer (numpy ints included; not a bool, not a float)
+    in ``[low, high]`` (None: unbounded). Raises TypeError for a non-integer and ValueError for one
+    out of range; both messages name ``name`` and the allowed values."""
+    ok_type = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if ok_type and (low is None or value >= low) and (high is None or value <= high):
+        return int(value)
+    if low is not None and high is not None:
+        allowed = f" in [{low}, {high}]"
+    elif low is not None:
+        allowed = f" >= {low}"
+    elif high is not None:
+        allowed = f" <= {high}"
+    else:
+        allowed = ""
+    msg = f"{name} must be an integer{allowed}, got {value!r}"
+    raise ValueError(msg) if ok_type else TypeError(msg)
+
+
+def array(name: str, value: Any) -> None:
+    """TypeError naming ``name`` unless ``value`` is an array (it has ``shape``, ``ndim`` and ``dtype``:
+    a numpy or cupy ndarray). The building blocks take arrays; a Python list would fail deep inside."""
+    if not (hasattr(value, "shape") and hasattr(value, "ndim") and hasattr(value, "dtype")):
+        raise TypeError(f"{name} must be an array (numpy.ndarray, or cupy.ndarray on the cupy backend), "
+                        f"got {type(value).__name__}")
+
+
+def generator(name: str, value: Any) -> None:
+    """TypeError naming ``name`` unless ``value`` is a numpy Generator (or a legacy RandomState)."""
+    if not isinstance(value, (np.random.Generator, np.random.RandomState)):
+        raise TypeError(f"{name} must be a numpy.random.Generator (np.random.default_rng(seed)), "
+                        f"got {type(value).__name__}")
+
+
+def seed(name: str, value: Any) -> Any:
+    """``value`` if it is a numpy Generator, else as an integer >= 0 (what ``np.random.default_rng``
+    takes); TypeError or ValueError naming ``name`` otherwise."""
+    return value if isinstance(value, np.random.Generator) else integer(name, value, 0)
+
+
+def float_dtype(name: str, value: Any) -> np.dtype:
+    """``np.dtype(value)`` if it is a float dtype; else ValueError naming ``name``."""
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise ValueError(f"{name} must be a float type (float32 or float64), got {value!r}")
+    return dt
+
+
 def int_list(value: Any) -> list[int] | None:
     """``value`` as a list of Python ints if it is an iterable of integers (numpy ints included, bools
     not) other than a string, else None. (A string "64" would iterate as (6, 4), a bare 64 not at all.)"""

@@ -20,13 +20,15 @@ from typing import Any
 import numpy as np
 
 from minippo import backend
-from minippo._checks import real
+from minippo._checks import array, real
 
 Array = Any
 ESTIMATORS = ("gae", "mc", "td")
 
 
 def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, gamma: float, lam: float) -> None:
+    for name, a in (("rewards", rewards), ("values", values), ("dones", dones), ("last_values", last_values)):
+        array(name, a)
     if rewards.ndim != 2:
         raise ValueError(f"rewards must have shape (T, N), got {tuple(rewards.shape)}")
     for name, a in (("values", values), ("dones", dones)):
@@ -35,7 +37,7 @@ def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, g
     if last_values.shape != rewards.shape[1:]:
         raise ValueError(f"last_values must have shape ({rewards.shape[1]},), got {tuple(last_values.shape)}")
     real("gamma", gamma, 0.0, 1.0, low_open=True)
-    real("gae_lambda", lam, 0.0, 1.0)
+    real("lam", lam, 0.0, 1.0)
     if not _binary(dones):
         bad = (dones != 0) & (dones != 1)
         t, n = (int(i) for i in np.unravel_index(int(bad.argmax()), bad.shape))
@@ -86,7 +88,8 @@ def compute_gae(
     """GAE advantages and returns.
 
     rewards, values, dones: (T, N) floats (dones 0/1: any other value raises ValueError);
-    last_values: (N,) = V(s_T).
+    last_values: (N,) = V(s_T). NaN or inf in rewards or values is not checked here (this runs on
+    every rollout; the losses refuse non-finite inputs) and propagates to the results.
     Returns (advantages (T, N), returns (T, N) = advantages + values) in rewards' dtype when it is
     float32 or float64, else float64; the other inputs are cast to it. ``out=(adv, returns)``: two
     arrays of that shape and dtype to write into (and return); the numba backend then allocates
@@ -97,11 +100,12 @@ def compute_gae(
     name = backend.resolved()[0]
     if name == "numba":  # the kernel checks shapes, gamma and lambda itself (0.35 us less than here)
         return (_cpu or _load_cpu()).gae(rewards, values, dones, last_values, gamma, lam, out)
-    s = rewards.shape  # the cheap checks first; _validate says what is wrong
-    try:
+    try:  # the cheap checks first; _validate says what is wrong
+        s = rewards.shape
         ok = len(s) == 2 and values.shape == s and dones.shape == s and last_values.shape == s[1:] \
-            and 0.0 < gamma <= 1.0 and 0.0 <= lam <= 1.0 and _binary(dones)
-    except TypeError:  # gamma or lam not a number
+            and 0.0 < gamma <= 1.0 and 0.0 <= lam <= 1.0 and type(gamma) is not bool and type(lam) is not bool \
+            and _binary(dones)
+    except (TypeError, AttributeError):  # gamma or lam not a number, an input not an array
         ok = False
     if not ok:
         _validate(rewards, values, dones, last_values, gamma, lam)

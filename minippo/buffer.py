@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from minippo._checks import float_dtype, integer
 from minippo.advantages import compute_advantages
 from minippo.backend import asnumpy
 
@@ -36,7 +37,9 @@ class RolloutBuffer:
         discrete: bool = True,
         xp: Any = np,
     ) -> None:
-        T, N = n_steps, n_envs
+        T, N = integer("n_steps", n_steps, 1), integer("n_envs", n_envs, 1)
+        obs_dim, dist_dim = integer("obs_dim", obs_dim, 1), integer("dist_dim", dist_dim, 1)
+        dtype = float_dtype("dtype", dtype)
         self.T, self.N, self.xp = T, N, xp
         self.obs = xp.zeros((T, N, obs_dim), dtype=dtype)
         self.actions = xp.zeros((T, N, *action_shape), dtype=np.int64 if discrete else dtype)
@@ -114,8 +117,7 @@ class RolloutBuffer:
         are normalised per minibatch). When one minibatch covers the whole rollout it is yielded in
         time order, built once per rollout.
         """
-        if batch_size < 1 or min_size < 1:
-            raise ValueError(f"batch_size and min_size must be >= 1, got {batch_size}, {min_size}")
+        batch_size, min_size = integer("batch_size", batch_size, 1), integer("min_size", min_size, 1)
         n = self.T * self.N
         n_minibatches = n // batch_size
         if n_minibatches < 1 or n % batch_size:

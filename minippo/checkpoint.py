@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from minippo import __version__
+from minippo._checks import integer
 from minippo.policy import ActorCritic, check_obs
 
 FORMAT = 1
@@ -74,6 +75,8 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through ``write(f)`` on a temp file beside ``path``, then fsync, rename onto
     ``path`` and fsync the folder: ``path`` is never half-written (the old file stays until the new
     one is whole), and the new file is durable once this returns. A failure removes the temp file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
     # The temp file goes in the folder the OS resolves ``path`` into (symlinks and "..", as open()
     # would), so the rename stays in one folder; the rename itself is onto ``path`` as given.
     folder = os.path.realpath(os.path.dirname(path) or ".")
@@ -125,6 +128,8 @@ def save_checkpoint(algo: Any, path: str) -> None:
                                                          "MKL_NUM_THREADS")},
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "config": algo.config.to_dict(),
+        # the class of an env given as PPO(config, env=...) without a gymnasium id: config.env_id is not its
+        "custom_env": algo.custom_env,
         "policy": algo.policy.describe(),
         "num_timesteps": algo.num_timesteps,
         "iteration": algo.iteration,
@@ -141,6 +146,8 @@ def save_checkpoint(algo: Any, path: str) -> None:
 
 def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(meta, arrays) from a checkpoint file, with clear errors for anything wrong."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
     if os.path.isdir(path):
         raise CheckpointError(f"{path!r} is a folder, not a checkpoint file (a run folder's is model.npz)")
     if not os.path.isfile(path):
@@ -265,7 +272,9 @@ def _config_from_meta(meta: dict[str, Any], path: str) -> Any:
     try:
         return PPOConfig.from_dict(_saved_config(meta))
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path!r}: the saved config is invalid: {e}") from e
+        saved = meta.get("minippo")
+        by = f" (saved by minippo {saved}, this is {__version__})" if saved != __version__ else ""
+        raise CheckpointError(f"{path!r}: the saved config is invalid{by}: {e}") from e
 
 
 def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
@@ -285,6 +294,10 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     missing = [k for k in _TRAINER_KEYS if k not in meta]
     if missing:
         raise CheckpointError(f"{path!r}: meta is missing {missing} (the trainer's state a resume needs)")
+    custom = meta.get("custom_env")
+    if custom and env is None:
+        raise ValueError(f"{path!r} was trained on {custom}, given as PPO(config, env=...), not made from "
+                         f"config.env_id={config.env_id!r}: pass the env again, PPO.load(path, env=...)")
     algo = PPO(config, env=env)
     saved, here = _policy_from_meta(meta, path).describe(), algo.policy.describe()
     space = meta["policy"]["action_space"]
@@ -351,6 +364,9 @@ class Policy:
         self.obs_mean, self.obs_var = obs_mean, obs_var
         self.env_id = env_id
         self.meta = meta or {}
+        self.custom_env: str | None = self.meta.get("custom_env")
+        """The class name of the env it was trained on when that env was given as ``PPO(config, env=...)``
+        without a gymnasium id (``env_id`` is then not that env's; evaluate with ``env=``), else None."""
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         """Raw obs (obs_dim,) or (B, obs_dim) -> what the network saw in training (saved statistics,
@@ -365,7 +381,7 @@ class Policy:
         rng: np.random.Generator | np.random.RandomState | None = None,
     ) -> np.ndarray:
         """obs (obs_dim,) or (B, obs_dim) -> env actions () / (d,) or (B,) / (B, d)."""
-        a = self.policy.predict(self.normalize(obs), deterministic, rng)
+        a = self.policy._predict(self.normalize(obs), deterministic, rng)  # (normalize checked obs)
         space = self.policy.action_space
         if self.policy.discrete:
             return a + space.start
@@ -439,8 +455,13 @@ def evaluate_policy(
     there counts with the return it had."""
     from minippo.envs import _gym, check_env_id, dependency_errors
 
-    if n_episodes < 1:
-        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if not isinstance(policy, (ActorCritic, Policy)):
+        raise TypeError(f"policy must be an ActorCritic (PPO.policy) or a Policy (load_policy), got "
+                        f"{type(policy).__name__}")
+    n_episodes = integer("n_episodes", n_episodes, 1)
+    seed = integer("seed", seed, 0)
+    if max_steps is not None:
+        max_steps = integer("max_steps", max_steps, 1)
     own = env is None
     if own:
         if env_id is None:
@@ -456,9 +477,7 @@ def evaluate_policy(
     try:
         check_env_fits(policy.policy if isinstance(policy, Policy) else policy, env, env_id)
         if max_steps is None:
-            max_steps = getattr(env.spec, "max_episode_steps", None) or EVAL_MAX_STEPS
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+            max_steps = getattr(getattr(env, "spec", None), "max_episode_steps", None) or EVAL_MAX_STEPS
     except BaseException:
         if own:
             env.close()

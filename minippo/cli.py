@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--timesteps", type=int, default=None, help="total env steps")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--n-envs", type=int, default=None)
-    t.add_argument("--objective", choices=("clip", "kl_penalty", "surrogate", "a2c", "reinforce"), default=None)
+    t.add_argument("--objective", choices=("clip", "kl_penalty", "surrogate", "a2c", "reinforce"), default=None,
+                   help="the rung of the ladder to train (default clip); a2c and reinforce are on-policy and take "
+                        "one epoch per rollout (n_epochs=1) unless --set n_epochs=... says otherwise")
     t.add_argument("--out", default=None,
                    help="run folder (default runs/ENV_ID-sSEED; with --resume, the resumed model.npz's folder)")
     t.add_argument("--resume", default=None, metavar="MODEL",
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------ train
 def _make_config(args: argparse.Namespace) -> Any:
-    from minippo.config import PRESETS, PPOConfig, preset
+    from minippo.config import ON_POLICY, PRESETS, PPOConfig, preset
 
     name = args.preset
     if name is None:  # "module:EnvId" is EnvId's preset
@@ -92,16 +94,23 @@ def _make_config(args: argparse.Namespace) -> Any:
     }
     sets = dict(cfg.parse_assignment(a) for a in args.set)
     both = sorted(set(changes) & set(sets))
+    flags = {"total_timesteps": "--timesteps", "seed": "--seed", "n_envs": "--n-envs", "objective": "--objective"}
     if both:
-        flags = {"total_timesteps": "--timesteps", "seed": "--seed", "n_envs": "--n-envs", "objective": "--objective"}
         raise UsageError(" and ".join(f"{flags[k]} and --set {k}=" for k in both)
                          + " both given: set each field once")
+    if (sets.get("objective", changes.get("objective", cfg.objective)) in ON_POLICY and "n_epochs" not in sets
+            and cfg.n_epochs != 1):
+        changes["n_epochs"] = 1  # the textbook algorithm: a preset's epochs would reuse the rollout (see PPO)
     if "env_id" in sets and sets["env_id"] != args.env_id:
         raise UsageError(f"--set env_id={sets['env_id']} differs from ENV_ID {args.env_id}: the env is "
                          "given once, as ENV_ID")
     try:
         return cfg.replace(**changes, **sets) if changes or sets else cfg
     except ValueError as e:
+        # a value given by a flag: name the flag (the message names the config field)
+        flagged = [k for k in changes if f"PPOConfig.{k}=" in str(e)]
+        if flagged:
+            raise UsageError(f"{flags[flagged[0]]} {changes[flagged[0]]}: {e}") from e
         # a field the user never set may be the preset's: say so, and how to change it
         given = set(changes) | set(sets)
         named = [k for k in PRESETS.get(name, {}) if k not in given and k != "env_id" and f"{k}=" in str(e)]
@@ -492,6 +501,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         policy = load_policy(args.model)
     except (FileNotFoundError, CheckpointError) as e:
         raise UsageError(str(e)) from e
+    if policy.custom_env:
+        raise UsageError(f"{args.model} was trained on {policy.custom_env}, an env given as PPO(config, env=...), "
+                         "which minippo eval cannot make: evaluate it in Python, "
+                         "evaluate_policy(load_policy(path), None, env=<one env>)")
     try:
         check_env_id(policy.env_id)
     except ValueError as e:

@@ -20,6 +20,8 @@ from minippo._checks import int_list
 from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
 
 OBJECTIVES = ("clip", "kl_penalty", "surrogate", "a2c", "reinforce")
+ON_POLICY = ("a2c", "reinforce")
+"""The objectives whose gradient is the policy gradient only on the rollout's own policy (no ratio)."""
 ADVANTAGES = ("auto", "gae", "mc", "td")
 SCHEDULE_KINDS = ("constant", "linear", "exponential")
 ACTIVATIONS = ("tanh", "relu")
@@ -39,8 +41,10 @@ class PPOConfig:
     (importance-sampled, unclipped), a2c (policy gradient with TD(0) advantage), reinforce
     (policy gradient with Monte Carlo return minus value baseline). a2c and reinforce are on-policy:
     for the textbook one gradient step per rollout set n_epochs=1 and batch_size=n_envs*n_steps
-    (examples/ladder.py's a2c rung does; its reinforce rung takes one pass in steps of 256); with the
-    defaults they take n_epochs * minibatches steps on it."""
+    (examples/ladder.py's a2c rung does; its reinforce rung takes one pass in steps of 256); with
+    n_epochs > 1 they take n_epochs * minibatches steps on it, all but the first pass without the
+    ratio that would make them policy-gradient steps (PPO warns; ``minippo train --objective a2c``
+    sets n_epochs=1 unless told otherwise)."""
     advantage: str = "auto"
     """advantage estimator: gae (GAE(gamma, lambda)), mc (reward-to-go G_t - V), td (TD(0) error
     delta_t); auto = gae for clip/kl_penalty/surrogate, td for a2c, mc for reinforce."""
@@ -114,7 +118,7 @@ class PPOConfig:
     autoreset: str = "same_step"
     """same_step (final obs in info) | next_step (gymnasium's vectorised envs; reset steps masked).
     The mode of the env minippo makes; an env given as ``PPO(config, env=...)`` is read in its own
-    mode (``env.metadata["autoreset_mode"]``)."""
+    mode (``env.metadata["autoreset_mode"]``), which the trainer's config (and its checkpoints) then records."""
     dtype: str = "float32"
     """training dtype: float32 | float64."""
     eval_episodes: int = 10
@@ -123,11 +127,14 @@ class PPOConfig:
     """extra keyword arguments for gymnasium.make."""
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def _normalise(self) -> None:
+        """numpy values as plain Python ones, before validation (also of fields set after construction)."""
         # A bare int or a string ("64" would silently become (6, 4)) is not a list of widths.
         widths = int_list(self.hidden)
-        if widths is None:
-            raise ValueError(f"PPOConfig.hidden={self.hidden!r} is invalid: must be a list of integer widths")
-        self.hidden = tuple(widths)
+        if widths is not None:
+            self.hidden = tuple(widths)
         # numpy scalars (a sweep over np.arange, a value read from an array) are plain numbers here:
         # ints stay exact, and every stored value is a Python int or float that to_json can write
         for f in dataclasses.fields(self):
@@ -141,11 +148,14 @@ class PPOConfig:
                 setattr(self, f.name, int(v))
             elif f.type in ("float", "float | None"):
                 setattr(self, f.name, float(v))
-        self.validate()
 
     # ------------------------------------------------------------ validation
     def validate(self) -> PPOConfig:
-        """Raise ValueError naming the field, its value and what is allowed; returns self."""
+        """Raise ValueError naming the field, its value and what is allowed; returns self.
+
+        numpy scalars (and a numpy array or list of widths for ``hidden``) are first turned into the
+        Python values they hold, also when set after construction."""
+        self._normalise()
 
         def bad(name: str, allowed: str) -> ValueError:
             return ValueError(f"PPOConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
@@ -204,8 +214,8 @@ class PPOConfig:
             raise bad("target_kl", "must be a finite number > 0, or None")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise bad("seed", "must be an integer >= 0")
-        widths = int_list(self.hidden) if isinstance(self.hidden, (tuple, list)) else None
-        if not widths or any(w < 1 for w in widths):
+        if not isinstance(self.hidden, tuple) or not self.hidden \
+                or any(type(w) is not int or w < 1 for w in self.hidden):  # (_normalise made ints of ints)
             raise bad("hidden", "must list at least one positive integer width")
         if self.lr_schedule == "exponential" and self.lr_end <= 0:
             raise bad("lr_end", "must be > 0 for an exponential lr_schedule")
@@ -243,6 +253,8 @@ class PPOConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PPOConfig:
         """Build from a dict; unknown keys raise a ValueError that lists the known ones."""
+        if not isinstance(d, dict):
+            raise TypeError(f"PPOConfig.from_dict takes a dict of fields (a JSON object), got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import finite, real
+from minippo._checks import array, finite, generator, real
 from minippo.backend import array_module, asnumpy
 
 Array = Any
@@ -38,6 +38,7 @@ class Categorical:
     """
 
     def __init__(self, logits: Array, temperature: float = 1.0) -> None:
+        array("logits", logits)
         if logits.ndim != 2 or logits.shape[1] < 1:
             raise ValueError(f"logits must have shape (B, n_actions) with n_actions >= 1, got {tuple(logits.shape)}")
         if logits.dtype.kind != "f":
@@ -124,6 +125,7 @@ class Categorical:
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """Draw one action per row with ``rng`` (inverse CDF on host) -> (B,) int64."""
+        generator("rng", rng)
         p = np.asarray(asnumpy(self.probs), dtype=np.float64)
         u = rng.random((p.shape[0], 1))
         cdf = np.cumsum(p, axis=1)
@@ -148,6 +150,8 @@ class DiagGaussian:
     """
 
     def __init__(self, mean: Array, log_std: Array) -> None:
+        array("mean", mean)
+        array("log_std", log_std)
         if mean.ndim != 2:
             raise ValueError(f"mean must have shape (B, action_dim), got {tuple(mean.shape)}")
         if log_std.shape not in ((mean.shape[1],), tuple(mean.shape)):
@@ -227,6 +231,7 @@ class DiagGaussian:
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """One draw per row with ``rng`` (host) -> (B, d), same dtype as the mean."""
+        generator("rng", rng)
         mean = np.asarray(asnumpy(self.mean))
         eps = rng.standard_normal(mean.shape)
         self._sampled = (mean + np.asarray(asnumpy(self.std)) * eps).astype(mean.dtype)

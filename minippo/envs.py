@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from minippo._checks import integer, real
+
 Array = Any
 
 
@@ -85,6 +87,7 @@ def make_vec_env(
     from gymnasium.vector import AutoresetMode
 
     check_env_id(env_id)
+    n_envs = integer("n_envs", n_envs, 1)
     if vector not in ("sync", "async"):
         raise ValueError(f"vector={vector!r} is not allowed; use 'sync' or 'async'")
     if autoreset not in ("same_step", "next_step"):
@@ -171,6 +174,8 @@ class RunningMeanStd:
             raise ValueError(f"x must have shape {('B', *self.mean.shape)}, got {x.shape}".replace("'B'", "B"))
         if x.shape[0] == 0:
             return
+        if not np.isfinite(x).all():  # one NaN would poison the statistics for the rest of the run
+            raise FloatingPointError("x contains NaN or inf: not folded into the running statistics")
         b_mean, b_var, b_count = x.mean(axis=0), x.var(axis=0), x.shape[0]
         delta = b_mean - self.mean
         total = self.count + b_count
@@ -206,6 +211,8 @@ class ObsNormalizer:
     continuous control). ``update=False`` (evaluation, final observations) freezes them."""
 
     def __init__(self, obs_dim: int, clip: float = 10.0, eps: float = 1e-8) -> None:
+        obs_dim = integer("obs_dim", obs_dim, 1)
+        clip, eps = real("clip", clip, 0.0, low_open=True), real("eps", eps, 0.0)
         self.rms = RunningMeanStd((obs_dim,))
         self.clip, self.eps = clip, eps
 
@@ -222,6 +229,8 @@ class RewardScaler:
     ends), clipped to +-clip (PPO detail, continuous control). Keeps one G per env."""
 
     def __init__(self, n_envs: int, gamma: float, clip: float = 10.0, eps: float = 1e-8) -> None:
+        n_envs, gamma = integer("n_envs", n_envs, 1), real("gamma", gamma, 0.0, 1.0, low_open=True)
+        clip, eps = real("clip", clip, 0.0, low_open=True), real("eps", eps, 0.0)
         self.rms = RunningMeanStd(())
         self.ret = np.zeros(n_envs, dtype=np.float64)
         self.gamma, self.clip, self.eps = gamma, clip, eps

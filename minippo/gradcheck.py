@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from minippo._checks import real
+
 Array = Any
 
 
@@ -28,6 +30,7 @@ def numerical_grads(
     when ``f`` raises). Each array must be float64 (TypeError otherwise): the truncation error is
     O(h^2) and the rounding error O(eps/h). Returns a dict of arrays shaped like ``params``.
     """
+    h = real("h", h, 0.0, low_open=True)
     out: dict[str, np.ndarray] = {}
     for k, p in params.items():
         if p.dtype != np.float64:
@@ -37,14 +40,25 @@ def numerical_grads(
             old = p[i]
             try:
                 p[i] = old + h
-                fp = f()
+                fp = _value(f)
                 p[i] = old - h
-                fm = f()
+                fm = _value(f)
             finally:
                 p[i] = old
             g[i] = (fp - fm) / (2.0 * h)
         out[k] = g
     return out
+
+
+def _value(f: Callable[[], float]) -> float:
+    """``f()`` as a float; TypeError when it is not one number (a stats dict, an array of several)."""
+    v = f()
+    if isinstance(v, (bool, str, bytes)) or np.size(v) != 1 or not np.isrealobj(v):
+        raise TypeError(f"f must return one real number (e.g. loss_and_grads(...)[0]['loss']), got {type(v).__name__}")
+    try:
+        return float(np.asarray(v).reshape(()))
+    except (TypeError, ValueError):
+        raise TypeError(f"f must return one real number (e.g. loss_and_grads(...)[0]['loss']), got {v!r}") from None
 
 
 def rel_error(a: Array, b: Array, floor: float = 1e-3) -> float:
@@ -60,6 +74,7 @@ def rel_error(a: Array, b: Array, floor: float = 1e-3) -> float:
     gradients of both signs): callers checking such a gradient, or thousands of entries of it
     near zero, scale ``floor`` to S * sqrt(entries) (tests/test_distributions.py does).
     """
+    floor = real("floor", floor, 0.0, low_open=True)
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
@@ -85,6 +100,13 @@ def check_grads(
     """
     if params.keys() != grads.keys():
         raise KeyError(f"grads keys differ from params: {sorted(set(params) ^ set(grads))}")
-    scaled_floor = floor * max(1.0, abs(float(f())))
+    floor = real("floor", floor, 0.0, low_open=True)
+    scaled_floor = floor * max(1.0, abs(_value(f)))
     num = numerical_grads(f, params, h)
-    return max(rel_error(np.asarray(grads[k]), num[k], scaled_floor) for k in params)
+    errors = []
+    for k in params:
+        g = np.asarray(grads[k])
+        if g.shape != num[k].shape:
+            raise ValueError(f"grads[{k!r}] has shape {g.shape}, params[{k!r}] {num[k].shape}")
+        errors.append(rel_error(g, num[k], scaled_floor))
+    return max(errors)

@@ -14,6 +14,7 @@ in one copy, as ``minippo.ppo.loss_and_grads`` does.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,8 @@ def ratio_stats(logp: Array, logp_old: Array, clip_eps: float | None = None) -> 
     ``clip_eps`` is given, ``clipfrac`` = fraction with r outside [1 - epsilon, 1 + epsilon] (compared
     with the bounds :func:`clip_objective` clips to, so a ratio counted here is one the clip moved)."""
     _check(logp, "logp", logp_old=logp_old)
+    if clip_eps is not None:
+        clip_eps = real("clip_eps", clip_eps, 0.0, low_open=True)
     return _ratio_stats(*_log_ratio(logp, logp_old), clip_eps)
 
 
@@ -169,6 +172,8 @@ class AdaptiveKL:
 
     def update(self, kl: float) -> float:
         """Apply the rule for the measured mean KL; returns the new beta."""
+        if isinstance(kl, bool) or not isinstance(kl, numbers.Real):
+            raise TypeError(f"kl must be a real number (the measured mean KL), got {kl!r}")
         if not math.isfinite(kl):
             raise FloatingPointError(f"kl is {kl}: cannot adapt beta")
         if kl < self.kl_target / 1.5:
@@ -210,7 +215,8 @@ def value_loss(
 
 
 def entropy_bonus(entropy: Array, coef: float) -> tuple[float, Array, dict[str, float]]:
-    """Entropy bonus as a loss: L^S = -c_ent * mean(H); entropy (B,) -> (L^S, dL/dH (B,) = -c_ent / B, {})."""
+    """Entropy bonus as a loss: L^S = -c_ent * mean(H); entropy (B,) -> (L^S, dL/dH (B,) = -c_ent / B, {}).
+    ``coef`` >= 0, as ``PPOConfig.ent_coef`` (a negative one would reward collapsing the policy)."""
     b = _check(entropy, "entropy")
-    coef = real("coef", coef)
+    coef = real("coef", coef, 0.0)
     return _scalar(-coef * entropy.mean()), np.full_like(entropy, -coef / b), {}

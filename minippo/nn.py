@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from minippo import backend
-from minippo._checks import int_list
+from minippo._checks import array, float_dtype, int_list, real
+from minippo._checks import seed as check_seed
 
 Array = Any  # numpy.ndarray, or cupy.ndarray on the GPU backend
 
@@ -157,13 +158,13 @@ class MLP:
         sizes = widths
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"sizes must list at least 2 positive layer widths, got {sizes}")
-        if np.dtype(dtype).kind != "f":
-            raise ValueError(f"dtype must be a float type (float32 or float64), got {np.dtype(dtype)}")
+        dtype = float_dtype("dtype", dtype)
+        out_gain, hidden_gain = real("out_gain", out_gain), real("hidden_gain", hidden_gain)
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation={activation!r} is not allowed; use one of {sorted(ACTIVATIONS)}"
             )
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(check_seed("seed", seed))
         self.sizes = sizes
         self._activation = activation
         self._activate_output = bool(activate_output)
@@ -222,7 +223,8 @@ class MLP:
             cache = fused.mlp_forward(self, x)  # one compiled call; None when it does not apply
             if cache is not None:
                 return cache[-1], cache
-        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+        if getattr(x, "ndim", None) != 2 or x.shape[1] != self.sizes[0]:
+            array("x", x)
             raise ValueError(f"x must have shape (B, {self.sizes[0]}), got {tuple(x.shape)}")
         act, _ = ACTIVATIONS[self.activation]
         h = x
@@ -247,7 +249,8 @@ class MLP:
             out = fused.mlp_backward(self, dy, cache, need_dx)  # None when it does not apply
             if out is not None:
                 return out
-        if dy.ndim != 2 or dy.shape[1] != self.sizes[-1] or dy.shape[0] != cache[0].shape[0]:
+        if getattr(dy, "ndim", None) != 2 or dy.shape[1] != self.sizes[-1] or dy.shape[0] != cache[0].shape[0]:
+            array("dy", dy)
             raise ValueError(f"dy must have shape ({cache[0].shape[0]}, {self.sizes[-1]}) like the forward's "
                              f"output, got {tuple(dy.shape)}")
         _, act_back = ACTIVATIONS[self.activation]

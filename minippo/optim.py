@@ -7,11 +7,12 @@ a parameter array (the MLPs inside an ActorCritic) sees them.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
 
-from minippo._checks import real
+from minippo._checks import array, real
 from minippo.backend import array_module
 
 Array = Any
@@ -90,7 +91,8 @@ class Adam:
         lr = self.lr if lr is None else real("lr", lr, 0.0)
         g = self._g
         for k, (_, shape) in self._slices.items():  # every check before anything changes
-            if grads[k].shape != shape:
+            if getattr(grads[k], "shape", None) != shape:
+                array(f"grads[{k!r}]", grads[k])
                 raise ValueError(f"grads[{k!r}] has shape {tuple(grads[k].shape)}, expected {shape}")
         for k, (sl, _) in self._slices.items():
             g[sl] = grads[k].reshape(-1)
@@ -151,7 +153,8 @@ def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:
     """
     max_norm = real("max_norm", max_norm, 0.0, low_open=True)
     for k, g in grads.items():  # scaled in place below: a real float array each
-        if g.dtype.kind != "f":
+        if getattr(getattr(g, "dtype", None), "kind", None) != "f":
+            array(f"grads[{k!r}]", g)
             raise TypeError(f"grads[{k!r}] must be a float array, got dtype {g.dtype}")
     norm = global_norm(grads)
     if not math.isfinite(norm):
@@ -183,6 +186,8 @@ class Schedule:
 
     def __call__(self, progress: float) -> float:
         """The coefficient at ``progress`` (clamped to [0, 1]; NaN raises ValueError)."""
+        if isinstance(progress, bool) or not isinstance(progress, numbers.Real):
+            raise TypeError(f"progress must be a number in [0, 1], got {progress!r}")
         if math.isnan(progress):
             raise ValueError("progress must be a number in [0, 1], got nan")
         p = min(max(float(progress), 0.0), 1.0)

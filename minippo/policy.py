@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from minippo import backend
-from minippo._checks import int_list, real
+from minippo._checks import array, finite, float_dtype, generator, int_list, real
+from minippo._checks import seed as check_seed
 from minippo.backend import array_module, asnumpy
 from minippo.distributions import Categorical, DiagGaussian
 from minippo.nn import MLP
@@ -82,6 +83,8 @@ class ActorCritic:
         if widths is None or any(h < 1 for h in widths):
             raise ValueError(f"hidden must be a sequence of integer layer widths >= 1, got {hidden!r}")
         hidden = widths
+        if not isinstance(shared, (bool, np.bool_)):
+            raise TypeError(f"shared must be True or False, got {shared!r}")
         if shared and not hidden:
             raise ValueError("shared=True needs at least one hidden layer (hidden=())")
         temperature = real("temperature", temperature, 0.0, low_open=True)
@@ -94,8 +97,8 @@ class ActorCritic:
         self._activation = activation
         self.shared = bool(shared)
         self.temperature = float(temperature)
-        self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(seed)
+        self.dtype = float_dtype("dtype", dtype)
+        rng = np.random.default_rng(check_seed("seed", seed))
         kw = {"activation": activation, "seed": rng, "dtype": dtype}
         if shared:
             self.trunk: MLP | None = MLP([obs_dim, *hidden], activate_output=True, **kw)
@@ -157,6 +160,11 @@ class ActorCritic:
     # ------------------------------------------------------------ forward
     def make_dist(self, dist_params: Array) -> Categorical | DiagGaussian:
         """Distribution from its stored parameters: logits (B, n), or [mean, log_std] (B, 2d)."""
+        width = self.act_dim if self.discrete else 2 * self.act_dim
+        if getattr(dist_params, "ndim", None) != 2 or dist_params.shape[1] != width:
+            array("dist_params", dist_params)
+            raise ValueError(f"dist_params must have shape (B, {width}) "
+                             f"({'logits' if self.discrete else '[mean, log_std]'}), got {tuple(dist_params.shape)}")
         if self.discrete:
             return Categorical(dist_params, self.temperature)
         d = self.act_dim
@@ -177,15 +185,21 @@ class ActorCritic:
         cache["dist"] = dist
         return dist, v[:, 0], cache
 
-    def _policy_head(self, obs: Array, cache: dict[str, Any]) -> tuple[Categorical | DiagGaussian, Array]:
-        """obs (B, obs_dim) -> (the distribution, the (trunk's) features (B, F) the value head takes);
-        the trunk's and the actor's caches go into ``cache``."""
-        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+    def _actor_out(self, obs: Array, cache: dict[str, Any]) -> tuple[Array, Array]:
+        """obs (B, obs_dim) -> (the actor's output: logits (B, n) or means (B, d), the (trunk's)
+        features (B, F) the value head takes); the trunk's and the actor's caches go into ``cache``."""
+        if getattr(obs, "ndim", None) != 2 or obs.shape[1] != self.obs_dim:
+            array("obs", obs)
             raise ValueError(f"obs must have shape (B, {self.obs_dim}), got {tuple(obs.shape)}")
         feat = obs.astype(self.dtype, copy=False)
         if self.trunk is not None:
             feat, cache["trunk"] = self.trunk.forward(feat)
         out, cache["actor"] = self.actor.forward(feat)
+        return out, feat
+
+    def _policy_head(self, obs: Array, cache: dict[str, Any]) -> tuple[Categorical | DiagGaussian, Array]:
+        """obs (B, obs_dim) -> (the distribution, the (trunk's) features (B, F)); see :meth:`_actor_out`."""
+        out, feat = self._actor_out(obs, cache)
         if self.discrete:
             return Categorical(out, self.temperature), feat
         return DiagGaussian(out, np.clip(self.params["log_std"], LOG_STD_MIN, LOG_STD_MAX)), feat
@@ -199,8 +213,12 @@ class ActorCritic:
             out = fused.act(self, obs, rng, deterministic)
             if out is not None:
                 return out[0]
+        if deterministic:  # the mode needs no distribution: the logits' argmax (at any temperature) or the mean
+            out, _ = self._actor_out(obs, {})
+            finite(**{"the policy's output": out})  # (what the distribution would check)
+            return asnumpy(out.argmax(axis=1) if self.discrete else out)
         dist, _ = self._policy_head(obs, {})
-        return asnumpy(dist.mode()) if deterministic else dist.sample(rng)
+        return dist.sample(rng)
 
     def evaluate(self, obs: Array, actions: Array) -> tuple[Array, Array, Array, dict[str, Any]]:
         """obs (B, obs_dim), actions (B,) or (B, d) -> logp (B,), entropy (B,), values (B,), cache."""
@@ -230,6 +248,8 @@ class ActorCritic:
         rollout stores the device copy, so the actions cross to the GPU once per step."""
         # Numba backend: forward, distribution, sampling (from this rng, same draws) and log-prob in one
         # compiled call for small batches (kernels/cpu_act.py); None -> not supported, the code below.
+        if not deterministic:
+            generator("rng", rng)
         fused = backend.numba_kernels("cpu_act")
         if fused is not None:
             out = fused.act(self, obs, rng, deterministic)
@@ -248,10 +268,12 @@ class ActorCritic:
 
         obs must be real numbers (bool, int or float), finite; ``rng`` a numpy Generator (or a
         legacy RandomState), needed when ``deterministic=False``."""
-        obs = check_obs(obs, self.obs_dim, self.dtype)
-        if rng is not None and not isinstance(rng, (np.random.Generator, np.random.RandomState)):
-            raise TypeError("rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
-                            f"got {type(rng).__name__}")
+        return self._predict(check_obs(obs, self.obs_dim, self.dtype), deterministic, rng)
+
+    def _predict(self, obs: np.ndarray, deterministic: bool, rng: Any) -> np.ndarray:
+        """:meth:`predict` for an ``obs`` that :func:`check_obs` has already checked."""
+        if rng is not None:
+            generator("rng", rng)
         single = obs.ndim == 1
         # C order with real row strides (obs[None] has row stride 0): what the fused numba kernels take
         batch = np.ascontiguousarray(obs.reshape(1, -1) if single else obs)
@@ -272,6 +294,12 @@ class ActorCritic:
     ) -> dict[str, Array]:
         """Chain rule from the per-sample upstream gradients (each (B,), any may be None) to
         every parameter. dkl needs a preceding :meth:`kl_old` on the same cache."""
+        B = cache["actor"][0].shape[0]
+        for name, g in (("dlogp", dlogp), ("dentropy", dentropy), ("dvalue", dvalue), ("dkl", dkl)):
+            if g is not None and getattr(g, "shape", None) != (B,):
+                array(name, g)
+                raise ValueError(f"{name} must have shape ({B},) (one upstream gradient per sample), "
+                                 f"got {tuple(g.shape)}")
         dist = cache["dist"]
         key = "logits" if self.discrete else "mean"
         dd: dict[str, Array] = {}

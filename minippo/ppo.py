@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from minippo import backend, losses
+from minippo._checks import integer, real
 from minippo.buffer import RolloutBuffer
-from minippo.config import OBJECTIVES, PPOConfig
+from minippo.config import OBJECTIVES, ON_POLICY, PPOConfig
 from minippo.optim import Adam, Schedule, clip_grad_norm
 from minippo.policy import ActorCritic
 
@@ -67,6 +69,9 @@ def loss_and_grads(
     Returns (stats, grads): stats has loss, policy_loss, value_loss, entropy, approx_kl,
     clipfrac (clip only), kl and beta (kl_penalty only); grads is keyed like ``policy.params``.
     """
+    if not isinstance(config, PPOConfig):
+        raise TypeError(f"config must be a PPOConfig, got {type(config).__name__}")
+    vf_coef = real("config.vf_coef", config.vf_coef, 0.0)  # the one coefficient no loss function checks
     needed = (*BATCH_KEYS, "dist_old") if config.objective == "kl_penalty" else BATCH_KEYS
     missing = [k for k in needed if k not in batch]
     if missing:
@@ -99,12 +104,12 @@ def loss_and_grads(
     )
     el, dent, _ = losses.entropy_bonus(entropy, ent_coef)
     grads = policy.backward(
-        cache, dlogp=dlogp, dentropy=dent if ent_coef else None, dvalue=config.vf_coef * dv, dkl=dkl
+        cache, dlogp=dlogp, dentropy=dent if ent_coef else None, dvalue=vf_coef * dv, dkl=dkl
     )
     stats = {
         **stats,
         **vstats,
-        "loss": pl + config.vf_coef * vl + el,
+        "loss": pl + vf_coef * vl + el,
         "policy_loss": pl,
         "value_loss": vl,
         "entropy": entropy.mean(),
@@ -186,15 +191,19 @@ class PPO:
             config.env_id, config.n_envs, config.vector, config.autoreset, config.env_kwargs
         )
         if not hasattr(self.env, "num_envs"):
-            raise TypeError(f"env must be a gymnasium vector env (gym.make_vec(..., wrappers=[...]) or "
-                            f"minippo.envs.make_vec_env), got {type(self.env).__name__}")
+            raise TypeError(f"env must be a vector env: gymnasium's (gym.make_vec(..., wrappers=[...]) or "
+                            f"minippo.envs.make_vec_env), or your own with num_envs, single_observation_space, "
+                            f"single_action_space, metadata['autoreset_mode'], reset and step (README, \"Your own "
+                            f"environment\"); got {type(self.env).__name__}")
         spec_id = getattr(getattr(self.env, "spec", None), "id", None)
         # ("module:EnvId" names the env EnvId, after importing the module that registers it)
         if env is not None and spec_id is not None and spec_id != config.env_id.rpartition(":")[2]:
             raise ValueError(f"env is {spec_id} but config.env_id={config.env_id!r}: set env_id={spec_id!r} "
                              "(checkpoints and evaluation use config.env_id)")
-        # the env's name in messages: a custom env without a spec is not config.env_id's
-        self.env_name = config.env_id if env is None or spec_id is not None else type(self.env).__name__
+        # An env given without a gymnasium id (your own class, or gymnasium's without a spec) is not
+        # config.env_id's: named by its class in messages and checkpoints, and never remade from the id
+        self.custom_env = type(self.env).__name__ if env is not None and spec_id is None else None
+        self.env_name = self.custom_env or config.env_id
         if self.env.num_envs != config.n_envs:
             raise ValueError(f"env has {self.env.num_envs} sub-envs but config.n_envs={config.n_envs}")
         obs_space = self.env.single_observation_space
@@ -203,7 +212,8 @@ class PPO:
             raise ValueError(
                 f"observation space {obs_space} is not supported: minippo takes 1-D Box (or MultiBinary) "
                 "observations; wrap the env in gymnasium.wrappers.FlattenObservation (one-hot for Discrete "
-                "and MultiDiscrete) and pass the vector env as PPO(config, env=...)"
+                "and MultiDiscrete) and pass the vector env as PPO(config, env=...); your own env may use "
+                "minippo.spaces.Box"
             )
         self.obs_dim = int(obs_space.shape[0])
         self.action_space = as_space(self.env.single_action_space)
@@ -224,7 +234,15 @@ class PPO:
             config.n_steps, config.n_envs, self.obs_dim, () if discrete else (self.policy.act_dim,),
             self.policy.act_dim if discrete else 2 * self.policy.act_dim, self.dtype, discrete, self.xp,
         )
+        if config.objective in ON_POLICY and config.n_epochs > 1:
+            warnings.warn(f"objective={config.objective!r} with n_epochs={config.n_epochs}: every epoch after the "
+                          "first reuses the rollout without the importance-sampling ratio, so its steps are not "
+                          "the policy gradient (objective='surrogate' corrects for that); n_epochs=1 is the "
+                          "textbook algorithm", UserWarning, stacklevel=2)
         self.next_step = is_next_step(self.env)
+        mode = "next_step" if self.next_step else "same_step"
+        if config.autoreset != mode:  # a given env runs in its own mode: the config records the one used
+            self.config = config = config.replace(autoreset=mode)
         self.num_timesteps = 0
         self.iteration = 0
         self.total_timesteps = config.total_timesteps
@@ -289,6 +307,11 @@ class PPO:
             any_done = bool(done.any())  # most steps end no episode: the per-episode work below is skipped
             if not next_step and any_done:  # SAME_STEP: the final observations are in info
                 ends = np.flatnonzero(done)
+                if "final_obs" not in info:
+                    raise ValueError(f"env {self.env_name} ended an episode in SAME_STEP autoreset mode (its "
+                                   "metadata['autoreset_mode']) without info['final_obs']: a same-step vector env "
+                                   "returns the reset observation and puts the final one in info['final_obs'] "
+                                   "(one row per sub-env), as gymnasium's do")
                 finals = np.asarray(np.stack([info["final_obs"][i] for i in ends]), dtype=np.float64)
                 if not np.isfinite(finals).all():
                     self._raise_non_finite(finals, np.zeros(len(ends)), ends, "final observation")
@@ -427,9 +450,7 @@ class PPO:
         progress.csv); returning ``False`` stops training.
         """
         if total_timesteps is not None:
-            if total_timesteps < 1:
-                raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
-            self.total_timesteps = int(total_timesteps)
+            self.total_timesteps = integer("total_timesteps", total_timesteps, 1)
         start = time.perf_counter()
         steps_at_start = self.num_timesteps
         while self.num_timesteps < self.total_timesteps:
@@ -464,6 +485,9 @@ class PPO:
 
         # Evaluation seeds are disjoint from training's and evaluation has its own Generator, so
         # evaluating never changes the training run.
+        if env is None and self.custom_env:
+            raise ValueError(f"this model trains on {self.custom_env}, given as PPO(config, env=...), not made "
+                             f"from config.env_id={self.config.env_id!r}: pass a single env as evaluate(env=...)")
         seed = self.config.seed + 100_000 if seed is None else seed
         n_episodes = self.config.eval_episodes if n_episodes is None else n_episodes
         return evaluate_policy(

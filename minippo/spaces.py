@@ -39,13 +39,19 @@ class Box:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        dt = np.dtype(self.dtype)
+        try:
+            dt = np.dtype(self.dtype)
+        except TypeError:
+            raise TypeError(f"Box dtype must be a float dtype (float16, float32 or float64), got {self.dtype!r}") \
+                from None
         if dt.kind != "f":
             raise TypeError(f"Box action dtype must be a float type, got {dt} (integer actions: use a Discrete space)")
         low = np.asarray(self.low, dtype=np.float64).reshape(-1)
         high = np.asarray(self.high, dtype=np.float64).reshape(-1)
         if low.shape != high.shape or low.size == 0:
             raise ValueError(f"Box low and high must be non-empty and of one shape, got {low.shape}, {high.shape}")
+        if bool(np.isnan(low).any() | np.isnan(high).any()):
+            raise ValueError(f"Box low and high must be numbers (inf allowed), got NaN in {low}, {high}")
         if bool((low > high).any()):
             raise ValueError("Box low must be <= high elementwise")
         object.__setattr__(self, "low", low)
@@ -79,6 +85,9 @@ def as_space(space: Any) -> Space:
         return space
     if isinstance(space, dict):
         kind = space.get("kind")
+        need = {"discrete": ("n",), "box": ("low", "high")}.get(kind, ())
+        if any(k not in space for k in need):
+            raise ValueError(f"action_space dict of kind {kind!r} needs the keys {list(need)}, got {sorted(space)}")
         if kind == "discrete":
             return Discrete(int(space["n"]), int(space.get("start", 0)))
         if kind == "box":

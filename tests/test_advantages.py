@@ -85,7 +85,7 @@ def test_gae_bad_inputs():
         compute_gae(z, z, z, np.zeros(3), 0.9, 0.9)
     with pytest.raises(ValueError, match="gamma"):
         compute_gae(z, z, z, np.zeros(2), 1.5, 0.9)
-    with pytest.raises(ValueError, match="gae_lambda"):
+    with pytest.raises(ValueError, match="lam"):
         compute_gae(z, z, z, np.zeros(2), 0.9, -0.1)
     with pytest.raises(ValueError, match="estimator='x'"):
         compute_advantages("x", z, z, z, np.zeros(2), 0.9, 0.9)

@@ -82,6 +82,9 @@ def test_same_seed_same_csv(tmp_path):
         (["train", "CartPole-v1", "--set", "learning_rate=true"], "PPOConfig.learning_rate=True is invalid"),
         (["train", "CartPole-v1", "--set", "gamma=abc"], r"PPOConfig.gamma='abc' is invalid: must be in \(0, 1\]"),
         (["eval", "x.npz", "--seed", "-1"], "--seed must be >= 0, got -1"),
+        # a flag's value refused by the config names the flag too
+        (["train", "CartPole-v1", "--timesteps", "0"], r"^minippo: error: --timesteps 0: PPOConfig.total_timesteps=0"),
+        (["train", "CartPole-v1", "--n-envs", "0"], r"^minippo: error: --n-envs 0: PPOConfig.n_envs=0 is invalid"),
         (["bench", "--timesteps", "0"], "--timesteps must be >= 1, got 0"),
         # a flag and --set of the same field used to raise TypeError from PPOConfig.replace
         (["train", "CartPole-v1", "--seed", "1", "--set", "seed=2"],
@@ -803,3 +806,19 @@ def test_an_env_returning_nan_is_one_line_exit_1(tmp_path, capsys):
     assert err.count("\n") == 1 and "minippo: error: training stopped at 4 steps: env 'minippo-test/Probe-v0' " \
         "returned a non-finite observation in sub-env(s) [0, 1] at step 4: [nan nan]; model not saved\n" in err, err
     assert not (out / "model.npz").exists()
+
+
+@pytest.mark.parametrize("extra, epochs", [([], 1), (["--set", "n_epochs=2"], 2)])
+def test_on_policy_objectives_train_one_epoch_per_rollout(tmp_path, extra, epochs):
+    # the CartPole preset's 20 epochs made --objective reinforce reuse each rollout 20 times (it collapsed)
+    out = tmp_path / "r"
+    tiny = ["--set", "n_steps=16", "--set", "batch_size=32", "--set", "hidden=[8]"]  # TINY without n_epochs
+    assert main(["train", "CartPole-v1", "--objective", "reinforce", "--timesteps", "64", "--out", str(out),
+                 "--quiet", *tiny, *extra]) == 0
+    with open(out / "config.json") as f:
+        saved = json.load(f)
+    assert saved["objective"] == "reinforce" and saved["n_epochs"] == epochs
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(tmp_path / "c"), "--quiet", *TINY]) == 0
+    with open(tmp_path / "c" / "config.json") as f:
+        assert json.load(f)["n_epochs"] == 2  # TINY's, for clip: untouched
+

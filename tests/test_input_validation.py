@@ -246,7 +246,7 @@ def test_rollout_buffer_add_checks_before_writing():
     buf.add(**good)
     with pytest.raises(IndexError, match="buffer is full"):
         buf.add(**good)
-    with pytest.raises(ValueError, match="batch_size and min_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         next(buf.minibatches(0, np.random.default_rng(0)))
 
 
@@ -311,11 +311,13 @@ def test_policy_takes_hidden_from_any_iterable_of_integers():
 @pytest.mark.parametrize("gamma, lam, err, msg", [
     (None, 0.95, TypeError, "gamma must be a finite number in"),
     ("0.9", 0.95, TypeError, "gamma must be a finite number in"),
-    (0.99, None, TypeError, "gae_lambda must be a finite number in"),
+    (0.99, None, TypeError, "lam must be a finite number in"),
+    (0.99, True, TypeError, "lam must be a finite number in"),  # numpy's fast check once took True as 1.0
+    (True, 0.95, TypeError, "gamma must be a finite number in"),
     (0.0, 0.95, ValueError, r"gamma must be a finite number in \(0, 1\], got 0.0"),  # numpy's fast check
     (1.5, 0.95, ValueError, r"gamma must be a finite number in \(0, 1\], got 1.5"),
-    (0.9, -0.1, ValueError, r"gae_lambda must be a finite number in \[0, 1\], got -0.1"),
-    (0.9, 1.1, ValueError, r"gae_lambda must be a finite number in \[0, 1\], got 1.1"),
+    (0.9, -0.1, ValueError, r"lam must be a finite number in \[0, 1\], got -0.1"),
+    (0.9, 1.1, ValueError, r"lam must be a finite number in \[0, 1\], got 1.1"),
 ])
 def test_compute_gae_names_gamma_and_lambda(monkeypatch, backend_name, gamma, lam, err, msg):
     from minippo import backend
@@ -409,3 +411,230 @@ def test_ppo_validates_a_config_changed_after_construction():
         setattr(cfg, field, value)
         with pytest.raises(ValueError, match=msg):
             PPO(cfg)
+
+
+# ---------------------------------------------------------------- session 19's sweep of the public API
+def test_config_takes_numpy_values_set_after_construction():
+    from minippo.config import PPOConfig
+
+    cfg = PPOConfig()
+    cfg.n_steps, cfg.learning_rate, cfg.gamma = np.int64(64), np.float32(1e-3), np.float32(0.99)
+    cfg.seed, cfg.clip_vloss, cfg.hidden = np.int64(1), np.True_, np.array([32, 16])
+    assert cfg.validate() is cfg  # these were refused as "must be an integer >= 1" and the like
+    assert (cfg.n_steps, cfg.seed, cfg.hidden, cfg.clip_vloss) == (64, 1, (32, 16), True)
+    assert type(cfg.n_steps) is int and type(cfg.learning_rate) is float and type(cfg.clip_vloss) is bool
+    cfg.hidden = ("64",)
+    with pytest.raises(ValueError, match=r"PPOConfig.hidden=\('64',\) is invalid"):
+        cfg.validate()
+
+
+def test_learn_names_total_timesteps():
+    pytest.importorskip("gymnasium")
+    from minippo import PPO
+    from minippo.config import PPOConfig
+
+    algo = PPO(PPOConfig(n_steps=16, batch_size=16, hidden=(4,)))
+    for value, err in (("100", TypeError), (float("nan"), TypeError), (8.7, TypeError), (True, TypeError),
+                       (0, ValueError), (-5, ValueError)):
+        with pytest.raises(err, match=f"total_timesteps must be an integer >= 1, got {value!r}"):
+            algo.learn(value)
+    assert algo.num_timesteps == 0
+
+
+def test_evaluate_policy_checks_its_arguments_before_making_the_env():
+    from minippo.checkpoint import evaluate_policy
+
+    pol = ActorCritic(4, Discrete(2), hidden=(4,))
+    for kw, err, msg in (
+        (dict(n_episodes="3"), TypeError, "n_episodes must be an integer >= 1, got '3'"),
+        (dict(n_episodes=1.5), TypeError, "n_episodes must be an integer >= 1, got 1.5"),
+        (dict(n_episodes=0), ValueError, "n_episodes must be an integer >= 1, got 0"),
+        (dict(seed=-1), ValueError, "seed must be an integer >= 0, got -1"),
+        (dict(seed="a"), TypeError, "seed must be an integer >= 0, got 'a'"),
+        (dict(max_steps="5"), TypeError, "max_steps must be an integer >= 1, got '5'"),
+        (dict(max_steps=0), ValueError, "max_steps must be an integer >= 1, got 0"),
+    ):
+        with pytest.raises(err, match=msg):  # (NoSuchEnv: nothing was made before the refusal)
+            evaluate_policy(pol, "NoSuchEnv-v0", **kw)
+    with pytest.raises(TypeError, match="policy must be an ActorCritic .* or a Policy .*, got NoneType"):
+        evaluate_policy(None, "NoSuchEnv-v0")
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_compute_gae_refuses_lists_naming_the_argument(monkeypatch, backend_name):
+    from minippo import backend
+    from minippo.advantages import compute_gae
+
+    if backend_name == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("MINIPPO_BACKEND", backend_name)
+    backend.reset()
+    try:
+        z, lv = np.zeros((3, 2)), np.zeros(2)
+        compute_gae(z, z, z, lv, 0.9, 0.9)  # numba: compiled now, so the lists meet the fast path first
+        for args, name in (((z.tolist(), z, z, lv), "rewards"), ((z, z, z.tolist(), lv), "dones"),
+                           ((z, z, z, [0.0, 0.0]), "last_values")):
+            with pytest.raises(TypeError, match=f"{name} must be an array .*, got list"):
+                compute_gae(*args, 0.9, 0.9)
+    finally:
+        backend.reset()
+
+
+def test_building_blocks_refuse_lists_and_bad_rngs_naming_the_argument():
+    pol = ActorCritic(3, Discrete(2), hidden=(4,))
+    gauss = ActorCritic(3, Box(-np.ones(2), np.ones(2)), hidden=(4,))
+    mlp = MLP([3, 4, 2])
+    _, cache = mlp.forward(np.ones((2, 3), np.float32))
+    obs = np.zeros((2, 3), np.float32)
+    for call, msg in (
+        (lambda: Categorical([[0.0, 1.0]]), "logits must be an array"),
+        (lambda: DiagGaussian([[0.0]], np.zeros(1)), "mean must be an array"),
+        (lambda: DiagGaussian(np.zeros((1, 1)), [0.0]), "log_std must be an array"),
+        (lambda: mlp.forward([[1.0, 2.0, 3.0]]), "x must be an array"),
+        (lambda: mlp.backward([[1.0, 2.0]], cache), "dy must be an array"),
+        (lambda: pol.act([[0.0, 0.0, 0.0]], np.random.default_rng(0)), "obs must be an array"),
+        (lambda: Adam({"a": np.ones(2)}).step({"a": [1.0, 1.0]}), r"grads\['a'\] must be an array"),
+        (lambda: clip_grad_norm({"a": [1.0, 1.0]}, 1.0), r"grads\['a'\] must be an array"),
+        (lambda: Categorical(np.zeros((2, 2))).sample(None), "rng must be a numpy.random.Generator"),
+        (lambda: DiagGaussian(np.zeros((2, 2)), np.zeros(2)).sample(0), "rng must be a numpy.random.Generator"),
+        (lambda: pol.act(obs, None), "rng must be a numpy.random.Generator"),
+        (lambda: gauss.act(obs, 0), "rng must be a numpy.random.Generator"),
+    ):
+        with pytest.raises(TypeError, match=msg):
+            call()
+    assert pol.act(obs, None, deterministic=True)[0].shape == (2,)  # the mode draws nothing: no rng needed
+
+
+def test_actor_critic_backward_names_the_upstream_gradient():
+    pol = ActorCritic(3, Discrete(2), hidden=(4,))
+    _, _, _, cache = pol.evaluate(np.zeros((2, 3), np.float32), np.array([0, 1]))
+    for name in ("dlogp", "dentropy", "dvalue"):
+        with pytest.raises(ValueError, match=rf"{name} must have shape \(2,\) \(one upstream gradient per "
+                                             r"sample\), got \(3,\)"):
+            pol.backward(cache, **{name: np.ones(3, np.float32)})
+        with pytest.raises(TypeError, match=f"{name} must be an array"):
+            pol.backward(cache, **{name: [1.0, 1.0]})
+    with pytest.raises(ValueError, match=r"dist_params must have shape \(B, 2\) \(logits\), got \(2, 3\)"):
+        pol.make_dist(np.zeros((2, 3), np.float32))
+    gauss = ActorCritic(3, Box(-np.ones(2), np.ones(2)), hidden=(4,))
+    with pytest.raises(ValueError, match=r"dist_params must have shape \(B, 4\) \(\[mean, log_std\]\), got \(2, 2\)"):
+        gauss.make_dist(np.zeros((2, 2), np.float32))
+
+
+def test_loss_and_grads_checks_config_and_vf_coef():
+    from minippo.config import PPOConfig
+    from minippo.ppo import loss_and_grads
+
+    pol = ActorCritic(3, Discrete(2), hidden=(4,), dtype=np.float64)
+    rng = np.random.default_rng(0)
+    batch = {"obs": rng.standard_normal((4, 3)), "actions": np.array([0, 1, 1, 0]),
+             "logp_old": np.full(4, -0.69), "advantages": rng.standard_normal(4),
+             "returns": np.zeros(4), "values_old": np.zeros(4)}
+    with pytest.raises(TypeError, match="config must be a PPOConfig, got dict"):
+        loss_and_grads(pol, batch, {"objective": "clip"})
+    cfg = PPOConfig()
+    for value, err in ((float("nan"), ValueError), ("0.5", TypeError), (-1.0, ValueError)):
+        cfg.vf_coef = value  # set after construction: NaN gave a NaN loss and NaN gradients, silently
+        with pytest.raises(err, match="config.vf_coef must be a finite number >= 0"):
+            loss_and_grads(pol, batch, cfg)
+
+
+def test_gradcheck_names_what_is_wrong():
+    from minippo.gradcheck import check_grads
+
+    p = {"a": np.ones(3)}
+
+    def f():
+        return float((p["a"] ** 2).sum())
+
+    good = {"a": 2 * p["a"]}
+    assert check_grads(f, p, good) < 1e-8
+    assert check_grads(lambda: np.array([f()]), p, good) < 1e-8  # one number in an array is one number
+    with pytest.raises(TypeError, match=r"f must return one real number \(e.g. loss_and_grads\(...\)\[0\]\['loss'\]\)"):
+        check_grads(lambda: {"loss": f()}, p, good)
+    with pytest.raises(TypeError, match="f must return one real number"):
+        check_grads(lambda: np.ones(2), p, good)
+    with pytest.raises(ValueError, match="h must be a finite number > 0, got 0.0"):
+        check_grads(f, p, good, h=0.0)
+    with pytest.raises(ValueError, match="floor must be a finite number > 0, got 0.0"):
+        check_grads(f, p, good, floor=0.0)
+    with pytest.raises(ValueError, match=r"grads\['a'\] has shape \(2,\), params\['a'\] \(3,\)"):
+        check_grads(f, p, {"a": np.ones(2)})
+    assert p["a"].tolist() == [1.0, 1.0, 1.0]  # restored after every refusal
+
+
+def test_constructors_name_seed_dtype_shared_and_gains():
+    from minippo.spaces import as_space
+
+    for call, err, msg in (
+        (lambda: MLP([3, 2], seed=-1), ValueError, "seed must be an integer >= 0, got -1"),
+        (lambda: ActorCritic(3, Discrete(2), seed="0"), TypeError, "seed must be an integer >= 0, got '0'"),
+        (lambda: ActorCritic(3, Discrete(2), dtype="banana"), ValueError,
+         r"dtype must be a float type \(float32 or float64\), got 'banana'"),
+        (lambda: MLP([3, 2], dtype="banana"), ValueError, "dtype must be a float type"),
+        (lambda: Box(np.zeros(1), np.ones(1), "banana"), TypeError, "Box dtype must be a float dtype"),
+        (lambda: Box(np.zeros(1), np.array([np.nan])), ValueError, "Box low and high must be numbers"),
+        (lambda: ActorCritic(3, Discrete(2), shared="no"), TypeError, "shared must be True or False, got 'no'"),
+        (lambda: MLP([3, 2], out_gain=np.nan), ValueError, "out_gain must be a finite number"),
+        (lambda: MLP([3, 2], hidden_gain="2"), TypeError, "hidden_gain must be a finite number"),
+        (lambda: as_space({"kind": "discrete"}), ValueError, r"kind 'discrete' needs the keys \['n'\]"),
+        (lambda: as_space({"kind": "box", "low": [0.0]}), ValueError, r"kind 'box' needs the keys \['low', 'high'\]"),
+    ):
+        with pytest.raises(err, match=msg):
+            call()
+    assert ActorCritic(3, Discrete(2), shared=np.True_, seed=np.int64(3)).shared is True
+    Box(np.full(2, -np.inf), np.full(2, np.inf))  # infinite bounds are a real space's
+
+
+def test_loss_helpers_schedules_and_normalisers_name_their_arguments():
+    from minippo.envs import ObsNormalizer, RewardScaler, RunningMeanStd
+
+    lp = np.zeros(3)
+    for call, err, msg in (
+        (lambda: losses.entropy_bonus(np.ones(3), -0.01), ValueError, "coef must be a finite number >= 0"),
+        (lambda: losses.ratio_stats(lp, lp, -1.0), ValueError, "clip_eps must be a finite number > 0"),
+        (lambda: losses.ratio_stats(lp, lp, "x"), TypeError, "clip_eps must be a finite number > 0"),
+        (lambda: losses.AdaptiveKL().update(None), TypeError, "kl must be a real number"),
+        (lambda: Schedule("linear", 1.0, 0.0)(None), TypeError, r"progress must be a number in \[0, 1\], got None"),
+        (lambda: ObsNormalizer(-1), ValueError, "obs_dim must be an integer >= 1, got -1"),
+        (lambda: ObsNormalizer(3, clip=0.0), ValueError, "clip must be a finite number > 0"),
+        (lambda: RewardScaler(2, gamma=2.0), ValueError, r"gamma must be a finite number in \(0, 1\]"),
+        (lambda: RewardScaler("2", gamma=0.9), TypeError, "n_envs must be an integer >= 1"),
+        (lambda: RolloutBuffer(0, 1, 3, (), 2), ValueError, "n_steps must be an integer >= 1, got 0"),
+        (lambda: RolloutBuffer(4, 1, 3.0, (), 2), TypeError, "obs_dim must be an integer >= 1, got 3.0"),
+        (lambda: RolloutBuffer(4, 1, 3, (), 2, dtype=np.int32), ValueError, "dtype must be a float type"),
+    ):
+        with pytest.raises(err, match=msg):
+            call()
+    assert losses.AdaptiveKL(0.01, 1.0).update(-1e-12) == 0.5  # a KL rounded below 0 is a small KL
+    rms = RunningMeanStd((2,))
+    rms.update(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    mean, var, count = rms.mean.copy(), rms.var.copy(), rms.count
+    for bad in (np.nan, np.inf):
+        with pytest.raises(FloatingPointError, match="x contains NaN or inf: not folded into the running"):
+            rms.update(np.array([[1.0, bad]]))
+    assert (rms.mean == mean).all() and (rms.var == var).all() and rms.count == count
+    buf = RolloutBuffer(2, 1, 3, (), 2)
+    with pytest.raises(TypeError, match="batch_size must be an integer >= 1, got '4'"):
+        next(buf.minibatches("4", np.random.default_rng(0)))
+
+
+def test_make_vec_env_names_n_envs():
+    pytest.importorskip("gymnasium")
+    from minippo.envs import make_vec_env
+
+    with pytest.raises(ValueError, match="n_envs must be an integer >= 1, got 0"):
+        make_vec_env("CartPole-v1", 0)
+    with pytest.raises(TypeError, match="n_envs must be an integer >= 1, got '2'"):
+        make_vec_env("CartPole-v1", "2")
+
+
+def test_config_from_a_json_null_and_checkpoint_paths_that_are_not_paths():
+    from minippo.checkpoint import atomic_savez, load_policy, read_checkpoint
+    from minippo.config import PPOConfig
+
+    with pytest.raises(TypeError, match=r"PPOConfig.from_dict takes a dict of fields \(a JSON object\), got NoneType"):
+        PPOConfig.from_dict(None)
+    for call in (lambda: load_policy(None), lambda: read_checkpoint(3), lambda: atomic_savez(None, {})):
+        with pytest.raises(TypeError, match=r"path must be a file path \(str or os.PathLike\), got"):
+            call()

@@ -197,7 +197,7 @@ def test_a_policy_trained_through_wrappers_is_evaluated_in_the_wrapped_env(tmp_p
     from minippo.checkpoint import EnvMismatchError
 
     lake = FlattenObservation(gym.make("FrozenLake-v1"))
-    with pytest.raises(TypeError, match="env must be a gymnasium vector env .* got FlattenObservation"):
+    with pytest.raises(TypeError, match="env must be a vector env: gymnasium.s .* got FlattenObservation"):
         PPO(PPOConfig(**TINY, env_id="FrozenLake-v1"), env=lake)
     venv = gym.make_vec("FrozenLake-v1", num_envs=2, vectorization_mode="sync", wrappers=[FlattenObservation])
     algo = PPO(PPOConfig(**TINY, env_id="FrozenLake-v1", eval_episodes=2), env=venv).learn()

@@ -1,0 +1,117 @@
+"""Train on your own environment with numpy alone (no gymnasium), save, reload and evaluate it.
+
+    python examples/own_env.py [--timesteps 20000] [--out reach.npz]
+
+``PPO(config, env=...)`` takes any vector env with this interface (gymnasium's has it too):
+
+- ``num_envs``: N, equal to ``config.n_envs``;
+- ``single_observation_space``: a 1-D ``minippo.spaces.Box``; ``single_action_space``: a
+  ``minippo.spaces.Discrete`` or 1-D ``Box``;
+- ``metadata["autoreset_mode"]``: ``"same_step"`` (used here) or ``"next_step"``;
+- ``reset(seed=None) -> (obs (N, obs_dim), info)``;
+- ``step(actions (N,) or (N, d)) -> (obs, rewards (N,), terminated (N,), truncated (N,), info)``. In
+  same_step mode a sub-env whose episode ended is reset within the step: ``obs[i]`` is the new
+  episode's first observation and ``info["final_obs"][i]`` the ended one's last (PPO bootstraps a
+  truncated episode from it).
+
+``evaluate_policy(policy, None, env=...)`` plays a single env: ``observation_space``,
+``action_space``, ``reset(seed=None) -> (obs, info)`` and ``step(action) -> (obs, reward,
+terminated, truncated, info)``. The model is saved as trained on this env's class (not on
+``config.env_id``): ``PPO.load`` and ``evaluate`` then need ``env=`` again, and ``minippo eval``
+says it cannot make the env.
+"""
+
+import argparse
+
+import numpy as np
+
+from minippo import PPO, load_policy
+from minippo.checkpoint import evaluate_policy
+from minippo.config import PPOConfig
+from minippo.spaces import Box, Discrete
+
+STEPS = 20  # steps per episode (a time limit: truncation)
+
+
+class Reach:
+    """N points on a line, each with a target: observation [position, target], action left / stay /
+    right (0.1 each), reward -|position - target| per step. A good policy walks to the target and stays."""
+
+    metadata = {"autoreset_mode": "same_step"}
+
+    def __init__(self, num_envs: int = 1) -> None:
+        self.num_envs = num_envs
+        self.single_observation_space = Box(np.full(2, -1.0), np.full(2, 1.0))
+        self.single_action_space = Discrete(3)
+        self.rng = np.random.default_rng()
+        self.pos = self.target = np.zeros(num_envs)
+        self.t = np.zeros(num_envs, dtype=np.int64)
+
+    def _obs(self) -> np.ndarray:
+        return np.stack([self.pos, self.target], axis=1).astype(np.float32)
+
+    def _new(self, idx: np.ndarray) -> None:
+        self.pos[idx] = self.rng.uniform(-1.0, 1.0, len(idx))
+        self.target[idx] = self.rng.uniform(-1.0, 1.0, len(idx))
+        self.t[idx] = 0
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        self.pos, self.target = np.zeros(self.num_envs), np.zeros(self.num_envs)
+        self._new(np.arange(self.num_envs))
+        return self._obs(), {}
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        self.pos = np.clip(self.pos + 0.1 * (np.asarray(actions) - 1), -1.0, 1.0)
+        self.t += 1
+        reward = -np.abs(self.pos - self.target)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = self.t >= STEPS
+        info = {}
+        if truncated.any():  # same_step autoreset: report the final observations, start new episodes
+            info["final_obs"] = self._obs()
+            self._new(np.flatnonzero(truncated))
+        return self._obs(), reward, terminated, truncated, info
+
+
+class OneReach:
+    """One Reach env with the single-env interface evaluate_policy plays."""
+
+    def __init__(self) -> None:
+        self.env = Reach(1)
+        self.observation_space = self.env.single_observation_space
+        self.action_space = self.env.single_action_space
+
+    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+        obs, info = self.env.reset(seed)
+        return obs[0], info
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        final = self.env.t[0] + 1 >= STEPS
+        obs, r, term, trunc, info = self.env.step(np.array([action]))
+        return (info["final_obs"] if final else obs)[0], float(r[0]), bool(term[0]), bool(trunc[0]), {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--timesteps", type=int, default=20_000)
+    ap.add_argument("--out", default="reach.npz")
+    args = ap.parse_args()
+
+    config = PPOConfig(env_id="Reach", n_envs=8, n_steps=64, batch_size=128, n_epochs=10,
+                       learning_rate=3e-3, gamma=0.9, total_timesteps=args.timesteps, seed=0)
+    model = PPO(config, env=Reach(config.n_envs))
+    before = evaluate_policy(model.policy, None, 20, env=OneReach())["mean_return"]
+    model.learn()
+    model.save(args.out)
+
+    policy = load_policy(args.out)  # numpy only: what a small machine runs
+    after = evaluate_policy(policy, None, 20, env=OneReach())["mean_return"]
+    print(f"return before training: {before:.2f}")
+    print(f"return after training: {after:.2f}")
+    print("action at position -0.5, target 0.5 (2 = right):", policy.predict([-0.5, 0.5]))
+
+
+if __name__ == "__main__":
+    main()

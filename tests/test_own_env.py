@@ -1,0 +1,138 @@
+"""Training on an env of your own (no gymnasium id, no gymnasium at all): the vector-env interface of
+examples/own_env.py, and what the model records about such an env."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minippo import PPO, load_policy
+from minippo.checkpoint import evaluate_policy
+from minippo.cli import main
+from minippo.config import PPOConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("own_env", os.path.join(ROOT, "examples", "own_env.py"))
+own_env = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(own_env)
+
+CFG = dict(n_envs=2, n_steps=32, batch_size=32, n_epochs=1, hidden=(8,))
+
+
+def test_a_given_env_without_an_id_is_recorded_as_its_class_and_never_remade_from_config_env_id(tmp_path):
+    model = PPO(PPOConfig(**CFG, autoreset="next_step"), env=own_env.Reach(2))  # env_id: CartPole-v1 default
+    assert model.custom_env == "Reach" and model.env_name == "Reach"
+    assert model.config.autoreset == "same_step"  # the env's own mode, recorded: it was the one used
+    model.learn(64)
+    with pytest.raises(ValueError, match=r"this model trains on Reach, given as PPO\(config, env=...\), not made "
+                                         r"from config.env_id='CartPole-v1': pass a single env as evaluate"):
+        model.evaluate()  # it once played CartPole-v1 here, an env the model never saw
+    assert model.evaluate(2, env=own_env.OneReach())["episodes"] == 2  # (OneReach has no spec attribute)
+    path = str(tmp_path / "m.npz")
+    model.save(path)
+    with pytest.raises(ValueError, match=r"was trained on Reach, given as PPO\(config, env=...\), not made from "
+                                         r"config.env_id='CartPole-v1': pass the env again"):
+        PPO.load(path)
+    resumed = PPO.load(path, env=own_env.Reach(2))
+    assert resumed.num_timesteps == 64 and resumed.custom_env == "Reach"
+    policy = load_policy(path)
+    assert policy.custom_env == "Reach"
+    res = evaluate_policy(policy, None, 2, env=own_env.OneReach())
+    assert res["env_id"] == "OneReach" and len(res["returns"]) == 2
+
+
+def test_minippo_eval_refuses_a_model_of_a_custom_env(tmp_path, capsys):
+    model = PPO(PPOConfig(**CFG), env=own_env.Reach(2))
+    path = str(tmp_path / "m.npz")
+    model.save(path)
+    assert main(["eval", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was trained on Reach, an env given as PPO(config, env=...), which minippo " \
+        "eval cannot make" in err
+
+
+def test_an_env_registered_with_gymnasium_is_not_custom():
+    gym = pytest.importorskip("gymnasium")
+    env = gym.make_vec("CartPole-v1", num_envs=2, vectorization_mode="sync",
+                       vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+    model = PPO(PPOConfig(**CFG, autoreset="next_step"), env=env)
+    assert model.custom_env is None and model.env_name == "CartPole-v1"
+    assert model.config.autoreset == "same_step"
+    env.close()
+
+
+def test_a_same_step_env_without_final_obs_is_named():
+    class NoFinal(own_env.Reach):
+        def step(self, actions):
+            obs, r, term, trunc, info = super().step(actions)
+            info.pop("final_obs", None)
+            return obs, r, term, trunc, info
+
+    model = PPO(PPOConfig(**CFG), env=NoFinal(2))
+    with pytest.raises(ValueError, match=r"env NoFinal ended an episode in SAME_STEP autoreset mode \(its "
+                                         r"metadata\['autoreset_mode'\]\) without info\['final_obs'\]"):
+        model.learn(64)
+
+
+def test_an_object_that_is_no_vector_env_is_told_the_interface():
+    with pytest.raises(TypeError, match=r"env must be a vector env: gymnasium's .* or your own with num_envs, "
+                                        r"single_observation_space, single_action_space"):
+        PPO(PPOConfig(**CFG), env=own_env.OneReach())
+
+
+def test_a_checkpoint_from_another_version_names_both_versions(tmp_path):
+    import minippo
+    from minippo.checkpoint import CheckpointError
+
+    model = PPO(PPOConfig(**CFG), env=own_env.Reach(2))
+    path = str(tmp_path / "m.npz")
+    model.save(path)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["minippo"], meta["config"]["some_new_field"] = "9.9.9", 1
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match=rf"the saved config is invalid \(saved by minippo 9.9.9, this is "
+                                              rf"{minippo.__version__}\): .*some_new_field"):
+        load_policy(path)
+
+
+def test_the_surrogate_takes_every_epoch_against_the_rollouts_own_log_probs(monkeypatch):
+    """The importance-sampled rungs reuse one rollout for n_epochs: every epoch's logp_old is the rollout's
+    (never refreshed), every sample is seen once per epoch, and only the very first minibatch has ratio 1."""
+    from minippo import losses
+
+    calls = []
+    real = losses.surrogate_objective
+
+    def spy(logp, logp_old, adv):
+        calls.append((np.array(logp), np.array(logp_old)))
+        return real(logp, logp_old, adv)
+
+    monkeypatch.setattr(losses, "surrogate_objective", spy)
+    model = PPO(PPOConfig(**{**CFG, "n_steps": 16, "batch_size": 8, "n_epochs": 3}, objective="surrogate"),
+                env=own_env.Reach(2))
+    model.collect_rollout()
+    rollout_logp = np.sort(model.buffer.logp.ravel())
+    model.update(0.0)
+    assert len(calls) == 3 * 4  # n_epochs x minibatches of 8 out of 2 x 16
+    for epoch in range(3):
+        seen = np.sort(np.concatenate([old for _, old in calls[4 * epoch:4 * epoch + 4]]))
+        np.testing.assert_array_equal(seen, rollout_logp)  # the rollout's, every sample once, every epoch
+    assert np.abs(calls[0][0] - calls[0][1]).max() == 0.0  # before the first step: pi_theta = pi_old
+    assert all(np.abs(logp - old).max() > 0 for logp, old in calls[1:])  # after it: ratios move
+
+
+def test_on_policy_rungs_warn_when_they_reuse_the_rollout():
+    with pytest.warns(UserWarning, match=r"objective='reinforce' with n_epochs=3: every epoch after the first "
+                                         r"reuses the rollout without the importance-sampling ratio"):
+        PPO(PPOConfig(**{**CFG, "n_epochs": 3}, objective="reinforce"), env=own_env.Reach(2))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PPO(PPOConfig(**CFG, objective="a2c"), env=own_env.Reach(2))  # n_epochs=1: no warning
+        PPO(PPOConfig(**{**CFG, "n_epochs": 3}, objective="surrogate"), env=own_env.Reach(2))
