@@ -148,7 +148,7 @@ def test_gae_errors_name_the_argument():
         (dict(last_values=np.zeros(4, np.float32)), "last_values must have shape"),
         (dict(gamma=1.5), "gamma must be a finite number in"),
         (dict(gamma=float("nan")), "gamma must be a finite number in"),
-        (dict(lam=-0.1), "gae_lambda must be a finite number in"),
+        (dict(lam=-0.1), "lam must be a finite number in"),
         (dict(rewards=np.zeros(4, np.float32)), "rewards must have shape"),
         (dict(out=(np.zeros((4, 2), np.float32), z.copy())), "out must be"),
         (dict(out=(np.zeros((4, 3), np.float64), z.copy())), "out must be"),
