@@ -44,7 +44,7 @@ class Reach:
         self.single_observation_space = Box(np.full(2, -1.0), np.full(2, 1.0))
         self.single_action_space = Discrete(3)
         self.rng = np.random.default_rng()
-        self.pos = self.target = np.zeros(num_envs)
+        self.pos, self.target = np.zeros(num_envs), np.zeros(num_envs)
         self.t = np.zeros(num_envs, dtype=np.int64)
 
     def _obs(self) -> np.ndarray:

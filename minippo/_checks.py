@@ -10,6 +10,14 @@ from typing import Any
 import numpy as np
 
 
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is one real number: a Python or numpy int or float (not a bool), or a 0-d
+    numpy array of one."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0 and value.dtype.kind in "iuf"
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def real(
     name: str,
     value: Any,
@@ -25,7 +33,7 @@ def real(
     Raises TypeError for a non-number (None, a string, a bool) and ValueError for NaN, an infinity
     or a value out of range; both messages name ``name`` and the allowed values.
     """
-    ok_type = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok_type = is_real(value)
     v = float(value) if ok_type else math.nan
     ok = ok_type and math.isfinite(v) \
         and (low is None or (v > low if low_open else v >= low)) \
@@ -44,10 +52,14 @@ def real(
     raise ValueError(msg) if ok_type else TypeError(msg)
 
 
-def integer(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
-    """``value`` as a Python int, if it is an integer (numpy ints included; not a bool, not a float)
-    in ``[low, high]`` (None: unbounded). Raises TypeError for a non-integer and ValueError for one
-    out of range; both messages name ``name`` and the allowed values."""
+def integer(name: str, value: Any, low: int | None = None, high: int | None = None, *,
+            whole_floats: bool = False) -> int:
+    """``value`` as a Python int, if it is an integer (numpy ints included; not a bool, not a float
+    unless ``whole_floats`` and it is a whole number, as 1e5) in ``[low, high]`` (None: unbounded).
+    Raises TypeError for a non-integer and ValueError for one out of range; both messages name
+    ``name`` and the allowed values."""
+    if whole_floats and isinstance(value, (float, np.floating)) and math.isfinite(value) and value == int(value):
+        value = int(value)
     ok_type = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
     if ok_type and (low is None or value >= low) and (high is None or value <= high):
         return int(value)
@@ -78,10 +90,16 @@ def generator(name: str, value: Any) -> None:
                         f"got {type(value).__name__}")
 
 
-def seed(name: str, value: Any) -> Any:
-    """``value`` if it is a numpy Generator, else as an integer >= 0 (what ``np.random.default_rng``
-    takes); TypeError or ValueError naming ``name`` otherwise."""
-    return value if isinstance(value, np.random.Generator) else integer(name, value, 0)
+def rng_from_seed(name: str, value: Any) -> np.random.Generator:
+    """``value`` if it is a numpy Generator, else ``np.random.default_rng(value)`` (an int >= 0, None,
+    a SeedSequence, a BitGenerator, a sequence of ints); what that refuses raises naming ``name``."""
+    if isinstance(value, np.random.Generator):
+        return value
+    try:
+        return np.random.default_rng(value)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name} must be an integer >= 0 (or None, a SeedSequence or a numpy Generator), "
+                      f"got {value!r}") from None
 
 
 def float_dtype(name: str, value: Any) -> np.dtype:

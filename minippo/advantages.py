@@ -24,6 +24,7 @@ from minippo._checks import array, real
 
 Array = Any
 ESTIMATORS = ("gae", "mc", "td")
+_BOOLS = (bool, np.bool_)
 
 
 def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, gamma: float, lam: float) -> None:
@@ -103,8 +104,8 @@ def compute_gae(
     try:  # the cheap checks first; _validate says what is wrong
         s = rewards.shape
         ok = len(s) == 2 and values.shape == s and dones.shape == s and last_values.shape == s[1:] \
-            and 0.0 < gamma <= 1.0 and 0.0 <= lam <= 1.0 and type(gamma) is not bool and type(lam) is not bool \
-            and _binary(dones)
+            and 0.0 < gamma <= 1.0 and 0.0 <= lam <= 1.0 and not isinstance(gamma, _BOOLS) \
+            and not isinstance(lam, _BOOLS) and _binary(dones)
     except (TypeError, AttributeError):  # gamma or lam not a number, an input not an array
         ok = False
     if not ok:

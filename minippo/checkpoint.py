@@ -75,7 +75,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through ``write(f)`` on a temp file beside ``path``, then fsync, rename onto
     ``path`` and fsync the folder: ``path`` is never half-written (the old file stays until the new
     one is whole), and the new file is durable once this returns. A failure removes the temp file."""
-    if not isinstance(path, (str, os.PathLike)):
+    if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
     # The temp file goes in the folder the OS resolves ``path`` into (symlinks and "..", as open()
     # would), so the rename stays in one folder; the rename itself is onto ``path`` as given.
@@ -146,7 +146,7 @@ def save_checkpoint(algo: Any, path: str) -> None:
 
 def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(meta, arrays) from a checkpoint file, with clear errors for anything wrong."""
-    if not isinstance(path, (str, os.PathLike)):
+    if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
     if os.path.isdir(path):
         raise CheckpointError(f"{path!r} is a folder, not a checkpoint file (a run folder's is model.npz)")
@@ -278,7 +278,8 @@ def _config_from_meta(meta: dict[str, Any], path: str) -> Any:
 
 
 def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
-    """A :class:`minippo.ppo.PPO` restored from ``path``, ready to resume ``learn``."""
+    """A :class:`minippo.ppo.PPO` restored from ``path``, ready to resume ``learn``. ``env``: the vector
+    env to train in (required when the model's env was custom: ValueError otherwise)."""
     from minippo.backend import to_device
     from minippo.ppo import PPO
 
@@ -455,9 +456,10 @@ def evaluate_policy(
     there counts with the return it had."""
     from minippo.envs import _gym, check_env_id, dependency_errors
 
-    if not isinstance(policy, (ActorCritic, Policy)):
-        raise TypeError(f"policy must be an ActorCritic (PPO.policy) or a Policy (load_policy), got "
-                        f"{type(policy).__name__}")
+    if not isinstance(policy, (ActorCritic, Policy)) and not all(
+            hasattr(policy, k) for k in ("predict", "obs_dim", "action_space")):
+        raise TypeError(f"policy must be an ActorCritic (PPO.policy), a Policy (load_policy) or an object with "
+                        f"predict, obs_dim and action_space, got {type(policy).__name__}")
     n_episodes = integer("n_episodes", n_episodes, 1)
     seed = integer("seed", seed, 0)
     if max_steps is not None:

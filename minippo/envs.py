@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import integer, real
+from minippo._checks import integer, is_real, real
 
 Array = Any
 
@@ -140,6 +140,23 @@ def dependency_errors(env_id: str, env_kwargs: dict[str, Any] | None = None) -> 
         raise EnvKwargsError(f"env_kwargs={env_kwargs!r} are not accepted by {env_id}: {e}") from e
 
 
+def env_spec_id(env: Any) -> str | None:
+    """The gymnasium id of a vector env: its ``spec.id``, else (a ``SyncVectorEnv`` or
+    ``AsyncVectorEnv`` built directly from ``gym.make`` thunks has no spec) the one id all its
+    sub-envs share; None for an env of your own without one."""
+    spec_id = getattr(getattr(env, "spec", None), "id", None)
+    if spec_id is not None:
+        return spec_id
+    get_attr = getattr(getattr(env, "unwrapped", env), "get_attr", None)  # (vector wrappers have no get_attr)
+    if not callable(get_attr):
+        return None
+    try:
+        ids = {getattr(s, "id", None) for s in get_attr("spec")}
+    except Exception:  # noqa: BLE001 (an env of one's own may have any get_attr, or none that works)
+        return None
+    return ids.pop() if len(ids) == 1 else None
+
+
 def is_next_step(env: Any) -> bool:
     """True when ``env`` autoresets on the step after an episode ends (gymnasium NEXT_STEP), False
     for SAME_STEP (reset within the step, the final observation in ``info["final_obs"]``).
@@ -167,14 +184,15 @@ class RunningMeanStd:
         self.var = np.ones(shape, dtype=np.float64)
         self.count = float(epsilon)
 
-    def update(self, x: np.ndarray) -> None:
-        """Fold the batch ``x`` (B, *shape) into the statistics."""
+    def update(self, x: np.ndarray, check: bool = True) -> None:
+        """Fold the batch ``x`` (B, *shape) into the statistics; NaN or inf raises FloatingPointError
+        (``check=False`` skips that test, for a caller that has made it already)."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim == 0 or x.shape[1:] != self.mean.shape:  # a lone (obs_dim,) would count as obs_dim samples
             raise ValueError(f"x must have shape {('B', *self.mean.shape)}, got {x.shape}".replace("'B'", "B"))
         if x.shape[0] == 0:
             return
-        if not np.isfinite(x).all():  # one NaN would poison the statistics for the rest of the run
+        if check and not np.isfinite(x).all():  # one NaN would poison the statistics for the rest of the run
             raise FloatingPointError("x contains NaN or inf: not folded into the running statistics")
         b_mean, b_var, b_count = x.mean(axis=0), x.var(axis=0), x.shape[0]
         delta = b_mean - self.mean
@@ -206,13 +224,21 @@ class RunningMeanStd:
         self.count = float(arrays[f"{prefix}.count"])
 
 
+def _clip_bound(clip: Any) -> float:
+    """A normaliser's clip bound: a number > 0, inf (no clipping) included."""
+    if not is_real(clip) or not float(clip) > 0:
+        raise (TypeError if not is_real(clip) else ValueError)(f"clip must be a number > 0 (inf: no clipping), "
+                                                                f"got {clip!r}")
+    return float(clip)
+
+
 class ObsNormalizer:
     """(obs - mean) / sqrt(var + eps), clipped to +-clip, with running statistics (PPO detail,
     continuous control). ``update=False`` (evaluation, final observations) freezes them."""
 
     def __init__(self, obs_dim: int, clip: float = 10.0, eps: float = 1e-8) -> None:
         obs_dim = integer("obs_dim", obs_dim, 1)
-        clip, eps = real("clip", clip, 0.0, low_open=True), real("eps", eps, 0.0)
+        clip, eps = _clip_bound(clip), real("eps", eps, 0.0)
         self.rms = RunningMeanStd((obs_dim,))
         self.clip, self.eps = clip, eps
 
@@ -230,7 +256,7 @@ class RewardScaler:
 
     def __init__(self, n_envs: int, gamma: float, clip: float = 10.0, eps: float = 1e-8) -> None:
         n_envs, gamma = integer("n_envs", n_envs, 1), real("gamma", gamma, 0.0, 1.0, low_open=True)
-        clip, eps = real("clip", clip, 0.0, low_open=True), real("eps", eps, 0.0)
+        clip, eps = _clip_bound(clip), real("eps", eps, 0.0)
         self.rms = RunningMeanStd(())
         self.ret = np.zeros(n_envs, dtype=np.float64)
         self.gamma, self.clip, self.eps = gamma, clip, eps

@@ -74,12 +74,12 @@ def rel_error(a: Array, b: Array, floor: float = 1e-3) -> float:
     gradients of both signs): callers checking such a gradient, or thousands of entries of it
     near zero, scale ``floor`` to S * sqrt(entries) (tests/test_distributions.py does).
     """
-    floor = real("floor", floor, 0.0, low_open=True)
+    floor = real("floor", floor, 0.0)
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
     denom = max(float(np.linalg.norm(a)), float(np.linalg.norm(b)), floor)
-    return float(np.linalg.norm(a - b)) / denom
+    return float(np.linalg.norm(a - b)) / denom if denom > 0 else 0.0  # (floor 0 and both zero: equal)
 
 
 def check_grads(

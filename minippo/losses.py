@@ -14,12 +14,11 @@ in one copy, as ``minippo.ppo.loss_and_grads`` does.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 
-from minippo._checks import finite, real
+from minippo._checks import finite, is_real, real
 from minippo.backend import array_module, asnumpy
 
 Array = Any
@@ -172,8 +171,9 @@ class AdaptiveKL:
 
     def update(self, kl: float) -> float:
         """Apply the rule for the measured mean KL; returns the new beta."""
-        if isinstance(kl, bool) or not isinstance(kl, numbers.Real):
+        if not is_real(kl):
             raise TypeError(f"kl must be a real number (the measured mean KL), got {kl!r}")
+        kl = float(kl)
         if not math.isfinite(kl):
             raise FloatingPointError(f"kl is {kl}: cannot adapt beta")
         if kl < self.kl_target / 1.5:

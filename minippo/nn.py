@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from minippo import backend
-from minippo._checks import array, float_dtype, int_list, real
-from minippo._checks import seed as check_seed
+from minippo._checks import array, float_dtype, int_list, real, rng_from_seed
 
 Array = Any  # numpy.ndarray, or cupy.ndarray on the GPU backend
 
@@ -164,7 +163,7 @@ class MLP:
             raise ValueError(
                 f"activation={activation!r} is not allowed; use one of {sorted(ACTIVATIONS)}"
             )
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(check_seed("seed", seed))
+        rng = rng_from_seed("seed", seed)
         self.sizes = sizes
         self._activation = activation
         self._activate_output = bool(activate_output)

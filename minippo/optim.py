@@ -7,12 +7,11 @@ a parameter array (the MLPs inside an ActorCritic) sees them.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 
-from minippo._checks import array, real
+from minippo._checks import array, is_real, real
 from minippo.backend import array_module
 
 Array = Any
@@ -186,7 +185,7 @@ class Schedule:
 
     def __call__(self, progress: float) -> float:
         """The coefficient at ``progress`` (clamped to [0, 1]; NaN raises ValueError)."""
-        if isinstance(progress, bool) or not isinstance(progress, numbers.Real):
+        if not is_real(progress):
             raise TypeError(f"progress must be a number in [0, 1], got {progress!r}")
         if math.isnan(progress):
             raise ValueError("progress must be a number in [0, 1], got nan")

@@ -13,14 +13,14 @@ Usage (what ``minippo.ppo.loss_and_grads`` does)::
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from minippo import backend
-from minippo._checks import array, finite, float_dtype, generator, int_list, real
-from minippo._checks import seed as check_seed
+from minippo._checks import array, finite, float_dtype, generator, int_list, real, rng_from_seed
 from minippo.backend import array_module, asnumpy
 from minippo.distributions import Categorical, DiagGaussian
 from minippo.nn import MLP
@@ -83,7 +83,7 @@ class ActorCritic:
         if widths is None or any(h < 1 for h in widths):
             raise ValueError(f"hidden must be a sequence of integer layer widths >= 1, got {hidden!r}")
         hidden = widths
-        if not isinstance(shared, (bool, np.bool_)):
+        if not (isinstance(shared, (bool, np.bool_)) or (isinstance(shared, numbers.Integral) and shared in (0, 1))):
             raise TypeError(f"shared must be True or False, got {shared!r}")
         if shared and not hidden:
             raise ValueError("shared=True needs at least one hidden layer (hidden=())")
@@ -98,7 +98,7 @@ class ActorCritic:
         self.shared = bool(shared)
         self.temperature = float(temperature)
         self.dtype = float_dtype("dtype", dtype)
-        rng = np.random.default_rng(check_seed("seed", seed))
+        rng = rng_from_seed("seed", seed)
         kw = {"activation": activation, "seed": rng, "dtype": dtype}
         if shared:
             self.trunk: MLP | None = MLP([obs_dim, *hidden], activate_output=True, **kw)

@@ -12,6 +12,7 @@ compute advantages, then K epochs of shuffled minibatch Adam steps on the loss a
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -69,8 +70,8 @@ def loss_and_grads(
     Returns (stats, grads): stats has loss, policy_loss, value_loss, entropy, approx_kl,
     clipfrac (clip only), kl and beta (kl_penalty only); grads is keyed like ``policy.params``.
     """
-    if not isinstance(config, PPOConfig):
-        raise TypeError(f"config must be a PPOConfig, got {type(config).__name__}")
+    if not all(hasattr(config, k) for k in ("objective", "vf_coef", "clip_eps", "ent_coef", "normalize_advantages")):
+        raise TypeError(f"config must be a PPOConfig (or an object with its fields), got {type(config).__name__}")
     vf_coef = real("config.vf_coef", config.vf_coef, 0.0)  # the one coefficient no loss function checks
     needed = (*BATCH_KEYS, "dist_old") if config.objective == "kl_penalty" else BATCH_KEYS
     missing = [k for k in needed if k not in batch]
@@ -163,13 +164,16 @@ class PPO:
         model.save("cartpole.npz")
 
     ``config.objective`` picks the rung of the ladder (reinforce, a2c, surrogate, kl_penalty, clip);
-    all share this loop. ``env`` may be passed (a gymnasium VectorEnv, e.g. with wrappers); otherwise
-    it is made from ``config.env_id``. A given env whose spec names another id than ``config.env_id``
-    is refused, because checkpoints record ``config.env_id`` and evaluation makes that env.
+    all share this loop. ``env`` may be passed (a gymnasium VectorEnv, e.g. with wrappers, or a vector
+    env of your own: README "Your own environment"); otherwise it is made from ``config.env_id``. A
+    given env whose gymnasium id (its spec's, or its sub-envs') is another than ``config.env_id`` is
+    refused, because checkpoints record ``config.env_id`` and evaluation makes that env. A given env
+    with no id is recorded as custom (:attr:`custom_env`, its class name): ``evaluate`` and
+    :meth:`load` then need ``env=``, and ``config.env_id`` names no env of this model.
     """
 
     def __init__(self, config: PPOConfig | None = None, env: Any = None, **overrides: Any) -> None:
-        from minippo.envs import ObsNormalizer, RewardScaler, is_next_step, make_vec_env
+        from minippo.envs import ObsNormalizer, RewardScaler, env_spec_id, is_next_step, make_vec_env
         from minippo.losses import AdaptiveKL
         from minippo.spaces import as_space
 
@@ -180,7 +184,7 @@ class PPO:
             hint = f" (for an env id: PPO(preset({config!r})) or PPO(PPOConfig(env_id={config!r})))" \
                 if isinstance(config, str) else ""
             raise TypeError(f"config must be a PPOConfig or None, got {type(config).__name__}{hint}")
-        config = config or PPOConfig()
+        config = copy.copy(config) if config is not None else PPOConfig()  # validate() normalises in place
         config.validate()
         config = config.replace(**overrides)
         self.config = config
@@ -195,7 +199,7 @@ class PPO:
                             f"minippo.envs.make_vec_env), or your own with num_envs, single_observation_space, "
                             f"single_action_space, metadata['autoreset_mode'], reset and step (README, \"Your own "
                             f"environment\"); got {type(self.env).__name__}")
-        spec_id = getattr(getattr(self.env, "spec", None), "id", None)
+        spec_id = env_spec_id(self.env)
         # ("module:EnvId" names the env EnvId, after importing the module that registers it)
         if env is not None and spec_id is not None and spec_id != config.env_id.rpartition(":")[2]:
             raise ValueError(f"env is {spec_id} but config.env_id={config.env_id!r}: set env_id={spec_id!r} "
@@ -262,12 +266,14 @@ class PPO:
         """obs (N, ...) -> normalised (N, obs_dim) on the device. ``update``: whether the observation
         normaliser learns from them, or a (N,) mask of the rows it learns from."""
         obs = np.asarray(obs, dtype=self.dtype).reshape(len(obs), self.obs_dim)
-        if self.obs_norm is not None:
+        if self.obs_norm is not None:  # (the rollout has checked the observations are finite)
             if isinstance(update, np.ndarray):
                 mask, update = update, bool(update.all())
                 if not update and mask.any():
-                    self.obs_norm.rms.update(obs[mask])
-            obs = self.obs_norm(obs, update=update)
+                    self.obs_norm.rms.update(obs[mask], check=False)
+            if update:
+                self.obs_norm.rms.update(obs, check=False)
+            obs = self.obs_norm(obs)
         return backend.to_device(obs)
 
     def _env_actions(self, actions: np.ndarray) -> np.ndarray:
@@ -450,7 +456,7 @@ class PPO:
         progress.csv); returning ``False`` stops training.
         """
         if total_timesteps is not None:
-            self.total_timesteps = integer("total_timesteps", total_timesteps, 1)
+            self.total_timesteps = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too
         start = time.perf_counter()
         steps_at_start = self.num_timesteps
         while self.num_timesteps < self.total_timesteps:
@@ -492,7 +498,7 @@ class PPO:
         n_episodes = self.config.eval_episodes if n_episodes is None else n_episodes
         return evaluate_policy(
             self.policy, self.config.env_id, n_episodes, deterministic, seed=seed,
-            obs_norm=self.obs_norm, env_kwargs=self.config.env_kwargs, rng=np.random.default_rng(seed), env=env,
+            obs_norm=self.obs_norm, env_kwargs=self.config.env_kwargs, env=env,  # (its rng: default_rng(seed))
         )
 
     def save(self, path: str) -> None:
@@ -503,7 +509,8 @@ class PPO:
 
     @classmethod
     def load(cls, path: str, env: Any = None, **overrides: Any) -> PPO:
-        """Rebuild a trainer from :meth:`save`'s file, ready to ``learn`` further (resume)."""
+        """Rebuild a trainer from :meth:`save`'s file, ready to ``learn`` further (resume). ``env`` is
+        required for a model of a custom env (:attr:`custom_env`), else made from ``config.env_id``."""
         from minippo.checkpoint import load_checkpoint
 
         return load_checkpoint(path, env=env, **overrides)

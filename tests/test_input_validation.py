@@ -439,6 +439,10 @@ def test_learn_names_total_timesteps():
         with pytest.raises(err, match=f"total_timesteps must be an integer >= 1, got {value!r}"):
             algo.learn(value)
     assert algo.num_timesteps == 0
+    algo.learn(32.0)  # a whole float (learn(1e5) in many scripts) is that many steps
+    assert algo.num_timesteps == 32
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        algo.evaluate(1, seed=-1)  # (named: the evaluation rng is made after the check)
 
 
 def test_evaluate_policy_checks_its_arguments_before_making_the_env():
@@ -456,7 +460,8 @@ def test_evaluate_policy_checks_its_arguments_before_making_the_env():
     ):
         with pytest.raises(err, match=msg):  # (NoSuchEnv: nothing was made before the refusal)
             evaluate_policy(pol, "NoSuchEnv-v0", **kw)
-    with pytest.raises(TypeError, match="policy must be an ActorCritic .* or a Policy .*, got NoneType"):
+    with pytest.raises(TypeError, match=r"policy must be an ActorCritic \(PPO.policy\), a Policy \(load_policy\) "
+                                        r"or an object with predict, obs_dim and action_space, got NoneType"):
         evaluate_policy(None, "NoSuchEnv-v0")
 
 
@@ -530,8 +535,12 @@ def test_loss_and_grads_checks_config_and_vf_coef():
     batch = {"obs": rng.standard_normal((4, 3)), "actions": np.array([0, 1, 1, 0]),
              "logp_old": np.full(4, -0.69), "advantages": rng.standard_normal(4),
              "returns": np.zeros(4), "values_old": np.zeros(4)}
-    with pytest.raises(TypeError, match="config must be a PPOConfig, got dict"):
+    with pytest.raises(TypeError, match=r"config must be a PPOConfig \(or an object with its fields\), got dict"):
         loss_and_grads(pol, batch, {"objective": "clip"})
+    import types
+
+    duck = types.SimpleNamespace(**PPOConfig().to_dict())  # an object with the fields still works
+    assert loss_and_grads(pol, batch, duck)[0]["loss"] == loss_and_grads(pol, batch, PPOConfig())[0]["loss"]
     cfg = PPOConfig()
     for value, err in ((float("nan"), ValueError), ("0.5", TypeError), (-1.0, ValueError)):
         cfg.vf_coef = value  # set after construction: NaN gave a NaN loss and NaN gradients, silently
@@ -558,6 +567,11 @@ def test_gradcheck_names_what_is_wrong():
         check_grads(f, p, good, h=0.0)
     with pytest.raises(ValueError, match="floor must be a finite number > 0, got 0.0"):
         check_grads(f, p, good, floor=0.0)
+    from minippo.gradcheck import rel_error
+
+    assert rel_error(np.zeros(2), np.zeros(2), floor=0.0) == 0.0 and rel_error(np.ones(2), 2 * np.ones(2), 0.0) == 0.5
+    with pytest.raises(ValueError, match="floor must be a finite number >= 0, got -1"):
+        rel_error(np.zeros(2), np.zeros(2), floor=-1)
     with pytest.raises(ValueError, match=r"grads\['a'\] has shape \(2,\), params\['a'\] \(3,\)"):
         check_grads(f, p, {"a": np.ones(2)})
     assert p["a"].tolist() == [1.0, 1.0, 1.0]  # restored after every refusal
@@ -567,8 +581,10 @@ def test_constructors_name_seed_dtype_shared_and_gains():
     from minippo.spaces import as_space
 
     for call, err, msg in (
-        (lambda: MLP([3, 2], seed=-1), ValueError, "seed must be an integer >= 0, got -1"),
-        (lambda: ActorCritic(3, Discrete(2), seed="0"), TypeError, "seed must be an integer >= 0, got '0'"),
+        (lambda: MLP([3, 2], seed=-1), ValueError, r"seed must be an integer >= 0 \(or None, a SeedSequence or a "
+         r"numpy Generator\), got -1"),
+        (lambda: ActorCritic(3, Discrete(2), seed="0"), TypeError, "seed must be an integer >= 0 .*, got '0'"),
+        (lambda: ActorCritic(3, Discrete(2), seed=1.5), TypeError, "seed must be an integer >= 0 .*, got 1.5"),
         (lambda: ActorCritic(3, Discrete(2), dtype="banana"), ValueError,
          r"dtype must be a float type \(float32 or float64\), got 'banana'"),
         (lambda: MLP([3, 2], dtype="banana"), ValueError, "dtype must be a float type"),
@@ -583,6 +599,10 @@ def test_constructors_name_seed_dtype_shared_and_gains():
         with pytest.raises(err, match=msg):
             call()
     assert ActorCritic(3, Discrete(2), shared=np.True_, seed=np.int64(3)).shared is True
+    assert ActorCritic(3, Discrete(2), shared=1).shared is True  # 0 and 1 are True and False
+    for seed in (None, np.random.SeedSequence(1), np.random.PCG64(1), [1, 2], np.random.default_rng(1)):
+        MLP([3, 2], seed=seed)  # whatever np.random.default_rng takes
+        ActorCritic(3, Discrete(2), seed=seed)
     Box(np.full(2, -np.inf), np.full(2, np.inf))  # infinite bounds are a real space's
 
 
@@ -597,7 +617,7 @@ def test_loss_helpers_schedules_and_normalisers_name_their_arguments():
         (lambda: losses.AdaptiveKL().update(None), TypeError, "kl must be a real number"),
         (lambda: Schedule("linear", 1.0, 0.0)(None), TypeError, r"progress must be a number in \[0, 1\], got None"),
         (lambda: ObsNormalizer(-1), ValueError, "obs_dim must be an integer >= 1, got -1"),
-        (lambda: ObsNormalizer(3, clip=0.0), ValueError, "clip must be a finite number > 0"),
+        (lambda: ObsNormalizer(3, clip=0.0), ValueError, r"clip must be a number > 0 \(inf: no clipping\), got 0.0"),
         (lambda: RewardScaler(2, gamma=2.0), ValueError, r"gamma must be a finite number in \(0, 1\]"),
         (lambda: RewardScaler("2", gamma=0.9), TypeError, "n_envs must be an integer >= 1"),
         (lambda: RolloutBuffer(0, 1, 3, (), 2), ValueError, "n_steps must be an integer >= 1, got 0"),
@@ -607,6 +627,12 @@ def test_loss_helpers_schedules_and_normalisers_name_their_arguments():
         with pytest.raises(err, match=msg):
             call()
     assert losses.AdaptiveKL(0.01, 1.0).update(-1e-12) == 0.5  # a KL rounded below 0 is a small KL
+    assert losses.AdaptiveKL(0.01, 1.0).update(np.array(0.5)) == 2.0  # a 0-d array is one number
+    assert Schedule("linear", 1.0, 0.0)(np.array(0.5)) == 0.5
+    assert ObsNormalizer(2, clip=np.inf).clip == np.inf and RewardScaler(1, 0.9, clip=np.inf).clip == np.inf
+    for clip in (np.nan, -1.0):
+        with pytest.raises(ValueError, match=r"clip must be a number > 0 \(inf: no clipping\)"):
+            ObsNormalizer(2, clip=clip)
     rms = RunningMeanStd((2,))
     rms.update(np.array([[1.0, 2.0], [3.0, 4.0]]))
     mean, var, count = rms.mean.copy(), rms.var.copy(), rms.count
@@ -638,3 +664,5 @@ def test_config_from_a_json_null_and_checkpoint_paths_that_are_not_paths():
     for call in (lambda: load_policy(None), lambda: read_checkpoint(3), lambda: atomic_savez(None, {})):
         with pytest.raises(TypeError, match=r"path must be a file path \(str or os.PathLike\), got"):
             call()
+    with pytest.raises(FileNotFoundError):
+        read_checkpoint(b"/nonexistent/model.npz")  # bytes are a path

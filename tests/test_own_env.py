@@ -42,6 +42,14 @@ def test_a_given_env_without_an_id_is_recorded_as_its_class_and_never_remade_fro
     res = evaluate_policy(policy, None, 2, env=own_env.OneReach())
     assert res["env_id"] == "OneReach" and len(res["returns"]) == 2
 
+    class Duck:  # evaluate_policy plays any object with predict, obs_dim and action_space
+        obs_dim, action_space = 2, policy.policy.action_space
+
+        def predict(self, obs, deterministic=True, rng=None):
+            return 2
+
+    assert evaluate_policy(Duck(), None, 1, env=own_env.OneReach())["episodes"] == 1
+
 
 def test_minippo_eval_refuses_a_model_of_a_custom_env(tmp_path, capsys):
     model = PPO(PPOConfig(**CFG), env=own_env.Reach(2))
@@ -60,6 +68,20 @@ def test_an_env_registered_with_gymnasium_is_not_custom():
     model = PPO(PPOConfig(**CFG, autoreset="next_step"), env=env)
     assert model.custom_env is None and model.env_name == "CartPole-v1"
     assert model.config.autoreset == "same_step"
+    env.close()
+
+
+def test_a_vector_env_built_from_gymnasium_envs_takes_their_id():
+    gym = pytest.importorskip("gymnasium")
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics
+
+    # SyncVectorEnv([...]) built directly (CleanRL's way) has no spec of its own: its sub-envs' id is its id
+    env = RecordEpisodeStatistics(gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2))
+    model = PPO(PPOConfig(**CFG), env=env)
+    assert model.custom_env is None and model.env_name == "CartPole-v1"
+    assert model.evaluate(1)["env_id"] == "CartPole-v1"
+    with pytest.raises(ValueError, match=r"env is CartPole-v1 but config.env_id='Acrobot-v1'"):
+        PPO(PPOConfig(**CFG, env_id="Acrobot-v1"), env=env)
     env.close()
 
 
