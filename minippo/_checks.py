@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,16 +41,21 @@ def real(
         and (high is None or (v < high if high_open else v <= high))
     if ok:
         return v
-    if low is not None and high is not None:
-        allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        allowed = f"{'>' if low_open else '>='} {low:g}"
-    elif high is not None:
-        allowed = f"{'<' if high_open else '<='} {high:g}"
-    else:
-        allowed = ""
+    allowed = _range_text(low, high, low_open, high_open, "{:g}".format)
     msg = f"{name} must be a finite number {allowed}".rstrip() + f", got {value!r}"
     raise ValueError(msg) if ok_type else TypeError(msg)
+
+
+def _range_text(low: Any, high: Any, low_open: bool = False, high_open: bool = False,
+                fmt: Callable[[Any], str] = str) -> str:
+    """``in [low, high)``, ``>= low``, ``< high`` or "" (both None), for the messages above and below."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{fmt(low)}, {fmt(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {fmt(low)}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {fmt(high)}"
+    return ""
 
 
 def integer(name: str, value: Any, low: int | None = None, high: int | None = None, *,
@@ -63,15 +69,7 @@ def integer(name: str, value: Any, low: int | None = None, high: int | None = No
     ok_type = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
     if ok_type and (low is None or value >= low) and (high is None or value <= high):
         return int(value)
-    if low is not None and high is not None:
-        allowed = f" in [{low}, {high}]"
-    elif low is not None:
-        allowed = f" >= {low}"
-    elif high is not None:
-        allowed = f" <= {high}"
-    else:
-        allowed = ""
-    msg = f"{name} must be an integer{allowed}, got {value!r}"
+    msg = f"{name} must be an integer {_range_text(low, high)}".rstrip() + f", got {value!r}"
     raise ValueError(msg) if ok_type else TypeError(msg)
 
 
