@@ -108,7 +108,7 @@ def _make_config(args: argparse.Namespace) -> Any:
         return cfg.replace(**changes, **sets) if changes or sets else cfg
     except ValueError as e:
         # a value given by a flag: name the flag (the message names the config field)
-        flagged = [k for k in changes if f"PPOConfig.{k}=" in str(e)]
+        flagged = [k for k in changes if k in flags and f"PPOConfig.{k}=" in str(e)]
         if flagged:
             raise UsageError(f"{flags[flagged[0]]} {changes[flagged[0]]}: {e}") from e
         # a field the user never set may be the preset's: say so, and how to change it

@@ -226,9 +226,11 @@ class RunningMeanStd:
 
 def _clip_bound(clip: Any) -> float:
     """A normaliser's clip bound: a number > 0, inf (no clipping) included."""
-    if not is_real(clip) or not float(clip) > 0:
-        raise (TypeError if not is_real(clip) else ValueError)(f"clip must be a number > 0 (inf: no clipping), "
-                                                                f"got {clip!r}")
+    msg = f"clip must be a number > 0 (inf: no clipping), got {clip!r}"
+    if not is_real(clip):
+        raise TypeError(msg)
+    if not float(clip) > 0:  # (NaN too)
+        raise ValueError(msg)
     return float(clip)
 
 
