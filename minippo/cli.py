@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 CSV_COLUMNS = (
@@ -273,6 +275,16 @@ def _write_json_atomic(path: str, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def _build(make: Callable[[], Any]) -> Any:
+    """``make()`` (a trainer), with the warnings it gives printed as the CLI's own lines, not Python's."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = make()
+    for w in caught:
+        print(f"minippo: warning: {w.message}", file=sys.stderr)
+    return out
+
+
 def _check_backend() -> None:
     """Resolve MINIPPO_BACKEND now, so that a bad value is one line (ImportError: see :func:`main`)."""
     from minippo import backend
@@ -379,7 +391,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.timesteps is not None:
             overrides["total_timesteps"] = args.timesteps
         try:
-            algo = PPO.load(args.resume, **overrides)
+            algo = _build(lambda: PPO.load(args.resume, **overrides))
         except (ValueError, TypeError) as e:  # CheckpointError, a --timesteps or env space refused
             raise UsageError(f"--resume {args.resume}: {e}") from e
         if algo.config.env_id != args.env_id:
@@ -397,7 +409,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from e
         try:
-            algo = PPO(cfg)
+            algo = _build(lambda: PPO(cfg))
         except (ValueError, TypeError) as e:  # what the env's spaces or env_kwargs do not allow
             raise UsageError(str(e)) from e
     out, model_path, log = _open_run_folder(args, cfg, algo.iteration)

@@ -809,7 +809,7 @@ def test_an_env_returning_nan_is_one_line_exit_1(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, epochs", [([], 1), (["--set", "n_epochs=2"], 2)])
-def test_on_policy_objectives_train_one_epoch_per_rollout(tmp_path, extra, epochs):
+def test_on_policy_objectives_train_one_epoch_per_rollout(tmp_path, capsys, extra, epochs):
     # the CartPole preset's 20 epochs made --objective reinforce reuse each rollout 20 times (it collapsed)
     out = tmp_path / "r"
     tiny = ["--set", "n_steps=16", "--set", "batch_size=32", "--set", "hidden=[8]"]  # TINY without n_epochs
@@ -818,6 +818,9 @@ def test_on_policy_objectives_train_one_epoch_per_rollout(tmp_path, extra, epoch
     with open(out / "config.json") as f:
         saved = json.load(f)
     assert saved["objective"] == "reinforce" and saved["n_epochs"] == epochs
+    err = capsys.readouterr().err  # more epochs: PPO's warning, as one line of the CLI's own
+    assert ("minippo: warning: objective='reinforce' with n_epochs=2: every epoch after the first reuses the "
+            "rollout" in err) == (epochs == 2) and "UserWarning" not in err
     assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(tmp_path / "c"), "--quiet", *TINY]) == 0
     with open(tmp_path / "c" / "config.json") as f:
         assert json.load(f)["n_epochs"] == 2  # TINY's, for clip: untouched
