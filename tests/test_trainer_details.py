@@ -213,7 +213,7 @@ def test_the_rollout_uses_the_configured_lambda_and_estimator(objective, lam):
 
     register()
     gamma, c = 0.9, 2.0
-    algo = PPO(PPOConfig(env_id=COUNTER_ID, n_envs=1, n_steps=8, batch_size=8, gamma=gamma, gae_lambda=0.5,
+    algo = PPO(PPOConfig(env_id=COUNTER_ID, n_envs=1, n_steps=8, batch_size=8, n_epochs=1, gamma=gamma, gae_lambda=0.5,
                          objective=objective, dtype="float64", hidden=(4,)))
     for k in algo.policy.critic.params:
         algo.policy.critic.params[k][...] = 0.0
