@@ -466,23 +466,18 @@ def test_evaluate_policy_checks_its_arguments_before_making_the_env():
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "numba"])
-def test_compute_gae_refuses_lists_naming_the_argument(monkeypatch, backend_name):
-    from minippo import backend
+def test_compute_gae_refuses_lists_naming_the_argument(request, backend_name):
     from minippo.advantages import compute_gae
 
     if backend_name == "numba":
         pytest.importorskip("numba")
-    monkeypatch.setenv("MINIPPO_BACKEND", backend_name)
-    backend.reset()
-    try:
-        z, lv = np.zeros((3, 2)), np.zeros(2)
-        compute_gae(z, z, z, lv, 0.9, 0.9)  # numba: compiled now, so the lists meet the fast path first
-        for args, name in (((z.tolist(), z, z, lv), "rewards"), ((z, z, z.tolist(), lv), "dones"),
-                           ((z, z, z, [0.0, 0.0]), "last_values")):
-            with pytest.raises(TypeError, match=f"{name} must be an array .*, got list"):
-                compute_gae(*args, 0.9, 0.9)
-    finally:
-        backend.reset()
+    request.getfixturevalue(f"{backend_name}_backend")  # conftest.py: MINIPPO_BACKEND for this test
+    z, lv = np.zeros((3, 2)), np.zeros(2)
+    compute_gae(z, z, z, lv, 0.9, 0.9)  # numba: compiled now, so the lists meet the fast path first
+    for args, name in (((z.tolist(), z, z, lv), "rewards"), ((z, z, z.tolist(), lv), "dones"),
+                       ((z, z, z, [0.0, 0.0]), "last_values")):
+        with pytest.raises(TypeError, match=f"{name} must be an array .*, got list"):
+            compute_gae(*args, 0.9, 0.9)
 
 
 def test_building_blocks_refuse_lists_and_bad_rngs_naming_the_argument():
