@@ -107,7 +107,7 @@ def float_dtype(name: str, value: Any) -> np.dtype:
     except TypeError:
         dt = None
     if dt is None or dt.kind != "f":
-        raise ValueError(f"{name} must be a float type (float32 or float64), got {value!r}")
+        raise ValueError(f"{name} must be a float type such as float32 or float64, got {value!r}")
     return dt
 
 
