@@ -3,14 +3,16 @@
     python benchmarks/kernels.py            # numpy and numba (and cupy when a device works)
 
 GAE at (T=2048, N=64) and (T=128, N=8) float32: time, speed-up over a plain Python loop, and the
-ratio to a memory floor (numpy copying the 3 input arrays: as many bytes read as GAE reads, a
-few more written). Targets (issue 4): numba >= 100x over the Python loop and within 3x of the floor.
+ratio to a memory floor: one numpy copy moving as many bytes as GAE does (GAE reads 3 (T, N)
+arrays and writes 2, so the copy reads and writes 2.5 arrays' worth). Targets (issue 4): numba
+>= 100x over the Python loop and within 3x of the floor.
 
 MLP 4-64-64-2 and 17-64-64-6 (tanh, float32) forward and forward+backward at batch 1, 8, 64, 256,
 2048 through ``minippo.nn.MLP``: time per call and numpy/numba speed-up, the two timed in alternating
-rounds (``best_interleaved``). Target: >= 3x at B <= 8. At B <= 8 a second line times the numba
-kernels alone (preallocated outputs, no Python checks): numpy over that bounds what any Python
-around the kernels could reach.
+rounds (``best_interleaved``). Target: >= 3x at B <= 8. Above ``kernels.cpu.max_batch`` (256 for these
+nets) the numba backend runs numpy's BLAS path itself: those rows say so, and their ratio is ~1.
+At B <= 8 a second line times the numba kernels alone (preallocated outputs, no Python checks):
+numpy over that bounds what any Python around the kernels could reach.
 
 ``ActorCritic.act`` (the rollout's per-step call: both MLPs, distribution, sample, log-prob) for the
 CartPole preset policy (4-64-64, Discrete(2)) and a 17-64-64 Gaussian (6-d) at batch 1, 8, 64: numpy,
@@ -20,7 +22,12 @@ numba with the fused act (``kernels/cpu_act.py``), and numba without it (MLPs th
 from __future__ import annotations
 
 import os
+import sys
 import timeit
+
+# Measure the checkout this script is in, not whichever minippo is installed (``python benchmarks/...``
+# puts benchmarks/ first on sys.path, not the repository root); the header prints which was imported.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy loads BLAS
     os.environ.setdefault(_var, "1")
@@ -94,9 +101,7 @@ def bench_gae(backends: list[str]) -> None:
         lv = rng.normal(size=N).astype(np.float32)
         lists = [a.tolist() for a in host]
         t_py = best(lambda: python_gae(*lists, lv, 0.99, 0.95), 0.5)  # noqa: B023
-        # Memory floor: copy the 3 input arrays (GAE reads 3 (T, N) arrays and writes 2).
-        src = np.concatenate(host).ravel()
-        dst = np.empty_like(src)
+        src, dst = floor_arrays(host)
         t_mem = best(lambda: np.copyto(dst, src))  # noqa: B023
         print(f"  T={T:5d} N={N:3d}  python loop {t_py * 1e6:10.1f} us   memory floor "
               f"{t_mem * 1e6:8.2f} us")
@@ -115,9 +120,18 @@ def bench_gae(backends: list[str]) -> None:
                 print(f"    {name + ' out=':11s} {t * 1e6:5.2f} us   {_times(t_py / t)}        {t / t_mem:6.2f}x")
 
 
+def floor_arrays(host: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(src, dst) for the memory floor ``np.copyto(dst, src)``: a copy that moves as many bytes as GAE.
+    GAE reads rewards, values, dones (T, N) and writes advantages and returns (T, N): 5 arrays'
+    traffic, which a copy of 2.5 arrays (2.5 read, 2.5 written) moves too."""
+    r = host[0]
+    src = np.concatenate([a.ravel() for a in host])[: 5 * r.size // 2]
+    return src, np.empty_like(src)
+
+
 def _times(ratio: float) -> str:
-    """A speed-up as printed in the table: whole numbers from 10x, two digits below (0.33x, not 0x)."""
-    return f"{ratio:9.0f}x" if ratio >= 10 else f"{ratio:9.2g}x"
+    """A speed-up as printed in the table: whole numbers from 10x, two decimals below (0.20x, not 0x)."""
+    return f"{ratio:9.0f}x" if ratio >= 10 else f"{ratio:9.2f}x"
 
 
 def _sync(xp):
@@ -132,6 +146,7 @@ def bench_mlp(backends: list[str]) -> None:
     rng = np.random.default_rng(0)
     for sizes in ([4, 64, 64, 2], [17, 64, 64, 6]):
         mlp = MLP(sizes, activation="tanh", seed=0)
+        fused_max = _fused_max_batch(sizes)
         for B in (1, 8, 64, 256, 2048):
             x = rng.normal(size=(B, sizes[0])).astype(np.float32)
             fwd, both = {}, {}
@@ -155,10 +170,21 @@ def bench_mlp(backends: list[str]) -> None:
             if "numpy" in t_fwd and "numba" in t_fwd:
                 ratio = (f"  numba speed-up fwd {t_fwd['numpy'] / t_fwd['numba']:5.2f}x "
                          f"fwd+bwd {t_both['numpy'] / t_both['numba']:5.2f}x")
+                if B > fused_max:
+                    ratio += f"  (numba runs numpy here: B > {fused_max}, the largest fused batch)"
             print(f"  {'-'.join(map(str, sizes)):11s} B={B:5d}  {cells}{ratio}")
             if "numba" in t_fwd and B <= 8:
                 dy = np.ones((B, sizes[-1]), np.float32)
                 print(kernels_alone(mlp, x, dy, t_fwd["numpy"], t_both["numpy"]))
+
+
+def _fused_max_batch(sizes: list[int]) -> int:
+    """Largest batch the numba backend fuses for an MLP of ``sizes`` (0 without numba)."""
+    try:
+        from minippo.kernels import cpu
+    except ImportError:
+        return 0
+    return cpu.max_batch(sizes)
 
 
 def kernels_alone(mlp: MLP, x: np.ndarray, dy: np.ndarray, t_np_fwd: float, t_np_both: float) -> str:
@@ -211,8 +237,11 @@ def bench_act(backends: list[str]) -> None:
 
 
 def main() -> None:
-    print(f"BLAS threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}; "
-          "times are the best of 5 repeats")
+    import minippo
+
+    print(f"minippo from {os.path.dirname(minippo.__file__)}; numpy {np.__version__}; BLAS threads: "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
+    print("GAE and act: best of 5 repeats; MLP: best of 7 rounds, numpy and numba alternating")
     backends = [name for name in ("numpy", "numba", "cupy") if use(name)]
     bench_gae(backends)
     bench_mlp(backends)

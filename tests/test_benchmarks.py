@@ -1,0 +1,84 @@
+"""The benchmark scripts measure what their labels say: the memory floor moves GAE's bytes, rows
+where the numba backend runs numpy say so, start-up costs are outside the timed training, bad
+arguments give a usage line. (The timings themselves are printed by the scripts, never asserted.)"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_memory_floor_copies_as_many_bytes_as_gae_moves():
+    kb = _script("kernels")
+    T, N = 128, 8
+    host = [np.ones((T, N), np.float32) for _ in range(3)]
+    src, dst = kb.floor_arrays(host)
+    gae_bytes = 3 * T * N * 4 + 2 * T * N * 4  # reads rewards, values, dones; writes advantages, returns
+    assert src.nbytes + dst.nbytes == gae_bytes and dst.shape == src.shape
+
+
+def test_speedups_keep_two_decimals_below_ten():
+    kb = _script("kernels")
+    assert kb._times(0.2).strip() == "0.20x" and kb._times(4.9).strip() == "4.90x"
+    assert kb._times(1550.4).strip() == "1550x"
+
+
+def test_mlp_rows_past_the_fused_batch_say_numba_runs_numpy(numpy_backend, monkeypatch, capsys):
+    pytest.importorskip("numba")
+    kb = _script("kernels")  # its use() sets MINIPPO_BACKEND: numpy_backend restores it afterwards
+    from minippo.kernels import cpu
+
+    assert kb._fused_max_batch([4, 64, 64, 2]) == cpu.max_batch([4, 64, 64, 2]) == 256
+    # One net and two batch sizes, either side of the cap, with short timings.
+    monkeypatch.setattr(kb, "best_interleaved", lambda calls: {n: 1e-6 for n in calls})
+    monkeypatch.setattr(kb, "kernels_alone", lambda *a: "")
+    real_mlp = kb.MLP
+    monkeypatch.setattr(kb, "MLP", lambda sizes, **kw: real_mlp([sizes[0], 4, sizes[-1]], **kw))
+    monkeypatch.setattr(kb, "_fused_max_batch", lambda sizes: 8)
+    kb.bench_mlp(["numpy", "numba"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if " B=" in line]
+    assert rows, "no MLP rows printed"
+    for line in rows:
+        B = int(line.split("B=")[1].split()[0])
+        assert ("numba runs numpy here" in line) == (B > 8), line
+
+
+def test_train_speed_times_learn_after_an_untimed_start_up(monkeypatch):
+    pytest.importorskip("gymnasium")
+    from minippo import bench, ppo
+
+    made, learned = [], []
+
+    class Spy(ppo.PPO):
+        def __init__(self, config, *a, **kw):
+            made.append(config.total_timesteps)
+            super().__init__(config, *a, **kw)
+
+        def learn(self, *a, **kw):
+            learned.append(self.config.total_timesteps)
+            return super().learn(*a, **kw)
+
+    monkeypatch.setattr(ppo, "PPO", Spy)
+    res = bench.train_speed(512)
+    assert made == [1, 512] and learned == [1, 512]  # the start-up trainer first, then the timed one
+    assert res["startup_s"] > 0 and res["train_s"] > 0
+
+
+@pytest.mark.parametrize("argv", [["abc"], ["0"], ["-5"], ["1", "2"], ["1.5"]])
+def test_train_speed_script_refuses_bad_steps(argv):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_speed.py"), *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "steps must be one integer >= 1" in proc.stderr
