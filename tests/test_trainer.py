@@ -331,6 +331,16 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.npz"]  # no temp file left behind
 
 
+def test_saving_onto_a_folder_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    written = []
+    monkeypatch.setattr(np, "savez", lambda *a, **k: written.append(a))
+    with pytest.raises(IsADirectoryError, match="is a folder: give a file path to write"):
+        atomic_savez(str(tmp_path), {"a": np.arange(3)})
+    assert written == [] and os.listdir(tmp_path) == []  # no temp file made, nothing serialised
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        PPO(PPOConfig(**TINY)).save(str(tmp_path))
+
+
 @pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_checkpoint_file_mode_follows_the_umask(tmp_path, umask):
