@@ -19,11 +19,14 @@ from minippo.bench import train_speed  # noqa: E402
 
 def main(argv: list[str]) -> int:
     """Parse ``[steps]``, run both timings; returns the exit code (2 for a bad argument)."""
-    if len(argv) > 1 or (argv and not (argv[0].isdigit() and int(argv[0]) >= 1)):
-        print(f"usage: python benchmarks/train_speed.py [steps]: steps must be one integer >= 1, got {argv}",
-              file=sys.stderr)
+    try:
+        (steps,) = [int(a) for a in argv] or [100_000]  # int() as Python reads it: 100_000 too
+    except ValueError:
+        steps = 0
+    if steps < 1:
+        print(f"usage: python benchmarks/train_speed.py [steps]: steps must be one integer >= 1, got "
+              f"{' '.join(argv)!r}", file=sys.stderr)
         return 2
-    steps = int(argv[0]) if argv else 100_000
     train_speed(steps)
     train_speed(steps, autoreset="same_step")
     return 0

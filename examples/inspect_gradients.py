@@ -5,14 +5,19 @@ backward pass, checked against central finite differences in float64.
 """
 
 import argparse
+import os
 
-import numpy as np
+# One BLAS thread, as the `minippo` CLI sets (faster for these small matrices).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy loads
+    os.environ.setdefault(_var, "1")
 
-from minippo.config import PPOConfig
-from minippo.gradcheck import numerical_grads, rel_error
-from minippo.policy import ActorCritic
-from minippo.ppo import loss_and_grads
-from minippo.spaces import Discrete
+import numpy as np  # noqa: E402
+
+from minippo.config import PPOConfig  # noqa: E402
+from minippo.gradcheck import numerical_grads, rel_error  # noqa: E402
+from minippo.policy import ActorCritic  # noqa: E402
+from minippo.ppo import loss_and_grads  # noqa: E402
+from minippo.spaces import Discrete  # noqa: E402
 
 
 def main() -> None:

@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--timesteps", type=positive, default=20_000, help="env steps to train (default 20000)")
     ap.add_argument("--out", default="reach.npz", help="model file to write (default reach.npz)")
     args = ap.parse_args()
-    if os.path.isdir(args.out):  # found now, not after training
+    if os.path.isdir(args.out) or not os.path.basename(args.out):  # found now, not after training
         ap.error(f"--out {args.out!r} is a folder: give a file path, e.g. {os.path.join(args.out, 'reach.npz')}")
 
     config = PPOConfig(env_id="Reach", n_envs=8, n_steps=64, batch_size=128, n_epochs=10,

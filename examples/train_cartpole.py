@@ -23,14 +23,22 @@ def positive(text: str) -> int:
     return n
 
 
+def natural(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {n}")
+    return n
+
+
 def main() -> None:
     """Train, print progress every 50 updates, evaluate, save to --out, reload it and act once."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--timesteps", type=positive, default=100_000, help="env steps to train (default 100000)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the run (default 0)")
+    ap.add_argument("--seed", type=natural, default=0, help="seed of the run, an integer >= 0 (default 0)")
     ap.add_argument("--out", default="cartpole.npz", help="model file to write (default cartpole.npz)")
     args = ap.parse_args()
-    if os.path.isdir(args.out):  # found now, not after training
+    if os.path.isdir(args.out) or not os.path.basename(args.out):  # found now, not after training
         ap.error(f"--out {args.out!r} is a folder: give a file path, e.g. {os.path.join(args.out, 'cartpole.npz')}")
 
     model = PPO(preset("CartPole-v1", total_timesteps=args.timesteps, seed=args.seed))

@@ -292,4 +292,11 @@ def act(
         status = st.entry(*args)
     if status:
         raise FloatingPointError(f"{bad[status - 1]} contains NaN or inf")
+    if bad[0] == "logits" and policy.temperature < 1.0:
+        # The kernel divides in float64; numpy's Categorical divides in the policy's dtype and refuses
+        # what overflows there (say logits 1 at T = 1e-40 in float32): the same test, the same error.
+        with np.errstate(over="ignore"):
+            z = params / policy.temperature
+        if not np.isfinite(z).all():
+            raise FloatingPointError("logits / temperature contains NaN or inf")
     return actions, logp, v[:, 0], params

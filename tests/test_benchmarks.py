@@ -14,9 +14,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _script(name):
+    """benchmarks/NAME.py as a module (not in sys.modules; the sys.path entry it adds is taken back)."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(ROOT, "benchmarks", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path[:] = saved
     return mod
 
 
@@ -41,6 +46,7 @@ def test_mlp_rows_past_the_fused_batch_say_numba_runs_numpy(numpy_backend, monke
     from minippo.kernels import cpu
 
     assert kb._fused_max_batch([4, 64, 64, 2]) == cpu.max_batch([4, 64, 64, 2]) == 256
+    assert kb._fused_max_batch([17, 256, 6]) == cpu.max_batch([17, 256, 6]) < 256  # wider nets: less
     # One net and two batch sizes, either side of the cap, with short timings.
     monkeypatch.setattr(kb, "best_interleaved", lambda calls: {n: 1e-6 for n in calls})
     monkeypatch.setattr(kb, "kernels_alone", lambda *a: "")
@@ -55,28 +61,47 @@ def test_mlp_rows_past_the_fused_batch_say_numba_runs_numpy(numpy_backend, monke
         assert ("numba runs numpy here" in line) == (B > 8), line
 
 
-def test_train_speed_times_learn_after_an_untimed_start_up(monkeypatch):
+def test_train_speed_times_learn_alone_after_an_untimed_start_up(monkeypatch):
+    """The clock's readings bracket the timed learn() and nothing else of training: the start-up
+    trainer (numba compiles, imports) and building the env come before the clock starts."""
     pytest.importorskip("gymnasium")
+    import time
+    import types
+
     from minippo import bench, ppo
 
-    made, learned = [], []
+    events = []
 
     class Spy(ppo.PPO):
         def __init__(self, config, *a, **kw):
-            made.append(config.total_timesteps)
+            events.append(f"init {config.total_timesteps}")
             super().__init__(config, *a, **kw)
 
         def learn(self, *a, **kw):
-            learned.append(self.config.total_timesteps)
+            events.append(f"learn {self.config.total_timesteps}")
             return super().learn(*a, **kw)
 
+    def clock():
+        events.append("clock")
+        return time.perf_counter()
+
     monkeypatch.setattr(ppo, "PPO", Spy)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=clock, process_time=time.process_time))
     res = bench.train_speed(512)
-    assert made == [1, 512] and learned == [1, 512]  # the start-up trainer first, then the timed one
+    assert events[:8] == ["clock", "init 1", "learn 1", "clock",  # the start-up run, timed apart
+                          "init 512", "clock", "learn 512", "clock"]  # the env built, then learn alone
     assert res["startup_s"] > 0 and res["train_s"] > 0
 
 
-@pytest.mark.parametrize("argv", [["abc"], ["0"], ["-5"], ["1", "2"], ["1.5"]])
+def test_train_speed_script_reads_steps_as_python_ints(monkeypatch):
+    ts = _script("train_speed")
+    seen = []
+    monkeypatch.setattr(ts, "train_speed", lambda steps, **kw: seen.append(steps))
+    assert ts.main(["100_000"]) == 0 and ts.main([]) == 0 and ts.main(["512"]) == 0
+    assert seen == [100_000] * 4 + [512] * 2  # each: the preset's env, then the same_step one
+
+
+@pytest.mark.parametrize("argv", [["abc"], ["0"], ["-5"], ["1", "2"], ["1.5"], ["²"], ["--help"]])
 def test_train_speed_script_refuses_bad_steps(argv):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_speed.py"), *argv],
                           capture_output=True, text=True, timeout=120)

@@ -259,6 +259,20 @@ def test_non_finite_raises_like_the_numpy_path(discrete):
         assert np.all(d[:, pol.act_dim + 1] == np.float32(2.0)) and np.isfinite(lp).all()
 
 
+@pytest.mark.parametrize(("dtype", "temperature"), [(np.float32, 1e-40), (np.float64, 1e-320)])
+def test_an_overflowing_logits_over_temperature_raises_like_the_numpy_path(dtype, temperature):
+    """logits / T overflows the policy's dtype: numpy's Categorical refuses it; the fused act divides
+    in float64 and sampled on (T = 1e-40 in float32: finite there), or returned NaN log-probs."""
+    obs = _obs(4, 0, dtype)
+    for name in ("numpy", "numba"):
+        use_backend(name)
+        pol = _policy(dtype, True, (8,), "tanh", 1, temperature)
+        with np.errstate(over="ignore"), pytest.raises(FloatingPointError,
+                                                       match=r"^logits / temperature contains NaN or inf$"):
+            pol.act(obs, np.random.default_rng(0))
+    assert pol.__dict__.get("_numba_act_state") is not None  # the numba act took the fused path
+
+
 # ---------------------------------------------------------------- in training
 TINY = dict(n_envs=4, n_steps=16, batch_size=32, n_epochs=3, total_timesteps=192, hidden=(16, 16))
 

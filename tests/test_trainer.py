@@ -337,6 +337,9 @@ def test_saving_onto_a_folder_is_refused_before_anything_is_written(tmp_path, mo
     with pytest.raises(IsADirectoryError, match="is a folder: give a file path to write"):
         atomic_savez(str(tmp_path), {"a": np.arange(3)})
     assert written == [] and os.listdir(tmp_path) == []  # no temp file made, nothing serialised
+    with pytest.raises(IsADirectoryError, match="is a folder"):  # a name ending in a separator
+        atomic_savez(str(tmp_path / "x.npz") + os.sep, {"a": np.arange(3)})
+    assert written == [] and os.listdir(tmp_path) == []  # no folder x.npz made either
     with pytest.raises(IsADirectoryError, match="is a folder"):
         PPO(PPOConfig(**TINY)).save(str(tmp_path))
 
