@@ -77,8 +77,9 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     one is whole), and the new file is durable once this returns. A failure removes the temp file."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
-    if os.path.isdir(path) or not os.path.basename(os.fsdecode(path)):  # "", "x/": before anything is written
-        raise IsADirectoryError(f"path {os.fsdecode(path)!r} is a folder: give a file path to write")
+    name = os.fsdecode(path)
+    if os.path.isdir(path) or not os.path.basename(name):  # "x/" or "": before anything is written
+        raise IsADirectoryError(f"path {name!r} is {'a folder' if name else 'empty'}: give a file path to write")
     # The temp file goes in the folder the OS resolves ``path`` into (symlinks and "..", as open()
     # would), so the rename stays in one folder; the rename itself is onto ``path`` as given.
     folder = os.path.realpath(os.path.dirname(path) or ".")
