@@ -115,3 +115,12 @@ def test_asnumpy_and_to_device_on_cpu():
 def test_unknown_attribute():
     with pytest.raises(AttributeError, match="has no attribute 'nme'"):
         _ = backend.nme
+
+
+def test_auto_picks_cupy_when_a_device_works(monkeypatch, caplog):
+    """auto tries cupy first (every CPU test machine falls back, so this path needs its own test)."""
+    gpu = object()
+    monkeypatch.setattr(backend, "_cupy_module", lambda: gpu)
+    with caplog.at_level(logging.INFO, logger="minippo"):
+        assert backend.resolve("auto") == ("cupy", gpu)
+    assert "picked cupy" in caplog.text

@@ -825,3 +825,45 @@ def test_on_policy_objectives_train_one_epoch_per_rollout(tmp_path, capsys, extr
     with open(tmp_path / "c" / "config.json") as f:
         assert json.load(f)["n_epochs"] == 2  # TINY's, for clip: untouched
 
+
+
+def test_on_policy_objective_given_by_set_also_trains_one_epoch(tmp_path):
+    out = tmp_path / "r"
+    tiny = ["--set", "n_steps=16", "--set", "batch_size=32", "--set", "hidden=[8]"]
+    assert main(["train", "CartPole-v1", "--set", "objective=a2c", "--timesteps", "64", "--out", str(out),
+                 "--quiet", *tiny]) == 0
+    with open(out / "config.json") as f:
+        saved = json.load(f)
+    assert saved["objective"] == "a2c" and saved["n_epochs"] == 1
+
+
+def test_eval_passes_its_flags_to_the_evaluation(tmp_path, monkeypatch, capsys):
+    from minippo import checkpoint
+
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--quiet", *TINY]) == 0
+    seen = []
+    real = checkpoint.evaluate_policy
+
+    def spy(policy, env_id, n_episodes, deterministic=False, seed=0, **kw):
+        seen.append((n_episodes, deterministic, seed))
+        return real(policy, env_id, n_episodes, deterministic, seed=seed, **kw)
+
+    monkeypatch.setattr(checkpoint, "evaluate_policy", spy)
+    model = str(out / "model.npz")
+    assert main(["eval", model, "--episodes", "2", "--deterministic", "--seed", "7"]) == 0
+    assert main(["eval", model, "--episodes", "1"]) == 0
+    assert seen == [(2, True, 7), (1, False, 0)]
+
+
+@pytest.mark.parametrize("objective", ["clip", "kl_penalty"])
+def test_progress_csv_columns_are_the_rows_learn_logs(objective):
+    """Every column of progress.csv is a key of learn()'s rows (and back): none silently blank."""
+    from minippo import PPO, PPOConfig
+
+    rows = []
+    PPO(PPOConfig(env_id="CartPole-v1", objective=objective, n_envs=2, n_steps=16, batch_size=16, n_epochs=1,
+                  hidden=(8,), total_timesteps=32)).learn(callback=rows.append)
+    # blank by design: the rollout KL that adapts beta (kl_penalty only), the clip fraction (clip only)
+    assert set(CSV_COLUMNS) - set(rows[0]) == ({"clipfrac"} if objective == "kl_penalty" else {"kl"})
+    assert set(rows[0]) - set(CSV_COLUMNS) == {"stopped_early"}  # the row's, not a column

@@ -235,3 +235,15 @@ def test_presets():
     assert (pd.n_envs, pd.n_steps, pd.batch_size, pd.gamma) == (4, 1024, 64, 0.9)
     with pytest.raises(ValueError, match="unknown preset 'Hopper'; available presets: "):
         preset("Hopper")
+
+
+def test_settings_a_user_relies_on():
+    """Small rules each guarded by nothing else: the smallest minibatch, the CartPole preset's KL
+    target, the exponential entropy schedule's ent_coef, and --set values holding '='."""
+    PPOConfig(n_steps=2, batch_size=2).validate()  # two samples: the smallest normalisable minibatch
+    assert preset("CartPole-v1").kl_target == 0.003
+    with pytest.raises(ValueError, match="ent_end"):
+        PPOConfig(ent_schedule="exponential", ent_end=0.01, ent_coef=0.0).validate()
+    key, value = PPOConfig().parse_assignment('env_kwargs={"a": "b=c"}')
+    assert (key, value) == ("env_kwargs", {"a": "b=c"})
+    assert PPOConfig().parse_assignment("env_id=my.mod:Env=v0") == ("env_id", "my.mod:Env=v0")

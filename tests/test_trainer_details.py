@@ -448,3 +448,91 @@ def test_orthogonal_init_is_sign_symmetric(shape):
     np.testing.assert_array_less(np.abs(frac_pos - 0.5), 0.1)
     # E[Q] = 0: each entry has variance 1/4 (a unit column of length 4), mean's sd 0.011; 0.1 is 9 sd
     np.testing.assert_array_less(np.abs(qs.mean(axis=0)), 0.1)
+
+
+# ---------------------------------------------------------------- found by mutation review (session 20)
+@needs_gym
+def test_beta_adapts_to_the_rollout_kl_not_the_minibatch_approx_kl(numpy_backend, monkeypatch):
+    algo = PPO(PPOConfig(env_id="CartPole-v1", objective="kl_penalty", n_envs=2, n_steps=16, batch_size=16,
+                         n_epochs=1, hidden=(8,), kl_target=0.01, kl_beta=1.0))
+    for kl, beta in ((1.0, 2.0), (0.0, 1.0)):  # far above target * 1.5: doubles; below target / 1.5: halves
+        monkeypatch.setattr(algo, "_rollout_kl", lambda kl=kl: kl)
+        algo.collect_rollout()
+        out = algo.update(progress=0.0)
+        assert out["kl"] == kl and out["beta"] == beta == algo.kl_coef.beta
+
+
+@needs_gym
+def test_a_resumed_run_takes_the_new_budget_and_reseeds_its_envs_past_the_saved_steps(numpy_backend, tmp_path):
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden=(8,),
+                         total_timesteps=64, seed=3))
+    algo.learn()
+    path = str(tmp_path / "m.npz")
+    algo.save(path)
+    loaded = PPO.load(path, total_timesteps=128)
+    assert loaded.total_timesteps == 128 and PPO.load(path).total_timesteps == 64
+    seeds = []
+    real_reset = loaded.env.reset
+    loaded.env.reset = lambda seed=None, **kw: seeds.append(seed) or real_reset(seed=seed, **kw)
+    loaded.learn()
+    assert loaded.num_timesteps == 128
+    assert seeds == [3 + 64]  # not the first run's seed 3: those episodes were played already
+
+
+@needs_gym
+def test_evaluation_seeds_each_episode_apart_from_training(numpy_backend):
+    """Episode k is reset with seed + k (distinct starts), and PPO.evaluate's default seed is
+    config.seed + 100000, disjoint from the seeds training resets with."""
+    from minippo.checkpoint import evaluate_policy
+
+    class Recorder(gym.Wrapper):
+        def __init__(self, env):
+            super().__init__(env)
+            self.seeds = []
+
+        def reset(self, *, seed=None, options=None):
+            self.seeds.append(seed)
+            return self.env.reset(seed=seed, options=options)
+
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=16, hidden=(8,), seed=4))
+    rec = Recorder(gym.make("CartPole-v1"))
+    evaluate_policy(algo.policy, None, 3, env=rec, seed=5)
+    assert rec.seeds == [5, 6, 7]
+    rec.seeds.clear()
+    algo.evaluate(3, env=rec)
+    assert rec.seeds == [100_004, 100_005, 100_006]
+
+
+@needs_gym
+def test_a_saved_policy_predicts_env_actions_of_a_discrete_space_with_a_start(numpy_backend, tmp_path):
+    from envs_for_tests import register_probe
+
+    from minippo.checkpoint import load_policy
+
+    register_probe("minippo-test/ProbeStart-v0", 8, action_space=gym.spaces.Discrete(3, start=-1))
+    algo = PPO(PPOConfig(env_id="minippo-test/ProbeStart-v0", n_envs=2, n_steps=16, batch_size=16, n_epochs=1,
+                         hidden=(8,), total_timesteps=32))
+    algo.learn()
+    path = str(tmp_path / "m.npz")
+    algo.save(path)
+    obs = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    index = algo.policy.act(obs, None, deterministic=True)[0]  # the policy's own 0 .. n-1
+    np.testing.assert_array_equal(load_policy(path).predict(obs), index - 1)
+
+
+@needs_gym
+def test_minibatches_of_two_lose_no_valid_sample(numpy_backend, monkeypatch):
+    """batch_size 2 with masked reset steps (next_step mode) and an odd number of valid ones: every
+    valid sample reaches the loss once per epoch (none left in a skipped single-sample minibatch)."""
+    register()
+    algo = PPO(PPOConfig(env_id=COUNTER_ID, autoreset="next_step", n_envs=1, n_steps=6, batch_size=2,
+                         n_epochs=3, hidden=(8,), seed=0))
+    rows = []
+    real = NumpyStep.loss_and_grads
+    monkeypatch.setattr(NumpyStep, "loss_and_grads",
+                        lambda self, mb, *a: rows.append(mb["advantages"].shape[0]) or real(self, mb, *a))
+    algo.collect_rollout()
+    n_valid = int(algo.buffer.valid.sum())
+    assert n_valid % 2 == 1  # 3-step episodes: steps 0-2 and 4-5 valid, 3 the masked reset
+    algo.update(progress=0.0)
+    assert sum(rows) == 3 * n_valid and min(rows) >= 2
