@@ -292,7 +292,7 @@ def act(
         status = st.entry(*args)
     if status:
         raise FloatingPointError(f"{bad[status - 1]} contains NaN or inf")
-    if bad[0] == "logits" and policy.temperature < 1.0:
+    if st.fn is _act_categorical and policy.temperature < 1.0:
         # The kernel divides in float64; numpy's Categorical divides in the policy's dtype and refuses
         # what overflows there (say logits 1 at T = 1e-40 in float32): the same test, the same error.
         with np.errstate(over="ignore"):
