@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from types import ModuleType
 from typing import Any
 
@@ -108,6 +109,7 @@ def resolve(value: str | None = None) -> tuple[str, ModuleType]:
         return "numpy", np
     if choice == "numba":
         _numba_ok()
+        _watch_numba_compiles()
         return "numba", np
     if choice == "cupy":
         return "cupy", _cupy_module()
@@ -120,11 +122,67 @@ def resolve(value: str | None = None) -> tuple[str, ModuleType]:
         reason = str(e)
     try:
         _numba_ok()
+        _watch_numba_compiles()
         log.info("%s=auto picked numba (cupy unavailable: %s)", ENV_VAR, reason)
         return "numba", np
     except ImportError:
         log.info("%s=auto picked numpy (neither cupy nor numba is usable)", ENV_VAR)
         return "numpy", np
+
+
+COMPILING_MESSAGE = ("numba is compiling its kernels: the first run of a net shape and dtype on a machine "
+                     "takes up to a minute; numba caches them on disk, and later runs load them in about a second")
+
+_compiles: Any = None  # the listener on numba's compile events, once the numba backend is chosen
+
+
+def _compile_listener() -> Any:
+    """A listener for numba's ``numba:compile`` event (numba's event API, ``numba.core.event``),
+    which numba broadcasts around each real compile (a load from its disk cache is not one). It logs
+    :data:`COMPILING_MESSAGE` at INFO when its first compile starts, so that a first run says why it
+    waits, and adds up in ``seconds`` the wall time of the outermost compiles (a kernel's compile
+    compiles the helpers it calls inside its own: those are not counted twice). numba compiles under
+    one process-wide lock, so one compile (with its nested ones) runs at a time."""
+    from numba.core import event
+
+    class Compiles(event.Listener):
+        def __init__(self) -> None:
+            self.seconds = 0.0
+            self.depth = 0
+            self.started = 0.0
+            self.announced = False
+
+        def on_start(self, ev: Any) -> None:
+            if self.depth == 0:
+                self.started = time.perf_counter()
+                if not self.announced:
+                    self.announced = True
+                    log.info(COMPILING_MESSAGE)
+            self.depth += 1
+
+        def on_end(self, ev: Any) -> None:
+            self.depth -= 1
+            if self.depth == 0:
+                self.seconds += time.perf_counter() - self.started
+
+    return Compiles()
+
+
+def _watch_numba_compiles() -> None:
+    """Register the process's one compile listener (see :func:`_compile_listener`); idempotent."""
+    global _compiles
+    if _compiles is None:
+        from numba.core import event
+
+        _compiles = _compile_listener()
+        event.register("numba:compile", _compiles)
+
+
+def numba_compile_seconds() -> float:
+    """Wall seconds this process has spent in numba compiling kernels since the numba backend was
+    first chosen (0.0 before, and on the numpy and cupy backends). ``PPO.learn`` leaves them out of
+    its ``fps``: they are paid once per machine, net shape and dtype (numba caches the result)."""
+    return 0.0 if _compiles is None else _compiles.seconds
 
 
 def _get() -> tuple[str, ModuleType]:

@@ -148,11 +148,15 @@ class _Progress:
     ``set_postfix_str``) or fails to start, as tqdm 4.16-4.20 do on Python 3.12+); one line per
     iteration otherwise."""
 
+    active: _Progress | None = None  # the bar on the terminal now: log lines go through its write()
+
     def __init__(self, total: int, start: int, quiet: bool) -> None:
         self.quiet, self.total, self.bar = quiet, total, None
         self.tty = sys.stderr.isatty()
+        self.drawn = False  # the plain bar is on the terminal's last line
         if quiet or not self.tty:
             return
+        _Progress.active = self
         tqdm = _usable_tqdm()
         if tqdm is not None:
             try:
@@ -174,10 +178,24 @@ class _Progress:
             frac = min(row["timesteps"] / self.total, 1.0)
             bar = "#" * int(30 * frac)
             print(f"\r[{bar:<30}] {row['timesteps']:>9}/{self.total}  {msg}", end="", file=sys.stderr, flush=True)
+            self.drawn = True
         else:
             print(f"iter {row['iteration']:5d}  steps {row['timesteps']:9d}  {msg}", file=sys.stderr, flush=True)
 
+    def write(self, line: str) -> None:
+        """Print a line (a log message) above the bar, which then goes on below it."""
+        if self.bar is not None:
+            try:
+                type(self.bar).write(line, file=sys.stderr)  # tqdm clears its bar, prints, redraws
+                return
+            except Exception:
+                pass
+        print(("\n" if self.drawn else "") + line, file=sys.stderr, flush=True)
+        self.drawn = False
+
     def close(self) -> None:
+        if _Progress.active is self:
+            _Progress.active = None
         if self.bar is not None:
             self.bar.close()
         elif self.tty and not self.quiet:
@@ -449,6 +467,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     diverged = None  # or the FloatingPointError that stopped training (NaN/inf loss, logits, data)
     failed = None  # or what could not be written (progress.csv, model.npz)
     t0 = time.perf_counter()
+    compiled_before = backend.numba_compile_seconds()
     try:
         try:
             algo.learn(callback=on_iteration)
@@ -492,8 +511,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if stop:
         print(f"minippo: interrupted at {algo.num_timesteps} steps; model saved to {model_path}", file=sys.stderr)
         return 130
+    compiled = backend.numba_compile_seconds() - compiled_before
     if not args.quiet:
-        print(f"minippo: done, {algo.num_timesteps} steps in {wall:.1f} s; model saved to {model_path}",
+        of_it = f" ({compiled:.1f} s of it numba compiling kernels, a one-off)" if compiled >= 0.05 else ""
+        print(f"minippo: done, {algo.num_timesteps} steps in {wall:.1f} s{of_it}; model saved to {model_path}",
               file=sys.stderr)
     return 0
 
@@ -640,7 +661,10 @@ def _show_library_log() -> None:
 
     class ToStderr(logging.Handler):  # sys.stderr as it is at each message, not at the first main() call
         def emit(self, record: logging.LogRecord) -> None:
-            print(self.format(record), file=sys.stderr, flush=True)
+            if _Progress.active is not None:  # not through a progress bar's line
+                _Progress.active.write(self.format(record))
+            else:
+                print(self.format(record), file=sys.stderr, flush=True)
 
     log = logging.getLogger("minippo")
     if not log.handlers:

@@ -453,11 +453,15 @@ class PPO:
         """Train until ``total_timesteps`` env steps (default: config.total_timesteps).
 
         ``callback(row)`` is called after every iteration with the logged values (the columns of
-        progress.csv); returning ``False`` stops training.
+        progress.csv); returning ``False`` stops training. ``row["time"]`` is the wall time since this
+        call started; ``row["fps"]`` is env steps per second of it, leaving out the seconds numba spent
+        compiling kernels (:func:`minippo.backend.numba_compile_seconds`: a one-off per machine, net
+        shape and dtype, up to a minute, which would otherwise pull the rate down for the whole run).
         """
         if total_timesteps is not None:
             self.total_timesteps = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too
         start = time.perf_counter()
+        compiling_at_start = backend.numba_compile_seconds()
         steps_at_start = self.num_timesteps
         while self.num_timesteps < self.total_timesteps:
             progress = self.num_timesteps / self.total_timesteps
@@ -465,11 +469,12 @@ class PPO:
             stats = self.update(progress)
             self.iteration += 1
             elapsed = time.perf_counter() - start
+            training = elapsed - (backend.numba_compile_seconds() - compiling_at_start)
             row = {
                 "iteration": self.iteration,
                 "timesteps": self.num_timesteps,
                 "time": elapsed,
-                "fps": (self.num_timesteps - steps_at_start) / max(elapsed, 1e-9),
+                "fps": (self.num_timesteps - steps_at_start) / max(training, 1e-9),
                 "mean_return": float(np.mean(self.episode_returns)) if self.episode_returns else math.nan,
                 "mean_length": float(np.mean(self.episode_lengths)) if self.episode_lengths else math.nan,
                 "beta": self.kl_coef.beta if self.config.objective == "kl_penalty" else math.nan,

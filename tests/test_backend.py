@@ -124,3 +124,67 @@ def test_auto_picks_cupy_when_a_device_works(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="minippo"):
         assert backend.resolve("auto") == ("cupy", gpu)
     assert "picked cupy" in caplog.text
+
+
+def test_numba_compiles_are_timed_once_each_and_announced_once(caplog):
+    """The listener behind numba_compile_seconds (PPO.learn's fps leaves that time out) and the CLI's
+    notice that a first run is compiling: the outermost compile is timed (a kernel's nested compile
+    of a helper is inside it, not added again), a call that compiles nothing adds nothing, and the
+    notice is logged once, at the first compile."""
+    numba = pytest.importorskip("numba")
+    import time
+
+    from numba.core import event
+
+    listener = backend._compile_listener()
+    process_wide = backend._compiles  # registered if an earlier test chose numba: not heard here
+    if process_wide is not None:
+        event.unregister("numba:compile", process_wide)
+    event.register("numba:compile", listener)
+    try:
+        @numba.njit(cache=False)
+        def inner(x):
+            return x + 1
+
+        @numba.njit(cache=False)
+        def outer(x):
+            return inner(x) * 2
+
+        with caplog.at_level(logging.INFO, logger="minippo"):
+            t = time.perf_counter()
+            assert outer(1) == 4  # compiles outer, and inner inside it
+            wall = time.perf_counter() - t
+            first = listener.seconds
+            assert 0.0 < first <= wall  # inner's compile counted twice would exceed the wall time
+            assert outer(2) == 6 and listener.seconds == first  # compiled already: nothing added
+            assert outer(1.5) == 5.0 and listener.seconds > first  # a second signature compiles
+        assert listener.depth == 0
+        notices = [r.getMessage() for r in caplog.records if r.name == "minippo"]
+        assert notices == [backend.COMPILING_MESSAGE]
+    finally:
+        event.unregister("numba:compile", listener)
+        if process_wide is not None:
+            event.register("numba:compile", process_wide)
+
+
+def test_numba_compile_seconds_without_numba_backend_imports_nothing():
+    code = ("import sys; import minippo.backend as b; print(b.numba_compile_seconds(), 'numba' in sys.modules); "
+            "b.resolve('numpy'); print(b.numba_compile_seconds(), 'numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0.0", "False", "0.0", "False"]
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+def test_choosing_numba_watches_its_compiles(monkeypatch):
+    from numba.core import event
+
+    monkeypatch.setattr(backend, "_compiles", None)  # as in a process that has not chosen numba yet
+    backend.resolve("numba")
+    watched = backend._compiles
+    try:
+        assert watched is not None and backend.numba_compile_seconds() == watched.seconds
+        backend.resolve("auto" if not HAS_CUPY else "numba")
+        assert backend._compiles is watched  # registered once per process
+    finally:
+        event.unregister("numba:compile", watched)

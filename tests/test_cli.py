@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -99,8 +100,6 @@ def test_bad_arguments_one_line_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("minippo: error: ")
-    import re
-
     assert re.search(message, err), err
 
 
@@ -569,6 +568,70 @@ def test_progress_lines_when_piped_and_nothing_when_quiet(monkeypatch):
     assert [ln.split()[:4] for ln in lines] == [["iter", "1", "steps", "100"], ["iter", "2", "steps", "200"],
                                                  ["iter", "3", "steps", "300"]]
     assert _progress_text(monkeypatch, quiet=True) == ""
+
+
+def _log_line_during_progress(monkeypatch, tqdm_module) -> str:
+    """A library log line (numba's compile notice comes mid-training) before the bar's first row and
+    after it; returns what reached the terminal."""
+    import logging
+
+    from minippo import cli
+
+    err = _Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setitem(sys.modules, "tqdm", tqdm_module)
+    cli._show_library_log()  # the CLI's handler (added once per process)
+    log = logging.getLogger("minippo")
+    p = cli._Progress(300, 0, False)
+    rows = _rows_for(2)
+    log.info("first notice")
+    p(rows[0])
+    log.info("second notice")
+    p(rows[1])
+    p.close()
+    assert cli._Progress.active is None  # log lines print plainly again
+    log.info("after the bar")
+    return err.text
+
+
+def test_log_lines_do_not_run_into_the_plain_bar(monkeypatch):
+    text = _log_line_during_progress(monkeypatch, None)
+    assert text.startswith("minippo: first notice\n\r[")  # nothing drawn yet: no blank line first
+    assert "steps/s\nminippo: second notice\n\r[" in text  # the bar's line ended, then redrawn below
+    assert text.endswith("\nminippo: after the bar\n")
+
+
+def test_log_lines_go_through_tqdm_write(monkeypatch):
+    tqdm = pytest.importorskip("tqdm")
+    if not hasattr(tqdm.tqdm, "set_postfix_str"):
+        pytest.skip("tqdm < 4.16")
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+    text = _log_line_during_progress(monkeypatch, tqdm)
+    for line in ("first notice", "second notice"):  # each on a line of its own, not after the bar's text
+        assert re.search(rf"(^|[\r\n])minippo: {line}\n", text), text
+        assert not re.search(rf"[^\r\n]minippo: {line}", text), text
+
+
+def test_done_line_says_how_long_numba_compiled(tmp_path, capsys, monkeypatch):
+    from minippo import backend
+    from minippo.ppo import PPO
+
+    compiled = [2.0]
+    learn = PPO.learn
+
+    def learn_and_compile(self, *a, **k):
+        out = learn(self, *a, **k)
+        compiled[0] += 41.26  # as if the kernels had compiled during this run
+        return out
+
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: compiled[0])
+    monkeypatch.setattr(PPO, "learn", learn_and_compile)
+    assert main(["train", "CartPole-v1", "--timesteps", "32", "--out", str(tmp_path / "a"), *TINY]) == 0
+    assert re.search(r"minippo: done, \d+ steps in \d+\.\d s \(41\.3 s of it numba compiling kernels, a one-off\); "
+                     "model saved to ", capsys.readouterr().err)
+    monkeypatch.setattr(PPO, "learn", learn)  # nothing compiled: the plain done line
+    assert main(["train", "CartPole-v1", "--timesteps", "32", "--out", str(tmp_path / "b"), *TINY]) == 0
+    assert re.search(r"minippo: done, \d+ steps in \d+\.\d s; model saved to ", capsys.readouterr().err)
 
 
 def test_a_fresh_run_does_not_mix_with_a_run_already_in_its_folder(tmp_path, capsys, monkeypatch):

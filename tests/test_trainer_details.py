@@ -536,3 +536,25 @@ def test_minibatches_of_two_lose_no_valid_sample(numpy_backend, monkeypatch):
     assert n_valid % 2 == 1  # 3-step episodes: steps 0-2 and 4-5 valid, 3 the masked reset
     algo.update(progress=0.0)
     assert sum(rows) == 3 * n_valid and min(rows) >= 2
+
+
+@needs_gym
+def test_fps_leaves_out_numba_compile_time_and_time_does_not(monkeypatch):
+    """Row "time" is learn()'s wall time; "fps" divides the steps by that time less the seconds numba
+    spent compiling kernels meanwhile (a one-off of up to a minute that held a first run's rate at a
+    few steps/s). Clock and compile seconds are stand-ins here: the arithmetic is what is checked."""
+    import types
+
+    from minippo import backend
+    from minippo import ppo as ppo_module
+
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden=(8,),
+                         total_timesteps=64))
+    clock = iter([100.0, 110.0, 130.0])  # learn() starts; after iteration 1; after iteration 2
+    compiled = iter([3.0, 9.0, 9.0])  # numba's compile seconds at the same three moments
+    monkeypatch.setattr(ppo_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: next(compiled))
+    rows = []
+    algo.learn(callback=rows.append)
+    assert [r["time"] for r in rows] == [10.0, 30.0]
+    assert [r["fps"] for r in rows] == [32 / (10.0 - 6.0), 64 / (30.0 - 6.0)]
