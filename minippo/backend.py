@@ -179,9 +179,10 @@ def _watch_numba_compiles() -> None:
 
 
 def numba_compile_seconds() -> float:
-    """Wall seconds this process has spent in numba compiling kernels since the numba backend was
-    first chosen (0.0 before, and on the numpy and cupy backends). ``PPO.learn`` leaves them out of
-    its ``fps``: they are paid once per machine, net shape and dtype (numba caches the result)."""
+    """Wall seconds this process has spent in numba's compiler since the numba backend was first
+    chosen (minippo's kernels, and any other numba code compiled meanwhile; loads from numba's disk
+    cache are not compiles); 0.0 before, and on the numpy and cupy backends. ``PPO.learn`` leaves
+    them out of its ``fps``: they are paid once per machine, net shape and dtype."""
     return 0.0 if _compiles is None else _compiles.seconds
 
 
