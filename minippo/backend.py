@@ -130,8 +130,8 @@ def resolve(value: str | None = None) -> tuple[str, ModuleType]:
         return "numpy", np
 
 
-COMPILING_MESSAGE = ("numba is compiling its kernels: the first run of a net shape and dtype on a machine "
-                     "takes up to a minute; numba caches them on disk, and later runs load them in about a second")
+COMPILING_MESSAGE = ("numba is compiling its kernels, once per machine, net shape and dtype (CartPole's preset: "
+                     "~45 s on a 2-core x86 VM); numba caches them on disk, and later runs load them in about a second")
 
 _compiles: Any = None  # the listener on numba's compile events, once the numba backend is chosen
 
