@@ -31,7 +31,8 @@ def train_speed(timesteps: int = 100_000, env_id: str = "CartPole-v1", **overrid
 
     Times ``learn()`` alone (the env and policy are built before), after an untimed start-up run, so
     one-off costs (imports, numba compiles or cache loads) count in neither side of the ratio.
-    Returns the figures printed: seconds, steps/s, their ratio, the evaluation return."""
+    Returns the figures printed: seconds, steps/s, their ratio, the evaluation return, the start-up's
+    seconds and the part of them numba spent compiling."""
     from minippo import backend
     from minippo.config import preset
     from minippo.ppo import PPO
@@ -40,9 +41,10 @@ def train_speed(timesteps: int = 100_000, env_id: str = "CartPole-v1", **overrid
     # Start-up, untimed but reported: one rollout and update of a throwaway trainer pays the one-off
     # costs (numba's import and its compiles or cache loads, gymnasium's env registry), which
     # otherwise land in whichever timing of a process runs first.
-    t0 = time.perf_counter()
+    t0, compiled = time.perf_counter(), backend.numba_compile_seconds()
     PPO(cfg.replace(total_timesteps=1)).learn()
     startup_s = time.perf_counter() - t0
+    startup_compile_s = backend.numba_compile_seconds() - compiled
     algo = PPO(cfg)  # builds the env: outside the timed region, as env_stepping's is
     t0, c0 = time.perf_counter(), time.process_time()
     algo.learn()
@@ -58,6 +60,7 @@ def train_speed(timesteps: int = 100_000, env_id: str = "CartPole-v1", **overrid
         "ratio_train_over_env": train_s / env_s,
         "eval_mean_return": ev,
         "startup_s": startup_s,
+        "startup_compile_s": startup_compile_s,
     }
     import os
 
@@ -67,6 +70,7 @@ def train_speed(timesteps: int = 100_000, env_id: str = "CartPole-v1", **overrid
     print(f"  training         {train_s:7.2f} s  {res['train_steps_per_s']:9.0f} steps/s  "
           f"(process CPU {train_cpu:.2f} s; eval return {ev:.1f})")
     print(f"  env stepping     {env_s:7.2f} s  {res['env_only_steps_per_s']:9.0f} steps/s  (random actions)")
+    compiling = f"; {startup_compile_s:.2f} s of it numba compiling kernels" if startup_compile_s > 0 else ""
     print(f"  ratio training / env stepping: {res['ratio_train_over_env']:.1f}x  (untimed start-up before "
-          f"both: {startup_s:.2f} s, one rollout and update)")
+          f"both: {startup_s:.2f} s, one rollout and update{compiling})")
     return res

@@ -61,7 +61,7 @@ def test_mlp_rows_past_the_fused_batch_say_numba_runs_numpy(numpy_backend, monke
         assert ("numba runs numpy here" in line) == (B > 8), line
 
 
-def test_train_speed_times_learn_alone_after_an_untimed_start_up(monkeypatch):
+def test_train_speed_times_learn_alone_after_an_untimed_start_up(monkeypatch, capsys):
     """The clock's readings bracket the timed learn() and nothing else of training: the start-up
     trainer (numba compiles, imports) and building the env come before the clock starts."""
     pytest.importorskip("gymnasium")
@@ -85,12 +85,26 @@ def test_train_speed_times_learn_alone_after_an_untimed_start_up(monkeypatch):
         events.append("clock")
         return time.perf_counter()
 
+    compiled = [1.0]
+
+    def compiles_in_start_up(self, *a, **kw):  # as numba would, on a first run
+        if self.config.total_timesteps == 1:
+            compiled[0] += 40.0
+        return learn(self, *a, **kw)
+
+    learn = Spy.learn
+    monkeypatch.setattr(Spy, "learn", compiles_in_start_up)
     monkeypatch.setattr(ppo, "PPO", Spy)
     monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=clock, process_time=time.process_time))
+    from minippo import backend
+
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: compiled[0])
     res = bench.train_speed(512)
     assert events[:8] == ["clock", "init 1", "learn 1", "clock",  # the start-up run, timed apart
                           "init 512", "clock", "learn 512", "clock"]  # the env built, then learn alone
     assert res["startup_s"] > 0 and res["train_s"] > 0
+    assert res["startup_compile_s"] == 40.0
+    assert "one rollout and update; 40.00 s of it numba compiling kernels)" in capsys.readouterr().out
 
 
 def test_train_speed_script_reads_steps_as_python_ints(monkeypatch):
