@@ -661,7 +661,7 @@ def _show_library_log() -> None:
 
     class ToStderr(logging.Handler):  # sys.stderr as it is at each message, not at the first main() call
         def emit(self, record: logging.LogRecord) -> None:
-            if _Progress.active is not None:  # not through a progress bar's line
+            if _Progress.active is not None:  # a bar is drawn: print above it, not onto its line
                 _Progress.active.write(self.format(record))
             else:
                 print(self.format(record), file=sys.stderr, flush=True)

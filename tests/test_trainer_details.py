@@ -541,8 +541,8 @@ def test_minibatches_of_two_lose_no_valid_sample(numpy_backend, monkeypatch):
 @needs_gym
 def test_fps_leaves_out_numba_compile_time_and_time_does_not(monkeypatch):
     """Row "time" is learn()'s wall time; "fps" divides the steps by that time less the seconds numba
-    spent compiling kernels meanwhile (a one-off, 45 s for CartPole on a 2-core VM, that held a first run's rate at a
-    few steps/s). Clock and compile seconds are stand-ins here: the arithmetic is what is checked."""
+    spent compiling kernels meanwhile (a one-off, 45 s for CartPole on a 2-core VM, that held a first
+    run's rate at a few steps/s). Clock and compile seconds are stand-ins: the arithmetic is checked."""
     import types
 
     from minippo import backend
