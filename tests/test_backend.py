@@ -188,3 +188,45 @@ def test_choosing_numba_watches_its_compiles(monkeypatch):
         assert backend._compiles is watched  # registered once per process
     finally:
         event.unregister("numba:compile", watched)
+
+
+# what the subprocess below runs: the README's warm-up command, then predict and evaluation
+_WARM_UP_THEN_PLAY = """
+import sys
+import numpy as np
+from minippo.checkpoint import evaluate_policy, load_policy
+from minippo.cli import main
+from minippo.kernels import cpu, cpu_act, cpu_update
+
+def loaded():  # compiled or cache-loaded signatures of every numba kernel, by module and name
+    return {f"{m.__name__}.{name}": len(d.overloads) for m in (cpu, cpu_act, cpu_update)
+            for name, d in vars(m).items() if hasattr(d, "overloads") and d.overloads}
+
+out = sys.argv[1]
+assert main(["train", "CartPole-v1", "--timesteps", "2048", "--out", out, "--quiet"]) == 0
+before = loaded()
+policy = load_policy(out + "/model.npz")
+rng = np.random.default_rng(0)
+for obs in (np.zeros(4, np.float32), np.zeros((8, 4), np.float32), np.zeros((3, 4))):
+    policy.predict(obs)
+    policy.predict(obs, deterministic=False, rng=rng)
+for deterministic in (False, True):  # minippo eval samples unless given --deterministic
+    evaluate_policy(policy, policy.env_id, 2, deterministic, max_steps=50)
+after = loaded()
+print(sorted(before))
+print(sorted(k for k in after if after[k] != before.get(k)))
+"""
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+def test_one_short_training_compiles_what_predict_and_eval_use(tmp_path):
+    """The README's advice for paying numba's compiles ahead: after one short training of the net,
+    load_policy(...).predict and evaluate_policy (minippo eval) need no kernel it did not load."""
+    pytest.importorskip("gymnasium")
+    env = dict(os.environ, MINIPPO_BACKEND="numba")
+    out = subprocess.run([sys.executable, "-c", _WARM_UP_THEN_PLAY, str(tmp_path / "warm")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    trained, added = out.stdout.splitlines()[-2:]
+    assert "minippo.kernels.cpu_act._act_categorical" in trained  # the numba path did run
+    assert added == "[]"
