@@ -563,6 +563,37 @@ def test_progress_tqdm_bar_on_a_terminal(monkeypatch):
     assert "300/300" in text and "return    20.00" in text and "steps/s" in text
 
 
+def test_tqdm_rate_and_eta_leave_out_numba_compiles(monkeypatch):
+    """A first numba run compiles for ~45 s inside its first iteration. tqdm's ETA comes from its rate
+    between updates, which leaves those seconds out, as the postfix's steps/s does (before, it read
+    14 steps/s here, and a few steps/s for dozens of iterations of a real run); elapsed stays wall
+    time. tqdm's own rate field is not shown: at the end it is steps over wall time, compiles and
+    all, beside the postfix's steps/s."""
+    tqdm = pytest.importorskip("tqdm")
+    tqdm_std = pytest.importorskip("tqdm.std")
+
+    from minippo import backend, cli
+
+    if not hasattr(tqdm.tqdm, "format_dict"):
+        pytest.skip("tqdm < 4.37 has no format_dict to read the rate from")
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+    now, compiled = [0.0], [0.0]
+    monkeypatch.setattr(tqdm_std, "time", lambda: now[0])  # the clock tqdm reads
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: compiled[0])
+    monkeypatch.setattr(sys, "stderr", _Tty())
+    p = cli._Progress(1000, 0, False)
+    compiled[0], now[0] = 45.0, 46.0  # iteration 1: 45 s of compiles, 1 s of training
+    for i, row in enumerate(_rows_for(4)):
+        now[0] += i > 0  # then 1 s per iteration of 100 steps
+        p(row)
+    shown, drawn = p.bar.format_dict, sys.stderr.text.replace("\r", "\n").strip().splitlines()[-1]
+    p.close()
+    assert shown["rate"] == pytest.approx(100.0)  # steps/s: 100 per second of training
+    assert shown["elapsed"] == 49.0 and shown["n"] == 400
+    assert drawn.endswith("| 400/1000 [00:49<00:06, return    30.00     5000 steps/s]"), drawn  # 600 steps left
+    assert "step/s" not in sys.stderr.text.replace("steps/s", "")  # no tqdm rate, at the end either
+
+
 def test_progress_lines_when_piped_and_nothing_when_quiet(monkeypatch):
     lines = _progress_text(monkeypatch, tty=False).splitlines()
     assert [ln.split()[:4] for ln in lines] == [["iter", "1", "steps", "100"], ["iter", "2", "steps", "200"],
