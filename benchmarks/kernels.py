@@ -4,8 +4,10 @@
 
 GAE at (T=2048, N=64) and (T=128, N=8) float32: time, speed-up over a plain Python loop, and the
 ratio to a memory floor: one numpy copy moving as many bytes as GAE does (GAE reads 3 (T, N)
-arrays and writes 2, so the copy reads and writes 2.5 arrays' worth). Targets (issue 4): numba
->= 100x over the Python loop and within 3x of the floor.
+arrays and writes 2, so the copy reads and writes 2.5 arrays' worth). All rows of one size, the
+loop and the floor included, are timed in alternating rounds (``best_interleaved``), so a slow spell
+of a shared machine hits a ratio's two sides alike. Targets (issue 4): numba >= 100x over the Python
+loop and within 3x of the floor.
 
 MLP 4-64-64-2 and 17-64-64-6 (tanh, float32) forward and forward+backward at batch 1, 8, 64, 256,
 2048 through ``minippo.nn.MLP``: time per call and numpy/numba speed-up, the two timed in alternating
@@ -16,7 +18,8 @@ numpy over that bounds what any Python around the kernels could reach.
 
 ``ActorCritic.act`` (the rollout's per-step call: both MLPs, distribution, sample, log-prob) for the
 CartPole preset policy (4-64-64, Discrete(2)) and a 17-64-64 Gaussian (6-d) at batch 1, 8, 64: numpy,
-numba with the fused act (``kernels/cpu_act.py``), and numba without it (MLPs through ``kernels/cpu.py``).
+numba with the fused act (``kernels/cpu_act.py``), and numba without it (MLPs through ``kernels/cpu.py``),
+the three timed in alternating rounds.
 """
 
 from __future__ import annotations
@@ -48,13 +51,17 @@ def best(f, min_time: float = 0.2) -> float:
     return min(timeit.repeat(f, number=n, repeat=5)) / n
 
 
-def best_interleaved(calls: dict, min_time: float = 0.2, rounds: int = 7) -> dict:
-    """Seconds per call for each backend's callable, timed in alternating rounds (backend A, then B,
-    then A ...) and keeping each one's best round: a slow spell of this shared VM then hits both
-    sides of a ratio alike, instead of whichever happened to be timed during it."""
+def best_interleaved(calls: dict, min_time: float = 0.2, rounds: int = 7, on: dict | None = None) -> dict:
+    """Seconds per call for each labelled callable, timed in alternating rounds (A, then B, then A
+    ...) and keeping each one's best round: a slow spell of this shared VM then hits both sides of a
+    ratio alike, instead of whichever happened to be timed during it. ``on`` maps a label to the
+    backend selected before each of its rounds (labels not in it switch nothing); by default each
+    label is its backend's name."""
+    on = {name: name for name in calls} if on is None else on
     loops = {}
     for name, f in calls.items():
-        use(name)
+        if name in on:
+            use(on[name])
         f()
         n = 1
         while timeit.timeit(f, number=n) < min_time / rounds:
@@ -63,7 +70,8 @@ def best_interleaved(calls: dict, min_time: float = 0.2, rounds: int = 7) -> dic
     times = dict.fromkeys(calls, float("inf"))
     for _ in range(rounds):
         for name, f in calls.items():
-            use(name)
+            if name in on:
+                use(on[name])
             times[name] = min(times[name], timeit.timeit(f, number=loops[name]) / loops[name])
     return times
 
@@ -100,11 +108,11 @@ def bench_gae(backends: list[str]) -> None:
         host.append((rng.random((T, N)) < 0.01).astype(np.float32))
         lv = rng.normal(size=N).astype(np.float32)
         lists = [a.tolist() for a in host]
-        t_py = best(lambda: python_gae(*lists, lv, 0.99, 0.95), 0.5)  # noqa: B023
         src, dst = floor_arrays(host)
-        t_mem = best(lambda: np.copyto(dst, src))  # noqa: B023
-        print(f"  T={T:5d} N={N:3d}  python loop {t_py * 1e6:10.1f} us   memory floor "
-              f"{t_mem * 1e6:8.2f} us")
+        # Every row of this size, the Python loop and the floor included, timed in alternating rounds.
+        calls = {"python loop": lambda: python_gae(*lists, lv, 0.99, 0.95),  # noqa: B023
+                 "memory floor": lambda: np.copyto(dst, src)}  # noqa: B023
+        on = {}
         for name in backends:
             if not use(name):
                 continue
@@ -112,12 +120,19 @@ def bench_gae(backends: list[str]) -> None:
             r, v, d, lv_ = (xp.asarray(a) for a in (*host, lv))
             sync = _sync(xp)
             # Arguments spelled out (no *args unpacking), as the floor's np.copyto(dst, src) is called.
-            t = best(lambda: (compute_gae(r, v, d, lv_, 0.99, 0.95), sync()))  # noqa: B023
-            print(f"    {name:6s} {t * 1e6:10.2f} us   {_times(t_py / t)}        {t / t_mem:6.2f}x")
+            calls[name] = lambda r=r, v=v, d=d, lv_=lv_, sync=sync: (compute_gae(r, v, d, lv_, 0.99, 0.95), sync())
+            on[name] = name
             if xp is np:  # as RolloutBuffer calls it: writing into its own arrays (as the floor's copy does)
                 out = (np.empty_like(host[0]), np.empty_like(host[0]))
-                t = best(lambda: compute_gae(r, v, d, lv_, 0.99, 0.95, out=out))  # noqa: B023
-                print(f"    {name + ' out=':11s} {t * 1e6:5.2f} us   {_times(t_py / t)}        {t / t_mem:6.2f}x")
+                calls[name + " out="] = lambda r=r, v=v, d=d, lv_=lv_, out=out: compute_gae(
+                    r, v, d, lv_, 0.99, 0.95, out=out)
+                on[name + " out="] = name
+        t = best_interleaved(calls, on=on)
+        t_py, t_mem = t.pop("python loop"), t.pop("memory floor")
+        print(f"  T={T:5d} N={N:3d}  python loop {t_py * 1e6:10.1f} us   memory floor "
+              f"{t_mem * 1e6:8.2f} us")
+        for name, t_k in t.items():
+            print(f"    {name:11s} {t_k * 1e6:6.2f} us   {_times(t_py / t_k)}        {t_k / t_mem:6.2f}x")
 
 
 def floor_arrays(host: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -220,20 +235,33 @@ def bench_act(backends: list[str]) -> None:
         for B in (1, 8, 64):
             obs = np.random.default_rng(0).normal(size=(B, obs_dim)).astype(np.float32)
             rng = np.random.default_rng(0)
-            row = {}
+            calls, on = {}, {}
             for name in backends:
                 if name == "cupy" or not use(name):
                     continue
-                row[name] = best(lambda: pol.act(obs, rng))  # noqa: B023
+                calls[name], on[name] = (lambda: pol.act(obs, rng)), name  # noqa: B023
                 if name == "numba":
-                    from minippo.kernels import cpu_act
-
-                    saved, cpu_act.MAX_BATCH = cpu_act.MAX_BATCH, 0
-                    row["numba unfused"] = best(lambda: pol.act(obs, rng))  # noqa: B023
-                    cpu_act.MAX_BATCH = saved
+                    calls["numba unfused"], on["numba unfused"] = unfused_act(pol, obs, rng), name
+            row = best_interleaved(calls, on=on)
             cells = "  ".join(f"{n} {t * 1e6:7.2f}" for n, t in row.items())
             ratio = f"  fused speed-up {row['numpy'] / row['numba']:5.2f}x" if {"numpy", "numba"} <= set(row) else ""
             print(f"  {label:21s} B={B:3d}  {cells}{ratio}")
+
+
+def unfused_act(pol, obs: np.ndarray, rng: np.random.Generator):
+    """A callable: ``pol.act(obs, rng)`` on the numba backend with the fused act switched off for
+    the call (its MLPs then run through ``kernels/cpu.py``, one call each). The switch and the
+    try/finally cost ~0.2 us, against 50-60 us for the call."""
+    from minippo.kernels import cpu_act
+
+    def act():
+        saved, cpu_act.MAX_BATCH = cpu_act.MAX_BATCH, 0
+        try:
+            return pol.act(obs, rng)
+        finally:
+            cpu_act.MAX_BATCH = saved
+
+    return act
 
 
 def main() -> None:
@@ -241,7 +269,7 @@ def main() -> None:
 
     print(f"minippo from {os.path.dirname(minippo.__file__)}; numpy {np.__version__}; BLAS threads: "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
-    print("GAE and act: best of 5 repeats; MLP: best of 7 rounds, numpy and numba alternating")
+    print("Best of 7 rounds; the entries of each table row (GAE: each size) timed in alternating rounds")
     backends = [name for name in ("numpy", "numba", "cupy") if use(name)]
     bench_gae(backends)
     bench_mlp(backends)

@@ -40,6 +40,88 @@ def test_speedups_keep_two_decimals_below_ten():
     assert kb._times(1550.4).strip() == "1550x"
 
 
+def test_interleaved_rounds_alternate_and_select_each_labels_backend(numpy_backend):
+    """After one calibration pass per label, the rounds run A, B, A, B ...; a label in ``on`` runs
+    under its backend (``numpy out=`` under numpy), one not in it leaves the backend as it is."""
+    kb = _script("kernels")
+    ran = []
+    calls = {label: (lambda label=label: ran.append((label, os.environ["MINIPPO_BACKEND"])))
+             for label in ("loop", "numpy out=", "other")}
+    times = kb.best_interleaved(calls, min_time=0.0, rounds=3, on={"numpy out=": "numpy"})
+    assert set(times) == set(calls) and all(0 < t < 1 for t in times.values())
+    rounds = [label for label, _ in ran[-9:]]
+    assert rounds == ["loop", "numpy out=", "other"] * 3
+    assert all(b == "numpy" for label, b in ran if label == "numpy out=")
+    kb.use("numba" if importlib.util.find_spec("numba") else "numpy")
+    before = os.environ["MINIPPO_BACKEND"]
+    ran.clear()
+    kb.best_interleaved({"loop": calls["loop"]}, min_time=0.0, rounds=2, on={})
+    assert {b for _, b in ran} == {before}
+
+
+def test_gae_rows_of_one_size_are_timed_together_with_the_loop_and_the_floor(numpy_backend, monkeypatch,
+                                                                            capsys):
+    """Each size's rows (Python loop, memory floor, each backend with and without out=) go to one
+    interleaved timing, each callable runs under its backend, and the printed ratios are those times'."""
+    pytest.importorskip("numba")
+    kb = _script("kernels")
+    timed = []
+
+    def fake(calls, on=None):
+        for label, f in calls.items():
+            if label in on:
+                kb.use(on[label])
+                assert kb.backend.name == on[label]
+            if label != "python loop":
+                f()
+        timed.append((list(calls), dict(on)))
+        return {label: {"python loop": 1e-3, "memory floor": 1e-6}.get(label, 2e-6) for label in calls}
+
+    monkeypatch.setattr(kb, "best_interleaved", fake)
+    kb.bench_gae(["numpy", "numba"])
+    labels = ["python loop", "memory floor", "numpy", "numpy out=", "numba", "numba out="]
+    assert [c for c, _ in timed] == [labels, labels]
+    assert timed[0][1] == {"numpy": "numpy", "numpy out=": "numpy", "numba": "numba", "numba out=": "numba"}
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("    numba out=")]
+    assert [r[-2:] for r in rows] == [["500x", "2.00x"]] * 2
+
+
+def test_act_rows_time_numpy_numba_and_unfused_together(numpy_backend, monkeypatch, capsys):
+    """Each act row's three entries go to one interleaved timing, each under its backend; the
+    unfused entry switches the fused act off for its call only (also when the call raises)."""
+    pytest.importorskip("numba")
+    kb = _script("kernels")
+    from minippo.kernels import cpu_act
+
+    seen = []
+
+    def fake(calls, on=None):
+        assert list(calls) == ["numpy", "numba", "numba unfused"]
+        assert on == {"numpy": "numpy", "numba": "numba", "numba unfused": "numba"}
+        for label, f in calls.items():
+            kb.use(on[label])
+            f()
+            seen.append((label, cpu_act.MAX_BATCH))
+        return {"numpy": 4e-5, "numba": 1e-5, "numba unfused": 3e-5}
+
+    monkeypatch.setattr(kb, "best_interleaved", fake)
+    fused = cpu_act.MAX_BATCH
+    assert fused > 0
+    kb.bench_act(["numpy", "numba"])
+    assert seen and all(m == fused for _, m in seen)  # restored after each unfused call
+    assert all(line.endswith("fused speed-up  4.00x") for line in capsys.readouterr().out.splitlines()[1:])
+
+    class Pol:
+        def act(self, obs, rng):
+            seen.append(cpu_act.MAX_BATCH)
+            raise ValueError("boom")
+
+    seen.clear()
+    with pytest.raises(ValueError, match="boom"):
+        kb.unfused_act(Pol(), None, None)()
+    assert seen == [0] and cpu_act.MAX_BATCH == fused
+
+
 def test_mlp_rows_past_the_fused_batch_say_numba_runs_numpy(numpy_backend, monkeypatch, capsys):
     pytest.importorskip("numba")
     kb = _script("kernels")  # its use() sets MINIPPO_BACKEND: numpy_backend restores it afterwards
