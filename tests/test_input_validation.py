@@ -314,6 +314,9 @@ def test_policy_takes_hidden_from_any_iterable_of_integers():
     (0.99, None, TypeError, "lam must be a finite number in"),
     (0.99, True, TypeError, "lam must be a finite number in"),  # numpy's fast check once took True as 1.0
     (True, 0.95, TypeError, "gamma must be a finite number in"),
+    (0.99, False, TypeError, "lam must be a finite number in"),  # in range as 0.0: numba took it so
+    (np.True_, 0.95, TypeError, "gamma must be a finite number in"),
+    (0.99, np.False_, TypeError, "lam must be a finite number in"),
     (0.0, 0.95, ValueError, r"gamma must be a finite number in \(0, 1\], got 0.0"),  # numpy's fast check
     (1.5, 0.95, ValueError, r"gamma must be a finite number in \(0, 1\], got 1.5"),
     (0.9, -0.1, ValueError, r"lam must be a finite number in \[0, 1\], got -0.1"),
@@ -328,9 +331,15 @@ def test_compute_gae_names_gamma_and_lambda(monkeypatch, backend_name, gamma, la
     monkeypatch.setenv("MINIPPO_BACKEND", backend_name)
     backend.reset()
     try:
-        z = np.zeros((4, 2), np.float32)
-        with pytest.raises(err, match=msg):
-            compute_gae(z, z, z, np.zeros(2, np.float32), gamma, lam)
+        z, lv = np.zeros((4, 2), np.float32), np.zeros(2, np.float32)
+        # A good call first: numba's fast path (the compiled kernel, which converts a bool to 1.0 or
+        # 0.0 itself) is open only once the kernel is ready, so the bad calls must meet it too.
+        compute_gae(z, z, z, lv, 0.99, 0.95)
+        out = (np.full((4, 2), 7, np.float32), np.full((4, 2), 7, np.float32))
+        for kw in ({}, {"out": out}):
+            with pytest.raises(err, match=msg):
+                compute_gae(z, z, z, lv, gamma, lam, **kw)
+        assert (out[0] == 7).all() and (out[1] == 7).all()  # nothing written
     finally:
         monkeypatch.delenv("MINIPPO_BACKEND")
         backend.reset()
