@@ -35,6 +35,9 @@ class Categorical:
     logits (B, n). ``T < 1`` sharpens, ``T > 1`` flattens; the same ``T`` must be used for the
     behaviour policy and in the update so that the ratio r_t(theta) stays exact.
     With ``z = logits / T`` and ``p = softmax(z)``: ``log p = z - logsumexp(z)`` (stable).
+    An actions array is checked once per distribution, the first time it is passed (kept by
+    identity: log_prob then log_prob_grad cost one check, one device sync on a GPU), so an array
+    must not be changed in place between calls on one distribution; pass a new array instead.
     """
 
     def __init__(self, logits: Array, temperature: float = 1.0) -> None:

@@ -81,6 +81,18 @@ def test_temperature_flattens_and_sharpens():
     np.testing.assert_allclose(Categorical(logits, 2.0).probs, Categorical(logits / 2.0).probs)
 
 
+def test_a_small_temperature_tends_to_the_argmax():
+    """temperature is any positive number: T -> 0 turns softmax into the argmax's one-hot, with
+    finite log-probs for every action while logits / T stays finite."""
+    logits = np.array([[0.3, 0.2, -0.1]])
+    for t in (1e-4, 1e-300):
+        d = Categorical(logits, t)
+        np.testing.assert_array_equal(d.probs, [[1.0, 0.0, 0.0]])
+        assert np.isfinite(d.log_probs).all() and d.log_prob(np.array([1]))[0] == pytest.approx(-0.1 / t)
+    d = Categorical(logits, 0.01)  # between: still a proper distribution, sharper than at T = 1
+    assert d.probs[0, 0] > Categorical(logits).probs[0, 0] and d.probs.sum() == pytest.approx(1.0)
+
+
 def test_categorical_stable_for_huge_logits():
     d = Categorical(np.array([[1000.0, 0.0, -1000.0]]))
     assert np.isfinite(d.log_probs).all()
@@ -298,6 +310,28 @@ def test_categorical_bad_inputs():
         d.log_prob(np.array([-1, 0]))
     with pytest.raises(ValueError, match=r"actions must be integers in \[0, 3\)"):
         d.log_prob(np.array([0.5, 1.0]))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.float64])
+def test_categorical_checks_each_new_actions_array(dtype):
+    """The checked-actions cache is per array object: a second array on the same distribution is
+    checked and used (not the first one's indices), a bad one after a good one is refused, and
+    log_prob_grad follows the array it is given."""
+    logits = np.random.default_rng(0).normal(size=(3, 4))
+    d = Categorical(logits)
+    a1, a2 = np.array([0, 1, 2], dtype), np.array([3, 2, 1], dtype)
+    rows = np.arange(3)
+    np.testing.assert_array_equal(d.log_prob(a1), d.log_probs[rows, [0, 1, 2]])
+    np.testing.assert_array_equal(d.log_prob(a2), d.log_probs[rows, [3, 2, 1]])
+    g = np.array([1.0, -2.0, 0.5])
+    np.testing.assert_array_equal(d.log_prob_grad(a1, g)["logits"],
+                                  Categorical(logits).log_prob_grad(a1, g)["logits"])
+    with pytest.raises(ValueError, match=r"actions must be integers in \[0, 4\)"):
+        d.log_prob(np.array([0, 4, 1], dtype))
+    drawn = d.sample(np.random.default_rng(1))  # trusted by construction; another array still checked
+    with pytest.raises(ValueError, match=r"actions must be integers in \[0, 4\)"):
+        d.log_prob(np.array([-1, 0, 1], dtype))
+    np.testing.assert_array_equal(d.log_prob(drawn), d.log_probs[rows, drawn])
 
 
 def test_gaussian_bad_inputs():

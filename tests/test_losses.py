@@ -111,17 +111,21 @@ def log_on(target, dtype):
     raise AssertionError(f"no {dtype.__name__} log lands on {target!r}")
 
 
-def test_clipfrac_counts_what_the_clip_moves_at_the_tie():
-    """A ratio exactly on the rounded bound fl(1 + eps) (eps = 0.1: fl(1.1) > 1.1) is not clipped
-    (its gradient is -r A / B), so clipfrac must not count it; |r - 1| > eps did. One ulp past the
-    bound it is clipped and counted. (Ratios are float64 for float32 inputs too.)"""
+@pytest.mark.parametrize("side", ["upper", "lower"])
+def test_clipfrac_counts_what_the_clip_moves_at_the_tie(side):
+    """A ratio exactly on a rounded bound, fl(1 + eps) (eps = 0.1: fl(1.1) > 1.1) with A > 0 or
+    fl(1 - eps) with A < 0, is not clipped (its gradient is -r A / B), so clipfrac must not count
+    it; |r - 1| > eps did at the upper one. One ulp past the bound it is clipped and counted.
+    (Ratios are float64 for float32 inputs too.)"""
     dtype = np.float64
     eps = 0.1
-    hi = dtype(1.0 + eps)
-    x = log_on(hi, dtype)
-    assert abs(np.exp(x) - 1) > eps  # the tie as |r - 1| > eps sees it
-    logp_old, adv = np.zeros(2, dtype=dtype), np.ones(2, dtype=dtype)
-    for logp0, clipped in [(x, False), (log_on(np.nextafter(hi, dtype(2)), dtype), True)]:
+    bound, past, sign = ((dtype(1.0 + eps), dtype(2), 1.0) if side == "upper" else
+                         (dtype(1.0 - eps), dtype(0), -1.0))
+    x = log_on(bound, dtype)
+    if side == "upper":
+        assert abs(np.exp(x) - 1) > eps  # the tie as |r - 1| > eps sees it
+    logp_old, adv = np.zeros(2, dtype=dtype), np.full(2, sign, dtype=dtype)
+    for logp0, clipped in [(x, False), (log_on(np.nextafter(bound, past), dtype), True)]:
         logp = np.array([logp0, 0.0], dtype=dtype)
         _, dlogp, stats = losses.clip_objective(logp, logp_old, adv, eps)
         assert (dlogp[0] == 0.0) == clipped
@@ -226,6 +230,21 @@ def test_adaptive_kl_rule(kl, factor):
     assert ak.beta == pytest.approx(0.8 * factor)
 
 
+@pytest.mark.parametrize("target", [0.003, 0.01, 0.03, 0.7])
+def test_adaptive_kl_keeps_beta_on_both_bounds(target):
+    """The paper's rule is strict on both sides: d exactly d_targ / 1.5 or exactly 1.5 d_targ
+    (the same floats the rule computes) keeps beta; the next float outward changes it."""
+    for d, outward, factor in ((target / 1.5, 0.0, 0.5), (target * 1.5, np.inf, 2.0)):
+        assert losses.AdaptiveKL(kl_target=target, beta=0.8).update(d) == 0.8
+        assert losses.AdaptiveKL(kl_target=target, beta=0.8).update(np.nextafter(d, outward)) == 0.8 * factor
+
+
+def test_adaptive_kl_starts_from_the_paper_settings():
+    """Defaults as PPO_NOTES gives the paper: d_targ = 0.01, beta starts at 1."""
+    ak = losses.AdaptiveKL()
+    assert (ak.kl_target, ak.beta) == (0.01, 1.0)
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.floats(1e-4, 1.0), st.floats(1e-3, 10.0), st.floats(0.0, 10.0))
 def test_adaptive_kl_rule_property(target, beta, kl):
@@ -294,6 +313,19 @@ def test_value_loss_inside_the_clip_range_is_never_clipped(dtype):
     assert loss == pytest.approx(losses.value_loss(values, returns)[0], rel=1e-12)
 
 
+def test_value_loss_tie_keeps_the_unclipped_gradient():
+    """Outside the range, with (V_clip - R)^2 equal to (V - R)^2 (V_clip on the other side of R at
+    the same distance), the max has two equal branches; the clipped one is taken only when its
+    square is strictly larger (as in the fused numba step), so the unclipped gradient stays and the
+    sample is not counted. One ulp more of distance for V_clip and it is clipped."""
+    values, returns = np.array([1.0, 1.0]), np.zeros(2)
+    values_old = np.array([-1.5, np.nextafter(-1.5, -2.0)])  # eps 0.5: V_clip = -1.0, just below
+    loss, dv, stats = losses.value_loss(values, returns, values_old, 0.5)
+    np.testing.assert_array_equal(dv, [0.5, 0.0])  # (V - R) / B on the tie, 0 where clipped
+    assert stats["vclipfrac"] == 0.5
+    assert loss == pytest.approx(0.5 * (1.0 + (values_old[1] + 0.5) ** 2) / 2, rel=1e-15)
+
+
 def test_value_loss_clipped_examples():
     values_old = np.array([0.0, 0.0, 0.0])
     returns = np.array([1.0, 1.0, -1.0])
@@ -344,6 +376,31 @@ def test_losses_nonfinite_named(bad, which):
     arrs[which][1] = bad
     with pytest.raises(FloatingPointError, match=f"{which} contains NaN or inf"):
         losses.clip_objective(arrs["logp"], arrs["logp_old"], arrs["adv"], 0.2)
+
+
+def test_clip_eps_is_any_positive_number():
+    """clip_eps's domain is (0, inf): refused at 0 (above), taken however small. With eps = 1e-300
+    every ratio off 1 is clipped (the surrogate becomes A_t's mean where the min picks the bound),
+    and a value off V_old by more than 1e-300 counts as clipped wherever its square is larger."""
+    logp_old, adv = np.zeros(3), np.array([1.0, -1.0, 1.0])
+    logp = np.array([0.1, -0.1, 0.0])  # r = 1.105, 0.905, 1
+    for eps in (1e-300, 5e-324):
+        loss, dlogp, stats = losses.clip_objective(logp, logp_old, adv, eps)
+        np.testing.assert_array_equal(dlogp[:2], 0.0)
+        assert dlogp[2] == -1 / 3 and stats["clipfrac"] == 2 / 3
+        assert losses.ratio_stats(logp, logp_old, eps)["clipfrac"] == 2 / 3
+        _, dv, vstats = losses.value_loss(np.array([1.0, 0.0]), np.array([0.0, 0.0]), np.array([0.5, 0.0]), eps)
+        assert vstats["vclipfrac"] == 0.0 and dv[0] == 0.5  # V_clip = 0.5 is closer to R: unclipped
+        _, dv, vstats = losses.value_loss(np.array([0.5, 0.0]), np.array([1.0, 0.0]), np.array([0.0, 0.0]), eps)
+        assert vstats["vclipfrac"] == 0.5 and dv[0] == 0.0  # V_clip ~ 0 is farther: clipped
+
+
+def test_losses_refuse_an_array_like_without_a_dtype():
+    """An object with ndim but no dtype (a memoryview) is refused by name, like a list."""
+    ok = np.zeros(3)
+    for bad in ([0.0, 0.0, 0.0], memoryview(ok)):
+        with pytest.raises(TypeError, match="adv must be a float32 or float64 array of shape"):
+            losses.clip_objective(ok, ok, bad, 0.2)
 
 
 def test_losses_bad_scalars_named():

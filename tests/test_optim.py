@@ -64,8 +64,10 @@ def test_adam_updates_in_place_and_lr_override():
     np.testing.assert_allclose(w, -0.01, rtol=1e-4)
 
 
-def test_adam_default_eps_is_ppo_detail():
-    assert Adam({"w": np.zeros(1)}).eps == 1e-5
+def test_adam_defaults_are_the_paper_settings_and_ppo_detail():
+    """lr 3e-4 and betas (0.9, 0.999) as in the paper's MuJoCo runs; eps 1e-5 (PPO detail #3)."""
+    adam = Adam({"w": np.zeros(1)})
+    assert (adam.lr, adam.betas, adam.eps) == (3e-4, (0.9, 0.999), 1e-5)
 
 
 def test_adam_state_roundtrip():
@@ -213,8 +215,9 @@ def test_schedule_clamps_progress_and_anneals_to_zero():
 def test_schedule_bad_inputs():
     with pytest.raises(ValueError, match=r"kind='cosine' is not allowed.*constant"):
         Schedule("cosine")
-    with pytest.raises(ValueError, match="exponential schedule needs start > 0 and end > 0"):
-        Schedule("exponential", 1.0, 0.0)
+    for start, end in ((1.0, 0.0), (0.0, 1.0), (-1.0, 0.5), (0.5, -1.0)):  # 0 ** p or a negative base
+        with pytest.raises(ValueError, match="exponential schedule needs start > 0 and end > 0"):
+            Schedule("exponential", start, end)
 
 
 def test_global_norm_past_float64_range_is_inf_without_a_warning():
