@@ -47,7 +47,7 @@ MAX_BATCH = 64
 
 LOG_2PI = math.log(2.0 * math.pi)
 # The distribution part does numpy's float64 operations in numpy's order, without reassociation or
-# FMA contraction: the CDF is a running sum compared against u, as np.cumsum then (u > cdf).sum() do
+# FMA contraction: the CDF is a running sum compared against u, as np.cumsum then (u >= cdf).sum() do
 # it, and mean + std * eps is rounded as numpy rounds it. fastmath=False is explicit because numba
 # compiles a callee that leaves fastmath unset with its caller's flags (Flags.inherit_if_not_set).
 _JIT_EXACT = {"cache": True, "error_model": "numpy", "fastmath": False}
@@ -96,15 +96,20 @@ def _categorical(logits, temperature, u, deterministic, actions, logp):
             for j in range(1, n):
                 if logits[i, j] > logits[i, a]:
                     a = j
-        else:  # Categorical.sample: min(#{j : u > cdf_j}, n - 1), cdf = cumsum(p) in float64
+        else:  # Categorical.sample: #{j : cdf_j <= u}, cdf = cumsum(p) in float64; n -> the last p_j > 0
             ui = u[i, 0]
             cdf = 0.0
             a = 0
+            last = 0
             for j in range(n):
-                cdf += math.exp(lp[j] - lse)
-                if ui > cdf:
+                pj = math.exp(lp[j] - lse)
+                cdf += pj
+                if ui >= cdf:
                     a += 1
-            a = min(a, n - 1)
+                if pj > 0.0:
+                    last = j
+            if a == n:
+                a = last
         actions[i] = a
         logp[i] = lp[a] - lse
     return 0

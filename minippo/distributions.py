@@ -127,12 +127,23 @@ class Categorical:
                              f"expected {tuple(self.logits.shape)}")
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
-        """Draw one action per row with ``rng`` (inverse CDF on host) -> (B,) int64."""
+        """Draw one action per row with ``rng`` (inverse CDF on host) -> (B,) int64.
+
+        With u ~ U[0, 1) and cdf = cumsum(p): a = #{j : cdf_j <= u}, the first action whose cdf
+        exceeds u, so an action of probability 0 (a softmax entry that underflowed) is never drawn,
+        u = 0 included. Where u reaches the rounded total (cdf_{n-1} may round below 1) the count
+        is n: that row takes its last action of nonzero probability.
+        """
         generator("rng", rng)
         p = np.asarray(asnumpy(self.probs), dtype=np.float64)
+        n = p.shape[1]
         u = rng.random((p.shape[0], 1))
         cdf = np.cumsum(p, axis=1)
-        a = np.minimum((u > cdf).sum(axis=1), p.shape[1] - 1).astype(np.int64)
+        a = (u >= cdf).sum(axis=1)
+        past = a == n
+        if past.any():  # ~1e-16 per draw: the last j with p_j > 0 (the max of the softmax is > 0)
+            a[past] = n - 1 - (p[past, ::-1] > 0).argmax(axis=1)
+        a = a.astype(np.int64, copy=False)
         self._checked = (a, a)  # valid by construction: log_prob(a) need not check it again
         return a
 
@@ -150,6 +161,8 @@ class DiagGaussian:
     """Diagonal Gaussian ``N(mean, diag(exp(log_std)^2))``; mean (B, d), log_std (d,) or (B, d).
 
     Log-probs and entropies are summed over the d action dimensions (one number per sample).
+    As for :class:`Categorical`, an actions array is checked (finite) the first time it is passed to
+    one distribution, so do not change it in place between calls on that distribution.
     """
 
     def __init__(self, mean: Array, log_std: Array) -> None:

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import reference as ref
+from fixed_draws import FixedDraws
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -268,6 +269,22 @@ def test_gaussian_shared_log_std_grad_sums_over_batch():
 
 
 # ---------------------------------------------------------------- sampling and mode
+def test_categorical_sample_never_draws_an_action_of_probability_zero():
+    """u = 0 and u = the largest float below 1, against softmaxes with underflowed (p = 0) first and
+    last entries: the draw is the first and the last action of nonzero probability. With n equal
+    logits the rounded total of the CDF is below 1 for some n (then u = 1 - 2^-53 passes all of it:
+    the last nonzero action, not the last action, is taken)."""
+    top = np.nextafter(1.0, 0.0)
+    below = 0
+    for n in range(1, 20):
+        logits = np.array([[-1000.0] + [0.0] * n + [-1000.0]] * 2)
+        d = Categorical(logits)
+        assert d.probs[0, 0] == d.probs[0, -1] == 0.0
+        below += np.cumsum(d.probs[0])[-1] < top
+        np.testing.assert_array_equal(d.sample(FixedDraws([[0.0], [top]])), [1, n])
+    assert below  # the "past the rounded total" case was met
+
+
 def test_categorical_sample_frequencies_and_mode():
     logits = np.log(np.array([[0.2, 0.5, 0.3]]))
     d = Categorical(np.repeat(logits, 20000, axis=0))
@@ -348,3 +365,11 @@ def test_gaussian_bad_inputs():
         d.log_prob(np.zeros((3,)))
     with pytest.raises(ValueError, match=r"actions must have shape \(3, 2\)"):
         d.log_prob_grad(np.zeros((2, 2)), np.ones(3))
+    d.log_prob(np.zeros((3, 2)))  # a good array first: each new array is still checked
+    for bad in (np.nan, np.inf):
+        a = np.zeros((3, 2))
+        a[2, 1] = bad
+        with pytest.raises(FloatingPointError, match="actions contains NaN or inf"):
+            d.log_prob(a)
+        with pytest.raises(FloatingPointError, match="actions contains NaN or inf"):
+            DiagGaussian(np.zeros((3, 2)), np.zeros(2)).log_prob_grad(a, np.ones(3))

@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 import pytest
+from fixed_draws import FixedDraws
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -257,6 +258,23 @@ def test_non_finite_raises_like_the_numpy_path(discrete):
         pol.params["log_std"][1] = np.inf  # clamped to LOG_STD_MAX, as np.clip does: finite
         a, lp, _, d = pol.act(_obs(4, 0, np.float32), np.random.default_rng(0))
         assert np.all(d[:, pol.act_dim + 1] == np.float32(2.0)) and np.isfinite(lp).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_act_never_draws_an_action_of_probability_zero(dtype):
+    """As Categorical.sample (tests/test_distributions.py): u = 0 and u = 1 - 2^-53 against logits
+    whose first and last softmax entries underflow to 0 take the first and the last action of nonzero
+    probability, on the fused act and on the numpy path alike."""
+    top = np.nextafter(1.0, 0.0)
+    for n in range(1, 20):
+        pol = _policy(dtype, True, (8,), "tanh", 1, n_actions=n + 2)
+        pol.params["actor.W1"][...] = 0.0
+        pol.params["actor.b1"][...] = [-1000.0] + [0.0] * n + [-1000.0]
+        obs = _obs(2, 0, dtype)
+        for name in ("numba", "numpy"):
+            use_backend(name)
+            actions = pol.act(obs, FixedDraws([[0.0], [top]]))[0]
+            np.testing.assert_array_equal(actions, [1, n], err_msg=f"{name}, {n} actions of p > 0")
 
 
 @pytest.mark.parametrize(("dtype", "temperature"), [(np.float32, 1e-40), (np.float64, 1e-320)])
