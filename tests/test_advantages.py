@@ -178,3 +178,21 @@ def test_gae_numpy_wants_scalar_gamma_and_lambda():
         gae_numpy(z, z, z, np.zeros(2), np.array([0.9, 0.9]), 0.95)
     a, _ = gae_numpy(z + 1, z, z, np.zeros(2), np.array(0.5), np.float32(0.5))  # 0-d: fine
     np.testing.assert_allclose(a[:, 0], [1 + 0.25 + 0.0625, 1.25, 1.0])
+
+
+def test_compute_gae_defaults_are_the_papers_and_numpy_computes_them(numpy_backend, monkeypatch):
+    """gamma = 0.99 and lambda = 0.95 by default (the paper's settings); the numpy backend runs the
+    numpy recursion, never a compiled kernel (which numpy-only installs do not have)."""
+    import minippo.advantages as adv_mod
+
+    def no_kernel():
+        raise AssertionError("the numpy backend loaded the numba GAE")
+
+    monkeypatch.setattr(adv_mod, "_cpu", None)
+    monkeypatch.setattr(adv_mod, "_load_cpu", no_kernel)
+    r, v, d, last = (np.random.default_rng(3).standard_normal(s) for s in ((6, 3), (6, 3), (6, 3), 3))
+    d = (d > 1).astype(np.float64)
+    got = compute_gae(r, v, d, last)
+    want = gae_numpy(r, v, d, last, 0.99, 0.95)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
