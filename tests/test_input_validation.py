@@ -250,6 +250,13 @@ def test_rollout_buffer_add_checks_before_writing():
         buf.add(**good)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         next(buf.minibatches(0, np.random.default_rng(0)))
+    for batch_size in (4, 5, 7):  # one minibatch or none would fit: refused all the same (T*N = 6)
+        with pytest.raises(ValueError, match=f"batch_size={batch_size} must divide T\\*N = 6"):
+            next(buf.minibatches(batch_size, np.random.default_rng(0)))
+    one = RolloutBuffer(1, 1, 1, (), 1)  # the smallest buffer: one step, one env, Discrete(1)'s one logit
+    one.add(np.ones((1, 1)), np.zeros(1, np.int64), *np.zeros((2, 1)), np.zeros((1, 1)), *np.zeros((2, 1)),
+            np.ones(1))
+    assert [len(mb["obs"]) for mb in one.minibatches(1, np.random.default_rng(0))] == [1]
 
 
 # ---------------------------------------------------------------- scalars, config mutated later, dones
