@@ -45,11 +45,20 @@ def _err(field, value):
 
 
 def test_defaults_are_valid_and_match_the_paper():
+    """The paper's MuJoCo settings (PPO_NOTES): 64-64 tanh, separate networks, log-std init 0, no
+    entropy bonus, horizon 2048, 10 epochs, minibatch 64, Adam 3e-4, gamma 0.99, lambda 0.95, clip
+    0.2 (Table 1's best), adaptive KL from beta 1 at d_targ 0.01; the implementation details' Adam eps
+    1e-5 and grad-norm clip 0.5; c_1 = 0.5 as in baselines. One env, 1M steps, seed 0."""
     c = PPOConfig()
     assert c.validate() is c
-    paper = (c.clip_eps, c.gamma, c.gae_lambda, c.n_epochs, c.batch_size)
-    assert paper == (0.2, 0.99, 0.95, 10, 64)
+    paper = (c.clip_eps, c.gamma, c.gae_lambda, c.n_epochs, c.batch_size, c.n_steps, c.learning_rate)
+    assert paper == (0.2, 0.99, 0.95, 10, 64, 2048, 3e-4)
     assert c.objective == "clip" and c.adam_eps == 1e-5 and c.hidden == (64, 64)
+    assert (c.activation, c.shared, c.log_std_init, c.ent_coef, c.kl_target, c.kl_beta) == (
+        "tanh", False, 0.0, 0.0, 0.01, 1.0)
+    assert (c.max_grad_norm, c.vf_coef, c.temperature, c.lr_schedule, c.lr_end, c.ent_end) == (
+        0.5, 0.5, 1.0, "constant", 0.0, 0.0)
+    assert (c.n_envs, c.total_timesteps, c.seed, c.eval_episodes) == (1, 1_000_000, 0, 10)
 
 
 def test_every_field_has_a_docstring():
@@ -227,12 +236,17 @@ def test_presets():
         c = preset(name)
         assert c.env_id == name
         assert (c.n_envs * c.n_steps) % c.batch_size == 0
+    # the zoo's settings as PPO_NOTES gives them
     cp = preset("CartPole-v1", seed=3)
     assert (cp.n_envs, cp.n_steps, cp.batch_size, cp.gae_lambda, cp.gamma, cp.n_epochs) == (
         8, 32, 256, 0.8, 0.98, 20)
     assert cp.learning_rate == 1e-3 and cp.lr_schedule == "linear" and cp.seed == 3
+    assert (cp.total_timesteps, cp.ent_coef, cp.lr_end, cp.clip_eps, cp.clip_schedule) == (
+        100_000, 0.0, 0.0, 0.2, "linear")
     pd = preset("Pendulum-v1")
     assert (pd.n_envs, pd.n_steps, pd.batch_size, pd.gamma) == (4, 1024, 64, 0.9)
+    assert (pd.total_timesteps, pd.gae_lambda, pd.n_epochs, pd.ent_coef, pd.learning_rate, pd.clip_eps) == (
+        100_000, 0.95, 10, 0.0, 1e-3, 0.2)
     with pytest.raises(ValueError, match="unknown preset 'Hopper'; available presets: "):
         preset("Hopper")
 
@@ -241,6 +255,10 @@ def test_settings_a_user_relies_on():
     """Small rules each guarded by nothing else: the smallest minibatch, the CartPole preset's KL
     target, the exponential entropy schedule's ent_coef, and --set values holding '='."""
     PPOConfig(n_steps=2, batch_size=2).validate()  # two samples: the smallest normalisable minibatch
+    PPOConfig(hidden=(1,)).validate()  # the narrowest hidden layer
+    # exponential schedules need positive ends, however small
+    PPOConfig(lr_schedule="exponential", lr_end=1e-9).validate()
+    PPOConfig(ent_schedule="exponential", ent_coef=1e-9, ent_end=1e-12).validate()
     assert preset("CartPole-v1").kl_target == 0.003
     with pytest.raises(ValueError, match="ent_end"):
         PPOConfig(ent_schedule="exponential", ent_end=0.01, ent_coef=0.0).validate()

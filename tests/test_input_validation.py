@@ -271,6 +271,11 @@ def test_rollout_buffer_add_checks_before_writing():
     (float("inf"), dict(low=0.0), ValueError, r"x must be a finite number >= 0, got inf"),
     (1.0, dict(low=0.0, high=1.0, high_open=True), ValueError, r"x must be a finite number in \[0, 1\), got 1.0"),
     (0.0, dict(low=0.0, high=1.0, low_open=True), ValueError, r"x must be a finite number in \(0, 1\], got 0.0"),
+    (1.0, dict(low=0.0, high=1.0), None, None),  # closed bounds take their ends
+    (0.0, dict(low=0.0, high=1.0), None, None),
+    (np.array(0.5), dict(), None, None),  # a 0-d array is one number
+    (np.array([0.5]), dict(), TypeError, r"x must be a finite number, got array\(\[0.5\]\)"),
+    (np.array("0.5"), dict(), TypeError, r"x must be a finite number, got array\('0.5'"),
 ])
 def test_real_names_the_argument_and_the_allowed_range(value, kw, err, msg):
     from minippo._checks import real
@@ -280,6 +285,25 @@ def test_real_names_the_argument_and_the_allowed_range(value, kw, err, msg):
     else:
         with pytest.raises(err, match=msg):
             real("x", value, **kw)
+
+
+def test_integer_and_array_checks_take_their_bounds_and_need_all_three_array_attributes():
+    from minippo._checks import array, integer
+
+    assert integer("n", 5, 1, 5) == 5 and integer("n", 1, 1, 5) == 1 and type(integer("n", np.int32(3), 1)) is int
+    with pytest.raises(ValueError, match=r"n must be an integer in \[1, 5\], got 6"):
+        integer("n", 6, 1, 5)
+
+    class ShapeOnly:
+        shape = (2,)
+
+    class NoDtype(ShapeOnly):
+        ndim = 1
+
+    for bad in (ShapeOnly(), NoDtype(), [0.0, 1.0]):
+        with pytest.raises(TypeError, match=f"x must be an array .*, got {type(bad).__name__}"):
+            array("x", bad)
+    array("x", np.zeros(2))
 
 
 def test_scalar_arguments_are_named_when_not_finite_numbers():
