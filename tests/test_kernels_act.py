@@ -15,6 +15,7 @@ for logp, times 1 + |logp|). float32: the kernel's tanh is the rational approxim
 float32: a few float32 roundings of O(1) numbers, 2e-6 relative, 2e-6 (1 + |logp|) for logp.
 """
 
+import math
 import os
 
 import numpy as np
@@ -264,17 +265,28 @@ def test_non_finite_raises_like_the_numpy_path(discrete):
 def test_fused_act_never_draws_an_action_of_probability_zero(dtype):
     """As Categorical.sample (tests/test_distributions.py): u = 0 and u = 1 - 2^-53 against logits
     whose first and last softmax entries underflow to 0 take the first and the last action of nonzero
-    probability, on the fused act and on the numpy path alike."""
+    probability, on the fused act and on the numpy path alike. For some n the kernel's running
+    float64 CDF ends below 1 - 2^-53 (the same operations in Python floats say which), so its
+    "count reached n" branch runs too."""
     top = np.nextafter(1.0, 0.0)
+    below = 0
     for n in range(1, 20):
+        logits = [-1000.0] + [0.0] * n + [-1000.0]
+        s = total = 0.0
+        for z in logits:  # the kernel's sums, in order (not sum(), compensated from Python 3.12), max logit 0
+            s += math.exp(z)
+        for z in logits:
+            total += math.exp(z - math.log(s))
+        below += total < top
         pol = _policy(dtype, True, (8,), "tanh", 1, n_actions=n + 2)
         pol.params["actor.W1"][...] = 0.0
-        pol.params["actor.b1"][...] = [-1000.0] + [0.0] * n + [-1000.0]
+        pol.params["actor.b1"][...] = logits
         obs = _obs(2, 0, dtype)
         for name in ("numba", "numpy"):
             use_backend(name)
             actions = pol.act(obs, FixedDraws([[0.0], [top]]))[0]
             np.testing.assert_array_equal(actions, [1, n], err_msg=f"{name}, {n} actions of p > 0")
+    assert below
 
 
 @pytest.mark.parametrize(("dtype", "temperature"), [(np.float32, 1e-40), (np.float64, 1e-320)])
