@@ -65,7 +65,8 @@ def test_adam_updates_in_place_and_lr_override():
 
 
 def test_adam_defaults_are_the_paper_settings_and_ppo_detail():
-    """lr 3e-4 and betas (0.9, 0.999) as in the paper's MuJoCo runs; eps 1e-5 (PPO detail #3)."""
+    """lr 3e-4 as in the paper's MuJoCo runs; betas (0.9, 0.999) as Kingma & Ba give them; eps 1e-5
+    (PPO detail #3, not Adam's 1e-8)."""
     adam = Adam({"w": np.zeros(1)})
     assert (adam.lr, adam.betas, adam.eps) == (3e-4, (0.9, 0.999), 1e-5)
 
