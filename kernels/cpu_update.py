@@ -50,6 +50,7 @@ _JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc", "contract
 _JIT_EXACT = {"cache": True, "error_model": "numpy", "fastmath": False}
 
 N_STATS = 8
+_LOWEST = -1.7976931348623157e308  # the lowest finite float64
 STAT_KEYS = ("approx_kl", "clipfrac", "vclipfrac", "loss", "policy_loss", "value_loss", "entropy")
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 LOG_2PI = math.log(2.0 * math.pi)
@@ -208,7 +209,7 @@ def _categorical_clip(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs, a
             zmax = max(zmax, lp[j])
         s = 0.0
         for j in range(n):
-            lp[j] -= zmax
+            lp[j] = max(lp[j] - zmax, _LOWEST)  # finite, as Categorical holds a row past the float range
             p[j] = math.exp(lp[j])
             s += p[j]
         lse = math.log(s)

@@ -34,7 +34,9 @@ class Categorical:
 
     logits (B, n). ``T < 1`` sharpens, ``T > 1`` flattens; the same ``T`` must be used for the
     behaviour policy and in the update so that the ratio r_t(theta) stays exact.
-    With ``z = logits / T`` and ``p = softmax(z)``: ``log p = z - logsumexp(z)`` (stable).
+    With ``z = logits / T`` and ``p = softmax(z)``: ``log p = z - logsumexp(z)`` (stable; for a
+    row whose logits span more than the float range, log p of the far entries is held at the lowest
+    finite float, so entropy, KL and gradients stay finite).
     An actions array is checked once per distribution, the first time it is passed (kept by
     identity: log_prob then log_prob_grad cost one check, one device sync on a GPU), so an array
     must not be changed in place between calls on one distribution; pass a new array instead.
@@ -54,6 +56,10 @@ class Categorical:
         if self.temperature < 1.0:  # dividing can overflow finite logits
             finite(**{"logits / temperature": z})
         z = z - z.max(axis=1, keepdims=True)
+        # A row whose logits span more than the float range gives -inf here (numpy warns of the
+        # overflow), and 0 * -inf would make its entropy and gradients NaN: hold it at the lowest
+        # finite value instead, whose exp is 0 all the same. Nothing changes for any other row.
+        np.maximum(z, np.finfo(z.dtype).min, out=z)
         self.log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (B, n)
         self.probs = np.exp(self.log_probs)
         self._checked: tuple[Array, Array] | None = None  # (actions, their validated indices)

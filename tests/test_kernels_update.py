@@ -166,6 +166,38 @@ def test_fused_clipfrac_counts_what_the_clip_moves_at_the_tie():
         assert stats[1] == float(clipped)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logits_past_the_float_range_give_finite_fused_stats_and_grads_like_numpy(dtype):
+    """The actor's head emits logits (big, -big, 0) with big the dtype's largest float, so
+    z - max z passes the float range (in float64, where the kernel works, only for float64
+    logits). Both paths: entropy 0, finite stats and gradients (they were NaN in the kernel for
+    float64 and in numpy for both dtypes), and the same values. The taken actions have probability
+    1, so the policy gradient is 0 and the critic's is untouched by the overflow."""
+    pol = _policy(dtype, True, (16, 16), "tanh", 5)
+    big = np.finfo(dtype).max
+    pol.params["actor.W2"][:] = 0
+    pol.params["actor.b2"][:] = [big, -big, 0.0]
+    cfg = PPOConfig(ent_coef=0.01, dtype=np.dtype(dtype).name)
+    rng = np.random.default_rng(6)
+    B = 16
+    batch = {"obs": rng.normal(size=(B, 5)).astype(dtype), "actions": np.zeros(B, np.int64),
+             "logp_old": np.full(B, -0.05, dtype), "advantages": rng.normal(size=B).astype(dtype),
+             "returns": rng.normal(size=B).astype(dtype), "values_old": rng.normal(size=B).astype(dtype)}
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        ref_stats, ref_grads = loss_and_grads(pol, batch, cfg, clip_eps=0.2, ent_coef=0.01)
+    fu = cpu_update.make(pol, Adam(pol.params), cfg, only_if_faster=False)
+    stats = fu.loss_and_grads(batch, 0.2, 0.01)
+    assert stats["entropy"] == ref_stats["entropy"] == 0.0
+    for k, v in ref_stats.items():
+        assert math.isfinite(stats[k]) and math.isfinite(v), k
+        np.testing.assert_allclose(stats[k], v, **STAT_TOL[dtype], err_msg=k)
+    for k, g in fu.grads().items():
+        assert np.isfinite(g).all() and np.isfinite(ref_grads[k]).all(), k
+        if k.startswith("actor."):
+            assert not g.any() and not ref_grads[k].any(), k
+    _assert_grads_close(fu.grads(), ref_grads, dtype)
+
+
 @pytest.mark.parametrize("max_norm", [0.0, 0.05, 1e9])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_clip_and_adam_match_optim(max_norm, dtype):

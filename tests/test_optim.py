@@ -213,6 +213,17 @@ def test_schedule_clamps_progress_and_anneals_to_zero():
     assert lin(1.5) == 0.0 and lin(-1.0) == 3e-4 and lin(0.5) == pytest.approx(1.5e-4)
 
 
+def test_schedule_defaults_are_a_constant_one():
+    """Schedule() is the constant 1.0 at every progress (end 0.0, the linear default's anneal-to-zero
+    end, matters once a kind that uses it is given)."""
+    s = Schedule()
+    assert (s.kind, s.start, s.end) == ("constant", 1.0, 0.0)
+    assert [s(p) for p in (0.0, 0.5, 1.0)] == [1.0, 1.0, 1.0]
+    lin = Schedule("linear")
+    assert [lin(p) for p in (0.0, 0.25, 1.0)] == [1.0, 0.75, 0.0]
+    assert repr(s) == "Schedule('constant', start=1.0, end=0.0)"
+
+
 def test_schedule_bad_inputs():
     with pytest.raises(ValueError, match=r"kind='cosine' is not allowed.*constant"):
         Schedule("cosine")
