@@ -158,3 +158,57 @@ def test_on_policy_rungs_warn_when_they_reuse_the_rollout():
         warnings.simplefilter("error")
         PPO(PPOConfig(**CFG, objective="a2c"), env=own_env.Reach(2))  # n_epochs=1: no warning
         PPO(PPOConfig(**{**CFG, "n_epochs": 3}, objective="surrogate"), env=own_env.Reach(2))
+
+
+class Echo:
+    """A single env (numpy only, no spec): observation [0, 0], reward = the action sent, 5 steps."""
+
+    def __init__(self, start=1):
+        from minippo.spaces import Box, Discrete
+
+        self.observation_space = Box(-np.ones(2), np.ones(2))
+        self.action_space = Discrete(3, start)
+        self.t = 0
+
+    def reset(self, seed=None):
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(2, np.float32), float(action), self.t >= 5, False, {}
+
+
+def _echo_policy():
+    from minippo.policy import ActorCritic
+    from minippo.spaces import Discrete
+
+    pol = ActorCritic(2, Discrete(3, 1), (4,), seed=0)
+    pol.params["actor.b1"][:] = [0.0, 0.5, 0.2]  # the mode at observation 0: index 1, env action 2
+    return pol
+
+
+def test_evaluate_policy_offsets_discrete_actions_names_the_env_and_uses_its_defaults():
+    pol = _echo_policy()
+    res = evaluate_policy(pol, None, env=Echo())  # the trainer's ActorCritic, as PPO.evaluate plays it
+    assert res["env_id"] == "Echo"  # no spec: the class name
+    assert res["episodes"] == 10 and res["returns"] == [10.0] * 10 and res["lengths"] == [5] * 10  # 5 x action 2
+    assert evaluate_policy(pol, "my-echo", 1, env=Echo())["env_id"] == "my-echo"  # a given name wins
+
+    # sampled: the default seed is 0 (the generator's and each episode's reset seed 0 + episode)
+    sampled = evaluate_policy(pol, None, deterministic=False, env=Echo())["returns"]
+    assert sampled == evaluate_policy(pol, None, 10, False, seed=0, env=Echo())["returns"]
+    assert sampled != evaluate_policy(pol, None, 10, False, seed=1, env=Echo())["returns"]
+    assert all(5.0 <= r <= 15.0 for r in sampled) and len(set(sampled)) > 1
+
+
+def test_evaluate_policy_samples_from_the_generator_it_is_given():
+    pol = _echo_policy()
+
+    def play(rng):
+        return evaluate_policy(pol, None, 10, False, seed=0, env=Echo(), rng=rng)["returns"]
+
+    given = play(np.random.default_rng(7))
+    assert given == play(np.random.default_rng(7))
+    assert given != play(np.random.default_rng(8))
+    assert given != play(None)  # None: a generator seeded with `seed`, not the one given above

@@ -472,7 +472,16 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
              (lambda a, m: m.update(beta="abc"), "meta's 'beta' must be a number >= 0, got 'abc'"),
              (lambda a, m: m.update(episode_returns=5), "meta's 'episode_returns' must be a list of finite"),
              (lambda a, m: m.update(episode_lengths=[1, None]), "meta's 'episode_lengths' must be a list"),
-             (lambda a, m: a["param/critic.b0"].fill(np.nan), "'param/critic.b0' holds NaN or inf")]
+             (lambda a, m: a["param/critic.b0"].fill(np.nan), "'param/critic.b0' holds NaN or inf"),
+             # each of the two must be an object on its own
+             (lambda a, m: m.update(config=[m["config"]]), "meta's 'config' and 'policy' must be JSON objects"),
+             (lambda a, m: m.update(policy="actor"), "meta's 'config' and 'policy' must be JSON objects"),
+             # int64's range ends at 2**63 - 1 (accepted below)
+             (lambda a, m: m.update(num_timesteps=2**63),
+              r"meta's 'num_timesteps' must be an integer in \[0, 2\*\*63\), got 9223372036854775808"),
+             # not a number: left alone by the clamp to today's range, refused by PPOConfig's own check
+             (lambda a, m: m["config"].update(log_std_init="abc"),
+              "the saved config is invalid: PPOConfig.log_std_init='abc' is invalid: must be a finite number")]
     for i, (change, msg) in enumerate(cases):
         path = _rewrite(good, tmp_path / f"bad{i}.npz", change)
         for load in (PPO.load, load_policy):
@@ -491,6 +500,9 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
         m["rng"]["state"]["state"] = -1
     with pytest.raises(CheckpointError, match="meta's 'rng' is not a generator state"):
         PPO.load(_rewrite(good, tmp_path / "bad_rng.npz", rng_out_of_range))
+    big = _rewrite(good, tmp_path / "big.npz",
+                   lambda a, m: m.update(num_timesteps=2**63 - 1, total_timesteps=2**63 - 1))
+    assert PPO.load(big).num_timesteps == 2**63 - 1 and load_policy(big).policy is not None
     zero_beta = _rewrite(good, tmp_path / "beta0.npz", lambda a, m: m.update(beta=0.0))  # halved to 0.0 by
     assert PPO.load(zero_beta).kl_coef.beta == 0.0  # ~1075 iterations of tiny KL: a state that resumes
     no_rng = _rewrite(good, tmp_path / "no_rng.npz", lambda a, m: m.pop("rng") and None)
@@ -621,6 +633,24 @@ def _workers_ignore_ctrl_c():
             assert reward.tolist() == [1.0, 1.0]
         finally:
             env.close()
+
+
+def test_loaded_policy_normalises_observations_as_training_did(tmp_path):
+    """Policy.normalize (numpy-only deployment) repeats ObsNormalizer's formula with the saved
+    statistics: bit for bit the same, also for a dimension of zero variance (its eps keeps the
+    scale finite) and past the +-10 clip."""
+    algo = PPO(PPOConfig(**TINY, norm_obs=True))
+    algo.obs_norm.rms.mean[:] = [0.1, -2.0, 3.0, 0.0]
+    algo.obs_norm.rms.var[:] = [0.0, 1e-12, 4.0, 1.0]
+    path = str(tmp_path / "m.npz")
+    algo.save(path)
+    pol = load_policy(path)
+    obs = np.array([[0.1, -2.0, 3.0, 0.0], [0.1 + 1e-5, -1.99, 50.0, -0.5], [-3.0, 7.0, -40.0, 1e6]], np.float32)
+    want = algo.obs_norm(obs, update=False)
+    got = pol.normalize(obs)
+    assert np.isfinite(got).all() and got.dtype == want.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(got).max() == 10.0
 
 
 def test_saved_policy_runs_with_numpy_alone(tmp_path):
