@@ -14,7 +14,6 @@ __version__ = "0.1.0"
 __all__ = ["PPO", "PPOConfig", "load_policy", "__version__"]
 
 
-
 def _find_checkout_kernels() -> None:
     """In a source checkout ``minippo.kernels`` is the top-level ``kernels/`` folder (setup.cfg maps
     it there); an installed copy holds it inside the package. Run from the checkout's root, Python

@@ -118,8 +118,6 @@ def loss_and_grads(
     return losses.to_floats(stats), grads  # on a GPU: one copy back for all of them
 
 
-
-
 class NumpyStep:
     """One minibatch update the readable way: :func:`loss_and_grads`, then global-norm clipping
     and Adam (the fused numba step in ``kernels/cpu_update.py`` has the same two methods)."""

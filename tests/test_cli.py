@@ -920,7 +920,6 @@ def test_on_policy_objectives_train_one_epoch_per_rollout(tmp_path, capsys, extr
         assert json.load(f)["n_epochs"] == 2  # TINY's, for clip: untouched
 
 
-
 def test_on_policy_objective_given_by_set_also_trains_one_epoch(tmp_path):
     out = tmp_path / "r"
     tiny = ["--set", "n_steps=16", "--set", "batch_size=32", "--set", "hidden=[8]"]
