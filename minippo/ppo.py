@@ -451,11 +451,13 @@ class PPO:
         """Train until ``total_timesteps`` env steps (default: config.total_timesteps).
 
         ``callback(row)`` is called after every iteration with the logged values (the columns of
-        progress.csv); returning ``False`` stops training. ``row["time"]`` is the wall time since this
-        call started; ``row["fps"]`` is env steps per second of it, leaving out the seconds numba spent
-        compiling kernels (:func:`minippo.backend.numba_compile_seconds`: a one-off per machine, net
-        shape and dtype, ~45 s for CartPole's preset on a 2-core VM, which would otherwise pull the
-        rate down for the whole run).
+        progress.csv); returning ``False`` stops training. ``row["mean_return"]`` and
+        ``row["mean_length"]`` are over the last 100 finished episodes (NaN before the first).
+        ``row["time"]`` is the wall time since this call started; ``row["fps"]`` is env steps per
+        second of it, leaving out the seconds numba spent compiling kernels
+        (:func:`minippo.backend.numba_compile_seconds`: a one-off per machine, net shape and dtype,
+        ~45 s for CartPole's preset on a 2-core VM, which would otherwise pull the rate down for
+        the whole run).
         """
         if total_timesteps is not None:
             self.total_timesteps = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too

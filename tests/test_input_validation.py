@@ -623,6 +623,11 @@ def test_loss_and_grads_checks_config_and_vf_coef():
         cfg.vf_coef = value  # set after construction: NaN gave a NaN loss and NaN gradients, silently
         with pytest.raises(err, match="config.vf_coef must be a finite number >= 0"):
             loss_and_grads(pol, batch, cfg)
+    cfg.vf_coef = 0.0  # the bound itself: a critic that does not learn (its gradients are all 0)
+    stats, grads = loss_and_grads(pol, batch, cfg)
+    assert stats["loss"] == stats["policy_loss"] - cfg.ent_coef * stats["entropy"]
+    assert all(not g.any() for k, g in grads.items() if k.startswith("critic."))
+    assert any(g.any() for k, g in grads.items() if k.startswith("actor."))
 
 
 def test_gradcheck_names_what_is_wrong():

@@ -150,8 +150,9 @@ def test_the_surrogate_takes_every_epoch_against_the_rollouts_own_log_probs(monk
 
 def test_on_policy_rungs_warn_when_they_reuse_the_rollout():
     with pytest.warns(UserWarning, match=r"objective='reinforce' with n_epochs=3: every epoch after the first "
-                                         r"reuses the rollout without the importance-sampling ratio"):
+                                         r"reuses the rollout without the importance-sampling ratio") as rec:
         PPO(PPOConfig(**{**CFG, "n_epochs": 3}, objective="reinforce"), env=own_env.Reach(2))
+    assert rec[0].filename == __file__  # it names the line that made the PPO, not one inside minippo
     import warnings
 
     with warnings.catch_warnings():
@@ -212,3 +213,45 @@ def test_evaluate_policy_samples_from_the_generator_it_is_given():
     assert given == play(np.random.default_rng(7))
     assert given != play(np.random.default_rng(8))
     assert given != play(None)  # None: a generator seeded with `seed`, not the one given above
+
+
+class Cycle:
+    """A vector env of one sub-env (same-step autoreset) whose k-th episode (k = 0, 1, ...) lasts
+    k % 5 + 1 steps with reward 1 per step; it records each finished episode's return in order."""
+
+    num_envs = 1
+    metadata = {"autoreset_mode": "same_step"}
+
+    def __init__(self):
+        from minippo.spaces import Box, Discrete
+
+        self.single_observation_space = Box(-np.ones(1), np.ones(1))
+        self.single_action_space = Discrete(2)
+        self.k, self.t, self.finished = 0, 0, []
+
+    def reset(self, seed=None):
+        return np.zeros((1, 1), np.float32), {}
+
+    def step(self, actions):
+        self.t += 1
+        obs, info = np.zeros((1, 1), np.float32), {}
+        done = self.t == self.k % 5 + 1
+        if done:
+            self.finished.append(float(self.t))
+            self.k, self.t = self.k + 1, 0
+            info = {"final_obs": np.zeros((1, 1), np.float32)}
+        return obs, np.ones(1), np.array([done]), np.array([False]), info
+
+
+def test_logged_mean_return_and_length_are_over_the_last_100_episodes():
+    env = Cycle()
+    rows = []  # (logged row, episodes the env had finished by then)
+    model = PPO(PPOConfig(n_envs=1, n_steps=128, batch_size=64, n_epochs=1, hidden=(4,)), env=env)
+    model.learn(3 * 128, callback=lambda row: rows.append((row, len(env.finished))))
+    assert len(env.finished) > 100 and len(set(env.finished[-100:])) == 5
+    assert list(model.episode_returns) == env.finished[-100:]
+    assert list(model.episode_lengths) == [int(r) for r in env.finished[-100:]]
+    for row, n in rows:  # under 100 episodes in the first rows: all of them
+        last = env.finished[:n][-100:]
+        assert row["mean_return"] == np.mean(last) == row["mean_length"]
+    assert rows[0][1] < 100 < rows[-1][1]

@@ -505,14 +505,18 @@ def test_evaluation_seeds_each_episode_apart_from_training(numpy_backend):
 
 @needs_gym
 def test_a_saved_policy_predicts_env_actions_of_a_discrete_space_with_a_start(numpy_backend, tmp_path):
-    from envs_for_tests import register_probe
+    from envs_for_tests import Probe, register_probe
 
     from minippo.checkpoint import load_policy
 
     register_probe("minippo-test/ProbeStart-v0", 8, action_space=gym.spaces.Discrete(3, start=-1))
     algo = PPO(PPOConfig(env_id="minippo-test/ProbeStart-v0", n_envs=2, n_steps=16, batch_size=16, n_epochs=1,
                          hidden=(8,), total_timesteps=32))
+    Probe.log.clear()
     algo.learn()
+    algo.evaluate(1)
+    # every action sent, in training and in evaluation, was in {-1, 0, 1}: the index plus start
+    assert len(Probe.log) == 32 + 8 and all(Probe.log)
     path = str(tmp_path / "m.npz")
     algo.save(path)
     obs = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
