@@ -525,12 +525,15 @@ def test_a_saved_policy_predicts_env_actions_of_a_discrete_space_with_a_start(nu
 
 
 @needs_gym
-def test_minibatches_of_two_lose_no_valid_sample(numpy_backend, monkeypatch):
+@pytest.mark.parametrize("normalize", [True, False])
+def test_minibatches_of_two_lose_no_valid_sample(numpy_backend, monkeypatch, normalize):
     """batch_size 2 with masked reset steps (next_step mode) and an odd number of valid ones: every
-    valid sample reaches the loss once per epoch (none left in a skipped single-sample minibatch)."""
+    valid sample reaches the loss once per epoch (none left in a skipped single-sample minibatch).
+    With per-minibatch advantage normalisation a minibatch needs 2 samples, so the 5 valid ones make
+    two minibatches, 2 + 3; without it one sample is a minibatch too: 2 + 2 + 1, as batch_size asks."""
     register()
     algo = PPO(PPOConfig(env_id=COUNTER_ID, autoreset="next_step", n_envs=1, n_steps=6, batch_size=2,
-                         n_epochs=3, hidden=(8,), seed=0))
+                         n_epochs=3, hidden=(8,), seed=0, normalize_advantages=normalize))
     rows = []
     real = NumpyStep.loss_and_grads
     monkeypatch.setattr(NumpyStep, "loss_and_grads",
@@ -538,8 +541,9 @@ def test_minibatches_of_two_lose_no_valid_sample(numpy_backend, monkeypatch):
     algo.collect_rollout()
     n_valid = int(algo.buffer.valid.sum())
     assert n_valid % 2 == 1  # 3-step episodes: steps 0-2 and 4-5 valid, 3 the masked reset
-    algo.update(progress=0.0)
-    assert sum(rows) == 3 * n_valid and min(rows) >= 2
+    out = algo.update(progress=0.0)
+    assert sum(rows) == 3 * n_valid and out["n_updates"] == len(rows)
+    assert sorted(rows) == sorted([2, 3] * 3 if normalize else [1, 2, 2] * 3)
 
 
 @needs_gym
@@ -562,3 +566,38 @@ def test_fps_leaves_out_numba_compile_time_and_time_does_not(monkeypatch):
     algo.learn(callback=rows.append)
     assert [r["time"] for r in rows] == [10.0, 30.0]
     assert [r["fps"] for r in rows] == [32 / (10.0 - 6.0), 64 / (30.0 - 6.0)]
+    # a later learn() (a resumed run) counts its own steps and time only, not the 64 steps before it
+    clock, compiled = iter([200.0, 208.0]), iter([9.0, 9.0])
+    algo.learn(96, callback=rows.append)
+    assert (rows[-1]["timesteps"], rows[-1]["time"], rows[-1]["fps"]) == (96, 8.0, 32 / 8.0)
+
+
+@needs_gym
+@pytest.mark.parametrize("objective", ["clip", "kl_penalty"])
+def test_logged_losses_are_the_mean_over_the_minibatch_updates(numpy_backend, monkeypatch, objective):
+    """update()'s loss, policy_loss, value_loss, entropy, approx_kl, clipfrac and grad_norm are the
+    means of what each of its minibatch updates computed (4 here: 2 epochs of 2 minibatches)."""
+    seen = []
+    real_loss, real_step = NumpyStep.loss_and_grads, NumpyStep.step
+
+    def loss(self, mb, *a):
+        seen.append(dict(real_loss(self, mb, *a)))
+        return seen[-1].copy()
+
+    def step(self, *a):
+        seen[-1]["grad_norm"] = real_step(self, *a)
+        return seen[-1]["grad_norm"]
+
+    monkeypatch.setattr(NumpyStep, "loss_and_grads", loss)
+    monkeypatch.setattr(NumpyStep, "step", step)
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=16, n_epochs=2, hidden=(8,),
+                         objective=objective))
+    algo.collect_rollout()
+    out = algo.update(0.0)
+    assert out["n_updates"] == len(seen) == 4
+    for k in seen[0]:
+        if k == "beta" or (k == "kl" and objective == "kl_penalty"):
+            continue  # kl_penalty logs the rollout's KL after the update and the beta it gives, not means
+        want = sum(s[k] for s in seen) / 4
+        assert out[k] == pytest.approx(want, rel=1e-12, abs=1e-15), k
+    assert len({s["loss"] for s in seen}) == 4  # the minibatches differ, so a mean is not any one of them
