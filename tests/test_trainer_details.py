@@ -573,10 +573,12 @@ def test_fps_leaves_out_numba_compile_time_and_time_does_not(monkeypatch):
 
 
 @needs_gym
-@pytest.mark.parametrize("objective", ["clip", "kl_penalty"])
-def test_logged_losses_are_the_mean_over_the_minibatch_updates(numpy_backend, monkeypatch, objective):
+@pytest.mark.parametrize(("objective", "n_epochs", "batch_size"),
+                         [("clip", 2, 16), ("kl_penalty", 2, 16), ("clip", 1, 32)])
+def test_logged_losses_are_the_mean_over_the_minibatch_updates(numpy_backend, monkeypatch, objective, n_epochs,
+                                                                batch_size):
     """update()'s loss, policy_loss, value_loss, entropy, approx_kl, clipfrac and grad_norm are the
-    means of what each of its minibatch updates computed (4 here: 2 epochs of 2 minibatches)."""
+    means of what each of its minibatch updates computed (4: 2 epochs of 2 minibatches; or 1)."""
     seen = []
     real_loss, real_step = NumpyStep.loss_and_grads, NumpyStep.step
 
@@ -590,14 +592,15 @@ def test_logged_losses_are_the_mean_over_the_minibatch_updates(numpy_backend, mo
 
     monkeypatch.setattr(NumpyStep, "loss_and_grads", loss)
     monkeypatch.setattr(NumpyStep, "step", step)
-    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=16, n_epochs=2, hidden=(8,),
-                         objective=objective))
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=batch_size, n_epochs=n_epochs,
+                         hidden=(8,), objective=objective))
     algo.collect_rollout()
     out = algo.update(0.0)
-    assert out["n_updates"] == len(seen) == 4
+    n = n_epochs * 32 // batch_size
+    assert out["n_updates"] == len(seen) == n
     for k in seen[0]:
         if k == "beta" or (k == "kl" and objective == "kl_penalty"):
             continue  # kl_penalty logs the rollout's KL after the update and the beta it gives, not means
-        want = sum(s[k] for s in seen) / 4
+        want = sum(s[k] for s in seen) / n
         assert out[k] == pytest.approx(want, rel=1e-12, abs=1e-15), k
-    assert len({s["loss"] for s in seen}) == 4  # the minibatches differ, so a mean is not any one of them
+    assert len({s["loss"] for s in seen}) == n  # the minibatches differ, so a mean is not any one of them
