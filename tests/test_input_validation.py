@@ -727,6 +727,40 @@ def test_loss_helpers_schedules_and_normalisers_name_their_arguments():
         next(buf.minibatches("4", np.random.default_rng(0)))
 
 
+def test_running_statistics_load_takes_what_state_writes_and_refuses_the_impossible():
+    """RunningMeanStd.load: each entry a finite float array of the right shape, no negative variance
+    (a variance of 0, a constant observation dimension, is fine), a count > 0; a refused load
+    changes nothing. ObsNormalizer keeps a float observation's dtype (an integer one becomes float32)
+    and takes any clip bound > 0."""
+    from minippo.envs import ObsNormalizer, RunningMeanStd
+
+    src = RunningMeanStd((2,))
+    src.update(np.array([[1.0, 5.0], [3.0, 5.0]]))
+    good = src.state("obs_rms")
+    good["obs_rms.var"][1] = 0.0  # a constant dimension
+    rms = RunningMeanStd((2,))
+    rms.load("obs_rms", good)
+    assert rms.var.tolist() == good["obs_rms.var"].tolist() and rms.count == float(good["obs_rms.count"])
+    cases = [
+        ("obs_rms.count", np.array(0.0), "obs_rms: a variance is negative or the count is not positive"),
+        ("obs_rms.var", np.array([1.0, -1e-300]), "obs_rms: a variance is negative"),
+        ("obs_rms.mean", np.zeros(3), r"obs_rms.mean must be a float array of shape \(2,\), got float64 \(3,\)"),
+        ("obs_rms.mean", np.zeros(2, np.int64), r"obs_rms.mean must be a float array of shape \(2,\), got int64"),
+        ("obs_rms.count", np.array([2.0]), r"obs_rms.count must be a float array of shape \(\), got float64 \(1,\)"),
+    ]
+    for key, value, msg in cases:
+        fresh = RunningMeanStd((2,))
+        with pytest.raises(ValueError, match=msg):
+            fresh.load("obs_rms", {**good, key: value})
+        assert fresh.count < 1e-3 and not fresh.mean.any()  # unchanged
+    norm = ObsNormalizer(2, clip=1e-6)  # tiny, but > 0
+    assert norm(np.array([[3.0, -3.0]]), update=False).tolist() == [[1e-6, -1e-6]]
+    assert norm(np.array([[3.0, -3.0]])).dtype == np.float64
+    assert norm(np.array([[3.0, -3.0]], np.float32)).dtype == np.float32
+    ints = norm(np.array([[3, -3]]))
+    assert ints.dtype == np.float32 and ints.tolist() == [[np.float32(1e-6), np.float32(-1e-6)]]
+
+
 def test_make_vec_env_names_n_envs():
     pytest.importorskip("gymnasium")
     from minippo.envs import make_vec_env
