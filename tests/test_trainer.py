@@ -580,6 +580,18 @@ def test_nan_raises_before_any_update():
 def test_bad_env_and_config_errors():
     with pytest.raises(ValueError, match="unknown env id 'NoSuchEnv-v9'"):
         PPO(PPOConfig(env_id="NoSuchEnv-v9"))
+    # the message says where the id was looked for, and suggests ids sharing its first 4 letters
+    from minippo.envs import check_env_id
+
+    for env_id, msg in [
+        # (the suggestions are gymnasium's ids, which a later gymnasium may add to)
+        ("CartPol-v1", r"unknown env id 'CartPol-v1': not registered in gymnasium; did you mean [^?]*CartPole-v1"),
+        ("json:CartPole-v9", r"unknown env id 'json:CartPole-v9': module 'json' did not register 'CartPole-v9'; "
+                             r"did you mean [^?]*CartPole-v1"),
+        ("Zzzz-v0", r"unknown env id 'Zzzz-v0': not registered in gymnasium$"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            check_env_id(env_id)
     with pytest.raises(ValueError, match="unknown PPOConfig field"):
         PPO(PPOConfig(**TINY), not_a_field=1)
     with pytest.raises(ValueError, match="unknown preset 'Nope'"):
