@@ -107,6 +107,12 @@ def test_asnumpy_and_to_device_on_cpu():
     assert backend.asnumpy(a) is a
     np.testing.assert_array_equal(backend.asnumpy([1, 2]), [1, 2])
     assert backend.asnumpy(np.float64(2.0)) == 2.0
+
+    class Sequence(list):  # a host object with a get() method of its own: not a device array
+        def get(self):
+            raise AssertionError("asnumpy called get() on an object that is not a cupy array")
+
+    np.testing.assert_array_equal(backend.asnumpy(Sequence([3, 4])), [3, 4])
     d = backend.to_device(a, dtype=np.float32)
     assert isinstance(d, np.ndarray) and d.dtype == np.float32
     assert backend.array_module(a) is np
@@ -165,6 +171,29 @@ def test_numba_compiles_are_timed_once_each_and_announced_once(caplog):
         event.unregister("numba:compile", listener)
         if process_wide is not None:
             event.register("numba:compile", process_wide)
+
+
+def test_compile_listener_times_only_the_outermost_compile(monkeypatch):
+    """The listener's bookkeeping on a scripted event sequence and clock: it starts at 0 s; a compile
+    nested inside another (a kernel compiling a helper) adds nothing of its own; each outermost
+    compile adds its end minus its start, exactly."""
+    pytest.importorskip("numba")
+    import types
+
+    clock = iter([10.0, 11.0, 12.0, 15.0, 20.0, 21.5])  # each perf_counter call the listener makes
+    monkeypatch.setattr(backend, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    listener = backend._compile_listener()
+    assert (listener.seconds, listener.depth) == (0.0, 0)
+    listener.on_start(None)  # 10: outer starts
+    listener.on_start(None)  # nested: no clock read
+    listener.on_end(None)  # nested ends: no clock read
+    assert listener.depth == 1 and listener.seconds == 0.0
+    listener.on_end(None)  # 11: outer ends
+    assert (listener.seconds, listener.depth) == (1.0, 0)
+    listener.on_start(None)  # 12
+    listener.on_end(None)  # 15
+    assert listener.seconds == 4.0
+    assert next(clock) == 20.0  # no clock read was skipped or added
 
 
 def test_numba_compile_seconds_without_numba_backend_imports_nothing():
