@@ -190,6 +190,7 @@ class RawModule:
             want = np.float32 if name == "gae_f32" else np.float64
             assert type(g) is want and type(gl) is want, (type(g), type(gl))
             assert type(T) is np.int32 and type(N) is np.int32
+            assert grid[0] >= 1 and block[0] >= 1, "CUDA refuses a launch of 0 blocks or 0 threads"
             assert grid[0] * block[0] >= int(N)
             lam = float(gl) / float(g) if g else 0.0
             a, rr = gae_numpy(*(x._a for x in (r, v, d, lv)), float(g), lam)

@@ -4,8 +4,10 @@ import csv
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -52,7 +54,9 @@ def test_train_eval_plot_end_to_end(tmp_path, capsys):
     assert main(["train", "CartPole-v1", "--timesteps", "128", "--out", str(out2), "--quiet", *TINY]) == 0
     png = tmp_path / "curves.png"
     assert main(["plot", str(out), str(out2), "-o", str(png)]) == 0
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == (840, 540)  # IHDR: 7 x 4.5 inches at 120 dpi
 
 
 def test_same_seed_same_csv(tmp_path):
@@ -594,6 +598,39 @@ def test_tqdm_rate_and_eta_leave_out_numba_compiles(monkeypatch):
     assert "step/s" not in sys.stderr.text.replace("steps/s", "")  # no tqdm rate, at the end either
 
 
+def test_later_compiles_are_left_out_of_the_rate_too(monkeypatch):
+    """Kernels first called later in a run (the update's after the rollout's) compile then: each
+    compile's own seconds are left out, so tqdm's rate is the rate of the same run without compiles."""
+    tqdm = pytest.importorskip("tqdm")
+    tqdm_std = pytest.importorskip("tqdm.std")
+
+    from minippo import backend, cli
+
+    if not hasattr(tqdm.tqdm, "format_dict"):
+        pytest.skip("tqdm < 4.37 has no format_dict to read the rate from")
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+    monkeypatch.setattr(sys, "stderr", _Tty())
+    now, compiled = [0.0], [0.0]
+    monkeypatch.setattr(tqdm_std, "time", lambda: now[0])
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: compiled[0])
+
+    def run(compiles: list[float]) -> dict:
+        now[0] = compiled[0] = 0.0
+        p = cli._Progress(1000, 0, False)
+        for row, training, compiling in zip(_rows_for(5), [1.0, 1.0, 1.0, 3.0, 2.0], compiles, strict=True):
+            compiled[0] += compiling
+            now[0] += training + compiling
+            p(row)
+        shown = dict(p.bar.format_dict)
+        p.close()
+        return shown
+
+    plain, compiling = run([0.0] * 5), run([45.0, 0.0, 5.0, 0.0, 7.0])
+    assert 100 / 3 < plain["rate"] < 100  # the EMA of 100 steps per 1, 1, 3 and 2 s
+    assert compiling["rate"] == pytest.approx(plain["rate"])
+    assert compiling["elapsed"] == plain["elapsed"] + 57.0  # elapsed stays wall time
+
+
 def test_progress_lines_when_piped_and_nothing_when_quiet(monkeypatch):
     lines = _progress_text(monkeypatch, tty=False).splitlines()
     assert [ln.split()[:4] for ln in lines] == [["iter", "1", "steps", "100"], ["iter", "2", "steps", "200"],
@@ -661,8 +698,20 @@ def test_done_line_says_how_long_numba_compiled(tmp_path, capsys, monkeypatch):
     assert re.search(r"minippo: done, \d+ steps in \d+\.\d s \(41\.3 s of it numba compiling kernels, a one-off\); "
                      "model saved to ", capsys.readouterr().err)
     monkeypatch.setattr(PPO, "learn", learn)  # nothing compiled: the plain done line
+    started = time.perf_counter()
     assert main(["train", "CartPole-v1", "--timesteps", "32", "--out", str(tmp_path / "b"), *TINY]) == 0
-    assert re.search(r"minippo: done, \d+ steps in \d+\.\d s; model saved to ", capsys.readouterr().err)
+    took = time.perf_counter() - started
+    done = re.search(r"minippo: done, \d+ steps in (\d+\.\d) s; model saved to ", capsys.readouterr().err)
+    assert done and float(done[1]) <= took + 0.05  # the wall time of this run (printed to 0.1 s)
+
+    # compile time is named when it shows as 0.1 s or more, never as "0.0 s of it"
+    for spent, shown in ((0.05, "0.1"), (0.04, None)):
+        compiled[0] = 0.0
+        monkeypatch.setattr(PPO, "learn", lambda self, *a, _spent=spent, **k: (
+            learn(self, *a, **k), compiled.__setitem__(0, _spent))[0])
+        assert main(["train", "CartPole-v1", "--timesteps", "32", "--out", str(tmp_path / f"c{spent}"), *TINY]) == 0
+        err = capsys.readouterr().err
+        assert (f"s ({shown} s of it numba compiling" in err) if shown else ("numba compiling" not in err), err
 
 
 def test_a_fresh_run_does_not_mix_with_a_run_already_in_its_folder(tmp_path, capsys, monkeypatch):
@@ -946,7 +995,8 @@ def test_eval_passes_its_flags_to_the_evaluation(tmp_path, monkeypatch, capsys):
     model = str(out / "model.npz")
     assert main(["eval", model, "--episodes", "2", "--deterministic", "--seed", "7"]) == 0
     assert main(["eval", model, "--episodes", "1"]) == 0
-    assert seen == [(2, True, 7), (1, False, 0)]
+    assert main(["eval", model]) == 0
+    assert seen == [(2, True, 7), (1, False, 0), (10, False, 0)]  # the last: the defaults
 
 
 @pytest.mark.parametrize("objective", ["clip", "kl_penalty"])
@@ -960,3 +1010,96 @@ def test_progress_csv_columns_are_the_rows_learn_logs(objective):
     # blank by design: the rollout KL that adapts beta (kl_penalty only), the clip fraction (clip only)
     assert set(CSV_COLUMNS) - set(rows[0]) == ({"clipfrac"} if objective == "kl_penalty" else {"kl"})
     assert set(rows[0]) - set(CSV_COLUMNS) == {"stopped_early"}  # the row's, not a column
+
+
+def test_plain_bar_fills_in_proportion_and_never_past_its_width(monkeypatch):
+    from minippo import cli
+
+    err = _Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # no tqdm: the plain bar
+    p = cli._Progress(300, 0, False)
+    draws = []
+    for steps in (100, 200, 300, 400):  # the last past the total the bar was given
+        p({"iteration": steps // 100, "timesteps": steps, "mean_return": 1.0, "fps": 10.0})
+        draws.append(err.text.rsplit("\r", 1)[1])
+    p.close()
+    assert [d[:32] for d in draws] == ["[" + "#" * n + " " * (30 - n) + "]" for n in (10, 20, 30, 30)]
+    assert draws[-1][32:].split()[0] == "400/300"
+
+
+def test_the_bar_counts_to_the_end_of_the_last_rollout(tmp_path, monkeypatch):
+    """The bar's total is the steps the run will take: the budget rounded up to whole rollouts
+    (n_envs x n_steps = 8 x 16 here), and on resume from where the model left off."""
+    from minippo import cli
+
+    seen = []
+
+    class Spy(cli._Progress):
+        def __init__(self, total, start, quiet):
+            seen.append((total, start))
+            super().__init__(total, start, quiet)
+
+    monkeypatch.setattr(cli, "_Progress", Spy)
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "200", "--out", str(out), "--quiet", *TINY]) == 0
+    assert main(["train", "CartPole-v1", "--resume", str(out / "model.npz"), "--timesteps", "300",
+                 "--out", str(out), "--quiet"]) == 0
+    assert seen == [(256, 0), (384, 256)]
+
+
+def test_csv_log_reads_what_it_resumes_and_starts_a_new_file_afresh(tmp_path):
+    from minippo.cli import CsvLog
+
+    path = tmp_path / "progress.csv"
+    log = CsvLog(str(path))
+    for i in range(1, 5):
+        log({"iteration": i, "timesteps": 10 * i})
+    log.close()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644 & ~umask
+    log = CsvLog(str(path), keep_through=2)  # no rows given: it reads the file itself, then drops 3 and 4
+    log({"iteration": 3, "timesteps": 30})
+    log.close()
+    assert [(r["iteration"], r["timesteps"]) for r in _rows(path)] == [("1", "10"), ("2", "20"), ("3", "30")]
+
+    header = ",".join(CSV_COLUMNS)
+    path.write_text(f"{header}\n1\nx\n")
+    with pytest.raises(ValueError, match=r"progress\.csv, line 3: iteration \['x'\] is not an integer"):
+        CsvLog(str(path), keep_through=1)
+    path.write_text("a,b\n1,2\n")  # not minippo's columns: a resume refuses it, a new log starts afresh
+    with pytest.raises(ValueError, match="does not have minippo's progress.csv columns"):
+        CsvLog(str(path), keep_through=1)
+    CsvLog(str(path)).close()
+    assert path.read_text() == header + "\n"
+
+
+def test_config_json_is_sorted_with_two_space_indents(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "32", "--out", str(out), "--quiet", *TINY]) == 0
+    text = (out / "config.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True)
+
+
+def test_bench_default_and_smallest_budget(monkeypatch):
+    from minippo import bench
+
+    seen = []
+    monkeypatch.setattr(bench, "train_speed", seen.append)
+    assert main(["bench"]) == 0
+    assert main(["bench", "--timesteps", "1"]) == 0
+    assert seen == [100_000, 1]
+
+
+def test_blas_threads_are_pinned_only_before_numpy_loads_and_never_over_a_users_choice(monkeypatch):
+    from minippo import cli
+
+    for var in cli.BLAS_THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    cli.pin_blas_threads()  # numpy is loaded already: setting them now would change nothing, so it does not
+    assert not any(var in os.environ for var in cli.BLAS_THREAD_VARS)
+    monkeypatch.delitem(sys.modules, "numpy")  # as in a fresh `minippo` process (put back afterwards)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    cli.pin_blas_threads()
+    assert [os.environ[var] for var in cli.BLAS_THREAD_VARS] == ["1", "3", "1"]

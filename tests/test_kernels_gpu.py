@@ -94,6 +94,7 @@ def launch(lib, name, grid, block, args):
     fn = getattr(lib, name)
     fn.restype = None
     (gx,), (bx,) = tuple(grid), tuple(block)
+    assert gx >= 1 and bx >= 1, f"CUDA refuses a launch of {gx} blocks of {bx} threads"
     for b in range(gx):
         for t in range(bx):
             lib.shim_set_index(gx, bx, b, t)
@@ -103,7 +104,7 @@ def launch(lib, name, grid, block, args):
 def rollout(T, N, dtype, seed=0):
     rng = np.random.default_rng(seed)
     dones = (rng.random((T, N)) < 0.3).astype(dtype)
-    dones[:, 0] = 1.0
+    dones[:, :1] = 1.0
     if N > 1:
         dones[:, 1] = 0.0
     return (rng.normal(size=(T, N)).astype(dtype), rng.normal(size=(T, N)).astype(dtype), dones,
@@ -151,7 +152,7 @@ def test_cuda_source_on_cpu_matches_reference(shim, dtype, T, N):
 def fake_cupy(lib, devices=1):
     """The cupy calls gpu.py makes, on numpy arrays; RawModule runs gae.cu through the shim."""
     cp = types.ModuleType("cupy")
-    compiled = []
+    compiled, launches = [], []
 
     class RawModule:
         def __init__(self, code, options=()):
@@ -164,7 +165,7 @@ def fake_cupy(lib, devices=1):
             if self.probe:
                 return lambda grid, block, args: args[0].flat.__setitem__(0, 2.0)
             kernel_params(name)  # KeyError-like failure if the name is not in the source
-            return lambda grid, block, args: launch(lib, name, grid, block, args)
+            return lambda grid, block, args: launches.append((grid, block)) or launch(lib, name, grid, block, args)
 
     def count():
         return devices
@@ -175,7 +176,7 @@ def fake_cupy(lib, devices=1):
     cp.empty = np.empty
     cp.ndarray = np.ndarray
     cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=count))
-    cp.compiled = compiled
+    cp.compiled, cp.launches = compiled, launches
     return cp
 
 
@@ -210,6 +211,22 @@ def test_wrapper_rounds_gamma_lambda_once_like_numpy(cupy_standin, gamma, lam):
     want = advantages.gae_numpy(r, v, d, lv, gamma, lam)
     np.testing.assert_array_equal(adv, want[0])
     np.testing.assert_array_equal(ret, want[1])
+
+
+@pytest.mark.parametrize("T,N", [(1, 1), (2, 129), (3, 256), (0, 3), (3, 0)])
+def test_wrapper_launches_one_thread_per_env_in_whole_warps(cupy_standin, T, N):
+    """Every env gets a thread (129 envs: two blocks), blocks are whole warps of 32, and an empty
+    rollout launches nothing (CUDA refuses a grid of 0 blocks; T = 0 has nothing to compute)."""
+    r, v, d, lv = rollout(T, N, np.float32, seed=N)
+    adv, ret = gpu.gae(r, v, d, lv, 0.99, 0.95)
+    want = advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)
+    np.testing.assert_array_equal(adv, want[0])
+    np.testing.assert_array_equal(ret, want[1])
+    if T == 0 or N == 0:
+        assert cupy_standin.launches == [] and adv.shape == ret.shape == (T, N)
+        return
+    [((blocks,), (threads,))] = cupy_standin.launches
+    assert threads % 32 == 0 and (blocks - 1) * threads < N <= blocks * threads
 
 
 def test_wrapper_casts_and_empty(cupy_standin):
