@@ -44,9 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("env_id", help="gymnasium id, e.g. CartPole-v1")
     t.add_argument("--preset", default=None,
                    help="hyperparameter preset (default: the env's preset if there is one; 'none' for paper defaults)")
-    t.add_argument("--timesteps", type=int, default=None, help="total env steps")
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--n-envs", type=int, default=None)
+    t.add_argument("--timesteps", type=int, default=None,
+                   help="total env steps (default: the preset's total_timesteps, 1000000 with --preset none; "
+                        "with --resume, the new total, more than the steps already run)")
+    t.add_argument("--seed", type=int, default=None, help="seed of the run (default 0)")
+    t.add_argument("--n-envs", type=int, default=None,
+                   help="envs stepped side by side (default: the preset's n_envs, 1 with --preset none)")
     t.add_argument("--objective", choices=("clip", "kl_penalty", "surrogate", "a2c", "reinforce"), default=None,
                    help="the rung of the ladder to train (default clip); a2c and reinforce are on-policy and take "
                         "one epoch per rollout (n_epochs=1) unless --set n_epochs=... says otherwise")
@@ -60,19 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("eval", help="evaluate a saved model")
-    e.add_argument("model")
-    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("model", help="a model.npz written by minippo train")
+    e.add_argument("--episodes", type=int, default=10, help="episodes to play (default 10)")
     e.add_argument("--deterministic", action="store_true", help="take the mode instead of sampling")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=0,
+                   help="seed of the evaluation: episode i resets with seed + i; actions are sampled from it "
+                        "(default 0)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     pl = sub.add_parser("plot", help="plot learning curves from run folders")
-    pl.add_argument("dirs", nargs="+", metavar="DIR")
-    pl.add_argument("-o", "--output", default="learning_curves.png")
+    pl.add_argument("dirs", nargs="+", metavar="DIR", help="run folders holding progress.csv")
+    pl.add_argument("-o", "--output", default="learning_curves.png",
+                    help="image to write, .png, .pdf or .svg (default learning_curves.png)")
     pl.add_argument("--y", default="mean_return", help=f"column to plot, one of {', '.join(CSV_COLUMNS)}")
 
     b = sub.add_parser("bench", help="training speed vs env stepping alone (CartPole-v1 preset)")
-    b.add_argument("--timesteps", type=int, default=100_000)
+    b.add_argument("--timesteps", type=int, default=100_000, help="env steps to train for (default 100000)")
     return p
 
 

@@ -1103,3 +1103,17 @@ def test_blas_threads_are_pinned_only_before_numpy_loads_and_never_over_a_users_
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     cli.pin_blas_threads()
     assert [os.environ[var] for var in cli.BLAS_THREAD_VARS] == ["1", "3", "1"]
+
+
+def test_every_argument_of_every_command_has_help():
+    import argparse
+
+    from minippo.cli import build_parser
+
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == {"train", "eval", "plot", "bench"}
+    for name, sub in commands.choices.items():
+        bare = [a.dest for a in sub._actions if not a.help]
+        assert not bare, f"minippo {name}: {bare} have no help"
+    assert "(default 10)" in commands.choices["eval"].format_help()
