@@ -305,14 +305,30 @@ def test_non_finite_gradient_raises_before_any_update():
         np.testing.assert_array_equal(p, before[k])
 
 
-def test_bad_actions_raise():
+@pytest.mark.parametrize("where", [0, 3, 7])
+@pytest.mark.parametrize("value", [3, -1])
+def test_bad_actions_raise(where, value):
+    """An action outside [0, act_dim) anywhere in the minibatch (the first sample too) is named."""
     pol = _policy(np.float32, True, (8,), "tanh", 1)
     fu = cpu_update.make(pol, Adam(pol.params), PPOConfig())
     batch = _batch(pol, 8, 2, 0.2, np.float32)
     batch["actions"] = batch["actions"].copy()
-    batch["actions"][3] = pol.act_dim
-    with pytest.raises(ValueError, match="actions"):
+    batch["actions"][where] = value
+    with pytest.raises(ValueError, match=rf"actions must be integers in \[0, 3\), got {value}"):
         fu.loss_and_grads(batch, 0.2, 0.0)
+
+
+def test_malformed_batches_raise_and_a_small_clip_eps_is_taken():
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    fu = cpu_update.make(pol, Adam(pol.params), PPOConfig())
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    with pytest.raises(ValueError, match=r"actions must be integers of shape \(8,\), got float32"):
+        fu.loss_and_grads({**batch, "actions": batch["actions"].astype(np.float32)}, 0.2, 0.0)
+    with pytest.raises(ValueError, match="obs"):
+        fu.loss_and_grads({**batch, "obs": batch["obs"][:, :4]}, 0.2, 0.0)  # one column short
+    ref = NumpyStep(pol, Adam(pol.params), PPOConfig(), beta=1.0)
+    got, want = fu.loss_and_grads(batch, 0.01, 0.0), ref.loss_and_grads(batch, 0.01, 0.0)
+    assert got["clipfrac"] == want["clipfrac"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)
 
 
 def test_bad_clip_eps_and_single_sample_normalisation_raise_like_numpy():
