@@ -224,6 +224,15 @@ def test_unsupported_setups_fall_back_to_the_numpy_path(monkeypatch):
     assert cpu_act.act(fortran, obs, rng) is None
     f16 = _policy(np.float16, True, (8,), "tanh", 1)  # unsupported dtype
     assert cpu_act.act(f16, obs, rng) is None
+    # a parameter rebound (in both dicts) to an array of another shape: the kernels do no bounds
+    # checks, so the shapes are checked before them; numpy then raises on the mismatch
+    for key, shape in (("W1", (9, 2)), ("b0", (9,)), ("log_std", (4,))):
+        bad = _policy(np.float32, key != "b0", (8,), "tanh", 1)
+        a = np.zeros(shape, np.float32)
+        bad.params[key if key == "log_std" else f"actor.{key}"] = a
+        if key != "log_std":
+            bad.actor.params[key] = a
+        assert cpu_act.act(bad, obs, rng) is None, key
     with monkeypatch.context() as m:  # policy.act still works, through numpy
         m.setattr(cpu_act, "_act_gaussian", None)
         m.setattr(cpu_act, "_act_categorical", None)
