@@ -626,7 +626,7 @@ def test_later_compiles_are_left_out_of_the_rate_too(monkeypatch):
         return shown
 
     plain, compiling = run([0.0] * 5), run([45.0, 0.0, 5.0, 0.0, 7.0])
-    assert 100 / 3 < plain["rate"] < 100  # the EMA of 100 steps per 1, 1, 3 and 2 s
+    assert 100 / 3 < plain["rate"] < 100  # tqdm's EMA of 100 steps per 1, 1, 1, 3 and 2 s
     assert compiling["rate"] == pytest.approx(plain["rate"])
     assert compiling["elapsed"] == plain["elapsed"] + 57.0  # elapsed stays wall time
 
@@ -707,8 +707,13 @@ def test_done_line_says_how_long_numba_compiled(tmp_path, capsys, monkeypatch):
     # compile time is named when it shows as 0.1 s or more, never as "0.0 s of it"
     for spent, shown in ((0.05, "0.1"), (0.04, None)):
         compiled[0] = 0.0
-        monkeypatch.setattr(PPO, "learn", lambda self, *a, _spent=spent, **k: (
-            learn(self, *a, **k), compiled.__setitem__(0, _spent))[0])
+
+        def learn_and_compile_briefly(self, *a, _spent=spent, **k):
+            out = learn(self, *a, **k)
+            compiled[0] = _spent
+            return out
+
+        monkeypatch.setattr(PPO, "learn", learn_and_compile_briefly)
         assert main(["train", "CartPole-v1", "--timesteps", "32", "--out", str(tmp_path / f"c{spent}"), *TINY]) == 0
         err = capsys.readouterr().err
         assert (f"s ({shown} s of it numba compiling" in err) if shown else ("numba compiling" not in err), err
