@@ -95,6 +95,31 @@ _F32, _F64 = _FLOATS
 _MLP_JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc", "contract"}}
 
 
+@intrinsic
+def _view_at(typingctx, P, o, K, F):
+    """The C-ordered (K, F) view of elements o .. o + K * F of P, a C-ordered array of any number
+    of dimensions (read flat); callers check bounds.
+
+    Unlike ``P[o:n].reshape((K, F))``, the view is untracked (no meminfo): creating and dropping it
+    takes no reference-count operations and no call to numba's reshape helper. It must not outlive
+    the call that holds P."""
+    if not (isinstance(P, types.Array) and P.layout == "C"):
+        return None
+    out = P.copy(ndim=2, layout="C")
+
+    def codegen(context, builder, sig, args):
+        o_, K_, F_ = (context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:], strict=True))
+        src = make_array(sig.args[0])(context, builder, args[0])
+        view = make_array(out)(context, builder)
+        populate_array(view, data=builder.gep(src.data, [o_]),
+                       shape=cgutils.pack_array(builder, [K_, F_]),
+                       strides=cgutils.pack_array(builder, [builder.mul(F_, src.itemsize), src.itemsize]),
+                       itemsize=src.itemsize, meminfo=None, parent=None)
+        return view._getvalue()
+
+    return out(P, o, K, F), codegen
+
+
 # ---------------------------------------------------------------- GAE and rewards-to-go
 # Three loop orders, the same arithmetic (so all equal numpy bit for bit):
 # - _gae_vectors (session 8): the columns that fill whole 64-byte vectors, 4 vectors at a time, the
@@ -191,7 +216,7 @@ def _gae_vectors_impl(rewards, values, dones, last_values, g, gl, adv, returns):
     T, N = rewards.shape
     L = lanes(adv)
     gv, glv, one, z = vsplat(adv, g), vsplat(adv, gl), vsplat(adv, 1), vsplat(adv, 0)
-    lv = last_values.reshape((1, N))
+    lv = _view_at(last_values, 0, 1, N)  # (1, N), without numba's reshape helper call
     c = 0
     while c + 4 * L <= N:
         j1, j2, j3 = c + L, c + 2 * L, c + 3 * L
@@ -256,7 +281,7 @@ def _binary(d):
     """Whether every entry of the C-contiguous (T, N) array d is 0 or 1 (NaN is neither): one
     vectorised pass over the flat array without an early exit (an exit per row kept the loop
     scalar: 0.25 us at (128, 8) against 0.07 us); it brings dones into cache for the recursion."""
-    f = d.reshape(d.size)
+    f = _view_at(d, 0, 1, d.size)[0]  # flat, without numba's reshape helper call
     bad = False
     for i in range(f.size):
         x = f[i]
@@ -323,7 +348,7 @@ def _rtg_vectors_impl(rewards, dones, last_values, gamma, one, out):
     T, N = rewards.shape
     L = lanes(out)
     gv, o = vsplat(out, gamma), vsplat(out, one)
-    lv = last_values.reshape((1, N))
+    lv = _view_at(last_values, 0, 1, N)  # (1, N), without numba's reshape helper call
     c = 0
     while c + 4 * L <= N:
         j1, j2, j3 = c + L, c + 2 * L, c + 3 * L
@@ -1506,31 +1531,6 @@ def _dense_back(d, x, W, dW, db, dx, want_dx):
 # two gradient arrays from it as G[:K] and G[K], plain slices (0.13 us), where views of one flat
 # buffer need a reshape for each dW (0.25 us). Layer widths come from the shapes of x and the
 # outputs. One entry point per depth, loops over layers inlined.
-@intrinsic
-def _view_at(typingctx, P, o, K, F):
-    """The C-ordered (K, F) view of elements o .. o + K * F of P, a C-ordered array of any number
-    of dimensions (read flat); callers check bounds.
-
-    Unlike ``P[o:n].reshape((K, F))``, the view is untracked (no meminfo): creating and dropping it
-    takes no reference-count operations and no call to numba's reshape helper. It must not outlive
-    the call that holds P."""
-    if not (isinstance(P, types.Array) and P.layout == "C"):
-        return None
-    out = P.copy(ndim=2, layout="C")
-
-    def codegen(context, builder, sig, args):
-        o_, K_, F_ = (context.cast(builder, v, t, types.intp) for v, t in zip(args[1:], sig.args[1:], strict=True))
-        src = make_array(sig.args[0])(context, builder, args[0])
-        view = make_array(out)(context, builder)
-        populate_array(view, data=builder.gep(src.data, [o_]),
-                       shape=cgutils.pack_array(builder, [K_, F_]),
-                       strides=cgutils.pack_array(builder, [builder.mul(F_, src.itemsize), src.itemsize]),
-                       itemsize=src.itemsize, meminfo=None, parent=None)
-        return view._getvalue()
-
-    return out(P, o, K, F), codegen
-
-
 @njit(**_MLP_JIT, inline="always")
 def _wb(P, o, K, F):
     """Views of W (K, F) and b (F,) packed at P[o:] (P read flat), and the offset of the next layer."""
