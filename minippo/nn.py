@@ -8,6 +8,7 @@ kept on the object between the two calls, so the same network can run forward se
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -186,11 +187,31 @@ class MLP:
     def __getstate__(self) -> dict:
         """For copy and pickle: without the numba dispatch state (compiled code, rebuilt on use).
 
-        A copy's parameters are separate arrays (numpy copies each view alone), so a copy runs
-        the numpy path; its values and its links to a copied ``ActorCritic.params`` are kept."""
+        An unpickled MLP's parameters are separate arrays (numpy pickles each view alone), so it
+        runs the numpy path; its values and its links to an ``ActorCritic.params`` pickled with it
+        are kept. ``copy.deepcopy`` keeps the views (:meth:`__deepcopy__`)."""
         state = self.__dict__.copy()
         state.pop("_numba_state", None)
         return state
+
+    def __deepcopy__(self, memo: dict) -> MLP:
+        """``copy.deepcopy``: parameters that are views of ``flat`` become the same views of the copy's
+        own ``flat`` (numpy's deepcopy would copy each view alone, leaving the copy off the numba
+        kernels, which read ``flat``). They go into ``memo``, so other holders of the same arrays in
+        the same deepcopy (a copied ``ActorCritic.params``, ``Adam.params``) get these views. Where
+        such a holder was copied first (``flat`` or a parameter already in ``memo``), its copies are
+        kept as they are: the links matter more than the layout."""
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        flat, params = self.flat, self.params
+        if id(flat) not in memo and not any(id(a) in memo for a in params.values()):
+            new_flat = memo[id(flat)] = flat.copy()
+            for a in params.values():
+                if type(a) is np.ndarray and a.base is flat and a.dtype == flat.dtype and a.flags.c_contiguous:
+                    o = (a.ctypes.data - flat.ctypes.data) // flat.itemsize
+                    memo[id(a)] = new_flat[o:o + a.size].reshape(a.shape)
+        new.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
+        return new
 
     @property
     def activation(self) -> str:

@@ -658,6 +658,42 @@ def test_mlp_copies_and_pickles_after_a_fused_call(numba_backend):
     assert twin.params["actor.W0"] is twin.actor.params["W0"]
 
 
+def test_a_deep_copy_keeps_the_fused_path_and_the_links(numba_backend):
+    """copy.deepcopy makes the parameters views of the copy's own flat buffer again (numpy's deepcopy
+    copied each view alone, so a copied MLP or policy ran the numpy path), shared with the copied
+    ActorCritic.params and Adam; when Adam is copied first its arrays are kept (links over layout)."""
+    import copy
+
+    from minippo.optim import Adam
+    from minippo.policy import ActorCritic
+    from minippo.spaces import Discrete
+
+    x = np.random.default_rng(3).normal(size=(2, 4)).astype(np.float32)
+    mlp = nn.MLP([4, 8, 2], seed=0)
+    y, _ = mlp.forward(x)
+    twin = copy.deepcopy(mlp)
+    assert twin.flat is not mlp.flat and cpu._packed(twin) is twin.flat
+    cache = cpu.mlp_forward(twin, x)
+    assert cache is not None  # the fused kernel took it
+    np.testing.assert_array_equal(cache[-1], y)
+    twin.params["W0"][0, 0] += 1.0  # the copy's own memory
+    assert twin.flat[0] == mlp.flat[0] + 1.0 and mlp.params["W0"][0, 0] == mlp.flat[0]
+
+    pol = ActorCritic(4, Discrete(2), (8, 8), seed=0)
+    opt = Adam(pol.params, lr=0.1)
+    pol2, opt2 = copy.deepcopy((pol, opt))  # the policy's MLPs first: the views go to Adam too
+    for net in (pol2.actor, pol2.critic):
+        assert cpu._packed(net) is net.flat
+    for k, a in pol2.params.items():
+        assert opt2.params[k] is a
+    assert pol2.params["actor.W0"] is pol2.actor.params["W0"] and not np.shares_memory(pol2.actor.flat, pol.actor.flat)
+    opt3, pol3 = copy.deepcopy((opt, pol))  # Adam first: its separate copies stay the parameters
+    for k, a in pol3.params.items():
+        assert opt3.params[k] is a
+    assert pol3.actor.params["W0"] is pol3.params["actor.W0"] and cpu._packed(pol3.actor) is None
+    np.testing.assert_allclose(pol3.actor.forward(x)[0], pol.actor.forward(x)[0], **MLP_TOL[np.float32])  # numpy path
+
+
 def test_float16_mlp_falls_back_to_numpy(numba_backend):
     mlp = nn.MLP([3, 8, 2], seed=0, dtype=np.float16)
     x = np.ones((4, 3), np.float16)

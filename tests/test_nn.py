@@ -139,6 +139,27 @@ def test_mlp_same_seed_same_params_and_generator_seed():
     assert not np.array_equal(a.params["W0"], nn.MLP([3, 4, 2], seed=8).params["W0"])
 
 
+def test_deepcopy_keeps_parameters_as_views_of_its_own_flat():
+    """What the numba kernels need of a copy (they read ``flat``): each parameter a view of the copy's
+    flat where it was a view of the original's; a parameter rebound elsewhere is copied as itself."""
+    import copy
+
+    net = nn.MLP([3, 4, 2], activation="relu", seed=0, activate_output=True)
+    net.params["b1"] = np.arange(2, dtype=np.float32)  # rebound outside flat
+    twin = copy.deepcopy(net)
+    assert (twin.sizes, twin.activation, twin.activate_output) == ([3, 4, 2], "relu", True)
+    assert type(twin.params) is nn.Params and twin.params.version == 0 and list(twin.params) == list(net.params)
+    for k, a in net.params.items():
+        b = twin.params[k]
+        np.testing.assert_array_equal(b, a)
+        assert not np.shares_memory(b, a) and np.shares_memory(b, twin.flat) == np.shares_memory(a, net.flat)
+    assert twin.params["W1"].ctypes.data - twin.flat.ctypes.data == net.params["W1"].ctypes.data - net.flat.ctypes.data
+    twin.params["W0"] *= 0  # in place: the copy's flat, not the original's
+    assert not twin.flat[:12].any() and net.flat[:12].all()
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_array_equal(copy.deepcopy(net).forward(x)[0], net.forward(x)[0])
+
+
 def test_forward_is_stateless():
     """Two forwards, then the backward of the first: still its gradient (no hidden state)."""
     rng = np.random.default_rng(0)
