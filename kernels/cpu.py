@@ -381,6 +381,8 @@ def _rtg_vectors_overload(rewards, dones, last_values, gamma, one, out):
 
 @njit(cache=True)
 def _rewards_to_go_kernel(rewards, dones, last_values, gamma, one, out):
+    """G_t into out (T, N). Reads without bounds checks: :func:`rewards_to_go`, its only caller,
+    checks that dones and out are (T, N) and last_values (N,)."""
     T, N = rewards.shape
     c = _rtg_vectors(rewards, dones, last_values, gamma, one, out)
     g = last_values.copy()
