@@ -437,6 +437,42 @@ def test_gae_out_partly_overlapping_an_input(dtype, T, N):
     np.testing.assert_array_equal(ret, want[1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("out_first", [True, False])
+@pytest.mark.parametrize("name", ["rewards", "values", "dones", "last_values", "returns"])
+def test_gae_overlap_check_is_exact_at_the_boundary(dtype, out_first, name):
+    """adv laid right beside an input (or returns) in one buffer shares no byte with it: status 0,
+    computed in place; moved one element onto it, it overlaps: status 3, nothing written. Both
+    orders, so each of the two comparisons of the address ranges is tested at equality."""
+    T, N = 4, 3
+    rng = np.random.default_rng(0)
+    data = {"rewards": rng.normal(size=(T, N)), "values": rng.normal(size=(T, N)),
+            "dones": (rng.random((T, N)) < 0.3).astype(float), "last_values": rng.normal(size=N)}
+    data = {k: a.astype(dtype) for k, a in data.items()}
+    want = advantages.gae_numpy(*data.values(), 0.99, 0.95)
+    cpu._gae_prepare(np.dtype(dtype))
+    shape = (T, N) if name == "returns" else data[name].shape
+    size = int(np.prod(shape))
+    for shared, status in ((0, 0), (1, 3)):
+        buf = np.full(T * N + size, np.nan, dtype)
+        if out_first:
+            adv, nb = buf[:T * N].reshape(T, N), buf[T * N - shared:T * N - shared + size].reshape(shape)
+        else:
+            nb, adv = buf[:size].reshape(shape), buf[size - shared:size - shared + T * N].reshape(T, N)
+        args = {k: (nb if k == name else a.copy()) for k, a in data.items()}
+        if name != "returns":
+            nb[...] = data[name]
+        ret = nb if name == "returns" else np.full((T, N), np.nan, dtype)
+        before = buf.copy(), ret.copy()
+        assert cpu._gae_kernel(*args.values(), 0.99, 0.95, adv, ret) == status
+        if status:
+            np.testing.assert_array_equal(buf, before[0])
+            np.testing.assert_array_equal(ret, before[1])
+        else:
+            np.testing.assert_array_equal(adv, want[0])
+            np.testing.assert_array_equal(ret, want[1])
+
+
 def test_gae_dtype_rule_is_the_same_on_both_backends(monkeypatch):
     """Result in rewards' dtype if float32/float64, else float64; the other inputs cast to it."""
     rng = np.random.default_rng(2)
