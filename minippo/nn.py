@@ -208,8 +208,9 @@ class MLP:
             new_flat = memo[id(flat)] = flat.copy()
             for a in params.values():
                 if type(a) is np.ndarray and a.base is flat and a.dtype == flat.dtype and a.flags.c_contiguous:
-                    o = (a.ctypes.data - flat.ctypes.data) // flat.itemsize
-                    memo[id(a)] = new_flat[o:o + a.size].reshape(a.shape)
+                    o, rem = divmod(a.ctypes.data - flat.ctypes.data, flat.itemsize)
+                    if rem == 0:  # (a view made at a byte offset inside an element is copied alone)
+                        memo[id(a)] = new_flat[o:o + a.size].reshape(a.shape)
         new.__dict__.update(copy.deepcopy(self.__getstate__(), memo))
         return new
 

@@ -158,6 +158,13 @@ def test_deepcopy_keeps_parameters_as_views_of_its_own_flat():
     assert not twin.flat[:12].any() and net.flat[:12].all()
     x = np.ones((1, 3), np.float32)
     np.testing.assert_array_equal(copy.deepcopy(net).forward(x)[0], net.forward(x)[0])
+    # views of flat that are not the element-aligned, C-ordered kind are copied alone, values kept
+    net.params["W1"] = np.ndarray((2, 2), np.float32, buffer=net.flat, offset=2)  # inside an element
+    net.params["b0"] = net.flat[::-2][:4]  # reversed
+    twin = copy.deepcopy(net)
+    for k in ("W1", "b0"):
+        np.testing.assert_array_equal(twin.params[k], net.params[k])
+        assert twin.params[k].base is not twin.flat and not np.shares_memory(twin.params[k], net.flat)
 
 
 def test_forward_is_stateless():
