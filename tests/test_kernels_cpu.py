@@ -438,6 +438,36 @@ def test_gae_out_partly_overlapping_an_input(dtype, T, N):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gae_kernel_status_codes(dtype):
+    """The kernel's documented codes, each returned with nothing written: 1 for a shape that is not
+    rewards' (T, N) (or (N,) for last_values), 2 for gamma or lam out of range, 4 for a done that is
+    neither 0 nor 1 (3, overlap, in the test below); 0 and the results otherwise."""
+    cpu._gae_prepare(np.dtype(dtype))
+    T, N = 3, 2
+    rng = np.random.default_rng(1)
+
+    def call(**change):
+        a = dict(r=rng.normal(size=(T, N)), v=rng.normal(size=(T, N)), d=np.zeros((T, N)), lv=rng.normal(size=N),
+                 adv=np.full((T, N), 7.0), ret=np.full((T, N), 7.0))
+        a = {k: x.astype(dtype) for k, x in a.items()}
+        gamma, lam = change.pop("gamma", 0.9), change.pop("lam", 0.95)
+        a.update({k: np.ascontiguousarray(x, dtype) for k, x in change.items()})
+        status = cpu._gae_kernel(a["r"], a["v"], a["d"], a["lv"], gamma, lam, a["adv"], a["ret"])
+        written = not ((a["adv"] == 7).all() and (a["ret"] == 7).all())
+        return status, written
+
+    assert call() == (0, True)
+    for k, shape in (("v", (T, N + 1)), ("d", (T + 1, N)), ("lv", (N + 1,)), ("adv", (T - 1, N)), ("ret", (T, 1))):
+        assert call(**{k: np.full(shape, 7.0)}) == (1, False), k
+    for gamma, lam in ((0.0, 0.5), (1.01, 0.5), (0.9, -0.01), (0.9, 1.01), (float("nan"), 0.5)):
+        assert call(gamma=gamma, lam=lam) == (2, False), (gamma, lam)
+    for bad in (2.0, -1.0, 0.5, float("nan")):
+        d = np.zeros((T, N))
+        d[T - 1, N - 1] = bad
+        assert call(d=d) == (4, False), bad
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("out_first", [True, False])
 @pytest.mark.parametrize("name", ["rewards", "values", "dones", "last_values", "returns"])
 def test_gae_overlap_check_is_exact_at_the_boundary(dtype, out_first, name):
