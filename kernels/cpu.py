@@ -465,9 +465,11 @@ def gae(
     try:  # gamma, lam as given: Python and numpy floats and ints match the float64 signature
         if own:
             out = (np.empty(rewards.shape, rewards.dtype), np.empty(rewards.shape, rewards.dtype))
-        status = _gae_kernel(rewards, values, dones, last_values, gamma, lam, out[0], out[1])
-    except (TypeError, RuntimeError, AttributeError):  # not the compiled signature: other dtypes or
-        # layouts, float32 scalars, not arrays (AttributeError: a list has no shape). RuntimeError:
+        adv, ret = out
+        status = _gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, ret)
+    except (TypeError, ValueError, RuntimeError, AttributeError):  # not the compiled signature: other
+        # dtypes or layouts, float32 scalars, not arrays (AttributeError: a list has no shape), out not
+        # a pair (ValueError or TypeError from the unpacking; _gae_slow says what is wrong). RuntimeError:
         # another thread's _gae_prepare enabled compiling for a moment, so this call tried to compile
         # its signature and found compiling disabled again once it had the lock
         return _gae_slow(rewards, values, dones, last_values, gamma, lam, out, own)
@@ -490,9 +492,10 @@ def _gae_copied(rewards, values, dones, last_values, gamma, lam, out):
 def _gae_slow(rewards, values, dones, last_values, gamma, lam, out, own):
     """gae() for anything but C-contiguous arrays of one prepared float dtype: validate, cast or copy
     to that form, run the kernel, copy back into out if it had to be copied."""
-    from minippo.advantages import _validate
+    from minippo.advantages import _check_out, _validate
 
     _validate(rewards, values, dones, last_values, gamma, lam)
+    _check_out(out)
     dt = _float_dtype(rewards)
     if dt not in _GAE_READY:
         _gae_prepare(dt)

@@ -46,6 +46,17 @@ def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, g
                          f"at (t, n) = ({t}, {n})")
 
 
+def _check_out(out: Any) -> None:
+    """TypeError naming ``out`` unless it is None or a pair (tuple or list) of two arrays."""
+    if out is None:
+        return
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        got = f"a {type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise TypeError(f"out must be a pair (advantages, returns) of two arrays, got {got}")
+    array("out[0]", out[0])
+    array("out[1]", out[1])
+
+
 def _binary(dones: Array) -> bool:
     """Whether every entry of dones (numpy or cupy, any dtype) is 0 or 1; NaN is neither."""
     return not bool(((dones != 0) & (dones != 1)).any())
@@ -98,9 +109,25 @@ def compute_gae(
     On the cupy backend the results are cupy arrays (the CUDA kernel) when any input is one, numpy
     arrays (computed on the host) when all are numpy; ``out`` must be on that side.
     """
+    if backend._resolved is _numba_state and gamma.__class__ is float and lam.__class__ is float:
+        # The numba backend's hot path: gamma and lambda Python floats, C-contiguous arrays of one
+        # prepared float dtype (else TypeError from the dispatcher). The kernel checks shapes,
+        # ranges, dones and overlaps itself and writes nothing when it returns a nonzero status;
+        # any miss takes the full path below. ~0.1-0.2 us less than through cpu.gae (a Python call
+        # layer and its checks; docs/kernels.md, "GAE on numba").
+        try:
+            if out is None:
+                adv, ret = np.empty(rewards.shape, rewards.dtype), np.empty(rewards.shape, rewards.dtype)
+            else:
+                adv, ret = out
+            if not _numba_gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, ret):
+                return (adv, ret) if out is None else out
+        except (TypeError, ValueError, RuntimeError, AttributeError):
+            pass
+    _check_out(out)
     name = backend.resolved()[0]
     if name == "numba":  # the kernel checks shapes, gamma and lambda itself (0.35 us less than here)
-        return (_cpu or _load_cpu()).gae(rewards, values, dones, last_values, gamma, lam, out)
+        return _numba_gae(rewards, values, dones, last_values, gamma, lam, out)
     try:  # the cheap checks first; _validate says what is wrong
         s = rewards.shape
         ok = len(s) == 2 and values.shape == s and dones.shape == s and last_values.shape == s[1:] \
@@ -130,15 +157,21 @@ def compute_gae(
     return out
 
 
-_cpu: Any = None
+_numba_state: Any = object()  # backend._resolved once compute_gae has run on numba (never None)
+_numba_gae_kernel: Any = None  # minippo.kernels.cpu._gae_kernel, then
 
 
-def _load_cpu() -> Any:
-    global _cpu
+def _numba_gae(rewards: Array, values: Array, dones: Array, last_values: Array, gamma: float,
+               lam: float, out: tuple[Array, Array] | None) -> tuple[Array, Array]:
+    """compute_gae on the numba backend through ``cpu.gae``, which prepares the kernel; then arms
+    compute_gae's hot path for this resolved backend."""
+    global _numba_state, _numba_gae_kernel
     from minippo.kernels import cpu
 
-    _cpu = cpu
-    return cpu
+    res = cpu.gae(rewards, values, dones, last_values, gamma, lam, out)
+    _numba_gae_kernel = cpu._gae_kernel  # before the state, so a thread that sees it finds the kernel
+    _numba_state = backend._resolved
+    return res
 
 
 def compute_advantages(

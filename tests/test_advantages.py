@@ -185,11 +185,11 @@ def test_compute_gae_defaults_are_the_papers_and_numpy_computes_them(numpy_backe
     numpy recursion, never a compiled kernel (which numpy-only installs do not have)."""
     import minippo.advantages as adv_mod
 
-    def no_kernel():
-        raise AssertionError("the numpy backend loaded the numba GAE")
+    def no_kernel(*args):
+        raise AssertionError("the numpy backend called the numba GAE")
 
-    monkeypatch.setattr(adv_mod, "_cpu", None)
-    monkeypatch.setattr(adv_mod, "_load_cpu", no_kernel)
+    monkeypatch.setattr(adv_mod, "_numba_gae", no_kernel)
+    monkeypatch.setattr(adv_mod, "_numba_gae_kernel", no_kernel)
     r, v, d, last = (np.random.default_rng(3).standard_normal(s) for s in ((6, 3), (6, 3), (6, 3), 3))
     d = (d > 1).astype(np.float64)
     got = compute_gae(r, v, d, last)

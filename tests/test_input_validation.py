@@ -419,6 +419,33 @@ def test_compute_gae_takes_and_refuses_the_same_scalars_on_numba_as_on_numpy(num
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("out, message", [
+    ("one", r"out must be a pair \(advantages, returns\) of two arrays, got a tuple of 1"),
+    ("three", r"out must be a pair \(advantages, returns\) of two arrays, got a tuple of 3"),
+    ("int", r"out must be a pair \(advantages, returns\) of two arrays, got int"),
+    ("list in it", r"out\[1\] must be an array \(numpy.ndarray, or cupy.ndarray on the cupy backend\), got list"),
+])
+def test_compute_gae_refuses_an_out_that_is_not_two_arrays(monkeypatch, backend_name, out, message):
+    """A triple once had its first two arrays written and came back whole; a single array or a list
+    inside failed with an IndexError or AttributeError from deep inside."""
+    from minippo import backend
+    from minippo.advantages import compute_gae
+
+    if backend_name == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("MINIPPO_BACKEND", backend_name)
+    backend.reset()
+    z = np.zeros((4, 2), np.float32)
+    compute_gae(z, z, z, z[0], 0.9, 0.9, out=(z.copy(), z.copy()))  # numba: the hot path is armed
+    a = np.full((4, 2), 7, np.float32)
+    bad = {"one": (a,), "three": (a, a.copy(), a.copy()), "int": 5, "list in it": (a, z.tolist())}[out]
+    with pytest.raises(TypeError, match=message):
+        compute_gae(z + 1, z, z, z[0], 0.9, 0.9, out=bad)
+    assert (a == 7).all()  # nothing written
+    backend.reset()
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
 @pytest.mark.parametrize("bad", [2.0, -1.0, 0.5, float("nan")])
 @pytest.mark.parametrize("with_out", [False, True])
 def test_compute_gae_refuses_dones_other_than_0_and_1(monkeypatch, backend_name, bad, with_out):

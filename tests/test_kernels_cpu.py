@@ -232,6 +232,69 @@ def test_compute_gae_dispatches_to_numba(numba_backend, monkeypatch):
     np.testing.assert_allclose(adv[-1], 1.0)
 
 
+def test_compute_gae_hot_path_goes_straight_to_the_kernel_and_misses_take_the_full_path(monkeypatch):
+    """After its first call on numba, compute_gae calls the kernel itself (not cpu.gae) for Python-float
+    gamma and lambda; anything the kernel refuses, or a dispatch miss, goes through cpu.gae and gives
+    what the numpy backend gives: the same bits, or the same error with out untouched."""
+    rng = np.random.default_rng(5)
+    r, v = rng.normal(size=(2, 7, 3)).astype(np.float32)
+    d = (rng.random((7, 3)) < 0.3).astype(np.float32)
+    lv = rng.normal(size=3).astype(np.float32)
+    ro = np.zeros((7, 3), np.float32)
+    ro.flags.writeable = False
+    shared = np.zeros((7, 3), np.float32)
+    # (args, out) of calls that miss: a numpy-float gamma, an overlap (status 3), a mismatched shape
+    # (status 1), gamma out of range (2), dones of 2 (4), mixed dtypes, a read-only out, a list
+    # input, out a triple, out with a list in it, out None with float64 values
+    misses = [((r, v, d, lv, np.float64(0.9), 0.8), None),
+              ((shared, v, d, lv, 0.9, 0.8), "shared"),
+              ((r, v[:6], d[:6], lv, 0.9, 0.8), None),
+              ((r, v, d, lv, 1.5, 0.8), None),
+              ((r, v, d * 2, lv, 0.9, 0.8), None),
+              ((r, v.astype(np.float64), d, lv, 0.9, 0.8), None),
+              ((r, v, d, lv, 0.9, 0.8), "read-only"),
+              ((r.tolist(), v, d, lv, 0.9, 0.8), None),
+              ((r, v, d, lv, 0.9, 0.8), "triple"),
+              ((r, v, d, lv, 0.9, 0.8), "list in it"),
+              ((r, v.astype(np.float64), d, lv, 0.9, 0.8), "none")]
+
+    def outcome(args, kind, backend_name):
+        monkeypatch.setenv(backend.ENV_VAR, backend_name)
+        backend.reset()
+        advantages.compute_gae(r, v, d, lv, 0.99, 0.95, out=(np.empty_like(r), np.empty_like(r)))  # arms it
+        args = tuple(shared.copy() if a is shared else a for a in args)
+        out = {None: (np.full_like(r, 7), np.full_like(r, 7)), "none": None, "read-only": (np.full_like(r, 7), ro),
+               "shared": (args[0], np.full_like(r, 7)), "triple": (np.full_like(r, 7),) * 3,
+               "list in it": (np.full_like(r, 7), [[7.0] * 3] * 7)}[kind]
+        calls.clear()
+        try:
+            res = advantages.compute_gae(*args, out=out)
+        except (TypeError, ValueError) as e:
+            return type(e), str(e), out is None or all(np.array_equal(o, np.full_like(r, 7)) for o in out[:1])
+        return "ok", [a.dtype.str for a in res], [np.asarray(a).tobytes() for a in res]
+
+    calls = []
+    real = cpu.gae
+    monkeypatch.setattr(cpu, "gae", lambda *a: calls.append(1) or real(*a))
+    for args, kind in misses:
+        want = outcome(args, kind, "numpy")
+        assert outcome(args, kind, "numba") == want, kind
+        # compute_gae refuses a bad out itself; every other miss reaches cpu.gae
+        assert bool(calls) == (kind not in ("triple", "list in it")), kind
+    for out in ((np.empty_like(r), np.empty_like(r)), None):
+        monkeypatch.setenv(backend.ENV_VAR, "numba")
+        backend.reset()
+        advantages.compute_gae(r, v, d, lv, 0.99, 0.95)  # arms it
+        calls.clear()
+        res = advantages.compute_gae(r, v, d, lv, 0.9, 0.8, out=out)
+        assert not calls, "a hot-path call went through cpu.gae"
+        assert out is None or (res[0] is out[0] and res[1] is out[1])
+        want = advantages.gae_numpy(r, v, d, lv, 0.9, 0.8)
+        np.testing.assert_array_equal(res[0], want[0])
+        np.testing.assert_array_equal(res[1], want[1])
+    backend.reset()
+
+
 def test_fast_tanh_f32_accuracy():
     x = np.concatenate([
         np.linspace(-12, 12, 400_001, dtype=np.float32),
