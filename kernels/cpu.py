@@ -295,7 +295,9 @@ def _gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, returns):
     range, 3 when adv or returns overlaps an input or the other (the recursion writes row t before
     it reads row t - 1, so it needs separate memory), 4 when a done is neither 0 nor 1; for 1-4 it
     computes and writes nothing. The checks cost nanoseconds
-    here and ~0.35 us (shapes) to ~2.3 us (overlaps) in Python (see ``gae``)."""
+    here and ~0.35 us (shapes) to ~2.3 us (overlaps) in Python (see ``gae``). ``gae`` and
+    ``advantages.compute_gae``'s hot path rely on that: on any nonzero status they start again
+    on the full path, over the untouched outputs."""
     T, N = rewards.shape
     # (spelled out: a loop over a tuple of the arrays costs 0.1 us of reference counting)
     if values.shape != (T, N) or dones.shape != (T, N) or adv.shape != (T, N) or returns.shape != (T, N) \

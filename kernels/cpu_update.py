@@ -125,7 +125,7 @@ def _normalized(adv, normalize):
 
 @njit(**_JIT_EXACT)
 def _value_terms(values, returns, values_old, vclip, vf_coef, dvalues, stats):
-    """0.5 mean((V - R)^2), or clipped (vclip[0] > 0), as losses.value_loss; dvalues = vf_coef dL/dV.
+    """0.5 mean((V - R)^2), or clipped (vclip[0] >= 0), as losses.value_loss; dvalues = vf_coef dL/dV.
 
     vclip is a 1-element array in the values' dtype, and the clipped branch runs in that dtype
     without reassociation: V_old + clip(V - V_old) is then rounded as numpy rounds it, so the tie
@@ -139,7 +139,7 @@ def _value_terms(values, returns, values_old, vclip, vf_coef, dvalues, stats):
         V = values[i, 0]
         err = V - returns[i]
         dv = np.float64(err)
-        if eps > 0:
+        if eps >= 0:  # -1 when value clipping is off; 0 when a tiny clip_eps rounds to 0 in the dtype
             delta = V - values_old[i]
             err_c = (values_old[i] + min(max(delta, -eps), eps)) - returns[i]
             if not abs(delta) < eps and err_c * err_c > err * err:  # V_clip does not depend on V

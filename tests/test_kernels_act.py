@@ -298,6 +298,23 @@ def test_fused_act_never_draws_an_action_of_probability_zero(dtype):
     assert below
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_deterministic_act_takes_the_first_of_tied_logits(dtype):
+    """deterministic=True is np.argmax, which returns the first maximum: logits tied at the top (equal
+    head biases, zero head weights) give the first of them on the fused act as on the numpy path."""
+    for logits, want in [([0.5, 0.5, 0.5], 0), ([-1.0, 2.0, 0.0, 2.0], 1), ([1.0, 0.0, 1.0], 0)]:
+        pol = _policy(dtype, True, (8,), "tanh", 1, n_actions=len(logits))
+        pol.params["actor.W1"][...] = 0.0
+        pol.params["actor.b1"][...] = logits
+        obs = _obs(3, 0, dtype)
+        for name in ("numba", "numpy"):
+            use_backend(name)
+            if name == "numba":
+                assert cpu_act.act(pol, obs, np.random.default_rng(0), True) is not None  # it applies
+            actions = pol.act(obs, np.random.default_rng(0), True)[0]
+            np.testing.assert_array_equal(actions, [want] * 3, err_msg=f"{name}, logits {logits}")
+
+
 @pytest.mark.parametrize(("dtype", "temperature"), [(np.float32, 1e-40), (np.float64, 1e-320)])
 def test_an_overflowing_logits_over_temperature_raises_like_the_numpy_path(dtype, temperature):
     """logits / T overflows the policy's dtype: numpy's Categorical refuses it; the fused act divides

@@ -152,18 +152,63 @@ def test_clipped_samples_have_exactly_zero_policy_gradient(discrete, dtype):
 
 def test_fused_clipfrac_counts_what_the_clip_moves_at_the_tie():
     """The kernel's per-sample term (float64, as it runs for both dtypes) at ratio == fl(1.1)
-    exactly: unclipped (gradient -r A / B) and not counted; one ulp further: clipped and counted.
-    (numpy's clip_objective at the same tie: tests/test_losses.py.)"""
-    eps, hi = 0.1, 1.0 + 0.1
-    x = np.log(hi)
-    while np.exp(x) != hi:
-        x = np.nextafter(x, np.inf if np.exp(x) < hi else -np.inf)
-    for lr, clipped in [(x, False), (np.log(np.nextafter(hi, 2.0)) + 1e-16, True)]:
-        stats = np.zeros(8)
-        dlogp = cpu_update._clip_term(lr, 0.0, 1.0, eps, 4, stats)
-        assert (math.exp(lr) > hi) == clipped
-        assert (dlogp == 0.0) == clipped
-        assert stats[1] == float(clipped)
+    exactly, advantage > 0, and at ratio == fl(0.9), advantage < 0 (where each bound is the active
+    one): unclipped (gradient -r A / B) and not counted; one step further out: clipped and counted.
+    (numpy's clip_objective at the same ties: tests/test_losses.py.)"""
+    eps = 0.1
+    for bound, adv, out in [(1.0 + eps, 1.0, math.inf), (1.0 - eps, -1.0, -math.inf)]:
+        x = math.log(bound)  # the log-ratio whose exp (math.exp, as the kernel) is the bound exactly
+        while math.exp(x) != bound:
+            x = math.nextafter(x, math.inf if math.exp(x) < bound else -math.inf)
+        beyond = math.nextafter(x, out)
+        while math.exp(beyond) == bound:
+            beyond = math.nextafter(beyond, out)
+        for lr, clipped in [(x, False), (beyond, True)]:
+            stats = np.zeros(8)
+            dlogp = cpu_update._clip_term(lr, 0.0, adv, eps, 4, stats)
+            assert dlogp == (0.0 if clipped else -math.exp(lr) * adv / 4), (bound, clipped)
+            assert stats[1] == float(clipped), (bound, clipped)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_value_clip_tie_keeps_the_unclipped_gradient_like_numpy(dtype):
+    """The fused value term at the tie of tests/test_losses.py (V_clip on the other side of R at V's
+    distance: equal squares) keeps the unclipped gradient and does not count the sample; one ulp more
+    distance and it is clipped. The same loss, gradient and vclipfrac as losses.value_loss."""
+    from minippo import losses
+
+    values, returns = np.array([1.0, 1.0], dtype), np.zeros(2, dtype)
+    values_old = np.array([-1.5, np.nextafter(dtype(-1.5), dtype(-2.0))], dtype)  # eps 0.5: V_clip -1.0, below
+    loss, dv, vstats = losses.value_loss(values, returns, values_old, 0.5)
+    dvalues, stats = np.zeros((2, 1), dtype), np.zeros(8)
+    cpu_update._value_terms(values[:, None].copy(), returns, values_old, np.array([0.5], dtype), 1.0,
+                            dvalues, stats)
+    np.testing.assert_array_equal(dvalues[:, 0], dv)
+    np.testing.assert_array_equal(dv, np.array([0.5, 0.0], dtype))
+    assert stats[2] == vstats["vclipfrac"] == 0.5
+    assert stats[5] == pytest.approx(loss, rel=1e-7 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("dtype, v_old, v, r", [
+    (np.float32, -0.21567307, -0.015673077, -1.015673),
+    (np.float64, -0.09281270588744484, 0.10718729411255519, 1.1071872941125551),
+])
+def test_fused_value_clip_at_delta_equal_to_eps_follows_numpy(dtype, v_old, v, r):
+    """|V - V_old| rounds to eps exactly while V_old + eps rounds one ulp off V, so V_clip != V, and
+    its error is the larger: not inside the range (|delta| < eps is false), so numpy clips it; the
+    fused step too (a <= in its range test would keep the sample unclipped)."""
+    from minippo import losses
+
+    eps = 0.2
+    values, returns, values_old = (np.array([x], dtype) for x in (v, r, v_old))
+    assert values[0] - values_old[0] == dtype(eps) and values_old[0] + dtype(eps) != values[0]
+    loss, dv, vstats = losses.value_loss(values, returns, values_old, eps)
+    assert vstats["vclipfrac"] == 1.0 and dv[0] == 0.0
+    dvalues, stats = np.ones((1, 1), dtype), np.zeros(8)
+    cpu_update._value_terms(values[:, None].copy(), returns, values_old, np.array([eps], dtype), 1.0,
+                            dvalues, stats)
+    assert dvalues[0, 0] == 0.0 and stats[2] == 1.0
+    assert stats[5] == pytest.approx(loss, rel=1e-7 if dtype == np.float32 else 1e-15)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -232,6 +277,26 @@ def test_fused_clip_and_adam_match_optim(max_norm, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_clip_leaves_a_gradient_whose_norm_equals_max_norm_as_it_is(dtype):
+    """Global-norm clipping scales only when the norm exceeds max_norm (optim.clip_grad_norm's rule):
+    at norm == max_norm exactly the gradient stays as it is; one step lower max_norm scales it by
+    max_norm / (norm + 1e-12), as numpy does (not 1 in float64)."""
+    for max_norm, clipped in [(0.5, False), (float(np.nextafter(dtype(0.5), dtype(0))), True)]:
+        pol = _policy(dtype, True, (8,), "tanh", 2)
+        fu = cpu_update.make(pol, Adam(pol.params), PPOConfig(), only_if_faster=False)
+        grads = {k: np.zeros(p.shape, dtype) for k, p in pol.params.items()}
+        grads["actor.W0"][0, 0] = 0.5  # the global norm is 0.5 exactly
+        for k, g in grads.items():
+            fu.grads()[k][...] = g
+        assert fu.step(1e-3, max_norm) == 0.5
+        ref = {k: g.copy() for k, g in grads.items()}
+        assert clip_grad_norm(ref, max_norm) == 0.5
+        assert (ref["actor.W0"][0, 0] != 0.5) == clipped
+        for k in grads:
+            np.testing.assert_array_equal(fu.grads()[k], ref[k], err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_both_steps_project_log_std_back_into_its_range(dtype):
     """A step that pushes log_std past a bound leaves it on the bound (fused and numpy steps alike),
     where its gradient is not zero: without the projection it would stay outside, frozen."""
@@ -290,6 +355,23 @@ def test_values_inside_the_clip_range_are_never_counted_as_clipped(discrete, dty
     stats = fu.loss_and_grads(batch, 0.2, 0.0)
     assert stats["vclipfrac"] == ref_stats["vclipfrac"] == 0.0
     _assert_grads_close(fu.grads(), ref_grads, dtype)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_a_clip_eps_that_rounds_to_zero_in_float32_clips_values_like_numpy(discrete):
+    """clip_eps = 1e-300 passes the checks (> 0) but is 0 in float32, the dtype the value clip runs
+    in on both paths: numpy then clips every V to V_old where that is worse, so the fused step must
+    too (it took eps = 0 for 'value clipping off', whose sentinel is -1)."""
+    pol = _policy(np.float32, discrete, (16,), "tanh", 3)
+    cfg = PPOConfig(clip_vloss=True, ent_coef=0.0, dtype="float32")
+    batch = _batch(pol, 64, 4, 0.2, np.float32)
+    ref_stats, ref_grads = loss_and_grads(pol, batch, cfg, clip_eps=1e-300, ent_coef=0.0)
+    fu = cpu_update.make(pol, Adam(pol.params), cfg, only_if_faster=False)
+    stats = fu.loss_and_grads(batch, 1e-300, 0.0)
+    assert 0.2 < ref_stats["vclipfrac"] < 0.8  # some samples clipped, some not
+    assert stats["vclipfrac"] == ref_stats["vclipfrac"]
+    np.testing.assert_allclose(stats["value_loss"], ref_stats["value_loss"], rtol=1e-5)
+    _assert_grads_close(fu.grads(), ref_grads, np.float32)
 
 
 def test_non_finite_gradient_raises_before_any_update():
