@@ -270,7 +270,10 @@ def test_compute_gae_hot_path_goes_straight_to_the_kernel_and_misses_take_the_fu
         try:
             res = advantages.compute_gae(*args, out=out)
         except (TypeError, ValueError) as e:
-            return type(e), str(e), out is None or all(np.array_equal(o, np.full_like(r, 7)) for o in out[:1])
+            # which of out's arrays still hold their 7s (the same on both backends: none written by numba
+            # that numpy leaves alone)
+            kept = [np.array_equal(o, np.full_like(r, 7)) for o in out or () if isinstance(o, np.ndarray)]
+            return type(e), str(e), kept
         return "ok", [a.dtype.str for a in res], [np.asarray(a).tobytes() for a in res]
 
     calls = []
