@@ -47,7 +47,9 @@ def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, g
 
 
 def _check_out(out: Any) -> None:
-    """TypeError naming ``out`` unless it is None or a pair (tuple or list) of two arrays."""
+    """TypeError naming ``out`` unless it is None or a pair (tuple or list) of two arrays; ValueError
+    naming the array if either is read-only (checked before anything is written, so a read-only
+    out[1] does not leave out[0] overwritten)."""
     if out is None:
         return
     if not isinstance(out, (tuple, list)) or len(out) != 2:
@@ -55,6 +57,9 @@ def _check_out(out: Any) -> None:
         raise TypeError(f"out must be a pair (advantages, returns) of two arrays, got {got}")
     array("out[0]", out[0])
     array("out[1]", out[1])
+    for i, what in enumerate(("advantages", "returns")):
+        if not getattr(getattr(out[i], "flags", None), "writeable", True):  # cupy arrays have no such flag
+            raise ValueError(f"out[{i}] must be writeable (it receives the {what}), got a read-only array")
 
 
 def _binary(dones: Array) -> bool:
@@ -104,8 +109,9 @@ def compute_gae(
     every rollout; the losses refuse non-finite inputs) and propagates to the results.
     Returns (advantages (T, N), returns (T, N) = advantages + values) in rewards' dtype when it is
     float32 or float64, else float64; the other inputs are cast to it. ``out=(adv, returns)``: two
-    arrays of that shape and dtype to write into (and return); the numba backend then allocates
-    nothing (the RolloutBuffer passes its own arrays). They may share memory with the inputs.
+    writeable arrays of that shape and dtype to write into (and return); the numba backend then
+    allocates nothing (the RolloutBuffer passes its own arrays). They may share memory with the
+    inputs. A bad ``out`` raises before anything is written.
     On the cupy backend the results are cupy arrays (the CUDA kernel) when any input is one, numpy
     arrays (computed on the host) when all are numpy; ``out`` must be on that side.
     """

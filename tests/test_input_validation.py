@@ -446,6 +446,39 @@ def test_compute_gae_refuses_an_out_that_is_not_two_arrays(monkeypatch, backend_
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("hot", [False, True])
+def test_compute_gae_refuses_a_read_only_out_before_writing(monkeypatch, backend_name, which, hot):
+    """A read-only out[1] once failed with numpy's 'assignment destination is read-only' after
+    out[0] had been written, on both backends; now nothing is written. hot: numba's hot path is
+    armed first (the read-only array misses it and reaches the same check)."""
+    from minippo import backend
+    from minippo.advantages import compute_gae
+
+    if backend_name == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("MINIPPO_BACKEND", backend_name)
+    backend.reset()
+    z = np.zeros((4, 2), np.float32)
+    if hot:
+        compute_gae(z, z, z, z[0], 0.9, 0.9, out=(z.copy(), z.copy()))
+    out = (np.full((4, 2), 7, np.float32), np.full((4, 2), 7, np.float32))
+    out[which].flags.writeable = False
+    what = ("advantages", "returns")[which]
+    with pytest.raises(ValueError, match=rf"out\[{which}\] must be writeable \(it receives the {what}\), "
+                                         r"got a read-only array"):
+        compute_gae(z + 1, z, z, z[0], 0.9, 0.9, out=out)
+    assert (out[0] == 7).all() and (out[1] == 7).all()  # nothing written
+    if backend_name == "numba":  # the kernel module's own entry point refuses it too
+        from minippo.kernels import cpu
+
+        with pytest.raises(ValueError, match=rf"out\[{which}\] must be writeable"):
+            cpu.gae(z + 1, z, z, z[0], 0.9, 0.9, out)
+        assert (out[0] == 7).all() and (out[1] == 7).all()
+    backend.reset()
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
 @pytest.mark.parametrize("bad", [2.0, -1.0, 0.5, float("nan")])
 @pytest.mark.parametrize("with_out", [False, True])
 def test_compute_gae_refuses_dones_other_than_0_and_1(monkeypatch, backend_name, bad, with_out):
