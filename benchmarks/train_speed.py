@@ -2,7 +2,9 @@
 steps with random actions, in one run; first on the preset's env (gymnasium's numpy-vectorised
 CartPole, NEXT_STEP autoreset), then on a SyncVectorEnv of 8 CartPole envs (SAME_STEP autoreset).
 
-    python benchmarks/train_speed.py [steps]      # steps: a positive integer, default 100000
+    python benchmarks/train_speed.py [steps [repeats]]   # positive integers, default 100000 and 3
+
+Each timing is the best of ``repeats`` alternating rounds (training, then the env alone, again).
 """
 
 import os
@@ -18,17 +20,18 @@ from minippo.bench import train_speed  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    """Parse ``[steps]``, run both timings; returns the exit code (2 for a bad argument)."""
+    """Parse ``[steps [repeats]]``, run both timings; returns the exit code (2 for a bad argument)."""
     try:
-        (steps,) = [int(a) for a in argv] or [100_000]  # int() as Python reads it: 100_000 too
+        nums = [int(a) for a in argv]  # int() as Python reads it: 100_000 too
     except ValueError:
-        steps = 0
-    if steps < 1:
-        print(f"usage: python benchmarks/train_speed.py [steps]: steps must be one integer >= 1, got "
-              f"{' '.join(argv)!r}", file=sys.stderr)
+        nums = [0]
+    steps, repeats = (nums + [100_000, 3][len(nums):]) if len(nums) <= 2 else (0, 0)
+    if steps < 1 or repeats < 1:
+        print(f"usage: python benchmarks/train_speed.py [steps [repeats]]: steps and repeats must be "
+              f"integers >= 1, got {' '.join(argv)!r}", file=sys.stderr)
         return 2
-    train_speed(steps)
-    train_speed(steps, autoreset="same_step")
+    train_speed(steps, repeats=repeats)
+    train_speed(steps, repeats=repeats, autoreset="same_step")
     return 0
 
 

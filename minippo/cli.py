@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="training speed vs env stepping alone (CartPole-v1 preset)")
     b.add_argument("--timesteps", type=int, default=100_000, help="env steps to train for (default 100000)")
+    b.add_argument("--repeats", type=int, default=1,
+                   help="alternating rounds of training and env stepping; the best of each is reported (default 1)")
     return p
 
 
@@ -665,8 +667,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.timesteps < 1:
         raise UsageError(f"--timesteps must be >= 1, got {args.timesteps}")
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
     _check_backend()
-    train_speed(args.timesteps)
+    train_speed(args.timesteps, repeats=args.repeats)
     return 0
 
 

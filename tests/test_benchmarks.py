@@ -189,17 +189,55 @@ def test_train_speed_times_learn_alone_after_an_untimed_start_up(monkeypatch, ca
     assert "one rollout and update; 40.00 s of it numba compiling kernels)" in capsys.readouterr().out
 
 
+def test_train_speed_repeats_alternate_rounds_and_report_the_best_of_each(monkeypatch, capsys):
+    """repeats=2: training, env, training, env (fresh trainers of one seed); each side's best time
+    is the one reported and in the ratio, and the slowest is kept beside it."""
+    pytest.importorskip("gymnasium")
+    import types
+
+    from minippo import bench, ppo
+
+    now, events = [0.0], []
+    learn_s, env_s = iter([1.0, 3.0, 2.0]), iter([0.4, 0.6])  # start-up, round 1, round 2
+
+    class Spy(ppo.PPO):
+        def learn(self, *a, **kw):
+            res = super().learn(*a, **kw)
+            events.append(f"learn {self.config.total_timesteps}")
+            now[0] += next(learn_s)
+            return res
+
+    def stepping(cfg, steps):
+        events.append(f"env {steps}")
+        return next(env_s)
+
+    monkeypatch.setattr(ppo, "PPO", Spy)
+    monkeypatch.setattr(bench, "env_stepping", stepping)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0], process_time=lambda: 0.0))
+    res = bench.train_speed(512, repeats=2)
+    assert events == ["learn 1", "learn 512", "env 512", "learn 512", "env 512"]
+    assert (res["startup_s"], res["train_s"], res["train_max_s"]) == (1.0, 2.0, 3.0)
+    assert (res["env_only_s"], res["env_only_max_s"]) == (0.4, 0.6)
+    assert res["ratio_train_over_env"] == pytest.approx(5.0)
+    out = capsys.readouterr().out
+    assert "best of 2 alternating rounds" in out and "rounds 2.00-3.00 s" in out and "rounds 0.40-0.60 s" in out
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match=rf"repeats must be an integer >= 1, got {bad!r}"):
+            bench.train_speed(512, repeats=bad)
+
+
 def test_train_speed_script_reads_steps_as_python_ints(monkeypatch):
     ts = _script("train_speed")
     seen = []
-    monkeypatch.setattr(ts, "train_speed", lambda steps, **kw: seen.append(steps))
-    assert ts.main(["100_000"]) == 0 and ts.main([]) == 0 and ts.main(["512"]) == 0
-    assert seen == [100_000] * 4 + [512] * 2  # each: the preset's env, then the same_step one
+    monkeypatch.setattr(ts, "train_speed", lambda steps, repeats, **kw: seen.append((steps, repeats)))
+    assert ts.main(["100_000"]) == 0 and ts.main([]) == 0 and ts.main(["512"]) == 0 and ts.main(["64", "2"]) == 0
+    # each: the preset's env, then the same_step one
+    assert seen == [(100_000, 3)] * 4 + [(512, 3)] * 2 + [(64, 2)] * 2
 
 
-@pytest.mark.parametrize("argv", [["abc"], ["0"], ["-5"], ["1", "2"], ["1.5"], ["²"], ["--help"]])
+@pytest.mark.parametrize("argv", [["abc"], ["0"], ["-5"], ["1", "0"], ["1", "2", "3"], ["1.5"], ["²"], ["--help"]])
 def test_train_speed_script_refuses_bad_steps(argv):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_speed.py"), *argv],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.count("\n") == 1 and "steps must be one integer >= 1" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "steps and repeats must be integers >= 1" in proc.stderr

@@ -93,6 +93,7 @@ def test_same_seed_same_csv(tmp_path):
         (["train", "CartPole-v1", "--timesteps", "0"], r"^minippo: error: --timesteps 0: PPOConfig.total_timesteps=0"),
         (["train", "CartPole-v1", "--n-envs", "0"], r"^minippo: error: --n-envs 0: PPOConfig.n_envs=0 is invalid"),
         (["bench", "--timesteps", "0"], "--timesteps must be >= 1, got 0"),
+        (["bench", "--repeats", "0"], "--repeats must be >= 1, got 0"),
         # a flag and --set of the same field used to raise TypeError from PPOConfig.replace
         (["train", "CartPole-v1", "--seed", "1", "--set", "seed=2"],
          "--seed and --set seed= both given: set each field once"),
@@ -1086,10 +1087,11 @@ def test_bench_default_and_smallest_budget(monkeypatch):
     from minippo import bench
 
     seen = []
-    monkeypatch.setattr(bench, "train_speed", seen.append)
+    monkeypatch.setattr(bench, "train_speed", lambda steps, repeats: seen.append((steps, repeats)))
     assert main(["bench"]) == 0
     assert main(["bench", "--timesteps", "1"]) == 0
-    assert seen == [100_000, 1]
+    assert main(["bench", "--timesteps", "1", "--repeats", "3"]) == 0
+    assert seen == [(100_000, 1), (1, 1), (1, 3)]
 
 
 def test_blas_threads_are_pinned_only_before_numpy_loads_and_never_over_a_users_choice(monkeypatch):
