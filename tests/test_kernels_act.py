@@ -238,8 +238,13 @@ def test_unsupported_setups_fall_back_to_the_numpy_path(monkeypatch):
         m.setattr(cpu_act, "_act_categorical", None)
         for pol in (shared, mixed, fortran):  # (f16 not: kernels/cpu.py's MLP forward would try to compile it)
             pol.act(obs, np.random.default_rng(0))
-    # obs of another dtype or layout is converted, as forward's astype does
-    _assert_same_as_numpy_path(ok, np.asfortranarray(obs.astype(np.float64)))
+    # obs of another dtype or layout is converted, as forward's astype does: each alone (another
+    # dtype in C order, values not exact in float32; F order in the policy's dtype; read-only) and
+    # two at once
+    obs64 = _obs(4, 0, np.float64)
+    _assert_same_as_numpy_path(ok, obs64)
+    _assert_same_as_numpy_path(ok, np.asfortranarray(obs))
+    _assert_same_as_numpy_path(ok, np.asfortranarray(obs64))
     ro = obs.copy()
     ro.flags.writeable = False
     _assert_same_as_numpy_path(ok, ro)
