@@ -227,7 +227,7 @@ def test_unsupported_setups_fall_back_to_the_numpy_path(monkeypatch):
     # a parameter rebound (in both dicts) to an array of another shape: the kernels do no bounds
     # checks, so the shapes are checked before them; numpy then raises on the mismatch
     for key, shape in (("W1", (9, 2)), ("b0", (9,)), ("log_std", (4,))):
-        bad = _policy(np.float32, key != "b0", (8,), "tanh", 1)
+        bad = _policy(np.float32, key == "W1", (8,), "tanh", 1)  # log_std: a Gaussian policy's
         a = np.zeros(shape, np.float32)
         bad.params[key if key == "log_std" else f"actor.{key}"] = a
         if key != "log_std":
