@@ -81,11 +81,12 @@ def train_speed(timesteps: int = 100_000, env_id: str = "CartPole-v1", repeats: 
     print(f"backend {backend.name}, OPENBLAS_NUM_THREADS={threads}, {env_id} preset, {algo.num_timesteps} steps, "
           f"autoreset {cfg.autoreset}, numpy {np.__version__}"
           + (f", best of {repeats} alternating rounds" if repeats > 1 else ""))
-    spread = (lambda a, b: f"; rounds {a:.2f}-{b:.2f} s") if repeats > 1 else (lambda a, b: "")
+    train_rounds = f"; rounds {train_s:.2f}-{res['train_max_s']:.2f} s" if repeats > 1 else ""
+    env_rounds = f"; rounds {env_s:.2f}-{res['env_only_max_s']:.2f} s" if repeats > 1 else ""
     print(f"  training         {train_s:7.2f} s  {res['train_steps_per_s']:9.0f} steps/s  "
-          f"(process CPU {train_cpu:.2f} s; eval return {ev:.1f}{spread(train_s, res['train_max_s'])})")
-    print(f"  env stepping     {env_s:7.2f} s  {res['env_only_steps_per_s']:9.0f} steps/s  (random actions"
-          f"{spread(env_s, res['env_only_max_s'])})")
+          f"(process CPU {train_cpu:.2f} s; eval return {ev:.1f}{train_rounds})")
+    print(f"  env stepping     {env_s:7.2f} s  {res['env_only_steps_per_s']:9.0f} steps/s  "
+          f"(random actions{env_rounds})")
     compiling = f"; {startup_compile_s:.2f} s of it numba compiling kernels" if startup_compile_s > 0 else ""
     print(f"  ratio training / env stepping: {res['ratio_train_over_env']:.1f}x  (untimed start-up before "
           f"both: {startup_s:.2f} s, one rollout and update{compiling})")
