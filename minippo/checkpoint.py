@@ -12,10 +12,12 @@ belong to the episodes in progress, which restart on resume, so it is not saved 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import secrets
+import stat
 import zipfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -71,10 +73,30 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def replaced_mode(path: str | os.PathLike) -> int | None:
+    """The permission bits (0o777) of the file that a save onto ``path`` replaces, or None where
+    there is none (or it is not a regular file). PermissionError, before anything is written, when
+    this process may not write that file: the rename would replace it where ``open(path, "wb")``
+    would fail, so a write-protected model would be lost without a word."""
+    try:
+        st = os.stat(path)
+    except OSError:  # no such file (or a dangling link): the save creates it
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    if not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, f"path {os.fsdecode(path)!r} is write-protected (mode "
+                              f"{st.st_mode & 0o777:04o}): make it writeable (chmod u+w) or save to another path")
+    return st.st_mode & 0o777
+
+
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through ``write(f)`` on a temp file beside ``path``, then fsync, rename onto
     ``path`` and fsync the folder: ``path`` is never half-written (the old file stays until the new
-    one is whole), and the new file is durable once this returns. A failure removes the temp file."""
+    one is whole), and the new file is durable once this returns. A failure removes the temp file.
+    As with ``open(path, "wb")``: a file it replaces keeps its permission bits (not its owner: the
+    new file is this process's), one this process may not write is refused (PermissionError, before
+    anything is written), and a new file gets 0666 less the umask."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
     name = os.fsdecode(path)
@@ -83,9 +105,15 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     # The temp file goes in the folder the OS resolves ``path`` into (symlinks and "..", as open()
     # would), so the rename stays in one folder; the rename itself is onto ``path`` as given.
     folder = os.path.realpath(os.path.dirname(path) or ".")
+    mode = replaced_mode(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = _new_temp(os.path.join(folder, os.path.basename(path)))
     try:
+        if mode is not None and hasattr(os, "fchmod"):
+            try:
+                os.fchmod(fd, mode)
+            except OSError:  # a file system without POSIX modes (FAT, some network mounts): nothing to keep
+                pass
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -369,6 +369,8 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tupl
     file of the user's is overwritten), and progress.csv keeps the rows up to the checkpoint's
     ``iteration``. Anything that cannot be written is a UsageError now, not a lost model after
     training, and nothing is written when something is refused."""
+    from minippo.checkpoint import replaced_mode
+
     if args.out is not None:
         out = args.out
     elif args.resume:
@@ -408,6 +410,9 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tupl
         if held:  # --overwrite: the old model goes first, so no file is left from the old run
             for name in held:
                 os.remove(os.path.join(out, name))
+        if own:  # resuming in place rewrites these (model.npz by the save at the end): a write-protected
+            for name in ("model.npz", "config.json", "progress.csv"):  # one is refused now, before
+                replaced_mode(os.path.join(out, name))  # anything is written or trained
         # a foreign progress.csv is refused before anything is written
         rows = CsvLog.read_rows(csv_path) if args.resume else None
         _write_json_atomic(os.path.join(out, "config.json"), cfg.to_dict())

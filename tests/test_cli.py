@@ -760,6 +760,31 @@ def test_a_fresh_run_does_not_mix_with_a_run_already_in_its_folder(tmp_path, cap
     assert json.loads((tmp_path / "r" / "config.json").read_text())["seed"] == 2
 
 
+def test_resuming_in_place_over_a_write_protected_model_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """Resuming in place rewrites the run's three files, model.npz by the save at the end. Where this
+    process may not write one of them (os.access stood in for, as root may write every file), the
+    refusal comes now, in one line naming it, with nothing written and no step trained: not as a
+    lost save after the training, nor after config.json has been rewritten."""
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--n-envs", "2", "--out", str(out), "--quiet",
+                 *TINY]) == 0
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    real_access = os.access
+    for name in ("model.npz", "config.json", "progress.csv"):
+        os.chmod(out / name, 0o444)
+        monkeypatch.setattr(os, "access", lambda p, m, name=name, **k: False if m == os.W_OK and
+                            os.path.basename(p) == name else real_access(p, m, **k))
+        capsys.readouterr()
+        # --timesteps: config.json would be written with the new total (and progress.csv trimmed)
+        assert main(["train", "CartPole-v1", "--resume", str(out / "model.npz"), "--timesteps", "128"]) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot write the run there" in err and f"{name}' is write-protected " \
+            "(mode 0444): make it writeable (chmod u+w)" in err, err
+        assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+        os.chmod(out / name, 0o644)
+        monkeypatch.undo()
+
+
 def test_an_unreadable_progress_csv_on_resume_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--quiet", *TINY]) == 0

@@ -357,6 +357,56 @@ def test_checkpoint_file_mode_follows_the_umask(tmp_path, umask):
     assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == 0o666 & ~umask
 
 
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX file modes")
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444], ids=["0600", "0640", "0444"])
+def test_a_replaced_file_keeps_its_mode_as_open_would(tmp_path, mode):
+    """Saving over a file does what open(path, "wb") would: the file keeps its permission bits (a
+    model kept private stays private), and where open() may not write it the save is refused before
+    anything is written (a write-protected model is not replaced without a word). Root may write a
+    0444 file, so there the save goes through and the mode stays."""
+    path = tmp_path / "m.npz"
+    atomic_savez(str(path), {"a": np.arange(3)})
+    os.chmod(path, mode)
+    try:
+        with open(path, "r+b"):
+            writeable = True
+    except PermissionError:
+        writeable = False
+    if writeable:
+        atomic_savez(str(path), {"a": np.arange(5)})
+        expect = np.arange(5)
+    else:
+        with pytest.raises(PermissionError, match="is write-protected"):
+            atomic_savez(str(path), {"a": np.arange(5)})
+        expect = np.arange(3)
+    assert os.stat(path).st_mode & 0o777 == mode
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["a"], expect)
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_saving_over_a_file_this_process_may_not_write_is_refused(tmp_path, monkeypatch):
+    """The refusal itself, on any user (root may write every file, so the OS's answer is stood in
+    for): PermissionError naming the path, its mode and the fix, raised before anything is
+    serialised or any temp file made; the old file is as it was."""
+    path = tmp_path / "m.npz"
+    atomic_savez(str(path), {"a": np.arange(3)})
+    os.chmod(path, 0o444)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if m == os.W_OK else real_access(p, m, **k))
+    written = []
+    monkeypatch.setattr(np, "savez", lambda *a, **k: written.append(a))
+    with pytest.raises(PermissionError, match=r"m\.npz' is write-protected \(mode 0444\): make it writeable "
+                       r"\(chmod u\+w\) or save to another path"):
+        atomic_savez(str(path), {"a": np.arange(5)})
+    with pytest.raises(PermissionError, match="is write-protected"):
+        PPO(PPOConfig(**TINY)).save(str(path))
+    assert written == [] and os.listdir(tmp_path) == ["m.npz"]
+    monkeypatch.undo()
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["a"], np.arange(3))
+
+
 def test_atomic_write_syncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
     """fsync of the data before the rename, of the folder after it (so the rename survives a power
     loss); the umask is never touched."""
