@@ -56,6 +56,10 @@ def _new_temp(path: str) -> tuple[int, str]:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
+        except PermissionError as e:  # said of the folder: the temp file's own name would puzzle
+            folder, name = os.path.split(path)
+            raise PermissionError(e.errno, f"cannot create a file in folder {folder!r} ({e.strerror}): a save "
+                                  f"writes a temporary file there, then renames it onto {name!r}") from e
     raise FileExistsError(f"no free temporary name beside {path!r}")
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -405,6 +406,24 @@ def test_saving_over_a_file_this_process_may_not_write_is_refused(tmp_path, monk
     monkeypatch.undo()
     with np.load(path) as z:
         np.testing.assert_array_equal(z["a"], np.arange(3))
+
+
+def test_saving_into_a_folder_this_process_may_not_write_names_the_folder(tmp_path, monkeypatch):
+    """A save makes a temp file beside the target: where the folder refuses it, the error names the
+    folder and why a file is made there, not the temp file's random name (the OS's refusal stood in
+    for, as root may write every folder)."""
+    real_open = os.open
+
+    def refuse_temp(path, flags, *a, **k):
+        if str(path).endswith(".tmp"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", refuse_temp)
+    with pytest.raises(PermissionError, match=rf"cannot create a file in folder {re.escape(repr(str(tmp_path)))} "
+                       r"\(Permission denied\): a save writes a temporary file there, then renames it onto 'm\.npz'"):
+        atomic_savez(str(tmp_path / "m.npz"), {"a": np.arange(3)})
+    assert os.listdir(tmp_path) == []
 
 
 def test_atomic_write_syncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
