@@ -113,11 +113,13 @@ def test_gae_slow_path_inputs_match_numpy():
     ro.flags.writeable = False
     wide = np.zeros((9, 32), np.float32)
     strided_out = (wide[:, ::2], np.zeros((9, 16), np.float32))
+    strided_ret = (np.zeros((9, 16), np.float32), np.zeros((9, 32), np.float32)[:, 1::2])
     cases = {
         "bool dones": dict(dones=d),
         "read-only rewards": dict(rewards=ro),
         "float32 scalars": dict(gamma=np.float32(0.99), lam=np.float32(0.95)),
         "non-contiguous out": dict(out=strided_out),
+        "non-contiguous out[1]": dict(out=strided_ret),  # the returns copied back alone
     }
     for name, kw in cases.items():
         args = dict(rewards=r, values=v, dones=d.astype(np.float32), last_values=lv, gamma=0.99, lam=0.95)
@@ -131,6 +133,8 @@ def test_gae_slow_path_inputs_match_numpy():
         np.testing.assert_array_equal(ret, want[1], err_msg=name)
         if name == "non-contiguous out":
             assert adv is strided_out[0]
+        if name == "non-contiguous out[1]":
+            assert ret is strided_ret[1]
     adv64, _ = cpu.gae(r.astype(np.float64), v, d, lv, 0.99, 0.95)  # mixed dtypes: rewards' dtype wins
     assert adv64.dtype == np.float64
     np.testing.assert_allclose(adv64, want[0], rtol=1e-5, atol=1e-5)
@@ -158,6 +162,15 @@ def test_gae_errors_name_the_argument():
         args.update(kw)
         with pytest.raises(ValueError, match=msg):
             cpu.gae(**args)
+    # the slow path (bool dones are cast there) checks out itself: either array alone, shape or dtype
+    zb = np.zeros((4, 3), bool)
+    for out in ((np.zeros((4, 2), np.float32), z.copy()), (z.copy(), np.zeros((4, 2), np.float32)),
+                (np.zeros((4, 3), np.float64), z.copy()), (z.copy(), np.zeros((4, 3), np.float64))):
+        before = [a.copy() for a in out]
+        with pytest.raises(ValueError, match=r"out must be two float32 arrays of shape \(4, 3\)"):
+            cpu.gae(z, z, zb, lv, 0.9, 0.9, out=out)
+        for a, b in zip(out, before, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_gae_compiles_only_its_own_signatures():
@@ -767,6 +780,47 @@ def test_rebinding_a_parameter_is_seen_and_leaves_the_fused_path(numba_backend):
     again = nn.MLP([4, 8, 3], seed=0)
     again.params["W0"] = again.params["W0"]  # rebound to the same view: still packed, still fused
     assert cpu.mlp_forward(again, x) is not None
+
+
+def test_other_views_of_the_parameter_memory_leave_the_fused_path(numba_backend):
+    """The kernels read ``flat`` only while every parameter is the very view ``nn.MLP`` made: a
+    parameter rebound to another view of the same memory (another shape, dtype or array class) and a
+    ``flat`` that is missing or not 1-d are not packed, and the numpy path uses the parameters as
+    they are. A new ``Params`` dict whose version happens to equal the old one's still rebuilds the
+    dispatch state (identity is checked too)."""
+
+    class Sub(np.ndarray):
+        pass
+
+    x = np.random.default_rng(4).normal(size=(2, 4)).astype(np.float32)
+    rebinds = {
+        "W0 flattened": lambda p: p.__setitem__("W0", p["W0"].reshape(-1)),
+        "W0 as int32": lambda p: p.__setitem__("W0", p["W0"].view(np.int32)),
+        "W0 as a subclass": lambda p: p.__setitem__("W0", p["W0"].view(Sub)),
+    }
+    for name, rebind in rebinds.items():
+        mlp = nn.MLP([4, 8, 3], seed=0)
+        mlp.forward(x)
+        rebind(mlp.params)
+        assert cpu._packed(mlp) is None and cpu.mlp_forward(mlp, x) is None, name
+    mlp = nn.MLP([4, 8, 3], seed=0)
+    mlp.params["W0"] = mlp.params["W0"].view(Sub)
+    np.testing.assert_allclose(mlp.forward(x)[0], ref.mlp_forward(mlp.params, x, "tanh", False)[0],
+                               **MLP_TOL[np.float32])
+    for name, change in {"no flat": lambda m: delattr(m, "flat"),
+                         "a 2-d flat": lambda m: setattr(m, "flat", m.flat.reshape(1, -1))}.items():
+        mlp = nn.MLP([4, 8, 3], seed=0)
+        change(mlp)
+        assert cpu._packed(mlp) is None and cpu.mlp_forward(mlp, x) is None, name
+    mlp = nn.MLP([4, 8, 3], seed=0)
+    mlp.forward(x)
+    new = nn.Params()
+    for k, a in mlp.params.items():  # as many rebinding writes as the MLP made: the same version
+        new[k] = a * 2
+    assert new.version == mlp.params.version
+    mlp.params = new
+    assert cpu._state(mlp).params is new and cpu._state(mlp).P is None
+    np.testing.assert_allclose(mlp.forward(x)[0], ref.mlp_forward(new, x, "tanh", False)[0], **MLP_TOL[np.float32])
 
 
 def test_mlp_copies_and_pickles_after_a_fused_call(numba_backend):
