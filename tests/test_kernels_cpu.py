@@ -818,9 +818,21 @@ def test_other_views_of_the_parameter_memory_leave_the_fused_path(numba_backend)
     for k, a in mlp.params.items():  # as many rebinding writes as the MLP made: the same version
         new[k] = a * 2
     assert new.version == mlp.params.version
-    mlp.params = new
-    assert cpu._state(mlp).params is new and cpu._state(mlp).P is None
-    np.testing.assert_allclose(mlp.forward(x)[0], ref.mlp_forward(new, x, "tanh", False)[0], **MLP_TOL[np.float32])
+    mlp.params = new  # (forward first: _state() would rebuild the state for it)
+    y, cache = mlp.forward(x)
+    np.testing.assert_allclose(y, ref.mlp_forward(new, x, "tanh", False)[0], **MLP_TOL[np.float32])
+    assert mlp.__dict__["_numba_state"].params is new and mlp.__dict__["_numba_state"].P is None
+    mlp2 = nn.MLP([4, 8, 3], seed=0)
+    y2, cache2 = mlp2.forward(x)
+    new2 = nn.Params()
+    for k, a in mlp2.params.items():
+        new2[k] = a * 2
+    mlp2.params = new2  # the backward first this time
+    _, grads = mlp2.backward(np.ones_like(y2), cache2)
+    _, want = ref.mlp_backward(new2, np.ones_like(y2), cache2, "tanh", False)
+    for k in new2:
+        np.testing.assert_allclose(grads[k], want[k], **MLP_TOL[np.float32])
+    assert mlp2.__dict__["_numba_state"].params is new2 and mlp2.__dict__["_numba_state"].P is None
 
 
 def test_mlp_copies_and_pickles_after_a_fused_call(numba_backend):
