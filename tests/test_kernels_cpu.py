@@ -833,6 +833,13 @@ def test_other_views_of_the_parameter_memory_leave_the_fused_path(numba_backend)
     for k in new2:
         np.testing.assert_allclose(grads[k], want[k], **MLP_TOL[np.float32])
     assert mlp2.__dict__["_numba_state"].params is new2 and mlp2.__dict__["_numba_state"].P is None
+    mlp3 = nn.MLP([4, 8, 3], seed=0)
+    y3, cache3 = mlp3.forward(x)
+    mlp3.params["W1"] = mlp3.params["W1"] * 2  # rebound in the same dict, then the backward first
+    _, grads = mlp3.backward(np.ones_like(y3), cache3)
+    _, want = ref.mlp_backward(mlp3.params, np.ones_like(y3), cache3, "tanh", False)
+    for k in want:
+        np.testing.assert_allclose(grads[k], want[k], **MLP_TOL[np.float32])
     twin = nn.MLP([4, 8, 3], seed=0)  # a backward before any forward of its own (a twin's cache)
     _, grads = twin.backward(np.ones_like(y2), cache2)
     assert twin.__dict__["_numba_state"].P is twin.flat  # fused
