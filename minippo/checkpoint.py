@@ -77,7 +77,7 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def replaced_mode(path: str | os.PathLike) -> int | None:
+def replaced_mode(path: str | bytes | os.PathLike) -> int | None:
     """The permission bits (0o777) of the file that a save onto ``path`` replaces, or None where
     there is none (or it is not a regular file). PermissionError, before anything is written, when
     this process may not write that file: the rename would replace it where ``open(path, "wb")``
