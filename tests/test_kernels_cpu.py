@@ -787,10 +787,18 @@ def test_other_views_of_the_parameter_memory_leave_the_fused_path(numba_backend)
     parameter rebound to another view of the same memory (another shape, dtype or array class) and a
     ``flat`` that is missing or not 1-d are not packed, and the numpy path uses the parameters as
     they are. A new ``Params`` dict whose version happens to equal the old one's still rebuilds the
-    dispatch state (identity is checked too)."""
+    dispatch state (identity is checked too), whether a forward or a backward meets it first; so do a
+    rebinding in the same dict met by a backward, and a backward on an MLP that never ran forward."""
 
     class Sub(np.ndarray):
         pass
+
+    def doubled(params):  # as many rebinding writes as the MLP made: the same version
+        new = nn.Params()
+        for k, a in params.items():
+            new[k] = a * 2
+        assert new.version == params.version
+        return new
 
     x = np.random.default_rng(4).normal(size=(2, 4)).astype(np.float32)
     rebinds = {
@@ -814,19 +822,14 @@ def test_other_views_of_the_parameter_memory_leave_the_fused_path(numba_backend)
         assert cpu._packed(mlp) is None and cpu.mlp_forward(mlp, x) is None, name
     mlp = nn.MLP([4, 8, 3], seed=0)
     mlp.forward(x)
-    new = nn.Params()
-    for k, a in mlp.params.items():  # as many rebinding writes as the MLP made: the same version
-        new[k] = a * 2
-    assert new.version == mlp.params.version
+    new = doubled(mlp.params)
     mlp.params = new  # (forward first: _state() would rebuild the state for it)
     y, cache = mlp.forward(x)
     np.testing.assert_allclose(y, ref.mlp_forward(new, x, "tanh", False)[0], **MLP_TOL[np.float32])
     assert mlp.__dict__["_numba_state"].params is new and mlp.__dict__["_numba_state"].P is None
     mlp2 = nn.MLP([4, 8, 3], seed=0)
     y2, cache2 = mlp2.forward(x)
-    new2 = nn.Params()
-    for k, a in mlp2.params.items():
-        new2[k] = a * 2
+    new2 = doubled(mlp2.params)
     mlp2.params = new2  # the backward first this time
     _, grads = mlp2.backward(np.ones_like(y2), cache2)
     _, want = ref.mlp_backward(new2, np.ones_like(y2), cache2, "tanh", False)
