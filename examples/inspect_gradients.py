@@ -13,6 +13,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # b
 
 import numpy as np  # noqa: E402
 
+from minippo import backend  # noqa: E402
 from minippo.config import PPOConfig  # noqa: E402
 from minippo.gradcheck import numerical_grads, rel_error  # noqa: E402
 from minippo.policy import ActorCritic  # noqa: E402
@@ -23,7 +24,12 @@ from minippo.spaces import Discrete  # noqa: E402
 def main() -> None:
     """Print the minibatch's loss terms, then per parameter array: shape, gradient norm, and the
     relative error of the hand-written gradient against central differences."""
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.parse_args()
+    try:  # MINIPPO_BACKEND read now: a bad value is one line here, not a traceback from inside training
+        backend.resolved()
+    except (ValueError, ImportError, RuntimeError) as e:
+        ap.error(str(e))
     rng = np.random.default_rng(0)
     policy = ActorCritic(obs_dim=4, action_space=Discrete(2), hidden=(16, 16), dtype=np.float64)
     obs = rng.standard_normal((32, 4))

@@ -14,7 +14,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # b
 
 import numpy as np  # noqa: E402
 
-from minippo import PPO  # noqa: E402
+from minippo import PPO, backend  # noqa: E402
 from minippo.config import preset  # noqa: E402
 
 RUNGS: dict[str, dict] = {  # rung -> PPOConfig fields over the CartPole-v1 preset
@@ -47,6 +47,10 @@ def main() -> None:
     ap.add_argument("--timesteps", type=positive, default=50_000, help="env steps per run (default 50000)")
     ap.add_argument("--seeds", type=positive, default=1, help="runs per rung, seeds 0, 1, ... (default 1)")
     args = ap.parse_args()
+    try:  # MINIPPO_BACKEND read now: a bad value is one line here, not a traceback from inside training
+        backend.resolved()
+    except (ValueError, ImportError, RuntimeError) as e:
+        ap.error(str(e))
     print(f"CartPole-v1, {args.timesteps} steps, deterministic evaluation over 10 episodes")
     for name, overrides in RUNGS.items():
         scores = []

@@ -30,7 +30,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # b
 
 import numpy as np  # noqa: E402
 
-from minippo import PPO, load_policy  # noqa: E402
+from minippo import PPO, backend, load_policy  # noqa: E402
 from minippo.checkpoint import evaluate_policy  # noqa: E402
 from minippo.config import PPOConfig  # noqa: E402
 from minippo.spaces import Box, Discrete  # noqa: E402
@@ -112,6 +112,10 @@ def main() -> None:
     ap.add_argument("--timesteps", type=positive, default=20_000, help="env steps to train (default 20000)")
     ap.add_argument("--out", default="reach.npz", help="model file to write (default reach.npz)")
     args = ap.parse_args()
+    try:  # MINIPPO_BACKEND read now: a bad value is one line here, not a traceback from inside training
+        backend.resolved()
+    except (ValueError, ImportError, RuntimeError) as e:
+        ap.error(str(e))
     if os.path.isdir(args.out) or not os.path.basename(args.out):  # found now, not after training
         ap.error(f"--out {args.out!r} is a folder: give a file path, e.g. {os.path.join(args.out, 'reach.npz')}")
 

@@ -11,7 +11,7 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy loads
     os.environ.setdefault(_var, "1")
 
-from minippo import PPO, load_policy  # noqa: E402
+from minippo import PPO, backend, load_policy  # noqa: E402
 from minippo.config import preset  # noqa: E402
 
 
@@ -38,6 +38,10 @@ def main() -> None:
     ap.add_argument("--seed", type=natural, default=0, help="seed of the run, an integer >= 0 (default 0)")
     ap.add_argument("--out", default="cartpole.npz", help="model file to write (default cartpole.npz)")
     args = ap.parse_args()
+    try:  # MINIPPO_BACKEND read now: a bad value is one line here, not a traceback from inside training
+        backend.resolved()
+    except (ValueError, ImportError, RuntimeError) as e:
+        ap.error(str(e))
     if os.path.isdir(args.out) or not os.path.basename(args.out):  # found now, not after training
         ap.error(f"--out {args.out!r} is a folder: give a file path, e.g. {os.path.join(args.out, 'cartpole.npz')}")
 

@@ -92,6 +92,24 @@ def test_examples_refuse_bad_arguments_before_training(script, argv, message):
     assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+
+@pytest.mark.parametrize("script", ["inspect_gradients.py", "ladder.py", "own_env.py", "train_cartpole.py"])
+@pytest.mark.parametrize(("value", "message"), [
+    ("bogus", "MINIPPO_BACKEND='bogus' is not a backend; allowed values: numpy, numba, cupy, auto"),
+    ("cupy", "pip install 'minippo[cuda]'"),
+])
+def test_examples_refuse_a_bad_backend_in_one_line(script, value, message):
+    """A bad MINIPPO_BACKEND is an argparse error before any work, as the ``minippo`` CLI makes it,
+    where it was a traceback from inside the first forward pass."""
+    if value == "cupy" and importlib.util.find_spec("cupy") is not None:
+        pytest.skip("cupy is installed: MINIPPO_BACKEND=cupy may work here")
+    env = {**os.environ, "MINIPPO_BACKEND": value}
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script)],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{script}: error: ") and message in last and "Traceback" not in r.stderr, r.stderr
+
 def test_own_env_example_learns_with_numpy_alone(tmp_path):
     # no gymnasium needed: this runs in the numpy-only install too
     out = _run(os.path.join(ROOT, "examples", "own_env.py"), "--timesteps", "4096", "--out", str(tmp_path / "r.npz"))
