@@ -302,13 +302,15 @@ def test_categorical_sample_never_draws_an_action_of_probability_zero():
     """u = 0 and u = the largest float below 1, against softmaxes with underflowed (p = 0) first and
     last entries: the draw is the first and the last action of nonzero probability. With n equal
     logits the rounded total of the CDF is below 1 for some n (then u = 1 - 2^-53 passes all of it:
-    the last nonzero action, not the last action, is taken)."""
+    the last nonzero action, not the last action, is taken). One zero before the n, two after: with
+    the same count on both sides, the first nonzero action counted from the front would give the
+    same index as the last one counted from the back."""
     top = np.nextafter(1.0, 0.0)
     below = 0
     for n in range(1, 20):
-        logits = np.array([[-1000.0] + [0.0] * n + [-1000.0]] * 2)
+        logits = np.array([[-1000.0] + [0.0] * n + [-1000.0, -1000.0]] * 2)
         d = Categorical(logits)
-        assert d.probs[0, 0] == d.probs[0, -1] == 0.0
+        assert d.probs[0, 0] == d.probs[0, -2] == d.probs[0, -1] == 0.0
         below += np.cumsum(d.probs[0])[-1] < top
         np.testing.assert_array_equal(d.sample(FixedDraws([[0.0], [top]])), [1, n])
     assert below  # the "past the rounded total" case was met

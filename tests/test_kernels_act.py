@@ -285,14 +285,14 @@ def test_fused_act_never_draws_an_action_of_probability_zero(dtype):
     top = np.nextafter(1.0, 0.0)
     below = 0
     for n in range(1, 20):
-        logits = [-1000.0] + [0.0] * n + [-1000.0]
+        logits = [-1000.0] + [0.0] * n + [-1000.0, -1000.0]  # one zero first, two last (as there)
         s = total = 0.0
         for z in logits:  # the kernel's sums, in order (not sum(), compensated from Python 3.12), max logit 0
             s += math.exp(z)
         for z in logits:
             total += math.exp(z - math.log(s))
         below += total < top
-        pol = _policy(dtype, True, (8,), "tanh", 1, n_actions=n + 2)
+        pol = _policy(dtype, True, (8,), "tanh", 1, n_actions=n + 3)
         pol.params["actor.W1"][...] = 0.0
         pol.params["actor.b1"][...] = logits
         obs = _obs(2, 0, dtype)
