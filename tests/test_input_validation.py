@@ -733,6 +733,8 @@ def test_constructors_name_seed_dtype_shared_and_gains():
         (lambda: Box(np.zeros(1), np.ones(1), "banana"), TypeError, "Box dtype must be a float dtype"),
         (lambda: Box(np.zeros(1), np.array([np.nan])), ValueError, "Box low and high must be numbers"),
         (lambda: ActorCritic(3, Discrete(2), shared="no"), TypeError, "shared must be True or False, got 'no'"),
+        (lambda: ActorCritic(3, Discrete(2), shared=2), TypeError, "shared must be True or False, got 2"),
+        (lambda: ActorCritic(3, Discrete(2), shared=1.0), TypeError, r"shared must be True or False, got 1\.0"),
         (lambda: MLP([3, 2], out_gain=np.nan), ValueError, "out_gain must be a finite number"),
         (lambda: MLP([3, 2], hidden_gain="2"), TypeError, "hidden_gain must be a finite number"),
         (lambda: as_space({"kind": "discrete"}), ValueError, r"kind 'discrete' needs the keys \['n'\]"),
