@@ -66,6 +66,10 @@ def test_mlp_grads_match_finite_differences(case):
     assert check_grads(loss, net.params, grads) < TOL
     num_dx = numerical_grads(loss, {"x": x})["x"]
     assert rel_error(dx, num_dx) < TOL
+    none, grads_nodx = net.backward(w, cache, need_dx=False)  # the first layer's dx skipped, alone
+    assert none is None and list(grads_nodx) == list(grads)
+    for k in grads:
+        np.testing.assert_array_equal(grads_nodx[k], grads[k])
 
 
 @FAST
