@@ -1,6 +1,8 @@
 """GAE / rewards-to-go / TD(0) against the plain-loop reference, their limiting properties, and
 time-limit truncation bootstrapping on a tiny env whose returns can be written down."""
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -90,6 +92,22 @@ def test_gae_bad_inputs():
     with pytest.raises(ValueError, match="estimator='x'"):
         compute_advantages("x", z, z, z, np.zeros(2), 0.9, 0.9)
 
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_gae_refuses_inputs_of_other_shapes_that_would_broadcast(backend_name, request):
+    """Shapes numpy would broadcast (dones per step only, or per env only; a trailing axis on every
+    input) are refused by name, on each backend's path, before anything is computed."""
+    if backend_name == "numba":
+        pytest.importorskip("numba")
+    request.getfixturevalue(f"{backend_name}_backend")
+    z, last = np.zeros((3, 2)), np.zeros(2)
+    for d in (np.zeros((3, 1)), np.zeros(2), np.zeros((1, 2))):
+        with pytest.raises(ValueError, match=re.escape(f"dones must have shape (3, 2) like rewards, got {d.shape}")):
+            compute_gae(z, z, d, last, 0.9, 0.9)
+    z3 = np.zeros((3, 2, 1))
+    with pytest.raises(ValueError, match=r"rewards must have shape \(T, N\), got \(3, 2, 1\)"):
+        compute_gae(z3, z3, z3, np.zeros((2, 1)), 0.9, 0.9)
 
 # ---------------------------------------------------------------- truncation bootstrap
 def _algo(env_id, autoreset, n_steps, c=2.0, gamma=0.9):
