@@ -109,6 +109,21 @@ def test_gae_refuses_inputs_of_other_shapes_that_would_broadcast(backend_name, r
     with pytest.raises(ValueError, match=r"rewards must have shape \(T, N\), got \(3, 2, 1\)"):
         compute_gae(z3, z3, z3, np.zeros((2, 1)), 0.9, 0.9)
 
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_gae_refuses_an_out_of_another_shape_or_dtype_and_writes_nothing(backend_name, request):
+    """Either array of ``out`` with the right dtype but another shape (one the results would broadcast
+    into, too), or the right shape but another dtype, is refused by name with nothing written."""
+    if backend_name == "numba":
+        pytest.importorskip("numba")
+    request.getfixturevalue(f"{backend_name}_backend")
+    z, last = np.zeros((3, 2)), np.zeros(2)
+    for bad in (np.ones((2, 3, 2)), np.ones((3, 1)), np.ones((3, 2), np.float32)):
+        for out in ((bad, np.ones((3, 2))), (np.ones((3, 2)), bad)):
+            with pytest.raises(ValueError, match=re.escape("out must be two float64 arrays of shape (3, 2)")):
+                compute_gae(z, z, z, last, 0.9, 0.9, out=out)
+            assert all((a == 1).all() for a in out)
+
 # ---------------------------------------------------------------- truncation bootstrap
 def _algo(env_id, autoreset, n_steps, c=2.0, gamma=0.9):
     from minippo.ppo import PPO
