@@ -397,7 +397,7 @@ def test_running_mean_std_over_chunks_equals_whole_data():
 def _reward_scaler_reference(rewards, dones, valid, gamma, clip=10.0, eps=1e-8, prior=1e-4):
     """Plain loops: G_i <- gamma G_i + r_i (valid steps), reset after a done; r / sqrt(Var[all G] + eps)
     (not centred), clipped to +-clip; Var pools the history with RunningMeanStd's prior (1e-4
-    pseudo-samples, mean 0, variance 1)."""
+    pseudo-samples, mean 0, variance 1). Returns the scaled rewards (T, N) and the final G (N,)."""
     T, N = len(rewards), len(rewards[0])
     g, hist, out = [0.0] * N, [], []
     for t in range(T):
@@ -412,7 +412,7 @@ def _reward_scaler_reference(rewards, dones, valid, gamma, clip=10.0, eps=1e-8, 
         for i in range(N):
             if valid[t][i] and dones[t][i]:
                 g[i] = 0.0
-    return out
+    return out, g
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
@@ -429,11 +429,14 @@ def test_reward_scaler_matches_plain_loop(with_mask):
         d &= v
     sc = RewardScaler(N, gamma)
     got = [sc(r[t], d[t], v[t] if with_mask else None) for t in range(T)]
-    want = _reward_scaler_reference(r.tolist(), d.tolist(), v.tolist(), gamma)
+    want, g = _reward_scaler_reference(r.tolist(), d.tolist(), v.tolist(), gamma)
     assert want[150][1] == -10.0 and want[190][2] == 10.0  # the clip is exercised both ways
     assert sum(x == 0 for x in d.sum(axis=0)) == 0  # every env has episode ends
     # float64 both ways; Chan's update over 200 batches vs a two-pass sum: ~1e-13 relative
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=0)
+    # G itself, not only its spread: the scale cannot tell G from -G, but a checkpoint carries G into a
+    # resumed run. The same float64 operations in the same order: equal.
+    np.testing.assert_array_equal(sc.ret, g)
 
 
 # ---------------------------------------------------------------- orthogonal init (N4)
