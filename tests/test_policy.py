@@ -303,3 +303,32 @@ def test_spaces_roundtrip_and_errors():
         Box([0.0, 0.0], [1.0])
     with pytest.raises(ValueError, match="action_space dict kind must be 'discrete' or 'box'"):
         as_space({"kind": "multi"})
+
+
+def test_as_space_takes_spaces_by_class_name_and_attributes_together():
+    """A gymnasium-like space is read by its class name and the attributes that class has, both: a
+    MultiBinary has ``n`` but is not Discrete, and a class with ``low``/``high`` is not a Box unless it is
+    called Box (and a Box needs both). Degenerate spaces are real ones: Discrete(1) and a Box dimension
+    with low == high (gymnasium takes both)."""
+    from minippo.spaces import as_space
+
+    one = np.ones(1)
+    imposters = {
+        "MultiBinary": {"n": 3, "shape": (3,)},
+        "Interval": {"low": -one, "high": one, "shape": (1,)},
+        "Box": {"high": one, "shape": (1,)},  # a Box without low
+        "Ceiling": {"high": one, "shape": (1,)},
+    }
+    for name, attrs in imposters.items():
+        with pytest.raises(TypeError, match=f"action_space must be a Discrete or Box space .*, got {name}"):
+            as_space(type(name, (), attrs)())
+    gym_like = {"Discrete": {"n": 1, "start": 0}, "Box": {"low": np.array([0.0, -1.0]), "high": np.array([0.0, 1.0]),
+                                                           "shape": (2,), "dtype": np.float32}}
+    assert as_space(type("Discrete", (), gym_like["Discrete"])()) == Discrete(1)
+    box = as_space(type("Box", (), gym_like["Box"])())
+    np.testing.assert_array_equal(box.low, [0.0, -1.0])
+    np.testing.assert_array_equal(box.high, [0.0, 1.0])
+    a, logp, _, _ = ActorCritic(3, Discrete(1), seed=0).act(np.zeros((2, 3)), np.random.default_rng(0))
+    assert a.tolist() == [0, 0] and logp.tolist() == [0.0, 0.0]  # the one action, certain
+    a, logp, _, _ = ActorCritic(3, Box([0.0, -1.0], [0.0, 1.0]), seed=0).act(np.zeros((2, 3)), np.random.default_rng(0))
+    assert a.shape == (2, 2) and np.isfinite(logp).all()
