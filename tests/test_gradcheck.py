@@ -53,6 +53,21 @@ def test_check_grads_detects_a_wrong_gradient():
     assert check_grads(f, params, wrong) > 0.1
 
 
+def test_check_grads_scales_its_floor_with_the_loss():
+    """A loss of 1e6: the central difference carries ~ulp(1e6) / 2h ~ 3e-5 of rounding noise per entry
+    (7.6e-6 relative here, over a TOL of 1e-6), so check_grads compares against floor * |f| = 1e3
+    instead: the right gradient is then ~3e-8 off; a wrong one (3x for 2x) still stands out at ~2e-3,
+    as a gradient of size ~2 can against noise of a loss of 1e6."""
+    params = {"x": np.array([1.0, -2.0, 0.5])}
+
+    def f():
+        return float(1e6 + (params["x"] ** 2).sum())
+
+    assert rel_error(2 * params["x"], numerical_grads(f, params)["x"]) > 5 * TOL  # the unscaled floor fails
+    assert check_grads(f, params, {"x": 2 * params["x"]}) < TOL
+    assert check_grads(f, params, {"x": 3 * params["x"]}) > 1e-3
+
+
 def test_rel_error_definition_and_floor():
     a, b = np.array([3.0, 4.0]), np.array([3.0, 4.5])
     assert rel_error(a, b) == pytest.approx(0.5 / np.linalg.norm(b))

@@ -703,8 +703,9 @@ def test_gradcheck_names_what_is_wrong():
     assert check_grads(lambda: np.array([f()]), p, good) < 1e-8  # one number in an array is one number
     with pytest.raises(TypeError, match=r"f must return one real number \(e.g. loss_and_grads\(...\)\[0\]\['loss'\]\)"):
         check_grads(lambda: {"loss": f()}, p, good)
-    with pytest.raises(TypeError, match="f must return one real number"):
-        check_grads(lambda: np.ones(2), p, good)
+    for bad in (np.ones(2), True, "1.0", b"1", 1j, np.array([1j])):  # several, a bool, text, complex
+        with pytest.raises(TypeError, match="f must return one real number"):
+            check_grads(lambda bad=bad: bad, p, good)
     with pytest.raises(ValueError, match="h must be a finite number > 0, got 0.0"):
         check_grads(f, p, good, h=0.0)
     with pytest.raises(ValueError, match="floor must be a finite number > 0, got 0.0"):
