@@ -186,7 +186,9 @@ def test_train_speed_times_learn_alone_after_an_untimed_start_up(monkeypatch, ca
                           "init 512", "clock", "learn 512", "clock"]  # the env built, then learn alone
     assert res["startup_s"] > 0 and res["train_s"] > 0
     assert res["startup_compile_s"] == 40.0
-    assert "one rollout and update; 40.00 s of it numba compiling kernels)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "one rollout and update; 40.00 s of it numba compiling kernels)" in out
+    assert "best of" not in out and "rounds" not in out  # one round: no spread to show
 
 
 def test_train_speed_repeats_alternate_rounds_and_report_the_best_of_each(monkeypatch, capsys):
@@ -197,13 +199,14 @@ def test_train_speed_repeats_alternate_rounds_and_report_the_best_of_each(monkey
 
     from minippo import bench, ppo
 
-    now, events = [0.0], []
+    now, events, steps = [100.0], [], []  # the clocks do not start at 0: a reading added, not subtracted, shows
     learn_s, env_s = iter([1.0, 3.0, 2.0]), iter([0.4, 0.6])  # start-up, round 1, round 2
 
     class Spy(ppo.PPO):
         def learn(self, *a, **kw):
             res = super().learn(*a, **kw)
             events.append(f"learn {self.config.total_timesteps}")
+            steps.append(self.num_timesteps)
             now[0] += next(learn_s)
             return res
 
@@ -213,17 +216,63 @@ def test_train_speed_repeats_alternate_rounds_and_report_the_best_of_each(monkey
 
     monkeypatch.setattr(ppo, "PPO", Spy)
     monkeypatch.setattr(bench, "env_stepping", stepping)
-    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0], process_time=lambda: 0.0))
+    # process CPU time runs at half the wall clock's rate, from another origin
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0],
+                                                             process_time=lambda: 7.0 + now[0] / 2))
+    from minippo import backend
+
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: 5.0)  # compiled before: none in the start-up
     res = bench.train_speed(512, repeats=2)
     assert events == ["learn 1", "learn 512", "env 512", "learn 512", "env 512"]
     assert (res["startup_s"], res["train_s"], res["train_max_s"]) == (1.0, 2.0, 3.0)
+    assert res["train_cpu_s"] == 1.0 and res["startup_compile_s"] == 0.0  # the best round's CPU seconds
+    assert res["train_steps_per_s"] == steps[-1] / 2.0
     assert (res["env_only_s"], res["env_only_max_s"]) == (0.4, 0.6)
     assert res["ratio_train_over_env"] == pytest.approx(5.0)
     out = capsys.readouterr().out
     assert "best of 2 alternating rounds" in out and "rounds 2.00-3.00 s" in out and "rounds 0.40-0.60 s" in out
+    assert "numba compiling" not in out  # no compiles in the start-up: not mentioned
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match=rf"repeats must be an integer >= 1, got {bad!r}"):
             bench.train_speed(512, repeats=bad)
+
+
+def test_env_stepping_steps_ceil_of_timesteps_over_envs_times_cycling_64_actions(monkeypatch):
+    """env_stepping(config, T) makes config's vector env, steps it ceil(T / n_envs) times with 64
+    pre-drawn actions in turn, and returns the seconds of the stepping alone."""
+    import types
+
+    from minippo import bench, envs
+    from minippo.config import PPOConfig
+
+    made = []
+
+    class FakeVec:
+        def __init__(self, *args):
+            self.args, self.stepped, self.closed = args, [], False
+            draws = iter(range(1000))
+            self.action_space = types.SimpleNamespace(seed=lambda s: None, sample=lambda: next(draws))
+            made.append(self)
+
+        def reset(self, seed=None):
+            self.seed = seed
+
+        def step(self, action):
+            self.stepped.append(action)
+            clock[0] += 0.25
+
+        def close(self):
+            self.closed = True
+
+    clock = [100.0]
+    monkeypatch.setattr(envs, "make_vec_env", FakeVec)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    cfg = PPOConfig(n_envs=4)
+    assert bench.env_stepping(cfg, 10) == 0.75  # 3 steps of 4 envs cover 10 timesteps
+    assert made[0].stepped == [0, 1, 2] and made[0].closed and made[0].seed == 0
+    assert made[0].args[:2] == (cfg.env_id, 4)
+    bench.env_stepping(cfg, 4 * 66)  # exactly 66 steps; the 65th takes the first action again
+    assert made[1].stepped == list(range(64)) + [0, 1]
 
 
 def test_train_speed_script_reads_steps_as_python_ints(monkeypatch):
