@@ -322,13 +322,12 @@ def test_as_space_takes_spaces_by_class_name_and_attributes_together():
     for name, attrs in imposters.items():
         with pytest.raises(TypeError, match=f"action_space must be a Discrete or Box space .*, got {name}"):
             as_space(type(name, (), attrs)())
-    gym_like = {"Discrete": {"n": 1, "start": 0}, "Box": {"low": np.array([0.0, -1.0]), "high": np.array([0.0, 1.0]),
-                                                           "shape": (2,), "dtype": np.float32}}
-    assert as_space(type("Discrete", (), gym_like["Discrete"])()) == Discrete(1)
-    box = as_space(type("Box", (), gym_like["Box"])())
+    assert as_space(type("Discrete", (), {"n": 1, "start": 0})()) == Discrete(1)
+    low, high = np.array([0.0, -1.0]), np.array([0.0, 1.0])
+    box = as_space(type("Box", (), {"low": low, "high": high, "shape": (2,), "dtype": np.float32})())
     np.testing.assert_array_equal(box.low, [0.0, -1.0])
     np.testing.assert_array_equal(box.high, [0.0, 1.0])
     a, logp, _, _ = ActorCritic(3, Discrete(1), seed=0).act(np.zeros((2, 3)), np.random.default_rng(0))
     assert a.tolist() == [0, 0] and logp.tolist() == [0.0, 0.0]  # the one action, certain
-    a, logp, _, _ = ActorCritic(3, Box([0.0, -1.0], [0.0, 1.0]), seed=0).act(np.zeros((2, 3)), np.random.default_rng(0))
+    a, logp, _, _ = ActorCritic(3, box, seed=0).act(np.zeros((2, 3)), np.random.default_rng(0))
     assert a.shape == (2, 2) and np.isfinite(logp).all()
