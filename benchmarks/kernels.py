@@ -7,14 +7,16 @@ ratio to a memory floor: one numpy copy moving as many bytes as GAE does (GAE re
 arrays and writes 2, so the copy reads and writes 2.5 arrays' worth). All rows of one size, the
 loop and the floor included, are timed in alternating rounds (``best_interleaved``), so a slow spell
 of a shared machine hits a ratio's two sides alike. Targets (issue 4): numba >= 100x over the Python
-loop and within 3x of the floor.
+loop and within 3x of the floor. On a GPU (cupy), its rows are measured against a device floor too:
+the same bytes copied on the device (``cupy.copyto``), each call ending in a device synchronise.
 
 MLP 4-64-64-2 and 17-64-64-6 (tanh, float32) forward and forward+backward at batch 1, 8, 64, 256,
-2048 through ``minippo.nn.MLP``: time per call and numpy/numba speed-up, the two timed in alternating
-rounds (``best_interleaved``). Target: >= 3x at B <= 8. Above ``kernels.cpu.max_batch`` (256 for these
-nets) the numba backend runs numpy's BLAS path itself: those rows say so, and their ratio is ~1.
-At B <= 8 a second line times the numba kernels alone (preallocated outputs, no Python checks):
-numpy over that bounds what any Python around the kernels could reach.
+2048 through ``minippo.nn.MLP``: time per call and numpy/numba speed-up (numpy/cupy on a GPU), the
+backends timed in alternating rounds (``best_interleaved``). Target: >= 3x at B <= 8. Above
+``kernels.cpu.max_batch`` (256 for these nets) the numba backend runs numpy's BLAS path itself:
+those rows say so, and their ratio is ~1. At B <= 8 a second line times the numba kernels alone
+(preallocated outputs, no Python checks): numpy over that bounds what any Python around the kernels
+could reach.
 
 ``ActorCritic.act`` (the rollout's per-step call: both MLPs, distribution, sample, log-prob) for the
 CartPole preset policy (4-64-64, Discrete(2)) and a 17-64-64 Gaussian (6-d) at batch 1, 8, 64: numpy,
@@ -122,17 +124,25 @@ def bench_gae(backends: list[str]) -> None:
             # Arguments spelled out (no *args unpacking), as the floor's np.copyto(dst, src) is called.
             calls[name] = lambda r=r, v=v, d=d, lv_=lv_, sync=sync: (compute_gae(r, v, d, lv_, 0.99, 0.95), sync())
             on[name] = name
-            if xp is np:  # as RolloutBuffer calls it: writing into its own arrays (as the floor's copy does)
-                out = (np.empty_like(host[0]), np.empty_like(host[0]))
-                calls[name + " out="] = lambda r=r, v=v, d=d, lv_=lv_, out=out: compute_gae(
-                    r, v, d, lv_, 0.99, 0.95, out=out)
-                on[name + " out="] = name
+            # As RolloutBuffer calls it: writing into its own arrays (as the floor's copy does).
+            out = (xp.asarray(np.empty_like(host[0])), xp.asarray(np.empty_like(host[0])))
+            calls[name + " out="] = lambda r=r, v=v, d=d, lv_=lv_, out=out, sync=sync: (compute_gae(
+                r, v, d, lv_, 0.99, 0.95, out=out), sync())
+            on[name + " out="] = name
+            if xp is not np:  # the device's own floor: the same bytes copied on the device
+                d_src, d_dst = xp.asarray(src), xp.asarray(dst)
+                calls["device floor"] = lambda d_src=d_src, d_dst=d_dst, xp=xp, sync=sync: (
+                    xp.copyto(d_dst, d_src), sync())
         t = best_interleaved(calls, on=on)
         t_py, t_mem = t.pop("python loop"), t.pop("memory floor")
+        t_dev = t.pop("device floor", None)
+        dev_floor = "" if t_dev is None else f"   device floor {t_dev * 1e6:8.2f} us"
         print(f"  T={T:5d} N={N:3d}  python loop {t_py * 1e6:10.1f} us   memory floor "
-              f"{t_mem * 1e6:8.2f} us")
+              f"{t_mem * 1e6:8.2f} us{dev_floor}")
         for name, t_k in t.items():
-            print(f"    {name:11s} {t_k * 1e6:6.2f} us   {_times(t_py / t_k)}        {t_k / t_mem:6.2f}x")
+            on_device = t_dev is not None and name.startswith("cupy")
+            floor = f"{t_k / t_dev:6.2f}x (device floor)" if on_device else f"{t_k / t_mem:6.2f}x"
+            print(f"    {name:11s} {t_k * 1e6:6.2f} us   {_times(t_py / t_k)}        {floor}")
 
 
 def floor_arrays(host: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -175,16 +185,19 @@ def bench_mlp(backends: list[str]) -> None:
                 else:
                     mlp_b = mlp
                 y, cache = mlp_b.forward(xb)
-                dy = backend.xp.ones_like(y)
+                dy = backend.xp.asarray(np.ones(y.shape, np.float32))
                 sync = _sync(backend.xp)
                 fwd[name] = lambda m=mlp_b, xb=xb, sync=sync: (m.forward(xb), sync())
                 both[name] = lambda m=mlp_b, xb=xb, dy=dy, sync=sync: (m.backward(dy, m.forward(xb)[1]), sync())
             t_fwd, t_both = best_interleaved(fwd), best_interleaved(both)
             cells = "  ".join(f"{n} fwd {t_fwd[n] * 1e6:8.2f} fwd+bwd {t_both[n] * 1e6:8.2f}" for n in t_fwd)
             ratio = ""
+            if "numpy" in t_fwd and "cupy" in t_fwd:
+                ratio += (f"  cupy speed-up fwd {t_fwd['numpy'] / t_fwd['cupy']:5.2f}x "
+                          f"fwd+bwd {t_both['numpy'] / t_both['cupy']:5.2f}x")
             if "numpy" in t_fwd and "numba" in t_fwd:
-                ratio = (f"  numba speed-up fwd {t_fwd['numpy'] / t_fwd['numba']:5.2f}x "
-                         f"fwd+bwd {t_both['numpy'] / t_both['numba']:5.2f}x")
+                ratio += (f"  numba speed-up fwd {t_fwd['numpy'] / t_fwd['numba']:5.2f}x "
+                          f"fwd+bwd {t_both['numpy'] / t_both['numba']:5.2f}x")
                 if B > fused_max:
                     ratio += f"  (numba runs numpy here: B > {fused_max}, the largest fused batch)"
             print(f"  {'-'.join(map(str, sizes)):11s} B={B:5d}  {cells}{ratio}")

@@ -164,6 +164,13 @@ def ascontiguousarray(a: Any, dtype: Any = None) -> ndarray:
     return a if a._a.flags.c_contiguous else ndarray(np.ascontiguousarray(a._a))
 
 
+def copyto(dst: ndarray, src: Any) -> None:
+    """``cupy.copyto``: into a device array, from a device array or a scalar (a host array raises)."""
+    if not isinstance(dst, ndarray):
+        raise TypeError(f"copyto destination must be a cupy array, got {type(dst).__name__}")
+    np.copyto(dst._a, _host(src, "copyto"))
+
+
 def _made(fn: Any) -> Any:
     return lambda *args, **kwargs: ndarray(fn(*args, **kwargs))
 
@@ -206,6 +213,7 @@ def make() -> types.ModuleType:
     cp.ndarray = ndarray
     cp.asarray = asarray
     cp.ascontiguousarray = ascontiguousarray
+    cp.copyto = copyto
     cp.zeros, cp.empty, cp.arange = _made(np.zeros), _made(np.empty), _made(np.arange)
     cp.asnumpy = lambda a: a.get() if isinstance(a, ndarray) else np.asarray(a)
     cp.RawModule = RawModule

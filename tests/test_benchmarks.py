@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -148,7 +149,6 @@ def test_train_speed_times_learn_alone_after_an_untimed_start_up(monkeypatch, ca
     trainer (numba compiles, imports) and building the env come before the clock starts."""
     pytest.importorskip("gymnasium")
     import time
-    import types
 
     from minippo import bench, ppo
 
@@ -195,8 +195,6 @@ def test_train_speed_repeats_alternate_rounds_and_report_the_best_of_each(monkey
     """repeats=2: training, env, training, env (fresh trainers of one seed); each side's best time
     is the one reported and in the ratio, and the slowest is kept beside it."""
     pytest.importorskip("gymnasium")
-    import types
-
     from minippo import bench, ppo
 
     now, events, steps = [100.0], [], []  # the clocks do not start at 0: a reading added, not subtracted, shows
@@ -240,8 +238,6 @@ def test_train_speed_repeats_alternate_rounds_and_report_the_best_of_each(monkey
 def test_env_stepping_steps_ceil_of_timesteps_over_envs_times_cycling_64_actions(monkeypatch):
     """env_stepping(config, T) makes config's vector env, steps it ceil(T / n_envs) times with 64
     pre-drawn actions in turn, and returns the seconds of the stepping alone."""
-    import types
-
     from minippo import bench, envs
     from minippo.config import PPOConfig
 
@@ -290,3 +286,58 @@ def test_train_speed_script_refuses_bad_steps(argv):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "steps and repeats must be integers >= 1" in proc.stderr
+
+
+def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys):
+    """The cupy branches, which no GPU-less machine times: under the strict CuPy stand-in every
+    cupy callable runs (device inputs, device out=, a device floor and a synchronise), the GAE rows
+    take their ratio to the device floor, the MLP rows give numpy/cupy, and the act table leaves
+    cupy out (the fused act is numba's)."""
+    import strict_cupy
+    from minippo.kernels import gpu
+
+    cp = strict_cupy.make()
+    synced = []
+    cp.cuda.Device = lambda *a: types.SimpleNamespace(synchronize=lambda: synced.append(1))
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setattr(gpu, "_module", None)
+    kb = _script("kernels")
+    ran = []
+
+    def fake(calls, on=None):
+        on = {name: name for name in calls} if on is None else on
+        for label, f in calls.items():
+            if label in on:
+                kb.use(on[label])
+            if label != "python loop":
+                before = len(synced)
+                f()
+                ran.append((label, kb.backend.name, len(synced) - before))
+        return {label: {"python loop": 1e-3, "memory floor": 1e-6, "device floor": 4e-6}.get(
+            label, 8e-6 if label.startswith("cupy") else 2e-6) for label in calls}
+
+    monkeypatch.setattr(kb, "best_interleaved", fake)
+    monkeypatch.setattr(kb, "kernels_alone", lambda *a: "")
+    real_mlp = kb.MLP
+    monkeypatch.setattr(kb, "MLP", lambda sizes, **kw: real_mlp([sizes[0], 4, sizes[-1]], **kw))
+    backends = [name for name in ("numpy", "cupy") if kb.use(name)]
+    assert backends == ["numpy", "cupy"]
+    kb.bench_gae(backends)
+    gae = capsys.readouterr().out.splitlines()
+    # (label, backend it ran under, synchronises): each cupy call ends in one, numpy's in none
+    assert {(label, name if "floor" not in label else "-", n) for label, name, n in ran} == {
+        ("memory floor", "-", 0), ("numpy", "numpy", 0), ("numpy out=", "numpy", 0),
+        ("cupy", "cupy", 1), ("cupy out=", "cupy", 1), ("device floor", "-", 1)}
+    assert len(ran) == 12
+    assert sum(line.strip().startswith("cupy out=") for line in gae) == 2
+    for line in gae:
+        if line.strip().startswith("cupy"):
+            assert line.endswith("125x          2.00x (device floor)"), line
+        elif line.strip().startswith("numpy"):
+            assert line.endswith("500x          2.00x"), line
+    kb.bench_mlp(backends)
+    rows = [line for line in capsys.readouterr().out.splitlines() if " B=" in line]
+    assert len(rows) == 10 and all("cupy speed-up fwd  0.25x fwd+bwd  0.25x" in r for r in rows)
+    assert {name for _, name, _ in ran[12:]} == {"numpy", "cupy"} and len(ran) == 12 + 2 * 2 * 10
+    kb.bench_act(backends)
+    assert "cupy" not in capsys.readouterr().out

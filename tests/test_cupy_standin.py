@@ -50,6 +50,11 @@ def test_standin_refuses_what_cupy_refuses(strict_cupy_backend):
     with pytest.raises(TypeError, match="Unsupported type"):
         dev[...] = [1.0, 2.0, 3.0]  # fill takes scalars only
     assert backend.asnumpy(dev == np.array(1.0)).all()  # comparisons unwrap a 0-d array (.item())
+    with pytest.raises(TypeError, match="Unsupported type"):
+        cp.copyto(dev, host)  # (the benchmark's device floor copies device to device)
+    with pytest.raises(TypeError, match="destination must be a cupy array"):
+        cp.copyto(host, dev)
+    cp.copyto(dev, cp.asarray(host))
     dev[...] = cp.asarray(host)
     dev[...] = 2.0
     dev[...] = np.array(2.0)  # fill takes a 0-d numpy array
