@@ -1,6 +1,7 @@
 """Kernel speed per backend, measured in one run on the same data. Prints ratios, asserts nothing.
 
     python benchmarks/kernels.py            # numpy and numba (and cupy when a device works)
+    python benchmarks/kernels.py numpy cupy # the named backends only
 
 GAE at (T=2048, N=64) and (T=128, N=8) float32: time, speed-up over a plain Python loop, and the
 ratio to a memory floor: one numpy copy moving as many bytes as GAE does (GAE reads 3 (T, N)
@@ -277,13 +278,24 @@ def unfused_act(pol, obs: np.ndarray, rng: np.random.Generator):
     return act
 
 
-def main() -> None:
+BACKENDS = ("numpy", "numba", "cupy")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python benchmarks/kernels.py [BACKEND ...]``: the named backends (default: all three;
+    those that cannot load say why and are left out)."""
+    import argparse
+
     import minippo
 
+    parser = argparse.ArgumentParser(description="Kernel speed per backend (see the module docstring).")
+    parser.add_argument("backends", nargs="*", choices=BACKENDS, metavar="BACKEND",
+                        help=f"one of {', '.join(BACKENDS)} (default: all three)")
+    names = parser.parse_args(argv).backends
     print(f"minippo from {os.path.dirname(minippo.__file__)}; numpy {np.__version__}; BLAS threads: "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
     print("Best of 7 rounds; the entries of each table row (GAE: each size) timed in alternating rounds")
-    backends = [name for name in ("numpy", "numba", "cupy") if use(name)]
+    backends = [name for name in BACKENDS if (not names or name in names) and use(name)]
     bench_gae(backends)
     bench_mlp(backends)
     bench_act(backends)

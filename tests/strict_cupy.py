@@ -19,6 +19,7 @@ want to see them.
 
 from __future__ import annotations
 
+import importlib.util
 import types
 from typing import Any
 
@@ -222,3 +223,25 @@ def make() -> types.ModuleType:
                                     Device=lambda *a: device)
     cp.STATS = STATS
     return cp
+
+
+def real_device() -> bool:
+    """Whether real CuPy and a CUDA device are here: the tests that also run on a device (marked
+    ``gpu``) skip without one. Asked at collection, before any test puts the stand-in in its place."""
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def device_param() -> object:
+    """``pytest.param("device")`` marked ``gpu`` and skipped without a device."""
+    import pytest
+
+    return pytest.param("device", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not real_device(), reason="needs cupy and a CUDA device")])
+

@@ -341,3 +341,22 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
     assert {name for _, name, _ in ran[12:]} == {"numpy", "cupy"} and len(ran) == 12 + 2 * 2 * 10
     kb.bench_act(backends)
     assert "cupy" not in capsys.readouterr().out
+
+
+def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch, capsys):
+    """``benchmarks/kernels.py numpy cupy`` (the GPU check's call: numba would compile for minutes
+    there) times those alone, in the script's order; an unknown name is a usage error naming the
+    allowed ones."""
+    kb = _script("kernels")
+    seen = []
+    for table in ("bench_gae", "bench_mlp", "bench_act"):
+        monkeypatch.setattr(kb, table, lambda backends, table=table: seen.append((table, backends)))
+    kb.main(["numpy"])
+    assert seen == [(t, ["numpy"]) for t in ("bench_gae", "bench_mlp", "bench_act")]
+    seen.clear()
+    kb.main(["cupy", "numpy"])  # no cupy here: it says why and is left out
+    assert seen[0] == ("bench_gae", ["numpy"]) and "cupy: unavailable" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        kb.main(["numpy", "bogus"])
+    assert e.value.code == 2
+    assert "invalid choice: 'bogus' (choose from 'numpy', 'numba', 'cupy')" in capsys.readouterr().err

@@ -18,13 +18,12 @@ from minippo.optim import Adam
 TINY = dict(n_envs=2, n_steps=16, batch_size=16, n_epochs=2, total_timesteps=64, hidden=(8,))
 
 
-@pytest.fixture
-def strict_cupy_backend(monkeypatch):
+def _cupy_backend(monkeypatch, cp):
+    """MINIPPO_BACKEND=cupy with ``cp`` as cupy for one test."""
     from minippo.kernels import gpu
 
-    cp = strict_cupy.make()
     monkeypatch.setitem(sys.modules, "cupy", cp)
-    monkeypatch.setattr(gpu, "_module", None)  # GAE compiles on the stand-in; a real device's test compiles anew
+    monkeypatch.setattr(gpu, "_module", None)  # GAE compiles on this cupy; the next test's compiles anew
     monkeypatch.setenv(backend.ENV_VAR, "cupy")
     backend.reset()
     assert backend.name == "cupy"
@@ -32,8 +31,27 @@ def strict_cupy_backend(monkeypatch):
     backend.reset()
 
 
+@pytest.fixture
+def strict_cupy_backend(monkeypatch):
+    """The cupy backend on the strict stand-in (the tests that count copies and syncs, which only
+    the stand-in can)."""
+    yield from _cupy_backend(monkeypatch, strict_cupy.make())
+
+
+@pytest.fixture(params=["standin", strict_cupy.device_param()])
+def cupy_backend(request, monkeypatch):
+    """The cupy backend on the strict stand-in and, where there is one (``-m gpu``), on a real
+    device: what holds on both (device arrays where they belong, results to rounding)."""
+    if request.param == "standin":
+        yield from _cupy_backend(monkeypatch, strict_cupy.make())
+    else:
+        import cupy
+
+        yield from _cupy_backend(monkeypatch, cupy)
+
+
 def _on_device(a):
-    return type(a).__module__ == "cupy"
+    return type(a).__module__ == "cupy" and type(a).__name__ == "ndarray"
 
 
 def test_standin_refuses_what_cupy_refuses(strict_cupy_backend):
@@ -62,9 +80,9 @@ def test_standin_refuses_what_cupy_refuses(strict_cupy_backend):
     assert backend.asnumpy(dev).tolist() == [5.0, 2.0, 6.0]
 
 
-def test_adam_state_loads_onto_the_device(strict_cupy_backend):
+def test_adam_state_loads_onto_the_device(cupy_backend):
     """Adam.load_state_dict gets host arrays from the checkpoint file: they go to the moments' device."""
-    cp = strict_cupy_backend
+    cp = cupy_backend
     params = {"w": cp.asarray(np.zeros((2, 3), np.float32))}
     opt = Adam(params, lr=0.1)
     state = {"t": 5, "m.w": np.full((2, 3), 0.5, np.float32), "v.w": np.full((2, 3), 0.25, np.float32)}
@@ -79,7 +97,7 @@ def test_adam_state_loads_onto_the_device(strict_cupy_backend):
     dict(env_id="CartPole-v1", objective="kl_penalty", shared=True, norm_reward=True),
     dict(env_id="Pendulum-v1", objective="clip", clip_vloss=True, target_kl=0.5),
 ])
-def test_train_save_resume_predict_on_the_cupy_path(strict_cupy_backend, tmp_path, cfg):
+def test_train_save_resume_predict_on_the_cupy_path(cupy_backend, tmp_path, cfg):
     pytest.importorskip("gymnasium")
     algo = PPO(PPOConfig(**TINY, **cfg)).learn()
     assert all(_on_device(p) for p in algo.policy.params.values())
@@ -108,6 +126,34 @@ def test_train_save_resume_predict_on_the_cupy_path(strict_cupy_backend, tmp_pat
     assert np.isfinite(res["mean_return"])
     if not cfg.get("norm_obs"):  # (Policy normalises with its saved statistics, the bare network not)
         assert res["returns"] == evaluate_policy(host, cfg["env_id"], 1, True, seed=3)["returns"]
+
+
+@pytest.mark.parametrize("objective", ["clip", "kl_penalty"])
+def test_training_on_the_cupy_path_matches_numpy(cupy_backend, monkeypatch, objective):
+    """float64, one seed: two updates on the cupy path end at numpy's parameters and Adam moments.
+    On the stand-in (numpy underneath) bit for bit. On a device cuBLAS and CUDA's reductions sum in
+    their own order (~1e-16 relative per operation); Adam divides by sqrt(v) + eps, so a gradient's
+    rounding difference reaches a parameter amplified by at most lr / eps (3e4 here) per step, and
+    1e-9 leaves a margin of ~1e3 over the 4 steps. The actions are drawn on the host from the
+    probabilities read back, so both runs act alike unless a draw lands within ~1e-16 of a boundary."""
+    pytest.importorskip("gymnasium")
+    on_standin = hasattr(cupy_backend, "STATS")
+    cfg = PPOConfig(**TINY, env_id="CartPole-v1", objective=objective, dtype="float64", norm_obs=True)
+    runs = {}
+    for name in ("cupy", "numpy"):
+        monkeypatch.setenv(backend.ENV_VAR, name)
+        backend.reset()
+        algo = PPO(cfg).learn()
+        assert algo.backend == name and algo.num_timesteps == 64
+        runs[name] = {**{k: backend.asnumpy(p) for k, p in algo.policy.params.items()},
+                      **{"m." + k: backend.asnumpy(m) for k, m in algo.optimizer.m.items()},
+                      **{"v." + k: backend.asnumpy(v) for k, v in algo.optimizer.v.items()}}
+    assert runs["cupy"].keys() == runs["numpy"].keys()
+    for k, want in runs["numpy"].items():
+        if on_standin:
+            np.testing.assert_array_equal(runs["cupy"][k], want, err_msg=k)
+        else:
+            np.testing.assert_allclose(runs["cupy"][k], want, rtol=0, atol=1e-9, err_msg=k)
 
 
 def test_gradient_norm_is_one_sync_per_clip(strict_cupy_backend):
@@ -142,10 +188,10 @@ def test_a_device_that_cannot_compile_is_refused_and_auto_falls_back(monkeypatch
     assert "cupy unavailable" in caplog.text or "neither cupy nor numba" in caplog.text
 
 
-def test_compute_gae_refuses_bad_dones_on_the_device(strict_cupy_backend):
+def test_compute_gae_refuses_bad_dones_on_the_device(cupy_backend):
     from minippo.advantages import compute_gae
 
-    cp = strict_cupy_backend
+    cp = cupy_backend
     r = cp.asarray(np.ones((4, 3), np.float32))
     d = np.zeros((4, 3), np.float32)
     d[2, 1] = 2.0
@@ -156,13 +202,13 @@ def test_compute_gae_refuses_bad_dones_on_the_device(strict_cupy_backend):
     assert _on_device(adv)
 
 
-def test_compute_gae_results_are_where_the_inputs_are(strict_cupy_backend):
+def test_compute_gae_results_are_where_the_inputs_are(cupy_backend):
     """On the cupy backend, device inputs run the CUDA kernel (device results); host inputs stay on
     the host. A host out= for device results (or the other way) is refused by name: real CuPy would
     raise 'Implicit conversion to a NumPy array is not allowed' at the copy."""
     from minippo.advantages import compute_gae, gae_numpy
 
-    cp = strict_cupy_backend
+    cp = cupy_backend
     rng = np.random.default_rng(0)
     r, v = rng.normal(size=(2, 6, 3)).astype(np.float32)
     d = (rng.random((6, 3)) < 0.3).astype(np.float32)

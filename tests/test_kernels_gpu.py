@@ -8,7 +8,6 @@ compiles with --fmad=false; the host shim is built with -ffp-contract=off), so r
 """
 
 import ctypes
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import strict_cupy
 from minippo.kernels import gpu
 from minippo.kernels import reference as ref
 
@@ -246,19 +246,8 @@ def test_source_is_package_data_and_import_needs_no_cupy():
 
 
 # ---------------------------------------------------------------- a real device
-def _has_device() -> bool:
-    if importlib.util.find_spec("cupy") is None:
-        return False
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(not _has_device(), reason="needs cupy and a CUDA device")
+@pytest.mark.skipif(not strict_cupy.real_device(), reason="needs cupy and a CUDA device")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_real_device_matches_numpy(dtype):
     import cupy

@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 import pytest
+import strict_cupy
 
 pytest.importorskip("gymnasium")
 
@@ -76,22 +77,36 @@ def test_pendulum_preset_reaches_minus_250():
     _two_of_three(lambda seed: _train_eval(preset("Pendulum-v1", seed=seed)), -250)
 
 
-@pytest.mark.parametrize("env_id, threshold", [("CartPole-v1", 475), ("Pendulum-v1", -250)])
-def test_numba_backend_learns_too(env_id, threshold):
-    # The numba backend runs the fused act and minibatch-update kernels (Categorical and Gaussian).
-    pytest.importorskip("numba")
+def _train_eval_on(name, env_id):
+    """``train_eval(seed)`` for :func:`_two_of_three`: the preset in a fresh process with
+    MINIPPO_BACKEND=name (the backend is read once per process)."""
 
     def train_eval(seed):
         code = (
             "from minippo import PPO, backend\n"
             "from minippo.config import preset\n"
-            "assert backend.name == 'numba'\n"
+            f"assert backend.name == {name!r}\n"
             f"algo = PPO(preset({env_id!r}, seed={seed})).learn()\n"
             "print(algo.evaluate(20, deterministic=True)['mean_return'])\n"
         )
-        env = {**os.environ, "MINIPPO_BACKEND": "numba"}
+        env = {**os.environ, "MINIPPO_BACKEND": name}
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, r.stderr
         return float(r.stdout.strip().splitlines()[-1])
 
-    _two_of_three(train_eval, threshold)
+    return train_eval
+
+
+@pytest.mark.parametrize("env_id, threshold", [("CartPole-v1", 475), ("Pendulum-v1", -250)])
+def test_numba_backend_learns_too(env_id, threshold):
+    # The numba backend runs the fused act and minibatch-update kernels (Categorical and Gaussian).
+    pytest.importorskip("numba")
+    _two_of_three(_train_eval_on("numba", env_id), threshold)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not strict_cupy.real_device(), reason="needs cupy and a CUDA device")
+@pytest.mark.parametrize("env_id, threshold", [("CartPole-v1", 475), ("Pendulum-v1", -250)])
+def test_cupy_backend_learns_too(env_id, threshold):
+    # Parameters, Adam state and the rollout on the device; the envs and the action draws on the host.
+    _two_of_three(_train_eval_on("cupy", env_id), threshold)
