@@ -360,3 +360,45 @@ def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch
         kb.main(["numpy", "bogus"])
     assert e.value.code == 2
     assert "invalid choice: 'bogus' (choose from 'numpy', 'numba', 'cupy')" in capsys.readouterr().err
+
+
+def _fake_gpu_machine(tmp_path):
+    """PATH and PYTHONPATH of a pretend GPU machine: ``import cupy`` gives the strict stand-in (one
+    device) and ``nvidia-smi`` names one GPU."""
+    bin_dir, py_dir = tmp_path / "bin", tmp_path / "py"
+    bin_dir.mkdir()
+    py_dir.mkdir()
+    (py_dir / "cupy.py").write_text(
+        f"import sys\nsys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\nimport strict_cupy\n"
+        "sys.modules['cupy'] = strict_cupy.make()\n")
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: stand-in'\n")
+    smi.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(py_dir)}
+
+
+def test_gpu_check_script_runs_its_steps_and_counts_the_failed_ones(tmp_path):
+    """benchmarks/gpu_check.sh, the one prepared command for a machine with a GPU: on a pretend one
+    (the stand-in as cupy) its device and tests steps pass, with the real-device tests run and not
+    skipped; without cupy every step fails (a skipped gpu test is no pass there) and the exit status
+    counts them; an unknown step or no OUTDIR is a usage error. (Its bench and learning steps run
+    the benchmark and test_learning.py, tested on their own.)"""
+    script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", script, str(out), "device", "tests"], capture_output=True, text=True,
+                          env=_fake_gpu_machine(tmp_path), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "devices 1" in (out / "device.log").read_text()
+    tests_log = (out / "tests.log").read_text()
+    assert " passed" in tests_log and "skipped" not in tests_log and "failed" not in tests_log, tests_log
+    assert "== 0 step(s) failed" in proc.stdout
+    no_cupy = {**os.environ, "PYTHONPATH": str(tmp_path / "nothing")}
+    if importlib.util.find_spec("cupy") is None:
+        proc = subprocess.run(["bash", script, str(out), "tests", "bench"], capture_output=True, text=True,
+                              env=no_cupy, timeout=120)
+        assert proc.returncode == 1 and "== 2 step(s) failed" in proc.stdout
+        assert "No module named 'cupy'" in (out / "bench.log").read_text()
+    for argv in ([], [str(out), "benchmark"], [""]):
+        proc = subprocess.run(["bash", script, *argv], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == "", argv
+        assert proc.stderr.startswith("usage: bash benchmarks/gpu_check.sh OUTDIR [STEP ...]"), argv

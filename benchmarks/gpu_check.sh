@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The checks that need a CUDA device, as one prepared command for a machine that has one (the
+# development and CI machines have none). From the repository root:
+#
+#     bash benchmarks/gpu_check.sh OUTDIR [STEP ...]
+#
+# STEP is one of: device, tests, bench, learning (default: all four, in that order).
+#   device    what is there: the GPU, Python, numpy and cupy versions, nvcc
+#   tests     the cupy tests: the real-device ones (marked gpu) beside the stand-in and CUDA-source
+#             ones, and nvcc -ptx of kernels/gae.cu where nvcc is on the PATH
+#   bench     benchmarks/kernels.py on numpy and cupy (GAE against the host and device floors,
+#             the MLP rows numpy/cupy)
+#   learning  the CartPole and Pendulum presets trained with MINIPPO_BACKEND=cupy (marked gpu
+#             and slow; needs gymnasium)
+# It needs python3 with numpy, cupy, pytest and hypothesis; minippo runs from this checkout. Where
+# there is no network, wheels put in .whl/ beforehand (gymnasium and its needs: docs/kernels.md,
+# "On a GPU") are installed into a temporary folder first. Each step runs under its own time
+# limit, and the steps go on after a failure; each step's whole output is in OUTDIR/STEP.log, its
+# last lines on the terminal. Exit status: 0 when every step passed, 1 when one or more failed (the
+# last line counts them), 2 for a usage error.
+set -u
+usage="usage: bash benchmarks/gpu_check.sh OUTDIR [STEP ...] (STEP: device, tests, bench, learning)"
+if [ $# -lt 1 ] || [ -z "$1" ]; then
+    echo "$usage" >&2
+    exit 2
+fi
+out=$1
+shift
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(device tests bench learning)
+for s in "${steps[@]}"; do
+    case $s in
+        device | tests | bench | learning) ;;
+        *) echo "$usage; got $s" >&2; exit 2 ;;
+    esac
+done
+cd "$(dirname "$0")/.." || exit 2
+mkdir -p "$out" || exit 2
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+    site=$(mktemp -d)
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:$site"
+fi
+
+failed=0
+run_step() {  # run_step NAME SECONDS 'SHELL COMMAND'
+    local name=$1 limit=$2 t0=$SECONDS rc
+    echo "== $name (limit ${limit} s)"
+    timeout "$limit" bash -c "$3" > "$out/$name.log" 2>&1
+    rc=$?
+    tail -n 30 "$out/$name.log"
+    echo "== $name: exit $rc after $((SECONDS - t0)) s"
+    [ "$rc" -eq 0 ] || failed=$((failed + 1))
+}
+
+# Without a device the gpu tests skip, and without gymnasium the learning tests do: that is a
+# failed step here, not a pass.
+needs_device='python3 -c "import cupy; assert cupy.cuda.runtime.getDeviceCount() > 0, \"no CUDA device\""'
+pytest="python3 -m pytest -q -p no:cacheprovider -rs"
+for s in "${steps[@]}"; do
+    case $s in
+        device)
+            run_step device 60 'nvidia-smi -L; python3 -c "import sys, numpy, cupy
+print(sys.version.split()[0], \"numpy\", numpy.__version__, \"cupy\", cupy.__version__,
+      \"devices\", cupy.cuda.runtime.getDeviceCount())"; status=$?
+if command -v nvcc > /dev/null; then nvcc --version | tail -n 1; else echo "no nvcc on the PATH"; fi
+exit $status' ;;
+        tests)
+            run_step tests 240 "$needs_device && $pytest -m 'not slow' tests/test_kernels_gpu.py tests/test_cupy_standin.py" ;;
+        bench)
+            run_step bench 240 "$needs_device && python3 benchmarks/kernels.py numpy cupy" ;;
+        learning)
+            run_step learning 480 "$needs_device && python3 -c 'import gymnasium' && $pytest -m 'gpu and slow' tests/test_learning.py" ;;
+    esac
+done
+echo "== ${failed} step(s) failed; logs in $out"
+[ "$failed" -eq 0 ]
