@@ -11,7 +11,12 @@ the cupy backend and holds it to the rules of real CuPy that plain numpy arrays 
 - ``dev[basic index] = host_array`` (or a list) raises: CuPy sends a value that is not a cupy array
   to ``ndarray.fill``, which takes scalars only (``dev[...] = cupy.asarray(host)`` is the way);
 - ``RawModule(...).get_function(name)(grid, block, args)`` checks the argument types that
-  ``kernels/gae.cu`` declares and runs ``minippo.advantages.gae_numpy`` in its place.
+  ``kernels/gae.cu`` declares and runs ``minippo.advantages.gae_numpy`` in its place;
+- only the numpy functions, ufuncs and array methods listed below (``FUNCTIONS``, ``UFUNCS``,
+  ``METHODS``) work on a device array: the ones minippo uses, each checked to exist in real CuPy
+  (``test_standin_allows_only_what_real_cupy_has``, where CuPy is installed). CuPy answers a numpy
+  function it lacks with TypeError; so does the stand-in for anything not listed, so a new call on
+  the cupy path fails here until it is checked against CuPy and added.
 
 ``STATS`` counts the copies each way and the implicit syncs (``bool``, ``float``) for tests that
 want to see them.
@@ -26,6 +31,16 @@ import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 STATS = {"get": 0, "upload": 0, "bool": 0, "float": 0}
+
+# What minippo applies to device arrays (session 34: recorded over the cupy tests, then checked
+# against CuPy 14.2's namespace, and the keywords used against its signatures: clip(out=),
+# concatenate(axis=), zeros_like(shape=), the ufuncs' out=).
+FUNCTIONS = frozenset({"clip", "concatenate", "dot", "full_like", "ones_like", "stack", "var", "vdot",
+                       "where", "zeros_like"})
+UFUNCS = frozenset({"absolute", "add", "bitwise_and", "bitwise_or", "divide", "equal", "exp", "expm1",
+                    "greater", "greater_equal", "invert", "isfinite", "less", "less_equal", "log",
+                    "maximum", "multiply", "negative", "not_equal", "power", "sqrt", "subtract", "tanh"})
+METHODS = frozenset({"all", "any", "argmax", "astype", "max", "mean", "reshape", "std", "sum"})
 
 
 def _host(x: Any, where: str, allow_0d: bool = False) -> Any:
@@ -108,6 +123,9 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
         where = f"ufunc {ufunc.__name__}"
+        if ufunc.__name__ not in UFUNCS or method != "__call__":
+            raise TypeError(f"{where}.{method} on a device array is not among the ones checked against "
+                            "CuPy (strict_cupy.UFUNCS)")
         out = kwargs.get("out")
         if out is not None:
             kwargs["out"] = tuple(_host(o, where) for o in out)
@@ -119,6 +137,9 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
 
     def __array_function__(self, func: Any, types_: Any, args: Any, kwargs: Any) -> Any:
         where = f"numpy.{func.__name__}"
+        if func.__name__ not in FUNCTIONS:
+            raise TypeError(f"{where} on a device array is not among the functions checked against CuPy "
+                            "(strict_cupy.FUNCTIONS)")
         r = func(*_host(list(args), where), **{k: _host(v, where) for k, v in kwargs.items()})
         out = kwargs.get("out")
         return out if out is not None else _dev(r)
@@ -143,6 +164,9 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
             raise AttributeError(name)
         attr = getattr(self._a, name)  # shape, dtype, ndim, size, T, flags, sum, max, astype, ...
         if callable(attr):
+            if name not in METHODS:
+                raise AttributeError(f"{name}: not among the array methods checked against CuPy "
+                                     "(strict_cupy.METHODS)")
             def method(*args: Any, **kwargs: Any) -> Any:
                 return _dev(attr(*_host(list(args), name), **{k: _host(v, name) for k, v in kwargs.items()}))
             return method

@@ -80,6 +80,41 @@ def test_standin_refuses_what_cupy_refuses(strict_cupy_backend):
     assert backend.asnumpy(dev).tolist() == [5.0, 2.0, 6.0]
 
 
+def test_standin_refuses_numpy_calls_not_checked_against_cupy():
+    """A numpy function, ufunc (or ufunc method) or array method outside the stand-in's lists fails
+    on a device array, as a numpy function CuPy lacks fails there (TypeError from its
+    __array_function__): a new call on the cupy path must be checked against CuPy first."""
+    cp = strict_cupy.make()
+    dev = cp.asarray(np.ones(3, np.float32))
+    with pytest.raises(TypeError, match=r"numpy.cumsum on a device array is not among the functions checked"):
+        np.cumsum(dev)
+    with pytest.raises(TypeError, match=r"ufunc logaddexp.__call__ on a device array is not among"):
+        np.logaddexp(dev, dev)
+    with pytest.raises(TypeError, match=r"ufunc add.reduce on a device array is not among"):
+        np.add.reduce(dev)
+    with pytest.raises(AttributeError, match="cumsum: not among the array methods checked"):
+        dev.cumsum()
+    assert float(np.dot(dev, dev)) == 3.0 and float(dev.sum()) == 3.0  # listed ones work
+    assert dev.shape == (3,) and dev.dtype == np.float32  # attributes are not calls
+
+
+def test_standin_allows_only_what_real_cupy_has():
+    """Every function, ufunc and array method the stand-in lets through exists in real CuPy, with
+    the keywords minippo passes. Needs CuPy installed, not a device (session 34 ran it against CuPy
+    14.2 on a machine without one; benchmarks/gpu_check.sh runs it on a GPU machine)."""
+    import inspect
+
+    if "cupy" in sys.modules and hasattr(sys.modules["cupy"], "STATS"):
+        pytest.skip("the stand-in is in sys.modules['cupy']")
+    cupy = pytest.importorskip("cupy")
+    assert not hasattr(cupy, "STATS")
+    missing = [f for f in sorted(strict_cupy.FUNCTIONS | strict_cupy.UFUNCS) if not hasattr(cupy, f)]
+    missing += [f".{m}" for m in sorted(strict_cupy.METHODS) if not hasattr(cupy.ndarray, m)]
+    assert not missing, f"not in CuPy {cupy.__version__}: {missing}"
+    for f, kw in (("clip", "out"), ("concatenate", "axis"), ("zeros_like", "shape")):
+        assert kw in inspect.signature(getattr(cupy, f)).parameters, (f, kw)
+
+
 def test_adam_state_loads_onto_the_device(cupy_backend):
     """Adam.load_state_dict gets host arrays from the checkpoint file: they go to the moments' device."""
     cp = cupy_backend
@@ -126,6 +161,30 @@ def test_train_save_resume_predict_on_the_cupy_path(cupy_backend, tmp_path, cfg)
     assert np.isfinite(res["mean_return"])
     if not cfg.get("norm_obs"):  # (Policy normalises with its saved statistics, the bare network not)
         assert res["returns"] == evaluate_policy(host, cfg["env_id"], 1, True, seed=3)["returns"]
+
+
+# Every setting that changes which code runs on the device, one at a time (with the stand-in's
+# lists, a numpy call that was never checked against CuPy fails here: the Gaussian KL's power did).
+SETTINGS = [
+    *(dict(objective=o) for o in ("kl_penalty", "surrogate")),
+    *(dict(objective=o, n_epochs=1) for o in ("a2c", "reinforce")),  # on-policy: one epoch
+    *(dict(advantage=a) for a in ("mc", "td")),
+    dict(shared=True), dict(norm_obs=True, norm_reward=True), dict(clip_vloss=True),
+    dict(ent_coef=0.01, ent_schedule="linear"), dict(lr_schedule="linear", clip_schedule="linear"),
+    dict(target_kl=0.001), dict(activation="relu"), dict(dtype="float64"),
+    dict(normalize_advantages=False), dict(max_grad_norm=0.0), dict(autoreset="next_step"),
+]
+
+
+@pytest.mark.parametrize("env_id, extra", [("CartPole-v1", dict(temperature=0.5)),
+                                           ("Pendulum-v1", dict(log_std_init=-0.5))])
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
+def test_every_setting_runs_on_the_cupy_path(strict_cupy_backend, env_id, extra, setting):
+    pytest.importorskip("gymnasium")
+    algo = PPO(PPOConfig(**{**TINY, "env_id": env_id, **extra, **setting})).learn()
+    assert all(_on_device(p) for p in algo.policy.params.values())
+    assert np.isfinite(algo.evaluate(1)["mean_return"])
+    assert not _on_device(algo.policy.predict(np.zeros(algo.policy.obs_dim, np.float32)))
 
 
 @pytest.mark.parametrize("objective", ["clip", "kl_penalty"])
