@@ -129,6 +129,41 @@ def test_nvcc_compiles_gae_to_ptx(tmp_path):
         assert "fma.rn" not in text  # --fmad=false keeps numpy's rounding
 
 
+def _nvrtc():
+    """CuPy's binding of NVRTC where CuPy and the NVRTC library are installed (no device needed)."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+        return nvrtc
+    except Exception:
+        return None
+
+
+NVRTC = _nvrtc()
+
+
+@pytest.mark.skipif(NVRTC is None, reason="needs CuPy with the NVRTC library")
+@pytest.mark.parametrize("arch", ["compute_75", "compute_90"])
+def test_nvrtc_compiles_the_sources_as_cupy_does(arch):
+    """NVRTC is what ``cupy.RawModule`` compiles with (no host headers, unlike nvcc): kernels/gae.cu
+    with ``gpu.NVRTC_OPTIONS`` and the backend's probe compile, unmangled and without FMA
+    contraction. No device needed (session 34: NVRTC 12.9 from pip, on a machine without a GPU)."""
+    from minippo.backend import PROBE_SOURCE
+
+    for src, entries in ((gpu.source(), ("gae_f32", "gae_f64")), (PROBE_SOURCE, ("minippo_probe",))):
+        prog = NVRTC.createProgram(src, "kern.cu", (), ())
+        try:
+            NVRTC.compileProgram(prog, [*gpu.NVRTC_OPTIONS, f"--gpu-architecture={arch}"])
+            ptx = NVRTC.getPTX(prog)
+        finally:
+            NVRTC.destroyProgram(prog)
+        text = ptx.decode() if isinstance(ptx, bytes) else ptx
+        assert all(f".entry {name}(" in text for name in entries), text[:500]
+        if src is not PROBE_SOURCE:
+            assert "fma.rn" not in text  # --fmad=false keeps numpy's rounding
+
+
 # ---------------------------------------------------------------- host shim
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("T,N", [(1, 1), (1, 5), (9, 1), (13, 7)])
