@@ -5,6 +5,9 @@ conversion either way, no host array assigned into a device array), so a host/de
 on the cupy path (rollout, GAE, update, checkpoint save and resume, predict, evaluate) fails here.
 """
 
+import importlib.util
+import os
+import re
 import sys
 
 import numpy as np
@@ -113,6 +116,28 @@ def test_standin_allows_only_what_real_cupy_has():
     assert not missing, f"not in CuPy {cupy.__version__}: {missing}"
     for f, kw in (("clip", "out"), ("concatenate", "axis"), ("zeros_like", "shape")):
         assert kw in inspect.signature(getattr(cupy, f)).parameters, (f, kw)
+
+
+def test_real_cupy_without_a_device_is_refused_by_name():
+    """Real CuPy installed on a machine without a GPU (CI's CuPy suite): explicit cupy says no device
+    is usable and what to use instead; auto moves on to numba or numpy."""
+    import subprocess
+
+    if importlib.util.find_spec("cupy") is None:
+        pytest.skip("needs CuPy installed")
+    if strict_cupy.real_device():
+        pytest.skip("a CUDA device is here")
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from minippo import backend\nprint(backend.name)")
+    env = {**os.environ, "MINIPPO_BACKEND": "cupy"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0
+    assert re.search(r"RuntimeError: MINIPPO_BACKEND=cupy but no CUDA device is usable \(\w+: .+\); "
+                     r"use MINIPPO_BACKEND=numpy or numba on this machine", r.stderr), r.stderr
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**env, "MINIPPO_BACKEND": "auto"}, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() in ("numba", "numpy"), r.stderr
+    assert "MINIPPO_BACKEND=auto picked" in r.stderr
 
 
 def test_adam_state_loads_onto_the_device(cupy_backend):
