@@ -34,13 +34,16 @@ for s in "${steps[@]}"; do
         *) echo "$usage; got $s" >&2; exit 2 ;;
     esac
 done
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2  # OUTDIR as given from where it was called
 cd "$(dirname "$0")/.." || exit 2
-mkdir -p "$out" || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" > /dev/null; then
     site=$(mktemp -d)
-    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl \
-        && export PYTHONPATH="$PYTHONPATH:$site"
+    if python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .whl/*.whl; then
+        export PYTHONPATH="$PYTHONPATH:$site"
+    else
+        echo "could not install the wheels in .whl/ (the steps go on without them)"
+    fi
 fi
 
 failed=0

@@ -370,7 +370,7 @@ def _fake_gpu_machine(tmp_path):
     """PATH and PYTHONPATH of a pretend GPU machine: ``import cupy`` gives the strict stand-in (one
     device) and ``nvidia-smi`` names one GPU."""
     bin_dir, py_dir = tmp_path / "bin", tmp_path / "py"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     py_dir.mkdir()
     (py_dir / "cupy.py").write_text(
         f"import sys\nsys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\nimport strict_cupy\n"
@@ -397,6 +397,9 @@ def test_gpu_check_script_runs_its_steps_and_counts_the_failed_ones(tmp_path):
     assert " passed" in tests_log and "failed" not in tests_log, tests_log
     assert "needs cupy and a CUDA device" not in tests_log  # the gpu tests ran (on the stand-in)
     assert "== 0 step(s) failed" in proc.stdout
+    proc = subprocess.run(["bash", script, "rel", "device"], capture_output=True, text=True,
+                          env=_fake_gpu_machine(tmp_path / "again"), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0 and (tmp_path / "rel" / "device.log").exists()  # OUTDIR from the caller's cwd
     no_cupy = {**os.environ, "PYTHONPATH": str(tmp_path / "nothing")}
     if importlib.util.find_spec("cupy") is None:
         proc = subprocess.run(["bash", script, str(out), "tests", "bench"], capture_output=True, text=True,
