@@ -24,6 +24,7 @@ want to see them.
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Any
 
@@ -249,9 +250,11 @@ def make() -> types.ModuleType:
     return cp
 
 
+@functools.cache
 def real_device() -> bool:
     """Whether real CuPy and a CUDA device are here: the tests that also run on a device (marked
-    ``gpu``) skip without one. Asked at collection, before any test puts the stand-in in its place."""
+    ``gpu``) skip without one. Asked once, at collection, before any test puts the stand-in in its
+    place."""
     try:
         import cupy
 
