@@ -25,6 +25,8 @@ want to see them.
 from __future__ import annotations
 
 import functools
+import os
+import stat
 import types
 from typing import Any
 
@@ -269,4 +271,24 @@ def device_param() -> object:
 
     return pytest.param("device", marks=[pytest.mark.gpu, pytest.mark.skipif(
         not real_device(), reason="needs cupy and a CUDA device")])
+
+
+def pretend_gpu_machine(folder: Any) -> dict[str, str]:
+    """The environment (a copy of ``os.environ``) of a pretend GPU machine, for a subprocess:
+    ``import cupy`` gives this stand-in with one device, ``nvidia-smi`` names one GPU, and at exit
+    the process prints ``strict_cupy stand-in: STATS`` on stderr (uploads, read-backs, syncs), so
+    a test can see that the work went to the "device". Its files go under ``folder``."""
+    bin_dir, py_dir = os.path.join(folder, "bin"), os.path.join(folder, "py")
+    os.makedirs(bin_dir, exist_ok=True)
+    os.makedirs(py_dir, exist_ok=True)
+    tests = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(py_dir, "cupy.py"), "w") as f:
+        f.write(f"import atexit, sys\nsys.path.insert(0, {tests!r})\nimport strict_cupy\n"
+                "sys.modules['cupy'] = strict_cupy.make()\n"
+                "atexit.register(lambda: print('strict_cupy stand-in:', strict_cupy.STATS, file=sys.stderr))\n")
+    smi = os.path.join(bin_dir, "nvidia-smi")
+    with open(smi, "w") as f:
+        f.write("#!/bin/sh\necho 'GPU 0: strict_cupy stand-in'\n")
+    os.chmod(smi, os.stat(smi).st_mode | stat.S_IXUSR)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": py_dir}
 

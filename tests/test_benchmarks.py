@@ -10,6 +10,7 @@ import types
 
 import numpy as np
 import pytest
+import strict_cupy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -366,21 +367,6 @@ def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch
     assert "invalid choice: 'bogus' (choose from 'numpy', 'numba', 'cupy')" in capsys.readouterr().err
 
 
-def _fake_gpu_machine(tmp_path):
-    """PATH and PYTHONPATH of a pretend GPU machine: ``import cupy`` gives the strict stand-in (one
-    device) and ``nvidia-smi`` names one GPU."""
-    bin_dir, py_dir = tmp_path / "bin", tmp_path / "py"
-    bin_dir.mkdir(parents=True)
-    py_dir.mkdir()
-    (py_dir / "cupy.py").write_text(
-        f"import sys\nsys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\nimport strict_cupy\n"
-        "sys.modules['cupy'] = strict_cupy.make()\n")
-    smi = bin_dir / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho 'GPU 0: stand-in'\n")
-    smi.chmod(0o755)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(py_dir)}
-
-
 def test_gpu_check_script_runs_its_steps_and_counts_the_failed_ones(tmp_path):
     """benchmarks/gpu_check.sh, the one prepared command for a machine with a GPU: on a pretend one
     (the stand-in as cupy) its device and tests steps pass, with the real-device tests run and not
@@ -390,7 +376,7 @@ def test_gpu_check_script_runs_its_steps_and_counts_the_failed_ones(tmp_path):
     script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
     out = tmp_path / "out"
     proc = subprocess.run(["bash", script, str(out), "device", "tests"], capture_output=True, text=True,
-                          env=_fake_gpu_machine(tmp_path), cwd=tmp_path, timeout=300)
+                          env=strict_cupy.pretend_gpu_machine(tmp_path), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "devices 1" in (out / "device.log").read_text()
     tests_log = (out / "tests.log").read_text()
@@ -398,7 +384,7 @@ def test_gpu_check_script_runs_its_steps_and_counts_the_failed_ones(tmp_path):
     assert "needs cupy and a CUDA device" not in tests_log  # the gpu tests ran (on the stand-in)
     assert "== 0 step(s) failed" in proc.stdout
     proc = subprocess.run(["bash", script, "rel", "device"], capture_output=True, text=True,
-                          env=_fake_gpu_machine(tmp_path / "again"), cwd=tmp_path, timeout=120)
+                          env=strict_cupy.pretend_gpu_machine(tmp_path / "again"), cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and (tmp_path / "rel" / "device.log").exists()  # OUTDIR from the caller's cwd
     no_cupy = {**os.environ, "PYTHONPATH": str(tmp_path / "nothing")}
     if importlib.util.find_spec("cupy") is None:

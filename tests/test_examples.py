@@ -119,3 +119,40 @@ def test_own_env_example_learns_with_numpy_alone(tmp_path):
     # Walks toward the target, or stays: 2 with numpy; numba's rounding (its MLP sums in another
     # order) took another trajectory to 1 at this short budget (2 after 20k steps), never to 0.
     assert lines["action at position -0.5, target 0.5 (2 = right)"] in ("1", "2"), out
+
+
+def test_examples_and_the_cli_run_on_the_cupy_path(tmp_path):
+    """With MINIPPO_BACKEND=cupy on a pretend GPU machine (``import cupy`` gives the strict stand-in):
+    the four examples, ``minippo train``, a resumed run and ``minippo eval`` finish, and each process
+    that trains sends its work to the "device" (the stand-in's upload count)."""
+    import re
+
+    import strict_cupy
+
+    pytest.importorskip("gymnasium")
+    env = {**strict_cupy.pretend_gpu_machine(tmp_path / "machine"), "MINIPPO_BACKEND": "cupy"}
+    env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], ROOT])  # this checkout's minippo, as _run
+    ex = os.path.join(ROOT, "examples")
+    runs = [
+        [os.path.join(ex, "train_cartpole.py"), "--timesteps", "512", "--out", "c.npz"],
+        [os.path.join(ex, "own_env.py"), "--timesteps", "512", "--out", "o.npz"],
+        [os.path.join(ex, "ladder.py"), "--timesteps", "512", "--seeds", "1"],
+        ["-m", "minippo", "train", "CartPole-v1", "--timesteps", "512", "--out", "run"],
+        ["-m", "minippo", "train", "CartPole-v1", "--timesteps", "1024", "--resume", "run/model.npz",
+         "--out", "run2", "--quiet"],
+        ["-m", "minippo", "eval", "run2/model.npz", "--episodes", "2"],
+        [os.path.join(ex, "inspect_gradients.py")],
+    ]
+    uploads, said = [], []
+    for argv in runs:
+        r = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=tmp_path, env=env,
+                           timeout=300)
+        assert r.returncode == 0, (argv, r.stderr)
+        stats = re.search(r"strict_cupy stand-in: \{'get': (\d+), 'upload': (\d+)", r.stderr)
+        assert stats, (argv, r.stderr)
+        uploads.append(int(stats.group(2)))
+        said.append(r.stdout + r.stderr)
+    assert "on backend cupy" in said[3]
+    # the five that train upload every step; eval (load_policy's host network) and the float64
+    # gradient check stay on the host: only the backend's one-time probe goes up
+    assert all(n > 1 for n in uploads[:5]) and uploads[5:] == [1, 1], uploads
