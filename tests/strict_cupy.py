@@ -18,8 +18,9 @@ the cupy backend and holds it to the rules of real CuPy that plain numpy arrays 
   function it lacks with TypeError; so does the stand-in for anything not listed, so a new call on
   the cupy path fails here until it is checked against CuPy and added.
 
-``STATS`` counts the copies each way and the implicit syncs (``bool``, ``float``) for tests that
-want to see them.
+``STATS`` counts the copies each way, the implicit syncs (``bool``, ``float``) and the device
+operations (``ops``: each ufunc, numpy function, array method, assignment, advanced index and
+kernel launch, about one GPU kernel or library call each) for tests that want to see them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-STATS = {"get": 0, "upload": 0, "bool": 0, "float": 0}
+STATS = {"get": 0, "upload": 0, "bool": 0, "float": 0, "ops": 0}
 
 # What minippo applies to device arrays (session 34: recorded over the cupy tests, then checked
 # against CuPy 14.2's namespace, and the keywords used against its signatures: clip(out=),
@@ -129,6 +130,7 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
         if ufunc.__name__ not in UFUNCS or method != "__call__":
             raise TypeError(f"{where}.{method} on a device array is not among the ones checked against "
                             "CuPy (strict_cupy.UFUNCS)")
+        STATS["ops"] += 1
         out = kwargs.get("out")
         if out is not None:
             kwargs["out"] = tuple(_host(o, where) for o in out)
@@ -143,6 +145,7 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
         if func.__name__ not in FUNCTIONS:
             raise TypeError(f"{where} on a device array is not among the functions checked against CuPy "
                             "(strict_cupy.FUNCTIONS)")
+        STATS["ops"] += 1
         r = func(*_host(list(args), where), **{k: _host(v, where) for k, v in kwargs.items()})
         out = kwargs.get("out")
         return out if out is not None else _dev(r)
@@ -157,9 +160,13 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
         elif basic and not isinstance(value, (ndarray, int, float, complex, bool, np.generic)):
             # a list or tuple goes to fill too, which takes scalars only
             raise TypeError(f"Unsupported type {type(value)}")
+        STATS["ops"] += 1
         self._a[_index(key)] = value._a if isinstance(value, ndarray) else value
 
     def __getitem__(self, key: Any) -> Any:
+        keys = key if isinstance(key, tuple) else (key,)
+        if any(isinstance(k, (ndarray, np.ndarray, list)) for k in keys):  # a gather kernel; a view is none
+            STATS["ops"] += 1
         return _dev(self._a[_index(key)])
 
     def __getattr__(self, name: str) -> Any:
@@ -171,6 +178,7 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
                 raise AttributeError(f"{name}: not among the array methods checked against CuPy "
                                      "(strict_cupy.METHODS)")
             def method(*args: Any, **kwargs: Any) -> Any:
+                STATS["ops"] += 1
                 return _dev(attr(*_host(list(args), name), **{k: _host(v, name) for k, v in kwargs.items()}))
             return method
         return _dev(attr) if isinstance(attr, np.ndarray) else attr
@@ -218,6 +226,7 @@ class RawModule:
             return probe
 
         def launch(grid: tuple, block: tuple, args: tuple) -> None:
+            STATS["ops"] += 1
             r, v, d, lv, g, gl, T, N, adv, ret = args
             for a in (r, v, d, lv, adv, ret):
                 assert type(a) is ndarray and a._a.flags.c_contiguous, type(a)
