@@ -295,7 +295,6 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
     """The cupy branches, which no GPU-less machine times: under the strict CuPy stand-in every
     cupy callable runs (device inputs, device out=, a device floor and a synchronise), the GAE rows
     take their ratio to the device floor, the MLP and act rows give numpy/cupy."""
-    import strict_cupy
     from minippo.kernels import gpu
 
     cp = strict_cupy.make()
@@ -370,8 +369,9 @@ def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch
 def test_gpu_check_script_runs_its_steps_and_counts_the_failed_ones(tmp_path):
     """benchmarks/gpu_check.sh, the one prepared command for a machine with a GPU: on a pretend one
     (the stand-in as cupy) its device and tests steps pass, with the real-device tests run and not
-    skipped; without cupy every step fails (a skipped gpu test is no pass there) and the exit status
-    counts them; an unknown step or no OUTDIR is a usage error. (Its bench and learning steps run
+    skipped; a relative OUTDIR is the caller's; without cupy every step fails (a skipped gpu test is
+    no pass there), the last line counts them and the exit status is 1; an unknown step or no
+    OUTDIR is a usage error (2). (Its bench and learning steps run
     the benchmark and test_learning.py, tested on their own.)"""
     script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
     out = tmp_path / "out"
