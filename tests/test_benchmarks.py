@@ -86,8 +86,11 @@ def test_gae_rows_of_one_size_are_timed_together_with_the_loop_and_the_floor(num
     labels = ["python loop", "memory floor", "numpy", "numpy out=", "numba", "numba out="]
     assert [c for c, _ in timed] == [labels, labels]
     assert timed[0][1] == {"numpy": "numpy", "numpy out=": "numpy", "numba": "numba", "numba out=": "numba"}
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("    numba out=")]
-    assert [r[-2:] for r in rows] == [["500x", "2.00x"]] * 2
+    printed = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in printed if line.startswith("    numba out=")]
+    assert [r[-4:] for r in rows] == [["2.00", "us", "500x", "2.00x"]] * 2  # us, x the loop, x the floor
+    heads = [line.split() for line in printed if "python loop" in line and "T=" in line]
+    assert [h[-6:] for h in heads] == [["1000.0", "us", "memory", "floor", "1.00", "us"]] * 2
 
 
 def test_act_rows_time_numpy_numba_and_unfused_together(numpy_backend, monkeypatch, capsys):
@@ -134,17 +137,32 @@ def test_mlp_rows_past_the_fused_batch_say_numba_runs_numpy(numpy_backend, monke
     assert kb._fused_max_batch([4, 64, 64, 2]) == cpu.max_batch([4, 64, 64, 2]) == 256
     assert kb._fused_max_batch([17, 256, 6]) == cpu.max_batch([17, 256, 6]) < 256  # wider nets: less
     # One net and two batch sizes, either side of the cap, with short timings.
-    monkeypatch.setattr(kb, "best_interleaved", lambda calls: {n: 1e-6 for n in calls})
-    monkeypatch.setattr(kb, "kernels_alone", lambda *a: "")
+    monkeypatch.setattr(kb, "best_interleaved", lambda calls: {n: {"numpy": 6e-6}.get(n, 2e-6) for n in calls})
+    alone = []
+
+    def kernels_alone(mlp, x, dy, t_np_fwd, t_np_both):
+        alone.append((x.shape, dy.shape, t_np_fwd, t_np_both))
+        return "  kernels alone line"
+
+    monkeypatch.setattr(kb, "kernels_alone", kernels_alone)
     real_mlp = kb.MLP
     monkeypatch.setattr(kb, "MLP", lambda sizes, **kw: real_mlp([sizes[0], 4, sizes[-1]], **kw))
     monkeypatch.setattr(kb, "_fused_max_batch", lambda sizes: 8)
     kb.bench_mlp(["numpy", "numba"])
-    rows = [line for line in capsys.readouterr().out.splitlines() if " B=" in line]
-    assert rows, "no MLP rows printed"
+    printed = capsys.readouterr().out.splitlines()
+    rows = [line for line in printed if " B=" in line]
+    assert len(rows) == 10, "no MLP rows printed"
     for line in rows:
         B = int(line.split("B=")[1].split()[0])
         assert ("numba runs numpy here" in line) == (B > 8), line
+        assert "numpy fwd     6.00 fwd+bwd     6.00  numba fwd     2.00" in line, line  # us per call
+        assert "numba speed-up fwd  3.00x fwd+bwd  3.00x" in line, line
+    # the kernels alone, at B <= 8 only, under their row, with dy of the net's output width
+    assert [(x, dy) for x, dy, *_ in alone] == [((1, 4), (1, 2)), ((8, 4), (8, 2)), ((1, 17), (1, 6)),
+                                                ((8, 17), (8, 6))]
+    assert all((t_fwd, t_both) == (6e-6, 6e-6) for _, _, t_fwd, t_both in alone)  # numpy's times
+    assert [printed[i - 1].split("B=")[1].split()[0] for i, line in enumerate(printed)
+            if line == "  kernels alone line"] == ["1", "8", "1", "8"]
 
 
 def test_train_speed_times_learn_alone_after_an_untimed_start_up(monkeypatch, capsys):
@@ -303,7 +321,7 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setattr(gpu, "_module", None)
     kb = _script("kernels")
-    ran = []
+    ran, uploaded = [], []
 
     def fake(calls, on=None):
         on = {name: name for name in calls} if on is None else on
@@ -311,9 +329,10 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
             if label in on:
                 kb.use(on[label])
             if label != "python loop":
-                before = len(synced)
+                before, uploads = len(synced), cp.STATS["upload"]
                 f()
                 ran.append((label, kb.backend.name, len(synced) - before))
+                uploaded.append((label, cp.STATS["upload"] > uploads))
         return {label: {"python loop": 1e-3, "memory floor": 1e-6, "device floor": 4e-6}.get(
             label, 8e-6 if label.startswith("cupy") else 2e-6) for label in calls}
 
@@ -331,9 +350,10 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
         ("cupy", "cupy", 1), ("cupy out=", "cupy", 1), ("device floor", "-", 1)}
     assert len(ran) == 12
     assert sum(line.strip().startswith("cupy out=") for line in gae) == 2
+    assert sum(line.endswith("device floor     4.00 us") for line in gae) == 2
     for line in gae:
         if line.strip().startswith("cupy"):
-            assert line.endswith("125x          2.00x (device floor)"), line
+            assert line.split()[-6:] == ["8.00", "us", "125x", "2.00x", "(device", "floor)"], line
         elif line.strip().startswith("numpy"):
             assert line.endswith("500x          2.00x"), line
     kb.bench_mlp(backends)
@@ -341,10 +361,12 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
     assert len(rows) == 10 and all("cupy speed-up fwd  0.25x fwd+bwd  0.25x" in r for r in rows)
     assert {name for _, name, _ in ran[12:]} == {"numpy", "cupy"} and len(ran) == 12 + 2 * 2 * 10
     ran.clear()
+    uploaded.clear()
     kb.bench_act(backends)
     rows = capsys.readouterr().out.splitlines()[1:]
-    assert len(rows) == 6 and all(r.endswith("cupy speed-up  0.25x") for r in rows), rows
+    assert len(rows) == 6 and all(r.endswith("numpy    2.00  cupy    8.00  cupy speed-up  0.25x") for r in rows), rows
     assert [(label, name) for label, name, _ in ran] == [("numpy", "numpy"), ("cupy", "cupy")] * 6
+    assert uploaded == [("numpy", False), ("cupy", True)] * 6  # the cupy act sends its observations up
 
 
 def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch, capsys):
