@@ -103,12 +103,14 @@ def test_fresh_numba_cache_gives_each_mutant_an_empty_folder_removed_after(mutat
 def test_command_line_lists_and_refuses_bad_arguments(tmp_path):
     script = os.path.join(ROOT, "tools", "mutate.py")
     (tmp_path / "m.py").write_text("x = 1 + 2\n")
+    (tmp_path / "run.sh").write_text("echo ${x:-1}\n")
     r = subprocess.run([sys.executable, script, "m.py", "--root", str(tmp_path), "--list"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.split() == ["1:6:+->-"]
     for argv, message in ((["nope.py", "--tests", "t.py"], "file 'nope.py' not found under --root"),
                           (["m.py", "--tests", "t.py", "--timeout", "0"], "--timeout must be > 0 seconds, got 0.0"),
-                          (["m.py"], "--tests is needed (the pytest arguments to run against each mutant)")):
+                          (["m.py"], "--tests is needed (the pytest arguments to run against each mutant)"),
+                          (["run.sh", "--list"], "file 'run.sh' is not Python source (SyntaxError: ")):
         r = subprocess.run([sys.executable, script, *argv, "--root", str(tmp_path)], capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 2 and message in r.stderr, (argv, r.stderr)

@@ -203,10 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.timeout <= 0:
         p.error(f"--timeout must be > 0 seconds, got {a.timeout}")
     functions = set(a.functions) if a.functions else None
+    with open(os.path.join(a.root, a.file)) as f:
+        try:
+            found = mutants(f.read(), functions)
+        except (SyntaxError, ValueError) as e:
+            p.error(f"file {a.file!r} is not Python source ({type(e).__name__}: {e})")
     if a.list:
-        with open(os.path.join(a.root, a.file)) as f:
-            for m in mutants(f.read(), functions):
-                print(f"{m.id:24s} {m.function}")
+        for m in found:
+            print(f"{m.id:24s} {m.function}")
         return 0
     results = run(a.file, a.tests, a.root, functions, a.out, a.timeout, a.fresh_numba_cache)
     survivors = [r for r in results if not r["killed"]]
