@@ -4,6 +4,7 @@ tells killed mutants from survivors."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -36,6 +37,9 @@ SOURCE = textwrap.dedent("""\
 
 
     X = 1 if 2 in [1] else 3 - 1
+    Y = (X *
+         2) + \\
+        3
 """)
 
 
@@ -49,6 +53,8 @@ def test_mutants_are_the_operators_of_the_file(mutate):
         ("7:12:or->and", "f"),  # an operator that begins a continuation line
         ("7:17://->*", "f"), ("7:22:%->//", "f"),
         ("10:11:in->not in", ""), ("10:25:-->+", ""),
+        ("11:7:*->/", ""),  # an operator that ends its line
+        ("12:8:+->-", ""),  # followed by a backslash continuation
     ]
     assert [m.id for m in mutate.mutants(SOURCE, {"g"})] == []
     m = mutate.Mutant(3, 18, "+", "-", "f")
@@ -70,6 +76,7 @@ def test_run_kills_what_the_tests_see_and_leaves_the_checkout_alone(mutate, tmp_
     results = mutate.run("mod.py", "test_mod.py", root=str(project), out=str(out), timeout=120)
     assert [(r["id"], r["how"]) for r in results] == [
         ("2:13:+->-", "failed"), ("2:22:<-><=", "survived"), ("2:33:*->/", "failed")]
+    assert all(0 <= r["seconds"] < 120 for r in results)
     assert [r["killed"] for r in results] == [True, False, True]
     assert (project / "mod.py").read_text() == "def f(a, b):\n    return a + b if a < b else a * b\n"
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [r["id"] for r in results]
@@ -127,3 +134,27 @@ def test_a_hang_is_a_timeout_and_a_crash_is_a_crash(mutate, tmp_path):
     results = mutate.run("mod.py", "test_mod.py", root=str(project), timeout=5)
     assert [(r["id"], r["how"], r["killed"]) for r in results] == [
         ("1:6:-->+", "timeout", True), ("2:6:+->-", "crash", True)]
+
+
+def test_the_copy_holds_what_git_would_and_the_command_line_sums_up(mutate, tmp_path):
+    """Outside a git checkout the copy takes every file but caches and .git; the command line ends
+    with the number killed and the survivors' ids ("none" when every mutant was killed)."""
+    project = tmp_path / "project"
+    for f in ("mod.py", "test_mod.py", "__pycache__/mod.cpython.pyc", ".git/config", "sub/data.txt"):
+        (project / f).parent.mkdir(parents=True, exist_ok=True)
+        (project / f).write_text("x = 1\n")
+    snap = mutate._snapshot(str(project))
+    try:
+        copied = sorted(os.path.relpath(os.path.join(d, f), snap) for d, _, names in os.walk(snap) for f in names)
+    finally:
+        shutil.rmtree(snap)
+    assert copied == ["mod.py", "sub/data.txt", "test_mod.py"]
+    (project / "mod.py").write_text("def f(a, b):\n    return a + b if a < b else a * b\n")
+    script = os.path.join(ROOT, "tools", "mutate.py")
+    for test, last in (("assert f(1, 2) == 3 and f(3, 2) == 6", "2 of 3 killed; survived: 2:22:<-><="),
+                       ("assert f(1, 2) == 3 and f(3, 2) == 6 and f(3, 3) == 9", "3 of 3 killed; survived: none")):
+        (project / "test_mod.py").write_text(f"from mod import f\n\ndef test_f():\n    {test}\n")
+        r = subprocess.run([sys.executable, script, "mod.py", "--tests", "test_mod.py", "--root", str(project)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and r.stdout.splitlines()[-1] == last, r.stdout + r.stderr
+

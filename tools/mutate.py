@@ -69,17 +69,21 @@ class Mutant:
 
 
 def _between(lines: list[str], a: ast.AST, b: ast.AST, op: str) -> tuple[int, int] | None:
-    """(line, column) of the operator ``op`` between node a and node b: on a's last line after it,
-    or at the start of b's line (an operator that begins a continuation line); None if not found."""
+    """(line, column) of the operator ``op`` between node a and node b: between them on one line,
+    or, where b starts on a later line, at the end of a's line or at the start of b's; None if the
+    text there is anything else (a comment, say)."""
+    def bare(text: str) -> str:  # the text without brackets, a line continuation and white space
+        return text.replace("\\", " ").strip().strip("()").strip()
+
     if a.end_lineno == b.lineno:
-        line, start, gap = b.lineno, a.end_col_offset, lines[b.lineno - 1][a.end_col_offset:b.col_offset]
-    else:
-        line, start, gap = b.lineno, 0, lines[b.lineno - 1][:b.col_offset]
-        if lines[a.end_lineno - 1][a.end_col_offset:].strip().strip(")").strip():  # op after a, not before b
-            return None
-    if gap.strip().strip("()").strip() != op:
-        return None
-    return line, start + gap.index(op)
+        gap = lines[b.lineno - 1][a.end_col_offset:b.col_offset]
+        return (b.lineno, a.end_col_offset + gap.index(op)) if bare(gap) == op else None
+    tail, head = lines[a.end_lineno - 1][a.end_col_offset:], lines[b.lineno - 1][:b.col_offset]
+    if bare(tail) == op and not bare(head):
+        return a.end_lineno, a.end_col_offset + tail.index(op)
+    if bare(head) == op and not bare(tail):
+        return b.lineno, head.index(op)
+    return None
 
 
 def mutants(source: str, functions: set[str] | None = None) -> list[Mutant]:
