@@ -40,6 +40,9 @@ SOURCE = textwrap.dedent("""\
     Y = (X *
          2) + \\
         3
+    Z = (Y
+         -
+         1)
 """)
 
 
@@ -55,7 +58,7 @@ def test_mutants_are_the_operators_of_the_file(mutate):
         ("10:11:in->not in", ""), ("10:25:-->+", ""),
         ("11:7:*->/", ""),  # an operator that ends its line
         ("12:8:+->-", ""),  # followed by a backslash continuation
-    ]
+    ]  # (and none for the "-" on a line of its own: a layout the tool does not look for)
     assert [m.id for m in mutate.mutants(SOURCE, {"g"})] == []
     m = mutate.Mutant(3, 18, "+", "-", "f")
     assert m.apply(SOURCE).splitlines()[2] == "        return (a - b) * 2"
