@@ -190,7 +190,7 @@ def bench_mlp(backends: list[str]) -> None:
                 else:
                     mlp_b = mlp
                 y, cache = mlp_b.forward(xb)
-                dy = backend.xp.asarray(np.ones(y.shape, np.float32))
+                dy = backend.xp.ones_like(y)
                 sync = _sync(backend.xp)
                 fwd[name] = lambda m=mlp_b, xb=xb, sync=sync: (m.forward(xb), sync())
                 both[name] = lambda m=mlp_b, xb=xb, dy=dy, sync=sync: (m.backward(dy, m.forward(xb)[1]), sync())

@@ -252,6 +252,7 @@ def make() -> types.ModuleType:
     cp.ascontiguousarray = ascontiguousarray
     cp.copyto = copyto
     cp.zeros, cp.empty, cp.arange = _made(np.zeros), _made(np.empty), _made(np.arange)
+    cp.ones_like = lambda a, dtype=None: ndarray(np.ones_like(_host(a, "ones_like"), dtype=dtype))
     cp.asnumpy = lambda a: a.get() if isinstance(a, ndarray) else np.asarray(a)
     cp.RawModule = RawModule
     device = types.SimpleNamespace(synchronize=lambda: None)

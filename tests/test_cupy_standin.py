@@ -101,15 +101,17 @@ def test_standin_refuses_numpy_calls_not_checked_against_cupy():
 
 
 def test_standin_allows_only_what_real_cupy_has():
-    """Every function, ufunc and array method the stand-in lets through exists in real CuPy, with
-    the keywords minippo passes. Needs CuPy installed, not a device (session 34 ran it against CuPy
-    14.2 on a machine without one; benchmarks/gpu_check.sh runs it on a GPU machine)."""
+    """Every function, ufunc and array method the stand-in lets through, and every name of its
+    module (asarray, copyto, ones_like, ...), exists in real CuPy, with the keywords minippo passes.
+    Needs CuPy installed, not a device (session 34 ran it against CuPy 14.2 on a machine without
+    one; CI's CuPy suite and benchmarks/gpu_check.sh run it too)."""
     import inspect
 
     cupy = pytest.importorskip("cupy")
     if hasattr(cupy, "STATS"):
         pytest.skip("the stand-in is cupy here")
-    missing = [f for f in sorted(strict_cupy.FUNCTIONS | strict_cupy.UFUNCS) if not hasattr(cupy, f)]
+    module = {n for n in vars(strict_cupy.make()) if not n.startswith("_")} - {"STATS"}  # cupy.zeros, ...
+    missing = [f for f in sorted(strict_cupy.FUNCTIONS | strict_cupy.UFUNCS | module) if not hasattr(cupy, f)]
     missing += [f".{m}" for m in sorted(strict_cupy.METHODS) if not hasattr(cupy.ndarray, m)]
     assert not missing, f"not in CuPy {cupy.__version__}: {missing}"
     for f, kw in (("clip", "out"), ("concatenate", "axis"), ("zeros_like", "shape")):
