@@ -302,9 +302,15 @@ def main(argv: list[str] | None = None) -> None:
     import minippo
 
     parser = argparse.ArgumentParser(description="Kernel speed per backend (see the module docstring).")
-    parser.add_argument("backends", nargs="*", choices=BACKENDS, metavar="BACKEND",
+    # No ``choices=``: Python 3.11's argparse checks an empty ``nargs="*"`` list against them and
+    # refuses the plain ``python benchmarks/kernels.py``; the names are checked here instead.
+    parser.add_argument("backends", nargs="*", metavar="BACKEND",
                         help=f"one of {', '.join(BACKENDS)} (default: all three)")
     names = parser.parse_args(argv).backends
+    for name in names:
+        if name not in BACKENDS:
+            parser.error(f"argument BACKEND: invalid choice: {name!r} (choose from "
+                         f"{', '.join(map(repr, BACKENDS))})")
     print(f"minippo from {os.path.dirname(minippo.__file__)}; numpy {np.__version__}; BLAS threads: "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}")
     print("Best of 7 rounds; the entries of each table row (GAE: each size) timed in alternating rounds")

@@ -386,6 +386,11 @@ def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch
         kb.main(["numpy", "bogus"])
     assert e.value.code == 2
     assert "invalid choice: 'bogus' (choose from 'numpy', 'numba', 'cupy')" in capsys.readouterr().err
+    seen.clear()
+    monkeypatch.setattr(kb, "use", lambda name: True)  # as if all three loaded
+    monkeypatch.setattr(sys, "argv", ["kernels.py"])
+    kb.main()  # the plain ``python benchmarks/kernels.py``: all three (Python 3.11 refused it)
+    assert seen == [(t, ["numpy", "numba", "cupy"]) for t in ("bench_gae", "bench_mlp", "bench_act")]
 
 
 def test_gpu_check_script_runs_its_steps_and_counts_the_failed_ones(tmp_path):
