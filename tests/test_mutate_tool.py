@@ -87,6 +87,16 @@ def test_run_kills_what_the_tests_see_and_leaves_the_checkout_alone(mutate, tmp_
     assert printed == ["failed", "2:13:+->-", "f", "survived", "2:22:<-><=", "f", "failed", "2:33:*->/", "f"]
     assert mutate.run("mod.py", "test_mod.py", root=str(project), out=str(out)) == []  # all done before
     assert capsys.readouterr().out == ""
+    # A run stopped while writing its last line: that line is dropped and its mutant runs again.
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:2]) + lines[2][:25])
+    again = mutate.run("mod.py", "test_mod.py", root=str(project), out=str(out), timeout=120)
+    assert [r["id"] for r in again] == ["2:33:*->/"]
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [r["id"] for r in results]
+    capsys.readouterr()
+    out.write_text(lines[0] + "garbage\n" + lines[2])  # a line that is no result: refused by number
+    with pytest.raises(ValueError, match=r"results.jsonl, line 2: not a mutant result"):
+        mutate.run("mod.py", "test_mod.py", root=str(project), out=str(out))
 
 
 def test_fresh_numba_cache_gives_each_mutant_an_empty_folder_removed_after(mutate, tmp_path, monkeypatch):

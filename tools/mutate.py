@@ -19,7 +19,7 @@ which in a note.
 ``--fresh-numba-cache`` gives every mutant an empty ``NUMBA_CACHE_DIR``, so numba compiles the
 mutated kernels instead of loading the unmutated ones from its cache (slow: a compile per mutant).
 One JSON line per mutant goes to ``--out`` (a run stopped and restarted skips the ids already
-there); a summary goes to stdout. Sessions 32-34 ran these over minippo/ and kernels/ (notes).
+there, and runs again the one whose line a stop cut short); a summary goes to stdout. Sessions 32-34 ran these over minippo/ and kernels/ (notes).
 """
 
 from __future__ import annotations
@@ -140,14 +140,39 @@ def _snapshot(root: str) -> str:
     return dest
 
 
+def _done(out: str) -> set[str]:
+    """The mutant ids already in the results file ``out`` (none if it does not exist).
+
+    A run stopped while writing its last line leaves that line without its newline: it is dropped
+    (the file rewritten atomically without it) and that mutant runs again. Any other line that is
+    not a result is an error naming the file and line, rather than a guess."""
+    if not os.path.exists(out):
+        return set()
+    with open(out, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" after a final newline, else the partial line of a stopped write
+    done = set()
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                done.add(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{out}, line {i}: not a mutant result ({e}); "
+                                 "pass another --out or remove that line") from None
+    if tail:
+        tmp = f"{out}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data[:len(data) - len(tail)])
+        os.replace(tmp, out)
+    return done
+
+
 def run(path: str, tests: str, root: str = ".", functions: set[str] | None = None, out: str | None = None,
         timeout: float = 600.0, fresh_numba_cache: bool = False) -> list[dict]:
     """Run every mutant of ``path`` (relative to ``root``) against ``tests`` (pytest arguments,
     split like a shell command); returns one result dict per mutant (also appended to ``out``)."""
-    done = set()
-    if out and os.path.exists(out):
-        with open(out) as f:
-            done = {json.loads(line)["id"] for line in f if line.strip()}
+    done = _done(out) if out else set()
     snap = _snapshot(root)
     target = os.path.join(snap, path)
     with open(target) as f:
@@ -179,9 +204,12 @@ def run(path: str, tests: str, root: str = ".", functions: set[str] | None = Non
             res = {"id": m.id, **asdict(m), "killed": how != "survived", "how": how,
                    "seconds": round(time.monotonic() - t0, 1)}
             results.append(res)
-            if out:
-                with open(out, "a") as f:
-                    f.write(json.dumps(res) + "\n")
+            if out:  # one write of one whole line: a stop leaves at most a partial last line (_done)
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                try:
+                    os.write(fd, (json.dumps(res) + "\n").encode())
+                finally:
+                    os.close(fd)
             print(f"{how:8s} {m.id:24s} {m.function}", flush=True)
     finally:
         shutil.rmtree(snap, ignore_errors=True)
