@@ -19,7 +19,8 @@ which in a note.
 ``--fresh-numba-cache`` gives every mutant an empty ``NUMBA_CACHE_DIR``, so numba compiles the
 mutated kernels instead of loading the unmutated ones from its cache (slow: a compile per mutant).
 One JSON line per mutant goes to ``--out`` (a run stopped and restarted skips the ids already
-there, and runs again the one whose line a stop cut short); a summary goes to stdout. Sessions 32-34 ran these over minippo/ and kernels/ (notes).
+there, and runs again the one whose line a stop cut short); a summary goes to stdout. Sessions
+32-34 ran these over minippo/ and kernels/ (notes).
 """
 
 from __future__ import annotations
