@@ -304,6 +304,34 @@ def test_fused_act_never_draws_an_action_of_probability_zero(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("base", [1000.0, -1000.0])
+def test_fused_act_softmax_is_shifted_by_the_largest_logit(dtype, base):
+    """Logits far from 0 (1000 - [0, 0.5, 1.5], or -1000 - ...): exp of them overflows or
+    underflows in float64, so the softmax must subtract the largest logit before exponentiating, as
+    Categorical does. The fused act gives numpy's actions and log-probs, finite, for u = 0, 0.7 and
+    1 - 2^-53 and for the mode. (Shifting the wrong way, by + max, is the same in exact arithmetic
+    and passed every other test: their logits are O(1).)"""
+    pol = _policy(dtype, True, (8,), "tanh", 1, n_actions=3)
+    pol.params["actor.W1"][...] = 0.0
+    pol.params["actor.b1"][...] = base - np.array([0.0, 0.5, 1.5])
+    obs = _obs(3, 0, dtype)
+    draws = [[0.0], [0.7], [np.nextafter(1.0, 0.0)]]
+    got = {}
+    for name in ("numpy", "numba"):
+        use_backend(name)
+        a, lp = pol.act(obs, FixedDraws(draws))[:2]
+        mode = pol.act(obs, FixedDraws(draws), deterministic=True)[0]
+        got[name] = a, lp, mode
+    (a_ref, lp_ref, mode_ref), (a, lp, mode) = got["numpy"], got["numba"]
+    np.testing.assert_array_equal(a_ref, [0, 1, 2])  # p = 0.55, 0.33, 0.12: u = 0, 0.7, ~1
+    np.testing.assert_array_equal(a, a_ref)
+    np.testing.assert_array_equal(mode, [0, 0, 0])
+    np.testing.assert_array_equal(mode_ref, mode)
+    assert np.isfinite(lp).all()
+    np.testing.assert_allclose(lp, lp_ref, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_deterministic_act_takes_the_first_of_tied_logits(dtype):
     """deterministic=True is np.argmax, which returns the first maximum: logits tied at the top (equal
     head biases, zero head weights) give the first of them on the fused act as on the numpy path."""
