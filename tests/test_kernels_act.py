@@ -29,6 +29,7 @@ pytest.importorskip("numba")
 from minippo.kernels import cpu_act  # noqa: E402
 
 from minippo import backend  # noqa: E402
+from minippo.nn import MLP  # noqa: E402
 from minippo.policy import ActorCritic  # noqa: E402
 from minippo.spaces import Box, Discrete  # noqa: E402
 
@@ -233,6 +234,16 @@ def test_unsupported_setups_fall_back_to_the_numpy_path(monkeypatch):
         if key != "log_std":
             bad.actor.params[key] = a
         assert cpu_act.act(bad, obs, rng) is None, key
+    # an actor swapped (in both places) for an MLP of another input or output width, or one whose
+    # last layer is activated: the kernel would read obs or the head out of their shapes, or skip
+    # the activation, so the numpy path runs
+    for sizes, activate_output in (([OBS_DIM + 1, 8, 3], False), ([OBS_DIM, 8, 4], False), ([OBS_DIM, 8, 3], True)):
+        odd = _policy(np.float32, True, (8,), "tanh", 1)
+        odd.actor = MLP(sizes, "tanh", seed=2, activate_output=activate_output)
+        for k in [k for k in odd.params if k.startswith("actor.")]:
+            del odd.params[k]
+        odd.params.update({f"actor.{k}": a for k, a in odd.actor.params.items()})
+        assert cpu_act.act(odd, obs, rng) is None, sizes
     with monkeypatch.context() as m:  # policy.act still works, through numpy
         m.setattr(cpu_act, "_act_gaussian", None)
         m.setattr(cpu_act, "_act_categorical", None)
