@@ -190,6 +190,16 @@ def test_in_place_updates_are_seen_and_rebinding_rebuilds_the_state():
     clone = pickle.loads(pickle.dumps(pol))  # the compiled dispatch state is not pickled
     assert "_numba_act_state" not in clone.__dict__
     np.testing.assert_array_equal(clone.act(obs, np.random.default_rng(0))[2], v3)
+    # log_std belongs to no MLP: only the identity of the policy's own arrays shows it rebound
+    gauss = _policy(np.float32, False, (8,), "tanh", 1)
+    d0 = gauss.act(obs, np.random.default_rng(0))[3]
+    state = gauss.__dict__["_numba_act_state"]
+    gauss.params["log_std"] = gauss.params["log_std"] + np.float32(0.5)
+    d1 = gauss.act(obs, np.random.default_rng(0))[3]
+    assert gauss.__dict__["_numba_act_state"] is not state
+    np.testing.assert_array_equal(d1[:, :3], d0[:, :3])  # the means; then log_std, moved by 0.5
+    np.testing.assert_allclose(d1[:, 3:], d0[:, 3:] + 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(d1, _unfused_act(gauss, obs, 0, False)[0][3])
 
 
 def _assert_same_as_numpy_path(pol, obs, seed=3):
