@@ -271,6 +271,19 @@ def test_unsupported_setups_fall_back_to_the_numpy_path(monkeypatch):
     _assert_same_as_numpy_path(ok, ro)
 
 
+def test_a_read_only_obs_is_copied_not_compiled_for():
+    """numba types a read-only array apart from a writeable one: passing it would compile the whole
+    act kernel again (~15 s) on a policy's first call. It is copied instead, as another dtype or
+    layout is, so no read-only version of the kernel is ever made."""
+    use_backend("numba")
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    ro = _obs(4, 0, np.float32)
+    ro.flags.writeable = False
+    pol.act(ro, np.random.default_rng(0))  # the policy's first call: through numba's dispatcher
+    assert cpu_act._act_categorical.signatures
+    assert all(sig[0].mutable for sig in cpu_act._act_categorical.signatures)
+
+
 def test_numpy_backend_never_uses_the_fused_act(monkeypatch):
     use_backend("numpy")
     monkeypatch.setattr(cpu_act, "act", lambda *a, **k: pytest.fail("fused act ran on the numpy backend"))
