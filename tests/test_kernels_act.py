@@ -394,6 +394,12 @@ def test_an_overflowing_logits_over_temperature_raises_like_the_numpy_path(dtype
                                                        match=r"^logits / temperature contains NaN or inf$"):
             pol.act(obs, np.random.default_rng(0))
     assert pol.__dict__.get("_numba_act_state") is not None  # the numba act took the fused path
+    # a Gaussian policy has no logits: it ignores the temperature on both paths, and acts
+    gauss = _policy(dtype, False, (8,), "tanh", 1, temperature)
+    for name in ("numpy", "numba"):
+        use_backend(name)
+        assert np.isfinite(gauss.act(obs, np.random.default_rng(0))[1]).all()
+    assert gauss.__dict__.get("_numba_act_state") is not None
 
 
 # ---------------------------------------------------------------- in training
