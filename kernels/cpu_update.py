@@ -426,8 +426,9 @@ class FusedUpdate:
 
 
 def _raise_non_finite(batch: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
-    """On a non-finite loss, name a NaN/inf input as the numpy path's checks do (error path only).
-    Returns when every input is finite (e.g. a ratio overflowed): the trainer then reports the loss."""
+    """On a non-finite loss, name the first NaN/inf input, then parameter (error path only; the numpy
+    path's checks name what they compute from it: logits, adv, values). Returns when every input is
+    finite (e.g. a ratio overflowed): the trainer then reports the loss."""
     for name in ("obs", "actions", "logp_old", "advantages", "returns", "values_old"):
         if not bool(np.isfinite(batch[name]).all()):
             raise FloatingPointError(f"{name} contains NaN or inf")

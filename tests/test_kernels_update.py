@@ -411,6 +411,33 @@ def test_non_finite_gradient_raises_before_any_update():
         np.testing.assert_array_equal(p, before[k])
 
 
+@pytest.mark.parametrize("discrete", [True, False])
+def test_a_nan_input_is_named_and_raises_on_both_paths(discrete):
+    """A NaN in one minibatch input (or a parameter) makes the loss NaN; the fused step then names
+    the input it found, where the numpy path's checks name what they see first (logits, adv,
+    values). Both raise FloatingPointError. values_old is unused without value clipping: no error."""
+    pol = _policy(np.float32, discrete, (8,), "tanh", 1)
+    fu = cpu_update.make(pol, Adam(pol.params), PPOConfig(), only_if_faster=False)
+    keys = ["obs", "logp_old", "advantages", "returns"] + ([] if discrete else ["actions"])
+    for key in [*keys, "critic.b1"]:
+        batch = _batch(pol, 8, 2, 0.2, np.float32)
+        if key in batch:
+            batch[key] = batch[key].copy()
+            batch[key].flat[3] = np.nan
+            name = key
+        else:
+            pol.params[key][0] = np.nan  # in place, as a diverged Adam step leaves it
+            name = f"parameter {key}"
+        with pytest.raises(FloatingPointError, match=rf"^{name} contains NaN or inf$"):
+            fu.loss_and_grads(batch, 0.2, 0.0)
+        with pytest.raises(FloatingPointError, match="contains NaN or inf"), np.errstate(all="ignore"):
+            loss_and_grads(pol, batch, PPOConfig(), clip_eps=0.2, ent_coef=0.0)
+    pol.params["critic.b1"][0] = 0.0
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    batch["values_old"] = np.full_like(batch["values_old"], np.nan)
+    assert math.isfinite(fu.loss_and_grads(batch, 0.2, 0.0)["loss"])
+
+
 @pytest.mark.parametrize("where", [0, 3, 7])
 @pytest.mark.parametrize("value", [3, -1])
 def test_bad_actions_raise(where, value):
