@@ -494,6 +494,22 @@ def test_unsupported_setups_fall_back():
     assert cpu_update.make(pol, other, PPOConfig()) is None  # an Adam over other arrays
     pol.critic.params["b1"] = pol.critic.params["b1"] + 1  # the MLP's dict and the policy's disagree
     assert cpu_update.make(pol, adam, PPOConfig()) is None
+    # a parameter (rebound in both dicts) in Fortran order, or of another dtype than the first one:
+    # the kernels read C-ordered arrays of one dtype
+    for net, key, change in (("actor", "W0", np.asfortranarray), ("critic", "b1", lambda a: a.astype(np.float64))):
+        odd = _policy(np.float32, True, (8,), "tanh", 1)
+        opt = Adam(odd.params)  # (Adam itself refuses mixed dtypes: the rebinding comes after it)
+        a = change(odd.params[f"{net}.{key}"])
+        odd.params[f"{net}.{key}"] = getattr(odd, net).params[key] = a
+        assert cpu_update.make(odd, opt, PPOConfig()) is None, key
+    # Adam's flat moments of another dtype, or not 1-d: the kernel updates them as flat buffers
+    for which, change in (("_m", lambda a: a.astype(np.float64)), ("_v", lambda a: a.astype(np.float64)),
+                          ("_m", lambda a: a.reshape(1, -1)), ("_v", lambda a: a.reshape(1, -1))):
+        ok = _policy(np.float32, True, (8,), "tanh", 1)
+        opt = Adam(ok.params)
+        assert cpu_update.make(ok, opt, PPOConfig()) is not None
+        setattr(opt, which, change(getattr(opt, which)))
+        assert cpu_update.make(ok, opt, PPOConfig()) is None, which
 
 
 def _train_rows(cfg):
