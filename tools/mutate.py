@@ -21,7 +21,7 @@ mutated kernels instead of loading the unmutated ones from its cache (slow: a co
 One JSON line per mutant goes to ``--out`` (a run stopped and restarted skips the ids already
 there, and runs again the one whose line a stop cut short); a summary goes to stdout. Sessions
 32-35 ran these over minippo/ and kernels/ (notes); session 35 set ``NUMBA_OPT=0`` (passed on to
-the tests) for the fused kernels, which compile in about half the time at that level with the
+the tests) for the fused kernels, which compile in ~40% less time at that level with the
 same semantics (check that the unmutated code passes the tests there first).
 """
 
