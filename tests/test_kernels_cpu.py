@@ -406,6 +406,8 @@ def test_mlp_dispatch_by_size_and_dtype(numba_backend, monkeypatch):
     calls.clear()
     mlp = nn.MLP([4, 8, 2], seed=0)  # every width <= 64: fused up to SMALL_MAX_BATCH
     assert cpu.max_batch(mlp.sizes) == cpu.SMALL_MAX_BATCH
+    # the paper's 64-64 nets sit on the boundary (widths of exactly SMALL_WIDTH): the minibatches too
+    assert cpu.max_batch([4, cpu.SMALL_WIDTH, cpu.SMALL_WIDTH, 2]) == cpu.SMALL_MAX_BATCH
     y, cache = mlp.forward(rng.normal(size=(cpu.SMALL_MAX_BATCH, 4)).astype(np.float32))
     assert len(calls) == 1 and cpu.mlp_backward(mlp, np.ones_like(y), cache) is not None
     y, cache = mlp.forward(rng.normal(size=(cpu.SMALL_MAX_BATCH + 1, 4)).astype(np.float32))
@@ -560,6 +562,70 @@ def test_gae_kernel_with_no_steps_or_no_envs_writes_nothing(dtype, T, N):
     assert (buf == 7.0).all()
     got = cpu.gae(z, z, z, np.zeros(N, dtype), 0.99, 0.95)
     assert [a.shape for a in got] == [(T, N), (T, N)]
+
+
+@njit
+def _vector_blocks(rewards, values, dones, last_values, g, gl, one, adv, returns, out):
+    """The GAE and rewards-to-go vector blocks called alone: the columns each one did."""
+    c = cpu._gae_vectors(rewards, values, dones, last_values, g, gl, adv, returns)
+    return c, cpu._rtg_vectors(rewards, dones, last_values, g, one, out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_blocks_take_only_arrays_they_can_load(dtype):
+    """The vector blocks' typing-time guards (``_vectors_load``, ``_row_of``): C-ordered 2-d arrays
+    of one float dtype and a C-ordered 1-d last_values of that dtype get the blocks (all the columns
+    that fill whole 64-byte vectors, computed as numpy does); any other layout, ndim or dtype mix
+    compiles to a no-op that does no columns (the row loop then does them all). gae() never passes
+    those, so only this test sees a guard that lets one through (a vector load of a strided array
+    reads the wrong elements) or one that refuses every array (the blocks never run: the same
+    results, 3.7x slower at (2048, 64))."""
+    T, L = 3, 64 // np.dtype(dtype).itemsize
+    N = 2 * L + 3  # two vectors, then 3 columns for the other loops
+    rng = np.random.default_rng(3)
+    r, v, lv = (rng.normal(size=s).astype(dtype) for s in ((T, N), (T, N), (N,)))
+    d = (rng.random((T, N)) < 0.3).astype(dtype)
+    g, gl, one = dtype(0.9), dtype(0.9 * 0.8), dtype(1.0)
+
+    def run(r=r, v=v, d=d, lv=lv):
+        adv, ret, out = (np.full((T, N), 7.0, dtype) for _ in range(3))
+        return _vector_blocks(r, v, d, lv, g, gl, one, adv, ret, out), adv, ret, out
+
+    (c, c_rtg), adv, ret, out = run()
+    assert (c, c_rtg) == (2 * L, 2 * L)
+    adv_np, ret_np = advantages.gae_numpy(r, v, d, lv, 0.9, 0.8)
+    np.testing.assert_array_equal(adv[:, :c], adv_np[:, :c])
+    np.testing.assert_array_equal(ret[:, :c], ret_np[:, :c])
+    assert (adv[:, c:] == 7.0).all() and (out[:, c:] == 7.0).all()
+    other = np.float64 if dtype == np.float32 else np.float32
+    refused = {
+        "rewards in Fortran order": dict(r=np.asfortranarray(r)),
+        "dones of another dtype": dict(d=d.astype(other)),
+        "last_values 2-d": dict(lv=lv.reshape(1, N)),
+        "last_values strided": dict(lv=np.repeat(lv, 2)[::2]),
+        "last_values of another dtype": dict(lv=lv.astype(other)),
+    }
+    for what, change in refused.items():
+        (c, c_rtg), adv, ret, out = run(**change)
+        assert (c, c_rtg) == (0, 0), what
+        assert (adv == 7.0).all() and (ret == 7.0).all() and (out == 7.0).all(), what
+
+
+def test_view_at_needs_a_c_ordered_array():
+    """``_view_at`` builds a C-ordered view from a pointer and an offset, which is right only for a
+    C-ordered source: any other layout is refused at typing time, not viewed wrongly."""
+    from numba.core.errors import TypingError
+
+    @njit
+    def first_rows(a):
+        return cpu._view_at(a, 0, 2, 3).copy()
+
+    a = np.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(first_rows(a), np.arange(6.0).reshape(2, 3))
+    with pytest.raises(TypingError):
+        first_rows(np.asfortranarray(a))
+    with pytest.raises(TypingError):
+        first_rows(a[:, ::2])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
