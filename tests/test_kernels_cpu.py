@@ -1020,12 +1020,13 @@ def test_untracked_layer_views_are_the_reshaped_slices_and_check_bounds(dtype):
 
     views = njit(_wb_views)
     P = np.arange(40, dtype=dtype)
-    for o, K, F in ((0, 3, 4), (5, 2, 7), (0, 1, 1), (28, 3, 3), (7, 0, 2)):  # (28, 3, 3) fills P
+    for o, K, F in ((0, 3, 4), (5, 2, 7), (0, 1, 1), (28, 3, 3), (7, 0, 2), (7, 2, 0)):  # (28, 3, 3) fills P
         W, b, n = views(P, o, K, F)
         np.testing.assert_array_equal(W, P[o:o + K * F].reshape(K, F))
         np.testing.assert_array_equal(b, P[o + K * F:o + K * F + F])
         assert n == o + K * F + F and W.dtype == b.dtype == dtype
-    for o, K, F in ((30, 3, 4), (-1, 2, 2), (0, 40, 1)):
+    # each bound alone: a negative offset, K or F (which n + F > P.size would not catch), and past P
+    for o, K, F in ((30, 3, 4), (-1, 2, 2), (0, -1, 2), (0, 2, -1), (0, 40, 1)):
         with pytest.raises(IndexError, match="parameter buffer"):
             views(P, o, K, F)
 
