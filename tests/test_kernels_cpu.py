@@ -579,7 +579,7 @@ def test_vector_blocks_take_only_arrays_they_can_load(dtype):
     compiles to a no-op that does no columns (the row loop then does them all). gae() never passes
     those, so only this test sees a guard that lets one through (a vector load of a strided array
     reads the wrong elements) or one that refuses every array (the blocks never run: the same
-    results, 3.7x slower at (2048, 64))."""
+    results through the row loop, ~4x slower at (2048, 64), docs/kernels.md)."""
     T, L = 3, 64 // np.dtype(dtype).itemsize
     N = 2 * L + 3  # two vectors, then 3 columns for the other loops
     rng = np.random.default_rng(3)
