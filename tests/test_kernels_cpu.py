@@ -1321,6 +1321,25 @@ def test_rows_apply_needs_one_dtype_and_short_rows():
     assert not _rows_apply_call(W32, np.empty((3, 1), np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_apply_follows_its_measured_rule_at_each_boundary(dtype):
+    """The rule _rows_apply's docstring gives from its measurements, on both sides of every
+    threshold: W with fewer than 32 rows at any batch; from 32 rows, 4 or more columns at any batch,
+    else up to batch 16 / 8 / 2 for 3 / 2 / 1 columns. Either path gives the reference's result
+    (tested above), so a moved threshold changes only speed: this pins the measured choice."""
+    def applies(K, B, F):
+        return _rows_apply_call(np.ones((K, F), dtype), np.empty((B, F), dtype))
+
+    for F in (1, 2, 3, 4, 6):
+        assert applies(31, 256, F)  # fewer than 32 rows: every batch, every width
+    for K in (32, 64):
+        for F in (4, 5, 7):
+            assert applies(K, 256, F)
+        for F, last in ((3, 16), (2, 8), (1, 2)):
+            assert applies(K, last, F)
+            assert not applies(K, last + 1, F)
+
+
 @njit
 def _dense_call(x, W, b, out):
     cpu._dense(x, W, b, out, cpu.ACT_NONE)
