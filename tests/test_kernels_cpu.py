@@ -195,7 +195,8 @@ def test_narrow_layer_is_prepared_with_slp_and_sums_in_a_fixed_order(dtype):
     """_prepare compiles the fixed-order dot products (heads with fewer than 8 outputs, dx at small
     batch) for writable and read-only x with numba's SLP setting restored and compilation left on;
     the sums give the same bits for either x and stay within rounding of float64, also with K % 8
-    leftover terms."""
+    leftover terms, and _dots sums in its documented order bit for bit (_dots_in_order), on both
+    sides of K = 8 where the 8-lane block starts."""
     from numba.core import config
 
     before = config.SLP_VECTORIZE
@@ -205,21 +206,13 @@ def test_narrow_layer_is_prepared_with_slp_and_sums_in_a_fixed_order(dtype):
     assert readonly == {False, True}
     assert cpu._dots._can_compile  # other signatures still compile (without SLP)
     rng = np.random.default_rng(0)
-    for B, K, F in ((1, 64, 64), (3, 17, 64), (2, 7, 5)):  # _dots alone: V (F, K) as dx uses W
+    for B, K, F in ((1, 64, 64), (3, 17, 64), (2, 8, 3), (2, 7, 5)):  # _dots alone: V (F, K) as dx uses W
         x, V = rng.normal(size=(B, K)).astype(dtype), rng.normal(size=(F, K)).astype(dtype)
         out = np.empty((B, F), dtype)
         cpu._dots(x, V, out)
         exact = x.astype(np.float64) @ V.T.astype(np.float64)
         assert (np.abs(out - exact) <= K * np.finfo(dtype).eps * (np.abs(x).astype(np.float64) @ np.abs(V.T))).all()
-        if K < 8:  # no 8-lane block: a plain left-to-right sum in the dtype, bit for bit
-            plain = np.empty_like(out)
-            for r in range(B):
-                for j in range(F):
-                    t = dtype(0)
-                    for k in range(K):
-                        t = t + x[r, k] * V[j, k]
-                    plain[r, j] = t
-            np.testing.assert_array_equal(out, plain)
+        np.testing.assert_array_equal(out, _dots_in_order(x, V))
     for K, F in ((64, 6), (67, 2), (5, 1)):
         x = rng.normal(size=(8, K)).astype(dtype)
         W, b = rng.normal(size=(K, F)).astype(dtype), rng.normal(size=F).astype(dtype)
@@ -233,6 +226,28 @@ def test_narrow_layer_is_prepared_with_slp_and_sums_in_a_fixed_order(dtype):
         # K products summed in float: error <= K * eps * sum |x W| (standard dot-product bound)
         bound = K * np.finfo(dtype).eps * (np.abs(x).astype(np.float64) @ np.abs(W) + np.abs(b))
         assert (np.abs(out - exact) <= bound).all()
+
+
+def _dots_in_order(x, V):
+    """_dots' documented order of operations in x's dtype, one rounding per operation: no 8-lane
+    block below K = 8, a plain left-to-right sum; else 8 partial sums (lane l adds the terms
+    k = l mod 8 in order up to the last multiple of 8), added as the tree ((P0 + P1) + (P2 + P3)) +
+    ((P4 + P5) + (P6 + P7)), plus the leftover terms' own left-to-right sum."""
+    dtype = x.dtype.type
+    K = x.shape[1]
+    K8 = K - K % 8 if K >= 8 else 0
+    out = np.empty((x.shape[0], V.shape[0]), x.dtype)
+    for r in range(x.shape[0]):
+        for j in range(V.shape[0]):
+            P = [dtype(0)] * 8
+            for k in range(K8):
+                P[k % 8] = P[k % 8] + x[r, k] * V[j, k]
+            t = dtype(0)
+            for k in range(K8, K):
+                t = t + x[r, k] * V[j, k]
+            s = ((P[0] + P[1]) + (P[2] + P[3])) + ((P[4] + P[5]) + (P[6] + P[7]))
+            out[r, j] = s + t
+    return out
 
 
 def test_compute_gae_dispatches_to_numba(numba_backend, monkeypatch):
