@@ -758,10 +758,10 @@ def _tile_rows_overload(A, W, out, r0, M, F1):
 
 @njit(**_MLP_JIT)
 def _vector_cols(F, X, out):
-    """How many of F columns the register tiles take: whole vectors, when both X and out are arrays
-    the vectors can load (else 0)."""
-    L = min(lanes(X), lanes(out))
-    return F - F % L if L > 0 else 0
+    """How many of F columns the register tiles take: whole vectors, when X and out are arrays the
+    vectors can load, in one dtype (else 0: the tiles compile to a no-op for any other pair)."""
+    L = lanes(out)
+    return F - F % L if L > 0 and lanes(X) == L else 0
 
 
 @njit(**_MLP_JIT)
@@ -1096,11 +1096,19 @@ def _dot_pairs(x, V, out):
 
 
 @njit(inline="always")
-def _pairs_apply(x, out, K):
-    """Whether :func:`_dot_pairs` is the faster way to the dot products of length K into out:
-    vectors load x and out, and the dot products span two vectors or more (below that, the scalar
-    leftovers dominate: :func:`_dots` is faster, measured)."""
-    L = min(lanes(x), lanes(out))
+def _same_lanes(a, b, c):
+    """The lanes of a's vectors where vectors load a, b and c, all in one dtype; else 0 (the
+    overloads' ``_vectors_load`` test: they compile to a no-op for any other arrays)."""
+    L = lanes(a)
+    return L if lanes(b) == L and lanes(c) == L else 0
+
+
+@njit(inline="always")
+def _pairs_apply(x, V, out, K):
+    """Whether :func:`_dot_pairs` is the faster way to out = the dot products of length K of x's
+    and V's rows: vectors load x, V and out, in one dtype, and the dot products span two vectors or
+    more (below that, the scalar leftovers dominate: :func:`_dots` is faster, measured)."""
+    L = _same_lanes(x, V, out)
     return L > 0 and K >= 2 * L
 
 
@@ -1373,10 +1381,11 @@ def _dense_narrow(x, W, b, out):
     it applies (64 -> 2 at batch 8: 0.09 us against 0.32 for :func:`_dots`, after the transpose);
     else :func:`_dots` against W^T (64 -> 6 at batch 8: 0.36 us, against 0.87 us through
     :func:`_mm_acc`, with the transpose)."""
-    if _pairs_apply(x, out, x.shape[1]):
-        _dot_pairs(x, _transposed(W), out)
+    WT = _transposed(W)
+    if _pairs_apply(x, WT, out, x.shape[1]):
+        _dot_pairs(x, WT, out)
     else:
-        _dots(x, _transposed(W), out)
+        _dots(x, WT, out)
     B, F = out.shape
     for r in range(B):
         for j in range(F):
@@ -1415,7 +1424,7 @@ def _dense(x, W, b, out, act):
         for r in range(B):
             for j in range(F):
                 out[r, j] += b[j]
-    elif F < 8 and (B >= NARROW_MIN_BATCH or (B >= 2 and _pairs_apply(x, out, x.shape[1]))):
+    elif F < 8 and (B >= NARROW_MIN_BATCH or (B >= 2 and _pairs_apply(x, W, out, x.shape[1]))):
         _dense_narrow(x, W, b, out)
     else:
         for r in range(B):
@@ -1520,10 +1529,10 @@ def _dense_back(d, x, W, dW, db, dx, want_dx):
                     dW[k, j] += a0 * d[q, j]
     if not want_dx:
         return
-    L = min(lanes(d), lanes(W), lanes(dx))
+    L = _same_lanes(d, W, dx)
     if L > 0 and F % L == 0 and K >= 16 and B < DX_FOLD_MAX_BATCH:
         _dx_fold(d, W, dx)
-    elif K < 16 and lanes(W) > 0 and _pairs_apply(d, dx, F):  # a first layer's few inputs
+    elif K < 16 and _pairs_apply(d, W, dx, F):  # a first layer's few inputs
         _dot_pairs(d, W, dx)
     elif K >= 8 and B >= DX_MM_MIN_BATCH:
         dx[:] = 0

@@ -1092,6 +1092,43 @@ def test_matmul_tiles_match_reference(case):
     assert_mlp_close(dW, dW_ref, dtype)
 
 
+@pytest.mark.parametrize("flip", ["A", "W", "out"])
+def test_matmul_blocks_take_arrays_of_two_dtypes(flip):
+    """The building blocks of the fused kernels with one array in float64 and the rest in float32
+    (the MLP never passes such arrays, but nothing stops a caller of the blocks): the vector paths
+    compile to a no-op for them, so the dispatch must take the scalar loops, not leave out
+    unwritten (it did, before session 37, where it took the smaller of the two lane counts)."""
+    rng = np.random.default_rng(7)
+    B, K, F = 8, 64, 64
+    arrays = {"A": rng.normal(size=(B, K)), "W": rng.normal(size=(K, F)), "out": np.zeros((B, F))}
+    A, W, out = (v if name == flip else v.astype(np.float32) for name, v in arrays.items())
+    A64, W64 = A.astype(np.float64), W.astype(np.float64)
+    cpu._mm_acc(A, W, out)
+    assert_mlp_close(out, A64 @ W64, np.float32)
+    D = rng.normal(size=(B, F)).astype(W.dtype)  # dW = A^T D: D in W's dtype, dW in out's
+    dW = np.full((K, F), np.nan, out.dtype)
+    cpu._mm_tn(A, D, dW)
+    assert_mlp_close(dW, A64.T @ D.astype(np.float64), np.float32)
+    for K2, F2 in ((64, 2), (8, 64)):  # a head (_dense_narrow), dx of a layer with few inputs (_dense_back)
+        x, W2 = rng.normal(size=(B, K2)).astype(A.dtype), rng.normal(size=(K2, F2)).astype(W.dtype)
+        if F2 < 8:
+            head = np.full((B, F2), np.nan, out.dtype)
+            cpu._dense_narrow(x, W2, np.zeros(F2, out.dtype), head)
+            assert_mlp_close(head, x.astype(np.float64) @ W2.astype(np.float64), np.float32)
+            continue
+        for Bd in (1, 8):  # _dot_pairs at batch 1 (K < 16), the fold's blocks or _mm_acc above
+            d = rng.normal(size=(Bd, F2)).astype(A.dtype)
+            dx = np.full((Bd, K2), np.nan, out.dtype)
+            cpu._dense_back(d, x[:Bd], W2, np.empty((K2, F2), W2.dtype), np.empty(F2, W2.dtype), dx, True)
+            assert_mlp_close(dx, d.astype(np.float64) @ W2.astype(np.float64).T, np.float32)
+        d = rng.normal(size=(4, 64)).astype(A.dtype)
+        W3 = rng.normal(size=(32, 64)).astype(W.dtype)  # K >= 16, F a whole number of vectors: _dx_fold
+        dx = np.full((4, 32), np.nan, out.dtype)
+        cpu._dense_back(d, np.ones((4, 32), A.dtype), W3, np.empty((32, 64), W3.dtype), np.empty(64, W3.dtype),
+                        dx, True)
+        assert_mlp_close(dx, d.astype(np.float64) @ W3.astype(np.float64).T, np.float32)
+
+
 _TILES_WIDE, _TILES_NARROW = njit(cpu._make_tiles_impl(True)), njit(cpu._make_tiles_impl(False))
 
 
@@ -1204,6 +1241,24 @@ def test_dx_fold_block_does_not_change_results(B, K, m, dtype, seed):
     out = _same_bits_in_every_block(_DX_FOLDS, d, W, (B, K))
     dx_ref, _, _ = ref.linear_backward(d.astype(np.float64), np.zeros((B, K)), W.astype(np.float64))
     assert_mlp_close(out[16], dx_ref, dtype)
+
+
+@pytest.mark.parametrize("native", [64, 32, 16])
+def test_register_blocks_follow_the_native_vector_width(native, monkeypatch):
+    """The register tiles, _dx_fold and _dot_pairs compile their wide blocks (16 accumulators) only
+    where a 64-byte vector is one register, and the narrow ones (measured faster there: the
+    docstrings of _make_tiles_impl, _dx_fold_overload and _dot_pairs8_impl) below that: the choice
+    each overload makes at typing time, for AVX-512 (64), AVX2 (32) and SSE / NEON (16) widths.
+    Every block gives the same bits (tested above), so only this test sees a wrong choice."""
+    from numba import types
+
+    monkeypatch.setattr(cpu, "native_vector_bytes", lambda: native)
+    wide = native >= 64
+    for dt, narrow_block in ((types.float32, 8), (types.float64, 4)):
+        a = types.Array(dt, 2, "C")
+        assert cpu._tiles_overload(a, a, a, types.intp, types.intp, types.boolean) is cpu._make_tiles_impl(wide)
+        assert cpu._dx_fold_overload(a, a, a) is cpu._make_dx_fold_impl(16 if wide else narrow_block)
+        assert cpu._dot_pairs_overload(a, a, a) is (cpu._dot_pairs_impl if wide else cpu._dot_pairs8_impl)
 
 
 _PAIRS = {16: njit(cpu._dot_pairs_impl), 8: njit(cpu._dot_pairs8_impl)}
@@ -1353,6 +1408,28 @@ def test_rows_apply_follows_its_measured_rule_at_each_boundary(dtype):
         for F, last in ((3, 16), (2, 8), (1, 2)):
             assert applies(K, last, F)
             assert not applies(K, last + 1, F)
+
+
+@njit
+def _pairs_apply_call(x, V, out, K):
+    return cpu._pairs_apply(x, V, out, K)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pairs_apply_from_two_vectors_of_terms(dtype):
+    """_dot_pairs takes dot products that span two 64-byte vectors or more (K >= 2 L: below that,
+    the scalar leftover terms dominate and _dots is faster, measured), for arrays its vectors load,
+    all three in one dtype (it compiles to a no-op for any others)."""
+    L = 64 // np.dtype(dtype).itemsize
+    other = np.float32 if dtype == np.float64 else np.float64
+    x, V, out = np.ones((8, 2 * L + 1), dtype), np.ones((2, 2 * L + 1), dtype), np.empty((8, 2), dtype)
+    assert _pairs_apply_call(x, V, out, 2 * L)
+    assert not _pairs_apply_call(x, V, out, 2 * L - 1)
+    assert not _pairs_apply_call(np.asfortranarray(x), V, out, 2 * L)  # vectors cannot load x
+    assert not _pairs_apply_call(x, V.T.copy().T, out, 2 * L)  # nor a V in Fortran order
+    assert not _pairs_apply_call(x.astype(other), V, out, 2 * L)
+    assert not _pairs_apply_call(x, V.astype(other), out, 2 * L)
+    assert not _pairs_apply_call(x, V, out.astype(other), 2 * L)
 
 
 @njit
