@@ -1521,3 +1521,25 @@ def test_simd_vectors_load_store_splat_fma():
         assert vsum_row(a, 1) == a[1, :n].sum()  # small integers: every order gives the exact sum
     halves = np.array([[1.0, 2.0**-60, 3.0, 0.0, -1.0, 2.0**-60, -3.0, 0.0]])  # float64, one vector
     assert vsum_row(halves, 0) == 2.0**-59  # (1 + -1) + ... first: a sequential sum would round it off
+
+
+def test_simd_refuses_a_vector_of_another_dtype_and_names_llvm_pointers_by_version(monkeypatch):
+    """vstore types only a vector of its array's dtype (a float64 vector stored into a float32 row
+    would write 64 bytes of the wrong values); the masked intrinsics' pointer suffix is the opaque
+    ``p0`` from LLVM 17 on and the typed ``p0v16f32`` form before (LLVM 14/15)."""
+    from llvmlite import binding
+    from minippo.kernels import simd
+    from numba import types
+    from numba.core.errors import TypingError
+
+    @njit
+    def store_other(a64, out32):
+        simd.vstore(out32, 0, 0, simd.vload(a64, 0, 0))
+
+    with pytest.raises(TypingError):
+        store_other(np.zeros((1, 8)), np.zeros((1, 16), np.float32))
+    for version, f32, f64 in (((17, 0, 0), "p0", "p0"), ((16, 0, 6), "p0v16f32", "p0v8f64"),
+                              ((14, 0, 6), "p0v16f32", "p0v8f64")):
+        monkeypatch.setattr(binding, "llvm_version_info", version)
+        assert simd._ptr_suffix(simd.Vec(types.float32)) == f32
+        assert simd._ptr_suffix(simd.Vec(types.float64)) == f64
