@@ -1097,7 +1097,8 @@ def test_matmul_blocks_take_arrays_of_two_dtypes(flip):
     """The building blocks of the fused kernels with one array in float64 and the rest in float32
     (the MLP never passes such arrays, but nothing stops a caller of the blocks): the vector paths
     compile to a no-op for them, so the dispatch must take the scalar loops, not leave out
-    unwritten (it did, before session 37, where it took the smaller of the two lane counts)."""
+    unwritten (it did, before session 37, where it took the smaller of the two lane counts). Also
+    with W and out both strided, where neither has vector lanes."""
     rng = np.random.default_rng(7)
     B, K, F = 8, 64, 64
     arrays = {"A": rng.normal(size=(B, K)), "W": rng.normal(size=(K, F)), "out": np.zeros((B, F))}
@@ -1109,6 +1110,12 @@ def test_matmul_blocks_take_arrays_of_two_dtypes(flip):
     dW = np.full((K, F), np.nan, out.dtype)
     cpu._mm_tn(A, D, dW)
     assert_mlp_close(dW, A64.T @ D.astype(np.float64), np.float32)
+    if flip == "out":  # and with both W (D) and out strided: no vectors load either
+        out2, dW2 = _maybe_strided(np.zeros((B, F)), True), _maybe_strided(np.full((K, F), np.nan), True)
+        cpu._mm_acc(A64, _maybe_strided(W64, True), out2)
+        cpu._mm_tn(A64, _maybe_strided(D.astype(np.float64), True), dW2)
+        assert_mlp_close(out2, A64 @ W64, np.float64)
+        assert_mlp_close(dW2, A64.T @ D.astype(np.float64), np.float64)
     for K2, F2 in ((64, 2), (8, 64)):  # a head (_dense_narrow), dx of a layer with few inputs (_dense_back)
         x, W2 = rng.normal(size=(B, K2)).astype(A.dtype), rng.normal(size=(K2, F2)).astype(W.dtype)
         if F2 < 8:
