@@ -1550,3 +1550,62 @@ def test_simd_refuses_a_vector_of_another_dtype_and_names_llvm_pointers_by_versi
         monkeypatch.setattr(binding, "llvm_version_info", version)
         assert simd._ptr_suffix(simd.Vec(types.float32)) == f32
         assert simd._ptr_suffix(simd.Vec(types.float64)) == f64
+
+
+def test_simd_intrinsics_type_only_their_own_arguments():
+    """Each intrinsic's typing-time guard: a vector of another dtype, a float count of lanes, a
+    splatted value that is not a number, or a fold level that is not a literal fails to type (a
+    TypingError at compile time) instead of reaching LLVM with mismatched types; a fold level
+    outside 1 .. log2 L is an error naming the range."""
+    from minippo.kernels import simd
+    from numba import literally
+    from numba.core.errors import TypingError
+
+    a32, a64 = np.zeros((1, 16), np.float32), np.zeros((1, 16))
+
+    @njit
+    def first_float_n(a):
+        return simd.vload_first(a, 0, 0, 1.0)
+
+    @njit
+    def store_first(out, a, n):
+        simd.vstore_first(out, 0, 0, simd.vload(a, 0, 0), n)
+
+    @njit
+    def splat(out, x):
+        simd.vstore(out, 0, 0, simd.vsplat(out, x))
+
+    @njit
+    def fma_mixed(a, b):
+        v, w = simd.vload(a, 0, 0), simd.vload(b, 0, 0)
+        return simd.vfma(v, w, v)
+
+    @njit
+    def add_mixed(a, b):
+        return simd.vadd(simd.vload(a, 0, 0), simd.vload(b, 0, 0))
+
+    @njit
+    def fold_mixed(a, b):
+        return simd.vfold(simd.vload(a, 0, 0), simd.vload(b, 0, 0), 1)
+
+    @njit
+    def fold_runtime_level(a, level):
+        v = simd.vload(a, 0, 0)
+        return simd.vfold(v, v, level)
+
+    @njit
+    def fold_at(a, out, level):
+        v = simd.vload(a, 0, 0)
+        simd.vstore(out, 0, 0, simd.vfold(v, v, literally(level)))
+
+    for level, lanes in ((0, 16), (5, 16), (4, 8)):  # 1 .. log2 L only
+        a = np.zeros((1, lanes), np.float32 if lanes == 16 else np.float64)
+        with pytest.raises(Exception, match=rf"vfold level must be 1 \.\. log2\({lanes}\), got {level}"):
+            fold_at(a, a.copy(), level)
+    store_first(a32, a32, 3)  # the same calls with their own arguments type
+    splat(a32, 2.0)
+    for call, args in ((first_float_n, (a32,)), (store_first, (a32, a64, 3)), (store_first, (a32, a32, 3.0)),
+                       (splat, (a32, np.zeros(2))), (fma_mixed, (a32, a64)), (add_mixed, (a32, a64)),
+                       (fold_mixed, (a32, a64)), (fold_runtime_level, (a32, 1))):
+        with pytest.raises(TypingError):
+            call(*args)
