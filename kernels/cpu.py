@@ -1095,20 +1095,24 @@ def _dot_pairs(x, V, out):
     raise NotImplementedError("numba kernels only")
 
 
-@njit(inline="always")
-def _same_lanes(a, b, c):
+@intrinsic
+def _same_lanes(typingctx: Any, a: types.Type, b: types.Type, c: types.Type) -> Any:
     """The lanes of a's vectors where vectors load a, b and c, all in one dtype; else 0 (the
-    overloads' ``_vectors_load`` test: they compile to a no-op for any other arrays)."""
-    L = lanes(a)
-    return L if lanes(b) == L and lanes(c) == L else 0
+    overloads' ``_vectors_load`` test: they compile to a no-op for any other arrays). A constant
+    made at typing time, like ``lanes``."""
+    n = vec_type(a).n if _vectors_load(a, b, c) else 0
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, n)
+
+    return types.intp(a, b, c), codegen
 
 
 @njit(inline="always")
-def _pairs_apply(x, V, out, K):
-    """Whether :func:`_dot_pairs` is the faster way to out = the dot products of length K of x's
-    and V's rows: vectors load x, V and out, in one dtype, and the dot products span two vectors or
-    more (below that, the scalar leftovers dominate: :func:`_dots` is faster, measured)."""
-    L = _same_lanes(x, V, out)
+def _pairs_apply(L, K):
+    """Whether :func:`_dot_pairs` is the faster way to dot products of length K, given L =
+    :func:`_same_lanes` of its three arrays: vectors load them, and the dot products span two
+    vectors or more (below that, the scalar leftovers dominate: :func:`_dots` is faster, measured)."""
     return L > 0 and K >= 2 * L
 
 
@@ -1381,11 +1385,10 @@ def _dense_narrow(x, W, b, out):
     it applies (64 -> 2 at batch 8: 0.09 us against 0.32 for :func:`_dots`, after the transpose);
     else :func:`_dots` against W^T (64 -> 6 at batch 8: 0.36 us, against 0.87 us through
     :func:`_mm_acc`, with the transpose)."""
-    WT = _transposed(W)
-    if _pairs_apply(x, WT, out, x.shape[1]):
-        _dot_pairs(x, WT, out)
+    if _pairs_apply(_same_lanes(x, W, out), x.shape[1]):  # W^T: W's dtype, C-ordered
+        _dot_pairs(x, _transposed(W), out)
     else:
-        _dots(x, WT, out)
+        _dots(x, _transposed(W), out)
     B, F = out.shape
     for r in range(B):
         for j in range(F):
@@ -1424,7 +1427,7 @@ def _dense(x, W, b, out, act):
         for r in range(B):
             for j in range(F):
                 out[r, j] += b[j]
-    elif F < 8 and (B >= NARROW_MIN_BATCH or (B >= 2 and _pairs_apply(x, W, out, x.shape[1]))):
+    elif F < 8 and (B >= NARROW_MIN_BATCH or (B >= 2 and _pairs_apply(_same_lanes(x, W, out), x.shape[1]))):
         _dense_narrow(x, W, b, out)
     else:
         for r in range(B):
@@ -1532,7 +1535,7 @@ def _dense_back(d, x, W, dW, db, dx, want_dx):
     L = _same_lanes(d, W, dx)
     if L > 0 and F % L == 0 and K >= 16 and B < DX_FOLD_MAX_BATCH:
         _dx_fold(d, W, dx)
-    elif K < 16 and _pairs_apply(d, W, dx, F):  # a first layer's few inputs
+    elif K < 16 and _pairs_apply(L, F):  # a first layer's few inputs
         _dot_pairs(d, W, dx)
     elif K >= 8 and B >= DX_MM_MIN_BATCH:
         dx[:] = 0

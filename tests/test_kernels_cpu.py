@@ -1419,7 +1419,7 @@ def test_rows_apply_follows_its_measured_rule_at_each_boundary(dtype):
 
 @njit
 def _pairs_apply_call(x, V, out, K):
-    return cpu._pairs_apply(x, V, out, K)
+    return cpu._pairs_apply(cpu._same_lanes(x, V, out), K)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
