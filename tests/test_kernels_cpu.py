@@ -1116,24 +1116,18 @@ def test_matmul_blocks_take_arrays_of_two_dtypes(flip):
         cpu._mm_tn(A64, _maybe_strided(D.astype(np.float64), True), dW2)
         assert_mlp_close(out2, A64 @ W64, np.float64)
         assert_mlp_close(dW2, A64.T @ D.astype(np.float64), np.float64)
-    for K2, F2 in ((64, 2), (8, 64)):  # a head (_dense_narrow), dx of a layer with few inputs (_dense_back)
-        x, W2 = rng.normal(size=(B, K2)).astype(A.dtype), rng.normal(size=(K2, F2)).astype(W.dtype)
-        if F2 < 8:
-            head = np.full((B, F2), np.nan, out.dtype)
-            cpu._dense_narrow(x, W2, np.zeros(F2, out.dtype), head)
-            assert_mlp_close(head, x.astype(np.float64) @ W2.astype(np.float64), np.float32)
-            continue
-        for Bd in (1, 8):  # _dot_pairs at batch 1 (K < 16), the fold's blocks or _mm_acc above
-            d = rng.normal(size=(Bd, F2)).astype(A.dtype)
-            dx = np.full((Bd, K2), np.nan, out.dtype)
-            cpu._dense_back(d, x[:Bd], W2, np.empty((K2, F2), W2.dtype), np.empty(F2, W2.dtype), dx, True)
-            assert_mlp_close(dx, d.astype(np.float64) @ W2.astype(np.float64).T, np.float32)
-        d = rng.normal(size=(4, 64)).astype(A.dtype)
-        W3 = rng.normal(size=(32, 64)).astype(W.dtype)  # K >= 16, F a whole number of vectors: _dx_fold
-        dx = np.full((4, 32), np.nan, out.dtype)
-        cpu._dense_back(d, np.ones((4, 32), A.dtype), W3, np.empty((32, 64), W3.dtype), np.empty(64, W3.dtype),
+    x, Wh = rng.normal(size=(B, 64)).astype(A.dtype), rng.normal(size=(64, 2)).astype(W.dtype)
+    head = np.full((B, 2), np.nan, out.dtype)  # a 64 -> 2 head: _dense_narrow (_dot_pairs or _dots)
+    cpu._dense_narrow(x, Wh, np.zeros(2, out.dtype), head)
+    assert_mlp_close(head, x.astype(np.float64) @ Wh.astype(np.float64), np.float32)
+    # dx = d W^T in _dense_back, d in A's dtype, W in W's, dx in out's: K = 8 inputs at batch 1
+    # (_dot_pairs) and 8 (_mm_acc), and K = 32 at batch 4 (_dx_fold's blocks)
+    for Bd, K2 in ((1, 8), (8, 8), (4, 32)):
+        d, W2 = rng.normal(size=(Bd, 64)).astype(A.dtype), rng.normal(size=(K2, 64)).astype(W.dtype)
+        dx = np.full((Bd, K2), np.nan, out.dtype)
+        cpu._dense_back(d, np.ones((Bd, K2), A.dtype), W2, np.empty((K2, 64), W2.dtype), np.empty(64, W2.dtype),
                         dx, True)
-        assert_mlp_close(dx, d.astype(np.float64) @ W3.astype(np.float64).T, np.float32)
+        assert_mlp_close(dx, d.astype(np.float64) @ W2.astype(np.float64).T, np.float32)
 
 
 _TILES_WIDE, _TILES_NARROW = njit(cpu._make_tiles_impl(True)), njit(cpu._make_tiles_impl(False))
@@ -1576,22 +1570,22 @@ def test_simd_intrinsics_type_only_their_own_arguments():
         simd.vstore(out, 0, 0, simd.vsplat(out, x))
 
     @njit
-    def fma_mixed(a, b):
+    def fma_into(out, a, b):
         v, w = simd.vload(a, 0, 0), simd.vload(b, 0, 0)
-        return simd.vfma(v, w, v)
+        simd.vstore(out, 0, 0, simd.vfma(v, w, v))
 
     @njit
-    def add_mixed(a, b):
-        return simd.vadd(simd.vload(a, 0, 0), simd.vload(b, 0, 0))
+    def add_into(out, a, b):
+        simd.vstore(out, 0, 0, simd.vadd(simd.vload(a, 0, 0), simd.vload(b, 0, 0)))
 
     @njit
-    def fold_mixed(a, b):
-        return simd.vfold(simd.vload(a, 0, 0), simd.vload(b, 0, 0), 1)
+    def fold_into(out, a, b):
+        simd.vstore(out, 0, 0, simd.vfold(simd.vload(a, 0, 0), simd.vload(b, 0, 0), 1))
 
     @njit
-    def fold_runtime_level(a, level):
-        v = simd.vload(a, 0, 0)
-        return simd.vfold(v, v, level)
+    def fold_runtime_level(out, level):
+        v = simd.vload(out, 0, 0)
+        simd.vstore(out, 0, 0, simd.vfold(v, v, level))
 
     @njit
     def fold_at(a, out, level):
@@ -1600,12 +1594,14 @@ def test_simd_intrinsics_type_only_their_own_arguments():
 
     for level, lanes in ((0, 16), (5, 16), (4, 8)):  # 1 .. log2 L only
         a = np.zeros((1, lanes), np.float32 if lanes == 16 else np.float64)
-        with pytest.raises(Exception, match=rf"vfold level must be 1 \.\. log2\({lanes}\), got {level}"):
+        with pytest.raises(ValueError, match=rf"vfold level must be 1 \.\. log2\({lanes}\), got {level}"):
             fold_at(a, a.copy(), level)
     store_first(a32, a32, 3)  # the same calls with their own arguments type
     splat(a32, 2.0)
+    for call in (fma_into, add_into, fold_into):
+        call(a32, a32, a32)
     for call, args in ((first_float_n, (a32,)), (store_first, (a32, a64, 3)), (store_first, (a32, a32, 3.0)),
-                       (splat, (a32, np.zeros(2))), (fma_mixed, (a32, a64)), (add_mixed, (a32, a64)),
-                       (fold_mixed, (a32, a64)), (fold_runtime_level, (a32, 1))):
+                       (splat, (a32, np.zeros(2))), (fma_into, (a32, a32, a64)), (add_into, (a32, a32, a64)),
+                       (fold_into, (a32, a32, a64)), (fold_runtime_level, (a32, 1))):
         with pytest.raises(TypingError):
             call(*args)
