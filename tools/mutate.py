@@ -20,7 +20,7 @@ which in a note.
 mutated kernels instead of loading the unmutated ones from its cache (slow: a compile per mutant).
 One JSON line per mutant goes to ``--out`` (a run stopped and restarted skips the ids already
 there, and runs again the one whose line a stop cut short); a summary goes to stdout. Sessions
-32-37 ran these over minippo/ and kernels/ (notes); sessions 35-37 set ``NUMBA_OPT=0`` (passed on
+32-38 ran these over minippo/ and kernels/ (notes); sessions 35-38 set ``NUMBA_OPT=0`` (passed on
 to the tests) for the numba kernels, which compile in ~40% less time at that level with the
 same semantics (check that the unmutated code passes the tests there first).
 """
