@@ -67,7 +67,7 @@ def _mlp_forward(x, Ws, bs, act):
         W, b = Ws[i], bs[i]
         F = W.shape[1]
         out = np.empty((B, F), x.dtype)
-        _dense(h, W, b, out, act if i < n - 1 else ACT_NONE)  # heads: cpu._dense_narrow from batch 8
+        _dense(h, W, b, out, act if i < n - 1 else ACT_NONE)  # heads: _dense's narrow paths
         hs.append(out)
         h = out
     return hs

@@ -295,7 +295,8 @@ class PPOConfig:
         return self.replace(**dict(self.parse_assignment(a) for a in assignments))
 
 
-# rl-baselines3-zoo tuned PPO hyperparameters (the published ones; see PPO_NOTES).
+# rl-baselines3-zoo's tuned PPO hyperparameters (its hyperparams/ppo.yml), plus the settings marked
+# below as not the zoo's.
 PRESETS: dict[str, dict[str, Any]] = {
     "CartPole-v1": dict(
         env_id="CartPole-v1", n_envs=8, total_timesteps=100_000, n_steps=32, batch_size=256,

@@ -45,10 +45,11 @@ def _err(field, value):
 
 
 def test_defaults_are_valid_and_match_the_paper():
-    """The paper's MuJoCo settings (PPO_NOTES): 64-64 tanh, separate networks, log-std init 0, no
-    entropy bonus, horizon 2048, 10 epochs, minibatch 64, Adam 3e-4, gamma 0.99, lambda 0.95, clip
-    0.2 (Table 1's best), adaptive KL from beta 1 at d_targ 0.01; the implementation details' Adam eps
-    1e-5 and grad-norm clip 0.5; c_1 = 0.5 as in baselines. One env, 1M steps, seed 0."""
+    """The paper's MuJoCo settings (Schulman et al. 2017, Table 3 in Appendix A): 64-64 tanh,
+    separate networks, log-std init 0, no entropy bonus, horizon 2048, 10 epochs, minibatch 64, Adam
+    3e-4, gamma 0.99, lambda 0.95, clip 0.2 (Table 1's best), adaptive KL from beta 1 at d_targ
+    0.01; the implementation details' Adam eps 1e-5 and grad-norm clip 0.5; c_1 = 0.5 as in
+    baselines. One env, 1M steps, seed 0."""
     c = PPOConfig()
     assert c.validate() is c
     paper = (c.clip_eps, c.gamma, c.gae_lambda, c.n_epochs, c.batch_size, c.n_steps, c.learning_rate)
@@ -236,7 +237,7 @@ def test_presets():
         c = preset(name)
         assert c.env_id == name
         assert (c.n_envs * c.n_steps) % c.batch_size == 0
-    # the zoo's settings as PPO_NOTES gives them
+    # rl-baselines3-zoo's CartPole-v1 settings (hyperparams/ppo.yml)
     cp = preset("CartPole-v1", seed=3)
     assert (cp.n_envs, cp.n_steps, cp.batch_size, cp.gae_lambda, cp.gamma, cp.n_epochs) == (
         8, 32, 256, 0.8, 0.98, 20)

@@ -240,7 +240,8 @@ def test_adaptive_kl_keeps_beta_on_both_bounds(target):
 
 
 def test_adaptive_kl_starts_from_the_paper_settings():
-    """Defaults as PPO_NOTES gives the paper: d_targ = 0.01, beta starts at 1."""
+    """The paper's settings: d_targ = 0.01, one of the three in Table 1; beta starts at 1 (section 4
+    calls its start unimportant: the rule adapts it)."""
     ak = losses.AdaptiveKL()
     assert (ak.kl_target, ak.beta) == (0.01, 1.0)
 
