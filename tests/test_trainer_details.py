@@ -576,6 +576,20 @@ def test_fps_leaves_out_numba_compile_time_and_time_does_not(monkeypatch):
 
 
 @needs_gym
+def test_learn_counts_each_iteration_s_steps_and_a_callback_returning_false_stops_it(numpy_backend):
+    """Each row's timesteps grow by n_envs * n_steps; a callback returning False ends learn() after
+    that iteration's update, however far the total is (any other return value goes on). A step count
+    that did not grow would fail here rather than train forever."""
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=8, batch_size=16, n_epochs=1, hidden=(4,)))
+    rows = []
+    algo.learn(10_000, callback=lambda row: rows.append(row) or (None if len(rows) < 3 else False))
+    assert [(r["iteration"], r["timesteps"]) for r in rows] == [(1, 16), (2, 32), (3, 48)]
+    assert (algo.num_timesteps, algo.iteration, algo.optimizer.t) == (48, 3, 3)
+    algo.learn(64, callback=lambda row: rows.append(row) or 0)  # 0 is not False: on to the total
+    assert [r["timesteps"] for r in rows[3:]] == [64]
+
+
+@needs_gym
 @pytest.mark.parametrize(("objective", "n_epochs", "batch_size"),
                          [("clip", 2, 16), ("kl_penalty", 2, 16), ("clip", 1, 32)])
 def test_logged_losses_are_the_mean_over_the_minibatch_updates(numpy_backend, monkeypatch, objective, n_epochs,
