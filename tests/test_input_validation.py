@@ -209,6 +209,36 @@ def test_predict_refuses_non_finite_complex_and_non_numeric_observations_and_a_b
         ac.predict(np.full(4, 1e39))
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([np.float16, np.float32, np.float64, np.longdouble]), st.sampled_from([np.float32, np.float64]),
+       st.integers(1, 3), st.integers(1, 5),
+       st.lists(st.sampled_from(["big", "small", "zero", "nan", "inf", "-inf"]), min_size=1, max_size=15),
+       st.randoms(use_true_random=False))
+def test_check_obs_agrees_with_the_plain_definition(src, dst, B, D, kinds, r):
+    """check_obs's finite test (a sum of squares first, the exact test only when that is not finite)
+    against its definition: refuse NaN and inf, accept every finite value, including values whose
+    squares overflow, and refuse what does not fit the policy's dtype. Values drawn at the edges."""
+    from minippo.policy import check_obs
+
+    fi = np.finfo(src)
+    pick = {"big": lambda: fi.max * src(r.choice([-1, 1]) * r.uniform(0.5, 1.0)),  # squares overflow
+            "small": lambda: fi.smallest_subnormal * src(r.randint(-4, 4)), "zero": lambda: src(0),
+            "nan": lambda: src(np.nan), "inf": lambda: src(np.inf), "-inf": lambda: src(-np.inf)}
+    a = np.array([pick[kinds[i % len(kinds)]]() for i in range(B * D)], src).reshape(B, D)
+    with np.errstate(over="ignore"):
+        fits = np.isfinite(a.astype(dst)).all()
+    if not np.isfinite(a).all():
+        with pytest.raises(ValueError, match="obs holds NaN or inf"):
+            check_obs(a, D, dst)
+    elif not fits:
+        with pytest.raises(ValueError, match="obs holds values beyond the policy's"):
+            check_obs(a, D, dst)
+    else:
+        out = check_obs(a[0], D, dst) if B == 1 else check_obs(a, D, dst)
+        assert out.dtype == dst
+        np.testing.assert_array_equal(out.reshape(a.shape), a.astype(dst))
+
+
 def test_config_takes_numpy_scalars_as_the_numbers_they_are():
     """A sweep over np.arange or values read from arrays: numpy ints and floats are accepted and
     stored as Python numbers (to_json writes them); non-integral values for int fields still fail."""

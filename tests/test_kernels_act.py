@@ -202,6 +202,40 @@ def test_in_place_updates_are_seen_and_rebinding_rebuilds_the_state():
     np.testing.assert_array_equal(d1, _unfused_act(gauss, obs, 0, False)[0][3])
 
 
+def test_the_state_check_by_version_and_by_identity_see_the_same_rebindings():
+    """ActorCritic.params is a versioned nn.Params: the state is kept while its version stands, and
+    a write that rebinds nothing (an update with the same arrays) costs one identity check, not a
+    rebuild. A plain dict put in its place is checked array by array on every call, and still sees a
+    rebinding."""
+    from minippo.nn import Params
+
+    use_backend("numba")
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    obs = _obs(4, 1, np.float32)
+    assert type(pol.params) is Params
+    v0 = pol.act(obs, np.random.default_rng(0))[2]
+    state = pol.__dict__["_numba_act_state"]
+    assert state.pdict is pol.params and state.pversion == pol.params.version
+    pol.params.update(dict(pol.params))  # the same arrays: the version moves, the state stays
+    np.testing.assert_array_equal(pol.act(obs, np.random.default_rng(0))[2], v0)
+    assert pol.__dict__["_numba_act_state"] is state and state.pversion == pol.params.version
+    pol.params = dict(pol.params)  # a plain dict: no version, so each call compares the arrays
+    np.testing.assert_array_equal(pol.act(obs, np.random.default_rng(0))[2], v0)
+    assert pol.__dict__["_numba_act_state"] is state and state.pversion is None
+    new = pol.params["critic.b1"] + np.float32(1.0)
+    pol.params["critic.b1"] = pol.critic.params["b1"] = new  # rebound in the plain dict (and the MLP)
+    v1 = pol.act(obs, np.random.default_rng(0))[2]
+    assert pol.__dict__["_numba_act_state"] is not state
+    np.testing.assert_allclose(v1, v0 + 1.0, rtol=1e-6)
+    # (the unfused path's critic runs numpy's BLAS here: b1 is no longer a view of the MLP's flat buffer)
+    _assert_close(v1, _unfused_act(pol, obs, 0, False)[0][2], np.float32, "values")
+    gauss = _policy(np.float32, False, (8,), "tanh", 1)  # log_std, in no MLP: only the policy's dict
+    gauss.params = dict(gauss.params)
+    d0 = gauss.act(obs, np.random.default_rng(0))[3]
+    gauss.params["log_std"] = gauss.params["log_std"] + np.float32(0.5)
+    np.testing.assert_allclose(gauss.act(obs, np.random.default_rng(0))[3][:, 3:], d0[:, 3:] + 0.5, rtol=1e-6)
+
+
 def _assert_same_as_numpy_path(pol, obs, seed=3):
     (a, lp, v, d), n1 = _act(pol, obs, seed, False)
     (a2, lp2, v2, d2), n2 = _unfused_act(pol, obs, seed, False)
