@@ -122,8 +122,9 @@ def compute_gae(
         # any miss takes the full path below. ~0.1-0.2 us less than through cpu.gae (a Python call
         # layer and its checks; docs/kernels.md, "GAE on numba").
         try:
-            if out is None:
-                adv, ret = np.empty(rewards.shape, rewards.dtype), np.empty(rewards.shape, rewards.dtype)
+            if out is None:  # (shape and dtype read once: each read makes a new object, ~30 ns)
+                s, dt = rewards.shape, rewards.dtype
+                adv, ret = np.empty(s, dt), np.empty(s, dt)
             else:
                 adv, ret = out
             if not _numba_gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, ret):
