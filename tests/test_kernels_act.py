@@ -230,10 +230,16 @@ def test_the_state_check_by_version_and_by_identity_see_the_same_rebindings():
     # (the unfused path's critic runs numpy's BLAS here: b1 is no longer a view of the MLP's flat buffer)
     _assert_close(v1, _unfused_act(pol, obs, 0, False)[0][2], np.float32, "values")
     gauss = _policy(np.float32, False, (8,), "tanh", 1)  # log_std, in no MLP: only the policy's dict
-    gauss.params = dict(gauss.params)
     d0 = gauss.act(obs, np.random.default_rng(0))[3]
+    other = Params({**gauss.params, "log_std": gauss.params["log_std"] + np.float32(0.5)})
+    other.version = gauss.params.version  # another Params at the same version: not the same dict
+    gauss.params = other
+    d1 = gauss.act(obs, np.random.default_rng(0))[3]
+    np.testing.assert_allclose(d1[:, 3:], d0[:, 3:] + 0.5, rtol=1e-6)
+    gauss.params = dict(gauss.params)
+    np.testing.assert_array_equal(gauss.act(obs, np.random.default_rng(0))[3], d1)  # seen with the plain dict
     gauss.params["log_std"] = gauss.params["log_std"] + np.float32(0.5)
-    np.testing.assert_allclose(gauss.act(obs, np.random.default_rng(0))[3][:, 3:], d0[:, 3:] + 0.5, rtol=1e-6)
+    np.testing.assert_allclose(gauss.act(obs, np.random.default_rng(0))[3][:, 3:], d1[:, 3:] + 0.5, rtol=1e-6)
 
 
 def _assert_same_as_numpy_path(pol, obs, seed=3):
