@@ -1,11 +1,13 @@
-"""Numba kernels for one whole PPO-clip minibatch update (``MINIPPO_BACKEND=numba``).
+"""Numba kernels for one whole PPO minibatch update (``MINIPPO_BACKEND=numba``), for every rung of the
+ladder: PPO-clip, PPO-penalty (adaptive KL), the importance-sampled surrogate, and REINFORCE / A2C.
 
 numpy spends a CartPole minibatch step (B = 256, two 4-64-64-x tanh MLPs) in ~200 calls of
 elementwise work and matmul overhead (~600 us, measured). Here it is two compiled calls:
 
 1. :meth:`FusedUpdate.loss_and_grads`: forward of the actor and critic MLPs, the Categorical
    distribution (softmax with temperature) or the diagonal Gaussian, per-minibatch advantage
-   normalisation, the PPO-clip objective, the (optionally clipped) value loss, the entropy bonus,
+   normalisation, the policy objective (clip, KL penalty with its exact KL(pi_old || pi_theta),
+   surrogate, or the plain policy gradient), the (optionally clipped) value loss, the entropy bonus,
    backward to every parameter gradient (into one flat vector laid out like Adam's moments), and
    the logged stats. Same formulas as ``minippo.ppo.loss_and_grads`` (the readable reference).
 2. :meth:`FusedUpdate.step`: global-norm gradient clipping and Adam on that flat vector, in place
@@ -50,6 +52,10 @@ _JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc", "contract
 _JIT_EXACT = {"cache": True, "error_model": "numpy", "fastmath": False}
 
 N_STATS = 8
+# The policy objective, one compiled kernel for all (config.objective -> code).
+OBJ_CLIP, OBJ_SURROGATE, OBJ_PG, OBJ_KL = 0, 1, 2, 3
+OBJECTIVES = {"clip": OBJ_CLIP, "surrogate": OBJ_SURROGATE, "a2c": OBJ_PG, "reinforce": OBJ_PG,
+              "kl_penalty": OBJ_KL}
 _LOWEST = -1.7976931348623157e308  # the lowest finite float64
 STAT_KEYS = ("approx_kl", "clipfrac", "vclipfrac", "loss", "policy_loss", "value_loss", "entropy")
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -173,19 +179,43 @@ def _clip_term(logp, logp_old, adv, clip_eps, B, stats):
 
 
 @njit(**_JIT)
-def _finish_stats(stats, ent_coef, vf_coef, B):
+def _policy_term(logp, logp_old, adv, clip_eps, obj, B, stats):
+    """One sample of the policy objective ``obj`` (losses.py's formulas): adds to the sums in stats
+    (approx_kl's (r - 1) - log r in stats[0], the term L sums in stats[4]), returns dL/dlogp.
+    Surrogate and KL penalty: r A, dL/dlogp = -r A / B (the penalty's own gradient is the caller's);
+    the plain policy gradient: log pi A, dL/dlogp = -A / B."""
+    if obj == OBJ_CLIP:
+        return _clip_term(logp, logp_old, adv, clip_eps, B, stats)
+    log_ratio = logp - logp_old
+    stats[0] += math.expm1(log_ratio) - log_ratio
+    if obj == OBJ_PG:
+        stats[4] += logp * adv
+        return -adv / B
+    ratio = math.exp(log_ratio)
+    stats[4] += ratio * adv
+    return -ratio * adv / B
+
+
+@njit(**_JIT)
+def _finish_stats(stats, ent_coef, vf_coef, B, obj, beta):
+    """Sums to means; the KL penalty adds beta mean(KL) (stats[7]) to the policy loss."""
     stats[0] /= B
     stats[1] /= B
     stats[4] = -stats[4] / B
+    if obj == OBJ_KL:
+        stats[7] /= B
+        stats[4] += beta * stats[7]
     stats[6] /= B
     stats[3] = stats[4] + vf_coef * stats[5] - ent_coef * stats[6]
 
 
 @njit(**_JIT)
-def _categorical_clip(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs, actions, logp_old, adv,
-                      returns, values_old, act, temperature, clip_eps, ent_coef, vf_coef, vclip, normalize,
-                      stats):
+def _categorical_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs, actions, logp_old, adv,
+                        returns, values_old, act, temperature, clip_eps, ent_coef, vf_coef, vclip, normalize,
+                        obj, beta, dist_old, stats):
     """Whole minibatch, Categorical policy: gradients into a_g*/c_g*, stats (N_STATS,) float64.
+    ``obj``: the policy objective's code; for OBJ_KL, dist_old (B, n) holds pi_old's logits and
+    beta the penalty's coefficient (else dist_old is never read).
 
     Returns -1, or the first sample index whose action is outside [0, n) (nothing then computed)."""
     B = obs.shape[0]
@@ -201,7 +231,10 @@ def _categorical_clip(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs, a
     dlogits = np.empty((B, n), logits.dtype)
     lp = np.empty(n, np.float64)  # log p of the current sample
     p = np.empty(n, np.float64)
+    lq = np.empty(n, np.float64)  # log p_old, p_old (KL penalty)
+    q = np.empty(n, np.float64)
     dent = -ent_coef / B
+    dkl = beta / B
     for i in range(B):
         zmax = -np.inf
         for j in range(n):
@@ -220,25 +253,45 @@ def _categorical_clip(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs, a
             H -= p[j] * lp[j]
         a = actions[i]
         stats[6] += H
-        dlogp = _clip_term(lp[a], logp_old[i], A[i], clip_eps, B, stats)
+        dlogp = _policy_term(lp[a], logp_old[i], A[i], clip_eps, obj, B, stats)
         # d log p_a / dz = onehot(a) - p;  dH/dz = -p (log p + H);  dz/dlogits = 1 / T
         for j in range(n):
             g = dlogp * ((1.0 if j == a else 0.0) - p[j]) - dent * p[j] * (lp[j] + H)
             dlogits[i, j] = g / temperature
+        if obj == OBJ_KL:  # KL(p_old || p) = sum_j q_j (log q_j - log p_j); d/dz_j = p_j - q_j
+            zmax = -np.inf
+            for j in range(n):
+                lq[j] = dist_old[i, j] / temperature if temperature != 1.0 else dist_old[i, j]
+                zmax = max(zmax, lq[j])
+            s = 0.0
+            for j in range(n):
+                lq[j] = max(lq[j] - zmax, _LOWEST)
+                q[j] = math.exp(lq[j])
+                s += q[j]
+            lse = math.log(s)
+            kl = 0.0
+            for j in range(n):
+                lq[j] -= lse
+                q[j] /= s
+                kl += q[j] * (lq[j] - lp[j])
+            stats[7] += kl
+            for j in range(n):
+                dlogits[i, j] += dkl * (p[j] - q[j]) / temperature
     dvalues = np.empty((B, 1), logits.dtype)
     _value_terms(hc[len(hc) - 1], returns, values_old, vclip, vf_coef, dvalues, stats)
-    _finish_stats(stats, ent_coef, vf_coef, B)
+    _finish_stats(stats, ent_coef, vf_coef, B, obj, beta)
     _mlp_backward(dlogits, ha, a_Ws, a_gWs, a_gbs, act)
     _mlp_backward(dvalues, hc, c_Ws, c_gWs, c_gbs, act)
     return -1
 
 
 @njit(**_JIT)
-def _gaussian_clip(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, log_std, g_log_std, obs, actions,
-                   logp_old, adv, returns, values_old, act, log_std_min, log_std_max, clip_eps, ent_coef,
-                   vf_coef, vclip, normalize, stats):
+def _gaussian_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, log_std, g_log_std, obs, actions,
+                     logp_old, adv, returns, values_old, act, log_std_min, log_std_max, clip_eps, ent_coef,
+                     vf_coef, vclip, normalize, obj, beta, dist_old, stats):
     """Whole minibatch, diagonal Gaussian with state-independent log_std clamped to
-    [log_std_min, log_std_max] (zero gradient where the clamp is active). Returns -1."""
+    [log_std_min, log_std_max] (zero gradient where the clamp is active). ``obj``, ``beta``: as for
+    :func:`_categorical_update`; dist_old (B, 2d) holds pi_old's [mean, log_std]. Returns -1."""
     B = obs.shape[0]
     ha = _mlp_forward(obs, a_Ws, a_bs, act)
     hc = _mlp_forward(obs, c_Ws, c_bs, act)
@@ -255,24 +308,38 @@ def _gaussian_clip(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, log_std, 
         H += ls[k] + 0.5 * (1.0 + LOG_2PI)
     gls = np.zeros(d, np.float64)
     dmean = np.empty((B, d), mean.dtype)
+    dkl = beta / B
     for i in range(B):
         logp = 0.0
         for k in range(d):
             u = (actions[i, k] - mean[i, k]) / std[k]
             logp += -0.5 * u * u - ls[k] - 0.5 * LOG_2PI
         stats[6] += H
-        dlogp = _clip_term(logp, logp_old[i], A[i], clip_eps, B, stats)
+        dlogp = _policy_term(logp, logp_old[i], A[i], clip_eps, obj, B, stats)
         # d log p / d mu = u / sigma;  d log p / d log sigma = u^2 - 1;  dH / d log sigma = 1
         for k in range(d):
             u = (actions[i, k] - mean[i, k]) / std[k]
             dmean[i, k] = dlogp * u / std[k]
             gls[k] += dlogp * (u * u - 1.0) - ent_coef / B
+        if obj == OBJ_KL:
+            # KL(old || new) = sum_k [log s - log s_old + (s_old^2 + (m_old - m)^2) / (2 s^2) - 1/2];
+            # d/dm = (m - m_old) / s^2;  d/dlog s = 1 - (s_old^2 + (m_old - m)^2) / s^2
+            kl = 0.0
+            for k in range(d):
+                var = std[k] * std[k]
+                s_old = math.exp(np.float64(dist_old[i, d + k]))
+                diff = np.float64(dist_old[i, k]) - mean[i, k]
+                t = (s_old * s_old + diff * diff) / var
+                kl += ls[k] - dist_old[i, d + k] + 0.5 * t - 0.5
+                dmean[i, k] += dkl * -diff / var
+                gls[k] += dkl * (1.0 - t)
+            stats[7] += kl
     for k in range(d):
         inside = log_std[k] >= log_std_min and log_std[k] <= log_std_max
         g_log_std[k] = gls[k] if inside else 0.0
     dvalues = np.empty((B, 1), mean.dtype)
     _value_terms(hc[len(hc) - 1], returns, values_old, vclip, vf_coef, dvalues, stats)
-    _finish_stats(stats, ent_coef, vf_coef, B)
+    _finish_stats(stats, ent_coef, vf_coef, B, obj, beta)
     _mlp_backward(dmean, ha, a_Ws, a_gWs, a_gbs, act)
     _mlp_backward(dvalues, hc, c_Ws, c_gWs, c_gbs, act)
     return -1
@@ -332,8 +399,11 @@ class FusedUpdate:
     and the parameter tuples the kernels take; rebuild it when parameter arrays are rebound.
     """
 
-    def __init__(self, policy: Any, optimizer: Any, config: Any, dt: np.dtype) -> None:
+    def __init__(self, policy: Any, optimizer: Any, config: Any, dt: np.dtype, beta: float = 0.0) -> None:
         self.policy, self.optimizer, self.config, self.dt = policy, optimizer, config, dt
+        self.obj = OBJECTIVES[config.objective]
+        self.beta = real("beta", beta, 0.0) if self.obj == OBJ_KL else 0.0  # as kl_penalty_objective checks it
+        self._no_old = np.empty((0, 0), dt)  # dist_old for the objectives that do not read it
         params = policy.params
         self.discrete = policy.discrete
         self.act = {"tanh": ACT_TANH_F32 if dt is _F32 else ACT_TANH, "relu": ACT_RELU}[policy.activation]
@@ -358,7 +428,8 @@ class FusedUpdate:
         return self._grads
 
     def loss_and_grads(self, batch: dict[str, np.ndarray], clip_eps: float, ent_coef: float) -> dict[str, float]:
-        """Stats of ``minippo.ppo.loss_and_grads`` for the clip objective; gradients kept in ``self.g``."""
+        """Stats of ``minippo.ppo.loss_and_grads`` for the config's objective (and, for kl_penalty, the
+        beta this step was built with); gradients kept in ``self.g``."""
         dt, pol, cfg = self.dt, self.policy, self.config
         obs = np.ascontiguousarray(batch["obs"], dt)
         B = obs.shape[0]
@@ -367,10 +438,20 @@ class FusedUpdate:
         vec = [np.ascontiguousarray(batch[k], dt) for k in ("logp_old", "advantages", "returns", "values_old")]
         if any(a.shape != (B,) for a in vec):
             raise ValueError(f"logp_old, advantages, returns, values_old must have shape ({B},)")
-        clip_eps = real("clip_eps", clip_eps, 0.0, low_open=True)  # the numpy path's checks and messages
+        if self.obj == OBJ_CLIP or self.vclip_on:  # the numpy path's checks and messages
+            clip_eps = real("clip_eps", clip_eps, 0.0, low_open=True)
         if cfg.normalize_advantages and B < 2:
             raise ValueError("advantage normalisation needs a minibatch of at least 2 samples")
         logp_old, adv, returns, values_old = vec
+        dist_old = self._no_old
+        if self.obj == OBJ_KL:
+            if "dist_old" not in batch:
+                raise KeyError("batch is missing ['dist_old']; objective='kl_penalty' needs it")
+            dist_old = np.ascontiguousarray(batch["dist_old"], dt)
+            width = pol.act_dim if self.discrete else 2 * pol.act_dim
+            if dist_old.shape != (B, width):
+                raise ValueError(f"dist_old must have shape ({B}, {width}) "
+                                 f"({'logits' if self.discrete else '[mean, log_std]'}), got {dist_old.shape}")
         vclip = self.vclip
         vclip[0] = clip_eps if self.vclip_on else -1.0  # rounded to the dtype, as numpy rounds it
         st = self.stats
@@ -379,10 +460,10 @@ class FusedUpdate:
             actions = np.ascontiguousarray(batch["actions"])
             if actions.shape != (B,) or actions.dtype.kind not in "iu":
                 raise ValueError(f"actions must be integers of shape ({B},), got {actions.dtype} {actions.shape}")
-            bad = _categorical_clip(
+            bad = _categorical_update(
                 *common, obs, actions.astype(np.int64, copy=False), logp_old, adv, returns, values_old,
                 self.act, pol.temperature, float(clip_eps), float(ent_coef), float(cfg.vf_coef), vclip,
-                bool(cfg.normalize_advantages), st,
+                bool(cfg.normalize_advantages), self.obj, self.beta, dist_old, st,
             )
             if bad >= 0:
                 raise ValueError(f"actions must be integers in [0, {pol.act_dim}), got {actions[bad]}")
@@ -392,14 +473,18 @@ class FusedUpdate:
             actions = np.ascontiguousarray(batch["actions"], dt)
             if actions.shape != (B, pol.act_dim):
                 raise ValueError(f"actions must have shape ({B}, {pol.act_dim}), got {actions.shape}")
-            _gaussian_clip(
+            _gaussian_update(
                 *common, pol.params["log_std"], self._grads["log_std"], obs, actions, logp_old, adv, returns,
                 values_old, self.act, LOG_STD_MIN, LOG_STD_MAX, float(clip_eps), float(ent_coef),
-                float(cfg.vf_coef), vclip, bool(cfg.normalize_advantages), st,
+                float(cfg.vf_coef), vclip, bool(cfg.normalize_advantages), self.obj, self.beta, dist_old, st,
             )
         if not math.isfinite(st[3]):
-            _raise_non_finite(batch, pol.params)
-        out = {"approx_kl": float(st[0]), "clipfrac": float(st[1])}
+            _raise_non_finite(batch, pol.params, self.obj == OBJ_KL)
+        out = {"approx_kl": float(st[0])}  # the numpy path's keys, in its order (progress.csv's columns)
+        if self.obj == OBJ_CLIP:
+            out["clipfrac"] = float(st[1])
+        elif self.obj == OBJ_KL:
+            out.update(kl=float(st[7]), beta=float(self.beta))
         if self.vclip_on:
             out["vclipfrac"] = float(st[2])
         out.update(loss=float(st[3]), policy_loss=float(st[4]), value_loss=float(st[5]), entropy=float(st[6]))
@@ -425,11 +510,13 @@ class FusedUpdate:
         return norm if max_grad_norm > 0 else math.nan
 
 
-def _raise_non_finite(batch: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
-    """On a non-finite loss, name the first NaN/inf input, then parameter (error path only; the numpy
-    path's checks name what they compute from it: logits, adv, values). Returns when every input is
-    finite (e.g. a ratio overflowed): the trainer then reports the loss."""
-    for name in ("obs", "actions", "logp_old", "advantages", "returns", "values_old"):
+def _raise_non_finite(batch: dict[str, np.ndarray], params: dict[str, np.ndarray], with_old: bool = False) -> None:
+    """On a non-finite loss, name the first NaN/inf input (``dist_old`` too when ``with_old``), then
+    parameter (error path only; the numpy path's checks name what they compute from it: logits, adv,
+    values). Returns when every input is finite (e.g. a ratio overflowed): the trainer then reports
+    the loss."""
+    names = ("obs", "actions", "logp_old", "advantages", "returns", "values_old")
+    for name in (*names, "dist_old") if with_old else names:
         if not bool(np.isfinite(batch[name]).all()):
             raise FloatingPointError(f"{name} contains NaN or inf")
     for name, p in params.items():
@@ -437,15 +524,19 @@ def _raise_non_finite(batch: dict[str, np.ndarray], params: dict[str, np.ndarray
             raise FloatingPointError(f"parameter {name} contains NaN or inf")
 
 
-def make(policy: Any, optimizer: Any, config: Any, only_if_faster: bool = True) -> FusedUpdate | None:
+def make(
+    policy: Any, optimizer: Any, config: Any, only_if_faster: bool = True, beta: float | None = None
+) -> FusedUpdate | None:
     """A :class:`FusedUpdate` when the fused kernels support this setup, else None (numpy path).
+    ``beta``: the KL penalty's coefficient for this update (objective "kl_penalty"; default
+    ``config.kl_beta``).
 
-    Supported: objective "clip", separate actor and critic MLPs (no shared trunk), tanh or relu,
+    Supported: every objective, separate actor and critic MLPs (no shared trunk), tanh or relu,
     Categorical or diagonal Gaussian, float32 or float64 C-contiguous numpy parameters, and an Adam
     over exactly ``policy.params`` (its flat moments in the same dtype). ``only_if_faster`` also
     declines float64 tanh: libm tanh does not vectorise, so there the fused step is slower than
     numpy's (measured 1.6 ms against 1.1 ms per B = 256 minibatch of a 64-64 Gaussian policy)."""
-    if config.objective != "clip" or getattr(policy, "trunk", None) is not None:
+    if config.objective not in OBJECTIVES or getattr(policy, "trunk", None) is not None:
         return None
     if policy.activation not in ("tanh", "relu"):
         return None
@@ -467,4 +558,4 @@ def make(policy: Any, optimizer: Any, config: Any, only_if_faster: bool = True) 
     dt = _F32 if dt == _F32 else _F64
     if only_if_faster and dt is _F64 and policy.activation == "tanh":
         return None
-    return FusedUpdate(policy, optimizer, config, dt)
+    return FusedUpdate(policy, optimizer, config, dt, config.kl_beta if beta is None else beta)

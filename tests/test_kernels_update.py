@@ -76,10 +76,13 @@ def _batch(pol, B, seed, clip_eps, dtype):
     outside = np.abs(delta) >= clip_eps
     near_v = (np.abs(np.abs(delta) - clip_eps) < 1e-3) | (outside & (np.abs(np.abs(err_c) - np.abs(err)) < 1e-3))
     values_old[near_v] = values[near_v]
+    # pi_old's dist params for the KL penalty: the current ones moved a little (logits; mean, log_std)
+    dist_old = pol.dist_params(dist).astype(np.float64)
+    dist_old += 0.3 * rng.normal(size=dist_old.shape)
     return {
         "obs": obs, "actions": actions, "logp_old": logp_old.astype(dtype),
         "advantages": rng.normal(size=B).astype(dtype), "returns": returns.astype(dtype),
-        "values_old": values_old.astype(dtype),
+        "values_old": values_old.astype(dtype), "dist_old": dist_old.astype(dtype),
     }
 
 
@@ -109,12 +112,42 @@ def _assert_grads_close(g_fused, g_ref, dtype):
 def test_fused_grads_and_stats_match_loss_and_grads(
     dtype, discrete, hidden, activation, B, temperature, clip_vloss, normalize, ent_coef, clip_eps, seed
 ):
+    _fused_matches_loss_and_grads(dtype, discrete, hidden, activation, B, temperature, clip_vloss, normalize,
+                                  ent_coef, clip_eps, seed, "clip", None)
+
+
+@SLOW
+@given(
+    objective=st.sampled_from(["kl_penalty", "surrogate", "a2c", "reinforce"]),
+    beta=st.sampled_from([0.0, 0.3, 3.0]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    discrete=st.booleans(),
+    hidden=st.sampled_from([(64, 64), (8,), (16, 9, 7), ()]),
+    activation=st.sampled_from(["tanh", "relu"]),
+    B=st.sampled_from([2, 3, 17, 64, 257]),
+    temperature=st.sampled_from([1.0, 0.5, 2.0]),
+    clip_vloss=st.booleans(),
+    normalize=st.booleans(),
+    ent_coef=st.sampled_from([0.0, 0.01]),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_grads_and_stats_match_loss_and_grads_for_the_other_objectives(
+    objective, beta, dtype, discrete, hidden, activation, B, temperature, clip_vloss, normalize, ent_coef, seed
+):
+    """The rest of the ladder on the same kernels: PPO-penalty (with its exact KL to pi_old, beta drawn),
+    the importance-sampled surrogate, and the plain policy gradient (a2c and reinforce share it)."""
+    _fused_matches_loss_and_grads(dtype, discrete, hidden, activation, B, temperature, clip_vloss, normalize,
+                                  ent_coef, 0.2, seed, objective, beta)
+
+
+def _fused_matches_loss_and_grads(dtype, discrete, hidden, activation, B, temperature, clip_vloss, normalize,
+                                  ent_coef, clip_eps, seed, objective, beta):
     pol = _policy(dtype, discrete, hidden, activation, seed, temperature)
-    cfg = PPOConfig(clip_vloss=clip_vloss, normalize_advantages=normalize, ent_coef=ent_coef, vf_coef=0.7,
-                    dtype=np.dtype(dtype).name)
+    cfg = PPOConfig(objective=objective, clip_vloss=clip_vloss, normalize_advantages=normalize, ent_coef=ent_coef,
+                    vf_coef=0.7, dtype=np.dtype(dtype).name)
     batch = _batch(pol, B, seed + 1, clip_eps, dtype)
-    ref_stats, ref_grads = loss_and_grads(pol, batch, cfg, clip_eps=clip_eps, ent_coef=ent_coef)
-    fu = cpu_update.make(pol, Adam(pol.params), cfg, only_if_faster=False)
+    ref_stats, ref_grads = loss_and_grads(pol, batch, cfg, beta=beta, clip_eps=clip_eps, ent_coef=ent_coef)
+    fu = cpu_update.make(pol, Adam(pol.params), cfg, only_if_faster=False, beta=beta)
     assert fu is not None
     stats = fu.loss_and_grads(batch, clip_eps, ent_coef)
     assert list(stats) == list(ref_stats)  # same keys, same order: progress.csv columns
@@ -483,8 +516,8 @@ def test_unsupported_setups_fall_back():
     pol = _policy(np.float32, True, (8,), "tanh", 1)
     adam = Adam(pol.params)
     assert cpu_update.make(pol, adam, PPOConfig()) is not None
-    for objective in ("kl_penalty", "surrogate", "a2c", "reinforce"):
-        assert cpu_update.make(pol, adam, PPOConfig(objective=objective)) is None
+    for objective in ("kl_penalty", "surrogate", "a2c", "reinforce"):  # every rung of the ladder
+        assert cpu_update.make(pol, adam, PPOConfig(objective=objective)) is not None
     shared = ActorCritic(5, Discrete(3), (8,), "tanh", True)
     assert cpu_update.make(shared, Adam(shared.params), PPOConfig()) is None
     pol64 = _policy(np.float64, True, (8,), "tanh", 1)
@@ -525,12 +558,14 @@ TINY = dict(n_envs=4, n_steps=16, batch_size=32, n_epochs=3, total_timesteps=192
 
 
 @pytest.mark.parametrize("overrides", [dict(env_id="CartPole-v1", autoreset="next_step", target_kl=0.02),
-                                       dict(env_id="Pendulum-v1", clip_vloss=True, ent_coef=0.01)])
+                                       dict(env_id="Pendulum-v1", clip_vloss=True, ent_coef=0.01),
+                                       dict(env_id="CartPole-v1", objective="kl_penalty", kl_target=0.001),
+                                       dict(env_id="Pendulum-v1", objective="reinforce", n_epochs=1)])
 def test_numba_training_run_is_bit_identical_and_uses_the_fused_step(numba_backend, overrides):
     pytest.importorskip("gymnasium")
     import json
 
-    cfg = PPOConfig(**TINY, **overrides)
+    cfg = PPOConfig(**{**TINY, **overrides})
     algo, a = _train_rows(cfg)
     assert isinstance(algo._minibatch_step(), cpu_update.FusedUpdate)
     _, b = _train_rows(cfg)

@@ -77,7 +77,7 @@ def test_pendulum_preset_reaches_minus_250():
     _two_of_three(lambda seed: _train_eval(preset("Pendulum-v1", seed=seed)), -250)
 
 
-def _train_eval_on(name, env_id):
+def _train_eval_on(name, env_id, objective="clip"):
     """``train_eval(seed)`` for :func:`_two_of_three`: the preset in a fresh process with
     MINIPPO_BACKEND=name (the backend is read once per process)."""
 
@@ -86,7 +86,7 @@ def _train_eval_on(name, env_id):
             "from minippo import PPO, backend\n"
             "from minippo.config import preset\n"
             f"assert backend.name == {name!r}\n"
-            f"algo = PPO(preset({env_id!r}, seed={seed})).learn()\n"
+            f"algo = PPO(preset({env_id!r}, seed={seed}, objective={objective!r})).learn()\n"
             "print(algo.evaluate(20, deterministic=True)['mean_return'])\n"
         )
         env = {**os.environ, "MINIPPO_BACKEND": name}
@@ -97,11 +97,13 @@ def _train_eval_on(name, env_id):
     return train_eval
 
 
-@pytest.mark.parametrize("env_id, threshold", [("CartPole-v1", 475), ("Pendulum-v1", -250)])
-def test_numba_backend_learns_too(env_id, threshold):
-    # The numba backend runs the fused act and minibatch-update kernels (Categorical and Gaussian).
+@pytest.mark.parametrize("env_id, threshold, objective", [("CartPole-v1", 475, "clip"), ("Pendulum-v1", -250, "clip"),
+                                                          ("CartPole-v1", 475, "kl_penalty")])
+def test_numba_backend_learns_too(env_id, threshold, objective):
+    # The numba backend runs the fused act and minibatch-update kernels (Categorical and Gaussian;
+    # PPO-clip, and PPO-penalty with its adaptive beta).
     pytest.importorskip("numba")
-    _two_of_three(_train_eval_on("numba", env_id), threshold)
+    _two_of_three(_train_eval_on("numba", env_id, objective), threshold)
 
 
 @pytest.mark.gpu
