@@ -209,6 +209,26 @@ def _finish_stats(stats, ent_coef, vf_coef, B, obj, beta):
     stats[3] = stats[4] + vf_coef * stats[5] - ent_coef * stats[6]
 
 
+@njit(**_JIT, inline="always")
+def _log_softmax_row(z, i, temperature, lp, p):
+    """lp = log softmax(z[i] / T) and p = exp(lp), (n,) float64 each. Each shifted logit is held at
+    the lowest finite float, as Categorical holds a row whose logits span past the float range."""
+    n = z.shape[1]
+    zmax = -np.inf
+    for j in range(n):
+        lp[j] = z[i, j] / temperature if temperature != 1.0 else z[i, j]
+        zmax = max(zmax, lp[j])
+    s = 0.0
+    for j in range(n):
+        lp[j] = max(lp[j] - zmax, _LOWEST)
+        p[j] = math.exp(lp[j])
+        s += p[j]
+    lse = math.log(s)
+    for j in range(n):
+        lp[j] -= lse
+        p[j] /= s
+
+
 @njit(**_JIT)
 def _categorical_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs, actions, logp_old, adv,
                         returns, values_old, act, temperature, clip_eps, ent_coef, vf_coef, vclip, normalize,
@@ -236,20 +256,9 @@ def _categorical_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs,
     dent = -ent_coef / B
     dkl = beta / B
     for i in range(B):
-        zmax = -np.inf
-        for j in range(n):
-            lp[j] = logits[i, j] / temperature if temperature != 1.0 else logits[i, j]
-            zmax = max(zmax, lp[j])
-        s = 0.0
-        for j in range(n):
-            lp[j] = max(lp[j] - zmax, _LOWEST)  # finite, as Categorical holds a row past the float range
-            p[j] = math.exp(lp[j])
-            s += p[j]
-        lse = math.log(s)
+        _log_softmax_row(logits, i, temperature, lp, p)
         H = 0.0
         for j in range(n):
-            lp[j] -= lse
-            p[j] /= s
             H -= p[j] * lp[j]
         a = actions[i]
         stats[6] += H
@@ -259,20 +268,9 @@ def _categorical_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs,
             g = dlogp * ((1.0 if j == a else 0.0) - p[j]) - dent * p[j] * (lp[j] + H)
             dlogits[i, j] = g / temperature
         if obj == OBJ_KL:  # KL(p_old || p) = sum_j q_j (log q_j - log p_j); d/dz_j = p_j - q_j
-            zmax = -np.inf
-            for j in range(n):
-                lq[j] = dist_old[i, j] / temperature if temperature != 1.0 else dist_old[i, j]
-                zmax = max(zmax, lq[j])
-            s = 0.0
-            for j in range(n):
-                lq[j] = max(lq[j] - zmax, _LOWEST)
-                q[j] = math.exp(lq[j])
-                s += q[j]
-            lse = math.log(s)
+            _log_softmax_row(dist_old, i, temperature, lq, q)
             kl = 0.0
             for j in range(n):
-                lq[j] -= lse
-                q[j] /= s
                 kl += q[j] * (lq[j] - lp[j])
             stats[7] += kl
             for j in range(n):
