@@ -57,7 +57,6 @@ OBJ_CLIP, OBJ_SURROGATE, OBJ_PG, OBJ_KL = 0, 1, 2, 3
 OBJECTIVES = {"clip": OBJ_CLIP, "surrogate": OBJ_SURROGATE, "a2c": OBJ_PG, "reinforce": OBJ_PG,
               "kl_penalty": OBJ_KL}
 _LOWEST = -1.7976931348623157e308  # the lowest finite float64
-STAT_KEYS = ("approx_kl", "clipfrac", "vclipfrac", "loss", "policy_loss", "value_loss", "entropy")
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 LOG_2PI = math.log(2.0 * math.pi)
 

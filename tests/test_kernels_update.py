@@ -488,6 +488,29 @@ def test_malformed_batches_raise_and_a_small_clip_eps_is_taken():
     assert got["clipfrac"] == want["clipfrac"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("discrete", [True, False])
+def test_kl_penalty_batches_without_good_dist_old_raise_naming_it(discrete):
+    """The fused PPO-penalty step reads pi_old's dist params: missing, of the wrong width, or NaN, the
+    error names dist_old (numpy's path raises the same KeyError, and names the logits / mean it builds)."""
+    pol = _policy(np.float32, discrete, (8,), "tanh", 1)
+    cfg = PPOConfig(objective="kl_penalty")
+    fu = cpu_update.make(pol, Adam(pol.params), cfg, beta=0.5)
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    no_old = {k: v for k, v in batch.items() if k != "dist_old"}
+    for step in (fu, NumpyStep(pol, Adam(pol.params), cfg, beta=0.5)):
+        with pytest.raises(KeyError, match=r"batch is missing \['dist_old'\]; objective='kl_penalty' needs"):
+            step.loss_and_grads(no_old, 0.2, 0.0)
+    width = 3 if discrete else 6
+    with pytest.raises(ValueError, match=rf"dist_old must have shape \(8, {width}\)"):
+        fu.loss_and_grads({**batch, "dist_old": batch["dist_old"][:, :2]}, 0.2, 0.0)
+    bad = batch["dist_old"].copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(FloatingPointError, match="^dist_old contains NaN or inf$"):
+        fu.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
+    with pytest.raises(ValueError, match="beta"):
+        cpu_update.make(pol, Adam(pol.params), cfg, beta=-1.0)
+
+
 def test_bad_clip_eps_and_single_sample_normalisation_raise_like_numpy():
     pol = _policy(np.float32, True, (8,), "tanh", 1)
     batch = _batch(pol, 8, 2, 0.2, np.float32)
