@@ -587,6 +587,25 @@ def test_numba_training_run_is_bit_identical_and_uses_the_fused_step(numba_backe
     assert json.dumps(a) == json.dumps(b)
 
 
+def test_the_fused_kl_penalty_step_takes_the_adapted_beta_also_after_a_checkpoint(numba_backend, tmp_path):
+    """The trainer builds the fused step each update with the adaptive rule's current beta (not
+    config.kl_beta), as the numpy step takes it; a loaded checkpoint goes on with the saved beta."""
+    pytest.importorskip("gymnasium")
+    from minippo import PPO
+
+    algo = PPO(PPOConfig(env_id="CartPole-v1", objective="kl_penalty", n_envs=2, n_steps=16, batch_size=16,
+                         n_epochs=1, hidden=(8,), kl_beta=1.0))
+    algo.kl_coef.beta = 7.0
+    step = algo._minibatch_step()
+    assert isinstance(step, cpu_update.FusedUpdate) and step.beta == 7.0
+    algo.collect_rollout()
+    out = algo.update(progress=0.0)
+    assert out["beta"] in (3.5, 7.0, 14.0)  # adapted after the update
+    algo.save(str(tmp_path / "m.npz"))
+    loaded = PPO.load(str(tmp_path / "m.npz"))
+    assert loaded._minibatch_step().beta == out["beta"]
+
+
 def test_numpy_backend_never_uses_the_fused_step(monkeypatch):
     pytest.importorskip("gymnasium")
     from minippo import PPO
