@@ -204,8 +204,8 @@ def test_in_place_updates_are_seen_and_rebinding_rebuilds_the_state():
 
 def test_the_state_check_by_version_and_by_identity_see_the_same_rebindings():
     """ActorCritic.params is a versioned nn.Params: the state is kept while its version stands, and
-    a write that rebinds nothing (an update with the same arrays) costs one identity check, not a
-    rebuild. A plain dict put in its place is checked array by array on every call, and still sees a
+    a write that rebinds nothing (an update with the same arrays) costs one comparison of every array
+    by identity, not a rebuild. A plain dict put in its place is checked array by array on every call, and still sees a
     rebinding."""
     from minippo.nn import Params
 
