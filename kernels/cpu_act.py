@@ -148,17 +148,22 @@ def _gaussian(mean, ls, std, eps, deterministic, actions, logp, params):
 
 
 @njit(**_JIT_EXACT)
-def _act_categorical(obs, a_Ws, a_bs, c_Ws, c_bs, act, temperature, u, deterministic, actions, logp, v, logits):
-    """Both MLPs, then :func:`_categorical`; logits (B, n) and v (B, 1) are outputs too."""
-    _mlp_into(obs, c_Ws, c_bs, act, v)
+def _act_categorical(obs, a_Ws, a_bs, c_Ws, c_bs, act, temperature, u, deterministic, critic, actions, logp, v,
+                     logits):
+    """Both MLPs (the critic only when ``critic``: else v is not written), then :func:`_categorical`;
+    logits (B, n) and v (B, 1) are outputs too."""
+    if critic:
+        _mlp_into(obs, c_Ws, c_bs, act, v)
     _mlp_into(obs, a_Ws, a_bs, act, logits)
     return _categorical(logits, temperature, u, deterministic, actions, logp)
 
 
 @njit(**_JIT_EXACT)
-def _act_gaussian(obs, a_Ws, a_bs, c_Ws, c_bs, act, ls, std, eps, deterministic, actions, logp, v, params):
-    """Both MLPs, then :func:`_gaussian`; v (B, 1) and params (B, 2d) are outputs too."""
-    _mlp_into(obs, c_Ws, c_bs, act, v)
+def _act_gaussian(obs, a_Ws, a_bs, c_Ws, c_bs, act, ls, std, eps, deterministic, critic, actions, logp, v, params):
+    """Both MLPs (the critic only when ``critic``: else v is not written), then :func:`_gaussian`;
+    v (B, 1) and params (B, 2d) are outputs too."""
+    if critic:
+        _mlp_into(obs, c_Ws, c_bs, act, v)
     mean = np.empty((obs.shape[0], ls.shape[0]), obs.dtype)
     _mlp_into(obs, a_Ws, a_bs, act, mean)
     return _gaussian(mean, ls, std, eps, deterministic, actions, logp, params)
@@ -261,9 +266,10 @@ def _state(policy: Any) -> _State | None:
 
 
 def act(
-    policy: Any, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    policy: Any, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False, critic: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray] | None:
     """``policy.act(obs, rng, deterministic)`` in one compiled call: (actions, logp, values, dist params).
+    ``critic=False`` skips the value head (values is then None): what ``predict`` needs.
 
     Returns None (the caller runs the numpy path) unless ``policy`` has separate tanh/relu actor and
     critic MLPs whose parameters (and log_std) are C-contiguous numpy arrays of the policy's float
@@ -284,13 +290,13 @@ def act(
         obs = np.array(obs, dtype=dt, order="C")  # what forward's astype does (plus the layout)
     v = np.empty((B, 1), dt)
     logp = np.empty(B, dt)
-    deterministic = bool(deterministic)
+    deterministic, critic = bool(deterministic), bool(critic)
     if st.fn is _act_categorical:
         u = _NO_DRAWS if deterministic else rng.random((B, 1))  # as Categorical.sample draws
         actions = np.empty(B, np.int64)
         params = np.empty((B, st.n), dt)
         args = (obs, st.a_Ws, st.a_bs, st.c_Ws, st.c_bs, st.act, float(policy.temperature), u,
-                deterministic, actions, logp, v, params)
+                deterministic, critic, actions, logp, v, params)
         bad = ("logits",)
     else:
         # numpy's own clip and exp (its float32 exp need not round as libm's does): same std, same actions
@@ -299,7 +305,7 @@ def act(
         eps = _NO_DRAWS if deterministic else rng.standard_normal((B, st.n))  # as DiagGaussian.sample
         actions = np.empty((B, st.n), dt)
         params = np.empty((B, 2 * st.n), dt)
-        args = (obs, st.a_Ws, st.a_bs, st.c_Ws, st.c_bs, st.act, ls, std, eps, deterministic,
+        args = (obs, st.a_Ws, st.a_bs, st.c_Ws, st.c_bs, st.act, ls, std, eps, deterministic, critic,
                 actions, logp, v, params)
         bad = ("mean", "log_std")
     if st.entry is None:
@@ -316,4 +322,4 @@ def act(
             z = params / policy.temperature
         if not np.isfinite(z).all():
             raise FloatingPointError("logits / temperature contains NaN or inf")
-    return actions, logp, v[:, 0], params
+    return actions, logp, (v[:, 0] if critic else None), params

@@ -215,13 +215,14 @@ class ActorCritic:
     def _actions_only(self, obs: Array, rng: Any, deterministic: bool) -> np.ndarray:
         """The actions of :meth:`act` (same draws from ``rng``; none when ``deterministic``, where rng
         may be None) and nothing else, on the host: no value head, log-prob or dist params. What
-        deployment needs. On numba the fused act, where it applies, gives them in one compiled call,
-        faster still, and the kernels a training run compiled are all it needs. (For the mode, the
+        deployment needs. On numba the fused act, where it applies, gives them in one compiled call
+        without the critic (``critic=False``), faster still, and the kernels a training run compiled
+        are all it needs. (For the mode, the
         actor alone through the fused MLP forward was 1.2-1.7x faster again in session 38, but it
         needs one more kernel compiled, ~10 s once, that training never runs.)"""
         fused = backend.numba_kernels("cpu_act")
         if fused is not None:
-            out = fused.act(self, obs, rng, deterministic)
+            out = fused.act(self, obs, rng, deterministic, critic=False)
             if out is not None:
                 return out[0]
         if deterministic:  # the mode needs no distribution: the logits' argmax (at any temperature) or the mean

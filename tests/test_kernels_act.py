@@ -497,3 +497,43 @@ def test_predict_one_observation_runs_the_fused_kernels(shared, monkeypatch):
     strided = np.repeat(obs, 2)[::2]  # the same values in a non-contiguous view: made C-ordered
     np.testing.assert_array_equal(pol.predict(strided), a)
     assert calls and all(calls), calls
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_act_without_the_critic_gives_the_same_actions_and_no_values(discrete, deterministic):
+    """critic=False (predict's call) skips the value head only: the same actions, log-probs and dist
+    params, the same draws from the Generator, and values None; a NaN critic does not reach them."""
+    use_backend("numba")
+    pol = _policy(np.float32, discrete, (16, 16), "tanh", 3)
+    obs = _obs(8, 3, np.float32)
+    r_full, r_actor = np.random.default_rng(5), np.random.default_rng(5)
+    a, lp, v, d = cpu_act.act(pol, obs, r_full, deterministic)
+    for k in pol.params:
+        if k.startswith("critic."):
+            pol.params[k][...] = np.nan  # in place: the dispatch state stays valid
+    out = cpu_act.act(pol, obs, r_actor, deterministic, critic=False)
+    assert out is not None and out[2] is None
+    for got, ref in ((out[0], a), (out[1], lp), (out[3], d)):
+        np.testing.assert_array_equal(got, ref)
+    assert r_actor.random() == r_full.random()  # the stream consumed identically
+    assert np.isnan(cpu_act.act(pol, obs, np.random.default_rng(5), deterministic)[2]).all()  # critic=True ran it
+
+
+def test_predict_asks_the_fused_act_for_the_actions_alone(monkeypatch):
+    """predict (deterministic or not) calls the fused act with critic=False, and gets act's actions."""
+    use_backend("numba")
+    pol = _policy(np.float32, True, (16, 16), "tanh", 0)
+    seen = []
+    real = cpu_act.act
+
+    def spy(policy, obs, rng, deterministic=False, critic=True):
+        seen.append(critic)
+        return real(policy, obs, rng, deterministic, critic)
+
+    monkeypatch.setattr(cpu_act, "act", spy)
+    obs = np.random.default_rng(0).normal(size=(4, OBS_DIM)).astype(np.float32)
+    np.testing.assert_array_equal(pol.predict(obs), pol.act(obs, None, True)[0])
+    np.testing.assert_array_equal(pol.predict(obs, False, np.random.default_rng(1)),
+                                  pol.act(obs, np.random.default_rng(1))[0])
+    assert seen == [False, True, False, True]
