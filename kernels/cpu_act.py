@@ -15,6 +15,8 @@ of per-call overhead for ~2 us of arithmetic. :func:`act` does it all in one cal
   (``rng.standard_normal((B, d))``), so the stream is consumed identically; the kernel does the
   inverse CDF (count of float64 CDF entries below u, capped at n - 1) or ``mean + std * eps`` (in
   float64, rounded to the dtype, as numpy does). ``deterministic`` takes the mode and draws nothing.
+- ``critic=False`` (what ``predict`` asks for) skips the value head: a runtime branch in the same
+  compiled kernel, so nothing more is compiled.
 
 Results equal the numpy path to rounding: the MLP is the fused kernel's (the numba backend's
 ``MLP.forward`` at B <= 8 runs the same code; against BLAS only summation order differs, and float32

@@ -217,9 +217,9 @@ class ActorCritic:
         may be None) and nothing else, on the host: no value head, log-prob or dist params. What
         deployment needs. On numba the fused act, where it applies, gives them in one compiled call
         without the critic (``critic=False``), faster still, and the kernels a training run compiled
-        are all it needs. (For the mode, the
-        actor alone through the fused MLP forward was 1.2-1.7x faster again in session 38, but it
-        needs one more kernel compiled, ~10 s once, that training never runs.)"""
+        are all it needs. (For the mode, the actor alone through the fused MLP forward was 1.2-1.7x
+        faster again in session 38, but it needs one more kernel compiled, ~10 s once, that training
+        never runs.)"""
         fused = backend.numba_kernels("cpu_act")
         if fused is not None:
             out = fused.act(self, obs, rng, deterministic, critic=False)
