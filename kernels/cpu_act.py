@@ -173,6 +173,7 @@ def _act_gaussian(obs, a_Ws, a_bs, c_Ws, c_bs, act, ls, std, eps, deterministic,
 
 # ---------------------------------------------------------------- Python side
 _NO_DRAWS = np.empty((0, 0), np.float64)  # deterministic: nothing drawn (never read)
+_NO_VALUES = {_F32: np.empty((0, 1), _F32), _F64: np.empty((0, 1), _F64)}  # critic=False: never written
 _LO, _HI = float(LOG_STD_MIN), float(LOG_STD_MAX)
 
 
@@ -290,9 +291,9 @@ def act(
     dt = st.dt
     if obs.dtype is not dt or not obs.flags.c_contiguous or not obs.flags.writeable:
         obs = np.array(obs, dtype=dt, order="C")  # what forward's astype does (plus the layout)
-    v = np.empty((B, 1), dt)
-    logp = np.empty(B, dt)
     deterministic, critic = bool(deterministic), bool(critic)
+    v = np.empty((B, 1), dt) if critic else _NO_VALUES[dt]
+    logp = np.empty(B, dt)
     if st.fn is _act_categorical:
         u = _NO_DRAWS if deterministic else rng.random((B, 1))  # as Categorical.sample draws
         actions = np.empty(B, np.int64)
