@@ -299,7 +299,7 @@ class PPO:
             obs_dev = self._prep_obs(self._obs, update=valid)
             actions, actions_dev, logp, values, dist = self.policy.act_with_device_actions(obs_dev, self.rng)
             if next_step and self._pending_boot.any():  # V(final obs) is this step's value (NEXT_STEP mode)
-                idx = np.flatnonzero(self._pending_boot)
+                idx = xp.asarray(np.flatnonzero(self._pending_boot))  # one upload (CuPy copies a host index)
                 buf.rewards[t - 1, idx] += cfg.gamma * values[idx]
                 self._pending_boot[:] = False
             next_obs, reward, term, trunc, info = self.env.step(self._env_actions(actions))
@@ -342,7 +342,7 @@ class PPO:
             self.num_timesteps += cfg.n_envs
         last_values = self._values(self._prep_obs(self._obs, update=False))
         if self._pending_boot.any():
-            idx = np.flatnonzero(self._pending_boot)
+            idx = xp.asarray(np.flatnonzero(self._pending_boot))
             buf.rewards[cfg.n_steps - 1, idx] += cfg.gamma * last_values[idx]
             self._pending_boot[:] = False
         buf.compute_returns(last_values, cfg.gamma, cfg.gae_lambda, cfg.advantage_estimator)

@@ -10,6 +10,8 @@ the cupy backend and holds it to the rules of real CuPy that plain numpy arrays 
   ``__array_ufunc__`` / ``__array_function__`` do (a 0-d one too, except in comparisons);
 - ``dev[basic index] = host_array`` (or a list) raises: CuPy sends a value that is not a cupy array
   to ``ndarray.fill``, which takes scalars only (``dev[...] = cupy.asarray(host)`` is the way);
+- a host array or list in an index (``dev[host_idx]``) works, as in CuPy, and counts as an upload:
+  CuPy copies it to the device on every such indexing;
 - ``RawModule(...).get_function(name)(grid, block, args)`` checks the argument types that
   ``kernels/gae.cu`` declares and runs ``minippo.advantages.gae_numpy`` in its place;
 - only the numpy functions, ufuncs and array methods listed below (``FUNCTIONS``, ``UFUNCS``,
@@ -71,6 +73,14 @@ def _dev(r: Any) -> Any:
     if isinstance(r, tuple):
         return tuple(_dev(y) for y in r)
     return r
+
+
+def _count_host_indices(keys: tuple) -> None:
+    """CuPy uploads a numpy array or list in an index before it gathers or scatters (every time:
+    ``a[i] += x`` copies a host ``i`` twice, once to read and once to write); count each."""
+    for k in keys:
+        if isinstance(k, list) or (isinstance(k, np.ndarray) and k.ndim > 0):
+            STATS["upload"] += 1
 
 
 def _index(key: Any) -> Any:
@@ -152,6 +162,7 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
 
     def __setitem__(self, key: Any, value: Any) -> None:
         keys = key if isinstance(key, tuple) else (key,)
+        _count_host_indices(keys)
         basic = all(k is None or k is Ellipsis or isinstance(k, (slice, int, np.integer)) for k in keys)
         if isinstance(value, np.ndarray):
             if basic and value.ndim > 0:
@@ -165,6 +176,7 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
 
     def __getitem__(self, key: Any) -> Any:
         keys = key if isinstance(key, tuple) else (key,)
+        _count_host_indices(keys)
         if any(isinstance(k, (ndarray, np.ndarray, list)) for k in keys):  # a gather kernel; a view is none
             STATS["ops"] += 1
         return _dev(self._a[_index(key)])

@@ -378,3 +378,36 @@ def test_a_rollout_step_uploads_each_array_once(strict_cupy_backend):
     algo.collect_rollout()
     # (+ 1 after the loop: the last observations, for their values)
     assert cp.STATS["upload"] - before == 5 * 32 + 1
+
+
+def test_a_truncation_bootstrap_uploads_the_env_indices_once(strict_cupy_backend, monkeypatch):
+    """NEXT_STEP autoreset adds gamma V(final obs) to a truncated step's reward one step later, at the
+    envs in a host index: CuPy copies a host index on every use (three per bootstrap, as once
+    written), so it goes up once, and the rewards are numpy's. Counter truncates at its 3rd step and
+    resets on the next, so with 2 envs in step the first 15-step rollout's truncated steps are 2, 6,
+    10 (bootstrapped a step later) and 14 (after the loop), the second's 3, 7, 11 (its step 0 a
+    reset)."""
+    pytest.importorskip("gymnasium")
+    from envs_for_tests import COUNTER_ID, register
+
+    register()
+    cp = strict_cupy_backend
+    cfg = PPOConfig(env_id=COUNTER_ID, n_envs=2, n_steps=15, batch_size=30, n_epochs=1, total_timesteps=60,
+                    hidden=(8,), dtype="float64", autoreset="next_step")
+    algo = PPO(cfg)
+    uploads, rewards = [], []
+    for _ in range(2):
+        before = cp.STATS["upload"]
+        algo.collect_rollout()
+        uploads.append(cp.STATS["upload"] - before)
+        rewards.append(backend.asnumpy(algo.buffer.rewards).copy())
+    assert uploads == [5 * 15 + 1 + 4, 5 * 15 + 1 + 3]
+    monkeypatch.setenv(backend.ENV_VAR, "numpy")
+    backend.reset()
+    algo = PPO(cfg)
+    for want, rows in zip(rewards, ([2, 6, 10, 14], [3, 7, 11]), strict=True):
+        algo.collect_rollout()
+        np.testing.assert_array_equal(algo.buffer.rewards, want)
+        # the bootstraps landed where said: every other reward is 1 (a reset step's 0: not acted on)
+        for col in ~np.isin(want, (0.0, 1.0)).T:
+            assert np.flatnonzero(col).tolist() == rows
