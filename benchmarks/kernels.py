@@ -294,9 +294,10 @@ def unfused_act(pol, obs: np.ndarray, rng: np.random.Generator):
 BACKENDS = ("numpy", "numba", "cupy")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """``python benchmarks/kernels.py [BACKEND ...]``: the named backends (default: all three;
-    those that cannot load say why and are left out)."""
+    those that cannot load say why and are left out). Returns the exit status: 1 when a backend named
+    on the command line could not load (its rows are missing), else 0."""
     import argparse
 
     import minippo
@@ -319,7 +320,11 @@ def main(argv: list[str] | None = None) -> None:
     bench_mlp(backends)
     bench_act(backends)
     backend.reset()
+    missing = [name for name in names if name not in backends]
+    if missing:
+        print(f"named but unavailable, so not measured: {', '.join(missing)}")
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

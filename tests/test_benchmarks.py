@@ -371,17 +371,21 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
 
 def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch, capsys):
     """``benchmarks/kernels.py numpy cupy`` (the GPU check's call: numba would compile for minutes
-    there) times those alone, in the script's order; an unknown name is a usage error naming the
-    allowed ones."""
+    there) times those alone, in the script's order; one named that cannot load is left out and makes
+    the exit status 1 (the GPU check's bench step fails rather than pass without cupy rows); an
+    unknown name is a usage error naming the allowed ones."""
     kb = _script("kernels")
     seen = []
     for table in ("bench_gae", "bench_mlp", "bench_act"):
         monkeypatch.setattr(kb, table, lambda backends, table=table: seen.append((table, backends)))
-    kb.main(["numpy"])
+    assert kb.main(["numpy"]) == 0
     assert seen == [(t, ["numpy"]) for t in ("bench_gae", "bench_mlp", "bench_act")]
     seen.clear()
-    kb.main(["cupy", "numpy"])  # no cupy here: it says why and is left out
-    assert seen[0] == ("bench_gae", ["numpy"]) and "cupy: unavailable" in capsys.readouterr().out
+    # no cupy here: it says why, is left out, and the exit status says a named backend is missing
+    assert kb.main(["cupy", "numpy"]) == 1
+    printed = capsys.readouterr().out
+    assert seen[0] == ("bench_gae", ["numpy"]) and "cupy: unavailable" in printed
+    assert printed.endswith("named but unavailable, so not measured: cupy\n")
     with pytest.raises(SystemExit) as e:
         kb.main(["numpy", "bogus"])
     assert e.value.code == 2
@@ -389,17 +393,17 @@ def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch
     seen.clear()
     monkeypatch.setattr(kb, "use", lambda name: True)  # as if all three loaded
     monkeypatch.setattr(sys, "argv", ["kernels.py"])
-    kb.main()  # the plain ``python benchmarks/kernels.py``: all three (Python 3.11 refused it)
+    assert kb.main() == 0  # the plain ``python benchmarks/kernels.py``: all three (Python 3.11 refused it)
     assert seen == [(t, ["numpy", "numba", "cupy"]) for t in ("bench_gae", "bench_mlp", "bench_act")]
 
 
 def test_gpu_check_script_runs_its_steps_and_counts_the_failed_ones(tmp_path):
     """benchmarks/gpu_check.sh, the one prepared command for a machine with a GPU: on a pretend one
     (the stand-in as cupy) its device and tests steps pass, with the real-device tests run and not
-    skipped; a relative OUTDIR is the caller's; without cupy every step fails (a skipped gpu test is
-    no pass there), the last line counts them and the exit status is 1; an unknown step or no
-    OUTDIR is a usage error (2). (Its bench and learning steps run
-    the benchmark and test_learning.py, tested on their own.)"""
+    skipped; a relative OUTDIR is the caller's; without cupy, or without gymnasium (which half of the
+    gpu tests need), every step that needs it fails (a skipped gpu test is no pass there), the last
+    line counts them and the exit status is 1; an unknown step or no OUTDIR is a usage error (2).
+    (Its bench and learning steps run the benchmark and test_learning.py, tested on their own.)"""
     script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
     out = tmp_path / "out"
     proc = subprocess.run(["bash", script, str(out), "device", "tests"], capture_output=True, text=True,
@@ -409,7 +413,20 @@ def test_gpu_check_script_runs_its_steps_and_counts_the_failed_ones(tmp_path):
     tests_log = (out / "tests.log").read_text()
     assert " passed" in tests_log and "failed" not in tests_log, tests_log
     assert "needs cupy and a CUDA device" not in tests_log  # the gpu tests ran (on the stand-in)
+    assert "test_real_device_matches_numpy[float32] PASSED" in tests_log  # verbose: each test as it ends
+    assert "gymnasium " in (out / "device.log").read_text()
     assert "== 0 step(s) failed" in proc.stdout
+    # Without gymnasium half of the gpu tests would skip: the tests step fails, as do both learning
+    # steps (one log each), and the device step says so; the bench step needs no gymnasium.
+    env = strict_cupy.pretend_gpu_machine(tmp_path / "nogym")
+    hidden = tmp_path / "nogym" / "py" / "gymnasium"
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text("raise ImportError('gymnasium hidden by the test')\n")
+    proc = subprocess.run(["bash", script, str(out), "device", "tests", "learning"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1 and "== 4 step(s) failed" in proc.stdout, proc.stdout
+    for log in ("device", "tests", "learning-CartPole", "learning-Pendulum"):
+        assert "gymnasium hidden by the test" in (out / f"{log}.log").read_text(), log
     proc = subprocess.run(["bash", script, "rel", "device"], capture_output=True, text=True,
                           env=strict_cupy.pretend_gpu_machine(tmp_path / "again"), cwd=tmp_path, timeout=120)
     assert proc.returncode == 0 and (tmp_path / "rel" / "device.log").exists()  # OUTDIR from the caller's cwd
