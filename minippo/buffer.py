@@ -133,6 +133,8 @@ class RolloutBuffer:
         }
         valid = self.valid_host.reshape(n)
         if n_minibatches == 1:
+            if not valid.any():  # every step a masked reset step (next_step autoreset, n_steps = 1)
+                return
             # One minibatch is the whole rollout: its mean loss does not depend on the order, so
             # no permutation, and the valid transitions are gathered once per rollout, not per
             # epoch (7 copies saved per epoch; ~7% of a CartPole run).

@@ -18,7 +18,6 @@ import math
 import os
 import secrets
 import stat
-import zipfile
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -50,14 +49,18 @@ def _new_temp(path: str) -> tuple[int, str]:
     whoever reads the rest of the run folder (``mkstemp`` would make it 0600, and reading the umask
     means setting it, which races with other threads)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    folder, name = os.path.split(path)
+    # A name within 17 bytes of the usual 255-byte limit would make too long a temp name: such
+    # a name gets a short hidden one (``.<random>.tmp``) in the same folder instead.
+    fits = len(os.fsencode(name)) + 17 <= 255
     for _ in range(100):
-        tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+        token = secrets.token_hex(6)
+        tmp = f"{path}.{token}.tmp" if fits else os.path.join(folder, f".{token}.tmp")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:
             continue
         except PermissionError as e:  # said of the folder: the temp file's own name would puzzle
-            folder, name = os.path.split(path)
             raise PermissionError(e.errno, f"cannot create a file in folder {folder!r} ({e.strerror}): a save "
                                   f"writes a temporary file there, then renames it onto {name!r}") from e
     raise FileExistsError(f"no free temporary name beside {path!r}")
@@ -94,24 +97,26 @@ def replaced_mode(path: str | bytes | os.PathLike) -> int | None:
     return st.st_mode & 0o777
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through ``write(f)`` on a temp file beside ``path``, then fsync, rename onto
     ``path`` and fsync the folder: ``path`` is never half-written (the old file stays until the new
     one is whole), and the new file is durable once this returns. A failure removes the temp file.
     As with ``open(path, "wb")``: a file it replaces keeps its permission bits (not its owner: the
     new file is this process's), one this process may not write is refused (PermissionError, before
-    anything is written), and a new file gets 0666 less the umask."""
+    anything is written), a new file gets 0666 less the umask, and a symbolic link is followed (the
+    file it points to is replaced; the link stays)."""
     if not isinstance(path, (str, bytes, os.PathLike)):
-        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+        raise TypeError(f"path must be a file path (str, bytes or os.PathLike), got {type(path).__name__}")
     name = os.fsdecode(path)
-    if os.path.isdir(path) or not os.path.basename(name):  # "x/" or "": before anything is written
+    if os.path.isdir(name) or not os.path.basename(name):  # "x/" or "": before anything is written
         raise IsADirectoryError(f"path {name!r} is {'a folder' if name else 'empty'}: give a file path to write")
-    # The temp file goes in the folder the OS resolves ``path`` into (symlinks and "..", as open()
-    # would), so the rename stays in one folder; the rename itself is onto ``path`` as given.
-    folder = os.path.realpath(os.path.dirname(path) or ".")
-    mode = replaced_mode(path)
+    # The path the OS resolves ``path`` to (links and "..", as open() does): the temp file goes in
+    # its folder, so that the rename stays in one folder, and the rename is onto it.
+    target = os.path.realpath(name)
+    folder = os.path.dirname(target)
+    mode = replaced_mode(target)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = _new_temp(os.path.join(folder, os.path.basename(path)))
+    fd, tmp = _new_temp(target)
     try:
         if mode is not None and hasattr(os, "fchmod"):
             try:
@@ -122,7 +127,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -182,7 +187,7 @@ def save_checkpoint(algo: Any, path: str) -> None:
 def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(meta, arrays) from a checkpoint file, with clear errors for anything wrong."""
     if not isinstance(path, (str, bytes, os.PathLike)):
-        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+        raise TypeError(f"path must be a file path (str, bytes or os.PathLike), got {type(path).__name__}")
     if os.path.isdir(path):
         raise CheckpointError(f"{path!r} is a folder, not a checkpoint file (a run folder's is model.npz)")
     if not os.path.isfile(path):
@@ -202,8 +207,14 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             arrays = {k: z[k] for k in z.files}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise CheckpointError(f"{path!r} is not a readable minippo checkpoint (.npz): {e}") from e
+    except Exception as e:  # damaged bytes raise many types in zipfile and numpy's .npy reader:
+        # BadZipFile, EOFError, ValueError, zlib.error, NotImplementedError (a compression method),
+        # RuntimeError (the "encrypted" flag), tokenize.TokenError (an .npy header), ...
+        raise CheckpointError(f"{path!r} is not a readable minippo checkpoint (.npz): "
+                              f"{type(e).__name__}: {e}") from e
+    not_npy = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))  # a zip member's raw bytes
+    if not_npy:
+        raise CheckpointError(f"{path!r}: entries {not_npy[:3]} are not .npy arrays: not a minippo checkpoint")
     if "meta" not in arrays:
         raise CheckpointError(f"{path!r} has no 'meta' entry: not a minippo checkpoint")
     try:
@@ -312,6 +323,25 @@ def _config_from_meta(meta: dict[str, Any], path: str) -> Any:
         raise CheckpointError(f"{path!r}: the saved config is invalid{by}: {e}") from e
 
 
+_NORMALISERS = (("norm_obs", "obs_rms"), ("norm_reward", "ret_rms"))
+"""(config flag, array prefix) of each normaliser a checkpoint may hold."""
+
+
+def _check_normalisers(meta: dict[str, Any], arrays: dict[str, np.ndarray], path: str) -> None:
+    """A checkpoint holds a normaliser's statistics exactly when its config turned it on (as every
+    save writes them): both loaders refuse a file where the two disagree, rather than each trusting
+    a different one of them."""
+    for flag, prefix in _NORMALISERS:
+        on = meta["config"].get(flag)
+        held = sorted(k for k in arrays if k.startswith(f"{prefix}."))
+        if on and not held:
+            raise CheckpointError(f"{path!r} is missing the {prefix} normaliser statistics ({flag} is on in "
+                                  "its config)")
+        if held and not on:
+            raise CheckpointError(f"{path!r} has {prefix} normaliser statistics {held} but its config has "
+                                  f"{flag}={on!r}: the file is damaged or was edited")
+
+
 def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     """A :class:`minippo.ppo.PPO` restored from ``path``, ready to resume ``learn``. ``env``: the vector
     env to train in (required when the model's env was custom: ValueError otherwise)."""
@@ -319,9 +349,15 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     from minippo.ppo import PPO
 
     meta, arrays = read_checkpoint(path)
-    config = _config_from_meta(meta, path)
+    saved_config = config = _config_from_meta(meta, path)
+    _check_normalisers(meta, arrays, path)
     if overrides:
         config = config.replace(**overrides)
+        for flag, prefix in _NORMALISERS:
+            if getattr(config, flag) != getattr(saved_config, flag):
+                raise ValueError(f"{flag}={getattr(config, flag)} cannot override the saved {flag}="
+                                 f"{getattr(saved_config, flag)}: the saved network was trained with it (and "
+                                 f"{prefix}'s statistics resume with it); train a new model to change it")
     if "rng" not in meta:
         raise CheckpointError(f"{path!r}: meta is missing 'rng' (the trainer's random state)")
     # The trainer's state, written by every format-1 save; read_checkpoint's defaults serve load_policy,
@@ -351,19 +387,17 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     extra = sorted(f"adam/{k}" for k in state if k[2:] not in algo.policy.params or k[:2] not in ("m.", "v."))
     if extra:
         raise CheckpointError(f"{path!r} has unexpected arrays {extra[:3]}: it belongs to another network")
-    bad = sorted(k for k, v in state.items() if not (np.isfinite(v).all() and (k[0] != "v" or (v >= 0).all())))
-    if bad:
-        raise CheckpointError(f"{path!r}: Adam moments {['adam/' + k for k in bad[:3]]} hold NaN, inf or "
-                              "(second moments) negative values")
-    try:
+    try:  # shapes and dtypes checked (a string array too) before the values below
         algo.optimizer.load_state_dict({**state, "t": meta["adam_t"]})
     except ValueError as e:
         raise CheckpointError(f"{path!r}: {e}") from e
+    bad = sorted(k for k, v in state.items() if not (np.isfinite(v).all() and (k[0] != "v" or (v >= 0).all())))
+    if bad:  # (the algo with these moments loaded is dropped)
+        raise CheckpointError(f"{path!r}: Adam moments {['adam/' + k for k in bad[:3]]} hold NaN, inf or "
+                              "(second moments) negative values")
     for norm, prefix in ((algo.obs_norm, "obs_rms"), (algo.reward_scaler, "ret_rms")):
         if norm is None:
             continue
-        if f"{prefix}.mean" not in arrays:
-            raise CheckpointError(f"{path!r} is missing the {prefix} normaliser statistics")
         try:
             norm.rms.load(prefix, arrays)
         except ValueError as e:
@@ -428,10 +462,11 @@ def load_policy(path: str) -> Policy:
     """Load just what is needed to act from a checkpoint (numpy only)."""
     meta, arrays = read_checkpoint(path)
     _config_from_meta(meta, path)  # the checks PPO.load makes, so both refuse the same files
+    _check_normalisers(meta, arrays, path)
     policy = _policy_from_meta(meta, path)
     _load_into(policy.params, arrays, "param/", path)
     mean = var = None
-    if "obs_rms.mean" in arrays:
+    if meta["config"]["norm_obs"]:
         from minippo.envs import RunningMeanStd
 
         rms = RunningMeanStd((policy.obs_dim,))
@@ -539,14 +574,30 @@ def evaluate_policy(
         def act(o: np.ndarray) -> np.ndarray:
             return policy.predict(o, deterministic, rng)
 
+    def finite(obs: Any, r: float, ep: int, length: int) -> None:
+        """A NaN or inf from the env stops evaluation, named as training names it (not a NaN mean
+        return, or an error about the policy's input or output)."""
+        a = np.asarray(obs)
+        if math.isfinite(r) and (a.dtype.kind not in "fc" or np.isfinite(a).all()):  # (integers are finite)
+            return
+        from minippo.ppo import NonFiniteEnvError
+
+        what = "reward" if not math.isfinite(r) else "observation"
+        at = "on reset" if length == 0 else f"at step {length}"
+        raise NonFiniteEnvError(f"env {env_id!r} returned a non-finite {what} in evaluation episode {ep} {at}: "
+                                f"{r if what == 'reward' else a}")
+
     returns, lengths, cut = [], [], 0
     try:
         for ep in range(n_episodes):
             obs, _ = env.reset(seed=seed + ep)
+            finite(obs, 0.0, ep, 0)
             total, length, done = 0.0, 0, False
             while not done:
                 obs, r, term, trunc, _ = env.step(act(obs))
-                total += float(r)
+                r = float(r)
+                finite(obs, r, ep, length + 1)
+                total += r
                 length += 1
                 done = bool(term or trunc)
                 if not done and length >= max_steps:

@@ -562,6 +562,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``minippo eval``: evaluate a saved model (numpy-only policy); returns the exit code."""
     from minippo.checkpoint import CheckpointError, EnvMismatchError, evaluate_policy, load_policy
     from minippo.envs import EnvKwargsError, check_env_id
+    from minippo.ppo import NonFiniteEnvError
 
     if args.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
@@ -586,6 +587,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               env_kwargs=cfg.get("env_kwargs"))
     except (EnvMismatchError, EnvKwargsError) as e:
         raise UsageError(f"{args.model}: {e}") from e
+    except NonFiniteEnvError as e:  # the env's fault, not the command line's: exit 1, as train
+        print(f"minippo: error: evaluation stopped: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({k: res[k] for k in ("env_id", "episodes", "mean_return", "std_return")}))
     else:
@@ -628,6 +632,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for d in empty:
         print(f"minippo: skipping {d!r}: its progress.csv has no rows yet", file=sys.stderr)
         del runs[d]
+    blank = [d for d, cols in runs.items() if not any(math.isfinite(v) for v in cols[args.y])]
+    if len(blank) == len(runs):  # would be blank axes, exit code 0 (kl and beta of a clip run, say)
+        raise UsageError(f"column {args.y!r} has no values in "
+                         f"{', '.join(os.path.join(d, 'progress.csv') for d in blank)} (kl and beta are logged "
+                         "by kl_penalty runs, mean_return once an episode has ended)")
+    for d in blank:
+        print(f"minippo: skipping {d!r}: its progress.csv has no {args.y} values", file=sys.stderr)
+        del runs[d]
     try:
         import matplotlib
 
@@ -648,7 +660,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {args.output!r}: {fmt!r} is not an image format matplotlib writes; "
                          f"use one of {', '.join(sorted(formats))}")
     for d, cols in runs.items():
-        ax.plot(cols["timesteps"], cols[args.y], label=os.path.basename(os.path.normpath(d)))
+        x, y = cols["timesteps"], cols[args.y]
+        (line,) = ax.plot(x, y, label=os.path.basename(os.path.normpath(d)))
+        ok = [math.isfinite(v) for v in y]
+        # a value with no value beside it (one row, or gaps around it) has no line: a dot shows it
+        alone = [i for i in range(len(y)) if ok[i] and not (i > 0 and ok[i - 1]) and not (i + 1 < len(y) and ok[i + 1])]
+        if alone:
+            ax.plot([x[i] for i in alone], [y[i] for i in alone], "o", markersize=3, color=line.get_color())
     ax.set_xlabel("timesteps")
     ax.set_ylabel(args.y)
     ax.grid(alpha=0.3)

@@ -145,7 +145,9 @@ class NumpyStep:
 
 def explained_variance(y_pred: Array, y_true: Array) -> float:
     """1 - Var[y_true - y_pred] / Var[y_true] over same-shape arrays (1: perfect, 0: no better than a
-    constant; NaN when y_true is constant)."""
+    constant; NaN when y_true is constant or empty)."""
+    if y_true.size == 0:  # a rollout of masked reset steps only (np.var would warn)
+        return float("nan")
     var = float(np.var(y_true))
     return float("nan") if var == 0 else 1.0 - float(np.var(y_true - y_pred)) / var
 
@@ -386,9 +388,10 @@ class PPO:
         n_updates = 0
         stopped_early = False
         step = self._minibatch_step()
+        min_size = 2 if cfg.normalize_advantages else 1  # a normalised single sample would be 0/0
         for _epoch in range(cfg.n_epochs):
-            for mb in self.buffer.minibatches(cfg.batch_size, self.rng, 2 if cfg.normalize_advantages else 1):
-                if cfg.normalize_advantages and mb["advantages"].shape[0] < 2:  # a single valid sample
+            for mb in self.buffer.minibatches(cfg.batch_size, self.rng, min_size):
+                if mb["advantages"].shape[0] < min_size:  # (a rollout with fewer valid steps than that)
                     continue
                 try:
                     stats = step.loss_and_grads(mb, clip_eps, ent_coef)
@@ -409,8 +412,9 @@ class PPO:
                 break
         out = {k: v / max(n_updates, 1) for k, v in sums.items()}
         if cfg.objective == "kl_penalty":
-            out["kl"] = self._rollout_kl()
-            out["beta"] = self.kl_coef.update(out["kl"])
+            kl = self._rollout_kl()  # None for a rollout of masked steps only: nothing measured, beta kept
+            out["kl"] = math.nan if kl is None else kl
+            out["beta"] = self.kl_coef.beta if kl is None else self.kl_coef.update(kl)
         buf = self.buffer
         valid = buf.valid.reshape(-1) > 0  # on the backend's device: only the two variances come back
         out["explained_variance"] = explained_variance(buf.values.reshape(-1)[valid], buf.returns.reshape(-1)[valid])
@@ -434,9 +438,12 @@ class PPO:
                 return fused
         return NumpyStep(self.policy, self.optimizer, self.config, self.kl_coef.beta)
 
-    def _rollout_kl(self) -> float:
-        """Mean KL(pi_old || pi_theta) over the rollout, after the update (adaptive beta rule)."""
+    def _rollout_kl(self) -> float | None:
+        """Mean KL(pi_old || pi_theta) over the rollout's valid steps, after the update (adaptive beta
+        rule); None when it has none (next_step autoreset with n_steps = 1: every step a reset step)."""
         buf = self.buffer
+        if not buf.valid_host.any():
+            return None
         n = buf.T * buf.N
         dist_new, _, _ = self.policy.forward(buf.obs.reshape(n, -1))
         kl = self.policy.make_dist(buf.dist.reshape(n, -1)).kl(dist_new)
@@ -502,8 +509,8 @@ class PPO:
                              f"from config.env_id={self.config.env_id!r}: pass a single env as evaluate(env=...)")
         seed = self.config.seed + 100_000 if seed is None else seed
         n_episodes = self.config.eval_episodes if n_episodes is None else n_episodes
-        return evaluate_policy(
-            self.policy, self.config.env_id, n_episodes, deterministic, seed=seed,
+        return evaluate_policy(  # a given env names itself (its spec's id, else its class)
+            self.policy, self.config.env_id if env is None else None, n_episodes, deterministic, seed=seed,
             obs_norm=self.obs_norm, env_kwargs=self.config.env_kwargs, env=env,  # (its rng: default_rng(seed))
         )
 
@@ -516,7 +523,10 @@ class PPO:
     @classmethod
     def load(cls, path: str, env: Any = None, **overrides: Any) -> PPO:
         """Rebuild a trainer from :meth:`save`'s file, ready to ``learn`` further (resume). ``env`` is
-        required for a model of a custom env (:attr:`custom_env`), else made from ``config.env_id``."""
+        required for a model of a custom env (:attr:`custom_env`), else made from ``config.env_id``.
+        ``overrides`` replace saved config fields (e.g. ``total_timesteps``, ``learning_rate``); not
+        ``norm_obs`` or ``norm_reward``, which the saved network and statistics were trained with
+        (ValueError)."""
         from minippo.checkpoint import load_checkpoint
 
         return load_checkpoint(path, env=env, **overrides)

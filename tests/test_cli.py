@@ -939,6 +939,45 @@ def test_plot_of_a_run_with_no_rows_is_one_line(tmp_path, capsys):
     assert (tmp_path / "c.png").exists()
 
 
+
+def test_plot_of_a_column_without_values_is_refused_and_a_lone_value_is_drawn(tmp_path, capsys, monkeypatch):
+    """A clip run's kl column (all empty cells) and a run of one row wrote blank axes, exit code 0."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    run = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "384", "--out", str(run), "--quiet", *TINY]) == 0  # 3 rows
+    capsys.readouterr()
+    assert main(["plot", str(run), "--y", "kl", "-o", str(tmp_path / "k.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"column 'kl' has no values in {run / 'progress.csv'} (kl and beta are " \
+        "logged by kl_penalty runs" in err, err
+    assert not (tmp_path / "k.png").exists()
+    one = tmp_path / "one"  # its first row only
+    one.mkdir()
+    with open(run / "progress.csv") as f:
+        (one / "progress.csv").write_text("".join(f.readlines()[:2]))
+    with open(run / "progress.csv") as f:  # kl filled in on row 2 only: beside the other run, skipped
+        rows = list(csv.DictReader(f))
+    drawn = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: drawn.append(a) or real(self, *a, **k))
+    assert main(["plot", str(one), str(run), "-o", str(tmp_path / "c.png"), "--y", "loss"]) == 0
+    assert (tmp_path / "c.png").exists()
+    x1, y1 = float(rows[0]["timesteps"]), float(rows[0]["loss"])
+    assert [(list(a[0]), list(a[1])) for a in drawn] == [
+        ([x1], [y1]), ([x1], [y1]),  # the one-row run: its line (nothing drawn), then its dot
+        ([float(r["timesteps"]) for r in rows], [float(r["loss"]) for r in rows])]  # a line: no dot
+    gaps = tmp_path / "gaps"
+    gaps.mkdir()
+    with open(gaps / "progress.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows([{**r, "kl": "0.5" if i == 1 else ""} for i, r in enumerate(rows)])
+    assert main(["plot", str(run), str(gaps), "--y", "kl", "-o", str(tmp_path / "g.png")]) == 0
+    assert f"skipping {str(run)!r}: its progress.csv has no kl values" in capsys.readouterr().err
+    assert [list(a[1]) for a in drawn[3:]][-1] == [0.5]  # the dot of the lone value
+
 def test_a_preset_value_that_no_longer_fits_is_named_as_the_presets(tmp_path, capsys):
     """--n-envs 3 with the CartPole preset blamed batch_size=256, which the user never set."""
     assert main(["train", "CartPole-v1", "--n-envs", "3", "--out", str(tmp_path / "r")]) == 2
@@ -983,6 +1022,25 @@ def test_an_env_returning_nan_is_one_line_exit_1(tmp_path, capsys):
         "returned a non-finite observation in sub-env(s) [0, 1] at step 4: [nan nan]; model not saved\n" in err, err
     assert not (out / "model.npz").exists()
 
+
+
+def test_eval_in_an_env_returning_nan_is_one_line_exit_1(tmp_path, capsys):
+    """A model evaluated in an env that returns NaN later than training went: a traceback before."""
+    from envs_for_tests import register_probe
+
+    out = tmp_path / "run"
+    try:
+        register_probe("minippo-test/Probe-v0", 8)
+        assert main(["train", "minippo-test/Probe-v0", "--timesteps", "64", "--n-envs", "2", "--out", str(out),
+                     "--quiet", *TINY]) == 0
+        register_probe("minippo-test/Probe-v0", 8, nan_at=5)
+        capsys.readouterr()
+        assert main(["eval", str(out / "model.npz"), "--episodes", "1"]) == 1
+    finally:
+        register_probe("minippo-test/Probe-v0", 8)
+    err = capsys.readouterr().err
+    assert err == "minippo: error: evaluation stopped: env 'minippo-test/Probe-v0' returned a non-finite " \
+        "observation in evaluation episode 0 at step 5: [nan nan]\n", err
 
 @pytest.mark.parametrize("extra, epochs", [([], 1), (["--set", "n_epochs=2"], 2)])
 def test_on_policy_objectives_train_one_epoch_per_rollout(tmp_path, capsys, extra, epochs):

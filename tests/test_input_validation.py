@@ -871,7 +871,7 @@ def test_config_from_a_json_null_and_checkpoint_paths_that_are_not_paths():
     with pytest.raises(TypeError, match=r"PPOConfig.from_dict takes a dict of fields \(a JSON object\), got NoneType"):
         PPOConfig.from_dict(None)
     for call in (lambda: load_policy(None), lambda: read_checkpoint(3), lambda: atomic_savez(None, {})):
-        with pytest.raises(TypeError, match=r"path must be a file path \(str or os.PathLike\), got"):
+        with pytest.raises(TypeError, match=r"path must be a file path \(str, bytes or os.PathLike\), got"):
             call()
     with pytest.raises(FileNotFoundError):
         read_checkpoint(b"/nonexistent/model.npz")  # bytes are a path

@@ -4,12 +4,13 @@ examples/own_env.py, and what the model records about such an env."""
 import importlib.util
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 from minippo import PPO, load_policy
-from minippo.checkpoint import evaluate_policy
+from minippo.checkpoint import Policy, evaluate_policy
 from minippo.cli import main
 from minippo.config import PPOConfig
 
@@ -214,6 +215,51 @@ def test_evaluate_policy_samples_from_the_generator_it_is_given():
     assert given != play(np.random.default_rng(8))
     assert given != play(None)  # None: a generator seeded with `seed`, not the one given above
 
+
+
+class BrokenEcho(Echo):
+    """Echo whose step ``at`` (0: the reset) returns a NaN or inf in ``what``."""
+
+    def __init__(self, what, at, value=np.nan):
+        super().__init__()
+        self.what, self.at, self.value = what, at, value
+
+    def _obs(self):
+        return np.full(2, self.value if self.what == "obs" and self.t == self.at else 0.0, np.float32)
+
+    def reset(self, seed=None):
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        r = self.value if self.what == "reward" and self.t == self.at else float(action)
+        return self._obs(), r, self.t >= 5, False, {}
+
+
+@pytest.mark.parametrize("what, at, value", [("reward", 3, np.nan), ("obs", 2, np.nan), ("obs", 0, np.inf),
+                                             ("reward", 5, -np.inf)])
+def test_evaluation_stops_at_a_non_finite_env_value_and_names_it(what, at, value):
+    """A NaN reward came out as a NaN mean return; a NaN observation as an error about the policy's
+    output (ActorCritic) or input (Policy): now, as in training, the env is named."""
+    from minippo.ppo import NonFiniteEnvError
+
+    where = "on reset" if at == 0 else f"at step {at}"
+    shown = "nan" if value != value else "inf" if value > 0 else "-inf"
+    shown = re.escape(f"[{shown} {shown}]" if what == "obs" else shown)
+    pol = _echo_policy()
+    named = "observation" if what == "obs" else "reward"
+    for policy in (pol, Policy(pol, None, None)):
+        with pytest.raises(NonFiniteEnvError, match=rf"^env 'BrokenEcho' returned a non-finite {named} in "
+                           rf"evaluation episode 0 {where}: {shown}$"):
+            evaluate_policy(policy, None, 2, env=BrokenEcho(what, at, value))
+    assert evaluate_policy(pol, None, 2, env=BrokenEcho(what, 6, value))["returns"] == [10.0, 10.0]  # never reached
+
+
+def test_a_model_evaluated_in_a_given_env_names_that_env():
+    """PPO.evaluate(env=...) reported config.env_id (CartPole-v1 by default) for a custom env's model."""
+    model = PPO(PPOConfig(**CFG), env=own_env.Reach(2))
+    assert model.evaluate(1, env=own_env.OneReach())["env_id"] == "OneReach"  # (no spec: its class)
 
 class Cycle:
     """A vector env of one sub-env (same-step autoreset) whose k-th episode (k = 0, 1, ...) lasts

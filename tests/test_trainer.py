@@ -633,6 +633,131 @@ def test_bad_checkpoints_are_rejected_with_names(tmp_path):
         read_checkpoint(other)
 
 
+
+def test_damaged_zip_structures_and_non_array_entries_are_checkpoint_errors(tmp_path):
+    """One flipped bit in a zip's directory or an .npy header raised what zipfile or numpy raise for
+    it (RuntimeError for the "encrypted" flag, NotImplementedError for a compression method,
+    tokenize.TokenError for a header), a traceback in the CLI; a zip member that is not .npy came
+    back as bytes and failed later with AttributeError; a string Adam array failed in np.isfinite."""
+    import io
+    import zipfile
+
+    good = str(tmp_path / "good.npz")
+    PPO(PPOConfig(**TINY, norm_obs=True)).save(good)
+    data = open(good, "rb").read()
+    cd = data.index(b"PK\x01\x02")  # the first entry of the zip's central directory
+
+    def flipped(name, at, bits):
+        d = bytearray(data)
+        d[at] ^= bits
+        (tmp_path / name).write_bytes(bytes(d))
+        return str(tmp_path / name)
+
+    header = data.index(b"'shape': (), }", data.index(b"'descr': '<U"))  # meta's .npy header (a str):
+    damaged = {flipped("encrypted.npz", cd + 8, 1): "RuntimeError",  # general-purpose flag bit 0
+               flipped("method.npz", cd + 10, 0x80): "NotImplementedError",  # compression method
+               flipped("header.npz", header + 9, ord("(") ^ ord(")")): "TokenError"}  # "'shape': )),"
+
+    def replaced(name, member, payload):
+        with zipfile.ZipFile(good) as zin, zipfile.ZipFile(tmp_path / name, "w") as zout:
+            for info in zin.infolist():
+                if info.filename == member + ".npy":
+                    zout.writestr(member, payload)  # not .npy: NpzFile returns its bytes
+                else:
+                    zout.writestr(info, zin.read(info))
+        return str(tmp_path / name)
+
+    for path, raised in damaged.items():
+        for load in (PPO.load, load_policy):
+            with pytest.raises(CheckpointError, match=f"is not a readable minippo checkpoint \\(.npz\\): {raised}"):
+                load(path)
+    for member in ("param/actor.W0", "obs_rms.mean"):
+        path = replaced("raw.npz", member, b"hello")
+        for load in (PPO.load, load_policy):
+            with pytest.raises(CheckpointError, match=rf"entries \['{member}'\] are not .npy arrays"):
+                load(path)
+    text = io.BytesIO()
+    np.save(text, np.full((4, 8), "x"))  # the shape of adam/m.actor.W0, in strings
+    path = _rewrite(good, tmp_path / "str_adam.npz", lambda a, m: a.update({"adam/m.actor.W0": np.full((4, 8), "x")}))
+    with pytest.raises(CheckpointError, match=r"Adam m.actor.W0 is <U1 \(4, 8\), expected float32 \(4, 8\)"):
+        PPO.load(path)
+
+
+def test_both_loaders_take_the_normalisers_the_config_names(tmp_path):
+    """load_policy normalised when obs_rms arrays were there, whatever the config said (a file without
+    them but with norm_obs on deployed acting on raw observations, where PPO.load refused it), and
+    PPO.load(path, norm_obs=False) dropped a trained model's statistics without a word."""
+    good = str(tmp_path / "good.npz")
+    PPO(PPOConfig(**TINY, norm_obs=True, norm_reward=True)).save(good)
+    plain = str(tmp_path / "plain.npz")
+    PPO(PPOConfig(**TINY)).save(plain)
+
+    def drop(prefix):
+        def change(a, m):
+            for k in [k for k in a if k.startswith(prefix)]:
+                del a[k]
+        return change
+
+    def add_from(prefix):
+        with np.load(good, allow_pickle=False) as z:
+            held = {k: z[k] for k in z.files if k.startswith(prefix)}
+        return lambda a, m: a.update(held)
+
+    for flag, prefix in (("norm_obs", "obs_rms"), ("norm_reward", "ret_rms")):
+        path = _rewrite(good, tmp_path / f"no_{prefix}.npz", drop(prefix))
+        for load in (PPO.load, load_policy):
+            with pytest.raises(CheckpointError, match=rf"missing the {prefix} normaliser statistics \({flag} is on"):
+                load(path)
+        path = _rewrite(plain, tmp_path / f"extra_{prefix}.npz", add_from(prefix))
+        for load in (PPO.load, load_policy):
+            with pytest.raises(CheckpointError, match=rf"has {prefix} normaliser statistics \['{prefix}.count', "
+                               rf"'{prefix}.mean', '{prefix}.var'\] but its config has {flag}=False"):
+                load(path)
+        with pytest.raises(ValueError, match=rf"{flag}=False cannot override the saved {flag}=True: the saved "
+                           rf"network was trained with it \(and {prefix}'s statistics resume with it\)"):
+            PPO.load(good, **{flag: False})
+        with pytest.raises(ValueError, match=rf"{flag}=True cannot override the saved {flag}=False"):
+            PPO.load(plain, **{flag: True})
+    algo = PPO.load(good, norm_obs=True, norm_reward=True, total_timesteps=500)  # the saved values: taken
+    assert algo.obs_norm is not None and algo.reward_scaler is not None and algo.total_timesteps == 500
+    assert load_policy(good).obs_mean is not None and load_policy(plain).obs_mean is None
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symlinks")
+def test_a_save_follows_a_link_as_open_does(tmp_path, monkeypatch):
+    """A save onto a link replaced the link with a file and left its target stale, while the
+    permission check had looked at the target: now the target is replaced (as open(path, "wb")
+    writes it) and the link stays. A dangling link's target is created."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("runs/a")
+    atomic_savez("runs/a/model.npz", {"a": np.arange(3)})
+    os.chmod("runs/a/model.npz", 0o640)
+    os.symlink("runs/a/model.npz", "latest.npz")
+    atomic_savez("latest.npz", {"a": np.arange(4)})
+    assert os.path.islink("latest.npz") and os.readlink("latest.npz") == "runs/a/model.npz"
+    with np.load("runs/a/model.npz") as z:
+        np.testing.assert_array_equal(z["a"], np.arange(4))
+    assert os.stat("runs/a/model.npz").st_mode & 0o777 == 0o640
+    assert sorted(os.listdir("runs/a")) == ["model.npz"] and sorted(os.listdir(".")) == ["latest.npz", "runs"]
+    os.symlink("runs/b.npz", "dangling.npz")
+    atomic_savez("dangling.npz", {"a": np.arange(5)})
+    assert os.path.islink("dangling.npz") and os.path.isfile("runs/b.npz")
+
+
+def test_a_save_takes_bytes_paths_and_the_longest_names(tmp_path, monkeypatch):
+    """A bytes path (taken by the type check, and by loading) was formatted as "b'...'" into the temp
+    name; a name within 17 bytes of the 255-byte limit made a temp name too long to create."""
+    monkeypatch.chdir(tmp_path)
+    algo = PPO(PPOConfig(**TINY))
+    algo.save(b"bytes.npz")
+    algo.save(os.fsencode(str(tmp_path / "abs.npz")))
+    longest = "m" * 251 + ".npz"  # 255 bytes
+    algo.save(longest)
+    assert sorted(os.listdir(".")) == sorted(["abs.npz", "bytes.npz", longest])
+    for path in (b"bytes.npz", longest):
+        assert PPO.load(path).num_timesteps == 0
+
+
 def test_nan_raises_before_any_update():
     # one minibatch holds the whole rollout, so that "before any update" does not depend on where the
     # permutation puts the NaN sample (with two, the other minibatch may be applied first, correctly)

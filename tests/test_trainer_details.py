@@ -549,6 +549,46 @@ def test_minibatches_of_two_lose_no_valid_sample(numpy_backend, monkeypatch, nor
     assert sorted(rows) == sorted([2, 3] * 3 if normalize else [1, 2, 2] * 3)
 
 
+
+@needs_gym
+@pytest.mark.parametrize("objective, normalize", [("kl_penalty", True), ("clip", False)])
+def test_a_rollout_of_masked_reset_steps_only_changes_nothing(any_backend, objective, normalize):
+    """next_step autoreset with n_steps = 1: when every env ended its episode on the step before, the
+    whole rollout is reset steps, masked out. That used to stop training: the adaptive KL rule got
+    0/0 = NaN (FloatingPointError), and without advantage normalisation the one full-batch minibatch
+    came out empty ("logp is empty"). Such an iteration makes no update and keeps beta; its kl and
+    explained variance are NaN (empty cells in progress.csv), and no warning is raised."""
+    import warnings
+
+    register()
+    algo = PPO(PPOConfig(env_id=COUNTER_ID, n_envs=2, n_steps=1, batch_size=2, n_epochs=2, hidden=(8,),
+                         autoreset="next_step", objective=objective, normalize_advantages=normalize))
+    rows, params = [], []
+
+    def record(row):
+        rows.append(row)
+        params.append({k: v.copy() for k, v in algo.policy.params.items()})
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        algo.learn(16, callback=record)  # Counter truncates at 3 steps: steps 4 and 8 are reset steps
+    assert [r["n_updates"] for r in rows] == [2, 2, 2, 0, 2, 2, 2, 0]  # n_epochs = 2
+    for i in (3, 7):
+        assert "loss" not in rows[i] and math.isnan(rows[i]["explained_variance"])
+        for k, v in params[i].items():
+            np.testing.assert_array_equal(v, params[i - 1][k])
+        if objective == "kl_penalty":
+            assert math.isnan(rows[i]["kl"]) and rows[i]["beta"] == rows[i - 1]["beta"]
+    assert any(not np.array_equal(v, params[1][k]) for k, v in params[2].items())  # other iterations update
+
+
+def test_minibatches_of_a_rollout_without_valid_steps_are_none():
+    """Nothing to yield (not one empty minibatch) for one minibatch or several."""
+    buf = RolloutBuffer(2, 2, 3, (), 2)
+    buf.valid_host[...] = False
+    rng = np.random.default_rng(0)
+    assert list(buf.minibatches(4, rng)) == [] and list(buf.minibatches(2, rng)) == []
+
 @needs_gym
 def test_fps_leaves_out_numba_compile_time_and_time_does_not(monkeypatch):
     """Row "time" is learn()'s wall time; "fps" divides the steps by that time less the seconds numba
