@@ -84,7 +84,9 @@ def replaced_mode(path: str | bytes | os.PathLike) -> int | None:
     """The permission bits (0o777) of the file that a save onto ``path`` replaces, or None where
     there is none (or it is not a regular file). PermissionError, before anything is written, when
     this process may not write that file: the rename would replace it where ``open(path, "wb")``
-    would fail, so a write-protected model would be lost without a word."""
+    would fail, so a write-protected model would be lost without a word. Also when it may not make
+    the temp file in that file's folder (where a link points: the CLI checks a run's files with this
+    before training, so that the save at the end cannot fail there)."""
     try:
         st = os.stat(path)
     except OSError:  # no such file (or a dangling link): the save creates it
@@ -94,6 +96,11 @@ def replaced_mode(path: str | bytes | os.PathLike) -> int | None:
     if not os.access(path, os.W_OK):
         raise PermissionError(errno.EACCES, f"path {os.fsdecode(path)!r} is write-protected (mode "
                               f"{st.st_mode & 0o777:04o}): make it writeable (chmod u+w) or save to another path")
+    folder = os.path.dirname(os.path.realpath(path))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"cannot create a file in folder {folder!r}: a save onto "
+                              f"{os.fsdecode(path)!r} writes a temporary file there, beside the file it "
+                              "replaces, then renames it onto that file")
     return st.st_mode & 0o777
 
 
@@ -114,7 +121,7 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
     # its folder, so that the rename stays in one folder, and the rename is onto it.
     target = os.path.realpath(name)
     folder = os.path.dirname(target)
-    mode = replaced_mode(target)
+    mode = replaced_mode(name)  # (its errors name the path as given)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = _new_temp(target)
     try:

@@ -412,9 +412,10 @@ class PPO:
                 break
         out = {k: v / max(n_updates, 1) for k, v in sums.items()}
         if cfg.objective == "kl_penalty":
-            kl = self._rollout_kl()  # None for a rollout of masked steps only: nothing measured, beta kept
-            out["kl"] = math.nan if kl is None else kl
-            out["beta"] = self.kl_coef.beta if kl is None else self.kl_coef.update(kl)
+            # No step made (no valid step in the rollout, or one alone under advantage normalisation):
+            # the policy is still pi_old, its KL 0 by construction, not a measurement: beta is kept.
+            out["kl"] = self._rollout_kl() if n_updates else math.nan
+            out["beta"] = self.kl_coef.update(out["kl"]) if n_updates else self.kl_coef.beta
         buf = self.buffer
         valid = buf.valid.reshape(-1) > 0  # on the backend's device: only the two variances come back
         out["explained_variance"] = explained_variance(buf.values.reshape(-1)[valid], buf.returns.reshape(-1)[valid])
@@ -438,12 +439,10 @@ class PPO:
                 return fused
         return NumpyStep(self.policy, self.optimizer, self.config, self.kl_coef.beta)
 
-    def _rollout_kl(self) -> float | None:
+    def _rollout_kl(self) -> float:
         """Mean KL(pi_old || pi_theta) over the rollout's valid steps, after the update (adaptive beta
-        rule); None when it has none (next_step autoreset with n_steps = 1: every step a reset step)."""
+        rule; the update made a step, so there is one)."""
         buf = self.buffer
-        if not buf.valid_host.any():
-            return None
         n = buf.T * buf.N
         dist_new, _, _ = self.policy.forward(buf.obs.reshape(n, -1))
         kl = self.policy.make_dist(buf.dist.reshape(n, -1)).kl(dist_new)

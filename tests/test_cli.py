@@ -785,6 +785,37 @@ def test_resuming_in_place_over_a_write_protected_model_is_refused_before_traini
         monkeypatch.undo()
 
 
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symlinks")
+def test_resuming_a_model_linked_into_a_folder_it_cannot_write_is_refused_before_training(
+        tmp_path, monkeypatch, capsys):
+    """A save follows a link (as open() does): its temp file goes beside the file linked to. Where
+    that folder refuses it (os.access stood in for, as for root every folder is writeable), the
+    in-place resume trained the whole run and then could not save it."""
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--n-envs", "2", "--out", str(out), "--quiet",
+                 *TINY]) == 0
+    (tmp_path / "models").mkdir()
+    os.replace(out / "model.npz", tmp_path / "models" / "model.npz")
+    os.symlink(os.path.join("..", "models", "model.npz"), out / "model.npz")
+    before = {n: (out / n).read_bytes() for n in os.listdir(out)}
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if os.path.basename(p) == "models"
+                        else real_access(p, m, **k))
+    capsys.readouterr()
+    assert main(["train", "CartPole-v1", "--resume", str(out / "model.npz"), "--timesteps", "128"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write the run there" in err and \
+        f"cannot create a file in folder {str(tmp_path / 'models')!r}: a save onto {str(out / 'model.npz')!r} " \
+        "writes a temporary file there" in err, err
+    assert {n: (out / n).read_bytes() for n in os.listdir(out)} == before
+    monkeypatch.undo()
+    assert main(["train", "CartPole-v1", "--resume", str(out / "model.npz"), "--timesteps", "128", "--quiet"]) == 0
+    from minippo.checkpoint import read_checkpoint
+
+    assert os.path.islink(out / "model.npz")
+    assert read_checkpoint(str(tmp_path / "models" / "model.npz"))[0]["num_timesteps"] == 128
+
 def test_an_unreadable_progress_csv_on_resume_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--quiet", *TINY]) == 0

@@ -739,6 +739,12 @@ def test_a_save_follows_a_link_as_open_does(tmp_path, monkeypatch):
         np.testing.assert_array_equal(z["a"], np.arange(4))
     assert os.stat("runs/a/model.npz").st_mode & 0o777 == 0o640
     assert sorted(os.listdir("runs/a")) == ["model.npz"] and sorted(os.listdir(".")) == ["latest.npz", "runs"]
+    real_access = os.access  # a refusal names the path as given, not where it resolves (root writes all)
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if m == os.W_OK else real_access(p, m, **k))
+    with pytest.raises(PermissionError, match=r"^\[Errno 13\] path 'latest.npz' is write-protected \(mode 0640\)"):
+        atomic_savez("latest.npz", {"a": np.arange(5)})
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
     os.symlink("runs/b.npz", "dangling.npz")
     atomic_savez("dangling.npz", {"a": np.arange(5)})
     assert os.path.islink("dangling.npz") and os.path.isfile("runs/b.npz")

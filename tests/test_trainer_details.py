@@ -582,6 +582,22 @@ def test_a_rollout_of_masked_reset_steps_only_changes_nothing(any_backend, objec
     assert any(not np.array_equal(v, params[1][k]) for k, v in params[2].items())  # other iterations update
 
 
+
+@needs_gym
+def test_an_iteration_without_a_step_keeps_beta_however_many_steps_were_valid(numpy_backend):
+    """Two CartPole envs, n_steps = 1, next_step autoreset: when one env is on its reset step, the
+    rollout holds one valid sample, a minibatch too small to normalise, so no step is made. The
+    rollout KL is then 0 by construction (the policy is pi_old), not a measurement: it halved beta."""
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=1, batch_size=2, n_epochs=2, hidden=(8,),
+                         autoreset="next_step", objective="kl_penalty", seed=0))
+    rows, betas = [], [algo.kl_coef.beta]
+    algo.learn(400, callback=lambda r: rows.append(r) or betas.append(algo.kl_coef.beta))
+    idle = [i for i, r in enumerate(rows) if r["n_updates"] == 0]
+    assert len(idle) >= 3  # (each episode end of one env; 200 iterations)
+    for i in idle:
+        assert math.isnan(rows[i]["kl"]) and betas[i + 1] == betas[i] == rows[i]["beta"]
+    assert all(math.isfinite(r["kl"]) for r in rows if r["n_updates"])
+
 def test_minibatches_of_a_rollout_without_valid_steps_are_none():
     """Nothing to yield (not one empty minibatch) for one minibatch or several."""
     buf = RolloutBuffer(2, 2, 3, (), 2)
