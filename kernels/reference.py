@@ -124,24 +124,24 @@ def _map(f, a: np.ndarray) -> np.ndarray:
 
 
 def tanh_forward(z: np.ndarray) -> np.ndarray:
-    """h = tanh(z), elementwise."""
+    """z (B, F) (any shape) -> h = tanh(z), elementwise, same shape and dtype."""
     return _map(math.tanh, z)
 
 
 def tanh_backward(dh: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """dz = dh * (1 - h^2), with h = tanh(z) the saved output."""
+    """dh, h (B, F) (any one shape) -> dz = dh * (1 - h^2), with h = tanh(z) the saved output."""
     pairs = zip(dh.ravel(), h.ravel(), strict=True)
     out = [float(g) * (1.0 - float(v) * float(v)) for g, v in pairs]
     return np.array(out, dtype=np.float64).reshape(dh.shape).astype(dh.dtype)
 
 
 def relu_forward(z: np.ndarray) -> np.ndarray:
-    """h = max(z, 0), elementwise."""
+    """z (B, F) (any shape) -> h = max(z, 0), elementwise, same shape and dtype."""
     return _map(lambda v: v if v > 0.0 else 0.0, z)
 
 
 def relu_backward(dh: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """dz = dh * [h > 0] (subgradient 0 at 0)."""
+    """dh, h (B, F) (any one shape) -> dz = dh * [h > 0] (subgradient 0 at 0)."""
     pairs = zip(dh.ravel(), h.ravel(), strict=True)
     out = [float(g) * (1.0 if float(v) > 0.0 else 0.0) for g, v in pairs]
     return np.array(out, dtype=np.float64).reshape(dh.shape).astype(dh.dtype)

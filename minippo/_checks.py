@@ -73,6 +73,16 @@ def integer(name: str, value: Any, low: int | None = None, high: int | None = No
     raise ValueError(msg) if ok_type else TypeError(msg)
 
 
+def flag(name: str, value: Any) -> bool:
+    """``value`` as a bool, if it is True or False (numpy's too, or the integers 0 and 1); else
+    TypeError naming ``name``. (Taken by truth value, a string "no" would mean True.)"""
+    if type(value) is bool:
+        return value
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def array(name: str, value: Any) -> None:
     """TypeError naming ``name`` unless ``value`` is an array (it has ``shape``, ``ndim`` and ``dtype``:
     a numpy or cupy ndarray). The building blocks take arrays; a Python list would fail deep inside."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import float_dtype, integer
+from minippo._checks import flag, float_dtype, generator, int_list, integer
 from minippo.advantages import compute_advantages
 from minippo.backend import asnumpy
 
@@ -39,7 +39,12 @@ class RolloutBuffer:
     ) -> None:
         T, N = integer("n_steps", n_steps, 1), integer("n_envs", n_envs, 1)
         obs_dim, dist_dim = integer("obs_dim", obs_dim, 1), integer("dist_dim", dist_dim, 1)
-        dtype = float_dtype("dtype", dtype)
+        dtype, discrete = float_dtype("dtype", dtype), flag("discrete", discrete)
+        dims = int_list(action_shape)
+        if dims is None or any(d < 1 for d in dims):
+            raise TypeError(f"action_shape must be a tuple of integers >= 1 (() for discrete actions), "
+                            f"got {action_shape!r}")
+        action_shape = tuple(dims)
         self.T, self.N, self.xp = T, N, xp
         self.obs = xp.zeros((T, N, obs_dim), dtype=dtype)
         self.actions = xp.zeros((T, N, *action_shape), dtype=np.int64 if discrete else dtype)
@@ -118,6 +123,7 @@ class RolloutBuffer:
         time order, built once per rollout.
         """
         batch_size, min_size = integer("batch_size", batch_size, 1), integer("min_size", min_size, 1)
+        generator("rng", rng)  # (used only when there are several minibatches: checked always)
         n = self.T * self.N
         n_minibatches = n // batch_size
         if n_minibatches < 1 or n % batch_size:

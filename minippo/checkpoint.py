@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from minippo import __version__
-from minippo._checks import integer
+from minippo._checks import flag, integer
 from minippo.policy import ActorCritic, check_obs
 
 FORMAT = 1
@@ -338,15 +338,15 @@ def _check_normalisers(meta: dict[str, Any], arrays: dict[str, np.ndarray], path
     """A checkpoint holds a normaliser's statistics exactly when its config turned it on (as every
     save writes them): both loaders refuse a file where the two disagree, rather than each trusting
     a different one of them."""
-    for flag, prefix in _NORMALISERS:
-        on = meta["config"].get(flag)
+    for field, prefix in _NORMALISERS:
+        on = meta["config"].get(field)
         held = sorted(k for k in arrays if k.startswith(f"{prefix}."))
         if on and not held:
-            raise CheckpointError(f"{path!r} is missing the {prefix} normaliser statistics ({flag} is on in "
+            raise CheckpointError(f"{path!r} is missing the {prefix} normaliser statistics ({field} is on in "
                                   "its config)")
         if held and not on:
             raise CheckpointError(f"{path!r} has {prefix} normaliser statistics {held} but its config has "
-                                  f"{flag}={on!r}: the file is damaged or was edited")
+                                  f"{field}={on!r}: the file is damaged or was edited")
 
 
 def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
@@ -360,10 +360,10 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     _check_normalisers(meta, arrays, path)
     if overrides:
         config = config.replace(**overrides)
-        for flag, prefix in _NORMALISERS:
-            if getattr(config, flag) != getattr(saved_config, flag):
-                raise ValueError(f"{flag}={getattr(config, flag)} cannot override the saved {flag}="
-                                 f"{getattr(saved_config, flag)}: the saved network was trained with it (and "
+        for field, prefix in _NORMALISERS:
+            if getattr(config, field) != getattr(saved_config, field):
+                raise ValueError(f"{field}={getattr(config, field)} cannot override the saved {field}="
+                                 f"{getattr(saved_config, field)}: the saved network was trained with it (and "
                                  f"{prefix}'s statistics resume with it); train a new model to change it")
     if "rng" not in meta:
         raise CheckpointError(f"{path!r}: meta is missing 'rng' (the trainer's random state)")
@@ -437,6 +437,16 @@ class Policy:
 
     def __init__(self, policy: ActorCritic, obs_mean: np.ndarray | None, obs_var: np.ndarray | None,
                  env_id: str = "", meta: dict[str, Any] | None = None) -> None:
+        """``obs_mean`` and ``obs_var`` (obs_dim,): the observation normaliser's saved statistics, or
+        both None (no normalisation); ``meta``: the checkpoint's meta (:func:`load_policy`)."""
+        if not isinstance(policy, ActorCritic):
+            raise TypeError(f"policy must be an ActorCritic, got {type(policy).__name__}")
+        if (obs_mean is None) != (obs_var is None):
+            raise ValueError("obs_mean and obs_var must be given together (or both None: no normalisation)")
+        for name, a in (("obs_mean", obs_mean), ("obs_var", obs_var)):
+            if a is not None and (not isinstance(a, np.ndarray) or a.shape != (policy.obs_dim,) or a.dtype.kind != "f"):
+                raise ValueError(f"{name} must be a float array of shape ({policy.obs_dim},), got "
+                                 f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
         self.policy = policy
         self.obs_mean, self.obs_var = obs_mean, obs_var
         self.env_id = env_id
@@ -538,7 +548,7 @@ def evaluate_policy(
         raise TypeError(f"policy must be an ActorCritic (PPO.policy), a Policy (load_policy) or an object with "
                         f"predict, obs_dim and action_space, got {type(policy).__name__}")
     n_episodes = integer("n_episodes", n_episodes, 1)
-    seed = integer("seed", seed, 0)
+    seed, deterministic = integer("seed", seed, 0), flag("deterministic", deterministic)
     if max_steps is not None:
         max_steps = integer("max_steps", max_steps, 1)
     own = env is None

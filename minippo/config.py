@@ -226,10 +226,10 @@ class PPOConfig:
         if not isinstance(self.env_kwargs, dict):
             raise bad("env_kwargs", "must be a dict")
         try:  # checkpoints and config.json record it: refused now, not at the save after training
-            json.dumps(self.env_kwargs)
+            json.dumps(self.env_kwargs, allow_nan=False)  # (NaN and inf are not JSON)
         except (TypeError, ValueError) as e:
             raise bad("env_kwargs",
-                      f"must hold JSON values only (str, int, float, bool, None, lists, dicts): {e}") from None
+                      f"must hold JSON values only (str, int, finite float, bool, None, lists, dicts): {e}") from None
         return self
 
     @property
@@ -270,7 +270,7 @@ class PPOConfig:
     def parse_assignment(self, assignment: str) -> tuple[str, Any]:
         """``"key=value"`` (as in ``--set``) -> (key, value); the value is parsed as JSON when it
         can be (numbers, true/false, null, lists), else kept as a string. Not yet validated."""
-        if "=" not in assignment:
+        if not isinstance(assignment, str) or "=" not in assignment:
             raise ValueError(f"--set expects key=value, got {assignment!r}")
         key, raw = assignment.split("=", 1)
         key = key.strip()
@@ -292,6 +292,8 @@ class PPOConfig:
     def set_from_strings(self, assignments: list[str]) -> PPOConfig:
         """A validated copy with every ``key=value`` applied together (validated once, at the end,
         so that e.g. n_steps and batch_size can change in the same call)."""
+        if isinstance(assignments, (str, bytes)) or not hasattr(assignments, "__iter__"):  # (one per character)
+            raise TypeError(f"assignments must be a list of 'key=value' strings, got {assignments!r}")
         return self.replace(**dict(self.parse_assignment(a) for a in assignments))
 
 

@@ -24,6 +24,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 def _check_g(g: Array, b: int) -> Array:
     """The upstream gradient of a per-sample quantity: shape (B,), or it would broadcast silently."""
+    array("g", g)
     if tuple(g.shape) != (b,):
         raise ValueError(f"g must have shape ({b},) (one upstream gradient per sample), got {tuple(g.shape)}")
     return g
@@ -73,6 +74,7 @@ class Categorical:
         # log_prob and log_prob_grad see the same actions array: validate it once.
         if self._checked is not None and self._checked[0] is a:
             return self._checked[1]
+        array("actions", a)
         if a.shape != (self.logits.shape[0],):
             raise ValueError(f"actions must have shape ({self.logits.shape[0]},), got {tuple(a.shape)}")
         idx = a.astype(np.int64, copy=False)
@@ -128,6 +130,8 @@ class Categorical:
         return {"logits": d_self}, {"logits": d_other}
 
     def _same(self, other: Categorical) -> None:
+        if not isinstance(other, Categorical):
+            raise TypeError(f"other must be a Categorical (the same kind of policy), got {type(other).__name__}")
         if other.logits.shape != self.logits.shape:
             raise ValueError(f"the other distribution's logits have shape {tuple(other.logits.shape)}, "
                              f"expected {tuple(self.logits.shape)}")
@@ -176,6 +180,8 @@ class DiagGaussian:
         array("log_std", log_std)
         if mean.ndim != 2:
             raise ValueError(f"mean must have shape (B, action_dim), got {tuple(mean.shape)}")
+        if mean.dtype.kind != "f" or log_std.dtype.kind != "f":  # int means sampled int (truncated) actions
+            raise TypeError(f"mean and log_std must be float arrays, got dtypes {mean.dtype} and {log_std.dtype}")
         if log_std.shape not in ((mean.shape[1],), tuple(mean.shape)):
             raise ValueError(
                 f"log_std must have shape ({mean.shape[1]},) or {tuple(mean.shape)}, "
@@ -188,6 +194,9 @@ class DiagGaussian:
         self._sampled: Array | None = None  # the last sample() (finite by construction) or checked actions
 
     def _check(self, a: Array) -> None:
+        if a is self._sampled:
+            return
+        array("actions", a)
         if a.shape != self.mean.shape:
             raise ValueError(f"actions must have shape {tuple(self.mean.shape)}, got {tuple(a.shape)}")
         if a is not self._sampled:
@@ -195,6 +204,8 @@ class DiagGaussian:
             self._sampled = a  # log_prob and log_prob_grad see the same actions: check them once
 
     def _same(self, other: DiagGaussian) -> None:
+        if not isinstance(other, DiagGaussian):
+            raise TypeError(f"other must be a DiagGaussian (the same kind of policy), got {type(other).__name__}")
         if other.mean.shape != self.mean.shape:
             raise ValueError(f"the other distribution's mean has shape {tuple(other.mean.shape)}, "
                              f"expected {tuple(self.mean.shape)}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import integer, is_real, real
+from minippo._checks import array, int_list, integer, is_real, real
 
 Array = Any
 
@@ -180,7 +180,11 @@ class RunningMeanStd:
     """
 
     def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
-        self.mean = np.zeros(shape, dtype=np.float64)
+        dims = int_list(shape)
+        if dims is None or any(d < 0 for d in dims):
+            raise TypeError(f"shape must be a tuple of integers >= 0 (one sample's shape), got {shape!r}")
+        epsilon = real("epsilon", epsilon, 0.0, low_open=True)  # the prior count: <= 0 gave var < 0 or 0/0
+        self.mean = np.zeros(tuple(dims), dtype=np.float64)
         self.var = np.ones(shape, dtype=np.float64)
         self.count = float(epsilon)
 
@@ -203,12 +207,14 @@ class RunningMeanStd:
         self.count = total
 
     def state(self, prefix: str) -> dict[str, np.ndarray]:
-        """Statistics as arrays named ``<prefix>.mean``, ``.var``, ``.count`` (for checkpoints)."""
+        """Statistics as arrays named ``<prefix>.mean``, ``.var`` (both ``shape``) and ``.count`` (0-d),
+        float64 (for checkpoints)."""
         return {f"{prefix}.mean": self.mean, f"{prefix}.var": self.var, f"{prefix}.count": np.array(self.count)}
 
     def load(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
-        """Restore what :meth:`state` wrote; a missing, misshapen or impossible entry (non-finite,
-        negative variance, count <= 0) raises ValueError naming it, and nothing is changed."""
+        """Restore what :meth:`state` wrote (mean and var of ``shape``, count 0-d; float arrays); a
+        missing, misshapen or impossible entry (non-finite, negative variance, count <= 0) raises
+        ValueError naming it, and nothing is changed."""
         for name, shape in (("mean", self.mean.shape), ("var", self.mean.shape), ("count", ())):
             a = arrays.get(f"{prefix}.{name}")
             if a is None:
@@ -246,6 +252,9 @@ class ObsNormalizer:
 
     def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
         """obs (B, obs_dim) -> normalised obs (B, obs_dim) float32/64 like the input."""
+        if getattr(obs, "ndim", None) != 2 or obs.shape[1:] != self.rms.mean.shape:  # (would broadcast)
+            array("obs", obs)
+            raise ValueError(f"obs must have shape (B, {self.rms.mean.shape[0]}), got {tuple(obs.shape)}")
         if update:
             self.rms.update(obs)
         out = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.eps)
@@ -264,9 +273,25 @@ class RewardScaler:
         self.gamma, self.clip, self.eps = gamma, clip, eps
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """rewards (N,), dones (N,) bool -> scaled rewards (N,). ``valid`` masks fake reset steps."""
+        """rewards (N,), dones (N,) bool -> scaled rewards (N,). ``valid`` (N,) bool masks fake reset steps."""
+        n = self.ret.shape
+        if (getattr(rewards, "shape", None) != n or getattr(dones, "shape", None) != n or dones.dtype != bool
+                or (valid is not None and (getattr(valid, "shape", None) != n or valid.dtype != bool))):
+            self._refuse(rewards, dones, valid)
         keep = np.ones_like(dones, dtype=bool) if valid is None else valid
         self.ret = np.where(keep, self.ret * self.gamma + rewards, self.ret)
         self.rms.update(self.ret[keep])
         self.ret = np.where(keep & dones, 0.0, self.ret)
         return np.clip(rewards / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)
+
+    def _refuse(self, rewards: Any, dones: Any, valid: Any) -> None:
+        """The error for inputs that are not one entry per env (they would broadcast), or flags that
+        are not bool (an int done of 2 read as not done: True & 2 is 0)."""
+        n = self.ret.shape[0]
+        for name, a, flag in (("rewards", rewards, False), ("dones", dones, True), ("valid", valid, True)):
+            if a is None and name == "valid":
+                continue
+            array(name, a)
+            if tuple(a.shape) != (n,) or (flag and a.dtype != bool):
+                kind = "a bool array" if flag else "an array"
+                raise ValueError(f"{name} must be {kind} of shape ({n},) (one per env), got {a.dtype} {tuple(a.shape)}")

@@ -31,6 +31,7 @@ def numerical_grads(
     O(h^2) and the rounding error O(eps/h). Returns a dict of arrays shaped like ``params``.
     """
     h = real("h", h, 0.0, low_open=True)
+    _callable_and_dict(f, params)
     out: dict[str, np.ndarray] = {}
     for k, p in params.items():
         if p.dtype != np.float64:
@@ -50,15 +51,28 @@ def numerical_grads(
     return out
 
 
+def _callable_and_dict(f: Any, params: Any) -> None:
+    """TypeError unless ``f`` is callable and ``params`` a dict of numpy arrays."""
+    if not callable(f):
+        raise TypeError(f"f must be a function of no arguments returning the loss, got {type(f).__name__}")
+    if not isinstance(params, dict) or not all(isinstance(p, np.ndarray) for p in params.values()):
+        raise TypeError("params must be a dict of numpy arrays (name -> array, e.g. policy.params), got "
+                        f"{type(params).__name__}")
+
+
 def _value(f: Callable[[], float]) -> float:
-    """``f()`` as a float; TypeError when it is not one number (a stats dict, an array of several)."""
+    """``f()`` as a float; TypeError when it is not one number (a stats dict, an array of several),
+    FloatingPointError when it is NaN or inf (every difference taken with it would be meaningless)."""
     v = f()
     if isinstance(v, (bool, str, bytes)) or np.size(v) != 1 or not np.isrealobj(v):
         raise TypeError(f"f must return one real number (e.g. loss_and_grads(...)[0]['loss']), got {type(v).__name__}")
     try:
-        return float(np.asarray(v).reshape(()))
+        v = float(np.asarray(v).reshape(()))
     except (TypeError, ValueError):
         raise TypeError(f"f must return one real number (e.g. loss_and_grads(...)[0]['loss']), got {v!r}") from None
+    if not np.isfinite(v):
+        raise FloatingPointError(f"f returned {v}: no finite difference can be taken")
+    return v
 
 
 def rel_error(a: Array, b: Array, floor: float = 1e-3) -> float:
@@ -78,6 +92,9 @@ def rel_error(a: Array, b: Array, floor: float = 1e-3) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    for name, x in (("a", a), ("b", b)):  # a NaN made the error NaN, and then 0.0: a pass
+        if not np.isfinite(x).all():
+            raise FloatingPointError(f"{name} contains NaN or inf: no error can be measured")
     denom = max(float(np.linalg.norm(a)), float(np.linalg.norm(b)), floor)
     return float(np.linalg.norm(a - b)) / denom if denom > 0 else 0.0  # (floor 0 and both zero: equal)
 
@@ -98,15 +115,20 @@ def check_grads(
     proportional to |f| (eps_mach * |f| / h), so a loss of 100 carries 100x the noise of a loss
     of 1, and the floor keeps the same noise-to-floor ratio (~1e-7) at any loss scale.
     """
+    _callable_and_dict(f, params)
+    if not isinstance(grads, dict):
+        raise TypeError(f"grads must be a dict of arrays keyed like params, got {type(grads).__name__}")
     if params.keys() != grads.keys():
         raise KeyError(f"grads keys differ from params: {sorted(set(params) ^ set(grads))}")
     floor = real("floor", floor, 0.0, low_open=True)
+    for k in params:  # checked before the differences are taken (one f call per entry, twice)
+        g = np.asarray(grads[k])
+        if g.shape != params[k].shape:
+            raise ValueError(f"grads[{k!r}] has shape {g.shape}, params[{k!r}] {params[k].shape}")
+        if g.dtype.kind != "f":
+            raise TypeError(f"grads[{k!r}] must be a float array, got {g.dtype}")
+        if not np.isfinite(g).all():  # a NaN gave an error of 0.0: a pass
+            raise FloatingPointError(f"grads[{k!r}] contains NaN or inf")
     scaled_floor = floor * max(1.0, abs(_value(f)))
     num = numerical_grads(f, params, h)
-    errors = []
-    for k in params:
-        g = np.asarray(grads[k])
-        if g.shape != num[k].shape:
-            raise ValueError(f"grads[{k!r}] has shape {g.shape}, params[{k!r}] {num[k].shape}")
-        errors.append(rel_error(g, num[k], scaled_floor))
-    return max(errors)
+    return max(rel_error(np.asarray(grads[k]), num[k], scaled_floor) for k in params)

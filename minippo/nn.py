@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from minippo import backend
-from minippo._checks import array, float_dtype, int_list, real, rng_from_seed
+from minippo._checks import array, flag, float_dtype, int_list, real, rng_from_seed
 
 Array = Any  # numpy.ndarray, or cupy.ndarray on the GPU backend
 
@@ -160,14 +160,14 @@ class MLP:
             raise ValueError(f"sizes must list at least 2 positive layer widths, got {sizes}")
         dtype = float_dtype("dtype", dtype)
         out_gain, hidden_gain = real("out_gain", out_gain), real("hidden_gain", hidden_gain)
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:  # (a list is unhashable)
             raise ValueError(
                 f"activation={activation!r} is not allowed; use one of {sorted(ACTIVATIONS)}"
             )
         rng = rng_from_seed("seed", seed)
         self.sizes = sizes
         self._activation = activation
-        self._activate_output = bool(activate_output)
+        self._activate_output = flag("activate_output", activate_output)
         self.n_layers = len(sizes) - 1
         n = sum(k * f + f for k, f in zip(sizes[:-1], sizes[1:], strict=False))
         self.flat = np.zeros(n, dtype=dtype)

@@ -38,6 +38,9 @@ class Adam:
         betas = (real("betas[0]", betas[0], 0.0, 1.0, high_open=True),
                  real("betas[1]", betas[1], 0.0, 1.0, high_open=True))
         eps = real("eps", eps, 0.0, low_open=True)
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be a dict of arrays (name -> array, e.g. policy.params), got "
+                            f"{type(params).__name__}")
         if not params:
             raise ValueError("params is empty: Adam needs at least one parameter array")
         first = next(iter(params.values()))
@@ -84,6 +87,7 @@ class Adam:
     def step(self, grads: dict[str, Array], lr: float | None = None) -> None:
         """One in-place update of every parameter from ``grads`` (same keys and shapes as params);
         ``lr`` overrides the constructor's learning rate for this step."""
+        _dict("grads", grads)
         if grads.keys() != self.params.keys():
             missing = sorted(set(self.params) ^ set(grads))
             raise KeyError(f"grads and params must have the same keys; differing: {missing}")
@@ -93,6 +97,8 @@ class Adam:
             if getattr(grads[k], "shape", None) != shape:
                 array(f"grads[{k!r}]", grads[k])
                 raise ValueError(f"grads[{k!r}] has shape {tuple(grads[k].shape)}, expected {shape}")
+            if grads[k].dtype.kind != "f":  # (a complex one lost its imaginary part with a warning)
+                raise TypeError(f"grads[{k!r}] must be a float array, got dtype {grads[k].dtype}")
         for k, (sl, _) in self._slices.items():
             g[sl] = grads[k].reshape(-1)
         b1, b2 = self.betas
@@ -122,6 +128,10 @@ class Adam:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` produced (in place; every shape and dtype is checked before
         anything is written)."""
+        _dict("state", state)
+        missing = sorted(f"{p}.{k}" for k in self.params for p in "mv" if f"{p}.{k}" not in state)
+        if missing or "t" not in state:
+            raise ValueError(f"state is missing {missing + ([] if 't' in state else ['t'])} (Adam.state_dict's keys)")
         pairs = [(state[f"{prefix}.{k}"], store[k], f"{prefix}.{k}")
                  for k in self.params for prefix, store in (("m", self.m), ("v", self.v))]
         for src, dst, name in pairs:
@@ -132,13 +142,23 @@ class Adam:
         self.t = int(state["t"])
 
 
+def _dict(name: str, value: Any) -> None:
+    """TypeError naming ``name`` unless ``value`` is a dict (of arrays, keyed like the parameters)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict of arrays keyed like the parameters, got {type(value).__name__}")
+
+
 def global_norm(grads: dict[str, Array]) -> float:
     """sqrt(sum over every array of sum(g^2)) for a dict of arrays of any shapes, summed in float64:
     a float32 sum of squares overflows to inf from a norm of ~1.8e19, which would stop training
     where the norm is finite (the fused numba step sums in float64 too)."""
+    _dict("grads", grads)
     total = 0.0
     with np.errstate(over="ignore"):  # a total past float64's range is inf, silently, as a float sum is
-        for g in grads.values():
+        for k, g in grads.items():
+            if getattr(getattr(g, "dtype", None), "kind", None) not in ("f", "i", "u"):
+                array(f"grads[{k!r}]", g)
+                raise TypeError(f"grads[{k!r}] must be a real array, got dtype {g.dtype}")
             g64 = g.astype(np.float64, copy=False)
             total = total + np.vdot(g64, g64)  # vdot: BLAS; on cupy the sum stays on the device
     return math.sqrt(float(total))  # one read back, not one per array
@@ -151,6 +171,7 @@ def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:
     Returns the norm before clipping. The direction of the concatenated gradient is unchanged.
     """
     max_norm = real("max_norm", max_norm, 0.0, low_open=True)
+    _dict("grads", grads)
     for k, g in grads.items():  # scaled in place below: a real float array each
         if getattr(getattr(g, "dtype", None), "kind", None) != "f":
             array(f"grads[{k!r}]", g)

@@ -14,14 +14,13 @@ Usage (what ``minippo.ppo.loss_and_grads`` does)::
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from minippo import backend
-from minippo._checks import array, finite, float_dtype, generator, int_list, real, rng_from_seed
+from minippo._checks import array, finite, flag, float_dtype, generator, int_list, real, rng_from_seed
 from minippo.backend import array_module, asnumpy
 from minippo.distributions import Categorical, DiagGaussian
 from minippo.nn import MLP, Params
@@ -90,8 +89,7 @@ class ActorCritic:
         if widths is None or any(h < 1 for h in widths):
             raise ValueError(f"hidden must be a sequence of integer layer widths >= 1, got {hidden!r}")
         hidden = widths
-        if not (isinstance(shared, (bool, np.bool_)) or (isinstance(shared, numbers.Integral) and shared in (0, 1))):
-            raise TypeError(f"shared must be True or False, got {shared!r}")
+        shared = flag("shared", shared)
         if shared and not hidden:
             raise ValueError("shared=True needs at least one hidden layer (hidden=())")
         temperature = real("temperature", temperature, 0.0, low_open=True)
@@ -260,6 +258,8 @@ class ActorCritic:
         rollout stores the device copy, so the actions cross to the GPU once per step."""
         # Numba backend: forward, distribution, sampling (from this rng, same draws) and log-prob in one
         # compiled call for small batches (kernels/cpu_act.py); None -> not supported, the code below.
+        if type(deterministic) is not bool:
+            deterministic = flag("deterministic", deterministic)
         if not deterministic:
             generator("rng", rng)
         fused = backend.numba_kernels("cpu_act")
@@ -284,6 +284,8 @@ class ActorCritic:
 
     def _predict(self, obs: np.ndarray, deterministic: bool, rng: Any) -> np.ndarray:
         """:meth:`predict` for an ``obs`` that :func:`check_obs` has already checked."""
+        if type(deterministic) is not bool:
+            deterministic = flag("deterministic", deterministic)
         if rng is not None:
             generator("rng", rng)
         single = obs.ndim == 1

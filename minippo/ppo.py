@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from minippo import backend, losses
-from minippo._checks import integer, real
+from minippo._checks import array, integer, real
 from minippo.buffer import RolloutBuffer
 from minippo.config import OBJECTIVES, ON_POLICY, PPOConfig
 from minippo.optim import Adam, Schedule, clip_grad_norm
@@ -127,7 +127,9 @@ class NumpyStep:
         self.grads: dict[str, Any] = {}
 
     def loss_and_grads(self, batch: dict[str, Array], clip_eps: float, ent_coef: float) -> dict[str, float]:
-        """Stats of the minibatch loss; the gradients are kept for :meth:`step`."""
+        """Stats of the minibatch loss; the gradients are kept for :meth:`step`. ``batch``: a minibatch
+        of :meth:`RolloutBuffer.minibatches` (obs (B, obs_dim), actions (B,) or (B, d), logp_old,
+        advantages, returns, values_old (B,), dist_old (B, dist_dim)), as :func:`loss_and_grads` takes."""
         stats, self.grads = loss_and_grads(
             self.policy, batch, self.config, beta=self.beta, clip_eps=clip_eps, ent_coef=ent_coef
         )
@@ -137,6 +139,7 @@ class NumpyStep:
         """Clip the gradients' global norm (if max_grad_norm > 0), take one Adam step and project
         log_std back into its range; returns the norm before clipping (NaN when not clipping). A
         non-finite norm raises before any update."""
+        max_grad_norm = real("max_grad_norm", max_grad_norm)  # (NaN > 0 is False: it skipped clipping)
         norm = clip_grad_norm(self.grads, max_grad_norm) if max_grad_norm > 0 else math.nan
         self.optimizer.step(self.grads, lr)
         self.policy.clamp_log_std()
@@ -146,6 +149,11 @@ class NumpyStep:
 def explained_variance(y_pred: Array, y_true: Array) -> float:
     """1 - Var[y_true - y_pred] / Var[y_true] over same-shape arrays (1: perfect, 0: no better than a
     constant; NaN when y_true is constant or empty)."""
+    if getattr(y_pred, "shape", None) != getattr(y_true, "shape", ()) or not hasattr(y_true, "size"):
+        array("y_pred", y_pred)  # (a (B, 1) y_pred broadcast against (B,) to (B, B))
+        array("y_true", y_true)
+        raise ValueError(f"y_pred and y_true must have the same shape, got {tuple(y_pred.shape)} and "
+                         f"{tuple(y_true.shape)}")
     if y_true.size == 0:  # a rollout of masked reset steps only (np.var would warn)
         return float("nan")
     var = float(np.var(y_true))
@@ -467,6 +475,9 @@ class PPO:
         """
         if total_timesteps is not None:
             self.total_timesteps = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too
+        if callback is not None and not callable(callback):  # (not after a whole iteration)
+            raise TypeError(f"callback must be a function of the iteration's row, or None, got "
+                            f"{type(callback).__name__}")
         start = time.perf_counter()
         compiling_at_start = backend.numba_compile_seconds()
         steps_at_start = self.num_timesteps

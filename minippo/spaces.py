@@ -19,8 +19,9 @@ class Discrete:
     def __post_init__(self) -> None:
         for name in ("n", "start"):
             v = getattr(self, name)
-            if not hasattr(v, "__index__") or isinstance(v, bool):
+            if not hasattr(v, "__index__") or isinstance(v, (bool, np.bool_)):
                 raise ValueError(f"Discrete {name} must be an integer, got {v!r}")
+            object.__setattr__(self, name, int(v))
         if int(self.n) < 1:
             raise ValueError(f"Discrete n must be >= 1, got {self.n}")
 
@@ -46,8 +47,15 @@ class Box:
                 from None
         if dt.kind != "f":
             raise TypeError(f"Box action dtype must be a float type, got {dt} (integer actions: use a Discrete space)")
-        low = np.asarray(self.low, dtype=np.float64).reshape(-1)
-        high = np.asarray(self.high, dtype=np.float64).reshape(-1)
+        try:
+            low, high = np.asarray(self.low, dtype=np.float64), np.asarray(self.high, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"Box low and high must be numbers or 1-D arrays of numbers, got {self.low!r}, "
+                            f"{self.high!r}") from None
+        if low.ndim > 1 or high.ndim > 1:  # (reshaped to 1-D, a 2-D box's bounds became another space)
+            raise ValueError(f"Box low and high must be 1-D (one bound per action dimension), got shapes "
+                             f"{low.shape}, {high.shape}")
+        low, high = low.reshape(-1), high.reshape(-1)
         if low.shape != high.shape or low.size == 0:
             raise ValueError(f"Box low and high must be non-empty and of one shape, got {low.shape}, {high.shape}")
         if bool(np.isnan(low).any() | np.isnan(high).any()):
@@ -89,7 +97,7 @@ def as_space(space: Any) -> Space:
         if any(k not in space for k in need):
             raise ValueError(f"action_space dict of kind {kind!r} needs the keys {list(need)}, got {sorted(space)}")
         if kind == "discrete":
-            return Discrete(int(space["n"]), int(space.get("start", 0)))
+            return Discrete(space["n"], space.get("start", 0))  # (checked there: 2.7 is no count)
         if kind == "box":
             return Box(np.asarray(space["low"]), np.asarray(space["high"]), space.get("dtype", "float32"))
         raise ValueError(f"action_space dict kind must be 'discrete' or 'box', got {kind!r}")

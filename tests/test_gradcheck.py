@@ -84,6 +84,45 @@ def test_gradcheck_bad_inputs():
         check_grads(lambda: 0.0, {"w": np.zeros(2)}, {"w": np.zeros(2), "extra": np.zeros(1)})
     with pytest.raises(ValueError, match="shapes differ"):
         rel_error(np.zeros(2), np.zeros(3))
+    w = {"w": np.array([1.0, 2.0, 3.0])}
+    with pytest.raises(TypeError, match=r"params must be a dict of numpy arrays \(name -> array, e.g. policy.params\), "
+                       "got list"):
+        check_grads(lambda: 0.0, [w["w"]], [np.zeros(3)])
+    with pytest.raises(TypeError, match="params must be a dict of numpy arrays"):
+        numerical_grads(lambda: 0.0, {"w": [1.0, 2.0]})
+    with pytest.raises(TypeError, match="grads must be a dict of arrays keyed like params, got list"):
+        check_grads(lambda: 0.0, w, [np.zeros(3)])
+    with pytest.raises(TypeError, match="f must be a function of no arguments returning the loss, got float"):
+        check_grads(1.0, w, w)
+    with pytest.raises(ValueError, match=r"grads\['w'\] has shape \(2,\), params\['w'\] \(3,\)"):
+        check_grads(lambda: 0.0, w, {"w": np.zeros(2)})
+    with pytest.raises(TypeError, match=r"grads\['w'\] must be a float array, got <U1"):
+        check_grads(lambda: 0.0, w, {"w": np.array(["a", "b", "c"])})
+    with pytest.raises(TypeError, match=r"f must return one real number .*got complex"):
+        check_grads(lambda: 1 + 2j, w, w)
+
+
+def test_a_nan_or_inf_anywhere_fails_the_check_instead_of_passing_it():
+    """A NaN in the analytic gradient made rel_error NaN, and then 0.0 (max(nan, ...) is nan, and
+    nan > 0 is False): check_grads passed a broken gradient. An inf gave NaN, an f that returns NaN
+    gave NaN differences: each is now an error naming what was not finite."""
+    w = {"w": np.array([1.0, 2.0, 3.0])}
+
+    def f():
+        return float(w["w"] @ w["w"])
+
+    for bad in (np.nan, np.inf):
+        with pytest.raises(FloatingPointError, match=r"grads\['w'\] contains NaN or inf"):
+            check_grads(f, w, {"w": np.array([2.0, bad, 6.0])})
+        with pytest.raises(FloatingPointError, match="a contains NaN or inf: no error can be measured"):
+            rel_error(np.full(3, bad), np.zeros(3))
+        with pytest.raises(FloatingPointError, match="b contains NaN or inf"):
+            rel_error(np.zeros(3), np.full(3, bad))
+    with pytest.raises(FloatingPointError, match="f returned nan: no finite difference can be taken"):
+        check_grads(lambda: float("nan"), w, {"w": np.zeros(3)})
+    with pytest.raises(FloatingPointError, match="f returned inf"):
+        numerical_grads(lambda: float(w["w"][1]) if w["w"][1] == 2.0 else float("inf"), w)
+    assert check_grads(f, w, {"w": 2 * w["w"]}) < 1e-9
 
 
 def test_params_are_restored_when_f_raises():

@@ -148,7 +148,7 @@ def test_running_statistics_refuse_a_batch_of_the_wrong_shape():
     from minippo.envs import ObsNormalizer
 
     norm = ObsNormalizer(2)
-    with pytest.raises(ValueError, match=r"x must have shape \(B, 2\), got \(2,\)"):
+    with pytest.raises(ValueError, match=r"obs must have shape \(B, 2\), got \(2,\)"):
         norm(np.array([1.0, 2.0]), update=True)
     assert norm.rms.count < 1e-3  # nothing folded in
     from minippo.envs import RunningMeanStd
@@ -875,3 +875,99 @@ def test_config_from_a_json_null_and_checkpoint_paths_that_are_not_paths():
             call()
     with pytest.raises(FileNotFoundError):
         read_checkpoint(b"/nonexistent/model.npz")  # bytes are a path
+
+
+def test_audit_of_the_public_api_each_bad_input_is_named():
+    """From an audit of the public functions (each of these was a silent wrong result, or an error
+    from deep inside that did not name the argument)."""
+    from minippo.checkpoint import Policy
+    from minippo.config import PPOConfig
+    from minippo.envs import ObsNormalizer, RewardScaler, RunningMeanStd
+    from minippo.optim import global_norm
+    from minippo.ppo import PPO, NumpyStep, explained_variance
+    from minippo.spaces import as_space
+
+    rng = np.random.default_rng(0)
+    cases = [
+        # the prior count: -1 gave a negative variance after an update, and a ZeroDivisionError
+        (lambda: RunningMeanStd((), -1.0), ValueError, r"epsilon must be a finite number > 0, got -1.0"),
+        (lambda: RunningMeanStd((), float("nan")), ValueError, "epsilon must be a finite number > 0"),
+        (lambda: RunningMeanStd(-1), TypeError,
+         r"shape must be a tuple of integers >= 0 \(one sample's shape\), got -1"),
+        (lambda: RunningMeanStd("3"), TypeError, "shape must be a tuple of integers >= 0"),
+        # a frozen normaliser broadcast (4, 1) to (4, 3); a list failed on .dtype
+        (lambda: ObsNormalizer(3)(np.zeros((4, 1))), ValueError, r"obs must have shape \(B, 3\), got \(4, 1\)"),
+        (lambda: ObsNormalizer(3)([[0.0, 0.0, 0.0]]), TypeError, "obs must be an array"),
+        # an int mean sampled int (truncated) actions
+        (lambda: DiagGaussian(np.zeros((2, 2), int), np.zeros(2)), TypeError,
+         "mean and log_std must be float arrays, got dtypes int64 and float64"),
+        (lambda: as_space({"kind": "discrete", "n": 2.7}), ValueError, "Discrete n must be an integer, got 2.7"),
+        (lambda: Box(np.zeros((2, 2)), np.ones((2, 2))), ValueError,
+         r"Box low and high must be 1-D \(one bound per action dimension\), got shapes \(2, 2\), \(2, 2\)"),
+        (lambda: Box(["a"], [1.0]), TypeError, "Box low and high must be numbers or 1-D arrays of numbers"),
+        # (B, 1) against (B,) broadcast to (B, B) and gave 0.0
+        (lambda: explained_variance(np.zeros((4, 1)), np.arange(4.0)), ValueError,
+         r"y_pred and y_true must have the same shape, got \(4, 1\) and \(4,\)"),
+        (lambda: explained_variance([0.0, 1.0], np.arange(2.0)), TypeError, "y_pred must be an array"),
+        # rewards of one env broadcast to all; an int done of 2 read as not done
+        (lambda: RewardScaler(2, 0.9)(np.ones(1), np.zeros(2, bool)), ValueError,
+         r"rewards must be an array of shape \(2,\) \(one per env\), got float64 \(1,\)"),
+        (lambda: RewardScaler(2, 0.9)(np.ones(2), np.array([2, 0])), ValueError,
+         r"dones must be a bool array of shape \(2,\) \(one per env\), got int64 \(2,\)"),
+        (lambda: RewardScaler(2, 0.9)(np.ones(2), np.zeros(2, bool), np.ones(2)), ValueError,
+         r"valid must be a bool array of shape \(2,\)"),
+        # a truthy string meant True
+        (lambda: MLP([3, 2], activate_output="no"), TypeError, "activate_output must be True or False, got 'no'"),
+        (lambda: RolloutBuffer(2, 2, 3, (), 2, discrete="no"), TypeError, "discrete must be True or False"),
+        (lambda: RolloutBuffer(2, 2, 3, 3, 2), TypeError,
+         r"action_shape must be a tuple of integers >= 1 \(\(\) for discrete actions\), got 3"),
+        (lambda: list(RolloutBuffer(2, 2, 3, (), 2).minibatches(4, None)), TypeError,
+         "rng must be a numpy.random.Generator"),
+        (lambda: MLP([3, 2], activation=["tanh"]), ValueError, r"activation=\['tanh'\] is not allowed"),
+        (lambda: Categorical(np.zeros((2, 2))).log_prob([0, 1]), TypeError, "actions must be an array"),
+        (lambda: DiagGaussian(np.zeros((2, 2)), np.zeros(2)).log_prob([[0.0, 0.0]] * 2), TypeError,
+         "actions must be an array"),
+        (lambda: Categorical(np.zeros((2, 2))).entropy_grad(1.0), TypeError, "g must be an array"),
+        (lambda: Categorical(np.zeros((2, 2))).kl(DiagGaussian(np.zeros((2, 2)), np.zeros(2))), TypeError,
+         r"other must be a Categorical \(the same kind of policy\), got DiagGaussian"),
+        (lambda: DiagGaussian(np.zeros((2, 2)), np.zeros(2)).kl(Categorical(np.zeros((2, 2)))), TypeError,
+         "other must be a DiagGaussian"),
+        (lambda: Adam([np.zeros(3)]), TypeError, r"params must be a dict of arrays \(name -> array"),
+        (lambda: Adam({"w": np.zeros(3)}).step([np.zeros(3)]), TypeError,
+         "grads must be a dict of arrays keyed like the parameters, got list"),
+        (lambda: Adam({"w": np.zeros(3)}).step({"w": np.array(["a", "b", "c"])}), TypeError,
+         r"grads\['w'\] must be a float array, got dtype <U1"),
+        (lambda: Adam({"w": np.zeros(3)}).step({"w": np.zeros(3, complex)}), TypeError,
+         r"grads\['w'\] must be a float array, got dtype complex128"),
+        (lambda: Adam({"w": np.zeros(3)}).load_state_dict({}), ValueError,
+         r"state is missing \['m.w', 'v.w', 't'\] \(Adam.state_dict's keys\)"),
+        (lambda: Adam({"w": np.zeros(3)}).load_state_dict(None), TypeError, "state must be a dict"),
+        (lambda: clip_grad_norm([np.zeros(3)], 1.0), TypeError, "grads must be a dict"),
+        (lambda: global_norm({"w": [1.0, 2.0]}), TypeError, r"grads\['w'\] must be an array"),
+        (lambda: Policy(None, None, None), TypeError, "policy must be an ActorCritic, got NoneType"),
+        (lambda: Policy(ActorCritic(4, Discrete(2), (8,)), np.zeros(1), np.ones(1)), ValueError,
+         r"obs_mean must be a float array of shape \(4,\), got float64 \(1,\)"),
+        (lambda: Policy(ActorCritic(4, Discrete(2), (8,)), np.zeros(4), None), ValueError,
+         "obs_mean and obs_var must be given together"),
+        (lambda: ActorCritic(4, Discrete(2), (8,)).act(np.zeros((1, 4), np.float32), rng, deterministic="no"),
+         TypeError, "deterministic must be True or False, got 'no'"),
+        (lambda: ActorCritic(4, Discrete(2), (8,)).predict(np.zeros(4), deterministic="no"), TypeError,
+         "deterministic must be True or False"),
+        (lambda: PPOConfig().set_from_strings("gamma=0.9"), TypeError,
+         "assignments must be a list of 'key=value' strings, got 'gamma=0.9'"),
+        (lambda: PPOConfig().set_from_string(5), ValueError, "--set expects key=value, got 5"),
+        (lambda: PPOConfig(env_kwargs={"a": float("nan")}), ValueError,
+         r"env_kwargs=.* is invalid: must hold JSON values only \(str, int, finite float"),
+        # NaN > 0 is False: clipping was skipped without a word
+        (lambda: NumpyStep(None, None, None, 1.0).step(3e-4, float("nan")), ValueError,
+         "max_grad_norm must be a finite number"),
+    ]
+    for call, kind, msg in cases:
+        with pytest.raises(kind, match=msg):
+            call()
+    assert as_space({"kind": "discrete", "n": np.int64(3), "start": np.int64(-1)}) == Discrete(3, -1)
+    assert type(as_space({"kind": "discrete", "n": np.int64(3)}).n) is int
+    assert Box(-1.0, 1.0).shape == (1,)  # a scalar bound: one dimension, as before
+    pytest.importorskip("gymnasium")
+    with pytest.raises(TypeError, match="callback must be a function of the iteration's row, or None, got int"):
+        PPO(PPOConfig(n_envs=2, n_steps=16, batch_size=16, hidden=(8,))).learn(32, callback=5)
