@@ -44,6 +44,72 @@ def _numba_ok() -> None:
         ) from e
 
 
+# Which kernel files compile which others' functions into their own kernels (numba checks a cached
+# kernel against the stamp of its own file only): kernel file -> the files it builds in.
+_KERNEL_DEPENDS = {"cpu.py": ("simd.py",), "cpu_act.py": ("cpu.py", "simd.py"),
+                   "cpu_update.py": ("cpu.py", "simd.py")}
+
+
+def _prepare_numba() -> None:
+    """What the numba backend needs before its kernels are imported, once per process:
+
+    - numba's compiler on (``NUMBA_DISABLE_JIT=1`` leaves plain Python functions, which the kernels'
+      vector intrinsics cannot run): RuntimeError otherwise, so that ``auto`` falls back to numpy;
+    - a kernel file older than a file it builds in (an editable install after ``git pull``) gets
+      its modification time bumped, so that numba's cache stamp of it no longer matches and it is
+      compiled again (otherwise ``cpu_act`` would keep running ``cpu.py``'s old helpers);
+    - a folder numba can write its cache to: ``@njit(cache=True)`` raises at import where neither
+      the kernels' folder nor a user cache folder is writable (a read-only install run by a user
+      without a home). Then the cache goes to a new temporary folder for this process
+      (``NUMBA_CACHE_DIR``), with a warning: the compiles are not kept.
+    """
+    import numba
+
+    if numba.config.DISABLE_JIT:
+        raise RuntimeError(f"{ENV_VAR}=numba needs numba's compiler, but NUMBA_DISABLE_JIT=1 turns it off: "
+                           f"unset NUMBA_DISABLE_JIT, or use {ENV_VAR}=numpy")
+    from importlib.util import find_spec
+
+    spec = find_spec("minippo.kernels")
+    folder = list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else None
+    if folder is None:
+        return
+    bump_stale_kernel_stamps(folder)
+    # A function said to be defined in cpu.py: numba looks for a cache folder for it as for the kernels
+    probe: dict[str, Any] = {}
+    exec(compile("def minippo_cache_probe():\n    return 0\n", os.path.join(folder, "cpu.py"), "exec"), probe)
+    try:
+        numba.njit(cache=True)(probe["minippo_cache_probe"])  # compiles nothing: finds the cache folder
+    except RuntimeError as e:  # "cannot cache function ...: no locator available"
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="minippo-numba-cache-")
+        os.environ["NUMBA_CACHE_DIR"] = tmp  # (numba's config reloads from the environment)
+        numba.config.CACHE_DIR = tmp
+        log.warning("numba cannot write its cache beside the kernels (%s) or in a user cache folder (%s): "
+                    "caching in %s for this process only; set NUMBA_CACHE_DIR to a folder this user may "
+                    "write to keep the compiles", folder, e, tmp)
+
+
+def bump_stale_kernel_stamps(folder: str) -> list[str]:
+    """Give each kernel file in ``folder`` that is older than a file it builds in (see
+    ``_KERNEL_DEPENDS``) that file's modification time; returns the names bumped. numba's cache
+    stamp of a kernel is its own file's (mtime, size), so this makes it compile the kernel again
+    with the new helpers. Errors (a read-only install, whose files a reinstall rewrites together)
+    leave the file as it is."""
+    bumped = []
+    for name, deps in _KERNEL_DEPENDS.items():  # (in dependency order: cpu.py before its users)
+        try:
+            mtime = os.stat(os.path.join(folder, name)).st_mtime_ns
+            newest = max(os.stat(os.path.join(folder, d)).st_mtime_ns for d in deps)
+            if newest > mtime:
+                os.utime(os.path.join(folder, name), ns=(newest, newest))
+                bumped.append(name)
+        except OSError:
+            pass
+    return bumped
+
+
 def _cupy_module() -> ModuleType:
     try:
         import cupy
@@ -109,6 +175,7 @@ def resolve(value: str | None = None) -> tuple[str, ModuleType]:
         return "numpy", np
     if choice == "numba":
         _numba_ok()
+        _prepare_numba()
         _watch_numba_compiles()
         return "numba", np
     if choice == "cupy":
@@ -122,11 +189,12 @@ def resolve(value: str | None = None) -> tuple[str, ModuleType]:
         reason = str(e)
     try:
         _numba_ok()
+        _prepare_numba()
         _watch_numba_compiles()
         log.info("%s=auto picked numba (cupy unavailable: %s)", ENV_VAR, reason)
         return "numba", np
-    except ImportError:
-        log.info("%s=auto picked numpy (neither cupy nor numba is usable)", ENV_VAR)
+    except (ImportError, RuntimeError) as e:
+        log.info("%s=auto picked numpy (cupy unavailable; numba: %s)", ENV_VAR, e)
         return "numpy", np
 
 

@@ -111,3 +111,83 @@ def test_import_minippo_loads_no_backend():
     out = run("numba", code=code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_numba_with_its_compiler_turned_off_is_named_and_auto_takes_numpy():
+    """NUMBA_DISABLE_JIT=1 leaves plain Python functions, which the kernels' vector intrinsics cannot
+    run: the numba backend failed deep inside (AttributeError: 'function' object has no attribute
+    'disable_compile'), and auto picked it all the same."""
+    pytest.importorskip("numba")
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    for value, log in (("numba", ""), ("auto", "import logging; logging.basicConfig(level=logging.INFO)\n")):
+        out = subprocess.run([sys.executable, "-c", log + FAKE_CUPY_NO_DEVICE + GAE], capture_output=True,
+                             text=True, env={**env, "MINIPPO_BACKEND": value}, cwd=ROOT, timeout=120)
+        if value == "numba":
+            assert out.returncode != 0
+            assert "RuntimeError: MINIPPO_BACKEND=numba needs numba's compiler, but NUMBA_DISABLE_JIT=1 turns " \
+                   "it off: unset NUMBA_DISABLE_JIT, or use MINIPPO_BACKEND=numpy" in out.stderr, out.stderr
+        else:
+            assert out.returncode == 0, out.stderr
+            assert "MINIPPO_BACKEND=auto picked numpy (cupy unavailable; numba: MINIPPO_BACKEND=numba needs " \
+                   "numba's compiler" in out.stderr, out.stderr
+            assert "BACKEND numpy float32 1.0" in out.stdout
+
+
+# Every folder numba could cache in refuses a file (a read-only install run by a user without a home;
+# root may write anywhere, so the refusal is stood in for where numba tests a folder), except the
+# temporary one minippo falls back to. The first lines check that numba consults what is stood in.
+NO_CACHE_FOLDER = """\
+import tempfile
+real = tempfile.TemporaryFile
+def refusing(*a, dir=None, **k):
+    if dir is not None and "minippo-numba-cache-" not in str(dir):
+        raise PermissionError(13, "Permission denied (stand-in)", dir)
+    return real(*a, dir=dir, **k)
+tempfile.TemporaryFile = refusing
+import numba
+def f():
+    return 0
+try:
+    numba.njit(cache=True)(f)
+    print("STAND-IN NOT CONSULTED")
+except RuntimeError:
+    pass
+import logging; logging.basicConfig(level=logging.WARNING)
+"""
+
+
+def test_numba_without_a_folder_to_cache_in_caches_in_a_temporary_one():
+    """@njit(cache=True) raised at the kernels' import ("cannot cache function '_gae_kernel': no
+    locator available"), so the numba and auto backends failed outright on such a machine."""
+    pytest.importorskip("numba")
+    code = GAE + "; import os, glob; print('CACHED', bool(glob.glob(os.environ['NUMBA_CACHE_DIR'] + '/**/*.nbi', " \
+                 "recursive=True)))"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    out = subprocess.run([sys.executable, "-c", NO_CACHE_FOLDER + code], capture_output=True, text=True,
+                         env={**env, "MINIPPO_BACKEND": "numba"}, cwd=ROOT, timeout=300)
+    if "STAND-IN NOT CONSULTED" in out.stdout:
+        pytest.skip("this numba tests its cache folders otherwise: the refusal cannot be stood in for")
+    assert out.returncode == 0, out.stderr
+    assert "numba cannot write its cache beside the kernels" in out.stderr and "caching in " in out.stderr \
+        and "minippo-numba-cache-" in out.stderr and "set NUMBA_CACHE_DIR to a folder this user may write" \
+        in out.stderr, out.stderr
+    assert "BACKEND numba float32 1.0" in out.stdout and "CACHED True" in out.stdout
+
+
+def test_a_kernel_file_older_than_the_files_it_builds_in_is_restamped(tmp_path):
+    """numba checks a cached kernel against its own file's stamp only: after cpu.py changed (a git
+    pull in an editable install), cpu_act.py's cached kernels kept cpu.py's old helpers."""
+    from minippo.backend import bump_stale_kernel_stamps
+
+    for i, name in enumerate(("simd.py", "cpu.py", "cpu_act.py", "cpu_update.py")):
+        (tmp_path / name).write_text("")
+        os.utime(tmp_path / name, ns=(10**9 * (i + 1),) * 2)  # each newer than the one before
+    assert bump_stale_kernel_stamps(str(tmp_path)) == []
+    os.utime(tmp_path / "simd.py", ns=(9 * 10**9,) * 2)  # simd.py edited last
+    assert bump_stale_kernel_stamps(str(tmp_path)) == ["cpu.py", "cpu_act.py", "cpu_update.py"]
+    assert {os.stat(tmp_path / n).st_mtime_ns for n in os.listdir(tmp_path)} == {9 * 10**9}
+    assert bump_stale_kernel_stamps(str(tmp_path)) == []  # once
+    os.utime(tmp_path / "cpu.py", ns=(11 * 10**9,) * 2)
+    assert bump_stale_kernel_stamps(str(tmp_path)) == ["cpu_act.py", "cpu_update.py"]
+    (tmp_path / "simd.py").unlink()  # a file missing: left alone, no error
+    assert bump_stale_kernel_stamps(str(tmp_path)) == []
