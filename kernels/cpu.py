@@ -53,6 +53,13 @@ from .simd import (
     vsum,
 )
 
+# The files whose functions this file's kernels compile into themselves, with a digest of each
+# (sha256 of the text, first 16 hex digits). numba checks a cached kernel against its own file only,
+# so after a change there the cache kept the old code here (and a git pull in an editable install
+# did the same); a change there must change this line, which makes numba compile these kernels
+# again. tests/test_packaging.py checks the digests and prints the line to write.
+SOURCES_BUILT_IN = {"simd.py": "a93cd6f376957cb3"}
+
 MAX_BATCH = 8
 """Largest batch for which ``MLP.forward`` / ``MLP.backward`` use :func:`mlp_forward` /
 :func:`mlp_backward`, for an MLP with a layer wider than :data:`SMALL_WIDTH` (measured crossover

@@ -44,24 +44,16 @@ def _numba_ok() -> None:
         ) from e
 
 
-# Which kernel files compile which others' functions into their own kernels (numba checks a cached
-# kernel against the stamp of its own file only): kernel file -> the files it builds in.
-_KERNEL_DEPENDS = {"cpu.py": ("simd.py",), "cpu_act.py": ("cpu.py", "simd.py"),
-                   "cpu_update.py": ("cpu.py", "simd.py")}
-
-
 def _prepare_numba() -> None:
-    """What the numba backend needs before its kernels are imported, once per process:
+    """What the numba backend needs before its kernels are imported (each time it is resolved):
 
     - numba's compiler on (``NUMBA_DISABLE_JIT=1`` leaves plain Python functions, which the kernels'
       vector intrinsics cannot run): RuntimeError otherwise, so that ``auto`` falls back to numpy;
-    - a kernel file older than a file it builds in (an editable install after ``git pull``) gets
-      its modification time bumped, so that numba's cache stamp of it no longer matches and it is
-      compiled again (otherwise ``cpu_act`` would keep running ``cpu.py``'s old helpers);
     - a folder numba can write its cache to: ``@njit(cache=True)`` raises at import where neither
       the kernels' folder nor a user cache folder is writable (a read-only install run by a user
-      without a home). Then the cache goes to a new temporary folder for this process
-      (``NUMBA_CACHE_DIR``), with a warning: the compiles are not kept.
+      without a home). Then the cache goes to a new temporary folder (``NUMBA_CACHE_DIR``, which
+      processes started from this one inherit), removed when this process exits, with a warning:
+      the compiles are not kept.
     """
     import numba
 
@@ -74,40 +66,23 @@ def _prepare_numba() -> None:
     folder = list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else None
     if folder is None:
         return
-    bump_stale_kernel_stamps(folder)
     # A function said to be defined in cpu.py: numba looks for a cache folder for it as for the kernels
     probe: dict[str, Any] = {}
     exec(compile("def minippo_cache_probe():\n    return 0\n", os.path.join(folder, "cpu.py"), "exec"), probe)
     try:
         numba.njit(cache=True)(probe["minippo_cache_probe"])  # compiles nothing: finds the cache folder
     except RuntimeError as e:  # "cannot cache function ...: no locator available"
+        import atexit
+        import shutil
         import tempfile
 
         tmp = tempfile.mkdtemp(prefix="minippo-numba-cache-")
+        atexit.register(shutil.rmtree, tmp, True)
         os.environ["NUMBA_CACHE_DIR"] = tmp  # (numba's config reloads from the environment)
         numba.config.CACHE_DIR = tmp
         log.warning("numba cannot write its cache beside the kernels (%s) or in a user cache folder (%s): "
-                    "caching in %s for this process only; set NUMBA_CACHE_DIR to a folder this user may "
+                    "caching in %s until this process exits; set NUMBA_CACHE_DIR to a folder this user may "
                     "write to keep the compiles", folder, e, tmp)
-
-
-def bump_stale_kernel_stamps(folder: str) -> list[str]:
-    """Give each kernel file in ``folder`` that is older than a file it builds in (see
-    ``_KERNEL_DEPENDS``) that file's modification time; returns the names bumped. numba's cache
-    stamp of a kernel is its own file's (mtime, size), so this makes it compile the kernel again
-    with the new helpers. Errors (a read-only install, whose files a reinstall rewrites together)
-    leave the file as it is."""
-    bumped = []
-    for name, deps in _KERNEL_DEPENDS.items():  # (in dependency order: cpu.py before its users)
-        try:
-            mtime = os.stat(os.path.join(folder, name)).st_mtime_ns
-            newest = max(os.stat(os.path.join(folder, d)).st_mtime_ns for d in deps)
-            if newest > mtime:
-                os.utime(os.path.join(folder, name), ns=(newest, newest))
-                bumped.append(name)
-        except OSError:
-            pass
-    return bumped
 
 
 def _cupy_module() -> ModuleType:

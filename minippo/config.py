@@ -226,10 +226,10 @@ class PPOConfig:
         if not isinstance(self.env_kwargs, dict):
             raise bad("env_kwargs", "must be a dict")
         try:  # checkpoints and config.json record it: refused now, not at the save after training
-            json.dumps(self.env_kwargs, allow_nan=False)  # (NaN and inf are not JSON)
+            json.dumps(self.env_kwargs)
         except (TypeError, ValueError) as e:
             raise bad("env_kwargs",
-                      f"must hold JSON values only (str, int, finite float, bool, None, lists, dicts): {e}") from None
+                      f"must hold JSON values only (str, int, float, bool, None, lists, dicts): {e}") from None
         return self
 
     @property

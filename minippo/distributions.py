@@ -180,8 +180,10 @@ class DiagGaussian:
         array("log_std", log_std)
         if mean.ndim != 2:
             raise ValueError(f"mean must have shape (B, action_dim), got {tuple(mean.shape)}")
-        if mean.dtype.kind != "f" or log_std.dtype.kind != "f":  # int means sampled int (truncated) actions
-            raise TypeError(f"mean and log_std must be float arrays, got dtypes {mean.dtype} and {log_std.dtype}")
+        if mean.dtype.kind != "f":  # an int mean sampled int (truncated) actions
+            raise TypeError(f"mean must be a float array, got dtype {mean.dtype}")
+        if log_std.dtype.kind not in "fiu":
+            raise TypeError(f"log_std must be a real array, got dtype {log_std.dtype}")
         if log_std.shape not in ((mean.shape[1],), tuple(mean.shape)):
             raise ValueError(
                 f"log_std must have shape ({mean.shape[1]},) or {tuple(mean.shape)}, "

@@ -180,9 +180,11 @@ class RunningMeanStd:
     """
 
     def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
-        dims = int_list(shape)
-        if dims is None or any(d < 0 for d in dims):
+        dims = [int(shape)] if hasattr(shape, "__index__") and not isinstance(shape, bool) else int_list(shape)
+        if dims is None:  # (an integer n is (n,), as for numpy)
             raise TypeError(f"shape must be a tuple of integers >= 0 (one sample's shape), got {shape!r}")
+        if any(d < 0 for d in dims):
+            raise ValueError(f"shape must be a tuple of integers >= 0 (one sample's shape), got {shape!r}")
         epsilon = real("epsilon", epsilon, 0.0, low_open=True)  # the prior count: <= 0 gave var < 0 or 0/0
         self.mean = np.zeros(tuple(dims), dtype=np.float64)
         self.var = np.ones(shape, dtype=np.float64)

@@ -73,3 +73,48 @@ def test_the_checkout_imports_minippo_kernels_without_an_editable_install():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [os.path.join(ROOT, "kernels", "reference.py"), "[]"]
+
+
+def _sources_built_in(path):
+    """(the files ``path`` imports from in kernels/, the SOURCES_BUILT_IN dict it declares or None)."""
+    import ast
+
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    deps = {f"{node.module}.py" for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
+    declared = None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["SOURCES_BUILT_IN"]:
+            declared = ast.literal_eval(node.value)
+    return deps, declared
+
+
+def test_each_kernel_file_declares_the_current_digest_of_the_files_it_builds_in():
+    """numba's disk cache checks a kernel against its own file only (numba >= 0.68: its text's
+    sha256; before: its mtime and size): cpu_act.py's cached kernels kept cpu.py's old helpers after
+    cpu.py changed (found by a review in session 42). Each kernel file that imports from another
+    declares that file's digest, and through it every file further down, so a change there changes
+    this file too and numba compiles it again."""
+    import hashlib
+
+    folder = os.path.join(ROOT, "kernels")
+
+    def digest(name):
+        with open(os.path.join(folder, name), "rb") as f:
+            return hashlib.sha256(f.read().replace(b"\r\n", b"\n")).hexdigest()[:16]
+
+    direct = {n: _sources_built_in(os.path.join(folder, n)) for n in sorted(os.listdir(folder)) if n.endswith(".py")}
+    for name, (deps, declared) in direct.items():
+        closure, todo = set(), list(deps)
+        while todo:
+            d = todo.pop()
+            if d not in closure:
+                closure.add(d)
+                todo.extend(direct[d][0])
+        want = {d: digest(d) for d in sorted(closure)}
+        if not want:
+            assert declared is None, name
+            continue
+        line = "SOURCES_BUILT_IN = {" + ", ".join(f'"{d}": "{h}"' for d, h in want.items()) + "}"
+        assert declared == want, f"kernels/{name}: a file it builds in changed; write there: {line}"
+    assert direct["cpu_act.py"][1].keys() == {"cpu.py", "simd.py"} == direct["cpu_update.py"][1].keys()
