@@ -762,6 +762,14 @@ def test_a_save_takes_bytes_paths_and_the_longest_names(tmp_path, monkeypatch):
     assert sorted(os.listdir(".")) == sorted(["abs.npz", "bytes.npz", longest])
     for path in (b"bytes.npz", longest):
         assert PPO.load(path).num_timesteps == 0
+    made = []  # the temp names: <name>.<12 hex>.tmp while that fits in 255 bytes, else .<12 hex>.tmp
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: made.append(os.path.basename(p)) or real_open(p, *a, **k))
+    for n in (238, 239):
+        atomic_savez("m" * (n - 4) + ".npz", {"a": np.arange(3)})
+    temps = [m for m in made if m.endswith(".tmp")]  # (the folder, opened to fsync it, is not one)
+    assert [len(m) for m in temps] == [255, 17]
+    assert temps[0].startswith("m" * 234 + ".npz.") and temps[1].startswith(".")
 
 
 def test_nan_raises_before_any_update():
