@@ -444,6 +444,8 @@ class FusedUpdate:
             raise ValueError(f"logp_old, advantages, returns, values_old must have shape ({B},)")
         if self.obj == OBJ_CLIP or self.vclip_on:  # the numpy path's checks and messages
             clip_eps = real("clip_eps", clip_eps, 0.0, low_open=True)
+        ent_coef = real("coef", ent_coef, 0.0)  # (losses.entropy_bonus's name for it)
+        real("config.vf_coef", cfg.vf_coef, 0.0)
         if cfg.normalize_advantages and B < 2:
             raise ValueError("advantage normalisation needs a minibatch of at least 2 samples")
         logp_old, adv, returns, values_old = vec

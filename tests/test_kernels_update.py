@@ -484,6 +484,9 @@ def test_malformed_batches_raise_and_a_small_clip_eps_is_taken():
     with pytest.raises(ValueError, match="obs"):
         fu.loss_and_grads({**batch, "obs": batch["obs"][:, :4]}, 0.2, 0.0)  # one column short
     ref = NumpyStep(pol, Adam(pol.params), PPOConfig(), beta=1.0)
+    for step in (fu, ref):  # a negative entropy coefficient (rewarding collapse): refused on both paths
+        with pytest.raises(ValueError, match=r"coef must be a finite number >= 0, got -0.1"):
+            step.loss_and_grads(batch, 0.2, -0.1)
     got, want = fu.loss_and_grads(batch, 0.01, 0.0), ref.loss_and_grads(batch, 0.01, 0.0)
     assert got["clipfrac"] == want["clipfrac"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)
 
