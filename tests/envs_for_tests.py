@@ -28,7 +28,37 @@ class Counter(gym.Env):
         return np.array([0.5], np.float32), 1.0, term, False, {}
 
 
+CLOCK_ID = "minippo-test/Clock-v0"
+
+
+class Clock(gym.Env):
+    """Observation [offset + t / 10] after step t, with a new random offset in [0, 0.5) at every
+    reset (so every episode's final observation differs from the next reset's, and between envs);
+    reward 1; truncated by its TimeLimit after 3 steps. Records each episode's first and final
+    observation."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t, self.offset, self.firsts, self.finals = 0, 0.0, [], []
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.offset = 0, float(self.np_random.uniform(0.0, 0.5))
+        self.firsts.append(np.array([self.offset], np.float32))
+        return self.firsts[-1].copy(), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.array([self.offset + self.t / 10], np.float32)
+        if self.t == 3:  # the TimeLimit truncates here: the observation the bootstrap must use
+            self.finals.append(obs.copy())
+        return obs, 1.0, False, False, {}
+
+
 def register():
+    if CLOCK_ID not in gym.registry:
+        gym.register(CLOCK_ID, entry_point=Clock, max_episode_steps=3)
     if COUNTER_ID not in gym.registry:
         gym.register(COUNTER_ID, entry_point=Counter, max_episode_steps=3)
         gym.register(COUNTER_TERM_ID, entry_point=Counter, max_episode_steps=100,

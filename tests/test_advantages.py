@@ -13,7 +13,7 @@ from minippo.advantages import compute_advantages, compute_gae, gae_numpy
 from minippo.config import PPOConfig
 
 gym = pytest.importorskip("gymnasium")
-from envs_for_tests import COUNTER_ID, COUNTER_TERM_ID, register  # noqa: E402
+from envs_for_tests import CLOCK_ID, COUNTER_ID, COUNTER_TERM_ID, register  # noqa: E402
 
 
 @st.composite
@@ -194,6 +194,37 @@ def test_termination_is_not_bootstrapped():
     np.testing.assert_allclose(algo.buffer.rewards[:, 0], np.ones(6))
     expected = [_episode_returns(k, False, gamma, c) for k in (3, 2, 1, 3, 2, 1)]
     np.testing.assert_allclose(ret, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
+def test_the_bootstrap_evaluates_the_critic_on_each_env_s_own_final_observation(autoreset):
+    """The tests above use a constant critic and an env whose observation never changes, so V of the
+    final observation, of the next reset's or of another env's all give the same reward (PPO_NOTES'
+    first pitfall: bootstrapping from V(reset obs)). Here every final observation differs, the critic
+    depends on it, and each truncated step must get gamma * V(its own env's final observation)."""
+    from minippo.ppo import PPO
+
+    register()
+    gamma = 0.9
+    algo = PPO(PPOConfig(env_id=CLOCK_ID, n_envs=2, n_steps=8, batch_size=16, gamma=gamma, autoreset=autoreset,
+                         dtype="float64", hidden=(4,)))
+    W = algo.policy.critic.params["W0"]
+    W[...] = np.linspace(1.0, 2.0, W.size).reshape(W.shape)  # V clearly depends on the observation
+    algo.collect_rollout()
+    buf = algo.buffer
+    clocks = [e.unwrapped for e in algo.env.envs]
+
+    def v(obs):
+        return float(algo.policy.forward(np.asarray(obs, np.float64).reshape(1, 1))[1][0])
+
+    for i, clock in enumerate(clocks):
+        ends = np.flatnonzero((buf.dones[:, i] > 0) & (buf.valid[:, i] > 0))
+        assert len(ends) == len(clock.finals) >= 2
+        want = [1.0 + gamma * v(f) for f in clock.finals]
+        np.testing.assert_allclose(buf.rewards[ends, i], want, rtol=1e-12)
+        # and that is not what the next reset's observation, or the other env's final one, would give
+        assert all(abs(v(f) - v(r)) > 1e-3 for f, r in zip(clock.finals, clock.firsts[1:], strict=True))
+    assert abs(v(clocks[0].finals[0]) - v(clocks[1].finals[0])) > 1e-3
 
 
 def test_next_step_truncation_at_rollout_end_bootstraps_from_last_value():
