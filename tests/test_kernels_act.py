@@ -350,6 +350,27 @@ def test_non_finite_raises_like_the_numpy_path(discrete):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_std_below_its_range_acts_with_the_lower_bound_like_numpy(dtype):
+    """log_std under LOG_STD_MIN (a model saved before the range existed, or set by hand) acts with
+    LOG_STD_MIN on both paths: same draws, dist params and log-probs (only the upper clamp was
+    tested: a fused act without the lower one passed)."""
+    from minippo.policy import LOG_STD_MIN
+
+    pol = _policy(dtype, False, (8,), "tanh", 1)
+    pol.params["log_std"][...] = [LOG_STD_MIN - 1.0, -np.inf, 0.5]
+    got, want = [], []
+    for name, out in (("numba", got), ("numpy", want)):
+        use_backend(name)
+        out.append(pol.act(_obs(4, 0, dtype), np.random.default_rng(0)))
+    (a1, lp1, _, d1), (a0, lp0, _, d0) = got[0], want[0]
+    np.testing.assert_array_equal(d1[:, pol.act_dim:], d0[:, pol.act_dim:])
+    assert np.all(d1[:, pol.act_dim:pol.act_dim + 2] == LOG_STD_MIN)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a1, a0, **tol)  # the same standard normal draws, scaled by exp(-10)
+    np.testing.assert_allclose(lp1, lp0, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_act_never_draws_an_action_of_probability_zero(dtype):
     """As Categorical.sample (tests/test_distributions.py): u = 0 and u = 1 - 2^-53 against logits
     whose first and last softmax entries underflow to 0 take the first and the last action of nonzero

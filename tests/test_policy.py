@@ -145,7 +145,14 @@ def test_log_std_on_the_bound_has_a_gradient_and_init_outside_is_rejected():
     obs, actions = np.ones((3, 2)), np.zeros((3, 2))
     _, _, _, cache = policy.evaluate(obs, actions)
     assert (policy.backward(cache, dlogp=np.ones(3))["log_std"] != 0).all()
-    policy.params["log_std"][...] = [LOG_STD_MAX + 1.0, LOG_STD_MIN - 1.0]
+    policy.params["log_std"][...] = [LOG_STD_MAX, LOG_STD_MIN]  # both bounds: both get a gradient
+    _, _, _, cache = policy.evaluate(obs, actions)
+    assert (policy.backward(cache, dlogp=np.ones(3))["log_std"] != 0).all()
+    lp_bounds = policy.evaluate(obs, actions)[0]
+    policy.params["log_std"][...] = [LOG_STD_MAX + 1.0, LOG_STD_MIN - 1.0]  # outside: used as the bounds,
+    lp, _, _, cache = policy.evaluate(obs, actions)  # and no gradient
+    np.testing.assert_array_equal(lp, lp_bounds)
+    assert (policy.backward(cache, dlogp=np.ones(3))["log_std"] == 0).all()
     policy.clamp_log_std()
     np.testing.assert_array_equal(policy.params["log_std"], [LOG_STD_MAX, LOG_STD_MIN])
     with pytest.raises(ValueError, match=r"log_std_init must be a finite number in \[-10, 2\], got 2.5"):
