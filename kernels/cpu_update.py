@@ -43,11 +43,7 @@ from .cpu import (
     _weight_grad,
 )
 
-# The files whose functions this file's kernels compile into themselves, with a digest of each
-# (sha256 of the text, first 16 hex digits). numba checks a cached kernel against its own file only,
-# so after a change there the cache kept the old code here (and a git pull in an editable install
-# did the same); a change there must change this line, which makes numba compile these kernels
-# again. tests/test_packaging.py checks the digests and prints the line to write.
+# The digests of the files built into these kernels: see SOURCES_BUILT_IN in cpu.py.
 SOURCES_BUILT_IN = {"cpu.py": "dba9c98d5f765657", "simd.py": "a93cd6f376957cb3"}
 
 # As in kernels/cpu.py: error_model="numpy" drops per-division zero checks (they block

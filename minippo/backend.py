@@ -85,6 +85,13 @@ def _prepare_numba() -> None:
                     "write to keep the compiles", folder, e, tmp)
 
 
+def _use_numba() -> None:
+    """Everything the numba backend needs, or the error that says why it cannot be used."""
+    _numba_ok()
+    _prepare_numba()
+    _watch_numba_compiles()
+
+
 def _cupy_module() -> ModuleType:
     try:
         import cupy
@@ -149,9 +156,7 @@ def resolve(value: str | None = None) -> tuple[str, ModuleType]:
     if choice == "numpy":
         return "numpy", np
     if choice == "numba":
-        _numba_ok()
-        _prepare_numba()
-        _watch_numba_compiles()
+        _use_numba()
         return "numba", np
     if choice == "cupy":
         return "cupy", _cupy_module()
@@ -163,9 +168,7 @@ def resolve(value: str | None = None) -> tuple[str, ModuleType]:
     except (ImportError, RuntimeError) as e:
         reason = str(e)
     try:
-        _numba_ok()
-        _prepare_numba()
-        _watch_numba_compiles()
+        _use_numba()
         log.info("%s=auto picked numba (cupy unavailable: %s)", ENV_VAR, reason)
         return "numba", np
     except (ImportError, RuntimeError) as e:
