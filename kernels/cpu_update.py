@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit
 
 from minippo._checks import real
+from minippo.distributions import action_indices
 
 from .cpu import (
     ACT_NONE,
@@ -460,10 +461,14 @@ class FusedUpdate:
         common = (self.a_Ws, self.a_bs, self.c_Ws, self.c_bs, self.a_gWs, self.a_gbs, self.c_gWs, self.c_gbs)
         if self.discrete:
             actions = np.ascontiguousarray(batch["actions"])
-            if actions.shape != (B,) or actions.dtype.kind not in "iu":
+            if actions.shape != (B,) or actions.dtype.kind not in "iufb":
                 raise ValueError(f"actions must be integers of shape ({B},), got {actions.dtype} {actions.shape}")
+            if actions.dtype.kind in "iu":
+                index = actions.astype(np.int64, copy=False)  # the range is checked in the kernel
+            else:  # whole numbers in another dtype, as Categorical takes them (2.0 is action 2)
+                index = action_indices(actions, pol.act_dim)
             bad = _categorical_update(
-                *common, obs, actions.astype(np.int64, copy=False), logp_old, adv, returns, values_old,
+                *common, obs, index, logp_old, adv, returns, values_old,
                 self.act, pol.temperature, float(clip_eps), float(ent_coef), float(cfg.vf_coef), vclip,
                 bool(cfg.normalize_advantages), self.obj, self.beta, dist_old, st,
             )

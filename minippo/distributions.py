@@ -30,6 +30,16 @@ def _check_g(g: Array, b: int) -> Array:
     return g
 
 
+def action_indices(a: Array, n: int) -> Array:
+    """Discrete actions a (B,) of any number dtype -> int64 indices (B,) (``a`` itself when it is
+    int64). ValueError unless every entry is a whole number in [0, n): 2.0 is action 2, 2.5 is
+    refused. Shared by :class:`Categorical` and the fused numba update, so both accept the same."""
+    idx = a.astype(np.int64, copy=False)
+    if bool(((idx != a) | (idx < 0) | (idx >= n)).any()):  # one test: one device sync on a GPU
+        raise ValueError(f"actions must be integers in [0, {n}), got {a}")
+    return idx
+
+
 class Categorical:
     """Softmax policy ``pi(a|s) = softmax(logits / T)_a`` (softmax with temperature ``T``).
 
@@ -77,9 +87,7 @@ class Categorical:
         array("actions", a)
         if a.shape != (self.logits.shape[0],):
             raise ValueError(f"actions must have shape ({self.logits.shape[0]},), got {tuple(a.shape)}")
-        idx = a.astype(np.int64, copy=False)
-        if bool(((idx != a) | (idx < 0) | (idx >= self.n)).any()):  # one test: one device sync on a GPU
-            raise ValueError(f"actions must be integers in [0, {self.n}), got {a}")
+        idx = action_indices(a, self.n)
         self._checked = (a, idx)
         return idx
 

@@ -511,8 +511,8 @@ def test_malformed_batches_raise_and_a_small_clip_eps_is_taken():
     pol = _policy(np.float32, True, (8,), "tanh", 1)
     fu = cpu_update.make(pol, Adam(pol.params), PPOConfig())
     batch = _batch(pol, 8, 2, 0.2, np.float32)
-    with pytest.raises(ValueError, match=r"actions must be integers of shape \(8,\), got float32"):
-        fu.loss_and_grads({**batch, "actions": batch["actions"].astype(np.float32)}, 0.2, 0.0)
+    with pytest.raises(ValueError, match=r"actions must be integers of shape \(8,\), got int64 \(8, 1\)"):
+        fu.loss_and_grads({**batch, "actions": batch["actions"][:, None]}, 0.2, 0.0)
     with pytest.raises(ValueError, match="obs"):
         fu.loss_and_grads({**batch, "obs": batch["obs"][:, :4]}, 0.2, 0.0)  # one column short
     ref = NumpyStep(pol, Adam(pol.params), PPOConfig(), beta=1.0)
@@ -521,6 +521,30 @@ def test_malformed_batches_raise_and_a_small_clip_eps_is_taken():
             step.loss_and_grads(batch, 0.2, -0.1)
     got, want = fu.loss_and_grads(batch, 0.01, 0.0), ref.loss_and_grads(batch, 0.01, 0.0)
     assert got["clipfrac"] == want["clipfrac"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.bool_])
+def test_discrete_actions_of_another_dtype_are_taken_as_numpy_takes_them(dtype):
+    """Categorical takes whole numbers of any number dtype (2.0 is action 2) and refuses the rest;
+    the fused update does the same, through the same check: the same stats and gradients as the
+    int64 actions, and the same error for 0.5 (until session 43 it refused every float dtype)."""
+    pol = _policy(np.float32, True, (8,), "tanh", 1, n_actions=2)
+    fu = cpu_update.make(pol, Adam(pol.params), PPOConfig())
+    ref = NumpyStep(pol, Adam(pol.params), PPOConfig(), beta=1.0)
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    assert 0 < batch["actions"].sum() < 8  # both actions taken
+    other = {**batch, "actions": batch["actions"].astype(dtype)}
+    want = fu.loss_and_grads(batch, 0.2, 0.01)
+    g_want = fu.g.copy()
+    assert fu.loss_and_grads(other, 0.2, 0.01) == want
+    np.testing.assert_array_equal(fu.g, g_want)
+    assert ref.loss_and_grads(other, 0.2, 0.01)["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    if dtype != np.bool_:
+        half = other["actions"].copy()
+        half[5] = 0.5
+        for step in (fu, ref):
+            with pytest.raises(ValueError, match=r"actions must be integers in \[0, 2\), got \["):
+                step.loss_and_grads({**other, "actions": half}, 0.2, 0.01)
 
 
 @pytest.mark.parametrize("discrete", [True, False])
