@@ -13,9 +13,11 @@ import numpy as np
 
 def is_real(value: Any) -> bool:
     """Whether ``value`` is one real number: a Python or numpy int or float (not a bool), or a 0-d
-    numpy array of one."""
-    if isinstance(value, np.ndarray):
-        return value.ndim == 0 and value.dtype.kind in "iuf"
+    numpy or cupy array of one (what cupy's reductions and the losses' stats on a device are, where
+    numpy gives a scalar)."""
+    if isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy"):
+        kind = getattr(getattr(value, "dtype", None), "kind", None)  # (getattr: another object of cupy's)
+        return getattr(value, "ndim", None) == 0 and kind in ("i", "u", "f")
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 

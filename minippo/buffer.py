@@ -145,8 +145,11 @@ class RolloutBuffer:
             # no permutation, and the valid transitions are gathered once per rollout, not per
             # epoch (7 copies saved per epoch; ~7% of a CartPole run).
             if self._full_batch is None:
-                keep = self.xp.asarray(np.flatnonzero(valid))
-                self._full_batch = flat if valid.all() else {k: v[keep] for k, v in flat.items()}
+                if valid.all():
+                    self._full_batch = flat
+                else:  # (the index goes up only when used: CuPy copies a host index)
+                    keep = self.xp.asarray(np.flatnonzero(valid))
+                    self._full_batch = {k: v[keep] for k, v in flat.items()}
             yield self._full_batch
             return
         idx = rng.permutation(n)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from minippo._checks import array, is_real, real
-from minippo.backend import array_module
+from minippo.backend import array_module, asnumpy
 
 Array = Any
 
@@ -137,8 +137,8 @@ class Adam:
         for src, dst, name in pairs:
             if src.shape != dst.shape or src.dtype != dst.dtype:
                 raise ValueError(f"Adam {name} is {src.dtype} {src.shape}, expected {dst.dtype} {dst.shape}")
-        for src, dst, _ in pairs:
-            dst[...] = array_module(dst).asarray(src)  # a checkpoint's host arrays go to the moments' device
+        for src, dst, _ in pairs:  # to the moments' device: a checkpoint's host arrays up, a device state down
+            dst[...] = asnumpy(src) if type(dst) is np.ndarray else array_module(dst).asarray(src)
         self.t = int(state["t"])
 
 

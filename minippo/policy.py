@@ -268,8 +268,12 @@ class ActorCritic:
             if out is not None:
                 return out[0], out[0], out[1], out[2], out[3]
         dist, values, _ = self.forward(obs)
-        actions = asnumpy(dist.mode()) if deterministic else dist.sample(rng)
-        a_dev = array_module(values).asarray(actions)
+        if deterministic:  # the mode is on the parameters' device already: one copy down, none up
+            a_dev = dist.mode()
+            actions = asnumpy(a_dev)
+        else:
+            actions = dist.sample(rng)
+            a_dev = array_module(values).asarray(actions)
         dist.trust(a_dev)  # its own sample (or mode): valid, and on a GPU not worth a sync to check
         return actions, a_dev, dist.log_prob(a_dev), values, self.dist_params(dist)
 

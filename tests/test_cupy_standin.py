@@ -151,6 +151,51 @@ def test_adam_state_loads_onto_the_device(cupy_backend):
     np.testing.assert_array_equal(backend.asnumpy(opt.v["w"]), state["v.w"])
 
 
+def test_adam_state_of_the_device_loads_into_a_host_adam(cupy_backend):
+    """The other way (a trainer moved back to the host, policy.to(backend.asnumpy)): the device moments
+    come to the host moments; np.asarray of a cupy array raised CuPy's 'Implicit conversion' instead."""
+    cp = cupy_backend
+    dev = Adam({"w": cp.asarray(np.zeros((2, 3), np.float32))}, lr=0.1)
+    dev.step({"w": cp.asarray(np.full((2, 3), 0.5, np.float32))})
+    host = Adam({"w": np.zeros((2, 3), np.float32)}, lr=0.1)
+    host.load_state_dict(dev.state_dict())
+    assert type(host.m["w"]) is np.ndarray and host.t == 1
+    np.testing.assert_array_equal(host.m["w"], backend.asnumpy(dev.m["w"]))
+    np.testing.assert_array_equal(host.v["w"], backend.asnumpy(dev.v["w"]))
+
+
+def test_device_scalars_are_numbers_to_the_checks(cupy_backend):
+    """On a device the losses' stats and reductions are 0-d cupy arrays (losses' docstring), where numpy
+    gives floats: the scalar checks take them as numbers, as they take a 0-d numpy array, so that
+    AdaptiveKL.update(stats["kl"]), a Schedule, a clip range or a learning rate computed on the device
+    work as on numpy (each was refused: "kl must be a real number ..., got array(0.57)")."""
+    from minippo import losses
+    from minippo._checks import is_real, real
+    from minippo.optim import Schedule
+
+    cp = cupy_backend
+    rng = np.random.default_rng(0)
+    logp, logp_old, adv = rng.normal(size=(3, 8))
+    kl = np.abs(rng.normal(size=8))
+    want = losses.kl_penalty_objective(logp, logp_old, adv, kl, 1.0)[2]
+    stats = losses.kl_penalty_objective(*(cp.asarray(a) for a in (logp, logp_old, adv, kl)), 1.0)[2]
+    assert _on_device(stats["kl"]) and stats["kl"].ndim == 0
+    assert losses.AdaptiveKL().update(stats["kl"]) == losses.AdaptiveKL().update(want["kl"]) == 2.0
+    assert Schedule("linear", 1.0, 0.0)(stats["approx_kl"] / 10) == Schedule("linear", 1.0, 0.0)(want["approx_kl"] / 10)
+    assert real("lr", cp.asarray(np.array(0.25))) == 0.25 and is_real(cp.asarray(np.array(3, np.int32)))
+    eps = cp.asarray(np.array([0.2, 0.2])).mean()
+    assert losses.to_floats({"l": losses.clip_objective(*(cp.asarray(a) for a in (logp, logp_old, adv)), eps)[0]}) \
+        == {"l": losses.clip_objective(logp, logp_old, adv, 0.2)[0]}
+    opt = Adam({"w": cp.asarray(np.zeros(3))})
+    opt.step({"w": cp.asarray(np.ones(3))}, lr=cp.asarray(np.array([0.1, 0.1])).mean())
+    np.testing.assert_allclose(backend.asnumpy(opt.params["w"]), -0.1, rtol=1e-4)  # (eps: 1 / (1 + 1e-5))
+    for bad, err in ((cp.asarray(np.array([0.5])), TypeError), (cp.asarray(np.array(True)), TypeError),
+                     (cp.asarray(np.array(np.nan)), ValueError)):
+        assert not is_real(bad) or err is ValueError
+        with pytest.raises(err, match="lr must be a finite number"):
+            real("lr", bad)
+
+
 @pytest.mark.parametrize("cfg", [
     dict(env_id="CartPole-v1", objective="clip", norm_obs=True),
     dict(env_id="CartPole-v1", objective="kl_penalty", shared=True, norm_reward=True),
@@ -411,3 +456,34 @@ def test_a_truncation_bootstrap_uploads_the_env_indices_once(strict_cupy_backend
         # the bootstraps landed where said: every other reward is 1 (a reset step's 0: not acted on)
         for col in ~np.isin(want, (0.0, 1.0)).T:
             assert np.flatnonzero(col).tolist() == rows
+
+
+def test_a_whole_rollout_minibatch_uploads_no_index_when_every_step_is_valid(strict_cupy_backend):
+    """One minibatch covering the rollout (the CartPole preset's batch_size = n_envs * n_steps) of valid
+    steps only is the buffer's own arrays: no index goes up. The valid steps' index went up once per
+    rollout, unused."""
+    pytest.importorskip("gymnasium")
+    cp = strict_cupy_backend
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=4, n_steps=32, batch_size=128, n_epochs=2,
+                         total_timesteps=128, hidden=(8,)))
+    algo.collect_rollout()
+    assert algo.buffer.valid_host.all()
+    before = cp.STATS["upload"]
+    assert algo.update(0.0)["n_updates"] == 2
+    assert cp.STATS["upload"] - before == 0
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_deterministic_act_keeps_the_device_actions_on_the_device(strict_cupy_backend, env_id):
+    """act(deterministic=True): the mode is computed on the device; its host copy comes down once and
+    the device copy is that mode itself (it went back up as a fresh copy), as sampling uploads once."""
+    pytest.importorskip("gymnasium")
+    cp = strict_cupy_backend
+    algo = PPO(PPOConfig(**TINY, env_id=env_id))
+    obs = cp.asarray(np.zeros((3, algo.policy.obs_dim), np.float32))
+    before = dict(cp.STATS)
+    actions, a_dev, logp, _, _ = algo.policy.act_with_device_actions(obs, algo.rng, deterministic=True)
+    assert cp.STATS["upload"] - before["upload"] == 0 and cp.STATS["get"] - before["get"] == 1
+    assert _on_device(a_dev) and not _on_device(actions)
+    np.testing.assert_array_equal(backend.asnumpy(a_dev), actions)
+    assert backend.asnumpy(logp).shape == (3,)
