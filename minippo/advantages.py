@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 
 from minippo import backend
-from minippo._checks import array, real
+from minippo._checks import array, is_real, real
 
 Array = Any
 ESTIMATORS = ("gae", "mc", "td")
-_BOOLS = (bool, np.bool_)
 
 
 def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, gamma: float, lam: float) -> None:
@@ -138,8 +137,8 @@ def compute_gae(
     try:  # the cheap checks first; _validate says what is wrong
         s = rewards.shape
         ok = len(s) == 2 and values.shape == s and dones.shape == s and last_values.shape == s[1:] \
-            and 0.0 < gamma <= 1.0 and 0.0 <= lam <= 1.0 and not isinstance(gamma, _BOOLS) \
-            and not isinstance(lam, _BOOLS) and _binary(dones)
+            and 0.0 < gamma <= 1.0 and 0.0 <= lam <= 1.0 and is_real(gamma) and is_real(lam) \
+            and _binary(dones)  # is_real: not a bool, nor a Decimal or a 1-element array (they compare)
     except (TypeError, AttributeError):  # gamma or lam not a number, an input not an array
         ok = False
     if not ok:

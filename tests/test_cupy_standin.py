@@ -365,6 +365,32 @@ def test_compute_gae_results_are_where_the_inputs_are(cupy_backend):
     np.testing.assert_array_equal(backend.asnumpy(dev_out[0]), want[0])
 
 
+def test_buffer_takes_the_valid_mask_on_the_host_or_on_the_device(cupy_backend):
+    """RolloutBuffer.add takes the valid mask on the host (as the trainer passes it) or as a device
+    array (a 0/1 float mask): either way the device copy and the host copy that minibatches() selects
+    with hold that mask, and the minibatches are exactly the valid transitions."""
+    from minippo.buffer import RolloutBuffer
+
+    cp = cupy_backend
+    T, N = 4, 2
+    mask = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], np.float32)
+    buf = RolloutBuffer(T, N, 1, (), 1, np.float32, discrete=True, xp=cp)
+    for t in range(T):
+        ids = np.arange(t * N, (t + 1) * N, dtype=np.float32)  # transition t*N + n, as obs and reward
+        zeros = np.zeros(N, np.float32)
+        valid = mask[t] if t % 2 == 0 else cp.asarray(mask[t])  # host, device, host, device
+        buf.add(cp.asarray(ids[:, None]), cp.asarray(np.zeros(N, np.int64)), cp.asarray(zeros),
+                cp.asarray(zeros), cp.asarray(zeros[:, None]), cp.asarray(ids), cp.asarray(zeros), valid)
+    assert _on_device(buf.valid) and type(buf.valid_host) is np.ndarray
+    np.testing.assert_array_equal(backend.asnumpy(buf.valid), mask)
+    np.testing.assert_array_equal(buf.valid_host, mask != 0)
+    want = np.flatnonzero(mask.ravel())  # the valid transitions, in the flattened (t, n) order
+    for batch_size, n_batches in ((T * N, 1), (2, 4)):
+        parts = [backend.asnumpy(mb["obs"]).ravel() for mb in buf.minibatches(batch_size, np.random.default_rng(0))]
+        assert len(parts) == n_batches
+        np.testing.assert_array_equal(np.sort(np.concatenate(parts)), want)
+
+
 def test_array_module_follows_the_array_not_the_backend(monkeypatch):
     """A cupy array is cupy's whatever MINIPPO_BACKEND says (ActorCritic.to(cupy.asarray) under numpy:
     Adam's state and evaluation must go to the device), and asking does not resolve the backend."""

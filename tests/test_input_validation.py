@@ -1,6 +1,8 @@
 """Bad input to the public building blocks: a clear error naming the argument, raised before any
 state changes (instead of a silent broadcast, truncation or a crash deep inside numpy)."""
 
+from decimal import Decimal
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -384,6 +386,13 @@ def test_policy_takes_hidden_from_any_iterable_of_integers():
     (1.5, 0.95, ValueError, r"gamma must be a finite number in \(0, 1\], got 1.5"),
     (0.9, -0.1, ValueError, r"lam must be a finite number in \[0, 1\], got -0.1"),
     (0.9, 1.1, ValueError, r"lam must be a finite number in \[0, 1\], got 1.1"),
+    # Not real numbers, though they compare with floats: numpy's fast check once took a Decimal (as
+    # float(d)) and sent a 1-element array on to fail with another message; numba refused both so
+    (0.99, Decimal("0.5"), TypeError, r"lam must be a finite number in \[0, 1\], got Decimal\('0.5'\)"),
+    (0.99, Decimal("0"), TypeError, r"lam must be a finite number in \[0, 1\], got Decimal\('0'\)"),
+    (Decimal("0.9"), 0.95, TypeError, r"gamma must be a finite number in \(0, 1\], got Decimal\('0.9'\)"),
+    (0.99, np.array([0.5]), TypeError, r"lam must be a finite number in \[0, 1\], got array\(\[0.5\]\)"),
+    (np.array([0.9]), 0.95, TypeError, r"gamma must be a finite number in \(0, 1\], got array\(\[0.9\]\)"),
 ])
 def test_compute_gae_names_gamma_and_lambda(monkeypatch, backend_name, gamma, lam, err, msg):
     from minippo import backend
@@ -411,7 +420,8 @@ def test_compute_gae_names_gamma_and_lambda(monkeypatch, backend_name, gamma, la
 _SCALARS = st.one_of(
     st.floats(0.0, 1.0), st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 2), st.booleans(),
     st.sampled_from([np.True_, np.False_, np.float32(0.5), np.float32(1.5), np.float64(0.9), np.int64(1),
-                     np.int64(0), None, "0.9", 0.5 + 0j, [0.9]]),
+                     np.int64(0), None, "0.9", 0.5 + 0j, [0.9], Decimal("0.5"), np.array([0.9]),
+                     np.array(0.9)]),
 )
 
 
