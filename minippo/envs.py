@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -62,7 +62,8 @@ def check_env_id(env_id: str) -> None:
         raise ValueError(f"env id must be a string, got {env_id!r}")
     key = _registry_key(env_id)
     if key not in gym.registry:
-        close = [k for k in gym.registry if k.lower().startswith(key.split("-")[0].lower()[:4])]
+        prefix = key.split("-")[0].lower()[:4]  # ("" would suggest the first ids of the registry)
+        close = [k for k in gym.registry if k.lower().startswith(prefix)] if prefix else []
         hint = f"; did you mean {', '.join(sorted(close)[:5])}?" if close else ""
         where = f"module {env_id.partition(':')[0]!r} did not register {key!r}" if key != env_id else \
             "not registered in gymnasium"
@@ -92,6 +93,9 @@ def make_vec_env(
         raise ValueError(f"vector={vector!r} is not allowed; use 'sync' or 'async'")
     if autoreset not in ("same_step", "next_step"):
         raise ValueError(f"autoreset={autoreset!r} is not allowed; use 'same_step' or 'next_step'")
+    if env_kwargs is not None and not isinstance(env_kwargs, Mapping):  # dict() took a str or a list of pairs
+        raise TypeError(f"env_kwargs must be a dict of the env's keyword arguments (or None), "
+                        f"got {type(env_kwargs).__name__}")
     kwargs = dict(env_kwargs or {})
     with dependency_errors(env_id, kwargs):
         # vector="async" asks for subprocesses: gymnasium's own vectorised env runs in this one
@@ -164,7 +168,7 @@ def is_next_step(env: Any) -> bool:
     Read from ``env.metadata["autoreset_mode"]``; any other mode (DISABLED) or none raises
     ValueError: the rollout would otherwise train on the wrong transitions without a word."""
     metadata = getattr(env, "metadata", None)
-    mode = metadata.get("autoreset_mode") if isinstance(metadata, dict) else None
+    mode = metadata.get("autoreset_mode") if isinstance(metadata, Mapping) else None
     name = getattr(mode, "name", str(mode)).upper()
     if name.endswith("NEXT_STEP") or name.endswith("SAME_STEP"):
         return name.endswith("NEXT_STEP")
@@ -180,14 +184,15 @@ class RunningMeanStd:
     """
 
     def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
-        dims = [int(shape)] if hasattr(shape, "__index__") and not isinstance(shape, bool) else int_list(shape)
+        dims = [int(shape)] if hasattr(shape, "__index__") and np.ndim(shape) == 0 and not isinstance(shape, bool) \
+            else int_list(shape)  # (an ndarray has __index__ too: a 1-d one is a list of dimensions)
         if dims is None:  # (an integer n is (n,), as for numpy)
             raise TypeError(f"shape must be a tuple of integers >= 0 (one sample's shape), got {shape!r}")
         if any(d < 0 for d in dims):
             raise ValueError(f"shape must be a tuple of integers >= 0 (one sample's shape), got {shape!r}")
         epsilon = real("epsilon", epsilon, 0.0, low_open=True)  # the prior count: <= 0 gave var < 0 or 0/0
         self.mean = np.zeros(tuple(dims), dtype=np.float64)
-        self.var = np.ones(shape, dtype=np.float64)
+        self.var = np.ones(tuple(dims), dtype=np.float64)
         self.count = float(epsilon)
 
     def update(self, x: np.ndarray, check: bool = True) -> None:

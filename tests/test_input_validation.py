@@ -2,6 +2,7 @@
 state changes (instead of a silent broadcast, truncation or a crash deep inside numpy)."""
 
 from decimal import Decimal
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -872,6 +873,49 @@ def test_make_vec_env_names_n_envs():
         make_vec_env("CartPole-v1", 0)
     with pytest.raises(TypeError, match="n_envs must be an integer >= 1, got '2'"):
         make_vec_env("CartPole-v1", "2")
+
+
+def test_make_vec_env_names_env_kwargs_that_are_not_a_mapping():
+    """(review of envs.py) a string or a list as env_kwargs failed in dict() with "dictionary update
+    sequence element #0 has length 1; 2 is required", naming no argument."""
+    pytest.importorskip("gymnasium")
+    from minippo.envs import make_vec_env
+
+    for bad in ("max_episode_steps=7", [("max_episode_steps", 7)], 7):
+        with pytest.raises(TypeError, match=r"env_kwargs must be a dict of the env's keyword arguments \(or None\), "
+                                            rf"got {type(bad).__name__}"):
+            make_vec_env("CartPole-v1", 2, env_kwargs=bad)
+    env = make_vec_env("CartPole-v1", 2, env_kwargs=MappingProxyType({"max_episode_steps": 3}))  # any mapping
+    try:
+        env.reset(seed=0)
+        trunc = [env.step(np.zeros(2, dtype=np.int64))[3] for _ in range(3)]
+        assert [t.tolist() for t in trunc] == [[False, False], [False, False], [True, True]]
+    finally:
+        env.close()
+
+
+def test_normalisers_refuse_flags_of_another_shape_and_take_any_shape_of_integers():
+    """(mutation test of envs.py) a bool ``dones`` or ``valid`` of the wrong length went past the shape
+    check (an IndexError from deep inside); RunningMeanStd takes what its message allows: a dimension
+    of 0, and a shape given as an array of integers (np.ones(shape) refused one)."""
+    from minippo.envs import RewardScaler, RunningMeanStd, is_next_step
+
+    for call, msg in (
+        (lambda: RewardScaler(2, 0.9)(np.ones(2), np.zeros(1, bool)),
+         r"dones must be a bool array of shape \(2,\) \(one per env\), got bool \(1,\)"),
+        (lambda: RewardScaler(2, 0.9)(np.ones(2), np.zeros(2, bool), np.ones(1, bool)),
+         r"valid must be a bool array of shape \(2,\) \(one per env\), got bool \(1,\)"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            call()
+    assert RunningMeanStd((0,)).mean.shape == (0,) and RunningMeanStd((2, 0)).var.shape == (2, 0)
+    rms = RunningMeanStd(np.array([2, 3]))
+    assert rms.mean.shape == rms.var.shape == (2, 3)
+
+    class Env:  # metadata as any mapping (a read-only view), not only a dict
+        metadata = MappingProxyType({"autoreset_mode": "NEXT_STEP"})
+
+    assert is_next_step(Env())
 
 
 def test_config_from_a_json_null_and_checkpoint_paths_that_are_not_paths():

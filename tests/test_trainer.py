@@ -797,6 +797,8 @@ def test_bad_env_and_config_errors():
         ("json:CartPole-v9", r"unknown env id 'json:CartPole-v9': module 'json' did not register 'CartPole-v9'; "
                              r"did you mean [^?]*CartPole-v1"),
         ("Zzzz-v0", r"unknown env id 'Zzzz-v0': not registered in gymnasium$"),
+        ("", r"unknown env id '': not registered in gymnasium$"),  # no suggestion: every id starts with ""
+        ("json:", r"unknown env id 'json:': module 'json' did not register ''$"),
     ]:
         with pytest.raises(ValueError, match=msg):
             check_env_id(env_id)
