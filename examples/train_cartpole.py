@@ -7,7 +7,8 @@ import argparse
 import os
 
 # One BLAS thread, as the `minippo` CLI sets: PPO's 64-wide matrices gain nothing from more, and a
-# second thread on a busy small machine slows them several-fold (README, "Speed").
+# second thread on a busy small machine slows them several-fold (minippo.cli.pin_blas_threads;
+# README, "Reproducibility").
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy loads
     os.environ.setdefault(_var, "1")
 
