@@ -11,13 +11,19 @@ from typing import Any
 import numpy as np
 
 
+def _zero_d(value: Any) -> bool:
+    """Whether ``value`` is a 0-d numpy or cupy array."""
+    is_array = isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy")
+    return is_array and getattr(value, "ndim", None) == 0
+
+
 def is_real(value: Any) -> bool:
     """Whether ``value`` is one real number: a Python or numpy int or float (not a bool), or a 0-d
     numpy or cupy array of one (what cupy's reductions and the losses' stats on a device are, where
     numpy gives a scalar)."""
     if isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy"):
         kind = getattr(getattr(value, "dtype", None), "kind", None)  # (getattr: another object of cupy's)
-        return getattr(value, "ndim", None) == 0 and kind in ("i", "u", "f")
+        return _zero_d(value) and kind in ("i", "u", "f")
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
@@ -76,12 +82,15 @@ def integer(name: str, value: Any, low: int | None = None, high: int | None = No
 
 
 def flag(name: str, value: Any) -> bool:
-    """``value`` as a bool, if it is True or False (numpy's too, or the integers 0 and 1); else
-    TypeError naming ``name``. (Taken by truth value, a string "no" would mean True.)"""
+    """``value`` as a bool, if it is True or False (numpy's too, or the integers 0 and 1, or a 0-d
+    numpy or cupy array of one of them); else TypeError naming ``name``. (Taken by truth value, a
+    string "no" would mean True.)"""
     if type(value) is bool:
         return value
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
         return bool(value)
+    if _zero_d(value) and (value.dtype.kind == "b" or (value.dtype.kind in "iu" and bool((value == 0) | (value == 1)))):
+        return bool(value)  # a 0-d numpy or cupy array (a flag computed on a device: a sync)
     raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
@@ -91,6 +100,15 @@ def array(name: str, value: Any) -> None:
     if not (hasattr(value, "shape") and hasattr(value, "ndim") and hasattr(value, "dtype")):
         raise TypeError(f"{name} must be an array (numpy.ndarray, or cupy.ndarray on the cupy backend), "
                         f"got {type(value).__name__}")
+
+
+def on_host(why: str, **arrays: Any) -> None:
+    """TypeError naming the first of ``arrays`` (name=array) that is a device (cupy) array, for the
+    functions that work on the host only; ``why`` says why and what to do instead."""
+    for name, a in arrays.items():
+        if type(a).__module__.startswith("cupy"):
+            raise TypeError(f"{name} must be a host array (numpy.ndarray), got {type(a).__module__}."
+                            f"{type(a).__name__}: {why}")
 
 
 def generator(name: str, value: Any) -> None:

@@ -30,6 +30,15 @@ def _check_g(g: Array, b: int) -> Array:
     return g
 
 
+def _beside(a: Array, ref: Array) -> Array:
+    """``a`` where ``ref`` lives: actions drawn on the host (``sample``) go to a device distribution
+    (one upload), device actions come to a host one (one copy); ``a`` itself when both are alike."""
+    xp = array_module(ref)
+    if array_module(a) is xp:
+        return a
+    return asnumpy(a) if xp is np else xp.asarray(a)
+
+
 def action_indices(a: Array, n: int) -> Array:
     """Discrete actions a (B,) of any number dtype -> int64 indices (B,) (``a`` itself when it is
     int64). ValueError unless every entry is a whole number in [0, n): 2.0 is action 2, 2.5 is
@@ -51,6 +60,8 @@ class Categorical:
     An actions array is checked once per distribution, the first time it is passed (kept by
     identity: log_prob then log_prob_grad cost one check, one device sync on a GPU), so an array
     must not be changed in place between calls on one distribution; pass a new array instead.
+    Actions may be on the host or the device whatever the logits: they are copied to the logits'
+    side once, when first used (as :meth:`sample`'s host actions for a device policy).
     """
 
     def __init__(self, logits: Array, temperature: float = 1.0) -> None:
@@ -73,7 +84,8 @@ class Categorical:
         np.maximum(z, np.finfo(z.dtype).min, out=z)
         self.log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (B, n)
         self.probs = np.exp(self.log_probs)
-        self._checked: tuple[Array, Array] | None = None  # (actions, their validated indices)
+        # (actions, their validated int64 indices, those on the logits' side or None until first used)
+        self._checked: tuple[Array, Array, Array | None] | None = None
 
     @property
     def n(self) -> int:
@@ -81,15 +93,18 @@ class Categorical:
         return int(self.logits.shape[1])
 
     def _index(self, a: Array) -> Array:
-        # log_prob and log_prob_grad see the same actions array: validate it once.
-        if self._checked is not None and self._checked[0] is a:
-            return self._checked[1]
-        array("actions", a)
-        if a.shape != (self.logits.shape[0],):
-            raise ValueError(f"actions must have shape ({self.logits.shape[0]},), got {tuple(a.shape)}")
-        idx = action_indices(a, self.n)
-        self._checked = (a, idx)
-        return idx
+        # log_prob and log_prob_grad see the same actions array: validate it (where it is) and move
+        # it to the logits' side once.
+        if self._checked is None or self._checked[0] is not a:
+            array("actions", a)
+            if a.shape != (self.logits.shape[0],):
+                raise ValueError(f"actions must have shape ({self.logits.shape[0]},), got {tuple(a.shape)}")
+            self._checked = (a, action_indices(a, self.n), None)
+        a, idx, here = self._checked
+        if here is None:
+            here = _beside(idx, self.log_probs)
+            self._checked = (a, idx, here)
+        return here
 
     def _rows(self) -> Array:
         return array_module(self.log_probs).arange(self.log_probs.shape[0])
@@ -162,7 +177,7 @@ class Categorical:
         if past.any():  # ~1e-16 per draw: the last j with p_j > 0 (the max of the softmax is > 0)
             a[past] = n - 1 - (p[past, ::-1] > 0).argmax(axis=1)
         a = a.astype(np.int64, copy=False)
-        self._checked = (a, a)  # valid by construction: log_prob(a) need not check it again
+        self._checked = (a, a, None)  # valid by construction: log_prob(a) need not check it again
         return a
 
     def mode(self) -> Array:
@@ -172,7 +187,7 @@ class Categorical:
     def trust(self, a: Array) -> None:
         """Mark ``a`` (B,) as actions this distribution produced (:meth:`sample` or :meth:`mode`, maybe
         copied to its device): :meth:`log_prob` then takes them without checking (a device sync)."""
-        self._checked = (a, a.astype(np.int64, copy=False))
+        self._checked = (a, a.astype(np.int64, copy=False), None)
 
 
 class DiagGaussian:
@@ -180,7 +195,9 @@ class DiagGaussian:
 
     Log-probs and entropies are summed over the d action dimensions (one number per sample).
     As for :class:`Categorical`, an actions array is checked (finite) the first time it is passed to
-    one distribution, so do not change it in place between calls on that distribution.
+    one distribution, so do not change it in place between calls on that distribution, and actions
+    on the host or the device are copied to the mean's side once (:meth:`sample` draws on the host).
+    ``mean`` and ``log_std`` must be on the same side (both numpy or both cupy arrays).
     """
 
     def __init__(self, mean: Array, log_std: Array) -> None:
@@ -197,21 +214,32 @@ class DiagGaussian:
                 f"log_std must have shape ({mean.shape[1]},) or {tuple(mean.shape)}, "
                 f"got {tuple(log_std.shape)}"
             )
+        if array_module(mean) is not array_module(log_std):  # (their gradients go back to the same place)
+            raise TypeError(f"mean and log_std must both be numpy or both cupy arrays, got "
+                            f"{type(mean).__module__}.{type(mean).__name__} and "
+                            f"{type(log_std).__module__}.{type(log_std).__name__}")
         finite(mean=mean, log_std=log_std)
         self.mean = mean
         self.log_std = log_std + np.zeros_like(mean)  # (B, d), broadcast once
         self.std = np.exp(self.log_std)
-        self._sampled: Array | None = None  # the last sample() (finite by construction) or checked actions
+        # (the last sample() (finite by construction) or checked actions, those on the mean's side or
+        # None until first used)
+        self._sampled: tuple[Array, Array | None] | None = None
 
-    def _check(self, a: Array) -> None:
-        if a is self._sampled:
-            return
-        array("actions", a)
-        if a.shape != self.mean.shape:
-            raise ValueError(f"actions must have shape {tuple(self.mean.shape)}, got {tuple(a.shape)}")
-        if a is not self._sampled:
+    def _check(self, a: Array) -> Array:
+        """``a`` checked (once per array: log_prob and log_prob_grad see the same actions) and on
+        the mean's side."""
+        if self._sampled is None or self._sampled[0] is not a:
+            array("actions", a)
+            if a.shape != self.mean.shape:
+                raise ValueError(f"actions must have shape {tuple(self.mean.shape)}, got {tuple(a.shape)}")
             finite(actions=a)
-            self._sampled = a  # log_prob and log_prob_grad see the same actions: check them once
+            self._sampled = (a, None)
+        a, here = self._sampled
+        if here is None:
+            here = _beside(a, self.mean)
+            self._sampled = (a, here)
+        return here
 
     def _same(self, other: DiagGaussian) -> None:
         if not isinstance(other, DiagGaussian):
@@ -223,14 +251,14 @@ class DiagGaussian:
     # log N(a; mu, sigma) = sum_i [-(a_i - mu_i)^2 / (2 sigma_i^2) - log sigma_i - log(2 pi)/2]
     def log_prob(self, a: Array) -> Array:
         """a (B, d) -> log pi(a|s) (B,)."""
-        self._check(a)
+        a = self._check(a)
         u = (a - self.mean) / self.std
         return (-0.5 * u * u - self.log_std - 0.5 * LOG_2PI).sum(axis=1)
 
     def log_prob_grad(self, a: Array, g: Array) -> dict[str, Array]:
         """g (B,) times d log p / d mu = u / sigma and d log p / d log sigma = u^2 - 1, with
         u = (a - mu)/sigma; a (B, d) -> {"mean": (B, d), "log_std": (B, d)}."""
-        self._check(a)
+        a = self._check(a)
         _check_g(g, a.shape[0])
         u = (a - self.mean) / self.std
         return {"mean": g[:, None] * u / self.std, "log_std": g[:, None] * (u * u - 1.0)}
@@ -277,8 +305,9 @@ class DiagGaussian:
         generator("rng", rng)
         mean = np.asarray(asnumpy(self.mean))
         eps = rng.standard_normal(mean.shape)
-        self._sampled = (mean + np.asarray(asnumpy(self.std)) * eps).astype(mean.dtype)
-        return self._sampled
+        a = (mean + np.asarray(asnumpy(self.std)) * eps).astype(mean.dtype)
+        self._sampled = (a, None)
+        return a
 
     def mode(self) -> Array:
         """The mean (B, d)."""
@@ -287,4 +316,4 @@ class DiagGaussian:
     def trust(self, a: Array) -> None:
         """Mark ``a`` (B, d) as actions this distribution produced (:meth:`sample` or :meth:`mode`, maybe
         copied to its device): :meth:`log_prob` then takes them without the finiteness check (a sync)."""
-        self._sampled = a
+        self._sampled = (a, None)

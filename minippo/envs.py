@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import array, int_list, integer, is_real, real
+from minippo._checks import array, int_list, integer, is_real, on_host, real
 
 Array = Any
 
@@ -82,7 +82,10 @@ def make_vec_env(
     ``vector``: ``sync`` | ``async`` (subprocesses). With ``vector="sync"``, ``autoreset="next_step"``
     prefers gymnasium's own numpy-vectorised implementation (``vectorization_mode="vector_entry_point"``)
     when the env has one, else a sync/async vector env in NEXT_STEP mode. The mode actually used is in
-    ``env.metadata["autoreset_mode"]``.
+    ``env.metadata["autoreset_mode"]``. So for such an env (CartPole) ``sync`` and ``async`` run
+    different implementations with ``autoreset="next_step"``: one seed gives different episodes in
+    the two modes (each is reproducible), and ``env_kwargs`` go to the vectorised class in one and to
+    each env's constructor in the other.
     """
     gym = _gym()
     from gymnasium.vector import AutoresetMode
@@ -177,6 +180,9 @@ def is_next_step(env: Any) -> bool:
                      "minippo.envs.make_vec_env or gym.make_vec(..., vector_kwargs={'autoreset_mode': ...}))")
 
 
+_ON_HOST = "the running statistics live on the host (copy a device array with cupy.asnumpy)"
+
+
 class RunningMeanStd:
     """Running mean and variance over a stream of batches (Chan et al. parallel update).
 
@@ -197,7 +203,8 @@ class RunningMeanStd:
 
     def update(self, x: np.ndarray, check: bool = True) -> None:
         """Fold the batch ``x`` (B, *shape) into the statistics; NaN or inf raises FloatingPointError
-        (``check=False`` skips that test, for a caller that has made it already)."""
+        (``check=False`` skips that test, for a caller that has made it already). Host arrays only."""
+        on_host(_ON_HOST, x=x)
         x = np.asarray(x, dtype=np.float64)
         if x.ndim == 0 or x.shape[1:] != self.mean.shape:  # a lone (obs_dim,) would count as obs_dim samples
             raise ValueError(f"x must have shape {('B', *self.mean.shape)}, got {x.shape}".replace("'B'", "B"))
@@ -258,7 +265,8 @@ class ObsNormalizer:
         self.clip, self.eps = clip, eps
 
     def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
-        """obs (B, obs_dim) -> normalised obs (B, obs_dim) float32/64 like the input."""
+        """obs (B, obs_dim) -> normalised obs (B, obs_dim) float32/64 like the input (host arrays)."""
+        on_host(_ON_HOST, obs=obs)
         if getattr(obs, "ndim", None) != 2 or obs.shape[1:] != self.rms.mean.shape:  # (would broadcast)
             array("obs", obs)
             raise ValueError(f"obs must have shape (B, {self.rms.mean.shape[0]}), got {tuple(obs.shape)}")
@@ -280,7 +288,9 @@ class RewardScaler:
         self.gamma, self.clip, self.eps = gamma, clip, eps
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """rewards (N,), dones (N,) bool -> scaled rewards (N,). ``valid`` (N,) bool masks fake reset steps."""
+        """rewards (N,), dones (N,) bool -> scaled rewards (N,). ``valid`` (N,) bool masks fake reset steps.
+        Host arrays only."""
+        on_host(_ON_HOST, rewards=rewards, dones=dones, valid=valid)
         n = self.ret.shape
         if (getattr(rewards, "shape", None) != n or getattr(dones, "shape", None) != n or dones.dtype != bool
                 or (valid is not None and (getattr(valid, "shape", None) != n or valid.dtype != bool))):

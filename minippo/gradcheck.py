@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import real
+from minippo._checks import on_host, real
+from minippo.backend import asnumpy
 
 Array = Any
 
@@ -52,12 +53,18 @@ def numerical_grads(
 
 
 def _callable_and_dict(f: Any, params: Any) -> None:
-    """TypeError unless ``f`` is callable and ``params`` a dict of numpy arrays."""
+    """TypeError unless ``f`` is callable and ``params`` a dict of numpy arrays (naming the entry that
+    is not one)."""
     if not callable(f):
         raise TypeError(f"f must be a function of no arguments returning the loss, got {type(f).__name__}")
-    if not isinstance(params, dict) or not all(isinstance(p, np.ndarray) for p in params.values()):
+    if not isinstance(params, dict):
         raise TypeError("params must be a dict of numpy arrays (name -> array, e.g. policy.params), got "
                         f"{type(params).__name__}")
+    for k, p in params.items():
+        on_host("finite differences perturb the parameters in place on the host (build the policy on the "
+                "numpy backend, MINIPPO_BACKEND=numpy)", **{f"params[{k!r}]": p})
+        if not isinstance(p, np.ndarray):
+            raise TypeError(f"params[{k!r}] must be a numpy array, got {type(p).__name__}")
 
 
 def _value(f: Callable[[], float]) -> float:
@@ -76,7 +83,8 @@ def _value(f: Callable[[], float]) -> float:
 
 
 def rel_error(a: Array, b: Array, floor: float = 1e-3) -> float:
-    """Norm-wise relative error ||a - b|| / max(||a||, ||b||, floor) of two same-shape arrays.
+    """Norm-wise relative error ||a - b|| / max(||a||, ||b||, floor) of two same-shape arrays (host
+    or device arrays; both are compared on the host, in float64).
 
     Why a floor: central differences in float64 carry rounding noise of up to about
     eps_mach * S / h per entry (h = 1e-6), where S is the size of the terms summed into f: |f|
@@ -89,7 +97,7 @@ def rel_error(a: Array, b: Array, floor: float = 1e-3) -> float:
     near zero, scale ``floor`` to S * sqrt(entries) (tests/test_distributions.py does).
     """
     floor = real("floor", floor, 0.0)
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = np.asarray(asnumpy(a), dtype=np.float64), np.asarray(asnumpy(b), dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
     for name, x in (("a", a), ("b", b)):  # a NaN made the error NaN, and then 0.0: a pass
@@ -108,8 +116,8 @@ def check_grads(
 ) -> float:
     """Largest (over parameter arrays) relative error between analytic ``grads`` and central
     differences of ``f`` (see :func:`rel_error`). Keys must match exactly and ``grads[k]`` has
-    ``params[k]``'s shape; ``params`` must be float64 (see :func:`numerical_grads`), ``grads`` may
-    be any float dtype.
+    ``params[k]``'s shape; ``params`` must be float64 host arrays (see :func:`numerical_grads`),
+    ``grads`` may be any float dtype, on the host or the device (copied to the host).
 
     The floor is scaled by max(1, |f|): the rounding noise of a central difference is
     proportional to |f| (eps_mach * |f| / h), so a loss of 100 carries 100x the noise of a loss
@@ -121,8 +129,9 @@ def check_grads(
     if params.keys() != grads.keys():
         raise KeyError(f"grads keys differ from params: {sorted(set(params) ^ set(grads))}")
     floor = real("floor", floor, 0.0, low_open=True)
+    grads = {k: asnumpy(g) for k, g in grads.items()}
     for k in params:  # checked before the differences are taken (one f call per entry, twice)
-        g = np.asarray(grads[k])
+        g = grads[k]
         if g.shape != params[k].shape:
             raise ValueError(f"grads[{k!r}] has shape {g.shape}, params[{k!r}] {params[k].shape}")
         if g.dtype.kind != "f":
@@ -131,4 +140,4 @@ def check_grads(
             raise FloatingPointError(f"grads[{k!r}] contains NaN or inf")
     scaled_floor = floor * max(1.0, abs(_value(f)))
     num = numerical_grads(f, params, h)
-    return max(rel_error(np.asarray(grads[k]), num[k], scaled_floor) for k in params)
+    return max(rel_error(grads[k], num[k], scaled_floor) for k in params)

@@ -256,34 +256,78 @@ def test_every_setting_runs_on_the_cupy_path(strict_cupy_backend, env_id, extra,
     assert not _on_device(algo.policy.predict(np.zeros(algo.policy.obs_dim, np.float32)))
 
 
-@pytest.mark.parametrize("objective", ["clip", "kl_penalty"])
-def test_training_on_the_cupy_path_matches_numpy(cupy_backend, monkeypatch, objective):
-    """float64, one seed: two updates on the cupy path end at numpy's parameters and Adam moments.
+# The parity cases: both policies (Categorical on CartPole, Gaussian on Pendulum), each with a separate
+# and a shared actor-critic, and between them the settings that run other code on the device. Pendulum
+# truncated at 10 steps ends episodes inside TINY's rollouts: the bootstrap V(final obs) is read back
+# to the host in same_step mode and added on the device in next_step mode.
+TRUNC = {"max_episode_steps": 10}
+PARITY = {
+    "CartPole-clip": dict(env_id="CartPole-v1", objective="clip", norm_obs=True),
+    "CartPole-kl_penalty": dict(env_id="CartPole-v1", objective="kl_penalty", norm_obs=True),
+    # clip_eps 0.003: the ratio and the value are clipped in some rows (at 0.2 in none, after 8 steps)
+    "CartPole-shared": dict(env_id="CartPole-v1", shared=True, norm_reward=True, clip_vloss=True, clip_eps=0.003,
+                            normalize_advantages=False, ent_coef=0.01, ent_schedule="linear",
+                            lr_schedule="linear", clip_schedule="linear", temperature=0.5),
+    "CartPole-a2c-next_step": dict(env_id="CartPole-v1", objective="a2c", n_epochs=1, autoreset="next_step",
+                                   activation="relu"),  # (td advantages; gymnasium's vectorised CartPole)
+    "Pendulum-clip": dict(env_id="Pendulum-v1", objective="clip", norm_obs=True, env_kwargs=TRUNC),
+    "Pendulum-shared-kl_penalty": dict(env_id="Pendulum-v1", objective="kl_penalty", shared=True,
+                                       autoreset="next_step", log_std_init=-0.5, env_kwargs=TRUNC),
+    # target_kl stops the first update before its 4th step (approx_kl 6.3e-6; the others are < 1e-6)
+    "Pendulum-target_kl": dict(env_id="Pendulum-v1", target_kl=2e-6, norm_reward=True,
+                               normalize_advantages=False, ent_coef=0.01, ent_schedule="exponential",
+                               ent_end=1e-3, max_grad_norm=0.0, env_kwargs=TRUNC),
+    "Pendulum-shared-reinforce": dict(env_id="Pendulum-v1", objective="reinforce", n_epochs=1,
+                                      shared=True),  # (mc advantages)
+}
+
+
+@pytest.mark.parametrize("case", PARITY)
+def test_training_on_the_cupy_path_matches_numpy(cupy_backend, monkeypatch, case):
+    """float64, one seed: two updates on the cupy path end at numpy's parameters and Adam moments,
+    after the same logged values (losses, KL, beta, n_updates, stopped_early, returns, ...).
     On the stand-in (numpy underneath) bit for bit. On a device cuBLAS and CUDA's reductions sum in
     their own order (~1e-16 relative per operation); Adam divides by sqrt(v) + eps, so a gradient's
     rounding difference reaches a parameter amplified by at most lr / adam_eps (3e-4 / 1e-5 = 30)
-    per step: ~1e-14 after the 4 steps, and 1e-9 leaves room for what later forward passes carry
-    on. The actions are drawn on the host from the probabilities read back, so both runs act alike
-    unless a draw lands within ~1e-16 of a boundary."""
+    per step: ~1e-14 after the 8 steps (4 per update), and 1e-9 leaves room for what later forward
+    passes carry on. The actions are drawn on the host from what is read back: a Categorical's from
+    the probabilities, so both runs act alike unless a draw lands within ~1e-16 of a boundary; a
+    Gaussian's as mean + std * noise, the noise from the same Generator, so the actions differ by the
+    mean's rounding (~1e-16, continuously: no boundary to cross) and Pendulum's smooth dynamics carry
+    that into the next observations and rewards about as small, within the same bound. The discrete
+    decisions on device values (target_kl's early stop, the adaptive beta's halving or doubling)
+    match unless a KL lands within ~1e-12 relative of its threshold (the cases' are 2x off or more)."""
     pytest.importorskip("gymnasium")
     on_standin = hasattr(cupy_backend, "STATS")
-    cfg = PPOConfig(**TINY, env_id="CartPole-v1", objective=objective, dtype="float64", norm_obs=True)
+    cfg = PPOConfig(**{**TINY, **PARITY[case], "dtype": "float64"})
     assert (cfg.learning_rate, cfg.adam_eps) == (3e-4, 1e-5)  # the tolerance's bound below
-    runs = {}
+    runs, logs = {}, {}
     for name in ("cupy", "numpy"):
         monkeypatch.setenv(backend.ENV_VAR, name)
         backend.reset()
-        algo = PPO(cfg).learn()
-        assert algo.backend == name and algo.num_timesteps == 64
+        rows = []
+        algo = PPO(cfg).learn(callback=rows.append)
+        assert algo.backend == name and algo.num_timesteps == 64 and len(rows) == 2
+        assert all(_on_device(p) for p in algo.policy.params.values()) == (name == "cupy")
         runs[name] = {**{k: backend.asnumpy(p) for k, p in algo.policy.params.items()},
                       **{"m." + k: backend.asnumpy(m) for k, m in algo.optimizer.m.items()},
-                      **{"v." + k: backend.asnumpy(v) for k, v in algo.optimizer.v.items()}}
-    assert runs["cupy"].keys() == runs["numpy"].keys()
-    for k, want in runs["numpy"].items():
-        if on_standin:
-            np.testing.assert_array_equal(runs["cupy"][k], want, err_msg=k)
-        else:
-            np.testing.assert_allclose(runs["cupy"][k], want, rtol=0, atol=1e-9, err_msg=k)
+                      **{"v." + k: backend.asnumpy(v) for k, v in algo.optimizer.v.items()},
+                      "t": np.array(algo.optimizer.t)}
+        logs[name] = {k: np.array([r[k] for r in rows]) for k in rows[0] if k not in ("time", "fps")}
+    if cfg.target_kl is not None:  # the case stops early (else it tests nothing of target_kl)
+        assert logs["numpy"]["stopped_early"].any() and runs["numpy"]["t"] < 8
+    if cfg.clip_vloss:  # the clipped value branch was taken
+        assert logs["numpy"]["vclipfrac"].all()
+    if cfg.env_kwargs:  # episodes ended (truncated) inside the rollouts: the bootstrap ran
+        assert logs["numpy"]["mean_length"][-1] == 10
+    assert runs["cupy"].keys() == runs["numpy"].keys() and logs["cupy"].keys() == logs["numpy"].keys()
+    # (rtol for the logs: Pendulum's unnormalised returns and value loss are large numbers)
+    for got, want_all, rtol in ((runs["cupy"], runs["numpy"], 0), (logs["cupy"], logs["numpy"], 1e-9)):
+        for k, want in want_all.items():
+            if on_standin:
+                np.testing.assert_array_equal(got[k], want, err_msg=k)
+            else:
+                np.testing.assert_allclose(got[k], want, rtol=rtol, atol=1e-9, err_msg=k)
 
 
 def test_gradient_norm_is_one_sync_per_clip(strict_cupy_backend):
@@ -513,3 +557,72 @@ def test_deterministic_act_keeps_the_device_actions_on_the_device(strict_cupy_ba
     assert _on_device(a_dev) and not _on_device(actions)
     np.testing.assert_array_equal(backend.asnumpy(a_dev), actions)
     assert backend.asnumpy(logp).shape == (3,)
+
+
+def test_actions_go_to_the_distributions_side_once(cupy_backend):
+    """A device policy's sample() draws on the host: log_prob(sample) and log_prob_grad(sample) take the
+    host actions to the device once (DiagGaussian raised CuPy's "Unsupported type numpy.ndarray";
+    Categorical's host index was uploaded on each call), and device actions come to a host
+    distribution. The results are numpy's, to rounding on a device."""
+    from minippo.distributions import Categorical, DiagGaussian
+
+    cp = cupy_backend
+    rng = np.random.default_rng(0)
+    mean, log_std, logits = rng.normal(size=(4, 2)), rng.normal(size=2) * 0.1, rng.normal(size=(4, 3))
+    g = rng.normal(size=4)
+    for make in (lambda xp: DiagGaussian(xp.asarray(mean), xp.asarray(log_std)),
+                 lambda xp: Categorical(xp.asarray(logits))):
+        host, dev = make(np), make(cp)
+        a = dev.sample(np.random.default_rng(1))
+        assert type(a) is np.ndarray
+        np.testing.assert_array_equal(a, host.sample(np.random.default_rng(1)))
+        uploads = cp.STATS["upload"] if hasattr(cp, "STATS") else None
+        got, grads = dev.log_prob(a), dev.log_prob_grad(a, cp.asarray(g))
+        if uploads is not None:
+            assert cp.STATS["upload"] - uploads == 2  # the actions once, g once
+        assert _on_device(got) and all(_on_device(v) for v in grads.values())
+        np.testing.assert_allclose(backend.asnumpy(got), host.log_prob(a), rtol=1e-12)
+        for k, v in host.log_prob_grad(a, g).items():
+            np.testing.assert_allclose(backend.asnumpy(grads[k]), v, rtol=1e-12, atol=1e-15, err_msg=k)
+        fresh = make(np)  # device actions (another array: no check of them cached) for a host distribution
+        np.testing.assert_allclose(fresh.log_prob(cp.asarray(a)), host.log_prob(a), rtol=0)
+    with pytest.raises(TypeError, match="mean and log_std must both be numpy or both cupy arrays, got cupy"):
+        DiagGaussian(cp.asarray(mean), log_std)
+    with pytest.raises(FloatingPointError, match="actions contains NaN or inf"):
+        DiagGaussian(cp.asarray(mean), cp.asarray(log_std)).log_prob(np.full((4, 2), np.nan))
+    with pytest.raises(ValueError, match=r"actions must be integers in \[0, 3\)"):
+        Categorical(cp.asarray(logits)).log_prob(np.array([0, 1, 2, 3]))
+
+
+def test_device_flags_and_gradients_are_taken_and_host_only_inputs_named(cupy_backend):
+    """flag() takes a 0-d bool computed on a device (or numpy's), as is_real takes a 0-d number;
+    check_grads and rel_error take device gradients (loss_and_grads on the cupy backend) and
+    compare them on the host; what works on the host only (finite differences, which perturb the
+    parameters in place, and the normalisers, whose statistics are numpy arrays) names the device
+    array it was given instead of CuPy's "Implicit conversion to a NumPy array is not allowed"."""
+    from minippo._checks import flag
+    from minippo.envs import ObsNormalizer, RewardScaler, RunningMeanStd
+    from minippo.gradcheck import check_grads, numerical_grads, rel_error
+
+    cp = cupy_backend
+    assert flag("shared", cp.asarray(np.array(True))) is True and flag("shared", np.array(False)) is False
+    assert flag("shared", cp.asarray(np.array(1, np.int8))) is True
+    for bad in (cp.asarray(np.array(2)), cp.asarray(np.array(1.0)), cp.asarray(np.array([True])), np.array(2)):
+        with pytest.raises(TypeError, match="shared must be True or False"):
+            flag("shared", bad)
+    p = {"w": np.array([1.0, -2.0, 0.5])}
+    f = lambda: float((p["w"] ** 3).sum())  # noqa: E731
+    exact = 3 * p["w"] ** 2
+    assert check_grads(f, p, {"w": cp.asarray(exact)}) == check_grads(f, p, {"w": exact}) < 1e-8
+    assert check_grads(f, p, {"w": cp.asarray(exact + 0.1)}) > 1e-2
+    assert rel_error(cp.asarray(exact), exact) == 0.0
+    with pytest.raises(TypeError, match=r"params\['w'\] must be a host array \(numpy.ndarray\), got cupy.*"
+                                        r"finite differences perturb the parameters in place on the host"):
+        numerical_grads(f, {"w": cp.asarray(p["w"])})
+    host_only = r"must be a host array \(numpy.ndarray\), got cupy.*: the running statistics live on the host"
+    x = cp.asarray(np.ones((4, 2)))
+    for call, name in ((lambda: RunningMeanStd((2,)).update(x), "x"), (lambda: ObsNormalizer(2)(x), "obs"),
+                       (lambda: RewardScaler(2, 0.99)(cp.asarray(np.ones(2)), np.zeros(2, bool)), "rewards"),
+                       (lambda: RewardScaler(2, 0.99)(np.ones(2), cp.asarray(np.zeros(2, bool))), "dones")):
+        with pytest.raises(TypeError, match=name + " " + host_only):
+            call()
