@@ -75,6 +75,7 @@ def test_rel_error_definition_and_floor():
     assert rel_error(np.array([1e-12]), np.array([0.0])) == pytest.approx(1e-9)
     assert rel_error(np.array([1e-12]), np.array([0.0]), floor=1e-12) == pytest.approx(1.0)
     assert rel_error(np.zeros(3), np.zeros(3)) == 0.0
+    assert rel_error(np.zeros(3), np.zeros(3), floor=0.0) == 0.0  # (0/0 where the floor is 0: equal)
 
 
 def test_gradcheck_bad_inputs():
