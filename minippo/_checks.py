@@ -11,19 +11,21 @@ from typing import Any
 import numpy as np
 
 
-def _zero_d(value: Any) -> bool:
-    """Whether ``value`` is a 0-d numpy or cupy array."""
-    is_array = isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy")
-    return is_array and getattr(value, "ndim", None) == 0
+def _zero_d_kind(value: Any) -> str | None:
+    """The dtype kind ("b", "i", "u", "f", ...) of a 0-d numpy or cupy array; None for anything else."""
+    if (isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy")) \
+            and getattr(value, "ndim", None) == 0:
+        return getattr(getattr(value, "dtype", None), "kind", None)  # (getattr: another object of cupy's)
+    return None
 
 
 def is_real(value: Any) -> bool:
     """Whether ``value`` is one real number: a Python or numpy int or float (not a bool), or a 0-d
     numpy or cupy array of one (what cupy's reductions and the losses' stats on a device are, where
     numpy gives a scalar)."""
-    if isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy"):
-        kind = getattr(getattr(value, "dtype", None), "kind", None)  # (getattr: another object of cupy's)
-        return _zero_d(value) and kind in ("i", "u", "f")
+    kind = _zero_d_kind(value)
+    if kind is not None:
+        return kind in ("i", "u", "f")
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
@@ -89,7 +91,8 @@ def flag(name: str, value: Any) -> bool:
         return value
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
         return bool(value)
-    if _zero_d(value) and (value.dtype.kind == "b" or (value.dtype.kind in "iu" and bool((value == 0) | (value == 1)))):
+    kind = _zero_d_kind(value)
+    if kind == "b" or (kind in ("i", "u") and bool((value == 0) | (value == 1))):
         return bool(value)  # a 0-d numpy or cupy array (a flag computed on a device: a sync)
     raise TypeError(f"{name} must be True or False, got {value!r}")
 

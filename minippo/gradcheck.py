@@ -61,9 +61,9 @@ def _callable_and_dict(f: Any, params: Any) -> None:
         raise TypeError("params must be a dict of numpy arrays (name -> array, e.g. policy.params), got "
                         f"{type(params).__name__}")
     for k, p in params.items():
-        on_host("finite differences perturb the parameters in place on the host (build the policy on the "
-                "numpy backend, MINIPPO_BACKEND=numpy)", **{f"params[{k!r}]": p})
         if not isinstance(p, np.ndarray):
+            on_host("finite differences perturb the parameters in place on the host (build the policy on "
+                    "the numpy backend, MINIPPO_BACKEND=numpy)", **{f"params[{k!r}]": p})
             raise TypeError(f"params[{k!r}] must be a numpy array, got {type(p).__name__}")
 
 
