@@ -204,7 +204,8 @@ class RunningMeanStd:
     def update(self, x: np.ndarray, check: bool = True) -> None:
         """Fold the batch ``x`` (B, *shape) into the statistics; NaN or inf raises FloatingPointError
         (``check=False`` skips that test, for a caller that has made it already). Host arrays only."""
-        on_host(_ON_HOST, x=x)
+        if type(x) is not np.ndarray:  # (the check itself only where it can fail: this is per env step)
+            on_host(_ON_HOST, x=x)
         x = np.asarray(x, dtype=np.float64)
         if x.ndim == 0 or x.shape[1:] != self.mean.shape:  # a lone (obs_dim,) would count as obs_dim samples
             raise ValueError(f"x must have shape {('B', *self.mean.shape)}, got {x.shape}".replace("'B'", "B"))
@@ -266,7 +267,8 @@ class ObsNormalizer:
 
     def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
         """obs (B, obs_dim) -> normalised obs (B, obs_dim) float32/64 like the input (host arrays)."""
-        on_host(_ON_HOST, obs=obs)
+        if type(obs) is not np.ndarray:
+            on_host(_ON_HOST, obs=obs)
         if getattr(obs, "ndim", None) != 2 or obs.shape[1:] != self.rms.mean.shape:  # (would broadcast)
             array("obs", obs)
             raise ValueError(f"obs must have shape (B, {self.rms.mean.shape[0]}), got {tuple(obs.shape)}")
@@ -290,7 +292,9 @@ class RewardScaler:
     def __call__(self, rewards: np.ndarray, dones: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """rewards (N,), dones (N,) bool -> scaled rewards (N,). ``valid`` (N,) bool masks fake reset steps.
         Host arrays only."""
-        on_host(_ON_HOST, rewards=rewards, dones=dones, valid=valid)
+        if type(rewards) is not np.ndarray or type(dones) is not np.ndarray \
+                or (valid is not None and type(valid) is not np.ndarray):
+            on_host(_ON_HOST, rewards=rewards, dones=dones, valid=valid)
         n = self.ret.shape
         if (getattr(rewards, "shape", None) != n or getattr(dones, "shape", None) != n or dones.dtype != bool
                 or (valid is not None and (getattr(valid, "shape", None) != n or valid.dtype != bool))):

@@ -623,6 +623,8 @@ def test_device_flags_and_gradients_are_taken_and_host_only_inputs_named(cupy_ba
     x = cp.asarray(np.ones((4, 2)))
     for call, name in ((lambda: RunningMeanStd((2,)).update(x), "x"), (lambda: ObsNormalizer(2)(x), "obs"),
                        (lambda: RewardScaler(2, 0.99)(cp.asarray(np.ones(2)), np.zeros(2, bool)), "rewards"),
-                       (lambda: RewardScaler(2, 0.99)(np.ones(2), cp.asarray(np.zeros(2, bool))), "dones")):
+                       (lambda: RewardScaler(2, 0.99)(np.ones(2), cp.asarray(np.zeros(2, bool))), "dones"),
+                       (lambda: RewardScaler(2, 0.99)(np.ones(2), np.zeros(2, bool), cp.asarray(np.ones(2, bool))),
+                        "valid")):
         with pytest.raises(TypeError, match=name + " " + host_only):
             call()
