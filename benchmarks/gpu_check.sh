@@ -9,7 +9,7 @@
 #   tests     the cupy tests: the real-device ones (marked gpu) beside the stand-in and CUDA-source
 #             ones, and nvcc -ptx of kernels/gae.cu where nvcc is on the PATH
 #   bench     benchmarks/kernels.py on numpy and cupy (GAE against the host and device floors,
-#             the MLP rows numpy/cupy)
+#             the MLP rows numpy/cupy), then benchmarks/gpu_gae_chunk.py (the GAE kernel's chunk)
 #   learning  the CartPole and Pendulum presets trained with MINIPPO_BACKEND=cupy (marked gpu
 #             and slow), one log and time limit each, every seed's return printed as it ends
 # It needs python3 with numpy, cupy, pytest and gymnasium; minippo runs from this checkout. Where
@@ -80,10 +80,11 @@ exit $status' ;;
             # (a test stuck for 90 s dumps its stack into the log: none takes 10 s on the stand-in)
             run_step tests 150 "$needs_device && $needs_gym && $pytest -o faulthandler_timeout=90 -m 'not slow' tests/test_kernels_gpu.py tests/test_cupy_standin.py" ;;
         bench)
-            run_step bench 180 "$needs_device && python3 benchmarks/kernels.py numpy cupy" ;;
+            run_step bench 180 "$needs_device && python3 benchmarks/kernels.py numpy cupy && python3 benchmarks/gpu_gae_chunk.py" ;;
         learning)  # each env its own limit, so that a slow CartPole cannot take Pendulum's time
-            run_step learning-CartPole 240 "$needs_device && $needs_gym && $pytest -s -m 'gpu and slow' -k CartPole tests/test_learning.py"
-            run_step learning-Pendulum 300 "$needs_device && $needs_gym && $pytest -s -m 'gpu and slow' -k Pendulum tests/test_learning.py" ;;
+            # (session 46, an H200: CartPole's 3 seeds took 206 s, Pendulum's 2 seeds 298 s)
+            run_step learning-CartPole 300 "$needs_device && $needs_gym && $pytest -s -m 'gpu and slow' -k CartPole tests/test_learning.py"
+            run_step learning-Pendulum 480 "$needs_device && $needs_gym && $pytest -s -m 'gpu and slow' -k Pendulum tests/test_learning.py" ;;
     esac
 done
 echo "== ${failed} step(s) failed; logs in $out"

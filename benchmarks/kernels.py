@@ -9,7 +9,9 @@ arrays and writes 2, so the copy reads and writes 2.5 arrays' worth). All rows o
 loop and the floor included, are timed in alternating rounds (``best_interleaved``), so a slow spell
 of a shared machine hits a ratio's two sides alike. Targets (issue 4): numba >= 100x over the Python
 loop and within 3x of the floor. On a GPU (cupy), its rows are measured against a device floor too:
-the same bytes copied on the device (``cupy.copyto``), each call ending in a device synchronise.
+the same bytes copied on the device (``cupy.copyto``), each call ending in a device synchronise; a
+``cupy kernel`` row times ``kernels.gpu.gae`` alone (the launch and its outputs, not
+``compute_gae``'s checks).
 
 MLP 4-64-64-2 and 17-64-64-6 (tanh, float32) forward and forward+backward at batch 1, 8, 64, 256,
 2048 through ``minippo.nn.MLP``: time per call and numpy/numba speed-up (numpy/cupy on a GPU), the
@@ -135,6 +137,13 @@ def bench_gae(backends: list[str]) -> None:
                     r, v, d, lv_, 0.99, 0.95, out=out), sync())
             on[name + " out="] = name
             if xp is not np:  # the device's own floor: the same bytes copied on the device
+                from minippo.kernels import gpu
+
+                # the RawKernel and its two output arrays alone, without compute_gae's checks (the
+                # dones check reads a flag back: one more sync)
+                calls[name + " kernel"] = lambda r=r, v=v, d=d, lv_=lv_, sync=sync: (
+                    gpu.gae(r, v, d, lv_, 0.99, 0.95), sync())
+                on[name + " kernel"] = name
                 d_src, d_dst = xp.asarray(src), xp.asarray(dst)
                 calls["device floor"] = lambda d_src=d_src, d_dst=d_dst, xp=xp, sync=sync: (
                     xp.copyto(d_dst, d_src), sync())

@@ -10,7 +10,29 @@
 // gamma_lam is gamma * lambda rounded once on the host, as numpy does, and gpu.py compiles with
 // --fmad=false so that a * b + c is not contracted into an FMA: results then match the numpy and
 // numba backends operation for operation, bit for bit.
+//
+// A rollout has few environments (often one or two warps on the whole GPU), so each thread's time
+// is what counts, and a step's loads do not depend on the recursion: the thread loads GAE_CHUNK
+// steps into registers, then runs the recursion over them. It waits for memory once per chunk
+// instead of once per step. Any GAE_CHUNK >= 1 gives the same results (the same operations in the
+// same order); docs/kernels.md gives the times measured for 1, 4, 8, 16 and 32.
 // Launch: grid = ceil(N / block), block = (block, 1, 1).
+
+#ifndef GAE_CHUNK
+#define GAE_CHUNK 16
+#endif
+
+// One step of the recursion at element i, carrying V_{t+1} and A_{t+1} down to step t.
+template <typename real>
+__device__ void gae_step(real r, real v, real not_done, real gamma, real gamma_lam, long long i,
+                         real& next_value, real& next_adv, real* __restrict__ adv,
+                         real* __restrict__ returns) {
+    const real delta = r + gamma * next_value * not_done - v;
+    next_adv = delta + gamma_lam * not_done * next_adv;
+    adv[i] = next_adv;
+    returns[i] = next_adv + v;
+    next_value = v;
+}
 
 template <typename real>
 __device__ void gae_impl(const real* __restrict__ rewards, const real* __restrict__ values,
@@ -21,15 +43,26 @@ __device__ void gae_impl(const real* __restrict__ rewards, const real* __restric
     if (n >= N) return;
     real next_value = last_values[n];
     real next_adv = real(0);
-    for (int t = T - 1; t >= 0; --t) {
+    int t = T - 1;
+    for (; t + 1 >= GAE_CHUNK; t -= GAE_CHUNK) {  // whole chunks: steps t, t - 1, ..., t - GAE_CHUNK + 1
+        real r[GAE_CHUNK], v[GAE_CHUNK], not_done[GAE_CHUNK];
+#pragma unroll
+        for (int k = 0; k < GAE_CHUNK; ++k) {
+            const long long i = (long long)(t - k) * N + n;
+            r[k] = rewards[i];
+            v[k] = values[i];
+            not_done[k] = real(1) - dones[i];
+        }
+#pragma unroll
+        for (int k = 0; k < GAE_CHUNK; ++k) {
+            gae_step(r[k], v[k], not_done[k], gamma, gamma_lam, (long long)(t - k) * N + n, next_value,
+                     next_adv, adv, returns);
+        }
+    }
+    for (; t >= 0; --t) {  // the first T % GAE_CHUNK steps, one at a time
         const long long i = (long long)t * N + n;
-        const real not_done = real(1) - dones[i];
-        const real v = values[i];
-        const real delta = rewards[i] + gamma * next_value * not_done - v;
-        next_adv = delta + gamma_lam * not_done * next_adv;
-        adv[i] = next_adv;
-        returns[i] = next_adv + v;
-        next_value = v;
+        gae_step(rewards[i], values[i], real(1) - dones[i], gamma, gamma_lam, i, next_value, next_adv,
+                 adv, returns);
     }
 }
 

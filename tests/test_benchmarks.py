@@ -347,9 +347,10 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
     # (label, backend it ran under, synchronises): each cupy call ends in one, numpy's in none
     assert {(label, name if "floor" not in label else "-", n) for label, name, n in ran} == {
         ("memory floor", "-", 0), ("numpy", "numpy", 0), ("numpy out=", "numpy", 0),
-        ("cupy", "cupy", 1), ("cupy out=", "cupy", 1), ("device floor", "-", 1)}
-    assert len(ran) == 12
+        ("cupy", "cupy", 1), ("cupy out=", "cupy", 1), ("cupy kernel", "cupy", 1), ("device floor", "-", 1)}
+    assert len(ran) == 14
     assert sum(line.strip().startswith("cupy out=") for line in gae) == 2
+    assert sum(line.strip().startswith("cupy kernel") for line in gae) == 2
     assert sum(line.endswith("device floor     4.00 us") for line in gae) == 2
     for line in gae:
         if line.strip().startswith("cupy"):
@@ -359,7 +360,7 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
     kb.bench_mlp(backends)
     rows = [line for line in capsys.readouterr().out.splitlines() if " B=" in line]
     assert len(rows) == 10 and all("cupy speed-up fwd  0.25x fwd+bwd  0.25x" in r for r in rows)
-    assert {name for _, name, _ in ran[12:]} == {"numpy", "cupy"} and len(ran) == 12 + 2 * 2 * 10
+    assert {name for _, name, _ in ran[14:]} == {"numpy", "cupy"} and len(ran) == 14 + 2 * 2 * 10
     ran.clear()
     uploaded.clear()
     kb.bench_act(backends)

@@ -64,18 +64,36 @@ def kernel_params(name: str) -> list[tuple[str, bool]]:
     return params
 
 
-@pytest.fixture(scope="module")
-def shim(tmp_path_factory):
+def build_shim(d: Path, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """gae.cu compiled as a host library in folder ``d`` (``defines``: extra -D flags)."""
     if CXX is None:
         pytest.skip("no C++ compiler on PATH")
-    d = tmp_path_factory.mktemp("shim")
     (d / "cuda_host_shim.h").write_text(SHIM_H)
     (d / "shim.cpp").write_text(SHIM_CPP)
     lib = d / "libgae_shim.so"
-    cmd = [CXX, "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++14", f"-I{d}",
+    cmd = [CXX, "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++14", *defines, f"-I{d}",
            f"-I{CU.parent}", str(d / "shim.cpp"), "-o", str(lib)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     return ctypes.CDLL(str(lib))
+
+
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    """gae.cu as it ships (its default GAE_CHUNK)."""
+    return build_shim(tmp_path_factory.mktemp("shim"))
+
+
+def default_chunk() -> int:
+    m = re.search(r"#define GAE_CHUNK (\d+)", CU.read_text())
+    assert m, "gae.cu defines no default GAE_CHUNK"
+    return int(m.group(1))
+
+
+@pytest.fixture(scope="module", params=[1, 3])
+def shim_chunk(request, tmp_path_factory):
+    """(gae.cu compiled with another GAE_CHUNK, that chunk): any chunk must give the same results."""
+    lib = build_shim(tmp_path_factory.mktemp(f"shim_chunk{request.param}"), (f"-DGAE_CHUNK={request.param}",))
+    return lib, request.param
 
 
 def launch(lib, name, grid, block, args):
@@ -165,22 +183,45 @@ def test_nvrtc_compiles_the_sources_as_cupy_does(arch):
 
 
 # ---------------------------------------------------------------- host shim
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("T,N", [(1, 1), (1, 5), (9, 1), (13, 7)])
-def test_cuda_source_on_cpu_matches_reference(shim, dtype, T, N):
-    r, v, d, lv = rollout(T, N, dtype, seed=T * 100 + N)
-    gamma, lam = 0.97, 0.9
+def shim_gae(lib, r, v, d, lv, gamma, lam):
+    dtype = r.dtype.type
+    T, N = r.shape
     adv, ret = np.empty_like(r), np.empty_like(r)
     name = gpu.KERNEL_NAMES[np.dtype(dtype)]
     block = 4  # several blocks and idle threads past N
     args = (r, v, d, lv, dtype(gamma), dtype(gamma * lam), np.int32(T), np.int32(N), adv, ret)
-    launch(shim, name, ((N + block - 1) // block,), (block,), args)
+    launch(lib, name, ((N + block - 1) // block,), (block,), args)
+    return adv, ret
+
+
+# T: one step, fewer steps than a chunk, whole chunks only (1x, 2x), whole chunks and a tail
+CHUNK_T = sorted({1, 9, 13, default_chunk(), 2 * default_chunk(), 2 * default_chunk() + 5})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T,N", [(T, N) for T in CHUNK_T for N in (1, 7)])
+def test_cuda_source_on_cpu_matches_reference(shim, dtype, T, N):
+    r, v, d, lv = rollout(T, N, dtype, seed=T * 100 + N)
+    gamma, lam = 0.97, 0.9
+    adv, ret = shim_gae(shim, r, v, d, lv, gamma, lam)
     adv_ref, ret_ref = ref.gae(r, v, d, lv, gamma, lam)
     np.testing.assert_allclose(adv, adv_ref, **TOL[dtype])
     np.testing.assert_allclose(ret, ret_ref, **TOL[dtype])
     adv_np, ret_np = advantages.gae_numpy(r, v, d, lv, gamma, lam)
     np.testing.assert_array_equal(adv, adv_np)
     np.testing.assert_array_equal(ret, ret_np)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 7, 12])
+def test_any_chunk_gives_the_shipped_results(shim, shim_chunk, dtype, T):
+    """GAE_CHUNK only changes when the loads are issued: chunks 1 and 3 (whole chunks, a tail, or
+    only a tail) give the shipped kernel's results bit for bit."""
+    lib, chunk = shim_chunk
+    r, v, d, lv = rollout(T, 5, dtype, seed=T + 10 * chunk)
+    for got, want in zip(shim_gae(lib, r, v, d, lv, 0.99, 0.95), shim_gae(shim, r, v, d, lv, 0.99, 0.95),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 # ---------------------------------------------------------------- gpu.py against a fake cupy
@@ -292,3 +333,65 @@ def test_real_device_matches_numpy(dtype):
     adv_np, ret_np = advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)
     np.testing.assert_array_equal(cupy.asnumpy(adv), adv_np)
     np.testing.assert_array_equal(cupy.asnumpy(ret), ret_np)
+
+
+# ---------------------------------------------------------------- benchmarks/gpu_gae_chunk.py
+def test_chunk_benchmark_runs_each_build_through_the_shim(tmp_path, monkeypatch, capsys):
+    """The chunk sweep, which only a GPU times, on a stand-in whose RawModule compiles gae.cu with the
+    script's -D options through the host shim: every build's results equal numpy's (no DIFF), a
+    build that differs is flagged, and a chunk below 1 is refused."""
+    import importlib.util
+    import time
+
+    builds = {}
+
+    class RawModule:
+        def __init__(self, code, options=()):
+            assert code == gpu.source() and set(gpu.NVRTC_OPTIONS) <= set(options)
+            defines = tuple(o for o in options if o.startswith("-D"))
+            if defines not in builds:
+                d = tmp_path / f"build{len(builds)}"
+                d.mkdir()
+                builds[defines] = build_shim(d, defines)
+            self.lib = builds[defines]
+
+        def get_function(self, name):
+            return lambda grid, block, args: launch(self.lib, name, grid, block, args)
+
+    class Event:
+        def record(self):
+            self.t = time.perf_counter()
+
+        def synchronize(self):
+            pass
+
+    cp = types.ModuleType("cupy")
+    cp.__version__ = "stand-in"
+    cp.RawModule, cp.asarray, cp.empty, cp.asnumpy = RawModule, np.array, np.empty, np.array
+    cp.cuda = types.SimpleNamespace(Event=Event, get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3,
+                                    runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"shim"}))
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_gae_chunk.py"
+    spec = importlib.util.spec_from_file_location("gpu_gae_chunk", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script, "SIZES", ((21, 5), (3, 2)))
+    assert script.main(["1", "4"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("   ")]
+    assert len(rows) == 4 and "DIFF" not in out, out
+    assert sorted(builds) == [("-DGAE_CHUNK=1",), ("-DGAE_CHUNK=4",)]
+    # a build whose results differ is named: chunk 4's kernels made to write one wrong advantage
+    real = RawModule.get_function
+
+    def off_by_one(self, name):
+        f = real(self, name)
+        if self.lib is not builds[("-DGAE_CHUNK=4",)]:
+            return f
+        return lambda grid, block, args: (f(grid, block, args), args[-2].flat.__setitem__(0, 7.0))
+
+    monkeypatch.setattr(RawModule, "get_function", off_by_one)
+    assert script.main(["1", "4"]) == 0
+    diff = [line for line in capsys.readouterr().out.splitlines() if "DIFF" in line]
+    assert len(diff) == 4 and all(line.count("DIFF") == 1 and line.rstrip().endswith("DIFF") for line in diff)
+    assert script.main(["0"]) == 2 and "chunks must be >= 1" in capsys.readouterr().err
