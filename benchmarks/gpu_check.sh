@@ -4,12 +4,13 @@
 #
 #     bash benchmarks/gpu_check.sh OUTDIR [STEP ...]
 #
-# STEP is one of: device, tests, bench, learning (default: all four, in that order).
+# STEP is one of: device, tests, bench, profile, learning (default: all five, in that order).
 #   device    what is there: the GPU, Python, numpy and cupy versions, nvcc
 #   tests     the cupy tests: the real-device ones (marked gpu) beside the stand-in and CUDA-source
 #             ones, and nvcc -ptx of kernels/gae.cu where nvcc is on the PATH
 #   bench     benchmarks/kernels.py on numpy and cupy (GAE against the host and device floors,
 #             the MLP rows numpy/cupy), then benchmarks/gpu_gae_chunk.py (the GAE kernel's chunk)
+#   profile   benchmarks/cupy_profile.py: where the time goes in act and in a short CartPole run
 #   learning  the CartPole and Pendulum presets trained with MINIPPO_BACKEND=cupy (marked gpu
 #             and slow), one log and time limit each, every seed's return printed as it ends
 # It needs python3 with numpy, cupy, pytest and gymnasium; minippo runs from this checkout. Where
@@ -20,7 +21,7 @@
 # line per test as it ends), its last lines on the terminal. Exit status: 0 when every step passed,
 # 1 when one or more failed (the last line counts them), 2 for a usage error.
 set -u
-usage="usage: bash benchmarks/gpu_check.sh OUTDIR [STEP ...] (STEP: device, tests, bench, learning)"
+usage="usage: bash benchmarks/gpu_check.sh OUTDIR [STEP ...] (STEP: device, tests, bench, profile, learning)"
 if [ $# -lt 1 ] || [ -z "$1" ]; then
     echo "$usage" >&2
     exit 2
@@ -28,10 +29,10 @@ fi
 out=$1
 shift
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(device tests bench learning)
+[ ${#steps[@]} -gt 0 ] || steps=(device tests bench profile learning)
 for s in "${steps[@]}"; do
     case $s in
-        device | tests | bench | learning) ;;
+        device | tests | bench | profile | learning) ;;
         *) echo "$usage; got $s" >&2; exit 2 ;;
     esac
 done
@@ -81,6 +82,8 @@ exit $status' ;;
             run_step tests 150 "$needs_device && $needs_gym && $pytest -o faulthandler_timeout=90 -m 'not slow' tests/test_kernels_gpu.py tests/test_cupy_standin.py" ;;
         bench)
             run_step bench 180 "$needs_device && python3 benchmarks/kernels.py numpy cupy && python3 benchmarks/gpu_gae_chunk.py" ;;
+        profile)
+            run_step profile 120 "$needs_device && $needs_gym && MINIPPO_BACKEND=cupy python3 benchmarks/cupy_profile.py" ;;
         learning)  # each env its own limit, so that a slow CartPole cannot take Pendulum's time
             # (session 46, an H200: CartPole's 3 seeds took 206 s, Pendulum's 2 seeds 298 s)
             run_step learning-CartPole 300 "$needs_device && $needs_gym && $pytest -s -m 'gpu and slow' -k CartPole tests/test_learning.py"

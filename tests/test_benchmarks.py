@@ -441,3 +441,29 @@ def test_gpu_check_script_runs_its_steps_and_counts_the_failed_ones(tmp_path):
         proc = subprocess.run(["bash", script, *argv], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and proc.stdout == "", argv
         assert proc.stderr.startswith("usage: bash benchmarks/gpu_check.sh OUTDIR [STEP ...]"), argv
+
+
+def test_cupy_profile_script_runs_on_the_pretend_gpu_machine(tmp_path):
+    """benchmarks/cupy_profile.py (gpu_check.sh's profile step) on the stand-in as cupy: act's time and
+    profile, then a short CartPole run's, with the work on the "device" (the stand-in counts its
+    uploads); it refuses bad STEPS (2) and a backend that is not cupy (1)."""
+    pytest.importorskip("gymnasium")
+    script = os.path.join(ROOT, "benchmarks", "cupy_profile.py")
+    env = strict_cupy.pretend_gpu_machine(tmp_path)
+    proc = subprocess.run([sys.executable, script, "512"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "ActorCritic.act, CartPole policy, B = 8: " in out
+    assert "PPO.learn, CartPole preset, 512 env steps: " in out and "steps/s (profiled)" in out
+    assert out.count("Ordered by: internal time") == 2 and out.count("Ordered by: cumulative time") == 1
+    assert "(collect_rollout)" in out and "(forward)" in out
+    stats = proc.stderr.rsplit("strict_cupy stand-in: ", 1)[1]
+    assert int(stats.split("'upload': ")[1].split(",")[0]) > 1000  # each act and rollout step uploads
+    for argv in (["0"], ["x"], ["1", "2"]):
+        proc = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("usage: python benchmarks/cupy_profile.py"), argv
+    proc = subprocess.run([sys.executable, script, "512"], capture_output=True, text=True,
+                          env={**env, "MINIPPO_BACKEND": "numpy"}, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1 and "the backend in use is numpy, not cupy" in proc.stderr
