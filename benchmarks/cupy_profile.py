@@ -60,19 +60,19 @@ def main(argv: list[str]) -> int:
     pol = ActorCritic(4, Discrete(2), (64, 64)).to(backend.to_device)
     obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     rng = np.random.default_rng(0)
-    for _ in range(50):  # CuPy compiles each kernel on its first call
-        pol.act(backend.to_device(obs), rng)
-    sync()
+
+    def acts(n: int) -> None:  # n rollout steps' acting: the observations up, act, then a synchronise
+        for _ in range(n):
+            pol.act(backend.to_device(obs), rng)
+        sync()
+
+    acts(50)  # CuPy compiles each kernel on its first call
     t0 = time.perf_counter()
-    for _ in range(500):
-        pol.act(backend.to_device(obs), rng)
-    sync()
+    acts(500)
     print(f"ActorCritic.act, CartPole policy, B = 8: {(time.perf_counter() - t0) / 500 * 1e6:.1f} us per call")
     profile = cProfile.Profile()
     profile.enable()
-    for _ in range(500):
-        pol.act(backend.to_device(obs), rng)
-    sync()
+    acts(500)
     profile.disable()
     print(top(profile, "tottime", 20))
 

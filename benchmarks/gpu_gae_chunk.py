@@ -40,9 +40,12 @@ def launch_time(cp, fn, args, grid: tuple[int], n: int) -> float:
 def main(argv: list[str]) -> int:
     import cupy as cp
 
-    chunks = [int(c) for c in argv] or [1, 4, 8, 16, 32]
-    if any(c < 1 for c in chunks):
-        print(f"chunks must be >= 1, got {chunks}", file=sys.stderr)
+    try:
+        chunks = [int(c) for c in argv] or [1, 4, 8, 16, 32]
+    except ValueError:
+        chunks = []
+    if not chunks or any(c < 1 for c in chunks):
+        print(f"CHUNK must be integers >= 1, got {argv}", file=sys.stderr)
         return 2
     print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, cupy {cp.__version__}")
     mods = {c: cp.RawModule(code=gpu.source(), options=(*gpu.NVRTC_OPTIONS, f"-DGAE_CHUNK={c}"))

@@ -339,7 +339,7 @@ def test_real_device_matches_numpy(dtype):
 def test_chunk_benchmark_runs_each_build_through_the_shim(tmp_path, monkeypatch, capsys):
     """The chunk sweep, which only a GPU times, on a stand-in whose RawModule compiles gae.cu with the
     script's -D options through the host shim: every build's results equal numpy's (no DIFF), a
-    build that differs is flagged, and a chunk below 1 is refused."""
+    build that differs is flagged, and a chunk that is not an integer >= 1 is refused."""
     import importlib.util
     import time
 
@@ -384,14 +384,15 @@ def test_chunk_benchmark_runs_each_build_through_the_shim(tmp_path, monkeypatch,
     # a build whose results differ is named: chunk 4's kernels made to write one wrong advantage
     real = RawModule.get_function
 
-    def off_by_one(self, name):
+    def wrong_first_advantage(self, name):
         f = real(self, name)
         if self.lib is not builds[("-DGAE_CHUNK=4",)]:
             return f
         return lambda grid, block, args: (f(grid, block, args), args[-2].flat.__setitem__(0, 7.0))
 
-    monkeypatch.setattr(RawModule, "get_function", off_by_one)
+    monkeypatch.setattr(RawModule, "get_function", wrong_first_advantage)
     assert script.main(["1", "4"]) == 0
     diff = [line for line in capsys.readouterr().out.splitlines() if "DIFF" in line]
     assert len(diff) == 4 and all(line.count("DIFF") == 1 and line.rstrip().endswith("DIFF") for line in diff)
-    assert script.main(["0"]) == 2 and "chunks must be >= 1" in capsys.readouterr().err
+    for argv in (["0"], ["x"], ["16", "1.5"]):
+        assert script.main(argv) == 2 and f"CHUNK must be integers >= 1, got {argv}" in capsys.readouterr().err
