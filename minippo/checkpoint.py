@@ -180,6 +180,7 @@ def save_checkpoint(algo: Any, path: str) -> None:
         "policy": algo.policy.describe(),
         "num_timesteps": algo.num_timesteps,
         "iteration": algo.iteration,
+        "time_elapsed": algo.time_elapsed,
         "total_timesteps": algo.total_timesteps,
         "adam_t": opt["t"],
         "beta": algo.kl_coef.beta,
@@ -248,6 +249,10 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     # beta >= 0, not only > 0: a long kl_penalty run can halve it down to 0.0 (or double it to inf)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
         raise CheckpointError(f"{path!r}: meta's 'beta' must be a number >= 0, got {beta!r}")
+    elapsed = meta.get("time_elapsed", 0.0)  # (absent from checkpoints saved before session 47: 0)
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not 0 <= elapsed < math.inf:
+        raise CheckpointError(f"{path!r}: meta's 'time_elapsed' must be a finite number of seconds >= 0, "
+                              f"got {elapsed!r}")
     for key in ("episode_returns", "episode_lengths"):
         v = meta.get(key, [])
         if not isinstance(v, list) or not all(
@@ -418,6 +423,7 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
         raise CheckpointError(f"{path!r}: meta's 'rng' is not a generator state: {e}") from e
     algo.num_timesteps = int(meta["num_timesteps"])
     algo.iteration = int(meta["iteration"])
+    algo.time_elapsed = float(meta.get("time_elapsed", 0.0))
     # An explicit total_timesteps override wins over the saved budget (resume with a new target).
     saved_total = int(meta["total_timesteps"])
     algo.total_timesteps = config.total_timesteps if "total_timesteps" in overrides else saved_total

@@ -257,6 +257,7 @@ class PPO:
             self.config = config = config.replace(autoreset=mode)
         self.num_timesteps = 0
         self.iteration = 0
+        self.time_elapsed = 0.0  # seconds of learn() wall time over all calls (and resumes): row "time"
         self.total_timesteps = config.total_timesteps
         self.episode_returns: deque[float] = deque(maxlen=100)
         self.episode_lengths: deque[int] = deque(maxlen=100)
@@ -467,11 +468,12 @@ class PPO:
         ``callback(row)`` is called after every iteration with the logged values (the columns of
         progress.csv); returning ``False`` stops training. ``row["mean_return"]`` and
         ``row["mean_length"]`` are over the last 100 finished episodes (NaN before the first).
-        ``row["time"]`` is the wall time since this call started; ``row["fps"]`` is env steps per
-        second of it, leaving out the seconds numba spent compiling kernels
-        (:func:`minippo.backend.numba_compile_seconds`: a one-off per machine, net shape and dtype,
-        ~45 s for CartPole's preset on a 2-core VM, which would otherwise pull the rate down for
-        the whole run).
+        ``row["time"]`` is the training wall time so far: :attr:`time_elapsed`, the seconds of every
+        earlier ``learn`` call (of this trainer, or of the run it was loaded from: checkpoints keep it),
+        plus this call's; ``row["fps"]`` is env steps per second of this call's time, leaving out the
+        seconds numba spent compiling kernels (:func:`minippo.backend.numba_compile_seconds`: a one-off
+        per machine, net shape and dtype, ~45 s for CartPole's preset on a 2-core VM, which would
+        otherwise pull the rate down for the whole run).
         """
         if total_timesteps is not None:
             self.total_timesteps = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too
@@ -480,7 +482,7 @@ class PPO:
                             f"{type(callback).__name__}")
         start = time.perf_counter()
         compiling_at_start = backend.numba_compile_seconds()
-        steps_at_start = self.num_timesteps
+        steps_at_start, time_at_start = self.num_timesteps, self.time_elapsed
         while self.num_timesteps < self.total_timesteps:
             progress = self.num_timesteps / self.total_timesteps
             self.collect_rollout()
@@ -488,10 +490,11 @@ class PPO:
             self.iteration += 1
             elapsed = time.perf_counter() - start
             training = elapsed - (backend.numba_compile_seconds() - compiling_at_start)
+            self.time_elapsed = time_at_start + elapsed  # (before the callback, which may save)
             row = {
                 "iteration": self.iteration,
                 "timesteps": self.num_timesteps,
-                "time": elapsed,
+                "time": self.time_elapsed,
                 "fps": (self.num_timesteps - steps_at_start) / max(training, 1e-9),
                 "mean_return": float(np.mean(self.episode_returns)) if self.episode_returns else math.nan,
                 "mean_length": float(np.mean(self.episode_lengths)) if self.episode_lengths else math.nan,

@@ -79,6 +79,7 @@ def test_saved_files_resume_training_with_their_state(name):
     _, arrays = read_checkpoint(path)
     algo = PPO.load(path, total_timesteps=96)
     assert (algo.num_timesteps, algo.iteration, algo.optimizer.t, algo.kl_coef.beta) == (64, 2, 8, CASES[name]["beta"])
+    assert algo.time_elapsed == 0.0  # 0.1.0 did not save the training time: the resumed run counts from 0
     for k, p in algo.policy.params.items():
         np.testing.assert_array_equal(p, arrays[f"param/{k}"])
     np.testing.assert_array_equal(algo.obs_norm.rms.mean, arrays["obs_rms.mean"])

@@ -625,10 +625,34 @@ def test_fps_leaves_out_numba_compile_time_and_time_does_not(monkeypatch):
     algo.learn(callback=rows.append)
     assert [r["time"] for r in rows] == [10.0, 30.0]
     assert [r["fps"] for r in rows] == [32 / (10.0 - 6.0), 64 / (30.0 - 6.0)]
-    # a later learn() (a resumed run) counts its own steps and time only, not the 64 steps before it
+    # a later learn() (a resumed run) adds its time to the 30 s before it; its fps counts its own steps
+    # and time only, not the 64 steps before it
     clock, compiled = iter([200.0, 208.0]), iter([9.0, 9.0])
     algo.learn(96, callback=rows.append)
-    assert (rows[-1]["timesteps"], rows[-1]["time"], rows[-1]["fps"]) == (96, 8.0, 32 / 8.0)
+    assert (rows[-1]["timesteps"], rows[-1]["time"], rows[-1]["fps"]) == (96, 38.0, 32 / 8.0)
+    assert algo.time_elapsed == 38.0
+
+
+@needs_gym
+def test_time_goes_on_across_a_save_and_resume(tmp_path, monkeypatch):
+    """A checkpoint keeps the training time so far (time_elapsed), so that a resumed run's progress.csv
+    "time" column goes on from it rather than restarting at 0; the clock is a stand-in."""
+    import types
+
+    from minippo import ppo as ppo_module
+
+    cfg = PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden=(8,),
+                    total_timesteps=32)
+    clock = iter([0.0, 12.5])
+    monkeypatch.setattr(ppo_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    algo = PPO(cfg).learn()
+    assert algo.time_elapsed == 12.5
+    algo.save(str(tmp_path / "m.npz"))
+    resumed = PPO.load(str(tmp_path / "m.npz"), total_timesteps=64)
+    assert resumed.time_elapsed == 12.5
+    clock, rows = iter([50.0, 54.0]), []
+    resumed.learn(callback=rows.append)
+    assert [r["time"] for r in rows] == [16.5] and resumed.time_elapsed == 16.5
 
 
 @needs_gym
