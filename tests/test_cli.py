@@ -330,6 +330,8 @@ def test_resume_writes_to_the_models_own_run_and_trims_what_a_dead_run_logged(tm
     assert (tmp_path / "runs" / "CartPole-v1-s0" / "model.npz").read_bytes() == other
     assert _iterations("runB/progress.csv") == [1, 2, 3, 4, 5, 6]
     assert [r["timesteps"] for r in _rows("runB/progress.csv")][-2:] == ["160", "192"]
+    times = [float(r["time"]) for r in _rows("runB/progress.csv")]  # the resumed rows go on from row 4's
+    assert times == sorted(times) and times[4] > times[3] > 0, times
     from minippo.checkpoint import read_checkpoint
 
     assert read_checkpoint("runB/model.npz")[0]["num_timesteps"] == 192
