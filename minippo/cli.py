@@ -422,6 +422,18 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tupl
     return out, model_path, log
 
 
+def _small_net_on_gpu(cfg: Any, name: str) -> str:
+    """A line for ``train`` when the cupy backend trains networks no wider than 64 (the presets'),
+    which the H200 run of session 46 trained many times slower than numba on a CPU (docs/kernels.md,
+    "The first real device"): each device operation costs ~12-20 us whatever its size, and an acting
+    step is ~30 of them. Empty otherwise."""
+    if name != "cupy" or max(cfg.hidden, default=0) > 64:
+        return ""
+    return (f"minippo: hidden={list(cfg.hidden)} is small for a GPU: each CuPy operation costs ~12-20 us "
+            "whatever its size, so this trains many times slower than on the CPU; MINIPPO_BACKEND=numba "
+            "(or numpy) is faster for networks this size (README, Backends)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``minippo train``: train, log progress.csv, save config.json and model.npz; returns the exit code."""
     from minippo import backend
@@ -472,6 +484,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"minippo: training {cfg.env_id} ({cfg.objective}) for {algo.total_timesteps} steps "
               f"on backend {backend.name}; writing {out}", file=sys.stderr)
+        hint = _small_net_on_gpu(cfg, backend.name)
+        if hint:
+            print(hint, file=sys.stderr)
     per_iteration = cfg.n_envs * cfg.n_steps  # the last rollout runs to completion past the budget
     steps_to_run = -(-algo.total_timesteps // per_iteration) * per_iteration
     progress = _Progress(max(steps_to_run, algo.num_timesteps), algo.num_timesteps, args.quiet)

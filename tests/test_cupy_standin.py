@@ -628,3 +628,26 @@ def test_device_flags_and_gradients_are_taken_and_host_only_inputs_named(cupy_ba
                         "valid")):
         with pytest.raises(TypeError, match=name + " " + host_only):
             call()
+
+
+def test_train_says_when_a_small_network_would_train_faster_on_the_cpu(strict_cupy_backend, monkeypatch, tmp_path,
+                                                                      capsys):
+    """``minippo train`` on cupy with widths <= 64 (the presets') prints a line naming numba; not for a
+    wider network, nor on a CPU backend, nor with --quiet."""
+    pytest.importorskip("gymnasium")
+    from minippo.cli import main
+
+    def train(out, hidden, *extra):
+        argv = ["train", "CartPole-v1", "--timesteps", "32", "--n-envs", "2", "--out", str(tmp_path / out),
+                "--set", "n_steps=16", "--set", "batch_size=32", "--set", "n_epochs=1", "--set", f"hidden={hidden}"]
+        assert main([*argv, *extra]) == 0
+        return capsys.readouterr().err
+
+    hint = "is small for a GPU: each CuPy operation costs ~12-20 us whatever its size"
+    err = train("a", "[64,64]")
+    assert "on backend cupy" in err and "minippo: hidden=[64, 64] " + hint in err and "MINIPPO_BACKEND=numba" in err
+    assert hint not in train("b", "[128]") and hint not in train("c", "[8]", "--quiet")
+    monkeypatch.setenv(backend.ENV_VAR, "numpy")
+    backend.reset()
+    err = train("d", "[8]")
+    assert "on backend numpy" in err and hint not in err
