@@ -53,7 +53,9 @@ def _prepare_numba() -> None:
       the kernels' folder nor a user cache folder is writable (a read-only install run by a user
       without a home). Then the cache goes to a new temporary folder (``NUMBA_CACHE_DIR``, which
       processes started from this one inherit), removed when this process exits, with a warning:
-      the compiles are not kept.
+      the compiles are not kept. Kernels compiled there before (a read-only ``NUMBA_CACHE_DIR`` or
+      kernels folder, warmed when it was writable: an image built, then mounted read-only) are
+      linked into it (:func:`_link_warm_cache`), so they load instead of compiling again.
     """
     import numba
 
@@ -76,13 +78,57 @@ def _prepare_numba() -> None:
         import shutil
         import tempfile
 
+        warm = [os.path.join(d, _cache_subpath(folder)) for d in (numba.config.CACHE_DIR,) if d]
+        warm.append(os.path.join(folder, "__pycache__"))  # numba's in-tree cache, the default
         tmp = tempfile.mkdtemp(prefix="minippo-numba-cache-")
         atexit.register(shutil.rmtree, tmp, True)
+        linked = _link_warm_cache(warm, os.path.join(tmp, _cache_subpath(folder)))
         os.environ["NUMBA_CACHE_DIR"] = tmp  # (numba's config reloads from the environment)
         numba.config.CACHE_DIR = tmp
-        log.warning("numba cannot write its cache beside the kernels (%s) or in a user cache folder (%s): "
-                    "caching in %s until this process exits; set NUMBA_CACHE_DIR to a folder this user may "
-                    "write to keep the compiles", folder, e, tmp)
+        reuse = f", starting from the {linked[1]} kernels compiled in {linked[0]}" if linked else ""
+        # a warmed read-only image is meant to run so: INFO then (numba's compiles, if any, are logged)
+        log.log(logging.INFO if linked else logging.WARNING,
+                "numba cannot write its cache beside the kernels (%s) or in a user cache folder (%s): caching in "
+                "%s until this process exits%s; set NUMBA_CACHE_DIR to a folder this user may write to keep new "
+                "compiles", folder, e, tmp, reuse)
+
+
+def _cache_subpath(folder: str) -> str:
+    """The folder numba caches ``folder``'s functions in under ``NUMBA_CACHE_DIR``: its name and the
+    SHA-1 of its absolute path (numba's ``_CacheLocator.get_suitable_cache_subpath``, numba 0.49-0.68)."""
+    import hashlib
+
+    path = os.path.abspath(folder)
+    return f"{os.path.basename(path)}_{hashlib.sha1(path.encode()).hexdigest()}"
+
+
+def _link_warm_cache(sources: list[str], dest: str) -> tuple[str, int] | None:
+    """Symbolic links in ``dest`` (made) to the numba cache files (``*.nbi`` indexes, ``*.nbc`` data)
+    of the first folder in ``sources`` that has an index; ``(that folder, the number of indexes)``, or
+    None when none has one. numba reads through the links and writes a new index or data file by
+    replacing the link (a temporary file, then ``os.replace``), never the file it points to. Where
+    links cannot be made the files are copied."""
+    import shutil
+
+    for src in sources:
+        try:
+            names = sorted(n for n in os.listdir(src) if n.endswith((".nbi", ".nbc")))
+        except OSError:  # missing or unreadable: the next one
+            continue
+        n_index = sum(n.endswith(".nbi") for n in names)
+        if not n_index:
+            continue
+        os.makedirs(dest, exist_ok=True)
+        for n in names:
+            try:
+                os.symlink(os.path.join(src, n), os.path.join(dest, n))
+            except OSError:
+                try:
+                    shutil.copyfile(os.path.join(src, n), os.path.join(dest, n))
+                except OSError:  # unreadable: numba compiles what it held
+                    pass
+        return src, n_index
+    return None
 
 
 def _use_numba() -> None:

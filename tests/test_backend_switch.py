@@ -2,6 +2,7 @@
 them: the variable is read at first use, so nothing here may leak from the test process.
 """
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -158,10 +159,13 @@ import logging; logging.basicConfig(level=logging.WARNING)
 
 def test_numba_without_a_folder_to_cache_in_caches_in_a_temporary_one():
     """@njit(cache=True) raised at the kernels' import ("cannot cache function '_gae_kernel': no
-    locator available"), so the numba and auto backends failed outright on such a machine."""
+    locator available"), so the numba and auto backends failed outright on such a machine. No warm
+    cache is found here (the kernels folder's own is hidden), so the temporary one starts empty, with
+    a warning."""
     pytest.importorskip("numba")
-    code = GAE + "; import os, glob; print('CACHED', bool(glob.glob(os.environ['NUMBA_CACHE_DIR'] + '/**/*.nbi', " \
-                 "recursive=True)), os.environ['NUMBA_CACHE_DIR'])"
+    cold = "import minippo.backend as _b; _b._link_warm_cache = lambda sources, dest: None\n"
+    code = cold + GAE + "; import os, glob; print('CACHED', bool(glob.glob(os.environ['NUMBA_CACHE_DIR'] + " \
+                        "'/**/*.nbi', recursive=True)), os.environ['NUMBA_CACHE_DIR'])"
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     out = subprocess.run([sys.executable, "-c", NO_CACHE_FOLDER + code], capture_output=True, text=True,
                          env={**env, "MINIPPO_BACKEND": "numba"}, cwd=ROOT, timeout=300)
@@ -175,3 +179,73 @@ def test_numba_without_a_folder_to_cache_in_caches_in_a_temporary_one():
     folder = out.stdout.split("CACHED True ")[1].strip()
     assert "minippo-numba-cache-" in folder and not os.path.exists(folder)  # removed at exit
 
+
+@pytest.mark.parametrize("where", ["NUMBA_CACHE_DIR", "kernels folder"])
+def test_a_warm_read_only_cache_is_reused_not_compiled_again(tmp_path, where):
+    """An image warmed while its cache folder was writable, then run read-only (a board's read-only
+    root, or an install run by another user without a home): numba refuses every cache folder, and
+    the temporary one minippo falls back to starts from links to the warm kernels, so nothing is
+    compiled again (before: GAE's ~6 s each process, CartPole's preset ~45 s); the warm files are
+    left as they were. The kernels folder's own cache (``kernels/__pycache__``) is the default."""
+    pytest.importorskip("numba")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["MINIPPO_BACKEND"] = "numba"
+    if where == "NUMBA_CACHE_DIR":
+        env["NUMBA_CACHE_DIR"] = str(tmp_path / "warm")
+    warm = subprocess.run([sys.executable, "-c", GAE], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)  # compiles, or loads the kernels folder's cache the suite made
+    assert warm.returncode == 0 and "BACKEND numba float32 1.0" in warm.stdout, warm.stderr
+    folder = str(ROOT / "kernels")  # numba's subfolder of NUMBA_CACHE_DIR: the name and SHA-1 of the path
+    subpath = f"kernels_{hashlib.sha1(folder.encode()).hexdigest()}"
+    source = tmp_path / "warm" / subpath if where == "NUMBA_CACHE_DIR" else Path(folder, "__pycache__")
+    before = {p.name: p.stat().st_mtime_ns for p in source.iterdir()}
+    assert any(n.startswith("cpu._gae_kernel") and n.endswith(".nbi") for n in before), sorted(before)
+    code = GAE + "; import os; print('COMPILED', backend.numba_compile_seconds(), os.environ['NUMBA_CACHE_DIR'])"
+    info = "logging.getLogger().setLevel(logging.INFO)\n"  # (a warm cache reused is logged at INFO)
+    out = subprocess.run([sys.executable, "-c", NO_CACHE_FOLDER + info + code], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=300)
+    if "STAND-IN NOT CONSULTED" in out.stdout:
+        pytest.skip("this numba tests its cache folders otherwise: the refusal cannot be stood in for")
+    assert out.returncode == 0, out.stderr
+    assert "BACKEND numba float32 1.0" in out.stdout and "COMPILED 0.0 " in out.stdout, out.stdout + out.stderr
+    assert "starting from the " in out.stderr and f"kernels compiled in {source}" in out.stderr, out.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in source.iterdir()} == before
+
+
+
+def test_link_warm_cache_links_the_first_folder_with_an_index(tmp_path):
+    """The first source holding a numba index (*.nbi) is linked file by file (indexes and data, nothing
+    else); missing folders and folders of data files alone are passed over; none: None, nothing made."""
+    from minippo.backend import _link_warm_cache
+
+    data_only, warm, later = tmp_path / "data_only", tmp_path / "warm", tmp_path / "later"
+    for folder, names in ((data_only, ["f-1.py311.1.nbc"]), (warm, ["f-1.py311.nbi", "f-1.py311.1.nbc", "x.pyc"]),
+                          (later, ["g-2.py311.nbi"])):
+        folder.mkdir()
+        for n in names:
+            (folder / n).write_bytes(n.encode())
+    dest = tmp_path / "tmp" / "kernels_abc"
+    assert _link_warm_cache([str(tmp_path / "missing"), str(data_only)], str(dest)) is None and not dest.exists()
+    assert _link_warm_cache([str(tmp_path / "missing"), str(data_only), str(warm), str(later)], str(dest)) == \
+        (str(warm), 1)
+    assert sorted(os.listdir(dest)) == ["f-1.py311.1.nbc", "f-1.py311.nbi"]
+    assert all((dest / n).is_symlink() and (dest / n).read_bytes() == n.encode() for n in os.listdir(dest))
+    # numba writes a new index by replacing the link (a temporary file, os.replace): the warm file stays
+    (dest / "new.tmp").write_bytes(b"new index")
+    os.replace(dest / "new.tmp", dest / "f-1.py311.nbi")
+    assert (warm / "f-1.py311.nbi").read_bytes() == b"f-1.py311.nbi"
+
+
+def test_link_warm_cache_copies_where_links_cannot_be_made(tmp_path, monkeypatch):
+    from minippo.backend import _link_warm_cache
+
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    (warm / "f-1.py311.nbi").write_bytes(b"index")
+
+    def no_links(*a, **k):
+        raise OSError(1, "Operation not permitted (stand-in)")
+    monkeypatch.setattr(os, "symlink", no_links)
+    assert _link_warm_cache([str(warm)], str(tmp_path / "dest")) == (str(warm), 1)
+    copied = tmp_path / "dest" / "f-1.py311.nbi"
+    assert not copied.is_symlink() and copied.read_bytes() == b"index"
