@@ -103,16 +103,17 @@ def _cache_subpath(folder: str) -> str:
 
 
 def _link_warm_cache(sources: list[str], dest: str) -> tuple[str, int] | None:
-    """Symbolic links in ``dest`` (made) to the numba cache files (``*.nbi`` indexes, ``*.nbc`` data)
-    of the first folder in ``sources`` that has an index; ``(that folder, the number of indexes)``, or
-    None when none has one. numba reads through the links and writes a new index or data file by
-    replacing the link (a temporary file, then ``os.replace``), never the file it points to. Where
-    links cannot be made the files are copied."""
+    """Symbolic links in ``dest`` (made) to this Python's numba cache files (``NAME.py312.nbi`` indexes,
+    ``NAME.py312.N.nbc`` data, for Python 3.12) of the first folder in ``sources`` that has such an
+    index; ``(that folder, the number of indexes)``, or None when none has one. numba reads through the
+    links and writes a new index or data file by replacing the link (a temporary file, then
+    ``os.replace``), never the file it points to. Where links cannot be made the files are copied."""
     import shutil
 
+    tag = f".py{sys.version_info[0]}{sys.version_info[1]}."  # (numba keeps one index per Python version)
     for src in sources:
         try:
-            names = sorted(n for n in os.listdir(src) if n.endswith((".nbi", ".nbc")))
+            names = sorted(n for n in os.listdir(src) if tag in n and n.endswith((".nbi", ".nbc")))
         except OSError:  # missing or unreadable: the next one
             continue
         n_index = sum(n.endswith(".nbi") for n in names)

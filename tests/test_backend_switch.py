@@ -214,26 +214,29 @@ def test_a_warm_read_only_cache_is_reused_not_compiled_again(tmp_path, where):
 
 
 def test_link_warm_cache_links_the_first_folder_with_an_index(tmp_path):
-    """The first source holding a numba index (*.nbi) is linked file by file (indexes and data, nothing
-    else); missing folders and folders of data files alone are passed over; none: None, nothing made."""
+    """The first source holding a numba index (*.nbi) of this Python is linked file by file (its indexes
+    and data, nothing else); missing folders, folders of data files alone and another Python's cache
+    are passed over; none: None, nothing made."""
     from minippo.backend import _link_warm_cache
 
-    data_only, warm, later = tmp_path / "data_only", tmp_path / "warm", tmp_path / "later"
-    for folder, names in ((data_only, ["f-1.py311.1.nbc"]), (warm, ["f-1.py311.nbi", "f-1.py311.1.nbc", "x.pyc"]),
-                          (later, ["g-2.py311.nbi"])):
+    py = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    data_only, other_py, warm, later = (tmp_path / n for n in ("data_only", "other_py", "warm", "later"))
+    for folder, names in ((data_only, [f"f-1.{py}.1.nbc"]), (other_py, ["f-1.py29.nbi", "f-1.py29.1.nbc"]),
+                          (warm, [f"f-1.{py}.nbi", f"f-1.{py}.1.nbc", "f-1.py29.nbi", "x.pyc"]),
+                          (later, [f"g-2.{py}.nbi"])):
         folder.mkdir()
         for n in names:
             (folder / n).write_bytes(n.encode())
     dest = tmp_path / "tmp" / "kernels_abc"
-    assert _link_warm_cache([str(tmp_path / "missing"), str(data_only)], str(dest)) is None and not dest.exists()
-    assert _link_warm_cache([str(tmp_path / "missing"), str(data_only), str(warm), str(later)], str(dest)) == \
-        (str(warm), 1)
-    assert sorted(os.listdir(dest)) == ["f-1.py311.1.nbc", "f-1.py311.nbi"]
+    passed_over = [str(tmp_path / "missing"), str(data_only), str(other_py)]
+    assert _link_warm_cache(passed_over, str(dest)) is None and not dest.exists()
+    assert _link_warm_cache([*passed_over, str(warm), str(later)], str(dest)) == (str(warm), 1)
+    assert sorted(os.listdir(dest)) == [f"f-1.{py}.1.nbc", f"f-1.{py}.nbi"]
     assert all((dest / n).is_symlink() and (dest / n).read_bytes() == n.encode() for n in os.listdir(dest))
     # numba writes a new index by replacing the link (a temporary file, os.replace): the warm file stays
     (dest / "new.tmp").write_bytes(b"new index")
-    os.replace(dest / "new.tmp", dest / "f-1.py311.nbi")
-    assert (warm / "f-1.py311.nbi").read_bytes() == b"f-1.py311.nbi"
+    os.replace(dest / "new.tmp", dest / f"f-1.{py}.nbi")
+    assert (warm / f"f-1.{py}.nbi").read_bytes() == f"f-1.{py}.nbi".encode()
 
 
 def test_link_warm_cache_copies_where_links_cannot_be_made(tmp_path, monkeypatch):
@@ -241,11 +244,12 @@ def test_link_warm_cache_copies_where_links_cannot_be_made(tmp_path, monkeypatch
 
     warm = tmp_path / "warm"
     warm.mkdir()
-    (warm / "f-1.py311.nbi").write_bytes(b"index")
+    name = f"f-1.py{sys.version_info[0]}{sys.version_info[1]}.nbi"
+    (warm / name).write_bytes(b"index")
 
     def no_links(*a, **k):
         raise OSError(1, "Operation not permitted (stand-in)")
     monkeypatch.setattr(os, "symlink", no_links)
     assert _link_warm_cache([str(warm)], str(tmp_path / "dest")) == (str(warm), 1)
-    copied = tmp_path / "dest" / "f-1.py311.nbi"
+    copied = tmp_path / "dest" / name
     assert not copied.is_symlink() and copied.read_bytes() == b"index"
