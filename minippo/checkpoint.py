@@ -104,14 +104,29 @@ def replaced_mode(path: str | bytes | os.PathLike) -> int | None:
     return st.st_mode & 0o777
 
 
+def _replaced_owner(target: str) -> tuple[int, int] | None:
+    """``(uid, gid)`` of the file at ``target`` where either differs from this process's (what
+    :func:`atomic_write` gives back to a file it replaces), else None (also where there are no owners)."""
+    if not hasattr(os, "fchown"):
+        return None
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()):
+        return None
+    return st.st_uid, st.st_gid
+
+
 def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through ``write(f)`` on a temp file beside ``path``, then fsync, rename onto
     ``path`` and fsync the folder: ``path`` is never half-written (the old file stays until the new
     one is whole), and the new file is durable once this returns. A failure removes the temp file.
-    As with ``open(path, "wb")``: a file it replaces keeps its permission bits (not its owner: the
-    new file is this process's), one this process may not write is refused (PermissionError, before
-    anything is written), a new file gets 0666 less the umask, and a symbolic link is followed (the
-    file it points to is replaced; the link stays)."""
+    As with ``open(path, "wb")``: a file it replaces keeps its permission bits and, where this process
+    may set them (root; or a group it is in), its owner and group (``sudo minippo train --resume`` of
+    a user's run leaves the user's model.npz theirs), one this process may not write is refused
+    (PermissionError, before anything is written), a new file gets 0666 less the umask, and a
+    symbolic link is followed (the file it points to is replaced; the link stays)."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a file path (str, bytes or os.PathLike), got {type(path).__name__}")
     name = os.fsdecode(path)
@@ -122,9 +137,15 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
     target = os.path.realpath(name)
     folder = os.path.dirname(target)
     mode = replaced_mode(name)  # (its errors name the path as given)
+    owner = _replaced_owner(target) if mode is not None else None
     os.makedirs(folder, exist_ok=True)
     fd, tmp = _new_temp(target)
     try:
+        if owner is not None:  # before the mode: a chown by a non-root user may clear mode bits
+            try:
+                os.fchown(fd, *owner)
+            except OSError:  # not root, nor in that group: the new file is this process's, as a new one is
+                pass
         if mode is not None and hasattr(os, "fchmod"):
             try:
                 os.fchmod(fd, mode)

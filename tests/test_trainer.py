@@ -386,6 +386,45 @@ def test_a_replaced_file_keeps_its_mode_as_open_would(tmp_path, mode):
     assert os.listdir(tmp_path) == ["m.npz"]
 
 
+@pytest.mark.skipif(not hasattr(os, "fchown"), reason="POSIX file owners")
+def test_a_replaced_file_keeps_its_owner_and_group_where_this_process_may_set_them(tmp_path, monkeypatch):
+    """``sudo minippo train --resume`` of a user's run: the model.npz it writes stays the user's (it
+    was root's, which the user could then neither replace nor delete in a folder of their own but
+    not theirs to chmod). Where this process may not give the file back (not root, nor in its group),
+    the save still goes through and the new file is this process's, as a new file is."""
+    path = tmp_path / "m.npz"
+    atomic_savez(str(path), {"a": np.arange(3)})
+    if os.geteuid() == 0:  # root may give any file to anyone: the real thing
+        os.chown(path, 12345, 23456)
+        atomic_savez(str(path), {"a": np.arange(5)})
+        st = os.stat(path)
+        assert (st.st_uid, st.st_gid) == (12345, 23456)
+        with np.load(path) as z:
+            np.testing.assert_array_equal(z["a"], np.arange(5))
+    # another owner, as os.stat reports it, and fchown refused (the OS's answer for a non-root user)
+    real_stat, calls = os.stat, []
+
+    def other_owner(p, *a, **k):
+        st = real_stat(p, *a, **k)
+        if os.fspath(p) != os.fspath(path):
+            return st
+        fields = list(st)
+        fields[4], fields[5] = st.st_uid + 1, st.st_gid + 1  # st_uid, st_gid
+        return os.stat_result(fields)
+
+    def refused(fd, uid, gid):
+        calls.append((uid, gid))
+        raise PermissionError(1, "Operation not permitted (stand-in)")
+    monkeypatch.setattr(os, "stat", other_owner)
+    monkeypatch.setattr(os, "fchown", refused)
+    mine = real_stat(path)
+    atomic_savez(str(path), {"a": np.arange(7)})
+    assert calls == [(mine.st_uid + 1, mine.st_gid + 1)]
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["a"], np.arange(7))
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
 def test_saving_over_a_file_this_process_may_not_write_is_refused(tmp_path, monkeypatch):
     """The refusal itself, on any user (root may write every file, so the OS's answer is stood in
     for): PermissionError naming the path, its mode and the fix, raised before anything is
