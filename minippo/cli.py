@@ -26,6 +26,9 @@ CSV_COLUMNS = (
 )
 
 
+PLOT_X = {"timesteps": "timesteps", "time": "training time (s)", "iteration": "iteration"}  # --x: its label
+
+
 class UsageError(Exception):
     """A bad argument: reported as one line, exit code 2."""
 
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", default="learning_curves.png",
                     help="image to write, .png, .pdf or .svg (default learning_curves.png)")
     pl.add_argument("--y", default="mean_return", help=f"column to plot, one of {', '.join(CSV_COLUMNS)}")
+    pl.add_argument("--x", default="timesteps", help=f"its axis, one of {', '.join(PLOT_X)} (default timesteps; "
+                    "time: training seconds, to compare backends or machines)")
 
     b = sub.add_parser("bench", help="training speed vs env stepping alone (CartPole-v1 preset)")
     b.add_argument("--timesteps", type=int, default=100_000, help="env steps to train for (default 100000)")
@@ -639,6 +644,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     """``minippo plot``: learning curves of one or more run folders to a PNG; returns the exit code."""
     if args.y not in CSV_COLUMNS:
         raise UsageError(f"--y {args.y!r} is not a progress.csv column; use one of {', '.join(CSV_COLUMNS)}")
+    if args.x not in PLOT_X:
+        raise UsageError(f"--x {args.x!r} is not allowed; use one of {', '.join(PLOT_X)}")
     runs = {d: read_progress(d) for d in args.dirs}
     empty = [d for d, cols in runs.items() if not cols["timesteps"]]  # no iteration finished yet
     if len(empty) == len(runs):  # an empty plot, exit code 0, said nothing
@@ -675,14 +682,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {args.output!r}: {fmt!r} is not an image format matplotlib writes; "
                          f"use one of {', '.join(sorted(formats))}")
     for d, cols in runs.items():
-        x, y = cols["timesteps"], cols[args.y]
+        x, y = cols[args.x], cols[args.y]
         (line,) = ax.plot(x, y, label=os.path.basename(os.path.normpath(d)))
         ok = [math.isfinite(v) for v in y]
         # a value with no value beside it (one row, or gaps around it) has no line: a dot shows it
         alone = [i for i in range(len(y)) if ok[i] and not (i > 0 and ok[i - 1]) and not (i + 1 < len(y) and ok[i + 1])]
         if alone:
             ax.plot([x[i] for i in alone], [y[i] for i in alone], "o", markersize=3, color=line.get_color())
-    ax.set_xlabel("timesteps")
+    ax.set_xlabel(PLOT_X[args.x])
     ax.set_ylabel(args.y)
     ax.grid(alpha=0.3)
     ax.legend()

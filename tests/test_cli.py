@@ -1235,3 +1235,31 @@ def test_every_argument_of_every_command_has_help():
         bare = [a.dest for a in sub._actions if not a.help]
         assert not bare, f"minippo {name}: {bare} have no help"
     assert "(default 10)" in commands.choices["eval"].format_help()
+
+
+@pytest.mark.parametrize(("x", "label"), [("time", "training time (s)"), ("iteration", "iteration"),
+                                          ("timesteps", "timesteps")])
+def test_plot_x_axis_is_timesteps_time_or_iteration(tmp_path, capsys, monkeypatch, x, label):
+    """``--x time`` draws the curve against training seconds (backends or machines side by side); any
+    other column is refused, naming the allowed ones, before anything is written."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    run = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "96", "--n-envs", "2", "--out", str(run), "--quiet",
+                 *TINY]) == 0  # 3 rows
+    rows = _rows(run / "progress.csv")
+    drawn, labels = [], []
+    real_plot, real_label = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.set_xlabel
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: drawn.append(a) or real_plot(self, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel",
+                        lambda self, text, *a, **k: labels.append(text) or real_label(self, text, *a, **k))
+    assert main(["plot", str(run), "--x", x, "--y", "loss", "-o", str(tmp_path / "c.png")]) == 0
+    assert [(list(a[0]), list(a[1])) for a in drawn] == [
+        ([float(r[x]) for r in rows], [float(r["loss"]) for r in rows])]
+    assert labels == [label]
+    capsys.readouterr()
+    assert main(["plot", str(run), "--x", "fps", "-o", str(tmp_path / "d.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--x 'fps' is not allowed; use one of timesteps, time, iteration" in err, err
+    assert not (tmp_path / "d.png").exists()
