@@ -108,20 +108,28 @@ def make_vec_env(
         mode = AutoresetMode.SAME_STEP if autoreset == "same_step" else AutoresetMode.NEXT_STEP
         return gym.make_vec(
             env_id, num_envs=n_envs, vectorization_mode=vector, vector_kwargs={"autoreset_mode": mode},
-            wrappers=[functools.partial(_ignore_sigint, os.getpid())] if vector == "async" else None, **kwargs
+            wrappers=[functools.partial(_shield_worker, os.getpid())] if vector == "async" else None, **kwargs
         )
 
 
-def _ignore_sigint(main_pid: int, env: Any) -> Any:
-    """Applied to each env of an AsyncVectorEnv: in its worker process SIGINT is ignored from then on. A
-    terminal's Ctrl-C goes to the whole process group; a worker stopped by it broke the run the trainer
-    was about to finish and save (``minippo train`` handles Ctrl-C in the main process). Not in the main
-    process (``main_pid``), where AsyncVectorEnv makes one env to read the spaces: Ctrl-C must still
-    stop a Python script there."""
+def _shield_worker(main_pid: int, env: Any) -> Any:
+    """Applied to each env of an AsyncVectorEnv: its worker process leaves the main process's process
+    group and ignores SIGINT from then on. What signals a whole group (a terminal's Ctrl-C; ``timeout``,
+    which sends its SIGTERM to the group it leads; ``kill -TERM -PGID``) then reaches the main process
+    alone, which ``minippo train`` lets finish its iteration, save and close the workers; a worker
+    stopped by it broke that run. A signal sent to every process of a cgroup (systemd stopping a unit,
+    Slurm's scancel) still reaches the workers. A worker whose main process dies sees its pipe close
+    and exits. Not in the main process (``main_pid``), where AsyncVectorEnv makes one env to read the
+    spaces: Ctrl-C must still stop a Python script there."""
     import signal
 
     if os.getpid() != main_pid:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if hasattr(os, "setpgid"):
+            try:
+                os.setpgid(0, 0)  # its own group (a multiprocessing child is no group or session leader)
+            except OSError:
+                pass
     return env
 
 

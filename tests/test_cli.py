@@ -239,13 +239,16 @@ def test_ctrl_c_saves_the_model_at_an_iteration_boundary(tmp_path, sig):
     assert int(rows[-1]["timesteps"]) == meta["num_timesteps"]  # the last logged iteration is the saved one
 
 
-def test_ctrl_c_to_the_process_group_saves_an_async_run(tmp_path):
-    """As a terminal sends it: to every process of the group, the env workers too (they ignore it)."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_to_the_process_group_saves_an_async_run(tmp_path, sig):
+    """As a terminal sends Ctrl-C, and ``timeout`` its SIGTERM: to every process of the group. The env
+    workers are in groups of their own, so it reaches the main process alone (a SIGTERM ended them
+    before, and the run stopped without saving)."""
     import signal
 
     out = tmp_path / "run"
     proc = _train_until_rows(out, 2, ["--set", "vector=async", "--set", "autoreset=same_step"], start_new_session=True)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, getattr(signal, sig))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "model saved" in err and "Traceback" not in err and "Received the following error" not in err, err

@@ -884,14 +884,18 @@ def _workers_ignore_ctrl_c():
 
     from minippo.envs import make_vec_env
 
+    group = os.getpgid(0)
     for autoreset in ("same_step", "next_step"):
         env = make_vec_env("CartPole-v1", 2, "async", autoreset)
         # not this process: AsyncVectorEnv makes one env here too (for the spaces), and Ctrl-C must
         # still stop a script that trains with vector="async"
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert os.getpgid(0) == group
         try:
             assert type(env).__name__ == "AsyncVectorEnv"
             env.reset(seed=0)
+            # each worker in a process group of its own: a signal to this process's group misses them
+            assert [os.getpgid(p.pid) for p in env.processes] == [p.pid for p in env.processes]
             for p in env.processes:
                 os.kill(p.pid, signal.SIGINT)
             time.sleep(0.3)
