@@ -78,11 +78,12 @@ def _prepare_numba() -> None:
         import shutil
         import tempfile
 
-        warm = [os.path.join(d, _cache_subpath(folder)) for d in (numba.config.CACHE_DIR,) if d]
+        sub = _cache_subpath(folder)
+        warm = [os.path.join(d, sub) for d in (numba.config.CACHE_DIR,) if d]
         warm.append(os.path.join(folder, "__pycache__"))  # numba's in-tree cache, the default
         tmp = tempfile.mkdtemp(prefix="minippo-numba-cache-")
         atexit.register(shutil.rmtree, tmp, True)
-        linked = _link_warm_cache(warm, os.path.join(tmp, _cache_subpath(folder)))
+        linked = _link_warm_cache(warm, os.path.join(tmp, sub))
         os.environ["NUMBA_CACHE_DIR"] = tmp  # (numba's config reloads from the environment)
         numba.config.CACHE_DIR = tmp
         reuse = f", starting from the {linked[1]} kernels compiled in {linked[0]}" if linked else ""

@@ -82,7 +82,14 @@ def _fsync_folder(folder: str) -> None:
 
 def replaced_mode(path: str | bytes | os.PathLike) -> int | None:
     """The permission bits (0o777) of the file that a save onto ``path`` replaces, or None where
-    there is none (or it is not a regular file). PermissionError, before anything is written, when
+    there is none (or it is not a regular file); raises as :func:`_replaced` does."""
+    st = _replaced(path)
+    return None if st is None else st.st_mode & 0o777
+
+
+def _replaced(path: str | bytes | os.PathLike) -> os.stat_result | None:
+    """``os.stat`` of the file that a save onto ``path`` replaces, or None where there is none (or
+    it is not a regular file). PermissionError, before anything is written, when
     this process may not write that file: the rename would replace it where ``open(path, "wb")``
     would fail, so a write-protected model would be lost without a word. Also when it may not make
     the temp file in that file's folder (where a link points: the CLI checks a run's files with this
@@ -101,21 +108,7 @@ def replaced_mode(path: str | bytes | os.PathLike) -> int | None:
         raise PermissionError(errno.EACCES, f"cannot create a file in folder {folder!r}: a save onto "
                               f"{os.fsdecode(path)!r} writes a temporary file there, beside the file it "
                               "replaces, then renames it onto that file")
-    return st.st_mode & 0o777
-
-
-def _replaced_owner(target: str) -> tuple[int, int] | None:
-    """``(uid, gid)`` of the file at ``target`` where either differs from this process's (what
-    :func:`atomic_write` gives back to a file it replaces), else None (also where there are no owners)."""
-    if not hasattr(os, "fchown"):
-        return None
-    try:
-        st = os.stat(target)
-    except OSError:
-        return None
-    if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()):
-        return None
-    return st.st_uid, st.st_gid
+    return st
 
 
 def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -136,8 +129,11 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
     # its folder, so that the rename stays in one folder, and the rename is onto it.
     target = os.path.realpath(name)
     folder = os.path.dirname(target)
-    mode = replaced_mode(name)  # (its errors name the path as given)
-    owner = _replaced_owner(target) if mode is not None else None
+    st = _replaced(name)  # (its errors name the path as given)
+    mode = None if st is None else st.st_mode & 0o777
+    # its owner and group, to give back where they differ from this process's (POSIX)
+    owner = None if st is None or not hasattr(os, "fchown") or (st.st_uid, st.st_gid) == (
+        os.geteuid(), os.getegid()) else (st.st_uid, st.st_gid)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = _new_temp(target)
     try:

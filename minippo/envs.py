@@ -117,8 +117,8 @@ def _shield_worker(main_pid: int, env: Any) -> Any:
     group and ignores SIGINT from then on. What signals a whole group (a terminal's Ctrl-C; ``timeout``,
     which sends its SIGTERM to the group it leads; ``kill -TERM -PGID``) then reaches the main process
     alone, which ``minippo train`` lets finish its iteration, save and close the workers; a worker
-    stopped by it broke that run. A signal sent to every process of a cgroup (systemd stopping a unit,
-    Slurm's scancel) still reaches the workers. A worker whose main process dies sees its pipe close
+    stopped by it broke that run. A signal sent to every process of a cgroup (systemd stopping a unit
+    with its default KillMode) still reaches the workers. A worker whose main process dies sees its pipe close
     and exits. Not in the main process (``main_pid``), where AsyncVectorEnv makes one env to read the
     spaces: Ctrl-C must still stop a Python script there."""
     import signal

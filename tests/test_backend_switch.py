@@ -212,7 +212,6 @@ def test_a_warm_read_only_cache_is_reused_not_compiled_again(tmp_path, where):
     assert {p.name: p.stat().st_mtime_ns for p in source.iterdir()} == before
 
 
-
 def test_link_warm_cache_links_the_first_folder_with_an_index(tmp_path):
     """The first source holding a numba index (*.nbi) of this Python is linked file by file (its indexes
     and data, nothing else); missing folders, folders of data files alone and another Python's cache
