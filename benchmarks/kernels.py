@@ -10,8 +10,8 @@ loop and the floor included, are timed in alternating rounds (``best_interleaved
 of a shared machine hits a ratio's two sides alike. Targets (issue 4): numba >= 100x over the Python
 loop and within 3x of the floor. On a GPU (cupy), its rows are measured against a device floor too:
 the same bytes copied on the device (``cupy.copyto``), each call ending in a device synchronise; a
-``cupy kernel`` row times ``kernels.gpu.gae`` alone (the launch and its outputs, not
-``compute_gae``'s checks).
+``cupy kernel`` row times ``kernels.gpu.gae`` alone (its outputs, the dones check and GAE kernels
+and the check's flag read back; not ``compute_gae``'s Python checks).
 
 MLP 4-64-64-2 and 17-64-64-6 (tanh, float32) forward and forward+backward at batch 1, 8, 64, 256,
 2048 through ``minippo.nn.MLP``: time per call and numpy/numba speed-up (numpy/cupy on a GPU), the
@@ -139,8 +139,8 @@ def bench_gae(backends: list[str]) -> None:
             if xp is not np:  # the device's own floor: the same bytes copied on the device
                 from minippo.kernels import gpu
 
-                # the RawKernel and its two output arrays alone, without compute_gae's checks (the
-                # dones check reads a flag back: one more sync)
+                # gpu.gae alone, without compute_gae's Python checks: its output arrays, the dones
+                # check and GAE kernels, the check's flag read back
                 calls[name + " kernel"] = lambda r=r, v=v, d=d, lv_=lv_, sync=sync: (
                     gpu.gae(r, v, d, lv_, 0.99, 0.95), sync())
                 on[name + " kernel"] = name

@@ -17,6 +17,11 @@
 // instead of once per step. Any GAE_CHUNK >= 1 gives the same results (the same operations in the
 // same order); docs/kernels.md gives the times measured for 1, 4, 8, 16 and 32.
 // Launch: grid = ceil(N / block), block = (block, 1, 1).
+//
+// dones must be 0 or 1. dones_check_* runs first, on the same stream: it sets *bad to 1 where an
+// entry is anything else (NaN too), and the GAE kernel then returns before writing anything, so an
+// out= array given by the caller is left as it was. The host reads *bad back once, after both
+// (one sync, where a check by array operations took four operations and a sync of its own).
 
 #ifndef GAE_CHUNK
 #define GAE_CHUNK 16
@@ -34,13 +39,25 @@ __device__ void gae_step(real r, real v, real not_done, real gamma, real gamma_l
     next_value = v;
 }
 
+// *bad = 1 where some entry of dones (T * N of them) is neither 0 nor 1; a grid-stride loop, so
+// any grid covers it. bad starts at 0 (the host zeroes it); racing stores all write 1.
+template <typename real>
+__device__ void dones_check_impl(const real* __restrict__ dones, int T, int N, int* __restrict__ bad) {
+    const long long size = (long long)T * N;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
+        const real d = dones[i];
+        if (d != real(0) && d != real(1)) *bad = 1;  // NaN compares unequal to both
+    }
+}
+
 template <typename real>
 __device__ void gae_impl(const real* __restrict__ rewards, const real* __restrict__ values,
                          const real* __restrict__ dones, const real* __restrict__ last_values,
                          real gamma, real gamma_lam, int T, int N,
-                         real* __restrict__ adv, real* __restrict__ returns) {
+                         real* __restrict__ adv, real* __restrict__ returns, const int* __restrict__ bad) {
     const int n = blockIdx.x * blockDim.x + threadIdx.x;
-    if (n >= N) return;
+    if (n >= N || *bad) return;
     real next_value = last_values[n];
     real next_adv = real(0);
     int t = T - 1;
@@ -66,14 +83,23 @@ __device__ void gae_impl(const real* __restrict__ rewards, const real* __restric
     }
 }
 
+extern "C" __global__ void dones_check_f32(const float* dones, int T, int N, int* bad) {
+    dones_check_impl<float>(dones, T, N, bad);
+}
+
+extern "C" __global__ void dones_check_f64(const double* dones, int T, int N, int* bad) {
+    dones_check_impl<double>(dones, T, N, bad);
+}
+
 extern "C" __global__ void gae_f32(const float* rewards, const float* values, const float* dones,
                                    const float* last_values, float gamma, float gamma_lam, int T,
-                                   int N, float* adv, float* returns) {
-    gae_impl<float>(rewards, values, dones, last_values, gamma, gamma_lam, T, N, adv, returns);
+                                   int N, float* adv, float* returns, const int* bad) {
+    gae_impl<float>(rewards, values, dones, last_values, gamma, gamma_lam, T, N, adv, returns, bad);
 }
 
 extern "C" __global__ void gae_f64(const double* rewards, const double* values,
                                    const double* dones, const double* last_values, double gamma,
-                                   double gamma_lam, int T, int N, double* adv, double* returns) {
-    gae_impl<double>(rewards, values, dones, last_values, gamma, gamma_lam, T, N, adv, returns);
+                                   double gamma_lam, int T, int N, double* adv, double* returns,
+                                   const int* bad) {
+    gae_impl<double>(rewards, values, dones, last_values, gamma, gamma_lam, T, N, adv, returns, bad);
 }

@@ -134,29 +134,33 @@ def compute_gae(
     name = backend.resolved()[0]
     if name == "numba":  # the kernel checks shapes, gamma and lambda itself (0.35 us less than here)
         return _numba_gae(rewards, values, dones, last_values, gamma, lam, out)
+    on_device = name == "cupy" and any(backend.array_module(a) is not np for a in (rewards, values, dones, last_values))
     try:  # the cheap checks first; _validate says what is wrong
         s = rewards.shape
         ok = len(s) == 2 and values.shape == s and dones.shape == s and last_values.shape == s[1:] \
             and 0.0 < gamma <= 1.0 and 0.0 <= lam <= 1.0 and is_real(gamma) and is_real(lam) \
-            and _binary(dones)  # is_real: not a bool, nor a Decimal or a 1-element array (they compare)
+            and (on_device or _binary(dones))  # is_real: not a bool, nor a Decimal or a 1-element array (they compare)
     except (TypeError, AttributeError):  # gamma or lam not a number, an input not an array
         ok = False
     if not ok:
         _validate(rewards, values, dones, last_values, gamma, lam)
     dt = rewards.dtype if rewards.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-    rewards, values, dones, last_values = (a.astype(dt, copy=False) for a in (rewards, values, dones, last_values))
+    if on_device:  # gpu.gae casts them itself, checking dones before the cast
+        from minippo.kernels import gpu
+    else:
+        rewards, values, dones, last_values = (a.astype(dt, copy=False) for a in (rewards, values, dones, last_values))
     if out is not None and any(a.shape != s or a.dtype != dt for a in out):
         raise ValueError(f"out must be two {dt} arrays of shape {s}, got {[(a.dtype, a.shape) for a in out]}")
-    on_device = name == "cupy" and any(backend.array_module(a) is not np for a in (rewards, values, dones, last_values))
     if out is not None and any((backend.array_module(a) is not np) != on_device for a in out):
         raise ValueError(f"out must be two {'cupy' if on_device else 'numpy'} arrays (the results are where the "
                          f"inputs are), got {[type(a).__module__ for a in out]}")
-    if on_device:
-        from minippo.kernels import gpu
-
-        res = gpu.gae(rewards, values, dones, last_values, gamma, lam)
-    else:
-        res = gae_numpy(rewards, values, dones, last_values, gamma, lam)
+    if on_device:  # the kernels check dones on the device and write nothing (out included) if one is bad
+        try:
+            return gpu.gae(rewards, values, dones, last_values, gamma, lam, out=out)
+        except ValueError:
+            _validate(rewards, values, dones, last_values, gamma, lam)  # says which entry
+            raise
+    res = gae_numpy(rewards, values, dones, last_values, gamma, lam)
     if out is None:
         return res
     out[0][...], out[1][...] = res

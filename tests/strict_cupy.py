@@ -218,6 +218,13 @@ def copyto(dst: ndarray, src: Any) -> None:
     np.copyto(dst._a, _host(src, "copyto"))
 
 
+def may_share_memory(a: ndarray, b: ndarray) -> bool:
+    """``cupy.may_share_memory`` (bounds only, as CuPy's default): two device arrays."""
+    if not (isinstance(a, ndarray) and isinstance(b, ndarray)):
+        raise TypeError("may_share_memory takes two cupy arrays")
+    return bool(np.may_share_memory(a._a, b._a))
+
+
 def _made(fn: Any) -> Any:
     return lambda *args, **kwargs: ndarray(fn(*args, **kwargs))
 
@@ -237,22 +244,36 @@ class RawModule:
                 args[0]._a.flat[0] = 2.0
             return probe
 
+        def check(grid: tuple, block: tuple, args: tuple) -> None:  # dones_check_f32/f64
+            STATS["ops"] += 1
+            d, T, N, bad = args
+            assert type(d) is ndarray and d._a.flags.c_contiguous and d._a.dtype == want, type(d)
+            assert type(T) is np.int32 and type(N) is np.int32 and d._a.shape == (T, N)
+            assert type(bad) is ndarray and bad._a.dtype == np.int32 and bad._a.size == 1
+            assert grid[0] >= 1 and block[0] >= 1, "CUDA refuses a launch of 0 blocks or 0 threads"
+            if ((d._a != 0) & (d._a != 1)).any():
+                bad._a[...] = 1
+
         def launch(grid: tuple, block: tuple, args: tuple) -> None:
             STATS["ops"] += 1
-            r, v, d, lv, g, gl, T, N, adv, ret = args
+            r, v, d, lv, g, gl, T, N, adv, ret, bad = args
             for a in (r, v, d, lv, adv, ret):
-                assert type(a) is ndarray and a._a.flags.c_contiguous, type(a)
-            want = np.float32 if name == "gae_f32" else np.float64
+                assert type(a) is ndarray and a._a.flags.c_contiguous and a._a.dtype == want, type(a)
             assert type(g) is want and type(gl) is want, (type(g), type(gl))
             assert type(T) is np.int32 and type(N) is np.int32
+            assert type(bad) is ndarray and bad._a.dtype == np.int32 and bad._a.size == 1
             assert grid[0] >= 1 and block[0] >= 1, "CUDA refuses a launch of 0 blocks or 0 threads"
             assert grid[0] * block[0] >= int(N)
+            if bad._a.item():  # the kernel returns before writing
+                return
             lam = float(gl) / float(g) if g else 0.0
             a, rr = gae_numpy(*(x._a for x in (r, v, d, lv)), float(g), lam)
             adv._a[...] = a
             ret._a[...] = rr
 
-        return launch
+        want = np.float32 if name.endswith("_f32") else np.float64
+        assert name in ("gae_f32", "gae_f64", "dones_check_f32", "dones_check_f64"), name
+        return check if name.startswith("dones_check") else launch
 
 
 def make() -> types.ModuleType:
@@ -263,6 +284,7 @@ def make() -> types.ModuleType:
     cp.asarray = asarray
     cp.ascontiguousarray = ascontiguousarray
     cp.copyto = copyto
+    cp.may_share_memory = may_share_memory
     cp.zeros, cp.empty, cp.arange = _made(np.zeros), _made(np.empty), _made(np.arange)
     cp.ones_like = lambda a, dtype=None: ndarray(np.ones_like(_host(a, "ones_like"), dtype=dtype))
     cp.asnumpy = lambda a: a.get() if isinstance(a, ndarray) else np.asarray(a)

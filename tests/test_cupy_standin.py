@@ -14,6 +14,7 @@ import pytest
 import strict_cupy
 
 from minippo import PPO, backend, load_policy
+from minippo.advantages import gae_numpy
 from minippo.config import PPOConfig
 from minippo.optim import Adam
 
@@ -380,7 +381,7 @@ def test_compute_gae_results_are_where_the_inputs_are(cupy_backend):
     """On the cupy backend, device inputs run the CUDA kernel (device results); host inputs stay on
     the host. A host out= for device results (or the other way) is refused by name: real CuPy would
     raise 'Implicit conversion to a NumPy array is not allowed' at the copy."""
-    from minippo.advantages import compute_gae, gae_numpy
+    from minippo.advantages import compute_gae
 
     cp = cupy_backend
     rng = np.random.default_rng(0)
@@ -407,6 +408,96 @@ def test_compute_gae_results_are_where_the_inputs_are(cupy_backend):
     dev_out = tuple(cp.asarray(a) for a in host_out)
     assert compute_gae(*dev_in, 0.99, 0.95, out=dev_out) is dev_out
     np.testing.assert_array_equal(backend.asnumpy(dev_out[0]), want[0])
+
+
+def _gae_rollout(T=9, N=5, dtype=np.float32, seed=3):
+    rng = np.random.default_rng(seed)
+    r, v = rng.normal(size=(2, T, N)).astype(dtype)
+    d = (rng.random((T, N)) < 0.3).astype(dtype)
+    return r, v, d, rng.normal(size=N).astype(dtype)
+
+
+def test_compute_gae_on_the_device_checks_dones_before_writing_out(cupy_backend):
+    """The dones check runs on the device before the GAE kernel, which writes nothing when it
+    failed: out= is left as it was, and the error still names the entry. dones are checked in their
+    own dtype: a float64 1 + 1e-12 or 1e-50 is refused, though either rounds to a float32 1 or 0."""
+    from minippo.advantages import compute_gae
+
+    cp = cupy_backend
+    r, v, d, lv = _gae_rollout()
+    for value, dtype in ((2.0, np.float32), (np.nan, np.float32), (-1.0, np.float64), (1 + 1e-12, np.float64),
+                         (1e-50, np.float64), (3, np.int64)):
+        bad = d.astype(dtype)
+        bad[4, 2] = value
+        out = (cp.asarray(np.full_like(r, 7.0)), cp.asarray(np.full_like(r, 8.0)))
+        with pytest.raises(ValueError, match=r"dones must hold only 0 and 1 .*at \(t, n\) = \(4, 2\)"):
+            compute_gae(cp.asarray(r), cp.asarray(v), cp.asarray(bad), cp.asarray(lv), 0.99, 0.95, out=out)
+        assert (backend.asnumpy(out[0]) == 7.0).all() and (backend.asnumpy(out[1]) == 8.0).all()
+    want = gae_numpy(r, v, d, lv, 0.99, 0.95)
+    for dones in (d.astype(bool), d.astype(np.float64), d.astype(np.int8)):  # cast exactly to float32
+        got = compute_gae(cp.asarray(r), cp.asarray(v), cp.asarray(dones), cp.asarray(lv), 0.99, 0.95)
+        assert got[0].dtype == np.float32
+        np.testing.assert_array_equal(backend.asnumpy(got[0]), want[0])
+        np.testing.assert_array_equal(backend.asnumpy(got[1]), want[1])
+
+
+def test_compute_gae_on_the_device_writes_into_out_or_copies_where_it_must(cupy_backend):
+    """out= that the kernel can write into (C-contiguous, apart from the inputs) gets the results
+    directly; out over an input (the same array or a shifted view of it), over each other, or
+    strided gets them through new arrays: the same numbers as numpy (returns last where both
+    outputs are one array, as numpy writes them)."""
+    from minippo.advantages import compute_gae
+
+    cp = cupy_backend
+    T, N = 9, 5
+    r, v, d, lv = _gae_rollout(T, N)
+    want = gae_numpy(r, v, d, lv, 0.99, 0.95)
+
+    def run(make_out):
+        dev = {k: cp.asarray(a) for k, a in zip("rvdl", (r, v, d, lv), strict=True)}
+        buf = cp.asarray(np.full((T + 1, 2 * N), np.nan, np.float32))
+        out = make_out(dev, buf)
+        got = compute_gae(dev["r"], dev["v"], dev["d"], dev["l"], 0.99, 0.95, out=out)
+        assert got[0] is out[0] and got[1] is out[1]
+        return [backend.asnumpy(a) for a in got]
+
+    cases = {
+        "apart": lambda dev, buf: (cp.asarray(np.empty_like(r)), cp.asarray(np.empty_like(r))),
+        "over the inputs": lambda dev, buf: (dev["r"], dev["v"]),
+        "over dones": lambda dev, buf: (dev["d"], cp.asarray(np.empty_like(r))),
+        "strided": lambda dev, buf: (buf[:T, ::2], buf[1:, 1::2]),
+    }
+    for name, make_out in cases.items():
+        adv, ret = run(make_out)
+        np.testing.assert_array_equal(adv, want[0], err_msg=name)
+        np.testing.assert_array_equal(ret, want[1], err_msg=name)
+
+    def shifted(dev, buf):  # adv's row t lies on rewards' row t + 1, which the kernel reads later
+        big = cp.asarray(np.concatenate([np.zeros((1, N), np.float32), r]))
+        dev["r"] = big[1:]
+        return big[:-1], cp.asarray(np.empty_like(r))
+
+    adv, _ = run(shifted)
+    np.testing.assert_array_equal(adv, want[0])
+    one = cp.asarray(np.empty_like(r))
+    _, ret = run(lambda dev, buf: (one, one))
+    np.testing.assert_array_equal(ret, want[1])
+
+
+def test_compute_gae_on_the_device_is_two_launches_and_one_sync(strict_cupy_backend):
+    """A device rollout's GAE: the dones check and the GAE kernel, then the check's flag read back
+    once; with out= nothing more (no copy). The check by array operations was four operations and a
+    sync, and out= two copies more."""
+    from minippo.advantages import compute_gae
+
+    cp = strict_cupy_backend
+    dev = [cp.asarray(a) for a in _gae_rollout()]
+    out = (cp.empty((9, 5), np.float32), cp.empty((9, 5), np.float32))
+    for kw in ({}, {"out": out}):
+        before = dict(cp.STATS)
+        compute_gae(*dev, 0.99, 0.95, **kw)
+        delta = {k: cp.STATS[k] - before[k] for k in before}
+        assert delta == {"get": 0, "upload": 0, "bool": 0, "float": 1, "ops": 2}, (kw.keys(), delta)
 
 
 def test_buffer_takes_the_valid_mask_on_the_host_or_on_the_device(cupy_backend):

@@ -143,7 +143,8 @@ def test_nvcc_compiles_gae_to_ptx(tmp_path):
         subprocess.run([NVCC, "-ptx", f"-arch={arch}", "--fmad=false", str(CU), "-o", str(ptx)],
                        check=True, capture_output=True, timeout=120)
         text = ptx.read_text()
-        assert ".entry gae_f32" in text and ".entry gae_f64" in text  # extern "C": unmangled
+        for name in (*gpu.KERNEL_NAMES.values(), *gpu.CHECK_NAMES.values()):
+            assert f".entry {name}(" in text, name  # extern "C": unmangled
         assert "fma.rn" not in text  # --fmad=false keeps numpy's rounding
 
 
@@ -169,7 +170,8 @@ def test_nvrtc_compiles_the_sources_as_cupy_does(arch):
     contraction. No device needed (session 34: NVRTC 12.9 from pip, on a machine without a GPU)."""
     from minippo.backend import PROBE_SOURCE
 
-    for src, entries in ((gpu.source(), ("gae_f32", "gae_f64")), (PROBE_SOURCE, ("minippo_probe",))):
+    kernels = (*gpu.KERNEL_NAMES.values(), *gpu.CHECK_NAMES.values())
+    for src, entries in ((gpu.source(), kernels), (PROBE_SOURCE, ("minippo_probe",))):
         prog = NVRTC.createProgram(src, "kern.cu", (), ())
         try:
             NVRTC.compileProgram(prog, [*gpu.NVRTC_OPTIONS, f"--gpu-architecture={arch}"])
@@ -183,15 +185,50 @@ def test_nvrtc_compiles_the_sources_as_cupy_does(arch):
 
 
 # ---------------------------------------------------------------- host shim
-def shim_gae(lib, r, v, d, lv, gamma, lam):
+def shim_check(lib, d, grid=None, block=4):
+    """dones_check_* over d (T, N): the flag it leaves (0: all 0 or 1)."""
+    T, N = d.shape
+    bad = np.zeros((), np.int32)
+    grid = grid or max(1, (T * N + block - 1) // block)
+    launch(lib, gpu.CHECK_NAMES[d.dtype], (grid,), (block,), (d, np.int32(T), np.int32(N), bad))
+    return int(bad)
+
+
+def shim_gae(lib, r, v, d, lv, gamma, lam, bad=0, out=None):
+    """The GAE kernel with the flag ``bad`` as the check left it, into ``out`` (default: new arrays)."""
     dtype = r.dtype.type
     T, N = r.shape
-    adv, ret = np.empty_like(r), np.empty_like(r)
+    adv, ret = out if out is not None else (np.empty_like(r), np.empty_like(r))
     name = gpu.KERNEL_NAMES[np.dtype(dtype)]
     block = 4  # several blocks and idle threads past N
-    args = (r, v, d, lv, dtype(gamma), dtype(gamma * lam), np.int32(T), np.int32(N), adv, ret)
+    args = (r, v, d, lv, dtype(gamma), dtype(gamma * lam), np.int32(T), np.int32(N), adv, ret,
+            np.array(bad, np.int32))
     launch(lib, name, ((N + block - 1) // block,), (block,), args)
     return adv, ret
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("value", [2.0, 0.5, -1.0, np.nan, np.inf, 1e-30])
+@pytest.mark.parametrize("grid", [None, 1, 2])  # a thread an entry, or fewer threads: the grid-stride loop
+def test_dones_check_on_cpu_flags_any_entry_not_0_or_1(shim, dtype, value, grid):
+    T, N = 7, 5
+    for where in [(0, 0), (3, 2), (T - 1, N - 1)]:  # first, middle, last (the stride's last pass)
+        d = (np.arange(T * N).reshape(T, N) % 3 == 0).astype(dtype)
+        assert shim_check(shim, d, grid) == 0
+        d[where] = value
+        assert shim_check(shim, d, grid) == 1, where
+    assert shim_check(shim, np.full((T, N), -0.0, dtype), grid) == 0  # -0.0 == 0
+    assert shim_check(shim, np.ones((1, 1), dtype), grid) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gae_kernel_writes_nothing_when_the_check_flagged(shim, dtype):
+    r, v, d, lv = rollout(20, 6, dtype)
+    out = (np.full_like(r, 7.0), np.full_like(r, 8.0))
+    shim_gae(shim, r, v, d, lv, 0.99, 0.95, bad=1, out=out)
+    assert (out[0] == 7.0).all() and (out[1] == 8.0).all()
+    shim_gae(shim, r, v, d, lv, 0.99, 0.95, bad=0, out=out)
+    np.testing.assert_array_equal(out[0], advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)[0])
 
 
 # T: one step, fewer steps than a chunk, whole chunks only (1x, 2x), whole chunks and a tail
@@ -241,7 +278,11 @@ def fake_cupy(lib, devices=1):
             if self.probe:
                 return lambda grid, block, args: args[0].flat.__setitem__(0, 2.0)
             kernel_params(name)  # KeyError-like failure if the name is not in the source
-            return lambda grid, block, args: launches.append((grid, block)) or launch(lib, name, grid, block, args)
+
+            def run(grid, block, args):
+                launches.append((name, grid, block))
+                launch(lib, name, grid, block, args)
+            return run
 
     def count():
         return devices
@@ -249,7 +290,8 @@ def fake_cupy(lib, devices=1):
     cp.RawModule = RawModule
     cp.asarray = np.asarray
     cp.ascontiguousarray = np.ascontiguousarray
-    cp.empty = np.empty
+    cp.empty, cp.zeros = np.empty, np.zeros
+    cp.may_share_memory = np.may_share_memory
     cp.ndarray = np.ndarray
     cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=count))
     cp.compiled, cp.launches = compiled, launches
@@ -301,7 +343,9 @@ def test_wrapper_launches_one_thread_per_env_in_whole_warps(cupy_standin, T, N):
     if T == 0 or N == 0:
         assert cupy_standin.launches == [] and adv.shape == ret.shape == (T, N)
         return
-    [((blocks,), (threads,))] = cupy_standin.launches
+    [(check, (cblocks,), (cthreads,)), (name, (blocks,), (threads,))] = cupy_standin.launches
+    assert (check, name) == ("dones_check_f32", "gae_f32")  # the check first, on the same stream
+    assert cthreads % 32 == 0 and 1 <= cblocks <= gpu.CHECK_GRID_MAX and (cblocks - 1) * cthreads < T * N
     assert threads % 32 == 0 and (blocks - 1) * threads < N <= blocks * threads
 
 
@@ -367,7 +411,7 @@ def test_chunk_benchmark_runs_each_build_through_the_shim(tmp_path, monkeypatch,
 
     cp = types.ModuleType("cupy")
     cp.__version__ = "stand-in"
-    cp.RawModule, cp.asarray, cp.empty, cp.asnumpy = RawModule, np.array, np.empty, np.array
+    cp.RawModule, cp.asarray, cp.empty, cp.zeros, cp.asnumpy = RawModule, np.array, np.empty, np.zeros, np.array
     cp.cuda = types.SimpleNamespace(Event=Event, get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3,
                                     runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"shim"}))
     monkeypatch.setitem(sys.modules, "cupy", cp)
