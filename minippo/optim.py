@@ -84,14 +84,22 @@ class Adam:
         self.__dict__.update(state)
         self._views()
 
-    def step(self, grads: dict[str, Array], lr: float | None = None) -> None:
+    def step(self, grads: dict[str, Array], lr: float | None = None, max_grad_norm: float = 0.0) -> float:
         """One in-place update of every parameter from ``grads`` (same keys and shapes as params);
-        ``lr`` overrides the constructor's learning rate for this step."""
+        ``lr`` overrides the constructor's learning rate for this step.
+
+        ``max_grad_norm > 0``: the gradient is first clipped to that global norm, as
+        :func:`clip_grad_norm` clips (PPO detail #11), but on Adam's flat copy of it: one sum of
+        squares over the flat vector in float64 instead of one per array, and ``grads`` is left as
+        it is. On a GPU that is 3 operations instead of ~4 per parameter array. Returns the norm
+        before clipping, or NaN when not clipping. A non-finite norm raises FloatingPointError
+        before anything changes (parameters, moments, ``t``)."""
         _dict("grads", grads)
         if grads.keys() != self.params.keys():
             missing = sorted(set(self.params) ^ set(grads))
             raise KeyError(f"grads and params must have the same keys; differing: {missing}")
         lr = self.lr if lr is None else real("lr", lr, 0.0)
+        max_grad_norm = real("max_grad_norm", max_grad_norm)
         g = self._g
         for k, (_, shape) in self._slices.items():  # every check before anything changes
             if getattr(grads[k], "shape", None) != shape:
@@ -101,6 +109,14 @@ class Adam:
                 raise TypeError(f"grads[{k!r}] must be a float array, got dtype {grads[k].dtype}")
         for k, (sl, _) in self._slices.items():
             g[sl] = grads[k].reshape(-1)
+        norm = math.nan
+        if max_grad_norm > 0:
+            g64 = g.astype(np.float64, copy=False)
+            norm = math.sqrt(float(np.vdot(g64, g64)))  # (on a GPU: the one read-back)
+            if not math.isfinite(norm):
+                raise FloatingPointError(f"gradient norm is {norm}")
+            if norm > max_grad_norm:
+                g *= max_grad_norm / (norm + 1e-12)
         b1, b2 = self.betas
         self.t += 1
         c1 = 1.0 - b1**self.t
@@ -117,6 +133,7 @@ class Adam:
         g *= lr / c1
         for k, (sl, shape) in self._slices.items():
             self.params[k] -= g[sl].reshape(shape)
+        return norm
 
     def state_dict(self) -> dict[str, Any]:
         """Moments and step count (arrays keyed ``m.<name>``, ``v.<name>``) for checkpoints."""

@@ -26,7 +26,7 @@ from minippo import backend, losses
 from minippo._checks import array, integer, real
 from minippo.buffer import RolloutBuffer
 from minippo.config import OBJECTIVES, ON_POLICY, PPOConfig
-from minippo.optim import Adam, Schedule, clip_grad_norm
+from minippo.optim import Adam, Schedule
 from minippo.policy import ActorCritic
 
 Array = Any
@@ -140,8 +140,7 @@ class NumpyStep:
         log_std back into its range; returns the norm before clipping (NaN when not clipping). A
         non-finite norm raises before any update."""
         max_grad_norm = real("max_grad_norm", max_grad_norm)  # (NaN > 0 is False: it skipped clipping)
-        norm = clip_grad_norm(self.grads, max_grad_norm) if max_grad_norm > 0 else math.nan
-        self.optimizer.step(self.grads, lr)
+        norm = self.optimizer.step(self.grads, lr, max_grad_norm)  # clipped on Adam's flat gradient
         self.policy.clamp_log_std()
         return norm
 

@@ -191,6 +191,61 @@ def test_clip_grad_norm_in_place_and_errors():
     assert np.isfinite(big["a"]).all() and global_norm(big) == pytest.approx(1.0, rel=1e-6)
 
 
+@FAST
+@given(grad_dicts(), st.floats(1e-3, 20.0), st.sampled_from([np.float32, np.float64]))
+def test_adam_clips_its_flat_gradient_as_clip_grad_norm_clips(grads, max_norm, dtype):
+    """Adam.step(..., max_grad_norm) (the trainer's path) against clip_grad_norm + Adam.step: the same
+    norm and the same step to rounding (one sum of squares over the flat gradient against one per
+    array: float64 sums of the same float64 squares, ~1e-16 apart; the scale is then rounded to the
+    dtype). Below max_norm the step is bit for bit the unclipped one. grads are not written."""
+    grads = {k: g.astype(dtype) for k, g in grads.items()}
+    given_grads = {k: g.copy() for k, g in grads.items()}
+    params = {k: np.ones_like(g) for k, g in grads.items()}
+    ref_params = {k: p.copy() for k, p in params.items()}
+    opt, ref_opt = Adam(params, lr=1e-2), Adam(ref_params, lr=1e-2)
+    ref_grads = {k: g.copy() for k, g in grads.items()}
+    want = clip_grad_norm(ref_grads, max_norm)
+    ref_opt.step(ref_grads)
+    norm = opt.step(grads, max_grad_norm=max_norm)
+    assert norm == pytest.approx(want, rel=1e-12, abs=1e-300)
+    for k in grads:
+        np.testing.assert_array_equal(grads[k], given_grads[k])
+        if want <= max_norm and norm <= max_norm:  # not clipped: the same operations
+            np.testing.assert_array_equal(params[k], ref_params[k])
+            np.testing.assert_array_equal(opt.m[k], ref_opt.m[k])
+        else:  # the scale may differ in its last bit (float32: ~6e-8 relative), and Adam's step with it
+            tol = dict(rtol=1e-6, atol=1e-12) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-300)
+            np.testing.assert_allclose(opt.m[k], ref_opt.m[k], **tol)
+            np.testing.assert_allclose(opt.v[k], ref_opt.v[k], rtol=2 * tol["rtol"], atol=tol["atol"])
+            np.testing.assert_allclose(params[k], ref_params[k], rtol=1e-6, atol=1e-12)
+
+
+def test_adam_step_clip_errors_change_nothing():
+    """A non-finite norm raises before t, the moments or the parameters change; max_grad_norm is
+    checked by name; <= 0 means no clipping (NaN returned), as in PPOConfig."""
+    params = {"a": np.ones(2), "b": np.ones(3)}
+    opt = Adam(params, lr=0.1)
+    g = {"a": np.array([3.0, 4.0]), "b": np.zeros(3)}
+    assert opt.step(g, max_grad_norm=1.0) == 5.0 and opt.t == 1
+    np.testing.assert_allclose(opt.m["a"], 0.1 * np.array([0.6, 0.8]), rtol=1e-12)
+    before = (opt.t, opt._m.copy(), opt._v.copy(), {k: p.copy() for k, p in params.items()})
+    for bad in (np.nan, np.inf):
+        with pytest.raises(FloatingPointError, match=f"gradient norm is {bad}"):
+            opt.step({"a": np.array([1.0, bad]), "b": np.zeros(3)}, max_grad_norm=1.0)
+    assert opt.t == before[0] and (opt._m == before[1]).all() and (opt._v == before[2]).all()
+    assert all((params[k] == before[3][k]).all() for k in params)
+    for bad in (np.nan, "1", None):
+        with pytest.raises((TypeError, ValueError), match="max_grad_norm must be a finite number"):
+            opt.step(g, max_grad_norm=bad)
+    assert opt.t == 1
+    assert math.isnan(opt.step(g)) and math.isnan(opt.step(g, max_grad_norm=-1.0)) and opt.t == 3
+    big = {"a": np.full(2, 1e20, np.float32), "b": np.float32([3e19, 0, 0])}  # squares overflow float32
+    p32 = {"a": np.ones(2, np.float32), "b": np.ones(3, np.float32)}
+    want = math.sqrt(2 * float(np.float32(1e20)) ** 2 + float(np.float32(3e19)) ** 2)
+    assert Adam(p32).step(big, max_grad_norm=1.0) == pytest.approx(want, rel=1e-12)
+    assert np.isfinite(p32["a"]).all()
+
+
 # ---------------------------------------------------------------- schedules
 @FAST
 @given(st.floats(1e-4, 10.0), st.floats(1e-4, 10.0), st.floats(0.0, 1.0))
