@@ -145,9 +145,7 @@ def compute_gae(
     if not ok:
         _validate(rewards, values, dones, last_values, gamma, lam)
     dt = rewards.dtype if rewards.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-    if on_device:  # gpu.gae casts them itself, checking dones before the cast
-        from minippo.kernels import gpu
-    else:
+    if not on_device:  # (gpu.gae casts them itself, checking dones before the cast)
         rewards, values, dones, last_values = (a.astype(dt, copy=False) for a in (rewards, values, dones, last_values))
     if out is not None and any(a.shape != s or a.dtype != dt for a in out):
         raise ValueError(f"out must be two {dt} arrays of shape {s}, got {[(a.dtype, a.shape) for a in out]}")
@@ -155,6 +153,8 @@ def compute_gae(
         raise ValueError(f"out must be two {'cupy' if on_device else 'numpy'} arrays (the results are where the "
                          f"inputs are), got {[type(a).__module__ for a in out]}")
     if on_device:  # the kernels check dones on the device and write nothing (out included) if one is bad
+        from minippo.kernels import gpu
+
         try:
             return gpu.gae(rewards, values, dones, last_values, gamma, lam, out=out)
         except ValueError:

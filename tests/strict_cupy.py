@@ -13,7 +13,8 @@ the cupy backend and holds it to the rules of real CuPy that plain numpy arrays 
 - a host array or list in an index (``dev[host_idx]``) works, as in CuPy, and counts as an upload:
   CuPy copies it to the device on every such indexing;
 - ``RawModule(...).get_function(name)(grid, block, args)`` checks the argument types that
-  ``kernels/gae.cu`` declares and runs ``minippo.advantages.gae_numpy`` in its place;
+  ``kernels/gae.cu`` declares and runs numpy in its place: the dones check sets the flag for an entry
+  other than 0 or 1, and the GAE kernel (``minippo.advantages.gae_numpy``) writes nothing when it is set;
 - only the numpy functions, ufuncs and array methods listed below (``FUNCTIONS``, ``UFUNCS``,
   ``METHODS``) work on a device array: the ones minippo uses, each checked to exist in real CuPy
   (``test_standin_allows_only_what_real_cupy_has``, where CuPy is installed). CuPy answers a numpy
