@@ -357,6 +357,42 @@ def test_wrapper_casts_and_empty(cupy_standin):
     assert adv.shape == (0, 3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wrapper_writes_into_out_only_where_the_kernel_may(cupy_standin, monkeypatch, dtype):
+    """out= apart from the inputs and C-contiguous gets the kernel's writes (no new arrays). Any
+    other out goes through new arrays and a copy: one over a shifted view of an input (the shim runs
+    a thread's chunks in order, as the GPU does, so with T > GAE_CHUNK a direct write would overwrite
+    rewards that a later chunk still reads), a strided one (the kernel writes row-major), one of
+    another dtype, or two that overlap. Every case gives numpy's numbers."""
+    T, N = 2 * default_chunk() + 5, 3
+    r, v, d, lv = rollout(T, N, dtype)
+    want = advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)
+    made = []
+    monkeypatch.setattr(cupy_standin, "empty", lambda *a, **k: made.append(a) or np.empty(*a, **k))
+
+    def strided():
+        return np.full((T, 2 * N), np.nan, dtype)[:, ::2]
+
+    def shifted():  # rewards = big[1:], adv written into big[:-1]: adv row t is rewards row t - 1
+        big = np.concatenate([np.zeros((1, N), dtype), r])
+        return big[1:], (big[:-1], np.empty_like(r))
+
+    other = np.float64 if dtype == np.float32 else np.float32
+    one = np.empty_like(r)
+    cases = {"apart": (r, (np.empty_like(r), np.empty_like(r)), 0),
+             "shifted over rewards": (*shifted(), 2),
+             "strided": (r, (strided(), strided()), 2),
+             "another dtype": (r, (np.empty((T, N), other), np.empty((T, N), other)), 2),
+             "overlapping each other": (r, (one, one), 2)}
+    for name, (rewards, out, n_made) in cases.items():
+        made.clear()
+        got = gpu.gae(rewards, v, d, lv, 0.99, 0.95, out=out)
+        assert got[0] is out[0] and got[1] is out[1] and len(made) == n_made, name
+        if name != "overlapping each other":
+            np.testing.assert_array_equal(out[0], want[0].astype(out[0].dtype), err_msg=name)
+        np.testing.assert_array_equal(out[1], want[1].astype(out[1].dtype), err_msg=name)
+
+
 def test_source_is_package_data_and_import_needs_no_cupy():
     assert "extern \"C\" __global__ void gae_f32" in gpu.source()
     code = ("import sys; sys.modules['cupy'] = None; import minippo.kernels.gpu as g; "
