@@ -85,8 +85,10 @@ def test_gae_bad_inputs():
         compute_gae(z, np.zeros((3, 3)), z, np.zeros(2), 0.9, 0.9)
     with pytest.raises(ValueError, match="last_values must have shape"):
         compute_gae(z, z, z, np.zeros(3), 0.9, 0.9)
-    with pytest.raises(ValueError, match="gamma"):
-        compute_gae(z, z, z, np.zeros(2), 1.5, 0.9)
+    for gamma in (1.5, 0.0, -0.1):  # (0, 1]: gamma = 0 exactly too (a mutant of the fast check let it through)
+        with pytest.raises(ValueError, match="gamma"):
+            compute_gae(z, z, z, np.zeros(2), gamma, 0.9)
+    assert compute_gae(z, z, z, np.zeros(2), 0.9, 0.0)[0].shape == (3, 2)  # lambda 0 (TD(0)) is allowed
     with pytest.raises(ValueError, match="lam"):
         compute_gae(z, z, z, np.zeros(2), 0.9, -0.1)
     with pytest.raises(ValueError, match="estimator='x'"):
