@@ -519,7 +519,8 @@ def test_compute_gae_on_the_device_writes_into_out_or_copies_where_it_must(cupy_
 def test_compute_gae_on_the_device_is_two_launches_and_one_sync(strict_cupy_backend):
     """A device rollout's GAE: the dones check and the GAE kernel, then the check's flag read back
     once; with out= nothing more (no copy). The check by array operations was four operations and a
-    sync, and out= two copies more."""
+    sync, and out= two copies more. (The flag's zeroing, a memset on a device, is not counted: the
+    stand-in's zeros counts nothing.)"""
     from minippo.advantages import compute_gae
 
     cp = strict_cupy_backend
