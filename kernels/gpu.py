@@ -32,7 +32,6 @@ CHECK_GRID_MAX = 1024
 """The dones check is a grid-stride loop: at most this many blocks of ``CHECK_BLOCK`` threads (a
 few per SM; a larger rollout loops)."""
 NVRTC_OPTIONS = ("--fmad=false",)  # no FMA contraction: bit-identical with the CPU backends
-DONES_ERROR = "dones must hold only 0 and 1 (episode-end flags)"
 
 _module: Any = None  # cupy.RawModule, compiled on first use
 
@@ -100,6 +99,8 @@ def gae(
         scalars = (dt.type(gamma), dt.type(gamma * lam), np.int32(T), np.int32(N))
         _kernel(KERNEL_NAMES[dt])(((N + BLOCK - 1) // BLOCK,), (BLOCK,), (r, v, d, lv, *scalars, adv, returns, bad))
         if int(bad):  # the one sync: the flag comes back after both kernels have run
+            from minippo.advantages import DONES_ERROR
+
             raise ValueError(DONES_ERROR)
     if out is None or direct:
         return (adv, returns) if out is None else out

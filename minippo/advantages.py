@@ -26,6 +26,9 @@ Array = Any
 ESTIMATORS = ("gae", "mc", "td")
 
 
+DONES_ERROR = "dones must hold only 0 and 1 (episode-end flags)"
+
+
 def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, gamma: float, lam: float) -> None:
     for name, a in (("rewards", rewards), ("values", values), ("dones", dones), ("last_values", last_values)):
         array(name, a)
@@ -41,7 +44,7 @@ def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, g
     if not _binary(dones):
         bad = (dones != 0) & (dones != 1)
         t, n = (int(i) for i in np.unravel_index(int(bad.argmax()), bad.shape))
-        raise ValueError(f"dones must hold only 0 and 1 (episode-end flags), got {float(dones[t, n])} "
+        raise ValueError(f"{DONES_ERROR}, got {float(dones[t, n])} "
                          f"at (t, n) = ({t}, {n})")
 
 

@@ -393,6 +393,17 @@ def test_wrapper_writes_into_out_only_where_the_kernel_may(cupy_standin, monkeyp
         np.testing.assert_array_equal(out[1], want[1].astype(out[1].dtype), err_msg=name)
 
 
+def test_wrapper_refuses_bad_dones_and_leaves_out_as_it_was(cupy_standin):
+    """gpu.gae called directly: the shim's check kernel flags the 2.0, the GAE kernel writes nothing,
+    and the read-back flag raises with the message compute_gae's numpy path gives."""
+    r, v, d, lv = rollout(20, 6, np.float32)
+    d[13, 4] = 2.0
+    out = (np.full_like(r, 7.0), np.full_like(r, 8.0))
+    with pytest.raises(ValueError, match=r"^dones must hold only 0 and 1 \(episode-end flags\)$"):
+        gpu.gae(r, v, d, lv, 0.99, 0.95, out=out)
+    assert (out[0] == 7.0).all() and (out[1] == 8.0).all()
+
+
 def test_source_is_package_data_and_import_needs_no_cupy():
     assert "extern \"C\" __global__ void gae_f32" in gpu.source()
     code = ("import sys; sys.modules['cupy'] = None; import minippo.kernels.gpu as g; "
