@@ -25,6 +25,10 @@ could reach.
 CartPole preset policy (4-64-64, Discrete(2)) and a 17-64-64 Gaussian (6-d) at batch 1, 8, 64: numpy,
 numba with the fused act (``kernels/cpu_act.py``), and numba without it (MLPs through ``kernels/cpu.py``),
 the three timed in alternating rounds.
+
+``Adam.step`` with clipping over the same two actor-critics' parameters: numpy; on a GPU, cupy through
+the two ``kernels/adam.cu`` kernels and cupy through the array operations they replace, each cupy call
+ending in a device synchronise.
 """
 
 from __future__ import annotations
@@ -300,6 +304,41 @@ def unfused_act(pol, obs: np.ndarray, rng: np.random.Generator):
     return act
 
 
+def bench_adam(backends: list[str]) -> None:
+    """Adam.step as the trainer calls it (clipping at 0.5) on an actor-critic's parameters."""
+    from minippo.optim import Adam
+    from minippo.policy import ActorCritic
+    from minippo.spaces import Box, Discrete
+
+    print("Adam.step float32, max_grad_norm 0.5, us per call (numba's is numpy's; on a GPU: through the "
+          "kernels/adam.cu kernels, and through the array operations they replace; each call synchronised)")
+    for obs_dim, space, label in ((4, Discrete(2), "4-64-64 Discrete(2)"),
+                                  (17, Box(-np.ones(6), np.ones(6)), "17-64-64 Gaussian(6)")):
+        pol = ActorCritic(obs_dim, space, (64, 64))
+        rng = np.random.default_rng(0)
+        grads = {k: rng.normal(size=p.shape).astype(p.dtype) for k, p in pol.params.items()}
+        calls, on = {}, {}
+        for name in backends:
+            if name == "numba" or not use(name):
+                continue
+            for kind in ("kernels", "arrays") if name == "cupy" else ("",):
+                # lr 1e-9: the parameters barely move over the many timed calls
+                opt = Adam({k: backend.to_device(p.copy()) for k, p in pol.params.items()}, lr=1e-9)
+                if kind == "arrays":
+                    opt._device_table = lambda: None  # the array operations, as for a non-contiguous parameter
+                g = {k: backend.to_device(a) for k, a in grads.items()}
+                sync = _sync(backend.xp)
+                tag = f"{name} {kind}".strip()
+                calls[tag] = lambda opt=opt, g=g, sync=sync: (opt.step(g, max_grad_norm=0.5), sync())
+                on[tag] = name
+        row = best_interleaved(calls, on=on)
+        cells = "  ".join(f"{n} {t * 1e6:7.2f}" for n, t in row.items())
+        ratio = ""
+        if {"cupy kernels", "cupy arrays"} <= set(row):
+            ratio = f"  kernels speed-up {row['cupy arrays'] / row['cupy kernels']:5.2f}x"
+        print(f"  {label:21s} {len(grads):2d} arrays  {cells}{ratio}")
+
+
 BACKENDS = ("numpy", "numba", "cupy")
 
 
@@ -328,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_gae(backends)
     bench_mlp(backends)
     bench_act(backends)
+    bench_adam(backends)
     backend.reset()
     missing = [name for name in names if name not in backends]
     if missing:

@@ -4,6 +4,7 @@
 - ``cpu``: Numba ``@njit`` kernels (compiled lazily on first use); ``cpu_act`` and ``cpu_update``
   fuse a whole rollout step's act and a whole PPO minibatch update from its pieces; ``simd``: the
   explicit 64-byte vectors of ``cpu``'s register-tiled matmuls.
-- ``gpu``: the CuPy wrapper around ``gae.cu`` (matmuls reach cuBLAS through ``np.dot`` on cupy
-  arrays, no wrapper needed).
+- ``gpu``: the CuPy wrapper around ``gae.cu`` (GAE) and ``adam.cu`` (Adam's step over all the
+  parameter arrays in two launches); matmuls reach cuBLAS through ``np.dot`` on cupy arrays, no
+  wrapper needed.
 """

@@ -1,19 +1,21 @@
-"""CuPy kernels behind ``MINIPPO_BACKEND=cupy``: the ``gae.cu`` RawKernel. The matmuls need no
-wrapper: ``minippo.nn`` calls ``np.dot``, which dispatches to cuBLAS for cupy arrays.
+"""CuPy kernels behind ``MINIPPO_BACKEND=cupy``: the ``gae.cu`` and ``adam.cu`` RawKernels. The
+matmuls need no wrapper: ``minippo.nn`` calls ``np.dot``, which dispatches to cuBLAS for cupy arrays.
 
-Nothing here touches CUDA at import: cupy is imported, ``gae.cu`` read and compiled (NVRTC, cached
-by CuPy on disk) on the first call. Inputs and outputs are ``cupy.ndarray`` on the current device;
-rollout tensors, parameters and Adam state stay there. Data crosses to the host at the env boundary
-(``backend.to_device`` / ``backend.asnumpy``) and for 7 syncs per minibatch (finiteness tests, the
-logged stats read back in one copy, the gradient norm): docs/kernels.md lists every copy.
+Nothing here touches CUDA at import: cupy is imported, a ``.cu`` file read and compiled (NVRTC,
+cached by CuPy on disk) on the first call that needs it. Inputs and outputs are ``cupy.ndarray`` on
+the current device; rollout tensors, parameters and Adam state stay there. Data crosses to the host
+at the env boundary (``backend.to_device`` / ``backend.asnumpy``) and for 7 syncs per minibatch
+(finiteness tests, the logged stats read back in one copy, the gradient norm): docs/kernels.md
+lists every copy.
 
-The CUDA source is also compiled by ``nvcc -ptx`` and executed on the CPU through a host shim in
-``tests/test_kernels_gpu.py``, and this wrapper is tested against a numpy stand-in for cupy, so the
-path is checked on machines without a GPU.
+The CUDA sources are also compiled by ``nvcc -ptx`` and executed on the CPU through a host shim in
+``tests/test_kernels_gpu.py`` and ``tests/test_kernels_gpu_adam.py``, and this wrapper is tested
+against numpy stand-ins for cupy, so the path is checked on machines without a GPU.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from types import ModuleType
 from typing import Any
@@ -23,6 +25,8 @@ import numpy as np
 Array = Any  # cupy.ndarray
 
 SOURCE = "gae.cu"
+ADAM_SOURCE = "adam.cu"
+SOURCES = (SOURCE, ADAM_SOURCE)
 BLOCK = 128
 """Threads per block; one thread per environment, so a 64-env rollout is one block."""
 KERNEL_NAMES = {np.dtype(np.float32): "gae_f32", np.dtype(np.float64): "gae_f64"}
@@ -31,9 +35,15 @@ CHECK_BLOCK = 256
 CHECK_GRID_MAX = 1024
 """The dones check is a grid-stride loop: at most this many blocks of ``CHECK_BLOCK`` threads (a
 few per SM; a larger rollout loops)."""
+GATHER_NAMES = {np.dtype(np.float32): "adam_gather_f32", np.dtype(np.float64): "adam_gather_f64"}
+UPDATE_NAMES = {np.dtype(np.float32): "adam_update_f32", np.dtype(np.float64): "adam_update_f64"}
+ADAM_BLOCK = 256
+ADAM_BLOCKS_MAX = 64
+"""The Adam kernels give each parameter array ceil(size / ADAM_BLOCK) blocks, at most this many
+(16384 elements a pass; a larger array loops)."""
 NVRTC_OPTIONS = ("--fmad=false",)  # no FMA contraction: bit-identical with the CPU backends
 
-_module: Any = None  # cupy.RawModule, compiled on first use
+_modules: dict[str, Any] = {}  # source name -> cupy.RawModule, compiled on first use
 
 
 def _cupy() -> ModuleType:
@@ -42,16 +52,17 @@ def _cupy() -> ModuleType:
     return cupy
 
 
-def source() -> str:
-    """The CUDA source of the GAE kernels (package data next to this file)."""
-    return resources.files(__package__).joinpath(SOURCE).read_text(encoding="utf-8")
+def source(name: str = SOURCE) -> str:
+    """The CUDA source ``name`` (one of :data:`SOURCES`; package data next to this file)."""
+    if name not in SOURCES:
+        raise ValueError(f"name={name!r} is not a CUDA source of minippo; use one of {SOURCES}")
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
-def _kernel(name: str) -> Any:
-    global _module
-    if _module is None:
-        _module = _cupy().RawModule(code=source(), options=NVRTC_OPTIONS)
-    return _module.get_function(name)
+def _kernel(name: str, file: str = SOURCE) -> Any:
+    if file not in _modules:
+        _modules[file] = _cupy().RawModule(code=source(file), options=NVRTC_OPTIONS)
+    return _modules[file].get_function(name)
 
 
 def _writes_directly(cp: ModuleType, o: Array, dt: np.dtype, shape: tuple, inputs: tuple) -> bool:
@@ -106,6 +117,75 @@ def gae(
         return (adv, returns) if out is None else out
     out[0][...], out[1][...] = adv, returns
     return out
+
+
+class ArrayTable:
+    """The device addresses and flat layout of a list of arrays, for the ``adam.cu`` kernels.
+
+    arrays: n C-contiguous cupy arrays of one dtype (float32 or float64), any shapes; array k takes
+    the flat range ``[offsets[k], offsets[k + 1])``. One upload (2n + 1 int64s: the addresses, then
+    the offsets). The table keeps the arrays alive: its addresses stay theirs while it exists.
+    """
+
+    def __init__(self, arrays: Sequence[Array]) -> None:
+        cp = _cupy()
+        if not arrays:
+            raise ValueError("arrays is empty: a table needs at least one array")
+        dt = np.dtype(arrays[0].dtype)
+        if dt not in GATHER_NAMES:
+            raise TypeError(f"arrays must be float32 or float64, got {dt}")
+        for k, a in enumerate(arrays):
+            if not isinstance(a, cp.ndarray) or a.dtype != dt or not a.flags.c_contiguous:
+                raise ValueError(f"arrays[{k}] must be a C-contiguous {dt} cupy array, got "
+                                 f"{type(a).__name__} {getattr(a, 'dtype', '')}")
+        sizes = [int(a.size) for a in arrays]
+        self.arrays = tuple(arrays)
+        self.dtype = dt
+        self.n = len(arrays)
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.size = int(self.offsets[-1])
+        self.blocks_per_array = max(1, min(-(-max(sizes) // ADAM_BLOCK), ADAM_BLOCKS_MAX))
+        if self.n * self.blocks_per_array >= 2**31:
+            raise ValueError(f"{self.n} arrays are more than one launch's grid can cover")
+        addresses = np.array([a.data.ptr for a in arrays], dtype=np.int64)  # (< 2^63: user and device space)
+        self.table = cp.asarray(np.concatenate([addresses, self.offsets]))
+
+    def _launch(self, names: dict, args: tuple) -> None:
+        if self.size:
+            _kernel(names[self.dtype], ADAM_SOURCE)((self.n * self.blocks_per_array,), (ADAM_BLOCK,),
+                                                    (self.table, np.int32(self.n), np.int32(self.blocks_per_array),
+                                                     *args))
+
+
+def adam_gather(grads: ArrayTable, g: Array) -> None:
+    """g (size,) <- the arrays of ``grads`` flattened, one after another: one launch."""
+    _flat("g", g, grads)
+    grads._launch(GATHER_NAMES, (g,))
+
+
+def adam_update(
+    params: ArrayTable, g: Array, m: Array, v: Array, scale: float, lr: float, betas: tuple[float, float],
+    eps: float, t: int,
+) -> None:
+    """One Adam step at step count ``t`` (>= 1) on every array of ``params`` (in place), from the
+    flat gradient ``g`` times ``scale`` (the clip; 1.0 for none) and the flat moments ``m``, ``v``
+    (size,), updated in place; ``g`` is left as it was. One launch, the same operations in the same
+    order and dtype as :meth:`minippo.optim.Adam.step` on numpy, so the same bits."""
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        _flat(name, a, params)
+    b1, b2 = betas
+    real = params.dtype.type  # each scalar rounded once, where numpy rounds a Python float operand
+    scalars = (real(scale), real(b1), real(1.0 - b1), real(b2), real(1.0 - b2), real(1.0 - b2**t), real(eps),
+               real(lr / (1.0 - b1**t)))
+    params._launch(UPDATE_NAMES, (g, m, v, *scalars))
+
+
+def _flat(name: str, a: Array, table: ArrayTable) -> None:
+    if not isinstance(a, _cupy().ndarray):
+        raise TypeError(f"{name} must be a cupy array (on the device with the table's arrays), got {type(a).__name__}")
+    if a.dtype != table.dtype or a.shape != (table.size,) or not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous {table.dtype} vector of {table.size} elements, got "
+                         f"{a.dtype} {tuple(a.shape)}")
 
 
 # Matmuls need no wrapper: on cupy arrays ``minippo.nn.linear_forward``/``linear_backward``

@@ -15,6 +15,8 @@ the cupy backend and holds it to the rules of real CuPy that plain numpy arrays 
 - ``RawModule(...).get_function(name)(grid, block, args)`` checks the argument types that
   ``kernels/gae.cu`` declares and runs numpy in its place: the dones check sets the flag for an entry
   other than 0 or 1, and the GAE kernel (``minippo.advantages.gae_numpy``) writes nothing when it is set;
+  ``kernels/adam.cu``'s two kernels run their lines as numpy operations on the arrays whose addresses
+  their table holds (``ndarray.data.ptr`` is the host address of the array's first element);
 - only the numpy functions, ufuncs and array methods listed below (``FUNCTIONS``, ``UFUNCS``,
   ``METHODS``) work on a device array: the ones minippo uses, each checked to exist in real CuPy
   (``test_standin_allows_only_what_real_cupy_has``, where CuPy is installed). CuPy answers a numpy
@@ -28,6 +30,7 @@ kernel launch, about one GPU kernel or library call each) for tests that want to
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import stat
@@ -102,6 +105,11 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
     def get(self) -> np.ndarray:
         STATS["get"] += 1
         return self._a.copy()
+
+    @property
+    def data(self) -> types.SimpleNamespace:
+        """CuPy's MemoryPointer to the first element: ``.ptr``, its address (here a host address)."""
+        return types.SimpleNamespace(ptr=self._a.ctypes.data)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         raise TypeError("Implicit conversion to a NumPy array is not allowed. "
@@ -230,16 +238,63 @@ def _made(fn: Any) -> Any:
     return lambda *args, **kwargs: ndarray(fn(*args, **kwargs))
 
 
+def _at(address: int, size: int, dtype: Any) -> np.ndarray:
+    """The ``size`` elements of ``dtype`` at a (host) address, as a writable array: what a kernel reads
+    through a pointer taken from a table."""
+    dtype = np.dtype(dtype)
+    return np.frombuffer((ctypes.c_char * (size * dtype.itemsize)).from_address(address), dtype=dtype)
+
+
+def _adam_kernel(name: str) -> Any:
+    """adam_gather_* / adam_update_* (kernels/adam.cu): the argument types it declares checked, then its
+    lines run as numpy operations on the arrays its address table points at."""
+    want = np.float32 if name.endswith("_f32") else np.float64
+
+    def run(grid: tuple, block: tuple, args: tuple) -> None:
+        STATS["ops"] += 1
+        table, n, blocks = args[:3]
+        assert type(table) is ndarray and table._a.dtype == np.int64 and table._a.flags.c_contiguous
+        assert type(n) is np.int32 and type(blocks) is np.int32 and table._a.shape == (2 * n + 1,)
+        assert grid == (n * blocks,) and block[0] >= 1, "one run of blocks per array"
+        arrays = table._a[:n].tolist()
+        offsets = table._a[n:].tolist()
+        flat = args[3:4] if name.startswith("adam_gather") else args[3:6]
+        for a in flat:
+            assert type(a) is ndarray and a._a.dtype == want and a._a.flags.c_contiguous and a._a.ndim == 1
+            assert a._a.size == offsets[-1]
+        if name.startswith("adam_gather"):
+            for k in range(n):
+                args[3]._a[offsets[k]:offsets[k + 1]] = _at(arrays[k], offsets[k + 1] - offsets[k], want)
+            return
+        scalars = args[6:]
+        assert len(scalars) == 8 and all(type(x) is want for x in scalars), [type(x) for x in scalars]
+        scale, b1, one_minus_b1, b2, one_minus_b2, c2, eps, lr_c1 = scalars
+        g, m, v = (a._a for a in args[3:6])
+        gi = g * scale
+        m[...] = m * b1 + one_minus_b1 * gi
+        v[...] = v * b2 + one_minus_b2 * (gi * gi)
+        step = (m / (np.sqrt(v / c2) + eps)) * lr_c1
+        for k in range(n):
+            theta = _at(arrays[k], offsets[k + 1] - offsets[k], want)
+            theta[...] = theta - step[offsets[k]:offsets[k + 1]]
+
+    assert name in ("adam_gather_f32", "adam_gather_f64", "adam_update_f32", "adam_update_f64"), name
+    return run
+
+
 class RawModule:
     def __init__(self, code: str, options: tuple = ()) -> None:
         from minippo.backend import PROBE_SOURCE
 
-        assert ("gae_f32" in code and "gae_f64" in code) or code == PROBE_SOURCE
+        self.adam = "adam_update_f32" in code and "adam_gather_f64" in code
+        assert self.adam or ("gae_f32" in code and "gae_f64" in code) or code == PROBE_SOURCE
         self.options = options
 
     def get_function(self, name: str) -> Any:
         from minippo.advantages import gae_numpy
 
+        if self.adam:
+            return _adam_kernel(name)
         if name == "minippo_probe":  # the backend's check that kernels compile and run
             def probe(grid: tuple, block: tuple, args: tuple) -> None:
                 args[0]._a.flat[0] = 2.0

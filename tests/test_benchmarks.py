@@ -319,7 +319,7 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
     synced = []
     cp.cuda.Device = lambda *a: types.SimpleNamespace(synchronize=lambda: synced.append(1))
     monkeypatch.setitem(sys.modules, "cupy", cp)
-    monkeypatch.setattr(gpu, "_module", None)
+    monkeypatch.setattr(gpu, "_modules", {})
     kb = _script("kernels")
     ran, uploaded = [], []
 
@@ -368,6 +368,20 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
     assert len(rows) == 6 and all(r.endswith("numpy    2.00  cupy    8.00  cupy speed-up  0.25x") for r in rows), rows
     assert [(label, name) for label, name, _ in ran] == [("numpy", "numpy"), ("cupy", "cupy")] * 6
     assert uploaded == [("numpy", False), ("cupy", True)] * 6  # the cupy act sends its observations up
+    ran.clear()
+    launches = []
+    real_kernel = gpu._kernel
+    monkeypatch.setattr(gpu, "_kernel", lambda *a: launches.append(a[0]) or real_kernel(*a))
+    kb.bench_adam(backends)
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [r.split()[:2] for r in rows] == [["4-64-64", "Discrete(2)"], ["17-64-64", "Gaussian(6)"]], rows
+    assert all(r.endswith("numpy    2.00  cupy kernels    8.00  cupy arrays    8.00  kernels speed-up  1.00x")
+               for r in rows), rows
+    assert " 12 arrays" in rows[0] and " 13 arrays" in rows[1]  # (the Gaussian's log-std)
+    # each cupy call synchronised; only the kernels' one launched the two kernels
+    assert [(label, name, n) for label, name, n in ran] == [
+        ("numpy", "numpy", 0), ("cupy kernels", "cupy", 1), ("cupy arrays", "cupy", 1)] * 2
+    assert launches == ["adam_gather_f32", "adam_update_f32"] * 2
 
 
 def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch, capsys):
@@ -377,10 +391,10 @@ def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch
     unknown name is a usage error naming the allowed ones."""
     kb = _script("kernels")
     seen = []
-    for table in ("bench_gae", "bench_mlp", "bench_act"):
+    for table in ("bench_gae", "bench_mlp", "bench_act", "bench_adam"):
         monkeypatch.setattr(kb, table, lambda backends, table=table: seen.append((table, backends)))
     assert kb.main(["numpy"]) == 0
-    assert seen == [(t, ["numpy"]) for t in ("bench_gae", "bench_mlp", "bench_act")]
+    assert seen == [(t, ["numpy"]) for t in ("bench_gae", "bench_mlp", "bench_act", "bench_adam")]
     seen.clear()
     # no cupy here: it says why, is left out, and the exit status says a named backend is missing
     assert kb.main(["cupy", "numpy"]) == 1
@@ -395,7 +409,7 @@ def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch
     monkeypatch.setattr(kb, "use", lambda name: True)  # as if all three loaded
     monkeypatch.setattr(sys, "argv", ["kernels.py"])
     assert kb.main() == 0  # the plain ``python benchmarks/kernels.py``: all three (Python 3.11 refused it)
-    assert seen == [(t, ["numpy", "numba", "cupy"]) for t in ("bench_gae", "bench_mlp", "bench_act")]
+    assert seen == [(t, ["numpy", "numba", "cupy"]) for t in ("bench_gae", "bench_mlp", "bench_act", "bench_adam")]
 
 
 def test_gpu_check_script_runs_its_steps_and_counts_the_failed_ones(tmp_path):

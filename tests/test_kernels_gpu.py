@@ -7,7 +7,6 @@ compiles with --fmad=false; the host shim is built with -ffp-contract=off), so r
 ``advantages.gae_numpy`` exactly; against the float64 reference, rtol 1e-5 (float32) / 1e-12.
 """
 
-import ctypes
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import sys
 import types
 from pathlib import Path
 
+import cuda_shim
 import numpy as np
 import pytest
 import strict_cupy
@@ -23,58 +23,10 @@ from minippo.kernels import reference as ref
 
 from minippo import advantages, backend
 
-CU = Path(gpu.__file__).with_name(gpu.SOURCE)
+CU = cuda_shim.CU
 NVCC = shutil.which("nvcc")
-CXX = shutil.which("g++") or shutil.which("c++")
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
-
-SHIM_H = """\
-// Just enough of CUDA's names to compile a __global__ kernel as a host function; the caller
-// sets the indices and calls the kernel once per (block, thread) of the grid.
-#pragma once
-struct dim3 { unsigned int x, y, z; };
-extern dim3 blockIdx, threadIdx, blockDim, gridDim;
-#define __global__
-#define __device__ inline
-"""
-
-SHIM_CPP = """\
-#include "cuda_host_shim.h"
-dim3 blockIdx, threadIdx, blockDim, gridDim;
-#include "gae.cu"
-extern "C" void shim_set_index(unsigned grid, unsigned block, unsigned bx, unsigned tx) {
-    gridDim = {grid, 1, 1}; blockDim = {block, 1, 1};
-    blockIdx = {bx, 0, 0}; threadIdx = {tx, 0, 0};
-}
-"""
-
-CTYPES = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int}
-NUMPY_SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32}
-
-
-def kernel_params(name: str) -> list[tuple[str, bool]]:
-    """[(base type, is_pointer), ...] of ``extern "C" __global__ void name(...)`` in gae.cu."""
-    m = re.search(rf"__global__\s+void\s+{name}\s*\(([^)]*)\)", CU.read_text())
-    assert m, f"{name} not found in {CU}"
-    params = []
-    for p in m.group(1).split(","):
-        words = p.replace("*", " * ").split()
-        base = [w for w in words[:-1] if w in CTYPES][0]
-        params.append((base, "*" in words))
-    return params
-
-
-def build_shim(d: Path, defines: tuple[str, ...] = ()) -> ctypes.CDLL:
-    """gae.cu compiled as a host library in folder ``d`` (``defines``: extra -D flags)."""
-    if CXX is None:
-        pytest.skip("no C++ compiler on PATH")
-    (d / "cuda_host_shim.h").write_text(SHIM_H)
-    (d / "shim.cpp").write_text(SHIM_CPP)
-    lib = d / "libgae_shim.so"
-    cmd = [CXX, "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++14", *defines, f"-I{d}",
-           f"-I{CU.parent}", str(d / "shim.cpp"), "-o", str(lib)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-    return ctypes.CDLL(str(lib))
+build_shim, kernel_params, launch = cuda_shim.build_shim, cuda_shim.kernel_params, cuda_shim.launch
 
 
 @pytest.fixture(scope="module")
@@ -94,29 +46,6 @@ def shim_chunk(request, tmp_path_factory):
     """(gae.cu compiled with another GAE_CHUNK, that chunk): any chunk must give the same results."""
     lib = build_shim(tmp_path_factory.mktemp(f"shim_chunk{request.param}"), (f"-DGAE_CHUNK={request.param}",))
     return lib, request.param
-
-
-def launch(lib, name, grid, block, args):
-    """Run kernel ``name`` over the grid, checking args like CUDA's ABI would need them."""
-    params = kernel_params(name)
-    assert len(args) == len(params), f"{name} takes {len(params)} args, got {len(args)}"
-    c_args = []
-    for a, (base, pointer) in zip(args, params, strict=True):
-        if pointer:
-            assert isinstance(a, np.ndarray) and a.flags.c_contiguous
-            assert a.dtype == NUMPY_SCALARS[base], f"{name}: {a.dtype} array for {base}*"
-            c_args.append(a.ctypes.data_as(ctypes.c_void_p))
-        else:  # a Python float would reach a float kernel as 8 bytes: demand the exact type
-            assert type(a) is NUMPY_SCALARS[base], f"{name}: {type(a).__name__} for {base}"
-            c_args.append(CTYPES[base](a))
-    fn = getattr(lib, name)
-    fn.restype = None
-    (gx,), (bx,) = tuple(grid), tuple(block)
-    assert gx >= 1 and bx >= 1, f"CUDA refuses a launch of {gx} blocks of {bx} threads"
-    for b in range(gx):
-        for t in range(bx):
-            lib.shim_set_index(gx, bx, b, t)
-            fn(*c_args)
 
 
 def rollout(T, N, dtype, seed=0):
@@ -302,7 +231,7 @@ def fake_cupy(lib, devices=1):
 def cupy_standin(shim, monkeypatch):
     cp = fake_cupy(shim)
     monkeypatch.setitem(sys.modules, "cupy", cp)
-    monkeypatch.setattr(gpu, "_module", None)
+    monkeypatch.setattr(gpu, "_modules", {})
     yield cp
     backend.reset()
 
@@ -407,7 +336,7 @@ def test_wrapper_refuses_bad_dones_and_leaves_out_as_it_was(cupy_standin):
 def test_source_is_package_data_and_import_needs_no_cupy():
     assert "extern \"C\" __global__ void gae_f32" in gpu.source()
     code = ("import sys; sys.modules['cupy'] = None; import minippo.kernels.gpu as g; "
-            "print(g._module is None)")
+            "print(g._modules == {})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
 

@@ -36,7 +36,8 @@ def test_sdist_then_wheel_layout_and_requirements(tmp_path):
     (sdist,) = glob.glob(str(out / "*.tar.gz"))
     with tarfile.open(sdist) as t:
         files = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
-    for need in ("LICENSE", "README.md", "setup.cfg", "pyproject.toml", "kernels/gae.cu", "kernels/cpu.py",
+    for need in ("LICENSE", "README.md", "setup.cfg", "pyproject.toml", "kernels/gae.cu", "kernels/adam.cu",
+                 "kernels/cpu.py",
                  "minippo/cli.py", "tests/conftest.py", "tests/test_packaging.py", "docs/derivations.md",
                  "examples/train_cartpole.py", "benchmarks/kernels.py", ".ci/run"):
         assert need in files, need
@@ -49,7 +50,7 @@ def test_sdist_then_wheel_layout_and_requirements(tmp_path):
         entry = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"minippo"}
-    for need in ("gae.cu", "cpu.py", "cpu_act.py", "cpu_update.py", "simd.py", "gpu.py", "reference.py"):
+    for need in ("gae.cu", "adam.cu", "cpu.py", "cpu_act.py", "cpu_update.py", "simd.py", "gpu.py", "reference.py"):
         assert f"minippo/kernels/{need}" in names, need
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
     requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]

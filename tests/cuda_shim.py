@@ -1,0 +1,100 @@
+"""Running the CUDA sources on the CPU: just enough of CUDA's names to compile a ``__global__``
+kernel as a host function (the shim), a build of a ``.cu`` file into a library, and a launch that
+loops over the grid, checking each argument against the kernel's declared parameter types as CUDA's
+ABI would need them. Used by tests/test_kernels_gpu.py (gae.cu) and tests/test_kernels_gpu_adam.py.
+
+The library is built with -ffp-contract=off, as gpu.py compiles with --fmad=false: no a * b + c is
+contracted into an FMA, so the shim performs each operation as the device does, rounding included.
+"""
+
+import ctypes
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from minippo.kernels import gpu
+
+KERNELS = Path(gpu.__file__).parent
+CU = KERNELS / gpu.SOURCE
+CXX = shutil.which("g++") or shutil.which("c++")
+
+SHIM_H = """\
+// Just enough of CUDA's names to compile a __global__ kernel as a host function; the caller
+// sets the indices and calls the kernel once per (block, thread) of the grid.
+#pragma once
+#include <math.h>
+struct dim3 { unsigned int x, y, z; };
+extern dim3 blockIdx, threadIdx, blockDim, gridDim;
+#define __global__
+#define __device__
+"""
+
+SHIM_CPP = """\
+#include "cuda_host_shim.h"
+dim3 blockIdx, threadIdx, blockDim, gridDim;
+#include "{source}"
+extern "C" void shim_set_index(unsigned grid, unsigned block, unsigned bx, unsigned tx) {{
+    gridDim = {{grid, 1, 1}}; blockDim = {{block, 1, 1}};
+    blockIdx = {{bx, 0, 0}}; threadIdx = {{tx, 0, 0}};
+}}
+"""
+
+CTYPES = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int, "long long": ctypes.c_longlong}
+NUMPY_SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64}
+
+
+def kernel_params(name: str) -> list[tuple[str, bool]]:
+    """[(base type, is_pointer), ...] of ``extern "C" __global__ void name(...)`` in the CUDA sources."""
+    for file in gpu.SOURCES:
+        m = re.search(rf"__global__\s+void\s+{name}\s*\(([^)]*)\)", (KERNELS / file).read_text())
+        if m:
+            break
+    assert m, f"{name} not found in {gpu.SOURCES}"
+    params = []
+    for p in m.group(1).split(","):
+        words = p.replace("*", " * ").split()
+        base = " ".join(w for w in words[:-1] if w in ("float", "double", "int", "long"))
+        assert base in CTYPES, p
+        params.append((base, "*" in words))
+    return params
+
+
+def build_shim(d: Path, defines: tuple[str, ...] = (), source: str = gpu.SOURCE) -> ctypes.CDLL:
+    """kernels/``source`` compiled as a host library in folder ``d`` (``defines``: extra -D flags)."""
+    if CXX is None:
+        pytest.skip("no C++ compiler on PATH")
+    (d / "cuda_host_shim.h").write_text(SHIM_H)
+    (d / "shim.cpp").write_text(SHIM_CPP.format(source=source))
+    lib = d / f"lib{Path(source).stem}_shim.so"
+    cmd = [CXX, "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++14", *defines, f"-I{d}",
+           f"-I{KERNELS}", str(d / "shim.cpp"), "-o", str(lib)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    return ctypes.CDLL(str(lib))
+
+
+def launch(lib, name, grid, block, args):
+    """Run kernel ``name`` over the grid, checking args like CUDA's ABI would need them."""
+    params = kernel_params(name)
+    assert len(args) == len(params), f"{name} takes {len(params)} args, got {len(args)}"
+    c_args = []
+    for a, (base, pointer) in zip(args, params, strict=True):
+        if pointer:
+            assert isinstance(a, np.ndarray) and a.flags.c_contiguous
+            assert a.dtype == NUMPY_SCALARS[base], f"{name}: {a.dtype} array for {base}*"
+            c_args.append(a.ctypes.data_as(ctypes.c_void_p))
+        else:  # a Python float would reach a float kernel as 8 bytes: demand the exact type
+            assert type(a) is NUMPY_SCALARS[base], f"{name}: {type(a).__name__} for {base}"
+            c_args.append(CTYPES[base](a))
+    fn = getattr(lib, name)
+    fn.restype = None
+    (gx,), (bx,) = tuple(grid), tuple(block)
+    assert gx >= 1 and bx >= 1, f"CUDA refuses a launch of {gx} blocks of {bx} threads"
+    for b in range(gx):
+        for t in range(bx):
+            lib.shim_set_index(gx, bx, b, t)
+            fn(*c_args)
+
+

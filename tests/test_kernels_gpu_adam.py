@@ -1,0 +1,357 @@
+"""kernels/adam.cu, the device Adam step, without a GPU: compiled by nvcc (and NVRTC where CuPy has
+it), executed on the CPU through the host shim (tests/cuda_shim.py), and driven by ``Adam.step``
+through the strict CuPy stand-in whose RawModule runs the shim. Tests that need a device are marked
+``gpu`` and skipped without one.
+
+Tolerance: none. Each kernel line performs Adam.step's numpy operations in the same order and dtype
+with the scalars rounded as numpy rounds them (the shim built with -ffp-contract=off, as gpu.py
+compiles with --fmad=false; division and sqrt correctly rounded on both), so the parameters and
+moments must equal numpy's bit for bit. Only on a device with clipping may the gradient norm differ
+(cuBLAS sums in its own order): that one test allows the rounding it carries (see there).
+"""
+
+import copy
+import shutil
+import subprocess
+
+import cuda_shim
+import numpy as np
+import pytest
+import strict_cupy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from minippo.kernels import gpu
+
+from minippo.optim import Adam
+
+ADAM_CU = cuda_shim.KERNELS / gpu.ADAM_SOURCE
+NVCC = shutil.which("nvcc")
+ADAM_KERNELS = (*gpu.GATHER_NAMES.values(), *gpu.UPDATE_NAMES.values())
+
+
+@pytest.fixture(scope="module")
+def adam_shim(tmp_path_factory):
+    return cuda_shim.build_shim(tmp_path_factory.mktemp("adam_shim"), source=gpu.ADAM_SOURCE)
+
+
+def shim_cupy(lib):
+    """The strict stand-in (device arrays kept apart from host ones, copies and operations counted)
+    whose RawModule runs kernels/adam.cu through the host shim: addresses in the tables are host
+    addresses, so the kernels read and write the stand-in's arrays."""
+    cp = strict_cupy.make()
+
+    class RawModule:
+        def __init__(self, code, options=()):
+            assert code == gpu.source(gpu.ADAM_SOURCE) and tuple(options) == gpu.NVRTC_OPTIONS
+            cp.compiled.append(gpu.ADAM_SOURCE)
+
+        def get_function(self, name):
+            cuda_shim.kernel_params(name)  # fails for a name not in the sources
+
+            def run(grid, block, args):
+                cp.STATS["ops"] += 1
+                cp.launches.append((name, grid, block))
+                cuda_shim.launch(lib, name, grid, block, tuple(a._a if isinstance(a, cp.ndarray) else a for a in args))
+            return run
+
+    cp.RawModule = RawModule
+    cp.compiled, cp.launches = [], []
+    return cp
+
+
+@pytest.fixture
+def device(adam_shim, monkeypatch):
+    import sys
+
+    cp = shim_cupy(adam_shim)
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setattr(gpu, "_modules", {})
+    return cp
+
+
+def network(rng, dtype, shapes=((4, 8), (8,), (8, 8), (8,), (8, 2), (2,))):
+    params = {f"p{i}": rng.normal(size=s).astype(dtype) for i, s in enumerate(shapes)}
+    grads = [{k: (rng.normal(size=p.shape) * rng.choice([1e-3, 1.0, 30.0])).astype(dtype) for k, p in params.items()}
+             for _ in range(3)]
+    return params, grads
+
+
+def run_adam(params, grads, to_device=None, max_grad_norm=0.5, **kw):
+    """Three Adam steps from ``params`` on ``grads``; on the device when ``to_device`` is given:
+    (norms, params, m, v, t) on the host."""
+    up = to_device or (lambda a: a)
+    down = (lambda a: a.get()) if to_device else (lambda a: a)
+    p = {k: up(a.copy()) for k, a in params.items()}
+    opt = Adam(p, **kw)
+    norms = [opt.step({k: up(a) for k, a in g.items()}, max_grad_norm=max_grad_norm) for g in grads]
+    return (norms, {k: down(a) for k, a in p.items()}, down(opt._m), down(opt._v), opt.t)
+
+
+def assert_same_bits(got, want):
+    (n1, p1, m1, v1, t1), (n2, p2, m2, v2, t2) = got, want
+    np.testing.assert_array_equal(n1, n2)
+    assert p1.keys() == p2.keys() and t1 == t2
+    for k in p1:
+        np.testing.assert_array_equal(p1[k], p2[k], err_msg=k)
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(v1, v2)
+
+
+# ---------------------------------------------------------------- compilers
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+def test_nvcc_compiles_adam_to_ptx_with_correctly_rounded_division_and_sqrt(tmp_path):
+    ptx = tmp_path / "adam.ptx"
+    subprocess.run([NVCC, "-ptx", "-arch=sm_75", "--fmad=false", str(ADAM_CU), "-o", str(ptx)], check=True,
+                   capture_output=True, timeout=120)
+    text = ptx.read_text()
+    for name in ADAM_KERNELS:
+        assert f".entry {name}(" in text, name  # extern "C": unmangled
+    assert "fma" not in text  # --fmad=false: numpy's roundings
+    assert "sqrt.rn.f32" in text and "div.rn.f32" in text and "div.rn.f64" in text
+    assert "approx" not in text and "div.full" not in text  # no fast, less exact division or sqrt
+
+
+def _nvrtc():
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+        return nvrtc
+    except Exception:
+        return None
+
+
+NVRTC = _nvrtc()
+
+
+@pytest.mark.skipif(NVRTC is None, reason="needs CuPy with the NVRTC library")
+def test_nvrtc_compiles_adam_as_cupy_does():
+    prog = NVRTC.createProgram(gpu.source(gpu.ADAM_SOURCE), "adam.cu", (), ())
+    try:
+        NVRTC.compileProgram(prog, [*gpu.NVRTC_OPTIONS, "--gpu-architecture=compute_75"])
+        ptx = NVRTC.getPTX(prog)
+    finally:
+        NVRTC.destroyProgram(prog)
+    text = ptx.decode() if isinstance(ptx, bytes) else ptx
+    assert all(f".entry {name}(" in text for name in ADAM_KERNELS)
+    assert "fma" not in text and "approx" not in text
+
+
+# ---------------------------------------------------------------- the kernels on the CPU
+def launcher(lib, arrays, block, blocks):
+    """A launch of an adam.cu kernel over ``arrays`` (host arrays: their addresses go in the table),
+    with ``blocks`` blocks per array of ``block`` threads: ``launch(name, *rest of the args)``."""
+    offsets = np.concatenate([[0], np.cumsum([a.size for a in arrays])]).astype(np.int64)
+    table = np.concatenate([np.array([a.ctypes.data for a in arrays], np.int64), offsets])
+    head = (table, np.int32(len(arrays)), np.int32(blocks))
+    return lambda name, *rest: cuda_shim.launch(lib, name, (len(arrays) * blocks,), (block,), (*head, *rest))
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]),
+       sizes=st.lists(st.integers(0, 40), min_size=1, max_size=5),
+       block=st.integers(1, 8), blocks=st.integers(1, 3), t=st.integers(1, 3000),
+       lr=st.floats(1e-6, 1.0), b1=st.floats(0.0, 0.99), b2=st.floats(0.0, 0.9999), eps=st.floats(1e-10, 1e-2),
+       clip=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_kernels_on_the_cpu_give_numpy_adams_bits(adam_shim, dtype, sizes, block, blocks, t, lr, b1, b2, eps, clip,
+                                                 seed):
+    """Drawn sizes (empty arrays too), launch shapes (fewer threads than elements: the stride loop),
+    hyperparameters and step counts: the gathered gradient is the arrays one after another, and the
+    update leaves parameters and moments where Adam.step on numpy does, bit for bit."""
+    rng = np.random.default_rng(seed)
+    params = {f"p{i}": rng.normal(size=n).astype(dtype) for i, n in enumerate(sizes)}
+    grads = {k: (rng.normal(size=p.shape) * 10.0 ** rng.integers(-4, 3)).astype(dtype) for k, p in params.items()}
+    size = sum(sizes)
+    m0 = rng.normal(size=size).astype(dtype)
+    v0 = np.abs(rng.normal(size=size)).astype(dtype) * dtype(rng.integers(0, 2))  # all zero half the time (t = 1)
+    host = Adam({k: p.copy() for k, p in params.items()}, lr=lr, betas=(b1, b2), eps=eps)
+    host._m[...], host._v[...], host.t = m0, v0, t - 1
+    max_norm = 0.5 if clip else 0.0
+    norm = host.step(grads, max_grad_norm=max_norm)
+    scale = max_norm / (norm + 1e-12) if clip and norm > max_norm else 1.0
+
+    arrays = [p.copy() for p in params.values()]
+    g, m, v = np.full(size, np.nan, dtype), m0.copy(), v0.copy()
+    launcher(adam_shim, [*grads.values()], block, blocks)(gpu.GATHER_NAMES[np.dtype(dtype)], g)
+    np.testing.assert_array_equal(g, np.concatenate([a.ravel() for a in grads.values()]))
+    real = np.dtype(dtype).type
+    scalars = (real(scale), real(b1), real(1.0 - b1), real(b2), real(1.0 - b2), real(1.0 - b2**t), real(eps),
+               real(lr / (1.0 - b1**t)))
+    g_before = g.copy()
+    launcher(adam_shim, arrays, block, blocks)(gpu.UPDATE_NAMES[np.dtype(dtype)], g, m, v, *scalars)
+    for a, k in zip(arrays, params, strict=True):
+        np.testing.assert_array_equal(a, host.params[k], err_msg=k)
+    np.testing.assert_array_equal(m, host._m)
+    np.testing.assert_array_equal(v, host._v)
+    np.testing.assert_array_equal(g, g_before)  # the gradient is read only
+
+
+# ---------------------------------------------------------------- Adam.step on the stand-in
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("max_grad_norm", [0.0, 0.5, 1e9])
+def test_adam_step_through_the_kernels_gives_numpy_bits(device, dtype, max_grad_norm):
+    rng = np.random.default_rng(1)
+    params, grads = network(rng, dtype)
+    got = run_adam(params, grads, device.asarray, max_grad_norm, lr=0.01)
+    assert_same_bits(got, run_adam(params, grads, None, max_grad_norm, lr=0.01))
+    assert [name for name, _, _ in device.launches] == [gpu.GATHER_NAMES[np.dtype(dtype)],
+                                                        gpu.UPDATE_NAMES[np.dtype(dtype)]] * 3
+    assert device.compiled == [gpu.ADAM_SOURCE]  # compiled once, on first use
+
+
+def test_a_step_is_two_launches_and_one_table_upload(device):
+    """The device work of a step: the gradients' address table up (their arrays are new each step),
+    the gather, the norm (astype + vdot, read back: the one sync) and the update; the parameters'
+    table goes up once. The array operations this replaces were ~40 here (6 arrays)."""
+    rng = np.random.default_rng(2)
+    params, grads = network(rng, np.float32)
+    p = {k: device.asarray(a) for k, a in params.items()}
+    opt = Adam(p)
+    counts = []
+    for clip in (0.5, 0.5, 0.0):
+        g = {k: device.asarray(a) for k, a in grads[0].items()}
+        before = dict(device.STATS)
+        opt.step(g, max_grad_norm=clip)
+        counts.append({k: device.STATS[k] - before[k] for k in ("upload", "ops", "float", "bool", "get")})
+    assert counts[0] == {"upload": 2, "ops": 4, "float": 1, "bool": 0, "get": 0}, counts
+    assert counts[1] == {"upload": 1, "ops": 4, "float": 1, "bool": 0, "get": 0}, counts
+    assert counts[2] == {"upload": 1, "ops": 2, "float": 0, "bool": 0, "get": 0}, counts
+    n = len(params)
+    blocks = [max(1, min(-(-a.size // gpu.ADAM_BLOCK), gpu.ADAM_BLOCKS_MAX)) for a in params.values()]
+    assert {(grid, block) for _, grid, block in device.launches} == {((n * max(blocks),), (gpu.ADAM_BLOCK,))}
+
+
+def test_large_arrays_take_at_most_the_block_cap_and_stride(device, monkeypatch):
+    """An array of more than ADAM_BLOCKS_MAX * ADAM_BLOCK elements is covered by the stride loop."""
+    monkeypatch.setattr(gpu, "ADAM_BLOCK", 4)
+    monkeypatch.setattr(gpu, "ADAM_BLOCKS_MAX", 3)
+    rng = np.random.default_rng(3)
+    params, grads = network(rng, np.float64, shapes=((7, 9), (1,), (5,)))
+    assert_same_bits(run_adam(params, grads, device.asarray), run_adam(params, grads))
+    assert {grid for _, grid, _ in device.launches} == {(3 * 3,)}
+
+
+def test_gradients_of_another_dtype_or_layout_are_gathered_as_numpy_casts_them(device):
+    rng = np.random.default_rng(4)
+    params, grads = network(rng, np.float32)
+    odd = [{k: (np.asfortranarray(a.astype(np.float64)) if a.ndim == 2 else a.astype(np.float64))
+            for k, a in g.items()} for g in grads]
+    assert_same_bits(run_adam(params, odd, device.asarray), run_adam(params, odd))
+
+
+def test_a_non_contiguous_parameter_takes_the_array_operations(device):
+    """The kernels need C-contiguous parameters; a transposed view steps by the array operations,
+    to the same bits, and launches nothing."""
+    rng = np.random.default_rng(5)
+    params, grads = network(rng, np.float32)
+    p = {k: device.asarray(a) for k, a in params.items()}
+    p["p0"] = device.asarray(np.ascontiguousarray(params["p0"].T)).T  # (4, 8), F-ordered
+    opt = Adam(p)
+    host = Adam({k: a.copy() for k, a in params.items()})
+    for g in grads:
+        assert opt.step({k: device.asarray(a) for k, a in g.items()}, max_grad_norm=0.5) == \
+            host.step(g, max_grad_norm=0.5)
+    assert device.launches == []
+    for k in params:
+        np.testing.assert_array_equal(p[k].get(), host.params[k])
+
+
+def test_a_replaced_parameter_gets_a_new_table_and_a_copy_updates_only_its_own(device):
+    """The table holds addresses: a parameter array replaced in the dict is found (by identity) and
+    the table made again, so the new array is updated, not the old one; a deep copy of the optimizer
+    (its parameters copied too) makes its own table instead of writing through the original's."""
+    rng = np.random.default_rng(6)
+    params, grads = network(rng, np.float32)
+    p = {k: device.asarray(a) for k, a in params.items()}
+    opt = Adam(p, lr=0.1)
+    opt.step({k: device.asarray(a) for k, a in grads[0].items()})
+    old = p["p2"]
+    kept = old.get()
+    p["p2"] = device.asarray(params["p2"])
+    opt.step({k: device.asarray(a) for k, a in grads[1].items()})
+    np.testing.assert_array_equal(old.get(), kept)
+    assert not np.array_equal(p["p2"].get(), params["p2"])
+
+    twin = copy.deepcopy(opt)
+    before = {k: a.get() for k, a in p.items()}
+    twin.step({k: device.asarray(a) for k, a in grads[2].items()})
+    for k in p:
+        np.testing.assert_array_equal(p[k].get(), before[k], err_msg=k)  # the original is untouched
+        assert not np.array_equal(twin.params[k].get(), before[k])
+
+
+def test_a_non_finite_norm_raises_before_the_update(device):
+    rng = np.random.default_rng(7)
+    params, grads = network(rng, np.float32)
+    p = {k: device.asarray(a) for k, a in params.items()}
+    opt = Adam(p)
+    bad = {k: device.asarray(a) for k, a in grads[0].items()}
+    bad["p4"] = device.asarray(np.full((8, 2), np.inf, np.float32))
+    with pytest.raises(FloatingPointError, match="gradient norm is inf"):
+        opt.step(bad, max_grad_norm=0.5)
+    assert opt.t == 0 and not opt._m.get().any() and not opt._v.get().any()
+    assert [name for name, _, _ in device.launches] == ["adam_gather_f32"]
+    for k in params:
+        np.testing.assert_array_equal(p[k].get(), params[k])
+
+
+def test_table_and_flat_vectors_refuse_what_the_kernels_cannot_take(device):
+    ok = device.asarray(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="arrays is empty"):
+        gpu.ArrayTable([])
+    with pytest.raises(TypeError, match="arrays must be float32 or float64, got int64"):
+        gpu.ArrayTable([device.asarray(np.zeros(3, np.int64))])
+    with pytest.raises(ValueError, match=r"arrays\[1\] must be a C-contiguous float32 cupy array, got ndarray float64"):
+        gpu.ArrayTable([ok, device.asarray(np.zeros(3))])
+    with pytest.raises(ValueError, match=r"arrays\[1\] must be a C-contiguous float32"):
+        gpu.ArrayTable([ok, ok.T])
+    with pytest.raises(ValueError, match=r"arrays\[0\] must be a C-contiguous float32 cupy array, got ndarray"):
+        gpu.ArrayTable([np.zeros(3, np.float32)])  # a host array
+    table = gpu.ArrayTable([ok, device.asarray(np.zeros(4, np.float32))])
+    assert table.size == 10 and table.offsets.tolist() == [0, 6, 10]
+    with pytest.raises(TypeError, match=r"^g must be a cupy array \(on the device with the table's arrays\), got nd"):
+        gpu.adam_gather(table, np.zeros(10, np.float32))
+    for bad, got in ((np.zeros(9, np.float32), r"float32 \(9,\)"), (np.zeros(10), r"float64 \(10,\)"),
+                     (np.zeros((10, 1), np.float32), r"float32 \(10, 1\)")):
+        with pytest.raises(ValueError, match=rf"^g must be a C-contiguous float32 vector of 10 elements, got {got}$"):
+            gpu.adam_gather(table, device.asarray(bad))
+    flat = device.asarray(np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match=r"^v must be a C-contiguous float32 vector of 10 elements, got float32 \(9"):
+        gpu.adam_update(table, flat, flat, device.asarray(np.zeros(9, np.float32)), 1.0, 0.1, (0.9, 0.999), 1e-5, 1)
+    assert device.launches == []
+
+
+def test_source_names_are_checked():
+    assert "adam_update_f32" in gpu.source(gpu.ADAM_SOURCE)
+    with pytest.raises(ValueError, match=r"name='x.cu' is not a CUDA source of minippo; use one of \('gae.cu', 'adam"):
+        gpu.source("x.cu")
+
+
+# ---------------------------------------------------------------- a real device
+@pytest.mark.gpu
+@pytest.mark.skipif(not strict_cupy.real_device(), reason="needs cupy and a CUDA device")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_real_device_kernels_give_the_array_operations_bits(dtype, monkeypatch):
+    """On the device: the kernels against CuPy's own array operations (Adam.step's numpy lines on
+    cupy arrays, taken by hiding the table) bit for bit, clipping included (both take the norm with
+    the same cuBLAS vdot); and against numpy on the host bit for bit where nothing is clipped. With
+    clipping the host's norm may differ in its last bits (another summation order): the scale then
+    differs by ~1 ulp, the step by the same relative amount (Adam's step is ~lr in size), so the
+    parameters within 4 ulp of the step size, lr * 4 * eps(dtype), for each of the 3 steps."""
+    import cupy
+
+    rng = np.random.default_rng(8)
+    params, grads = network(rng, dtype, shapes=((4, 64), (64,), (64, 64), (64,), (64, 2), (2,)))
+    for clip in (0.0, 0.5):
+        fused = run_adam(params, grads, cupy.asarray, clip, lr=0.01)
+        with monkeypatch.context() as m:
+            m.setattr(Adam, "_device_table", lambda self: None)
+            arrays = run_adam(params, grads, cupy.asarray, clip, lr=0.01)
+        assert_same_bits(fused, arrays)
+        host = run_adam(params, grads, None, clip, lr=0.01)
+        if clip == 0.0:
+            assert_same_bits(fused, host)
+        else:
+            for k in params:  # per step: 4 ulp of the step (~lr), 1 ulp of the parameter it is taken from
+                tol = 3 * np.finfo(dtype).eps * (4 * 0.01 + np.abs(host[1][k]).max() + 0.03)
+                np.testing.assert_allclose(fused[1][k], host[1][k], rtol=0, atol=tol, err_msg=k)
