@@ -84,6 +84,7 @@ class Adam:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_table", None)  # (pickled before session 49, which added it)
         self._views()
 
     def step(self, grads: dict[str, Array], lr: float | None = None, max_grad_norm: float = 0.0) -> float:

@@ -280,6 +280,19 @@ def test_a_replaced_parameter_gets_a_new_table_and_a_copy_updates_only_its_own(d
         assert not np.array_equal(twin.params[k].get(), before[k])
 
 
+def test_an_adam_pickled_before_the_table_existed_steps_on_the_device(device):
+    """An Adam pickled before session 49 has no ``_table``: unpickled, it makes one on its first step."""
+    rng = np.random.default_rng(9)
+    params, grads = network(rng, np.float32)
+    opt = Adam({k: device.asarray(a) for k, a in params.items()})
+    state = opt.__getstate__()
+    del state["_table"]
+    old = Adam.__new__(Adam)
+    old.__setstate__(state)
+    old.step({k: device.asarray(a) for k, a in grads[0].items()})
+    assert [name for name, _, _ in device.launches] == ["adam_gather_f32", "adam_update_f32"]
+
+
 def test_a_non_finite_norm_raises_before_the_update(device):
     rng = np.random.default_rng(7)
     params, grads = network(rng, np.float32)
