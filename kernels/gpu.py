@@ -41,6 +41,8 @@ ADAM_BLOCK = 256
 ADAM_BLOCKS_MAX = 64
 """The Adam kernels give each parameter array ceil(size / ADAM_BLOCK) blocks, at most this many
 (16384 elements a pass; a larger array loops)."""
+GRID_MAX = 2**31 - 1
+"""CUDA's limit on a launch's blocks in x."""
 NVRTC_OPTIONS = ("--fmad=false",)  # no FMA contraction: bit-identical with the CPU backends
 
 _modules: dict[str, Any] = {}  # source name -> cupy.RawModule, compiled on first use
@@ -145,8 +147,9 @@ class ArrayTable:
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.size = int(self.offsets[-1])
         self.blocks_per_array = max(1, min(-(-max(sizes) // ADAM_BLOCK), ADAM_BLOCKS_MAX))
-        if self.n * self.blocks_per_array >= 2**31:
-            raise ValueError(f"{self.n} arrays are more than one launch's grid can cover")
+        if self.n * self.blocks_per_array > GRID_MAX:
+            raise ValueError(f"{self.n} arrays of {self.blocks_per_array} blocks each are more than one launch's "
+                             f"{GRID_MAX} blocks")
         addresses = np.array([a.data.ptr for a in arrays], dtype=np.int64)  # (< 2^63: user and device space)
         self.table = cp.asarray(np.concatenate([addresses, self.offsets]))
 

@@ -136,7 +136,7 @@ class Adam:
         if device:  # the lines below in one kernel, the same operations in the same order
             gpu.adam_update(self._table, g, self._m, self._v, scale, lr, self.betas, self.eps, self.t)
             return norm
-        if norm > max_grad_norm:
+        if scale != 1.0:  # the clip
             g *= scale
         c1 = 1.0 - b1**self.t
         c2 = 1.0 - b2**self.t

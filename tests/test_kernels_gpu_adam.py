@@ -308,7 +308,7 @@ def test_a_non_finite_norm_raises_before_the_update(device):
         np.testing.assert_array_equal(p[k].get(), params[k])
 
 
-def test_table_and_flat_vectors_refuse_what_the_kernels_cannot_take(device):
+def test_table_and_flat_vectors_refuse_what_the_kernels_cannot_take(device, monkeypatch):
     ok = device.asarray(np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="arrays is empty"):
         gpu.ArrayTable([])
@@ -320,6 +320,14 @@ def test_table_and_flat_vectors_refuse_what_the_kernels_cannot_take(device):
         gpu.ArrayTable([ok, ok.T])
     with pytest.raises(ValueError, match=r"arrays\[0\] must be a C-contiguous float32 cupy array, got ndarray"):
         gpu.ArrayTable([np.zeros(3, np.float32)])  # a host array
+    with monkeypatch.context() as m:  # a grid of more blocks than CUDA launches
+        m.setattr(gpu, "GRID_MAX", 5)
+        gpu.ArrayTable([ok] * 5)  # 5 blocks: fits
+        with pytest.raises(ValueError, match=r"^6 arrays of 1 blocks each are more than one launch's 5 blocks$"):
+            gpu.ArrayTable([ok] * 6)
+        m.setattr(gpu, "ADAM_BLOCK", 2)
+        with pytest.raises(ValueError, match=r"^2 arrays of 3 blocks each are more than one launch's 5 blocks$"):
+            gpu.ArrayTable([ok] * 2)
     table = gpu.ArrayTable([ok, device.asarray(np.zeros(4, np.float32))])
     assert table.size == 10 and table.offsets.tolist() == [0, 6, 10]
     with pytest.raises(TypeError, match=r"^g must be a cupy array \(on the device with the table's arrays\), got nd"):

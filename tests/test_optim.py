@@ -220,6 +220,23 @@ def test_adam_clips_its_flat_gradient_as_clip_grad_norm_clips(grads, max_norm, d
             np.testing.assert_allclose(params[k], ref_params[k], **tol)  # (float32: a flipped last bit of p)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_gradient_exactly_at_max_grad_norm_is_not_scaled(dtype):
+    """Clipping scales only a norm above max_grad_norm (clip_grad_norm's rule): at the norm itself the
+    step is the unclipped one bit for bit (a scale max / (norm + 1e-12) would shift its last bits)."""
+    grads = {"a": np.array([0.3, 0.4], dtype), "b": np.zeros((2, 2), dtype)}  # norm 0.5 in float64
+    norm_sq = float(np.vdot(grads["a"].astype(np.float64), grads["a"].astype(np.float64)))
+    runs = []
+    for max_norm in (0.0, np.sqrt(norm_sq)):
+        opt = Adam({k: np.ones_like(g) for k, g in grads.items()}, lr=0.1)
+        for _ in range(2):
+            norm = opt.step(grads, max_grad_norm=max_norm)
+        runs.append((opt.params["a"].copy(), opt.m["a"].copy()))
+    assert norm == max_norm > 0
+    for got, want in zip(runs[1], runs[0], strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_adam_step_clip_errors_change_nothing():
     """A non-finite norm raises before t, the moments or the parameters change; max_grad_norm is
     checked by name; <= 0 means no clipping (NaN returned), as in PPOConfig."""
