@@ -20,6 +20,7 @@ from minippo.kernels import gpu
 KERNELS = Path(gpu.__file__).parent
 CU = KERNELS / gpu.SOURCE
 CXX = shutil.which("g++") or shutil.which("c++")
+NVCC = shutil.which("nvcc")
 
 SHIM_H = """\
 // Just enough of CUDA's names to compile a __global__ kernel as a host function; the caller
@@ -98,3 +99,43 @@ def launch(lib, name, grid, block, args):
             fn(*c_args)
 
 
+
+
+def nvcc_archs() -> list[str]:
+    """The oldest of sm_75, sm_80, sm_90 this nvcc targets, else its first."""
+    out = subprocess.run([NVCC, "--list-gpu-arch"], capture_output=True, text=True, timeout=60)
+    archs = [a.replace("compute_", "sm_") for a in out.stdout.split()]
+    return [a for a in ("sm_75", "sm_80", "sm_90") if a in archs] or archs[:1]
+
+
+def nvcc_ptx(source: Path, arch: str, folder: Path) -> str:
+    """The PTX nvcc makes of ``source`` for ``arch`` with --fmad=false (as gpu.py compiles)."""
+    ptx = folder / f"{source.stem}_{arch}.ptx"
+    subprocess.run([NVCC, "-ptx", f"-arch={arch}", "--fmad=false", str(source), "-o", str(ptx)],
+                   check=True, capture_output=True, timeout=120)
+    return ptx.read_text()
+
+
+def _nvrtc():
+    """CuPy's binding of NVRTC where CuPy and the NVRTC library are installed (no device needed)."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+        return nvrtc
+    except Exception:
+        return None
+
+
+NVRTC = _nvrtc()
+
+
+def nvrtc_ptx(src: str, arch: str) -> str:
+    """The PTX NVRTC (what ``cupy.RawModule`` compiles with) makes of ``src`` with gpu.NVRTC_OPTIONS."""
+    prog = NVRTC.createProgram(src, "kern.cu", (), ())
+    try:
+        NVRTC.compileProgram(prog, [*gpu.NVRTC_OPTIONS, f"--gpu-architecture={arch}"])
+        ptx = NVRTC.getPTX(prog)
+    finally:
+        NVRTC.destroyProgram(prog)
+    return ptx.decode() if isinstance(ptx, bytes) else ptx

@@ -8,7 +8,6 @@ compiles with --fmad=false; the host shim is built with -ffp-contract=off), so r
 """
 
 import re
-import shutil
 import subprocess
 import sys
 import types
@@ -24,7 +23,7 @@ from minippo.kernels import reference as ref
 from minippo import advantages, backend
 
 CU = cuda_shim.CU
-NVCC = shutil.which("nvcc")
+NVCC, NVRTC = cuda_shim.NVCC, cuda_shim.NVRTC
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 build_shim, kernel_params, launch = cuda_shim.build_shim, cuda_shim.kernel_params, cuda_shim.launch
 
@@ -59,36 +58,13 @@ def rollout(T, N, dtype, seed=0):
 
 
 # ---------------------------------------------------------------- nvcc
-def nvcc_archs() -> list[str]:
-    out = subprocess.run([NVCC, "--list-gpu-arch"], capture_output=True, text=True, timeout=60)
-    archs = [a.replace("compute_", "sm_") for a in out.stdout.split()]
-    return [a for a in ("sm_75", "sm_80", "sm_90") if a in archs] or archs[:1]
-
-
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 def test_nvcc_compiles_gae_to_ptx(tmp_path):
-    for arch in nvcc_archs()[:2]:  # the oldest two this nvcc still targets (CUDA 13: sm_75+)
-        ptx = tmp_path / f"gae_{arch}.ptx"
-        subprocess.run([NVCC, "-ptx", f"-arch={arch}", "--fmad=false", str(CU), "-o", str(ptx)],
-                       check=True, capture_output=True, timeout=120)
-        text = ptx.read_text()
+    for arch in cuda_shim.nvcc_archs()[:2]:  # the oldest two this nvcc still targets (CUDA 13: sm_75+)
+        text = cuda_shim.nvcc_ptx(CU, arch, tmp_path)
         for name in (*gpu.KERNEL_NAMES.values(), *gpu.CHECK_NAMES.values()):
             assert f".entry {name}(" in text, name  # extern "C": unmangled
         assert "fma.rn" not in text  # --fmad=false keeps numpy's rounding
-
-
-def _nvrtc():
-    """CuPy's binding of NVRTC where CuPy and the NVRTC library are installed (no device needed)."""
-    try:
-        from cupy_backends.cuda.libs import nvrtc
-
-        nvrtc.getVersion()
-        return nvrtc
-    except Exception:
-        return None
-
-
-NVRTC = _nvrtc()
 
 
 @pytest.mark.skipif(NVRTC is None, reason="needs CuPy with the NVRTC library")
@@ -101,13 +77,7 @@ def test_nvrtc_compiles_the_sources_as_cupy_does(arch):
 
     kernels = (*gpu.KERNEL_NAMES.values(), *gpu.CHECK_NAMES.values())
     for src, entries in ((gpu.source(), kernels), (PROBE_SOURCE, ("minippo_probe",))):
-        prog = NVRTC.createProgram(src, "kern.cu", (), ())
-        try:
-            NVRTC.compileProgram(prog, [*gpu.NVRTC_OPTIONS, f"--gpu-architecture={arch}"])
-            ptx = NVRTC.getPTX(prog)
-        finally:
-            NVRTC.destroyProgram(prog)
-        text = ptx.decode() if isinstance(ptx, bytes) else ptx
+        text = cuda_shim.nvrtc_ptx(src, arch)
         assert all(f".entry {name}(" in text for name in entries), text[:500]
         if src is not PROBE_SOURCE:
             assert "fma.rn" not in text  # --fmad=false keeps numpy's rounding

@@ -11,8 +11,6 @@ moments must equal numpy's bit for bit. Only on a device with clipping may the g
 """
 
 import copy
-import shutil
-import subprocess
 
 import cuda_shim
 import numpy as np
@@ -25,7 +23,7 @@ from minippo.kernels import gpu
 from minippo.optim import Adam
 
 ADAM_CU = cuda_shim.KERNELS / gpu.ADAM_SOURCE
-NVCC = shutil.which("nvcc")
+NVCC, NVRTC = cuda_shim.NVCC, cuda_shim.NVRTC
 ADAM_KERNELS = (*gpu.GATHER_NAMES.values(), *gpu.UPDATE_NAMES.values())
 
 
@@ -100,10 +98,7 @@ def assert_same_bits(got, want):
 # ---------------------------------------------------------------- compilers
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 def test_nvcc_compiles_adam_to_ptx_with_correctly_rounded_division_and_sqrt(tmp_path):
-    ptx = tmp_path / "adam.ptx"
-    subprocess.run([NVCC, "-ptx", "-arch=sm_75", "--fmad=false", str(ADAM_CU), "-o", str(ptx)], check=True,
-                   capture_output=True, timeout=120)
-    text = ptx.read_text()
+    text = cuda_shim.nvcc_ptx(ADAM_CU, cuda_shim.nvcc_archs()[0], tmp_path)
     for name in ADAM_KERNELS:
         assert f".entry {name}(" in text, name  # extern "C": unmangled
     assert "fma" not in text  # --fmad=false: numpy's roundings
@@ -111,28 +106,9 @@ def test_nvcc_compiles_adam_to_ptx_with_correctly_rounded_division_and_sqrt(tmp_
     assert "approx" not in text and "div.full" not in text  # no fast, less exact division or sqrt
 
 
-def _nvrtc():
-    try:
-        from cupy_backends.cuda.libs import nvrtc
-
-        nvrtc.getVersion()
-        return nvrtc
-    except Exception:
-        return None
-
-
-NVRTC = _nvrtc()
-
-
 @pytest.mark.skipif(NVRTC is None, reason="needs CuPy with the NVRTC library")
 def test_nvrtc_compiles_adam_as_cupy_does():
-    prog = NVRTC.createProgram(gpu.source(gpu.ADAM_SOURCE), "adam.cu", (), ())
-    try:
-        NVRTC.compileProgram(prog, [*gpu.NVRTC_OPTIONS, "--gpu-architecture=compute_75"])
-        ptx = NVRTC.getPTX(prog)
-    finally:
-        NVRTC.destroyProgram(prog)
-    text = ptx.decode() if isinstance(ptx, bytes) else ptx
+    text = cuda_shim.nvrtc_ptx(gpu.source(gpu.ADAM_SOURCE), "compute_75")
     assert all(f".entry {name}(" in text for name in ADAM_KERNELS)
     assert "fma" not in text and "approx" not in text
 
