@@ -248,6 +248,14 @@ def test_a_replaced_parameter_gets_a_new_table_and_a_copy_updates_only_its_own(d
     np.testing.assert_array_equal(old.get(), kept)
     assert not np.array_equal(p["p2"].get(), params["p2"])
 
+    p["p3"] = device.asarray(np.zeros(9, np.float32))  # (8,) when Adam was made: refused, nothing written
+    before = {k: a.get() for k, a in p.items()}
+    with pytest.raises(ValueError, match=r"^params\['p3'\] has shape \(9,\), but this Adam was made for \(8,\)$"):
+        opt.step({k: device.asarray(a) for k, a in grads[1].items()})
+    for k in p:
+        np.testing.assert_array_equal(p[k].get(), before[k], err_msg=k)
+    p["p3"] = device.asarray(params["p3"])
+
     twin = copy.deepcopy(opt)
     before = {k: a.get() for k, a in p.items()}
     twin.step({k: device.asarray(a) for k, a in grads[2].items()})
