@@ -11,6 +11,7 @@ moments must equal numpy's bit for bit. Only on a device with clipping may the g
 """
 
 import copy
+import sys
 
 import cuda_shim
 import numpy as np
@@ -59,8 +60,7 @@ def shim_cupy(lib):
 
 @pytest.fixture
 def device(adam_shim, monkeypatch):
-    import sys
-
+    """Adam.step's device path on the shim-backed stand-in (a fresh cupy module and compile cache)."""
     cp = shim_cupy(adam_shim)
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setattr(gpu, "_modules", {})
