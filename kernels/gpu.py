@@ -127,31 +127,38 @@ class ArrayTable:
     arrays: n C-contiguous cupy arrays of one dtype (float32 or float64), any shapes; array k takes
     the flat range ``[offsets[k], offsets[k + 1])``. One upload (2n + 1 int64s: the addresses, then
     the offsets). The table keeps the arrays alive: its addresses stay theirs while it exists.
+    ``layout``: a table of arrays of the same sizes and dtype (Adam's parameters, for its gradients'
+    table each step), whose offsets and launch shape are taken rather than worked out again.
     """
 
-    def __init__(self, arrays: Sequence[Array]) -> None:
+    def __init__(self, arrays: Sequence[Array], layout: ArrayTable | None = None) -> None:
         cp = _cupy()
         if not arrays:
             raise ValueError("arrays is empty: a table needs at least one array")
-        dt = np.dtype(arrays[0].dtype)
+        dt = np.dtype(arrays[0].dtype) if layout is None else layout.dtype
         if dt not in GATHER_NAMES:
             raise TypeError(f"arrays must be float32 or float64, got {dt}")
         for k, a in enumerate(arrays):
             if not isinstance(a, cp.ndarray) or a.dtype != dt or not a.flags.c_contiguous:
                 raise ValueError(f"arrays[{k}] must be a C-contiguous {dt} cupy array, got "
                                  f"{type(a).__name__} {getattr(a, 'dtype', '')}")
-        sizes = [int(a.size) for a in arrays]
+        self.sizes = [int(a.size) for a in arrays]
         self.arrays = tuple(arrays)
         self.dtype = dt
         self.n = len(arrays)
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.size = int(self.offsets[-1])
-        self.blocks_per_array = max(1, min(-(-max(sizes) // ADAM_BLOCK), ADAM_BLOCKS_MAX))
-        if self.n * self.blocks_per_array > GRID_MAX:
-            raise ValueError(f"{self.n} arrays of {self.blocks_per_array} blocks each are more than one launch's "
-                             f"{GRID_MAX} blocks")
-        addresses = np.array([a.data.ptr for a in arrays], dtype=np.int64)  # (< 2^63: user and device space)
-        self.table = cp.asarray(np.concatenate([addresses, self.offsets]))
+        if layout is not None:
+            if self.sizes != layout.sizes:
+                raise ValueError(f"arrays of sizes {self.sizes} do not have layout's sizes {layout.sizes}")
+            self.offsets, self.size, self.blocks_per_array = layout.offsets, layout.size, layout.blocks_per_array
+        else:
+            self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+            self.size = int(self.offsets[-1])
+            self.blocks_per_array = max(1, min(-(-max(self.sizes) // ADAM_BLOCK), ADAM_BLOCKS_MAX))
+            if self.n * self.blocks_per_array > GRID_MAX:
+                raise ValueError(f"{self.n} arrays of {self.blocks_per_array} blocks each are more than one "
+                                 f"launch's {GRID_MAX} blocks")
+        addresses = [a.data.ptr for a in arrays]  # (< 2^63: user and device space)
+        self.table = cp.asarray(np.concatenate([np.array(addresses, dtype=np.int64), self.offsets]))
 
     def _launch(self, names: dict, args: tuple) -> None:
         if self.size:

@@ -119,7 +119,7 @@ class Adam:
 
             xp = array_module(g)
             flat = [xp.ascontiguousarray(xp.asarray(grads[k], dtype=g.dtype)) for k in self._slices]
-            gpu.adam_gather(gpu.ArrayTable(flat), g)
+            gpu.adam_gather(gpu.ArrayTable(flat, layout=self._table), g)  # (the parameters' offsets)
         else:
             for k, (sl, _) in self._slices.items():
                 g[sl] = grads[k].reshape(-1)

@@ -175,7 +175,7 @@ def test_adam_step_through_the_kernels_gives_numpy_bits(device, dtype, max_grad_
     assert device.compiled == [gpu.ADAM_SOURCE]  # compiled once, on first use
 
 
-def test_a_step_is_two_launches_and_one_table_upload(device):
+def test_a_step_is_two_launches_and_one_table_upload(device, monkeypatch):
     """The device work of a step: the gradients' address table up (their arrays are new each step),
     the gather, the norm (astype + vdot, read back: the one sync) and the update; the parameters'
     table goes up once. The array operations this replaces were ~40 here (6 arrays)."""
@@ -183,6 +183,9 @@ def test_a_step_is_two_launches_and_one_table_upload(device):
     params, grads = network(rng, np.float32)
     p = {k: device.asarray(a) for k, a in params.items()}
     opt = Adam(p)
+    tables = []
+    real_table = gpu.ArrayTable
+    monkeypatch.setattr(gpu, "ArrayTable", lambda *a, **kw: tables.append(real_table(*a, **kw)) or tables[-1])
     counts = []
     for clip in (0.5, 0.5, 0.0):
         g = {k: device.asarray(a) for k, a in grads[0].items()}
@@ -192,6 +195,8 @@ def test_a_step_is_two_launches_and_one_table_upload(device):
     assert counts[0] == {"upload": 2, "ops": 4, "float": 1, "bool": 0, "get": 0}, counts
     assert counts[1] == {"upload": 1, "ops": 4, "float": 1, "bool": 0, "get": 0}, counts
     assert counts[2] == {"upload": 1, "ops": 2, "float": 0, "bool": 0, "get": 0}, counts
+    # the parameters' table once, then each step's gradients' table on its layout (offsets not made again)
+    assert len(tables) == 4 and all(t.offsets is tables[0].offsets for t in tables[1:])
     n = len(params)
     blocks = [max(1, min(-(-a.size // gpu.ADAM_BLOCK), gpu.ADAM_BLOCKS_MAX)) for a in params.values()]
     assert {(grid, block) for _, grid, block in device.launches} == {((n * max(blocks),), (gpu.ADAM_BLOCK,))}
@@ -314,6 +319,13 @@ def test_table_and_flat_vectors_refuse_what_the_kernels_cannot_take(device, monk
             gpu.ArrayTable([ok] * 2)
     table = gpu.ArrayTable([ok, device.asarray(np.zeros(4, np.float32))])
     assert table.size == 10 and table.offsets.tolist() == [0, 6, 10]
+    with pytest.raises(ValueError, match=r"^arrays of sizes \[6, 3\] do not have layout's sizes \[6, 4\]$"):
+        gpu.ArrayTable([ok, device.asarray(np.zeros(3, np.float32))], layout=table)
+    wrong = r"^arrays\[0\] must be a C-contiguous float32 cupy array, got ndarray float64$"  # (the layout's dtype)
+    with pytest.raises(ValueError, match=wrong):
+        gpu.ArrayTable([device.asarray(np.zeros((2, 3))), device.asarray(np.zeros(4))], layout=table)
+    twin = gpu.ArrayTable([ok, device.asarray(np.zeros(4, np.float32))], layout=table)
+    assert twin.offsets is table.offsets and (twin.size, twin.blocks_per_array) == (10, table.blocks_per_array)
     with pytest.raises(TypeError, match=r"^g must be a cupy array \(on the device with the table's arrays\), got nd"):
         gpu.adam_gather(table, np.zeros(10, np.float32))
     for bad, got in ((np.zeros(9, np.float32), r"float32 \(9,\)"), (np.zeros(10), r"float64 \(10,\)"),
