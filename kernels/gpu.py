@@ -1,4 +1,4 @@
-"""CuPy kernels behind ``MINIPPO_BACKEND=cupy``: the ``gae.cu`` and ``adam.cu`` RawKernels. The
+"""CuPy kernels behind ``MINIPPO_BACKEND=cupy``: the ``gae.cu``, ``adam.cu`` and ``act.cu`` RawKernels. The
 matmuls need no wrapper: ``minippo.nn`` calls ``np.dot``, which dispatches to cuBLAS for cupy arrays.
 
 Nothing here touches CUDA at import: cupy is imported, a ``.cu`` file read and compiled (NVRTC,
@@ -9,7 +9,8 @@ at the env boundary (``backend.to_device`` / ``backend.asnumpy``) and for 7 sync
 lists every copy.
 
 The CUDA sources are also compiled by ``nvcc -ptx`` and executed on the CPU through a host shim in
-``tests/test_kernels_gpu.py`` and ``tests/test_kernels_gpu_adam.py``, and this wrapper is tested
+``tests/test_kernels_gpu.py``, ``tests/test_kernels_gpu_adam.py`` and ``tests/test_kernels_gpu_act.py``,
+and this wrapper is tested
 against numpy stand-ins for cupy, so the path is checked on machines without a GPU.
 """
 
@@ -26,7 +27,8 @@ Array = Any  # cupy.ndarray
 
 SOURCE = "gae.cu"
 ADAM_SOURCE = "adam.cu"
-SOURCES = (SOURCE, ADAM_SOURCE)
+ACT_SOURCE = "act.cu"
+SOURCES = (SOURCE, ADAM_SOURCE, ACT_SOURCE)
 BLOCK = 128
 """Threads per block; one thread per environment, so a 64-env rollout is one block."""
 KERNEL_NAMES = {np.dtype(np.float32): "gae_f32", np.dtype(np.float64): "gae_f64"}
@@ -43,6 +45,12 @@ ADAM_BLOCKS_MAX = 64
 (16384 elements a pass; a larger array loops)."""
 GRID_MAX = 2**31 - 1
 """CUDA's limit on a launch's blocks in x."""
+ACT_NAMES = {np.dtype(np.float32): "act_forward_f32", np.dtype(np.float64): "act_forward_f64"}
+ACT_BLOCK_MAX = 256
+"""Threads per block of the act kernel: the widest layer's outputs rounded up to a warp, at most this."""
+ACT_SHARED_MAX = 48 * 1024
+"""Dynamic shared memory a block may ask for without opting in (every CUDA GPU since sm_20): the act
+kernel's two activation rows must fit, 2 * width * itemsize bytes."""
 NVRTC_OPTIONS = ("--fmad=false",)  # no FMA contraction: bit-identical with the CPU backends
 
 _modules: dict[str, Any] = {}  # source name -> cupy.RawModule, compiled on first use
@@ -196,6 +204,93 @@ def _flat(name: str, a: Array, table: ArrayTable) -> None:
     if a.dtype != table.dtype or a.shape != (table.size,) or not a.flags.c_contiguous:
         raise ValueError(f"{name} must be a C-contiguous {table.dtype} vector of {table.size} elements, got "
                          f"{a.dtype} {tuple(a.shape)}")
+
+
+class LayerTable:
+    """The layers of one or two MLPs (the actor's, then the critic's) for the ``act.cu`` kernel: their
+    weights' and biases' device addresses and sizes in one int64 upload, kept (the table keeps the
+    arrays alive, so the addresses stay theirs). Parameters updated in place (Adam) need no new table.
+
+    nets: one or two lists of (W (fan_in, fan_out), b (fan_out,)) pairs, C-contiguous cupy arrays of
+    one dtype (float32 or float64), each layer's fan_in the previous one's fan_out, every network
+    taking the same input size. ValueError names what does not fit.
+    """
+
+    def __init__(self, nets: Sequence[Sequence[tuple[Array, Array]]]) -> None:
+        cp = _cupy()
+        if not 1 <= len(nets) <= 2 or not all(nets):
+            raise ValueError(f"nets must be one or two non-empty lists of (W, b) layers, got "
+                             f"{[len(n) for n in nets]} layers")
+        dt = np.dtype(nets[0][0][0].dtype)
+        if dt not in ACT_NAMES:
+            raise TypeError(f"the layers must be float32 or float64, got {dt}")
+        records, self.out_dims = [], []
+        self.in_dim = int(nets[0][0][0].shape[0]) if nets[0][0][0].ndim == 2 else -1
+        widths = [self.in_dim]
+        for i, net in enumerate(nets):
+            fan = self.in_dim
+            for j, (W, b) in enumerate(net):
+                where = f"nets[{i}][{j}]"
+                for name, a, nd in (("W", W, 2), ("b", b, 1)):
+                    if not isinstance(a, cp.ndarray) or a.dtype != dt or a.ndim != nd or not a.flags.c_contiguous:
+                        raise ValueError(f"{where}'s {name} must be a C-contiguous {nd}-d {dt} cupy array, got "
+                                         f"{type(a).__name__} {getattr(a, 'dtype', '')} {getattr(a, 'shape', '')}")
+                if W.shape[0] != fan or b.shape != (W.shape[1],) or W.shape[1] < 1:
+                    raise ValueError(f"{where} has W {tuple(W.shape)} and b {tuple(b.shape)}: expected W ({fan}, n) "
+                                     f"and b (n,), n >= 1")
+                records += [W.data.ptr, b.data.ptr, fan, int(W.shape[1])]
+                fan = int(W.shape[1])
+                if j < len(net) - 1:
+                    widths.append(fan)
+            self.out_dims.append(fan)
+        self.width = max(widths)
+        self.dtype = dt
+        self.n_nets = len(nets)
+        self.shared_mem = 2 * self.width * dt.itemsize
+        if self.shared_mem > ACT_SHARED_MAX:
+            raise ValueError(f"layers {self.width} wide need {self.shared_mem} bytes of shared memory a block, "
+                             f"more than {ACT_SHARED_MAX}")
+        widest = max(self.width, *self.out_dims)
+        self.block = min(ACT_BLOCK_MAX, -(-widest // 32) * 32)
+        self.nets = tuple(tuple(net) for net in nets)  # (keeps the arrays alive while the table holds their addresses)
+        lengths = [len(net) for net in nets] + [0] * (2 - len(nets))
+        self.table = cp.asarray(np.array(lengths + records, dtype=np.int64))
+
+
+def act_forward(
+    layers: LayerTable, x: Array, relu: bool, log_std: Array | None = None, lo: float = 0.0, hi: float = 0.0,
+) -> tuple[Array, Array | None]:
+    """The MLPs of ``layers`` on x (B, in_dim): (y0 (B, out_0) or, with ``log_std`` (d,), the
+    Gaussian's dist params (B, out_0 + d) = [y0, clip(log_std, lo, hi)], and y1 (B, out_1) or None
+    with one network). Hidden layers take tanh, or relu with ``relu``; the output layers none. One
+    launch; sums in the layers' dtype (bias first, then the inputs in order, as cuBLAS would to
+    rounding)."""
+    cp = _cupy()
+    dt = layers.dtype
+    if not isinstance(x, cp.ndarray) or x.ndim != 2 or x.shape[1] != layers.in_dim:
+        raise ValueError(f"x must be a (B, {layers.in_dim}) cupy array, got {type(x).__name__} "
+                         f"{tuple(getattr(x, 'shape', ()))}")
+    x = cp.ascontiguousarray(x, dtype=dt)
+    B = int(x.shape[0])
+    if B * layers.n_nets > GRID_MAX:
+        raise ValueError(f"a batch of {B} rows is more than one launch's {GRID_MAX} blocks")
+    n_ls = 0
+    if log_std is not None:
+        if not (isinstance(log_std, cp.ndarray) and log_std.dtype == dt and log_std.ndim == 1
+                and log_std.flags.c_contiguous):
+            raise ValueError(f"log_std must be a C-contiguous 1-d {dt} cupy array, got {type(log_std).__name__} "
+                             f"{getattr(log_std, 'dtype', '')}")
+        n_ls = int(log_std.shape[0])
+    y0 = cp.empty((B, layers.out_dims[0] + n_ls), dtype=dt)
+    y1 = cp.empty((B, layers.out_dims[1]), dtype=dt) if layers.n_nets == 2 else None
+    if B:
+        _kernel(ACT_NAMES[dt], ACT_SOURCE)(
+            (layers.n_nets * B,), (layers.block,),
+            (layers.table, np.int32(layers.n_nets), np.int32(layers.width), x, np.int32(B), np.int32(layers.in_dim),
+             np.int32(bool(relu)), y0, np.int32(y0.shape[1]), y0 if y1 is None else y1,
+             y0 if log_std is None else log_std, np.int32(n_ls), dt.type(lo), dt.type(hi)),
+            shared_mem=layers.shared_mem)
+    return y0, y1
 
 
 # Matmuls need no wrapper: on cupy arrays ``minippo.nn.linear_forward``/``linear_backward``

@@ -123,9 +123,10 @@ class ActorCritic:
             self.params["log_std"] = np.full(self.act_dim, log_std_init, dtype=dtype)
 
     def __getstate__(self) -> dict:
-        """For copy and pickle: without the fused act's dispatch state (compiled code, rebuilt on use)."""
+        """For copy and pickle: without the fused acts' dispatch states (rebuilt on use)."""
         state = self.__dict__.copy()
         state.pop("_numba_act_state", None)
+        state.pop("_gpu_act_state", None)  # (its table holds this policy's device addresses)
         return state
 
     def clamp_log_std(self) -> None:
@@ -223,6 +224,12 @@ class ActorCritic:
             out = fused.act(self, obs, rng, deterministic, critic=False)
             if out is not None:
                 return out[0]
+        elif type(obs).__module__.startswith("cupy"):  # the actor alone, one launch and one copy down
+            from minippo.kernels import gpu_act
+
+            out = gpu_act.act(self, obs, rng, deterministic, critic=False)
+            if out is not None:
+                return out[0]
         if deterministic:  # the mode needs no distribution: the logits' argmax (at any temperature) or the mean
             out, _ = self._actor_out(obs, {})
             finite(**{"the policy's output": out})  # (what the distribution would check)
@@ -257,7 +264,8 @@ class ActorCritic:
         on the device, logp, values, dist params). On the CPU backends the two are one array. The
         rollout stores the device copy, so the actions cross to the GPU once per step."""
         # Numba backend: forward, distribution, sampling (from this rng, same draws) and log-prob in one
-        # compiled call for small batches (kernels/cpu_act.py); None -> not supported, the code below.
+        # compiled call for small batches (kernels/cpu_act.py); cupy: both MLPs in one launch and the
+        # distribution on the host (kernels/gpu_act.py); None -> not supported, the code below.
         if type(deterministic) is not bool:
             deterministic = flag("deterministic", deterministic)
         if not deterministic:
@@ -267,6 +275,12 @@ class ActorCritic:
             out = fused.act(self, obs, rng, deterministic)
             if out is not None:
                 return out[0], out[0], out[1], out[2], out[3]
+        elif type(obs).__module__.startswith("cupy"):  # both MLPs in one launch (kernels/gpu_act.py)
+            from minippo.kernels import gpu_act
+
+            out = gpu_act.act(self, obs, rng, deterministic)
+            if out is not None:
+                return out
         dist, values, _ = self.forward(obs)
         if deterministic:  # the mode is on the parameters' device already: one copy down, none up
             a_dev = dist.mode()

@@ -11,6 +11,7 @@ import ctypes
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,24 +25,78 @@ NVCC = shutil.which("nvcc")
 
 SHIM_H = """\
 // Just enough of CUDA's names to compile a __global__ kernel as a host function; the caller
-// sets the indices and calls the kernel once per (block, thread) of the grid.
+// sets the indices (per OS thread: thread_local) and calls the kernel once per (block, thread) of
+// the grid. __syncthreads() is a barrier across the block's threads, for which the launcher runs a
+// block's threads at once, each in its own OS thread; __shared__ memory is one buffer, as blocks
+// run one after another.
 #pragma once
 #include <math.h>
 struct dim3 { unsigned int x, y, z; };
-extern dim3 blockIdx, threadIdx, blockDim, gridDim;
+extern thread_local dim3 blockIdx, threadIdx;
+extern dim3 blockDim, gridDim;
 #define __global__
 #define __device__
+#define __shared__
+#define __align__(n) __attribute__((aligned(n)))
+void __syncthreads();
 """
 
 SHIM_CPP = """\
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include "cuda_host_shim.h"
-dim3 blockIdx, threadIdx, blockDim, gridDim;
+thread_local dim3 blockIdx, threadIdx;
+dim3 blockDim, gridDim;
 #include "{source}"
+// Dynamic shared memory (extern __shared__ minippo_smem[] in a kernel): one buffer for the block
+// that runs; the launcher fills it with NaN bytes before each block, so a read before a write shows.
+alignas(16) unsigned char minippo_smem[SHIM_SMEM_BYTES];
+static std::mutex barrier_mutex;
+static std::condition_variable barrier_cv;
+static unsigned barrier_arrived = 0, barrier_generation = 0, threads_done = 0;
+static int barrier_misses = 0;
+void __syncthreads() {{
+    std::unique_lock<std::mutex> lock(barrier_mutex);
+    const unsigned generation = barrier_generation;
+    if (++barrier_arrived == blockDim.x) {{
+        barrier_arrived = 0;
+        ++barrier_generation;
+        barrier_cv.notify_all();
+        return;
+    }}
+    // Wait for the block's other threads; if every one of them has either arrived or returned, the
+    // barrier can never open (a thread left without reaching it): count the miss and go on.
+    const bool opened = barrier_cv.wait_for(lock, std::chrono::seconds(60), [&] {{
+        return generation != barrier_generation || barrier_arrived + threads_done == blockDim.x;
+    }});
+    if (generation == barrier_generation) {{
+        ++barrier_misses;
+        (void)opened;
+    }}
+}}
+extern "C" void shim_thread_done() {{
+    std::lock_guard<std::mutex> lock(barrier_mutex);
+    ++threads_done;
+    barrier_cv.notify_all();
+}}
+extern "C" void shim_set_dims(unsigned grid, unsigned block) {{
+    gridDim = {{grid, 1, 1}}; blockDim = {{block, 1, 1}};
+    barrier_arrived = 0;
+    threads_done = 0;
+}}
 extern "C" void shim_set_index(unsigned grid, unsigned block, unsigned bx, unsigned tx) {{
     gridDim = {{grid, 1, 1}}; blockDim = {{block, 1, 1}};
     blockIdx = {{bx, 0, 0}}; threadIdx = {{tx, 0, 0}};
 }}
+extern "C" void shim_set_thread(unsigned bx, unsigned tx) {{
+    blockIdx = {{bx, 0, 0}}; threadIdx = {{tx, 0, 0}};
+}}
+extern "C" int shim_barrier_misses() {{ return barrier_misses; }}
+extern "C" unsigned char* shim_smem() {{ return minippo_smem; }}
 """
+SMEM_BYTES = 1 << 16
+"""The shim's shared memory: more than the 48 KiB a CUDA block gets without opting in."""
 
 CTYPES = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int, "long long": ctypes.c_longlong}
 NUMPY_SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64}
@@ -70,14 +125,20 @@ def build_shim(d: Path, defines: tuple[str, ...] = (), source: str = gpu.SOURCE)
     (d / "cuda_host_shim.h").write_text(SHIM_H)
     (d / "shim.cpp").write_text(SHIM_CPP.format(source=source))
     lib = d / f"lib{Path(source).stem}_shim.so"
-    cmd = [CXX, "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++14", *defines, f"-I{d}",
+    cmd = [CXX, "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-std=c++14", "-pthread",
+           f"-DSHIM_SMEM_BYTES={SMEM_BYTES}", *defines, f"-I{d}",
            f"-I{KERNELS}", str(d / "shim.cpp"), "-o", str(lib)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     return ctypes.CDLL(str(lib))
 
 
-def launch(lib, name, grid, block, args):
-    """Run kernel ``name`` over the grid, checking args like CUDA's ABI would need them."""
+def launch(lib, name, grid, block, args, shared_mem=0):
+    """Run kernel ``name`` over the grid, checking args like CUDA's ABI would need them.
+
+    A kernel whose source calls ``__syncthreads()`` runs a block's threads at once, one OS thread
+    each (ctypes lets go of the GIL in the call), so the barrier holds them as a GPU would; blocks
+    run one after another. ``shared_mem``: the dynamic shared memory bytes the launch asks for
+    (filled with NaN bytes before each block)."""
     params = kernel_params(name)
     assert len(args) == len(params), f"{name} takes {len(params)} args, got {len(args)}"
     c_args = []
@@ -93,12 +154,41 @@ def launch(lib, name, grid, block, args):
     fn.restype = None
     (gx,), (bx,) = tuple(grid), tuple(block)
     assert gx >= 1 and bx >= 1, f"CUDA refuses a launch of {gx} blocks of {bx} threads"
+    assert 0 <= shared_mem <= SMEM_BYTES, shared_mem
+    if not uses_barrier(name):
+        for b in range(gx):
+            for t in range(bx):
+                lib.shim_set_index(gx, bx, b, t)
+                fn(*c_args)
+        return
+    lib.shim_set_dims(gx, bx)
+    lib.shim_smem.restype = ctypes.POINTER(ctypes.c_ubyte * SMEM_BYTES)
+    smem = np.frombuffer(lib.shim_smem().contents, dtype=np.uint8)
+    before = lib.shim_barrier_misses()
+
+    def thread(b, t):
+        lib.shim_set_thread(b, t)
+        fn(*c_args)
+        lib.shim_thread_done()
+
     for b in range(gx):
-        for t in range(bx):
-            lib.shim_set_index(gx, bx, b, t)
-            fn(*c_args)
+        lib.shim_set_dims(gx, bx)  # (a new block: no thread has arrived or returned yet)
+        smem[:shared_mem] = 0xFF  # NaN in float32 and float64
+        threads = [threading.Thread(target=thread, args=(b, t)) for t in range(bx)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert lib.shim_barrier_misses() == before, f"{name}: a thread never reached a __syncthreads()"
 
 
+def uses_barrier(name: str) -> bool:
+    """Whether the CUDA source that defines kernel ``name`` calls ``__syncthreads()``."""
+    for file in gpu.SOURCES:
+        text = (KERNELS / file).read_text()
+        if re.search(rf"__global__\s+void\s+{name}\s*\(", text):
+            return "__syncthreads()" in text
+    raise AssertionError(f"{name} not found in {gpu.SOURCES}")
 
 
 def nvcc_archs() -> list[str]:

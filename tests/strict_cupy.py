@@ -16,7 +16,8 @@ the cupy backend and holds it to the rules of real CuPy that plain numpy arrays 
   ``kernels/gae.cu`` declares and runs numpy in its place: the dones check sets the flag for an entry
   other than 0 or 1, and the GAE kernel (``minippo.advantages.gae_numpy``) writes nothing when it is set;
   ``kernels/adam.cu``'s two kernels run their lines as numpy operations on the arrays whose addresses
-  their table holds (``ndarray.data.ptr`` is the host address of the array's first element);
+  their table holds (``ndarray.data.ptr`` is the host address of the array's first element), and
+  ``kernels/act.cu``'s MLP forward likewise, as ``minippo.nn`` computes it on numpy;
 - only the numpy functions, ufuncs and array methods listed below (``FUNCTIONS``, ``UFUNCS``,
   ``METHODS``) work on a device array: the ones minippo uses, each checked to exist in real CuPy
   (``test_standin_allows_only_what_real_cupy_has``, where CuPy is installed). CuPy answers a numpy
@@ -282,12 +283,52 @@ def _adam_kernel(name: str) -> Any:
     return run
 
 
+def _act_kernel(name: str) -> Any:
+    """act_forward_* (kernels/act.cu): the argument types it declares checked, then every row of one or
+    two MLPs whose layers its table points at, computed as ``minippo.nn`` computes them on numpy
+    (``np.dot`` then the bias), so that training on the stand-in still equals numpy's bit for bit. The
+    kernel's own order of summation is tested through the shim (tests/test_kernels_gpu_act.py)."""
+    want = np.float32 if name.endswith("_f32") else np.float64
+    assert name in ("act_forward_f32", "act_forward_f64"), name
+
+    def run(grid: tuple, block: tuple, args: tuple, shared_mem: int = 0) -> None:
+        STATS["ops"] += 1
+        table, n_nets, width, x, B, obs_dim, relu, y0, ld0, y1, log_std, n_ls, lo, hi = args
+        for a in (table, x, y0, y1, log_std):
+            assert type(a) is ndarray and a._a.flags.c_contiguous, type(a)
+        assert table._a.dtype == np.int64 and all(a._a.dtype == want for a in (x, y0, y1, log_std))
+        for i in (n_nets, width, B, obs_dim, relu, ld0, n_ls):
+            assert type(i) is np.int32, type(i)
+        assert type(lo) is want and type(hi) is want
+        assert grid == (n_nets * B,) and 1 <= block[0] <= 1024, (grid, block)
+        assert shared_mem == 2 * width * np.dtype(want).itemsize <= 48 * 1024, shared_mem
+        assert x._a.shape == (B, obs_dim) and y0._a.shape == (B, ld0)
+        t = table._a.tolist()
+        rec = 2
+        for net, out in enumerate((y0._a, y1._a)[:n_nets]):
+            h = x._a
+            for layer in range(t[net]):
+                W_at, b_at, n_in, n_out = t[rec:rec + 4]
+                rec += 4
+                assert n_in == h.shape[1] and (layer == t[net] - 1 or n_out <= width)
+                s = np.dot(h, _at(W_at, n_in * n_out, want).reshape(n_in, n_out))
+                s += _at(b_at, n_out, want)
+                h = s if layer == t[net] - 1 else (np.maximum(s, 0) if relu else np.tanh(s))
+            out[:, :h.shape[1]] = h
+        if n_ls:
+            ls = log_std._a
+            y0._a[:, ld0 - n_ls:] = np.where(ls < lo, lo, np.where(ls > hi, hi, ls))
+
+    return run
+
+
 class RawModule:
     def __init__(self, code: str, options: tuple = ()) -> None:
         from minippo.backend import PROBE_SOURCE
 
         self.adam = "adam_update_f32" in code and "adam_gather_f64" in code
-        assert self.adam or ("gae_f32" in code and "gae_f64" in code) or code == PROBE_SOURCE
+        self.act = "act_forward_f32" in code and "act_forward_f64" in code
+        assert self.adam or self.act or ("gae_f32" in code and "gae_f64" in code) or code == PROBE_SOURCE
         self.options = options
 
     def get_function(self, name: str) -> Any:
@@ -295,6 +336,8 @@ class RawModule:
 
         if self.adam:
             return _adam_kernel(name)
+        if self.act:
+            return _act_kernel(name)
         if name == "minippo_probe":  # the backend's check that kernels compile and run
             def probe(grid: tuple, block: tuple, args: tuple) -> None:
                 args[0]._a.flat[0] = 2.0

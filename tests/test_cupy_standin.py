@@ -574,12 +574,14 @@ def test_array_module_follows_the_array_not_the_backend(monkeypatch):
 
 
 @pytest.mark.parametrize("env_id, per_step, step_ops_max, minibatch_ops_max",
-                         [("CartPole-v1", 2, 32, 166), ("Pendulum-v1", 3, 37, 168)])
+                         [("CartPole-v1", 1, 10, 166), ("Pendulum-v1", 1, 10, 168)])
 def test_device_syncs_stay_within_budget(strict_cupy_backend, env_id, per_step, step_ops_max, minibatch_ops_max):
     """Each bool/float of a device array and each read-back stalls the GPU. A minibatch makes 7: one
     finiteness test per loss (policy, value, entropy), one for the distribution, one for the actions,
     the stats read back together, the gradient norm. It was ~20 (one test per array, a read-back per
-    stat). A rollout step reads back what it samples from and tests the network's output once."""
+    stat). A rollout step reads back what it samples from, once: since session 50 the host tests it
+    for NaN/inf (kernels/gpu_act.py); before, a second sync tested it on the device (two for a
+    Gaussian: the mean and log-std)."""
     pytest.importorskip("gymnasium")
     cp = strict_cupy_backend
     algo = PPO(PPOConfig(env_id=env_id, n_envs=4, n_steps=32, batch_size=32, n_epochs=1, total_timesteps=128,
@@ -596,8 +598,8 @@ def test_device_syncs_stay_within_budget(strict_cupy_backend, env_id, per_step, 
     out = algo.update(0.0)
     assert out["n_updates"] == 4
     assert syncs() - before <= 7 * 4 + 2  # (+ 2: the explained variance, once per update)
-    # Device operations (about a kernel launch each; docs/kernels.md "On a GPU"): 32 / 37 a rollout
-    # step; a minibatch 238 / 248 until session 48, when the gradient norm moved onto Adam's flat
+    # Device operations (about a kernel launch each; docs/kernels.md "On a GPU"): a rollout step 32 / 37
+    # until session 50, ~10 since (both MLPs in one launch of kernels/act.cu); a minibatch 238 / 248 until session 48, when the gradient norm moved onto Adam's flat
     # gradient (209 / 215), and 166 / 168 since session 49, when Adam's gather, moments, step and
     # parameter updates became the two kernels of kernels/adam.cu. A bound, so that they do not creep up.
     assert step_ops <= step_ops_max
@@ -605,9 +607,11 @@ def test_device_syncs_stay_within_budget(strict_cupy_backend, env_id, per_step, 
 
 
 def test_a_rollout_step_uploads_each_array_once(strict_cupy_backend):
-    """The host -> device copies of a rollout step are the env boundary's five: the observations, the
-    sampled actions, rewards, dones and the valid mask. The actions went up twice (once to take their
-    log-prob, once more for the buffer) until the policy handed its device copy to the rollout."""
+    """The host -> device copies of a rollout step are the env boundary's six: the observations, the
+    sampled actions and their log-probs, rewards, dones and the valid mask. The actions went up twice
+    (once to take their log-prob, once more for the buffer) until the policy handed its device copy to
+    the rollout; the log-probs are taken on the host with the draw since session 50 (kernels/gpu_act.py:
+    an upload in place of ~6 device operations)."""
     pytest.importorskip("gymnasium")
     cp = strict_cupy_backend
     algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=4, n_steps=32, batch_size=32, n_epochs=1,
@@ -616,7 +620,7 @@ def test_a_rollout_step_uploads_each_array_once(strict_cupy_backend):
     before = cp.STATS["upload"]
     algo.collect_rollout()
     # (+ 1 after the loop: the last observations, for their values)
-    assert cp.STATS["upload"] - before == 5 * 32 + 1
+    assert cp.STATS["upload"] - before == 6 * 32 + 1
 
 
 def test_a_truncation_bootstrap_uploads_the_env_indices_once(strict_cupy_backend, monkeypatch):
@@ -640,7 +644,7 @@ def test_a_truncation_bootstrap_uploads_the_env_indices_once(strict_cupy_backend
         algo.collect_rollout()
         uploads.append(cp.STATS["upload"] - before)
         rewards.append(backend.asnumpy(algo.buffer.rewards).copy())
-    assert uploads == [5 * 15 + 1 + 4, 5 * 15 + 1 + 3]
+    assert uploads == [6 * 15 + 1 + 4 + 1, 6 * 15 + 1 + 3]  # (+ 1 in the first: the act kernel's layer table)
     monkeypatch.setenv(backend.ENV_VAR, "numpy")
     backend.reset()
     algo = PPO(cfg)
@@ -670,15 +674,19 @@ def test_a_whole_rollout_minibatch_uploads_no_index_when_every_step_is_valid(str
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_deterministic_act_keeps_the_device_actions_on_the_device(strict_cupy_backend, env_id):
-    """act(deterministic=True): the mode is computed on the device; its host copy comes down once and
-    the device copy is that mode itself (it went back up as a fresh copy), as sampling uploads once."""
+    """act(deterministic=True): the actor's output comes down once, the host takes the mode and its
+    log-prob, and both go up (as for a sample; the device copy of the actions equals the host's).
+    The first act also uploads the layers' address table, kept for the next: then 2 uploads."""
     pytest.importorskip("gymnasium")
     cp = strict_cupy_backend
     algo = PPO(PPOConfig(**TINY, env_id=env_id))
     obs = cp.asarray(np.zeros((3, algo.policy.obs_dim), np.float32))
     before = dict(cp.STATS)
     actions, a_dev, logp, _, _ = algo.policy.act_with_device_actions(obs, algo.rng, deterministic=True)
-    assert cp.STATS["upload"] - before["upload"] == 0 and cp.STATS["get"] - before["get"] == 1
+    assert cp.STATS["upload"] - before["upload"] == 3 and cp.STATS["get"] - before["get"] == 1
+    before = dict(cp.STATS)
+    actions, a_dev, logp, _, _ = algo.policy.act_with_device_actions(obs, algo.rng, deterministic=True)
+    assert cp.STATS["upload"] - before["upload"] == 2 and cp.STATS["get"] - before["get"] == 1
     assert _on_device(a_dev) and not _on_device(actions)
     np.testing.assert_array_equal(backend.asnumpy(a_dev), actions)
     assert backend.asnumpy(logp).shape == (3,)
