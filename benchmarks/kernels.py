@@ -24,7 +24,8 @@ could reach.
 ``ActorCritic.act`` (the rollout's per-step call: both MLPs, distribution, sample, log-prob) for the
 CartPole preset policy (4-64-64, Discrete(2)) and a 17-64-64 Gaussian (6-d) at batch 1, 8, 64: numpy,
 numba with the fused act (``kernels/cpu_act.py``), and numba without it (MLPs through ``kernels/cpu.py``),
-the three timed in alternating rounds.
+the three timed in alternating rounds. On a GPU also at 256 and 2048, and cupy twice: through
+``kernels/act.cu`` (``kernels/gpu_act.py``) and through the array operations it replaces.
 
 ``Adam.step`` with clipping over the same two actor-critics' parameters: numpy; on a GPU, cupy through
 the two ``kernels/adam.cu`` kernels and cupy through the array operations they replace, each cupy call
@@ -264,7 +265,7 @@ def bench_act(backends: list[str]) -> None:
     for obs_dim, space, label in ((4, Discrete(2), "4-64-64 Discrete(2)"),
                                   (17, Box(-np.ones(6), np.ones(6)), "17-64-64 Gaussian(6)")):
         pol = ActorCritic(obs_dim, space, (64, 64))
-        for B in (1, 8, 64):
+        for B in (1, 8, 64, 256, 2048) if "cupy" in backends and use("cupy") else (1, 8, 64):
             obs = np.random.default_rng(0).normal(size=(B, obs_dim)).astype(np.float32)
             rng = np.random.default_rng(0)
             calls, on = {}, {}
@@ -274,6 +275,7 @@ def bench_act(backends: list[str]) -> None:
                 if name == "cupy":  # the same network on the device; a rollout step's upload included
                     pol_d = ActorCritic(obs_dim, space, (64, 64)).to(backend.to_device)
                     calls[name] = lambda pol_d=pol_d: pol_d.act(backend.to_device(obs), rng)  # noqa: B023
+                    calls["cupy arrays"], on["cupy arrays"] = array_act(pol_d, obs, rng), name
                 else:
                     calls[name] = lambda: pol.act(obs, rng)  # noqa: B023
                 on[name] = name
@@ -285,6 +287,8 @@ def bench_act(backends: list[str]) -> None:
             for name, what in (("numba", "fused"), ("cupy", "cupy")):
                 if {"numpy", name} <= set(row):
                     ratio += f"  {what} speed-up {row['numpy'] / row[name]:5.2f}x"
+            if {"cupy", "cupy arrays"} <= set(row):
+                ratio += f"  act.cu speed-up {row['cupy arrays'] / row['cupy']:5.2f}x"
             print(f"  {label:21s} B={B:3d}  {cells}{ratio}")
 
 
@@ -300,6 +304,21 @@ def unfused_act(pol, obs: np.ndarray, rng: np.random.Generator):
             return pol.act(obs, rng)
         finally:
             cpu_act.MAX_BATCH = saved
+
+    return act
+
+
+def array_act(pol, obs: np.ndarray, rng: np.random.Generator):
+    """A callable: ``pol.act`` on the device (cupy) with ``kernels/act.cu`` switched off for the call:
+    the array operations it replaces (cuBLAS matmuls, the distribution on the device)."""
+    from minippo.kernels import gpu_act
+
+    def act():
+        saved, gpu_act.MAX_BATCH = gpu_act.MAX_BATCH, 0
+        try:
+            return pol.act(backend.to_device(obs), rng)
+        finally:
+            gpu_act.MAX_BATCH = saved
 
     return act
 

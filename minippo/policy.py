@@ -224,7 +224,7 @@ class ActorCritic:
             out = fused.act(self, obs, rng, deterministic, critic=False)
             if out is not None:
                 return out[0]
-        elif type(obs).__module__.startswith("cupy"):  # the actor alone, one launch and one copy down
+        if type(obs).__module__.startswith("cupy"):  # the actor alone, one launch and one copy down
             from minippo.kernels import gpu_act
 
             out = gpu_act.act(self, obs, rng, deterministic, critic=False)
@@ -275,7 +275,7 @@ class ActorCritic:
             out = fused.act(self, obs, rng, deterministic)
             if out is not None:
                 return out[0], out[0], out[1], out[2], out[3]
-        elif type(obs).__module__.startswith("cupy"):  # both MLPs in one launch (kernels/gpu_act.py)
+        if type(obs).__module__.startswith("cupy"):  # both MLPs in one launch (kernels/gpu_act.py)
             from minippo.kernels import gpu_act
 
             out = gpu_act.act(self, obs, rng, deterministic)

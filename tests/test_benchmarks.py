@@ -363,15 +363,21 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
     assert {name for _, name, _ in ran[14:]} == {"numpy", "cupy"} and len(ran) == 14 + 2 * 2 * 10
     ran.clear()
     uploaded.clear()
-    kb.bench_act(backends)
-    rows = capsys.readouterr().out.splitlines()[1:]
-    assert len(rows) == 6 and all(r.endswith("numpy    2.00  cupy    8.00  cupy speed-up  0.25x") for r in rows), rows
-    assert [(label, name) for label, name, _ in ran] == [("numpy", "numpy"), ("cupy", "cupy")] * 6
-    assert uploaded == [("numpy", False), ("cupy", True)] * 6  # the cupy act sends its observations up
-    ran.clear()
     launches = []
     real_kernel = gpu._kernel
     monkeypatch.setattr(gpu, "_kernel", lambda *a: launches.append(a[0]) or real_kernel(*a))
+    kb.bench_act(backends)
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [r.split("B=")[1].split()[0] for r in rows] == ["1", "8", "64", "256", "2048"] * 2
+    assert all(r.endswith("numpy    2.00  cupy    8.00  cupy arrays    8.00  cupy speed-up  0.25x  "
+                          "act.cu speed-up  1.00x") for r in rows), rows
+    assert [(label, name) for label, name, _ in ran] == [("numpy", "numpy"), ("cupy", "cupy"),
+                                                         ("cupy arrays", "cupy")] * 10
+    # each cupy act sends its observations up; through act.cu (one launch) or the array operations (none)
+    assert uploaded == [("numpy", False), ("cupy", True), ("cupy arrays", True)] * 10
+    assert launches == ["act_forward_f32"] * 10
+    ran.clear()
+    launches.clear()
     kb.bench_adam(backends)
     rows = capsys.readouterr().out.splitlines()[1:]
     assert [r.split()[:2] for r in rows] == [["4-64-64", "Discrete(2)"], ["17-64-64", "Gaussian(6)"]], rows

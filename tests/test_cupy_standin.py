@@ -599,7 +599,8 @@ def test_device_syncs_stay_within_budget(strict_cupy_backend, env_id, per_step, 
     assert out["n_updates"] == 4
     assert syncs() - before <= 7 * 4 + 2  # (+ 2: the explained variance, once per update)
     # Device operations (about a kernel launch each; docs/kernels.md "On a GPU"): a rollout step 32 / 37
-    # until session 50, ~10 since (both MLPs in one launch of kernels/act.cu); a minibatch 238 / 248 until session 48, when the gradient norm moved onto Adam's flat
+    # until session 50, ~10 since (both MLPs in one launch of kernels/act.cu, the distribution on the
+    # host); a minibatch 238 / 248 until session 48, when the gradient norm moved onto Adam's flat
     # gradient (209 / 215), and 166 / 168 since session 49, when Adam's gather, moments, step and
     # parameter updates became the two kernels of kernels/adam.cu. A bound, so that they do not creep up.
     assert step_ops <= step_ops_max

@@ -129,7 +129,8 @@ def test_kernel_on_the_cpu_is_the_reference_mlp(act_shim, dtype, B, obs_dim, hid
     activation = "relu" if relu else "tanh"
     assert_mlp_close(y0[:, :n_out], ref.mlp_forward(actor, x, activation)[0], dtype)
     if gaussian:  # np.clip's result, every row
-        np.testing.assert_array_equal(y0[:, n_out:], np.broadcast_to(np.clip(log_std, dtype(LO), dtype(HI)), (B, n_out)))
+        clipped = np.clip(log_std, dtype(LO), dtype(HI))
+        np.testing.assert_array_equal(y0[:, n_out:], np.broadcast_to(clipped, (B, n_out)))
     else:
         assert y0.shape == (B, n_out)
     if critic:
@@ -167,3 +168,245 @@ def test_a_kernel_that_skips_a_barrier_fails_in_the_shim(tmp_path):
     x = rng.normal(size=(1, 2))
     with pytest.raises(AssertionError, match="never reached a __syncthreads"):
         run_shim(lib, nets, x, False, 2)
+
+
+# ---------------------------------------------------------------- ActorCritic.act through the kernel
+def shim_cupy(lib):
+    """The strict stand-in whose RawModule runs kernels/act.cu through the host shim (the table's
+    addresses are host addresses, so the kernel reads the stand-in's arrays)."""
+    cp = strict_cupy.make()
+
+    class RawModule:
+        def __init__(self, code, options=()):
+            assert code == gpu.source(gpu.ACT_SOURCE) and tuple(options) == gpu.NVRTC_OPTIONS
+            cp.compiled.append(gpu.ACT_SOURCE)
+
+        def get_function(self, name):
+            cuda_shim.kernel_params(name)  # fails for a name not in the sources
+
+            def run(grid, block, args, shared_mem=0):
+                cp.STATS["ops"] += 1
+                cp.launches.append((name, grid, block, shared_mem))
+                cuda_shim.launch(lib, name, grid, block, tuple(a._a if isinstance(a, cp.ndarray) else a for a in args),
+                                 shared_mem=shared_mem)
+            return run
+
+    cp.RawModule = RawModule
+    cp.compiled, cp.launches = [], []
+    return cp
+
+
+@pytest.fixture
+def device(act_shim, monkeypatch):
+    """ActorCritic.act's cupy path on the shim-backed stand-in (a fresh cupy module and compile cache)."""
+    cp = shim_cupy(act_shim)
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setattr(gpu, "_modules", {})
+    return cp
+
+
+def make_policy(cp, discrete=True, dtype=np.float32, hidden=(16, 16), activation="tanh", seed=0, **kw):
+    from minippo.policy import ActorCritic, Box, Discrete
+
+    space = Discrete(4) if discrete else Box(low=-np.ones(3), high=np.ones(3))
+    pol = ActorCritic(5, space, hidden=hidden, activation=activation, seed=seed, dtype=dtype, **kw)
+    if not discrete:  # log-stds apart, one below the clip's range
+        pol.params["log_std"][...] = np.array([-0.5, 0.3, -30.0], dtype)
+    return pol.to(cp.asarray)
+
+
+def array_path(monkeypatch, fn):
+    """``fn()`` with the kernel path switched off: ActorCritic.act's array operations."""
+    from minippo.kernels import gpu_act
+
+    with monkeypatch.context() as m:
+        m.setattr(gpu_act, "act", lambda *a, **k: None)
+        return fn()
+
+
+def host(a):
+    return a.get() if hasattr(a, "get") else a
+
+
+def assert_act_close(fused, arrays, dtype):
+    """(actions, a_dev, logp, values, params) of the two paths: see the module's docstring."""
+    tol = dict(rtol=1e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    a, a_dev = fused[0], host(fused[1])
+    np.testing.assert_array_equal(a_dev, a)
+    assert a.dtype == arrays[0].dtype and a.shape == arrays[0].shape
+    if a.dtype.kind == "i":
+        np.testing.assert_array_equal(a, arrays[0])
+    else:
+        np.testing.assert_allclose(a, arrays[0], **tol)
+    for i, what in ((2, "logp"), (3, "values"), (4, "dist params")):
+        got, want = host(fused[i]), host(arrays[i])
+        assert got.dtype == want.dtype and got.shape == want.shape, what
+        np.testing.assert_allclose(got, want, err_msg=what, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_act_through_the_kernel_matches_the_array_path(device, monkeypatch, dtype, discrete, activation,
+                                                        deterministic):
+    """The same actions from the same draws (the Generators start alike), logp, values and dist params
+    to rounding; one launch for both networks, the logits (or [mean, log_std]) down once."""
+    cp = device
+    pol = make_policy(cp, discrete, dtype, activation=activation, temperature=0.7 if discrete else 1.0)
+    obs = cp.asarray(np.random.default_rng(1).normal(size=(6, 5)).astype(dtype))
+    before = dict(cp.STATS)
+    fused = pol.act_with_device_actions(obs, np.random.default_rng(2), deterministic)
+    assert cp.launches == [(gpu.ACT_NAMES[np.dtype(dtype)], (12,), (32,), 2 * 16 * np.dtype(dtype).itemsize)]
+    assert cp.STATS["get"] - before["get"] == 1 and cp.STATS["bool"] == before["bool"]
+    assert cp.STATS["upload"] - before["upload"] == 3  # the layer table (first act), actions, logp
+    arrays = array_path(monkeypatch, lambda: pol.act_with_device_actions(obs, np.random.default_rng(2), deterministic))
+    assert_act_close(fused, arrays, dtype)
+    before = dict(cp.STATS)
+    pol.act_with_device_actions(obs, np.random.default_rng(2), deterministic)
+    assert cp.STATS["upload"] - before["upload"] == 2 and len(cp.launches) == 2  # the table is kept
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_predict_runs_the_actor_alone(device, monkeypatch, discrete, deterministic):
+    """predict (critic=False): one launch of the actor's rows (its own table, made once), one copy
+    down, nothing up; the array path's actions."""
+    cp = device
+    pol = make_policy(cp, discrete, np.float64)
+    obs = np.random.default_rng(3).normal(size=(4, 5))
+    before = dict(cp.STATS)
+    got = pol.predict(obs, deterministic, np.random.default_rng(4))
+    assert [launch[:2] for launch in cp.launches] == [(gpu.ACT_NAMES[np.dtype(np.float64)], (4,))]
+    assert cp.STATS["get"] - before["get"] == 1
+    # the observations, and the tables: both networks' (made with the state) and the actor's (first use)
+    assert cp.STATS["upload"] - before["upload"] == 3
+    want = array_path(monkeypatch, lambda: pol.predict(obs, deterministic, np.random.default_rng(4)))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    before = dict(cp.STATS)
+    one = pol.predict(obs[0], deterministic, np.random.default_rng(4))
+    np.testing.assert_allclose(one, want[0], rtol=1e-12, atol=1e-12)
+    assert cp.STATS["upload"] - before["upload"] == 1  # (the tables kept: only the observation)
+
+
+def test_in_place_updates_are_read_and_rebinding_rebuilds_the_table(device, monkeypatch):
+    """Adam and checkpoint loading write the arrays in place: the next act reads the new values through
+    the same table. ``to`` (new arrays) makes a new table; a parameter rebound in the policy's dict
+    alone (the MLP's differs) takes the array path."""
+    cp = device
+    pol = make_policy(cp)
+    obs = cp.asarray(np.ones((2, 5), np.float32))
+    pol.act(obs, np.random.default_rng(0))
+    table = pol.__dict__["_gpu_act_state"].layers.table
+    pol.params["critic.b2"][...] = cp.asarray(np.array([5.0], np.float32))
+    _, _, values, _ = pol.act(obs, np.random.default_rng(0))
+    assert pol.__dict__["_gpu_act_state"].layers.table is table
+    want = array_path(monkeypatch, lambda: pol.act(obs, np.random.default_rng(0)))[2]
+    np.testing.assert_allclose(host(values), host(want), rtol=1e-5, atol=2e-5)
+    assert host(values).min() > 3.0
+    pol.to(lambda a: cp.asarray(host(a) * 2))
+    pol.act(obs, np.random.default_rng(0))
+    assert pol.__dict__["_gpu_act_state"].layers.table is not table
+    assert pol.__dict__["_gpu_act_state"].layers.nets[0][0][0] is pol.params["actor.W0"]
+    n = len(cp.launches)
+    pol.params["actor.b0"] = pol.params["actor.b0"] + 1.0  # the MLP still has the old array
+    pol.act(obs, np.random.default_rng(0))
+    assert len(cp.launches) == n and pol.__dict__["_gpu_act_state"].ok is False
+
+
+def test_a_copy_acts_with_its_own_parameters(device):
+    """copy.deepcopy and pickle drop the state: the copy's table is made from the copy's arrays, so a
+    change to one policy never shows in the other's acts."""
+    import copy
+    import pickle
+
+    cp = device
+    pol = make_policy(cp)
+    obs = cp.asarray(np.ones((2, 5), np.float32))
+    v0 = host(pol.act(obs, np.random.default_rng(0))[2])
+    twin = copy.deepcopy(pol)
+    assert "_gpu_act_state" not in twin.__dict__ and "_gpu_act_state" not in pickle.loads(pickle.dumps(pol)).__dict__
+    twin.params["critic.b2"][...] = cp.asarray(np.array([100.0], np.float32))
+    np.testing.assert_allclose(host(twin.act(obs, np.random.default_rng(0))[2]), v0 + 100.0, rtol=1e-5)
+    np.testing.assert_array_equal(host(pol.act(obs, np.random.default_rng(0))[2]), v0)
+
+
+def test_setups_the_kernel_does_not_take_run_the_array_path(device, monkeypatch):
+    """A shared trunk, layers wider than a block's shared memory holds, a batch above MAX_BATCH, host
+    parameters with device observations, a non-contiguous weight: no launch, the array path's result."""
+    from minippo.kernels import gpu_act
+
+    cp = device
+    wide = (gpu.ACT_SHARED_MAX // (2 * 4)) + 1  # float32: two rows of this width are over the limit
+    cases = [make_policy(cp, shared=True), make_policy(cp, hidden=(wide,)),
+             make_policy(cp, hidden=(3,), activation="tanh"), make_policy(cp)]
+    fortran = cp.asarray(np.asfortranarray(host(cases[3].params["actor.W0"])))
+    cases[3].params["actor.W0"] = cases[3].actor.params["W0"] = fortran
+    obs = cp.asarray(np.ones((3, 5), np.float32))
+    for i, pol in enumerate(cases):
+        if i == 2:
+            monkeypatch.setattr(gpu_act, "MAX_BATCH", 2)
+        got = pol.act_with_device_actions(obs, np.random.default_rng(0))
+        monkeypatch.setattr(gpu_act, "MAX_BATCH", 1 << 16)
+        assert cp.launches == [], i
+        want = array_path(monkeypatch, lambda pol=pol: pol.act_with_device_actions(obs, np.random.default_rng(0)))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(host(got[2]), host(want[2]))
+    from minippo.policy import ActorCritic, Discrete
+
+    on_host = ActorCritic(5, Discrete(4), hidden=(8,))
+    assert gpu_act.act(on_host, obs, np.random.default_rng(0)) is None and cp.launches == []
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_non_finite_outputs_raise_as_the_array_path_does(device, monkeypatch, discrete):
+    """A NaN weight (or log-std) raises the array path's FloatingPointError, naming the same array."""
+    cp = device
+    for where in (("actor.b1",) if discrete else ("actor.b1", "log_std")):
+        pol = make_policy(cp, discrete)
+        pol.params[where][...] = cp.asarray(np.full(pol.params[where].shape, np.nan, np.float32))
+        obs = cp.asarray(np.ones((2, 5), np.float32))
+        with pytest.raises(FloatingPointError) as fused:
+            pol.act(obs, np.random.default_rng(0))
+        with pytest.raises(FloatingPointError) as arrays:
+            array_path(monkeypatch, lambda pol=pol, obs=obs: pol.act(obs, np.random.default_rng(0)))
+        assert str(fused.value) == str(arrays.value) and str(fused.value).split()[0] in ("logits", "mean", "log_std")
+        assert cp.launches
+
+
+def test_layer_table_and_forward_refuse_what_the_kernel_cannot_take(device):
+    cp = device
+    rng = np.random.default_rng(0)
+    W, b = cp.asarray(rng.normal(size=(3, 4)).astype(np.float32)), cp.asarray(np.zeros(4, np.float32))
+    W2, b2 = cp.asarray(rng.normal(size=(4, 2)).astype(np.float32)), cp.asarray(np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match=r"nets must be one or two non-empty lists"):
+        gpu.LayerTable([[(W, b)]] * 3)
+    with pytest.raises(ValueError, match=r"nets must be one or two non-empty lists"):
+        gpu.LayerTable([[(W, b)], []])
+    with pytest.raises(TypeError, match="float32 or float64"):
+        gpu.LayerTable([[(cp.asarray(np.ones((3, 4), np.int64)), b)]])
+    with pytest.raises(ValueError, match=r"nets\[0\]\[1\] has W \(3, 4\) and b \(4,\): expected W \(4, n\)"):
+        gpu.LayerTable([[(W, b), (W, b)]])
+    with pytest.raises(ValueError, match=r"nets\[1\]\[0\] has W \(4, 2\).*expected W \(3, n\)"):
+        gpu.LayerTable([[(W, b)], [(W2, b2)]])
+    with pytest.raises(ValueError, match=r"nets\[0\]\[0\]'s W must be a C-contiguous 2-d float32 cupy array"):
+        gpu.LayerTable([[(W.T.T[:, :2], b)]] if False else [[(cp.asarray(np.asfortranarray(host(W))), b)]])
+    with pytest.raises(ValueError, match=r"nets\[0\]\[0\]'s b must be a C-contiguous 1-d float32"):
+        gpu.LayerTable([[(W, host(b))]])
+    with pytest.raises(ValueError, match=r"need \d+ bytes of shared memory a block, more than 49152"):
+        n = gpu.ACT_SHARED_MAX // 8 + 1
+        gpu.LayerTable([[(cp.asarray(np.zeros((3, n), np.float32)), cp.asarray(np.zeros(n, np.float32))),
+                         (cp.asarray(np.zeros((n, 1), np.float32)), cp.asarray(np.zeros(1, np.float32)))]])
+    table = gpu.LayerTable([[(W, b), (W2, b2)]])
+    assert (table.in_dim, table.out_dims, table.width, table.block, table.n_nets) == (3, [2], 4, 32, 1)
+    with pytest.raises(ValueError, match=r"x must be a \(B, 3\) cupy array, got ndarray \(2, 3\)"):
+        gpu.act_forward(table, np.ones((2, 3), np.float32), False)
+    with pytest.raises(ValueError, match=r"x must be a \(B, 3\) cupy array"):
+        gpu.act_forward(table, cp.asarray(np.ones((2, 4), np.float32)), False)
+    with pytest.raises(ValueError, match=r"log_std must be a C-contiguous 1-d float32 cupy array"):
+        gpu.act_forward(table, cp.asarray(np.ones((2, 3), np.float32)), False, cp.asarray(np.ones(2)))
+    y0, y1 = gpu.act_forward(table, cp.asarray(np.ones((0, 3), np.float32)), False)  # no rows: no launch
+    assert y0.shape == (0, 2) and y1 is None and cp.launches == []
+    y0, y1 = gpu.act_forward(table, cp.asarray(np.ones((2, 3))), True)  # float64 x: cast as forward casts
+    assert y0.dtype == np.float32 and len(cp.launches) == 1
+    np.testing.assert_allclose(host(y0), np.maximum(np.ones((2, 3)) @ host(W), 0) @ host(W2), rtol=1e-5)
