@@ -7,7 +7,7 @@
 # STEP is one of: device, tests, bench, profile, learning (default: all five, in that order).
 #   device    what is there: the GPU, Python, numpy and cupy versions, nvcc
 #   tests     the cupy tests: the real-device ones (marked gpu) beside the stand-in and CUDA-source
-#             ones, and nvcc -ptx of kernels/gae.cu and kernels/adam.cu where nvcc is on the PATH
+#             ones, and nvcc -ptx of kernels/gae.cu, adam.cu and act.cu where nvcc is on the PATH
 #   bench     benchmarks/kernels.py on numpy and cupy (GAE against the host and device floors,
 #             the MLP, act and Adam rows numpy/cupy), then benchmarks/gpu_gae_chunk.py (the GAE kernel's chunk)
 #   profile   benchmarks/cupy_profile.py: where the time goes in act and in a short CartPole run
@@ -79,7 +79,7 @@ if command -v nvcc > /dev/null; then nvcc --version | tail -n 1; else echo "no n
 exit $status' ;;
         tests)
             # (a test stuck for 90 s dumps its stack into the log: none takes 10 s on the stand-in)
-            run_step tests 150 "$needs_device && $needs_gym && $pytest -o faulthandler_timeout=90 -m 'not slow' tests/test_kernels_gpu.py tests/test_kernels_gpu_adam.py tests/test_cupy_standin.py" ;;
+            run_step tests 150 "$needs_device && $needs_gym && $pytest -o faulthandler_timeout=90 -m 'not slow' tests/test_kernels_gpu.py tests/test_kernels_gpu_adam.py tests/test_kernels_gpu_act.py tests/test_cupy_standin.py" ;;
         bench)
             run_step bench 180 "$needs_device && python3 benchmarks/kernels.py numpy cupy && python3 benchmarks/gpu_gae_chunk.py" ;;
         profile)

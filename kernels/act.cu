@@ -27,7 +27,7 @@
 // clip(log_std, lo, hi) into y0[row, ld0 - n_log_std:], so y0 is the Gaussian's dist params
 // [mean, log_std]. The clip lets NaN through, as numpy's clip does.
 
-extern __shared__ __align__(16) unsigned char minippo_smem[];
+extern __shared__ double minippo_smem[];  // (double: aligned for float and double rows alike)
 
 __device__ inline float act_tanh(float x) { return tanhf(x); }
 __device__ inline double act_tanh(double x) { return tanh(x); }

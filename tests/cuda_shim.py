@@ -37,7 +37,6 @@ extern dim3 blockDim, gridDim;
 #define __global__
 #define __device__
 #define __shared__
-#define __align__(n) __attribute__((aligned(n)))
 void __syncthreads();
 """
 
@@ -49,9 +48,9 @@ SHIM_CPP = """\
 thread_local dim3 blockIdx, threadIdx;
 dim3 blockDim, gridDim;
 #include "{source}"
-// Dynamic shared memory (extern __shared__ minippo_smem[] in a kernel): one buffer for the block
-// that runs; the launcher fills it with NaN bytes before each block, so a read before a write shows.
-alignas(16) unsigned char minippo_smem[SHIM_SMEM_BYTES];
+// Dynamic shared memory (extern __shared__ double minippo_smem[] in a kernel): one buffer for the
+// block that runs; the launcher fills it with NaN bytes before each block, so a read before a write shows.
+double minippo_smem[SHIM_SMEM_BYTES / sizeof(double)];
 static std::mutex barrier_mutex;
 static std::condition_variable barrier_cv;
 static unsigned barrier_arrived = 0, barrier_generation = 0, threads_done = 0;
@@ -93,7 +92,7 @@ extern "C" void shim_set_thread(unsigned bx, unsigned tx) {{
     blockIdx = {{bx, 0, 0}}; threadIdx = {{tx, 0, 0}};
 }}
 extern "C" int shim_barrier_misses() {{ return barrier_misses; }}
-extern "C" unsigned char* shim_smem() {{ return minippo_smem; }}
+extern "C" unsigned char* shim_smem() {{ return reinterpret_cast<unsigned char*>(minippo_smem); }}
 """
 SMEM_BYTES = 1 << 16
 """The shim's shared memory: more than the 48 KiB a CUDA block gets without opting in."""
