@@ -65,7 +65,10 @@ class _State:
                 return
             if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):
                 return  # the policy's dict and the MLP's disagree (a rebinding in one of them)
-            nets.append([(net.params.get(f"W{i}"), net.params.get(f"b{i}")) for i in range(net.n_layers)])
+            layers = [(net.params.get(f"W{i}"), net.params.get(f"b{i}")) for i in range(net.n_layers)]
+            if any(a is None for layer in layers for a in layer):
+                return
+            nets.append(layers)
         n_keys = 2 * (policy.actor.n_layers + policy.critic.n_layers) + (0 if policy.discrete else 1)
         self.log_std = None if policy.discrete else params.get("log_std")
         if len(params) != n_keys or (not policy.discrete and getattr(self.log_std, "shape", None)
@@ -75,7 +78,7 @@ class _State:
             return
         try:
             self.layers = gpu.LayerTable(nets)
-        except ValueError:  # a layer not C-contiguous or of an unexpected shape, or too wide
+        except (TypeError, ValueError):  # a layer not C-contiguous or of an unexpected shape, or too wide
             return
         self.relu = policy.activation == "relu"
         self.ok = True

@@ -357,6 +357,9 @@ def test_setups_the_kernel_does_not_take_run_the_array_path(device, monkeypatch)
 
     on_host = ActorCritic(5, Discrete(4), hidden=(8,))
     assert gpu_act.act(on_host, obs, np.random.default_rng(0)) is None and cp.launches == []
+    missing = make_policy(cp)  # a weight taken out of the MLP's own dict: not the kernel's to guess at
+    del missing.actor.params["W0"]
+    assert gpu_act.act(missing, obs, np.random.default_rng(0)) is None and cp.launches == []
 
 
 @pytest.mark.parametrize("discrete", [True, False])
@@ -422,7 +425,8 @@ def test_real_device_kernel_is_the_reference_mlp(dtype, relu):
     """On the device: act_forward against kernels/reference.py, widths past the block (256 threads)
     and a batch of many blocks. float32 within the sums' rounding (MLP_TOL); float64 within 1e-13 of
     the largest output: CUDA's tanh is within 1 ulp of libm's, not always the same bits, and relu's
-    float64 sums equal the reference's (same order, no contraction), which the test asserts."""
+    float64 sums equal the reference's (same order, no contraction), which the test asserts on a real
+    device (benchmarks/gpu_check.sh's own test runs this on the stand-in, which sums as numpy does)."""
     import cupy
 
     rng = np.random.default_rng(5)
@@ -436,7 +440,7 @@ def test_real_device_kernel_is_the_reference_mlp(dtype, relu):
     activation = "relu" if relu else "tanh"
     for got, net in ((y0[:, :3], actor), (y1, critic)):
         want = ref.mlp_forward(net, x, activation)[0]
-        if dtype == np.float64 and not relu:
+        if dtype == np.float64 and (not relu or hasattr(cupy, "STATS")):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-13 * max(1.0, np.abs(want).max()))
         else:
             assert_mlp_close(got, want, dtype)
