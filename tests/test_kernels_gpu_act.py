@@ -284,10 +284,11 @@ def test_predict_runs_the_actor_alone(device, monkeypatch, discrete, determinist
     assert cp.STATS["upload"] - before["upload"] == 3
     want = array_path(monkeypatch, lambda: pol.predict(obs, deterministic, np.random.default_rng(4)))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    before = dict(cp.STATS)
+    before, n = dict(cp.STATS), len(cp.launches)
     one = pol.predict(obs[0], deterministic, np.random.default_rng(4))
     np.testing.assert_allclose(one, want[0], rtol=1e-12, atol=1e-12)
     assert cp.STATS["upload"] - before["upload"] == 1  # (the tables kept: only the observation)
+    assert cp.launches[n:] == [(gpu.ACT_NAMES[np.dtype(np.float64)], (1,), (32,), 2 * 16 * 8)]  # B = 1 too
 
 
 def test_in_place_updates_are_read_and_rebinding_rebuilds_the_table(device, monkeypatch):
@@ -357,6 +358,24 @@ def test_setups_the_kernel_does_not_take_run_the_array_path(device, monkeypatch)
 
     on_host = ActorCritic(5, Discrete(4), hidden=(8,))
     assert gpu_act.act(on_host, obs, np.random.default_rng(0)) is None and cp.launches == []
+    # a log-std of another dtype than the policy's (the kernel writes it into the dist params)
+    odd = make_policy(cp, discrete=False)
+    odd.params["log_std"] = odd.params["log_std"].astype(np.float64)
+    got = odd.act_with_device_actions(obs, np.random.default_rng(0))
+    want = array_path(monkeypatch, lambda: odd.act_with_device_actions(obs, np.random.default_rng(0)))
+    assert cp.launches == [] and odd.__dict__["_gpu_act_state"].ok is False
+    np.testing.assert_array_equal(host(got[2]), host(want[2]))
+    # an actor whose output layer is activated (the kernel's never is)
+    from minippo.nn import MLP
+
+    squashed = make_policy(cp, hidden=(8,))
+    actor = MLP([5, 8, 4], activate_output=True)
+    actor.params.update({k: squashed.params[f"actor.{k}"] for k in actor.params})
+    squashed.actor = actor
+    got = squashed.act_with_device_actions(obs, np.random.default_rng(0))
+    want = array_path(monkeypatch, lambda: squashed.act_with_device_actions(obs, np.random.default_rng(0)))
+    assert cp.launches == [] and squashed.__dict__["_gpu_act_state"].ok is False
+    np.testing.assert_array_equal(host(got[4]), host(want[4]))
     missing = make_policy(cp)  # a weight taken out of the MLP's own dict: not the kernel's to guess at
     del missing.actor.params["W0"]
     assert gpu_act.act(missing, obs, np.random.default_rng(0)) is None and cp.launches == []
@@ -378,7 +397,7 @@ def test_non_finite_outputs_raise_as_the_array_path_does(device, monkeypatch, di
         assert cp.launches
 
 
-def test_layer_table_and_forward_refuse_what_the_kernel_cannot_take(device):
+def test_layer_table_and_forward_refuse_what_the_kernel_cannot_take(device, monkeypatch):
     cp = device
     rng = np.random.default_rng(0)
     W, b = cp.asarray(rng.normal(size=(3, 4)).astype(np.float32)), cp.asarray(np.zeros(4, np.float32))
@@ -401,6 +420,19 @@ def test_layer_table_and_forward_refuse_what_the_kernel_cannot_take(device):
         n = gpu.ACT_SHARED_MAX // 8 + 1
         gpu.LayerTable([[(cp.asarray(np.zeros((3, n), np.float32)), cp.asarray(np.zeros(n, np.float32))),
                          (cp.asarray(np.zeros((n, 1), np.float32)), cp.asarray(np.zeros(1, np.float32)))]])
+    with pytest.raises(ValueError, match=r"nets\[0\]\[0\]'s W must be a C-contiguous 2-d float32"):
+        gpu.LayerTable([[(cp.asarray(np.ones(3, np.float32)), b)]])  # (a 1-d W of the right dtype)
+    with pytest.raises(ValueError, match=r"nets\[0\]\[0\] has W \(3, 0\) and b \(0,\): expected W \(3, n\) and "
+                                         r"b \(n,\), n >= 1"):
+        gpu.LayerTable([[(cp.asarray(np.ones((3, 0), np.float32)), cp.asarray(np.ones(0, np.float32)))]])
+    n = gpu.ACT_SHARED_MAX // 8  # two float32 rows of this width fill the shared memory exactly: allowed
+    at_limit = gpu.LayerTable([[(cp.asarray(np.zeros((3, n), np.float32)), cp.asarray(np.zeros(n, np.float32))),
+                                (cp.asarray(np.zeros((n, 1), np.float32)), cp.asarray(np.zeros(1, np.float32)))]])
+    assert at_limit.shared_mem == gpu.ACT_SHARED_MAX and at_limit.block == gpu.ACT_BLOCK_MAX
+    # the width counts the input and hidden rows (what shared memory holds), not the outputs
+    W3, b3 = cp.asarray(np.ones((2, 70), np.float32)), cp.asarray(np.zeros(70, np.float32))
+    narrow = gpu.LayerTable([[(cp.asarray(host(W)[:, :2].copy()), cp.asarray(np.zeros(2, np.float32))), (W3, b3)]])
+    assert (narrow.width, narrow.out_dims, narrow.shared_mem, narrow.block) == (3, [70], 24, 96)
     table = gpu.LayerTable([[(W, b), (W2, b2)]])
     assert (table.in_dim, table.out_dims, table.width, table.block, table.n_nets) == (3, [2], 4, 32, 1)
     with pytest.raises(ValueError, match=r"x must be a \(B, 3\) cupy array, got ndarray \(2, 3\)"):
@@ -409,6 +441,13 @@ def test_layer_table_and_forward_refuse_what_the_kernel_cannot_take(device):
         gpu.act_forward(table, cp.asarray(np.ones((2, 4), np.float32)), False)
     with pytest.raises(ValueError, match=r"log_std must be a C-contiguous 1-d float32 cupy array"):
         gpu.act_forward(table, cp.asarray(np.ones((2, 3), np.float32)), False, cp.asarray(np.ones(2)))
+    with monkeypatch.context() as m:
+        m.setattr(gpu, "GRID_MAX", 4)  # a launch's blocks: n_nets * B
+        two = gpu.LayerTable([[(W, b)], [(W, b)]])
+        gpu.act_forward(two, cp.asarray(np.ones((2, 3), np.float32)), False)
+        with pytest.raises(ValueError, match="a batch of 3 rows is more than one launch's 4 blocks"):
+            gpu.act_forward(two, cp.asarray(np.ones((3, 3), np.float32)), False)
+    cp.launches.clear()
     y0, y1 = gpu.act_forward(table, cp.asarray(np.ones((0, 3), np.float32)), False)  # no rows: no launch
     assert y0.shape == (0, 2) and y1 is None and cp.launches == []
     y0, y1 = gpu.act_forward(table, cp.asarray(np.ones((2, 3))), True)  # float64 x: cast as forward casts
