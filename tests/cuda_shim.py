@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import strict_cupy
 from minippo.kernels import gpu
 
 KERNELS = Path(gpu.__file__).parent
@@ -228,3 +229,31 @@ def nvrtc_ptx(src: str, arch: str) -> str:
     finally:
         NVRTC.destroyProgram(prog)
     return ptx.decode() if isinstance(ptx, bytes) else ptx
+
+
+def shim_cupy(lib, source: str):
+    """The strict stand-in (tests/strict_cupy.py: device arrays kept apart from host ones, copies and
+    operations counted) whose RawModule runs kernels/``source`` through the host shim ``lib``: the
+    addresses in the kernels' tables are host addresses, so the kernels read and write the stand-in's
+    arrays. ``cp.compiled`` lists the sources compiled, ``cp.launches`` each launch as
+    (name, grid, block, shared_mem)."""
+    cp = strict_cupy.make()
+
+    class RawModule:
+        def __init__(self, code, options=()):
+            assert code == gpu.source(source) and tuple(options) == gpu.NVRTC_OPTIONS
+            cp.compiled.append(source)
+
+        def get_function(self, name):
+            kernel_params(name)  # fails for a name not in the sources
+
+            def run(grid, block, args, shared_mem=0):
+                cp.STATS["ops"] += 1
+                cp.launches.append((name, grid, block, shared_mem))
+                launch(lib, name, grid, block, tuple(a._a if isinstance(a, cp.ndarray) else a for a in args),
+                       shared_mem=shared_mem)
+            return run
+
+    cp.RawModule = RawModule
+    cp.compiled, cp.launches = [], []
+    return cp

@@ -172,35 +172,10 @@ def test_a_kernel_that_skips_a_barrier_fails_in_the_shim(tmp_path):
 
 
 # ---------------------------------------------------------------- ActorCritic.act through the kernel
-def shim_cupy(lib):
-    """The strict stand-in whose RawModule runs kernels/act.cu through the host shim (the table's
-    addresses are host addresses, so the kernel reads the stand-in's arrays)."""
-    cp = strict_cupy.make()
-
-    class RawModule:
-        def __init__(self, code, options=()):
-            assert code == gpu.source(gpu.ACT_SOURCE) and tuple(options) == gpu.NVRTC_OPTIONS
-            cp.compiled.append(gpu.ACT_SOURCE)
-
-        def get_function(self, name):
-            cuda_shim.kernel_params(name)  # fails for a name not in the sources
-
-            def run(grid, block, args, shared_mem=0):
-                cp.STATS["ops"] += 1
-                cp.launches.append((name, grid, block, shared_mem))
-                cuda_shim.launch(lib, name, grid, block, tuple(a._a if isinstance(a, cp.ndarray) else a for a in args),
-                                 shared_mem=shared_mem)
-            return run
-
-    cp.RawModule = RawModule
-    cp.compiled, cp.launches = [], []
-    return cp
-
-
 @pytest.fixture
 def device(act_shim, monkeypatch):
     """ActorCritic.act's cupy path on the shim-backed stand-in (a fresh cupy module and compile cache)."""
-    cp = shim_cupy(act_shim)
+    cp = cuda_shim.shim_cupy(act_shim, gpu.ACT_SOURCE)
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setattr(gpu, "_modules", {})
     return cp

@@ -33,35 +33,10 @@ def adam_shim(tmp_path_factory):
     return cuda_shim.build_shim(tmp_path_factory.mktemp("adam_shim"), source=gpu.ADAM_SOURCE)
 
 
-def shim_cupy(lib):
-    """The strict stand-in (device arrays kept apart from host ones, copies and operations counted)
-    whose RawModule runs kernels/adam.cu through the host shim: addresses in the tables are host
-    addresses, so the kernels read and write the stand-in's arrays."""
-    cp = strict_cupy.make()
-
-    class RawModule:
-        def __init__(self, code, options=()):
-            assert code == gpu.source(gpu.ADAM_SOURCE) and tuple(options) == gpu.NVRTC_OPTIONS
-            cp.compiled.append(gpu.ADAM_SOURCE)
-
-        def get_function(self, name):
-            cuda_shim.kernel_params(name)  # fails for a name not in the sources
-
-            def run(grid, block, args):
-                cp.STATS["ops"] += 1
-                cp.launches.append((name, grid, block))
-                cuda_shim.launch(lib, name, grid, block, tuple(a._a if isinstance(a, cp.ndarray) else a for a in args))
-            return run
-
-    cp.RawModule = RawModule
-    cp.compiled, cp.launches = [], []
-    return cp
-
-
 @pytest.fixture
 def device(adam_shim, monkeypatch):
     """Adam.step's device path on the shim-backed stand-in (a fresh cupy module and compile cache)."""
-    cp = shim_cupy(adam_shim)
+    cp = cuda_shim.shim_cupy(adam_shim, gpu.ADAM_SOURCE)
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setattr(gpu, "_modules", {})
     return cp
@@ -170,7 +145,7 @@ def test_adam_step_through_the_kernels_gives_numpy_bits(device, dtype, max_grad_
     params, grads = network(rng, dtype)
     got = run_adam(params, grads, device.asarray, max_grad_norm, lr=0.01)
     assert_same_bits(got, run_adam(params, grads, None, max_grad_norm, lr=0.01))
-    assert [name for name, _, _ in device.launches] == [gpu.GATHER_NAMES[np.dtype(dtype)],
+    assert [name for name, *_ in device.launches] == [gpu.GATHER_NAMES[np.dtype(dtype)],
                                                         gpu.UPDATE_NAMES[np.dtype(dtype)]] * 3
     assert device.compiled == [gpu.ADAM_SOURCE]  # compiled once, on first use
 
@@ -199,7 +174,7 @@ def test_a_step_is_two_launches_and_one_table_upload(device, monkeypatch):
     assert len(tables) == 4 and all(t.offsets is tables[0].offsets for t in tables[1:])
     n = len(params)
     blocks = [max(1, min(-(-a.size // gpu.ADAM_BLOCK), gpu.ADAM_BLOCKS_MAX)) for a in params.values()]
-    assert {(grid, block) for _, grid, block in device.launches} == {((n * max(blocks),), (gpu.ADAM_BLOCK,))}
+    assert {(grid, block) for _, grid, block, _ in device.launches} == {((n * max(blocks),), (gpu.ADAM_BLOCK,))}
 
 
 def test_large_arrays_take_at_most_the_block_cap_and_stride(device, monkeypatch):
@@ -209,7 +184,7 @@ def test_large_arrays_take_at_most_the_block_cap_and_stride(device, monkeypatch)
     rng = np.random.default_rng(3)
     params, grads = network(rng, np.float64, shapes=((7, 9), (1,), (5,)))
     assert_same_bits(run_adam(params, grads, device.asarray), run_adam(params, grads))
-    assert {grid for _, grid, _ in device.launches} == {(3 * 3,)}
+    assert {grid for _, grid, *_ in device.launches} == {(3 * 3,)}
 
 
 def test_gradients_of_another_dtype_or_layout_are_gathered_as_numpy_casts_them(device):
@@ -279,7 +254,7 @@ def test_an_adam_pickled_before_the_table_existed_steps_on_the_device(device):
     old = Adam.__new__(Adam)
     old.__setstate__(state)
     old.step({k: device.asarray(a) for k, a in grads[0].items()})
-    assert [name for name, _, _ in device.launches] == ["adam_gather_f32", "adam_update_f32"]
+    assert [name for name, *_ in device.launches] == ["adam_gather_f32", "adam_update_f32"]
 
 
 def test_a_non_finite_norm_raises_before_the_update(device):
@@ -292,7 +267,7 @@ def test_a_non_finite_norm_raises_before_the_update(device):
     with pytest.raises(FloatingPointError, match="gradient norm is inf"):
         opt.step(bad, max_grad_norm=0.5)
     assert opt.t == 0 and not opt._m.get().any() and not opt._v.get().any()
-    assert [name for name, _, _ in device.launches] == ["adam_gather_f32"]
+    assert [name for name, *_ in device.launches] == ["adam_gather_f32"]
     for k in params:
         np.testing.assert_array_equal(p[k].get(), params[k])
 
