@@ -1,5 +1,7 @@
-"""CuPy kernels behind ``MINIPPO_BACKEND=cupy``: the ``gae.cu``, ``adam.cu`` and ``act.cu`` RawKernels. The
-matmuls need no wrapper: ``minippo.nn`` calls ``np.dot``, which dispatches to cuBLAS for cupy arrays.
+"""CuPy kernels behind ``MINIPPO_BACKEND=cupy``: the ``gae.cu``, ``adam.cu`` and ``act.cu`` RawKernels.
+The update's matmuls need no wrapper: ``minippo.nn`` calls ``np.dot``, which dispatches to cuBLAS
+for cupy arrays; the rollout's act runs its two MLPs in ``act.cu`` (``kernels/gpu_act.py``), one
+launch where cuBLAS and the array operations took ~16.
 
 Nothing here touches CUDA at import: cupy is imported, a ``.cu`` file read and compiled (NVRTC,
 cached by CuPy on disk) on the first call that needs it. Inputs and outputs are ``cupy.ndarray`` on
@@ -293,5 +295,6 @@ def act_forward(
     return y0, y1
 
 
-# Matmuls need no wrapper: on cupy arrays ``minippo.nn.linear_forward``/``linear_backward``
-# evaluate ``np.dot(x, W)`` with cuBLAS, so the MLP code is the same on every backend.
+# The update's matmuls need no wrapper: on cupy arrays ``minippo.nn.linear_forward``/``linear_backward``
+# evaluate ``np.dot(x, W)`` with cuBLAS, so the MLP code is the same on every backend (the rollout's
+# act forward is act_forward above).
