@@ -292,35 +292,34 @@ def bench_act(backends: list[str]) -> None:
             print(f"  {label:21s} B={B:3d}  {cells}{ratio}")
 
 
+def without_fused(module, call):
+    """A callable: ``call()`` with ``module``'s fused act switched off for the call (its ``MAX_BATCH``
+    set to 0, then restored). The switch and the try/finally cost ~0.2 us, against 50-1000 us for an act."""
+
+    def run():
+        saved, module.MAX_BATCH = module.MAX_BATCH, 0
+        try:
+            return call()
+        finally:
+            module.MAX_BATCH = saved
+
+    return run
+
+
 def unfused_act(pol, obs: np.ndarray, rng: np.random.Generator):
-    """A callable: ``pol.act(obs, rng)`` on the numba backend with the fused act switched off for
-    the call (its MLPs then run through ``kernels/cpu.py``, one call each). The switch and the
-    try/finally cost ~0.2 us, against 50-60 us for the call."""
+    """``pol.act(obs, rng)`` on the numba backend without the fused act (its MLPs then run through
+    ``kernels/cpu.py``, one call each)."""
     from minippo.kernels import cpu_act
 
-    def act():
-        saved, cpu_act.MAX_BATCH = cpu_act.MAX_BATCH, 0
-        try:
-            return pol.act(obs, rng)
-        finally:
-            cpu_act.MAX_BATCH = saved
-
-    return act
+    return without_fused(cpu_act, lambda: pol.act(obs, rng))
 
 
 def array_act(pol, obs: np.ndarray, rng: np.random.Generator):
-    """A callable: ``pol.act`` on the device (cupy) with ``kernels/act.cu`` switched off for the call:
-    the array operations it replaces (cuBLAS matmuls, the distribution on the device)."""
+    """``pol.act`` on the device (cupy) without ``kernels/act.cu``: the array operations it replaces
+    (cuBLAS matmuls, the distribution on the device)."""
     from minippo.kernels import gpu_act
 
-    def act():
-        saved, gpu_act.MAX_BATCH = gpu_act.MAX_BATCH, 0
-        try:
-            return pol.act(backend.to_device(obs), rng)
-        finally:
-            gpu_act.MAX_BATCH = saved
-
-    return act
+    return without_fused(gpu_act, lambda: pol.act(backend.to_device(obs), rng))
 
 
 def bench_adam(backends: list[str]) -> None:

@@ -8,6 +8,7 @@ contracted into an FMA, so the shim performs each operation as the device does, 
 """
 
 import ctypes
+import functools
 import re
 import shutil
 import subprocess
@@ -161,7 +162,6 @@ def launch(lib, name, grid, block, args, shared_mem=0):
                 lib.shim_set_index(gx, bx, b, t)
                 fn(*c_args)
         return
-    lib.shim_set_dims(gx, bx)
     lib.shim_smem.restype = ctypes.POINTER(ctypes.c_ubyte * SMEM_BYTES)
     smem = np.frombuffer(lib.shim_smem().contents, dtype=np.uint8)
     before = lib.shim_barrier_misses()
@@ -182,6 +182,7 @@ def launch(lib, name, grid, block, args, shared_mem=0):
     assert lib.shim_barrier_misses() == before, f"{name}: a thread never reached a __syncthreads()"
 
 
+@functools.cache
 def uses_barrier(name: str) -> bool:
     """Whether the CUDA source that defines kernel ``name`` calls ``__syncthreads()``."""
     for file in gpu.SOURCES:
