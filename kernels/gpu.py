@@ -6,9 +6,9 @@ launch where cuBLAS and the array operations took ~16.
 Nothing here touches CUDA at import: cupy is imported, a ``.cu`` file read and compiled (NVRTC,
 cached by CuPy on disk) on the first call that needs it. Inputs and outputs are ``cupy.ndarray`` on
 the current device; rollout tensors, parameters and Adam state stay there. Data crosses to the host
-at the env boundary (``backend.to_device`` / ``backend.asnumpy``) and for 7 syncs per minibatch
-(finiteness tests, the logged stats read back in one copy, the gradient norm): docs/kernels.md
-lists every copy.
+at the env boundary (``backend.to_device`` / ``backend.asnumpy``) and for 2 syncs per minibatch
+(the logged stats read back in one copy with the verdict of the value checks, the gradient norm):
+docs/kernels.md lists every copy.
 
 The CUDA sources are also compiled by ``nvcc -ptx`` and executed on the CPU through a host shim in
 ``tests/test_kernels_gpu.py``, ``tests/test_kernels_gpu_adam.py`` and ``tests/test_kernels_gpu_act.py``,

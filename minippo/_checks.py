@@ -3,9 +3,11 @@ naming the argument, the value and what is allowed."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -155,13 +157,106 @@ def int_list(value: Any) -> list[int] | None:
     return [int(v) for v in items]
 
 
+class DeferredChecks:
+    """Value checks on device arrays whose verdict is read back later, with other results.
+
+    On a GPU each ``bool`` of a device array waits for the device (a sync). Inside
+    :func:`deferred_checks`, :func:`finite` and :func:`check_later` record a check on a device array
+    here instead of reading it: ``ok`` is the conjunction of the recorded verdicts (one 0-d device
+    bool, or None when nothing was recorded), ``failures`` the errors to raise, in recording order.
+    The owner reads ``ok`` back with its own results (``minippo.losses.to_floats`` does it for a
+    minibatch's loss statistics, one copy) and calls :meth:`verify` with the value; a check on a
+    host array is never deferred (nothing to save) and raises where it stands, as outside.
+    """
+
+    def __init__(self) -> None:
+        self.failures: list[tuple[Any, Callable[[], Exception]]] = []
+
+    def add(self, ok: Any, error: Callable[[], Exception]) -> None:
+        """Record a 0-d device bool (True: the check passed) and what to raise when it did not."""
+        self.failures.append((ok, error))
+
+    @property
+    def ok(self) -> Any:
+        """Whether every recorded check passed: a 0-d device bool (two device operations for several
+        checks, none for one), or None when none was recorded."""
+        if len(self.failures) <= 1:
+            return self.failures[0][0] if self.failures else None
+        flags = [f for f, _ in self.failures]
+        return np.stack(flags).all()  # (cupy.stack, by dispatch)
+
+    def verify(self, ok: Any = None) -> None:
+        """Raise the error of the first recorded check that failed, if any, and forget them all.
+        ``ok``: the value of :attr:`ok` already read back (a Python bool or number; read here when
+        None, one sync). Only a failure reads the checks one by one (the error path)."""
+        error = self.first_failure(ok)
+        if error is not None:
+            raise error
+
+    def first_failure(self, ok: Any = None) -> Exception | None:
+        """The error of the first recorded check that failed (None if all passed), as :meth:`verify`
+        would raise it; the checks are forgotten."""
+        if not self.failures:
+            return None
+        ok = self.ok if ok is None else ok
+        failures, self.failures = self.failures, []
+        if bool(ok):
+            return None
+        return next((error() for flag_, error in failures if not bool(flag_)), None)
+
+
+_DEFERRED: contextvars.ContextVar[DeferredChecks | None] = contextvars.ContextVar("minippo_deferred", default=None)
+
+
+@contextlib.contextmanager
+def deferred_checks() -> Iterator[DeferredChecks]:
+    """Inside, checks of device arrays (:func:`finite`, :func:`check_later`) are recorded in the yielded
+    :class:`DeferredChecks`, not read back one by one; read back with the block's results and passed
+    to :meth:`DeferredChecks.verify`, they cost no sync of their own. On leaving, checks not yet
+    verified are verified (one sync). If the block raises, the first failed check's error is raised
+    instead (from None): with checks made at once, that check would have stopped the block before the
+    code that raised (its inputs were NaN, say), so the error is the same either way. The code inside
+    must therefore change nothing outside itself before its checks are verified. Per context
+    (``contextvars``): threads and nested blocks keep their own."""
+    checks = DeferredChecks()
+    token = _DEFERRED.set(checks)
+    try:
+        yield checks
+    except Exception:
+        error = checks.first_failure()
+        if error is not None:
+            raise error from None
+        raise
+    finally:
+        _DEFERRED.reset(token)
+    checks.verify()
+
+
+def check_later(ok: Any, error: Callable[[], Exception]) -> bool:
+    """Record the verdict ``ok`` (a 0-d bool array, True: passed) in the enclosing :func:`deferred_checks`
+    when it is a device array and there is one; True when recorded, False when the caller must test
+    ``ok`` now (a host verdict, or no deferral)."""
+    checks = _DEFERRED.get()
+    if checks is None or not type(ok).__module__.startswith("cupy"):
+        return False
+    checks.add(ok, error)
+    return True
+
+
 def finite(**arrays: Any) -> None:
     """FloatingPointError naming the first of ``arrays`` (name=array) that holds NaN or inf. One test
-    for all of them: on a GPU each ``bool`` of a device array is a device sync."""
+    for all of them: on a GPU each ``bool`` of a device array is a device sync, and inside
+    :func:`deferred_checks` not even that (the verdict is read back later, with other results)."""
     ok = None
     for a in arrays.values():
         f = np.isfinite(a).all()
         ok = f if ok is None else ok & f
-    if not bool(ok):
-        bad = next(name for name, a in arrays.items() if not bool(np.isfinite(a).all()))
-        raise FloatingPointError(f"{bad} contains NaN or inf")
+
+    def error() -> FloatingPointError:
+        bad = next((name for name, a in arrays.items() if not bool(np.isfinite(a).all())), None)
+        if bad is None:  # (deferred, and an array changed in place since: name them all)
+            return FloatingPointError(f"one of {', '.join(arrays)} contained NaN or inf")
+        return FloatingPointError(f"{bad} contains NaN or inf")
+
+    if not check_later(ok, error) and not bool(ok):
+        raise error()

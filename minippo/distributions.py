@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import array, finite, generator, real
+from minippo._checks import array, check_later, finite, generator, real
 from minippo.backend import array_module, asnumpy
 
 Array = Any
@@ -44,8 +44,13 @@ def action_indices(a: Array, n: int) -> Array:
     int64). ValueError unless every entry is a whole number in [0, n): 2.0 is action 2, 2.5 is
     refused. Shared by :class:`Categorical` and the fused numba update, so both accept the same."""
     idx = a.astype(np.int64, copy=False)
-    if bool(((idx != a) | (idx < 0) | (idx >= n)).any()):  # one test: one device sync on a GPU
-        raise ValueError(f"actions must be integers in [0, {n}), got {a}")
+    ok = ((idx == a) & (idx >= 0) & (idx < n)).all()  # one test: one device sync on a GPU (or none, deferred)
+
+    def error() -> ValueError:
+        return ValueError(f"actions must be integers in [0, {n}), got {a}")
+
+    if not check_later(ok, error) and not bool(ok):
+        raise error()
     return idx
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import finite, is_real, real
+from minippo._checks import DeferredChecks, finite, is_real, real
 from minippo.backend import array_module, asnumpy
 
 Array = Any
@@ -51,14 +51,20 @@ def _scalar(x: Array) -> Any:
     return float(x) if array_module(x) is np else x
 
 
-def to_floats(stats: dict[str, Any]) -> dict[str, float]:
+def to_floats(stats: dict[str, Any], checks: DeferredChecks | None = None) -> dict[str, float]:
     """``stats`` with every value a Python float: 0-d device arrays (what the losses return for cupy
-    inputs) are read back together, in one device-to-host copy."""
+    inputs) are read back together, in one device-to-host copy. ``checks``: the deferred checks of
+    the code that computed them (:func:`minippo._checks.deferred_checks`); their verdict comes back in
+    the same copy, and the first failed check's error is raised (before any stat is returned)."""
     dev = [k for k, v in stats.items() if array_module(v) is not np]
-    if not dev:
+    ok = checks.ok if checks is not None else None
+    verdict = [] if ok is None else [ok]
+    if not dev and not verdict:
         return {k: float(v) for k, v in stats.items()}
-    host = asnumpy(np.stack([stats[k].astype(np.float64) for k in dev]))  # cupy.stack, by dispatch
-    got = dict(zip(dev, host.tolist(), strict=True))
+    host = asnumpy(np.stack([a.astype(np.float64) for a in [*(stats[k] for k in dev), *verdict]]))  # cupy.stack
+    if verdict:
+        checks.verify(host[-1])
+    got = dict(zip(dev, host.tolist()[:len(dev)], strict=True))
     return {k: got[k] if k in got else float(v) for k, v in stats.items()}
 
 

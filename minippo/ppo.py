@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from minippo import backend, losses
-from minippo._checks import array, integer, real
+from minippo._checks import array, deferred_checks, integer, real
 from minippo.buffer import RolloutBuffer
 from minippo.config import OBJECTIVES, ON_POLICY, PPOConfig
 from minippo.optim import Adam, Schedule
@@ -79,43 +79,46 @@ def loss_and_grads(
         raise KeyError(f"batch is missing {missing}; objective={config.objective!r} needs {list(needed)}")
     clip_eps = config.clip_eps if clip_eps is None else clip_eps
     ent_coef = config.ent_coef if ent_coef is None else ent_coef
-    adv = batch["advantages"]
-    if config.normalize_advantages:
-        adv = normalize(adv)
+    # On a GPU the value checks inside (finite inputs, distributions, actions: ~5) are read back with the
+    # stats, one copy, not one sync each; an error is the one the first failed check gives at once.
+    with deferred_checks() as checks:
+        adv = batch["advantages"]
+        if config.normalize_advantages:
+            adv = normalize(adv)
 
-    logp, entropy, values, cache = policy.evaluate(batch["obs"], batch["actions"])
-    logp_old = batch["logp_old"]
-    dkl = None
-    objective = config.objective
-    if objective == "clip":
-        pl, dlogp, stats = losses.clip_objective(logp, logp_old, adv, clip_eps)
-    elif objective == "kl_penalty":
-        kl = policy.kl_old(batch["dist_old"], cache)
-        beta = config.kl_beta if beta is None else beta
-        pl, (dlogp, dkl), stats = losses.kl_penalty_objective(logp, logp_old, adv, kl, beta)
-    elif objective == "surrogate":
-        pl, dlogp, stats = losses.surrogate_objective(logp, logp_old, adv)
-    elif objective in ("a2c", "reinforce"):  # the plain policy gradient, on-policy
-        pl, dlogp, stats = losses.pg_objective(logp, adv)
-        stats = {**stats, **losses.ratio_stats(logp, logp_old)}
-    else:  # PPOConfig is mutable: a field set after construction was never validated
-        raise ValueError(f"config.objective={objective!r} is not allowed; use one of {OBJECTIVES}")
-    vl, dv, vstats = losses.value_loss(
-        values, batch["returns"], batch["values_old"], clip_eps if config.clip_vloss else None
-    )
-    el, dent, _ = losses.entropy_bonus(entropy, ent_coef)
-    grads = policy.backward(
-        cache, dlogp=dlogp, dentropy=dent if ent_coef else None, dvalue=vf_coef * dv, dkl=dkl
-    )
-    stats = {
-        **stats,
-        **vstats,
-        "loss": pl + vf_coef * vl + el,
-        "policy_loss": pl,
-        "value_loss": vl,
-        "entropy": entropy.mean(),
-    }
-    return losses.to_floats(stats), grads  # on a GPU: one copy back for all of them
+        logp, entropy, values, cache = policy.evaluate(batch["obs"], batch["actions"])
+        logp_old = batch["logp_old"]
+        dkl = None
+        objective = config.objective
+        if objective == "clip":
+            pl, dlogp, stats = losses.clip_objective(logp, logp_old, adv, clip_eps)
+        elif objective == "kl_penalty":
+            kl = policy.kl_old(batch["dist_old"], cache)
+            beta = config.kl_beta if beta is None else beta
+            pl, (dlogp, dkl), stats = losses.kl_penalty_objective(logp, logp_old, adv, kl, beta)
+        elif objective == "surrogate":
+            pl, dlogp, stats = losses.surrogate_objective(logp, logp_old, adv)
+        elif objective in ("a2c", "reinforce"):  # the plain policy gradient, on-policy
+            pl, dlogp, stats = losses.pg_objective(logp, adv)
+            stats = {**stats, **losses.ratio_stats(logp, logp_old)}
+        else:  # PPOConfig is mutable: a field set after construction was never validated
+            raise ValueError(f"config.objective={objective!r} is not allowed; use one of {OBJECTIVES}")
+        vl, dv, vstats = losses.value_loss(
+            values, batch["returns"], batch["values_old"], clip_eps if config.clip_vloss else None
+        )
+        el, dent, _ = losses.entropy_bonus(entropy, ent_coef)
+        grads = policy.backward(
+            cache, dlogp=dlogp, dentropy=dent if ent_coef else None, dvalue=vf_coef * dv, dkl=dkl
+        )
+        stats = {
+            **stats,
+            **vstats,
+            "loss": pl + vf_coef * vl + el,
+            "policy_loss": pl,
+            "value_loss": vl,
+            "entropy": entropy.mean(),
+        }
+        return losses.to_floats(stats, checks), grads
 
 
 class NumpyStep:

@@ -5,6 +5,7 @@ conversion either way, no host array assigned into a device array), so a host/de
 on the cupy path (rollout, GAE, update, checkpoint save and resume, predict, evaluate) fails here.
 """
 
+import copy
 import os
 import re
 import sys
@@ -12,6 +13,9 @@ import sys
 import numpy as np
 import pytest
 import strict_cupy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_loss_and_grads import config_for, make_case
 
 from minippo import PPO, backend, load_policy
 from minippo.advantages import gae_numpy
@@ -574,14 +578,15 @@ def test_array_module_follows_the_array_not_the_backend(monkeypatch):
 
 
 @pytest.mark.parametrize("env_id, per_step, step_ops_max, minibatch_ops_max",
-                         [("CartPole-v1", 1, 10, 166), ("Pendulum-v1", 1, 10, 168)])
+                         [("CartPole-v1", 1, 10, 169), ("Pendulum-v1", 1, 10, 171)])
 def test_device_syncs_stay_within_budget(strict_cupy_backend, env_id, per_step, step_ops_max, minibatch_ops_max):
-    """Each bool/float of a device array and each read-back stalls the GPU. A minibatch makes 7: one
-    finiteness test per loss (policy, value, entropy), one for the distribution, one for the actions,
-    the stats read back together, the gradient norm. It was ~20 (one test per array, a read-back per
-    stat). A rollout step reads back what it samples from, once: since session 50 the host tests it
-    for NaN/inf (kernels/gpu_act.py); before, a second sync tested it on the device (two for a
-    Gaussian: the mean and log-std)."""
+    """Each bool/float of a device array and each read-back stalls the GPU. A minibatch makes 2: the
+    stats read back together with the verdict of its value checks (one finiteness test per loss, one for
+    the distribution, one for the actions: 5 syncs of their own until session 51), and the gradient
+    norm. It was ~20 until session 16 (one test per array, a read-back per stat). A rollout step reads
+    back what it samples from, once: since session 50 the host tests it for NaN/inf
+    (kernels/gpu_act.py); before, a second sync tested it on the device (two for a Gaussian: the mean
+    and log-std)."""
     pytest.importorskip("gymnasium")
     cp = strict_cupy_backend
     algo = PPO(PPOConfig(env_id=env_id, n_envs=4, n_steps=32, batch_size=32, n_epochs=1, total_timesteps=128,
@@ -597,12 +602,14 @@ def test_device_syncs_stay_within_budget(strict_cupy_backend, env_id, per_step, 
     before, ops = syncs(), cp.STATS["ops"]
     out = algo.update(0.0)
     assert out["n_updates"] == 4
-    assert syncs() - before <= 7 * 4 + 2  # (+ 2: the explained variance, once per update)
+    assert syncs() - before <= 2 * 4 + 2  # (+ 2: the explained variance, once per update)
     # Device operations (about a kernel launch each; docs/kernels.md "On a GPU"): a rollout step 32 / 37
     # until session 50, ~10 since (both MLPs in one launch of kernels/act.cu, the distribution on the
     # host); a minibatch 238 / 248 until session 48, when the gradient norm moved onto Adam's flat
     # gradient (209 / 215), and 166 / 168 since session 49, when Adam's gather, moments, step and
-    # parameter updates became the two kernels of kernels/adam.cu. A bound, so that they do not creep up.
+    # parameter updates became the two kernels of kernels/adam.cu; 169 / 171 since session 51 (the checks'
+    # verdicts stacked and read back with the stats: 3 operations for 5 syncs). A bound, so that they do
+    # not creep up.
     assert step_ops <= step_ops_max
     assert (cp.STATS["ops"] - ops) / 4 <= minibatch_ops_max
 
@@ -785,3 +792,113 @@ def test_train_says_when_a_small_network_would_train_faster_on_the_cpu(strict_cu
     backend.reset()
     err = train("d", "[8]")
     assert "on backend numpy" in err and hint not in err
+
+
+# ---------------------------------------------------------------- deferred value checks (session 51)
+def test_deferred_checks_wait_for_the_verdict_and_raise_the_first_failure(strict_cupy_backend):
+    """Inside ``deferred_checks`` a check of a device array reads nothing back until verified; a
+    host array's check raises where it stands; leaving the block verifies what is left; an error
+    raised in the block after a failed check gives way to that check's error, as it would have
+    stopped the block first; without a failed check the block's own error goes through."""
+    from minippo._checks import deferred_checks, finite
+
+    cp = strict_cupy_backend
+    good, bad = cp.asarray(np.ones(3)), cp.asarray(np.array([1.0, np.nan, 2.0]))
+    reads = cp.STATS["bool"]
+    with deferred_checks() as checks:
+        finite(a=good)
+        finite(b=bad, c=good)
+        finite(d=bad)
+        assert cp.STATS["bool"] == reads and len(checks.failures) == 3  # nothing read yet
+        with pytest.raises(FloatingPointError, match="^x contains NaN or inf$"):
+            finite(x=np.array([np.inf]))  # a host array: at once
+        with pytest.raises(FloatingPointError, match="^b contains NaN or inf$"):  # the first failed, by name
+            checks.verify()
+        assert checks.failures == []
+    with pytest.raises(FloatingPointError, match="^b contains NaN or inf$"), deferred_checks():
+        finite(a=good, b=bad)  # not verified inside: verified on leaving
+    with pytest.raises(FloatingPointError, match="^b contains NaN or inf$") as info, deferred_checks():
+        finite(b=bad)
+        raise IndexError("what NaN inputs led to")
+    assert info.value.__suppress_context__
+    with pytest.raises(IndexError, match="no check failed"), deferred_checks():
+        finite(a=good)
+        raise IndexError("no check failed")
+    with deferred_checks() as checks:
+        finite(a=good)
+        before = cp.STATS["ops"]
+        assert bool(checks.ok) and cp.STATS["ops"] == before  # one check: its own verdict, no operation
+        finite(a=good)
+        before = cp.STATS["ops"]
+        assert bool(checks.ok) and cp.STATS["ops"] == before + 2  # several: stacked and reduced
+    with pytest.raises(FloatingPointError, match="^b contains"):
+        finite(b=bad)  # outside a block: at once
+
+
+def test_deferred_checks_are_per_thread(strict_cupy_backend):
+    """A block's deferral belongs to its context: another thread's checks raise at once."""
+    import threading
+
+    from minippo._checks import deferred_checks, finite
+
+    bad = strict_cupy_backend.asarray(np.array([np.nan]))
+    seen = []
+
+    def other():
+        try:
+            finite(t=bad)
+        except FloatingPointError as e:
+            seen.append(str(e))
+
+    with deferred_checks() as checks:
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        assert seen == ["t contains NaN or inf"] and checks.failures == []
+
+
+CORRUPTIBLE = ("obs", "actions", "logp_old", "advantages", "returns", "values_old", "dist_old", "weight")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(discrete=st.booleans(), shared=st.booleans(), objective=st.sampled_from(["clip", "kl_penalty", "a2c"]),
+       corrupt=st.lists(st.sampled_from(CORRUPTIBLE), unique=True, max_size=3), row=st.integers(0, 5),
+       value=st.sampled_from([np.nan, np.inf, -np.inf]), bad_action=st.sampled_from([-1.0, 0.5, 9.0, np.nan]))
+def test_a_minibatch_on_cupy_raises_what_numpy_raises_and_syncs_once(strict_cupy_backend, discrete, shared,
+                                                                     objective, corrupt, row, value, bad_action):
+    """loss_and_grads on the cupy stand-in, its value checks deferred to the stats' read-back: a
+    minibatch with NaN/inf in any of its arrays or the policy's weights, or an invalid action, raises
+    the error (type and message) numpy raises checking at once; a sound one gives numpy's stats to
+    rounding with one read-back and no other sync (5 until session 51)."""
+    from minippo.ppo import loss_and_grads
+
+    cp = strict_cupy_backend
+    policy, batch = make_case(discrete, shared, seed=row)
+    for key in corrupt:
+        if key == "weight":
+            next(iter(policy.params.values())).flat[row] = value
+        elif key == "actions":
+            batch[key] = batch[key].astype(np.float64)
+            batch[key].flat[row] = bad_action if discrete else value
+        else:
+            batch[key].reshape(len(batch[key]), -1)[row, 0] = value
+    config = config_for(objective)
+    dev_policy = copy.deepcopy(policy).to(cp.asarray)
+    dev_batch = {k: cp.asarray(v) for k, v in batch.items()}
+    try:
+        with np.errstate(all="ignore"):
+            want = loss_and_grads(policy, batch, config)[0]
+    except (FloatingPointError, ValueError) as e:
+        want = e
+    before = {k: cp.STATS[k] for k in ("get", "bool", "float")}
+    try:
+        with np.errstate(all="ignore"):  # (the stand-in's numpy would warn where CuPy does not)
+            got = loss_and_grads(dev_policy, dev_batch, config)[0]
+    except (FloatingPointError, ValueError) as e:
+        got = e
+    if isinstance(want, Exception):
+        assert type(got) is type(want) and str(got) == str(want)
+    else:
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-12, atol=1e-12)
+        assert {k: cp.STATS[k] - n for k, n in before.items()} == {"get": 1, "bool": 0, "float": 0}
