@@ -262,9 +262,10 @@ def bench_act(backends: list[str]) -> None:
 
     print("ActorCritic.act float32 tanh, us per call (speed-up of the fused numba act over numpy; on a "
           "GPU, of cupy: the observations uploaded, the distribution read back)")
-    for obs_dim, space, label in ((4, Discrete(2), "4-64-64 Discrete(2)"),
-                                  (17, Box(-np.ones(6), np.ones(6)), "17-64-64 Gaussian(6)")):
-        pol = ActorCritic(obs_dim, space, (64, 64))
+    for obs_dim, space, label, shared in ((4, Discrete(2), "4-64-64 Discrete(2)", False),
+                                          (17, Box(-np.ones(6), np.ones(6)), "17-64-64 Gaussian(6)", False),
+                                          (4, Discrete(2), "4-64-64 shared trunk", True)):
+        pol = ActorCritic(obs_dim, space, (64, 64), shared=shared)
         for B in (1, 8, 64, 256, 2048) if "cupy" in backends and use("cupy") else (1, 8, 64):
             obs = np.random.default_rng(0).normal(size=(B, obs_dim)).astype(np.float32)
             rng = np.random.default_rng(0)
@@ -273,7 +274,7 @@ def bench_act(backends: list[str]) -> None:
                 if not use(name):
                     continue
                 if name == "cupy":  # the same network on the device; a rollout step's upload included
-                    pol_d = ActorCritic(obs_dim, space, (64, 64)).to(backend.to_device)
+                    pol_d = ActorCritic(obs_dim, space, (64, 64), shared=shared).to(backend.to_device)
                     calls[name] = lambda pol_d=pol_d: pol_d.act(backend.to_device(obs), rng)  # noqa: B023
                     calls["cupy arrays"], on["cupy arrays"] = array_act(pol_d, obs, rng), name
                 else:

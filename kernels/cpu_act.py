@@ -7,7 +7,8 @@ of per-call overhead for ~2 us of arithmetic. :func:`act` does it all in one cal
 
 - actor and critic forward through ``kernels.cpu._dense`` (the fused small-batch MLP's layer, any
   depth, tanh or relu, float32 or float64), the actor's output written straight into the returned
-  dist params;
+  dist params; with a shared trunk (``shared=True``), the trunk once, then the two heads on its
+  features;
 - Categorical (softmax with temperature) or diagonal Gaussian (state-independent log_std clamped to
   ``policy.LOG_STD_MIN/MAX``), log-probs in float64, rounded once to the policy's dtype at the end;
 - the action: the random numbers are drawn in Python from the caller's Generator with exactly the
@@ -74,6 +75,20 @@ def _mlp_into(x, Ws, bs, act, y):
         _dense(h, Ws[i], bs[i], out, act)
         h = out
     _dense(h, Ws[n - 1], bs[n - 1], y, ACT_NONE)
+
+
+@njit(**_MLP_JIT)
+def _trunk(x, Ws, bs, act):
+    """h = act(... act(x W_0 + b_0) ...) (B, F): a shared trunk, every layer activated (its output too),
+    each through ``cpu._dense`` as ``MLP.forward`` runs it."""
+    B = x.shape[0]
+    h = np.empty((B, Ws[0].shape[1]), x.dtype)
+    _dense(x, Ws[0], bs[0], h, act)
+    for i in range(1, len(Ws)):
+        out = np.empty((B, Ws[i].shape[1]), x.dtype)
+        _dense(h, Ws[i], bs[i], out, act)
+        h = out
+    return h
 
 
 @njit(**_JIT_EXACT)
@@ -174,6 +189,24 @@ def _act_gaussian(obs, a_Ws, a_bs, c_Ws, c_bs, act, ls, std, eps, deterministic,
     return _gaussian(mean, ls, std, eps, deterministic, actions, logp, params)
 
 
+@njit(**_JIT_EXACT)
+def _act_categorical_shared(obs, t_Ws, t_bs, a_Ws, a_bs, c_Ws, c_bs, act, temperature, u, deterministic, critic,
+                            actions, logp, v, logits):
+    """:func:`_act_categorical` on the features of a shared trunk (computed once for both heads)."""
+    feat = _trunk(obs, t_Ws, t_bs, act)
+    return _act_categorical(feat, a_Ws, a_bs, c_Ws, c_bs, act, temperature, u, deterministic, critic, actions,
+                            logp, v, logits)
+
+
+@njit(**_JIT_EXACT)
+def _act_gaussian_shared(obs, t_Ws, t_bs, a_Ws, a_bs, c_Ws, c_bs, act, ls, std, eps, deterministic, critic, actions,
+                         logp, v, params):
+    """:func:`_act_gaussian` on the features of a shared trunk (computed once for both heads)."""
+    feat = _trunk(obs, t_Ws, t_bs, act)
+    return _act_gaussian(feat, a_Ws, a_bs, c_Ws, c_bs, act, ls, std, eps, deterministic, critic, actions, logp, v,
+                         params)
+
+
 # ---------------------------------------------------------------- Python side
 _NO_DRAWS = np.empty((0, 0), np.float64)  # deterministic: nothing drawn (never read)
 _NO_VALUES = {_F32: np.empty((0, 1), _F32), _F64: np.empty((0, 1), _F64)}  # critic=False: never written
@@ -185,21 +218,22 @@ class _State:
 
     Built when any parameter array changes identity (rebinding in ``policy.params`` or in an MLP's
     own ``params``, ``ActorCritic.to``, a new dict); Adam and checkpoint loading write in place and
-    keep it. Holds the layout verdict, the weight and bias tuples the kernel takes, and the compiled
-    entry point once known. The kernel reads the arrays the numpy path reads: the MLPs' own
-    ``params``, which must be the very arrays in ``policy.params`` (else the numpy path runs).
+    keep it. Holds the layout verdict, the weight and bias tuples the kernel takes (the trunk's, if
+    shared, then the actor's and the critic's), and the compiled entry point once known. The kernel
+    reads the arrays the numpy path reads: the MLPs' own ``params``, which must be the very arrays in
+    ``policy.params`` (else the numpy path runs).
     """
 
-    __slots__ = ("p", "nets", "ok", "dt", "act", "a_Ws", "a_bs", "c_Ws", "c_bs", "log_std", "n", "fn",
-                 "entry", "pdict", "pversion")
+    __slots__ = ("p", "nets", "ok", "dt", "act", "weights", "log_std", "n", "fn", "discrete", "entry", "pdict",
+                 "pversion")
 
     def __init__(self, policy: Any, p: tuple) -> None:
         self.p, self.nets, self.ok, self.entry = p, _nets_key(policy), False, None
         self.pdict, self.pversion = policy.params, getattr(policy.params, "version", None)
-        if getattr(policy, "trunk", None) is not None or policy.activation not in ("tanh", "relu"):
+        if policy.activation not in ("tanh", "relu"):
             return
-        if None in self.nets:  # an MLP's params is a plain dict: its rebinding cannot be seen
-            return
+        if any(d is not None and version is None for d, version in zip(self.nets[::2], self.nets[1::2], strict=True)):
+            return  # an MLP's params is a plain dict: its rebinding cannot be seen
         dt = policy.dtype
         if dt not in (_F32, _F64) or not p:
             return
@@ -207,10 +241,16 @@ class _State:
         if not all(type(a) is np.ndarray and a.dtype is dt and a.flags.c_contiguous for a in p):
             return
         params = policy.params
-        nets = {}
-        for prefix, net, out in (("actor", policy.actor, policy.act_dim), ("critic", policy.critic, 1)):
+        trunk = getattr(policy, "trunk", None)
+        feat = policy.obs_dim if trunk is None else trunk.sizes[-1]
+        # (prefix, network, input width, output width, whether its output is activated)
+        nets = [("actor", policy.actor, feat, policy.act_dim, False), ("critic", policy.critic, feat, 1, False)]
+        if trunk is not None:
+            nets.insert(0, ("trunk", trunk, policy.obs_dim, feat, True))
+        weights: list[tuple] = []
+        for prefix, net, n_in, n_out, activated in nets:
             sizes = net.sizes
-            if sizes[0] != policy.obs_dim or sizes[-1] != out or net.activate_output:
+            if sizes[0] != n_in or sizes[-1] != n_out or bool(net.activate_output) is not activated:
                 return
             Ws = tuple(net.params.get(f"W{i}") for i in range(net.n_layers))
             bs = tuple(net.params.get(f"b{i}") for i in range(net.n_layers))
@@ -221,34 +261,40 @@ class _State:
                 return
             if any(b is None or b.shape != (sizes[i + 1],) for i, b in enumerate(bs)):
                 return
-            nets[prefix] = (Ws, bs)
-        n_keys = 2 * (policy.actor.n_layers + policy.critic.n_layers) + (0 if policy.discrete else 1)
+            weights += [Ws, bs]
+        n_keys = 2 * sum(net.n_layers for _, net, *_ in nets) + (0 if policy.discrete else 1)
         if len(params) != n_keys:
             return
         if not policy.discrete:
             self.log_std = params.get("log_std")
             if self.log_std is None or self.log_std.shape != (policy.act_dim,):
                 return
-        (self.a_Ws, self.a_bs), (self.c_Ws, self.c_bs) = nets["actor"], nets["critic"]
-        self.dt, self.n = dt, policy.act_dim
+        self.weights = tuple(weights)
+        self.dt, self.n, self.discrete = dt, policy.act_dim, bool(policy.discrete)
         self.act = ACT_RELU if policy.activation == "relu" else (ACT_TANH_F32 if dt is _F32 else ACT_TANH)
-        self.fn = _act_categorical if policy.discrete else _act_gaussian
+        kernels = (_act_categorical, _act_gaussian) if trunk is None else (_act_categorical_shared,
+                                                                          _act_gaussian_shared)
+        self.fn = kernels[0] if policy.discrete else kernels[1]
         _prepare(dt)  # the heads' SLP-vectorised layer, before the act kernel is compiled
         self.ok = True
 
 
 def _nets_key(policy: Any) -> tuple:
     """What changes when an MLP's own parameter is rebound: its params dict and that dict's
-    ``version`` (None for a plain dict), for the actor and the critic."""
+    ``version`` (None for a plain dict), for the actor, the critic and the trunk (None, None without)."""
     a, c = policy.actor.params, policy.critic.params
-    return a, getattr(a, "version", None), c, getattr(c, "version", None)
+    trunk = getattr(policy, "trunk", None)
+    t = None if trunk is None else trunk.params
+    return a, getattr(a, "version", None), c, getattr(c, "version", None), t, getattr(t, "version", None)
 
 
 def _same_nets(key: tuple, policy: Any) -> bool:
     """Whether :func:`_nets_key` is still ``key`` (the dicts by identity, the versions by value)."""
     a, c = policy.actor.params, policy.critic.params
-    return (key[0] is a and key[2] is c and key[1] == getattr(a, "version", None)
-            and key[3] == getattr(c, "version", None))
+    trunk = getattr(policy, "trunk", None)
+    t = None if trunk is None else trunk.params
+    return (key[0] is a and key[2] is c and key[4] is t and key[1] == getattr(a, "version", None)
+            and key[3] == getattr(c, "version", None) and key[5] == getattr(t, "version", None))
 
 
 def _state(policy: Any) -> _State | None:
@@ -277,9 +323,10 @@ def act(
     """``policy.act(obs, rng, deterministic)`` in one compiled call: (actions, logp, values, dist params).
     ``critic=False`` skips the value head (values is then None): what ``predict`` needs.
 
-    Returns None (the caller runs the numpy path) unless ``policy`` has separate tanh/relu actor and
-    critic MLPs whose parameters (and log_std) are C-contiguous numpy arrays of the policy's float
-    dtype with the expected shapes, and obs is a numpy (B, obs_dim) array with 1 <= B <= MAX_BATCH.
+    Returns None (the caller runs the numpy path) unless ``policy`` has tanh/relu actor and critic MLPs
+    (separate, or heads on a shared trunk) whose parameters (and log_std) are C-contiguous numpy arrays
+    of the policy's float dtype with the expected shapes, and obs is a numpy (B, obs_dim) array with
+    1 <= B <= MAX_BATCH.
     Raises FloatingPointError, as the numpy path does, on non-finite logits / mean / log_std (the
     random numbers for that call have then already been drawn).
     """
@@ -297,12 +344,12 @@ def act(
     deterministic, critic = bool(deterministic), bool(critic)
     v = np.empty((B, 1), dt) if critic else _NO_VALUES[dt]
     logp = np.empty(B, dt)
-    if st.fn is _act_categorical:
+    if st.discrete:
         u = _NO_DRAWS if deterministic else rng.random((B, 1))  # as Categorical.sample draws
         actions = np.empty(B, np.int64)
         params = np.empty((B, st.n), dt)
-        args = (obs, st.a_Ws, st.a_bs, st.c_Ws, st.c_bs, st.act, float(policy.temperature), u,
-                deterministic, critic, actions, logp, v, params)
+        args = (obs, *st.weights, st.act, float(policy.temperature), u, deterministic, critic, actions, logp, v,
+                params)
         bad = ("logits",)
     else:
         # numpy's own clip and exp (its float32 exp need not round as libm's does): same std, same actions
@@ -311,8 +358,7 @@ def act(
         eps = _NO_DRAWS if deterministic else rng.standard_normal((B, st.n))  # as DiagGaussian.sample
         actions = np.empty((B, st.n), dt)
         params = np.empty((B, 2 * st.n), dt)
-        args = (obs, st.a_Ws, st.a_bs, st.c_Ws, st.c_bs, st.act, ls, std, eps, deterministic, critic,
-                actions, logp, v, params)
+        args = (obs, *st.weights, st.act, ls, std, eps, deterministic, critic, actions, logp, v, params)
         bad = ("mean", "log_std")
     if st.entry is None:
         status = st.fn(*args)
@@ -321,7 +367,7 @@ def act(
         status = st.entry(*args)
     if status:
         raise FloatingPointError(f"{bad[status - 1]} contains NaN or inf")
-    if st.fn is _act_categorical and policy.temperature < 1.0:
+    if st.discrete and policy.temperature < 1.0:
         # The kernel divides in float64; numpy's Categorical divides in the policy's dtype and refuses
         # what overflows there (say logits 1 at T = 1e-40 in float32): the same test, the same error.
         with np.errstate(over="ignore"):

@@ -9,7 +9,8 @@ actions), so here the rest of the distribution goes there too:
 
 1. one launch computes every row of both networks (``gpu.act_forward``); for a Gaussian policy the
    same launch writes the clipped log-std beside the mean, so its output is already the dist params
-   (B, 2d) the rollout stores;
+   (B, 2d) the rollout stores. A shared trunk's layers are the first layers of each head's network
+   (since session 51; each of a row's two blocks computes the trunk, in parallel, with the same sums);
 2. the actor's output comes down in one copy (the logits (B, n), or [mean, log_std]);
 3. the host builds the same ``Categorical`` / ``DiagGaussian`` the numpy backend builds from those
    numbers, which checks them for NaN/inf, draws (or takes the mode) with the same Generator calls,
@@ -45,23 +46,30 @@ larger batches take the array path, whose launches are then a small share."""
 
 class _State:
     """The layer table for one set of parameter arrays, or ``ok=False`` when the kernel does not fit
-    the policy (a shared trunk, an activation other than tanh/relu, arrays not on the device, not
-    C-contiguous or not of the policy's dtype, wider layers than a block's shared memory holds)."""
+    the policy (an activation other than tanh/relu, arrays not on the device, not C-contiguous or not
+    of the policy's dtype, wider layers than a block's shared memory holds, networks of other widths
+    or activations than the policy's own)."""
 
     __slots__ = ("key", "ok", "layers", "actor_layers", "log_std", "relu")
 
     def __init__(self, policy: Any, key: tuple) -> None:
         self.key, self.ok, self.actor_layers = key, False, None
         cp = gpu._cupy()
-        if getattr(policy, "trunk", None) is not None or policy.activation not in ("tanh", "relu"):
+        if policy.activation not in ("tanh", "relu"):
             return
         params = policy.params
         dt = np.dtype(policy.dtype)
         if dt not in gpu.ACT_NAMES or not all(type(a) is cp.ndarray and a.dtype == dt for a in params.values()):
             return
+        trunk = getattr(policy, "trunk", None)
+        feat = policy.obs_dim if trunk is None else trunk.sizes[-1]
+        # (prefix, network, input width, output width, whether its output is activated)
+        specs = [("actor", policy.actor, feat, policy.act_dim, False), ("critic", policy.critic, feat, 1, False)]
+        if trunk is not None:
+            specs.insert(0, ("trunk", trunk, policy.obs_dim, feat, True))
         nets = []
-        for prefix, net, out in (("actor", policy.actor, policy.act_dim), ("critic", policy.critic, 1)):
-            if net.activate_output or net.sizes[0] != policy.obs_dim or net.sizes[-1] != out:
+        for prefix, net, n_in, n_out, activated in specs:
+            if bool(net.activate_output) is not activated or net.sizes[0] != n_in or net.sizes[-1] != n_out:
                 return
             if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):
                 return  # the policy's dict and the MLP's disagree (a rebinding in one of them)
@@ -69,7 +77,12 @@ class _State:
             if any(a is None for layer in layers for a in layer):
                 return
             nets.append(layers)
-        n_keys = 2 * (policy.actor.n_layers + policy.critic.n_layers) + (0 if policy.discrete else 1)
+        if trunk is not None:
+            # Each head's network is the trunk's layers then the head: the kernel activates every layer
+            # but a network's last, as the trunk (its output activated) and the linear heads need. The
+            # trunk is computed twice, by two blocks at once: the same sums, so the same features.
+            nets = [nets[0] + nets[1], nets[0] + nets[2]]
+        n_keys = 2 * sum(net.n_layers for _, net, *_ in specs) + (0 if policy.discrete else 1)
         self.log_std = None if policy.discrete else params.get("log_std")
         if len(params) != n_keys or (not policy.discrete and getattr(self.log_std, "shape", None)
                                      != (policy.act_dim,)):
@@ -86,8 +99,10 @@ class _State:
 
 def _key(policy: Any) -> tuple:
     """What the state depends on, compared by identity: every parameter array, in the policy's dict
-    and in each MLP's own."""
-    return (*policy.params.values(), None, *policy.actor.params.values(), None, *policy.critic.params.values())
+    and in each MLP's own (the trunk's too, if shared)."""
+    trunk = getattr(policy, "trunk", None)
+    return (*policy.params.values(), None, *policy.actor.params.values(), None, *policy.critic.params.values(),
+            None, *(() if trunk is None else trunk.params.values()))
 
 
 def _state(policy: Any) -> _State | None:

@@ -368,14 +368,17 @@ def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys)
     monkeypatch.setattr(gpu, "_kernel", lambda *a: launches.append(a[0]) or real_kernel(*a))
     kb.bench_act(backends)
     rows = capsys.readouterr().out.splitlines()[1:]
-    assert [r.split("B=")[1].split()[0] for r in rows] == ["1", "8", "64", "256", "2048"] * 2
+    assert [r.split("B=")[1].split()[0] for r in rows] == ["1", "8", "64", "256", "2048"] * 3
+    assert [r.split("B=")[0].strip() for r in rows[::5]] == ["4-64-64 Discrete(2)", "17-64-64 Gaussian(6)",
+                                                             "4-64-64 shared trunk"]
     assert all(r.endswith("numpy    2.00  cupy    8.00  cupy arrays    8.00  cupy speed-up  0.25x  "
                           "act.cu speed-up  1.00x") for r in rows), rows
     assert [(label, name) for label, name, _ in ran] == [("numpy", "numpy"), ("cupy", "cupy"),
-                                                         ("cupy arrays", "cupy")] * 10
-    # each cupy act sends its observations up; through act.cu (one launch) or the array operations (none)
-    assert uploaded == [("numpy", False), ("cupy", True), ("cupy arrays", True)] * 10
-    assert launches == ["act_forward_f32"] * 10
+                                                         ("cupy arrays", "cupy")] * 15
+    # each cupy act sends its observations up; through act.cu (one launch, the shared trunk's too) or
+    # the array operations (none)
+    assert uploaded == [("numpy", False), ("cupy", True), ("cupy arrays", True)] * 15
+    assert launches == ["act_forward_f32"] * 15
     ran.clear()
     launches.clear()
     kb.bench_adam(backends)

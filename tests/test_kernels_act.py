@@ -98,11 +98,16 @@ def _assert_close(fused, ref, dtype, what):
     np.testing.assert_allclose(fused, ref, rtol=tol, atol=tol * scale, err_msg=what)
 
 
+# (hidden, shared): a shared trunk needs a hidden layer; its trunks of depth 1 and 2 (each depth and
+# dtype is a compile of its own)
+NETS = [((64, 64), False), ((8,), False), ((16, 9, 7), False), ((), False), ((64, 64), True), ((8,), True)]
+
+
 @SLOW
 @given(
     dtype=st.sampled_from([np.float32, np.float64]),
     discrete=st.booleans(),
-    hidden=st.sampled_from([(64, 64), (8,), (16, 9, 7), ()]),
+    nets=st.sampled_from(NETS),
     activation=st.sampled_from(["tanh", "relu"]),
     B=st.sampled_from([1, 2, 5, 8, 64]),
     temperature=st.sampled_from([1.0, 0.5, 2.0]),
@@ -111,9 +116,10 @@ def _assert_close(fused, ref, dtype, what):
     seed=st.integers(0, 2**16),
 )
 def test_fused_act_matches_numpy_act(
-    dtype, discrete, hidden, activation, B, temperature, n_actions, deterministic, seed
+    dtype, discrete, nets, activation, B, temperature, n_actions, deterministic, seed
 ):
-    pol = _policy(dtype, discrete, hidden, activation, seed, temperature, n_actions)
+    hidden, shared = nets
+    pol = _policy(dtype, discrete, hidden, activation, seed, temperature, n_actions, shared)
     obs = _obs(B, seed, dtype)
     use_backend("numpy")
     (a_ref, lp_ref, v_ref, d_ref), next_ref = _act(pol, obs, seed, deterministic)
@@ -143,7 +149,7 @@ def test_fused_act_matches_numpy_act(
 @given(
     dtype=st.sampled_from([np.float32, np.float64]),
     discrete=st.booleans(),
-    hidden=st.sampled_from([(64, 64), (8,), ()]),
+    nets=st.sampled_from([n for n in NETS if n[0] != (16, 9, 7)]),
     activation=st.sampled_from(["tanh", "relu"]),
     B=st.sampled_from([1, 3, 8]),
     temperature=st.sampled_from([1.0, 0.7]),
@@ -151,10 +157,13 @@ def test_fused_act_matches_numpy_act(
     seed=st.integers(0, 2**16),
 )
 def test_fused_act_matches_the_unfused_numba_path_exactly(
-    dtype, discrete, hidden, activation, B, temperature, deterministic, seed
+    dtype, discrete, nets, activation, B, temperature, deterministic, seed
 ):
+    """Bit for bit (but logp, in float64 here): the same layer code on the same rows, a shared trunk's
+    features computed once for both heads as ``ActorCritic.forward`` computes them."""
     use_backend("numba")
-    pol = _policy(dtype, discrete, hidden, activation, seed, temperature)
+    hidden, shared = nets
+    pol = _policy(dtype, discrete, hidden, activation, seed, temperature, shared=shared)
     obs = _obs(B, seed, dtype)
     (a, lp, v, d), next_fused = _act(pol, obs, seed, deterministic)
     (a_ref, lp_ref, v_ref, d_ref), next_ref = _unfused_act(pol, obs, seed, deterministic)
@@ -200,6 +209,15 @@ def test_in_place_updates_are_seen_and_rebinding_rebuilds_the_state():
     np.testing.assert_array_equal(d1[:, :3], d0[:, :3])  # the means; then log_std, moved by 0.5
     np.testing.assert_allclose(d1[:, 3:], d0[:, 3:] + 0.5, rtol=1e-6)
     np.testing.assert_array_equal(d1, _unfused_act(gauss, obs, 0, False)[0][3])
+    # a shared trunk's array rebound in the trunk's own dict alone: seen (that dict's version), and the
+    # act reads what numpy reads
+    sh = _policy(np.float32, True, (8,), "tanh", 1, shared=True)
+    v0 = sh.act(obs, np.random.default_rng(0))[2]
+    assert sh.__dict__["_numba_act_state"].ok
+    sh.trunk.params["b0"] = sh.trunk.params["b0"] + np.float32(1.0)
+    v1 = sh.act(obs, np.random.default_rng(0))[2]
+    assert not np.array_equal(v1, v0)
+    np.testing.assert_array_equal(v1, _unfused_act(sh, obs, 0, False)[0][2])
 
 
 def test_the_state_check_by_version_and_by_identity_see_the_same_rebindings():
@@ -264,7 +282,10 @@ def test_unsupported_setups_fall_back_to_the_numpy_path(monkeypatch):
     assert cpu_act.act(ok, obs[:, :3], rng) is None  # wrong width: the numpy path raises
     with pytest.raises(ValueError, match="obs must have shape"):
         ok.act(obs[:, :3], rng)
-    shared = _policy(np.float32, True, (8,), "tanh", 1, shared=True)
+    shared = _policy(np.float32, True, (8,), "tanh", 1, shared=True)  # (fused since session 51)
+    assert cpu_act.act(shared, obs, rng) is not None
+    shared.trunk = MLP([OBS_DIM, 8], "tanh", seed=2, activate_output=False)  # a trunk ActorCritic never makes
+    shared.params.update({f"trunk.{k}": a for k, a in shared.trunk.params.items()})
     assert cpu_act.act(shared, obs, rng) is None
     mixed = _policy(np.float32, False, (8,), "tanh", 1)
     mixed.params["log_std"] = mixed.params["log_std"].astype(np.float64)  # unsupported dtype mix
@@ -477,7 +498,8 @@ def _train_rows(cfg):
 
 
 @pytest.mark.parametrize("overrides", [dict(env_id="CartPole-v1", autoreset="next_step"),
-                                       dict(env_id="Pendulum-v1", ent_coef=0.01)])
+                                       dict(env_id="Pendulum-v1", ent_coef=0.01),
+                                       dict(env_id="CartPole-v1", shared=True)])
 def test_numba_training_run_is_bit_identical_and_uses_the_fused_act(overrides):
     pytest.importorskip("gymnasium")
     import json

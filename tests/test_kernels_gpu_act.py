@@ -224,12 +224,15 @@ def assert_act_close(fused, arrays, dtype):
 @pytest.mark.parametrize("discrete", [True, False])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("shared", [False, True])
 def test_act_through_the_kernel_matches_the_array_path(device, monkeypatch, dtype, discrete, activation,
-                                                        deterministic):
+                                                        deterministic, shared):
     """The same actions from the same draws (the Generators start alike), logp, values and dist params
-    to rounding; one launch for both networks, the logits (or [mean, log_std]) down once."""
+    to rounding; one launch for both networks, the logits (or [mean, log_std]) down once. A shared
+    trunk (since session 51) is each head's network's first layers: the same launch."""
     cp = device
-    pol = make_policy(cp, discrete, dtype, activation=activation, temperature=0.7 if discrete else 1.0)
+    pol = make_policy(cp, discrete, dtype, activation=activation, temperature=0.7 if discrete else 1.0,
+                      shared=shared)
     obs = cp.asarray(np.random.default_rng(1).normal(size=(6, 5)).astype(dtype))
     before = dict(cp.STATS)
     fused = pol.act_with_device_actions(obs, np.random.default_rng(2), deterministic)
@@ -245,11 +248,12 @@ def test_act_through_the_kernel_matches_the_array_path(device, monkeypatch, dtyp
 
 @pytest.mark.parametrize("discrete", [True, False])
 @pytest.mark.parametrize("deterministic", [True, False])
-def test_predict_runs_the_actor_alone(device, monkeypatch, discrete, deterministic):
+@pytest.mark.parametrize("shared", [False, True])
+def test_predict_runs_the_actor_alone(device, monkeypatch, discrete, deterministic, shared):
     """predict (critic=False): one launch of the actor's rows (its own table, made once), one copy
-    down, nothing up; the array path's actions."""
+    down, nothing up; the array path's actions. With a shared trunk, the trunk and the actor's head."""
     cp = device
-    pol = make_policy(cp, discrete, np.float64)
+    pol = make_policy(cp, discrete, np.float64, shared=shared)
     obs = np.random.default_rng(3).normal(size=(4, 5))
     before = dict(cp.STATS)
     got = pol.predict(obs, deterministic, np.random.default_rng(4))
@@ -289,6 +293,15 @@ def test_in_place_updates_are_read_and_rebinding_rebuilds_the_table(device, monk
     pol.params["actor.b0"] = pol.params["actor.b0"] + 1.0  # the MLP still has the old array
     pol.act(obs, np.random.default_rng(0))
     assert len(cp.launches) == n and pol.__dict__["_gpu_act_state"].ok is False
+    shared = make_policy(cp, shared=True)  # a trunk array rebound in both dicts: a new table that holds it
+    shared.act(obs, np.random.default_rng(0))
+    table = shared.__dict__["_gpu_act_state"].layers.table
+    shared.params["trunk.b0"] = shared.trunk.params["b0"] = shared.params["trunk.b0"] + 1.0
+    _, _, values, _ = shared.act(obs, np.random.default_rng(0))
+    assert shared.__dict__["_gpu_act_state"].layers.table is not table
+    assert all(net[0][1] is shared.params["trunk.b0"] for net in shared.__dict__["_gpu_act_state"].layers.nets)
+    want = array_path(monkeypatch, lambda: shared.act(obs, np.random.default_rng(0)))[2]
+    np.testing.assert_allclose(host(values), host(want), rtol=1e-5, atol=2e-5)
 
 
 def test_a_copy_acts_with_its_own_parameters(device):
@@ -309,13 +322,20 @@ def test_a_copy_acts_with_its_own_parameters(device):
 
 
 def test_setups_the_kernel_does_not_take_run_the_array_path(device, monkeypatch):
-    """A shared trunk, layers wider than a block's shared memory holds, a batch above MAX_BATCH, host
-    parameters with device observations, a non-contiguous weight: no launch, the array path's result."""
+    """A shared trunk whose output is not activated (not ActorCritic's), layers wider than a block's
+    shared memory holds, a batch above MAX_BATCH, host parameters with device observations, a
+    non-contiguous weight: no launch, the array path's result."""
     from minippo.kernels import gpu_act
+
+    from minippo.nn import MLP
 
     cp = device
     wide = (gpu.ACT_SHARED_MAX // (2 * 4)) + 1  # float32: two rows of this width are over the limit
-    cases = [make_policy(cp, shared=True), make_policy(cp, hidden=(wide,)),
+    linear_trunk = make_policy(cp, shared=True)
+    trunk = MLP([5, 16, 16], activate_output=False)
+    trunk.params.update({k: linear_trunk.params[f"trunk.{k}"] for k in trunk.params})
+    linear_trunk.trunk = trunk
+    cases = [linear_trunk, make_policy(cp, hidden=(wide,)),
              make_policy(cp, hidden=(3,), activation="tanh"), make_policy(cp)]
     fortran = cp.asarray(np.asfortranarray(host(cases[3].params["actor.W0"])))
     cases[3].params["actor.W0"] = cases[3].actor.params["W0"] = fortran
@@ -465,13 +485,15 @@ def test_real_device_kernel_is_the_reference_mlp(dtype, relu):
 @pytest.mark.skipif(not strict_cupy.real_device(), reason="needs cupy and a CUDA device")
 @pytest.mark.parametrize("discrete", [True, False])
 @pytest.mark.parametrize("B", [1, 8, 2048])
-def test_real_device_act_matches_the_array_path(monkeypatch, discrete, B):
+@pytest.mark.parametrize("shared", [False, True])
+def test_real_device_act_matches_the_array_path(monkeypatch, discrete, B, shared):
     """ActorCritic.act on the device through act.cu against its array operations (cuBLAS, CuPy's
-    distribution): the same actions and, to rounding, the same logp, values and dist params."""
+    distribution): the same actions and, to rounding, the same logp, values and dist params; a shared
+    trunk too (not yet run on a device: none was lent in session 51, when it was added)."""
     import cupy
 
     for dtype in (np.float32, np.float64):
-        pol = make_policy(cupy, discrete, dtype, hidden=(64, 64))
+        pol = make_policy(cupy, discrete, dtype, hidden=(64, 64), shared=shared)
         obs = cupy.asarray(np.random.default_rng(B).normal(size=(B, 5)).astype(dtype))
         fused = pol.act_with_device_actions(obs, np.random.default_rng(2))
         assert pol.__dict__["_gpu_act_state"].ok
