@@ -4,7 +4,8 @@ ladder: PPO-clip, PPO-penalty (adaptive KL), the importance-sampled surrogate, a
 numpy spends a CartPole minibatch step (B = 256, two 4-64-64-x tanh MLPs) in ~200 calls of
 elementwise work and matmul overhead (~600 us, measured). Here it is two compiled calls:
 
-1. :meth:`FusedUpdate.loss_and_grads`: forward of the actor and critic MLPs, the Categorical
+1. :meth:`FusedUpdate.loss_and_grads`: forward of the actor and critic MLPs (with a shared trunk:
+   the trunk once, then the two heads on its features, their input gradients summed), the Categorical
    distribution (softmax with temperature) or the diagonal Gaussian, per-minibatch advantage
    normalisation, the policy objective (clip, KL penalty with its exact KL(pi_old || pi_theta),
    surrogate, or the plain policy gradient), the (optionally clipped) value loss, the entropy bonus,
@@ -83,10 +84,26 @@ def _mlp_forward(x, Ws, bs, act):
 
 
 @njit(**_JIT)
-def _mlp_backward(dy, hs, Ws, gWs, gbs, act):
-    """Given dy = dL/dy (B, F_L): dL/dW_i into gWs[i], dL/db_i into gbs[i]; no input gradient."""
-    d = dy
+def _act_grad(dx, h, act):
+    """dx *= act'(.) in place, from the activation's output h (B, K): tanh' = 1 - h^2, relu' = [h > 0]."""
+    B, K = dx.shape
     one = np.float32(1)
+    if act == ACT_RELU:
+        for r in range(B):
+            for k in range(K):
+                dx[r, k] = dx[r, k] if h[r, k] > 0 else 0
+    else:
+        for r in range(B):
+            for k in range(K):
+                dx[r, k] *= one - h[r, k] * h[r, k]
+
+
+@njit(**_JIT)
+def _mlp_backward(dy, hs, Ws, gWs, gbs, act, dx0):
+    """Given dy = dL/dy (B, F_L): dL/dW_i into gWs[i], dL/db_i into gbs[i]; with dx0 (B, F_0) (not
+    (0, 0)) the input gradient dy W_L^T ... W_0^T (through the activations) is added into it (a
+    shared trunk's features feed two heads: their gradients sum)."""
+    d = dy
     for i in range(len(Ws) - 1, -1, -1):
         W, gW, gb = Ws[i], gWs[i], gbs[i]
         B = d.shape[0]
@@ -94,20 +111,28 @@ def _mlp_backward(dy, hs, Ws, gWs, gbs, act):
         K = W.shape[0]
         _weight_grad(hs[i], d, gW)
         if i == 0:
+            if dx0.shape[0] > 0:
+                _mm_acc(d, _transposed(W), dx0)
             break
         WT = _transposed(W)  # W's columns made rows: dx = d W^T vectorises along k
         dx = np.zeros((B, K), d.dtype)
         _mm_acc(d, WT, dx)
-        h = hs[i]
-        if act == ACT_RELU:
-            for r in range(B):
-                for k in range(K):
-                    dx[r, k] = dx[r, k] if h[r, k] > 0 else 0
-        else:
-            for r in range(B):
-                for k in range(K):
-                    dx[r, k] *= one - h[r, k] * h[r, k]
+        _act_grad(dx, hs[i], act)
         d = dx
+
+
+@njit(**_JIT)
+def _trunk_forward(x, Ws, bs, act):
+    """[x, h_1, ..., h_L]: a shared trunk's forward, every layer activated (its output too)."""
+    B = x.shape[0]
+    hs = [x]
+    h = x
+    for i in range(len(Ws)):
+        out = np.empty((B, Ws[i].shape[1]), x.dtype)
+        _dense(h, Ws[i], bs[i], out, act)
+        hs.append(out)
+        h = out
+    return hs
 
 
 # ---------------------------------------------------------------- the loss and its input gradients
@@ -235,10 +260,12 @@ def _log_softmax_row(z, i, temperature, lp, p):
 @njit(**_JIT)
 def _categorical_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs, actions, logp_old, adv,
                         returns, values_old, act, temperature, clip_eps, ent_coef, vf_coef, vclip, normalize,
-                        obj, beta, dist_old, stats):
+                        obj, beta, dist_old, dfeat, stats):
     """Whole minibatch, Categorical policy: gradients into a_g*/c_g*, stats (N_STATS,) float64.
     ``obj``: the policy objective's code; for OBJ_KL, dist_old (B, n) holds pi_old's logits and
-    beta the penalty's coefficient (else dist_old is never read).
+    beta the penalty's coefficient (else dist_old is never read). ``obs`` is the networks' input (a
+    shared trunk's features); ``dfeat`` (B, F), zeroed, gets dL/d obs added (for the trunk's backward),
+    or is (0, 0) and not written (separate networks).
 
     Returns -1, or the first sample index whose action is outside [0, n) (nothing then computed)."""
     B = obs.shape[0]
@@ -281,18 +308,18 @@ def _categorical_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs,
     dvalues = np.empty((B, 1), logits.dtype)
     _value_terms(hc[len(hc) - 1], returns, values_old, vclip, vf_coef, dvalues, stats)
     _finish_stats(stats, ent_coef, vf_coef, B, obj, beta)
-    _mlp_backward(dlogits, ha, a_Ws, a_gWs, a_gbs, act)
-    _mlp_backward(dvalues, hc, c_Ws, c_gWs, c_gbs, act)
+    _mlp_backward(dlogits, ha, a_Ws, a_gWs, a_gbs, act, dfeat)
+    _mlp_backward(dvalues, hc, c_Ws, c_gWs, c_gbs, act, dfeat)
     return -1
 
 
 @njit(**_JIT)
 def _gaussian_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, log_std, g_log_std, obs, actions,
                      logp_old, adv, returns, values_old, act, log_std_min, log_std_max, clip_eps, ent_coef,
-                     vf_coef, vclip, normalize, obj, beta, dist_old, stats):
+                     vf_coef, vclip, normalize, obj, beta, dist_old, dfeat, stats):
     """Whole minibatch, diagonal Gaussian with state-independent log_std clamped to
-    [log_std_min, log_std_max] (zero gradient where the clamp is active). ``obj``, ``beta``: as for
-    :func:`_categorical_update`; dist_old (B, 2d) holds pi_old's [mean, log_std]. Returns -1."""
+    [log_std_min, log_std_max] (zero gradient where the clamp is active). ``obj``, ``beta``, ``dfeat``:
+    as for :func:`_categorical_update`; dist_old (B, 2d) holds pi_old's [mean, log_std]. Returns -1."""
     B = obs.shape[0]
     ha = _mlp_forward(obs, a_Ws, a_bs, act)
     hc = _mlp_forward(obs, c_Ws, c_bs, act)
@@ -341,9 +368,50 @@ def _gaussian_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, log_std
     dvalues = np.empty((B, 1), mean.dtype)
     _value_terms(hc[len(hc) - 1], returns, values_old, vclip, vf_coef, dvalues, stats)
     _finish_stats(stats, ent_coef, vf_coef, B, obj, beta)
-    _mlp_backward(dmean, ha, a_Ws, a_gWs, a_gbs, act)
-    _mlp_backward(dvalues, hc, c_Ws, c_gWs, c_gbs, act)
+    _mlp_backward(dmean, ha, a_Ws, a_gWs, a_gbs, act, dfeat)
+    _mlp_backward(dvalues, hc, c_Ws, c_gWs, c_gbs, act, dfeat)
     return -1
+
+
+@njit(**_JIT)
+def _trunk_backward(dfeat, hs, Ws, gWs, gbs, act):
+    """A shared trunk's gradients from dL/d(its output) ``dfeat`` (B, F), overwritten: through the
+    output's activation, then :func:`_mlp_backward` over its layers ([x, h_1, ..., h_L] from
+    :func:`_trunk_forward`)."""
+    _act_grad(dfeat, hs[len(hs) - 1], act)
+    _mlp_backward(dfeat, hs, Ws, gWs, gbs, act, np.empty((0, 0), dfeat.dtype))
+
+
+@njit(**_JIT)
+def _categorical_update_shared(t_Ws, t_bs, t_gWs, t_gbs, a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs,
+                               actions, logp_old, adv, returns, values_old, act, temperature, clip_eps, ent_coef,
+                               vf_coef, vclip, normalize, obj, beta, dist_old, dfeat, stats):
+    """:func:`_categorical_update` on a shared trunk's features (the trunk run once, its gradients into
+    t_g* from both heads'); dfeat (B, F) is scratch."""
+    ht = _trunk_forward(obs, t_Ws, t_bs, act)
+    dfeat[:] = 0
+    bad = _categorical_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, ht[len(ht) - 1], actions,
+                              logp_old, adv, returns, values_old, act, temperature, clip_eps, ent_coef, vf_coef,
+                              vclip, normalize, obj, beta, dist_old, dfeat, stats)
+    if bad >= 0:
+        return bad
+    _trunk_backward(dfeat, ht, t_Ws, t_gWs, t_gbs, act)
+    return -1
+
+
+@njit(**_JIT)
+def _gaussian_update_shared(t_Ws, t_bs, t_gWs, t_gbs, a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, log_std,
+                            g_log_std, obs, actions, logp_old, adv, returns, values_old, act, log_std_min,
+                            log_std_max, clip_eps, ent_coef, vf_coef, vclip, normalize, obj, beta, dist_old, dfeat,
+                            stats):
+    """:func:`_gaussian_update` on a shared trunk's features, as :func:`_categorical_update_shared`."""
+    ht = _trunk_forward(obs, t_Ws, t_bs, act)
+    dfeat[:] = 0
+    r = _gaussian_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, log_std, g_log_std, ht[len(ht) - 1],
+                         actions, logp_old, adv, returns, values_old, act, log_std_min, log_std_max, clip_eps,
+                         ent_coef, vf_coef, vclip, normalize, obj, beta, dist_old, dfeat, stats)
+    _trunk_backward(dfeat, ht, t_Ws, t_gWs, t_gbs, act)
+    return r
 
 
 # ---------------------------------------------------------------- clip_grad_norm + Adam
@@ -405,6 +473,7 @@ class FusedUpdate:
         self.obj = OBJECTIVES[config.objective]
         self.beta = real("beta", beta, 0.0) if self.obj == OBJ_KL else 0.0  # as kl_penalty_objective checks it
         self._no_old = np.empty((0, 0), dt)  # dist_old for the objectives that do not read it
+        self._no_dfeat = np.empty((0, 0), dt)  # separate networks: no features' gradient
         params = policy.params
         self.discrete = policy.discrete
         self.act = {"tanh": ACT_TANH_F32 if dt is _F32 else ACT_TANH, "relu": ACT_RELU}[policy.activation]
@@ -412,11 +481,21 @@ class FusedUpdate:
         self.g = np.zeros(optimizer._m.shape, dt)
         slices = optimizer._slices
         self._grads = {k: self.g[sl].reshape(shape) for k, (sl, shape) in slices.items()}
+        trunk = getattr(policy, "trunk", None)
         nets = {"actor": policy.actor.n_layers, "critic": policy.critic.n_layers}
+        if trunk is not None:
+            nets["trunk"] = trunk.n_layers
+        tuples = {}
         for prefix, n in nets.items():
             for name, src in (("Ws", params), ("bs", params), ("gWs", self._grads), ("gbs", self._grads)):
                 letter = name[-2]
-                setattr(self, f"{prefix[0]}_{name}", tuple(src[f"{prefix}.{letter}{i}"] for i in range(n)))
+                tuples[prefix[0], name] = tuple(src[f"{prefix}.{letter}{i}"] for i in range(n))
+        # What the kernels take first: (the trunk's Ws, bs, gWs, gbs,) the actor's and the critic's Ws, bs,
+        # then their gWs, gbs
+        heads = tuple(tuples[p, name] for p in "ac" for name in ("Ws", "bs")) + \
+            tuple(tuples[p, name] for p in "ac" for name in ("gWs", "gbs"))
+        self.nets = heads if trunk is None else tuple(tuples["t", name] for name in ("Ws", "bs", "gWs", "gbs")) + heads
+        self.feat = 0 if trunk is None else trunk.sizes[-1]
         self.flat_params = tuple(params[k].reshape(-1) for k in slices)
         self.offsets = np.array([sl.start for sl, _ in slices.values()], np.int64)
         self.sc = np.zeros(8, dt)
@@ -458,7 +537,8 @@ class FusedUpdate:
         vclip = self.vclip
         vclip[0] = clip_eps if self.vclip_on else -1.0  # rounded to the dtype, as numpy rounds it
         st = self.stats
-        common = (self.a_Ws, self.a_bs, self.c_Ws, self.c_bs, self.a_gWs, self.a_gbs, self.c_gWs, self.c_gbs)
+        dfeat = self._no_dfeat if not self.feat else np.empty((B, self.feat), dt)  # (the kernel zeroes it)
+        shared = bool(self.feat)
         if self.discrete:
             actions = np.ascontiguousarray(batch["actions"])
             if actions.shape != (B,) or actions.dtype.kind not in "iufb":
@@ -467,10 +547,10 @@ class FusedUpdate:
                 index = actions.astype(np.int64, copy=False)  # the range is checked in the kernel
             else:  # whole numbers in another dtype, as Categorical takes them (2.0 is action 2)
                 index = action_indices(actions, pol.act_dim)
-            bad = _categorical_update(
-                *common, obs, index, logp_old, adv, returns, values_old,
+            bad = (_categorical_update_shared if shared else _categorical_update)(
+                *self.nets, obs, index, logp_old, adv, returns, values_old,
                 self.act, pol.temperature, float(clip_eps), float(ent_coef), float(cfg.vf_coef), vclip,
-                bool(cfg.normalize_advantages), self.obj, self.beta, dist_old, st,
+                bool(cfg.normalize_advantages), self.obj, self.beta, dist_old, dfeat, st,
             )
             if bad >= 0:
                 raise ValueError(f"actions must be integers in [0, {pol.act_dim}), got {actions[bad]}")
@@ -480,10 +560,10 @@ class FusedUpdate:
             actions = np.ascontiguousarray(batch["actions"], dt)
             if actions.shape != (B, pol.act_dim):
                 raise ValueError(f"actions must have shape ({B}, {pol.act_dim}), got {actions.shape}")
-            _gaussian_update(
-                *common, pol.params["log_std"], self._grads["log_std"], obs, actions, logp_old, adv, returns,
+            (_gaussian_update_shared if shared else _gaussian_update)(
+                *self.nets, pol.params["log_std"], self._grads["log_std"], obs, actions, logp_old, adv, returns,
                 values_old, self.act, LOG_STD_MIN, LOG_STD_MAX, float(clip_eps), float(ent_coef),
-                float(cfg.vf_coef), vclip, bool(cfg.normalize_advantages), self.obj, self.beta, dist_old, st,
+                float(cfg.vf_coef), vclip, bool(cfg.normalize_advantages), self.obj, self.beta, dist_old, dfeat, st,
             )
         if not math.isfinite(st[3]):
             _raise_non_finite(batch, pol.params, self.obj == OBJ_KL)
@@ -538,12 +618,13 @@ def make(
     ``beta``: the KL penalty's coefficient for this update (objective "kl_penalty"; default
     ``config.kl_beta``).
 
-    Supported: every objective, separate actor and critic MLPs (no shared trunk), tanh or relu,
+    Supported: every objective, separate actor and critic MLPs or a shared trunk (its output activated)
+    under two heads, tanh or relu,
     Categorical or diagonal Gaussian, float32 or float64 C-contiguous numpy parameters, and an Adam
     over exactly ``policy.params`` (its flat moments in the same dtype). ``only_if_faster`` also
     declines float64 tanh: libm tanh does not vectorise, so there the fused step is slower than
     numpy's (measured 1.6 ms against 1.1 ms per B = 256 minibatch of a 64-64 Gaussian policy)."""
-    if config.objective not in OBJECTIVES or getattr(policy, "trunk", None) is not None:
+    if config.objective not in OBJECTIVES:
         return None
     if policy.activation not in ("tanh", "relu"):
         return None
@@ -556,9 +637,25 @@ def make(
         return None
     if getattr(optimizer, "params", None) is not params or list(getattr(optimizer, "_slices", {})) != list(params):
         return None
-    for prefix, net in (("actor", policy.actor), ("critic", policy.critic)):  # the arrays numpy's forward reads
-        if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):
+    trunk = getattr(policy, "trunk", None)
+    feat = policy.obs_dim if trunk is None else trunk.sizes[-1]
+    # (prefix, network, input width, output width, whether its output is activated)
+    nets = [("actor", policy.actor, feat, policy.act_dim, False), ("critic", policy.critic, feat, 1, False)]
+    if trunk is not None:
+        nets.append(("trunk", trunk, policy.obs_dim, feat, True))
+    for prefix, net, n_in, n_out, activated in nets:
+        sizes = net.sizes
+        if sizes[0] != n_in or sizes[-1] != n_out or bool(net.activate_output) is not activated:
             return None
+        if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):  # what numpy's forward reads
+            return None
+        # the kernels do no bounds checks: every layer's shape as the widths say
+        for i in range(net.n_layers):
+            W, b = params.get(f"{prefix}.W{i}"), params.get(f"{prefix}.b{i}")
+            if W is None or b is None or W.shape != (sizes[i], sizes[i + 1]) or b.shape != (sizes[i + 1],):
+                return None
+    if len(params) != 2 * sum(net.n_layers for _, net, *_ in nets) + (0 if policy.discrete else 1):
+        return None
     for a in (optimizer._m, optimizer._v):
         if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous or a.ndim != 1:
             return None

@@ -42,9 +42,9 @@ SLOW = settings(max_examples=40, deadline=None)  # deadline=None: the first exam
 STAT_TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-9, atol=1e-12)}
 
 
-def _policy(dtype, discrete, hidden, activation, seed, temperature=1.0, n_actions=3):
+def _policy(dtype, discrete, hidden, activation, seed, temperature=1.0, n_actions=3, shared=False):
     space = Discrete(n_actions) if discrete else Box(-np.ones(n_actions), np.ones(n_actions))
-    pol = ActorCritic(5, space, hidden, activation, False, -0.3, seed, dtype, temperature)
+    pol = ActorCritic(5, space, hidden, activation, shared, -0.3, seed, dtype, temperature)
     rng = np.random.default_rng(seed)
     for p in pol.params.values():  # move off the zero-bias, tiny-head init
         p += (0.1 * rng.normal(size=p.shape)).astype(dtype)
@@ -95,11 +95,14 @@ def _assert_grads_close(g_fused, g_ref, dtype):
             np.testing.assert_allclose(g_fused[k], ref, rtol=1e-4, atol=2e-5 * max(scale, 1e-3), err_msg=k)
 
 
-# What the parity tests draw, besides the objective's own settings.
+# What the parity tests draw, besides the objective's own settings. (hidden, shared): a shared trunk
+# (fused since session 51) needs a hidden layer; trunks of depth 1 and 2 (each depth and dtype is a
+# compile of its own).
 SETUPS = dict(
     dtype=st.sampled_from([np.float32, np.float64]),
     discrete=st.booleans(),
-    hidden=st.sampled_from([(64, 64), (8,), (16, 9, 7), ()]),
+    nets=st.sampled_from([((64, 64), False), ((8,), False), ((16, 9, 7), False), ((), False), ((64, 64), True),
+                          ((8,), True)]),
     activation=st.sampled_from(["tanh", "relu"]),
     B=st.sampled_from([2, 3, 17, 64, 257]),
     temperature=st.sampled_from([1.0, 0.5, 2.0]),
@@ -113,9 +116,9 @@ SETUPS = dict(
 @SLOW
 @given(clip_eps=st.sampled_from([0.1, 0.2]), **SETUPS)
 def test_fused_grads_and_stats_match_loss_and_grads(
-    dtype, discrete, hidden, activation, B, temperature, clip_vloss, normalize, ent_coef, clip_eps, seed
+    dtype, discrete, nets, activation, B, temperature, clip_vloss, normalize, ent_coef, clip_eps, seed
 ):
-    _fused_matches_loss_and_grads(dtype, discrete, hidden, activation, B, temperature, clip_vloss, normalize,
+    _fused_matches_loss_and_grads(dtype, discrete, nets, activation, B, temperature, clip_vloss, normalize,
                                   ent_coef, clip_eps, seed, "clip", None)
 
 
@@ -123,17 +126,18 @@ def test_fused_grads_and_stats_match_loss_and_grads(
 @given(objective=st.sampled_from(["kl_penalty", "surrogate", "a2c", "reinforce"]),
        beta=st.sampled_from([0.0, 0.3, 3.0]), **SETUPS)
 def test_fused_grads_and_stats_match_loss_and_grads_for_the_other_objectives(
-    objective, beta, dtype, discrete, hidden, activation, B, temperature, clip_vloss, normalize, ent_coef, seed
+    objective, beta, dtype, discrete, nets, activation, B, temperature, clip_vloss, normalize, ent_coef, seed
 ):
     """The rest of the ladder on the same kernels: PPO-penalty (with its exact KL to pi_old, beta drawn),
     the importance-sampled surrogate, and the plain policy gradient (a2c and reinforce share it)."""
-    _fused_matches_loss_and_grads(dtype, discrete, hidden, activation, B, temperature, clip_vloss, normalize,
+    _fused_matches_loss_and_grads(dtype, discrete, nets, activation, B, temperature, clip_vloss, normalize,
                                   ent_coef, 0.2, seed, objective, beta)
 
 
-def _fused_matches_loss_and_grads(dtype, discrete, hidden, activation, B, temperature, clip_vloss, normalize,
+def _fused_matches_loss_and_grads(dtype, discrete, nets, activation, B, temperature, clip_vloss, normalize,
                                   ent_coef, clip_eps, seed, objective, beta):
-    pol = _policy(dtype, discrete, hidden, activation, seed, temperature)
+    hidden, shared = nets
+    pol = _policy(dtype, discrete, hidden, activation, seed, temperature, shared=shared)
     cfg = PPOConfig(objective=objective, clip_vloss=clip_vloss, normalize_advantages=normalize, ent_coef=ent_coef,
                     vf_coef=0.7, dtype=np.dtype(dtype).name)
     batch = _batch(pol, B, seed + 1, clip_eps, dtype)
@@ -591,8 +595,19 @@ def test_unsupported_setups_fall_back():
     assert cpu_update.make(pol, adam, PPOConfig()) is not None
     for objective in ("kl_penalty", "surrogate", "a2c", "reinforce"):  # every rung of the ladder
         assert cpu_update.make(pol, adam, PPOConfig(objective=objective)) is not None
-    shared = ActorCritic(5, Discrete(3), (8,), "tanh", True)
+    shared = ActorCritic(5, Discrete(3), (8,), "tanh", True)  # (fused since session 51)
+    assert cpu_update.make(shared, Adam(shared.params), PPOConfig()) is not None
+    from minippo.nn import MLP
+
+    shared.trunk = MLP([5, 8], "tanh", seed=2, activate_output=False)  # a trunk ActorCritic never makes
+    shared.params.update({f"trunk.{k}": a for k, a in shared.trunk.params.items()})
     assert cpu_update.make(shared, Adam(shared.params), PPOConfig()) is None
+    # a layer (rebound in both dicts) of another shape than the widths say: the kernels would read past it
+    for key in ("actor.W0", "trunk.b0"):
+        odd = ActorCritic(5, Discrete(3), (8,), "tanh", True)
+        net, name = key.split(".")
+        odd.params[key] = getattr(odd, net).params[name] = np.zeros(odd.params[key].shape[:-1] + (9,), np.float32)
+        assert cpu_update.make(odd, Adam(odd.params), PPOConfig()) is None, key
     pol64 = _policy(np.float64, True, (8,), "tanh", 1)
     assert cpu_update.make(pol64, Adam(pol64.params), PPOConfig()) is None  # slower than numpy there
     assert cpu_update.make(pol64, Adam(pol64.params), PPOConfig(), only_if_faster=False) is not None
@@ -633,7 +648,8 @@ TINY = dict(n_envs=4, n_steps=16, batch_size=32, n_epochs=3, total_timesteps=192
 @pytest.mark.parametrize("overrides", [dict(env_id="CartPole-v1", autoreset="next_step", target_kl=0.02),
                                        dict(env_id="Pendulum-v1", clip_vloss=True, ent_coef=0.01),
                                        dict(env_id="CartPole-v1", objective="kl_penalty", kl_target=0.001),
-                                       dict(env_id="Pendulum-v1", objective="reinforce", n_epochs=1)])
+                                       dict(env_id="Pendulum-v1", objective="reinforce", n_epochs=1),
+                                       dict(env_id="CartPole-v1", shared=True)])
 def test_numba_training_run_is_bit_identical_and_uses_the_fused_step(numba_backend, overrides):
     pytest.importorskip("gymnasium")
     import json
