@@ -438,8 +438,8 @@ class PPO:
         """What one minibatch update runs: ``loss_and_grads(mb, clip_eps, ent_coef) -> stats`` then
         ``step(lr, max_grad_norm) -> grad_norm`` (global-norm clip + Adam, in place).
 
-        On the numba backend, when ``kernels/cpu_update.py`` supports the setup (separate networks,
-        any objective; see its ``make``), both are fused compiled calls computing the same thing
+        On the numba backend, when ``kernels/cpu_update.py`` supports the setup (separate or shared
+        networks, any objective; see its ``make``), both are fused compiled calls computing the same thing
         to rounding; otherwise :class:`NumpyStep`, the readable path. Built per update (~20 us), so
         parameters rebound in between (checkpoint loading, ``policy.to``) are always seen."""
         if backend.resolved()[0] == "numba":
