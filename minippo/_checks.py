@@ -162,27 +162,27 @@ class DeferredChecks:
 
     On a GPU each ``bool`` of a device array waits for the device (a sync). Inside
     :func:`deferred_checks`, :func:`finite` and :func:`check_later` record a check on a device array
-    here instead of reading it: ``ok`` is the conjunction of the recorded verdicts (one 0-d device
-    bool, or None when nothing was recorded), ``failures`` the errors to raise, in recording order.
+    here instead of reading it: ``recorded`` holds (verdict, error to raise) pairs in recording
+    order, and ``ok`` is their conjunction (one 0-d device bool, or None when nothing was recorded).
     The owner reads ``ok`` back with its own results (``minippo.losses.to_floats`` does it for a
     minibatch's loss statistics, one copy) and calls :meth:`verify` with the value; a check on a
     host array is never deferred (nothing to save) and raises where it stands, as outside.
     """
 
     def __init__(self) -> None:
-        self.failures: list[tuple[Any, Callable[[], Exception]]] = []
+        self.recorded: list[tuple[Any, Callable[[], Exception]]] = []
 
     def add(self, ok: Any, error: Callable[[], Exception]) -> None:
         """Record a 0-d device bool (True: the check passed) and what to raise when it did not."""
-        self.failures.append((ok, error))
+        self.recorded.append((ok, error))
 
     @property
     def ok(self) -> Any:
         """Whether every recorded check passed: a 0-d device bool (two device operations for several
         checks, none for one), or None when none was recorded."""
-        if len(self.failures) <= 1:
-            return self.failures[0][0] if self.failures else None
-        flags = [f for f, _ in self.failures]
+        if len(self.recorded) <= 1:
+            return self.recorded[0][0] if self.recorded else None
+        flags = [f for f, _ in self.recorded]
         return np.stack(flags).all()  # (cupy.stack, by dispatch)
 
     def verify(self, ok: Any = None) -> None:
@@ -196,13 +196,13 @@ class DeferredChecks:
     def first_failure(self, ok: Any = None) -> Exception | None:
         """The error of the first recorded check that failed (None if all passed), as :meth:`verify`
         would raise it; the checks are forgotten."""
-        if not self.failures:
+        if not self.recorded:
             return None
         ok = self.ok if ok is None else ok
-        failures, self.failures = self.failures, []
+        recorded, self.recorded = self.recorded, []
         if bool(ok):
             return None
-        return next((error() for flag_, error in failures if not bool(flag_)), None)
+        return next((error() for flag_, error in recorded if not bool(flag_)), None)
 
 
 _DEFERRED: contextvars.ContextVar[DeferredChecks | None] = contextvars.ContextVar("minippo_deferred", default=None)

@@ -809,12 +809,12 @@ def test_deferred_checks_wait_for_the_verdict_and_raise_the_first_failure(strict
         finite(a=good)
         finite(b=bad, c=good)
         finite(d=bad)
-        assert cp.STATS["bool"] == reads and len(checks.failures) == 3  # nothing read yet
+        assert cp.STATS["bool"] == reads and len(checks.recorded) == 3  # nothing read yet
         with pytest.raises(FloatingPointError, match="^x contains NaN or inf$"):
             finite(x=np.array([np.inf]))  # a host array: at once
         with pytest.raises(FloatingPointError, match="^b contains NaN or inf$"):  # the first failed, by name
             checks.verify()
-        assert checks.failures == []
+        assert checks.recorded == []
     with pytest.raises(FloatingPointError, match="^b contains NaN or inf$"), deferred_checks():
         finite(a=good, b=bad)  # not verified inside: verified on leaving
     with pytest.raises(FloatingPointError, match="^b contains NaN or inf$") as info, deferred_checks():
@@ -854,7 +854,7 @@ def test_deferred_checks_are_per_thread(strict_cupy_backend):
         thread = threading.Thread(target=other)
         thread.start()
         thread.join()
-        assert seen == ["t contains NaN or inf"] and checks.failures == []
+        assert seen == ["t contains NaN or inf"] and checks.recorded == []
 
 
 CORRUPTIBLE = ("obs", "actions", "logp_old", "advantages", "returns", "values_old", "dist_old", "weight")
