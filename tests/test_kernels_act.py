@@ -544,11 +544,12 @@ def test_predict_one_observation_runs_the_fused_kernels(shared, monkeypatch):
 
 @pytest.mark.parametrize("discrete", [True, False])
 @pytest.mark.parametrize("deterministic", [True, False])
-def test_act_without_the_critic_gives_the_same_actions_and_no_values(discrete, deterministic):
+@pytest.mark.parametrize("shared", [False, True])
+def test_act_without_the_critic_gives_the_same_actions_and_no_values(discrete, deterministic, shared):
     """critic=False (predict's call) skips the value head only: the same actions, log-probs and dist
-    params, the same draws from the Generator, and values None; a NaN critic does not reach them."""
+    params, the same draws from the Generator, and values None; a NaN critic (head) does not reach them."""
     use_backend("numba")
-    pol = _policy(np.float32, discrete, (16, 16), "tanh", 3)
+    pol = _policy(np.float32, discrete, (16, 16), "tanh", 3, shared=shared)
     obs = _obs(8, 3, np.float32)
     r_full, r_actor = np.random.default_rng(5), np.random.default_rng(5)
     a, lp, v, d = cpu_act.act(pol, obs, r_full, deterministic)
