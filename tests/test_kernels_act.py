@@ -282,9 +282,9 @@ def test_unsupported_setups_fall_back_to_the_numpy_path(monkeypatch):
     assert cpu_act.act(ok, obs[:, :3], rng) is None  # wrong width: the numpy path raises
     with pytest.raises(ValueError, match="obs must have shape"):
         ok.act(obs[:, :3], rng)
-    shared = _policy(np.float32, True, (8,), "tanh", 1, shared=True)  # (fused since session 51)
-    assert cpu_act.act(shared, obs, rng) is not None
-    shared.trunk = MLP([OBS_DIM, 8], "tanh", seed=2, activate_output=False)  # a trunk ActorCritic never makes
+    shared = _policy(np.float32, True, (8, 5), "tanh", 1, shared=True)  # (fused since session 51)
+    assert cpu_act.act(shared, obs, rng) is not None  # (the heads take the trunk's last width)
+    shared.trunk = MLP([OBS_DIM, 8, 5], "tanh", seed=2, activate_output=False)  # a trunk ActorCritic never makes
     shared.params.update({f"trunk.{k}": a for k, a in shared.trunk.params.items()})
     assert cpu_act.act(shared, obs, rng) is None
     mixed = _policy(np.float32, False, (8,), "tanh", 1)

@@ -231,8 +231,8 @@ def test_act_through_the_kernel_matches_the_array_path(device, monkeypatch, dtyp
     to rounding; one launch for both networks, the logits (or [mean, log_std]) down once. A shared
     trunk (since session 51) is each head's network's first layers: the same launch."""
     cp = device
-    pol = make_policy(cp, discrete, dtype, activation=activation, temperature=0.7 if discrete else 1.0,
-                      shared=shared)
+    pol = make_policy(cp, discrete, dtype, hidden=(16, 9), activation=activation,  # (a trunk's width is its last)
+                      temperature=0.7 if discrete else 1.0, shared=shared)
     obs = cp.asarray(np.random.default_rng(1).normal(size=(6, 5)).astype(dtype))
     before = dict(cp.STATS)
     fused = pol.act_with_device_actions(obs, np.random.default_rng(2), deterministic)
@@ -374,6 +374,22 @@ def test_setups_the_kernel_does_not_take_run_the_array_path(device, monkeypatch)
     missing = make_policy(cp)  # a weight taken out of the MLP's own dict: not the kernel's to guess at
     del missing.actor.params["W0"]
     assert gpu_act.act(missing, obs, np.random.default_rng(0)) is None and cp.launches == []
+    # A Gaussian's actor of another output width than the action's, or a log-std of another length (both
+    # rebound in every dict): the kernel would write dist params of the wrong width; the array path's error
+    narrow = make_policy(cp, discrete=False, hidden=(8,))
+    narrow.actor = MLP([5, 8, 2])
+    for k in [k for k in narrow.params if k.startswith("actor.")]:
+        del narrow.params[k]
+    narrow.params.update({f"actor.{k}": cp.asarray(a) for k, a in narrow.actor.params.items()})
+    narrow.actor.params.update({k: narrow.params[f"actor.{k}"] for k in narrow.actor.params})
+    short = make_policy(cp, discrete=False)
+    short.params["log_std"] = cp.asarray(np.zeros(2, np.float32))
+    for pol in (narrow, short):
+        with pytest.raises(ValueError) as fused:
+            pol.act_with_device_actions(obs, np.random.default_rng(0))
+        with pytest.raises(ValueError) as arrays:
+            array_path(monkeypatch, lambda pol=pol: pol.act_with_device_actions(obs, np.random.default_rng(0)))
+        assert str(fused.value) == str(arrays.value) and cp.launches == []
 
 
 @pytest.mark.parametrize("discrete", [True, False])

@@ -595,11 +595,11 @@ def test_unsupported_setups_fall_back():
     assert cpu_update.make(pol, adam, PPOConfig()) is not None
     for objective in ("kl_penalty", "surrogate", "a2c", "reinforce"):  # every rung of the ladder
         assert cpu_update.make(pol, adam, PPOConfig(objective=objective)) is not None
-    shared = ActorCritic(5, Discrete(3), (8,), "tanh", True)  # (fused since session 51)
-    assert cpu_update.make(shared, Adam(shared.params), PPOConfig()) is not None
+    shared = ActorCritic(5, Discrete(3), (8, 6), "tanh", True)  # (fused since session 51)
+    assert cpu_update.make(shared, Adam(shared.params), PPOConfig()) is not None  # heads take the last width
     from minippo.nn import MLP
 
-    shared.trunk = MLP([5, 8], "tanh", seed=2, activate_output=False)  # a trunk ActorCritic never makes
+    shared.trunk = MLP([5, 8, 6], "tanh", seed=2, activate_output=False)  # a trunk ActorCritic never makes
     shared.params.update({f"trunk.{k}": a for k, a in shared.trunk.params.items()})
     assert cpu_update.make(shared, Adam(shared.params), PPOConfig()) is None
     # a layer (rebound in both dicts) of another shape than the widths say: the kernels would read past it
