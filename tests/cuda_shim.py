@@ -12,6 +12,7 @@ import functools
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -257,4 +258,12 @@ def shim_cupy(lib, source: str):
 
     cp.RawModule = RawModule
     cp.compiled, cp.launches = [], []
+    return cp
+
+
+def install_shim_cupy(lib, source: str, monkeypatch):
+    """:func:`shim_cupy` as ``cupy`` for one test, with a fresh compile cache in ``kernels/gpu.py``."""
+    cp = shim_cupy(lib, source)
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setattr(gpu, "_modules", {})
     return cp

@@ -19,7 +19,6 @@ Tolerances, and why:
 """
 
 import re
-import sys
 
 import cuda_shim
 import numpy as np
@@ -175,10 +174,7 @@ def test_a_kernel_that_skips_a_barrier_fails_in_the_shim(tmp_path):
 @pytest.fixture
 def device(act_shim, monkeypatch):
     """ActorCritic.act's cupy path on the shim-backed stand-in (a fresh cupy module and compile cache)."""
-    cp = cuda_shim.shim_cupy(act_shim, gpu.ACT_SOURCE)
-    monkeypatch.setitem(sys.modules, "cupy", cp)
-    monkeypatch.setattr(gpu, "_modules", {})
-    return cp
+    return cuda_shim.install_shim_cupy(act_shim, gpu.ACT_SOURCE, monkeypatch)
 
 
 def make_policy(cp, discrete=True, dtype=np.float32, hidden=(16, 16), activation="tanh", seed=0, **kw):

@@ -11,7 +11,6 @@ moments must equal numpy's bit for bit. Only on a device with clipping may the g
 """
 
 import copy
-import sys
 
 import cuda_shim
 import numpy as np
@@ -36,10 +35,7 @@ def adam_shim(tmp_path_factory):
 @pytest.fixture
 def device(adam_shim, monkeypatch):
     """Adam.step's device path on the shim-backed stand-in (a fresh cupy module and compile cache)."""
-    cp = cuda_shim.shim_cupy(adam_shim, gpu.ADAM_SOURCE)
-    monkeypatch.setitem(sys.modules, "cupy", cp)
-    monkeypatch.setattr(gpu, "_modules", {})
-    return cp
+    return cuda_shim.install_shim_cupy(adam_shim, gpu.ADAM_SOURCE, monkeypatch)
 
 
 def network(rng, dtype, shapes=((4, 8), (8,), (8, 8), (8,), (8, 2), (2,))):
