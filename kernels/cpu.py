@@ -1448,6 +1448,22 @@ def _dense(x, W, b, out, act):
 
 
 @njit(**_MLP_JIT)
+def _trunk_forward(x, Ws, bs, act):
+    """[x, h_1, ..., h_L]: a shared trunk's forward (``ActorCritic(shared=True)``), every layer
+    activated, its output too, each through :func:`_dense` as ``MLP.forward`` runs it. The fused act
+    (``cpu_act.py``) takes the last, the fused update (``cpu_update.py``) all of them."""
+    B = x.shape[0]
+    hs = [x]
+    h = x
+    for i in range(len(Ws)):
+        out = np.empty((B, Ws[i].shape[1]), x.dtype)
+        _dense(h, Ws[i], bs[i], out, act)
+        hs.append(out)
+        h = out
+    return hs
+
+
+@njit(**_MLP_JIT)
 def _act_back(d, h, act):
     """d <- d * act'(z) in place, written with the saved output h (ACT_NONE: no-op)."""
     B, F = d.shape

@@ -43,10 +43,22 @@ from numba import njit
 
 from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
 
-from .cpu import _F32, _F64, _MLP_JIT, ACT_NONE, ACT_RELU, ACT_TANH, ACT_TANH_F32, _dense, _entry, _prepare
+from .cpu import (
+    _F32,
+    _F64,
+    _MLP_JIT,
+    ACT_NONE,
+    ACT_RELU,
+    ACT_TANH,
+    ACT_TANH_F32,
+    _dense,
+    _entry,
+    _prepare,
+    _trunk_forward,
+)
 
 # The digests of the files built into these kernels: see SOURCES_BUILT_IN in cpu.py.
-SOURCES_BUILT_IN = {"cpu.py": "dba9c98d5f765657", "simd.py": "a93cd6f376957cb3"}
+SOURCES_BUILT_IN = {"cpu.py": "0e7b2fdd5bc18956", "simd.py": "a93cd6f376957cb3"}
 
 MAX_BATCH = 64
 """Largest batch for which ``ActorCritic.act`` uses :func:`act` (measured, see ``docs/kernels.md``)."""
@@ -75,20 +87,6 @@ def _mlp_into(x, Ws, bs, act, y):
         _dense(h, Ws[i], bs[i], out, act)
         h = out
     _dense(h, Ws[n - 1], bs[n - 1], y, ACT_NONE)
-
-
-@njit(**_MLP_JIT)
-def _trunk(x, Ws, bs, act):
-    """h = act(... act(x W_0 + b_0) ...) (B, F): a shared trunk, every layer activated (its output too),
-    each through ``cpu._dense`` as ``MLP.forward`` runs it."""
-    B = x.shape[0]
-    h = np.empty((B, Ws[0].shape[1]), x.dtype)
-    _dense(x, Ws[0], bs[0], h, act)
-    for i in range(1, len(Ws)):
-        out = np.empty((B, Ws[i].shape[1]), x.dtype)
-        _dense(h, Ws[i], bs[i], out, act)
-        h = out
-    return h
 
 
 @njit(**_JIT_EXACT)
@@ -193,7 +191,8 @@ def _act_gaussian(obs, a_Ws, a_bs, c_Ws, c_bs, act, ls, std, eps, deterministic,
 def _act_categorical_shared(obs, t_Ws, t_bs, a_Ws, a_bs, c_Ws, c_bs, act, temperature, u, deterministic, critic,
                             actions, logp, v, logits):
     """:func:`_act_categorical` on the features of a shared trunk (computed once for both heads)."""
-    feat = _trunk(obs, t_Ws, t_bs, act)
+    hs = _trunk_forward(obs, t_Ws, t_bs, act)
+    feat = hs[len(hs) - 1]
     return _act_categorical(feat, a_Ws, a_bs, c_Ws, c_bs, act, temperature, u, deterministic, critic, actions,
                             logp, v, logits)
 
@@ -202,7 +201,8 @@ def _act_categorical_shared(obs, t_Ws, t_bs, a_Ws, a_bs, c_Ws, c_bs, act, temper
 def _act_gaussian_shared(obs, t_Ws, t_bs, a_Ws, a_bs, c_Ws, c_bs, act, ls, std, eps, deterministic, critic, actions,
                          logp, v, params):
     """:func:`_act_gaussian` on the features of a shared trunk (computed once for both heads)."""
-    feat = _trunk(obs, t_Ws, t_bs, act)
+    hs = _trunk_forward(obs, t_Ws, t_bs, act)
+    feat = hs[len(hs) - 1]
     return _act_gaussian(feat, a_Ws, a_bs, c_Ws, c_bs, act, ls, std, eps, deterministic, critic, actions, logp, v,
                          params)
 
@@ -241,12 +241,7 @@ class _State:
         if not all(type(a) is np.ndarray and a.dtype is dt and a.flags.c_contiguous for a in p):
             return
         params = policy.params
-        trunk = getattr(policy, "trunk", None)
-        feat = policy.obs_dim if trunk is None else trunk.sizes[-1]
-        # (prefix, network, input width, output width, whether its output is activated)
-        nets = [("actor", policy.actor, feat, policy.act_dim, False), ("critic", policy.critic, feat, 1, False)]
-        if trunk is not None:
-            nets.insert(0, ("trunk", trunk, policy.obs_dim, feat, True))
+        nets = policy.expected_networks()
         weights: list[tuple] = []
         for prefix, net, n_in, n_out, activated in nets:
             sizes = net.sizes
@@ -272,7 +267,7 @@ class _State:
         self.weights = tuple(weights)
         self.dt, self.n, self.discrete = dt, policy.act_dim, bool(policy.discrete)
         self.act = ACT_RELU if policy.activation == "relu" else (ACT_TANH_F32 if dt is _F32 else ACT_TANH)
-        kernels = (_act_categorical, _act_gaussian) if trunk is None else (_act_categorical_shared,
+        kernels = (_act_categorical, _act_gaussian) if policy.trunk is None else (_act_categorical_shared,
                                                                           _act_gaussian_shared)
         self.fn = kernels[0] if policy.discrete else kernels[1]
         _prepare(dt)  # the heads' SLP-vectorised layer, before the act kernel is compiled
@@ -283,16 +278,14 @@ def _nets_key(policy: Any) -> tuple:
     """What changes when an MLP's own parameter is rebound: its params dict and that dict's
     ``version`` (None for a plain dict), for the actor, the critic and the trunk (None, None without)."""
     a, c = policy.actor.params, policy.critic.params
-    trunk = getattr(policy, "trunk", None)
-    t = None if trunk is None else trunk.params
+    t = None if policy.trunk is None else policy.trunk.params
     return a, getattr(a, "version", None), c, getattr(c, "version", None), t, getattr(t, "version", None)
 
 
 def _same_nets(key: tuple, policy: Any) -> bool:
     """Whether :func:`_nets_key` is still ``key`` (the dicts by identity, the versions by value)."""
     a, c = policy.actor.params, policy.critic.params
-    trunk = getattr(policy, "trunk", None)
-    t = None if trunk is None else trunk.params
+    t = None if policy.trunk is None else policy.trunk.params
     return (key[0] is a and key[2] is c and key[4] is t and key[1] == getattr(a, "version", None)
             and key[3] == getattr(c, "version", None) and key[5] == getattr(t, "version", None))
 

@@ -37,16 +37,18 @@ from .cpu import (
     ACT_RELU,
     ACT_TANH,
     ACT_TANH_F32,
+    _act_back,
     _col_sums,
     _dense,
     _mm_acc,
     _prepare,
     _transposed,
+    _trunk_forward,
     _weight_grad,
 )
 
 # The digests of the files built into these kernels: see SOURCES_BUILT_IN in cpu.py.
-SOURCES_BUILT_IN = {"cpu.py": "dba9c98d5f765657", "simd.py": "a93cd6f376957cb3"}
+SOURCES_BUILT_IN = {"cpu.py": "0e7b2fdd5bc18956", "simd.py": "a93cd6f376957cb3"}
 
 # As in kernels/cpu.py: error_model="numpy" drops per-division zero checks (they block
 # vectorisation); reassoc + contract let the matmul loops vectorise and use FMA. NaN/inf semantics
@@ -84,21 +86,6 @@ def _mlp_forward(x, Ws, bs, act):
 
 
 @njit(**_JIT)
-def _act_grad(dx, h, act):
-    """dx *= act'(.) in place, from the activation's output h (B, K): tanh' = 1 - h^2, relu' = [h > 0]."""
-    B, K = dx.shape
-    one = np.float32(1)
-    if act == ACT_RELU:
-        for r in range(B):
-            for k in range(K):
-                dx[r, k] = dx[r, k] if h[r, k] > 0 else 0
-    else:
-        for r in range(B):
-            for k in range(K):
-                dx[r, k] *= one - h[r, k] * h[r, k]
-
-
-@njit(**_JIT)
 def _mlp_backward(dy, hs, Ws, gWs, gbs, act, dx0):
     """Given dy = dL/dy (B, F_L): dL/dW_i into gWs[i], dL/db_i into gbs[i]; with dx0 (B, F_0) (not
     (0, 0)) the input gradient dy W_L^T ... W_0^T (through the activations) is added into it (a
@@ -117,22 +104,8 @@ def _mlp_backward(dy, hs, Ws, gWs, gbs, act, dx0):
         WT = _transposed(W)  # W's columns made rows: dx = d W^T vectorises along k
         dx = np.zeros((B, K), d.dtype)
         _mm_acc(d, WT, dx)
-        _act_grad(dx, hs[i], act)
+        _act_back(dx, hs[i], act)
         d = dx
-
-
-@njit(**_JIT)
-def _trunk_forward(x, Ws, bs, act):
-    """[x, h_1, ..., h_L]: a shared trunk's forward, every layer activated (its output too)."""
-    B = x.shape[0]
-    hs = [x]
-    h = x
-    for i in range(len(Ws)):
-        out = np.empty((B, Ws[i].shape[1]), x.dtype)
-        _dense(h, Ws[i], bs[i], out, act)
-        hs.append(out)
-        h = out
-    return hs
 
 
 # ---------------------------------------------------------------- the loss and its input gradients
@@ -378,7 +351,7 @@ def _trunk_backward(dfeat, hs, Ws, gWs, gbs, act):
     """A shared trunk's gradients from dL/d(its output) ``dfeat`` (B, F), overwritten: through the
     output's activation, then :func:`_mlp_backward` over its layers ([x, h_1, ..., h_L] from
     :func:`_trunk_forward`)."""
-    _act_grad(dfeat, hs[len(hs) - 1], act)
+    _act_back(dfeat, hs[len(hs) - 1], act)
     _mlp_backward(dfeat, hs, Ws, gWs, gbs, act, np.empty((0, 0), dfeat.dtype))
 
 
@@ -481,7 +454,7 @@ class FusedUpdate:
         self.g = np.zeros(optimizer._m.shape, dt)
         slices = optimizer._slices
         self._grads = {k: self.g[sl].reshape(shape) for k, (sl, shape) in slices.items()}
-        trunk = getattr(policy, "trunk", None)
+        trunk = policy.trunk
         nets = {"actor": policy.actor.n_layers, "critic": policy.critic.n_layers}
         if trunk is not None:
             nets["trunk"] = trunk.n_layers
@@ -637,12 +610,7 @@ def make(
         return None
     if getattr(optimizer, "params", None) is not params or list(getattr(optimizer, "_slices", {})) != list(params):
         return None
-    trunk = getattr(policy, "trunk", None)
-    feat = policy.obs_dim if trunk is None else trunk.sizes[-1]
-    # (prefix, network, input width, output width, whether its output is activated)
-    nets = [("actor", policy.actor, feat, policy.act_dim, False), ("critic", policy.critic, feat, 1, False)]
-    if trunk is not None:
-        nets.append(("trunk", trunk, policy.obs_dim, feat, True))
+    nets = policy.expected_networks()
     for prefix, net, n_in, n_out, activated in nets:
         sizes = net.sizes
         if sizes[0] != n_in or sizes[-1] != n_out or bool(net.activate_output) is not activated:

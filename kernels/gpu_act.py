@@ -61,12 +61,7 @@ class _State:
         dt = np.dtype(policy.dtype)
         if dt not in gpu.ACT_NAMES or not all(type(a) is cp.ndarray and a.dtype == dt for a in params.values()):
             return
-        trunk = getattr(policy, "trunk", None)
-        feat = policy.obs_dim if trunk is None else trunk.sizes[-1]
-        # (prefix, network, input width, output width, whether its output is activated)
-        specs = [("actor", policy.actor, feat, policy.act_dim, False), ("critic", policy.critic, feat, 1, False)]
-        if trunk is not None:
-            specs.insert(0, ("trunk", trunk, policy.obs_dim, feat, True))
+        specs = policy.expected_networks()
         nets = []
         for prefix, net, n_in, n_out, activated in specs:
             if bool(net.activate_output) is not activated or net.sizes[0] != n_in or net.sizes[-1] != n_out:
@@ -77,7 +72,7 @@ class _State:
             if any(a is None for layer in layers for a in layer):
                 return
             nets.append(layers)
-        if trunk is not None:
+        if policy.trunk is not None:
             # Each head's network is the trunk's layers then the head: the kernel activates every layer
             # but a network's last, as the trunk (its output activated) and the linear heads need. The
             # trunk is computed twice, by two blocks at once: the same sums, so the same features.
@@ -100,7 +95,7 @@ class _State:
 def _key(policy: Any) -> tuple:
     """What the state depends on, compared by identity: every parameter array, in the policy's dict
     and in each MLP's own (the trunk's too, if shared)."""
-    trunk = getattr(policy, "trunk", None)
+    trunk = policy.trunk
     return (*policy.params.values(), None, *policy.actor.params.values(), None, *policy.critic.params.values(),
             None, *(() if trunk is None else trunk.params.values()))
 

@@ -154,6 +154,17 @@ class ActorCritic:
         nets = [("trunk", self.trunk)] if self.trunk is not None else []
         return [*nets, ("actor", self.actor), ("critic", self.critic)]
 
+    def expected_networks(self) -> list[tuple[str, MLP, int, int, bool]]:
+        """(prefix, network, input width, output width, whether its output is activated) per network,
+        the trunk first: what the constructor builds. The fused kernels (``kernels/cpu_act.py``,
+        ``cpu_update.py``, ``gpu_act.py``) check the networks against it before trusting their layout,
+        since a network swapped in later may differ."""
+        feat = self.obs_dim if self.trunk is None else self.trunk.sizes[-1]
+        nets = [("actor", self.actor, feat, self.act_dim, False), ("critic", self.critic, feat, 1, False)]
+        if self.trunk is not None:
+            nets.insert(0, ("trunk", self.trunk, self.obs_dim, feat, True))
+        return nets
+
     def to(self, to_device: Any) -> ActorCritic:
         """Move every parameter with ``to_device`` (e.g. ``backend.to_device``), keeping the links."""
         for prefix, net in self._nets():

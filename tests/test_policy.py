@@ -338,3 +338,18 @@ def test_as_space_takes_spaces_by_class_name_and_attributes_together():
     assert a.tolist() == [0, 0] and logp.tolist() == [0.0, 0.0]  # the one action, certain
     a, logp, _, _ = ActorCritic(3, box, seed=0).act(np.zeros((2, 3)), np.random.default_rng(0))
     assert a.shape == (2, 2) and np.isfinite(logp).all()
+
+
+def test_expected_networks_give_each_networks_widths_and_output_activation():
+    """What the fused kernels check a policy against: the trunk first, its output activated; linear
+    heads on its last width (or on the observations without a trunk)."""
+    sep = ActorCritic(5, Discrete(3), hidden=(8, 6))
+    assert [(p, n_in, n_out, act) for p, _, n_in, n_out, act in sep.expected_networks()] == [
+        ("actor", 5, 3, False), ("critic", 5, 1, False)]
+    shared = ActorCritic(5, Box(-np.ones(2), np.ones(2)), hidden=(8, 6), shared=True)
+    got = shared.expected_networks()
+    assert [(p, n_in, n_out, act) for p, _, n_in, n_out, act in got] == [
+        ("trunk", 5, 6, True), ("actor", 6, 2, False), ("critic", 6, 1, False)]
+    assert [net for _, net, *_ in got] == [shared.trunk, shared.actor, shared.critic]
+    for _, net, n_in, n_out, activated in got:  # as the constructor builds them
+        assert (net.sizes[0], net.sizes[-1], bool(net.activate_output)) == (n_in, n_out, activated)
