@@ -331,13 +331,23 @@ def _write_json_atomic(path: str, obj: Any) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+# the categories Python hides by default (outside __main__): a library's deprecation notice is for its
+# developers, not a line of the user's run
+_HIDDEN_BY_DEFAULT = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+
+
 def _build(make: Callable[[], Any]) -> Any:
-    """``make()`` (a trainer), with the warnings it gives printed as the CLI's own lines, not Python's."""
+    """``make()`` (a trainer), with the warnings it gives printed as the CLI's own lines, not Python's.
+    Those of the categories Python hides by default (a dependency's DeprecationWarning, say) go back to
+    Python's filters instead, so they stay hidden unless asked for (``-W``, ``PYTHONWARNINGS``)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = make()
     for w in caught:
-        print(f"minippo: warning: {w.message}", file=sys.stderr)
+        if issubclass(w.category, _HIDDEN_BY_DEFAULT):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        else:
+            print(f"minippo: warning: {w.message}", file=sys.stderr)
     return out
 
 
@@ -388,16 +398,20 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tupl
         out = os.path.join("runs", f"{cfg.env_id.rpartition(':')[2]}-s{cfg.seed}")  # no module: part in a path
     model_path, csv_path = os.path.join(out, "model.npz"), os.path.join(out, "progress.csv")
     where = f"--out {out!r}" if args.out is not None else f"run folder {out!r}"
-    # resuming continues the resumed model's own folder; a fresh run, or a resumed one sent elsewhere,
-    # must not mix with a run already there
-    own = bool(args.resume) and os.path.realpath(out) == os.path.realpath(os.path.dirname(args.resume) or ".")
+    # resuming continues the resumed model's own folder (the model is that folder's model.npz); a fresh
+    # run, or a resumed one sent elsewhere (another file beside the run there included), must not mix
+    # with a run already there
+    own = bool(args.resume) and os.path.realpath(model_path) == os.path.realpath(args.resume)
     held = [] if own else [
         n for n in ("model.npz", "config.json", "progress.csv")
         if os.path.isfile(os.path.join(out, n)) or os.path.islink(os.path.join(out, n))
     ]
     if held and args.resume:
-        raise UsageError(f"{where} already holds {', '.join(held)} (a run): resume into the model's own folder "
-                         "(leave out --out), or into an --out without these files (move them away first)")
+        in_place = ("resume into the model's own folder (leave out --out), or "
+                    if os.path.basename(args.resume) == "model.npz"
+                    and _is_run_folder(os.path.dirname(args.resume) or ".", cfg.env_id) else "")
+        raise UsageError(f"{where} already holds {', '.join(held)} (a run): {in_place}resume into an --out "
+                         "without these files (move them away first)")
     if held and not args.overwrite:
         # a fresh run would replace config.json and progress.csv but keep an older model.npz until its
         # first save: stopped before that, the folder mixes two runs (and a file of the user's is lost)

@@ -880,6 +880,29 @@ def test_resume_into_another_runs_folder_is_refused(tmp_path, capsys):
     assert json.loads((c / "config.json").read_text())["seed"] == 2
 
 
+def test_resume_of_another_file_in_a_runs_folder_does_not_take_that_run_over(tmp_path, capsys):
+    """--resume A/other.npz --out A counted as resuming in A's own folder (the folder matched): A's
+    model.npz and config.json were replaced and the other model's rows spliced into A's progress.csv."""
+    a = tmp_path / "A"
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--seed", "1", "--out", str(a), "--quiet",
+                 *TINY]) == 0
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--seed", "2", "--out", str(tmp_path / "B"),
+                 "--quiet", *TINY]) == 0
+    (tmp_path / "B" / "model.npz").rename(a / "other.npz")
+    before = {n: (a / n).read_bytes() for n in ("model.npz", "config.json", "progress.csv")}
+    capsys.readouterr()
+    assert main(["train", "CartPole-v1", "--resume", str(a / "other.npz"), "--timesteps", "256",
+                 "--out", str(a), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    # no "leave out --out" hint: without --out, other.npz is refused as not a run folder's model.npz
+    assert err.count("\n") == 1 and "already holds model.npz, config.json, progress.csv (a run): resume into " \
+        "an --out without these files" in err, err
+    assert {n: (a / n).read_bytes() for n in before} == before
+    # the folder's own model.npz still resumes in place
+    assert main(["train", "CartPole-v1", "--resume", str(a / "model.npz"), "--timesteps", "256",
+                 "--out", str(a), "--quiet"]) == 0
+
+
 def test_ctrl_c_outside_training_is_one_line_exit_130(monkeypatch, capsys):
     from minippo import cli
 
@@ -1094,6 +1117,31 @@ def test_on_policy_objectives_train_one_epoch_per_rollout(tmp_path, capsys, extr
     assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(tmp_path / "c"), "--quiet", *TINY]) == 0
     with open(tmp_path / "c" / "config.json") as f:
         assert json.load(f)["n_epochs"] == 2  # TINY's, for clip: untouched
+
+
+_BUILD_WARNS = """
+import warnings
+from minippo.cli import _build
+def make():
+    # what importing a SWIG-built env (Box2D's LunarLander) warns, and a warning meant for the user
+    warnings.warn("builtin type SwigPyPacked has no __module__ attribute", DeprecationWarning)
+    warnings.warn("n_epochs=2 reuses the rollout")
+    return 7
+assert _build(make) == 7
+"""
+
+
+@pytest.mark.parametrize("flags, shown", [([], False), (["-W", "always::DeprecationWarning"], True)])
+def test_the_cli_prints_a_dependencys_deprecation_only_when_python_would(flags, shown):
+    """_build printed every warning it caught as "minippo: warning: ...", so each `minippo train
+    LunarLander-v3` began with three lines of SWIG DeprecationWarnings that plain Python hides."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    r = subprocess.run([sys.executable, *flags, "-c", _BUILD_WARNS], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "minippo: warning: n_epochs=2 reuses the rollout" in r.stderr, r.stderr
+    assert "minippo: warning: builtin type" not in r.stderr, r.stderr  # never as minippo's own line
+    assert ("DeprecationWarning: builtin type SwigPyPacked" in r.stderr) == shown, r.stderr
 
 
 def test_on_policy_objective_given_by_set_also_trains_one_epoch(tmp_path):
