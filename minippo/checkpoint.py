@@ -165,8 +165,10 @@ def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def save_checkpoint(algo: Any, path: str) -> None:
-    """Save a :class:`minippo.ppo.PPO` (parameters, Adam, normalisers, counters, RNG) to ``path``."""
+def save_checkpoint(algo: Any, path: str, unlogged_rows: list[list[str]] | None = None) -> None:
+    """Save a :class:`minippo.ppo.PPO` (parameters, Adam, normalisers, counters, RNG) to ``path``.
+    ``unlogged_rows``: progress.csv rows (their cells) the CLI computed but could not write (a full
+    disk); kept in the meta, so a resumed run writes them first and its log has no gap."""
     from minippo.backend import asnumpy
 
     arrays: dict[str, np.ndarray] = {}
@@ -205,6 +207,8 @@ def save_checkpoint(algo: Any, path: str) -> None:
         "episode_returns": list(algo.episode_returns),
         "episode_lengths": list(algo.episode_lengths),
     }
+    if unlogged_rows:
+        meta["unlogged_rows"] = [[str(c) for c in row] for row in unlogged_rows]
     arrays["meta"] = np.array(json.dumps(meta))
     atomic_savez(path, arrays)
 
@@ -246,6 +250,8 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta = json.loads(str(arrays.pop("meta")))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path!r}: the 'meta' entry is not valid JSON ({e})") from e
+    except RecursionError:  # (a crafted file: arrays nested thousands deep)
+        raise CheckpointError(f"{path!r}: the 'meta' entry is JSON nested too deep to read") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path!r}: the 'meta' entry is not a JSON object")
     if meta.get("format") != FORMAT:
@@ -275,6 +281,10 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if not isinstance(v, list) or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
             raise CheckpointError(f"{path!r}: meta's {key!r} must be a list of finite numbers")
+    rows = meta.get("unlogged_rows", [])
+    if not isinstance(rows, list) or not all(isinstance(r, list) and all(isinstance(c, str) for c in r)
+                                             for r in rows):
+        raise CheckpointError(f"{path!r}: meta's 'unlogged_rows' must be a list of lists of strings")
     if meta["policy"]["dtype"] != meta["config"].get("dtype", meta["policy"]["dtype"]):
         raise CheckpointError(f"{path!r}: policy dtype {meta['policy']['dtype']!r} differs from the config's "
                               f"{meta['config']['dtype']!r}")

@@ -255,9 +255,11 @@ class CsvLog:
         """``rows``: what :meth:`read_rows` returned for ``path``, if the caller has read it already."""
         if keep_through is not None and rows is None:
             rows = self.read_rows(path)
+        self.last_iteration: int | None = None  # the last row's, None before the first
         if keep_through is not None and rows:
-            self._keep_rows(path, rows, keep_through)
+            kept = self._keep_rows(path, rows, keep_through)
             self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            self.last_iteration = int(kept[-1][0]) if len(kept) > 1 else None
             return
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
         self._write(CSV_COLUMNS)
@@ -278,7 +280,7 @@ class CsvLog:
         return rows
 
     @staticmethod
-    def _keep_rows(path: str, rows: list[list[str]], keep_through: int) -> None:
+    def _keep_rows(path: str, rows: list[list[str]], keep_through: int) -> list[list[str]]:
         from minippo.checkpoint import atomic_write
 
         keep = [rows[0]]
@@ -293,6 +295,7 @@ class CsvLog:
             buf = io.StringIO()
             csv.writer(buf, lineterminator="\n").writerows(keep)
             atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+        return keep
 
     def _write(self, values: Any) -> None:
         buf = io.StringIO()
@@ -310,10 +313,28 @@ class CsvLog:
                 pass
             raise
 
+    @staticmethod
+    def cells(row: dict[str, Any]) -> list[str]:
+        """One iteration's row as written (missing columns and NaN are empty cells)."""
+        return ["" if isinstance(row.get(c), float) and math.isnan(row[c]) else _fmt(row.get(c, ""))
+                for c in CSV_COLUMNS]
+
     def __call__(self, row: dict[str, Any]) -> None:
-        """Append one iteration's row (missing columns and NaN are written as empty cells)."""
-        self._write(["" if isinstance(row.get(c), float) and math.isnan(row[c]) else _fmt(row.get(c, ""))
-                     for c in CSV_COLUMNS])
+        """Append one iteration's row (:meth:`cells`)."""
+        cells = self.cells(row)
+        self._write(cells)
+        self.last_iteration = int(cells[0]) if cells[0].isdigit() else self.last_iteration
+
+    def backfill(self, rows: list[list[str]]) -> None:
+        """Append the rows a stopped run computed but could not write (a checkpoint's ``unlogged_rows``:
+        :meth:`cells` lists), those after the last row here; ValueError for one that is not a row."""
+        for cells in rows:
+            if len(cells) != len(CSV_COLUMNS) or not cells[0].isdigit():
+                raise ValueError(f"the checkpoint's unlogged row {cells[:2]} is not a progress.csv row "
+                                 f"({len(CSV_COLUMNS)} cells, an iteration first)")
+            if self.last_iteration is None or int(cells[0]) > self.last_iteration:
+                self._write(cells)
+                self.last_iteration = int(cells[0])
 
     def close(self) -> None:
         """Close the file (every row is already written)."""
@@ -377,13 +398,15 @@ def _is_run_folder(folder: str, env_id: str) -> bool:
     return isinstance(saved, dict) and saved.get("env_id") == env_id
 
 
-def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tuple[str, str, CsvLog]:
+def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
+                     unlogged: list[list[str]] = ()) -> tuple[str, str, CsvLog]:
     """The run folder made and checked before training: (folder, model.npz path, progress log),
     config.json written. Resuming, the default folder is the resumed model's own run folder (it must
     be one: model.npz beside the run's config.json; anywhere else --out is required, so that no
     file of the user's is overwritten), and progress.csv keeps the rows up to the checkpoint's
     ``iteration``. Anything that cannot be written is a UsageError now, not a lost model after
-    training, and nothing is written when something is refused."""
+    training, and nothing is written when something is refused. ``unlogged``: the resumed
+    checkpoint's rows that its run could not write, written first (:meth:`CsvLog.backfill`)."""
     from minippo.checkpoint import replaced_mode
 
     if args.out is not None:
@@ -436,6 +459,7 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int) -> tupl
         rows = CsvLog.read_rows(csv_path) if args.resume else None
         _write_json_atomic(os.path.join(out, "config.json"), cfg.to_dict())
         log = CsvLog(csv_path, keep_through=iteration if args.resume else None, rows=rows)
+        log.backfill(list(unlogged))
     except (OSError, ValueError) as e:
         raise UsageError(f"{where}: cannot write the run there: {e}") from e
     return out, model_path, log
@@ -456,6 +480,7 @@ def _small_net_on_gpu(cfg: Any, name: str) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """``minippo train``: train, log progress.csv, save config.json and model.npz; returns the exit code."""
     from minippo import backend
+    from minippo.checkpoint import read_checkpoint, save_checkpoint
     from minippo.envs import check_env_id
     from minippo.ppo import PPO, NonFiniteEnvError
 
@@ -479,6 +504,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides["total_timesteps"] = args.timesteps
         try:
             algo = _build(lambda: PPO.load(args.resume, **overrides))
+            backlog = read_checkpoint(args.resume)[0].get("unlogged_rows", [])  # rows its run could not log
         except (ValueError, TypeError) as e:  # CheckpointError, a --timesteps or env space refused
             raise UsageError(f"--resume {args.resume}: {e}") from e
         if algo.config.env_id != args.env_id:
@@ -491,6 +517,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"above {algo.num_timesteps} to train further")
         cfg = algo.config
     else:
+        backlog = []
         try:
             cfg = _make_config(args)
         except ValueError as e:
@@ -499,7 +526,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             algo = _build(lambda: PPO(cfg))
         except (ValueError, TypeError) as e:  # what the env's spaces or env_kwargs do not allow
             raise UsageError(str(e)) from e
-    out, model_path, log = _open_run_folder(args, cfg, algo.iteration)
+    out, model_path, log = _open_run_folder(args, cfg, algo.iteration, backlog)
     if not args.quiet:
         print(f"minippo: training {cfg.env_id} ({cfg.objective}) for {algo.total_timesteps} steps "
               f"on backend {backend.name}; writing {out}", file=sys.stderr)
@@ -524,12 +551,14 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     log_failed: list[OSError] = []  # progress.csv could not be written (a full disk, a quota)
+    unlogged: list[list[str]] = []  # that row: saved with the model, written by a resumed run (no gap)
 
     def on_iteration(row: dict[str, Any]) -> bool | None:
         try:
             log(row)
         except OSError as e:  # stop at this boundary and still try to save the model
             log_failed.append(e)
+            unlogged.append(log.cells(row))
             return False
         progress(row)
         return False if stop else None  # False ends learn() at this iteration boundary
@@ -552,7 +581,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             log.close()
         if aborted is None and diverged is None:
             try:
-                algo.save(model_path)  # atomic: a signal here leaves the previous file as it was
+                # atomic: a signal here leaves the previous file as it was
+                save_checkpoint(algo, model_path, unlogged_rows=unlogged)
             except KeyboardInterrupt:
                 aborted = "during the save"
             except OSError as e:  # a full disk, the folder removed: atomic, so no half-written file
@@ -565,7 +595,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     if log_failed:
         csv_path = os.path.join(out, "progress.csv")
-        saved = f"model not saved ({failed})" if failed is not None else f"model saved to {model_path}"
+        saved = f"model not saved ({failed})" if failed is not None else \
+            f"model saved to {model_path} with the unwritten row (--resume writes it first)"
         print(f"minippo: error: cannot write {csv_path}: {log_failed[0]}; training stopped at "
               f"{algo.num_timesteps} steps; {saved}", file=sys.stderr)
         return 1

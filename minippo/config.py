@@ -30,6 +30,13 @@ AUTORESET_MODES = ("same_step", "next_step")
 DTYPES = ("float32", "float64")
 
 
+# The step counters are saved as int64 (checkpoint meta: [0, 2**63)); the last rollout runs past the
+# budget, so the budget stops well short of that. (Was unbounded: a run with a budget of 2**63 saved a
+# checkpoint that neither eval nor --resume could read.)
+MAX_TIMESTEPS = 2**62
+TOO_MANY_TIMESTEPS = "must be <= 2**62 (steps are counted in int64, with room for the last rollout)"
+
+
 @dataclass
 class PPOConfig:
     """Hyperparameters of one training run (see README for the objective ladder)."""
@@ -180,6 +187,8 @@ class PPOConfig:
         for name in ("clip_vloss", "normalize_advantages", "shared", "norm_obs", "norm_reward"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
+        if self.total_timesteps > MAX_TIMESTEPS:
+            raise bad("total_timesteps", TOO_MANY_TIMESTEPS)
         if self.batch_size < 2 and self.normalize_advantages:
             raise bad("batch_size", "must be >= 2 when normalize_advantages (std of one sample is undefined)")
         n_batch = self.n_envs * self.n_steps

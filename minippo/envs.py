@@ -47,6 +47,9 @@ def _registry_key(env_id: str) -> str:
     if ":" not in env_id:
         return env_id
     module, _, name = env_id.partition(":")
+    if not module or module.startswith(".") or not name:  # (import_module: ValueError, TypeError)
+        raise ValueError(f"env id {env_id!r}: a 'module:EnvId' id needs a module to import (an absolute "
+                         "name, as 'mypkg.envs') before the ':' and the id it registers after it")
     try:
         importlib.import_module(module)
     except ImportError as e:

@@ -25,7 +25,7 @@ import numpy as np
 from minippo import backend, losses
 from minippo._checks import array, deferred_checks, integer, real
 from minippo.buffer import RolloutBuffer
-from minippo.config import OBJECTIVES, ON_POLICY, PPOConfig
+from minippo.config import MAX_TIMESTEPS, OBJECTIVES, ON_POLICY, TOO_MANY_TIMESTEPS, PPOConfig
 from minippo.optim import Adam, Schedule
 from minippo.policy import ActorCritic
 
@@ -478,7 +478,10 @@ class PPO:
         otherwise pull the rate down for the whole run).
         """
         if total_timesteps is not None:
-            self.total_timesteps = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too
+            total = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too
+            if total > MAX_TIMESTEPS:
+                raise ValueError(f"total_timesteps {TOO_MANY_TIMESTEPS}, got {total}")
+            self.total_timesteps = total
         if callback is not None and not callable(callback):  # (not after a whole iteration)
             raise TypeError(f"callback must be a function of the iteration's row, or None, got "
                             f"{type(callback).__name__}")

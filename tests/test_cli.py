@@ -131,6 +131,11 @@ def test_bad_files_and_flags_one_line_exit_2(tmp_path, capsys, monkeypatch):
         (["train", "minippo-test/Cart-v0", "--resume", model, "--seed", "7", "--set", "gamma=0.9"],
          "--seed, --set cannot be combined with it"),
         (["train", "minippo-test/Cart-v0", "--resume", model, "--timesteps", "0"], "total_timesteps=0 is invalid"),
+        # past int64: was accepted, and the checkpoint it saved could be neither evaluated nor resumed
+        (["train", "minippo-test/Cart-v0", "--resume", model, "--timesteps", str(2**63)],
+         "total_timesteps=9223372036854775808 is invalid: must be <= 2**62"),
+        (["train", "CartPole-v1", "--timesteps", str(2**63)], "minippo: error: --timesteps 9223372036854775808: "
+         "PPOConfig.total_timesteps=9223372036854775808 is invalid: must be <= 2**62"),
         (["plot", str(run), "-o", str(tmp_path / "nodir" / "c.png")], "does not exist"),
         (["plot", str(run), "-o", str(tmp_path / "c.xyz")], "'xyz' is not an image format"),
     ]
@@ -164,7 +169,6 @@ def test_resume_of_an_env_whose_space_changed_and_a_signal_during_the_save(tmp_p
     import gymnasium as gym
     from envs_for_tests import register_probe
 
-    from minippo.ppo import PPO
 
     run = tmp_path / "run"
     register_probe("minippo-test/Probe-v0", 8, action_space=gym.spaces.Box(-1, 1, (2,), np.float32))
@@ -178,10 +182,10 @@ def test_resume_of_an_env_whose_space_changed_and_a_signal_during_the_save(tmp_p
     register_probe("minippo-test/Probe-v0", 8, action_space=gym.spaces.Box(-1, 1, (2,), np.float32))
     before = (run / "model.npz").read_bytes()
 
-    def interrupted_save(self, path):
+    def interrupted_save(algo, path, unlogged_rows=None):
         raise KeyboardInterrupt  # a second Ctrl-C while the model is being written
 
-    monkeypatch.setattr(PPO, "save", interrupted_save)
+    monkeypatch.setattr("minippo.checkpoint.save_checkpoint", interrupted_save)
     assert main(["train", "minippo-test/Probe-v0", "--resume", str(run / "model.npz"), "--timesteps", "128",
                  "--out", str(run), "--quiet"]) == 130
     assert "stopped during the save" in capsys.readouterr().err
@@ -920,12 +924,11 @@ def test_a_full_disk_is_one_line_exit_1_and_leaves_no_partial_row(tmp_path, caps
     import errno
 
     from minippo import cli
-    from minippo.ppo import PPO
 
-    def no_space(self, path):
+    def no_space(algo, path, unlogged_rows=None):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(PPO, "save", no_space)
+    monkeypatch.setattr("minippo.checkpoint.save_checkpoint", no_space)
     out = tmp_path / "run"
     assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--quiet", *TINY]) == 1
     err = capsys.readouterr().err
@@ -952,6 +955,14 @@ def test_a_full_disk_is_one_line_exit_1_and_leaves_no_partial_row(tmp_path, caps
 
     assert read_checkpoint(str(out / "model.npz"))[0]["num_timesteps"] == 384  # the training is kept
     monkeypatch.undo()
+    # the row that could not be written went into the model, and the resumed run writes it first:
+    # the log used to skip iteration 3 for good
+    assert main(["train", "CartPole-v1", "--resume", str(out / "model.npz"), "--timesteps", "640", "--quiet"]) == 0
+    rows = _rows(out / "progress.csv")
+    assert [r["iteration"] for r in rows] == ["1", "2", "3", "4", "5"]
+    assert rows[2]["timesteps"] == "384" and rows[2]["loss"] != "" and rows[2]["lr"] != ""
+    assert "unlogged_rows" not in read_checkpoint(str(out / "model.npz"))[0]  # written: not carried on
+    capsys.readouterr()
 
     # an OSError that is not minippo's writing (here a custom env's) keeps its traceback: it is not
     # reported as a file minippo could not write
@@ -980,6 +991,12 @@ def test_an_env_from_a_module_trains_and_evaluates_from_the_command_line(tmp_pat
     assert main(["train", "no_such_module_here:CartPole-v1", "--timesteps", "64", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot import module 'no_such_module_here'" in err, err
+    # a relative or empty module was a TypeError traceback, or "Empty module name" without the argument
+    for bad in (".foo:X-v0", ":", ":CartPole-v1", "gymnasium:"):
+        assert main(["train", bad, "--timesteps", "64", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"minippo: error: env id {bad!r}: a 'module:EnvId' id needs a module to import (an " \
+            "absolute name, as 'mypkg.envs') before the ':' and the id it registers after it\n", err
 
 
 def test_plot_of_a_run_with_no_rows_is_one_line(tmp_path, capsys):
@@ -1238,6 +1255,16 @@ def test_csv_log_reads_what_it_resumes_and_starts_a_new_file_afresh(tmp_path):
     log({"iteration": 3, "timesteps": 30})
     log.close()
     assert [(r["iteration"], r["timesteps"]) for r in _rows(path)] == [("1", "10"), ("2", "20"), ("3", "30")]
+    # a checkpoint's unlogged rows: those after the last row kept are written, in order, before the new ones
+    log = CsvLog(str(path), keep_through=2)
+    assert log.last_iteration == 2
+    log.backfill([CsvLog.cells({"iteration": i, "timesteps": 10 * i}) for i in (2, 3)])  # 2 is there already
+    log({"iteration": 4, "timesteps": 40})
+    with pytest.raises(ValueError, match=r"the checkpoint's unlogged row \['5'\] is not a progress.csv row"):
+        log.backfill([["5"]])
+    log.close()
+    assert [(r["iteration"], r["timesteps"]) for r in _rows(path)] == [("1", "10"), ("2", "20"), ("3", "30"),
+                                                                       ("4", "40")]
 
     header = ",".join(CSV_COLUMNS)
     path.write_text(f"{header}\n1\nx\n")

@@ -624,6 +624,15 @@ def test_learn_names_total_timesteps():
     assert algo.num_timesteps == 0
     algo.learn(32.0)  # a whole float (learn(1e5) in many scripts) is that many steps
     assert algo.num_timesteps == 32
+    # a budget past int64 saved checkpoints that neither eval nor --resume could read back
+    with pytest.raises(ValueError, match=r"total_timesteps must be <= 2\*\*62 \(steps are counted in int64, "
+                                         r"with room for the last rollout\), got 4611686018427387905"):
+        algo.learn(2**62 + 1)
+    with pytest.raises(ValueError, match=r"PPOConfig.total_timesteps=9223372036854775808 is invalid: must be "
+                                         r"<= 2\*\*62"):
+        PPOConfig(total_timesteps=2**63)
+    assert PPOConfig(total_timesteps=2**62).total_timesteps == 2**62
+    assert algo.num_timesteps == 32 and algo.total_timesteps == 32
     with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
         algo.evaluate(1, seed=-1)  # (named: the evaluation rng is made after the check)
 

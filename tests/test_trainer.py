@@ -585,6 +585,10 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
              (lambda a, m: m.update(time_elapsed=float("inf")), "meta's 'time_elapsed' must be a finite number"),
              (lambda a, m: m.update(episode_returns=5), "meta's 'episode_returns' must be a list of finite"),
              (lambda a, m: m.update(episode_lengths=[1, None]), "meta's 'episode_lengths' must be a list"),
+             # the rows a full disk kept out of progress.csv (written by the CLI's resume)
+             (lambda a, m: m.update(unlogged_rows=5), "meta's 'unlogged_rows' must be a list of lists of strings"),
+             (lambda a, m: m.update(unlogged_rows=[["1", 2.0]]), "meta's 'unlogged_rows' must be a list of lists"),
+             (lambda a, m: m.update(unlogged_rows=["1,2"]), "meta's 'unlogged_rows' must be a list of lists"),
              (lambda a, m: a["param/critic.b0"].fill(np.nan), "'param/critic.b0' holds NaN or inf"),
              # each of the two must be an object on its own
              (lambda a, m: m.update(config=[m["config"]]), "meta's 'config' and 'policy' must be JSON objects"),
@@ -608,6 +612,14 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
             a[name] = np.zeros(2, np.float32)
         with pytest.raises(CheckpointError, match=rf"unexpected arrays \['{name}'\]: it belongs to another network"):
             PPO.load(_rewrite(good, tmp_path / "extra_adam.npz", extra_adam))
+
+    deep = tmp_path / "deep.npz"  # a RecursionError from json.loads used to escape as a traceback
+    with np.load(good, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+    np.savez(deep, meta=np.array("[" * 100_000 + "]" * 100_000), **arrays)
+    for load in (PPO.load, load_policy):
+        with pytest.raises(CheckpointError, match="the 'meta' entry is JSON nested too deep to read"):
+            load(str(deep))
 
     def rng_out_of_range(a, m):  # an OverflowError from numpy used to escape as a traceback
         m["rng"]["state"]["state"] = -1
@@ -842,7 +854,9 @@ def test_bad_env_and_config_errors():
                              r"did you mean [^?]*CartPole-v1"),
         ("Zzzz-v0", r"unknown env id 'Zzzz-v0': not registered in gymnasium$"),
         ("", r"unknown env id '': not registered in gymnasium$"),  # no suggestion: every id starts with ""
-        ("json:", r"unknown env id 'json:': module 'json' did not register ''$"),
+        ("json:", r"env id 'json:': a 'module:EnvId' id needs a module to import \(an absolute name, as "
+                  r"'mypkg.envs'\) before the ':' and the id it registers after it$"),
+        (".json:X-v0", r"env id '.json:X-v0': a 'module:EnvId' id needs a module to import"),  # was a TypeError
     ]:
         with pytest.raises(ValueError, match=msg):
             check_env_id(env_id)
