@@ -119,12 +119,22 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
     may set them (root; or a group it is in), its owner and group (``sudo minippo train --resume`` of
     a user's run leaves the user's model.npz theirs), one this process may not write is refused
     (PermissionError, before anything is written), a new file gets 0666 less the umask, and a
-    symbolic link is followed (the file it points to is replaced; the link stays)."""
+    symbolic link is followed (the file it points to is replaced; the link stays). A path that is not
+    a regular file (a FIFO, a device such as /dev/null or /dev/stdout) is written as ``open(path,
+    "wb")`` writes it: there is no file on disk to keep whole."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path must be a file path (str, bytes or os.PathLike), got {type(path).__name__}")
     name = os.fsdecode(path)
     if os.path.isdir(name) or not os.path.basename(name):  # "x/" or "": before anything is written
         raise IsADirectoryError(f"path {name!r} is {'a folder' if name else 'empty'}: give a file path to write")
+    try:
+        special = not stat.S_ISREG(os.stat(name).st_mode)
+    except OSError:  # no such file (or a dangling link): a new file
+        special = False
+    if special:  # the rename would replace the FIFO or device node with a regular file (as root:
+        with open(name, "wb") as f:  # `minippo plot -o /dev/null` replaced /dev/null itself)
+            write(f)
+        return
     # The path the OS resolves ``path`` to (links and "..", as open() does): the temp file goes in
     # its folder, so that the rename stays in one folder, and the rename is onto it.
     target = os.path.realpath(name)

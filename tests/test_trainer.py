@@ -503,6 +503,25 @@ def test_atomic_write_goes_where_the_os_resolves_the_path(tmp_path, monkeypatch)
         np.testing.assert_array_equal(z["a"], np.arange(3))
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
+def test_atomic_write_onto_a_fifo_writes_into_it(tmp_path):
+    """A FIFO (or a device: `minippo plot -o /dev/null` as root) was renamed over, and became a
+    regular file; open(path, "wb") writes into it, and so does a save now."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    # (a daemon: renamed over, the FIFO never gets a writer and its reader waits for ever)
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    atomic_savez(str(fifo), {"a": np.arange(3)})
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and os.listdir(tmp_path) == ["pipe"]  # no temp file either
+    assert got and got[0].startswith(b"PK")  # the .npz went through the pipe
+
+
 def test_checkpoints_with_the_old_ret_acc_array_still_load(tmp_path):
     """Checkpoints before session 11 saved the reward scaler's running returns (ret_acc); they are
     no longer saved (they restart with the envs) and an old file holding them loads as before."""
