@@ -1935,8 +1935,10 @@ def mlp_backward(
     p = mlp.params
     if st is None or st.params is not p or st.version != getattr(p, "version", None):
         st = _state(mlp)
+    if type(dy) is not np.ndarray:  # (before dy.dtype: a list, say, is numpy's path to name)
+        return None
     dt = dy.dtype
-    if dt is not st.dt or type(dy) is not np.ndarray or dy.ndim != 2:
+    if dt is not st.dt or dy.ndim != 2:
         return None
     B = dy.shape[0]
     if not 1 <= B <= st.max_batch or len(cache) != len(st.sizes):  # [x, h_1, ..., h_L]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import array, is_real, real
+from minippo._checks import array, integer, is_real, real
 from minippo.backend import array_module, asnumpy
 
 Array = Any
@@ -51,6 +51,8 @@ class Adam:
             if p.dtype != first.dtype:
                 raise TypeError(f"params[{k!r}] is {p.dtype}, the first parameter {first.dtype}: "
                                 "Adam's moments need one dtype for all")
+            if not getattr(getattr(p, "flags", None), "writeable", True):  # (a step would fail half-way)
+                raise ValueError(f"params[{k!r}] is read-only: Adam updates every parameter in place")
         self.params = params
         self.lr = lr
         self.betas = betas
@@ -94,8 +96,10 @@ class Adam:
         ``max_grad_norm > 0``: the gradient is first clipped to that global norm, as
         :func:`clip_grad_norm` clips (PPO detail #11), but on Adam's flat copy of it: one sum of
         squares over the flat vector in float64 instead of one per array, and ``grads`` is left as
-        it is. Returns the norm before clipping, or NaN when not clipping. A non-finite norm raises
-        FloatingPointError before anything changes (parameters, moments, ``t``).
+        it is. Returns the norm before clipping, or NaN when not clipping. A non-finite norm (NaN or
+        inf anywhere in ``grads``) raises FloatingPointError before anything changes (parameters,
+        moments, ``t``), clipping or not, as the fused numba step does (without clipping, a NaN
+        would have gone into every parameter through the shared second moment's sum).
 
         On a GPU (cupy parameters, all C-contiguous) the gather into the flat gradient and the update
         are the two kernels of ``kernels/adam.cu``, which give the same bits as the array operations
@@ -123,16 +127,16 @@ class Adam:
         else:
             for k, (sl, _) in self._slices.items():
                 g[sl] = grads[k].reshape(-1)
-        norm, scale = math.nan, 1.0
-        if max_grad_norm > 0:
-            g64 = g.astype(np.float64, copy=False)
-            norm = math.sqrt(float(np.vdot(g64, g64)))  # (on a GPU: the one read-back)
-            if not math.isfinite(norm):
-                raise FloatingPointError(f"gradient norm is {norm}")
-            if norm > max_grad_norm:
-                scale = max_grad_norm / (norm + 1e-12)
+        g64 = g.astype(np.float64, copy=False)
+        norm, scale = math.sqrt(float(np.vdot(g64, g64))), 1.0  # (on a GPU: the one read-back)
+        if not math.isfinite(norm):
+            raise FloatingPointError(f"gradient norm is {norm}")
+        if max_grad_norm > 0 and norm > max_grad_norm:
+            scale = max_grad_norm / (norm + 1e-12)
         b1, b2 = self.betas
         self.t += 1
+        if max_grad_norm <= 0:  # (not clipping: NaN, as documented)
+            norm = math.nan
         if device:  # the lines below in one kernel, the same operations in the same order
             gpu.adam_update(self._table, g, self._m, self._v, scale, lr, self.betas, self.eps, self.t)
             return norm
@@ -185,14 +189,16 @@ class Adam:
         missing = sorted(f"{p}.{k}" for k in self.params for p in "mv" if f"{p}.{k}" not in state)
         if missing or "t" not in state:
             raise ValueError(f"state is missing {missing + ([] if 't' in state else ['t'])} (Adam.state_dict's keys)")
+        t = integer("state['t']", state["t"], 0)  # (-5 was kept, 1.7 cut to 1)
         pairs = [(state[f"{prefix}.{k}"], store[k], f"{prefix}.{k}")
                  for k in self.params for prefix, store in (("m", self.m), ("v", self.v))]
         for src, dst, name in pairs:
+            array(f"state[{name!r}]", src)
             if src.shape != dst.shape or src.dtype != dst.dtype:
                 raise ValueError(f"Adam {name} is {src.dtype} {src.shape}, expected {dst.dtype} {dst.shape}")
         for src, dst, _ in pairs:  # to the moments' device: a checkpoint's host arrays up, a device state down
             dst[...] = asnumpy(src) if type(dst) is np.ndarray else array_module(dst).asarray(src)
-        self.t = int(state["t"])
+        self.t = t
 
 
 def _dict(name: str, value: Any) -> None:

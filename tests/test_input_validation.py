@@ -672,7 +672,11 @@ def test_compute_gae_refuses_lists_naming_the_argument(request, backend_name):
             compute_gae(*args, 0.9, 0.9)
 
 
-def test_building_blocks_refuse_lists_and_bad_rngs_naming_the_argument():
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_building_blocks_refuse_lists_and_bad_rngs_naming_the_argument(request, backend_name):
+    if backend_name == "numba":  # (its MLP.backward read dy.dtype first: an AttributeError for a list)
+        pytest.importorskip("numba")
+    request.getfixturevalue(f"{backend_name}_backend")  # conftest.py: MINIPPO_BACKEND for this test
     pol = ActorCritic(3, Discrete(2), hidden=(4,))
     gauss = ActorCritic(3, Box(-np.ones(2), np.ones(2)), hidden=(4,))
     mlp = MLP([3, 4, 2])
@@ -684,6 +688,7 @@ def test_building_blocks_refuse_lists_and_bad_rngs_naming_the_argument():
         (lambda: DiagGaussian(np.zeros((1, 1)), [0.0]), "log_std must be an array"),
         (lambda: mlp.forward([[1.0, 2.0, 3.0]]), "x must be an array"),
         (lambda: mlp.backward([[1.0, 2.0]], cache), "dy must be an array"),
+        (lambda: mlp.backward(1.0, cache), "dy must be an array"),
         (lambda: pol.act([[0.0, 0.0, 0.0]], np.random.default_rng(0)), "obs must be an array"),
         (lambda: Adam({"a": np.ones(2)}).step({"a": [1.0, 1.0]}), r"grads\['a'\] must be an array"),
         (lambda: clip_grad_norm({"a": [1.0, 1.0]}, 1.0), r"grads\['a'\] must be an array"),

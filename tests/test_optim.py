@@ -1,5 +1,6 @@
 """minippo.optim: Adam against its closed form, global-norm clipping, schedules, bad inputs."""
 
+import itertools
 import math
 
 import numpy as np
@@ -237,6 +238,26 @@ def test_a_gradient_exactly_at_max_grad_norm_is_not_scaled(dtype):
         np.testing.assert_array_equal(got, want)
 
 
+def test_adam_refuses_read_only_params_and_a_bad_state():
+    """A read-only parameter was accepted, and the first step failed half-way (t, the moments and
+    the parameters before it changed); a state's t of -5 was kept and 1.7 cut to 1."""
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\['b'\] is read-only: Adam updates every parameter in place"):
+        Adam({"a": np.ones(2), "b": ro})
+    with pytest.raises(ValueError, match=r"params\['a'\] is read-only"):
+        Adam({"a": np.broadcast_to(np.ones(1), (3,))})
+    opt = Adam({"a": np.ones(2)})
+    state = opt.state_dict()
+    for t, err in ((-5, ValueError), (1.7, TypeError), ("3", TypeError)):
+        with pytest.raises(err, match=rf"state\['t'\] must be an integer >= 0, got {t!r}"):
+            opt.load_state_dict({**state, "t": t})
+    with pytest.raises(TypeError, match=r"state\['m.a'\] must be an array"):
+        opt.load_state_dict({**state, "m.a": [0.0, 0.0]})
+    opt.load_state_dict({**state, "t": np.int64(4)})
+    assert opt.t == 4 and type(opt.t) is int
+
+
 def test_adam_step_clip_errors_change_nothing():
     """A non-finite norm raises before t, the moments or the parameters change; max_grad_norm is
     checked by name; <= 0 means no clipping (NaN returned), as in PPOConfig."""
@@ -246,9 +267,11 @@ def test_adam_step_clip_errors_change_nothing():
     assert opt.step(g, max_grad_norm=1.0) == 5.0 and opt.t == 1
     np.testing.assert_allclose(opt.m["a"], 0.1 * np.array([0.6, 0.8]), rtol=1e-12)
     before = (opt.t, opt._m.copy(), opt._v.copy(), {k: p.copy() for k, p in params.items()})
-    for bad in (np.nan, np.inf):
+    # not clipping too (max_grad_norm <= 0): an inf gradient made NaN parameters, where the fused
+    # numba step raised with nothing changed
+    for bad, clip in itertools.product((np.nan, np.inf), (1.0, 0.0, -1.0)):
         with pytest.raises(FloatingPointError, match=f"gradient norm is {bad}"):
-            opt.step({"a": np.array([1.0, bad]), "b": np.zeros(3)}, max_grad_norm=1.0)
+            opt.step({"a": np.array([1.0, bad]), "b": np.zeros(3)}, max_grad_norm=clip)
     assert opt.t == before[0] and (opt._m == before[1]).all() and (opt._v == before[2]).all()
     assert all((params[k] == before[3][k]).all() for k in params)
     for bad in (np.nan, "1", None):
