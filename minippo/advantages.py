@@ -29,9 +29,15 @@ ESTIMATORS = ("gae", "mc", "td")
 DONES_ERROR = "dones must hold only 0 and 1 (episode-end flags)"
 
 
+_REAL_KINDS = "biuf"  # bool, int, unsigned, float: cast to the float dtype (complex lost its imaginary
+# part with only a warning, and strings and objects were parsed)
+
+
 def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, gamma: float, lam: float) -> None:
     for name, a in (("rewards", rewards), ("values", values), ("dones", dones), ("last_values", last_values)):
         array(name, a)
+        if a.dtype.kind not in _REAL_KINDS:
+            raise TypeError(f"{name} must be a real array (float, int or bool), got dtype {a.dtype}")
     if rewards.ndim != 2:
         raise ValueError(f"rewards must have shape (T, N), got {tuple(rewards.shape)}")
     for name, a in (("values", values), ("dones", dones)):
@@ -106,7 +112,8 @@ def compute_gae(
 ) -> tuple[Array, Array]:
     """GAE advantages and returns.
 
-    rewards, values, dones: (T, N) floats (dones 0/1: any other value raises ValueError);
+    rewards, values, dones: (T, N) real arrays, float, int or bool (dones 0/1: any other value raises
+    ValueError; a complex, string or object array TypeError);
     last_values: (N,) = V(s_T). NaN or inf in rewards or values is not checked here (this runs on
     every rollout; the losses refuse non-finite inputs) and propagates to the results.
     Returns (advantages (T, N), returns (T, N) = advantages + values) in rewards' dtype when it is
@@ -142,6 +149,8 @@ def compute_gae(
         s = rewards.shape
         ok = len(s) == 2 and values.shape == s and dones.shape == s and last_values.shape == s[1:] \
             and 0.0 < gamma <= 1.0 and 0.0 <= lam <= 1.0 and is_real(gamma) and is_real(lam) \
+            and rewards.dtype.kind in _REAL_KINDS and values.dtype.kind in _REAL_KINDS \
+            and dones.dtype.kind in _REAL_KINDS and last_values.dtype.kind in _REAL_KINDS \
             and (on_device or _binary(dones))  # is_real: not a bool, nor a Decimal or a 1-element array (they compare)
     except (TypeError, AttributeError):  # gamma or lam not a number, an input not an array
         ok = False

@@ -25,6 +25,8 @@ LOG_2PI = math.log(2.0 * math.pi)
 def _check_g(g: Array, b: int) -> Array:
     """The upstream gradient of a per-sample quantity: shape (B,), or it would broadcast silently."""
     array("g", g)
+    if g.dtype.kind not in "biuf":  # (a complex g lost its imaginary part)
+        raise TypeError(f"g must be a real array, got dtype {g.dtype}")
     if tuple(g.shape) != (b,):
         raise ValueError(f"g must have shape ({b},) (one upstream gradient per sample), got {tuple(g.shape)}")
     return g
@@ -238,6 +240,8 @@ class DiagGaussian:
             array("actions", a)
             if a.shape != self.mean.shape:
                 raise ValueError(f"actions must have shape {tuple(self.mean.shape)}, got {tuple(a.shape)}")
+            if a.dtype.kind not in "biuf":  # complex actions gave complex log-probs; strings failed in isfinite
+                raise TypeError(f"actions must be a real array, got dtype {a.dtype}")
             finite(actions=a)
             self._sampled = (a, None)
         a, here = self._sampled

@@ -4,6 +4,11 @@ Conventions: a linear layer computes ``y = x @ W + b`` with ``W`` of shape ``(fa
 ``forward`` returns ``(out, cache)``; ``backward(dout, cache)`` returns ``(din, grads)``. Nothing is
 kept on the object between the two calls, so the same network can run forward several times
 (PPO does: acting, then every minibatch of every epoch) without bookkeeping.
+
+The layer functions (``linear_forward`` ... ``relu_backward``) check nothing: they are the MLP's
+inner steps, and :class:`MLP` checks its input's class, dtype and shape once per call. Called
+directly with shapes other than those documented, they broadcast as numpy does (a bias of shape
+(1,), or an (F,) ``dh`` against a (B, F) ``h``), so check shapes before calling them on your own.
 """
 
 from __future__ import annotations

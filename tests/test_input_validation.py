@@ -78,6 +78,14 @@ def test_distribution_gradients_check_the_upstream_gradient_and_the_other_side()
                  lambda g: gau.kl_grad(DiagGaussian(np.ones((4, 2)), np.zeros(2)), g)):
         with pytest.raises(ValueError, match=r"g must have shape \(4,\)"):
             call(np.ones((4, 1)))
+    # a complex g lost its imaginary part; complex actions gave complex log-probs, string ones an
+    # isfinite error that named nothing
+    for call in (lambda g: cat.log_prob_grad(a, g), lambda g: gau.log_prob_grad(acts, g), gau.entropy_grad):
+        with pytest.raises(TypeError, match="^g must be a real array, got dtype complex128$"):
+            call(np.ones(4, complex))
+    for bad in (acts.astype(complex), acts.astype("U3")):
+        with pytest.raises(TypeError, match=f"^actions must be a real array, got dtype {bad.dtype}$"):
+            gau.log_prob(bad)
     with pytest.raises(ValueError, match=r"other distribution's mean has shape \(4, 3\)"):
         gau.kl(DiagGaussian(np.zeros((4, 3)), np.zeros(3)))
     with pytest.raises(FloatingPointError, match="actions contains NaN"):
@@ -670,6 +678,16 @@ def test_compute_gae_refuses_lists_naming_the_argument(request, backend_name):
                        ((z, z, z, [0.0, 0.0]), "last_values")):
         with pytest.raises(TypeError, match=f"{name} must be an array .*, got list"):
             compute_gae(*args, 0.9, 0.9)
+    # complex lost its imaginary part with only a ComplexWarning; strings and objects were parsed
+    for args, name, dt in (((z.astype(complex), z, z, lv), "rewards", "complex128"),
+                           ((z, z.astype("U3"), z, lv), "values", "<U3"),
+                           ((z, z, z.astype(object), lv), "dones", "object"),
+                           ((z, z, z, lv.astype(np.complex64)), "last_values", "complex64")):
+        for _ in range(2):  # (numba: the second call meets its hot path)
+            with pytest.raises(TypeError, match=rf"^{name} must be a real array \(float, int or bool\), got "
+                                                rf"dtype {dt}$"):
+                compute_gae(*args, 0.9, 0.9)
+    assert compute_gae(z.astype(np.int8), z.astype(bool), z.astype(np.uint8), lv, 0.9, 0.9)[0].dtype == np.float64
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "numba"])
