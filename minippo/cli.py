@@ -745,6 +745,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         atomic_write(args.output, lambda f: fig.savefig(f, dpi=120, format=fmt))
     except OSError as e:
         raise UsageError(f"--output {args.output!r}: cannot write it: {e}") from e
+    except (RuntimeError, ValueError) as e:  # a format matplotlib offers but cannot write here (pgf: no xelatex)
+        raise UsageError(f"--output {args.output!r}: matplotlib cannot write {fmt} here: {e}") from e
     finally:
         plt.close(fig)
     print(f"minippo: wrote {args.output}")
@@ -754,9 +756,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """``minippo bench``: training speed against env stepping alone; returns the exit code."""
     from minippo.bench import train_speed
+    from minippo.config import MAX_TIMESTEPS, TOO_MANY_TIMESTEPS
 
     if args.timesteps < 1:
         raise UsageError(f"--timesteps must be >= 1, got {args.timesteps}")
+    if args.timesteps > MAX_TIMESTEPS:
+        raise UsageError(f"--timesteps {TOO_MANY_TIMESTEPS}, got {args.timesteps}")
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
     _check_backend()

@@ -94,6 +94,7 @@ def test_same_seed_same_csv(tmp_path):
         (["train", "CartPole-v1", "--timesteps", "0"], r"^minippo: error: --timesteps 0: PPOConfig.total_timesteps=0"),
         (["train", "CartPole-v1", "--n-envs", "0"], r"^minippo: error: --n-envs 0: PPOConfig.n_envs=0 is invalid"),
         (["bench", "--timesteps", "0"], "--timesteps must be >= 1, got 0"),
+        (["bench", "--timesteps", str(2**62 + 1)], r"--timesteps must be <= 2\*\*62 \(steps are counted in int64"),
         (["bench", "--repeats", "0"], "--repeats must be >= 1, got 0"),
         # a flag and --set of the same field used to raise TypeError from PPOConfig.replace
         (["train", "CartPole-v1", "--seed", "1", "--set", "seed=2"],
@@ -140,6 +141,9 @@ def test_bad_files_and_flags_one_line_exit_2(tmp_path, capsys, monkeypatch):
         (["plot", str(run), "-o", str(tmp_path / "nodir" / "c.png")], "does not exist"),
         (["plot", str(run), "-o", str(tmp_path / "c.xyz")], "'xyz' is not an image format"),
     ]
+    if shutil.which("xelatex") is None:  # a format matplotlib lists but cannot write without TeX: was a
+        cases.append((["plot", str(run), "-o", str(tmp_path / "c.pgf")],  # RuntimeError traceback
+                      f"--output {str(tmp_path / 'c.pgf')!r}: matplotlib cannot write pgf here: "))
     for argv, message in cases:
         if argv[0] == "plot":
             pytest.importorskip("matplotlib")
