@@ -181,6 +181,18 @@ def test_clip_dtype_float32_kept():
     assert d.dtype == np.float32
 
 
+def test_losses_and_stats_are_python_floats_on_numpy():
+    """On numpy every loss and stat is a Python float (on cupy a 0-d device array, read back with
+    the rest by to_floats): no test noticed 0-d numpy values instead (tools/mutate.py, session 52)."""
+    x = np.array([0.1, -0.3, 0.2], np.float32)
+    results = [losses.pg_objective(x, x), losses.surrogate_objective(x, x - 0.1, x),
+               losses.clip_objective(x, x - 0.1, x, 0.2), losses.kl_penalty_objective(x, x - 0.1, x, np.abs(x), 0.5),
+               losses.value_loss(x, x + 1), losses.value_loss(x, x + 1, x, 0.2), losses.entropy_bonus(x, 0.01)]
+    for loss, _, stats in results:
+        assert type(loss) is float and all(type(v) is float for v in stats.values()), (loss, stats)
+    assert any(stats for _, _, stats in results)
+
+
 # ---------------------------------------------------------------- other rungs of the ladder
 @FAST
 @given(batches())

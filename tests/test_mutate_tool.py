@@ -101,7 +101,8 @@ def test_run_kills_what_the_tests_see_and_leaves_the_checkout_alone(mutate, tmp_
 
 def test_fresh_numba_cache_gives_each_mutant_an_empty_folder_removed_after(mutate, tmp_path, monkeypatch):
     """With fresh_numba_cache, NUMBA_CACHE_DIR is a new empty folder for each mutant's tests (numba
-    then compiles the mutated kernels), gone afterwards; without it, the variable is left as it is."""
+    then compiles the mutated kernels), and for the run on the unmutated code before them, gone
+    afterwards; without it, the variable is left as it is."""
     project = tmp_path / "project"
     project.mkdir()
     (project / "mod.py").write_text("Y = 1 + 2 - 3\n")
@@ -114,10 +115,14 @@ def test_fresh_numba_cache_gives_each_mutant_an_empty_folder_removed_after(mutat
     results = mutate.run("mod.py", "test_env.py", root=str(project), timeout=120, fresh_numba_cache=True)
     assert [r["how"] for r in results] == ["survived", "survived"]
     folders = seen.read_text().split()
-    assert len(set(folders)) == 2 and not any(os.path.exists(d) for d in folders)
-    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    assert len(set(folders)) == 3 and not any(os.path.exists(d) for d in folders)
+    mine = tmp_path / "my-cache"
+    mine.mkdir()
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(mine))
+    seen.unlink()
     results = mutate.run("mod.py", "test_env.py", root=str(project), timeout=120)
-    assert [r["how"] for r in results] == ["failed", "failed"]  # no variable: the test's KeyError
+    assert [r["how"] for r in results] == ["survived", "survived"]
+    assert seen.read_text().split() == [str(mine)] * 3 and mine.is_dir()
 
 
 def test_command_line_lists_and_refuses_bad_arguments(tmp_path):
@@ -171,3 +176,93 @@ def test_the_copy_holds_what_git_would_and_the_command_line_sums_up(mutate, tmp_
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0 and r.stdout.splitlines()[-1] == last, r.stdout + r.stderr
 
+
+
+def _cli(*argv, timeout=120):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", "mutate.py"), *argv],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_tests_must_pass_on_the_unmutated_code_before_any_mutant_runs(mutate, tmp_path):
+    """A -k that selects nothing, a test path that does not exist, or a test that fails anyway would
+    make every mutant "killed": the tests run on the unmutated code first, and must pass there."""
+    (tmp_path / "mod.py").write_text("N = 2 - 1\n")
+    (tmp_path / "test_mod.py").write_text("import mod\n\ndef test_n():\n    assert mod.N == 1\n")
+    (tmp_path / "test_bad.py").write_text("def test_bad():\n    assert False\n")
+    out = tmp_path / "results.jsonl"
+    for tests, said in (("test_mod.py -k no_such_test", "pytest exited 5 (no tests collected): 1 deselected"),
+                        ("no_such_file.py", "pytest exited 4 (usage error): ERROR: file or directory not found: "
+                                            "no_such_file.py"),
+                        ("test_bad.py", "pytest exited 1 (tests failed): ")):
+        r = _cli("mod.py", "--root", str(tmp_path), "--tests", tests, "--out", str(out))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (tests, r.stdout, r.stderr)
+        assert f"error: the tests must pass on the unmutated code, but {said}" in r.stderr, (tests, r.stderr)
+        assert r.stdout == "" and not out.exists()  # no mutant ran
+    with pytest.raises(mutate.NotPassing, match=r"pytest exited 5 \(no tests collected\)"):
+        mutate.run("mod.py", "test_mod.py -k no_such_test", root=str(tmp_path), timeout=120)
+
+
+def test_a_mutant_whose_pytest_runs_no_test_is_an_error_not_a_kill(mutate, tmp_path):
+    """pytest's exit statuses for "no tests collected" (5) and a usage error (4; here a conftest that
+    cannot import the mutated module), like interrupted (2) and internal error (3), say no test saw
+    the mutant: an "error", neither killed nor survived, with what pytest said. Lines the tool
+    wrote before it recorded ``exit`` still count as done."""
+    (tmp_path / "mod.py").write_text("N = 2 - 1\nZ = 1 * 0\nW = 3 + 1\n")
+    (tmp_path / "conftest.py").write_text("import mod  # noqa: F401\n")
+    (tmp_path / "test_mod.py").write_text("import mod\n\nif mod.N == 1:\n"
+                                          "    def test_w():\n        assert mod.W == 4\n")
+    results = mutate.run("mod.py", "test_mod.py", root=str(tmp_path), timeout=120)
+    assert [(r["id"], r["how"], r["killed"], r["exit"]) for r in results] == [
+        ("1:6:-->+", "error", False, 5), ("2:6:*->/", "error", False, 4), ("3:6:+->-", "failed", True, 1)]
+    assert results[0]["said"].startswith("no tests ran in ")
+    assert results[1]["said"] == "E   ZeroDivisionError: division by zero" and "said" not in results[2]
+    out = tmp_path / "results.jsonl"  # as the tool wrote it before: no "exit"
+    out.write_text(json.dumps({"id": "3:6:+->-", "line": 3, "col": 6, "old": "+", "new": "-", "function": "",
+                               "killed": True, "how": "failed", "seconds": 0.5}) + "\n")
+    r = _cli("mod.py", "--root", str(tmp_path), "--tests", "test_mod.py", "--out", str(out))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == ("0 of 2 killed; survived: none; errors (the tests did not run): "
+                                         "1:6:-->+ (pytest exit 5), 2:6:*->/ (pytest exit 4)")
+    assert "error    2:6:*->/" in r.stdout and "(pytest exit 4, usage error: E   ZeroDivisionError" in r.stdout
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(x["id"], x["how"], x.get("exit")) for x in lines] == [
+        ("3:6:+->-", "failed", None), ("1:6:-->+", "error", 5), ("2:6:*->/", "error", 4)]
+
+
+def test_bad_out_or_tests_are_refused_before_any_test_runs(mutate, tmp_path):
+    """An --out that is not a results file, a folder, or in a folder that does not exist, and --tests
+    that do not split like a shell command: one line on stderr (no traceback), exit status 2, and
+    not one test run (a missing folder used to show up only when the first result was written)."""
+    (tmp_path / "mod.py").write_text("N = 2 - 1\n")
+    ran = tmp_path / "ran.txt"
+    (tmp_path / "test_mod.py").write_text(f"def test_n():\n    open({str(ran)!r}, 'a').write('x')\n")
+    (tmp_path / "bad.jsonl").write_text("garbage\n")
+    (tmp_path / "folder").mkdir()
+    for out, tests, message in (
+            ("bad.jsonl", "test_mod.py", "bad.jsonl, line 1: not a mutant result"),
+            ("folder", "test_mod.py", "--out 'folder' is a folder; name a file in it"),
+            ("nodir/r.jsonl", "test_mod.py", "--out 'nodir/r.jsonl': there is no folder 'nodir'"),
+            ("r.jsonl", 'test_mod.py -k "n', "--tests 'test_mod.py -k \"n' cannot be split like a shell command "
+                                             "(No closing quotation)")):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "mutate.py"), "mod.py", "--tests", tests,
+                            "--out", out], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and f"error: {message}" in r.stderr and "Traceback" not in r.stderr, (out, r.stderr)
+        assert not ran.exists() and r.stdout == "", out
+    assert not (tmp_path / "r.jsonl").exists()
+    with pytest.raises(ValueError, match="there is no folder"):  # the same checks in run(), first thing
+        mutate.run("mod.py", "test_mod.py", root=str(tmp_path), out=str(tmp_path / "nodir" / "r.jsonl"))
+    assert not ran.exists()
+
+
+def test_functions_that_match_no_mutant_are_refused(tmp_path):
+    """A misspelt --functions name is an error naming it (it used to give "0 of 0 killed", exit 0),
+    and so is a run with nothing to mutate in the functions named."""
+    (tmp_path / "m.py").write_text("def f(a):\n    return a + 1\n\n\ndef g():\n    return 1\n")
+    for argv, message in ((["--functions", "no_such_fn", "--tests", "t.py"], "--functions: no function named "
+                                                                            "no_such_fn in 'm.py'"),
+                          (["--functions", "f", "h", "--list"], "--functions: no function named h in 'm.py'"),
+                          (["--functions", "g", "--tests", "t.py"], "no mutants in 'm.py' inside g: no operator")):
+        r = _cli("m.py", "--root", str(tmp_path), *argv)
+        assert r.returncode == 2 and f"error: {message}" in r.stderr, (argv, r.stdout, r.stderr)
+    r = _cli("m.py", "--root", str(tmp_path), "--functions", "f", "--list")
+    assert r.returncode == 0 and r.stdout.split() == ["2:13:+->-", "f"]

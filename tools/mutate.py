@@ -11,18 +11,23 @@ Each mutant changes one operator of FILE:
 - an arithmetic operator swapped (``+``/``-``, ``*``/``/``, ``//`` to ``*``, ``%`` to ``//``,
   ``**`` to ``*``), in augmented assignments too.
 
-Each mutant runs the tests in a copy of the checkout (the working tree is never written) and is
-*killed* when they fail, crash or time out. The survivors are the changes no test noticed: each
+The tests run once on the unmutated code first, and must pass there (else no failure would say
+anything about a mutant: a ``-k`` that selects nothing, say, or a test file that does not exist).
+Each mutant then runs the tests in a copy of the checkout (the working tree is never written) and
+is *killed* when they fail, crash or time out. The survivors are the changes no test noticed: each
 one is either a missing test or an equivalent mutant (the same results by another route); say
-which in a note.
+which in a note. A mutant whose pytest ends without running the tests (an exit status of pytest's
+other than 0 and 1: interrupted, internal error, usage error, no tests collected) is an *error*,
+neither killed nor survived, and makes the exit status 1.
 
 ``--fresh-numba-cache`` gives every mutant an empty ``NUMBA_CACHE_DIR``, so numba compiles the
 mutated kernels instead of loading the unmutated ones from its cache (slow: a compile per mutant).
 One JSON line per mutant goes to ``--out`` (a run stopped and restarted skips the ids already
-there, and runs again the one whose line a stop cut short); a summary goes to stdout. Sessions
-32-38 ran these over minippo/ and kernels/ (notes); sessions 35-38 set ``NUMBA_OPT=0`` (passed on
-to the tests) for the numba kernels, which compile in ~40% less time at that level with the
-same semantics (check that the unmutated code passes the tests there first).
+there, and runs again the one whose line a stop cut short; ``exit``, pytest's exit status, is
+missing from the lines written before errors were told from kills); a summary goes to stdout.
+Sessions 32-38 ran these over minippo/ and kernels/ (notes); sessions 35-38 set ``NUMBA_OPT=0``
+(passed on to the tests) for the numba kernels, which compile in ~40% less time at that level
+with the same semantics (check that the unmutated code passes the tests there first).
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ COMPARE = {ast.Eq: ("==", "!="), ast.NotEq: ("!=", "=="), ast.Lt: ("<", "<="), a
            ast.In: ("in", "not in"), ast.NotIn: ("not in", "in")}
 ARITH = {ast.Add: ("+", "-"), ast.Sub: ("-", "+"), ast.Mult: ("*", "/"), ast.Div: ("/", "*"),
          ast.FloorDiv: ("//", "*"), ast.Mod: ("%", "//"), ast.Pow: ("**", "*")}
+# pytest's exit statuses that say the tests did not run to a verdict (1 is "a test failed"; with -x
+# an import error while collecting is 1 too). After the unmutated code passed, one of these from a
+# mutant is no evidence that a test saw it: a conftest that imports the mutated code, say, and fails.
+PYTEST_ERRORS = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
+
+
+class NotPassing(Exception):
+    """The tests do not pass on the unmutated code (the message says how they ended)."""
 
 
 @dataclass(frozen=True)
@@ -171,41 +184,93 @@ def _done(out: str) -> set[str]:
     return done
 
 
+def _check_out(out: str) -> set[str]:
+    """The ids already in the results file ``out`` (see _done), once it is known that results can
+    be added to it: else a ValueError with a message for the user. Checked before any test runs, so
+    that a bad ``out`` costs no time and loses no result."""
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a folder; name a file in it (results.jsonl, say)")
+    folder = os.path.dirname(out) or "."
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out {out!r}: there is no folder {folder!r}")
+    if not os.access(out if os.path.exists(out) else folder, os.W_OK):
+        raise ValueError(f"--out {out!r} cannot be written (permission denied)")
+    try:
+        return _done(out)
+    except OSError as e:
+        raise ValueError(f"--out {out!r} cannot be read or rewritten ({e.strerror})") from None
+
+
+def _pytest(snap: str, tests: list[str], timeout: float, fresh_numba_cache: bool) -> tuple[int | None, str]:
+    """pytest run on ``tests`` in the copy ``snap``: its exit status (None when it ran past
+    ``timeout`` seconds) and the line of its output that most likely says why it failed."""
+    env = {**os.environ, "PYTHONPATH": snap, "PYTHONDONTWRITEBYTECODE": "1"}
+    cache = tempfile.mkdtemp(prefix="numba-") if fresh_numba_cache else None
+    if cache:
+        env["NUMBA_CACHE_DIR"] = cache
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                           cwd=snap, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, ""
+    finally:
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
+    # pytest's own complaints (a path not found, an option unknown, a conftest that failed to
+    # import) go to stderr, followed by context lines; its summary ("no tests ran") goes to stdout.
+    err = [line.strip() for line in r.stderr.splitlines() if line.strip()]
+    said = [line for line in err if "error" in line.lower()] or err or \
+        [line.strip() for line in r.stdout.splitlines() if line.strip()] or [""]
+    return r.returncode, said[-1]
+
+
+def _how(code: int | None) -> str:
+    """What a mutant's pytest exit status ``code`` (None: timed out) says about it."""
+    if code is None:
+        return "timeout"
+    if code in PYTEST_ERRORS:
+        return "error"
+    # A status pytest never gives (os._exit in the code under test, say) is a crash, like a signal.
+    return "survived" if code == 0 else "failed" if code == 1 else "crash"
+
+
 def run(path: str, tests: str, root: str = ".", functions: set[str] | None = None, out: str | None = None,
         timeout: float = 600.0, fresh_numba_cache: bool = False) -> list[dict]:
     """Run every mutant of ``path`` (relative to ``root``) against ``tests`` (pytest arguments,
-    split like a shell command); returns one result dict per mutant (also appended to ``out``)."""
-    done = _done(out) if out else set()
+    split like a shell command); returns one result dict per mutant (also appended to ``out``).
+
+    The tests run on the unmutated code first, when any mutant is left to run: NotPassing unless
+    they pass. A ValueError, before anything runs, if ``out`` cannot take the results (_check_out)."""
+    done = _check_out(out) if out else set()
+    args = shlex.split(tests)
     snap = _snapshot(root)
     target = os.path.join(snap, path)
     with open(target) as f:
         source = f.read()
     results = []
     try:
-        for m in mutants(source, functions):
-            if m.id in done:
-                continue
-            env = {**os.environ, "PYTHONPATH": snap, "PYTHONDONTWRITEBYTECODE": "1"}
-            cache = tempfile.mkdtemp(prefix="numba-") if fresh_numba_cache else None
-            if cache:
-                env["NUMBA_CACHE_DIR"] = cache
+        todo = [m for m in mutants(source, functions) if m.id not in done]
+        if todo:
+            code, said = _pytest(snap, args, timeout, fresh_numba_cache)
+            if code is None:
+                raise NotPassing(f"the tests ran past the timeout ({timeout:g} s) on the unmutated code")
+            if code != 0:
+                raise NotPassing(f"the tests must pass on the unmutated code, but pytest exited {code} "
+                                 f"({ {1: 'tests failed', **PYTEST_ERRORS}.get(code, 'crashed')}): {said}")
+        for m in todo:
             with open(target, "w") as f:
                 f.write(m.apply(source))
             t0 = time.monotonic()
             try:
-                r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                                    *shlex.split(tests)], cwd=snap, env=env, capture_output=True, text=True,
-                                   timeout=timeout)
-                how = "survived" if r.returncode == 0 else "crash" if r.returncode < 0 else "failed"
-            except subprocess.TimeoutExpired:
-                how = "timeout"
+                code, said = _pytest(snap, args, timeout, fresh_numba_cache)
             finally:
                 with open(target, "w") as f:
                     f.write(source)
-                if cache:
-                    shutil.rmtree(cache, ignore_errors=True)
-            res = {"id": m.id, **asdict(m), "killed": how != "survived", "how": how,
+            how = _how(code)
+            res = {"id": m.id, **asdict(m), "killed": how not in ("survived", "error"), "how": how, "exit": code,
                    "seconds": round(time.monotonic() - t0, 1)}
+            if how == "error":  # what pytest said instead of running the tests
+                res["said"] = said
             results.append(res)
             if out:  # one write of one whole line: a stop leaves at most a partial last line (_done)
                 fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -213,14 +278,16 @@ def run(path: str, tests: str, root: str = ".", functions: set[str] | None = Non
                     os.write(fd, (json.dumps(res) + "\n").encode())
                 finally:
                     os.close(fd)
-            print(f"{how:8s} {m.id:24s} {m.function}", flush=True)
+            print(f"{how:8s} {m.id:24s} {m.function}"
+                  + (f"  (pytest exit {code}, {PYTEST_ERRORS[code]}: {said})" if how == "error" else ""), flush=True)
     finally:
         shutil.rmtree(snap, ignore_errors=True)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line (see the module docstring); exit status 0, whatever survived."""
+    """The command line (see the module docstring); exit status 0, whatever survived, unless a
+    mutant's tests ended in an error (1); 2 for arguments refused, before any test runs."""
     p = argparse.ArgumentParser(description="Mutation testing of one file against a set of tests.")
     p.add_argument("file", help="the file to mutate, relative to --root")
     p.add_argument("--tests", help='pytest arguments, e.g. "tests/test_losses.py -k clip" (needed unless --list)')
@@ -237,21 +304,46 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--tests is needed (the pytest arguments to run against each mutant), unless --list")
     if a.timeout <= 0:
         p.error(f"--timeout must be > 0 seconds, got {a.timeout}")
+    if a.tests is not None:
+        try:
+            shlex.split(a.tests)
+        except ValueError as e:
+            p.error(f"--tests {a.tests!r} cannot be split like a shell command ({e})")
     functions = set(a.functions) if a.functions else None
     with open(os.path.join(a.root, a.file)) as f:
         try:
-            found = mutants(f.read(), functions)
+            source = f.read()
+            found = mutants(source, functions)
         except (SyntaxError, ValueError) as e:
             p.error(f"file {a.file!r} is not Python source ({type(e).__name__}: {e})")
+    if functions:  # a misspelt name would otherwise just leave fewer (or no) mutants
+        defined = {n.name for n in ast.walk(ast.parse(source))
+                   if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        if functions - defined:
+            p.error(f"--functions: no function named {', '.join(sorted(functions - defined))} in {a.file!r}")
     if a.list:
         for m in found:
             print(f"{m.id:24s} {m.function}")
         return 0
-    results = run(a.file, a.tests, a.root, functions, a.out, a.timeout, a.fresh_numba_cache)
-    survivors = [r for r in results if not r["killed"]]
-    print(f"{len(results) - len(survivors)} of {len(results)} killed; survived: "
-          + (", ".join(r["id"] for r in survivors) or "none"))
-    return 0
+    if not found:
+        p.error(f"no mutants in {a.file!r}" + (f" inside {', '.join(sorted(functions))}" if functions else "")
+                + ": no operator there that this tool changes")
+    if a.out:
+        try:
+            _check_out(a.out)
+        except ValueError as e:
+            p.error(str(e))
+    try:
+        results = run(a.file, a.tests, a.root, functions, a.out, a.timeout, a.fresh_numba_cache)
+    except NotPassing as e:
+        p.error(str(e))
+    survivors = [r for r in results if r["how"] == "survived"]
+    errors = [r for r in results if r["how"] == "error"]
+    print(f"{sum(r['killed'] for r in results)} of {len(results)} killed; survived: "
+          + (", ".join(r["id"] for r in survivors) or "none")
+          + ("; errors (the tests did not run): " + ", ".join(f"{r['id']} (pytest exit {r['exit']})" for r in errors)
+             if errors else ""))
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
