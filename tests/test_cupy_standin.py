@@ -368,6 +368,18 @@ def test_adam_clips_on_its_flat_gradient_in_the_adam_kernels(strict_cupy_backend
         np.testing.assert_allclose(p1[k], p2[k], rtol=1e-6)
 
 
+def test_to_floats_reads_device_stats_back_in_one_copy_without_checks_too(strict_cupy_backend):
+    """With no deferred checks, the device stats still come back in one copy, not one sync each (a
+    mutant that sent them to float() one by one survived the tests, session 52)."""
+    from minippo import losses
+
+    cp = strict_cupy_backend
+    stats = {"a": cp.asarray(np.array(0.5)), "b": cp.asarray(np.array(2.0, np.float32)), "c": 3.0}
+    before = dict(cp.STATS)
+    assert losses.to_floats(stats) == {"a": 0.5, "b": 2.0, "c": 3.0}
+    assert {k: cp.STATS[k] - before[k] for k in ("get", "float", "bool")} == {"get": 1, "float": 0, "bool": 0}
+
+
 def test_gradient_norm_is_one_sync_per_clip(strict_cupy_backend):
     """global_norm sums the squares on the device and reads one number back, not one per array."""
     from minippo.optim import global_norm
