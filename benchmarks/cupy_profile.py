@@ -10,7 +10,8 @@ CuPy launches run asynchronously, so the device's time lands on the calls that w
 read-back, ``bool()`` of a device value, a synchronise); the rest is Python and launch overhead,
 which is what bounds small networks on a GPU (docs/kernels.md, "The first real device").
 ``MINIPPO_BACKEND`` is set to cupy unless it is set already; the script fails when the backend in
-use is not cupy. Needs gymnasium.
+use is not cupy (exit 1), or cannot be used (cupy not installed, no device: one line, exit 2). Needs
+gymnasium.
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1 or steps < 1:
         print(USAGE, file=sys.stderr)
         return 2
-    name = backend.resolved()[0]
+    try:  # cupy missing (or no device): one line, not a traceback
+        name = backend.resolved()[0]
+    except (ValueError, ImportError, RuntimeError) as e:
+        print(f"cupy_profile.py: error: {e}", file=sys.stderr)
+        return 2
     if name != "cupy":
         print(f"the backend in use is {name}, not cupy (MINIPPO_BACKEND={os.environ['MINIPPO_BACKEND']})",
               file=sys.stderr)

@@ -38,14 +38,18 @@ def launch_time(cp, fn, args, grid: tuple[int], n: int) -> float:
 
 
 def main(argv: list[str]) -> int:
-    import cupy as cp
-
     try:
         chunks = [int(c) for c in argv] or [1, 4, 8, 16, 32]
     except ValueError:
         chunks = []
     if not chunks or any(c < 1 for c in chunks):
         print(f"CHUNK must be integers >= 1, got {argv}", file=sys.stderr)
+        return 2
+    try:
+        import cupy as cp
+    except ImportError as e:  # one line, as minippo's MINIPPO_BACKEND=cupy says it, not a traceback
+        print(f"gpu_gae_chunk.py: error: this benchmark needs cupy and a CUDA device, but cupy is not installed "
+              f"({e}); install it with: pip install 'minippo[cuda]'", file=sys.stderr)
         return 2
     print(f"device: {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, cupy {cp.__version__}")
     mods = {c: cp.RawModule(code=gpu.source(), options=(*gpu.NVRTC_OPTIONS, f"-DGAE_CHUNK={c}"))

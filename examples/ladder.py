@@ -2,6 +2,9 @@
 surrogate -> PPO-penalty -> PPO-clip, each trained on CartPole-v1 with the same budget.
 
     python examples/ladder.py [--timesteps 50000] [--seeds 1]
+
+Each run trains whole rollouts (2048 env steps for REINFORCE, 256 for the others): the budget is
+rounded up to a whole number of them, and each rung's line says how many steps it trained.
 """
 
 import argparse
@@ -15,12 +18,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # b
 import numpy as np  # noqa: E402
 
 from minippo import PPO, backend  # noqa: E402
-from minippo.config import preset  # noqa: E402
+from minippo.config import MAX_TIMESTEPS, preset  # noqa: E402
+from minippo.envs import check_env_id  # noqa: E402
 
 RUNGS: dict[str, dict] = {  # rung -> PPOConfig fields over the CartPole-v1 preset
     # REINFORCE and A2C are on-policy: one pass over each batch, each sample in one gradient step of
-    # 256 samples. REINFORCE gets 256-step rollouts (8 steps of 256 per rollout), so that its returns
-    # run to the episode's end wherever the episode ends inside the rollout (the `mc` estimator
+    # 256 samples. REINFORCE gets 256-step rollouts (8 envs x 256 steps: 2048 per rollout), so that its
+    # returns run to the episode's end wherever the episode ends inside the rollout (the `mc` estimator
     # bootstraps an episode still running at the rollout's end from V(s_T)); with the preset's 32
     # steps most of them would be bootstrapped. Both rungs take about as many gradient steps (200
     # and 196 at 50,000 steps: whole rollouts of 2048 and 256 steps).
@@ -41,23 +45,39 @@ def positive(text: str) -> int:
     return n
 
 
+def timesteps(text: str) -> int:
+    """argparse type: an integer from 1 to 2**62 (minippo counts steps in int64)."""
+    n = positive(text)
+    if n > MAX_TIMESTEPS:
+        raise argparse.ArgumentTypeError(f"must be <= 2**62 (minippo counts steps in int64), got {n}")
+    return n
+
+
 def main() -> None:
     """Train each rung on seeds 0 .. --seeds - 1 and print its mean deterministic return."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--timesteps", type=positive, default=50_000, help="env steps per run (default 50000)")
+    ap.add_argument("--timesteps", type=timesteps, default=50_000,
+                    help="env steps per run, a budget: each run trains whole rollouts (default 50000)")
     ap.add_argument("--seeds", type=positive, default=1, help="runs per rung, seeds 0, 1, ... (default 1)")
     args = ap.parse_args()
     try:  # MINIPPO_BACKEND read now: a bad value is one line here, not a traceback from inside training
         backend.resolved()
     except (ValueError, ImportError, RuntimeError) as e:
         ap.error(str(e))
-    print(f"CartPole-v1, {args.timesteps} steps, deterministic evaluation over 10 episodes")
+    try:  # gymnasium too: one line, as `minippo bench` says it, not a traceback from the first rung
+        check_env_id("CartPole-v1")
+    except (ImportError, ValueError) as e:
+        ap.error(str(e))
+    print(f"CartPole-v1, a budget of {args.timesteps} env steps per run (rounded up to whole rollouts), "
+          "deterministic evaluation over 10 episodes")
     for name, overrides in RUNGS.items():
-        scores = []
+        scores, steps = [], set()
         for seed in range(args.seeds):
             cfg = preset("CartPole-v1", total_timesteps=args.timesteps, seed=seed, **overrides)
-            scores.append(PPO(cfg).learn().evaluate(10)["mean_return"])
-        print(f"  {name:11s} {np.mean(scores):7.1f}")
+            algo = PPO(cfg).learn()
+            scores.append(algo.evaluate(10)["mean_return"])
+            steps.add(algo.num_timesteps)
+        print(f"  {name:11s} {np.mean(scores):7.1f}  ({'/'.join(map(str, sorted(steps)))} env steps)")
 
 
 if __name__ == "__main__":

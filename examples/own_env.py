@@ -31,8 +31,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # b
 import numpy as np  # noqa: E402
 
 from minippo import PPO, backend, load_policy  # noqa: E402
-from minippo.checkpoint import evaluate_policy  # noqa: E402
-from minippo.config import PPOConfig  # noqa: E402
+from minippo.checkpoint import check_save_path, evaluate_policy  # noqa: E402
+from minippo.config import MAX_TIMESTEPS, PPOConfig  # noqa: E402
 from minippo.spaces import Box, Discrete  # noqa: E402
 
 STEPS = 20  # steps per episode (a time limit: truncation)
@@ -106,18 +106,36 @@ def positive(text: str) -> int:
     return n
 
 
+def timesteps(text: str) -> int:
+    """argparse type: an integer from 1 to 2**62 (minippo counts steps in int64)."""
+    n = positive(text)
+    if n > MAX_TIMESTEPS:
+        raise argparse.ArgumentTypeError(f"must be <= 2**62 (minippo counts steps in int64), got {n}")
+    return n
+
+
+def check_out(ap: argparse.ArgumentParser, path: str) -> None:
+    """Exit with one line (argparse's error) when the model cannot be saved to ``path`` and reloaded:
+    found now, not after training with the model lost."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):  # a FIFO, /dev/null
+        ap.error(f"--out {path!r} is not a regular file: the model is reloaded from it after the save")
+    try:
+        check_save_path(path)  # a folder, a write-protected file, a folder it cannot write in
+    except OSError as e:
+        ap.error(f"--out {path!r}: cannot save the model there: {e}")
+
+
 def main() -> None:
     """Train on Reach, save to --out, reload with numpy alone, evaluate before and after."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--timesteps", type=positive, default=20_000, help="env steps to train (default 20000)")
+    ap.add_argument("--timesteps", type=timesteps, default=20_000, help="env steps to train (default 20000)")
     ap.add_argument("--out", default="reach.npz", help="model file to write (default reach.npz)")
     args = ap.parse_args()
     try:  # MINIPPO_BACKEND read now: a bad value is one line here, not a traceback from inside training
         backend.resolved()
     except (ValueError, ImportError, RuntimeError) as e:
         ap.error(str(e))
-    if os.path.isdir(args.out) or not os.path.basename(args.out):  # found now, not after training
-        ap.error(f"--out {args.out!r} is a folder: give a file path, e.g. {os.path.join(args.out, 'reach.npz')}")
+    check_out(ap, args.out)  # found now, not after training
 
     config = PPOConfig(env_id="Reach", n_envs=8, n_steps=64, batch_size=128, n_epochs=10,
                        learning_rate=3e-3, gamma=0.9, total_timesteps=args.timesteps, seed=0)

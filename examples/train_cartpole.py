@@ -13,7 +13,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # b
     os.environ.setdefault(_var, "1")
 
 from minippo import PPO, backend, load_policy  # noqa: E402
-from minippo.config import preset  # noqa: E402
+from minippo.checkpoint import check_save_path  # noqa: E402
+from minippo.config import MAX_TIMESTEPS, preset  # noqa: E402
+from minippo.envs import check_env_id  # noqa: E402
 
 
 def positive(text: str) -> int:
@@ -21,6 +23,14 @@ def positive(text: str) -> int:
     n = int(text)
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {n}")
+    return n
+
+
+def timesteps(text: str) -> int:
+    """argparse type: an integer from 1 to 2**62 (minippo counts steps in int64)."""
+    n = positive(text)
+    if n > MAX_TIMESTEPS:
+        raise argparse.ArgumentTypeError(f"must be <= 2**62 (minippo counts steps in int64), got {n}")
     return n
 
 
@@ -32,10 +42,21 @@ def natural(text: str) -> int:
     return n
 
 
+def check_out(ap: argparse.ArgumentParser, path: str) -> None:
+    """Exit with one line (argparse's error) when the model cannot be saved to ``path`` and reloaded:
+    found now, not after training with the model lost."""
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):  # a FIFO, /dev/null
+        ap.error(f"--out {path!r} is not a regular file: the model is reloaded from it after the save")
+    try:
+        check_save_path(path)  # a folder, a write-protected file, a folder it cannot write in
+    except OSError as e:
+        ap.error(f"--out {path!r}: cannot save the model there: {e}")
+
+
 def main() -> None:
     """Train, print progress every 50 updates, evaluate, save to --out, reload it and act once."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--timesteps", type=positive, default=100_000, help="env steps to train (default 100000)")
+    ap.add_argument("--timesteps", type=timesteps, default=100_000, help="env steps to train (default 100000)")
     ap.add_argument("--seed", type=natural, default=0, help="seed of the run, an integer >= 0 (default 0)")
     ap.add_argument("--out", default="cartpole.npz", help="model file to write (default cartpole.npz)")
     args = ap.parse_args()
@@ -43,8 +64,11 @@ def main() -> None:
         backend.resolved()
     except (ValueError, ImportError, RuntimeError) as e:
         ap.error(str(e))
-    if os.path.isdir(args.out) or not os.path.basename(args.out):  # found now, not after training
-        ap.error(f"--out {args.out!r} is a folder: give a file path, e.g. {os.path.join(args.out, 'cartpole.npz')}")
+    try:  # gymnasium too: one line, as `minippo bench` says it, not a traceback from inside PPO()
+        check_env_id("CartPole-v1")
+    except (ImportError, ValueError) as e:
+        ap.error(str(e))
+    check_out(ap, args.out)  # found now, not after training
 
     model = PPO(preset("CartPole-v1", total_timesteps=args.timesteps, seed=args.seed))
 

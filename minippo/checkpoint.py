@@ -111,6 +111,24 @@ def _replaced(path: str | bytes | os.PathLike) -> os.stat_result | None:
     return st
 
 
+def check_save_path(path: str | bytes | os.PathLike) -> None:
+    """Raise OSError, naming ``path``, where a save onto it (:func:`atomic_write`, ``PPO.save``) is
+    bound to fail, so that a script can refuse it before training rather than lose the model after:
+    ``path`` a folder or empty, a write-protected file, a folder (or a file in the place of one)
+    where the temp file cannot be made. A missing folder is made now, as the save would make it."""
+    name = os.fsdecode(path)
+    if os.path.isdir(name) or not os.path.basename(name):
+        raise IsADirectoryError(f"path {name!r} {'names a folder' if name else 'is empty'}: give a file path to "
+                                "write")
+    _replaced(name)  # PermissionError: a write-protected file, or no temp file can be made beside it
+    folder = os.path.dirname(os.path.realpath(name))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(f"cannot save to {name!r}: {folder!r} is a file, not a folder")
+    os.makedirs(folder, exist_ok=True)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot save to {name!r}: cannot create a file in folder {folder!r}")
+
+
 def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through ``write(f)`` on a temp file beside ``path``, then fsync, rename onto
     ``path`` and fsync the folder: ``path`` is never half-written (the old file stays until the new

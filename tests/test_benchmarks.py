@@ -296,6 +296,7 @@ def test_train_speed_script_reads_steps_as_python_ints(monkeypatch):
     ts = _script("train_speed")
     seen = []
     monkeypatch.setattr(ts, "train_speed", lambda steps, repeats, **kw: seen.append((steps, repeats)))
+    monkeypatch.setattr(ts, "check_env_id", lambda env_id: None)  # gymnasium: the mocked timing needs none
     assert ts.main(["100_000"]) == 0 and ts.main([]) == 0 and ts.main(["512"]) == 0 and ts.main(["64", "2"]) == 0
     # each: the preset's env, then the same_step one
     assert seen == [(100_000, 3)] * 4 + [(512, 3)] * 2 + [(64, 2)] * 2
@@ -307,6 +308,60 @@ def test_train_speed_script_refuses_bad_steps(argv):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "steps and repeats must be integers >= 1" in proc.stderr
+
+
+def _run_without(module, script, *argv, env=None):
+    """benchmarks/SCRIPT run with ``import MODULE`` failing (None in sys.modules), as where it is not
+    installed (``module`` "" blocks nothing)."""
+    code = ("import runpy, sys\n"
+            "if sys.argv[1]: sys.modules[sys.argv[1]] = None\n"
+            "sys.argv = sys.argv[2:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    return subprocess.run([sys.executable, "-c", code, module, os.path.join(ROOT, "benchmarks", script), *argv],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.parametrize("argv", [[str(2**62 + 1)], ["99999999999999999999", "1"]])
+def test_train_speed_script_refuses_more_steps_than_minippo_counts(argv):
+    """Steps past minippo's limit (PPOConfig refuses more than 2**62) are the usage line, not a traceback."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_speed.py"), *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"usage: python benchmarks/train_speed.py [steps [repeats]]: steps must be <= 2**62 "
+                           f"(minippo counts steps in int64), got {argv[0]}\n"), proc.stderr
+
+
+@pytest.mark.parametrize(("blocked", "backend", "message"), [
+    ("", "bogus", "MINIPPO_BACKEND='bogus' is not a backend; allowed values: numpy, numba, cupy, auto"),
+    ("cupy", "cupy", "MINIPPO_BACKEND=cupy but cupy is not installed"),
+    ("gymnasium", "numpy", "gymnasium is needed for environments"),
+])
+def test_train_speed_script_says_a_bad_backend_or_a_missing_gymnasium_in_one_line(blocked, backend, message):
+    """As ``minippo bench`` and the examples: MINIPPO_BACKEND resolved, gymnasium found, before any
+    timing; each failure one line (with minippo's pip hint), exit 2, where it was a traceback."""
+    proc = _run_without(blocked, "train_speed.py", "64", "1", env={**os.environ, "MINIPPO_BACKEND": backend})
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"train_speed.py: error: {message}"), proc.stderr
+    hint = {"cupy": "pip install 'minippo[cuda]'", "gymnasium": "pip install 'minippo[gym]'"}.get(blocked, "")
+    assert hint in proc.stderr
+
+
+@pytest.mark.parametrize(("script", "backend", "message"), [
+    ("cupy_profile.py", None, "cupy_profile.py: error: MINIPPO_BACKEND=cupy but cupy is not installed"),
+    ("cupy_profile.py", "bogus", "cupy_profile.py: error: MINIPPO_BACKEND='bogus' is not a backend"),
+    ("gpu_gae_chunk.py", None, "gpu_gae_chunk.py: error: this benchmark needs cupy and a CUDA device, but cupy is "
+                               "not installed"),
+])
+def test_gpu_scripts_say_cupy_is_missing_in_one_line(script, backend, message):
+    """Without cupy the GPU benchmarks say so in one line with the pip extra (minippo[cuda]), exit 2,
+    where cupy_profile's backend.resolved() and gpu_gae_chunk's ``import cupy`` gave a traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "MINIPPO_BACKEND"}
+    if backend is not None:
+        env["MINIPPO_BACKEND"] = backend
+    proc = _run_without("cupy", script, env=env)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(message), proc.stderr
+    assert backend == "bogus" or "pip install 'minippo[cuda]'" in proc.stderr
 
 
 def test_cupy_rows_run_on_the_strict_standin(numpy_backend, monkeypatch, capsys):

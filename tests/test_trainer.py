@@ -503,6 +503,24 @@ def test_atomic_write_goes_where_the_os_resolves_the_path(tmp_path, monkeypatch)
         np.testing.assert_array_equal(z["a"], np.arange(3))
 
 
+def test_check_save_path_refuses_what_a_save_would_fail_on(tmp_path):
+    """What the examples check --out with before training (a save failing after it loses the model)."""
+    from minippo.checkpoint import check_save_path
+
+    (tmp_path / "file.txt").write_text("mine")
+    for path, err, msg in ((tmp_path, IsADirectoryError, "names a folder: give a file path to write"),
+                           (f"{tmp_path / 'nothing'}/", IsADirectoryError, "nothing/' names a folder"),
+                           ("", IsADirectoryError, "path '' is empty"),
+                           (tmp_path / "file.txt" / "m.npz", NotADirectoryError, "is a file, not a folder"),
+                           (tmp_path / "file.txt" / "sub" / "m.npz", NotADirectoryError, "Not a directory")):
+        with pytest.raises(err, match=msg):
+            check_save_path(path)
+    check_save_path(tmp_path / "new" / "m.npz")  # a missing folder is made, as the save makes it
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "m.npz").exists()
+    check_save_path(tmp_path / "file.txt")  # an existing file this process may write: fine, untouched
+    assert (tmp_path / "file.txt").read_text() == "mine"
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
 def test_atomic_write_onto_a_fifo_writes_into_it(tmp_path):
     """A FIFO (or a device: `minippo plot -o /dev/null` as root) was renamed over, and became a
