@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 CSV_COLUMNS = (
@@ -325,7 +325,7 @@ class CsvLog:
         self._write(cells)
         self.last_iteration = int(cells[0]) if cells[0].isdigit() else self.last_iteration
 
-    def backfill(self, rows: list[list[str]]) -> None:
+    def backfill(self, rows: Sequence[list[str]]) -> None:
         """Append the rows a stopped run computed but could not write (a checkpoint's ``unlogged_rows``:
         :meth:`cells` lists), those after the last row here; ValueError for one that is not a row."""
         for cells in rows:
@@ -399,7 +399,7 @@ def _is_run_folder(folder: str, env_id: str) -> bool:
 
 
 def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
-                     unlogged: list[list[str]] = ()) -> tuple[str, str, CsvLog]:
+                     unlogged: Sequence[list[str]] = ()) -> tuple[str, str, CsvLog]:
     """The run folder made and checked before training: (folder, model.npz path, progress log),
     config.json written. Resuming, the default folder is the resumed model's own run folder (it must
     be one: model.npz beside the run's config.json; anywhere else --out is required, so that no
@@ -459,7 +459,7 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
         rows = CsvLog.read_rows(csv_path) if args.resume else None
         _write_json_atomic(os.path.join(out, "config.json"), cfg.to_dict())
         log = CsvLog(csv_path, keep_through=iteration if args.resume else None, rows=rows)
-        log.backfill(list(unlogged))
+        log.backfill(unlogged)
     except (OSError, ValueError) as e:
         raise UsageError(f"{where}: cannot write the run there: {e}") from e
     return out, model_path, log
