@@ -64,11 +64,11 @@ def main() -> None:
         backend.resolved()
     except (ValueError, ImportError, RuntimeError) as e:
         ap.error(str(e))
+    check_out(ap, args.out)  # found now, not after training
     try:  # gymnasium too: one line, as `minippo bench` says it, not a traceback from inside PPO()
         check_env_id("CartPole-v1")
     except (ImportError, ValueError) as e:
         ap.error(str(e))
-    check_out(ap, args.out)  # found now, not after training
 
     model = PPO(preset("CartPole-v1", total_timesteps=args.timesteps, seed=args.seed))
 
