@@ -114,17 +114,6 @@ def timesteps(text: str) -> int:
     return n
 
 
-def check_out(ap: argparse.ArgumentParser, path: str) -> None:
-    """Exit with one line (argparse's error) when the model cannot be saved to ``path`` and reloaded:
-    found now, not after training with the model lost."""
-    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):  # a FIFO, /dev/null
-        ap.error(f"--out {path!r} is not a regular file: the model is reloaded from it after the save")
-    try:
-        check_save_path(path)  # a folder, a write-protected file, a folder it cannot write in
-    except OSError as e:
-        ap.error(f"--out {path!r}: cannot save the model there: {e}")
-
-
 def main() -> None:
     """Train on Reach, save to --out, reload with numpy alone, evaluate before and after."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,7 +124,10 @@ def main() -> None:
         backend.resolved()
     except (ValueError, ImportError, RuntimeError) as e:
         ap.error(str(e))
-    check_out(ap, args.out)  # found now, not after training
+    try:  # found now, not after training with the model lost; the example loads the model back
+        check_save_path(args.out, reread=True)
+    except OSError as e:
+        ap.error(f"--out {args.out!r}: cannot save the model there: {e}")
 
     config = PPOConfig(env_id="Reach", n_envs=8, n_steps=64, batch_size=128, n_epochs=10,
                        learning_rate=3e-3, gamma=0.9, total_timesteps=args.timesteps, seed=0)

@@ -42,17 +42,6 @@ def natural(text: str) -> int:
     return n
 
 
-def check_out(ap: argparse.ArgumentParser, path: str) -> None:
-    """Exit with one line (argparse's error) when the model cannot be saved to ``path`` and reloaded:
-    found now, not after training with the model lost."""
-    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):  # a FIFO, /dev/null
-        ap.error(f"--out {path!r} is not a regular file: the model is reloaded from it after the save")
-    try:
-        check_save_path(path)  # a folder, a write-protected file, a folder it cannot write in
-    except OSError as e:
-        ap.error(f"--out {path!r}: cannot save the model there: {e}")
-
-
 def main() -> None:
     """Train, print progress every 50 updates, evaluate, save to --out, reload it and act once."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +53,10 @@ def main() -> None:
         backend.resolved()
     except (ValueError, ImportError, RuntimeError) as e:
         ap.error(str(e))
-    check_out(ap, args.out)  # found now, not after training
+    try:  # found now, not after training with the model lost; the example loads the model back
+        check_save_path(args.out, reread=True)
+    except OSError as e:
+        ap.error(f"--out {args.out!r}: cannot save the model there: {e}")
     try:  # gymnasium too: one line, as `minippo bench` says it, not a traceback from inside PPO()
         check_env_id("CartPole-v1")
     except (ImportError, ValueError) as e:

@@ -111,15 +111,20 @@ def _replaced(path: str | bytes | os.PathLike) -> os.stat_result | None:
     return st
 
 
-def check_save_path(path: str | bytes | os.PathLike) -> None:
+def check_save_path(path: str | bytes | os.PathLike, reread: bool = False) -> None:
     """Raise OSError, naming ``path``, where a save onto it (:func:`atomic_write`, ``PPO.save``) is
     bound to fail, so that a script can refuse it before training rather than lose the model after:
     ``path`` a folder or empty, a write-protected file, a folder (or a file in the place of one)
-    where the temp file cannot be made. A missing folder is made now, as the save would make it."""
+    where the temp file cannot be made. A missing folder is made now, as the save would make it.
+    ``reread``: the caller loads the saved file back, so a path that is not a regular file (a FIFO,
+    a device such as /dev/null, which a save writes into) is refused too."""
     name = os.fsdecode(path)
     if os.path.isdir(name) or not os.path.basename(name):
         raise IsADirectoryError(f"path {name!r} {'names a folder' if name else 'is empty'}: give a file path to "
                                 "write")
+    if reread and os.path.exists(name) and not os.path.isfile(name):
+        raise OSError(f"path {name!r} is not a regular file (a FIFO or a device): what is saved there cannot be "
+                      "loaded back")
     _replaced(name)  # PermissionError: a write-protected file, or no temp file can be made beside it
     folder = os.path.dirname(os.path.realpath(name))
     if os.path.exists(folder) and not os.path.isdir(folder):

@@ -519,6 +519,11 @@ def test_check_save_path_refuses_what_a_save_would_fail_on(tmp_path):
     assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "m.npz").exists()
     check_save_path(tmp_path / "file.txt")  # an existing file this process may write: fine, untouched
     assert (tmp_path / "file.txt").read_text() == "mine"
+    if hasattr(os, "mkfifo"):  # a save writes into a FIFO (atomic_write); one that reads it back cannot
+        os.mkfifo(tmp_path / "pipe")
+        check_save_path(tmp_path / "pipe")
+        with pytest.raises(OSError, match="'.*pipe' is not a regular file .*: what is saved there cannot be loaded"):
+            check_save_path(tmp_path / "pipe", reread=True)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
