@@ -875,22 +875,17 @@ def test_resume_into_another_runs_folder_is_refused(tmp_path, capsys):
                      *TINY]) == 0
     before = {n: (a / n).read_bytes() for n in ("model.npz", "config.json", "progress.csv")}
     capsys.readouterr()
-    assert main(["train", "CartPole-v1", "--resume", str(b / "model.npz"), "--timesteps", "256",
-                 "--out", str(a), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "already holds model.npz, config.json, progress.csv (a run): resume into " \
-        "the model's own folder" in err, err
-    assert {n: (a / n).read_bytes() for n in before} == before
-    # another model in A's folder is not A's: --resume A/other.npz --out A counted as resuming in place
-    # (the folder matched) and took A's run over as above
+    # B's model; then another model in A's folder, which is not A's either: --resume A/other.npz --out A
+    # counted as resuming in place (the folder matched) and took A's run over the same way. Without
+    # --out, other.npz is refused as not a run folder's model.npz: no "leave out --out" hint for it.
     shutil.copy(b / "model.npz", a / "other.npz")
-    assert main(["train", "CartPole-v1", "--resume", str(a / "other.npz"), "--timesteps", "256",
-                 "--out", str(a), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    # no "leave out --out" hint: without --out, other.npz is refused as not a run folder's model.npz
-    assert err.count("\n") == 1 and "already holds model.npz, config.json, progress.csv (a run): resume into " \
-        "an --out without these files" in err, err
-    assert {n: (a / n).read_bytes() for n in before} == before
+    for model, hint in ((b / "model.npz", "the model's own folder"), (a / "other.npz", "an --out without these")):
+        assert main(["train", "CartPole-v1", "--resume", str(model), "--timesteps", "256", "--out", str(a),
+                     "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "already holds model.npz, config.json, progress.csv (a run): resume " \
+            f"into {hint}" in err, err
+        assert {n: (a / n).read_bytes() for n in before} == before
     # its own folder (named or not) and an empty one are fine
     assert main(["train", "CartPole-v1", "--resume", str(b / "model.npz"), "--timesteps", "256",
                  "--out", str(tmp_path / "B" / "."), "--quiet"]) == 0
