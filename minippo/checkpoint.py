@@ -111,6 +111,17 @@ def _replaced(path: str | bytes | os.PathLike) -> os.stat_result | None:
     return st
 
 
+def _file_path(path: str | bytes | os.PathLike) -> str:
+    """``path`` as a str, checked to name a file: TypeError for a non-path, IsADirectoryError for a
+    folder, a path ending in a separator ("x/") or "" (before anything is written)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a file path (str, bytes or os.PathLike), got {type(path).__name__}")
+    name = os.fsdecode(path)
+    if os.path.isdir(name) or not os.path.basename(name):
+        raise IsADirectoryError(f"path {name!r} is {'a folder' if name else 'empty'}: give a file path to write")
+    return name
+
+
 def check_save_path(path: str | bytes | os.PathLike, reread: bool = False) -> None:
     """Raise OSError, naming ``path``, where a save onto it (:func:`atomic_write`, ``PPO.save``) is
     bound to fail, so that a script can refuse it before training rather than lose the model after:
@@ -118,10 +129,7 @@ def check_save_path(path: str | bytes | os.PathLike, reread: bool = False) -> No
     where the temp file cannot be made. A missing folder is made now, as the save would make it.
     ``reread``: the caller loads the saved file back, so a path that is not a regular file (a FIFO,
     a device such as /dev/null, which a save writes into) is refused too."""
-    name = os.fsdecode(path)
-    if os.path.isdir(name) or not os.path.basename(name):
-        raise IsADirectoryError(f"path {name!r} {'names a folder' if name else 'is empty'}: give a file path to "
-                                "write")
+    name = _file_path(path)
     if reread and os.path.exists(name) and not os.path.isfile(name):
         raise OSError(f"path {name!r} is not a regular file (a FIFO or a device): what is saved there cannot be "
                       "loaded back")
@@ -145,11 +153,7 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
     symbolic link is followed (the file it points to is replaced; the link stays). A path that is not
     a regular file (a FIFO, a device such as /dev/null or /dev/stdout) is written as ``open(path,
     "wb")`` writes it: there is no file on disk to keep whole."""
-    if not isinstance(path, (str, bytes, os.PathLike)):
-        raise TypeError(f"path must be a file path (str, bytes or os.PathLike), got {type(path).__name__}")
-    name = os.fsdecode(path)
-    if os.path.isdir(name) or not os.path.basename(name):  # "x/" or "": before anything is written
-        raise IsADirectoryError(f"path {name!r} is {'a folder' if name else 'empty'}: give a file path to write")
+    name = _file_path(path)
     try:
         special = not stat.S_ISREG(os.stat(name).st_mode)
     except OSError:  # no such file (or a dangling link): a new file
@@ -443,6 +447,7 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
         raise ValueError(f"{path!r} was trained on {custom}, given as PPO(config, env=...), not made from "
                          f"config.env_id={config.env_id!r}: pass the env again, PPO.load(path, env=...)")
     algo = PPO(config, env=env)
+    algo.checkpoint_meta = meta
     saved, here = _policy_from_meta(meta, path).describe(), algo.policy.describe()
     space = meta["policy"]["action_space"]
     if isinstance(space, dict) and space.get("kind") == "box" and "dtype" not in space:

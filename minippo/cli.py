@@ -480,7 +480,7 @@ def _small_net_on_gpu(cfg: Any, name: str) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """``minippo train``: train, log progress.csv, save config.json and model.npz; returns the exit code."""
     from minippo import backend
-    from minippo.checkpoint import read_checkpoint, save_checkpoint
+    from minippo.checkpoint import save_checkpoint
     from minippo.envs import check_env_id
     from minippo.ppo import PPO, NonFiniteEnvError
 
@@ -504,7 +504,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides["total_timesteps"] = args.timesteps
         try:
             algo = _build(lambda: PPO.load(args.resume, **overrides))
-            backlog = read_checkpoint(args.resume)[0].get("unlogged_rows", [])  # rows its run could not log
         except (ValueError, TypeError) as e:  # CheckpointError, a --timesteps or env space refused
             raise UsageError(f"--resume {args.resume}: {e}") from e
         if algo.config.env_id != args.env_id:
@@ -516,6 +515,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"{said}: the model has already run {algo.num_timesteps} steps; pass --timesteps "
                              f"above {algo.num_timesteps} to train further")
         cfg = algo.config
+        backlog = algo.checkpoint_meta.get("unlogged_rows", [])  # the rows its run could not log
     else:
         backlog = []
         try:

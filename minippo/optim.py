@@ -131,12 +131,12 @@ class Adam:
         norm, scale = math.sqrt(float(np.vdot(g64, g64))), 1.0  # (on a GPU: the one read-back)
         if not math.isfinite(norm):
             raise FloatingPointError(f"gradient norm is {norm}")
-        if max_grad_norm > 0 and norm > max_grad_norm:
+        if max_grad_norm <= 0:  # not clipping: NaN returned, as documented
+            norm = math.nan
+        elif norm > max_grad_norm:
             scale = max_grad_norm / (norm + 1e-12)
         b1, b2 = self.betas
         self.t += 1
-        if max_grad_norm <= 0:  # (not clipping: NaN, as documented)
-            norm = math.nan
         if device:  # the lines below in one kernel, the same operations in the same order
             gpu.adam_update(self._table, g, self._m, self._v, scale, lr, self.betas, self.eps, self.t)
             return norm

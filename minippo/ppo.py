@@ -218,6 +218,8 @@ class PPO:
         # config.env_id's: named by its class in messages and checkpoints, and never remade from the id
         self.custom_env = type(self.env).__name__ if env is not None and spec_id is None else None
         self.env_name = self.custom_env or config.env_id
+        # PPO.load: the checkpoint's meta (JSON) it was restored from, as a Policy keeps it; else None
+        self.checkpoint_meta: dict[str, Any] | None = None
         if self.env.num_envs != config.n_envs:
             raise ValueError(f"env has {self.env.num_envs} sub-envs but config.n_envs={config.n_envs}")
         obs_space = self.env.single_observation_space

@@ -941,6 +941,12 @@ def test_a_full_disk_is_one_line_exit_1_and_leaves_no_partial_row(tmp_path, caps
     from minippo.checkpoint import read_checkpoint
 
     assert read_checkpoint(str(out / "model.npz"))[0]["num_timesteps"] == 384  # the training is kept
+    # the row comes with the model (the trainer keeps the meta it was loaded from: one read on --resume)
+    from minippo import PPO
+    from minippo.config import PPOConfig
+
+    assert [r[:2] for r in PPO.load(str(out / "model.npz")).checkpoint_meta["unlogged_rows"]] == [["3", "384"]]
+    assert PPO(PPOConfig(n_steps=16, batch_size=16, hidden=(4,))).checkpoint_meta is None
     monkeypatch.undo()
     # the row that could not be written went into the model, and the resumed run writes it first:
     # the log used to skip iteration 3 for good

@@ -124,11 +124,12 @@ def test_examples_take_timesteps_up_to_minippos_limit(name):
     ("ladder.py", ["--timesteps", "-5"], "argument --timesteps: must be an integer >= 1, got -5"),
     ("train_cartpole.py", ["--timesteps", "0"], "argument --timesteps: must be an integer >= 1, got 0"),
     ("own_env.py", ["--timesteps", "0"], "argument --timesteps: must be an integer >= 1, got 0"),
-    ("train_cartpole.py", ["--out", "."], "--out '.': cannot save the model there: path '.' names a folder: give a"),
-    ("own_env.py", ["--out", "."], "--out '.': cannot save the model there: path '.' names a folder: give a file"),
+    ("train_cartpole.py", ["--out", "."], "--out '.': cannot save the model there: path '.' is a folder: give a"),
+    ("own_env.py", ["--out", "."], "--out '.': cannot save the model there: path '.' is a folder: give a file"),
     ("inspect_gradients.py", ["--bogus"], "unrecognized arguments: --bogus"),
     ("train_cartpole.py", ["--seed", "-1"], "argument --seed: must be an integer >= 0, got -1"),
-    ("own_env.py", ["--out", "sub/"], "--out 'sub/': cannot save the model there: path 'sub/' names a folder"),
+    ("own_env.py", ["--out", "sub/"],
+     "--out 'sub/': cannot save the model there: path 'sub/' is a folder: give a file path to write"),
 ])
 def test_examples_refuse_bad_arguments_before_training(script, argv, message):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), *argv],

@@ -508,8 +508,9 @@ def test_check_save_path_refuses_what_a_save_would_fail_on(tmp_path):
     from minippo.checkpoint import check_save_path
 
     (tmp_path / "file.txt").write_text("mine")
-    for path, err, msg in ((tmp_path, IsADirectoryError, "names a folder: give a file path to write"),
-                           (f"{tmp_path / 'nothing'}/", IsADirectoryError, "nothing/' names a folder"),
+    for path, err, msg in ((tmp_path, IsADirectoryError, "is a folder: give a file path to write"),
+                           (f"{tmp_path / 'nothing'}/", IsADirectoryError,
+                            "nothing/' is a folder: give a file path to write"),
                            ("", IsADirectoryError, "path '' is empty"),
                            (tmp_path / "file.txt" / "m.npz", NotADirectoryError, "is a file, not a folder"),
                            (tmp_path / "file.txt" / "sub" / "m.npz", NotADirectoryError, "Not a directory")):
