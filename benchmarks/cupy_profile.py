@@ -83,7 +83,8 @@ def main(argv: list[str]) -> int:
 
     cfg = preset("CartPole-v1")
     cfg.total_timesteps = 2 * cfg.n_envs * cfg.n_steps  # the warm-up: two iterations
-    PPO(cfg).learn()
+    with PPO(cfg) as warm:
+        warm.learn()
     cfg.total_timesteps, cfg.seed = steps, cfg.seed + 1
     algo = PPO(cfg)
     profile = cProfile.Profile()

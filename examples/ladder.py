@@ -74,7 +74,8 @@ def main() -> None:
         scores, steps = [], set()
         for seed in range(args.seeds):
             cfg = preset("CartPole-v1", total_timesteps=args.timesteps, seed=seed, **overrides)
-            algo = PPO(cfg).learn()
+            with PPO(cfg) as algo:  # its env closed at the end of the block
+                algo.learn()
             scores.append(algo.evaluate(10)["mean_return"])
             steps.add(algo.num_timesteps)
         print(f"  {name:11s} {np.mean(scores):7.1f}  ({'/'.join(map(str, sorted(steps)))} env steps)")

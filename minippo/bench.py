@@ -14,16 +14,17 @@ def env_stepping(config: Any, timesteps: int) -> float:
     from minippo.envs import make_vec_env
 
     env = make_vec_env(config.env_id, config.n_envs, config.vector, config.autoreset, config.env_kwargs)
-    env.reset(seed=0)
-    env.action_space.seed(0)
-    actions = [env.action_space.sample() for _ in range(64)]
-    n_calls = -(-timesteps // config.n_envs)
-    t0 = time.perf_counter()
-    for i in range(n_calls):
-        env.step(actions[i % 64])
-    dt = time.perf_counter() - t0
-    env.close()
-    return dt
+    try:
+        env.reset(seed=0)
+        env.action_space.seed(0)
+        actions = [env.action_space.sample() for _ in range(64)]
+        n_calls = -(-timesteps // config.n_envs)
+        t0 = time.perf_counter()
+        for i in range(n_calls):
+            env.step(actions[i % 64])
+        return time.perf_counter() - t0
+    finally:
+        env.close()
 
 
 def train_speed(timesteps: int = 100_000, env_id: str = "CartPole-v1", repeats: int = 1,
@@ -49,15 +50,17 @@ def train_speed(timesteps: int = 100_000, env_id: str = "CartPole-v1", repeats: 
     # costs (numba's import and its compiles or cache loads, gymnasium's env registry), which
     # otherwise land in whichever timing of a process runs first.
     t0, compiled = time.perf_counter(), backend.numba_compile_seconds()
-    PPO(cfg.replace(total_timesteps=1)).learn()
+    with PPO(cfg.replace(total_timesteps=1)) as throwaway:
+        throwaway.learn()
     startup_s = time.perf_counter() - t0
     startup_compile_s = backend.numba_compile_seconds() - compiled
     rounds = []  # (train wall s, train process CPU s, env wall s)
     for _ in range(int(repeats)):
         algo = PPO(cfg)  # builds the env: outside the timed region, as env_stepping's is
-        t0, c0 = time.perf_counter(), time.process_time()
-        algo.learn()
-        train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+        with algo:  # (its env closed after: evaluate makes its own)
+            t0, c0 = time.perf_counter(), time.process_time()
+            algo.learn()
+            train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
         rounds.append((train_s, train_cpu, env_stepping(cfg, algo.num_timesteps)))  # as many steps
     train_s, train_cpu, _ = min(rounds)
     env_s = min(r[2] for r in rounds)

@@ -447,6 +447,18 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
         raise ValueError(f"{path!r} was trained on {custom}, given as PPO(config, env=...), not made from "
                          f"config.env_id={config.env_id!r}: pass the env again, PPO.load(path, env=...)")
     algo = PPO(config, env=env)
+    try:
+        _restore(algo, meta, arrays, path, config, overrides, to_device)
+    except BaseException:  # the env PPO made is closed now (an async one's workers stop)
+        algo.close()
+        raise
+    return algo
+
+
+def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], path: str, config: Any,
+             overrides: dict[str, Any], to_device: Any) -> None:
+    """Into a fresh trainer ``algo`` built from ``path``'s ``config``: its parameters, Adam state,
+    normaliser statistics, RNG, counters and schedule progress, from ``meta`` and ``arrays``."""
     algo.checkpoint_meta = meta
     saved, here = _policy_from_meta(meta, path).describe(), algo.policy.describe()
     space = meta["policy"]["action_space"]
@@ -495,7 +507,6 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     algo.kl_coef.beta = float(meta["beta"])
     algo.episode_returns.extend(meta["episode_returns"])
     algo.episode_lengths.extend(meta["episode_lengths"])
-    return algo
 
 
 class Policy:

@@ -590,6 +590,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
+        algo.close()  # now: an async env's workers would otherwise outlive the run (and report at exit)
     if aborted is not None:
         print(f"minippo: stopped {aborted} at {algo.num_timesteps} steps; model not saved", file=sys.stderr)
         return 130

@@ -35,7 +35,8 @@ BATCH_KEYS = ("obs", "actions", "logp_old", "advantages", "returns", "values_old
 
 
 class NonFiniteEnvError(ValueError):
-    """The env returned a NaN or inf observation or reward (training stops before it is used)."""
+    """The env returned a NaN or inf observation or reward, or an observation beyond the policy's dtype's
+    range (training stops before it is used)."""
 
 
 def normalize(adv: Array, eps: float = 1e-8) -> Array:
@@ -183,9 +184,7 @@ class PPO:
     """
 
     def __init__(self, config: PPOConfig | None = None, env: Any = None, **overrides: Any) -> None:
-        from minippo.envs import ObsNormalizer, RewardScaler, env_spec_id, is_next_step, make_vec_env
-        from minippo.losses import AdaptiveKL
-        from minippo.spaces import as_space
+        from minippo.envs import make_vec_env
 
         # A validated copy: PPOConfig is mutable, so a field set after construction is unchecked (checked
         # first, so that the message shows the value as set), and the caller's object may change later (a
@@ -204,6 +203,21 @@ class PPO:
         self.env = env if env is not None else make_vec_env(
             config.env_id, config.n_envs, config.vector, config.autoreset, config.env_kwargs
         )
+        # The env PPO made is PPO's to close (close(), or leaving a with-block); a given env is the caller's
+        self._owns_env = env is None
+        try:
+            self._setup(config, env)
+        except BaseException:  # an env refused: its async workers stop now, not at garbage collection
+            self.close()
+            raise
+
+    def _setup(self, config: PPOConfig, env: Any) -> None:
+        """The rest of ``__init__``, once ``self.env`` is made or given: checks it fits ``config`` and
+        builds the policy, optimiser, normalisers, schedules and buffer."""
+        from minippo.envs import ObsNormalizer, RewardScaler, env_spec_id, is_next_step
+        from minippo.losses import AdaptiveKL
+        from minippo.spaces import as_space
+
         if not hasattr(self.env, "num_envs"):
             raise TypeError(f"env must be a vector env: gymnasium's (gym.make_vec(..., wrappers=[...]) or "
                             f"minippo.envs.make_vec_env), or your own with num_envs, single_observation_space, "
@@ -254,7 +268,7 @@ class PPO:
             warnings.warn(f"objective={config.objective!r} with n_epochs={config.n_epochs}: every epoch after the "
                           "first reuses the rollout without the importance-sampling ratio, so its steps are not "
                           "the policy gradient (objective='surrogate' corrects for that); n_epochs=1 is the "
-                          "textbook algorithm", UserWarning, stacklevel=2)
+                          "textbook algorithm", UserWarning, stacklevel=3)  # (the caller of PPO())
         self.next_step = is_next_step(self.env)
         mode = "next_step" if self.next_step else "same_step"
         if config.autoreset != mode:  # a given env runs in its own mode: the config records the one used
@@ -274,11 +288,46 @@ class PPO:
         self._all_valid = np.ones(n, dtype=bool)  # SAME_STEP's mask, one array shared by every step:
         self._all_valid.flags.writeable = False  # a consumer writing to it raises instead of corrupting it
 
+    def close(self) -> None:
+        """Close the vector env PPO made from ``config.env_id`` (an async one's worker processes stop);
+        an env given as ``PPO(config, env=...)`` is left to its owner. ``with PPO(...) as model:`` closes
+        on leaving the block. Acting, evaluating and saving still work after it; ``learn`` does not."""
+        if self._owns_env:
+            self.env.close()
+
+    def __enter__(self) -> PPO:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ------------------------------------------------------------ acting
+    def _env_obs(self, obs: Any, rows: int, where: str = "", envs: np.ndarray | None = None,
+                 what: str = "observation") -> np.ndarray:
+        """The env's ``obs`` (rows, obs_dim) as a ``self.dtype`` array, checked before the normaliser or the
+        buffer sees it: a wrong shape or dtype raises ValueError / TypeError naming the env; a NaN, inf or
+        value beyond ``self.dtype``'s range NonFiniteEnvError. ``what``, ``where``: which observations, for
+        messages ("observation", " on reset"); ``envs``: the rows' sub-envs (default all)."""
+        a = np.asarray(obs)
+        if a.shape != (rows, self.obs_dim):
+            raise ValueError(f"env {self.env_name!r} returned {what}s{where} of shape {a.shape}; expected ({rows}, "
+                             f"{self.obs_dim}): one row of single_observation_space.shape ({self.obs_dim},) per "
+                             "sub-env")
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"env {self.env_name!r} returned {what}s{where} of dtype {a.dtype}; expected real numbers")
+        if a.dtype.kind != "f" or a.dtype.itemsize <= self.dtype.itemsize:  # exact in self.dtype
+            out = a.astype(self.dtype, copy=False)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
+                out = a.astype(self.dtype)
+        if not np.isfinite(out).all():
+            self._raise_non_finite(what + where, a, envs, out)
+        return out
+
     def _prep_obs(self, obs: np.ndarray, update: bool | np.ndarray) -> Any:
-        """obs (N, ...) -> normalised (N, obs_dim) on the device. ``update``: whether the observation
-        normaliser learns from them, or a (N,) mask of the rows it learns from."""
-        obs = np.asarray(obs, dtype=self.dtype).reshape(len(obs), self.obs_dim)
+        """obs (N, obs_dim), checked (:meth:`_env_obs`) -> normalised (N, obs_dim) on the device. ``update``:
+        whether the observation normaliser learns from them, or a (N,) mask of the rows it learns from."""
+        obs = np.asarray(obs, dtype=self.dtype)
         if self.obs_norm is not None:  # (the rollout has checked the observations are finite)
             if isinstance(update, np.ndarray):
                 mask, update = update, bool(update.all())
@@ -302,8 +351,10 @@ class PPO:
     def collect_rollout(self) -> None:
         """Run the behaviour policy pi_theta_old for T steps in all N envs and fill the buffer."""
         cfg, buf, xp = self.config, self.buffer, self.xp
+        n = cfg.n_envs
         if self._obs is None:
-            self._obs, _ = self.env.reset(seed=cfg.seed + self.num_timesteps)
+            obs, _ = self.env.reset(seed=cfg.seed + self.num_timesteps)
+            self._obs = self._env_obs(obs, n, " on reset")
         buf.reset()
         next_step = self.next_step
         for t in range(cfg.n_steps):
@@ -319,9 +370,13 @@ class PPO:
                 self._pending_boot[:] = False
             next_obs, reward, term, trunc, info = self.env.step(self._env_actions(actions))
             reward = np.array(reward, dtype=np.float64)  # a copy: the bootstrap below writes into it
-            if not (np.isfinite(reward).all() and np.isfinite(next_obs).all()):
-                self._raise_non_finite(next_obs, reward)
             term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)
+            if not reward.shape == term.shape == trunc.shape == (n,):
+                raise ValueError(f"env {self.env_name!r} returned rewards, terminations and truncations of shapes "
+                                 f"{reward.shape}, {term.shape}, {trunc.shape}; expected ({n},) each: one per sub-env")
+            if not np.isfinite(reward).all():
+                self._raise_non_finite("reward", reward)
+            next_obs = self._env_obs(next_obs, n)
             done = term | trunc
             any_done = bool(done.any())  # most steps end no episode: the per-episode work below is skipped
             if not next_step and any_done:  # SAME_STEP: the final observations are in info
@@ -331,9 +386,8 @@ class PPO:
                                    "metadata['autoreset_mode']) without info['final_obs']: a same-step vector env "
                                    "returns the reset observation and puts the final one in info['final_obs'] "
                                    "(one row per sub-env), as gymnasium's do")
-                finals = np.asarray(np.stack([info["final_obs"][i] for i in ends]), dtype=np.float64)
-                if not np.isfinite(finals).all():
-                    self._raise_non_finite(finals, np.zeros(len(ends)), ends, "final observation")
+                finals = self._env_obs(np.stack([info["final_obs"][i] for i in ends]), len(ends),
+                                       " (info['final_obs'])", ends, "final observation")
             self._track_episodes(reward, done, valid, any_done, next_step)
             if self.reward_scaler is not None:
                 reward = self.reward_scaler(reward, done, valid)
@@ -362,15 +416,21 @@ class PPO:
             self._pending_boot[:] = False
         buf.compute_returns(last_values, cfg.gamma, cfg.gae_lambda, cfg.advantage_estimator)
 
-    def _raise_non_finite(self, obs: np.ndarray, reward: np.ndarray, envs: np.ndarray | None = None,
-                          what_obs: str = "observation") -> None:
+    def _raise_non_finite(self, what: str, a: np.ndarray, envs: np.ndarray | None = None,
+                          cast: np.ndarray | None = None) -> None:
         """A NaN or inf from the env stops training before it reaches the normalisers or the buffer.
-        obs (M, ...), reward (M,): rows of the sub-envs ``envs`` (default: all, in order)."""
-        what, a = ("reward", reward) if not np.isfinite(reward).all() else (what_obs, np.asarray(obs))
+        ``a`` (M, ...): the env's ``what`` (rewards or observations), rows of the sub-envs ``envs``
+        (default: all, in order); ``cast``: the observations as ``self.dtype``, where a finite value
+        beyond its range became inf."""
         bad = np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))
+        kind = f"a non-finite {what}"
+        if not len(bad) and cast is not None:
+            bad = np.flatnonzero(~np.isfinite(cast.reshape(len(cast), -1)).all(axis=1))
+            kind = (f"{'an' if what[0] in 'aeiou' else 'a'} {what} beyond the policy's {self.dtype} range (|x| <= "
+                    f"{np.finfo(self.dtype).max:.4g}; scale the observations, or train with dtype='float64')")
         ids = bad if envs is None else envs[bad]
-        raise NonFiniteEnvError(f"env {self.env_name!r} returned a non-finite {what} in sub-env(s) "
-                         f"{ids.tolist()} at step {self.num_timesteps}: {a[bad[0]]}")
+        raise NonFiniteEnvError(f"env {self.env_name!r} returned {kind} in sub-env(s) {ids.tolist()} at step "
+                                f"{self.num_timesteps}: {a[bad[0]]}")
 
     def _track_episodes(self, reward: np.ndarray, done: np.ndarray, valid: np.ndarray,
                         any_done: bool = True, masked: bool = True) -> None:

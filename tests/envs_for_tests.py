@@ -66,21 +66,22 @@ def register():
 
 
 class Probe(gym.Env):
-    """An env with the given spaces: observations are zeros of the observation space's shape (NaN
-    from step ``nan_at`` on, if given), reward 1, never terminates; records whether every action
-    it was sent lay in its action space (``Probe.log``, shared by all instances)."""
+    """An env with the given spaces: observations are zeros of the observation space's shape (``value``,
+    NaN by default, from step ``nan_at`` on, if given; step 0 is the reset), reward 1, never terminates;
+    records whether every action it was sent lay in its action space (``Probe.log``, shared by all
+    instances)."""
 
     log: list = []
 
-    def __init__(self, observation_space=None, action_space=None, nan_at=None):
+    def __init__(self, observation_space=None, action_space=None, nan_at=None, value=np.nan):
         self.observation_space = observation_space or gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.action_space = action_space or gym.spaces.Discrete(2)
-        self.nan_at, self.t = nan_at, 0
+        self.nan_at, self.value, self.t = nan_at, value, 0
 
     def _obs(self):
         obs = self.observation_space.sample() * 0
         if self.nan_at is not None and self.t >= self.nan_at:
-            obs = np.full(obs.shape, np.nan, np.float32)
+            obs = np.full(obs.shape, self.value, self.observation_space.dtype)
         return obs
 
     def reset(self, *, seed=None, options=None):

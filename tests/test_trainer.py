@@ -117,13 +117,108 @@ def test_non_finite_env_output_stops_training_with_the_env_named():
     assert np.isfinite(algo.obs_norm.rms.mean).all()  # stopped before the statistics saw it
 
 
+@pytest.mark.parametrize("norm_obs", [True, False])
+def test_a_non_finite_observation_on_reset_stops_training_with_the_env_named(norm_obs):
+    """Only step's observations were checked: a NaN from reset went into the network (and the
+    normaliser's statistics, for good) and came out as 'logits contains NaN or inf'."""
+    from minippo.ppo import NonFiniteEnvError
+
+    register_probe("minippo-test/Probe-v0", 8, nan_at=0)
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, norm_obs=norm_obs))
+    with pytest.raises(NonFiniteEnvError, match=r"^env 'minippo-test/Probe-v0' returned a non-finite observation "
+                                                r"on reset in sub-env\(s\) \[0, 1\] at step 0: \[nan nan\]$"):
+        algo.collect_rollout()
+    if norm_obs:
+        assert algo.obs_norm.rms.count < 1 and np.isfinite(algo.obs_norm.rms.mean).all()
+
+
+@pytest.mark.parametrize("at", [0, 3])
+def test_an_observation_beyond_the_policys_float32_range_is_named(at):
+    """A float64 observation of 1e39 is finite, so it passed the check, became inf in float32 and
+    ended as 'gradient norm is nan' (or 'logits contains NaN') a few steps later. A float64 policy
+    takes it."""
+    from minippo.ppo import NonFiniteEnvError
+
+    box = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
+    register_probe("minippo-test/Probe-v0", 8, observation_space=box, nan_at=at, value=1e39)
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, norm_obs=True))
+    where = "on reset " if at == 0 else ""
+    with pytest.raises(NonFiniteEnvError, match=rf"^env 'minippo-test/Probe-v0' returned an observation {where}beyond "
+                                                r"the policy's float32 range \(\|x\| <= 3\.403e\+38; scale the "
+                                                r"observations, or "
+                                                r"train with dtype='float64'\) in sub-env\(s\) \[0, 1\] at step "
+                                                rf"{max(0, 2 * (at - 1))}: \[1\.e\+39 1\.e\+39\]$"):
+        algo.collect_rollout()
+    assert np.isfinite(algo.obs_norm.rms.mean).all()
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, norm_obs=True, dtype="float64"))
+    algo.collect_rollout()  # (1e39 squared overflows float64 in the normaliser's variance: no norm_obs there)
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, norm_obs=False, dtype="float64"))
+    algo.collect_rollout()
+    assert np.isfinite(algo.buffer.values).all()
+
+
+class Shaped:
+    """A vector env of 2 sub-envs with 3-D observations (same-step autoreset) that returns its
+    observations, rewards or termination flags in the shape ``bad`` maps them to."""
+
+    num_envs = 2
+    metadata = {"autoreset_mode": "same_step"}
+
+    def __init__(self, bad):
+        from minippo.spaces import Box, Discrete
+
+        self.single_observation_space = Box(-np.ones(3), np.ones(3))
+        self.single_action_space = Discrete(2)
+        self.bad = bad
+
+    def _obs(self, where):
+        obs = np.zeros((2, 3), np.float32)
+        return self.bad[1](obs) if self.bad[0] == where else obs
+
+    def reset(self, seed=None):
+        return self._obs("reset"), {}
+
+    def step(self, actions):
+        reward, term = np.ones(2), np.zeros(2, bool)
+        if self.bad[0] == "reward":
+            reward = self.bad[1](reward)
+        if self.bad[0] == "term":
+            term = self.bad[1](term)
+        return self._obs("step"), reward, term, np.zeros(2, bool), {}
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("bad, shown", [
+    (("reset", np.transpose), r"observations on reset of shape \(3, 2\); expected \(2, 3\)"),
+    (("step", np.ravel), r"observations of shape \(6,\); expected \(2, 3\)"),
+    (("step", lambda o: o[..., None]), r"observations of shape \(2, 3, 1\); expected \(2, 3\)"),
+    (("reward", lambda r: r[:, None]), r"rewards, terminations and truncations of shapes \(2, 1\), \(2,\), \(2,\); "
+                                        r"expected \(2,\) each"),
+    (("term", lambda t: t[:1]), r"rewards, terminations and truncations of shapes \(2,\), \(1,\), \(2,\); "
+                                 r"expected \(2,\) each"),
+    (("step", lambda o: o.astype(object)), r"observations of dtype object; expected real numbers"),
+])
+def test_an_env_returning_the_wrong_shape_is_named(bad, shown):
+    """A transposed or flat observation batch failed in numpy's reshape ('cannot reshape array of size
+    6 into shape (3,3)'), an (N, 1) reward in an in-place add, and an (N, d, 1) batch was silently
+    reshaped: each now names the env and the shape it should have returned."""
+    algo = PPO(PPOConfig(**TINY), env=Shaped(bad))
+    error = TypeError if "dtype object" in shown else ValueError
+    with pytest.raises(error, match=rf"^env 'Shaped' returned {shown}"):
+        algo.collect_rollout()
+    algo = PPO(PPOConfig(**TINY), env=Shaped((None, None)))
+    algo.collect_rollout()  # the same env, returning what it should, trains
+
+
 @pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
 def test_a_non_finite_final_observation_stops_training_in_both_autoreset_modes(autoreset):
     """SAME_STEP keeps a truncated episode's final observation in info: a NaN there used to reach the
     critic and fail later as 'logits contains NaN', where NEXT_STEP (it comes as next_obs) named the env."""
     register_probe("minippo-test/Probe-v0", 3, nan_at=3)  # truncated at t = 3 with a NaN observation
     algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, norm_obs=True, autoreset=autoreset))
-    what = "final observation" if autoreset == "same_step" else "observation"
+    what = r"final observation \(info\['final_obs'\]\)" if autoreset == "same_step" else "observation"
     with pytest.raises(ValueError, match=rf"'minippo-test/Probe-v0' returned a non-finite {what} "
                                          r"in sub-env\(s\) \[0, 1\] at step 4: \[nan nan\]"):
         algo.collect_rollout()
@@ -1043,3 +1138,65 @@ def test_evaluate_refuses_observations_of_another_shape_than_declared():
     pol = ActorCritic(2, Discrete(2), hidden=(4,))
     with pytest.raises(ValueError, match=r"obs must have shape \(B, 2\), got \(1, 2, 1\)"):
         evaluate_policy(pol, None, 1, env=Liar(), max_steps=3)
+
+
+@pytest.fixture
+def made_envs(monkeypatch):
+    """The vector envs minippo makes from an env id in this test, in order."""
+    import minippo.envs
+
+    made, make = [], minippo.envs.make_vec_env
+
+    def spy(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(minippo.envs, "make_vec_env", spy)
+    return made
+
+
+def test_close_stops_the_env_ppo_made_and_leaves_a_given_one(made_envs, tmp_path):
+    """PPO had no close(): an async env's worker processes lived as long as the model (and past an
+    error, whose traceback kept it), then reported 'Exception ignored ... Bad file descriptor' at exit."""
+    import multiprocessing
+
+    with PPO(PPOConfig(**TINY, vector="async")) as algo:
+        workers = list(made_envs[0].processes)
+        assert all(p.is_alive() for p in workers)
+        algo.learn()
+    assert made_envs[0].closed
+    for p in workers:
+        p.join(10)
+    assert not any(p.is_alive() for p in workers) and not set(workers) & set(multiprocessing.active_children())
+    assert np.isfinite(algo.evaluate(1)["mean_return"])  # acting, evaluating and saving still work
+    algo.save(str(tmp_path / "m.npz"))
+    algo.close()  # twice: no error
+    given = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")
+    with PPO(PPOConfig(**TINY), env=given):
+        pass
+    assert not given.closed  # the caller's to close
+    given.close()
+
+
+def test_an_env_refused_or_a_checkpoint_refused_closes_the_env_made_for_it(made_envs, tmp_path):
+    register_probe("minippo-test/Probe-v0", 8, observation_space=gym.spaces.Discrete(3))
+    with pytest.raises(ValueError, match="observation space Discrete"):
+        PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY))
+    assert made_envs[-1].closed
+    path = str(tmp_path / "m.npz")
+    PPO(PPOConfig(**TINY)).save(path)
+    meta, arrays = read_checkpoint(path)
+    arrays = {k: np.full_like(v, np.nan) if k.startswith("adam/m.") else v for k, v in arrays.items()}
+    atomic_savez(path, {**arrays, "meta": np.array(json.dumps(meta))})
+    with pytest.raises(CheckpointError, match="Adam moments"):
+        PPO.load(path)
+    assert made_envs[-1].closed and len(made_envs) == 3
+
+
+def test_minippo_train_closes_its_env_also_when_training_stops(made_envs, tmp_path, capsys):
+    from minippo.cli import main
+
+    register_probe("minippo-test/Probe-v0", 8, nan_at=3)
+    assert main(["train", "minippo-test/Probe-v0", "--timesteps", "64", "--n-envs", "2", "--set", "n_steps=16",
+                 "--set", "batch_size=16", "--set", "hidden=[8]", "--out", str(tmp_path / "run"), "--quiet"]) == 1
+    assert "non-finite observation" in capsys.readouterr().err and made_envs[-1].closed
