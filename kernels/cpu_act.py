@@ -232,7 +232,8 @@ class _State:
         self.pdict, self.pversion = policy.params, getattr(policy.params, "version", None)
         if policy.activation not in ("tanh", "relu"):
             return
-        if any(d is not None and version is None for d, version in zip(self.nets[::2], self.nets[1::2], strict=True)):
+        dicts, versions = self.nets[0:6:2], self.nets[1:6:2]
+        if any(d is not None and version is None for d, version in zip(dicts, versions, strict=True)):
             return  # an MLP's params is a plain dict: its rebinding cannot be seen
         dt = policy.dtype
         if dt not in (_F32, _F64) or not p:
@@ -245,7 +246,8 @@ class _State:
         weights: list[tuple] = []
         for prefix, net, n_in, n_out, activated in nets:
             sizes = net.sizes
-            if sizes[0] != n_in or sizes[-1] != n_out or bool(net.activate_output) is not activated:
+            if sizes[0] != n_in or sizes[-1] != n_out or bool(net.activate_output) is not activated \
+                    or net.activation != policy.activation:  # (the kernel applies the policy's to every network)
                 return
             Ws = tuple(net.params.get(f"W{i}") for i in range(net.n_layers))
             bs = tuple(net.params.get(f"b{i}") for i in range(net.n_layers))
@@ -276,18 +278,22 @@ class _State:
 
 def _nets_key(policy: Any) -> tuple:
     """What changes when an MLP's own parameter is rebound: its params dict and that dict's
-    ``version`` (None for a plain dict), for the actor, the critic and the trunk (None, None without)."""
+    ``version`` (None for a plain dict), for the actor, the critic and the trunk (None, None without);
+    then the three networks themselves (one swapped in may hold the same dict under another activation)."""
     a, c = policy.actor.params, policy.critic.params
     t = None if policy.trunk is None else policy.trunk.params
-    return a, getattr(a, "version", None), c, getattr(c, "version", None), t, getattr(t, "version", None)
+    return (a, getattr(a, "version", None), c, getattr(c, "version", None), t, getattr(t, "version", None),
+            policy.actor, policy.critic, policy.trunk)
 
 
 def _same_nets(key: tuple, policy: Any) -> bool:
-    """Whether :func:`_nets_key` is still ``key`` (the dicts by identity, the versions by value)."""
-    a, c = policy.actor.params, policy.critic.params
-    t = None if policy.trunk is None else policy.trunk.params
-    return (key[0] is a and key[2] is c and key[4] is t and key[1] == getattr(a, "version", None)
-            and key[3] == getattr(c, "version", None) and key[5] == getattr(t, "version", None))
+    """Whether :func:`_nets_key` is still ``key`` (the dicts and networks by identity, the versions by value)."""
+    actor, critic, trunk = policy.actor, policy.critic, policy.trunk
+    a, c = actor.params, critic.params
+    t = None if trunk is None else trunk.params
+    return (key[0] is a and key[2] is c and key[4] is t and key[6] is actor and key[7] is critic and key[8] is trunk
+            and key[1] == getattr(a, "version", None) and key[3] == getattr(c, "version", None)
+            and key[5] == getattr(t, "version", None))
 
 
 def _state(policy: Any) -> _State | None:

@@ -613,7 +613,8 @@ def make(
     nets = policy.expected_networks()
     for prefix, net, n_in, n_out, activated in nets:
         sizes = net.sizes
-        if sizes[0] != n_in or sizes[-1] != n_out or bool(net.activate_output) is not activated:
+        if sizes[0] != n_in or sizes[-1] != n_out or bool(net.activate_output) is not activated \
+                or net.activation != policy.activation:  # (the kernels apply the policy's to every network)
             return None
         if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):  # what numpy's forward reads
             return None

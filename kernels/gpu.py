@@ -101,13 +101,16 @@ def gae(
     for both kernels.
     """
     cp = _cupy()
+    gamma, lam = float(gamma), float(lam)  # (a 0-d device array is read back: numpy scalars refuse it)
     dt = np.dtype(rewards.dtype)
     if dt not in KERNEL_NAMES:
         dt = np.dtype(np.float64)
     r, v, d, lv = (cp.ascontiguousarray(cp.asarray(a, dtype=dt)) for a in (rewards, values, dones, last_values))
     # dones are checked in their own dtype where it is float32 or float64: a float64 1 + 1e-12 (or
     # 1e-50) would pass as a float32 1 (or 0). Casts from other dtypes keep 0 and 1 apart from the rest.
-    dc = d if dones.dtype == dt or dones.dtype not in CHECK_NAMES else cp.ascontiguousarray(dones)
+    # (cp.asarray first: dones may be a host array beside device rewards, and ascontiguousarray takes
+    # device arrays only)
+    dc = d if dones.dtype == dt or dones.dtype not in CHECK_NAMES else cp.ascontiguousarray(cp.asarray(dones))
     T, N = r.shape
     direct = out is not None and all(_writes_directly(cp, o, dt, (T, N), (r, v, d, lv)) for o in out) \
         and not cp.may_share_memory(out[0], out[1])

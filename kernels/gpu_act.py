@@ -48,7 +48,7 @@ class _State:
     """The layer table for one set of parameter arrays, or ``ok=False`` when the kernel does not fit
     the policy (an activation other than tanh/relu, arrays not on the device, not C-contiguous or not
     of the policy's dtype, wider layers than a block's shared memory holds, networks of other widths
-    or activations than the policy's own)."""
+    or activations than the policy's own: the kernel applies the policy's activation to every network)."""
 
     __slots__ = ("key", "ok", "layers", "actor_layers", "log_std", "relu")
 
@@ -64,7 +64,8 @@ class _State:
         specs = policy.expected_networks()
         nets = []
         for prefix, net, n_in, n_out, activated in specs:
-            if bool(net.activate_output) is not activated or net.sizes[0] != n_in or net.sizes[-1] != n_out:
+            if bool(net.activate_output) is not activated or net.sizes[0] != n_in or net.sizes[-1] != n_out \
+                    or net.activation != policy.activation:
                 return
             if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):
                 return  # the policy's dict and the MLP's disagree (a rebinding in one of them)
@@ -93,11 +94,12 @@ class _State:
 
 
 def _key(policy: Any) -> tuple:
-    """What the state depends on, compared by identity: every parameter array, in the policy's dict
-    and in each MLP's own (the trunk's too, if shared)."""
+    """What the state depends on, compared by identity: the networks (an MLP swapped in may hold the
+    same arrays under another activation) and every parameter array, in the policy's dict and in each
+    MLP's own (the trunk's too, if shared)."""
     trunk = policy.trunk
-    return (*policy.params.values(), None, *policy.actor.params.values(), None, *policy.critic.params.values(),
-            None, *(() if trunk is None else trunk.params.values()))
+    return (policy.actor, policy.critic, trunk, *policy.params.values(), None, *policy.actor.params.values(), None,
+            *policy.critic.params.values(), None, *(() if trunk is None else trunk.params.values()))
 
 
 def _state(policy: Any) -> _State | None:

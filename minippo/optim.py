@@ -160,7 +160,8 @@ class Adam:
 
     def _device_table(self) -> Any:
         """The parameters' ``kernels.gpu.ArrayTable`` (made again when a parameter array was replaced),
-        or None where a parameter is not C-contiguous: the step then runs as array operations."""
+        or None where a parameter is not C-contiguous, or of a dtype the kernels lack (float16): the
+        step then runs as array operations."""
         arrays = [self.params[k] for k in self._slices]
         table = self._table
         if table is None or any(a is not b for a, b in zip(table.arrays, arrays, strict=True)):
@@ -170,7 +171,7 @@ class Adam:
                 if getattr(self.params[k], "shape", None) != shape:
                     raise ValueError(f"params[{k!r}] has shape {tuple(self.params[k].shape)}, but this Adam was made "
                                      f"for {shape}")
-            if not all(a.flags.c_contiguous for a in arrays):
+            if not all(a.flags.c_contiguous for a in arrays) or np.dtype(arrays[0].dtype) not in gpu.GATHER_NAMES:
                 return None
             self._table = table = gpu.ArrayTable(arrays)
         return table

@@ -217,6 +217,11 @@ def asarray(a: Any, dtype: Any = None) -> ndarray:
 
 
 def ascontiguousarray(a: Any, dtype: Any = None) -> ndarray:
+    """``cupy.ascontiguousarray``: of a device array only (CuPy's parameter is typed ``_ndarray_base``;
+    a host array raises TypeError rather than being uploaded)."""
+    if not isinstance(a, ndarray):
+        raise TypeError(f"Argument 'a' has incorrect type (expected cupy._core.core._ndarray_base, got "
+                        f"{type(a).__name__})")
     a = asarray(a, dtype)
     return a if a._a.flags.c_contiguous else ndarray(np.ascontiguousarray(a._a))
 

@@ -459,6 +459,43 @@ def test_compute_gae_results_are_where_the_inputs_are(cupy_backend):
     np.testing.assert_array_equal(backend.asnumpy(dev_out[0]), want[0])
 
 
+@pytest.mark.parametrize("dones_dtype", [np.float64, np.float32, np.int64, bool])
+def test_compute_gae_takes_host_dones_of_any_dtype_beside_device_rewards(cupy_backend, dones_dtype):
+    """Host float64 dones beside float32 device rewards were checked in their own dtype through
+    cp.ascontiguousarray(dones), which takes device arrays only: a TypeError on real CuPy (the
+    stand-in uploaded them, until it refused as CuPy does)."""
+    from minippo.advantages import compute_gae
+
+    r, v, d, lv = _gae_rollout()
+    want = gae_numpy(r, v, d, lv, 0.99, 0.95)
+    cp = cupy_backend
+    adv, ret = compute_gae(cp.asarray(r), cp.asarray(v), d.astype(dones_dtype), cp.asarray(lv), 0.99, 0.95)
+    np.testing.assert_array_equal(backend.asnumpy(adv), want[0])
+    np.testing.assert_array_equal(backend.asnumpy(ret), want[1])
+    bad = d.astype(dones_dtype)
+    if dones_dtype is np.float64:  # 1 + 1e-12 is 1 in float32: checked in float64, it is refused
+        bad[2, 1] = 1 + 1e-12
+        with pytest.raises(ValueError, match="dones must hold only 0 and 1"):
+            compute_gae(cp.asarray(r), cp.asarray(v), bad, cp.asarray(lv), 0.99, 0.95)
+    with pytest.raises(TypeError, match="_ndarray_base"):
+        cp.ascontiguousarray(d)  # as CuPy refuses it (the stand-in, as well as real CuPy)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compute_gae_takes_gamma_and_lambda_as_0d_device_arrays(cupy_backend, dtype):
+    """gamma as a 0-d device array (the checks take it) reached np.float32(gamma), which CuPy
+    refuses ('Implicit conversion to a NumPy array is not allowed'); float64 passed by chance."""
+    from minippo.advantages import compute_gae
+
+    cp = cupy_backend
+    r, v, d, lv = (cp.asarray(a) for a in _gae_rollout(dtype=dtype))
+    lam = np.float32(0.95)  # (as float(lam), as the numpy backend takes it)
+    want = compute_gae(r, v, d, lv, 0.99, float(lam))
+    got = compute_gae(r, v, d, lv, cp.asarray(np.float64(0.99)), cp.asarray(lam))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(backend.asnumpy(g), backend.asnumpy(w))
+
+
 def _gae_rollout(T=9, N=5, dtype=np.float32, seed=3):
     rng = np.random.default_rng(seed)
     r, v = rng.normal(size=(2, T, N)).astype(dtype)

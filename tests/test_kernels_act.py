@@ -175,6 +175,30 @@ def test_fused_act_matches_the_unfused_numba_path_exactly(
     np.testing.assert_allclose(lp, lp_ref, rtol=tol, atol=tol * (1.0 + float(np.abs(lp_ref).max())))
 
 
+@pytest.mark.parametrize("share_dict", [False, True])
+@pytest.mark.parametrize("acted_before", [False, True])
+def test_a_network_of_another_activation_swapped_in_runs_as_numpy_runs_it(share_dict, acted_before):
+    """The kernel applies the policy's activation to every network: a relu actor swapped into a tanh
+    policy (holding the same arrays) ran as tanh. One holding the very same params dict, after a
+    first act, also kept the old state (the state knew the dicts, not the networks)."""
+    use_backend("numba")
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    obs = _obs(16, 1, np.float32)
+    tanh_out = _act(pol, obs, 0, False)[0] if acted_before else None
+    relu = MLP([OBS_DIM, 8, 3], activation="relu")
+    if share_dict:
+        relu.params = pol.actor.params
+    else:
+        relu.params.update({k: pol.params[f"actor.{k}"] for k in relu.params})
+    pol.actor = relu
+    got, want = _act(pol, obs, 0, False), _unfused_act(pol, obs, 0, False)
+    assert not pol.__dict__["_numba_act_state"].ok
+    for g, w in zip(got[0], want[0], strict=True):
+        np.testing.assert_array_equal(g, w)
+    if tanh_out is not None:
+        assert not np.array_equal(got[0][3], tanh_out[3])  # (relu's logits are another network's)
+
+
 def test_in_place_updates_are_seen_and_rebinding_rebuilds_the_state():
     use_backend("numba")
     pol = _policy(np.float32, True, (8,), "tanh", 1)

@@ -388,6 +388,33 @@ def test_setups_the_kernel_does_not_take_run_the_array_path(device, monkeypatch)
         assert str(fused.value) == str(arrays.value) and cp.launches == []
 
 
+@pytest.mark.parametrize("acted_before", [False, True])
+@pytest.mark.parametrize("swap", ["relu", "squashed"])
+def test_a_network_swapped_in_with_the_same_arrays_runs_as_the_array_path_runs_it(device, monkeypatch, swap,
+                                                                                    acted_before):
+    """An actor MLP swapped in holding the policy's own arrays: of another activation (relu under a
+    tanh policy) the kernel ran it as tanh; with its output activated, after a first act, the state
+    (keyed by the arrays alone) was kept and the kernel ran the old network."""
+    from minippo.kernels import gpu_act
+
+    from minippo.nn import MLP
+
+    cp = device
+    pol = make_policy(cp, hidden=(8,))
+    obs = cp.asarray(np.random.default_rng(1).normal(size=(6, 5)).astype(np.float32))
+    if acted_before:
+        pol.act_with_device_actions(obs, np.random.default_rng(0))
+    actor = MLP([5, 8, 4], activation="relu") if swap == "relu" else MLP([5, 8, 4], activate_output=True)
+    actor.params.update({k: pol.params[f"actor.{k}"] for k in actor.params})
+    pol.actor = actor
+    n = len(cp.launches)
+    got = pol.act_with_device_actions(obs, np.random.default_rng(0))
+    want = array_path(monkeypatch, lambda: pol.act_with_device_actions(obs, np.random.default_rng(0)))
+    assert len(cp.launches) == n and pol.__dict__["_gpu_act_state"].ok is False
+    np.testing.assert_array_equal(host(got[4]), host(want[4]))
+    assert gpu_act.act(pol, obs, np.random.default_rng(0)) is None
+
+
 @pytest.mark.parametrize("discrete", [True, False])
 def test_non_finite_outputs_raise_as_the_array_path_does(device, monkeypatch, discrete):
     """A NaN weight (or log-std) raises the array path's FloatingPointError, naming the same array."""

@@ -209,6 +209,16 @@ def test_a_non_contiguous_parameter_takes_the_array_operations(device):
         np.testing.assert_array_equal(p[k].get(), host.params[k])
 
 
+def test_float16_parameters_take_the_array_operations(device):
+    """The kernels are float32 and float64 only: float16 parameters (Adam takes them, as a float16
+    MLP runs on numpy) raised 'arrays must be float32 or float64' in the table on cupy; they step by
+    the array operations, to numpy's bits."""
+    params, grads = network(np.random.default_rng(6), np.float16)
+    got, want = run_adam(params, grads, device.asarray), run_adam(params, grads)
+    assert device.launches == []
+    assert_same_bits(got, want)
+
+
 def test_a_replaced_parameter_gets_a_new_table_and_a_copy_updates_only_its_own(device):
     """The table holds addresses: a parameter array replaced in the dict is found (by identity) and
     the table made again, so the new array is updated, not the old one; a deep copy of the optimizer

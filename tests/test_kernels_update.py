@@ -631,6 +631,12 @@ def test_unsupported_setups_fall_back():
         assert cpu_update.make(ok, opt, PPOConfig()) is not None
         setattr(opt, which, change(getattr(opt, which)))
         assert cpu_update.make(ok, opt, PPOConfig()) is None, which
+    # a network of another activation than the policy's (the kernels apply the policy's to all of them)
+    swapped = _policy(np.float32, True, (8,), "tanh", 1)
+    relu = MLP([5, 8, 3], "relu")
+    relu.params.update({k: swapped.params[f"actor.{k}"] for k in relu.params})
+    swapped.actor = relu
+    assert cpu_update.make(swapped, Adam(swapped.params), PPOConfig()) is None
 
 
 def _train_rows(cfg):
