@@ -538,8 +538,8 @@ class FusedUpdate:
                 values_old, self.act, LOG_STD_MIN, LOG_STD_MAX, float(clip_eps), float(ent_coef),
                 float(cfg.vf_coef), vclip, bool(cfg.normalize_advantages), self.obj, self.beta, dist_old, dfeat, st,
             )
-        if not math.isfinite(st[3]):
-            _raise_non_finite(batch, pol.params, self.obj == OBJ_KL)
+        if not (math.isfinite(st[3]) and math.isfinite(st[0])):  # (an inf log_old, or action, can leave
+            _raise_non_finite(batch, pol.params, self.obj == OBJ_KL)  # the loss finite, not approx_kl)
         out = {"approx_kl": float(st[0])}  # the numpy path's keys, in its order (progress.csv's columns)
         if self.obj == OBJ_CLIP:
             out["clipfrac"] = float(st[1])
@@ -556,13 +556,14 @@ class FusedUpdate:
 
         Returns the gradient norm before clipping (NaN when not clipping, as the trainer logs it).
         Raises FloatingPointError, with nothing updated, when the norm is not finite."""
+        lr = real("lr", lr, 0.0)  # as Adam.step and NumpyStep.step check them (NaN > 0 is False: it
+        max_grad_norm = real("max_grad_norm", max_grad_norm)  # skipped clipping; a NaN lr wrote NaN)
         opt = self.optimizer
         b1, b2 = opt.betas
         t = opt.t + 1
         c1, c2 = 1.0 - b1**t, 1.0 - b2**t
-        self.sc[:7] = (b1, 1.0 - b1, b2, 1.0 - b2, c2, opt.eps, float(lr) / c1)
-        norm = _clip_adam(self.flat_params, self.offsets, self.g, opt._m, opt._v, self.sc,
-                          max(float(max_grad_norm), 0.0))
+        self.sc[:7] = (b1, 1.0 - b1, b2, 1.0 - b2, c2, opt.eps, lr / c1)
+        norm = _clip_adam(self.flat_params, self.offsets, self.g, opt._m, opt._v, self.sc, max(max_grad_norm, 0.0))
         if not math.isfinite(norm):
             raise FloatingPointError(f"gradient norm is {norm}")
         opt.t = t
@@ -609,6 +610,12 @@ def make(
     if not all(type(a) is np.ndarray and a.dtype == dt and a.flags.c_contiguous for a in params.values()):
         return None
     if getattr(optimizer, "params", None) is not params or list(getattr(optimizer, "_slices", {})) != list(params):
+        return None
+    # every parameter of the shape Adam laid out for it (the kernels update n = its size from Adam's offset,
+    # unchecked: a log_std rebound longer would be read and written past its range), log_std of the action's
+    if any(params[k].shape != shape for k, (_, shape) in optimizer._slices.items()):
+        return None
+    if not policy.discrete and getattr(params.get("log_std"), "shape", None) != (policy.act_dim,):
         return None
     nets = policy.expected_networks()
     for prefix, net, n_in, n_out, activated in nets:

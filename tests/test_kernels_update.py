@@ -498,6 +498,56 @@ def test_a_nan_input_is_named_and_raises_on_both_paths(discrete):
     assert math.isfinite(fu.loss_and_grads(batch, 0.2, 0.0)["loss"])
 
 
+@pytest.mark.parametrize("objective, key, value", [("clip", "logp_old", np.inf), ("a2c", "logp_old", np.nan),
+                                                   ("surrogate", "logp_old", -np.inf), ("clip", "actions", np.inf)])
+def test_a_non_finite_input_that_leaves_the_loss_finite_is_named_too(objective, key, value):
+    """The fused step named a non-finite input only when the loss was NaN: an inf logp_old (ratio 0),
+    an inf Gaussian action (logp -inf, ratio 0) or any logp_old under a2c (read by approx_kl alone)
+    left the loss finite and the step went on, where the numpy path's checks raise."""
+    pol = _policy(np.float32, key == "logp_old", (8,), "tanh", 1)
+    cfg = PPOConfig(objective=objective)
+    fu = cpu_update.make(pol, Adam(pol.params), cfg)
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    batch[key] = batch[key].astype(np.float32)
+    batch[key].flat[3] = value
+    with pytest.raises(FloatingPointError, match=rf"^{key} contains NaN or inf$"):
+        fu.loss_and_grads(batch, 0.2, 0.0)
+    with pytest.raises(FloatingPointError, match="contains NaN or inf"), np.errstate(all="ignore"):
+        loss_and_grads(pol, batch, cfg, clip_eps=0.2, ent_coef=0.0)
+
+
+@pytest.mark.parametrize("lr, max_grad_norm, bad", [(np.nan, 0.5, "lr"), (-1e-3, 0.5, "lr"), (np.inf, 0.5, "lr"),
+                                                    (1e-3, np.nan, "max_grad_norm"), (1e-3, np.inf, "max_grad_norm")])
+def test_the_fused_step_checks_lr_and_max_grad_norm_as_adam_does(lr, max_grad_norm, bad):
+    """A NaN max_grad_norm silently switched clipping off, a NaN lr wrote NaN into every parameter and
+    a negative one took an ascent step, where Adam.step (the numpy path) refuses them."""
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    adam = Adam(pol.params)
+    fu = cpu_update.make(pol, adam, PPOConfig())
+    fu.loss_and_grads(_batch(pol, 8, 2, 0.2, np.float32), 0.2, 0.0)
+    before = {k: p.copy() for k, p in pol.params.items()}
+    with pytest.raises(ValueError, match=rf"^{bad} must be a finite number"):
+        fu.step(lr, max_grad_norm)
+    with pytest.raises(ValueError, match=rf"^{bad} must be a finite number"):
+        Adam({k: p.copy() for k, p in pol.params.items()}).step(fu.grads(), lr, max_grad_norm)
+    assert adam.t == 0 and all(np.array_equal(p, before[k]) for k, p in pol.params.items())
+
+
+@pytest.mark.parametrize("length", [1, 5, 1000])
+def test_a_log_std_rebound_to_another_length_is_refused_as_numpy_refuses_it(length):
+    """make() checked every layer's shape but not log_std's: a log_std rebound longer than the action
+    was read past its end and, through Adam's flat moments, written past theirs (a segfault for a long
+    one); shorter, the kernel read other memory as log-stds. The numpy path raises ValueError."""
+    pol = _policy(np.float32, False, (8,), "tanh", 1)  # act_dim 3
+    adam = Adam(pol.params)
+    pol.params["log_std"] = np.zeros(length, np.float32)
+    assert cpu_update.make(pol, adam, PPOConfig(), only_if_faster=False) is None
+    assert cpu_update.make(pol, Adam(pol.params), PPOConfig(), only_if_faster=False) is None
+    with pytest.raises(ValueError, match="log_std must have shape"):
+        loss_and_grads(pol, _batch(_policy(np.float32, False, (8,), "tanh", 1), 8, 2, 0.2, np.float32), PPOConfig(),
+                       clip_eps=0.2, ent_coef=0.0)
+
+
 @pytest.mark.parametrize("where", [0, 3, 7])
 @pytest.mark.parametrize("value", [3, -1])
 def test_bad_actions_raise(where, value):
