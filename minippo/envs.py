@@ -59,10 +59,10 @@ def _registry_key(env_id: str) -> str:
 
 def check_env_id(env_id: str) -> None:
     """Raise ValueError if ``env_id`` is not registered in gymnasium (``"module:EnvId"``: after
-    importing ``module``)."""
+    importing ``module``), TypeError if it is not a string."""
     gym = _gym()
     if not isinstance(env_id, str):
-        raise ValueError(f"env id must be a string, got {env_id!r}")
+        raise TypeError(f"env id must be a string such as 'CartPole-v1', got {type(env_id).__name__} {env_id!r}")
     key = _registry_key(env_id)
     if key not in gym.registry:
         prefix = key.split("-")[0].lower()[:4]  # ("" would suggest the first ids of the registry)

@@ -41,6 +41,8 @@ class Box:
 
     def __post_init__(self) -> None:
         try:
+            if self.dtype is None:  # (np.dtype(None) is float64: a silent choice)
+                raise TypeError
             dt = np.dtype(self.dtype)
         except TypeError:
             raise TypeError(f"Box dtype must be a float dtype (float16, float32 or float64), got {self.dtype!r}") \
@@ -67,6 +69,16 @@ class Box:
         object.__setattr__(self, "dtype", dt.name)
         # the bounds in the env's dtype, for clip() on every env step
         object.__setattr__(self, "_bounds", (dt, low.astype(dt), high.astype(dt)))
+
+    def __eq__(self, other: object) -> bool:
+        """The same bounds and dtype (as ``Discrete`` compares its fields; the bounds are arrays)."""
+        if not isinstance(other, Box):
+            return NotImplemented
+        return (self.dtype == other.dtype and np.array_equal(self.low, other.low)
+                and np.array_equal(self.high, other.high))
+
+    def __hash__(self) -> int:
+        return hash((self.dtype, self.low.tobytes(), self.high.tobytes()))
 
     def clip(self, actions: np.ndarray) -> np.ndarray:
         """Actions (..., d) as the env takes them: cast to ``dtype``, then clipped to the bounds in

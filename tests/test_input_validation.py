@@ -805,6 +805,7 @@ def test_constructors_name_seed_dtype_shared_and_gains():
          r"dtype must be a float type such as float32 or float64, got 'banana'"),
         (lambda: MLP([3, 2], dtype="banana"), ValueError, "dtype must be a float type"),
         (lambda: Box(np.zeros(1), np.ones(1), "banana"), TypeError, "Box dtype must be a float dtype"),
+        (lambda: Box(np.zeros(1), np.ones(1), None), TypeError, r"Box dtype must be a float dtype .*, got None"),
         (lambda: Box(np.zeros(1), np.array([np.nan])), ValueError, "Box low and high must be numbers"),
         (lambda: ActorCritic(3, Discrete(2), shared="no"), TypeError, "shared must be True or False, got 'no'"),
         (lambda: ActorCritic(3, Discrete(2), shared=2), TypeError, "shared must be True or False, got 2"),
@@ -822,6 +823,18 @@ def test_constructors_name_seed_dtype_shared_and_gains():
         MLP([3, 2], seed=seed)  # whatever np.random.default_rng takes
         ActorCritic(3, Discrete(2), seed=seed)
     Box(np.full(2, -np.inf), np.full(2, np.inf))  # infinite bounds are a real space's
+
+
+def test_spaces_compare_by_value():
+    """Box compared by identity (eq=False) while Discrete compared its fields: Box([0], [1]) !=
+    Box([0], [1]). Now both compare (and hash) by value; a Box's dtype counts."""
+    from minippo.spaces import as_space
+
+    a, b = Box(np.zeros(2), np.ones(2)), Box([0.0, 0], [1, 1.0], "float32")
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a == as_space(a.to_dict()) and Discrete(3) == as_space(Discrete(3).to_dict())
+    assert a != Box(np.zeros(2), np.ones(2), "float64") and a != Box(np.zeros(2), np.full(2, 2.0))
+    assert a != Discrete(2) and a != "Box"
 
 
 def test_loss_helpers_schedules_and_normalisers_name_their_arguments():
@@ -905,6 +918,8 @@ def test_make_vec_env_names_n_envs():
         make_vec_env("CartPole-v1", 0)
     with pytest.raises(TypeError, match="n_envs must be an integer >= 1, got '2'"):
         make_vec_env("CartPole-v1", "2")
+    with pytest.raises(TypeError, match="env id must be a string such as 'CartPole-v1', got int 123"):
+        make_vec_env(123, 2)  # (a ValueError before, as for a string naming no env)
 
 
 def test_make_vec_env_names_env_kwargs_that_are_not_a_mapping():
