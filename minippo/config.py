@@ -136,12 +136,51 @@ class PPOConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A trainer's own config (PPO.config) is fixed: the networks, schedules and buffer were built
+        # from it, so a field set afterwards was partly ignored (learning_rate, ent_coef) and partly
+        # read unchecked (target_kl=-1 stopped every update), and saved into a file load refused.
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"PPOConfig.{name} of a trainer's config cannot change (PPO built its networks, "
+                                 f"schedules and buffer from it): train a new one, PPO(config.replace({name}=...)), "
+                                 f"or resume with another value, PPO.load(path, {name}=...)")
+        object.__setattr__(self, name, value)
+
+    def _freeze(self) -> PPOConfig:
+        """Make every field assignment raise (the config a PPO trainer holds); returns self. Copies
+        (``copy.copy``, :meth:`replace`) are not frozen."""
+        object.__setattr__(self, "_frozen", True)
+        return self
+
+    def __copy__(self) -> PPOConfig:
+        new = object.__new__(type(self))
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_frozen"})
+        return new
+
+    def __deepcopy__(self, memo: dict) -> PPOConfig:
+        import copy
+
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k != "_frozen"})
+        return new
+
+    def _set(self, name: str, value: Any) -> None:
+        """``name = value`` where that changes the stored object (a frozen config is normalised already)."""
+        if getattr(self, name) is not value:
+            setattr(self, name, value)
+
     def _normalise(self) -> None:
         """numpy values as plain Python ones, before validation (also of fields set after construction)."""
         # A bare int or a string ("64" would silently become (6, 4)) is not a list of widths.
         widths = int_list(self.hidden)
-        if widths is not None:
+        if widths is not None and (type(self.hidden) is not tuple or list(self.hidden) != widths
+                                   or not all(type(w) is int for w in self.hidden)):
             self.hidden = tuple(widths)
+        # dtype=np.float32 or np.dtype("float32"): its name (a dtype object compared equal to the name,
+        # passed the check and then failed to_json, after training, at the save)
+        if isinstance(self.dtype, np.dtype) or (isinstance(self.dtype, type) and issubclass(self.dtype, np.generic)):
+            self._set("dtype", np.dtype(self.dtype).name)
         # numpy scalars (a sweep over np.arange, a value read from an array) are plain numbers here:
         # ints stay exact, and every stored value is a Python int or float that to_json can write
         for f in dataclasses.fields(self):
@@ -149,12 +188,15 @@ class PPOConfig:
             if f.type == "bool" and isinstance(v, np.bool_):
                 setattr(self, f.name, bool(v))  # np.True_: not a numbers.Real
                 continue
+            if isinstance(v, np.str_):  # (a str subclass: json writes it, but as a plain str it is one)
+                setattr(self, f.name, str(v))
+                continue
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 continue
             if f.type == "int" and isinstance(v, numbers.Integral):
-                setattr(self, f.name, int(v))
+                self._set(f.name, int(v))
             elif f.type in ("float", "float | None"):
-                setattr(self, f.name, float(v))
+                self._set(f.name, float(v))
 
     # ------------------------------------------------------------ validation
     def validate(self) -> PPOConfig:
@@ -178,7 +220,8 @@ class PPOConfig:
             ("autoreset", AUTORESET_MODES),
             ("dtype", DTYPES),
         ):
-            if getattr(self, name) not in choices:
+            v = getattr(self, name)  # (a 0-d string array compares equal to its string)
+            if not isinstance(v, str) or v not in choices:
                 raise bad(name, f"allowed values are {', '.join(choices)}")
         for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "eval_episodes"):
             v = getattr(self, name)

@@ -196,7 +196,7 @@ class PPO:
         config = copy.copy(config) if config is not None else PPOConfig()  # validate() normalises in place
         config.validate()
         config = config.replace(**overrides)
-        self.config = config
+        self._config = config
         self.backend = backend.name
         self.xp = backend.xp
         self.dtype = np.dtype(config.dtype)
@@ -272,7 +272,7 @@ class PPO:
         self.next_step = is_next_step(self.env)
         mode = "next_step" if self.next_step else "same_step"
         if config.autoreset != mode:  # a given env runs in its own mode: the config records the one used
-            self.config = config = config.replace(autoreset=mode)
+            self._config = config = config.replace(autoreset=mode)
         self.num_timesteps = 0
         self.iteration = 0
         self.time_elapsed = 0.0  # seconds of learn() wall time over all calls (and resumes): row "time"
@@ -287,6 +287,19 @@ class PPO:
         self._pending_boot = np.zeros(n, dtype=bool)  # NEXT_STEP: truncated, bootstrap not yet added
         self._all_valid = np.ones(n, dtype=bool)  # SAME_STEP's mask, one array shared by every step:
         self._all_valid.flags.writeable = False  # a consumer writing to it raises instead of corrupting it
+        config._freeze()  # what was built from it stays true to it (PPOConfig.__setattr__)
+
+    @property
+    def config(self) -> PPOConfig:
+        """The validated config this trainer was built from (a copy of the one given; fixed: setting a
+        field raises, see :meth:`PPOConfig.replace` and :meth:`load`'s overrides)."""
+        return self._config
+
+    @config.setter
+    def config(self, value: Any) -> None:
+        raise AttributeError("PPO.config is fixed at construction (the networks, schedules and buffer were built "
+                             "from it): build a new trainer, PPO(config), or resume with overrides, "
+                             "PPO.load(path, **overrides)")
 
     def close(self) -> None:
         """Close the vector env PPO made from ``config.env_id`` (an async one's worker processes stop);

@@ -83,6 +83,54 @@ def test_choice_fields_name_field_value_and_allowed(field):
     assert "allowed values are " + ", ".join(CHOICES[field]) in msg
 
 
+@pytest.mark.parametrize("field", sorted(CHOICES))
+def test_choice_fields_take_strings_only(field):
+    """A 0-d string array (np.array("clip")) compared equal to its string and passed the check, then
+    failed to_json: after training, at the save. A numpy string is a string."""
+    good = CHOICES[field][1]  # (not the default)
+    with pytest.raises(ValueError, match=rf"PPOConfig\.{field}=array\('{good}'.*allowed values are"):
+        PPOConfig(**{field: np.array(good)})
+    cfg = PPOConfig(**{field: np.str_(good)})
+    assert type(getattr(cfg, field)) is str and json.loads(cfg.to_json())[field] == good
+
+
+@pytest.mark.parametrize("dtype", [np.dtype("float64"), np.float64, "float64"])
+def test_dtype_may_be_given_as_a_numpy_dtype_and_is_stored_by_name(dtype):
+    """np.dtype("float32") == "float32", so a dtype object passed the check and the run trained, then
+    its save failed ('Object of type Float32DType is not JSON serializable') and the model was lost."""
+    cfg = PPOConfig(dtype=dtype)
+    assert cfg.dtype == "float64" and type(cfg.dtype) is str and PPOConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(ValueError, match=r"PPOConfig\.dtype='int32' is invalid: allowed values are float32, float64"):
+        PPOConfig(dtype=np.int32)
+
+
+def test_a_trainers_config_is_fixed_and_its_copies_are_not(tmp_path):
+    """learning_rate, ent_coef or clip_eps set on a trainer's config were ignored (the schedules were
+    built), target_kl=-1 was read unchecked (every update stopped before its first step), and save()
+    wrote the invalid config into a file PPO.load refused. Setting a field now raises."""
+    import copy
+
+    pytest.importorskip("gymnasium")
+    from minippo import PPO
+
+    algo = PPO(PPOConfig(n_envs=2, n_steps=16, batch_size=16, n_epochs=1, total_timesteps=32, hidden=(8,)))
+    for name, value in (("learning_rate", 0.0), ("target_kl", -1.0), ("hidden", (4,)), ("learning_rate", 1e-3)):
+        with pytest.raises(AttributeError, match=rf"PPOConfig\.{name} of a trainer's config cannot change .*"
+                                                 rf"PPO\(config\.replace\({name}=\.\.\.\)\).*PPO\.load\(path, "
+                                                 rf"{name}=\.\.\.\)"):
+            setattr(algo.config, name, value)
+    with pytest.raises(AttributeError, match=r"PPO\.config is fixed at construction"):
+        algo.config = PPOConfig()
+    assert algo.config.learning_rate == 3e-4 and algo.config.validate() is algo.config  # (validating sets nothing)
+    for other in (copy.copy(algo.config), copy.deepcopy(algo.config), algo.config.replace(seed=3)):
+        other.learning_rate = 1e-3  # copies are the caller's own
+        assert other.learning_rate == 1e-3 and algo.config.learning_rate == 3e-4
+    algo.learn()
+    algo.save(str(tmp_path / "m.npz"))
+    resumed = PPO.load(str(tmp_path / "m.npz"), learning_rate=1e-3)
+    assert resumed.config.learning_rate == 1e-3 and resumed.lr_schedule(0.0) == 1e-3
+
+
 @pytest.mark.parametrize("field", ["total_timesteps", "n_envs", "n_steps", "n_epochs",
                                    "eval_episodes", "batch_size"])
 @pytest.mark.parametrize("value", [0, -3, 2.5, True])
