@@ -33,14 +33,22 @@ class UsageError(Exception):
     """A bad argument: reported as one line, exit code 2."""
 
 
+COMMANDS = ("train", "eval", "plot", "bench")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one clear line instead of usage + message
+        if self.prog == "minippo" and "required: command" in message:  # `minippo` alone named no command
+            message = f"choose a command: {', '.join(COMMANDS)} (minippo -h lists them, minippo COMMAND -h its options)"
         raise UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``minippo`` argument parser (its errors raise :class:`UsageError`)."""
+    from minippo import __version__
+
     p = _Parser(prog="minippo", description="PPO from scratch in NumPy")
+    p.add_argument("--version", action="version", version=f"minippo {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a policy on a gymnasium env")
@@ -69,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="a model.npz written by minippo train")
     e.add_argument("--episodes", type=int, default=10, help="episodes to play (default 10)")
     e.add_argument("--deterministic", action="store_true", help="take the mode instead of sampling")
-    e.add_argument("--seed", type=int, default=0,
+    e.add_argument("--seed", type=int, default=None,
                    help="seed of the evaluation: episode i resets with seed + i; actions are sampled from it "
-                        "(default 0)")
+                        "(default: the run's seed + 100000, as PPO.evaluate takes it)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     pl = sub.add_parser("plot", help="plot learning curves from run folders")
@@ -444,6 +452,9 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"{where} is a file, not a folder: choose a folder for model.npz, config.json and "
                          "progress.csv")
+    if out.lower().endswith(".npz") and not os.path.isdir(out):  # (a model file's name, as the examples take)
+        raise UsageError(f"{where} names a folder, which would hold model.npz, config.json and progress.csv: "
+                         f"give the folder, e.g. --out {os.path.dirname(out) or os.path.splitext(out)[0]!r}")
     try:
         os.makedirs(out, exist_ok=True)
         for name in ("model.npz", "config.json", "progress.csv"):
@@ -479,6 +490,8 @@ def _small_net_on_gpu(cfg: Any, name: str) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``minippo train``: train, log progress.csv, save config.json and model.npz; returns the exit code."""
+    import numpy as np
+
     from minippo import backend
     from minippo.checkpoint import save_checkpoint
     from minippo.envs import check_env_id
@@ -571,7 +584,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     compiled_before = backend.numba_compile_seconds()
     try:
         try:
-            algo.learn(callback=on_iteration)
+            # numpy's overflow warnings on the way to a diverged loss come before the one line that
+            # names it (and its hint): that line says it all
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                algo.learn(callback=on_iteration)
         except KeyboardInterrupt:
             aborted = "mid-iteration"
         except (FloatingPointError, NonFiniteEnvError) as e:
@@ -606,8 +622,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     if diverged is not None:
+        clip = "a smaller max_grad_norm" if cfg.max_grad_norm > 0 else \
+            "gradient clipping (max_grad_norm > 0; it is off)"
         hint = "" if isinstance(diverged, NonFiniteEnvError) else \
-            " (a smaller learning_rate, max_grad_norm or a larger temperature may help)"
+            f" (a smaller learning_rate, {clip} or a larger temperature may help)"
         print(f"minippo: error: training stopped at {algo.num_timesteps} steps: {diverged}; model not saved{hint}",
               file=sys.stderr)
         return 1
@@ -632,7 +650,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
-    if args.seed < 0:
+    if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     _check_backend()
     try:
@@ -648,8 +666,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"{args.model} was trained on {policy.env_id!r}, which cannot be made here: {e}") from e
     cfg = policy.meta["config"]
+    from minippo.config import EVAL_SEED_OFFSET
+
+    seed = args.seed
+    if seed is None:
+        run_seed = cfg.get("seed")
+        if isinstance(run_seed, bool) or not isinstance(run_seed, int) or run_seed < 0:
+            raise UsageError(f"{args.model}: its config's seed {run_seed!r} is not an integer >= 0: pass --seed")
+        seed = run_seed + EVAL_SEED_OFFSET
     try:
-        res = evaluate_policy(policy, policy.env_id, args.episodes, args.deterministic, seed=args.seed,
+        res = evaluate_policy(policy, policy.env_id, args.episodes, args.deterministic, seed=seed,
                               env_kwargs=cfg.get("env_kwargs"))
     except (EnvMismatchError, EnvKwargsError) as e:
         raise UsageError(f"{args.model}: {e}") from e

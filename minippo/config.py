@@ -35,6 +35,9 @@ DTYPES = ("float32", "float64")
 # checkpoint that neither eval nor --resume could read.)
 MAX_TIMESTEPS = 2**62
 TOO_MANY_TIMESTEPS = "must be <= 2**62 (steps are counted in int64, with room for the last rollout)"
+EVAL_SEED_OFFSET = 100_000
+"""Evaluation seeds by default (``PPO.evaluate``, ``minippo eval``): the run's ``seed`` plus this, so that
+they are apart from training's (episode i of an evaluation resets with its seed + i)."""
 
 
 @dataclass

@@ -242,8 +242,8 @@ class PPO:
             raise ValueError(
                 f"observation space {obs_space} is not supported: minippo takes 1-D Box (or MultiBinary) "
                 "observations; wrap the env in gymnasium.wrappers.FlattenObservation (one-hot for Discrete "
-                "and MultiDiscrete) and pass the vector env as PPO(config, env=...); your own env may use "
-                "minippo.spaces.Box"
+                "and MultiDiscrete) and pass the vector env as PPO(config, env=...) (or PPO.load(path, env=...)); "
+                "your own env may use minippo.spaces.Box"
             )
         self.obs_dim = int(obs_space.shape[0])
         self.action_space = as_space(self.env.single_action_space)
@@ -505,7 +505,8 @@ class PPO:
         buf = self.buffer
         valid = buf.valid.reshape(-1) > 0  # on the backend's device: only the two variances come back
         out["explained_variance"] = explained_variance(buf.values.reshape(-1)[valid], buf.returns.reshape(-1)[valid])
-        out.update(lr=lr, clip_eps=clip_eps, ent_coef=ent_coef, n_updates=n_updates,
+        used = cfg.objective == "clip" or cfg.clip_vloss  # (else blank, as clipfrac, kl and beta where unused)
+        out.update(lr=lr, clip_eps=clip_eps if used else math.nan, ent_coef=ent_coef, n_updates=n_updates,
                    stopped_early=float(stopped_early))
         return out
 
@@ -540,7 +541,11 @@ class PPO:
         total_timesteps: int | None = None,
         callback: Callable[[dict[str, float]], bool | None] | None = None,
     ) -> PPO:
-        """Train until ``total_timesteps`` env steps (default: config.total_timesteps).
+        """Train until ``total_timesteps`` env steps in all (default: config.total_timesteps), counting the
+        steps already run: a loaded model's ``learn(200_000)`` continues up to 200k, and a total it has
+        reached already raises ValueError. The schedules follow progress = steps run / total, so a new,
+        larger total stretches them: a linearly decayed learning rate (or clip range, entropy
+        coefficient) rises again to where the longer schedule has it.
 
         ``callback(row)`` is called after every iteration with the logged values (the columns of
         progress.csv); returning ``False`` stops training. ``row["mean_return"]`` and
@@ -556,6 +561,10 @@ class PPO:
             total = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too
             if total > MAX_TIMESTEPS:
                 raise ValueError(f"total_timesteps {TOO_MANY_TIMESTEPS}, got {total}")
+            if total <= self.num_timesteps:  # (it trained nothing, and a save then recorded the lower total)
+                raise ValueError(f"total_timesteps={total}: the model has already run {self.num_timesteps} steps; "
+                                 f"learn(total) trains up to that many steps in all, not that many more: pass a "
+                                 f"total above {self.num_timesteps}")
             self.total_timesteps = total
         if callback is not None and not callable(callback):  # (not after a whole iteration)
             raise TypeError(f"callback must be a function of the iteration's row, or None, got "
@@ -592,15 +601,17 @@ class PPO:
         """Run ``n_episodes`` (default ``config.eval_episodes``) full episodes in a fresh single env of
         ``config.env_id``, or in ``env``
         (a single gymnasium env, e.g. wrapped as the training env was); returns mean/std and every
-        return (see :func:`minippo.checkpoint.evaluate_policy`)."""
+        return (see :func:`minippo.checkpoint.evaluate_policy`). ``seed`` defaults to ``config.seed`` +
+        ``config.EVAL_SEED_OFFSET``, as ``minippo eval`` of the saved model does."""
         from minippo.checkpoint import evaluate_policy
+        from minippo.config import EVAL_SEED_OFFSET
 
         # Evaluation seeds are disjoint from training's and evaluation has its own Generator, so
         # evaluating never changes the training run.
         if env is None and self.custom_env:
             raise ValueError(f"this model trains on {self.custom_env}, given as PPO(config, env=...), not made "
                              f"from config.env_id={self.config.env_id!r}: pass a single env as evaluate(env=...)")
-        seed = self.config.seed + 100_000 if seed is None else seed
+        seed = self.config.seed + EVAL_SEED_OFFSET if seed is None else seed
         n_episodes = self.config.eval_episodes if n_episodes is None else n_episodes
         return evaluate_policy(  # a given env names itself (its spec's id, else its class)
             self.policy, self.config.env_id if env is None else None, n_episodes, deterministic, seed=seed,

@@ -1181,7 +1181,21 @@ def test_eval_passes_its_flags_to_the_evaluation(tmp_path, monkeypatch, capsys):
     assert main(["eval", model, "--episodes", "2", "--deterministic", "--seed", "7"]) == 0
     assert main(["eval", model, "--episodes", "1"]) == 0
     assert main(["eval", model]) == 0
-    assert seen == [(2, True, 7), (1, False, 0), (10, False, 0)]  # the last: the defaults
+    assert seen == [(2, True, 7), (1, False, 100_000), (10, False, 100_000)]  # the last: the defaults
+
+
+def test_eval_and_ppo_evaluate_give_one_model_the_same_score(tmp_path, capsys):
+    """minippo eval seeded its episodes with 0, PPO.evaluate with the run's seed + 100000: the same
+    model scored 25.2 in one and 22.3 in the other. Both take the run's seed + 100000 now."""
+    from minippo import PPO
+
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--seed", "3", "--out", str(out), "--quiet", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out / "model.npz"), "--episodes", "4", "--deterministic", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    api = PPO.load(str(out / "model.npz")).evaluate(4, deterministic=True)
+    assert cli["mean_return"] == api["mean_return"] and cli["std_return"] == api["std_return"]
 
 
 @pytest.mark.parametrize("objective", ["clip", "kl_penalty"])
@@ -1306,6 +1320,51 @@ def test_every_argument_of_every_command_has_help():
         bare = [a.dest for a in sub._actions if not a.help]
         assert not bare, f"minippo {name}: {bare} have no help"
     assert "(default 10)" in commands.choices["eval"].format_help()
+
+
+def test_minippo_alone_lists_the_commands_and_version_prints_it(capsys):
+    """`minippo` with no command said only 'the following arguments are required: command', naming
+    none of them; there was no --version."""
+    from minippo import __version__
+
+    assert main([]) == 2
+    assert capsys.readouterr().err == ("minippo: error: choose a command: train, eval, plot, bench (minippo -h lists "
+                                       "them, minippo COMMAND -h its options)\n")
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"minippo {__version__}\n"
+    assert main(["train"]) == 2  # a command's own missing argument is named as before
+    assert "required: env_id" in capsys.readouterr().err
+
+
+def test_an_out_named_like_a_model_file_is_refused(tmp_path, capsys):
+    """--out newdir/model.npz made a folder of that name (the examples' --out is a file): eval of the
+    path then said it was a folder. A new --out ending in .npz is refused, naming the folder to give."""
+    out = tmp_path / "newdir" / "model.npz"
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--quiet", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "names a folder, which would hold model.npz, config.json and progress.csv: give the folder, e.g. " \
+        f"--out {str(tmp_path / 'newdir')!r}" in err and not (tmp_path / "newdir").exists()
+    (tmp_path / "old.npz").mkdir()  # a folder of that name already: taken as the folder it is
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(tmp_path / "old.npz"), "--quiet",
+                 *TINY]) == 0
+
+
+def test_a_diverging_run_is_one_line_without_numpy_warnings(tmp_path, capsys):
+    """learning_rate=1e30 without clipping: numpy's overflow RuntimeWarnings came before the line,
+    and its hint said 'a smaller max_grad_norm' where clipping was off."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")  # every warning, as a fresh process would show it (once per line)
+        assert main(["train", "CartPole-v1", "--timesteps", "256", "--out", str(tmp_path / "d"), "--quiet",
+                     "--set", "learning_rate=1e30", "--set", "max_grad_norm=0", *TINY]) == 1
+    assert [str(w.message) for w in shown] == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RuntimeWarning" not in err, err
+    assert err.startswith("minippo: error: training stopped at ") and err.endswith(
+        "model not saved (a smaller learning_rate, gradient clipping (max_grad_norm > 0; it is off) or a larger "
+        "temperature may help)\n"), err
 
 
 @pytest.mark.parametrize(("x", "label"), [("time", "training time (s)"), ("iteration", "iteration"),

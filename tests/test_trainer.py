@@ -1109,6 +1109,17 @@ def test_schedules_follow_training_progress():
     assert [r["ent_coef"] for r in rows] == pytest.approx([0.01 * 0.1**p for p in progress])
 
 
+@pytest.mark.parametrize("objective, clip_vloss, logged", [("clip", False, True), ("kl_penalty", False, False),
+                                                           ("surrogate", False, False), ("kl_penalty", True, True),
+                                                           ("a2c", False, False)])
+def test_clip_eps_is_logged_where_something_is_clipped(objective, clip_vloss, logged):
+    """clip_eps was logged (and decayed) in runs that clip nothing, where clipfrac, kl and beta are
+    blank when unused: a kl_penalty run's curve showed a clip range it never applied."""
+    rows = []
+    PPO(PPOConfig(**{**TINY, "n_epochs": 1}, objective=objective, clip_vloss=clip_vloss)).learn(callback=rows.append)
+    assert all((r["clip_eps"] == 0.2) if logged else np.isnan(r["clip_eps"]) for r in rows)
+
+
 @pytest.mark.parametrize("temperature", [0.5, 2.0])
 def test_temperature_keeps_the_ratio_exact(temperature):
     # The behaviour policy samples from softmax(logits / T) and the update evaluates the same
@@ -1200,3 +1211,18 @@ def test_minippo_train_closes_its_env_also_when_training_stops(made_envs, tmp_pa
     assert main(["train", "minippo-test/Probe-v0", "--timesteps", "64", "--n-envs", "2", "--set", "n_steps=16",
                  "--set", "batch_size=16", "--set", "hidden=[8]", "--out", str(tmp_path / "run"), "--quiet"]) == 1
     assert "non-finite observation" in capsys.readouterr().err and made_envs[-1].closed
+
+
+def test_learn_to_a_total_already_reached_raises(tmp_path):
+    """learn(1000) on a model that had run 2048 steps trained nothing, said nothing, and set
+    total_timesteps below num_timesteps (saved so). A total counts the steps run: it must be above them."""
+    algo = PPO(PPOConfig(**TINY)).learn()
+    assert algo.num_timesteps == 96
+    for total in (50, 96):
+        with pytest.raises(ValueError, match=rf"^total_timesteps={total}: the model has already run 96 steps; "
+                                             r"learn\(total\) trains up to that many steps in all, not that many "
+                                             r"more: pass a total above 96$"):
+            algo.learn(total)
+    assert algo.total_timesteps == 96
+    algo.learn()  # the total reached, no new one given: nothing to do, as before
+    assert algo.learn(128).num_timesteps == 128
