@@ -94,6 +94,20 @@ def test_choice_fields_take_strings_only(field):
     assert type(getattr(cfg, field)) is str and json.loads(cfg.to_json())[field] == good
 
 
+def test_numpy_values_are_stored_as_the_python_values_they_hold():
+    """A sweep over np.arange or values read from arrays: numpy ints, floats, bools and widths become
+    Python ones (validation takes them, to_json writes them); a float field given an integer is a float."""
+    cfg = PPOConfig(n_envs=np.int64(4), n_steps=np.int32(16), batch_size=np.uint8(16),
+                    learning_rate=np.float32(0.5), gamma=np.float64(0.9), vf_coef=np.int64(1),
+                    shared=np.True_, clip_vloss=np.False_, hidden=(np.int64(8), np.int16(4)))
+    for name, want in (("n_envs", 4), ("n_steps", 16), ("batch_size", 16), ("learning_rate", 0.5), ("gamma", 0.9),
+                       ("vf_coef", 1.0), ("shared", True), ("clip_vloss", False), ("hidden", (8, 4))):
+        got = getattr(cfg, name)
+        assert got == want and type(got) is type(want), name
+    assert all(type(w) is int for w in cfg.hidden)
+    assert PPOConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
 @pytest.mark.parametrize("dtype", [np.dtype("float64"), np.float64, "float64"])
 def test_dtype_may_be_given_as_a_numpy_dtype_and_is_stored_by_name(dtype):
     """np.dtype("float32") == "float32", so a dtype object passed the check and the run trained, then
