@@ -74,9 +74,11 @@ def test_float32_stays_float32_and_close(data, gamma, lam):
     r, v, d, last = data
     adv, ret = gae_numpy(r, v, d, last, gamma, lam)
     assert adv.dtype == np.float32 and ret.dtype == np.float32
-    adv_ref, _ = reference.gae(r.astype(np.float64), v.astype(np.float64), d, last.astype(np.float64), gamma, lam)
+    adv_ref, ret_ref = reference.gae(r.astype(np.float64), v.astype(np.float64), d, last.astype(np.float64), gamma,
+                                     lam)
     # float32: relative rounding 6e-8 per op over <= 12 steps of magnitude <= ~40.
     np.testing.assert_allclose(adv, adv_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ret, ret_ref, rtol=1e-5, atol=1e-5)  # (returns = A + V: one rounding more)
 
 
 def test_gae_bad_inputs():

@@ -90,9 +90,15 @@ def test_layers_and_activations_match_numpy(dtype, name):
                             strict=True):
         np.testing.assert_allclose(mine, theirs, **tol)
     (f_ref, b_ref), (f_np, b_np) = ref.ACTIVATIONS[name], nn.ACTIVATIONS[name]
+    x[0, :2] = 0.0  # relu's kink: the subgradient there is 0 in both
     h = f_np(x)
     np.testing.assert_allclose(f_ref(x), h, **tol)
-    np.testing.assert_allclose(b_ref(x, h), b_np(x, h), **tol)
+    # an upstream gradient drawn apart from x: with dh = x, a relu backward masked on dh's sign
+    # (dh * (dh > 0)) gave the same numbers as the right one (dh * (h > 0)), in both implementations
+    dh = rng.normal(size=x.shape).astype(dtype)
+    want = dh * (1.0 - h.astype(np.float64) ** 2) if name == "tanh" else np.where(x > 0, dh, 0.0)
+    np.testing.assert_allclose(b_ref(dh, h), want, **tol)
+    np.testing.assert_allclose(b_np(dh, h), want, **tol)
 
 
 @pytest.mark.parametrize("activate_output", [False, True])
