@@ -454,7 +454,7 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
                          "progress.csv")
     if out.lower().endswith(".npz") and not os.path.isdir(out):  # (a model file's name, as the examples take)
         raise UsageError(f"{where} names a folder, which would hold model.npz, config.json and progress.csv: "
-                         f"give the folder, e.g. --out {os.path.dirname(out) or os.path.splitext(out)[0]!r}")
+                         f"give the folder, e.g. --out {os.path.splitext(out)[0]!r}")
     try:
         os.makedirs(out, exist_ok=True)
         for name in ("model.npz", "config.json", "progress.csv"):
@@ -539,7 +539,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             algo = _build(lambda: PPO(cfg))
         except (ValueError, TypeError) as e:  # what the env's spaces or env_kwargs do not allow
             raise UsageError(str(e)) from e
-    out, model_path, log = _open_run_folder(args, cfg, algo.iteration, backlog)
+    try:
+        out, model_path, log = _open_run_folder(args, cfg, algo.iteration, backlog)
+    except BaseException:  # refused: the env made for the run is closed (an async one's workers) before the exit
+        algo.close()
+        raise
     if not args.quiet:
         print(f"minippo: training {cfg.env_id} ({cfg.objective}) for {algo.total_timesteps} steps "
               f"on backend {backend.name}; writing {out}", file=sys.stderr)

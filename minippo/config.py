@@ -155,6 +155,10 @@ class PPOConfig:
         object.__setattr__(self, "_frozen", True)
         return self
 
+    def __getstate__(self) -> dict[str, Any]:
+        """For pickle: the fields, not the frozen mark (an unpickled config is the receiver's own, as a copy is)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_frozen"}
+
     def __copy__(self) -> PPOConfig:
         new = object.__new__(type(self))
         new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_frozen"})

@@ -304,7 +304,8 @@ class PPO:
     def close(self) -> None:
         """Close the vector env PPO made from ``config.env_id`` (an async one's worker processes stop);
         an env given as ``PPO(config, env=...)`` is left to its owner. ``with PPO(...) as model:`` closes
-        on leaving the block. Acting, evaluating and saving still work after it; ``learn`` does not."""
+        on leaving the block. Acting, evaluating and saving still work after it; ``learn`` may not (an async
+        env refuses to step once closed)."""
         if self._owns_env:
             self.env.close()
 
@@ -322,6 +323,12 @@ class PPO:
         value beyond ``self.dtype``'s range NonFiniteEnvError. ``what``, ``where``: which observations, for
         messages ("observation", " on reset"); ``envs``: the rows' sub-envs (default all)."""
         a = np.asarray(obs)
+        if a.dtype == object:  # e.g. info["final_obs"] as gymnasium builds it, np.array(rows, dtype=object),
+            try:  # which is 2-D when every row ended at once
+                a = a.astype(np.float64)
+            except (TypeError, ValueError):
+                raise TypeError(f"env {self.env_name!r} returned {what}s{where} that are not all numbers: "
+                                f"{obs!r}") from None
         if a.shape != (rows, self.obs_dim):
             raise ValueError(f"env {self.env_name!r} returned {what}s{where} of shape {a.shape}; expected ({rows}, "
                              f"{self.obs_dim}): one row of single_observation_space.shape ({self.obs_dim},) per "

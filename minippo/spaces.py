@@ -78,7 +78,7 @@ class Box:
                 and np.array_equal(self.high, other.high))
 
     def __hash__(self) -> int:
-        return hash((self.dtype, self.low.tobytes(), self.high.tobytes()))
+        return hash((self.dtype, tuple(self.low.tolist()), tuple(self.high.tolist())))  # (-0.0 == 0.0: one hash)
 
     def clip(self, actions: np.ndarray) -> np.ndarray:
         """Actions (..., d) as the env takes them: cast to ``dtype``, then clipped to the bounds in

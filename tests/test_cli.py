@@ -1344,7 +1344,7 @@ def test_an_out_named_like_a_model_file_is_refused(tmp_path, capsys):
     assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--quiet", *TINY]) == 2
     err = capsys.readouterr().err
     assert "names a folder, which would hold model.npz, config.json and progress.csv: give the folder, e.g. " \
-        f"--out {str(tmp_path / 'newdir')!r}" in err and not (tmp_path / "newdir").exists()
+        f"--out {str(tmp_path / 'newdir' / 'model')!r}" in err and not (tmp_path / "newdir").exists()
     (tmp_path / "old.npz").mkdir()  # a folder of that name already: taken as the folder it is
     assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(tmp_path / "old.npz"), "--quiet",
                  *TINY]) == 0

@@ -136,7 +136,10 @@ def test_a_trainers_config_is_fixed_and_its_copies_are_not(tmp_path):
     with pytest.raises(AttributeError, match=r"PPO\.config is fixed at construction"):
         algo.config = PPOConfig()
     assert algo.config.learning_rate == 3e-4 and algo.config.validate() is algo.config  # (validating sets nothing)
-    for other in (copy.copy(algo.config), copy.deepcopy(algo.config), algo.config.replace(seed=3)):
+    import pickle
+
+    for other in (copy.copy(algo.config), copy.deepcopy(algo.config), algo.config.replace(seed=3),
+                  pickle.loads(pickle.dumps(algo.config))):  # (a worker process's copy too)
         other.learning_rate = 1e-3  # copies are the caller's own
         assert other.learning_rate == 1e-3 and algo.config.learning_rate == 3e-4
     algo.learn()

@@ -835,6 +835,8 @@ def test_spaces_compare_by_value():
     assert a == as_space(a.to_dict()) and Discrete(3) == as_space(Discrete(3).to_dict())
     assert a != Box(np.zeros(2), np.ones(2), "float64") and a != Box(np.zeros(2), np.full(2, 2.0))
     assert a != Discrete(2) and a != "Box"
+    z, nz = Box(np.array([-0.0, 0.0]), np.ones(2)), Box(np.zeros(2), np.ones(2))  # -0.0 == 0.0
+    assert z == nz and hash(z) == hash(nz) and len({z, nz}) == 1
 
 
 def test_loss_helpers_schedules_and_normalisers_name_their_arguments():

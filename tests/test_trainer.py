@@ -195,6 +195,50 @@ class Shaped:
         pass
 
 
+class Lockstep:
+    """A same-step vector env of 2 sub-envs whose episodes all end together, every 3 steps, with
+    info["final_obs"] built by ``final`` from the final rows (gymnasium builds an object array)."""
+
+    num_envs = 2
+    metadata = {"autoreset_mode": "same_step"}
+
+    def __init__(self, final):
+        from minippo.spaces import Box, Discrete
+
+        self.single_observation_space = Box(-np.ones(3), np.ones(3))
+        self.single_action_space = Discrete(2)
+        self.final, self.t = final, 0
+
+    def reset(self, seed=None):
+        self.t = 0
+        return np.zeros((2, 3), np.float32), {}
+
+    def step(self, actions):
+        self.t += 1
+        obs = np.full((2, 3), 0.1 * self.t, np.float32) + np.asarray(actions, np.float32)[:, None]
+        done = np.full(2, self.t == 3)
+        info = {}
+        if done.any():
+            info["final_obs"] = self.final(obs)
+            self.t, obs = 0, np.zeros((2, 3), np.float32)
+        return obs, np.ones(2), np.zeros(2, bool), done, info
+
+    def close(self):
+        pass
+
+
+def test_final_observations_as_an_object_array_of_equal_rows_are_taken():
+    """gymnasium's np.array(rows, dtype=object) is 2-D when every sub-env ended at once (equal rows):
+    the new observation check refused its dtype; it is read as the numbers it holds."""
+    got, want = (PPO(PPOConfig(**TINY), env=Lockstep(final)) for final in
+                 (lambda obs: np.array(list(obs), dtype=object), lambda obs: list(obs)))
+    assert np.array(list(np.zeros((2, 3))), dtype=object).ndim == 2  # (what the first env's info holds)
+    got.collect_rollout()
+    want.collect_rollout()
+    np.testing.assert_array_equal(got.buffer.rewards, want.buffer.rewards)  # the bootstraps from V(final obs)
+    assert not np.array_equal(got.buffer.rewards, np.ones_like(got.buffer.rewards))
+
+
 @pytest.mark.parametrize("bad, shown", [
     (("reset", np.transpose), r"observations on reset of shape \(3, 2\); expected \(2, 3\)"),
     (("step", np.ravel), r"observations of shape \(6,\); expected \(2, 3\)"),
@@ -203,14 +247,15 @@ class Shaped:
                                         r"expected \(2,\) each"),
     (("term", lambda t: t[:1]), r"rewards, terminations and truncations of shapes \(2,\), \(1,\), \(2,\); "
                                  r"expected \(2,\) each"),
-    (("step", lambda o: o.astype(object)), r"observations of dtype object; expected real numbers"),
+    (("step", lambda o: np.array([None, *o[1:]], dtype=object)), r"observations that are not all numbers"),
+    (("step", lambda o: o.astype(str)), r"observations of dtype <U32; expected real numbers"),
 ])
 def test_an_env_returning_the_wrong_shape_is_named(bad, shown):
     """A transposed or flat observation batch failed in numpy's reshape ('cannot reshape array of size
     6 into shape (3,3)'), an (N, 1) reward in an in-place add, and an (N, d, 1) batch was silently
     reshaped: each now names the env and the shape it should have returned."""
     algo = PPO(PPOConfig(**TINY), env=Shaped(bad))
-    error = TypeError if "dtype object" in shown else ValueError
+    error = TypeError if "numbers" in shown else ValueError
     with pytest.raises(error, match=rf"^env 'Shaped' returned {shown}"):
         algo.collect_rollout()
     algo = PPO(PPOConfig(**TINY), env=Shaped((None, None)))
