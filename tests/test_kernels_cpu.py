@@ -337,7 +337,12 @@ def test_fast_tanh_f32_accuracy():
     cpu._activate(h, cpu.ACT_TANH_F32)
     exact = np.tanh(x.astype(np.float64))
     ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
-    assert np.max(np.abs(h - exact) / ulp) <= 8.0
+    err = np.abs(h - exact) / ulp
+    assert np.max(err) <= 8.0  # the documented bound (kernels/cpu.py)
+    # and the fit itself: measured 4.37 ulp at most, 0.677 on average (Zen 4, FMA-contracted). The mean
+    # bound leaves ~10% for another contraction or rounding order; a coefficient wrong in its 7th digit
+    # (_B0 4.89352518e-3 as 4.89352418e-3: 4.88 max, under 8) averaged 0.832, which it catches.
+    assert np.mean(err) <= 0.75, np.mean(err)
     assert h[0, -4] == 1.0 and h[0, -3] == -1.0
     nan = np.full((1, 3), np.nan, np.float32)
     cpu._activate(nan, cpu.ACT_TANH_F32)
