@@ -145,6 +145,19 @@ def test_fused_kl_penalty_of_a_tempered_categorical_matches_loss_and_grads(dtype
                                   "kl_penalty", beta)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("discrete, nets, clip_vloss, objective, beta", [
+    (False, ((8,), False), False, "kl_penalty", 0.3),  # the Gaussian's KL gradient (2 seeds in 60 missed it)
+    (False, ((8,), True), False, "kl_penalty", 3.0),
+    (True, ((8,), True), True, "clip", None),  # a shared trunk under value clipping (1 seed in 60)
+    (False, ((8,), True), True, "clip", None),
+])
+def test_fused_rare_draws_match_loss_and_grads(dtype, discrete, nets, clip_vloss, objective, beta):
+    """The other combinations the drawn parity tests can go without for a whole run, on every run."""
+    _fused_matches_loss_and_grads(dtype, discrete, nets, "relu", 17, 1.0, clip_vloss, True, 0.01, 0.2, 7,
+                                  objective, beta)
+
+
 def _fused_matches_loss_and_grads(dtype, discrete, nets, activation, B, temperature, clip_vloss, normalize,
                                   ent_coef, clip_eps, seed, objective, beta):
     hidden, shared = nets
