@@ -151,43 +151,24 @@ class PPOConfig:
 
     def _freeze(self) -> PPOConfig:
         """Make every field assignment raise (the config a PPO trainer holds); returns self. Copies
-        (``copy.copy``, :meth:`replace`) are not frozen."""
+        (``copy``, ``deepcopy``, pickle: all take :meth:`__getstate__`; :meth:`replace`) are not frozen."""
         object.__setattr__(self, "_frozen", True)
         return self
 
     def __getstate__(self) -> dict[str, Any]:
-        """For pickle: the fields, not the frozen mark (an unpickled config is the receiver's own, as a copy is)."""
+        """The fields, not the frozen mark: a copy (or an unpickled config) is its holder's own."""
         return {k: v for k, v in self.__dict__.items() if k != "_frozen"}
-
-    def __copy__(self) -> PPOConfig:
-        new = object.__new__(type(self))
-        new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_frozen"})
-        return new
-
-    def __deepcopy__(self, memo: dict) -> PPOConfig:
-        import copy
-
-        new = object.__new__(type(self))
-        memo[id(self)] = new
-        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k != "_frozen"})
-        return new
-
-    def _set(self, name: str, value: Any) -> None:
-        """``name = value`` where that changes the stored object (a frozen config is normalised already)."""
-        if getattr(self, name) is not value:
-            setattr(self, name, value)
 
     def _normalise(self) -> None:
         """numpy values as plain Python ones, before validation (also of fields set after construction)."""
         # A bare int or a string ("64" would silently become (6, 4)) is not a list of widths.
         widths = int_list(self.hidden)
-        if widths is not None and (type(self.hidden) is not tuple or list(self.hidden) != widths
-                                   or not all(type(w) is int for w in self.hidden)):
+        if widths is not None:
             self.hidden = tuple(widths)
         # dtype=np.float32 or np.dtype("float32"): its name (a dtype object compared equal to the name,
         # passed the check and then failed to_json, after training, at the save)
         if isinstance(self.dtype, np.dtype) or (isinstance(self.dtype, type) and issubclass(self.dtype, np.generic)):
-            self._set("dtype", np.dtype(self.dtype).name)
+            self.dtype = np.dtype(self.dtype).name
         # numpy scalars (a sweep over np.arange, a value read from an array) are plain numbers here:
         # ints stay exact, and every stored value is a Python int or float that to_json can write
         for f in dataclasses.fields(self):
@@ -201,17 +182,19 @@ class PPOConfig:
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 continue
             if f.type == "int" and isinstance(v, numbers.Integral):
-                self._set(f.name, int(v))
+                setattr(self, f.name, int(v))
             elif f.type in ("float", "float | None"):
-                self._set(f.name, float(v))
+                setattr(self, f.name, float(v))
 
     # ------------------------------------------------------------ validation
     def validate(self) -> PPOConfig:
         """Raise ValueError naming the field, its value and what is allowed; returns self.
 
         numpy scalars (and a numpy array or list of widths for ``hidden``) are first turned into the
-        Python values they hold, also when set after construction."""
-        self._normalise()
+        Python values they hold, also when set after construction (a trainer's frozen config holds them
+        already)."""
+        if not self.__dict__.get("_frozen"):
+            self._normalise()
 
         def bad(name: str, allowed: str) -> ValueError:
             return ValueError(f"PPOConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")

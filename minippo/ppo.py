@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from minippo import backend, losses
-from minippo._checks import array, deferred_checks, integer, real
+from minippo._checks import array, cast_quietly, deferred_checks, integer, real
 from minippo.buffer import RolloutBuffer
 from minippo.config import MAX_TIMESTEPS, OBJECTIVES, ON_POLICY, TOO_MANY_TIMESTEPS, PPOConfig
 from minippo.optim import Adam, Schedule
@@ -335,11 +335,7 @@ class PPO:
                              "sub-env")
         if a.dtype.kind not in "biuf":
             raise TypeError(f"env {self.env_name!r} returned {what}s{where} of dtype {a.dtype}; expected real numbers")
-        if a.dtype.kind != "f" or a.dtype.itemsize <= self.dtype.itemsize:  # exact in self.dtype
-            out = a.astype(self.dtype, copy=False)
-        else:
-            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, by name
-                out = a.astype(self.dtype)
+        out = cast_quietly(a, self.dtype)  # (an overflow is named below)
         if not np.isfinite(out).all():
             self._raise_non_finite(what + where, a, envs, out)
         return out
