@@ -1,8 +1,9 @@
 """Plain-loop versions of every kernel: the oracle the fast versions are tested against.
 
 Written for the reader, not for speed: one Python loop per index, one scalar formula per line,
-accumulation in Python floats (float64) and a single rounding to the input dtype at the end. Use
-them on small arrays only (tests).
+accumulation in Python floats (float64) and a single rounding to the input dtype at the end (so
+they take float arrays: an int array would round the results to integers). Use them on small arrays
+only (tests).
 
 Notation (GAE paper, Schulman et al. 2016; ``dones[t] = 1`` when step t ended its episode):
 

@@ -56,8 +56,8 @@ def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, g
 
 def _check_out(out: Any) -> None:
     """TypeError naming ``out`` unless it is None or a pair (tuple or list) of two arrays; ValueError
-    naming the array if either is read-only (checked before anything is written, so a read-only
-    out[1] does not leave out[0] overwritten)."""
+    naming the array if either is read-only, or if the two share memory (checked before anything is
+    written, so a read-only out[1] does not leave out[0] overwritten)."""
     if out is None:
         return
     if not isinstance(out, (tuple, list)) or len(out) != 2:
@@ -68,11 +68,19 @@ def _check_out(out: Any) -> None:
     for i, what in enumerate(("advantages", "returns")):
         if not getattr(getattr(out[i], "flags", None), "writeable", True):  # cupy arrays have no such flag
             raise ValueError(f"out[{i}] must be writeable (it receives the {what}), got a read-only array")
+    xp = backend.array_module(out[0])  # (bounds first: CuPy's exact test is a kernel, a sort and a search)
+    if backend.array_module(out[1]) is xp and xp.may_share_memory(*out) and xp.shares_memory(*out):
+        raise ValueError("out[0] and out[1] share memory: the advantages and the returns need separate arrays")
 
 
 def _binary(dones: Array) -> bool:
     """Whether every entry of dones (numpy or cupy, any dtype) is 0 or 1; NaN is neither."""
     return not bool(((dones != 0) & (dones != 1)).any())
+
+
+def _result_dtype(rewards: Array) -> np.dtype:
+    """The dtype of the advantages and returns: rewards' when it is float32 or float64, else float64."""
+    return rewards.dtype if rewards.dtype in (np.float32, np.float64) else np.dtype(np.float64)
 
 
 def gae_numpy(
@@ -83,11 +91,14 @@ def gae_numpy(
 
     gamma and lam are taken as Python floats: a numpy float64 scalar would make numpy compute a
     float32 rollout in float64 (NEP 50), unlike the numba and CUDA kernels, which cast them to the
-    arrays' dtype."""
+    arrays' dtype. The arrays are cast as :func:`compute_gae` casts them: to rewards' dtype when it is
+    float32 or float64, else float64 (int rewards would otherwise give truncated int advantages)."""
     try:
         gamma, lam = float(gamma), float(lam)
     except TypeError as e:
         raise TypeError(f"gamma and lam must be real scalars, got {gamma!r} and {lam!r}") from e
+    dt = _result_dtype(rewards)
+    rewards, values, dones, last_values = (a.astype(dt, copy=False) for a in (rewards, values, dones, last_values))
     T = rewards.shape[0]
     adv = np.empty_like(rewards)
     next_adv = np.zeros_like(last_values)
@@ -156,9 +167,7 @@ def compute_gae(
         ok = False
     if not ok:
         _validate(rewards, values, dones, last_values, gamma, lam)
-    dt = rewards.dtype if rewards.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-    if not on_device:  # (gpu.gae casts them itself, checking dones before the cast)
-        rewards, values, dones, last_values = (a.astype(dt, copy=False) for a in (rewards, values, dones, last_values))
+    dt = _result_dtype(rewards)
     if out is not None and any(a.shape != s or a.dtype != dt for a in out):
         raise ValueError(f"out must be two {dt} arrays of shape {s}, got {[(a.dtype, a.shape) for a in out]}")
     if out is not None and any((backend.array_module(a) is not np) != on_device for a in out):

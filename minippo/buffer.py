@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import flag, float_dtype, generator, int_list, integer
+from minippo._checks import array, flag, float_dtype, generator, int_list, integer
 from minippo.advantages import compute_advantages
 from minippo.backend import asnumpy
 
@@ -40,6 +40,8 @@ class RolloutBuffer:
         T, N = integer("n_steps", n_steps, 1), integer("n_envs", n_envs, 1)
         obs_dim, dist_dim = integer("obs_dim", obs_dim, 1), integer("dist_dim", dist_dim, 1)
         dtype, discrete = float_dtype("dtype", dtype), flag("discrete", discrete)
+        if dtype not in (np.float32, np.float64):  # (the advantage estimators compute in these two)
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         dims = int_list(action_shape)
         if dims is None or any(d < 1 for d in dims):
             raise TypeError(f"action_shape must be a tuple of integers >= 1 (() for discrete actions), "
@@ -74,8 +76,13 @@ class RolloutBuffer:
         host, where the env loop has it)."""
         if self.pos >= self.T:
             raise IndexError(f"buffer is full ({self.T} steps); call reset() after the update")
-        shapes = (obs.shape, actions.shape, logp.shape, values.shape, dist.shape, rewards.shape, dones.shape,
-                  valid.shape)
+        try:
+            shapes = (obs.shape, actions.shape, logp.shape, values.shape, dist.shape, rewards.shape, dones.shape,
+                      valid.shape)
+        except AttributeError:  # (a list, a scalar): named
+            for name, a in zip(_ADD_NAMES, (obs, actions, logp, values, dist, rewards, dones, valid), strict=True):
+                array(name, a)
+            raise
         if shapes != self._step_shapes:  # checked before anything is written
             for name, shape, want in zip(_ADD_NAMES, shapes, self._step_shapes, strict=True):
                 if tuple(shape) != want:
@@ -121,6 +128,10 @@ class RolloutBuffer:
         fewer minibatches where that would leave one under ``min_size`` samples (2 when advantages
         are normalised per minibatch). When one minibatch covers the whole rollout it is yielded in
         time order, built once per rollout.
+
+        Treat the minibatches as read-only: a minibatch covering the whole rollout is yielded again in
+        every epoch, and where no step is masked its arrays are views of the buffer's (no copy), so
+        an edit in place would change the buffer and every later epoch; other minibatches are copies.
         """
         batch_size, min_size = integer("batch_size", batch_size, 1), integer("min_size", min_size, 1)
         generator("rng", rng)  # (used only when there are several minibatches: checked always)

@@ -43,8 +43,10 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return rng.bit_generator.state
 
 
-def _new_temp(path: str) -> tuple[int, str]:
-    """A new file beside ``path`` (``<name>.<random>.tmp``), open for writing. Created with mode
+def _new_temp(path: str, made: list[str]) -> int:
+    """A new file beside ``path`` (``<name>.<random>.tmp``), open for writing; its name is put in
+    ``made`` before it is created, so that a KeyboardInterrupt raised as the creating call returns (a
+    SIGINT's handler runs there) leaves the caller a name to clean up. Created with mode
     0666, which the OS reduces by the umask as for ``open()``, so a saved model can be read by
     whoever reads the rest of the run folder (``mkstemp`` would make it 0600, and reading the umask
     means setting it, which races with other threads)."""
@@ -55,10 +57,11 @@ def _new_temp(path: str) -> tuple[int, str]:
     fits = len(os.fsencode(name)) + 17 <= 255
     for _ in range(100):
         token = secrets.token_hex(6)
-        tmp = f"{path}.{token}.tmp" if fits else os.path.join(folder, f".{token}.tmp")
+        made[:] = [f"{path}.{token}.tmp" if fits else os.path.join(folder, f".{token}.tmp")]
         try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
+            return os.open(made[0], flags, 0o666)
+        except FileExistsError:  # another's file: not for the caller to remove
+            made.clear()
             continue
         except PermissionError as e:  # said of the folder: the temp file's own name would puzzle
             raise PermissionError(e.errno, f"cannot create a file in folder {folder!r} ({e.strerror}): a save "
@@ -172,8 +175,10 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
     owner = None if st is None or not hasattr(os, "fchown") or (st.st_uid, st.st_gid) == (
         os.geteuid(), os.getegid()) else (st.st_uid, st.st_gid)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = _new_temp(target)
+    made: list[str] = []  # the temp file's name, once chosen
     try:
+        fd = _new_temp(target, made)
+        tmp = made[0]
         if owner is not None:  # before the mode: a chown by a non-root user may clear mode bits
             try:
                 os.fchown(fd, *owner)
@@ -190,8 +195,8 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if made and os.path.exists(made[0]):
+            os.unlink(made[0])
         raise
     _fsync_folder(folder)
 
@@ -476,14 +481,10 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
     extra = sorted(f"adam/{k}" for k in state if k[2:] not in algo.policy.params or k[:2] not in ("m.", "v."))
     if extra:
         raise CheckpointError(f"{path!r} has unexpected arrays {extra[:3]}: it belongs to another network")
-    try:  # shapes and dtypes checked (a string array too) before the values below
+    try:  # shapes, dtypes (a string array too) and values (finite, second moments >= 0) checked
         algo.optimizer.load_state_dict({**state, "t": meta["adam_t"]})
     except ValueError as e:
         raise CheckpointError(f"{path!r}: {e}") from e
-    bad = sorted(k for k, v in state.items() if not (np.isfinite(v).all() and (k[0] != "v" or (v >= 0).all())))
-    if bad:  # (the algo with these moments loaded is dropped)
-        raise CheckpointError(f"{path!r}: Adam moments {['adam/' + k for k in bad[:3]]} hold NaN, inf or "
-                              "(second moments) negative values")
     for norm, prefix in ((algo.obs_norm, "obs_rms"), (algo.reward_scaler, "ret_rms")):
         if norm is None:
             continue

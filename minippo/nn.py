@@ -25,6 +25,16 @@ from minippo._checks import array, flag, float_dtype, int_list, real, rng_from_s
 Array = Any  # numpy.ndarray, or cupy.ndarray on the GPU backend
 
 
+def _in_dtype(name: str, a: Array, dtype: Any) -> Array:
+    """``a`` in ``dtype`` (the parameters'), cast where it differs; TypeError naming ``name`` unless
+    it is real (float, int or bool: complex would give complex gradients, strings fail in numpy)."""
+    if a.dtype == dtype:
+        return a
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real array (float, int or bool), got dtype {a.dtype}")
+    return a.astype(dtype)
+
+
 # ---------------------------------------------------------------- linear: y = x W + b
 def linear_forward(x: Array, W: Array, b: Array) -> Array:
     """``y = x @ W + b``; x (B, fan_in), W (fan_in, fan_out), b (fan_out,) -> y (B, fan_out)."""
@@ -243,7 +253,11 @@ class MLP:
         return i < self.n_layers - 1 or self.activate_output
 
     def forward(self, x: Array) -> tuple[Array, list[Array]]:
-        """x (B, sizes[0]) -> y (B, sizes[-1]); cache = the input of every layer plus the output."""
+        """x (B, sizes[0]) -> y (B, sizes[-1]); cache = the input of every layer plus the output.
+
+        x is a real array (float, int or bool), computed in the parameters' dtype (cast to it where it
+        differs: a float64 x into a float32 network gives float32 outputs and gradients); a complex,
+        string or object array raises TypeError."""
         fused = backend.numba_kernels("cpu")
         if fused is not None:
             cache = fused.mlp_forward(self, x)  # one compiled call; None when it does not apply
@@ -252,6 +266,12 @@ class MLP:
         if getattr(x, "ndim", None) != 2 or x.shape[1] != self.sizes[0]:
             array("x", x)
             raise ValueError(f"x must have shape (B, {self.sizes[0]}), got {tuple(x.shape)}")
+        cast = _in_dtype("x", x, self.params["W0"].dtype)
+        if cast is not x and fused is not None:  # the cast input where the fused kernel takes it
+            cache = fused.mlp_forward(self, cast)
+            if cache is not None:
+                return cache[-1], cache
+        x = cast
         act, _ = ACTIVATIONS[self.activation]
         h = x
         cache = [h]
@@ -267,6 +287,7 @@ class MLP:
     ) -> tuple[Array | None, dict[str, Array]]:
         """dy (B, sizes[-1]) -> (dx (B, sizes[0]), grads keyed exactly like ``params``).
 
+        dy is cast to the parameters' dtype as ``forward`` casts x.
         ``need_dx=False`` skips the input gradient (dx is then None): a network fed by raw
         observations never needs it, and it is a whole matmul per minibatch.
         """
@@ -279,6 +300,12 @@ class MLP:
             array("dy", dy)
             raise ValueError(f"dy must have shape ({cache[0].shape[0]}, {self.sizes[-1]}) like the forward's "
                              f"output, got {tuple(dy.shape)}")
+        cast = _in_dtype("dy", dy, self.params["W0"].dtype)
+        if cast is not dy and fused is not None:
+            out = fused.mlp_backward(self, cast, cache, need_dx)
+            if out is not None:
+                return out
+        dy = cast
         _, act_back = ACTIVATIONS[self.activation]
         grads: dict[str, Array] = {}
         d = dy

@@ -105,6 +105,7 @@ class Adam:
         are the two kernels of ``kernels/adam.cu``, which give the same bits as the array operations
         here: 4 device operations and one small upload, where these take ~40 on a 64-64 actor-critic."""
         _dict("grads", grads)
+        self._check_params()
         if grads.keys() != self.params.keys():
             missing = sorted(set(self.params) ^ set(grads))
             raise KeyError(f"grads and params must have the same keys; differing: {missing}")
@@ -158,6 +159,19 @@ class Adam:
             self.params[k] -= g[sl].reshape(shape)
         return norm
 
+    def _check_params(self) -> None:
+        """ValueError unless ``params`` still holds the keys and shapes this Adam was made for: its
+        moments are laid out by them, so a parameter added later would never be updated and one
+        rebound to another shape would be updated by broadcasting (on a GPU, its flat range overrun)."""
+        if self.params.keys() != self._slices.keys():
+            differ = sorted(set(self.params) ^ set(self._slices))
+            raise ValueError(f"params has keys {differ} added or removed since this Adam was made: make a new "
+                             "Adam for the new parameters")
+        for k, (_, shape) in self._slices.items():
+            if getattr(self.params[k], "shape", None) != shape:
+                raise ValueError(f"params[{k!r}] has shape {tuple(getattr(self.params[k], 'shape', ()))}, but this "
+                                 f"Adam was made for {shape}")
+
     def _device_table(self) -> Any:
         """The parameters' ``kernels.gpu.ArrayTable`` (made again when a parameter array was replaced),
         or None where a parameter is not C-contiguous, or of a dtype the kernels lack (float16): the
@@ -167,25 +181,23 @@ class Adam:
         if table is None or any(a is not b for a, b in zip(table.arrays, arrays, strict=True)):
             from minippo.kernels import gpu
 
-            for k, (_, shape) in self._slices.items():  # the kernel writes each array by its flat range
-                if getattr(self.params[k], "shape", None) != shape:
-                    raise ValueError(f"params[{k!r}] has shape {tuple(self.params[k].shape)}, but this Adam was made "
-                                     f"for {shape}")
             if not all(a.flags.c_contiguous for a in arrays) or np.dtype(arrays[0].dtype) not in gpu.GATHER_NAMES:
                 return None
             self._table = table = gpu.ArrayTable(arrays)
         return table
 
     def state_dict(self) -> dict[str, Any]:
-        """Moments and step count (arrays keyed ``m.<name>``, ``v.<name>``) for checkpoints."""
+        """Moments and step count (arrays keyed ``m.<name>``, ``v.<name>``) for checkpoints: copies, so
+        the state stays as it was at this call (and editing it leaves the optimiser as it is)."""
         out: dict[str, Any] = {"t": self.t}
-        out.update({f"m.{k}": a for k, a in self.m.items()})
-        out.update({f"v.{k}": a for k, a in self.v.items()})
+        out.update({f"m.{k}": a.copy() for k, a in self.m.items()})
+        out.update({f"v.{k}": a.copy() for k, a in self.v.items()})
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` produced (in place; every shape and dtype is checked before
-        anything is written)."""
+        """Restore what :meth:`state_dict` produced (in place; every shape, dtype and value is checked
+        before anything is written: the moments must be finite, the second moments >= 0, or the next
+        step would write NaN into every parameter)."""
         _dict("state", state)
         missing = sorted(f"{p}.{k}" for k in self.params for p in "mv" if f"{p}.{k}" not in state)
         if missing or "t" not in state:
@@ -197,6 +209,10 @@ class Adam:
             array(f"state[{name!r}]", src)
             if src.shape != dst.shape or src.dtype != dst.dtype:
                 raise ValueError(f"Adam {name} is {src.dtype} {src.shape}, expected {dst.dtype} {dst.shape}")
+        bad = [name for src, _, name in pairs
+               if not (bool(np.isfinite(src).all()) and (name[0] != "v" or bool((src >= 0).all())))]
+        if bad:
+            raise ValueError(f"Adam moments {bad[:3]} hold NaN, inf or (second moments) negative values")
         for src, dst, _ in pairs:  # to the moments' device: a checkpoint's host arrays up, a device state down
             dst[...] = asnumpy(src) if type(dst) is np.ndarray else array_module(dst).asarray(src)
         self.t = t

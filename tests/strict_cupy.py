@@ -51,7 +51,7 @@ FUNCTIONS = frozenset({"clip", "concatenate", "dot", "full_like", "ones_like", "
 UFUNCS = frozenset({"absolute", "add", "bitwise_and", "bitwise_or", "divide", "equal", "exp", "expm1",
                     "greater", "greater_equal", "invert", "isfinite", "less", "less_equal", "log",
                     "maximum", "multiply", "negative", "not_equal", "power", "sqrt", "subtract", "tanh"})
-METHODS = frozenset({"all", "any", "argmax", "astype", "max", "mean", "reshape", "std", "sum"})
+METHODS = frozenset({"all", "any", "argmax", "astype", "copy", "max", "mean", "reshape", "std", "sum"})
 
 
 def _host(x: Any, where: str, allow_0d: bool = False) -> Any:
@@ -240,6 +240,14 @@ def may_share_memory(a: ndarray, b: ndarray) -> bool:
     return bool(np.may_share_memory(a._a, b._a))
 
 
+def shares_memory(a: ndarray, b: ndarray) -> bool:
+    """``cupy.shares_memory`` (exact, as CuPy's default): two device arrays."""
+    if not (isinstance(a, ndarray) and isinstance(b, ndarray)):
+        raise TypeError("shares_memory takes two cupy arrays")
+    STATS["ops"] += 1  # (CuPy: a kernel listing the addresses, a sort and a search)
+    return bool(np.shares_memory(a._a, b._a))
+
+
 def _made(fn: Any) -> Any:
     return lambda *args, **kwargs: ndarray(fn(*args, **kwargs))
 
@@ -389,6 +397,7 @@ def make() -> types.ModuleType:
     cp.ascontiguousarray = ascontiguousarray
     cp.copyto = copyto
     cp.may_share_memory = may_share_memory
+    cp.shares_memory = shares_memory
     cp.zeros, cp.empty, cp.arange = _made(np.zeros), _made(np.empty), _made(np.arange)
     cp.ones_like = lambda a, dtype=None: ndarray(np.ones_like(_host(a, "ones_like"), dtype=dtype))
     cp.asnumpy = lambda a: a.get() if isinstance(a, ndarray) else np.asarray(a)

@@ -529,9 +529,9 @@ def test_compute_gae_on_the_device_checks_dones_before_writing_out(cupy_backend)
 
 def test_compute_gae_on_the_device_writes_into_out_or_copies_where_it_must(cupy_backend):
     """out= that the kernel can write into (C-contiguous, apart from the inputs) gets the results
-    directly; out over an input (the same array or a shifted view of it), over each other, or
-    strided gets them through new arrays: the same numbers as numpy (returns last where both
-    outputs are one array, as numpy writes them)."""
+    directly; out over an input (the same array or a shifted view of it), interleaved with each
+    other, or strided gets them through new arrays: the same numbers as numpy. Both outputs one
+    array is refused."""
     from minippo.advantages import compute_gae
 
     cp = cupy_backend
@@ -565,9 +565,10 @@ def test_compute_gae_on_the_device_writes_into_out_or_copies_where_it_must(cupy_
 
     adv, _ = run(shifted)
     np.testing.assert_array_equal(adv, want[0])
-    one = cp.asarray(np.empty_like(r))
-    _, ret = run(lambda dev, buf: (one, one))
-    np.testing.assert_array_equal(ret, want[1])
+    one = cp.asarray(np.full_like(r, 7.0))  # one array for both: refused (it was given the returns)
+    with pytest.raises(ValueError, match=r"out\[0\] and out\[1\] share memory"):
+        run(lambda dev, buf: (one, one))
+    assert (backend.asnumpy(one) == 7.0).all()
 
 
 def test_compute_gae_on_the_device_is_two_launches_and_one_sync(strict_cupy_backend):

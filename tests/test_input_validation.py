@@ -284,6 +284,9 @@ def test_rollout_buffer_add_checks_before_writing():
             buf.add(**{**good, name: bad})
     with pytest.raises(TypeError, match="discrete actions must be integers, got dtype float64"):
         buf.add(**{**good, "actions": np.array([0.7, 1.0, 2.0])})
+    for name in ("obs", "rewards", "valid"):  # a list was an AttributeError naming nothing
+        with pytest.raises(TypeError, match=f"{name} must be an array"):
+            buf.add(**{**good, name: good[name].tolist()})
     assert buf.pos == 0 and not buf.obs.any()  # nothing was written
     buf.add(**good)
     buf.add(**good)
@@ -856,6 +859,9 @@ def test_loss_helpers_schedules_and_normalisers_name_their_arguments():
         (lambda: RolloutBuffer(0, 1, 3, (), 2), ValueError, "n_steps must be an integer >= 1, got 0"),
         (lambda: RolloutBuffer(4, 1, 3.0, (), 2), TypeError, "obs_dim must be an integer >= 1, got 3.0"),
         (lambda: RolloutBuffer(4, 1, 3, (), 2, dtype=np.int32), ValueError, "dtype must be a float type"),
+        # (accepted, then compute_returns failed naming `out`)
+        (lambda: RolloutBuffer(4, 1, 3, (), 2, dtype=np.float16), ValueError,
+         "dtype must be float32 or float64, got float16"),
     ):
         with pytest.raises(err, match=msg):
             call()

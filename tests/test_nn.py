@@ -198,6 +198,35 @@ def test_float32_forward_keeps_dtype():
     assert y.dtype == np.float32
 
 
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_inputs_are_computed_in_the_parameters_dtype_and_non_real_ones_refused(backend_name, request):
+    """A float64 or int x into a float32 network silently computed in float64, gradients too; a
+    complex x gave complex gradients and a string one failed inside numpy. Now a real x (and dy) is
+    cast to the parameters' dtype, giving what the cast input gives, and anything else is named."""
+    if backend_name == "numba":
+        pytest.importorskip("numba")
+    request.getfixturevalue(f"{backend_name}_backend")
+    net = nn.MLP([3, 4, 2], seed=0)
+    x32 = np.arange(6, dtype=np.float32).reshape(2, 3) / 4
+    want_y, want_cache = net.forward(x32)
+    want_dx, want_g = net.backward(np.ones((2, 2), np.float32), want_cache)
+    for x in (x32.astype(np.float64), (x32 * 4).astype(np.int64) / 4, x32.astype(np.float16)):
+        y, cache = net.forward(x)
+        dx, g = net.backward(np.ones((2, 2)), cache)  # a float64 dy too
+        assert y.dtype == dx.dtype == g["W0"].dtype == np.float32
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(dx, want_dx)
+        for k in g:
+            np.testing.assert_array_equal(g[k], want_g[k])
+    y, _ = net.forward(np.ones((2, 3), np.int64))
+    assert y.dtype == np.float32
+    for bad in (x32.astype(np.complex64), np.array([["1", "2", "3"]])):
+        with pytest.raises(TypeError, match=f"x must be a real array \\(float, int or bool\\), got dtype {bad.dtype}"):
+            net.forward(bad)
+    with pytest.raises(TypeError, match="dy must be a real array"):
+        net.backward(np.ones((2, 2), np.complex64), want_cache)
+
+
 # ---------------------------------------------------------------- bad inputs
 def test_bad_activation_named():
     with pytest.raises(ValueError, match=r"activation='sigmoid'.*relu.*tanh"):

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -97,6 +98,63 @@ def test_adam_state_roundtrip():
     with pytest.raises(ValueError, match="Adam v.w"):
         a2.load_state_dict(good)
     np.testing.assert_array_equal(a2.m["w"], m_before)
+
+
+def test_adam_state_dict_is_a_snapshot_and_load_refuses_bad_moment_values():
+    """state_dict gave live views: a state taken at t=1 showed t=2's moments after a later step (and
+    an edit of it edited the optimiser). load_state_dict took NaN or negative second moments, and the
+    next step wrote NaN into every parameter."""
+    params = {"w": np.zeros(2)}
+    opt = Adam(params, lr=0.1)
+    opt.step({"w": np.ones(2)})
+    state = opt.state_dict()
+    opt.step({"w": -np.ones(2)})
+    assert state["t"] == 1 and state["m.w"] == pytest.approx(0.1) and state["v.w"] == pytest.approx(1e-3)
+    state["m.w"][...] = 5.0
+    assert opt.m["w"].tolist() != [5.0, 5.0]
+    good, before = opt.state_dict(), params["w"].copy()
+    for key, bad in (("v.w", [-1.0, 0.0]), ("v.w", [np.nan, 0.0]), ("m.w", [np.inf, 0.0])):
+        with pytest.raises(ValueError, match=re.escape(f"Adam moments ['{key}'] hold NaN, inf or (second "
+                                                       "moments) negative values")):
+            opt.load_state_dict({**good, key: np.array(bad)})
+        assert opt.t == 2 and np.array_equal(opt.m["w"], good["m.w"]) and np.array_equal(opt.v["w"], good["v.w"])
+    opt.load_state_dict({**good, "m.w": np.array([-3.0, 0.0])})  # a negative first moment is fine
+    opt.step({"w": np.ones(2)})
+    assert np.isfinite(params["w"]).all() and not np.array_equal(params["w"], before)
+
+
+def test_adam_refuses_params_changed_after_it_was_made():
+    """Adam's moments are laid out by the parameters it was made for: a parameter added later was
+    never updated, and one rebound to another shape was updated by broadcasting."""
+    params = {"w": np.zeros(3)}
+    opt = Adam(params, lr=0.1)
+    params["log_std"] = np.zeros(2)
+    with pytest.raises(ValueError, match=re.escape("params has keys ['log_std'] added or removed since this Adam "
+                                                   "was made: make a new Adam")):
+        opt.step({"w": np.ones(3), "log_std": np.ones(2)})
+    del params["log_std"]
+    params["w"] = np.zeros((2, 3))
+    with pytest.raises(ValueError, match=re.escape("params['w'] has shape (2, 3), but this Adam was made for (3,)")):
+        opt.step({"w": np.ones(3)})
+    assert opt.t == 0 and not params["w"].any()
+    params["w"] = np.zeros(3)  # rebound to an array of the same shape: stepped as before
+    opt.step({"w": np.ones(3)})
+    np.testing.assert_allclose(params["w"], -0.1, rtol=1e-4)
+
+
+@FAST
+@given(st.lists(hnp.arrays(np.float64, 3, elements=finite), min_size=1, max_size=5), st.floats(0.1, 20.0))
+def test_clipped_adam_matches_the_textbook_steps_on_hand_clipped_gradients(grads_seq, max_norm):
+    """Adam with max_grad_norm against an independent reference: each gradient scaled by
+    min(1, max_norm / ||g||) by hand, then the textbook scalar Adam per element (tests/reference.py)."""
+    clipped = [g * min(1.0, max_norm / n) if (n := math.sqrt(sum(x * x for x in g))) > 0 else g
+               for g in grads_seq]
+    params = {"w": np.zeros(3)}
+    opt = Adam(params, lr=0.01)
+    for g in grads_seq:
+        opt.step({"w": g.copy()}, max_grad_norm=max_norm)
+    want = [ref.adam_steps(0.0, [c[i] for c in clipped], 0.01, 0.9, 0.999, 1e-5)[-1] for i in range(3)]
+    np.testing.assert_allclose(params["w"], want, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])

@@ -477,6 +477,29 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.npz"]  # no temp file left behind
 
 
+def test_an_interrupt_as_the_temp_file_is_created_leaves_no_temp_file(tmp_path, monkeypatch):
+    """A SIGINT's handler runs as the C call creating the temp file returns: the KeyboardInterrupt it
+    raises came before the cleanup was armed, and left the temp file beside the model."""
+    path = str(tmp_path / "m.npz")
+    atomic_savez(path, {"a": np.arange(3)})
+    real_open = os.open
+
+    def open_then_interrupt(name, flags, *args, **kwargs):
+        fd = real_open(name, flags, *args, **kwargs)
+        if flags & os.O_EXCL:  # the temp file's creation
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_savez(path, {"a": np.arange(5)})
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["m.npz"]
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["a"], np.arange(3))
+
+
 def test_saving_onto_a_folder_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     written = []
     monkeypatch.setattr(np, "savez", lambda *a, **k: written.append(a))
