@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a saved model")
     e.add_argument("model", help="a model.npz written by minippo train")
-    e.add_argument("--episodes", type=int, default=10, help="episodes to play (default 10)")
+    e.add_argument("--episodes", type=int, default=None,
+                   help="episodes to play (default: the run's eval_episodes, 10 unless set, as PPO.evaluate plays)")
     e.add_argument("--deterministic", action="store_true", help="take the mode instead of sampling")
     e.add_argument("--seed", type=int, default=None,
                    help="seed of the evaluation: episode i resets with seed + i; actions are sampled from it "
@@ -380,6 +381,29 @@ def _build(make: Callable[[], Any]) -> Any:
     return out
 
 
+def _step_with_env_kwargs(cfg: Any) -> None:
+    """With ``env_kwargs`` given, one reset and one step of a scratch env made with them, before the run
+    folder is written: an env takes most values unchecked and fails on them only when it steps
+    (Pendulum's ``g="abc"``), which was a traceback in the first rollout, leaving a run folder
+    without a model that a rerun then refused. UsageError naming them if it raises."""
+    if not cfg.env_kwargs:
+        return
+    import gymnasium as gym
+
+    env = None
+    try:
+        env = gym.make(cfg.env_id, **cfg.env_kwargs)
+        env.action_space.seed(cfg.seed)
+        env.reset(seed=cfg.seed)
+        env.step(env.action_space.sample())
+    except Exception as e:  # noqa: BLE001 (whatever the env raises on these values)
+        raise UsageError(f"env_kwargs={cfg.env_kwargs!r}: {cfg.env_id} made with them fails on its first step: "
+                         f"{type(e).__name__}: {e}") from e
+    finally:
+        if env is not None:
+            env.close()
+
+
 def _check_backend() -> None:
     """Resolve MINIPPO_BACKEND now, so that a bad value is one line (ImportError: see :func:`main`)."""
     from minippo import backend
@@ -539,6 +563,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             algo = _build(lambda: PPO(cfg))
         except (ValueError, TypeError) as e:  # what the env's spaces or env_kwargs do not allow
             raise UsageError(str(e)) from e
+        try:
+            _step_with_env_kwargs(cfg)
+        except BaseException:
+            algo.close()
+            raise
     try:
         out, model_path, log = _open_run_folder(args, cfg, algo.iteration, backlog)
     except BaseException:  # refused: the env made for the run is closed (an async one's workers) before the exit
@@ -652,7 +681,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from minippo.envs import EnvKwargsError, check_env_id
     from minippo.ppo import NonFiniteEnvError
 
-    if args.episodes < 1:
+    if args.episodes is not None and args.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
@@ -670,7 +699,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"{args.model} was trained on {policy.env_id!r}, which cannot be made here: {e}") from e
     cfg = policy.meta["config"]
-    from minippo.config import EVAL_SEED_OFFSET
+    from minippo.config import EVAL_SEED_OFFSET, PPOConfig
 
     seed = args.seed
     if seed is None:
@@ -678,8 +707,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if isinstance(run_seed, bool) or not isinstance(run_seed, int) or run_seed < 0:
             raise UsageError(f"{args.model}: its config's seed {run_seed!r} is not an integer >= 0: pass --seed")
         seed = run_seed + EVAL_SEED_OFFSET
+    episodes = args.episodes
+    if episodes is None:
+        episodes = cfg.get("eval_episodes", PPOConfig.eval_episodes)
+        if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+            raise UsageError(f"{args.model}: its config's eval_episodes {episodes!r} is not an integer >= 1: "
+                             "pass --episodes")
     try:
-        res = evaluate_policy(policy, policy.env_id, args.episodes, args.deterministic, seed=seed,
+        res = evaluate_policy(policy, policy.env_id, episodes, args.deterministic, seed=seed,
                               env_kwargs=cfg.get("env_kwargs"))
     except (EnvMismatchError, EnvKwargsError) as e:
         raise UsageError(f"{args.model}: {e}") from e
@@ -849,6 +884,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside training (starting up, eval, plot, bench): no traceback
         print("\nminippo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed by its reader (`minippo eval ... | head -c 1`): no traceback
+        try:  # what is left to flush at exit goes nowhere, not into a second BrokenPipeError
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):  # a stdout without a file descriptor
+            pass
+        return 128 + 13  # as a process ended by SIGPIPE reports it in the shell
 
 
 if __name__ == "__main__":  # pragma: no cover
