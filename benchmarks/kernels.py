@@ -130,11 +130,16 @@ def bench_gae(backends: list[str]) -> None:
             r, v, d, lv_ = (xp.asarray(a) for a in (*host, lv))
             sync = _sync(xp)
             # Arguments spelled out (no *args unpacking), as the floor's np.copyto(dst, src) is called.
-            calls[name] = lambda r=r, v=v, d=d, lv_=lv_, sync=sync: (compute_gae(r, v, d, lv_, 0.99, 0.95), sync())
-            on[name] = name
-            # As RolloutBuffer calls it: writing into its own arrays (as the floor's copy does).
-            out = (xp.asarray(np.empty_like(host[0])), xp.asarray(np.empty_like(host[0])))
             if xp is np:  # nothing around the call that the floor's call does not have
+                calls[name] = lambda r=r, v=v, d=d, lv_=lv_: compute_gae(r, v, d, lv_, 0.99, 0.95)
+            else:
+                calls[name] = lambda r=r, v=v, d=d, lv_=lv_, sync=sync: (compute_gae(r, v, d, lv_, 0.99, 0.95),
+                                                                         sync())
+            on[name] = name
+            # Writing into existing arrays, as the floor's copy does (RolloutBuffer passes its own through
+            # compute_advantages, one call layer above this).
+            out = (xp.asarray(np.empty_like(host[0])), xp.asarray(np.empty_like(host[0])))
+            if xp is np:
                 calls[name + " out="] = lambda r=r, v=v, d=d, lv_=lv_, out=out: compute_gae(
                     r, v, d, lv_, 0.99, 0.95, out=out)
             else:
@@ -253,7 +258,8 @@ def kernels_alone(mlp: MLP, x: np.ndarray, dy: np.ndarray, t_np_fwd: float, t_np
         st.bwd(dy, *cache, st.P, *G, dx, True, st.S)
     f, b = best(fwd), best(both)
     return (f"  {'':11s} {'':7s}  numba kernels alone fwd {f * 1e6:6.2f} fwd+bwd {b * 1e6:6.2f}  "
-            f"(numpy / kernels alone: fwd {t_np_fwd / f:5.2f}x fwd+bwd {t_np_both / b:5.2f}x)")
+            f"(numpy / kernels alone: fwd {t_np_fwd / f:5.2f}x fwd+bwd {t_np_both / b:5.2f}x; "
+            "best of 5, timed after the row)")
 
 
 def bench_act(backends: list[str]) -> None:

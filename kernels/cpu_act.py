@@ -366,9 +366,10 @@ def act(
         status = st.entry(*args)
     if status:
         raise FloatingPointError(f"{bad[status - 1]} contains NaN or inf")
-    if st.discrete and policy.temperature < 1.0:
+    if st.discrete and policy.temperature < 1.0 and (critic or not deterministic):
         # The kernel divides in float64; numpy's Categorical divides in the policy's dtype and refuses
         # what overflows there (say logits 1 at T = 1e-40 in float32): the same test, the same error.
+        # (Not for the mode alone, predict's: numpy takes the logits' argmax there, at any temperature.)
         with np.errstate(over="ignore"):
             z = params / policy.temperature
         if not np.isfinite(z).all():

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from minippo._checks import finite
 from minippo.distributions import Categorical, DiagGaussian
 from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
 
@@ -135,6 +136,10 @@ def act(
     y0, y1 = gpu.act_forward(st.layers, obs, st.relu, st.log_std, LOG_STD_MIN, LOG_STD_MAX) if critic \
         else _actor_only(st, obs)
     params = y0.get()  # the one download: the logits, or [mean, log_std]
+    if deterministic and not critic:  # the mode alone, as the array path takes it: no distribution, so
+        out = params if policy.discrete else params[:, :policy.act_dim]  # any temperature (no logits / T)
+        finite(**{"the policy's output": out})
+        return (out.argmax(axis=1) if policy.discrete else out.copy()), None, None, None, y0
     if policy.discrete:
         dist = Categorical(params, policy.temperature)
     else:

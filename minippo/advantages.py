@@ -216,7 +216,7 @@ def compute_advantages(
     out: tuple[Array, Array] | None = None,
 ) -> tuple[Array, Array]:
     """Dispatch by name: ``gae`` (lambda as given), ``mc`` (lambda = 1: G_t - V(s_t), returns G_t),
-    ``td`` (lambda = 0: delta_t, returns r_t + gamma V(s_{t+1})). Same shapes as :func:`compute_gae`.
+    ``td`` (lambda = 0: delta_t, returns r_t + gamma V(s_{t+1}) (1 - d_t)). Same shapes as :func:`compute_gae`.
 
     All three share the GAE recursion: mc and td are its lambda = 1 and lambda = 0 ends. A rollout
     that stops mid-episode bootstraps the Monte Carlo return from V(s_T), as every finite-horizon

@@ -43,6 +43,21 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return rng.bit_generator.state
 
 
+def _check_rng_state(state: Any) -> None:
+    """ValueError unless ``state`` is a PCG64 state (``Generator.bit_generator.state``) whose integers
+    are in their C types' ranges: numpy 2 raises OverflowError for most that are not, but numpy 1.x
+    wrapped a state of -1 to 2**128 - 1 silently, and both took ``has_uint32 = 2``."""
+    def within(v: Any, bits: int) -> bool:
+        return type(v) is int and 0 <= v < 2**bits
+
+    inner = state.get("state") if isinstance(state, dict) else None
+    if not (isinstance(inner, dict) and state.get("bit_generator") == "PCG64" and within(inner.get("state"), 128)
+            and within(inner.get("inc"), 128) and state.get("has_uint32") in (0, 1)
+            and type(state.get("has_uint32")) is int and within(state.get("uinteger"), 32)):
+        raise ValueError(f"not a PCG64 state with state and inc in [0, 2**128), has_uint32 0 or 1 and uinteger in "
+                         f"[0, 2**32): {str(state)[:200]}")
+
+
 def _new_temp(path: str, made: list[str]) -> int:
     """A new file beside ``path`` (``<name>.<random>.tmp``), open for writing; its name is put in
     ``made`` before it is created, so that a KeyboardInterrupt raised as the creating call returns (a
@@ -496,6 +511,7 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
     # restart from a fresh reset on resume, so they restart at 0 (as at the start) and are not saved
     # (a ret_acc array in a checkpoint from before session 11 is ignored).
     try:
+        _check_rng_state(meta["rng"])
         algo.rng.bit_generator.state = meta["rng"]
     except (TypeError, ValueError, KeyError, OverflowError) as e:
         raise CheckpointError(f"{path!r}: meta's 'rng' is not a generator state: {e}") from e
@@ -621,6 +637,9 @@ def evaluate_policy(
     vector) gymnasium env, e.g. wrapped as the policy was in training; it is reset with the
     evaluation seeds and left open. Its spaces must be the policy's (:class:`EnvMismatchError`).
 
+    Episode i resets with ``seed + i``; sampled actions (``deterministic=False``) are drawn from
+    ``rng``, by default :func:`minippo.config.agent_rng` of ``seed``, a stream apart from the resets'.
+
     ``max_steps`` caps an episode (default: the env's own time limit, else :data:`EVAL_MAX_STEPS`),
     so that an env without a time limit cannot keep evaluation running for ever; an episode cut
     there counts with the return it had."""
@@ -654,7 +673,9 @@ def evaluate_policy(
         if own:
             env.close()
         raise
-    rng = rng if rng is not None else np.random.default_rng(seed)
+    from minippo.config import agent_rng
+
+    rng = rng if rng is not None else agent_rng(seed)  # (apart from the episodes' reset streams)
     if isinstance(policy, ActorCritic):
         from minippo.backend import array_module
 

@@ -40,6 +40,15 @@ EVAL_SEED_OFFSET = 100_000
 they are apart from training's (episode i of an evaluation resets with its seed + i)."""
 
 
+def agent_rng(seed: int) -> np.random.Generator:
+    """The Generator of the agent's own draws for ``seed``: its actions (training and evaluation) and
+    the minibatch order. A stream apart from every env's: gymnasium seeds ``reset(seed=s)`` with
+    ``default_rng(s)``, and ``default_rng(seed)`` was that very stream for the run's env 0 (and for an
+    evaluation's first episode), so the first actions were drawn from the bits that had set its start
+    state. Here the seed's ``SeedSequence`` takes a spawn key, which no env seed has."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+
+
 @dataclass
 class PPOConfig:
     """Hyperparameters of one training run (see README for the objective ladder)."""

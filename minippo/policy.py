@@ -42,7 +42,10 @@ LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
 def check_obs(obs: Any, obs_dim: int, dtype: np.dtype) -> np.ndarray:
     """obs (obs_dim,) or (B, obs_dim) of real numbers -> a ``dtype`` array; a wrong shape, a complex
     or non-numeric value, NaN or inf raises (TypeError / ValueError) naming the observation."""
-    a = np.asarray(obs)
+    try:
+        a = np.asarray(obs)
+    except ValueError as e:  # a ragged list ("inhomogeneous shape ...")
+        raise ValueError(f"obs must have shape ({obs_dim},) or (B, {obs_dim}): {e}") from e
     if a.dtype.kind not in "biuf":
         raise TypeError(f"obs must hold real numbers, got dtype {a.dtype}")
     if a.ndim not in (1, 2) or a.shape[-1] != obs_dim:

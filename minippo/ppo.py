@@ -25,7 +25,7 @@ import numpy as np
 from minippo import backend, losses
 from minippo._checks import array, cast_quietly, deferred_checks, integer, real
 from minippo.buffer import RolloutBuffer
-from minippo.config import MAX_TIMESTEPS, OBJECTIVES, ON_POLICY, TOO_MANY_TIMESTEPS, PPOConfig
+from minippo.config import MAX_TIMESTEPS, OBJECTIVES, ON_POLICY, TOO_MANY_TIMESTEPS, PPOConfig, agent_rng
 from minippo.optim import Adam, Schedule
 from minippo.policy import ActorCritic
 
@@ -252,7 +252,7 @@ class PPO:
             config.log_std_init, config.seed, self.dtype, config.temperature,
         ).to(backend.to_device)
         self.optimizer = Adam(self.policy.params, config.learning_rate, eps=config.adam_eps)
-        self.rng = np.random.default_rng(config.seed)
+        self.rng = agent_rng(config.seed)  # (a stream apart from the envs')
         self.obs_norm = ObsNormalizer(self.obs_dim) if config.norm_obs else None
         self.reward_scaler = RewardScaler(config.n_envs, config.gamma) if config.norm_reward else None
         self.kl_coef = AdaptiveKL(config.kl_target, config.kl_beta)
@@ -618,7 +618,7 @@ class PPO:
         n_episodes = self.config.eval_episodes if n_episodes is None else n_episodes
         return evaluate_policy(  # a given env names itself (its spec's id, else its class)
             self.policy, self.config.env_id if env is None else None, n_episodes, deterministic, seed=seed,
-            obs_norm=self.obs_norm, env_kwargs=self.config.env_kwargs, env=env,  # (its rng: default_rng(seed))
+            obs_norm=self.obs_norm, env_kwargs=self.config.env_kwargs, env=env,  # (its rng: agent_rng(seed))
         )
 
     def save(self, path: str) -> None:

@@ -193,7 +193,8 @@ def test_saved_policy_predict_checks_the_observation(tmp_path):
 
     pol = Policy(ActorCritic(4, Discrete(2)), np.zeros(4), np.ones(4))  # with saved obs statistics
     assert pol.predict(np.zeros(4)) in (0, 1)
-    for obs in (np.zeros(1), 0.3, np.zeros(3)):  # (1,) and a scalar used to broadcast against (4,)
+    # (1,) and a scalar used to broadcast against (4,); a ragged list was numpy's error, naming nothing
+    for obs in (np.zeros(1), 0.3, np.zeros(3), [[0, 1, 2, 3], [1, 2]]):
         with pytest.raises(ValueError, match=r"obs must have shape \(4,\) or \(B, 4\)"):
             pol.predict(obs)
 

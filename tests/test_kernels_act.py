@@ -501,6 +501,16 @@ def test_an_overflowing_logits_over_temperature_raises_like_the_numpy_path(dtype
                                                        match=r"^logits / temperature contains NaN or inf$"):
             pol.act(obs, np.random.default_rng(0))
     assert pol.__dict__.get("_numba_act_state") is not None  # the numba act took the fused path
+    # predict's mode needs no distribution: numpy takes the logits' argmax at any temperature, and the
+    # fused act (critic=False) raised where numpy returned the action
+    modes = {}
+    for name in ("numpy", "numba"):
+        use_backend(name)
+        modes[name] = pol.predict(obs)
+        with np.errstate(over="ignore"), pytest.raises(FloatingPointError,  # sampling does need it
+                                                       match="temperature contains NaN or inf"):
+            pol.predict(obs, deterministic=False, rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(modes["numba"], modes["numpy"])
     # a Gaussian policy has no logits: it ignores the temperature on both paths, and acts
     gauss = _policy(dtype, False, (8,), "tanh", 1, temperature)
     for name in ("numpy", "numba"):

@@ -429,6 +429,30 @@ def test_non_finite_outputs_raise_as_the_array_path_does(device, monkeypatch, di
             array_path(monkeypatch, lambda pol=pol, obs=obs: pol.act(obs, np.random.default_rng(0)))
         assert str(fused.value) == str(arrays.value) and str(fused.value).split()[0] in ("logits", "mean", "log_std")
         assert cp.launches
+        if where == "actor.b1":  # predict's mode: the actor's output named, as the array path names it
+            n = len(cp.launches)
+            with pytest.raises(FloatingPointError) as fused:
+                pol.predict(obs.get())  # (predict takes host observations)
+            assert len(cp.launches) == n + 1
+            with pytest.raises(FloatingPointError) as arrays:
+                array_path(monkeypatch, lambda pol=pol, obs=obs: pol.predict(obs.get()))
+            assert str(fused.value) == str(arrays.value) == "the policy's output contains NaN or inf"
+
+
+def test_predict_s_mode_takes_any_temperature_as_the_array_path_does(device, monkeypatch):
+    """The mode is the logits' argmax at any temperature on the array path; the kernel path built the
+    distribution (logits / T) for it, and raised at T = 1e-40 in float32. Sampling does divide: both raise."""
+    cp = device
+    pol = make_policy(cp, True, np.float32, temperature=1e-40)
+    pol.params["actor.b2"][...] = cp.asarray(np.array([0.5, 1.0, -0.5, 0.0], np.float32))  # logits ~1: / T overflows
+    obs = np.random.default_rng(3).normal(size=(4, 5)).astype(np.float32)
+    got = pol.predict(obs)
+    assert cp.launches
+    np.testing.assert_array_equal(got, array_path(monkeypatch, lambda: pol.predict(obs)))
+    for run in (lambda: pol.predict(obs, False, np.random.default_rng(0)),
+                lambda: array_path(monkeypatch, lambda: pol.predict(obs, False, np.random.default_rng(0)))):
+        with np.errstate(over="ignore"), pytest.raises(FloatingPointError, match="temperature contains NaN or inf"):
+            run()
 
 
 def test_layer_table_and_forward_refuse_what_the_kernel_cannot_take(device, monkeypatch):

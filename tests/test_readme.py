@@ -244,8 +244,21 @@ def test_the_defaults_and_preset_settings_the_readme_gives_are_the_configs():
     c = PPOConfig()
     m = re.search(r"every other default is the PPO paper's \((\d+)-(\d+) (\w+), (separate|shared) networks, horizon "
                   r"(\d+), (\d+) epochs, minibatch (\d+), Adam ([\d.e-]*\d), gamma ([\d.]*\d), lambda ([\d.]*\d), clip "
-                  r"([\d.]*\d)\)", FLAT)
+                  r"([\d.]*\d), no entropy bonus\)", FLAT)
     w1, w2, act, nets, horizon, epochs, minibatch, lr, gamma, lam, clip = m.groups()
+    assert c.ent_coef == 0.0
+    m = re.search(r"orthogonal initialisation \(gains sqrt\(2\), ([\d.]+) for the policy's output, ([\d.]+) for the "
+                  r"value's\), advantages normalised per minibatch, value-loss coefficient ([\d.]+),", FLAT)
+    import numpy as np
+
+    from minippo.policy import ActorCritic
+    from minippo.spaces import Discrete
+
+    pol = ActorCritic(3, Discrete(2))
+    W_pi, W_v = pol.actor.params["W2"], pol.critic.params["W2"]  # orthogonal: each column's norm is the gain
+    np.testing.assert_allclose(np.linalg.norm(W_pi, axis=0), float(m.group(1)), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(W_v, axis=0), float(m.group(2)), rtol=1e-5)
+    assert c.normalize_advantages and c.vf_coef == float(m.group(3))
     assert c.hidden == (int(w1), int(w2)) and c.activation == act and c.shared == (nets == "shared")
     assert (c.n_steps, c.n_epochs, c.batch_size) == (int(horizon), int(epochs), int(minibatch))
     assert (c.learning_rate, c.gamma, c.gae_lambda, c.clip_eps) == tuple(map(float, (lr, gamma, lam, clip)))
