@@ -34,6 +34,7 @@ from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
 from minippo._checks import real
+from minippo.advantages import _result_dtype
 
 from .simd import (
     VECTOR_BYTES,
@@ -441,10 +442,6 @@ def _gae_prepare(dt: np.dtype) -> None:
     _GAE_READY.add(dt)
 
 
-def _float_dtype(a: np.ndarray) -> np.dtype:
-    return a.dtype if a.dtype in _FLOATS else np.dtype(np.float64)
-
-
 def gae(
     rewards: np.ndarray,
     values: np.ndarray,
@@ -491,7 +488,11 @@ def gae(
 
 def _gae_copied(rewards, values, dones, last_values, gamma, lam, out):
     """gae() when out shares memory with an input: computed into new arrays, then copied into out
-    (what the numpy backend does)."""
+    (what the numpy backend does). Not when out's two arrays share memory: one would get the other's
+    results (refused, as compute_gae refuses it)."""
+    from minippo.advantages import _check_out
+
+    _check_out(out)
     adv, ret = _gae_slow(rewards, values, dones, last_values, gamma, lam, None, True)
     out[0][...] = adv
     out[1][...] = ret
@@ -505,7 +506,7 @@ def _gae_slow(rewards, values, dones, last_values, gamma, lam, out, own):
 
     _validate(rewards, values, dones, last_values, gamma, lam)
     _check_out(out)
-    dt = _float_dtype(rewards)
+    dt = _result_dtype(rewards)
     if dt not in _GAE_READY:
         _gae_prepare(dt)
     r, v, d, lv = (np.require(a, dt, ["C", "W"]) for a in (rewards, values, dones, last_values))
@@ -546,7 +547,7 @@ def rewards_to_go(
     gamma = real("gamma", gamma, 0.0, 1.0, low_open=True)
     if ((dones != 0) & (dones != 1)).any():
         raise ValueError("dones must hold only 0 and 1 (episode-end flags)")
-    dt = _float_dtype(rewards)
+    dt = _result_dtype(rewards)
     r, d = (np.ascontiguousarray(a, dtype=dt) for a in (rewards, dones))
     lv = np.ascontiguousarray(last_values, dtype=dt)
     out = np.empty_like(r)

@@ -58,7 +58,7 @@ from .cpu import (
 )
 
 # The digests of the files built into these kernels: see SOURCES_BUILT_IN in cpu.py.
-SOURCES_BUILT_IN = {"cpu.py": "7196b1ae25a28811", "simd.py": "a93cd6f376957cb3"}
+SOURCES_BUILT_IN = {"cpu.py": "42732f2133f05283", "simd.py": "a93cd6f376957cb3"}
 
 MAX_BATCH = 64
 """Largest batch for which ``ActorCritic.act`` uses :func:`act` (measured, see ``docs/kernels.md``)."""
@@ -364,8 +364,9 @@ def act(
         st.entry = _entry(st.fn, args)
     else:  # every array argument checked above or made here, of the typed class/dtype/ndim/layout
         status = st.entry(*args)
-    if status:
-        raise FloatingPointError(f"{bad[status - 1]} contains NaN or inf")
+    if status:  # (predict's mode names the actor's output, as the array path does)
+        what = "the policy's output" if status == 1 and deterministic and not critic else bad[status - 1]
+        raise FloatingPointError(f"{what} contains NaN or inf")
     if st.discrete and policy.temperature < 1.0 and (critic or not deterministic):
         # The kernel divides in float64; numpy's Categorical divides in the policy's dtype and refuses
         # what overflows there (say logits 1 at T = 1e-40 in float32): the same test, the same error.

@@ -101,6 +101,10 @@ def gae(
     for both kernels.
     """
     cp = _cupy()
+    if out is not None:  # (two arrays sharing memory: refused, as compute_gae refuses them)
+        from minippo.advantages import _check_out
+
+        _check_out(out)
     gamma, lam = float(gamma), float(lam)  # (a 0-d device array is read back: numpy scalars refuse it)
     dt = np.dtype(rewards.dtype)
     if dt not in KERNEL_NAMES:

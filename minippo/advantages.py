@@ -131,7 +131,7 @@ def compute_gae(
     float32 or float64, else float64; the other inputs are cast to it. ``out=(adv, returns)``: two
     writeable arrays of that shape and dtype to write into (and return); the numba backend then
     allocates nothing (the RolloutBuffer passes its own arrays). They may share memory with the
-    inputs. A bad ``out`` raises before anything is written.
+    inputs, not with each other (ValueError). A bad ``out`` raises before anything is written.
     On the cupy backend the results are cupy arrays (the CUDA kernel) when any input is one, numpy
     arrays (computed on the host) when all are numpy; ``out`` must be on that side.
     """

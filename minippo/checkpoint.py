@@ -498,8 +498,8 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
         raise CheckpointError(f"{path!r} has unexpected arrays {extra[:3]}: it belongs to another network")
     try:  # shapes, dtypes (a string array too) and values (finite, second moments >= 0) checked
         algo.optimizer.load_state_dict({**state, "t": meta["adam_t"]})
-    except ValueError as e:
-        raise CheckpointError(f"{path!r}: {e}") from e
+    except ValueError as e:  # (it names the arrays without their adam/ prefix)
+        raise CheckpointError(f"{path!r}: in its adam/ arrays: {e}") from e
     for norm, prefix in ((algo.obs_norm, "obs_rms"), (algo.reward_scaler, "ret_rms")):
         if norm is None:
             continue

@@ -870,6 +870,19 @@ def _show_library_log() -> None:
         log.setLevel(logging.INFO)
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on its write end);
+    False where that cannot be told (no file descriptor, no poll)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``minippo`` command; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit code."""
     pin_blas_threads()
@@ -885,6 +898,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nminippo: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # stdout closed by its reader (`minippo eval ... | head -c 1`): no traceback
+        if not _stdout_closed():  # another pipe (an async env's worker that died): not the reader's doing
+            raise
         try:  # what is left to flush at exit goes nowhere, not into a second BrokenPipeError
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError, io.UnsupportedOperation):  # a stdout without a file descriptor

@@ -45,7 +45,10 @@ def agent_rng(seed: int) -> np.random.Generator:
     the minibatch order. A stream apart from every env's: gymnasium seeds ``reset(seed=s)`` with
     ``default_rng(s)``, and ``default_rng(seed)`` was that very stream for the run's env 0 (and for an
     evaluation's first episode), so the first actions were drawn from the bits that had set its start
-    state. Here the seed's ``SeedSequence`` takes a spawn key, which no env seed has."""
+    state. Here the seed's ``SeedSequence`` takes a spawn key, which no env seed has. (The network's
+    initial weights are drawn once, before any action, by ``ActorCritic(seed=seed)`` from
+    ``default_rng(seed)``, as a standalone ActorCritic draws them; kept so, the initial weights of
+    every saved or scripted run stay as they were.)"""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
 
 

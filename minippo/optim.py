@@ -113,6 +113,9 @@ class Adam:
         max_grad_norm = real("max_grad_norm", max_grad_norm)
         g = self._g
         for k, (_, shape) in self._slices.items():  # every check before anything changes
+            if getattr(self.params[k], "shape", None) != shape:  # (the moments are laid out by them)
+                raise ValueError(f"params[{k!r}] has shape {tuple(getattr(self.params[k], 'shape', ()))}, but this "
+                                 f"Adam was made for {shape}")
             if getattr(grads[k], "shape", None) != shape:
                 array(f"grads[{k!r}]", grads[k])
                 raise ValueError(f"grads[{k!r}] has shape {tuple(grads[k].shape)}, expected {shape}")
@@ -160,17 +163,14 @@ class Adam:
         return norm
 
     def _check_params(self) -> None:
-        """ValueError unless ``params`` still holds the keys and shapes this Adam was made for: its
-        moments are laid out by them, so a parameter added later would never be updated and one
-        rebound to another shape would be updated by broadcasting (on a GPU, its flat range overrun)."""
+        """ValueError unless ``params`` still holds the keys this Adam was made for (``step`` checks their
+        shapes): its moments are laid out by them, so a parameter added later would never be updated
+        (and one rebound to another shape would be updated by broadcasting; on a GPU, its flat range
+        overrun)."""
         if self.params.keys() != self._slices.keys():
             differ = sorted(set(self.params) ^ set(self._slices))
             raise ValueError(f"params has keys {differ} added or removed since this Adam was made: make a new "
                              "Adam for the new parameters")
-        for k, (_, shape) in self._slices.items():
-            if getattr(self.params[k], "shape", None) != shape:
-                raise ValueError(f"params[{k!r}] has shape {tuple(getattr(self.params[k], 'shape', ()))}, but this "
-                                 f"Adam was made for {shape}")
 
     def _device_table(self) -> Any:
         """The parameters' ``kernels.gpu.ArrayTable`` (made again when a parameter array was replaced),

@@ -1342,6 +1342,19 @@ def test_a_closed_stdout_ends_eval_without_a_traceback(tmp_path):
     assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+def test_a_broken_pipe_that_is_not_stdout_s_is_raised(monkeypatch):
+    """Only a closed stdout ends quietly with 141: a BrokenPipeError from another pipe (an async env
+    whose worker died) was swallowed too, and a crashed run looked like a closed reader."""
+    import minippo.cli as cli
+
+    def dead_worker(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_eval", dead_worker)
+    with pytest.raises(BrokenPipeError):
+        main(["eval", "x.npz"])
+
+
 def test_every_argument_of_every_command_has_help():
     import argparse
 

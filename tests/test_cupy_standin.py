@@ -568,6 +568,10 @@ def test_compute_gae_on_the_device_writes_into_out_or_copies_where_it_must(cupy_
     one = cp.asarray(np.full_like(r, 7.0))  # one array for both: refused (it was given the returns)
     with pytest.raises(ValueError, match=r"out\[0\] and out\[1\] share memory"):
         run(lambda dev, buf: (one, one))
+    from minippo.kernels import gpu
+
+    with pytest.raises(ValueError, match=r"out\[0\] and out\[1\] share memory"):  # gpu.gae itself too
+        gpu.gae(*(cp.asarray(a) for a in (r, v, d, lv)), 0.99, 0.95, out=(one, one))
     assert (backend.asnumpy(one) == 7.0).all()
 
 

@@ -385,6 +385,12 @@ def test_non_finite_raises_like_the_numpy_path(discrete):
     name = "logits" if discrete else "mean"
     with pytest.raises(FloatingPointError, match=f"{name} contains NaN or inf"):
         pol.act(_obs(4, 0, np.float32), np.random.default_rng(0))
+    for backend_name in ("numba", "numpy"):  # predict's mode: the actor's output, named alike on both paths
+        use_backend(backend_name)
+        with pytest.raises(FloatingPointError, match="^the policy's output contains NaN or inf$"):
+            pol.predict(_obs(4, 0, np.float32))
+    assert pol.__dict__.get("_numba_act_state") is not None  # (the fused act ran for numba)
+    use_backend("numba")
     if not discrete:
         pol = _policy(np.float32, False, (8,), "tanh", 1)
         pol.params["log_std"][1] = np.nan

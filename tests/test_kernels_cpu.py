@@ -156,6 +156,8 @@ def test_gae_errors_name_the_argument():
         (dict(rewards=np.zeros(4, np.float32)), "rewards must have shape"),
         (dict(out=(np.zeros((4, 2), np.float32), z.copy())), "out must be"),
         (dict(out=(np.zeros((4, 3), np.float64), z.copy())), "out must be"),
+        # one array for both (status 3, copied): it was given the returns as the advantages once warm
+        (dict(out=(z + 7, ) * 2), r"out\[0\] and out\[1\] share memory"),
     ]
     for kw, msg in bad:
         args = dict(rewards=z, values=z, dones=z, last_values=lv, gamma=0.9, lam=0.9)
