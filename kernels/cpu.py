@@ -479,7 +479,10 @@ def gae(
         # another thread's _gae_prepare enabled compiling for a moment, so this call tried to compile
         # its signature and found compiling disabled again once it had the lock
         return _gae_slow(rewards, values, dones, last_values, gamma, lam, out, own)
-    if status == 3:
+    if status == 3:  # an overlap: out's two arrays may not share memory with each other (_gae_slow checks it)
+        from minippo.advantages import _check_out
+
+        _check_out(out)
         return _gae_copied(rewards, values, dones, last_values, gamma, lam, out)
     if status:
         _gae_raise(rewards, values, dones, last_values, gamma, lam, out)
@@ -488,11 +491,7 @@ def gae(
 
 def _gae_copied(rewards, values, dones, last_values, gamma, lam, out):
     """gae() when out shares memory with an input: computed into new arrays, then copied into out
-    (what the numpy backend does). Not when out's two arrays share memory: one would get the other's
-    results (refused, as compute_gae refuses it)."""
-    from minippo.advantages import _check_out
-
-    _check_out(out)
+    (what the numpy backend does); its callers have refused an out whose two arrays share memory."""
     adv, ret = _gae_slow(rewards, values, dones, last_values, gamma, lam, None, True)
     out[0][...] = adv
     out[1][...] = ret

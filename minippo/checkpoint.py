@@ -52,8 +52,8 @@ def _check_rng_state(state: Any) -> None:
 
     inner = state.get("state") if isinstance(state, dict) else None
     if not (isinstance(inner, dict) and state.get("bit_generator") == "PCG64" and within(inner.get("state"), 128)
-            and within(inner.get("inc"), 128) and state.get("has_uint32") in (0, 1)
-            and type(state.get("has_uint32")) is int and within(state.get("uinteger"), 32)):
+            and within(inner.get("inc"), 128) and within(state.get("has_uint32"), 1)
+            and within(state.get("uinteger"), 32)):
         raise ValueError(f"not a PCG64 state with state and inc in [0, 2**128), has_uint32 0 or 1 and uinteger in "
                          f"[0, 2**32): {str(state)[:200]}")
 

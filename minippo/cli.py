@@ -563,12 +563,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             algo = _build(lambda: PPO(cfg))
         except (ValueError, TypeError) as e:  # what the env's spaces or env_kwargs do not allow
             raise UsageError(str(e)) from e
-        try:
-            _step_with_env_kwargs(cfg)
-        except BaseException:
-            algo.close()
-            raise
     try:
+        _step_with_env_kwargs(cfg)  # (before anything is written)
         out, model_path, log = _open_run_folder(args, cfg, algo.iteration, backlog)
     except BaseException:  # refused: the env made for the run is closed (an async one's workers) before the exit
         algo.close()
