@@ -325,7 +325,7 @@ def act(
     Returns None (the caller runs the numpy path) unless ``policy`` has tanh/relu actor and critic MLPs
     (separate, or heads on a shared trunk) whose parameters (and log_std) are C-contiguous numpy arrays
     of the policy's float dtype with the expected shapes, and obs is a numpy (B, obs_dim) array with
-    1 <= B <= MAX_BATCH.
+    1 <= B <= MAX_BATCH; also for predict's mode when log_std is NaN (the mean needs no std).
     Raises FloatingPointError, as the numpy path does, on non-finite logits / mean / log_std (the
     random numbers for that call have then already been drawn).
     """
@@ -365,6 +365,8 @@ def act(
     else:  # every array argument checked above or made here, of the typed class/dtype/ndim/layout
         status = st.entry(*args)
     if status:  # (predict's mode names the actor's output, as the array path does)
+        if status == 2 and deterministic and not critic:
+            return None  # the mode needs no std: numpy's path returns the mean (nothing was drawn)
         what = "the policy's output" if status == 1 and deterministic and not critic else bad[status - 1]
         raise FloatingPointError(f"{what} contains NaN or inf")
     if st.discrete and policy.temperature < 1.0 and (critic or not deterministic):

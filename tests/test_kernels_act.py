@@ -396,6 +396,13 @@ def test_non_finite_raises_like_the_numpy_path(discrete):
         pol.params["log_std"][1] = np.nan
         with pytest.raises(FloatingPointError, match="log_std contains NaN or inf"):
             pol.act(_obs(4, 0, np.float32), np.random.default_rng(0))
+        # predict's mode needs no std: the mean on both backends, as the cupy path gives it too
+        modes = []
+        for backend_name in ("numba", "numpy"):
+            use_backend(backend_name)
+            modes.append(pol.predict(_obs(4, 0, np.float32)))
+        _assert_close(modes[0], modes[1], np.float32, "mode with a NaN log_std")  # (numba's MLP rounding)
+        use_backend("numba")
         pol.params["log_std"][1] = np.inf  # clamped to LOG_STD_MAX, as np.clip does: finite
         a, lp, _, d = pol.act(_obs(4, 0, np.float32), np.random.default_rng(0))
         assert np.all(d[:, pol.act_dim + 1] == np.float32(2.0)) and np.isfinite(lp).all()
