@@ -22,14 +22,16 @@ Array = Any
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _check_g(g: Array, b: int) -> Array:
-    """The upstream gradient of a per-sample quantity: shape (B,), or it would broadcast silently."""
+def _check_g(g: Array, b: int, dtype: Any) -> Array:
+    """The upstream gradient of a per-sample quantity: shape (B,), or it would broadcast silently.
+    A bool or integer ``g`` comes back in the distribution's float ``dtype`` (negated as it was, a uint
+    one wrapped around and a bool one failed); a float one as it is."""
     array("g", g)
     if g.dtype.kind not in "biuf":  # (a complex g lost its imaginary part)
         raise TypeError(f"g must be a real array, got dtype {g.dtype}")
     if tuple(g.shape) != (b,):
         raise ValueError(f"g must have shape ({b},) (one upstream gradient per sample), got {tuple(g.shape)}")
-    return g
+    return g if g.dtype.kind == "f" else g.astype(dtype)
 
 
 def _beside(a: Array, ref: Array) -> Array:
@@ -124,7 +126,7 @@ class Categorical:
     def log_prob_grad(self, a: Array, g: Array) -> dict[str, Array]:
         """d log p_a / d logits = (onehot(a) - p) / T, times ``g`` (B,)."""
         idx = self._index(a)
-        gs = (_check_g(g, len(idx)) / self.temperature).astype(self.probs.dtype, copy=False)
+        gs = (_check_g(g, len(idx), self.probs.dtype) / self.temperature).astype(self.probs.dtype, copy=False)
         d = self.probs * -gs[:, None]
         d[self._rows(), idx] += gs
         return {"logits": d}
@@ -137,7 +139,7 @@ class Categorical:
     def entropy_grad(self, g: Array) -> dict[str, Array]:
         """dH/dz_j = -p_j (log p_j + H), and dz/dlogits = 1/T; times ``g`` (B,)."""
         h = self.entropy()
-        _check_g(g, h.shape[0])
+        g = _check_g(g, h.shape[0], h.dtype)
         return {"logits": -g[:, None] * self.probs * (self.log_probs + h[:, None]) / self.temperature}
 
     # KL(self || other) = sum_a p_a (log p_a - log q_a)
@@ -152,10 +154,12 @@ class Categorical:
         dKL/dz_p = p * (log p - log q - KL);  dKL/dz_q = q - p  (then / T of each side).
         """
         self._same(other)
-        _check_g(g, self.probs.shape[0])
-        c = self.log_probs - other.log_probs
-        kl = (self.probs * c).sum(axis=1, keepdims=True)
-        d_self = g[:, None] * self.probs * (c - kl) / self.temperature
+        g = _check_g(g, self.probs.shape[0], self.probs.dtype)
+        pc = self.probs * (self.log_probs - other.log_probs)
+        kl = pc.sum(axis=1, keepdims=True)
+        # p c - p KL, not p (c - KL): where p = 0, c - KL can overflow (logits spanning the float range
+        # both ways) and 0 * -inf is NaN; each product here is finite.
+        d_self = g[:, None] * (pc - self.probs * kl) / self.temperature
         d_other = g[:, None] * (other.probs - self.probs) / other.temperature
         return {"logits": d_self}, {"logits": d_other}
 
@@ -204,7 +208,10 @@ class DiagGaussian:
     As for :class:`Categorical`, an actions array is checked (finite) the first time it is passed to
     one distribution, so do not change it in place between calls on that distribution, and actions
     on the host or the device are copied to the mean's side once (:meth:`sample` draws on the host).
-    ``mean`` and ``log_std`` must be on the same side (both numpy or both cupy arrays).
+    ``mean`` and ``log_std`` must be on the same side (both numpy or both cupy arrays), and ``log_std``
+    within +-floor(log(float max)) of the dtype (88 in float32, 709 in float64), where std and 1/std are
+    finite: KL and gradients are computed from log-std differences, so they stay finite there (a KL
+    past the float range is inf). The policy's head keeps log_std in [-10, 2] anyway.
     """
 
     def __init__(self, mean: Array, log_std: Array) -> None:
@@ -225,10 +232,23 @@ class DiagGaussian:
             raise TypeError(f"mean and log_std must both be numpy or both cupy arrays, got "
                             f"{type(mean).__module__}.{type(mean).__name__} and "
                             f"{type(log_std).__module__}.{type(log_std).__name__}")
-        finite(mean=mean, log_std=log_std)
+        ls = log_std + np.zeros_like(mean)  # (B, d), broadcast once
+        # std = exp(log_std) and 1/std finite and nonzero in the dtype, or log-probs and KLs come out NaN
+        lim = math.floor(math.log(np.finfo(ls.dtype).max))  # 88 in float32, 709 in float64
+        ok = np.isfinite(mean).all() & (np.abs(ls) <= lim).all()  # (one test: one device sync on a GPU)
+
+        def error() -> Exception:
+            for name, a in (("mean", mean), ("log_std", log_std)):
+                if not bool(np.isfinite(a).all()):
+                    return FloatingPointError(f"{name} contains NaN or inf")
+            return ValueError(f"log_std must lie in [-{lim}, {lim}] for {ls.dtype} (where exp(log_std) and its "
+                              f"inverse are finite), got {float(np.abs(ls).max())} in absolute value")
+
+        if not check_later(ok, error) and not bool(ok):
+            raise error()
         self.mean = mean
-        self.log_std = log_std + np.zeros_like(mean)  # (B, d), broadcast once
-        self.std = np.exp(self.log_std)
+        self.log_std = ls
+        self.std = np.exp(ls)
         # (the last sample() (finite by construction) or checked actions, those on the mean's side or
         # None until first used)
         self._sampled: tuple[Array, Array | None] | None = None
@@ -268,7 +288,7 @@ class DiagGaussian:
         """g (B,) times d log p / d mu = u / sigma and d log p / d log sigma = u^2 - 1, with
         u = (a - mu)/sigma; a (B, d) -> {"mean": (B, d), "log_std": (B, d)}."""
         a = self._check(a)
-        _check_g(g, a.shape[0])
+        g = _check_g(g, a.shape[0], self.mean.dtype)
         u = (a - self.mean) / self.std
         return {"mean": g[:, None] * u / self.std, "log_std": g[:, None] * (u * u - 1.0)}
 
@@ -279,7 +299,7 @@ class DiagGaussian:
 
     def entropy_grad(self, g: Array) -> dict[str, Array]:
         """dH/d mu = 0;  dH/d log sigma_i = 1; times ``g`` (B,)."""
-        _check_g(g, self.mean.shape[0])
+        g = _check_g(g, self.mean.shape[0], self.mean.dtype)
         ones = np.ones_like(self.log_std)
         return {"mean": np.zeros_like(self.mean), "log_std": g[:, None] * ones}
 
@@ -287,9 +307,13 @@ class DiagGaussian:
     def kl(self, other: DiagGaussian) -> Array:
         """KL(self || other) per sample (B,); both must have the same shape."""
         self._same(other)
-        var_q = other.std * other.std
-        t = (self.std * self.std + (self.mean - other.mean) ** 2) / (2.0 * var_q)
-        return (other.log_std - self.log_std + t - 0.5).sum(axis=1)
+        ratio, z = self._ratio_z(other)
+        return (other.log_std - self.log_std + 0.5 * (ratio + z * z) - 0.5).sum(axis=1)
+
+    def _ratio_z(self, other: DiagGaussian) -> tuple[Array, Array]:
+        """s_p^2 / s_q^2 and (m_p - m_q) / s_q (B, d), each without squaring a std: s^2 overflows (or
+        underflows to 0) from |log s| ~ 44 in float32, where the ratio of two was inf / inf."""
+        return np.exp(2.0 * (self.log_std - other.log_std)), (self.mean - other.mean) / other.std
 
     def kl_grad(
         self, other: DiagGaussian, g: Array
@@ -300,13 +324,11 @@ class DiagGaussian:
         d/dlog s_q = 1 - (s_p^2 + (m_p - m_q)^2)/s_q^2.
         """
         self._same(other)
-        _check_g(g, self.mean.shape[0])
-        var_q = other.std * other.std
-        var_p = self.std * self.std
-        diff = self.mean - other.mean
-        gg = g[:, None]
-        d_self = {"mean": gg * diff / var_q, "log_std": gg * (var_p / var_q - 1.0)}
-        d_other = {"mean": -gg * diff / var_q, "log_std": gg * (1.0 - (var_p + diff * diff) / var_q)}
+        gg = _check_g(g, self.mean.shape[0], self.mean.dtype)[:, None]
+        ratio, z = self._ratio_z(other)
+        dm = gg * z / other.std
+        d_self = {"mean": dm, "log_std": gg * (ratio - 1.0)}
+        d_other = {"mean": -dm, "log_std": gg * (1.0 - ratio - z * z)}
         return d_self, d_other
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:

@@ -407,3 +407,59 @@ def test_gaussian_bad_inputs():
             d.log_prob(a)
         with pytest.raises(FloatingPointError, match="actions contains NaN or inf"):
             DiagGaussian(np.zeros((3, 2)), np.zeros(2)).log_prob_grad(a, np.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gaussian_far_log_std_stays_finite_up_to_the_documented_bound(dtype):
+    """Up to |log_std| = floor(log(float max)) (88 in float32, 709 in float64) every quantity is finite
+    and KL(p || p) is 0: s_p^2 / s_q^2 as inf / inf was NaN from |log_std| ~ 44 in float32, and
+    (a - mu) / s as 0 / 0 once s underflowed. Past the bound, a ValueError naming log_std."""
+    lim = {np.float32: 88, np.float64: 709}[dtype]
+    g = np.ones(2, dtype)
+    for ls in (-lim, -45.0, 45.0, lim):
+        mean = np.array([[0.0, 1.0], [2.0, -3.0]], dtype)
+        p = DiagGaussian(mean, np.full(2, ls, dtype))
+        np.testing.assert_array_equal(p.kl(p), 0.0)
+        # log N(mu; mu, s) = -d (log s + log(2 pi)/2), d = 2: within rounding of the dtype's log_std sum
+        np.testing.assert_allclose(p.log_prob(mean.copy()), -2.0 * (ls + 0.5 * math.log(2 * math.pi)),
+                                   rtol=4 * np.finfo(dtype).eps)
+        (ds, do) = p.kl_grad(p, g)
+        for grad in (*ds.values(), *do.values()):  # at q = p: every KL gradient is 0
+            np.testing.assert_array_equal(grad, 0.0)
+        for grad in p.log_prob_grad(mean.copy(), g).values():
+            assert np.isfinite(grad).all()
+    for ls in (lim + 1.0, -(lim + 1.0)):
+        with pytest.raises(ValueError, match=rf"^log_std must lie in \[-{lim}, {lim}\] for {np.dtype(dtype)}"):
+            DiagGaussian(np.zeros((1, 2), dtype), np.array([0.0, ls], dtype))
+
+
+def test_categorical_kl_grad_against_a_held_opposite_row_is_finite():
+    """p = onehot(0), q = onehot(1) from logits spanning the float range both ways (held, see
+    Categorical): the KL is the largest float, and dKL/dz_p is 0 (p (c - KL) made 0 * -inf = NaN where
+    p = 0); dKL/dz_q = q - p."""
+    for dtype in (np.float32, np.float64):
+        big = 0.9 * np.finfo(dtype).max
+        with np.errstate(over="ignore"):
+            p, q = Categorical(np.array([[big, -big]], dtype)), Categorical(np.array([[-big, big]], dtype))
+        d_p, d_q = p.kl_grad(q, np.ones(1, dtype))
+        np.testing.assert_array_equal(d_p["logits"], 0.0)
+        np.testing.assert_array_equal(d_q["logits"], [[-1.0, 1.0]])
+
+
+@pytest.mark.parametrize("g_dtype", [np.bool_, np.uint8, np.int64])
+def test_bool_and_integer_upstream_gradients_act_as_floats(g_dtype):
+    """g = 1 of any real dtype gives the gradients g = 1.0 gives (a uint8 g was negated before it became
+    a float: -1 wrapped to 255; a bool one failed in numpy's boolean negative)."""
+    cat = Categorical(np.array([[0.3, -1.2, 2.0], [1.0, 0.0, -0.5]]), 0.7)
+    other = Categorical(np.array([[1.0, 0.2, -0.3], [0.0, 0.5, 0.1]]))
+    gau = DiagGaussian(np.array([[0.3, -1.0], [0.5, 2.0]]), np.array([0.2, -0.4]))
+    gau_q = DiagGaussian(np.array([[0.0, 1.0], [-0.5, 1.5]]), np.array([-0.1, 0.3]))
+    acts, a = np.array([0, 2]), np.array([[0.1, 0.2], [0.3, -0.4]])
+    calls = (lambda g: [cat.log_prob_grad(acts, g)], lambda g: [cat.entropy_grad(g)],
+             lambda g: list(cat.kl_grad(other, g)), lambda g: [gau.log_prob_grad(a, g)],
+             lambda g: [gau.entropy_grad(g)], lambda g: list(gau.kl_grad(gau_q, g)))
+    for call in calls:
+        for got, want in zip(call(np.ones(2, g_dtype)), call(np.ones(2)), strict=True):
+            for k in want:
+                assert got[k].dtype == want[k].dtype
+                np.testing.assert_array_equal(got[k], want[k])
