@@ -35,6 +35,54 @@ DTYPES = ("float32", "float64")
 # checkpoint that neither eval nor --resume could read.)
 MAX_TIMESTEPS = 2**62
 TOO_MANY_TIMESTEPS = "must be <= 2**62 (steps are counted in int64, with room for the last rollout)"
+_FIXED = ("PPOConfig.env_kwargs of a trainer's config cannot change (its envs were made with them): train a new "
+          "one, PPO(config.replace(env_kwargs=...))")
+
+
+class _FixedDict(dict):
+    """A dict in a trainer's frozen ``env_kwargs`` (the top level and any nested one): read as a dict
+    (JSON, ``**kwargs``), changed never. Copies and pickles of it are plain dicts."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(_FIXED)
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> Any:
+        return _thaw, (dict(self),)
+
+
+class _FixedList(list):
+    """A list in a trainer's frozen ``env_kwargs``: read as a list, changed never."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(_FIXED)
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = append = clear = extend = insert = pop = remove = \
+        reverse = sort = _refuse
+
+    def __reduce__(self) -> Any:
+        return _thaw, (list(self),)
+
+
+def _fix(v: Any) -> Any:
+    """A JSON value with its dicts and lists made read-only (copies: the caller's stay as they are)."""
+    if isinstance(v, dict):
+        return _FixedDict((k, _fix(x)) for k, x in v.items())
+    if isinstance(v, list):
+        return _FixedList(_fix(x) for x in v)
+    return v
+
+
+def _thaw(v: Any) -> Any:
+    """The plain dicts and lists of a JSON value (copies of the fixed ones, whose copies are plain)."""
+    if isinstance(v, dict):
+        return {k: _thaw(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_thaw(x) for x in v]
+    return v
+
+
 EVAL_SEED_OFFSET = 100_000
 """Evaluation seeds by default (``PPO.evaluate``, ``minippo eval``): the run's ``seed`` plus this, so that
 they are apart from training's (episode i of an evaluation resets with its seed + i)."""
@@ -164,12 +212,15 @@ class PPOConfig:
     def _freeze(self) -> PPOConfig:
         """Make every field assignment raise (the config a PPO trainer holds); returns self. Copies
         (``copy``, ``deepcopy``, pickle: all take :meth:`__getstate__`; :meth:`replace`) are not frozen."""
+        object.__setattr__(self, "env_kwargs", _fix(self.env_kwargs))  # (in place: TypeError)
         object.__setattr__(self, "_frozen", True)
         return self
 
     def __getstate__(self) -> dict[str, Any]:
         """The fields, not the frozen mark: a copy (or an unpickled config) is its holder's own."""
-        return {k: v for k, v in self.__dict__.items() if k != "_frozen"}
+        state = {k: v for k, v in self.__dict__.items() if k != "_frozen"}
+        state["env_kwargs"] = _thaw(self.env_kwargs)
+        return state
 
     def _normalise(self) -> None:
         """numpy values as plain Python ones, before validation (also of fields set after construction)."""
@@ -298,6 +349,7 @@ class PPOConfig:
         """Plain JSON-able dict of every field."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["env_kwargs"] = _thaw(self.env_kwargs)  # (a frozen config's are read-only)
         return d
 
     def to_json(self) -> str:

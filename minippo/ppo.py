@@ -292,7 +292,8 @@ class PPO:
     @property
     def config(self) -> PPOConfig:
         """The validated config this trainer was built from (a copy of the one given; fixed: setting a
-        field raises, see :meth:`PPOConfig.replace` and :meth:`load`'s overrides)."""
+        field raises, and so does changing ``env_kwargs`` in place; see :meth:`PPOConfig.replace` and
+        :meth:`load`'s overrides)."""
         return self._config
 
     @config.setter

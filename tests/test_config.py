@@ -148,6 +148,40 @@ def test_a_trainers_config_is_fixed_and_its_copies_are_not(tmp_path):
     assert resumed.config.learning_rate == 1e-3 and resumed.lr_schedule(0.0) == 1e-3
 
 
+def test_a_trainers_env_kwargs_are_fixed_and_their_copies_are_not(tmp_path):
+    """env_kwargs of a trainer's config could be edited in place (algo.config.env_kwargs["g"] = 1): the
+    envs kept the old value while evaluate() and save() took the new one. Every dict and list in them
+    now refuses a change; copies of the config (and of env_kwargs) are plain and the caller's own."""
+    import copy
+    import pickle
+
+    pytest.importorskip("gymnasium")
+    from minippo import PPO
+
+    algo = PPO(PPOConfig(env_id="Pendulum-v1", env_kwargs={"g": 9.0}, n_envs=1, n_steps=8, batch_size=8,
+                         n_epochs=1, total_timesteps=8, hidden=(4,)))
+    fixed = copy.copy(PPOConfig(env_kwargs={"g": 9.0, "nest": {"a": [1, 2]}}))._freeze()  # (nested: no such env)
+    kw = fixed.env_kwargs
+    for change in (lambda: algo.config.env_kwargs.__setitem__("g", 1.0), lambda: algo.config.env_kwargs.pop("g"),
+                   lambda: kw.update(h=1), lambda: kw.setdefault("h", 1), lambda: kw.__delitem__("g"),
+                   lambda: kw["nest"].__setitem__("b", 1), lambda: kw["nest"]["a"].append(3),
+                   lambda: kw["nest"]["a"].__setitem__(0, 5), lambda: kw["nest"]["a"].sort(), kw.clear):
+        with pytest.raises(TypeError, match=r"^PPOConfig\.env_kwargs of a trainer's config cannot change"):
+            change()
+    assert kw == {"g": 9.0, "nest": {"a": [1, 2]}} and algo.config.env_kwargs == {"g": 9.0}
+    assert json.loads(fixed.to_json())["env_kwargs"] == kw and fixed.validate() is fixed
+    for other in (copy.copy(fixed), copy.deepcopy(fixed), fixed.replace(seed=3), pickle.loads(pickle.dumps(fixed))):
+        other.env_kwargs["nest"]["a"].append(3)  # a copy's are plain dicts and lists, its own
+        assert type(other.env_kwargs) is dict and type(other.env_kwargs["nest"]["a"]) is list
+        assert other.env_kwargs["nest"]["a"] == [1, 2, 3] and kw["nest"]["a"] == [1, 2]
+    for own in (copy.copy(kw), copy.deepcopy(kw), dict(kw), kw | {}):
+        own["h"] = 1  # (what a sweep does with them)
+    assert kw == {"g": 9.0, "nest": {"a": [1, 2]}}
+    algo.learn()
+    algo.save(str(tmp_path / "m.npz"))
+    assert PPO.load(str(tmp_path / "m.npz")).config.env_kwargs == {"g": 9.0}
+
+
 @pytest.mark.parametrize("field", ["total_timesteps", "n_envs", "n_steps", "n_epochs",
                                    "eval_episodes", "batch_size"])
 @pytest.mark.parametrize("value", [0, -3, 2.5, True])
