@@ -164,7 +164,9 @@ class PPOConfig:
     kl_beta: float = 1.0
     """initial beta of the KL penalty (objective=kl_penalty only; the logged beta is empty otherwise)."""
     target_kl: float | None = None
-    """stop the epochs of an update early once approx_kl exceeds this (None: never)."""
+    """stop the epochs of an update early once approx_kl exceeds this (None: never). Tested on each
+    minibatch before its step; the one that stops is not stepped, so the logged approx_kl (the mean over
+    the minibatches stepped) can stay below this when the update stopped early: n_updates tells."""
     normalize_advantages: bool = True
     """normalise advantages per minibatch to zero mean, unit std (PPO detail #7)."""
     max_grad_norm: float = 0.5
