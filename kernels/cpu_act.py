@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
+from minippo.nn import MLP
+from minippo.policy import LOG_STD_MAX, LOG_STD_MIN, ActorCritic
 
 from .cpu import (
     _F32,
@@ -230,7 +231,8 @@ class _State:
     def __init__(self, policy: Any, p: tuple) -> None:
         self.p, self.nets, self.ok, self.entry = p, _nets_key(policy), False, None
         self.pdict, self.pversion = policy.params, getattr(policy.params, "version", None)
-        if policy.activation not in ("tanh", "relu"):
+        # (the kernel computes what these classes' own methods do: a subclass's overrides would be bypassed)
+        if type(policy) is not ActorCritic or policy.activation not in ("tanh", "relu"):
             return
         dicts, versions = self.nets[0:6:2], self.nets[1:6:2]
         if any(d is not None and version is None for d, version in zip(dicts, versions, strict=True)):
@@ -246,7 +248,8 @@ class _State:
         weights: list[tuple] = []
         for prefix, net, n_in, n_out, activated in nets:
             sizes = net.sizes
-            if sizes[0] != n_in or sizes[-1] != n_out or bool(net.activate_output) is not activated \
+            if type(net) is not MLP or sizes[0] != n_in or sizes[-1] != n_out \
+                    or bool(net.activate_output) is not activated \
                     or net.activation != policy.activation:  # (the kernel applies the policy's to every network)
                 return
             Ws = tuple(net.params.get(f"W{i}") for i in range(net.n_layers))

@@ -29,8 +29,12 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from minippo._checks import real
-from minippo.distributions import action_indices
+from minippo._checks import finite, real
+from minippo.distributions import action_indices, log_std_in_range
+from minippo.nn import MLP
+from minippo.optim import Adam
+from minippo.policy import ActorCritic
+from minippo.ppo import check_batch_keys
 
 from .cpu import (
     ACT_NONE,
@@ -147,6 +151,8 @@ def _value_terms(values, returns, values_old, vclip, vf_coef, dvalues, stats):
         err = V - returns[i]
         dv = np.float64(err)
         if eps >= 0:  # -1 when value clipping is off; 0 when a tiny clip_eps rounds to 0 in the dtype
+            if not np.isfinite(values_old[i]):  # losses.value_loss refuses it: a NaN loss, and the
+                vsum += np.nan  # error names values_old (a NaN V_old took the unclipped branch: finite)
             delta = V - values_old[i]
             err_c = (values_old[i] + min(max(delta, -eps), eps)) - returns[i]
             if not abs(delta) < eps and err_c * err_c > err * err:  # V_clip does not depend on V
@@ -484,6 +490,7 @@ class FusedUpdate:
         """Stats of ``minippo.ppo.loss_and_grads`` for the config's objective (and, for kl_penalty, the
         beta this step was built with); gradients kept in ``self.g``."""
         dt, pol, cfg = self.dt, self.policy, self.config
+        _check_batch(batch, cfg.objective, self.discrete, self.vclip_on)
         obs = np.ascontiguousarray(batch["obs"], dt)
         B = obs.shape[0]
         if obs.ndim != 2 or obs.shape[1] != pol.obs_dim or B < 1:
@@ -500,13 +507,16 @@ class FusedUpdate:
         logp_old, adv, returns, values_old = vec
         dist_old = self._no_old
         if self.obj == OBJ_KL:
-            if "dist_old" not in batch:
-                raise KeyError("batch is missing ['dist_old']; objective='kl_penalty' needs it")
             dist_old = np.ascontiguousarray(batch["dist_old"], dt)
             width = pol.act_dim if self.discrete else 2 * pol.act_dim
             if dist_old.shape != (B, width):
                 raise ValueError(f"dist_old must have shape ({B}, {width}) "
                                  f"({'logits' if self.discrete else '[mean, log_std]'}), got {dist_old.shape}")
+            # what pi_old's distribution refuses on the numpy path (the kernel held a -inf logit, and
+            # took an old log_std past the dtype's range in float64)
+            finite(dist_old=dist_old)
+            if not self.discrete:
+                log_std_in_range(dist_old[:, pol.act_dim:])
         vclip = self.vclip
         vclip[0] = clip_eps if self.vclip_on else -1.0  # rounded to the dtype, as numpy rounds it
         st = self.stats
@@ -571,6 +581,20 @@ class FusedUpdate:
         return norm if max_grad_norm > 0 else math.nan
 
 
+def _check_batch(batch: dict[str, np.ndarray], objective: str, discrete: bool, vclip: bool) -> None:
+    """The keys and dtypes :func:`minippo.ppo.loss_and_grads` refuses (the kernels' arguments are cast to
+    the policy's dtype: an int, bool or complex field, or a list, went through as floats)."""
+    check_batch_keys(batch, objective)
+    floats = ("logp_old", "advantages", "returns", *(("values_old",) if vclip else ()),
+              *(("dist_old",) if objective == "kl_penalty" else ()))
+    for k in (*floats, "obs", *(() if discrete else ("actions",))):
+        a = batch[k]
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in ("f" if k in floats else "biuf"):
+            kind = "a float" if k in floats else "a real"
+            got = f"dtype {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise TypeError(f"batch[{k!r}] must be {kind} numpy array, got {got}")
+
+
 def _raise_non_finite(batch: dict[str, np.ndarray], params: dict[str, np.ndarray], with_old: bool = False) -> None:
     """On a non-finite loss, name the first NaN/inf input (``dist_old`` too when ``with_old``), then
     parameter (error path only; the numpy path's checks name what they compute from it: logits, adv,
@@ -611,6 +635,11 @@ def make(
         return None
     if getattr(optimizer, "params", None) is not params or list(getattr(optimizer, "_slices", {})) != list(params):
         return None
+    # the kernels compute what these classes' own methods do: a subclass's overrides would be bypassed
+    if type(policy) is not ActorCritic or type(optimizer) is not Adam:
+        return None
+    if not all(a.flags.writeable for a in (*params.values(), optimizer._m, optimizer._v)):
+        return None  # (the numpy path names the read-only array)
     # every parameter of the shape Adam laid out for it (the kernels update n = its size from Adam's offset,
     # unchecked: a log_std rebound longer would be read and written past its range), log_std of the action's
     if any(params[k].shape != shape for k, (_, shape) in optimizer._slices.items()):
@@ -620,7 +649,8 @@ def make(
     nets = policy.expected_networks()
     for prefix, net, n_in, n_out, activated in nets:
         sizes = net.sizes
-        if sizes[0] != n_in or sizes[-1] != n_out or bool(net.activate_output) is not activated \
+        if type(net) is not MLP or sizes[0] != n_in or sizes[-1] != n_out \
+                or bool(net.activate_output) is not activated \
                 or net.activation != policy.activation:  # (the kernels apply the policy's to every network)
             return None
         if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):  # what numpy's forward reads

@@ -36,7 +36,8 @@ import numpy as np
 
 from minippo._checks import finite
 from minippo.distributions import Categorical, DiagGaussian
-from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
+from minippo.nn import MLP
+from minippo.policy import LOG_STD_MAX, LOG_STD_MIN, ActorCritic
 
 from . import gpu
 
@@ -56,7 +57,8 @@ class _State:
     def __init__(self, policy: Any, key: tuple) -> None:
         self.key, self.ok, self.actor_layers = key, False, None
         cp = gpu._cupy()
-        if policy.activation not in ("tanh", "relu"):
+        # (the kernel computes what these classes' own methods do: a subclass's overrides would be bypassed)
+        if type(policy) is not ActorCritic or policy.activation not in ("tanh", "relu"):
             return
         params = policy.params
         dt = np.dtype(policy.dtype)
@@ -65,8 +67,8 @@ class _State:
         specs = policy.expected_networks()
         nets = []
         for prefix, net, n_in, n_out, activated in specs:
-            if bool(net.activate_output) is not activated or net.sizes[0] != n_in or net.sizes[-1] != n_out \
-                    or net.activation != policy.activation:
+            if type(net) is not MLP or bool(net.activate_output) is not activated or net.sizes[0] != n_in \
+                    or net.sizes[-1] != n_out or net.activation != policy.activation:
                 return
             if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):
                 return  # the policy's dict and the MLP's disagree (a rebinding in one of them)

@@ -34,6 +34,25 @@ def _check_g(g: Array, b: int, dtype: Any) -> Array:
     return g if g.dtype.kind == "f" else g.astype(dtype)
 
 
+def log_std_limit(dtype: Any) -> int:
+    """floor(log(largest float)) of ``dtype``: 88 for float32, 709 for float64. Within +-this,
+    std = exp(log_std) and 1/std are finite and nonzero."""
+    return math.floor(math.log(np.finfo(dtype).max))
+
+
+def _log_std_range_error(ls: Array, lim: int) -> ValueError:
+    return ValueError(f"log_std must lie in [-{lim}, {lim}] for {ls.dtype} (where exp(log_std) and its inverse "
+                      f"are finite), got {float(np.abs(ls).max())} in absolute value")
+
+
+def log_std_in_range(ls: Array) -> None:
+    """ValueError unless every entry of the log-stds ``ls`` (any shape, float) is within
+    :func:`log_std_limit` of its dtype, as :class:`DiagGaussian` requires (NaN is outside)."""
+    lim = log_std_limit(ls.dtype)
+    if not bool((np.abs(ls) <= lim).all()):
+        raise _log_std_range_error(ls, lim)
+
+
 def _beside(a: Array, ref: Array) -> Array:
     """``a`` where ``ref`` lives: actions drawn on the host (``sample``) go to a device distribution
     (one upload), device actions come to a host one (one copy); ``a`` itself when both are alike."""
@@ -234,15 +253,14 @@ class DiagGaussian:
                             f"{type(log_std).__module__}.{type(log_std).__name__}")
         ls = log_std + np.zeros_like(mean)  # (B, d), broadcast once
         # std = exp(log_std) and 1/std finite and nonzero in the dtype, or log-probs and KLs come out NaN
-        lim = math.floor(math.log(np.finfo(ls.dtype).max))  # 88 in float32, 709 in float64
+        lim = log_std_limit(ls.dtype)
         ok = np.isfinite(mean).all() & (np.abs(ls) <= lim).all()  # (one test: one device sync on a GPU)
 
         def error() -> Exception:
             for name, a in (("mean", mean), ("log_std", log_std)):
                 if not bool(np.isfinite(a).all()):
                     return FloatingPointError(f"{name} contains NaN or inf")
-            return ValueError(f"log_std must lie in [-{lim}, {lim}] for {ls.dtype} (where exp(log_std) and its "
-                              f"inverse are finite), got {float(np.abs(ls).max())} in absolute value")
+            return _log_std_range_error(ls, lim)
 
         if not check_later(ok, error) and not bool(ok):
             raise error()

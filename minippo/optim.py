@@ -116,6 +116,8 @@ class Adam:
             if getattr(self.params[k], "shape", None) != shape:  # (the moments are laid out by them)
                 raise ValueError(f"params[{k!r}] has shape {tuple(getattr(self.params[k], 'shape', ()))}, but this "
                                  f"Adam was made for {shape}")
+            if not getattr(self.params[k].flags, "writeable", True):  # (cupy arrays have no such flag)
+                raise ValueError(f"params[{k!r}] is read-only: Adam updates it in place")
             if getattr(grads[k], "shape", None) != shape:
                 array(f"grads[{k!r}]", grads[k])
                 raise ValueError(f"grads[{k!r}] has shape {tuple(grads[k].shape)}, expected {shape}")

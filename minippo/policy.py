@@ -23,7 +23,7 @@ from minippo import backend
 from minippo._checks import array, cast_quietly, finite, flag, float_dtype, generator, int_list, real, rng_from_seed
 from minippo.backend import array_module, asnumpy
 from minippo.distributions import Categorical, DiagGaussian
-from minippo.nn import MLP, Params
+from minippo.nn import MLP, Params, _in_dtype
 from minippo.spaces import Box, Discrete, as_space
 
 Array = Any
@@ -92,7 +92,6 @@ class ActorCritic:
         shared = flag("shared", shared)
         if shared and not hidden:
             raise ValueError("shared=True needs at least one hidden layer (hidden=())")
-        temperature = real("temperature", temperature, 0.0, low_open=True)
         log_std_init = real("log_std_init", log_std_init, LOG_STD_MIN, LOG_STD_MAX)
         self.obs_dim = int(obs_dim)
         self.action_space = as_space(action_space)
@@ -101,7 +100,7 @@ class ActorCritic:
         self.hidden = hidden
         self._activation = activation
         self.shared = bool(shared)
-        self.temperature = float(temperature)
+        self.temperature = temperature  # (checked: the property)
         self.dtype = float_dtype("dtype", dtype)
         rng = rng_from_seed("seed", seed)
         kw = {"activation": activation, "seed": rng, "dtype": dtype}
@@ -121,6 +120,16 @@ class ActorCritic:
             self.params.update({f"{prefix}.{k}": v for k, v in net.params.items()})
         if not self.discrete:
             self.params["log_std"] = np.full(self.act_dim, log_std_init, dtype=dtype)
+
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature T > 0 of a Discrete policy (a Gaussian one ignores it). Settable, and
+        checked when set: every path (numpy, the fused numba and cupy kernels) reads it as it is."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = real("temperature", value, 0.0, low_open=True)
 
     def __getstate__(self) -> dict:
         """For copy and pickle: without the fused acts' dispatch states (rebuilt on use)."""
@@ -209,7 +218,7 @@ class ActorCritic:
         if getattr(obs, "ndim", None) != 2 or obs.shape[1] != self.obs_dim:
             array("obs", obs)
             raise ValueError(f"obs must have shape (B, {self.obs_dim}), got {tuple(obs.shape)}")
-        feat = obs.astype(self.dtype, copy=False)
+        feat = _in_dtype("obs", obs, self.dtype)  # (complex: TypeError; astype dropped its imaginary part)
         if self.trunk is not None:
             feat, cache["trunk"] = self.trunk.forward(feat)
         out, cache["actor"] = self.actor.forward(feat)

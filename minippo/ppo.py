@@ -39,13 +39,23 @@ class NonFiniteEnvError(ValueError):
     range (training stops before it is used)."""
 
 
+def check_batch_keys(batch: dict[str, Array], objective: str) -> None:
+    """KeyError naming what a minibatch for ``objective`` lacks: :data:`BATCH_KEYS`, and ``dist_old``
+    for kl_penalty."""
+    needed = (*BATCH_KEYS, "dist_old") if objective == "kl_penalty" else BATCH_KEYS
+    missing = [k for k in needed if k not in batch]
+    if missing:
+        raise KeyError(f"batch is missing {missing}; objective={objective!r} needs {list(needed)}")
+
+
 def normalize(adv: Array, eps: float = 1e-8) -> Array:
     """(A - mean A) / (std A + eps) over the minibatch (PPO detail #7): adv (B,) -> (B,) in adv's
     dtype; needs B >= 2. Computed in float64: in float32 the mean of B equal advantages is off by an
     ulp, and that rounding divided by a std of the same size came out as +-0.4..0.96 instead of 0
     (the fused numba step, in float64, gave 0)."""
     if getattr(adv, "ndim", None) != 1:
-        raise ValueError(f"adv must have shape (B,), got {getattr(adv, 'shape', type(adv).__name__)}")
+        array("adv", adv)  # (TypeError for a list)
+        raise ValueError(f"adv must have shape (B,), got {tuple(adv.shape)}")
     if adv.dtype.kind != "f":  # the result keeps adv's dtype: integers would round the z-scores
         raise TypeError(f"adv must be a float32 or float64 array, got dtype {adv.dtype}")
     if adv.shape[0] < 2:
@@ -74,10 +84,7 @@ def loss_and_grads(
     if not all(hasattr(config, k) for k in ("objective", "vf_coef", "clip_eps", "ent_coef", "normalize_advantages")):
         raise TypeError(f"config must be a PPOConfig (or an object with its fields), got {type(config).__name__}")
     vf_coef = real("config.vf_coef", config.vf_coef, 0.0)  # the one coefficient no loss function checks
-    needed = (*BATCH_KEYS, "dist_old") if config.objective == "kl_penalty" else BATCH_KEYS
-    missing = [k for k in needed if k not in batch]
-    if missing:
-        raise KeyError(f"batch is missing {missing}; objective={config.objective!r} needs {list(needed)}")
+    check_batch_keys(batch, config.objective)
     clip_eps = config.clip_eps if clip_eps is None else clip_eps
     ent_coef = config.ent_coef if ent_coef is None else ent_coef
     # On a GPU the value checks inside (finite inputs, distributions, actions: ~5) are read back with the

@@ -131,6 +131,8 @@ def test_normalize_checks_its_input_and_gives_zero_for_equal_advantages():
         normalize(np.float64(1.0))
     with pytest.raises(ValueError, match=r"adv must have shape \(B,\), got \(2, 2\)"):
         normalize(np.ones((2, 2)))
+    with pytest.raises(TypeError, match=r"^adv must be an array .*got list$"):  # (was a ValueError on shape)
+        normalize([1.0, 2.0])
     for bad in (np.array([1, 2, 3]), np.array([True, False])):  # came back as [-1 0 1], [True True]
         with pytest.raises(TypeError, match=f"adv must be a float32 or float64 array, got dtype {bad.dtype}"):
             normalize(bad)

@@ -629,3 +629,28 @@ def test_predict_asks_the_fused_act_for_the_actions_alone(monkeypatch):
     np.testing.assert_array_equal(pol.predict(obs, False, np.random.default_rng(1)),
                                   pol.act(obs, np.random.default_rng(1))[0])
     assert seen == [False, True, False, True]
+
+
+def test_subclasses_run_the_numpy_path():
+    """The fused act computes what ActorCritic's and MLP's own methods do: a subclass overriding one
+    (a policy that rescales its observations in forward) was bypassed on numba. Now it runs the array
+    path, its override included."""
+    use_backend("numba")
+
+    class Scaled(ActorCritic):
+        def _actor_out(self, obs, cache):
+            return super()._actor_out(obs * 0.0, cache)  # every observation looks like zeros
+
+    pol = Scaled(OBS_DIM, Discrete(3), (8,), "tanh", seed=1)
+    obs = _obs(4, 0, np.float32)
+    want = pol.predict(np.zeros_like(obs))
+    np.testing.assert_array_equal(pol.predict(obs), want)
+    assert pol.__dict__.get("_numba_act_state") is None or not pol.__dict__["_numba_act_state"].ok
+
+    class MyMLP(MLP):
+        pass
+
+    plain = _policy(np.float32, True, (8,), "tanh", 1)
+    plain.actor.__class__ = MyMLP
+    plain.act(obs, np.random.default_rng(0))
+    assert not plain.__dict__["_numba_act_state"].ok

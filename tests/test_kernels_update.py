@@ -644,8 +644,73 @@ def test_kl_penalty_batches_without_good_dist_old_raise_naming_it(discrete):
     bad[3, 1] = np.nan
     with pytest.raises(FloatingPointError, match="^dist_old contains NaN or inf$"):
         fu.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
+    # what pi_old's distribution refuses on the numpy path: a -inf logit (the kernel held it at the
+    # lowest float64 and stepped); an old log_std past float32's range (the kernel took it in float64)
+    bad = batch["dist_old"].copy()
+    bad[3, 1 if discrete else 4] = -np.inf if discrete else -100.0
+    ref = NumpyStep(pol, Adam(pol.params), cfg, beta=0.5)
+    for step, err, msg in ((fu, FloatingPointError, "^dist_old contains NaN or inf$"),
+                           (ref, FloatingPointError, "^logits contains NaN or inf$")) if discrete else \
+            ((fu, ValueError, r"^log_std must lie in \[-88, 88\] for float32"),
+             (ref, ValueError, r"^log_std must lie in \[-88, 88\] for float32")):
+        with pytest.raises(err, match=msg):
+            step.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
     with pytest.raises(ValueError, match="beta"):
         cpu_update.make(pol, Adam(pol.params), cfg, beta=-1.0)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_non_finite_values_old_under_value_clipping_raises_on_both_paths(discrete, value):
+    """Value clipping reads V_old: a NaN one took the fused kernel's unclipped branch (NaN compares
+    false), so the loss stayed finite and the step went on, where losses.value_loss refuses it."""
+    pol = _policy(np.float32, discrete, (8,), "tanh", 1)
+    cfg = PPOConfig(clip_vloss=True)
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    batch["values_old"] = batch["values_old"].copy()
+    batch["values_old"][3] = value
+    for step in (cpu_update.make(pol, Adam(pol.params), cfg), NumpyStep(pol, Adam(pol.params), cfg, beta=1.0)):
+        with pytest.raises(FloatingPointError, match="^values_old contains NaN or inf$"):
+            step.loss_and_grads(batch, 0.2, 0.0)
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("key", ["logp_old", "advantages", "returns", "values_old", "obs", "actions"])
+def test_batch_fields_of_a_wrong_type_are_refused_on_both_paths(discrete, key):
+    """The fused step cast every field to the policy's dtype: int, bool or complex log-probs,
+    advantages, returns or old values (complex lost its imaginary part), a complex obs or Gaussian
+    action, or a list, went through as floats where the numpy path raises TypeError. A real obs
+    (int, bool) is cast on both paths, as the network casts its input; so are Box actions."""
+    pol = _policy(np.float32, discrete, (8,), "tanh", 1)
+    cfg = PPOConfig(clip_vloss=True)  # (values_old is read only then)
+    fu = cpu_update.make(pol, Adam(pol.params), cfg)
+    ref = NumpyStep(pol, Adam(pol.params), cfg, beta=1.0)
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    v = batch[key]
+    if key == "actions" and discrete:  # (whole numbers of any number dtype: test_discrete_actions_of_...)
+        return
+    real = key in ("obs", "actions")
+    bads = [v.astype(complex), v.tolist()] + ([] if real else [v.astype(np.int64), v.astype(bool)])
+    names = rf"^(batch\['{key}'\]|{'adv' if key == 'advantages' else key}) must be"  # (fused, numpy)
+    with np.errstate(all="ignore"):
+        for bad in bads:
+            for step in (fu, ref):
+                with pytest.raises(TypeError, match=names):
+                    step.loss_and_grads({**batch, key: bad}, 0.2, 0.0)
+        if real:  # int obs or actions: taken as floats by both
+            got = fu.loss_and_grads({**batch, key: v.astype(np.int64)}, 0.2, 0.0)
+            want = ref.loss_and_grads({**batch, key: v.astype(np.int64)}, 0.2, 0.0)
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+def test_missing_batch_keys_are_named_alike_on_both_paths():
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    for objective in ("clip", "kl_penalty"):
+        cfg = PPOConfig(objective=objective)
+        for step in (cpu_update.make(pol, Adam(pol.params), cfg), NumpyStep(pol, Adam(pol.params), cfg, beta=1.0)):
+            with pytest.raises(KeyError, match=rf"batch is missing \['obs', 'returns'\]; objective='{objective}'"):
+                step.loss_and_grads({k: a for k, a in batch.items() if k not in ("obs", "returns")}, 0.2, 0.0)
 
 
 def test_bad_clip_eps_and_single_sample_normalisation_raise_like_numpy():
@@ -711,6 +776,29 @@ def test_unsupported_setups_fall_back():
     relu.params.update({k: swapped.params[f"actor.{k}"] for k in relu.params})
     swapped.actor = relu
     assert cpu_update.make(swapped, Adam(swapped.params), PPOConfig()) is None
+    # subclasses: the kernels compute what ActorCritic's, MLP's and Adam's own methods do, so a subclass
+    # (an AdamW's own step, a policy's own forward) would be bypassed: they run the numpy path
+    class MyAdam(Adam):
+        pass
+
+    class MyPolicy(ActorCritic):
+        pass
+
+    class MyMLP(MLP):
+        pass
+
+    assert cpu_update.make(pol, MyAdam(pol.params), PPOConfig()) is None
+    sub = MyPolicy(5, Discrete(3), (8,))
+    assert cpu_update.make(sub, Adam(sub.params), PPOConfig()) is None
+    plain = _policy(np.float32, True, (8,), "tanh", 1)
+    plain.critic.__class__ = MyMLP
+    assert cpu_update.make(plain, Adam(plain.params), PPOConfig()) is None
+    # read-only parameters (or moments): the kernel cannot write them (the numpy path names the array)
+    for which in ("actor.W0", "_m"):
+        ro = _policy(np.float32, True, (8,), "tanh", 1)
+        opt = Adam(ro.params)
+        (ro.params[which] if "." in which else getattr(opt, which)).flags.writeable = False
+        assert cpu_update.make(ro, opt, PPOConfig()) is None, which
 
 
 def _train_rows(cfg):

@@ -391,3 +391,16 @@ def test_global_norm_past_float64_range_is_inf_without_a_warning():
     big = np.full(1, 1.2e154)  # each sum of squares 1.44e308 is finite, their total is not
     with np.errstate(all="raise"):
         assert global_norm({"a": big, "b": big.copy()}) == float("inf")
+
+
+def test_a_read_only_parameter_is_refused_before_anything_changes():
+    """params[k] -= ... raised for a read-only array after t, both moments and the parameters before it
+    had moved: a half-made step. Now refused with the others' checks, naming the array."""
+    params = {"a": np.ones(3), "b": np.ones(2)}
+    adam = Adam(params)
+    params["b"].flags.writeable = False
+    grads = {"a": np.full(3, 0.5), "b": np.full(2, 0.5)}
+    with pytest.raises(ValueError, match=r"^params\['b'\] is read-only: Adam updates it in place$"):
+        adam.step(grads, 0.1)
+    assert adam.t == 0 and not adam._m.any() and not adam._v.any()
+    np.testing.assert_array_equal(params["a"], 1.0)

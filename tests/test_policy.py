@@ -265,6 +265,18 @@ def test_bad_constructor_arguments():
     for bad in (0.0, float("inf"), float("nan")):  # inf: numba's act would have sampled from it
         with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
             ActorCritic(3, Discrete(2), temperature=bad)
+    pol = ActorCritic(3, Discrete(2), temperature=2)
+    for bad in (0.0, -1.0, float("nan")):  # set later: refused too (the fused numba update took T = -1)
+        with pytest.raises(ValueError, match=f"^temperature must be a finite number > 0, got {bad}"):
+            pol.temperature = bad
+    with pytest.raises(TypeError, match="^temperature must be a finite number > 0, got 'x'"):
+        pol.temperature = "x"
+    assert pol.temperature == 2.0 and type(pol.temperature) is float
+    pol.temperature = 0.5
+    assert pol.temperature == 0.5 and pol.forward(np.zeros((1, 3), np.float32))[0].temperature == 0.5
+    for bad in (np.zeros((2, 3), complex), np.zeros((2, 3), "U2")):  # astype dropped the imaginary part
+        with pytest.raises(TypeError, match=f"^obs must be a real array .*, got dtype {bad.dtype}$"):
+            pol.evaluate(bad, np.zeros(2, np.int64))
     with pytest.raises(ValueError, match="Discrete n must be an integer"):
         Discrete(2.5)
     with pytest.raises(ValueError, match="activation='gelu'"):
