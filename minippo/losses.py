@@ -106,8 +106,9 @@ def pg_objective(logp: Array, adv: Array) -> tuple[float, Array, dict[str, float
     baseline; with the TD error ``A_t = r_t + gamma V(s_{t+1}) - V(s_t)`` it is the A2C actor loss.
     dL/dlogp_t = -A_t / B.
     """
-    b = _check(logp, adv=adv)
-    return _scalar(-(logp * adv).mean()), -adv / b, {}
+    b = _check(logp, adv=adv)  # (the loss in float64, as the ratio objectives' and the fused step's: in
+    # float32 logp * adv overflowed to an inf loss from |logp A| ~ 3.4e38)
+    return _scalar(-(logp.astype(np.float64) * adv.astype(np.float64)).mean()), -adv / b, {}
 
 
 # ---------------------------------------------------------------- 2. importance-sampled surrogate
@@ -208,14 +209,16 @@ def value_loss(
         raise ValueError("values_old is required when clip_eps is given (clipped value loss)")
     b = _check(values, "values", returns=returns, **({} if clip_eps is None else {"values_old": values_old}))
     err = values - returns
-    if clip_eps is None:
-        return _scalar(0.5 * (err * err).mean()), err / b, {}
+    if clip_eps is None:  # (squared in float64, as the fused step does: in float32 |err| > 1.8e19 gave inf)
+        e = err.astype(np.float64)
+        return _scalar(0.5 * (e * e).mean()), err / b, {}
     clip_eps = real("clip_eps", clip_eps, 0.0, low_open=True)
     delta = values - values_old
     v_clip = values_old + np.clip(delta, -clip_eps, clip_eps)
     err_c = v_clip - returns
     take_clipped = (err_c * err_c > err * err) & ~(np.abs(delta) < clip_eps)
-    loss = _scalar(0.5 * np.where(take_clipped, err_c * err_c, err * err).mean())
+    e = np.where(take_clipped, err_c, err).astype(np.float64)
+    loss = _scalar(0.5 * (e * e).mean())
     dv = np.where(take_clipped, 0.0, err) / b
     return loss, dv.astype(values.dtype), {"vclipfrac": _scalar(take_clipped.mean())}
 

@@ -5,9 +5,9 @@ Tolerances, and why:
 - float64: both paths use libm tanh/exp/log and differ only in summation order (BLAS vs the kernel's
   loops; stats accumulate in float64 in both): 1e-9 relative, 1e-12 absolute.
 - float32: the kernel's tanh is the rational approximation of kernels/cpu.py (<= 8 ulp), matmul
-  sums run in another order, and the value errors run in float64 where numpy stays in float32 (both
-  compute log-ratios and advantage normalisation in float64; numpy rounds the normalised advantages
-  back to float32, the kernel keeps them in float64). Each
+  sums run in another order (both compute log-ratios, advantage normalisation and the squares and
+  means of the losses in float64; numpy rounds the normalised advantages back to float32, the kernel
+  keeps them in float64). Each
   is a few float32 roundings (~1e-7 relative) of O(1) activations, accumulated over B <= 300
   samples: gradients within 2e-5 of max|g| (plus rtol 1e-4). Stats are means of per-sample terms of
   size up to ~10 (a Gaussian log-prob is a sum over action dims of terms ~1.4), each carrying
@@ -701,6 +701,24 @@ def test_batch_fields_of_a_wrong_type_are_refused_on_both_paths(discrete, key):
             got = fu.loss_and_grads({**batch, key: v.astype(np.int64)}, 0.2, 0.0)
             want = ref.loss_and_grads({**batch, key: v.astype(np.int64)}, 0.2, 0.0)
             assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("objective, clip_vloss", [("clip", False), ("clip", True), ("a2c", False)])
+def test_float32_losses_past_the_float32_range_are_finite_on_both_paths(objective, clip_vloss):
+    """Value errors of 2e19 (squares past float32's largest) and, for a2c, |logp A| near it: numpy
+    squared and multiplied in float32 (loss inf: the trainer stopped) where the fused step works in
+    float64 (loss ~1e38: it went on). Both take the float64 loss now."""
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    cfg = PPOConfig(objective=objective, clip_vloss=clip_vloss, normalize_advantages=False)
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    batch["returns"] = np.full(8, 2e19, np.float32)
+    if objective == "a2c":
+        batch["advantages"] = np.full(8, 3e38, np.float32)
+    got = cpu_update.make(pol, Adam(pol.params), cfg).loss_and_grads(batch, 0.2, 0.0)
+    with np.errstate(over="ignore"):  # (the value clip compares the squares in float32, as the kernel does)
+        want = NumpyStep(pol, Adam(pol.params), cfg, beta=1.0).loss_and_grads(batch, 0.2, 0.0)
+    for k in ("loss", "value_loss", "policy_loss"):
+        assert math.isfinite(want[k]) and got[k] == pytest.approx(want[k], rel=1e-5), k
 
 
 def test_missing_batch_keys_are_named_alike_on_both_paths():
