@@ -655,6 +655,11 @@ def test_kl_penalty_batches_without_good_dist_old_raise_naming_it(discrete):
              (ref, ValueError, r"^log_std must lie in \[-88, 88\] for float32")):
         with pytest.raises(err, match=msg):
             step.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
+    if not discrete:  # on the bound: taken by both
+        bad[3, 4] = -88.0
+        got, want = fu.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0), \
+            ref.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
+        assert math.isfinite(got["kl"]) and got["kl"] == pytest.approx(want["kl"], rel=1e-4)
     with pytest.raises(ValueError, match="beta"):
         cpu_update.make(pol, Adam(pol.params), cfg, beta=-1.0)
 
