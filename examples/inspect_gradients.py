@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 
 from minippo import backend  # noqa: E402
 from minippo.config import PPOConfig  # noqa: E402
-from minippo.gradcheck import numerical_grads, rel_error  # noqa: E402
+from minippo.gradcheck import grad_errors  # noqa: E402
 from minippo.policy import ActorCritic  # noqa: E402
 from minippo.ppo import loss_and_grads  # noqa: E402
 from minippo.spaces import Discrete  # noqa: E402
@@ -23,7 +23,7 @@ from minippo.spaces import Discrete  # noqa: E402
 
 def main() -> None:
     """Print the minibatch's loss terms, then per parameter array: shape, gradient norm, and the
-    relative error of the hand-written gradient against central differences."""
+    error of the hand-written gradient against central differences (relative; absolute below a floor)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.parse_args()
     try:  # MINIPPO_BACKEND read now: a bad value is one line here, not a traceback from inside training
@@ -50,16 +50,17 @@ def main() -> None:
     def loss() -> float:
         return loss_and_grads(policy, batch, config)[0]["loss"]
 
-    # (f(p + h) - f(p - h)) / 2h for every coordinate of every parameter array: the oracle.
-    numeric = numerical_grads(loss, policy.params)
-    # Relative error, compared absolutely below a floor of 1e-3 * max(1, |loss|) (gradients ~0 carry
-    # only the differences' rounding noise): as minippo.gradcheck.check_grads does.
+    # The oracle: (f(p + h) - f(p - h)) / (the step taken) for every coordinate of every parameter
+    # array. The error is ||grad - numeric|| / max(||grad||, ||numeric||, floor), floor = 1e-3 *
+    # max(1, |loss|): relative, but absolute for an array whose gradient is ~0 (there the differences
+    # carry only their rounding noise). minippo.gradcheck.check_grads takes the largest of these.
+    errors = grad_errors(loss, policy.params, grads)
     floor = 1e-3 * max(1.0, abs(loss()))
-    errors = {k: rel_error(grads[k], numeric[k], floor) for k in grads}
+    print(f"error = ||grad - numeric|| / max(||grad||, ||numeric||, {floor:.1e}); * marks arrays under that floor")
     for name, g in grads.items():
-        print(f"{name:10s} shape {str(g.shape):10s} |grad| = {np.linalg.norm(g):.3e}  "
-              f"relative error {errors[name]:.1e}")
-    print(f"largest relative error vs finite differences: {max(errors.values()):.2e}")
+        mark = "*" if np.linalg.norm(g) < floor else " "
+        print(f"{name:10s} shape {str(g.shape):10s} |grad| = {np.linalg.norm(g):.3e}{mark} error {errors[name]:.1e}")
+    print(f"largest error vs finite differences: {max(errors.values()):.2e}")
 
 
 if __name__ == "__main__":

@@ -25,29 +25,36 @@ Array = Any
 def numerical_grads(
     f: Callable[[], float], params: dict[str, np.ndarray], h: float = 1e-6
 ) -> dict[str, np.ndarray]:
-    """dF/dparams by central differences (f(p + h) - f(p - h)) / 2h, one coordinate at a time.
+    """dF/dparams by central differences (f(p + h) - f(p - h)) / (step taken), one coordinate at a time.
 
     ``f`` takes no argument and reads ``params`` (perturbed in place and restored exactly, also
-    when ``f`` raises). Each array must be float64 (TypeError otherwise): the truncation error is
-    O(h^2) and the rounding error O(eps/h). Returns a dict of arrays shaped like ``params``.
+    when ``f`` raises). Each array must be float64 and writable (checked for all of them before
+    ``f`` is first called): the truncation error is O(h^2) and the rounding error O(eps/h). The
+    difference is divided by the step actually taken, (p + h) - (p - h) as stored, which is not 2h
+    once |p| >> h (at |p| ~ 1e5 dividing by 2h was off by ~1e-5). Returns a dict of arrays shaped
+    like ``params``.
     """
     h = real("h", h, 0.0, low_open=True)
     _callable_and_dict(f, params)
-    out: dict[str, np.ndarray] = {}
     for k, p in params.items():
         if p.dtype != np.float64:
             raise TypeError(f"params[{k!r}] is {p.dtype}; finite differences need float64")
+        if not p.flags.writeable:
+            raise ValueError(f"params[{k!r}] is read-only; finite differences perturb it in place")
+    out: dict[str, np.ndarray] = {}
+    for k, p in params.items():
         g = np.zeros_like(p)
         for i in np.ndindex(p.shape):  # works for non-contiguous arrays too
             old = p[i]
+            up, down = old + h, old - h
             try:
-                p[i] = old + h
+                p[i] = up
                 fp = _value(f)
-                p[i] = old - h
+                p[i] = down
                 fm = _value(f)
             finally:
                 p[i] = old
-            g[i] = (fp - fm) / (2.0 * h)
+            g[i] = (fp - fm) / (up - down)
         out[k] = g
     return out
 
@@ -103,8 +110,14 @@ def rel_error(a: Array, b: Array, floor: float = 1e-3) -> float:
     for name, x in (("a", a), ("b", b)):  # a NaN made the error NaN, and then 0.0: a pass
         if not np.isfinite(x).all():
             raise FloatingPointError(f"{name} contains NaN or inf: no error can be measured")
-    denom = max(float(np.linalg.norm(a)), float(np.linalg.norm(b)), floor)
-    return float(np.linalg.norm(a - b)) / denom if denom > 0 else 0.0  # (floor 0 and both zero: equal)
+    # in units of the largest entry: the norms of entries past ~1e154 overflowed to inf, inf / inf
+    # was NaN, and check_grads' max() kept a finite error over it (a wrong gradient passed)
+    scale = max(float(np.abs(a).max(initial=0.0)), float(np.abs(b).max(initial=0.0)))
+    if scale == 0.0:
+        return 0.0  # both zero: equal
+    a, b = a / scale, b / scale
+    denom = max(float(np.linalg.norm(a)), float(np.linalg.norm(b)), floor / scale)
+    return float(np.linalg.norm(a - b)) / denom
 
 
 def check_grads(
@@ -115,9 +128,22 @@ def check_grads(
     floor: float = 1e-3,
 ) -> float:
     """Largest (over parameter arrays) relative error between analytic ``grads`` and central
-    differences of ``f`` (see :func:`rel_error`). Keys must match exactly and ``grads[k]`` has
-    ``params[k]``'s shape; ``params`` must be float64 host arrays (see :func:`numerical_grads`),
-    ``grads`` may be any float dtype, on the host or the device (copied to the host).
+    differences of ``f``: the largest value of :func:`grad_errors` (which tells which array it is)."""
+    return max(grad_errors(f, params, grads, h, floor).values())
+
+
+def grad_errors(
+    f: Callable[[], float],
+    params: dict[str, np.ndarray],
+    grads: dict[str, Array],
+    h: float = 1e-6,
+    floor: float = 1e-3,
+) -> dict[str, float]:
+    """Per parameter array (keyed like ``params``), the relative error between analytic ``grads``
+    and central differences of ``f`` (see :func:`rel_error`). Keys must match exactly (and not be
+    empty) and ``grads[k]`` has ``params[k]``'s shape; ``params`` must be float64 host arrays (see
+    :func:`numerical_grads`), ``grads`` may be any float dtype, on the host or the device (copied
+    to the host).
 
     The floor is scaled by max(1, |f|): the rounding noise of a central difference is
     proportional to |f| (eps_mach * |f| / h), so a loss of 100 carries 100x the noise of a loss
@@ -128,6 +154,8 @@ def check_grads(
         raise TypeError(f"grads must be a dict of arrays keyed like params, got {type(grads).__name__}")
     if params.keys() != grads.keys():
         raise KeyError(f"grads keys differ from params: {sorted(set(params) ^ set(grads))}")
+    if not params:
+        raise ValueError("params is empty: there is no gradient to check")
     floor = real("floor", floor, 0.0, low_open=True)
     grads = {k: asnumpy(g) for k, g in grads.items()}
     for k in params:  # checked before the differences are taken (one f call per entry, twice)
@@ -140,4 +168,4 @@ def check_grads(
             raise FloatingPointError(f"grads[{k!r}] contains NaN or inf")
     scaled_floor = floor * max(1.0, abs(_value(f)))
     num = numerical_grads(f, params, h)
-    return max(rel_error(grads[k], num[k], scaled_floor) for k in params)
+    return {k: rel_error(grads[k], num[k], scaled_floor) for k in params}

@@ -24,11 +24,14 @@ def test_inspect_gradients_example():
     lines = out.strip().splitlines()
     err = float(lines[-1].split(":")[-1])
     assert err < 1e-6
-    rows = [line for line in lines if "relative error" in line and "|grad|" in line]
+    rows = [line for line in lines if " error " in line and "|grad|" in line]
     names = {row.split()[0] for row in rows}  # every parameter array of both networks, each checked
     assert names == {f"{net}.{p}{i}" for net in ("actor", "critic") for p in "Wb" for i in range(3)}
     errors = [float(row.split()[-1]) for row in rows]
     assert max(errors) == pytest.approx(err, rel=0.05) and len(set(errors)) > 1  # each its own
+    floor = float(lines[1].split("||numeric||, ")[1].split(")")[0])  # the floor the header names
+    for row in rows:  # arrays under it are marked: their error is absolute, against the floor
+        assert ("*" in row) == (float(row.split("|grad| = ")[1].split()[0].rstrip("*")) < floor), row
 
 
 def test_train_cartpole_example(tmp_path):

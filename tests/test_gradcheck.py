@@ -139,3 +139,51 @@ def test_params_are_restored_when_f_raises():
     with pytest.raises(RuntimeError, match="env crashed"):
         numerical_grads(f, {"w": w})
     np.testing.assert_array_equal(w, [1.0, 2.0])  # bit-exact: the perturbed entry was put back
+
+
+def test_the_difference_is_divided_by_the_step_taken_far_from_zero():
+    """At |x| ~ 1e5 the stored x + h and x - h are 2h apart only to ~1e-6 relative (x's ulp is ~1.5e-11):
+    dividing by 2h put the exact gradient of sum(sin(x)) 7e-6 off, past the 1e-6 the tests demand."""
+    x = np.array([1e5 + 0.3, -2e5 + 1.1, 7e4 - 0.2])
+    params = {"x": x.copy()}
+    err = check_grads(lambda: float(np.sin(params["x"]).sum()), params, {"x": np.cos(x)})
+    assert err < TOL
+
+
+def test_huge_gradients_are_still_compared():
+    """Entries past ~1e154 overflowed np.linalg.norm: inf / inf gave a NaN error, and check_grads' max()
+    kept a finite error over it, so a gradient off by 2x passed. Now measured in units of the largest."""
+    assert rel_error(np.array([1e160]), np.array([3e160])) == pytest.approx(2 / 3)
+    assert rel_error(np.array([1e300, -1e300]), np.array([1e300, -1e300])) == 0.0
+    params = {"a": np.array([1.0]), "b": np.array([2.0])}
+
+    def f():
+        return float(params["a"][0] + 1e160 * params["b"][0])
+
+    assert check_grads(f, params, {"a": np.array([1.0]), "b": np.array([3e160])}, floor=1e-3) > 0.5
+
+
+def test_grad_errors_names_the_wrong_array_and_checks_come_before_any_call():
+    from minippo.gradcheck import grad_errors
+
+    params = {"w": np.array([1.0, 2.0]), "v": np.array([0.5])}
+    calls = []
+
+    def f():
+        calls.append(1)
+        return float((params["w"] ** 2).sum() + 3.0 * params["v"][0])
+
+    errs = grad_errors(f, params, {"w": 2.0 * params["w"], "v": np.array([30.0])})
+    assert errs["w"] < TOL and errs["v"] > 0.5 and check_grads(f, params, {"w": 2.0 * params["w"],
+                                                                          "v": np.array([30.0])}) == errs["v"]
+    with pytest.raises(ValueError, match="^params is empty"):
+        grad_errors(f, {}, {})
+    calls.clear()
+    ro = {"w": params["w"].copy(), "v": params["v"].copy()}
+    ro["v"].flags.writeable = False  # the last array: found before w's differences are taken
+    with pytest.raises(ValueError, match=r"^params\['v'\] is read-only"):
+        numerical_grads(f, ro)
+    mixed = {"w": params["w"].copy(), "v": params["v"].astype(np.float32)}
+    with pytest.raises(TypeError, match=r"^params\['v'\] is float32"):
+        numerical_grads(f, mixed)
+    assert not calls
