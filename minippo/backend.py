@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from types import ModuleType
@@ -208,20 +209,26 @@ def resolve(value: str | None = None) -> tuple[str, ModuleType]:
         return "numba", np
     if choice == "cupy":
         return "cupy", _cupy_module()
-    # auto: try the fastest first, say what was picked and why the others were not.
+    # auto: try the fastest first, say what was picked and why each faster one was not.
     try:
         cp = _cupy_module()
         log.info("%s=auto picked cupy", ENV_VAR)
         return "cupy", cp
     except (ImportError, RuntimeError) as e:
-        reason = str(e)
+        why_not = [f"not cupy: {_why(e)}"]
     try:
         _use_numba()
-        log.info("%s=auto picked numba (cupy unavailable: %s)", ENV_VAR, reason)
+        log.info("%s=auto picked numba (%s)", ENV_VAR, why_not[0])
         return "numba", np
     except (ImportError, RuntimeError) as e:
-        log.info("%s=auto picked numpy (cupy unavailable; numba: %s)", ENV_VAR, e)
+        why_not.append(f"not numba: {_why(e)}")
+        log.info("%s=auto picked numpy (%s)", ENV_VAR, "; ".join(why_not))
         return "numpy", np
+
+
+def _why(e: Exception) -> str:
+    """A backend's refusal without its opening "MINIPPO_BACKEND=x but" (the user asked for auto)."""
+    return re.sub(rf"^{ENV_VAR}=\w+(:| but)? ", "", str(e))
 
 
 COMPILING_MESSAGE = ("numba is compiling its kernels, once per machine, net shape and dtype (CartPole's preset: "
