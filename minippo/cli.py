@@ -171,10 +171,19 @@ def _compile_seconds() -> float:
     return backend.numba_compile_seconds()
 
 
+def _zero_width(stream: Any) -> bool:
+    """True for a terminal that reports 0 columns (a pseudo-terminal never sized, as ``script`` or a CI
+    runner makes): tqdm's bar, sized to it, drew nothing there. Unknown (no fileno): False."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns == 0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class _Progress:
     """tqdm bar on a terminal (a plain text bar if tqdm is missing, older than 4.16 (no
-    ``set_postfix_str``) or fails to start, as tqdm 4.16-4.20 do on Python 3.12+); one line per
-    iteration otherwise."""
+    ``set_postfix_str``) or fails to start, as tqdm 4.16-4.20 do on Python 3.12+, or the terminal
+    reports no width); one line per iteration otherwise."""
 
     active: _Progress | None = None  # the bar on the terminal now: log lines go through its write()
 
@@ -187,7 +196,7 @@ class _Progress:
             return
         _Progress.active = self
         tqdm = _usable_tqdm()
-        if tqdm is not None:
+        if tqdm is not None and not _zero_width(sys.stderr):
             try:
                 # the postfix's steps/s is the bar's one rate: tqdm's own, shown at the end, is steps
                 # over wall time, numba's one-off compiles included (_leave_out_compiles)

@@ -570,6 +570,20 @@ def test_progress_skips_tqdm_before_4_21_on_python_3_12(monkeypatch, version, py
     assert ("#" * 30 in text) is not bar
 
 
+@pytest.mark.parametrize("columns, bar", [(0, False), (80, True)])
+def test_progress_takes_the_plain_bar_on_a_terminal_of_no_width(monkeypatch, columns, bar):
+    """A pseudo-terminal never sized (``script``, some CI runners) reports 0 columns, and tqdm's bar,
+    sized to it, drew nothing at all: the plain bar there. A terminal with a width keeps tqdm."""
+    import types
+
+    made = []
+    monkeypatch.setattr(_FakeTqdm, "made", made)
+    monkeypatch.setattr(_Tty, "fileno", lambda self: 2, raising=False)
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((columns, 24)))
+    text = _progress_text(monkeypatch, tqdm_module=types.SimpleNamespace(tqdm=_FakeTqdm, __version__="9.9"))
+    assert len(made) == int(bar) and ("#" * 30 in text) is not bar
+
+
 def test_progress_falls_back_when_tqdm_fails_to_start(monkeypatch):
     import types
 
