@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 
 from minippo import PPO, backend, load_policy  # noqa: E402
 from minippo.checkpoint import check_save_path, evaluate_policy  # noqa: E402
+from minippo.cli import int_arg  # noqa: E402
 from minippo.config import MAX_TIMESTEPS, PPOConfig  # noqa: E402
 from minippo.spaces import Box, Discrete  # noqa: E402
 
@@ -97,21 +98,8 @@ class OneReach:
         obs, r, term, trunc, info = self.env.step(np.array([action]))
         return (info["final_obs"] if final else obs)[0], float(r[0]), bool(term[0]), bool(trunc[0]), {}
 
-
-def positive(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {n}")
-    return n
-
-
-def timesteps(text: str) -> int:
-    """argparse type: an integer from 1 to 2**62 (minippo counts steps in int64)."""
-    n = positive(text)
-    if n > MAX_TIMESTEPS:
-        raise argparse.ArgumentTypeError(f"must be <= 2**62 (minippo counts steps in int64), got {n}")
-    return n
+# argparse types: an integer from 1 to 2**62
+timesteps = int_arg(1, MAX_TIMESTEPS, "2**62 (minippo counts steps in int64)")
 
 
 def main() -> None:

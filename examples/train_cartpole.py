@@ -14,32 +14,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # b
 
 from minippo import PPO, backend, load_policy  # noqa: E402
 from minippo.checkpoint import check_save_path  # noqa: E402
+from minippo.cli import int_arg  # noqa: E402
 from minippo.config import MAX_TIMESTEPS, preset  # noqa: E402
 from minippo.envs import check_env_id  # noqa: E402
 
-
-def positive(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {n}")
-    return n
-
-
-def timesteps(text: str) -> int:
-    """argparse type: an integer from 1 to 2**62 (minippo counts steps in int64)."""
-    n = positive(text)
-    if n > MAX_TIMESTEPS:
-        raise argparse.ArgumentTypeError(f"must be <= 2**62 (minippo counts steps in int64), got {n}")
-    return n
-
-
-def natural(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {n}")
-    return n
+# argparse types: an integer from 1 to 2**62, and one >= 0
+timesteps = int_arg(1, MAX_TIMESTEPS, "2**62 (minippo counts steps in int64)")
+natural = int_arg(0)
 
 
 def main() -> None:

@@ -43,6 +43,27 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def int_arg(low: int, high: int | None = None, high_text: str | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` for scripts (the examples use it): the text as an integer in [low, high]
+    (no upper bound when ``high`` is None), else an ArgumentTypeError naming the allowed values, which
+    argparse prints after the option's name ("argument --seeds: must be an integer >= 1, got 'two'").
+    ``high_text`` writes the bound and why, e.g. "2**62 (minippo counts steps in int64)"."""
+    allowed = f"an integer >= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {n}")
+        if high is not None and n > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high_text or high}, got {n}")
+        return n
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``minippo`` argument parser (its errors raise :class:`UsageError`)."""
     from minippo import __version__

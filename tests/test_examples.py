@@ -73,8 +73,12 @@ def test_ladder_example(monkeypatch, capsys):
     names = ["reinforce", "a2c", "surrogate", "kl_penalty", "clip"]
     assert [(o, s) for o, s, _ in trained] == [(n, s) for n in names for s in (0, 1)]
     assert all(steps >= 512 for _, _, steps in trained), trained
-    scores = dict(line.split()[:2] for line in capsys.readouterr().out.strip().splitlines()[1:])
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    scores = dict(line.split()[:2] for line in rows)
     assert list(scores) == names and all(np.isfinite(float(v)) for v in scores.values())
+    for row in rows:  # the mean and each seed's score (they vary by 100+ between seeds)
+        each = [float(x) for x in row.split("per seed ")[1].split("(")[0].split()]
+        assert len(each) == 2 and float(row.split()[1]) == pytest.approx(np.mean(each), abs=0.06), row
 
 
 def test_ladder_prints_the_steps_each_rung_trained(monkeypatch, capsys):
@@ -131,6 +135,10 @@ def test_examples_take_timesteps_up_to_minippos_limit(name):
     ("own_env.py", ["--out", "."], "--out '.': cannot save the model there: path '.' is a folder: give a file"),
     ("inspect_gradients.py", ["--bogus"], "unrecognized arguments: --bogus"),
     ("train_cartpole.py", ["--seed", "-1"], "argument --seed: must be an integer >= 0, got -1"),
+    # not an integer at all: the allowed values too (argparse said "invalid positive value: 'two'")
+    ("ladder.py", ["--seeds", "two"], "argument --seeds: must be an integer >= 1, got 'two'"),
+    ("train_cartpole.py", ["--seed", "abc"], "argument --seed: must be an integer >= 0, got 'abc'"),
+    ("own_env.py", ["--timesteps", "1e5"], "argument --timesteps: must be an integer >= 1, got '1e5'"),
     ("own_env.py", ["--out", "sub/"],
      "--out 'sub/': cannot save the model there: path 'sub/' is a folder: give a file path to write"),
 ])

@@ -274,7 +274,8 @@ def test_the_defaults_and_preset_settings_the_readme_gives_are_the_configs():
 
 def test_the_ladders_step_counts_follow_from_the_example():
     """"REINFORCE and A2C make one pass over each batch, every sample in one gradient step of 256: 200
-    and 196 steps; the others 20 epochs", at `--timesteps 50000`; REINFORCE's 256-step rollouts."""
+    and 196 steps, at a constant learning rate; the others 20 epochs, with the preset's learning rate
+    decayed linearly to 0", at `--timesteps 50000`; REINFORCE's 256-step rollouts."""
     from minippo.config import preset
 
     spec = importlib.util.spec_from_file_location("readme_ladder", ROOT / "examples" / "ladder.py")
@@ -282,17 +283,18 @@ def test_the_ladders_step_counts_follow_from_the_example():
     spec.loader.exec_module(ladder)
     m = re.search(r"python examples/ladder.py --timesteps (\d+) --seeds \d+` trains every rung on CartPole-v1 with "
                   r"the same budget \(REINFORCE and A2C make one pass over each batch, every sample in one gradient "
-                  r"step of (\d+): (\d+) and (\d+) steps; the others (\d+) epochs\)", FLAT)
+                  r"step of (\d+): (\d+) and (\d+) steps, at a constant learning rate; the others (\d+) epochs, "
+                  r"with the preset's learning rate decayed linearly to 0\)", FLAT)
     budget, batch, steps_reinforce, steps_a2c, epochs = map(int, m.groups())
     steps = {}
     for rung, overrides in ladder.RUNGS.items():
         cfg = preset("CartPole-v1", total_timesteps=budget, **overrides)
         rollout = cfg.n_envs * cfg.n_steps
         if rung in ("reinforce", "a2c"):
-            assert cfg.n_epochs == 1 and cfg.batch_size == batch
+            assert cfg.n_epochs == 1 and cfg.batch_size == batch and cfg.lr_schedule == "constant"
             steps[rung] = math.ceil(budget / rollout) * rollout // cfg.batch_size  # learn() runs whole rollouts
         else:
-            assert cfg.n_epochs == epochs
+            assert cfg.n_epochs == epochs and cfg.lr_schedule == "linear" and cfg.lr_end == 0.0
     assert (steps["reinforce"], steps["a2c"]) == (steps_reinforce, steps_a2c)
     n_steps = int(re.search(r"the ladder gives it (\d+)-step rollouts", FLAT).group(1))
     assert ladder.RUNGS["reinforce"]["n_steps"] == n_steps
