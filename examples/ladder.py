@@ -18,8 +18,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # b
 import numpy as np  # noqa: E402
 
 from minippo import PPO, backend  # noqa: E402
-from minippo.cli import int_arg  # noqa: E402
-from minippo.config import MAX_TIMESTEPS, preset  # noqa: E402
+from minippo.cli import int_arg, timesteps_arg  # noqa: E402
+from minippo.config import preset  # noqa: E402
 from minippo.envs import check_env_id  # noqa: E402
 
 RUNGS: dict[str, dict] = {  # rung -> PPOConfig fields over the CartPole-v1 preset
@@ -40,16 +40,15 @@ RUNGS: dict[str, dict] = {  # rung -> PPOConfig fields over the CartPole-v1 pres
 }
 
 
-# argparse types: an integer >= 1, and one from 1 to 2**62
+# argparse type: an integer >= 1 (and --timesteps: minippo.cli.timesteps_arg)
 positive = int_arg(1)
-timesteps = int_arg(1, MAX_TIMESTEPS, "2**62 (minippo counts steps in int64)")
 
 
 def main() -> None:
     """Train each rung on seeds 0 .. --seeds - 1 and print its mean deterministic return (and each
     seed's, when there are several)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--timesteps", type=timesteps, default=50_000,
+    ap.add_argument("--timesteps", type=timesteps_arg, default=50_000,
                     help="env steps per run, a budget: each run trains whole rollouts (default 50000)")
     ap.add_argument("--seeds", type=positive, default=1, help="runs per rung, seeds 0, 1, ... (default 1)")
     args = ap.parse_args()

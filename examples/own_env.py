@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 
 from minippo import PPO, backend, load_policy  # noqa: E402
 from minippo.checkpoint import check_save_path, evaluate_policy  # noqa: E402
-from minippo.cli import int_arg  # noqa: E402
-from minippo.config import MAX_TIMESTEPS, PPOConfig  # noqa: E402
+from minippo.cli import timesteps_arg  # noqa: E402
+from minippo.config import PPOConfig  # noqa: E402
 from minippo.spaces import Box, Discrete  # noqa: E402
 
 STEPS = 20  # steps per episode (a time limit: truncation)
@@ -98,14 +98,12 @@ class OneReach:
         obs, r, term, trunc, info = self.env.step(np.array([action]))
         return (info["final_obs"] if final else obs)[0], float(r[0]), bool(term[0]), bool(trunc[0]), {}
 
-# argparse types: an integer from 1 to 2**62
-timesteps = int_arg(1, MAX_TIMESTEPS, "2**62 (minippo counts steps in int64)")
 
 
 def main() -> None:
     """Train on Reach, save to --out, reload with numpy alone, evaluate before and after."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--timesteps", type=timesteps, default=20_000, help="env steps to train (default 20000)")
+    ap.add_argument("--timesteps", type=timesteps_arg, default=20_000, help="env steps to train (default 20000)")
     ap.add_argument("--out", default="reach.npz", help="model file to write (default reach.npz)")
     args = ap.parse_args()
     try:  # MINIPPO_BACKEND read now: a bad value is one line here, not a traceback from inside training

@@ -14,19 +14,17 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # b
 
 from minippo import PPO, backend, load_policy  # noqa: E402
 from minippo.checkpoint import check_save_path  # noqa: E402
-from minippo.cli import int_arg  # noqa: E402
-from minippo.config import MAX_TIMESTEPS, preset  # noqa: E402
+from minippo.cli import int_arg, timesteps_arg  # noqa: E402
+from minippo.config import preset  # noqa: E402
 from minippo.envs import check_env_id  # noqa: E402
 
-# argparse types: an integer from 1 to 2**62, and one >= 0
-timesteps = int_arg(1, MAX_TIMESTEPS, "2**62 (minippo counts steps in int64)")
-natural = int_arg(0)
+natural = int_arg(0)  # argparse type: an integer >= 0 (and --timesteps: minippo.cli.timesteps_arg)
 
 
 def main() -> None:
     """Train, print progress every 50 updates, evaluate, save to --out, reload it and act once."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--timesteps", type=timesteps, default=100_000, help="env steps to train (default 100000)")
+    ap.add_argument("--timesteps", type=timesteps_arg, default=100_000, help="env steps to train (default 100000)")
     ap.add_argument("--seed", type=natural, default=0, help="seed of the run, an integer >= 0 (default 0)")
     ap.add_argument("--out", default="cartpole.npz", help="model file to write (default cartpole.npz)")
     args = ap.parse_args()

@@ -41,8 +41,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from minippo.nn import MLP
-from minippo.policy import LOG_STD_MAX, LOG_STD_MIN, ActorCritic
+from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
 
 from .cpu import (
     _F32,
@@ -231,9 +230,6 @@ class _State:
     def __init__(self, policy: Any, p: tuple) -> None:
         self.p, self.nets, self.ok, self.entry = p, _nets_key(policy), False, None
         self.pdict, self.pversion = policy.params, getattr(policy.params, "version", None)
-        # (the kernel computes what these classes' own methods do: a subclass's overrides would be bypassed)
-        if type(policy) is not ActorCritic or policy.activation not in ("tanh", "relu"):
-            return
         dicts, versions = self.nets[0:6:2], self.nets[1:6:2]
         if any(d is not None and version is None for d, version in zip(dicts, versions, strict=True)):
             return  # an MLP's params is a plain dict: its rebinding cannot be seen
@@ -243,33 +239,12 @@ class _State:
         dt = _F32 if dt == _F32 else _F64
         if not all(type(a) is np.ndarray and a.dtype is dt and a.flags.c_contiguous for a in p):
             return
-        params = policy.params
-        nets = policy.expected_networks()
-        weights: list[tuple] = []
-        for prefix, net, n_in, n_out, activated in nets:
-            sizes = net.sizes
-            if type(net) is not MLP or sizes[0] != n_in or sizes[-1] != n_out \
-                    or bool(net.activate_output) is not activated \
-                    or net.activation != policy.activation:  # (the kernel applies the policy's to every network)
-                return
-            Ws = tuple(net.params.get(f"W{i}") for i in range(net.n_layers))
-            bs = tuple(net.params.get(f"b{i}") for i in range(net.n_layers))
-            if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):
-                return  # the policy's dict and the MLP's disagree (a rebinding in one of them)
-            # boundscheck is off in the kernels: shapes are checked here, so they cannot read out of bounds
-            if any(W is None or W.shape != (sizes[i], sizes[i + 1]) for i, W in enumerate(Ws)):
-                return
-            if any(b is None or b.shape != (sizes[i + 1],) for i, b in enumerate(bs)):
-                return
-            weights += [Ws, bs]
-        n_keys = 2 * sum(net.n_layers for _, net, *_ in nets) + (0 if policy.discrete else 1)
-        if len(params) != n_keys:
+        layers = policy.fused_layers()  # (the layout the kernel reads without bounds checks)
+        if layers is None:
             return
         if not policy.discrete:
-            self.log_std = params.get("log_std")
-            if self.log_std is None or self.log_std.shape != (policy.act_dim,):
-                return
-        self.weights = tuple(weights)
+            self.log_std = policy.params["log_std"]
+        self.weights = tuple(arrays for Ws_bs in layers for arrays in Ws_bs)
         self.dt, self.n, self.discrete = dt, policy.act_dim, bool(policy.discrete)
         self.act = ACT_RELU if policy.activation == "relu" else (ACT_TANH_F32 if dt is _F32 else ACT_TANH)
         kernels = (_act_categorical, _act_gaussian) if policy.trunk is None else (_act_categorical_shared,

@@ -36,8 +36,7 @@ import numpy as np
 
 from minippo._checks import finite
 from minippo.distributions import Categorical, DiagGaussian
-from minippo.nn import MLP
-from minippo.policy import LOG_STD_MAX, LOG_STD_MIN, ActorCritic
+from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
 
 from . import gpu
 
@@ -57,35 +56,20 @@ class _State:
     def __init__(self, policy: Any, key: tuple) -> None:
         self.key, self.ok, self.actor_layers = key, False, None
         cp = gpu._cupy()
-        # (the kernel computes what these classes' own methods do: a subclass's overrides would be bypassed)
-        if type(policy) is not ActorCritic or policy.activation not in ("tanh", "relu"):
-            return
         params = policy.params
         dt = np.dtype(policy.dtype)
         if dt not in gpu.ACT_NAMES or not all(type(a) is cp.ndarray and a.dtype == dt for a in params.values()):
             return
-        specs = policy.expected_networks()
-        nets = []
-        for prefix, net, n_in, n_out, activated in specs:
-            if type(net) is not MLP or bool(net.activate_output) is not activated or net.sizes[0] != n_in \
-                    or net.sizes[-1] != n_out or net.activation != policy.activation:
-                return
-            if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):
-                return  # the policy's dict and the MLP's disagree (a rebinding in one of them)
-            layers = [(net.params.get(f"W{i}"), net.params.get(f"b{i}")) for i in range(net.n_layers)]
-            if any(a is None for layer in layers for a in layer):
-                return
-            nets.append(layers)
+        layers = policy.fused_layers()
+        if layers is None:
+            return
+        nets = [list(zip(Ws, bs, strict=True)) for Ws, bs in layers]
         if policy.trunk is not None:
             # Each head's network is the trunk's layers then the head: the kernel activates every layer
             # but a network's last, as the trunk (its output activated) and the linear heads need. The
             # trunk is computed twice, by two blocks at once: the same sums, so the same features.
             nets = [nets[0] + nets[1], nets[0] + nets[2]]
-        n_keys = 2 * sum(net.n_layers for _, net, *_ in specs) + (0 if policy.discrete else 1)
-        self.log_std = None if policy.discrete else params.get("log_std")
-        if len(params) != n_keys or (not policy.discrete and getattr(self.log_std, "shape", None)
-                                     != (policy.act_dim,)):
-            return
+        self.log_std = None if policy.discrete else params["log_std"]
         if self.log_std is not None and not self.log_std.flags.c_contiguous:
             return
         try:

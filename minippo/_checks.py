@@ -107,6 +107,13 @@ def array(name: str, value: Any) -> None:
                         f"got {type(value).__name__}")
 
 
+def writable(name: str, a: Any, why: str) -> None:
+    """ValueError ``"{name} is read-only: {why}"`` when ``a`` is a read-only numpy array, before anything
+    is written (numpy's own error came after part of the work was done). Cupy arrays have no such flag."""
+    if not getattr(getattr(a, "flags", None), "writeable", True):
+        raise ValueError(f"{name} is read-only: {why}")
+
+
 def on_host(why: str, **arrays: Any) -> None:
     """TypeError naming the first of ``arrays`` (name=array) that is a device (cupy) array, for the
     functions that work on the host only; ``why`` says why and what to do instead."""

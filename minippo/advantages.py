@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from minippo import backend
-from minippo._checks import array, is_real, real
+from minippo._checks import array, is_real, real, writable
 
 Array = Any
 ESTIMATORS = ("gae", "mc", "td")
@@ -66,8 +66,7 @@ def _check_out(out: Any) -> None:
     array("out[0]", out[0])
     array("out[1]", out[1])
     for i, what in enumerate(("advantages", "returns")):
-        if not getattr(getattr(out[i], "flags", None), "writeable", True):  # cupy arrays have no such flag
-            raise ValueError(f"out[{i}] must be writeable (it receives the {what}), got a read-only array")
+        writable(f"out[{i}]", out[i], f"it receives the {what}")
     xp = backend.array_module(out[0])  # (bounds first: CuPy's exact test is a kernel, a sort and a search)
     if backend.array_module(out[1]) is xp and xp.may_share_memory(*out) and xp.shares_memory(*out):
         raise ValueError("out[0] and out[1] share memory: the advantages and the returns need separate arrays")

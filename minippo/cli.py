@@ -64,6 +64,14 @@ def int_arg(low: int, high: int | None = None, high_text: str | None = None) -> 
     return parse
 
 
+def timesteps_arg(text: str) -> int:
+    """An argparse ``type`` for a step budget (the examples' ``--timesteps``): an integer from 1 to
+    2**62, ``config.MAX_TIMESTEPS`` (imported when parsing: numpy loads after :func:`pin_blas_threads`)."""
+    from minippo.config import MAX_TIMESTEPS
+
+    return int_arg(1, MAX_TIMESTEPS, "2**62 (minippo counts steps in int64)")(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``minippo`` argument parser (its errors raise :class:`UsageError`)."""
     from minippo import __version__

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import on_host, real
+from minippo._checks import on_host, real, writable
 from minippo.backend import asnumpy
 
 Array = Any
@@ -39,8 +39,7 @@ def numerical_grads(
     for k, p in params.items():
         if p.dtype != np.float64:
             raise TypeError(f"params[{k!r}] is {p.dtype}; finite differences need float64")
-        if not p.flags.writeable:
-            raise ValueError(f"params[{k!r}] is read-only; finite differences perturb it in place")
+        writable(f"params[{k!r}]", p, "finite differences perturb it in place")
     out: dict[str, np.ndarray] = {}
     for k, p in params.items():
         g = np.zeros_like(p)

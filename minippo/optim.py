@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import array, integer, is_real, real
+from minippo._checks import array, integer, is_real, real, writable
 from minippo.backend import array_module, asnumpy
 
 Array = Any
@@ -51,8 +51,7 @@ class Adam:
             if p.dtype != first.dtype:
                 raise TypeError(f"params[{k!r}] is {p.dtype}, the first parameter {first.dtype}: "
                                 "Adam's moments need one dtype for all")
-            if not getattr(getattr(p, "flags", None), "writeable", True):  # (a step would fail half-way)
-                raise ValueError(f"params[{k!r}] is read-only: Adam updates every parameter in place")
+            writable(f"params[{k!r}]", p, "Adam updates every parameter in place")  # (or fails half-way)
         self.params = params
         self.lr = lr
         self.betas = betas
@@ -116,8 +115,7 @@ class Adam:
             if getattr(self.params[k], "shape", None) != shape:  # (the moments are laid out by them)
                 raise ValueError(f"params[{k!r}] has shape {tuple(getattr(self.params[k], 'shape', ()))}, but this "
                                  f"Adam was made for {shape}")
-            if not getattr(self.params[k].flags, "writeable", True):  # (cupy arrays have no such flag)
-                raise ValueError(f"params[{k!r}] is read-only: Adam updates it in place")
+            writable(f"params[{k!r}]", self.params[k], "Adam updates every parameter in place")  # (made so since)
             if getattr(grads[k], "shape", None) != shape:
                 array(f"grads[{k!r}]", grads[k])
                 raise ValueError(f"grads[{k!r}] has shape {tuple(grads[k].shape)}, expected {shape}")

@@ -138,6 +138,14 @@ class ActorCritic:
         state.pop("_gpu_act_state", None)  # (its table holds this policy's device addresses)
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        """From :meth:`__getstate__`; a pickle made before session 55 holds ``temperature`` itself (now
+        the checked property's ``_temperature``)."""
+        state = dict(state)
+        if "temperature" in state:
+            state["_temperature"] = real("temperature", state.pop("temperature"), 0.0, low_open=True)
+        self.__dict__.update(state)
+
     def clamp_log_std(self) -> None:
         """Project the Gaussian ``log_std`` (d,) back into [LOG_STD_MIN, LOG_STD_MAX], in place.
 
@@ -173,6 +181,39 @@ class ActorCritic:
         if self.trunk is not None:
             nets.insert(0, ("trunk", self.trunk, self.obs_dim, feat, True))
         return nets
+
+    def fused_layers(self) -> list[tuple[tuple[Array, ...], tuple[Array, ...]]] | None:
+        """Per network, the trunk first (as :meth:`expected_networks`): its weights (W0, W1, ...) and
+        biases (b0, b1, ...), when the fused kernels (``kernels/cpu_act.py``, ``cpu_update.py``,
+        ``gpu_act.py``) may compute this policy: an ActorCritic itself and MLPs themselves (they
+        compute what these classes' own methods do: a subclass's overrides would be bypassed), tanh or
+        relu, every network as the constructor builds it (widths, output activation, the policy's
+        activation), every W_i (n_i, n_{i+1}) and b_i (n_{i+1},) the very array in ``params`` (what
+        the array path reads), and nothing else in ``params`` but log_std (act_dim,) of a Gaussian
+        policy. The kernels index without bounds checks: these shapes are what keeps them inside.
+        None otherwise (the array path runs); dtype, device and layout are each kernel's own checks."""
+        if type(self) is not ActorCritic or self.activation not in ("tanh", "relu"):
+            return None
+        params, out, n_keys = self.params, [], 0 if self.discrete else 1
+        for prefix, net, n_in, n_out, activated in self.expected_networks():
+            sizes = net.sizes
+            if type(net) is not MLP or sizes[0] != n_in or sizes[-1] != n_out \
+                    or bool(net.activate_output) is not activated or net.activation != self.activation:
+                return None
+            if not all(params.get(f"{prefix}.{k}") is a for k, a in net.params.items()):
+                return None  # the policy's dict and the MLP's disagree (a rebinding in one of them)
+            Ws = tuple(net.params.get(f"W{i}") for i in range(net.n_layers))
+            bs = tuple(net.params.get(f"b{i}") for i in range(net.n_layers))
+            if any(W is None or W.shape != (sizes[i], sizes[i + 1]) for i, W in enumerate(Ws)) \
+                    or any(b is None or b.shape != (sizes[i + 1],) for i, b in enumerate(bs)):
+                return None
+            out.append((Ws, bs))
+            n_keys += 2 * net.n_layers
+        if len(params) != n_keys:
+            return None
+        if not self.discrete and getattr(params.get("log_std"), "shape", None) != (self.act_dim,):
+            return None
+        return out
 
     def to(self, to_device: Any) -> ActorCritic:
         """Move every parameter with ``to_device`` (e.g. ``backend.to_device``), keeping the links."""

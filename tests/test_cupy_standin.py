@@ -960,3 +960,27 @@ def test_a_minibatch_on_cupy_raises_what_numpy_raises_and_syncs_once(strict_cupy
         assert got.keys() == want.keys()
         np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-12, atol=1e-12)
         assert {k: cp.STATS[k] - n for k, n in before.items()} == {"get": 1, "bool": 0, "float": 0}
+
+
+def test_the_gpu_act_takes_actorcritic_and_mlp_themselves(strict_cupy_backend):
+    """act.cu computes what ActorCritic's and MLP's own methods do: for a subclass (a policy with its
+    own forward, say) the kernel's state is refused and the array path runs, the override included."""
+    from minippo.kernels import gpu_act
+
+    from minippo.nn import MLP
+    from minippo.policy import ActorCritic
+    from minippo.spaces import Discrete
+
+    cp = strict_cupy_backend
+    assert gpu_act._state(ActorCritic(4, Discrete(2), (8,)).to(cp.asarray)) is not None
+
+    class Mine(ActorCritic):
+        pass
+
+    class MyMLP(MLP):
+        pass
+
+    assert gpu_act._state(Mine(4, Discrete(2), (8,)).to(cp.asarray)) is None
+    odd = ActorCritic(4, Discrete(2), (8,)).to(cp.asarray)
+    odd.critic.__class__ = MyMLP
+    assert gpu_act._state(odd) is None

@@ -400,7 +400,7 @@ def test_a_read_only_parameter_is_refused_before_anything_changes():
     adam = Adam(params)
     params["b"].flags.writeable = False
     grads = {"a": np.full(3, 0.5), "b": np.full(2, 0.5)}
-    with pytest.raises(ValueError, match=r"^params\['b'\] is read-only: Adam updates it in place$"):
+    with pytest.raises(ValueError, match=r"^params\['b'\] is read-only: Adam updates every parameter in place$"):
         adam.step(grads, 0.1)
     assert adam.t == 0 and not adam._m.any() and not adam._v.any()
     np.testing.assert_array_equal(params["a"], 1.0)

@@ -365,3 +365,19 @@ def test_expected_networks_give_each_networks_widths_and_output_activation():
     assert [net for _, net, *_ in got] == [shared.trunk, shared.actor, shared.critic]
     for _, net, n_in, n_out, activated in got:  # as the constructor builds them
         assert (net.sizes[0], net.sizes[-1], bool(net.activate_output)) == (n_in, n_out, activated)
+
+
+def test_a_pickle_from_before_temperature_was_a_property_still_loads():
+    """Until session 55 ``temperature`` was a plain attribute, so a pickled policy holds it under that
+    name; the property (backed by ``_temperature``) hid it, and act() failed with an AttributeError."""
+    import pickle
+
+    pol = ActorCritic(3, Discrete(2), (4,), temperature=0.5)
+    state = pol.__getstate__()
+    state["temperature"] = state.pop("_temperature")  # what the older class's pickle carries
+    old = object.__new__(ActorCritic)
+    old.__setstate__(state)
+    assert old.temperature == 0.5 and "temperature" not in old.__dict__
+    obs = np.zeros((2, 3), np.float32)
+    np.testing.assert_array_equal(old.act(obs, np.random.default_rng(0))[0], pol.act(obs, np.random.default_rng(0))[0])
+    assert pickle.loads(pickle.dumps(pol)).temperature == 0.5  # (today's pickles too)
