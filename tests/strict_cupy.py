@@ -191,6 +191,13 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
             STATS["ops"] += 1
         return _dev(self._a[_index(key)])
 
+    @property
+    def flags(self) -> Any:
+        """CuPy's flags: c_contiguous, f_contiguous and owndata, and no ``writeable`` (a device array is
+        always writable), so code that reads numpy's flag on a device array fails here as on CuPy."""
+        f = self._a.flags
+        return types.SimpleNamespace(c_contiguous=f.c_contiguous, f_contiguous=f.f_contiguous, owndata=f.owndata)
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # __array_interface__ and the like would convert implicitly
             raise AttributeError(name)
