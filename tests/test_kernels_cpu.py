@@ -90,6 +90,26 @@ def test_rewards_to_go_and_gae_properties(data):
     np.testing.assert_allclose(adv0, ref.td0(rewards, values, dones, last_values, gamma), **tol)
 
 
+@pytest.mark.parametrize("T, N, dtype, done", [(1, 1, np.float64, 1.0), (1, 1, np.float64, 0.0),
+                                               (1, 1, np.float32, 0.0), (5, 1, np.float64, 0.0),
+                                               (16, 96, np.float64, None), (16, 96, np.float32, None)])
+def test_gae_and_rewards_to_go_at_the_edges_the_draws_may_miss(T, N, dtype, done):
+    """Cases the drawn rollouts reach only by chance (T = N = 1 in float64 in ~1 run of 4) or never (a
+    single column that never ends: the draws make column 0 all-done): fixed here. ``done`` None: random
+    dones."""
+    rng = np.random.default_rng(T * 1000 + N)
+    rewards, values = rng.normal(size=(2, T, N)).astype(dtype)
+    dones = (rng.random((T, N)) < 0.3).astype(dtype) if done is None else np.full((T, N), done, dtype)
+    last_values = rng.normal(size=N).astype(dtype)
+    data = (rewards, values, dones, last_values, 0.97, 0.9)
+    adv, ret = cpu.gae(*data)
+    adv_ref, ret_ref = ref.gae(*data)
+    np.testing.assert_allclose(adv, adv_ref, **GAE_TOL[dtype])
+    np.testing.assert_allclose(ret, ret_ref, **GAE_TOL[dtype])
+    np.testing.assert_allclose(cpu.rewards_to_go(rewards, dones, last_values, 0.97),
+                               ref.rewards_to_go(rewards, dones, last_values, 0.97), **GAE_TOL[dtype])
+
+
 def test_gae_non_contiguous_and_bool_dones():
     rng = np.random.default_rng(0)
     r = rng.normal(size=(6, 8)).astype(np.float32)[:, ::2]
