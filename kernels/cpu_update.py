@@ -629,10 +629,11 @@ def make(
     ``beta``: the KL penalty's coefficient for this update (objective "kl_penalty"; default
     ``config.kl_beta``).
 
-    Supported: every objective, separate actor and critic MLPs or a shared trunk (its output activated)
-    under two heads, tanh or relu,
-    Categorical or diagonal Gaussian, float32 or float64 C-contiguous numpy parameters, and an Adam
-    over exactly ``policy.params`` (its flat moments in the same dtype). ``only_if_faster`` also
+    Supported: every objective, an ActorCritic whose layout ``policy.fused_layers()`` accepts (separate
+    actor and critic MLPs or a shared trunk, its output activated, under two heads; tanh or relu;
+    Categorical or diagonal Gaussian; not a subclass), float32 or float64 C-contiguous writable numpy
+    parameters, and an Adam itself (not a subclass) over exactly ``policy.params`` (its flat moments
+    in the same dtype, writable). ``only_if_faster`` also
     declines float64 tanh: libm tanh does not vectorise, so there the fused step is slower than
     numpy's (measured 1.6 ms against 1.1 ms per B = 256 minibatch of a 64-64 Gaussian policy)."""
     if config.objective not in OBJECTIVES:
