@@ -113,11 +113,13 @@ def _mlp_backward(dy, hs, Ws, gWs, gbs, act, dx0):
 # ---------------------------------------------------------------- the loss and its input gradients
 @njit(**_JIT)
 def _normalized(adv, normalize):
-    """(A - mean A) / (std A + 1e-8) (population std, as minippo.ppo.normalize), in float64."""
+    """(A - mean A) / (std A + 1e-8) (population std, as minippo.ppo.normalize), in float64, on A - A_0
+    as numpy's: equal advantages give exact zeros."""
     B = adv.shape[0]
     out = np.empty(B, np.float64)
+    first = np.float64(adv[0]) if normalize else 0.0
     for i in range(B):
-        out[i] = adv[i]
+        out[i] = np.float64(adv[i]) - first
     if normalize:
         mean = 0.0
         for i in range(B):

@@ -50,9 +50,9 @@ def check_batch_keys(batch: dict[str, Array], objective: str) -> None:
 
 def normalize(adv: Array, eps: float = 1e-8) -> Array:
     """(A - mean A) / (std A + eps) over the minibatch (PPO detail #7): adv (B,) -> (B,) in adv's
-    dtype; needs B >= 2. Computed in float64: in float32 the mean of B equal advantages is off by an
-    ulp, and that rounding divided by a std of the same size came out as +-0.4..0.96 instead of 0
-    (the fused numba step, in float64, gave 0)."""
+    dtype; needs B >= 2. Computed in float64, on A - A_0: in float32 the mean of B equal advantages
+    is off by an ulp, and that rounding divided by a std of the same size came out as +-0.4..0.96
+    instead of 0 (the fused numba step, in float64, gave 0); in float64 the same held from |A| ~ 1e6."""
     if getattr(adv, "ndim", None) != 1:
         array("adv", adv)  # (TypeError for a list)
         raise ValueError(f"adv must have shape (B,), got {tuple(adv.shape)}")
@@ -60,7 +60,11 @@ def normalize(adv: Array, eps: float = 1e-8) -> Array:
         raise TypeError(f"adv must be a float32 or float64 array, got dtype {adv.dtype}")
     if adv.shape[0] < 2:
         raise ValueError("advantage normalisation needs a minibatch of at least 2 samples")
-    a = adv.astype(np.float64, copy=False)
+    # shifted by its first entry (the same z-scores): B equal float64 advantages become exact zeros, where
+    # their mean, an ulp off, divided by a std of that size gave +-O(1) from |A| ~ 1e6 (the fused step's
+    # loop and numpy's pairwise sum each their own)
+    a = adv.astype(np.float64)
+    a -= a[0]
     return ((a - a.mean()) / (a.std() + eps)).astype(adv.dtype, copy=False)
 
 

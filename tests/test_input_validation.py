@@ -136,14 +136,18 @@ def test_normalize_checks_its_input_and_gives_zero_for_equal_advantages():
     for bad in (np.array([1, 2, 3]), np.array([True, False])):  # came back as [-1 0 1], [True True]
         with pytest.raises(TypeError, match=f"adv must be a float32 or float64 array, got dtype {bad.dtype}"):
             normalize(bad)
-    # float32 gave -0.43 (B=64) and -0.60 (B=256) for 0.1s. Computed in float64, float32 values sum
-    # exactly (24 + 8 bits < 53), so the result is 0; float64 values leave a mean off by an ulp or two,
-    # ~2e-16 |A|, over std + 1e-8: at most ~1e-7 here.
-    for b, value in ((64, 0.1), (256, 0.1), (256, 0.7), (256, -2.3)):
-        out = normalize(np.full(b, value, np.float32))
-        assert out.dtype == np.float32 and np.all(out == 0.0)
-        out = normalize(np.full(b, value, np.float64))
-        assert out.dtype == np.float64 and np.all(np.abs(out) <= 1e-7)
+    # float32 gave -0.43 (B=64) and -0.60 (B=256) for 0.1s. Computed in float64 on A - A_0, equal
+    # values are exact zeros in both dtypes (float64 ones of 1e6 and more came out +-O(1): the mean,
+    # an ulp off, over a std of that size).
+    for b, value in ((64, 0.1), (256, 0.1), (256, 0.7), (256, -2.3), (64, 1e6 + 0.1), (256, -3e12 + 0.7)):
+        for dtype in (np.float32, np.float64):
+            out = normalize(np.full(b, value, dtype))
+            assert out.dtype == dtype and np.all(out == 0.0), (b, value, dtype)
+    rng = np.random.default_rng(0)
+    for shift in (0.0, 1e6):  # the shift changes nothing else: z-scores as before
+        a = rng.normal(size=64) + shift
+        want = (a - a.mean()) / (a.std() + 1e-8)
+        np.testing.assert_allclose(normalize(a), want, rtol=1e-9, atol=1e-9)
 
 
 def test_ppo_names_a_config_that_is_not_one():

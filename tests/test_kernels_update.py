@@ -747,6 +747,23 @@ def test_fused_gradients_match_finite_differences_of_the_fused_loss(objective, d
     assert check_grads(lambda: fu.loss_and_grads(batch, 0.2, 0.01)["loss"], pol.params, grads) < 1e-6
 
 
+@pytest.mark.parametrize("value", [0.3, 1e6 + 0.1, -4e9])
+def test_equal_float64_advantages_normalise_to_zero_on_both_paths(value, monkeypatch):
+    """B equal advantages normalise to 0 (no policy gradient). In float64 from |A| ~ 1e6 their mean, an ulp
+    off, divided by a std of that size, gave +-O(1) instead, and differently on each path (the kernel's
+    loop, numpy's pairwise sum): both now work on A - A_0, where the equal ones are exact zeros. (0.3 and
+    -4e9, whose sums come out exact, are controls.)"""
+    pol = _policy(np.float64, True, (8,), "tanh", 1)
+    cfg = PPOConfig(normalize_advantages=True)
+    batch = {**_batch(pol, 64, 2, 0.2, np.float64), "advantages": np.full(64, value)}
+    fu = cpu_update.make(pol, Adam(pol.params), cfg, only_if_faster=False)
+    got = fu.loss_and_grads(batch, 0.2, 0.0)
+    want = NumpyStep(pol, Adam(pol.params), cfg, beta=1.0).loss_and_grads(batch, 0.2, 0.0)
+    assert got["policy_loss"] == want["policy_loss"] == 0.0
+    for k in ("actor.W0", "actor.b1"):  # the actor's gradient comes from the policy loss alone here
+        assert not fu.grads()[k].any(), k
+
+
 def test_missing_batch_keys_are_named_alike_on_both_paths():
     pol = _policy(np.float32, True, (8,), "tanh", 1)
     batch = _batch(pol, 8, 2, 0.2, np.float32)
