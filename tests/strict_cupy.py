@@ -154,6 +154,12 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
         out = kwargs.get("out")
         if out is not None:
             kwargs["out"] = tuple(_host(o, where) for o in out)
+            for o in kwargs["out"]:  # (a -= a[0]: CuPy runs the elements in no order, numpy copies first)
+                for x in inputs:
+                    x = x._a if isinstance(x, ndarray) else x
+                    if isinstance(x, np.ndarray) and np.shares_memory(x, o) and not _same_view(x, o):
+                        raise ValueError(f"{where}: an input overlaps the output without being it; CuPy gives "
+                                         "no order to the elements' reads and writes (make a new array)")
         cmp = ufunc.__name__ in _COMPARISONS
         r = getattr(ufunc, method)(*(_host(x, where, cmp) for x in inputs), **kwargs)
         if out is not None:
@@ -189,7 +195,10 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
         _count_host_indices(keys)
         if any(isinstance(k, (ndarray, np.ndarray, list)) for k in keys):  # a gather kernel; a view is none
             STATS["ops"] += 1
-        return _dev(self._a[_index(key)])
+        r = self._a[_index(key)]
+        if isinstance(r, np.generic):  # every index an integer: CuPy gives a 0-d view, not a copy
+            r = self._a[(*_index(keys), ...)]
+        return _dev(r)
 
     @property
     def flags(self) -> Any:
@@ -214,6 +223,12 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
 
 
 ndarray.__module__ = "cupy"
+
+
+def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    """a and b read and write the same elements at the same indices (a += a is safe on a GPU)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape
+            and a.strides == b.strides)
 
 
 def asarray(a: Any, dtype: Any = None) -> ndarray:

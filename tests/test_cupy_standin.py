@@ -984,3 +984,21 @@ def test_the_gpu_act_takes_actorcritic_and_mlp_themselves(strict_cupy_backend):
     odd = ActorCritic(4, Discrete(2), (8,)).to(cp.asarray)
     odd.critic.__class__ = MyMLP
     assert gpu_act._state(odd) is None
+
+
+def test_standin_refuses_an_in_place_op_on_an_overlapping_view(strict_cupy_backend):
+    """CuPy's a[0] is a 0-d view of a, and an elementwise kernel reads and writes in no set order:
+    ``a -= a[0]`` may subtract an a[0] already zeroed (numpy copies the overlap first, so the host never
+    shows it). The stand-in refuses what CuPy would compute wrong; the same view (a += a) is fine."""
+    cp = strict_cupy_backend
+    a = cp.asarray(np.arange(4.0))
+    with pytest.raises(ValueError, match="overlaps the output"):
+        a -= a[0]
+    with pytest.raises(ValueError, match="overlaps the output"):
+        np.add(a[:3], a[1:], out=a[1:])
+    a += a
+    b = a - a[0]  # a new array: the way
+    np.testing.assert_array_equal(cp.asnumpy(b), [0.0, 2.0, 4.0, 6.0])
+    from minippo.ppo import normalize
+
+    np.testing.assert_array_equal(cp.asnumpy(normalize(cp.asarray(np.full(8, 1e6 + 0.1)))), 0.0)
