@@ -64,7 +64,7 @@ def normalize(adv: Array, eps: float = 1e-8) -> Array:
     # their mean, an ulp off, divided by a std of that size gave +-O(1) from |A| ~ 1e6 (the fused step's
     # loop and numpy's pairwise sum each their own)
     a = adv.astype(np.float64, copy=False)
-    a = a - a[0]  # (not in place: on a GPU a[0] is a view of a, and CuPy does not order the overlap)
+    a = a - a[0]
     return ((a - a.mean()) / (a.std() + eps)).astype(adv.dtype, copy=False)
 
 

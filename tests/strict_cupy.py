@@ -11,7 +11,8 @@ the cupy backend and holds it to the rules of real CuPy that plain numpy arrays 
 - ``dev[basic index] = host_array`` (or a list) raises: CuPy sends a value that is not a cupy array
   to ``ndarray.fill``, which takes scalars only (``dev[...] = cupy.asarray(host)`` is the way);
 - a host array or list in an index (``dev[host_idx]``) works, as in CuPy, and counts as an upload:
-  CuPy copies it to the device on every such indexing;
+  CuPy copies it to the device on every such indexing; integers alone give a 0-d view, as CuPy's
+  ``dev[0]`` is (numpy gives a copied scalar); device arrays' ``flags`` are CuPy's (no ``writeable``);
 - ``RawModule(...).get_function(name)(grid, block, args)`` checks the argument types that
   ``kernels/gae.cu`` declares and runs numpy in its place: the dones check sets the flag for an entry
   other than 0 or 1, and the GAE kernel (``minippo.advantages.gae_numpy``) writes nothing when it is set;
@@ -154,12 +155,6 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
         out = kwargs.get("out")
         if out is not None:
             kwargs["out"] = tuple(_host(o, where) for o in out)
-            for o in kwargs["out"]:  # (a -= a[0]: CuPy runs the elements in no order, numpy copies first)
-                for x in inputs:
-                    x = x._a if isinstance(x, ndarray) else x
-                    if isinstance(x, np.ndarray) and np.shares_memory(x, o) and not _same_view(x, o):
-                        raise ValueError(f"{where}: an input overlaps the output without being it; CuPy gives "
-                                         "no order to the elements' reads and writes (make a new array)")
         cmp = ufunc.__name__ in _COMPARISONS
         r = getattr(ufunc, method)(*(_host(x, where, cmp) for x in inputs), **kwargs)
         if out is not None:
@@ -224,11 +219,6 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - the name CuPy gives it
 
 ndarray.__module__ = "cupy"
 
-
-def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
-    """a and b read and write the same elements at the same indices (a += a is safe on a GPU)."""
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape
-            and a.strides == b.strides)
 
 
 def asarray(a: Any, dtype: Any = None) -> ndarray:
