@@ -139,8 +139,10 @@ class ActorCritic:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        """From :meth:`__getstate__`; a pickle made before session 55 holds ``temperature`` itself (now
-        the checked property's ``_temperature``)."""
+        """From :meth:`__getstate__`. Pickles are for copies within one version (checkpoints,
+        :meth:`minippo.PPO.save` / :func:`minippo.load_policy`, are the format kept across versions);
+        this maps the one attribute session 55 renamed: ``temperature``, now the checked property's
+        ``_temperature``."""
         state = dict(state)
         if "temperature" in state:
             state["_temperature"] = real("temperature", state.pop("temperature"), 0.0, low_open=True)

@@ -964,7 +964,8 @@ def test_a_minibatch_on_cupy_raises_what_numpy_raises_and_syncs_once(strict_cupy
 
 def test_the_gpu_act_takes_actorcritic_and_mlp_themselves(strict_cupy_backend):
     """act.cu computes what ActorCritic's and MLP's own methods do: for a subclass (a policy with its
-    own forward, say) the kernel's state is refused and the array path runs, the override included."""
+    own forward, say) the kernel's state is refused and the array path runs, the override included.
+    (A guard of ActorCritic.fused_layers, which took over the check gpu_act had from earlier in the session.)"""
     from minippo.kernels import gpu_act
 
     from minippo.nn import MLP

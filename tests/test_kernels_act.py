@@ -664,7 +664,9 @@ def test_fused_act_matches_the_plain_loop_oracle(discrete, shared, activation, B
     code): the networks' outputs through ref.mlp_forward, the action each u or eps of the same seed
     gives (the first action whose CDF exceeds u; mean + std * eps), its log-prob through
     tests/reference.py, and the value. float64 (libm on both sides): 1e-12 relative, 1e-10 on logp
-    (a sum of terms ~1, each to rounding); no drawn u lies within 1e-9 of a CDF boundary here (checked)."""
+    (a sum of terms ~1, each to rounding); no drawn u lies within 1e-9 of a CDF boundary here (checked).
+    A guard (session 55's test audit: the fused act was checked against the library's own paths only);
+    it passed on the code it was added to."""
     import reference as tref
     from minippo.kernels import reference as kref
 

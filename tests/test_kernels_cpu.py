@@ -96,7 +96,7 @@ def test_rewards_to_go_and_gae_properties(data):
 def test_gae_and_rewards_to_go_at_the_edges_the_draws_may_miss(T, N, dtype, done):
     """Cases the drawn rollouts reach only by chance (T = N = 1 in float64 in ~1 run of 4) or never (a
     single column that never ends: the draws make column 0 all-done): fixed here. ``done`` None: random
-    dones."""
+    dones. A guard; it passed on the code it was added to."""
     rng = np.random.default_rng(T * 1000 + N)
     rewards, values = rng.normal(size=(2, T, N)).astype(dtype)
     dones = (rng.random((T, N)) < 0.3).astype(dtype) if done is None else np.full((T, N), done, dtype)

@@ -735,7 +735,8 @@ def test_fused_gradients_match_finite_differences_of_the_fused_loss(objective, d
     """The fused step against itself alone: its gradient (``fu.g``) and central differences in float64
     of its own loss, without the numpy path in between (gradcheck's 1e-6; float64 tanh is libm's, so
     the loss is the exact function; the batch keeps every ratio and value 1e-3 away from a clip edge,
-    so no difference of step 1e-6 crosses one)."""
+    so no difference of step 1e-6 crosses one). A guard (session 55's test audit); it passed on the code
+    it was added to."""
     from minippo.gradcheck import check_grads
 
     pol = _policy(np.float64, discrete, (6, 5) if shared else (6,), "tanh", seed % 89, shared=shared)
