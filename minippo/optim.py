@@ -115,7 +115,8 @@ class Adam:
             if getattr(self.params[k], "shape", None) != shape:  # (the moments are laid out by them)
                 raise ValueError(f"params[{k!r}] has shape {tuple(getattr(self.params[k], 'shape', ()))}, but this "
                                  f"Adam was made for {shape}")
-            writable(f"params[{k!r}]", self.params[k], "Adam updates every parameter in place")  # (made so since)
+            if not getattr(self.params[k].flags, "writeable", True):  # (made so since; the message only then:
+                writable(f"params[{k!r}]", self.params[k], "Adam updates every parameter in place")  # hot path)
             if getattr(grads[k], "shape", None) != shape:
                 array(f"grads[{k!r}]", grads[k])
                 raise ValueError(f"grads[{k!r}] has shape {tuple(grads[k].shape)}, expected {shape}")
