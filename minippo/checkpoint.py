@@ -78,9 +78,10 @@ def _new_temp(path: str, made: list[str]) -> int:
         except FileExistsError:  # another's file: not for the caller to remove
             made.clear()
             continue
-        except PermissionError as e:  # said of the folder: the temp file's own name would puzzle
-            raise PermissionError(e.errno, f"cannot create a file in folder {folder!r} ({e.strerror}): a save "
-                                  f"writes a temporary file there, then renames it onto {name!r}") from e
+        except OSError as e:  # said of the folder (a permission, a read-only or full file system): the
+            # temp file's own name would puzzle. OSError(errno, ...) is the errno's subclass again.
+            raise OSError(e.errno, f"cannot create a file in folder {folder!r} ({e.strerror}): a save "
+                          f"writes a temporary file there, then renames it onto {name!r}") from e
     raise FileExistsError(f"no free temporary name beside {path!r}")
 
 
@@ -114,8 +115,8 @@ def _replaced(path: str | bytes | os.PathLike) -> os.stat_result | None:
     before training, so that the save at the end cannot fail there)."""
     try:
         st = os.stat(path)
-    except OSError:  # no such file (or a dangling link): the save creates it
-        return None
+    except (FileNotFoundError, NotADirectoryError):  # no such file (or a dangling link): the save creates
+        return None  # it (or names the file in a folder's place). A loop of links: open() fails, and so this
     if not stat.S_ISREG(st.st_mode):
         return None
     if not os.access(path, os.W_OK):
@@ -174,8 +175,8 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
     name = _file_path(path)
     try:
         special = not stat.S_ISREG(os.stat(name).st_mode)
-    except OSError:  # no such file (or a dangling link): a new file
-        special = False
+    except (FileNotFoundError, NotADirectoryError):  # no such file (or a dangling link): a new file.
+        special = False  # Other errors (a loop of links) are raised by _replaced below, as open() raises them
     if special:  # the rename would replace the FIFO or device node with a regular file (as root:
         with open(name, "wb") as f:  # `minippo plot -o /dev/null` replaced /dev/null itself)
             write(f)
@@ -189,11 +190,15 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
     # its owner and group, to give back where they differ from this process's (POSIX)
     owner = None if st is None or not hasattr(os, "fchown") or (st.st_uid, st.st_gid) == (
         os.geteuid(), os.getegid()) else (st.st_uid, st.st_gid)
-    os.makedirs(folder, exist_ok=True)
+    new_folders = _missing_folders(folder)  # removed again (if still empty) when the save fails
     made: list[str] = []  # the temp file's name, once chosen
+    written = None  # (st_dev, st_ino) of the temp file: the target has them once the rename is done
     try:
+        os.makedirs(folder, exist_ok=True)
         fd = _new_temp(target, made)
         tmp = made[0]
+        st_new = os.fstat(fd)
+        written = (st_new.st_dev, st_new.st_ino)
         if owner is not None:  # before the mode: a chown by a non-root user may clear mode bits
             try:
                 os.fchown(fd, *owner)
@@ -210,10 +215,42 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
+        if written is not None and file_id(target) == written:  # an interrupt (a second Ctrl-C) landed
+            _fsync_folder(folder)  # after the rename: the new file is whole and in place; make it durable
+            raise
         if made and os.path.exists(made[0]):
             os.unlink(made[0])
+        for f in reversed(new_folders):  # the folders this save made, as they were: none
+            try:
+                os.rmdir(f)
+            except OSError:  # not empty (something else wrote there meanwhile), or not made
+                break
         raise
     _fsync_folder(folder)
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """The folders ``os.makedirs(folder)`` would create, outermost first."""
+    missing = []
+    while folder and not os.path.lexists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing[::-1]
+
+
+def file_id(path: str | bytes | os.PathLike) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at ``path`` (links followed), or None where there is none. Every
+    save renames a new file into place, so a save has replaced the file once this changes: the CLI
+    asks when a second signal interrupts its save (one landing just after the rename leaves the new
+    model saved)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -276,8 +313,10 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise TypeError(f"path must be a file path (str, bytes or os.PathLike), got {type(path).__name__}")
     if os.path.isdir(path):
         raise CheckpointError(f"{path!r} is a folder, not a checkpoint file (a run folder's is model.npz)")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path!r} is not a regular file (a FIFO or a device): not a checkpoint file")
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -311,7 +350,7 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise CheckpointError(f"{path!r}: the 'meta' entry is JSON nested too deep to read") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path!r}: the 'meta' entry is not a JSON object")
-    if meta.get("format") != FORMAT:
+    if type(meta.get("format")) is not int or meta["format"] != FORMAT:  # (true == 1 in Python)
         raise CheckpointError(f"{path!r}: checkpoint format {meta.get('format')!r}, this minippo reads {FORMAT}")
     for key in ("config", "policy", "num_timesteps"):
         if key not in meta:
@@ -342,9 +381,13 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if not isinstance(rows, list) or not all(isinstance(r, list) and all(isinstance(c, str) for c in r)
                                              for r in rows):
         raise CheckpointError(f"{path!r}: meta's 'unlogged_rows' must be a list of lists of strings")
-    if meta["policy"]["dtype"] != meta["config"].get("dtype", meta["policy"]["dtype"]):
-        raise CheckpointError(f"{path!r}: policy dtype {meta['policy']['dtype']!r} differs from the config's "
-                              f"{meta['config']['dtype']!r}")
+    # The policy description and the config both say how the network was built: both loaders refuse a
+    # file where they disagree (PPO.load builds from the config, load_policy from the description).
+    for key in ("dtype", "hidden", "activation", "shared", "temperature"):
+        in_policy, in_config = meta["policy"][key], meta["config"].get(key, meta["policy"][key])
+        if in_policy != in_config:
+            raise CheckpointError(f"{path!r}: the policy's {key} {in_policy!r} differs from the config's "
+                                  f"{in_config!r}: the file is damaged or was edited")
     return meta, arrays
 
 
@@ -518,10 +561,19 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
     algo.num_timesteps = int(meta["num_timesteps"])
     algo.iteration = int(meta["iteration"])
     algo.time_elapsed = float(meta.get("time_elapsed", 0.0))
-    # An explicit total_timesteps override wins over the saved budget (resume with a new target).
-    saved_total = int(meta["total_timesteps"])
-    algo.total_timesteps = config.total_timesteps if "total_timesteps" in overrides else saved_total
-    algo.kl_coef.beta = float(meta["beta"])
+    # An explicit total_timesteps override wins over the saved budget (resume with a new target), as
+    # learn(total) would take it: above the steps already run.
+    if "total_timesteps" in overrides:
+        if config.total_timesteps <= algo.num_timesteps:  # (it would train nothing, and a save then
+            raise ValueError(  # record the lower total)
+                f"total_timesteps={config.total_timesteps}: the model has already run {algo.num_timesteps} "
+                f"steps; a resumed run trains up to total_timesteps steps in all: pass a total above "
+                f"{algo.num_timesteps}")
+        algo.total_timesteps = config.total_timesteps
+    else:
+        algo.total_timesteps = int(meta["total_timesteps"])
+    # beta is state (the adaptive KL rule moved it); an explicit kl_beta override restarts it there
+    algo.kl_coef.beta = config.kl_beta if "kl_beta" in overrides else float(meta["beta"])
     algo.episode_returns.extend(meta["episode_returns"])
     algo.episode_lengths.extend(meta["episode_lengths"])
 

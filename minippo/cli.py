@@ -555,7 +555,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
 
     from minippo import backend
-    from minippo.checkpoint import save_checkpoint
+    from minippo.checkpoint import file_id, read_checkpoint, save_checkpoint
     from minippo.envs import check_env_id
     from minippo.ppo import PPO, NonFiniteEnvError
 
@@ -578,6 +578,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.timesteps is not None:
             overrides["total_timesteps"] = args.timesteps
         try:
+            if args.timesteps is not None:  # (PPO.load refuses it too, in the API's words)
+                done = read_checkpoint(args.resume)[0]["num_timesteps"]
+                if 0 < args.timesteps <= done:  # (0 is refused by PPOConfig, naming the allowed values)
+                    raise UsageError(f"--timesteps {args.timesteps}: the model has already run {done} steps; "
+                                     f"pass --timesteps above {done} to train further")
             algo = _build(lambda: PPO.load(args.resume, **overrides))
         except (ValueError, TypeError) as e:  # CheckpointError, a --timesteps or env space refused
             raise UsageError(f"--resume {args.resume}: {e}") from e
@@ -663,11 +668,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress.close()
             log.close()
         if aborted is None and diverged is None:
+            before = file_id(model_path)
             try:
                 # atomic: a signal here leaves the previous file as it was
                 save_checkpoint(algo, model_path, unlogged_rows=unlogged)
             except KeyboardInterrupt:
-                aborted = "during the save"
+                # ... unless it landed after the rename, which left the new model in place
+                aborted = "during the save" if file_id(model_path) == before else "as the save ended"
             except OSError as e:  # a full disk, the folder removed: atomic, so no half-written file
                 failed = f"cannot save {model_path} after {algo.num_timesteps} steps: {e}"
     finally:
@@ -675,7 +682,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             signal.signal(s, h)
         algo.close()  # now: an async env's workers would otherwise outlive the run (and report at exit)
     if aborted is not None:
-        print(f"minippo: stopped {aborted} at {algo.num_timesteps} steps; model not saved", file=sys.stderr)
+        saved = f"model saved to {model_path}" if aborted == "as the save ended" else "model not saved"
+        print(f"minippo: stopped {aborted} at {algo.num_timesteps} steps; {saved}", file=sys.stderr)
         return 130
     if log_failed:
         csv_path = os.path.join(out, "progress.csv")

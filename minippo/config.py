@@ -133,9 +133,12 @@ class PPOConfig:
     learning_rate: float = 3e-4
     """Adam step size at the start of training."""
     lr_schedule: str = "constant"
-    """constant | linear (to lr_end) | exponential (to lr_end) over training progress."""
+    """constant | linear (to lr_end) | exponential (to lr_end) over training progress, read once per
+    iteration at its start (progress = steps so far / total_timesteps, as in CleanRL): the first update
+    takes learning_rate, the last one 1/n_iterations short of lr_end."""
     lr_end: float = 0.0
-    """learning rate reached at the end of training for linear/exponential schedules."""
+    """learning rate the linear/exponential schedules head for at progress 1 (the end of training; the
+    last update, at its start's progress, stays one iteration's step short of it)."""
     adam_eps: float = 1e-5
     """Adam epsilon (PPO detail #3)."""
     gamma: float = 0.99
@@ -155,9 +158,11 @@ class PPOConfig:
     ent_coef: float = 0.0
     """c_2, weight of the entropy bonus at the start of training."""
     ent_schedule: str = "constant"
-    """constant | linear (to ent_end) | exponential (to ent_end) decay of ent_coef."""
+    """constant | linear (to ent_end) | exponential (to ent_end) decay of ent_coef, read at each
+    iteration's start as lr_schedule is."""
     ent_end: float = 0.0
-    """entropy coefficient reached at the end of training for non-constant schedules."""
+    """entropy coefficient the non-constant schedules head for at progress 1 (the last update stays
+    one iteration's step short of it, as with lr_end)."""
     kl_target: float = 0.01
     """d_targ of the adaptive KL penalty: beta halves below d_targ/1.5, doubles above 1.5 d_targ
     (objective=kl_penalty only)."""

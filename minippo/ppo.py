@@ -643,9 +643,11 @@ class PPO:
     def load(cls, path: str, env: Any = None, **overrides: Any) -> PPO:
         """Rebuild a trainer from :meth:`save`'s file, ready to ``learn`` further (resume). ``env`` is
         required for a model of a custom env (:attr:`custom_env`), else made from ``config.env_id``.
-        ``overrides`` replace saved config fields (e.g. ``total_timesteps``, ``learning_rate``); not
-        ``norm_obs`` or ``norm_reward``, which the saved network and statistics were trained with
-        (ValueError)."""
+        ``overrides`` replace saved config fields (e.g. ``total_timesteps``, above the steps already
+        run, ``learning_rate``); not ``norm_obs`` or ``norm_reward``, which the saved network and
+        statistics were trained with (ValueError). The adapted KL beta resumes as saved unless
+        ``kl_beta`` is given, which restarts it there. ``seed`` reseeds the envs' resets (at seed +
+        steps run); the trainer's own random state resumes as saved."""
         from minippo.checkpoint import load_checkpoint
 
         return load_checkpoint(path, env=env, **overrides)

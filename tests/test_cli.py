@@ -198,6 +198,24 @@ def test_resume_of_an_env_whose_space_changed_and_a_signal_during_the_save(tmp_p
                  "--out", str(run), "--quiet"]) == 130
     assert "stopped during the save" in capsys.readouterr().err
     assert (run / "model.npz").read_bytes() == before  # the previous model is left as it was
+    monkeypatch.undo()
+
+    real_replace = os.replace
+
+    def replace_then_interrupt(src, dst):  # the second Ctrl-C lands just after the rename
+        real_replace(src, dst)
+        if str(dst).endswith("model.npz"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    assert main(["train", "minippo-test/Probe-v0", "--resume", str(run / "model.npz"), "--timesteps", "128",
+                 "--out", str(run), "--quiet"]) == 130
+    monkeypatch.undo()
+    err = capsys.readouterr().err  # was "model not saved", while the new model was in place
+    assert f"stopped as the save ended at 128 steps; model saved to {run / 'model.npz'}" in err, err
+    from minippo import PPO
+
+    assert PPO.load(str(run / "model.npz")).num_timesteps == 128
 
 
 def test_console_entry_point_and_module(tmp_path):

@@ -521,6 +521,91 @@ def test_an_interrupt_as_the_temp_file_is_created_leaves_no_temp_file(tmp_path, 
         np.testing.assert_array_equal(z["a"], np.arange(3))
 
 
+def test_an_interrupt_just_after_the_rename_leaves_the_new_file_durable(tmp_path, monkeypatch):
+    """A second Ctrl-C landing as the rename returns: the new file is whole and in place, and the folder
+    is still synced (it was skipped), before the KeyboardInterrupt goes on to the caller."""
+    from minippo import checkpoint
+
+    path = str(tmp_path / "m.npz")
+    atomic_savez(path, {"a": np.arange(3)})
+    real_replace, synced = os.replace, []
+
+    def replace_then_interrupt(src, dst):
+        real_replace(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace_then_interrupt)
+    monkeypatch.setattr(checkpoint, "_fsync_folder", synced.append)
+    before = checkpoint.file_id(path)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_savez(path, {"a": np.arange(5)})
+    monkeypatch.undo()
+    assert synced == [str(tmp_path)] and os.listdir(tmp_path) == ["m.npz"]
+    assert checkpoint.file_id(path) != before  # what the CLI reads as "saved"
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["a"], np.arange(5))
+
+
+def test_a_failed_save_removes_the_folders_it_made_and_names_the_folder_it_cannot_write(tmp_path, monkeypatch):
+    """A save into new folders that failed left them behind, empty; an OSError other than a permission
+    one (a read-only or full file system) creating the temp file named the temp file's random name."""
+    import errno
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", boom)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_savez(str(tmp_path / "a" / "b" / "m.npz"), {"a": np.arange(3)})
+    assert os.listdir(tmp_path) == []
+    os.makedirs(tmp_path / "keep")  # a folder there before the save stays
+    with pytest.raises(OSError, match="disk full"):
+        atomic_savez(str(tmp_path / "keep" / "new" / "m.npz"), {"a": np.arange(3)})
+    assert os.listdir(tmp_path) == ["keep"] and os.listdir(tmp_path / "keep") == []
+    monkeypatch.undo()
+    real_open = os.open
+
+    def read_only_fs(name, flags, *args, **kwargs):
+        if flags & os.O_EXCL:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), name)
+        return real_open(name, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_fs)
+    with pytest.raises(OSError, match=rf"cannot create a file in folder '{re.escape(str(tmp_path))}' "
+                                      r"\(Read-only file system\): a save writes a temporary file there") as e:
+        atomic_savez(str(tmp_path / "m.npz"), {"a": np.arange(3)})
+    assert e.value.errno == errno.EROFS and ".tmp" not in str(e.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_a_save_onto_a_loop_of_links_fails_as_open_does_and_keeps_the_links(tmp_path, monkeypatch):
+    """os.stat's ELOOP was read as "no such file", and the rename replaced the link with a file."""
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+    os.symlink("b", "a")
+    os.symlink("a", "b")
+    with pytest.raises(OSError) as opened:
+        open("a", "wb")
+    with pytest.raises(OSError) as saved:
+        atomic_savez("a", {"x": np.arange(3)})
+    assert saved.value.errno == opened.value.errno == errno.ELOOP
+    assert os.path.islink("a") and os.readlink("a") == "b" and sorted(os.listdir(".")) == ["a", "b"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs")
+def test_loading_a_path_that_is_not_a_regular_file_says_so(tmp_path):
+    """A FIFO or /dev/null was reported as a checkpoint that does not exist."""
+    fifo = str(tmp_path / "pipe.npz")
+    os.mkfifo(fifo)
+    for path in (fifo, os.devnull):
+        for load in (PPO.load, load_policy):
+            with pytest.raises(CheckpointError, match="is not a regular file"):
+                load(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_policy(str(tmp_path / "none.npz"))
+
+
 def test_saving_onto_a_folder_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     written = []
     monkeypatch.setattr(np, "savez", lambda *a, **k: written.append(a))
@@ -801,6 +886,14 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
              (lambda a, m: [1, 2], "the 'meta' entry is not a JSON object"),
              (neg_var, "a variance is negative"),
              (no_var, "obs_rms.var is missing"),
+             # the policy description and the config disagree: load_policy acted on the description
+             (lambda a, m: m["policy"].update(activation="relu"),
+              "the policy's activation 'relu' differs from the config's 'tanh'"),
+             (lambda a, m: m["policy"].update(temperature=5.0),
+              "the policy's temperature 5.0 differs from the config's 1.0"),
+             (lambda a, m: m["policy"].update(hidden=[8, 8]), r"the policy's hidden \[8, 8\] differs"),
+             (lambda a, m: m["policy"].update(shared=True), "the policy's shared True differs"),
+             (lambda a, m: m.update(format=True), "checkpoint format True, this minippo reads 1"),
              (lambda a, m: m.update(num_timesteps="abc"),
               r"meta's 'num_timesteps' must be an integer in \[0, 2\*\*63\), got 'abc'"),
              (lambda a, m: m.update(iteration=None),

@@ -480,6 +480,29 @@ def test_a_resumed_run_takes_the_new_budget_and_reseeds_its_envs_past_the_saved_
     loaded.learn()
     assert loaded.num_timesteps == 128
     assert seeds == [3 + 64]  # not the first run's seed 3: those episodes were played already
+    # a budget at or below the steps run trained nothing and was saved over the file's (learn() refuses it)
+    for total in (64, 32):
+        with pytest.raises(ValueError, match=f"^total_timesteps={total}: the model has already run 64 steps; "
+                                             "a resumed run trains up to total_timesteps steps in all: pass a "
+                                             "total above 64"):
+            PPO.load(path, total_timesteps=total)
+
+
+def test_a_kl_beta_given_on_resume_restarts_beta_there(numpy_backend, tmp_path):
+    """An explicit kl_beta was put in the config and then overwritten by the saved beta; without one
+    the adapted beta resumes."""
+    cfg = PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden=(8,),
+                    total_timesteps=64, objective="kl_penalty", kl_target=1e-9)  # beta doubles each iteration
+    algo = PPO(cfg)
+    algo.learn()
+    path = str(tmp_path / "m.npz")
+    algo.save(path)
+    assert algo.kl_coef.beta == 4.0 and PPO.load(path).kl_coef.beta == 4.0  # two iterations
+    resumed = PPO.load(path, kl_beta=0.05, total_timesteps=96)
+    assert resumed.config.kl_beta == 0.05 and resumed.kl_coef.beta == 0.05
+    rows = []
+    resumed.learn(callback=rows.append)
+    assert rows[0]["beta"] == 0.1  # 0.05, doubled after the update
 
 
 @needs_gym
