@@ -267,7 +267,7 @@ def _lanewise(op: str, doc: str) -> Any:
     """An intrinsic applying the LLVM float instruction ``op`` lane by lane to two vectors of one
     type, without fast-math flags: each lane rounds exactly as the scalar operation does."""
 
-    def typer(typingctx, a, b):
+    def typer(typingctx: Any, a: types.Type, b: types.Type) -> Typed:
         if not (isinstance(a, Vec) and a == b):
             return None
 

@@ -72,8 +72,9 @@ class RolloutBuffer:
         dones: Array,
         valid: Array,
     ) -> None:
-        """Store step ``pos`` for all N envs (each argument has leading dim N; ``valid`` best on the
-        host, where the env loop has it)."""
+        """Store step ``pos`` for all N envs: obs (N, obs_dim), actions (N,) discrete or (N, act_dim),
+        dist (N, dist_dim) (the distribution's parameters: logits, or mean and log-std), and logp,
+        values, rewards, dones, valid (N,) (``valid`` best on the host, where the env loop has it)."""
         if self.pos >= self.T:
             raise IndexError(f"buffer is full ({self.T} steps); call reset() after the update")
         try:

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="plot learning curves from run folders")
     pl.add_argument("dirs", nargs="+", metavar="DIR", help="run folders holding progress.csv")
     pl.add_argument("-o", "--output", default="learning_curves.png",
-                    help="image to write, .png, .pdf or .svg (default learning_curves.png)")
+                    help="image to write, in any format matplotlib writes, named by its suffix: .png, .pdf, .svg, ... "
+                         "(default learning_curves.png)")
     pl.add_argument("--y", default="mean_return", help=f"column to plot, one of {', '.join(CSV_COLUMNS)}")
     pl.add_argument("--x", default="timesteps", help=f"its axis, one of {', '.join(PLOT_X)} (default timesteps; "
                     "time: training seconds, to compare backends or machines)")

@@ -8,6 +8,7 @@ implementation details the paper's code used (Huang et al. 2022).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import numbers
@@ -408,6 +409,24 @@ class PPOConfig:
         if isinstance(assignments, (str, bytes)) or not hasattr(assignments, "__iter__"):  # (one per character)
             raise TypeError(f"assignments must be a list of 'key=value' strings, got {assignments!r}")
         return self.replace(**dict(self.parse_assignment(a) for a in assignments))
+
+
+def _naming_unknown_fields(init: Any) -> Any:
+    """The dataclass's ``__init__``, whose TypeError for an unknown keyword (``PPOConfig(lr=1)``) lists
+    the known fields, as ``replace`` and ``from_dict`` do (same exception type as before)."""
+    names = frozenset(f.name for f in dataclasses.fields(PPOConfig))
+
+    @functools.wraps(init)
+    def __init__(self: PPOConfig, *args: Any, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown PPOConfig field(s) {unknown}; known fields: {', '.join(sorted(names))}")
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+PPOConfig.__init__ = _naming_unknown_fields(PPOConfig.__init__)  # type: ignore[method-assign]
 
 
 # rl-baselines3-zoo's tuned PPO hyperparameters (its hyperparams/ppo.yml), plus the settings marked

@@ -153,8 +153,8 @@ def kl_penalty_objective(
 ) -> tuple[float, tuple[Array, Array], dict[str, float]]:
     """PPO with KL penalty (paper eq. 8): L = -mean_t[ r_t A_t - beta KL[pi_old(.|s_t), pi_theta(.|s_t)] ].
 
-    ``kl`` (B,) is the exact per-state KL(pi_old || pi_theta). Returns d_inputs = (dL/dlogp,
-    dL/dkl) = (-r_t A_t / B, beta / B).
+    logp, logp_old, adv: (B,); ``kl`` (B,) is the exact per-state KL(pi_old || pi_theta). Returns
+    d_inputs = (dL/dlogp, dL/dkl), each (B,), = (-r_t A_t / B, beta / B).
     """
     beta = real("beta", beta, 0.0)
     b = _check(logp, logp_old=logp_old, adv=adv, kl=kl)

@@ -365,3 +365,15 @@ def test_settings_a_user_relies_on():
     key, value = PPOConfig().parse_assignment('env_kwargs={"a": "b=c"}')
     assert (key, value) == ("env_kwargs", {"a": "b=c"})
     assert PPOConfig().parse_assignment("env_id=my.mod:Env=v0") == ("env_id", "my.mod:Env=v0")
+
+
+def test_an_unknown_keyword_to_the_constructor_lists_the_fields():
+    """PPOConfig(lr=1) raised the dataclass's bare "unexpected keyword argument 'lr'", where replace and
+    from_dict list the known fields; the signature stays the dataclass's (help, IDEs)."""
+    import inspect
+
+    with pytest.raises(TypeError, match=r"unknown PPOConfig field\(s\) \['lr'\]; known fields: activation, .*"
+                                        r"learning_rate, "):
+        PPOConfig(lr=1)
+    assert list(inspect.signature(PPOConfig).parameters)[:2] == ["env_id", "objective"]
+    assert PPOConfig(gamma=0.9).gamma == 0.9 and PPOConfig("Pendulum-v1").env_id == "Pendulum-v1"
