@@ -469,9 +469,17 @@ def gae(
     if not _GAE_READY or type(gamma) in _BOOL_TYPES or type(lam) in _BOOL_TYPES:
         return _gae_slow(rewards, values, dones, last_values, gamma, lam, out, own)
     try:  # gamma, lam as given: Python and numpy floats and ints match the float64 signature
+        dt = rewards.dtype
         if own:
-            out = (np.empty(rewards.shape, rewards.dtype), np.empty(rewards.shape, rewards.dtype))
+            out = (np.empty(rewards.shape, dt), np.empty(rewards.shape, dt))
+        elif out.__class__ is not tuple and out.__class__ is not list:  # (an array's rows, a generator
+            raise TypeError  # unpacking would use up: _gae_slow names what out must be)
         adv, ret = out
+        # Each dtype the native float object itself: numba's dispatcher may read a byte-swapped array
+        # as native (its type fingerprint has no byte order: see compute_gae's hot path).
+        if not ((dt is _F32 or dt is _F64) and values.dtype is dt and dones.dtype is dt
+                and last_values.dtype is dt and adv.dtype is dt and ret.dtype is dt):
+            raise TypeError
         status = _gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, ret)
     except (TypeError, ValueError, RuntimeError, AttributeError):  # not the compiled signature: other
         # dtypes or layouts, float32 scalars, not arrays (AttributeError: a list has no shape), out not
@@ -1925,11 +1933,12 @@ def mlp_backward(
     new (sizes[i] + 1, sizes[i + 1]) array per layer. dx is None (and not computed) unless
     ``need_dx``. ``None`` (numpy then runs) for B > :func:`max_batch`, or when shapes or dtypes do
     not fit (see :func:`mlp_forward`).
-    Any memory layout of dy and the cache works: the dispatcher compiles a version per layout. The
-    kernel checks the cache's shapes and dtypes against the MLP's (:func:`_fits`) and returns False,
-    computing nothing, when they do not fit. A cache numba cannot type at all (a 1-d or float16
-    array, an object) fails in the dispatcher; that falls back too, and from then on this MLP checks
-    each cache's dtypes and ndims in Python first (0.4 us a call, saved until then).
+    Any memory layout of dy and the cache works: the dispatcher compiles a version per layout. Each
+    cache array's dtype must be the network's native dtype object itself (checked here: numba may read
+    a byte-swapped array as native); the kernel checks the cache's shapes against the MLP's
+    (:func:`_fits`) and returns False, computing nothing, when they do not fit. A cache numba cannot
+    type at all (a 1-d array, an object) fails in the dispatcher; that falls back too, and from then
+    on this MLP checks each cache's dtypes and ndims in Python first (0.4 us a call, saved until then).
     """
     st = mlp.__dict__.get("_numba_state")  # _state(mlp), inlined as in mlp_forward
     p = mlp.params
@@ -1943,8 +1952,18 @@ def mlp_backward(
     B = dy.shape[0]
     if not 1 <= B <= st.max_batch or len(cache) != len(st.sizes):  # [x, h_1, ..., h_L]
         return None
-    if st.strict and [(a.dtype, a.ndim) for a in cache] != st.cache_meta:
-        return None
+    if st.strict:
+        if [(a.dtype, a.ndim) for a in cache] != st.cache_meta:
+            return None
+    else:  # each the native dtype object itself (~0.15 us): numba's dispatcher may read a byte-swapped
+        try:  # array as native (its type fingerprint has no byte order, numba 0.68)
+            for a in cache:
+                if a.dtype is not dt:
+                    return None
+        except AttributeError:  # not an array: numpy's path names it
+            return None
+    if need_dx.__class__ is not bool:  # truthiness, as numpy's path takes it ([] is False); the kernel
+        need_dx = bool(need_dx)  # takes a bool (one compiled version, not one per argument type)
     dx = np.empty((B, st.sizes[0]), dt) if need_dx else _NO_DX[dt]
     try:
         grads = st.run_backward(st, dy, cache, dx, need_dx)

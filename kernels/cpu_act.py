@@ -58,7 +58,7 @@ from .cpu import (
 )
 
 # The digests of the files built into these kernels: see SOURCES_BUILT_IN in cpu.py.
-SOURCES_BUILT_IN = {"cpu.py": "1f738cbdd4f4f138", "simd.py": "ad0e5b5f5d54e15d"}
+SOURCES_BUILT_IN = {"cpu.py": "7f5eb4b1ff6a42a3", "simd.py": "ad0e5b5f5d54e15d"}
 
 MAX_BATCH = 64
 """Largest batch for which ``ActorCritic.act`` uses :func:`act` (measured, see ``docs/kernels.md``)."""
@@ -302,8 +302,8 @@ def act(
 
     Returns None (the caller runs the numpy path) unless ``policy`` has tanh/relu actor and critic MLPs
     (separate, or heads on a shared trunk) whose parameters (and log_std) are C-contiguous numpy arrays
-    of the policy's float dtype with the expected shapes, and obs is a numpy (B, obs_dim) array with
-    1 <= B <= MAX_BATCH; also for predict's mode when log_std is NaN (the mean needs no std).
+    of the policy's float dtype with the expected shapes, and obs is a real (float, int or bool) numpy
+    (B, obs_dim) array with 1 <= B <= MAX_BATCH; also for predict's mode when log_std is NaN (the mean needs no std).
     Raises FloatingPointError, as the numpy path does, on non-finite logits / mean / log_std (the
     random numbers for that call have then already been drawn).
     """
@@ -317,6 +317,8 @@ def act(
         return None
     dt = st.dt
     if obs.dtype is not dt or not obs.flags.c_contiguous or not obs.flags.writeable:
+        if obs.dtype.kind not in "biuf":  # complex, strings, objects: numpy's path refuses them (TypeError)
+            return None
         obs = np.array(obs, dtype=dt, order="C")  # what forward's astype does (plus the layout)
     deterministic, critic = bool(deterministic), bool(critic)
     v = np.empty((B, 1), dt) if critic else _NO_VALUES[dt]

@@ -137,8 +137,9 @@ def tanh_backward(dh: np.ndarray, h: np.ndarray) -> np.ndarray:
 
 
 def relu_forward(z: np.ndarray) -> np.ndarray:
-    """z (B, F) (any shape) -> h = max(z, 0), elementwise, same shape and dtype."""
-    return _map(lambda v: v if v > 0.0 else 0.0, z)
+    """z (B, F) (any shape) -> h = max(z, 0), elementwise, same shape and dtype; NaN stays NaN (as
+    np.maximum and the kernels keep it)."""
+    return _map(lambda v: 0.0 if v <= 0.0 else v, z)
 
 
 def relu_backward(dh: np.ndarray, h: np.ndarray) -> np.ndarray:

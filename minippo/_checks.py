@@ -126,8 +126,8 @@ def on_host(why: str, **arrays: Any) -> None:
 def generator(name: str, value: Any) -> None:
     """TypeError naming ``name`` unless ``value`` is a numpy Generator (or a legacy RandomState)."""
     if not isinstance(value, (np.random.Generator, np.random.RandomState)):
-        raise TypeError(f"{name} must be a numpy.random.Generator (np.random.default_rng(seed)), "
-                        f"got {type(value).__name__}")
+        raise TypeError(f"{name} must be a numpy.random.Generator (np.random.default_rng(seed)) or a legacy "
+                        f"numpy.random.RandomState, got {type(value).__name__}")
 
 
 def rng_from_seed(name: str, value: Any) -> np.random.Generator:

@@ -141,12 +141,20 @@ def compute_gae(
         # any miss takes the full path below. ~0.1-0.2 us less than through cpu.gae (a Python call
         # layer and its checks; docs/kernels.md, "GAE on numba").
         try:
-            if out is None:  # (shape and dtype read once: each read makes a new object, ~30 ns)
-                s, dt = rewards.shape, rewards.dtype
+            dt = rewards.dtype
+            if out is None:
+                s = rewards.shape  # (read once: each read makes a new object, ~30 ns)
                 adv, ret = np.empty(s, dt), np.empty(s, dt)
+            elif out.__class__ is tuple or out.__class__ is list:  # (not an array's rows, nor a generator
+                adv, ret = out  # that unpacking would use up: the full path names what out must be)
             else:
-                adv, ret = out
-            if not _numba_gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, ret):
+                adv = None
+            # Each dtype the native float32 or float64 object itself (~70 ns): numba's dispatcher types
+            # a byte-swapped array by a fingerprint without the byte order, which an unaligned native
+            # array of the same shape class, typed first, makes it read as native (numba 0.68).
+            if adv is not None and (dt is _F32 or dt is _F64) and values.dtype is dt and dones.dtype is dt \
+                    and last_values.dtype is dt and (out is None or adv.dtype is dt and ret.dtype is dt) \
+                    and not _numba_gae_kernel(rewards, values, dones, last_values, gamma, lam, adv, ret):
                 return (adv, ret) if out is None else out
         except (TypeError, ValueError, RuntimeError, AttributeError):
             pass
@@ -187,6 +195,7 @@ def compute_gae(
     return out
 
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)  # (the native dtype objects numpy hands out)
 _numba_state: Any = object()  # backend._resolved once compute_gae has run on numba (never None)
 _numba_gae_kernel: Any = None  # minippo.kernels.cpu._gae_kernel, then
 

@@ -370,6 +370,20 @@ def test_a_read_only_obs_is_copied_not_compiled_for():
     assert all(sig[0].mutable for sig in cpu_act._act_categorical.signatures)
 
 
+@pytest.mark.parametrize("discrete", [True, False])
+def test_obs_that_is_not_real_is_refused_as_the_numpy_path_refuses_it(discrete):
+    """The fused act cast complex (dropping the imaginary part), string and object observations to the
+    policy's dtype and acted on them, where numpy's path raises TypeError naming obs."""
+    use_backend("numba")
+    pol = _policy(np.float32, discrete, (8,), "tanh", 1)
+    obs = _obs(4, 0, np.float32)
+    for bad in (obs + 1j, obs.astype(str), obs.astype(object)):
+        with pytest.raises(TypeError, match="obs must be a real array"):
+            pol.act(bad, np.random.default_rng(0))
+        with pytest.raises(TypeError, match="obs must hold real numbers"):
+            pol.predict(bad)  # (its own wording)
+
+
 def test_numpy_backend_never_uses_the_fused_act(monkeypatch):
     use_backend("numpy")
     monkeypatch.setattr(cpu_act, "act", lambda *a, **k: pytest.fail("fused act ran on the numpy backend"))

@@ -839,9 +839,8 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     dy = np.ones((3, 2), np.float32)
     dx, grads = mlp.backward(dy, cache0)
     assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1].astype(np.float64), cache0[2]]) is None
-    assert not st.strict  # numba typed that one: the kernel's _fits said no
     assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1].astype(np.float16), cache0[2]]) is None
-    assert st.strict  # numba could not type float16: from now on Python checks dtypes and ndims first
+    assert not st.strict  # another dtype is refused in Python, before the dispatcher
     fresh = nn.MLP([4, 6, 2], seed=0)
     _, cache_f = fresh.forward(x)
     assert cpu.mlp_backward(fresh, dy, [cache_f[0], cache_f[1].ravel(), cache_f[2]]) is None  # 1-d
@@ -1637,3 +1636,72 @@ def test_simd_intrinsics_type_only_their_own_arguments():
                        (fold_into, (a32, a32, a64)), (fold_runtime_level, (a32, 1))):
         with pytest.raises(TypingError):
             call(*args)
+
+
+def _unaligned(a):
+    """A copy of ``a`` (native dtype, C order) one byte off its element alignment."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)[1:].view(a.dtype).reshape(a.shape)
+    buf[...] = a
+    assert not buf.flags.aligned
+    return buf
+
+
+def test_byte_swapped_arrays_after_an_unaligned_one_give_numpys_results(numba_backend):
+    """numba's dispatcher types an array that is not "behaved" by a fingerprint without its byte order:
+    once an unaligned native float32 array of a shape class was typed (here, or by any numba function
+    in the process), a big-endian one of that class was read as native. compute_gae (its hot path and
+    cpu.gae's fast path) returned ~1e30 and MLP.backward with such a cache NaN; numpy's path casts."""
+    rng = np.random.default_rng(0)
+    T, N = 5, 3
+    r, v, lv = rng.standard_normal((T, N)), rng.standard_normal((T, N)), rng.standard_normal(N)
+    d = (rng.random((T, N)) < 0.3).astype(np.float64)
+    native = [a.astype(np.float32) for a in (r, v, d, lv)]
+    want = advantages.compute_gae(*native, 0.99, 0.95)  # (arms compute_gae's hot path)
+    advantages.compute_gae(*(_unaligned(a) for a in native), 0.99, 0.95)
+    cpu.gae(*(_unaligned(a) for a in native), 0.99, 0.95)
+    swapped = [a.astype(">f4") for a in native]
+    numpy_res = advantages.gae_numpy(*swapped, 0.99, 0.95)
+    for got in (advantages.compute_gae(*swapped, 0.99, 0.95), cpu.gae(*swapped, 0.99, 0.95)):
+        for g, n, w in zip(got, numpy_res, want, strict=True):
+            assert g.dtype == n.dtype == np.float64  # not float32 of either byte order: numpy's rule
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    out = [np.empty((T, N), ">f4"), np.empty((T, N), ">f4")]  # out byte-swapped: written as numpy writes it
+    with pytest.raises(ValueError, match="out must be two float64 arrays"):
+        advantages.compute_gae(*swapped, 0.99, 0.95, out=out)
+
+    net = nn.MLP([6, 64, 3], seed=3)
+    x, dy = rng.standard_normal((8, 6)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32)
+    _, cache = net.forward(x)
+    dx_want, g_want = net.backward(dy, cache)
+    net.backward(dy, [_unaligned(a) for a in cache])
+    dx, g = net.backward(dy, [a.astype(">f4") for a in cache])
+    np.testing.assert_allclose(dx, dx_want, rtol=1e-5, atol=1e-6)
+    for k in g_want:
+        np.testing.assert_allclose(g[k], g_want[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("hot", [True, False])
+def test_gae_out_that_is_not_a_pair_is_refused_on_numba_too(numba_backend, hot):
+    """The fast paths unpacked out: an array's two rows, or a generator (used up by the unpacking,
+    then returned), went through where numpy names what out must be."""
+    z = np.zeros((4, 2), np.float32)
+    args = (z + 1, z, z, np.zeros(2, np.float32), 0.9, 0.9)
+    gae = advantages.compute_gae if hot else cpu.gae
+    gae(*args)  # (arms the hot path)
+    for out, got in ((np.zeros((2, 4, 2), np.float32), "ndarray"), ((a for a in (z.copy(), z.copy())), "generator")):
+        with pytest.raises(TypeError, match=f"out must be a pair .* got {got}"):
+            gae(*args, out=out)
+
+
+def test_backward_takes_need_dx_by_truthiness_as_numpy_does(numba_backend):
+    """need_dx=[] raised numba's "cannot compute fingerprint of empty list"; other non-bool values each
+    compiled a version of their own."""
+    net = nn.MLP([3, 8, 2], seed=0)
+    _, cache = net.forward(np.ones((4, 3), np.float32))
+    dy = np.ones((4, 2), np.float32)
+    _, want = net.backward(dy, cache, need_dx=False)
+    for flag in ([], 0, np.bool_(False), ""):
+        dx, g = net.backward(dy, cache, need_dx=flag)
+        assert dx is None and all(np.array_equal(g[k], want[k]) for k in want)
+    dx, _ = net.backward(dy, cache, need_dx=[1])
+    assert dx.shape == (4, 3)

@@ -99,6 +99,9 @@ def test_layers_and_activations_match_numpy(dtype, name):
     want = dh * (1.0 - h.astype(np.float64) ** 2) if name == "tanh" else np.where(x > 0, dh, 0.0)
     np.testing.assert_allclose(b_ref(dh, h), want, **tol)
     np.testing.assert_allclose(b_np(dh, h), want, **tol)
+    # NaN and inf go through as np.maximum / np.tanh take them (the reference's relu made NaN 0)
+    z = np.array([[np.nan, -np.inf, np.inf, -1.0, 2.0]], dtype)
+    np.testing.assert_array_equal(f_ref(z), f_np(z))
 
 
 @pytest.mark.parametrize("activate_output", [False, True])
