@@ -50,14 +50,15 @@ def check_obs(obs: Any, obs_dim: int, dtype: np.dtype) -> np.ndarray:
         raise TypeError(f"obs must hold real numbers, got dtype {a.dtype}")
     if a.ndim not in (1, 2) or a.shape[-1] != obs_dim:
         raise ValueError(f"obs must have shape ({obs_dim},) or (B, {obs_dim}), got {a.shape}")
-    if a.dtype.kind != "f":  # bool and integers (|x| < 2^64) are finite and within float32's range
-        return a.astype(dtype, copy=False)
+    if a.dtype.kind != "f" and (a.dtype.kind == "b" or np.dtype(dtype).itemsize >= 4):
+        return a.astype(dtype, copy=False)  # bools, and integers (|x| < 2^64) within float32's range
+    # (integers into a float16 policy: beyond 65504 they become inf, refused below)
     # The sum of squares (BLAS) is finite only when every element is; it is also inf when squares
     # overflow, which the exact test then tells apart. ~0.5 us less than isfinite().all() alone.
     if not math.isfinite(np.vdot(a, a)) and not np.isfinite(a).all():
         raise ValueError(f"obs holds NaN or inf: {a}")
     out = cast_quietly(a, dtype)
-    if out.dtype.itemsize < a.dtype.itemsize and not np.isfinite(out).all():  # finite, but not in dtype
+    if (out.dtype.itemsize < a.dtype.itemsize or a.dtype.kind != "f") and not np.isfinite(out).all():
         raise ValueError(f"obs holds values beyond the policy's {np.dtype(dtype)} range "
                          f"(|x| <= {np.finfo(dtype).max:.4g}): {a}")
     return out

@@ -381,3 +381,17 @@ def test_a_pickle_from_before_temperature_was_a_property_still_loads():
     obs = np.zeros((2, 3), np.float32)
     np.testing.assert_array_equal(old.act(obs, np.random.default_rng(0))[0], pol.act(obs, np.random.default_rng(0))[0])
     assert pickle.loads(pickle.dumps(pol)).temperature == 0.5  # (today's pickles too)
+
+
+def test_integer_observations_beyond_a_float16_policys_range_are_refused():
+    """Integers were cast without a check ("within float32's range"), which a float16 policy (max
+    65504) is not: 70000 became inf, and tanh's saturation kept the action finite, with no error."""
+    from minippo.policy import check_obs
+
+    pol = ActorCritic(3, Discrete(2), (8,), dtype=np.float16)
+    for obs in (np.array([70000, 0, 0]), np.array([65535, 0, 0], np.uint16), np.array([[0, 0, -70000]])):
+        with pytest.raises(ValueError, match="obs holds values beyond the policy's float16 range"):
+            pol.predict(obs)
+    assert pol.predict(np.array([60000, 1, True])).shape == ()  # within range: acted on
+    np.testing.assert_array_equal(check_obs(np.array([2**62, -1]), 2, np.float32), np.float32([2**62, -1]))
+    assert check_obs(np.array([True, False]), 2, np.float16).dtype == np.float16
