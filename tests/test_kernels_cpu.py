@@ -334,17 +334,19 @@ def test_compute_gae_hot_path_goes_straight_to_the_kernel_and_misses_take_the_fu
         assert outcome(args, kind, "numba") == want, kind
         # compute_gae refuses a bad out itself; every other miss reaches cpu.gae
         assert bool(calls) == (kind not in ("triple", "list in it", "read-only")), kind
-    for out in ((np.empty_like(r), np.empty_like(r)), None):
-        monkeypatch.setenv(backend.ENV_VAR, "numba")
-        backend.reset()
-        advantages.compute_gae(r, v, d, lv, 0.99, 0.95)  # arms it
-        calls.clear()
-        res = advantages.compute_gae(r, v, d, lv, 0.9, 0.8, out=out)
-        assert not calls, "a hot-path call went through cpu.gae"
-        assert out is None or (res[0] is out[0] and res[1] is out[1])
-        want = advantages.gae_numpy(r, v, d, lv, 0.9, 0.8)
-        np.testing.assert_array_equal(res[0], want[0])
-        np.testing.assert_array_equal(res[1], want[1])
+    for dtype in (np.float32, np.float64):
+        r, v, d, lv = (a.astype(dtype) for a in (r, v, d, lv))
+        for out in ((np.empty_like(r), np.empty_like(r)), [np.empty_like(r), np.empty_like(r)], None):
+            monkeypatch.setenv(backend.ENV_VAR, "numba")
+            backend.reset()
+            advantages.compute_gae(r, v, d, lv, 0.99, 0.95)  # arms it
+            calls.clear()
+            res = advantages.compute_gae(r, v, d, lv, 0.9, 0.8, out=out)
+            assert not calls, "a hot-path call went through cpu.gae"
+            assert out is None or (res[0] is out[0] and res[1] is out[1])
+            want = advantages.gae_numpy(r, v, d, lv, 0.9, 0.8)
+            np.testing.assert_array_equal(res[0], want[0])
+            np.testing.assert_array_equal(res[1], want[1])
     backend.reset()
 
 
@@ -1705,3 +1707,44 @@ def test_backward_takes_need_dx_by_truthiness_as_numpy_does(numba_backend):
         assert dx is None and all(np.array_equal(g[k], want[k]) for k in want)
     dx, _ = net.backward(dy, cache, need_dx=[1])
     assert dx.shape == (4, 3)
+
+
+def test_cpu_gae_fast_path_takes_native_c_arrays_and_nothing_byte_swapped(numba_backend, monkeypatch):
+    """cpu.gae's fast path goes straight to the kernel for C-contiguous arrays of one native float dtype
+    (out None, a tuple or a list), and never for byte-swapped ones, even when they share one dtype object
+    (views of one buffer: ``astype`` makes a new dtype object each time, which the identity check refuses
+    anyway) and numba's type fingerprint has been taught an unaligned native array of their class."""
+    rng = np.random.default_rng(3)
+    T, N = 6, 4
+    slow = []
+    real_slow = cpu._gae_slow
+    monkeypatch.setattr(cpu, "_gae_slow", lambda *a: slow.append(1) or real_slow(*a))
+    for dtype in (np.float32, np.float64):
+        r, v, lv = rng.standard_normal((T, N)), rng.standard_normal((T, N)), rng.standard_normal(N)
+        d = (rng.random((T, N)) < 0.3).astype(np.float64)
+        r, v, d, lv = (a.astype(dtype) for a in (r, v, d, lv))
+        cpu.gae(r, v, d, lv, 0.9, 0.8)  # prepares the kernel
+        want = advantages.gae_numpy(r, v, d, lv, 0.9, 0.8)
+        for out in (None, (np.empty_like(r), np.empty_like(r)), [np.empty_like(r), np.empty_like(r)]):
+            slow.clear()
+            got = cpu.gae(r, v, d, lv, 0.9, 0.8, out=out)
+            assert not slow, (dtype, type(out))
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+        cpu.gae(*(_unaligned(a) for a in (r, v, d, lv)), 0.9, 0.8)
+        swapped = np.dtype(dtype).newbyteorder(">")
+        buf = np.empty(3 * T * N + N, swapped)  # one dtype object for all four views
+        views = [buf[i * T * N:(i + 1) * T * N].reshape(T, N) for i in range(3)] + [buf[3 * T * N:]]
+        for view, a in zip(views, (r, v, d, lv), strict=True):
+            view[...] = a
+        assert len({id(a.dtype) for a in views}) == 1
+        for got in (cpu.gae(*views, 0.9, 0.8), advantages.compute_gae(*views, 0.9, 0.8)):
+            for g, w in zip(got, advantages.gae_numpy(*views, 0.9, 0.8), strict=True):
+                assert g.dtype == w.dtype
+                np.testing.assert_allclose(g, w.astype(np.float64), rtol=1e-5, atol=1e-6)
+        # native inputs into a byte-swapped out: refused as numpy refuses it, nothing written
+        out = tuple(np.full((T, N), 7, swapped) for _ in range(2))
+        for gae in (cpu.gae, advantages.compute_gae):
+            with pytest.raises(ValueError, match=f"out must be two {np.dtype(dtype)} arrays"):
+                gae(r, v, d, lv, 0.9, 0.8, out=out)
+            assert all((o == 7).all() for o in out)

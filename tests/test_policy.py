@@ -395,3 +395,21 @@ def test_integer_observations_beyond_a_float16_policys_range_are_refused():
     assert pol.predict(np.array([60000, 1, True])).shape == ()  # within range: acted on
     np.testing.assert_array_equal(check_obs(np.array([2**62, -1]), 2, np.float32), np.float32([2**62, -1]))
     assert check_obs(np.array([True, False]), 2, np.float16).dtype == np.float16
+
+
+def test_check_obs_copies_only_where_the_dtype_changes_and_warns_never():
+    """An observation already in the policy's dtype is returned as it is (no copy); one beyond the
+    dtype's range is a ValueError, without numpy's overflow RuntimeWarning first."""
+    import warnings
+
+    from minippo.policy import check_obs
+
+    for dt in (np.float16, np.float32, np.float64):
+        a = np.zeros((2, 3), dt)
+        assert check_obs(a, 3, dt) is a
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for obs, dt in ((np.array([1e300, 0.0]), np.float32), (np.array([1e10, 0.0], np.float32), np.float16),
+                        (np.array([70000, 0]), np.float16)):
+            with pytest.raises(ValueError, match="obs holds values beyond the policy's"):
+                check_obs(obs, 2, dt)

@@ -606,6 +606,23 @@ def test_loading_a_path_that_is_not_a_regular_file_says_so(tmp_path):
         load_policy(str(tmp_path / "none.npz"))
 
 
+@pytest.mark.skipif(not hasattr(os, "fchown"), reason="POSIX owners")
+def test_a_save_over_this_processs_own_file_changes_no_owner_and_needs_no_fchown(tmp_path, monkeypatch):
+    """The owner is given back only where it differs from this process's (root saving a user's run);
+    where os has no fchown, geteuid or getegid (Windows) the save goes on without them."""
+    path = str(tmp_path / "m.npz")
+    atomic_savez(path, {"a": np.arange(3)})
+    chowned = []
+    monkeypatch.setattr(os, "fchown", lambda *a: chowned.append(a))
+    atomic_savez(path, {"a": np.arange(4)})
+    assert chowned == []
+    for name in ("fchown", "geteuid", "getegid"):
+        monkeypatch.delattr(os, name)
+    atomic_savez(path, {"a": np.arange(5)})
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["a"], np.arange(5))
+
+
 def test_saving_onto_a_folder_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     written = []
     monkeypatch.setattr(np, "savez", lambda *a, **k: written.append(a))

@@ -488,6 +488,7 @@ def test_a_resumed_run_takes_the_new_budget_and_reseeds_its_envs_past_the_saved_
             PPO.load(path, total_timesteps=total)
 
 
+@needs_gym
 def test_a_kl_beta_given_on_resume_restarts_beta_there(numpy_backend, tmp_path):
     """An explicit kl_beta was put in the config and then overwritten by the saved beta; without one
     the adapted beta resumes."""
