@@ -116,7 +116,7 @@ def _replaced(path: str | bytes | os.PathLike) -> os.stat_result | None:
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):  # no such file (or a dangling link): the save creates
-        return None  # it (or names the file in a folder's place). A loop of links: open() fails, and so this
+        return None  # it (or names the file in a folder's place). A loop of links raises, as open() does
     if not stat.S_ISREG(st.st_mode):
         return None
     if not os.access(path, os.W_OK):
@@ -164,7 +164,9 @@ def check_save_path(path: str | bytes | os.PathLike, reread: bool = False) -> No
 def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through ``write(f)`` on a temp file beside ``path``, then fsync, rename onto
     ``path`` and fsync the folder: ``path`` is never half-written (the old file stays until the new
-    one is whole), and the new file is durable once this returns. A failure removes the temp file.
+    one is whole), and the new file is durable once this returns. A failure removes the temp file
+    and the folders this call made for it; an interrupt that lands after the rename leaves the new
+    file in place (and durable) and goes on to the caller.
     As with ``open(path, "wb")``: a file it replaces keeps its permission bits and, where this process
     may set them (root; or a group it is in), its owner and group (``sudo minippo train --resume`` of
     a user's run leaves the user's model.npz theirs), one this process may not write is refused
@@ -176,7 +178,7 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
     try:
         special = not stat.S_ISREG(os.stat(name).st_mode)
     except (FileNotFoundError, NotADirectoryError):  # no such file (or a dangling link): a new file.
-        special = False  # Other errors (a loop of links) are raised by _replaced below, as open() raises them
+        special = False  # Other errors (a loop of links) are raised here, as open() raises them
     if special:  # the rename would replace the FIFO or device node with a regular file (as root:
         with open(name, "wb") as f:  # `minippo plot -o /dev/null` replaced /dev/null itself)
             write(f)
@@ -190,47 +192,50 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
     # its owner and group, to give back where they differ from this process's (POSIX)
     owner = None if st is None or not hasattr(os, "fchown") or (st.st_uid, st.st_gid) == (
         os.geteuid(), os.getegid()) else (st.st_uid, st.st_gid)
-    new_folders = _missing_folders(folder)  # removed again (if still empty) when the save fails
+    new_folders: list[str] = []  # the folders this save made: removed again (if still empty) on failure
     made: list[str] = []  # the temp file's name, once chosen
     written = None  # (st_dev, st_ino) of the temp file: the target has them once the rename is done
     try:
-        os.makedirs(folder, exist_ok=True)
+        _make_folders(folder, new_folders)
         fd = _new_temp(target, made)
         tmp = made[0]
-        st_new = os.fstat(fd)
-        written = (st_new.st_dev, st_new.st_ino)
-        if owner is not None:  # before the mode: a chown by a non-root user may clear mode bits
-            try:
-                os.fchown(fd, *owner)
-            except OSError:  # not root, nor in that group: the new file is this process's, as a new one is
-                pass
-        if mode is not None and hasattr(os, "fchmod"):
-            try:
-                os.fchmod(fd, mode)
-            except OSError:  # a file system without POSIX modes (FAT, some network mounts): nothing to keep
-                pass
         with os.fdopen(fd, "wb") as f:
+            st_new = os.fstat(fd)
+            written = (st_new.st_dev, st_new.st_ino)
+            if owner is not None:  # before the mode: a chown by a non-root user may clear mode bits
+                try:
+                    os.fchown(fd, *owner)
+                except OSError:  # not root, nor in that group: the new file is this process's, as a new one is
+                    pass
+            if mode is not None and hasattr(os, "fchmod"):
+                try:
+                    os.fchmod(fd, mode)
+                except OSError:  # a file system without POSIX modes (FAT, some network mounts): nothing to keep
+                    pass
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
-        if written is not None and file_id(target) == written:  # an interrupt (a second Ctrl-C) landed
-            _fsync_folder(folder)  # after the rename: the new file is whole and in place; make it durable
+        # An interrupt (a second Ctrl-C) that landed after the rename: the temp file is gone and the
+        # target is it. The new file is whole and in place; make it durable, and let the interrupt go on.
+        if written is not None and not os.path.lexists(made[0]) and file_id(target) == written:
+            _fsync_folder(folder)
             raise
-        if made and os.path.exists(made[0]):
+        if made and os.path.lexists(made[0]):
             os.unlink(made[0])
-        for f in reversed(new_folders):  # the folders this save made, as they were: none
+        for f in reversed(new_folders):
             try:
                 os.rmdir(f)
-            except OSError:  # not empty (something else wrote there meanwhile), or not made
-                break
+            except OSError:  # not empty: something else wrote there meanwhile
+                continue
         raise
     _fsync_folder(folder)
 
 
-def _missing_folders(folder: str) -> list[str]:
-    """The folders ``os.makedirs(folder)`` would create, outermost first."""
+def _make_folders(folder: str, made: list[str]) -> None:
+    """``os.makedirs(folder, exist_ok=True)``, putting in ``made`` each folder this call created (not
+    one another process made meanwhile), outermost first, as it is created."""
     missing = []
     while folder and not os.path.lexists(folder):
         missing.append(folder)
@@ -238,7 +243,14 @@ def _missing_folders(folder: str) -> list[str]:
         if parent == folder:
             break
         folder = parent
-    return missing[::-1]
+    for f in reversed(missing):
+        try:
+            os.mkdir(f)
+        except FileExistsError:  # made meanwhile by another process (or a link to a folder): not ours
+            if not os.path.isdir(f):
+                raise
+            continue
+        made.append(f)
 
 
 def file_id(path: str | bytes | os.PathLike) -> tuple[int, int] | None:
@@ -383,7 +395,9 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise CheckpointError(f"{path!r}: meta's 'unlogged_rows' must be a list of lists of strings")
     # The policy description and the config both say how the network was built: both loaders refuse a
     # file where they disagree (PPO.load builds from the config, load_policy from the description).
-    for key in ("dtype", "hidden", "activation", "shared", "temperature"):
+    # Not the temperature: it may be set on a built policy (ActorCritic.temperature), and the
+    # description holds the one it acted with, which both loaders restore.
+    for key in ("dtype", "hidden", "activation", "shared"):
         in_policy, in_config = meta["policy"][key], meta["config"].get(key, meta["policy"][key])
         if in_policy != in_config:
             raise CheckpointError(f"{path!r}: the policy's {key} {in_policy!r} differs from the config's "
@@ -527,6 +541,8 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
     space = meta["policy"]["action_space"]
     if isinstance(space, dict) and space.get("kind") == "box" and "dtype" not in space:
         saved["action_space"]["dtype"] = here["action_space"].get("dtype")  # saved before dtypes were
+    # the temperature the policy acted with, set on it after it was built where the config's differs
+    algo.policy.temperature = here["temperature"] = saved["temperature"]
     if saved != here:
         differ = sorted(k for k in saved if saved[k] != here[k])
         raise CheckpointError(f"{path!r}: the saved policy does not fit this env/config ({', '.join(differ)} "

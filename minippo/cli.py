@@ -29,6 +29,9 @@ CSV_COLUMNS = (
 PLOT_X = {"timesteps": "timesteps", "time": "training time (s)", "iteration": "iteration"}  # --x: its label
 
 
+_NOT_READ = object()  # (a file's id not read yet)
+
+
 class UsageError(Exception):
     """A bad argument: reported as one line, exit code 2."""
 
@@ -570,7 +573,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--resume {args.resume!r} is a folder; a run folder's model is "
                              f"{os.path.join(args.resume, 'model.npz')!r}")
         if not os.path.isfile(args.resume):
-            raise UsageError(f"--resume: no such file {args.resume!r}")
+            what = "not a regular file (a FIFO or a device)" if os.path.exists(args.resume) else "no such file"
+            raise UsageError(f"--resume: {what} {args.resume!r}")
         given = [flag for flag, name in _CONFIG_FLAGS if getattr(args, name) not in (None, [], False)]
         if given:
             raise UsageError(f"--resume continues with the saved config; {', '.join(given)} cannot be "
@@ -669,13 +673,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress.close()
             log.close()
         if aborted is None and diverged is None:
-            before = file_id(model_path)
+            before: Any = _NOT_READ
             try:
+                before = file_id(model_path)
                 # atomic: a signal here leaves the previous file as it was
                 save_checkpoint(algo, model_path, unlogged_rows=unlogged)
             except KeyboardInterrupt:
                 # ... unless it landed after the rename, which left the new model in place
-                aborted = "during the save" if file_id(model_path) == before else "as the save ended"
+                renamed = before is not _NOT_READ and file_id(model_path) != before
+                aborted = "as the save ended" if renamed else "during the save"
             except OSError as e:  # a full disk, the folder removed: atomic, so no half-written file
                 failed = f"cannot save {model_path} after {algo.num_timesteps} steps: {e}"
     finally:

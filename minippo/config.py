@@ -136,7 +136,7 @@ class PPOConfig:
     lr_schedule: str = "constant"
     """constant | linear (to lr_end) | exponential (to lr_end) over training progress, read once per
     iteration at its start (progress = steps so far / total_timesteps, as in CleanRL): the first update
-    takes learning_rate, the last one 1/n_iterations short of lr_end."""
+    takes learning_rate, the last one about an iteration's share of the schedule short of lr_end."""
     lr_end: float = 0.0
     """learning rate the linear/exponential schedules head for at progress 1 (the end of training; the
     last update, at its start's progress, stays one iteration's step short of it)."""

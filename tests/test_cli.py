@@ -84,6 +84,7 @@ def test_same_seed_same_csv(tmp_path):
         (["train", "CartPole-v1", "--set", "gamma"], "expects key=value"),
         (["train", "CartPole-v1", "--objective", "dqn"], "invalid choice: 'dqn'"),
         (["train", "CartPole-v1", "--resume", "nope.npz"], "no such file 'nope.npz'"),
+        (["train", "CartPole-v1", "--resume", os.devnull], "--resume: not a regular file \\(a FIFO or a device\\)"),
         (["eval", "nope.npz"], "does not exist"),
         (["eval", "x.npz", "--episodes", "0"], "--episodes must be >= 1"),
         (["plot", "/nonexistent-dir"], "has no progress.csv"),
