@@ -580,11 +580,11 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
     # An explicit total_timesteps override wins over the saved budget (resume with a new target), as
     # learn(total) would take it: above the steps already run.
     if "total_timesteps" in overrides:
-        if config.total_timesteps <= algo.num_timesteps:  # (it would train nothing, and a save then
-            raise ValueError(  # record the lower total)
-                f"total_timesteps={config.total_timesteps}: the model has already run {algo.num_timesteps} "
-                f"steps; a resumed run trains up to total_timesteps steps in all: pass a total above "
-                f"{algo.num_timesteps}")
+        if config.total_timesteps <= algo.num_timesteps:
+            from minippo.ppo import TotalReached
+
+            raise TotalReached(config.total_timesteps, algo.num_timesteps,
+                               "a resumed run trains up to total_timesteps steps in all")
         algo.total_timesteps = config.total_timesteps
     else:
         algo.total_timesteps = int(meta["total_timesteps"])

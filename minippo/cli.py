@@ -559,9 +559,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
 
     from minippo import backend
-    from minippo.checkpoint import file_id, read_checkpoint, save_checkpoint
+    from minippo.checkpoint import file_id, save_checkpoint
     from minippo.envs import check_env_id
-    from minippo.ppo import PPO, NonFiniteEnvError
+    from minippo.ppo import PPO, NonFiniteEnvError, TotalReached
 
     try:
         check_env_id(args.env_id)
@@ -583,21 +583,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.timesteps is not None:
             overrides["total_timesteps"] = args.timesteps
         try:
-            if args.timesteps is not None:  # (PPO.load refuses it too, in the API's words)
-                done = read_checkpoint(args.resume)[0]["num_timesteps"]
-                if 0 < args.timesteps <= done:  # (0 is refused by PPOConfig, naming the allowed values)
-                    raise UsageError(f"--timesteps {args.timesteps}: the model has already run {done} steps; "
-                                     f"pass --timesteps above {done} to train further")
             algo = _build(lambda: PPO.load(args.resume, **overrides))
+        except TotalReached as e:  # (in the CLI's words)
+            raise UsageError(f"--timesteps {args.timesteps}: the model has already run {e.done} steps; pass "
+                             f"--timesteps above {e.done} to train further") from e
         except (ValueError, TypeError) as e:  # CheckpointError, a --timesteps or env space refused
             raise UsageError(f"--resume {args.resume}: {e}") from e
         if algo.config.env_id != args.env_id:
             raise UsageError(f"--resume model was trained on {algo.config.env_id}, not {args.env_id}")
-        if args.timesteps is not None:
-            algo.total_timesteps = args.timesteps
-        if algo.num_timesteps >= algo.total_timesteps:
-            said = f"--timesteps {args.timesteps}" if args.timesteps is not None else "--resume"
-            raise UsageError(f"{said}: the model has already run {algo.num_timesteps} steps; pass --timesteps "
+        if algo.num_timesteps >= algo.total_timesteps:  # (no --timesteps: the saved total is reached)
+            raise UsageError(f"--resume: the model has already run {algo.num_timesteps} steps; pass --timesteps "
                              f"above {algo.num_timesteps} to train further")
         cfg = algo.config
         backlog = algo.checkpoint_meta.get("unlogged_rows", [])  # the rows its run could not log

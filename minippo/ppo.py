@@ -34,6 +34,16 @@ Array = Any
 BATCH_KEYS = ("obs", "actions", "logp_old", "advantages", "returns", "values_old")
 
 
+class TotalReached(ValueError):
+    """A step budget ``total`` at or below the ``done`` steps a model has run: it would train nothing, and
+    a save would then record the lower total. Raised by :meth:`PPO.learn` and :meth:`PPO.load`."""
+
+    def __init__(self, total: int, done: int, counts: str) -> None:
+        super().__init__(f"total_timesteps={total}: the model has already run {done} steps; {counts}: pass a "
+                         f"total above {done}")
+        self.total, self.done = total, done
+
+
 class NonFiniteEnvError(ValueError):
     """The env returned a NaN or inf observation or reward, or an observation beyond the policy's dtype's
     range (training stops before it is used)."""
@@ -578,10 +588,9 @@ class PPO:
             total = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too
             if total > MAX_TIMESTEPS:
                 raise ValueError(f"total_timesteps {TOO_MANY_TIMESTEPS}, got {total}")
-            if total <= self.num_timesteps:  # (it trained nothing, and a save then recorded the lower total)
-                raise ValueError(f"total_timesteps={total}: the model has already run {self.num_timesteps} steps; "
-                                 f"learn(total) trains up to that many steps in all, not that many more: pass a "
-                                 f"total above {self.num_timesteps}")
+            if total <= self.num_timesteps:
+                raise TotalReached(total, self.num_timesteps,
+                                   "learn(total) trains up to that many steps in all, not that many more")
             self.total_timesteps = total
         if callback is not None and not callable(callback):  # (not after a whole iteration)
             raise TypeError(f"callback must be a function of the iteration's row, or None, got "

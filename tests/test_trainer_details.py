@@ -481,11 +481,14 @@ def test_a_resumed_run_takes_the_new_budget_and_reseeds_its_envs_past_the_saved_
     assert loaded.num_timesteps == 128
     assert seeds == [3 + 64]  # not the first run's seed 3: those episodes were played already
     # a budget at or below the steps run trained nothing and was saved over the file's (learn() refuses it)
+    from minippo.ppo import TotalReached
+
     for total in (64, 32):
-        with pytest.raises(ValueError, match=f"^total_timesteps={total}: the model has already run 64 steps; "
-                                             "a resumed run trains up to total_timesteps steps in all: pass a "
-                                             "total above 64"):
+        with pytest.raises(TotalReached, match=f"^total_timesteps={total}: the model has already run 64 steps; "
+                                               "a resumed run trains up to total_timesteps steps in all: pass a "
+                                               "total above 64$") as e:
             PPO.load(path, total_timesteps=total)
+        assert (e.value.total, e.value.done) == (total, 64) and isinstance(e.value, ValueError)
 
 
 @needs_gym
