@@ -22,7 +22,8 @@ those rows say so, and their ratio is ~1. At B <= 8 a second line times the numb
 could reach.
 
 ``ActorCritic.act`` (the rollout's per-step call: both MLPs, distribution, sample, log-prob) for the
-CartPole preset policy (4-64-64, Discrete(2)) and a 17-64-64 Gaussian (6-d) at batch 1, 8, 64: numpy,
+CartPole preset policy (4-64-64, Discrete(2)), a 17-64-64 Gaussian (6-d) and the CartPole policy with
+one trunk shared by actor and critic at batch 1, 8, 64: numpy,
 numba with the fused act (``kernels/cpu_act.py``), and numba without it (MLPs through ``kernels/cpu.py``),
 the three timed in alternating rounds. On a GPU also at 256 and 2048, and cupy twice: through
 ``kernels/act.cu`` (``kernels/gpu_act.py``) and through the array operations it replaces.
@@ -227,7 +228,7 @@ def bench_mlp(backends: list[str]) -> None:
             print(f"  {'-'.join(map(str, sizes)):11s} B={B:5d}  {cells}{ratio}")
             if "numba" in t_fwd and B <= 8:
                 dy = np.ones((B, sizes[-1]), np.float32)
-                print(kernels_alone(mlp, x, dy, t_fwd["numpy"], t_both["numpy"]))
+                print(kernels_alone(mlp, x, dy, t_fwd.get("numpy"), t_both.get("numpy")))
 
 
 def _fused_max_batch(sizes: list[int]) -> int:
@@ -239,11 +240,12 @@ def _fused_max_batch(sizes: list[int]) -> int:
     return cpu.max_batch(sizes)
 
 
-def kernels_alone(mlp: MLP, x: np.ndarray, dy: np.ndarray, t_np_fwd: float, t_np_both: float) -> str:
+def kernels_alone(mlp: MLP, x: np.ndarray, dy: np.ndarray, t_np_fwd: float | None, t_np_both: float | None) -> str:
     """The numba kernels called with preallocated outputs and no Python checks: what is left of a
     fused forward and forward+backward when the Python around them (state and input checks, fresh
-    output arrays, the gradient views, the MLP methods) is taken away, and numpy's time over that:
-    the highest speed-up any Python wrapper of these kernels could reach."""
+    output arrays, the gradient views, the MLP methods) is taken away, and numpy's time over that
+    (when numpy was timed, None otherwise): the highest speed-up any Python wrapper of these kernels
+    could reach."""
     use("numba")
     from minippo.kernels import cpu
 
@@ -257,9 +259,10 @@ def kernels_alone(mlp: MLP, x: np.ndarray, dy: np.ndarray, t_np_fwd: float, t_np
         st.fwd(x, st.P, *hs, st.act, st.act_out)
         st.bwd(dy, *cache, st.P, *G, dx, True, st.S)
     f, b = best(fwd), best(both)
+    ratio = "" if t_np_fwd is None or t_np_both is None else \
+        f"numpy / kernels alone: fwd {t_np_fwd / f:5.2f}x fwd+bwd {t_np_both / b:5.2f}x; "
     return (f"  {'':11s} {'':7s}  numba kernels alone fwd {f * 1e6:6.2f} fwd+bwd {b * 1e6:6.2f}  "
-            f"(numpy / kernels alone: fwd {t_np_fwd / f:5.2f}x fwd+bwd {t_np_both / b:5.2f}x; "
-            "best of 5, timed after the row)")
+            f"({ratio}best of 5, timed after the row)")
 
 
 def bench_act(backends: list[str]) -> None:

@@ -47,6 +47,9 @@ ADAM_BLOCKS_MAX = 64
 (16384 elements a pass; a larger array loops)."""
 GRID_MAX = 2**31 - 1
 """CUDA's limit on a launch's blocks in x."""
+INDEX_MAX = 2**31 - 1 - BLOCK
+"""The largest T or N GAE takes: its kernels index in int, and the last block's threads (up to
+``BLOCK - 1`` past N) must not wrap."""
 ACT_NAMES = {np.dtype(np.float32): "act_forward_f32", np.dtype(np.float64): "act_forward_f64"}
 ACT_BLOCK_MAX = 256
 """Threads per block of the act kernel: the widest layer's outputs rounded up to a warp, at most this."""
@@ -55,7 +58,9 @@ ACT_SHARED_MAX = 48 * 1024
 kernel's two activation rows must fit, 2 * width * itemsize bytes."""
 NVRTC_OPTIONS = ("--fmad=false",)  # no FMA contraction: bit-identical with the CPU backends
 
-_modules: dict[str, Any] = {}  # source name -> cupy.RawModule, compiled on first use
+_modules: dict[str, tuple[Any, dict[str, Any]]] = {}
+"""Source name -> (its cupy.RawModule, compiled on first use; the RawKernels taken from it, by name:
+``get_function`` makes a new RawKernel, looked up on the device again, at each call)."""
 
 
 def _cupy() -> ModuleType:
@@ -73,8 +78,11 @@ def source(name: str = SOURCE) -> str:
 
 def _kernel(name: str, file: str = SOURCE) -> Any:
     if file not in _modules:
-        _modules[file] = _cupy().RawModule(code=source(file), options=NVRTC_OPTIONS)
-    return _modules[file].get_function(name)
+        _modules[file] = (_cupy().RawModule(code=source(file), options=NVRTC_OPTIONS), {})
+    module, functions = _modules[file]
+    if name not in functions:
+        functions[name] = module.get_function(name)
+    return functions[name]
 
 
 def _writes_directly(cp: ModuleType, o: Array, dt: np.dtype, shape: tuple, inputs: tuple) -> bool:
@@ -110,12 +118,20 @@ def gae(
     if dt not in KERNEL_NAMES:
         dt = np.dtype(np.float64)
     r, v, d, lv = (cp.ascontiguousarray(cp.asarray(a, dtype=dt)) for a in (rewards, values, dones, last_values))
-    # dones are checked in their own dtype where it is float32 or float64: a float64 1 + 1e-12 (or
-    # 1e-50) would pass as a float32 1 (or 0). Casts from other dtypes keep 0 and 1 apart from the rest.
-    # (cp.asarray first: dones may be a host array beside device rewards, and ascontiguousarray takes
-    # device arrays only)
-    dc = d if dones.dtype == dt or dones.dtype not in CHECK_NAMES else cp.ascontiguousarray(cp.asarray(dones))
+    # The kernel reads T * N of values and dones and N of last_values by raw pointer: checked here too
+    # (compute_gae checks them; a direct call with short arrays would read past their ends)
+    if r.ndim != 2 or v.shape != r.shape or d.shape != r.shape or lv.shape != r.shape[1:]:
+        raise ValueError(f"rewards, values and dones must have one shape (T, N) and last_values (N,), got "
+                         f"{r.shape}, {v.shape}, {d.shape} and {lv.shape}")
     T, N = r.shape
+    if max(T, N) > INDEX_MAX:
+        raise ValueError(f"T={T} and N={N} must be <= {INDEX_MAX} (the kernels index time and env in int)")
+    # dones are checked in their own dtype where it is float32 or float64 (in native byte order: the
+    # device has no other): a float64 1 + 1e-12 (or 1e-50) would pass as a float32 1 (or 0). Casts from
+    # other dtypes keep 0 and 1 apart from the rest. (cp.asarray first: dones may be a host array beside
+    # device rewards, and ascontiguousarray takes device arrays only)
+    own = np.dtype(dones.dtype).newbyteorder("=")
+    dc = d if own == dt or own not in CHECK_NAMES else cp.ascontiguousarray(cp.asarray(dones, dtype=own))
     direct = out is not None and all(_writes_directly(cp, o, dt, (T, N), (r, v, d, lv)) for o in out) \
         and not cp.may_share_memory(out[0], out[1])
     adv, returns = out if direct else (cp.empty((T, N), dtype=dt), cp.empty((T, N), dtype=dt))

@@ -47,7 +47,10 @@ def real(
     or a value out of range; both messages name ``name`` and the allowed values.
     """
     ok_type = is_real(value)
-    v = float(value) if ok_type else math.nan
+    try:
+        v = float(value) if ok_type else math.nan
+    except OverflowError:  # an int (or Fraction) beyond float's range: not a finite number
+        v = math.nan
     ok = ok_type and math.isfinite(v) \
         and (low is None or (v > low if low_open else v >= low)) \
         and (high is None or (v < high if high_open else v <= high))
@@ -166,14 +169,27 @@ def cast_quietly(a: np.ndarray, dtype: Any) -> np.ndarray:
 
 
 def int_list(value: Any) -> list[int] | None:
-    """``value`` as a list of Python ints if it is an iterable of integers (numpy ints included, bools
-    not) other than a string, else None. (A string "64" would iterate as (6, 4), a bare 64 not at all.)"""
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+    """``value`` as a list of Python ints if it is an ordered iterable of integers (numpy ints and 0-d
+    integer arrays included, bools not) other than a string, else None. (A string "64" would iterate as
+    (6, 4), bytes as their codes, a set or dict in no given order, a bare 64 not at all.)"""
+    if isinstance(value, (str, bytes, bytearray, memoryview, set, frozenset, dict)) \
+            or not hasattr(value, "__iter__"):
         return None
-    items = list(value)
-    if not all(hasattr(v, "__index__") and not isinstance(v, (bool, np.bool_)) for v in items):
+    try:
+        items = list(value)
+    except TypeError:  # a 0-d array has __iter__ but does not iterate
+        return None
+    if not all(_is_int_scalar(v) for v in items):
         return None
     return [int(v) for v in items]
+
+
+def _is_int_scalar(v: Any) -> bool:
+    """An integer that is one number: a Python or numpy int, or a 0-d integer array (every ndarray has
+    ``__index__``, which only its 0-d integer ones honour); not a bool."""
+    if isinstance(v, (bool, np.bool_)) or not hasattr(v, "__index__"):
+        return False
+    return not isinstance(v, np.ndarray) or (v.ndim == 0 and v.dtype.kind in "iu")
 
 
 class DeferredChecks:

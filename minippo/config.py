@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import numbers
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,9 +84,45 @@ def _thaw(v: Any) -> Any:
     return v
 
 
+def _not_json_exact(v: Any, where: str) -> str | None:
+    """Why ``v`` would not come back from JSON as it is (None if it would): a checkpoint or config.json
+    that records ``v`` must give a resumed or evaluated run the same value."""
+    if v is None or isinstance(v, (str, int, float)):  # (bool is an int; Python's json writes and reads
+        return None                                      # back NaN and the infinities)
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                try:
+                    back = f": it would come back as the key {json.dumps(next(iter(json.loads(json.dumps({k: 0})))))}"
+                except (TypeError, ValueError):
+                    back = ""
+                return f"{where} has the key {k!r} of type {type(k).__name__} (JSON keys are strings{back})"
+            problem = _not_json_exact(x, f"{where}[{k!r}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(v, list):
+        return next((p for i, x in enumerate(v) if (p := _not_json_exact(x, f"{where}[{i}]"))), None)
+    if isinstance(v, tuple):
+        return f"{where} is a tuple (JSON would give it back as a list: pass a list)"
+    return f"{where} is of type {type(v).__name__}, not a JSON value"
+
+
 EVAL_SEED_OFFSET = 100_000
 """Evaluation seeds by default (``PPO.evaluate``, ``minippo eval``): the run's ``seed`` plus this, so that
-they are apart from training's (episode i of an evaluation resets with its seed + i)."""
+they are apart from training's (episode i of an evaluation resets with its seed + i; see
+:func:`train_reset_seed` for training's, which keep off the first 100,000 of them)."""
+
+
+def train_reset_seed(seed: int, steps: int, n_envs: int) -> int:
+    """The seed of training's reset of its ``n_envs`` envs (env i resets with the result + i) after
+    ``steps`` steps: at the start (steps 0) and when a run resumes. ``seed + steps`` while those seeds
+    stay below ``seed + EVAL_SEED_OFFSET``; past that, ``seed + steps + 2 * EVAL_SEED_OFFSET``, so that
+    a resumed run never starts its training episodes from evaluation episode 0 to 99,999's start
+    states (for ``n_envs`` up to EVAL_SEED_OFFSET)."""
+    if steps + n_envs <= EVAL_SEED_OFFSET:
+        return seed + steps
+    return seed + steps + 2 * EVAL_SEED_OFFSET
 
 
 def agent_rng(seed: int) -> np.random.Generator:
@@ -255,7 +291,10 @@ class PPOConfig:
             if f.type == "int" and isinstance(v, numbers.Integral):
                 setattr(self, f.name, int(v))
             elif f.type in ("float", "float | None"):
-                setattr(self, f.name, float(v))
+                try:
+                    setattr(self, f.name, float(v))
+                except OverflowError:  # an int beyond float's range: left for validate() to name
+                    pass
 
     # ------------------------------------------------------------ validation
     def validate(self) -> PPOConfig:
@@ -301,8 +340,8 @@ class PPOConfig:
         def number(name: str) -> float | None:
             """The field's value if it is a finite real number (not a bool), else None."""
             v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            return v if ok else None
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= sys.float_info.max
+            return v if ok else None  # (not NaN nor an infinity, nor an int too large for a float)
 
         for name in ("learning_rate", "adam_eps", "clip_eps", "kl_target", "kl_beta", "temperature"):
             v = number(name)
@@ -338,11 +377,12 @@ class PPOConfig:
             raise bad("env_id", "must be a non-empty gymnasium id")
         if not isinstance(self.env_kwargs, dict):
             raise bad("env_kwargs", "must be a dict")
-        try:  # checkpoints and config.json record it: refused now, not at the save after training
-            json.dumps(self.env_kwargs)
-        except (TypeError, ValueError) as e:
-            raise bad("env_kwargs",
-                      f"must hold JSON values only (str, int, float, bool, None, lists, dicts): {e}") from None
+        # checkpoints and config.json record it: refused now, not at the save after training, and refused
+        # where the JSON read back would differ (a resumed or evaluated run would make other envs)
+        problem = _not_json_exact(self.env_kwargs, "env_kwargs")
+        if problem:
+            raise bad("env_kwargs", "must hold JSON values only (dicts with string keys, lists, str, int, "
+                                    f"float, bool, None): {problem}")
         return self
 
     @property

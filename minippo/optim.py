@@ -175,14 +175,17 @@ class Adam:
 
     def _device_table(self) -> Any:
         """The parameters' ``kernels.gpu.ArrayTable`` (made again when a parameter array was replaced),
-        or None where a parameter is not C-contiguous, or of a dtype the kernels lack (float16): the
-        step then runs as array operations."""
+        or None where a parameter is not C-contiguous, or of a dtype the kernels lack (float16), or the
+        parameters are not all of one dtype (one rebound to another): the step then runs as array
+        operations."""
         arrays = [self.params[k] for k in self._slices]
         table = self._table
         if table is None or any(a is not b for a, b in zip(table.arrays, arrays, strict=True)):
             from minippo.kernels import gpu
 
-            if not all(a.flags.c_contiguous for a in arrays) or np.dtype(arrays[0].dtype) not in gpu.GATHER_NAMES:
+            dtypes = {np.dtype(a.dtype) for a in arrays}
+            if not all(a.flags.c_contiguous for a in arrays) or len(dtypes) > 1 \
+                    or not dtypes <= gpu.GATHER_NAMES.keys():
                 return None
             self._table = table = gpu.ArrayTable(arrays)
         return table

@@ -25,7 +25,15 @@ import numpy as np
 from minippo import backend, losses
 from minippo._checks import array, cast_quietly, deferred_checks, integer, real
 from minippo.buffer import RolloutBuffer
-from minippo.config import MAX_TIMESTEPS, OBJECTIVES, ON_POLICY, TOO_MANY_TIMESTEPS, PPOConfig, agent_rng
+from minippo.config import (
+    MAX_TIMESTEPS,
+    OBJECTIVES,
+    ON_POLICY,
+    TOO_MANY_TIMESTEPS,
+    PPOConfig,
+    agent_rng,
+    train_reset_seed,
+)
 from minippo.optim import Adam, Schedule
 from minippo.policy import ActorCritic
 
@@ -391,7 +399,7 @@ class PPO:
         cfg, buf, xp = self.config, self.buffer, self.xp
         n = cfg.n_envs
         if self._obs is None:
-            obs, _ = self.env.reset(seed=cfg.seed + self.num_timesteps)
+            obs, _ = self.env.reset(seed=train_reset_seed(cfg.seed, self.num_timesteps, n))
             self._obs = self._env_obs(obs, n, " on reset")
         buf.reset()
         next_step = self.next_step
@@ -657,8 +665,9 @@ class PPO:
         ``overrides`` replace saved config fields (e.g. ``total_timesteps``, above the steps already
         run, ``learning_rate``); not ``norm_obs`` or ``norm_reward``, which the saved network and
         statistics were trained with (ValueError). The adapted KL beta resumes as saved unless
-        ``kl_beta`` is given, which restarts it there. ``seed`` reseeds the envs' resets (at seed +
-        steps run); the trainer's own random state resumes as saved."""
+        ``kl_beta`` is given, which restarts it there. ``seed`` reseeds the envs' resets (at
+        :func:`~minippo.config.train_reset_seed` of it and the steps run, which keeps them apart from
+        the evaluation seeds); the trainer's own random state resumes as saved."""
         from minippo.checkpoint import load_checkpoint
 
         return load_checkpoint(path, env=env, **overrides)

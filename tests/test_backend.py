@@ -82,6 +82,37 @@ def test_missing_numba_says_how_to_install(monkeypatch):
         backend.resolve("numba")
 
 
+class _BrokenNumba:
+    """A meta path finder whose ``import numba`` fails as an installed but broken numba does."""
+
+    def __init__(self, error: ImportError) -> None:
+        self.error = error
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "numba":
+            raise self.error
+        return None
+
+
+@pytest.mark.parametrize("error, says", [
+    (ImportError("Numba needs NumPy 2.3 or less. Got NumPy 2.4."),  # numba's own refusal of a new numpy
+     r"numba is installed but cannot be imported \(Numba needs NumPy 2\.3 or less.*pip install -U"),
+    (ModuleNotFoundError("No module named 'llvmlite'", name="llvmlite"),  # its compiler backend missing
+     r"numba is installed but cannot be imported \(No module named 'llvmlite'\).*--force-reinstall"),
+])
+def test_broken_numba_is_not_called_missing(monkeypatch, caplog, error, says):
+    for mod in [m for m in sys.modules if m == "numba" or m.startswith("numba.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenNumba(error), *sys.meta_path])
+    with pytest.raises(ImportError, match=r"^MINIPPO_BACKEND=numba: " + says) as info:
+        backend.resolve("numba")
+    assert "not installed" not in str(info.value)
+    if not HAS_CUPY:  # auto gives the same reason, without the opening "MINIPPO_BACKEND=numba: "
+        with caplog.at_level(logging.INFO, logger="minippo"):
+            assert backend.resolve("auto")[0] == "numpy"
+        assert "; not numba: numba is installed but cannot be imported (" in caplog.text
+
+
 def test_cupy_choice_without_gpu_explains(monkeypatch):
     if HAS_CUPY:
         pytest.skip("cupy installed: covered by the GPU tests")

@@ -165,6 +165,24 @@ def test_mlp_rows_past_the_fused_batch_say_numba_runs_numpy(numpy_backend, monke
             if line == "  kernels alone line"] == ["1", "8", "1", "8"]
 
 
+def test_mlp_rows_of_numba_named_without_numpy(numpy_backend, monkeypatch, capsys):
+    """``kernels.py numba`` stopped at its first kernels-alone line (KeyError 'numpy', the ratio's
+    other side): the kernels alone are timed and printed without the numpy ratio."""
+    pytest.importorskip("numba")
+    kb = _script("kernels")
+    monkeypatch.setattr(kb, "best_interleaved", lambda calls: {n: 2e-6 for n in calls})
+    monkeypatch.setattr(kb, "best", lambda f: (f(), 1e-6)[1])
+    real_mlp = kb.MLP
+    monkeypatch.setattr(kb, "MLP", lambda sizes, **kw: real_mlp([sizes[0], 4, sizes[-1]], **kw))
+    kb.bench_mlp(["numba"])
+    printed = capsys.readouterr().out.splitlines()
+    alone = [line for line in printed if "kernels alone" in line]
+    assert len(alone) == 4 and len([line for line in printed if " B=" in line]) == 10, printed
+    assert all(line.endswith("numba kernels alone fwd   1.00 fwd+bwd   1.00  (best of 5, timed after the row)")
+               for line in alone), alone
+    assert not any("speed-up" in line for line in printed[1:])  # (the heading names it)
+
+
 def test_train_speed_times_learn_alone_after_an_untimed_start_up(monkeypatch, capsys):
     """The clock's readings bracket the timed learn() and nothing else of training: the start-up
     trainer (numba compiles, imports) and building the env come before the clock starts."""

@@ -287,10 +287,49 @@ def test_other_validations():
         c.validate()
 
 
-@pytest.mark.parametrize("value", [64, "64", None, (64, 32.5), (64, "32")])
+@pytest.mark.parametrize("value", [
+    64, "64", None, (64, 32.5), (64, "32"),
+    # numpy's own TypeErrors used to come out (a 0-d array does not iterate; every ndarray has __index__)
+    np.array(64), np.array([[64, 64]]), [np.array([64])], [np.array(True)],
+    {64, 32}, {64: 1}, bytearray(b"@@"), memoryview(b"@@"),  # no order, or bytes read as widths
+])
 def test_hidden_not_a_sequence_of_ints_is_named(value):
-    with pytest.raises(ValueError, match=r"PPOConfig\.hidden"):
+    with pytest.raises(ValueError, match=r"PPOConfig\.hidden=.* is invalid: must list at least one positive"):
         PPOConfig(hidden=value)
+
+
+def test_hidden_of_numpy_integers_and_0d_arrays():
+    assert PPOConfig(hidden=np.array([64, 32])).hidden == (64, 32)
+    assert PPOConfig(hidden=[np.array(64), np.int64(3), np.uint8(5)]).hidden == (64, 3, 5)
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "target_kl", "gamma", "max_grad_norm", "kl_beta"])
+@pytest.mark.parametrize("value", [10**400, -10**400])
+def test_an_int_beyond_floats_range_is_named_not_an_overflow(field, value):
+    with pytest.raises(ValueError, match=rf"PPOConfig\.{field}=-?1000+ is invalid"):  # was a bare OverflowError
+        PPOConfig(**{field: value})
+    assert PPOConfig(learning_rate=10**300).learning_rate == 1e300  # (within range: a float, as before)
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    ({"table": {0: "left", "0": "zero"}}, r"env_kwargs\['table'\] has the key 0 of type int \(JSON keys are "
+                                          r"strings: it would come back as the key \"0\"\)"),
+    ({"table": {0: -1.0, 1: 1.0}}, r"env_kwargs\['table'\] has the key 0 of type int"),
+    ({"a": [1, {True: 2}]}, r"env_kwargs\['a'\]\[1\] has the key True of type bool .*the key \"true\""),
+    ({None: 1}, r"env_kwargs has the key None of type NoneType .*the key \"null\""),
+    ({"shape": (3, 3)}, r"env_kwargs\['shape'\] is a tuple \(JSON would give it back as a list: pass a list\)"),
+    ({"a": np.int64(3)}, r"env_kwargs\['a'\] is of type int64, not a JSON value"),
+])
+def test_env_kwargs_that_json_would_change_are_refused(kwargs, says):
+    """A checkpoint and config.json record env_kwargs as JSON: keys that are not strings came back as
+    strings (and {0: .., "0": ..} as one entry; to_json's sorted keys failed outright), tuples as lists,
+    so a resumed or evaluated run made its envs with other kwargs."""
+    with pytest.raises(ValueError, match=r"PPOConfig\.env_kwargs=.* is invalid: must hold JSON values only .*: "
+                                         + says):
+        PPOConfig(env_kwargs=kwargs)
+    ok = {"a": [1, 2.5, None, True, "x", {"b": {}}], "g": np.float64(9.8), "inf": float("inf")}
+    back = PPOConfig.from_dict(json.loads(PPOConfig(env_kwargs=ok).to_json())).env_kwargs
+    assert back == ok and type(back["a"]) is list
 
 
 def test_advantage_estimator_resolves_auto():

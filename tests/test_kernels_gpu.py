@@ -308,6 +308,50 @@ def test_wrapper_refuses_bad_dones_and_leaves_out_as_it_was(cupy_standin):
     assert (out[0] == 7.0).all() and (out[1] == 8.0).all()
 
 
+def test_wrapper_refuses_shapes_the_kernel_would_read_past(cupy_standin, monkeypatch):
+    """gpu.gae called directly took T, N from rewards alone: short values or last_values were read past
+    their ends on a device (the shim ran it and returned numbers). Refused before any launch."""
+    r, v, d, lv = rollout(6, 4, np.float32)
+    for args in ((r, v[:4], d, lv), (r, v, d[:, :3], lv), (r, v, d, lv[:1]), (r[0], v[0], d[0], lv)):
+        with pytest.raises(ValueError, match=r"^rewards, values and dones must have one shape \(T, N\) and "
+                                             r"last_values \(N,\), got "):
+            gpu.gae(*args, 0.99, 0.95)
+    assert cupy_standin.launches == []
+    monkeypatch.setattr(gpu, "INDEX_MAX", 5)  # (as N = 2**31 - 1 would: the last block's threads wrap)
+    with pytest.raises(ValueError, match=r"^T=6 and N=4 must be <= 5 \(the kernels index time and env in int\)"):
+        gpu.gae(r, v, d, lv, 0.99, 0.95)
+    assert cupy_standin.launches == [] and gpu.INDEX_MAX < 2**31 - gpu.BLOCK
+
+
+def test_wrapper_checks_byte_swapped_float64_dones_in_float64(cupy_standin):
+    """Host dones in big-endian float64 beside float32 rewards were checked after the cast to float32
+    (the check compared dtypes by equality, and '>f8' is not '<f8'): 1 + 1e-12 passed as a 1."""
+    r, v, d, lv = rollout(20, 6, np.float32)
+    for order in ("<", ">"):
+        dones = d.astype(order + "f8")
+        dones[3, 2] = 1 + 1e-12
+        with pytest.raises(ValueError, match=r"^dones must hold only 0 and 1"):
+            gpu.gae(r, v, dones, lv, 0.99, 0.95)
+    assert [name for name, *_ in cupy_standin.launches] == ["dones_check_f64", "gae_f32"] * 2
+    adv, _ = gpu.gae(r, v, d.astype(">f8"), lv, 0.99, 0.95)  # 0 and 1 in either order: as native
+    np.testing.assert_array_equal(adv, advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)[0])
+
+
+def test_wrapper_takes_each_kernel_from_its_module_once(cupy_standin, monkeypatch):
+    """RawModule.get_function makes a new RawKernel at each call (looked up on the device again):
+    each kernel is taken once per module and kept."""
+    taken = []
+    real = cupy_standin.RawModule.get_function
+    monkeypatch.setattr(cupy_standin.RawModule, "get_function",
+                        lambda self, name: taken.append(name) or real(self, name))
+    r, v, d, lv = rollout(5, 3, np.float32)
+    for _ in range(3):
+        gpu.gae(r, v, d, lv, 0.99, 0.95)
+    gpu.gae(*(a.astype(np.float64) for a in (r, v, d, lv)), 0.99, 0.95)
+    assert sorted(taken) == ["dones_check_f32", "dones_check_f64", "gae_f32", "gae_f64"]
+    assert len(cupy_standin.launches) == 8 and cupy_standin.compiled == [gpu.NVRTC_OPTIONS]
+
+
 def test_source_is_package_data_and_import_needs_no_cupy():
     assert "extern \"C\" __global__ void gae_f32" in gpu.source()
     code = ("import sys; sys.modules['cupy'] = None; import minippo.kernels.gpu as g; "

@@ -219,6 +219,31 @@ def test_float16_parameters_take_the_array_operations(device):
     assert_same_bits(got, want)
 
 
+def test_parameters_of_mixed_dtypes_take_the_array_operations(device):
+    """The table was made from the first parameter's dtype alone: a parameter of another dtype (made
+    so, or rebound to one after a step) raised 'arrays[1] must be a C-contiguous float32 cupy array'
+    where numpy steps. They step by the array operations, to numpy's bits."""
+    rng = np.random.default_rng(8)
+    params, grads = network(rng, np.float32)
+    first = next(iter(params))
+    for rebind_after in (0, 1):  # mixed from the start; rebound after one step through the kernels
+        p = {k: device.asarray(a) for k, a in params.items()}
+        host_p = {k: a.copy() for k, a in params.items()}
+        opt, host = Adam(p), Adam(host_p)
+        device.launches.clear()
+        for i, g in enumerate(grads):
+            if i == rebind_after:
+                host_p[first] = host_p[first].astype(np.float64)
+                p[first] = device.asarray(host_p[first])
+                launched = len(device.launches)
+            assert opt.step({k: device.asarray(a) for k, a in g.items()}, max_grad_norm=0.5) == \
+                host.step(g, max_grad_norm=0.5)
+        assert len(device.launches) == launched == 2 * rebind_after  # none once the dtypes were mixed
+        for k in params:
+            assert p[k].dtype == host_p[k].dtype
+            np.testing.assert_array_equal(p[k].get(), host_p[k])
+
+
 def test_a_replaced_parameter_gets_a_new_table_and_a_copy_updates_only_its_own(device):
     """The table holds addresses: a parameter array replaced in the dict is found (by identity) and
     the table made again, so the new array is updated, not the old one; a deep copy of the optimizer

@@ -491,6 +491,36 @@ def test_a_resumed_run_takes_the_new_budget_and_reseeds_its_envs_past_the_saved_
         assert (e.value.total, e.value.done) == (total, 64) and isinstance(e.value, ValueError)
 
 
+def test_training_reset_seeds_keep_off_the_evaluation_seeds():
+    """A run resumed near step 100,000 reset its envs with seed + steps + i, the very seeds of
+    evaluation episodes 0, 1, ... (seed + 100000 + i): training started from the start states it is
+    scored on. Training's reset seeds now never meet evaluation's first 100,000 episodes, and two
+    different step counts never share a seed window's start."""
+    from minippo.config import EVAL_SEED_OFFSET, train_reset_seed
+
+    for n in (1, 8, 64):
+        starts = set()
+        for steps in [*range(0, 3 * EVAL_SEED_OFFSET, 997), *range(EVAL_SEED_OFFSET - 70, EVAL_SEED_OFFSET + 70)]:
+            base = train_reset_seed(7, steps, n) - 7
+            window = range(base, base + n)
+            assert not set(window) & set(range(EVAL_SEED_OFFSET, 2 * EVAL_SEED_OFFSET)), (steps, n)
+            assert base not in starts
+            starts.add(base)
+        assert train_reset_seed(7, 0, n) == 7 and train_reset_seed(7, 640, n) == 7 + 640  # as before
+
+
+@needs_gym
+def test_a_run_resumed_past_the_evaluation_seeds_resets_apart_from_them(numpy_backend):
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=8, n_steps=16, batch_size=64, n_epochs=1, hidden=(8,),
+                         seed=3))
+    seeds = []
+    real_reset = algo.env.reset
+    algo.env.reset = lambda seed=None, **kw: seeds.append(seed) or real_reset(seed=seed, **kw)
+    algo.num_timesteps = 100_000 - 4  # as a loaded checkpoint sets it: env 4 would reset at 3 + 100000
+    algo.collect_rollout()
+    assert seeds == [3 + 100_000 - 4 + 200_000]
+
+
 @needs_gym
 def test_a_kl_beta_given_on_resume_restarts_beta_there(numpy_backend, tmp_path):
     """An explicit kl_beta was put in the config and then overwritten by the saved beta; without one
