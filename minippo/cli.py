@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", default="learning_curves.png",
                     help="image to write, in any format matplotlib writes, named by its suffix: .png, .pdf, .svg, ... "
                          "(default learning_curves.png)")
-    pl.add_argument("--y", default="mean_return", help=f"column to plot, one of {', '.join(CSV_COLUMNS)}")
+    pl.add_argument("--y", default="mean_return",
+                    help=f"column to plot, one of {', '.join(CSV_COLUMNS)} (default mean_return)")
     pl.add_argument("--x", default="timesteps", help=f"its axis, one of {', '.join(PLOT_X)} (default timesteps; "
                     "time: training seconds, to compare backends or machines)")
 
@@ -291,6 +292,15 @@ class _Progress:
             print(file=sys.stderr)
 
 
+def _ends_line(path: str) -> bool:
+    """Whether the file at ``path`` ends with a newline (or is empty)."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class CsvLog:
     """progress.csv, one row per iteration; each row goes out in a single O_APPEND write, so a crash
     never leaves a partial line.
@@ -331,10 +341,10 @@ class CsvLog:
         return rows
 
     @staticmethod
-    def _keep_rows(path: str, rows: list[list[str]], keep_through: int) -> list[list[str]]:
-        from minippo.checkpoint import atomic_write
-
-        keep = [rows[0]]
+    def kept_rows(path: str, rows: list[list[str]], keep_through: int) -> list[list[str]]:
+        """The header and the rows of iterations up to ``keep_through``, or ValueError naming the line
+        of a row whose iteration is not an integer. Reads and writes nothing."""
+        keep = rows[:1]
         for n, row in enumerate(rows[1:], start=2):
             try:
                 it = int(row[0])
@@ -342,7 +352,16 @@ class CsvLog:
                 raise ValueError(f"{path}, line {n}: iteration {row[:1]} is not an integer") from None
             if it <= keep_through:
                 keep.append(row)
-        if len(keep) < len(rows):
+        return keep
+
+    @staticmethod
+    def _keep_rows(path: str, rows: list[list[str]], keep_through: int) -> list[list[str]]:
+        from minippo.checkpoint import atomic_write
+
+        keep = CsvLog.kept_rows(path, rows, keep_through)
+        # rewritten also where the file does not end its last line (edited elsewhere): the next row
+        # appended would join that line
+        if len(keep) < len(rows) or not _ends_line(path):
             buf = io.StringIO()
             csv.writer(buf, lineterminator="\n").writerows(keep)
             atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
@@ -461,6 +480,12 @@ _CONFIG_FLAGS = (("--preset", "preset"), ("--seed", "seed"), ("--n-envs", "n_env
                  ("--objective", "objective"), ("--set", "set"), ("--overwrite", "overwrite"))
 
 
+def _given(value: Any) -> bool:
+    """Whether a flag's parsed value was given: its default is None, False (--overwrite) or [] (--set).
+    (Compared by identity: ``0 in (None, [], False)`` is True, and --seed 0 was taken as not given.)"""
+    return not (value is None or value is False or (isinstance(value, list) and not value))
+
+
 def _is_run_folder(folder: str, env_id: str) -> bool:
     """True when ``folder`` holds a minippo run of ``env_id``: a config.json that is a JSON object
     with that env_id (what ``minippo train`` writes beside model.npz)."""
@@ -532,8 +557,18 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
         if own:  # resuming in place rewrites these (model.npz by the save at the end): a write-protected
             for name in ("model.npz", "config.json", "progress.csv"):  # one is refused now, before
                 replaced_mode(os.path.join(out, name))  # anything is written or trained
-        # a foreign progress.csv is refused before anything is written
-        rows = CsvLog.read_rows(csv_path) if args.resume else None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{where}: cannot write the run there: {e}") from e
+    rows = None
+    if args.resume:  # a foreign or unreadable progress.csv is refused before anything is written
+        try:
+            rows = CsvLog.read_rows(csv_path)
+            CsvLog.kept_rows(csv_path, rows, iteration)
+        except OSError as e:
+            raise UsageError(f"{where}: cannot read the run's progress.csv: {e}") from e
+        except ValueError as e:
+            raise UsageError(f"{where}: cannot continue the run's progress.csv: {e}") from e
+    try:
         _write_json_atomic(os.path.join(out, "config.json"), cfg.to_dict())
         log = CsvLog(csv_path, keep_through=iteration if args.resume else None, rows=rows)
         log.backfill(unlogged)
@@ -575,7 +610,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not os.path.isfile(args.resume):
             what = "not a regular file (a FIFO or a device)" if os.path.exists(args.resume) else "no such file"
             raise UsageError(f"--resume: {what} {args.resume!r}")
-        given = [flag for flag, name in _CONFIG_FLAGS if getattr(args, name) not in (None, [], False)]
+        given = [flag for flag, name in _CONFIG_FLAGS if _given(getattr(args, name))]
         if given:
             raise UsageError(f"--resume continues with the saved config; {', '.join(given)} cannot be "
                              "combined with it (only --timesteps, --out and --quiet can)")

@@ -143,7 +143,8 @@ class EnvKwargsError(ValueError):
 @contextmanager
 def dependency_errors(env_id: str, env_kwargs: dict[str, Any] | None = None) -> Iterator[None]:
     """Around making ``env_id``: gymnasium's DependencyNotInstalled (e.g. Box2D missing) becomes an
-    ImportError that names the env and the extra to install; with ``env_kwargs`` given, a TypeError
+    ImportError that names the env and the extra to install, a module missing (e.g. jax for the
+    ``phys2d/`` envs) one that names the env and the module; with ``env_kwargs`` given, a TypeError
     (the env's constructor refusing one) becomes an :class:`EnvKwargsError` that names env_kwargs."""
     from gymnasium.error import DependencyNotInstalled
 
@@ -152,6 +153,9 @@ def dependency_errors(env_id: str, env_kwargs: dict[str, Any] | None = None) -> 
     except DependencyNotInstalled as e:
         raise ImportError(f"{env_id} needs a package that is not installed ({e}); "
                           "pip install 'minippo[gym]' installs classic-control and box2d") from e
+    except ModuleNotFoundError as e:  # an env whose module imports one it does not declare (jax for phys2d/)
+        raise ImportError(f"{env_id} needs the module {e.name!r}, which is not installed ({e}); install the "
+                          "package that provides it") from e
     except TypeError as e:
         if not env_kwargs:
             raise

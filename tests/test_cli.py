@@ -324,6 +324,22 @@ def test_missing_env_dependency_is_one_line(capsys):
     assert err.count("\n") == 1 and "needs a package that is not installed" in err and "minippo[gym]" in err
 
 
+def test_an_env_whose_module_is_missing_is_named_with_the_module(capsys, tmp_path):
+    """gymnasium's phys2d/ envs import jax, which it does not install: the error was the bare
+    "No module named 'jax'", naming neither the env nor what to do."""
+    import gymnasium as gym
+
+    def needs_jax(**kwargs):
+        raise ModuleNotFoundError("No module named 'jaxish'", name="jaxish")
+
+    if "minippo-test/NeedsJax-v0" not in gym.registry:
+        gym.register("minippo-test/NeedsJax-v0", entry_point=needs_jax)
+    assert main(["train", "minippo-test/NeedsJax-v0", "--timesteps", "64", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("minippo: error: minippo-test/NeedsJax-v0 needs the module 'jaxish', which is not installed "
+                   "(No module named 'jaxish'); install the package that provides it\n"), err
+
+
 def test_too_old_gymnasium_is_one_line(monkeypatch, capsys, tmp_path):
     """gymnasium 1.0 has no vector AutoresetMode (added in 1.1): named with the upgrade, not an
     ImportError from inside minippo.envs."""
@@ -388,7 +404,7 @@ def test_resume_writes_to_the_models_own_run_and_trims_what_a_dead_run_logged(tm
     os.replace("saved.npz", "runB/model.npz")
     assert main(["train", "CartPole-v1", "--resume", "runB/model.npz", "--timesteps", "256"]) == 2
     err = capsys.readouterr().err
-    assert "run folder 'runB': cannot write the run there" in err and "--out" not in err, err
+    assert "run folder 'runB': cannot continue the run's progress.csv: " in err and "--out" not in err, err
     assert "does not have minippo's progress.csv columns" in err
     assert (tmp_path / "runB" / "config.json").read_text() == config_b  # refused: nothing written
     # a model.npz saved from Python beside a config.json of the user's is not a run folder: --out needed
@@ -403,6 +419,41 @@ def test_resume_writes_to_the_models_own_run_and_trims_what_a_dead_run_logged(tm
     assert main(["train", "CartPole-v1", "--resume", "project/model.npz", "--out", "project", "--timesteps",
                  "256", "--quiet"]) == 0
     assert _iterations("project/progress.csv") == [7, 8]
+
+
+def test_resume_refuses_config_flags_given_as_zero_and_writes_nothing_when_refused(tmp_path, monkeypatch, capsys):
+    """--seed 0 and --n-envs 0 passed the 'config flags are refused' check (0 == False) and the run
+    trained with the saved seed; a progress.csv refused for a bad row had config.json rewritten first."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--n-envs", "2", "--seed", "5", "--out", "r",
+                 "--quiet", *TINY]) == 0
+    before = {n: (tmp_path / "r" / n).read_bytes() for n in os.listdir("r")}
+    for flag in (["--seed", "0"], ["--n-envs", "0"], ["--seed", "1"], ["--set", "gamma=0.9"], ["--overwrite"]):
+        assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128", *flag]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{flag[0]} cannot be combined with it" in err, (flag, err)
+    with open("r/progress.csv", "a") as f:
+        f.write("x" + "," * (len(CSV_COLUMNS) - 1) + "\n")
+    assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("minippo: error: run folder 'r': cannot continue the run's progress.csv: r/progress.csv, line 4: "
+                   "iteration ['x'] is not an integer\n"), err
+    assert (tmp_path / "r" / "config.json").read_bytes() == before["config.json"]  # nothing written
+    assert (tmp_path / "r" / "model.npz").read_bytes() == before["model.npz"]
+
+
+def test_resume_onto_a_progress_csv_without_its_last_newline_keeps_rows_apart(tmp_path, monkeypatch):
+    """A progress.csv saved by an editor without the last line's newline: the first row appended
+    joined that line (iteration 3's row became part of 2's, and plot read it without a word)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--n-envs", "2", "--out", "r", "--quiet", *TINY]) == 0
+    text = (tmp_path / "r" / "progress.csv").read_text()
+    (tmp_path / "r" / "progress.csv").write_text(text.rstrip("\n"))
+    assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128", "--quiet"]) == 0
+    rows = _rows("r/progress.csv")
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    assert all(len(r) == len(CSV_COLUMNS) and None not in r for r in rows)
+    assert [r["timesteps"] for r in rows] == ["32", "64", "96", "128"]
 
 
 def test_a_run_folder_that_cannot_be_written_is_refused_before_training(tmp_path, capsys, monkeypatch):
