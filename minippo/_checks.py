@@ -138,6 +138,9 @@ def rng_from_seed(name: str, value: Any) -> np.random.Generator:
     a SeedSequence, a BitGenerator, a sequence of ints); what that refuses raises naming ``name``."""
     if isinstance(value, np.random.Generator):
         return value
+    if isinstance(value, (bool, np.bool_)):  # (True is the int 1 to numpy: a flag passed by mistake)
+        raise TypeError(f"{name} must be an integer >= 0 (or None, a SeedSequence or a numpy Generator), "
+                        f"got {value!r}")
     try:
         return np.random.default_rng(value)
     except (TypeError, ValueError) as e:
@@ -149,7 +152,7 @@ def float_dtype(name: str, value: Any) -> np.dtype:
     """``np.dtype(value)`` if it is a float dtype; else ValueError naming ``name``."""
     try:
         dt = np.dtype(value)
-    except TypeError:
+    except (TypeError, ValueError):  # (ValueError: e.g. a ("f4", -1) subarray spec)
         dt = None
     if dt is None or dt.kind != "f":
         raise ValueError(f"{name} must be a float type such as float32 or float64, got {value!r}")

@@ -358,10 +358,10 @@ class PPOConfig:
             raise bad("log_std_init", f"must be in [{LOG_STD_MIN}, {LOG_STD_MAX}] (the policy's log-std range)")
         v = number("gamma")
         if v is None or not 0.0 < v <= 1.0:
-            raise bad("gamma", "must be in (0, 1]")
+            raise bad("gamma", "must be a number in (0, 1]")
         v = number("gae_lambda")
         if v is None or not 0.0 <= v <= 1.0:
-            raise bad("gae_lambda", "must be in [0, 1]")
+            raise bad("gae_lambda", "must be a number in [0, 1]")
         if self.target_kl is not None and (number("target_kl") or 0) <= 0:
             raise bad("target_kl", "must be a finite number > 0, or None")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -371,8 +371,10 @@ class PPOConfig:
             raise bad("hidden", "must list at least one positive integer width")
         if self.lr_schedule == "exponential" and self.lr_end <= 0:
             raise bad("lr_end", "must be > 0 for an exponential lr_schedule")
-        if self.ent_schedule == "exponential" and (self.ent_end <= 0 or self.ent_coef <= 0):
-            raise bad("ent_end", "must be > 0 (and ent_coef > 0) for an exponential ent_schedule")
+        if self.ent_schedule == "exponential" and self.ent_coef <= 0:
+            raise bad("ent_coef", "must be > 0 for an exponential ent_schedule (it decays from ent_coef to ent_end)")
+        if self.ent_schedule == "exponential" and self.ent_end <= 0:
+            raise bad("ent_end", "must be > 0 for an exponential ent_schedule")
         if not isinstance(self.env_id, str) or not self.env_id:
             raise bad("env_id", "must be a non-empty gymnasium id")
         if not isinstance(self.env_kwargs, dict):

@@ -242,13 +242,13 @@ def test_log_std_init_range(value):
 
 @pytest.mark.parametrize("value", [0.0, -0.5, 1.01, float("nan"), "abc", True, [1]])
 def test_gamma_range(value):
-    with pytest.raises(ValueError, match=_err("gamma", value) + r": must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=_err("gamma", value) + r": must be a number in \(0, 1\]"):
         PPOConfig(gamma=value)
 
 
 @pytest.mark.parametrize("value", [-0.01, 1.01, float("nan"), "abc", True, [1]])
 def test_gae_lambda_range(value):
-    with pytest.raises(ValueError, match=_err("gae_lambda", value) + r": must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=_err("gae_lambda", value) + r": must be a number in \[0, 1\]"):
         PPOConfig(gae_lambda=value)
 
 
@@ -273,6 +273,9 @@ def test_other_validations():
         PPOConfig(lr_schedule="exponential", lr_end=0.0)
     with pytest.raises(ValueError, match=_err("ent_end", 0.0) + ".*exponential ent_schedule"):
         PPOConfig(ent_schedule="exponential", ent_coef=0.01, ent_end=0.0)
+    # ent_coef at 0 was reported as ent_end's fault
+    with pytest.raises(ValueError, match=_err("ent_coef", 0.0) + ": must be > 0 for an exponential ent_schedule"):
+        PPOConfig(ent_schedule="exponential", ent_coef=0.0, ent_end=0.01)
     with pytest.raises(ValueError, match=_err("env_id", "") + ": must be a non-empty"):
         PPOConfig(env_id="")
     with pytest.raises(ValueError, match=_err("env_kwargs", []) + ": must be a dict"):

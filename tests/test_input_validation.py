@@ -810,6 +810,9 @@ def test_constructors_name_seed_dtype_shared_and_gains():
          r"numpy Generator\), got -1"),
         (lambda: ActorCritic(3, Discrete(2), seed="0"), TypeError, "seed must be an integer >= 0 .*, got '0'"),
         (lambda: ActorCritic(3, Discrete(2), seed=1.5), TypeError, "seed must be an integer >= 0 .*, got 1.5"),
+        (lambda: MLP([3, 2], seed=True), TypeError, "seed must be an integer >= 0 .*, got True"),  # (was seed 1)
+        (lambda: MLP([3, 2], dtype=("f4", -1)), ValueError,  # (was numpy's ValueError, naming nothing)
+         r"dtype must be a float type such as float32 or float64, got \('f4', -1\)"),
         (lambda: ActorCritic(3, Discrete(2), dtype="banana"), ValueError,
          r"dtype must be a float type such as float32 or float64, got 'banana'"),
         (lambda: MLP([3, 2], dtype="banana"), ValueError, "dtype must be a float type"),
