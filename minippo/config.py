@@ -238,7 +238,8 @@ class PPOConfig:
     eval_episodes: int = 10
     """episodes PPO.evaluate() plays when not told how many."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """extra keyword arguments for gymnasium.make."""
+    """extra keyword arguments for gymnasium.make: JSON values that JSON gives back as they are (string
+    keys; lists, not tuples), since checkpoints and config.json record them for resume and evaluation."""
 
     def __post_init__(self) -> None:
         self.validate()
