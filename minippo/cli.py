@@ -969,7 +969,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        return {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "bench": cmd_bench}[args.command](args)
+        code = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "bench": cmd_bench}[args.command](args)
+        # stdout to a pipe is block-buffered (unless PYTHONUNBUFFERED): a reader that closed early makes
+        # this flush fail, here, rather than the one at exit (exit status 120, "Exception ignored")
+        sys.stdout.flush()
+        return code
     except (UsageError, ImportError) as e:  # ImportError: a missing optional dependency
         print(f"minippo: error: {e}", file=sys.stderr)
         return 2

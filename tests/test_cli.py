@@ -1418,12 +1418,16 @@ def test_a_closed_stdout_ends_eval_without_a_traceback(tmp_path):
     """`minippo eval MODEL | <a reader that closed early>` raised BrokenPipeError with a traceback."""
     out = tmp_path / "run"
     assert main(["train", "CartPole-v1", "--timesteps", "32", "--out", str(out), "--quiet", *TINY]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "minippo", "eval", str(out / "model.npz"), "--episodes", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc.stdout.close()  # before it prints (it imports and plays an episode first)
-    err = proc.stderr.read()
-    assert proc.wait(timeout=120) == 141, err
-    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    for unbuffered in ("1", None):  # without PYTHONUNBUFFERED the print stays buffered to the flush at exit,
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # which failed with status 120
+        if unbuffered:
+            env["PYTHONUNBUFFERED"] = unbuffered
+        proc = subprocess.Popen([sys.executable, "-m", "minippo", "eval", str(out / "model.npz"), "--episodes", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        proc.stdout.close()  # before it prints (it imports and plays an episode first)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 141, (unbuffered, err)
+        assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_a_broken_pipe_that_is_not_stdout_s_is_raised(monkeypatch):
