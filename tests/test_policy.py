@@ -2,9 +2,10 @@
 continuous heads, separate and shared trunk, every upstream gradient (logp, entropy, value,
 KL to an old policy); parameter layout; acting; bad inputs.
 
-Gradient tolerance: norm-wise relative error < 1e-6 (minippo.gradcheck.rel_error, floor 1e-3),
-float64 parameters, h = 1e-6. The network is smooth (tanh), or relu with every pre-activation
-kept >= 1e-3 from the kink, so central differences are accurate to ~1e-9.
+Gradient tolerance: norm-wise relative error < 1e-6 (minippo.gradcheck.rel_error, floor 1e-3 of
+the size of the terms summed, see noise_floor), float64 parameters, h = 1e-6. The network is smooth
+(tanh), or relu with every pre-activation kept >= 1e-3 from the kink, so the truncation error of
+central differences is ~1e-9; their rounding noise is what the floor is for.
 """
 
 import numpy as np
@@ -76,6 +77,21 @@ def weighted_sum(policy, obs, actions, dist_old, g):
     return float(total), cache
 
 
+def noise_floor(policy, obs, actions, dist_old, g):
+    """check_grads' floor for weighted_sum: its central differences carry eps * S / h of rounding
+    noise, S the sum of the |terms| summed (rel_error's docstring), and check_grads scales its floor
+    by |f| alone. The terms' signs are drawn, so they may cancel: S of 16 for an f of 2.9 (hypothesis
+    found it) put the noise of a trunk gradient of norm ~2e-3 at 1.8e-6 of the |f|-scaled floor
+    (1.8e-7 at h = 1e-5: noise, not the gradient). The floor scaled by S / |f| keeps the noise at
+    ~1e-7 of it; a wrong gradient of norm >= 1e-3 * S still shows as an error of order 1."""
+    logp, entropy, values, cache = policy.evaluate(obs, actions)
+    kl = policy.kl_old(dist_old, cache)
+    terms = (g["logp"] * logp, g["entropy"] * entropy, g["value"] * values, g["kl"] * kl)
+    size = sum(float(np.abs(t).sum()) for t in terms)
+    f = abs(float(sum(t.sum() for t in terms)))
+    return 1e-3 * max(1.0, size) / max(1.0, f)
+
+
 @FAST
 @given(policy_case())
 def test_backward_all_terms(case):
@@ -87,7 +103,7 @@ def test_backward_all_terms(case):
     for k in grads:
         assert grads[k].shape == policy.params[k].shape and grads[k].dtype == np.float64
     err = check_grads(lambda: weighted_sum(policy, obs, actions, dist_old, g)[0],
-                      policy.params, grads)
+                      policy.params, grads, floor=noise_floor(policy, obs, actions, dist_old, g))
     assert err < TOL
 
 
@@ -101,7 +117,7 @@ def test_backward_relu(case):
     grads = policy.backward(cache, dlogp=g["logp"], dentropy=g["entropy"], dvalue=g["value"],
                             dkl=g["kl"])
     err = check_grads(lambda: weighted_sum(policy, obs, actions, dist_old, g)[0],
-                      policy.params, grads)
+                      policy.params, grads, floor=noise_floor(policy, obs, actions, dist_old, g))
     assert err < TOL
 
 
@@ -119,7 +135,7 @@ def test_backward_each_term_alone(discrete, shared, term):
     kwargs = {"dlogp": "logp", "dentropy": "entropy", "dvalue": "value", "dkl": "kl"}
     grads = policy.backward(cache, **{kw: g[t] for kw, t in kwargs.items() if t == term})
     err = check_grads(lambda: weighted_sum(policy, obs, actions, dist_old, g)[0],
-                      policy.params, grads)
+                      policy.params, grads, floor=noise_floor(policy, obs, actions, dist_old, g))
     assert err < TOL
     for k, v in grads.items():
         if term == "value" and (k.startswith("actor.") or k == "log_std"):
