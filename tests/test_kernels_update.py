@@ -162,8 +162,10 @@ def _fused_matches_loss_and_grads(dtype, discrete, nets, activation, B, temperat
                                   ent_coef, clip_eps, seed, objective, beta):
     hidden, shared = nets
     pol = _policy(dtype, discrete, hidden, activation, seed, temperature, shared=shared)
-    cfg = PPOConfig(objective=objective, clip_vloss=clip_vloss, normalize_advantages=normalize, ent_coef=ent_coef,
-                    vf_coef=0.7, dtype=np.dtype(dtype).name)
+    # the config's clip_eps and ent_coef apart from the call's: the step takes the scheduled values it is
+    # given (a Gaussian step that read cfg.ent_coef passed while the two were always drawn equal)
+    cfg = PPOConfig(objective=objective, clip_vloss=clip_vloss, normalize_advantages=normalize, ent_coef=0.37,
+                    clip_eps=0.45, vf_coef=0.7, dtype=np.dtype(dtype).name)
     batch = _batch(pol, B, seed + 1, clip_eps, dtype)
     ref_stats, ref_grads = loss_and_grads(pol, batch, cfg, beta=beta, clip_eps=clip_eps, ent_coef=ent_coef)
     fu = cpu_update.make(pol, Adam(pol.params), cfg, only_if_faster=False, beta=beta)
@@ -297,16 +299,17 @@ def test_logits_past_the_float_range_give_finite_fused_stats_and_grads_like_nump
 
 @pytest.mark.parametrize("max_norm", [0.0, 0.05, 1e9])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_clip_and_adam_match_optim(max_norm, dtype):
-    _clip_adam_matches_optim(max_norm, dtype)
+@pytest.mark.parametrize("eps, betas", [(1e-5, (0.9, 0.999)), (1e-2, (0.5, 0.9))])  # (a fixed eps went unseen)
+def test_fused_clip_and_adam_match_optim(max_norm, dtype, eps, betas):
+    _clip_adam_matches_optim(max_norm, dtype, eps, betas)
 
 
-def _clip_adam_matches_optim(max_norm, dtype):
+def _clip_adam_matches_optim(max_norm, dtype, eps=1e-5, betas=(0.9, 0.999)):
     """Six fused steps (cpu_update._clip_adam) against optim.clip_grad_norm + Adam: bit-identical
     unless clipping, where the norm may differ in its last bit."""
     pol_ref = _policy(dtype, True, (16, 8), "tanh", 5)
     pol = _policy(dtype, True, (16, 8), "tanh", 5)
-    adam_ref, adam = Adam(pol_ref.params, eps=1e-5), Adam(pol.params, eps=1e-5)
+    adam_ref, adam = Adam(pol_ref.params, betas=betas, eps=eps), Adam(pol.params, betas=betas, eps=eps)
     fu = cpu_update.make(pol, adam, PPOConfig(), only_if_faster=False)
     rng = np.random.default_rng(0)
     for step in range(6):

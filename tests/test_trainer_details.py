@@ -758,3 +758,39 @@ def test_logged_losses_are_the_mean_over_the_minibatch_updates(numpy_backend, mo
         want = sum(s[k] for s in seen) / n
         assert out[k] == pytest.approx(want, rel=1e-12, abs=1e-15), k
     assert len({s["loss"] for s in seen}) == n  # the minibatches differ, so a mean is not any one of them
+
+
+# ---------------------------------------------------------------- found by the test audit (session 57)
+@needs_gym
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_every_setting_a_trainer_builds_from_reaches_what_it_builds(numpy_backend, env_id):
+    """Each field set away from its default is what the built part holds (a trainer that dropped
+    adam_eps, activation or log_std_init still passed every test: each was only ever its default,
+    or compared against a path that dropped it alike)."""
+    from minippo.policy import ActorCritic
+
+    discrete = env_id == "CartPole-v1"
+    cfg = PPOConfig(env_id=env_id, n_envs=3, n_steps=8, batch_size=12, hidden=(7, 5), activation="relu",
+                    shared=discrete, log_std_init=1.5, seed=11, dtype="float64",
+                    temperature=0.7 if discrete else 1.0, learning_rate=2e-3, adam_eps=1e-3, gamma=0.9,
+                    norm_reward=True, norm_obs=True, kl_target=0.02, kl_beta=3.0, lr_schedule="exponential",
+                    lr_end=1e-4, clip_eps=0.3, clip_schedule="linear", ent_coef=0.05, ent_schedule="linear",
+                    ent_end=0.01, objective="kl_penalty")
+    algo = PPO(cfg)
+    pol = algo.policy
+    assert (list(pol.hidden), pol.activation, pol.shared) == ([7, 5], "relu", discrete)
+    assert pol.temperature == cfg.temperature
+    assert all(p.dtype == np.float64 for p in pol.params.values())
+    if not discrete:
+        assert np.all(pol.params["log_std"] == 1.5)
+    twin = ActorCritic(algo.obs_dim, algo.action_space, (7, 5), "relu", discrete, 1.5, 11, np.float64,
+                       cfg.temperature)  # the seed's initial weights
+    assert all(np.array_equal(pol.params[k], twin.params[k]) for k in twin.params)
+    opt = algo.optimizer
+    assert (opt.lr, opt.eps) == (2e-3, 1e-3)
+    assert algo.reward_scaler.gamma == 0.9 and algo.obs_norm is not None
+    assert (algo.kl_coef.kl_target, algo.kl_coef.beta) == (0.02, 3.0)
+    assert (algo.lr_schedule.kind, algo.lr_schedule.start, algo.lr_schedule.end) == ("exponential", 2e-3, 1e-4)
+    assert (algo.clip_schedule.kind, algo.clip_schedule.start) == ("linear", 0.3)
+    assert (algo.ent_schedule.kind, algo.ent_schedule.start, algo.ent_schedule.end) == ("linear", 0.05, 0.01)
+    assert algo.buffer.obs.shape == (8, 3, algo.obs_dim)
