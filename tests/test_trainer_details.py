@@ -394,6 +394,30 @@ def test_running_mean_std_over_chunks_equals_whole_data():
     np.testing.assert_allclose(rms.var, var, rtol=1e-12)
 
 
+@pytest.mark.parametrize("clip", [10.0, 1.5])
+def test_obs_normaliser_matches_the_pooled_statistics(clip):
+    """ObsNormalizer against the closed form (the trainer's later check compared it with a second copy
+    of its own formula): (obs - mean) / sqrt(var + 1e-8) of the pooled data and the 1e-4 prior,
+    clipped to +-clip, in the input's float dtype; update=False leaves the statistics as they are."""
+    from minippo.envs import ObsNormalizer
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(3.0, 2.0, size=(40, 2)) * [1.0, 1e-3]  # the second column: var ~4e-6, where eps counts
+    norm = ObsNormalizer(2, clip=clip)
+    for chunk in np.split(x, [5, 6, 30]):
+        norm(chunk, update=True)
+    prior, total = 1e-4, x.shape[0] + 1e-4
+    mean = x.sum(axis=0) / total
+    var = (prior * (1.0 + mean**2) + ((x - mean) ** 2).sum(axis=0)) / total
+    probe = np.array([[3.0, 0.003], [40.0, -1.0], [-40.0, 1.0]])
+    want = np.clip((probe - mean) / np.sqrt(var + 1e-8), -clip, clip)
+    np.testing.assert_allclose(norm(probe), want, rtol=1e-10)  # (float64 both ways; a few roundings)
+    assert np.abs(want).max() == clip  # the clip was reached
+    got32 = norm(probe.astype(np.float32))
+    assert got32.dtype == np.float32 and norm.rms.count == pytest.approx(total, rel=1e-15)
+    np.testing.assert_allclose(got32, want, rtol=1e-6)
+
+
 def _reward_scaler_reference(rewards, dones, valid, gamma, clip=10.0, eps=1e-8, prior=1e-4):
     """Plain loops: G_i <- gamma G_i + r_i (valid steps), reset after a done; r / sqrt(Var[all G] + eps)
     (not centred), clipped to +-clip; Var pools the history with RunningMeanStd's prior (1e-4
