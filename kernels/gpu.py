@@ -103,8 +103,9 @@ def gae(
     -> (advantages (T, N), returns (T, N)), cupy arrays in the dtype of rewards (float64 for any
     other dtype). ``out=(adv, returns)``: two cupy arrays of shape (T, N) to write into and return
     (the kernel writes into them where they are C-contiguous, of that dtype and apart from the
-    inputs; else into new arrays, then copied). dones other than 0 and 1 (NaN too) raise
-    ValueError, checked on the device before the GAE kernel writes: ``out`` is then left as it was.
+    inputs; else into new arrays, then copied). Shapes that differ, or T or N past :data:`INDEX_MAX`,
+    raise ValueError before any launch; dones other than 0 and 1 (NaN too) raise ValueError,
+    checked on the device before the GAE kernel writes: ``out`` is then left as it was.
     Three device operations (zero a flag, check, GAE) and one read-back of the flag, which waits
     for both kernels.
     """

@@ -18,6 +18,7 @@ import math
 import os
 import secrets
 import stat
+import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -441,7 +442,7 @@ def _saved_config(meta: dict[str, Any]) -> dict[str, Any]:
 
     cfg = dict(meta["config"])
     v = cfg.get("log_std_init")
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= sys.float_info.max:  # (not NaN)
         cfg["log_std_init"] = min(max(float(v), LOG_STD_MIN), LOG_STD_MAX)
     return cfg
 

@@ -395,13 +395,19 @@ class CsvLog:
         self._write(cells)
         self.last_iteration = int(cells[0]) if cells[0].isdigit() else self.last_iteration
 
-    def backfill(self, rows: Sequence[list[str]]) -> None:
-        """Append the rows a stopped run computed but could not write (a checkpoint's ``unlogged_rows``:
-        :meth:`cells` lists), those after the last row here; ValueError for one that is not a row."""
+    @staticmethod
+    def check_unlogged(rows: Sequence[list[str]]) -> None:
+        """ValueError naming the first of a checkpoint's ``unlogged_rows`` that is not a progress.csv row."""
         for cells in rows:
             if len(cells) != len(CSV_COLUMNS) or not cells[0].isdigit():
                 raise ValueError(f"the checkpoint's unlogged row {cells[:2]} is not a progress.csv row "
                                  f"({len(CSV_COLUMNS)} cells, an iteration first)")
+
+    def backfill(self, rows: Sequence[list[str]]) -> None:
+        """Append the rows a stopped run computed but could not write (a checkpoint's ``unlogged_rows``:
+        :meth:`cells` lists), those after the last row here; ValueError for one that is not a row."""
+        self.check_unlogged(rows)
+        for cells in rows:
             if self.last_iteration is None or int(cells[0]) > self.last_iteration:
                 self._write(cells)
                 self.last_iteration = int(cells[0])
@@ -560,7 +566,11 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
     except (OSError, ValueError) as e:
         raise UsageError(f"{where}: cannot write the run there: {e}") from e
     rows = None
-    if args.resume:  # a foreign or unreadable progress.csv is refused before anything is written
+    if args.resume:  # a foreign or unreadable progress.csv, or a bad row to write, refused before any write
+        try:
+            CsvLog.check_unlogged(unlogged)
+        except ValueError as e:
+            raise UsageError(f"--resume {args.resume}: {e}") from e
         try:
             rows = CsvLog.read_rows(csv_path)
             CsvLog.kept_rows(csv_path, rows, iteration)

@@ -84,6 +84,16 @@ def _thaw(v: Any) -> Any:
     return v
 
 
+def _shown(v: Any, limit: int = 300) -> str:
+    """``repr(v)`` for a message, its middle cut past ``limit`` characters (an int of 400 digits);
+    a value whose repr fails (an int past 4300 digits, lists nested past the recursion limit) by type."""
+    try:
+        text = repr(v)
+    except (ValueError, RecursionError):
+        return f"<{type(v).__name__} too large to show>"
+    return text if len(text) <= limit else f"{text[:limit - 40]}...{text[-30:]} ({len(text)} characters)"
+
+
 def _not_json_exact(v: Any, where: str) -> str | None:
     """Why ``v`` would not come back from JSON as it is (None if it would): a checkpoint or config.json
     that records ``v`` must give a resumed or evaluated run the same value."""
@@ -119,7 +129,7 @@ def train_reset_seed(seed: int, steps: int, n_envs: int) -> int:
     ``steps`` steps: at the start (steps 0) and when a run resumes. ``seed + steps`` while those seeds
     stay below ``seed + EVAL_SEED_OFFSET``; past that, ``seed + steps + 2 * EVAL_SEED_OFFSET``, so that
     a resumed run never starts its training episodes from evaluation episode 0 to 99,999's start
-    states (for ``n_envs`` up to EVAL_SEED_OFFSET)."""
+    states (the first case's seeds are below them; the second's, above)."""
     if steps + n_envs <= EVAL_SEED_OFFSET:
         return seed + steps
     return seed + steps + 2 * EVAL_SEED_OFFSET
@@ -308,7 +318,7 @@ class PPOConfig:
             self._normalise()
 
         def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(f"PPOConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
+            return ValueError(f"PPOConfig.{name}={_shown(getattr(self, name))} is invalid: {allowed}")
 
         for name, choices in (
             ("objective", OBJECTIVES),
@@ -382,7 +392,14 @@ class PPOConfig:
             raise bad("env_kwargs", "must be a dict")
         # checkpoints and config.json record it: refused now, not at the save after training, and refused
         # where the JSON read back would differ (a resumed or evaluated run would make other envs)
-        problem = _not_json_exact(self.env_kwargs, "env_kwargs")
+        try:
+            problem = _not_json_exact(self.env_kwargs, "env_kwargs")
+            if not problem:
+                json.dumps(self.env_kwargs, sort_keys=True)  # (what else it refuses: an int past 4300 digits)
+        except (TypeError, ValueError) as e:
+            problem = str(e)
+        except RecursionError:
+            problem = "nested too deeply, or circular"
         if problem:
             raise bad("env_kwargs", "must hold JSON values only (dicts with string keys, lists, str, int, "
                                     f"float, bool, None): {problem}")
@@ -439,7 +456,10 @@ class PPOConfig:
         except json.JSONDecodeError:
             value = {"none": None, "true": True, "false": False}.get(raw.strip().lower(), raw)
         if isinstance(getattr(self, key), float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # beyond float's range: left as the int, for validation to name
+                pass
         return key, value
 
     def set_from_string(self, assignment: str) -> PPOConfig:

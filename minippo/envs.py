@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -154,8 +156,9 @@ def dependency_errors(env_id: str, env_kwargs: dict[str, Any] | None = None) -> 
         raise ImportError(f"{env_id} needs a package that is not installed ({e}); "
                           "pip install 'minippo[gym]' installs classic-control and box2d") from e
     except ModuleNotFoundError as e:  # an env whose module imports one it does not declare (jax for phys2d/)
-        raise ImportError(f"{env_id} needs the module {e.name!r}, which is not installed ({e}); install the "
-                          "package that provides it") from e
+        what = f"the module {e.name!r}" if e.name else "a module"
+        raise ImportError(f"{env_id} needs {what}, which is not installed ({e}); install the package that "
+                          "provides it") from e
     except TypeError as e:
         if not env_kwargs:
             raise
@@ -265,9 +268,9 @@ def _clip_bound(clip: Any) -> float:
     msg = f"clip must be a number > 0 (inf: no clipping), got {clip!r}"
     if not is_real(clip):
         raise TypeError(msg)
-    if not float(clip) > 0:  # (NaN too)
+    if not clip > 0:  # (NaN too)
         raise ValueError(msg)
-    return float(clip)
+    return float(clip) if abs(clip) <= sys.float_info.max else math.inf  # (an int past float's range: no clip)
 
 
 class ObsNormalizer:

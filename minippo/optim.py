@@ -288,9 +288,10 @@ class Schedule:
         """The coefficient at ``progress`` (clamped to [0, 1]; NaN raises ValueError)."""
         if not is_real(progress):
             raise TypeError(f"progress must be a number in [0, 1], got {progress!r}")
-        if math.isnan(progress):
+        if progress != progress:  # NaN (math.isnan overflowed on an int past float's range)
             raise ValueError("progress must be a number in [0, 1], got nan")
-        p = min(max(float(progress), 0.0), 1.0)
+        p = min(max(progress, 0.0), 1.0)  # (compared exactly, then a float: clamped first)
+        p = float(p)
         if self.kind == "constant":
             return self.start
         if self.kind == "linear":

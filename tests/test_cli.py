@@ -444,6 +444,26 @@ def test_resume_refuses_config_flags_given_as_zero_and_writes_nothing_when_refus
     assert (tmp_path / "r" / "model.npz").read_bytes() == before["model.npz"]
 
 
+def test_resume_refused_for_a_bad_unlogged_row_writes_nothing(tmp_path, monkeypatch, capsys):
+    """A checkpoint whose unlogged row is not a row: config.json was rewritten and progress.csv trimmed
+    before the row was refused (as 'cannot write the run there')."""
+    from minippo.checkpoint import save_checkpoint
+    from minippo.ppo import PPO
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--n-envs", "2", "--out", "r", "--quiet", *TINY]) == 0
+    save_checkpoint(PPO.load("r/model.npz"), "r/model.npz", unlogged_rows=[["5"]])
+    with open("r/progress.csv", "a") as f:  # a row past the checkpoint: trimmed by a resume that runs
+        f.write("3" + "," * (len(CSV_COLUMNS) - 1) + "\n")
+    before = {n: (tmp_path / "r" / n).read_bytes() for n in os.listdir("r")}
+    capsys.readouterr()
+    assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("minippo: error: --resume r/model.npz: the checkpoint's unlogged row ['5'] is not a progress.csv "
+                   f"row ({len(CSV_COLUMNS)} cells, an iteration first)\n"), err
+    assert {n: (tmp_path / "r" / n).read_bytes() for n in os.listdir("r")} == before
+
+
 def test_resume_onto_a_progress_csv_without_its_last_newline_keeps_rows_apart(tmp_path, monkeypatch):
     """A progress.csv saved by an editor without the last line's newline: the first row appended
     joined that line (iteration 3's row became part of 2's, and plot read it without a word)."""

@@ -309,9 +309,30 @@ def test_hidden_of_numpy_integers_and_0d_arrays():
 @pytest.mark.parametrize("field", ["learning_rate", "target_kl", "gamma", "max_grad_norm", "kl_beta"])
 @pytest.mark.parametrize("value", [10**400, -10**400])
 def test_an_int_beyond_floats_range_is_named_not_an_overflow(field, value):
-    with pytest.raises(ValueError, match=rf"PPOConfig\.{field}=-?1000+ is invalid"):  # was a bare OverflowError
-        PPOConfig(**{field: value})
+    with pytest.raises(ValueError, match=rf"PPOConfig\.{field}=-?1000+\.\.\.0+ \(40[12] characters\) is invalid"):
+        PPOConfig(**{field: value})  # (was a bare OverflowError; the value's middle is cut in the message)
+    with pytest.raises(ValueError, match=rf"PPOConfig\.{field}=<int too large to show> is invalid"):
+        PPOConfig(**{field: value * 10**5000})  # (repr fails past 4300 digits)
+    key, parsed = PPOConfig().parse_assignment(f"{field}={value}")  # --set's parse: float() overflowed
+    assert parsed == value
     assert PPOConfig(learning_rate=10**300).learning_rate == 1e300  # (within range: a float, as before)
+
+
+def test_env_kwargs_json_cannot_write_are_refused_by_name():
+    """An int past 4300 digits (json.dumps refuses it: the save after training failed) and a circular
+    or too deeply nested value (a RecursionError) are named."""
+    circular = []
+    circular.append(circular)
+    deep = []
+    inner = deep
+    for _ in range(5000):
+        inner.append([])
+        inner = inner[0]
+    for kwargs, says in (({"big": 10**5000}, "Exceeds the limit"), ({"a": circular}, "nested too deeply, or circular"),
+                         ({"d": deep}, "nested too deeply, or circular")):
+        with pytest.raises(ValueError, match=r"^PPOConfig\.env_kwargs=.* is invalid: must hold JSON values only .*"
+                                             + says):
+            PPOConfig(env_kwargs=kwargs)
 
 
 @pytest.mark.parametrize("kwargs, says", [

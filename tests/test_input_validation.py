@@ -1093,3 +1093,17 @@ def test_audit_of_the_public_api_each_bad_input_is_named():
     pytest.importorskip("gymnasium")
     with pytest.raises(TypeError, match="callback must be a function of the iteration's row, or None, got int"):
         PPO(PPOConfig(n_envs=2, n_steps=16, batch_size=16, hidden=(8,))).learn(32, callback=5)
+
+
+def test_ints_past_floats_range_in_a_clip_bound_or_a_progress():
+    """An int too large for a float raised OverflowError: as a clip bound it is no clipping (as inf),
+    as a schedule's progress it is clamped to 1 (and -10**400 to 0)."""
+    from minippo.envs import ObsNormalizer, RewardScaler
+    from minippo.optim import Schedule
+
+    assert ObsNormalizer(2, clip=10**400).clip == np.inf and RewardScaler(1, 0.9, clip=10**400).clip == np.inf
+    with pytest.raises(ValueError, match="clip must be a number > 0"):
+        ObsNormalizer(2, clip=-10**400)
+    s = Schedule("linear", 1.0, 0.0)
+    assert (s(10**400), s(-10**400), s(0.25)) == (0.0, 1.0, 0.75)
+    assert type(s(np.float32(0.5))) is float

@@ -818,3 +818,32 @@ def test_every_setting_a_trainer_builds_from_reaches_what_it_builds(numpy_backen
     assert (algo.clip_schedule.kind, algo.clip_schedule.start) == ("linear", 0.3)
     assert (algo.ent_schedule.kind, algo.ent_schedule.start, algo.ent_schedule.end) == ("linear", 0.05, 0.01)
     assert algo.buffer.obs.shape == (8, 3, algo.obs_dim)
+
+
+@needs_gym
+def test_a_checkpoint_with_numbers_past_floats_range_or_deep_kwargs_is_a_checkpoint_error(numpy_backend, tmp_path):
+    """A hand-edited file: log_std_init of 400 digits raised OverflowError (math.isfinite of the int),
+    env_kwargs nested 700 deep a RecursionError, both tracebacks; each is named as a CheckpointError."""
+    import json
+
+    from minippo.checkpoint import CheckpointError, load_policy
+
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=16, hidden=(8,)))
+    path = tmp_path / "m.npz"
+    algo.save(str(path))
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    deep = []
+    inner = deep
+    for _ in range(700):
+        inner.append([])
+        inner = inner[0]
+    for field, value, says in (("log_std_init", 10**400, r"PPOConfig\.log_std_init=1000+\.\.\.0+ \(401 characters"),
+                               ("env_kwargs", {"d": deep}, "nested too deeply, or circular")):
+        edited = json.loads(json.dumps(meta))
+        edited["config"][field] = value
+        np.savez(tmp_path / "e.npz", meta=np.array(json.dumps(edited)), **arrays)
+        for load in (load_policy, PPO.load):
+            with pytest.raises(CheckpointError, match=r"the saved config is invalid: .*" + says):
+                load(str(tmp_path / "e.npz"))
