@@ -464,6 +464,20 @@ def test_resume_refused_for_a_bad_unlogged_row_writes_nothing(tmp_path, monkeypa
     assert {n: (tmp_path / "r" / n).read_bytes() for n in os.listdir("r")} == before
 
 
+def test_a_whole_progress_csv_is_appended_to_not_rewritten_on_resume(tmp_path, monkeypatch):
+    """Only a file with rows past the checkpoint, or without its last newline, is rewritten."""
+    from minippo.cli import _ends_line
+
+    for text, ends in ((b"", True), (b"a\n", True), (b"a", False), (b"a\nb", False)):
+        (tmp_path / "f").write_bytes(text)
+        assert _ends_line(str(tmp_path / "f")) is ends, text
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--n-envs", "2", "--out", "r", "--quiet", *TINY]) == 0
+    inode = os.stat("r/progress.csv").st_ino
+    assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128", "--quiet"]) == 0
+    assert os.stat("r/progress.csv").st_ino == inode and _iterations("r/progress.csv") == [1, 2, 3, 4]
+
+
 def test_resume_onto_a_progress_csv_without_its_last_newline_keeps_rows_apart(tmp_path, monkeypatch):
     """A progress.csv saved by an editor without the last line's newline: the first row appended
     joined that line (iteration 3's row became part of 2's, and plot read it without a word)."""

@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -316,6 +317,8 @@ def test_an_int_beyond_floats_range_is_named_not_an_overflow(field, value):
     key, parsed = PPOConfig().parse_assignment(f"{field}={value}")  # --set's parse: float() overflowed
     assert parsed == value
     assert PPOConfig(learning_rate=10**300).learning_rate == 1e300  # (within range: a float, as before)
+    big = sys.float_info.max  # the largest finite float is finite
+    assert PPOConfig(max_grad_norm=big).max_grad_norm == big and PPOConfig(max_grad_norm=-big).max_grad_norm == -big
 
 
 def test_env_kwargs_json_cannot_write_are_refused_by_name():

@@ -321,6 +321,8 @@ def test_wrapper_refuses_shapes_the_kernel_would_read_past(cupy_standin, monkeyp
     with pytest.raises(ValueError, match=r"^T=6 and N=4 must be <= 5 \(the kernels index time and env in int\)"):
         gpu.gae(r, v, d, lv, 0.99, 0.95)
     assert cupy_standin.launches == [] and gpu.INDEX_MAX < 2**31 - gpu.BLOCK
+    monkeypatch.setattr(gpu, "INDEX_MAX", 6)  # T at the limit: taken
+    np.testing.assert_array_equal(gpu.gae(r, v, d, lv, 0.99, 0.95)[0], advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)[0])
 
 
 def test_wrapper_checks_byte_swapped_float64_dones_in_float64(cupy_standin):

@@ -531,6 +531,9 @@ def test_training_reset_seeds_keep_off_the_evaluation_seeds():
             assert base not in starts
             starts.add(base)
         assert train_reset_seed(7, 0, n) == 7 and train_reset_seed(7, 640, n) == 7 + 640  # as before
+        last = EVAL_SEED_OFFSET - n  # the last window wholly below the evaluation seeds: kept
+        assert train_reset_seed(7, last, n) == 7 + last
+        assert train_reset_seed(7, last + 1, n) == 7 + last + 1 + 2 * EVAL_SEED_OFFSET
 
 
 @needs_gym
