@@ -290,8 +290,7 @@ class Schedule:
             raise TypeError(f"progress must be a number in [0, 1], got {progress!r}")
         if progress != progress:  # NaN (math.isnan overflowed on an int past float's range)
             raise ValueError("progress must be a number in [0, 1], got nan")
-        p = min(max(progress, 0.0), 1.0)  # (compared exactly, then a float: clamped first)
-        p = float(p)
+        p = float(min(max(progress, 0.0), 1.0))  # (clamped before the float: an int past its range)
         if self.kind == "constant":
             return self.start
         if self.kind == "linear":
