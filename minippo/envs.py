@@ -154,7 +154,7 @@ def dependency_errors(env_id: str, env_kwargs: dict[str, Any] | None = None) -> 
         yield
     except DependencyNotInstalled as e:
         raise ImportError(f"{env_id} needs a package that is not installed ({e}); "
-                          "pip install 'minippo[gym]' installs classic-control and box2d") from e
+                          "pip install 'minippo[gym]' installs classic-control and (up to Python 3.13) box2d") from e
     except ModuleNotFoundError as e:  # an env whose module imports one it does not declare (jax for phys2d/)
         what = f"the module {e.name!r}" if e.name else "a module"
         raise ImportError(f"{env_id} needs {what}, which is not installed ({e}); install the package that "
