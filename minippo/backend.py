@@ -38,19 +38,19 @@ _resolved: tuple[str, ModuleType] | None = None
 def _numba_ok() -> None:
     try:
         import numba  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name not in (None, "numba"):  # numba is there, one of its own imports (llvmlite) is missing
-            raise ImportError(f"{ENV_VAR}=numba: numba is installed but cannot be imported ({e}); "
-                              "reinstall it with: pip install --force-reinstall 'minippo[numba]'") from e
-        raise ImportError(
-            f"{ENV_VAR}=numba but numba is not installed ({e}); "
-            "install it with: pip install 'minippo[numba]'"
-        ) from e
-    except ImportError as e:  # installed but refuses this environment, e.g. "Numba needs NumPy 2.3 or less"
-        raise ImportError(
-            f"{ENV_VAR}=numba: numba is installed but cannot be imported ({e}); install a numba release "
-            "that supports this numpy (pip install -U 'minippo[numba]'), or use MINIPPO_BACKEND=numpy"
-        ) from e
+    except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and e.name in (None, "numba"):
+            raise ImportError(
+                f"{ENV_VAR}=numba but numba is not installed ({e}); "
+                "install it with: pip install 'minippo[numba]'"
+            ) from e
+        # installed but broken: one of its own imports missing (llvmlite), or a refusal of this
+        # environment such as numba's "Numba needs NumPy 2.3 or less"
+        remedy = ("reinstall it with: pip install --force-reinstall 'minippo[numba]'"
+                  if isinstance(e, ModuleNotFoundError) else
+                  "install a numba release that supports this numpy (pip install -U 'minippo[numba]'), "
+                  "or use MINIPPO_BACKEND=numpy")
+        raise ImportError(f"{ENV_VAR}=numba: numba is installed but cannot be imported ({e}); {remedy}") from e
 
 
 def _prepare_numba() -> None:

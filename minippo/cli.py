@@ -328,7 +328,8 @@ class CsvLog:
     @staticmethod
     def read_rows(path: str) -> list[list[str]]:
         """The rows of an existing progress.csv (header first; [] for a missing or empty file), or
-        ValueError if its header is not minippo's."""
+        ValueError if its header is not minippo's or a row's iteration is not an integer (naming the
+        line)."""
         if not os.path.exists(path):
             return []
         try:
@@ -338,27 +339,18 @@ class CsvLog:
             raise ValueError(f"{path} cannot be read as CSV ({e}); move it away to resume here") from None
         if rows and tuple(rows[0]) != CSV_COLUMNS:
             raise ValueError(f"{path} does not have minippo's progress.csv columns; move it away to resume here")
-        return rows
-
-    @staticmethod
-    def kept_rows(path: str, rows: list[list[str]], keep_through: int) -> list[list[str]]:
-        """The header and the rows of iterations up to ``keep_through``, or ValueError naming the line
-        of a row whose iteration is not an integer. Reads and writes nothing."""
-        keep = rows[:1]
         for n, row in enumerate(rows[1:], start=2):
             try:
-                it = int(row[0])
+                int(row[0])
             except (ValueError, IndexError):
                 raise ValueError(f"{path}, line {n}: iteration {row[:1]} is not an integer") from None
-            if it <= keep_through:
-                keep.append(row)
-        return keep
+        return rows
 
     @staticmethod
     def _keep_rows(path: str, rows: list[list[str]], keep_through: int) -> list[list[str]]:
         from minippo.checkpoint import atomic_write
 
-        keep = CsvLog.kept_rows(path, rows, keep_through)
+        keep = rows[:1] + [row for row in rows[1:] if int(row[0]) <= keep_through]  # (read_rows checked them)
         # rewritten also where the file does not end its last line (edited elsewhere): the next row
         # appended would join that line
         if len(keep) < len(rows) or not _ends_line(path):
@@ -573,7 +565,6 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
             raise UsageError(f"--resume {args.resume}: {e}") from e
         try:
             rows = CsvLog.read_rows(csv_path)
-            CsvLog.kept_rows(csv_path, rows, iteration)
         except OSError as e:
             raise UsageError(f"{where}: cannot read the run's progress.csv: {e}") from e
         except ValueError as e:

@@ -102,8 +102,8 @@ def _not_json_exact(v: Any, where: str) -> str | None:
     if isinstance(v, dict):
         for k, x in v.items():
             if not isinstance(k, str):
-                try:
-                    back = f": it would come back as the key {json.dumps(next(iter(json.loads(json.dumps({k: 0})))))}"
+                try:  # the key JSON writes for it (0 -> "0", True -> "true", None -> "null")
+                    back = f": it would come back as the key {json.dumps({k: 0})[1:-4]}"
                 except (TypeError, ValueError):
                     back = ""
                 return f"{where} has the key {k!r} of type {type(k).__name__} (JSON keys are strings{back})"
