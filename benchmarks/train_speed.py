@@ -26,7 +26,11 @@ USAGE = "usage: python benchmarks/train_speed.py [steps [repeats]]"
 
 def main(argv: list[str]) -> int:
     """Parse ``[steps [repeats]]``, run both timings; returns the exit code (2 for a bad argument, a bad
-    ``MINIPPO_BACKEND`` or a missing gymnasium, each one line on stderr, as ``minippo bench`` says them)."""
+    ``MINIPPO_BACKEND`` or a missing gymnasium, each one line on stderr, as ``minippo bench`` says them;
+    ``-h``/``--help`` alone prints the module docstring and returns 0)."""
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return 0
     try:
         nums = [int(a) for a in argv]  # int() as Python reads it: 100_000 too
     except ValueError:

@@ -320,12 +320,21 @@ def test_train_speed_script_reads_steps_as_python_ints(monkeypatch):
     assert seen == [(100_000, 3)] * 4 + [(512, 3)] * 2 + [(64, 2)] * 2
 
 
-@pytest.mark.parametrize("argv", [["abc"], ["0"], ["-5"], ["1", "0"], ["1", "2", "3"], ["1.5"], ["²"], ["--help"]])
+@pytest.mark.parametrize("argv", [["abc"], ["0"], ["-5"], ["1", "0"], ["1", "2", "3"], ["1.5"], ["²"], ["--help", "5"]])
 def test_train_speed_script_refuses_bad_steps(argv):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_speed.py"), *argv],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "steps and repeats must be integers >= 1" in proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_train_speed_script_help_prints_its_usage(flag):
+    """``--help`` was a usage error (exit 2): it prints the docstring, usage line included, and exits 0."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_speed.py"), flag],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "python benchmarks/train_speed.py [steps [repeats]]" in proc.stdout and "best of" in proc.stdout
 
 
 def _run_without(module, script, *argv, env=None):
@@ -483,6 +492,11 @@ def test_kernels_script_times_the_named_backends_only(numpy_backend, monkeypatch
     printed = capsys.readouterr().out
     assert seen[0] == ("bench_gae", ["numpy"]) and "cupy: unavailable" in printed
     assert printed.endswith("named but unavailable, so not measured: cupy\n")
+    seen.clear()
+    # only unavailable ones named: no table is begun (it printed row labels without figures)
+    assert kb.main(["cupy"]) == 1 and seen == []
+    printed = capsys.readouterr().out
+    assert "cupy: unavailable" in printed and "GAE float32" not in printed and "MLP tanh" not in printed
     with pytest.raises(SystemExit) as e:
         kb.main(["numpy", "bogus"])
     assert e.value.code == 2
