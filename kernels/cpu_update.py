@@ -60,7 +60,7 @@ _JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc", "contract
 # fastmath=False explicitly: numba otherwise inlines a callee with its caller's fastmath flags.
 _JIT_EXACT = {"cache": True, "error_model": "numpy", "fastmath": False}
 
-N_STATS = 8
+N_STATS = 9
 # The policy objective, one compiled kernel for all (config.objective -> code).
 OBJ_CLIP, OBJ_SURROGATE, OBJ_PG, OBJ_KL = 0, 1, 2, 3
 OBJECTIVES = {"clip": OBJ_CLIP, "surrogate": OBJ_SURROGATE, "a2c": OBJ_PG, "reinforce": OBJ_PG,
@@ -155,7 +155,8 @@ def _value_terms(values, returns, values_old, vclip, vf_coef, dvalues, stats):
                 vsum += np.nan  # error names values_old (a NaN V_old took the unclipped branch: finite)
             delta = V - values_old[i]
             err_c = (values_old[i] + min(max(delta, -eps), eps)) - returns[i]
-            if not abs(delta) < eps and err_c * err_c > err * err:  # V_clip does not depend on V
+            if not abs(delta) < eps and abs(err_c) > abs(err):  # V_clip does not depend on V (|.|, not
+                # the squares: in float32 both overflow past |err| ~ 1.8e19, and inf > inf is False)
                 vsum += np.float64(err_c) * np.float64(err_c)
                 vclipped += 1.0
                 dv = 0.0
@@ -173,7 +174,7 @@ def _clip_term(logp, logp_old, adv, clip_eps, B, stats):
     """One sample of PPO-clip: adds to the sums in stats, returns dL/dlogp (0 where clipped)."""
     log_ratio = logp - logp_old
     ratio = math.exp(log_ratio)
-    unclipped = ratio * adv
+    unclipped = ratio * adv if adv != 0.0 else 0.0  # (0, not inf * 0, where r overflowed: losses.py)
     clipped = min(max(ratio, 1.0 - clip_eps), 1.0 + clip_eps) * adv
     stats[0] += math.expm1(log_ratio) - log_ratio
     if ratio < 1.0 - clip_eps or ratio > 1.0 + clip_eps:  # the bounds of the clip above
@@ -198,9 +199,9 @@ def _policy_term(logp, logp_old, adv, clip_eps, obj, B, stats):
     if obj == OBJ_PG:
         stats[4] += logp * adv
         return -adv / B
-    ratio = math.exp(log_ratio)
-    stats[4] += ratio * adv
-    return -ratio * adv / B
+    ratio_adv = math.exp(log_ratio) * adv if adv != 0.0 else 0.0
+    stats[4] += ratio_adv
+    return -ratio_adv / B
 
 
 @njit(**_JIT)
@@ -269,6 +270,9 @@ def _categorical_update(a_Ws, a_bs, c_Ws, c_bs, a_gWs, a_gbs, c_gWs, c_gbs, obs,
         H = 0.0
         for j in range(n):
             H -= p[j] * lp[j]
+            x = abs(logits[i, j])  # max |logit| in stats[8] (NaN kept): the caller's overflow checks
+            if x > stats[8] or x != x:
+                stats[8] = x
         a = actions[i]
         stats[6] += H
         dlogp = _policy_term(lp[a], logp_old[i], A[i], clip_eps, obj, B, stats)
@@ -566,6 +570,8 @@ class FusedUpdate:
             )
         if not (math.isfinite(st[3]) and math.isfinite(st[0])):  # (an inf log_old, or action, can leave
             _raise_non_finite(batch, pol.params)  # the loss finite, not approx_kl)
+        if self.discrete:
+            _check_logits(st[8], pol.temperature, dt)
         out = {"approx_kl": float(st[0])}  # the numpy path's keys, in its order (progress.csv's columns)
         if self.obj == OBJ_CLIP:
             out["clipfrac"] = float(st[1])
@@ -609,6 +615,19 @@ def _check_batch(batch: dict[str, np.ndarray], objective: str, discrete: bool, v
             kind = "a float" if k in floats else "a real"
             got = f"dtype {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
             raise TypeError(f"batch[{k!r}] must be {kind} numpy array, got {got}")
+
+
+def _check_logits(max_abs: float, temperature: float, dtype: np.dtype) -> None:
+    """What numpy's Categorical refuses, from the largest |logit| of the minibatch (the kernel's
+    stats[8], in the policy's dtype): NaN or inf logits, and logits / temperature overflowing the dtype
+    (say logits 10 at T = 1e-38 in float32; the kernel divides in float64 and trained on)."""
+    if not math.isfinite(max_abs):
+        raise FloatingPointError("logits contains NaN or inf")
+    if temperature < 1.0:
+        with np.errstate(over="ignore"):  # numpy's division: in the dtype
+            z = np.array(max_abs, dtype) / temperature
+        if not np.isfinite(z):
+            raise FloatingPointError("logits / temperature contains NaN or inf")
 
 
 def _raise_non_finite(batch: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:

@@ -87,6 +87,13 @@ def _log_ratio(logp: Array, logp_old: Array) -> tuple[Array, Array]:
     return log_ratio, np.exp(log_ratio)
 
 
+def _ratio_times_adv(ratio: Array, adv: Array) -> Array:
+    """r_t A_t (B,) float64, exactly 0 where A_t = 0: a sample without advantage adds nothing, and has no
+    gradient, even where r_t overflowed to inf (log r > 709), where inf * 0 made the loss NaN."""
+    with np.errstate(invalid="ignore"):  # (inf * 0: replaced by the where)
+        return array_module(ratio).where(adv == 0, 0.0, ratio * adv)
+
+
 def _ratio_stats(log_ratio: Array, ratio: Array, clip_eps: float | None) -> dict[str, float]:
     """:func:`ratio_stats` on the log-ratio and ratio an objective has already computed and checked."""
     # expm1(x) - x, not (exp(x) - 1) - x: for r near 1 the naive form cancels catastrophically
@@ -123,8 +130,8 @@ def surrogate_objective(
     """
     b = _check(logp, logp_old=logp_old, adv=adv)
     log_ratio, ratio = _log_ratio(logp, logp_old)
-    return (_scalar(-(ratio * adv).mean()), (-ratio * adv / b).astype(logp.dtype),
-            _ratio_stats(log_ratio, ratio, None))
+    ra = _ratio_times_adv(ratio, adv)
+    return _scalar(-ra.mean()), (-ra / b).astype(logp.dtype), _ratio_stats(log_ratio, ratio, None)
 
 
 # ---------------------------------------------------------------- 3. PPO-clip
@@ -139,7 +146,7 @@ def clip_objective(
     clip_eps = real("clip_eps", clip_eps, 0.0, low_open=True)
     b = _check(logp, logp_old=logp_old, adv=adv)
     log_ratio, ratio = _log_ratio(logp, logp_old)
-    unclipped = ratio * adv
+    unclipped = _ratio_times_adv(ratio, adv)
     clipped = np.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
     take_clipped = clipped < unclipped
     loss = _scalar(-np.where(take_clipped, clipped, unclipped).mean())
@@ -159,10 +166,11 @@ def kl_penalty_objective(
     beta = real("beta", beta, 0.0)
     b = _check(logp, logp_old=logp_old, adv=adv, kl=kl)
     log_ratio, ratio = _log_ratio(logp, logp_old)
-    loss = _scalar(-(ratio * adv).mean() + beta * kl.mean())
+    ra = _ratio_times_adv(ratio, adv)
+    loss = _scalar(-ra.mean() + beta * kl.mean())
     stats = _ratio_stats(log_ratio, ratio, None)
     stats.update(kl=_scalar(kl.mean()), beta=float(beta))
-    return loss, ((-ratio * adv / b).astype(logp.dtype), np.full_like(kl, beta / b)), stats
+    return loss, ((-ra / b).astype(logp.dtype), np.full_like(kl, beta / b)), stats
 
 
 class AdaptiveKL:
@@ -216,7 +224,9 @@ def value_loss(
     delta = values - values_old
     v_clip = values_old + np.clip(delta, -clip_eps, clip_eps)
     err_c = v_clip - returns
-    take_clipped = (err_c * err_c > err * err) & ~(np.abs(delta) < clip_eps)
+    # |err_c| > |err|, the squares' order without squaring (in float32 both squares overflowed to inf
+    # past |err| ~ 1.8e19, inf > inf is False, and the unclipped branch was taken where clipping was)
+    take_clipped = (np.abs(err_c) > np.abs(err)) & ~(np.abs(delta) < clip_eps)
     e = np.where(take_clipped, err_c, err).astype(np.float64)
     loss = _scalar(0.5 * (e * e).mean())
     dv = np.where(take_clipped, 0.0, err) / b

@@ -729,6 +729,88 @@ def test_float32_losses_past_the_float32_range_are_finite_on_both_paths(objectiv
         assert math.isfinite(want[k]) and got[k] == pytest.approx(want[k], rel=1e-5), k
 
 
+def _both_steps(pol, cfg):
+    """(the fused step, the numpy step) on ``pol``, each with its own Adam."""
+    return (cpu_update.make(pol, Adam(pol.params), cfg, only_if_faster=False),
+            NumpyStep(pol, Adam(pol.params), cfg, beta=cfg.kl_beta))
+
+
+def _grads_of(step):
+    return {k: np.array(g) for k, g in (step.grads() if callable(step.grads) else step.grads).items()}
+
+
+@pytest.mark.parametrize("objective", ["clip", "surrogate", "kl_penalty"])
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_sample_without_advantage_adds_nothing_even_where_its_ratio_overflows(objective, discrete, dtype):
+    """r A with A = 0 is 0 and has no gradient; where log r > 709 r overflowed to inf and inf * 0 made
+    the loss and every gradient NaN on both paths. The minibatch now gives the same loss and gradients,
+    exactly, as with that sample's ratio 1 (its term 0 either way); approx_kl shows the overflow."""
+    pol = _policy(dtype, discrete, (8,), "tanh", 1)
+    cfg = PPOConfig(objective=objective, normalize_advantages=False)
+    batch = _batch(pol, 6, 2, 0.2, dtype)
+    logp = pol.forward(batch["obs"])[0].log_prob(batch["actions"])
+    batch["advantages"][[0, 4]] = 0.0
+    near = {**batch, "logp_old": batch["logp_old"].copy()}
+    near["logp_old"][[0, 4]] = logp[[0, 4]]  # ratio ~1
+    far = {**batch, "logp_old": batch["logp_old"].copy()}
+    far["logp_old"][[0, 4]] = logp[[0, 4]] - 1000.0  # log r = 1000: r = inf in float64
+    for step in _both_steps(pol, cfg):
+        want = step.loss_and_grads(near, 0.2, 0.01)
+        want_g = _grads_of(step)
+        with np.errstate(over="ignore"):
+            got = step.loss_and_grads(far, 0.2, 0.01)
+        assert got["approx_kl"] == np.inf and math.isfinite(got["loss"])
+        for k in ("loss", "policy_loss", "value_loss", "entropy"):
+            assert got[k] == want[k], (type(step).__name__, k)
+        for k, g in _grads_of(step).items():
+            np.testing.assert_array_equal(g, want_g[k], err_msg=f"{type(step).__name__} {k}")
+
+
+@pytest.mark.parametrize("discrete", [True, False])
+def test_float32_value_clip_takes_the_clipped_branch_where_both_squares_overflow(discrete):
+    """|V_clip - R| = 3e19 > |V - R| = 2e19: the clipped term is the larger, so it is taken (dL/dV = 0).
+    In float32 both squares overflowed to inf, inf > inf is False, and both paths took the unclipped
+    one (vclipfrac 0, a critic gradient of ~1e19). float64, where the squares fit, is the reference."""
+    for dtype in (np.float64, np.float32):
+        pol = _policy(dtype, discrete, (8,), "tanh", 1)
+        cfg = PPOConfig(clip_vloss=True, vf_coef=1.0)
+        batch = _batch(pol, 4, 2, 0.2, dtype)
+        values = pol.forward(batch["obs"])[1]
+        batch["returns"] = np.full(4, -2e19, dtype)
+        batch["values_old"] = (values + 1e19).astype(dtype)
+        for step in _both_steps(pol, cfg):
+            got = step.loss_and_grads(batch, 0.2, 0.0)
+            assert got["vclipfrac"] == 1.0 and got["value_loss"] == pytest.approx(0.5 * 3e19**2, rel=1e-6)
+            for k, g in _grads_of(step).items():
+                if k.startswith("critic."):
+                    assert not g.any(), (dtype, type(step).__name__, k)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_fused_step_refuses_logits_that_overflow_at_the_temperature_as_numpy_does(shared):
+    """numpy's Categorical divides the logits by T in the policy's dtype and refuses what overflows there
+    (logits ~10 at T = 1e-38 in float32); the fused step divided in float64 and trained on. Logits that
+    overflow in the network itself are named as numpy names them, at any temperature."""
+    for temperature, match in ((1e-38, "logits / temperature"), (1.0, "logits"), (1e-3, None)):
+        pol = _policy(np.float32, True, (8,), "tanh", 1, temperature=temperature, shared=shared)
+        batch = _batch(pol, 8, 2, 0.2, np.float32)
+        if match == "logits / temperature":  # logits ~10: 1e39 in float32 (finite in float64)
+            pol.params["actor.b0" if shared else "actor.b1"][:] = 10.0
+        if match == "logits":  # every hidden unit saturated at 1, 8 of them times 3e38: inf
+            pol.params["actor.b0" if shared else "actor.b1"][:] = 0.0
+            pol.params["trunk.b0" if shared else "actor.b0"][:] = 100.0
+            pol.params["actor.W0" if shared else "actor.W1"][:] = 3e38
+        fused, numpy_step = _both_steps(pol, PPOConfig())
+        for step in (fused, numpy_step):
+            if match is None:  # (T = 1e-3: no overflow, both go on)
+                assert math.isfinite(step.loss_and_grads(batch, 0.2, 0.0)["loss"])
+                continue
+            with pytest.raises(FloatingPointError, match=rf"^{match} contains NaN or inf$"), \
+                    np.errstate(all="ignore"):
+                step.loss_and_grads(batch, 0.2, 0.0)
+
+
 @settings(max_examples=12, deadline=None)
 @given(objective=st.sampled_from(["clip", "kl_penalty", "surrogate", "a2c", "reinforce"]), discrete=st.booleans(),
        shared=st.booleans(), clip_vloss=st.booleans(), normalize=st.booleans(), B=st.sampled_from([2, 5]),
