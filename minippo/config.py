@@ -158,10 +158,11 @@ class PPOConfig:
     (importance-sampled, unclipped), a2c (policy gradient with TD(0) advantage), reinforce
     (policy gradient with Monte Carlo return minus value baseline). a2c and reinforce are on-policy:
     for the textbook one gradient step per rollout set n_epochs=1 and batch_size=n_envs*n_steps
-    (examples/ladder.py's a2c rung does; its reinforce rung takes one pass in steps of 256); with
-    n_epochs > 1 they take n_epochs * minibatches steps on it, all but the first pass without the
-    ratio that would make them policy-gradient steps (PPO warns; ``minippo train --objective a2c``
-    sets n_epochs=1 unless told otherwise)."""
+    (examples/ladder.py's a2c rung does; its reinforce rung takes one pass in steps of 256). Every
+    step after the first on a rollout, the later minibatches of one pass included, is taken on data
+    of an older policy without the ratio that would make it a policy-gradient step: one pass in
+    minibatches uses each sample once, slightly off-policy; n_epochs > 1 reuses the rollout (PPO
+    warns; ``minippo train --objective a2c`` sets n_epochs=1 unless told otherwise)."""
     advantage: str = "auto"
     """advantage estimator: gae (GAE(gamma, lambda)), mc (reward-to-go G_t - V), td (TD(0) error
     delta_t); auto = gae for clip/kl_penalty/surrogate, td for a2c, mc for reinforce."""

@@ -583,7 +583,10 @@ class PPO:
         ``callback(row)`` is called after every iteration with the logged values: the columns of
         progress.csv, and two the CSV leaves out, ``stopped_early`` (1.0 where ``target_kl`` ended the
         epochs early) and, with ``clip_vloss``, ``vclipfrac`` (the fraction of values whose clipped
-        loss was taken); returning ``False`` stops training. ``row["mean_return"]`` and
+        loss was taken); returning ``False`` stops training. For ``kl_penalty``, ``row["kl"]`` is the
+        mean KL(pi_old || pi) after the update and ``row["beta"]`` the coefficient it adapted, the one
+        the next update uses (this update's losses were taken with the previous row's beta, or
+        ``config.kl_beta`` at first). ``row["mean_return"]`` and
         ``row["mean_length"]`` are over the last 100 finished episodes (NaN before the first).
         ``row["time"]`` is the training wall time so far: :attr:`time_elapsed`, the seconds of every
         earlier ``learn`` call (of this trainer, or of the run it was loaded from: checkpoints keep it),
