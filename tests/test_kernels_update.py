@@ -9,7 +9,8 @@ Tolerances, and why:
   means of the losses in float64; numpy rounds the normalised advantages back to float32, the kernel
   keeps them in float64). Each
   is a few float32 roundings (~1e-7 relative) of O(1) activations, accumulated over B <= 300
-  samples: gradients within 2e-5 of max|g| (plus rtol 1e-4). Stats are means of per-sample terms of
+  samples: gradients within 2e-5 of max|g| (plus rtol 1e-4), or where the per-sample terms cancel
+  to a much smaller sum, of those terms' size (``_term_scales``). Stats are means of per-sample terms of
   size up to ~10 (a Gaussian log-prob is a sum over action dims of terms ~1.4), each carrying
   ~1e-7 relative float32 rounding in numpy: 1e-5 relative and 1e-5 absolute, the absolute part
   times (1 + max|logp_old|) because r_t = exp(logp - logp_old) carries ~1e-7 |logp| of rounding.
@@ -24,7 +25,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("numba")
@@ -86,13 +87,41 @@ def _batch(pol, B, seed, clip_eps, dtype):
     }
 
 
-def _assert_grads_close(g_fused, g_ref, dtype):
+def _term_scales(pol, batch, cfg, **kw):
+    """Per parameter, the largest entry of (1/B) sum_i |g_i|, g_i the gradient of sample i's loss alone
+    (numpy's, each minibatch loss being the mean of per-sample ones, the advantages normalised over
+    the whole minibatch first): the size of the terms a minibatch gradient sums, whose rounding the
+    two paths differ by. It bounds max|g| (|sum| <= sum |.|) and exceeds it where the terms cancel: a
+    value head's bias gradient sums B errors V - R of size ~1 and both signs, to 8.6e-5 for one draw
+    (B = 3), where the fused float32 tanh's few-ulp differences in V moved it by 8e-8 (1e-3 of itself,
+    ~1e-7 of the terms)."""
+    B = batch["obs"].shape[0]
+    one = {**batch}
+    if cfg.normalize_advantages:
+        from minippo.ppo import normalize
+
+        one["advantages"] = normalize(batch["advantages"])
+    single = cfg.replace(normalize_advantages=False)
+    sums = {}
+    for i in range(B):
+        _, g = loss_and_grads(pol, {k: v[i:i + 1] for k, v in one.items()}, single, **kw)
+        for k, v in g.items():
+            sums[k] = sums.get(k, 0.0) + np.abs(v.astype(np.float64))
+    return {k: float(v.max()) / B if v.size else 0.0 for k, v in sums.items()}
+
+
+def _assert_grads_close(g_fused, g_ref, dtype, term_scales=None):
+    """Gradients within rtol plus an atol of (2e-5 in float32, 1e-12 in float64) times max|g|; where that
+    fails and ``term_scales`` (a function giving :func:`_term_scales`) is given, times the size of the
+    terms the gradient sums instead (larger: it differs only where they cancel)."""
+    scales = None
     for k, ref in g_ref.items():
         scale = float(np.abs(ref).max()) if ref.size else 0.0
-        if dtype == np.float64:
-            np.testing.assert_allclose(g_fused[k], ref, rtol=1e-9, atol=1e-12 * max(scale, 1.0), err_msg=k)
-        else:
-            np.testing.assert_allclose(g_fused[k], ref, rtol=1e-4, atol=2e-5 * max(scale, 1e-3), err_msg=k)
+        rtol, atol, floor = (1e-9, 1e-12, 1.0) if dtype == np.float64 else (1e-4, 2e-5, 1e-3)
+        if term_scales is not None and not np.allclose(g_fused[k], ref, rtol=rtol, atol=atol * max(scale, floor)):
+            scales = term_scales() if scales is None else scales
+            scale = max(scale, scales[k])
+        np.testing.assert_allclose(g_fused[k], ref, rtol=rtol, atol=atol * max(scale, floor), err_msg=k)
 
 
 # What the parity tests draw, besides the objective's own settings. (hidden, shared): a shared trunk
@@ -115,6 +144,9 @@ SETUPS = dict(
 
 @SLOW
 @given(clip_eps=st.sampled_from([0.1, 0.2]), **SETUPS)
+# a draw whose critic output bias's gradient cancels to 1e-3 of its terms (see _term_scales)
+@example(clip_eps=0.1, dtype=np.float32, discrete=True, nets=((64, 64), False), activation="tanh", B=3,
+         temperature=1.0, clip_vloss=False, normalize=False, ent_coef=0.0, seed=1154)
 def test_fused_grads_and_stats_match_loss_and_grads(
     dtype, discrete, nets, activation, B, temperature, clip_vloss, normalize, ent_coef, clip_eps, seed
 ):
@@ -180,7 +212,8 @@ def _fused_matches_loss_and_grads(dtype, discrete, nets, activation, B, temperat
             assert stats[k] == v
         else:
             np.testing.assert_allclose(stats[k], v, **tol, err_msg=k)
-    _assert_grads_close(fu.grads(), ref_grads, dtype)
+    _assert_grads_close(fu.grads(), ref_grads, dtype, lambda: _term_scales(
+        pol, batch, cfg, beta=beta, clip_eps=clip_eps, ent_coef=ent_coef))
     assert set(fu.grads()) == set(pol.params)
 
 
