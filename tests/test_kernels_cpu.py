@@ -1742,9 +1742,11 @@ def test_cpu_gae_fast_path_takes_native_c_arrays_and_nothing_byte_swapped(numba_
             for g, w in zip(got, advantages.gae_numpy(*views, 0.9, 0.8), strict=True):
                 assert g.dtype == w.dtype
                 np.testing.assert_allclose(g, w.astype(np.float64), rtol=1e-5, atol=1e-6)
-        # native inputs into a byte-swapped out: refused as numpy refuses it, nothing written
-        out = tuple(np.full((T, N), 7, swapped) for _ in range(2))
-        for gae in (cpu.gae, advantages.compute_gae):
-            with pytest.raises(ValueError, match=f"out must be two {np.dtype(dtype)} arrays"):
-                gae(r, v, d, lv, 0.9, 0.8, out=out)
-            assert all((o == 7).all() for o in out)
+        # native inputs into a byte-swapped out (both arrays, or either one alone: compute_gae's hot path
+        # checked one of the two dtypes under a mutant): refused as numpy refuses it, nothing written
+        for kinds in ((swapped, swapped), (dtype, swapped), (swapped, dtype)):
+            out = tuple(np.full((T, N), 7, k) for k in kinds)
+            for gae in (cpu.gae, advantages.compute_gae):
+                with pytest.raises(ValueError, match=f"out must be two {np.dtype(dtype)} arrays"):
+                    gae(r, v, d, lv, 0.9, 0.8, out=out)
+                assert all((o == 7).all() for o in out)
