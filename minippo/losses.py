@@ -91,7 +91,7 @@ def _ratio_times_adv(ratio: Array, adv: Array) -> Array:
     """r_t A_t (B,) float64, exactly 0 where A_t = 0: a sample without advantage adds nothing, and has no
     gradient, even where r_t overflowed to inf (log r > 709), where inf * 0 made the loss NaN."""
     with np.errstate(invalid="ignore"):  # (inf * 0: replaced by the where)
-        return array_module(ratio).where(adv == 0, 0.0, ratio * adv)
+        return np.where(adv == 0, 0.0, ratio * adv)
 
 
 def _ratio_stats(log_ratio: Array, ratio: Array, clip_eps: float | None) -> dict[str, float]:
