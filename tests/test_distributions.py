@@ -18,7 +18,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minippo.distributions import Categorical, DiagGaussian
+from minippo.distributions import Categorical, DiagGaussian, log_std_in_range, log_std_limit
 from minippo.gradcheck import check_grads, numerical_grads, rel_error
 
 TOL = 1e-6
@@ -468,3 +468,18 @@ def test_bool_and_integer_upstream_gradients_act_as_floats(g_dtype):
             for k in want:
                 assert got[k].dtype == want[k].dtype
                 np.testing.assert_array_equal(got[k], want[k])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_std_in_range_takes_the_limit_itself_as_diaggaussian_does(dtype):
+    """|log_std| <= log_std_limit(dtype), both ends included, as DiagGaussian takes it: the fused numba
+    step checks dist_old with log_std_in_range, so a strict ``<`` there (it survived the suite) refused
+    a batch whose old log_std sat at the limit where the numpy path trains on it."""
+    lim = log_std_limit(dtype)  # 88 / 709
+    edge = np.array([[-lim, 0.0, lim]], dtype)
+    DiagGaussian(np.zeros((1, 3), dtype), edge)
+    log_std_in_range(edge)
+    past = np.nextafter(dtype(lim), dtype(np.inf))
+    for bad in (past, -past, np.nan):
+        with pytest.raises(ValueError, match="log_std must lie in"):
+            log_std_in_range(np.array([[0.0, bad]], dtype))
