@@ -1455,7 +1455,7 @@ def test_pairs_apply_from_two_vectors_of_terms(dtype):
     all three in one dtype (it compiles to a no-op for any others)."""
     L = 64 // np.dtype(dtype).itemsize
     other = np.float32 if dtype == np.float64 else np.float64
-    x, V, out = np.ones((8, 2 * L + 1), dtype), np.ones((2, 2 * L + 1), dtype), np.empty((8, 2), dtype)
+    x, V, out = np.ones((8, 2 * L + 1), dtype), np.ones((2, 2 * L + 1), dtype), np.zeros((8, 2), dtype)
     assert _pairs_apply_call(x, V, out, 2 * L)
     assert not _pairs_apply_call(x, V, out, 2 * L - 1)
     assert not _pairs_apply_call(np.asfortranarray(x), V, out, 2 * L)  # vectors cannot load x
