@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 import reference as ref
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -134,12 +134,18 @@ def test_clipfrac_counts_what_the_clip_moves_at_the_tie(side):
 
 @FAST
 @given(batches(), eps_values)
+# |A| the smallest subnormal: r A and clip(r) A both round to 5e-324, a tie (about 1 seed in 1000 drew one)
+@example(arrays=[np.array([0.25]), np.array([0.0]), np.array([5e-324])], clip_eps=0.25)
+@example(arrays=[np.array([-0.5]), np.array([0.0]), np.array([-5e-324])], clip_eps=0.25)
 def test_clip_zero_gradient_region_property(arrays, clip_eps):
-    """Hypothesis version: exactly zero gradient iff (A>0 & r>1+eps) or (A<0 & r<1-eps)."""
+    """Hypothesis version: exactly zero gradient iff (A>0 & r>1+eps) or (A<0 & r<1-eps), except where
+    r A and clip(r) A round to the same float (|A| subnormal): a tie keeps the unclipped gradient
+    -r A / B (clip_objective's rule: the clipped branch only where it is strictly smaller)."""
     logp, logp_old, adv = arrays
     ratio = np.exp(logp - logp_old)
     _, dlogp, _ = losses.clip_objective(logp, logp_old, adv, clip_eps)
-    clipped = ((adv > 0) & (ratio > 1 + clip_eps)) | ((adv < 0) & (ratio < 1 - clip_eps))
+    tie = np.clip(ratio, 1 - clip_eps, 1 + clip_eps) * adv == ratio * adv
+    clipped = (((adv > 0) & (ratio > 1 + clip_eps)) | ((adv < 0) & (ratio < 1 - clip_eps))) & ~tie
     assert np.all(dlogp[clipped] == 0.0)
     live = ~clipped & (adv != 0)
     np.testing.assert_allclose(dlogp[live], -ratio[live] * adv[live] / len(adv), rtol=1e-12)
