@@ -378,7 +378,8 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:  # (int64's range)
             raise CheckpointError(f"{path!r}: meta's {key!r} must be an integer in [0, 2**63), got {v!r}")
     beta = meta.get("beta", 1.0)
-    # beta >= 0, not only > 0: a long kl_penalty run can halve it down to 0.0 (or double it to inf)
+    # beta >= 0, not only > 0: before session 59 a long kl_penalty run could halve it down to 0.0 (or
+    # double it to inf); those load as the nearest beta the rule keeps now (AdaptiveKL), and move again
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
         raise CheckpointError(f"{path!r}: meta's 'beta' must be a number >= 0, got {beta!r}")
     elapsed = meta.get("time_elapsed", 0.0)  # (absent from checkpoints saved before session 47: 0)
@@ -590,7 +591,7 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
     else:
         algo.total_timesteps = int(meta["total_timesteps"])
     # beta is state (the adaptive KL rule moved it); an explicit kl_beta override restarts it there
-    algo.kl_coef.beta = config.kl_beta if "kl_beta" in overrides else float(meta["beta"])
+    algo.kl_coef.beta = config.kl_beta if "kl_beta" in overrides else min(max(float(meta["beta"]), 5e-324), 2.0**1023)
     algo.episode_returns.extend(meta["episode_returns"])
     algo.episode_lengths.extend(meta["episode_lengths"])
 

@@ -177,7 +177,9 @@ class AdaptiveKL:
     """The paper's adaptive KL coefficient (Section 4), in the seeds' words KL_min/KL_max.
 
     After each policy update with mean KL ``d``: if ``d < kl_target / 1.5`` then ``beta /= 2``
-    (penalty too strong); if ``d > kl_target * 1.5`` then ``beta *= 2`` (too weak).
+    (penalty too strong); if ``d > kl_target * 1.5`` then ``beta *= 2`` (too weak). beta stays
+    positive and finite: a halving that would round to 0 (after ~1075 of them) or a doubling that
+    would overflow to inf leaves it where it is, since from 0 or inf the rule could never return.
     """
 
     def __init__(self, kl_target: float = 0.01, beta: float = 1.0) -> None:
@@ -192,9 +194,11 @@ class AdaptiveKL:
         if not math.isfinite(kl):
             raise FloatingPointError(f"kl is {kl}: cannot adapt beta")
         if kl < self.kl_target / 1.5:
-            self.beta /= 2.0
+            if self.beta / 2.0 > 0.0:
+                self.beta /= 2.0
         elif kl > self.kl_target * 1.5:
-            self.beta *= 2.0
+            if math.isfinite(self.beta * 2.0):
+                self.beta *= 2.0
         return self.beta
 
 

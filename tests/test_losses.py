@@ -282,6 +282,22 @@ def test_adaptive_kl_rule_property(target, beta, kl):
         assert new == beta
 
 
+def test_adaptive_kl_beta_stays_positive_and_finite():
+    """~1075 halvings would round beta to 0 and ~1024 doublings overflow it to inf, from where the
+    rule could never bring it back (0 * 2 = 0, inf / 2 = inf). The smallest positive and the largest
+    finite beta are kept instead, and the rule moves on from there."""
+    ak = losses.AdaptiveKL(kl_target=0.01, beta=1.0)
+    for _ in range(1100):
+        ak.update(0.0)
+    assert ak.beta == 5e-324  # the smallest positive float: halving it would give 0
+    assert ak.update(1.0) == 1e-323  # and the next too-large KL doubles it again
+    ak = losses.AdaptiveKL(kl_target=0.01, beta=1.0)
+    for _ in range(1100):
+        ak.update(1.0)
+    assert ak.beta == 2.0**1023  # the largest power of 2 below float max: doubling it overflows
+    assert ak.update(0.0) == 2.0**1022
+
+
 def test_adaptive_kl_bad_inputs():
     with pytest.raises(ValueError, match="kl_target must be a finite number > 0"):
         losses.AdaptiveKL(kl_target=0.0)

@@ -997,8 +997,11 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
     big = _rewrite(good, tmp_path / "big.npz",
                    lambda a, m: m.update(num_timesteps=2**63 - 1, total_timesteps=2**63 - 1))
     assert PPO.load(big).num_timesteps == 2**63 - 1 and load_policy(big).policy is not None
-    zero_beta = _rewrite(good, tmp_path / "beta0.npz", lambda a, m: m.update(beta=0.0))  # halved to 0.0 by
-    assert PPO.load(zero_beta).kl_coef.beta == 0.0  # ~1075 iterations of tiny KL: a state that resumes
+    # ~1075 iterations of tiny KL halved beta to 0.0 before session 59 (~1024 of large KL doubled it to
+    # inf), from where the rule never moved it: such a checkpoint resumes at the nearest beta kept now
+    for saved, loaded in ((0.0, 5e-324), (float("inf"), 2.0**1023), (2.0**1023, 2.0**1023), (5e-324, 5e-324)):
+        path = _rewrite(good, tmp_path / "beta.npz", lambda a, m, saved=saved: m.update(beta=saved))
+        assert PPO.load(path).kl_coef.beta == loaded
     no_rng = _rewrite(good, tmp_path / "no_rng.npz", lambda a, m: m.pop("rng") and None)
     with pytest.raises(CheckpointError, match="meta is missing 'rng'"):
         PPO.load(no_rng)
