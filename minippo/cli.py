@@ -831,6 +831,24 @@ def read_progress(folder: str) -> dict[str, list[float]]:
     return cols
 
 
+def run_labels(dirs: list[str]) -> list[str]:
+    """Legend labels for run folders: each folder's last path component, or as few trailing
+    components as tell it from the other folders (``numpy/run`` and ``numba/run``, not ``run`` twice)."""
+    paths = [os.path.abspath(d) for d in dirs]
+    distinct = set(paths)  # (one folder given twice, or spelt two ways, is one label)
+
+    def tail(p: str, k: int) -> str:
+        return "/".join(p.split(os.sep)[-k:]).lstrip("/") or "/"
+
+    def label(p: str) -> str:
+        k = 1
+        while any(tail(q, k) == tail(p, k) for q in distinct - {p}):
+            k += 1  # (ends: two distinct absolute paths differ in some trailing component)
+        return tail(p, k)
+
+    return [label(p) for p in paths]
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """``minippo plot``: learning curves of one or more run folders to a PNG; returns the exit code."""
     if args.y not in CSV_COLUMNS:
@@ -872,9 +890,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         plt.close(fig)
         raise UsageError(f"--output {args.output!r}: {fmt!r} is not an image format matplotlib writes; "
                          f"use one of {', '.join(sorted(formats))}")
-    for d, cols in runs.items():
+    for cols, label in zip(runs.values(), run_labels(list(runs)), strict=True):
         x, y = cols[args.x], cols[args.y]
-        (line,) = ax.plot(x, y, label=os.path.basename(os.path.normpath(d)))
+        (line,) = ax.plot(x, y, label=label)
         ok = [math.isfinite(v) for v in y]
         # a value with no value beside it (one row, or gaps around it) has no line: a dot shows it
         alone = [i for i in range(len(y)) if ok[i] and not (i > 0 and ok[i - 1]) and not (i + 1 < len(y) and ok[i + 1])]

@@ -1539,6 +1539,34 @@ def test_a_diverging_run_is_one_line_without_numpy_warnings(tmp_path, capsys):
         "temperature may help)\n"), err
 
 
+def test_plot_labels_tell_same_name_run_folders_apart(tmp_path, capsys, monkeypatch):
+    """numpy/run and numba/run were both labelled "run" in the legend: each label is now as many
+    trailing path components as tell the folders apart (one when that is enough)."""
+    pytest.importorskip("matplotlib")
+    import shutil
+
+    import matplotlib.axes
+
+    from minippo.cli import run_labels
+
+    run = tmp_path / "numpy" / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "96", "--n-envs", "2", "--out", str(run), "--quiet",
+                 *TINY]) == 0
+    shutil.copytree(run, tmp_path / "numba" / "run")
+    shutil.copytree(run, tmp_path / "other")
+    labels = []
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: ("label" in k and labels.append(k["label"])) or real_plot(self, *a, **k))
+    dirs = [str(run), str(tmp_path / "numba" / "run"), str(tmp_path / "other")]
+    assert main(["plot", *dirs, "-o", str(tmp_path / "c.png")]) == 0
+    assert labels == ["numpy/run", "numba/run", "other"]
+    assert run_labels(["a/x/run", "b/x/run", "c"]) == ["a/x/run", "b/x/run", "c"]
+    assert run_labels(["r", "r/", os.path.abspath("r")]) == ["r"] * 3  # one folder spelt three ways
+    assert run_labels([os.sep + "q", os.path.join(os.sep, "p", "q")]) == ["q", "p/q"]
+    assert run_labels([os.sep]) == ["/"]
+
+
 @pytest.mark.parametrize(("x", "label"), [("time", "training time (s)"), ("iteration", "iteration"),
                                           ("timesteps", "timesteps")])
 def test_plot_x_axis_is_timesteps_time_or_iteration(tmp_path, capsys, monkeypatch, x, label):
