@@ -205,19 +205,21 @@ def _compile_seconds() -> float:
     return backend.numba_compile_seconds()
 
 
-def _zero_width(stream: Any) -> bool:
-    """True for a terminal that reports 0 columns (a pseudo-terminal never sized, as ``script`` or a CI
-    runner makes): tqdm's bar, sized to it, drew nothing there. Unknown (no fileno): False."""
+def _unsized(stream: Any) -> bool:
+    """True for a terminal that reports 0 columns or 0 rows (a pseudo-terminal never sized, or given a
+    width only, as ``script`` or a CI runner makes): tqdm's bar, sized to it, drew nothing there (at 0
+    rows tqdm hides its bar's line). Unknown (no fileno): False."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns == 0
+        size = os.get_terminal_size(stream.fileno())
     except (AttributeError, OSError, ValueError):
         return False
+    return size.columns == 0 or size.lines == 0
 
 
 class _Progress:
     """tqdm bar on a terminal (a plain text bar if tqdm is missing, older than 4.16 (no
     ``set_postfix_str``) or fails to start, as tqdm 4.16-4.20 do on Python 3.12+, or the terminal
-    reports no width); one line per iteration otherwise."""
+    reports no width or no height); one line per iteration otherwise."""
 
     active: _Progress | None = None  # the bar on the terminal now: log lines go through its write()
 
@@ -230,7 +232,7 @@ class _Progress:
             return
         _Progress.active = self
         tqdm = _usable_tqdm()
-        if tqdm is not None and not _zero_width(sys.stderr):
+        if tqdm is not None and not _unsized(sys.stderr):
             try:
                 # the postfix's steps/s is the bar's one rate: tqdm's own, shown at the end, is steps
                 # over wall time, numba's one-off compiles included (_leave_out_compiles)
@@ -981,9 +983,22 @@ def _stdout_closed() -> bool:
         return False
 
 
+def _current_folder_importable() -> None:
+    """``python -m minippo`` imports modules from the current folder and the ``minippo`` command did
+    not (``minippo train mypkg.envs:MyEnv-v0`` run from the project's folder: "No module named
+    'mypkg'"). The folder goes last on ``sys.path``, so a file there never shadows an installed module."""
+    try:
+        cwd = os.getcwd()
+    except OSError:  # a folder deleted under us: nothing to import from
+        return
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.append(cwd)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``minippo`` command; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit code."""
     pin_blas_threads()
+    _current_folder_importable()
     _show_library_log()
     parser = build_parser()
     try:

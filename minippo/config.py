@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import numbers
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -380,7 +381,8 @@ class PPOConfig:
             raise bad("seed", "must be an integer >= 0")
         if not isinstance(self.hidden, tuple) or not self.hidden \
                 or any(type(w) is not int or w < 1 for w in self.hidden):  # (_normalise made ints of ints)
-            raise bad("hidden", "must list at least one positive integer width")
+            raise bad("hidden", "must list at least one positive integer width, e.g. (64, 64) "
+                                "(on the command line: --set hidden=64,64)")
         if self.lr_schedule == "exponential" and self.lr_end <= 0:
             raise bad("lr_end", "must be > 0 for an exponential lr_schedule")
         if self.ent_schedule == "exponential" and self.ent_coef <= 0:
@@ -444,7 +446,9 @@ class PPOConfig:
 
     def parse_assignment(self, assignment: str) -> tuple[str, Any]:
         """``"key=value"`` (as in ``--set``) -> (key, value); the value is parsed as JSON when it
-        can be (numbers, true/false, null, lists), else kept as a string. Not yet validated."""
+        can be (numbers, true/false, null, lists), else kept as a string. ``hidden`` also takes
+        integers separated by commas (``64,64``, ``(64, 64)``) and one integer as one layer (``64``).
+        Not yet validated."""
         if not isinstance(assignment, str) or "=" not in assignment:
             raise ValueError(f"--set expects key=value, got {assignment!r}")
         key, raw = assignment.split("=", 1)
@@ -456,6 +460,8 @@ class PPOConfig:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = {"none": None, "true": True, "false": False}.get(raw.strip().lower(), raw)
+        if key == "hidden":
+            value = _widths(value)
         if isinstance(getattr(self, key), float) and isinstance(value, int) and not isinstance(value, bool):
             try:
                 value = float(value)
@@ -473,6 +479,25 @@ class PPOConfig:
         if isinstance(assignments, (str, bytes)) or not hasattr(assignments, "__iter__"):  # (one per character)
             raise TypeError(f"assignments must be a list of 'key=value' strings, got {assignments!r}")
         return self.replace(**dict(self.parse_assignment(a) for a in assignments))
+
+
+def _widths(value: Any) -> Any:
+    """``--set hidden=``'s forms beside JSON's ``[64, 64]``: ``64,64`` or ``(64, 64)`` (a string of
+    integers separated by commas) and a lone ``64`` (one layer) -> a list of ints; else ``value``
+    unchanged, for the validation to name."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if not isinstance(value, str):
+        return value
+    inner = value.strip()
+    if inner[:1] + inner[-1:] in ("()", "[]"):
+        inner = inner[1:-1]
+    parts = [p.strip() for p in inner.split(",")]
+    if len(parts) > 1 and parts[-1] == "":  # a trailing comma, as in Python's (64,)
+        parts.pop()
+    if all(re.fullmatch(r"[+-]?[0-9]+", p) for p in parts):
+        return [int(p) for p in parts]
+    return value
 
 
 def _naming_unknown_fields(init: Any) -> Any:

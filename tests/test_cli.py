@@ -676,16 +676,18 @@ def test_progress_skips_tqdm_before_4_21_on_python_3_12(monkeypatch, version, py
     assert ("#" * 30 in text) is not bar
 
 
-@pytest.mark.parametrize("columns, bar", [(0, False), (80, True)])
-def test_progress_takes_the_plain_bar_on_a_terminal_of_no_width(monkeypatch, columns, bar):
+@pytest.mark.parametrize("columns, rows, bar", [(0, 24, False), (80, 0, False), (0, 0, False), (80, 24, True)])
+def test_progress_takes_the_plain_bar_on_a_terminal_of_no_width(monkeypatch, columns, rows, bar):
     """A pseudo-terminal never sized (``script``, some CI runners) reports 0 columns, and tqdm's bar,
-    sized to it, drew nothing at all: the plain bar there. A terminal with a width keeps tqdm."""
+    sized to it, drew nothing at all: the plain bar there. One given a width only (``stty cols 100``)
+    reports 0 rows, and tqdm hid its bar's line: no bar, no lines, until the end. A sized terminal
+    keeps tqdm."""
     import types
 
     made = []
     monkeypatch.setattr(_FakeTqdm, "made", made)
     monkeypatch.setattr(_Tty, "fileno", lambda self: 2, raising=False)
-    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((columns, 24)))
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((columns, rows)))
     text = _progress_text(monkeypatch, tqdm_module=types.SimpleNamespace(tqdm=_FakeTqdm, __version__="9.9"))
     assert len(made) == int(bar) and ("#" * 30 in text) is not bar
 
@@ -1114,6 +1116,30 @@ def test_an_env_from_a_module_trains_and_evaluates_from_the_command_line(tmp_pat
         err = capsys.readouterr().err
         assert err == f"minippo: error: env id {bad!r}: a 'module:EnvId' id needs a module to import (an " \
             "absolute name, as 'mypkg.envs') before the ':' and the id it registers after it\n", err
+
+
+def test_a_module_in_the_current_folder_is_found_by_the_minippo_command(tmp_path, capsys, monkeypatch):
+    """The console script puts its own bin folder on sys.path, not the current one as ``python -m``
+    does: ``minippo train mypkg.envs:MyEnv-v0`` from the project's folder said "No module named
+    'mypkg'". The current folder now goes on the path (last: it never shadows an installed module)."""
+    gym = pytest.importorskip("gymnasium")
+    (tmp_path / "own_envs_for_cli_59.py").write_text(
+        "import gymnasium\n"
+        "gymnasium.register('OwnCartPole59-v0', entry_point='gymnasium.envs.classic_control:CartPoleEnv',\n"
+        "                   max_episode_steps=50)\n")
+    here = os.getcwd()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", here, str(tmp_path))])
+    try:
+        out = tmp_path / "run"
+        assert main(["train", "own_envs_for_cli_59:OwnCartPole59-v0", "--timesteps", "64", "--n-envs", "2",
+                     "--out", str(out), "--quiet", *TINY]) == 0, capsys.readouterr().err
+        assert sys.path[-1] == str(tmp_path)
+        main(["eval", str(out / "model.npz"), "--episodes", "1"])  # a second main() adds it once
+        assert sys.path.count(str(tmp_path)) == 1
+    finally:
+        sys.modules.pop("own_envs_for_cli_59", None)
+        gym.registry.pop("OwnCartPole59-v0", None)
 
 
 def test_plot_of_a_run_with_no_rows_is_one_line(tmp_path, capsys):

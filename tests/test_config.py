@@ -397,6 +397,23 @@ def test_set_from_string():
         c.set_from_string("objective=ppo")
 
 
+@pytest.mark.parametrize(("raw", "want"), [
+    ("[32, 16]", (32, 16)), ("32,16", (32, 16)), ("(32, 16)", (32, 16)), (" 32 , 16 ", (32, 16)),
+    ("[32,16]", (32, 16)), ("64", (64,)), ("64,", (64,)), ("(64,)", (64,)), ("+8,4", (8, 4))])
+def test_set_hidden_takes_the_forms_a_shell_user_types(raw, want):
+    """--set hidden=32,32 (the natural spelling; ``(32, 32)`` needs quotes in a shell) was refused with
+    "must list at least one positive integer width"; only JSON's [32,32] worked. One integer is one layer."""
+    assert PPOConfig().set_from_string(f"hidden={raw}").hidden == want
+
+
+@pytest.mark.parametrize("raw", ["", "[]", "a,b", "-1,2", "0", "32.5", "1e2", "true", "32,,16", "(32, 16]"])
+def test_set_hidden_refusals_say_the_form(raw):
+    with pytest.raises(ValueError, match=r"PPOConfig\.hidden=.* is invalid: must list at least one positive "
+                                         r"integer width, e\.g\. \(64, 64\) \(on the command line: "
+                                         r"--set hidden=64,64\)"):
+        PPOConfig().set_from_string(f"hidden={raw}")
+
+
 def test_presets():
     for name in PRESETS:
         c = preset(name)
