@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import sys
 import time
 import warnings
 from collections import deque
@@ -192,6 +194,17 @@ def explained_variance(y_pred: Array, y_true: Array) -> float:
     return float("nan") if var == 0 else 1.0 - float(np.var(y_true - y_pred)) / var
 
 
+
+def _user_frame() -> int:
+    """``warnings.warn``'s stacklevel, from the function that calls this one, of the first frame
+    outside the minippo package: the user's ``PPO(...)`` or ``PPO.load(...)`` however deep inside
+    the warning is given (a fixed stacklevel named minippo's own checkpoint.py for a load)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
 class PPO:
     """Proximal Policy Optimization on a gymnasium vector env.
 
@@ -297,7 +310,7 @@ class PPO:
             warnings.warn(f"objective={config.objective!r} with n_epochs={config.n_epochs}: every epoch after the "
                           "first reuses the rollout without the importance-sampling ratio, so its steps are not "
                           "the policy gradient (objective='surrogate' corrects for that); n_epochs=1 is the "
-                          "textbook algorithm", UserWarning, stacklevel=3)  # (the caller of PPO())
+                          "textbook algorithm", UserWarning, stacklevel=_user_frame())
         self.next_step = is_next_step(self.env)
         mode = "next_step" if self.next_step else "same_step"
         if config.autoreset != mode:  # a given env runs in its own mode: the config records the one used
