@@ -75,6 +75,22 @@ def timesteps_arg(text: str) -> int:
     return int_arg(1, MAX_TIMESTEPS, "2**62 (minippo counts steps in int64)")(text)
 
 
+def _steps(text: str) -> int:
+    """``--timesteps``'s type: an integer, or a whole number written as a float (``1e6``), as
+    ``PPOConfig.total_timesteps`` and ``learn()`` take it."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value == int(value)):
+        raise argparse.ArgumentTypeError(f"invalid number of steps: {text!r} (an integer, or a whole number as 1e6)")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``minippo`` argument parser (its errors raise :class:`UsageError`)."""
     from minippo import __version__
@@ -87,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("env_id", help="gymnasium id, e.g. CartPole-v1")
     t.add_argument("--preset", default=None,
                    help="hyperparameter preset (default: the env's preset if there is one; 'none' for paper defaults)")
-    t.add_argument("--timesteps", type=int, default=None,
+    t.add_argument("--timesteps", type=_steps, default=None,
                    help="total env steps (default: the preset's total_timesteps, 1000000 with --preset none; "
                         "with --resume, the new total, more than the steps already run)")
     t.add_argument("--seed", type=int, default=None, help="seed of the run (default 0)")
@@ -126,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "time: training seconds, to compare backends or machines)")
 
     b = sub.add_parser("bench", help="training speed vs env stepping alone (CartPole-v1 preset)")
-    b.add_argument("--timesteps", type=int, default=100_000, help="env steps to train for (default 100000)")
+    b.add_argument("--timesteps", type=_steps, default=100_000, help="env steps to train for (default 100000)")
     b.add_argument("--repeats", type=int, default=1,
                    help="alternating rounds of training and env stepping; the best of each is reported (default 1)")
     return p

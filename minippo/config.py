@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import numbers
 import re
 import sys
@@ -168,7 +169,8 @@ class PPOConfig:
     """advantage estimator: gae (GAE(gamma, lambda)), mc (reward-to-go G_t - V), td (TD(0) error
     delta_t); auto = gae for clip/kl_penalty/surrogate, td for a2c, mc for reinforce."""
     total_timesteps: int = 1_000_000
-    """environment steps to train for (summed over the vector envs)."""
+    """environment steps to train for (summed over the vector envs); a whole float (1e6) is taken as
+    its integer, as ``PPO.learn`` takes it."""
     seed: int = 0
     """seeds the network init, the env resets and every sampling Generator."""
     n_envs: int = 1
@@ -302,6 +304,8 @@ class PPOConfig:
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 continue
             if f.type == "int" and isinstance(v, numbers.Integral):
+                setattr(self, f.name, int(v))
+            elif f.name == "total_timesteps" and math.isfinite(v) and v == int(v):  # 1e6, as learn(1e6)
                 setattr(self, f.name, int(v))
             elif f.type in ("float", "float | None"):
                 try:

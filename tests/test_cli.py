@@ -1142,6 +1142,22 @@ def test_a_module_in_the_current_folder_is_found_by_the_minippo_command(tmp_path
         gym.registry.pop("OwnCartPole59-v0", None)
 
 
+def test_timesteps_takes_a_whole_number_written_as_1e6(tmp_path, capsys):
+    """``--timesteps 1e3`` was argparse's "invalid int value", while PPOConfig and learn() take 1e6;
+    a fraction, a word or inf is refused with the form it takes (exit code 2)."""
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "1.28e2", "--n-envs", "2", "--out", str(out), "--quiet",
+                 *TINY]) == 0
+    assert json.loads((out / "config.json").read_text())["total_timesteps"] == 128
+    capsys.readouterr()
+    for bad in ("1.25e1", "1e-1", "abc", "inf", "nan", ""):
+        assert main(["train", "CartPole-v1", "--timesteps", bad, "--out", str(tmp_path / "r2")]) == 2
+        assert f"argument --timesteps: invalid number of steps: {bad!r} (an integer, or a whole number as " \
+            "1e6)" in capsys.readouterr().err
+    assert main(["bench", "--timesteps", "2.5"]) == 2
+    assert "invalid number of steps: '2.5'" in capsys.readouterr().err
+
+
 def test_plot_of_a_run_with_no_rows_is_one_line(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     run = tmp_path / "run"

@@ -191,6 +191,25 @@ def test_positive_integer_fields(field, value):
         PPOConfig(**{field: value})
 
 
+def test_total_timesteps_takes_a_whole_float_as_learn_does():
+    """PPOConfig(total_timesteps=1e6) was refused while PPO.learn(1e6) took it; a whole float is its
+    integer in both now (stored as an int, written as one), anything else still refused."""
+    for value in (1e6, np.float32(2048.0), np.float64(3e3)):
+        c = PPOConfig(total_timesteps=value)
+        assert c.total_timesteps == int(value) and type(c.total_timesteps) is int
+        assert f'"total_timesteps": {int(value)},' in c.to_json()
+    assert PPOConfig().set_from_string("total_timesteps=2e5").total_timesteps == 200_000
+    for value, shown in ((2.5, 2.5), (1e6 + 0.5, 1e6 + 0.5), (float("inf"), float("inf")), (0.0, 0), (-1e3, -1000)):
+        with pytest.raises(ValueError, match=_err("total_timesteps", shown) + ": must be an integer >= 1"):
+            PPOConfig(total_timesteps=value)
+    with pytest.raises(ValueError, match=r"total_timesteps=nan is invalid: must be an integer >= 1"):
+        PPOConfig(total_timesteps=float("nan"))
+    with pytest.raises(ValueError, match=_err("total_timesteps", 2**70) + r": must be <= 2\*\*62"):
+        PPOConfig(total_timesteps=2.0**70)
+    with pytest.raises(ValueError, match=_err("n_steps", 64.0) + ": must be an integer >= 1"):
+        PPOConfig(n_steps=64.0)  # (the other counts are not written as 1e5)
+
+
 def test_batch_size_must_divide_rollout():
     msg = _err("batch_size", 48) + r": must divide n_envs \* n_steps = 128"
     with pytest.raises(ValueError, match=msg):
