@@ -166,8 +166,9 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
     """Write a file through ``write(f)`` on a temp file beside ``path``, then fsync, rename onto
     ``path`` and fsync the folder: ``path`` is never half-written (the old file stays until the new
     one is whole), and the new file is durable once this returns. A failure removes the temp file
-    and the folders this call made for it; an interrupt that lands after the rename leaves the new
-    file in place (and durable) and goes on to the caller.
+    and the folders this call made for it (a process killed outright cannot: its temp file stays);
+    an interrupt that lands after the rename leaves the new file in place (and durable) and goes on
+    to the caller.
     As with ``open(path, "wb")``: a file it replaces keeps its permission bits and, where this process
     may set them (root; or a group it is in), its owner and group (``sudo minippo train --resume`` of
     a user's run leaves the user's model.npz theirs), one this process may not write is refused
