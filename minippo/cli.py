@@ -46,18 +46,33 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def int_arg(low: int, high: int | None = None, high_text: str | None = None) -> Callable[[str], int]:
+def _integer(text: str, whole_floats: bool) -> int | None:
+    """``text`` as an int; with ``whole_floats`` also a whole number written as a float (``1e6``, as
+    ``PPOConfig.total_timesteps`` and ``learn()`` take it); None for anything else."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text) if whole_floats else math.nan
+    except ValueError:
+        return None
+    return int(value) if math.isfinite(value) and value == int(value) else None
+
+
+def int_arg(low: int, high: int | None = None, high_text: str | None = None, *,
+            whole_floats: bool = False) -> Callable[[str], int]:
     """An argparse ``type`` for scripts (the examples use it): the text as an integer in [low, high]
     (no upper bound when ``high`` is None), else an ArgumentTypeError naming the allowed values, which
     argparse prints after the option's name ("argument --seeds: must be an integer >= 1, got 'two'").
-    ``high_text`` writes the bound and why, e.g. "2**62 (minippo counts steps in int64)"."""
-    allowed = f"an integer >= {low}"
+    ``high_text`` writes the bound and why, e.g. "2**62 (minippo counts steps in int64)";
+    ``whole_floats`` takes ``1e6`` too."""
+    allowed = f"an integer >= {low}" + (" (1e6 too)" if whole_floats else "")
 
     def parse(text: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        n = _integer(text, whole_floats)
+        if n is None:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
         if n < low:
             raise argparse.ArgumentTypeError(f"must be {allowed}, got {n}")
         if high is not None and n > high:
@@ -69,26 +84,20 @@ def int_arg(low: int, high: int | None = None, high_text: str | None = None) -> 
 
 def timesteps_arg(text: str) -> int:
     """An argparse ``type`` for a step budget (the examples' ``--timesteps``): an integer from 1 to
-    2**62, ``config.MAX_TIMESTEPS`` (imported when parsing: numpy loads after :func:`pin_blas_threads`)."""
+    2**62, ``config.MAX_TIMESTEPS`` (imported when parsing: numpy loads after :func:`pin_blas_threads`),
+    or a whole number written as a float (``1e6``)."""
     from minippo.config import MAX_TIMESTEPS
 
-    return int_arg(1, MAX_TIMESTEPS, "2**62 (minippo counts steps in int64)")(text)
+    return int_arg(1, MAX_TIMESTEPS, "2**62 (minippo counts steps in int64)", whole_floats=True)(text)
 
 
 def _steps(text: str) -> int:
-    """``--timesteps``'s type: an integer, or a whole number written as a float (``1e6``), as
-    ``PPOConfig.total_timesteps`` and ``learn()`` take it."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value == int(value)):
-        raise argparse.ArgumentTypeError(f"invalid number of steps: {text!r} (an integer, or a whole number as 1e6)")
-    return int(value)
+    """``minippo train``'s and ``bench``'s ``--timesteps`` type: an integer or ``1e6``; its range is
+    PPOConfig's to check (whose errors say more: the preset, the steps a resumed model has run)."""
+    n = _integer(text, whole_floats=True)
+    if n is None:
+        raise argparse.ArgumentTypeError(f"must be an integer (1e6 too), got {text!r}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:

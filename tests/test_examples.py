@@ -119,6 +119,12 @@ def test_examples_take_timesteps_up_to_minippos_limit(name):
     example = _example(name)
     parse = example.timesteps_arg  # (minippo.cli's, shared by the three)
     assert MAX_TIMESTEPS == 2**62 and parse(str(2**62)) == 2**62 and parse("1") == 1
+    assert parse("5e4") == 50_000 and type(parse("5e4")) is int  # as PPOConfig(total_timesteps=5e4)
+    for bad in ("1.5", "inf", "nan", "two"):
+        with pytest.raises(argparse.ArgumentTypeError, match=rf"must be an integer >= 1 \(1e6 too\), got '{bad}'"):
+            parse(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"must be an integer >= 1 \(1e6 too\), got 0"):
+        parse("0e0")
     with pytest.raises(argparse.ArgumentTypeError, match=r"must be <= 2\*\*62"):
         parse(TOO_MANY)
 
@@ -129,9 +135,9 @@ def test_examples_take_timesteps_up_to_minippos_limit(name):
     ("train_cartpole.py", ["--timesteps", "99999999999999999999"], "argument --timesteps: must be <= 2**62"),
     ("own_env.py", ["--timesteps", TOO_MANY], "argument --timesteps: must be <= 2**62"),
     ("ladder.py", ["--seeds", "0"], "argument --seeds: must be an integer >= 1, got 0"),
-    ("ladder.py", ["--timesteps", "-5"], "argument --timesteps: must be an integer >= 1, got -5"),
-    ("train_cartpole.py", ["--timesteps", "0"], "argument --timesteps: must be an integer >= 1, got 0"),
-    ("own_env.py", ["--timesteps", "0"], "argument --timesteps: must be an integer >= 1, got 0"),
+    ("ladder.py", ["--timesteps", "-5"], "argument --timesteps: must be an integer >= 1 (1e6 too), got -5"),
+    ("train_cartpole.py", ["--timesteps", "0"], "argument --timesteps: must be an integer >= 1 (1e6 too), got 0"),
+    ("own_env.py", ["--timesteps", "0"], "argument --timesteps: must be an integer >= 1 (1e6 too), got 0"),
     ("train_cartpole.py", ["--out", "."], "--out '.': cannot save the model there: path '.' is a folder: give a"),
     ("own_env.py", ["--out", "."], "--out '.': cannot save the model there: path '.' is a folder: give a file"),
     ("inspect_gradients.py", ["--bogus"], "unrecognized arguments: --bogus"),
@@ -139,7 +145,7 @@ def test_examples_take_timesteps_up_to_minippos_limit(name):
     # not an integer at all: the allowed values too (argparse said "invalid positive value: 'two'")
     ("ladder.py", ["--seeds", "two"], "argument --seeds: must be an integer >= 1, got 'two'"),
     ("train_cartpole.py", ["--seed", "abc"], "argument --seed: must be an integer >= 0, got 'abc'"),
-    ("own_env.py", ["--timesteps", "1e5"], "argument --timesteps: must be an integer >= 1, got '1e5'"),
+    ("own_env.py", ["--timesteps", "1.5e0"], "argument --timesteps: must be an integer >= 1 (1e6 too), got '1.5e0'"),
     ("own_env.py", ["--out", "sub/"],
      "--out 'sub/': cannot save the model there: path 'sub/' is a folder: give a file path to write"),
 ])
