@@ -2,8 +2,8 @@
 
 Written for the reader, not for speed: one Python loop per index, one scalar formula per line,
 accumulation in Python floats (float64) and a single rounding to the input dtype at the end (so
-they take float arrays: an int array would round the results to integers). Use them on small arrays
-only (tests).
+they take float arrays: an int array would truncate the results to integers, as ``astype`` does).
+Use them on small arrays only (tests).
 
 Notation (GAE paper, Schulman et al. 2016; ``dones[t] = 1`` when step t ended its episode):
 

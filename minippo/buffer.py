@@ -127,8 +127,11 @@ class RolloutBuffer:
         ``T*N // batch_size`` minibatches (permute-then-slice); masked reset steps are dropped
         first, so a minibatch may then be a few samples smaller than ``batch_size``, and there are
         fewer minibatches where that would leave one under ``min_size`` samples (2 when advantages
-        are normalised per minibatch). When one minibatch covers the whole rollout it is yielded in
-        time order, built once per rollout.
+        are normalised per minibatch): their samples join the others, which can then be a few larger
+        than ``batch_size``. Fewer valid samples in all than ``min_size`` (or one minibatch for the
+        whole rollout) still give one minibatch, under ``min_size``: the caller decides (the trainer
+        skips it). When one minibatch covers the whole rollout it is yielded in time order, built once
+        per rollout.
 
         Treat the minibatches as read-only: a minibatch covering the whole rollout is yielded again in
         every epoch, and where no step is masked its arrays are views of the buffer's (no copy), so

@@ -229,8 +229,9 @@ class DiagGaussian:
     on the host or the device are copied to the mean's side once (:meth:`sample` draws on the host).
     ``mean`` and ``log_std`` must be on the same side (both numpy or both cupy arrays), and ``log_std``
     within +-floor(log(float max)) of the dtype (88 in float32, 709 in float64), where std and 1/std are
-    finite: KL and gradients are computed from log-std differences, so they stay finite there (a KL
-    past the float range is inf). The policy's head keeps log_std in [-10, 2] anyway.
+    finite: KL and gradients are computed from log-std differences, so they stay finite there while
+    the two stds' ratio does (log-stds ~88 apart in float32 overflow it: the KL is then inf, which
+    the losses refuse, and its gradient inf or NaN). The policy's head keeps log_std in [-10, 2].
     """
 
     def __init__(self, mean: Array, log_std: Array) -> None:

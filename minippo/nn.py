@@ -1,8 +1,10 @@
 """Layers with their hand-written backward passes beside them, and the MLP built from them.
 
 Conventions: a linear layer computes ``y = x @ W + b`` with ``W`` of shape ``(fan_in, fan_out)``.
-``forward`` returns ``(out, cache)``; ``backward(dout, cache)`` returns ``(din, grads)``. Nothing is
-kept on the object between the two calls, so the same network can run forward several times
+``MLP.forward`` returns ``(out, cache)`` and ``MLP.backward(dout, cache)`` returns ``(din, grads)``;
+the layer functions take and return plain arrays (``linear_forward(x, W, b) -> y``,
+``linear_backward(dy, x, W, need_dx) -> (dx, dW, db)``, ``tanh_backward(dh, h) -> dz``, and relu's
+alike). Nothing is kept on the object between the two calls, so the same network can run forward several times
 (PPO does: acting, then every minibatch of every epoch) without bookkeeping.
 
 The layer functions (``linear_forward`` ... ``relu_backward``) check nothing: they are the MLP's
@@ -149,7 +151,8 @@ class MLP:
 
     Hidden layers use ``activation``; the last layer is linear unless ``activate_output``
     (used for a shared trunk whose heads follow). Orthogonal init with gain ``sqrt(2)`` for hidden
-    layers and ``out_gain`` for the last one; biases zero (PPO implementation detail #2).
+    layers and ``out_gain`` for a linear last layer (an activated one is a hidden layer of a trunk:
+    ``sqrt(2)``, and ``out_gain`` is not used); biases zero (PPO implementation detail #2).
 
     ``params``: ``{"W0", "b0", "W1", "b1", ...}``, ``W_i`` of shape ``(sizes[i], sizes[i+1])``,
     all views of the one buffer ``flat`` (what the numba kernels read). Parameters are updated in

@@ -103,7 +103,8 @@ def loss_and_grads(
     ``dist_old`` (B, n) logits or (B, 2d) [mean, log_std] of pi_old. ``beta``, ``clip_eps`` and
     ``ent_coef`` override the config (the trainer passes scheduled values).
     Returns (stats, grads): stats has loss, policy_loss, value_loss, entropy, approx_kl,
-    clipfrac (clip only), kl and beta (kl_penalty only); grads is keyed like ``policy.params``.
+    clipfrac (clip only), kl and beta (kl_penalty only), vclipfrac (``clip_vloss`` only); grads is
+    keyed like ``policy.params``.
     """
     if not all(hasattr(config, k) for k in ("objective", "vf_coef", "clip_eps", "ent_coef", "normalize_advantages")):
         raise TypeError(f"config must be a PPOConfig (or an object with its fields), got {type(config).__name__}")
