@@ -3,9 +3,10 @@
 Importing this module imports numba but compiles nothing: every ``@njit(cache=True)`` kernel is
 compiled on its first call (per dtype) and cached on disk next to this file.
 
-- :func:`gae`: one pass backward over T, either 8 envs at a time in registers (vectorised by LLVM's
-  SLP vectoriser, below 64 envs) or row by row with the inner loop over envs; shape and gamma/lambda
-  checks inside the kernel; whole 64-byte vectors of envs first (``kernels/simd.py``).
+- :func:`gae`: one pass backward over T: whole 64-byte vectors of envs first (``kernels/simd.py``),
+  then 8 envs at a time in registers (vectorised by LLVM's SLP vectoriser; float32's vectors can leave
+  8-15 columns, float64's fewer than 8), then the rest row by row with the inner loop over envs;
+  shape and gamma/lambda checks inside the kernel.
   :func:`rewards_to_go`: the same vector blocks, then row by row, in rewards' dtype; tested against
   ``kernels/reference.py``. The trainer does not call it: its Monte Carlo estimator (``mc``) is GAE
   with lambda = 1, which gives the same returns.
@@ -59,7 +60,7 @@ from .simd import (
 # so after a change there the cache kept the old code here (and a git pull in an editable install
 # did the same); a change there must change this line, which makes numba compile these kernels
 # again. tests/test_packaging.py checks the digests and prints the line to write.
-SOURCES_BUILT_IN = {"simd.py": "ad0e5b5f5d54e15d"}
+SOURCES_BUILT_IN = {"simd.py": "aed7469a9d4dc301"}
 
 MAX_BATCH = 8
 """Largest batch for which ``MLP.forward`` / ``MLP.backward`` use :func:`mlp_forward` /
@@ -73,14 +74,16 @@ OpenBLAS on one or two threads at every batch measured up to 1024 for 4-32-32-2 
 (forward+backward 1.4-1.8x at 64-1024); capped at PPO's minibatch sizes, beyond which BLAS threads
 on a machine with many cores may win."""
 NARROW_MIN_BATCH = 8
-"""From this batch on, a layer with fewer than 8 outputs goes through :func:`_dense_narrow`; below,
+"""From this batch on, a layer with fewer than 8 outputs that :func:`_narrow_rows` does not take
+(it is tried first, :func:`_dense`) goes through :func:`_dense_narrow`; below,
 through :func:`_mm_acc` like the others (measured crossover, 64 -> 2 and 64 -> 6, with scalar dot
 products). Where :func:`_dot_pairs` applies, from batch 2 (64 -> 2 at batch 2 / 3 / 5 / 7: 0.13 /
 0.15 / 0.17 / 0.19 us against 0.22 / 0.31 / 0.29 / 0.48 through :func:`_mm_acc`; at batch 1 the
 single-row loop is as fast or faster)."""
 DX_MM_MIN_BATCH = 4
-"""From this batch on, dx = d W^T goes through a transposed W and :func:`_mm_acc`; below, through
-:func:`_dots` against W's rows (measured crossover, 64 x 64)."""
+"""Where :func:`_dx_fold` does not apply (below :data:`DX_FOLD_MAX_BATCH` it is tried first,
+:func:`_dense_back`): from this batch on, dx = d W^T goes through a transposed W and :func:`_mm_acc`;
+below, through :func:`_dots` against W's rows (measured crossover, 64 x 64)."""
 DX_FOLD_MAX_BATCH = 16
 """Below this batch, dx = d W^T goes through :func:`_dx_fold` (dot products on 64-byte vectors, no
 transpose) where it applies; from it on the transpose's cost is spread over enough rows (measured
@@ -97,9 +100,10 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _F32, _F64 = _FLOATS
 
 # Why error_model="numpy": Python semantics add a zero check before every float division, which
-# stops LLVM from vectorising the tanh loop. Why fastmath={"reassoc"} (MLP only): lets the dot
-# products of dx = d W^T vectorise (4x faster at batch 8); it keeps NaN/inf semantics, unlike
-# fastmath=True. The GAE kernels use neither, to stay bit-identical with numpy.
+# stops LLVM from vectorising the tanh loop. Why fastmath={"reassoc", "contract"} (MLP only):
+# reassoc lets the dot products of dx = d W^T vectorise (4x faster at batch 8), contract lets
+# multiply-adds fuse into FMAs; both keep NaN/inf semantics, unlike fastmath=True. The GAE kernels
+# use neither, to stay bit-identical with numpy.
 _MLP_JIT = {"cache": True, "error_model": "numpy", "fastmath": {"reassoc", "contract"}}
 
 
@@ -138,7 +142,9 @@ def _view_at(typingctx, P, o, K, F):
 #   (see _compile_with_slp), the 8 lanes become one SIMD vector: the pass costs ~8 cycles per t (the
 #   mul+add latency of the recursion). Unsigned indices: numba adds a negative-index wraparound to
 #   signed ones, and the resulting selects hide the consecutive addresses the SLP vectoriser needs.
-#   Used for the columns the vectors leave (8 of them at a time) and when N < 16 float32 / 8 float64.
+#   Used for the columns the vectors leave, 8 at a time: float32's 16-lane vectors can leave 8-15,
+#   float64's 8-lane ones fewer than 8, so on gae()'s path lanes run for float32 only (a layout the
+#   vectors cannot load, which gae() never passes, runs lanes below LANES_MAX_N envs in both).
 # - _gae_rows: row by row over t, inner loop over the envs, for the last N % 8 columns (and all of a
 #   wide array whose layout the vectors cannot load, which gae() never passes: it copies to C order).
 LANES_MAX_N = 64

@@ -14,7 +14,8 @@ of per-call overhead for ~2 us of arithmetic. :func:`act` does it all in one cal
 - the action: the random numbers are drawn in Python from the caller's Generator with exactly the
   calls of ``Categorical.sample`` (``rng.random((B, 1))``) and ``DiagGaussian.sample``
   (``rng.standard_normal((B, d))``), so the stream is consumed identically; the kernel does the
-  inverse CDF (count of float64 CDF entries below u, capped at n - 1) or ``mean + std * eps`` (in
+  inverse CDF (the count of float64 CDF entries <= u; a count of n, where the rounded total is <= u,
+  takes the last action of nonzero probability) or ``mean + std * eps`` (in
   float64, rounded to the dtype, as numpy does). ``deterministic`` takes the mode and draws nothing.
 - ``critic=False`` (what ``predict`` asks for) skips the value head: a runtime branch in the same
   compiled kernel, so nothing more is compiled.
@@ -58,7 +59,7 @@ from .cpu import (
 )
 
 # The digests of the files built into these kernels: see SOURCES_BUILT_IN in cpu.py.
-SOURCES_BUILT_IN = {"cpu.py": "7f5eb4b1ff6a42a3", "simd.py": "ad0e5b5f5d54e15d"}
+SOURCES_BUILT_IN = {"cpu.py": "d1bd819a9d1378c9", "simd.py": "aed7469a9d4dc301"}
 
 MAX_BATCH = 64
 """Largest batch for which ``ActorCritic.act`` uses :func:`act` (measured, see ``docs/kernels.md``)."""

@@ -43,8 +43,8 @@ GATHER_NAMES = {np.dtype(np.float32): "adam_gather_f32", np.dtype(np.float64): "
 UPDATE_NAMES = {np.dtype(np.float32): "adam_update_f32", np.dtype(np.float64): "adam_update_f64"}
 ADAM_BLOCK = 256
 ADAM_BLOCKS_MAX = 64
-"""The Adam kernels give each parameter array ceil(size / ADAM_BLOCK) blocks, at most this many
-(16384 elements a pass; a larger array loops)."""
+"""The Adam kernels give every parameter array the same number of blocks, ceil(largest size /
+ADAM_BLOCK), at most this many (16384 elements a pass; a larger array loops)."""
 GRID_MAX = 2**31 - 1
 """CUDA's limit on a launch's blocks in x."""
 INDEX_MAX = 2**31 - 1 - BLOCK
@@ -52,7 +52,8 @@ INDEX_MAX = 2**31 - 1 - BLOCK
 ``BLOCK - 1`` past N) must not wrap."""
 ACT_NAMES = {np.dtype(np.float32): "act_forward_f32", np.dtype(np.float64): "act_forward_f64"}
 ACT_BLOCK_MAX = 256
-"""Threads per block of the act kernel: the widest layer's outputs rounded up to a warp, at most this."""
+"""Threads per block of the act kernel: the widest of the input and every layer's outputs, rounded up
+to a warp, at most this."""
 ACT_SHARED_MAX = 48 * 1024
 """Dynamic shared memory a block may ask for without opting in (every CUDA GPU since sm_20): the act
 kernel's two activation rows must fit, 2 * width * itemsize bytes."""

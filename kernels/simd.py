@@ -288,9 +288,9 @@ vmul = _lanewise("fmul", "a * b lane by lane.")
 
 @intrinsic
 def vfold(typingctx: Any, a: types.Type, b: types.Type, level: types.Type) -> Typed:
-    """One level of a horizontal-sum tree: a and b each hold L / h groups of 2 h lanes (h = L >> level,
+    """One level of a horizontal-sum tree: a and b each hold L / (2 h) groups of 2 h lanes (h = L >> level,
     ``level`` a literal 1 .. log2 L), each group the partial sums of one dot product; the result holds
-    the 2 L / h groups of h lanes made by adding each group's two halves, a's groups then b's.
+    the L / h groups of h lanes made by adding each group's two halves, a's groups then b's.
 
     Lane i of the result, in group g = i // h at p = i % h, is c[2 h g + p] + c[2 h g + h + p] for
     c = a | b (the 2 L lanes of a then b). Level 1 on two whole-vector sums gives [a folded | b
