@@ -570,6 +570,15 @@ def test_a_temperature_set_on_the_policy_is_saved_and_restored_by_both_loaders(t
     assert load_policy(path).policy.temperature == 0.5
     loaded = PPO.load(path)
     assert loaded.policy.temperature == 0.5 and loaded.config.temperature == 1.0
+    # PPO.load(path, temperature=...) went into the config and the policy kept the saved one: the
+    # resumed run acted and trained at another temperature than its config.json said
+    loaded = PPO.load(path, temperature=2.0)
+    assert loaded.policy.temperature == 2.0 and loaded.config.temperature == 2.0
+    rows = []
+    loaded.learn(loaded.num_timesteps + 96, callback=rows.append)
+    saved_again = str(tmp_path / "t2.npz")
+    loaded.save(saved_again)
+    assert load_policy(saved_again).policy.temperature == 2.0 == PPO.load(saved_again).policy.temperature
 
 
 def test_a_failed_save_removes_the_folders_it_made_and_names_the_folder_it_cannot_write(tmp_path, monkeypatch):
