@@ -61,7 +61,8 @@ def _prepare_numba() -> None:
     - a folder numba can write its cache to: ``@njit(cache=True)`` raises at import where neither
       the kernels' folder nor a user cache folder is writable (a read-only install run by a user
       without a home). Then the cache goes to a new temporary folder (``NUMBA_CACHE_DIR``, which
-      processes started from this one inherit), removed when this process exits, with a warning:
+      processes started from this one inherit), removed when this process exits, with a warning
+      (logged at INFO where warm kernels were linked, as below: such an image is meant to run so):
       the compiles are not kept. Kernels compiled there before (a read-only ``NUMBA_CACHE_DIR`` or
       kernels folder, warmed when it was writable: an image built, then mounted read-only) are
       linked into it (:func:`_link_warm_cache`), so they load instead of compiling again.

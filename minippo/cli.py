@@ -93,7 +93,8 @@ def timesteps_arg(text: str) -> int:
 
 def _steps(text: str) -> int:
     """``minippo train``'s and ``bench``'s ``--timesteps`` type: an integer or ``1e6``; its range is
-    PPOConfig's to check (whose errors say more: the preset, the steps a resumed model has run)."""
+    checked later, by PPOConfig for train (whose errors say more: the preset, the steps a resumed model
+    has run) and by ``cmd_bench``."""
     n = _integer(text, whole_floats=True)
     if n is None:
         raise argparse.ArgumentTypeError(f"must be an integer (1e6 too), got {text!r}")
@@ -877,7 +878,8 @@ def run_labels(dirs: list[str]) -> list[str]:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """``minippo plot``: learning curves of one or more run folders to a PNG; returns the exit code."""
+    """``minippo plot``: learning curves of one or more run folders to an image (PNG unless ``-o``'s
+    suffix names another format matplotlib writes); returns the exit code."""
     if args.y not in CSV_COLUMNS:
         raise UsageError(f"--y {args.y!r} is not a progress.csv column; use one of {', '.join(CSV_COLUMNS)}")
     if args.x not in PLOT_X:

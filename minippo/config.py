@@ -37,6 +37,10 @@ DTYPES = ("float32", "float64")
 # budget, so the budget stops well short of that. (Was unbounded: a run with a budget of 2**63 saved a
 # checkpoint that neither eval nor --resume could read.)
 MAX_TIMESTEPS = 2**62
+FIXED_AT_LOAD = ("hidden", "shared", "activation", "dtype", "norm_obs", "norm_reward")
+"""Fields a saved model keeps: ``PPO.load(path, field=...)`` refuses another value (the network's
+shape and dtype, the normalisers whose statistics it was trained with). Another ``env_id`` loads
+where its spaces fit the network."""
 TOO_MANY_TIMESTEPS = "must be <= 2**62 (steps are counted in int64, with room for the last rollout)"
 _FIXED = ("PPOConfig.env_kwargs of a trainer's config cannot change (its envs were made with them): train a new "
           "one, PPO(config.replace(env_kwargs=...))")
@@ -263,9 +267,11 @@ class PPOConfig:
         # from it, so a field set afterwards was partly ignored (learning_rate, ent_coef) and partly
         # read unchecked (target_kl=-1 stopped every update), and saved into a file load refused.
         if self.__dict__.get("_frozen"):
+            # (PPO.load refuses these overrides: the saved network and statistics were made with them)
+            resume = "" if name in FIXED_AT_LOAD else f", or resume with another value, PPO.load(path, {name}=...)"
             raise AttributeError(f"PPOConfig.{name} of a trainer's config cannot change (PPO built its networks, "
-                                 f"schedules and buffer from it): train a new one, PPO(config.replace({name}=...)), "
-                                 f"or resume with another value, PPO.load(path, {name}=...)")
+                                 f"schedules and buffer from it): train a new one, PPO(config.replace({name}=...))"
+                                 f"{resume}")
         object.__setattr__(self, name, value)
 
     def _freeze(self) -> PPOConfig:

@@ -256,8 +256,11 @@ class RunningMeanStd:
                 raise ValueError(f"{prefix}.{name} must be a float array of shape {shape}, got {a.dtype} {a.shape}")
             if not np.isfinite(a).all():
                 raise ValueError(f"{prefix}.{name} is not finite")
-        if (arrays[f"{prefix}.var"] < 0).any() or not arrays[f"{prefix}.count"] > 0:
-            raise ValueError(f"{prefix}: a variance is negative or the count is not positive")
+        var, count = arrays[f"{prefix}.var"], arrays[f"{prefix}.count"]
+        if (var < 0).any():
+            raise ValueError(f"{prefix}.var: a variance is negative ({float(var.min())!r})")
+        if not count > 0:
+            raise ValueError(f"{prefix}.count must be > 0, got {float(count)!r}")
         self.mean = arrays[f"{prefix}.mean"].astype(np.float64)
         self.var = arrays[f"{prefix}.var"].astype(np.float64)
         self.count = float(arrays[f"{prefix}.count"])
@@ -284,7 +287,8 @@ class ObsNormalizer:
         self.clip, self.eps = clip, eps
 
     def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
-        """obs (B, obs_dim) -> normalised obs (B, obs_dim) float32/64 like the input (host arrays)."""
+        """obs (B, obs_dim) -> normalised obs (B, obs_dim) in the input's float dtype (an integer
+        input: float32) (host arrays)."""
         if type(obs) is not np.ndarray:
             on_host(_ON_HOST, obs=obs)
         if getattr(obs, "ndim", None) != 2 or obs.shape[1:] != self.rms.mean.shape:  # (would broadcast)

@@ -33,7 +33,7 @@ class Discrete:
 @dataclass(frozen=True, eq=False)
 class Box:
     """Continuous actions in ``[low, high]`` (elementwise), shape ``low.shape`` (1-D), sent to the env
-    as ``dtype`` (float16, float32 or float64: the env's own action dtype)."""
+    as ``dtype`` (a numpy float dtype, the env's own action dtype: float32 for most)."""
 
     low: np.ndarray
     high: np.ndarray

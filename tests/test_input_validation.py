@@ -908,8 +908,9 @@ def test_running_statistics_load_takes_what_state_writes_and_refuses_the_impossi
     rms.load("obs_rms", good)
     assert rms.var.tolist() == good["obs_rms.var"].tolist() and rms.count == float(good["obs_rms.count"])
     cases = [
-        ("obs_rms.count", np.array(0.0), "obs_rms: a variance is negative or the count is not positive"),
-        ("obs_rms.var", np.array([1.0, -1e-300]), "obs_rms: a variance is negative"),
+        ("obs_rms.count", np.array(0.0), r"obs_rms.count must be > 0, got 0.0"),
+        ("obs_rms.count", np.array(-2.0), r"obs_rms.count must be > 0, got -2.0"),
+        ("obs_rms.var", np.array([1.0, -1e-300]), r"obs_rms.var: a variance is negative \(-1e-300\)"),
         ("obs_rms.mean", np.zeros(3), r"obs_rms.mean must be a float array of shape \(2,\), got float64 \(3,\)"),
         ("obs_rms.mean", np.zeros(2, np.int64), r"obs_rms.mean must be a float array of shape \(2,\), got int64"),
         ("obs_rms.count", np.array([2.0]), r"obs_rms.count must be a float array of shape \(\), got float64 \(1,\)"),

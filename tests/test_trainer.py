@@ -559,6 +559,25 @@ def test_an_interrupt_just_after_the_rename_leaves_the_new_file_durable(tmp_path
         np.testing.assert_array_equal(z["a"], np.arange(5))
 
 
+def test_the_fields_a_saved_model_keeps_are_refused_as_load_overrides(tmp_path):
+    """config.FIXED_AT_LOAD is what a trainer's frozen config leaves out of its "resume with another
+    value, PPO.load(path, field=...)" advice: each is refused there, and the other fields load."""
+    from minippo.checkpoint import CheckpointError
+    from minippo.config import FIXED_AT_LOAD
+
+    path = str(tmp_path / "m.npz")
+    PPO(PPOConfig(**TINY)).save(path)
+    other = {"hidden": (4,), "shared": True, "activation": "relu", "dtype": "float64", "norm_obs": True,
+             "norm_reward": True}
+    assert sorted(other) == sorted(FIXED_AT_LOAD)
+    for name, value in other.items():
+        with pytest.raises((CheckpointError, ValueError), match=name):
+            PPO.load(path, **{name: value})
+    for name, value in (("env_id", "gymnasium.envs.classic_control.cartpole:CartPole-v1"), ("learning_rate", 1e-3),
+                        ("seed", 7), ("n_steps", 64)):
+        assert getattr(PPO.load(path, **{name: value}).config, name) == value
+
+
 def test_a_temperature_set_on_the_policy_is_saved_and_restored_by_both_loaders(tmp_path):
     """ActorCritic.temperature may be set after the trainer built the policy: the file holds the one it
     acted with beside the config's, and both loaders restore it (load_policy refused such a file for a
