@@ -509,6 +509,11 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     _check_normalisers(meta, arrays, path)
     if overrides:
         config = config.replace(**overrides)
+        if config.log_std_init != saved_config.log_std_init:  # (it went into the config and did nothing)
+            raise ValueError(f"log_std_init={config.log_std_init} cannot override the saved "
+                             f"log_std_init={saved_config.log_std_init}: it only sets a new network's log-std, "
+                             "and the loaded one has its trained log-std (set policy.params['log_std'] to change "
+                             "it)")
         for field, prefix in _NORMALISERS:
             if getattr(config, field) != getattr(saved_config, field):
                 raise ValueError(f"{field}={getattr(config, field)} cannot override the saved {field}="

@@ -37,10 +37,10 @@ DTYPES = ("float32", "float64")
 # budget, so the budget stops well short of that. (Was unbounded: a run with a budget of 2**63 saved a
 # checkpoint that neither eval nor --resume could read.)
 MAX_TIMESTEPS = 2**62
-FIXED_AT_LOAD = ("hidden", "shared", "activation", "dtype", "norm_obs", "norm_reward")
+FIXED_AT_LOAD = ("hidden", "shared", "activation", "dtype", "norm_obs", "norm_reward", "log_std_init")
 """Fields a saved model keeps: ``PPO.load(path, field=...)`` refuses another value (the network's
-shape and dtype, the normalisers whose statistics it was trained with). Another ``env_id`` loads
-where its spaces fit the network."""
+shape and dtype, the normalisers whose statistics it was trained with, and the initial log-std,
+which a trained network has left behind). Another ``env_id`` loads where its spaces fit the network."""
 TOO_MANY_TIMESTEPS = "must be <= 2**62 (steps are counted in int64, with room for the last rollout)"
 _FIXED = ("PPOConfig.env_kwargs of a trainer's config cannot change (its envs were made with them): train a new "
           "one, PPO(config.replace(env_kwargs=...))")
@@ -176,7 +176,8 @@ class PPOConfig:
     """environment steps to train for (summed over the vector envs); a whole float (1e6) is taken as
     its integer, as ``PPO.learn`` takes it."""
     seed: int = 0
-    """seeds the network init, the env resets and every sampling Generator."""
+    """seeds the network init, the env resets and every sampling Generator (as a ``PPO.load``
+    override: the env resets and evaluation from there on; the trainer's Generator resumes its state)."""
     n_envs: int = 1
     """parallel environments N in each rollout."""
     n_steps: int = 2048

@@ -680,8 +680,11 @@ class PPO:
         """Rebuild a trainer from :meth:`save`'s file, ready to ``learn`` further (resume). ``env`` is
         required for a model of a custom env (:attr:`custom_env`), else made from ``config.env_id``.
         ``overrides`` replace saved config fields (e.g. ``total_timesteps``, above the steps already
-        run, ``learning_rate``); not ``norm_obs`` or ``norm_reward``, which the saved network and
-        statistics were trained with (ValueError). The adapted KL beta resumes as saved unless
+        run, ``learning_rate``, ``temperature``) and act from the first resumed iteration; not the
+        fields of :data:`~minippo.config.FIXED_AT_LOAD`: ``hidden``, ``shared``, ``activation`` and
+        ``dtype`` (the saved network's; CheckpointError), ``norm_obs`` and ``norm_reward`` (its
+        statistics'), ``log_std_init`` (a trained log-std replaced it; ValueError). ``env_id`` may
+        name another env whose spaces fit the network. The adapted KL beta resumes as saved unless
         ``kl_beta`` is given, which restarts it there. ``seed`` reseeds the envs' resets (at
         :func:`~minippo.config.train_reset_seed` of it and the steps run, which keeps them apart from
         the evaluation seeds); the trainer's own random state resumes as saved."""

@@ -568,11 +568,15 @@ def test_the_fields_a_saved_model_keeps_are_refused_as_load_overrides(tmp_path):
     path = str(tmp_path / "m.npz")
     PPO(PPOConfig(**TINY)).save(path)
     other = {"hidden": (4,), "shared": True, "activation": "relu", "dtype": "float64", "norm_obs": True,
-             "norm_reward": True}
+             "norm_reward": True, "log_std_init": -1.0}  # (log_std_init went into the config, and did nothing)
     assert sorted(other) == sorted(FIXED_AT_LOAD)
     for name, value in other.items():
         with pytest.raises((CheckpointError, ValueError), match=name):
             PPO.load(path, **{name: value})
+    with pytest.raises(ValueError, match=r"^log_std_init=-1.0 cannot override the saved log_std_init=0.0: it only "
+                                         r"sets a new network's log-std, and the loaded one has its trained log-std"):
+        PPO.load(path, log_std_init=-1.0)
+    assert PPO.load(path, log_std_init=0.0).config.log_std_init == 0.0  # the saved value itself: no change
     for name, value in (("env_id", "gymnasium.envs.classic_control.cartpole:CartPole-v1"), ("learning_rate", 1e-3),
                         ("seed", 7), ("n_steps", 64)):
         assert getattr(PPO.load(path, **{name: value}).config, name) == value
