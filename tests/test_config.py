@@ -423,7 +423,8 @@ def test_set_from_string():
 
 @pytest.mark.parametrize(("raw", "want"), [
     ("[32, 16]", (32, 16)), ("32,16", (32, 16)), ("(32, 16)", (32, 16)), (" 32 , 16 ", (32, 16)),
-    ("[32,16]", (32, 16)), ("64", (64,)), ("64,", (64,)), ("(64,)", (64,)), ("+8,4", (8, 4))])
+    ("[32,16]", (32, 16)), ("64", (64,)), ("64,", (64,)), ("(64,)", (64,)), ("+8,4", (8, 4)), ("32,16,", (32, 16)),
+    ("(32, 16,)", (32, 16))])
 def test_set_hidden_takes_the_forms_a_shell_user_types(raw, want):
     """--set hidden=32,32 (the natural spelling; ``(32, 32)`` needs quotes in a shell) was refused with
     "must list at least one positive integer width"; only JSON's [32,32] worked. One integer is one layer."""
