@@ -549,11 +549,10 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
     space = meta["policy"]["action_space"]
     if isinstance(space, dict) and space.get("kind") == "box" and "dtype" not in space:
         saved["action_space"]["dtype"] = here["action_space"].get("dtype")  # saved before dtypes were
-    # the temperature the policy acted with, set on it after it was built where the config's differs;
-    # an explicit temperature= override acts from here on (it was taken into the config and ignored)
-    saved_t = saved["temperature"]
-    algo.policy.temperature = here["temperature"] = saved["temperature"] = \
-        config.temperature if "temperature" in overrides else saved_t
+    # the temperature the policy acted with (set on it after it was built where the config's differs),
+    # or an explicit temperature= override, which acts from here on (it went into the config, ignored)
+    t = config.temperature if "temperature" in overrides else saved["temperature"]
+    algo.policy.temperature = here["temperature"] = saved["temperature"] = t
     if saved != here:
         differ = sorted(k for k in saved if saved[k] != here[k])
         raise CheckpointError(f"{path!r}: the saved policy does not fit this env/config ({', '.join(differ)} "

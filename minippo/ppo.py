@@ -195,7 +195,6 @@ def explained_variance(y_pred: Array, y_true: Array) -> float:
     return float("nan") if var == 0 else 1.0 - float(np.var(y_true - y_pred)) / var
 
 
-
 def _user_frame() -> int:
     """``warnings.warn``'s stacklevel, from the function that calls this one, of the first frame
     outside the minippo package: the user's ``PPO(...)`` or ``PPO.load(...)`` however deep inside
@@ -205,6 +204,7 @@ def _user_frame() -> int:
     while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         frame, level = frame.f_back, level + 1
     return level
+
 
 class PPO:
     """Proximal Policy Optimization on a gymnasium vector env.
