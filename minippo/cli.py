@@ -159,13 +159,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------ train
+def _preset_name(args: argparse.Namespace) -> str:
+    """The preset ``train`` starts from: ``--preset``, else the env's own if there is one ("module:EnvId"
+    takes EnvId's), else ``"none"`` (the paper's defaults)."""
+    from minippo.config import PRESETS
+
+    if args.preset is not None:
+        return args.preset
+    registered = args.env_id.rpartition(":")[2]
+    return registered if registered in PRESETS else "none"
+
+
+def _settings(args: argparse.Namespace) -> str:
+    """What the banner says a new run's config started from."""
+    name = _preset_name(args)
+    if name.lower() != "none":
+        return f"the {name} preset"
+    if args.preset is None:  # said, as the env's own preset would be used if it had one
+        return f"the paper's defaults: no {args.env_id} preset"
+    return "the paper's defaults"
+
+
+def _kwargs_shown(env_kwargs: dict[str, Any]) -> str:
+    """`` {"continuous": true}`` after an env id, so that a run on a variant of an env reads as one;
+    empty for no env_kwargs."""
+    return f" {json.dumps(env_kwargs, sort_keys=True)}" if env_kwargs else ""
+
+
 def _make_config(args: argparse.Namespace) -> Any:
     from minippo.config import ON_POLICY, PRESETS, PPOConfig, preset
 
-    name = args.preset
-    if name is None:  # "module:EnvId" is EnvId's preset
-        registered = args.env_id.rpartition(":")[2]
-        name = registered if registered in PRESETS else "none"
+    name = _preset_name(args)
     if name.lower() == "none":
         cfg = PPOConfig(env_id=args.env_id)
     else:
@@ -272,7 +296,10 @@ class _Progress:
         if self.quiet:
             return
         ret, fps = row["mean_return"], row["fps"]
-        msg = f"return {ret:8.2f}  {fps:7.0f} steps/s"
+        # NaN until the first episode ends (MountainCar's 200-step episodes: many iterations): said in
+        # words, where "nan" read as the divergence that stops training
+        shown = "none yet" if math.isnan(ret) else f"{ret:8.2f}"
+        msg = f"return {shown}  {fps:7.0f} steps/s"
         if self.bar is not None:
             self._leave_out_compiles()
             self.bar.update(row["timesteps"] - self.last)
@@ -676,9 +703,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     except BaseException:  # refused: the env made for the run is closed (an async one's workers) before the exit
         algo.close()
         raise
+    start_steps = algo.num_timesteps
     if not args.quiet:
-        print(f"minippo: training {cfg.env_id} ({cfg.objective}) for {algo.total_timesteps} steps "
-              f"on backend {backend.name}; writing {out}", file=sys.stderr)
+        settings = f"resumed at {start_steps} steps" if args.resume else _settings(args)
+        print(f"minippo: training {cfg.env_id}{_kwargs_shown(cfg.to_dict()['env_kwargs'])} ({cfg.objective}, "
+              f"{settings}) for {algo.total_timesteps} steps on backend {backend.name}; writing {out}",
+              file=sys.stderr)
         hint = _small_net_on_gpu(cfg, backend.name)
         if hint:
             print(hint, file=sys.stderr)
@@ -777,8 +807,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     compiled = backend.numba_compile_seconds() - compiled_before
     if not args.quiet:
         of_it = f" ({compiled:.1f} s of it numba compiling kernels, a one-off)" if compiled >= 0.05 else ""
-        print(f"minippo: done, {algo.num_timesteps} steps in {wall:.1f} s{of_it}; model saved to {model_path}",
-              file=sys.stderr)
+        # a resumed run's count is its total; the time is this run's
+        this_run = f" ({algo.num_timesteps - start_steps} in this run)" if start_steps else ""
+        print(f"minippo: done, {algo.num_timesteps} steps{this_run} in {wall:.1f} s{of_it}; model saved to "
+              f"{model_path}", file=sys.stderr)
     return 0
 
 
@@ -829,11 +861,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except NonFiniteEnvError as e:  # the env's fault, not the command line's: exit 1, as train
         print(f"minippo: error: evaluation stopped: {e}", file=sys.stderr)
         return 1
+    env_kwargs = cfg.get("env_kwargs") or {}
     if args.json:
-        print(json.dumps({k: res[k] for k in ("env_id", "episodes", "mean_return", "std_return")}))
+        print(json.dumps({**{k: res[k] for k in ("env_id", "episodes", "mean_return", "std_return")},
+                          "env_kwargs": env_kwargs}))
     else:
         cut = f" ({res['cut']} cut at the step cap: the env has no time limit)" if res["cut"] else ""
-        print(f"{res['env_id']}: {res['episodes']} episodes, "
+        print(f"{res['env_id']}{_kwargs_shown(env_kwargs)}: {res['episodes']} episodes, "
               f"return {res['mean_return']:.2f} +- {res['std_return']:.2f}{cut}")
     return 0
 

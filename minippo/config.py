@@ -403,7 +403,8 @@ class PPOConfig:
         if not isinstance(self.env_id, str) or not self.env_id:
             raise bad("env_id", "must be a non-empty gymnasium id")
         if not isinstance(self.env_kwargs, dict):
-            raise bad("env_kwargs", "must be a dict")
+            raise bad("env_kwargs", "must be a dict of the env's keyword arguments (on the command line, JSON: "
+                                    "--set 'env_kwargs={\"continuous\": true}')")
         # checkpoints and config.json record it: refused now, not at the save after training, and refused
         # where the JSON read back would differ (a resumed or evaluated run would make other envs)
         try:

@@ -44,7 +44,7 @@ def test_train_eval_plot_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(out / "model.npz"), "--episodes", "2", "--deterministic", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert set(res) == {"env_id", "episodes", "mean_return", "std_return"}
+    assert set(res) == {"env_id", "episodes", "mean_return", "std_return", "env_kwargs"}
     assert res["env_id"] == "CartPole-v1" and res["episodes"] == 2 and res["mean_return"] > 0
 
     # resume continues the counters and appends to progress.csv
@@ -1634,3 +1634,54 @@ def test_plot_x_axis_is_timesteps_time_or_iteration(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--x 'fps' is not allowed; use one of timesteps, time, iteration" in err, err
     assert not (tmp_path / "d.png").exists()
+
+
+def test_progress_says_none_yet_before_the_first_episode_ends(monkeypatch):
+    """MountainCar's 200-step episodes printed "return nan" for every iteration before the first one
+    ended (124 lines in a MountainCarContinuous run), which read as the divergence that stops training."""
+    from minippo import cli
+
+    for tty in (False, True):
+        err = _Tty() if tty else type("NoTty", (_Tty,), {"isatty": lambda self: False})()
+        monkeypatch.setattr(sys, "stderr", err)
+        monkeypatch.setitem(sys.modules, "tqdm", None)
+        p = cli._Progress(200, 0, False)
+        p({"iteration": 1, "timesteps": 100, "mean_return": float("nan"), "fps": 5000.0})
+        p({"iteration": 2, "timesteps": 200, "mean_return": -200.0, "fps": 5000.0})
+        p.close()
+        assert "nan" not in err.text and "return none yet     5000 steps/s" in err.text, err.text
+        assert "return  -200.00     5000 steps/s" in err.text, err.text
+
+
+def test_the_banner_says_what_the_config_started_from_and_the_env_kwargs(tmp_path, capsys):
+    """An env without a preset trained on the paper's defaults without a word, and a run (or an eval) on
+    a variant of an env (LunarLander-v3 with continuous=true) read exactly like one on the env itself."""
+    runs = [
+        (["CartPole-v1"], "CartPole-v1 (clip, the CartPole-v1 preset)"),
+        (["CartPole-v1", "--preset", "none"], "CartPole-v1 (clip, the paper's defaults)"),
+        (["Pendulum-v1", "--preset", "CartPole-v1"], "Pendulum-v1 (clip, the CartPole-v1 preset)"),
+        (["Acrobot-v1", "--objective", "kl_penalty"],
+         "Acrobot-v1 (kl_penalty, the paper's defaults: no Acrobot-v1 preset)"),
+        (["Pendulum-v1", "--set", 'env_kwargs={"g": 3.7}'], 'Pendulum-v1 {"g": 3.7} (clip, the Pendulum-v1 preset)'),
+    ]
+    for i, (args, said) in enumerate(runs):
+        out = tmp_path / str(i)
+        assert main(["train", *args, "--timesteps", "32", "--n-envs", "2", "--out", str(out), *TINY]) == 0
+        first = capsys.readouterr().err.splitlines()[0]
+        assert first == f"minippo: training {said} for 32 steps on backend numpy; writing {out}", first
+
+    # the kwargs in eval's line and JSON (empty for none)
+    assert main(["eval", str(tmp_path / "4" / "model.npz"), "--episodes", "1"]) == 0
+    assert capsys.readouterr().out.startswith('Pendulum-v1 {"g": 3.7}: 1 episodes, return ')
+    assert main(["eval", str(tmp_path / "4" / "model.npz"), "--episodes", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["env_kwargs"] == {"g": 3.7}
+    assert main(["eval", str(tmp_path / "0" / "model.npz"), "--episodes", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["env_kwargs"] == {}
+    assert main(["eval", str(tmp_path / "0" / "model.npz"), "--episodes", "1"]) == 0
+    assert capsys.readouterr().out.startswith("CartPole-v1: 1 episodes, return ")
+
+    # a resumed run: where it starts, and the done line's steps of this run beside the total
+    assert main(["train", "Pendulum-v1", "--resume", str(tmp_path / "4" / "model.npz"), "--timesteps", "64"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith('minippo: training Pendulum-v1 {"g": 3.7} (clip, resumed at 32 steps) for 64 steps '), err
+    assert re.search(r"minippo: done, 64 steps \(32 in this run\) in \d+\.\d s; model saved to ", err), err

@@ -305,6 +305,9 @@ def test_other_validations():
         PPOConfig(env_id="")
     with pytest.raises(ValueError, match=_err("env_kwargs", []) + ": must be a dict"):
         PPOConfig(env_kwargs=[])
+    # a Python dict written on the command line is a string: the message shows the JSON form
+    with pytest.raises(ValueError, match=r"""on the command line, JSON: --set 'env_kwargs=\{"continuous": true\}'"""):
+        PPOConfig().set_from_string("env_kwargs={'continuous': True}")
     # np.bool_ used to pass, train, and then fail the save (json) with the trained model lost
     kw = {"sutton_barto_reward": np.bool_(False)}
     with pytest.raises(ValueError, match=_err("env_kwargs", kw) + ": must hold JSON values only .*bool"):
