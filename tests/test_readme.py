@@ -108,6 +108,14 @@ def _check_argv(command: str, argv: list[str], where: str) -> None:
     from minippo.config import PPOConfig
 
     options = _options(_commands()[command])
+    # a whole `minippo train ENV_ID ...` (no placeholders, no a|b): its config is built as train builds
+    # it, every --set together (n_steps=16 alone would not divide the default batch_size)
+    whole = (command == "train" and bool(argv) and not argv[0].startswith("-") and not argv[0].isupper()
+             and not any("|" in a or "..." in a or a.isupper() for a in argv))
+    if whole:
+        from minippo.cli import _make_config, build_parser
+
+        _make_config(build_parser().parse_args(["train", *argv]))
     args = iter(argv)
     for tok in args:
         if not tok.startswith("-"):
@@ -122,7 +130,7 @@ def _check_argv(command: str, argv: list[str], where: str) -> None:
         if action.choices is not None:
             bad = [v for v in _alternatives(value) if v not in action.choices]
             assert not bad, f"{where}: {tok} does not take {bad} (choices {list(action.choices)})"
-        if tok == "--set":
+        if tok == "--set" and not whole:
             key, _, raw = value.partition("=")
             for v in _alternatives(raw):
                 PPOConfig().set_from_strings([f"{key}={v}"])  # raises for an unknown field or a bad value
