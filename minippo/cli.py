@@ -16,8 +16,8 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 CSV_COLUMNS = (
     "iteration", "timesteps", "time", "fps", "mean_return", "mean_length", "loss", "policy_loss",
@@ -302,9 +302,11 @@ class _Progress:
         msg = f"return {shown}  {fps:7.0f} steps/s"
         if self.bar is not None:
             self._leave_out_compiles()
+            # drawn by update(), within tqdm's limit of ~10 redraws a second (refreshing here redrew the
+            # bar at every iteration: 4,217 times in a 1M-step run)
+            self.bar.set_postfix_str(msg, refresh=False)
             self.bar.update(row["timesteps"] - self.last)
             self.last = row["timesteps"]
-            self.bar.set_postfix_str(msg)
         elif self.tty:
             frac = min(row["timesteps"] / self.total, 1.0)
             bar = "#" * int(30 * frac)
@@ -367,52 +369,73 @@ class CsvLog:
     two layouts).
     """
 
-    def __init__(self, path: str, keep_through: int | None = None, rows: list[list[str]] | None = None) -> None:
-        """``rows``: what :meth:`read_rows` returned for ``path``, if the caller has read it already."""
-        if keep_through is not None and rows is None:
-            rows = self.read_rows(path)
+    def __init__(self, path: str, keep_through: int | None = None) -> None:
         self.last_iteration: int | None = None  # the last row's, None before the first
-        if keep_through is not None and rows:
-            kept = self._keep_rows(path, rows, keep_through)
+        if keep_through is not None and os.path.exists(path) and os.path.getsize(path):
+            dropped = False
+            for row in self.rows(path):
+                if int(row[0]) <= keep_through:
+                    self.last_iteration = int(row[0])
+                else:
+                    dropped = True
+            # rewritten also where the file does not end its last line (edited elsewhere): the next row
+            # appended would join that line
+            if dropped or not _ends_line(path):
+                self._keep_rows(path, keep_through)
             self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-            self.last_iteration = int(kept[-1][0]) if len(kept) > 1 else None
             return
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
         self._write(CSV_COLUMNS)
 
     @staticmethod
-    def read_rows(path: str) -> list[list[str]]:
-        """The rows of an existing progress.csv (header first; [] for a missing or empty file), or
-        ValueError if its header is not minippo's or a row's iteration is not an integer (naming the
-        line)."""
-        if not os.path.exists(path):
-            return []
-        try:
-            with open(path, newline="") as f:
-                rows = list(csv.reader(f))
-        except (csv.Error, UnicodeDecodeError) as e:  # a huge field, NUL bytes after a power loss (<= 3.10)
-            raise ValueError(f"{path} cannot be read as CSV ({e}); move it away to resume here") from None
-        if rows and tuple(rows[0]) != CSV_COLUMNS:
-            raise ValueError(f"{path} does not have minippo's progress.csv columns; move it away to resume here")
-        for n, row in enumerate(rows[1:], start=2):
+    def rows(path: str) -> Iterator[list[str]]:
+        """The rows of an existing progress.csv after its header, read one at a time (a 100M-step run's
+        log is ~100 MB; read whole, a resume held ~6x that), or ValueError if its header is not
+        minippo's or a row's iteration is not an integer (naming the line). Nothing for an empty file."""
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            n = 1
             try:
-                int(row[0])
-            except (ValueError, IndexError):
-                raise ValueError(f"{path}, line {n}: iteration {row[:1]} is not an integer") from None
-        return rows
+                header = next(reader, None)
+                if header is not None and tuple(header) != CSV_COLUMNS:
+                    raise ValueError(f"{path} does not have minippo's progress.csv columns; move it away to "
+                                     "resume here")
+                for n, row in enumerate(reader, start=2):
+                    try:
+                        int(row[0])
+                    except (ValueError, IndexError):
+                        raise ValueError(f"{path}, line {n}: iteration {row[:1]} is not an integer") from None
+                    yield row
+            except (csv.Error, UnicodeDecodeError) as e:  # a huge field, NUL bytes after a power loss (<= 3.10)
+                raise ValueError(f"{path} cannot be read as CSV ({e}); move it away to resume here") from None
 
-    @staticmethod
-    def _keep_rows(path: str, rows: list[list[str]], keep_through: int) -> list[list[str]]:
+    @classmethod
+    def check_file(cls, path: str) -> None:
+        """ValueError as :meth:`rows` gives it for a progress.csv a resume cannot continue (nothing for a
+        missing one), checked before anything is written."""
+        if os.path.exists(path):
+            for _ in cls.rows(path):
+                pass
+
+    @classmethod
+    def _keep_rows(cls, path: str, keep_through: int) -> None:
+        """Rewrite ``path`` (atomically) with the rows up to iteration ``keep_through``, a block at a time."""
         from minippo.checkpoint import atomic_write
 
-        keep = rows[:1] + [row for row in rows[1:] if int(row[0]) <= keep_through]  # (read_rows checked them)
-        # rewritten also where the file does not end its last line (edited elsewhere): the next row
-        # appended would join that line
-        if len(keep) < len(rows) or not _ends_line(path):
+        def write(f: BinaryIO) -> None:
             buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerows(keep)
-            atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
-        return keep
+            out = csv.writer(buf, lineterminator="\n")
+            out.writerow(CSV_COLUMNS)
+            for row in cls.rows(path):
+                if int(row[0]) <= keep_through:
+                    out.writerow(row)
+                    if buf.tell() >= 1 << 14:
+                        f.write(buf.getvalue().encode())
+                        buf.seek(0)
+                        buf.truncate()
+            f.write(buf.getvalue().encode())
+
+        atomic_write(path, write)
 
     def _write(self, values: Any) -> None:
         buf = io.StringIO()
@@ -612,21 +635,20 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
                 replaced_mode(os.path.join(out, name))  # anything is written or trained
     except (OSError, ValueError) as e:
         raise UsageError(f"{where}: cannot write the run there: {e}") from e
-    rows = None
     if args.resume:  # a foreign or unreadable progress.csv, or a bad row to write, refused before any write
         try:
             CsvLog.check_unlogged(unlogged)
         except ValueError as e:
             raise UsageError(f"--resume {args.resume}: {e}") from e
         try:
-            rows = CsvLog.read_rows(csv_path)
+            CsvLog.check_file(csv_path)
         except OSError as e:
             raise UsageError(f"{where}: cannot read the run's progress.csv: {e}") from e
         except ValueError as e:
             raise UsageError(f"{where}: cannot continue the run's progress.csv: {e}") from e
     try:
         _write_json_atomic(os.path.join(out, "config.json"), cfg.to_dict())
-        log = CsvLog(csv_path, keep_through=iteration if args.resume else None, rows=rows)
+        log = CsvLog(csv_path, keep_through=iteration if args.resume else None)
         log.backfill(unlogged)
     except (OSError, ValueError) as e:
         raise UsageError(f"{where}: cannot write the run there: {e}") from e

@@ -1469,6 +1469,31 @@ def test_close_stops_the_env_ppo_made_and_leaves_a_given_one(made_envs, tmp_path
     given.close()
 
 
+@pytest.mark.filterwarnings("ignore:.*pending call")  # (gymnasium says it is closing mid-step)
+def test_close_after_a_step_interrupted_mid_way_returns_and_stops_the_workers():
+    """A Ctrl-C landing inside the async env's step_wait, after it had read some workers' results, left
+    the env waiting on that step; close() (a with-block's exit, the CLI's second Ctrl-C) then waited for
+    the results already read, without end (2 of 4 runs of a script interrupting learn())."""
+    import threading
+
+    algo = PPO(PPOConfig(**TINY, vector="async"))
+    venv = algo.env.unwrapped
+    venv.reset(seed=0)
+    venv.step_async(np.zeros(2, dtype=np.int64))
+    assert venv.parent_pipes[0].recv()[1]  # one worker's result read, the other's not: as the interrupt left it
+    returned = threading.Event()
+    threading.Thread(target=lambda: (algo.close(), returned.set()), daemon=True).start()
+    try:
+        assert returned.wait(30), "close() hung on the interrupted step"
+        for p in venv.processes:
+            p.join(10)
+        assert not any(p.is_alive() for p in venv.processes)
+    finally:
+        for p in venv.processes:  # (a hang leaves them running)
+            if p.is_alive():
+                p.terminate()
+
+
 def test_an_env_refused_or_a_checkpoint_refused_closes_the_env_made_for_it(made_envs, tmp_path):
     register_probe("minippo-test/Probe-v0", 8, observation_space=gym.spaces.Discrete(3))
     with pytest.raises(ValueError, match="observation space Discrete"):
