@@ -360,7 +360,9 @@ class PPO:
         # a timeout it takes what comes in time, else stops the workers.
         state = getattr(getattr(self.env, "unwrapped", self.env), "_state", None)  # (AsyncVectorEnv's)
         if getattr(state, "value", "default") != "default":
-            self.env.close(timeout=PENDING_CLOSE_TIMEOUT)
+            with warnings.catch_warnings():  # (gymnasium's warning that it closes mid-step: this is the intent)
+                warnings.filterwarnings("ignore", message=".*while waiting for a pending call")
+                self.env.close(timeout=PENDING_CLOSE_TIMEOUT)
         else:
             self.env.close()
 

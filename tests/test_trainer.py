@@ -1469,7 +1469,7 @@ def test_close_stops_the_env_ppo_made_and_leaves_a_given_one(made_envs, tmp_path
     given.close()
 
 
-@pytest.mark.filterwarnings("ignore:.*pending call")  # (gymnasium says it is closing mid-step)
+@pytest.mark.filterwarnings("error")  # nor gymnasium's warning that it closes mid-step: that is the intent
 def test_close_after_a_step_interrupted_mid_way_returns_and_stops_the_workers():
     """A Ctrl-C landing inside the async env's step_wait, after it had read some workers' results, left
     the env waiting on that step; close() (a with-block's exit, the CLI's second Ctrl-C) then waited for
