@@ -1,8 +1,9 @@
 """Advantage estimators over a rollout: GAE(gamma, lambda), Monte Carlo rewards-to-go, TD(0).
+Derivations: docs/derivations.md section 10.
 
 Arrays are time-major ``(T, N)``. ``dones[t] = 1`` when the transition at step t ended its
 episode (terminated or truncated; truncation was already bootstrapped into the reward), so
-``V(s_{t+1})`` is cut there. In the seeds' notation (GAE paper, Schulman et al. 2016):
+``V(s_{t+1})`` is cut there. In the study notes' notation (GAE paper, Schulman et al. 2016):
 
     delta_t = r_t + gamma * V(s_{t+1}) * (1 - d_t) - V(s_t)                (TD error, 时序差分误差)
     A^{GAE}_t = delta_t + gamma * lambda * (1 - d_t) * A^{GAE}_{t+1}       with V(s_T) = last_values
@@ -29,8 +30,8 @@ ESTIMATORS = ("gae", "mc", "td")
 DONES_ERROR = "dones must hold only 0 and 1 (episode-end flags)"
 
 
-_REAL_KINDS = "biuf"  # bool, int, unsigned, float: cast to the float dtype (complex lost its imaginary
-# part with only a warning, and strings and objects were parsed)
+_REAL_KINDS = "biuf"  # bool, int, unsigned, float: cast to the float dtype (complex, strings and objects
+# are refused: a cast would drop the imaginary part, or parse)
 
 
 def _validate(rewards: Array, values: Array, dones: Array, last_values: Array, gamma: float, lam: float) -> None:
@@ -134,6 +135,8 @@ def compute_gae(
     On the cupy backend the results are cupy arrays (the CUDA kernel) when any input is one, numpy
     arrays (computed on the host) when all are numpy; ``out`` must be on that side.
     """
+    # The recursion itself is gae_numpy above; what follows picks where it runs (numba, CUDA, numpy) and
+    # checks the inputs, each path giving gae_numpy's result to rounding.
     if backend._resolved is _numba_state and gamma.__class__ is float and lam.__class__ is float:
         # The numba backend's hot path: gamma and lambda Python floats, C-contiguous arrays of one
         # prepared float dtype (else TypeError from the dispatcher). The kernel checks shapes,

@@ -357,7 +357,8 @@ class PPOConfig:
         if self.total_timesteps > MAX_TIMESTEPS:
             raise bad("total_timesteps", TOO_MANY_TIMESTEPS)
         if self.batch_size < 2 and self.normalize_advantages:
-            raise bad("batch_size", "must be >= 2 when normalize_advantages (std of one sample is undefined)")
+            raise bad("batch_size", "must be >= 2 when normalize_advantages (one sample normalises to 0: no "
+                                    "policy gradient)")
         n_batch = self.n_envs * self.n_steps
         if n_batch % self.batch_size:
             raise bad("batch_size", f"must divide n_envs * n_steps = {n_batch}")

@@ -5,6 +5,7 @@ and returns dL/d(distribution parameters) as a dict: ``{"logits": (B, n)}`` for
 :class:`Categorical`, ``{"mean": (B, d), "log_std": (B, d)}`` for :class:`DiagGaussian`
 (``kl_grad`` returns two such dicts, one per side of the KL).
 Vector-Jacobian products throughout: no per-sample softmax Jacobian is ever built.
+Derivations: docs/derivations.md sections 5 (softmax) and 6 (Gaussian).
 """
 
 from __future__ import annotations

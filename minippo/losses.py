@@ -2,9 +2,11 @@
 value loss and the entropy bonus. Each is written as a loss to *minimise* (the negative of the
 objective the paper maximises) and returns ``(loss, d_inputs, stats)``, where ``d_inputs`` is the
 derivative of the loss with respect to the per-sample inputs (``logp``, ``values``, ...), already
-divided by the batch size B. Notation follows the paper and the seeds:
+divided by the batch size B. Notation follows the paper and the study notes (shared seeds):
 ``r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t) = exp(logp - logp_old)`` (ratio),
 ``A_t`` the advantage estimate (优势函数), ``epsilon`` the clip range, ``beta`` the KL coefficient.
+Below, ``r_t`` is always this ratio (the reward, which shares the letter in the paper, does not appear).
+Derivations: docs/derivations.md sections 7-9.
 
 The loss and the stats are Python floats for numpy inputs. For cupy inputs they stay 0-d device
 arrays (reading each back would be one device sync each); :func:`to_floats` reads a dict of them back
@@ -80,9 +82,8 @@ def ratio_stats(logp: Array, logp_old: Array, clip_eps: float | None = None) -> 
 
 
 def _log_ratio(logp: Array, logp_old: Array) -> tuple[Array, Array]:
-    """log r_t and r_t = exp(log r_t), (B,) each, in float64 whatever the inputs' dtype: in float32
-    r_t overflows from log r_t = 88.7 (the fused numba step, which works in float64, went on
-    where numpy stopped at an inf loss), and the ratio terms round once, not twice."""
+    """log r_t and r_t = exp(log r_t), (B,) each, in float64 whatever the inputs' dtype (as the fused
+    numba step): in float32 r_t overflows from log r_t = 88.7."""
     log_ratio = logp.astype(np.float64, copy=False) - logp_old.astype(np.float64, copy=False)
     return log_ratio, np.exp(log_ratio)
 
@@ -110,11 +111,10 @@ def pg_objective(logp: Array, adv: Array) -> tuple[float, Array, dict[str, float
     (L, dL/dlogp (B,), stats).
 
     With ``A_t = G_t - b(s_t)`` (discounted reward-to-go minus a baseline) this is REINFORCE with
-    baseline; with the TD error ``A_t = r_t + gamma V(s_{t+1}) - V(s_t)`` it is the A2C actor loss.
+    baseline; with the one-step TD error ``A_t = delta_t`` (derivations 7.2) it is the A2C actor loss.
     dL/dlogp_t = -A_t / B.
     """
-    b = _check(logp, adv=adv)  # (the loss in float64, as the ratio objectives' and the fused step's: in
-    # float32 logp * adv overflowed to an inf loss from |logp A| ~ 3.4e38)
+    b = _check(logp, adv=adv)  # the loss in float64, as the ratio objectives' (float32 overflows past 3.4e38)
     return _scalar(-(logp.astype(np.float64) * adv.astype(np.float64)).mean()), -adv / b, {}
 
 
@@ -126,7 +126,8 @@ def surrogate_objective(
     adv (B,) -> (L, dL/dlogp (B,), stats).
 
     Its gradient at theta = theta_old equals the policy gradient; unconstrained, repeated steps
-    on it move the policy too far (paper Table 1: -0.39). dL/dlogp_t = -r_t A_t / B.
+    on it move the policy too far (paper Table 1: -0.39). dL/dlogp_t = -r_t A_t / B (d r_t / d logp_t = r_t;
+    derivations 7.3).
     """
     b = _check(logp, logp_old=logp_old, adv=adv)
     log_ratio, ratio = _log_ratio(logp, logp_old)
@@ -174,7 +175,8 @@ def kl_penalty_objective(
 
 
 class AdaptiveKL:
-    """The paper's adaptive KL coefficient (Section 4), in the seeds' words KL_min/KL_max.
+    """The paper's adaptive KL coefficient (Section 4); the study notes' KL_min = kl_target / 1.5 and
+    KL_max = 1.5 kl_target (kl_target is the paper's d_targ).
 
     After each policy update with mean KL ``d``: if ``d < kl_target / 1.5`` then ``beta /= 2``
     (penalty too strong); if ``d > kl_target * 1.5`` then ``beta *= 2`` (too weak). beta stays
@@ -228,8 +230,9 @@ def value_loss(
     delta = values - values_old
     v_clip = values_old + np.clip(delta, -clip_eps, clip_eps)
     err_c = v_clip - returns
-    # |err_c| > |err|, the squares' order without squaring (in float32 both squares overflowed to inf
-    # past |err| ~ 1.8e19, inf > inf is False, and the unclipped branch was taken where clipping was)
+    # max of the two squared errors: the clipped one where it is larger and the clip was active
+    # (|V - V_old| >= eps). |err_c| > |err| orders the squares without squaring them (float32 squares
+    # overflow to inf past |err| ~ 1.8e19, and inf > inf is False)
     take_clipped = (np.abs(err_c) > np.abs(err)) & ~(np.abs(delta) < clip_eps)
     e = np.where(take_clipped, err_c, err).astype(np.float64)
     loss = _scalar(0.5 * (e * e).mean())
@@ -238,7 +241,7 @@ def value_loss(
 
 
 def entropy_bonus(entropy: Array, coef: float) -> tuple[float, Array, dict[str, float]]:
-    """Entropy bonus as a loss: L^S = -c_ent * mean(H); entropy (B,) -> (L^S, dL/dH (B,) = -c_ent / B, {}).
+    """Entropy bonus as a loss: L^S = -c_2 mean(H), c_2 = ent_coef; entropy (B,) -> (L^S, dL/dH (B,) = -c_2 / B, {}).
     ``coef`` >= 0, as ``PPOConfig.ent_coef`` (a negative one would reward collapsing the policy)."""
     b = _check(entropy, "entropy")
     coef = real("coef", coef, 0.0)

@@ -1,4 +1,5 @@
 """Layers with their hand-written backward passes beside them, and the MLP built from them.
+Derivations: docs/derivations.md sections 2-4.
 
 Conventions: a linear layer computes ``y = x @ W + b`` with ``W`` of shape ``(fan_in, fan_out)``.
 ``MLP.forward`` returns ``(out, cache)`` and ``MLP.backward(dout, cache)`` returns ``(din, grads)``;
@@ -261,9 +262,11 @@ class MLP:
         x is a real array (float, int or bool), computed in the parameters' dtype (cast to it where it
         differs: a float64 x into a float32 network gives float32 outputs and gradients); a complex,
         string or object array raises TypeError."""
+        # MINIPPO_BACKEND=numba: the same forward as one compiled call (kernels/cpu.py); the loop at the
+        # end of this method is the reference it is tested against
         fused = backend.numba_kernels("cpu")
         if fused is not None:
-            cache = fused.mlp_forward(self, x)  # one compiled call; None when it does not apply
+            cache = fused.mlp_forward(self, x)  # None when it does not apply
             if cache is not None:
                 return cache[-1], cache
         if getattr(x, "ndim", None) != 2 or x.shape[1] != self.sizes[0]:
@@ -294,6 +297,7 @@ class MLP:
         ``need_dx=False`` skips the input gradient (dx is then None): a network fed by raw
         observations never needs it, and it is a whole matmul per minibatch.
         """
+        # MINIPPO_BACKEND=numba: one compiled call, as in forward; the loop at the end is the reference
         fused = backend.numba_kernels("cpu")
         if fused is not None:
             out = fused.mlp_backward(self, dy, cache, need_dx)  # None when it does not apply
@@ -313,7 +317,7 @@ class MLP:
         grads: dict[str, Array] = {}
         d = dy
         for i in reversed(range(self.n_layers)):
-            if self._activated(i):
+            if self._activated(i):  # cache[i + 1] is the activated output h: tanh' = 1 - h^2, relu' = [h > 0]
                 d = act_back(d, cache[i + 1])
             d, grads[f"W{i}"], grads[f"b{i}"] = linear_backward(
                 d, cache[i], self.params[f"W{i}"], need_dx=i > 0 or need_dx

@@ -1,4 +1,5 @@
 """Adam over parameter dicts, global-norm gradient clipping, and schedules.
+Derivations: docs/derivations.md section 11.
 
 Params and grads are dicts with identical keys; updates are in place, so every other holder of
 a parameter array (the MLPs inside an ActorCritic) sees them.
@@ -22,7 +23,7 @@ class Adam:
 
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  m_hat = m / (1 - b1^t);
     v_hat = v / (1 - b2^t);  theta <- theta - lr * m_hat / (sqrt(v_hat) + eps).
-    eps defaults to 1e-5 (PPO implementation detail #3, not the paper's 1e-8).
+    eps defaults to 1e-5 (PPO implementation detail #3, not the Adam paper's 1e-8).
     """
 
     def __init__(
@@ -85,7 +86,7 @@ class Adam:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("_table", None)  # (pickled before session 49, which added it)
+        self.__dict__.setdefault("_table", None)  # (older pickles lack it)
         self._views()
 
     def step(self, grads: dict[str, Array], lr: float | None = None, max_grad_norm: float = 0.0) -> float:
@@ -132,6 +133,7 @@ class Adam:
         else:
             for k, (sl, _) in self._slices.items():
                 g[sl] = grads[k].reshape(-1)
+        # The update itself (the class docstring's lines): the global-norm clip, then Adam on the flat vector g
         g64 = g.astype(np.float64, copy=False)
         norm, scale = math.sqrt(float(np.vdot(g64, g64))), 1.0  # (on a GPU: the one read-back)
         if not math.isfinite(norm):

@@ -9,6 +9,7 @@ Usage (what ``minippo.ppo.loss_and_grads`` does)::
 
 ``grads`` has exactly the keys of ``policy.params``: ``actor.W0 ...``, ``critic.W0 ...``,
 ``trunk.W0 ...`` (shared only) and ``log_std`` (continuous only).
+Derivations: docs/derivations.md sections 4 (the shared trunk) and 6.4 (the state-independent log-std).
 """
 
 from __future__ import annotations
@@ -28,14 +29,12 @@ from minippo.spaces import Box, Discrete, as_space
 
 Array = Any
 
-# log-std outside this range makes sigma 4.5e-5 or 7.4: a drifting log-std is clamped rather than
-# allowed to reach inf/NaN (SB3 #1593). The floor is float32's: the mean is rounded to ~1e-7 of its
-# size, so a smaller sigma turns that rounding into log-prob noise. Recomputing the rollout's
-# log-probs in minibatches (theta = theta_old, Pendulum, float32) gave |log r| up to 8e-5 at -10,
-# 4e-3 at -14 and 2.0 at -20 (a ratio of 7 before any update), measured. The trainer projects the
-# parameter back into the range after every optimiser step (:meth:`ActorCritic.clamp_log_std`), so
-# it can always move back inside; a value set from outside is clamped in the forward pass, with zero
-# gradient where the clamp is active.
+# sigma = exp(log_std) is kept in [4.5e-5, 7.4]: a drifting log-std is clamped rather than allowed to
+# reach inf/NaN (SB3 #1593). The floor is float32's: the mean is rounded to ~1e-7 of its size, and a
+# smaller sigma turns that rounding into log-prob noise (at theta = theta_old, Pendulum, float32: |log r|
+# up to 8e-5 at -10, 2.0 at -20). The trainer projects the parameter back into the range after every
+# optimiser step (:meth:`ActorCritic.clamp_log_std`); a value set from outside is clamped in the
+# forward pass, with zero gradient where the clamp is active (derivations 6.4).
 LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
 
 
@@ -142,8 +141,7 @@ class ActorCritic:
     def __setstate__(self, state: dict) -> None:
         """From :meth:`__getstate__`. Pickles are for copies within one version (checkpoints,
         :meth:`minippo.PPO.save` / :func:`minippo.load_policy`, are the format kept across versions);
-        this maps the one attribute session 55 renamed: ``temperature``, now the checked property's
-        ``_temperature``."""
+        this maps the older attribute ``temperature`` to the checked property's ``_temperature``."""
         state = dict(state)
         if "temperature" in state:
             state["_temperature"] = real("temperature", state.pop("temperature"), 0.0, low_open=True)
@@ -413,6 +411,8 @@ class ActorCritic:
         if dkl is not None:
             if "dist_old" not in cache:
                 raise ValueError("dkl given but kl_old() was not called on this cache")
+            # KL(pi_old || pi_theta): theta is the second argument, so q's side of the gradient
+            # (derivations 5.3, 6.3, 7.4)
             add(cache["dist_old"].kl_grad(dist, dkl)[1])
         out_a = cache["actor"][-1]
         d_out = dd.get(key, np.zeros_like(out_a))
@@ -429,6 +429,8 @@ class ActorCritic:
         grads.update({f"critic.{k}": v for k, v in g_critic.items()})
         if not self.discrete:
             log_std = self.params["log_std"]
+            # one log sigma shared by every row: its gradient sums over the batch, zero where clamped
+            # (derivations 6.4)
             g = dd["log_std"].sum(axis=0) if "log_std" in dd else np.zeros_like(log_std)
             inside = (log_std >= LOG_STD_MIN) & (log_std <= LOG_STD_MAX)
             grads["log_std"] = (g * inside).astype(log_std.dtype)

@@ -4,7 +4,8 @@
 
     stats, grads = loss_and_grads(policy, batch, config)
 
-total loss  L = L^policy + c_1 L^VF - c_2 H   (paper eq. 9, written as a loss to minimise)
+total loss  L = L^policy + c_1 L^VF - c_2 mean_t H_t   (paper eq. 9, written as a loss to minimise;
+docs/derivations.md section 9)
 
 ``PPO`` runs the loop of the paper's Algorithm 1: collect T steps from N envs with pi_theta_old,
 compute advantages, then K epochs of shuffled minibatch Adam steps on the loss above.
@@ -73,9 +74,10 @@ def check_batch_keys(batch: dict[str, Array], objective: str) -> None:
 
 def normalize(adv: Array, eps: float = 1e-8) -> Array:
     """(A - mean A) / (std A + eps) over the minibatch (PPO detail #7): adv (B,) -> (B,) in adv's
-    dtype; needs B >= 2. Computed in float64, on A - A_0: in float32 the mean of B equal advantages
-    is off by an ulp, and that rounding divided by a std of the same size came out as +-0.4..0.96
-    instead of 0 (the fused numba step, in float64, gave 0); in float64 the same held from |A| ~ 1e6."""
+    dtype; needs B >= 2. std is the population std (ddof 0, as the fused numba step; torch's
+    ``.std()`` in CleanRL and SB3 divides by B - 1: their z-scores are sqrt((B - 1) / B) of these, 0.94x
+    at B = 8). Computed in float64 and shifted by A_0 (the same z-scores), so that B equal advantages
+    give exact zeros (a mean an ulp off, divided by a std of that size, gave +-O(1))."""
     if getattr(adv, "ndim", None) != 1:
         array("adv", adv)  # (TypeError for a list)
         raise ValueError(f"adv must have shape (B,), got {tuple(adv.shape)}")
@@ -83,9 +85,6 @@ def normalize(adv: Array, eps: float = 1e-8) -> Array:
         raise TypeError(f"adv must be a float32 or float64 array, got dtype {adv.dtype}")
     if adv.shape[0] < 2:
         raise ValueError("advantage normalisation needs a minibatch of at least 2 samples")
-    # shifted by its first entry (the same z-scores): B equal float64 advantages become exact zeros, where
-    # their mean, an ulp off, divided by a std of that size gave +-O(1) from |A| ~ 1e6 (the fused step's
-    # loop and numpy's pairwise sum each their own)
     a = adv.astype(np.float64, copy=False)
     a = a - a[0]
     return ((a - a.mean()) / (a.std() + eps)).astype(adv.dtype, copy=False)
@@ -534,7 +533,7 @@ class PPO:
         n_updates = 0
         stopped_early = False
         step = self._minibatch_step()
-        min_size = 2 if cfg.normalize_advantages else 1  # a normalised single sample would be 0/0
+        min_size = 2 if cfg.normalize_advantages else 1  # one sample normalises to 0: no policy gradient
         for _epoch in range(cfg.n_epochs):
             for mb in self.buffer.minibatches(cfg.batch_size, self.rng, min_size):
                 if mb["advantages"].shape[0] < min_size:  # (a rollout with fewer valid steps than that)
