@@ -217,7 +217,7 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        _replace(tmp, target)
     except BaseException:
         # An interrupt (a second Ctrl-C) that landed after the rename: the temp file is gone and the
         # target is it. The new file is whole and in place; make it durable, and let the interrupt go on.
@@ -233,6 +233,26 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
                 continue
         raise
     _fsync_folder(folder)
+
+
+# Windows refuses to replace a file another process has open (a `minippo eval` reading the model, a virus
+# scanner, the search indexer: PermissionError) for as long as it is open: the rename is tried again after
+# each of these pauses (1.5 s in all) before the save fails. Elsewhere a PermissionError is final.
+REPLACE_RETRY_PAUSES = (0.02, 0.05, 0.1, 0.2, 0.4, 0.73) if sys.platform == "win32" else ()
+
+
+def _replace(src: str, dst: str) -> None:
+    """``os.replace(src, dst)``, tried again after each of :data:`REPLACE_RETRY_PAUSES` while it raises
+    PermissionError."""
+    import time
+
+    for pause in REPLACE_RETRY_PAUSES:
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError:
+            time.sleep(pause)
+    os.replace(src, dst)
 
 
 def _make_folders(folder: str, made: list[str]) -> None:

@@ -358,6 +358,14 @@ def _ends_line(path: str) -> bool:
         return f.read(1) == b"\n"
 
 
+# What `minippo train` stops on (after the iteration, saving): Windows has no SIGTERM that arrives, and
+# Ctrl-Break there (SIGBREAK) killed the run without a save
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name))
+
+# Windows opens an os.open()ed file in text mode unless told (each "\n" written as "\r\n"); 0 elsewhere
+_O_BINARY = getattr(os, "O_BINARY", 0)
+
+
 class CsvLog:
     """progress.csv, one row per iteration; each row goes out in a single O_APPEND write, so a crash
     never leaves a partial line.
@@ -382,9 +390,9 @@ class CsvLog:
             # appended would join that line
             if dropped or not _ends_line(path):
                 self._keep_rows(path, keep_through)
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | _O_BINARY)
             return
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | _O_BINARY, 0o644)
         self._write(CSV_COLUMNS)
 
     @staticmethod
@@ -738,8 +746,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     steps_to_run = -(-algo.total_timesteps // per_iteration) * per_iteration
     progress = _Progress(max(steps_to_run, algo.num_timesteps), algo.num_timesteps, args.quiet)
 
-    # Ctrl-C or SIGTERM: finish the iteration in progress, then save and exit. Saving at once would
-    # store half an iteration (steps counted, the update not done), and a resumed run's schedules
+    # Ctrl-C, SIGTERM (or Windows' Ctrl-Break): finish the iteration in progress, then save and exit.
+    # Saving at once would store half an iteration (steps counted, the update not done), and a resumed run's schedules
     # and counters would then drift from an uninterrupted one. A second signal stops at once and
     # saves nothing (the last saved model, if any, is left as it was).
     stop: list[int] = []
@@ -764,7 +772,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress(row)
         return False if stop else None  # False ends learn() at this iteration boundary
 
-    old_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    old_handlers = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
     aborted = None  # or what was going on when a second signal stopped it
     diverged = None  # or the FloatingPointError that stopped training (NaN/inf loss, logits, data)
     failed = None  # or what could not be written (progress.csv, model.npz)
@@ -998,7 +1006,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {args.output!r}: matplotlib cannot write {fmt} here: {e}") from e
     finally:
         plt.close(fig)
-    print(f"minippo: wrote {args.output}")
+    # a status line, on stderr as the others: stderr escapes what its encoding cannot write (a file name
+    # in another script, printed to a cp1252 stdout, raised after the image was written)
+    print(f"minippo: wrote {args.output}", file=sys.stderr)
     return 0
 
 

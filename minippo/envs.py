@@ -111,10 +111,42 @@ def make_vec_env(
         if autoreset == "next_step" and vector == "sync" and numpy_vectorised:
             return gym.make_vec(env_id, num_envs=n_envs, vectorization_mode="vector_entry_point", **kwargs)
         mode = AutoresetMode.SAME_STEP if autoreset == "same_step" else AutoresetMode.NEXT_STEP
-        return gym.make_vec(
+        env = gym.make_vec(
             env_id, num_envs=n_envs, vectorization_mode=vector, vector_kwargs={"autoreset_mode": mode},
             wrappers=[functools.partial(_shield_worker, os.getpid())] if vector == "async" else None, **kwargs
         )
+    if vector == "async" and INTERRUPTIBLE_PIPE_READS:
+        _wait_out_interrupts(env.unwrapped)
+    return env
+
+
+# Windows interrupts a blocking pipe read on Ctrl-C (InterruptedError, after the signal handler has run)
+# where POSIX retries it (PEP 475).
+INTERRUPTIBLE_PIPE_READS = sys.platform == "win32"
+
+
+def _wait_out_interrupts(venv: Any) -> None:
+    """Make an ``AsyncVectorEnv``'s ``step_wait`` wait until every worker's result has arrived, retrying
+    that wait when a signal interrupts it, before it reads them. On Windows the first Ctrl-C of
+    ``minippo train`` (finish the iteration, save) otherwise raised InterruptedError inside gymnasium's
+    reads, part of the results read: the run ended with a traceback and nothing saved. A read of a result
+    that has arrived does not block, so it is not interrupted."""
+    from multiprocessing.connection import wait
+
+    step_wait = venv.step_wait
+
+    def patient_step_wait(timeout: float | None = None) -> Any:
+        if timeout is None:  # (with a timeout, as PPO.close passes, gymnasium's own wait applies)
+            pending = [p for p in venv.parent_pipes if p is not None and not p.closed]
+            while pending:
+                try:
+                    ready = wait(pending)
+                except InterruptedError:
+                    continue
+                pending = [p for p in pending if p not in ready]
+        return step_wait(timeout)
+
+    venv.step_wait = patient_step_wait
 
 
 def _shield_worker(main_pid: int, env: Any) -> Any:

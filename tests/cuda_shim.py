@@ -107,7 +107,7 @@ NUMPY_SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "lo
 def kernel_params(name: str) -> list[tuple[str, bool]]:
     """[(base type, is_pointer), ...] of ``extern "C" __global__ void name(...)`` in the CUDA sources."""
     for file in gpu.SOURCES:
-        m = re.search(rf"__global__\s+void\s+{name}\s*\(([^)]*)\)", (KERNELS / file).read_text())
+        m = re.search(rf"__global__\s+void\s+{name}\s*\(([^)]*)\)", (KERNELS / file).read_text(encoding="utf-8"))
         if m:
             break
     assert m, f"{name} not found in {gpu.SOURCES}"
@@ -187,7 +187,7 @@ def launch(lib, name, grid, block, args, shared_mem=0):
 def uses_barrier(name: str) -> bool:
     """Whether the CUDA source that defines kernel ``name`` calls ``__syncthreads()``."""
     for file in gpu.SOURCES:
-        text = (KERNELS / file).read_text()
+        text = (KERNELS / file).read_text(encoding="utf-8")
         if re.search(rf"__global__\s+void\s+{name}\s*\(", text):
             return "__syncthreads()" in text
     raise AssertionError(f"{name} not found in {gpu.SOURCES}")

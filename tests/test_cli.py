@@ -247,6 +247,34 @@ def _train_until_rows(out, n_rows, extra=(), **popen):
     return proc
 
 
+def test_train_stops_cleanly_on_windows_ctrl_break_too(tmp_path, monkeypatch):
+    """Windows delivers no SIGTERM, and its Ctrl-Break (SIGBREAK) killed a run without saving: train
+    takes every stop signal the platform has (SIGBREAK stood in by SIGUSR1 here) while it trains."""
+    import signal
+
+    from minippo import cli
+
+    windows = [signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else []
+    assert set(cli.STOP_SIGNALS) == {signal.SIGINT, signal.SIGTERM, *windows}
+    monkeypatch.setattr(cli, "STOP_SIGNALS", (*cli.STOP_SIGNALS, signal.SIGUSR1))
+    from minippo.ppo import PPO
+
+    learn = PPO.learn
+
+    def learn_then_signal(self, *a, **k):  # the signal lands mid-run: the run stops at its boundary, saved
+        def cb(row):
+            if row["iteration"] == 1:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return k["callback"](row)
+        return learn(self, callback=cb)
+
+    monkeypatch.setattr(PPO, "learn", learn_then_signal)
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "320", "--out", str(out), "--quiet", *TINY]) == 130
+    assert (out / "model.npz").exists() and len(_rows(out / "progress.csv")) == 1  # stopped after iteration 1
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # put back
+
+
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_saves_the_model_at_an_iteration_boundary(tmp_path, sig):
     """The signal lets the iteration in progress finish: the saved counters are those of a whole
@@ -1742,3 +1770,41 @@ def test_the_banner_says_what_the_config_started_from_and_the_env_kwargs(tmp_pat
     err = capsys.readouterr().err
     assert err.startswith('minippo: training Pendulum-v1 {"g": 3.7} (clip, resumed at 32 steps) for 64 steps '), err
     assert re.search(r"minippo: done, 64 steps \(32 in this run\) in \d+\.\d s; model saved to ", err), err
+
+
+def test_plot_names_a_file_its_output_encoding_cannot_write(tmp_path):
+    """`minippo plot -o 曲线.png` with a cp1252 or ASCII stdout (Windows with output redirected, a C locale)
+    wrote the image, then raised UnicodeEncodeError printing its name (exit 1)."""
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--quiet", *TINY]) == 0
+    png = tmp_path / "曲线.png"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, "-m", "minippo", "plot", str(out), "-o", str(png)], env=env,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0 and png.stat().st_size > 0, proc.stderr
+    assert proc.stdout == b"" and b"minippo: wrote " in proc.stderr and b"\\u66f2\\u7ebf.png" in proc.stderr
+
+
+def test_progress_csv_is_opened_binary_where_the_os_has_text_mode(tmp_path, monkeypatch):
+    """On Windows os.open() without O_BINARY writes each "\\n" as "\\r\\n": progress.csv got CRLF rows,
+    and a resume's rewrite (LF) left it with both. Every open of the log asks for binary (a stand-in bit
+    here, as Linux has no O_BINARY)."""
+    from minippo import cli
+
+    seen = []
+    real_open = os.open
+    BIT = 1 << 30
+
+    def recording_open(path, flags, *a):
+        seen.append(flags)
+        return real_open(path, flags & ~BIT, *a)
+
+    monkeypatch.setattr(cli, "_O_BINARY", BIT)
+    monkeypatch.setattr(os, "open", recording_open)
+    path = str(tmp_path / "progress.csv")
+    log = cli.CsvLog(path)  # a new file
+    log({"iteration": 1})
+    log.close()
+    cli.CsvLog(path, keep_through=1).close()  # a resume's
+    assert len(seen) == 2 and all(f & BIT for f in seen), seen

@@ -35,7 +35,7 @@ def shim(tmp_path_factory):
 
 
 def default_chunk() -> int:
-    m = re.search(r"#define GAE_CHUNK (\d+)", CU.read_text())
+    m = re.search(r"#define GAE_CHUNK (\d+)", CU.read_text(encoding="utf-8"))
     assert m, "gae.cu defines no default GAE_CHUNK"
     return int(m.group(1))
 

@@ -155,7 +155,7 @@ def test_kernel_keeps_nan_as_the_array_path_does(act_shim, dtype):
 def test_a_kernel_that_skips_a_barrier_fails_in_the_shim(tmp_path):
     """The shim's barrier is real: a kernel in which one thread leaves before ``__syncthreads`` is
     reported, so a race or a missing barrier in act.cu cannot pass unseen."""
-    src = (cuda_shim.KERNELS / gpu.ACT_SOURCE).read_text()
+    src = (cuda_shim.KERNELS / gpu.ACT_SOURCE).read_text(encoding="utf-8")
     broken = src.replace("    __syncthreads();\n    for (int l = 0;",
                          "    if (threadIdx.x == 0) return;\n    __syncthreads();\n    for (int l = 0;")
     assert broken != src

@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-TEXT = README.read_text()
+TEXT = README.read_text(encoding="utf-8")
 FLAT = " ".join(TEXT.split())  # whitespace collapsed: a claim may wrap a line
 
 
@@ -200,7 +200,7 @@ def test_the_test_command_is_the_one_ci_runs():
     """The README's test command and .ci/run's ("keep the two identical"): the same extras and extra
     packages installed, ruff, then the whole suite."""
     block = next(b for b in re.findall(r"^```bash\n(.*?)^```", TEXT, flags=re.S | re.M) if "pytest" in b)
-    ci = (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     readme_install = re.search(r'pip install -e "(\.\[[\w,]+\])"([^&]*)&&', block).groups()
     ci_install = re.search(r'^python3 -m pip install -q -e "(\.\[[\w,]+\])"(.*)$', ci, flags=re.M).groups()
     assert readme_install[0] == ci_install[0] and readme_install[1].split() == ci_install[1].split()
@@ -212,7 +212,7 @@ def test_the_extras_the_docs_install_exist():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     extras = {k: v.split() for k, v in cfg["options.extras_require"].items()}
-    docs = TEXT + (ROOT / "docs" / "kernels.md").read_text()
+    docs = TEXT + (ROOT / "docs" / "kernels.md").read_text(encoding="utf-8")
     named = {e for group in re.findall(r"(?:\.|minippo)\[([\w,]+)\]", docs) for e in group.split(",")}
     assert {"gym", "test", "numba", "plot", "cuda"} <= named
     assert named <= set(extras), f"no such extra: {named - set(extras)}"
@@ -332,7 +332,8 @@ def test_the_examples_usage_lines_name_their_options_and_defaults(script):
     README's ``python examples/X.py --flag N`` commands use options the script has; the docstring's
     values are its defaults."""
     text, options = _example_help(script)
-    usage = re.search(rf"python examples/{re.escape(script)}(.*)", (ROOT / "examples" / script).read_text()).group(1)
+    source = (ROOT / "examples" / script).read_text(encoding="utf-8")
+    usage = re.search(rf"python examples/{re.escape(script)}(.*)", source).group(1)
     for flag, default in re.findall(r"\[(--[\w-]+) ([^\]]+)\]", usage):
         assert flag in options, f"{script}'s docstring names {flag}, which it does not take"
         assert re.search(rf"{re.escape(flag)} \S+ .*?\(default {re.escape(default)}\)", text), (flag, default)
@@ -346,13 +347,13 @@ def test_references_to_sections_of_the_docs_name_sections_they_have():
     or docs/kernels.md then its name, in code, comments and docs, name a heading that exists (a heading
     may go on after the name: Your own environment (no gymnasium needed))."""
     def headings(path: Path) -> list[str]:
-        return re.findall(r"^#+ (.+)$", path.read_text(), flags=re.M)
+        return re.findall(r"^#+ (.+)$", path.read_text(encoding="utf-8"), flags=re.M)
 
     targets = {"README": headings(README), "kernels.md": headings(ROOT / "docs" / "kernels.md")}
     files = [README, *ROOT.glob("docs/*.md"), *ROOT.glob("*/*.py"), ROOT / ".ci" / "run", *ROOT.glob("benchmarks/*.sh")]
     found = 0
     for f in files:
-        for target, name in re.findall(r"(README|kernels\.md)`?,? \"([^\"\\]+)\"", f.read_text()):
+        for target, name in re.findall(r"(README|kernels\.md)`?,? \"([^\"\\]+)\"", f.read_text(encoding="utf-8")):
             found += 1
             assert any(h == name or h.startswith(name + " ") for h in targets[target]), \
                 f"{f.relative_to(ROOT)} refers to {target}'s section {name!r}, which it does not have"

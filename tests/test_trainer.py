@@ -825,6 +825,32 @@ def test_saving_into_a_folder_this_process_may_not_write_names_the_folder(tmp_pa
     assert os.listdir(tmp_path) == []
 
 
+def test_atomic_write_on_windows_waits_for_a_reader_to_let_go_of_the_file(tmp_path, monkeypatch):
+    """Windows refuses os.replace onto a file another process holds open (a `minippo eval`, a virus
+    scanner): the final save failed, and the run's training was lost. The rename is tried again over
+    ~1.5 s there (the pauses patched in here); a file held longer fails the save as before, whole."""
+    import minippo.checkpoint as ck
+
+    monkeypatch.setattr(ck, "REPLACE_RETRY_PAUSES", (0.0, 0.0, 0.0))
+    real_replace, refusals = os.replace, [2]
+
+    def held_open(src, dst):
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise PermissionError(13, "Access is denied", dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", held_open)
+    path = tmp_path / "m.bin"
+    path.write_bytes(b"old")
+    ck.atomic_write(str(path), lambda f: f.write(b"new"))  # refused twice, then let go
+    assert path.read_bytes() == b"new" and refusals == [0]
+    refusals[0] = 4  # held past the last pause: the save fails, the old file whole, no temp file left
+    with pytest.raises(PermissionError):
+        ck.atomic_write(str(path), lambda f: f.write(b"newer"))
+    assert path.read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["m.bin"]
+
+
 def test_atomic_write_syncs_the_file_and_then_its_folder(tmp_path, monkeypatch):
     """fsync of the data before the rename, of the folder after it (so the rename survives a power
     loss); the umask is never touched."""
@@ -1492,6 +1518,40 @@ def test_close_after_a_step_interrupted_mid_way_returns_and_stops_the_workers():
         for p in venv.processes:  # (a hang leaves them running)
             if p.is_alive():
                 p.terminate()
+
+
+def test_an_async_step_waits_out_an_interrupted_wait_for_its_results(monkeypatch):
+    """Windows interrupts a blocking pipe read on Ctrl-C (InterruptedError after the handler ran): the CLI's
+    first Ctrl-C (finish the iteration, save) ended inside gymnasium's reads with a traceback, nothing saved.
+    There the step first waits for every result, retrying an interrupted wait (emulated here: the first
+    wait raises as Windows does), and then reads results that have arrived. Same steps as a sync env's."""
+    import multiprocessing.connection as mc
+
+    from minippo import envs
+
+    calls = []
+    real_wait = mc.wait
+
+    def interrupted_once(objects, timeout=None):
+        calls.append(len(objects))
+        if len(calls) == 1:
+            raise InterruptedError(4, "Interrupted function call")
+        return real_wait(objects, timeout)
+
+    monkeypatch.setattr(envs, "INTERRUPTIBLE_PIPE_READS", True)
+    monkeypatch.setattr(mc, "wait", interrupted_once)
+    env, ref = envs.make_vec_env("CartPole-v1", 2, "async"), envs.make_vec_env("CartPole-v1", 2, "sync")
+    try:
+        np.testing.assert_array_equal(env.reset(seed=0)[0], ref.reset(seed=0)[0])
+        for t in range(30):
+            a = np.array([t % 2, (t // 3) % 2])
+            got, want = env.step(a), ref.step(a)
+            for g, w in zip(got[:4], want[:4], strict=True):
+                np.testing.assert_array_equal(g, w)
+        assert calls[0] == 2 and len(calls) >= 31  # the interrupted wait retried; then one (or more) a step
+    finally:
+        env.close()
+        ref.close()
 
 
 def test_an_env_refused_or_a_checkpoint_refused_closes_the_env_made_for_it(made_envs, tmp_path):
