@@ -402,7 +402,6 @@ class CsvLog:
         minippo's or a row's iteration is not an integer (naming the line). Nothing for an empty file."""
         with open(path, newline="") as f:
             reader = csv.reader(f)
-            n = 1
             try:
                 header = next(reader, None)
                 if header is not None and tuple(header) != CSV_COLUMNS:
