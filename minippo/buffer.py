@@ -51,8 +51,13 @@ class RolloutBuffer:
         self.obs = xp.zeros((T, N, obs_dim), dtype=dtype)
         self.actions = xp.zeros((T, N, *action_shape), dtype=np.int64 if discrete else dtype)
         self.dist = xp.zeros((T, N, dist_dim), dtype=dtype)
-        for name in ("logp", "values", "rewards", "dones", "valid", "advantages", "returns"):
-            setattr(self, name, xp.zeros((T, N), dtype=dtype))
+        self.logp = xp.zeros((T, N), dtype=dtype)  # log pi_old(a_t|s_t)
+        self.values = xp.zeros((T, N), dtype=dtype)  # V(s_t) when acting
+        self.rewards = xp.zeros((T, N), dtype=dtype)
+        self.dones = xp.zeros((T, N), dtype=dtype)
+        self.valid = xp.zeros((T, N), dtype=dtype)
+        self.advantages = xp.zeros((T, N), dtype=dtype)  # filled by compute_returns
+        self.returns = xp.zeros((T, N), dtype=dtype)
         # the mask again on the host, as the env gave it: minibatches() selects with it, no device copy
         self.valid_host = np.zeros((T, N), dtype=bool)
         # add()'s argument shapes, in its order (one tuple comparison per step)

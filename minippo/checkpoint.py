@@ -162,7 +162,7 @@ def check_save_path(path: str | bytes | os.PathLike, reread: bool = False) -> No
         raise PermissionError(f"cannot save to {name!r}: cannot create a file in folder {folder!r}")
 
 
-def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Write a file through ``write(f)`` on a temp file beside ``path``, then fsync, rename onto
     ``path`` and fsync the folder: ``path`` is never half-written (the old file stays until the new
     one is whole), and the new file is durable once this returns. A failure removes the temp file
@@ -226,9 +226,9 @@ def atomic_write(path: str | bytes | os.PathLike, write: Callable[[BinaryIO], No
             raise
         if made and os.path.lexists(made[0]):
             os.unlink(made[0])
-        for f in reversed(new_folders):
+        for made_folder in reversed(new_folders):
             try:
-                os.rmdir(f)
+                os.rmdir(made_folder)
             except OSError:  # not empty: something else wrote there meanwhile
                 continue
         raise

@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 CSV_COLUMNS = (
     "iteration", "timesteps", "time", "fps", "mean_return", "mean_length", "loss", "policy_loss",
@@ -40,7 +40,7 @@ COMMANDS = ("train", "eval", "plot", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one clear line instead of usage + message
+    def error(self, message: str) -> NoReturn:  # one clear line instead of usage + message
         if self.prog == "minippo" and "required: command" in message:  # `minippo` alone named no command
             message = f"choose a command: {', '.join(COMMANDS)} (minippo -h lists them, minippo COMMAND -h its options)"
         raise UsageError(message)
