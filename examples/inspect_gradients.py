@@ -54,8 +54,9 @@ def main() -> None:
     # array. The error is ||grad - numeric|| / max(||grad||, ||numeric||, floor), floor = 1e-3 *
     # max(1, |loss|): relative, but absolute for an array whose gradient is ~0 (there the differences
     # carry only their rounding noise). minippo.gradcheck.check_grads takes the largest of these.
-    # The actor's hidden layers are the ones under the floor: its output layer starts at gain 0.01 (a
-    # near-uniform first policy), so the gradients reaching them are ~100x smaller than the critic's.
+    # The actor's arrays are the small ones (most of them under the floor): its output layer starts at
+    # gain 0.01 (a near-uniform first policy), so the gradients reaching its hidden layers are two orders
+    # of magnitude smaller than the critic's.
     errors = grad_errors(loss, policy.params, grads)
     floor = 1e-3 * max(1.0, abs(loss()))
     print(f"error = ||grad - numeric|| / max(||grad||, ||numeric||, {floor:.1e}); * marks arrays under that floor")

@@ -133,10 +133,14 @@ def _wait_out_interrupts(venv: Any) -> None:
     that has arrived does not block, so it is not interrupted."""
     from multiprocessing.connection import wait
 
+    from gymnasium.vector.async_vector_env import AsyncState
+
     step_wait = venv.step_wait
 
     def patient_step_wait(timeout: float | None = None) -> Any:
-        if timeout is None:  # (with a timeout, as PPO.close passes, gymnasium's own wait applies)
+        # only for a step in flight (else gymnasium's own errors: no step, a closed env); with a timeout,
+        # as PPO.close passes, gymnasium's own wait applies
+        if timeout is None and not venv.closed and venv._state is AsyncState.WAITING_STEP:
             pending = [p for p in venv.parent_pipes if p is not None and not p.closed]
             while pending:
                 try:
@@ -151,17 +155,19 @@ def _wait_out_interrupts(venv: Any) -> None:
 
 def _shield_worker(main_pid: int, env: Any) -> Any:
     """Applied to each env of an AsyncVectorEnv: its worker process leaves the main process's process
-    group and ignores SIGINT from then on. What signals a whole group (a terminal's Ctrl-C; ``timeout``,
-    which sends its SIGTERM to the group it leads; ``kill -TERM -PGID``) then reaches the main process
-    alone, which ``minippo train`` lets finish its iteration, save and close the workers; a worker
-    stopped by it broke that run. A signal sent to every process of a cgroup (systemd stopping a unit
-    with its default KillMode) still reaches the workers. A worker whose main process dies sees its pipe close
-    and exits. Not in the main process (``main_pid``), where AsyncVectorEnv makes one env to read the
-    spaces: Ctrl-C must still stop a Python script there."""
+    group and ignores SIGINT (and Windows' Ctrl-Break, SIGBREAK) from then on. What signals a whole
+    group (a terminal's Ctrl-C; ``timeout``, which sends its SIGTERM to the group it leads; ``kill -TERM
+    -PGID``) then reaches the main process alone, which ``minippo train`` lets finish its iteration, save
+    and close the workers; a worker stopped by it broke that run. A signal sent to every process of a
+    cgroup (systemd stopping a unit with its default KillMode) still reaches the workers. A worker whose
+    main process dies sees its pipe close and exits. Not in the main process (``main_pid``), where
+    AsyncVectorEnv makes one env to read the spaces: Ctrl-C must still stop a Python script there."""
     import signal
 
     if os.getpid() != main_pid:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if hasattr(signal, "SIGBREAK"):  # Windows sends Ctrl-Break to every process on the console too
+            signal.signal(signal.SIGBREAK, signal.SIG_IGN)
         if hasattr(os, "setpgid"):
             try:
                 os.setpgid(0, 0)  # its own group (a multiprocessing child is no group or session leader)

@@ -247,6 +247,7 @@ def _train_until_rows(out, n_rows, extra=(), **popen):
     return proc
 
 
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGUSR1"), reason="SIGUSR1 stands in for SIGBREAK")
 def test_train_stops_cleanly_on_windows_ctrl_break_too(tmp_path, monkeypatch):
     """Windows delivers no SIGTERM, and its Ctrl-Break (SIGBREAK) killed a run without saving: train
     takes every stop signal the platform has (SIGBREAK stood in by SIGUSR1 here) while it trains."""
@@ -1533,7 +1534,7 @@ def test_a_resume_reads_a_long_progress_csv_a_row_at_a_time(tmp_path):
         log({"iteration": last + 1})
         log.close()
         assert log.last_iteration == last + 1
-        assert peak < size / 20, (keep_through, peak, size)  # whole, the rows took ~5x the file's size
+        assert peak < 1_000_000, (keep_through, peak, size)  # ~0.3 MB of buffers; whole, the rows took ~5x the file
     rows = _rows(path)
     assert len(rows) == n - 7 + 1 and [r["iteration"] for r in rows[-3:]] == [str(n - 8), str(n - 7), str(n - 6)]
     assert rows[0]["timesteps"] == full[0]  # the kept rows as they were

@@ -1507,10 +1507,19 @@ def test_close_after_a_step_interrupted_mid_way_returns_and_stops_the_workers():
     venv.reset(seed=0)
     venv.step_async(np.zeros(2, dtype=np.int64))
     assert venv.parent_pipes[0].recv()[1]  # one worker's result read, the other's not: as the interrupt left it
-    returned = threading.Event()
-    threading.Thread(target=lambda: (algo.close(), returned.set()), daemon=True).start()
+    returned, raised = threading.Event(), []
+
+    def close() -> None:
+        try:
+            algo.close()
+        except BaseException as e:  # (the test says so, not a 30 s wait)
+            raised.append(e)
+        returned.set()
+
+    threading.Thread(target=close, daemon=True).start()
     try:
         assert returned.wait(30), "close() hung on the interrupted step"
+        assert not raised, raised
         for p in venv.processes:
             p.join(10)
         assert not any(p.is_alive() for p in venv.processes)
@@ -1549,9 +1558,29 @@ def test_an_async_step_waits_out_an_interrupted_wait_for_its_results(monkeypatch
             for g, w in zip(got[:4], want[:4], strict=True):
                 np.testing.assert_array_equal(g, w)
         assert calls[0] == 2 and len(calls) >= 31  # the interrupted wait retried; then one (or more) a step
+        n = len(calls)
+        with pytest.raises(gym.error.NoAsyncCallError):  # no step in flight: gymnasium's error, no wait
+            env.step_wait()
+        assert len(calls) == n
     finally:
         env.close()
         ref.close()
+
+
+def test_async_workers_ignore_windows_ctrl_break_too():
+    """Windows sends Ctrl-Break to every process on the console: workers that ignored only SIGINT died
+    on it, and the run that train stops cleanly on Ctrl-Break lost its env mid-iteration (traceback, no
+    save). A worker ignores SIGBREAK where the platform has it (stood in by SIGUSR2 here)."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal\n"
+            "signal.SIGBREAK = signal.SIGUSR2\n"
+            "from minippo.envs import _shield_worker\n"
+            "_shield_worker(-1, None)  # as in a worker: not the main process\n"
+            "print(*(signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGUSR2)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr
 
 
 def test_an_env_refused_or_a_checkpoint_refused_closes_the_env_made_for_it(made_envs, tmp_path):
