@@ -735,7 +735,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     start_steps = algo.num_timesteps
     if not args.quiet:
         settings = f"resumed at {start_steps} steps" if args.resume else _settings(args)
-        print(f"minippo: training {cfg.env_id}{_kwargs_shown(cfg.to_dict()['env_kwargs'])} ({cfg.objective}, "
+        print(f"minippo: training {cfg.env_id}{_kwargs_shown(cfg.env_kwargs)} ({cfg.objective}, "
               f"{settings}) for {algo.total_timesteps} steps on backend {backend.name}; writing {out}",
               file=sys.stderr)
         hint = _small_net_on_gpu(cfg, backend.name)

@@ -628,11 +628,16 @@ def _rows_for(n: int) -> list[dict]:
             for i in range(n)]
 
 
+def _stderr(tty: bool) -> _Tty:
+    """A stand-in stderr that records what is written, a terminal or (``tty=False``) a pipe."""
+    return _Tty() if tty else type("NoTty", (_Tty,), {"isatty": lambda self: False})()
+
+
 def _progress_text(monkeypatch, quiet: bool = False, tty: bool = True, tqdm_module=...) -> str:
     """Drive cli._Progress over three iterations (300 steps), return what reached stderr."""
     from minippo import cli
 
-    err = _Tty() if tty else type("NoTty", (_Tty,), {"isatty": lambda self: False})()
+    err = _stderr(tty)
     monkeypatch.setattr(sys, "stderr", err)
     if tqdm_module is not ...:
         monkeypatch.setitem(sys.modules, "tqdm", tqdm_module)
@@ -1730,7 +1735,7 @@ def test_progress_says_none_yet_before_the_first_episode_ends(monkeypatch):
     from minippo import cli
 
     for tty in (False, True):
-        err = _Tty() if tty else type("NoTty", (_Tty,), {"isatty": lambda self: False})()
+        err = _stderr(tty)
         monkeypatch.setattr(sys, "stderr", err)
         monkeypatch.setitem(sys.modules, "tqdm", None)
         p = cli._Progress(200, 0, False)
