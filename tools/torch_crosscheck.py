@@ -2,23 +2,27 @@
 
 minippo's gradients are checked by central differences and its losses against ``tests/reference.py``
 (docs/derivations.md section 12). Both were written by the same hands as the code. This script is a
-check from outside: it builds a CleanRL-style agent in PyTorch (float64) holding the same weights,
-takes the same rollout and the same minibatches, writes the loss as CleanRL's ``ppo.py`` /
-``ppo_continuous_action.py`` do (the paper's eq. 8 for the KL penalty), lets autograd differentiate
-it, steps ``torch.optim.Adam``, and compares the parameters after one whole update (every epoch and
-minibatch) and the statistics minippo logs. Where minippo deliberately differs from CleanRL (the
-table in docs/derivations.md section 13), the torch side follows minippo.
+check from outside. minippo collects one rollout; a CleanRL-style agent in PyTorch (float64) holding
+the same weights recomputes what the rollout stored (log-probabilities, values, distributions) and,
+from the env's raw steps, the advantages and returns (GAE, REINFORCE's reward-to-go or A2C's TD
+error, written from their definitions, with the truncation bootstrap and NEXT_STEP autoreset's
+masked reset steps). Then it takes the same minibatches, writes each objective's loss as CleanRL's
+``ppo.py`` / ``ppo_continuous_action.py`` do (the paper's eq. 8 for the KL penalty), lets autograd
+differentiate it, steps ``torch.optim.Adam``, and compares the parameters after one whole update
+(every epoch and minibatch) and the statistics minippo logs. Where minippo deliberately differs from
+CleanRL (the table in docs/derivations.md section 13), the torch side follows minippo.
 
-Needs PyTorch, which minippo does not depend on (a CPU build is enough):
+Needs PyTorch, which minippo does not depend on (a CPU build is enough; on Linux plain ``pip install
+torch`` fetches a CUDA build of several GB, ``--index-url https://download.pytorch.org/whl/cpu`` the
+CPU one):
 
-    pip install torch
     python tools/torch_crosscheck.py          # one line per case; exit status 1 if any differs
 
 Each case runs one update in float64 on the backend ``MINIPPO_BACKEND`` names (numpy by default).
-Parameters agree to 1e-15 - 5e-14 relative (session 61, numpy and numba backends). ``TOLERANCE`` is
-1e-10: four orders above that rounding, and under the smallest deliberate difference measured
-(torch's ``clip_grad_norm_`` adds 1e-6 to the norm where minippo adds 1e-12: that alone moves the
-parameters by 6e-9 to 1e-5 relative, by case).
+Parameters agree to 1e-15 - 5e-14 relative, the rollout to 2e-16 - 9e-15 (session 61, numpy and numba
+backends). ``TOLERANCE`` is 1e-10: four orders above that rounding, and under the smallest
+deliberate difference measured (torch's ``clip_grad_norm_`` adds 1e-6 to the norm where minippo adds
+1e-12: that alone moves the parameters by 6e-9 to 1e-5 relative, by case).
 """
 
 from __future__ import annotations
@@ -137,7 +141,8 @@ def torch_update(agent: Agent, batch: dict[str, torch.Tensor], epochs: list[list
             mb = {k: v[torch.from_numpy(idx)] for k, v in batch.items()}
             out, value = agent(mb["obs"])
             d = agent.dist(out)
-            logratio = agent.per_sample(d.log_prob(mb["actions"])) - mb["logp"]
+            logp = agent.per_sample(d.log_prob(mb["actions"]))
+            logratio = logp - mb["logp"]
             ratio = logratio.exp()
             with torch.no_grad():
                 approx_kl = (torch.expm1(logratio) - logratio).mean().item()  # (r - 1) - log r
@@ -151,9 +156,13 @@ def torch_update(agent: Agent, batch: dict[str, torch.Tensor], epochs: list[list
             if cfg.objective == "clip":
                 pg_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip, 1 + clip)).mean()
                 row["clipfrac"] = clipfrac
-            else:  # kl_penalty: -E[r A] + beta E[KL(pi_old || pi)]
+            elif cfg.objective == "kl_penalty":  # -E[r A] + beta E[KL(pi_old || pi)]
                 kl = agent.per_sample(kl_divergence(agent.old_dist(mb["dist_old"]), d)).mean()
                 pg_loss = -(ratio * adv).mean() + beta * kl
+            elif cfg.objective == "surrogate":  # the importance-sampled surrogate, unclipped
+                pg_loss = -(ratio * adv).mean()
+            else:  # reinforce, a2c: -E[log pi(a|s) A] (their advantages: reward-to-go, TD error)
+                pg_loss = -(logp * adv).mean()
             if cfg.clip_vloss:  # minippo anneals the value clip with the policy's (baselines' ppo2)
                 clipped = mb["values_old"] + torch.clamp(value - mb["values_old"], -clip, clip)
                 v_loss = 0.5 * torch.max((value - mb["returns"]) ** 2, (clipped - mb["returns"]) ** 2).mean()
@@ -196,9 +205,58 @@ def adapted_beta(agent: Agent, batch: dict[str, torch.Tensor], valid: np.ndarray
     return d, beta
 
 
+def recording(model: PPO) -> list[tuple[np.ndarray, ...]]:
+    """Keep each env step's raw (next obs, rewards, terminated, truncated, final obs or None) as the
+    env returns it: this model's ``env.step`` is wrapped (the instance's alone)."""
+    steps = []
+    step = model.env.step
+
+    def recorded(actions: np.ndarray) -> tuple:
+        out = step(actions)
+        obs, reward, term, trunc, info = out
+        finals = info.get("final_obs")  # (SAME_STEP autoreset: an episode's last obs is there)
+        steps.append((np.array(obs, dtype=np.float64), np.array(reward, dtype=np.float64), np.array(term),
+                      np.array(trunc), None if finals is None else [np.array(f, dtype=np.float64) for f in finals]))
+        return out
+
+    model.env.step = recorded
+    return steps
+
+
+def advantages(steps: list[tuple[np.ndarray, ...]], values: np.ndarray, value_of, cfg: PPOConfig,
+               next_step: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Advantages and returns (T, N) and the valid mask from the raw env steps and the values V(s_t)
+    (T, N), written from the definitions: a truncated episode's last reward gets gamma V(final obs);
+    with NEXT_STEP autoreset the step after an episode's end is the env's reset, not a transition.
+    GAE by its recursion, REINFORCE's reward-to-go G_t - V(s_t) (bootstrapped from V(s_T) at the
+    rollout's end), A2C's TD error r_t + gamma V(s_t+1) - V(s_t)."""
+    T, N = values.shape
+    rewards, dones, valid = np.zeros((T, N)), np.zeros((T, N)), np.ones((T, N), dtype=bool)
+    ended = np.zeros(N, dtype=bool)
+    for t, (obs, reward, term, trunc, finals) in enumerate(steps):
+        if next_step:
+            valid[t] = ~ended
+        rewards[t], dones[t] = reward, term | trunc
+        for i in np.flatnonzero(trunc & ~term & valid[t]):
+            rewards[t, i] += cfg.gamma * value_of(obs[i] if next_step else finals[i])
+        ended = (term | trunc) & valid[t]
+    next_values = np.vstack([values[1:], value_of(steps[-1][0])[None]])  # V(s_t+1), V(s_T) last
+    not_done = 1.0 - dones
+    delta = rewards + cfg.gamma * not_done * next_values - values
+    adv, ret = np.zeros((T, N)), np.zeros((T, N))
+    running, G = np.zeros(N), next_values[-1].copy()
+    for t in reversed(range(T)):
+        running = delta[t] + cfg.gamma * cfg.gae_lambda * not_done[t] * running
+        G = rewards[t] + cfg.gamma * not_done[t] * G
+        adv[t], ret[t] = {"gae": (running, running + values[t]), "td": (delta[t], delta[t] + values[t]),
+                          "mc": (G - values[t], G)}[cfg.advantage_estimator]
+    return adv, ret, valid
+
+
 @dataclass
 class Result:
     params: float  # max over arrays of max |difference| / max |minippo's array|
+    rollout: float  # the same over logp, values, distribution parameters, advantages, returns (inf: other masks)
     stats: dict[str, tuple[float, float]]  # minippo's value, torch's
 
     def worst_stat(self) -> float:
@@ -206,33 +264,62 @@ class Result:
         mean of normalised advantages at ratio 1) is compared on its terms' scale, 1."""
         return max((abs(a - b) / max(abs(a), 1.0) for a, b in self.stats.values() if not math.isnan(a)), default=0.0)
 
+    def worst(self) -> float:
+        return max(self.params, self.rollout, self.worst_stat())
+
+
+def relative(ours: np.ndarray, theirs: np.ndarray) -> float:
+    return float(np.abs(ours - theirs).max() / max(np.abs(ours).max(), 1e-300))
+
 
 def check(cfg: PPOConfig, progress: float = 0.0) -> Result:
-    """Collect one rollout with minippo, then run minippo's update and the torch update from the
-    same state at ``progress`` (which sets the schedules); compare what each ends with."""
+    """Collect one rollout with minippo, recompute what it stored (log-probabilities, values,
+    distributions, advantages, returns) from the raw env steps with the torch agent, then run
+    minippo's update and the torch update from the same state at ``progress`` (which sets the
+    schedules), and compare what each ends with."""
     model = PPO(cfg.replace(dtype="float64"))
     try:
+        steps = recording(model)
         model.collect_rollout()
         buf, params = model.buffer, {k: np.array(v) for k, v in model.policy.params.items()}
+        agent = Agent(params, cfg, model.policy.discrete)
         state = model.rng.bit_generator.state
-        n = buf.T * buf.N
-        batch = {"obs": buf.obs.reshape(n, -1), "actions": buf.actions.reshape(n, *buf.actions.shape[2:]),
-                 "logp": buf.logp.reshape(n), "values_old": buf.values.reshape(n),
-                 "advantages": buf.advantages.reshape(n), "returns": buf.returns.reshape(n),
-                 "dist_old": buf.dist.reshape(n, -1)}
-        batch = {k: torch.from_numpy(np.array(v)) for k, v in batch.items()}
-        valid = buf.valid_host.reshape(n).copy()
+        T, N = buf.T, buf.N
+        n = T * N
+        obs = torch.from_numpy(np.array(buf.obs.reshape(n, -1)))
+        actions = torch.from_numpy(np.array(buf.actions.reshape(n, *buf.actions.shape[2:])))
+        with torch.no_grad():
+            out, values = agent(obs)
+            d = agent.dist(out)
+            logp = agent.per_sample(d.log_prob(actions))
+            dist = out if agent.discrete else torch.cat([out, d.stddev.log()], dim=1)
+
+        @torch.no_grad()
+        def value_of(x: np.ndarray) -> np.ndarray:
+            """V(s): () for one observation (obs_dim,), (N,) for (N, obs_dim)."""
+            v = agent(torch.from_numpy(np.atleast_2d(x)))[1].numpy()
+            return v if x.ndim == 2 else v[0]
+
+        adv, ret, valid = advantages(steps, values.numpy().reshape(T, N), value_of, cfg, model.next_step)
+        v = valid.reshape(n)
+        rollout = max(relative(buf.logp.reshape(n)[v], logp.numpy()[v]),
+                      relative(buf.values.reshape(n)[v], values.numpy()[v]),
+                      relative(buf.dist.reshape(n, -1)[v], dist.numpy()[v]),
+                      relative(buf.advantages[valid], adv[valid]), relative(buf.returns[valid], ret[valid]))
+        if (valid != buf.valid_host).any():
+            rollout = math.inf
+        batch = {"obs": obs, "actions": actions, "logp": logp, "values_old": values, "dist_old": dist,
+                 "advantages": torch.from_numpy(adv.reshape(n)), "returns": torch.from_numpy(ret.reshape(n))}
         beta = model.kl_coef.beta
         got = model.update(progress)
         rng = np.random.default_rng()
         rng.bit_generator.state = state
-        agent = Agent(params, cfg, model.policy.discrete)
-        want = torch_update(agent, batch, minibatch_indices(valid, cfg, rng), cfg, progress, beta)
+        want = torch_update(agent, batch, minibatch_indices(v, cfg, rng), cfg, progress, beta)
         if cfg.objective == "kl_penalty":
-            want["kl"], want["beta"] = adapted_beta(agent, batch, valid, cfg, beta)
-        ours, theirs = model.policy.params, agent.exported()
-        diff = max(float(np.abs(ours[k] - theirs[k]).max() / np.abs(ours[k]).max()) for k in ours)
-        return Result(diff, {k: (float(got[k]), want[k]) for k in STATS if k in want})
+            want["kl"], want["beta"] = adapted_beta(agent, batch, v, cfg, beta)
+        theirs = agent.exported()
+        diff = max(relative(a, theirs[k]) for k, a in model.policy.params.items())
+        return Result(diff, rollout, {k: (float(got[k]), want[k]) for k in STATS if k in want})
     finally:
         model.close()
 
@@ -264,6 +351,10 @@ def cases() -> dict[str, tuple[PPOConfig, float]]:
                                                clip_vloss=True), 0.3),
         "Pendulum clip, shared": (PPOConfig(**pendulum, shared=True, log_std_init=-0.5), 0.0),
         "Pendulum log_std at its max": (PPOConfig(**{**pendulum, "ent_coef": 0.5}, log_std_init=LOG_STD_MAX), 0.0),
+        "CartPole REINFORCE": (PPOConfig(**{**cartpole, "n_epochs": 1}, objective="reinforce"), 0.0),
+        "CartPole A2C": (PPOConfig(**{**cartpole, "n_epochs": 1}, objective="a2c"), 0.0),
+        "CartPole surrogate": (PPOConfig(**cartpole, objective="surrogate"), 0.0),
+        "Pendulum surrogate": (PPOConfig(**pendulum, objective="surrogate"), 0.0),
         "Pendulum KL penalty, relu": (PPOConfig(**pendulum, activation="relu", objective="kl_penalty",
                                                 kl_target=0.5, kl_beta=3.0), 0.0),
     }
@@ -274,9 +365,10 @@ def main() -> int:
     failed = 0
     for name, (cfg, progress) in cases().items():
         r = check(cfg, progress)
-        ok = r.params < TOLERANCE and r.worst_stat() < TOLERANCE
+        ok = r.worst() < TOLERANCE
         failed += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {name:<32} parameters {r.params:.1e}, statistics {r.worst_stat():.1e}"
+        print(f"{'ok  ' if ok else 'FAIL'} {name:<32} rollout {r.rollout:.1e}, parameters {r.params:.1e}, "
+              f"statistics {r.worst_stat():.1e}"
               f"  ({r.stats['n_updates'][0]:.0f} minibatch steps)", flush=True)
         if not ok:
             for k, (a, b) in r.stats.items():
