@@ -4,7 +4,9 @@ BLAS is pinned to one thread (if the caller did not choose) before numpy is impo
 does: the learning tests compare bit-identical runs, and thread count changes summation order.
 """
 
+import importlib.util
 import os
+import sys
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -44,3 +46,23 @@ def _forget_the_backend():
     backend.reset()
     yield
     backend.reset()
+
+
+def load_tool(filename):
+    """tools/<filename> imported as a module (tools/ is not a package)."""
+    name = os.path.splitext(filename)[0] + "_tool"
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", filename)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while the class is made
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        del sys.modules[name]
+    return mod
+
+
+@pytest.fixture(scope="session")
+def tool():
+    """``tool("mutate.py")``: a script of tools/ as a module."""
+    return load_tool

@@ -1,7 +1,6 @@
 """tools/mutate.py finds the operators it says it mutates, edits only a copy of the checkout, and
 tells killed mutants from survivors."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -15,15 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def mutate():
-    spec = importlib.util.spec_from_file_location("mutate_tool", os.path.join(ROOT, "tools", "mutate.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["mutate_tool"] = mod  # dataclasses look their module up while the class is made
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        del sys.modules["mutate_tool"]
-    return mod
+def mutate(tool):
+    return tool("mutate.py")
 
 
 SOURCE = textwrap.dedent("""\

@@ -3,7 +3,6 @@
 CI does not install it (its PyPI wheels bring CUDA, several GB): these tests run where torch is
 installed and skip elsewhere."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,14 +17,8 @@ TOOL = os.path.join(ROOT, "tools", "torch_crosscheck.py")
 
 
 @pytest.fixture(scope="module")
-def crosscheck():
-    spec = importlib.util.spec_from_file_location("torch_crosscheck", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["torch_crosscheck"] = mod  # dataclasses look their module up while the class is made
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        del sys.modules["torch_crosscheck"]
+def crosscheck(tool):
+    mod = tool("torch_crosscheck.py")
     mod.torch.set_default_dtype(mod.torch.float64)
     return mod
 
