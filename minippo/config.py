@@ -532,7 +532,9 @@ PPOConfig.__init__ = _naming_unknown_fields(PPOConfig.__init__)  # type: ignore[
 
 
 # rl-baselines3-zoo's tuned PPO hyperparameters (its hyperparams/ppo.yml), plus the settings marked
-# below as not the zoo's.
+# below as not the zoo's. What the zoo leaves at SB3's defaults is minippo's default here, vf_coef
+# included: SB3's value loss has no 1/2, so its 0.5 would be 1.0 here (docs/derivations.md section 13);
+# the presets keep 0.5, as CleanRL does. SB3 trained alike at either weight (Pendulum, session 61).
 PRESETS: dict[str, dict[str, Any]] = {
     "CartPole-v1": dict(
         env_id="CartPole-v1", n_envs=8, total_timesteps=100_000, n_steps=32, batch_size=256,
