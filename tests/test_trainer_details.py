@@ -394,6 +394,17 @@ def test_running_mean_std_over_chunks_equals_whole_data():
     np.testing.assert_allclose(rms.var, var, rtol=1e-12)
 
 
+def test_the_prior_inflates_the_variance_of_a_feature_far_from_zero_as_documented():
+    """RunningMeanStd's docstring: mean 1e6, std 0.01, 2,400 samples -> std ~204, i.e.
+    sqrt(epsilon * m**2 / count) (the prior's mean 0 against the data's m), not the data's 0.01."""
+    rms = RunningMeanStd((1,))
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        rms.update(1e6 + 0.01 * rng.standard_normal((8, 1)))
+    assert np.sqrt(rms.var[0]) == pytest.approx(np.sqrt(1e-4 * 1e12 / rms.count), rel=1e-6)
+    assert round(float(np.sqrt(rms.var[0]))) == 204
+
+
 @pytest.mark.parametrize("clip", [10.0, 1.5])
 def test_obs_normaliser_matches_the_pooled_statistics(clip):
     """ObsNormalizer against the closed form (the trainer's later check compared it with a second copy
