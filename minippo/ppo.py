@@ -398,7 +398,9 @@ class PPO:
 
     def _prep_obs(self, obs: np.ndarray, update: bool | np.ndarray) -> Any:
         """obs (N, obs_dim), checked (:meth:`_env_obs`) -> normalised (N, obs_dim) on the device. ``update``:
-        whether the observation normaliser learns from them, or a (N,) mask of the rows it learns from."""
+        whether the observation normaliser learns from them, or a (N,) mask of the rows it learns from.
+        Observations are learnt from when acted on: the bootstrap's V(s_T) and V(final obs) see statistics
+        that do not hold them yet (SB3 folds s_T in first; V differed by < 1e-3 in session 61's audit)."""
         obs = np.asarray(obs, dtype=self.dtype)
         if self.obs_norm is not None:  # (the rollout has checked the observations are finite)
             if isinstance(update, np.ndarray):
