@@ -243,10 +243,11 @@ class RunningMeanStd:
     """Running mean and variance over a stream of batches (Chan et al. parallel update).
 
     shape: the shape of one sample; ``update(x)`` takes x (B, *shape). float64 statistics.
-    They start from a prior of mean 0 and variance 1 weighing ``epsilon`` samples, as Stable-Baselines3's
-    and gymnasium's do. It fades as samples arrive, but the variance of a feature whose mean m is large
-    against its spread stays inflated by about epsilon * m**2 / count: with m = 1e6 and std 0.01, the
-    std is ~204 after 2,400 samples (centre such a feature in the env).
+    They start from a prior of mean 0 and variance 1 that weighs as ``epsilon`` samples, as
+    Stable-Baselines3's and gymnasium's do. The prior's weight shrinks as samples arrive. But a feature
+    whose mean m is large against its spread keeps a variance about epsilon * m**2 / count too high:
+    with m = 1e6 and std 0.01, the std is still ~204 after 2,400 samples. Centre such a feature in the
+    env.
     """
 
     def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4) -> None:
