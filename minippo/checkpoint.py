@@ -321,7 +321,8 @@ def save_checkpoint(algo: Any, path: str, unlogged_rows: list[list[str]] | None 
         "blas_threads": {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                          "MKL_NUM_THREADS")},
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "config": algo.config.to_dict(),
+        # the run's budget now (learn(total) moves it past the config's): the loaded config says it too
+        "config": {**algo.config.to_dict(), "total_timesteps": algo.total_timesteps},
         # the class of an env given as PPO(config, env=...) without a gymnasium id: config.env_id is not its
         "custom_env": algo.custom_env,
         "policy": algo.policy.describe(),
@@ -459,10 +460,15 @@ def _load_into(
 
 def _saved_config(meta: dict[str, Any]) -> dict[str, Any]:
     """meta's config, with log_std_init clamped to today's range: it only sets the initial value,
-    which the saved log_std array replaces (versions before 0.1's range change allowed -20)."""
+    which the saved log_std array replaces (versions before 0.1's range change allowed -20); and the
+    trainer's total_timesteps (a learn(total) after the config was made moved it)."""
+    from minippo.config import MAX_TIMESTEPS
     from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
 
     cfg = dict(meta["config"])
+    total = meta.get("total_timesteps")  # (files saved before the config's copy was kept up to date:
+    if isinstance(total, int) and not isinstance(total, bool) and 1 <= total <= MAX_TIMESTEPS:  # the trainer's
+        cfg["total_timesteps"] = total  # budget, where a config can hold it; the trainer takes it anyway)
     v = cfg.get("log_std_init")
     if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= sys.float_info.max:  # (not NaN)
         cfg["log_std_init"] = min(max(float(v), LOG_STD_MIN), LOG_STD_MAX)

@@ -603,6 +603,28 @@ def test_a_temperature_set_on_the_policy_is_saved_and_restored_by_both_loaders(t
     assert load_policy(saved_again).policy.temperature == 2.0 == PPO.load(saved_again).policy.temperature
 
 
+def test_a_saved_and_loaded_config_carry_the_budget_learn_was_last_given(tmp_path):
+    """learn(total) moves the trainer's budget past its config's: the file's config and the loaded
+    trainer's config say the budget the run trained to (they kept the first one, while the trainer
+    resumed with the new one), also for a file written before the save kept the config's copy."""
+    algo = PPO(PPOConfig(**{**TINY, "total_timesteps": 32}))
+    per_iteration = algo.config.n_envs * algo.config.n_steps
+    algo.learn(algo.num_timesteps + 2 * per_iteration)
+    total = algo.total_timesteps
+    assert total > 32
+    path = str(tmp_path / "t.npz")
+    algo.save(path)
+    meta, arrays = read_checkpoint(path)
+    assert meta["config"]["total_timesteps"] == meta["total_timesteps"] == total
+    loaded = PPO.load(path)
+    assert loaded.config.total_timesteps == loaded.total_timesteps == total
+    meta["config"]["total_timesteps"] = 32  # as such a file was written before
+    old = str(tmp_path / "old.npz")
+    atomic_savez(old, {**arrays, "meta": np.array(json.dumps(meta))})
+    assert PPO.load(old).config.total_timesteps == total
+    assert PPO.load(old, total_timesteps=total + per_iteration).config.total_timesteps == total + per_iteration
+
+
 def test_a_failed_save_removes_the_folders_it_made_and_names_the_folder_it_cannot_write(tmp_path, monkeypatch):
     """A save into new folders that failed left them behind, empty; an OSError other than a permission
     one (a read-only or full file system) creating the temp file named the temp file's random name."""
