@@ -466,9 +466,11 @@ def _saved_config(meta: dict[str, Any]) -> dict[str, Any]:
     from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
 
     cfg = dict(meta["config"])
-    total = meta.get("total_timesteps")  # (files saved before the config's copy was kept up to date:
-    if isinstance(total, int) and not isinstance(total, bool) and 1 <= total <= MAX_TIMESTEPS:  # the trainer's
-        cfg["total_timesteps"] = total  # budget, where a config can hold it; the trainer takes it anyway)
+    # The trainer's budget: learn(total) moves it past the config's, which files saved before session 61
+    # kept. One past a config's range (a crafted file) stays out of it; the trainer takes it anyway.
+    total = meta.get("total_timesteps")
+    if isinstance(total, int) and not isinstance(total, bool) and 1 <= total <= MAX_TIMESTEPS:
+        cfg["total_timesteps"] = total
     v = cfg.get("log_std_init")
     if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= sys.float_info.max:  # (not NaN)
         cfg["log_std_init"] = min(max(float(v), LOG_STD_MIN), LOG_STD_MAX)
