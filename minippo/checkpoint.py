@@ -673,11 +673,7 @@ class Policy:
         rng: np.random.Generator | np.random.RandomState | None = None,
     ) -> np.ndarray:
         """obs (obs_dim,) or (B, obs_dim) -> env actions () / (d,) or (B,) / (B, d)."""
-        a = self.policy._predict(self.normalize(obs), deterministic, rng)  # (normalize checked obs)
-        space = self.policy.action_space
-        if self.policy.discrete:
-            return a + space.start
-        return space.clip(a)
+        return self.policy.env_actions(self.policy._predict(self.normalize(obs), deterministic, rng))  # (checked)
 
 
 def load_policy(path: str) -> Policy:
@@ -794,9 +790,7 @@ def evaluate_policy(
             o = np.ascontiguousarray(o.reshape(1, *o.shape))  # (not o[None]: row stride 0, see predict)
             if obs_norm is not None:
                 o = obs_norm(o, update=False)
-            a = policy._actions_only(xp.asarray(o), rng, deterministic)[0]
-            space = policy.action_space
-            return a + space.start if policy.discrete else space.clip(a)
+            return policy.env_actions(policy._actions_only(xp.asarray(o), rng, deterministic)[0])
     else:
         def act(o: np.ndarray) -> np.ndarray:
             return policy.predict(o, deterministic, rng)

@@ -362,6 +362,12 @@ class ActorCritic:
         legacy RandomState), needed when ``deterministic=False``."""
         return self._predict(check_obs(obs, self.obs_dim, self.dtype), deterministic, rng)
 
+    def env_actions(self, actions: np.ndarray) -> np.ndarray:
+        """The policy's actions (B,) / (B, d) or one (), (d,), on the host -> the env's: a Discrete space's
+        ``start`` added, a Box's bounds clipped to (the Gaussian's samples and mean are unbounded)."""
+        space = self.action_space
+        return actions + space.start if self.discrete else space.clip(actions)
+
     def _predict(self, obs: np.ndarray, deterministic: bool, rng: Any) -> np.ndarray:
         """:meth:`predict` for an ``obs`` that :func:`check_obs` has already checked."""
         if type(deterministic) is not bool:

@@ -38,7 +38,7 @@ from minippo.config import (
     train_reset_seed,
 )
 from minippo.optim import Adam, Schedule
-from minippo.policy import ActorCritic
+from minippo.policy import ActorCritic, check_obs
 
 Array = Any
 
@@ -682,6 +682,19 @@ class PPO:
             self.policy, self.config.env_id if env is None else None, n_episodes, deterministic, seed=seed,
             obs_norm=self.obs_norm, env_kwargs=self.config.env_kwargs, env=env,  # (its rng: agent_rng(seed))
         )
+
+    def predict(
+        self, obs: Any, deterministic: bool = True, rng: np.random.Generator | np.random.RandomState | None = None
+    ) -> np.ndarray:
+        """Env actions for raw env observations, as ``load_policy(path).predict`` gives them for the
+        saved model: obs (obs_dim,) or (B, obs_dim) -> () / (d,) or (B,) / (B, d) (a Discrete space's
+        start added, a Box's bounds clipped to), normalised with the trainer's observation statistics
+        (read, not updated). The mode unless ``deterministic=False``, where ``rng`` (a numpy Generator)
+        draws. (Stable-Baselines3's ``predict`` returns (actions, state); this, the actions.)"""
+        obs = check_obs(obs, self.policy.obs_dim, self.policy.dtype)
+        if self.obs_norm is not None:  # (it takes batches)
+            obs = self.obs_norm(obs.reshape(-1, obs.shape[-1]), update=False).reshape(obs.shape)
+        return self.policy.env_actions(self.policy._predict(obs, deterministic, rng))
 
     def save(self, path: str) -> None:
         """Write everything needed to act and to resume to one pickle-free ``.npz`` (atomic)."""

@@ -122,6 +122,34 @@ def test_unsupported_observation_spaces_say_how_to_wrap_them(space):
     PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY)).collect_rollout()
 
 
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(3, start=-1), gym.spaces.Box(-0.1, 0.1, (2,), np.float32)])
+def test_predict_gives_the_actions_the_saved_policy_gives(space, tmp_path):
+    """PPO.predict, what a Stable-Baselines3 user calls after learn(): the env actions that
+    load_policy(path).predict gives for the saved model (the Discrete start added, the Box's bounds
+    clipped to), one observation or a batch, the mode or a draw; the normaliser is read, not updated."""
+    register_probe("minippo-test/Probe-v0", 8, action_space=space)
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, norm_obs=True, log_std_init=1.0))
+    algo.learn()
+    path = str(tmp_path / "m.npz")
+    algo.save(path)
+    saved, count = load_policy(path), algo.obs_norm.rms.count
+    obs = np.random.default_rng(0).normal(0.0, 3.0, size=(64, algo.policy.obs_dim))
+    for o in (obs, obs[0]):
+        np.testing.assert_array_equal(algo.predict(o), saved.predict(o))
+        drawn = algo.predict(o, deterministic=False, rng=np.random.default_rng(1))
+        np.testing.assert_array_equal(drawn, saved.predict(o, deterministic=False, rng=np.random.default_rng(1)))
+        assert all(space.contains(a) for a in np.reshape(drawn, (-1, *space.shape)))
+    assert algo.obs_norm.rms.count == count
+    if isinstance(space, gym.spaces.Discrete):
+        assert set(algo.predict(obs, False, np.random.default_rng(2))) == {-1, 0, 1}
+    else:  # draws with std e^1 against bounds 0.1: most are clipped
+        assert np.abs(algo.predict(obs, False, np.random.default_rng(2))).max() == np.float32(0.1)
+    with pytest.raises(ValueError, match="rng is required when deterministic=False"):
+        algo.predict(obs, deterministic=False)
+    with pytest.raises(ValueError, match="obs"):
+        algo.predict(obs[:, :1])
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_actions_sent_to_the_env_lie_in_its_box_in_its_dtype(dtype, tmp_path):
     """Cast to the env's dtype, then clipped there: clipping first let float32(0.1) > 0.1 through."""
