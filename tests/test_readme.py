@@ -358,3 +358,37 @@ def test_references_to_sections_of_the_docs_name_sections_they_have():
             assert any(h == name or h.startswith(name + " ") for h in targets[target]), \
                 f"{f.relative_to(ROOT)} refers to {target}'s section {name!r}, which it does not have"
     assert found >= 4
+
+
+def test_the_stable_baselines3_table_names_minippo_settings_and_methods():
+    """Every minippo setting in the README's "Coming from Stable-Baselines3" table is a PPOConfig field,
+    the values it gives make a valid config, and every method or attribute it calls is the trainer's."""
+    import dataclasses
+    import inspect
+
+    pytest.importorskip("gymnasium")  # (a trainer is built: some attributes are set on the instance)
+    from minippo import PPO
+    from minippo.config import PPOConfig
+
+    table = TEXT.split("Coming from Stable-Baselines3", 1)[1].split("\n\n")[1].splitlines()
+    assert table[0] == "| Stable-Baselines3 | minippo |" and len(table) > 10
+    ours = [row.split(" | ")[1] for row in table[2:]]
+    fields = {f.name for f in dataclasses.fields(PPOConfig)}
+    settings, calls = {}, set()
+    for code in (c for cell in ours for c in re.findall(r"`([^`]+)`", cell)):
+        calls.update(re.findall(r"\b(?:model|PPO)\.(\w+)", code))
+        if m := re.fullmatch(r"(\w+)=(.+)", code):
+            assert m.group(1) in fields, code
+            settings[m.group(1)] = ast.literal_eval(m.group(2))
+        elif m := re.fullmatch(r"(\w+)=", code):  # a keyword of PPO.load
+            assert m.group(1) in inspect.signature(PPO.load).parameters, code
+        elif re.fullmatch(r"\w+", code):
+            assert code in fields, code
+    assert {"clip_eps", "clip_vloss", "vf_coef", "normalize_advantages", "hidden", "norm_obs"} <= fields & (
+        set(settings) | {c for cell in ours for c in re.findall(r"`(\w+)`", cell)})
+    model = PPO(PPOConfig(**{**settings, "n_envs": 2, "n_steps": 8, "batch_size": 16, "vector": "sync"}))
+    try:
+        assert calls == {"learn", "num_timesteps", "predict", "evaluate", "save", "load"}
+        assert all(hasattr(model, name) for name in calls)
+    finally:
+        model.close()
