@@ -225,6 +225,12 @@ def test_train_save_resume_predict_on_the_cupy_path(cupy_backend, tmp_path, cfg)
     assert isinstance(batch, np.ndarray) and len(batch) == 3
     assert np.isfinite(resumed.evaluate(1)["mean_return"])
     assert load_policy(path).predict(obs).shape == np.shape(action)  # numpy-only loader, same file
+    saved = str(tmp_path / "resumed.npz")
+    resumed.save(saved)
+    for o in (obs + 0.5, np.full((3, algo.policy.obs_dim), -0.5, np.float32)):  # the trainer's predict: host out
+        got = resumed.predict(o)  # (normalised with the trainer's statistics, as the saved file's are)
+        assert not _on_device(got)
+        np.testing.assert_allclose(got, load_policy(saved).predict(o), rtol=1e-5, atol=1e-6)  # float32, 2 paths
     # evaluate_policy with a host-parameter ActorCritic (what load_policy holds): the observations go
     # where the parameters are, not to the backend's device (np.dot(device obs, host W) raised)
     from minippo.checkpoint import evaluate_policy
