@@ -732,8 +732,9 @@ def evaluate_policy(
     env: Any = None,
 ) -> dict[str, Any]:
     """Play ``n_episodes`` episodes in one gymnasium env; returns env_id, episodes, mean_return,
-    std_return, returns, lengths, cut (episodes ended by ``max_steps``). ``obs_norm`` (frozen)
-    normalises observations for a trainer's ActorCritic; a loaded :class:`Policy` normalises itself.
+    std_return, returns, lengths, cut (episodes ended by ``max_steps``). ``policy``: a trainer's
+    ActorCritic (``obs_norm``, frozen, normalises its observations), a loaded :class:`Policy` (it
+    normalises itself), or a :class:`~minippo.ppo.PPO` trainer (its policy and observation statistics).
 
     The env is ``gymnasium.make(env_id, **env_kwargs)``, or ``env`` when given: a single (not
     vector) gymnasium env, e.g. wrapped as the policy was in training; it is reset with the
@@ -746,7 +747,10 @@ def evaluate_policy(
     so that an env without a time limit cannot keep evaluation running for ever; an episode cut
     there counts with the return it had."""
     from minippo.envs import _gym, check_env_id, dependency_errors
+    from minippo.ppo import PPO
 
+    if isinstance(policy, PPO):  # (as Stable-Baselines3's evaluate_policy(model, ...)): its policy and statistics
+        policy, obs_norm = policy.policy, policy.obs_norm if obs_norm is None else obs_norm
     if not isinstance(policy, (ActorCritic, Policy)) and not all(
             hasattr(policy, k) for k in ("predict", "obs_dim", "action_space")):
         raise TypeError(f"policy must be an ActorCritic (PPO.policy), a Policy (load_policy) or an object with "
@@ -759,6 +763,10 @@ def evaluate_policy(
     if own:
         if env_id is None:
             raise ValueError("evaluate_policy needs env_id or env")
+        if hasattr(env_id, "step") and hasattr(env_id, "reset"):
+            raise TypeError(f"env_id must be a gymnasium id such as 'CartPole-v1', got the env "
+                            f"{type(env_id).__name__}: an env object goes as env=..., "
+                            "evaluate_policy(policy, None, env=env)")
         gym = _gym()
         check_env_id(env_id)
         with dependency_errors(env_id, env_kwargs):

@@ -90,6 +90,34 @@ def _thaw(v: Any) -> Any:
     return v
 
 
+SCHEDULE_FIELDS = {
+    "learning_rate": "lr_schedule='linear' or 'exponential' (from learning_rate to lr_end)",
+    "clip_eps": "clip_schedule='linear' (from clip_eps to 0)",
+    "ent_coef": "ent_schedule='linear' or 'exponential' (from ent_coef to ent_end)",
+}
+"""The fields a schedule moves, and how to ask for one (not a function, as Stable-Baselines3 takes)."""
+
+SB3_NAMES = {
+    "clip_range": "clip_range is clip_eps",
+    "clip_range_vf": "clip_range_vf is clip_vloss=True, with clip_eps as its range",
+    "normalize_advantage": "normalize_advantage is normalize_advantages",
+    "n_eval_episodes": "n_eval_episodes is eval_episodes",
+    "policy_kwargs": "policy_kwargs is hidden, activation, shared and log_std_init",
+    "use_sde": "use_sde has no counterpart (minippo has no gSDE)",
+    "device": "device is the environment variable MINIPPO_BACKEND",
+    "env": "env is PPO(config, env=...), or the field env_id",
+}
+"""Stable-Baselines3's PPO arguments that minippo names otherwise: an unknown field's message says so."""
+
+
+def _unknown_fields(unknown: list[str], names: Any) -> str:
+    """The message for unknown config fields: what each is here if Stable-Baselines3 calls it so, and
+    the known fields."""
+    sb3 = [SB3_NAMES[k] for k in unknown if k in SB3_NAMES]
+    here = f" (Stable-Baselines3's names: {'; '.join(sb3)})" if sb3 else ""
+    return f"unknown PPOConfig field(s) {unknown}{here}; known fields: {', '.join(sorted(names))}"
+
+
 def _shown(v: Any, limit: int = 300) -> str:
     """``repr(v)`` for a message, its middle cut past ``limit`` characters (an int of 400 digits);
     a value whose repr fails (an int past 4300 digits, lists nested past the recursion limit) by type."""
@@ -368,6 +396,9 @@ class PPOConfig:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= sys.float_info.max
             return v if ok else None  # (not NaN nor an infinity, nor an int too large for a float)
 
+        for name, schedule in SCHEDULE_FIELDS.items():
+            if callable(getattr(self, name)):  # (Stable-Baselines3 takes a function of the progress)
+                raise bad(name, f"must be a number: a schedule is {schedule}")
         for name in ("learning_rate", "adam_eps", "clip_eps", "kl_target", "kl_beta", "temperature"):
             v = number(name)
             if v is None or v <= 0:
@@ -448,7 +479,7 @@ class PPOConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown PPOConfig field(s) {unknown}; known fields: {', '.join(sorted(names))}")
+            raise ValueError(_unknown_fields(unknown, names))
         return cls(**d)
 
     def replace(self, **changes: Any) -> PPOConfig:
@@ -522,7 +553,7 @@ def _naming_unknown_fields(init: Any) -> Any:
     def __init__(self: PPOConfig, *args: Any, **kwargs: Any) -> None:
         unknown = sorted(set(kwargs) - names)
         if unknown:
-            raise TypeError(f"unknown PPOConfig field(s) {unknown}; known fields: {', '.join(sorted(names))}")
+            raise TypeError(_unknown_fields(unknown, names))
         init(self, *args, **kwargs)
 
     return __init__

@@ -235,8 +235,14 @@ class PPO:
         # first, so that the message shows the value as set), and the caller's object may change later (a
         # sweep editing one config) under a running instance.
         if config is not None and not isinstance(config, PPOConfig):
-            hint = f" (for an env id: PPO(preset({config!r})) or PPO(PPOConfig(env_id={config!r})))" \
-                if isinstance(config, str) else ""
+            hint = ""
+            if isinstance(config, str):
+                from minippo.config import PRESETS
+
+                hint = (f" (PPO(preset({config!r})), the tuned preset)" if config in PRESETS else
+                        " (Stable-Baselines3's policy names have no counterpart: the networks are config fields, "
+                        "hidden, activation, shared; PPO(PPOConfig(env_id='CartPole-v1')))" if config.endswith("Policy")
+                        else f" (for an env id: PPO(PPOConfig(env_id={config!r})))")
             raise TypeError(f"config must be a PPOConfig or None, got {type(config).__name__}{hint}")
         config = copy.copy(config) if config is not None else PPOConfig()  # validate() normalises in place
         config.validate()
@@ -264,10 +270,14 @@ class PPO:
         from minippo.spaces import as_space
 
         if not hasattr(self.env, "num_envs"):
+            name = type(self.env).__name__
+            single = (f" (one env, as Stable-Baselines3 takes it: gym.vector.SyncVectorEnv([make_one] * "
+                      f"{config.n_envs}) makes the vector env, make_one a function that returns a new one)"
+                      if hasattr(self.env, "observation_space") and hasattr(self.env, "step") else "")
             raise TypeError(f"env must be a vector env: gymnasium's (gym.make_vec(..., wrappers=[...]) or "
                             f"minippo.envs.make_vec_env), or your own with num_envs, single_observation_space, "
                             f"single_action_space, metadata['autoreset_mode'], reset and step (README, \"Your own "
-                            f"environment\"); got {type(self.env).__name__}")
+                            f"environment\"); got {name}{single}")
         spec_id = env_spec_id(self.env)
         # ("module:EnvId" names the env EnvId, after importing the module that registers it)
         if env is not None and spec_id is not None and spec_id != config.env_id.rpartition(":")[2]:
@@ -280,7 +290,8 @@ class PPO:
         # PPO.load: the checkpoint's meta (JSON) it was restored from, as a Policy keeps it; else None
         self.checkpoint_meta: dict[str, Any] | None = None
         if self.env.num_envs != config.n_envs:
-            raise ValueError(f"env has {self.env.num_envs} sub-envs but config.n_envs={config.n_envs}")
+            raise ValueError(f"env has {self.env.num_envs} sub-envs but config.n_envs={config.n_envs} (give the config "
+                             f"n_envs={self.env.num_envs}, or PPO.load(path, env=..., n_envs={self.env.num_envs}))")
         obs_space = self.env.single_observation_space
         shape = getattr(obs_space, "shape", None)
         if type(obs_space).__name__ not in ("Box", "MultiBinary") or shape is None or len(shape) != 1:
@@ -689,8 +700,9 @@ class PPO:
         """Env actions for raw env observations, as ``load_policy(path).predict`` gives them for the
         saved model: obs (obs_dim,) or (B, obs_dim) -> () / (d,) or (B,) / (B, d) (a Discrete space's
         start added, a Box's bounds clipped to), normalised with the trainer's observation statistics
-        (read, not updated). The mode unless ``deterministic=False``, where ``rng`` (a numpy Generator)
-        draws. (Stable-Baselines3's ``predict`` returns (actions, state); this, the actions.)"""
+        (read, not updated). The mode unless ``deterministic=False``, which needs ``rng`` (a numpy
+        Generator) to draw from. (Stable-Baselines3's ``predict`` returns (actions, state) and samples
+        by default; this returns the actions, the mode by default.)"""
         obs = check_obs(obs, self.policy.obs_dim, self.policy.dtype)
         if self.obs_norm is not None:  # (it takes batches)
             obs = self.obs_norm(obs.reshape(-1, obs.shape[-1]), update=False).reshape(obs.shape)

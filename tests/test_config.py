@@ -402,7 +402,8 @@ def test_serialisation_roundtrip_and_replace():
     assert PPOConfig.from_dict(d) == c
     c2 = c.replace(clip_eps=0.1)
     assert c2.clip_eps == 0.1 and c.clip_eps == 0.2
-    with pytest.raises(ValueError, match=r"unknown PPOConfig field\(s\) \['clip_range'\]; known"):
+    with pytest.raises(ValueError, match=r"unknown PPOConfig field\(s\) \['clip_range'\] \(Stable-Baselines3's "
+                                         r"names: clip_range is clip_eps\); known"):
         c.replace(clip_range=0.1)
     with pytest.raises(ValueError, match=_err("clip_eps", -1.0)):
         c.replace(clip_eps=-1.0)
@@ -476,6 +477,28 @@ def test_settings_a_user_relies_on():
     key, value = PPOConfig().parse_assignment('env_kwargs={"a": "b=c"}')
     assert (key, value) == ("env_kwargs", {"a": "b=c"})
     assert PPOConfig().parse_assignment("env_id=my.mod:Env=v0") == ("env_id", "my.mod:Env=v0")
+
+
+def test_stable_baselines3_names_and_schedules_are_translated_in_the_messages():
+    """An SB3 user's first config: its argument names (each way a config is built) and its function
+    schedules are refused with the minippo setting that does the job."""
+    from minippo.config import SB3_NAMES, SCHEDULE_FIELDS
+
+    for build in (lambda kw: PPOConfig(**kw), lambda kw: PPOConfig().replace(**kw), PPOConfig.from_dict):
+        with pytest.raises((TypeError, ValueError), match=r"\['clip_range', 'policy_kwargs'\] \(Stable-Baselines3's "
+                           r"names: clip_range is clip_eps; policy_kwargs is hidden, activation, shared and "
+                           r"log_std_init\); known fields: activation"):
+            build({"policy_kwargs": {}, "clip_range": 0.1})
+    with pytest.raises(TypeError, match=r"\['lr'\]; known fields"):  # (no SB3 name: no parenthesis)
+        PPOConfig(lr=1)
+    fields = {f.name for f in dataclasses.fields(PPOConfig)}
+    assert not set(SB3_NAMES) & fields and {"clip_eps", "clip_vloss", "normalize_advantages", "eval_episodes"} <= {
+        w for text in SB3_NAMES.values() for w in re.findall(r"\w+", text)}
+    for name, schedule in SCHEDULE_FIELDS.items():
+        with pytest.raises(ValueError, match=rf"PPOConfig.{name}=<function .* must be a number: a schedule is "
+                                             + re.escape(schedule)):
+            PPOConfig(**{name: lambda progress: 1e-3 * progress})
+        assert name in fields and re.search(r"(\w+_schedule)=", schedule).group(1) in fields
 
 
 def test_an_unknown_keyword_to_the_constructor_lists_the_fields():

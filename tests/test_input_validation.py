@@ -153,9 +153,15 @@ def test_normalize_checks_its_input_and_gives_zero_for_equal_advantages():
 def test_ppo_names_a_config_that_is_not_one():
     from minippo import PPO
 
-    with pytest.raises(TypeError, match=r"config must be a PPOConfig or None, got str \(for an env id: "
-                                        r"PPO\(preset\('CartPole-v1'\)\)"):
+    with pytest.raises(TypeError, match=r"config must be a PPOConfig or None, got str \(PPO\(preset\('CartPole-v1'\)\)"
+                                        r", the tuned preset\)$"):
         PPO("CartPole-v1")
+    with pytest.raises(TypeError, match=r"got str \(for an env id: PPO\(PPOConfig\(env_id='Acrobot-v1'\)\)\)$"):
+        PPO("Acrobot-v1")  # (no preset: preset('Acrobot-v1') was offered, and raised)
+    with pytest.raises(TypeError, match=r"got str \(Stable-Baselines3's policy names have no counterpart: the "
+                                        r"networks are config fields, hidden, activation, shared; "
+                                        r"PPO\(PPOConfig\(env_id='CartPole-v1'\)\)\)$"):
+        PPO("MlpPolicy")
     with pytest.raises(TypeError, match="config must be a PPOConfig or None, got dict$"):
         PPO({"gamma": 0.9})
 

@@ -105,6 +105,20 @@ def test_an_object_that_is_no_vector_env_is_told_the_interface():
         PPO(PPOConfig(**CFG), env=own_env.OneReach())
 
 
+def test_one_gymnasium_env_and_the_wrong_number_of_sub_envs_are_told_the_fix():
+    gym = pytest.importorskip("gymnasium")
+    # one gymnasium env, as Stable-Baselines3 takes it: how to make the vector env, which then trains
+    with pytest.raises(TypeError, match=r"got TimeLimit \(one env, as Stable-Baselines3 takes it: "
+                                        r"gym.vector.SyncVectorEnv\(\[make_one\] \* 2\) makes the vector env"):
+        PPO(PPOConfig(**CFG), env=gym.make("CartPole-v1"))
+    with PPO(PPOConfig(**CFG), env=gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)) as model:
+        model.learn(64)
+    # the vector env has other sub-envs than the config: the message says which n_envs to give
+    with pytest.raises(ValueError, match=r"env has 3 sub-envs but config.n_envs=2 \(give the config n_envs=3, or "
+                                         r"PPO.load\(path, env=..., n_envs=3\)\)"):
+        PPO(PPOConfig(**CFG), env=gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync"))
+
+
 def test_a_checkpoint_from_another_version_names_both_versions(tmp_path):
     import minippo
     from minippo.checkpoint import CheckpointError

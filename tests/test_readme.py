@@ -374,15 +374,17 @@ def test_the_stable_baselines3_table_names_minippo_settings_and_methods():
     assert table[0] == "| Stable-Baselines3 | minippo |" and len(table) > 10
     ours = [row.split(" | ")[1] for row in table[2:]]
     fields = {f.name for f in dataclasses.fields(PPOConfig)}
-    settings, calls = {}, set()
+    settings, calls, learn_kwargs = {}, set(), {}
     for code in (c for cell in ours for c in re.findall(r"`([^`]+)`", cell)):
         calls.update(re.findall(r"\b(?:model|PPO)\.(\w+)", code))
-        if m := re.fullmatch(r"(\w+)=(.+)", code):
+        if (m := re.fullmatch(r"(\w+)=(.+)", code)) and m.group(1) in inspect.signature(PPO.learn).parameters:
+            learn_kwargs[m.group(1)] = eval(m.group(2))  # (the callback: a lambda)
+        elif m:
             assert m.group(1) in fields, code
             settings[m.group(1)] = ast.literal_eval(m.group(2))
         elif m := re.fullmatch(r"(\w+)=", code):  # a keyword of PPO.load
             assert m.group(1) in inspect.signature(PPO.load).parameters, code
-        elif re.fullmatch(r"\w+", code):
+        elif re.fullmatch(r"\w+", code) and code not in ("True", "False", "None"):
             assert code in fields, code
     assert {"clip_eps", "clip_vloss", "vf_coef", "normalize_advantages", "hidden", "norm_obs"} <= fields & (
         set(settings) | {c for cell in ours for c in re.findall(r"`(\w+)`", cell)})
@@ -390,5 +392,7 @@ def test_the_stable_baselines3_table_names_minippo_settings_and_methods():
     try:
         assert calls == {"learn", "num_timesteps", "predict", "evaluate", "save", "load"}
         assert all(hasattr(model, name) for name in calls)
+        stop = learn_kwargs["callback"]  # NaN before the first episode: training goes on
+        assert stop({"mean_return": math.nan}) is True and stop({"mean_return": 475.0}) is False
     finally:
         model.close()

@@ -150,6 +150,21 @@ def test_predict_gives_the_actions_the_saved_policy_gives(space, tmp_path):
         algo.predict(obs[:, :1])
 
 
+def test_evaluate_policy_takes_a_trainer_with_its_statistics_and_names_an_env_given_as_the_id():
+    """evaluate_policy(model, ...), as Stable-Baselines3's is called: the trainer's policy with its
+    observation statistics (its ActorCritic alone skipped the normalisation, silently), the returns of
+    model.evaluate; an env object given where the id goes is told to go as env=."""
+    algo = PPO(PPOConfig(env_id="Pendulum-v1", **{**TINY, "total_timesteps": 64}, norm_obs=True))
+    algo.learn()
+    want = algo.evaluate(2, seed=5)["returns"]
+    assert evaluate_policy(algo, "Pendulum-v1", 2, seed=5)["returns"] == want
+    assert evaluate_policy(algo, None, 2, seed=5, env=gym.make("Pendulum-v1"))["returns"] == want
+    assert evaluate_policy(algo.policy, "Pendulum-v1", 2, seed=5)["returns"] != want  # (raw observations)
+    with pytest.raises(TypeError, match=r"env_id must be a gymnasium id such as 'CartPole-v1', got the env "
+                                        r"TimeLimit: an env object goes as env=..., "):
+        evaluate_policy(algo, gym.make("Pendulum-v1"), 2)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_actions_sent_to_the_env_lie_in_its_box_in_its_dtype(dtype, tmp_path):
     """Cast to the env's dtype, then clipped there: clipping first let float32(0.1) > 0.1 through."""
