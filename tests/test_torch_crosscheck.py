@@ -34,10 +34,10 @@ def test_every_case_agrees_with_torch(crosscheck):
 
 def test_a_difference_in_one_coefficient_is_reported(crosscheck):
     """The comparison can fail: the torch side given twice the entropy coefficient differs far
-    beyond the tolerance (the parameters by ~1e-3 relative)."""
+    beyond the tolerance, in the parameters and in the logged statistics."""
     cfg, progress = crosscheck.cases()["CartPole clip"]
     same = crosscheck.check(cfg, progress)
-    assert same.params < crosscheck.TOLERANCE and same.worst_stat() < crosscheck.TOLERANCE
+    assert same.worst() < crosscheck.TOLERANCE  # (parameters, rollout and statistics)
     update = crosscheck.torch_update
     try:
         crosscheck.torch_update = lambda agent, batch, epochs, c, *a: update(
