@@ -1592,11 +1592,11 @@ def test_a_closed_stdout_ends_eval_without_a_traceback(tmp_path):
         env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # which failed with status 120
         if unbuffered:
             env["PYTHONUNBUFFERED"] = unbuffered
-        proc = subprocess.Popen([sys.executable, "-m", "minippo", "eval", str(out / "model.npz"), "--episodes", "1"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        proc.stdout.close()  # before it prints (it imports and plays an episode first)
-        err = proc.stderr.read()
-        assert proc.wait(timeout=120) == 141, (unbuffered, err)
+        with subprocess.Popen([sys.executable, "-m", "minippo", "eval", str(out / "model.npz"), "--episodes", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+            proc.stdout.close()  # before it prints (it imports and plays an episode first)
+            err = proc.stderr.read()
+            assert proc.wait(timeout=120) == 141, (unbuffered, err)
         assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 

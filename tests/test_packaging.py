@@ -80,7 +80,8 @@ def _sources_built_in(path):
     """(the files ``path`` imports from in kernels/, the SOURCES_BUILT_IN dict it declares or None)."""
     import ast
 
-    tree = ast.parse(open(path, encoding="utf-8").read())
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
     deps = {f"{node.module}.py" for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module}
     declared = None
