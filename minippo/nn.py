@@ -67,7 +67,13 @@ def tanh_forward(z: Array) -> Array:
 
 def tanh_backward(dh: Array, h: Array) -> Array:
     """dL/dz = dL/dh * (1 - tanh(z)^2), written with the saved output ``h``; dh, h (B, F) -> (B, F)."""
-    return dh * (1.0 - h * h)
+    g = h * h
+    if g.dtype.kind == "f" and g.dtype == getattr(dh, "dtype", None) and g.shape == getattr(dh, "shape", None):
+        # the networks' case: the same operations in one (B, F) array, not two (the second set the numpy
+        # update's memory peak: 13% of it at batch 4096, width 256; session 62)
+        np.subtract(1.0, g, out=g)
+        return np.multiply(dh, g, out=g)
+    return dh * (1.0 - g)  # mixed dtypes or broadcast shapes: numpy's result dtype and shape
 
 
 def relu_forward(z: Array) -> Array:

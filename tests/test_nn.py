@@ -104,6 +104,37 @@ def test_activation_backward(seed, name):
     assert check_grads(loss, p, {"z": bwd(dh, fwd(z))}) < TOL
 
 
+@FAST
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["float32", "float64"]), st.sampled_from(["float32", "float64"]),
+       st.integers(1, 5), st.integers(1, 5), st.booleans())
+def test_tanh_backward_is_the_plain_expression_bit_for_bit(seed, h_dtype, dh_dtype, batch, width, broadcast):
+    """The in-place path (matching dtypes and shapes) and the fallback (mixed dtypes, a broadcast dh)
+    give exactly dh * (1 - h * h): its value, dtype and shape."""
+    rng = np.random.default_rng(seed)
+    h = np.tanh(rng.normal(size=(batch, width)) * 3).astype(h_dtype)
+    dh = rng.normal(size=(width,) if broadcast else (batch, width)).astype(dh_dtype)
+    want = dh * (1.0 - h * h)
+    got = nn.tanh_backward(dh, h)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
+
+
+def test_tanh_backward_allocates_one_batch_sized_array():
+    """dh * (1 - h * h) held two (B, F) temporaries at once; the numpy update's memory peak was the
+    second (session 62). tracemalloc sees numpy's data buffers."""
+    import tracemalloc
+
+    h = np.tanh(np.random.default_rng(0).normal(size=(512, 256))).astype(np.float32)
+    dh = np.ones_like(h)
+    tracemalloc.start()
+    try:
+        out = nn.tanh_backward(dh, h)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.nbytes <= peak < 1.25 * out.nbytes  # (2 * nbytes before)
+
+
 def test_relu_subgradient_at_zero_is_zero():
     z = np.array([[-1.0, 0.0, 2.0]])
     assert nn.relu_backward(np.ones_like(z), nn.relu_forward(z)).tolist() == [[0.0, 0.0, 1.0]]
