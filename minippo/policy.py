@@ -254,15 +254,27 @@ class ActorCritic:
         cache["dist"] = dist
         return dist, v[:, 0], cache
 
-    def _actor_out(self, obs: Array, cache: dict[str, Any]) -> tuple[Array, Array]:
-        """obs (B, obs_dim) -> (the actor's output: logits (B, n) or means (B, d), the (trunk's)
-        features (B, F) the value head takes); the trunk's and the actor's caches go into ``cache``."""
+    def value(self, obs: Array) -> Array:
+        """obs (B, obs_dim) -> V(s) (B,): the value head alone (through the shared trunk, if any), as
+        ``forward(obs)[1]`` gives it. What the rollout's bootstrap needs: no actor, no distribution."""
+        v, _ = self.critic.forward(self._features(obs, {}))
+        return v[:, 0]
+
+    def _features(self, obs: Array, cache: dict[str, Any]) -> Array:
+        """obs (B, obs_dim) -> the features (B, F) both heads take: the checked, cast obs, or the shared
+        trunk's output (its cache into ``cache``)."""
         if getattr(obs, "ndim", None) != 2 or obs.shape[1] != self.obs_dim:
             array("obs", obs)
             raise ValueError(f"obs must have shape (B, {self.obs_dim}), got {tuple(obs.shape)}")
         feat = _in_dtype("obs", obs, self.dtype)  # (complex: TypeError; astype dropped its imaginary part)
         if self.trunk is not None:
             feat, cache["trunk"] = self.trunk.forward(feat)
+        return feat
+
+    def _actor_out(self, obs: Array, cache: dict[str, Any]) -> tuple[Array, Array]:
+        """obs (B, obs_dim) -> (the actor's output: logits (B, n) or means (B, d), the (trunk's)
+        features (B, F) the value head takes); the trunk's and the actor's caches go into ``cache``."""
+        feat = self._features(obs, cache)
         out, cache["actor"] = self.actor.forward(feat)
         return out, feat
 

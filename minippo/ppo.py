@@ -430,9 +430,6 @@ class PPO:
         # Clip only what the env sees; the buffer keeps the sampled action so logp stays exact.
         return space.clip(actions)
 
-    def _values(self, obs_dev: Any) -> Any:
-        return self.policy.forward(obs_dev)[1]
-
     def collect_rollout(self) -> None:
         """Run the behaviour policy pi_theta_old for T steps in all N envs and fill the buffer."""
         cfg, buf, xp = self.config, self.buffer, self.xp
@@ -484,7 +481,7 @@ class PPO:
                     else:
                         idx = np.flatnonzero(boot)
                         final = finals[np.searchsorted(ends, idx)]  # boot is a subset of done
-                        v_final = backend.asnumpy(self._values(self._prep_obs(final, update=False)))
+                        v_final = backend.asnumpy(self.policy.value(self._prep_obs(final, update=False)))
                         reward[idx] += cfg.gamma * v_final
             buf.add(
                 obs_dev, actions_dev, logp, values, dist,
@@ -494,7 +491,7 @@ class PPO:
                 self._fake_next = done & valid
             self._obs = next_obs
             self.num_timesteps += cfg.n_envs
-        last_values = self._values(self._prep_obs(self._obs, update=False))
+        last_values = self.policy.value(self._prep_obs(self._obs, update=False))  # (the critic alone)
         if self._pending_boot.any():
             idx = xp.asarray(np.flatnonzero(self._pending_boot))
             buf.rewards[cfg.n_steps - 1, idx] += cfg.gamma * last_values[idx]

@@ -216,7 +216,7 @@ def test_accepts_gymnasium_spaces():
     gym = pytest.importorskip("gymnasium")
     d = ActorCritic(3, gym.spaces.Discrete(4))
     assert d.discrete and d.act_dim == 4
-    c = ActorCritic(3, gym.spaces.Box(-1.0, 1.0, shape=(2,)))
+    c = ActorCritic(3, gym.spaces.Box(-np.ones(2), np.ones(2)))
     assert not c.discrete and c.act_dim == 2
 
 
@@ -429,3 +429,29 @@ def test_check_obs_copies_only_where_the_dtype_changes_and_warns_never():
                         (np.array([70000, 0]), np.float16)):
             with pytest.raises(ValueError, match="obs holds values beyond the policy's"):
                 check_obs(obs, 2, dt)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("discrete", [True, False])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_value_is_forward_s_values_bit_for_bit_without_the_actor(backend_name, discrete, shared, dtype, request,
+                                                                monkeypatch):
+    """``value(obs)`` is ``forward(obs)[1]`` exactly (numba's fused MLP forward at small batches, numpy's
+    past them), and runs no actor: the rollout's bootstrap ran the whole forward for V alone."""
+    if backend_name == "numba":
+        pytest.importorskip("numba")
+    request.getfixturevalue(f"{backend_name}_backend")
+    space = Discrete(3) if discrete else Box(-np.ones(2), np.ones(2))
+    p = ActorCritic(5, space, hidden=(16, 16), shared=shared, seed=4, dtype=np.dtype(dtype))
+    rng = np.random.default_rng(0)
+    for batch in (1, 8, 300):
+        obs = rng.normal(size=(batch, 5))  # float64 obs: cast to the policy's dtype on both paths
+        want = p.forward(obs)[1]
+        with monkeypatch.context() as m:
+            m.setattr(p.actor, "forward", lambda *a, **k: pytest.fail("value() ran the actor"))
+            got = p.value(obs)
+        assert got.dtype == want.dtype == np.dtype(dtype) and got.shape == (batch,)
+        assert got.tobytes() == want.tobytes()
+    with pytest.raises(ValueError, match=r"obs must have shape \(B, 5\), got \(2, 4\)"):
+        p.value(np.zeros((2, 4)))
