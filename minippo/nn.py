@@ -68,7 +68,8 @@ def tanh_forward(z: Array) -> Array:
 def tanh_backward(dh: Array, h: Array) -> Array:
     """dL/dz = dL/dh * (1 - tanh(z)^2), written with the saved output ``h``; dh, h (B, F) -> (B, F)."""
     g = h * h
-    if g.dtype.kind == "f" and g.dtype == getattr(dh, "dtype", None) and g.shape == getattr(dh, "shape", None):
+    arrays = type(dh) is type(g) and getattr(g, "ndim", 0) > 0  # (of 0-d arrays, h * h is a scalar)
+    if arrays and g.dtype.kind == "f" and (dh.dtype, dh.shape) == (g.dtype, g.shape):
         # the networks' case: the same operations in one (B, F) array, not two (the second set the numpy
         # update's memory peak: 13% of it at batch 4096, width 256; session 62)
         np.subtract(1.0, g, out=g)

@@ -256,7 +256,11 @@ class ActorCritic:
 
     def value(self, obs: Array) -> Array:
         """obs (B, obs_dim) -> V(s) (B,): the value head alone (through the shared trunk, if any), as
-        ``forward(obs)[1]`` gives it. What the rollout's bootstrap needs: no actor, no distribution."""
+        ``forward(obs)[1]`` gives it. What the rollout's bootstrap needs: no actor, no distribution.
+        A subclass gets ``forward(obs)[1]``: its overrides (of ``forward``, ``_actor_out``, ...) included,
+        as the fused kernels leave subclasses to the array path."""
+        if type(self) is not ActorCritic:
+            return self.forward(obs)[1]
         v, _ = self.critic.forward(self._features(obs, {}))
         return v[:, 0]
 

@@ -602,7 +602,11 @@ class PPO:
         layer's outputs too, ~35 MB at 32768 steps and width 256, 5x the minibatch loop's peak)."""
         buf = self.buffer
         n = buf.T * buf.N
-        dist_new, _ = self.policy._policy_head(buf.obs.reshape(n, -1), {})
+        obs = buf.obs.reshape(n, -1)
+        if type(self.policy) is ActorCritic:
+            dist_new, _ = self.policy._policy_head(obs, {})
+        else:  # a subclass: its own forward (the buffer's values and dists came through it too)
+            dist_new = self.policy.forward(obs)[0]
         kl = self.policy.make_dist(buf.dist.reshape(n, -1)).kl(dist_new)
         valid = buf.valid.reshape(n)
         return float((kl * valid).sum() / valid.sum())
@@ -612,11 +616,11 @@ class PPO:
         total_timesteps: int | None = None,
         callback: Callable[[dict[str, float]], bool | None] | None = None,
     ) -> PPO:
-        """Train until ``total_timesteps`` env steps in all (default: config.total_timesteps), counting the
-        steps already run: a loaded model's ``learn(200_000)`` continues up to 200k, and a total it has
-        reached already raises ValueError. The schedules follow progress = steps run / total, so a new,
-        larger total stretches them: a linearly decayed learning rate (or clip range, entropy
-        coefficient) rises again to where the longer schedule has it.
+        """Train until ``total_timesteps`` env steps in all (default: the last total given, at first
+        config.total_timesteps), counting the steps already run: a loaded model's ``learn(200_000)``
+        continues up to 200k, and a total it has reached already raises ValueError. The schedules
+        follow progress = steps run / total, so a new, larger total stretches them: a linearly decayed
+        learning rate (or clip range, entropy coefficient) rises again to where the longer schedule has it.
 
         ``callback(row)`` is called after every iteration with the logged values: the columns of
         progress.csv, and two the CSV leaves out, ``stopped_early`` (1.0 where ``target_kl`` ended the
@@ -677,7 +681,7 @@ class PPO:
         ``config.env_id``, or in ``env``
         (a single gymnasium env, e.g. wrapped as the training env was); returns mean/std and every
         return (see :func:`minippo.checkpoint.evaluate_policy`). ``seed`` defaults to ``config.seed`` +
-        ``config.EVAL_SEED_OFFSET``, as ``minippo eval`` of the saved model does."""
+        ``minippo.config.EVAL_SEED_OFFSET``, as ``minippo eval`` of the saved model does."""
         from minippo.checkpoint import evaluate_policy
         from minippo.config import EVAL_SEED_OFFSET
 

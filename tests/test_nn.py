@@ -119,6 +119,15 @@ def test_tanh_backward_is_the_plain_expression_bit_for_bit(seed, h_dtype, dh_dty
     assert got.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("dh, h", [(np.float32(2.0), np.float32(0.5)), (np.array(2.0), np.array(0.5)), (2.0, 0.5),
+                                   (2.0, np.full((2, 3), 0.5)), ([[2.0]], np.array([[0.5]]))])
+def test_tanh_backward_takes_scalars_and_array_likes_as_the_plain_expression_does(dh, h):
+    """0-d inputs (whose h * h is a numpy scalar, no output array) raised TypeError on the in-place path."""
+    want = np.asarray(dh) * (1.0 - np.asarray(h) * np.asarray(h))
+    got = np.asarray(nn.tanh_backward(dh, h))
+    assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes()
+
+
 def test_tanh_backward_allocates_one_batch_sized_array():
     """dh * (1 - h * h) held two (B, F) temporaries at once; the numpy update's memory peak was the
     second (session 62). tracemalloc sees numpy's data buffers."""

@@ -216,7 +216,7 @@ def test_accepts_gymnasium_spaces():
     gym = pytest.importorskip("gymnasium")
     d = ActorCritic(3, gym.spaces.Discrete(4))
     assert d.discrete and d.act_dim == 4
-    c = ActorCritic(3, gym.spaces.Box(-np.ones(2), np.ones(2)))
+    c = ActorCritic(3, gym.spaces.Box(-np.ones(2, np.float32), np.ones(2, np.float32)))
     assert not c.discrete and c.act_dim == 2
 
 
@@ -455,3 +455,19 @@ def test_value_is_forward_s_values_bit_for_bit_without_the_actor(backend_name, d
         assert got.tobytes() == want.tobytes()
     with pytest.raises(ValueError, match=r"obs must have shape \(B, 5\), got \(2, 4\)"):
         p.value(np.zeros((2, 4)))
+
+
+def test_a_subclass_s_value_is_its_own_forward_s():
+    """Subclasses run the array path with their overrides (as the fused kernels leave them): value()
+    skipped an overridden forward, and the rollout's bootstrap mixed the override's V with the bare
+    critic's."""
+
+    class Shifted(ActorCritic):
+        def forward(self, obs):
+            dist, v, cache = super().forward(obs)
+            return dist, v + 100.0, cache
+
+    p = Shifted(3, Discrete(2), hidden=(4,), seed=0, dtype=np.float64)
+    obs = np.random.default_rng(1).normal(size=(5, 3))
+    assert p.value(obs).tobytes() == p.forward(obs)[1].tobytes()
+    assert (p.value(obs) > 90).all()

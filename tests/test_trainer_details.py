@@ -143,6 +143,26 @@ def test_rollout_kl_runs_the_actor_alone(numpy_backend, monkeypatch, shared):
     assert algo._rollout_kl() == want
 
 
+@needs_gym
+def test_rollout_kl_of_a_policy_subclass_goes_through_its_forward(numpy_backend):
+    """A subclass's own forward gave the rollout's dists: the rollout's KL takes it too."""
+    from minippo.policy import ActorCritic
+
+    class Sharper(ActorCritic):  # a forward that divides the logits by 2
+        def forward(self, obs):
+            dist, v, cache = super().forward(obs)
+            return self.make_dist(dist.logits / 2), v, cache
+
+    algo = PPO(PPOConfig(env_id="CartPole-v1", objective="kl_penalty", n_envs=2, n_steps=16, batch_size=32,
+                         n_epochs=1, hidden=(8,), seed=3))
+    algo.policy.__class__ = Sharper
+    algo.collect_rollout()
+    buf = algo.buffer
+    n = buf.T * buf.N
+    kl = algo.policy.make_dist(buf.dist.reshape(n, -1)).kl(algo.policy.forward(buf.obs.reshape(n, -1))[0])
+    assert algo._rollout_kl() == float(kl.sum() / n) == 0.0  # (nothing updated: pi_old is pi)
+
+
 # ---------------------------------------------------------------- scheduled learning rate (P16)
 @needs_gym
 def test_scheduled_lr_is_the_one_adam_uses(any_backend):
