@@ -581,16 +581,16 @@ def _is_run_folder(folder: str, env_id: str) -> bool:
 
 
 def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
-                     unlogged: Sequence[list[str]] = ()) -> tuple[str, str, CsvLog]:
-    """The run folder made and checked before training: (folder, model.npz path, progress log),
-    config.json written. Resuming, the default folder is the resumed model's own run folder (it must
-    be one: model.npz beside the run's config.json; anywhere else --out is required, so that no
-    file of the user's is overwritten), and progress.csv keeps the rows up to the checkpoint's
-    ``iteration``. Anything that cannot be written is a UsageError now, not a lost model after
-    training, and nothing is written when something is refused. ``unlogged``: the resumed
-    checkpoint's rows that its run could not write, written first (:meth:`CsvLog.backfill`)."""
-    from minippo.checkpoint import replaced_mode
-
+                     unlogged: Sequence[list[str]] = ()) -> tuple[str, str, CsvLog, Any]:
+    """The run folder made, claimed and checked before training: (folder, model.npz path, progress log,
+    the folder's lock: close it when the run ends; see :func:`_lock_run_folder`), config.json written.
+    Resuming, the default folder is the resumed model's own run folder (it must be one: model.npz
+    beside the run's config.json; anywhere else --out is required, so that no file of the user's is
+    overwritten), and progress.csv keeps the rows up to the checkpoint's ``iteration``. Anything that
+    cannot be written is a UsageError now, not a lost model after training, and nothing is written
+    when something is refused (but the folder and its lock file, once the checks of the folder's
+    files have passed). ``unlogged``: the resumed checkpoint's rows that its run could not write,
+    written first (:meth:`CsvLog.backfill`)."""
     if args.out is not None:
         out = args.out
     elif args.resume:
@@ -601,16 +601,18 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
                              "and progress.csv in")
     else:
         out = os.path.join("runs", f"{cfg.env_id.rpartition(':')[2]}-s{cfg.seed}")  # no module: part in a path
-    model_path, csv_path = os.path.join(out, "model.npz"), os.path.join(out, "progress.csv")
+    model_path = os.path.join(out, "model.npz")
     where = f"--out {out!r}" if args.out is not None else f"run folder {out!r}"
     # resuming continues the resumed model's own folder (the model is that folder's model.npz); a fresh
     # run, or a resumed one sent elsewhere (another file beside the run there included), must not mix
     # with a run already there
     own = bool(args.resume) and os.path.realpath(model_path) == os.path.realpath(args.resume)
-    held = [] if own else [
-        n for n in ("model.npz", "config.json", "progress.csv")
-        if os.path.isfile(os.path.join(out, n)) or os.path.islink(os.path.join(out, n))
-    ]
+
+    def files_held() -> list[str]:
+        return [] if own else [n for n in ("model.npz", "config.json", "progress.csv")
+                               if os.path.isfile(os.path.join(out, n)) or os.path.islink(os.path.join(out, n))]
+
+    held = files_held()
     if held and args.resume:
         in_place = ("resume into the model's own folder (leave out --out), or "
                     if os.path.basename(args.resume) == "model.npz"
@@ -634,6 +636,27 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
         for name in ("model.npz", "config.json", "progress.csv"):
             if os.path.isdir(os.path.join(out, name)):
                 raise IsADirectoryError(f"{os.path.join(out, name)!r} is a folder")
+    except OSError as e:
+        raise UsageError(f"{where}: cannot write the run there: {e}") from e
+    lock = _lock_run_folder(out, where)  # then the checks again: a run that started beside this one and
+    try:  # wrote its files before this lock was taken is seen now (both passed the checks above)
+        if files_held() != held:
+            raise UsageError(f"{where}: another minippo train started there at the same time: choose another "
+                             "--out")
+        return out, model_path, _write_run_folder(args, cfg, iteration, unlogged, out, held, own, where), lock
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _write_run_folder(args: argparse.Namespace, cfg: Any, iteration: int, unlogged: Sequence[list[str]], out: str,
+                      held: list[str], own: bool, where: str) -> CsvLog:
+    """The writes of :func:`_open_run_folder`, under the run folder's lock: the old run's files removed
+    (--overwrite), the resumed files checked, config.json written, progress.csv opened."""
+    from minippo.checkpoint import replaced_mode
+
+    csv_path = os.path.join(out, "progress.csv")
+    try:
         if held:  # --overwrite: the old model goes first, so no file is left from the old run
             for name in held:
                 os.remove(os.path.join(out, name))
@@ -659,7 +682,54 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
         log.backfill(unlogged)
     except (OSError, ValueError) as e:
         raise UsageError(f"{where}: cannot write the run there: {e}") from e
-    return out, model_path, log
+    return log
+
+
+LOCK_NAME = ".minippo.lock"
+"""The file in a run folder that a training run holds an exclusive lock on (the file stays: removing
+one that another run holds would let a third run take a lock of its own)."""
+
+
+class _NoLock:
+    """Where the platform has no file locks: the checks of :func:`_open_run_folder` alone."""
+
+    def close(self) -> None:
+        pass
+
+
+def _lock_run_folder(out: str, where: str) -> Any:
+    """Claim run folder ``out`` for this process: an exclusive lock on its ``.minippo.lock``, held until
+    the returned file is closed (the OS drops it when the process ends, however it ends). Two runs
+    started at once on one folder both passed the checks for a run's files, then wrote into it
+    together (interleaved progress.csv rows, one run's config.json beside the other's model): the
+    second to lock is refused here. flock on POSIX, msvcrt.locking on Windows."""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    try:
+        import msvcrt
+    except ImportError:
+        msvcrt = None
+    if fcntl is None and msvcrt is None:
+        return _NoLock()
+    try:
+        f = open(os.path.join(out, LOCK_NAME), "a+b")  # noqa: SIM115 (held open for the whole run)
+    except OSError as e:
+        raise UsageError(f"{where}: cannot write the run there: {e}") from e
+    try:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError as e:
+        f.close()
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+            raise UsageError(f"{where}: cannot lock the run folder ({LOCK_NAME}): {e}") from e
+        raise UsageError(f"{where} is in use by another minippo train (it holds {LOCK_NAME}): wait for that "
+                         "run to end, or choose another --out") from None
+    return f
 
 
 def _small_net_on_gpu(cfg: Any, name: str) -> str:
@@ -728,7 +798,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from e
     try:
         _step_with_env_kwargs(cfg)  # (before anything is written)
-        out, model_path, log = _open_run_folder(args, cfg, algo.iteration, backlog)
+        out, model_path, log, lock = _open_run_folder(args, cfg, algo.iteration, backlog)
     except BaseException:  # refused: the env made for the run is closed (an async one's workers) before the exit
         algo.close()
         raise
@@ -806,6 +876,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         algo.close()  # now: an async env's workers would otherwise outlive the run (and report at exit)
+        lock.close()  # the run folder is free for the next run (or a resume) once the model is saved
     if aborted is not None:
         saved = f"model saved to {model_path}" if aborted == "as the save ended" else "model not saved"
         print(f"minippo: stopped {aborted} at {algo.num_timesteps} steps; {saved}", file=sys.stderr)

@@ -1,11 +1,13 @@
 """`minippo train | eval | plot` end to end on tiny budgets, and bad arguments (exit code 2)."""
 
 import csv
+import errno
 import importlib.util
 import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -922,6 +924,77 @@ def test_done_line_says_how_long_numba_compiled(tmp_path, capsys, monkeypatch):
         assert (f"s ({shown} s of it numba compiling" in err) if shown else ("numba compiling" not in err), err
 
 
+def test_a_run_folder_in_use_by_another_run_is_refused_even_with_overwrite(tmp_path, capsys):
+    """Two runs started at once on one --out both passed the checks for a run's files and wrote into
+    the folder together (interleaved progress.csv rows, one run's config.json beside the other's
+    model.npz, 2 in 8 simultaneous starts in session 62's audit); --overwrite beside a running run
+    deleted its files. The folder's lock, held by a run in another process here, refuses the second
+    run before it writes anything; the first saves as usual, and the folder is free after it."""
+    out = tmp_path / "run"
+    proc = _train_until_rows(out, 1, ["--quiet", *TINY])
+    try:
+        before = {n: (out / n).read_bytes() for n in ("config.json",)}
+        for extra in ([], ["--overwrite"]):
+            assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), *extra, *TINY]) == 2
+            err = capsys.readouterr().err
+            if extra:
+                assert f"--out {str(out)!r} is in use by another minippo train (it holds .minippo.lock)" in err, err
+            else:  # (the run's files are seen first)
+                assert "already holds config.json, progress.csv" in err, err
+            assert err.count("\n") == 1 and "training CartPole-v1" not in err, err
+            assert (out / "config.json").read_bytes() == before["config.json"] and (out / "progress.csv").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "model saved" in err, err
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--overwrite", "--quiet", *TINY]) == 0
+
+
+def test_a_run_that_wrote_the_folder_while_this_one_took_the_lock_is_seen(tmp_path, capsys, monkeypatch):
+    """The checks run again once the lock is held: a run that passed them beside this one, wrote its
+    files and ended (its lock released) between this run's checks and its lock is not mixed with."""
+    from minippo import cli
+
+    lock = cli._lock_run_folder
+
+    def the_other_run_first(out, where):
+        (tmp_path / "run" / "config.json").write_text("{}")
+        return lock(out, where)
+
+    monkeypatch.setattr(cli, "_lock_run_folder", the_other_run_first)
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(tmp_path / "run"), *TINY]) == 2
+    assert "another minippo train started there at the same time" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "run")) == [".minippo.lock", "config.json"]
+    assert (tmp_path / "run" / "config.json").read_text() == "{}"
+
+
+def test_the_run_folder_lock_on_windows_and_without_file_locks(tmp_path, monkeypatch):
+    """msvcrt.locking where there is no fcntl (Windows), a busy lock named as such; no lock module at
+    all: no lock (the checks alone)."""
+    import types
+
+    from minippo import cli
+
+    held: set[int] = set()
+
+    def locking(fd, mode, nbytes):
+        assert (mode, nbytes) == (fake.LK_NBLCK, 1)
+        key = os.fstat(fd).st_ino
+        if key in held:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        held.add(key)
+
+    fake = types.SimpleNamespace(LK_NBLCK=2, locking=locking)
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # (import raises ImportError)
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    first = cli._lock_run_folder(str(tmp_path), "--out 'x'")
+    with pytest.raises(cli.UsageError, match=r"--out 'x' is in use by another minippo train"):
+        cli._lock_run_folder(str(tmp_path), "--out 'x'")
+    first.close()
+    monkeypatch.setitem(sys.modules, "msvcrt", None)
+    assert isinstance(cli._lock_run_folder(str(tmp_path / "nowhere"), "--out 'x'"), cli._NoLock)
+
+
 def test_a_fresh_run_does_not_mix_with_a_run_already_in_its_folder(tmp_path, capsys, monkeypatch):
     """A fresh run into a run folder used to rewrite config.json and empty progress.csv at once but
     keep the old model.npz until its first save: stopped before that, the folder held two runs, and
@@ -956,7 +1029,8 @@ def test_a_fresh_run_does_not_mix_with_a_run_already_in_its_folder(tmp_path, cap
     monkeypatch.setattr("minippo.ppo.PPO.learn", lambda self, callback=None: (_ for _ in ()).throw(KeyboardInterrupt))
     assert main(["train", "CartPole-v1", "--timesteps", "64", "--seed", "2", "--out", "r", "--overwrite",
                  "--quiet", *TINY]) == 130
-    assert sorted(os.listdir("r")) == ["config.json", "progress.csv"]  # the old model is gone, not mixed in
+    # the old model is gone, not mixed in (.minippo.lock: the run folder's lock file)
+    assert sorted(os.listdir("r")) == [".minippo.lock", "config.json", "progress.csv"]
     assert json.loads((tmp_path / "r" / "config.json").read_text())["seed"] == 2
 
 
