@@ -430,8 +430,20 @@ class PPO:
         # Clip only what the env sees; the buffer keeps the sampled action so logp stays exact.
         return space.clip(actions)
 
+    def _check_backend(self) -> None:
+        """A trainer runs on the backend it was built on: its arrays live there and its checkpoints name
+        it. After ``MINIPPO_BACKEND`` changed and ``backend.reset()``, its rollouts and updates would call
+        the other backend's kernels (numba's fused ones on a numpy trainer: other rounding, a checkpoint
+        still saying numpy; numpy's on a cupy trainer's arrays): refused, not mixed silently."""
+        name = backend.resolved()[0]
+        if name != self.backend:
+            raise RuntimeError(f"this PPO was built on backend {self.backend!r}, and MINIPPO_BACKEND now resolves "
+                               f"to {name!r} (after backend.reset()): a trainer keeps its backend; build a new "
+                               "PPO, or PPO.load a checkpoint of this one, on the new backend")
+
     def collect_rollout(self) -> None:
         """Run the behaviour policy pi_theta_old for T steps in all N envs and fill the buffer."""
+        self._check_backend()
         cfg, buf, xp = self.config, self.buffer, self.xp
         n = cfg.n_envs
         if self._obs is None:
@@ -535,6 +547,7 @@ class PPO:
     # ------------------------------------------------------------ learning
     def update(self, progress: float) -> dict[str, float]:
         """K epochs of minibatch Adam steps on the rollout; ``progress`` in [0, 1) drives schedules."""
+        self._check_backend()
         cfg = self.config
         lr = self.lr_schedule(progress)
         clip_eps = self.clip_schedule(progress)

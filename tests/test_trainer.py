@@ -1686,3 +1686,29 @@ def test_learn_to_a_total_already_reached_raises(tmp_path):
     assert algo.total_timesteps == 96
     algo.learn()  # the total reached, no new one given: nothing to do, as before
     assert algo.learn(128).num_timesteps == 128
+
+
+def test_a_trainer_refuses_to_run_on_a_backend_switched_under_it(numpy_backend, monkeypatch, tmp_path):
+    """After MINIPPO_BACKEND changed and backend.reset(), a trainer built before ran the new backend's
+    kernels: other rounding, and a checkpoint still naming the old backend (numpy's operations on a
+    cupy trainer's arrays would fail somewhere inside). Its rollouts and updates refuse now; back on
+    its own backend it goes on."""
+    pytest.importorskip("numba")
+    from minippo import backend
+
+    algo = PPO(PPOConfig(**TINY))
+    algo.learn(32)
+    monkeypatch.setenv(backend.ENV_VAR, "numba")
+    backend.reset()
+    message = (r"this PPO was built on backend 'numpy', and MINIPPO_BACKEND now resolves to 'numba' \(after "
+               r"backend.reset\(\)\): a trainer keeps its backend; build a new PPO, or PPO.load a checkpoint")
+    for run in (lambda: algo.learn(64), algo.collect_rollout, lambda: algo.update(0.5)):
+        with pytest.raises(RuntimeError, match=message):
+            run()
+    assert algo.num_timesteps == 32
+    algo.save(str(tmp_path / "m.npz"))  # (saving runs no kernel: the file names the trainer's backend)
+    assert PPO.load(str(tmp_path / "m.npz")).backend == "numba"  # a trainer built now is numba's
+    monkeypatch.setenv(backend.ENV_VAR, "numpy")
+    backend.reset()
+    algo.learn(64)
+    assert algo.num_timesteps == 64
