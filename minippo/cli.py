@@ -702,7 +702,8 @@ def _lock_run_folder(out: str, where: str) -> Any:
     the returned file is closed (the OS drops it when the process ends, however it ends). Two runs
     started at once on one folder both passed the checks for a run's files, then wrote into it
     together (interleaved progress.csv rows, one run's config.json beside the other's model): the
-    second to lock is refused here. flock on POSIX, msvcrt.locking on Windows."""
+    second to lock is refused here. flock on POSIX, msvcrt.locking on Windows; where neither exists, or
+    the file system takes no locks, the checks of the folder's files alone (as before the lock)."""
     try:
         import fcntl
     except ImportError:
@@ -726,7 +727,7 @@ def _lock_run_folder(out: str, where: str) -> Any:
     except OSError as e:
         f.close()
         if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
-            raise UsageError(f"{where}: cannot lock the run folder ({LOCK_NAME}): {e}") from e
+            return _NoLock()  # a file system without locks (ENOLCK on some NFS mounts): the checks alone
         raise UsageError(f"{where} is in use by another minippo train (it holds {LOCK_NAME}): wait for that "
                          "run to end, or choose another --out") from None
     return f

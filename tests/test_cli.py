@@ -970,7 +970,7 @@ def test_a_run_that_wrote_the_folder_while_this_one_took_the_lock_is_seen(tmp_pa
 
 def test_the_run_folder_lock_on_windows_and_without_file_locks(tmp_path, monkeypatch):
     """msvcrt.locking where there is no fcntl (Windows), a busy lock named as such; no lock module at
-    all: no lock (the checks alone)."""
+    all, or a file system that takes no locks: no lock (the checks alone)."""
     import types
 
     from minippo import cli
@@ -993,6 +993,12 @@ def test_the_run_folder_lock_on_windows_and_without_file_locks(tmp_path, monkeyp
     first.close()
     monkeypatch.setitem(sys.modules, "msvcrt", None)
     assert isinstance(cli._lock_run_folder(str(tmp_path / "nowhere"), "--out 'x'"), cli._NoLock)
+
+    def no_locks_here(fd, operation):  # a file system without locks (some NFS mounts): trained as before
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setitem(sys.modules, "fcntl", types.SimpleNamespace(LOCK_EX=2, LOCK_NB=4, flock=no_locks_here))
+    assert isinstance(cli._lock_run_folder(str(tmp_path), "--out 'x'"), cli._NoLock)
 
 
 def test_a_fresh_run_does_not_mix_with_a_run_already_in_its_folder(tmp_path, capsys, monkeypatch):
