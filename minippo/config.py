@@ -1,8 +1,12 @@
 """PPOConfig: every hyperparameter in one dataclass, a docstring under each field, validation
 that names the field, the bad value and what is allowed, and named presets.
 
-Defaults are the PPO paper's MuJoCo settings (Schulman et al. 2017, Table 3) plus the
-implementation details the paper's code used (Huang et al. 2022).
+Defaults are the PPO paper's MuJoCo settings (Schulman et al. 2017, Table 3) plus most of the
+implementation details the paper's code used (Huang et al. 2022): orthogonal initialisation, Adam's
+eps 1e-5, advantages normalised per minibatch, global gradient clipping. Four of its MuJoCo details
+are options here, off by default: the learning rate annealed to 0 (``lr_schedule="linear"``), value
+clipping (``clip_vloss``), observation and reward normalisation (``norm_obs``, ``norm_reward``);
+docs/derivations.md section 13 lists how minippo differs from CleanRL and Stable-Baselines3.
 """
 
 from __future__ import annotations

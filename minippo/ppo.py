@@ -631,9 +631,12 @@ class PPO:
     ) -> PPO:
         """Train until ``total_timesteps`` env steps in all (default: the last total given, at first
         config.total_timesteps), counting the steps already run: a loaded model's ``learn(200_000)``
-        continues up to 200k, and a total it has reached already raises ValueError. The schedules
-        follow progress = steps run / total, so a new, larger total stretches them: a linearly decayed
-        learning rate (or clip range, entropy coefficient) rises again to where the longer schedule has it.
+        continues up to 200k, and a total it has reached already raises ValueError. It runs whole
+        rollouts of ``n_envs * n_steps`` steps, the last one past the total where the total is not a
+        multiple of that (ceil(total / rollout) rollouts from 0, as Stable-Baselines3; CleanRL runs
+        floor(total / rollout)). The schedules follow progress = steps run / total, so a new, larger
+        total stretches them: a linearly decayed learning rate (or clip range, entropy coefficient)
+        rises again to where the longer schedule has it.
 
         ``callback(row)`` is called after every iteration with the logged values: the columns of
         progress.csv, and two the CSV leaves out, ``stopped_early`` (1.0 where ``target_kl`` ended the

@@ -1688,6 +1688,14 @@ def test_learn_to_a_total_already_reached_raises(tmp_path):
     assert algo.learn(128).num_timesteps == 128
 
 
+def test_learn_runs_whole_rollouts_ceil_of_the_total():
+    """As learn()'s docstring and docs/derivations.md section 13 say: ceil(total / rollout) rollouts
+    (Stable-Baselines3's count; CleanRL's is the floor), the last one past a total that is not a multiple."""
+    rows = []
+    algo = PPO(PPOConfig(**{**TINY, "total_timesteps": 97})).learn(callback=rows.append)  # rollouts of 32
+    assert [r["timesteps"] for r in rows] == [32, 64, 96, 128] and algo.num_timesteps == 128
+
+
 def test_a_trainer_refuses_to_run_on_a_backend_switched_under_it(numpy_backend, monkeypatch, tmp_path):
     """After MINIPPO_BACKEND changed and backend.reset(), a trainer built before ran the new backend's
     kernels: other rounding, and a checkpoint still naming the old backend (numpy's operations on a
