@@ -650,7 +650,7 @@ class PPO:
         earlier ``learn`` call (of this trainer, or of the run it was loaded from: checkpoints keep it),
         plus this call's; ``row["fps"]`` is env steps per second of this call's time, leaving out the
         seconds numba spent compiling kernels (:func:`minippo.backend.numba_compile_seconds`: a one-off
-        per machine, net shape and dtype, ~45 s for CartPole's preset on a 2-core VM, which would
+        per machine, net shape and dtype, ~23 s for CartPole's preset on a 2-core VM, which would
         otherwise pull the rate down for the whole run).
         """
         if total_timesteps is not None:

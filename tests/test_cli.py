@@ -747,11 +747,11 @@ def test_progress_tqdm_bar_on_a_terminal(monkeypatch):
 
 
 def test_tqdm_rate_and_eta_leave_out_numba_compiles(monkeypatch):
-    """A first numba run compiles for ~45 s inside its first iteration. tqdm's ETA comes from its rate
-    between updates, which leaves those seconds out, as the postfix's steps/s does (before, it read
-    14 steps/s here, and a few steps/s for dozens of iterations of a real run); elapsed stays wall
-    time. tqdm's own rate field is not shown: at the end it is steps over wall time, compiles and
-    all, beside the postfix's steps/s."""
+    """A first numba run compiles for tens of seconds inside its first iteration (45 s in session 21).
+    tqdm's ETA comes from its rate between updates, which leaves those seconds out, as the postfix's
+    steps/s does (before, it read 14 steps/s here, and a few steps/s for dozens of iterations of a
+    real run); elapsed stays wall time. tqdm's own rate field is not shown: at the end it is steps
+    over wall time, compiles and all, beside the postfix's steps/s."""
     tqdm = pytest.importorskip("tqdm")
     tqdm_std = pytest.importorskip("tqdm.std")
 

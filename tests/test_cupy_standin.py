@@ -672,9 +672,9 @@ def test_device_syncs_stay_within_budget(strict_cupy_backend, env_id, per_step, 
     # host); a minibatch 238 / 248 until session 48, when the gradient norm moved onto Adam's flat
     # gradient (209 / 215), and 166 / 168 since session 49, when Adam's gather, moments, step and
     # parameter updates became the two kernels of kernels/adam.cu; 169 / 171 since session 51 (the checks'
-    # verdicts stacked and read back with the stats: 3 operations for 5 syncs); 171 / 174 since session
-    # 58 (r_t A_t held at 0 where A_t = 0: inf * 0 was NaN where r_t overflowed). A bound, so that they
-    # do not creep up.
+    # verdicts stacked and read back with the stats: 3 operations for 5 syncs); 169 / 172 since session 55
+    # (the Gaussian's |log_std| bound); 171 / 174 since session 58 (r_t A_t held at 0 where A_t = 0:
+    # inf * 0 was NaN where r_t overflowed). A bound, so that they do not creep up.
     assert step_ops <= step_ops_max
     assert (cp.STATS["ops"] - ops) / 4 <= minibatch_ops_max
 

@@ -747,8 +747,9 @@ def test_minibatches_of_a_rollout_without_valid_steps_are_none():
 @needs_gym
 def test_fps_leaves_out_numba_compile_time_and_time_does_not(monkeypatch):
     """Row "time" is learn()'s wall time; "fps" divides the steps by that time less the seconds numba
-    spent compiling kernels meanwhile (a one-off, 45 s for CartPole on a 2-core VM, that held a first
-    run's rate at a few steps/s). Clock and compile seconds are stand-ins: the arithmetic is checked."""
+    spent compiling kernels meanwhile (a one-off, 45 s for CartPole on a 2-core VM in session 21, 23 s
+    now, that held a first run's rate at a few steps/s). Clock and compile seconds are stand-ins: the
+    arithmetic is checked."""
     import types
 
     from minippo import backend
