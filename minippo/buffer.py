@@ -23,7 +23,9 @@ class RolloutBuffer:
     Fields (T, N, ...): ``obs`` (obs_dim), ``actions`` (() or (d,)), ``logp``, ``values``,
     ``rewards``, ``dones``, ``dist`` (the behaviour distribution's parameters, for the exact KL of
     the penalty objective), ``valid`` (0 for the fake reset steps of NEXT_STEP autoreset).
-    ``xp`` is the array module (numpy, or cupy so that the rollout lives on the GPU).
+    ``xp`` is the array module (numpy, or cupy so that the rollout lives on the GPU). ``ready``: the
+    rollout stored is complete and :meth:`compute_returns` has filled ``advantages`` and ``returns``
+    (``PPO.update`` refuses a buffer that is not).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class RolloutBuffer:
         self._step_shapes = tuple((N, *a.shape[2:]) for a in (self.obs, self.actions, self.logp, self.values,
                                                               self.dist, self.rewards, self.dones, self.valid))
         self.pos = 0
+        self.ready = False  # compute_returns() ran on the rollout now stored (reset() clears it)
         self._full_batch: dict[str, Array] | None = None  # see minibatches(); rebuilt per rollout
 
     def add(
@@ -109,19 +112,24 @@ class RolloutBuffer:
         self.pos += 1
 
     def reset(self) -> None:
-        """Start filling from step 0 again (the arrays are reused, not cleared)."""
+        """Start filling from step 0 again (the arrays are reused, not cleared); ``ready`` is False
+        until :meth:`compute_returns` has run on the next full rollout."""
         self.pos = 0
+        self.ready = False
         self._full_batch = None
 
     def compute_returns(self, last_values: Array, gamma: float, lam: float, estimator: str = "gae") -> None:
-        """Fill ``advantages`` and ``returns`` (T, N) from the full rollout; last_values (N,)."""
+        """Fill ``advantages`` and ``returns`` (T, N) from the full rollout; last_values (N,). Sets
+        ``ready``."""
         if self.pos != self.T:
             raise RuntimeError(f"rollout incomplete: {self.pos} of {self.T} steps stored")
         self._full_batch = None
+        self.ready = False
         compute_advantages(
             estimator, self.rewards, self.values, self.dones, last_values, gamma, lam,
             out=(self.advantages, self.returns),
         )
+        self.ready = True
 
     def minibatches(
         self, batch_size: int, rng: np.random.Generator, min_size: int = 1

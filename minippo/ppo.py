@@ -442,14 +442,57 @@ class PPO:
                                "PPO, or PPO.load a checkpoint of this one, on the new backend")
 
     def collect_rollout(self) -> None:
-        """Run the behaviour policy pi_theta_old for T steps in all N envs and fill the buffer."""
+        """Run the behaviour policy pi_theta_old for T steps in all N envs and fill the buffer.
+
+        An exception on the way (an env's error, a refused observation or reward, a Ctrl-C) drops the
+        rollout: the buffer is left not ready (``update`` refuses it) and the next rollout starts from a
+        seeded reset of the envs, as after a load (the envs may have stepped past the last observation
+        the trainer holds). The steps already run stay counted in ``num_timesteps``; an episode in
+        progress is not recorded."""
         self._check_backend()
+        n = self.config.n_envs
+        if self._obs is None:
+            obs, _ = self.env.reset(seed=train_reset_seed(self.config.seed, self.num_timesteps, n))
+            self._obs = self._env_obs(obs, n, " on reset")
+        self.buffer.reset()
+        try:
+            self._fill_buffer()
+        except BaseException:  # (a Ctrl-C too)
+            self._abandon_rollout()
+            raise
+
+    def _abandon_rollout(self) -> None:
+        """After :meth:`collect_rollout` raised: the trainer as a load leaves it, with no episode in
+        progress and no last observation, so that the next rollout resets the envs. An async env
+        waiting on a step (a Ctrl-C inside its wait) takes its workers' results first, else its next
+        call would be refused (gymnasium's AlreadyPendingCallError) on every later rollout. Where the
+        interrupt came after some results were read, the wait times out and the rest are read and
+        dropped here, so that the reset does not take a step's results for its own."""
+        unwrapped = getattr(self.env, "unwrapped", self.env)
+        state = getattr(unwrapped, "_state", None)  # (AsyncVectorEnv's)
+        if getattr(state, "value", "default") in ("step", "reset"):
+            try:
+                (unwrapped.step_wait if state.value == "step" else unwrapped.reset_wait)(timeout=PENDING_CLOSE_TIMEOUT)
+            except Exception:  # noqa: BLE001 (a worker's own error, or no result in time: the reset reports it)
+                for pipe in getattr(unwrapped, "parent_pipes", ()):
+                    try:
+                        while pipe is not None and not pipe.closed and pipe.poll(0):
+                            pipe.recv()
+                    except (OSError, EOFError):  # a worker that died: the reset reports it
+                        pass
+                unwrapped._state = type(state).DEFAULT
+        self._obs = None
+        self._ep_ret[:] = 0.0
+        self._ep_len[:] = 0
+        self._fake_next[:] = False
+        self._pending_boot[:] = False
+        if self.reward_scaler is not None:
+            self.reward_scaler.ret[:] = 0.0
+
+    def _fill_buffer(self) -> None:
+        """:meth:`collect_rollout`'s T steps from ``self._obs``, then the returns."""
         cfg, buf, xp = self.config, self.buffer, self.xp
         n = cfg.n_envs
-        if self._obs is None:
-            obs, _ = self.env.reset(seed=train_reset_seed(cfg.seed, self.num_timesteps, n))
-            self._obs = self._env_obs(obs, n, " on reset")
-        buf.reset()
         next_step = self.next_step
         for t in range(cfg.n_steps):
             # SAME_STEP: every step is real (_fake_next stays all False): one shared all-True mask
@@ -546,8 +589,12 @@ class PPO:
 
     # ------------------------------------------------------------ learning
     def update(self, progress: float) -> dict[str, float]:
-        """K epochs of minibatch Adam steps on the rollout; ``progress`` in [0, 1) drives schedules."""
+        """K epochs of minibatch Adam steps on the rollout; ``progress`` in [0, 1) drives schedules.
+        Needs the buffer filled by a :meth:`collect_rollout` that completed (RuntimeError otherwise)."""
         self._check_backend()
+        if not self.buffer.ready:  # (before: a dropped rollout's rows mixed with the one before, trained on)
+            raise RuntimeError("update() needs a complete rollout in the buffer: call collect_rollout() first "
+                               "(none has completed since this trainer was built or loaded, or the last one raised)")
         cfg = self.config
         lr = self.lr_schedule(progress)
         clip_eps = self.clip_schedule(progress)
@@ -652,7 +699,18 @@ class PPO:
         seconds numba spent compiling kernels (:func:`minippo.backend.numba_compile_seconds`: a one-off
         per machine, net shape and dtype, ~23 s for CartPole's preset on a 2-core VM, which would
         otherwise pull the rate down for the whole run).
+
+        After an exception inside ``learn`` (an env's error, the callback's, a Ctrl-C) the trainer can
+        go on and be saved: a rollout in progress is dropped (see :meth:`collect_rollout`); an update
+        in progress keeps the minibatch steps it made (parameters and Adam state agree, unless a Ctrl-C
+        lands inside numpy's Adam step itself, which can leave it applied to some arrays), and its
+        iteration is not counted, though its rollout's steps are: ``learn`` called again goes on with
+        the next rollout, not that update. ``minippo train`` finishes the iteration on a first Ctrl-C.
         """
+        # (checked before the total is set, and not after a whole iteration)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be a function of the iteration's row, or None, got "
+                            f"{type(callback).__name__}")
         if total_timesteps is not None:
             total = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too
             if total > MAX_TIMESTEPS:
@@ -661,9 +719,6 @@ class PPO:
                 raise TotalReached(total, self.num_timesteps,
                                    "learn(total) trains up to that many steps in all, not that many more")
             self.total_timesteps = total
-        if callback is not None and not callable(callback):  # (not after a whole iteration)
-            raise TypeError(f"callback must be a function of the iteration's row, or None, got "
-                            f"{type(callback).__name__}")
         start = time.perf_counter()
         compiling_at_start = backend.numba_compile_seconds()
         steps_at_start, time_at_start = self.num_timesteps, self.time_elapsed

@@ -1720,3 +1720,105 @@ def test_a_trainer_refuses_to_run_on_a_backend_switched_under_it(numpy_backend, 
     backend.reset()
     algo.learn(64)
     assert algo.num_timesteps == 64
+
+
+class _ThreeSteps(gym.Env):
+    """Episodes of exactly 3 steps (terminated), observation [t / 10]; the reward is NaN once, at the
+    env-wide step ``_ThreeSteps.nan_at`` (counted over all instances), else 1."""
+
+    steps = 0
+    nan_at = -1
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.array([0.0], np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        _ThreeSteps.steps += 1
+        reward = np.nan if _ThreeSteps.steps == _ThreeSteps.nan_at else 1.0
+        return np.array([self.t / 10], np.float32), reward, self.t == 3, False, {}
+
+
+@pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
+@pytest.mark.parametrize("norm_reward", [False, True])
+def test_a_rollout_that_raises_is_dropped_and_the_next_starts_from_a_reset(autoreset, norm_reward):
+    """After an env's bad step (here a NaN reward on the step that ends sub-env 0's episode: raised
+    after the envs had stepped), the trainer kept its last observation, one step behind the envs: the
+    next rollout stored observations the envs were no longer at, merged episodes (recorded lengths 4, 5
+    where every episode is 3 steps long) and, in next_step mode, took the reset step for a real one; and
+    update() trained on the buffer's rows of two rollouts. Now the rollout is dropped, update() refuses
+    until one completes, and the next rollout starts from a seeded reset."""
+    from minippo.ppo import NonFiniteEnvError
+
+    mode = gym.vector.AutoresetMode.SAME_STEP if autoreset == "same_step" else gym.vector.AutoresetMode.NEXT_STEP
+    venv = gym.vector.SyncVectorEnv([_ThreeSteps, _ThreeSteps], autoreset_mode=mode)
+    _ThreeSteps.steps, _ThreeSteps.nan_at = 0, 2 * 3 - 1  # sub-env 0's third step: its episode's last
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=8, batch_size=16, n_epochs=1, hidden=(8,),
+                         autoreset=autoreset, norm_reward=norm_reward), env=venv)
+    with pytest.raises(RuntimeError, match=r"^update\(\) needs a complete rollout"):
+        algo.update(0.0)  # (a fresh trainer: nothing collected yet)
+    with pytest.raises(NonFiniteEnvError, match="non-finite reward"):
+        algo.collect_rollout()
+    with pytest.raises(RuntimeError, match=r"^update\(\) needs a complete rollout"):
+        algo.update(0.0)
+    assert algo.num_timesteps == 2 * 2  # the steps that completed
+    for _ in range(3):
+        algo.collect_rollout()
+        algo.update(0.0)
+    assert list(algo.episode_lengths) == [3] * len(algo.episode_lengths) and len(algo.episode_lengths) >= 10
+    assert list(algo.episode_returns) == [3.0] * len(algo.episode_returns)
+    # a fresh rollout after another drop starts at the reset observation in both envs
+    _ThreeSteps.nan_at = _ThreeSteps.steps + 1
+    with pytest.raises(NonFiniteEnvError):
+        algo.collect_rollout()
+    algo.collect_rollout()
+    np.testing.assert_array_equal(algo.buffer.obs[0, :, 0], [0.0, 0.0])
+    np.testing.assert_allclose(algo.buffer.obs[:3, 0, 0], [0.0, 0.1, 0.2])
+    if norm_reward:
+        assert np.all(algo.reward_scaler.ret >= 0)  # (its running returns restarted with the episodes)
+    venv.close()
+
+
+@pytest.mark.parametrize("results_read", [0, 1])
+def test_an_async_rollout_interrupted_in_its_wait_goes_on_at_the_next_call(results_read):
+    """A Ctrl-C inside an async env's step_wait left it waiting on that step: every later collect_rollout
+    and learn raised gymnasium's AlreadyPendingCallError. The interrupted step's results are now taken
+    (those not read yet, where the interrupt came after some were) and the next rollout starts from a
+    reset."""
+    algo = PPO(PPOConfig(**TINY, vector="async"))
+    venv = algo.env.unwrapped
+    step_wait, calls = venv.step_wait, []
+
+    def interrupted(timeout=None):
+        calls.append(timeout)
+        if len(calls) == 3:
+            for pipe in venv.parent_pipes[:results_read]:
+                pipe.recv()  # as the interrupt left them: read, the others not
+            raise KeyboardInterrupt
+        return step_wait(timeout)
+
+    venv.step_wait = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            algo.collect_rollout()
+        assert venv._state.value == "default"
+        algo.learn()
+        assert algo.num_timesteps == 96 + 2 * 2 and np.isfinite(algo.buffer.returns).all()
+    finally:
+        algo.close()
+
+
+def test_a_refused_callback_leaves_the_total_as_it_was():
+    """learn(1_000_000, callback="print") raised TypeError but had set the budget to 1,000,000 first
+    (saved so)."""
+    algo = PPO(PPOConfig(**TINY))
+    with pytest.raises(TypeError, match="callback must be a function"):
+        algo.learn(1_000_000, callback="print")
+    assert algo.total_timesteps == 96
