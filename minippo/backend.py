@@ -241,7 +241,7 @@ def _why(e: Exception) -> str:
 
 
 COMPILING_MESSAGE = ("numba is compiling its kernels, once per machine, net shape and dtype (CartPole's preset: "
-                     "~25 s on a 2-core x86 VM); numba caches them on disk, and later runs load them in about a second")
+                     "~23 s on a 2-core x86 VM); numba caches them on disk, and later runs load them in about a second")
 
 _compiles: Any = None  # the listener on numba's compile events, once the numba backend is chosen
 

@@ -256,6 +256,7 @@ class PPO:
         )
         # The env PPO made is PPO's to close (close(), or leaving a with-block); a given env is the caller's
         self._owns_env = env is None
+        self._env_refused: str | None = None  # why the given env cannot step again (see _abandon_rollout)
         try:
             self._setup(config, env)
         except BaseException:  # an env refused: its async workers stop now, not at garbage collection
@@ -363,11 +364,13 @@ class PPO:
         an env given as ``PPO(config, env=...)`` is left to its owner. ``with PPO(...) as model:`` closes
         on leaving the block. Acting, evaluating and saving still work after it; ``learn`` may not (an async
         env refuses to step once closed)."""
-        if not self._owns_env:
-            return
-        # A Ctrl-C that lands while async workers step leaves the env waiting on a step whose results it
-        # has partly read; gymnasium's close then waits for the rest without end (seen in 2 of 4 runs). With
-        # a timeout it takes what comes in time, else stops the workers.
+        if self._owns_env:
+            self._close_env()
+
+    def _close_env(self) -> None:
+        """Close ``self.env``. A Ctrl-C that lands while async workers step leaves the env waiting on a
+        step whose results it has partly read; gymnasium's close then waits for the rest without end
+        (seen in 2 of 4 runs). With a timeout it takes what comes in time, else stops the workers."""
         state = getattr(getattr(self.env, "unwrapped", self.env), "_state", None)  # (AsyncVectorEnv's)
         if getattr(state, "value", "default") != "default":
             with warnings.catch_warnings():  # (gymnasium's warning that it closes mid-step: this is the intent)
@@ -448,14 +451,18 @@ class PPO:
         rollout: the buffer is left not ready (``update`` refuses it) and the next rollout starts from a
         seeded reset of the envs, as after a load (the envs may have stepped past the last observation
         the trainer holds). The steps already run stay counted in ``num_timesteps``; an episode in
-        progress is not recorded."""
+        progress is not recorded. An async env interrupted inside a step or reset is replaced by a new
+        one where PPO made it; one given as ``PPO(config, env=...)`` is refused from then on."""
         self._check_backend()
-        n = self.config.n_envs
-        if self._obs is None:
-            obs, _ = self.env.reset(seed=train_reset_seed(self.config.seed, self.num_timesteps, n))
-            self._obs = self._env_obs(obs, n, " on reset")
         self.buffer.reset()
         try:
+            if self._obs is None:
+                self._recover_env()  # (left mid-call where a second Ctrl-C cut the last cleanup short)
+                if self._env_refused is not None:
+                    raise RuntimeError(self._env_refused)
+                n = self.config.n_envs
+                obs, _ = self.env.reset(seed=train_reset_seed(self.config.seed, self.num_timesteps, n))
+                self._obs = self._env_obs(obs, n, " on reset")
             self._fill_buffer()
         except BaseException:  # (a Ctrl-C too)
             self._abandon_rollout()
@@ -463,24 +470,8 @@ class PPO:
 
     def _abandon_rollout(self) -> None:
         """After :meth:`collect_rollout` raised: the trainer as a load leaves it, with no episode in
-        progress and no last observation, so that the next rollout resets the envs. An async env
-        waiting on a step (a Ctrl-C inside its wait) takes its workers' results first, else its next
-        call would be refused (gymnasium's AlreadyPendingCallError) on every later rollout. Where the
-        interrupt came after some results were read, the wait times out and the rest are read and
-        dropped here, so that the reset does not take a step's results for its own."""
-        unwrapped = getattr(self.env, "unwrapped", self.env)
-        state = getattr(unwrapped, "_state", None)  # (AsyncVectorEnv's)
-        if getattr(state, "value", "default") in ("step", "reset"):
-            try:
-                (unwrapped.step_wait if state.value == "step" else unwrapped.reset_wait)(timeout=PENDING_CLOSE_TIMEOUT)
-            except Exception:  # noqa: BLE001 (a worker's own error, or no result in time: the reset reports it)
-                for pipe in getattr(unwrapped, "parent_pipes", ()):
-                    try:
-                        while pipe is not None and not pipe.closed and pipe.poll(0):
-                            pipe.recv()
-                    except (OSError, EOFError):  # a worker that died: the reset reports it
-                        pass
-                unwrapped._state = type(state).DEFAULT
+        progress and no last observation, so that the next rollout resets the envs (cleared first:
+        :meth:`_recover_env` may block, and a second Ctrl-C may land there)."""
         self._obs = None
         self._ep_ret[:] = 0.0
         self._ep_len[:] = 0
@@ -488,6 +479,29 @@ class PPO:
         self._pending_boot[:] = False
         if self.reward_scaler is not None:
             self.reward_scaler.ret[:] = 0.0
+        self._recover_env()
+
+    def _recover_env(self) -> None:
+        """An async env interrupted inside a call (gymnasium's step_wait reads the workers' results one
+        by one, blocking on each) holds some results read and others to come: its pipes cannot be
+        trusted, and its next call would be refused (AlreadyPendingCallError). PPO closes an env it
+        made (stopping workers that do not answer in time) and makes a new one; an env given to it is
+        its owner's: refused by the next rollouts (RuntimeError), with what to do."""
+        if self._env_refused is not None:
+            return
+        state = getattr(getattr(self.env, "unwrapped", self.env), "_state", None)  # (AsyncVectorEnv's)
+        if getattr(state, "value", "default") == "default":
+            return
+        if not self._owns_env:
+            self._env_refused = (
+                f"the env given to this PPO was interrupted inside an async {state.value} (its workers' results "
+                "partly read): it cannot step again; save the model and PPO.load(path, env=<a new env>)")
+            return
+        from minippo.envs import make_vec_env
+
+        self._close_env()
+        cfg = self.config
+        self.env = make_vec_env(cfg.env_id, cfg.n_envs, cfg.vector, cfg.autoreset, cfg.env_kwargs)
 
     def _fill_buffer(self) -> None:
         """:meth:`collect_rollout`'s T steps from ``self._obs``, then the returns."""

@@ -1786,33 +1786,86 @@ def test_a_rollout_that_raises_is_dropped_and_the_next_starts_from_a_reset(autor
     venv.close()
 
 
-@pytest.mark.parametrize("results_read", [0, 1])
-def test_an_async_rollout_interrupted_in_its_wait_goes_on_at_the_next_call(results_read):
-    """A Ctrl-C inside an async env's step_wait left it waiting on that step: every later collect_rollout
-    and learn raised gymnasium's AlreadyPendingCallError. The interrupted step's results are now taken
-    (those not read yet, where the interrupt came after some were) and the next rollout starts from a
-    reset."""
-    algo = PPO(PPOConfig(**TINY, vector="async"))
-    venv = algo.env.unwrapped
-    step_wait, calls = venv.step_wait, []
+def _interrupt_async(venv, call, at, results_read=0):
+    """Make ``venv``'s ``call`` ("step_wait" or "reset_wait") raise KeyboardInterrupt at its ``at``-th
+    call, after reading the first ``results_read`` workers' results (as gymnasium's wait, which reads
+    them one by one, blocking on each, leaves them when a Ctrl-C lands in it)."""
+    wait, calls = getattr(venv, call), []
 
     def interrupted(timeout=None):
         calls.append(timeout)
-        if len(calls) == 3:
+        if len(calls) == at:
             for pipe in venv.parent_pipes[:results_read]:
-                pipe.recv()  # as the interrupt left them: read, the others not
+                pipe.recv()
             raise KeyboardInterrupt
-        return step_wait(timeout)
+        return wait(timeout)
 
-    venv.step_wait = interrupted
+    setattr(venv, call, interrupted)
+
+
+@pytest.mark.parametrize("call, at, results_read", [("step_wait", 3, 0), ("step_wait", 3, 1),
+                                                    ("reset_wait", 1, 1)])
+def test_an_async_rollout_interrupted_in_its_wait_goes_on_at_the_next_call(made_envs, call, at, results_read):
+    """A Ctrl-C inside an async env's step_wait (or the rollout's first reset) left it waiting on that
+    call: every later collect_rollout and learn raised gymnasium's AlreadyPendingCallError. The env PPO
+    made is now closed (its workers stopped) and made again, and the next rollout starts from a reset."""
+    algo = PPO(PPOConfig(**TINY, vector="async"))
     try:
+        old = made_envs[0]
+        _interrupt_async(old.unwrapped, call, at, results_read)
         with pytest.raises(KeyboardInterrupt):
             algo.collect_rollout()
-        assert venv._state.value == "default"
+        assert old.closed and algo.env is made_envs[1] and not made_envs[1].closed
         algo.learn()
-        assert algo.num_timesteps == 96 + 2 * 2 and np.isfinite(algo.buffer.returns).all()
+        assert algo.num_timesteps == 96 + (2 * 2 if call == "step_wait" else 0)
+        assert np.isfinite(algo.buffer.returns).all()
     finally:
         algo.close()
+
+
+def test_a_second_interrupt_in_the_cleanup_still_leaves_a_trainer_that_goes_on(made_envs, monkeypatch):
+    """The trainer's state is cleared before the interrupted env is closed (which may wait, up to
+    PENDING_CLOSE_TIMEOUT): a second Ctrl-C there left the stale observation behind; the next rollout
+    finishes the recovery."""
+    algo = PPO(PPOConfig(**TINY, vector="async"))
+    try:
+        _interrupt_async(made_envs[0].unwrapped, "step_wait", 3)
+        close_env = algo._close_env
+        monkeypatch.setattr(algo, "_close_env", lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            algo.collect_rollout()
+        assert algo._obs is None and not algo._ep_len.any() and not made_envs[0].closed
+        monkeypatch.setattr(algo, "_close_env", close_env)
+        algo.learn()
+        assert made_envs[0].closed and algo.env is made_envs[1] and algo.num_timesteps == 96 + 2 * 2
+    finally:
+        algo.close()
+
+
+def test_an_async_env_given_to_ppo_and_interrupted_mid_step_is_refused_with_what_to_do(tmp_path):
+    """An env given as PPO(config, env=...) is its owner's: PPO does not close or replace it. Interrupted
+    mid-step, its pipes cannot be trusted (results partly read), so later rollouts refuse it by name."""
+    venv = gym.make_vec("CartPole-v1", 2, vectorization_mode="async")
+    algo = PPO(PPOConfig(**TINY, vector="async"), env=venv)
+    try:
+        _interrupt_async(venv.unwrapped, "step_wait", 3, 1)
+        with pytest.raises(KeyboardInterrupt):
+            algo.collect_rollout()
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match=r"^the env given to this PPO was interrupted inside an async "
+                                                   r"step .*PPO\.load\(path, env=<a new env>\)$"):
+                algo.learn()
+        assert not venv.closed
+        algo.save(str(tmp_path / "m.npz"))
+        with PPO.load(str(tmp_path / "m.npz"), env=gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")) as again:
+            again.learn()
+            again.env.close()
+    finally:
+        import warnings
+
+        with warnings.catch_warnings():  # (gymnasium's warning that it closes mid-step: this is the intent)
+            warnings.filterwarnings("ignore", message=".*while waiting for a pending call")
+            venv.close(terminate=True)
 
 
 def test_a_refused_callback_leaves_the_total_as_it_was():
