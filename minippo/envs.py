@@ -264,7 +264,9 @@ class RunningMeanStd:
 
     def update(self, x: np.ndarray, check: bool = True) -> None:
         """Fold the batch ``x`` (B, *shape) into the statistics; NaN or inf raises FloatingPointError
-        (``check=False`` skips that test, for a caller that has made it already). Host arrays only."""
+        (``check=False`` skips that test, for a caller that has made it already), and so does a finite
+        batch whose statistics would overflow float64 (|x| past ~1e154); either way nothing is changed.
+        Host arrays only."""
         if type(x) is not np.ndarray:  # (the check itself only where it can fail: this is per env step)
             on_host(_ON_HOST, x=x)
         x = np.asarray(x, dtype=np.float64)
@@ -277,10 +279,13 @@ class RunningMeanStd:
         b_mean, b_var, b_count = x.mean(axis=0), x.var(axis=0), x.shape[0]
         delta = b_mean - self.mean
         total = self.count + b_count
-        self.mean = self.mean + delta * (b_count / total)
+        mean = self.mean + delta * (b_count / total)
         m2 = self.var * self.count + b_var * b_count + delta * delta * (self.count * b_count / total)
-        self.var = m2 / total
-        self.count = total
+        # (an overflow of the mean makes delta, so m2, inf too; was stored, every normalised value then 0)
+        if not np.isfinite(m2).all():
+            raise FloatingPointError("x is finite, but its running statistics overflow float64 (|x| past ~1e154): "
+                                     "not folded in")
+        self.mean, self.var, self.count = mean, m2 / total, total
 
     def state(self, prefix: str) -> dict[str, np.ndarray]:
         """Statistics as arrays named ``<prefix>.mean``, ``.var`` (both ``shape``) and ``.count`` (0-d),
@@ -365,9 +370,9 @@ class RewardScaler:
                 or (valid is not None and (getattr(valid, "shape", None) != n or valid.dtype != bool))):
             self._refuse(rewards, dones, valid)
         keep = np.ones_like(dones, dtype=bool) if valid is None else valid
-        self.ret = np.where(keep, self.ret * self.gamma + rewards, self.ret)
-        self.rms.update(self.ret[keep])
-        self.ret = np.where(keep & dones, 0.0, self.ret)
+        ret = np.where(keep, self.ret * self.gamma + rewards, self.ret)
+        self.rms.update(ret[keep])  # (raises on a NaN or an overflow before ret is kept: nothing changed)
+        self.ret = np.where(keep & dones, 0.0, ret)
         return np.clip(rewards / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)
 
     def _refuse(self, rewards: Any, dones: Any, valid: Any) -> None:

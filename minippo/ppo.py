@@ -417,12 +417,17 @@ class PPO:
         that do not hold them yet (SB3 folds s_T in first; V differed by < 1e-3 in session 61's audit)."""
         obs = np.asarray(obs, dtype=self.dtype)
         if self.obs_norm is not None:  # (the rollout has checked the observations are finite)
-            if isinstance(update, np.ndarray):
-                mask, update = update, bool(update.all())
-                if not update and mask.any():
-                    self.obs_norm.rms.update(obs[mask], check=False)
-            if update:
-                self.obs_norm.rms.update(obs, check=False)
+            try:
+                if isinstance(update, np.ndarray):
+                    mask, update = update, bool(update.all())
+                    if not update and mask.any():
+                        self.obs_norm.rms.update(obs[mask], check=False)
+                if update:
+                    self.obs_norm.rms.update(obs, check=False)
+            except FloatingPointError as e:  # (finite, but past ~1e154: a float64 policy's observations)
+                raise NonFiniteEnvError(f"env {self.env_name!r} returned observations at step {self.num_timesteps} "
+                                        "whose running statistics (norm_obs) would overflow float64 (|x| past "
+                                        "~1e154): scale the observations") from e
             obs = self.obs_norm(obs)
         return backend.to_device(obs)
 

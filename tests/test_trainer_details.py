@@ -494,6 +494,61 @@ def _reward_scaler_reference(rewards, dones, valid, gamma, clip=10.0, eps=1e-8, 
     return out, g
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # (numpy's, from the batch's var)
+def test_statistics_that_would_overflow_raise_and_change_nothing():
+    """RunningMeanStd took finite observations past ~1e154 and stored an infinite variance (the check
+    was on the input alone): a float64 run with norm_obs went on with every normalised observation 0,
+    then saved a model that could not be loaded. RewardScaler kept a NaN (or overflowed) running
+    return before its statistics refused it, so every later call raised, good rewards included."""
+    rms = RunningMeanStd((2,))
+    rms.update(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    before = (rms.mean.copy(), rms.var.copy(), rms.count)
+    for x in ([[1e200, -1e200], [-1e200, 1e200]], [[1e308, 1.0], [1e308, 1.0]]):  # var, then mean overflow
+        with pytest.raises(FloatingPointError, match="running statistics overflow float64"):
+            rms.update(np.array(x))
+        np.testing.assert_array_equal(rms.mean, before[0])
+        np.testing.assert_array_equal(rms.var, before[1])
+        assert rms.count == before[2]
+    scaler = RewardScaler(3, 0.99)
+    scaler(np.ones(3), np.zeros(3, bool))
+    for rewards in ([1.0, np.nan, 1.0], [1e308, 1e308, 1.0]):
+        ret, count = scaler.ret.copy(), scaler.rms.count
+        with pytest.raises(FloatingPointError):
+            scaler(np.array(rewards), np.zeros(3, bool))
+            scaler(np.array(rewards), np.zeros(3, bool))  # (the second 1e308 overflows the return)
+        np.testing.assert_array_equal(scaler.ret, ret)
+        assert scaler.rms.count == count
+    assert np.isfinite(scaler(np.ones(3), np.zeros(3, bool))).all()  # good rewards go on
+
+
+def test_a_float64_run_refuses_observations_its_normaliser_cannot_take():
+    """Observations ~1e200 are finite float64, and the trainer took them into norm_obs's statistics
+    (inf): it now stops, naming the env, before the statistics change."""
+    gym = pytest.importorskip("gymnasium")
+    from minippo.ppo import NonFiniteEnvError
+
+    class Huge(gym.Env):
+        observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float64)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.array([1e200, -1e200]), {}
+
+        def step(self, action):
+            return np.array([-1e200, 1e200]) * (1 if action else -1), 1.0, False, False, {}
+
+    venv = gym.vector.SyncVectorEnv([Huge, Huge], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=8, batch_size=16, hidden=(8,), dtype="float64",
+                         norm_obs=True), env=venv)
+    with pytest.warns(RuntimeWarning, match="overflow"), \
+            pytest.raises(NonFiniteEnvError, match=r"^env 'SyncVectorEnv' returned observations at step 0 whose "
+                                                   r"running statistics \(norm_obs\) would overflow float64"):
+        algo.collect_rollout()
+    assert np.isfinite(algo.obs_norm.rms.var).all()
+    venv.close()
+
+
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_reward_scaler_matches_plain_loop(with_mask):
     """RewardScaler divides by the running std of the discounted return (reset at done, not centred, clipped)."""
