@@ -256,7 +256,8 @@ class PPO:
         )
         # The env PPO made is PPO's to close (close(), or leaving a with-block); a given env is the caller's
         self._owns_env = env is None
-        self._env_refused: str | None = None  # why the given env cannot step again (see _abandon_rollout)
+        self._env_refused: str | None = None  # why the given env cannot step again (see _recover_env)
+        self._env_lost = False  # the env PPO made was closed to be made again, and is not yet (_recover_env)
         try:
             self._setup(config, env)
         except BaseException:  # an env refused: its async workers stop now, not at garbage collection
@@ -495,7 +496,7 @@ class PPO:
         if self._env_refused is not None:
             return
         state = getattr(getattr(self.env, "unwrapped", self.env), "_state", None)  # (AsyncVectorEnv's)
-        if getattr(state, "value", "default") == "default":
+        if getattr(state, "value", "default") == "default" and not self._env_lost:
             return
         if not self._owns_env:
             self._env_refused = (
@@ -504,9 +505,11 @@ class PPO:
             return
         from minippo.envs import make_vec_env
 
+        self._env_lost = True  # (until the new one is made: a Ctrl-C in between leaves it to the next rollout)
         self._close_env()
         cfg = self.config
         self.env = make_vec_env(cfg.env_id, cfg.n_envs, cfg.vector, cfg.autoreset, cfg.env_kwargs)
+        self._env_lost = False
 
     def _fill_buffer(self) -> None:
         """:meth:`collect_rollout`'s T steps from ``self._obs``, then the returns."""

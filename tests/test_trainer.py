@@ -1842,6 +1842,27 @@ def test_a_second_interrupt_in_the_cleanup_still_leaves_a_trainer_that_goes_on(m
         algo.close()
 
 
+def test_an_interrupt_between_closing_the_env_and_making_it_again_is_recovered_at_the_next_rollout(
+        made_envs, monkeypatch):
+    """A Ctrl-C after the interrupted env was closed, before the new one was made, left the closed env
+    in place, in its default state: every later rollout raised ClosedEnvironmentError."""
+    import minippo.envs
+
+    algo = PPO(PPOConfig(**TINY, vector="async"))
+    try:
+        _interrupt_async(made_envs[0].unwrapped, "step_wait", 3)
+        make = minippo.envs.make_vec_env
+        monkeypatch.setattr(minippo.envs, "make_vec_env", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            algo.collect_rollout()
+        assert made_envs[0].closed and algo.env is made_envs[0]
+        monkeypatch.setattr(minippo.envs, "make_vec_env", make)  # (the fixture's spy)
+        algo.learn()
+        assert algo.env is made_envs[1] and algo.num_timesteps == 96 + 2 * 2
+    finally:
+        algo.close()
+
+
 def test_an_async_env_given_to_ppo_and_interrupted_mid_step_is_refused_with_what_to_do(tmp_path):
     """An env given as PPO(config, env=...) is its owner's: PPO does not close or replace it. Interrupted
     mid-step, its pipes cannot be trusted (results partly read), so later rollouts refuse it by name."""
