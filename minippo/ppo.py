@@ -549,7 +549,12 @@ class PPO:
                                        " (info['final_obs'])", ends, "final observation")
             self._track_episodes(reward, done, valid, any_done, next_step)
             if self.reward_scaler is not None:
-                reward = self.reward_scaler(reward, done, valid)
+                try:
+                    reward = self.reward_scaler(reward, done, valid)
+                except FloatingPointError as e:  # (finite rewards whose return, or its statistics, overflow)
+                    raise NonFiniteEnvError(f"env {self.env_name!r} returned rewards at step {self.num_timesteps} "
+                                            "whose running discounted return (norm_reward) overflows float64: "
+                                            "scale the rewards") from e
             if any_done:  # boot is a subset of done
                 boot = trunc & ~term & valid  # a step both terminated and truncated is terminated
                 if boot.any():

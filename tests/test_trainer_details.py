@@ -521,9 +521,10 @@ def test_statistics_that_would_overflow_raise_and_change_nothing():
     assert np.isfinite(scaler(np.ones(3), np.zeros(3, bool))).all()  # good rewards go on
 
 
-def test_a_float64_run_refuses_observations_its_normaliser_cannot_take():
-    """Observations ~1e200 are finite float64, and the trainer took them into norm_obs's statistics
-    (inf): it now stops, naming the env, before the statistics change."""
+def test_a_run_refuses_observations_or_rewards_its_normalisers_cannot_take():
+    """Observations ~1e200 are finite float64, and a float64 trainer took them into norm_obs's statistics
+    (inf); rewards of 1e308 overflowed norm_reward's statistics with a message about "x". The trainer now
+    stops, naming the env, before the statistics change."""
     gym = pytest.importorskip("gymnasium")
     from minippo.ppo import NonFiniteEnvError
 
@@ -546,6 +547,27 @@ def test_a_float64_run_refuses_observations_its_normaliser_cannot_take():
                                                    r"running statistics \(norm_obs\) would overflow float64"):
         algo.collect_rollout()
     assert np.isfinite(algo.obs_norm.rms.var).all()
+    venv.close()
+
+    class HugeReward(gym.Env):  # (rewards are float64 whatever the policy's dtype)
+        observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros(2, np.float32), {}
+
+        def step(self, action):
+            return np.zeros(2, np.float32), 1e308, False, False, {}
+
+    venv = gym.vector.SyncVectorEnv([HugeReward, HugeReward], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=8, batch_size=16, hidden=(8,), norm_reward=True),
+               env=venv)
+    with pytest.warns(RuntimeWarning, match="overflow"), \
+            pytest.raises(NonFiniteEnvError, match=r"^env 'SyncVectorEnv' returned rewards at step 0 whose running "
+                                                   r"discounted return \(norm_reward\) overflows float64"):
+        algo.collect_rollout()
+    assert np.isfinite(algo.reward_scaler.rms.var) and not algo.reward_scaler.ret.any()
     venv.close()
 
 
