@@ -457,8 +457,9 @@ class PPO:
         rollout: the buffer is left not ready (``update`` refuses it) and the next rollout starts from a
         seeded reset of the envs, as after a load (the envs may have stepped past the last observation
         the trainer holds). The steps already run stay counted in ``num_timesteps``; an episode in
-        progress is not recorded. An async env interrupted inside a step or reset is replaced by a new
-        one where PPO made it; one given as ``PPO(config, env=...)`` is refused from then on."""
+        progress is not recorded. An async env interrupted inside a step or reset is closed at once and
+        made again by the next rollout where PPO made it; one given as ``PPO(config, env=...)`` is
+        refused from then on."""
         self._check_backend()
         self.buffer.reset()
         try:
@@ -485,14 +486,14 @@ class PPO:
         self._pending_boot[:] = False
         if self.reward_scaler is not None:
             self.reward_scaler.ret[:] = 0.0
-        self._recover_env()
+        self._recover_env(make=False)  # (made at the next rollout: a script stopped by Ctrl-C starts no workers)
 
-    def _recover_env(self) -> None:
+    def _recover_env(self, make: bool = True) -> None:
         """An async env interrupted inside a call (gymnasium's step_wait reads the workers' results one
         by one, blocking on each) holds some results read and others to come: its pipes cannot be
         trusted, and its next call would be refused (AlreadyPendingCallError). PPO closes an env it
-        made (stopping workers that do not answer in time) and makes a new one; an env given to it is
-        its owner's: refused by the next rollouts (RuntimeError), with what to do."""
+        made (stopping workers that do not answer in time) and, with ``make``, makes a new one; an env
+        given to it is its owner's: refused by the next rollouts (RuntimeError), with what to do."""
         if self._env_refused is not None:
             return
         state = getattr(getattr(self.env, "unwrapped", self.env), "_state", None)  # (AsyncVectorEnv's)
@@ -505,11 +506,13 @@ class PPO:
             return
         from minippo.envs import make_vec_env
 
-        self._env_lost = True  # (until the new one is made: a Ctrl-C in between leaves it to the next rollout)
-        self._close_env()
-        cfg = self.config
-        self.env = make_vec_env(cfg.env_id, cfg.n_envs, cfg.vector, cfg.autoreset, cfg.env_kwargs)
-        self._env_lost = False
+        self._env_lost = True  # (until a new one is made)
+        if not getattr(self.env, "closed", False):  # (closed already where a Ctrl-C came after the close)
+            self._close_env()
+        if make:
+            cfg = self.config
+            self.env = make_vec_env(cfg.env_id, cfg.n_envs, cfg.vector, cfg.autoreset, cfg.env_kwargs)
+            self._env_lost = False
 
     def _fill_buffer(self) -> None:
         """:meth:`collect_rollout`'s T steps from ``self._obs``, then the returns."""

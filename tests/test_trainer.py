@@ -1808,15 +1808,17 @@ def _interrupt_async(venv, call, at, results_read=0):
 def test_an_async_rollout_interrupted_in_its_wait_goes_on_at_the_next_call(made_envs, call, at, results_read):
     """A Ctrl-C inside an async env's step_wait (or the rollout's first reset) left it waiting on that
     call: every later collect_rollout and learn raised gymnasium's AlreadyPendingCallError. The env PPO
-    made is now closed (its workers stopped) and made again, and the next rollout starts from a reset."""
+    made is now closed (its workers stopped) and made again by the next rollout, which starts from a
+    reset."""
     algo = PPO(PPOConfig(**TINY, vector="async"))
     try:
         old = made_envs[0]
         _interrupt_async(old.unwrapped, call, at, results_read)
         with pytest.raises(KeyboardInterrupt):
             algo.collect_rollout()
-        assert old.closed and algo.env is made_envs[1] and not made_envs[1].closed
+        assert old.closed and len(made_envs) == 1  # (made again by the next rollout)
         algo.learn()
+        assert algo.env is made_envs[1] and not made_envs[1].closed
         assert algo.num_timesteps == 96 + (2 * 2 if call == "step_wait" else 0)
         assert np.isfinite(algo.buffer.returns).all()
     finally:
@@ -1842,20 +1844,23 @@ def test_a_second_interrupt_in_the_cleanup_still_leaves_a_trainer_that_goes_on(m
         algo.close()
 
 
-def test_an_interrupt_between_closing_the_env_and_making_it_again_is_recovered_at_the_next_rollout(
-        made_envs, monkeypatch):
-    """A Ctrl-C after the interrupted env was closed, before the new one was made, left the closed env
-    in place, in its default state: every later rollout raised ClosedEnvironmentError."""
+def test_the_interrupted_env_is_made_again_at_the_next_rollout_not_on_the_way_out(made_envs, monkeypatch):
+    """The interrupted env is closed at once (its workers stopped) but made again only by the next
+    rollout: a script stopped by Ctrl-C starts no new workers on its way out. A Ctrl-C while it is made
+    again leaves that to the rollout after (before, the closed env stayed in place, in its default
+    state: every later rollout raised ClosedEnvironmentError)."""
     import minippo.envs
 
     algo = PPO(PPOConfig(**TINY, vector="async"))
     try:
         _interrupt_async(made_envs[0].unwrapped, "step_wait", 3)
+        with pytest.raises(KeyboardInterrupt):
+            algo.collect_rollout()
+        assert made_envs[0].closed and algo.env is made_envs[0] and len(made_envs) == 1
         make = minippo.envs.make_vec_env
         monkeypatch.setattr(minippo.envs, "make_vec_env", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             algo.collect_rollout()
-        assert made_envs[0].closed and algo.env is made_envs[0]
         monkeypatch.setattr(minippo.envs, "make_vec_env", make)  # (the fixture's spy)
         algo.learn()
         assert algo.env is made_envs[1] and algo.num_timesteps == 96 + 2 * 2
