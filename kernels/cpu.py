@@ -429,7 +429,10 @@ def _compile_with_slp(dispatcher: Any, signature: tuple, keep_enabled: bool = Fa
             dispatcher.compile(signature)
         finally:
             config.SLP_VECTORIZE = saved
-            dispatcher.disable_compile(not keep_enabled)
+            # (with no signature yet, an interrupted first compile, numba's disable_compile asserts: that
+            # AssertionError replaced a Ctrl-C; the caller prepares again, its signature not marked ready)
+            if keep_enabled or dispatcher.signatures:
+                dispatcher.disable_compile(not keep_enabled)
 
 
 _GAE_READY: set = set()  # dtypes for which _gae_prepare ran in this process

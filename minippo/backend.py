@@ -263,12 +263,12 @@ def _compile_listener() -> Any:
             self.announced = False
 
         def on_start(self, ev: Any) -> None:
-            if self.depth == 0:
+            self.depth += 1  # (first: a Ctrl-C inside the log call below would leave it one short)
+            if self.depth == 1:
                 self.started = time.perf_counter()
                 if not self.announced:
                     self.announced = True
                     log.info(COMPILING_MESSAGE)
-            self.depth += 1
 
         def on_end(self, ev: Any) -> None:
             self.depth -= 1

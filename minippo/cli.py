@@ -823,9 +823,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     stop: list[int] = []
 
     def request_stop(signum: int, frame: Any) -> None:
-        if stop:
-            raise KeyboardInterrupt
         stop.append(signum)
+        if len(stop) > 1:
+            raise KeyboardInterrupt
         print("\nminippo: stopping after this iteration (press Ctrl-C again to stop now without saving)",
               file=sys.stderr, flush=True)
 
@@ -858,6 +858,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             aborted = "mid-iteration"
         except (FloatingPointError, NonFiniteEnvError) as e:
             diverged = e
+        except Exception:
+            # A second signal that lands inside a ctypes callback (LLVM emitting a numba kernel) is
+            # swallowed there, and numba then fails on its own (RuntimeError "no compiled object yet"):
+            # the stop asked for, not a traceback
+            if len(stop) < 2:
+                raise
+            aborted = "mid-iteration"
         finally:
             progress.close()
             log.close()

@@ -204,6 +204,25 @@ def test_numba_compiles_are_timed_once_each_and_announced_once(caplog):
             event.register("numba:compile", process_wide)
 
 
+def test_compile_listener_counts_a_compile_whose_announcement_was_interrupted(monkeypatch):
+    """A Ctrl-C inside the first compile's log call left the depth one short (-1 after its end): no
+    compile was timed again in that process, so fps took compile seconds in."""
+    pytest.importorskip("numba")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    listener = backend._compile_listener()
+    monkeypatch.setattr(backend.log, "info", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        listener.on_start(None)
+    listener.on_end(None)  # (numba broadcasts the end as the interrupt unwinds its compile)
+    assert listener.depth == 0 and listener.announced
+    listener.on_start(None)
+    listener.on_end(None)
+    assert listener.depth == 0 and listener.seconds > 0.0
+
+
 def test_compile_listener_times_only_the_outermost_compile(monkeypatch):
     """The listener's bookkeeping on a scripted event sequence and clock: it starts at 0 s; a compile
     nested inside another (a kernel compiling a helper) adds nothing of its own; each outermost

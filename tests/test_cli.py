@@ -337,6 +337,39 @@ def test_second_ctrl_c_stops_at_once_without_saving(tmp_path):
     assert not (out / "model.npz").exists()
 
 
+def test_a_second_ctrl_c_swallowed_by_a_ctypes_callback_still_stops_without_a_traceback(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """A second Ctrl-C landing while LLVM emits a numba kernel is handled inside llvmlite's ctypes
+    callback, where Python ignores the KeyboardInterrupt; numba then fails on its own (RuntimeError "no
+    compiled object yet"). That printed a traceback, exit code 1, instead of the second Ctrl-C's stop."""
+    import signal
+
+    from minippo.ppo import PPO
+
+    def compile_interrupted(self):
+        handler = signal.getsignal(signal.SIGINT)
+        handler(signal.SIGINT, None)  # the first Ctrl-C: finish the iteration
+        try:
+            handler(signal.SIGINT, None)  # the second, inside the callback
+        except KeyboardInterrupt:
+            pass  # ("Exception ignored on calling ctypes callback function")
+        raise RuntimeError("no compiled object yet for <Library '_gae_kernel'>")
+
+    monkeypatch.setattr(PPO, "collect_rollout", compile_interrupted)
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--out", str(out), "--quiet", *TINY]) == 130
+    err = capsys.readouterr().err
+    assert "stopped mid-iteration at 0 steps; model not saved" in err and "Traceback" not in err
+    assert not (out / "model.npz").exists()
+
+    def broken(self):  # without a second signal, an error is the error it is
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(PPO, "collect_rollout", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["train", "CartPole-v1", "--out", str(tmp_path / "run2"), "--quiet", *TINY])
+
+
 def test_bench_command(capsys):
     assert main(["bench", "--timesteps", "512"]) == 0
     out = capsys.readouterr().out

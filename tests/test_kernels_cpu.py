@@ -1750,3 +1750,27 @@ def test_cpu_gae_fast_path_takes_native_c_arrays_and_nothing_byte_swapped(numba_
                 with pytest.raises(ValueError, match=f"out must be two {np.dtype(dtype)} arrays"):
                     gae(r, v, d, lv, 0.9, 0.8, out=out)
                 assert all((o == 7).all() for o in out)
+
+
+def test_an_interrupted_first_slp_compile_raises_the_interrupt():
+    """A Ctrl-C in the first compile of a kernel compiled with SLP (GAE's, ~2 s of a first CartPole
+    run) came out as numba's AssertionError (disable_compile with no signature yet): scripts catching
+    KeyboardInterrupt died, and `minippo train` printed a traceback instead of stopping. The kernel
+    compiles at the next try."""
+    from numba import njit, types
+
+    @njit
+    def plus_one(x):
+        return x + 1.0
+
+    compile_ = plus_one.compile
+
+    def interrupted(signature):
+        raise KeyboardInterrupt
+
+    plus_one.compile = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        cpu._compile_with_slp(plus_one, (types.float64,))
+    plus_one.compile = compile_
+    cpu._compile_with_slp(plus_one, (types.float64,))
+    assert plus_one(1.0) == 2.0 and len(plus_one.signatures) == 1
