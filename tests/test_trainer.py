@@ -1751,8 +1751,8 @@ class _ThreeSteps(gym.Env):
 def test_a_rollout_that_raises_is_dropped_and_the_next_starts_from_a_reset(autoreset, norm_reward):
     """After an env's bad step (here a NaN reward on the step that ends sub-env 0's episode: raised
     after the envs had stepped), the trainer kept its last observation, one step behind the envs: the
-    next rollout stored observations the envs were no longer at, merged episodes (recorded lengths 4, 5
-    where every episode is 3 steps long) and, in next_step mode, took the reset step for a real one; and
+    next rollout stored observations the envs were no longer at, merged episodes (recorded lengths 5 or
+    6 where every episode is 3 steps long) and, in next_step mode, took the reset step for a real one; and
     update() trained on the buffer's rows of two rollouts. Now the rollout is dropped, update() refuses
     until one completes, and the next rollout starts from a seeded reset."""
     from minippo.ppo import NonFiniteEnvError
@@ -1769,6 +1769,10 @@ def test_a_rollout_that_raises_is_dropped_and_the_next_starts_from_a_reset(autor
     with pytest.raises(RuntimeError, match=r"^update\(\) needs a complete rollout"):
         algo.update(0.0)
     assert algo.num_timesteps == 2 * 2  # the steps that completed
+    # the episodes in progress (2 steps each) are not carried into the next rollout
+    assert algo._obs is None and not algo._ep_len.any() and not algo._ep_ret.any()
+    if norm_reward:
+        assert not algo.reward_scaler.ret.any()  # (was 1 + gamma in each env)
     for _ in range(3):
         algo.collect_rollout()
         algo.update(0.0)
@@ -1781,8 +1785,9 @@ def test_a_rollout_that_raises_is_dropped_and_the_next_starts_from_a_reset(autor
     algo.collect_rollout()
     np.testing.assert_array_equal(algo.buffer.obs[0, :, 0], [0.0, 0.0])
     np.testing.assert_allclose(algo.buffer.obs[:3, 0, 0], [0.0, 0.1, 0.2])
-    if norm_reward:
-        assert np.all(algo.reward_scaler.ret >= 0)  # (its running returns restarted with the episodes)
+    if norm_reward:  # its running returns restarted with the episodes: 8 steps from the reset, of 3-step episodes
+        # same_step: the third episode's 2 steps, 1 + gamma; next_step: 3 + reset + 3 + reset, back at 0
+        np.testing.assert_array_equal(algo.reward_scaler.ret, [1.0 + 0.99] * 2 if autoreset == "same_step" else [0, 0])
     venv.close()
 
 

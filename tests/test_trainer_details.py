@@ -511,11 +511,11 @@ def test_statistics_that_would_overflow_raise_and_change_nothing():
         assert rms.count == before[2]
     scaler = RewardScaler(3, 0.99)
     scaler(np.ones(3), np.zeros(3, bool))
-    for rewards in ([1.0, np.nan, 1.0], [1e308, 1e308, 1.0]):
+    for rewards, why in (([1.0, np.nan, 1.0], "x contains NaN or inf"),  # the return's statistics
+                         ([1e308, 1e308, 1.0], "running statistics overflow float64")):  # (their mean)
         ret, count = scaler.ret.copy(), scaler.rms.count
-        with pytest.raises(FloatingPointError):
+        with pytest.raises(FloatingPointError, match=why):
             scaler(np.array(rewards), np.zeros(3, bool))
-            scaler(np.array(rewards), np.zeros(3, bool))  # (the second 1e308 overflows the return)
         np.testing.assert_array_equal(scaler.ret, ret)
         assert scaler.rms.count == count
     assert np.isfinite(scaler(np.ones(3), np.zeros(3, bool))).all()  # good rewards go on
