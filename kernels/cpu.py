@@ -1916,9 +1916,10 @@ def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
     """Fused forward of a ``minippo.nn.MLP``: x (B, sizes[0]) -> cache [x, h_1, ..., h_L = y].
 
     Returns ``None`` (the caller falls back to numpy) unless 1 <= B <= :func:`max_batch`,
-    the parameters are packed in ``mlp.flat`` (see :func:`_packed`), x is a C-contiguous 2-d
-    ndarray of their float dtype, and the MLP has at most :data:`MAX_LAYERS` layers. The cache
-    arrays are new on every call.
+    the parameters are packed in ``mlp.flat`` (see :func:`_packed`), x is a 2-d ndarray of their
+    float dtype (in another layout than C order it is copied to C order first: cache[0] is then
+    the copy), and the MLP has at most :data:`MAX_LAYERS` layers. The cache arrays are new on every
+    call.
     """
     st = mlp.__dict__.get("_numba_state")  # _state(mlp), inlined: this is the hottest call
     p = mlp.params
@@ -1926,7 +1927,11 @@ def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
         st = _state(mlp)
     # x checked here (class, dtype, 2-d C order): the compiled entry point checks none of it
     if type(x) is not np.ndarray or x.dtype is not st.dt or x.strides != st.xmeta:
-        return None
+        if type(x) is not np.ndarray or x.dtype != st.dt or x.shape not in st.by_shape:
+            return None
+        # Fortran order, negative strides, or the dtype as an equal object of its own (a pickled array's):
+        # a C-order copy of the native dtype object, as the kernel's result must not depend on the layout
+        x = np.array(x, order="C").view(st.dt)
     shapes = st.by_shape.get(x.shape)  # None unless x has 1 .. max_batch rows of sizes[0]
     if shapes is None:
         return None
@@ -1957,7 +1962,10 @@ def mlp_backward(
         return None
     dt = dy.dtype
     if dt is not st.dt or dy.ndim != 2:
-        return None
+        if dt != st.dt or dy.ndim != 2:
+            return None
+        dt = st.dt  # (the dtype as an equal object of its own: a pickled array's)
+        dy = dy.view(dt)
     B = dy.shape[0]
     if not 1 <= B <= st.max_batch or len(cache) != len(st.sizes):  # [x, h_1, ..., h_L]
         return None

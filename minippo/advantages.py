@@ -79,8 +79,10 @@ def _binary(dones: Array) -> bool:
 
 
 def _result_dtype(rewards: Array) -> np.dtype:
-    """The dtype of the advantages and returns: rewards' when it is float32 or float64, else float64."""
-    return rewards.dtype if rewards.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    """The dtype of the advantages and returns: rewards' when it is float32 or float64 (in native byte
+    order: big-endian float32 rewards give float32), else float64."""
+    dt = rewards.dtype
+    return np.dtype(np.float32) if dt.kind == "f" and dt.itemsize == 4 else np.dtype(np.float64)
 
 
 def gae_numpy(

@@ -96,6 +96,8 @@ class RolloutBuffer:
             for name, shape, want in zip(_ADD_NAMES, shapes, self._step_shapes, strict=True):
                 if tuple(shape) != want:
                     raise ValueError(f"{name} must have shape {want}, got {tuple(shape)}")
+        if getattr(actions, "dtype", None) is None:  # (a memoryview has a shape, not a dtype)
+            array("actions", actions)
         if self.actions.dtype.kind == "i" and actions.dtype.kind not in "iu":
             raise TypeError(f"discrete actions must be integers, got dtype {actions.dtype}")
         t = self.pos

@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -842,13 +843,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress(row)
         return False if stop else None  # False ends learn() at this iteration boundary
 
-    old_handlers = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
+    old_handlers: dict[int, Any] = {}  # the handlers replaced, put back at the end
     aborted = None  # or what was going on when a second signal stopped it
     diverged = None  # or the FloatingPointError that stopped training (NaN/inf loss, logits, data)
     failed = None  # or what could not be written (progress.csv, model.npz)
     t0 = time.perf_counter()
     compiled_before = backend.numba_compile_seconds()
-    try:
+    try:  # (the handlers inside: the env and the run folder's lock are released whatever happens from here)
+        if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's
+            for s in STOP_SIGNALS:  # alone (ValueError elsewhere): a run in another thread is its caller's to stop
+                old_handlers[s] = signal.signal(s, request_stop)
         try:
             # numpy's overflow warnings on the way to a diverged loss come before the one line that
             # names it (and its hint): that line says it all

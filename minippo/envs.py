@@ -339,6 +339,7 @@ class ObsNormalizer:
         input: float32) (host arrays)."""
         if type(obs) is not np.ndarray:
             on_host(_ON_HOST, obs=obs)
+            array("obs", obs)  # (a memoryview has a shape, not a dtype)
         if getattr(obs, "ndim", None) != 2 or obs.shape[1:] != self.rms.mean.shape:  # (would broadcast)
             array("obs", obs)
             raise ValueError(f"obs must have shape (B, {self.rms.mean.shape[0]}), got {tuple(obs.shape)}")

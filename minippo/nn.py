@@ -31,8 +31,12 @@ Array = Any  # numpy.ndarray, or cupy.ndarray on the GPU backend
 def _in_dtype(name: str, a: Array, dtype: Any) -> Array:
     """``a`` in ``dtype`` (the parameters'), cast where it differs; TypeError naming ``name`` unless
     it is real (float, int or bool: complex would give complex gradients, strings fail in numpy)."""
-    if a.dtype == dtype:
-        return a
+    try:
+        if a.dtype == dtype:
+            return a
+    except AttributeError:  # (a memoryview has a shape, not a dtype)
+        array(name, a)
+        raise
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real array (float, int or bool), got dtype {a.dtype}")
     return a.astype(dtype)

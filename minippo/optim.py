@@ -49,6 +49,9 @@ class Adam:
             if getattr(getattr(p, "dtype", None), "kind", None) != "f":
                 raise TypeError(f"params[{k!r}] must be a float32 or float64 array, got "
                                 f"{getattr(p, 'dtype', type(p).__name__)}")
+            if isinstance(p, np.ndarray) and type(p) is not np.ndarray:  # (its moments, made like the first
+                raise TypeError(f"params[{k!r}] must be a numpy.ndarray, not the subclass "  # parameter, took
+                                f"{type(p).__module__}.{type(p).__name__}: pass np.asarray of it")  # the GPU path)
             if p.dtype != first.dtype:
                 raise TypeError(f"params[{k!r}] is {p.dtype}, the first parameter {first.dtype}: "
                                 "Adam's moments need one dtype for all")
@@ -121,7 +124,12 @@ class Adam:
             if getattr(grads[k], "shape", None) != shape:
                 array(f"grads[{k!r}]", grads[k])
                 raise ValueError(f"grads[{k!r}] has shape {tuple(grads[k].shape)}, expected {shape}")
-            if grads[k].dtype.kind != "f":  # (a complex one lost its imaginary part with a warning)
+            try:
+                kind = grads[k].dtype.kind
+            except AttributeError:  # (a memoryview has a shape, not a dtype)
+                array(f"grads[{k!r}]", grads[k])
+                raise
+            if kind != "f":  # (a complex one lost its imaginary part with a warning)
                 raise TypeError(f"grads[{k!r}] must be a float array, got dtype {grads[k].dtype}")
         device = type(g) is not np.ndarray and self._device_table() is not None
         if device:  # two kernels (kernels/adam.cu) for the ~40 array operations below
@@ -258,6 +266,7 @@ def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:
         if getattr(getattr(g, "dtype", None), "kind", None) != "f":
             array(f"grads[{k!r}]", g)
             raise TypeError(f"grads[{k!r}] must be a float array, got dtype {g.dtype}")
+        writable(f"grads[{k!r}]", g, "clip_grad_norm scales the gradients in place")  # (before any is scaled)
     norm = global_norm(grads)
     if not math.isfinite(norm):
         raise FloatingPointError(f"gradient norm is {norm}")

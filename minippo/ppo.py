@@ -81,6 +81,8 @@ def normalize(adv: Array, eps: float = 1e-8) -> Array:
     if getattr(adv, "ndim", None) != 1:
         array("adv", adv)  # (TypeError for a list)
         raise ValueError(f"adv must have shape (B,), got {tuple(adv.shape)}")
+    if getattr(adv, "dtype", None) is None:  # (a memoryview has a shape, not a dtype)
+        array("adv", adv)
     if adv.dtype.kind != "f":  # the result keeps adv's dtype: integers would round the z-scores
         raise TypeError(f"adv must be a float32 or float64 array, got dtype {adv.dtype}")
     if adv.shape[0] < 2:
@@ -407,6 +409,13 @@ class PPO:
         if a.dtype.kind not in "biuf":
             raise TypeError(f"env {self.env_name!r} returned {what}s{where} of dtype {a.dtype}; expected real numbers")
         out = cast_quietly(a, self.dtype)  # (an overflow is named below)
+        if out is a or not out.flags.c_contiguous:
+            # Our own C-order copy: the env may overwrite its array in place at its next step (gymnasium's
+            # SyncVectorEnv(copy=False) does), and the buffer stores these observations after that step;
+            # C order and the native dtype object as the fused numba kernels take them (else numpy's path)
+            out = np.array(out, order="C")
+        if out.dtype is not self.dtype:  # (an equal dtype of another object: a pickled array's)
+            out = out.view(self.dtype)
         if not np.isfinite(out).all():
             self._raise_non_finite(what + where, a, envs, out)
         return out

@@ -182,3 +182,23 @@ def test_compute_gae_defaults_are_the_papers_and_numpy_computes_them(numpy_backe
     want = gae_numpy(r, v, d, last, 0.99, 0.95)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_big_endian_float32_rewards_give_float32_results(request, backend_name):
+    """The results are in rewards' dtype when it is float32 or float64: '>f4' is float32 too, but it is not
+    equal to np.float32, so the results came back float64 and float32 ``out=`` arrays were refused."""
+    if backend_name == "numba":
+        pytest.importorskip("numba")
+    request.getfixturevalue(f"{backend_name}_backend")
+    rng = np.random.default_rng(0)
+    r = rng.standard_normal((5, 3)).astype(np.float32)
+    v = rng.standard_normal((5, 3)).astype(np.float32)
+    d = (rng.random((5, 3)) < 0.3).astype(np.float32)
+    lv = rng.standard_normal(3).astype(np.float32)
+    want = compute_gae(r, v, d, lv, 0.99, 0.95)
+    got = compute_gae(r.astype(">f4"), v.astype(">f4"), d, lv.astype(">f8"), 0.99, 0.95)
+    assert all(g.dtype is np.dtype(np.float32) and g.tobytes() == w.tobytes() for g, w in zip(got, want, strict=True))
+    out = (np.empty((5, 3), np.float32), np.empty((5, 3), np.float32))
+    assert compute_gae(r.astype(">f4"), v, d, lv, 0.99, 0.95, out=out) is out
+    assert out[0].tobytes() == want[0].tobytes()

@@ -1929,3 +1929,29 @@ def test_progress_csv_is_opened_binary_where_the_os_has_text_mode(tmp_path, monk
     log.close()
     cli.CsvLog(path, keep_through=1).close()  # a resume's
     assert len(seen) == 2 and all(f & BIT for f in seen), seen
+
+
+def test_train_runs_from_a_thread_other_than_the_main_one(tmp_path):
+    """Signal handlers can only be set from the main thread: `main(["train", ...])` in a worker thread raised
+    ValueError after the run folder was written and its lock taken (a lock and async env workers the caller's
+    traceback kept alive). Off the main thread it trains without them, and leaves the main thread's alone."""
+    import threading
+
+    out = tmp_path / "run"
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    result = {}
+
+    def run():
+        try:
+            result["rc"] = main(["train", "CartPole-v1", "--timesteps", "64", "--seed", "1", "--out", str(out),
+                                 "--quiet", *TINY])
+        except BaseException as e:  # (shown by the assert below)
+            result["error"] = repr(e)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    assert result == {"rc": 0} and (out / "model.npz").exists()
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert main(["train", "CartPole-v1", "--resume", str(out / "model.npz"), "--timesteps", "192", "--out", str(out),
+                 "--quiet"]) == 0  # the run folder's lock was released

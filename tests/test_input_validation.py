@@ -1114,3 +1114,66 @@ def test_ints_past_floats_range_in_a_clip_bound_or_a_progress():
     s = Schedule("linear", 1.0, 0.0)
     assert (s(10**400), s(-10**400), s(0.25)) == (0.0, 1.0, 0.75)
     assert type(s(np.float32(0.5))) is float
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def either_backend(request):
+    """The test on the numpy backend and on numba (skipped without numba)."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    request.getfixturevalue(f"{request.param}_backend")  # (conftest.py)
+    return request.param
+
+
+def test_a_memoryview_is_named_not_an_attribute_error(either_backend):
+    """A memoryview has the shape and ndim the fast shape checks read, but no dtype: each building block
+    raised a bare AttributeError ("'memoryview' object has no attribute 'dtype'") naming no argument."""
+    from minippo.envs import ObsNormalizer
+    from minippo.ppo import normalize
+
+    obs = np.zeros((3, 4), np.float32)
+    pol = ActorCritic(4, Discrete(2))
+    _, cache = pol.critic.forward(obs)
+    buf = RolloutBuffer(2, 3, 4, (), 2)
+    z = np.zeros(3, np.float32)
+    params = {"w": np.zeros((3, 4), np.float32)}
+    calls = {
+        "obs": [lambda: pol.value(memoryview(obs)), lambda: pol.act(memoryview(obs), np.random.default_rng(0)),
+                lambda: ObsNormalizer(4)(memoryview(obs))],
+        "x": [lambda: pol.critic.forward(memoryview(obs))],
+        "dy": [lambda: pol.critic.backward(memoryview(np.ones((3, 1), np.float32)), cache)],
+        r"grads\['w'\]": [lambda: Adam(params).step({"w": memoryview(obs[:, :4].copy())}),
+                          lambda: clip_grad_norm({"w": memoryview(obs)}, 1.0)],
+        "adv": [lambda: normalize(memoryview(z))],
+        "actions": [lambda: buf.add(obs, memoryview(np.zeros(3, np.int64)), z, z, np.zeros((3, 2), np.float32), z, z,
+                                    np.ones(3, bool))],
+    }
+    for name, fns in calls.items():
+        for f in fns:
+            with pytest.raises(TypeError, match=f"^{name} must be an array"):
+                f()
+    assert buf.pos == 0 and not params["w"].any()  # refused before anything changed
+
+
+def test_clip_grad_norm_refuses_a_read_only_gradient_before_scaling_any():
+    """clip_grad_norm scales in place: a read-only gradient after others failed in numpy ("output array
+    is read-only", no name) once the ones before it were already scaled."""
+    a, b = np.full(4, 3.0), np.full(4, 3.0)
+    b.flags.writeable = False
+    with pytest.raises(ValueError, match=r"grads\['b'\] is read-only: clip_grad_norm scales the gradients in place"):
+        clip_grad_norm({"a": a, "b": b}, 0.5)
+    np.testing.assert_array_equal(a, 3.0)  # not scaled
+    with pytest.raises(ValueError, match=r"grads\['b'\] is read-only"):
+        clip_grad_norm({"a": a, "b": np.broadcast_to(np.float64(3.0), (4,))}, 0.5)
+
+
+@pytest.mark.parametrize("subclass", ["matrix", "masked"])
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # (numpy's, for np.matrix)
+def test_adam_refuses_an_ndarray_subclass_it_would_take_for_a_gpu_array(subclass):
+    """Adam's moments are made like its first parameter: a np.matrix or MaskedArray parameter gave matrix
+    or masked moments, which sent step() down the cupy path (ModuleNotFoundError: No module named 'cupy'
+    without cupy)."""
+    p = np.asmatrix(np.ones((2, 3))) if subclass == "matrix" else np.ma.masked_array(np.ones((2, 3)))
+    with pytest.raises(TypeError, match=rf"params\['w'\] must be a numpy.ndarray, not the subclass numpy.*"
+                                        rf"{type(p).__name__}: pass np.asarray of it"):
+        Adam({"b": np.ones(3), "w": p})

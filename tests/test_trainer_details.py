@@ -983,3 +983,39 @@ def test_a_checkpoint_with_numbers_past_floats_range_or_deep_kwargs_is_a_checkpo
         for load in (load_policy, PPO.load):
             with pytest.raises(CheckpointError, match=r"the saved config is invalid: .*" + says):
                 load(str(tmp_path / "e.npz"))
+
+
+# ---------------------------------------------------------------- an env that reuses its observation array
+@needs_gym
+@pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_rollout_keeps_each_observation_an_env_then_overwrites_in_place(any_backend, autoreset, dtype):
+    """gymnasium's SyncVectorEnv(copy=False) returns one observation array and overwrites it at every
+    step. The buffer must hold the observation each action was chosen for, not the next step's: a
+    trainer that kept the env's array stored s_{t+1} beside a_t whenever the env's dtype was the
+    policy's and norm_obs was off (the defaults), and trained on those pairs."""
+    from gymnasium.vector import AutoresetMode
+
+    class InPlace(gym.vector.VectorWrapper):  # one array of ``dtype``, overwritten, as copy=False does
+        def reset(self, **kwargs):
+            obs, info = self.env.reset(**kwargs)
+            self.buf = np.empty(obs.shape, dtype)
+            self.seen = []
+            return self._out(obs), info
+
+        def step(self, actions):
+            obs, *rest = self.env.step(actions)
+            return self._out(obs), *rest
+
+        def _out(self, obs):
+            self.buf[...] = obs
+            self.seen.append(self.buf.copy())  # each observation as returned
+            return self.buf
+
+    mode = AutoresetMode.SAME_STEP if autoreset == "same_step" else AutoresetMode.NEXT_STEP
+    env = InPlace(gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2, copy=False, autoreset_mode=mode))
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=40, batch_size=40, autoreset=autoreset,
+                         dtype=dtype, seed=3), env=env)
+    algo.collect_rollout()  # 40 steps: CartPole's random-policy episodes end on the way (~20 steps)
+    assert algo.buffer.dones.any()
+    assert np.array_equal(algo.buffer.obs, np.stack(env.seen[:40]))
