@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from types import ModuleType
 from typing import Any
@@ -251,13 +252,15 @@ def _compile_listener() -> Any:
     which numba broadcasts around each real compile (a load from its disk cache is not one). It logs
     :data:`COMPILING_MESSAGE` at INFO when its first compile starts, so that a first run says why it
     waits, and adds up in ``seconds`` the wall time of the outermost compiles (a kernel's compile
-    compiles the helpers it calls inside its own: those are not counted twice). numba compiles under
-    one process-wide lock, so one compile (with its nested ones) runs at a time."""
+    compiles the helpers it calls inside its own: those are not counted twice), in all and per thread
+    (``by_thread``, keyed by ``threading.get_ident()``). numba compiles under one process-wide lock, in
+    the thread that calls the kernel, so one compile (with its nested ones) runs at a time."""
     from numba.core import event
 
     class Compiles(event.Listener):
         def __init__(self) -> None:
             self.seconds = 0.0
+            self.by_thread: dict[int, float] = {}
             self.depth = 0
             self.started = 0.0
             self.announced = False
@@ -273,7 +276,10 @@ def _compile_listener() -> Any:
         def on_end(self, ev: Any) -> None:
             self.depth -= 1
             if self.depth == 0:
-                self.seconds += time.perf_counter() - self.started
+                spent = time.perf_counter() - self.started
+                self.seconds += spent
+                thread = threading.get_ident()
+                self.by_thread[thread] = self.by_thread.get(thread, 0.0) + spent
 
     return Compiles()
 
@@ -288,12 +294,16 @@ def _watch_numba_compiles() -> None:
         event.register("numba:compile", _compiles)
 
 
-def numba_compile_seconds() -> float:
+def numba_compile_seconds(this_thread: bool = False) -> float:
     """Wall seconds this process has spent in numba's compiler since the numba backend was first
     chosen (minippo's kernels, and any other numba code compiled meanwhile; loads from numba's disk
-    cache are not compiles); 0.0 before, and on the numpy and cupy backends. ``PPO.learn`` leaves
-    them out of its ``fps``: they are paid once per machine, net shape and dtype."""
-    return 0.0 if _compiles is None else _compiles.seconds
+    cache are not compiles); 0.0 before, and on the numpy and cupy backends. ``this_thread``: only
+    the compiles run in the calling thread (numba compiles in the thread that first calls a kernel).
+    ``PPO.learn`` leaves its own thread's out of its ``fps``: they are paid once per machine, net
+    shape and dtype (another thread's compile, meanwhile, is not time this trainer did not run)."""
+    if _compiles is None:
+        return 0.0
+    return _compiles.by_thread.get(threading.get_ident(), 0.0) if this_thread else _compiles.seconds
 
 
 def _get() -> tuple[str, ModuleType]:

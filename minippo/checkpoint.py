@@ -746,7 +746,7 @@ def evaluate_policy(
     ``max_steps`` caps an episode (default: the env's own time limit, else :data:`EVAL_MAX_STEPS`),
     so that an env without a time limit cannot keep evaluation running for ever; an episode cut
     there counts with the return it had."""
-    from minippo.envs import _gym, check_env_id, dependency_errors
+    from minippo.envs import MAKING_ENVS, _gym, check_env_id, dependency_errors
     from minippo.ppo import PPO
 
     if isinstance(policy, PPO):  # (as Stable-Baselines3's evaluate_policy(model, ...)): its policy and statistics
@@ -769,7 +769,7 @@ def evaluate_policy(
                             "evaluate_policy(policy, None, env=env)")
         gym = _gym()
         check_env_id(env_id)
-        with dependency_errors(env_id, env_kwargs):
+        with MAKING_ENVS, dependency_errors(env_id, env_kwargs):  # (one make at a time: see MAKING_ENVS)
             env = gym.make(env_id, **(env_kwargs or {}))
     elif hasattr(env, "num_envs"):
         raise ValueError("env must be a single gymnasium env, not a vector env")

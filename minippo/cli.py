@@ -253,7 +253,7 @@ def _usable_tqdm() -> Any:
 def _compile_seconds() -> float:
     from minippo import backend
 
-    return backend.numba_compile_seconds()
+    return backend.numba_compile_seconds(this_thread=True)
 
 
 def _unsized(stream: Any) -> bool:
@@ -848,7 +848,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     diverged = None  # or the FloatingPointError that stopped training (NaN/inf loss, logits, data)
     failed = None  # or what could not be written (progress.csv, model.npz)
     t0 = time.perf_counter()
-    compiled_before = backend.numba_compile_seconds()
+    compiled_before = backend.numba_compile_seconds(this_thread=True)
     try:  # (the handlers inside: the env and the run folder's lock are released whatever happens from here)
         if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's
             for s in STOP_SIGNALS:  # alone (ValueError elsewhere): a run in another thread is its caller's to stop
@@ -916,7 +916,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if stop:
         print(f"minippo: interrupted at {algo.num_timesteps} steps; model saved to {model_path}", file=sys.stderr)
         return 130
-    compiled = backend.numba_compile_seconds() - compiled_before
+    compiled = backend.numba_compile_seconds(this_thread=True) - compiled_before
     if not args.quiet:
         of_it = f" ({compiled:.1f} s of it numba compiling kernels, a one-off)" if compiled >= 0.05 else ""
         # a resumed run's count is its total; the time is this run's

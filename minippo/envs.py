@@ -17,6 +17,7 @@ import importlib
 import math
 import os
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -75,6 +76,13 @@ def check_env_id(env_id: str) -> None:
         raise ValueError(f"unknown env id {env_id!r}: {where}{hint}")
 
 
+# gymnasium imports an env's module at its first make; two threads importing one package's modules at
+# once can each be handed a half-initialised module (ImportError "cannot import name 'CartPoleEnv' from
+# partially initialized module", gymnasium 1.4, CPython 3.11: two trainers built in two threads failed
+# in 5 runs of 5). minippo makes its envs one at a time.
+MAKING_ENVS = threading.RLock()
+
+
 def make_vec_env(
     env_id: str,
     n_envs: int,
@@ -105,7 +113,7 @@ def make_vec_env(
         raise TypeError(f"env_kwargs must be a dict of the env's keyword arguments (or None), "
                         f"got {type(env_kwargs).__name__}")
     kwargs = dict(env_kwargs or {})
-    with dependency_errors(env_id, kwargs):
+    with MAKING_ENVS, dependency_errors(env_id, kwargs):
         # vector="async" asks for subprocesses: gymnasium's own vectorised env runs in this one
         numpy_vectorised = gym.registry[_registry_key(env_id)].vector_entry_point is not None
         if autoreset == "next_step" and vector == "sync" and numpy_vectorised:

@@ -735,7 +735,7 @@ class PPO:
         ``row["time"]`` is the training wall time so far: :attr:`time_elapsed`, the seconds of every
         earlier ``learn`` call (of this trainer, or of the run it was loaded from: checkpoints keep it),
         plus this call's; ``row["fps"]`` is env steps per second of this call's time, leaving out the
-        seconds numba spent compiling kernels (:func:`minippo.backend.numba_compile_seconds`: a one-off
+        seconds numba spent compiling kernels in this thread (:func:`minippo.backend.numba_compile_seconds`: a one-off
         per machine, net shape and dtype, ~23 s for CartPole's preset on a 2-core VM, which would
         otherwise pull the rate down for the whole run).
 
@@ -759,7 +759,7 @@ class PPO:
                                    "learn(total) trains up to that many steps in all, not that many more")
             self.total_timesteps = total
         start = time.perf_counter()
-        compiling_at_start = backend.numba_compile_seconds()
+        compiling_at_start = backend.numba_compile_seconds(this_thread=True)
         steps_at_start, time_at_start = self.num_timesteps, self.time_elapsed
         while self.num_timesteps < self.total_timesteps:
             progress = self.num_timesteps / self.total_timesteps
@@ -767,7 +767,7 @@ class PPO:
             stats = self.update(progress)
             self.iteration += 1
             elapsed = time.perf_counter() - start
-            training = elapsed - (backend.numba_compile_seconds() - compiling_at_start)
+            training = elapsed - (backend.numba_compile_seconds(this_thread=True) - compiling_at_start)
             self.time_elapsed = time_at_start + elapsed  # (before the callback, which may save)
             row = {
                 "iteration": self.iteration,

@@ -309,3 +309,31 @@ def test_one_short_training_compiles_what_predict_and_eval_use(tmp_path):
     trained, added = out.stdout.splitlines()[-2:]
     assert "minippo.kernels.cpu_act._act_categorical" in trained  # the numba path did run
     assert added == "[]"
+
+
+def test_compile_seconds_are_counted_per_thread_too():
+    """numba compiles in the thread that first calls a kernel: numba_compile_seconds(this_thread=True) holds
+    that thread's compiles alone (PPO.learn's fps leaves out its own thread's, not another trainer's)."""
+    numba = pytest.importorskip("numba")
+    import threading
+
+    from numba.core import event
+
+    listener = backend._compile_listener()
+    event.register("numba:compile", listener)
+    try:
+        @numba.njit(cache=False)
+        def f(x):
+            return x - 1
+
+        worker = threading.Thread(target=f, args=(1,))
+        worker.start()
+        worker.join()
+        assert listener.by_thread.keys() == {worker.ident} and listener.by_thread[worker.ident] == listener.seconds > 0
+        f(1.5)  # a second signature, compiled here
+        mine = listener.by_thread[threading.get_ident()]
+        assert mine > 0 and listener.seconds == pytest.approx(mine + listener.by_thread[worker.ident], rel=1e-12)
+    finally:
+        event.unregister("numba:compile", listener)
+    assert backend._compiles is None or backend.numba_compile_seconds(this_thread=True) == \
+        backend._compiles.by_thread.get(threading.get_ident(), 0.0)

@@ -795,7 +795,7 @@ def test_tqdm_rate_and_eta_leave_out_numba_compiles(monkeypatch):
     monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
     now, compiled = [0.0], [0.0]
     monkeypatch.setattr(tqdm_std, "time", lambda: now[0])  # the clock tqdm reads
-    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: compiled[0])
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda this_thread=False: compiled[0])
     monkeypatch.setattr(sys, "stderr", _Tty())
     p = cli._Progress(1000, 0, False)
     compiled[0], now[0] = 45.0, 46.0  # iteration 1: 45 s of compiles, 1 s of training
@@ -825,7 +825,7 @@ def test_the_tqdm_bar_redraws_at_tqdms_rate_not_every_iteration(monkeypatch):
     monkeypatch.setattr(sys, "stderr", _Tty())
     now = [0.0]
     monkeypatch.setattr(tqdm_std, "time", lambda: now[0])
-    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: 0.0)
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda this_thread=False: 0.0)
     p = cli._Progress(100_000, 0, False)
     for row in _rows_for(1000):
         now[0] += 0.001
@@ -850,7 +850,7 @@ def test_later_compiles_are_left_out_of_the_rate_too(monkeypatch):
     monkeypatch.setattr(sys, "stderr", _Tty())
     now, compiled = [0.0], [0.0]
     monkeypatch.setattr(tqdm_std, "time", lambda: now[0])
-    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: compiled[0])
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda this_thread=False: compiled[0])
 
     def run(compiles: list[float]) -> dict:
         now[0] = compiled[0] = 0.0
@@ -930,7 +930,7 @@ def test_done_line_says_how_long_numba_compiled(tmp_path, capsys, monkeypatch):
         compiled[0] += 41.26  # as if the kernels had compiled during this run
         return out
 
-    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: compiled[0])
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda this_thread=False: compiled[0])
     monkeypatch.setattr(PPO, "learn", learn_and_compile)
     assert main(["train", "CartPole-v1", "--timesteps", "32", "--out", str(tmp_path / "a"), *TINY]) == 0
     assert re.search(r"minippo: done, \d+ steps in \d+\.\d s \(41\.3 s of it numba compiling kernels, a one-off\); "

@@ -1906,3 +1906,31 @@ def test_a_refused_callback_leaves_the_total_as_it_was():
     with pytest.raises(TypeError, match="callback must be a function"):
         algo.learn(1_000_000, callback="print")
     assert algo.total_timesteps == 96
+
+
+def test_trainers_built_at_once_in_two_threads_both_get_their_env():
+    """gymnasium imports an env's module at its first make; two threads doing so at once (CartPole and
+    Pendulum, both in gymnasium.envs.classic_control) were each handed a half-initialised module:
+    ImportError or KeyError in 5 of 5 fresh processes. minippo makes its envs one at a time. A fresh
+    process each try: the race is at the first import only."""
+    import subprocess
+    import sys
+
+    code = ("import threading\n"
+            "from minippo import PPO\n"
+            "from minippo.config import PPOConfig\n"
+            "errors, ready = [], threading.Barrier(2)\n"
+            "def build(env_id):\n"
+            "    ready.wait()\n"
+            "    try:\n"
+            "        PPO(PPOConfig(env_id=env_id, n_envs=2, n_steps=16, batch_size=32)).close()\n"
+            "    except Exception as e:\n"
+            "        errors.append(repr(e))\n"
+            "threads = [threading.Thread(target=build, args=(i,)) for i in ('CartPole-v1', 'Pendulum-v1')]\n"
+            "[t.start() for t in threads]\n"
+            "[t.join() for t in threads]\n"
+            "print(errors)")
+    env = {**os.environ, "MINIPPO_BACKEND": "numpy"}
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+        assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -837,7 +837,7 @@ def test_fps_leaves_out_numba_compile_time_and_time_does_not(monkeypatch):
     clock = iter([100.0, 110.0, 130.0])  # learn() starts; after iteration 1; after iteration 2
     compiled = iter([3.0, 9.0, 9.0])  # numba's compile seconds at the same three moments
     monkeypatch.setattr(ppo_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
-    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: next(compiled))
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda this_thread=False: next(compiled))
     rows = []
     algo.learn(callback=rows.append)
     assert [r["time"] for r in rows] == [10.0, 30.0]
@@ -1019,3 +1019,35 @@ def test_the_rollout_keeps_each_observation_an_env_then_overwrites_in_place(any_
     algo.collect_rollout()  # 40 steps: CartPole's random-policy episodes end on the way (~20 steps)
     assert algo.buffer.dones.any()
     assert np.array_equal(algo.buffer.obs, np.stack(env.seen[:40]))
+
+
+@needs_gym
+def test_fps_leaves_out_its_own_thread_s_compiles_not_another_s(numba_backend):
+    """Two trainers in two threads: a compile in the other thread (another net's kernels, ~35 s for
+    the first ones) was taken off this trainer's time too, which went negative and was clamped: an fps
+    of ~1e13. Simulated through the process's compile listener: a 0.3 s compile in another thread."""
+    import threading
+    import time
+
+    from minippo import backend
+
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=32, n_epochs=1, hidden=(8,)))
+    listener = backend._compiles
+
+    def compile_elsewhere():
+        listener.on_start(None)
+        time.sleep(0.3)
+        listener.on_end(None)
+
+    rows = []
+
+    def callback(row):
+        rows.append(row)
+        if len(rows) == 1:
+            other = threading.Thread(target=compile_elsewhere)
+            other.start()
+            other.join()
+
+    algo.learn(96, callback=callback)
+    assert len(rows) == 3 and all(0 < r["fps"] < 1e7 for r in rows)
+    assert rows[1]["fps"] < 64 / 0.3  # (fps of the call so far) the other thread's 0.3 s is in this trainer's wall time
