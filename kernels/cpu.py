@@ -1927,7 +1927,7 @@ def mlp_forward(mlp: Any, x: np.ndarray) -> list[np.ndarray] | None:
         st = _state(mlp)
     # x checked here (class, dtype, 2-d C order): the compiled entry point checks none of it
     if type(x) is not np.ndarray or x.dtype is not st.dt or x.strides != st.xmeta:
-        if type(x) is not np.ndarray or x.dtype != st.dt or x.shape not in st.by_shape:
+        if st.dt is None or type(x) is not np.ndarray or x.dtype != st.dt or x.shape not in st.by_shape:
             return None
         # Fortran order, negative strides, or the dtype as an equal object of its own (a pickled array's):
         # a C-order copy of the native dtype object, as the kernel's result must not depend on the layout
@@ -1962,7 +1962,7 @@ def mlp_backward(
         return None
     dt = dy.dtype
     if dt is not st.dt or dy.ndim != 2:
-        if dt != st.dt or dy.ndim != 2:
+        if st.dt is None or dt != st.dt or dy.ndim != 2:  # (None first: numpy takes it for float64)
             return None
         dt = st.dt  # (the dtype as an equal object of its own: a pickled array's)
         dy = dy.view(dt)

@@ -219,7 +219,7 @@ def test_train_speed_times_learn_alone_after_an_untimed_start_up(monkeypatch, ca
     monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=clock, process_time=time.process_time))
     from minippo import backend
 
-    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: compiled[0])
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda this_thread=False: compiled[0])
     res = bench.train_speed(512)
     assert events[:8] == ["clock", "init 1", "learn 1", "clock",  # the start-up run, timed apart
                           "init 512", "clock", "learn 512", "clock"]  # the env built, then learn alone
@@ -258,7 +258,8 @@ def test_train_speed_repeats_alternate_rounds_and_report_the_best_of_each(monkey
                                                              process_time=lambda: 7.0 + now[0] / 2))
     from minippo import backend
 
-    monkeypatch.setattr(backend, "numba_compile_seconds", lambda: 5.0)  # compiled before: none in the start-up
+    # compiled before: none in the start-up
+    monkeypatch.setattr(backend, "numba_compile_seconds", lambda this_thread=False: 5.0)
     res = bench.train_speed(512, repeats=2)
     assert events == ["learn 1", "learn 512", "env 512", "learn 512", "env 512"]
     assert (res["startup_s"], res["train_s"], res["train_max_s"]) == (1.0, 2.0, 3.0)

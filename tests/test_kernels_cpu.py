@@ -458,13 +458,13 @@ def test_mlp_dispatch_by_size_and_dtype(numba_backend, monkeypatch):
     assert len(calls) == 1 and cpu.mlp_backward(mlp, np.ones_like(y), cache) is None
     calls.clear()
     mlp.forward(rng.normal(size=(cpu.MAX_BATCH, 4)).astype(np.float32))
-    x_strided = rng.normal(size=(2, 8)).astype(np.float32)[:, ::2]  # not contiguous: numpy
-    mlp.forward(x_strided)
-    assert len(calls) == 1
+    x_strided = rng.normal(size=(2, 8)).astype(np.float32)[:, ::2]  # not contiguous: copied to C order
+    mlp.forward(x_strided)  # and fused (numpy's path before session 64)
+    assert len(calls) == 2
     # a float64 input into float32 params: cast to float32, as MLP.forward casts it, then fused (it ran
     # numpy and gave float64 before session 54)
     y64, cache64 = mlp.forward(rng.normal(size=(2, 4)))
-    assert len(calls) == 2 and y64.dtype == cache64[0].dtype == np.float32
+    assert len(calls) == 3 and y64.dtype == cache64[0].dtype == np.float32
     dx, grads = mlp.backward(np.ones((2, 2)), cache64)  # a float64 dy: cast too, then fused
     assert dx.dtype == np.float32 and grads["W0"].dtype == np.float32
 
@@ -819,10 +819,11 @@ def test_fused_outputs_are_new_arrays_every_call(numba_backend):
 
 def test_fused_entry_point_path_checks_inputs(numba_backend):
     """After the first call the forward's compiled entry point is called directly: inputs it cannot
-    take (other dtype, strides, class, shape) must still go to numpy, and read-only inputs still
-    work. The backward goes through numba's dispatcher: any layout of dy and the cache gives the same
-    result; another dtype or shape (checked by the kernel) or a cache numba cannot type (the dispatcher
-    raises; Python checks dtypes and ndims from then on) goes to numpy."""
+    take (other dtype, class, shape) must still go to numpy, other strides a C-order copy (since
+    session 64; numpy's path before), and read-only inputs still work. The backward goes through
+    numba's dispatcher: any layout of dy and the cache gives the same result; another dtype or shape
+    (checked by the kernel) or a cache numba cannot type (the dispatcher raises; Python checks dtypes
+    and ndims from then on) goes to numpy."""
     mlp = nn.MLP([4, 6, 2], seed=0)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3, 4)).astype(np.float32)
@@ -833,8 +834,9 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     ro.flags.writeable = False
     np.testing.assert_array_equal(mlp.forward(ro)[0], y0)
     assert cpu.mlp_forward(mlp, x.astype(np.float64)) is None
-    assert cpu.mlp_forward(mlp, np.asfortranarray(rng.normal(size=(3, 4)).astype(np.float32))) is None
-    assert cpu.mlp_forward(mlp, np.ones((3, 5), np.float32)[:, :4]) is None
+    for other in (np.asfortranarray(x), np.concatenate([x, x], axis=1)[:, :4]):  # other strides: copied
+        cache = cpu.mlp_forward(mlp, other)
+        assert cache[-1].tobytes() == y0.tobytes() and cache[0].flags.c_contiguous and cache[0] is not other
     assert cpu.mlp_forward(mlp, np.ones((0, 4), np.float32)) is None
     assert cpu.mlp_forward(mlp, np.ones((cpu.max_batch(mlp.sizes) + 1, 4), np.float32)) is None
     assert cpu.mlp_forward(mlp, np.ones((2, 4), np.float32).view(np.recarray)) is None
@@ -1665,10 +1667,11 @@ def test_byte_swapped_arrays_after_an_unaligned_one_give_numpys_results(numba_ba
     numpy_res = advantages.gae_numpy(*swapped, 0.99, 0.95)
     for got in (advantages.compute_gae(*swapped, 0.99, 0.95), cpu.gae(*swapped, 0.99, 0.95)):
         for g, n, w in zip(got, numpy_res, want, strict=True):
-            assert g.dtype == n.dtype == np.float64  # not float32 of either byte order: numpy's rule
+            # native float32, as for float32 rewards (float64 until session 64: '>f4' != np.float32)
+            assert g.dtype is n.dtype is np.dtype(np.float32)
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-    out = [np.empty((T, N), ">f4"), np.empty((T, N), ">f4")]  # out byte-swapped: written as numpy writes it
-    with pytest.raises(ValueError, match="out must be two float64 arrays"):
+    out = [np.empty((T, N), ">f4"), np.empty((T, N), ">f4")]  # out byte-swapped: refused, as on numpy
+    with pytest.raises(ValueError, match=r"out must be two float32 arrays .* got \[\(dtype\('>f4'\)"):
         advantages.compute_gae(*swapped, 0.99, 0.95, out=out)
 
     net = nn.MLP([6, 64, 3], seed=3)
