@@ -27,6 +27,7 @@ import numpy as np
 from minippo import __version__
 from minippo._checks import flag, integer
 from minippo.policy import ActorCritic, check_obs
+from minippo.spaces import is_kind
 
 FORMAT = 1
 Array = Any
@@ -794,7 +795,7 @@ def evaluate_policy(
         xp = array_module(next(iter(policy.params.values())))
 
         def act(o: np.ndarray) -> np.ndarray:
-            o = np.asarray(o, dtype=policy.dtype)
+            o = check_obs(o, policy.obs_dim, policy.dtype)  # (named, as Policy.predict names it)
             o = np.ascontiguousarray(o.reshape(1, *o.shape))  # (not o[None]: row stride 0, see predict)
             if obs_norm is not None:
                 o = obs_norm(o, update=False)
@@ -816,6 +817,14 @@ def evaluate_policy(
         raise NonFiniteEnvError(f"env {env_id!r} returned a non-finite {what} in evaluation episode {ep} {at}: "
                                 f"{r if what == 'reward' else a}")
 
+    # Box actions in the env's dtype (check_env_fits compares the bounds, not the dtype: a float64 policy
+    # plays a float32 env), as training casts them
+    dtype = getattr(env.action_space, "dtype", None)
+    box = is_kind(env.action_space, "Box") and dtype is not None and np.dtype(dtype).kind == "f"
+
+    def to_env(a: Any) -> Any:
+        return np.asarray(a).astype(dtype, copy=False) if box else a
+
     returns, lengths, cut = [], [], 0
     try:
         for ep in range(n_episodes):
@@ -823,7 +832,7 @@ def evaluate_policy(
             finite(obs, 0.0, ep, 0)
             total, length, done = 0.0, 0, False
             while not done:
-                obs, r, term, trunc, _ = env.step(act(obs))
+                obs, r, term, trunc, _ = env.step(to_env(act(obs)))
                 r = float(r)
                 finite(obs, r, ep, length + 1)
                 total += r

@@ -267,6 +267,15 @@ def _unsized(stream: Any) -> bool:
     return size.columns == 0 or size.lines == 0
 
 
+def _say(*parts: Any, **kwargs: Any) -> None:
+    """``print`` to stderr, where a stderr that cannot be written (its reader gone, a full disk, EIO
+    after the terminal hung up) loses the line, not the run: training goes on and saves."""
+    try:
+        print(*parts, file=sys.stderr, **kwargs)
+    except (OSError, ValueError):  # (ValueError: the stream closed)
+        pass
+
+
 class _Progress:
     """tqdm bar on a terminal (a plain text bar if tqdm is missing, older than 4.16 (no
     ``set_postfix_str``) or fails to start, as tqdm 4.16-4.20 do on Python 3.12+, or the terminal
@@ -276,7 +285,7 @@ class _Progress:
 
     def __init__(self, total: int, start: int, quiet: bool) -> None:
         self.quiet, self.total, self.bar = quiet, total, None
-        self.tty = sys.stderr.isatty()
+        self.tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
         self.drawn = False  # the plain bar is on the terminal's last line
         self.compiled = _compile_seconds()  # numba's compile seconds already counted by the bar
         if quiet or not self.tty:
@@ -296,6 +305,12 @@ class _Progress:
     def __call__(self, row: dict[str, Any]) -> None:
         if self.quiet:
             return
+        try:
+            self._show(row)
+        except (OSError, ValueError):  # stderr cannot be written: a progress bar never stops training
+            self.quiet, self.bar = True, None
+
+    def _show(self, row: dict[str, Any]) -> None:
         ret, fps = row["mean_return"], row["fps"]
         # NaN until the first episode ends (MountainCar's 200-step episodes: many iterations): said in
         # words, where "nan" read as the divergence that stops training
@@ -338,7 +353,7 @@ class _Progress:
                 return
             except Exception:
                 pass
-        print(("\n" if self.drawn else "") + line, file=sys.stderr, flush=True)
+        _say(("\n" if self.drawn else "") + line, flush=True)
         self.drawn = False
 
     def close(self) -> None:
@@ -347,7 +362,7 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
         elif self.tty and not self.quiet:
-            print(file=sys.stderr)
+            _say()
 
 
 def _ends_line(path: str) -> bool:
@@ -807,12 +822,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     start_steps = algo.num_timesteps
     if not args.quiet:
         settings = f"resumed at {start_steps} steps" if args.resume else _settings(args)
-        print(f"minippo: training {cfg.env_id}{_kwargs_shown(cfg.env_kwargs)} ({cfg.objective}, "
-              f"{settings}) for {algo.total_timesteps} steps on backend {backend.name}; writing {out}",
-              file=sys.stderr)
+        _say(f"minippo: training {cfg.env_id}{_kwargs_shown(cfg.env_kwargs)} ({cfg.objective}, "
+             f"{settings}) for {algo.total_timesteps} steps on backend {backend.name}; writing {out}")
         hint = _small_net_on_gpu(cfg, backend.name)
         if hint:
-            print(hint, file=sys.stderr)
+            _say(hint)
     per_iteration = cfg.n_envs * cfg.n_steps  # the last rollout runs to completion past the budget
     steps_to_run = -(-algo.total_timesteps // per_iteration) * per_iteration
     progress = _Progress(max(steps_to_run, algo.num_timesteps), algo.num_timesteps, args.quiet)
@@ -827,8 +841,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         stop.append(signum)
         if len(stop) > 1:
             raise KeyboardInterrupt
-        print("\nminippo: stopping after this iteration (press Ctrl-C again to stop now without saving)",
-              file=sys.stderr, flush=True)
+        _say("\nminippo: stopping after this iteration (press Ctrl-C again to stop now without saving)", flush=True)
 
     log_failed: list[OSError] = []  # progress.csv could not be written (a full disk, a quota)
     unlogged: list[list[str]] = []  # that row: saved with the model, written by a resumed run (no gap)
@@ -891,38 +904,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         lock.close()  # the run folder is free for the next run (or a resume) once the model is saved
     if aborted is not None:
         saved = f"model saved to {model_path}" if aborted == "as the save ended" else "model not saved"
-        print(f"minippo: stopped {aborted} at {algo.num_timesteps} steps; {saved}", file=sys.stderr)
+        _say(f"minippo: stopped {aborted} at {algo.num_timesteps} steps; {saved}")
         return 130
     if log_failed:
         csv_path = os.path.join(out, "progress.csv")
         saved = f"model not saved ({failed})" if failed is not None else \
             f"model saved to {model_path} with the unwritten row (--resume writes it first)"
-        print(f"minippo: error: cannot write {csv_path}: {log_failed[0]}; training stopped at "
-              f"{algo.num_timesteps} steps; {saved}", file=sys.stderr)
+        _say(f"minippo: error: cannot write {csv_path}: {log_failed[0]}; training stopped at "
+             f"{algo.num_timesteps} steps; {saved}")
         return 1
     if failed is not None:
-        print(f"minippo: error: {failed}; model not saved (the previous model.npz, if any, is as it was)",
-              file=sys.stderr)
+        _say(f"minippo: error: {failed}; model not saved (the previous model.npz, if any, is as it was)")
         return 1
     if diverged is not None:
         clip = "a smaller max_grad_norm" if cfg.max_grad_norm > 0 else \
             "gradient clipping (max_grad_norm > 0; it is off)"
         hint = "" if isinstance(diverged, NonFiniteEnvError) else \
             f" (a smaller learning_rate, {clip} or a larger temperature may help)"
-        print(f"minippo: error: training stopped at {algo.num_timesteps} steps: {diverged}; model not saved{hint}",
-              file=sys.stderr)
+        _say(f"minippo: error: training stopped at {algo.num_timesteps} steps: {diverged}; model not saved{hint}")
         return 1
     wall = time.perf_counter() - t0
     if stop:
-        print(f"minippo: interrupted at {algo.num_timesteps} steps; model saved to {model_path}", file=sys.stderr)
+        _say(f"minippo: interrupted at {algo.num_timesteps} steps; model saved to {model_path}")
         return 130
     compiled = backend.numba_compile_seconds(this_thread=True) - compiled_before
     if not args.quiet:
         of_it = f" ({compiled:.1f} s of it numba compiling kernels, a one-off)" if compiled >= 0.05 else ""
         # a resumed run's count is its total; the time is this run's
         this_run = f" ({algo.num_timesteps - start_steps} in this run)" if start_steps else ""
-        print(f"minippo: done, {algo.num_timesteps} steps{this_run} in {wall:.1f} s{of_it}; model saved to "
-              f"{model_path}", file=sys.stderr)
+        _say(f"minippo: done, {algo.num_timesteps} steps{this_run} in {wall:.1f} s{of_it}; model saved to "
+             f"{model_path}")
     return 0
 
 
@@ -1170,8 +1181,21 @@ def _current_folder_importable() -> None:
         sys.path.append(cwd)
 
 
+class _Discard(io.StringIO):
+    """Where a closed standard stream's text goes: nowhere (no file to leave open)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``minippo`` command; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit code."""
+    # A standard stream closed when Python started (`2>&-`) is None: print(file=None) then writes to
+    # stdout (log lines before --json's document), and None has no isatty or flush
+    if sys.stdout is None:
+        sys.stdout = _Discard()
+    if sys.stderr is None:
+        sys.stderr = _Discard()
     pin_blas_threads()
     _current_folder_importable()
     _show_library_log()
@@ -1184,10 +1208,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except (UsageError, ImportError) as e:  # ImportError: a missing optional dependency
-        print(f"minippo: error: {e}", file=sys.stderr)
+        _say(f"minippo: error: {e}")  # (2 even where stderr cannot be written)
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside training (starting up, eval, plot, bench): no traceback
-        print("\nminippo: interrupted", file=sys.stderr)
+        _say("\nminippo: interrupted")
         return 130
     except BrokenPipeError:  # stdout closed by its reader (`minippo eval ... | head -c 1`): no traceback
         if not _stdout_closed():  # another pipe (an async env's worker that died): not the reader's doing

@@ -228,6 +228,65 @@ def env_spec_id(env: Any) -> str | None:
     return ids.pop() if len(ids) == 1 else None
 
 
+# Wrappers that change only what info holds: an env given with them evaluates as the bare env does.
+INFO_ONLY_WRAPPERS = frozenset({"RecordEpisodeStatistics"})
+_MAKE_VEC_KEYS = frozenset({"num_envs", "vectorization_mode", "vector_kwargs", "wrappers"})
+
+
+def env_changes(env: Any, env_id: str, env_kwargs: Mapping[str, Any] | None) -> list[str]:
+    """What a given gymnasium vector env adds to ``gym.make(env_id, **env_kwargs)``, as gymnasium records
+    it: vector wrappers, wrappers around the sub-envs, other keyword arguments, another time limit.
+    Evaluation, ``PPO.load`` without ``env=`` and ``minippo eval`` make the env from the id: a model
+    trained through such a change (observations scaled by a wrapper, gravity changed) would be
+    evaluated, without a word, in an env it never saw. [] when it adds nothing (wrappers of
+    :data:`INFO_ONLY_WRAPPERS` aside), or for an env of one's own, whose specs say nothing."""
+    try:
+        gym = _gym()
+    except ImportError:  # (an env of one's own with a spec, and no gymnasium)
+        return []
+    changes: list[str] = []
+    w = env
+    while isinstance(w, gym.vector.VectorWrapper):
+        if type(w).__name__ not in INFO_ONLY_WRAPPERS:
+            changes.append(f"vector wrapper {type(w).__name__}")
+        w = w.env
+    try:
+        registered = gym.spec(_registry_key(env_id))
+    except Exception:  # noqa: BLE001 (an id gymnasium does not know: nothing to compare with)
+        return changes
+    want = {**registered.kwargs, **(env_kwargs or {})}
+    want_steps = want.pop("max_episode_steps", registered.max_episode_steps)  # (gymnasium keeps it apart)
+    specs = [getattr(w, "spec", None)]
+    if isinstance(w, gym.vector.SyncVectorEnv):
+        specs += [getattr(e, "spec", None) for e in w.envs]
+    elif specs[0] is None and callable(getattr(w, "get_attr", None)):  # (an AsyncVectorEnv made from thunks:
+        try:  # its workers send their specs, which fails for wrappers of local functions: nothing known then)
+            specs += list(w.get_attr("spec"))
+        except Exception:  # noqa: BLE001 (an env of one's own may have any get_attr, or none that works)
+            pass
+    for i, spec in enumerate(specs):
+        if spec is None or not hasattr(spec, "kwargs"):
+            continue
+        kwargs = dict(spec.kwargs)
+        steps = getattr(spec, "max_episode_steps", None)
+        if i == 0:  # the vector env's own spec: make_vec's arguments beside the env's
+            if len(specs) == 1:  # (else each sub-env's spec names the wrappers these functions added)
+                changes += [f"wrapper {getattr(f, '__name__', type(f).__name__)}"
+                            for f in kwargs.get("wrappers") or ()
+                            if getattr(f, "func", None) is not _shield_worker]  # (make_vec_env's own, async)
+            kwargs = {k: v for k, v in kwargs.items() if k not in _MAKE_VEC_KEYS}
+            steps = kwargs.pop("max_episode_steps", want_steps)  # (a vector entry point's)
+        changes += [f"wrapper {ws.name}" for ws in getattr(spec, "additional_wrappers", ())
+                    if ws.name not in INFO_ONLY_WRAPPERS]
+        if kwargs != want:
+            changes.append("kwargs " + ", ".join(
+                [f"{k}={v!r}" for k, v in kwargs.items() if k not in want or want[k] != v]
+                + [f"{k} left at its default" for k in want if k not in kwargs]))
+        if steps != want_steps:
+            changes.append(f"max_episode_steps={steps} (made from the id: {want_steps})")
+    return list(dict.fromkeys(changes))  # (the vector env's spec and its sub-envs' repeat each other)
+
+
 def is_next_step(env: Any) -> bool:
     """True when ``env`` autoresets on the step after an episode ends (gymnasium NEXT_STEP), False
     for SAME_STEP (reset within the step, the final observation in ``info["final_obs"]``).

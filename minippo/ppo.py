@@ -227,7 +227,11 @@ class PPO:
     given env whose gymnasium id (its spec's, or its sub-envs') is another than ``config.env_id`` is
     refused, because checkpoints record ``config.env_id`` and evaluation makes that env. A given env
     with no id is recorded as custom (:attr:`custom_env`, its class name): ``evaluate`` and
-    :meth:`load` then need ``env=``, and ``config.env_id`` names no env of this model.
+    :meth:`load` then need ``env=``, and ``config.env_id`` names no env of this model. So is one that
+    gymnasium's specs show to differ from ``gym.make(config.env_id, **config.env_kwargs)``
+    (:func:`minippo.envs.env_changes`: a wrapper other than RecordEpisodeStatistics, other keyword
+    arguments or another time limit; :attr:`custom_env` is then its id and the changes): a model
+    trained on observations a wrapper scaled would otherwise be evaluated in the bare env.
     """
 
     def __init__(self, config: PPOConfig | None = None, env: Any = None, **overrides: Any) -> None:
@@ -269,9 +273,9 @@ class PPO:
     def _setup(self, config: PPOConfig, env: Any) -> None:
         """The rest of ``__init__``, once ``self.env`` is made or given: checks it fits ``config`` and
         builds the policy, optimiser, normalisers, schedules and buffer."""
-        from minippo.envs import ObsNormalizer, RewardScaler, env_spec_id, is_next_step
+        from minippo.envs import ObsNormalizer, RewardScaler, env_changes, env_spec_id, is_next_step
         from minippo.losses import AdaptiveKL
-        from minippo.spaces import as_space
+        from minippo.spaces import as_space, is_kind
 
         if not hasattr(self.env, "num_envs"):
             name = type(self.env).__name__
@@ -288,8 +292,15 @@ class PPO:
             raise ValueError(f"env is {spec_id} but config.env_id={config.env_id!r}: set env_id={spec_id!r} "
                              "(checkpoints and evaluation use config.env_id)")
         # An env given without a gymnasium id (your own class, or gymnasium's without a spec) is not
-        # config.env_id's: named by its class in messages and checkpoints, and never remade from the id
-        self.custom_env = type(self.env).__name__ if env is not None and spec_id is None else None
+        # config.env_id's: named by its class in messages and checkpoints, and never remade from the id.
+        # Nor is one that gymnasium's specs show to differ from gym.make(env_id, **env_kwargs) (a wrapper,
+        # other kwargs or time limit): named by its id and the changes
+        self.custom_env: str | None = None
+        if env is not None and spec_id is None:
+            self.custom_env = type(self.env).__name__
+        elif env is not None:
+            changes = env_changes(self.env, config.env_id, config.env_kwargs)
+            self.custom_env = f"{spec_id} ({'; '.join(changes)})" if changes else None
         self.env_name = self.custom_env or config.env_id
         # PPO.load: the checkpoint's meta (JSON) it was restored from, as a Policy keeps it; else None
         self.checkpoint_meta: dict[str, Any] | None = None
@@ -298,7 +309,7 @@ class PPO:
                              f"n_envs={self.env.num_envs}, or PPO.load(path, env=..., n_envs={self.env.num_envs}))")
         obs_space = self.env.single_observation_space
         shape = getattr(obs_space, "shape", None)
-        if type(obs_space).__name__ not in ("Box", "MultiBinary") or shape is None or len(shape) != 1:
+        if not is_kind(obs_space, "Box", "MultiBinary") or shape is None or len(shape) != 1:
             raise ValueError(
                 f"observation space {obs_space} is not supported: minippo takes 1-D Box (or MultiBinary) "
                 "observations; wrap the env in gymnasium.wrappers.FlattenObservation (one-hot for Discrete "

@@ -99,6 +99,12 @@ class Box:
 Space = Discrete | Box
 
 
+def is_kind(space: Any, *names: str) -> bool:
+    """Whether ``space`` is of a class named one of ``names``, or a subclass of one (gymnasium's spaces
+    by name: the core does not import gymnasium)."""
+    return any(c.__name__ in names for c in type(space).__mro__)
+
+
 def as_space(space: Any) -> Space:
     """A minippo space from a gymnasium ``Discrete``/``Box``, a minippo space, or its dict form."""
     if isinstance(space, (Discrete, Box)):
@@ -114,9 +120,9 @@ def as_space(space: Any) -> Space:
             return Box(np.asarray(space["low"]), np.asarray(space["high"]), space.get("dtype", "float32"))
         raise ValueError(f"action_space dict kind must be 'discrete' or 'box', got {kind!r}")
     cls = type(space).__name__
-    if cls == "Discrete" and hasattr(space, "n"):
+    if is_kind(space, "Discrete") and hasattr(space, "n"):
         return Discrete(int(space.n), int(getattr(space, "start", 0)))
-    if cls == "Box" and hasattr(space, "low") and hasattr(space, "high"):
+    if is_kind(space, "Box") and hasattr(space, "low") and hasattr(space, "high"):
         if len(space.shape) != 1:
             raise ValueError(f"Box action spaces must be 1-D, got shape {space.shape}")
         return Box(np.asarray(space.low), np.asarray(space.high), np.dtype(getattr(space, "dtype", np.float32)).name)

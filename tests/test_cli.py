@@ -1955,3 +1955,67 @@ def test_train_runs_from_a_thread_other_than_the_main_one(tmp_path):
     assert {s: signal.getsignal(s) for s in handlers} == handlers
     assert main(["train", "CartPole-v1", "--resume", str(out / "model.npz"), "--timesteps", "192", "--out", str(out),
                  "--quiet"]) == 0  # the run folder's lock was released
+
+
+class _Unwritable:
+    """A stderr whose reader is gone or whose disk is full: every write raises."""
+
+    def write(self, text):
+        raise OSError(5, "Input/output error")
+
+    def flush(self):
+        raise OSError(5, "Input/output error")
+
+    def isatty(self):
+        return False
+
+
+def test_train_finishes_and_saves_when_stderr_cannot_be_written(tmp_path, monkeypatch):
+    """`minippo train ... 2>&1 | head -1`, `2>/dev/full`, a terminal that hung up: the first progress
+    line raised, and the run ended with a traceback (to the dead stream), exit 1 and no model. Lines that
+    cannot be written are lost; the run is not."""
+    from minippo import load_policy
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "stderr", _Unwritable())
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), *TINY]) == 0
+    assert load_policy(str(out / "model.npz")).env_id == "CartPole-v1" and len(_rows(out / "progress.csv")) == 1
+    assert main(["train", "CartPole-v1", "--set", "nope=1", "--out", str(tmp_path / "x")]) == 2  # usage: still 2
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_stop_signal_saves_the_model_when_stderr_is_full(tmp_path):
+    """The stop signal's notice ("stopping after this iteration") raised inside whatever numpy code ran
+    when stderr could not be written (ENOSPC here; EIO after a hang-up): exit 1, no model."""
+    import signal
+    import time
+
+    from minippo import load_policy
+
+    out = tmp_path / "run"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.Popen([sys.executable, "-m", "minippo", "train", "CartPole-v1", "--timesteps", "10000000",
+                                 "--out", str(out)], stderr=full, env={**os.environ, "MINIPPO_BACKEND": "numpy"})
+        deadline = time.time() + 60
+        while not (out / "progress.csv").exists() or len(_rows(out / "progress.csv")) < 2:
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+    assert load_policy(str(out / "model.npz")).env_id == "CartPole-v1"
+
+
+def test_closed_standard_streams_give_no_traceback(tmp_path, monkeypatch, capsys):
+    """A stream closed when Python started (`>&-`, `2>&-`) is None: a saved run ended in AttributeError
+    ('NoneType' object has no attribute 'flush'), exit 1; with stderr closed train did not start
+    (no isatty)."""
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "stdout", None)
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), *TINY]) == 0
+    assert (out / "model.npz").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["eval", str(out / "model.npz"), "--episodes", "1", "--json"]) == 0
+    json.loads(capsys.readouterr().out)  # the document alone on stdout

@@ -315,3 +315,52 @@ def test_logged_mean_return_and_length_are_over_the_last_100_episodes():
         last = env.finished[:n][-100:]
         assert row["mean_return"] == np.mean(last) == row["mean_length"]
     assert rows[0][1] < 100 < rows[-1][1]
+
+
+def test_a_gymnasium_env_given_with_changes_its_spec_records_is_custom_too(tmp_path):
+    """A model trained through a wrapper that keeps the shapes (observations scaled 100x), with other
+    kwargs, or with another time limit was evaluated without a word in the bare env made from its id
+    (-1481 against its training env's returns), by evaluate, PPO.load and minippo eval. gymnasium's
+    specs record each change: such an env is recorded as custom, named by its id and the changes."""
+    gym = pytest.importorskip("gymnasium")
+    from gymnasium.wrappers import RecordEpisodeStatistics, TransformObservation
+
+    from minippo.envs import env_changes, make_vec_env
+
+    def scaled(e):
+        return TransformObservation(e, lambda o: o * 100, e.observation_space)
+
+    cfg = PPOConfig(env_id="Pendulum-v1", n_envs=2, n_steps=32, batch_size=32, n_epochs=1, hidden=(8,))
+    changed = {
+        "wrapper TransformObservation": gym.make_vec("Pendulum-v1", 2, "sync", wrappers=[scaled]),
+        "kwargs g=5.0": gym.make_vec("Pendulum-v1", 2, "sync", g=5.0),
+        "max_episode_steps=50 (made from the id: 200)": gym.vector.SyncVectorEnv(
+            [lambda: gym.make("Pendulum-v1", max_episode_steps=50)] * 2),
+        "vector wrapper NormalizeObservation": gym.wrappers.vector.NormalizeObservation(
+            gym.make_vec("Pendulum-v1", 2, "sync")),
+    }
+    for change, env in changed.items():
+        model = PPO(cfg, env=env)
+        assert model.custom_env == f"Pendulum-v1 ({change})", change
+        with pytest.raises(ValueError, match=r"this model trains on Pendulum-v1 \(.*\), given as PPO\(config, env="):
+            model.evaluate()
+        model.close()
+    model = PPO(cfg, env=gym.make_vec("Pendulum-v1", 2, "sync", wrappers=[scaled]))
+    path = str(tmp_path / "m.npz")
+    model.save(path)
+    with pytest.raises(ValueError, match=r"was trained on Pendulum-v1 \(wrapper TransformObservation\)"):
+        PPO.load(path)
+    assert load_policy(path).custom_env == "Pendulum-v1 (wrapper TransformObservation)"
+    # what evaluation would make again: no change (an info-only wrapper, minippo's own envs, the id's kwargs)
+    same = [gym.make_vec("Pendulum-v1", 2, "sync", wrappers=[RecordEpisodeStatistics]),
+            gym.wrappers.vector.RecordEpisodeStatistics(gym.make_vec("Pendulum-v1", 2, "sync")),
+            gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1")] * 2),
+            make_vec_env("Pendulum-v1", 2, "async"), make_vec_env("CartPole-v1", 2, autoreset="next_step")]
+    for env in same:
+        env_id = env.spec.id if env.spec is not None else "Pendulum-v1"
+        assert env_changes(env, env_id, None) == [], env
+        env.close()
+    kw = make_vec_env("CartPole-v1", 2, autoreset="next_step", env_kwargs={"max_episode_steps": 50})
+    assert env_changes(kw, "CartPole-v1", {"max_episode_steps": 50}) == []
+    assert env_changes(kw, "CartPole-v1", None) == ["max_episode_steps=50 (made from the id: 500)"]
+    kw.close()

@@ -1934,3 +1934,49 @@ def test_trainers_built_at_once_in_two_threads_both_get_their_env():
     for _ in range(3):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
         assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_spaces_of_a_subclass_of_box_or_discrete_are_taken_as_theirs():
+    """gymnasium's spaces were matched by the exact class name: a subclass of Box was refused as "not
+    supported: minippo takes 1-D Box observations" (naming a Box), and as an action space."""
+    from minippo.spaces import as_space
+
+    class MyBox(gym.spaces.Box):
+        pass
+
+    class MyDiscrete(gym.spaces.Discrete):
+        pass
+
+    assert as_space(MyDiscrete(3, start=-1)).to_dict() == {"kind": "discrete", "n": 3, "start": -1}
+    assert as_space(MyBox(-1.0, 1.0, (2,), np.float32)).to_dict()["kind"] == "box"
+    for action_space in (MyBox(-1.0, 1.0, (2,), np.float32), MyDiscrete(3)):
+        env = gym.vector.SyncVectorEnv([lambda a=action_space: Probe(MyBox(-1.0, 1.0, (3,), np.float32), a, value=0.0)]
+                                       * 2)
+        model = PPO(PPOConfig(n_envs=2, n_steps=8, batch_size=16, n_epochs=1, hidden=(4,)), env=env)
+        assert model.obs_dim == 3
+        model.learn(16)
+        model.close()
+
+
+def test_evaluation_sends_box_actions_in_the_env_s_dtype_and_checks_observations(tmp_path):
+    """A float64-Box policy evaluated in an env of the same bounds in float32 sent float64 actions, which
+    the env's action_space.contains refuses; observations past the policy's float32 range went unnamed
+    through model.evaluate (an overflow warning, then "the policy's output contains NaN or inf")."""
+    Probe.log.clear()
+    env64 = gym.vector.SyncVectorEnv([lambda: Probe(action_space=gym.spaces.Box(-1.0, 1.0, (2,), np.float64),
+                                                    value=0.0)] * 2)
+    model = PPO(PPOConfig(n_envs=2, n_steps=8, batch_size=16, n_epochs=1, hidden=(4,)), env=env64)
+    model.learn(16)
+    assert all(Probe.log)
+    Probe.log.clear()
+    one32 = gym.wrappers.TimeLimit(Probe(action_space=gym.spaces.Box(-1.0, 1.0, (2,), np.float32), value=0.0), 3)
+    model.evaluate(1, env=one32)
+    path = str(tmp_path / "m.npz")
+    model.save(path)
+    evaluate_policy(load_policy(path), None, 1, env=one32)
+    assert len(Probe.log) == 6 and all(Probe.log)  # every action in the float32 space
+    big = gym.wrappers.TimeLimit(Probe(gym.spaces.Box(-np.inf, np.inf, (2,), np.float64), gym.spaces.Box(
+        -1.0, 1.0, (2,), np.float64), value=1e300, nan_at=0), 3)
+    with pytest.raises(ValueError, match="obs holds values beyond the policy's float32 range"):
+        model.evaluate(1, env=big)
+    model.close()
