@@ -326,7 +326,14 @@ class _Progress:
         elif self.tty:
             frac = min(row["timesteps"] / self.total, 1.0)
             bar = "#" * int(30 * frac)
-            print(f"\r[{bar:<30}] {row['timesteps']:>9}/{self.total}  {msg}", end="", file=sys.stderr, flush=True)
+            line = f"[{bar:<30}] {row['timesteps']:>9}/{self.total}  {msg}"
+            try:  # within the terminal's width: a longer line wraps, and each redraw then adds a line
+                columns = os.get_terminal_size(sys.stderr.fileno()).columns
+            except (AttributeError, OSError, ValueError):
+                columns = 0
+            if columns > 1:  # (0: a terminal of no width, where the line is drawn whole)
+                line = line[:columns - 1]
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
             self.drawn = True
         else:
             print(f"iter {row['iteration']:5d}  steps {row['timesteps']:9d}  {msg}", file=sys.stderr, flush=True)

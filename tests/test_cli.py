@@ -2019,3 +2019,25 @@ def test_closed_standard_streams_give_no_traceback(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(sys, "stderr", None)
     assert main(["eval", str(out / "model.npz"), "--episodes", "1", "--json"]) == 0
     json.loads(capsys.readouterr().out)  # the document alone on stdout
+
+
+@pytest.mark.parametrize("columns", [80, 40, 0])
+def test_the_plain_bar_fits_the_terminal_s_width(monkeypatch, columns):
+    """Without tqdm the plain bar's line (~84 characters) wrapped on an 80-column terminal, and each
+    redraw then left a line behind (103 lines in 3 s). It is cut to the width (a terminal of no width,
+    0 columns, gets it whole)."""
+    from minippo import cli
+
+    class SizedTty(_Tty):
+        def fileno(self):
+            return 2
+
+    err = SizedTty()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((columns, 24)))
+    p = cli._Progress(10_000_000, 0, False)
+    p({"iteration": 1, "timesteps": 5_000_000, "mean_return": 123.45, "fps": 12345.0})
+    p.close()
+    line = err.text.split("\r")[1].rstrip("\n")
+    assert len(line) == (columns - 1 if columns else 85) and line.startswith("[###")
