@@ -233,6 +233,17 @@ INFO_ONLY_WRAPPERS = frozenset({"RecordEpisodeStatistics"})
 _MAKE_VEC_KEYS = frozenset({"num_envs", "vectorization_mode", "vector_kwargs", "wrappers"})
 
 
+def _equal(a: Any, b: Any) -> bool:
+    """``a == b`` as one bool (arrays: equal shapes and elements); False where it cannot be told."""
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 (an array's ambiguous truth value, or a comparison that raises)
+        try:
+            return bool(np.array_equal(a, b))
+        except Exception:  # noqa: BLE001
+            return False
+
+
 def env_changes(env: Any, env_id: str, env_kwargs: Mapping[str, Any] | None) -> list[str]:
     """What a given gymnasium vector env adds to ``gym.make(env_id, **env_kwargs)``, as gymnasium records
     it: vector wrappers, wrappers around the sub-envs, other keyword arguments, another time limit.
@@ -271,17 +282,17 @@ def env_changes(env: Any, env_id: str, env_kwargs: Mapping[str, Any] | None) -> 
         steps = getattr(spec, "max_episode_steps", None)
         if i == 0:  # the vector env's own spec: make_vec's arguments beside the env's
             if len(specs) == 1:  # (else each sub-env's spec names the wrappers these functions added)
-                changes += [f"wrapper {getattr(f, '__name__', type(f).__name__)}"
-                            for f in kwargs.get("wrappers") or ()
-                            if getattr(f, "func", None) is not _shield_worker]  # (make_vec_env's own, async)
+                names = [getattr(f, "__name__", type(f).__name__) for f in kwargs.get("wrappers") or ()
+                         if getattr(f, "func", None) is not _shield_worker]  # (make_vec_env's own, async)
+                changes += [f"wrapper {n}" for n in names if n not in INFO_ONLY_WRAPPERS]
             kwargs = {k: v for k, v in kwargs.items() if k not in _MAKE_VEC_KEYS}
             steps = kwargs.pop("max_episode_steps", want_steps)  # (a vector entry point's)
         changes += [f"wrapper {ws.name}" for ws in getattr(spec, "additional_wrappers", ())
                     if ws.name not in INFO_ONLY_WRAPPERS]
-        if kwargs != want:
-            changes.append("kwargs " + ", ".join(
-                [f"{k}={v!r}" for k, v in kwargs.items() if k not in want or want[k] != v]
-                + [f"{k} left at its default" for k in want if k not in kwargs]))
+        differ = [f"{k}={v!r}" for k, v in kwargs.items() if k not in want or not _equal(v, want[k])]
+        differ += [f"{k} left at its default" for k in want if k not in kwargs]
+        if differ:
+            changes.append("kwargs " + ", ".join(differ))
         if steps != want_steps:
             changes.append(f"max_episode_steps={steps} (made from the id: {want_steps})")
     return list(dict.fromkeys(changes))  # (the vector env's spec and its sub-envs' repeat each other)

@@ -353,6 +353,7 @@ def test_a_gymnasium_env_given_with_changes_its_spec_records_is_custom_too(tmp_p
     assert load_policy(path).custom_env == "Pendulum-v1 (wrapper TransformObservation)"
     # what evaluation would make again: no change (an info-only wrapper, minippo's own envs, the id's kwargs)
     same = [gym.make_vec("Pendulum-v1", 2, "sync", wrappers=[RecordEpisodeStatistics]),
+            gym.make_vec("Pendulum-v1", 2, "async", wrappers=[RecordEpisodeStatistics]),
             gym.wrappers.vector.RecordEpisodeStatistics(gym.make_vec("Pendulum-v1", 2, "sync")),
             gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1")] * 2),
             make_vec_env("Pendulum-v1", 2, "async"), make_vec_env("CartPole-v1", 2, autoreset="next_step")]
@@ -360,6 +361,21 @@ def test_a_gymnasium_env_given_with_changes_its_spec_records_is_custom_too(tmp_p
         env_id = env.spec.id if env.spec is not None else "Pendulum-v1"
         assert env_changes(env, env_id, None) == [], env
         env.close()
+
+    class Goal(gym.Env):  # a kwarg that is an array: compared by its elements (== has no one truth value)
+        observation_space, action_space = gym.spaces.Box(-1.0, 1.0, (2,)), gym.spaces.Discrete(2)
+
+        def __init__(self, goal=None):
+            self.goal = goal
+
+    gym.register("minippo-test/Goal-v0", entry_point=Goal, kwargs={"goal": np.zeros(2)})
+    try:
+        for goal, want in ((np.zeros(2), []), (np.ones(2), ["kwargs goal=array([1., 1.])"])):
+            env = gym.make_vec("minippo-test/Goal-v0", 2, "sync", goal=goal)
+            assert env_changes(env, "minippo-test/Goal-v0", None) == want
+            env.close()
+    finally:
+        del gym.registry["minippo-test/Goal-v0"]
     kw = make_vec_env("CartPole-v1", 2, autoreset="next_step", env_kwargs={"max_episode_steps": 50})
     assert env_changes(kw, "CartPole-v1", {"max_episode_steps": 50}) == []
     assert env_changes(kw, "CartPole-v1", None) == ["max_episode_steps=50 (made from the id: 500)"]
