@@ -544,7 +544,7 @@ def _build(make: Callable[[], Any]) -> Any:
         if issubclass(w.category, _HIDDEN_BY_DEFAULT):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         else:
-            print(f"minippo: warning: {w.message}", file=sys.stderr)
+            _say(f"minippo: warning: {w.message}")
     return out
 
 
@@ -557,9 +557,12 @@ def _step_with_env_kwargs(cfg: Any) -> None:
         return
     import gymnasium as gym
 
+    from minippo.envs import MAKING_ENVS
+
     env = None
     try:
-        env = gym.make(cfg.env_id, **cfg.env_kwargs)
+        with MAKING_ENVS:  # (one make at a time: see MAKING_ENVS)
+            env = gym.make(cfg.env_id, **cfg.env_kwargs)
         env.action_space.seed(cfg.seed)
         env.reset(seed=cfg.seed)
         env.step(env.action_space.sample())
@@ -1152,8 +1155,8 @@ def _show_library_log() -> None:
         def emit(self, record: logging.LogRecord) -> None:
             if _Progress.active is not None:  # a bar is drawn: print above it, not onto its line
                 _Progress.active.write(self.format(record))
-            else:
-                print(self.format(record), file=sys.stderr, flush=True)
+            else:  # (a stderr that cannot be written loses the line: see _say)
+                _say(self.format(record), flush=True)
 
     log = logging.getLogger("minippo")
     if not log.handlers:

@@ -231,6 +231,24 @@ def env_spec_id(env: Any) -> str | None:
 # Wrappers that change only what info holds: an env given with them evaluates as the bare env does.
 INFO_ONLY_WRAPPERS = frozenset({"RecordEpisodeStatistics"})
 _MAKE_VEC_KEYS = frozenset({"num_envs", "vectorization_mode", "vector_kwargs", "wrappers"})
+_NOT_SEEN = frozenset({"render_mode"})  # kwargs that change nothing the policy sees
+
+
+_NO_DEFAULT = object()
+
+
+def _entry_point_defaults(gym: Any, spec: Any) -> dict[str, Any]:
+    """The keyword defaults of the env class (or function) ``spec`` makes; {} where they cannot be read."""
+    import inspect
+
+    try:
+        creator = spec.entry_point
+        if isinstance(creator, str):
+            creator = gym.envs.registration.load_env_creator(creator)
+        return {n: p.default for n, p in inspect.signature(creator).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    except Exception:  # noqa: BLE001 (an entry point that cannot be loaded or has no signature)
+        return {}
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -267,30 +285,36 @@ def env_changes(env: Any, env_id: str, env_kwargs: Mapping[str, Any] | None) -> 
         return changes
     want = {**registered.kwargs, **(env_kwargs or {})}
     want_steps = want.pop("max_episode_steps", registered.max_episode_steps)  # (gymnasium keeps it apart)
+    defaults = _entry_point_defaults(gym, registered)  # (a default passed by name is no change)
     specs = [getattr(w, "spec", None)]
     if isinstance(w, gym.vector.SyncVectorEnv):
         specs += [getattr(e, "spec", None) for e in w.envs]
     elif specs[0] is None and callable(getattr(w, "get_attr", None)):  # (an AsyncVectorEnv made from thunks:
-        try:  # its workers send their specs, which fails for wrappers of local functions: nothing known then)
+        try:  # its workers send their specs, as they did for env_spec_id)
             specs += list(w.get_attr("spec"))
         except Exception:  # noqa: BLE001 (an env of one's own may have any get_attr, or none that works)
             pass
     for i, spec in enumerate(specs):
         if spec is None or not hasattr(spec, "kwargs"):
             continue
-        kwargs = dict(spec.kwargs)
+        kwargs = {k: v for k, v in spec.kwargs.items() if k not in _NOT_SEEN}
         steps = getattr(spec, "max_episode_steps", None)
         if i == 0:  # the vector env's own spec: make_vec's arguments beside the env's
             if len(specs) == 1:  # (else each sub-env's spec names the wrappers these functions added)
                 names = [getattr(f, "__name__", type(f).__name__) for f in kwargs.get("wrappers") or ()
                          if getattr(f, "func", None) is not _shield_worker]  # (make_vec_env's own, async)
                 changes += [f"wrapper {n}" for n in names if n not in INFO_ONLY_WRAPPERS]
+            entry_point = kwargs.get("vectorization_mode") in ("vector_entry_point", None) and len(specs) == 1
             kwargs = {k: v for k, v in kwargs.items() if k not in _MAKE_VEC_KEYS}
-            steps = kwargs.pop("max_episode_steps", want_steps)  # (a vector entry point's)
+            steps = kwargs.pop("max_episode_steps", None)
+            if steps is None and not entry_point:  # (None: each sub-env's gym.make takes the spec's limit;
+                steps = want_steps  # a vector entry point's None is no limit)
         changes += [f"wrapper {ws.name}" for ws in getattr(spec, "additional_wrappers", ())
                     if ws.name not in INFO_ONLY_WRAPPERS]
-        differ = [f"{k}={v!r}" for k, v in kwargs.items() if k not in want or not _equal(v, want[k])]
-        differ += [f"{k} left at its default" for k in want if k not in kwargs]
+        differ = [f"{k}={v!r}" for k, v in kwargs.items()
+                  if not _equal(v, want[k] if k in want else defaults.get(k, _NO_DEFAULT))]
+        differ += [f"{k} left at its default" for k in want
+                   if k not in kwargs and k not in _NOT_SEEN and not _equal(want[k], defaults.get(k, _NO_DEFAULT))]
         if differ:
             changes.append("kwargs " + ", ".join(differ))
         if steps != want_steps:

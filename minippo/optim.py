@@ -266,11 +266,12 @@ def clip_grad_norm(grads: dict[str, Array], max_norm: float) -> float:
         if getattr(getattr(g, "dtype", None), "kind", None) != "f":
             array(f"grads[{k!r}]", g)
             raise TypeError(f"grads[{k!r}] must be a float array, got dtype {g.dtype}")
-        writable(f"grads[{k!r}]", g, "clip_grad_norm scales the gradients in place")  # (before any is scaled)
     norm = global_norm(grads)
     if not math.isfinite(norm):
         raise FloatingPointError(f"gradient norm is {norm}")
     if norm > max_norm:
+        for k, g in grads.items():  # (before any is scaled: numpy's error came after some were)
+            writable(f"grads[{k!r}]", g, "clip_grad_norm scales the gradients in place")
         scale = max_norm / (norm + 1e-12)
         for g in grads.values():
             g *= scale

@@ -2041,3 +2041,23 @@ def test_the_plain_bar_fits_the_terminal_s_width(monkeypatch, columns):
     p.close()
     line = err.text.split("\r")[1].rstrip("\n")
     assert len(line) == (columns - 1 if columns else 85) and line.startswith("[###")
+
+
+def test_library_log_lines_and_warnings_lose_the_line_when_stderr_cannot_be_written(monkeypatch):
+    """The CLI's handler of the library's log (auto's choice of backend, numba's first compile) and the
+    warnings shown while building a trainer printed straight to stderr: an OSError out of main, or out of
+    numba's compile event mid-training (no model)."""
+    import logging
+    import warnings
+
+    from minippo import cli
+
+    monkeypatch.setattr(sys, "stderr", _Unwritable())
+    cli._show_library_log()
+    logging.getLogger("minippo").info("MINIPPO_BACKEND=auto picked numpy")  # no OSError
+
+    def make():
+        warnings.warn("an env's own warning", UserWarning, stacklevel=1)
+        return 7
+
+    assert cli._build(make) == 7

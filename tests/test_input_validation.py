@@ -1165,6 +1165,7 @@ def test_clip_grad_norm_refuses_a_read_only_gradient_before_scaling_any():
     np.testing.assert_array_equal(a, 3.0)  # not scaled
     with pytest.raises(ValueError, match=r"grads\['b'\] is read-only"):
         clip_grad_norm({"a": a, "b": np.broadcast_to(np.float64(3.0), (4,))}, 0.5)
+    assert clip_grad_norm({"a": a, "b": b}, 100.0) == pytest.approx(np.sqrt(72.0))  # nothing to scale: fine
 
 
 @pytest.mark.parametrize("subclass", ["matrix", "masked"])

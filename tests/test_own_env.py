@@ -354,6 +354,9 @@ def test_a_gymnasium_env_given_with_changes_its_spec_records_is_custom_too(tmp_p
     # what evaluation would make again: no change (an info-only wrapper, minippo's own envs, the id's kwargs)
     same = [gym.make_vec("Pendulum-v1", 2, "sync", wrappers=[RecordEpisodeStatistics]),
             gym.make_vec("Pendulum-v1", 2, "async", wrappers=[RecordEpisodeStatistics]),
+            gym.make_vec("Pendulum-v1", 2, "sync", render_mode="rgb_array"),  # (nothing the policy sees)
+            gym.make_vec("Pendulum-v1", 2, "sync", g=10.0),  # (PendulumEnv's default, passed by name)
+            gym.make_vec("Pendulum-v1", 2, "sync", max_episode_steps=None),  # (each sub-env: the spec's 200)
             gym.wrappers.vector.RecordEpisodeStatistics(gym.make_vec("Pendulum-v1", 2, "sync")),
             gym.vector.SyncVectorEnv([lambda: gym.make("Pendulum-v1")] * 2),
             make_vec_env("Pendulum-v1", 2, "async"), make_vec_env("CartPole-v1", 2, autoreset="next_step")]
@@ -379,4 +382,7 @@ def test_a_gymnasium_env_given_with_changes_its_spec_records_is_custom_too(tmp_p
     kw = make_vec_env("CartPole-v1", 2, autoreset="next_step", env_kwargs={"max_episode_steps": 50})
     assert env_changes(kw, "CartPole-v1", {"max_episode_steps": 50}) == []
     assert env_changes(kw, "CartPole-v1", None) == ["max_episode_steps=50 (made from the id: 500)"]
+    unlimited = gym.make_vec("CartPole-v1", 2, "vector_entry_point", max_episode_steps=None)  # (no limit at all)
+    assert env_changes(unlimited, "CartPole-v1", None) == ["max_episode_steps=None (made from the id: 500)"]
+    unlimited.close()
     kw.close()
