@@ -273,6 +273,20 @@ def _say(*parts: Any, **kwargs: Any) -> None:
     try:
         print(*parts, file=sys.stderr, **kwargs)
     except (OSError, ValueError):  # (ValueError: the stream closed)
+        _stderr_lost()
+
+
+def _stderr_lost() -> None:
+    """After a write to stderr failed: its file descriptor goes to os.devnull, so that what its buffer
+    still holds (and every later line) goes nowhere, instead of failing again as Python flushes it at
+    exit, which turns the exit status into 120 (a SIGTERM's 130, a finished run's 0)."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(fd, sys.stderr.fileno())
+        finally:
+            os.close(fd)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # (a stream without a descriptor)
         pass
 
 
@@ -309,6 +323,7 @@ class _Progress:
             self._show(row)
         except (OSError, ValueError):  # stderr cannot be written: a progress bar never stops training
             self.quiet, self.bar = True, None
+            _stderr_lost()
 
     def _show(self, row: dict[str, Any]) -> None:
         ret, fps = row["mean_return"], row["fps"]
