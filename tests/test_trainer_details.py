@@ -6,6 +6,7 @@ Every expected value comes from a plain loop or a hand calculation, not from the
 trainer runs are tiny (at most 256 env steps), so the whole file takes a few seconds.
 """
 
+import importlib.util
 import math
 
 import numpy as np
@@ -1022,6 +1023,7 @@ def test_the_rollout_keeps_each_observation_an_env_then_overwrites_in_place(any_
 
 
 @needs_gym
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="the compile listener is numba's")
 def test_fps_leaves_out_its_own_thread_s_compiles_not_another_s(numba_backend):
     """Two trainers in two threads: a compile in the other thread (another net's kernels, ~35 s for
     the first ones) was taken off this trainer's time too, which went negative and was clamped: an fps
