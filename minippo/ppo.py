@@ -423,7 +423,7 @@ class PPO:
         if out is a or not out.flags.c_contiguous:
             # Our own C-order copy: the env may overwrite its array in place at its next step (gymnasium's
             # SyncVectorEnv(copy=False) does), and the buffer stores these observations after that step;
-            # C order and the native dtype object as the fused numba kernels take them (else numpy's path)
+            # C order and the native dtype object, as the fused numba kernels take them without a copy
             out = np.array(out, order="C")
         if out.dtype is not self.dtype:  # (an equal dtype of another object: a pickled array's)
             out = out.view(self.dtype)
@@ -746,9 +746,10 @@ class PPO:
         ``row["time"]`` is the training wall time so far: :attr:`time_elapsed`, the seconds of every
         earlier ``learn`` call (of this trainer, or of the run it was loaded from: checkpoints keep it),
         plus this call's; ``row["fps"]`` is env steps per second of this call's time, leaving out the
-        seconds numba spent compiling kernels in this thread (:func:`minippo.backend.numba_compile_seconds`: a one-off
-        per machine, net shape and dtype, ~23 s for CartPole's preset on a 2-core VM, which would
-        otherwise pull the rate down for the whole run).
+        seconds numba spent compiling kernels in this thread
+        (:func:`minippo.backend.numba_compile_seconds`: a one-off per machine, net shape and dtype,
+        ~23 s for CartPole's preset on a 2-core VM, which would otherwise pull the rate down for the
+        whole run).
 
         After an exception inside ``learn`` (an env's error, the callback's, a Ctrl-C) the trainer can
         go on and be saved: a rollout in progress is dropped (see :meth:`collect_rollout`); an update
