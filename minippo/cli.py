@@ -280,10 +280,15 @@ def _stderr_lost() -> None:
     """After a write to stderr failed: its file descriptor goes to os.devnull, so that what its buffer
     still holds (and every later line) goes nowhere, instead of failing again as Python flushes it at
     exit, which turns the exit status into 120 (a SIGTERM's 130, a finished run's 0)."""
+    _to_devnull(sys.stderr)
+
+
+def _to_devnull(stream: Any) -> None:
+    """Point ``stream``'s file descriptor at os.devnull (nothing for a stream without one)."""
     try:
         fd = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(fd, sys.stderr.fileno())
+            os.dup2(fd, stream.fileno())
         finally:
             os.close(fd)
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # (a stream without a descriptor)
@@ -1054,7 +1059,8 @@ def run_labels(dirs: list[str]) -> list[str]:
         k = 1
         while any(tail(q, k) == tail(p, k) for q in distinct - {p}):
             k += 1  # (ends: two distinct absolute paths differ in some trailing component)
-        return tail(p, k)
+        # A name's bytes that are not UTF-8 come as lone surrogates, which matplotlib cannot draw (TypeError)
+        return os.fsencode(tail(p, k)).decode("utf-8", "replace")
 
     return [label(p) for p in paths]
 
@@ -1206,6 +1212,43 @@ def _current_folder_importable() -> None:
         sys.path.append(cwd)
 
 
+class _OutputLost(Exception):
+    """Stdout could not be written (a full disk, ``>/dev/full``, a terminal that hung up); its OSError is
+    the cause. A closed pipe's BrokenPipeError is not wrapped: it has its own quiet exit (141)."""
+
+
+class _CheckedStdout:
+    """Stands in for ``sys.stdout`` while a command runs: a failed write or flush raises ``_OutputLost``,
+    so ``main`` can tell the command's output was lost from an OSError of the command's own work (a model
+    file, an env); text the stream's encoding cannot hold is written with backslash escapes. Everything
+    else goes to the stream it wraps."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            try:
+                return self._stream.write(text)
+            except UnicodeEncodeError as e:  # a non-ASCII env id or path on an ASCII stdout: escaped, not lost
+                return self._stream.write(text.encode(e.encoding, "backslashreplace").decode(e.encoding))
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputLost(e) from e
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputLost(e) from e
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, ...
+        return getattr(self._stream, name)
+
+
 class _Discard(io.StringIO):
     """Where a closed standard stream's text goes: nowhere (no file to leave open)."""
 
@@ -1225,6 +1268,8 @@ def main(argv: list[str] | None = None) -> int:
     _current_folder_importable()
     _show_library_log()
     parser = build_parser()
+    stdout = sys.stdout
+    sys.stdout = _CheckedStdout(stdout)
     try:
         args = parser.parse_args(argv)
         code = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "bench": cmd_bench}[args.command](args)
@@ -1232,6 +1277,11 @@ def main(argv: list[str] | None = None) -> int:
         # this flush fail, here, rather than the one at exit (exit status 120, "Exception ignored")
         sys.stdout.flush()
         return code
+    except _OutputLost as e:  # `minippo eval --json >/dev/full`: one line, not an OSError traceback
+        sys.stdout = stdout
+        _say(f"minippo: error: could not write the output to stdout: {e.__cause__}")
+        _to_devnull(sys.stdout)  # what its buffer still holds goes nowhere at exit, not into a second failure
+        return 1
     except (UsageError, ImportError) as e:  # ImportError: a missing optional dependency
         _say(f"minippo: error: {e}")  # (2 even where stderr cannot be written)
         return 2
@@ -1239,13 +1289,13 @@ def main(argv: list[str] | None = None) -> int:
         _say("\nminippo: interrupted")
         return 130
     except BrokenPipeError:  # stdout closed by its reader (`minippo eval ... | head -c 1`): no traceback
+        sys.stdout = stdout
         if not _stdout_closed():  # another pipe (an async env's worker that died): not the reader's doing
             raise
-        try:  # what is left to flush at exit goes nowhere, not into a second BrokenPipeError
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, io.UnsupportedOperation):  # a stdout without a file descriptor
-            pass
+        _to_devnull(sys.stdout)  # what is left to flush at exit goes nowhere, not into a second BrokenPipeError
         return 128 + 13  # as a process ended by SIGPIPE reports it in the shell
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1713,6 +1713,72 @@ def test_a_closed_stdout_ends_eval_without_a_traceback(tmp_path):
         assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_to_a_full_disk_is_one_line_and_exit_1(tmp_path):
+    """`minippo eval --json MODEL >/dev/full` ended in an OSError traceback (ENOSPC), raised by the print
+    (unbuffered) or by main's flush (buffered); buffered, what stayed in the buffer failed again at exit."""
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "32", "--out", str(out), "--quiet", *TINY]) == 0
+    for unbuffered in ("1", None):
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        if unbuffered:
+            env["PYTHONUNBUFFERED"] = unbuffered
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-m", "minippo", "eval", str(out / "model.npz"), "--episodes", "1",
+                                   "--json"], stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+        assert proc.returncode == 1, (unbuffered, proc.stderr)
+        assert proc.stderr == "minippo: error: could not write the output to stdout: [Errno 28] No space left on " \
+            "device\n", (unbuffered, proc.stderr)
+
+
+def test_only_stdout_s_write_errors_are_the_output_lost(tmp_path, monkeypatch, capsys):
+    """A failed write to stdout is one line and exit 1; an OSError of the command's own work is still raised
+    (it is not the output's), and sys.stdout is the caller's again after main returns or raises."""
+    import minippo.cli as cli
+
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "32", "--out", str(out), "--quiet", *TINY]) == 0
+    capsys.readouterr()
+    unwritable = _Unwritable()
+    monkeypatch.setattr(sys, "stdout", unwritable)
+    assert main(["eval", str(out / "model.npz"), "--episodes", "1"]) == 1
+    assert sys.stdout is unwritable
+    assert capsys.readouterr().err == "minippo: error: could not write the output to stdout: [Errno 5] " \
+        "Input/output error\n"
+    monkeypatch.undo()
+
+    def disk_error(args):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(cli, "cmd_eval", disk_error)
+    stdout = sys.stdout
+    with pytest.raises(OSError):
+        main(["eval", "x.npz"])
+    assert sys.stdout is stdout
+
+
+def test_text_an_ascii_stdout_cannot_hold_is_escaped(tmp_path, monkeypatch):
+    """`minippo eval` of a model whose env id is not ASCII, with PYTHONIOENCODING=ascii (or a C locale's
+    stdout), raised UnicodeEncodeError with a traceback after playing its episodes."""
+    import io
+
+    import gymnasium as gym
+
+    gym.register("minippo-test/Würfel-v0", entry_point="gymnasium.envs.classic_control:CartPoleEnv",
+                 max_episode_steps=50)
+    try:
+        out = tmp_path / "run"
+        assert main(["train", "minippo-test/Würfel-v0", "--timesteps", "32", "--n-envs", "2", "--out", str(out),
+                     "--quiet", *TINY]) == 0
+        stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+        monkeypatch.setattr(sys, "stdout", stdout)
+        assert main(["eval", str(out / "model.npz"), "--episodes", "1"]) == 0
+        stdout.seek(0)
+        assert stdout.read().startswith("minippo-test/W\\xfcrfel-v0: 1 episodes, return ")
+    finally:
+        gym.registry.pop("minippo-test/Würfel-v0", None)
+
+
 def test_a_broken_pipe_that_is_not_stdout_s_is_raised(monkeypatch):
     """Only a closed stdout ends quietly with 141: a BrokenPipeError from another pipe (an async env
     whose worker died) was swallowed too, and a crashed run looked like a closed reader."""
@@ -1812,6 +1878,8 @@ def test_plot_labels_tell_same_name_run_folders_apart(tmp_path, capsys, monkeypa
     assert run_labels(["r", "r/", os.path.abspath("r")]) == ["r"] * 3  # one folder spelt three ways
     assert run_labels([os.sep + "q", os.path.join(os.sep, "p", "q")]) == ["q", "p/q"]
     assert run_labels([os.sep]) == ["/"]
+    # a name that is not UTF-8 (bytes 72 ff): matplotlib raised TypeError drawing its lone surrogate
+    assert run_labels([os.fsdecode(b"r\xff")]) == ["r\ufffd"]
 
 
 @pytest.mark.parametrize(("x", "label"), [("time", "training time (s)"), ("iteration", "iteration"),
