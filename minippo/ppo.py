@@ -309,12 +309,15 @@ class PPO:
                              f"n_envs={self.env.num_envs}, or PPO.load(path, env=..., n_envs={self.env.num_envs}))")
         obs_space = self.env.single_observation_space
         shape = getattr(obs_space, "shape", None)
-        if not is_kind(obs_space, "Box", "MultiBinary") or shape is None or len(shape) != 1:
+        if not is_kind(obs_space, "Box", "MultiBinary") or shape is None or len(shape) != 1 or shape[0] < 1:
+            flat = is_kind(obs_space, "Box", "MultiBinary", "Discrete", "MultiDiscrete", "Tuple", "Dict") and (
+                shape is None or 0 not in shape)  # (Graph, Sequence, Text and empty spaces do not flatten to one)
+            hint = ("wrap the env in gymnasium.wrappers.FlattenObservation (one-hot for Discrete and MultiDiscrete) "
+                    "and pass the vector env as PPO(config, env=...) (or PPO.load(path, env=...)); " if flat else
+                    "turn its observations into a fixed-length vector with a wrapper of your own; ")
             raise ValueError(
                 f"observation space {obs_space} is not supported: minippo takes 1-D Box (or MultiBinary) "
-                "observations; wrap the env in gymnasium.wrappers.FlattenObservation (one-hot for Discrete "
-                "and MultiDiscrete) and pass the vector env as PPO(config, env=...) (or PPO.load(path, env=...)); "
-                "your own env may use minippo.spaces.Box"
+                f"observations of at least one value; {hint}your own env may use minippo.spaces.Box"
             )
         self.obs_dim = int(obs_space.shape[0])
         self.action_space = as_space(self.env.single_action_space)

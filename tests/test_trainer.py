@@ -122,6 +122,19 @@ def test_unsupported_observation_spaces_say_how_to_wrap_them(space):
     PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY)).collect_rollout()
 
 
+@pytest.mark.parametrize("space", [gym.spaces.Sequence(gym.spaces.Box(-1, 1, (2,))), gym.spaces.Text(5),
+                                   gym.spaces.Graph(gym.spaces.Box(-1, 1, (2,)), None), gym.spaces.Box(-1, 1, (0,))])
+def test_observation_spaces_that_do_not_flatten_are_not_told_to(space):
+    """FlattenObservation was suggested for Sequence, Text and Graph observations, which it cannot make
+    fixed-length vectors; an empty Box(0,) passed the check and failed later as "obs_dim ... got 0"."""
+    register_probe("minippo-test/Probe-v0", 8, observation_space=space)
+    with pytest.raises(ValueError, match=r"observation space .* is not supported: minippo takes 1-D Box \(or "
+                       r"MultiBinary\) observations of at least one value; turn its observations into a "
+                       r"fixed-length vector with a wrapper of your own") as e:
+        PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY))
+    assert "FlattenObservation" not in str(e.value)
+
+
 @pytest.mark.parametrize("space", [gym.spaces.Discrete(3, start=-1), gym.spaces.Box(-0.1, 0.1, (2,), np.float32)])
 def test_predict_gives_the_actions_the_saved_policy_gives(space, tmp_path):
     """PPO.predict, what a Stable-Baselines3 user calls after learn(): the env actions that
