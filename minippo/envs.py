@@ -378,11 +378,13 @@ class RunningMeanStd:
             return
         if check and not np.isfinite(x).all():  # one NaN would poison the statistics for the rest of the run
             raise FloatingPointError("x contains NaN or inf: not folded into the running statistics")
-        b_mean, b_var, b_count = x.mean(axis=0), x.var(axis=0), x.shape[0]
-        delta = b_mean - self.mean
-        total = self.count + b_count
-        mean = self.mean + delta * (b_count / total)
-        m2 = self.var * self.count + b_var * b_count + delta * delta * (self.count * b_count / total)
+        # (numpy's overflow warnings silenced: the overflow is refused below, by one FloatingPointError)
+        with np.errstate(over="ignore", invalid="ignore"):
+            b_mean, b_var, b_count = x.mean(axis=0), x.var(axis=0), x.shape[0]
+            delta = b_mean - self.mean
+            total = self.count + b_count
+            mean = self.mean + delta * (b_count / total)
+            m2 = self.var * self.count + b_var * b_count + delta * delta * (self.count * b_count / total)
         # (an overflow of the mean makes delta, so m2, inf too; was stored, every normalised value then 0)
         if not np.isfinite(m2).all():
             raise FloatingPointError("x is finite, but its running statistics overflow float64 (|x| past ~1e154): "
@@ -473,7 +475,8 @@ class RewardScaler:
                 or (valid is not None and (getattr(valid, "shape", None) != n or valid.dtype != bool))):
             self._refuse(rewards, dones, valid)
         keep = np.ones_like(dones, dtype=bool) if valid is None else valid
-        ret = np.where(keep, self.ret * self.gamma + rewards, self.ret)
+        with np.errstate(over="ignore"):  # (an overflow is refused by the update below, not warned of)
+            ret = np.where(keep, self.ret * self.gamma + rewards, self.ret)
         self.rms.update(ret[keep])  # (raises on a NaN or an overflow before ret is kept: nothing changed)
         self.ret = np.where(keep & dones, 0.0, ret)
         return np.clip(rewards / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)

@@ -495,7 +495,7 @@ def _reward_scaler_reference(rewards, dones, valid, gamma, clip=10.0, eps=1e-8, 
     return out, g
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # (numpy's, from the batch's var)
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy's overflow warnings came before the error
 def test_statistics_that_would_overflow_raise_and_change_nothing():
     """RunningMeanStd took finite observations past ~1e154 and stored an infinite variance (the check
     was on the input alone): a float64 run with norm_obs went on with every normalised observation 0,
@@ -522,6 +522,7 @@ def test_statistics_that_would_overflow_raise_and_change_nothing():
     assert np.isfinite(scaler(np.ones(3), np.zeros(3, bool))).all()  # good rewards go on
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # (numpy's overflow warnings came before the error)
 def test_a_run_refuses_observations_or_rewards_its_normalisers_cannot_take():
     """Observations ~1e200 are finite float64, and a float64 trainer took them into norm_obs's statistics
     (inf); rewards of 1e308 overflowed norm_reward's statistics with a message about "x". The trainer now
@@ -543,8 +544,7 @@ def test_a_run_refuses_observations_or_rewards_its_normalisers_cannot_take():
     venv = gym.vector.SyncVectorEnv([Huge, Huge], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=8, batch_size=16, hidden=(8,), dtype="float64",
                          norm_obs=True), env=venv)
-    with pytest.warns(RuntimeWarning, match="overflow"), \
-            pytest.raises(NonFiniteEnvError, match=r"^env 'SyncVectorEnv' returned observations at step 0 whose "
+    with pytest.raises(NonFiniteEnvError, match=r"^env 'SyncVectorEnv' returned observations at step 0 whose "
                                                    r"running statistics \(norm_obs\) would overflow float64"):
         algo.collect_rollout()
     assert np.isfinite(algo.obs_norm.rms.var).all()
@@ -564,8 +564,7 @@ def test_a_run_refuses_observations_or_rewards_its_normalisers_cannot_take():
     venv = gym.vector.SyncVectorEnv([HugeReward, HugeReward], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=8, batch_size=16, hidden=(8,), norm_reward=True),
                env=venv)
-    with pytest.warns(RuntimeWarning, match="overflow"), \
-            pytest.raises(NonFiniteEnvError, match=r"^env 'SyncVectorEnv' returned rewards at step 0 whose running "
+    with pytest.raises(NonFiniteEnvError, match=r"^env 'SyncVectorEnv' returned rewards at step 0 whose running "
                                                    r"discounted return \(norm_reward\) overflows float64"):
         algo.collect_rollout()
     assert np.isfinite(algo.reward_scaler.rms.var) and not algo.reward_scaler.ret.any()
