@@ -360,12 +360,19 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise CheckpointError(f"{path!r} cannot be read: {e}") from e
     if magic != b"PK\x03\x04" and magic != b"\x93NUM":  # an .npz is a zip file; .npy is handled below
         raise CheckpointError(f"{path!r} is not a readable minippo checkpoint (.npz): it is not a zip file")
+    # Every entry's name, shape and dtype come from its .npy header, and are checked against what the
+    # meta declares, before any array's data is read or any network is built: a small crafted file
+    # (an extra entry of 2e8 compressed zeros, a meta declaring hidden=[10**9]) took gigabytes before
+    # the checks that refused it, or was accepted.
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy file: one bare array
             raise CheckpointError(f"{path!r} holds a single array (.npy), not a minippo checkpoint (.npz)")
         with z:
-            arrays = {k: z[k] for k in z.files}
+            headers = _entry_headers(z, path)
+            meta = _read_meta(z, headers, path)
+            _check_entries(meta, headers, path)
+            arrays = {k: z[k] for k in headers if k not in ("meta", "ret_acc")}
     except CheckpointError:
         raise
     except Exception as e:  # damaged bytes raise many types in zipfile and numpy's .npy reader:
@@ -373,14 +380,48 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         # RuntimeError (the "encrypted" flag), tokenize.TokenError (an .npy header), ...
         raise CheckpointError(f"{path!r} is not a readable minippo checkpoint (.npz): "
                               f"{type(e).__name__}: {e}") from e
-    not_npy = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))  # a zip member's raw bytes
+    return meta, arrays
+
+
+_META_CHARS = 2**24
+"""Most characters a checkpoint's meta (JSON) may hold: ~1000x what a run writes (its episode lists,
+unlogged rows and config), so that a crafted entry cannot make the reader allocate gigabytes."""
+
+
+def _entry_headers(z: Any, path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each entry of the open .npz ``z``, from its .npy header (no data read)."""
+    names = z.zip.namelist()
+    not_npy = sorted(n for n in names if not n.endswith(".npy"))  # (np.load gives such a member's raw bytes)
     if not_npy:
         raise CheckpointError(f"{path!r}: entries {not_npy[:3]} are not .npy arrays: not a minippo checkpoint")
-    if "meta" not in arrays:
+    twice = sorted({n for n in names if names.count(n) > 1})  # (np.load would read one of them)
+    if twice:
+        raise CheckpointError(f"{path!r} has entries stored twice {twice[:3]}: the file is damaged or was edited")
+    headers = {}
+    for name in names:
+        with z.zip.open(name) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:  # (3.0: utf-8 field names, which no minippo array has)
+                raise CheckpointError(f"{path!r}: entry {name!r} is .npy format {version}, not one minippo writes")
+        headers[name[:-4]] = (shape, dtype)
+    if "meta" not in headers:
         raise CheckpointError(f"{path!r} has no 'meta' entry: not a minippo checkpoint")
+    return headers
+
+
+def _read_meta(z: Any, headers: dict[str, tuple[tuple[int, ...], np.dtype]], path: str) -> dict[str, Any]:
+    """The checkpoint's meta (its JSON entry), with every field checked."""
+    shape, dtype = headers["meta"]
+    if shape != () or dtype.kind != "U" or dtype.itemsize > 4 * _META_CHARS:
+        raise CheckpointError(f"{path!r}: the 'meta' entry must be one string of at most {_META_CHARS} "
+                              f"characters, got {dtype} of shape {shape}")
     try:
-        meta = json.loads(str(arrays.pop("meta")))
-    except json.JSONDecodeError as e:
+        meta = json.loads(str(z["meta"]))
+    except ValueError as e:  # (JSONDecodeError; an integer of more than 4300 digits)
         raise CheckpointError(f"{path!r}: the 'meta' entry is not valid JSON ({e})") from e
     except RecursionError:  # (a crafted file: arrays nested thousands deep)
         raise CheckpointError(f"{path!r}: the 'meta' entry is JSON nested too deep to read") from None
@@ -427,7 +468,48 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if in_policy != in_config:
             raise CheckpointError(f"{path!r}: the policy's {key} {in_policy!r} differs from the config's "
                                   f"{in_config!r}: the file is damaged or was edited")
-    return meta, arrays
+    return meta
+
+
+def _check_entries(meta: dict[str, Any], headers: dict[str, tuple[tuple[int, ...], np.dtype]], path: str) -> None:
+    """Every entry but the meta is one the meta's network and config call for, of the shape they give:
+    the parameters (all of them), Adam's moments (as many as there are; the trainer's loader wants all),
+    and the normaliser statistics (as :func:`_check_normalisers`). Dtypes and values are checked once
+    the arrays are read (:func:`_load_into`, ``RunningMeanStd.load``)."""
+    from minippo.policy import param_shapes
+    from minippo.spaces import Discrete, as_space
+
+    p = meta["policy"]
+    try:
+        obs_dim, hidden = integer("obs_dim", p["obs_dim"], 1), p["hidden"]
+        if not isinstance(hidden, list) or not all(type(h) is int and h >= 1 for h in hidden):
+            raise ValueError(f"hidden must be a list of integer layer widths >= 1, got {hidden!r}")
+        shared = flag("shared", p["shared"])
+        if shared and not hidden:
+            raise ValueError("shared=True needs at least one hidden layer")
+        space = as_space(p["action_space"])
+        discrete = isinstance(space, Discrete)
+        shapes = param_shapes(obs_dim, space.n if discrete else space.shape[0], hidden, shared, discrete)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path!r}: meta's policy description is invalid: {e}") from e
+    expected = {f"param/{k}": v for k, v in shapes.items()}
+    missing = [name for name in expected if name not in headers]
+    if missing:
+        raise CheckpointError(f"{path!r} is missing array {missing[0]!r}")
+    for k, v in shapes.items():
+        expected.update({f"adam/m.{k}": v, f"adam/v.{k}": v})
+    for _, prefix in _NORMALISERS:
+        width = (obs_dim,) if prefix == "obs_rms" else ()
+        expected.update({f"{prefix}.mean": width, f"{prefix}.var": width, f"{prefix}.count": ()})
+    for name, (shape, _) in headers.items():
+        if name == "meta" or (name == "ret_acc" and len(shape) == 1):  # (files before session 11: ignored)
+            continue
+        if name not in expected:
+            if name.startswith(("param/", "adam/")):
+                raise CheckpointError(f"{path!r} has unexpected arrays {[name]}: it belongs to another network")
+            raise CheckpointError(f"{path!r} has an unexpected entry {name!r}: not one minippo writes")
+        if shape != expected[name]:
+            raise CheckpointError(f"{path!r}: array {name!r} has shape {shape}, expected {expected[name]}")
 
 
 _TRAINER_KEYS = ("iteration", "total_timesteps", "adam_t", "beta", "episode_returns", "episode_lengths")

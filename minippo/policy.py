@@ -106,15 +106,10 @@ class ActorCritic:
         self.dtype = float_dtype("dtype", dtype)
         rng = rng_from_seed("seed", seed)
         kw = {"activation": activation, "seed": rng, "dtype": dtype}
-        if shared:
-            self.trunk: MLP | None = MLP([obs_dim, *hidden], activate_output=True, **kw)
-            first = hidden[-1]
-            self.actor = MLP([first, self.act_dim], out_gain=0.01, **kw)
-        else:
-            self.trunk = None
-            first = obs_dim
-            self.actor = MLP([obs_dim, *hidden, self.act_dim], out_gain=0.01, **kw)
-        self.critic = MLP([first, *([] if shared else hidden), 1], out_gain=1.0, **kw)
+        widths = layer_widths(self.obs_dim, self.act_dim, hidden, self.shared)
+        self.trunk: MLP | None = MLP(widths["trunk"], activate_output=True, **kw) if shared else None
+        self.actor = MLP(widths["actor"], out_gain=0.01, **kw)
+        self.critic = MLP(widths["critic"], out_gain=1.0, **kw)
         # Params: one flat dict holding the very arrays of the sub-networks (updates are in place). A
         # versioned dict (nn.Params): the fused numba act checks its version instead of every array.
         self.params: dict[str, Array] = Params()
@@ -471,6 +466,30 @@ class ActorCritic:
             "temperature": self.temperature,
             "dtype": self.dtype.name,
         }
+
+
+def layer_widths(obs_dim: int, act_dim: int, hidden: Sequence[int], shared: bool) -> dict[str, list[int]]:
+    """Layer widths of each network an :class:`ActorCritic` builds, in the order it builds them: a
+    shared trunk obs_dim -> hidden feeding two one-layer heads, or separate actor and critic
+    obs_dim -> hidden -> act_dim (logits or means) and -> 1 (the value)."""
+    if shared:
+        return {"trunk": [obs_dim, *hidden], "actor": [hidden[-1], act_dim], "critic": [hidden[-1], 1]}
+    return {"actor": [obs_dim, *hidden, act_dim], "critic": [obs_dim, *hidden, 1]}
+
+
+def param_shapes(obs_dim: int, act_dim: int, hidden: Sequence[int], shared: bool,
+                 discrete: bool) -> dict[str, tuple[int, ...]]:
+    """Shape of each entry of :attr:`ActorCritic.params` for these sizes, without building the network
+    (checkpoints compare a file's arrays with the network its description declares before allocating it):
+    ``<net>.W<i>`` (in, out), ``<net>.b<i>`` (out,), and ``log_std`` (act_dim,) for a Gaussian policy."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for net, dims in layer_widths(obs_dim, act_dim, hidden, shared).items():
+        for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            shapes[f"{net}.W{i}"] = (fan_in, fan_out)
+            shapes[f"{net}.b{i}"] = (fan_out,)
+    if not discrete:
+        shapes["log_std"] = (act_dim,)
+    return shapes
 
 
 __all__ = ["ActorCritic", "Box", "Discrete", "LOG_STD_MIN", "LOG_STD_MAX"]

@@ -85,3 +85,142 @@ def test_saved_files_resume_training_with_their_state(name):
     np.testing.assert_array_equal(algo.obs_norm.rms.mean, arrays["obs_rms.mean"])
     algo.learn()
     assert (algo.num_timesteps, algo.iteration, algo.optimizer.t) == (96, 3, 12)
+
+
+# ---------------------------------------------------------------- crafted files
+# A checkpoint may come from elsewhere: its entries are checked against what its meta declares from
+# the .npy headers, before any array's data is read or any network built. (tracemalloc sees numpy's
+# allocations: the bound below is ~1/100 of what reading the crafted entries would take.)
+
+def _crafted(tmp_path, edit_meta=None, extra=None, name="x.npz"):
+    """format1_cartpole.npz rewritten as a zip with its meta edited and ``extra`` (name -> .npy bytes or
+    raw bytes) added; every member compressed, as zero-filled crafted entries would be."""
+    import io
+    import json
+    import zipfile
+
+    src = os.path.join(DATA, "format1_cartpole.npz")
+    out = tmp_path / name
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
+        for member in zin.namelist():
+            data = zin.read(member)
+            if member == "meta.npy" and edit_meta is not None:
+                meta = json.loads(str(np.load(io.BytesIO(data))))
+                edit_meta(meta)
+                buf = io.BytesIO()
+                np.save(buf, np.array(json.dumps(meta)))
+                data = buf.getvalue()
+            zout.writestr(member, data)
+        for member, data in (extra or {}).items():
+            zout.writestr(member, data)
+    return str(out)
+
+
+def _npy_of_zeros(n):
+    """The bytes of an .npy file of ``n`` float32 zeros, written without holding the array."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (n,)})
+    return buf.getvalue() + bytes(4 * n)
+
+
+def _refused_in_little_memory(path, match):
+    import tracemalloc
+
+    from minippo import PPO
+    from minippo.checkpoint import CheckpointError
+
+    for load in (read_checkpoint, load_policy, PPO.load):
+        tracemalloc.start()
+        try:
+            with pytest.raises(CheckpointError, match=match):
+                load(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8e6, (load, peak)
+
+
+def test_an_unknown_entry_is_refused_before_its_data_is_read(tmp_path):
+    """An extra entry of 2e7 compressed zeros (80 MB unpacked, ~80 KB in the file) was unpacked, then
+    accepted without a word: 2e8 took 3.7 s and 800 MB."""
+    path = _crafted(tmp_path, extra={"zzz_extra.npy": _npy_of_zeros(2 * 10**7)})
+    assert os.path.getsize(path) < 10**6
+    _refused_in_little_memory(path, r"has an unexpected entry 'zzz_extra': not one minippo writes")
+    path = _crafted(tmp_path, extra={"param/actor.W9.npy": _npy_of_zeros(10)}, name="y.npz")
+    _refused_in_little_memory(path, r"has unexpected arrays \['param/actor.W9'\]: it belongs to another network")
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda m: (m["policy"].update(hidden=[10**9]), m["config"].update(hidden=[10**9])),
+     r"array 'param/actor.W0' has shape \(4, 8\), expected \(4, 1000000000\)"),
+    (lambda m: m["policy"].update(obs_dim=10**9), r"array 'param/actor.W0' has shape \(4, 8\), expected "
+                                                  r"\(1000000000, 8\)"),
+    (lambda m: m["policy"].update(action_space={"kind": "discrete", "n": 10**9, "start": 0}),
+     r"array 'param/actor.W1' has shape \(8, 2\), expected \(8, 1000000000\)"),
+    (lambda m: m["policy"].update(hidden=[8, 8]) or m["config"].update(hidden=[8, 8]),
+     r"is missing array 'param/actor.W2'"),
+    (lambda m: m["policy"].update(hidden="8") or m["config"].update(hidden="8"),
+     r"meta's policy description is invalid: hidden must be a list"),
+])
+def test_a_declared_network_that_the_arrays_do_not_hold_is_refused_before_it_is_built(tmp_path, edit, match):
+    """meta declaring hidden=[10**9] was built (18.6 GiB) before its arrays were compared with it: the
+    process was killed, or MemoryError; hidden=[6000, 6000] took 84 s and 1.5 GB, then was refused."""
+    _refused_in_little_memory(_crafted(tmp_path, edit), match)
+
+
+def test_entries_stored_twice_or_a_huge_meta_are_refused(tmp_path):
+    """A second member named 'meta' (no .npy suffix) replaced meta.npy's config; a meta entry is one
+    string of bounded length (a crafted one would be unpacked whole before it is parsed)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array("{}"))
+    path = _crafted(tmp_path, extra={"meta": buf.getvalue()})
+    _refused_in_little_memory(path, r"entries \['meta'\] are not .npy arrays")
+    path = _crafted(tmp_path, extra={"param/log_std.npy": _npy_of_zeros(1)}, name="y.npz")
+    _refused_in_little_memory(path, r"has unexpected arrays \['param/log_std'\]")
+    huge = io.BytesIO()  # a 0-d string of 2**25 characters: 128 MiB unpacked
+    np.lib.format.write_array_header_1_0(huge, {"descr": "<U33554432", "fortran_order": False, "shape": ()})
+    import zipfile
+
+    src, out = os.path.join(DATA, "format1_cartpole.npz"), tmp_path / "z.npz"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
+        for member in zin.namelist():
+            zout.writestr(member, huge.getvalue() + bytes(2**27) if member == "meta.npy" else zin.read(member))
+    _refused_in_little_memory(str(out), r"the 'meta' entry must be one string of at most 16777216 characters")
+
+
+def test_an_integer_json_cannot_convert_is_a_checkpoint_error(tmp_path):
+    """A seed of 5000 digits raised a bare ValueError (Python's 4300-digit limit), naming no file."""
+    import zipfile
+
+    path = _crafted(tmp_path, lambda m: m["config"].update(seed=0))
+
+    with zipfile.ZipFile(path) as z:
+        meta = str(np.load(z.open("meta.npy")))
+    meta = meta.replace('"seed": 0', '"seed": 1' + "0" * 5000)
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array(meta))
+    out = tmp_path / "long.npz"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
+        for member in zin.namelist():
+            zout.writestr(member, buf.getvalue() if member == "meta.npy" else zin.read(member))
+    _refused_in_little_memory(str(out), r"the 'meta' entry is not valid JSON \(Exceeds the limit")
+
+
+def test_param_shapes_are_the_built_network_s():
+    """checkpoint's early shape check reads param_shapes; the networks themselves are what it must match."""
+    from minippo.policy import ActorCritic, param_shapes
+    from minippo.spaces import Box, Discrete
+
+    for space in (Discrete(3), Box(np.full(2, -1.0), np.full(2, 1.0))):
+        for hidden in ((), (5,), (4, 6)):
+            for shared in (False, True) if hidden else (False,):
+                ac = ActorCritic(7, space, hidden, shared=shared)
+                act_dim = ac.act_dim
+                assert param_shapes(7, act_dim, hidden, shared, ac.discrete) == {
+                    k: v.shape for k, v in ac.params.items()}
