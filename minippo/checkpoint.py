@@ -611,8 +611,11 @@ def _check_normalisers(meta: dict[str, Any], arrays: dict[str, np.ndarray], path
 
 def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     """A :class:`minippo.ppo.PPO` restored from ``path``, ready to resume ``learn``. ``env``: the vector
-    env to train in (required when the model's env was custom: ValueError otherwise)."""
+    env to train in (required when the model's env was custom: ValueError otherwise). A saved
+    ``"module:EnvId"`` id whose module is not imported raises :class:`~minippo.envs.EnvImportRefused`:
+    loading a file imports no code it names (import the module first, or pass ``env``)."""
     from minippo.backend import to_device
+    from minippo.envs import EnvImportRefused, saved_env_module
     from minippo.ppo import PPO
 
     meta, arrays = read_checkpoint(path)
@@ -642,6 +645,11 @@ def load_checkpoint(path: str, env: Any = None, **overrides: Any) -> Any:
     if custom and env is None:
         raise ValueError(f"{path!r} was trained on {custom}, given as PPO(config, env=...), not made from "
                          f"config.env_id={config.env_id!r}: pass the env again, PPO.load(path, env=...)")
+    module = saved_env_module(config.env_id) if env is None and config.env_id == saved_config.env_id else None
+    if module is not None:
+        raise EnvImportRefused(f"{path!r} was trained on {config.env_id!r}, whose module {module!r} is not "
+                               f"imported: loading a checkpoint imports no code it names; import {module} first "
+                               "if you trust it (or pass env=...)")
     algo = PPO(config, env=env)
     try:
         _restore(algo, meta, arrays, path, config, overrides, to_device)

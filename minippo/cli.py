@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import csv
 import errno
+import importlib
 import io
 import json
 import math
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the evaluation: episode i resets with seed + i; actions are sampled from it "
                         "(default: the run's seed + 100000, as PPO.evaluate takes it)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                   help="import MODULE first (repeatable): a model trained on a 'module:EnvId' id imports "
+                        "nothing by itself, since a model file may come from elsewhere")
 
     pl = sub.add_parser("plot", help="plot learning curves from run folders")
     pl.add_argument("dirs", nargs="+", metavar="DIR", help="run folders holding progress.csv")
@@ -971,7 +975,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``minippo eval``: evaluate a saved model (numpy-only policy); returns the exit code."""
     from minippo.checkpoint import CheckpointError, EnvMismatchError, evaluate_policy, load_policy
-    from minippo.envs import EnvKwargsError, check_env_id
+    from minippo.envs import EnvKwargsError, check_env_id, saved_env_module
     from minippo.ppo import NonFiniteEnvError
 
     if args.episodes is not None and args.episodes < 1:
@@ -987,6 +991,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.model} was trained on {policy.custom_env}, an env given as PPO(config, env=...), "
                          "which minippo eval cannot make: evaluate it in Python, "
                          "evaluate_policy(load_policy(path), None, env=<one env>)")
+    for module in args.imports or ():
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 (whatever the module raises as it is imported)
+            raise UsageError(f"--import {module}: {type(e).__name__}: {e}") from e
+    module = saved_env_module(policy.env_id)
+    if module is not None:
+        raise UsageError(f"{args.model} was trained on {policy.env_id!r}: a model file imports no code it names; "
+                         f"pass --import {module} if you trust it")
     try:
         check_env_id(policy.env_id)
     except ValueError as e:

@@ -503,7 +503,8 @@ class PPOConfig:
         key = key.strip()
         names = {f.name for f in dataclasses.fields(self)}
         if key not in names:
-            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(names))}")
+            sb3 = f" (Stable-Baselines3's names: {SB3_NAMES[key]})" if key in SB3_NAMES else ""
+            raise ValueError(f"unknown config key {key!r}{sb3}; known keys: {', '.join(sorted(names))}")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:

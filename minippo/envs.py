@@ -60,6 +60,21 @@ def _registry_key(env_id: str) -> str:
     return name
 
 
+class EnvImportRefused(ValueError):
+    """A file's ``"module:EnvId"`` env id names a module that is not imported: loading a model file
+    imports no code of its own choosing (a crafted checkpoint could name any module, or a file in the
+    current folder)."""
+
+
+def saved_env_module(env_id: Any) -> str | None:
+    """The module a ``"module:EnvId"`` id read from a file would import, or None where it imports
+    nothing new (no module part, or that module is imported already: by the user, or by the id they typed)."""
+    if not isinstance(env_id, str) or ":" not in env_id:
+        return None
+    module = env_id.partition(":")[0]
+    return module if module and module not in sys.modules else None
+
+
 def check_env_id(env_id: str) -> None:
     """Raise ValueError if ``env_id`` is not registered in gymnasium (``"module:EnvId"``: after
     importing ``module``), TypeError if it is not a string."""

@@ -1315,6 +1315,59 @@ def test_a_module_in_the_current_folder_is_found_by_the_minippo_command(tmp_path
         gym.registry.pop("OwnCartPole59-v0", None)
 
 
+def test_a_model_file_imports_no_module_it_names(tmp_path, capsys, monkeypatch):
+    """A checkpoint's "module:EnvId" id was imported by `minippo eval` and `PPO.load` (the current folder
+    on the path too): a model file from elsewhere could run any module, or a .py file beside it. The
+    module is imported only when the user names it (`--import`, their own import, the id they type)."""
+    gym = pytest.importorskip("gymnasium")
+    from minippo import PPO
+    from minippo.envs import EnvImportRefused
+
+    (tmp_path / "own_envs_for_cli_65.py").write_text(
+        "import gymnasium, pathlib\n"
+        "with pathlib.Path(__file__).with_name('imported.txt').open('a') as f:\n"
+        "    f.write('x')\n"
+        "gymnasium.register('OwnCartPole65-v0', entry_point='gymnasium.envs.classic_control:CartPoleEnv',\n"
+        "                   max_episode_steps=50)\n")
+    marker = tmp_path / "imported.txt"
+    env_id = "own_envs_for_cli_65:OwnCartPole65-v0"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path)])
+
+    def forget():
+        sys.modules.pop("own_envs_for_cli_65", None)
+        gym.registry.pop("OwnCartPole65-v0", None)
+        marker.unlink(missing_ok=True)
+
+    try:
+        out = tmp_path / "run"
+        assert main(["train", env_id, "--timesteps", "64", "--n-envs", "2", "--out", str(out), "--quiet",
+                     *TINY]) == 0, capsys.readouterr().err
+        model = str(out / "model.npz")
+        forget()
+        capsys.readouterr()
+        assert main(["eval", model, "--episodes", "1"]) == 2
+        assert capsys.readouterr().err == f"minippo: error: {model} was trained on {env_id!r}: a model file imports " \
+            "no code it names; pass --import own_envs_for_cli_65 if you trust it\n"
+        with pytest.raises(EnvImportRefused, match=r"whose module 'own_envs_for_cli_65' is not imported: loading a "
+                                                   r"checkpoint imports no code it names"):
+            PPO.load(model)
+        assert not marker.exists()
+        assert main(["eval", model, "--episodes", "1", "--import", "own_envs_for_cli_65"]) == 0
+        assert marker.read_text() == "x"
+        assert PPO.load(model).env_name == env_id  # imported now (by the user's --import): loads
+        forget()
+        assert main(["train", env_id, "--resume", model, "--timesteps", "128", "--out", str(out), "--quiet"]) == 0
+        assert marker.read_text() == "x"  # the id typed on the command line imports it, as for a new run
+        forget()
+        capsys.readouterr()
+        assert main(["eval", model, "--episodes", "1", "--import", "no_such_module_65"]) == 2
+        assert "--import no_such_module_65: ModuleNotFoundError: No module named 'no_such_module_65'" in \
+            capsys.readouterr().err
+    finally:
+        forget()
+
+
 def test_timesteps_takes_a_whole_number_written_as_1e6(tmp_path, capsys):
     """``--timesteps 1e3`` was argparse's "invalid int value", while PPOConfig and learn() take 1e6;
     a fraction, a word or inf is refused with the form it takes (exit code 2)."""

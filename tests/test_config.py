@@ -421,6 +421,10 @@ def test_set_from_string():
         c.set_from_string("gamma")
     with pytest.raises(ValueError, match="unknown config key 'gama'; known keys"):
         c.set_from_string("gama=0.9")
+    # (as PPOConfig(clip_range=...) says: where rl-baselines3-zoo's settings are given as --set flags)
+    with pytest.raises(ValueError, match=r"unknown config key 'clip_range' \(Stable-Baselines3's names: clip_range "
+                                         r"is clip_eps\); known keys"):
+        c.set_from_string("clip_range=0.1")
     with pytest.raises(ValueError, match=_err("objective", "ppo")):
         c.set_from_string("objective=ppo")
 
