@@ -520,12 +520,16 @@ class CsvLog:
         self.last_iteration = int(cells[0]) if cells[0].isdigit() else self.last_iteration
 
     @staticmethod
-    def check_unlogged(rows: Sequence[list[str]]) -> None:
-        """ValueError naming the first of a checkpoint's ``unlogged_rows`` that is not a progress.csv row."""
+    def check_unlogged(rows: Sequence[list[str]], iteration: int | None = None) -> None:
+        """ValueError naming the first of a checkpoint's ``unlogged_rows`` that is not a progress.csv row:
+        one cell per column, an iteration (ASCII digits) first, at most ``iteration`` (the checkpoint's:
+        the rows it holds came before its save), every other cell a number or empty."""
         for cells in rows:
-            if len(cells) != len(CSV_COLUMNS) or not cells[0].isdigit():
+            if len(cells) != len(CSV_COLUMNS) or not (cells[0].isascii() and cells[0].isdigit()) \
+                    or (iteration is not None and int(cells[0]) > iteration) or not all(map(_number_cell, cells)):
                 raise ValueError(f"the checkpoint's unlogged row {cells[:2]} is not a progress.csv row "
-                                 f"({len(CSV_COLUMNS)} cells, an iteration first)")
+                                 f"({len(CSV_COLUMNS)} cells, an iteration up to the checkpoint's first, numbers "
+                                 "or empty cells after it)")
 
     def backfill(self, rows: Sequence[list[str]]) -> None:
         """Append the rows a stopped run computed but could not write (a checkpoint's ``unlogged_rows``:
@@ -539,6 +543,17 @@ class CsvLog:
     def close(self) -> None:
         """Close the file (every row is already written)."""
         os.close(self.fd)
+
+
+def _number_cell(cell: str) -> bool:
+    """Whether a progress.csv cell is what :meth:`CsvLog.cells` writes: empty, or a number (ASCII)."""
+    if not cell:
+        return True
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return cell.isascii()  # (float() reads other digits too: '²' is no number, '١' is 1)
 
 
 def _fmt(v: Any) -> str:
@@ -717,7 +732,7 @@ def _write_run_folder(args: argparse.Namespace, cfg: Any, iteration: int, unlogg
         raise UsageError(f"{where}: cannot write the run there: {e}") from e
     if args.resume:  # a foreign or unreadable progress.csv, or a bad row to write, refused before any write
         try:
-            CsvLog.check_unlogged(unlogged)
+            CsvLog.check_unlogged(unlogged, iteration)
         except ValueError as e:
             raise UsageError(f"--resume {args.resume}: {e}") from e
         try:
@@ -1043,11 +1058,15 @@ def read_progress(folder: str) -> dict[str, list[float]]:
     path = os.path.join(folder, "progress.csv")
     if not os.path.isfile(path):
         raise UsageError(f"{folder!r} has no progress.csv (is it a minippo run folder?)")
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+    try:  # (utf-8-sig: a file saved again by a spreadsheet may begin with a byte-order mark)
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UsageError(f"{path}: cannot read it: {e}") from e
+    if rows and not {"iteration", "timesteps"} <= set(reader.fieldnames or ()):  # (every version's first two)
+        raise UsageError(f"{path} does not have minippo's progress.csv columns (its header: "
+                         f"{_shown_cells(reader.fieldnames)})")
     cols: dict[str, list[float]] = {c: [] for c in CSV_COLUMNS}
     for n, r in enumerate(rows, start=2):  # line 1 is the header
         for c in CSV_COLUMNS:
@@ -1057,6 +1076,12 @@ def read_progress(folder: str) -> dict[str, list[float]]:
             except (TypeError, ValueError):
                 raise UsageError(f"{path}, line {n}: {c} {v!r} is not a number") from None
     return cols
+
+
+def _shown_cells(cells: Sequence[str] | None, n: int = 4) -> str:
+    """A row's first ``n`` cells for a message."""
+    cells = list(cells or ())
+    return ", ".join(repr(c) for c in cells[:n]) + (", ..." if len(cells) > n else "")
 
 
 def run_labels(dirs: list[str]) -> list[str]:
@@ -1093,14 +1118,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for d in empty:
         print(f"minippo: skipping {d!r}: its progress.csv has no rows yet", file=sys.stderr)
         del runs[d]
-    blank = [d for d, cols in runs.items() if not any(math.isfinite(v) for v in cols[args.y])]
-    if len(blank) == len(runs):  # would be blank axes, exit code 0 (kl and beta of a clip run, say)
-        raise UsageError(f"column {args.y!r} has no values in "
-                         f"{', '.join(os.path.join(d, 'progress.csv') for d in blank)} (kl and beta are logged "
-                         "by kl_penalty runs, mean_return once an episode has ended)")
-    for d in blank:
-        print(f"minippo: skipping {d!r}: its progress.csv has no {args.y} values", file=sys.stderr)
-        del runs[d]
+    for col, why in ((args.x, "runs from before minippo logged that column"),
+                     (args.y, "kl and beta are logged by kl_penalty runs, mean_return once an episode has ended")):
+        blank = [d for d, cols in runs.items() if not any(math.isfinite(v) for v in cols[col])]
+        if len(blank) == len(runs):  # would be blank axes, exit code 0 (kl and beta of a clip run, say)
+            raise UsageError(f"column {col!r} has no values in "
+                             f"{', '.join(os.path.join(d, 'progress.csv') for d in blank)} ({why})")
+        for d in blank:
+            print(f"minippo: skipping {d!r}: its progress.csv has no {col} values", file=sys.stderr)
+            del runs[d]
     try:
         import matplotlib
 

@@ -524,8 +524,19 @@ def test_resume_refused_for_a_bad_unlogged_row_writes_nothing(tmp_path, monkeypa
     assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128"]) == 2
     err = capsys.readouterr().err
     assert err == ("minippo: error: --resume r/model.npz: the checkpoint's unlogged row ['5'] is not a progress.csv "
-                   f"row ({len(CSV_COLUMNS)} cells, an iteration first)\n"), err
+                   f"row ({len(CSV_COLUMNS)} cells, an iteration up to the checkpoint's first, numbers or empty cells "
+                   "after it)\n"), err
     assert {n: (tmp_path / "r" / n).read_bytes() for n in os.listdir("r")} == before
+    # Rows of the right length were written as they came: words in number columns (`minippo plot` then
+    # refused the log), an iteration past the checkpoint's; '²' passed isdigit, then int() failed as
+    # "cannot write the run there"
+    n = len(CSV_COLUMNS) - 2
+    for row in (["1", "x", *["1"] * n], ["99", "64", *["1"] * n], ["²", "64", *["1"] * n], ["1", "6\u0664", *[""] * n]):
+        save_checkpoint(PPO.load("r/model.npz"), "r/model.npz", unlogged_rows=[row])
+        before = {n: (tmp_path / "r" / n).read_bytes() for n in os.listdir("r")}
+        assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128"]) == 2
+        assert f"the checkpoint's unlogged row {row[:2]} is not a progress.csv row" in capsys.readouterr().err
+        assert {n: (tmp_path / "r" / n).read_bytes() for n in os.listdir("r")} == before
 
 
 def test_a_whole_progress_csv_is_appended_to_not_rewritten_on_resume(tmp_path, monkeypatch):
@@ -1398,6 +1409,46 @@ def test_plot_of_a_run_with_no_rows_is_one_line(tmp_path, capsys):
     assert f"skipping {str(run)!r}: its progress.csv has no rows yet" in capsys.readouterr().err
     assert (tmp_path / "c.png").exists()
 
+
+
+def test_plot_reads_a_byte_order_mark_and_refuses_other_columns(tmp_path, capsys, monkeypatch):
+    """A progress.csv saved again by a spreadsheet (a UTF-8 byte-order mark before 'iteration') and a CSV
+    of other columns drew empty axes, exit code 0 (the missing x column read as NaN)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    run = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "256", "--out", str(run), "--quiet", *TINY]) == 0  # 2 rows
+    bom = tmp_path / "bom"
+    bom.mkdir()
+    (bom / "progress.csv").write_bytes(b"\xef\xbb\xbf" + (run / "progress.csv").read_bytes())
+    drawn = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: drawn.append(a) or real(self, *a, **k))
+    assert main(["plot", str(bom), "--x", "iteration", "--y", "loss", "-o", str(tmp_path / "b.png")]) == 0
+    assert [list(a[0]) for a in drawn] == [[1.0, 2.0]]
+    capsys.readouterr()
+    for name, text in (("foreign", "iter,mean_return\n1,2.0\n"), ("headless", "1,64,0.1\n2,128,0.2\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "progress.csv").write_text(text)
+        assert main(["plot", str(tmp_path / name), "-o", str(tmp_path / "f.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"minippo: error: {tmp_path / name / 'progress.csv'} does not have minippo's "
+                              "progress.csv columns (its header: "), err
+    assert not (tmp_path / "f.png").exists()
+    old = tmp_path / "old"  # a run's log without the time column (as before minippo logged it)
+    old.mkdir()
+    with open(run / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(old / "progress.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[c for c in rows[0] if c != "time"])
+        w.writeheader()
+        w.writerows([{k: v for k, v in r.items() if k != "time"} for r in rows])
+    assert main(["plot", str(old), "--x", "time", "-o", str(tmp_path / "t.png")]) == 2
+    assert f"column 'time' has no values in {old / 'progress.csv'} (runs from before minippo logged that " \
+        "column)" in capsys.readouterr().err
+    assert main(["plot", str(old), str(run), "--x", "time", "-o", str(tmp_path / "t.png")]) == 0
+    assert f"skipping {str(old)!r}: its progress.csv has no time values" in capsys.readouterr().err
 
 
 def test_plot_of_a_column_without_values_is_refused_and_a_lone_value_is_drawn(tmp_path, capsys, monkeypatch):
