@@ -383,6 +383,11 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return meta, arrays
 
 
+def _shown_list(v: list[Any], n: int = 5) -> str:
+    """A list's first ``n`` entries for a message."""
+    return "[" + ", ".join(repr(x) for x in v[:n]) + (", ...]" if len(v) > n else "]")
+
+
 _META_CHARS = 2**24
 """Most characters a checkpoint's meta (JSON) may hold: ~1000x what a run writes (its episode lists,
 unlogged rows and config), so that a crafted entry cannot make the reader allocate gigabytes."""
@@ -455,6 +460,15 @@ def _read_meta(z: Any, headers: dict[str, tuple[tuple[int, ...], np.dtype]], pat
         if not isinstance(v, list) or not all(
                 isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
             raise CheckpointError(f"{path!r}: meta's {key!r} must be a list of finite numbers")
+    # (the trainer appends one return and one length per finished episode, each episode >= 1 step; an
+    # iteration collects >= 1 step: a file that says otherwise logs wrong means and row numbers)
+    returns, lengths = meta.get("episode_returns", []), meta.get("episode_lengths", [])
+    if len(returns) != len(lengths) or not all(type(n) is int and n >= 1 for n in lengths):
+        raise CheckpointError(f"{path!r}: meta's 'episode_lengths' must be one integer >= 1 per episode of "
+                              f"'episode_returns' ({len(returns)}), got {_shown_list(lengths)}")
+    if meta.get("iteration", 0) > meta["num_timesteps"]:
+        raise CheckpointError(f"{path!r}: meta's 'iteration' {meta['iteration']} exceeds its 'num_timesteps' "
+                              f"{meta['num_timesteps']} (every iteration runs at least one step)")
     rows = meta.get("unlogged_rows", [])
     if not isinstance(rows, list) or not all(isinstance(r, list) and all(isinstance(c, str) for c in r)
                                              for r in rows):
@@ -674,8 +688,8 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
     algo.policy.temperature = here["temperature"] = saved["temperature"] = t
     if saved != here:
         differ = sorted(k for k in saved if saved[k] != here[k])
-        raise CheckpointError(f"{path!r}: the saved policy does not fit this env/config ({', '.join(differ)} "
-                              f"differ: saved {[saved[k] for k in differ]}, here {[here[k] for k in differ]})")
+        raise CheckpointError(f"{path!r}: the saved policy does not fit this env/config (" + "; ".join(
+            f"{k}: saved {saved[k]!r}, here {here[k]!r}" for k in differ) + ")")
     _load_into(algo.policy.params, arrays, "param/", path, to_device)
     state = {k[len("adam/"):]: v for k, v in arrays.items() if k.startswith("adam/")}
     missing = [f"adam/{p}.{k}" for k in algo.policy.params for p in "mv" if f"{p}.{k}" not in state]

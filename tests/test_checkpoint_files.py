@@ -224,3 +224,35 @@ def test_param_shapes_are_the_built_network_s():
                 act_dim = ac.act_dim
                 assert param_shapes(7, act_dim, hidden, shared, ac.discrete) == {
                     k: v.shape for k, v in ac.params.items()}
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda m: m.update(episode_lengths=[-5, 1.5], episode_returns=[1.0, 2.0]),
+     r"meta's 'episode_lengths' must be one integer >= 1 per episode of 'episode_returns' \(2\), got \[-5, 1.5\]"),
+    (lambda m: m.update(episode_lengths=[3], episode_returns=[1.0, 2.0, 3.0]),
+     r"meta's 'episode_lengths' must be one integer >= 1 per episode of 'episode_returns' \(3\), got \[3\]"),
+    (lambda m: m.update(iteration=2**62), r"meta's 'iteration' 4611686018427387904 exceeds its 'num_timesteps' 64"),
+])
+def test_counters_that_contradict_each_other_are_refused(tmp_path, edit, match):
+    """A resume logged mean_length 181.66 from lengths [-5, 1.5] (three returns beside one length were
+    taken too), and numbered its next row 4611686018427387905 after an iteration past its step count."""
+    from minippo import PPO
+    from minippo.checkpoint import CheckpointError
+
+    path = _crafted(tmp_path, edit)
+    for load in (read_checkpoint, load_policy, PPO.load):
+        with pytest.raises(CheckpointError, match=match):
+            load(path)
+
+
+def test_a_policy_that_does_not_fit_names_each_difference_once():
+    """The message listed the values of all differing fields in one list each: 'saved [[8]], here [[4]]'."""
+    from minippo import PPO
+    from minippo.checkpoint import CheckpointError
+
+    path = os.path.join(DATA, "format1_cartpole.npz")
+    with pytest.raises(CheckpointError, match=r"does not fit this env/config \(hidden: saved \[8\], here \[4\]\)$"):
+        PPO.load(path, hidden=(4,))
+    with pytest.raises(CheckpointError, match=r"\(dtype: saved 'float32', here 'float64'; hidden: saved \[8\], "
+                                              r"here \[4\]\)$"):
+        PPO.load(path, hidden=(4,), dtype="float64")
