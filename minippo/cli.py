@@ -1039,8 +1039,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               env_kwargs=cfg.get("env_kwargs"))
     except (EnvMismatchError, EnvKwargsError) as e:
         raise UsageError(f"{args.model}: {e}") from e
-    except NonFiniteEnvError as e:  # the env's fault, not the command line's: exit 1, as train
-        print(f"minippo: error: evaluation stopped: {e}", file=sys.stderr)
+    except (NonFiniteEnvError, FloatingPointError) as e:  # the env's or the model's (a temperature so small
+        # that logits / temperature overflow), not the command line's: exit 1, as train
+        _say(f"minippo: error: evaluation stopped: {e}")
         return 1
     env_kwargs = cfg.get("env_kwargs") or {}
     if args.json:

@@ -103,9 +103,12 @@ class Categorical:
         finite(logits=logits)
         self.logits = logits
         self.temperature = temperature
-        z = logits / self.temperature if self.temperature != 1.0 else logits
-        if self.temperature < 1.0:  # dividing can overflow finite logits
+        if self.temperature < 1.0:  # dividing can overflow finite logits: refused, without numpy's warning first
+            with np.errstate(over="ignore", divide="ignore"):  # (divide: a temperature that is 0 in float32)
+                z = logits / self.temperature
             finite(**{"logits / temperature": z})
+        else:
+            z = logits / self.temperature if self.temperature != 1.0 else logits
         z = z - z.max(axis=1, keepdims=True)
         # A row whose logits span more than the float range gives -inf here (numpy warns of the
         # overflow), and 0 * -inf would make its entropy and gradients NaN: hold it at the lowest

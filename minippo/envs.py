@@ -413,8 +413,9 @@ class RunningMeanStd:
 
     def load(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
         """Restore what :meth:`state` wrote (mean and var of ``shape``, count 0-d; float arrays); a
-        missing, misshapen or impossible entry (non-finite, negative variance, count <= 0) raises
-        ValueError naming it, and nothing is changed."""
+        missing, misshapen or impossible entry (non-finite, negative variance, count <= 0, a mean or
+        var * count that :meth:`update` could not fold into) raises ValueError naming it, and nothing
+        is changed."""
         for name, shape in (("mean", self.mean.shape), ("var", self.mean.shape), ("count", ())):
             a = arrays.get(f"{prefix}.{name}")
             if a is None:
@@ -428,6 +429,13 @@ class RunningMeanStd:
             raise ValueError(f"{prefix}.var: a variance is negative ({float(var.min())!r})")
         if not count > 0:
             raise ValueError(f"{prefix}.count must be > 0, got {float(count)!r}")
+        # What update keeps finite (the squared mean and var * count), or the next update would refuse
+        # every batch as an overflow: statistics no run produces, which would then blame the env
+        mean = arrays[f"{prefix}.mean"].astype(np.float64)
+        with np.errstate(over="ignore"):
+            if not (np.isfinite(mean * mean).all() and np.isfinite(var.astype(np.float64) * float(count)).all()):
+                raise ValueError(f"{prefix}: statistics past what a run keeps (|mean| past ~1e154, or var * count "
+                                 "past float64's range): the file is damaged or was edited")
         self.mean = arrays[f"{prefix}.mean"].astype(np.float64)
         self.var = arrays[f"{prefix}.var"].astype(np.float64)
         self.count = float(arrays[f"{prefix}.count"])

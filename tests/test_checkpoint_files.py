@@ -256,3 +256,19 @@ def test_a_policy_that_does_not_fit_names_each_difference_once():
     with pytest.raises(CheckpointError, match=r"\(dtype: saved 'float32', here 'float64'; hidden: saved \[8\], "
                                               r"here \[4\]\)$"):
         PPO.load(path, hidden=(4,), dtype="float64")
+
+
+def test_normaliser_statistics_no_run_keeps_are_refused_at_load(tmp_path):
+    """obs_rms.mean 1e308 loaded, and the resumed run stopped blaming the env ("returned observations
+    ... would overflow float64"): the file was the cause."""
+    from minippo.envs import RunningMeanStd
+
+    rms = RunningMeanStd((2,))
+    good = {"o.mean": np.array([1e150, 0.0]), "o.var": np.array([1e300, 1.0]), "o.count": np.array(100.0)}
+    rms.load("o", good)  # large, but what update keeps
+    rms.update(np.zeros((1, 2)))
+    for key, value in (("o.mean", np.array([1e308, 0.0])), ("o.var", np.array([1e308, 1.0]))):
+        fresh = RunningMeanStd((2,))
+        with pytest.raises(ValueError, match=r"^o: statistics past what a run keeps"):
+            fresh.load("o", {**good, key: value})
+        assert fresh.count == 1e-4 and not fresh.mean.any()  # nothing changed

@@ -1326,6 +1326,23 @@ def test_a_module_in_the_current_folder_is_found_by_the_minippo_command(tmp_path
         gym.registry.pop("OwnCartPole59-v0", None)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # (numpy's divide-by-zero warning came before the error)
+def test_eval_of_a_model_whose_logits_overflow_is_one_line_exit_1(tmp_path, capsys):
+    """A model set to act at temperature 1e-300 (valid: > 0) overflowed logits / temperature in sampled
+    evaluation: a FloatingPointError traceback."""
+    from minippo import PPO
+
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "32", "--out", str(out), "--quiet", *TINY]) == 0
+    algo = PPO.load(str(out / "model.npz"))
+    algo.policy.temperature = 1e-300
+    algo.save(str(out / "model.npz"))
+    capsys.readouterr()
+    assert main(["eval", str(out / "model.npz"), "--episodes", "1"]) == 1
+    assert capsys.readouterr().err == "minippo: error: evaluation stopped: logits / temperature contains NaN or " \
+        "inf\n"
+
+
 def test_a_model_file_imports_no_module_it_names(tmp_path, capsys, monkeypatch):
     """A checkpoint's "module:EnvId" id was imported by `minippo eval` and `PPO.load` (the current folder
     on the path too): a model file from elsewhere could run any module, or a .py file beside it. The
