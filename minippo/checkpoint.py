@@ -399,7 +399,7 @@ def _entry_headers(z: Any, path: str) -> dict[str, tuple[tuple[int, ...], np.dty
     not_npy = sorted(n for n in names if not n.endswith(".npy"))  # (np.load gives such a member's raw bytes)
     if not_npy:
         raise CheckpointError(f"{path!r}: entries {not_npy[:3]} are not .npy arrays: not a minippo checkpoint")
-    twice = sorted({n for n in names if names.count(n) > 1})  # (np.load would read one of them)
+    twice = sorted({n[:-4] for n in names if names.count(n) > 1})  # (np.load would read one of them)
     if twice:
         raise CheckpointError(f"{path!r} has entries stored twice {twice[:3]}: the file is damaged or was edited")
     headers = {}
@@ -515,9 +515,11 @@ def _check_entries(meta: dict[str, Any], headers: dict[str, tuple[tuple[int, ...
     for _, prefix in _NORMALISERS:
         width = (obs_dim,) if prefix == "obs_rms" else ()
         expected.update({f"{prefix}.mean": width, f"{prefix}.var": width, f"{prefix}.count": ()})
-    for name, (shape, _) in headers.items():
+    for name, (shape, dtype) in headers.items():
         if name == "meta" or (name == "ret_acc" and len(shape) == 1):  # (files before session 11: ignored)
             continue
+        if dtype.itemsize > 16:  # (a number's is at most 16; a crafted |V25000000 would be read whole first)
+            raise CheckpointError(f"{path!r}: array {name!r} is {dtype}, not an array of numbers")
         if name not in expected:
             if name.startswith(("param/", "adam/")):
                 raise CheckpointError(f"{path!r} has unexpected arrays {[name]}: it belongs to another network")

@@ -528,8 +528,8 @@ class CsvLog:
             if len(cells) != len(CSV_COLUMNS) or not (cells[0].isascii() and cells[0].isdigit()) \
                     or (iteration is not None and int(cells[0]) > iteration) or not all(map(_number_cell, cells)):
                 raise ValueError(f"the checkpoint's unlogged row {cells[:2]} is not a progress.csv row "
-                                 f"({len(CSV_COLUMNS)} cells, an iteration up to the checkpoint's first, numbers "
-                                 "or empty cells after it)")
+                                 f"({len(CSV_COLUMNS)} cells: an iteration no later than the checkpoint's, then "
+                                 "numbers or empty cells)")
 
     def backfill(self, rows: Sequence[list[str]]) -> None:
         """Append the rows a stopped run computed but could not write (a checkpoint's ``unlogged_rows``:
@@ -553,7 +553,8 @@ def _number_cell(cell: str) -> bool:
         float(cell)
     except ValueError:
         return False
-    return cell.isascii()  # (float() reads other digits too: '²' is no number, '١' is 1)
+    # (float() reads more than CsvLog.cells writes: other digits ('١' is 1), spaces, '1_000')
+    return cell.isascii() and "_" not in cell and cell.strip() == cell
 
 
 def _fmt(v: Any) -> str:
@@ -815,7 +816,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
 
     from minippo import backend
-    from minippo.checkpoint import file_id, save_checkpoint
+    from minippo.checkpoint import file_id, read_checkpoint, save_checkpoint
     from minippo.envs import check_env_id
     from minippo.ppo import PPO, NonFiniteEnvError, TotalReached
 
@@ -838,15 +839,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = {}
         if args.timesteps is not None:
             overrides["total_timesteps"] = args.timesteps
-        try:
+        try:  # the model's env first: loading makes it (and a 'module:EnvId' not typed is not imported)
+            saved_id = read_checkpoint(args.resume)[0]["config"].get("env_id")
+            if saved_id != args.env_id:
+                raise UsageError(f"--resume model was trained on {saved_id}, not {args.env_id}")
             algo = _build(lambda: PPO.load(args.resume, **overrides))
         except TotalReached as e:  # (in the CLI's words)
             raise UsageError(f"--timesteps {args.timesteps}: the model has already run {e.done} steps; pass "
                              f"--timesteps above {e.done} to train further") from e
         except (ValueError, TypeError) as e:  # CheckpointError, a --timesteps or env space refused
             raise UsageError(f"--resume {args.resume}: {e}") from e
-        if algo.config.env_id != args.env_id:
-            raise UsageError(f"--resume model was trained on {algo.config.env_id}, not {args.env_id}")
         if algo.num_timesteps >= algo.total_timesteps:  # (no --timesteps: the saved total is reached)
             raise UsageError(f"--resume: the model has already run {algo.num_timesteps} steps; pass --timesteps "
                              f"above {algo.num_timesteps} to train further")

@@ -104,7 +104,8 @@ class Categorical:
         self.logits = logits
         self.temperature = temperature
         if self.temperature < 1.0:  # dividing can overflow finite logits: refused, without numpy's warning first
-            with np.errstate(over="ignore", divide="ignore"):  # (divide: a temperature that is 0 in float32)
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # (a temperature that is 0 in
+                # float32: x / 0 and 0 / 0)
                 z = logits / self.temperature
             finite(**{"logits / temperature": z})
         else:

@@ -61,18 +61,21 @@ def _registry_key(env_id: str) -> str:
 
 
 class EnvImportRefused(ValueError):
-    """A file's ``"module:EnvId"`` env id names a module that is not imported: loading a model file
-    imports no code of its own choosing (a crafted checkpoint could name any module, or a file in the
-    current folder)."""
+    """A file's ``"module:EnvId"`` env id names a module of a package that is not imported: loading a
+    model file imports no package of its own choosing (a crafted checkpoint could name any installed
+    module, or a file in the current folder)."""
 
 
 def saved_env_module(env_id: Any) -> str | None:
-    """The module a ``"module:EnvId"`` id read from a file would import, or None where it imports
-    nothing new (no module part, or that module is imported already: by the user, or by the id they typed)."""
+    """The module a ``"module:EnvId"`` id read from a file would import from a package not imported
+    yet, or None (no module part; or its package is imported already: by the user, by the id they
+    typed, or gymnasium itself, which makes the env, as for ``gymnasium.envs.classic_control.cartpole:...``)."""
     if not isinstance(env_id, str) or ":" not in env_id:
         return None
     module = env_id.partition(":")[0]
-    return module if module and module not in sys.modules else None
+    if module.partition(".")[0] == "gymnasium":
+        _gym()  # (imported to make the env in any case)
+    return module if module and module.partition(".")[0] not in sys.modules else None
 
 
 def check_env_id(env_id: str) -> None:
@@ -413,9 +416,8 @@ class RunningMeanStd:
 
     def load(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
         """Restore what :meth:`state` wrote (mean and var of ``shape``, count 0-d; float arrays); a
-        missing, misshapen or impossible entry (non-finite, negative variance, count <= 0, a mean or
-        var * count that :meth:`update` could not fold into) raises ValueError naming it, and nothing
-        is changed."""
+        missing, misshapen or impossible entry (non-finite, negative variance, count <= 0) raises
+        ValueError naming it, and nothing is changed."""
         for name, shape in (("mean", self.mean.shape), ("var", self.mean.shape), ("count", ())):
             a = arrays.get(f"{prefix}.{name}")
             if a is None:
@@ -429,13 +431,6 @@ class RunningMeanStd:
             raise ValueError(f"{prefix}.var: a variance is negative ({float(var.min())!r})")
         if not count > 0:
             raise ValueError(f"{prefix}.count must be > 0, got {float(count)!r}")
-        # What update keeps finite (the squared mean and var * count), or the next update would refuse
-        # every batch as an overflow: statistics no run produces, which would then blame the env
-        mean = arrays[f"{prefix}.mean"].astype(np.float64)
-        with np.errstate(over="ignore"):
-            if not (np.isfinite(mean * mean).all() and np.isfinite(var.astype(np.float64) * float(count)).all()):
-                raise ValueError(f"{prefix}: statistics past what a run keeps (|mean| past ~1e154, or var * count "
-                                 "past float64's range): the file is damaged or was edited")
         self.mean = arrays[f"{prefix}.mean"].astype(np.float64)
         self.var = arrays[f"{prefix}.var"].astype(np.float64)
         self.count = float(arrays[f"{prefix}.count"])

@@ -258,17 +258,25 @@ def test_a_policy_that_does_not_fit_names_each_difference_once():
         PPO.load(path, hidden=(4,), dtype="float64")
 
 
-def test_normaliser_statistics_no_run_keeps_are_refused_at_load(tmp_path):
-    """obs_rms.mean 1e308 loaded, and the resumed run stopped blaming the env ("returned observations
-    ... would overflow float64"): the file was the cause."""
-    from minippo.envs import RunningMeanStd
 
-    rms = RunningMeanStd((2,))
-    good = {"o.mean": np.array([1e150, 0.0]), "o.var": np.array([1e300, 1.0]), "o.count": np.array(100.0)}
-    rms.load("o", good)  # large, but what update keeps
-    rms.update(np.zeros((1, 2)))
-    for key, value in (("o.mean", np.array([1e308, 0.0])), ("o.var", np.array([1e308, 1.0]))):
-        fresh = RunningMeanStd((2,))
-        with pytest.raises(ValueError, match=r"^o: statistics past what a run keeps"):
-            fresh.load("o", {**good, key: value})
-        assert fresh.count == 1e-4 and not fresh.mean.any()  # nothing changed
+@pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")  # (zipfile's, writing the crafted file)
+def test_an_entry_stored_twice_or_of_a_huge_dtype_is_refused(tmp_path):
+    """np.load reads one of two members of one name (which one is zipfile's choice); an entry of the
+    right name and shape but a 2.5 MB-per-element dtype (20 MB unpacked) was unpacked whole before its
+    dtype was refused."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(8, np.float32))
+    path = _crafted(tmp_path, extra={"param/actor.b0.npy": buf.getvalue()})
+    _refused_in_little_memory(path, r"has entries stored twice \['param/actor.b0'\]")
+    huge = io.BytesIO()
+    np.lib.format.write_array_header_1_0(huge, {"descr": "|V2500000", "fortran_order": False, "shape": (8,)})
+    import zipfile
+
+    src, out = os.path.join(DATA, "format1_cartpole.npz"), tmp_path / "v.npz"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
+        for member in zin.namelist():
+            data = huge.getvalue() + bytes(8 * 2_500_000) if member == "param/actor.b0.npy" else zin.read(member)
+            zout.writestr(member, data)
+    _refused_in_little_memory(str(out), r"array 'param/actor.b0' is \|V2500000, not an array of numbers")

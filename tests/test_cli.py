@@ -524,14 +524,15 @@ def test_resume_refused_for_a_bad_unlogged_row_writes_nothing(tmp_path, monkeypa
     assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128"]) == 2
     err = capsys.readouterr().err
     assert err == ("minippo: error: --resume r/model.npz: the checkpoint's unlogged row ['5'] is not a progress.csv "
-                   f"row ({len(CSV_COLUMNS)} cells, an iteration up to the checkpoint's first, numbers or empty cells "
-                   "after it)\n"), err
+                   f"row ({len(CSV_COLUMNS)} cells: an iteration no later than the checkpoint's, then numbers or "
+                   "empty cells)\n"), err
     assert {n: (tmp_path / "r" / n).read_bytes() for n in os.listdir("r")} == before
     # Rows of the right length were written as they came: words in number columns (`minippo plot` then
     # refused the log), an iteration past the checkpoint's; '²' passed isdigit, then int() failed as
     # "cannot write the run there"
     n = len(CSV_COLUMNS) - 2
-    for row in (["1", "x", *["1"] * n], ["99", "64", *["1"] * n], ["²", "64", *["1"] * n], ["1", "6\u0664", *[""] * n]):
+    for row in (["1", "x", *["1"] * n], ["99", "64", *["1"] * n], ["²", "64", *["1"] * n], ["1", "6\u0664", *[""] * n],
+                ["1", "1_000", *[""] * n], ["1", " 64", *[""] * n]):
         save_checkpoint(PPO.load("r/model.npz"), "r/model.npz", unlogged_rows=[row])
         before = {n: (tmp_path / "r" / n).read_bytes() for n in os.listdir("r")}
         assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128"]) == 2
@@ -1291,6 +1292,12 @@ def test_an_env_from_a_module_trains_and_evaluates_from_the_command_line(tmp_pat
     assert main(["eval", str(out / "model.npz"), "--episodes", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["env_id"] == env_id
     assert json.loads((out / "config.json").read_text())["gamma"] == 0.98  # CartPole-v1's preset
+    # in a new process too: a module of gymnasium (imported to make the env in any case) is no new package
+    code = ("import sys\nfrom minippo import PPO\nfrom minippo.cli import main\n"
+            f"assert main(['eval', {str(out / 'model.npz')!r}, '--episodes', '1']) == 0\n"
+            f"assert PPO.load({str(out / 'model.npz')!r}).env_name == {env_id!r}\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
     assert main(["train", "no_such_module_here:CartPole-v1", "--timesteps", "64", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot import module 'no_such_module_here'" in err, err
@@ -1380,6 +1387,10 @@ def test_a_model_file_imports_no_module_it_names(tmp_path, capsys, monkeypatch):
         with pytest.raises(EnvImportRefused, match=r"whose module 'own_envs_for_cli_65' is not imported: loading a "
                                                    r"checkpoint imports no code it names"):
             PPO.load(model)
+        assert not marker.exists()
+        assert main(["train", "CartPole-v1", "--resume", model, "--timesteps", "128"]) == 2  # another id typed
+        assert capsys.readouterr().err == f"minippo: error: --resume model was trained on {env_id}, not " \
+            "CartPole-v1\n"
         assert not marker.exists()
         assert main(["eval", model, "--episodes", "1", "--import", "own_envs_for_cli_65"]) == 0
         assert marker.read_text() == "x"
