@@ -396,6 +396,21 @@ class _Progress:
             _say()
 
 
+_MAX_LINE = 1 << 16
+"""Longest progress.csv line read (a row is ~300 characters): past it, a file is not a log, and the
+line would be read whole first (one line of 1 GB of NUL bytes took 2 GB)."""
+
+
+def _lines(f: Any, path: str) -> Iterator[str]:
+    """The lines of the text file ``f``, each read with a bound: ValueError for a longer one."""
+    n = 0
+    while line := f.readline(_MAX_LINE + 1):
+        n += 1
+        if len(line) > _MAX_LINE:
+            raise ValueError(f"{path}, line {n}: longer than {_MAX_LINE} characters, not a progress.csv line")
+        yield line
+
+
 def _ends_line(path: str) -> bool:
     """Whether the file at ``path`` ends with a newline (or is empty)."""
     with open(path, "rb") as f:
@@ -426,16 +441,16 @@ class CsvLog:
 
     def __init__(self, path: str, keep_through: int | None = None) -> None:
         self.last_iteration: int | None = None  # the last row's, None before the first
+        self.dropped = 0  # rows after keep_through, dropped
         if keep_through is not None and os.path.exists(path) and os.path.getsize(path):
-            dropped = False
             for row in self.rows(path):
                 if int(row[0]) <= keep_through:
                     self.last_iteration = int(row[0])
                 else:
-                    dropped = True
+                    self.dropped += 1
             # rewritten also where the file does not end its last line (edited elsewhere): the next row
             # appended would join that line
-            if dropped or not _ends_line(path):
+            if self.dropped or not _ends_line(path):
                 self._keep_rows(path, keep_through)
             self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | _O_BINARY)
             return
@@ -445,20 +460,30 @@ class CsvLog:
     @staticmethod
     def rows(path: str) -> Iterator[list[str]]:
         """The rows of an existing progress.csv after its header, read one at a time (a 100M-step run's
-        log is ~100 MB; read whole, a resume held ~6x that), or ValueError if its header is not
-        minippo's or a row's iteration is not an integer (naming the line). Nothing for an empty file."""
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
+        log is ~100 MB; read whole, a resume held ~6x that), or ValueError naming the line if its header
+        is not minippo's, or a row is not one it writes: an iteration (an integer above the row before's),
+        then numbers or empty cells, one per column. Nothing for an empty file."""
+        from minippo.config import _shown
+
+        with open(path, newline="", encoding="utf-8-sig") as f:  # (-sig: saved again by a spreadsheet)
+            reader = csv.reader(_lines(f, path))
             try:
                 header = next(reader, None)
                 if header is not None and tuple(header) != CSV_COLUMNS:
                     raise ValueError(f"{path} does not have minippo's progress.csv columns; move it away to "
                                      "resume here")
+                last = 0
                 for n, row in enumerate(reader, start=2):
                     try:
-                        int(row[0])
+                        iteration = int(row[0])
                     except (ValueError, IndexError):
-                        raise ValueError(f"{path}, line {n}: iteration {row[:1]} is not an integer") from None
+                        raise ValueError(f"{path}, line {n}: iteration {_shown(row[:1], 80)} is not an "
+                                         "integer") from None
+                    if len(row) != len(CSV_COLUMNS) or iteration <= last or not all(map(_number_cell, row)):
+                        raise ValueError(f"{path}, line {n}: {_shown(row, 160)} is not a row minippo writes (after "
+                                         f"iteration {last}: a later one, then numbers or empty cells, "
+                                         f"{len(CSV_COLUMNS)} in all); move the file away to resume here")
+                    last = iteration
                     yield row
             except (csv.Error, UnicodeDecodeError) as e:  # a huge field, NUL bytes after a power loss (<= 3.10)
                 raise ValueError(f"{path} cannot be read as CSV ({e}); move it away to resume here") from None
@@ -638,10 +663,13 @@ def _given(value: Any) -> bool:
 def _is_run_folder(folder: str, env_id: str) -> bool:
     """True when ``folder`` holds a minippo run of ``env_id``: a config.json that is a JSON object
     with that env_id (what ``minippo train`` writes beside model.npz)."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):  # (a FIFO would be waited on for ever)
+        return False
     try:
-        with open(os.path.join(folder, "config.json")) as f:
+        with open(path) as f:
             saved = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (RecursionError: JSON nested thousands deep)
         return False
     return isinstance(saved, dict) and saved.get("env_id") == env_id
 
@@ -702,8 +730,18 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
         for name in ("model.npz", "config.json", "progress.csv"):
             if os.path.isdir(os.path.join(out, name)):
                 raise IsADirectoryError(f"{os.path.join(out, name)!r} is a folder")
+            # a FIFO (read and written, the run waited for ever), a device (/dev/zero was read without end),
+            # a link to nothing
+            if os.path.lexists(os.path.join(out, name)) and not os.path.isfile(os.path.join(out, name)):
+                raise OSError(f"{os.path.join(out, name)!r} is not a regular file (a FIFO, a device or a link to "
+                              "nothing): move it away")
     except OSError as e:
         raise UsageError(f"{where}: cannot write the run there: {e}") from e
+    if own and os.path.lexists(os.path.join(out, "config.json")) and not _is_run_folder(out, cfg.env_id):
+        # (as a resume without --out finds its folder: a config.json of another run, or a link to a file of
+        # the user's elsewhere, is not rewritten)
+        raise UsageError(f"{where}: its config.json is not this run's (a JSON object with env_id {cfg.env_id!r}): "
+                         "move it away, or resume into another --out")
     lock = _lock_run_folder(out, where)  # then the checks again: a run that started beside this one and
     try:  # wrote its files before this lock was taken is seen now (both passed the checks above)
         if files_held() != held:
@@ -748,6 +786,9 @@ def _write_run_folder(args: argparse.Namespace, cfg: Any, iteration: int, unlogg
         log.backfill(unlogged)
     except (OSError, ValueError) as e:
         raise UsageError(f"{where}: cannot write the run there: {e}") from e
+    if log.dropped:  # (a model older than the log: say so, rather than losing rows without a word)
+        _say(f"minippo: dropped {log.dropped} row{'s' * (log.dropped > 1)} of progress.csv logged after iteration "
+             f"{iteration}, where the model was saved")
     return log
 
 
@@ -1061,23 +1102,24 @@ def read_progress(folder: str) -> dict[str, list[float]]:
     path = os.path.join(folder, "progress.csv")
     if not os.path.isfile(path):
         raise UsageError(f"{folder!r} has no progress.csv (is it a minippo run folder?)")
+    from minippo.config import _shown
+
+    cols: dict[str, list[float]] = {c: [] for c in CSV_COLUMNS}
     try:  # (utf-8-sig: a file saved again by a spreadsheet may begin with a byte-order mark)
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+            reader = csv.DictReader(_lines(f, path))  # a row at a time: a 200k-row log took 520 MB read whole
+            for n, r in enumerate(reader, start=2):  # line 1 is the header
+                if n == 2 and not {"iteration", "timesteps"} <= set(reader.fieldnames or ()):  # (every version's)
+                    raise UsageError(f"{path} does not have minippo's progress.csv columns (its header: "
+                                     f"{_shown_cells(reader.fieldnames)})")
+                for c in CSV_COLUMNS:
+                    v = r.get(c)
+                    try:
+                        cols[c].append(math.nan if v in (None, "") else float(v))
+                    except (TypeError, ValueError):
+                        raise UsageError(f"{path}, line {n}: {c} {_shown(v, 80)} is not a number") from None
+    except (OSError, ValueError, UnicodeDecodeError, csv.Error) as e:
         raise UsageError(f"{path}: cannot read it: {e}") from e
-    if rows and not {"iteration", "timesteps"} <= set(reader.fieldnames or ()):  # (every version's first two)
-        raise UsageError(f"{path} does not have minippo's progress.csv columns (its header: "
-                         f"{_shown_cells(reader.fieldnames)})")
-    cols: dict[str, list[float]] = {c: [] for c in CSV_COLUMNS}
-    for n, r in enumerate(rows, start=2):  # line 1 is the header
-        for c in CSV_COLUMNS:
-            v = r.get(c)
-            try:
-                cols[c].append(math.nan if v in (None, "") else float(v))
-            except (TypeError, ValueError):
-                raise UsageError(f"{path}, line {n}: {c} {v!r} is not a number") from None
     return cols
 
 

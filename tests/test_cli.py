@@ -482,6 +482,14 @@ def test_resume_writes_to_the_models_own_run_and_trims_what_a_dead_run_logged(tm
     assert sorted(os.listdir("project")) == ["config.json", "model.npz"]
     assert (tmp_path / "project" / "config.json").read_text() == '{"my": "settings"}'
     (tmp_path / "project" / "progress.csv").write_text("")  # empty: started afresh, with the header
+    # nor with --out naming it: the user's config.json was replaced by the run's (through a link to a file
+    # elsewhere, that file)
+    assert main(["train", "CartPole-v1", "--resume", "project/model.npz", "--out", "project", "--timesteps",
+                 "256", "--quiet"]) == 2
+    assert capsys.readouterr().err == "minippo: error: --out 'project': its config.json is not this run's (a JSON " \
+        "object with env_id 'CartPole-v1'): move it away, or resume into another --out\n"
+    assert (tmp_path / "project" / "config.json").read_text() == '{"my": "settings"}'
+    os.replace("project/config.json", "my_settings.json")
     assert main(["train", "CartPole-v1", "--resume", "project/model.npz", "--out", "project", "--timesteps",
                  "256", "--quiet"]) == 0
     assert _iterations("project/progress.csv") == [7, 8]
@@ -538,6 +546,82 @@ def test_resume_refused_for_a_bad_unlogged_row_writes_nothing(tmp_path, monkeypa
         assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128"]) == 2
         assert f"the checkpoint's unlogged row {row[:2]} is not a progress.csv row" in capsys.readouterr().err
         assert {n: (tmp_path / "r" / n).read_bytes() for n in os.listdir("r")} == before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_run_files_that_are_not_regular_files_are_refused_without_waiting(tmp_path, monkeypatch, capsys):
+    """A FIFO named progress.csv or config.json made train wait for ever (a new run, --overwrite, a
+    resume), and progress.csv linked to /dev/zero was read without end; each is one line, exit 2 now."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--n-envs", "2", "--out", "r", "--quiet", *TINY]) == 0
+    for name in ("progress.csv", "config.json"):
+        for resume in (True, False):
+            folder = tmp_path / f"{name}-{resume}"
+            shutil.copytree("r", folder) if resume else folder.mkdir()
+            (folder / name).unlink(missing_ok=True)
+            os.mkfifo(folder / name)
+            cmd = ["--resume", str(folder / "model.npz")] if resume else ["--out", str(folder), "--overwrite", *TINY]
+            capsys.readouterr()
+            assert main(["train", "CartPole-v1", *cmd, "--timesteps", "128", "--quiet"]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and (f"{str(folder / name)!r} is not a regular file (a FIFO, a device or a "
+                                             "link to nothing): move it away" in err
+                                             or "is not the model.npz of a minippo run folder" in err), err
+            assert sorted(os.listdir(folder)) == sorted(os.listdir("r") if resume else [name])  # nothing written
+    os.remove("r/progress.csv")
+    os.symlink("/dev/zero", "r/progress.csv")
+    assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128", "--quiet"]) == 2
+    assert "'r/progress.csv' is not a regular file" in capsys.readouterr().err
+
+
+def test_resume_with_out_does_not_rewrite_a_config_json_that_is_not_the_run_s(tmp_path, monkeypatch, capsys):
+    """config.json linked to a file of the user's elsewhere: a resume with --out naming the run's own
+    folder replaced that file with the run's config (without --out the folder was refused)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--n-envs", "2", "--out", "r", "--quiet", *TINY]) == 0
+    (tmp_path / "important.txt").write_text("IMPORTANT DATA")
+    os.remove("r/config.json")
+    os.symlink(tmp_path / "important.txt", "r/config.json")
+    for out in ([], ["--out", "r"]):
+        assert main(["train", "CartPole-v1", "--resume", "r/model.npz", *out, "--timesteps", "128", "--quiet"]) == 2
+        capsys.readouterr()
+        assert (tmp_path / "important.txt").read_text() == "IMPORTANT DATA"
+    (tmp_path / "deep").mkdir()  # nested past the recursion limit: a RecursionError traceback
+    shutil.copy("r/model.npz", "deep/model.npz")
+    (tmp_path / "deep" / "config.json").write_text('{"env_id": "CartPole-v1", "x": ' + "[" * 100_000 + "]" * 100_000
+                                                   + "}")
+    assert main(["train", "CartPole-v1", "--resume", "deep/model.npz", "--timesteps", "128", "--quiet"]) == 2
+    assert "is not the model.npz of a minippo run folder" in capsys.readouterr().err
+
+
+def test_a_resume_checks_every_row_and_says_what_it_drops(tmp_path, monkeypatch, capsys):
+    """Rows past the checkpoint were dropped without a word (998 of 1000 behind an older model); a NUL in
+    a cell, a repeated iteration or a short row were kept (`minippo plot` then failed on them); a byte-
+    order mark (a spreadsheet's save) was 'not minippo's columns'; one long line was read whole (2 GB)."""
+    from minippo.cli import CsvLog
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--n-envs", "2", "--out", "r", "--quiet", *TINY]) == 0
+    good = (tmp_path / "r" / "progress.csv").read_text()
+    rows = good.splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2"]
+    later = [",".join([str(i), *rows[-1].split(",")[1:]]) for i in (3, 4, 5)]
+    (tmp_path / "r" / "progress.csv").write_text("\ufeff" + good + "\n".join(later) + "\n")
+    capsys.readouterr()
+    assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128", "--quiet"]) == 0
+    assert "minippo: dropped 3 rows of progress.csv logged after iteration 2, where the model was saved" in \
+        capsys.readouterr().err
+    assert _iterations("r/progress.csv") == [1, 2, 3, 4]
+    cells = rows[-1].split(",")
+    for bad in ([*cells[:2], "0\x00373", *cells[3:]], [rows[0].split(",")[0], *cells[1:]], cells[:5]):
+        path = tmp_path / "bad.csv"
+        path.write_text(good + ",".join(bad) + "\n")
+        with pytest.raises(ValueError, match=r"bad\.csv, line 4: .* is not a row minippo writes \(after iteration "
+                                             r"2: a later one, then numbers or empty cells, 20 in all\)"):
+            CsvLog.check_file(str(path))
+    path.write_text(good + "\x00" * 5_000_000 + "\n")
+    with pytest.raises(ValueError, match=r"bad\.csv, line 4: longer than 65536 characters"):
+        CsvLog.check_file(str(path))
 
 
 def test_a_whole_progress_csv_is_appended_to_not_rewritten_on_resume(tmp_path, monkeypatch):
@@ -1150,7 +1234,8 @@ def test_an_unreadable_progress_csv_on_resume_is_one_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "CartPole-v1", "--resume", str(out / "model.npz"), "--timesteps", "512", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "progress.csv cannot be read as CSV (field larger than field limit" in err, err
+    assert err.count("\n") == 1 and "progress.csv, line 3: longer than 65536 characters, not a progress.csv " \
+        "line" in err, err
     assert (out / "config.json").read_bytes() == config
 
 
@@ -1464,6 +1549,11 @@ def test_plot_reads_a_byte_order_mark_and_refuses_other_columns(tmp_path, capsys
         assert err.startswith(f"minippo: error: {tmp_path / name / 'progress.csv'} does not have minippo's "
                               "progress.csv columns (its header: "), err
     assert not (tmp_path / "f.png").exists()
+    (tmp_path / "long").mkdir()  # one line of 5 MB: read whole before the csv module's field limit refused it
+    (tmp_path / "long" / "progress.csv").write_bytes((run / "progress.csv").read_bytes() + b"\x00" * 5_000_000)
+    assert main(["plot", str(tmp_path / "long"), "-o", str(tmp_path / "f.png")]) == 2
+    assert f"{tmp_path / 'long' / 'progress.csv'}: cannot read it: {tmp_path / 'long' / 'progress.csv'}, line 4: " \
+        "longer than 65536 characters" in capsys.readouterr().err
     old = tmp_path / "old"  # a run's log without the time column (as before minippo logged it)
     old.mkdir()
     with open(run / "progress.csv") as f:
@@ -1747,7 +1837,8 @@ def test_csv_log_reads_what_it_resumes_and_starts_a_new_file_afresh(tmp_path):
                                                                        ("4", "40")]
 
     header = ",".join(CSV_COLUMNS)
-    path.write_text(f"{header}\n1\nx\n")
+    row = "," * (len(CSV_COLUMNS) - 1)
+    path.write_text(f"{header}\n1{row}\nx{row}\n")
     with pytest.raises(ValueError, match=r"progress\.csv, line 3: iteration \['x'\] is not an integer"):
         CsvLog(str(path), keep_through=1)
     path.write_text("a,b\n1,2\n")  # not minippo's columns: a resume refuses it, a new log starts afresh
