@@ -723,6 +723,9 @@ def _open_run_folder(args: argparse.Namespace, cfg: Any, iteration: int,
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"{where} is a file, not a folder: choose a folder for model.npz, config.json and "
                          "progress.csv")
+    if os.path.islink(out) and not os.path.exists(out):  # (os.makedirs: "[Errno 17] File exists")
+        raise UsageError(f"{where} is a link to nothing ({os.readlink(out)!r}): make the folder it names, or "
+                         "choose another --out")
     if out.lower().endswith(".npz") and not os.path.isdir(out):  # (a model file's name, as the examples take)
         raise UsageError(f"{where} names a folder, which would hold model.npz, config.json and progress.csv: "
                          f"give the folder, e.g. --out {os.path.splitext(out)[0]!r}")
@@ -822,8 +825,13 @@ def _lock_run_folder(out: str, where: str) -> Any:
         msvcrt = None
     if fcntl is None and msvcrt is None:
         return _NoLock()
+    path = os.path.join(out, LOCK_NAME)
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):  # minippo makes a plain file:
+        # a link was followed (a dangling one made its target, outside the folder), a FIFO "not seekable"
+        raise UsageError(f"{where}: {path!r} is not the plain file minippo locks (a link, a FIFO or a device): "
+                         "move it away")
     try:
-        f = open(os.path.join(out, LOCK_NAME), "a+b")  # noqa: SIM115 (held open for the whole run)
+        f = open(path, "a+b")  # noqa: SIM115 (held open for the whole run)
     except OSError as e:
         raise UsageError(f"{where}: cannot write the run there: {e}") from e
     try:

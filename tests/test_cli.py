@@ -572,6 +572,21 @@ def test_run_files_that_are_not_regular_files_are_refused_without_waiting(tmp_pa
     os.symlink("/dev/zero", "r/progress.csv")
     assert main(["train", "CartPole-v1", "--resume", "r/model.npz", "--timesteps", "128", "--quiet"]) == 2
     assert "'r/progress.csv' is not a regular file" in capsys.readouterr().err
+    # the lock file: a FIFO said "File or stream is not seekable" naming no file; a dangling link made its
+    # target, outside the folder
+    for make in (os.mkfifo, lambda p: os.symlink(tmp_path / "elsewhere.lock", p)):
+        os.makedirs("s", exist_ok=True)
+        if os.path.lexists("s/.minippo.lock"):
+            os.remove("s/.minippo.lock")
+        make("s/.minippo.lock")
+        assert main(["train", "CartPole-v1", "--out", "s", "--timesteps", "64", "--quiet", *TINY]) == 2
+        assert capsys.readouterr().err == "minippo: error: --out 's': 's/.minippo.lock' is not the plain file " \
+            "minippo locks (a link, a FIFO or a device): move it away\n"
+        assert not (tmp_path / "elsewhere.lock").exists() and sorted(os.listdir("s")) == [".minippo.lock"]
+    os.symlink(tmp_path / "nowhere", "dangling")  # --out a link to nothing: "[Errno 17] File exists: 'dangling'"
+    assert main(["train", "CartPole-v1", "--out", "dangling", "--timesteps", "64", "--quiet", *TINY]) == 2
+    assert capsys.readouterr().err == f"minippo: error: --out 'dangling' is a link to nothing " \
+        f"({str(tmp_path / 'nowhere')!r}): make the folder it names, or choose another --out\n"
 
 
 def test_resume_with_out_does_not_rewrite_a_config_json_that_is_not_the_run_s(tmp_path, monkeypatch, capsys):
