@@ -383,11 +383,6 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return meta, arrays
 
 
-def _shown_list(v: list[Any], n: int = 5) -> str:
-    """A list's first ``n`` entries for a message."""
-    return "[" + ", ".join(repr(x) for x in v[:n]) + (", ...]" if len(v) > n else "]")
-
-
 _META_CHARS = 2**24
 """Most characters a checkpoint's meta (JSON) may hold: ~1000x what a run writes (its episode lists,
 unlogged rows and config), so that a crafted entry cannot make the reader allocate gigabytes."""
@@ -462,10 +457,12 @@ def _read_meta(z: Any, headers: dict[str, tuple[tuple[int, ...], np.dtype]], pat
             raise CheckpointError(f"{path!r}: meta's {key!r} must be a list of finite numbers")
     # (the trainer appends one return and one length per finished episode, each episode >= 1 step; an
     # iteration collects >= 1 step: a file that says otherwise logs wrong means and row numbers)
+    from minippo.config import _shown
+
     returns, lengths = meta.get("episode_returns", []), meta.get("episode_lengths", [])
     if len(returns) != len(lengths) or not all(type(n) is int and n >= 1 for n in lengths):
         raise CheckpointError(f"{path!r}: meta's 'episode_lengths' must be one integer >= 1 per episode of "
-                              f"'episode_returns' ({len(returns)}), got {_shown_list(lengths)}")
+                              f"'episode_returns' ({len(returns)}), got {_shown(lengths, 120)}")
     if meta.get("iteration", 0) > meta["num_timesteps"]:
         raise CheckpointError(f"{path!r}: meta's 'iteration' {meta['iteration']} exceeds its 'num_timesteps' "
                               f"{meta['num_timesteps']} (every iteration runs at least one step)")

@@ -1121,7 +1121,7 @@ def read_progress(folder: str) -> dict[str, array]:
             for n, r in enumerate(reader, start=2):  # line 1 is the header
                 if n == 2 and not {"iteration", "timesteps"} <= set(reader.fieldnames or ()):  # (every version's)
                     raise UsageError(f"{path} does not have minippo's progress.csv columns (its header: "
-                                     f"{_shown_cells(reader.fieldnames)})")
+                                     f"{_shown(reader.fieldnames, 120)})")
                 for c in CSV_COLUMNS:
                     v = r.get(c)
                     try:
@@ -1131,12 +1131,6 @@ def read_progress(folder: str) -> dict[str, array]:
     except (OSError, ValueError, UnicodeDecodeError, csv.Error) as e:
         raise UsageError(f"{path}: cannot read it: {e}") from e
     return cols
-
-
-def _shown_cells(cells: Sequence[str] | None, n: int = 4) -> str:
-    """A row's first ``n`` cells for a message."""
-    cells = list(cells or ())
-    return ", ".join(repr(c) for c in cells[:n]) + (", ..." if len(cells) > n else "")
 
 
 def run_labels(dirs: list[str]) -> list[str]:
