@@ -350,6 +350,9 @@ def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if os.path.isdir(path):
         raise CheckpointError(f"{path!r} is a folder, not a checkpoint file (a run folder's is model.npz)")
     if not os.path.exists(path):
+        if os.path.islink(path):  # (exists follows links: a dangling one, or a loop of them)
+            raise FileNotFoundError(f"checkpoint {path!r} is a symbolic link to nothing (its target "
+                                    f"{os.readlink(path)!r} does not exist, or the links form a loop)")
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path!r} is not a regular file (a FIFO or a device): not a checkpoint file")

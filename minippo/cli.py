@@ -272,6 +272,12 @@ def _unsized(stream: Any) -> bool:
     return size.columns == 0 or size.lines == 0
 
 
+def _path_shown(path: str) -> str:
+    """A path as a status line shows it: as it is, or quoted with escapes where it holds a character
+    that does not print (a newline or a terminal's control sequence in a folder's name)."""
+    return path if path.isprintable() else repr(path)
+
+
 def _say(*parts: Any, **kwargs: Any) -> None:
     """``print`` to stderr, where a stderr that cannot be written (its reader gone, a full disk, EIO
     after the terminal hung up) loses the line, not the run: training goes on and saves."""
@@ -924,7 +930,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.quiet:
         settings = f"resumed at {start_steps} steps" if args.resume else _settings(args)
         _say(f"minippo: training {cfg.env_id}{_kwargs_shown(cfg.env_kwargs)} ({cfg.objective}, "
-             f"{settings}) for {algo.total_timesteps} steps on backend {backend.name}; writing {out}")
+             f"{settings}) for {algo.total_timesteps} steps on backend {backend.name}; writing {_path_shown(out)}")
         hint = _small_net_on_gpu(cfg, backend.name)
         if hint:
             _say(hint)
@@ -997,21 +1003,21 @@ def cmd_train(args: argparse.Namespace) -> int:
                 renamed = before is not _NOT_READ and file_id(model_path) != before
                 aborted = "as the save ended" if renamed else "during the save"
             except OSError as e:  # a full disk, the folder removed: atomic, so no half-written file
-                failed = f"cannot save {model_path} after {algo.num_timesteps} steps: {e}"
+                failed = f"cannot save {_path_shown(model_path)} after {algo.num_timesteps} steps: {e}"
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         algo.close()  # now: an async env's workers would otherwise outlive the run (and report at exit)
         lock.close()  # the run folder is free for the next run (or a resume) once the model is saved
     if aborted is not None:
-        saved = f"model saved to {model_path}" if aborted == "as the save ended" else "model not saved"
+        saved = f"model saved to {_path_shown(model_path)}" if aborted == "as the save ended" else "model not saved"
         _say(f"minippo: stopped {aborted} at {algo.num_timesteps} steps; {saved}")
         return 130
     if log_failed:
         csv_path = os.path.join(out, "progress.csv")
         saved = f"model not saved ({failed})" if failed is not None else \
-            f"model saved to {model_path} with the unwritten row (--resume writes it first)"
-        _say(f"minippo: error: cannot write {csv_path}: {log_failed[0]}; training stopped at "
+            f"model saved to {_path_shown(model_path)} with the unwritten row (--resume writes it first)"
+        _say(f"minippo: error: cannot write {_path_shown(csv_path)}: {log_failed[0]}; training stopped at "
              f"{algo.num_timesteps} steps; {saved}")
         return 1
     if failed is not None:
@@ -1026,7 +1032,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     wall = time.perf_counter() - t0
     if stop:
-        _say(f"minippo: interrupted at {algo.num_timesteps} steps; model saved to {model_path}")
+        _say(f"minippo: interrupted at {algo.num_timesteps} steps; model saved to {_path_shown(model_path)}")
         return 130
     compiled = backend.numba_compile_seconds(this_thread=True) - compiled_before
     if not args.quiet:
@@ -1034,7 +1040,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # a resumed run's count is its total; the time is this run's
         this_run = f" ({algo.num_timesteps - start_steps} in this run)" if start_steps else ""
         _say(f"minippo: done, {algo.num_timesteps} steps{this_run} in {wall:.1f} s{of_it}; model saved to "
-             f"{model_path}")
+             f"{_path_shown(model_path)}")
     return 0
 
 
@@ -1111,6 +1117,8 @@ def read_progress(folder: str) -> dict[str, array]:
     holds 32 MB of them; empty cells -> nan)."""
     path = os.path.join(folder, "progress.csv")
     if not os.path.isfile(path):
+        if os.path.lexists(path):  # a folder, FIFO, device or link to nothing by that name
+            raise UsageError(f"{path!r} is not a regular file: not a progress.csv minippo wrote")
         raise UsageError(f"{folder!r} has no progress.csv (is it a minippo run folder?)")
     from minippo.config import _shown
 
@@ -1220,7 +1228,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         plt.close(fig)
     # a status line, on stderr as the others: stderr escapes what its encoding cannot write (a file name
     # in another script, printed to a cp1252 stdout, raised after the image was written)
-    print(f"minippo: wrote {args.output}", file=sys.stderr)
+    print(f"minippo: wrote {_path_shown(args.output)}", file=sys.stderr)
     return 0
 
 

@@ -2221,6 +2221,34 @@ def test_the_banner_says_what_the_config_started_from_and_the_env_kwargs(tmp_pat
     assert re.search(r"minippo: done, 64 steps \(32 in this run\) in \d+\.\d s; model saved to ", err), err
 
 
+def test_status_lines_escape_a_run_folder_name_that_does_not_print(tmp_path, capsys):
+    """A newline in --out's name broke the banner and the done line in two (a terminal's escape
+    sequence in it would have been sent to the terminal); error messages already showed it quoted."""
+    out = str(tmp_path / "a\nb")
+    assert main(["train", "CartPole-v1", "--timesteps", "32", "--n-envs", "2", "--out", out, *TINY]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 3 and err.endswith(f"model saved to {os.path.join(out, 'model.npz')!r}\n"), err
+    assert f"; writing {out!r}\n" in err, err
+    fine = str(tmp_path / "run ü")  # a name that prints is shown as it is
+    assert main(["train", "CartPole-v1", "--timesteps", "32", "--n-envs", "2", "--out", fine, *TINY]) == 0
+    assert f"; writing {fine}\n" in capsys.readouterr().err
+
+
+def test_plot_of_a_progress_csv_that_is_not_a_regular_file_says_so(tmp_path, capsys):
+    """A folder (or a FIFO, or a link to nothing) named progress.csv was "has no progress.csv"."""
+    run = tmp_path / "run"
+    (run / "progress.csv").mkdir(parents=True)
+    dangling = tmp_path / "dangling"
+    dangling.mkdir()
+    os.symlink(str(tmp_path / "nowhere.csv"), str(dangling / "progress.csv"))
+    for folder in (run, dangling):
+        assert main(["plot", str(folder), "-o", str(tmp_path / "c.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{str(folder / 'progress.csv')!r} is not a regular file" in err, err
+    assert main(["plot", str(tmp_path / "nowhere"), "-o", str(tmp_path / "c.png")]) == 2
+    assert "has no progress.csv (is it a minippo run folder?)" in capsys.readouterr().err
+
+
 def test_plot_names_a_file_its_output_encoding_cannot_write(tmp_path):
     """`minippo plot -o 曲线.png` with a cp1252 or ASCII stdout (Windows with output redirected, a C locale)
     wrote the image, then raised UnicodeEncodeError printing its name (exit 1)."""

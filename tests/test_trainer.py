@@ -753,6 +753,20 @@ def test_loading_a_path_that_is_not_a_regular_file_says_so(tmp_path):
         load_policy(str(tmp_path / "none.npz"))
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_loading_a_link_to_nothing_or_a_loop_of_links_says_so(tmp_path):
+    """A dangling link, or links in a loop, read as a checkpoint that does not exist (ls shows it)."""
+    dangling, a, b = (str(tmp_path / n) for n in ("dangling.npz", "a.npz", "b.npz"))
+    os.symlink(str(tmp_path / "gone.npz"), dangling)
+    os.symlink(b, a)
+    os.symlink(a, b)
+    for path, target in ((dangling, str(tmp_path / "gone.npz")), (a, b)):
+        for load in (PPO.load, load_policy):
+            with pytest.raises(FileNotFoundError, match=re.escape(f"{path!r} is a symbolic link to nothing "
+                                                                  f"(its target {target!r} does not exist")):
+                load(path)
+
+
 @pytest.mark.skipif(not hasattr(os, "fchown"), reason="POSIX owners")
 def test_a_save_over_this_processs_own_file_changes_no_owner_and_needs_no_fchown(tmp_path, monkeypatch):
     """The owner is given back only where it differs from this process's (root saving a user's run);
