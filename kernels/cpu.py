@@ -34,8 +34,8 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
-from minippo._checks import real
-from minippo.advantages import _result_dtype
+from minippo._checks import array, real
+from minippo.advantages import _REAL_KINDS, _result_dtype
 
 from .simd import (
     VECTOR_BYTES,
@@ -557,6 +557,10 @@ def rewards_to_go(
 
     rewards, dones (T, N) float32/float64, last_values (N,); result in the dtype of rewards.
     """
+    for name, a in (("rewards", rewards), ("dones", dones), ("last_values", last_values)):
+        array(name, a)  # (a list has no ndim: AttributeError)
+        if a.dtype.kind not in _REAL_KINDS:  # (complex would lose its imaginary part in the cast)
+            raise TypeError(f"{name} must be a real array (float, int or bool), got dtype {a.dtype}")
     if rewards.ndim != 2 or dones.shape != rewards.shape or last_values.shape != rewards.shape[1:]:
         raise ValueError(f"rewards and dones must have one shape (T, N) and last_values (N,), got "
                          f"{tuple(rewards.shape)}, {tuple(dones.shape)}, {tuple(last_values.shape)}")

@@ -792,6 +792,14 @@ def test_rewards_to_go_checks_shapes_and_gamma():
             cpu.rewards_to_go(r, d, lv_, gamma)
     with pytest.raises(ValueError, match="one shape"):
         cpu.rewards_to_go(np.ones(8), np.ones(8), lv, 0.9)
+    # not arrays (an AttributeError from .ndim), or complex (cast to float, its imaginary part dropped)
+    for args, name in (((r.tolist(), r, lv), "rewards"), ((r, r, lv.tolist()), "last_values")):
+        with pytest.raises(TypeError, match=f"^{name} must be an array"):
+            cpu.rewards_to_go(*args, 0.9)
+    with pytest.raises(TypeError, match="^dones must be a real array .* got dtype complex128"):
+        cpu.rewards_to_go(r, r.astype(complex), lv, 0.9)
+    ints = cpu.rewards_to_go(np.ones((8, 4), np.int64), np.zeros((8, 4), bool), np.zeros(4, np.int8), 0.9)
+    assert ints.dtype == np.float64 and ints[0, 0] == pytest.approx((1 - 0.9 ** 8) / 0.1)
 
 
 def test_fused_outputs_are_new_arrays_every_call(numba_backend):
