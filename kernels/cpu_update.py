@@ -595,10 +595,13 @@ class FusedUpdate:
         t = opt.t + 1
         c1, c2 = 1.0 - b1**t, 1.0 - b2**t
         self.sc[:7] = (b1, 1.0 - b1, b2, 1.0 - b2, c2, opt.eps, lr / c1)
+        # t counted before the moments move, as Adam.step does: a Ctrl-C landing as the kernel returns
+        # leaves no moments with a step count that has not counted them (load_state_dict refuses t = 0 then)
+        opt.t = t
         norm = _clip_adam(self.flat_params, self.offsets, self.g, opt._m, opt._v, self.sc, max(max_grad_norm, 0.0))
         if not math.isfinite(norm):
+            opt.t = t - 1  # (nothing was updated)
             raise FloatingPointError(f"gradient norm is {norm}")
-        opt.t = t
         self.policy.clamp_log_std()  # as NumpyStep.step does
         return norm if max_grad_norm > 0 else math.nan
 

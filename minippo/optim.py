@@ -227,6 +227,11 @@ class Adam:
                if not (bool(np.isfinite(src).all()) and (name[0] != "v" or bool((src >= 0).all())))]
         if bad:
             raise ValueError(f"Adam moments {bad[:3]} hold NaN, inf or (second moments) negative values")
+        if t == 0:  # no step taken, yet moments: the next step's bias correction (1 / (1 - beta1) = 10x
+            moved = [name for src, _, name in pairs if bool((src != 0).any())]  # for m) would blow them up
+            if moved:
+                raise ValueError(f"state['t'] is 0 (no step taken) but Adam moments {moved[:3]} are not zero: "
+                                 "t counts the steps that made them")
         for src, dst, _ in pairs:  # to the moments' device: a checkpoint's host arrays up, a device state down
             dst[...] = asnumpy(src) if type(dst) is np.ndarray else array_module(dst).asarray(src)
         self.t = t

@@ -531,6 +531,27 @@ def test_non_finite_gradient_raises_before_any_update():
         np.testing.assert_array_equal(p, before[k])
 
 
+def test_the_fused_step_counts_the_step_before_the_moments_move(monkeypatch):
+    """As Adam.step does: a KeyboardInterrupt landing as the kernel returns (signal handlers run
+    between bytecodes) left moments written with adam.t still 0, which a checkpoint then refused."""
+    pol = _policy(np.float32, True, (8,), "tanh", 1)
+    adam = Adam(pol.params)
+    fu = cpu_update.make(pol, adam, PPOConfig(), only_if_faster=False)
+    for g in fu.grads().values():
+        g.fill(0.25)
+    kernel = cpu_update._clip_adam
+
+    def interrupted(*args):
+        kernel(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cpu_update, "_clip_adam", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fu.step(1e-3, 0.5)
+    assert adam.t == 1 and adam._m.any()
+    Adam(pol.params).load_state_dict(adam.state_dict())  # (a save of this state loads)
+
+
 @pytest.mark.parametrize("discrete", [True, False])
 def test_a_nan_input_is_named_and_raises_on_both_paths(discrete):
     """A NaN in one minibatch input (or a parameter) makes the loss NaN; the fused step then names

@@ -406,6 +406,25 @@ def test_a_read_only_parameter_is_refused_before_anything_changes():
     np.testing.assert_array_equal(params["a"], 1.0)
 
 
+def test_load_state_dict_refuses_moments_with_no_step_counted():
+    """t = 0 beside non-zero moments was loaded: the next step's bias corrections (1 - b1**1 = 0.1 for m)
+    then scaled the old first moment up tenfold, a step ~10x lr. Zero moments at t = 0 (a fresh
+    optimiser's state) load; so do moments at t >= 1."""
+    opt = Adam({"w": np.zeros(3), "b": np.zeros(2)})
+    fresh = opt.state_dict()
+    opt.step({"w": np.ones(3), "b": np.zeros(2)})
+    state = opt.state_dict()
+    for key in ("m.w", "v.w"):
+        target = Adam({"w": np.zeros(3), "b": np.zeros(2)})
+        with pytest.raises(ValueError, match=rf"^state\['t'\] is 0 \(no step taken\) but Adam moments "
+                                             rf"\['{key}'\] are not zero"):
+            target.load_state_dict({**fresh, key: state[key]})
+        assert target.t == 0 and not target._m.any() and not target._v.any()
+    target.load_state_dict(fresh)
+    target.load_state_dict(state)
+    assert target.t == 1 and target.m["w"][0] == pytest.approx(0.1)
+
+
 @pytest.mark.parametrize("drop", ["t", "m.w", "v.b"])
 def test_load_state_dict_names_a_single_missing_key(drop):
     """Any one key of state_dict's missing is the ValueError naming it, nothing loaded (a check of
