@@ -457,8 +457,8 @@ class ObsNormalizer:
         self.clip, self.eps = clip, eps
 
     def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
-        """obs (B, obs_dim) -> normalised obs (B, obs_dim) in the input's float dtype (an integer
-        input: float32) (host arrays)."""
+        """obs (B, obs_dim) -> normalised obs (B, obs_dim) in the input's float dtype, in native byte
+        order (an integer input: float32) (host arrays)."""
         if type(obs) is not np.ndarray:
             on_host(_ON_HOST, obs=obs)
             array("obs", obs)  # (a memoryview has a shape, not a dtype)
@@ -468,7 +468,8 @@ class ObsNormalizer:
         if update:
             self.rms.update(obs)
         out = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.eps)
-        return np.clip(out, -self.clip, self.clip).astype(obs.dtype if obs.dtype.kind == "f" else np.float32)
+        dt = obs.dtype if obs.dtype.kind == "f" else np.dtype(np.float32)
+        return np.clip(out, -self.clip, self.clip).astype(dt if dt.isnative else dt.newbyteorder("="))
 
 
 class RewardScaler:

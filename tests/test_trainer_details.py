@@ -472,6 +472,11 @@ def test_obs_normaliser_matches_the_pooled_statistics(clip):
     got32 = norm(probe.astype(np.float32))
     assert got32.dtype == np.float32 and norm.rms.count == pytest.approx(total, rel=1e-15)
     np.testing.assert_allclose(got32, want, rtol=1e-6)
+    for dt, rtol in ((">f4", 1e-6), (">f8", 1e-10)):  # big-endian in (read from a file, say): native out
+        got = norm(probe.astype(dt))
+        assert got.dtype.isnative and got.dtype == np.dtype(dt[1:]), got.dtype
+        np.testing.assert_allclose(got, want, rtol=rtol)
+    assert norm(probe.astype(">i4")).dtype == np.float32 and norm(probe.astype(">i4")).dtype.isnative
 
 
 def _reward_scaler_reference(rewards, dones, valid, gamma, clip=10.0, eps=1e-8, prior=1e-4):
