@@ -264,6 +264,8 @@ class PPO:
         self._owns_env = env is None
         self._env_refused: str | None = None  # why the given env cannot step again (see _recover_env)
         self._env_lost = False  # the env PPO made was closed to be made again, and is not yet (_recover_env)
+        self._in_env_call = False  # inside the rollout's env.step / env.reset (collect_rollout)
+        self._env_cut = False  # a Ctrl-C (or SystemExit) came out of one: see collect_rollout
         try:
             self._setup(config, env)
         except BaseException:  # an env refused: its async workers stop now, not at garbage collection
@@ -491,10 +493,17 @@ class PPO:
                 if self._env_refused is not None:
                     raise RuntimeError(self._env_refused)
                 n = self.config.n_envs
+                self._in_env_call = True
                 obs, _ = self.env.reset(seed=train_reset_seed(self.config.seed, self.num_timesteps, n))
+                self._in_env_call = False
                 self._obs = self._env_obs(obs, n, " on reset")
             self._fill_buffer()
-        except BaseException:  # (a Ctrl-C too)
+        except BaseException as e:  # (a Ctrl-C too)
+            # gymnasium's AsyncVectorEnv sends to its workers' pipes first and records the pending call
+            # (_state) after: a Ctrl-C between the two leaves results in a pipe that _state does not
+            # show, and the next reset read them as its own ("too many values to unpack")
+            self._env_cut = self._env_cut or (self._in_env_call and not isinstance(e, Exception))
+            self._in_env_call = False
             self._abandon_rollout()
             raise
 
@@ -520,11 +529,13 @@ class PPO:
         if self._env_refused is not None:
             return
         state = getattr(getattr(self.env, "unwrapped", self.env), "_state", None)  # (AsyncVectorEnv's)
-        if getattr(state, "value", "default") == "default" and not self._env_lost:
+        cut, self._env_cut = self._env_cut and state is not None, False  # (a sync env's next reset is enough)
+        if getattr(state, "value", "default") == "default" and not self._env_lost and not cut:
             return
         if not self._owns_env:
+            call = state.value if state.value != "default" else "step or reset (as it sent to its workers)"
             self._env_refused = (
-                f"the env given to this PPO was interrupted inside an async {state.value} (its workers' results "
+                f"the env given to this PPO was interrupted inside an async {call} (its workers' results "
                 "partly read): it cannot step again; save the model and PPO.load(path, env=<a new env>)")
             return
         from minippo.envs import make_vec_env
@@ -553,7 +564,9 @@ class PPO:
                 idx = xp.asarray(np.flatnonzero(self._pending_boot))  # one upload (CuPy copies a host index)
                 buf.rewards[t - 1, idx] += cfg.gamma * values[idx]
                 self._pending_boot[:] = False
+            self._in_env_call = True  # (collect_rollout: a Ctrl-C inside it)
             next_obs, reward, term, trunc, info = self.env.step(self._env_actions(actions))
+            self._in_env_call = False
             reward = np.array(reward, dtype=np.float64)  # a copy: the bootstrap below writes into it
             term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)
             if not reward.shape == term.shape == trunc.shape == (n,):

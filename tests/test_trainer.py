@@ -1839,6 +1839,80 @@ def _interrupt_async(venv, call, at, results_read=0):
     setattr(venv, call, interrupted)
 
 
+def _interrupt_async_send(venv, command, at):
+    """Make the ``at``-th ``command`` ("step" or "reset") sent to ``venv``'s second worker raise
+    KeyboardInterrupt: gymnasium's step_async / reset_async has sent to the first worker and has not
+    yet recorded the pending call (_state, set after the sends), where a Ctrl-C may land too."""
+    real, sent = venv.parent_pipes[1], []
+
+    class Pipe:
+        def send(self, obj):
+            if obj[0] == command:
+                sent.append(obj)
+                if len(sent) == at:
+                    raise KeyboardInterrupt
+            return real.send(obj)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    venv.parent_pipes[1] = Pipe()
+
+
+@pytest.mark.parametrize("command, at", [("step", 3), ("reset", 1)])
+def test_an_async_call_interrupted_as_it_sends_to_its_workers_is_not_taken_as_finished(made_envs, tmp_path,
+                                                                                       command, at):
+    """A Ctrl-C between the sends and the pending call's record left the env in its default state with
+    the first worker's result unread: PPO took the env as fine, and the next learn() failed in its reset
+    with gymnasium's "too many values to unpack" (it read the stale step result as the reset's). The env
+    PPO made is now made again; a given one is refused, as one interrupted in its wait is."""
+    algo = PPO(PPOConfig(**TINY, vector="async"))
+    try:
+        _interrupt_async_send(made_envs[0].unwrapped, command, at)
+        with pytest.raises(KeyboardInterrupt):
+            algo.collect_rollout()
+        assert made_envs[0].closed
+        algo.learn()
+        assert algo.env is made_envs[1] and algo.num_timesteps == 96 + (2 * 2 if command == "step" else 0)
+    finally:
+        algo.close()
+    venv = gym.make_vec("CartPole-v1", 2, vectorization_mode="async")
+    algo = PPO(PPOConfig(**TINY, vector="async"), env=venv)
+    try:
+        _interrupt_async_send(venv.unwrapped, command, at)
+        with pytest.raises(KeyboardInterrupt):
+            algo.collect_rollout()
+        with pytest.raises(RuntimeError, match=r"^the env given to this PPO was interrupted inside an async step or "
+                                               r"reset \(as it sent to its workers\) .*env=<a new env>\)$"):
+            algo.learn()
+        assert not venv.closed
+    finally:
+        venv.close(terminate=True)
+
+
+def test_an_exception_from_the_env_leaves_an_async_env_it_made_in_place(made_envs):
+    """Only an interrupt (not an env's own exception) inside an async env's call makes PPO replace it:
+    an exception from the env is the env's, whose state gymnasium keeps."""
+    algo = PPO(PPOConfig(**TINY, vector="async"))
+    try:
+        step = algo.env.step
+        calls = []
+
+        def failing(actions):
+            calls.append(1)
+            if len(calls) == 2:
+                raise ValueError("the env's own error")
+            return step(actions)
+
+        algo.env.step = failing
+        with pytest.raises(ValueError, match="the env's own error"):
+            algo.collect_rollout()
+        algo.learn()
+        assert len(made_envs) == 1 and not made_envs[0].closed
+    finally:
+        algo.close()
+
+
 @pytest.mark.parametrize("call, at, results_read", [("step_wait", 3, 0), ("step_wait", 3, 1),
                                                     ("reset_wait", 1, 1)])
 def test_an_async_rollout_interrupted_in_its_wait_goes_on_at_the_next_call(made_envs, call, at, results_read):
