@@ -323,7 +323,7 @@ class PPO:
             )
         self.obs_dim = int(obs_space.shape[0])
         self.action_space = as_space(self.env.single_action_space)
-        self.policy = ActorCritic(
+        self._policy = ActorCritic(
             self.obs_dim, self.action_space, config.hidden, config.activation, config.shared,
             config.log_std_init, config.seed, self.dtype, config.temperature,
         ).to(backend.to_device)
@@ -377,6 +377,27 @@ class PPO:
         raise AttributeError("PPO.config is fixed at construction (the networks, schedules and buffer were built "
                              "from it): build a new trainer, PPO(config), or resume with overrides, "
                              "PPO.load(path, **overrides)")
+
+    @property
+    def policy(self) -> ActorCritic:
+        """The actor-critic this trainer acts with and trains (its ``params`` are the arrays Adam and the
+        fused kernels update; fixed: assigning another policy raises)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: Any) -> None:
+        # (another trainer's policy put here acted and took gradients while Adam kept updating the old
+        # policy's arrays: a run that trained nothing, without a word)
+        raise AttributeError("PPO.policy is fixed at construction (Adam and the fused kernels update its arrays): "
+                             "copy parameters into it, model.policy.params[k][...] = other.params[k], or "
+                             "PPO.load a checkpoint")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # copy.copy shared the policy, Adam, RNG, env and buffer while the counters went apart; deepcopy
+        # and pickle failed on the backend module ("cannot pickle 'module' object")
+        raise TypeError("a PPO trainer cannot be copied or pickled (it holds its env, and an async env's worker "
+                        "processes): save() it and PPO.load() the file for a second trainer, or "
+                        "copy.deepcopy(model.policy) for the network alone")
 
     def close(self) -> None:
         """Close the vector env PPO made from ``config.env_id`` (an async one's worker processes stop);

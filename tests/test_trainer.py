@@ -2004,6 +2004,36 @@ def test_an_async_env_given_to_ppo_and_interrupted_mid_step_is_refused_with_what
             venv.close(terminate=True)
 
 
+def test_a_trainers_policy_cannot_be_replaced_and_the_trainer_cannot_be_copied():
+    """m2.policy = m1.policy made m2 act and take gradients on m1's policy while its Adam updated its
+    old arrays: learn() ran and trained nothing. copy.copy shared the policy, Adam, RNG, env and buffer
+    with counters that then went apart; deepcopy and pickle failed with "cannot pickle 'module' object"."""
+    import copy
+    import pickle
+
+    m1, m2 = PPO(PPOConfig(**TINY)), PPO(PPOConfig(**TINY))
+    try:
+        with pytest.raises(AttributeError, match=r"^PPO\.policy is fixed at construction \(Adam and the fused "
+                                                 r"kernels update its arrays\): copy parameters into it"):
+            m2.policy = m1.policy
+        assert m2.policy is not m1.policy and m2.optimizer.params is m2.policy.params
+        for k, p in m1.policy.params.items():  # what the message offers works
+            m2.policy.params[k][...] = p
+        before = {k: p.copy() for k, p in m2.policy.params.items()}
+        m2.learn()
+        assert any(not np.array_equal(before[k], p) for k, p in m2.policy.params.items())
+        for how in (copy.copy, copy.deepcopy, pickle.dumps):
+            with pytest.raises(TypeError, match=r"^a PPO trainer cannot be copied or pickled .* save\(\) it and "
+                                                r"PPO\.load\(\) the file .* copy\.deepcopy\(model\.policy\)"):
+                how(m1)
+        twin = copy.deepcopy(m1.policy)
+        obs = np.zeros((3, 4), np.float32)
+        np.testing.assert_array_equal(twin.forward(obs)[1], m1.policy.forward(obs)[1])
+    finally:
+        m1.close()
+        m2.close()
+
+
 def test_a_refused_callback_leaves_the_total_as_it_was():
     """learn(1_000_000, callback="print") raised TypeError but had set the budget to 1,000,000 first
     (saved so)."""
