@@ -557,6 +557,13 @@ def _load_into(
         dst[...] = to_device(src) if to_device is not None else src
 
 
+def _past_max_timesteps(total: Any) -> bool:
+    """Whether ``total`` is an int64 budget above today's bound (MAX_TIMESTEPS)."""
+    from minippo.config import MAX_TIMESTEPS
+
+    return isinstance(total, int) and not isinstance(total, bool) and MAX_TIMESTEPS < total < 2**63
+
+
 def _saved_config(meta: dict[str, Any]) -> dict[str, Any]:
     """meta's config, with log_std_init clamped to today's range: it only sets the initial value,
     which the saved log_std array replaces (versions before 0.1's range change allowed -20); and the
@@ -570,6 +577,11 @@ def _saved_config(meta: dict[str, Any]) -> dict[str, Any]:
     total = meta.get("total_timesteps")
     if isinstance(total, int) and not isinstance(total, bool) and 1 <= total <= MAX_TIMESTEPS:
         cfg["total_timesteps"] = total
+    # Before 2**62 bounded it (2026-12-04), a budget up to 2**63 - 1 was saved ("train until stopped",
+    # sys.maxsize): it is 2**62 now, a budget no run reaches either
+    for c in (cfg, meta):
+        if _past_max_timesteps(c.get("total_timesteps")):
+            cfg["total_timesteps"] = MAX_TIMESTEPS
     v = cfg.get("log_std_init")
     if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= sys.float_info.max:  # (not NaN)
         cfg["log_std_init"] = min(max(float(v), LOG_STD_MIN), LOG_STD_MAX)
@@ -730,6 +742,8 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
 
             raise TotalReached(config.total_timesteps, algo.num_timesteps,
                                "a resumed run trains up to total_timesteps steps in all")
+        algo.total_timesteps = config.total_timesteps
+    elif _past_max_timesteps(meta["total_timesteps"]):  # (a file from before the bound: see _saved_config)
         algo.total_timesteps = config.total_timesteps
     else:
         algo.total_timesteps = int(meta["total_timesteps"])

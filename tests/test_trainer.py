@@ -1061,6 +1061,39 @@ def _rewrite(src, dst, change):
     return str(dst)
 
 
+def test_a_budget_saved_before_its_bound_loads_as_the_bound(tmp_path, capsys):
+    """Until 2026-12-04 total_timesteps went up to 2**63 - 1 (sys.maxsize: train until stopped); the bound
+    of 2**62 then made every such file unreadable, to acting too, and an override could not help (the
+    saved config was checked first)."""
+    from minippo.cli import main
+    from minippo.config import MAX_TIMESTEPS
+
+    good = str(tmp_path / "good.npz")
+    algo = PPO(PPOConfig(**TINY))
+    algo.learn()
+    algo.save(good)
+    for where in ("both", "config", "trainer"):
+        def old(a, m, where=where):
+            if where != "trainer":
+                m["config"]["total_timesteps"] = 2**63 - 1
+            if where != "config":
+                m["total_timesteps"] = 2**63 - 1
+        path = _rewrite(good, tmp_path / f"old_{where}.npz", old)
+        with PPO.load(path) as again:  # (the trainer's budget is the config's where it is the one in range)
+            assert again.total_timesteps == again.config.total_timesteps == (96 if where == "config" else MAX_TIMESTEPS)
+            assert again.num_timesteps == 96 and again.iteration == algo.iteration
+        with PPO.load(path, total_timesteps=160) as again:
+            assert again.total_timesteps == 160
+            again.learn()
+            assert again.num_timesteps == 160
+        load_policy(path)
+    assert main(["eval", path, "--episodes", "1"]) == 0
+    assert main(["train", "CartPole-v1", "--resume", path, "--timesteps", "128", "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 0
+    assert PPO.load(str(tmp_path / "r" / "model.npz")).num_timesteps == 128
+    capsys.readouterr()
+
+
 def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
     good = str(tmp_path / "good.npz")
     PPO(PPOConfig(**TINY, norm_obs=True)).save(good)
