@@ -552,9 +552,30 @@ def _load_into(
     extra = sorted(a for a in arrays if a.startswith(prefix) and a[len(prefix):] not in target)
     if extra:
         raise CheckpointError(f"{path!r} has unexpected arrays {extra}: it belongs to another network")
+    log_std = arrays.get(f"{prefix}log_std") if "log_std" in target else None
+    if log_std is not None and log_std.size:
+        _warn_log_std_outside(log_std, path)
     for k, dst in target.items():
         src = arrays[f"{prefix}{k}"]
         dst[...] = to_device(src) if to_device is not None else src
+
+
+def _warn_log_std_outside(log_std: np.ndarray, path: str) -> None:
+    """A UserWarning where a saved Gaussian log-std lies outside today's [LOG_STD_MIN, LOG_STD_MAX]
+    (files saved before 2026-11-30 allowed -20): the policy acts with it clamped (its std larger), and
+    a resumed run's first step clamps it, so sampled actions and log-probs differ from the saving
+    version's (the deterministic actions, the means, do not)."""
+    import warnings
+
+    from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
+
+    lo, hi = float(log_std.min()), float(log_std.max())
+    if lo < LOG_STD_MIN or hi > LOG_STD_MAX:
+        bad = lo if lo < LOG_STD_MIN else hi
+        warnings.warn(f"{path!r}: its log_std holds {bad:g}, outside [{LOG_STD_MIN:g}, {LOG_STD_MAX:g}] (an older "
+                      f"minippo's range): the policy acts as if it were {min(max(bad, LOG_STD_MIN), LOG_STD_MAX):g} "
+                      "(sampled actions differ from the saving version's; deterministic ones do not)",
+                      UserWarning, stacklevel=4)
 
 
 def _past_max_timesteps(total: Any) -> bool:

@@ -1094,6 +1094,26 @@ def test_a_budget_saved_before_its_bound_loads_as_the_bound(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_a_saved_log_std_outside_todays_range_loads_with_a_warning(tmp_path):
+    """Files saved before 2026-11-30 allowed a log-std down to -20; one at -15 acted as -10 after loading
+    (the forward pass clamps it), its sampled actions changed without a word."""
+    import warnings
+
+    good = str(tmp_path / "good.npz")
+    PPO(PPOConfig(**{**TINY, "env_id": "Pendulum-v1"})).save(good)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (none for a log-std in range)
+        PPO.load(good).close()
+        load_policy(good)
+    path = _rewrite(good, tmp_path / "old.npz", lambda a, m: a["param/log_std"].fill(-15.0))
+    for load in (PPO.load, load_policy):
+        with pytest.warns(UserWarning, match=r"old\.npz': its log_std holds -15, outside \[-10, 2\] \(an older "
+                                             r"minippo's range\): the policy acts as if it were -10"):
+            loaded = load(path)
+        assert (np.asarray(loaded.policy.params["log_std"]) == -15.0).all()  # loaded as saved
+        getattr(loaded, "close", lambda: None)()
+
+
 def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
     good = str(tmp_path / "good.npz")
     PPO(PPOConfig(**TINY, norm_obs=True)).save(good)
