@@ -52,6 +52,9 @@ def _numba_ok() -> None:
                   "install a numba release that supports this numpy (pip install -U 'minippo[numba]'), "
                   "or use MINIPPO_BACKEND=numpy")
         raise ImportError(f"{ENV_VAR}=numba: numba is installed but cannot be imported ({e}); {remedy}") from e
+    except Exception as e:  # its import refused a setting of its own (NUMBA_NUM_THREADS=0: a ValueError)
+        raise ImportError(f"{ENV_VAR}=numba: numba is installed but cannot be imported ({type(e).__name__}: {e}); "
+                          "check the NUMBA_* environment variables, or use MINIPPO_BACKEND=numpy") from e
 
 
 def _prepare_numba() -> None:

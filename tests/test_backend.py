@@ -99,6 +99,10 @@ class _BrokenNumba:
      r"numba is installed but cannot be imported \(Numba needs NumPy 2\.3 or less.*pip install -U"),
     (ModuleNotFoundError("No module named 'llvmlite'", name="llvmlite"),  # its compiler backend missing
      r"numba is installed but cannot be imported \(No module named 'llvmlite'\).*--force-reinstall"),
+    # numba's refusal of one of its settings (NUMBA_NUM_THREADS=0) escaped: auto did not fall back to numpy
+    (ValueError("Number of threads specified must be > 0."),
+     r"numba is installed but cannot be imported \(ValueError: Number of threads specified must be > 0\.\); "
+     r"check the NUMBA_\* environment variables, or use MINIPPO_BACKEND=numpy$"),
 ])
 def test_broken_numba_is_not_called_missing(monkeypatch, caplog, error, says):
     for mod in [m for m in sys.modules if m == "numba" or m.startswith("numba.")]:

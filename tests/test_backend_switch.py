@@ -137,6 +137,25 @@ def test_numba_with_its_compiler_turned_off_is_named_and_auto_takes_numpy():
             assert "BACKEND numpy float32 1.0" in out.stdout
 
 
+def test_numba_refusing_one_of_its_settings_at_import_is_named_and_auto_takes_numpy():
+    """NUMBA_NUM_THREADS=0 makes `import numba` raise ValueError, which escaped the backend's choice:
+    auto did not fall back to numpy, and the CLI's line named neither numba nor the variable."""
+    pytest.importorskip("numba")
+    env = {**os.environ, "NUMBA_NUM_THREADS": "0"}
+    for value, log in (("numba", ""), ("auto", "import logging; logging.basicConfig(level=logging.INFO)\n")):
+        out = subprocess.run([sys.executable, "-c", log + FAKE_CUPY_NO_DEVICE + GAE], capture_output=True,
+                             text=True, env={**env, "MINIPPO_BACKEND": value}, cwd=ROOT, timeout=120)
+        if value == "numba":
+            assert out.returncode != 0
+            assert "ImportError: MINIPPO_BACKEND=numba: numba is installed but cannot be imported (ValueError: " \
+                   "Number of threads specified must be > 0.); check the NUMBA_* environment variables" in out.stderr, \
+                out.stderr
+        else:
+            assert out.returncode == 0, out.stderr
+            assert "; not numba: numba is installed but cannot be imported (ValueError: " in out.stderr, out.stderr
+            assert "BACKEND numpy float32 1.0" in out.stdout
+
+
 # Every folder numba could cache in refuses a file (a read-only install run by a user without a home;
 # root may write anywhere, so the refusal is stood in for where numba tests a folder), except the
 # temporary one minippo falls back to. The first lines check that numba consults what is stood in.
