@@ -1352,6 +1352,23 @@ class _Discard(io.StringIO):
         return len(text)
 
 
+def _damaged_numba_cache(e: BaseException) -> str | None:
+    """The numba cache file an exception came from, where it was raised while numba loaded a kernel from its
+    cache (a truncated or garbled .nbi / .nbc file: pickle's UnpicklingError or EOFError, LLVM's bitcode
+    parsing error), else None. Every later run failed so, with a traceback, until the file was removed."""
+    tb = e.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_filename.endswith(os.path.join("numba", "core", "caching.py")):
+            owner = frame.f_locals.get("self")
+            index = getattr(owner, "_index_path", None) or getattr(getattr(owner, "_cache_file", None),
+                                                                 "_index_path", None)
+            if isinstance(index, str):
+                return index
+        tb = tb.tb_next
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``minippo`` command; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit code."""
     # A standard stream closed when Python started (`2>&-`) is None: print(file=None) then writes to
@@ -1390,6 +1407,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _to_devnull(sys.stdout)  # what is left to flush at exit goes nowhere, not into a second BrokenPipeError
         return 128 + 13  # as a process ended by SIGPIPE reports it in the shell
+    except Exception as e:  # (last: the clauses above are Exceptions too)
+        index = _damaged_numba_cache(e)
+        if index is None:
+            raise
+        _say(f"minippo: error: numba could not load a kernel from its cache ({type(e).__name__}: {e}): the cache "
+             f"file {index!r} (or a .nbc file beside it of the same name) is damaged; remove them and run again, "
+             "numba compiles them anew")
+        return 1
     finally:
         sys.stdout = stdout
 

@@ -137,6 +137,33 @@ def test_numba_with_its_compiler_turned_off_is_named_and_auto_takes_numpy():
             assert "BACKEND numpy float32 1.0" in out.stdout
 
 
+@pytest.mark.parametrize("damage", ["index truncated", "index empty", "data truncated"])
+def test_a_damaged_numba_cache_file_is_one_line_naming_it(tmp_path, damage):
+    """A truncated or emptied .nbi / .nbc file in numba's cache made every later `minippo train`, `eval`
+    or `bench` end in a traceback from numba's cache loader (UnpicklingError, EOFError), which named no
+    file. A kernel of a module of the test's own stands in for minippo's (the same loader)."""
+    pytest.importorskip("numba")
+    (tmp_path / "kern.py").write_text("from numba import njit\n\n@njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", "import kern; print(kern.f(1))"], capture_output=True, text=True,
+                           env=env, cwd=tmp_path, timeout=300)
+    assert first.stdout == "2\n", first.stderr
+    files = sorted((tmp_path / "cache").rglob("*.nb[ic]"))
+    index = [f for f in files if f.suffix == ".nbi"]
+    assert len(index) == 1 and len(files) == 2, files
+    target = index[0] if damage.startswith("index") else next(f for f in files if f.suffix == ".nbc")
+    target.write_bytes(target.read_bytes()[:0 if damage == "index empty" else 10])
+    code = ("import sys, kern\nfrom minippo import cli\n"
+            "cli.cmd_eval = lambda args: kern.f(1)\n"  # (the kernel loaded where a command's first call loads it)
+            "sys.exit(cli.main(['eval', 'model.npz']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=300)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("minippo: error: numba could not load a kernel from its cache (") and \
+        f"the cache file {str(index[0])!r} (or a .nbc file beside it of the same name) is damaged; remove them" \
+        in out.stderr, out.stderr
+
+
 def test_numba_refusing_one_of_its_settings_at_import_is_named_and_auto_takes_numpy():
     """NUMBA_NUM_THREADS=0 makes `import numba` raise ValueError, which escaped the backend's choice:
     auto did not fall back to numpy, and the CLI's line named neither numba nor the variable."""
