@@ -1541,7 +1541,11 @@ def _col_sums_loop(d, out, j0):
             out[j] += d[q, j]
 
 
-@overload(_col_sums)
+# fastmath off: an overload takes its caller's flags otherwise, and with reassoc LLVM reordered a column's
+# additions (the critic head's one column, summed down the batch) differently in each caller it was
+# compiled into: on 16-byte vectors (NUMBA_CPU_NAME=generic) the run that compiled the kernels and a run
+# loading them from the cache gave critic.b2 gradients 1 ulp apart, and the two runs went apart
+@overload(_col_sums, jit_options={"fastmath": False})
 def _col_sums_overload(d, out):
     if _vectors_load(d) and _row_of(out, d):
         return _col_sums_vectors

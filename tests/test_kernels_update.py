@@ -22,6 +22,7 @@ Tolerances, and why:
 """
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -516,6 +517,49 @@ def test_a_clip_eps_that_rounds_to_zero_in_float32_clips_values_like_numpy(discr
     assert stats["vclipfrac"] == ref_stats["vclipfrac"]
     np.testing.assert_allclose(stats["value_loss"], ref_stats["value_loss"], rtol=1e-5)
     _assert_grads_close(fu.grads(), ref_grads, np.float32)
+
+
+_FUSED_HASH = """\
+import hashlib, numpy as np
+from minippo.config import PPOConfig
+from minippo.kernels import cpu_update
+from minippo.optim import Adam
+from minippo.policy import ActorCritic
+from minippo.spaces import Discrete
+pol = ActorCritic(4, Discrete(2), (64, 64), "tanh", False, 0.0, 0, np.float32)
+adam = Adam(pol.params, lr=1e-3)
+fu = cpu_update.make(pol, adam, PPOConfig(), only_if_faster=False)
+rng = np.random.default_rng(1)
+B = 256
+batch = dict(obs=rng.standard_normal((B, 4)).astype(np.float32), actions=rng.integers(0, 2, B),
+             logp_old=(np.log(0.5) + 0.01 * rng.standard_normal(B)).astype(np.float32),
+             advantages=rng.standard_normal(B).astype(np.float32), returns=rng.standard_normal(B).astype(np.float32),
+             values_old=rng.standard_normal(B).astype(np.float32))
+fu.loss_and_grads(batch, 0.2, 0.0)
+h = hashlib.sha256(b"".join(g.tobytes() for g in fu.grads().values()))
+fu.step(1e-3, 0.5)
+h.update(b"".join(p.tobytes() for p in pol.params.values()))
+print(h.hexdigest())
+"""
+
+
+def test_the_run_that_compiles_the_fused_update_and_a_run_that_loads_it_agree_on_16_byte_vectors(tmp_path):
+    """The bias gradients' column sums took their caller's reassoc flag: LLVM summed the critic head's one
+    column down the batch in another order in each kernel it was compiled into, so on 16-byte vectors
+    (NUMBA_CPU_NAME=generic: SSE2; the same width as NEON) the process that compiled the kernels got a
+    critic.b2 gradient 1 ulp from the one a process loading them from the cache got, and two runs of
+    one seed went apart from their first update. (The host's AVX-512 build agreed either way.)"""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_CPU_NAME": "generic",
+           "MINIPPO_BACKEND": "numba"}
+    env.pop("NUMBA_CPU_FEATURES", None)
+    runs = [subprocess.run([sys.executable, "-c", _FUSED_HASH], capture_output=True, text=True, env=env,
+                           timeout=600) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
+    assert any(tmp_path.joinpath("cache").rglob("*.nbc"))  # (the second run loaded what the first compiled)
+    assert runs[0].stdout == runs[1].stdout
 
 
 def test_non_finite_gradient_raises_before_any_update():
