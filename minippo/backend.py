@@ -86,7 +86,15 @@ def _prepare_numba() -> None:
     probe: dict[str, Any] = {}
     exec(compile("def minippo_cache_probe():\n    return 0\n", os.path.join(folder, "cpu.py"), "exec"), probe)
     try:
-        numba.njit(cache=True)(probe["minippo_cache_probe"])  # compiles nothing: finds the cache folder
+        found = numba.njit(cache=True)(probe["minippo_cache_probe"])  # compiles nothing: finds the cache folder
+        where = getattr(getattr(found, "_cache", None), "_cache_path", None)
+        asked = numba.config.CACHE_DIR
+        if asked and isinstance(where, str) and \
+                os.path.commonpath([os.path.abspath(where), os.path.abspath(asked)]) != os.path.abspath(asked):
+            # numba passes over a NUMBA_CACHE_DIR it cannot write (a file, read-only) without a word, to
+            # the kernels' folder: into site-packages, which the variable was set to keep it out of
+            log.warning("numba cannot write its cache in NUMBA_CACHE_DIR=%r: it caches the kernels in %s "
+                        "instead", asked, where)
     except RuntimeError as e:  # "cannot cache function ...: no locator available"
         import atexit
         import shutil

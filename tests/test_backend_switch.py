@@ -164,6 +164,22 @@ def test_a_damaged_numba_cache_file_is_one_line_naming_it(tmp_path, damage):
         in out.stderr, out.stderr
 
 
+def test_a_numba_cache_dir_numba_cannot_write_is_named(tmp_path):
+    """numba passes over a NUMBA_CACHE_DIR it cannot use (here a file; a read-only folder for a user
+    other than root) to the kernels' own folder without a word: into site-packages, which the variable
+    was set to keep the cache out of."""
+    pytest.importorskip("numba")
+    code = ("import logging; logging.basicConfig(level=logging.WARNING)\n"
+            "from minippo import backend; print(backend.resolve('numba')[0])\n")  # (compiles nothing)
+    (tmp_path / "a_file").write_text("")
+    for cache, warned in ((tmp_path / "a_file", True), (tmp_path / "cache", False)):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                             env={**os.environ, "NUMBA_CACHE_DIR": str(cache)})
+        assert out.returncode == 0 and out.stdout == "numba\n", out.stderr
+        said = f"numba cannot write its cache in NUMBA_CACHE_DIR={str(cache)!r}: it caches the kernels in "
+        assert (said in out.stderr) == warned, out.stderr
+
+
 def test_numba_refusing_one_of_its_settings_at_import_is_named_and_auto_takes_numpy():
     """NUMBA_NUM_THREADS=0 makes `import numba` raise ValueError, which escaped the backend's choice:
     auto did not fall back to numpy, and the CLI's line named neither numba nor the variable."""
