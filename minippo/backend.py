@@ -89,8 +89,7 @@ def _prepare_numba() -> None:
         found = numba.njit(cache=True)(probe["minippo_cache_probe"])  # compiles nothing: finds the cache folder
         where = getattr(getattr(found, "_cache", None), "_cache_path", None)
         asked = numba.config.CACHE_DIR
-        if asked and isinstance(where, str) and \
-                os.path.commonpath([os.path.abspath(where), os.path.abspath(asked)]) != os.path.abspath(asked):
+        if asked and isinstance(where, str) and not _inside(where, asked):
             # numba passes over a NUMBA_CACHE_DIR it cannot write (a file, read-only) without a word, to
             # the kernels' folder: into site-packages, which the variable was set to keep it out of
             log.warning("numba cannot write its cache in NUMBA_CACHE_DIR=%r: it caches the kernels in %s "
@@ -114,6 +113,14 @@ def _prepare_numba() -> None:
                 "numba cannot write its cache beside the kernels (%s) or in a user cache folder (%s): caching in "
                 "%s until this process exits%s; set NUMBA_CACHE_DIR to a folder this user may write to keep new "
                 "compiles", folder, e, tmp, reuse)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or in it (no on another drive: commonpath's ValueError on Windows)."""
+    try:
+        return os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(folder)
+    except ValueError:
+        return False
 
 
 def _cache_subpath(folder: str) -> str:

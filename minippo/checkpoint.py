@@ -568,6 +568,7 @@ def _warn_log_std_outside(log_std: np.ndarray, path: str) -> None:
     import warnings
 
     from minippo.policy import LOG_STD_MAX, LOG_STD_MIN
+    from minippo.ppo import _user_frame
 
     lo, hi = float(log_std.min()), float(log_std.max())
     if lo < LOG_STD_MIN or hi > LOG_STD_MAX:
@@ -575,7 +576,7 @@ def _warn_log_std_outside(log_std: np.ndarray, path: str) -> None:
         warnings.warn(f"{path!r}: its log_std holds {bad:g}, outside [{LOG_STD_MIN:g}, {LOG_STD_MAX:g}] (an older "
                       f"minippo's range): the policy acts as if it were {min(max(bad, LOG_STD_MIN), LOG_STD_MAX):g} "
                       "(sampled actions differ from the saving version's; deterministic ones do not)",
-                      UserWarning, stacklevel=4)
+                      UserWarning, stacklevel=_user_frame())
 
 
 def _past_max_timesteps(total: Any) -> bool:

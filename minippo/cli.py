@@ -1057,7 +1057,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     _check_backend()
     try:
-        policy = load_policy(args.model)
+        policy = _build(lambda: load_policy(args.model))  # (its warnings as the CLI's lines)
     except (FileNotFoundError, CheckpointError) as e:
         raise UsageError(str(e)) from e
     if policy.custom_env:
@@ -1356,17 +1356,18 @@ def _damaged_numba_cache(e: BaseException) -> str | None:
     """The numba cache file an exception came from, where it was raised while numba loaded a kernel from its
     cache (a truncated or garbled .nbi / .nbc file: pickle's UnpicklingError or EOFError, LLVM's bitcode
     parsing error), else None. Every later run failed so, with a traceback, until the file was removed."""
-    tb = e.__traceback__
+    tb, loading, index = e.__traceback__, False, None
     while tb is not None:
         frame = tb.tb_frame
         if frame.f_code.co_filename.endswith(os.path.join("numba", "core", "caching.py")):
+            # loading, not saving: an OSError saving a new kernel (a full disk) is no damaged file
+            loading = loading or frame.f_code.co_name in ("load_overload", "_load_overload")
             owner = frame.f_locals.get("self")
-            index = getattr(owner, "_index_path", None) or getattr(getattr(owner, "_cache_file", None),
+            found = getattr(owner, "_index_path", None) or getattr(getattr(owner, "_cache_file", None),
                                                                  "_index_path", None)
-            if isinstance(index, str):
-                return index
+            index = found if isinstance(found, str) else index
         tb = tb.tb_next
-    return None
+    return index if loading else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -514,8 +514,9 @@ class PPO:
                 if self._env_refused is not None:
                     raise RuntimeError(self._env_refused)
                 n = self.config.n_envs
+                seed = train_reset_seed(self.config.seed, self.num_timesteps, n)
                 self._in_env_call = True
-                obs, _ = self.env.reset(seed=train_reset_seed(self.config.seed, self.num_timesteps, n))
+                obs, _ = self.env.reset(seed=seed)
                 self._in_env_call = False
                 self._obs = self._env_obs(obs, n, " on reset")
             self._fill_buffer()
@@ -550,7 +551,8 @@ class PPO:
         if self._env_refused is not None:
             return
         state = getattr(getattr(self.env, "unwrapped", self.env), "_state", None)  # (AsyncVectorEnv's)
-        cut, self._env_cut = self._env_cut and state is not None, False  # (a sync env's next reset is enough)
+        # (an env whose _state is not gymnasium's AsyncState is not an async one: its next reset is enough)
+        cut, self._env_cut = self._env_cut and hasattr(state, "value"), False
         if getattr(state, "value", "default") == "default" and not self._env_lost and not cut:
             return
         if not self._owns_env:
@@ -585,8 +587,9 @@ class PPO:
                 idx = xp.asarray(np.flatnonzero(self._pending_boot))  # one upload (CuPy copies a host index)
                 buf.rewards[t - 1, idx] += cfg.gamma * values[idx]
                 self._pending_boot[:] = False
+            env_actions = self._env_actions(actions)
             self._in_env_call = True  # (collect_rollout: a Ctrl-C inside it)
-            next_obs, reward, term, trunc, info = self.env.step(self._env_actions(actions))
+            next_obs, reward, term, trunc, info = self.env.step(env_actions)
             self._in_env_call = False
             reward = np.array(reward, dtype=np.float64)  # a copy: the bootstrap below writes into it
             term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)

@@ -144,7 +144,8 @@ def test_a_damaged_numba_cache_file_is_one_line_naming_it(tmp_path, damage):
     file. A kernel of a module of the test's own stands in for minippo's (the same loader)."""
     pytest.importorskip("numba")
     (tmp_path / "kern.py").write_text("from numba import njit\n\n@njit(cache=True)\ndef f(x):\n    return x + 1\n")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(tmp_path)}
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}  # (this checkout's minippo)
     first = subprocess.run([sys.executable, "-c", "import kern; print(kern.f(1))"], capture_output=True, text=True,
                            env=env, cwd=tmp_path, timeout=300)
     assert first.stdout == "2\n", first.stderr
@@ -178,6 +179,48 @@ def test_a_numba_cache_dir_numba_cannot_write_is_named(tmp_path):
         assert out.returncode == 0 and out.stdout == "numba\n", out.stderr
         said = f"numba cannot write its cache in NUMBA_CACHE_DIR={str(cache)!r}: it caches the kernels in "
         assert (said in out.stderr) == warned, out.stderr
+
+
+def test_only_an_error_loading_from_numbas_cache_is_called_a_damaged_file():
+    """An OSError saving a new kernel (a full disk) passes through numba's caching.py too: it was called
+    a damaged cache file to remove. Functions compiled under that file's name stand in for numba's."""
+    from minippo.cli import _damaged_numba_cache
+
+    src = ("class IndexDataCacheFile:\n"
+           "    _index_path = '/c/kern.f-1.py311.nbi'\n"
+           "    def _load_index(self):\n"
+           "        raise EOFError('Ran out of input')\n"
+           "    def _save_index(self):\n"
+           "        raise OSError(28, 'No space left on device')\n"
+           "class Cache:\n"
+           "    _cache_file = IndexDataCacheFile()\n"
+           "    def load_overload(self):\n"
+           "        return self._cache_file._load_index()\n"
+           "    def save_overload(self):\n"
+           "        return self._cache_file._save_index()\n")
+    names: dict = {}
+    exec(compile(src, os.path.join("site-packages", "numba", "core", "caching.py"), "exec"), names)
+    for call, index in (("load_overload", "/c/kern.f-1.py311.nbi"), ("save_overload", None)):
+        try:
+            getattr(names["Cache"](), call)()
+        except Exception as e:
+            assert _damaged_numba_cache(e) == index
+    assert _damaged_numba_cache(ValueError("elsewhere")) is None
+
+
+def test_a_cache_folder_on_another_drive_is_outside_not_an_error(monkeypatch):
+    """os.path.commonpath raises ValueError for paths on two Windows drives: the check that warns of a
+    NUMBA_CACHE_DIR numba passed over raised instead (and auto did not fall back)."""
+    from minippo import backend as backend_module
+
+    assert backend_module._inside(os.path.join("a", "b", "c"), os.path.join("a", "b"))
+    assert not backend_module._inside(os.path.join("a", "bc"), os.path.join("a", "b"))
+
+    def two_drives(paths):
+        raise ValueError("Paths don't have the same drive")
+
+    monkeypatch.setattr(os.path, "commonpath", two_drives)
+    assert not backend_module._inside("D:\\cache", "C:\\kernels")
 
 
 def test_numba_refusing_one_of_its_settings_at_import_is_named_and_auto_takes_numpy():

@@ -2221,6 +2221,7 @@ def test_the_banner_says_what_the_config_started_from_and_the_env_kwargs(tmp_pat
     assert re.search(r"minippo: done, 64 steps \(32 in this run\) in \d+\.\d s; model saved to ", err), err
 
 
+@pytest.mark.skipif(os.name == "nt", reason="a newline in a folder's name")
 def test_status_lines_escape_a_run_folder_name_that_does_not_print(tmp_path, capsys):
     """A newline in --out's name broke the banner and the done line in two (a terminal's escape
     sequence in it would have been sent to the terminal); error messages already showed it quoted."""

@@ -555,8 +555,9 @@ def test_the_run_that_compiles_the_fused_update_and_a_run_that_loads_it_agree_on
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_CPU_NAME": "generic",
            "MINIPPO_BACKEND": "numba"}
     env.pop("NUMBA_CPU_FEATURES", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # (this checkout's minippo)
     runs = [subprocess.run([sys.executable, "-c", _FUSED_HASH], capture_output=True, text=True, env=env,
-                           timeout=600) for _ in range(2)]
+                           cwd=root, timeout=600) for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
     assert any(tmp_path.joinpath("cache").rglob("*.nbc"))  # (the second run loaded what the first compiled)
     assert runs[0].stdout == runs[1].stdout

@@ -1108,10 +1108,22 @@ def test_a_saved_log_std_outside_todays_range_loads_with_a_warning(tmp_path):
     path = _rewrite(good, tmp_path / "old.npz", lambda a, m: a["param/log_std"].fill(-15.0))
     for load in (PPO.load, load_policy):
         with pytest.warns(UserWarning, match=r"old\.npz': its log_std holds -15, outside \[-10, 2\] \(an older "
-                                             r"minippo's range\): the policy acts as if it were -10"):
+                                             r"minippo's range\): the policy acts as if it were -10") as said:
             loaded = load(path)
+        assert [w.filename for w in said] == [__file__]  # the caller's line, not minippo's (stacklevel)
         assert (np.asarray(loaded.policy.params["log_std"]) == -15.0).all()  # loaded as saved
         getattr(loaded, "close", lambda: None)()
+    import contextlib
+    import io
+
+    from minippo.cli import main  # minippo eval: the CLI's own warning line, not Python's with its source line
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["eval", path, "--episodes", "1"]) == 0
+    assert err.getvalue().startswith("minippo: warning: '") and "its log_std holds -15" in err.getvalue(), \
+        err.getvalue()
+    assert "UserWarning" not in err.getvalue()
 
 
 def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
@@ -1941,6 +1953,32 @@ def test_an_async_call_interrupted_as_it_sends_to_its_workers_is_not_taken_as_fi
         assert not venv.closed
     finally:
         venv.close(terminate=True)
+
+
+def test_an_interrupt_in_an_env_with_a_state_of_its_own_is_not_taken_for_gymnasiums():
+    """An env of one's own with a ``_state`` attribute that is not gymnasium's AsyncState (here an
+    array) turned a Ctrl-C inside its step into AttributeError: 'numpy.ndarray' object has no
+    attribute 'value', and the interrupt was lost."""
+    venv = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")
+    venv._state = np.zeros(3)
+    step, calls = venv.step, []
+
+    def interrupted(actions):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step(actions)
+
+    venv.step = interrupted
+    algo = PPO(PPOConfig(**TINY), env=venv)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            algo.collect_rollout()
+        algo.learn()
+        assert algo.num_timesteps == 96 + 2 * 2
+    finally:
+        algo.close()
+        venv.close()
 
 
 def test_an_exception_from_the_env_leaves_an_async_env_it_made_in_place(made_envs):
