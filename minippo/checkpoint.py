@@ -734,8 +734,14 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
     extra = sorted(f"adam/{k}" for k in state if k[2:] not in algo.policy.params or k[:2] not in ("m.", "v."))
     if extra:
         raise CheckpointError(f"{path!r} has unexpected arrays {extra[:3]}: it belongs to another network")
+    t = meta["adam_t"]
+    if t == 0 and any(bool(np.any(a != 0)) for a in state.values() if getattr(a, "dtype", None) is not None
+                      and a.dtype.kind in "fiu"):
+        # moments of one step, not counted: the fused numba step before session 66 set t after its kernel,
+        # and a Ctrl-C landing between the two in a run's first update was saved so (Adam refuses t = 0)
+        t = 1
     try:  # shapes, dtypes (a string array too) and values (finite, second moments >= 0) checked
-        algo.optimizer.load_state_dict({**state, "t": meta["adam_t"]})
+        algo.optimizer.load_state_dict({**state, "t": t})
     except ValueError as e:  # (it names the arrays without their adam/ prefix)
         raise CheckpointError(f"{path!r}: in its adam/ arrays: {e}") from e
     for norm, prefix in ((algo.obs_norm, "obs_rms"), (algo.reward_scaler, "ret_rms")):
