@@ -117,15 +117,23 @@ def test_import_minippo_loads_no_backend():
     assert out.stdout.strip() == "[]"
 
 
+def _numba_then_auto(variables: dict) -> list:
+    """[("numba", run), ("auto", run)]: GAE in a process with ``variables`` set and MINIPPO_BACKEND each
+    of the two (auto logging its choice at INFO; cupy importable, with no device)."""
+    runs = []
+    for value, log in (("numba", ""), ("auto", "import logging; logging.basicConfig(level=logging.INFO)\n")):
+        runs.append((value, subprocess.run([sys.executable, "-c", log + FAKE_CUPY_NO_DEVICE + GAE],
+                                           capture_output=True, text=True, cwd=ROOT, timeout=120,
+                                           env={**os.environ, **variables, "MINIPPO_BACKEND": value})))
+    return runs
+
+
 def test_numba_with_its_compiler_turned_off_is_named_and_auto_takes_numpy():
     """NUMBA_DISABLE_JIT=1 leaves plain Python functions, which the kernels' vector intrinsics cannot
     run: the numba backend failed deep inside (AttributeError: 'function' object has no attribute
     'disable_compile'), and auto picked it all the same."""
     pytest.importorskip("numba")
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    for value, log in (("numba", ""), ("auto", "import logging; logging.basicConfig(level=logging.INFO)\n")):
-        out = subprocess.run([sys.executable, "-c", log + FAKE_CUPY_NO_DEVICE + GAE], capture_output=True,
-                             text=True, env={**env, "MINIPPO_BACKEND": value}, cwd=ROOT, timeout=120)
+    for value, out in _numba_then_auto({"NUMBA_DISABLE_JIT": "1"}):
         if value == "numba":
             assert out.returncode != 0
             assert "RuntimeError: MINIPPO_BACKEND=numba needs numba's compiler, but NUMBA_DISABLE_JIT=1 turns " \
@@ -227,10 +235,7 @@ def test_numba_refusing_one_of_its_settings_at_import_is_named_and_auto_takes_nu
     """NUMBA_NUM_THREADS=0 makes `import numba` raise ValueError, which escaped the backend's choice:
     auto did not fall back to numpy, and the CLI's line named neither numba nor the variable."""
     pytest.importorskip("numba")
-    env = {**os.environ, "NUMBA_NUM_THREADS": "0"}
-    for value, log in (("numba", ""), ("auto", "import logging; logging.basicConfig(level=logging.INFO)\n")):
-        out = subprocess.run([sys.executable, "-c", log + FAKE_CUPY_NO_DEVICE + GAE], capture_output=True,
-                             text=True, env={**env, "MINIPPO_BACKEND": value}, cwd=ROOT, timeout=120)
+    for value, out in _numba_then_auto({"NUMBA_NUM_THREADS": "0"}):
         if value == "numba":
             assert out.returncode != 0
             assert "ImportError: MINIPPO_BACKEND=numba: numba is installed but cannot be imported (ValueError: " \
