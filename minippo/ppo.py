@@ -266,6 +266,7 @@ class PPO:
         self._env_lost = False  # the env PPO made was closed to be made again, and is not yet (_recover_env)
         self._in_env_call = False  # inside the rollout's env.step / env.reset (collect_rollout)
         self._env_cut = False  # a Ctrl-C (or SystemExit) came out of one: see collect_rollout
+        self._closed = False  # close() closed the env PPO made: no more rollouts (_check_env_open)
         try:
             self._setup(config, env)
         except BaseException:  # an env refused: its async workers stop now, not at garbage collection
@@ -379,6 +380,21 @@ class PPO:
                              "PPO.load(path, **overrides)")
 
     @property
+    def total_timesteps(self) -> int:
+        """The env steps in all that ``learn()`` with no argument trains up to (``config.total_timesteps``
+        at first; ``learn(total)`` and a load's override set it; saved in checkpoints). Set by hand, it
+        must be an integer in [0, 2**62] (a float that is a whole number is taken): a string, a
+        fraction or a negative number was saved as given into a file that no load could read."""
+        return self._total_timesteps
+
+    @total_timesteps.setter
+    def total_timesteps(self, value: Any) -> None:
+        total = integer("total_timesteps", value, 0, whole_floats=True)
+        if total > MAX_TIMESTEPS:
+            raise ValueError(f"total_timesteps {TOO_MANY_TIMESTEPS}, got {total}")
+        self._total_timesteps = total
+
+    @property
     def policy(self) -> ActorCritic:
         """The actor-critic this trainer acts with and trains (its ``params`` are the arrays Adam and the
         fused kernels update; fixed: assigning another policy raises)."""
@@ -402,9 +418,11 @@ class PPO:
     def close(self) -> None:
         """Close the vector env PPO made from ``config.env_id`` (an async one's worker processes stop);
         an env given as ``PPO(config, env=...)`` is left to its owner. ``with PPO(...) as model:`` closes
-        on leaving the block. Acting, evaluating and saving still work after it; ``learn`` may not (an async
-        env refuses to step once closed)."""
+        on leaving the block. Acting, evaluating and saving still work after it; ``learn`` and
+        ``collect_rollout`` raise RuntimeError (as they do on a given env its owner closed): ``save()`` and
+        ``PPO.load()`` the file to train on with a new env."""
         if self._owns_env:
+            self._closed = True
             self._close_env()
 
     def _close_env(self) -> None:
@@ -496,6 +514,19 @@ class PPO:
                                f"to {name!r} (after backend.reset()): a trainer keeps its backend; build a new "
                                "PPO, or PPO.load a checkpoint of this one, on the new backend")
 
+    def _check_env_open(self) -> None:
+        """Refuse a rollout on a closed env: a sync one closed by close() went on stepping (CartPole's
+        sub-envs keep no resources), so ``learn`` after a with-block trained on; an async one raised
+        gymnasium's ClosedEnvironmentError from inside the rollout."""
+        closed = getattr(getattr(self.env, "unwrapped", self.env), "closed", False) is True
+        if self._closed:
+            raise RuntimeError(f"this PPO's env ({self.env_name!r}, made from config.env_id) was closed by close() "
+                               "(or leaving its with-block): it trains no further (acting, evaluate() and save() "
+                               "still work); save() it and PPO.load() the file to train on with a new env")
+        if closed and not self._owns_env:
+            raise RuntimeError(f"the env given to this PPO ({self.env_name!r}) is closed: it cannot step again; "
+                               "save() the model and PPO.load(path, env=<a new env>) to train on")
+
     def collect_rollout(self) -> None:
         """Run the behaviour policy pi_theta_old for T steps in all N envs and fill the buffer.
 
@@ -505,8 +536,9 @@ class PPO:
         the trainer holds). The steps already run stay counted in ``num_timesteps``; an episode in
         progress is not recorded. An async env interrupted inside a step or reset is closed at once and
         made again by the next rollout where PPO made it; one given as ``PPO(config, env=...)`` is
-        refused from then on."""
+        refused from then on. A closed env is refused (RuntimeError; see :meth:`close`)."""
         self._check_backend()
+        self._check_env_open()
         self.buffer.reset()
         try:
             if self._obs is None:
@@ -802,6 +834,7 @@ class PPO:
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be a function of the iteration's row, or None, got "
                             f"{type(callback).__name__}")
+        self._check_env_open()
         if total_timesteps is not None:
             total = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too
             if total > MAX_TIMESTEPS:

@@ -1659,6 +1659,32 @@ def test_close_stops_the_env_ppo_made_and_leaves_a_given_one(made_envs, tmp_path
     given.close()
 
 
+@pytest.mark.parametrize("vector", ["sync", "async"])
+def test_learn_after_close_is_refused_and_a_given_closed_env_too(vector, tmp_path):
+    """After close() (a with-block's end), learn() on a sync env trained on the closed env and an async
+    one raised gymnasium's ClosedEnvironmentError from inside the rollout: both refuse now, before the
+    total changes, as does an env given to the trainer that its owner closed. save() + PPO.load() trains on."""
+    with PPO(PPOConfig(**TINY, vector=vector)) as algo:
+        algo.learn()
+    steps, total = algo.num_timesteps, algo.total_timesteps
+    for call in (lambda: algo.learn(2 * total), algo.collect_rollout):
+        with pytest.raises(RuntimeError, match=r"env \('CartPole-v1', made from config.env_id\) was closed by "
+                           r"close\(\).*save\(\) it and PPO.load\(\) the file"):
+            call()
+    assert (algo.num_timesteps, algo.total_timesteps) == (steps, total)
+    algo.save(str(tmp_path / "m.npz"))
+    with PPO.load(str(tmp_path / "m.npz")) as again:
+        assert again.learn(2 * total).num_timesteps == 2 * total
+    given = gym.make_vec("CartPole-v1", 2, vectorization_mode=vector)
+    algo = PPO(PPOConfig(**TINY), env=given)
+    algo.learn()
+    given.close()
+    with pytest.raises(RuntimeError, match=r"the env given to this PPO \('CartPole-v1'\) is closed: it cannot "
+                       r"step again; save\(\) the model and PPO.load\(path, env=<a new env>\)"):
+        algo.learn(2 * total)
+    assert algo.num_timesteps == steps
+
+
 @pytest.mark.filterwarnings("error")  # nor gymnasium's warning that it closes mid-step: that is the intent
 def test_close_after_a_step_interrupted_mid_way_returns_and_stops_the_workers():
     """A Ctrl-C landing inside the async env's step_wait, after it had read some workers' results, left
@@ -1784,6 +1810,23 @@ def test_learn_to_a_total_already_reached_raises(tmp_path):
     assert algo.total_timesteps == 96
     algo.learn()  # the total reached, no new one given: nothing to do, as before
     assert algo.learn(128).num_timesteps == 128
+
+
+def test_total_timesteps_set_by_hand_is_checked_and_saves_a_loadable_file(tmp_path):
+    """model.total_timesteps = "abc" / 1.5 / -5 was taken, and save() then wrote a file no load could read
+    ("meta's 'total_timesteps' must be an integer"); a numpy int failed save() (not JSON). Refused now,
+    naming the attribute and the allowed values; a numpy int and a whole float are taken as ints."""
+    algo = PPO(PPOConfig(**TINY))
+    for bad, error, allowed in (("abc", TypeError, ">= 0"), (1.5, TypeError, ">= 0"), (True, TypeError, ">= 0"),
+                                (-5, ValueError, ">= 0"), (2**62 + 1, ValueError, "<= 2\\*\\*62")):
+        with pytest.raises(error, match=rf"^total_timesteps must be .*{allowed}.*, got {re.escape(repr(bad))}$"):
+            algo.total_timesteps = bad
+    assert algo.total_timesteps == 96
+    algo.total_timesteps = np.int64(64)
+    assert type(algo.total_timesteps) is int and algo.learn().num_timesteps == 64
+    algo.total_timesteps = 1e2
+    algo.save(str(tmp_path / "m.npz"))
+    assert PPO.load(str(tmp_path / "m.npz")).total_timesteps == 100
 
 
 def test_learn_runs_whole_rollouts_ceil_of_the_total():
