@@ -257,7 +257,7 @@ class PPO:
         self.backend = backend.name
         self.xp = backend.xp
         self.dtype = np.dtype(config.dtype)
-        self.env = env if env is not None else make_vec_env(
+        self._env = env if env is not None else make_vec_env(
             config.env_id, config.n_envs, config.vector, config.autoreset, config.env_kwargs
         )
         # The env PPO made is PPO's to close (close(), or leaving a with-block); a given env is the caller's
@@ -378,6 +378,20 @@ class PPO:
         raise AttributeError("PPO.config is fixed at construction (the networks, schedules and buffer were built "
                              "from it): build a new trainer, PPO(config), or resume with overrides, "
                              "PPO.load(path, **overrides)")
+
+    @property
+    def env(self) -> Any:
+        """The vector env this trainer steps: made from ``config.env_id`` (PPO's to close), or the one given
+        as ``PPO(config, env=...)`` (the caller's). Fixed: assigning another raises."""
+        return self._env
+
+    @env.setter
+    def env(self, value: Any) -> None:
+        # (the trainer went on from the old env's last observation and episode counters into the new one,
+        # and close() closed whichever env was there as if PPO had made it)
+        raise AttributeError("PPO.env is fixed at construction (the trainer holds the env's last observation, "
+                             "its episodes in progress, and whether it is PPO's to close): to train on another "
+                             "env, save() the model and PPO.load(path, env=<the env>)")
 
     @property
     def total_timesteps(self) -> int:
@@ -600,7 +614,7 @@ class PPO:
             self._close_env()
         if make:
             cfg = self.config
-            self.env = make_vec_env(cfg.env_id, cfg.n_envs, cfg.vector, cfg.autoreset, cfg.env_kwargs)
+            self._env = make_vec_env(cfg.env_id, cfg.n_envs, cfg.vector, cfg.autoreset, cfg.env_kwargs)
             self._env_lost = False
 
     def _fill_buffer(self) -> None:

@@ -2170,6 +2170,25 @@ def test_a_trainers_policy_cannot_be_replaced_and_the_trainer_cannot_be_copied()
         m2.close()
 
 
+def test_a_trainers_env_cannot_be_replaced(tmp_path):
+    """model.env = other was taken: the next rollout went on from the old env's last observation and
+    episode counters in the new env, and close() closed the caller's env as if PPO had made it.
+    Refused now, naming what works: save() and PPO.load(path, env=...)."""
+    other = gym.make_vec("CartPole-v1", 2, vectorization_mode="sync")
+    with PPO(PPOConfig(**TINY)) as algo:
+        algo.learn()
+        made = algo.env
+        with pytest.raises(AttributeError, match=r"^PPO\.env is fixed at construction .* save\(\) the model "
+                                                 r"and PPO\.load\(path, env=<the env>\)$"):
+            algo.env = other
+        assert algo.env is made
+        algo.save(str(tmp_path / "m.npz"))
+    assert made.closed and not other.closed
+    resumed = PPO.load(str(tmp_path / "m.npz"), env=other)
+    assert resumed.env is other and resumed.learn(128).num_timesteps == 128
+    other.close()
+
+
 def test_a_refused_callback_leaves_the_total_as_it_was():
     """learn(1_000_000, callback="print") raised TypeError but had set the budget to 1,000,000 first
     (saved so)."""
