@@ -860,26 +860,30 @@ class PPO:
         start = time.perf_counter()
         compiling_at_start = backend.numba_compile_seconds(this_thread=True)
         steps_at_start, time_at_start = self.num_timesteps, self.time_elapsed
-        while self.num_timesteps < self.total_timesteps:
-            progress = self.num_timesteps / self.total_timesteps
-            self.collect_rollout()
-            stats = self.update(progress)
-            self.iteration += 1
-            elapsed = time.perf_counter() - start
-            training = elapsed - (backend.numba_compile_seconds(this_thread=True) - compiling_at_start)
-            self.time_elapsed = time_at_start + elapsed  # (before the callback, which may save)
-            row = {
-                "iteration": self.iteration,
-                "timesteps": self.num_timesteps,
-                "time": self.time_elapsed,
-                "fps": (self.num_timesteps - steps_at_start) / max(training, 1e-9),
-                "mean_return": float(np.mean(self.episode_returns)) if self.episode_returns else math.nan,
-                "mean_length": float(np.mean(self.episode_lengths)) if self.episode_lengths else math.nan,
-                "beta": self.kl_coef.beta if self.config.objective == "kl_penalty" else math.nan,
-                **stats,
-            }
-            if callback is not None and callback(row) is False:
-                break
+        try:
+            while self.num_timesteps < self.total_timesteps:
+                progress = self.num_timesteps / self.total_timesteps
+                self.collect_rollout()
+                stats = self.update(progress)
+                self.iteration += 1
+                elapsed = time.perf_counter() - start
+                training = elapsed - (backend.numba_compile_seconds(this_thread=True) - compiling_at_start)
+                self.time_elapsed = time_at_start + elapsed  # (before the callback, which may save)
+                row = {
+                    "iteration": self.iteration,
+                    "timesteps": self.num_timesteps,
+                    "time": self.time_elapsed,
+                    "fps": (self.num_timesteps - steps_at_start) / max(training, 1e-9),
+                    "mean_return": float(np.mean(self.episode_returns)) if self.episode_returns else math.nan,
+                    "mean_length": float(np.mean(self.episode_lengths)) if self.episode_lengths else math.nan,
+                    "beta": self.kl_coef.beta if self.config.objective == "kl_penalty" else math.nan,
+                    **stats,
+                }
+                if callback is not None and callback(row) is False:
+                    break
+        except BaseException:  # (a Ctrl-C too) the interrupted iteration's seconds were spent training
+            self.time_elapsed = time_at_start + (time.perf_counter() - start)
+            raise
         return self
 
     # ------------------------------------------------------------ evaluation and files

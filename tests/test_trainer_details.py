@@ -856,6 +856,33 @@ def test_fps_leaves_out_numba_compile_time_and_time_does_not(monkeypatch):
 
 
 @needs_gym
+def test_an_interrupted_iteration_counts_in_the_training_time(monkeypatch):
+    """time_elapsed left out an iteration an exception (a Ctrl-C, an env's error) cut short: a run saved
+    after it, and the progress.csv of its resume, had lost those seconds. The clock is a stand-in."""
+    import types
+
+    from minippo import ppo as ppo_module
+
+    algo = PPO(PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=16, batch_size=16, n_epochs=1, hidden=(8,),
+                         total_timesteps=64))
+    clock = iter([100.0, 110.0, 117.0])  # learn() starts; after iteration 1; as the update of 2 raises
+    monkeypatch.setattr(ppo_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    update = algo.update
+
+    def interrupted(progress):
+        if algo.iteration == 1:
+            raise KeyboardInterrupt
+        return update(progress)
+
+    monkeypatch.setattr(algo, "update", interrupted)
+    rows = []
+    with pytest.raises(KeyboardInterrupt):
+        algo.learn(callback=rows.append)
+    assert [r["time"] for r in rows] == [10.0] and algo.iteration == 1
+    assert algo.time_elapsed == 17.0
+
+
+@needs_gym
 def test_time_goes_on_across_a_save_and_resume(tmp_path, monkeypatch):
     """A checkpoint keeps the training time so far (time_elapsed), so that a resumed run's progress.csv
     "time" column goes on from it rather than restarting at 0; the clock is a stand-in."""
