@@ -116,19 +116,28 @@ def orthogonal(
 
 
 # ---------------------------------------------------------------- MLP
+_ABSENT = object()
+
+
 class Params(dict):
     """``{name: array}`` that counts the writes which may rebind a name to another array (``version``).
 
     The numba kernels check ``version`` (and the dict's identity) instead of the identity of every
     array on each call; in-place writes to the arrays (the optimiser, checkpoint loading) do not
     rebind anything and need no count.
+
+    ``links`` (set by :class:`~minippo.policy.ActorCritic`): ``{key: (other Params, its key)}``, names
+    that another dict holds too; a write rebinding one of them here rebinds it there (the policy's
+    ``params["actor.W0"]`` and its actor MLP's ``params["W0"]`` stay one array: the MLP computes with
+    its own, while Adam and the checkpoints use the policy's).
     """
 
-    __slots__ = ("version",)
+    __slots__ = ("version", "links")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.version = 0
+        self.links: dict[str, tuple[Params, str]] = {}
 
     def __reduce__(self) -> tuple:  # copy and pickle: through __init__, so version exists
         return (Params, (dict(self),))
@@ -138,7 +147,10 @@ class Params(dict):
 
         def rebinding(self: Params, *args: Any, **kwargs: Any) -> Any:
             self.version += 1
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._sync()
 
         rebinding.__name__ = name
         return rebinding
@@ -146,7 +158,17 @@ class Params(dict):
     def __setitem__(self, key: str, value: Any) -> None:
         if dict.get(self, key) is not value:  # ``params[k] -= g`` rebinds k to the same array
             self.version += 1
-        dict.__setitem__(self, key, value)
+            dict.__setitem__(self, key, value)
+            if key in self.links:
+                self._sync()
+
+    def _sync(self) -> None:
+        """Rebind in the linked dicts every linked name that holds another array there."""
+        for key, (other, name) in self.links.items():
+            value = dict.get(self, key, _ABSENT)
+            if value is not _ABSENT and dict.get(other, name, _ABSENT) is not value:
+                other.version += 1
+                dict.__setitem__(other, name, value)
 
     __delitem__ = _bump("__delitem__")
     __ior__ = _bump("__ior__")

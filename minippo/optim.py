@@ -57,10 +57,7 @@ class Adam:
                                 "Adam's moments need one dtype for all")
             writable(f"params[{k!r}]", p, "Adam updates every parameter in place")  # (or fails half-way)
         self.params = params
-        self.lr = lr
-        self.betas = betas
-        self.eps = eps
-        self.t = 0
+        self._lr, self._betas, self._eps, self._t = lr, betas, eps, 0
         # Moments live in one flat vector per kind: a step is then ~8 vector operations instead of
         # ~8 per parameter array (12 arrays for a 64-64 actor-critic), measured 78 -> 25 us.
         self._slices: dict[str, tuple[slice, tuple[int, ...]]] = {}
@@ -73,6 +70,50 @@ class Adam:
         self._g = np.zeros_like(first, shape=(offset,))
         self._table: Any = None  # on a GPU: kernels.gpu.ArrayTable of the parameters, made on first use
         self._views()
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of a :meth:`step` not given one. Settable, checked (a real >= 0). A PPO
+        trainer gives every step its own (``PPOConfig.learning_rate`` and ``lr_schedule``; for a resumed
+        run, ``PPO.load(path, learning_rate=...)``), so setting its optimiser's does nothing."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = real("lr", value, 0.0)
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        """(beta1, beta2), fixed at construction, as :attr:`eps`."""
+        return self._betas
+
+    @betas.setter
+    def betas(self, value: Any) -> None:
+        # (a checkpoint keeps neither: a trainer resumed with Adam's defaults; betas (1, 1) ended the next
+        # step in ZeroDivisionError, eps < 0 took steps 26x larger without a word)
+        raise AttributeError("Adam.betas is fixed at construction: Adam(params, betas=...) (a PPO trainer's are "
+                             "Adam's defaults, (0.9, 0.999))")
+
+    @property
+    def eps(self) -> float:
+        """The denominator's epsilon, fixed at construction (a PPO trainer's is ``PPOConfig.adam_eps``,
+        saved with its config)."""
+        return self._eps
+
+    @eps.setter
+    def eps(self, value: Any) -> None:
+        raise AttributeError("Adam.eps is fixed at construction: Adam(params, eps=...) (a PPO trainer's is "
+                             "PPOConfig.adam_eps: PPO(config) or PPO.load(path, adam_eps=...))")
+
+    @property
+    def t(self) -> int:
+        """The steps taken (the bias correction's exponent). Settable, checked (an integer >= 0): a
+        negative one wrote NaN into every parameter at the next step."""
+        return self._t
+
+    @t.setter
+    def t(self, value: int) -> None:
+        self._t = value if type(value) is int and value >= 0 else integer("t", value, 0)
 
     def _views(self) -> None:
         """Per-parameter views of the flat moments (for inspection and checkpoints)."""
@@ -88,6 +129,10 @@ class Adam:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        for name in ("lr", "betas", "eps", "t"):  # (pickles from before the properties)
+            if name in state:
+                state["_" + name] = state.pop(name)
         self.__dict__.update(state)
         self.__dict__.setdefault("_table", None)  # (older pickles lack it)
         self._views()

@@ -112,11 +112,39 @@ class ActorCritic:
         self.critic = MLP(widths["critic"], out_gain=1.0, **kw)
         # Params: one flat dict holding the very arrays of the sub-networks (updates are in place). A
         # versioned dict (nn.Params): the fused numba act checks its version instead of every array.
-        self.params: dict[str, Array] = Params()
+        self._params = Params()
         for prefix, net in self._nets():
-            self.params.update({f"{prefix}.{k}": v for k, v in net.params.items()})
+            self._params.update({f"{prefix}.{k}": v for k, v in net.params.items()})
         if not self.discrete:
-            self.params["log_std"] = np.full(self.act_dim, log_std_init, dtype=dtype)
+            self._params["log_std"] = np.full(self.act_dim, log_std_init, dtype=dtype)
+        self._link_params()
+
+    @property
+    def params(self) -> dict[str, Array]:
+        """``{"actor.W0": (obs_dim, h), ..., "critic.b1": (1,), ["trunk.*"], ["log_std": (act_dim,)]}``:
+        the arrays the networks compute with (each MLP's ``params`` holds the same ones), which Adam
+        updates and the checkpoints save. Write into them (``params[k][...] = new``); a name rebound to
+        another array (``params[k] = new``) is rebound in the MLP's dict too, and the other way round.
+        The dict itself is fixed: assigning another raises."""
+        return self._params
+
+    @params.setter
+    def params(self, value: Any) -> None:
+        # (the networks went on computing with the old arrays, and Adam updating them, while save() wrote
+        # the new dict's: a checkpoint of a network that never acted)
+        raise AttributeError("ActorCritic.params is fixed at construction (the networks compute with its arrays, "
+                             "Adam updates them, checkpoints save them): write into them, "
+                             "policy.params[k][...] = new")
+
+    def _link_params(self) -> None:
+        """Link each network's ``params`` and this policy's (nn.Params.links): rebinding a name in one
+        rebinds it in the other."""
+        down = {}
+        for prefix, net in self._nets():
+            if isinstance(net.params, Params):
+                net.params.links = {k: (self._params, f"{prefix}.{k}") for k in net.params}
+                down.update({f"{prefix}.{k}": (net.params, k) for k in net.params})
+        self._params.links = down
 
     @property
     def temperature(self) -> float:
@@ -142,7 +170,11 @@ class ActorCritic:
         state = dict(state)
         if "temperature" in state:
             state["_temperature"] = real("temperature", state.pop("temperature"), 0.0, low_open=True)
+        if "params" in state:  # (before the property)
+            state["_params"] = state.pop("params")
         self.__dict__.update(state)
+        if isinstance(self._params, Params):  # (the links are not pickled: made again)
+            self._link_params()
 
     def clamp_log_std(self) -> None:
         """Project the Gaussian ``log_std`` (d,) back into [LOG_STD_MIN, LOG_STD_MAX], in place.

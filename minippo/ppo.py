@@ -328,7 +328,7 @@ class PPO:
             self.obs_dim, self.action_space, config.hidden, config.activation, config.shared,
             config.log_std_init, config.seed, self.dtype, config.temperature,
         ).to(backend.to_device)
-        self.optimizer = Adam(self.policy.params, config.learning_rate, eps=config.adam_eps)
+        self._optimizer = Adam(self.policy.params, config.learning_rate, eps=config.adam_eps)
         self.rng = agent_rng(config.seed)  # (a stream apart from the envs')
         self.obs_norm = ObsNormalizer(self.obs_dim) if config.norm_obs else None
         self.reward_scaler = RewardScaler(config.n_envs, config.gamma) if config.norm_reward else None
@@ -378,6 +378,19 @@ class PPO:
         raise AttributeError("PPO.config is fixed at construction (the networks, schedules and buffer were built "
                              "from it): build a new trainer, PPO(config), or resume with overrides, "
                              "PPO.load(path, **overrides)")
+
+    @property
+    def optimizer(self) -> Adam:
+        """The Adam over :attr:`policy`'s ``params`` (its moments are saved in checkpoints). Every step
+        takes the learning-rate schedule's value, not ``optimizer.lr``. Fixed: assigning another raises."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, value: Any) -> None:
+        # (an Adam over another policy's arrays: this trainer took gradients and updated that policy)
+        raise AttributeError("PPO.optimizer is fixed at construction (it updates the policy's arrays, and its "
+                             "moments are saved): the learning rate is config.learning_rate and lr_schedule "
+                             "(PPO.load(path, learning_rate=...) for a resumed run)")
 
     @property
     def env(self) -> Any:

@@ -215,15 +215,22 @@ def test_in_place_updates_are_seen_and_rebinding_rebuilds_the_state():
     v2 = pol.act(obs, np.random.default_rng(0))[2]
     assert pol.__dict__["_numba_act_state"] is not state
     np.testing.assert_allclose(v2, v0 + 2.0, rtol=1e-6)
-    pol.critic.params["b1"] = new + np.float32(1.0)  # rebound in the MLP alone: read as numpy reads it
+    pol.critic.params["b1"] = new + np.float32(1.0)  # rebound in the MLP alone: the policy's dict follows
+    assert pol.params["critic.b1"] is pol.critic.params["b1"]  # (nn.Params.links)
     v3 = pol.act(obs, np.random.default_rng(0))[2]
     np.testing.assert_allclose(v3, v0 + 3.0, rtol=1e-6)
-    np.testing.assert_array_equal(v3, _unfused_act(pol, obs, 0, False)[0][2])
+    np.testing.assert_allclose(v3, _unfused_act(pol, obs, 0, False)[0][2], rtol=1e-6)
+    # the two dicts made to disagree (only by going round Params' writes): read as numpy reads it, the MLP's
+    dict.__setitem__(pol.critic.params, "b1", new + np.float32(2.0))
+    pol.critic.params.version += 1
+    v4 = pol.act(obs, np.random.default_rng(0))[2]
+    np.testing.assert_allclose(v4, v0 + 4.0, rtol=1e-6)
+    np.testing.assert_array_equal(v4, _unfused_act(pol, obs, 0, False)[0][2])
     import pickle
 
     clone = pickle.loads(pickle.dumps(pol))  # the compiled dispatch state is not pickled
     assert "_numba_act_state" not in clone.__dict__
-    np.testing.assert_array_equal(clone.act(obs, np.random.default_rng(0))[2], v3)
+    np.testing.assert_array_equal(clone.act(obs, np.random.default_rng(0))[2], v4)
     # log_std belongs to no MLP: only the identity of the policy's own arrays shows it rebound
     gauss = _policy(np.float32, False, (8,), "tanh", 1)
     d0 = gauss.act(obs, np.random.default_rng(0))[3]
@@ -234,15 +241,16 @@ def test_in_place_updates_are_seen_and_rebinding_rebuilds_the_state():
     np.testing.assert_array_equal(d1[:, :3], d0[:, :3])  # the means; then log_std, moved by 0.5
     np.testing.assert_allclose(d1[:, 3:], d0[:, 3:] + 0.5, rtol=1e-6)
     np.testing.assert_array_equal(d1, _unfused_act(gauss, obs, 0, False)[0][3])
-    # a shared trunk's array rebound in the trunk's own dict alone: seen (that dict's version), and the
-    # act reads what numpy reads
+    # a shared trunk's array rebound in the trunk's own dict alone: seen (that dict's version), rebound
+    # in the policy's too, and the act reads what numpy reads
     sh = _policy(np.float32, True, (8,), "tanh", 1, shared=True)
     v0 = sh.act(obs, np.random.default_rng(0))[2]
     assert sh.__dict__["_numba_act_state"].ok
     sh.trunk.params["b0"] = sh.trunk.params["b0"] + np.float32(1.0)
+    assert sh.params["trunk.b0"] is sh.trunk.params["b0"]
     v1 = sh.act(obs, np.random.default_rng(0))[2]
     assert not np.array_equal(v1, v0)
-    np.testing.assert_array_equal(v1, _unfused_act(sh, obs, 0, False)[0][2])
+    np.testing.assert_allclose(v1, _unfused_act(sh, obs, 0, False)[0][2], rtol=1e-6)
 
 
 def test_the_state_check_by_version_and_by_identity_see_the_same_rebindings():
@@ -262,7 +270,7 @@ def test_the_state_check_by_version_and_by_identity_see_the_same_rebindings():
     pol.params.update(dict(pol.params))  # the same arrays: the version moves, the state stays
     np.testing.assert_array_equal(pol.act(obs, np.random.default_rng(0))[2], v0)
     assert pol.__dict__["_numba_act_state"] is state and state.pversion == pol.params.version
-    pol.params = dict(pol.params)  # a plain dict: no version, so each call compares the arrays
+    pol._params = dict(pol.params)  # a plain dict (round the fixed property): no version, so each call compares
     np.testing.assert_array_equal(pol.act(obs, np.random.default_rng(0))[2], v0)
     assert pol.__dict__["_numba_act_state"] is state and state.pversion is None
     new = pol.params["critic.b1"] + np.float32(1.0)
@@ -276,10 +284,10 @@ def test_the_state_check_by_version_and_by_identity_see_the_same_rebindings():
     d0 = gauss.act(obs, np.random.default_rng(0))[3]
     other = Params({**gauss.params, "log_std": gauss.params["log_std"] + np.float32(0.5)})
     other.version = gauss.params.version  # another Params at the same version: not the same dict
-    gauss.params = other
+    gauss._params = other
     d1 = gauss.act(obs, np.random.default_rng(0))[3]
     np.testing.assert_allclose(d1[:, 3:], d0[:, 3:] + 0.5, rtol=1e-6)
-    gauss.params = dict(gauss.params)
+    gauss._params = dict(gauss.params)
     np.testing.assert_array_equal(gauss.act(obs, np.random.default_rng(0))[3], d1)  # seen with the plain dict
     gauss.params["log_std"] = gauss.params["log_std"] + np.float32(0.5)
     np.testing.assert_allclose(gauss.act(obs, np.random.default_rng(0))[3][:, 3:], d1[:, 3:] + 0.5, rtol=1e-6)

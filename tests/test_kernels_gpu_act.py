@@ -286,7 +286,10 @@ def test_in_place_updates_are_read_and_rebinding_rebuilds_the_table(device, monk
     assert pol.__dict__["_gpu_act_state"].layers.table is not table
     assert pol.__dict__["_gpu_act_state"].layers.nets[0][0][0] is pol.params["actor.W0"]
     n = len(cp.launches)
-    pol.params["actor.b0"] = pol.params["actor.b0"] + 1.0  # the MLP still has the old array
+    # the policy's dict made to disagree with the MLP's (only by going round nn.Params' writes, which
+    # rebind a name in both): the array path
+    dict.__setitem__(pol.params, "actor.b0", pol.params["actor.b0"] + 1.0)
+    pol.params.version += 1
     pol.act(obs, np.random.default_rng(0))
     assert len(cp.launches) == n and pol.__dict__["_gpu_act_state"].ok is False
     shared = make_policy(cp, shared=True)  # a trunk array rebound in both dicts: a new table that holds it

@@ -999,7 +999,9 @@ def test_unsupported_setups_fall_back():
     assert cpu_update.make(pol64, Adam(pol64.params), PPOConfig(), only_if_faster=False) is not None
     other = Adam({k: v.copy() for k, v in pol.params.items()})
     assert cpu_update.make(pol, other, PPOConfig()) is None  # an Adam over other arrays
-    pol.critic.params["b1"] = pol.critic.params["b1"] + 1  # the MLP's dict and the policy's disagree
+    # the MLP's dict and the policy's made to disagree (only by going round nn.Params' writes)
+    dict.__setitem__(pol.critic.params, "b1", pol.critic.params["b1"] + 1)
+    pol.critic.params.version += 1
     assert cpu_update.make(pol, adam, PPOConfig()) is None
     # a parameter (rebound in both dicts) in Fortran order, or of another dtype than the first one:
     # the kernels read C-ordered arrays of one dtype

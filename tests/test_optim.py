@@ -453,3 +453,33 @@ def test_adam_clips_to_at_most_max_grad_norm_as_clip_grad_norm_does(g):
     clip_grad_norm(clipped, max_norm)
     np.testing.assert_allclose(opt.m["w"], (1.0 - 0.9) * clipped["w"], rtol=1e-14, atol=0)
     assert np.linalg.norm(clipped["w"]) <= max_norm
+
+
+def test_adam_hyperparameters_set_later_are_checked_or_fixed():
+    """Set after construction, betas (1, 1) ended the next step in ZeroDivisionError, t = -5 wrote NaN
+    into every parameter, and eps = -1e-5 took steps 26x larger without a word (a PPO checkpoint keeps
+    neither betas nor eps). lr and t are settable and checked now; betas and eps are fixed."""
+    params = {"w": np.ones(3)}
+    adam = Adam(params, lr=0.1)
+    for name, bad, error, msg in (("lr", -1.0, ValueError, "lr must be"), ("lr", "0.1", TypeError, "lr must be"),
+                                  ("t", -5, ValueError, "t must be an integer >= 0"),
+                                  ("t", 1.5, TypeError, "t must be an integer >= 0"),
+                                  ("t", True, TypeError, "t must be an integer >= 0")):
+        with pytest.raises(error, match=msg):
+            setattr(adam, name, bad)
+    for name, value in (("betas", (1.0, 1.0)), ("eps", -1e-5)):
+        with pytest.raises(AttributeError,
+                           match=rf"^Adam\.{name} is fixed at construction: Adam\(params, {name}=\.\.\.\)"):
+            setattr(adam, name, value)
+    assert (adam.lr, adam.t, adam.betas, adam.eps) == (0.1, 0, (0.9, 0.999), 1e-5)
+    adam.lr, adam.t = 0.05, np.int64(3)  # taken: a numpy integer as a Python int
+    assert type(adam.t) is int
+    adam.step({"w": np.ones(3)})
+    assert adam.t == 4 and np.isfinite(params["w"]).all()
+    # the first step from t = 3: lr * m_hat / (sqrt(v_hat) + eps), m = 0.1 g, v = 0.001 g^2
+    c1, c2 = 1 - 0.9**4, 1 - 0.999**4
+    np.testing.assert_allclose(params["w"], 1 - 0.05 * (0.1 / c1) / (np.sqrt(0.001 / c2) + 1e-5), rtol=1e-12)
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(adam))
+    assert (clone.lr, clone.t, clone.betas, clone.eps) == (0.05, 4, (0.9, 0.999), 1e-5)

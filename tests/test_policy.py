@@ -471,3 +471,40 @@ def test_a_subclass_s_value_is_its_own_forward_s():
     obs = np.random.default_rng(1).normal(size=(5, 3))
     assert p.value(obs).tobytes() == p.forward(obs)[1].tobytes()
     assert (p.value(obs) > 90).all()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_parameter_rebound_in_either_dict_is_rebound_in_the_other(shared):
+    """policy.params["actor.W0"] = new left the actor MLP computing with the old array while Adam
+    updated, and save() wrote, the new one (a checkpoint whose network never acted; the MLP's dict alone
+    the other way round). A name rebound in one dict is rebound in the other now, copies keep the links,
+    and the dict itself cannot be replaced."""
+    import copy
+    import pickle
+
+    pol = ActorCritic(3, Box(-np.ones(2), np.ones(2)), hidden=(4,), shared=shared, dtype=np.float64)
+    obs = np.random.default_rng(0).normal(size=(5, 3))
+    nets = dict(pol._nets())
+    for key in list(pol.params):
+        if key == "log_std":
+            continue
+        prefix, name = key.split(".")
+        new = pol.params[key] + 0.5
+        pol.params[key] = new
+        assert nets[prefix].params[name] is new
+        other = nets[prefix].params[name] * 2.0
+        nets[prefix].params[name] = other
+        assert pol.params[key] is other
+    expected = pol.forward(obs)[1]
+    for clone in (copy.deepcopy(pol), pickle.loads(pickle.dumps(pol))):
+        np.testing.assert_array_equal(clone.forward(obs)[1], expected)
+        clone.params["critic.b0"] = clone.params["critic.b0"] + 1.0
+        assert clone.critic.params["b0"] is clone.params["critic.b0"]
+        assert pol.critic.params["b0"] is pol.params["critic.b0"] is not clone.params["critic.b0"]
+    pol.params.update({"critic.W0": pol.params["critic.W0"] * 0.0})  # update() and the like rebind too
+    assert pol.critic.params["W0"] is pol.params["critic.W0"]
+    values = pol.forward(obs)[1]  # the critic's first layer computes with the zeros: one value for all
+    assert np.ptp(values) == 0.0 and np.ptp(expected) > 0.0
+    with pytest.raises(AttributeError, match=r"^ActorCritic\.params is fixed at construction .* write into them, "
+                                             r"policy\.params\[k\]\[\.\.\.\] = new$"):
+        pol.params = dict(pol.params)

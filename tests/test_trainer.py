@@ -2170,6 +2170,25 @@ def test_a_trainers_policy_cannot_be_replaced_and_the_trainer_cannot_be_copied()
         m2.close()
 
 
+def test_a_parameter_rebound_by_hand_is_the_one_trained_saved_and_loaded(tmp_path):
+    """model.policy.params["actor.W0"] = copy froze that layer (the actor computed with the old array)
+    while Adam moved, and save() wrote, the copy: the loaded policy then disagreed with the trainer on 1 in
+    10 CartPole actions. The name is rebound in the MLP too now; an optimiser cannot be swapped in."""
+    from minippo.optim import Adam
+
+    obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    with PPO(PPOConfig(**TINY, learning_rate=0.05)) as algo:
+        algo.policy.params["actor.W0"] = algo.policy.params["actor.W0"].copy()
+        start = algo.policy.actor.params["W0"].copy()
+        algo.learn()
+        assert not np.array_equal(algo.policy.actor.params["W0"], start)  # trained
+        algo.save(str(tmp_path / "m.npz"))
+        np.testing.assert_array_equal(load_policy(str(tmp_path / "m.npz")).predict(obs), algo.predict(obs))
+        with pytest.raises(AttributeError, match=r"^PPO\.optimizer is fixed at construction .*lr_schedule "
+                                                 r"\(PPO\.load\(path, learning_rate=\.\.\.\)"):
+            algo.optimizer = Adam(algo.policy.params)
+
+
 def test_a_trainers_env_cannot_be_replaced(tmp_path):
     """model.env = other was taken: the next rollout went on from the old env's last observation and
     episode counters in the new env, and close() closed the caller's env as if PPO had made it.
