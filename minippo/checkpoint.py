@@ -303,6 +303,11 @@ def save_checkpoint(algo: Any, path: str, unlogged_rows: list[list[str]] | None 
     arrays: dict[str, np.ndarray] = {}
     for k, v in algo.policy.params.items():
         arrays[f"param/{k}"] = asnumpy(v)
+    if not isinstance(algo.rng, np.random.Generator) or type(algo.rng.bit_generator) is not np.random.PCG64:
+        what = type(algo.rng).__name__ if not isinstance(algo.rng, np.random.Generator) else \
+            f"a Generator on {type(algo.rng.bit_generator).__name__}"
+        raise TypeError(f"nothing written to {path!r}: the trainer's rng must be a numpy Generator on PCG64 "
+                        f"(np.random.default_rng(seed)), the state a checkpoint keeps, got {what}")
     opt = algo.optimizer.state_dict()
     for k, v in opt.items():
         if k != "t":
@@ -339,8 +344,61 @@ def save_checkpoint(algo: Any, path: str, unlogged_rows: list[list[str]] | None 
     }
     if unlogged_rows:
         meta["unlogged_rows"] = [[str(c) for c in row] for row in unlogged_rows]
-    arrays["meta"] = np.array(json.dumps(meta))
+    try:
+        arrays["meta"] = np.array(json.dumps(meta))
+    except TypeError:  # (a numpy number set by hand on the trainer: json takes Python's alone)
+        bad = next(k for k, v in meta.items() if not _json_ok(v))
+        raise TypeError(f"nothing written to {path!r}: the trainer's {bad} holds {_shown_types(meta[bad])}, "
+                        "not a Python number (set by hand? int() or float() of it)") from None
+    _check_loadable(arrays, path)
     atomic_savez(path, arrays)
+
+
+def _json_ok(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _shown_types(value: Any) -> str:
+    """What in ``value`` (a meta entry) is not JSON: its type, or the first such item's."""
+    if isinstance(value, (list, tuple)):
+        value = next(v for v in value if not _json_ok(v))
+    if isinstance(value, dict):
+        value = next(v for v in value.values() if not _json_ok(v))
+    return f"a {type(value).__module__}.{type(value).__name__}"
+
+
+def _check_loadable(arrays: dict[str, np.ndarray], path: str) -> None:
+    """Run the loaders' checks on what :func:`save_checkpoint` is about to write (meta and arrays): a
+    trainer whose counters, episode lists, normalisers or parameters were set by hand to what no load
+    accepts (``episode_returns.clear()`` alone, ``iteration`` above ``num_timesteps``, a float64
+    ``log_std`` in a float32 policy, ``obs_norm = None``) wrote a file that ``PPO.load`` and
+    ``load_policy`` then refused. ValueError, and nothing written."""
+    from minippo.envs import RunningMeanStd
+
+    try:
+        headers = {k: (a.shape, a.dtype) for k, a in arrays.items()}
+        meta = _read_meta(arrays, headers, path)
+        _check_entries(meta, headers, path)
+        _config_from_meta(meta, path)
+        _check_normalisers(meta, arrays, path)
+        dtype = np.dtype(meta["policy"]["dtype"])
+        for name, a in arrays.items():
+            if name.startswith(("param/", "adam/")):
+                if a.dtype != dtype:
+                    raise CheckpointError(f"{path!r}: array {name!r} is {a.dtype}, the network is {dtype}")
+                if not np.isfinite(a).all():
+                    raise CheckpointError(f"{path!r}: array {name!r} holds NaN or inf")
+        for _, prefix in _NORMALISERS:
+            if f"{prefix}.mean" in arrays:
+                RunningMeanStd(arrays[f"{prefix}.mean"].shape).load(prefix, arrays)
+        _check_rng_state(meta["rng"])
+    except ValueError as e:  # (CheckpointError too)
+        raise ValueError(f"{e}; nothing written: PPO.load and load_policy would refuse the file (was an attribute "
+                         "of the trainer set by hand?)") from e
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -1829,6 +1829,42 @@ def test_total_timesteps_set_by_hand_is_checked_and_saves_a_loadable_file(tmp_pa
     assert PPO.load(str(tmp_path / "m.npz")).total_timesteps == 100
 
 
+@pytest.mark.parametrize("change, error, message", [
+    (lambda m: m.episode_returns.clear(), ValueError, r"'episode_lengths' must be one integer >= 1 per episode"),
+    (lambda m: setattr(m, "num_timesteps", 0), ValueError, r"'iteration' 3 exceeds its 'num_timesteps' 0"),
+    (lambda m: setattr(m, "num_timesteps", 1e4), ValueError, r"'num_timesteps' must be an integer .* got 10000\.0"),
+    (lambda m: setattr(m, "time_elapsed", -1.0), ValueError, r"'time_elapsed' must be a finite number"),
+    (lambda m: setattr(m, "obs_norm", None), ValueError, r"is missing the obs_rms normaliser statistics"),
+    (lambda m: setattr(m.obs_norm.rms, "count", 0), ValueError, r"obs_rms\.count must be a float array"),
+    (lambda m: m.policy.params.__setitem__("critic.b0", m.policy.params["critic.b0"].astype(np.float64)),
+     ValueError, r"array 'param/critic\.b0' is float64, the network is float32"),
+    (lambda m: m.policy.params["actor.b0"].__setitem__(0, np.nan), ValueError, r"'param/actor\.b0' holds NaN"),
+    (lambda m: setattr(m, "iteration", np.int64(3)), TypeError,
+     r"^nothing written to .*: the trainer's iteration holds a numpy\.int64, not a Python number"),
+    (lambda m: m.episode_returns.append(np.float32(1.0)), TypeError, r"episode_returns holds a numpy\.float32"),
+    (lambda m: setattr(m, "rng", np.random.RandomState(0)), TypeError,
+     r"^nothing written to .*: the trainer's rng must be a numpy Generator on PCG64 .* got RandomState$"),
+    (lambda m: setattr(m, "rng", np.random.Generator(np.random.MT19937(0))), TypeError, r"a Generator on MT19937$"),
+])
+def test_save_refuses_a_state_no_loader_would_read_and_writes_nothing(tmp_path, change, error, message):
+    """A trainer whose attributes were set by hand to what no load accepts (one episode list cleared,
+    the step count reset below the iterations, statistics of the wrong type, a float64 parameter in a
+    float32 network) was saved into a file both PPO.load and load_policy refused; numpy numbers and
+    other generators failed inside json or numpy with no word of which attribute. save() runs the
+    loaders' checks first now: an error naming the field, and no file (an older one is kept as it was)."""
+    path = tmp_path / "m.npz"
+    algo = PPO(PPOConfig(**TINY, norm_obs=True)).learn()
+    algo.save(str(path))
+    before = path.read_bytes()
+    change(algo)
+    with pytest.raises(error, match=message) as e:
+        algo.save(str(path))
+    if error is ValueError:
+        assert str(e.value).endswith("nothing written: PPO.load and load_policy would refuse the file (was an "
+                                     "attribute of the trainer set by hand?)")
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
 def test_learn_runs_whole_rollouts_ceil_of_the_total():
     """As learn()'s docstring and docs/derivations.md section 13 say: ceil(total / rollout) rollouts
     (Stable-Baselines3's count; CleanRL's is the floor), the last one past a total that is not a multiple."""
