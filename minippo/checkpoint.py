@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from minippo import __version__
-from minippo._checks import flag, integer
+from minippo._checks import fixed, flag, integer
 from minippo.policy import ActorCritic, check_obs
 from minippo.spaces import is_kind
 
@@ -860,12 +860,18 @@ class Policy:
                 raise ValueError(f"{name} must be a float array of shape ({policy.obs_dim},), got "
                                  f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
         self.policy = policy
-        self.obs_mean, self.obs_var = obs_mean, obs_var
+        self._obs_mean, self._obs_var = obs_mean, obs_var
         self.env_id = env_id
         self.meta = meta or {}
         self.custom_env: str | None = self.meta.get("custom_env")
         """The class name of the env it was trained on when that env was given as ``PPO(config, env=...)``
         without a gymnasium id (``env_id`` is then not that env's; evaluate with ``env=``), else None."""
+
+    # (checked only when made: set later, a (5, 4) mean made predict return five actions for one
+    # observation, and None switched normalising off without a word)
+    _HOW = "Policy(policy, obs_mean, obs_var) checks them (load_policy(path) gives the saved ones)"
+    obs_mean = fixed("Policy", "obs_mean", _HOW, "The normaliser's saved mean (obs_dim,), or None.")
+    obs_var = fixed("Policy", "obs_var", _HOW, "The normaliser's saved variance (obs_dim,), or None.")
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         """Raw obs (obs_dim,) or (B, obs_dim) -> what the network saw in training (saved statistics,

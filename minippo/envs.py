@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import array, int_list, integer, is_real, on_host, real
+from minippo._checks import array, fixed, int_list, integer, is_real, on_host, real
 
 Array = Any
 
@@ -454,7 +454,11 @@ class ObsNormalizer:
         obs_dim = integer("obs_dim", obs_dim, 1)
         clip, eps = _clip_bound(clip), real("eps", eps, 0.0)
         self.rms = RunningMeanStd((obs_dim,))
-        self.clip, self.eps = clip, eps
+        self._clip, self._eps = clip, eps
+
+    _HOW = "ObsNormalizer(obs_dim, clip=..., eps=...) (a checkpoint keeps the statistics, not these)"
+    clip = fixed("ObsNormalizer", "clip", _HOW, "The bound the normalised observations are clipped to (+-clip).")
+    eps = fixed("ObsNormalizer", "eps", _HOW, "Added to the variance before its square root.")
 
     def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
         """obs (B, obs_dim) -> normalised obs (B, obs_dim) in the input's float dtype, in native byte
@@ -481,7 +485,12 @@ class RewardScaler:
         clip, eps = _clip_bound(clip), real("eps", eps, 0.0)
         self.rms = RunningMeanStd(())
         self.ret = np.zeros(n_envs, dtype=np.float64)
-        self.gamma, self.clip, self.eps = gamma, clip, eps
+        self._gamma, self._clip, self._eps = gamma, clip, eps
+
+    _HOW = "RewardScaler(n_envs, gamma, clip=..., eps=...) (a trainer's gamma is its config's)"
+    gamma = fixed("RewardScaler", "gamma", _HOW, "The discount of the running return whose std scales rewards.")
+    clip = fixed("RewardScaler", "clip", _HOW, "The bound the scaled rewards are clipped to (+-clip).")
+    eps = fixed("RewardScaler", "eps", _HOW, "Added to the variance before its square root.")
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """rewards (N,), dones (N,) bool -> scaled rewards (N,). ``valid`` (N,) bool masks fake reset steps.

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import DeferredChecks, finite, is_real, real
+from minippo._checks import DeferredChecks, finite, fixed, is_real, real
 from minippo.backend import array_module, asnumpy
 
 Array = Any
@@ -185,8 +185,24 @@ class AdaptiveKL:
     """
 
     def __init__(self, kl_target: float = 0.01, beta: float = 1.0) -> None:
-        self.kl_target = real("kl_target", kl_target, 0.0, low_open=True)
-        self.beta = real("beta", beta, 0.0, low_open=True)
+        self._kl_target = real("kl_target", kl_target, 0.0, low_open=True)
+        self.beta = beta
+
+    kl_target = fixed("AdaptiveKL", "kl_target", "AdaptiveKL(kl_target, beta) (a trainer's is its config's: "
+                      "PPO.load(path, kl_target=...))", "d_targ, the mean KL the rule steers towards.")
+
+    @property
+    def beta(self) -> float:
+        """The penalty coefficient now. Settable, checked: finite and > 0 (from 0 neither halving nor
+        doubling moves it: a beta set to 0 switched the penalty off for good)."""
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        value = real("beta", value, 0.0, low_open=True)
+        if not math.isfinite(value):
+            raise ValueError(f"beta must be a finite number > 0, got {value!r}")
+        self._beta = value
 
     def update(self, kl: float) -> float:
         """Apply the rule for the measured mean KL; returns the new beta."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import array, integer, is_real, real, writable
+from minippo._checks import array, fixed, integer, is_real, real, writable
 from minippo.backend import array_module, asnumpy
 
 Array = Any
@@ -82,28 +82,12 @@ class Adam:
     def lr(self, value: float) -> None:
         self._lr = real("lr", value, 0.0)
 
-    @property
-    def betas(self) -> tuple[float, float]:
-        """(beta1, beta2), fixed at construction, as :attr:`eps`."""
-        return self._betas
-
-    @betas.setter
-    def betas(self, value: Any) -> None:
-        # (a checkpoint keeps neither: a trainer resumed with Adam's defaults; betas (1, 1) ended the next
-        # step in ZeroDivisionError, eps < 0 took steps 26x larger without a word)
-        raise AttributeError("Adam.betas is fixed at construction: Adam(params, betas=...) (a PPO trainer's are "
-                             "Adam's defaults, (0.9, 0.999))")
-
-    @property
-    def eps(self) -> float:
-        """The denominator's epsilon, fixed at construction (a PPO trainer's is ``PPOConfig.adam_eps``,
-        saved with its config)."""
-        return self._eps
-
-    @eps.setter
-    def eps(self, value: Any) -> None:
-        raise AttributeError("Adam.eps is fixed at construction: Adam(params, eps=...) (a PPO trainer's is "
-                             "PPOConfig.adam_eps: PPO(config) or PPO.load(path, adam_eps=...))")
+    # (a checkpoint keeps neither: set later, a trainer resumed with the defaults; betas (1, 1) ended the
+    # next step in ZeroDivisionError, eps < 0 took steps 26x larger without a word)
+    betas = fixed("Adam", "betas", "Adam(params, betas=...) (a PPO trainer's are Adam's defaults, (0.9, 0.999))",
+                  "(beta1, beta2).")
+    eps = fixed("Adam", "eps", "Adam(params, eps=...) (a PPO trainer's is PPOConfig.adam_eps: PPO(config) or "
+                "PPO.load(path, adam_eps=...))", "The denominator's epsilon.")
 
     @property
     def t(self) -> int:
@@ -344,7 +328,15 @@ class Schedule:
         start, end = real("start", start), real("end", end)
         if kind == "exponential" and not (start > 0 and end > 0):
             raise ValueError(f"exponential schedule needs start > 0 and end > 0, got {start}, {end}")
-        self.kind, self.start, self.end = kind, start, end
+        self._kind, self._start, self._end = kind, start, end
+
+    # (a kind set later was not checked: "cosine" ran as an exponential decay to 0; a trainer's schedules
+    # are built from its config at every load, so one changed by hand went back at the next resume)
+    _HOW = "build another, Schedule(kind, start, end) (a trainer's come from its config: PPO.load(path, " \
+           "lr_schedule=..., learning_rate=..., lr_end=...) and the like)"
+    kind = fixed("Schedule", "kind", _HOW, "constant | linear | exponential.")
+    start = fixed("Schedule", "start", _HOW, "The coefficient at progress 0.")
+    end = fixed("Schedule", "end", _HOW, "The coefficient at progress 1 (constant: unused).")
 
     def __call__(self, progress: float) -> float:
         """The coefficient at ``progress`` (clamped to [0, 1]; NaN raises ValueError)."""

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from minippo import backend, losses
-from minippo._checks import array, cast_quietly, deferred_checks, integer, real
+from minippo._checks import array, cast_quietly, deferred_checks, fixed, integer, real
 from minippo.buffer import RolloutBuffer
 from minippo.config import (
     MAX_TIMESTEPS,
@@ -330,12 +330,12 @@ class PPO:
         ).to(backend.to_device)
         self._optimizer = Adam(self.policy.params, config.learning_rate, eps=config.adam_eps)
         self.rng = agent_rng(config.seed)  # (a stream apart from the envs')
-        self.obs_norm = ObsNormalizer(self.obs_dim) if config.norm_obs else None
-        self.reward_scaler = RewardScaler(config.n_envs, config.gamma) if config.norm_reward else None
-        self.kl_coef = AdaptiveKL(config.kl_target, config.kl_beta)
-        self.lr_schedule = Schedule(config.lr_schedule, config.learning_rate, config.lr_end)
-        self.clip_schedule = Schedule(config.clip_schedule, config.clip_eps, 0.0)
-        self.ent_schedule = Schedule(config.ent_schedule, config.ent_coef, config.ent_end)
+        self._obs_norm = ObsNormalizer(self.obs_dim) if config.norm_obs else None
+        self._reward_scaler = RewardScaler(config.n_envs, config.gamma) if config.norm_reward else None
+        self._kl_coef = AdaptiveKL(config.kl_target, config.kl_beta)
+        self._lr_schedule = Schedule(config.lr_schedule, config.learning_rate, config.lr_end)
+        self._clip_schedule = Schedule(config.clip_schedule, config.clip_eps, 0.0)
+        self._ent_schedule = Schedule(config.ent_schedule, config.ent_coef, config.ent_end)
         discrete = self.policy.discrete
         self.buffer = RolloutBuffer(
             config.n_steps, config.n_envs, self.obs_dim, () if discrete else (self.policy.act_dim,),
@@ -378,6 +378,18 @@ class PPO:
         raise AttributeError("PPO.config is fixed at construction (the networks, schedules and buffer were built "
                              "from it): build a new trainer, PPO(config), or resume with overrides, "
                              "PPO.load(path, **overrides)")
+
+    # Built from the config, and at a load from the saved config again: set by hand, one acted until the
+    # next resume and then silently went back (a schedule, kl_target); obs_norm = None trained without
+    # normalising and saved a file no load read; kl_coef = 0.5 failed inside learn. Their own settings
+    # are fixed too, and the values that are state (kl_coef.beta, the statistics) are checked when set.
+    _FROM_CONFIG = "it is built from the config: PPO(config.replace(...)), or PPO.load(path, **overrides) to resume"
+    obs_norm = fixed("PPO", "obs_norm", _FROM_CONFIG, "The observation normaliser (config.norm_obs), or None.")
+    reward_scaler = fixed("PPO", "reward_scaler", _FROM_CONFIG, "The reward scaler (config.norm_reward), or None.")
+    kl_coef = fixed("PPO", "kl_coef", _FROM_CONFIG, "The adaptive KL coefficient (config.kl_target, kl_beta).")
+    lr_schedule = fixed("PPO", "lr_schedule", _FROM_CONFIG, "The learning rate over progress (config.lr_*).")
+    clip_schedule = fixed("PPO", "clip_schedule", _FROM_CONFIG, "The clip range over progress (config.clip_*).")
+    ent_schedule = fixed("PPO", "ent_schedule", _FROM_CONFIG, "The entropy coefficient over progress (config.ent_*).")
 
     @property
     def optimizer(self) -> Adam:

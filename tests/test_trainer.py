@@ -1834,7 +1834,7 @@ def test_total_timesteps_set_by_hand_is_checked_and_saves_a_loadable_file(tmp_pa
     (lambda m: setattr(m, "num_timesteps", 0), ValueError, r"'iteration' 3 exceeds its 'num_timesteps' 0"),
     (lambda m: setattr(m, "num_timesteps", 1e4), ValueError, r"'num_timesteps' must be an integer .* got 10000\.0"),
     (lambda m: setattr(m, "time_elapsed", -1.0), ValueError, r"'time_elapsed' must be a finite number"),
-    (lambda m: setattr(m, "obs_norm", None), ValueError, r"is missing the obs_rms normaliser statistics"),
+    (lambda m: setattr(m.obs_norm.rms, "var", -np.ones(4)), ValueError, r"obs_rms\.var: a variance is negative"),
     (lambda m: setattr(m.obs_norm.rms, "count", 0), ValueError, r"obs_rms\.count must be a float array"),
     (lambda m: m.policy.params.__setitem__("critic.b0", m.policy.params["critic.b0"].astype(np.float64)),
      ValueError, r"array 'param/critic\.b0' is float64, the network is float32"),
@@ -1863,6 +1863,41 @@ def test_save_refuses_a_state_no_loader_would_read_and_writes_nothing(tmp_path, 
         assert str(e.value).endswith("nothing written: PPO.load and load_policy would refuse the file (was an "
                                      "attribute of the trainer set by hand?)")
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+def test_what_a_trainer_builds_from_its_config_is_fixed_and_beta_is_checked(tmp_path):
+    """Set by hand, a schedule or kl_target acted until the next PPO.load, which built them from the
+    saved config again; lr_schedule.kind = "cosine" ran as an exponential decay to 0 (nothing trained);
+    obs_norm = None trained without normalising and saved a file no load read; obs_norm.clip = 0.5 was
+    used but not saved (the loaded policy acted otherwise); kl_coef.beta = 0 switched the penalty off for
+    good; kl_coef = 0.5 failed inside learn. The objects are fixed, their settings too, beta is checked."""
+    from minippo.checkpoint import Policy
+
+    algo = PPO(PPOConfig(**TINY, norm_obs=True, norm_reward=True, objective="kl_penalty"))
+    for name in ("obs_norm", "reward_scaler", "kl_coef", "lr_schedule", "clip_schedule", "ent_schedule"):
+        with pytest.raises(AttributeError, match=rf"^PPO\.{name} is fixed at construction: it is built from the "
+                                                 r"config: PPO\(config\.replace\(\.\.\.\)\), or PPO\.load"):
+            setattr(algo, name, None)
+    for obj, owner, names in ((algo.obs_norm, "ObsNormalizer", ("clip", "eps")),
+                              (algo.reward_scaler, "RewardScaler", ("gamma", "clip", "eps")),
+                              (algo.lr_schedule, "Schedule", ("kind", "start", "end")),
+                              (algo.kl_coef, "AdaptiveKL", ("kl_target",))):
+        for name in names:
+            before = getattr(obj, name)
+            with pytest.raises(AttributeError, match=rf"^{owner}\.{name} is fixed at construction: "):
+                setattr(obj, name, "cosine" if name == "kind" else 0.5)
+            assert getattr(obj, name) == before
+    for bad, error in ((0, ValueError), (-1.0, ValueError), (float("inf"), ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="beta must be"):
+            algo.kl_coef.beta = bad
+    algo.kl_coef.beta = np.float64(0.25)  # state: settable, kept as a Python float
+    assert type(algo.kl_coef.beta) is float
+    algo.learn()
+    algo.save(str(tmp_path / "m.npz"))
+    policy = load_policy(str(tmp_path / "m.npz"))
+    with pytest.raises(AttributeError, match=r"^Policy\.obs_mean is fixed at construction: Policy\(policy, "):
+        policy.obs_mean = np.zeros((5, 4))
+    assert isinstance(policy, Policy) and policy.predict(np.zeros(4, np.float32)).shape == ()
 
 
 def test_learn_runs_whole_rollouts_ceil_of_the_total():
