@@ -18,11 +18,22 @@ def fixed(owner: str, name: str, instead: str, doc: str) -> property:
     """A read-only property over ``self._<name>``, documented by ``doc``: assigning it raises
     AttributeError "<owner>.<name> is fixed at construction: <instead>" (what to do instead). For
     settings a checkpoint does not keep, or that other objects were built from: set later, they acted
-    until the next load and then silently went back. (Read through operator.attrgetter: C speed.)"""
-    def refuse(self: Any, value: Any) -> None:
-        raise AttributeError(f"{owner}.{name} is fixed at construction: {instead}")
+    until the next load and then silently went back. The same object assigned back is taken (what an
+    augmented assignment does: ``policy.obs_mean -= shift`` writes into the array, then stores it).
+    (Read through operator.attrgetter: C speed.)"""
+    get = operator.attrgetter("_" + name)
 
-    return property(operator.attrgetter("_" + name), refuse, doc=doc)
+    def refuse(self: Any, value: Any) -> None:
+        if value is not get(self):
+            raise AttributeError(f"{owner}.{name} is fixed at construction: {instead}")
+
+    return property(get, refuse, doc=doc)
+
+
+def renamed_state(state: dict, names: tuple[str, ...]) -> dict:
+    """A pickled ``__dict__`` with the attributes ``names`` stored as ``_name`` (:func:`fixed` and
+    checked properties read those): pickles from before the properties load too."""
+    return {("_" + k if k in names else k): v for k, v in state.items()}
 
 
 def _zero_d_kind(value: Any) -> str | None:

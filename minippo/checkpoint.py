@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from minippo import __version__
-from minippo._checks import fixed, flag, integer
+from minippo._checks import fixed, flag, integer, renamed_state
 from minippo.policy import ActorCritic, check_obs
 from minippo.spaces import is_kind
 
@@ -397,8 +397,8 @@ def _check_loadable(arrays: dict[str, np.ndarray], path: str) -> None:
                 RunningMeanStd(arrays[f"{prefix}.mean"].shape).load(prefix, arrays)
         _check_rng_state(meta["rng"])
     except ValueError as e:  # (CheckpointError too)
-        raise ValueError(f"{e}; nothing written: PPO.load and load_policy would refuse the file (was an attribute "
-                         "of the trainer set by hand?)") from e
+        raise ValueError(f"{e}; nothing written: PPO.load would refuse the file (was an attribute of the "
+                         "trainer set by hand?)") from e
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -829,7 +829,8 @@ def _restore(algo: Any, meta: dict[str, Any], arrays: dict[str, np.ndarray], pat
             raise TotalReached(config.total_timesteps, algo.num_timesteps,
                                "a resumed run trains up to total_timesteps steps in all")
         algo.total_timesteps = config.total_timesteps
-    elif _past_max_timesteps(meta["total_timesteps"]):  # (a file from before the bound: see _saved_config)
+    elif _past_max_timesteps(meta["total_timesteps"]) or meta["total_timesteps"] == 0:
+        # (a file from before the bound, see _saved_config; 0, which no save writes: the config's)
         algo.total_timesteps = config.total_timesteps
     else:
         algo.total_timesteps = int(meta["total_timesteps"])
@@ -872,6 +873,9 @@ class Policy:
     _HOW = "Policy(policy, obs_mean, obs_var) checks them (load_policy(path) gives the saved ones)"
     obs_mean = fixed("Policy", "obs_mean", _HOW, "The normaliser's saved mean (obs_dim,), or None.")
     obs_var = fixed("Policy", "obs_var", _HOW, "The normaliser's saved variance (obs_dim,), or None.")
+
+    def __setstate__(self, state: dict) -> None:  # (pickles from before the fixed properties: renamed)
+        self.__dict__.update(renamed_state(state, ("obs_mean", "obs_var")))
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         """Raw obs (obs_dim,) or (B, obs_dim) -> what the network saw in training (saved statistics,

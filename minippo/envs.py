@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import array, fixed, int_list, integer, is_real, on_host, real
+from minippo._checks import array, fixed, int_list, integer, is_real, on_host, real, renamed_state
 
 Array = Any
 
@@ -460,6 +460,9 @@ class ObsNormalizer:
     clip = fixed("ObsNormalizer", "clip", _HOW, "The bound the normalised observations are clipped to (+-clip).")
     eps = fixed("ObsNormalizer", "eps", _HOW, "Added to the variance before its square root.")
 
+    def __setstate__(self, state: dict) -> None:  # (pickles from before the fixed properties: renamed)
+        self.__dict__.update(renamed_state(state, ("clip", "eps")))
+
     def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
         """obs (B, obs_dim) -> normalised obs (B, obs_dim) in the input's float dtype, in native byte
         order (an integer input: float32) (host arrays)."""
@@ -491,6 +494,9 @@ class RewardScaler:
     gamma = fixed("RewardScaler", "gamma", _HOW, "The discount of the running return whose std scales rewards.")
     clip = fixed("RewardScaler", "clip", _HOW, "The bound the scaled rewards are clipped to (+-clip).")
     eps = fixed("RewardScaler", "eps", _HOW, "Added to the variance before its square root.")
+
+    def __setstate__(self, state: dict) -> None:  # (pickles from before the fixed properties: renamed)
+        self.__dict__.update(renamed_state(state, ("gamma", "clip", "eps")))
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """rewards (N,), dones (N,) bool -> scaled rewards (N,). ``valid`` (N,) bool masks fake reset steps.

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import DeferredChecks, finite, fixed, is_real, real
+from minippo._checks import DeferredChecks, finite, fixed, is_real, real, renamed_state
 from minippo.backend import array_module, asnumpy
 
 Array = Any
@@ -190,6 +190,9 @@ class AdaptiveKL:
 
     kl_target = fixed("AdaptiveKL", "kl_target", "AdaptiveKL(kl_target, beta) (a trainer's is its config's: "
                       "PPO.load(path, kl_target=...))", "d_targ, the mean KL the rule steers towards.")
+
+    def __setstate__(self, state: dict) -> None:  # (pickles from before the fixed properties: renamed)
+        self.__dict__.update(renamed_state(state, ("kl_target", "beta")))
 
     @property
     def beta(self) -> float:

@@ -147,10 +147,7 @@ class Params(dict):
 
         def rebinding(self: Params, *args: Any, **kwargs: Any) -> Any:
             self.version += 1
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                self._sync()
+            return method(self, *args, **kwargs)
 
         rebinding.__name__ = name
         return rebinding
@@ -160,20 +157,38 @@ class Params(dict):
             self.version += 1
             dict.__setitem__(self, key, value)
             if key in self.links:
-                self._sync()
+                self._sync((key,))
 
-    def _sync(self) -> None:
-        """Rebind in the linked dicts every linked name that holds another array there."""
-        for key, (other, name) in self.links.items():
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """dict.update, then the names it wrote rebound in the linked dicts too."""
+        items = dict(*args, **kwargs)
+        self.version += 1
+        dict.update(self, items)
+        self._sync(items)
+
+    def __ior__(self, other: Any) -> Params:
+        self.update(other)
+        return self
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """dict.setdefault, counted as a rebinding (it may write), linked as :meth:`update`."""
+        self.version += 1
+        value = dict.setdefault(self, key, default)
+        self._sync((key,))
+        return value
+
+    def _sync(self, keys: Any) -> None:
+        """Rebind in the linked dicts each of ``keys`` that is linked and holds another array there
+        (only the names just written: a network swapped in disagrees until its names are written)."""
+        for key in keys:
+            other, name = self.links.get(key, (None, None))
             value = dict.get(self, key, _ABSENT)
-            if value is not _ABSENT and dict.get(other, name, _ABSENT) is not value:
+            # (a name removed from either dict is not put back)
+            if other is not None and value is not _ABSENT and dict.get(other, name, value) is not value:
                 other.version += 1
                 dict.__setitem__(other, name, value)
 
     __delitem__ = _bump("__delitem__")
-    __ior__ = _bump("__ior__")
-    update = _bump("update")
-    setdefault = _bump("setdefault")
     pop = _bump("pop")
     popitem = _bump("popitem")
     clear = _bump("clear")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from minippo._checks import array, fixed, integer, is_real, real, writable
+from minippo._checks import array, fixed, integer, is_real, real, renamed_state, writable
 from minippo.backend import array_module, asnumpy
 
 Array = Any
@@ -113,11 +113,7 @@ class Adam:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state = dict(state)
-        for name in ("lr", "betas", "eps", "t"):  # (pickles from before the properties)
-            if name in state:
-                state["_" + name] = state.pop(name)
-        self.__dict__.update(state)
+        self.__dict__.update(renamed_state(state, ("lr", "betas", "eps", "t")))  # (pickles from before the properties)
         self.__dict__.setdefault("_table", None)  # (older pickles lack it)
         self._views()
 
@@ -337,6 +333,9 @@ class Schedule:
     kind = fixed("Schedule", "kind", _HOW, "constant | linear | exponential.")
     start = fixed("Schedule", "start", _HOW, "The coefficient at progress 0.")
     end = fixed("Schedule", "end", _HOW, "The coefficient at progress 1 (constant: unused).")
+
+    def __setstate__(self, state: dict) -> None:  # (pickles from before the fixed properties: renamed)
+        self.__dict__.update(renamed_state(state, ("kind", "start", "end")))
 
     def __call__(self, progress: float) -> float:
         """The coefficient at ``progress`` (clamped to [0, 1]; NaN raises ValueError)."""

@@ -15,13 +15,25 @@ Derivations: docs/derivations.md sections 4 (the shared trunk) and 6.4 (the stat
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from minippo import backend
-from minippo._checks import array, cast_quietly, finite, flag, float_dtype, generator, int_list, real, rng_from_seed
+from minippo._checks import (
+    array,
+    cast_quietly,
+    finite,
+    flag,
+    float_dtype,
+    generator,
+    int_list,
+    real,
+    renamed_state,
+    rng_from_seed,
+)
 from minippo.backend import array_module, asnumpy
 from minippo.distributions import Categorical, DiagGaussian
 from minippo.nn import MLP, Params, _in_dtype
@@ -63,6 +75,23 @@ def check_obs(obs: Any, obs_dim: int, dtype: np.dtype) -> np.ndarray:
         raise ValueError(f"obs holds values beyond the policy's {np.dtype(dtype)} range "
                          f"(|x| <= {np.finfo(dtype).max:.4g}): {a}")
     return out
+
+
+def _network(name: str, doc: str) -> property:
+    """ActorCritic's ``actor``, ``critic`` and ``trunk`` (``self._<name>``). Assigning another network
+    relinks the params dicts (nn.Params.links): the network swapped out keeps its arrays and no longer
+    follows the policy's dict (nor the policy its dict)."""
+    get = operator.attrgetter("_" + name)
+
+    def swap(self: ActorCritic, net: MLP | None) -> None:
+        old = self.__dict__.get("_" + name)
+        if old is not None and isinstance(old.params, Params):
+            old.params.links = {}
+        self.__dict__["_" + name] = net
+        if "_params" in self.__dict__:
+            self._link_params()
+
+    return property(get, swap, doc=doc)
 
 
 class ActorCritic:
@@ -107,7 +136,7 @@ class ActorCritic:
         rng = rng_from_seed("seed", seed)
         kw = {"activation": activation, "seed": rng, "dtype": dtype}
         widths = layer_widths(self.obs_dim, self.act_dim, hidden, self.shared)
-        self.trunk: MLP | None = MLP(widths["trunk"], activate_output=True, **kw) if shared else None
+        self.trunk = MLP(widths["trunk"], activate_output=True, **kw) if shared else None
         self.actor = MLP(widths["actor"], out_gain=0.01, **kw)
         self.critic = MLP(widths["critic"], out_gain=1.0, **kw)
         # Params: one flat dict holding the very arrays of the sub-networks (updates are in place). A
@@ -125,16 +154,23 @@ class ActorCritic:
         the arrays the networks compute with (each MLP's ``params`` holds the same ones), which Adam
         updates and the checkpoints save. Write into them (``params[k][...] = new``); a name rebound to
         another array (``params[k] = new``) is rebound in the MLP's dict too, and the other way round.
-        The dict itself is fixed: assigning another raises."""
+        The dict itself is fixed: assigning another raises. (A network's ``params`` replaced by another
+        dict, ``policy.actor.params = {...}``, is not linked: the policy's dict keeps its arrays.)"""
         return self._params
 
     @params.setter
     def params(self, value: Any) -> None:
         # (the networks went on computing with the old arrays, and Adam updating them, while save() wrote
         # the new dict's: a checkpoint of a network that never acted)
+        if value is self._params:  # (policy.params |= {...} stores the same dict back)
+            return
         raise AttributeError("ActorCritic.params is fixed at construction (the networks compute with its arrays, "
                              "Adam updates them, checkpoints save them): write into them, "
                              "policy.params[k][...] = new")
+
+    actor = _network("actor", "The actor MLP: obs (or trunk features) -> logits / Gaussian means.")
+    critic = _network("critic", "The critic MLP: obs (or trunk features) -> V(s).")
+    trunk = _network("trunk", "The shared trunk MLP (``shared=True``), else None.")
 
     def _link_params(self) -> None:
         """Link each network's ``params`` and this policy's (nn.Params.links): rebinding a name in one
@@ -170,9 +206,7 @@ class ActorCritic:
         state = dict(state)
         if "temperature" in state:
             state["_temperature"] = real("temperature", state.pop("temperature"), 0.0, low_open=True)
-        if "params" in state:  # (before the property)
-            state["_params"] = state.pop("params")
-        self.__dict__.update(state)
+        self.__dict__.update(renamed_state(state, ("params", "actor", "critic", "trunk")))  # (before the properties)
         if isinstance(self._params, Params):  # (the links are not pickled: made again)
             self._link_params()
 

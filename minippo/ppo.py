@@ -384,8 +384,12 @@ class PPO:
     # normalising and saved a file no load read; kl_coef = 0.5 failed inside learn. Their own settings
     # are fixed too, and the values that are state (kl_coef.beta, the statistics) are checked when set.
     _FROM_CONFIG = "it is built from the config: PPO(config.replace(...)), or PPO.load(path, **overrides) to resume"
-    obs_norm = fixed("PPO", "obs_norm", _FROM_CONFIG, "The observation normaliser (config.norm_obs), or None.")
-    reward_scaler = fixed("PPO", "reward_scaler", _FROM_CONFIG, "The reward scaler (config.norm_reward), or None.")
+    _NORMALISER = ("it is built from config.{} (fixed for a trained network, as its statistics): a new trainer, "
+                   "PPO(config.replace({}=...))")
+    obs_norm = fixed("PPO", "obs_norm", _NORMALISER.format("norm_obs", "norm_obs"),
+                     "The observation normaliser (config.norm_obs), or None.")
+    reward_scaler = fixed("PPO", "reward_scaler", _NORMALISER.format("norm_reward", "norm_reward"),
+                          "The reward scaler (config.norm_reward), or None.")
     kl_coef = fixed("PPO", "kl_coef", _FROM_CONFIG, "The adaptive KL coefficient (config.kl_target, kl_beta).")
     lr_schedule = fixed("PPO", "lr_schedule", _FROM_CONFIG, "The learning rate over progress (config.lr_*).")
     clip_schedule = fixed("PPO", "clip_schedule", _FROM_CONFIG, "The clip range over progress (config.clip_*).")
@@ -422,13 +426,13 @@ class PPO:
     def total_timesteps(self) -> int:
         """The env steps in all that ``learn()`` with no argument trains up to (``config.total_timesteps``
         at first; ``learn(total)`` and a load's override set it; saved in checkpoints). Set by hand, it
-        must be an integer in [0, 2**62] (a float that is a whole number is taken): a string, a
-        fraction or a negative number was saved as given into a file that no load could read."""
+        must be an integer in [1, 2**62] (a float that is a whole number is taken), as ``learn(total)``'s:
+        a string, a fraction or a negative number was saved as given into a file that no load could read."""
         return self._total_timesteps
 
     @total_timesteps.setter
     def total_timesteps(self, value: Any) -> None:
-        total = integer("total_timesteps", value, 0, whole_floats=True)
+        total = integer("total_timesteps", value, 1, whole_floats=True)
         if total > MAX_TIMESTEPS:
             raise ValueError(f"total_timesteps {TOO_MANY_TIMESTEPS}, got {total}")
         self._total_timesteps = total
@@ -873,7 +877,6 @@ class PPO:
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be a function of the iteration's row, or None, got "
                             f"{type(callback).__name__}")
-        self._check_env_open()
         if total_timesteps is not None:
             total = integer("total_timesteps", total_timesteps, 1, whole_floats=True)  # 1e5 too
             if total > MAX_TIMESTEPS:
@@ -881,7 +884,10 @@ class PPO:
             if total <= self.num_timesteps:
                 raise TotalReached(total, self.num_timesteps,
                                    "learn(total) trains up to that many steps in all, not that many more")
+            self._check_env_open()
             self.total_timesteps = total
+        elif self.num_timesteps < self.total_timesteps:  # (the total reached: nothing to do, closed or not)
+            self._check_env_open()
         start = time.perf_counter()
         compiling_at_start = backend.numba_compile_seconds(this_thread=True)
         steps_at_start, time_at_start = self.num_timesteps, self.time_elapsed

@@ -508,3 +508,28 @@ def test_a_parameter_rebound_in_either_dict_is_rebound_in_the_other(shared):
     with pytest.raises(AttributeError, match=r"^ActorCritic\.params is fixed at construction .* write into them, "
                                              r"policy\.params\[k\]\[\.\.\.\] = new$"):
         pol.params = dict(pol.params)
+
+
+def test_a_network_swapped_in_is_linked_and_the_one_swapped_out_is_left_alone():
+    """The links were made once, at construction: after policy.actor = other, a rebinding in the
+    policy's dict still rebound the old actor's (a backup of trained weights overwritten), and one in the
+    old actor's dict rebound the policy's (the arrays Adam updates and checkpoints save). Also: a name
+    removed from one dict is not put back by a write in the other, and policy.params |= {...} (which
+    stores the same dict back through the property) is taken."""
+    from minippo.nn import MLP
+
+    pol = ActorCritic(4, Discrete(2), hidden=(8,))
+    backup, w = pol.actor, pol.actor.params["W0"].copy()
+    pol.actor = MLP([4, 8, 2], out_gain=0.01, seed=5)
+    pol.params.update({f"actor.{k}": v for k, v in pol.actor.params.items()})
+    assert all(pol.params[f"actor.{k}"] is v for k, v in pol.actor.params.items())
+    np.testing.assert_array_equal(backup.params["W0"], w)  # the old actor keeps its arrays
+    backup.params["b0"] = backup.params["b0"] + 1.0
+    assert pol.params["actor.b0"] is pol.actor.params["b0"] is not backup.params["b0"]
+    pol.params["actor.W0"] = np.zeros((4, 8), np.float32)  # the new actor follows
+    assert pol.actor.params["W0"] is pol.params["actor.W0"]
+    pol.params |= {"critic.b0": pol.params["critic.b0"] + 1.0}
+    assert pol.critic.params["b0"] is pol.params["critic.b0"]
+    removed = pol.params.pop("critic.b1")
+    pol.critic.params["b1"] = removed + 1.0
+    assert "critic.b1" not in pol.params

@@ -1672,6 +1672,7 @@ def test_learn_after_close_is_refused_and_a_given_closed_env_too(vector, tmp_pat
                            r"close\(\).*save\(\) it and PPO.load\(\) the file"):
             call()
     assert (algo.num_timesteps, algo.total_timesteps) == (steps, total)
+    assert algo.learn() is algo  # the total reached: nothing to train, closed or not (as before)
     algo.save(str(tmp_path / "m.npz"))
     with PPO.load(str(tmp_path / "m.npz")) as again:
         assert again.learn(2 * total).num_timesteps == 2 * total
@@ -1817,8 +1818,9 @@ def test_total_timesteps_set_by_hand_is_checked_and_saves_a_loadable_file(tmp_pa
     ("meta's 'total_timesteps' must be an integer"); a numpy int failed save() (not JSON). Refused now,
     naming the attribute and the allowed values; a numpy int and a whole float are taken as ints."""
     algo = PPO(PPOConfig(**TINY))
-    for bad, error, allowed in (("abc", TypeError, ">= 0"), (1.5, TypeError, ">= 0"), (True, TypeError, ">= 0"),
-                                (-5, ValueError, ">= 0"), (2**62 + 1, ValueError, "<= 2\\*\\*62")):
+    for bad, error, allowed in (("abc", TypeError, ">= 1"), (1.5, TypeError, ">= 1"), (True, TypeError, ">= 1"),
+                                (0, ValueError, ">= 1"), (-5, ValueError, ">= 1"),
+                                (2**62 + 1, ValueError, "<= 2\\*\\*62")):
         with pytest.raises(error, match=rf"^total_timesteps must be .*{allowed}.*, got {re.escape(repr(bad))}$"):
             algo.total_timesteps = bad
     assert algo.total_timesteps == 96
@@ -1827,6 +1829,11 @@ def test_total_timesteps_set_by_hand_is_checked_and_saves_a_loadable_file(tmp_pa
     algo.total_timesteps = 1e2
     algo.save(str(tmp_path / "m.npz"))
     assert PPO.load(str(tmp_path / "m.npz")).total_timesteps == 100
+    # a meta saying 0 (no save writes it; a hand-edited file): the saved config's total, not a refusal
+    meta, arrays = read_checkpoint(str(tmp_path / "m.npz"))
+    meta["total_timesteps"] = 0
+    atomic_savez(str(tmp_path / "zero.npz"), {**arrays, "meta": np.array(json.dumps(meta))})
+    assert PPO.load(str(tmp_path / "zero.npz")).total_timesteps == 100
 
 
 @pytest.mark.parametrize("change, error, message", [
@@ -1860,8 +1867,8 @@ def test_save_refuses_a_state_no_loader_would_read_and_writes_nothing(tmp_path, 
     with pytest.raises(error, match=message) as e:
         algo.save(str(path))
     if error is ValueError:
-        assert str(e.value).endswith("nothing written: PPO.load and load_policy would refuse the file (was an "
-                                     "attribute of the trainer set by hand?)")
+        assert str(e.value).endswith("nothing written: PPO.load would refuse the file (was an attribute of the "
+                                     "trainer set by hand?)")
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.npz"]
 
 
@@ -1875,8 +1882,11 @@ def test_what_a_trainer_builds_from_its_config_is_fixed_and_beta_is_checked(tmp_
 
     algo = PPO(PPOConfig(**TINY, norm_obs=True, norm_reward=True, objective="kl_penalty"))
     for name in ("obs_norm", "reward_scaler", "kl_coef", "lr_schedule", "clip_schedule", "ent_schedule"):
-        with pytest.raises(AttributeError, match=rf"^PPO\.{name} is fixed at construction: it is built from the "
-                                                 r"config: PPO\(config\.replace\(\.\.\.\)\), or PPO\.load"):
+        field = {"obs_norm": "norm_obs", "reward_scaler": "norm_reward"}.get(name)
+        how = (rf"config\.{field} \(fixed for a trained network, as its statistics\): a new trainer, "
+               rf"PPO\(config\.replace\({field}=\.\.\.\)\)$") if field else \
+            r"the config: PPO\(config\.replace\(\.\.\.\)\), or PPO\.load\(path, \*\*overrides\) to resume$"
+        with pytest.raises(AttributeError, match=rf"^PPO\.{name} is fixed at construction: it is built from {how}"):
             setattr(algo, name, None)
     for obj, owner, names in ((algo.obs_norm, "ObsNormalizer", ("clip", "eps")),
                               (algo.reward_scaler, "RewardScaler", ("gamma", "clip", "eps")),
@@ -1898,6 +1908,33 @@ def test_what_a_trainer_builds_from_its_config_is_fixed_and_beta_is_checked(tmp_
     with pytest.raises(AttributeError, match=r"^Policy\.obs_mean is fixed at construction: Policy\(policy, "):
         policy.obs_mean = np.zeros((5, 4))
     assert isinstance(policy, Policy) and policy.predict(np.zeros(4, np.float32)).shape == ()
+
+
+def test_objects_with_fixed_settings_copy_and_read_pickles_from_before_the_properties(tmp_path):
+    """Their settings moved to _name behind read-only properties: a pickle's __dict__ from before (plain
+    names) loads, copies round-trip, and an augmented assignment that stores the same object back
+    (policy.obs_mean -= shift, in place) is taken."""
+    import copy
+    import pickle
+
+    algo = PPO(PPOConfig(**TINY, norm_obs=True, norm_reward=True)).learn()
+    fields = {algo.obs_norm: ("clip", "eps"), algo.reward_scaler: ("gamma", "clip", "eps"),
+              algo.lr_schedule: ("kind", "start", "end"), algo.kl_coef: ("kl_target", "beta"),
+              algo.optimizer: ("lr", "betas", "eps", "t")}
+    for obj, names in fields.items():
+        values = [getattr(obj, n) for n in names]
+        for clone in (copy.deepcopy(obj), pickle.loads(pickle.dumps(obj))):
+            assert [getattr(clone, n) for n in names] == values
+        state = obj.__getstate__() if hasattr(obj, "__getstate__") else obj.__dict__  # (object's: 3.11+)
+        old = {(k[1:] if k[1:] in names else k): v for k, v in state.items()}  # as pickled before
+        revived = object.__new__(type(obj))
+        revived.__setstate__(old)
+        assert [getattr(revived, n) for n in names] == values, type(obj).__name__
+    algo.save(str(tmp_path / "m.npz"))
+    policy = load_policy(str(tmp_path / "m.npz"))
+    mean = policy.obs_mean
+    policy.obs_mean -= 1.0  # in place, then stored back: the same array
+    assert policy.obs_mean is mean
 
 
 def test_learn_runs_whole_rollouts_ceil_of_the_total():
