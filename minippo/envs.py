@@ -378,9 +378,58 @@ class RunningMeanStd:
         if any(d < 0 for d in dims):
             raise ValueError(f"shape must be a tuple of integers >= 0 (one sample's shape), got {shape!r}")
         epsilon = real("epsilon", epsilon, 0.0, low_open=True)  # the prior count: <= 0 gave var < 0 or 0/0
-        self.mean = np.zeros(tuple(dims), dtype=np.float64)
-        self.var = np.ones(tuple(dims), dtype=np.float64)
-        self.count = float(epsilon)
+        self._mean = np.zeros(tuple(dims), dtype=np.float64)
+        self._var = np.ones(tuple(dims), dtype=np.float64)
+        self._count = float(epsilon)
+
+    # Settable, checked: set by hand to another shape, a list or an int count, the statistics failed far
+    # away (predict blamed the observation's shape; learn raised AttributeError on a list; save wrote, or
+    # now refuses, a file no load reads). update() writes the checked values past the setters.
+    @property
+    def mean(self) -> np.ndarray:
+        """The running mean, float64 of one sample's shape. Settable: finite numbers of that shape."""
+        return self._mean
+
+    @mean.setter
+    def mean(self, value: Any) -> None:
+        self._mean = self._statistic("mean", value)
+
+    @property
+    def var(self) -> np.ndarray:
+        """The running variance, float64 of one sample's shape. Settable: finite numbers >= 0 of that shape."""
+        return self._var
+
+    @var.setter
+    def var(self, value: Any) -> None:
+        self._var = self._statistic("var", value)
+
+    @property
+    def count(self) -> float:
+        """The samples folded in (the prior's ``epsilon`` included). Settable: a finite number > 0."""
+        return self._count
+
+    @count.setter
+    def count(self, value: Any) -> None:
+        count = real("count", value, 0.0, low_open=True)
+        if not math.isfinite(count):
+            raise ValueError(f"count must be a finite number > 0, got {count!r}")
+        self._count = count
+
+    def _statistic(self, name: str, value: Any) -> np.ndarray:
+        """``value`` as a float64 copy of the mean's shape, finite (and >= 0 for the variance), or an
+        error naming ``name``."""
+        a = np.asarray(value)
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must be real numbers of shape {self._mean.shape}, got {a.dtype}")
+        if a.shape != self._mean.shape:
+            raise ValueError(f"{name} must have shape {self._mean.shape} (one sample's), got {a.shape}")
+        a = a.astype(np.float64)
+        if not np.isfinite(a).all() or (name == "var" and (a < 0).any()):
+            raise ValueError(f"{name} must be finite{' and >= 0' if name == 'var' else ''}, got {a}")
+        return a
+
+    def __setstate__(self, state: dict) -> None:  # (pickles from before the properties: renamed)
+        self.__dict__.update(renamed_state(state, ("mean", "var", "count")))
 
     def update(self, x: np.ndarray, check: bool = True) -> None:
         """Fold the batch ``x`` (B, *shape) into the statistics; NaN or inf raises FloatingPointError
@@ -407,7 +456,7 @@ class RunningMeanStd:
         if not np.isfinite(m2).all():
             raise FloatingPointError("x is finite, but its running statistics overflow float64 (|x| past ~1e154): "
                                      "not folded in")
-        self.mean, self.var, self.count = mean, m2 / total, total
+        self._mean, self._var, self._count = mean, m2 / total, total
 
     def state(self, prefix: str) -> dict[str, np.ndarray]:
         """Statistics as arrays named ``<prefix>.mean``, ``.var`` (both ``shape``) and ``.count`` (0-d),

@@ -1178,3 +1178,35 @@ def test_adam_refuses_an_ndarray_subclass_it_would_take_for_a_gpu_array(subclass
     with pytest.raises(TypeError, match=rf"params\['w'\] must be a numpy.ndarray, not the subclass numpy.*"
                                         rf"{type(p).__name__}: pass np.asarray of it"):
         Adam({"b": np.ones(3), "w": p})
+
+
+def test_running_statistics_set_by_hand_are_checked():
+    """rms.mean = np.zeros(1) on a 4-wide normaliser made predict fail with "obs must have shape (B, 1)"
+    (blaming the observation); a list failed inside learn (AttributeError); an int count was saved
+    into a file no load read. Set by hand, mean / var / count are checked and stored as float64."""
+    import pickle
+
+    from minippo.envs import ObsNormalizer, RunningMeanStd
+
+    norm = ObsNormalizer(4)
+    rms = norm.rms
+    for name, bad, error, msg in (("mean", np.zeros(1), ValueError, r"mean must have shape \(4,\) \(one sample's\)"),
+                                  ("mean", ["a"] * 4, TypeError, r"mean must be real numbers of shape \(4,\)"),
+                                  ("mean", [0.0, np.nan, 0.0, 0.0], ValueError, "mean must be finite"),
+                                  ("var", -np.ones(4), ValueError, "var must be finite and >= 0"),
+                                  ("count", 0, ValueError, "count must be"),
+                                  ("count", np.inf, ValueError, "count must be a finite number"),
+                                  ("count", "5", TypeError, "count must be")):
+        with pytest.raises(error, match=msg):
+            setattr(rms, name, bad)
+    rms.mean, rms.var, rms.count = [1, 2, 3, 4], np.full(4, 4.0, np.float32), 7  # taken, as float64 / float
+    assert rms.mean.dtype == rms.var.dtype == np.float64 and type(rms.count) is float
+    np.testing.assert_allclose(norm(np.full((1, 4), 3.0)), [[1.0, 0.5, 0.0, -0.5]], rtol=1e-6)
+    rms.update(np.zeros((2, 4)))
+    assert rms.count == 9.0
+    clone = pickle.loads(pickle.dumps(rms))
+    np.testing.assert_array_equal(clone.mean, rms.mean)
+    old = {k.lstrip("_"): v for k, v in rms.__dict__.items()}  # a pickle's state from before the properties
+    revived = object.__new__(RunningMeanStd)
+    revived.__setstate__(old)
+    assert revived.count == 9.0 and revived.mean.shape == (4,)
