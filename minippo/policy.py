@@ -26,6 +26,7 @@ from minippo._checks import (
     array,
     cast_quietly,
     finite,
+    fixed,
     flag,
     float_dtype,
     generator,
@@ -124,15 +125,15 @@ class ActorCritic:
         if shared and not hidden:
             raise ValueError("shared=True needs at least one hidden layer (hidden=())")
         log_std_init = real("log_std_init", log_std_init, LOG_STD_MIN, LOG_STD_MAX)
-        self.obs_dim = int(obs_dim)
-        self.action_space = as_space(action_space)
-        self.discrete = isinstance(self.action_space, Discrete)
-        self.act_dim = self.action_space.n if self.discrete else self.action_space.shape[0]
-        self.hidden = hidden
+        self._obs_dim = int(obs_dim)
+        self._action_space = as_space(action_space)
+        self._discrete = isinstance(self.action_space, Discrete)
+        self._act_dim = self.action_space.n if self.discrete else self.action_space.shape[0]
+        self._hidden = hidden
         self._activation = activation
-        self.shared = bool(shared)
+        self._shared = bool(shared)
         self.temperature = temperature  # (checked: the property)
-        self.dtype = float_dtype("dtype", dtype)
+        self._dtype = float_dtype("dtype", dtype)
         rng = rng_from_seed("seed", seed)
         kw = {"activation": activation, "seed": rng, "dtype": dtype}
         widths = layer_widths(self.obs_dim, self.act_dim, hidden, self.shared)
@@ -168,6 +169,16 @@ class ActorCritic:
                              "Adam updates them, checkpoints save them): write into them, "
                              "policy.params[k][...] = new")
 
+    # What the networks were built for (set later, nothing was converted or rebuilt; a checkpoint saved
+    # then was refused as "damaged or edited"): another value is another policy.
+    _BUILT = "the networks were built for it: a new ActorCritic(...), or PPOConfig(...) for a trainer"
+    obs_dim = fixed("ActorCritic", "obs_dim", _BUILT, "The observation width the networks take.")
+    action_space = fixed("ActorCritic", "action_space", _BUILT, "The minippo.spaces Discrete or Box acted in.")
+    discrete = fixed("ActorCritic", "discrete", _BUILT, "Whether the action space is Discrete (softmax head).")
+    act_dim = fixed("ActorCritic", "act_dim", _BUILT, "Discrete: the number of actions; Box: its width.")
+    hidden = fixed("ActorCritic", "hidden", _BUILT, "The hidden layer widths (a tuple of ints).")
+    shared = fixed("ActorCritic", "shared", _BUILT, "Whether one trunk feeds both heads.")
+    dtype = fixed("ActorCritic", "dtype", _BUILT, "The parameters' float dtype (float32 or float64).")
     actor = _network("actor", "The actor MLP: obs (or trunk features) -> logits / Gaussian means.")
     critic = _network("critic", "The critic MLP: obs (or trunk features) -> V(s).")
     trunk = _network("trunk", "The shared trunk MLP (``shared=True``), else None.")
@@ -206,7 +217,8 @@ class ActorCritic:
         state = dict(state)
         if "temperature" in state:
             state["_temperature"] = real("temperature", state.pop("temperature"), 0.0, low_open=True)
-        self.__dict__.update(renamed_state(state, ("params", "actor", "critic", "trunk")))  # (before the properties)
+        self.__dict__.update(renamed_state(state, ("params", "actor", "critic", "trunk", "obs_dim", "action_space",
+                                                   "discrete", "act_dim", "hidden", "shared", "dtype")))
         if isinstance(self._params, Params):  # (the links are not pickled: made again)
             self._link_params()
 

@@ -533,3 +533,16 @@ def test_a_network_swapped_in_is_linked_and_the_one_swapped_out_is_left_alone():
     removed = pol.params.pop("critic.b1")
     pol.critic.params["b1"] = removed + 1.0
     assert "critic.b1" not in pol.params
+
+
+def test_what_the_networks_were_built_for_is_fixed():
+    """policy.dtype = np.float64 (to "convert" it) converted nothing, and a checkpoint saved then was
+    refused as "damaged or edited"; act_dim, hidden and the like likewise. Fixed now, naming what works."""
+    pol = ActorCritic(3, Discrete(2), hidden=(4,))
+    for name, value in (("dtype", np.float64), ("obs_dim", 5), ("act_dim", 3), ("hidden", (8,)), ("shared", True),
+                        ("discrete", False), ("action_space", Discrete(3))):
+        before = getattr(pol, name)
+        with pytest.raises(AttributeError, match=rf"^ActorCritic\.{name} is fixed at construction: the networks "
+                                                 r"were built for it: a new ActorCritic\(\.\.\.\), or PPOConfig"):
+            setattr(pol, name, value)
+        assert getattr(pol, name) == before
