@@ -410,10 +410,7 @@ class RunningMeanStd:
 
     @count.setter
     def count(self, value: Any) -> None:
-        count = real("count", value, 0.0, low_open=True)
-        if not math.isfinite(count):
-            raise ValueError(f"count must be a finite number > 0, got {count!r}")
-        self._count = count
+        self._count = real("count", value, 0.0, low_open=True)  # (finite: real refuses infinities)
 
     def _statistic(self, name: str, value: Any) -> np.ndarray:
         """``value`` as a float64 copy of the mean's shape, finite (and >= 0 for the variance), or an
