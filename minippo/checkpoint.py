@@ -375,8 +375,8 @@ def _check_loadable(arrays: dict[str, np.ndarray], path: str) -> None:
     """Run the loaders' checks on what :func:`save_checkpoint` is about to write (meta and arrays): a
     trainer whose counters, episode lists, normalisers or parameters were set by hand to what no load
     accepts (``episode_returns.clear()`` alone, ``iteration`` above ``num_timesteps``, a float64
-    ``log_std`` in a float32 policy, ``obs_norm = None``) wrote a file that ``PPO.load`` and
-    ``load_policy`` then refused. ValueError, and nothing written."""
+    ``log_std`` in a float32 policy, a variance written negative in place) wrote a file that ``PPO.load``
+    (and for some, ``load_policy``) then refused. ValueError, and nothing written."""
     from minippo.envs import RunningMeanStd
 
     try:

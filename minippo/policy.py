@@ -176,7 +176,7 @@ class ActorCritic:
     action_space = fixed("ActorCritic", "action_space", _BUILT, "The minippo.spaces Discrete or Box acted in.")
     discrete = fixed("ActorCritic", "discrete", _BUILT, "Whether the action space is Discrete (softmax head).")
     act_dim = fixed("ActorCritic", "act_dim", _BUILT, "Discrete: the number of actions; Box: its width.")
-    hidden = fixed("ActorCritic", "hidden", _BUILT, "The hidden layer widths (a tuple of ints).")
+    hidden = fixed("ActorCritic", "hidden", _BUILT, "The hidden layer widths (a list of ints).")
     shared = fixed("ActorCritic", "shared", _BUILT, "Whether one trunk feeds both heads.")
     dtype = fixed("ActorCritic", "dtype", _BUILT, "The parameters' float dtype (float32 or float64).")
     actor = _network("actor", "The actor MLP: obs (or trunk features) -> logits / Gaussian means.")
