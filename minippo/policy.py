@@ -53,7 +53,11 @@ LOG_STD_MIN, LOG_STD_MAX = -10.0, 2.0
 
 def check_obs(obs: Any, obs_dim: int, dtype: np.dtype) -> np.ndarray:
     """obs (obs_dim,) or (B, obs_dim) of real numbers -> a ``dtype`` array; a wrong shape, a complex
-    or non-numeric value, NaN or inf raises (TypeError / ValueError) naming the observation."""
+    or non-numeric value, NaN or inf raises (TypeError / ValueError) naming the observation; so does a
+    numpy masked array (np.asarray dropped its mask: the numbers under it were acted on)."""
+    if type(obs) is not np.ndarray and isinstance(obs, np.ma.MaskedArray):
+        raise TypeError("obs is a numpy masked array: its mask would be dropped and the numbers under it acted "
+                        "on; pass obs.filled(<a value>) or np.asarray(obs) if those are meant")
     try:
         a = np.asarray(obs)
     except ValueError as e:  # a ragged list ("inhomogeneous shape ...")

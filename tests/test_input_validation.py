@@ -226,6 +226,11 @@ def test_predict_refuses_non_finite_complex_and_non_numeric_observations_and_a_b
                 pol.predict(bad)
         with pytest.raises(TypeError, match="rng must be a numpy.random.Generator .* got int"):
             pol.predict(np.zeros(4), deterministic=False, rng=1)
+        # a masked array's mask was dropped and the number under it (here 1e30) acted on
+        masked = np.ma.array([0.0, 1e30, 0.0, 0.0], mask=[0, 1, 0, 0])
+        with pytest.raises(TypeError, match=r"^obs is a numpy masked array: .* pass obs\.filled\(<a value>\)"):
+            pol.predict(masked)
+        assert pol.predict(masked.filled(0.0)) in (0, 1)
         assert pol.predict(np.zeros(4), deterministic=False, rng=np.random.RandomState(0)) in (0, 1)  # legacy
         assert pol.predict(np.zeros(4, np.int64)) in (0, 1) and pol.predict([True, False, 0, 1]) in (0, 1)
     # finite in float64 but not in the float32 policy: blamed the logits ("logits contains NaN or inf")
