@@ -153,18 +153,7 @@ class ActorCritic:
             self._params["log_std"] = np.full(self.act_dim, log_std_init, dtype=dtype)
         self._link_params()
 
-    @property
-    def params(self) -> dict[str, Array]:
-        """``{"actor.W0": (obs_dim, h), ..., "critic.b1": (1,), ["trunk.*"], ["log_std": (act_dim,)]}``:
-        the arrays the networks compute with (each MLP's ``params`` holds the same ones), which Adam
-        updates and the checkpoints save. Write into them (``params[k][...] = new``); a name rebound to
-        another array (``params[k] = new``) is rebound in the MLP's dict too, and the other way round.
-        The dict itself is fixed: assigning another raises. (A network's ``params`` replaced by another
-        dict, ``policy.actor.params = {...}``, is not linked: the policy's dict keeps its arrays.)"""
-        return self._params
-
-    @params.setter
-    def params(self, value: Any) -> None:
+    def _refuse_params(self, value: Any) -> None:
         # (the networks went on computing with the old arrays, and Adam updating them, while save() wrote
         # the new dict's: a checkpoint of a network that never acted)
         if value is self._params:  # (policy.params |= {...} stores the same dict back)
@@ -172,6 +161,15 @@ class ActorCritic:
         raise AttributeError("ActorCritic.params is fixed at construction (the networks compute with its arrays, "
                              "Adam updates them, checkpoints save them): write into them, "
                              "policy.params[k][...] = new")
+
+    params = property(operator.attrgetter("_params"), _refuse_params, doc="""
+        ``{"actor.W0": (obs_dim, h), ..., "critic.b1": (1,), ["trunk.*"], ["log_std": (act_dim,)]}``:
+        the arrays the networks compute with (each MLP's ``params`` holds the same ones), which Adam
+        updates and the checkpoints save. Write into them (``params[k][...] = new``); a name rebound to
+        another array (``params[k] = new``) is rebound in the MLP's dict too, and the other way round.
+        The dict itself is fixed: assigning another raises. (A network's ``params`` replaced by another
+        dict, ``policy.actor.params = {...}``, is not linked: the policy's dict keeps its arrays.) Read
+        through operator.attrgetter: the fused acts read it on every call.""")
 
     # What the networks were built for (set later, nothing was converted or rebuilt; a checkpoint saved
     # then was refused as "damaged or edited"): another value is another policy.
