@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import operator
 import os
 import sys
 import threading
@@ -359,6 +360,15 @@ def is_next_step(env: Any) -> bool:
 _ON_HOST = "the running statistics live on the host (copy a device array with cupy.asnumpy)"
 
 
+def _statistic_property(name: str, doc: str) -> property:
+    """RunningMeanStd's ``mean`` / ``var``: read through operator.attrgetter (the normalisers read them
+    at every step), set through ``_statistic``'s checks."""
+    def put(self: RunningMeanStd, value: Any) -> None:
+        setattr(self, "_" + name, self._statistic(name, value))
+
+    return property(operator.attrgetter("_" + name), put, doc=doc)
+
+
 class RunningMeanStd:
     """Running mean and variance over a stream of batches (Chan et al. parallel update).
 
@@ -385,23 +395,10 @@ class RunningMeanStd:
     # Settable, checked: set by hand to another shape, a list or an int count, the statistics failed far
     # away (predict blamed the observation's shape; learn raised AttributeError on a list; save wrote, or
     # now refuses, a file no load reads). update() writes the checked values past the setters.
-    @property
-    def mean(self) -> np.ndarray:
-        """The running mean, float64 of one sample's shape. Settable: finite numbers of that shape."""
-        return self._mean
-
-    @mean.setter
-    def mean(self, value: Any) -> None:
-        self._mean = self._statistic("mean", value)
-
-    @property
-    def var(self) -> np.ndarray:
-        """The running variance, float64 of one sample's shape. Settable: finite numbers >= 0 of that shape."""
-        return self._var
-
-    @var.setter
-    def var(self, value: Any) -> None:
-        self._var = self._statistic("var", value)
+    mean = _statistic_property("mean", "The running mean, float64 of one sample's shape. Settable: finite numbers "
+                               "of that shape.")
+    var = _statistic_property("var", "The running variance, float64 of one sample's shape. Settable: finite "
+                              "numbers >= 0 of that shape.")
 
     @property
     def count(self) -> float:

@@ -366,18 +366,28 @@ class PPO:
         self._all_valid.flags.writeable = False  # a consumer writing to it raises instead of corrupting it
         config._freeze()  # what was built from it stays true to it (PPOConfig.__setattr__)
 
-    @property
-    def config(self) -> PPOConfig:
-        """The validated config this trainer was built from (a copy of the one given; fixed: setting a
+    # What the trainer is made of. Set later: another policy acted and took gradients while Adam kept
+    # updating the old one's arrays (a run that trained nothing), another Adam updated another policy,
+    # another env was stepped from the old env's last observation (and close() closed the caller's env).
+    config = fixed("PPO", "config", "the networks, schedules and buffer were built from it: build a new trainer, "
+                   "PPO(config), or resume with overrides, PPO.load(path, **overrides)",
+                   """The validated config this trainer was built from (a copy of the one given; fixed: setting a
         field raises, and so does changing ``env_kwargs`` in place; see :meth:`PPOConfig.replace` and
-        :meth:`load`'s overrides)."""
-        return self._config
-
-    @config.setter
-    def config(self, value: Any) -> None:
-        raise AttributeError("PPO.config is fixed at construction (the networks, schedules and buffer were built "
-                             "from it): build a new trainer, PPO(config), or resume with overrides, "
-                             "PPO.load(path, **overrides)")
+        :meth:`load`'s overrides).""")
+    policy = fixed("PPO", "policy", "Adam and the fused kernels update its arrays: copy parameters into it, "
+                   "model.policy.params[k][...] = other.params[k], or PPO.load a checkpoint",
+                   """The actor-critic this trainer acts with and trains (its ``params`` are the arrays Adam and
+        the fused kernels update).""")
+    optimizer = fixed("PPO", "optimizer", "it updates the policy's arrays, and its moments are saved: the "
+                      "learning rate is config.learning_rate and lr_schedule (PPO.load(path, learning_rate=...) "
+                      "for a resumed run)",
+                      """The Adam over :attr:`policy`'s ``params`` (its moments are saved in checkpoints). Every
+        step takes the learning-rate schedule's value, not ``optimizer.lr``.""")
+    env = fixed("PPO", "env", "the trainer holds the env's last observation, its episodes in progress, and "
+                "whether it is PPO's to close: to train on another env, save() the model and "
+                "PPO.load(path, env=<the env>)",
+                """The vector env this trainer steps: made from ``config.env_id`` (PPO's to close), or the one
+        given as ``PPO(config, env=...)`` (the caller's).""")
 
     # Built from the config, and at a load from the saved config again: set by hand, one acted until the
     # next resume and then silently went back (a schedule, kl_target); obs_norm = None trained without
@@ -396,33 +406,6 @@ class PPO:
     ent_schedule = fixed("PPO", "ent_schedule", _FROM_CONFIG, "The entropy coefficient over progress (config.ent_*).")
 
     @property
-    def optimizer(self) -> Adam:
-        """The Adam over :attr:`policy`'s ``params`` (its moments are saved in checkpoints). Every step
-        takes the learning-rate schedule's value, not ``optimizer.lr``. Fixed: assigning another raises."""
-        return self._optimizer
-
-    @optimizer.setter
-    def optimizer(self, value: Any) -> None:
-        # (an Adam over another policy's arrays: this trainer took gradients and updated that policy)
-        raise AttributeError("PPO.optimizer is fixed at construction (it updates the policy's arrays, and its "
-                             "moments are saved): the learning rate is config.learning_rate and lr_schedule "
-                             "(PPO.load(path, learning_rate=...) for a resumed run)")
-
-    @property
-    def env(self) -> Any:
-        """The vector env this trainer steps: made from ``config.env_id`` (PPO's to close), or the one given
-        as ``PPO(config, env=...)`` (the caller's). Fixed: assigning another raises."""
-        return self._env
-
-    @env.setter
-    def env(self, value: Any) -> None:
-        # (the trainer went on from the old env's last observation and episode counters into the new one,
-        # and close() closed whichever env was there as if PPO had made it)
-        raise AttributeError("PPO.env is fixed at construction (the trainer holds the env's last observation, "
-                             "its episodes in progress, and whether it is PPO's to close): to train on another "
-                             "env, save() the model and PPO.load(path, env=<the env>)")
-
-    @property
     def total_timesteps(self) -> int:
         """The env steps in all that ``learn()`` with no argument trains up to (``config.total_timesteps``
         at first; ``learn(total)`` and a load's override set it; saved in checkpoints). Set by hand, it
@@ -436,20 +419,6 @@ class PPO:
         if total > MAX_TIMESTEPS:
             raise ValueError(f"total_timesteps {TOO_MANY_TIMESTEPS}, got {total}")
         self._total_timesteps = total
-
-    @property
-    def policy(self) -> ActorCritic:
-        """The actor-critic this trainer acts with and trains (its ``params`` are the arrays Adam and the
-        fused kernels update; fixed: assigning another policy raises)."""
-        return self._policy
-
-    @policy.setter
-    def policy(self, value: Any) -> None:
-        # (another trainer's policy put here acted and took gradients while Adam kept updating the old
-        # policy's arrays: a run that trained nothing, without a word)
-        raise AttributeError("PPO.policy is fixed at construction (Adam and the fused kernels update its arrays): "
-                             "copy parameters into it, model.policy.params[k][...] = other.params[k], or "
-                             "PPO.load a checkpoint")
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # copy.copy shared the policy, Adam, RNG, env and buffer while the counters went apart; deepcopy

@@ -2256,8 +2256,8 @@ def test_a_trainers_policy_cannot_be_replaced_and_the_trainer_cannot_be_copied()
 
     m1, m2 = PPO(PPOConfig(**TINY)), PPO(PPOConfig(**TINY))
     try:
-        with pytest.raises(AttributeError, match=r"^PPO\.policy is fixed at construction \(Adam and the fused "
-                                                 r"kernels update its arrays\): copy parameters into it"):
+        with pytest.raises(AttributeError, match=r"^PPO\.policy is fixed at construction: Adam and the fused "
+                                                 r"kernels update its arrays: copy parameters into it"):
             m2.policy = m1.policy
         assert m2.policy is not m1.policy and m2.optimizer.params is m2.policy.params
         for k, p in m1.policy.params.items():  # what the message offers works
@@ -2291,7 +2291,7 @@ def test_a_parameter_rebound_by_hand_is_the_one_trained_saved_and_loaded(tmp_pat
         assert not np.array_equal(algo.policy.actor.params["W0"], start)  # trained
         algo.save(str(tmp_path / "m.npz"))
         np.testing.assert_array_equal(load_policy(str(tmp_path / "m.npz")).predict(obs), algo.predict(obs))
-        with pytest.raises(AttributeError, match=r"^PPO\.optimizer is fixed at construction .*lr_schedule "
+        with pytest.raises(AttributeError, match=r"^PPO\.optimizer is fixed at construction: .*lr_schedule "
                                                  r"\(PPO\.load\(path, learning_rate=\.\.\.\)"):
             algo.optimizer = Adam(algo.policy.params)
 
@@ -2304,7 +2304,7 @@ def test_a_trainers_env_cannot_be_replaced(tmp_path):
     with PPO(PPOConfig(**TINY)) as algo:
         algo.learn()
         made = algo.env
-        with pytest.raises(AttributeError, match=r"^PPO\.env is fixed at construction .* save\(\) the model "
+        with pytest.raises(AttributeError, match=r"^PPO\.env is fixed at construction: .* save\(\) the model "
                                                  r"and PPO\.load\(path, env=<the env>\)$"):
             algo.env = other
         assert algo.env is made
