@@ -118,7 +118,7 @@ def main() -> None:
     config = PPOConfig(env_id="Reach", n_envs=8, n_steps=64, batch_size=128, n_epochs=10,
                        learning_rate=3e-3, gamma=0.9, total_timesteps=args.timesteps, seed=0)
     model = PPO(config, env=Reach(config.n_envs))
-    before = evaluate_policy(model.policy, None, 20, env=OneReach())["mean_return"]
+    before = evaluate_policy(model, None, 20, env=OneReach())["mean_return"]  # (the trainer: its obs statistics too)
     model.learn()
     model.save(args.out)
 

@@ -31,7 +31,7 @@ from numba import njit
 
 from minippo._checks import finite, real
 from minippo.distributions import action_indices, log_std_in_range, log_std_limit
-from minippo.optim import Adam
+from minippo.optim import Adam, check_step_norm, step_norm_limit
 from minippo.ppo import check_batch_keys
 
 from .cpu import (
@@ -408,14 +408,15 @@ def _sum_squares(g):
 
 
 @njit(**_JIT_EXACT)
-def _clip_adam(params, offsets, g, m, v, sc, max_norm):
+def _clip_adam(params, offsets, g, m, v, sc, max_norm, limit):
     """Global-norm clip of the flat gradient g, then Adam on every parameter (1-D views), in place.
 
     sc holds the scalars in the arrays' dtype, as numpy rounds Python floats (NEP 50):
     [b1, 1 - b1, b2, 1 - b2, c2, eps, lr / c1, scratch]. Returns the norm before clipping; when it is not
-    finite nothing is written. Each update line is numpy's (minippo.optim.Adam.step), same order."""
+    finite, or past ``limit`` after clipping (minippo.optim.step_norm_limit: its squares would overflow
+    the dtype), nothing is written. Each update line is numpy's (minippo.optim.Adam.step), same order."""
     norm = math.sqrt(_sum_squares(g))
-    if not math.isfinite(norm):
+    if not math.isfinite(norm) or (max_norm if max_norm > 0 and norm > max_norm else norm) > limit:
         return norm
     if max_norm > 0 and norm > max_norm:
         sc[7] = max_norm / (norm + 1e-12)  # rounded to the dtype by the store, as numpy would
@@ -495,6 +496,7 @@ class FusedUpdate:
         self.flat_params = tuple(params[k].reshape(-1) for k in slices)
         self.offsets = np.array([sl.start for sl, _ in slices.values()], np.int64)
         self.sc = np.zeros(8, dt)
+        self.norm_limit = step_norm_limit(dt)  # (the largest norm, after clipping, that a step in dt takes)
         self.stats = np.zeros(N_STATS, np.float64)
         self.vclip_on = bool(config.clip_vloss)
         self.vclip = np.zeros(1, dt)
@@ -587,7 +589,8 @@ class FusedUpdate:
         ``policy.clamp_log_std()``.
 
         Returns the gradient norm before clipping (NaN when not clipping, as the trainer logs it).
-        Raises FloatingPointError, with nothing updated, when the norm is not finite."""
+        Raises FloatingPointError, with nothing updated, where Adam.step does (not finite, or too large for
+        the dtype: minippo.optim.check_step_norm)."""
         lr = real("lr", lr, 0.0)  # as Adam.step and NumpyStep.step check them (NaN > 0 is False: it
         max_grad_norm = real("max_grad_norm", max_grad_norm)  # skipped clipping; a NaN lr wrote NaN)
         opt = self.optimizer
@@ -598,10 +601,13 @@ class FusedUpdate:
         # t counted before the moments move, as Adam.step does: a Ctrl-C landing as the kernel returns
         # leaves no moments with a step count that has not counted them (load_state_dict refuses t = 0 then)
         opt.t = t
-        norm = _clip_adam(self.flat_params, self.offsets, self.g, opt._m, opt._v, self.sc, max(max_grad_norm, 0.0))
-        if not math.isfinite(norm):
+        norm = _clip_adam(self.flat_params, self.offsets, self.g, opt._m, opt._v, self.sc, max(max_grad_norm, 0.0),
+                          self.norm_limit)
+        try:
+            check_step_norm(norm, max_grad_norm, self.g.dtype)  # (the kernel's own test, with its message)
+        except FloatingPointError:
             opt.t = t - 1  # (nothing was updated)
-            raise FloatingPointError(f"gradient norm is {norm}")
+            raise
         self.policy.clamp_log_std()  # as NumpyStep.step does
         return norm if max_grad_norm > 0 else math.nan
 

@@ -194,6 +194,16 @@ def cast_quietly(a: np.ndarray, dtype: Any) -> np.ndarray:
         return a.astype(dtype)
 
 
+def reset_obs(result: Any, env_name: str) -> Any:
+    """The observation of an env's ``reset()`` result, which must be a pair (obs, info) as in gymnasium:
+    unpacked as one, an obs-only reset of a 2-row array gave its rows as obs and info, and a triple
+    "too many values to unpack", naming neither the env nor reset."""
+    if not (isinstance(result, tuple) and len(result) == 2):
+        got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+        raise TypeError(f"env {env_name!r} returned {got} from reset(); expected a pair (obs, info)")
+    return result[0]
+
+
 def int_list(value: Any) -> list[int] | None:
     """``value`` as a list of Python ints if it is an ordered iterable of integers (numpy ints and 0-d
     integer arrays included, bools not) other than a string, else None. (A string "64" would iterate as

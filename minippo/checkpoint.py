@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from minippo import __version__
-from minippo._checks import fixed, flag, integer, renamed_state
+from minippo._checks import fixed, flag, integer, renamed_state, reset_obs
 from minippo.policy import ActorCritic, check_obs
 from minippo.spaces import is_kind
 
@@ -952,6 +952,9 @@ def evaluate_policy(
     std_return, returns, lengths, cut (episodes ended by ``max_steps``). ``policy``: a trainer's
     ActorCritic (``obs_norm``, frozen, normalises its observations), a loaded :class:`Policy` (it
     normalises itself), or a :class:`~minippo.ppo.PPO` trainer (its policy and observation statistics).
+    An ActorCritic without ``obs_norm`` plays the raw observations: for a model trained with
+    ``norm_obs``, pass the trainer itself (``model``, not ``model.policy``: a Pendulum policy scored
+    -1229 that way against -280 with its statistics, in session 68's audit).
 
     The env is ``gymnasium.make(env_id, **env_kwargs)``, or ``env`` when given: a single (not
     vector) gymnasium env, e.g. wrapped as the policy was in training; it is reset with the
@@ -1044,7 +1047,7 @@ def evaluate_policy(
     returns, lengths, cut = [], [], 0
     try:
         for ep in range(n_episodes):
-            obs, _ = env.reset(seed=seed + ep)
+            obs = reset_obs(env.reset(seed=seed + ep), env_id)
             finite(obs, 0.0, ep, 0)
             total, length, done = 0.0, 0, False
             while not done:

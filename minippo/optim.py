@@ -127,7 +127,8 @@ class Adam:
         it is. Returns the norm before clipping, or NaN when not clipping. A non-finite norm (NaN or
         inf anywhere in ``grads``) raises FloatingPointError before anything changes (parameters,
         moments, ``t``), clipping or not, as the fused numba step does (without clipping, a NaN
-        would have gone into every parameter through the shared second moment's sum).
+        would have gone into every parameter through the shared second moment's sum); so does a
+        norm, after clipping, whose square overflows the parameters' dtype (:func:`check_step_norm`).
 
         On a GPU (cupy parameters, all C-contiguous) the gather into the flat gradient and the update
         are the two kernels of ``kernels/adam.cu``, which give the same bits as the array operations
@@ -169,8 +170,7 @@ class Adam:
         # The update itself (the class docstring's lines): the global-norm clip, then Adam on the flat vector g
         g64 = g.astype(np.float64, copy=False)
         norm, scale = math.sqrt(float(np.vdot(g64, g64))), 1.0  # (on a GPU: the one read-back)
-        if not math.isfinite(norm):
-            raise FloatingPointError(f"gradient norm is {norm}")
+        check_step_norm(norm, max_grad_norm, g.dtype)
         if max_grad_norm <= 0:  # not clipping: NaN returned, as documented
             norm = math.nan
         elif norm > max_grad_norm:
@@ -266,6 +266,32 @@ def _dict(name: str, value: Any) -> None:
     """TypeError naming ``name`` unless ``value`` is a dict (of arrays, keyed like the parameters)."""
     if not isinstance(value, dict):
         raise TypeError(f"{name} must be a dict of arrays keyed like the parameters, got {type(value).__name__}")
+
+
+def step_norm_limit(dtype: Any) -> float:
+    """The largest gradient norm, after clipping, that an Adam step takes in ``dtype``: half the square
+    root of the dtype's largest number (~9.2e18 in float32). Every entry g_i of the gradient has
+    |g_i| <= its norm, so below it no g_i * g_i overflows, nor does the second moment v, an average of
+    them (v / (1 - beta2^t) is at most the largest g_i^2 seen); the half covers the roundings."""
+    return math.sqrt(float(np.finfo(dtype).max)) / 2
+
+
+def check_step_norm(norm: float, max_grad_norm: float, dtype: Any) -> None:
+    """Raise FloatingPointError when an Adam step in ``dtype`` cannot take a gradient of global norm
+    ``norm`` (before clipping to ``max_grad_norm``; <= 0: not clipped): a NaN or inf norm, or one past
+    :func:`step_norm_limit` after clipping, whose squares overflow the second moment to inf, after
+    which the parameters it covers stop moving for good (their steps are m / inf = 0)."""
+    if not math.isfinite(norm):
+        raise FloatingPointError(f"gradient norm is {norm}")
+    limit = step_norm_limit(dtype)
+    clipped = max_grad_norm > 0 and norm > max_grad_norm
+    if (max_grad_norm if clipped else norm) > limit:
+        how = (f"clipped to max_grad_norm={max_grad_norm:.4g}" if clipped else "not clipped: max_grad_norm <= 0"
+               if max_grad_norm <= 0 else f"not clipped: max_grad_norm={max_grad_norm:.4g} is larger")
+        raise FloatingPointError(
+            f"gradient norm is {norm:.4g} ({how}), past {limit:.3g}, where its squares overflow Adam's "
+            f"{np.dtype(dtype)} second moment to inf and the parameters stop moving: clip the gradients "
+            "(max_grad_norm > 0) or scale the rewards (norm_reward)")
 
 
 def global_norm(grads: dict[str, Array]) -> float:

@@ -20,13 +20,13 @@ import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from minippo import backend, losses
-from minippo._checks import array, cast_quietly, deferred_checks, fixed, integer, real
+from minippo._checks import array, cast_quietly, deferred_checks, fixed, integer, real, reset_obs
 from minippo.buffer import RolloutBuffer
 from minippo.config import (
     MAX_TIMESTEPS,
@@ -59,8 +59,8 @@ class TotalReached(ValueError):
 
 
 class NonFiniteEnvError(ValueError):
-    """The env returned a NaN or inf observation or reward, or an observation beyond the policy's dtype's
-    range (training stops before it is used)."""
+    """The env returned a NaN or inf observation or reward, or one beyond the policy's dtype's range
+    (training stops before it is used)."""
 
 
 def check_batch_keys(batch: dict[str, Array], objective: str) -> None:
@@ -195,6 +195,8 @@ def explained_variance(y_pred: Array, y_true: Array) -> float:
                          f"{tuple(y_true.shape)}")
     if y_true.size == 0:  # a rollout of masked reset steps only (np.var would warn)
         return float("nan")
+    # in float64: float32 squares overflow from returns of ~1e19 (a warning, and an EV of NaN)
+    y_true, y_pred = y_true.astype(np.float64, copy=False), y_pred.astype(np.float64, copy=False)
     var = float(np.var(y_true))
     return float("nan") if var == 0 else 1.0 - float(np.var(y_true - y_pred)) / var
 
@@ -462,6 +464,9 @@ class PPO:
         buffer sees it: a wrong shape or dtype raises ValueError / TypeError naming the env; a NaN, inf or
         value beyond ``self.dtype``'s range NonFiniteEnvError. ``what``, ``where``: which observations, for
         messages ("observation", " on reset"); ``envs``: the rows' sub-envs (default all)."""
+        if isinstance(obs, np.ma.MaskedArray):  # (its mask was dropped and the numbers under it acted on)
+            raise TypeError(f"env {self.env_name!r} returned {what}s{where} as a numpy masked array; expected a "
+                            "plain array")
         a = np.asarray(obs)
         if a.dtype == object:  # e.g. info["final_obs"] as gymnasium builds it, np.array(rows, dtype=object),
             try:  # which is 2-D when every row ended at once
@@ -560,8 +565,9 @@ class PPO:
                 n = self.config.n_envs
                 seed = train_reset_seed(self.config.seed, self.num_timesteps, n)
                 self._in_env_call = True
-                obs, _ = self.env.reset(seed=seed)
+                obs = self.env.reset(seed=seed)
                 self._in_env_call = False
+                obs = reset_obs(obs, self.env_name)
                 self._obs = self._env_obs(obs, n, " on reset")
             self._fill_buffer()
         except BaseException as e:  # (a Ctrl-C too)
@@ -594,12 +600,23 @@ class PPO:
         given to it is its owner's: refused by the next rollouts (RuntimeError), with what to do."""
         if self._env_refused is not None:
             return
-        state = getattr(getattr(self.env, "unwrapped", self.env), "_state", None)  # (AsyncVectorEnv's)
+        unwrapped = getattr(self.env, "unwrapped", self.env)
+        state = getattr(unwrapped, "_state", None)  # (AsyncVectorEnv's)
         # (an env whose _state is not gymnasium's AsyncState is not an async one: its next reset is enough)
         cut, self._env_cut = self._env_cut and hasattr(state, "value"), False
-        if getattr(state, "value", "default") == "default" and not self._env_lost and not cut:
+        # A worker whose env raised is shut down by gymnasium, its pipe set to None, with _state back to
+        # default: the env's next call failed inside gymnasium ('NoneType' object has no attribute 'send')
+        pipes = getattr(unwrapped, "parent_pipes", None) if hasattr(state, "value") else None
+        shut = isinstance(pipes, list) and any(p is None for p in pipes) and not getattr(unwrapped, "closed", False)
+        if getattr(state, "value", "default") == "default" and not self._env_lost and not cut and not shut:
             return
         if not self._owns_env:
+            if shut:
+                self._env_refused = (
+                    f"the env given to this PPO lost the async worker(s) of sub-env(s) "
+                    f"{[i for i, p in enumerate(pipes) if p is None]} (gymnasium shuts down a worker whose env "
+                    "raised): it cannot step again; save the model and PPO.load(path, env=<a new env>)")
+                return
             call = state.value if state.value != "default" else "step or reset (as it sent to its workers)"
             self._env_refused = (
                 f"the env given to this PPO was interrupted inside an async {call} (its workers' results "
@@ -620,6 +637,9 @@ class PPO:
         cfg, buf, xp = self.config, self.buffer, self.xp
         n = cfg.n_envs
         next_step = self.next_step
+        # A finite reward past the policy's dtype's range was stored as inf, and surfaced an iteration later as
+        # an error about the advantages; norm_reward scales it (in float64) before it is stored, and clips it
+        reward_limit = float(np.finfo(np.float64 if self.reward_scaler is not None else self.dtype).max)
         for t in range(cfg.n_steps):
             # SAME_STEP: every step is real (_fake_next stays all False): one shared all-True mask
             valid = ~self._fake_next if next_step else self._all_valid
@@ -635,23 +655,34 @@ class PPO:
             self._in_env_call = True  # (collect_rollout: a Ctrl-C inside it)
             next_obs, reward, term, trunc, info = self.env.step(env_actions)
             self._in_env_call = False
-            reward = np.array(reward, dtype=np.float64)  # a copy: the bootstrap below writes into it
-            term, trunc = np.asarray(term, dtype=bool), np.asarray(trunc, dtype=bool)
+            reward, term, trunc = np.asarray(reward), np.asarray(term), np.asarray(trunc)
+            if not (reward.dtype.kind in "biuf" and term.dtype.kind in "biuf" and trunc.dtype.kind in "biuf"):
+                self._refuse_kinds(reward, term, trunc)  # (strings were parsed: "False" as a done flag)
+            reward = reward.astype(np.float64)  # a copy: the bootstrap below writes into it
+            term, trunc = term.astype(bool, copy=False), trunc.astype(bool, copy=False)
             if not reward.shape == term.shape == trunc.shape == (n,):
                 raise ValueError(f"env {self.env_name!r} returned rewards, terminations and truncations of shapes "
                                  f"{reward.shape}, {term.shape}, {trunc.shape}; expected ({n},) each: one per sub-env")
-            if not np.isfinite(reward).all():
-                self._raise_non_finite("reward", reward)
+            if not np.abs(reward).max() <= reward_limit:  # (False for a NaN)
+                with np.errstate(over="ignore"):
+                    self._raise_non_finite("reward", reward, cast=reward.astype(self.dtype))
             next_obs = self._env_obs(next_obs, n)
             done = term | trunc
             any_done = bool(done.any())  # most steps end no episode: the per-episode work below is skipped
             if not next_step and any_done:  # SAME_STEP: the final observations are in info
                 ends = np.flatnonzero(done)
+                if not isinstance(info, Mapping):
+                    raise TypeError(f"env {self.env_name!r} returned info of type {type(info).__name__} at an "
+                                    "episode's end (SAME_STEP autoreset mode); expected a dict holding "
+                                    "info['final_obs']")
                 if "final_obs" not in info:
                     raise ValueError(f"env {self.env_name} ended an episode in SAME_STEP autoreset mode (its "
                                    "metadata['autoreset_mode']) without info['final_obs']: a same-step vector env "
                                    "returns the reset observation and puts the final one in info['final_obs'] "
                                    "(one row per sub-env), as gymnasium's do")
+                if len(info["final_obs"]) != n:  # (fewer rows: an IndexError below)
+                    raise ValueError(f"env {self.env_name!r} returned info['final_obs'] of {len(info['final_obs'])} "
+                                     f"rows; expected {n}: one per sub-env")
                 finals = self._env_obs(np.stack([info["final_obs"][i] for i in ends]), len(ends),
                                        " (info['final_obs'])", ends, "final observation")
             self._track_episodes(reward, done, valid, any_done, next_step)
@@ -687,18 +718,27 @@ class PPO:
             self._pending_boot[:] = False
         buf.compute_returns(last_values, cfg.gamma, cfg.gae_lambda, cfg.advantage_estimator)
 
+    def _refuse_kinds(self, reward: np.ndarray, term: np.ndarray, trunc: np.ndarray) -> None:
+        """A step's rewards and flags must be real numbers (bools for the flags): strings were parsed as
+        numbers, "False" read as a done flag, None as not done, and a complex reward lost its imaginary part."""
+        for what, a in (("rewards", reward), ("terminations", term), ("truncations", trunc)):
+            if a.dtype.kind not in "biuf":
+                raise TypeError(f"env {self.env_name!r} returned {what} of dtype {a.dtype}; expected "
+                                f"{'real numbers' if what == 'rewards' else 'bools'}, one per sub-env: {a!r}")
+
     def _raise_non_finite(self, what: str, a: np.ndarray, envs: np.ndarray | None = None,
                           cast: np.ndarray | None = None) -> None:
         """A NaN or inf from the env stops training before it reaches the normalisers or the buffer.
         ``a`` (M, ...): the env's ``what`` (rewards or observations), rows of the sub-envs ``envs``
-        (default: all, in order); ``cast``: the observations as ``self.dtype``, where a finite value
-        beyond its range became inf."""
+        (default: all, in order); ``cast``: ``a`` as ``self.dtype``, where a finite value beyond its range
+        became inf."""
         bad = np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(axis=1))
         kind = f"a non-finite {what}"
         if not len(bad) and cast is not None:
             bad = np.flatnonzero(~np.isfinite(cast.reshape(len(cast), -1)).all(axis=1))
+            scale = "the rewards (norm_reward)" if what == "reward" else "the observations"
             kind = (f"{'an' if what[0] in 'aeiou' else 'a'} {what} beyond the policy's {self.dtype} range (|x| <= "
-                    f"{np.finfo(self.dtype).max:.4g}; scale the observations, or train with dtype='float64')")
+                    f"{np.finfo(self.dtype).max:.4g}; scale {scale}, or train with dtype='float64')")
         ids = bad if envs is None else envs[bad]
         raise NonFiniteEnvError(f"env {self.env_name!r} returned {kind} in sub-env(s) {ids.tolist()} at step "
                                 f"{self.num_timesteps}: {a[bad[0]]}")

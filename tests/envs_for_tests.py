@@ -1,5 +1,7 @@
 """Tiny hand-made gymnasium envs whose correct returns can be written down."""
 
+import os
+
 import gymnasium as gym
 import numpy as np
 
@@ -67,16 +69,19 @@ def register():
 
 class Probe(gym.Env):
     """An env with the given spaces: observations are zeros of the observation space's shape (``value``,
-    NaN by default, from step ``nan_at`` on, if given; step 0 is the reset), reward 1, never terminates;
+    NaN by default, from step ``nan_at`` on, if given; step 0 is the reset), reward 1 (``reward`` at step
+    ``reward_at``, if given), never terminates;
     records whether every action it was sent lay in its action space (``Probe.log``, shared by all
     instances)."""
 
     log: list = []
 
-    def __init__(self, observation_space=None, action_space=None, nan_at=None, value=np.nan):
+    def __init__(self, observation_space=None, action_space=None, nan_at=None, value=np.nan, reward_at=None,
+                 reward=1.0):
         self.observation_space = observation_space or gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.action_space = action_space or gym.spaces.Discrete(2)
         self.nan_at, self.value, self.t = nan_at, value, 0
+        self.reward_at, self.reward = reward_at, reward
 
     def _obs(self):
         obs = self.observation_space.sample() * 0
@@ -92,7 +97,7 @@ class Probe(gym.Env):
     def step(self, action):
         Probe.log.append(bool(self.action_space.contains(action)))
         self.t += 1
-        return self._obs(), 1.0, False, False, {}
+        return self._obs(), self.reward if self.t == self.reward_at else 1.0, False, False, {}
 
 
 def register_probe(env_id, max_episode_steps=None, **kwargs):
@@ -100,3 +105,25 @@ def register_probe(env_id, max_episode_steps=None, **kwargs):
     if env_id in gym.registry:
         del gym.registry[env_id]
     gym.register(env_id, entry_point=Probe, max_episode_steps=max_episode_steps, kwargs=kwargs)
+
+
+class RaiseOnce(Probe):
+    """A :class:`Probe` whose step ``at`` (counted from its making) raises RuntimeError("env broke"), once
+    for all instances and processes: only while the file ``flag`` does not exist (it is created then). In
+    an async vector env, gymnasium shuts down the worker whose env raised."""
+
+    def __init__(self, flag, at, **kwargs):
+        super().__init__(**kwargs)
+        self.flag, self.at, self.steps = flag, at, 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == self.at and not os.path.exists(self.flag):
+            open(self.flag, "w").close()
+            raise RuntimeError("env broke")
+        return super().step(action)
+
+
+RAISE_ONCE_ID = "minippo-test/RaiseOnce-v0"
+if RAISE_ONCE_ID not in gym.registry:
+    gym.register(RAISE_ONCE_ID, entry_point=RaiseOnce, max_episode_steps=8)

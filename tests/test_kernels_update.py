@@ -35,7 +35,7 @@ from minippo.kernels import cpu_update  # noqa: E402
 
 from minippo import backend  # noqa: E402
 from minippo.config import PPOConfig  # noqa: E402
-from minippo.optim import Adam, clip_grad_norm  # noqa: E402
+from minippo.optim import Adam, clip_grad_norm, step_norm_limit  # noqa: E402
 from minippo.policy import LOG_STD_MAX, LOG_STD_MIN, ActorCritic  # noqa: E402
 from minippo.ppo import NumpyStep, loss_and_grads  # noqa: E402
 from minippo.spaces import Box, Discrete  # noqa: E402
@@ -597,6 +597,34 @@ def test_the_fused_step_counts_the_step_before_the_moments_move(monkeypatch):
         fu.step(1e-3, 0.5)
     assert adam.t == 1 and adam._m.any()
     Adam(pol.params).load_state_dict(adam.state_dict())  # (a save of this state loads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fused_step_refuses_a_norm_whose_squares_overflow_the_moments(dtype):
+    """As Adam.step does (optim.check_step_norm, same message): without clipping, a float32 gradient of
+    norm 1e20 passed and its squares made the second moment inf, freezing the parameters it covers. Nothing
+    is written and t is not counted; a norm just below the limit is taken, and clipping takes any."""
+    limit = step_norm_limit(dtype)
+    pol = _policy(dtype, True, (8,), "tanh", 1)
+    adam = Adam(pol.params)
+    fu = cpu_update.make(pol, adam, PPOConfig(), only_if_faster=False)
+    before = {k: p.copy() for k, p in pol.params.items()}
+    ref = Adam({k: p.copy() for k, p in pol.params.items()})
+    for max_norm, how in ((0.0, "not clipped: max_grad_norm <= 0"), (1.2 * limit, "clipped to max_grad_norm=")):
+        for g in fu.grads().values():
+            g.fill(0)
+        fu.grads()["critic.b0"][0] = 1.5 * limit
+        with pytest.raises(FloatingPointError) as e:
+            fu.step(1e-3, max_norm)
+        with pytest.raises(FloatingPointError) as e_ref:
+            ref.step({k: g.copy() for k, g in fu.grads().items()}, 1e-3, max_norm)
+        assert how in str(e.value) and str(e.value) == str(e_ref.value)
+        assert adam.t == 0 and not adam._m.any() and not adam._v.any()
+        assert all((pol.params[k] == before[k]).all() for k in before)
+    for max_norm in (0.0, 0.5):
+        fu.grads()["critic.b0"][0] = 0.99 * limit if max_norm == 0 else 1.5 * limit
+        fu.step(1e-3, max_norm)
+    assert adam.t == 2 and np.isfinite(adam._v).all() and np.isfinite(pol.params["critic.b0"]).all()
 
 
 @pytest.mark.parametrize("discrete", [True, False])

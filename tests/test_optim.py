@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minippo.optim import Adam, Schedule, clip_grad_norm, global_norm
+from minippo.optim import Adam, Schedule, clip_grad_norm, global_norm, step_norm_limit
 
 FAST = settings(max_examples=40, deadline=None)
 finite = st.floats(-10, 10, allow_nan=False, width=64)
@@ -342,6 +342,37 @@ def test_adam_step_clip_errors_change_nothing():
     want = math.sqrt(2 * float(np.float32(1e20)) ** 2 + float(np.float32(3e19)) ** 2)
     assert Adam(p32).step(big, max_grad_norm=1.0) == pytest.approx(want, rel=1e-12)
     assert np.isfinite(p32["a"]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_refuses_a_norm_whose_squares_overflow_its_second_moment(dtype):
+    """Not clipping (max_grad_norm <= 0, or a max_grad_norm past the limit), a float32 gradient entry of
+    1e20 passed the finite-norm check (summed in float64) and its square overflowed v to inf: every
+    parameter it covered then stepped by m / inf = 0 for good, silently (session 68's audit: one reward
+    of 1e30 froze the whole critic, and save() then refused the model). It raises now, nothing changed;
+    just below optim.step_norm_limit the step is taken and v stays finite (the limit is not stricter
+    than it must be by more than its factor 2)."""
+    limit = step_norm_limit(dtype)
+    assert limit == math.sqrt(float(np.finfo(dtype).max)) / 2
+    params = {"a": np.ones(2, dtype), "b": np.ones(3, dtype)}
+    opt = Adam(params)
+    for max_grad_norm, how in ((0.0, r"not clipped: max_grad_norm <= 0"), (-1.0, "not clipped"),
+                               (limit * 8, r"not clipped: max_grad_norm=.* is larger"),
+                               (limit * 1.2, r"clipped to max_grad_norm=")):
+        big = {"a": np.array([1.5 * limit, 0], dtype), "b": np.zeros(3, dtype)}  # (float64: < its norm's limit)
+        with pytest.raises(FloatingPointError, match=rf"gradient norm is .* \({how}.*\), past .*overflow Adam's "
+                           f"{np.dtype(dtype)} second moment to inf.*max_grad_norm > 0.*norm_reward"):
+            opt.step(big, max_grad_norm=max_grad_norm)
+        assert opt.t == 0 and not opt._m.any() and not opt._v.any() and (params["a"] == 1).all()
+    for max_grad_norm in (0.0, limit * 0.9):  # taken: unclipped just below the limit, or clipped to below it
+        g = {"a": np.array([0.99 * limit, 0], dtype), "b": np.zeros(3, dtype)}
+        opt.step(g, max_grad_norm=max_grad_norm)
+        opt.step({"a": np.array([1.5 * limit, 0], dtype), "b": np.zeros(3, dtype)}, max_grad_norm=limit * 0.9)
+        assert np.isfinite(opt._v).all() and np.isfinite(opt._m).all() and np.isfinite(params["a"]).all()
+    assert opt.t == 4
+    # the overflow the check prevents: the square of an entry past twice the limit is inf
+    with np.errstate(over="ignore"):
+        assert np.isinf(dtype(2.01 * limit) * dtype(2.01 * limit)) and np.isfinite(dtype(limit) * dtype(limit))
 
 
 # ---------------------------------------------------------------- schedules

@@ -231,6 +231,24 @@ def test_evaluate_policy_samples_from_the_generator_it_is_given():
 
 
 
+def test_evaluation_refuses_a_reset_that_is_not_a_pair():
+    """Session 68: an obs-only reset of 2 numbers was unpacked into obs = 0.0 and info = 0.0, and
+    evaluation failed on the policy's input; a triple ended in "too many values to unpack"."""
+
+    class ObsOnly(Echo):
+        def reset(self, seed=None):
+            return super().reset(seed)[0]
+
+    class Triple(Echo):
+        def reset(self, seed=None):
+            return (*super().reset(seed), None)
+
+    for env, got in ((ObsOnly(), "ndarray"), (Triple(), "a tuple of 3")):
+        with pytest.raises(TypeError, match=rf"^env '{type(env).__name__}' returned {got} from reset\(\); "
+                                            r"expected a pair \(obs, info\)$"):
+            evaluate_policy(_echo_policy(), None, 2, env=env)
+
+
 class BrokenEcho(Echo):
     """Echo whose step ``at`` (0: the reset) returns a NaN or inf in ``what``."""
 

@@ -252,6 +252,52 @@ def test_an_observation_beyond_the_policys_float32_range_is_named(at):
     assert np.isfinite(algo.buffer.values).all()
 
 
+def test_a_reward_beyond_the_policys_float32_range_is_named():
+    """A float64 reward of 1e39 is finite: it passed the check, was stored as inf and surfaced an
+    iteration later as 'adv contains NaN or inf', naming neither the env nor the reward (session 68's
+    audit). norm_reward scales it in float64 before it is stored, and a float64 policy holds it."""
+    from minippo.ppo import NonFiniteEnvError
+
+    register_probe("minippo-test/Probe-v0", 8, reward_at=3, reward=1e39)
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY))
+    import warnings
+
+    with warnings.catch_warnings(record=True) as shown, pytest.raises(
+            NonFiniteEnvError, match=r"^env 'minippo-test/Probe-v0' returned a reward beyond the policy's float32 "
+                                     r"range \(\|x\| <= 3\.403e\+38; scale the rewards \(norm_reward\), or train "
+                                     r"with dtype='float64'\) in sub-env\(s\) \[0, 1\] at step 4: 1e\+39$"):
+        warnings.simplefilter("always")
+        algo.collect_rollout()
+    assert [w for w in shown if issubclass(w.category, RuntimeWarning)] == []  # (no cast warning before it)
+    with pytest.raises(RuntimeError, match=r"^update\(\) needs a complete rollout"):
+        algo.update(0.0)
+    for kwargs in ({"norm_reward": True}, {"dtype": "float64"}):
+        algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, **kwargs))
+        algo.collect_rollout()
+        assert np.isfinite(algo.buffer.rewards).all()
+        algo.update(0.0)
+
+
+def test_a_gradient_too_large_for_adam_in_float32_stops_training(tmp_path):
+    """One reward of 1e30 with clipping off (max_grad_norm=0) gave a gradient whose squares overflowed
+    Adam's float32 second moment: the critic's parameters stopped moving for good, silently, and the
+    final save() refused the model as damaged (session 68's audit). The update raises now, naming the
+    cause, with nothing updated; the model saves. Clipped (the default), the same run trains."""
+    register_probe("minippo-test/Probe-v0", 8, reward_at=3, reward=1e30)
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, max_grad_norm=0))
+    before = {k: p.copy() for k, p in algo.policy.params.items()}
+    with pytest.raises(FloatingPointError, match=r"^iteration 1: gradient norm is .* \(not clipped: max_grad_norm "
+                                                 r"<= 0\), past 9\.22e\+18, where its squares overflow Adam's float32 "
+                                                 r"second moment to inf .*\(no parameter was updated with it\)$"):
+        algo.learn()
+    assert algo.optimizer.t == 0 and not algo.optimizer._v.any()
+    assert all((algo.policy.params[k] == before[k]).all() for k in before)
+    algo.save(tmp_path / "m.npz")
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY))
+    algo.learn()
+    assert np.isfinite(algo.optimizer._v).all() and algo.optimizer._v.max() < 1e30
+
+
 class Shaped:
     """A vector env of 2 sub-envs with 3-D observations (same-step autoreset) that returns its
     observations, rewards or termination flags in the shape ``bad`` maps them to."""
@@ -271,7 +317,8 @@ class Shaped:
         return self.bad[1](obs) if self.bad[0] == where else obs
 
     def reset(self, seed=None):
-        return self._obs("reset"), {}
+        result = self._obs("reset"), {}
+        return self.bad[1](result) if self.bad[0] == "reset_result" else result
 
     def step(self, actions):
         reward, term = np.ones(2), np.zeros(2, bool)
@@ -317,6 +364,28 @@ class Lockstep:
         pass
 
 
+@pytest.mark.parametrize("info, shown", [
+    (None, TypeError(r"returned info of type NoneType at an episode's end \(SAME_STEP autoreset mode\); expected a "
+                     r"dict holding info\['final_obs'\]")),
+    ([1, 2], TypeError(r"returned info of type list at an episode's end")),
+    ("short", ValueError(r"returned info\['final_obs'\] of 1 rows; expected 2: one per sub-env")),
+])
+def test_a_same_step_env_ending_an_episode_without_a_usable_info_is_named(info, shown):
+    """Session 68's audit: info None gave "argument of type 'NoneType' is not iterable", a list "truth
+    value ... ambiguous", and info['final_obs'] with fewer rows than sub-envs an IndexError."""
+
+    class Bad(Lockstep):
+        def step(self, actions):
+            obs, r, term, trunc, good = super().step(actions)
+            if not good:
+                return obs, r, term, trunc, good
+            return obs, r, term, trunc, {"final_obs": good["final_obs"][:1]} if info == "short" else info
+
+    algo = PPO(PPOConfig(**TINY), env=Bad(list))
+    with pytest.raises(type(shown), match=rf"^env 'Bad' {shown.args[0]}"):
+        algo.collect_rollout()
+
+
 def test_final_observations_as_an_object_array_of_equal_rows_are_taken():
     """gymnasium's np.array(rows, dtype=object) is 2-D when every sub-env ended at once (equal rows):
     the new observation check refused its dtype; it is read as the numbers it holds."""
@@ -339,13 +408,25 @@ def test_final_observations_as_an_object_array_of_equal_rows_are_taken():
                                  r"expected \(2,\) each"),
     (("step", lambda o: np.array([None, *o[1:]], dtype=object)), r"observations that are not all numbers"),
     (("step", lambda o: o.astype(str)), r"observations of dtype <U32; expected real numbers"),
+    # session 68's audit: strings were parsed ("False" as a done flag), None read as not done, a complex reward
+    # lost its imaginary part with a warning, a masked array's mask was dropped, reset's pair not checked
+    (("reward", lambda r: r.astype(str)), r"rewards of dtype <U32; expected real numbers, one per sub-env"),
+    (("reward", lambda r: r + 1j), r"rewards of dtype complex128; expected real numbers"),
+    (("reward", lambda r: [None, None]), r"rewards of dtype object; expected real numbers"),
+    (("term", lambda t: t.astype(str)), r"terminations of dtype <U5; expected bools, one per sub-env"),
+    (("term", lambda t: [None, None]), r"terminations of dtype object; expected bools"),
+    (("step", lambda o: np.ma.masked_array(o, mask=np.eye(2, 3, dtype=bool))),
+     r"observations as a numpy masked array; expected a plain array"),
+    (("reset", lambda o: np.ma.masked_array(o)), r"observations on reset as a numpy masked array"),
+    (("reset_result", lambda r: r[0]), r"ndarray from reset\(\); expected a pair \(obs, info\)"),
+    (("reset_result", lambda r: (*r, {})), r"a tuple of 3 from reset\(\); expected a pair \(obs, info\)"),
 ])
 def test_an_env_returning_the_wrong_shape_is_named(bad, shown):
     """A transposed or flat observation batch failed in numpy's reshape ('cannot reshape array of size
     6 into shape (3,3)'), an (N, 1) reward in an in-place add, and an (N, d, 1) batch was silently
     reshaped: each now names the env and the shape it should have returned."""
     algo = PPO(PPOConfig(**TINY), env=Shaped(bad))
-    error = TypeError if "numbers" in shown else ValueError
+    error = TypeError if re.search("numbers|dtype|masked|pair", shown) else ValueError
     with pytest.raises(error, match=rf"^env 'Shaped' returned {shown}"):
         algo.collect_rollout()
     algo = PPO(PPOConfig(**TINY), env=Shaped((None, None)))
@@ -2103,6 +2184,48 @@ def test_an_async_call_interrupted_as_it_sends_to_its_workers_is_not_taken_as_fi
                                                r"reset \(as it sent to its workers\) .*env=<a new env>\)$"):
             algo.learn()
         assert not venv.closed
+    finally:
+        venv.close(terminate=True)
+
+
+@pytest.mark.filterwarnings("ignore:.*ERROR:")  # (gymnasium's log of the worker's error)
+@pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
+def test_an_async_env_whose_worker_raised_is_made_again_or_refused(made_envs, tmp_path, autoreset):
+    """gymnasium shuts down the worker whose env raised (its pipe set to None) and leaves the env in its
+    default state: PPO took it as fine, and the next learn() failed inside gymnasium ('NoneType' object
+    has no attribute 'send'), where the README says the model goes on (session 68's audit). The env PPO
+    made is made again; a given one is refused with what to do, and the model still saves."""
+    from envs_for_tests import RAISE_ONCE_ID
+
+    kwargs = {"flag": str(tmp_path / "owned"), "at": 5}
+    algo = PPO(PPOConfig(**TINY, env_id=RAISE_ONCE_ID, env_kwargs=kwargs, vector="async", autoreset=autoreset))
+    try:
+        with pytest.raises(RuntimeError, match="env broke"):
+            algo.learn()
+        assert made_envs[0].closed
+        algo.learn()
+        assert algo.env is made_envs[1] and algo.num_timesteps == 96 + 2 * 4
+    finally:
+        algo.close()
+    mode = gym.vector.AutoresetMode[autoreset.upper()]
+    venv = gym.make_vec(RAISE_ONCE_ID, 2, vectorization_mode="async", vector_kwargs={"autoreset_mode": mode},
+                        flag=str(tmp_path / "given"), at=5)
+    algo = PPO(PPOConfig(**TINY, env_id=RAISE_ONCE_ID, vector="async", autoreset=autoreset), env=venv)
+    try:
+        with pytest.raises(RuntimeError, match="env broke"):
+            algo.learn()
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match=r"^the env given to this PPO lost the async worker\(s\) of "
+                               r"sub-env\(s\) \[[01](, 1)?\] \(gymnasium shuts down a worker whose env raised\): "
+                               r"it cannot step again; save the model and PPO.load\(path, env=<a new env>\)$"):
+                algo.learn()
+        assert not venv.closed and algo.num_timesteps == 2 * 4
+        algo.save(tmp_path / "m.npz")
+        again = PPO.load(tmp_path / "m.npz", env=gym.make_vec(RAISE_ONCE_ID, 2, vectorization_mode="sync",
+                                                              vector_kwargs={"autoreset_mode": mode},
+                                                              flag=str(tmp_path / "given"), at=5))
+        again.learn()
+        again.close()
     finally:
         venv.close(terminate=True)
 

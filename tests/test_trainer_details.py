@@ -8,6 +8,7 @@ trainer runs are tiny (at most 256 env steps), so the whole file takes a few sec
 
 import importlib.util
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -307,6 +308,13 @@ def test_explained_variance_exact_values():
     # p = 2y: y - p = -y has Var 1.25 too: 1 - 1.25 / 1.25 = 0
     assert explained_variance(2 * y, y) == 0.0
     assert math.isnan(explained_variance(y, np.full(4, 7.0)))  # constant target: undefined
+    # float32 returns of ~1e20 (a huge reward, clipped gradients): their squares overflowed float32, with a
+    # RuntimeWarning and an EV of NaN; the variances are taken in float64 (session 68)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert explained_variance((2e20 * y).astype(np.float32), (1e20 * y).astype(np.float32)) == pytest.approx(
+            0.0, abs=1e-6)
+        assert explained_variance((1e20 * y).astype(np.float32), (1e20 * y).astype(np.float32)) == 1.0
 
 
 # ---------------------------------------------------------------- target_kl threshold (P20)
