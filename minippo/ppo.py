@@ -195,10 +195,9 @@ def explained_variance(y_pred: Array, y_true: Array) -> float:
                          f"{tuple(y_true.shape)}")
     if y_true.size == 0:  # a rollout of masked reset steps only (np.var would warn)
         return float("nan")
-    # in float64: float32 squares overflow from returns of ~1e19 (a warning, and an EV of NaN)
-    y_true, y_pred = y_true.astype(np.float64, copy=False), y_pred.astype(np.float64, copy=False)
-    var = float(np.var(y_true))
-    return float("nan") if var == 0 else 1.0 - float(np.var(y_true - y_pred)) / var
+    # summed in float64: float32 squares overflow from returns of ~1e19 (a warning, and an EV of NaN)
+    var = float(np.var(y_true, dtype=np.float64))
+    return float("nan") if var == 0 else 1.0 - float(np.var(y_true - y_pred, dtype=np.float64)) / var
 
 
 def _user_frame() -> int:
