@@ -194,13 +194,19 @@ def cast_quietly(a: np.ndarray, dtype: Any) -> np.ndarray:
         return a.astype(dtype)
 
 
+class EnvOutputError(TypeError, ValueError):
+    """An env returned something of the wrong type, dtype or shape (the message names the env and what it
+    returned). A TypeError and a ValueError both, as these errors were before the class."""
+
+
 def reset_obs(result: Any, env_name: str) -> Any:
-    """The observation of an env's ``reset()`` result, which must be a pair (obs, info) as in gymnasium:
-    unpacked as one, an obs-only reset of a 2-row array gave its rows as obs and info, and a triple
-    "too many values to unpack", naming neither the env nor reset."""
-    if not (isinstance(result, tuple) and len(result) == 2):
-        got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
-        raise TypeError(f"env {env_name!r} returned {got} from reset(); expected a pair (obs, info)")
+    """The observation of an env's ``reset()`` result, which must be a pair (obs, info) as in gymnasium
+    (a tuple, or a list): unpacked as one, an obs-only reset of a 2-row array gave its rows as obs and
+    info, and a triple "too many values to unpack", naming neither the env nor reset."""
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        got = f"a {type(result).__name__} of {len(result)}" if isinstance(result, (tuple, list)) else \
+            type(result).__name__
+        raise EnvOutputError(f"env {env_name!r} returned {got} from reset(); expected a pair (obs, info)")
     return result[0]
 
 

@@ -874,7 +874,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from minippo import backend
     from minippo.checkpoint import file_id, read_checkpoint, save_checkpoint
     from minippo.envs import check_env_id
-    from minippo.ppo import PPO, NonFiniteEnvError, TotalReached
+    from minippo.optim import GradientOverflowError
+    from minippo.ppo import PPO, EnvOutputError, NonFiniteEnvError, TotalReached
 
     try:
         check_env_id(args.env_id)
@@ -980,8 +981,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 algo.learn(callback=on_iteration)
         except KeyboardInterrupt:
             aborted = "mid-iteration"
-        except (FloatingPointError, NonFiniteEnvError) as e:
-            diverged = e
+        except (FloatingPointError, NonFiniteEnvError, EnvOutputError) as e:  # (an env's output refused: its
+            diverged = e  # type or shape, named in one line as its NaN is)
         except Exception:
             # A second signal that lands inside a ctypes callback (LLVM emitting a numba kernel) is
             # swallowed there, and numba then fails on its own (RuntimeError "no compiled object yet"):
@@ -1026,8 +1027,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if diverged is not None:
         clip = "a smaller max_grad_norm" if cfg.max_grad_norm > 0 else \
             "gradient clipping (max_grad_norm > 0; it is off)"
-        hint = "" if isinstance(diverged, NonFiniteEnvError) else \
-            f" (a smaller learning_rate, {clip} or a larger temperature may help)"
+        hint = "" if isinstance(diverged, (NonFiniteEnvError, EnvOutputError, GradientOverflowError)) else \
+            f" (a smaller learning_rate, {clip} or a larger temperature may help)"  # (those say what to do)
         _say(f"minippo: error: training stopped at {algo.num_timesteps} steps: {diverged}; model not saved{hint}")
         return 1
     wall = time.perf_counter() - t0
@@ -1049,7 +1050,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``minippo eval``: evaluate a saved model (numpy-only policy); returns the exit code."""
     from minippo.checkpoint import CheckpointError, EnvMismatchError, evaluate_policy, load_policy
     from minippo.envs import EnvKwargsError, check_env_id, saved_env_module
-    from minippo.ppo import NonFiniteEnvError
+    from minippo.ppo import EnvOutputError, NonFiniteEnvError
 
     if args.episodes is not None and args.episodes < 1:
         raise UsageError(f"--episodes must be >= 1, got {args.episodes}")
@@ -1097,8 +1098,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               env_kwargs=cfg.get("env_kwargs"))
     except (EnvMismatchError, EnvKwargsError) as e:
         raise UsageError(f"{args.model}: {e}") from e
-    except (NonFiniteEnvError, FloatingPointError) as e:  # the env's or the model's (a temperature so small
-        # that logits / temperature overflow), not the command line's: exit 1, as train
+    except (NonFiniteEnvError, EnvOutputError, FloatingPointError) as e:  # the env's or the model's (a
+        # temperature so small that logits / temperature overflow), not the command line's: exit 1, as train
         _say(f"minippo: error: evaluation stopped: {e}")
         return 1
     env_kwargs = cfg.get("env_kwargs") or {}

@@ -268,11 +268,16 @@ def _dict(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a dict of arrays keyed like the parameters, got {type(value).__name__}")
 
 
+class GradientOverflowError(FloatingPointError):
+    """An Adam step refused a finite gradient too large for its dtype (:func:`check_step_norm`)."""
+
+
 def step_norm_limit(dtype: Any) -> float:
     """The largest gradient norm, after clipping, that an Adam step takes in ``dtype``: half the square
     root of the dtype's largest number (~9.2e18 in float32). Every entry g_i of the gradient has
     |g_i| <= its norm, so below it no g_i * g_i overflows, nor does the second moment v, an average of
-    them (v / (1 - beta2^t) is at most the largest g_i^2 seen); the half covers the roundings."""
+    them (v / (1 - beta2^t) is at most the largest g_i^2 seen); the half (a factor 4 on the squares)
+    covers the roundings, so a norm between it and twice it is refused though its squares would fit."""
     return math.sqrt(float(np.finfo(dtype).max)) / 2
 
 
@@ -281,16 +286,16 @@ def check_step_norm(norm: float, max_grad_norm: float, dtype: Any) -> None:
     ``norm`` (before clipping to ``max_grad_norm``; <= 0: not clipped): a NaN or inf norm, or one past
     :func:`step_norm_limit` after clipping, whose squares overflow the second moment to inf, after
     which the parameters it covers stop moving for good (their steps are m / inf = 0)."""
-    if not math.isfinite(norm):
+    if not math.isfinite(norm):  # (inf: an inf in the gradient, or a float64 sum of squares past its range)
         raise FloatingPointError(f"gradient norm is {norm}")
     limit = step_norm_limit(dtype)
     clipped = max_grad_norm > 0 and norm > max_grad_norm
     if (max_grad_norm if clipped else norm) > limit:
         how = (f"clipped to max_grad_norm={max_grad_norm:.4g}" if clipped else "not clipped: max_grad_norm <= 0"
                if max_grad_norm <= 0 else f"not clipped: max_grad_norm={max_grad_norm:.4g} is larger")
-        raise FloatingPointError(
-            f"gradient norm is {norm:.4g} ({how}), past {limit:.3g}, where its squares overflow Adam's "
-            f"{np.dtype(dtype)} second moment to inf and the parameters stop moving: clip the gradients "
+        raise GradientOverflowError(
+            f"gradient norm is {norm:.4g} ({how}), past {limit:.3g}, where its squares may overflow Adam's "
+            f"{np.dtype(dtype)} second moment to inf and stop the parameters for good: clip the gradients "
             "(max_grad_norm > 0) or scale the rewards (norm_reward)")
 
 

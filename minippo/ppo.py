@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from minippo import backend, losses
-from minippo._checks import array, cast_quietly, deferred_checks, fixed, integer, real, reset_obs
+from minippo._checks import EnvOutputError, array, cast_quietly, deferred_checks, fixed, integer, real, reset_obs
 from minippo.buffer import RolloutBuffer
 from minippo.config import (
     MAX_TIMESTEPS,
@@ -464,21 +464,22 @@ class PPO:
         value beyond ``self.dtype``'s range NonFiniteEnvError. ``what``, ``where``: which observations, for
         messages ("observation", " on reset"); ``envs``: the rows' sub-envs (default all)."""
         if isinstance(obs, np.ma.MaskedArray):  # (its mask was dropped and the numbers under it acted on)
-            raise TypeError(f"env {self.env_name!r} returned {what}s{where} as a numpy masked array; expected a "
-                            "plain array")
+            raise EnvOutputError(f"env {self.env_name!r} returned {what}s{where} as a numpy masked array; expected a "
+                                 "plain array")
         a = np.asarray(obs)
         if a.dtype == object:  # e.g. info["final_obs"] as gymnasium builds it, np.array(rows, dtype=object),
             try:  # which is 2-D when every row ended at once
                 a = a.astype(np.float64)
             except (TypeError, ValueError):
-                raise TypeError(f"env {self.env_name!r} returned {what}s{where} that are not all numbers: "
-                                f"{obs!r}") from None
+                raise EnvOutputError(f"env {self.env_name!r} returned {what}s{where} that are not all numbers: "
+                                     f"{obs!r}") from None
         if a.shape != (rows, self.obs_dim):
-            raise ValueError(f"env {self.env_name!r} returned {what}s{where} of shape {a.shape}; expected ({rows}, "
-                             f"{self.obs_dim}): one row of single_observation_space.shape ({self.obs_dim},) per "
-                             "sub-env")
+            raise EnvOutputError(f"env {self.env_name!r} returned {what}s{where} of shape {a.shape}; expected ({rows}, "
+                                 f"{self.obs_dim}): one row of single_observation_space.shape ({self.obs_dim},) per "
+                                 "sub-env")
         if a.dtype.kind not in "biuf":
-            raise TypeError(f"env {self.env_name!r} returned {what}s{where} of dtype {a.dtype}; expected real numbers")
+            raise EnvOutputError(f"env {self.env_name!r} returned {what}s{where} of dtype {a.dtype}; expected real "
+                                 "numbers")
         out = cast_quietly(a, self.dtype)  # (an overflow is named below)
         if out is a or not out.flags.c_contiguous:
             # Our own C-order copy: the env may overwrite its array in place at its next step (gymnasium's
@@ -654,14 +655,18 @@ class PPO:
             self._in_env_call = True  # (collect_rollout: a Ctrl-C inside it)
             next_obs, reward, term, trunc, info = self.env.step(env_actions)
             self._in_env_call = False
+            got = reward, term, trunc
             reward, term, trunc = np.asarray(reward), np.asarray(term), np.asarray(trunc)
-            if not (reward.dtype.kind in "biuf" and term.dtype.kind in "biuf" and trunc.dtype.kind in "biuf"):
-                self._refuse_kinds(reward, term, trunc)  # (strings were parsed: "False" as a done flag)
+            if not (reward.dtype.kind in "biuf" and term.dtype.kind in "biuf" and trunc.dtype.kind in "biuf") \
+                    or isinstance(got[0], np.ma.MaskedArray) or isinstance(got[1], np.ma.MaskedArray) \
+                    or isinstance(got[2], np.ma.MaskedArray):
+                reward, term, trunc = self._real_outputs(got, (reward, term, trunc))
             reward = reward.astype(np.float64)  # a copy: the bootstrap below writes into it
             term, trunc = term.astype(bool, copy=False), trunc.astype(bool, copy=False)
             if not reward.shape == term.shape == trunc.shape == (n,):
-                raise ValueError(f"env {self.env_name!r} returned rewards, terminations and truncations of shapes "
-                                 f"{reward.shape}, {term.shape}, {trunc.shape}; expected ({n},) each: one per sub-env")
+                raise EnvOutputError(f"env {self.env_name!r} returned rewards, terminations and truncations of "
+                                     f"shapes {reward.shape}, {term.shape}, {trunc.shape}; expected ({n},) each: one "
+                                     "per sub-env")
             if not np.abs(reward).max() <= reward_limit:  # (False for a NaN)
                 with np.errstate(over="ignore"):
                     self._raise_non_finite("reward", reward, cast=reward.astype(self.dtype))
@@ -671,17 +676,19 @@ class PPO:
             if not next_step and any_done:  # SAME_STEP: the final observations are in info
                 ends = np.flatnonzero(done)
                 if not isinstance(info, Mapping):
-                    raise TypeError(f"env {self.env_name!r} returned info of type {type(info).__name__} at an "
-                                    "episode's end (SAME_STEP autoreset mode); expected a dict holding "
-                                    "info['final_obs']")
+                    raise EnvOutputError(f"env {self.env_name!r} returned info of type {type(info).__name__} at an "
+                                         "episode's end (SAME_STEP autoreset mode); expected a dict holding "
+                                         "info['final_obs']")
                 if "final_obs" not in info:
-                    raise ValueError(f"env {self.env_name} ended an episode in SAME_STEP autoreset mode (its "
-                                   "metadata['autoreset_mode']) without info['final_obs']: a same-step vector env "
-                                   "returns the reset observation and puts the final one in info['final_obs'] "
-                                   "(one row per sub-env), as gymnasium's do")
-                if len(info["final_obs"]) != n:  # (fewer rows: an IndexError below)
-                    raise ValueError(f"env {self.env_name!r} returned info['final_obs'] of {len(info['final_obs'])} "
-                                     f"rows; expected {n}: one per sub-env")
+                    raise EnvOutputError(f"env {self.env_name} ended an episode in SAME_STEP autoreset mode (its "
+                                         "metadata['autoreset_mode']) without info['final_obs']: a same-step vector "
+                                         "env returns the reset observation and puts the final one in "
+                                         "info['final_obs'] (one row per sub-env), as gymnasium's do")
+                rows = len(info["final_obs"]) if hasattr(info["final_obs"], "__len__") else None
+                if rows != n:  # (fewer rows: an IndexError below)
+                    got_rows = f"{rows} rows" if rows is not None else f"type {type(info['final_obs']).__name__}"
+                    raise EnvOutputError(f"env {self.env_name!r} returned info['final_obs'] of {got_rows}; expected "
+                                         f"{n} rows: one per sub-env")
                 finals = self._env_obs(np.stack([info["final_obs"][i] for i in ends]), len(ends),
                                        " (info['final_obs'])", ends, "final observation")
             self._track_episodes(reward, done, valid, any_done, next_step)
@@ -717,13 +724,27 @@ class PPO:
             self._pending_boot[:] = False
         buf.compute_returns(last_values, cfg.gamma, cfg.gae_lambda, cfg.advantage_estimator)
 
-    def _refuse_kinds(self, reward: np.ndarray, term: np.ndarray, trunc: np.ndarray) -> None:
-        """A step's rewards and flags must be real numbers (bools for the flags): strings were parsed as
-        numbers, "False" read as a done flag, None as not done, and a complex reward lost its imaginary part."""
-        for what, a in (("rewards", reward), ("terminations", term), ("truncations", trunc)):
+    def _real_outputs(self, got: tuple, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """A step's rewards, terminations and truncations (``got``, as the env returned them; ``arrays``:
+        np.asarray of each) as real arrays: numbers in an object array (Fractions, numpy scalars) are read
+        as float64; strings (parsed as numbers before: "False" read as a done flag), None (read as not
+        done), complex numbers (their imaginary part dropped) and masked arrays (their mask dropped) are
+        refused (EnvOutputError)."""
+        out = []
+        for what, g, a in zip(("rewards", "terminations", "truncations"), got, arrays, strict=True):
+            if isinstance(g, np.ma.MaskedArray):
+                raise EnvOutputError(f"env {self.env_name!r} returned {what} as a numpy masked array; expected a "
+                                     "plain array, one per sub-env")
+            if a.dtype.kind == "O" and not any(isinstance(x, (str, bytes)) or x is None for x in a.flat):
+                try:
+                    a = a.astype(np.float64)
+                except (TypeError, ValueError):  # (a complex number, a list in a row)
+                    pass
             if a.dtype.kind not in "biuf":
-                raise TypeError(f"env {self.env_name!r} returned {what} of dtype {a.dtype}; expected "
-                                f"{'real numbers' if what == 'rewards' else 'bools'}, one per sub-env: {a!r}")
+                raise EnvOutputError(f"env {self.env_name!r} returned {what} of dtype {a.dtype}; expected "
+                                     f"{'real numbers' if what == 'rewards' else 'bools'}, one per sub-env: {g!r}")
+            out.append(a)
+        return tuple(out)
 
     def _raise_non_finite(self, what: str, a: np.ndarray, envs: np.ndarray | None = None,
                           cast: np.ndarray | None = None) -> None:
@@ -789,8 +810,8 @@ class PPO:
                     if not math.isfinite(stats["loss"]):
                         raise FloatingPointError(f"loss is {stats['loss']}")
                     stats["grad_norm"] = step.step(lr, cfg.max_grad_norm)  # raises before writing on inf/NaN
-                except FloatingPointError as e:
-                    raise FloatingPointError(
+                except FloatingPointError as e:  # (its class kept: GradientOverflowError says what to do)
+                    raise type(e)(
                         f"iteration {self.iteration + 1}: {e} (no parameter was updated with it)"  # as logged
                     ) from e
                 for k, v in stats.items():

@@ -1690,6 +1690,54 @@ def test_an_env_returning_nan_is_one_line_exit_1(tmp_path, capsys):
 
 
 
+def test_a_gradient_too_large_for_adam_is_one_line_exit_1_without_the_divergence_hint(tmp_path, capsys):
+    """Session 68: with clipping off, one reward of 1e30 froze the critic (Adam's float32 second moment
+    went inf) and the save at the end failed with a traceback. The step refuses it now; the CLI's line
+    says what to do, without the hint for a diverged loss (a smaller learning rate would not help)."""
+    from envs_for_tests import register_probe
+
+    register_probe("minippo-test/Probe-v0", 8, reward_at=3, reward=1e30)
+    out = tmp_path / "run"
+    try:
+        assert main(["train", "minippo-test/Probe-v0", "--timesteps", "64", "--n-envs", "2", "--out", str(out),
+                     "--quiet", "--set", "max_grad_norm=0", *TINY]) == 1
+    finally:
+        register_probe("minippo-test/Probe-v0", 8)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.fullmatch(
+        r"minippo: error: training stopped at 32 steps: iteration 1: gradient norm is \S+ \(not clipped: "
+        r"max_grad_norm <= 0\), past 9\.22e\+18, .* clip the gradients \(max_grad_norm > 0\) or scale the rewards "
+        r"\(norm_reward\) \(no parameter was updated with it\); model not saved\n", err), err
+    assert not (out / "model.npz").exists()
+
+
+def test_an_env_output_of_the_wrong_type_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    """An env's output of the wrong type or shape (here a reset that returns the observations alone) is
+    named in one line, as its NaN is; it came out of `minippo train` as a traceback (session 68's review)."""
+    import minippo.envs
+
+    make = minippo.envs.make_vec_env
+
+    class ObsOnlyReset:
+        def __init__(self, venv):
+            self.venv = venv
+
+        def reset(self, **kwargs):
+            return self.venv.reset(**kwargs)[0]
+
+        def __getattr__(self, name):
+            return getattr(self.venv, name)
+
+    monkeypatch.setattr(minippo.envs, "make_vec_env", lambda *a, **k: ObsOnlyReset(make(*a, **k)))
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "64", "--n-envs", "2", "--out", str(out), "--quiet",
+                 *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.fullmatch(
+        r"minippo: error: training stopped at 0 steps: env '\S+' returned ndarray from reset\(\); expected a pair "
+        r"\(obs, info\); model not saved\n", err), err
+
+
 def test_eval_in_an_env_returning_nan_is_one_line_exit_1(tmp_path, capsys):
     """A model evaluated in an env that returns NaN later than training went: a traceback before."""
     from envs_for_tests import register_probe

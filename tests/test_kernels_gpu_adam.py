@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from minippo.kernels import gpu
 
-from minippo.optim import Adam, step_norm_limit
+from minippo.optim import Adam, GradientOverflowError, step_norm_limit
 
 ADAM_CU = cuda_shim.KERNELS / gpu.ADAM_SOURCE
 NVCC, NVRTC = cuda_shim.NVCC, cuda_shim.NVRTC
@@ -308,15 +308,18 @@ def test_a_non_finite_norm_raises_before_the_update(device, clip):
 
 @pytest.mark.parametrize("clip", [0.0, 1e19])
 def test_a_norm_whose_squares_overflow_float32_raises_before_the_update(device, clip):
-    """optim.check_step_norm on the device path too: a float32 gradient of norm ~1.4e19, not clipped (or
-    clipped to a max_grad_norm past the limit), would have made the update kernel's second moment inf."""
+    """optim.check_step_norm on the device path too: float32 gradient entries of 2e19 (norm 8e19), whose
+    squares overflow float32, not clipped (or clipped to a max_grad_norm past the limit, 1e19 > ~9.2e18),
+    would have made the update kernel's second moment inf."""
     rng = np.random.default_rng(7)
     params, grads = network(rng, np.float32)
     p = {k: device.asarray(a) for k, a in params.items()}
     opt = Adam(p)
     big = {k: device.asarray(np.zeros_like(a)) for k, a in grads[0].items()}
-    big["p4"] = device.asarray(np.full((8, 2), 1.5 * step_norm_limit(np.float32) / 4, np.float32))
-    with pytest.raises(FloatingPointError, match="overflow Adam's float32 second moment"):
+    big["p4"] = device.asarray(np.full((8, 2), 2e19, np.float32))
+    with np.errstate(over="ignore"):
+        assert 1e19 > step_norm_limit(np.float32) and np.isinf(np.float32(2e19) * np.float32(2e19))
+    with pytest.raises(GradientOverflowError, match="may overflow Adam's float32 second moment"):
         opt.step(big, max_grad_norm=clip)
     assert opt.t == 0 and not opt._m.get().any() and not opt._v.get().any()
     assert [name for name, *_ in device.launches] == ["adam_gather_f32"]

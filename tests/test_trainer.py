@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -286,9 +287,12 @@ def test_a_gradient_too_large_for_adam_in_float32_stops_training(tmp_path):
     register_probe("minippo-test/Probe-v0", 8, reward_at=3, reward=1e30)
     algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, max_grad_norm=0))
     before = {k: p.copy() for k, p in algo.policy.params.items()}
-    with pytest.raises(FloatingPointError, match=r"^iteration 1: gradient norm is .* \(not clipped: max_grad_norm "
-                                                 r"<= 0\), past 9\.22e\+18, where its squares overflow Adam's float32 "
-                                                 r"second moment to inf .*\(no parameter was updated with it\)$"):
+    from minippo.optim import GradientOverflowError
+
+    with pytest.raises(GradientOverflowError, match=r"^iteration 1: gradient norm is .* \(not clipped: max_grad_norm "
+                                                    r"<= 0\), past 9\.22e\+18, where its squares may overflow Adam's "
+                                                    r"float32 second moment to inf .*\(no parameter was updated with "
+                                                    r"it\)$"):
         algo.learn()
     assert algo.optimizer.t == 0 and not algo.optimizer._v.any()
     assert all((algo.policy.params[k] == before[k]).all() for k in before)
@@ -368,7 +372,8 @@ class Lockstep:
     (None, TypeError(r"returned info of type NoneType at an episode's end \(SAME_STEP autoreset mode\); expected a "
                      r"dict holding info\['final_obs'\]")),
     ([1, 2], TypeError(r"returned info of type list at an episode's end")),
-    ("short", ValueError(r"returned info\['final_obs'\] of 1 rows; expected 2: one per sub-env")),
+    ("short", ValueError(r"returned info\['final_obs'\] of 1 rows; expected 2 rows: one per sub-env")),
+    ("none", ValueError(r"returned info\['final_obs'\] of type NoneType; expected 2 rows: one per sub-env")),
 ])
 def test_a_same_step_env_ending_an_episode_without_a_usable_info_is_named(info, shown):
     """Session 68's audit: info None gave "argument of type 'NoneType' is not iterable", a list "truth
@@ -379,7 +384,9 @@ def test_a_same_step_env_ending_an_episode_without_a_usable_info_is_named(info, 
             obs, r, term, trunc, good = super().step(actions)
             if not good:
                 return obs, r, term, trunc, good
-            return obs, r, term, trunc, {"final_obs": good["final_obs"][:1]} if info == "short" else info
+            if info in ("short", "none"):
+                return obs, r, term, trunc, {"final_obs": good["final_obs"][:1] if info == "short" else None}
+            return obs, r, term, trunc, info
 
     algo = PPO(PPOConfig(**TINY), env=Bad(list))
     with pytest.raises(type(shown), match=rf"^env 'Bad' {shown.args[0]}"):
@@ -413,6 +420,9 @@ def test_final_observations_as_an_object_array_of_equal_rows_are_taken():
     (("reward", lambda r: r.astype(str)), r"rewards of dtype <U32; expected real numbers, one per sub-env"),
     (("reward", lambda r: r + 1j), r"rewards of dtype complex128; expected real numbers"),
     (("reward", lambda r: [None, None]), r"rewards of dtype object; expected real numbers"),
+    (("reward", lambda r: np.array(["1", 2.0], dtype=object)), r"rewards of dtype object; expected real numbers"),
+    (("reward", lambda r: np.ma.masked_array(r, mask=[True, False])), r"rewards as a numpy masked array"),
+    (("term", lambda t: np.ma.masked_array(t)), r"terminations as a numpy masked array"),
     (("term", lambda t: t.astype(str)), r"terminations of dtype <U5; expected bools, one per sub-env"),
     (("term", lambda t: [None, None]), r"terminations of dtype object; expected bools"),
     (("step", lambda o: np.ma.masked_array(o, mask=np.eye(2, 3, dtype=bool))),
@@ -425,12 +435,39 @@ def test_an_env_returning_the_wrong_shape_is_named(bad, shown):
     """A transposed or flat observation batch failed in numpy's reshape ('cannot reshape array of size
     6 into shape (3,3)'), an (N, 1) reward in an in-place add, and an (N, d, 1) batch was silently
     reshaped: each now names the env and the shape it should have returned."""
+    from minippo.ppo import EnvOutputError
+
     algo = PPO(PPOConfig(**TINY), env=Shaped(bad))
-    error = TypeError if re.search("numbers|dtype|masked|pair", shown) else ValueError
-    with pytest.raises(error, match=rf"^env 'Shaped' returned {shown}"):
+    with pytest.raises(EnvOutputError, match=rf"^env 'Shaped' returned {shown}"):
         algo.collect_rollout()
+    assert issubclass(EnvOutputError, TypeError) and issubclass(EnvOutputError, ValueError)  # (as they were)
     algo = PPO(PPOConfig(**TINY), env=Shaped((None, None)))
     algo.collect_rollout()  # the same env, returning what it should, trains
+
+
+@pytest.mark.parametrize("good", [
+    ("reward", lambda r: np.array(list(r), dtype=object)),  # numbers in an object array (session 68's review)
+    ("reward", lambda r: [Fraction(1, 2), np.float32(2)]),
+    ("term", lambda t: np.array([False, np.False_], dtype=object)),
+    ("term", lambda t: [np.False_, False]),
+    ("reward", lambda r: [True, 1]),
+    ("reset_result", list),  # [obs, info]
+])
+def test_env_outputs_of_other_real_forms_are_taken(good):
+    """Rewards and flags as object arrays of numbers, Fractions, numpy scalars, and a reset returning a
+    list pair train as the plain arrays do (the first checks of session 68 had refused the object arrays
+    and the list)."""
+    from minippo.config import PPOConfig as Config
+
+    want = PPO(Config(**TINY), env=Shaped((None, None)))
+    got = PPO(Config(**TINY), env=Shaped(good))
+    want.collect_rollout()
+    got.collect_rollout()
+    if good[0] != "reward":
+        np.testing.assert_array_equal(got.buffer.rewards, want.buffer.rewards)
+        np.testing.assert_array_equal(got.buffer.obs, want.buffer.obs)
+    else:
+        np.testing.assert_array_equal(got.buffer.rewards[:, 0], float(good[1](np.ones(2))[0]))
 
 
 @pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
