@@ -413,7 +413,7 @@ def _clip_adam(params, offsets, g, m, v, sc, max_norm, limit):
 
     sc holds the scalars in the arrays' dtype, as numpy rounds Python floats (NEP 50):
     [b1, 1 - b1, b2, 1 - b2, c2, eps, lr / c1, scratch]. Returns the norm before clipping; when it is not
-    finite, or past ``limit`` after clipping (minippo.optim.step_norm_limit: its squares would overflow
+    finite, or past ``limit`` after clipping (minippo.optim.step_norm_limit: its squares may overflow
     the dtype), nothing is written. Each update line is numpy's (minippo.optim.Adam.step), same order."""
     norm = math.sqrt(_sum_squares(g))
     if not math.isfinite(norm) or (max_norm if max_norm > 0 and norm > max_norm else norm) > limit:

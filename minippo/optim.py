@@ -128,7 +128,7 @@ class Adam:
         inf anywhere in ``grads``) raises FloatingPointError before anything changes (parameters,
         moments, ``t``), clipping or not, as the fused numba step does (without clipping, a NaN
         would have gone into every parameter through the shared second moment's sum); so does a
-        norm, after clipping, whose square overflows the parameters' dtype (:func:`check_step_norm`).
+        norm, after clipping, whose squares may overflow the parameters' dtype (:func:`check_step_norm`).
 
         On a GPU (cupy parameters, all C-contiguous) the gather into the flat gradient and the update
         are the two kernels of ``kernels/adam.cu``, which give the same bits as the array operations
@@ -284,8 +284,8 @@ def step_norm_limit(dtype: Any) -> float:
 def check_step_norm(norm: float, max_grad_norm: float, dtype: Any) -> None:
     """Raise FloatingPointError when an Adam step in ``dtype`` cannot take a gradient of global norm
     ``norm`` (before clipping to ``max_grad_norm``; <= 0: not clipped): a NaN or inf norm, or one past
-    :func:`step_norm_limit` after clipping, whose squares overflow the second moment to inf, after
-    which the parameters it covers stop moving for good (their steps are m / inf = 0)."""
+    :func:`step_norm_limit` after clipping (GradientOverflowError), whose squares may overflow the second
+    moment to inf, after which the parameters it covers stop moving for good (their steps are m / inf = 0)."""
     if not math.isfinite(norm):  # (inf: an inf in the gradient, or a float64 sum of squares past its range)
         raise FloatingPointError(f"gradient norm is {norm}")
     limit = step_norm_limit(dtype)

@@ -460,9 +460,9 @@ class PPO:
     def _env_obs(self, obs: Any, rows: int, where: str = "", envs: np.ndarray | None = None,
                  what: str = "observation") -> np.ndarray:
         """The env's ``obs`` (rows, obs_dim) as a ``self.dtype`` array, checked before the normaliser or the
-        buffer sees it: a wrong shape or dtype raises ValueError / TypeError naming the env; a NaN, inf or
-        value beyond ``self.dtype``'s range NonFiniteEnvError. ``what``, ``where``: which observations, for
-        messages ("observation", " on reset"); ``envs``: the rows' sub-envs (default all)."""
+        buffer sees it: a wrong shape or dtype (or a masked array) raises EnvOutputError naming the env; a
+        NaN, inf or value beyond ``self.dtype``'s range NonFiniteEnvError. ``what``, ``where``: which
+        observations, for messages ("observation", " on reset"); ``envs``: the rows' sub-envs (default all)."""
         if isinstance(obs, np.ma.MaskedArray):  # (its mask was dropped and the numbers under it acted on)
             raise EnvOutputError(f"env {self.env_name!r} returned {what}s{where} as a numpy masked array; expected a "
                                  "plain array")
