@@ -603,11 +603,12 @@ class FusedUpdate:
         opt.t = t
         norm = _clip_adam(self.flat_params, self.offsets, self.g, opt._m, opt._v, self.sc, max(max_grad_norm, 0.0),
                           self.norm_limit)
-        try:
-            check_step_norm(norm, max_grad_norm, self.g.dtype)  # (the kernel's own test, with its message)
-        except FloatingPointError:
-            opt.t = t - 1  # (nothing was updated)
-            raise
+        if not norm <= self.norm_limit:  # NaN, inf, or a norm that only clipping brings under the limit
+            try:
+                check_step_norm(norm, max_grad_norm, self.g.dtype)  # (the kernel's own test, with its message)
+            except FloatingPointError:
+                opt.t = t - 1  # (nothing was updated)
+                raise
         self.policy.clamp_log_std()  # as NumpyStep.step does
         return norm if max_grad_norm > 0 else math.nan
 

@@ -281,6 +281,9 @@ def step_norm_limit(dtype: Any) -> float:
     return math.sqrt(float(np.finfo(dtype).max)) / 2
 
 
+_STEP_NORM_LIMITS = {c: step_norm_limit(c) for c in "efd"}  # float16, float32, float64
+
+
 def check_step_norm(norm: float, max_grad_norm: float, dtype: Any) -> None:
     """Raise FloatingPointError when an Adam step in ``dtype`` cannot take a gradient of global norm
     ``norm`` (before clipping to ``max_grad_norm``; <= 0: not clipped): a NaN or inf norm, or one past
@@ -288,7 +291,10 @@ def check_step_norm(norm: float, max_grad_norm: float, dtype: Any) -> None:
     moment to inf, after which the parameters it covers stop moving for good (their steps are m / inf = 0)."""
     if not math.isfinite(norm):  # (inf: an inf in the gradient, or a float64 sum of squares past its range)
         raise FloatingPointError(f"gradient norm is {norm}")
-    limit = step_norm_limit(dtype)
+    # (once per minibatch: the float dtypes' limits looked up, where np.finfo took ~0.2 us)
+    limit = _STEP_NORM_LIMITS.get(getattr(dtype, "char", None))
+    if limit is None:
+        limit = step_norm_limit(dtype)
     clipped = max_grad_norm > 0 and norm > max_grad_norm
     if (max_grad_norm if clipped else norm) > limit:
         how = (f"clipped to max_grad_norm={max_grad_norm:.4g}" if clipped else "not clipped: max_grad_norm <= 0"
