@@ -388,8 +388,10 @@ def test_a_same_step_env_ending_an_episode_without_a_usable_info_is_named(info, 
                 return obs, r, term, trunc, {"final_obs": good["final_obs"][:1] if info == "short" else None}
             return obs, r, term, trunc, info
 
+    from minippo.ppo import EnvOutputError
+
     algo = PPO(PPOConfig(**TINY), env=Bad(list))
-    with pytest.raises(type(shown), match=rf"^env 'Bad' {shown.args[0]}"):
+    with pytest.raises(EnvOutputError, match=rf"^env 'Bad' {shown.args[0]}"):
         algo.collect_rollout()
 
 
