@@ -37,6 +37,15 @@ def numpy_backend(monkeypatch):
     yield from _use_backend(monkeypatch, "numpy")
 
 
+@pytest.fixture(params=["numpy", "numba"])
+def any_backend(request):
+    """The test once on the numpy backend and once on numba (skipped if numba is missing)."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    request.getfixturevalue(f"{request.param}_backend")
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _forget_the_backend():
     """Every test starts from MINIPPO_BACKEND as it is, whatever the test before it resolved: a test that

@@ -1121,16 +1121,7 @@ def test_ints_past_floats_range_in_a_clip_bound_or_a_progress():
     assert type(s(np.float32(0.5))) is float
 
 
-@pytest.fixture(params=["numpy", "numba"])
-def either_backend(request):
-    """The test on the numpy backend and on numba (skipped without numba)."""
-    if request.param == "numba":
-        pytest.importorskip("numba")
-    request.getfixturevalue(f"{request.param}_backend")  # (conftest.py)
-    return request.param
-
-
-def test_a_memoryview_is_named_not_an_attribute_error(either_backend):
+def test_a_memoryview_is_named_not_an_attribute_error(any_backend):
     """A memoryview has the shape and ndim the fast shape checks read, but no dtype: each building block
     raised a bare AttributeError ("'memoryview' object has no attribute 'dtype'") naming no argument."""
     from minippo.envs import ObsNormalizer

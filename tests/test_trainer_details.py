@@ -32,17 +32,6 @@ needs_gym = pytest.mark.skipif(gym is None, reason="gymnasium is not installed")
 TERM_AT_LIMIT_ID = "minippo-test/TermAtLimit-v0"
 
 
-@pytest.fixture(params=["numpy", "numba"])
-def any_backend(request):
-    """The test once on the numpy backend and once on numba (skipped if numba is missing)."""
-    if request.param == "numba":
-        pytest.importorskip("numba")
-        request.getfixturevalue("numba_backend")  # both from conftest.py
-    else:
-        request.getfixturevalue("numpy_backend")
-    return request.param
-
-
 def _constant_critic_algo(env_id, autoreset, n_steps, c, gamma):
     """One env, float64, GAE(lambda=1) (plain discounted returns), critic outputting exactly c."""
     algo = PPO(PPOConfig(env_id=env_id, n_envs=1, n_steps=n_steps, batch_size=n_steps, gamma=gamma,

@@ -1,0 +1,266 @@
+"""The policy-gradient estimators are right in expectation: on small MDPs whose expected gradient can be
+computed exactly, the mean of the trainer's gradient over many rollouts matches it.
+
+The other tests check each piece on a fixed batch (the loss's gradient by finite differences, the
+returns against plain loops); this one checks the chain end to end, with the sampling in it: the env
+steps, the buffer's time alignment over several episodes and envs, the rewards-to-go, the baseline,
+the loss and its backward. A wrong piece there (actions sampled from another distribution than the
+one whose log-probability is differentiated, e.g. at another softmax temperature or standard
+deviation; advantages a step late, or paired with another env's) passes every fixed-batch test and
+still moves the estimator's mean, and this test sees it (each of those, made by hand, fails it: 10 to
+65 standard errors off, where the bound is about 5).
+
+The oracle is independent of the library's backward pass: dynamic programming over the tabular MDP
+with the policy's probabilities (its forward pass, trusted from tests/test_nn.py and
+tests/test_distributions.py), differentiated by central finite differences in float64.
+
+What the mean is. The trainer's loss is -mean over the B = N * T steps of logp(a_t|s_t) * A_t (with
+advantage normalisation off). With every episode H steps long and T a multiple of H, a rollout holds
+N * T / H whole episodes, so E[d loss / d theta] = -g / H with
+    g = E[ sum_t grad log pi(a_t|s_t) * (G_t - b(s_t)) ],   G_t = sum_{k>=t} gamma^(k-t) r_k,
+and, b not depending on a_t,
+    g = sum_t sum_s d_t(s) sum_a grad pi(a|s) Q_t(s, a)
+(d_t: the distribution of s_t; Q_t: the expected discounted reward-to-go after taking a in s at t).
+For gamma = 1 that is the gradient of the expected return J (the policy gradient theorem, checked
+here too); for gamma < 1 it is not the gradient of the discounted return J_gamma = E[sum_t gamma^t r_t],
+which weighs step t by gamma^t (the usual estimator drops that factor: Thomas 2014; Nota & Thomas 2020).
+The test shows the trainer's mean is the first and, with the same samples, is told apart from the second.
+
+The tolerance. Each of the K rollouts gives one gradient (a mean over its 128 episodes: close to
+normal); the mean of K is compared with the exact value in units of its standard error, a t statistic
+with K - 1 degrees of freedom per parameter. The bound is the two-sided t quantile at a family-wise
+false-alarm rate of 1e-4 over all P parameters compared (Bonferroni), about 5.2 here. The draws are
+seeded, so the outcome is fixed; the bound says how unlikely a failure of a correct estimator was.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from minippo.config import PPOConfig
+from minippo.ppo import PPO, loss_and_grads
+
+gym = pytest.importorskip("gymnasium")
+
+TABULAR_ID = "minippo-test/TabularMDP-v0"
+QUADRATIC_ID = "minippo-test/QuadraticBandit-v0"
+
+# A 3-state, 2-action MDP with random transitions, episodes of exactly H steps (terminated, no
+# truncation: no bootstrap), states observed one-hot (the time step is not observed: a stationary policy).
+S, A, H = 3, 2, 4
+P0 = np.array([0.5, 0.3, 0.2])  # start-state distribution
+P = np.array([  # P[s, a, s']
+    [[0.1, 0.6, 0.3], [0.7, 0.2, 0.1]],
+    [[0.3, 0.3, 0.4], [0.0, 0.5, 0.5]],
+    [[0.8, 0.1, 0.1], [0.2, 0.2, 0.6]],
+])
+R = np.array([[1.0, -0.5], [0.0, 2.0], [-1.0, 0.5]])  # R[s, a]
+
+# The Gaussian case: one step from a random one-hot state s, action a in R^2, reward -|a - C[s]|^2
+# (bounds far outside where the policy samples, so the env's clipping never acts).
+C = np.array([[0.5, -1.0], [1.5, 0.0], [-0.5, 0.8]])
+Q0 = np.array([0.2, 0.5, 0.3])
+
+
+class TabularMDP(gym.Env):
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (S,), np.float64)
+        self.action_space = gym.spaces.Discrete(A)
+        self.s = self.t = 0
+
+    def _obs(self):
+        return np.eye(S)[self.s]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.s, self.t = int(self.np_random.choice(S, p=P0)), 0
+        return self._obs(), {}
+
+    def step(self, action):
+        r = float(R[self.s, action])
+        self.s = int(self.np_random.choice(S, p=P[self.s, action]))
+        self.t += 1
+        return self._obs(), r, self.t == H, False, {}
+
+
+class QuadraticBandit(gym.Env):
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (S,), np.float64)
+        self.action_space = gym.spaces.Box(-100.0, 100.0, (2,), np.float64)
+        self.s = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.s = int(self.np_random.choice(S, p=Q0))
+        return np.eye(S)[self.s], {}
+
+    def step(self, action):
+        r = -float(np.sum((np.asarray(action) - C[self.s]) ** 2))
+        return np.eye(S)[self.s], r, True, False, {}
+
+
+def setup_module():
+    for env_id, cls in ((TABULAR_ID, TabularMDP), (QUADRATIC_ID, QuadraticBandit)):
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=cls)
+
+
+def t_bound(alpha: float, df: int) -> float:
+    """x with P(|T| > x) = alpha for Student's t with df degrees of freedom (bisection on the tail
+    integral of its density; the tail past x + 200 is below 1e-100 for df >= 30)."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def tail(x: float) -> float:
+        u = np.linspace(x, x + 200.0, 400_001)
+        return 2.0 * float(np.trapezoid(c * (1.0 + u * u / df) ** (-(df + 1) / 2), u))
+
+    lo, hi = 0.0, 50.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if tail(mid) > alpha else (lo, mid)
+    return (lo + hi) / 2
+
+
+def actor_keys(policy):
+    return [k for k in policy.params if k.startswith("actor.") or k == "log_std"]
+
+
+def fd_gradient(policy, f, h=1e-6):
+    """Central differences of the scalar f() over every actor parameter entry (float64), flattened in
+    actor_keys order."""
+    out = []
+    for k in actor_keys(policy):
+        p = policy.params[k]
+        g = np.empty(p.size)
+        for i in range(p.size):
+            old = p.flat[i]
+            p.flat[i] = old + h
+            up = f()
+            p.flat[i] = old - h
+            down = f()
+            p.flat[i] = old
+            g[i] = (up - down) / (2 * h)
+        out.append(g)
+    return np.concatenate(out)
+
+
+def policy_probs(policy):
+    """pi(a|s) (S, A) from the policy's own forward pass (log-probabilities of every pair)."""
+    obs = np.repeat(np.eye(S), A, axis=0)
+    actions = np.tile(np.arange(A), S)
+    return np.exp(policy.evaluate(obs, actions)[0]).reshape(S, A)
+
+
+def dynamic_programming(pi, gamma):
+    """Q_t(s, a) (H, S, A) for the policy pi (S, A), d_t(s) (H, S), and J = sum_t gamma^t E[r_t]."""
+    Q = np.zeros((H, S, A))
+    v_next = np.zeros(S)
+    for t in reversed(range(H)):
+        Q[t] = R + gamma * P @ v_next
+        v_next = (pi * Q[t]).sum(1)
+    d = np.zeros((H, S))
+    d[0] = P0
+    for t in range(1, H):
+        d[t] = np.einsum("s,sa,sap->p", d[t - 1], pi, P)
+    return Q, d, float(P0 @ v_next)
+
+
+def expected_gradients(policy, gamma):
+    """(g, grad J_gamma): the estimator's exact mean per episode, and the gradient of the discounted
+    return (with gamma = 1 the two are equal), over the actor parameters."""
+    Q, d, _ = dynamic_programming(policy_probs(policy), gamma)
+    weight = d[:, :, None] * Q  # held at theta: only pi moves in the finite differences
+    g = fd_gradient(policy, lambda: float((weight * policy_probs(policy)[None]).sum()))
+    grad_j = fd_gradient(policy, lambda: dynamic_programming(policy_probs(policy), gamma)[2])
+    return g, grad_j
+
+
+def sampled_gradients(model, rollouts):
+    """The actor part of the trainer's loss gradient on each of ``rollouts`` fresh rollouts (K, P)."""
+    cfg = model.config
+    keys = actor_keys(model.policy)
+    out = []
+    for _ in range(rollouts):
+        model.collect_rollout()
+        batch = next(model.buffer.minibatches(cfg.n_envs * cfg.n_steps, model.rng))
+        _, grads = loss_and_grads(model.policy, batch, cfg)
+        out.append(np.concatenate([np.asarray(grads[k]).ravel() for k in keys]))
+    return np.array(out)
+
+
+def t_statistics(samples, expected):
+    """Per parameter: (mean of the samples - expected) / its standard error."""
+    k = samples.shape[0]
+    se = samples.std(axis=0, ddof=1) / math.sqrt(k)
+    assert np.all(se > 0)
+    return (samples.mean(axis=0) - expected) / se
+
+
+ROLLOUTS = 64
+FAMILY_ALPHA = 1e-4
+
+
+def make(env_id, **kw):
+    cfg = dict(env_id=env_id, n_envs=32, n_steps=4 * H, batch_size=32 * 4 * H, n_epochs=1, hidden=(8,),
+               dtype="float64", normalize_advantages=False, vf_coef=0.0, ent_coef=0.0, max_grad_norm=0.0,
+               seed=3, autoreset="same_step")
+    cfg.update(kw)
+    model = PPO(PPOConfig(**cfg))
+    # Away from the init, whose near-zero last layer (gain 0.01) makes the policy almost uniform in every
+    # state: there, sampling at the wrong temperature would draw nearly the same actions and go unseen.
+    rng = np.random.default_rng(11)
+    for k in actor_keys(model.policy):
+        if k != "log_std":
+            model.policy.params[k][...] = rng.normal(0.0, 1.0, model.policy.params[k].shape)
+    return model
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.9])
+@pytest.mark.parametrize(
+    "objective,advantage",
+    [("reinforce", "mc"), ("surrogate", "gae"), ("clip", "gae"), ("kl_penalty", "gae")],
+)
+def test_discrete_estimator_mean_is_the_policy_gradient(objective, advantage, gamma, any_backend):
+    # reinforce: G_t - V(s_t), V an untrained critic (a baseline far from V^pi: unbiased still); the PPO
+    # objectives at the rollout's own policy (ratio 1, KL 0: the first minibatch of an update), GAE with
+    # lambda = 1 (G_t - V(s_t) again); temperature 2 (sampling and log-probability must both use it).
+    # On numba the actions come from the fused act kernel's own sampler, and the update's gradient is
+    # loss_and_grads (the fused update computes the same; tests/test_kernels_update.py).
+    with make(TABULAR_ID, objective=objective, advantage=advantage, gamma=gamma, gae_lambda=1.0,
+              temperature=2.0) as model:
+        g, grad_j = expected_gradients(model.policy, gamma)
+        if gamma == 1.0:  # the oracle's own check: the policy gradient theorem
+            np.testing.assert_allclose(g, grad_j, rtol=1e-6, atol=1e-8)
+        samples = sampled_gradients(model, ROLLOUTS)
+    bound = t_bound(FAMILY_ALPHA / g.size, ROLLOUTS - 1)
+    t = t_statistics(samples, -g / H)
+    assert np.abs(t).max() < bound, (np.abs(t).max(), bound)
+    # The test can tell: the same samples against a mean with the rewards-to-go one step late
+    # (G_{t+1}, the immediate reward left out) are far off in some parameter.
+    Q, d, _ = dynamic_programming(policy_probs(model.policy), gamma)
+    late = d[:, :, None] * (Q - R[None])
+    g_late = fd_gradient(model.policy, lambda: float((late * policy_probs(model.policy)[None]).sum()))
+    assert np.abs(t_statistics(samples, -g_late / H)).max() > bound
+    if gamma < 1.0:  # and against the discounted return's gradient, which the estimator is not
+        assert np.abs(t_statistics(samples, -grad_j / H)).max() > bound
+
+
+def test_gaussian_estimator_mean_is_the_policy_gradient(any_backend):
+    # One-step episodes, so Q is the reward: E[r | s] = -(|mu(s) - C[s]|^2 + sum_j sigma_j^2) in closed
+    # form; mu(s) is the policy's deterministic action (its mean), sigma = exp(log_std). log_std starts
+    # at -0.5 so that the sigma part of the gradient is not the only large one.
+    with make(QUADRATIC_ID, objective="reinforce", advantage="mc", gamma=1.0, log_std_init=-0.5,
+              n_steps=4, batch_size=128) as model:
+        policy = model.policy
+
+        def expected_return():
+            mu = policy.predict(np.eye(S), deterministic=True)
+            sigma2 = np.exp(2 * policy.params["log_std"])
+            return float(Q0 @ -(((mu - C) ** 2).sum(1) + sigma2.sum()))
+
+        g = fd_gradient(policy, expected_return)
+        samples = sampled_gradients(model, ROLLOUTS)
+    bound = t_bound(FAMILY_ALPHA / g.size, ROLLOUTS - 1)
+    t = t_statistics(samples, -g)
+    assert np.abs(t).max() < bound, (np.abs(t).max(), bound)
