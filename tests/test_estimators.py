@@ -7,7 +7,7 @@ steps, the buffer's time alignment over several episodes and envs, the rewards-t
 the loss and its backward. A wrong piece there (actions sampled from another distribution than the
 one whose log-probability is differentiated, e.g. at another softmax temperature or standard
 deviation; advantages a step late, or paired with another env's) passes every fixed-batch test and
-still moves the estimator's mean, and this test sees it (each of those, made by hand, fails it: 10 to
+still moves the estimator's mean, and this test sees it (each of those, made by hand, fails it: 13 to
 65 standard errors off, where the bound is about 5).
 
 The oracle is independent of the library's backward pass: dynamic programming over the tabular MDP
