@@ -1,5 +1,6 @@
 """The policy-gradient estimators are right in expectation: on small MDPs whose expected gradient can be
-computed exactly, the mean of the trainer's gradient over many rollouts matches it.
+computed exactly, the mean of the trainer's gradient over many rollouts matches it (episodic, and
+continuing with truncations bootstrapped, for every advantage estimator).
 
 The other tests check each piece on a fixed batch (the loss's gradient by finite differences, the
 returns against plain loops); this one checks the chain end to end, with the sampling in it: the env
@@ -45,6 +46,7 @@ gym = pytest.importorskip("gymnasium")
 
 TABULAR_ID = "minippo-test/TabularMDP-v0"
 QUADRATIC_ID = "minippo-test/QuadraticBandit-v0"
+CONTINUING_ID = "minippo-test/ContinuingMDP-v0"
 
 # A 3-state, 2-action MDP with random transitions, episodes of exactly H steps (terminated, no
 # truncation: no bootstrap), states observed one-hot (the time step is not observed: a stationary policy).
@@ -64,6 +66,8 @@ Q0 = np.array([0.2, 0.5, 0.3])
 
 
 class TabularMDP(gym.Env):
+    P, R = P, R
+
     def __init__(self):
         self.observation_space = gym.spaces.Box(0.0, 1.0, (S,), np.float64)
         self.action_space = gym.spaces.Discrete(A)
@@ -78,10 +82,24 @@ class TabularMDP(gym.Env):
         return self._obs(), {}
 
     def step(self, action):
-        r = float(R[self.s, action])
-        self.s = int(self.np_random.choice(S, p=P[self.s, action]))
+        r = float(self.R[self.s, action])
+        self.s = int(self.np_random.choice(S, p=self.P[self.s, action]))
         self.t += 1
         return self._obs(), r, self.t == H, False, {}
+
+
+class ContinuingMDP(TabularMDP):
+    """An MDP without an end (only its TimeLimit, registered with HC steps, truncates it) where what an
+    action does is mostly where it leads: action 0 mostly to the rewarding state 0, action 1 mostly to
+    the costly state 2, the reward mostly the state's. Its values differ widely by state, so the
+    bootstraps carry most of the gradient, and one left out or misplaced moves the mean far."""
+
+    P = np.array([[[0.9, 0.05, 0.05], [0.05, 0.05, 0.9]]] * S)
+    R = np.array([[2.0, 2.2], [0.0, 0.2], [-2.0, -1.8]])
+
+    def step(self, action):
+        obs, r, _, trunc, info = super().step(action)
+        return obs, r, False, trunc, info
 
 
 class QuadraticBandit(gym.Env):
@@ -100,10 +118,15 @@ class QuadraticBandit(gym.Env):
         return np.eye(S)[self.s], r, True, False, {}
 
 
+HC = 5  # the continuing MDP's TimeLimit
+GAMMA_C = 0.6
+
+
 def setup_module():
-    for env_id, cls in ((TABULAR_ID, TabularMDP), (QUADRATIC_ID, QuadraticBandit)):
+    for env_id, cls, limit in ((TABULAR_ID, TabularMDP, None), (QUADRATIC_ID, QuadraticBandit, None),
+                               (CONTINUING_ID, ContinuingMDP, HC)):
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point=cls)
+            gym.register(env_id, entry_point=cls, max_episode_steps=limit)
 
 
 def t_bound(alpha: float, df: int) -> float:
@@ -127,22 +150,20 @@ def actor_keys(policy):
 
 
 def fd_gradient(policy, f, h=1e-6):
-    """Central differences of the scalar f() over every actor parameter entry (float64), flattened in
-    actor_keys order."""
-    out = []
+    """Central differences of f() (a float or an array) over every actor parameter entry (float64):
+    f's shape + (P,), the parameters flattened in actor_keys order."""
+    cols = []
     for k in actor_keys(policy):
         p = policy.params[k]
-        g = np.empty(p.size)
         for i in range(p.size):
             old = p.flat[i]
             p.flat[i] = old + h
-            up = f()
+            up = np.asarray(f())
             p.flat[i] = old - h
-            down = f()
+            down = np.asarray(f())
             p.flat[i] = old
-            g[i] = (up - down) / (2 * h)
-        out.append(g)
-    return np.concatenate(out)
+            cols.append((up - down) / (2 * h))
+    return np.moveaxis(np.array(cols), 0, -1)
 
 
 def policy_probs(policy):
@@ -176,13 +197,16 @@ def expected_gradients(policy, gamma):
     return g, grad_j
 
 
-def sampled_gradients(model, rollouts):
-    """The actor part of the trainer's loss gradient on each of ``rollouts`` fresh rollouts (K, P)."""
+def sampled_gradients(model, rollouts, valid=None):
+    """The actor part of the trainer's loss gradient on each of ``rollouts`` fresh rollouts (K, P);
+    each rollout's valid-step mask (T, N) appended to the list ``valid`` if given."""
     cfg = model.config
     keys = actor_keys(model.policy)
     out = []
     for _ in range(rollouts):
         model.collect_rollout()
+        if valid is not None:
+            valid.append(model.buffer.valid_host.copy())
         batch = next(model.buffer.minibatches(cfg.n_envs * cfg.n_steps, model.rng))
         _, grads = loss_and_grads(model.policy, batch, cfg)
         out.append(np.concatenate([np.asarray(grads[k]).ravel() for k in keys]))
@@ -263,4 +287,64 @@ def test_gaussian_estimator_mean_is_the_policy_gradient(any_backend):
         samples = sampled_gradients(model, ROLLOUTS)
     bound = t_bound(FAMILY_ALPHA / g.size, ROLLOUTS - 1)
     t = t_statistics(samples, -g)
+    assert np.abs(t).max() < bound, (np.abs(t).max(), bound)
+
+
+def exact_critic(policy, v):
+    """Make the critic's V(s) equal v[s] (S,) on the one-hot states: its tanh hidden layer as initialised,
+    the output layer solved for (S equations, 9 unknowns: exact to rounding)."""
+    h = np.tanh(np.eye(S) @ policy.params["critic.W0"] + policy.params["critic.b0"])
+    w = np.linalg.lstsq(np.hstack([h, np.ones((S, 1))]), v, rcond=None)[0]
+    policy.params["critic.W1"][:, 0] = w[:-1]
+    policy.params["critic.b1"][0] = w[-1]
+    np.testing.assert_allclose(policy.value(np.eye(S)), v, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
+@pytest.mark.parametrize("advantage,lam", [("mc", 1.0), ("td", 0.0), ("gae", 0.5)])
+def test_with_an_exact_critic_every_estimator_has_the_policy_gradient_mean(advantage, lam, autoreset, any_backend):
+    # The continuing MDP, truncated every HC = 5 steps; T = 7 steps a rollout (prime to the step patterns'
+    # periods, 5 and 6), so rollouts end inside episodes (bootstrapped by last_values) and episodes inside
+    # rollouts (bootstrapped at truncation: in same_step mode from info's final observation, in next_step
+    # mode at the reset step). With the critic equal to the infinite-horizon V^pi, every estimator's
+    # advantage has the conditional mean Q^pi(s_t, a_t) - V^pi(s_t) (E[delta_{t+k} | s_t, a_t] = 0 for
+    # k >= 1), so each has the same mean gradient per step at episode time t,
+    # g_t = sum_s d_t(s) sum_a grad pi(a|s) Q^pi(s, a) (d_t: the state distribution t steps after a reset).
+    # The loss is the mean over a rollout's valid steps, so its expected gradient is minus the mean of g_t
+    # over the episode times of those steps, known from the step pattern (all envs keep in step).
+    # gamma = 0.6 keeps the bootstrap's discount visible: made by hand, a truncation taken for an end (no
+    # bootstrap; 13-16 standard errors off), same_step's bootstrap from the reset observation (17), the
+    # next_step bootstrap without its gamma (7-9) and a rollout's end not bootstrapped (8-10) all fail
+    # this; next_step's bootstrap of a truncation at the rollout's last step, dropped, is not seen (one
+    # rollout in six ends on a truncation: 3-4 standard errors; tests/test_truncation.py's
+    # test_next_step_truncation_at_rollout_end_bootstraps_from_last_value checks it on fixed data).
+    gamma, T = GAMMA_C, 7
+    with make(CONTINUING_ID, objective="reinforce", advantage=advantage, gamma=gamma, gae_lambda=lam,
+              n_steps=T, batch_size=32 * T, autoreset=autoreset) as model:
+        policy = model.policy
+        pi = policy_probs(policy)
+        p, r = ContinuingMDP.P, ContinuingMDP.R
+        v = np.linalg.solve(np.eye(S) - gamma * np.einsum("sa,sap->sp", pi, p), (pi * r).sum(1))
+        exact_critic(policy, v)
+        Q = r + gamma * p @ v
+        d = [P0]
+        for _ in range(HC - 1):
+            d.append(np.einsum("s,sa,sap->p", d[-1], pi, p))
+        g_t = np.array(d) @ fd_gradient(policy, lambda: (policy_probs(policy) * Q).sum(1))  # (HC, P)
+        samples = sampled_gradients(model, ROLLOUTS, slot_times := [])
+    expected, c = [], 0  # c: the envs' time in their episode at the next slot
+    for valid in slot_times:
+        assert (valid == valid[:, :1]).all()
+        times = []
+        for t in range(T):
+            if c == HC:  # (next_step: the step after a truncation is the reset step, masked)
+                assert autoreset == "next_step" and not valid[t, 0]
+                c = 0
+                continue
+            assert valid[t, 0]
+            times.append(c)
+            c = c + 1 if c + 1 < HC or autoreset == "next_step" else 0
+        expected.append(-g_t[times].mean(0))
+    bound = t_bound(FAMILY_ALPHA / g_t.shape[1], ROLLOUTS - 1)
+    t = t_statistics(samples - np.array(expected), 0.0)
     assert np.abs(t).max() < bound, (np.abs(t).max(), bound)
