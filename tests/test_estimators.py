@@ -197,9 +197,11 @@ def expected_gradients(policy, gamma):
     return g, grad_j
 
 
-def sampled_gradients(model, rollouts, valid=None):
+def sampled_gradients(model, rollouts, valid=None, move=None):
     """The actor part of the trainer's loss gradient on each of ``rollouts`` fresh rollouts (K, P);
-    each rollout's valid-step mask (T, N) appended to the list ``valid`` if given."""
+    each rollout's valid-step mask (T, N) appended to the list ``valid`` if given. ``move``: a dict of
+    offsets added to those parameters for the gradient only (the rollouts act with the parameters as
+    they are: pi_old, the gradient is taken at theta = theta_old + move)."""
     cfg = model.config
     keys = actor_keys(model.policy)
     out = []
@@ -208,7 +210,11 @@ def sampled_gradients(model, rollouts, valid=None):
         if valid is not None:
             valid.append(model.buffer.valid_host.copy())
         batch = next(model.buffer.minibatches(cfg.n_envs * cfg.n_steps, model.rng))
+        for k, dk in (move or {}).items():
+            model.policy.params[k] += dk
         _, grads = loss_and_grads(model.policy, batch, cfg)
+        for k, dk in (move or {}).items():
+            model.policy.params[k] -= dk
         out.append(np.concatenate([np.asarray(grads[k]).ravel() for k in keys]))
     return np.array(out)
 
@@ -268,6 +274,61 @@ def test_discrete_estimator_mean_is_the_policy_gradient(objective, advantage, ga
     assert np.abs(t_statistics(samples, -g_late / H)).max() > bound
     if gamma < 1.0:  # and against the discounted return's gradient, which the estimator is not
         assert np.abs(t_statistics(samples, -grad_j / H)).max() > bound
+
+
+@pytest.mark.parametrize("objective", ["surrogate", "kl_penalty", "clip"])
+def test_away_from_the_rollout_s_policy_the_mean_is_the_importance_sampled_surrogate_s_gradient(
+        objective, any_backend):
+    # 重要性采样 importance sampling: with the rollout drawn from pi_old and the gradient taken at another
+    # theta, the surrogate's mean gradient per episode is grad_theta of
+    #     L(theta) = sum_t sum_s d_t(s) sum_a pi_theta(a|s) Q_t(s, a)      (d, Q: of pi_old)
+    # (the ratio pi_theta / pi_old turns the average over pi_old's actions into one over pi_theta's; the
+    # critic's baseline sums to a constant). kl_penalty adds beta * sum_t sum_s d_t(s) KL(pi_old(s) ||
+    # pi_theta(s)), its gradient exact (no sampling: both distributions are known in every visited state).
+    # clip with theta moved so little that no ratio leaves [1 - eps, 1 + eps] is the surrogate. Made by
+    # hand, an inverted ratio (pi_old / pi_theta: 31-32 standard errors off, 5.6 for clip's small move)
+    # and acting at temperature 1 (logp_old with it: 6.5-78) fail this.
+    gamma = 0.9
+    with make(TABULAR_ID, objective=objective, advantage="mc", gamma=gamma, temperature=2.0,
+              kl_beta=0.7) as model:
+        policy = model.policy
+        rng = np.random.default_rng(5)
+        scale = 0.03 if objective == "clip" else 0.3
+        move = {k: rng.normal(0.0, scale, policy.params[k].shape) for k in actor_keys(policy)}
+        pi_old = policy_probs(policy)
+        Q, d, _ = dynamic_programming(pi_old, gamma)
+        weight = d[:, :, None] * Q
+        for k, dk in move.items():
+            policy.params[k] += dk
+        ratio = policy_probs(policy) / pi_old
+        if objective == "clip":  # (the bound the test relies on: every ratio inside the clip range)
+            assert np.abs(ratio - 1).max() < 0.2 / 2
+        else:
+            assert np.abs(ratio - 1).max() > 0.2  # (far enough from pi_old to tell a missing ratio)
+
+        def surrogate():
+            pi = policy_probs(policy)
+            out = (weight * pi[None]).sum()
+            if objective == "kl_penalty":
+                out -= 0.7 * (d[:, :, None] * (pi_old * np.log(pi_old / pi))[None]).sum()
+            return float(out)
+
+        g = fd_gradient(policy, surrogate)
+        for k, dk in move.items():
+            policy.params[k] -= dk
+        samples = sampled_gradients(model, ROLLOUTS, move=move)
+    bound = t_bound(FAMILY_ALPHA / g.size, ROLLOUTS - 1)
+    t = t_statistics(samples, -g / H)
+    assert np.abs(t).max() < bound, (np.abs(t).max(), bound)
+    # The test can tell: the same samples against the mean without the ratio (the plain policy gradient
+    # taken at theta on pi_old's actions: sum d sum_a pi_old grad log pi_theta Q) are far off.
+    if objective == "surrogate":
+        for k, dk in move.items():
+            policy.params[k] += dk
+        g_plain = fd_gradient(policy, lambda: float((weight * pi_old[None] * np.log(policy_probs(policy))[None]).sum()))
+        for k, dk in move.items():
+            policy.params[k] -= dk
+        assert np.abs(t_statistics(samples, -g_plain / H)).max() > bound
 
 
 def test_gaussian_estimator_mean_is_the_policy_gradient(any_backend):
