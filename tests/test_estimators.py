@@ -27,8 +27,8 @@ here too); for gamma < 1 it is not the gradient of the discounted return J_gamma
 which weighs step t by gamma^t (the usual estimator drops that factor: Thomas 2014; Nota & Thomas 2020).
 The test shows the trainer's mean is the first and, with the same samples, is told apart from the second.
 
-The tolerance. Each of the K rollouts gives one gradient (a mean over its 128 episodes: close to
-normal); the mean of K is compared with the exact value in units of its standard error, a t statistic
+The tolerance. Each of the K rollouts gives one gradient (a mean over its 128 to 512 steps in 32 envs:
+close to normal); the mean of K is compared with the exact value in units of its standard error, a t statistic
 with K - 1 degrees of freedom per parameter. The bound is the two-sided t quantile at a family-wise
 false-alarm rate of 1e-4 over all P parameters compared (Bonferroni), about 5.2 here. The draws are
 seeded, so the outcome is fixed; the bound says how unlikely a failure of a correct estimator was.
