@@ -1,6 +1,7 @@
 """The policy-gradient estimators are right in expectation: on small MDPs whose expected gradient can be
-computed exactly, the mean of the trainer's gradient over many rollouts matches it (episodic, and
-continuing with truncations bootstrapped, for every advantage estimator).
+computed exactly, the mean of the trainer's gradient over many rollouts matches it: episodic; continuing
+with truncations bootstrapped, for every advantage estimator; away from the rollout's policy, through
+the importance ratio; and a Gaussian policy, its actions clipped to a Box or not.
 
 The other tests check each piece on a fixed batch (the loss's gradient by finite differences, the
 returns against plain loops); this one checks the chain end to end, with the sampling in it: the env
