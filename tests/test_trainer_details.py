@@ -1081,3 +1081,33 @@ def test_fps_leaves_out_its_own_thread_s_compiles_not_another_s(numba_backend):
     algo.learn(96, callback=callback)
     assert len(rows) == 3 and all(0 < r["fps"] < 1e7 for r in rows)
     assert rows[1]["fps"] < 64 / 0.3  # (fps of the call so far) the other thread's 0.3 s is in this trainer's wall time
+
+
+@needs_gym
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+@pytest.mark.parametrize("norm_obs,shared,autoreset", [(False, False, "same_step"), (True, True, "next_step"),
+                                                        (True, False, "same_step")])
+def test_the_stored_rollout_is_the_policy_s_own(env_id, norm_obs, shared, autoreset, any_backend):
+    """Before any update, the policy evaluated on the stored observations and actions gives back the stored
+    logp_old, values_old and distribution: the ratio starts at exactly 1 (to the fused act kernel's
+    rounding on numba) and the KL at 0. A rollout that acted on observations normalised with other
+    statistics than the ones it stored, or stored another action than it sampled (a clipped Gaussian
+    action), would start every update from a ratio that is not 1 and train on a wrong objective."""
+    extra = {"env_kwargs": {"max_episode_steps": 20}} if env_id == "Pendulum-v1" else {}
+    algo = PPO(PPOConfig(env_id=env_id, n_envs=4, n_steps=64, batch_size=256, hidden=(16,), norm_obs=norm_obs,
+                         shared=shared, autoreset=autoreset, seed=7, **extra))
+    for _ in range(2):  # (the second rollout starts from the first's normaliser statistics and envs)
+        algo.collect_rollout()
+    buf = algo.buffer
+    assert buf.valid_host.sum() < buf.valid_host.size if autoreset == "next_step" else buf.valid_host.all()
+    mb = next(buf.minibatches(256, algo.rng))
+    logp, _, values, _ = algo.policy.evaluate(mb["obs"], mb["actions"])
+    dist = algo.policy.dist_params(algo.policy.forward(mb["obs"])[0])
+    # To float32 rounding: act ran on 4 rows, evaluate on 256, and BLAS (and numba's fused kernel) may sum in
+    # another order for another row count (seen: a shared-trunk value 1 ulp apart on numpy).
+    tol = dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logp, mb["logp_old"], **tol)
+    np.testing.assert_allclose(values, mb["values_old"], **tol)
+    np.testing.assert_allclose(dist, mb["dist_old"], **tol)
+    if env_id == "Pendulum-v1":  # the stored actions are the samples, some past the bounds the env got clipped to
+        assert np.abs(mb["actions"]).max() > algo.action_space.high.max()
