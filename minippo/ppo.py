@@ -63,6 +63,12 @@ class NonFiniteEnvError(ValueError):
     (training stops before it is used)."""
 
 
+class ReturnOverflowError(NonFiniteEnvError, FloatingPointError):
+    """The env's rewards, each inside the policy's dtype's range, have discounted sums (the returns and
+    advantages) that are not: raised by :meth:`PPO.update` before any parameter is updated. A
+    NonFiniteEnvError (the env's data) and a FloatingPointError (what the update raised before)."""
+
+
 def check_batch_keys(batch: dict[str, Array], objective: str) -> None:
     """KeyError naming what a minibatch for ``objective`` lacks: :data:`BATCH_KEYS`, and ``dist_old``
     for kl_penalty."""
@@ -811,7 +817,7 @@ class PPO:
                         raise FloatingPointError(f"loss is {stats['loss']}")
                     stats["grad_norm"] = step.step(lr, cfg.max_grad_norm)  # raises before writing on inf/NaN
                 except FloatingPointError as e:  # (its class kept: GradientOverflowError says what to do)
-                    raise type(e)(
+                    raise self._returns_overflow() or type(e)(
                         f"iteration {self.iteration + 1}: {e} (no parameter was updated with it)"  # as logged
                     ) from e
                 for k, v in stats.items():
@@ -832,6 +838,22 @@ class PPO:
         out.update(lr=lr, clip_eps=clip_eps if used else math.nan, ent_coef=ent_coef, n_updates=n_updates,
                    stopped_early=float(stopped_early))
         return out
+
+    def _returns_overflow(self) -> ReturnOverflowError | None:
+        """After an update step raised FloatingPointError: the error to raise instead when the rollout's
+        rewards and values are finite but its advantages or returns are not (their discounted sums
+        overflowed the dtype: a cause the learning rate or clipping cannot help). Looked at only on
+        that error's path: on a GPU, not a sync per rollout."""
+        buf = self.buffer  # (numpy's ufuncs take device arrays, as the other checks call them)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if not bool(np.isfinite(buf.rewards).all() & np.isfinite(buf.values).all()) or \
+                    bool(np.isfinite(buf.advantages).all() & np.isfinite(buf.returns).all()):
+                return None
+            biggest = float(np.abs(buf.rewards).max())
+        return ReturnOverflowError(
+            f"iteration {self.iteration + 1}: env {self.env_name!r} returned rewards (|r| up to {biggest:.3g}) whose "
+            f"discounted sums overflow the policy's {self.dtype.name}: scale the rewards (norm_reward), or train "
+            "with dtype='float64' (no parameter was updated)")
 
     def _minibatch_step(self) -> Any:
         """What one minibatch update runs: ``loss_and_grads(mb, clip_eps, ent_coef) -> stats`` then

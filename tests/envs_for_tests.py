@@ -70,7 +70,7 @@ def register():
 class Probe(gym.Env):
     """An env with the given spaces: observations are zeros of the observation space's shape (``value``,
     NaN by default, from step ``nan_at`` on, if given; step 0 is the reset), reward 1 (``reward`` at step
-    ``reward_at``, if given), never terminates;
+    ``reward_at``, if given; at every step for ``reward_at="every"``), never terminates;
     records whether every action it was sent lay in its action space (``Probe.log``, shared by all
     instances)."""
 
@@ -97,7 +97,8 @@ class Probe(gym.Env):
     def step(self, action):
         Probe.log.append(bool(self.action_space.contains(action)))
         self.t += 1
-        return self._obs(), self.reward if self.t == self.reward_at else 1.0, False, False, {}
+        big = self.reward_at == "every" or self.t == self.reward_at
+        return self._obs(), self.reward if big else 1.0, False, False, {}
 
 
 def register_probe(env_id, max_episode_steps=None, **kwargs):

@@ -267,6 +267,21 @@ def test_every_setting_runs_on_the_cupy_path(strict_cupy_backend, env_id, extra,
     assert not _on_device(algo.policy.predict(np.zeros(algo.policy.obs_dim, np.float32)))
 
 
+def test_rewards_whose_discounted_sums_overflow_are_named_on_the_cupy_path(strict_cupy_backend):
+    """As tests/test_trainer.py's test on numpy and numba: the check runs on the device arrays, only on
+    the error's path."""
+    pytest.importorskip("gymnasium")
+    from envs_for_tests import register_probe
+
+    from minippo.ppo import ReturnOverflowError
+
+    register_probe("minippo-test/Probe-v0", 8, reward_at="every", reward=2e38)
+    algo = PPO(PPOConfig(**{**TINY, "env_id": "minippo-test/Probe-v0"}))
+    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(
+            ReturnOverflowError, match=r"returned rewards \(\|r\| up to 2e\+38\) whose discounted sums overflow"):
+        algo.learn()
+
+
 # The parity cases: both policies (Categorical on CartPole, Gaussian on Pendulum), each with a separate
 # and a shared actor-critic, and between them the settings that run other code on the device. Pendulum
 # truncated at 10 steps ends episodes inside TINY's rollouts: the bootstrap V(final obs) is read back

@@ -279,6 +279,37 @@ def test_a_reward_beyond_the_policys_float32_range_is_named():
         algo.update(0.0)
 
 
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_rewards_whose_discounted_sums_overflow_are_named(backend_name, request, tmp_path, capsys):
+    """Rewards of 2e38 every step are each inside float32's range (so the env's check takes them), but their
+    discounted sums are not: the advantages came out inf and the update stopped with "adv contains NaN or
+    inf", naming neither the env nor the rewards, and `minippo train` added the divergence hint (a smaller
+    learning rate...), which cannot help. It is now a NonFiniteEnvError (and still a FloatingPointError)
+    naming the env, the rewards' size and what to do; norm_reward or a float64 policy trains on them."""
+    if backend_name == "numba":
+        pytest.importorskip("numba")
+    request.getfixturevalue(f"{backend_name}_backend")
+    from minippo.cli import main
+    from minippo.ppo import NonFiniteEnvError
+
+    register_probe("minippo-test/Probe-v0", 8, reward_at="every", reward=2e38)
+    algo = PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY))
+    message = (r"^iteration 1: env 'minippo-test/Probe-v0' returned rewards \(\|r\| up to 2e\+38\) whose discounted "
+               r"sums overflow the policy's float32: scale the rewards \(norm_reward\), or train with "
+               r"dtype='float64' \(no parameter was updated\)$")
+    before = {k: v.copy() for k, v in algo.policy.params.items()}
+    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(NonFiniteEnvError, match=message) as caught:
+        algo.learn()
+    assert isinstance(caught.value, FloatingPointError)
+    assert all(np.array_equal(before[k], v) for k, v in algo.policy.params.items())
+    for kwargs in ({"norm_reward": True}, {"dtype": "float64"}):
+        PPO(PPOConfig(env_id="minippo-test/Probe-v0", **TINY, **kwargs)).learn()
+    assert main(["train", "minippo-test/Probe-v0", "--timesteps", "64", "--n-envs", "2", "--out", str(tmp_path / "run"),
+                 "--quiet", "--set", "n_steps=16", "--set", "batch_size=16", "--set", "hidden=[8]"]) == 1
+    err = capsys.readouterr().err
+    assert "whose discounted sums overflow the policy's float32" in err and "learning_rate" not in err, err
+
+
 def test_a_gradient_too_large_for_adam_in_float32_stops_training(tmp_path):
     """One reward of 1e30 with clipping off (max_grad_norm=0) gave a gradient whose squares overflowed
     Adam's float32 second moment: the critic's parameters stopped moving for good, silently, and the
