@@ -1089,10 +1089,10 @@ def test_fps_leaves_out_its_own_thread_s_compiles_not_another_s(numba_backend):
                                                         (True, False, "same_step")])
 def test_the_stored_rollout_is_the_policy_s_own(env_id, norm_obs, shared, autoreset, any_backend):
     """Before any update, the policy evaluated on the stored observations and actions gives back the stored
-    logp_old, values_old and distribution: the ratio starts at exactly 1 (to the fused act kernel's
-    rounding on numba) and the KL at 0. A rollout that acted on observations normalised with other
-    statistics than the ones it stored, or stored another action than it sampled (a clipped Gaussian
-    action), would start every update from a ratio that is not 1 and train on a wrong objective."""
+    logp_old, values_old and distribution: the ratio starts at 1 and the KL at 0 (to float32 rounding). A
+    rollout that acted on observations normalised with other statistics than the ones it stored, or
+    stored another action than it sampled (a clipped Gaussian action), would start every update from a
+    ratio that is not 1 and train on a wrong objective."""
     extra = {"env_kwargs": {"max_episode_steps": 20}} if env_id == "Pendulum-v1" else {}
     algo = PPO(PPOConfig(env_id=env_id, n_envs=4, n_steps=64, batch_size=256, hidden=(16,), norm_obs=norm_obs,
                          shared=shared, autoreset=autoreset, seed=7, **extra))
@@ -1103,8 +1103,9 @@ def test_the_stored_rollout_is_the_policy_s_own(env_id, norm_obs, shared, autore
     mb = next(buf.minibatches(256, algo.rng))
     logp, _, values, _ = algo.policy.evaluate(mb["obs"], mb["actions"])
     dist = algo.policy.dist_params(algo.policy.forward(mb["obs"])[0])
-    # To float32 rounding: act ran on 4 rows, evaluate on 256, and BLAS (and numba's fused kernel) may sum in
-    # another order for another row count (seen: a shared-trunk value 1 ulp apart on numpy).
+    # To float32 rounding: act ran on 4 rows, evaluate on the valid ones (up to 256), and BLAS (and numba's
+    # fused kernel) may sum in another order for another row count (seen: a shared-trunk value 1 ulp apart
+    # on numpy, where next_step's masked rows left 244).
     tol = dict(rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logp, mb["logp_old"], **tol)
     np.testing.assert_allclose(values, mb["values_old"], **tol)
