@@ -841,15 +841,20 @@ class PPO:
 
     def _returns_overflow(self) -> ReturnOverflowError | None:
         """After an update step raised FloatingPointError: the error to raise instead when the rollout's
-        rewards and values are finite but its advantages or returns are not (their discounted sums
-        overflowed the dtype: a cause the learning rate or clipping cannot help). Looked at only on
-        that error's path: on a GPU, not a sync per rollout."""
-        buf = self.buffer  # (numpy's ufuncs take device arrays, as the other checks call them)
+        discounted reward sums, recomputed in float64, pass the policy's dtype's range (its advantages
+        and returns overflowed: a cause the learning rate or clipping cannot help). Looked at only on
+        that error's path (on a GPU, not a copy per rollout)."""
+        buf, gamma = self.buffer, self.config.gamma
+        rewards = np.asarray(backend.asnumpy(buf.rewards), np.float64)
+        not_done = 1.0 - np.asarray(backend.asnumpy(buf.dones), np.float64)
+        total, peak = np.zeros(rewards.shape[1]), 0.0
         with np.errstate(over="ignore", invalid="ignore"):
-            if not bool(np.isfinite(buf.rewards).all() & np.isfinite(buf.values).all()) or \
-                    bool(np.isfinite(buf.advantages).all() & np.isfinite(buf.returns).all()):
-                return None
-            biggest = float(np.abs(buf.rewards).max())
+            for t in reversed(range(rewards.shape[0])):  # (the rewards-to-go G_t, each env's episodes apart)
+                total = rewards[t] + gamma * not_done[t] * total
+                peak = max(peak, float(np.abs(total).max()))
+        if not peak > np.finfo(self.dtype).max:
+            return None
+        biggest = float(np.abs(rewards).max())
         return ReturnOverflowError(
             f"iteration {self.iteration + 1}: env {self.env_name!r} returned rewards (|r| up to {biggest:.3g}) whose "
             f"discounted sums overflow the policy's {self.dtype.name}: scale the rewards (norm_reward), or train "
