@@ -14,7 +14,8 @@ still moves the estimator's mean, and this test sees it (each of those, made by 
 
 The oracle is independent of the library's backward pass: dynamic programming over the tabular MDP
 with the policy's probabilities (its forward pass, trusted from tests/test_nn.py and
-tests/test_distributions.py), differentiated by central finite differences in float64.
+tests/test_distributions.py), differentiated by central finite differences in float64
+(minippo.gradcheck.numerical_grads, itself tested in tests/test_gradcheck.py).
 
 What the mean is. The trainer's loss is -mean over the B = N * T steps of logp(a_t|s_t) * A_t (with
 advantage normalisation off). With every episode H steps long and T a multiple of H, a rollout holds
@@ -47,6 +48,7 @@ import numpy as np
 import pytest
 
 from minippo.config import PPOConfig
+from minippo.gradcheck import numerical_grads
 from minippo.ppo import PPO, loss_and_grads
 
 gym = pytest.importorskip("gymnasium")
@@ -186,21 +188,17 @@ def moved(policy, move):
             policy.params[k][...] = v
 
 
-def fd_gradient(policy, f, h=1e-6):
-    """Central differences of f() (a float or an array) over every actor parameter entry (float64):
-    f's shape + (P,), the parameters flattened in actor_keys order."""
-    cols = []
-    for k in actor_keys(policy):
-        p = policy.params[k]
-        for i in range(p.size):
-            old = p.flat[i]
-            p.flat[i] = old + h
-            up = np.asarray(f())
-            p.flat[i] = old - h
-            down = np.asarray(f())
-            p.flat[i] = old
-            cols.append((up - down) / (2 * h))
-    return np.moveaxis(np.array(cols), 0, -1)
+def fd_gradient(policy, f):
+    """d f() / d(every actor parameter) by minippo.gradcheck.numerical_grads (central differences in
+    float64, the checker users call), for f a float or an array: f's shape + (P,), the parameters
+    flattened in actor_keys order."""
+    params = {k: policy.params[k] for k in actor_keys(policy)}
+    shape = np.shape(f())
+    rows = []
+    for j in np.ndindex(shape):
+        grads = numerical_grads(lambda j=j: float(np.asarray(f())[j]), params)
+        rows.append(np.concatenate([grads[k].ravel() for k in params]))
+    return np.array(rows).reshape(shape + (-1,))
 
 
 def policy_probs(policy):
