@@ -268,8 +268,8 @@ def test_every_setting_runs_on_the_cupy_path(strict_cupy_backend, env_id, extra,
 
 
 def test_rewards_whose_discounted_sums_overflow_are_named_on_the_cupy_path(strict_cupy_backend):
-    """As tests/test_trainer.py's test on numpy and numba: the check runs on the device arrays, only on
-    the error's path."""
+    """As tests/test_trainer.py's test on numpy and numba: on the error's path alone, the rollout's rewards
+    and done flags are copied from the device to recompute their discounted sums."""
     pytest.importorskip("gymnasium")
     from envs_for_tests import register_probe
 

@@ -279,16 +279,12 @@ def test_a_reward_beyond_the_policys_float32_range_is_named():
         algo.update(0.0)
 
 
-@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
-def test_rewards_whose_discounted_sums_overflow_are_named(backend_name, request, tmp_path, capsys):
+def test_rewards_whose_discounted_sums_overflow_are_named(any_backend, tmp_path, capsys):
     """Rewards of 2e38 every step are each inside float32's range (so the env's check takes them), but their
     discounted sums are not: the advantages came out inf and the update stopped with "adv contains NaN or
     inf", naming neither the env nor the rewards, and `minippo train` added the divergence hint (a smaller
     learning rate...), which cannot help. It is now a NonFiniteEnvError (and still a FloatingPointError)
     naming the env, the rewards' size and what to do; norm_reward or a float64 policy trains on them."""
-    if backend_name == "numba":
-        pytest.importorskip("numba")
-    request.getfixturevalue(f"{backend_name}_backend")
     from minippo.cli import main
     from minippo.ppo import NonFiniteEnvError
 
