@@ -216,6 +216,13 @@ def discrete_basis(policy):
     return fd_gradient(policy, lambda: np.log(policy_probs(policy)) @ np.array([1.0, -1.0]))
 
 
+def gaussian_basis(policy):
+    """(2 S + 2, P): the gradients of the S states' 2-d means, and the 2 log_std entries (the last two
+    actor entries): the 8 directions every Gaussian gradient here lies in."""
+    means = fd_gradient(policy, lambda: policy.forward(np.eye(S))[0].mean).reshape(2 * S, -1)
+    return np.vstack([means, np.eye(means.shape[1])[-2:]])
+
+
 def coordinates(vectors, basis):
     """vectors (..., P) in the basis (m, P) -> (..., m), asserting that they lie in its span: the residual
     below 1e-6 of their size (the basis comes from finite differences, good to ~1e-9 relative; a
@@ -420,8 +427,7 @@ def test_gaussian_estimator_mean_is_the_policy_gradient(any_backend):
             return float(Q0 @ -(((mu - C) ** 2).sum(1) + sigma2.sum()))
 
         g = fd_gradient(policy, expected_return)
-        means = fd_gradient(policy, lambda: policy.predict(np.eye(S), deterministic=True)).reshape(2 * S, -1)
-        basis = np.vstack([means, np.eye(g.size)[-2:]])  # (log_std: the last two actor entries)
+        basis = gaussian_basis(policy)
         samples = sampled_gradients(model, ROLLOUTS)
     check_mean(samples, -g, basis)
 
@@ -453,8 +459,7 @@ def test_gaussian_estimator_with_clipped_actions_is_the_clipped_objective_s_grad
             return float(Q0 @ -clipped_square_error(mu, sigma[None], C).sum(1))
 
         g = fd_gradient(policy, expected_return)
-        means = fd_gradient(policy, lambda: policy.forward(np.eye(S))[0].mean).reshape(2 * S, -1)
-        basis = np.vstack([means, np.eye(g.size)[-2:]])
+        basis = gaussian_basis(policy)
         samples = sampled_gradients(model, ROLLOUTS)
     check_mean(samples, -g, basis)
 
