@@ -1,0 +1,143 @@
+"""Each term of the PPO loss moves the policy the way its sign says, through a whole ``update()``.
+
+The finite-difference checks prove each gradient is the derivative of the loss as written; they cannot
+see a term written with the wrong sign, since the gradient then matches the wrong loss (an entropy
+"bonus" that lowers the entropy, a penalty that pushes away from pi_old); the loss tests compare with
+tests/reference.py, written from the same reading of the paper, and the learning tests run with
+ent_coef = 0 (every preset's). Here each term acts alone on a rollout whose advantages are set to zero
+(or, for the policy term, kept), one update runs (numpy, or numba's fused minibatch step), and the
+quantity the term is meant to raise or lower is measured before and after:
+
+- the entropy bonus raises the policy's entropy on the batch;
+- the value loss lowers the squared error of V against the returns (clipped value loss too);
+- the policy term raises the surrogate sum_t ratio_t * A_t (actions with positive advantage get more
+  probable), for every objective of the ladder;
+- the KL penalty pulls a policy moved off pi_old back towards it (KL(pi_old || pi) falls);
+- a term weighted 0, or zero advantages under an objective without a KL term, moves no actor parameter
+  at all (Adam's step of a zero gradient is exactly zero).
+
+Adam's first step moves each parameter by ~lr against its gradient's sign, so a term f alone changes by
+~ -lr * sum_i |df/dtheta_i| to first order: the tests use lr = 1e-4, where that is what the step does,
+and assert the sign only. They run in float64: the smallest change measured, CartPole's entropy (its
+near-uniform initial policy sits by the entropy's maximum, where the entropy is flat), is 3.6e-7
+relative, which float32's rounding of the entropies (6e-8 each) would leave too small a margin. On
+numba the networks are relu, for which the fused minibatch step runs in float64 (for tanh it leaves
+float64 to numpy, being no faster there).
+"""
+
+import numpy as np
+import pytest
+
+from minippo.config import PPOConfig
+from minippo.ppo import PPO
+
+pytest.importorskip("gymnasium")
+
+BASE = dict(n_envs=4, n_steps=32, batch_size=128, n_epochs=1, hidden=(16, 16), learning_rate=1e-4, dtype="float64",
+            total_timesteps=10**6, normalize_advantages=False, vf_coef=0.0, ent_coef=0.0, max_grad_norm=0.0)
+ENVS = ["CartPole-v1", "Pendulum-v1"]
+
+
+def config(backend: str, **overrides) -> PPOConfig:
+    return PPOConfig(**{**BASE, "activation": "relu" if backend == "numba" else "tanh", **overrides})
+
+
+def rollout(model: PPO, zero_advantages: bool = True) -> dict:
+    """Collect a rollout; with zero_advantages, its advantages set to 0 (the returns kept). Returns the
+    whole rollout as one batch of float64 copies (what the update's one minibatch holds)."""
+    model.collect_rollout()
+    if zero_advantages:
+        model.buffer.advantages[...] = 0
+    n = model.config.n_envs * model.config.n_steps
+    batch = next(model.buffer.minibatches(n, np.random.default_rng(0)))
+    return {k: np.array(v) for k, v in batch.items()}
+
+
+def actor_params(model: PPO) -> dict:
+    return {k: np.array(v) for k, v in model.policy.params.items() if not k.startswith("critic.")}
+
+
+def mean_entropy(model: PPO, batch: dict) -> float:
+    return float(np.mean(np.asarray(model.policy.forward(batch["obs"])[0].entropy(), np.float64)))
+
+
+def value_error(model: PPO, batch: dict) -> float:
+    values = np.asarray(model.policy.value(batch["obs"]), np.float64)
+    return float(np.mean((values - batch["returns"]) ** 2))
+
+
+def surrogate(model: PPO, batch: dict) -> float:
+    logp = np.asarray(model.policy.evaluate(batch["obs"], batch["actions"])[0], np.float64)
+    return float(np.mean(np.exp(logp - batch["logp_old"]) * batch["advantages"]))
+
+
+def kl_from_old(model: PPO, batch: dict) -> float:
+    old = model.policy.make_dist(batch["dist_old"])
+    return float(np.mean(np.asarray(old.kl(model.policy.forward(batch["obs"])[0]), np.float64)))
+
+
+def assert_unchanged(before: dict, model: PPO) -> None:
+    after = actor_params(model)
+    for k in before:
+        assert np.array_equal(after[k], before[k]), k
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_entropy_bonus_raises_the_entropy(any_backend, env_id, shared):
+    with PPO(config(any_backend, env_id=env_id, shared=shared, ent_coef=0.5)) as model:
+        batch = rollout(model)
+        before = mean_entropy(model, batch)
+        model.update(0.0)
+        assert mean_entropy(model, batch) > before
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("objective", ["clip", "surrogate", "a2c", "reinforce"])
+def test_zero_advantages_and_no_bonus_leave_the_actor_alone(any_backend, env_id, objective):
+    """And the critic's own step (vf_coef 0.5, separate networks) does not reach the actor."""
+    with PPO(config(any_backend, env_id=env_id, objective=objective, vf_coef=0.5)) as model:
+        rollout(model)
+        before = actor_params(model)
+        model.update(0.0)
+        assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("clip_vloss", [False, True])
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_value_loss_pulls_the_values_to_the_returns(any_backend, env_id, clip_vloss, shared):
+    """Inside the value clip range after one small step: the clipped loss is the plain one there."""
+    with PPO(config(any_backend, env_id=env_id, vf_coef=0.5, clip_vloss=clip_vloss, shared=shared)) as model:
+        batch = rollout(model)
+        before = value_error(model, batch)
+        model.update(0.0)
+        assert value_error(model, batch) < before
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+@pytest.mark.parametrize("objective", ["clip", "kl_penalty", "surrogate", "a2c", "reinforce"])
+def test_the_policy_step_makes_actions_with_positive_advantage_more_probable(any_backend, env_id, objective):
+    """At pi_old the surrogate mean(ratio * A) is mean(A); one step raises it (normalised advantages,
+    so mean(A) = 0 and the claim is about the direction alone)."""
+    with PPO(config(any_backend, normalize_advantages=True, env_id=env_id, objective=objective)) as model:
+        batch = rollout(model, zero_advantages=False)
+        a = batch["advantages"]
+        batch["advantages"] = (a - a.mean()) / a.std()
+        assert abs(surrogate(model, batch)) < 1e-6
+        model.update(0.0)
+        assert surrogate(model, batch) > 1e-6
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+def test_the_kl_penalty_pulls_the_policy_back_to_pi_old(any_backend, env_id):
+    with PPO(config(any_backend, env_id=env_id, objective="kl_penalty", kl_beta=1.0)) as model:
+        batch = rollout(model)
+        noise = np.random.default_rng(3)
+        for k, v in model.policy.params.items():
+            if not k.startswith("critic."):
+                v[...] += 0.05 * noise.normal(size=v.shape)
+        before = kl_from_old(model, batch)
+        assert before > 1e-5
+        model.update(0.0)
+        assert kl_from_old(model, batch) < before
