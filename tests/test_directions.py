@@ -13,14 +13,16 @@ quantity the term is meant to raise or lower is measured before and after:
 - the policy term raises the surrogate sum_t ratio_t * A_t (actions with positive advantage get more
   probable), for every objective of the ladder;
 - the KL penalty pulls a policy moved off pi_old back towards it (KL(pi_old || pi) falls);
+- the clip leaves no incentive beyond its range: steps whose ratio is already past 1 + eps with A > 0
+  (or under 1 - eps with A < 0) move nothing under clip, and do under the plain surrogate;
 - a term weighted 0, or zero advantages under an objective without a KL term, moves no actor parameter
   at all (Adam's step of a zero gradient is exactly zero).
 
-Adam's first step moves each parameter by ~lr against its gradient's sign, so a term f alone changes by
-~ -lr * sum_i |df/dtheta_i| to first order: the tests use lr = 1e-4, where that is what the step does,
-and assert the sign only. They run in float64: the smallest change measured, CartPole's entropy (its
-near-uniform initial policy sits by the entropy's maximum, where the entropy is flat), is 3.6e-7
-relative, which float32's rounding of the entropies (6e-8 each) would leave too small a margin. On
+Adam's first step is -lr * g / (|g| + eps) for each parameter (its moments are g and g^2 then), so a
+term f acting alone changes by -lr * sum_i g_i^2 / (|g_i| + eps) < 0 to first order, g = df/dtheta:
+the tests use lr = 1e-4, where the first order is what the step does, and assert the sign only. They
+run in float64, where rounding (~1e-16 relative) is far below the smallest change measured (~2e-5
+relative: the surrogate on normalised advantages, the value error on Pendulum). On
 numba the networks are relu, for which the fused minibatch step runs in float64 (for tanh it leaves
 float64 to numpy, being no faster there).
 """
@@ -76,6 +78,10 @@ def kl_from_old(model: PPO, batch: dict) -> float:
     return float(np.mean(np.asarray(old.kl(model.policy.forward(batch["obs"])[0]), np.float64)))
 
 
+def output_bias(model: PPO) -> str:
+    return f"actor.b{model.policy.actor.n_layers - 1}"
+
+
 def assert_unchanged(before: dict, model: PPO) -> None:
     after = actor_params(model)
     for k in before:
@@ -85,7 +91,13 @@ def assert_unchanged(before: dict, model: PPO) -> None:
 @pytest.mark.parametrize("env_id", ENVS)
 @pytest.mark.parametrize("shared", [False, True])
 def test_the_entropy_bonus_raises_the_entropy(any_backend, env_id, shared):
+    """Discrete: the actor's output bias spread first, away from the near-uniform initial policy (at the
+    entropy's maximum, where it is flat and a step can overshoot it). A Gaussian's entropy is the sum of
+    its log-stds: no maximum."""
     with PPO(config(any_backend, env_id=env_id, shared=shared, ent_coef=0.5)) as model:
+        bias = model.policy.params[output_bias(model)]
+        if env_id == "CartPole-v1":
+            bias += np.linspace(-0.5, 0.5, bias.size)
         batch = rollout(model)
         before = mean_entropy(model, batch)
         model.update(0.0)
@@ -141,3 +153,29 @@ def test_the_kl_penalty_pulls_the_policy_back_to_pi_old(any_backend, env_id):
         assert before > 1e-5
         model.update(0.0)
         assert kl_from_old(model, batch) < before
+
+
+@pytest.mark.parametrize("env_id", ENVS)
+def test_the_clip_removes_the_incentive_beyond_the_clip_range(any_backend, env_id):
+    """A policy moved off pi_old, each step's advantage +1 where its ratio is already above 1 + eps, -1
+    where below 1 - eps, 0 inside: PPO-clip's objective is flat there (min(r A, clip(r) A) is the clipped
+    constant), so the update moves no actor parameter; the unclipped surrogate, on the same batch, does."""
+    eps = 0.1
+    for objective, moves in (("clip", False), ("surrogate", True)):
+        with PPO(config(any_backend, env_id=env_id, objective=objective, clip_eps=eps)) as model:
+            batch = rollout(model, zero_advantages=False)  # (the whole rollout in time order)
+            noise = np.random.default_rng(4)
+            for k, v in model.policy.params.items():
+                if not k.startswith("critic."):
+                    v[...] += 0.3 * noise.normal(size=v.shape)
+            logp = np.asarray(model.policy.evaluate(batch["obs"], batch["actions"])[0])
+            ratio = np.exp(logp - batch["logp_old"])
+            adv = np.where(ratio > 1 + eps, 1.0, np.where(ratio < 1 - eps, -1.0, 0.0))
+            assert (adv > 0).any() and (adv < 0).any()
+            model.buffer.advantages[...] = adv.reshape(model.buffer.advantages.shape)
+            before = actor_params(model)
+            model.update(0.0)
+            if moves:
+                assert any(not np.array_equal(v, before[k]) for k, v in actor_params(model).items())
+            else:
+                assert_unchanged(before, model)
