@@ -6,7 +6,8 @@ against properties the maths fixes:
 1. the envs' order: permuting the N env columns of a rollout permutes its advantages column-wise and
    leaves the full-batch loss, gradients and update equal up to the order of the sums;
 2. a Discrete action's label: relabelling the actions and permuting the actor's output columns to match
-   gives the same distribution, loss and update (output layer permuted);
+   gives the same distribution, loss and update (output layer permuted); and a Box action's dimensions,
+   with the mean's columns and the log-stds permuted;
 3. softmax temperature: a policy at temperature tau is the tau = 1 policy whose output layer is divided
    by tau (gradients: the output layer's scaled by 1 / tau, every other equal);
 4. objectives that reduce to another: clip with a clip range no ratio reaches is the importance-sampled
@@ -164,6 +165,72 @@ def test_relabelled_actions_with_the_output_columns_permuted_give_the_same_updat
         assert_same_stats(out_b, out_a)
         pa, pb = params_of(a), params_of(b)
         pa[kw], pa[kb] = pa[kw][:, perm], pa[kb][perm]
+        for k in pa:
+            assert_close(pb[k], pa[k])
+    finally:
+        a.close()
+        b.close()
+
+
+class Reach(gym.Env):
+    """Observations N(0, 1) in R^4, actions in [-1, 1]^3, reward -|a - tanh(M s) / 2|^2, 10-step episodes."""
+
+    M = np.array([[0.5, -1.0, 0.3, 0.0], [1.2, 0.4, -0.7, 0.9], [-0.2, 0.8, 1.1, -0.5]])
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float64)
+    action_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.s = 0, self.np_random.normal(size=4)
+        return self.s, {}
+
+    def step(self, action):
+        reward = -float(np.sum((np.asarray(action) - 0.5 * np.tanh(self.M @ self.s)) ** 2))
+        self.t, self.s = self.t + 1, self.np_random.normal(size=4)
+        return self.s, reward, False, self.t >= 10, {}
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_permuted_action_dimensions_with_the_mean_and_log_std_permuted_give_the_same_update(any_backend, shared):
+    """The Gaussian case of the relabelling: a Box action's dimensions permuted, with the actor's mean
+    columns and log-stds permuted to match, give the same distribution, loss and update."""
+    perm = np.array([1, 2, 0])
+    cfg = config(any_backend, env_id="Reach", batch_size=32, ent_coef=0.01, clip_vloss=True, shared=shared,
+                 log_std_init=-0.3)  # (env_id names no env here: the env is given)
+    a, b = (PPO(cfg, env=SyncVectorEnv([Reach] * cfg.n_envs, autoreset_mode=AutoresetMode.SAME_STEP))
+            for _ in range(2))
+    try:
+        kw, kb = output_layer(b)
+        b.policy.params[kw][...] = b.policy.params[kw][:, perm].copy()
+        b.policy.params[kb][...] = b.policy.params[kb][perm].copy()
+        a.policy.params["log_std"][...] += np.array([0.0, 0.1, -0.1])  # (three different stds)
+        b.policy.params["log_std"][...] = a.policy.params["log_std"][perm]
+        obs = np.random.default_rng(2).normal(size=(200, 4))
+        dist_a, dist_b = a.policy.forward(obs)[0], b.policy.forward(obs)[0]
+        assert_close(dist_b.mean, np.asarray(dist_a.mean)[:, perm])
+        assert_close(dist_b.log_std, np.asarray(dist_a.log_std)[..., perm])
+        a.collect_rollout()
+        b.collect_rollout()
+        rollout = rollout_of(a)
+        assert rollout["dones"].any()
+        d = 3
+        dist = np.concatenate([rollout["dist"][..., :d][..., perm], rollout["dist"][..., d:][..., perm]], axis=-1)
+        last = np.random.default_rng(1).normal(size=cfg.n_envs)
+        put_rollout(a, rollout, last)
+        put_rollout(b, dict(rollout, actions=rollout["actions"][..., perm], dist=dist), last)
+        batch_a = next(a.buffer.minibatches(32, np.random.default_rng(0)))
+        batch_b = next(b.buffer.minibatches(32, np.random.default_rng(0)))
+        for objective in ("clip", "kl_penalty"):
+            stats_a, grads_a = loss_and_grads(a.policy, batch_a, cfg.replace(objective=objective))
+            stats_b, grads_b = loss_and_grads(b.policy, batch_b, cfg.replace(objective=objective))
+            assert_same_stats(stats_b, stats_a)
+            grads_a[kw], grads_a[kb], grads_a["log_std"] = grads_a[kw][:, perm], grads_a[kb][perm], \
+                grads_a["log_std"][perm]
+            assert_close(flat(grads_b), flat(grads_a))
+        b.rng.bit_generator.state = a.rng.bit_generator.state  # the same minibatches
+        assert_same_stats(b.update(0.0), a.update(0.0))
+        pa, pb = params_of(a), params_of(b)
+        pa[kw], pa[kb], pa["log_std"] = pa[kw][:, perm], pa[kb][perm], pa["log_std"][perm]
         for k in pa:
             assert_close(pb[k], pa[k])
     finally:
