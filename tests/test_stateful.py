@@ -2,12 +2,13 @@
 
 The other tests take each call of the Python API on its own or in the orders the README shows. Here
 hypothesis draws sequences of them (learn, a callback that stops or raises, collect_rollout and update
-by hand, evaluate, predict, save, load, close) and after every call checks what must hold whatever
-came before:
+by hand, a rollout whose env raises, evaluate, predict, save, load, close), on numpy and numba, with
+either autoreset mode, and after every call checks what must hold whatever came before:
 
-- the counters: ``num_timesteps`` is the rollouts collected times n_envs * n_steps, ``iteration`` the
-  iterations learn() ran (a callback's stop or exception comes after its iteration is counted); a load
-  takes both back to the file's;
+- the counters: ``num_timesteps`` is the env steps run (whole rollouts of n_envs * n_steps, and a
+  dropped rollout's steps before its env raised), ``iteration`` the iterations learn() ran (a
+  callback's stop or exception comes after its iteration is counted); a load takes both back to the
+  file's;
 - nothing but training moves the parameters, Adam's moments, the normalisers' statistics, the
   agent's generator and the counters: evaluate, predict and save leave them bit for bit;
 - ``PPO.load`` of a file gives back exactly what the trainer held when it saved it (parameters,
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from minippo.config import PPOConfig
 from minippo.ppo import PPO
@@ -68,14 +69,14 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(eq(a[k], b[k]) for k in a)
 
 
-@settings(max_examples=40, stateful_step_count=15, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 class Lifecycle(RuleBasedStateMachine):
+    config = CONFIG
+
     def __init__(self):
         super().__init__()
         self.folder = tempfile.TemporaryDirectory()
-        self.model = PPO(CONFIG)
-        self.rollouts = 0  # collected in all, by learn() or by hand
+        self.model = PPO(self.config)
+        self.steps = 0  # env steps run in all, by learn() or by hand, dropped rollouts' too
         self.iterations = 0
         self.closed = False
         self.ready = False  # a rollout in the buffer, which update() may use (again)
@@ -90,7 +91,7 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: not self.closed)
     def learn(self, k):
         self.model.learn(self.model.num_timesteps + k * ROLLOUT)
-        self.rollouts += k
+        self.steps += k * ROLLOUT
         self.iterations += k
         self.ready = True  # (the last rollout stays in the buffer: update() may run on it again)
 
@@ -113,8 +114,8 @@ class Lifecycle(RuleBasedStateMachine):
         else:
             self.model.learn(self.model.num_timesteps + 5 * ROLLOUT, callback=callback)
         assert [r["iteration"] for r in rows] == list(range(self.iterations + 1, self.iterations + stop_after + 1))
-        assert rows[-1]["timesteps"] == (self.rollouts + stop_after) * ROLLOUT
-        self.rollouts += stop_after
+        assert rows[-1]["timesteps"] == self.steps + stop_after * ROLLOUT
+        self.steps += stop_after * ROLLOUT
         self.iterations += stop_after  # (the callback runs after the iteration is counted)
         self.ready = True
 
@@ -122,8 +123,32 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: not self.closed)
     def collect(self):
         self.model.collect_rollout()
-        self.rollouts += 1
+        self.steps += ROLLOUT
         self.ready = True
+
+    @rule(at=st.integers(1, CONFIG.n_steps))
+    @precondition(lambda self: not self.closed)
+    def collect_from_an_env_that_raises(self, at):
+        """The env's step number ``at`` of the rollout raises: the rollout is dropped (update refuses the
+        buffer), the steps before it stay counted, and the next rollout starts from a reset."""
+        env, calls = self.model.env, []
+        real = env.step
+
+        def step(actions):
+            calls.append(None)
+            if len(calls) == at:
+                raise Stop
+            return real(actions)
+
+        env.step = step
+        try:
+            with pytest.raises(Stop):
+                self.model.collect_rollout()
+        finally:
+            del env.step
+        assert len(calls) == at  # (the trainer stepped the env through it)
+        self.steps += (at - 1) * self.config.n_envs
+        self.ready = False
 
     @rule()
     def update(self):
@@ -158,17 +183,17 @@ class Lifecycle(RuleBasedStateMachine):
         path = os.path.join(self.folder.name, f"model{self.paths}.npz")
         self.model.save(path)
         assert same(snapshot(self.model), before)
-        self.saved = (path, before, self.rollouts, self.iterations)
+        self.saved = (path, before, self.steps, self.iterations)
 
     @rule()
     @precondition(lambda self: self.saved is not None)
     def load(self):
-        path, want, rollouts, iterations = self.saved
+        path, want, steps, iterations = self.saved
         self.model.close()
         self.model = PPO.load(path)
         mean, var, count, ret = want["reward_scaler"]
         assert same(snapshot(self.model), dict(want, reward_scaler=(mean, var, count, np.zeros_like(ret))))
-        self.rollouts, self.iterations, self.closed, self.ready = rollouts, iterations, False, False
+        self.steps, self.iterations, self.closed, self.ready = steps, iterations, False, False
 
     @rule()
     def close(self):
@@ -183,7 +208,12 @@ class Lifecycle(RuleBasedStateMachine):
 
     @invariant()
     def counters(self):
-        assert (self.model.num_timesteps, self.model.iteration) == (self.rollouts * ROLLOUT, self.iterations)
+        assert (self.model.num_timesteps, self.model.iteration) == (self.steps, self.iterations)
 
 
-TestLifecycle = Lifecycle.TestCase
+@pytest.mark.parametrize("objective, autoreset", [("kl_penalty", "same_step"), ("clip", "next_step")])
+def test_the_trainer_s_lifecycle(any_backend, objective, autoreset):
+    machine = type("Lifecycle", (Lifecycle,), {"config": CONFIG.replace(objective=objective, autoreset=autoreset)})
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=40, stateful_step_count=15, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
