@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from minippo.config import PPOConfig
-from minippo.ppo import PPO
+from minippo.ppo import PPO, TotalReached
 
 pytest.importorskip("gymnasium")
 
@@ -118,6 +118,30 @@ class Lifecycle(RuleBasedStateMachine):
         self.steps += stop_after * ROLLOUT
         self.iterations += stop_after  # (the callback runs after the iteration is counted)
         self.ready = True
+
+    @rule()
+    @precondition(lambda self: not self.closed)
+    def learn_when_an_update_raises(self):
+        """An exception inside update() (a Ctrl-C, say): learn() passes it on; the rollout's steps are
+        counted, the iteration is not, and the rollout stays in the buffer."""
+        def update(progress):
+            raise Stop
+
+        self.model.update = update
+        try:
+            with pytest.raises(Stop):
+                self.model.learn(self.model.num_timesteps + 2 * ROLLOUT)
+        finally:
+            del self.model.update
+        self.steps += ROLLOUT
+        self.ready = True
+
+    @rule()
+    def learn_to_a_total_already_reached(self):
+        before = snapshot(self.model)
+        with pytest.raises(TotalReached if self.model.num_timesteps else ValueError):  # (0: not a total)
+            self.model.learn(self.model.num_timesteps)
+        assert same(snapshot(self.model), before)
 
     @rule()
     @precondition(lambda self: not self.closed)
