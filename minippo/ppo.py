@@ -789,15 +789,21 @@ class PPO:
 
     # ------------------------------------------------------------ learning
     def update(self, progress: float) -> dict[str, float]:
-        """K epochs of minibatch Adam steps on the rollout; ``progress`` in [0, 1) drives schedules.
-        Needs the buffer filled by a :meth:`collect_rollout` that completed (RuntimeError otherwise)."""
+        """K epochs of minibatch Adam steps on the rollout; ``progress`` in [0, 1) drives schedules
+        (learn() passes steps run / total; 1 is taken where no schedule reaches 0 there: a linear clip
+        schedule's clip range would be 0). Needs the buffer filled by a :meth:`collect_rollout` that
+        completed (RuntimeError otherwise)."""
         self._check_backend()
         if not self.buffer.ready:  # (before: a dropped rollout's rows mixed with the one before, trained on)
             raise RuntimeError("update() needs a complete rollout in the buffer: call collect_rollout() first "
                                "(none has completed since this trainer was built or loaded, or the last one raised)")
+        progress = real("progress", progress, 0.0, 1.0)  # (the schedules clamped it: 1.5 ran as 1)
         cfg = self.config
         lr = self.lr_schedule(progress)
         clip_eps = self.clip_schedule(progress)
+        if clip_eps == 0.0:  # (the losses would name clip_eps, which the caller never gave)
+            raise ValueError(f"progress={progress:g} takes clip_schedule={cfg.clip_schedule!r} to a clip range of "
+                             "0, which clips every step: pass progress in [0, 1) (learn() passes steps run / total)")
         ent_coef = self.ent_schedule(progress)
         sums: dict[str, float] = {}
         n_updates = 0

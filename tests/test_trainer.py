@@ -2585,3 +2585,26 @@ def test_evaluation_sends_box_actions_in_the_env_s_dtype_and_checks_observations
     with pytest.raises(ValueError, match="obs holds values beyond the policy's float32 range"):
         model.evaluate(1, env=big)
     model.close()
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_update_takes_progress_in_zero_to_one_and_names_it(schedule):
+    """update(progress) drives the schedules; learn() passes steps run / total, in [0, 1). Outside [0, 1]
+    (or NaN, or not a number), and at 1 where a linear clip schedule reaches a clip range of 0, it
+    raises naming progress, before any step (it said "clip_eps must be a finite number > 0, got 0.0",
+    a setting the caller never gave, or clamped the rest silently)."""
+    cfg = PPOConfig(env_id="CartPole-v1", n_envs=2, n_steps=8, batch_size=8, n_epochs=1, hidden=(8,),
+                    clip_schedule=schedule, total_timesteps=10**6)
+    with PPO(cfg) as model:
+        model.collect_rollout()
+        before = {k: np.array(v) for k, v in model.policy.params.items()}
+        bad = [-0.1, 1.5, float("nan"), float("inf")] + ([1.0] if schedule == "linear" else [])
+        for progress in bad:
+            with pytest.raises(ValueError, match="progress"):
+                model.update(progress)
+        with pytest.raises(TypeError, match="progress"):
+            model.update("0.5")
+        assert all(np.array_equal(v, before[k]) for k, v in model.policy.params.items())
+        model.update(0.0)
+        if schedule == "constant":
+            model.update(1.0)
