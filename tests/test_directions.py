@@ -22,13 +22,13 @@ Adam's first step is -lr * g / (|g| + eps) for each parameter (its moments are g
 term f acting alone changes by -lr * sum_i g_i^2 / (|g_i| + eps) < 0 to first order, g = df/dtheta:
 the tests use lr = 1e-4, where the first order is what the step does, and assert the sign only. They
 run in float64, where rounding (~1e-16 relative) is far below the smallest change measured (~2e-5
-relative: the surrogate on normalised advantages, the value error on Pendulum). On
-numba the networks are relu, for which the fused minibatch step runs in float64 (for tanh it leaves
-float64 to numpy, being no faster there).
+relative: the surrogate on normalised advantages, the value error on Pendulum). On numba the networks
+are relu (trainer_parts.activation_for: the fused minibatch step's float64 case).
 """
 
 import numpy as np
 import pytest
+from trainer_parts import activation_for, output_layer
 
 from minippo.config import PPOConfig
 from minippo.ppo import PPO
@@ -41,7 +41,7 @@ ENVS = ["CartPole-v1", "Pendulum-v1"]
 
 
 def config(backend: str, **overrides) -> PPOConfig:
-    return PPOConfig(**{**BASE, "activation": "relu" if backend == "numba" else "tanh", **overrides})
+    return PPOConfig(**{**BASE, "activation": activation_for(backend), **overrides})
 
 
 def rollout(model: PPO, zero_advantages: bool = True) -> dict:
@@ -78,10 +78,6 @@ def kl_from_old(model: PPO, batch: dict) -> float:
     return float(np.mean(np.asarray(old.kl(model.policy.forward(batch["obs"])[0]), np.float64)))
 
 
-def output_bias(model: PPO) -> str:
-    return f"actor.b{model.policy.actor.n_layers - 1}"
-
-
 def assert_unchanged(before: dict, model: PPO) -> None:
     after = actor_params(model)
     for k in before:
@@ -95,7 +91,7 @@ def test_the_entropy_bonus_raises_the_entropy(any_backend, env_id, shared):
     entropy's maximum, where it is flat and a step can overshoot it). A Gaussian's entropy is the sum of
     its log-stds: no maximum."""
     with PPO(config(any_backend, env_id=env_id, shared=shared, ent_coef=0.5)) as model:
-        bias = model.policy.params[output_bias(model)]
+        bias = model.policy.params[output_layer(model)[1]]
         if env_id == "CartPole-v1":
             bias += np.linspace(-0.5, 0.5, bias.size)
         batch = rollout(model)

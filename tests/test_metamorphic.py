@@ -24,8 +24,7 @@ against properties the maths fixes:
 Everything runs in float64. "Equal up to the order of the sums": a float64 sum of n terms taken in
 another order moves by at most ~n * 2^-53 of the sum of the terms' magnitudes; with n = 128 rows that is
 ~1.4e-14 relative, and the tests allow 1e-12 (measured: at most 8e-16 on numpy and numba).
-On numba the networks are relu: in float64 the fused minibatch step runs for relu and leaves tanh to
-numpy (no faster there), so relu is what puts numba's own update under the relations.
+On numba the networks are relu (trainer_parts.activation_for: the fused minibatch step's float64 case).
 """
 
 import numpy as np
@@ -36,6 +35,7 @@ from minippo.ppo import PPO, loss_and_grads
 
 gym = pytest.importorskip("gymnasium")
 from gymnasium.vector import AutoresetMode, SyncVectorEnv  # noqa: E402
+from trainer_parts import activation_for, output_layer  # noqa: E402
 
 # (a2c with n_epochs=2 warns that its later epochs are not the policy gradient: true, and beside the point here)
 pytestmark = pytest.mark.filterwarnings("ignore:objective='a2c' with n_epochs:UserWarning")
@@ -47,7 +47,7 @@ ROUNDING = 1e-12  # relative: the same sums in another order (module docstring)
 
 
 def config(backend: str, **overrides) -> PPOConfig:
-    return PPOConfig(**{**BASE, "activation": "relu" if backend == "numba" else "tanh", **overrides})
+    return PPOConfig(**{**BASE, "activation": activation_for(backend), **overrides})
 
 
 def vector_env(env_id: str, n: int, wrap) -> SyncVectorEnv:
@@ -121,11 +121,6 @@ def test_permuting_the_envs_permutes_the_advantages_and_leaves_the_update(any_ba
     finally:
         a.close()
         b.close()
-
-
-def output_layer(model: PPO, head: str = "actor") -> tuple[str, str]:
-    last = getattr(model.policy, head).n_layers - 1
-    return f"{head}.W{last}", f"{head}.b{last}"
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.37])
