@@ -949,7 +949,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         stop.append(signum)
         if len(stop) > 1:
             raise KeyboardInterrupt
-        _say("\nminippo: stopping after this iteration (press Ctrl-C again to stop now without saving)", flush=True)
+        line = "\nminippo: stopping after this iteration (press Ctrl-C again to stop now without saving)"
+        try:
+            _say(line, flush=True)
+        except RuntimeError:  # the signal landed inside a print to stderr (a progress line): the buffered
+            try:  # stream refuses a write inside a write ("reentrant call"); its descriptor takes it
+                os.write(sys.stderr.fileno(), (line + "\n").encode(errors="replace"))
+            except (OSError, ValueError, AttributeError):  # (no descriptor, or it cannot be written)
+                _stderr_lost()
 
     log_failed: list[OSError] = []  # progress.csv could not be written (a full disk, a quota)
     unlogged: list[list[str]] = []  # that row: saved with the model, written by a resumed run (no gap)

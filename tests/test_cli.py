@@ -2468,3 +2468,35 @@ def test_library_log_lines_and_warnings_lose_the_line_when_stderr_cannot_be_writ
         return 7
 
     assert cli._build(make) == 7
+
+
+def test_a_stop_signal_landing_inside_a_write_to_stderr_still_stops_and_saves(tmp_path, monkeypatch, capfd):
+    """The handler's "stopping after this iteration" line, printed while the main thread was inside a
+    print to stderr (a progress line), made the buffered stream raise "RuntimeError: reentrant call"
+    out of the handler: the run died with a traceback, unsaved (seen once in CI). The line then goes
+    to the file descriptor directly, and the run stops at its boundary and saves."""
+    from minippo import cli
+    from minippo.ppo import PPO
+
+    say = cli._say
+
+    def say_reentrant(*parts, **kwargs):  # what the buffered writer raises for a write inside a write
+        if any("stopping after this iteration" in str(p) for p in parts):
+            raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stderr>'>")
+        return say(*parts, **kwargs)
+
+    monkeypatch.setattr(cli, "_say", say_reentrant)
+    learn = PPO.learn
+
+    def learn_then_signal(self, *a, **k):
+        def cb(row):
+            if row["iteration"] == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            return k["callback"](row)
+        return learn(self, callback=cb)
+
+    monkeypatch.setattr(PPO, "learn", learn_then_signal)
+    out = tmp_path / "run"
+    assert main(["train", "CartPole-v1", "--timesteps", "320", "--out", str(out), "--quiet", *TINY]) == 130
+    assert (out / "model.npz").exists() and len(_rows(out / "progress.csv")) == 1
+    assert "stopping after this iteration" in capfd.readouterr().err
