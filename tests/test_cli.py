@@ -249,6 +249,23 @@ def _train_until_rows(out, n_rows, extra=(), **popen):
     return proc
 
 
+def _signal_after_iteration_1(monkeypatch, sig) -> None:
+    """Make PPO.learn send `sig` to this process once iteration 1 has ended: the signal lands mid-run,
+    and the run should stop at that iteration's boundary, saved."""
+    from minippo.ppo import PPO
+
+    learn = PPO.learn
+
+    def learn_then_signal(self, *a, **k):
+        def cb(row):
+            if row["iteration"] == 1:
+                os.kill(os.getpid(), sig)
+            return k["callback"](row)
+        return learn(self, callback=cb)
+
+    monkeypatch.setattr(PPO, "learn", learn_then_signal)
+
+
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGUSR1"), reason="SIGUSR1 stands in for SIGBREAK")
 def test_train_stops_cleanly_on_windows_ctrl_break_too(tmp_path, monkeypatch):
     """Windows delivers no SIGTERM, and its Ctrl-Break (SIGBREAK) killed a run without saving: train
@@ -260,18 +277,7 @@ def test_train_stops_cleanly_on_windows_ctrl_break_too(tmp_path, monkeypatch):
     windows = [signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else []
     assert set(cli.STOP_SIGNALS) == {signal.SIGINT, signal.SIGTERM, *windows}
     monkeypatch.setattr(cli, "STOP_SIGNALS", (*cli.STOP_SIGNALS, signal.SIGUSR1))
-    from minippo.ppo import PPO
-
-    learn = PPO.learn
-
-    def learn_then_signal(self, *a, **k):  # the signal lands mid-run: the run stops at its boundary, saved
-        def cb(row):
-            if row["iteration"] == 1:
-                os.kill(os.getpid(), signal.SIGUSR1)
-            return k["callback"](row)
-        return learn(self, callback=cb)
-
-    monkeypatch.setattr(PPO, "learn", learn_then_signal)
+    _signal_after_iteration_1(monkeypatch, signal.SIGUSR1)
     out = tmp_path / "run"
     assert main(["train", "CartPole-v1", "--timesteps", "320", "--out", str(out), "--quiet", *TINY]) == 130
     assert (out / "model.npz").exists() and len(_rows(out / "progress.csv")) == 1  # stopped after iteration 1
@@ -2476,7 +2482,6 @@ def test_a_stop_signal_landing_inside_a_write_to_stderr_still_stops_and_saves(tm
     out of the handler: the run died with a traceback, unsaved (seen once in CI). The line then goes
     to the file descriptor directly, and the run stops at its boundary and saves."""
     from minippo import cli
-    from minippo.ppo import PPO
 
     say = cli._say
 
@@ -2486,16 +2491,7 @@ def test_a_stop_signal_landing_inside_a_write_to_stderr_still_stops_and_saves(tm
         return say(*parts, **kwargs)
 
     monkeypatch.setattr(cli, "_say", say_reentrant)
-    learn = PPO.learn
-
-    def learn_then_signal(self, *a, **k):
-        def cb(row):
-            if row["iteration"] == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-            return k["callback"](row)
-        return learn(self, callback=cb)
-
-    monkeypatch.setattr(PPO, "learn", learn_then_signal)
+    _signal_after_iteration_1(monkeypatch, signal.SIGINT)
     out = tmp_path / "run"
     assert main(["train", "CartPole-v1", "--timesteps", "320", "--out", str(out), "--quiet", *TINY]) == 130
     assert (out / "model.npz").exists() and len(_rows(out / "progress.csv")) == 1

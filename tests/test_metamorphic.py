@@ -85,6 +85,26 @@ def rollout_of(model: PPO) -> dict:
     return {name: np.array(getattr(model.buffer, name)) for name in FIELDS}
 
 
+def assert_same_update(a: PPO, b: PPO, batch_size: int, relabel, objectives=(None,)) -> None:
+    """a and b hold rollouts that differ by a relabelling the maths undoes: the same minibatch of each
+    gives the same loss statistics and, after relabel (a's gradient or parameter dict -> b's labels),
+    the same gradients (one check per objective; None: the config's own); one update each from the same
+    generator state gives the same statistics and relabelled parameters."""
+    batch_a = next(a.buffer.minibatches(batch_size, np.random.default_rng(0)))
+    batch_b = next(b.buffer.minibatches(batch_size, np.random.default_rng(0)))
+    for objective in objectives:
+        cfg = a.config if objective is None else a.config.replace(objective=objective)
+        stats_a, grads_a = loss_and_grads(a.policy, batch_a, cfg)
+        stats_b, grads_b = loss_and_grads(b.policy, batch_b, cfg)
+        assert_same_stats(stats_b, stats_a)
+        assert_close(flat(grads_b), flat(relabel(grads_a)))
+    b.rng.bit_generator.state = a.rng.bit_generator.state  # the same minibatches
+    assert_same_stats(b.update(0.0), a.update(0.0))
+    pa, pb = relabel(params_of(a)), params_of(b)
+    for k in pa:
+        assert_close(pb[k], pa[k])
+
+
 @pytest.mark.parametrize("env_id, objective, advantage", [
     ("CartPole-v1", "clip", "gae"), ("CartPole-v1", "kl_penalty", "td"), ("CartPole-v1", "a2c", "mc"),
     ("Pendulum-v1", "clip", "gae"), ("Pendulum-v1", "surrogate", "gae"),
@@ -106,18 +126,9 @@ def test_permuting_the_envs_permutes_the_advantages_and_leaves_the_update(any_ba
         # The recursion runs down each column on its own: the same numbers, moved.
         assert np.array_equal(np.asarray(b.buffer.advantages), np.asarray(a.buffer.advantages)[:, perm])
         assert np.array_equal(np.asarray(b.buffer.returns), np.asarray(a.buffer.returns)[:, perm])
-        n = cfg.n_envs * cfg.n_steps
-        rng = np.random.default_rng(0)
-        stats_a, grads_a = loss_and_grads(a.policy, next(a.buffer.minibatches(n, rng)), cfg)
-        stats_b, grads_b = loss_and_grads(b.policy, next(b.buffer.minibatches(n, rng)), cfg)
-        assert_same_stats(stats_b, stats_a)
-        assert_close(flat(grads_b), flat(grads_a))
-        # A whole update (2 epochs of the one full-batch minibatch, Adam, gradient clipping).
-        a.update(0.0)
-        b.update(0.0)
-        pa, pb = params_of(a), params_of(b)
-        for k in pa:
-            assert_close(pb[k], pa[k])
+        # The full batch's loss and gradients, and a whole update (2 epochs of the one full-batch
+        # minibatch, Adam, gradient clipping): nothing to relabel, the same sums in another order.
+        assert_same_update(a, b, cfg.n_envs * cfg.n_steps, lambda d: d)
     finally:
         a.close()
         b.close()
@@ -148,20 +159,7 @@ def test_relabelled_actions_with_the_output_columns_permuted_give_the_same_updat
         last = np.random.default_rng(1).normal(size=cfg.n_envs)
         put_rollout(a, rollout, last)
         put_rollout(b, dict(rollout, actions=inv[rollout["actions"]], dist=rollout["dist"][:, :, perm]), last)
-        batch_a = next(a.buffer.minibatches(32, np.random.default_rng(0)))
-        batch_b = next(b.buffer.minibatches(32, np.random.default_rng(0)))
-        stats_a, grads_a = loss_and_grads(a.policy, batch_a, cfg)
-        stats_b, grads_b = loss_and_grads(b.policy, batch_b, cfg)
-        assert_same_stats(stats_b, stats_a)
-        grads_a[kw], grads_a[kb] = grads_a[kw][:, perm], grads_a[kb][perm]
-        assert_close(flat(grads_b), flat(grads_a))
-        b.rng.bit_generator.state = a.rng.bit_generator.state  # the same minibatches
-        out_a, out_b = a.update(0.0), b.update(0.0)
-        assert_same_stats(out_b, out_a)
-        pa, pb = params_of(a), params_of(b)
-        pa[kw], pa[kb] = pa[kw][:, perm], pa[kb][perm]
-        for k in pa:
-            assert_close(pb[k], pa[k])
+        assert_same_update(a, b, 32, lambda d: {**d, kw: d[kw][:, perm], kb: d[kb][perm]})
     finally:
         a.close()
         b.close()
@@ -213,21 +211,8 @@ def test_permuted_action_dimensions_with_the_mean_and_log_std_permuted_give_the_
         last = np.random.default_rng(1).normal(size=cfg.n_envs)
         put_rollout(a, rollout, last)
         put_rollout(b, dict(rollout, actions=rollout["actions"][..., perm], dist=dist), last)
-        batch_a = next(a.buffer.minibatches(32, np.random.default_rng(0)))
-        batch_b = next(b.buffer.minibatches(32, np.random.default_rng(0)))
-        for objective in ("clip", "kl_penalty"):
-            stats_a, grads_a = loss_and_grads(a.policy, batch_a, cfg.replace(objective=objective))
-            stats_b, grads_b = loss_and_grads(b.policy, batch_b, cfg.replace(objective=objective))
-            assert_same_stats(stats_b, stats_a)
-            grads_a[kw], grads_a[kb], grads_a["log_std"] = grads_a[kw][:, perm], grads_a[kb][perm], \
-                grads_a["log_std"][perm]
-            assert_close(flat(grads_b), flat(grads_a))
-        b.rng.bit_generator.state = a.rng.bit_generator.state  # the same minibatches
-        assert_same_stats(b.update(0.0), a.update(0.0))
-        pa, pb = params_of(a), params_of(b)
-        pa[kw], pa[kb], pa["log_std"] = pa[kw][:, perm], pa[kb][perm], pa["log_std"][perm]
-        for k in pa:
-            assert_close(pb[k], pa[k])
+        assert_same_update(a, b, 32, lambda d: {**d, kw: d[kw][:, perm], kb: d[kb][perm],
+                                                "log_std": d["log_std"][perm]}, objectives=("clip", "kl_penalty"))
     finally:
         a.close()
         b.close()
