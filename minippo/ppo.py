@@ -815,7 +815,10 @@ class PPO:
                 if mb["advantages"].shape[0] < min_size:  # (a rollout with fewer valid steps than that)
                     continue
                 try:
-                    stats = step.loss_and_grads(mb, clip_eps, ent_coef)
+                    # numpy's overflow warnings are left out: a non-finite loss or gradient raises below,
+                    # naming the iteration (under -W error the first warning stood in for that error)
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        stats = step.loss_and_grads(mb, clip_eps, ent_coef)
                     if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
                         stopped_early = True  # checked before the step (PPO detail: target_kl)
                         break
