@@ -124,7 +124,9 @@ def as_space(space: Any) -> Space:
         return Discrete(int(space.n), int(getattr(space, "start", 0)))
     if is_kind(space, "Box") and hasattr(space, "low") and hasattr(space, "high"):
         if len(space.shape) != 1:
-            raise ValueError(f"Box action spaces must be 1-D, got shape {space.shape}")
+            raise ValueError(f"action space {space} is not supported: minippo takes Discrete or 1-D Box actions, "
+                             f"got a Box of shape {space.shape}; give the env a 1-D Box action space with a "
+                             "gymnasium.ActionWrapper of your own (its action() reshapes the vector back)")
         return Box(np.asarray(space.low), np.asarray(space.high), np.dtype(getattr(space, "dtype", np.float32)).name)
     raise TypeError(
         f"action_space must be a Discrete or Box space (gymnasium or minippo.spaces), got {cls}"

@@ -307,6 +307,9 @@ def test_rollout_buffer_add_checks_before_writing():
             buf.add(**{**good, name: good[name].tolist()})
     assert buf.pos == 0 and not buf.obs.any()  # nothing was written
     buf.add(**good)
+    with pytest.raises(RuntimeError, match=r"^rollout incomplete: 1 of 2 steps stored$"):
+        buf.compute_returns(np.zeros(3), 0.99, 0.95)
+    assert not buf.ready
     buf.add(**good)
     with pytest.raises(IndexError, match="buffer is full"):
         buf.add(**good)
@@ -683,6 +686,8 @@ def test_evaluate_policy_checks_its_arguments_before_making_the_env():
     with pytest.raises(TypeError, match=r"policy must be an ActorCritic \(PPO.policy\), a Policy \(load_policy\) "
                                         r"or an object with predict, obs_dim and action_space, got NoneType"):
         evaluate_policy(None, "NoSuchEnv-v0")
+    with pytest.raises(ValueError, match="^evaluate_policy needs env_id or env$"):
+        evaluate_policy(pol, None)
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "numba"])
@@ -949,6 +954,10 @@ def test_make_vec_env_names_n_envs():
         make_vec_env("CartPole-v1", "2")
     with pytest.raises(TypeError, match="env id must be a string such as 'CartPole-v1', got int 123"):
         make_vec_env(123, 2)  # (a ValueError before, as for a string naming no env)
+    with pytest.raises(ValueError, match="^vector='thread' is not allowed; use 'sync' or 'async'$"):
+        make_vec_env("CartPole-v1", 2, vector="thread")
+    with pytest.raises(ValueError, match="^autoreset='disabled' is not allowed; use 'same_step' or 'next_step'$"):
+        make_vec_env("CartPole-v1", 2, autoreset="disabled")
 
 
 def test_make_vec_env_names_env_kwargs_that_are_not_a_mapping():

@@ -2588,6 +2588,19 @@ def test_spaces_of_a_subclass_of_box_or_discrete_are_taken_as_theirs():
         model.close()
 
 
+@pytest.mark.parametrize("shape", [(2, 2), ()])
+def test_a_box_action_space_that_is_not_1d_is_refused_by_name(shape):
+    """A 2-D (or 0-d) Box action space was refused as "Box action spaces must be 1-D, got shape (2, 2)",
+    naming neither the space nor a way on (the observation space's refusal does both)."""
+    env = gym.vector.SyncVectorEnv([lambda: Probe(action_space=gym.spaces.Box(-1.0, 1.0, shape, np.float32))] * 2)
+    with pytest.raises(ValueError, match=re.escape(
+            f"action space Box(-1.0, 1.0, {shape}, float32) is not supported: minippo takes Discrete or 1-D Box "
+            f"actions, got a Box of shape {shape}; give the env a 1-D Box action space with a gymnasium.ActionWrapper "
+            "of your own (its action() reshapes the vector back)")):
+        PPO(PPOConfig(n_envs=2, n_steps=8, batch_size=16), env=env)
+    env.close()
+
+
 def test_evaluation_sends_box_actions_in_the_env_s_dtype_and_checks_observations(tmp_path):
     """A float64-Box policy evaluated in an env of the same bounds in float32 sent float64 actions, which
     the env's action_space.contains refuses; observations past the policy's float32 range went unnamed
