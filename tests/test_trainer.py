@@ -1382,6 +1382,9 @@ def test_tampered_checkpoints_are_refused_by_both_loaders(tmp_path):
             a[name] = np.zeros(2, np.float32)
         with pytest.raises(CheckpointError, match=rf"unexpected arrays \['{name}'\]: it belongs to another network"):
             PPO.load(_rewrite(good, tmp_path / "extra_adam.npz", extra_adam))
+    with pytest.raises(CheckpointError, match=r"is missing Adam moments \['adam/v.critic.b1'\]$"):
+        PPO.load(_rewrite(good, tmp_path / "no_adam_v.npz", lambda a, m: a.__delitem__("adam/v.critic.b1")))
+    assert load_policy(tmp_path / "no_adam_v.npz").policy.obs_dim == 4  # (acting reads no Adam state)
 
     deep = tmp_path / "deep.npz"  # a RecursionError from json.loads used to escape as a traceback
     with np.load(good, allow_pickle=False) as z:
