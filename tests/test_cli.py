@@ -1249,7 +1249,7 @@ def test_resuming_a_model_linked_into_a_folder_it_cannot_write_is_refused_before
 def test_an_unreadable_progress_csv_on_resume_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "CartPole-v1", "--timesteps", "64", "--out", str(out), "--quiet", *TINY]) == 0
-    config = (out / "config.json").read_bytes()
+    config, rows = (out / "config.json").read_bytes(), (out / "progress.csv").read_bytes()
     with open(out / "progress.csv", "a") as f:  # one field past the csv module's limit (131072)
         f.write("9," + "x" * 200_000 + "\n")
     capsys.readouterr()
@@ -1257,6 +1257,13 @@ def test_an_unreadable_progress_csv_on_resume_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "progress.csv, line 3: longer than 65536 characters, not a progress.csv " \
         "line" in err, err
+    assert (out / "config.json").read_bytes() == config
+    (out / "progress.csv").write_bytes(rows + b"9,\xff\xfe\n")  # not UTF-8 (a disk's garbage after a power loss)
+    assert main(["train", "CartPole-v1", "--resume", str(out / "model.npz"), "--timesteps", "512", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(r"progress\.csv cannot be read as CSV \('utf-8' codec can't decode byte "
+                                             r"0xff in position \d+: invalid start byte\); move it away to resume "
+                                             r"here\n$", err), err
     assert (out / "config.json").read_bytes() == config
 
 
@@ -1570,6 +1577,9 @@ def test_plot_reads_a_byte_order_mark_and_refuses_other_columns(tmp_path, capsys
         assert err.startswith(f"minippo: error: {tmp_path / name / 'progress.csv'} does not have minippo's "
                               "progress.csv columns (its header: "), err
     assert not (tmp_path / "f.png").exists()
+    assert main(["plot", str(run), "--y", "return", "-o", str(tmp_path / "f.png")]) == 2
+    assert capsys.readouterr().err == (f"minippo: error: --y 'return' is not a progress.csv column; use one of "
+                                       f"{', '.join(CSV_COLUMNS)}\n")
     (tmp_path / "long").mkdir()  # one line of 5 MB: read whole before the csv module's field limit refused it
     (tmp_path / "long" / "progress.csv").write_bytes((run / "progress.csv").read_bytes() + b"\x00" * 5_000_000)
     assert main(["plot", str(tmp_path / "long"), "-o", str(tmp_path / "f.png")]) == 2
