@@ -254,6 +254,13 @@ def test_wrapper_casts_and_empty(cupy_standin):
     np.testing.assert_allclose(adv, ref.gae(r, v, d, lv, 0.99, 0.95)[0], **TOL[np.float32])
     adv, ret = gpu.gae(r[:0], v[:0], d[:0], lv, 0.99, 0.95)  # T = 0: no launch
     assert adv.shape == (0, 3)
+    for other in (np.float16, np.int64):  # no kernel of their own: float64's, as numpy's result dtype
+        args = ((r * 4).astype(other), v.astype(other), d, lv.astype(other))
+        adv, ret = gpu.gae(*args, 0.99, 0.95)
+        want = advantages.gae_numpy(*args, 0.99, 0.95)
+        assert adv.dtype == ret.dtype == want[0].dtype == np.float64
+        np.testing.assert_array_equal(adv, want[0])
+        np.testing.assert_array_equal(ret, want[1])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
