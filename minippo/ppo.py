@@ -811,7 +811,7 @@ class PPO:
         ent_coef = self.ent_schedule(progress)
         sums: dict[str, float] = {}
         n_updates = 0
-        stopped_early = False
+        stopped_early, stop_kl = False, math.nan
         step = self._minibatch_step()
         min_size = 2 if cfg.normalize_advantages else 1  # one sample normalises to 0: no policy gradient
         for _epoch in range(cfg.n_epochs):
@@ -821,7 +821,7 @@ class PPO:
                 try:
                     stats = step.loss_and_grads(mb, clip_eps, ent_coef)
                     if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
-                        stopped_early = True  # checked before the step (PPO detail: target_kl)
+                        stopped_early, stop_kl = True, float(stats["approx_kl"])  # before the step (PPO detail)
                         break
                     if not math.isfinite(stats["loss"]):
                         raise FloatingPointError(f"loss is {stats['loss']}")
@@ -846,7 +846,7 @@ class PPO:
         out["explained_variance"] = explained_variance(buf.values.reshape(-1)[valid], buf.returns.reshape(-1)[valid])
         used = cfg.objective == "clip" or cfg.clip_vloss  # (else blank, as clipfrac, kl and beta where unused)
         out.update(lr=lr, clip_eps=clip_eps if used else math.nan, ent_coef=ent_coef, n_updates=n_updates,
-                   stopped_early=float(stopped_early))
+                   stopped_early=float(stopped_early), stop_kl=stop_kl)
         return out
 
     def _returns_overflow(self) -> ReturnOverflowError | None:
@@ -917,9 +917,11 @@ class PPO:
         rises again to where the longer schedule has it.
 
         ``callback(row)`` is called after every iteration with the logged values: the columns of
-        progress.csv, and two the CSV leaves out, ``stopped_early`` (1.0 where ``target_kl`` ended the
-        epochs early) and, with ``clip_vloss``, ``vclipfrac`` (the fraction of values whose clipped
-        loss was taken); returning ``False`` stops training. For ``kl_penalty``, ``row["kl"]`` is the
+        progress.csv, and those the CSV leaves out: ``stopped_early`` (1.0 where ``target_kl`` ended the
+        epochs early), ``stop_kl`` (the approx_kl of the minibatch that ended them, not stepped on, so
+        not in ``approx_kl``, the mean over the steps made; NaN where none did) and, with
+        ``clip_vloss``, ``vclipfrac`` (the fraction of values whose clipped loss was taken); returning
+        ``False`` stops training. For ``kl_penalty``, ``row["kl"]`` is the
         mean KL(pi_old || pi) after the update and ``row["beta"]`` the coefficient it adapted, the one
         the next update uses (this update's losses were taken with the previous row's beta, or
         ``config.kl_beta`` at first). ``row["mean_return"]`` and

@@ -1872,7 +1872,7 @@ def test_progress_csv_columns_are_the_rows_learn_logs(objective):
                   hidden=(8,), total_timesteps=32)).learn(callback=rows.append)
     # blank by design: the rollout KL that adapts beta (kl_penalty only), the clip fraction (clip only)
     assert set(CSV_COLUMNS) - set(rows[0]) == ({"clipfrac"} if objective == "kl_penalty" else {"kl"})
-    assert set(rows[0]) - set(CSV_COLUMNS) == {"stopped_early"}  # the row's, not a column
+    assert set(rows[0]) - set(CSV_COLUMNS) == {"stopped_early", "stop_kl"}  # the row's, not columns
 
 
 def test_plain_bar_fills_in_proportion_and_never_past_its_width(monkeypatch):

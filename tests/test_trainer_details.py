@@ -329,6 +329,9 @@ def test_target_kl_stops_at_the_first_minibatch_above_it(numpy_backend, monkeypa
     out = algo.update(0.0)
     assert out["n_updates"] == n_updates and algo.optimizer.t == n_updates
     assert out["stopped_early"] == float(n_updates < 8)
+    # the KL that stopped them, which approx_kl (the mean over the steps made) leaves out
+    assert out["approx_kl"] == pytest.approx(kl_over_target * target * (n_updates - 1) / n_updates, rel=1e-12)
+    assert out["stop_kl"] == kl_over_target * target if n_updates < 8 else np.isnan(out["stop_kl"])
     assert len(calls) == min(n_updates + 1, 8)  # nothing is evaluated after the stop
 
 
