@@ -175,14 +175,10 @@ class NumpyStep:
     def loss_and_grads(self, batch: dict[str, Array], clip_eps: float, ent_coef: float) -> dict[str, float]:
         """Stats of the minibatch loss; the gradients are kept for :meth:`step`. ``batch``: a minibatch
         of :meth:`RolloutBuffer.minibatches` (obs (B, obs_dim), actions (B,) or (B, d), logp_old,
-        advantages, returns, values_old (B,), dist_old (B, dist_dim)), as :func:`loss_and_grads` takes.
-        numpy's overflow warnings are left out (~1 us): the update raises on a non-finite loss or
-        gradient, naming the iteration (under ``-W error`` the first warning stood in for that error;
-        the fused numba step warns of nothing)."""
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            stats, self.grads = loss_and_grads(
-                self.policy, batch, self.config, beta=self.beta, clip_eps=clip_eps, ent_coef=ent_coef
-            )
+        advantages, returns, values_old (B,), dist_old (B, dist_dim)), as :func:`loss_and_grads` takes."""
+        stats, self.grads = loss_and_grads(
+            self.policy, batch, self.config, beta=self.beta, clip_eps=clip_eps, ent_coef=ent_coef
+        )
         return stats
 
     def step(self, lr: float, max_grad_norm: float) -> float:
@@ -820,11 +816,11 @@ class PPO:
                     continue
                 try:
                     stats = step.loss_and_grads(mb, clip_eps, ent_coef)
+                    if not math.isfinite(stats["loss"]):  # (before target_kl: it ended the epochs on an inf loss)
+                        raise FloatingPointError(f"loss is {stats['loss']}")
                     if cfg.target_kl is not None and stats["approx_kl"] > cfg.target_kl:
                         stopped_early, stop_kl = True, float(stats["approx_kl"])  # before the step (PPO detail)
                         break
-                    if not math.isfinite(stats["loss"]):
-                        raise FloatingPointError(f"loss is {stats['loss']}")
                     stats["grad_norm"] = step.step(lr, cfg.max_grad_norm)  # raises before writing on inf/NaN
                 except FloatingPointError as e:  # (its class kept: GradientOverflowError says what to do)
                     raise self._returns_overflow() or type(e)(
