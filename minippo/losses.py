@@ -110,8 +110,9 @@ def pg_objective(logp: Array, adv: Array) -> tuple[float, Array, dict[str, float
     """Vanilla policy gradient: L = -mean_t[ log pi_theta(a_t|s_t) * A_t ]; logp, adv (B,) ->
     (L, dL/dlogp (B,), stats).
 
-    With ``A_t = G_t - b(s_t)`` (discounted reward-to-go minus a baseline) this is REINFORCE with
-    baseline; with the one-step TD error ``A_t = delta_t`` (derivations 7.2) it is the A2C actor loss.
+    With ``A_t = G_t - V(s_t)`` (discounted reward-to-go minus a baseline, 基线, here the critic's value)
+    this is REINFORCE with baseline; with the one-step TD error ``A_t = delta_t`` (derivations 7.2) it
+    is the A2C actor loss.
     dL/dlogp_t = -A_t / B.
     """
     b = _check(logp, adv=adv)  # the loss in float64, as the ratio objectives' (float32 overflows past 3.4e38)
