@@ -505,12 +505,14 @@ class FusedUpdate:
         self.old_bound = np.array([top] * n if self.discrete else [top] * n + [log_std_limit(dt)] * n)
 
     def grads(self) -> dict[str, np.ndarray]:
-        """The gradients of the last :meth:`loss_and_grads`, keyed like ``policy.params`` (views)."""
+        """The gradients of the last :meth:`loss_and_grads`, keyed like ``policy.params``, each of its
+        parameter's shape (views)."""
         return self._grads
 
     def loss_and_grads(self, batch: dict[str, np.ndarray], clip_eps: float, ent_coef: float) -> dict[str, float]:
         """Stats of ``minippo.ppo.loss_and_grads`` for the config's objective (and, for kl_penalty, the
-        beta this step was built with); gradients kept in ``self.g``."""
+        beta this step was built with); gradients kept in ``self.g``. batch: B samples, as that function
+        takes them (obs (B, obs_dim), actions (B,) or (B, d), the per-sample terms (B,))."""
         dt, pol, cfg = self.dt, self.policy, self.config
         _check_batch(batch, cfg.objective, self.discrete, self.vclip_on)
         obs = np.ascontiguousarray(batch["obs"], dt)

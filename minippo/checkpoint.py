@@ -290,7 +290,7 @@ def file_id(path: str | bytes | os.PathLike) -> tuple[int, int] | None:
 
 def atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` to ``path`` through :func:`atomic_write` (never half-written; durable once it
-    returns)."""
+    returns). arrays: name -> array of any shape and numeric dtype, stored as it is."""
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 

@@ -31,8 +31,8 @@ def numerical_grads(
     when ``f`` raises). Each array must be float64 and writable (checked for all of them before
     ``f`` is first called): the truncation error is O(h^2) and the rounding error O(eps/h). The
     difference is divided by the step actually taken, (p + h) - (p - h) as stored, which is not 2h
-    once |p| >> h (at |p| ~ 1e5 dividing by 2h was off by ~1e-5). Returns a dict of arrays shaped
-    like ``params``.
+    once |p| >> h (at |p| ~ 1e5 dividing by 2h was off by ~1e-5). Returns a dict of arrays of the
+    shapes of ``params``.
     """
     h = real("h", h, 0.0, low_open=True)
     _callable_and_dict(f, params)
@@ -127,7 +127,9 @@ def check_grads(
     floor: float = 1e-3,
 ) -> float:
     """Largest (over parameter arrays) relative error between analytic ``grads`` and central
-    differences of ``f``: the largest value of :func:`grad_errors` (which tells which array it is)."""
+    differences of ``f``: the largest value of :func:`grad_errors` (which tells which array it is).
+    params: name -> float64 host array of any shape (``f`` reads them; each entry is moved by +-h
+    and put back); grads: the same names, each of its parameter's shape. Returns a scalar."""
     return max(grad_errors(f, params, grads, h, floor).values())
 
 

@@ -24,6 +24,7 @@ class Adam:
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  m_hat = m / (1 - b1^t);
     v_hat = v / (1 - b2^t);  theta <- theta - lr * m_hat / (sqrt(v_hat) + eps).
     eps defaults to 1e-5 (PPO implementation detail #3, not the Adam paper's 1e-8).
+    params: name -> array of any shape (updated in place); the moments m, v have each one's shape.
     """
 
     def __init__(

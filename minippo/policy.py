@@ -415,9 +415,9 @@ class ActorCritic:
     def act_with_device_actions(
         self, obs: Array, rng: np.random.Generator, deterministic: bool = False
     ) -> tuple[np.ndarray, Array, Array, Array, Array]:
-        """:meth:`act`, with the actions also on the parameters' device: (actions on the host, the same
-        on the device, logp, values, dist params). On the CPU backends the two are one array. The
-        rollout stores the device copy, so the actions cross to the GPU once per step."""
+        """:meth:`act`, with the actions also on the parameters' device: (actions (B,)|(B, d) on the
+        host, the same on the device, logp (B,), values (B,), dist params). On the CPU backends the two
+        are one array. The rollout stores the device copy, so the actions cross to the GPU once per step."""
         # Numba backend: forward, distribution, sampling (from this rng, same draws) and log-prob in one
         # compiled call for small batches (kernels/cpu_act.py); cupy: both MLPs in one launch and the
         # distribution on the host (kernels/gpu_act.py); None -> not supported, the code below.

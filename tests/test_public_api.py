@@ -2,6 +2,7 @@
 (read from the source, so optional dependencies need not be installed)."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,3 +65,33 @@ def test_intrinsics_made_by_a_factory_are_typed_too():
         assert all(p.annotation is not p.empty for p in sig.parameters.values()), name
         assert sig.return_annotation is not sig.empty and typer.__doc__, name
     assert {"vadd", "vsub", "vmul", "vfold"} <= set(seen)
+
+
+# A shape as the docstrings write them, "(B, n)", "(d,)", "(B, sizes[-1])", or the words shape(s) and scalar.
+_SHAPE = re.compile(r"\((?:[\w+*.\[\]\- ]+,)+[\w+*.\[\]\- ]*\)|\bshapes?\b|\bscalar\b")
+_ARRAY = re.compile(r"\b(Array|ndarray|NDArray)\b")
+
+
+def test_public_functions_on_arrays_state_the_shapes():
+    """The brief's "a docstring with shapes": every public function or method that takes or returns
+    an array says which shapes (an ``__init__`` through its class's docstring)."""
+    problems, n = [], 0
+    for path in sorted([*ROOT.joinpath("minippo").glob("*.py"), *ROOT.joinpath("kernels").glob("*.py")]):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        todo = [(node, "", f"{path.name}:") for node in tree.body
+                if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")]
+        for cls in tree.body:
+            if isinstance(cls, ast.ClassDef) and not cls.name.startswith("_"):
+                todo += [(m, ast.get_docstring(cls) or "", f"{path.name}:{cls.name}.") for m in cls.body
+                         if isinstance(m, ast.FunctionDef)
+                         and (not m.name.startswith("_") or m.name in ("__init__", "__call__"))]
+        for fn, cls_doc, where in todo:
+            signature = ast.unparse(fn.args) + (ast.unparse(fn.returns) if fn.returns else "")
+            if not _ARRAY.search(signature):
+                continue
+            n += 1
+            doc = (ast.get_docstring(fn) or "") + (cls_doc if fn.name == "__init__" else "")
+            if not _SHAPE.search(doc):
+                problems.append(f"{where}{fn.name}: takes or returns an array, its docstring names no shape")
+    assert n > 80  # the walk found the array API
+    assert not problems, "\n".join(problems)
