@@ -1206,7 +1206,8 @@ def test_running_statistics_set_by_hand_are_checked():
             setattr(rms, name, bad)
     rms.mean, rms.var, rms.count = [1, 2, 3, 4], np.full(4, 4.0, np.float32), 7  # taken, as float64 / float
     assert rms.mean.dtype == rms.var.dtype == np.float64 and type(rms.count) is float
-    np.testing.assert_allclose(norm(np.full((1, 4), 3.0)), [[1.0, 0.5, 0.0, -0.5]], rtol=1e-6)
+    want = np.array([[2.0, 1.0, 0.0, -1.0]]) / np.sqrt(4.0 + 1e-8)  # (obs - mean) / sqrt(var + eps), eps 1e-8
+    np.testing.assert_allclose(norm(np.full((1, 4), 3.0)), want, rtol=1e-15)  # float64: one rounding
     rms.update(np.zeros((2, 4)))
     assert rms.count == 9.0
     clone = pickle.loads(pickle.dumps(rms))
