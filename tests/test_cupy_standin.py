@@ -967,13 +967,13 @@ def test_a_minibatch_on_cupy_raises_what_numpy_raises_and_syncs_once(strict_cupy
     dev_batch = {k: cp.asarray(v) for k, v in batch.items()}
     try:
         with np.errstate(all="ignore"):
-            want = loss_and_grads(policy, batch, config)[0]
+            want, want_grads = loss_and_grads(policy, batch, config)
     except (FloatingPointError, ValueError) as e:
         want = e
     before = {k: cp.STATS[k] for k in ("get", "bool", "float")}
     try:
         with np.errstate(all="ignore"):  # (the stand-in's numpy would warn where CuPy does not)
-            got = loss_and_grads(dev_policy, dev_batch, config)[0]
+            got, got_grads = loss_and_grads(dev_policy, dev_batch, config)
     except (FloatingPointError, ValueError) as e:
         got = e
     if isinstance(want, Exception):
@@ -982,6 +982,9 @@ def test_a_minibatch_on_cupy_raises_what_numpy_raises_and_syncs_once(strict_cupy
         assert got.keys() == want.keys()
         np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-12, atol=1e-12)
         assert {k: cp.STATS[k] - n for k, n in before.items()} == {"get": 1, "bool": 0, "float": 0}
+        assert got_grads.keys() == want_grads.keys()  # the gradients too, read back after the count
+        for k, g in want_grads.items():
+            np.testing.assert_allclose(cp.asnumpy(got_grads[k]), g, rtol=1e-12, atol=1e-12, err_msg=k)
 
 
 def test_the_gpu_act_takes_actorcritic_and_mlp_themselves(strict_cupy_backend):

@@ -17,6 +17,8 @@ import cuda_shim
 import numpy as np
 import pytest
 import strict_cupy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from minippo.kernels import gpu
 from minippo.kernels import reference as ref
 
@@ -146,6 +148,27 @@ def test_cuda_source_on_cpu_matches_reference(shim, dtype, T, N):
     adv_np, ret_np = advantages.gae_numpy(r, v, d, lv, gamma, lam)
     np.testing.assert_array_equal(adv, adv_np)
     np.testing.assert_array_equal(ret, ret_np)
+
+
+@settings(max_examples=60, deadline=None)
+@given(T=st.integers(1, 40), N=st.integers(1, 9), dtype=st.sampled_from([np.float32, np.float64]),
+       gamma=st.sampled_from([0.0, 0.5, 0.97, 1.0]), lam=st.sampled_from([0.0, 0.9, 1.0]),
+       done_rate=st.sampled_from([0.0, 0.3, 1.0]), scale=st.sampled_from([1e-3, 1.0, 1e3]),
+       seed=st.integers(0, 2**32 - 1))
+def test_cuda_source_on_cpu_matches_reference_on_drawn_rollouts(shim, T, N, dtype, gamma, lam, done_rate, scale,
+                                                                 seed):
+    """gae.cu through the CPU shim on drawn shapes (T across chunk edges, N across warps' lanes), discounts,
+    episode ends and magnitudes: the plain-loop reference to rounding (TOL: float64 accumulation there, the
+    input dtype here) and numpy's loop bit for bit (the same operations in the same order)."""
+    rng = np.random.default_rng(seed)
+    r, v = (scale * rng.normal(size=(2, T, N))).astype(dtype)
+    d = (rng.random((T, N)) < done_rate).astype(dtype)
+    lv = (scale * rng.normal(size=N)).astype(dtype)
+    adv, ret = shim_gae(shim, r, v, d, lv, gamma, lam)
+    for got, want in zip((adv, ret), ref.gae(r, v, d, lv, gamma, lam), strict=True):
+        np.testing.assert_allclose(got, want, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)
+    for got, want in zip((adv, ret), advantages.gae_numpy(r, v, d, lv, gamma, lam), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
