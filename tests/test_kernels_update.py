@@ -792,7 +792,8 @@ def test_kl_penalty_batches_without_good_dist_old_raise_naming_it(discrete):
         bad[3, 4] = -88.0
         got, want = fu.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0), \
             ref.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
-        assert math.isfinite(got["kl"]) and got["kl"] == pytest.approx(want["kl"], rel=1e-4)
+        # float32 against the kernel's float64 KL: <= 1.1e-7 apart over 29 seeds (session 74), so STAT_TOL's 1e-5
+        assert math.isfinite(got["kl"]) and got["kl"] == pytest.approx(want["kl"], rel=1e-5)
     with pytest.raises(ValueError, match="beta"):
         cpu_update.make(pol, Adam(pol.params), cfg, beta=-1.0)
 
