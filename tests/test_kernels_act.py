@@ -203,6 +203,8 @@ def test_a_network_of_another_activation_swapped_in_runs_as_numpy_runs_it(share_
 
 
 def test_in_place_updates_are_seen_and_rebinding_rebuilds_the_state():
+    # (rtol 1e-6 below and in the next tests: float32 v0 + k against a value the kernel rounds once more,
+    # a few ulps of 6e-8; a stale state would be off by the whole shift, 0.5 or more)
     use_backend("numba")
     pol = _policy(np.float32, True, (8,), "tanh", 1)
     obs = _obs(4, 1, np.float32)
