@@ -512,7 +512,7 @@ class FusedUpdate:
     def loss_and_grads(self, batch: dict[str, np.ndarray], clip_eps: float, ent_coef: float) -> dict[str, float]:
         """Stats of ``minippo.ppo.loss_and_grads`` for the config's objective (and, for kl_penalty, the
         beta this step was built with); gradients kept in ``self.g``. batch: B samples, as that function
-        takes them (obs (B, obs_dim), actions (B,) or (B, d), the per-sample terms (B,))."""
+        takes them (obs (B, obs_dim), actions (B,) or (B, d), dist_old (B, n) or (B, 2d), the rest (B,))."""
         dt, pol, cfg = self.dt, self.policy, self.config
         _check_batch(batch, cfg.objective, self.discrete, self.vclip_on)
         obs = np.ascontiguousarray(batch["obs"], dt)

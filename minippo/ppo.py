@@ -72,7 +72,7 @@ class ReturnOverflowError(NonFiniteEnvError, FloatingPointError):
 def check_batch_keys(batch: dict[str, Array], objective: str) -> None:
     """KeyError naming what a minibatch for ``objective`` lacks: :data:`BATCH_KEYS`, and ``dist_old``
     for kl_penalty. batch: name -> array with the B samples on axis 0 (obs (B, obs_dim), actions (B,)
-    or (B, d), the rest (B,)); only the keys are checked here."""
+    or (B, d), dist_old (B, n) or (B, 2d), the rest (B,)); only the keys are checked here."""
     needed = (*BATCH_KEYS, "dist_old") if objective == "kl_penalty" else BATCH_KEYS
     missing = [k for k in needed if k not in batch]
     if missing:
