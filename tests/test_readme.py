@@ -264,6 +264,8 @@ def test_the_defaults_and_preset_settings_the_readme_gives_are_the_configs():
 
     pol = ActorCritic(3, Discrete(2))
     W_pi, W_v = pol.actor.params["W2"], pol.critic.params["W2"]  # orthogonal: each column's norm is the gain
+    # float32 entries (2^-24 relative each) and a float32 sum of 64 squares (<= 64 roundings, 3.8e-6, half
+    # that after the sqrt): rtol 1e-5 (measured <= 2.4e-7 over 300 seeds); it checks the printed gains
     np.testing.assert_allclose(np.linalg.norm(W_pi, axis=0), float(m.group(1)), rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(W_v, axis=0), float(m.group(2)), rtol=1e-5)
     assert c.normalize_advantages and c.vf_coef == float(m.group(3))
