@@ -1,7 +1,15 @@
 """Trainer bookkeeping that a mutation run (session 17: 104 mutants, 9 survived) showed untested:
 the logged episode history across a resume, next_step mode's masked reset steps in episode lengths
 and explained variance, the trainer's log-std projection, the +-10 observation clip at training and
-at deployment, and the shared trunk's init gain. Each test here kills one surviving mutant."""
+at deployment, and the shared trunk's init gain. Each test here kills one surviving mutant.
+
+Tolerances, and why:
+- The logged explained variance is compared with == : the trainer calls the same function on the same
+  masked arrays. The clip bounds (10.0, LOG_STD_MAX) are returned as they are: ==.
+- W^T W = gain^2 I (float64): Householder QR's Q is orthogonal to ~m n eps (16 x 8: <= ~1.4e-14), the
+  gain scaling rounds each entry once and W^T W sums 16 products: atol 1e-13, rtol 0 (the default rtol
+  1e-7 allowed 2e-7 on the diagonal); measured 1.3e-15. A wrong gain (1 or 0.01) is off by >= 1.
+"""
 
 import os
 
@@ -78,7 +86,7 @@ def test_an_activated_last_layer_gets_the_hidden_gain():
     """A shared trunk's last layer is a hidden layer (tanh after it): gain sqrt(2), not the head's."""
     m = MLP([3, 16, 8], activate_output=True, seed=0, dtype=np.float64)
     w = m.params["W1"]  # (16, 8): orthonormal columns times the gain
-    np.testing.assert_allclose(w.T @ w, 2.0 * np.eye(8), atol=1e-12)
+    np.testing.assert_allclose(w.T @ w, 2.0 * np.eye(8), rtol=0, atol=1e-13)
     pol = ActorCritic(3, Discrete(2), hidden=(16, 8), shared=True, dtype=np.float64)
     w = pol.trunk.params["W1"]
-    np.testing.assert_allclose(w.T @ w, 2.0 * np.eye(8), atol=1e-12)
+    np.testing.assert_allclose(w.T @ w, 2.0 * np.eye(8), rtol=0, atol=1e-13)

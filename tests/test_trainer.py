@@ -1,4 +1,24 @@
-"""The trainer end to end on tiny budgets: determinism, checkpoints and resume, error paths."""
+"""The trainer end to end on tiny budgets: determinism, checkpoints and resume, error paths.
+
+Tolerances, and why:
+- Almost every check is exact: same seed, same operations (bit-identical runs, checkpoints restored
+  as saved), or values exact by construction: a clip returns its bound (|action| == 0.1, |obs| ==
+  10), a critic with zero weights outputs its bias exactly (V = 2: the bootstrapped reward is
+  float32(1 + float32(0.99) * 2), the float32 nearest 2.98, as the test writes it), an env's float32
+  observations are stored as they came.
+- Schedules (test_schedules_follow_training_progress): the trainer's progress steps / total and the
+  test's steps / 96 - 32 / 96 differ by <= 1 ulp, and the closed forms are evaluated in another order
+  (0.2 * (1 - p) against 0.2 + (0 - 0.2) p, 0.1**p against (0.001 / 0.01)**p): a few roundings,
+  <= ~1e-15 relative: rel 1e-14, abs 0 (pytest.approx's default abs 1e-12 would be 1e-9 of these
+  ~1e-3 values; measured 4.2e-16). The resumed lr at progress 1024/2048 = 0.5 exactly, to lr_end 0, is
+  the exact half of fl(1e-3) both ways: ==.
+- test_temperature_keeps_the_ratio_exact, numba (and cupy): the fused act's float32 log-probs (|logp|
+  <= 0.7 here) against the array path's: another summation order and tanh within 8 ulp; a few
+  float32 ulps (6e-8 each): atol 1e-6 (measured 1.2e-7, 2 ulp). On numpy: the same operations, ==.
+- Random draws: |action| > 2.0 with log_std_init 1.5 (std 4.5, mean ~0) fails only if all 32 draws
+  land in |z| < 0.45: 0.34**32 ~ 1e-15 (and the run is seeded); the 0.1 clip is reached unless all
+  128 draws (64 rows x 2) with std e land inside +-0.1, each with probability <= 0.03.
+"""
 
 import json
 import os
@@ -716,7 +736,7 @@ def test_resume_restores_state_and_continues(tmp_path):
     rows = []
     back.learn(2048, callback=rows.append)
     assert rows[0]["timesteps"] == 1024 + 256 and back.num_timesteps == 2048
-    assert rows[0]["lr"] == pytest.approx(1e-3 * (1 - 1024 / 2048))
+    assert rows[0]["lr"] == 1e-3 * (1 - 1024 / 2048)  # (exact: module docstring)
     again = []  # a second resume from the same file continues identically
     PPO.load(path).learn(2048, callback=again.append)
     drop = ("time", "fps")
@@ -1749,9 +1769,9 @@ def test_schedules_follow_training_progress():
                     clip_schedule="linear", ent_coef=0.01, ent_schedule="exponential", ent_end=0.001)
     PPO(cfg).learn(callback=rows.append)
     progress = [r["timesteps"] / 96 - 32 / 96 for r in rows]  # progress at the start of each iteration
-    assert [r["lr"] for r in rows] == pytest.approx([1e-3 + (1e-4 - 1e-3) * p for p in progress])
-    assert [r["clip_eps"] for r in rows] == pytest.approx([0.2 * (1 - p) for p in progress])
-    assert [r["ent_coef"] for r in rows] == pytest.approx([0.01 * 0.1**p for p in progress])
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3 + (1e-4 - 1e-3) * p for p in progress], rel=1e-14, abs=0)
+    assert [r["clip_eps"] for r in rows] == pytest.approx([0.2 * (1 - p) for p in progress], rel=1e-14, abs=0)
+    assert [r["ent_coef"] for r in rows] == pytest.approx([0.01 * 0.1**p for p in progress], rel=1e-14, abs=0)
 
 
 @pytest.mark.parametrize("objective, clip_vloss, logged", [("clip", False, True), ("kl_penalty", False, False),
@@ -1778,7 +1798,7 @@ def test_temperature_keeps_the_ratio_exact(temperature):
     if backend.name == "numpy":
         np.testing.assert_array_equal(logp, mb["logp_old"])
     else:  # the fused numba act sums in another order (float32 tanh within 8 ulp): equal to rounding
-        np.testing.assert_allclose(logp, mb["logp_old"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(logp, mb["logp_old"], rtol=0, atol=1e-6)  # (measured 1.2e-7: 2 float32 ulp)
 
 
 def test_evaluate_refuses_observations_of_another_shape_than_declared():
@@ -2207,7 +2227,7 @@ def test_a_rollout_that_raises_is_dropped_and_the_next_starts_from_a_reset(autor
         algo.collect_rollout()
     algo.collect_rollout()
     np.testing.assert_array_equal(algo.buffer.obs[0, :, 0], [0.0, 0.0])
-    np.testing.assert_allclose(algo.buffer.obs[:3, 0, 0], [0.0, 0.1, 0.2])
+    np.testing.assert_array_equal(algo.buffer.obs[:3, 0, 0], np.array([0.0, 0.1, 0.2], np.float32))  # (as stored)
     if norm_reward:  # its running returns restarted with the episodes: 8 steps from the reset, of 3-step episodes
         # same_step: the third episode's 2 steps, 1 + gamma; next_step: 3 + reset + 3 + reset, back at 0
         np.testing.assert_array_equal(algo.reward_scaler.ret, [1.0 + 0.99] * 2 if autoreset == "same_step" else [0, 0])

@@ -1,4 +1,21 @@
-"""Time-limit truncation bootstrapping on tiny gymnasium envs whose returns can be written down."""
+"""Time-limit truncation bootstrapping on tiny gymnasium envs whose returns can be written down.
+
+Tolerances, and why (all float64; measured with the numpy and numba backends):
+- Stored rewards: the env's 1.0, or 1 + gamma * c where a truncation is bootstrapped from the constant
+  critic, whose V = c is exact (every critic weight 0: tanh(0) = 0, the output is the bias c); the
+  trainer does the test's own float operations: bit-equal, compared exactly.
+- Returns against the closed form sum(gamma**i) + gamma**k * c: the GAE recursion (3 roundings a step
+  of values <= 3, over episodes of <= 3 steps, damped by gamma * lambda = 0.9) against powers and a sum
+  taken in another order: <= ~5e-15 relative in the worst case (returns >= 1): rtol 1e-14 (measured
+  2.1e-16).
+- The Clock bootstrap: the rollout's V(final obs) is the critic run on the batch of ending envs, the
+  test's the same backend's forward on one row; only the order of the 4-term output sum (terms <= 1.1
+  in size) can differ with the row count: <= ~1e-15 on rewards >= 1.4, rtol 1e-14 (measured:
+  bit-equal).
+- "> 1e-3" separations: V of the final observation against the next reset's (or the other env's)
+  differs by >= 0.016 here (measured), so a bootstrap from the wrong observation misses the 1e-14
+  tolerance by ~12 orders; 1e-3 only keeps the premise honest.
+"""
 
 import numpy as np
 import pytest
@@ -38,21 +55,21 @@ def test_truncation_is_bootstrapped(autoreset):
     rew, done, valid, ret = (a[:, 0] for a in (buf.rewards, buf.dones, buf.valid, buf.returns))
     if autoreset == "same_step":
         # episodes: steps 0-2 (truncated), 3-5 (truncated), 6-7 (cut by the rollout end)
-        np.testing.assert_allclose(rew, [1, 1, 1 + gamma * c, 1, 1, 1 + gamma * c, 1, 1])
+        np.testing.assert_array_equal(rew, [1, 1, 1 + gamma * c, 1, 1, 1 + gamma * c, 1, 1])
         np.testing.assert_array_equal(done, [0, 0, 1, 0, 0, 1, 0, 0])
         np.testing.assert_array_equal(valid, np.ones(8))
         left = [3, 2, 1, 3, 2, 1]
         expected = [_episode_returns(k, True, gamma, c) for k in left]
         expected += [1 + gamma * (1 + gamma * c), 1 + gamma * c]  # bootstrapped from last_values = c
-        np.testing.assert_allclose(ret, expected, rtol=1e-12)
+        np.testing.assert_allclose(ret, expected, rtol=1e-14)
     else:
         # NEXT_STEP: steps 0-2 episode, step 3 is the reset step (masked), 4-6 episode, 7 reset
-        np.testing.assert_allclose(rew[[0, 1, 2, 4, 5, 6]], [1, 1, 1 + gamma * c, 1, 1, 1 + gamma * c])
+        np.testing.assert_array_equal(rew[[0, 1, 2, 4, 5, 6]], [1, 1, 1 + gamma * c, 1, 1, 1 + gamma * c])
         np.testing.assert_array_equal(valid, [1, 1, 1, 0, 1, 1, 1, 0])
         np.testing.assert_array_equal(done[[2, 6]], [1, 1])
         expected = [_episode_returns(k, True, gamma, c) for k in (3, 2, 1)]
-        np.testing.assert_allclose(ret[[0, 1, 2]], expected, rtol=1e-12)
-        np.testing.assert_allclose(ret[[4, 5, 6]], expected, rtol=1e-12)
+        np.testing.assert_allclose(ret[[0, 1, 2]], expected, rtol=1e-14)
+        np.testing.assert_allclose(ret[[4, 5, 6]], expected, rtol=1e-14)
         # the masked step never enters a minibatch
         mbs = list(buf.minibatches(8, np.random.default_rng(0)))
         assert sum(len(mb["returns"]) for mb in mbs) == 6
@@ -75,9 +92,9 @@ def test_termination_is_not_bootstrapped():
     algo = _algo(COUNTER_TERM_ID, "same_step", n_steps=6, c=c, gamma=gamma)
     algo.collect_rollout()
     ret = algo.buffer.returns[:, 0]
-    np.testing.assert_allclose(algo.buffer.rewards[:, 0], np.ones(6))
+    np.testing.assert_array_equal(algo.buffer.rewards[:, 0], np.ones(6))
     expected = [_episode_returns(k, False, gamma, c) for k in (3, 2, 1, 3, 2, 1)]
-    np.testing.assert_allclose(ret, expected, rtol=1e-12)
+    np.testing.assert_allclose(ret, expected, rtol=1e-14)
 
 
 @pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
@@ -105,7 +122,7 @@ def test_the_bootstrap_evaluates_the_critic_on_each_env_s_own_final_observation(
         ends = np.flatnonzero((buf.dones[:, i] > 0) & (buf.valid[:, i] > 0))
         assert len(ends) == len(clock.finals) >= 2
         want = [1.0 + gamma * v(f) for f in clock.finals]
-        np.testing.assert_allclose(buf.rewards[ends, i], want, rtol=1e-12)
+        np.testing.assert_allclose(buf.rewards[ends, i], want, rtol=1e-14)
         # and that is not what the next reset's observation, or the other env's final one, would give
         assert all(abs(v(f) - v(r)) > 1e-3 for f, r in zip(clock.finals, clock.firsts[1:], strict=True))
     assert abs(v(clocks[0].finals[0]) - v(clocks[1].finals[0])) > 1e-3
@@ -115,7 +132,7 @@ def test_next_step_truncation_at_rollout_end_bootstraps_from_last_value():
     gamma, c = 0.9, 2.0
     algo = _algo(COUNTER_ID, "next_step", n_steps=3, c=c, gamma=gamma)
     algo.collect_rollout()  # steps 0-2: a whole episode, truncated at the last step
-    np.testing.assert_allclose(algo.buffer.rewards[:, 0], [1, 1, 1 + gamma * c])
+    np.testing.assert_array_equal(algo.buffer.rewards[:, 0], [1, 1, 1 + gamma * c])
     algo.collect_rollout()  # step 0 is the reset step of the previous episode
     np.testing.assert_array_equal(algo.buffer.valid[:, 0], [0, 1, 1])
 
