@@ -354,7 +354,8 @@ def act(
         # The kernel divides in float64; numpy's Categorical divides in the policy's dtype and refuses
         # what overflows there (say logits 1 at T = 1e-40 in float32): the same test, the same error.
         # (Not for the mode alone, predict's: numpy takes the logits' argmax there, at any temperature.)
-        with np.errstate(over="ignore"):
+        # Without numpy's warnings, as Categorical: a T that is 0 in float32 (1e-300) divides by zero.
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             z = params / policy.temperature
         if not np.isfinite(z).all():
             raise FloatingPointError("logits / temperature contains NaN or inf")

@@ -636,7 +636,8 @@ def _check_logits(max_abs: float, temperature: float, dtype: np.dtype) -> None:
     if not math.isfinite(max_abs):
         raise FloatingPointError("logits contains NaN or inf")
     if temperature < 1.0:
-        with np.errstate(over="ignore"):  # numpy's division: in the dtype
+        # numpy's division, in the dtype, without its warnings (a T that is 0 in float32 divides by zero)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             z = np.array(max_abs, dtype) / temperature
         if not np.isfinite(z):
             raise FloatingPointError("logits / temperature contains NaN or inf")

@@ -446,7 +446,9 @@ def pretend_gpu_machine(folder: Any) -> dict[str, str]:
     """The environment (a copy of ``os.environ``) of a pretend GPU machine, for a subprocess:
     ``import cupy`` gives this stand-in with one device, ``nvidia-smi`` names one GPU, and at exit
     the process prints ``strict_cupy stand-in: STATS`` on stderr (uploads, read-backs, syncs), so
-    a test can see that the work went to the "device". Its files go under ``folder``."""
+    a test can see that the work went to the "device". Its files go under ``folder``. The caller's
+    MINIPPO_BACKEND is left out (a shell's =numba made the cupy script run numba): each test names the
+    backend it wants, or gets the default."""
     bin_dir, py_dir = os.path.join(folder, "bin"), os.path.join(folder, "py")
     os.makedirs(bin_dir, exist_ok=True)
     os.makedirs(py_dir, exist_ok=True)
@@ -459,5 +461,6 @@ def pretend_gpu_machine(folder: Any) -> dict[str, str]:
     with open(smi, "w") as f:
         f.write("#!/bin/sh\necho 'GPU 0: strict_cupy stand-in'\n")
     os.chmod(smi, os.stat(smi).st_mode | stat.S_IXUSR)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": py_dir}
+    env = {k: v for k, v in os.environ.items() if k != "MINIPPO_BACKEND"}
+    return {**env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": py_dir}
 

@@ -944,6 +944,20 @@ def test_the_fused_step_refuses_logits_that_overflow_at_the_temperature_as_numpy
                 step.loss_and_grads(batch, 0.2, 0.0)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_temperature_that_is_zero_in_float32_is_refused_without_a_numpy_warning(shared):
+    """T = 1e-300 is 0 in float32: the fused step's check of logits / T divided by zero, and numpy's
+    "divide by zero" RuntimeWarning came before the error (numpy's Categorical divides without warnings)."""
+    pol = _policy(np.float32, True, (8,), "tanh", 1, shared=shared)
+    batch = _batch(pol, 8, 2, 0.2, np.float32)  # (drawn at T = 1: the batch's own forward pass would refuse)
+    pol.temperature = 1e-300
+    fused, numpy_step = _both_steps(pol, PPOConfig())
+    for step in (fused, numpy_step):
+        with pytest.raises(FloatingPointError, match=r"^logits / temperature contains NaN or inf$"):
+            step.loss_and_grads(batch, 0.2, 0.0)
+
+
 @settings(max_examples=16, deadline=None)
 @given(objective=st.sampled_from(["clip", "kl_penalty", "surrogate", "a2c", "reinforce"]), discrete=st.booleans(),
        shared=st.booleans(), clip_vloss=st.booleans(), normalize=st.booleans(), B=st.sampled_from([2, 5]),

@@ -137,7 +137,7 @@ def test_a_checkpoint_from_another_version_names_both_versions(tmp_path):
         load_policy(path)
 
 
-def test_the_surrogate_takes_every_epoch_against_the_rollouts_own_log_probs(monkeypatch):
+def test_the_surrogate_takes_every_epoch_against_the_rollouts_own_log_probs(numpy_backend, monkeypatch):
     """The importance-sampled rungs reuse one rollout for n_epochs: every epoch's logp_old is the rollout's
     (never refreshed), every sample is seen once per epoch, and only the very first minibatch has ratio 1."""
     from minippo import losses
