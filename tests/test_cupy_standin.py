@@ -3,6 +3,35 @@
 No GPU here: the stand-in keeps device arrays apart from host arrays as real CuPy does (no implicit
 conversion either way, no host array assigned into a device array), so a host/device mix-up anywhere
 on the cupy path (rollout, GAE, update, checkpoint save and resume, predict, evaluate) fails here.
+
+Tolerances, and why: the stand-in computes with numpy underneath, so the cupy path's array operations
+are numpy's own and give its bits (every tolerance below was observed at 0 on it); the tolerances are
+for a real device (the ``cupy_backend`` tests' device run, ``-m gpu``), where cuBLAS and CUDA's
+reductions sum in their own order and CUDA's exp / log / tanh need not round as libm does.
+- Adam's first step on device scalars, from g = 1: m_hat = g and sqrt(v_hat) = |g| to an ulp or two
+  (~8 float64 roundings), so -lr / (1 + eps): rtol 1e-13 (was rtol 1e-4 against -lr, which eps alone
+  moves by 1e-5; observed equal). The stats, the schedule's value and the clip loss compared with ==
+  there are numpy's operations on the stand-in; on a device a reduction in another order or CUDA's exp
+  may move them by an ulp, which == would not allow.
+- A trained policy's predict against the saved file's numpy-only policy: float32, ~10 roundings of
+  O(1) values and tanh on a device: rtol 1e-5, atol 1e-6 (observed equal on the stand-in).
+- Training parity: see test_training_on_the_cupy_path_matches_numpy's docstring (== on the stand-in).
+- Clip + Adam in the flat kernels against clip_grad_norm + Adam.step (stand-in only): the two norms sum
+  the same float32 squares, exact in float64, in another order: rel 1e-12 (a few u); the float64 scales
+  a few u apart round to one float32 scale unless a float32 boundary lies between them, then the
+  parameters differ by <= 3 float32 ulps: rtol 1e-6 (tests/test_optim.py's bounds; observed 4.6e-16 and
+  equal over 300 draws of the test's gradients, scaled by 1e-2 to 1e2).
+- global_norm of small integers: the squares and their sum (220) are exact, and both sides take the
+  correctly rounded sqrt(220): compared with == (was approx's rel 1e-6).
+- A distribution's log-prob and its gradients on the device: float64, ~10 roundings of values <= 10 in
+  another order: rtol 1e-12, atol 1e-15 for gradient entries that cancel to ~0 (observed equal); device
+  actions given to a host distribution come back exactly, then the same host operations: rtol 0.
+- check_grads of a device gradient: read back exactly, then the same host computation: ==. Its value
+  for f = sum w^3: truncation h^2 = 1e-12 and rounding eps |f| / h ~ 2e-9 per entry, of a gradient of
+  norm 12.4: < 1e-8 (observed 3.7e-11); off by 0.1 per entry it is 0.1 sqrt(3) / 12.5 = 0.0138 > 1e-2.
+- loss_and_grads on the stand-in with deferred checks against numpy's: the same float64 formulas, a
+  device grouping of them would move ~10 roundings of values <= 10 (~1e-14): rtol 1e-12, atol 1e-12
+  (observed equal in 1400 comparisons over 400 draws).
 """
 
 import copy
@@ -193,7 +222,7 @@ def test_device_scalars_are_numbers_to_the_checks(cupy_backend):
         == {"l": losses.clip_objective(logp, logp_old, adv, 0.2)[0]}
     opt = Adam({"w": cp.asarray(np.zeros(3))})
     opt.step({"w": cp.asarray(np.ones(3))}, lr=cp.asarray(np.array([0.1, 0.1])).mean())
-    np.testing.assert_allclose(backend.asnumpy(opt.params["w"]), -0.1, rtol=1e-4)  # (eps: 1 / (1 + 1e-5))
+    np.testing.assert_allclose(backend.asnumpy(opt.params["w"]), -0.1 / (1 + 1e-5), rtol=1e-13)  # -lr / (1 + eps)
     for bad, err in ((cp.asarray(np.array([0.5])), TypeError), (cp.asarray(np.array(True)), TypeError),
                      (cp.asarray(np.array(np.nan)), ValueError)):
         assert not is_real(bad) or err is ValueError
@@ -410,7 +439,7 @@ def test_gradient_norm_is_one_sync_per_clip(strict_cupy_backend):
     before = cp.STATS["float"]
     norm = global_norm(grads)
     assert cp.STATS["float"] - before == 1
-    assert norm == pytest.approx(np.sqrt(4 * sum(i * i for i in range(6))))
+    assert norm == np.sqrt(4 * sum(i * i for i in range(6)))  # exact squares and sum: one rounding, the sqrt
 
 
 def test_a_device_that_cannot_compile_is_refused_and_auto_falls_back(monkeypatch, caplog):

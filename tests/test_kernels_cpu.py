@@ -1,12 +1,32 @@
 """kernels/cpu.py (Numba) against kernels/reference.py, and the numba dispatch in nn.MLP.
 
-Tolerances, and why:
+Tolerances, and why (observed: the worst over 4000 drawn rollouts, 2500 drawn MLPs and 1500 drawn
+building-block cases on an AVX2 CPU, or on the fixed case):
 - GAE / rewards-to-go: the kernel does the numpy loop's operations in the same order and dtype,
-  so it must equal ``advantages.gae_numpy`` bit for bit; against the float64-accumulating
-  reference it is within a few float32 roundings of a T <= 16 recursion (rtol 1e-5, atol 1e-5)
-  and 1e-12 in float64.
-- MLP: sums run in another order than BLAS, and float32 tanh is a rational approximation <= 8 ulp
-  (checked below): 2e-5 absolute on O(1) activations in float32, 1e-12 in float64 (libm tanh).
+  so it must equal ``advantages.gae_numpy`` bit for bit. Against the reference (float64 sums,
+  rounded once) in float32, numpy's loop rounds ~5 operations a step over T <= 16 steps of values
+  <= |G| ~ 12: a random walk of <= 80 roundings of <= 2^-24 |G| ~ 7e-7 each (~6e-6 at three sigma):
+  GAE_TOL rtol 1e-5, atol 1e-5 (observed 2.9e-6, 0.11 of GAE_TOL, for the kernel, the reference's
+  identities lambda = 1 and 0, and rewards-to-go). float64: the kernel's operations are the
+  reference's (observed equal); lambda = 1 against rewards-to-go are two recursions, ~1e-15 apart:
+  1e-12 (observed 3.6e-15). The float64 GAE of float32 inputs against numpy's float32 one (the slow
+  path's mixed dtypes) is the same float32 rounding walk: 1e-5 (observed 7.6e-7).
+- MLP and its building blocks against the reference: a kernel output is a sum of K <= 65 products
+  (B <= 256 for a dW entry) in another order than the reference's float64 sum, rounded in the dtype,
+  through up to 4 layers, and float32 tanh is a rational approximation <= 8 ulp (checked below). In
+  float32 one sum's worst case is K 2^-24 sum |terms| ~ 7e-6 of its largest output (sum |terms| ~ 2x
+  that output for normal draws): MLP_TOL rtol 1e-5, atol 2e-5 times max(1, largest |output|)
+  (``assert_mlp_close``; observed 4.7e-6 of the scale, 0.22 of MLP_TOL, for whole MLPs, 5e-7, 0.02,
+  for one block). float64 (libm tanh): one sum's worst case is ~65 u sum |terms| ~ 1.5e-14 of the scale, a
+  deep backward's more: 1e-12 (observed 1.1e-14 of the scale). The fixed small nets (widths <= 8) of
+  the dispatch tests compare unscaled, their outputs |.| <= 5 (observed <= 2.4e-7); where one side is
+  numpy's BLAS path (a copy, a rebound parameter) the same bound holds.
+- _dots / _dense_narrow: against the float64 product, K eps sum |x V| (the standard dot-product
+  bound: <= K + 1 roundings of u = eps / 2 per term with the bias, and for float64 inputs as many again
+  in the float64 product itself), and bit for bit against _dots' documented order (_dots_in_order: the
+  same operations one by one).
+- Block sizes and tile widths: each output is the same chain of FMAs and the same lane-sum tree in
+  every block (the docstrings say so), so bit for bit; _col_sums is the row-by-row sum in order: ==.
 """
 
 import os
@@ -157,7 +177,7 @@ def test_gae_slow_path_inputs_match_numpy():
             assert ret is strided_ret[1]
     adv64, _ = cpu.gae(r.astype(np.float64), v, d, lv, 0.99, 0.95)  # mixed dtypes: rewards' dtype wins
     assert adv64.dtype == np.float64
-    np.testing.assert_allclose(adv64, want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(adv64, want[0], rtol=1e-5, atol=1e-5)  # float32's rounding walk (module doc)
 
 
 def test_gae_errors_name_the_argument():
@@ -279,7 +299,7 @@ def test_compute_gae_dispatches_to_numba(numba_backend, monkeypatch):
     z = np.zeros((3, 2), np.float32)
     adv, _ = advantages.compute_gae(z + 1, z, z, np.zeros(2, np.float32), 0.9, 0.9)
     assert calls and adv.dtype == np.float32
-    np.testing.assert_allclose(adv[-1], 1.0)
+    np.testing.assert_array_equal(adv[-1], 1.0)  # r = 1, V = V_T = 0: delta = 1 + 0.9 * 0 - 0 exactly
 
 
 def test_compute_gae_hot_path_goes_straight_to_the_kernel_and_misses_take_the_full_path(monkeypatch):
@@ -447,7 +467,10 @@ def test_fused_mlp_rebound_params_are_seen(numba_backend):
     y0, _ = mlp.forward(x)
     mlp.params["b1"] = mlp.params["b1"] + 1.0  # rebound, not written in place
     y1, cache = mlp.forward(x)
-    np.testing.assert_allclose(y1, y0 + 1.0, rtol=1e-6)
+    # both sides add the same 5 products (and b1 = 0 or 1) in the kernel's order, every partial sum |.| < 2
+    # in any order here, and y0 + 1 is one more rounding: <= 13 roundings of <= 2^-24 (half an ulp below 2),
+    # 7.8e-7 (observed 1.8e-7; was rtol 1e-6 alone, 2.8e-7 at y + 1 = 0.28, fewer than the sums can make)
+    np.testing.assert_allclose(y1, y0 + 1.0, rtol=0, atol=8e-7)
     mlp.params["W0"] = mlp.params["W0"].astype(np.float64)  # mixed dtypes: the numpy path
     y2, _ = mlp.forward(x)
     assert y2.dtype == np.float64
@@ -816,7 +839,9 @@ def test_rewards_to_go_checks_shapes_and_gamma():
     with pytest.raises(TypeError, match="^dones must be a real array .* got dtype complex128"):
         cpu.rewards_to_go(r, r.astype(complex), lv, 0.9)
     ints = cpu.rewards_to_go(np.ones((8, 4), np.int64), np.zeros((8, 4), bool), np.zeros(4, np.int8), 0.9)
-    assert ints.dtype == np.float64 and ints[0, 0] == pytest.approx((1 - 0.9 ** 8) / 0.1)
+    # 8 steps of g = 1 + 0.9 g (2 roundings of values <= 5.7 each) against the closed form (3 roundings;
+    # 1 - 0.9 and 0.1 differ by 2.8e-16 relative as stored): rel 1e-13 (was approx's 1e-6; observed 3.1e-16)
+    assert ints.dtype == np.float64 and ints[0, 0] == pytest.approx((1 - 0.9 ** 8) / 0.1, rel=1e-13, abs=0)
 
 
 def test_fused_outputs_are_new_arrays_every_call(numba_backend):
@@ -1707,7 +1732,7 @@ def test_byte_swapped_arrays_after_an_unaligned_one_give_numpys_results(numba_ba
     dx, g = net.backward(dy, [a.astype(">f4") for a in cache])
     # the byte-swapped cache takes numpy's backward (bit-equal to numpy's on the native one), the native
     # cache the numba kernel: float32 sums of <= 64 terms in another order, a few ulps apart (n eps ~ 4e-6
-    # at worst). GAE above is the same loop on both paths, so bit-equal.
+    # at worst; observed 1.8e-7). GAE above is the same loop on both paths, so bit-equal.
     np.testing.assert_allclose(dx, dx_want, rtol=1e-5, atol=1e-6)
     for k in g_want:
         np.testing.assert_allclose(g[k], g_want[k], rtol=1e-5, atol=1e-6)

@@ -6,8 +6,11 @@ through the strict CuPy stand-in whose RawModule runs the shim. Tests that need 
 Tolerance: none. Each kernel line performs Adam.step's numpy operations in the same order and dtype
 with the scalars rounded as numpy rounds them (the shim built with -ffp-contract=off, as gpu.py
 compiles with --fmad=false; division and sqrt correctly rounded on both), so the parameters and
-moments must equal numpy's bit for bit. Only on a device with clipping may the gradient norm differ
-(cuBLAS sums in its own order): that one test allows the rounding it carries (see there).
+moments must equal numpy's bit for bit. The norms Adam.step returns on the stand-in's array operations
+(a non-contiguous, float16 or mixed-dtype parameter) are compared with == too: the stand-in runs
+numpy's own astype and vdot on the same values. Only on a device with clipping may the gradient norm
+differ (cuBLAS sums in its own order): that one test allows the rounding it carries (see there: 4 ulps
+of each of the 3 steps of ~lr and an ulp of the parameter each step).
 """
 
 import copy
