@@ -75,3 +75,61 @@ def load_tool(filename):
 def tool():
     """``tool("mutate.py")``: a script of tools/ as a module."""
     return load_tool
+
+
+# CI runs the suite with only the test extra installed, then with test + gym (no numba): the second run
+# needs only the tests the first one skipped (a test that passed without gymnasium and without numba,
+# and passes in the full suite with both, is not run a third time). These two options carry that list
+# from one run to the next; a plain `pytest` uses neither.
+def pytest_addoption(parser):
+    group = parser.getgroup("minippo")
+    group.addoption("--record-skipped", metavar="FILE", default=None,
+                    help="write the node ids of the tests and modules this run skipped to FILE, one per line")
+    group.addoption("--only-skipped-in", metavar="FILE", default=None,
+                    help="run only the tests (or the tests of the modules) that FILE, from --record-skipped, names")
+
+
+def pytest_configure(config):
+    if config.getoption("--record-skipped") is not None and config.getoption("numprocesses", default=None):
+        raise pytest.UsageError("--record-skipped: run without -n (pytest-xdist): its workers would each see only "
+                                "their own part of the skipped tests")
+
+
+_skipped: list[str] = []
+
+
+def pytest_collectreport(report):
+    if report.skipped:  # a module skipped whole (a module-level importorskip)
+        _skipped.append(report.nodeid)
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("--record-skipped")
+    if path is not None:  # written whole or not at all: a half-written list would drop tests silently
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(f"{nodeid}\n" for nodeid in dict.fromkeys(_skipped)))
+        os.replace(tmp, path)
+
+
+def pytest_collection_modifyitems(config, items):
+    path = config.getoption("--only-skipped-in")
+    if path is None:
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            named = set(f.read().splitlines())
+    except FileNotFoundError:
+        raise pytest.UsageError(f"--only-skipped-in: no file {path!r} (a run with --record-skipped writes it)") \
+            from None
+    keep, drop = [], []
+    for item in items:
+        (keep if item.nodeid in named or item.nodeid.split("::")[0] in named else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    items[:] = keep

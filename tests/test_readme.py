@@ -205,7 +205,11 @@ def test_the_test_command_is_the_one_ci_runs():
     ci_install = re.search(r'^python3 -m pip install -q -e "(\.\[[\w,]+\])"(.*)$', ci, flags=re.M).groups()
     assert readme_install[0] == ci_install[0] and readme_install[1].split() == ci_install[1].split()
     assert "python -m ruff check ." in block and re.search(r"^python3 -m ruff check \.$", ci, flags=re.M)
-    assert block.strip().endswith("python -m pytest -q") and re.search(r"^python3 -m pytest -q \|\|", ci, flags=re.M)
+    readme_pytest = re.search(r"&& python -m pytest( [^&\n]*)$", block.strip()).group(1).split()
+    ci_pytest = re.search(r"^python3 -m pytest( [^|\n]*) \|\| full=", ci, flags=re.M).group(1).split()
+    assert readme_pytest == ci_pytest and readme_pytest[0] == "-q"
+    # the whole suite: no file, folder, -k or -m selection
+    assert not any(arg.endswith(".py") or arg.startswith(("tests", "-k", "-m")) for arg in readme_pytest)
 
 
 def test_the_extras_the_docs_install_exist():
