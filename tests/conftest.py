@@ -80,7 +80,8 @@ def tool():
 # CI runs the suite with only the test extra installed, then with test + gym (no numba): the second run
 # needs only the tests the first one skipped (a test that passed without gymnasium and without numba,
 # and passes in the full suite with both, is not run a third time). These two options carry that list
-# from one run to the next; a plain `pytest` uses neither.
+# from one run to the next; a plain `pytest` uses neither. Give them as --option=FILE: pytest reads a
+# separate FILE argument that exists outside the rootdir as a test path before it loads this file.
 def pytest_addoption(parser):
     group = parser.getgroup("minippo")
     group.addoption("--record-skipped", metavar="FILE", default=None,

@@ -4,6 +4,7 @@ them: the variable is read at first use, so nothing here may leak from the test 
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -299,16 +300,22 @@ def test_a_warm_read_only_cache_is_reused_not_compiled_again(tmp_path, where):
     root, or an install run by another user without a home): numba refuses every cache folder, and
     the temporary one minippo falls back to starts from links to the warm kernels, so nothing is
     compiled again (before: GAE's ~6 s each process, CartPole's preset ~45 s); the warm files are
-    left as they were. The kernels folder's own cache (``kernels/__pycache__``) is the default."""
+    left as they were. The kernels folder's own cache (``kernels/__pycache__``) is the default.
+    Both run a private copy of the source (minippo/ and kernels/, no cache): the checkout's kernels
+    folder is written meanwhile by the suite's other process (``-n 2``), which once changed it here."""
     pytest.importorskip("numba")
+    tree = tmp_path / "tree"  # the subprocesses import this copy: it is their working directory
+    for package in ("minippo", "kernels"):
+        shutil.copytree(ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env["MINIPPO_BACKEND"] = "numba"
     if where == "NUMBA_CACHE_DIR":
         env["NUMBA_CACHE_DIR"] = str(tmp_path / "warm")
-    warm = subprocess.run([sys.executable, "-c", GAE], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=300)  # compiles, or loads the kernels folder's cache the suite made
+    warm = subprocess.run([sys.executable, "-c", GAE + "; import minippo; print('FROM', minippo.__file__)"],
+                          capture_output=True, text=True, env=env, cwd=tree, timeout=300)  # compiles
     assert warm.returncode == 0 and "BACKEND numba float32 1.0" in warm.stdout, warm.stderr
-    folder = str(ROOT / "kernels")  # numba's subfolder of NUMBA_CACHE_DIR: the name and SHA-1 of the path
+    assert f"FROM {tree / 'minippo' / '__init__.py'}" in warm.stdout, warm.stdout  # the copy, not the checkout
+    folder = str(tree / "kernels")  # numba's subfolder of NUMBA_CACHE_DIR: the name and SHA-1 of the path
     subpath = f"kernels_{hashlib.sha1(folder.encode()).hexdigest()}"
     source = tmp_path / "warm" / subpath if where == "NUMBA_CACHE_DIR" else Path(folder, "__pycache__")
     before = {p.name: p.stat().st_mtime_ns for p in source.iterdir()}
@@ -316,7 +323,7 @@ def test_a_warm_read_only_cache_is_reused_not_compiled_again(tmp_path, where):
     code = GAE + "; import os; print('COMPILED', backend.numba_compile_seconds(), os.environ['NUMBA_CACHE_DIR'])"
     info = "logging.getLogger().setLevel(logging.INFO)\n"  # (a warm cache reused is logged at INFO)
     out = subprocess.run([sys.executable, "-c", NO_CACHE_FOLDER + info + code], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=300)
+                         cwd=tree, timeout=300)
     if "STAND-IN NOT CONSULTED" in out.stdout:
         pytest.skip("this numba tests its cache folders otherwise: the refusal cannot be stood in for")
     assert out.returncode == 0, out.stderr

@@ -41,45 +41,51 @@ FILES = {
 
 
 def _tree(tmp_path):
-    shutil.copy(os.path.join(HERE, "conftest.py"), tmp_path / "conftest.py")
+    """The test folder (pytest's rootdir) and, outside it as in CI, the folder for the list."""
+    tree, lists = tmp_path / "tree", tmp_path / "lists"
+    tree.mkdir()
+    lists.mkdir()
+    shutil.copy(os.path.join(HERE, "conftest.py"), tree / "conftest.py")
     for name, text in FILES.items():
-        (tmp_path / name).write_text(text)
+        (tree / name).write_text(text)
+    return tree, lists / "skipped.txt"
 
 
-def _pytest(tmp_path, *args, skip_two=True, plugins=()):
+def _pytest(tree, *args, skip_two=True, plugins=()):
     env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", SKIP_TWO="1" if skip_two else "0")
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA"]
     for plugin in plugins:
         cmd += ["-p", plugin]
-    return subprocess.run([*cmd, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([*cmd, *args], cwd=tree, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_record_then_run_only_the_skipped(tmp_path):
-    _tree(tmp_path)
-    listing = tmp_path / "skipped.txt"
-    first = _pytest(tmp_path, "--record-skipped", str(listing))
+    """As .ci/run gives them: --option=FILE, FILE outside the rootdir (a separate FILE argument that
+    exists is read as a test path before conftest.py is loaded: the option was "unrecognized")."""
+    tree, listing = _tree(tmp_path)
+    first = _pytest(tree, f"--record-skipped={listing}")
     assert first.returncode == 0, first.stdout + first.stderr
     assert listing.read_text().splitlines() == [
         "test_needs_missing.py",  # the module, skipped at collection
         "test_mixed.py::test_param[2]",
         "test_mixed.py::test_skipped_in_setup",
     ]
-    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary file left behind
+    assert [p.name for p in listing.parent.iterdir()] == ["skipped.txt"]  # no temporary file left behind
     # the second run (the skip condition gone, as gymnasium is installed there) runs those and only those
-    second = _pytest(tmp_path, "--only-skipped-in", str(listing), skip_two=False)
+    second = _pytest(tree, f"--only-skipped-in={listing}", skip_two=False)
     assert second.returncode == 0, second.stdout + second.stderr
     passed = sorted(line.split()[1] for line in second.stdout.splitlines() if line.startswith("PASSED "))
     assert passed == ["test_mixed.py::test_param[2]", "test_mixed.py::test_skipped_in_setup"]
     assert "SKIPPED [1] test_needs_missing.py" in second.stdout  # still missing: skipped again, not dropped
     assert "5 deselected" not in second.stdout and "3 deselected" in second.stdout  # test_runs, [1], test_a
     # without the option every test runs
-    plain = _pytest(tmp_path, skip_two=False)
+    plain = _pytest(tree, skip_two=False)
     assert plain.returncode == 0 and "5 passed, 1 skipped" in plain.stdout, plain.stdout
 
 
 def test_a_missing_list_is_an_error_naming_the_option(tmp_path):
-    _tree(tmp_path)
-    r = _pytest(tmp_path, "--only-skipped-in", str(tmp_path / "nowhere.txt"))
+    tree, listing = _tree(tmp_path)
+    r = _pytest(tree, f"--only-skipped-in={listing.parent / 'nowhere.txt'}")
     assert r.returncode == 4, r.stdout + r.stderr  # pytest's usage error
     assert "--only-skipped-in: no file" in r.stderr and "nowhere.txt" in r.stderr
     assert "passed" not in r.stdout  # nothing ran
@@ -88,9 +94,8 @@ def test_a_missing_list_is_an_error_naming_the_option(tmp_path):
 def test_record_skipped_refuses_xdist_workers(tmp_path):
     if importlib.util.find_spec("xdist") is None:
         pytest.skip("pytest-xdist is not installed")
-    _tree(tmp_path)
-    listing = tmp_path / "skipped.txt"
-    r = _pytest(tmp_path, "--record-skipped", str(listing), "-n", "2", plugins=("xdist.plugin",))
+    tree, listing = _tree(tmp_path)
+    r = _pytest(tree, f"--record-skipped={listing}", "-n", "2", plugins=("xdist.plugin",))
     assert r.returncode == 4, r.stdout + r.stderr
     assert "--record-skipped: run without -n" in r.stderr
     assert not listing.exists()
