@@ -628,6 +628,39 @@ def test_the_fused_step_refuses_a_norm_whose_squares_overflow_the_moments(dtype)
     assert adam.t == 2 and np.isfinite(adam._v).all() and np.isfinite(pol.params["critic.b0"]).all()
 
 
+def test_a_norm_equal_to_the_limit_is_taken_by_both_steps_and_one_past_it_refused():
+    """The limit's edge (check_step_norm refuses a norm > limit): a gradient whose norm is the limit
+    exactly takes the same step on both paths, where a kernel that refused it at >= (a mutant of session
+    78's mutation run) returned without writing and the Python side, whose check it passed, then reported
+    a step that was never made. float64 only: a lone entry's norm is the entry exactly (sqrt(x * x) == |x|
+    in IEEE arithmetic), and float32 cannot hold the limit, ~2^63 (1 - 2^-25)."""
+    limit = step_norm_limit(np.float64)
+    for g0, taken in ((limit, True), (np.nextafter(limit, np.inf), False)):
+        pol = _policy(np.float64, True, (8,), "tanh", 1)
+        ref_params = {k: p.copy() for k, p in pol.params.items()}
+        adam, ref = Adam(pol.params), Adam(ref_params)
+        fu = cpu_update.make(pol, adam, PPOConfig(), only_if_faster=False)
+        for g in fu.grads().values():
+            g.fill(0)
+        fu.grads()["critic.b0"][0] = g0
+        grads = {k: g.copy() for k, g in fu.grads().items()}
+        if not taken:
+            with pytest.raises(GradientOverflowError):
+                fu.step(1e-3, 0.0)
+            with pytest.raises(GradientOverflowError):
+                ref.step(grads, 1e-3, 0.0)
+            assert adam.t == ref.t == 0
+            continue
+        before = pol.params["critic.b0"][0]
+        assert math.isnan(fu.step(1e-3, 0.0))  # (NaN: not clipping, as the trainer logs it)
+        ref.step(grads, 1e-3, 0.0)
+        assert adam.t == ref.t == 1 and pol.params["critic.b0"][0] != before
+        for k in ref_params:  # unclipped: numpy's operations in numpy's order, bit-identical
+            np.testing.assert_array_equal(pol.params[k], ref_params[k], err_msg=k)
+            np.testing.assert_array_equal(adam.m[k], ref.m[k], err_msg=k)
+            np.testing.assert_array_equal(adam.v[k], ref.v[k], err_msg=k)
+
+
 @pytest.mark.parametrize("discrete", [True, False])
 def test_a_nan_input_is_named_and_raises_on_both_paths(discrete):
     """A NaN in one minibatch input (or a parameter) makes the loss NaN; the fused step then names
@@ -778,17 +811,20 @@ def test_kl_penalty_batches_without_good_dist_old_raise_naming_it(discrete):
     with pytest.raises(FloatingPointError, match="^dist_old contains NaN or inf$"):
         fu.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
     # what pi_old's distribution refuses on the numpy path: a -inf logit (the kernel held it at the
-    # lowest float64 and stepped); an old log_std past float32's range (the kernel took it in float64)
-    bad = batch["dist_old"].copy()
-    bad[3, 1 if discrete else 4] = -np.inf if discrete else -100.0
+    # lowest float64 and stepped); an old log_std past float32's range (the kernel took it in float64).
+    # In row 0 too, past column 0: a mutant of the scan's flat index (i * w - j, session 78) took it.
     ref = NumpyStep(pol, Adam(pol.params), cfg, beta=0.5)
-    for step, err, msg in ((fu, FloatingPointError, "^dist_old contains NaN or inf$"),
-                           (ref, FloatingPointError, "^logits contains NaN or inf$")) if discrete else \
-            ((fu, ValueError, r"^log_std must lie in \[-88, 88\] for float32"),
-             (ref, ValueError, r"^log_std must lie in \[-88, 88\] for float32")):
-        with pytest.raises(err, match=msg):
-            step.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
+    for row in (3, 0):
+        bad = batch["dist_old"].copy()
+        bad[row, 1 if discrete else 4] = -np.inf if discrete else -100.0
+        for step, err, msg in ((fu, FloatingPointError, "^dist_old contains NaN or inf$"),
+                               (ref, FloatingPointError, "^logits contains NaN or inf$")) if discrete else \
+                ((fu, ValueError, r"^log_std must lie in \[-88, 88\] for float32"),
+                 (ref, ValueError, r"^log_std must lie in \[-88, 88\] for float32")):
+            with pytest.raises(err, match=msg):
+                step.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
     if not discrete:  # on the bound: taken by both
+        bad = batch["dist_old"].copy()
         bad[3, 4] = -88.0
         got, want = fu.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0), \
             ref.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
@@ -944,6 +980,29 @@ def test_the_fused_step_refuses_logits_that_overflow_at_the_temperature_as_numpy
                 step.loss_and_grads(batch, 0.2, 0.0)
 
 
+@pytest.mark.parametrize("where", [(0, 0), (3, 1), (7, 0), (7, 2)])
+def test_one_logit_that_overflows_at_the_temperature_is_refused_wherever_it_is(where):
+    """The kernel keeps the minibatch's largest |logit| for that check: one logit of ~5 at T = 1e-38
+    (5e38 in float32), every other one 0, is refused as numpy refuses it, in any sample and column,
+    not only the last one read (a mutant of session 78's mutation run kept the last |logit| read)."""
+    i, j = where
+    pol = _policy(np.float32, True, (8,), "tanh", 1, temperature=1e-38)
+    batch = _batch(pol, 8, 2, 0.2, np.float32)
+    p = pol.params
+    for k in ("actor.W0", "actor.b0", "actor.W1", "actor.b1"):
+        p[k][...] = 0.0
+    p["actor.W0"][0, 0] = 1.0  # h_0 = tanh(obs[:, 0]); logit j = 5 h_0
+    p["actor.W1"][0, j] = 5.0
+    batch["obs"][:, 0] = 0.0
+    batch["obs"][i, 0] = 3.0
+    z = pol.actor.forward(batch["obs"])[0]
+    assert np.count_nonzero(z) == 1 and z[i, j] == np.float32(5.0) * np.tanh(np.float32(3.0))
+    for step in _both_steps(pol, PPOConfig()):
+        with pytest.raises(FloatingPointError, match=r"^logits / temperature contains NaN or inf$"), \
+                np.errstate(all="ignore"):
+            step.loss_and_grads(batch, 0.2, 0.0)
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize("shared", [False, True])
 def test_a_temperature_that_is_zero_in_float32_is_refused_without_a_numpy_warning(shared):
@@ -1001,6 +1060,23 @@ def test_equal_float64_advantages_normalise_to_zero_on_both_paths(value, monkeyp
     assert got["policy_loss"] == want["policy_loss"] == 0.0
     for k in ("actor.W0", "actor.b1"):  # the actor's gradient comes from the policy loss alone here
         assert not fu.grads()[k].any(), k
+
+
+@settings(max_examples=200, deadline=None)
+@given(dtype=st.sampled_from([np.float32, np.float64]), B=st.integers(2, 300), data=st.data())
+@example(dtype=np.float64, B=3, data=None)  # 0.1: see below
+def test_equal_advantages_of_any_value_normalise_to_exact_zeros_on_both_paths(dtype, B, data):
+    """The test above for any finite value and B: A - A_0 is exactly 0 for equal A, whatever the sum's
+    rounding. The three values there come out right without the shift too, at B = 64 (session 78: a
+    mutation run's kernel that took A + A_0 passed them); 0.1 at B = 3, float64, does not."""
+    from minippo.ppo import normalize
+
+    big = float(np.finfo(dtype).max) / 2
+    value = 0.1 if data is None else data.draw(st.floats(-big, big, allow_nan=False), label="value")
+    adv = np.full(B, value, dtype)
+    fused = cpu_update._normalized(adv, True)
+    assert fused.dtype == np.float64 and not fused.any(), fused[:4]
+    assert not normalize(adv).any()
 
 
 def test_missing_batch_keys_are_named_alike_on_both_paths():
