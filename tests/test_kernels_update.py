@@ -806,10 +806,11 @@ def test_kl_penalty_batches_without_good_dist_old_raise_naming_it(discrete):
     width = 3 if discrete else 6
     with pytest.raises(ValueError, match=rf"dist_old must have shape \(8, {width}\)"):
         fu.loss_and_grads({**batch, "dist_old": batch["dist_old"][:, :2]}, 0.2, 0.0)
-    bad = batch["dist_old"].copy()
-    bad[3, 1] = np.nan
-    with pytest.raises(FloatingPointError, match="^dist_old contains NaN or inf$"):
-        fu.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
+    for where in ((3, 1), (slice(None), slice(None))):  # one entry; every entry (a mutant of the scan
+        bad = batch["dist_old"].copy()  # that looked for a good entry instead found none, and the kernel
+        bad[where] = np.nan  # returned a NaN loss: _raise_non_finite leaves dist_old to the scan)
+        with pytest.raises(FloatingPointError, match="^dist_old contains NaN or inf$"):
+            fu.loss_and_grads({**batch, "dist_old": bad}, 0.2, 0.0)
     # what pi_old's distribution refuses on the numpy path: a -inf logit (the kernel held it at the
     # lowest float64 and stepped); an old log_std past float32's range (the kernel took it in float64).
     # In row 0 too, past column 0: a mutant of the scan's flat index (i * w - j, session 78) took it.
