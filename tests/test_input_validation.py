@@ -1061,6 +1061,9 @@ def test_audit_of_the_public_api_each_bad_input_is_named():
         (lambda: as_space({"kind": "discrete", "n": 2.7}), ValueError, "Discrete n must be an integer, got 2.7"),
         (lambda: Box(np.zeros((2, 2)), np.ones((2, 2))), ValueError,
          r"Box low and high must be 1-D \(one bound per action dimension\), got shapes \(2, 2\), \(2, 2\)"),
+        # one 2-D bound of the other's size (a mutant refusing only two 2-D bounds reshaped it and went on)
+        (lambda: Box(np.zeros((2, 2)), np.ones(4)), ValueError, r"Box low and high must be 1-D .*\(2, 2\), \(4,\)"),
+        (lambda: Box(np.zeros(4), np.ones((2, 2))), ValueError, r"Box low and high must be 1-D .*\(4,\), \(2, 2\)"),
         (lambda: Box(["a"], [1.0]), TypeError, "Box low and high must be numbers or 1-D arrays of numbers"),
         # (B, 1) against (B,) broadcast to (B, B) and gave 0.0
         (lambda: explained_variance(np.zeros((4, 1)), np.arange(4.0)), ValueError,
