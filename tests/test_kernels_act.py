@@ -452,6 +452,38 @@ def test_non_finite_raises_like_the_numpy_path(discrete):
         assert np.all(d[:, pol.act_dim + 1] == np.float32(2.0)) and np.isfinite(lp).all()
 
 
+@pytest.mark.parametrize("discrete, bad", [(True, "actor.b1"), (False, "actor.b1"), (False, "log_std")])
+@pytest.mark.parametrize("deterministic", [True, False])
+@pytest.mark.parametrize("critic", [True, False])
+def test_non_finite_names_what_the_numpy_path_names_for_every_call(discrete, bad, deterministic, critic):
+    """Each of act's four calls (deterministic or not, with the critic (act) or without (predict))
+    with a NaN logit/mean or log_std: the fused act raises the numpy path's own message itself, and
+    returns None (the numpy path then gives the mean) only for predict's mode with a NaN log_std, as
+    its docstring says. (Session 79's mutation run: a kernel that returned None for a NaN mean without
+    the critic, or named "the policy's output" in predict's sampling mode, passed the test above, the
+    numpy path it fell back to raising in its place.)"""
+    obs = _obs(4, 0, np.float32)
+    said = {}
+    for backend_name in ("numpy", "numba"):
+        use_backend(backend_name)
+        pol = _policy(np.float32, discrete, (8,), "tanh", 1)
+        pol.params[bad][0] = np.nan
+        rng = np.random.default_rng(0)
+        try:
+            pol.act(obs, rng, deterministic) if critic else pol.predict(obs, deterministic, rng)
+            said[backend_name] = None
+        except FloatingPointError as e:
+            said[backend_name] = str(e)
+    assert said["numba"] == said["numpy"]
+    fused = cpu_act.act  # the kernel's own answer, not the numpy path it may fall back to
+    if said["numpy"] is None:
+        assert (bad, deterministic, critic) == ("log_std", True, False)
+        assert fused(pol, obs, np.random.default_rng(0), deterministic, critic) is None
+    else:
+        with pytest.raises(FloatingPointError) as e:
+            fused(pol, obs, np.random.default_rng(0), deterministic, critic)
+        assert str(e.value) == said["numpy"]
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_log_std_below_its_range_acts_with_the_lower_bound_like_numpy(dtype):
     """log_std under LOG_STD_MIN (a model saved before the range existed, or set by hand) acts with
