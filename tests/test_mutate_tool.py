@@ -266,3 +266,166 @@ def test_functions_that_match_no_mutant_are_refused(tmp_path):
         assert r.returncode == 2 and f"error: {message}" in r.stderr, (argv, r.stdout, r.stderr)
     r = _cli("m.py", "--root", str(tmp_path), "--functions", "f", "--list")
     assert r.returncode == 0 and r.stdout.split() == ["2:13:+->-", "f"]
+
+
+INJECT_SOURCE = textwrap.dedent('''\
+    from __future__ import annotations
+
+
+    def njit(f):  # stands for numba's: a compiling decorator, known by its name
+        return f
+
+
+    @njit
+    def kernel(act):  # a parameter named like the module's act: still the kernel's own
+        return act + 1
+
+
+    def tabled(a):
+        return a * 2
+
+
+    TABLE = {"t": tabled}  # read at import: a table that would keep the original
+
+
+    def act(a) -> Helper:  # (a lazy annotation: not read at import)
+        return kernel(a) - 1
+
+
+    def in_subprocess(a):
+        return a - 5
+
+
+    class Helper:
+        def twice(self, a):
+            return a + a
+''')
+
+INJECT_TEST = textwrap.dedent('''\
+    import os
+    import subprocess
+    import sys
+
+    import mod
+
+    def test_mod():
+        with open(os.path.join(os.path.dirname(mod.__file__), "mod.py")) as f:
+            same = f.read() == ORIGINAL
+        cache = os.environ["NUMBA_CACHE_DIR"]
+        with open(SEEN, "a") as f:
+            f.write(f"{'same' if same else 'written'} {sorted(os.listdir(cache))}\\n")
+        with open(os.path.join(cache, f"run{len(open(SEEN).readlines())}"), "w"):
+            pass
+        assert mod.act(1) == 1 and mod.TABLE["t"](3) == 6 and mod.Helper().twice(2) == 4
+        r = subprocess.run([sys.executable, "-c", "import mod; print(mod.in_subprocess(7))"],
+                           capture_output=True, text=True, check=True)
+        assert r.stdout == "2\\n"
+''')
+
+
+def test_inject_runs_uncompiled_definitions_against_the_file_unchanged(mutate, tmp_path):
+    """--inject: the mutants of ``act``, ``in_subprocess`` (seen only by a subprocess of the tests)
+    and ``Helper`` replace their definitions at import and leave mod.py as it is; those of the
+    decorated kernel and of a function a module-level table holds are written, as without it. Each
+    run gets a copy of the numba cache the first run on the unmutated code filled: the tests see
+    that run's file and none of any other."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mod.py").write_text(INJECT_SOURCE)
+    seen = tmp_path / "seen.txt"
+    (project / "test_mod.py").write_text(f"ORIGINAL = {INJECT_SOURCE!r}\nSEEN = {str(seen)!r}\n" + INJECT_TEST)
+    lines = {n: i for i, line in enumerate(INJECT_SOURCE.splitlines(), 1) for n in ("def act", "class Helper")
+             if line.startswith(n)}
+    assert mutate.injectable(INJECT_SOURCE) == {
+        **{line: ("act", lines["def act"]) for line in range(lines["def act"], lines["def act"] + 2)},
+        **{line: ("in_subprocess", lines["def act"] + 4) for line in range(lines["def act"] + 4, lines["def act"] + 6)},
+        **{line: ("Helper", lines["class Helper"]) for line in range(lines["class Helper"], lines["class Helper"] + 3)}}
+    results = mutate.run("mod.py", "test_mod.py", root=str(project), timeout=120, inject=True)
+    assert [(r["function"], r["how"], r["injected"]) for r in results] == [
+        ("kernel", "failed", False), ("tabled", "failed", False), ("act", "failed", True),
+        ("in_subprocess", "failed", True), ("twice", "failed", True)]
+    runs = seen.read_text().splitlines()
+    assert runs == ["same []"] + ["same ['run1']"] + ["written ['run1']"] * 2 + ["same ['run1']"] * 3
+    assert (project / "mod.py").read_text() == INJECT_SOURCE
+    # Without --inject every mutant is written, and the tests see the caller's NUMBA_CACHE_DIR.
+    seen.unlink()
+    os.environ["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
+    try:
+        (tmp_path / "mine").mkdir()
+        results = mutate.run("mod.py", "test_mod.py", root=str(project), timeout=120)
+    finally:
+        del os.environ["NUMBA_CACHE_DIR"]
+    assert [(r["how"], r["injected"]) for r in results] == [("failed", False)] * 5
+    assert [line.split()[0] for line in seen.read_text().splitlines()] == ["same"] + ["written"] * 5
+
+
+def test_inject_refuses_tests_that_fail_with_a_definition_injected_unchanged(mutate, tmp_path):
+    """The run on the unmutated code is made a second time with --inject, a definition injected as
+    it is, and must pass there too: else NotPassing, naming the definition (the command line's
+    error)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mod.py").write_text("def f(a):\n    return a + 1\n")
+    (project / "test_mod.py").write_text("import os\nimport mod\n\ndef test_f():\n"
+                                         "    assert mod.f(1) == 2 and 'MUTATE_INJECT' not in os.environ\n")
+    with pytest.raises(mutate.NotPassing, match="on the unmutated code with f injected unchanged, but pytest "
+                                                "exited 1 "):
+        mutate.run("mod.py", "test_mod.py", root=str(project), timeout=120, inject=True)
+    assert [r["how"] for r in mutate.run("mod.py", "test_mod.py", root=str(project), timeout=120)] == ["failed"]
+    r = _cli("mod.py", "--root", str(project), "--tests", "test_mod.py", "--inject")
+    assert r.returncode == 2 and "with f injected unchanged" in r.stderr, r.stderr
+
+
+def test_what_compiled_code_may_hold_is_not_injectable(mutate):
+    """Not injectable: a definition named by a compiled one (an overload's implementation), one
+    that compiles at run time (it names njit) and what it names, a class named by an annotation
+    read at import (no PEP 563), a class with a compiled method, module-level code. Injectable: the
+    function with that annotation, and a plain one."""
+    source = textwrap.dedent('''\
+        import numba
+
+
+        def impl(x):
+            return x + 1
+
+
+        @numba.extending.overload(len)
+        def ov(x):
+            return impl
+
+
+        def compiles_later(f):
+            return numba.njit(helper(f))
+
+
+        def helper(f):
+            return f
+
+
+        def annotated(a: Tag):
+            return a - 1
+
+
+        class Tag:
+            def m(self):
+                return 1 + 1
+
+
+        class Kind:
+            @numba.njit
+            def m(self):
+                return 1 - 1
+
+
+        def plain(a):
+            return a * 3
+
+
+        Y = 1 + 2
+    ''')
+    first = {line.split()[1].split("(")[0]: i for i, line in enumerate(source.splitlines(), 1)
+             if line.startswith(("def ", "class "))}
+    got = mutate.injectable(source)
+    assert got == {line: (name, first[name]) for name in ("annotated", "plain")
+                   for line in (first[name], first[name] + 1)}
+    assert [m.line in got for m in mutate.mutants(source)] == [False, True, False, False, True, False]

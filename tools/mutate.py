@@ -20,6 +20,19 @@ which in a note. A mutant whose pytest ends without running the tests (an exit s
 other than 0 and 1: interrupted, internal error, usage error, no tests collected) is an *error*,
 neither killed nor survived, and makes the exit status 1.
 
+``--inject`` leaves the file on disk unchanged for a mutant inside a top-level function or class
+that nothing compiles: the tests import the file as it is, and the mutated definition replaces the
+original in the module's namespace as its import ends (a ``sitecustomize`` put first on the tests'
+``PYTHONPATH``; subprocesses the tests start get it too). numba stamps its on-disk cache with a hash
+of the whole file (numba 0.68), so a mutant written to a file of kernels recompiles every kernel the
+tests reach (~100 s a mutant for ``kernels/cpu_act.py`` against its test file); injected, the
+Python around them runs against the cached kernels (~6 s). Not injected, and written as before: the
+mutants inside a definition with a compiling decorator (``njit``, ``jit``, ``vectorize``, ...) or
+with one inside it, at module level, or inside a definition whose name the module's import-time code
+reads (``kernel = njit(impl)``, a table of functions: those would keep the original). The run on the
+unmutated code is made twice with ``--inject``: plain, then with a definition injected unchanged,
+which must pass too.
+
 ``--fresh-numba-cache`` gives every mutant an empty ``NUMBA_CACHE_DIR``, so numba compiles the
 mutated kernels instead of loading the unmutated ones from its cache (slow: a compile per mutant).
 One JSON line per mutant goes to ``--out`` (a run stopped and restarted skips the ids already
@@ -140,6 +153,144 @@ def mutants(source: str, functions: set[str] | None = None) -> list[Mutant]:
     return sorted(found.values(), key=lambda m: (m.line, m.col))
 
 
+COMPILERS = {"njit", "jit", "vectorize", "guvectorize", "cfunc", "stencil", "generated_jit", "overload",
+             "overload_method", "overload_attribute", "intrinsic", "register_jitable", "jit_module"}
+
+
+def _reads(node: ast.AST) -> set[str]:
+    """The global names ``node`` reads: those loaded, less a function's own (its parameters and the
+    names it assigns) within that function (a kernel's parameter ``act`` is not the module's ``act``)."""
+    found: set[str] = set()
+
+    def visit(n: ast.AST, local: frozenset[str]) -> None:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = n.args
+            own = {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x is not None}
+            own |= {m.id for m in ast.walk(n) if isinstance(m, ast.Name) and isinstance(m.ctx, ast.Store)}
+            for part in (*getattr(n, "decorator_list", ()), *a.defaults, *(d for d in a.kw_defaults if d)):
+                visit(part, local)
+            body = n.body if isinstance(n.body, list) else [n.body]
+            for part in body:
+                visit(part, local | own)
+            return
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id not in local:
+            found.add(n.id)
+        for child in ast.iter_child_nodes(n):
+            visit(child, local)
+
+    visit(node, frozenset())
+    return found
+
+
+def _compiles(node: ast.AST) -> bool:
+    """Whether ``node`` names a compiler (COMPILERS, as a name or an attribute: ``numba.njit``)."""
+    return any(isinstance(n, ast.Name) and n.id in COMPILERS or isinstance(n, ast.Attribute) and n.attr in COMPILERS
+               for n in ast.walk(node))
+
+
+def injectable(source: str) -> dict[int, tuple[str, int]]:
+    """Line -> (name, first line) of the top-level function or class around it, for the lines a
+    mutant may be injected at (see ``--inject``). Not those of a definition that compiled code may
+    hold: one with a compiling decorator (COMPILERS) or one inside it, one that names a compiler in
+    its body (it compiles at run time), one whose name the module's import-time code reads
+    (decorators, default values, class bodies and module-level statements run at import; function
+    bodies do not), and, repeatedly, one whose name any of these reads."""
+    tree = ast.parse(source)
+    lazy = any(isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations"
+               for a in n.names) for n in tree.body)
+    read: set[str] = set()
+
+    def at_import(node: ast.AST) -> None:
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            read.add(node.id)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            args = node.args
+            parts = [*getattr(node, "decorator_list", ()), *args.defaults, *(d for d in args.kw_defaults if d)]
+            if not lazy:  # annotations are evaluated at definition time without PEP 563
+                parts += [a.annotation for a in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg,
+                                                 args.kwarg) if a is not None and a.annotation is not None]
+                parts += [node.returns] if getattr(node, "returns", None) is not None else []
+            for part in parts:
+                at_import(part)
+            return  # the body runs when called
+        if lazy and isinstance(node, ast.AnnAssign):
+            for part in (node.target, node.value):
+                if part is not None:
+                    at_import(part)
+            return
+        for child in ast.iter_child_nodes(node):
+            at_import(child)
+
+    at_import(tree)
+    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    held = {name for name, n in defs.items() if name in read or _compiles(n)}
+    grew = True
+    while grew:
+        more = {name for name in defs if name not in held and any(name in _reads(defs[h]) for h in held)}
+        held |= more
+        grew = bool(more)
+    lines = {}
+    for name, node in defs.items():
+        if name not in held:
+            for line in range(node.lineno, node.end_lineno + 1):
+                lines[line] = (name, node.lineno)
+    return lines
+
+
+# Put first on the tests' PYTHONPATH by --inject: when the module whose file is MUTATE_INJECT["file"]
+# has been imported, the top-level definition MUTATE_INJECT["name"] at line ["line"] of the source in
+# file ["source"] replaces its own. Then any sitecustomize further along sys.path runs, as it would have.
+SITECUSTOMIZE = '''\
+"""tools/mutate.py --inject: see MUTATE_INJECT in that file."""
+import ast
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SPEC = json.loads(os.environ.get("MUTATE_INJECT") or "null")
+
+
+class _Inject(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.rpartition(".")[2] != _SPEC["module"]:
+            return None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+        else:
+            return None
+        if not spec.origin or os.path.realpath(spec.origin) != _SPEC["file"]:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            with open(_SPEC["source"]) as f:
+                tree = ast.parse(f.read())
+            node, = [n for n in tree.body if getattr(n, "name", None) == _SPEC["name"]
+                     and n.lineno == _SPEC["line"]]
+            exec(compile(ast.Module([node], []), module.__file__, "exec"), module.__dict__)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if _SPEC:
+    sys.meta_path.insert(0, _Inject())
+_next = importlib.machinery.PathFinder.find_spec("sitecustomize", [p for p in sys.path if p and
+                                                                     os.path.abspath(p) != _HERE])
+if _next is not None and _next.loader is not None:
+    _mod = importlib.util.module_from_spec(_next)
+    _next.loader.exec_module(_mod)
+'''
+
+
 def _snapshot(root: str) -> str:
     """A copy of ``root`` to mutate: the files git tracks there (all files outside a git checkout)."""
     dest = tempfile.mkdtemp(prefix="mutate-")
@@ -201,10 +352,18 @@ def _check_out(out: str) -> set[str]:
         raise ValueError(f"--out {out!r} cannot be read or rewritten ({e.strerror})") from None
 
 
-def _pytest(snap: str, tests: list[str], timeout: float, fresh_numba_cache: bool) -> tuple[int | None, str]:
+def _pytest(snap: str, tests: list[str], timeout: float, fresh_numba_cache: bool,
+            inject: tuple[str, dict] | None = None, numba_cache: str | None = None) -> tuple[int | None, str]:
     """pytest run on ``tests`` in the copy ``snap``: its exit status (None when it ran past
-    ``timeout`` seconds) and the line of its output that most likely says why it failed."""
+    ``timeout`` seconds) and the line of its output that most likely says why it failed. ``inject``:
+    (the folder of SITECUSTOMIZE, MUTATE_INJECT's value); ``numba_cache``: the NUMBA_CACHE_DIR to
+    use (else the caller's, or a fresh one with ``fresh_numba_cache``)."""
     env = {**os.environ, "PYTHONPATH": snap, "PYTHONDONTWRITEBYTECODE": "1"}
+    if inject:
+        env["PYTHONPATH"] = os.pathsep.join((inject[0], snap))
+        env["MUTATE_INJECT"] = json.dumps(inject[1])
+    if numba_cache:
+        env["NUMBA_CACHE_DIR"] = numba_cache
     cache = tempfile.mkdtemp(prefix="numba-") if fresh_numba_cache else None
     if cache:
         env["NUMBA_CACHE_DIR"] = cache
@@ -235,40 +394,79 @@ def _how(code: int | None) -> str:
 
 
 def run(path: str, tests: str, root: str = ".", functions: set[str] | None = None, out: str | None = None,
-        timeout: float = 600.0, fresh_numba_cache: bool = False) -> list[dict]:
+        timeout: float = 600.0, fresh_numba_cache: bool = False, inject: bool = False) -> list[dict]:
     """Run every mutant of ``path`` (relative to ``root``) against ``tests`` (pytest arguments,
     split like a shell command); returns one result dict per mutant (also appended to ``out``).
+    ``inject``: the mutants that can be are injected at import, not written (see ``--inject``).
 
     The tests run on the unmutated code first, when any mutant is left to run: NotPassing unless
-    they pass. A ValueError, before anything runs, if ``out`` cannot take the results (_check_out)."""
+    they pass (with ``inject``, also with a definition injected unchanged). A ValueError, before
+    anything runs, if ``out`` cannot take the results (_check_out)."""
     done = _check_out(out) if out else set()
     args = shlex.split(tests)
     snap = _snapshot(root)
     target = os.path.join(snap, path)
     with open(target) as f:
         source = f.read()
+    where = injectable(source) if inject else {}
+    site = tempfile.mkdtemp(prefix="mutate-site-")
+    with open(os.path.join(site, "sitecustomize.py"), "w") as f:
+        f.write(SITECUSTOMIZE)
+    mutated = os.path.join(site, "mutated.py")
+    # With inject, numba's cache is filled once, by the first run on the unmutated code, and each
+    # later run gets a copy of it: an injected mutant leaves the file's hash, numba's stamp, as it
+    # was, so what it compiled (with other options, say) would otherwise be loaded by the next.
+    base = os.path.join(site, "numba-base") if inject and not fresh_numba_cache else None
+    if base:
+        os.makedirs(base)
+
+    def pytest(inj: tuple[str, dict] | None = None, first: bool = False) -> tuple[int | None, str]:
+        if base is None or first:
+            return _pytest(snap, args, timeout, fresh_numba_cache, inj, base)
+        copy = os.path.join(site, "numba-copy")
+        shutil.copytree(base, copy)
+        try:
+            return _pytest(snap, args, timeout, fresh_numba_cache, inj, copy)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+
+    def injected(text: str, line: int) -> tuple[str, dict]:  # text, injected at line's definition
+        with open(mutated, "w") as f:
+            f.write(text)
+        name, first = where[line]
+        return site, {"file": os.path.realpath(target), "module": os.path.splitext(os.path.basename(path))[0],
+                      "source": mutated, "name": name, "line": first}
+
     results = []
     try:
         todo = [m for m in mutants(source, functions) if m.id not in done]
         if todo:
-            code, said = _pytest(snap, args, timeout, fresh_numba_cache)
-            if code is None:
-                raise NotPassing(f"the tests ran past the timeout ({timeout:g} s) on the unmutated code")
-            if code != 0:
-                raise NotPassing(f"the tests must pass on the unmutated code, but pytest exited {code} "
-                                 f"({ {1: 'tests failed', **PYTEST_ERRORS}.get(code, 'crashed')}): {said}")
+            baselines = [("", None)]
+            if any(m.line in where for m in todo):
+                line = next(m.line for m in todo if m.line in where)
+                baselines.append((f" with {where[line][0]} injected unchanged", injected(source, line)))
+            for how_run, inj in baselines:
+                code, said = pytest(inj, first=inj is None)
+                if code is None:
+                    raise NotPassing(f"the tests ran past the timeout ({timeout:g} s) on the unmutated code{how_run}")
+                if code != 0:
+                    raise NotPassing(f"the tests must pass on the unmutated code{how_run}, but pytest exited {code} "
+                                     f"({ {1: 'tests failed', **PYTEST_ERRORS}.get(code, 'crashed')}): {said}")
         for m in todo:
-            with open(target, "w") as f:
-                f.write(m.apply(source))
             t0 = time.monotonic()
-            try:
-                code, said = _pytest(snap, args, timeout, fresh_numba_cache)
-            finally:
+            if m.line in where:
+                code, said = pytest(injected(m.apply(source), m.line))
+            else:
                 with open(target, "w") as f:
-                    f.write(source)
+                    f.write(m.apply(source))
+                try:
+                    code, said = pytest()
+                finally:
+                    with open(target, "w") as f:
+                        f.write(source)
             how = _how(code)
             res = {"id": m.id, **asdict(m), "killed": how not in ("survived", "error"), "how": how, "exit": code,
-                   "seconds": round(time.monotonic() - t0, 1)}
+                   "seconds": round(time.monotonic() - t0, 1), "injected": m.line in where}
             if how == "error":  # what pytest said instead of running the tests
                 res["said"] = said
             results.append(res)
@@ -282,6 +480,7 @@ def run(path: str, tests: str, root: str = ".", functions: set[str] | None = Non
                   + (f"  (pytest exit {code}, {PYTEST_ERRORS[code]}: {said})" if how == "error" else ""), flush=True)
     finally:
         shutil.rmtree(snap, ignore_errors=True)
+        shutil.rmtree(site, ignore_errors=True)
     return results
 
 
@@ -296,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="append one JSON line per mutant here (and skip the ids already in it)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant (default 600)")
     p.add_argument("--fresh-numba-cache", action="store_true", help="an empty NUMBA_CACHE_DIR per mutant")
+    p.add_argument("--inject", action="store_true",
+                   help="inject the mutants of uncompiled top-level definitions at import (the file unchanged)")
     p.add_argument("--list", action="store_true", help="print the mutants and run nothing")
     a = p.parse_args(argv)
     if not os.path.isfile(os.path.join(a.root, a.file)):
@@ -334,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             p.error(str(e))
     try:
-        results = run(a.file, a.tests, a.root, functions, a.out, a.timeout, a.fresh_numba_cache)
+        results = run(a.file, a.tests, a.root, functions, a.out, a.timeout, a.fresh_numba_cache, a.inject)
     except NotPassing as e:
         p.error(str(e))
     survivors = [r for r in results if r["how"] == "survived"]
