@@ -871,8 +871,14 @@ def test_batch_fields_of_a_wrong_type_are_refused_on_both_paths(discrete, key):
     with np.errstate(all="ignore"):
         for bad in bads:
             for step in (fu, ref):
-                with pytest.raises(TypeError, match=names):
+                with pytest.raises(TypeError, match=names) as e:
                     step.loss_and_grads({**batch, key: bad}, 0.2, 0.0)
+            # the fused step's whole message: what the field must be (a mutant swapping the two
+            # kinds survived the match above) and what it got
+            got = f"dtype {bad.dtype}" if isinstance(bad, np.ndarray) else "list"
+            with pytest.raises(TypeError) as e:
+                fu.loss_and_grads({**batch, key: bad}, 0.2, 0.0)
+            assert str(e.value) == f"batch[{key!r}] must be {'a real' if real else 'a float'} numpy array, got {got}"
         if real:  # int obs or actions: taken as floats by both
             got = fu.loss_and_grads({**batch, key: v.astype(np.int64)}, 0.2, 0.0)
             want = ref.loss_and_grads({**batch, key: v.astype(np.int64)}, 0.2, 0.0)
