@@ -484,6 +484,7 @@ def test_non_finite_names_what_the_numpy_path_names_for_every_call(discrete, bad
             fused(pol, obs, np.random.default_rng(0), deterministic, critic)
         assert str(e.value) == said["numpy"]
 
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_log_std_below_its_range_acts_with_the_lower_bound_like_numpy(dtype):
     """log_std under LOG_STD_MIN (a model saved before the range existed, or set by hand) acts with

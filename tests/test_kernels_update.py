@@ -871,7 +871,7 @@ def test_batch_fields_of_a_wrong_type_are_refused_on_both_paths(discrete, key):
     with np.errstate(all="ignore"):
         for bad in bads:
             for step in (fu, ref):
-                with pytest.raises(TypeError, match=names) as e:
+                with pytest.raises(TypeError, match=names):
                     step.loss_and_grads({**batch, key: bad}, 0.2, 0.0)
             # the fused step's whole message: what the field must be (a mutant swapping the two
             # kinds survived the match above) and what it got
