@@ -409,9 +409,10 @@ def run(path: str, tests: str, root: str = ".", functions: set[str] | None = Non
     with open(target) as f:
         source = f.read()
     where = injectable(source) if inject else {}
-    site = tempfile.mkdtemp(prefix="mutate-site-")
-    with open(os.path.join(site, "sitecustomize.py"), "w") as f:
-        f.write(SITECUSTOMIZE)
+    site = tempfile.mkdtemp(prefix="mutate-site-") if inject else ""  # SITECUSTOMIZE, the mutated source, caches
+    if site:
+        with open(os.path.join(site, "sitecustomize.py"), "w") as f:
+            f.write(SITECUSTOMIZE)
     mutated = os.path.join(site, "mutated.py")
     # With inject, numba's cache is filled once, by the first run on the unmutated code, and each
     # later run gets a copy of it: an injected mutant leaves the file's hash, numba's stamp, as it
@@ -480,7 +481,8 @@ def run(path: str, tests: str, root: str = ".", functions: set[str] | None = Non
                   + (f"  (pytest exit {code}, {PYTEST_ERRORS[code]}: {said})" if how == "error" else ""), flush=True)
     finally:
         shutil.rmtree(snap, ignore_errors=True)
-        shutil.rmtree(site, ignore_errors=True)
+        if site:
+            shutil.rmtree(site, ignore_errors=True)
     return results
 
 
