@@ -323,7 +323,7 @@ INJECT_TEST = textwrap.dedent('''\
 ''')
 
 
-def test_inject_runs_uncompiled_definitions_against_the_file_unchanged(mutate, tmp_path):
+def test_inject_runs_uncompiled_definitions_against_the_file_unchanged(mutate, tmp_path, monkeypatch):
     """--inject: the mutants of ``act``, ``in_subprocess`` (seen only by a subprocess of the tests)
     and ``Helper`` replace their definitions at import and leave mod.py as it is; those of the
     decorated kernel and of a function a module-level table holds are written, as without it. Each
@@ -349,12 +349,9 @@ def test_inject_runs_uncompiled_definitions_against_the_file_unchanged(mutate, t
     assert (project / "mod.py").read_text() == INJECT_SOURCE
     # Without --inject every mutant is written, and the tests see the caller's NUMBA_CACHE_DIR.
     seen.unlink()
-    os.environ["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
-    try:
-        (tmp_path / "mine").mkdir()
-        results = mutate.run("mod.py", "test_mod.py", root=str(project), timeout=120)
-    finally:
-        del os.environ["NUMBA_CACHE_DIR"]
+    (tmp_path / "mine").mkdir()
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))  # (the caller's own, restored after)
+    results = mutate.run("mod.py", "test_mod.py", root=str(project), timeout=120)
     assert [(r["how"], r["injected"]) for r in results] == [("failed", False)] * 5
     assert [line.split()[0] for line in seen.read_text().splitlines()] == ["same"] + ["written"] * 5
 
