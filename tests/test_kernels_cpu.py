@@ -1103,6 +1103,59 @@ def test_float16_mlp_falls_back_to_numpy(numba_backend):
     assert y.dtype == np.float16 and grads["W0"].dtype == np.float16
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inputs_and_nets_the_fused_path_does_not_take_give_numpys_results(numba_backend, dtype):
+    """``mlp_forward`` views an x whose dtype is an equal object of its own as the native dtype, and
+    ``mlp_backward`` such a dy; an x or dy of another dtype (an integer of the same itemsize, the float
+    byte-swapped) must return None, not be reinterpreted, and MLP.forward or backward then casts it.
+    An MLP whose parameters are not packed (state dtype None) returns None on both sides, for a
+    float64 dy too (numpy's dtype(float64) equals None)."""
+    rng = np.random.default_rng(4)
+    mlp = nn.MLP([4, 6, 2], seed=0, dtype=dtype)
+    x = rng.integers(-3, 4, size=(3, 4)).astype(dtype)
+    y, cache = mlp.forward(x)  # fused (the cache's arrays are new on every call)
+    same_size_int = np.int32 if dtype is np.float32 else np.int64
+    for other in (x.astype(same_size_int), x.astype(np.dtype(dtype).newbyteorder(">")), x.astype(bool)):
+        assert cpu.mlp_forward(mlp, other) is None, other.dtype
+        y_other, _ = mlp.forward(other)  # cast to dtype, then fused
+        want = y if other.dtype.kind != "b" else mlp.forward(other.astype(dtype))[0]
+        assert y_other.dtype == np.dtype(dtype) and y_other.tobytes() == want.tobytes(), other.dtype
+    dy = rng.integers(-3, 4, size=(3, 2)).astype(dtype)
+    dx, grads = mlp.backward(dy, cache)  # fused
+    for other in (dy.astype(same_size_int), dy.astype(np.dtype(dtype).newbyteorder(">"))):  # the same for dy
+        assert cpu.mlp_backward(mlp, other, cache) is None, other.dtype
+        dx_other, grads_other = mlp.backward(other, cache)  # cast to dtype, then fused
+        assert dx_other.tobytes() == dx.tobytes(), other.dtype
+        assert all(grads_other[k].tobytes() == grads[k].tobytes() for k in grads), other.dtype
+    mlp.params["W1"] = mlp.params["W1"].copy()  # rebound outside flat: not packed, numpy
+    assert cpu._state(mlp).dt is None
+    assert cpu.mlp_forward(mlp, x) is None
+    y_np, cache = mlp.forward(x)
+    for d in (dy, dy.astype(np.float64), dy.astype(np.float32)):
+        assert cpu.mlp_backward(mlp, d, cache) is None, d.dtype
+    dx, grads = mlp.backward(dy, cache)
+    dx_ref, grads_ref = ref.mlp_backward(mlp.params, dy, ref.mlp_forward(mlp.params, x, "tanh", False)[1],
+                                         "tanh", False)
+    np.testing.assert_allclose(dx, dx_ref, **MLP_TOL[dtype])
+    for k in grads_ref:
+        np.testing.assert_allclose(grads[k], grads_ref[k], **MLP_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_gae_refuses_a_bool_gamma_or_lam_once_the_kernel_is_ready(dtype):
+    """numba's dispatcher would take a bool as 1.0 or 0.0 for the kernel's float64 gamma and lambda,
+    both in range: cpu.gae sends a bool to the slow path, whose checks refuse it, with the kernel
+    compiled as before it."""
+    z = np.zeros((3, 2), dtype)
+    args = (z + 1, z, z, np.zeros(2, dtype))
+    cpu.gae(*args, 0.9, 0.9)  # prepares the kernel for dtype
+    assert np.dtype(dtype) in cpu._GAE_READY
+    for gamma, lam, name in ((True, 0.9, "gamma"), (np.True_, 0.9, "gamma"), (0.9, False, "lam"),
+                             (0.9, np.False_, "lam"), (True, True, "gamma")):
+        with pytest.raises(TypeError, match=f"{name} must be a finite number in"):
+            cpu.gae(*args, gamma, lam)
+
+
 def _wb_views(P, o, K, F):
     """Copies of the views ``cpu._wb`` makes (the views themselves are untracked: they must not
     leave the compiled call that holds P)."""
