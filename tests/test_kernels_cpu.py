@@ -894,7 +894,9 @@ def test_fused_entry_point_path_checks_inputs(numba_backend):
     dx, grads = mlp.backward(dy, cache0)
     assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1].astype(np.float64), cache0[2]]) is None
     assert cpu.mlp_backward(mlp, dy, [cache0[0], cache0[1].astype(np.float16), cache0[2]]) is None
-    assert not st.strict  # another dtype is refused in Python, before the dispatcher
+    for d in (dy[:, :, None], dy[:, 0], dy[None]):  # dy of another ndim: refused in Python too
+        assert cpu.mlp_backward(mlp, d, cache0) is None, d.shape
+    assert not st.strict  # another dtype or ndim is refused in Python, before the dispatcher
     fresh = nn.MLP([4, 6, 2], seed=0)
     _, cache_f = fresh.forward(x)
     assert cpu.mlp_backward(fresh, dy, [cache_f[0], cache_f[1].ravel(), cache_f[2]]) is None  # 1-d
