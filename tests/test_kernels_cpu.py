@@ -1106,7 +1106,7 @@ def test_float16_mlp_falls_back_to_numpy(numba_backend):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_inputs_and_nets_the_fused_path_does_not_take_give_numpys_results(numba_backend, dtype):
+def test_other_dtypes_and_unpacked_nets_return_none_from_the_fused_mlp(numba_backend, dtype):
     """``mlp_forward`` views an x whose dtype is an equal object of its own as the native dtype, and
     ``mlp_backward`` such a dy; an x or dy of another dtype (an integer of the same itemsize, the float
     byte-swapped) must return None, not be reinterpreted, and MLP.forward or backward then casts it.
@@ -1132,7 +1132,7 @@ def test_inputs_and_nets_the_fused_path_does_not_take_give_numpys_results(numba_
     mlp.params["W1"] = mlp.params["W1"].copy()  # rebound outside flat: not packed, numpy
     assert cpu._state(mlp).dt is None
     assert cpu.mlp_forward(mlp, x) is None
-    y_np, cache = mlp.forward(x)
+    _, cache = mlp.forward(x)  # numpy's path
     for d in (dy, dy.astype(np.float64), dy.astype(np.float32)):
         assert cpu.mlp_backward(mlp, d, cache) is None, d.dtype
     dx, grads = mlp.backward(dy, cache)
@@ -1146,8 +1146,8 @@ def test_inputs_and_nets_the_fused_path_does_not_take_give_numpys_results(numba_
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpu_gae_refuses_a_bool_gamma_or_lam_once_the_kernel_is_ready(dtype):
     """numba's dispatcher would take a bool as 1.0 or 0.0 for the kernel's float64 gamma and lambda,
-    both in range: cpu.gae sends a bool to the slow path, whose checks refuse it, with the kernel
-    compiled as before it."""
+    both in range: cpu.gae sends a bool to the slow path, whose checks refuse it, also once the kernel
+    is compiled (cpu.gae's fast path opens only then)."""
     z = np.zeros((3, 2), dtype)
     args = (z + 1, z, z, np.zeros(2, dtype))
     cpu.gae(*args, 0.9, 0.9)  # prepares the kernel for dtype
