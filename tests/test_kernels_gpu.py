@@ -343,6 +343,16 @@ def test_wrapper_refuses_bad_dones_and_leaves_out_as_it_was(cupy_standin):
     assert (out[0] == 7.0).all() and (out[1] == 8.0).all()
 
 
+def test_launch_limits_are_cudas():
+    """The limits the wrappers check before a launch, unpatched (the tests of the checks patch them
+    small). GRID_MAX is CUDA's largest grid x-dimension, 2**31 - 1 blocks (every compute capability
+    since 3.0); INDEX_MAX leaves the GAE kernels' int thread index of the last block (up to BLOCK - 1
+    past T or N) below 2**31, within one block of that bound."""
+    int_max = 2**31 - 1
+    assert gpu.GRID_MAX == int_max
+    assert gpu.INDEX_MAX + gpu.BLOCK - 1 <= int_max < gpu.INDEX_MAX + 2 * gpu.BLOCK
+
+
 def test_wrapper_refuses_shapes_the_kernel_would_read_past(cupy_standin, monkeypatch):
     """gpu.gae called directly took T, N from rewards alone: short values or last_values were read past
     their ends on a device (the shim ran it and returned numbers). Refused before any launch."""
@@ -355,7 +365,7 @@ def test_wrapper_refuses_shapes_the_kernel_would_read_past(cupy_standin, monkeyp
     monkeypatch.setattr(gpu, "INDEX_MAX", 5)  # (as N = 2**31 - 1 would: the last block's threads wrap)
     with pytest.raises(ValueError, match=r"^T=6 and N=4 must be <= 5 \(the kernels index time and env in int\)"):
         gpu.gae(r, v, d, lv, 0.99, 0.95)
-    assert cupy_standin.launches == [] and gpu.INDEX_MAX < 2**31 - gpu.BLOCK
+    assert cupy_standin.launches == []
     monkeypatch.setattr(gpu, "INDEX_MAX", 6)  # T at the limit: taken
     np.testing.assert_array_equal(gpu.gae(r, v, d, lv, 0.99, 0.95)[0], advantages.gae_numpy(r, v, d, lv, 0.99, 0.95)[0])
 
